@@ -1,0 +1,6 @@
+"""puffer: vector, full-text and hybrid search whose only state is a bucket."""
+from .db import DB, connect
+from .errors import PufferError
+
+__version__ = "0.1.0"
+__all__ = ["connect", "DB", "PufferError", "__version__"]

@@ -1,0 +1,95 @@
+"""Typed exceptions. Raised in the library, translated once at each boundary.
+
+Each class carries the HTTP status the server answers with; the CLI prints
+``Error: <message>`` (plus the hint) and exits 1.  Nothing else in the code base
+decides how an error looks to a user.
+"""
+from __future__ import annotations
+
+
+class PufferError(Exception):
+    """Base class. ``status`` is the HTTP status; ``hint`` a what-to-do line."""
+
+    status = 500
+    default_hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def __str__(self) -> str:  # pragma: no cover - trivial
+        return self.message
+
+
+class InvalidRequest(PufferError):
+    """Bad input: a write, filter, query or CLI argument that cannot be accepted."""
+
+    status = 400
+
+
+class InvalidFilter(InvalidRequest):
+    """A filter expression is malformed or does not fit the schema."""
+
+
+class InvalidQuery(InvalidRequest):
+    """A query body is malformed."""
+
+
+class SchemaError(InvalidRequest):
+    """A value or declared type does not fit the namespace schema."""
+
+
+class UnprocessableBody(InvalidRequest):
+    """A request body that is not valid JSON / not the expected shape (HTTP 422)."""
+
+    status = 422
+
+
+class Unauthorized(PufferError):
+    status = 401
+
+
+class NotFound(PufferError):
+    status = 404
+
+
+class NamespaceNotFound(NotFound):
+    default_hint = "check the namespace name and --store; `puffer wal-inspect` lists what is there"
+
+
+class Conflict(PufferError):
+    """The operation cannot proceed in the current state (e.g. store unsafe for concurrency)."""
+
+    status = 409
+
+
+class UnsafeStore(Conflict):
+    default_hint = (
+        "this store does not honour conditional writes; run a single writer and pass "
+        "--single-writer (or PUFFER_SINGLE_WRITER=1)"
+    )
+
+
+class TooLarge(PufferError):
+    status = 413
+
+
+class RateLimited(PufferError):
+    status = 429
+
+
+class StoreError(PufferError):
+    """The object store failed (network, permissions, ...)."""
+
+    status = 503
+
+
+class CorruptWal(PufferError):
+    """A WAL segment is missing, truncated or fails its checksum."""
+
+    status = 500
+    default_hint = (
+        "run `puffer wal-inspect NAMESPACE --verify` to see the damage, then "
+        "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
+    )

@@ -1,0 +1,129 @@
+"""Batch-load parquet / ndjson / csv into a namespace, one WAL entry per chunk.
+
+Input is streamed with polars (``scan_* ... collect_batches``), so memory is
+bounded by ``batch_rows`` however large the input.  Re-running an ingest is an
+upsert: idempotent by id.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import polars as pl
+
+from .errors import InvalidRequest
+from .namespace import Namespace
+
+FORMATS = ("parquet", "ndjson", "csv")
+DEFAULT_BATCH_ROWS = 50_000
+
+
+@dataclass
+class IngestReport:
+    namespace: str
+    rows: int = 0
+    entries: int = 0
+    bytes_in: int = 0
+    seconds: float = 0.0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        return {"namespace": self.namespace, "rows": self.rows, "wal_entries": self.entries,
+                "bytes": self.bytes_in, "seconds": round(self.seconds, 3),
+                "rows_per_s": round(self.rows_per_s), "first_seq": self.first_seq,
+                "last_seq": self.last_seq, "files": self.files}
+
+
+def detect_format(path: str, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise InvalidRequest(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    by_suffix = {".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson",
+                 ".json": "ndjson", ".csv": "csv"}
+    if suffix not in by_suffix:
+        raise InvalidRequest(f"cannot tell the format of {path!r} from its name",
+                             hint="pass --format parquet|ndjson|csv")
+    return by_suffix[suffix]
+
+
+def scan(path: str, fmt: str) -> pl.LazyFrame:
+    if not Path(path).exists():
+        raise InvalidRequest(f"input file {path!r} does not exist")
+    if fmt == "parquet":
+        return pl.scan_parquet(path)
+    if fmt == "ndjson":
+        return pl.scan_ndjson(path, infer_schema_length=10_000)
+    return pl.scan_csv(path, infer_schema_length=10_000)
+
+
+def chunks(lf: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
+    yield from lf.collect_batches(chunk_size=batch_rows)
+
+
+def map_columns(df: pl.DataFrame, id_col: str, vector_col: str | None, path: str) -> pl.DataFrame:
+    if id_col not in df.columns:
+        raise InvalidRequest(f"{path}: no id column {id_col!r} (columns: {', '.join(df.columns)})",
+                             hint="name the id column with --id COL")
+    ren = {id_col: "id"}
+    if vector_col:
+        if vector_col not in df.columns:
+            raise InvalidRequest(f"{path}: no vector column {vector_col!r} (columns: {', '.join(df.columns)})",
+                                 hint="name the vector column with --vector COL")
+        ren[vector_col] = "vector"
+    clash = [v for k, v in ren.items() if v in df.columns and v != k]
+    if clash:
+        raise InvalidRequest(f"{path}: column {clash[0]!r} already exists; cannot rename another column to it")
+    return df.rename(ren) if any(k != v for k, v in ren.items()) else df
+
+
+def ingest(ns: Namespace, paths: Sequence[str], *, id_col: str = "id", vector_col: str | None = None,
+           schema: dict | None = None, distance_metric: str | None = None, fmt: str | None = None,
+           batch_rows: int = DEFAULT_BATCH_ROWS,
+           progress: Callable[[IngestReport, int], None] | None = None) -> IngestReport:
+    """Stream ``paths`` into ``ns``. ``progress(report, total_rows_or_0)`` after each chunk."""
+    if batch_rows < 1:
+        raise InvalidRequest("--batch-rows must be at least 1")
+    if not paths:
+        raise InvalidRequest("no input files given")
+    plans = []
+    for p in paths:
+        f = detect_format(p, fmt)
+        plans.append((p, f, scan(p, f)))
+    total = 0
+    for p, f, lf in plans:
+        if f == "parquet":
+            total += pl.scan_parquet(p).select(pl.len()).collect().item()
+    rep = IngestReport(ns.name)
+    t0 = time.perf_counter()
+    for p, f, lf in plans:
+        rep.files.append(p)
+        for chunk in chunks(lf, batch_rows):
+            if chunk.height == 0:
+                continue
+            chunk = map_columns(chunk, id_col, vector_col, p)
+            try:
+                seq = ns.write_frame(chunk, schema=schema, distance_metric=distance_metric)
+            except InvalidRequest as e:
+                e.message = f"{p}, rows {rep.rows}..{rep.rows + chunk.height - 1}: {e.message}"
+                raise
+            schema = None  # declared once; later chunks see it in the head
+            rep.rows += chunk.height
+            rep.entries += 1
+            rep.bytes_in += chunk.estimated_size()
+            rep.first_seq = rep.first_seq or seq
+            rep.last_seq = seq
+            rep.seconds = time.perf_counter() - t0
+            if progress:
+                progress(rep, total)
+    rep.seconds = time.perf_counter() - t0
+    return rep

@@ -1,0 +1,94 @@
+"""Key names in the bucket. The only module that knows them (see docs/format.md).
+
+    {ns}/meta.json                       namespace manifest (CAS)
+    {ns}/wal/{seq:020d}.wal              one committed write batch; immutable
+    {ns}/wal/quarantine/{seq}.{ts}.wal   bytes moved aside by `wal-inspect --repair`
+    {ns}/index/{gen:020d}/...            immutable files of one index generation
+    {ns}/leases/indexer.json             the indexer's expiring lease (CAS)
+"""
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidRequest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9\-_.]{1,128}$")
+WAL_RE = re.compile(r"(?:^|/)(\d{20})\.wal$")
+
+
+def check_namespace(name: object) -> str:
+    """Return ``name`` if it is a valid namespace name, else raise InvalidRequest."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise InvalidRequest(
+            f"invalid namespace name {name!r}",
+            hint="names match [A-Za-z0-9-_.]{1,128} and are not '.' or '..'",
+        )
+    return name
+
+
+def meta(ns: str) -> str:
+    return f"{ns}/meta.json"
+
+
+def wal_dir(ns: str) -> str:
+    return f"{ns}/wal/"
+
+
+def wal(ns: str, seq: int) -> str:
+    return f"{ns}/wal/{seq:020d}.wal"
+
+
+def wal_seq(key: str) -> int | None:
+    """The seq of a WAL key, or None if ``key`` is not a committed WAL entry."""
+    if "/quarantine/" in key:
+        return None
+    m = WAL_RE.search(key)
+    return int(m.group(1)) if m else None
+
+
+def quarantine_dir(ns: str) -> str:
+    return f"{ns}/wal/quarantine/"
+
+
+def quarantine(ns: str, seq: int, stamp: str) -> str:
+    return f"{ns}/wal/quarantine/{seq:020d}.{stamp}.wal"
+
+
+def quarantine_note(ns: str, seq: int, stamp: str) -> str:
+    return f"{ns}/wal/quarantine/{seq:020d}.{stamp}.json"
+
+
+def index_dir(ns: str, generation: int) -> str:
+    return f"{ns}/index/{generation:020d}/"
+
+
+def index_root(ns: str) -> str:
+    return f"{ns}/index/"
+
+
+def index_file(ns: str, generation: int, name: str) -> str:
+    return f"{ns}/index/{generation:020d}/{name}"
+
+
+def index_generation(key: str) -> int | None:
+    m = re.search(r"/index/(\d{20})/", key)
+    return int(m.group(1)) if m else None
+
+
+def lease(ns: str) -> str:
+    return f"{ns}/leases/indexer.json"
+
+
+def namespace_prefix(ns: str) -> str:
+    return f"{ns}/"
+
+
+def namespace_of_meta(key: str) -> str | None:
+    """``ns`` for a key ``ns/meta.json`` (used to list namespaces)."""
+    parts = key.split("/")
+    if len(parts) == 2 and parts[1] == "meta.json":
+        return parts[0]
+    return None
+
+
+PROBE_DIR = "_puffer_probe/"

@@ -1,0 +1,323 @@
+"""A namespace: the commit protocol (BRIEF section 3), the head, replay.
+
+Writers: ``Namespace.write(body)`` plans the write against the newest
+snapshot, encodes it as entry ``seq+1`` and commits by create-if-absent of
+``wal/{seq+1}``.  A lost race re-reads the head, re-plans (so conditional and
+filter writes re-validate against the new state) and retries.  ``meta.json``
+is then advanced by CAS as a hint; it is never the only record of a write.
+
+Readers: ``head()`` lists ``wal/`` after the newest seq this process knows;
+``docs(seq)`` replays (incrementally, from an in-process cache) to any
+committed seq.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import polars as pl
+
+from . import layout, replay, wal, writes
+from . import schema as S
+from .errors import CorruptWal, InvalidRequest, NamespaceNotFound, PufferError
+from .store import Store, now_ms
+
+POLICIES = ("fail", "skip")
+WRITER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+MAX_RETRIES = 10_000
+
+
+@dataclass
+class Head:
+    """Newest committed seq known, and the schema / metric in force there."""
+
+    seq: int = 0
+    schema: dict = field(default_factory=dict)
+    metric: str | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+
+
+@dataclass
+class _Cache:
+    head: Head = field(default_factory=Head)
+    docs: pl.DataFrame | None = None
+    docs_seq: int = 0
+    docs_schema: dict = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+_CACHES: dict[tuple[str, str], _Cache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def _cache_for(store: Store, name: str) -> _Cache:
+    with _CACHES_LOCK:
+        return _CACHES.setdefault((store.url, name), _Cache())
+
+
+def forget(store: Store, name: str) -> None:
+    with _CACHES_LOCK:
+        _CACHES.pop((store.url, name), None)
+
+
+class Namespace:
+    def __init__(self, store: Store, name: str, *, single_writer: bool = False,
+                 wal_policy: str = "fail"):
+        self.store = store
+        self.name = layout.check_namespace(name)
+        self.single_writer = single_writer
+        if wal_policy not in POLICIES:
+            raise InvalidRequest(f"unknown WAL corruption policy {wal_policy!r}", hint="use fail or skip")
+        self.wal_policy = wal_policy
+        self._c = _cache_for(store, name)
+
+    # ------------------------------------------------------------ meta.json
+    def read_meta(self) -> tuple[dict | None, str | None]:
+        got = self.store.read_versioned(layout.meta(self.name))
+        if got is None:
+            return None, None
+        return json.loads(got[0]), got[1]
+
+    def update_meta(self, fn: Callable[[dict | None], dict | None], attempts: int = 20) -> dict | None:
+        """CAS loop on meta.json: ``fn(current) -> new`` (None: leave as is)."""
+        for _ in range(attempts):
+            cur, ver = self.read_meta()
+            new = fn(json.loads(json.dumps(cur)) if cur else None)
+            if new is None:
+                return cur
+            if self.store.cas(layout.meta(self.name), json.dumps(new, sort_keys=True).encode(), ver):
+                return new
+        return None
+
+    def _advance_meta(self, head: Head) -> None:
+        def fn(cur):
+            if cur and cur.get("last_seq", 0) >= head.seq:
+                return None
+            cur = cur or {"format": 1, "namespace": self.name, "created_at": head.created_at or now_ms(),
+                          "index": None}
+            cur.update(last_seq=head.seq, schema=head.schema, distance_metric=head.metric,
+                       updated_at=head.updated_at or now_ms())
+            return cur
+
+        self.update_meta(fn, attempts=5)
+
+    # ------------------------------------------------------------ the head
+    def wal_keys(self, after: int = 0) -> list[tuple[int, str]]:
+        start = layout.wal(self.name, after) if after else None
+        out = []
+        for k in self.store.list(layout.wal_dir(self.name), start_after=start):
+            s = layout.wal_seq(k)
+            if s is not None and s > after:
+                out.append((s, k))
+        return out
+
+    def read_entry_header(self, seq: int) -> dict:
+        key = layout.wal(self.name, seq)
+        data = self.store.read_range(key, 0, 4096)
+        try:
+            header, _ = wal.read_header(data)
+        except wal.WalFormatError as e:
+            if str(e).startswith("truncated header"):
+                data = self.store.read(key)
+                try:
+                    header, _ = wal.read_header(data)
+                except wal.WalFormatError as e2:
+                    return self._corrupt(seq, str(e2))
+            else:
+                return self._corrupt(seq, str(e))
+        return header
+
+    def _corrupt(self, seq: int, problem: str) -> dict:
+        if self.wal_policy == "skip":
+            return {"seq": seq, "ops": [], "skipped": problem}
+        raise CorruptWal(f"namespace {self.name!r}: WAL segment {layout.wal(self.name, seq)} is corrupt: {problem}")
+
+    def head(self, refresh: bool = True) -> Head:
+        """The newest committed seq, with its schema and metric."""
+        c = self._c
+        with c.lock:
+            h = c.head
+            if not refresh and h.seq:
+                return h
+            if h.seq == 0:
+                meta, _ = self.read_meta()
+                if meta:
+                    h = Head(meta.get("last_seq", 0), meta.get("schema") or {}, meta.get("distance_metric"),
+                             meta.get("created_at"), meta.get("updated_at"))
+            keys = self.wal_keys(h.seq)
+            if keys:
+                h = Head(h.seq, dict(h.schema), h.metric, h.created_at, h.updated_at)
+                for seq, _k in keys:
+                    hdr = self.read_entry_header(seq)
+                    if "schema" in hdr:
+                        h.schema = hdr["schema"]
+                    if hdr.get("distance_metric"):
+                        h.metric = hdr["distance_metric"]
+                    h.created_at = h.created_at or hdr.get("created_at")
+                    h.updated_at = hdr.get("created_at", h.updated_at)
+                    h.seq = seq
+            if h.seq > c.head.seq or c.head.seq == 0:
+                c.head = h
+            return c.head
+
+    def exists(self) -> bool:
+        return self.head().seq > 0
+
+    def require(self) -> Head:
+        h = self.head()
+        if h.seq == 0:
+            raise NamespaceNotFound(f"namespace {self.name!r} not found in {self.store.url}")
+        return h
+
+    # ------------------------------------------------------------ entries
+    def entries(self, after: int, upto: int | None = None) -> Iterator[wal.Entry]:
+        """Decoded entries after ``after`` up to ``upto`` (inclusive), in order.
+        Missing or corrupt segments follow the namespace's policy."""
+        expect = after + 1
+        for seq, key in self.wal_keys(after):
+            if upto is not None and seq > upto:
+                break
+            if seq != expect:
+                for gap in range(expect, seq):
+                    self._corrupt(gap, "missing (deleted?)")
+            expect = seq + 1
+            try:
+                yield wal.decode(self.store.read(key), seq)
+            except wal.WalFormatError as e:
+                self._corrupt(seq, str(e))
+                continue
+
+    def schema_after(self, e: wal.Entry, cur: dict) -> dict:
+        return e.header.get("schema", cur)
+
+    # ------------------------------------------------------------ replay
+    def docs(self, seq: int | None = None) -> tuple[pl.DataFrame, Head]:
+        """Live documents at ``seq`` (default: head), aligned to the schema there.
+
+        Replay continues from this process's cached state when it can."""
+        head = self.head()
+        target = head.seq if seq is None else seq
+        if target > head.seq or target < 0:
+            raise InvalidRequest(f"seq {target} is not committed (head is {head.seq})")
+        c = self._c
+        with c.lock:
+            if c.docs is not None and c.docs_seq <= target:
+                docs, start, schema = c.docs, c.docs_seq, c.docs_schema
+            else:
+                docs, start, schema = None, 0, {}
+            box = [schema]
+
+            def schema_at(e: wal.Entry) -> dict:
+                box[0] = e.header.get("schema", box[0])
+                return box[0]
+
+            docs, _last = replay.fold_entries(docs, schema_at, self.entries(start, target))
+            if docs is None:
+                docs = replay.empty(box[0])
+            if target == head.seq:
+                c.docs, c.docs_seq, c.docs_schema = docs, target, box[0]
+            return docs, Head(target, box[0], head.metric, head.created_at, head.updated_at)
+
+    # ------------------------------------------------------------ writes
+    def write(self, body: Mapping[str, Any], *, copy_source=None) -> dict:
+        """Commit one turbopuffer write body. Returns the turbopuffer response.
+
+        Returns only once the WAL entry is durable in the store."""
+        out = self.write_batch([body], copy_source=copy_source)[0]
+        if isinstance(out, PufferError):
+            raise out
+        return out
+
+    def write_batch(self, bodies: list[Mapping[str, Any]], *, copy_source=None) -> list[dict | PufferError]:
+        """Group commit: plan each body in order against the state the previous
+        ones leave, and commit all of them as ONE WAL entry.  A body that fails
+        validation gets its error (and writes nothing); the others proceed.
+        Op order across bodies is the order given."""
+        self.store.require_safe_writes(self.single_writer)
+        for _attempt in range(MAX_RETRIES):
+            head = self.head()
+            base: dict[str, pl.DataFrame] = {}
+            ops: list[wal.Op] = []
+            schema, metric = head.schema, head.metric
+            results: list[dict | PufferError] = []
+            for body in bodies:
+                def docs_fn(seq=head.seq, prior=list(ops), sch=schema):
+                    if "d" not in base:
+                        base["d"] = self.docs(seq)[0]
+                    return replay.fold(base["d"], sch, prior) if prior else base["d"]
+
+                snap = writes.Snapshot(head.seq, schema, metric, docs_fn)
+                try:
+                    p = writes.plan(body, snap, copy_source=copy_source)
+                except PufferError as e:
+                    results.append(e)
+                    continue
+                ops.extend(p.ops)
+                schema, metric = p.schema, p.metric
+                results.append({"status": "OK", **p.result})
+            if not ops and schema == head.schema and metric == head.metric:
+                return results
+            if self._commit(head, ops, schema, metric, schema != head.schema):
+                return results
+        raise CorruptWal(f"namespace {self.name!r}: gave up after {MAX_RETRIES} lost commit races")
+
+    def write_frame(self, df: pl.DataFrame, *, schema: Mapping | None = None,
+                    distance_metric: str | None = None, kind: str = "upsert") -> int:
+        """Fast path for ingest: one typed frame -> one WAL entry. Returns its seq."""
+        self.store.require_safe_writes(self.single_writer)
+        declared = S.normalize_schema(schema)
+        while True:
+            head = self.head()
+            sch = S.merge(head.schema, declared, {}) if declared else dict(head.schema)
+            typed, inferred = S.conform_frame(df, sch)
+            sch = S.merge(sch, {}, inferred)
+            metric = head.metric
+            if distance_metric:
+                if distance_metric not in writes.METRICS:
+                    raise InvalidRequest(f"unknown distance_metric {distance_metric!r}",
+                                         hint=f"use one of {', '.join(writes.METRICS)}")
+                if metric and metric != distance_metric:
+                    raise InvalidRequest(f"namespace distance_metric is {metric}; cannot change it to {distance_metric}")
+                metric = distance_metric
+            if metric is None and any(S.is_vector(v["type"]) for v in sch.values()):
+                metric = "cosine_distance"
+            typed = typed.select([c for c in typed.columns if c in sch])
+            if self._commit(head, [wal.Op(kind, typed)], sch, metric, sch != head.schema):
+                return self._c.head.seq
+
+    def _commit(self, head: Head, ops: list[wal.Op], schema: dict, metric: str | None, schema_changed: bool) -> bool:
+        seq = head.seq + 1
+        hdr: dict[str, Any] = {"created_at": now_ms(), "writer": WRITER_ID}
+        if schema_changed or head.seq == 0:
+            hdr["schema"] = schema
+        if metric != head.metric:
+            hdr["distance_metric"] = metric
+        data = wal.encode(seq, ops, **hdr)
+        if not self.store.create(layout.wal(self.name, seq), data):
+            return False  # lost the race: caller re-reads the head and re-plans
+        new = Head(seq, schema, metric, head.created_at or hdr["created_at"], hdr["created_at"])
+        c = self._c
+        with c.lock:
+            if c.head.seq < seq:
+                c.head = new
+            # keep the replay cache warm: fold our own ops if it was at seq-1
+            if c.docs is not None and c.docs_seq == head.seq:
+                c.docs, c.docs_seq, c.docs_schema = replay.fold(c.docs, schema, ops), seq, schema
+        self._advance_meta(new)
+        return True
+
+    # ------------------------------------------------------------ delete
+    def delete_all(self) -> int:
+        """Remove every object of the namespace. Returns the number of keys removed."""
+        self.require()
+        n = self.store.delete_prefix(layout.namespace_prefix(self.name))
+        forget(self.store, self.name)
+        self._c = _cache_for(self.store, self.name)
+        return n
