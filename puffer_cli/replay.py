@@ -30,7 +30,7 @@ def empty(schema: Mapping) -> pl.DataFrame:
 
 def fold(docs: pl.DataFrame | None, schema: Mapping, ops: Iterable[Op]) -> pl.DataFrame:
     """Apply ``ops`` (in order) to ``docs``; returns the new live documents."""
-    cols = list(schema)
+    cols = S.column_order(schema)
     base_parts = [S.align(docs if docs is not None else pl.DataFrame(), schema).with_columns(
         pl.lit(-1, dtype=pl.Int64).alias(ORD))]
     dels, patches = [], []

@@ -488,11 +488,15 @@ def cast_series(s: pl.Series, t: str) -> pl.Series:
     return out.alias(name)
 
 
+def column_order(schema: Mapping) -> list[str]:
+    """Columns of a documents frame: id first, then attributes in schema order."""
+    return (["id"] if "id" in schema else []) + [c for c in schema if c != "id"]
+
+
 def align(df: pl.DataFrame, schema: Mapping, columns: Iterable[str] | None = None) -> pl.DataFrame:
     """Frame with exactly the schema's columns (or ``columns``) in schema order, typed;
     missing columns become nulls."""
-    cols = list(columns) if columns is not None else (["id"] if "id" in schema else []) + [
-        c for c in schema if c != "id"]
+    cols = list(columns) if columns is not None else column_order(schema)
     if df.width == 0:
         return pl.DataFrame(schema={c: dtype_of(schema[c]["type"]) for c in cols})
     exprs = []

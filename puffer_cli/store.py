@@ -183,11 +183,20 @@ class LocalStore(Store):
         return data
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """Version = inode + mtime + content digest of the one file we read (every
+        write makes a new inode via rename, so an identical rewrite is a new version)."""
         try:
-            data = self.read(key)
-        except FileNotFoundError:
+            fd = os.open(self._p(key), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
             return None
-        return data, _digest(data)
+        try:
+            st = os.fstat(fd)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        _count(read=len(data))
+        return data, f"{st.st_ino}-{st.st_mtime_ns}-{_digest(data)}"
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         data = self.fs.cat_file(str(self._p(key)), start=start, end=end)
@@ -298,6 +307,8 @@ class LocalStore(Store):
 
 # ---------------------------------------------------------------- memory
 _MEM_LOCK = threading.RLock()
+_MEM_VERSIONS: dict[str, int] = {}
+_MEM_COUNTER = 0
 
 
 class MemoryStore(Store):
@@ -321,18 +332,22 @@ class MemoryStore(Store):
         return data
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        try:
-            data = self.read(key)
-        except FileNotFoundError:
-            return None
-        return data, _digest(data)
+        with _MEM_LOCK:
+            try:
+                data = self.read(key)
+            except FileNotFoundError:
+                return None
+            return data, str(_MEM_VERSIONS.get(self._p(key), 0))
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return self.read(key)[start:end]
 
     def write(self, key: str, data: bytes) -> None:
+        global _MEM_COUNTER
         with _MEM_LOCK:
             self.fs.pipe_file(self._p(key), bytes(data))
+            _MEM_COUNTER += 1
+            _MEM_VERSIONS[self._p(key)] = _MEM_COUNTER
         _count(written=len(data))
 
     def create(self, key: str, data: bytes) -> bool:
@@ -417,10 +432,10 @@ class S3Store(Store):
     def _p(self, key: str) -> str:
         return f"{self.bucket}/{self._k(key)}"
 
-    def _sync(self, coro):
+    def _sync(self, fn):
         from fsspec.asyn import sync
 
-        return sync(self.fs.loop, coro)
+        return sync(self.fs.loop, fn)
 
     def _wrap(self, fn, *a, **kw):
         try:
@@ -448,7 +463,7 @@ class S3Store(Store):
                 body.close()
             return data, resp["ETag"]
 
-        out = self._sync(get())
+        out = self._sync(get)
         _count(read=len(out[0]) if out else 0)
         return out
 
@@ -502,7 +517,7 @@ class S3Store(Store):
                     return out
                 token = resp["NextContinuationToken"]
 
-        return sorted(self._sync(go()))
+        return sorted(self._sync(go))
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         full_prefix = self._k(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
@@ -520,7 +535,7 @@ class S3Store(Store):
                     return out
                 token = resp["NextContinuationToken"]
 
-        return sorted(self._sync(go()))
+        return sorted(self._sync(go))
 
     def delete(self, key: str) -> None:
         _count()

@@ -17,7 +17,6 @@ from typing import Any, Callable, Mapping
 
 import polars as pl
 
-from . import filters as F
 from . import replay
 from . import schema as S
 from .errors import InvalidRequest, SchemaError
@@ -57,6 +56,8 @@ def _ids(df: pl.DataFrame) -> list:
 
 
 def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str], tuple[dict, pl.DataFrame]] | None = None) -> Plan:
+    from . import filters as F  # noqa: PLC0415 (filters imports schema helpers)
+
     if not isinstance(req, Mapping):
         raise InvalidRequest("write body must be a JSON object")
     unknown = set(req) - WRITE_KEYS

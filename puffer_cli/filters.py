@@ -1,0 +1,847 @@
+"""turbopuffer filters compiled to polars expressions.
+
+``compile_filter(f, schema)`` returns a boolean ``pl.Expr`` that never yields
+null (every leaf is ``fill_null(False)``-ed), so ``Not`` is a plain ``~`` and
+``df.filter(expr)`` keeps exactly the matching documents.
+
+Forms
+-----
+``[attr, Op, value]``, ``["And", [f, ...]]`` (empty -> true), ``["Or", [f, ...]]``
+(empty -> false), ``["Not", f]``; ``None`` means "no filter" (true).  The token
+operators also take an optional 4th element ``{"last_as_prefix": bool}``.
+
+Operators (``x`` = the document's value, ``v`` = the filter value)
+-------------------------------------------------------------------
+==========================  ===============================================================
+Eq / NotEq                  ``x == v``.  ``v = null``: ``x`` is missing / is present.
+                            On ``[]T``: scalar ``v`` -> any element equals ``v``; list ``v``
+                            -> the whole array equals ``v``.
+In / NotIn                  ``v`` a list; ``x`` equals one of them (``null`` in the list
+                            matches a missing value).  On ``[]T``: any element is in ``v``.
+Lt / Lte / Gt / Gte         ordering on string (code point), uuid (canonical text), int,
+                            uint, float, datetime.  Not on bool, arrays or vectors.
+Glob / IGlob (+ Not*)       Unix glob anchored at both ends: ``*`` any run, ``?`` one char,
+                            ``[abc]`` / ``[a-z]`` / ``[!a]`` (or ``[^a]``) classes, ``\\x``
+                            escapes, ``{a,b}`` alternatives.  IGlob ignores case.  On
+                            ``[]string``: any element matches.
+Regex                       unanchored regex search, Rust ``regex`` syntax (no
+                            look-around / backrefs).  On ``[]string``: any element.
+Contains / NotContains      ``[]T`` only: some element equals ``v`` (a scalar).
+ContainsAny / NotCont.Any   ``[]T`` only: some element is in ``v`` (a list).
+AnyLt/AnyLte/AnyGt/AnyGte   ``[]T`` only: some element compares so with ``v``.
+ContainsAllTokens           FTS attributes: every token of ``v`` is a token of ``x``.
+ContainsAnyToken            FTS attributes: some token of ``v`` is a token of ``x``.
+ContainsTokenSequence       FTS attributes: the tokens of ``v`` occur consecutively in
+                            ``x`` (after stopword removal, as in the index).
+==========================  ===============================================================
+
+Semantics
+---------
+* Missing/null values: every comparison with a missing value is false, except
+  ``Eq null``.  Every ``Not*`` operator (and ``Not``) is the exact negation of
+  its positive form, so a missing attribute matches ``NotEq "x"``, ``NotIn`` ...
+  An empty array is a value (not missing): it matches no element-wise operator.
+* An attribute not in ``schema`` (or, at evaluation time, not a column of the
+  frame) is missing everywhere; its literals are not type-checked.
+* Literals are type-checked against the attribute type: strings for
+  string/uuid (uuids canonicalised to lowercase), numbers (not booleans) for
+  int/uint/float, booleans for bool, RFC 3339 strings or integer ms since the
+  epoch for datetime (a string without offset is UTC; sub-ms precision is
+  compared exactly).  An int attribute compared with ``1.5`` compares exactly
+  (``x < 1.5`` == ``x <= 1``; ``x == 1.5`` is false); out-of-range integers
+  (``uint < -1``) are handled exactly too.  float attributes compare as
+  float64 (integers beyond 2**53 are rounded).  NaN matches nothing.
+* Token operators tokenize both sides with ``puffer_cli.text`` under the
+  attribute's ``full_text_search`` options (a list value: each element is
+  analyzed and the tokens concatenated; for ``pre_tokenized_array`` each element
+  is one token).  A value that yields no tokens (e.g. only stopwords) matches
+  nothing.  ``last_as_prefix`` lets the last query token match any token it
+  prefixes.  Cost: these run Python per row (``map_batches`` + one tantivy
+  ``analyze`` per distinct value, ~2 us each), unlike every other operator;
+  put cheap conditions first in an ``And`` is *not* enough, polars evaluates
+  all of them, so restrict the frame first when it is large.
+* ``filterable: false`` attributes can only be used with the token operators.
+  Vector attributes cannot be filtered.  ``Regex`` does not require the
+  schema's ``regex: true``.
+* ``{"$ref_new": "attr"}`` as a value (only with ``ref_new_prefix``, i.e. in
+  conditional writes) compares with the new row's value, column
+  ``ref_new_prefix + attr``; supported with Eq/NotEq/Lt/Lte/Gt/Gte between
+  compatible scalar types (and Eq/NotEq between arrays).  A null new value
+  compares false (so ``NotEq`` is true).
+
+Errors: anything malformed raises :class:`puffer_cli.errors.InvalidFilter`
+whose message starts with the offending (sub-)filter as compact JSON.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import json
+import math
+import re
+import uuid as _uuid
+from fractions import Fraction
+from typing import Any, Collection, Iterable, Mapping
+
+import polars as pl
+
+from puffer_cli import text as _text
+from puffer_cli.errors import InvalidFilter
+
+__all__ = [
+    "OPERATORS",
+    "compile_filter",
+    "validate_filter",
+    "referenced_attributes",
+    "ref_new_attributes",
+    "glob_to_regex",
+]
+
+_NEG = {
+    "NotEq": "Eq", "NotIn": "In", "NotGlob": "Glob", "NotIGlob": "IGlob",
+    "NotContains": "Contains", "NotContainsAny": "ContainsAny",
+}
+_CMP = ("Lt", "Lte", "Gt", "Gte")
+_ANY_CMP = {"AnyLt": "Lt", "AnyLte": "Lte", "AnyGt": "Gt", "AnyGte": "Gte"}
+_TOKEN_OPS = ("ContainsAllTokens", "ContainsAnyToken", "ContainsTokenSequence")
+_POSITIVE = ("Eq", "In", *_CMP, "Glob", "IGlob", "Regex", "Contains", "ContainsAny",
+             *_ANY_CMP, *_TOKEN_OPS)
+OPERATORS: tuple[str, ...] = _POSITIVE + tuple(_NEG)
+_CONNECTIVES = ("And", "Or", "Not")
+
+_SCALAR_TYPES = ("string", "int", "uint", "float", "bool", "datetime", "uuid")
+_VECTOR_RE = re.compile(r"^\[(\d+)\]f(16|32)$")
+_INT_RANGE = {"int": (-(2**63), 2**63 - 1), "uint": (0, 2**64 - 1),
+              "datetime": (-(2**63), 2**63 - 1)}
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _show(v: Any, limit: int = 200) -> str:
+    try:
+        s = json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):  # pragma: no cover - default=repr handles most
+        s = repr(v)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class _Ctx:
+    """Where we are, for error messages."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+
+    def fail(self, msg: str) -> InvalidFilter:
+        return InvalidFilter(f"filter {_show(self.raw)}: {msg}")
+
+
+def _polars_dtype(t: str) -> pl.DataType:
+    if t in ("string", "uuid"):
+        return pl.String()
+    if t == "int":
+        return pl.Int64()
+    if t == "uint":
+        return pl.UInt64()
+    if t == "float":
+        return pl.Float64()
+    if t == "bool":
+        return pl.Boolean()
+    if t == "datetime":
+        return pl.Datetime("ms", "UTC")
+    if t.startswith("[]") and t[2:] in _SCALAR_TYPES:
+        return pl.List(_polars_dtype(t[2:]))
+    m = _VECTOR_RE.match(t)
+    if m:
+        return pl.Array(pl.Float32, int(m.group(1)))
+    raise InvalidFilter(f"unknown attribute type {t!r} in schema")
+
+
+def _canon_dtype(t: str) -> pl.DataType:
+    """dtype after _canon(): datetimes become Int64 ms."""
+    if t == "datetime":
+        return pl.Int64()
+    if t == "[]datetime":
+        return pl.List(pl.Int64)
+    return _polars_dtype(t)
+
+
+_RUST_META = set("\\.+*?()|[]{}^$#&-~")
+
+
+def _rust_escape(s: str) -> str:
+    return "".join("\\" + c if c in _RUST_META else c for c in s)
+
+
+class _Cols:
+    """How to reference a column whose presence in the frame is unknown."""
+
+    def __init__(self, columns: Collection[str] | None):
+        self.columns = None if columns is None else set(columns)
+
+    def get(self, name: str, t: str) -> pl.Expr:
+        dtype = _polars_dtype(t)
+        if self.columns is not None:
+            if name in self.columns:
+                return pl.col(name)
+            return pl.lit(None, dtype=dtype)
+        # present -> the column; absent -> a typed null (regex selection of zero columns)
+        return pl.coalesce(pl.col("^" + _rust_escape(name) + "$"), pl.lit(None, dtype=dtype))
+
+
+def _canon(x: pl.Expr, t: str) -> pl.Expr:
+    if t == "datetime":
+        return x.cast(pl.Int64)
+    if t == "[]datetime":
+        return x.cast(pl.List(pl.Int64))
+    return x
+
+
+# --------------------------------------------------------------------------- parsing
+
+def _parse(f: Any):
+    """Structural validation -> nested tuples.
+
+    ("and"|"or", [nodes]) | ("not", node) | ("leaf", attr, op, value, params, raw)
+    """
+    ctx = _Ctx(f)
+    if not isinstance(f, (list, tuple)):
+        raise ctx.fail("expected a list like [attr, op, value], [\"And\", [...]], "
+                       "[\"Or\", [...]] or [\"Not\", filter]")
+    if len(f) == 0:
+        raise ctx.fail("empty filter")
+    head = f[0]
+    connective = head in _CONNECTIVES and (len(f) != 3 or not isinstance(f[1], str))
+    if connective and head in ("And", "Or"):
+        if len(f) != 2:
+            raise ctx.fail(f"{head} takes exactly one list of filters: [\"{head}\", [f, ...]]")
+        subs = f[1]
+        if not isinstance(subs, (list, tuple)):
+            raise ctx.fail(f"{head} needs a list of filters, got {_show(subs)}")
+        return (head.lower(), [_parse(s) for s in subs])
+    if connective and head == "Not":
+        if len(f) != 2:
+            raise ctx.fail("Not takes exactly one filter: [\"Not\", filter]")
+        return ("not", _parse(f[1]))
+    if len(f) not in (3, 4):
+        if len(f) == 2 and isinstance(f[1], str) and f[1] in OPERATORS:
+            raise ctx.fail(f"{f[1]} needs a value: [attr, \"{f[1]}\", value]")
+        raise ctx.fail(f"expected [attr, op, value], got {len(f)} element(s)")
+    attr, op, value = f[0], f[1], f[2]
+    if not isinstance(attr, str) or not attr:
+        raise ctx.fail(f"attribute name must be a non-empty string, got {_show(attr)}")
+    if not isinstance(op, str):
+        raise ctx.fail(f"operator must be a string, got {_show(op)}")
+    if op not in OPERATORS:
+        if op in _CONNECTIVES:
+            raise ctx.fail(f"{op} must be the first element: [\"{op}\", ...]")
+        close = difflib.get_close_matches(op, OPERATORS + _CONNECTIVES, n=1)
+        hint = f" (did you mean \"{close[0]}\"?)" if close else ""
+        raise ctx.fail(f"unknown operator {_show(op)}{hint}")
+    params: dict = {}
+    if len(f) == 4:
+        if op not in ("ContainsAllTokens", "ContainsAnyToken"):
+            raise ctx.fail(f"expected [attr, op, value], got 4 elements ({op} takes no options)")
+        params = f[3]
+        if not isinstance(params, Mapping) or set(params) - {"last_as_prefix"} \
+                or not isinstance(params.get("last_as_prefix", False), bool):
+            raise ctx.fail(f"{op} options must be {{\"last_as_prefix\": true|false}}, "
+                           f"got {_show(params)}")
+    return ("leaf", attr, op, value, dict(params), f)
+
+
+def _walk_leaves(node) -> Iterable[tuple]:
+    kind = node[0]
+    if kind == "leaf":
+        yield node
+    elif kind == "not":
+        yield from _walk_leaves(node[1])
+    else:
+        for n in node[1]:
+            yield from _walk_leaves(n)
+
+
+def _ref_name(value: Any) -> str | None:
+    if isinstance(value, Mapping) and set(value) == {"$ref_new"} and isinstance(value["$ref_new"], str):
+        return value["$ref_new"]
+    return None
+
+
+def referenced_attributes(f: Any, *, include_ref_new: bool = False) -> set[str]:
+    """Attribute names the filter reads (``$ref_new`` targets only if asked)."""
+    if f is None:
+        return set()
+    out: set[str] = set()
+    for leaf in _walk_leaves(_parse(f)):
+        out.add(leaf[1])
+        if include_ref_new:
+            r = _ref_name(leaf[3])
+            if r is not None:
+                out.add(r)
+    return out
+
+
+def ref_new_attributes(f: Any) -> set[str]:
+    """Names used as ``{"$ref_new": name}`` in the filter."""
+    if f is None:
+        return set()
+    return {r for leaf in _walk_leaves(_parse(f)) if (r := _ref_name(leaf[3])) is not None}
+
+
+# --------------------------------------------------------------------------- compile
+
+def compile_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None,
+                   columns: Collection[str] | None = None) -> pl.Expr:
+    """Compile a turbopuffer filter to a non-null boolean polars expression.
+
+    ``schema``: attribute -> spec (``{"type": ..., "full_text_search": ...,
+    "filterable": ...}``).  ``columns``: the frame's column names, if known;
+    lets the expression use plain ``pl.col`` (better for predicate pushdown).
+    Without it a missing column is handled at evaluation time.
+    """
+    if f is None:
+        return pl.lit(True)
+    tree = _parse(f)
+    c = _Compiler(schema, ref_new_prefix, _Cols(columns))
+    return c.node(tree)
+
+
+def validate_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None) -> None:
+    """Raise InvalidFilter if ``f`` does not compile against ``schema``."""
+    compile_filter(f, schema, ref_new_prefix=ref_new_prefix)
+
+
+_FALSE = False  # constant "no row matches"
+_NONNULL = True  # constant "every row with a (non-null) value matches"
+
+
+class _Compiler:
+    def __init__(self, schema: Mapping[str, Mapping], prefix: str | None, cols: _Cols):
+        self.schema = schema
+        self.prefix = prefix
+        self.cols = cols
+
+    def node(self, n) -> pl.Expr:
+        kind = n[0]
+        if kind == "leaf":
+            return self.leaf(*n[1:])
+        if kind == "not":
+            return ~self.node(n[1])
+        parts = [self.node(s) for s in n[1]]
+        if not parts:
+            return pl.lit(kind == "and")
+        out = parts[0]
+        for p in parts[1:]:
+            out = (out & p) if kind == "and" else (out | p)
+        return out
+
+    # -- one condition ----------------------------------------------------------
+    def leaf(self, attr: str, op: str, value: Any, params: dict, raw: Any) -> pl.Expr:
+        ctx = _Ctx(raw)
+        pos = _NEG.get(op, op)
+        e = self.positive(attr, op, pos, value, params, ctx)
+        return ~e if op in _NEG else e
+
+    def positive(self, attr, op, pos, value, params, ctx) -> pl.Expr:
+        ref = None
+        if isinstance(value, Mapping):
+            ref = _ref_name(value)
+            if ref is None:
+                raise ctx.fail(f"unsupported value object {_show(value)} "
+                               "(the only object value is {\"$ref_new\": attr})")
+            if self.prefix is None:
+                raise ctx.fail("$ref_new is only allowed in conditional writes "
+                               "(upsert_condition / patch_condition / delete_condition)")
+        spec = self.schema.get(attr)
+        if spec is not None and not isinstance(spec, Mapping):
+            raise ctx.fail(f"schema entry for attribute {_show(attr)} is not an object")
+        t = spec.get("type") if spec is not None else None
+        if spec is not None and not isinstance(t, str):
+            raise ctx.fail(f"schema entry for attribute {_show(attr)} has no type")
+
+        self.check_shape(attr, op, pos, value, ref, ctx)
+
+        if pos in _TOKEN_OPS:
+            return self.token_op(attr, spec, pos, value, params, ctx)
+
+        if spec is None:
+            # Unknown attribute: missing everywhere.
+            return pl.lit(pos == "Eq" and value is None)
+
+        if _VECTOR_RE.match(t):
+            if pos == "Eq" and value is None:
+                return self.cols.get(attr, t).is_null()
+            raise ctx.fail(f"attribute {_show(attr)} is a vector ({t}); vectors cannot be "
+                           "filtered (only Eq/NotEq null)")
+        is_array = t.startswith("[]")
+        et = t[2:] if is_array else t
+        if et not in _SCALAR_TYPES:
+            raise ctx.fail(f"attribute {_show(attr)} has unknown type {_show(t)}")
+        if attr != "id" and spec.get("filterable") is False:
+            raise ctx.fail(f"attribute {_show(attr)} is not filterable (schema has "
+                           "filterable: false); only the token operators apply to it")
+
+        col = self.cols.get(attr, t)
+        if pos == "Eq" and value is None:
+            return col.is_null()
+
+        if ref is not None:
+            return self.ref_op(attr, t, col, op, pos, ref, ctx)
+
+        x = _canon(col, t)
+        desc = f"attribute {_show(attr)} (type {t})"
+        if is_array:
+            if pos in _CMP:
+                raise ctx.fail(f"{op} on {desc} is not supported for arrays; use Any{op}")
+            if pos == "Eq" and isinstance(value, (list, tuple)):
+                return self.array_equals(x, et, value, op, desc, ctx)
+            if pos in ("Eq", "Contains"):
+                epos, evalue = "Eq", value
+            elif pos in ("In", "ContainsAny"):
+                epos, evalue = "In", value
+            elif pos in _ANY_CMP:
+                epos, evalue = _ANY_CMP[pos], value
+            else:  # Glob, IGlob, Regex
+                epos, evalue = pos, value
+            pred = self.scalar_pred(pl.element(), et, epos, evalue, op, desc, ctx)
+            if pred is _FALSE:
+                return pl.lit(False)
+            if pred is _NONNULL:
+                pred = pl.element().is_not_null()
+            return x.list.eval(pred).list.any().fill_null(False)
+
+        if pos in ("Contains", "ContainsAny") or pos in _ANY_CMP:
+            raise ctx.fail(f"{op} needs an array attribute; {desc} is a scalar"
+                           + (" (use Eq)" if pos == "Contains" else
+                              " (use In)" if pos == "ContainsAny" else f" (use {_ANY_CMP[pos]})"))
+        pred = self.scalar_pred(x, et, pos, value, op, desc, ctx)
+        if pred is _FALSE:
+            return pl.lit(False)
+        if pred is _NONNULL:
+            return x.is_not_null()
+        return pred.fill_null(False)
+
+    # -- shape checks independent of the schema ---------------------------------
+    def check_shape(self, attr, op, pos, value, ref, ctx) -> None:
+        if ref is not None:
+            if pos not in ("Eq", *_CMP):
+                raise ctx.fail(f"{op} does not take {{\"$ref_new\": ...}} "
+                               "(only Eq, NotEq, Lt, Lte, Gt, Gte do)")
+            return
+        if pos in ("In", "ContainsAny"):
+            if not isinstance(value, (list, tuple)):
+                raise ctx.fail(f"{op} needs a list of values, got {_show(value)}")
+        elif pos in _TOKEN_OPS:
+            if isinstance(value, str):
+                return
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return
+            raise ctx.fail(f"{op} needs a string or a list of strings, got {_show(value)}")
+        elif pos in ("Glob", "IGlob", "Regex"):
+            if not isinstance(value, str):
+                raise ctx.fail(f"{op} needs a pattern string, got {_show(value)}")
+        elif pos != "Eq" and value is None:
+            raise ctx.fail(f"{op} needs a value, got null (only Eq/NotEq/In accept null)")
+        elif pos != "Eq" and isinstance(value, (list, tuple)):
+            raise ctx.fail(f"{op} needs a single value, got a list {_show(value)}"
+                           + (" (use In)" if pos in _CMP else
+                              " (use ContainsAny)" if pos == "Contains" else ""))
+
+    # -- literals ----------------------------------------------------------------
+    def literal(self, et: str, v: Any, op: str, desc: str, ctx: _Ctx) -> Any:
+        """Check and convert one literal for element type ``et``.
+
+        Returns str (string/uuid), bool, int/float/Fraction (numbers; datetimes
+        in ms), or math.nan (matches nothing).
+        """
+        if et == "string":
+            if isinstance(v, str):
+                return v
+            raise ctx.fail(f"{op} on {desc} needs a string, got {_show(v)}")
+        if et == "uuid":
+            if isinstance(v, str):
+                try:
+                    return str(_uuid.UUID(v))
+                except ValueError:
+                    pass
+            raise ctx.fail(f"{op} on {desc} needs a UUID string, got {_show(v)}")
+        if et == "bool":
+            if isinstance(v, bool):
+                return v
+            raise ctx.fail(f"{op} on {desc} needs true or false, got {_show(v)}")
+        if et in ("int", "uint", "float"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ctx.fail(f"{op} on {desc} needs a number, got {_show(v)}")
+            return v
+        if et == "datetime":
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise ctx.fail(f"{op} on {desc} needs an RFC 3339 string or integer ms "
+                               f"since the epoch, got {_show(v)}")
+            if isinstance(v, int):
+                return v
+            ms = _parse_datetime_ms(v)
+            if ms is None:
+                raise ctx.fail(f"{op} on {desc}: {_show(v)} is not an RFC 3339 datetime")
+            return ms
+        raise ctx.fail(f"{op} on {desc} is not supported")  # pragma: no cover
+
+    def scalar_pred(self, x: pl.Expr, et: str, pos: str, value: Any, op: str, desc: str,
+                    ctx: _Ctx):
+        """Predicate on scalar expression ``x`` (already canonical): an Expr
+        (may yield null), or _FALSE / _NONNULL constants."""
+        if pos in ("Glob", "IGlob", "Regex"):
+            if et != "string":
+                raise ctx.fail(f"{op} on {desc} needs a string attribute")
+            if pos == "Regex":
+                pattern = value
+            else:
+                try:
+                    pattern = glob_to_regex(value, case_insensitive=(pos == "IGlob"))
+                except ValueError as e:
+                    raise ctx.fail(f"invalid glob pattern {_show(value)}: {e}") from None
+            _check_regex(pattern, value, op, ctx)
+            return x.str.contains(pattern)
+        if pos == "In":
+            return self.in_pred(x, et, value, op, desc, ctx)
+        if pos == "Eq" or pos in _CMP:
+            if et == "bool" and pos in _CMP:
+                raise ctx.fail(f"{op} on {desc}: booleans have no order (use Eq)")
+            lit = self.literal(et, value, op, desc, ctx)
+            return _cmp(x, et, pos, lit)
+        raise ctx.fail(f"{op} is not supported on {desc}")  # pragma: no cover
+
+    def in_pred(self, x, et, values, op, desc, ctx):
+        want_null = False
+        keep: list = []
+        for v in values:
+            if v is None:
+                want_null = True
+                continue
+            if isinstance(v, (list, tuple, Mapping)):
+                raise ctx.fail(f"{op} on {desc} needs a list of scalar values, got {_show(v)}")
+            lit = self.literal(et, v, op, desc, ctx)
+            exact = _exact_member(et, lit)
+            if exact is not None:
+                keep.append(exact)
+        if keep:
+            series = pl.Series(keep, dtype=_canon_dtype(et))
+            e = x.is_in(pl.lit(series).implode())
+            if want_null:
+                e = e.fill_null(False) | x.is_null()
+            return e
+        if want_null:
+            return x.is_null()
+        return _FALSE
+
+    def array_equals(self, x, et, values, op, desc, ctx):
+        exact_vals = []
+        for v in values:
+            if v is None or isinstance(v, (list, tuple, Mapping)):
+                raise ctx.fail(f"{op} on {desc} needs a scalar or a list of scalars, "
+                               f"got element {_show(v)}")
+            lit = self.literal(et, v, op, desc, ctx)
+            ex = _exact_member(et, lit)
+            if ex is None:
+                return pl.lit(False)
+            exact_vals.append(ex)
+        dtype = pl.List(_canon_dtype(et))
+        target = pl.lit(pl.Series([exact_vals], dtype=dtype))
+        return (x == target.first()).fill_null(False)
+
+    # -- $ref_new ----------------------------------------------------------------
+    def ref_op(self, attr, t, col, op, pos, ref, ctx):
+        rspec = self.schema.get(ref)
+        if rspec is None:
+            return pl.lit(False)  # the new row cannot have it: null compares false
+        rt = rspec.get("type") if isinstance(rspec, Mapping) else None
+        if not isinstance(rt, str):
+            raise ctx.fail(f"schema entry for attribute {_show(ref)} has no type")
+        fam = _family(t)
+        if fam is None or fam != _family(rt) or (t.startswith("[]") != rt.startswith("[]")):
+            raise ctx.fail(f"cannot compare attribute {_show(attr)} (type {t}) with "
+                           f"$ref_new {_show(ref)} (type {rt})")
+        if t.startswith("[]") and pos != "Eq":
+            raise ctx.fail(f"{op} with $ref_new on array attribute {_show(attr)}: only Eq/NotEq")
+        if fam == "bool" and pos != "Eq":
+            raise ctx.fail(f"{op} on attribute {_show(attr)} (type {t}): booleans have no order")
+        y = _canon(self.cols.get(self.prefix + ref, rt), rt)
+        x = _canon(col, t)
+        e = {"Eq": x == y, "Lt": x < y, "Lte": x <= y, "Gt": x > y, "Gte": x >= y}[pos]
+        return e.fill_null(False)
+
+    # -- token operators ---------------------------------------------------------
+    def token_op(self, attr, spec, pos, value, params, ctx):
+        if spec is None:
+            return pl.lit(False)
+        t = spec["type"]
+        fts = spec.get("full_text_search")
+        if not fts:
+            raise ctx.fail(f"{pos} needs full-text search on attribute {_show(attr)} "
+                           f"(type {t}); declare it with \"full_text_search\": true")
+        if t not in ("string", "[]string"):
+            raise ctx.fail(f"{pos} needs a string attribute; {_show(attr)} is {t}")
+        opts = _text.normalize_fts_options(fts)
+        query = _text.tokenize(list(value) if not isinstance(value, str) else value, opts)
+        if not query:
+            return pl.lit(False)
+        prefix_last = bool(params.get("last_as_prefix"))
+        fn = _token_matcher(pos, query, prefix_last, opts)
+        col = self.cols.get(attr, t)
+        return col.map_batches(fn, return_dtype=pl.Boolean, is_elementwise=True).fill_null(False)
+
+
+# --------------------------------------------------------------------------- primitives
+
+def _family(t: str) -> str | None:
+    et = t[2:] if t.startswith("[]") else t
+    if et in ("int", "uint", "float"):
+        return "num"
+    if et in ("string", "uuid"):
+        return "str"
+    if et in ("bool", "datetime"):
+        return et
+    return None
+
+
+def _parse_datetime_ms(s: str) -> Fraction | int | None:
+    txt = s.strip()
+    if not txt or len(txt) > 64 or not re.match(r"^[0-9+-]", txt):
+        return None
+    if txt[-1] in "zZ":
+        txt = txt[:-1] + "+00:00"
+    if len(txt) > 10 and txt[10] in "t ":
+        txt = txt[:10] + "T" + txt[11:]
+    # fromisoformat takes at most 6 fractional digits; keep any extra precision ourselves
+    m = re.match(r"^(.*T\d\d:\d\d:\d\d)\.(\d+)(.*)$", txt)
+    frac = Fraction(0)
+    if m:
+        digits = m.group(2)
+        frac = Fraction(int(digits), 10 ** len(digits))
+        txt = m.group(1) + m.group(3)
+    try:
+        d = _dt.datetime.fromisoformat(txt)
+    except ValueError:
+        return None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=_dt.timezone.utc)
+    delta = d - _EPOCH
+    secs = Fraction(delta.days * 86400 + delta.seconds) + Fraction(delta.microseconds, 10**6) + frac
+    ms = secs * 1000
+    return int(ms) if ms.denominator == 1 else ms
+
+
+def _is_nan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def _exact_member(et: str, lit: Any) -> Any:
+    """The value a column element must equal to be Eq ``lit``; None if impossible."""
+    if _is_nan(lit):
+        return None
+    if et in _INT_RANGE:
+        if isinstance(lit, float) and math.isinf(lit):
+            return None
+        if isinstance(lit, (float, Fraction)):
+            if lit != math.floor(lit):
+                return None
+            lit = int(lit)
+        lo, hi = _INT_RANGE[et]
+        return lit if lo <= lit <= hi else None
+    if et == "float":
+        try:
+            return float(lit)
+        except OverflowError:
+            return None
+    return lit
+
+
+def _cmp(x: pl.Expr, et: str, pos: str, lit: Any):
+    if _is_nan(lit):
+        return _FALSE
+    if et in _INT_RANGE:
+        return _int_cmp(x, et, pos, lit)
+    if et == "float":
+        try:
+            v = float(lit)
+        except OverflowError:
+            v = math.inf if lit > 0 else -math.inf
+        lit_e = pl.lit(v, dtype=pl.Float64)
+    elif et == "bool":
+        lit_e = pl.lit(lit, dtype=pl.Boolean)
+    else:
+        lit_e = pl.lit(lit, dtype=pl.String)
+    return {"Eq": x == lit_e, "Lt": x < lit_e, "Lte": x <= lit_e,
+            "Gt": x > lit_e, "Gte": x >= lit_e}[pos]
+
+
+def _int_cmp(x: pl.Expr, et: str, pos: str, v: Any):
+    lo, hi = _INT_RANGE[et]
+    dtype = _canon_dtype(et)
+    if isinstance(v, float) and math.isinf(v):
+        if pos in ("Lt", "Lte"):
+            return _NONNULL if v > 0 else _FALSE
+        if pos in ("Gt", "Gte"):
+            return _NONNULL if v < 0 else _FALSE
+        return _FALSE
+    if pos == "Eq":
+        k = _exact_member(et, v)
+        return _FALSE if k is None else x == pl.lit(k, dtype=dtype)
+    if pos == "Lt":
+        k, le = math.ceil(v) - 1, True
+    elif pos == "Lte":
+        k, le = math.floor(v), True
+    elif pos == "Gt":
+        k, le = math.floor(v) + 1, False
+    else:
+        k, le = math.ceil(v), False
+    if le:
+        if k < lo:
+            return _FALSE
+        if k >= hi:
+            return _NONNULL
+        return x <= pl.lit(k, dtype=dtype)
+    if k > hi:
+        return _FALSE
+    if k <= lo:
+        return _NONNULL
+    return x >= pl.lit(k, dtype=dtype)
+
+
+_REGEX_OK: dict[str, str | None] = {}
+
+
+def _check_regex(pattern: str, shown: str, op: str, ctx: _Ctx) -> None:
+    """Compile ``pattern`` with polars' (Rust) regex engine; InvalidFilter if bad."""
+    err = _REGEX_OK.get(pattern, "")
+    if err == "":
+        try:
+            pl.select(pl.lit("", dtype=pl.String).str.contains(pattern))
+            err = None
+        except Exception as e:  # polars ComputeError: "regex error: ..."
+            msg = str(e).split("\n\nThis error occurred")[0].strip()
+            err = " ".join(msg.split())[:300]
+        if len(_REGEX_OK) < 4096:
+            _REGEX_OK[pattern] = err
+    if err is not None:
+        what = "regex" if op == "Regex" else "glob pattern"
+        raise ctx.fail(f"invalid {what} {_show(shown)}: {err}")
+
+
+def glob_to_regex(pattern: str, *, case_insensitive: bool = False) -> str:
+    """Translate a Unix glob to an anchored Rust regex (``(?s)^...$``).
+
+    ``*`` any run (also ``/``), ``?`` one char, ``[...]`` classes (``!`` or ``^``
+    negates, a leading ``]`` is literal, ``a-z`` ranges), ``\\x`` literal ``x``,
+    ``{a,b,...}`` alternatives (no nesting).  Raises ValueError when malformed.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_brace = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            if i + 1 >= n:
+                raise ValueError("trailing backslash")
+            out.append(_rust_escape(pattern[i + 1]))
+            i += 2
+        elif c == "*":
+            out.append(".*")
+            i += 1
+        elif c == "?":
+            out.append(".")
+            i += 1
+        elif c == "[":
+            j = i + 1
+            neg = False
+            if j < n and pattern[j] in "!^":
+                neg = True
+                j += 1
+            items: list[str] = []
+            first = True
+            while True:
+                if j >= n:
+                    raise ValueError("unclosed character class '['")
+                ch = pattern[j]
+                if ch == "]" and not first:
+                    break
+                first = False
+                if ch == "\\" and j + 1 < n:
+                    ch = pattern[j + 1]
+                    j += 1
+                j += 1
+                if j + 1 < n and pattern[j] == "-" and pattern[j + 1] != "]":
+                    hi = pattern[j + 1]
+                    if hi == "\\" and j + 2 < n:
+                        hi = pattern[j + 2]
+                        j += 1
+                    j += 2
+                    if hi < ch:
+                        raise ValueError(f"invalid range {ch}-{hi}")
+                    items.append(_rust_escape(ch) + "-" + _rust_escape(hi))
+                else:
+                    items.append(_rust_escape(ch))
+            out.append("[" + ("^" if neg else "") + "".join(items) + "]")
+            i = j + 1
+        elif c == "{" and not in_brace:
+            in_brace = True
+            out.append("(?:")
+            i += 1
+        elif c == "," and in_brace:
+            out.append("|")
+            i += 1
+        elif c == "}" and in_brace:
+            in_brace = False
+            out.append(")")
+            i += 1
+        else:
+            out.append(_rust_escape(c))
+            i += 1
+    if in_brace:
+        raise ValueError("unclosed '{'")
+    flags = "(?si)" if case_insensitive else "(?s)"
+    return flags + "^" + "".join(out) + "$"
+
+
+def _token_matcher(pos: str, query: list[str], prefix_last: bool, opts: dict):
+    qset = set(query)
+    last = query[-1]
+    head = set(query[:-1]) if prefix_last else qset
+    qlen = len(query)
+
+    def has_prefix(toks) -> bool:
+        return any(tok.startswith(last) for tok in toks)
+
+    if pos == "ContainsAllTokens":
+        def match(toks: list[str]) -> bool:
+            s = set(toks)
+            if not head <= s:
+                return False
+            return has_prefix(s) if prefix_last else True
+    elif pos == "ContainsAnyToken":
+        def match(toks: list[str]) -> bool:
+            s = set(toks)
+            if not head.isdisjoint(s):
+                return True
+            return prefix_last and has_prefix(s)
+    else:
+        first = query[0]
+
+        def match(toks: list[str]) -> bool:
+            n = len(toks)
+            for i in range(n - qlen + 1):
+                if toks[i] == first and toks[i:i + qlen] == query:
+                    return True
+            return False
+
+    def fn(s: pl.Series) -> pl.Series:
+        values = s.to_list()
+        toks = _text.tokenize_many(values, opts)
+        return pl.Series(
+            s.name,
+            [None if v is None else match(t) for v, t in zip(values, toks)],
+            dtype=pl.Boolean,
+        )
+
+    return fn

@@ -1,0 +1,278 @@
+"""The one text analyzer of puffer.
+
+Filters (``ContainsAllTokens`` & co.), the exact BM25 scorer and the tantivy
+FTS index all tokenize through :func:`analyzer`, so a term means the same thing
+everywhere.  :func:`tokenize` is literally ``analyzer(opts).analyze(text)``.
+
+turbopuffer's ``full_text_search`` schema option is ``true`` or a dict::
+
+    tokenizer         "word_v1" (default) | "word_v0" | "pre_tokenized_array"
+    language          "english" (default) or any tantivy stemmer language (LANGUAGES)
+    stemming          false (default)
+    remove_stopwords  true (default); a no-op for languages tantivy has no list for
+    case_sensitive    false (default)
+    ascii_folding     false (default)
+    max_token_length  39 (default): tokens longer than this many UTF-8 *bytes* are dropped
+    k1, b             1.2, 0.75: BM25 parameters (do not affect tokens)
+
+Pipeline (tantivy ``TextAnalyzerBuilder``), in this order:
+
+    tokenizer -> remove_long(max_token_length + 1) -> lowercase (unless case_sensitive)
+              -> ascii_fold (if ascii_folding) -> stopword(language) (if remove_stopwords)
+              -> stemmer(language) (if stemming)
+
+Tokenizers:
+
+* ``word_v1``: tantivy regex tokenizer ``\\w+`` (Unicode word characters: letters,
+  marks, digits, connector punctuation, so ``foo_bar`` is one token and combining
+  accents stay attached to their letter).
+* ``word_v0``: tantivy ``simple`` tokenizer (splits on anything that is not
+  ``char::is_alphanumeric``; ``foo_bar`` -> ``foo``, ``bar``).
+* ``pre_tokenized_array``: the attribute is a ``[]string``; every element is one
+  token, used as-is except for lowercasing (unless case_sensitive).  No length
+  limit, stopwords or stemming.  The tantivy analyzer is ``raw`` + lowercase, so
+  index each element as a separate value of a multi-valued text field.
+
+Stemming is off by default (as in turbopuffer); note that with stemming on, the
+stemmer sees lowercased tokens only when case_sensitive is false.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Iterable, Mapping
+
+import tantivy
+
+from puffer_cli.errors import SchemaError
+
+__all__ = [
+    "DEFAULT_FTS_OPTIONS",
+    "LANGUAGES",
+    "STOPWORD_LANGUAGES",
+    "TOKENIZERS",
+    "normalize_fts_options",
+    "analyzer",
+    "analyzer_name",
+    "register",
+    "tokenize",
+    "tokenize_many",
+]
+
+TOKENIZERS = ("word_v1", "word_v0", "pre_tokenized_array")
+
+#: Languages tantivy ships a Snowball stemmer for.
+LANGUAGES = (
+    "arabic", "danish", "dutch", "english", "finnish", "french", "german", "greek",
+    "hungarian", "italian", "norwegian", "portuguese", "romanian", "russian",
+    "spanish", "swedish", "tamil", "turkish",
+)
+#: Languages tantivy ships a stop word list for (others: remove_stopwords is a no-op).
+STOPWORD_LANGUAGES = frozenset({
+    "danish", "dutch", "english", "finnish", "french", "german", "hungarian",
+    "italian", "norwegian", "portuguese", "russian", "spanish", "swedish",
+})
+
+DEFAULT_FTS_OPTIONS: dict[str, Any] = {
+    "tokenizer": "word_v1",
+    "language": "english",
+    "stemming": False,
+    "remove_stopwords": True,
+    "case_sensitive": False,
+    "ascii_folding": False,
+    "max_token_length": 39,
+    "k1": 1.2,
+    "b": 0.75,
+}
+
+_BOOL_KEYS = ("stemming", "remove_stopwords", "case_sensitive", "ascii_folding")
+# Keys that change the produced tokens (k1/b only change scoring).
+_TOKEN_KEYS = ("tokenizer", "language", "stemming", "remove_stopwords",
+               "case_sensitive", "ascii_folding", "max_token_length")
+
+_WORD_V1_PATTERN = r"\w+"
+
+
+def normalize_fts_options(opts: Any) -> dict[str, Any]:
+    """Return the full option dict for a ``full_text_search`` value.
+
+    ``True`` / ``{}`` -> all defaults.  An already-normalized dict is returned
+    equal (idempotent).  Unknown keys, wrong types and unknown values raise
+    :class:`SchemaError`.  ``False``/``None`` are not FTS options: callers
+    should treat them as "no full-text search" before calling this.
+    """
+    if opts is True:
+        return dict(DEFAULT_FTS_OPTIONS)
+    if not isinstance(opts, Mapping):
+        raise SchemaError(
+            f"full_text_search must be true or an object, got {_show(opts)}")
+    unknown = sorted(set(opts) - set(DEFAULT_FTS_OPTIONS))
+    if unknown:
+        raise SchemaError(
+            f"full_text_search: unknown option {_show(unknown[0])}; known options: "
+            + ", ".join(DEFAULT_FTS_OPTIONS))
+    out = dict(DEFAULT_FTS_OPTIONS)
+    out.update(opts)
+
+    tok = out["tokenizer"]
+    if tok not in TOKENIZERS:
+        raise SchemaError(
+            f"full_text_search: unknown tokenizer {_show(tok)}; expected one of "
+            + ", ".join(TOKENIZERS))
+    lang = out["language"]
+    if not isinstance(lang, str) or lang.lower() not in LANGUAGES:
+        raise SchemaError(
+            f"full_text_search: unsupported language {_show(lang)}; expected one of "
+            + ", ".join(LANGUAGES))
+    out["language"] = lang.lower()
+    for key in _BOOL_KEYS:
+        if not isinstance(out[key], bool):
+            raise SchemaError(
+                f"full_text_search: {key} must be a boolean, got {_show(out[key])}")
+    mtl = out["max_token_length"]
+    if isinstance(mtl, bool) or not isinstance(mtl, int) or not 1 <= mtl <= 65535:
+        raise SchemaError(
+            "full_text_search: max_token_length must be an integer between 1 and 65535, "
+            f"got {_show(mtl)}")
+    for key, lo in (("k1", 0.0), ("b", 0.0)):
+        v = out[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo \
+                or v != v or v == float("inf"):
+            raise SchemaError(
+                f"full_text_search: {key} must be a finite non-negative number, got {_show(v)}")
+        out[key] = float(v)
+    if out["b"] > 1.0:
+        raise SchemaError(f"full_text_search: b must be between 0 and 1, got {_show(out['b'])}")
+    return out
+
+
+def _token_key(opts: Any) -> tuple:
+    n = normalize_fts_options(opts)
+    return tuple(n[k] for k in _TOKEN_KEYS)
+
+
+def _key_of(opts: Any) -> tuple:
+    # Fast path: an already normalized dict (the common case on hot paths).
+    if isinstance(opts, dict) and len(opts) == len(DEFAULT_FTS_OPTIONS):
+        try:
+            key = tuple(opts[k] for k in _TOKEN_KEYS)
+        except KeyError:
+            key = None
+        if key is not None and key in _ANALYZERS:
+            return key
+    return _token_key(opts)
+
+
+_ANALYZERS: dict[tuple, tantivy.TextAnalyzer] = {}
+
+
+def _build(key: tuple) -> tantivy.TextAnalyzer:
+    tok, lang, stem, stop, cs, fold, mtl = key
+    if tok == "pre_tokenized_array":
+        b = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.raw())
+        if not cs:
+            b = b.filter(tantivy.Filter.lowercase())
+        return b.build()
+    tokenizer = (tantivy.Tokenizer.regex(_WORD_V1_PATTERN) if tok == "word_v1"
+                 else tantivy.Tokenizer.simple())
+    b = tantivy.TextAnalyzerBuilder(tokenizer)
+    b = b.filter(tantivy.Filter.remove_long(mtl + 1))
+    if not cs:
+        b = b.filter(tantivy.Filter.lowercase())
+    if fold:
+        b = b.filter(tantivy.Filter.ascii_fold())
+    if stop and lang in STOPWORD_LANGUAGES:
+        b = b.filter(tantivy.Filter.stopword(lang))
+    if stem:
+        b = b.filter(tantivy.Filter.stemmer(lang))
+    return b.build()
+
+
+def analyzer(opts: Any) -> tantivy.TextAnalyzer:
+    """The tantivy ``TextAnalyzer`` for these options (cached per token-relevant options)."""
+    key = _key_of(opts)
+    a = _ANALYZERS.get(key)
+    if a is None:
+        a = _ANALYZERS[key] = _build(key)
+    return a
+
+
+@functools.lru_cache(maxsize=256)
+def _name_of(key: tuple) -> str:
+    tok, lang, stem, stop, cs, fold, mtl = key
+    flags = "".join(ch for ch, on in (("s", stem), ("w", stop), ("c", cs), ("a", fold)) if on)
+    return f"puffer_{tok}_{lang}_{flags or 'x'}_{mtl}"
+
+
+def analyzer_name(opts: Any) -> str:
+    """A stable name for the analyzer, e.g. ``puffer_word_v1_english_w_39``.
+
+    Depends only on the options that change tokens (not k1/b), so it can be
+    persisted in a tantivy schema (``add_text_field(..., tokenizer_name=...)``).
+    """
+    return _name_of(_key_of(opts))
+
+
+def register(index: tantivy.Index, opts: Any) -> str:
+    """Register the analyzer in ``index`` under :func:`analyzer_name`; return the name.
+
+    tantivy does not persist custom analyzers: call this every time an index is
+    created *or opened*, before writing or searching.
+    """
+    name = analyzer_name(opts)
+    index.register_tokenizer(name, analyzer(opts))
+    return name
+
+
+def tokenize(text: Any, opts: Any) -> list[str]:
+    """Tokens of one value.
+
+    ``text`` is a string, or for ``pre_tokenized_array`` a list of strings (a
+    plain string is then one token).  A list given to a word tokenizer is
+    tokenized element by element and the tokens concatenated.  ``None`` -> ``[]``.
+    """
+    if text is None:
+        return []
+    a = analyzer(opts)
+    if isinstance(text, str):
+        return a.analyze(text)
+    out: list[str] = []
+    for part in text:
+        if part is not None:
+            out.extend(a.analyze(part))
+    return out
+
+
+def tokenize_many(texts: Iterable[Any], opts: Any) -> list[list[str]]:
+    """``[tokenize(t, opts) for t in texts]``, faster: the analyzer is looked up
+    once and repeated values are analyzed once.  Cost: one Rust call per distinct
+    string (~1-3 us for short strings)."""
+    analyze = analyzer(opts).analyze
+    memo: dict[str, list[str]] = {}
+    out: list[list[str]] = []
+    append = out.append
+    for t in texts:
+        if t is None:
+            append([])
+        elif isinstance(t, str):
+            toks = memo.get(t)
+            if toks is None:
+                toks = analyze(t)
+                if len(memo) < 65536:
+                    memo[t] = toks
+            append(list(toks))
+        else:
+            toks = []
+            for part in t:
+                if part is not None:
+                    toks.extend(analyze(part))
+            append(toks)
+    return out
+
+
+def _show(v: Any) -> str:
+    try:
+        s = json.dumps(v, ensure_ascii=False)
+    except (TypeError, ValueError):
+        s = repr(v)
+    return s if len(s) <= 80 else s[:77] + "..."
