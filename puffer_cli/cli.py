@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from . import __version__
@@ -223,6 +222,8 @@ def _wal_table(rows) -> None:
 # ---------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; translate every library error to one `Error:` line, exit 1."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="puffer", standalone_mode=False)
@@ -231,22 +232,25 @@ def main(argv: list[str] | None = None) -> int:
         msg = f"Error: {e.message}"
         if e.hint:
             msg += f" (hint: {e.hint})"
-        click.echo(msg, err=True)
+        typer.echo(msg, err=True)
         return 1
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("Error: aborted", err=True)
+    except typer.Abort:
+        typer.echo("Error: aborted", err=True)
         return 1
-    except click.UsageError as e:
+    except NoArgsIsHelpError as e:
+        e.show()
+        return 0
+    except UsageError as e:
         sub = e.ctx.command_path if e.ctx else "puffer"
-        click.echo(f"Error: {e.format_message()} (hint: run `{sub} --help`)", err=True)
+        typer.echo(f"Error: {e.format_message()} (hint: run `{sub} --help`)", err=True)
         return 1
-    except click.ClickException as e:
-        click.echo(f"Error: {e.format_message()}", err=True)
+    except ClickException as e:
+        typer.echo(f"Error: {e.format_message()}", err=True)
         return 1
     except KeyboardInterrupt:
-        click.echo("Error: interrupted", err=True)
+        typer.echo("Error: interrupted", err=True)
         return 130
     except BrokenPipeError:
         return 0

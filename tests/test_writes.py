@@ -1,0 +1,149 @@
+"""turbopuffer write semantics through Namespace.write (all three backends)."""
+import polars as pl
+import pytest
+
+from puffer_cli.errors import InvalidRequest, NamespaceNotFound
+
+
+def rows(ns):
+    docs, _ = ns.docs()
+    return {r["id"]: r for r in docs.sort("id").to_dicts()}
+
+
+def test_upsert_patch_delete(db):
+    ns = db.namespace("w")
+    r = ns.write({"upsert_rows": [{"id": 1, "vector": [1, 0], "a": "x", "n": 1},
+                                  {"id": 2, "vector": [0, 1], "a": "y"}],
+                  "distance_metric": "euclidean_squared"})
+    assert r["rows_upserted"] == 2 and r["status"] == "OK"
+    ns.write({"patch_rows": [{"id": 1, "a": "z"}, {"id": 99, "a": "ghost"}]})
+    got = rows(ns)
+    assert got[1]["a"] == "z" and got[1]["n"] == 1
+    assert 99 not in got  # a patch never creates a document
+    ns.write({"deletes": [2]})
+    assert set(rows(ns)) == {1}
+    ns.write({"upsert_rows": [{"id": 1, "vector": [2, 2]}]})  # upsert replaces the whole document
+    assert rows(ns)[1]["a"] is None
+    assert ns.head().metric == "euclidean_squared"
+
+
+def test_columns_forms(db):
+    ns = db.namespace("c")
+    ns.write({"upsert_columns": {"id": [1, 2, 3], "vector": [[1, 1], [2, 2], [3, 3]], "k": ["a", "b", "c"]}})
+    ns.write({"patch_columns": {"id": [2, 3], "k": ["B", None]}})
+    got = rows(ns)
+    assert [got[i]["k"] for i in (1, 2, 3)] == ["a", "B", None]
+
+
+def test_ops_in_one_entry_keep_order(mem_db):
+    ns = mem_db.namespace("o")
+    # upsert then delete of the same id in one batch leaves it deleted
+    ns.write({"upsert_rows": [{"id": 5, "x": 1}], "deletes": [5]})
+    assert rows(ns) == {}
+    assert ns.head().seq == 1
+
+
+def test_filter_writes_and_affected_ids(db):
+    ns = db.namespace("f")
+    ns.write({"upsert_rows": [{"id": i, "lang": "en" if i % 2 else "de", "n": i} for i in range(1, 11)]})
+    r = ns.write({"delete_by_filter": ["lang", "Eq", "de"], "return_affected_ids": True})
+    assert sorted(r["deleted_ids"]) == [2, 4, 6, 8, 10] and r["rows_deleted"] == 5
+    r = ns.write({"patch_by_filter": {"filters": ["n", "Gt", 6], "patch": {"lang": "fr"}}})
+    assert r["rows_patched"] == 2
+    got = rows(ns)
+    assert sorted(got) == [1, 3, 5, 7, 9]
+    assert got[7]["lang"] == "fr" and got[9]["lang"] == "fr" and got[5]["lang"] == "en"
+
+
+def test_conditional_writes(db):
+    ns = db.namespace("cond")
+    ns.write({"upsert_rows": [{"id": 1, "version": 3, "v": "old"}, {"id": 2, "version": 1, "v": "old"}]})
+    r = ns.write({
+        "upsert_rows": [{"id": 1, "version": 2, "v": "stale"}, {"id": 2, "version": 2, "v": "new"},
+                        {"id": 3, "version": 1, "v": "fresh"}],
+        "upsert_condition": ["version", "Lt", {"$ref_new": "version"}],
+    })
+    assert r["rows_upserted"] == 2  # id 1 refused (3 < 2 is false), id 3 absent -> applied
+    got = rows(ns)
+    assert got[1]["v"] == "old" and got[2]["v"] == "new" and got[3]["v"] == "fresh"
+    r = ns.write({"patch_rows": [{"id": 1, "v": "p"}, {"id": 2, "v": "p"}, {"id": 9, "v": "p"}],
+                  "patch_condition": ["version", "Eq", 3]})
+    assert r["rows_patched"] == 1 and rows(ns)[1]["v"] == "p" and rows(ns)[2]["v"] == "new"
+    r = ns.write({"deletes": [1, 2, 3], "delete_condition": ["v", "Eq", "fresh"]})
+    assert r["rows_deleted"] == 1 and sorted(rows(ns)) == [1, 2]
+
+
+def test_schema_declared_and_inferred(mem_db):
+    ns = mem_db.namespace("s")
+    ns.write({"upsert_rows": [{"id": "a", "t": "hello world", "when": "2024-01-02T03:04:05Z"}],
+              "schema": {"t": {"type": "string", "full_text_search": True}, "when": "datetime"}})
+    sch = ns.head().schema
+    assert sch["id"]["type"] == "string"
+    assert sch["t"]["full_text_search"]["language"] == "english"
+    assert sch["when"]["type"] == "datetime"
+    d = rows(ns)["a"]["when"]
+    assert d.year == 2024 and d.hour == 3
+
+
+def test_uuid_ids(mem_db):
+    ns = mem_db.namespace("u")
+    ns.write({"upsert_rows": [{"id": "6F9619FF-8B86-D011-B42D-00CF4FC964FF", "x": 1}], "schema": {"id": "uuid"}})
+    assert list(rows(ns)) == ["6f9619ff-8b86-d011-b42d-00cf4fc964ff"]
+    ns.write({"deletes": ["6f9619ff-8b86-d011-b42d-00cf4fc964ff"]})
+    assert rows(ns) == {}
+
+
+def test_base64_vectors(mem_db):
+    import base64
+
+    import numpy as np
+
+    ns = mem_db.namespace("b")
+    v = np.array([0.7, -1.5, 2.0], dtype="<f4")
+    ns.write({"upsert_rows": [{"id": 1, "vector": base64.b64encode(v.tobytes()).decode()}]})
+    assert rows(ns)[1]["vector"] == pytest.approx([0.7, -1.5, 2.0])
+
+
+def test_replay_at_seq_and_fresh_process_cache(db):
+    from puffer_cli import namespace as N
+
+    ns = db.namespace("r")
+    for i in range(5):
+        ns.write({"upsert_rows": [{"id": i, "x": i}], "deletes": [i - 1] if i else None})
+    N.forget(db.store, "r")
+    fresh = db.namespace("r")
+    assert list(rows(fresh)) == [4]
+    assert fresh.docs(3)[0]["id"].to_list() == [2]
+
+
+def test_delete_all_and_missing(mem_db):
+    ns = mem_db.namespace("gone")
+    with pytest.raises(NamespaceNotFound):
+        ns.require()
+    ns.write({"upsert_rows": [{"id": 1}]})
+    assert ns.delete_all() >= 2
+    assert not mem_db.namespace("gone").exists()
+
+
+def test_namespaces_listing(mem_db):
+    for n in ("b1", "a1", "a2"):
+        mem_db.namespace(n).write({"upsert_rows": [{"id": 1}]})
+    assert mem_db.namespaces()[0] == ["a1", "a2", "b1"]
+    page, cur = mem_db.namespaces(page_size=2)
+    assert page == ["a1", "a2"] and cur == "a2"
+    assert mem_db.namespaces(cursor=cur)[0] == ["b1"]
+    assert mem_db.namespaces(prefix="a")[0] == ["a1", "a2"]
+
+
+def test_large_replay_in_batches(mem_db, monkeypatch):
+    from puffer_cli import namespace as N
+    from puffer_cli import replay
+
+    monkeypatch.setattr(replay, "BATCH_ROWS", 7)
+    ns = mem_db.namespace("big")
+    for i in range(10):
+        ns.write({"upsert_columns": {"id": list(range(i * 5, i * 5 + 10)), "g": [i] * 10}})
+    N.forget(mem_db.store, "big")
+    docs, _ = mem_db.namespace("big").docs()
+    assert docs.height == 55
+    assert docs.filter(pl.col("id") == 7)["g"].item() == 1
