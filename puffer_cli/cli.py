@@ -3,14 +3,12 @@ in :func:`main`, into one ``Error: ...`` line (plus a hint) and exit code 1."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from . import __version__
 from .db import DB, connect
 from .errors import InvalidRequest, PufferError
 

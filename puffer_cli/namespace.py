@@ -16,7 +16,6 @@ import json
 import os
 import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import math
 import re
 import uuid as uuidlib
 from typing import Any, Iterable, Mapping

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidRequest, StoreError, UnsafeStore

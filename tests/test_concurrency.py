@@ -13,7 +13,7 @@ import time
 import pytest
 
 import puffer_cli
-from puffer_cli import layout, wal
+from puffer_cli import wal
 from puffer_cli import namespace as N
 
 WRITER = textwrap.dedent("""

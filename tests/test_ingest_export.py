@@ -1,10 +1,8 @@
 """`puffer ingest` and `puffer export` through the CLI on every backend."""
-import io
 import json
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from puffer_cli.cli import main
 

@@ -2,7 +2,7 @@
 import polars as pl
 import pytest
 
-from puffer_cli.errors import InvalidRequest, NamespaceNotFound
+from puffer_cli.errors import NamespaceNotFound
 
 
 def rows(ns):
