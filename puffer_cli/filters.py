@@ -56,10 +56,11 @@ Semantics
   analyzed and the tokens concatenated; for ``pre_tokenized_array`` each element
   is one token).  A value that yields no tokens (e.g. only stopwords) matches
   nothing.  ``last_as_prefix`` lets the last query token match any token it
-  prefixes.  Cost: these run Python per row (``map_batches`` + one tantivy
-  ``analyze`` per distinct value, ~2 us each), unlike every other operator;
-  put cheap conditions first in an ``And`` is *not* enough, polars evaluates
-  all of them, so restrict the frame first when it is large.
+  prefixes.  Cost: unlike every other operator these run Python per row
+  (``map_batches`` over the column + one tantivy ``analyze`` per distinct
+  value, a few us each; ~1 s per million short texts).  polars evaluates
+  every branch of an ``And``, so on large frames narrow the rows first (or
+  use the FTS index to produce candidate ids) before applying token filters.
 * ``filterable: false`` attributes can only be used with the token operators.
   Vector attributes cannot be filtered.  ``Regex`` does not require the
   schema's ``regex: true``.
@@ -80,8 +81,9 @@ import json
 import math
 import re
 import uuid as _uuid
+from collections.abc import Collection, Iterable, Mapping
 from fractions import Fraction
-from typing import Any, Collection, Iterable, Mapping
+from typing import Any
 
 import polars as pl
 
@@ -91,10 +93,10 @@ from puffer_cli.errors import InvalidFilter
 __all__ = [
     "OPERATORS",
     "compile_filter",
-    "validate_filter",
-    "referenced_attributes",
-    "ref_new_attributes",
     "glob_to_regex",
+    "ref_new_attributes",
+    "referenced_attributes",
+    "validate_filter",
 ]
 
 _NEG = {
@@ -113,7 +115,7 @@ _SCALAR_TYPES = ("string", "int", "uint", "float", "bool", "datetime", "uuid")
 _VECTOR_RE = re.compile(r"^\[(\d+)\]f(16|32)$")
 _INT_RANGE = {"int": (-(2**63), 2**63 - 1), "uint": (0, 2**64 - 1),
               "datetime": (-(2**63), 2**63 - 1)}
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -192,10 +194,11 @@ class _Cols:
 
 
 def _canon(x: pl.Expr, t: str) -> pl.Expr:
+    # datetimes compare as Int64 ms since the epoch (whatever unit the column has)
     if t == "datetime":
-        return x.cast(pl.Int64)
+        return x.cast(pl.Datetime("ms", "UTC")).cast(pl.Int64)
     if t == "[]datetime":
-        return x.cast(pl.List(pl.Int64))
+        return x.cast(pl.List(pl.Datetime("ms", "UTC"))).cast(pl.List(pl.Int64))
     return x
 
 
@@ -237,8 +240,9 @@ def _parse(f: Any):
     if op not in OPERATORS:
         if op in _CONNECTIVES:
             raise ctx.fail(f"{op} must be the first element: [\"{op}\", ...]")
-        close = difflib.get_close_matches(op, OPERATORS + _CONNECTIVES, n=1)
-        hint = f" (did you mean \"{close[0]}\"?)" if close else ""
+        known = {k.lower(): k for k in OPERATORS + _CONNECTIVES}
+        close = difflib.get_close_matches(op.lower(), list(known), n=1, cutoff=0.5)
+        hint = f" (did you mean \"{known[close[0]]}\"?)" if close else ""
         raise ctx.fail(f"unknown operator {_show(op)}{hint}")
     params: dict = {}
     if len(f) == 4:
@@ -368,7 +372,9 @@ class _Compiler:
 
         if spec is None:
             # Unknown attribute: missing everywhere.
-            return pl.lit(pos == "Eq" and value is None)
+            if pos == "Eq":
+                return pl.lit(value is None)
+            return pl.lit(pos in ("In", "ContainsAny") and any(v is None for v in value))
 
         if _VECTOR_RE.match(t):
             if pos == "Eq" and value is None:
@@ -397,20 +403,25 @@ class _Compiler:
                 raise ctx.fail(f"{op} on {desc} is not supported for arrays; use Any{op}")
             if pos == "Eq" and isinstance(value, (list, tuple)):
                 return self.array_equals(x, et, value, op, desc, ctx)
+            array_null = False
             if pos in ("Eq", "Contains"):
                 epos, evalue = "Eq", value
             elif pos in ("In", "ContainsAny"):
-                epos, evalue = "In", value
+                # a null member matches a missing array, not a null element
+                epos, evalue = "In", [v for v in value if v is not None]
+                array_null = len(evalue) != len(value)
             elif pos in _ANY_CMP:
                 epos, evalue = _ANY_CMP[pos], value
             else:  # Glob, IGlob, Regex
                 epos, evalue = pos, value
             pred = self.scalar_pred(pl.element(), et, epos, evalue, op, desc, ctx)
             if pred is _FALSE:
-                return pl.lit(False)
-            if pred is _NONNULL:
-                pred = pl.element().is_not_null()
-            return x.list.eval(pred).list.any().fill_null(False)
+                out = pl.lit(False)
+            else:
+                if pred is _NONNULL:
+                    pred = pl.element().is_not_null()
+                out = x.list.eval(pred).list.any().fill_null(False)
+            return (out | col.is_null()) if array_null else out
 
         if pos in ("Contains", "ContainsAny") or pos in _ANY_CMP:
             raise ctx.fail(f"{op} needs an array attribute; {desc} is a scalar"
@@ -595,7 +606,7 @@ class _Compiler:
 # --------------------------------------------------------------------------- primitives
 
 def _family(t: str) -> str | None:
-    et = t[2:] if t.startswith("[]") else t
+    et = t.removeprefix("[]")
     if et in ("int", "uint", "float"):
         return "num"
     if et in ("string", "uuid"):
@@ -625,7 +636,7 @@ def _parse_datetime_ms(s: str) -> Fraction | int | None:
     except ValueError:
         return None
     if d.tzinfo is None:
-        d = d.replace(tzinfo=_dt.timezone.utc)
+        d = d.replace(tzinfo=_dt.UTC)
     delta = d - _EPOCH
     secs = Fraction(delta.days * 86400 + delta.seconds) + Fraction(delta.microseconds, 10**6) + frac
     ms = secs * 1000
@@ -633,7 +644,7 @@ def _parse_datetime_ms(s: str) -> Fraction | int | None:
 
 
 def _is_nan(v: Any) -> bool:
-    return isinstance(v, float) and v != v
+    return isinstance(v, float) and math.isnan(v)
 
 
 def _exact_member(et: str, lit: Any) -> Any:
@@ -719,7 +730,7 @@ def _check_regex(pattern: str, shown: str, op: str, ctx: _Ctx) -> None:
         try:
             pl.select(pl.lit("", dtype=pl.String).str.contains(pattern))
             err = None
-        except Exception as e:  # polars ComputeError: "regex error: ..."
+        except pl.exceptions.PolarsError as e:  # ComputeError: "regex error: ..."
             msg = str(e).split("\n\nThis error occurred")[0].strip()
             err = " ".join(msg.split())[:300]
         if len(_REGEX_OK) < 4096:
@@ -804,44 +815,101 @@ def glob_to_regex(pattern: str, *, case_insensitive: bool = False) -> str:
     return flags + "^" + "".join(out) + "$"
 
 
-def _token_matcher(pos: str, query: list[str], prefix_last: bool, opts: dict):
-    qset = set(query)
+def _row_matcher(pos: str, query: list[str], prefix_last: bool):
+    """Exact per-row predicate on a token list (the slow, obviously-correct path)."""
+    head = set(query[:-1]) if prefix_last else set(query)
     last = query[-1]
-    head = set(query[:-1]) if prefix_last else qset
     qlen = len(query)
-
-    def has_prefix(toks) -> bool:
-        return any(tok.startswith(last) for tok in toks)
 
     if pos == "ContainsAllTokens":
         def match(toks: list[str]) -> bool:
             s = set(toks)
-            if not head <= s:
-                return False
-            return has_prefix(s) if prefix_last else True
+            return head <= s and (not prefix_last or any(t.startswith(last) for t in s))
     elif pos == "ContainsAnyToken":
         def match(toks: list[str]) -> bool:
             s = set(toks)
-            if not head.isdisjoint(s):
-                return True
-            return prefix_last and has_prefix(s)
+            return not head.isdisjoint(s) or (prefix_last and any(t.startswith(last) for t in s))
     else:
         first = query[0]
 
         def match(toks: list[str]) -> bool:
-            n = len(toks)
-            for i in range(n - qlen + 1):
+            for i in range(len(toks) - qlen + 1):
                 if toks[i] == first and toks[i:i + qlen] == query:
                     return True
             return False
+    return match
+
+
+def _slow_token_match(s: pl.Series, match, opts: dict) -> pl.Series:
+    values = s.to_list()
+    toks = _text.tokenize_many(values, opts)
+    return pl.Series(s.name, [None if v is None else match(t) for v, t in zip(values, toks)],
+                     dtype=pl.Boolean)
+
+
+def _any_chunk_in(chunks: pl.Series, good: list[str]) -> pl.Series:
+    if not good:
+        return pl.Series(chunks.name, [False] * len(chunks), dtype=pl.Boolean)
+    g = pl.lit(pl.Series(good, dtype=pl.String)).implode()
+    return chunks.list.eval(pl.element().is_in(g)).list.any().fill_null(False)
+
+
+#: below this many rows per batch the plain per-row path is cheaper
+_FAST_TOKEN_MIN_ROWS = 256
+
+
+def _token_matcher(pos: str, query: list[str], prefix_last: bool, opts: dict):
+    """The batch function for a token operator.
+
+    Fast path: split values into whitespace-separated chunks (no tokenizer
+    match ever crosses whitespace, and every filter is token-local, so a
+    value's tokens are the concatenation of its chunks' tokens), analyze each
+    *distinct* chunk once, then test rows with vectorised ``is_in`` over the
+    chunks.  ContainsTokenSequence uses that as a prefilter and checks the
+    order exactly (per row, in Python) on the candidate rows only.
+    """
+    match = _row_matcher(pos, query, prefix_last)
+    pre = opts["tokenizer"] == "pre_tokenized_array"
+    last = query[-1]
+    all_q = sorted(set(query[:-1] if prefix_last and pos != "ContainsTokenSequence" else query))
 
     def fn(s: pl.Series) -> pl.Series:
-        values = s.to_list()
-        toks = _text.tokenize_many(values, opts)
-        return pl.Series(
-            s.name,
-            [None if v is None else match(t) for v, t in zip(values, toks)],
-            dtype=pl.Boolean,
-        )
+        if len(s) == 0 or s.null_count() == len(s):
+            return pl.Series(s.name, [None] * len(s), dtype=pl.Boolean)
+        if len(s) < _FAST_TOKEN_MIN_ROWS:
+            return _slow_token_match(s, match, opts)
+        if s.dtype == pl.String:
+            if pre:
+                return _slow_token_match(s, match, opts)
+            chunks = s.str.extract_all(r"\S+")
+        elif s.dtype == pl.List(pl.String):
+            chunks = s if pre else s.list.eval(pl.element().str.extract_all(r"\S+").explode())
+        else:  # pragma: no cover - schema says string / []string
+            return _slow_token_match(s, match, opts)
+        vocab = chunks.explode().drop_nulls().unique().to_list()
+        analyze = _text.analyzer(opts).analyze
+        toks = {c: analyze(c) for c in vocab}
+
+        def good(pred) -> list[str]:
+            return [c for c, ts in toks.items() if pred(ts)]
+
+        if pos == "ContainsAnyToken":
+            qs = set(all_q)
+            out = _any_chunk_in(chunks, good(lambda ts: not qs.isdisjoint(ts)
+                                             or (prefix_last and any(t.startswith(last) for t in ts))))
+        else:
+            out = None
+            for q in all_q:
+                m = _any_chunk_in(chunks, good(lambda ts, q=q: q in ts))
+                out = m if out is None else (out & m)
+            if prefix_last and pos == "ContainsAllTokens":
+                m = _any_chunk_in(chunks, good(lambda ts: any(t.startswith(last) for t in ts)))
+                out = m if out is None else (out & m)
+            assert out is not None
+            if pos == "ContainsTokenSequence" and len(query) > 1 and out.any():
+                idx = out.arg_true()
+                exact = _slow_token_match(s.gather(idx), match, opts).fill_null(False)
+                out = out.scatter(idx, exact)
+        return out.fill_null(False).alias(s.name)
 
     return fn

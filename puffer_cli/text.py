@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import tantivy
 
@@ -51,9 +53,9 @@ __all__ = [
     "LANGUAGES",
     "STOPWORD_LANGUAGES",
     "TOKENIZERS",
-    "normalize_fts_options",
     "analyzer",
     "analyzer_name",
+    "normalize_fts_options",
     "register",
     "tokenize",
     "tokenize_many",
@@ -137,7 +139,7 @@ def normalize_fts_options(opts: Any) -> dict[str, Any]:
     for key, lo in (("k1", 0.0), ("b", 0.0)):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo \
-                or v != v or v == float("inf"):
+                or not math.isfinite(v):
             raise SchemaError(
                 f"full_text_search: {key} must be a finite non-negative number, got {_show(v)}")
         out[key] = float(v)

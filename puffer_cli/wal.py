@@ -82,8 +82,12 @@ def encode(seq: int, ops: list[Op], **header_fields: Any) -> bytes:
         off += len(b)
     header = {"seq": seq, **header_fields, "ops": metas}
     hb = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
-    body = PREFIX.pack(MAGIC, VERSION, 0, len(hb), zlib.crc32(hb)) + hb + b"".join(blocks)
-    return body + TRAILER.pack(zlib.crc32(body), END)
+    prefix = PREFIX.pack(MAGIC, VERSION, 0, len(hb), zlib.crc32(hb))
+    # one copy of the payload (not three): the body CRC is chained over the parts
+    crc = zlib.crc32(hb, zlib.crc32(prefix))
+    for b in blocks:
+        crc = zlib.crc32(b, crc)
+    return b"".join([prefix, hb, *blocks, TRAILER.pack(crc, END)])
 
 
 def read_header(data: bytes) -> tuple[dict, int]:
