@@ -89,7 +89,7 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         """Documents as of the snapshot plus the ops planned so far."""
         if "base" not in state_cache:
             state_cache["base"] = snap.docs()
-        return replay.fold(state_cache["base"], schema, ops) if ops else replay.fold(state_cache["base"], schema, [])
+        return replay.fold(state_cache["base"], schema, ops)
 
     def add_schema(inferred: dict) -> None:
         nonlocal schema, changed
