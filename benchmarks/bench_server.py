@@ -1,0 +1,328 @@
+"""HTTP benchmark of `puffer serve` on indexed glove-100: query latency/throughput, write throughput.
+
+    python benchmarks/bench_server.py [--data DIR] [--store DIR] [--seconds S] [--no-doc]
+
+1. ``glove-100-angular/base.parquet`` (331,479 x 100, cosine) is ingested into a local store
+   (default ``$PUFFER_BENCH_DATA/serve-store``, reused across runs when complete) and indexed with
+   the indexer (``puffer_cli.index.builder.index_namespace``) until the index covers the WAL head.
+2. ``puffer serve`` runs as a separate process (``python -m puffer_cli.cli serve``) on 127.0.0.1.
+3. Queries: ``{"rank_by": ["vector", "ANN", q], "top_k": 10}`` with the held-out query vectors as
+   float lists (what the official client sends), from an asyncio httpx client in this process with
+   1, 8 and 32 requests in flight, for ``--seconds`` each after a warm-up; p50/p99 latency measured
+   by the client (request sent -> response body parsed) and queries/s.  recall@10 against the
+   dataset's exact neighbours is reported as a sanity check (it is the index's, not HTTP's).
+4. Writes: 8 concurrent writers each POST ``upsert_rows`` batches of 100 glove rows (vectors as
+   base64 f32, as the client sends them) to a fresh namespace for ``--seconds``; rows/s counts
+   acknowledged rows only; WAL entries shows how many commits group commit made of the requests.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as _dt
+import os
+import platform
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+START, END = "<!-- bench_server:start -->", "<!-- bench_server:end -->"
+DATASET = "glove-100-angular"
+NS = "glove"
+CONCURRENCY = (1, 8, 32)
+WRITERS = 8
+WRITE_BATCH = 100
+
+
+def default_data() -> str:
+    return os.environ.get("PUFFER_BENCH_DATA") or os.path.expanduser("~/.cache/puffer-bench")
+
+
+def machine() -> str:
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} cores, {round(mem / 2**30)} GiB, {platform.platform()}"
+
+
+def stack() -> str:
+    import importlib.util
+    from importlib.metadata import version
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn {version('uvicorn')} ({http}, {loop}), starlette {version('starlette')}"
+
+
+# ---------------------------------------------------------------- setup
+def prepare(store: str, data: str) -> dict:
+    """Ingest + index glove-100 into ``store`` (reused if already complete)."""
+    import puffer_cli
+    from puffer_cli.ingest import ingest
+
+    db = puffer_cli.connect(store)
+    ns = db.namespace(NS)
+    info = {"ingest_s": None, "index_s": None, "reused": False}
+    n = 331_479
+    meta, _ = ns.read_meta()
+    idx = (meta or {}).get("index") or {}
+    head = ns.head()
+    if head.seq and idx.get("rows") == n and idx.get("covers_through_seq") == head.seq:
+        info["reused"] = True
+        return info
+    if head.seq:
+        ns.delete_all()
+        ns = db.namespace(NS)
+    t0 = time.perf_counter()
+    rep = ingest(ns, [os.path.join(data, DATASET, "base.parquet")], vector_col="vector",
+                 distance_metric="cosine_distance")
+    info["ingest_s"] = time.perf_counter() - t0
+    print(f"ingested {rep.rows:,} rows in {info['ingest_s']:.1f}s", flush=True)
+    try:
+        from puffer_cli.index.builder import index_namespace
+    except ImportError:
+        print("no indexer available: queries will scan", flush=True)
+        return info
+    t0 = time.perf_counter()
+    while True:
+        r = index_namespace(ns, gc_grace_s=0)
+        print(r.summary(), flush=True)
+        if r.status in ("up-to-date", "empty") or (r.status == "indexed" and not r.partial):
+            break
+        if r.status in ("busy", "failed"):
+            raise SystemExit(f"indexing failed: {r.summary()}")
+    info["index_s"] = time.perf_counter() - t0
+    return info
+
+
+def spawn(store: str) -> tuple[subprocess.Popen, str]:
+    p = subprocess.Popen([sys.executable, "-m", "puffer_cli.cli", "serve", "--listen", "127.0.0.1:0",
+                          "--store", store, "--log-level", "warning"],
+                         stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    line = p.stdout.readline()
+    m = re.search(r"listening on (http://\S+)", line)
+    if not m:
+        p.kill()
+        raise SystemExit(f"puffer serve did not start: {line!r}")
+    return p, m.group(1)
+
+
+# ---------------------------------------------------------------- load
+async def query_load(url: str, queries: np.ndarray, gt: np.ndarray, conc: int, seconds: float,
+                     warmup: float = 2.0) -> dict:
+    import httpx
+    import orjson
+
+    lat: list[float] = []
+    recalls: list[float] = []
+    exhaustive: list[int] = []
+    engine_ms: list[int] = []
+    errors = 0
+    nq = len(queries)
+    counter = iter(range(10**9))
+    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        t_start = time.perf_counter()
+        t_measure = t_start + warmup
+        t_end = t_measure + seconds
+
+        async def worker():
+            nonlocal errors
+            while True:
+                now = time.perf_counter()
+                if now >= t_end:
+                    return
+                i = next(counter) % nq
+                body = orjson.dumps({"rank_by": ["vector", "ANN", queries[i].tolist()], "top_k": 10})
+                t0 = time.perf_counter()
+                r = await client.post(f"/v2/namespaces/{NS}/query", content=body,
+                                      headers={"content-type": "application/json"})
+                out = orjson.loads(r.content)
+                t1 = time.perf_counter()
+                if r.status_code != 200:
+                    errors += 1
+                    continue
+                if t0 >= t_measure:
+                    lat.append(t1 - t0)
+                    got = [row["id"] for row in out["rows"]]
+                    recalls.append(len(set(got) & set(gt[i, :10].tolist())) / 10)
+                    exhaustive.append(out["performance"].get("exhaustive_search_count", 0))
+                    engine_ms.append(out["performance"].get("server_total_ms", 0))
+
+        await asyncio.gather(*[worker() for _ in range(conc)])
+        elapsed = time.perf_counter() - t_measure
+    lat.sort()
+    return {
+        "concurrency": conc, "queries": len(lat), "errors": errors,
+        "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
+        "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
+        "qps": len(lat) / elapsed if elapsed > 0 else 0.0,
+        "engine_p50_ms": statistics.median(engine_ms) if engine_ms else float("nan"),
+        "recall": statistics.fmean(recalls) if recalls else float("nan"),
+        "exhaustive": statistics.fmean(exhaustive) if exhaustive else float("nan"),
+    }
+
+
+async def write_load(url: str, vectors: np.ndarray, words: list[str], seconds: float) -> dict:
+    import httpx
+    import orjson
+
+    ns = "bench-writes"
+    acked = 0
+    requests = 0
+    errors = 0
+    lat: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=120,
+                                 limits=httpx.Limits(max_connections=WRITERS)) as client:
+        await client.delete(f"/v2/namespaces/{ns}")
+        t_end = time.perf_counter() + seconds
+        t_start = time.perf_counter()
+
+        async def writer(w: int):
+            nonlocal acked, requests, errors
+            k = 0
+            while time.perf_counter() < t_end:
+                base = ((w * 1_000_003 + k * WRITE_BATCH) % (len(vectors) - WRITE_BATCH))
+                rows = [{"id": 10_000_000 * w + k * WRITE_BATCH + j,
+                         "vector": base64.b64encode(vectors[base + j].astype("<f4").tobytes()).decode(),
+                         "word": words[base + j]} for j in range(WRITE_BATCH)]
+                k += 1
+                body = orjson.dumps({"upsert_rows": rows, "distance_metric": "cosine_distance"})
+                t0 = time.perf_counter()
+                r = await client.post(f"/v2/namespaces/{ns}", content=body,
+                                      headers={"content-type": "application/json"})
+                lat.append(time.perf_counter() - t0)
+                requests += 1
+                if r.status_code == 200:
+                    acked += r.json()["rows_upserted"]
+                else:
+                    errors += 1
+
+        await asyncio.gather(*[writer(w) for w in range(WRITERS)])
+        elapsed = time.perf_counter() - t_start
+        meta = (await client.get(f"/v2/namespaces/{ns}/metadata")).json()
+    lat.sort()
+    return {"rows": acked, "requests": requests, "errors": errors, "seconds": elapsed,
+            "rows_s": acked / elapsed, "wal_entries": meta.get("last_seq"),
+            "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
+            "row_count": meta.get("approx_row_count")}
+
+
+# ---------------------------------------------------------------- report
+def render(info: dict, q: list[dict], w: dict, command: str) -> str:
+    lines = [
+        "## HTTP server (`benchmarks/bench_server.py`)",
+        "",
+        f"- Command: `{command}`",
+        f"- Machine: {machine()}",
+        f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        "- Data: glove-100-angular, 331,479 x 100, cosine, local store; "
+        + ("index reused from an earlier run" if info["reused"] else
+           f"ingest {info['ingest_s']:.1f} s" + (f", index build {info['index_s']:.1f} s" if info["index_s"]
+                                                 else ", NO INDEX (indexer not available): queries scan")),
+        "- Server: one `puffer serve` process (uvicorn, 1 worker) on 127.0.0.1; load from an asyncio httpx "
+        "client in another process on the same 2 cores (client CPU competes with the server).",
+        "- Queries: `rank_by [\"vector\",\"ANN\",q]`, `top_k 10`, float-list query vectors, warm cache; latency "
+        "= client-side request->parsed response; engine p50 = the response's `performance.server_total_ms` "
+        "(time inside `engine.run_query`, whole ms), the rest is HTTP, JSON and scheduling.",
+        f"- {stack()}; load average at start {info.get('load', '?')}.",
+        "",
+        "| clients in flight | queries | p50 ms | p99 ms | queries/s | engine p50 ms | recall@10 | exhaustive docs/query | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in q:
+        lines.append(f"| {r['concurrency']} | {r['queries']:,} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['qps']:,.0f} | {r['engine_p50_ms']:.0f} | {r['recall']:.3f} | {r['exhaustive']:,.0f} | {r['errors']} |")
+    lines += [
+        "",
+        f"Writes: {WRITERS} concurrent writers, `upsert_rows` batches of {WRITE_BATCH} glove rows (base64 f32 "
+        "vectors + `word`), each request acknowledged after its WAL entry is durable.",
+        "",
+        "| writers | requests | rows acked | seconds | rows/s | WAL entries | request p50 ms | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {WRITERS} | {w['requests']:,} | {w['rows']:,} | {w['seconds']:.1f} | {w['rows_s']:,.0f} | "
+        f"{w['wal_entries']} | {w['p50_ms']:.1f} | {w['errors']} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_doc(section: str) -> None:
+    block = f"{START}\n{section}{END}"
+    if DOC.exists():
+        text = DOC.read_text()
+    else:
+        DOC.parent.mkdir(parents=True, exist_ok=True)
+        text = ("# Benchmarks\n\nResults of `nox -s bench` (scripts in `benchmarks/`), each section written by its "
+                "own script on the machine named in it. Data: `../shared/data/prepare.py`.\n")
+    if START in text and END in text and text.index(START) < text.index(END):
+        a, b = text.index(START), text.index(END) + len(END)
+        text = text[:a] + block + text[b:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=default_data())
+    ap.add_argument("--store", default=None, help="local store dir (default DATA/serve-store, reused)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load level")
+    ap.add_argument("--no-doc", action="store_true", help="print only; do not touch docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    data = os.path.abspath(os.path.expanduser(args.data))
+    store = args.store or os.path.join(data, "serve-store")
+    info = prepare(store, data)
+
+    import polars as pl
+
+    queries = np.load(os.path.join(data, DATASET, "queries.npy")).astype(np.float32)
+    gt = np.load(os.path.join(data, DATASET, "gt.npy"))
+    base = pl.read_parquet(os.path.join(data, DATASET, "base.parquet"), columns=["vector", "word"], n_rows=50_000)
+    vectors = base["vector"].to_numpy().astype(np.float32)
+    words = base["word"].to_list()
+
+    info["load"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    proc, url = spawn(store)
+    try:
+        import httpx
+
+        httpx.get(f"{url}/v1/namespaces/{NS}/hint_cache_warm", timeout=60)
+        q = []
+        for c in CONCURRENCY:
+            r = asyncio.run(query_load(url, queries, gt, c, args.seconds))
+            print(f"c={c}: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['qps']:,.0f} q/s, "
+                  f"recall@10 {r['recall']:.3f}, exhaustive {r['exhaustive']:.0f}, errors {r['errors']}", flush=True)
+            q.append(r)
+        w = asyncio.run(write_load(url, vectors, words, args.seconds))
+        print(f"writes: {w['rows_s']:,.0f} rows/s ({w['requests']} requests -> {w['wal_entries']} WAL entries)",
+              flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    section = render(info, q, w, shlex.join(["python", "benchmarks/bench_server.py", *argv]))
+    print(section)
+    if not args.no_doc:
+        write_doc(section)
+
+
+if __name__ == "__main__":
+    main()

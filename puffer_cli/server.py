@@ -1,0 +1,651 @@
+"""`puffer serve`: the turbopuffer-compatible HTTP API (starlette).
+
+Every view is a thin wrapper over a library function: parse the request
+(:mod:`puffer_cli.wire`), call the library in a worker thread, serialise the
+answer.  Errors are translated once, here, from ``PufferError.status`` into
+``{"status": "error", "error": "..."}``.  The server keeps no durable state:
+any number of ``serve`` processes can share one store.
+
+Endpoints (what the official ``turbopuffer`` client 3.x calls)::
+
+    POST   /v2/namespaces/{ns}                 write (+ ?stainless_overload=copyFrom)
+    DELETE /v2/namespaces/{ns}                 delete the namespace
+    POST   /v2/namespaces/{ns}/query           query, or multi-query with "queries"
+    POST   /v2/namespaces/{ns}/multi-query     multi-query (alias)
+    GET    /v2/namespaces/{ns}/metadata        (also /v1/.../metadata)
+    GET    /v1/namespaces/{ns}/schema          schema
+    POST   /v1/namespaces/{ns}/schema          update schema
+    GET    /v1/namespaces                      list (prefix, cursor, page_size)
+    GET    /v1/namespaces/{ns}/hint_cache_warm start loading a namespace
+    POST   /v1/namespaces/{ns}/_debug/recall   ANN recall against exhaustive search
+    GET    /health, GET /metrics               liveness, Prometheus text
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hmac
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any, Awaitable, Callable
+
+import anyio.to_thread
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import namespace as nsmod
+from . import schema as S
+from . import wire
+from .db import DB, connect
+from .errors import InvalidRequest, PufferError, TooLarge, Unauthorized, UnprocessableBody
+from .groupcommit import DEFAULT_WINDOW_S, GroupCommitter
+
+log = logging.getLogger("puffer.serve")
+
+JSON = "application/json"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class ServeConfig:
+    """Everything a server process needs; JSON-serialisable (passed to workers via env)."""
+
+    store: str | None = None
+    s3_endpoint: str | None = None
+    single_writer: bool = False
+    wal_policy: str = "fail"
+    api_key: str | None = None
+    commit_window_ms: float = DEFAULT_WINDOW_S * 1000
+    max_body_bytes: int = wire.DEFAULT_MAX_BODY
+    hot_namespaces: int = 64
+    index_interval: float | None = None
+    threads: int = 64
+    query_threads: int | None = None  # queries executing at once (default: number of cores, at least 2)
+
+
+# ------------------------------------------------------------------ metrics
+class Metrics:
+    """Tiny Prometheus registry: request counts/latencies per route, commits, index lag."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.latency: dict[str, list] = {}  # route -> [bucket counts..., sum, count]
+        self.commit_batches = 0
+        self.commit_requests = 0
+        self.commit_seconds = 0.0
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        with self.lock:
+            k = (method, route, status)
+            self.requests[k] = self.requests.get(k, 0) + 1
+            h = self.latency.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 2))
+            for i, b in enumerate(LATENCY_BUCKETS):
+                if seconds <= b:
+                    h[i] += 1
+            h[-2] += seconds
+            h[-1] += 1
+
+    def on_commit(self, ns: str, n: int, seconds: float) -> None:
+        with self.lock:
+            self.commit_batches += 1
+            self.commit_requests += n
+            self.commit_seconds += seconds
+
+    def render(self, lag: dict[str, int], hot: int) -> str:
+        out = [
+            "# HELP puffer_http_requests_total HTTP requests by method, route and status.",
+            "# TYPE puffer_http_requests_total counter",
+        ]
+        with self.lock:
+            for (m, r, s), n in sorted(self.requests.items()):
+                out.append(f'puffer_http_requests_total{{method="{m}",route="{r}",status="{s}"}} {n}')
+            out += ["# HELP puffer_http_request_duration_seconds Request latency by route.",
+                    "# TYPE puffer_http_request_duration_seconds histogram"]
+            for r, h in sorted(self.latency.items()):
+                for i, b in enumerate(LATENCY_BUCKETS):
+                    out.append(f'puffer_http_request_duration_seconds_bucket{{route="{r}",le="{b}"}} {h[i]}')
+                out.append(f'puffer_http_request_duration_seconds_bucket{{route="{r}",le="+Inf"}} {h[-1]}')
+                out.append(f'puffer_http_request_duration_seconds_sum{{route="{r}"}} {h[-2]:.6f}')
+                out.append(f'puffer_http_request_duration_seconds_count{{route="{r}"}} {h[-1]}')
+            out += [
+                "# HELP puffer_wal_commits_total WAL entries committed by group commit.",
+                "# TYPE puffer_wal_commits_total counter",
+                f"puffer_wal_commits_total {self.commit_batches}",
+                "# HELP puffer_wal_committed_requests_total Write requests carried by those commits.",
+                "# TYPE puffer_wal_committed_requests_total counter",
+                f"puffer_wal_committed_requests_total {self.commit_requests}",
+                "# HELP puffer_wal_commit_seconds_total Time spent committing.",
+                "# TYPE puffer_wal_commit_seconds_total counter",
+                f"puffer_wal_commit_seconds_total {self.commit_seconds:.6f}",
+            ]
+        out += ["# HELP puffer_index_lag_entries WAL entries not yet indexed (hot namespaces).",
+                "# TYPE puffer_index_lag_entries gauge"]
+        for ns, n in sorted(lag.items()):
+            out.append(f'puffer_index_lag_entries{{namespace="{ns}"}} {n}')
+        out += ["# HELP puffer_hot_namespaces Namespaces kept loaded in this process.",
+                "# TYPE puffer_hot_namespaces gauge", f"puffer_hot_namespaces {hot}"]
+        return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------ hooks into other modules
+def _engine():
+    try:
+        from . import engine  # noqa: PLC0415
+    except ImportError as e:
+        raise PufferError(f"queries are not available in this build: {e}")
+    return engine
+
+
+def _index_hook(name: str) -> Callable | None:
+    """A public function of the indexer (``module:function``), or None if this build has none."""
+    import importlib
+
+    mod, _, fn = name.partition(":")
+    try:
+        return getattr(importlib.import_module(f"puffer_cli.index.{mod}"), fn, None)
+    except ImportError:
+        return None
+
+
+def _indexed_seq(meta: dict | None) -> int:
+    idx = (meta or {}).get("index")
+    if isinstance(idx, dict):
+        for k in ("covers_through_seq", "seq"):
+            if isinstance(idx.get(k), int):
+                return idx[k]
+    return 0
+
+
+def _row_bytes(schema: dict) -> int:
+    """Approximate logical bytes of one document (for metadata on indexed namespaces)."""
+    n = 0
+    for spec in schema.values():
+        d = S.vector_dims(spec["type"])
+        n += 4 * d if d else (24 if spec["type"] in ("string", "uuid") or spec["type"].startswith("[]") else 8)
+    return n
+
+
+def _iso(ms: int | None) -> str:
+    t = dt.datetime.fromtimestamp((ms or 0) / 1000, dt.timezone.utc)
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def schema_out(schema: dict) -> dict:
+    """Internal schema -> turbopuffer's ``AttributeSchemaConfig`` objects."""
+    out = {}
+    for k, spec in schema.items():
+        d: dict[str, Any] = {"type": spec["type"]}
+        if "full_text_search" in spec:
+            d["full_text_search"] = spec["full_text_search"]
+        if S.is_vector(spec["type"]):
+            d["ann"] = spec.get("ann") or True
+        d["filterable"] = bool(spec.get("filterable", False))
+        if spec.get("regex"):
+            d["regex"] = True
+        out[k] = d
+    return out
+
+
+# ------------------------------------------------------------------ the app
+class Server:
+    def __init__(self, cfg: ServeConfig, db: DB | None = None):
+        self.cfg = cfg
+        self.db = db or connect(cfg.store, s3_endpoint=cfg.s3_endpoint, single_writer=cfg.single_writer,
+                                wal_policy=cfg.wal_policy)
+        self.metrics = Metrics()
+        self.gc = GroupCommitter(self.db.namespace, window_s=cfg.commit_window_ms / 1000,
+                                 copy_source=self.copy_source, on_commit=self.metrics.on_commit)
+        self.hot: OrderedDict[str, None] = OrderedDict()
+        self.hot_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._indexer: threading.Thread | None = None
+        self.started = time.time()
+        # queries are CPU-bound: running more at once than there are cores only adds GIL churn
+        self.query_limiter = anyio.CapacityLimiter(cfg.query_threads or max(2, os.cpu_count() or 2))
+
+    # -- helpers
+    def ns(self, name: str):
+        n = self.db.namespace(name)  # validates the name (400)
+        self.touch(name)
+        return n
+
+    def touch(self, name: str) -> None:
+        """LRU of namespaces kept loaded in memory; evicted ones drop their in-process caches."""
+        evict = []
+        with self.hot_lock:
+            self.hot[name] = None
+            self.hot.move_to_end(name)
+            while len(self.hot) > max(1, self.cfg.hot_namespaces):
+                evict.append(self.hot.popitem(last=False)[0])
+        for e in evict:
+            self.forget(e)
+
+    def forget(self, name: str) -> None:
+        """Drop a namespace's in-process state: the replay cache, and whatever the engine / index
+        reader keep for it if they expose ``forget(store, name)``."""
+        import importlib
+
+        nsmod.forget(self.db.store, name)
+        for mod in ("puffer_cli.engine", "puffer_cli.index.reader"):
+            try:
+                fn = getattr(importlib.import_module(mod), "forget", None)
+            except ImportError:
+                continue
+            if callable(fn):
+                try:
+                    fn(self.db.store, name)
+                except Exception:  # noqa: BLE001 - eviction is best effort
+                    log.exception("forget(%s) in %s failed", name, mod)
+
+    def copy_source(self, src) -> tuple[dict, Any]:
+        name = src.get("source_namespace") if isinstance(src, dict) else src
+        if not isinstance(name, str):
+            raise InvalidRequest("copy_from_namespace must be a namespace name or {\"source_namespace\": name}")
+        if isinstance(src, dict) and (src.get("source_api_key") or src.get("source_region")):
+            raise InvalidRequest("copy_from_namespace: copying from another organisation or region is not supported")
+        ns = self.db.namespace(name)
+        ns.require()
+        docs, head = ns.docs()
+        return head.schema, docs
+
+    async def run(self, fn: Callable, *args, limiter=None, **kw):
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=limiter)
+
+    # -- request plumbing
+    async def body(self, request: Request) -> bytes:
+        limit = self.cfg.max_body_bytes
+        cl = request.headers.get("content-length")
+        if cl is not None:
+            try:
+                if int(cl) > limit:
+                    raise TooLarge(f"request body is {int(cl):,} bytes; the limit is {limit:,}")
+            except ValueError:
+                raise UnprocessableBody("invalid Content-Length header")
+        chunks, n = [], 0
+        async for c in request.stream():
+            n += len(c)
+            if n > limit:
+                raise TooLarge(f"request body exceeds the {limit:,} byte limit")
+            chunks.append(c)
+        return wire.decode_body(b"".join(chunks), request.headers.get("content-encoding"), limit=limit)
+
+    async def json_body(self, request: Request, *, allow_empty: bool = False) -> tuple[dict, int]:
+        raw = await self.body(request)
+        return wire.parse_object(raw, allow_empty=allow_empty), len(raw)
+
+    def check_auth(self, request: Request) -> None:
+        key = self.cfg.api_key
+        if not key:
+            return
+        got = request.headers.get("authorization", "")
+        scheme, _, token = got.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise Unauthorized("missing or invalid API key" if got else "missing Authorization: Bearer header")
+
+    def view(self, route: str, fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True):
+        async def endpoint(request: Request) -> Response:
+            t0 = time.perf_counter()
+            try:
+                if auth:
+                    self.check_auth(request)
+                out = await fn(request)
+                resp = out if isinstance(out, Response) else Response(wire.dumps(out), 200, media_type=JSON)
+            except PufferError as e:
+                msg = e.message + (f" (hint: {e.hint})" if e.hint else "")
+                resp = Response(wire.error_body(msg), e.status, media_type=JSON)
+                if e.status >= 500:
+                    log.error("%s %s: %s", request.method, request.url.path, msg)
+            except Exception as e:  # noqa: BLE001 - a bug: answer 500 in the error shape, log the trace
+                log.exception("internal error on %s %s", request.method, request.url.path)
+                resp = Response(wire.error_body(f"internal error: {type(e).__name__}: {e}"), 500, media_type=JSON)
+            self.finish(request, route, resp.status_code, t0)
+            return resp
+
+        return endpoint
+
+    def finish(self, request: Request, route: str, status: int, t0: float) -> None:
+        secs = time.perf_counter() - t0
+        self.metrics.observe(request.method, route, status, secs)
+        if log.isEnabledFor(logging.INFO):
+            client = request.client.host if request.client else "-"
+            log.info("%s %s %s %d %.1fms", client, request.method, request.url.path, status, secs * 1000)
+
+    # ------------------------------------------------------------ views
+    async def write(self, request: Request):
+        t0 = time.perf_counter()
+        name = request.path_params["ns"]
+        ns = self.ns(name)
+        body, size = await self.json_body(request)
+        overload = request.query_params.get("stainless_overload")
+        if overload == "branchFrom" or "branch_from_namespace" in body:
+            raise InvalidRequest("branch_from_namespace is not supported; use copy_from_namespace")
+        if "source_namespace" in body and "copy_from_namespace" not in body:  # client.copy_from()
+            body = {"copy_from_namespace": body}
+        res = await self.gc.submit(ns.name, body, size)
+        out = dict(res)
+        out.setdefault("status", "OK")
+        out["message"] = f"{out.get('rows_affected', 0)} rows affected"
+        out["billing"] = {"billable_logical_bytes_written": size}
+        out["performance"] = {"server_total_ms": int((time.perf_counter() - t0) * 1000)}
+        return out
+
+    async def query(self, request: Request):
+        ns = self.ns(request.path_params["ns"])
+        body, _ = await self.json_body(request)
+        multi = "queries" in body or request.query_params.get("stainless_overload") == "multiQuery" \
+            or request.url.path.endswith("/multi-query")
+        eng = _engine()
+        res = await self.run(eng.run_multi if multi else eng.run_query, ns, body, limiter=self.query_limiter)
+        return self.shape(ns, res, body)
+
+    def shape(self, ns, res: dict, body: dict) -> dict:
+        schema = ns.head(refresh=False).schema
+        vecs = [k for k, v in schema.items() if S.is_vector(v["type"])]
+        enc = body.get("vector_encoding")
+        return wire.shape_query_response(res, vecs, enc if enc == "base64" else None)
+
+    async def delete(self, request: Request):
+        ns = self.ns(request.path_params["ns"])
+        await self.gc.wait_idle(timeout=30, ns=ns.name)
+        await self.run(ns.delete_all)
+        self.forget(ns.name)
+        return {"status": "OK"}
+
+    def _metadata(self, ns) -> dict:
+        head = ns.require()
+        meta, _ = ns.read_meta()
+        idx = (meta or {}).get("index") or {}
+        indexed = _indexed_seq(meta)
+        keys = ns.wal_keys(indexed) if indexed < head.seq else []
+        up, deleted = 0, 0
+        for e in itertools.islice(ns.entries(indexed), 64):  # approximate beyond 64 unindexed entries
+            for op in e.ops:
+                if op.kind == "upsert":
+                    up += op.table.height
+                elif op.kind == "delete":
+                    deleted += op.table.height
+        seen = min(64, len(keys))
+        if seen < len(keys):
+            up, deleted = up * len(keys) // seen, deleted * len(keys) // seen
+        if isinstance(idx.get("rows"), int):  # indexed: no replay needed
+            rows = max(0, idx["rows"] + up - deleted)
+            nbytes = rows * _row_bytes(head.schema)
+        else:
+            docs, _ = ns.docs()
+            rows, nbytes = docs.height, int(docs.estimated_size())
+        if not keys:
+            index = {"status": "up-to-date"}
+        else:
+            index = {"status": "updating", "unindexed_bytes": sum(self.db.store.size(k) for _s, k in keys),
+                     "unindexed_rows": up + deleted}
+        return {
+            "approx_logical_bytes": nbytes,
+            "approx_row_count": rows,
+            "created_at": _iso(head.created_at),
+            "updated_at": _iso(head.updated_at),
+            "encryption": {"mode": "default"},
+            "index": index,
+            "schema": schema_out(head.schema),
+            "distance_metric": head.metric,
+            "last_seq": head.seq,
+        }
+
+    async def metadata(self, request: Request):
+        ns = self.ns(request.path_params["ns"])
+        return await self.run(self._metadata, ns)
+
+    async def schema_get(self, request: Request):
+        ns = self.ns(request.path_params["ns"])
+        head = await self.run(ns.require)
+        return schema_out(head.schema)
+
+    async def schema_post(self, request: Request):
+        ns = self.ns(request.path_params["ns"])
+        body, size = await self.json_body(request)
+        # the client sends the schema itself; {"schema": {...}} is accepted too (unless "schema" is
+        # an attribute whose spec is that object)
+        sch = body
+        if set(body) == {"schema"} and isinstance(body["schema"], dict) and "type" not in body["schema"]:
+            sch = body["schema"]
+        if not sch:
+            raise UnprocessableBody("schema update body must be an object {attribute: type or spec}")
+        await self.run(ns.require)
+        await self.gc.submit(ns.name, {"schema": sch}, size)
+        return schema_out(ns.head().schema)
+
+    async def namespaces(self, request: Request):
+        q = request.query_params
+        ps = q.get("page_size")
+        try:
+            page_size = int(ps) if ps not in (None, "") else 1000
+        except ValueError:
+            raise InvalidRequest(f"page_size must be an integer, got {ps!r}")
+        names, nxt = await self.run(self.db.namespaces, q.get("prefix") or None, q.get("cursor") or None, page_size)
+        out: dict[str, Any] = {"namespaces": [{"id": n} for n in names]}
+        if nxt:
+            out["next_cursor"] = nxt
+        return out
+
+    async def warm(self, request: Request):
+        ns = self.ns(request.path_params["ns"])
+        await self.run(ns.require)
+        fn = _index_hook("reader:warm")
+
+        def go():
+            try:
+                if fn is not None:
+                    fn(ns)
+                else:
+                    ns.docs()
+            except Exception:  # noqa: BLE001 - best effort
+                log.exception("cache warm of %s failed", ns.name)
+
+        threading.Thread(target=go, name=f"warm-{ns.name}", daemon=True).start()
+        return {"status": "ACCEPTED", "message": f"warming namespace {ns.name!r}"}
+
+    async def recall(self, request: Request):
+        ns = self.ns(request.path_params["ns"])
+        body, _ = await self.json_body(request, allow_empty=True)
+        fn = _index_hook("recall:recall")
+        if fn is None:
+            raise PufferError("recall evaluation is not available in this build")
+        unknown = set(body) - {"num", "top_k", "filters", "include_ground_truth", "rank_by"}
+        if unknown:
+            raise InvalidRequest(f"unknown recall parameter(s): {', '.join(sorted(unknown))}")
+        if body.get("rank_by") is not None:
+            raise InvalidRequest("recall with a custom rank_by is not supported; it samples query vectors "
+                                 "from the namespace")
+        kw: dict[str, Any] = {}
+        for k in ("num", "top_k"):
+            if body.get(k) is not None:
+                if isinstance(body[k], bool) or not isinstance(body[k], int):
+                    raise InvalidRequest(f"{k} must be an integer")
+                kw[k] = body[k]
+        if body.get("filters") is not None:
+            kw["filters"] = body["filters"]
+        await self.run(ns.require)
+        return await self.run(fn, ns, **kw)
+
+    async def health(self, request: Request):
+        return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
+
+    def _lag(self) -> dict[str, int]:
+        out = {}
+        with self.hot_lock:
+            names = list(self.hot)
+        for name in names:
+            with contextlib.suppress(Exception):
+                ns = self.db.namespace(name)
+                h = ns.head(refresh=False)
+                if h.seq:
+                    out[name] = max(0, h.seq - _indexed_seq(ns.read_meta()[0]))
+        return out
+
+    async def metrics_view(self, request: Request):
+        lag = await self.run(self._lag)
+        return Response(self.metrics.render(lag, len(self.hot)), 200,
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # ------------------------------------------------------------ indexer loop
+    def index_loop(self, interval: float) -> None:
+        fn = _index_hook("builder:index_namespace")
+        if fn is None:
+            log.warning("--index-interval given but no indexer is available; not indexing")
+            return
+        while not self._stop.wait(interval):
+            try:
+                cursor = None
+                while True:
+                    names, cursor = self.db.namespaces(cursor=cursor)
+                    for n in names:
+                        if self._stop.is_set():
+                            return
+                        ns = self.db.namespace(n)
+                        if ns.head().seq > _indexed_seq(ns.read_meta()[0]):
+                            fn(ns)
+                    if not cursor:
+                        break
+            except Exception:  # noqa: BLE001 - keep the loop alive
+                log.exception("index loop iteration failed")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = max(8, self.cfg.threads)
+        if self.cfg.index_interval:
+            self._indexer = threading.Thread(target=self.index_loop, args=(self.cfg.index_interval,),
+                                             name="puffer-indexer", daemon=True)
+            self._indexer.start()
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and waited for in-flight requests; flush any queued write
+            await self.gc.wait_idle(timeout=30)
+            self._stop.set()
+            if self._indexer is not None:
+                await self.run(self._indexer.join, 30)
+
+    # ------------------------------------------------------------ app
+    def app(self) -> Starlette:
+        v = self.view
+        routes = [
+            Route("/v2/namespaces/{ns}", v("write", self.write), methods=["POST"]),
+            Route("/v2/namespaces/{ns}", v("delete", self.delete), methods=["DELETE"]),
+            Route("/v2/namespaces/{ns}/query", v("query", self.query), methods=["POST"]),
+            Route("/v2/namespaces/{ns}/multi-query", v("query", self.query), methods=["POST"]),
+            Route("/v2/namespaces/{ns}/metadata", v("metadata", self.metadata), methods=["GET"]),
+            Route("/v1/namespaces/{ns}/metadata", v("metadata", self.metadata), methods=["GET"]),
+            Route("/v1/namespaces/{ns}/schema", v("schema", self.schema_get), methods=["GET"]),
+            Route("/v1/namespaces/{ns}/schema", v("schema_update", self.schema_post), methods=["POST"]),
+            Route("/v1/namespaces", v("namespaces", self.namespaces), methods=["GET"]),
+            Route("/v1/namespaces/{ns}/hint_cache_warm", v("hint_cache_warm", self.warm), methods=["GET"]),
+            Route("/v1/namespaces/{ns}/_debug/recall", v("recall", self.recall), methods=["POST"]),
+            Route("/health", v("health", self.health, auth=False), methods=["GET"]),
+            Route("/metrics", v("metrics", self.metrics_view), methods=["GET"]),
+        ]
+
+        async def http_error(request: Request, exc: HTTPException) -> Response:
+            t0 = time.perf_counter()
+            msg = {404: f"no such endpoint: {request.method} {request.url.path}",
+                   405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
+            self.finish(request, "unmatched", exc.status_code, t0)
+            return Response(wire.error_body(msg), exc.status_code, media_type=JSON)
+
+        async def server_error(request: Request, exc: Exception) -> Response:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            return Response(wire.error_body("internal error"), 500, media_type=JSON)
+
+        app = Starlette(routes=routes, lifespan=self.lifespan,
+                        exception_handlers={HTTPException: http_error, Exception: server_error})
+        app.state.server = self
+        return app
+
+
+def create_app(cfg: ServeConfig | None = None, db: DB | None = None) -> Starlette:
+    return Server(cfg or ServeConfig(), db).app()
+
+
+ENV_CONFIG = "PUFFER_SERVE_CONFIG"
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory for ``--workers N``: the config travels in $PUFFER_SERVE_CONFIG."""
+    import json
+
+    setup_logging(os.environ.get(ENV_CONFIG + "_LOG_LEVEL", "info"))
+    return create_app(ServeConfig(**json.loads(os.environ.get(ENV_CONFIG, "{}"))))
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def config_json(cfg: ServeConfig) -> str:
+    import json
+
+    return json.dumps(asdict(cfg))
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        host, port = listen, "8080"
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        p = int(port)
+        if not 0 <= p <= 65535:
+            raise ValueError
+    except ValueError:
+        raise InvalidRequest(f"--listen {listen!r}: port must be a number 0-65535", hint="e.g. --listen 0.0.0.0:8080")
+    return host, p
+
+
+def serve(cfg: ServeConfig, listen: str = "127.0.0.1:8080", workers: int = 1, log_level: str = "info") -> None:
+    """Run uvicorn until SIGINT/SIGTERM; in-flight requests (and queued writes) finish first."""
+    import uvicorn
+
+    host, port = parse_listen(listen)
+    setup_logging(log_level)
+    kw = dict(host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=60,
+              lifespan="on", proxy_headers=False, server_header=False)
+    if workers > 1:
+        os.environ[ENV_CONFIG] = config_json(cfg)
+        os.environ[ENV_CONFIG + "_LOG_LEVEL"] = log_level
+        uvicorn.run("puffer_cli.server:app_from_env", factory=True, workers=workers, **kw)
+        return
+    app = create_app(cfg)
+    config = uvicorn.Config(app, **kw)
+    server = uvicorn.Server(config)
+
+    async def main():
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            for s in server.servers:
+                for sock in s.sockets:
+                    h, p = sock.getsockname()[:2]
+                    log.info("puffer serve listening on http://%s:%d (store %s)", h, p, app.state.server.db.store.url)
+                    print(f"listening on http://{h}:{p}", flush=True)
+        await task
+
+    # uvicorn re-raises the signal it shut down on; after a graceful SIGTERM shutdown exit 0 instead
+    import signal
+
+    prev = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+    log.info("puffer serve stopped")
