@@ -217,6 +217,335 @@ def _wal_table(rows) -> None:
     Console(width=max(100, Console().width)).print(t)
 
 
+# ---------------------------------------------------------------- serve
+@app.command(epilog="Example: puffer serve --listen 0.0.0.0:8080 --api-key secret --store s3://bucket/puffer")
+def serve(
+    listen: Annotated[str, typer.Option("--listen", envvar="PUFFER_LISTEN", help="HOST:PORT to listen on")] = "127.0.0.1:8080",
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="PUFFER_API_KEY",
+                       help="Require Authorization: Bearer KEY on every request but /health")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Server processes (uvicorn workers)")] = 1,
+    index_interval: Annotated[Optional[float], typer.Option("--index-interval",
+                              help="Also run the indexer in-process every S seconds (off: run it from cron)")] = None,
+    commit_window_ms: Annotated[float, typer.Option("--commit-window-ms", min=0,
+                                help="Group commit window: concurrent writes within it share one WAL entry")] = 2.0,
+    max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Request body size limit (MiB)")] = 256.0,
+    hot_namespaces: Annotated[int, typer.Option("--hot-namespaces", min=1,
+                              help="Namespaces kept loaded in memory (LRU)")] = 64,
+    query_threads: Annotated[Optional[int], typer.Option("--query-threads", min=1,
+                             help="Queries executed at once per process (default: cores, at least 2)")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = "info",
+    store: StoreOpt = None, s3_endpoint: EndpointOpt = None, single_writer: SingleWriterOpt = False,
+    policy: PolicyOpt = "fail",
+):
+    """Serve the turbopuffer-compatible HTTP API over the store (stateless: run as many as you like)."""
+    from .server import ServeConfig, parse_listen
+    from .server import serve as run_server
+
+    parse_listen(listen)
+    if log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise InvalidRequest(f"--log-level {log_level!r} is not one of debug, info, warning, error")
+    if index_interval is not None and index_interval <= 0:
+        raise InvalidRequest("--index-interval must be a positive number of seconds")
+    cfg = ServeConfig(store=store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy,
+                      api_key=api_key or None, commit_window_ms=commit_window_ms,
+                      max_body_bytes=int(max_body_mb * 1024 * 1024), hot_namespaces=hot_namespaces,
+                      index_interval=index_interval, query_threads=query_threads)
+    run_server(cfg, listen, workers=workers, log_level=log_level.lower())
+
+
+# ---------------------------------------------------------------- query
+@app.command(epilog="Example: puffer query docs --bm25 text 'quick fox' --filter '[\"lang\",\"Eq\",\"en\"]' "
+                    "--include title --top-k 5")
+def query(
+    namespace: Annotated[str, typer.Argument(help="Namespace to query")],
+    vector: Annotated[Optional[str], typer.Option("--vector", help="Query vector: JSON list, base64, @file.npy or @file.json")] = None,
+    vector_attr: Annotated[str, typer.Option("--vector-attr", help="Vector attribute to rank by")] = "vector",
+    exact: Annotated[bool, typer.Option("--exact", help="Exact kNN instead of ANN")] = False,
+    bm25: Annotated[Optional[tuple[str, str]], typer.Option("--bm25", help="Full-text search: FIELD TEXT")] = None,
+    rank_by: Annotated[Optional[str], typer.Option("--rank-by", help="rank_by JSON, e.g. '[\"price\",\"desc\"]'")] = None,
+    filters: Annotated[Optional[str], typer.Option("--filter", help="filters JSON (or @file.json)")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Number of rows (default 10, max 10000)")] = None,
+    include: Annotated[Optional[str], typer.Option("--include", help="Attributes to return, comma-separated")] = None,
+    include_all: Annotated[bool, typer.Option("--include-all", help="Return every attribute")] = False,
+    consistency: Annotated[Optional[str], typer.Option("--consistency", help="strong (default) or eventual")] = None,
+    body: Annotated[Optional[str], typer.Option("--body", help="A whole turbopuffer query body: JSON or @file.json "
+                                                "(with \"queries\": a multi-query); flags override its keys")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="table|json|ndjson (default: table on a TTY, else json)")] = None,
+    store: StoreOpt = None, s3_endpoint: EndpointOpt = None, policy: PolicyOpt = "fail",
+):
+    """Query a namespace: vector (ANN/kNN), BM25 full-text, order by attribute, filters, aggregations.
+
+    Without any ranking flag it lists documents by id. JSON output is exactly the
+    turbopuffer response body."""
+    from . import engine
+
+    if fmt is None:
+        fmt = "table" if sys.stdout.isatty() else "json"
+    if fmt not in ("table", "json", "ndjson"):
+        raise InvalidRequest(f"unknown --format {fmt!r}", hint="use table, json or ndjson")
+    q = _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all, consistency)
+    db = open_db(store, s3_endpoint, policy=policy)
+    out = engine.run(db.namespace(namespace), q)
+    _print_query_result(out, fmt)
+
+
+def _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all,
+                consistency) -> dict:
+    q = parse_json_arg(body, "--body") if body is not None else {}
+    if not isinstance(q, dict):
+        raise InvalidRequest("--body must be a JSON object (a turbopuffer query body)")
+    multi = "queries" in q
+    ranks = [x for x in (vector, bm25, rank_by) if x is not None]
+    if len(ranks) > 1:
+        raise InvalidRequest("give only one of --vector, --bm25 and --rank-by",
+                             hint="for hybrid search send a multi-query with --body '{\"queries\": [...]}'")
+    if multi and (ranks or filters or top_k is not None or include or include_all):
+        raise InvalidRequest("with a multi-query --body, put rank_by/filters/top_k/include inside each query")
+    if vector is not None:
+        q["rank_by"] = [vector_attr, "kNN" if exact else "ANN", _cli_vector(vector)]
+    elif bm25 is not None:
+        q["rank_by"] = [bm25[0], "BM25", bm25[1]]
+    elif rank_by is not None:
+        q["rank_by"] = parse_json_arg(rank_by, "--rank-by")
+    if filters is not None:
+        q["filters"] = parse_json_arg(filters, "--filter")
+    if top_k is not None:
+        q.pop("limit", None)
+        q["top_k"] = top_k
+    if include_all and include:
+        raise InvalidRequest("give either --include or --include-all")
+    if include_all:
+        q["include_attributes"] = True
+    elif include:
+        q["include_attributes"] = [a.strip() for a in include.split(",") if a.strip()]
+    if consistency is not None:
+        if consistency not in ("strong", "eventual"):
+            raise InvalidRequest(f"unknown --consistency {consistency!r}", hint="use strong or eventual")
+        q["consistency"] = {"level": consistency}
+    if not multi and q.get("rank_by") is None and not q.get("aggregate_by"):
+        q["rank_by"] = ["id", "asc"]
+    return q
+
+
+def _cli_vector(value: str):
+    if value.startswith("@") and value.lower().endswith(".npy"):
+        import numpy as np
+
+        p = Path(value[1:])
+        if not p.exists():
+            raise InvalidRequest(f"--vector: file {p} does not exist")
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise InvalidRequest(f"--vector: cannot read {p} as .npy: {e}")
+        if arr.ndim == 2 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 1:
+            raise InvalidRequest(f"--vector: {p} holds an array of shape {arr.shape}; expected one vector")
+        return [float(x) for x in arr]
+    if not value.startswith(("[", "@")):
+        return value  # base64
+    return parse_json_arg(value, "--vector")
+
+
+def _print_query_result(out: dict, fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        return
+    results = out.get("results", [out])
+    if fmt == "ndjson":
+        for r in results:
+            for row in r.get("rows", []):
+                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if "aggregations" in r:
+                sys.stdout.write(json.dumps({"aggregations": r["aggregations"]}, ensure_ascii=False) + "\n")
+            for g in r.get("aggregation_groups", []):
+                sys.stdout.write(json.dumps(g, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(width=max(100, Console().width))
+    for i, r in enumerate(results):
+        title = f"query {i}" if len(results) > 1 else None
+        for key in ("rows", "aggregation_groups"):
+            rows = r.get(key)
+            if rows is None:
+                continue
+            cols = list(dict.fromkeys(k for row in rows for k in row))
+            t = Table(title=title)
+            for c in cols:
+                t.add_column(c, overflow="fold", max_width=60)
+            for row in rows:
+                t.add_row(*[_cell(row.get(c)) for c in cols])
+            con.print(t)
+            con.print(f"{len(rows)} {'row' if key == 'rows' else 'group'}{'s' if len(rows) != 1 else ''}")
+        if "aggregations" in r:
+            for k, v in r["aggregations"].items():
+                con.print(f"{k}: {v}")
+    p = out.get("performance", {})
+    typer.echo(f"{p.get('query_execution_ms', 0)} ms, {p.get('approx_namespace_size', 0):,} docs, "
+               f"{p.get('object_store_requests', 0)} object-store requests", err=True)
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, list) and len(v) > 8 and all(isinstance(x, (int, float)) for x in v):
+        return "[" + ", ".join(f"{x:.4g}" for x in v[:4]) + f", ... ({len(v)} values)]"
+    s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+    return s if len(s) <= 200 else s[:197] + "..."
+
+
+# ---------------------------------------------------------------- index / warm / recall
+CacheDirOpt = Annotated[Optional[str], typer.Option(
+    "--cache-dir", envvar="PUFFER_CACHE_DIR",
+    help="Local cache of index files (default: the user cache dir; \"\" disables)")]
+
+
+def _index_progress(tty: bool):
+    if not tty:
+        return None, lambda: None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:,}"),
+                    TimeElapsedColumn(), console=console())
+    prog.start()
+    task = prog.add_task("index", total=None)
+    state = {"ns": ""}
+
+    def update(stage, done, total):
+        prog.update(task, description=f"{state['ns']} {stage}", completed=done, total=total)
+    return (update, state), prog.stop
+
+
+@app.command("index", epilog="Example: puffer index docs   (safe from cron: puffer index --all --max-seconds 50)")
+def index_cmd(
+    namespaces: Annotated[Optional[list[str]], typer.Argument(help="Namespaces to index")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Index every namespace in the store")] = False,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds",
+                           help="Stop starting work after N seconds (a partial run publishes what it folded)")] = None,
+    gc_grace: Annotated[Optional[float], typer.Option("--gc-grace", envvar="PUFFER_INDEX_GC_GRACE",
+                        help="Seconds an old generation's files stay for running readers (default 600)")] = None,
+    lease_ttl: Annotated[Optional[float], typer.Option("--lease-ttl", envvar="PUFFER_INDEX_LEASE_TTL",
+                         help="Seconds the indexer lease lasts without renewal (default 60)")] = None,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None, s3_endpoint: EndpointOpt = None, policy: PolicyOpt = "fail",
+):
+    """Build the next index generation of namespaces from their WAL, publish it, collect old files.
+
+    Safe to run from cron on several machines at once: a namespace whose lease another run holds
+    is skipped (exit 0, saying who holds it until when). Exit 0: done or nothing to do; 1: a failure."""
+    import time as _time
+
+    from . import cache as _cache
+    from .index.builder import IndexReport, index_namespace
+
+    if cache_dir is not None:
+        _cache.configure(cache_dir)
+    db = open_db(store, s3_endpoint, policy=policy)
+    names = list(namespaces or [])
+    if all_:
+        cursor = None
+        while True:
+            page, cursor = db.namespaces(cursor=cursor)
+            names.extend(n for n in page if n not in names)
+            if not cursor:
+                break
+    if not names:
+        raise InvalidRequest("name at least one namespace, or pass --all")
+    t0 = _time.perf_counter()
+    tty = sys.stderr.isatty() and not as_json
+    prog, finish = _index_progress(tty)
+    reports, failed = [], False
+    try:
+        for name in names:
+            left = None if max_seconds is None else max_seconds - (_time.perf_counter() - t0)
+            if left is not None and left <= 0:
+                break
+            if prog:
+                prog[1]["ns"] = name
+            try:
+                rep = index_namespace(db.namespace(name), max_seconds=left, gc_grace_s=gc_grace,
+                                      lease_ttl=lease_ttl, progress=prog[0] if prog else None)
+            except PufferError as e:
+                rep = IndexReport(name, status="failed", message=e.message)
+            except Exception as e:  # noqa: BLE001 - a cron user needs the line, not a traceback
+                rep = IndexReport(name, status="failed", message=f"{type(e).__name__}: {e}")
+            failed |= rep.status == "failed"
+            reports.append(rep)
+            if not as_json:
+                if tty:
+                    console().print(rep.summary(), highlight=False)
+                else:
+                    typer.echo(rep.summary())
+    finally:
+        finish()
+    if as_json:
+        echo_json({"namespaces": [r.as_dict() for r in reports], "seconds": _time.perf_counter() - t0})
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example: puffer warm docs --store s3://bucket/puffer")
+def warm(
+    namespace: Annotated[str, typer.Argument(help="Namespace whose current index generation to prefetch")],
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None, s3_endpoint: EndpointOpt = None,
+):
+    """Prefetch a namespace's current index generation into the local cache."""
+    from . import cache as _cache
+    from .index.reader import warm as run
+
+    c = _cache.configure(cache_dir) if cache_dir is not None else _cache.get_cache()
+    db = open_db(store, s3_endpoint)
+    ns = db.namespace(namespace)
+    ns.require()
+    rep = run(ns, c)
+    rep["cache_dir"] = str(c.root) if c.persistent else ""
+    if as_json:
+        echo_json(rep)
+    elif rep["generation"] is None:
+        typer.echo(f"{namespace}: no index yet (run `puffer index {namespace}`); nothing to warm")
+    else:
+        typer.echo(f"{namespace}: generation {rep['generation']}: {rep['files']} files, {rep['bytes'] / 1e6:,.1f} MB "
+                   f"in cache ({rep['fetched_files']} fetched, {rep['fetched_bytes'] / 1e6:,.1f} MB) "
+                   f"in {rep['seconds']:.2f}s")
+
+
+@app.command(epilog="Example: puffer recall docs --num 25 --top-k 10 --filter '[\"lang\",\"Eq\",\"en\"]'")
+def recall(
+    namespace: Annotated[str, typer.Argument(help="Namespace to measure")],
+    num: Annotated[int, typer.Option("--num", help="Query vectors sampled from the namespace")] = 25,
+    top_k: Annotated[int, typer.Option("--top-k", help="k of recall@k")] = 10,
+    filters: Annotated[Optional[str], typer.Option("--filter", help="Filter JSON (or @file.json)")] = None,
+    field: Annotated[Optional[str], typer.Option("--field", help="Vector attribute (default: vector)")] = None,
+    cache_dir: CacheDirOpt = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None, s3_endpoint: EndpointOpt = None,
+):
+    """ANN vs exhaustive recall@k on vectors sampled from the namespace (avg_recall, avg_ann_count,
+    avg_exhaustive_count)."""
+    from . import cache as _cache
+    from .index.recall import recall as run
+
+    if cache_dir is not None:
+        _cache.configure(cache_dir)
+    db = open_db(store, s3_endpoint)
+    rep = run(db.namespace(namespace), num=num, top_k=top_k, filters=parse_json_arg(filters, "--filter"),
+              field=field)
+    if as_json:
+        echo_json(rep)
+    else:
+        typer.echo(f"{namespace}: recall@{top_k} {rep['avg_recall']:.4f} over {rep['num']} queries "
+                   f"(avg ANN results {rep['avg_ann_count']:.1f}, exhaustive {rep['avg_exhaustive_count']:.1f}; "
+                   f"p50 ANN {rep['p50_ann_ms']:.2f} ms, exhaustive {rep['p50_exhaustive_ms']:.2f} ms)")
+
+
 # ---------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; translate every library error to one `Error:` line, exit 1."""

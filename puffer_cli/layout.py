@@ -92,3 +92,15 @@ def namespace_of_meta(key: str) -> str | None:
 
 
 PROBE_DIR = "_puffer_probe/"
+
+
+# ---------------------------------------------------------------- index (docs/format-index.md)
+def index_manifest(ns: str, generation: int) -> str:
+    """The manifest of one index generation (the object meta.json's ``index.manifest`` names)."""
+    return index_file(ns, generation, "manifest.json")
+
+
+def index_segment_file(ns: str, generation: int, segment: str, name: str) -> str:
+    """A data file of segment ``segment``, created in ``generation`` (later generations
+    may keep referencing it: segment files are immutable)."""
+    return f"{ns}/index/{generation:020d}/{segment}/{name}"

@@ -1,0 +1,90 @@
+"""The doc store of a segment: attributes as one Arrow IPC file, exact vectors as
+raw float32 matrices, tombstones as a sorted array of row positions.
+
+* ``attrs.arrow``: every non-vector column (``id`` first), uncompressed Arrow IPC
+  so polars memory-maps it and runs filters on it directly.
+* ``vec-{h}.f32``: one per vector field, ``rows x dims`` little-endian float32,
+  row-major; a document without that vector has a row of NaN.  Exact search,
+  re-ranking and ``include_attributes`` read it (memory-mapped from the cache).
+* tombstones (``tomb-{segment}.npy``, written in the generation that deletes):
+  ``numpy.save`` of a sorted ``uint32`` array of dead row positions.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import polars as pl
+
+from .. import schema as S
+
+ATTRS = "attrs.arrow"
+
+
+def field_tag(field: str) -> str:
+    """A file-name-safe tag for an attribute name (names may contain any character)."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in field)[:40]
+    return f"{safe}-{hashlib.blake2b(field.encode(), digest_size=4).hexdigest()}"
+
+
+def vector_fields(schema: dict) -> list[str]:
+    return [k for k, v in schema.items() if S.is_vector(v["type"])]
+
+
+def fts_fields(schema: dict) -> list[str]:
+    return [k for k, v in schema.items() if v.get("full_text_search")]
+
+
+def attrs_bytes(df: pl.DataFrame, schema: dict) -> bytes:
+    cols = [c for c in df.columns if not (c in schema and S.is_vector(schema[c]["type"]))]
+    buf = io.BytesIO()
+    df.select(cols).write_ipc(buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+def vector_matrix(df: pl.DataFrame, field: str, dims: int) -> np.ndarray:
+    """(rows, dims) float32; NaN rows for missing vectors."""
+    s = df.get_column(field)
+    out = np.full((df.height, dims), np.nan, dtype=np.float32)
+    if df.height == 0:
+        return out
+    valid = s.is_not_null().to_numpy()
+    if valid.any():
+        vals = s.filter(s.is_not_null())
+        if isinstance(vals.dtype, pl.List):
+            vals = vals.list.to_array(dims)
+        out[valid] = np.asarray(vals.to_numpy(), dtype=np.float32).reshape(-1, dims)
+    return out
+
+
+def read_attrs(path) -> pl.DataFrame:
+    return pl.read_ipc(path)
+
+
+def open_vectors(path, rows: int, dims: int) -> np.ndarray:
+    if rows == 0:
+        return np.zeros((0, dims), dtype=np.float32)
+    return np.memmap(path, dtype="<f4", mode="r", shape=(rows, dims))
+
+
+def tomb_bytes(positions: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.unique(np.asarray(positions, dtype=np.uint32)), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_tomb(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def vector_series(name: str, mat: np.ndarray, dims: int) -> pl.Series:
+    """An ``Array(Float32, dims)`` series from rows of a matrix (NaN rows -> null)."""
+    mat = np.ascontiguousarray(mat, dtype=np.float32)
+    s = pl.Series(name, mat, dtype=pl.Array(pl.Float32, dims)) if len(mat) else \
+        pl.Series(name, [], dtype=pl.Array(pl.Float32, dims))
+    if len(mat):
+        missing = np.isnan(mat).all(axis=1)
+        if missing.any():
+            s = pl.select(pl.when(pl.Series(~missing)).then(s).otherwise(None).alias(name)).to_series()
+    return s

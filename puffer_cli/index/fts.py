@@ -1,0 +1,170 @@
+"""tantivy full-text index per FTS field and segment.
+
+The tantivy schema has two fields: ``t`` (text, indexed with term frequencies,
+tokenized by the one puffer analyzer registered under ``text.analyzer_name``)
+and ``pos`` (stored integer: the row position in the segment).  Documents are
+added in row order by one writer thread and one commit, so a segment normally
+holds one tantivy segment whose doc ids *are* row positions; if tantivy split
+it anyway, positions are read from the stored ``pos`` field.
+
+tantivy is only the candidate generator: its scores use per-segment statistics,
+so the query path takes an over-fetched candidate set from it and re-scores
+those documents with exact BM25 over namespace-global statistics (see
+docs/indexer.md).  A ``[]string`` attribute is indexed as a multi-valued field.
+
+Built into a local temporary directory; every file except lock files is
+uploaded as its own object under ``{segment}/fts-{tag}/``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections import Counter
+
+import numpy as np
+
+from .. import text
+
+FIELD = "t"
+SEP = "\x1f"  # joins a row's tokens in the stored token column
+WS_ANALYZER = "puffer_pretokenized_ws"
+
+
+def _pretokenized(opts: dict) -> bool:
+    """True when rows are analysed once in Python and tantivy indexes the tokens
+    joined by spaces (word tokenizers: tokens never contain whitespace)."""
+    return opts.get("tokenizer", "word_v1") != "pre_tokenized_array"
+
+
+def _register(index, opts: dict) -> str:
+    import tantivy
+
+    if _pretokenized(opts):
+        index.register_tokenizer(WS_ANALYZER, tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build())
+        return WS_ANALYZER
+    return text.register(index, opts)
+
+
+def _schema(opts: dict):
+    import tantivy
+
+    sb = tantivy.SchemaBuilder()
+    name = WS_ANALYZER if _pretokenized(opts) else text.analyzer_name(opts)
+    sb.add_text_field(FIELD, stored=False, tokenizer_name=name, index_option="freq")
+    sb.add_integer_field("pos", stored=True, indexed=False, fast=False)
+    return sb.build()
+
+
+def build(values: list, opts: dict) -> tuple[dict[str, bytes], list[list[str]]]:
+    """Index ``values`` (one per row: str, list[str] or None).
+
+    Rows are analysed ONCE with the puffer analyzer (``text.tokenize_many``); for
+    word tokenizers tantivy then indexes the tokens joined by spaces with a
+    whitespace tokenizer (same terms, frequencies and lengths, no second
+    analysis).  Returns ({relative file name: bytes}, tokens per row)."""
+    import tantivy
+
+    toks = text.tokenize_many(values, opts)
+    pre = _pretokenized(opts)
+    d = tempfile.mkdtemp(prefix="puffer-fts-")
+    try:
+        idx = tantivy.Index(_schema(opts), path=d)
+        _register(idx, opts)
+        w = idx.writer(heap_size=256_000_000, num_threads=1)
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            doc = tantivy.Document()
+            if pre:
+                doc.add_text(FIELD, " ".join(toks[i]))
+            elif isinstance(v, str):
+                doc.add_text(FIELD, v)
+            else:
+                for part in v:
+                    if part is not None:
+                        doc.add_text(FIELD, part)
+            doc.add_integer("pos", i)
+            w.add_document(doc)
+        w.commit()
+        w.wait_merging_threads()
+        files = {}
+        for name in sorted(os.listdir(d)):
+            if name.endswith(".lock"):
+                continue
+            with open(os.path.join(d, name), "rb") as f:
+                files[name] = f.read()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return files, toks
+
+
+def tokens_bytes(toks: list[list[str]]) -> bytes:
+    """The stored token column: Arrow IPC, one String per row (tokens joined by U+001F)."""
+    import io
+
+    import polars as pl
+
+    buf = io.BytesIO()
+    pl.DataFrame({"t": [SEP.join(t) for t in toks]}, schema={"t": pl.String}).write_ipc(
+        buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+def stats_of_tokens(toks: list[list[str]]) -> dict:
+    df: Counter = Counter()
+    total = 0
+    n = 0
+    for t in toks:
+        if t:
+            total += len(t)
+            df.update(set(t))
+            n += 1
+    return {"n_rows": len(toks), "n_docs": n, "total_len": total, "df": df}
+
+
+def term_tokens(values: list, opts: dict) -> list[list[str]]:
+    return text.tokenize_many(values, opts)
+
+
+def term_stats(values: list, opts: dict) -> dict:
+    """Statistics of ``values`` with the puffer analyzer: ``n_rows`` (values),
+    ``n_docs`` (values with at least one token), ``total_len`` (tokens), ``df``."""
+    return stats_of_tokens(text.tokenize_many(values, opts))
+
+
+class Reader:
+    """An opened per-segment tantivy index."""
+
+    def __init__(self, path, opts: dict):
+        import tantivy
+
+        self.index = tantivy.Index.open(str(path))
+        _register(self.index, opts)
+        self.schema = self.index.schema
+        self.searcher = self.index.searcher()
+        self.direct = self.searcher.num_segments <= 1
+
+    def search(self, tokens: list[str], limit: int) -> np.ndarray:
+        """Row positions of the best ``limit`` rows containing any of ``tokens``."""
+        import tantivy
+
+        toks = list(dict.fromkeys(tokens))
+        if not toks or limit <= 0:
+            return np.zeros(0, np.int64)
+        q = tantivy.Query.boolean_query(
+            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, FIELD, t)) for t in toks])
+        hits = self.searcher.search(q, limit).hits
+        if self.direct:
+            return np.fromiter((a.doc for _s, a in hits), dtype=np.int64, count=len(hits))
+        return np.fromiter((self.searcher.doc(a)["pos"][0] for _s, a in hits), dtype=np.int64, count=len(hits))
+
+    def match_count(self, tokens: list[str]) -> int:
+        import tantivy
+
+        toks = list(dict.fromkeys(tokens))
+        if not toks:
+            return 0
+        q = tantivy.Query.boolean_query(
+            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, FIELD, t)) for t in toks])
+        return self.searcher.search(q, 1, count=True).count

@@ -1,0 +1,835 @@
+"""Reading an index generation, and the indexed query fast path.
+
+``open_generation(ns, pointer)`` opens the manifest's segments lazily (each file
+is fetched into the local cache the first time a query needs it).
+``IndexedView`` = a generation + (strong consistency) the WAL tail after
+``covers_through_seq`` folded onto the index rows it touches.  For one query,
+``IndexedView.candidates(q)`` returns a small frame of candidate documents
+(index rows minus tombstones minus rows superseded by the tail, plus every live
+tail row) and the namespace-global BM25 statistics; the exact engine then ranks
+that frame, so results, distances and scores are the exact engine's:
+
+* vector rank: per segment, exact search over the filtered rows when the filter
+  is selective (or the rank is ``kNN``), else HNSW over-fetch + post-filter;
+  the exact f32 vectors of the candidates go to the engine for exact distances;
+* BM25 (and Sum/Max/Product of BM25): tantivy over-fetches candidates per
+  segment; the engine re-scores them with exact BM25 on global statistics;
+* order by attribute: polars top-k per segment on the doc store;
+* anything else (aggregations, filter-only, per-attribute limits): every
+  filtered row of the doc store (attributes only unless vectors are asked for).
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from .. import replay
+from .. import schema as S
+from ..cache import Cache, get_cache
+from ..store import Store
+from . import ann, docs as D, fts
+from .builder import load_manifest
+
+EXACT_MAX_ROWS = 20_000       # filtered rows at or below this: exact vector search
+EXACT_MAX_FRACTION = 0.05     # ... or a filter keeping at most this fraction of a segment
+HNSW_OVERFETCH = 2            # HNSW candidates kept per requested result (exact re-rank)
+BM25_MIN_CANDIDATES = 100     # tantivy candidates per segment at least
+BM25_OVERFETCH = 10           # ... and at least this many per requested result
+
+
+# ---------------------------------------------------------------- BM25 statistics
+class _DfTable(Mapping):
+    """Doc frequencies from an index term table (lazy dict)."""
+
+    def __init__(self, frame: pl.DataFrame):
+        self._frame = frame
+        self._d: dict | None = None
+        self._lock = threading.Lock()
+
+    def _dict(self) -> dict:
+        if self._d is None:
+            with self._lock:
+                if self._d is None:
+                    self._d = dict(zip(self._frame["term"].to_list(), self._frame["df"].to_list()))
+        return self._d
+
+    def get(self, k, default=0):
+        return self._dict().get(k, default)
+
+    def __getitem__(self, k):
+        return self._dict()[k]
+
+    def __iter__(self):
+        return iter(self._dict())
+
+    def __len__(self):
+        return len(self._dict())
+
+
+class _DfCombo(Mapping):
+    """df = base + added - removed (lazy)."""
+
+    def __init__(self, base: Mapping, add: Mapping | None, sub: Mapping | None):
+        self.base, self.add, self.sub = base, add, sub
+
+    def get(self, k, default=0):
+        v = self.base.get(k, 0) + (self.add.get(k, 0) if self.add is not None else 0) \
+            - (self.sub.get(k, 0) if self.sub is not None else 0)
+        return v if v > 0 else default
+
+    def __getitem__(self, k):
+        v = self.get(k, 0)
+        if not v:
+            raise KeyError(k)
+        return v
+
+    def __iter__(self):
+        seen = set()
+        for m in (self.base, self.add):
+            if m is None:
+                continue
+            for k in m:
+                if k not in seen and self.get(k, 0):
+                    seen.add(k)
+                    yield k
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+# ---------------------------------------------------------------- segments
+class Segment:
+    """One segment of a generation: lazily opened files, alive mask."""
+
+    def __init__(self, gen: "Generation", meta: dict):
+        self.gen, self.meta = gen, meta
+        self.name = meta["name"]
+        self.rows = int(meta["rows"])
+        self._lock = threading.RLock()
+        self._attrs: pl.DataFrame | None = None
+        self._alive: np.ndarray | None = None
+        self._vec: dict[str, np.ndarray] = {}
+        self._norms: dict[str, np.ndarray] = {}
+        self._ann: dict = {}
+        self._fts: dict = {}
+        self._ids: pl.DataFrame | None = None
+
+    @property
+    def store(self) -> Store:
+        return self.gen.store
+
+    @property
+    def cache(self) -> Cache:
+        return self.gen.cache
+
+    def attrs(self) -> pl.DataFrame:
+        """Non-vector columns, aligned to the generation's schema."""
+        with self._lock:
+            if self._attrs is None:
+                a = D.read_attrs(self.cache.file(self.store, self.meta["attrs"]))
+                sch = {k: v for k, v in self.gen.schema.items() if not S.is_vector(v["type"])}
+                self._attrs = S.align(a.select([c for c in a.columns if c in sch]), sch)
+            return self._attrs
+
+    def alive(self) -> np.ndarray:
+        with self._lock:
+            if self._alive is None:
+                al = np.ones(self.rows, bool)
+                if self.meta.get("tombstones"):
+                    dead = D.read_tomb(self.cache.file(self.store, self.meta["tombstones"]).read_bytes())
+                    al[dead.astype(np.int64)] = False
+                self._alive = al
+            return self._alive
+
+    def ids(self) -> pl.DataFrame:
+        """(id, __pos) of live rows."""
+        with self._lock:
+            if self._ids is None:
+                self._ids = self.attrs().select("id").with_row_index("__pos").filter(pl.Series(self.alive()))
+            return self._ids
+
+    def vectors(self, f: str) -> np.ndarray | None:
+        v = self.meta.get("vectors", {}).get(f)
+        if v is None:
+            return None
+        with self._lock:
+            if f not in self._vec:
+                self._vec[f] = D.open_vectors(self.cache.file(self.store, v["key"]), self.rows, v["dims"])
+            return self._vec[f]
+
+    def norms(self, f: str) -> np.ndarray:
+        with self._lock:
+            if f not in self._norms:
+                self._norms[f] = np.linalg.norm(np.asarray(self.vectors(f)), axis=1)
+            return self._norms[f]
+
+    def ann(self, f: str):
+        m = self.meta.get("ann", {}).get(f)
+        if m is None:
+            return None
+        with self._lock:
+            if f not in self._ann:
+                self._ann[f] = ann.open_view(self.cache.file(self.store, m["key"]), m.get("expansion_search"))
+            return self._ann[f]
+
+    def fts(self, f: str):
+        m = self.meta.get("fts", {}).get(f)
+        if m is None:
+            return None
+        with self._lock:
+            if f not in self._fts:
+                d = self.cache.directory(self.store, m["files"], m["prefix"])
+                self._fts[f] = fts.Reader(d, self.gen.schema[f]["full_text_search"])
+            return self._fts[f]
+
+    def tokens(self, f: str) -> pl.Series | None:
+        """The stored analysed tokens of FTS field ``f`` (one joined string per row), if any."""
+        m = self.meta.get("fts", {}).get(f)
+        if not m or not m.get("tokens") or m.get("sig") != _fts_sig_of(self.gen.schema.get(f)):
+            return None
+        with self._lock:
+            if ("tok", f) not in self._fts:
+                self._fts[("tok", f)] = pl.read_ipc(self.cache.file(self.store, m["tokens"]))["t"]
+            return self._fts[("tok", f)]
+
+    def frame(self, pos: np.ndarray, vector_fields: list[str]) -> pl.DataFrame:
+        """Rows at ``pos``: attributes + the given vector fields."""
+        idx = pl.Series(np.asarray(pos, dtype=np.int64))
+        df = self.attrs()[idx] if len(pos) else self.attrs().clear()
+        cols = []
+        for f in vector_fields:
+            dims = S.vector_dims(self.gen.schema[f]["type"])
+            mat = self.vectors(f)
+            rows = np.asarray(mat[np.asarray(pos, dtype=np.int64)]) if mat is not None and len(pos) else \
+                np.full((len(pos), dims), np.nan, np.float32)
+            cols.append(D.vector_series(f, rows, dims))
+        return df.with_columns(cols) if cols else df
+
+    def warm(self) -> None:
+        self.attrs()
+        self.alive()
+        for f in self.meta.get("vectors", {}):
+            self.vectors(f)
+        for f in self.meta.get("ann", {}):
+            self.ann(f)
+        for f in self.meta.get("fts", {}):
+            if f in self.gen.schema and self.gen.schema[f].get("full_text_search"):
+                self.fts(f)
+
+
+class Generation:
+    def __init__(self, store: Store, cache: Cache, man: dict, manifest_key: str):
+        self.store, self.cache, self.man = store, cache, man
+        self.manifest_key = manifest_key
+        self.generation = int(man["generation"])
+        self.covers = int(man["covers_through_seq"])
+        self.schema = man["schema"]
+        self.metric = man.get("distance_metric")
+        self.segments = [Segment(self, s) for s in man["segments"]]
+        self._terms: dict[str, _DfTable] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def live_rows(self) -> int:
+        return int(sum(s["live"] for s in self.man["segments"]))
+
+    def field_stats(self, f: str):
+        """Global BM25 statistics of the indexed documents (bm25.FieldStats)."""
+        from ..bm25 import FieldStats
+
+        b = self.man.get("bm25", {}).get(f)
+        if b is None:
+            return None
+        with self._lock:
+            if f not in self._terms:
+                self._terms[f] = _DfTable(pl.read_ipc(self.cache.file(self.store, b["terms"])))
+        return FieldStats(int(b["n_rows"]), int(b["total_len"]), self._terms[f])
+
+    def lookup(self, ids: pl.Series) -> list[tuple[int, np.ndarray]]:
+        """[(segment index, positions)] of live index rows with these ids."""
+        out = []
+        want = ids.to_frame("id")
+        for i, seg in enumerate(self.segments):
+            if want.height == 0:
+                break
+            idf = seg.ids()
+            if want["id"].dtype != idf["id"].dtype:
+                want = want.with_columns(pl.col("id").cast(idf["id"].dtype))
+            hit = idf.join(want, on="id", how="semi")
+            if hit.height:
+                out.append((i, hit["__pos"].to_numpy().astype(np.int64)))
+                want = want.join(hit.select("id"), on="id", how="anti")
+        return out
+
+    def files(self) -> list[str]:
+        return list(self.man.get("files", []))
+
+
+_GENS: dict[tuple[str, str, str], Generation] = {}
+_GENS_LOCK = threading.Lock()
+
+
+def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Generation:
+    cache = cache or get_cache()
+    key = (store.url, ptr["manifest"], str(cache.root))
+    with _GENS_LOCK:
+        g = _GENS.get(key)
+    if g is None:
+        g = Generation(store, cache, load_manifest(store, ptr["manifest"]), ptr["manifest"])
+        with _GENS_LOCK:
+            if len(_GENS) > 32:
+                _GENS.clear()
+            _GENS[key] = g
+    return g
+
+
+# ---------------------------------------------------------------- the tail
+@dataclass
+class Tail:
+    """WAL entries after covers_through_seq, folded onto the index rows they touch."""
+
+    seq: int
+    schema: dict
+    metric: str | None
+    docs: pl.DataFrame                                  # live current versions of touched ids
+    hidden: dict[int, np.ndarray] = field(default_factory=dict)   # segment -> superseded positions
+    superseded: pl.DataFrame | None = None              # index rows superseded (for BM25 stats)
+    touched: pl.Series | None = None
+    extra: dict = field(default_factory=dict)           # per-tail caches (analysed tokens)
+
+
+_TAILS: dict[tuple, Tail] = {}
+_TAILS_LOCK = threading.Lock()
+
+
+def tail_for(ns, gen: Generation, head) -> Tail:
+    """The tail at ``head.seq`` (incremental from this process's cached tail)."""
+    key = (ns.store.url, ns.name, gen.manifest_key)
+    with _TAILS_LOCK:
+        t = _TAILS.get(key)
+    if t is not None and t.seq == head.seq:
+        return t
+    if t is None or t.seq > head.seq:
+        t = Tail(gen.covers, gen.schema, gen.metric, replay.empty(gen.schema), {}, None, None)
+    schema = t.schema
+    metric = t.metric
+    docs = t.docs
+    hidden = {k: v for k, v in t.hidden.items()}
+    sup_parts = [t.superseded] if t.superseded is not None else []
+    touched = t.touched
+    seq = t.seq
+    ops_batch: list = []
+
+    def flush():
+        nonlocal docs, touched, ops_batch
+        if not ops_batch:
+            return
+        idt = S.dtype_of(schema["id"]["type"])
+        cols = [op.table.get_column("id").cast(idt) for op in ops_batch if op.rows]
+        if cols:
+            ids = pl.concat(cols).unique()
+            new = ids if touched is None else ids.to_frame().join(touched.to_frame(), on="id", how="anti")["id"]
+            touched = new if touched is None else pl.concat([touched.cast(idt), new])
+            base_parts = [S.align(docs, schema)]
+            for i, pos in gen.lookup(new):
+                seg = gen.segments[i]
+                hidden[i] = np.union1d(hidden.get(i, np.zeros(0, np.int64)), pos)
+                rows = seg.frame(pos, D.vector_fields(gen.schema))
+                rows = S.align(rows.select([c for c in rows.columns if c in schema]), schema)
+                base_parts.append(rows)
+                sup_parts.append(rows)
+            docs = pl.concat(base_parts, how="vertical") if len(base_parts) > 1 else base_parts[0]
+        docs = replay.fold(docs, schema, ops_batch)
+        ops_batch = []
+
+    for e in ns.entries(t.seq, head.seq):
+        if e.header.get("schema") is not None and e.header["schema"] != schema:
+            flush()
+            schema = e.header["schema"]
+        if e.header.get("distance_metric"):
+            metric = e.header["distance_metric"]
+        ops_batch.extend(e.ops)
+        seq = e.seq
+    flush()
+    sup = pl.concat([S.align(p, schema) for p in sup_parts], how="vertical") if sup_parts else None
+    t = Tail(seq, schema, metric, S.align(docs, schema), hidden, sup, touched)
+    with _TAILS_LOCK:
+        if len(_TAILS) > 64:
+            _TAILS.clear()
+        _TAILS[key] = t
+    return t
+
+
+# ---------------------------------------------------------------- the view
+def _fts_sig_of(spec) -> str | None:
+    from .builder import _fts_sig
+
+    return _fts_sig(spec) if spec and spec.get("full_text_search") else None
+
+
+def _postings_from_tokens(toks: list[list[str]], only: set | None = None):
+    """bm25.Postings of already analysed rows (what bm25.postings_for would build),
+    in plain Python: candidate frames are small (hundreds of rows).  ``only``: keep
+    the postings of these terms only (the query's: all the engine looks up);
+    document lengths stay exact."""
+    from collections import Counter
+
+    from ..bm25 import Postings
+
+    n = len(toks)
+    lens = np.fromiter((len(t) for t in toks), dtype=np.float64, count=n)
+    post: dict[str, list] = {}
+    for r, t in enumerate(toks):
+        if t:
+            if only is not None:
+                t = [x for x in t if x in only]
+            for term, c in Counter(t).items():
+                lst = post.get(term)
+                if lst is None:
+                    post[term] = [r, c]
+                else:
+                    lst.append(r)
+                    lst.append(c)
+    terms = sorted(post)
+    sizes = np.fromiter((len(post[t]) // 2 for t in terms), dtype=np.int64, count=len(terms))
+    indptr = np.zeros(len(terms) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=indptr[1:])
+    flat = np.fromiter((x for t in terms for x in post[t]), dtype=np.int64, count=int(indptr[-1]) * 2)
+    rows = flat[0::2].astype(np.int32)
+    tf = flat[1::2].astype(np.float64)
+    return Postings(n, terms, {t: i for i, t in enumerate(terms)}, indptr, rows, tf, lens, int(lens.sum()))
+
+
+@dataclass
+class Candidates:
+    docs: pl.DataFrame
+    schema: dict
+    metric: str | None
+    bm25_stats: object
+    namespace_rows: int
+    exhaustive: int = 0            # rows scored exactly (exact vector search, full scans, tail)
+    ann_probed: int = 0
+    tokens: dict = field(default_factory=dict)   # FTS field -> analysed tokens per row of docs
+    query_terms: dict = field(default_factory=dict)  # FTS field -> terms the query looks up
+
+
+class IndexedView:
+    """A generation (+ tail) ready to answer queries."""
+
+    def __init__(self, gen: Generation, tail: Tail | None):
+        self.gen = gen
+        self.tail = tail
+        self.schema = tail.schema if tail else gen.schema
+        self.metric = (tail.metric if tail else None) or gen.metric
+        self.seq = tail.seq if tail else gen.covers
+
+    @property
+    def namespace_rows(self) -> int:
+        n = self.gen.live_rows
+        if self.tail is not None:
+            n -= sum(len(v) for v in self.tail.hidden.values())
+            n += self.tail.docs.height
+        return n
+
+    # -- masks ----------------------------------------------------------------
+    def _visible(self, i: int) -> np.ndarray:
+        seg = self.gen.segments[i]
+        al = seg.alive()
+        if self.tail is not None and i in self.tail.hidden:
+            al = al.copy()
+            al[self.tail.hidden[i]] = False
+        return al
+
+    def _filter_mask(self, i: int, filt) -> np.ndarray:
+        vis = self._visible(i)
+        if filt is None:
+            return vis
+        from ..filters import compile_filter
+
+        seg = self.gen.segments[i]
+        a = seg.attrs()
+        sch = {k: v for k, v in self.schema.items() if not S.is_vector(v["type"])}
+        missing = [c for c in sch if c not in a.columns]
+        if missing:
+            a = S.align(a, sch)
+        expr = compile_filter(filt, self.schema)
+        m = a.select(expr.fill_null(False).alias("m")).to_series().to_numpy()
+        return vis & m.astype(bool)
+
+    # -- statistics ---------------------------------------------------------------
+    def bm25_stats(self, fields: list[str]):
+        from ..bm25 import Bm25Stats, FieldStats, stats_from_frame
+
+        out = {}
+        for f in fields:
+            spec = self.schema.get(f)
+            if not spec or not spec.get("full_text_search"):
+                continue
+            opts = spec["full_text_search"]
+            base = self.gen.field_stats(f)
+            if base is None:  # field not indexed in this generation: no global stats here
+                return None
+            if self.tail is None or (self.tail.docs.height == 0 and self.tail.superseded is None):
+                out[f] = base
+                continue
+            add = stats_from_frame(self.tail.docs, f, opts).fields[f]
+            sub = stats_from_frame(self.tail.superseded, f, opts).fields[f] \
+                if self.tail.superseded is not None and self.tail.superseded.height else None
+            out[f] = FieldStats(base.n_docs + add.n_docs - (sub.n_docs if sub else 0),
+                                base.total_tokens + add.total_tokens - (sub.total_tokens if sub else 0),
+                                _DfCombo(base.df, add.df, sub.df if sub else None))
+        return Bm25Stats(out)
+
+    # -- candidates -------------------------------------------------------------------
+    def candidates(self, q) -> Candidates:
+        from .. import query as Q
+
+        rb = q.rank_by
+        k = q.limit + q.offset
+        filt = q.filter
+        need_vecs = self._included_vectors(q)
+        exhaustive = 0
+        probed = 0
+        parts: list[pl.DataFrame] = []
+        where: list[tuple[int, np.ndarray]] = []
+        bm25_fields: list[str] = []
+        simple = q.per_attributes is None and not q.aggregate_by and not q.group_by
+        if simple and isinstance(rb, Q.VectorRank) and rb.attr in self.schema:
+            vf = sorted(set(need_vecs) | {rb.attr})
+            for i, seg in enumerate(self.gen.segments):
+                pos, ex, pr = self._vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
+                exhaustive += ex
+                probed += pr
+                if len(pos):
+                    parts.append(seg.frame(pos, vf))
+                    where.append((i, pos))
+        elif simple and isinstance(rb, Q.TextRank) and self._pure_bm25(rb.expr):
+            leaves = list(self._bm25_leaves(rb.expr))
+            bm25_fields = sorted({lf.attr for lf in leaves})
+            for i, seg in enumerate(self.gen.segments):
+                pos = self._bm25_candidates(i, leaves, filt, k)
+                if pos is None:  # segment cannot answer from tantivy: scan it
+                    m = self._filter_mask(i, filt)
+                    pos = np.nonzero(m)[0]
+                    exhaustive += len(pos)
+                if len(pos):
+                    parts.append(seg.frame(pos, need_vecs))
+                    where.append((i, pos))
+        elif simple and isinstance(rb, Q.OrderBy):
+            for i, seg in enumerate(self.gen.segments):
+                pos = self._order_candidates(i, rb, filt, k)
+                if len(pos):
+                    parts.append(seg.frame(pos, need_vecs))
+                    where.append((i, pos))
+        else:
+            if isinstance(rb, Q.TextRank):
+                bm25_fields = sorted({lf.attr for lf in self._bm25_leaves(rb.expr)})
+            vf = sorted(set(need_vecs) | ({rb.attr} if isinstance(rb, Q.VectorRank) else set()))
+            for i, seg in enumerate(self.gen.segments):
+                m = self._filter_mask(i, filt)
+                pos = np.nonzero(m)[0]
+                exhaustive += len(pos)
+                if len(pos):
+                    parts.append(seg.frame(pos, vf))
+                    where.append((i, pos))
+        cols = S.column_order(self.schema)
+        frames = [S.align(p.select([c for c in p.columns if c in self.schema]), self.schema, cols)
+                  for p in parts]
+        if self.tail is not None and self.tail.docs.height:
+            frames.append(S.align(self.tail.docs, self.schema, cols))
+            exhaustive += self.tail.docs.height
+        docs = pl.concat(frames, how="vertical") if frames else S.align(pl.DataFrame(), self.schema, cols)
+        stats = self.bm25_stats(bm25_fields) if bm25_fields else None
+        toks = {f: t for f in bm25_fields if (t := self._tokens(f, where)) is not None}
+        c = Candidates(docs, self.schema, self.metric, stats, self.namespace_rows, exhaustive, probed, toks)
+        if isinstance(rb, Q.TextRank) and self._pure_bm25(rb.expr):
+            from ..bm25 import query_tokens
+
+            for lf in self._bm25_leaves(rb.expr):
+                spec = self.schema.get(lf.attr) or {}
+                if spec.get("full_text_search"):
+                    c.query_terms.setdefault(lf.attr, set()).update(query_tokens(
+                        lf.query if isinstance(lf.query, str) else list(lf.query), spec["full_text_search"]))
+        else:
+            c.tokens = {}  # other text expressions (prefix) need every term: let the engine analyse
+        return c
+
+    def _tokens(self, f: str, where) -> list[list[str]] | None:
+        """Analysed tokens of field f for the candidate rows (segments' stored tokens +
+        the tail's, analysed once per tail), or None if some segment has none."""
+        from .fts import SEP
+
+        spec = self.schema.get(f)
+        if not spec or not spec.get("full_text_search"):
+            return None
+        out: list[list[str]] = []
+        for i, pos in where:
+            col = self.gen.segments[i].tokens(f)
+            if col is None:
+                return None
+            vals = col.gather(pl.Series(pos)).to_list()
+            out.extend([] if v is None or v == "" else v.split(SEP) for v in vals)
+        if self.tail is not None and self.tail.docs.height:
+            key = ("tok", f, _fts_sig_of(spec))
+            cached = self.tail.extra.get(key)
+            if cached is None:
+                from .. import text as T
+
+                col = self.tail.docs.get_column(f) if f in self.tail.docs.columns else \
+                    pl.Series([None] * self.tail.docs.height)
+                cached = self.tail.extra[key] = T.tokenize_many(col.to_list(), spec["full_text_search"])
+            out.extend(cached)
+        return out
+
+    def _included_vectors(self, q) -> list[str]:
+        vf = D.vector_fields(self.schema)
+        if not vf:
+            return []
+        inc = q.include
+        if q.exclude is not None:
+            return [f for f in vf if f not in q.exclude]
+        if inc is True:
+            return vf
+        if isinstance(inc, tuple):
+            return [f for f in vf if f in inc]
+        return []
+
+    def _vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int]:
+        seg = self.gen.segments[i]
+        mat = seg.vectors(rb.attr)
+        if mat is None or k <= 0:
+            return np.zeros(0, np.int64), 0, 0
+        sel = self._filter_mask(i, filt)
+        n_sel = int(sel.sum())
+        if n_sel == 0:
+            return np.zeros(0, np.int64), 0, 0
+        q = rb.array()
+        index = seg.ann(rb.attr)
+        exact = (rb.method != "ANN" or index is None or metric != self.gen.metric
+                 or n_sel <= max(k, EXACT_MAX_ROWS)
+                 or (filt is not None and n_sel <= EXACT_MAX_FRACTION * seg.rows))
+        if exact:
+            pos = np.nonzero(sel)[0]
+            return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0
+        frac = n_sel / max(1, seg.rows)
+        want = k * HNSW_OVERFETCH
+        fetch = int(math.ceil(want / frac * 1.2)) + 8
+        total = len(index)
+        while True:
+            keys, _d = ann.search(index, q, min(fetch, total))
+            keep = keys[sel[keys]]
+            if len(keep) >= want or fetch >= total:
+                return keep[:want], 0, len(keys)
+            if fetch * 4 > total:
+                pos = np.nonzero(sel)[0]  # post-filter keeps too few: exact is cheaper now
+                return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, len(keys)
+            fetch *= 4
+
+    def _exact_top(self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric) -> np.ndarray:
+        mat = seg.vectors(f)
+        x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)
+        if metric == "euclidean_squared":
+            diff = x - q
+            d = np.einsum("ij,ij->i", diff, diff)
+        else:
+            norms = seg.norms(f)
+            nn = norms[pos] if len(pos) < seg.rows else norms
+            qn = float(np.linalg.norm(q)) or 1.0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                d = 1.0 - (x @ q) / (nn * qn)
+        d = np.where(np.isnan(d), np.inf, d)
+        kk = min(k, len(d))
+        if kk == 0:
+            return np.zeros(0, np.int64)
+        # take ties at the boundary too (the engine breaks ties by id)
+        part = np.argpartition(d, kk - 1)[:kk] if kk < len(d) else np.arange(len(d))
+        cut = d[part].max()
+        top = np.nonzero(d <= cut)[0] if np.isfinite(cut) else part
+        return pos[top]
+
+    # -- BM25 -------------------------------------------------------------------------
+    def _bm25_leaves(self, e):
+        from .. import query as Q
+
+        if isinstance(e, Q.Bm25):
+            yield e
+        elif isinstance(e, (Q.TextSum, Q.TextMax)):
+            for c in e.children:
+                yield from self._bm25_leaves(c)
+        elif isinstance(e, Q.TextProduct):
+            yield from self._bm25_leaves(e.child)
+
+    def _pure_bm25(self, e) -> bool:
+        from .. import query as Q
+
+        if isinstance(e, Q.Bm25):
+            return not e.last_as_prefix
+        if isinstance(e, (Q.TextSum, Q.TextMax)):
+            return all(self._pure_bm25(c) for c in e.children)
+        if isinstance(e, Q.TextProduct):
+            return self._pure_bm25(e.child)
+        return False
+
+    def _bm25_candidates(self, i: int, leaves, filt, k: int) -> np.ndarray | None:
+        from ..bm25 import query_tokens
+
+        seg = self.gen.segments[i]
+        sel = self._filter_mask(i, filt)
+        if not sel.any():
+            return np.zeros(0, np.int64)
+        want = max(BM25_MIN_CANDIDATES, BM25_OVERFETCH * k)
+        out = []
+        for lf in leaves:
+            spec = self.schema.get(lf.attr) or {}
+            if not spec.get("full_text_search"):
+                continue
+            r = seg.fts(lf.attr)
+            if r is None:
+                return None
+            toks = query_tokens(lf.query if isinstance(lf.query, str) else list(lf.query),
+                                spec["full_text_search"])
+            limit = want
+            while True:
+                pos = r.search(toks, limit)
+                keep = pos[sel[pos]]
+                if len(keep) >= want or len(pos) < limit:
+                    break
+                limit *= 4
+            out.append(keep)
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+    # -- order by ----------------------------------------------------------------------
+    def _order_candidates(self, i: int, rb, filt, k: int) -> np.ndarray:
+        seg = self.gen.segments[i]
+        m = self._filter_mask(i, filt)
+        a = seg.attrs()
+        keys = [a_ for a_, _d in rb.keys]
+        if any(c not in a.columns for c in keys) or any(
+                S.is_vector(self.schema.get(c, {}).get("type", "")) for c in keys):
+            return np.nonzero(m)[0]
+        df = a.select(keys + (["id"] if "id" not in keys else [])).with_row_index("__pos").filter(pl.Series(m))
+        desc = [d for _a, d in rb.keys]
+        by = keys + (["id"] if "id" not in keys else [])
+        dsc = desc + ([False] if "id" not in keys else [])
+        try:
+            p1 = df.sort(by, descending=dsc, nulls_last=True).head(k)["__pos"]
+            p2 = df.sort(by, descending=dsc, nulls_last=False).head(k)["__pos"]
+        except Exception:  # unsortable column (lists): give the engine every row
+            return np.nonzero(m)[0]
+        return np.unique(np.concatenate([p1.to_numpy(), p2.to_numpy()])).astype(np.int64)
+
+
+def view_for(ns, consistency: str, head=None) -> IndexedView | None:
+    """The indexed view of ``ns`` for a query, or None if it has no index."""
+    meta, _ = ns.read_meta()
+    ptr = (meta or {}).get("index")
+    if not ptr:
+        return None
+    try:
+        gen = open_generation(ns.store, ptr)
+    except FileNotFoundError:
+        return None
+    if consistency == "eventual":
+        return IndexedView(gen, None)
+    head = head or ns.head()
+    return IndexedView(gen, tail_for(ns, gen, head))
+
+
+def warm(ns, cache: Cache | None = None) -> dict:
+    """Fetch every file of the current generation into the cache."""
+    import time
+
+    cache = cache or get_cache()
+    t0 = time.perf_counter()
+    meta, _ = ns.read_meta()
+    ptr = (meta or {}).get("index")
+    if not ptr:
+        return {"namespace": ns.name, "generation": None, "files": 0, "bytes": 0, "fetched_files": 0,
+                "fetched_bytes": 0, "seconds": time.perf_counter() - t0}
+    man = load_manifest(ns.store, ptr["manifest"])
+    before = (cache.stats.files_fetched, cache.stats.bytes_fetched)
+    total = 0
+    n = 0
+    for key in man.get("files", []):
+        if key == ptr["manifest"]:
+            continue
+        p = cache.file(ns.store, key)
+        total += p.stat().st_size
+        n += 1
+    gen = open_generation(ns.store, ptr, cache)
+    for seg in gen.segments:
+        seg.warm()
+    return {"namespace": ns.name, "generation": ptr["generation"], "files": n, "bytes": total,
+            "fetched_files": cache.stats.files_fetched - before[0],
+            "fetched_bytes": cache.stats.bytes_fetched - before[1],
+            "seconds": time.perf_counter() - t0}
+
+
+def indexed_source(ns, consistency: str, queries):
+    """engine.Source for ``queries`` from the index (+ WAL tail when strong), or None
+    when the namespace has no index (the engine then replays the WAL)."""
+    from ..engine import Source
+
+    cache = get_cache()
+    misses0 = cache.stats.misses
+    for attempt in range(2):
+        try:
+            view = view_for(ns, consistency)
+            if view is None:
+                return None
+            parts, stats, exhaustive, toks, qterms = [], None, 0, [], {}
+            for q in queries:
+                c = view.candidates(q)
+                parts.append(c.docs)
+                toks.append(c.tokens)
+                for f, ts in c.query_terms.items():
+                    qterms.setdefault(f, set()).update(ts)
+                exhaustive += c.exhaustive
+                if c.bm25_stats is not None:  # same view: per-field stats are identical, union the fields
+                    if stats is None:
+                        stats = c.bm25_stats
+                    else:
+                        stats.fields.update(c.bm25_stats.fields)
+            break
+        except FileNotFoundError:
+            if attempt:
+                raise
+            _GENS.clear()  # a generation collected under us: re-read meta.json once
+    if len(parts) == 1:
+        docs, tokens = parts[0], toks[0]
+    else:
+        allf = set.intersection(*[set(t) for t in toks]) if all(toks) else set()
+        both = pl.concat(parts, how="vertical").with_row_index("__r")
+        first = both.unique(subset="id", keep="first", maintain_order=True)
+        keep_rows = first["__r"].to_list()
+        docs = first.drop("__r")
+        tokens = {}
+        for f in allf:
+            flat = [t for tk in toks for t in tk[f]]
+            tokens[f] = [flat[r] for r in keep_rows]
+    _seed_postings(docs, {f: t for f, t in tokens.items() if f in qterms}, view.schema, qterms)
+    fetched = cache.stats.misses - misses0
+    return Source(docs, view.schema, view.metric, view.seq, bm25_stats=stats,
+                  approx_namespace_size=view.namespace_rows, exhaustive_search_count=exhaustive,
+                  cache_temperature="cold" if fetched else "hot", cache_hit_ratio=0.0 if fetched else 1.0,
+                  extra={"index_generation": view.gen.generation, "index_covers_through_seq": view.gen.covers,
+                         "files_fetched": fetched})
+
+
+def _seed_postings(docs: pl.DataFrame, tokens: dict, schema: dict, qterms: dict) -> None:
+    """Give the engine the postings of the candidate frame from stored tokens, so it
+    does not analyse the candidates' text again (bm25.postings_for's cache key)."""
+    from .. import bm25 as B
+    from .. import text as T
+
+    for f, toks in tokens.items():
+        if len(toks) != docs.height:
+            continue
+        opts = T.normalize_fts_options(schema[f]["full_text_search"])
+        B.frame_cached(docs, ("bm25", f, T.analyzer_name(opts)),
+                       lambda t=toks, o=qterms[f]: _postings_from_tokens(t, o))

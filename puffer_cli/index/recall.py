@@ -1,0 +1,84 @@
+"""ANN vs exact recall on query vectors sampled from the namespace itself
+(turbopuffer's ``/_debug/recall``): the same query runs once with ``ANN``
+(the index path: HNSW, or exact under a selective filter) and once with
+``kNN`` (exhaustive), and recall@k = |ANN ∩ exact| / |exact|, averaged."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import schema as S
+from ..errors import InvalidRequest
+
+
+def recall(ns, *, num: int = 25, top_k: int = 10, filters=None, field: str | None = None,
+           seed: int | None = 0) -> dict:
+    from .. import engine
+
+    if not 1 <= num <= 1000 or not 1 <= top_k <= 10_000:
+        raise InvalidRequest("num must be 1..1000 and top_k 1..10000")
+    head = ns.require()
+    vfs = [k for k, v in head.schema.items() if S.is_vector(v["type"])]
+    if field is None:
+        field = "vector" if "vector" in vfs else (vfs[0] if vfs else None)
+    if field is None or field not in vfs:
+        raise InvalidRequest(f"namespace {ns.name!r} has no vector attribute {field or ''}".strip())
+    sample = _sample_vectors(ns, field, num, seed)
+    t0 = time.perf_counter()
+    recalls, ann_counts, ex_counts = [], [], []
+    ann_ms, ex_ms = [], []
+    for v in sample:
+        base = {"top_k": top_k, "include_attributes": ["id"]}
+        if filters is not None:
+            base["filters"] = filters
+        t = time.perf_counter()
+        a = engine.run_query(ns, {**base, "rank_by": [field, "ANN", v.tolist()]})
+        ann_ms.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        e = engine.run_query(ns, {**base, "rank_by": [field, "kNN", v.tolist()]})
+        ex_ms.append((time.perf_counter() - t) * 1000)
+        aid = [r["id"] for r in a["rows"]]
+        eid = [r["id"] for r in e["rows"]]
+        ann_counts.append(len(aid))
+        ex_counts.append(len(eid))
+        recalls.append(len(set(aid) & set(eid)) / len(eid) if eid else 1.0)
+    n = max(1, len(sample))
+    return {
+        "namespace": ns.name, "field": field, "num": len(sample), "top_k": top_k,
+        "avg_recall": float(sum(recalls) / n) if sample else 1.0,
+        "avg_ann_count": float(sum(ann_counts) / n) if sample else 0.0,
+        "avg_exhaustive_count": float(sum(ex_counts) / n) if sample else 0.0,
+        "p50_ann_ms": float(np.median(ann_ms)) if ann_ms else 0.0,
+        "p50_exhaustive_ms": float(np.median(ex_ms)) if ex_ms else 0.0,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _sample_vectors(ns, field: str, num: int, seed) -> list[np.ndarray]:
+    from .reader import view_for
+
+    rng = np.random.default_rng(seed)
+    view = view_for(ns, "eventual")
+    out: list[np.ndarray] = []
+    if view is not None and view.gen.segments:
+        segs = [s for s in view.gen.segments if s.vectors(field) is not None]
+        weights = np.array([s.rows for s in segs], dtype=float)
+        if len(segs) and weights.sum() > 0:
+            for _ in range(num * 3):
+                s = segs[rng.choice(len(segs), p=weights / weights.sum())]
+                pos = int(rng.integers(s.rows))
+                if not s.alive()[pos]:
+                    continue
+                v = np.asarray(s.vectors(field)[pos], dtype=np.float32)
+                if not np.isnan(v).any():
+                    out.append(v)
+                if len(out) >= num:
+                    return out
+    docs, _h = ns.docs()
+    col = docs.get_column(field).drop_nulls()
+    if col.len():
+        idx = rng.choice(col.len(), size=min(num - len(out), col.len()), replace=False)
+        mat = np.asarray(col.gather(idx).to_numpy(), dtype=np.float32).reshape(len(idx), -1)
+        out.extend(mat)
+    return out

@@ -1,0 +1,263 @@
+"""The offline indexer and the indexed query path (local, memory, moto S3).
+
+The exact engine over the replayed WAL is the reference: every indexed answer
+must equal it (ids, order, $dist within 1e-4, aggregations)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from puffer_cli import engine, layout
+from puffer_cli.index import builder, reader
+from puffer_cli.index.recall import recall
+
+WORDS = ("alpha beta gamma delta epsilon fox dog cat lazy quick brown jumps over river stone "
+         "light dark moon sun star tree leaf water fire earth").split()
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache(monkeypatch):
+    from puffer_cli import cache
+
+    cache.configure("")
+    yield
+    cache.configure("")
+
+
+def make_rows(rng, start, n, dims=8):
+    out = []
+    for i in range(start, start + n):
+        r = {"id": i, "vector": rng.normal(size=dims).round(4).tolist(),
+             "text": " ".join(rng.choice(WORDS, int(rng.integers(2, 12)))),
+             "title": " ".join(rng.choice(WORDS, 3)),
+             "cat": int(i % 4), "score": round(float(rng.random()), 4)}
+        if i % 7 == 0:
+            r.pop("score")
+        out.append(r)
+    return out
+
+
+SCHEMA = {"text": {"type": "string", "full_text_search": True},
+          "title": {"type": "string", "full_text_search": {"stemming": True}}}
+
+
+def queries(rng, dims=8):
+    v = rng.normal(size=dims).round(4).tolist()
+    return [
+        {"rank_by": ["vector", "ANN", v], "top_k": 7},
+        {"rank_by": ["vector", "ANN", v], "top_k": 5, "filters": ["cat", "Eq", 1]},
+        {"rank_by": ["vector", "kNN", v], "top_k": 5, "filters": ["score", "Gt", 0.5],
+         "include_attributes": ["vector", "cat"]},
+        {"rank_by": ["text", "BM25", "quick fox river"], "top_k": 10},
+        {"rank_by": ["text", "BM25", "moon star"], "top_k": 5, "filters": ["cat", "In", [0, 2]]},
+        {"rank_by": ["Sum", [["text", "BM25", "fox"], ["title", "BM25", "stone trees"]]], "top_k": 8},
+        {"rank_by": ["score", "desc"], "top_k": 6},
+        {"rank_by": [["cat", "asc"], ["score", "desc"]], "top_k": 9, "filters": ["text", "ContainsAnyToken", "fox dog"]},
+        {"aggregate_by": {"n": ["Count"], "s": ["Sum", "score"]}, "group_by": ["cat"]},
+        {"aggregate_by": {"n": ["Count"]}, "filters": ["score", "Lt", 0.3]},
+        {"filters": ["cat", "Eq", 3], "top_k": 4, "rank_by": ["id", "asc"]},
+    ]
+
+
+def strip(resp):
+    return {k: v for k, v in resp.items() if k not in ("performance", "billing")}
+
+
+def exact(ns, body):
+    """The reference: the exact engine over the replayed WAL (no index)."""
+    from puffer_cli import query as Q
+
+    q = Q.parse_query(body)
+    src = engine.load_source(ns, "strong")  # no queries: exact replay
+    res = engine.execute(q, src.docs, src.schema, src.metric)
+    return engine._result_body(q, res)
+
+
+def close(a, b):
+    """Equal, floats within 1e-9 relative (sums depend on the order rows are added)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-9)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def same(a, b):
+    a, b = strip(a), strip(b)
+    if a.keys() != b.keys():
+        return False
+    for k in a:
+        if k != "rows":
+            if not close(a[k], b[k]):
+                return False
+            continue
+        if [r["id"] for r in a["rows"]] != [r["id"] for r in b["rows"]]:
+            return False
+        for x, y in zip(a["rows"], b["rows"]):
+            if set(x) != set(y):
+                return False
+            for c in x:
+                if c == "$dist":
+                    if not math.isclose(x[c], y[c], rel_tol=1e-4, abs_tol=1e-4):
+                        return False
+                elif x[c] != y[c]:
+                    return False
+    return True
+
+
+def check_all(ns, rng):
+    for body in queries(rng):
+        got = engine.run_query(ns, body)
+        want = exact(ns, body)
+        assert same(got, want), (body, strip(got), want)
+
+
+def index(ns, **kw):
+    kw.setdefault("gc_grace_s", 0)
+    return builder.index_namespace(ns, **kw)
+
+
+def index_keys(ns):
+    return set(ns.store.list(layout.index_root(ns.name)))
+
+
+def current_files(ns):
+    meta, _ = ns.read_meta()
+    return set(builder.load_manifest(ns.store, meta["index"]["manifest"])["files"])
+
+
+# ---------------------------------------------------------------------------- all backends
+def test_index_tail_strong_eventual(db):
+    rng = np.random.default_rng(1)
+    ns = db.namespace("docs")
+    ns.write({"upsert_rows": make_rows(rng, 0, 150), "schema": SCHEMA})
+    rep = index(ns)
+    assert rep.status == "indexed" and rep.rows_indexed == 150 and rep.generation == 1
+    assert index(ns).status == "up-to-date"
+    check_all(ns, rng)
+
+    # more writes: strong sees the tail, eventual does not
+    ns.write({"upsert_rows": make_rows(rng, 150, 30)})
+    body = {"rank_by": ["id", "desc"], "top_k": 3}
+    assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == [179, 178, 177]
+    ev = engine.run_query(ns, {**body, "consistency": {"level": "eventual"}})
+    assert [r["id"] for r in ev["rows"]] == [149, 148, 147]
+
+    # update + delete after indexing: never stale (strong)
+    ns.write({"upsert_rows": [{"id": 5, "text": "zebra zebra", "cat": 9, "vector": [9.0] * 8}],
+              "deletes": [6, 160], "patch_rows": [{"id": 7, "cat": 42}]})
+    rows = engine.run_query(ns, {"rank_by": ["text", "BM25", "zebra"], "top_k": 5,
+                                 "include_attributes": ["cat"]})["rows"]
+    assert [(r["id"], r["cat"]) for r in rows] == [(5, 9)]
+    got = engine.run_query(ns, {"filters": ["id", "In", [5, 6, 7, 160]], "rank_by": ["id", "asc"],
+                                "top_k": 10, "include_attributes": ["cat"]})["rows"]
+    assert [(r["id"], r["cat"]) for r in got] == [(5, 9), (7, 42)]
+    check_all(ns, rng)
+
+    # index again: tombstones on the old segment, a new segment; same answers
+    rep = index(ns)
+    assert rep.status == "indexed" and rep.rows_tombstoned == 3 and rep.segments == 2
+    check_all(ns, rng)
+    ev = engine.run_query(ns, {**body, "consistency": {"level": "eventual"}})
+    assert [r["id"] for r in ev["rows"]] == [179, 178, 177]
+    assert index_keys(ns) == current_files(ns)  # GC with grace 0: nothing else left
+
+
+def test_many_runs_merge_and_bm25_global(mem_db):
+    rng = np.random.default_rng(2)
+    ns = mem_db.namespace("m")
+    ns.write({"upsert_rows": make_rows(rng, 0, 40), "schema": SCHEMA})
+    for run in range(12):
+        ns.write({"upsert_rows": make_rows(rng, 40 + run * 10, 10)})
+        ns.write({"deletes": [run * 3], "patch_rows": [{"id": run * 3 + 1, "score": 0.5}]})
+        rep = index(ns)
+        assert rep.status == "indexed"
+        assert rep.segments <= builder.MAX_SEGMENTS
+    meta, _ = ns.read_meta()
+    man = builder.load_manifest(ns.store, meta["index"]["manifest"])
+    for s in man["segments"]:
+        assert s["dead"] <= builder.DEAD_RATIO * s["rows"]
+    # data spread over several segments + a tail: BM25 scores are still the exact global ones
+    ns.write({"upsert_rows": make_rows(rng, 500, 15)})
+    check_all(ns, rng)
+    assert sum(s["live"] for s in man["segments"]) + 15 == ns.docs()[0].height
+
+
+def test_schema_change_rebuilds(mem_db):
+    rng = np.random.default_rng(3)
+    ns = mem_db.namespace("s")
+    ns.write({"upsert_rows": make_rows(rng, 0, 60)})  # text is a plain string: no FTS yet
+    index(ns)
+    ns.write({"schema": {"text": {"type": "string", "full_text_search": True}}, "upsert_rows": make_rows(rng, 60, 5)})
+    rep = index(ns)
+    assert rep.segments == 1 and rep.segments_merged == 1  # old segment lacked the FTS index
+    body = {"rank_by": ["text", "BM25", "quick fox"], "top_k": 10}
+    assert same(engine.run_query(ns, body), exact(ns, body))
+
+
+def test_multi_query_over_index(mem_db):
+    rng = np.random.default_rng(4)
+    ns = mem_db.namespace("mq")
+    ns.write({"upsert_rows": make_rows(rng, 0, 80), "schema": SCHEMA})
+    index(ns)
+    ns.write({"upsert_rows": make_rows(rng, 80, 5)})
+    qs = queries(rng)[:6]
+    got = engine.run_multi(ns, {"queries": qs})
+    for q, r in zip(qs, got["results"]):
+        assert same(r, exact(ns, q))
+
+
+def test_ann_recall_clustered(mem_db, monkeypatch):
+    rng = np.random.default_rng(5)
+    centers = rng.normal(size=(20, 24)) * 4
+    n = 3000
+    lab = rng.integers(0, 20, n)
+    x = centers[lab] + rng.normal(size=(n, 24))
+    ns = mem_db.namespace("ann")
+    ns.write({"upsert_columns": {"id": list(range(n)), "vector": x.astype(np.float32).tolist(),
+                                 "cat": (np.arange(n) % 10).tolist()},
+              "distance_metric": "euclidean_squared"})
+    index(ns)
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)  # force HNSW on this small set
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    r = recall(ns, num=20, top_k=10)
+    assert r["avg_recall"] >= 0.9 and r["avg_ann_count"] == 10 and r["avg_exhaustive_count"] == 10
+    rf = recall(ns, num=20, top_k=10, filters=["cat", "Eq", 3])  # 10% filter: over-fetch + post-filter
+    assert rf["avg_recall"] >= 0.9 and rf["avg_ann_count"] == 10
+
+
+def test_performance_reports_index(mem_db):
+    rng = np.random.default_rng(6)
+    ns = mem_db.namespace("p")
+    ns.write({"upsert_rows": make_rows(rng, 0, 50), "schema": SCHEMA})
+    index(ns)
+    ns.write({"upsert_rows": make_rows(rng, 50, 4)})
+    perf = engine.run_query(ns, {"rank_by": ["text", "BM25", "fox"], "top_k": 3})["performance"]
+    assert perf["approx_namespace_size"] == 54
+    assert perf["exhaustive_search_count"] == 4  # only the tail was scanned
+    assert perf["object_store_requests"] >= 1
+
+
+def test_gc_grace_keeps_previous_generation(mem_db):
+    rng = np.random.default_rng(7)
+    ns = mem_db.namespace("g")
+    ns.write({"upsert_rows": make_rows(rng, 0, 20), "schema": SCHEMA})
+    index(ns, gc_grace_s=600)
+    meta1, _ = ns.read_meta()
+    files1 = current_files(ns)
+    ns.write({"deletes": list(range(10))})  # 50% dead: the old segment is merged away
+    rep = index(ns, gc_grace_s=600)
+    assert rep.segments_merged == 1
+    keys = index_keys(ns)
+    assert files1 <= keys  # a reader still on generation 1 keeps every file
+    meta, _ = ns.read_meta()
+    assert meta["index"]["retained"][0]["generation"] == meta1["index"]["generation"]
+    # once the grace period is over (simulated), the next run collects them
+    ns.update_meta(lambda m: {**m, "index": {**m["index"], "retained": [
+        {**r, "until": 0} for r in m["index"]["retained"]]}})
+    assert builder.gc(ns) == len(files1 - current_files(ns))
+    assert index_keys(ns) == current_files(ns)

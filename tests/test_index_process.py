@@ -1,0 +1,163 @@
+"""`puffer index` as separate processes: concurrent runs, SIGKILL at several
+points, the CLI's output and exit codes, warm and recall."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import puffer_cli
+from puffer_cli import cli, engine, layout
+from puffer_cli.index import builder
+
+from .conftest import store_args
+from .test_index import SCHEMA, current_files, exact, index_keys, make_rows, queries, same
+
+
+@pytest.fixture(autouse=True)
+def _no_persistent_cache():
+    from puffer_cli import cache
+
+    cache.configure("")
+    yield
+    cache.configure("")
+
+
+def run_index(args, env_extra=None, **kw):
+    env = {**os.environ, "PUFFER_CACHE_DIR": "", "PUFFER_INDEX_GC_GRACE": "0", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "puffer_cli.cli", "index", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def fresh(store_url):
+    url, endpoint = store_url
+    return puffer_cli.connect(url, s3_endpoint=endpoint)
+
+
+@pytest.mark.parametrize("store_url", ["local", "s3"], indirect=True)
+def test_two_concurrent_index_processes(store_url):
+    db = fresh(store_url)
+    rng = np.random.default_rng(10)
+    ns = db.namespace("c")
+    ns.write({"upsert_rows": make_rows(rng, 0, 120), "schema": SCHEMA})
+    pause = {"PUFFER_INDEX_PAUSE_AT": "after_lease:1.5"}
+    procs = [run_index(["c", *store_args(store_url)], pause) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0, 0], outs
+    text = [o[0] for o in outs]
+    assert sum("indexed 120 rows" in t for t in text) == 1, text
+    assert sum("skipped, lease held by" in t for t in text) == 1, text
+    meta, _ = ns.read_meta()
+    assert meta["index"]["generation"] == 1 and meta["index"]["covers_through_seq"] == 1
+    assert index_keys(ns) == current_files(ns)
+    body = queries(rng)[3]  # (every query form is compared on every backend in test_index.py)
+    assert same(engine.run_query(ns, body), exact(ns, body))
+
+
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)
+def test_sigkill_then_next_run_completes(store_url):
+    db = fresh(store_url)
+    rng = np.random.default_rng(11)
+    points = ["after_fold", "mid_segment", "after_manifest", "after_publish", "mid_gc"]
+    procs = {}
+    for k, point in enumerate(points):
+        ns = db.namespace(f"k{k}")
+        ns.write({"upsert_rows": make_rows(rng, 0, 60), "schema": SCHEMA})
+        builder.index_namespace(ns, gc_grace_s=0)
+        ns.write({"upsert_rows": make_rows(rng, 60, 20), "deletes": [1, 2, 3],
+                  "patch_rows": [{"id": 4, "cat": 77}]})
+        ns.write({"deletes": list(range(10, 30))})  # > 20% dead: forces a merge too
+        procs[point] = run_index([f"k{k}", *store_args(store_url)],
+                                 {"PUFFER_INDEX_CRASH_AT": point, "PUFFER_INDEX_LEASE_TTL": "1"})
+    for point, p in procs.items():
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGKILL, point
+    time.sleep(1.1)  # the killed runs' leases expire
+    for k, point in enumerate(points):
+        ns = db.namespace(f"k{k}")
+        ns.write({"upsert_rows": make_rows(rng, 100, 5)})
+        rep = builder.index_namespace(ns, gc_grace_s=0)
+        assert rep.status == "indexed", (point, rep)
+        docs, _ = ns.docs()
+        meta, _ = ns.read_meta()
+        assert meta["index"]["rows"] == docs.height == 60 + 20 - 3 - 20 + 5, point
+        assert meta["index"]["covers_through_seq"] == ns.head().seq
+        assert index_keys(ns) == current_files(ns), point  # no orphans left after GC
+        got = engine.run_query(ns, {"rank_by": ["id", "asc"], "top_k": 1000,
+                                    "consistency": {"level": "eventual"}})
+        assert [r["id"] for r in got["rows"]] == sorted(docs["id"].to_list()), point  # none lost / duplicated
+        for body in queries(rng)[1:4]:
+            assert same(engine.run_query(ns, body), exact(ns, body)), (point, body)
+
+
+def test_cli_index_warm_recall(tmp_path, capsys):
+    store = str(tmp_path / "s")
+    db = puffer_cli.connect(store)
+    rng = np.random.default_rng(12)
+    ns = db.namespace("cli")
+    assert cli.main(["index", "cli", "--store", store]) == 0
+    assert "nothing to index" in capsys.readouterr().out
+    ns.write({"upsert_rows": make_rows(rng, 0, 50), "schema": SCHEMA})
+    db.namespace("other").write({"upsert_rows": [{"id": 1, "x": 1}]})
+    assert cli.main(["index", "--all", "--store", store, "--gc-grace", "0"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 2 and out[0].startswith("cli: indexed 50 rows") and out[1].startswith("other: indexed 1 rows")
+    assert cli.main(["index", "cli", "--store", store, "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)["namespaces"][0]
+    assert rep["status"] == "up-to-date" and rep["generation"] == 1
+
+    cache_dir = tmp_path / "cache"
+    assert cli.main(["warm", "cli", "--store", store, "--cache-dir", str(cache_dir), "--json"]) == 0
+    w = json.loads(capsys.readouterr().out)
+    assert w["generation"] == 1 and w["files"] >= 5 and w["bytes"] > 0
+    assert cli.main(["recall", "cli", "--store", store, "--num", "5", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["avg_recall"] == 1.0 and r["avg_ann_count"] == 10 and r["num"] == 5
+    assert cli.main(["recall", "cli", "--store", store, "--num", "3", "--filter", '["cat","Eq",1]']) == 0
+    assert "recall@10 1.0000" in capsys.readouterr().out
+
+
+def test_cli_index_busy_and_failure(tmp_path, capsys):
+    store = str(tmp_path / "s")
+    db = puffer_cli.connect(store)
+    ns = db.namespace("b")
+    ns.write({"upsert_rows": [{"id": 1, "x": 1}]})
+    from puffer_cli.index.lease import Lease
+
+    other = Lease(db.store, "b", ttl=30, holder="elsewhere:1:x")
+    assert other.acquire() is None
+    try:
+        assert cli.main(["index", "b", "--store", store]) == 0
+        assert "skipped, lease held by elsewhere:1:x until" in capsys.readouterr().out
+    finally:
+        other.release()
+    assert cli.main(["index", "b", "--store", store]) == 0
+    assert "indexed 1 rows" in capsys.readouterr().out
+    # a corrupt WAL segment makes the run fail: exit 1, one line naming it
+    ns.write({"upsert_rows": [{"id": 2, "x": 2}]})
+    p = db.store.local_path(layout.wal("b", 2))
+    p.write_bytes(p.read_bytes()[:-3])
+    assert cli.main(["index", "b", "--store", store]) == 1
+    assert "b: FAILED:" in capsys.readouterr().out
+
+
+def test_lease_expiry_takeover(mem_db):
+    from puffer_cli.index.lease import Lease
+
+    a = Lease(mem_db.store, "n", ttl=0.2, holder="a")
+    assert a.acquire() is None
+    a._stop.set()  # a "dies": no more renewals
+    b = Lease(mem_db.store, "n", ttl=5, holder="b")
+    held = b.acquire()
+    assert held is not None and held.holder == "a"
+    time.sleep(0.3)
+    assert b.acquire() is None and b.took_over == "a"
+    assert not a.renew() and a.lost  # the old holder notices and must not publish
+    b.release()
