@@ -196,7 +196,7 @@ def case_gcide(args, tmp, res, keep):
     rel = {q: set(v) for q, v in qrels.group_by("qid").agg(pl.col("doc_id")).iter_rows()}
     queries = queries.filter(pl.col("qid").is_in(list(rel))).sample(n=min(args.gcide_queries, queries.height),
                                                                       seed=7)
-    fts_opts = {"language": "english", "stemming": True, "remove_stopwords": True}
+    fts_opts = {"language": "english", "stemming": True, "remove_stopwords": False}  # as tantivy en_stem
     db = puffer_db(tmp, "gcide")
     ns = db.namespace("gcide")
     ingest_frame(ns, docs, schema={"text": {"type": "string", "full_text_search": fts_opts}})

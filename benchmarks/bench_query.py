@@ -136,7 +136,7 @@ def bench_bm25(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str
         rel.setdefault(qid, set()).add(int(doc))
     queries = queries.filter(pl.col("qid").is_in(list(rel)))
     ns = puffer_cli.connect(os.path.join(tmp, "store")).namespace("gcide")
-    opts = {"stemming": True, "language": "english"}
+    opts = {"stemming": True, "language": "english", "remove_stopwords": False}  # as tantivy en_stem
     ns.write_frame(docs, schema={"text": {"type": "string", "full_text_search": opts}})
     src = engine.load_source(ns, "strong")
     t = time.perf_counter()
