@@ -158,19 +158,10 @@ def bench_bm25(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str
 
 
 def write_doc(section: str) -> None:
-    block = f"{START}\n{section}{END}"
-    if DOC.exists():
-        text = DOC.read_text()
-    else:
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        text = ("# Benchmarks\n\nResults of `nox -s bench` (scripts in `benchmarks/`), each section written by its "
-                "own script on the machine named in it. Data: `../shared/data/prepare.py`.\n")
-    if START in text and END in text and text.index(START) < text.index(END):
-        a, b = text.index(START), text.index(END) + len(END)
-        text = text[:a] + block + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import write_section
+
+    write_section(DOC, START, END, section)
 
 
 def main(argv: list[str] | None = None) -> None:
