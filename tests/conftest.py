@@ -8,7 +8,6 @@ import uuid
 import pytest
 
 import puffer_cli
-from puffer_cli import namespace as _ns
 from puffer_cli import store as _store
 
 
