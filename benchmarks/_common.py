@@ -1,10 +1,117 @@
-"""Helpers shared by the benchmark scripts (run as ``python benchmarks/bench_X.py``)."""
+"""Helpers shared by the benchmark scripts (run as ``python benchmarks/bench_X.py``).
+
+The scripts import this module as ``_common``: running ``python benchmarks/bench_X.py`` puts the
+``benchmarks`` directory first on ``sys.path``, and each script also inserts it explicitly so that the
+import does not depend on how the script was started.  Only the standard library is imported at module
+level, so ``--help`` works without the benchmark extras installed.
+"""
 from __future__ import annotations
 
+import datetime as _dt
+import math
+import os
+import platform
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
 
 HEADER = ("# Benchmarks\n\nResults of `nox -s bench` (scripts in `benchmarks/`), each section written by its "
           "own script on the machine named in it. Data: `../shared/data/prepare.py`.\n")
+
+
+# ---------------------------------------------------------------- running
+def default_data() -> str:
+    """Benchmark data dir: ``$PUFFER_BENCH_DATA`` or ``~/.cache/puffer-bench``."""
+    return os.environ.get("PUFFER_BENCH_DATA") or os.path.expanduser("~/.cache/puffer-bench")
+
+
+def log(*a) -> None:
+    """Progress line on stderr (stdout carries the section text)."""
+    print(*a, file=sys.stderr, flush=True)
+
+
+def start_moto():
+    """A moto S3 server on loopback in this process, with bucket ``bench``; returns (server, endpoint)."""
+    from moto.server import ThreadedMotoServer
+
+    for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                 ("AWS_DEFAULT_REGION", "us-east-1")):
+        os.environ.setdefault(k, v)
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request log lines
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+    return server, endpoint
+
+
+# ---------------------------------------------------------------- statistics
+def pct(xs, p) -> float:
+    """``p``-th percentile of ``xs`` (numpy's default linear interpolation); NaN when ``xs`` is empty."""
+    import numpy as np
+
+    return float(np.percentile(np.asarray(xs), p)) if len(xs) else float("nan")
+
+
+def ndcg10(ranked: list, rel: set) -> float:
+    """nDCG@10 with binary relevance: ``ranked`` ids against the relevant set ``rel``."""
+    dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in rel)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(10, len(rel))))
+    return dcg / ideal if ideal else 0.0
+
+
+# ---------------------------------------------------------------- report
+def machine() -> str:
+    """``"<cores> cores, <memory> GiB, <platform>"`` (cores usable by this process)."""
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cores} cores, {round(mem / 2**30)} GiB, {platform.platform()}"
+
+
+def versions(*pkgs: str) -> str:
+    """``"pkg 1.2, other (not installed), Python 3.x.y"`` for the given distributions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for pkg in pkgs:
+        try:
+            out.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            out.append(f"{pkg} (not installed)")
+    return ", ".join(out) + f", Python {platform.python_version()}"
+
+
+def utc_now() -> str:
+    """Current time as ``YYYY-MM-DD HH:MM UTC``."""
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def section_head(title: str, command: str, pkgs: tuple[str, ...] = ()) -> list[str]:
+    """First lines of a section: ``## title``, then Command, Machine, Date and (if ``pkgs``) Versions."""
+    lines = [f"## {title}", "", f"- Command: `{command}`", f"- Machine: {machine()}", f"- Date: {utc_now()}"]
+    if pkgs:
+        lines.append(f"- Versions: {versions(*pkgs)}")
+    return lines
+
+
+def publish(section: str, start: str, end: str, write: bool = True) -> None:
+    """Print ``section``; unless ``write`` is false, also put it between its markers in docs/benchmarks.md."""
+    print(section)
+    if write:
+        write_section(DOC, start, end, section)
+        log(f"wrote {DOC.relative_to(ROOT)}")
 
 
 def write_section(doc: Path, start: str, end: str, section: str) -> None:

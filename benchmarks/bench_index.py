@@ -22,10 +22,8 @@ Appends/replaces its section of docs/benchmarks.md (command, machine, date).
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import math
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -36,22 +34,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, whatever the working directory
+from _common import ROOT, default_data, log, ndcg10, pct, publish, section_head, start_moto
+
 START, END = "<!-- bench_index:start -->", "<!-- bench_index:end -->"
 sys.path.insert(0, str(ROOT))
-
-
-def default_data() -> str:
-    return os.environ.get("PUFFER_BENCH_DATA", os.path.expanduser("~/.cache/puffer-bench"))
-
-
-def pct(xs, p):
-    return float(np.percentile(np.asarray(xs), p)) if xs else float("nan")
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
 
 
 def ingest_frame(ns, df: pl.DataFrame, schema=None, metric=None, chunk=50_000):
@@ -64,6 +51,30 @@ def puffer_db(tmp: str, name: str):
     import puffer_cli
 
     return puffer_cli.connect(os.path.join(tmp, name))
+
+
+def measure(run, cases, score) -> tuple[list[float], list[float]]:
+    """For each ``(query, truth)`` in ``cases``: time ``rows = run(query)`` (ms) and keep ``score(rows, truth)``."""
+    lat, scores = [], []
+    for query, truth in cases:
+        t = time.perf_counter()
+        rows = run(query)
+        lat.append((time.perf_counter() - t) * 1000)
+        scores.append(score(rows, truth))
+    return lat, scores
+
+
+def recall10(rows: list[dict], truth: set) -> float:
+    return len({r["id"] for r in rows} & truth) / 10
+
+
+def ndcg10_rows(rows: list[dict], relevant: set) -> float:
+    return ndcg10([r["id"] for r in rows], relevant)
+
+
+def eventual(rank_by: list, **extra) -> dict:
+    """Query body: top 10 by ``rank_by``, eventual consistency (index only)."""
+    return {"rank_by": rank_by, "top_k": 10, **extra, "consistency": {"level": "eventual"}}
 
 
 # ---------------------------------------------------------------- glove
@@ -84,13 +95,9 @@ def case_glove(args, tmp, res, keep):
     rep = builder.index_namespace(ns, gc_grace_s=0)
     build = time.perf_counter() - t
     log(f"glove: {rep.summary()}")
-    lat, rec = [], []
-    for i, q in enumerate(qs):
-        body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
-        t = time.perf_counter()
-        rows = engine.run_query(ns, body)["rows"]
-        lat.append((time.perf_counter() - t) * 1000)
-        rec.append(len({r["id"] for r in rows} & set(gt[i].tolist())) / 10)
+    truths = [set(g.tolist()) for g in gt]
+    bodies = (eventual(["vector", "ANN", q.tolist()]) for q in qs)
+    lat, rec = measure(lambda body: engine.run_query(ns, body)["rows"], zip(bodies, truths), recall10)
     res.append({"case": "glove-100 ANN top-10", "system": "puffer (usearch f16 HNSW, ef 256)",
                 "build_s": build, "quality": f"recall@10 {np.mean(rec):.3f}", "p50": pct(lat, 50),
                 "p99": pct(lat, 99), "n": len(qs)})
@@ -103,12 +110,8 @@ def case_glove(args, tmp, res, keep):
         t = time.perf_counter()
         tbl.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ")
         lbuild = time.perf_counter() - t
-        lat, rec = [], []
-        for i, q in enumerate(qs):
-            t = time.perf_counter()
-            rows = tbl.search(q).metric("cosine").limit(10).select(["id"]).to_list()
-            lat.append((time.perf_counter() - t) * 1000)
-            rec.append(len({r["id"] for r in rows} & set(gt[i].tolist())) / 10)
+        lat, rec = measure(lambda q: tbl.search(q).metric("cosine").limit(10).select(["id"]).to_list(),
+                           zip(qs, truths), recall10)
         res.append({"case": "glove-100 ANN top-10", "system": "LanceDB IVF_HNSW_SQ (defaults)", "build_s": lbuild,
                     "quality": f"recall@10 {np.mean(rec):.3f}", "p50": pct(lat, 50), "p99": pct(lat, 99),
                     "n": len(qs)})
@@ -142,15 +145,9 @@ def case_fmnist(args, tmp, res, keep):
     rep = builder.index_namespace(ns, gc_grace_s=0)
     build = time.perf_counter() - t
     log(f"fmnist: {rep.summary()}")
-    lat, rec = [], []
-    for i, q in enumerate(qs):
-        c = cats[i % len(cats)]
-        body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "filters": ["category", "Eq", c],
-                "consistency": {"level": "eventual"}}
-        t = time.perf_counter()
-        rows = engine.run_query(ns, body)["rows"]
-        lat.append((time.perf_counter() - t) * 1000)
-        rec.append(len({r["id"] for r in rows} & gts[i]) / 10)
+    bodies = (eventual(["vector", "ANN", q.tolist()], filters=["category", "Eq", cats[i % len(cats)]])
+              for i, q in enumerate(qs))
+    lat, rec = measure(lambda body: engine.run_query(ns, body)["rows"], zip(bodies, gts), recall10)
     res.append({"case": f"fashion-mnist ANN top-10, category filter ({frac:.0%})", "system": "puffer",
                 "build_s": build, "quality": f"recall@10 {np.mean(rec):.3f}", "p50": pct(lat, 50),
                 "p99": pct(lat, 99), "n": len(qs)})
@@ -163,14 +160,12 @@ def case_fmnist(args, tmp, res, keep):
         tbl.create_index(metric="l2", vector_column_name="vector", index_type="IVF_HNSW_SQ")
         tbl.create_scalar_index("category", index_type="BITMAP")
         lbuild = time.perf_counter() - t
-        lat, rec = [], []
-        for i, q in enumerate(qs):
-            c = cats[i % len(cats)]
-            t = time.perf_counter()
-            rows = (tbl.search(q).metric("l2").where(f"category = '{c}'", prefilter=True).limit(10)
-                    .select(["id"]).to_list())
-            lat.append((time.perf_counter() - t) * 1000)
-            rec.append(len({r["id"] for r in rows} & gts[i]) / 10)
+        def search(iq):
+            i, q = iq
+            return (tbl.search(q).metric("l2").where(f"category = '{cats[i % len(cats)]}'", prefilter=True)
+                    .limit(10).select(["id"]).to_list())
+
+        lat, rec = measure(search, zip(enumerate(qs), gts), recall10)
         res.append({"case": f"fashion-mnist ANN top-10, category filter ({frac:.0%})",
                     "system": "LanceDB IVF_HNSW_SQ + prefilter", "build_s": lbuild,
                     "quality": f"recall@10 {np.mean(rec):.3f}", "p50": pct(lat, 50), "p99": pct(lat, 99),
@@ -179,12 +174,6 @@ def case_fmnist(args, tmp, res, keep):
 
 
 # ---------------------------------------------------------------- gcide
-def ndcg10(ranked: list, rel: set) -> float:
-    dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in rel)
-    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(10, len(rel))))
-    return dcg / idcg if idcg else 0.0
-
-
 def case_gcide(args, tmp, res, keep):
     from puffer_cli import engine
     from puffer_cli.index import builder
@@ -204,13 +193,8 @@ def case_gcide(args, tmp, res, keep):
     rep = builder.index_namespace(ns, gc_grace_s=0)
     build = time.perf_counter() - t
     log(f"gcide: {rep.summary()}")
-    lat, nd = [], []
-    for qid, text in queries.iter_rows():
-        body = {"rank_by": ["text", "BM25", text], "top_k": 10, "consistency": {"level": "eventual"}}
-        t = time.perf_counter()
-        rows = engine.run_query(ns, body)["rows"]
-        lat.append((time.perf_counter() - t) * 1000)
-        nd.append(ndcg10([r["id"] for r in rows], rel[qid]))
+    bodies = ((eventual(["text", "BM25", text]), rel[qid]) for qid, text in queries.iter_rows())
+    lat, nd = measure(lambda body: engine.run_query(ns, body)["rows"], bodies, ndcg10_rows)
     res.append({"case": "gcide BM25 top-10", "system": "puffer (tantivy candidates + exact global BM25)",
                 "build_s": build, "quality": f"nDCG@10 {np.mean(nd):.4f}", "p50": pct(lat, 50),
                 "p99": pct(lat, 99), "n": queries.height})
@@ -223,15 +207,13 @@ def case_gcide(args, tmp, res, keep):
         t = time.perf_counter()
         tbl.create_fts_index("text", use_tantivy=False, language="English", stem=True, remove_stop_words=True)
         lbuild = time.perf_counter() - t
-        lat, nd = [], []
-        for qid, text in queries.iter_rows():
-            t = time.perf_counter()
+        def search(text):
             try:
-                rows = tbl.search(text, query_type="fts").limit(10).select(["id"]).to_list()
+                return tbl.search(text, query_type="fts").limit(10).select(["id"]).to_list()
             except Exception:  # noqa: BLE001 - a query LanceDB's parser rejects counts as empty
-                rows = []
-            lat.append((time.perf_counter() - t) * 1000)
-            nd.append(ndcg10([r["id"] for r in rows], rel[qid]))
+                return []
+
+        lat, nd = measure(search, ((text, rel[qid]) for qid, text in queries.iter_rows()), ndcg10_rows)
         res.append({"case": "gcide BM25 top-10", "system": "LanceDB native FTS (English, stem, stop words)",
                     "build_s": lbuild, "quality": f"nDCG@10 {np.mean(nd):.4f}", "p50": pct(lat, 50),
                     "p99": pct(lat, 99), "n": queries.height})
@@ -278,8 +260,6 @@ def case_cold(args, tmp, res, keep):
     import puffer_cli
     from puffer_cli import cache, engine, namespace
     from puffer_cli.index import builder, reader
-
-    from bench_ingest import start_moto  # noqa: E402  (same directory)
 
     server, endpoint = start_moto()
     try:
@@ -334,41 +314,13 @@ def case_cold(args, tmp, res, keep):
 
 
 # ---------------------------------------------------------------- report
-def machine() -> str:
-    mem = 0
-    try:
-        with open("/proc/meminfo") as f:
-            mem = int(f.readline().split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} cores, {round(mem / 2**30)} GiB, {platform.platform()}"
-
-
-def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("usearch", "tantivy", "polars", "lancedb"):
-        try:
-            out.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            out.append(f"{pkg} (not installed)")
-    return ", ".join(out) + f", Python {platform.python_version()}"
-
-
 def fmt(x, nd=2):
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{nd}f}"
 
 
 def render(res: list[dict], command: str) -> str:
-    lines = [
-        "## Indexed queries (`benchmarks/bench_index.py`)",
-        "",
-        f"- Command: `{command}`",
-        f"- Machine: {machine()}",
-        f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Versions: {versions()}",
+    lines = section_head("Indexed queries (`benchmarks/bench_index.py`)", command,
+                         ("usearch", "tantivy", "polars", "lancedb")) + [
         "- In-process latency of `engine.run_query` (query parsing, meta.json read, candidate selection, exact "
         "re-rank, response shaping) on a local-disk store, eventual consistency unless stated; LanceDB "
         "`tbl.search(...).limit(10).to_list()` on a local table. Build = `index_namespace` wall time "
@@ -383,13 +335,6 @@ def render(res: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_doc(section: str) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import write_section
-
-    write_section(DOC, START, END, section)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=default_data())
@@ -401,7 +346,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-write", dest="no_write", action="store_true", help="do not touch docs/benchmarks.md")
     args = ap.parse_args(argv)
     args.data = os.path.abspath(os.path.expanduser(args.data))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from puffer_cli import cache
 
     tmp = tempfile.mkdtemp(prefix="puffer-bench-index-")
@@ -419,10 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     command = "python benchmarks/bench_index.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     section = render(res, command.strip())
-    print(section)
-    if not args.no_write:
-        write_doc(section)
-        log(f"wrote {DOC.relative_to(ROOT)}")
+    publish(section, START, END, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,8 @@ the polars frames read (the same number for every engine on the same file).  The
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -38,16 +36,13 @@ import uuid
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+sys.path.insert(0, str(HERE.parent))  # _common, whatever the working directory
+from _common import ROOT, default_data, log, publish, section_head, start_moto
+
 START, END = "<!-- bench_ingest:start -->", "<!-- bench_ingest:end -->"
 DATASET = "glove-100-angular/base.parquet"
 COPIES = 10
 RSS_TARGET_MIB = 1024
-
-
-def default_data() -> str:
-    return os.environ.get("PUFFER_BENCH_DATA") or os.path.expanduser("~/.cache/puffer-bench")
 
 
 def _rss_mib_self() -> float:
@@ -137,25 +132,6 @@ def summarise(name: str, runs: list[dict]) -> dict:
             "runs": len(runs), "all_seconds": [round(r["seconds"], 2) for r in runs]}
 
 
-def start_moto():
-    from moto.server import ThreadedMotoServer
-
-    for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                 ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(k, v)
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request log lines
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
-    return server, endpoint
-
-
 def write_copies(src: str, out_dir: str, copies: int) -> list[str]:
     """``copies`` parquet files, copy k with ids ``id + k * 1_000_000`` (streamed, low memory)."""
     import polars as pl
@@ -183,37 +159,9 @@ def case_cli_10x(data: str, tmp: str) -> dict:
             "wall": wall, "cpu": cpu, "parquet_mb": disk / 1e6, "entries": rep["wal_entries"]}
 
 
-def machine() -> str:
-    mem = 0
-    try:
-        with open("/proc/meminfo") as f:
-            mem = int(f.readline().split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} cores, {round(mem / 2**30)} GiB, {platform.platform()}"
-
-
-def versions() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for pkg in ("polars", "lancedb", "pyarrow", "moto", "s3fs"):
-        try:
-            out.append(f"{pkg} {version(pkg)}")
-        except PackageNotFoundError:
-            out.append(f"{pkg} (not installed)")
-    return ", ".join(out) + f", Python {platform.python_version()}"
-
-
 def render(rows: list[dict], command: str, extra: list[str]) -> str:
-    lines = [
-        "## Ingest (`benchmarks/bench_ingest.py`)",
-        "",
-        f"- Command: `{command}`",
-        f"- Machine: {machine()}",
-        f"- Date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- Versions: {versions()}",
+    lines = section_head("Ingest (`benchmarks/bench_ingest.py`)", command,
+                         ("polars", "lancedb", "pyarrow", "moto", "s3fs")) + [
         (f"- Input: `{DATASET}` (331,479 x 100 float32 + `word`, `length`). MB = the input's in-memory size "
          "(sum of polars `estimated_size()` of the frames read), not bytes on disk. Time = wall clock of the "
          "ingest call, reading the parquet included, interpreter start excluded; median of the runs. CPU s = "
@@ -231,13 +179,6 @@ def render(rows: list[dict], command: str, extra: list[str]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_doc(section: str) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import write_section
-
-    write_section(DOC, START, END, section)
-
-
 def orchestrate(args, argv: list[str]) -> None:
     data = os.path.abspath(os.path.expanduser(args.data))
     src = os.path.join(data, DATASET)
@@ -251,8 +192,8 @@ def orchestrate(args, argv: list[str]) -> None:
         for i in range(args.repeat):  # interleaved, so drift on the machine hits both alike
             local.append(child("puffer", data, os.path.join(tmp, f"store-local-{i}")))
             lance.append(child("lancedb", data, os.path.join(tmp, f"lance-{i}")))
-            print(f"run {i + 1}/{args.repeat}: puffer local {local[-1]['seconds']:.2f}s, "
-                  f"LanceDB {lance[-1]['seconds']:.2f}s", file=sys.stderr, flush=True)
+            log(f"run {i + 1}/{args.repeat}: puffer local {local[-1]['seconds']:.2f}s, "
+                f"LanceDB {lance[-1]['seconds']:.2f}s")
         results.append(summarise("puffer local (library)", local))
         if not args.skip_s3:
             server, endpoint = start_moto()
@@ -261,7 +202,7 @@ def orchestrate(args, argv: list[str]) -> None:
                       for _ in range(args.repeat)]
             finally:
                 server.stop()
-            print(f"puffer S3 (moto): {[round(r['seconds'], 2) for r in s3]}s", file=sys.stderr, flush=True)
+            log(f"puffer S3 (moto): {[round(r['seconds'], 2) for r in s3]}s")
             results.append(summarise("puffer S3, moto on loopback (library)", s3))
         results.append(summarise("LanceDB local `create_table`", lance))
         if not args.skip_10x:
@@ -282,10 +223,7 @@ def orchestrate(args, argv: list[str]) -> None:
                  "other work: wall times are noisy; CPU s is steadier (10x case: CPU of the whole CLI process).")
     command = shlex.join(["python", "benchmarks/bench_ingest.py", *argv])
     section = render(results, command, extra)
-    print(section)
-    if not args.no_doc:
-        write_doc(section)
-        print(f"wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+    publish(section, START, END, write=not args.no_doc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import math
 import os
 import platform
 import sys
@@ -32,18 +31,11 @@ import numpy as np
 import polars as pl
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))  # _common, whatever the working directory
+from _common import ROOT, default_data, ndcg10, pct, publish
+
 sys.path.insert(0, str(ROOT))
-DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- bench_query:start -->", "<!-- bench_query:end -->"
-
-
-def default_data() -> str:
-    return os.environ.get("PUFFER_BENCH_DATA") or os.path.expanduser("~/.cache/puffer-bench")
-
-
-def pct(xs, p):
-    return float(np.percentile(np.asarray(xs), p))
 
 
 def bench_vectors(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str]]:
@@ -116,12 +108,6 @@ def bench_vectors(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[
     return rows, notes
 
 
-def ndcg10(ranked: list[int], rel: set[int]) -> float:
-    dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in rel)
-    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(10, len(rel))))
-    return dcg / ideal if ideal else 0.0
-
-
 def bench_bm25(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str]]:
     import puffer_cli
     from puffer_cli import engine
@@ -157,13 +143,6 @@ def bench_bm25(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str
     return rows, notes
 
 
-def write_doc(section: str) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import write_section
-
-    write_section(DOC, START, END, section)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=default_data())
@@ -196,10 +175,7 @@ def main(argv: list[str] | None = None) -> None:
            "interleaved loop is the meaningful number. Re-run on an idle machine for absolute latencies.\n"
            if load0 > 2.5 else "")
     )
-    print(section)
-    if not args.no_doc:
-        write_doc(section)
-        print(f"wrote {DOC.relative_to(ROOT)}", file=sys.stderr)
+    publish(section, START, END, write=not args.no_doc)
 
 
 if __name__ == "__main__":

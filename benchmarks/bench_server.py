@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as _dt
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -34,29 +32,15 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parent.parent
-DOC = ROOT / "docs" / "benchmarks.md"
+sys.path.insert(0, str(HERE.parent))  # _common, whatever the working directory
+from _common import DOC, ROOT, default_data, section_head, write_section
+
 START, END = "<!-- bench_server:start -->", "<!-- bench_server:end -->"
 DATASET = "glove-100-angular"
 NS = "glove"
 CONCURRENCY = (1, 8, 32)
 WRITERS = 8
 WRITE_BATCH = 100
-
-
-def default_data() -> str:
-    return os.environ.get("PUFFER_BENCH_DATA") or os.path.expanduser("~/.cache/puffer-bench")
-
-
-def machine() -> str:
-    mem = 0
-    try:
-        with open("/proc/meminfo") as f:
-            mem = int(f.readline().split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} cores, {round(mem / 2**30)} GiB, {platform.platform()}"
 
 
 def stack() -> str:
@@ -224,12 +208,7 @@ async def write_load(url: str, vectors: np.ndarray, words: list[str], seconds: f
 
 # ---------------------------------------------------------------- report
 def render(info: dict, q: list[dict], w: dict, command: str) -> str:
-    lines = [
-        "## HTTP server (`benchmarks/bench_server.py`)",
-        "",
-        f"- Command: `{command}`",
-        f"- Machine: {machine()}",
-        f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+    lines = section_head("HTTP server (`benchmarks/bench_server.py`)", command) + [
         "- Data: glove-100-angular, 331,479 x 100, cosine, local store; "
         + ("index reused from an earlier run" if info["reused"] else
            f"ingest {info['ingest_s']:.1f} s" + (f", index build {info['index_s']:.1f} s" if info["index_s"]
@@ -259,13 +238,6 @@ def render(info: dict, q: list[dict], w: dict, command: str) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_doc(section: str) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import write_section
-
-    write_section(DOC, START, END, section)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     section = render(info, q, w, shlex.join(["python", "benchmarks/bench_server.py", *argv]))
     print(section)
     if not args.no_doc:
-        write_doc(section)
+        write_section(DOC, START, END, section)
 
 
 if __name__ == "__main__":
