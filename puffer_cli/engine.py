@@ -51,9 +51,20 @@ class Source:
     cache_temperature: str | None = None         # default: from store traffic (hot if none)
     cache_hit_ratio: float | None = None
     extra: dict = field(default_factory=dict)
+    prepared: list | None = None                 # per query: a QueryResult already computed (index fast path) or None
+    bytes_queried: int | None = None             # default: docs.estimated_size()
+
+    def result(self, i: int, q: "Q.Query") -> "QueryResult":
+        """Query ``i``'s result: prepared by the source, else the exact engine over ``docs``."""
+        if self.prepared is not None and self.prepared[i] is not None:
+            return self.prepared[i]
+        return execute(q, self.docs, self.schema, self.metric, bm25_stats=self.bm25_stats)
+
+    def queried(self) -> int:
+        return int(self.bytes_queried if self.bytes_queried is not None else self.docs.estimated_size())
 
 
-def load_source(ns, consistency: str, queries=None) -> Source:
+def load_source(ns, consistency: str, queries=None, multi: bool = False) -> Source:
     """The documents a query runs over.  With an index (meta.json ``index``) and the
     ``queries`` to answer: a small candidate frame from the index segments plus
     the WAL tail after ``covers_through_seq`` (strong) or the index only
@@ -62,7 +73,7 @@ def load_source(ns, consistency: str, queries=None) -> Source:
     if queries is not None:
         from .index.reader import indexed_source
 
-        src = indexed_source(ns, consistency, queries)
+        src = indexed_source(ns, consistency, queries, multi)
         if src is not None:
             return src
     docs, head = ns.docs()  # lists the WAL head once, replays (incrementally) to it
@@ -169,6 +180,21 @@ def _near_smallest(a: np.ndarray, kk: int, tol: float) -> np.ndarray:
     return np.flatnonzero(a <= a[part].max() + tol)
 
 
+def exact_distances(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
+    """The exact ``$dist`` of rows ``x`` (float32 vectors) to ``q``, computed in float64:
+    cosine distance clipped to [0, 2] (1.0 for a zero vector), or squared euclidean.
+    Every query path (frame scan, index re-rank) returns these values."""
+    x = np.asarray(x, dtype=np.float64)
+    q64 = np.asarray(q, dtype=np.float64)
+    if metric == "cosine_distance":
+        qn = np.sqrt(q64 @ q64)
+        den = np.sqrt(np.einsum("ij,ij->i", x, x)) * qn
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.clip(np.where(den > 0, 1.0 - (x @ q64) / den, 1.0), 0.0, 2.0)
+    diff = x - q64
+    return np.einsum("ij,ij->i", diff, diff)
+
+
 def _rank_vector(q: Q.Query, rb: Q.VectorRank, docs: pl.DataFrame, metric: str,
                  cand: np.ndarray | None, kk: int) -> tuple[np.ndarray, np.ndarray]:
     vc = _vectors(docs, rb.attr, metric)
@@ -193,17 +219,8 @@ def _rank_vector(q: Q.Query, rb: Q.VectorRank, docs: pl.DataFrame, metric: str,
     pos = _near_smallest(approx, kk, tol)
     rows = pos if cand is None else cand[pos]
     # rescore the few candidates exactly, in float64, from the stored vectors
-    sub = np.asarray(docs[rb.attr].gather(rows).to_numpy(), dtype=np.float64).reshape(len(rows), dims)
-    q64 = qv.astype(np.float64)
-    if metric == "cosine_distance":
-        qn = np.sqrt(q64 @ q64)
-        xn = np.sqrt(np.einsum("ij,ij->i", sub, sub))
-        den = xn * qn
-        with np.errstate(divide="ignore", invalid="ignore"):
-            exact = np.clip(np.where(den > 0, 1.0 - (sub @ q64) / den, 1.0), 0.0, 2.0)
-    else:
-        diff = sub - q64
-        exact = np.einsum("ij,ij->i", diff, diff)
+    sub = docs[rb.attr].gather(rows).to_numpy().reshape(len(rows), dims)
+    exact = exact_distances(sub, qv, metric)
     ids = _id_key(docs)[rows]
     order = np.lexsort((ids, exact))[:kk]
     return rows[order], exact[order]
@@ -400,8 +417,8 @@ def _jsonable(frame: pl.DataFrame, encoding: str = "float") -> pl.DataFrame:
     return frame.select(exprs) if exprs else frame
 
 
-def _row_columns(q: Q.Query, frame: pl.DataFrame) -> list[str]:
-    cols = frame.columns
+def row_columns(q: Q.Query, cols: list[str]) -> list[str]:
+    """The columns of ``cols`` (a documents frame's) that a response row shows."""
     if q.exclude is not None:
         ex = set(q.exclude)
         return [c for c in cols if c == "id" or c not in ex]
@@ -418,7 +435,11 @@ def shape_rows(q: Q.Query, res: QueryResult, encoding: str | None = None) -> lis
     frame = res.rows
     if frame is None or frame.height == 0:
         return []
-    frame = _jsonable(frame.select(_row_columns(q, frame)), encoding or q.vector_encoding)
+    cols = row_columns(q, frame.columns)
+    if cols != frame.columns:
+        frame = frame.select(cols)
+    if any(isinstance(d, (pl.Datetime, pl.Array, pl.List)) for d in frame.schema.dtypes()):
+        frame = _jsonable(frame, encoding or q.vector_encoding)
     rows = frame.to_dicts()
     out = []
     dist = res.dist
@@ -477,9 +498,9 @@ def run_query(ns, body: Mapping) -> dict:
         src = load_source(ns, q.consistency, [q])
         t_exec = time.perf_counter()
         Q.check_query(q, src.schema, src.metric)
-        res = execute(q, src.docs, src.schema, src.metric, bm25_stats=src.bm25_stats)
+        res = src.result(0, q)
         out = _result_body(q, res)
-    out["billing"] = {"billable_logical_bytes_queried": int(src.docs.estimated_size()),
+    out["billing"] = {"billable_logical_bytes_queried": src.queried(),
                       "billable_logical_bytes_returned": _returned_bytes(res)}
     out["performance"] = _performance(src, io, t0, t_exec)
     return out
@@ -501,13 +522,13 @@ def run_multi(ns, body: Mapping) -> dict:
     t0 = time.perf_counter()
     mq = Q.parse_multi(body)
     with io_scope() as io:
-        src = load_source(ns, mq.consistency, mq.queries)
+        src = load_source(ns, mq.consistency, mq.queries, multi=True)
         t_exec = time.perf_counter()
         results = []
         returned = 0
         for i, q in enumerate(mq.queries):
             Q.check_query(q, src.schema, src.metric, where=f"queries[{i}]")
-            results.append(execute(q, src.docs, src.schema, src.metric, bm25_stats=src.bm25_stats))
+            results.append(src.result(i, q))
         enc = mq.vector_encoding if mq.vector_encoding != "float" else None
         if mq.rrf is None:
             out_results = [_result_body(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
@@ -528,7 +549,7 @@ def run_multi(ns, body: Mapping) -> dict:
             returned = sum(_returned_bytes(r) for r in results)
     return {
         "results": out_results,
-        "billing": {"billable_logical_bytes_queried": int(src.docs.estimated_size()) * len(mq.queries),
+        "billing": {"billable_logical_bytes_queried": src.queried() * len(mq.queries),
                     "billable_logical_bytes_returned": returned},
         "performance": _performance(src, io, t0, t_exec),
     }

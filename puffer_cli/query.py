@@ -265,13 +265,21 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _attr_name(v: Any, where: str) -> str:
     if not isinstance(v, str) or not v:
         raise _fail(where, f"attribute name must be a non-empty string, got {_show(v)}")
     return v
+
+
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 def parse_vector(v: Any, where: str) -> tuple[float, ...]:
@@ -294,11 +302,20 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
         raise _fail(where, f"vector must be a list of numbers or a base64 string, got {_show(v)}")
     if not v:
         raise _fail(where, "vector is empty")
+    kinds = set(map(type, v))
+    if kinds <= {float, int}:  # the common case, checked in bulk (bool is its own type: not here)
+        try:
+            if (np.abs(np.asarray(v, dtype=np.float64)) <= F32_MAX).all():
+                return tuple(map(float, v))
+        except OverflowError:  # an integer beyond float range: reported below
+            pass
     if any(isinstance(x, (list, tuple)) for x in v):
         raise _fail(where, "multi-vector queries are not supported; pass one vector")
     for i, x in enumerate(v):
         if not _is_num(x):
             raise _fail(where, f"vector element {i} is {_show(x)}, not a finite number")
+        if abs(x) > F32_MAX:
+            raise _fail(where, f"vector element {i} is {_show(x)}, beyond the float32 range")
     return tuple(float(x) for x in v)
 
 

@@ -498,9 +498,11 @@ def align(df: pl.DataFrame, schema: Mapping, columns: Iterable[str] | None = Non
     cols = list(columns) if columns is not None else column_order(schema)
     if df.width == 0:
         return pl.DataFrame(schema={c: dtype_of(schema[c]["type"]) for c in cols})
+    types = [dtype_of(schema[c]["type"]) for c in cols]
+    if df.columns == cols and list(df.schema.dtypes()) == types:
+        return df
     exprs = []
-    for c in cols:
-        t = dtype_of(schema[c]["type"])
+    for c, t in zip(cols, types):
         if c in df.columns:
             exprs.append(pl.col(c).cast(t) if df.schema[c] != t else pl.col(c))
         else:

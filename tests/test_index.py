@@ -211,6 +211,75 @@ def test_multi_query_over_index(mem_db):
         assert same(r, exact(ns, q))
 
 
+def test_vector_topk_fast_path_matches_engine(mem_db, monkeypatch):
+    """Plain vector queries skip the candidate frame (index/topk.py): string ids, rows
+    without a vector, euclidean, several segments, a tail with updates and deletes,
+    offset, filters, vectors in the output and ties all give the exact engine's answer."""
+    from puffer_cli.index import topk
+
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 10)  # use HNSW on these small segments
+    calls = []
+    orig = topk.vector_topk
+    monkeypatch.setattr(topk, "vector_topk", lambda v, q: calls.append(1) or orig(v, q))
+    rng = np.random.default_rng(11)
+    ns = mem_db.namespace("fast")
+
+    def rows(lo, hi):
+        out = []
+        for i in range(lo, hi):
+            r = {"id": f"doc-{i:04d}", "vector": rng.normal(size=6).round(2).tolist(), "cat": i % 3,
+                 "when": f"2024-01-{1 + i % 28:02d}T00:00:00Z"}
+            if i % 11 == 0:
+                r.pop("vector")
+            if i % 13 == 0:
+                r["vector"] = [1.0, 0, 0, 0, 0, 0]  # duplicates: ties broken by id
+            out.append(r)
+        return out
+
+    ns.write({"upsert_rows": rows(0, 120), "distance_metric": "euclidean_squared",
+              "schema": {"when": {"type": "datetime"}}})
+    index(ns)
+    ns.write({"upsert_rows": rows(120, 200)})
+    index(ns)
+    ns.write({"upsert_rows": rows(200, 230) + [{"id": "doc-0005", "vector": [1.0, 0, 0, 0, 0, 0], "cat": 7}],
+              "deletes": ["doc-0014", "doc-0150"], "patch_rows": [{"id": "doc-0016", "cat": 9}]})
+    v = [1.0, 0, 0, 0, 0, 0]
+    bodies = [
+        {"rank_by": ["vector", "ANN", v], "top_k": 12},
+        {"rank_by": ["vector", "ANN", v], "top_k": 5, "offset": 3, "include_attributes": True},
+        {"rank_by": ["vector", "kNN", rng.normal(size=6).tolist()], "top_k": 7,
+         "filters": ["cat", "In", [0, 9]], "include_attributes": ["cat", "when"]},
+        {"rank_by": ["vector", "ANN", rng.normal(size=6).tolist()], "top_k": 4,
+         "exclude_attributes": ["when"], "vector_encoding": "base64"},
+        {"rank_by": ["vector", "ANN", v], "top_k": 3, "filters": ["id", "Eq", "nope"]},
+    ]
+    for level in ("strong", "eventual"):
+        if level == "eventual":
+            index(ns)
+        for body in bodies:
+            got = engine.run_query(ns, {**body, "consistency": {"level": level}})
+            assert same(got, exact(ns, body)), (level, body, strip(got))
+    assert len(calls) == 2 * len(bodies)
+
+
+@pytest.mark.parametrize("level", ["strong", "eventual"])
+def test_bad_query_on_index_is_invalid_query(mem_db, level):
+    """Queries are validated against the index's schema before any candidate search
+    (a wrong dimension count once reached usearch/numpy and surfaced as ValueError)."""
+    from puffer_cli.errors import InvalidQuery
+
+    ns = mem_db.namespace("badq")
+    ns.write({"upsert_rows": make_rows(np.random.default_rng(0), 0, 30), "schema": SCHEMA})
+    index(ns)
+    c = {"consistency": {"level": level}}
+    for body, msg in [({"rank_by": ["vector", "ANN", [1, 2, 3]], **c}, "3 dimensions"),
+                      ({"rank_by": ["vector", "ANN", [1, 2, 3]], "filters": ["cat", "Eq", 1], **c}, "3 dimensions"),
+                      ({"queries": [{"rank_by": ["nope", "ANN", [1] * 8]}], **c}, "queries[0]"),
+                      ({"rank_by": ["cat", "BM25", "fox"], **c}, "full-text")]:
+        with pytest.raises(InvalidQuery, match=msg.replace("[", r"\[")):
+            engine.run(ns, body)
+
+
 def test_ann_recall_clustered(mem_db, monkeypatch):
     rng = np.random.default_rng(5)
     centers = rng.normal(size=(20, 24)) * 4

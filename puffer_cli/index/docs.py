@@ -65,7 +65,8 @@ def read_attrs(path) -> pl.DataFrame:
 def open_vectors(path, rows: int, dims: int) -> np.ndarray:
     if rows == 0:
         return np.zeros((0, dims), dtype=np.float32)
-    return np.memmap(path, dtype="<f4", mode="r", shape=(rows, dims))
+    # a plain ndarray view of the map: fancy indexing on np.memmap itself is ~10x slower
+    return np.memmap(path, dtype="<f4", mode="r", shape=(rows, dims)).view(np.ndarray)
 
 
 def tomb_bytes(positions: np.ndarray) -> bytes:

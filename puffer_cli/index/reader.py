@@ -118,6 +118,8 @@ class Segment:
         self._ann: dict = {}
         self._fts: dict = {}
         self._ids: pl.DataFrame | None = None
+        self._live: int | None = None
+        self._idv = None
 
     @property
     def store(self) -> Store:
@@ -145,6 +147,20 @@ class Segment:
                     al[dead.astype(np.int64)] = False
                 self._alive = al
             return self._alive
+
+    def live_count(self) -> int:
+        with self._lock:
+            if self._live is None:
+                self._live = int(np.count_nonzero(self.alive()))
+            return self._live
+
+    def id_values(self) -> np.ndarray | None:
+        """The id column as a numpy array when ids are integers (cheap gathers), else None."""
+        with self._lock:
+            if self._idv is None:
+                s = self.attrs().get_column("id")
+                self._idv = s.to_numpy() if s.dtype.is_integer() and not s.null_count() else False
+            return self._idv if self._idv is not False else None
 
     def ids(self) -> pl.DataFrame:
         """(id, __pos) of live rows."""
@@ -605,7 +621,10 @@ class IndexedView:
         if mat is None or k <= 0:
             return np.zeros(0, np.int64), 0, 0
         sel = self._filter_mask(i, filt)
-        n_sel = int(sel.sum())
+        if filt is None:  # visible rows: live minus superseded by the tail (all of which are live)
+            n_sel = seg.live_count() - (len(self.tail.hidden.get(i, ())) if self.tail is not None else 0)
+        else:
+            n_sel = int(np.count_nonzero(sel))
         if n_sel == 0:
             return np.zeros(0, np.int64), 0, 0
         q = rb.array()
@@ -770,10 +789,14 @@ def warm(ns, cache: Cache | None = None) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def indexed_source(ns, consistency: str, queries):
+def indexed_source(ns, consistency: str, queries, multi: bool = False):
     """engine.Source for ``queries`` from the index (+ WAL tail when strong), or None
-    when the namespace has no index (the engine then replays the WAL)."""
+    when the namespace has no index (the engine then replays the WAL).  Plain vector
+    queries are answered here already (``Source.prepared``, see index/topk.py); the
+    others get a candidate frame for the engine."""
+    from .. import query as Q
     from ..engine import Source
+    from . import topk
 
     cache = get_cache()
     misses0 = cache.stats.misses
@@ -783,7 +806,17 @@ def indexed_source(ns, consistency: str, queries):
             if view is None:
                 return None
             parts, stats, exhaustive, toks, qterms = [], None, 0, [], {}
-            for q in queries:
+            prepared: list = []
+            scored = 0
+            for i, q in enumerate(queries):
+                Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
+                if topk.eligible(view, q):
+                    res, ex, n = topk.vector_topk(view, q)
+                    prepared.append(res)
+                    exhaustive += ex
+                    scored += n
+                    continue
+                prepared.append(None)
                 c = view.candidates(q)
                 parts.append(c.docs)
                 toks.append(c.tokens)
@@ -800,7 +833,9 @@ def indexed_source(ns, consistency: str, queries):
             if attempt:
                 raise
             _GENS.clear()  # a generation collected under us: re-read meta.json once
-    if len(parts) == 1:
+    if not parts:
+        docs, tokens = S.align(pl.DataFrame(), view.schema), {}
+    elif len(parts) == 1:
         docs, tokens = parts[0], toks[0]
     else:
         allf = set.intersection(*[set(t) for t in toks]) if all(toks) else set()
@@ -814,7 +849,11 @@ def indexed_source(ns, consistency: str, queries):
             tokens[f] = [flat[r] for r in keep_rows]
     _seed_postings(docs, {f: t for f, t in tokens.items() if f in qterms}, view.schema, qterms)
     fetched = cache.stats.misses - misses0
+    row_bytes = int(docs.estimated_size() / docs.height) if docs.height else 8 + 4 * sum(
+        S.vector_dims(v["type"]) or 0 for v in view.schema.values())
     return Source(docs, view.schema, view.metric, view.seq, bm25_stats=stats,
+                  prepared=prepared if any(r is not None for r in prepared) else None,
+                  bytes_queried=int(docs.estimated_size()) + scored * row_bytes,
                   approx_namespace_size=view.namespace_rows, exhaustive_search_count=exhaustive,
                   cache_temperature="cold" if fetched else "hot", cache_hit_ratio=0.0 if fetched else 1.0,
                   extra={"index_generation": view.gen.generation, "index_covers_through_seq": view.gen.covers,
