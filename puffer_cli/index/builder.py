@@ -544,8 +544,7 @@ def _segment_files(s: dict) -> list[str]:
     out += [v["key"] for v in s.get("ann", {}).values()]
     for v in s.get("fts", {}).values():
         out += v["files"]
-        if v.get("tokens"):
-            out.append(v["tokens"])
+        out += [v[k] for k in ("tokens", "postings") if v.get(k)]
     if s.get("tombstones"):
         out.append(s["tombstones"])
     return out
@@ -582,6 +581,8 @@ def _write_segment(w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: d
         if fts._pretokenized(opts):
             seg["fts"][f]["tokens"] = w.put(layout.index_segment_file(ns, gen, name, f"tok-{D.field_tag(f)}.arrow"),
                                             fts.tokens_bytes(toks))
+            seg["fts"][f]["postings"] = w.put(
+                layout.index_segment_file(ns, gen, name, f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks))
     seg["_fts_tokens"] = ftoks
     return seg
 

@@ -111,6 +111,73 @@ def tokens_bytes(toks: list[list[str]]) -> bytes:
     return buf.getvalue()
 
 
+def postings_bytes(toks: list[list[str]]) -> bytes:
+    """A segment's inverted index for exact BM25 re-scoring: Arrow IPC, one row per term
+    (code point order): ``term`` String, ``rows`` List[UInt32] (ascending row positions),
+    ``tf`` List[UInt32] (the term's count in each of those rows)."""
+    import io
+
+    import polars as pl
+
+    joined = pl.Series("t", [SEP.join(t) for t in toks], dtype=pl.String)
+    df = (pl.LazyFrame({"t": joined}).with_row_index("r")
+          .with_columns(pl.col("t").str.split(SEP)).explode("t")
+          .filter(pl.col("t").is_not_null() & (pl.col("t") != ""))
+          .group_by("t", "r").len().sort("t", "r")
+          .group_by("t", maintain_order=True)
+          .agg(pl.col("r").cast(pl.UInt32).alias("rows"), pl.col("len").cast(pl.UInt32).alias("tf"))
+          .rename({"t": "term"}).collect())
+    buf = io.BytesIO()
+    df.write_ipc(buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+class SegmentPostings:
+    """A segment's stored inverted index (:func:`postings_bytes`) and document lengths;
+    gives the exact BM25 inputs (tf, length) of any candidate rows without re-analysing text."""
+
+    def __init__(self, path, tokens) -> None:
+        import polars as pl
+
+        df = pl.read_ipc(path)
+        sizes = df.get_column("rows").list.len().to_numpy()
+        self.indptr = np.zeros(len(sizes) + 1, np.int64)
+        np.cumsum(sizes, out=self.indptr[1:])
+        self.rows = df.get_column("rows").explode().to_numpy() if len(df) else np.zeros(0, np.uint32)
+        self.tf = df.get_column("tf").explode().to_numpy() if len(df) else np.zeros(0, np.uint32)
+        self.vocab = {t: i for i, t in enumerate(df.get_column("term").to_list())}
+        # tokens per row = separators + 1 (0 for a row without tokens)
+        n = tokens.str.count_matches(SEP, literal=True).fill_null(-1).to_numpy().astype(np.int64) + 1
+        self.doc_len = np.where(tokens.fill_null("").str.len_bytes().to_numpy() > 0, n, 0).astype(np.float64)
+
+    def candidates(self, pos: np.ndarray, terms):
+        """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms``; document
+        lengths are exact."""
+        from ..bm25 import Postings
+
+        keep, rows, tfs, sizes = [], [], [], []
+        for t in sorted(set(terms)):
+            i = self.vocab.get(t)
+            if i is None:
+                continue
+            lst = self.rows[self.indptr[i]:self.indptr[i + 1]]
+            j = np.searchsorted(lst, pos)
+            j[j >= len(lst)] = 0
+            hit = np.flatnonzero(lst[j] == pos) if len(lst) else np.zeros(0, np.int64)
+            if not len(hit):
+                continue
+            keep.append(t)
+            rows.append(hit.astype(np.int32))
+            tfs.append(self.tf[self.indptr[i] + j[hit]].astype(np.float64))
+            sizes.append(len(hit))
+        indptr = np.zeros(len(keep) + 1, np.int64)
+        np.cumsum(sizes, out=indptr[1:])
+        lens = self.doc_len[pos]
+        return Postings(len(pos), keep, {t: k for k, t in enumerate(keep)}, indptr,
+                        np.concatenate(rows) if rows else np.zeros(0, np.int32),
+                        np.concatenate(tfs) if tfs else np.zeros(0, np.float64), lens, int(lens.sum()))
+
+
 def stats_of_tokens(toks: list[list[str]]) -> dict:
     df: Counter = Counter()
     total = 0

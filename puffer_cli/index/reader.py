@@ -213,6 +213,20 @@ class Segment:
                 self._fts[("tok", f)] = pl.read_ipc(self.cache.file(self.store, m["tokens"]))["t"]
             return self._fts[("tok", f)]
 
+    def postings(self, f: str):
+        """The stored inverted index of FTS field ``f`` (fts.SegmentPostings), if this
+        segment has one for the field's current analyzer (generations before it: None)."""
+        m = self.meta.get("fts", {}).get(f)
+        if not m or not m.get("postings"):
+            return None
+        tok = self.tokens(f)  # same signature check; document lengths come from it
+        if tok is None:
+            return None
+        with self._lock:
+            if ("post", f) not in self._fts:
+                self._fts[("post", f)] = fts.SegmentPostings(self.cache.file(self.store, m["postings"]), tok)
+            return self._fts[("post", f)]
+
     def frame(self, pos: np.ndarray, vector_fields: list[str]) -> pl.DataFrame:
         """Rows at ``pos``: attributes + the given vector fields."""
         idx = pl.Series(np.asarray(pos, dtype=np.int64))
@@ -236,6 +250,7 @@ class Segment:
         for f in self.meta.get("fts", {}):
             if f in self.gen.schema and self.gen.schema[f].get("full_text_search"):
                 self.fts(f)
+                self.postings(f)
 
 
 class Generation:
@@ -756,7 +771,10 @@ def view_for(ns, consistency: str, head=None) -> IndexedView | None:
     if consistency == "eventual":
         return IndexedView(gen, None)
     head = head or ns.head()
-    return IndexedView(gen, tail_for(ns, gen, head))
+    tail = tail_for(ns, gen, head)
+    if any(_fts_sig_of(tail.schema.get(f)) != _fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
+        return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
+    return IndexedView(gen, tail)
 
 
 def warm(ns, cache: Cache | None = None) -> dict:
@@ -810,8 +828,10 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
             scored = 0
             for i, q in enumerate(queries):
                 Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
-                if topk.eligible(view, q):
-                    res, ex, n = topk.vector_topk(view, q)
+                fast = topk.vector_topk if topk.eligible(view, q) else \
+                    topk.text_topk if topk.text_eligible(view, q) else None
+                if fast is not None:
+                    res, ex, n = fast(view, q)
                     prepared.append(res)
                     exhaustive += ex
                     scored += n

@@ -1,37 +1,116 @@
-"""Index-only top-k of a plain vector query, in numpy end to end.
+"""Index-only top-k of plain vector and BM25 queries, in numpy end to end.
 
-A query ranked by a vector (``ANN`` or ``kNN``), with or without a filter, and
-with no aggregations or per-attribute limits, does not need the candidate
-frame of :meth:`IndexedView.candidates`:
+A query ranked by a vector (``ANN`` / ``kNN``) or by pure BM25 (``BM25`` leaves
+under ``Sum`` / ``Max`` / ``Product``), with or without a filter, and with no
+aggregations or per-attribute limits, does not need the candidate frame of
+:meth:`IndexedView.candidates`:
 
-1. per segment, the same candidate positions (HNSW over-fetch + post-filter,
-   or exact search over the filtered rows) are re-scored with
-   :func:`engine.exact_distances` from the segment's f32 vectors;
+1. per segment, the same candidate positions are scored exactly: vectors with
+   :func:`engine.exact_distances` from the segment's f32 vectors; BM25 with
+   :func:`bm25.score` on namespace-global statistics, its inputs (term
+   frequencies, document lengths) read from the segment's stored postings
+   (``post-*.arrow``) instead of re-analysing the candidates' text;
 2. the WAL tail (strong consistency) is ranked by the exact engine;
-3. the best ``offset + limit`` by (distance, id) are kept, and only those rows'
-   attributes are read.
+3. the best ``offset + limit`` (distance ascending or score descending, ties by
+   id) are kept, and only those rows' attributes are read.
 
-The candidates, the distances and the id tie-break are the engine's, so the
-result is the one ``engine.execute`` gives over the candidate frame
-(``tests/test_index_query.py`` compares both with the exact engine).  It saves
-building and scanning that frame: on GloVe-100 about half of an indexed query's
-time outside the HNSW search itself.
+The candidates, the scores and the tie-break are the engine's, so the result is
+the one ``engine.execute`` gives over the candidate frame
+(``tests/test_index.py`` compares both with the exact engine over the WAL).
+Skipping that frame saves about half of an indexed query's time outside the
+HNSW / tantivy search itself.
 """
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 
+from .. import bm25 as B
 from .. import engine as E
 from .. import query as Q
 from .. import schema as S
 from . import docs as D
 
 
+def _simple(q: Q.Query) -> bool:
+    return q.per_attributes is None and not q.aggregate_by and not q.group_by
+
+
 def eligible(view, q: Q.Query) -> bool:
+    """True for a plain vector query (see module docstring)."""
     rb = q.rank_by
     return (isinstance(rb, Q.VectorRank) and S.is_vector(view.schema.get(rb.attr, {}).get("type", ""))
-            and q.per_attributes is None and not q.aggregate_by and not q.group_by)
+            and _simple(q))
+
+
+def text_eligible(view, q: Q.Query) -> bool:
+    """True for a pure BM25 query whose fields every segment can score from stored postings
+    under the analyzer in force (else the candidate-frame path handles it)."""
+    from .reader import _fts_sig_of
+
+    rb = q.rank_by
+    if not (isinstance(rb, Q.TextRank) and _simple(q) and view._pure_bm25(rb.expr)):
+        return False
+    for f in {lf.attr for lf in view._bm25_leaves(rb.expr)}:
+        sig = _fts_sig_of(view.schema.get(f))
+        if sig is None or sig != _fts_sig_of(view.gen.schema.get(f)) or f not in view.gen.man.get("bm25", {}):
+            return False
+        for seg in view.gen.segments:
+            m = seg.meta.get("fts", {}).get(f)
+            if not m or not m.get("postings") or m.get("sig") != sig:
+                return False
+    return True
+
+
+class _Collect:
+    """Scored candidates from segments and the tail; ``top`` keeps the best by (key asc, id asc)."""
+
+    def __init__(self, view):
+        self.view = view
+        self.keys, self.vals, self.ids, self.srcs, self.poss = [], [], [], [], []
+
+    def add(self, src: int, pos: np.ndarray, key: np.ndarray, val: np.ndarray) -> None:
+        if not len(pos):
+            return
+        v = self.view
+        if src >= 0:
+            seg = v.gen.segments[src]
+            idv = seg.id_values()
+            ids = idv[pos] if idv is not None else seg.attrs().get_column("id").gather(pos)
+        else:
+            ids = v.tail.docs.get_column("id").gather(pos)
+        self.keys.append(key)
+        self.vals.append(val)
+        self.ids.append(ids)
+        self.srcs.append(np.full(len(pos), src, np.int32))
+        self.poss.append(pos)
+
+    @property
+    def count(self) -> int:
+        return int(sum(len(k) for k in self.keys))
+
+    def top(self, q: Q.Query) -> E.QueryResult:
+        v, n, kk = self.view, self.count, q.offset + q.limit
+        if not n:
+            return E.QueryResult(_empty(v, q), np.zeros(0), scanned=0, matched=0)
+        key, val = np.concatenate(self.keys), np.concatenate(self.vals)
+        idt = S.dtype_of(v.schema["id"]["type"])
+        if all(isinstance(x, np.ndarray) for x in self.ids):  # integer ids from segments only: stay in numpy
+            idk = np.concatenate(self.ids)
+            order = np.lexsort((idk, key))[q.offset:kk]
+            picked = pl.Series("id", idk[order], dtype=idt)
+        else:
+            id_s = pl.concat([(pl.Series("id", x) if isinstance(x, np.ndarray) else x).cast(idt) for x in self.ids])
+            idk = id_s.to_numpy() if id_s.dtype.is_integer() else id_s.rank("ordinal").to_numpy()
+            order = np.lexsort((idk, key))[q.offset:kk]
+            picked = id_s.gather(pl.Series(order))
+        src, pos = np.concatenate(self.srcs)[order], np.concatenate(self.poss)[order]
+        return E.QueryResult(_rows(v, q, src, pos, picked), val[order], scanned=n, matched=n)
+
+
+def _tail(view):
+    t = view.tail.docs if view.tail is not None else None
+    return t if t is not None and t.height else None
 
 
 def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
@@ -40,7 +119,7 @@ def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
     metric = q.distance_metric or view.metric or "cosine_distance"
     kk = q.offset + q.limit
     qv = rb.array()
-    dists, ids, srcs, poss = [], [], [], []
+    out = _Collect(view)
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
         pos, ex, _probed = view._vector_candidates(i, rb, q.filter, kk, metric)
@@ -51,37 +130,60 @@ def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
         ok = ~np.isnan(sub).any(axis=1)  # rows without this vector never rank
         if not ok.all():
             pos, sub = pos[ok], sub[ok]
-        dists.append(E.exact_distances(sub, qv, metric))
-        idv = seg.id_values()
-        ids.append(idv[pos] if idv is not None else seg.attrs().get_column("id").gather(pos))
-        srcs.append(np.full(len(pos), i, np.int32))
-        poss.append(pos)
-    tail = view.tail.docs if view.tail is not None else None
-    if tail is not None and tail.height:
+        d = E.exact_distances(sub, qv, metric)
+        out.add(i, pos, d, d)
+    tail = _tail(view)
+    if tail is not None:
         exhaustive += tail.height
         cand = np.flatnonzero(E._filter_mask(tail, q.filter, view.schema)) if q.filters is not None else None
         pos, d = E._rank_vector(q, rb, tail, metric, cand, kk)
-        dists.append(d)
-        ids.append(tail.get_column("id").gather(pos))
-        srcs.append(np.full(len(pos), -1, np.int32))
-        poss.append(pos)
-    n = int(sum(len(d) for d in dists))
-    if not n:
-        return E.QueryResult(_empty(view, q), np.zeros(0), scanned=0, matched=0), exhaustive, 0
-    dist = np.concatenate(dists)
-    idt = S.dtype_of(view.schema["id"]["type"])
-    if all(isinstance(x, np.ndarray) for x in ids):  # integer ids from segments only: stay in numpy
-        key = np.concatenate(ids) if len(ids) > 1 else ids[0]
-        order = np.lexsort((key, dist))[q.offset:kk]
-        picked = pl.Series("id", key[order], dtype=idt)
-    else:
-        id_s = pl.concat([pl.Series("id", x).cast(idt) if isinstance(x, np.ndarray) else x.cast(idt) for x in ids])
-        key = id_s.to_numpy() if id_s.dtype.is_integer() else id_s.rank("ordinal").to_numpy()
-        order = np.lexsort((key, dist))[q.offset:kk]
-        picked = id_s.gather(pl.Series(order))
-    src, pos = np.concatenate(srcs)[order], np.concatenate(poss)[order]
-    rows = _rows(view, q, src, pos, picked)
-    return E.QueryResult(rows, dist[order], scanned=n, matched=n), exhaustive, n
+        out.add(-1, pos, d, d)
+    return out.top(q), exhaustive, out.count
+
+
+def text_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
+    """(result, rows scored exactly, candidates) of a :func:`text_eligible` query on ``view``."""
+    rb = q.rank_by
+    kk = q.offset + q.limit
+    leaves = list(view._bm25_leaves(rb.expr))
+    fields = sorted({lf.attr for lf in leaves})
+    stats = view.bm25_stats(fields)
+    terms = {f: [t for lf in leaves if lf.attr == f
+                 for t in B.query_tokens(lf.query, view.schema[f]["full_text_search"])] for f in fields}
+    out = _Collect(view)
+    exhaustive = 0
+    for i, seg in enumerate(view.gen.segments):
+        pos = view._bm25_candidates(i, leaves, q.filter, kk)  # ascending, filtered, visible
+        if not len(pos):
+            continue
+        posts = {f: seg.postings(f).candidates(pos, terms[f]) for f in fields}
+        s, m = _text_score(rb.expr, posts, view.schema, stats)
+        keep = np.flatnonzero(m)
+        out.add(i, pos[keep], -s[keep], s[keep])
+    tail = _tail(view)
+    if tail is not None:
+        exhaustive += tail.height
+        s, m = E._text_eval(rb.expr, tail, view.schema, stats)
+        if q.filters is not None:
+            m &= E._filter_mask(tail, q.filter, view.schema)
+        keep = np.flatnonzero(m)
+        out.add(-1, keep, -s[keep], s[keep])
+    return out.top(q), exhaustive, out.count
+
+
+def _text_score(e, posts: dict, schema: dict, stats) -> tuple[np.ndarray, np.ndarray]:
+    """engine._text_eval for pure BM25 expressions, over per-field candidate postings."""
+    if isinstance(e, Q.Bm25):
+        opts = schema[e.attr]["full_text_search"]
+        return B.score(posts[e.attr], B.query_tokens(e.query, opts), opts,
+                       stats=stats.get(e.attr) if stats is not None else None)
+    if isinstance(e, Q.TextProduct):
+        s, m = _text_score(e.child, posts, schema, stats)
+        return s * e.weight, m
+    parts = [_text_score(c, posts, schema, stats) for c in e.children]
+    m = np.logical_or.reduce([p[1] for p in parts])
+    s = np.sum([p[0] for p in parts], axis=0) if isinstance(e, Q.TextSum) else np.max([p[0] for p in parts], axis=0)
+    return s, m
 
 
 def _columns(view, q: Q.Query) -> list[str]:
