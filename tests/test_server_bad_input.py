@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import importlib.util
 import uuid
 
 import orjson
@@ -16,7 +15,6 @@ from puffer_cli.server import ServeConfig, create_app
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 LIMIT = 64 * 1024
-HAS_ENGINE = importlib.util.find_spec("puffer_cli.engine") is not None
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +27,14 @@ def client():
             "schema": {"body": {"type": "string", "full_text_search": True}},
         })
         assert r.status_code == 200, r.text
+        # the same document in an indexed namespace: bad queries must fail the same way there
+        import puffer_cli
+        from puffer_cli.index import builder
+
+        ns = puffer_cli.connect(url).namespace("exi")
+        ns.write({"upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "tag": "a", "n": 1, "body": "hello world"}],
+                  "schema": {"body": {"type": "string", "full_text_search": True}}})
+        assert builder.index_namespace(ns, gc_grace_s=0).status == "indexed"
         yield c
     _store.open_store(url).clear()
 
@@ -143,6 +149,12 @@ QUERY_CASES = [
     {"queries": "not a list"},
     {"queries": [{"rank_by": ["n", "asc"]}] * 100},
     {"queries": [{"rank_by": ["n", "asc"], "top_k": -1}]},
+    {"rank_by": ["vector", "ANN", [0.1, 0.2, 0.3]], "consistency": {"level": "eventual"}},
+    {"rank_by": ["vector", "kNN", [0.1, 0.2, 0.3]], "filters": ["tag", "Eq", "a"]},
+    {"rank_by": ["vector", "ANN", [1e300, 0.2]]},
+    {"rank_by": ["body", "BM25", "hello"], "filters": ["n", "Eq", "x"]},
+    {"rank_by": ["Sum", [["body", "BM25", "hello"], ["tag", "BM25", "a"]]]},
+    {"queries": [{"rank_by": ["vector", "ANN", [0.1]]}, {"rank_by": ["body", "BM25", "hello"]}]},
 ]
 
 
@@ -169,10 +181,10 @@ def test_bad_request(client, method, path, body, headers, status):
     _check(_send(client, method, path, body, headers), status)
 
 
-@pytest.mark.skipif(not HAS_ENGINE, reason="query engine not available")
+@pytest.mark.parametrize("ns", ["ex", "exi"])  # replayed WAL, and an index
 @pytest.mark.parametrize("body", QUERY_CASES, ids=[str(i) for i in range(len(QUERY_CASES))])
-def test_bad_query(client, body):
-    r = _send(client, "POST", "/v2/namespaces/ex/query", body, {})
+def test_bad_query(client, body, ns):
+    r = _send(client, "POST", f"/v2/namespaces/{ns}/query", body, {})
     assert 400 <= r.status_code < 500, r.text
     _check(r, r.status_code)
 
