@@ -116,6 +116,12 @@ class Store:
     def size(self, key: str) -> int:
         raise NotImplementedError
 
+    def sweep_temp(self, prefix: str, older_than_s: float) -> int:
+        """Delete temporary files a killed writer left under ``prefix`` (older than
+        ``older_than_s``); returns how many. Only a local directory has any: object
+        stores write whole objects."""
+        return 0
+
     # -- derived ----------------------------------------------------------------
     def exists(self, key: str) -> bool:
         try:
@@ -202,6 +208,26 @@ class LocalStore(Store):
         data = self.fs.cat_file(str(self._p(key)), start=start, end=end)
         _count(read=len(data))
         return data
+
+    def sweep_temp(self, prefix: str, older_than_s: float) -> int:
+        base = self._p(prefix)
+        if not base.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        n = 0
+        for dirpath, _dirs, files in os.walk(base):
+            for f in files:
+                if not f.startswith(".tmp-"):
+                    continue
+                p = os.path.join(dirpath, f)
+                try:
+                    if os.stat(p).st_mtime < cutoff:
+                        os.unlink(p)
+                        n += 1
+                except FileNotFoundError:
+                    pass
+        _count()
+        return n
 
     def _tmp(self, path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -124,3 +124,26 @@ def test_connect_default_is_local(tmp_path, monkeypatch):
     db = puffer_cli.connect()
     assert isinstance(db.store, LocalStore)
     assert db.store.url.endswith("puffer-data")
+
+
+def test_index_gc_sweeps_temp_files_of_killed_writers(tmp_path):
+    """A writer killed between its temp file and the rename leaves `.tmp-*` behind;
+    `puffer index` GC deletes those older than the limit, never a fresh one."""
+    import os
+    import time
+
+    from puffer_cli.index import builder
+
+    db = puffer_cli.connect(str(tmp_path / "s"))
+    ns = db.namespace("t")
+    ns.write({"upsert_rows": [{"id": 1, "v": 1}]})
+    wal_dir = tmp_path / "s" / "t" / "wal"
+    old, fresh = wal_dir / ".tmp-old", wal_dir / ".tmp-fresh"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"in flight")
+    past = time.time() - 2 * builder.TEMP_MAX_AGE_S
+    os.utime(old, (past, past))
+    rep = builder.index_namespace(ns, gc_grace_s=0)
+    assert not old.exists() and fresh.exists() and rep.gc_deleted >= 1
+    assert db.store.sweep_temp("t/", 0) == 1 and not fresh.exists()
+    assert puffer_cli.connect("memory://sweep").store.sweep_temp("t/", 0) == 0

@@ -588,9 +588,13 @@ def _write_segment(w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: d
 
 
 # ---------------------------------------------------------------- GC
-def gc(ns: Namespace, progress=None) -> int:
+TEMP_MAX_AGE_S = 3600.0  # a writer's temporary file older than this was left by a killed process
+
+
+def gc(ns: Namespace, progress=None, temp_age_s: float = TEMP_MAX_AGE_S) -> int:
     """Delete index files that neither the current generation nor a retained one
-    (published less than the grace period ago) references. Returns files deleted."""
+    (published less than the grace period ago) references, and temporary files a
+    killed writer left in the namespace (local stores). Returns files deleted."""
     store = ns.store
     meta, _ = ns.read_meta()
     ptr = (meta or {}).get("index")
@@ -614,4 +618,4 @@ def gc(ns: Namespace, progress=None) -> int:
             n += 1
         except FileNotFoundError:
             pass
-    return n
+    return n + store.sweep_temp(layout.namespace_prefix(ns.name), temp_age_s)
