@@ -58,7 +58,11 @@ def parse_json_arg(value: str | None, what: str):
         p = Path(value[1:])
         if not p.exists():
             raise InvalidRequest(f"{what}: file {p} does not exist")
-        text = p.read_text()
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidRequest(f"{what}: cannot read {p} as UTF-8 text ({type(e).__name__}: {e})",
+                                 hint=f"pass {what} as JSON or @file.json")
     try:
         return json.loads(text)
     except ValueError as e:

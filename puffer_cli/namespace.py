@@ -13,6 +13,7 @@ committed seq.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -30,6 +31,7 @@ from .store import Store, now_ms
 POLICIES = ("fail", "skip")
 WRITER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 MAX_RETRIES = 10_000
+log = logging.getLogger("puffer.namespace")
 
 
 @dataclass
@@ -309,7 +311,11 @@ class Namespace:
             # keep the replay cache warm: fold our own ops if it was at seq-1
             if c.docs is not None and c.docs_seq == head.seq:
                 c.docs, c.docs_seq, c.docs_schema = replay.fold(c.docs, schema, ops), seq, schema
-        self._advance_meta(new)
+        try:
+            self._advance_meta(new)
+        except Exception:  # noqa: BLE001 - meta.json is a hint; the WAL entry is the commit
+            log.warning("namespace %s: committed seq %d but could not advance meta.json", self.name, seq,
+                        exc_info=True)
         return True
 
     # ------------------------------------------------------------ delete

@@ -89,6 +89,8 @@ def test_at_least_30_cases():
     (["wal-inspect", "ns"], "no WAL"),
     (["ingest", "ns", "fixtures/sample.parquet", "--bogus"], "No such option"),
     (["export", "..", "-o", "x.parquet"], "invalid namespace"),
+    (["ingest", "ns", "fixtures/sample.parquet", "--schema", "@tests"], "cannot read"),  # a directory
+    (["ingest", "ns", "fixtures/sample.parquet", "--schema", "@fixtures/sample.parquet"], "UTF-8"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys, monkeypatch, args, needle):
     import pathlib

@@ -340,6 +340,50 @@ def test_analyzer_change_in_tail_is_not_answered_from_stale_index(mem_db):
     assert same(engine.run_query(ns, body), exact(ns, body))
 
 
+F32_NEAR_TIE = (  # two vectors whose cosine distances to q tie in float32 but not in float64
+    [[0.24320478737354279, 0.6811093688011169, 0.20887278020381927, -0.842538058757782, -0.7275294065475464, -0.7767218947410583, -1.1332892179489136, -0.9131417274475098, 1.5408058166503906, 0.3066994845867157, 0.12531477212905884, 0.38743361830711365, -0.65873122215271, -1.3816277980804443, 1.3485593795776367, -0.605022668838501],
+          [0.24320478737354279, 0.6811093688011169, 0.20887278020381927, -0.842538058757782, -0.7275294065475464, -0.7767218947410583, -1.1332892179489136, -0.9131417274475098, 1.540805697441101, 0.3066994845867157, 0.12531477212905884, 0.38743361830711365, -0.65873122215271, -1.3816277980804443, 1.3485593795776367, -0.605022668838501],
+          [-1.5553730726242065, -0.09441590309143066, -0.3628282845020294, -0.4228858947753906, -0.501223623752594, 0.03458629548549652, 2.123094320297241, -1.516462802886963, 0.597086489200592, 0.22161227464675903, 1.8863637447357178, 0.0877201035618782, -1.2031813859939575, -1.3479558229446411, 0.13195690512657166, -1.207350254058838]])
+
+
+def test_index_edge_cases_match_engine(mem_db, monkeypatch):
+    """Cases a review found where the index disagreed with the exact engine: rows
+    without the FTS field (tantivy doc ids vs row positions), zero vectors under
+    cosine (left out of HNSW, distance 1), a float32 near-tie in exact search, a
+    Product weight <= 0 (tantivy proposes the wrong end), offset past the candidates."""
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 2)
+    ns = mem_db.namespace("edges")
+    rows = [{"id": 1, "cat": 0}, {"id": 2, "text": "fox", "vector": [1.0, 0.0]},
+            {"id": 3, "text": "dog", "vector": [0.0, 0.0]}, {"id": 4, "text": "fox fox stone", "vector": [-1.0, 0.1]}]
+    rows += [{"id": i, "text": "fox " + " ".join(["stone"] * (i % 7)), "vector": [float(i % 5) - 2, 1.0]}
+             for i in range(10, 260)]
+    ns.write({"upsert_rows": rows, "distance_metric": "cosine_distance",
+              "schema": {"text": {"type": "string", "full_text_search": True}}})
+    x1, x2, q = F32_NEAR_TIE
+    tie = mem_db.namespace("tie")
+    tie.write({"upsert_rows": [{"id": 1, "vector": x1}, {"id": 2, "vector": x2}]})
+    for n in (ns, tie):
+        index(n)
+    bodies = [
+        {"rank_by": ["text", "BM25", "fox"], "top_k": 5},
+        {"rank_by": ["text", "BM25", "dog"], "top_k": 5},
+        {"rank_by": ["vector", "ANN", [-1.0, -1.0]], "top_k": 60, "filters": ["id", "Lt", 5]},
+        {"rank_by": ["vector", "ANN", [1.0, -5.0]], "top_k": 2},  # the zero vector is 2nd
+        {"rank_by": ["vector", "kNN", [1.0, -5.0]], "top_k": 3, "filters": ["id", "In", [2, 3, 4]]},
+        {"rank_by": ["Product", -1, ["text", "BM25", "fox"]], "top_k": 3},
+        {"rank_by": ["Sum", [["text", "BM25", "fox"], ["Product", -2, ["text", "BM25", "stone"]]]], "top_k": 3},
+        {"rank_by": ["Product", 0, ["text", "BM25", "fox"]], "top_k": 3},
+        {"rank_by": ["vector", "ANN", [1.0, 0.0]], "top_k": 2, "offset": 100, "include_attributes": ["cat"]},
+        {"rank_by": ["text", "BM25", "fox"], "top_k": 2, "offset": 100, "include_attributes": True},
+    ]
+    for body in bodies:
+        for level in ("strong", "eventual"):
+            got = engine.run_query(ns, {**body, "consistency": {"level": level}})
+            assert same(got, exact(ns, body)), (level, body, strip(got))
+    body = {"rank_by": ["vector", "kNN", q], "top_k": 1}
+    assert same(engine.run_query(tie, body), exact(tie, body))
+
+
 @pytest.mark.parametrize("level", ["strong", "eventual"])
 def test_bad_query_on_index_is_invalid_query(mem_db, level):
     """Queries are validated against the index's schema before any candidate search

@@ -147,3 +147,25 @@ def test_large_replay_in_batches(mem_db, monkeypatch):
     docs, _ = mem_db.namespace("big").docs()
     assert docs.height == 55
     assert docs.filter(pl.col("id") == 7)["g"].item() == 1
+
+
+def test_meta_hint_failure_after_commit_does_not_fail_the_write(mem_db, monkeypatch):
+    """meta.json is a hint: once the WAL entry exists the write is acknowledged even if
+    advancing meta.json fails (a failure reported to the client would invite a retry
+    that applies the write twice)."""
+    from puffer_cli import layout
+
+    ns = mem_db.namespace("hint")
+    ns.write({"upsert_rows": [{"id": 1}]})
+    real = type(ns.store).cas
+
+    def flaky(self, key, data, version):
+        if key == layout.meta("hint"):
+            raise OSError(5, "transient store error")
+        return real(self, key, data, version)
+
+    monkeypatch.setattr(type(ns.store), "cas", flaky)
+    assert ns.write({"upsert_rows": [{"id": 2}]})["rows_affected"] == 1
+    monkeypatch.setattr(type(ns.store), "cas", real)
+    assert ns.head().seq == 2
+    assert sorted(ns.docs()[0]["id"].to_list()) == [1, 2]

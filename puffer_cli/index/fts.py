@@ -73,10 +73,10 @@ def build(values: list, opts: dict) -> tuple[dict[str, bytes], list[list[str]]]:
         _register(idx, opts)
         w = idx.writer(heap_size=256_000_000, num_threads=1)
         for i, v in enumerate(values):
-            if v is None:
-                continue
             doc = tantivy.Document()
-            if pre:
+            if v is None:  # an empty document keeps tantivy doc ids equal to row positions
+                pass
+            elif pre:
                 doc.add_text(FIELD, " ".join(toks[i]))
             elif isinstance(v, str):
                 doc.add_text(FIELD, v)
@@ -203,14 +203,16 @@ def term_stats(values: list, opts: dict) -> dict:
 class Reader:
     """An opened per-segment tantivy index."""
 
-    def __init__(self, path, opts: dict):
+    def __init__(self, path, opts: dict, rows: int | None = None):
         import tantivy
 
         self.index = tantivy.Index.open(str(path))
         _register(self.index, opts)
         self.schema = self.index.schema
         self.searcher = self.index.searcher()
-        self.direct = self.searcher.num_segments <= 1
+        # doc ids are row positions only in one tantivy segment holding every row (indexes
+        # written before empty rows were added as empty documents do not): else read `pos`
+        self.direct = self.searcher.num_segments <= 1 and (rows is None or self.searcher.num_docs == rows)
 
     def search(self, tokens: list[str], limit: int) -> np.ndarray:
         """Row positions of the best ``limit`` rows containing any of ``tokens``."""

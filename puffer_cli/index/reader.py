@@ -184,6 +184,18 @@ class Segment:
                 self._norms[f] = np.linalg.norm(np.asarray(self.vectors(f)), axis=1)
             return self._norms[f]
 
+    def unindexed_vectors(self, f: str) -> np.ndarray:
+        """Positions of rows with a vector that the HNSW of ``f`` left out (zero vectors
+        under cosine): they still rank (at distance 1), so queries add them as candidates."""
+        m = self.meta.get("ann", {}).get(f)
+        if m is None or int(m.get("vectors", self.rows)) >= self.rows:
+            return np.zeros(0, np.int64)
+        with self._lock:
+            if ("zero", f) not in self._norms:
+                n = self.norms(f)
+                self._norms[("zero", f)] = np.flatnonzero(n == 0).astype(np.int64)
+            return self._norms[("zero", f)]
+
     def ann(self, f: str):
         m = self.meta.get("ann", {}).get(f)
         if m is None:
@@ -200,7 +212,7 @@ class Segment:
         with self._lock:
             if f not in self._fts:
                 d = self.cache.directory(self.store, m["files"], m["prefix"])
-                self._fts[f] = fts.Reader(d, self.gen.schema[f]["full_text_search"])
+                self._fts[f] = fts.Reader(d, self.gen.schema[f]["full_text_search"], self.rows)
             return self._fts[f]
 
     def tokens(self, f: str) -> pl.Series | None:
@@ -658,7 +670,10 @@ class IndexedView:
             keys, _d = ann.search(index, q, min(fetch, total))
             keep = keys[sel[keys]]
             if len(keep) >= want or fetch >= total:
-                return keep[:want], 0, len(keys)
+                z = seg.unindexed_vectors(rb.attr)
+                if len(z):
+                    keep = np.concatenate([keep[:want], z[sel[z]]])
+                return keep[:want] if not len(z) else keep, 0, len(keys)
             if fetch * 4 > total:
                 pos = np.nonzero(sel)[0]  # post-filter keeps too few: exact is cheaper now
                 return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, len(keys)
@@ -667,24 +682,28 @@ class IndexedView:
     def _exact_top(self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric) -> np.ndarray:
         mat = seg.vectors(f)
         x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)
+        eps = x.shape[1] * 1.2e-7 + 1e-6 if x.ndim == 2 else 1e-6  # float32 error bound, as the engine's
         if metric == "euclidean_squared":
             diff = x - q
             d = np.einsum("ij,ij->i", diff, diff)
         else:
             norms = seg.norms(f)
             nn = norms[pos] if len(pos) < seg.rows else norms
-            qn = float(np.linalg.norm(q)) or 1.0
+            den = nn * float(np.linalg.norm(q))
             with np.errstate(invalid="ignore", divide="ignore"):
-                d = 1.0 - (x @ q) / (nn * qn)
-        d = np.where(np.isnan(d), np.inf, d)
+                d = np.where(den > 0, 1.0 - (x @ q) / den, 1.0)  # a zero vector is at distance 1 (engine)
+        d = np.where(np.isnan(d), np.inf, d)  # rows without this vector
         kk = min(k, len(d))
         if kk == 0:
             return np.zeros(0, np.int64)
-        # take ties at the boundary too (the engine breaks ties by id)
         part = np.argpartition(d, kk - 1)[:kk] if kk < len(d) else np.arange(len(d))
         cut = d[part].max()
-        top = np.nonzero(d <= cut)[0] if np.isfinite(cut) else part
-        return pos[top]
+        if not np.isfinite(cut):
+            return pos[part[np.isfinite(d[part])]]
+        # keep everything within float32 error of the k-th (and its ties): the caller
+        # re-scores these exactly in float64 and breaks ties by id
+        tol = 2 * eps if metric != "euclidean_squared" else eps * (abs(float(cut)) + 1.0)
+        return pos[np.flatnonzero(d <= cut + tol)]
 
     # -- BM25 -------------------------------------------------------------------------
     def _bm25_leaves(self, e):
@@ -705,8 +724,8 @@ class IndexedView:
             return not e.last_as_prefix
         if isinstance(e, (Q.TextSum, Q.TextMax)):
             return all(self._pure_bm25(c) for c in e.children)
-        if isinstance(e, Q.TextProduct):
-            return self._pure_bm25(e.child)
+        if isinstance(e, Q.TextProduct):  # a weight <= 0 makes the lowest BM25 best: tantivy cannot propose
+            return e.weight > 0 and self._pure_bm25(e.child)
         return False
 
     def _bm25_candidates(self, i: int, leaves, filt, k: int) -> np.ndarray | None:

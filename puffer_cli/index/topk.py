@@ -199,6 +199,8 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
     cols = _columns(view, q)
     if cols == ["id"]:
         return ids.alias("id").to_frame()
+    if not len(src):  # offset past every candidate
+        return _empty(view, q)
     parts = []
     for s in np.unique(src):
         at = np.flatnonzero(src == s)
