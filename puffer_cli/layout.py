@@ -95,9 +95,17 @@ PROBE_DIR = "_puffer_probe/"
 
 
 # ---------------------------------------------------------------- index (docs/format-index.md)
-def index_manifest(ns: str, generation: int) -> str:
-    """The manifest of one index generation (the object meta.json's ``index.manifest`` names)."""
-    return index_file(ns, generation, "manifest.json")
+def index_manifest(ns: str, generation: int, run: str) -> str:
+    """The manifest of one index generation (the object meta.json's ``index.manifest`` names).
+    ``run`` (random, per build) keeps keys unique when a deleted namespace is recreated and
+    numbers generations from 1 again, or two builders race for one number: caches keyed by
+    object key are then never stale."""
+    return index_file(ns, generation, f"manifest-{run}.json")
+
+
+def index_run_file(ns: str, generation: int, stem: str, run: str, ext: str) -> str:
+    """A per-generation file of build ``run`` (tombstones, BM25 term tables)."""
+    return index_file(ns, generation, f"{stem}-{run}.{ext}")
 
 
 def index_segment_file(ns: str, generation: int, segment: str, name: str) -> str:

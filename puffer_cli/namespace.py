@@ -147,12 +147,21 @@ class Namespace:
             h = c.head
             if not refresh and h.seq:
                 return h
-            if h.seq == 0:
-                meta, _ = self.read_meta()
-                if meta:
+            for source in ("cache", "meta", "empty"):
+                if source == "meta" or (source == "cache" and h.seq == 0):
+                    meta, _ = self.read_meta()
                     h = Head(meta.get("last_seq", 0), meta.get("schema") or {}, meta.get("distance_metric"),
-                             meta.get("created_at"), meta.get("updated_at"))
-            keys = self.wal_keys(h.seq)
+                             meta.get("created_at"), meta.get("updated_at")) if meta else Head()
+                elif source == "empty":
+                    h = Head()
+                # list from the newest seq we know, inclusive: if that entry is gone, the
+                # namespace was deleted (and perhaps recreated) by another process
+                keys = self.wal_keys(max(0, h.seq - 1))
+                if h.seq == 0 or (keys and keys[0][0] == h.seq):
+                    keys = [kv for kv in keys if kv[0] > h.seq]
+                    break
+                if source == "cache":  # drop everything this process knew of the old namespace
+                    c.head, c.docs, c.docs_seq, c.docs_schema = Head(), None, 0, {}
             if keys:
                 h = Head(h.seq, dict(h.schema), h.metric, h.created_at, h.updated_at)
                 for seq, _k in keys:

@@ -169,3 +169,24 @@ def test_meta_hint_failure_after_commit_does_not_fail_the_write(mem_db, monkeypa
     monkeypatch.setattr(type(ns.store), "cas", real)
     assert ns.head().seq == 2
     assert sorted(ns.docs()[0]["id"].to_list()) == [1, 2]
+
+
+def test_head_notices_namespace_deleted_and_recreated_elsewhere(db):
+    """Process A knows head seq 3; process B deletes the namespace and writes seq 1.
+    A must not commit seq 4 (a gap every reader would trip on) nor serve the old rows."""
+    from puffer_cli import namespace as nsmod
+
+    a = db.namespace("re")
+    for i in range(3):
+        a.write({"upsert_rows": [{"id": i, "x": i}]})
+    assert a.head().seq == 3 and a.docs()[0].height == 3
+    nsmod._CACHES.pop((db.store.url, "re"))  # B: another process, with caches of its own
+    b = db.namespace("re")
+    b.delete_all()
+    b.write({"upsert_rows": [{"id": 100, "x": 1}]})
+    assert a.head().seq == 1
+    assert a.docs()[0]["id"].to_list() == [100]
+    a.write({"upsert_rows": [{"id": 7, "x": 7}]})
+    assert [layout_seq for layout_seq, _ in a.wal_keys()] == [1, 2]
+    nsmod._CACHES.pop((db.store.url, "re"))
+    assert sorted(db.namespace("re").docs()[0]["id"].to_list()) == [7, 100]

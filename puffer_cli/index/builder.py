@@ -397,6 +397,7 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
     # -- generation number --------------------------------------------------------
     existing = [int(d) for d in store.list_dirs(layout.index_root(ns.name)) if d.isdigit()]
     gen = max([*existing, ptr["generation"] if ptr else 0]) + 1
+    run = uuid.uuid4().hex[:8]
     w = _Writer(store, cache, rep)
 
     # -- the new segment ------------------------------------------------------------
@@ -421,7 +422,8 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
         s = dict(base.segs[i])
         if base.new_dead[i]:
             dead = base.all_dead(i)
-            s["tombstones"] = w.put(layout.index_file(ns.name, gen, f"tomb-{s['name']}.npy"), D.tomb_bytes(dead))
+            s["tombstones"] = w.put(layout.index_run_file(ns.name, gen, f"tomb-{s['name']}", run, "npy"),
+                                    D.tomb_bytes(dead))
             s["dead"] = int(len(dead))
             s["live"] = int(s["rows"] - len(dead))
         kept.append(s)
@@ -475,7 +477,7 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
         import io
         buf = io.BytesIO()
         terms.write_ipc(buf, compression="uncompressed")
-        key = w.put(layout.index_file(ns.name, gen, f"bm25-{D.field_tag(f)}.arrow"), buf.getvalue())
+        key = w.put(layout.index_run_file(ns.name, gen, f"bm25-{D.field_tag(f)}", run, "arrow"), buf.getvalue())
         bm25[f] = {"sig": sig, "n_rows": n_rows, "n_docs": n_docs, "total_len": total, "terms": key}
     for seg in segments:
         seg.pop("_fts_tokens", None)
@@ -486,7 +488,7 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
         "covers_through_seq": last, "created_at": now_ms(), "schema": schema, "distance_metric": metric,
         "segments": all_segs, "bm25": bm25,
     }
-    mkey = layout.index_manifest(ns.name, gen)
+    mkey = layout.index_manifest(ns.name, gen, run)
     files = set()
     for s in all_segs:
         files.update(_segment_files(s))

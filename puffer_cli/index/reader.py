@@ -331,6 +331,18 @@ def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Gene
     return g
 
 
+def forget(store: Store, name: str) -> None:
+    """Drop this process's opened generations and tails of namespace ``name`` (the
+    server calls it when it evicts a namespace from its working set)."""
+    prefix = f"{name}/"
+    with _GENS_LOCK:
+        for k in [k for k in _GENS if k[0] == store.url and k[1].startswith(prefix)]:
+            del _GENS[k]
+    with _TAILS_LOCK:
+        for k in [k for k in _TAILS if k[0] == store.url and k[1] == name]:
+            del _TAILS[k]
+
+
 # ---------------------------------------------------------------- the tail
 @dataclass
 class Tail:
