@@ -304,13 +304,14 @@ class Namespace:
 
     def _commit(self, head: Head, ops: list[wal.Op], schema: dict, metric: str | None, schema_changed: bool) -> bool:
         seq = head.seq + 1
-        hdr: dict[str, Any] = {"created_at": now_ms(), "writer": WRITER_ID}
+        nonce = uuid.uuid4().hex
+        hdr: dict[str, Any] = {"created_at": now_ms(), "writer": WRITER_ID, "nonce": nonce}
         if schema_changed or head.seq == 0:
             hdr["schema"] = schema
         if metric != head.metric:
             hdr["distance_metric"] = metric
         data = wal.encode(seq, ops, **hdr)
-        if not self.store.create(layout.wal(self.name, seq), data):
+        if not self.store.create(layout.wal(self.name, seq), data) and not self._is_ours(seq, nonce):
             return False  # lost the race: caller re-reads the head and re-plans
         new = Head(seq, schema, metric, head.created_at or hdr["created_at"], hdr["created_at"])
         c = self._c
@@ -326,6 +327,15 @@ class Namespace:
             log.warning("namespace %s: committed seq %d but could not advance meta.json", self.name, seq,
                         exc_info=True)
         return True
+
+    def _is_ours(self, seq: int, nonce: str) -> bool:
+        """After a failed create: is the entry at ``seq`` our own (a retried request whose
+        first attempt succeeded but whose response was lost)? Then the write is committed
+        and must not be committed again at the next seq."""
+        try:
+            return self.read_entry_header(seq).get("nonce") == nonce
+        except (PufferError, FileNotFoundError):
+            return False
 
     # ------------------------------------------------------------ delete
     def delete_all(self) -> int:

@@ -190,3 +190,21 @@ def test_head_notices_namespace_deleted_and_recreated_elsewhere(db):
     assert [layout_seq for layout_seq, _ in a.wal_keys()] == [1, 2]
     nsmod._CACHES.pop((db.store.url, "re"))
     assert sorted(db.namespace("re").docs()[0]["id"].to_list()) == [7, 100]
+
+
+def test_retried_create_whose_first_attempt_landed_is_not_committed_twice(db, monkeypatch):
+    """An S3 PUT whose response is lost is retried by the client and then fails its
+    If-None-Match: the writer must recognise its own entry instead of committing again."""
+    ns = db.namespace("retry")
+    ns.write({"upsert_rows": [{"id": 1, "n": 1}]})
+    real = type(db.store).create
+
+    def lost_response(self, key, data):
+        real(self, key, data)
+        return False  # as if the retry saw 412 Precondition Failed
+
+    monkeypatch.setattr(type(db.store), "create", lost_response)
+    ns.write({"patch_rows": [{"id": 1, "n": 2}]})
+    monkeypatch.setattr(type(db.store), "create", real)
+    assert ns.head().seq == 2
+    assert ns.docs()[0]["n"].to_list() == [2]
