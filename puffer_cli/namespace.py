@@ -269,6 +269,10 @@ class Namespace:
                 except PufferError as e:
                     results.append(e)
                     continue
+                except Exception as e:  # noqa: BLE001 - a bug planning one body must not fail the batch
+                    log.exception("namespace %s: planning a write body failed", self.name)
+                    results.append(PufferError(f"internal error planning this write: {type(e).__name__}: {e}"))
+                    continue
                 ops.extend(p.ops)
                 schema, metric = p.schema, p.metric
                 results.append({"status": "OK", **p.result})

@@ -208,3 +208,24 @@ def test_retried_create_whose_first_attempt_landed_is_not_committed_twice(db, mo
     monkeypatch.setattr(type(db.store), "create", real)
     assert ns.head().seq == 2
     assert ns.docs()[0]["n"].to_list() == [2]
+
+
+def test_group_commit_isolates_a_body_that_hits_a_bug(mem_db, monkeypatch):
+    """A non-validation failure planning one body fails that request alone (500);
+    the other bodies of the batch still commit, in one entry."""
+    from puffer_cli import writes
+    from puffer_cli.errors import PufferError
+
+    real = writes.plan
+
+    def plan(body, snap, **kw):
+        if body.get("boom"):
+            raise RuntimeError("bug")
+        return real(body, snap, **kw)
+
+    monkeypatch.setattr(writes, "plan", plan)
+    ns = mem_db.namespace("iso")
+    out = ns.write_batch([{"upsert_rows": [{"id": 1}]}, {"boom": True}, {"upsert_rows": [{"id": 2}]}])
+    assert isinstance(out[1], PufferError) and out[1].status == 500 and "RuntimeError" in str(out[1])
+    assert out[0]["status"] == out[2]["status"] == "OK"
+    assert ns.head().seq == 1 and sorted(ns.docs()[0]["id"].to_list()) == [1, 2]
