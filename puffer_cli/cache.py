@@ -40,6 +40,8 @@ class CacheStats:
     misses: int = 0
     files_fetched: int = 0
     bytes_fetched: int = 0
+    ranged_reads: int = 0     # reads of parts of uncached files (cold queries), and their bytes
+    ranged_bytes: int = 0
 
 
 class Cache:
@@ -52,6 +54,10 @@ class Cache:
             atexit.register(shutil.rmtree, self.root, True)
         self.stats = CacheStats()
         self._lock = threading.Lock()
+        #: fetch a whole file in the background after a ranged read of it (long-lived
+        #: processes: `puffer serve` turns it on; a one-shot CLI query would only waste it)
+        self.background_fetch = False
+        self._fetching: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r}, persistent={self.persistent})"
@@ -94,6 +100,27 @@ class Cache:
                 self.stats.bytes_fetched += len(data)
         self._put(p, data)
         return p
+
+    def note_ranged(self, store: Store, key: str, nbytes: int) -> None:
+        """Record that part of the uncached file ``key`` was read directly from the store;
+        with ``background_fetch``, start fetching the whole file (once) for later queries."""
+        with self._lock:
+            self.stats.ranged_reads += 1
+            self.stats.ranged_bytes += nbytes
+            start = self.background_fetch and (store.url, key) not in self._fetching
+            if start:
+                self._fetching.add((store.url, key))
+        if start:
+            def run():
+                try:
+                    self.file(store, key)
+                except Exception:  # noqa: BLE001 - best effort: queries keep reading by range
+                    pass
+                finally:
+                    with self._lock:
+                        self._fetching.discard((store.url, key))
+
+            threading.Thread(target=run, name="puffer-cache-fetch", daemon=True).start()
 
     def put(self, store: Store, key: str, data: bytes) -> None:
         """Seed the cache with bytes we just wrote (the indexer does this)."""

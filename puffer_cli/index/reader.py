@@ -178,6 +178,25 @@ class Segment:
                 self._vec[f] = D.open_vectors(self.cache.file(self.store, v["key"]), self.rows, v["dims"])
             return self._vec[f]
 
+    def vector_rows(self, f: str, pos: np.ndarray) -> np.ndarray | None:
+        """The f32 vectors of field ``f`` at row positions ``pos`` (in that order).
+
+        From the memory-mapped file when it is local or cached; otherwise by ranged
+        reads of just those rows (a cold query re-ranks a few dozen rows: it should
+        not download every vector of the segment; ``warm`` fetches whole files)."""
+        v = self.meta.get("vectors", {}).get(f)
+        if v is None:
+            return None
+        pos = np.asarray(pos, dtype=np.int64)
+        with self._lock:
+            opened = f in self._vec
+        if opened or self.cache.has(self.store, v["key"]) or not len(pos):
+            return self.vectors(f)[pos]
+        dims = int(v["dims"])
+        raw = _read_rows(self.store, v["key"], pos, 4 * dims)
+        self.cache.note_ranged(self.store, v["key"], raw.nbytes)
+        return raw.view("<f4").reshape(len(pos), dims)
+
     def norms(self, f: str) -> np.ndarray:
         with self._lock:
             if f not in self._norms:
@@ -246,9 +265,9 @@ class Segment:
         cols = []
         for f in vector_fields:
             dims = S.vector_dims(self.gen.schema[f]["type"])
-            mat = self.vectors(f)
-            rows = np.asarray(mat[np.asarray(pos, dtype=np.int64)]) if mat is not None and len(pos) else \
-                np.full((len(pos), dims), np.nan, np.float32)
+            rows = self.vector_rows(f, pos) if len(pos) else None
+            if rows is None:
+                rows = np.full((len(pos), dims), np.nan, np.float32)
             cols.append(D.vector_series(f, rows, dims))
         return df.with_columns(cols) if cols else df
 
@@ -263,6 +282,44 @@ class Segment:
             if f in self.gen.schema and self.gen.schema[f].get("full_text_search"):
                 self.fts(f)
                 self.postings(f)
+
+
+RANGE_GAP_BYTES = 64 * 1024   # rows closer than this are read in one request
+RANGE_THREADS = 8             # ranged reads in flight at once (object stores)
+
+
+def _read_rows(store: Store, key: str, pos: np.ndarray, row_bytes: int) -> np.ndarray:
+    """Bytes of fixed-size rows ``pos`` of object ``key`` (uint8, rows in ``pos`` order),
+    by ranged reads: nearby rows are coalesced, requests run in parallel."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    order = np.argsort(pos, kind="stable")
+    sp = pos[order]
+    runs, start = [], 0
+    for j in range(1, len(sp) + 1):
+        if j == len(sp) or (sp[j] - sp[j - 1] - 1) * row_bytes > RANGE_GAP_BYTES:
+            runs.append((int(sp[start]), int(sp[j - 1]) + 1))
+            start = j
+
+    def fetch(run):
+        a, b = run
+        return np.frombuffer(store.read_range(key, a * row_bytes, b * row_bytes), dtype=np.uint8)
+
+    if len(runs) > 1 and store.is_remote:
+        ctx = contextvars.copy_context()  # so io_scope() counts the workers' requests
+        with ThreadPoolExecutor(min(RANGE_THREADS, len(runs))) as ex:
+            blobs = list(ex.map(lambda r: ctx.copy().run(fetch, r), runs))
+    else:
+        blobs = [fetch(r) for r in runs]
+    out = np.empty((len(pos), row_bytes), np.uint8)
+    k = 0
+    for (a, b), blob in zip(runs, blobs):
+        block = blob.reshape(b - a, row_bytes)
+        while k < len(sp) and sp[k] < b:
+            out[order[k]] = block[sp[k] - a]
+            k += 1
+    return out
 
 
 class Generation:
@@ -656,8 +713,7 @@ class IndexedView:
 
     def _vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int]:
         seg = self.gen.segments[i]
-        mat = seg.vectors(rb.attr)
-        if mat is None or k <= 0:
+        if rb.attr not in seg.meta.get("vectors", {}) or k <= 0:
             return np.zeros(0, np.int64), 0, 0
         sel = self._filter_mask(i, filt)
         if filt is None:  # visible rows: live minus superseded by the tail (all of which are live)
@@ -848,7 +904,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
     from . import topk
 
     cache = get_cache()
-    misses0 = cache.stats.misses
+    misses0 = cache.stats.misses + cache.stats.ranged_reads
     for attempt in range(2):
         try:
             view = view_for(ns, consistency)
@@ -899,7 +955,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
             flat = [t for tk in toks for t in tk[f]]
             tokens[f] = [flat[r] for r in keep_rows]
     _seed_postings(docs, {f: t for f, t in tokens.items() if f in qterms}, view.schema, qterms)
-    fetched = cache.stats.misses - misses0
+    fetched = cache.stats.misses + cache.stats.ranged_reads - misses0
     row_bytes = int(docs.estimated_size() / docs.height) if docs.height else 8 + 4 * sum(
         S.vector_dims(v["type"]) or 0 for v in view.schema.values())
     return Source(docs, view.schema, view.metric, view.seq, bm25_stats=stats,

@@ -126,7 +126,7 @@ def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
         exhaustive += ex
         if not len(pos):
             continue
-        sub = seg.vectors(rb.attr)[pos]
+        sub = seg.vector_rows(rb.attr, pos)
         ok = ~np.isnan(sub).any(axis=1)  # rows without this vector never rank
         if not ok.all():
             pos, sub = pos[ok], sub[ok]
@@ -221,6 +221,7 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
 
 def _vector_column(seg, f: str, pos: np.ndarray, schema: dict) -> pl.Series:
     dims = S.vector_dims(schema[f]["type"])
-    mat = seg.vectors(f)
-    rows = mat[pos] if mat is not None else np.full((len(pos), dims), np.nan, np.float32)
+    rows = seg.vector_rows(f, pos)
+    if rows is None:
+        rows = np.full((len(pos), dims), np.nan, np.float32)
     return D.vector_series(f, rows, dims)
