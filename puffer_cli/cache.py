@@ -54,9 +54,9 @@ class Cache:
             atexit.register(shutil.rmtree, self.root, True)
         self.stats = CacheStats()
         self._lock = threading.Lock()
-        #: fetch a whole file in the background after a ranged read of it (long-lived
-        #: processes: `puffer serve` turns it on; a one-shot CLI query would only waste it)
-        self.background_fetch = False
+        #: fetch a whole file in the background after a ranged read of it, so the next
+        #: queries of a long-lived process map it (a one-shot `puffer query` turns it off)
+        self.background_fetch = True
         self._fetching: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:

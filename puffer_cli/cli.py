@@ -287,8 +287,11 @@ def query(
         fmt = "table" if sys.stdout.isatty() else "json"
     if fmt not in ("table", "json", "ndjson"):
         raise InvalidRequest(f"unknown --format {fmt!r}", hint="use table, json or ndjson")
+    from .cache import get_cache
+
     q = _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all, consistency)
     db = open_db(store, s3_endpoint, policy=policy)
+    get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
     out = engine.run(db.namespace(namespace), q)
     _print_query_result(out, fmt)
 

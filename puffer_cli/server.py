@@ -212,10 +212,6 @@ class Server:
         self.started = time.time()
         # queries are CPU-bound: running more at once than there are cores only adds GIL churn
         self.query_limiter = anyio.CapacityLimiter(cfg.query_threads or max(2, os.cpu_count() or 2))
-        # a long-lived process: after a cold query reads parts of an index file, fetch it whole
-        from .cache import get_cache
-
-        get_cache().background_fetch = True
 
     # -- helpers
     def ns(self, name: str):

@@ -91,13 +91,15 @@ def test_ranged_row_reads_equal_the_whole_file(pos, row_bytes):
 
 def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch):
     """On S3 with an empty cache, an ANN query fetches the HNSW file whole but only the
-    re-ranked rows of the f32 vector file (ranged reads); `puffer serve` (background_fetch)
-    then fetches that file whole for the next queries. Answers are the same either way."""
+    re-ranked rows of a (large) f32 vector file (ranged reads); a long-lived process
+    (background_fetch, the default) then fetches that file whole for the next queries,
+    a one-shot `puffer query` does not. Answers are the same either way."""
     import time
 
     import puffer_cli
 
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 10)
+    monkeypatch.setattr(reader, "WHOLE_FILE_MAX", 0)  # treat the tiny test file as large
     db = puffer_cli.connect("s3://puffer-test/cold-ranged", s3_endpoint=s3_server)
     ns = db.namespace("v")
     rng = np.random.default_rng(21)
@@ -117,13 +119,14 @@ def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch)
         return c
 
     c = fresh_cache("cold")
+    c.background_fetch = False  # as `puffer query` sets it
     perf = engine.run_query(ns, body)
     assert perf["rows"] == want and perf["performance"]["cache_temperature"] == "cold"
     assert not c.has(db.store, vec_key) and c.stats.ranged_reads >= 1
     assert c.stats.ranged_bytes < 400 * 16 * 4 / 4  # a few rows, not the file
 
     c = fresh_cache("serve")
-    c.background_fetch = True
+    assert c.background_fetch
     assert engine.run_query(ns, body)["rows"] == want
     for _ in range(200):
         if c.has(db.store, vec_key):

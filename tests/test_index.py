@@ -376,8 +376,8 @@ def test_index_edge_cases_match_engine(mem_db, monkeypatch):
         {"rank_by": ["Product", -1, ["text", "BM25", "fox"]], "top_k": 3},
         {"rank_by": ["Sum", [["text", "BM25", "fox"], ["Product", -2, ["text", "BM25", "stone"]]]], "top_k": 3},
         {"rank_by": ["Product", 0, ["text", "BM25", "fox"]], "top_k": 3},
-        {"rank_by": ["vector", "ANN", [1.0, 0.0]], "top_k": 2, "offset": 100, "include_attributes": ["cat"]},
-        {"rank_by": ["text", "BM25", "fox"], "top_k": 2, "offset": 100, "include_attributes": True},
+        {"rank_by": ["vector", "ANN", [1.0, 0.0]], "top_k": 2, "offset": 1000, "include_attributes": ["cat"]},
+        {"rank_by": ["text", "BM25", "fox"], "top_k": 2, "offset": 1000, "include_attributes": True},
     ]
     for body in bodies:
         for level in ("strong", "eventual"):

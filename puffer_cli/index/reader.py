@@ -190,9 +190,9 @@ class Segment:
         pos = np.asarray(pos, dtype=np.int64)
         with self._lock:
             opened = f in self._vec
-        if opened or self.cache.has(self.store, v["key"]) or not len(pos):
-            return self.vectors(f)[pos]
         dims = int(v["dims"])
+        if opened or not len(pos) or self.cache.has(self.store, v["key"]) or self.rows * dims * 4 <= WHOLE_FILE_MAX:
+            return self.vectors(f)[pos]
         raw = _read_rows(self.store, v["key"], pos, 4 * dims)
         self.cache.note_ranged(self.store, v["key"], raw.nbytes)
         return raw.view("<f4").reshape(len(pos), dims)
@@ -284,6 +284,7 @@ class Segment:
                 self.postings(f)
 
 
+WHOLE_FILE_MAX = 8 << 20      # vector files up to this size are fetched whole (one request beats many)
 RANGE_GAP_BYTES = 64 * 1024   # rows closer than this are read in one request
 RANGE_THREADS = 8             # ranged reads in flight at once (object stores)
 
