@@ -116,6 +116,14 @@ def check_all(ns, rng):
         assert same(got, want), (body, strip(got), want)
 
 
+def spy(monkeypatch, module, name) -> list:
+    """Count calls of ``module.name`` (still calling it); returns the list calls append to."""
+    calls: list = []
+    orig = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **kw: calls.append(1) or orig(*a, **kw))
+    return calls
+
+
 def index(ns, **kw):
     kw.setdefault("gc_grace_s", 0)
     return builder.index_namespace(ns, **kw)
@@ -218,9 +226,7 @@ def test_vector_topk_fast_path_matches_engine(mem_db, monkeypatch):
     from puffer_cli.index import topk
 
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 10)  # use HNSW on these small segments
-    calls = []
-    orig = topk.vector_topk
-    monkeypatch.setattr(topk, "vector_topk", lambda v, q: calls.append(1) or orig(v, q))
+    calls = spy(monkeypatch, topk, "vector_topk")
     rng = np.random.default_rng(11)
     ns = mem_db.namespace("fast")
 
@@ -272,9 +278,7 @@ def test_bm25_topk_fast_path_matches_engine(mem_db, monkeypatch):
     without stored postings (an older generation) falls back to the candidate frame."""
     from puffer_cli.index import topk
 
-    calls = []
-    orig = topk.text_topk
-    monkeypatch.setattr(topk, "text_topk", lambda v, q: calls.append(1) or orig(v, q))
+    calls = spy(monkeypatch, topk, "text_topk")
     rng = np.random.default_rng(12)
     ns = mem_db.namespace("fastbm25")
 
