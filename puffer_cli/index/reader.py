@@ -739,10 +739,11 @@ class IndexedView:
             keys, _d = ann.search(index, q, min(fetch, total))
             keep = keys[sel[keys]]
             if len(keep) >= want or fetch >= total:
+                keep = keep[:want]
                 z = seg.unindexed_vectors(rb.attr)
                 if len(z):
-                    keep = np.concatenate([keep[:want], z[sel[z]]])
-                return keep[:want] if not len(z) else keep, 0, len(keys)
+                    keep = np.concatenate([keep, z[sel[z]]])
+                return keep, 0, len(keys)
             if fetch * 4 > total:
                 pos = np.nonzero(sel)[0]  # post-filter keeps too few: exact is cheaper now
                 return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, len(keys)
