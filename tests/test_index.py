@@ -459,3 +459,26 @@ def test_gc_grace_keeps_previous_generation(mem_db):
         {**r, "until": 0} for r in m["index"]["retained"]]}})
     assert builder.gc(ns) == len(files1 - current_files(ns))
     assert index_keys(ns) == current_files(ns)
+
+
+def test_recreated_namespace_is_not_served_from_the_old_index(db, tmp_path):
+    """delete_all, then the same name written and indexed again: generation numbers start
+    over, yet no cache (in-process or on disk) may serve the old generation's files."""
+    from puffer_cli import cache
+
+    cache.configure(str(tmp_path / "cache"))  # persistent: the on-disk cache must not go stale either
+    body = {"rank_by": ["vector", "kNN", [1.0, 0.0]], "top_k": 3, "consistency": {"level": "eventual"}}
+    ns = db.namespace("again")
+    ns.write({"upsert_rows": [{"id": i, "vector": [1.0, float(i)], "text": "old fox"} for i in range(5)],
+              "schema": {"text": {"type": "string", "full_text_search": True}}})
+    index(ns)
+    assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == [0, 1, 2]
+    ns.delete_all()
+    ns = db.namespace("again")
+    ns.write({"upsert_rows": [{"id": 100 + i, "vector": [1.0, float(i)], "text": "new fox fox"} for i in range(5)],
+              "schema": {"text": {"type": "string", "full_text_search": True}}})
+    index(ns)
+    assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == [100, 101, 102]
+    got = engine.run_query(ns, {"rank_by": ["text", "BM25", "fox"], "top_k": 2, "consistency": {"level": "eventual"}})
+    assert same(got, exact(ns, {"rank_by": ["text", "BM25", "fox"], "top_k": 2}))
+    cache.configure("")
