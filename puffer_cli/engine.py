@@ -226,15 +226,18 @@ def _rank_vector(q: Q.Query, rb: Q.VectorRank, docs: pl.DataFrame, metric: str,
     return rows[order], exact[order]
 
 
-def _text_eval(e, docs: pl.DataFrame, schema: Mapping, stats: B.Bm25Stats | None) -> tuple[np.ndarray, np.ndarray]:
-    n = docs.height
+def _text_eval(e, docs: pl.DataFrame | None, schema: Mapping, stats: B.Bm25Stats | None,
+               postings: Mapping[str, B.Postings] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(score, matched) of text expression ``e`` per row of ``docs``.  ``postings``
+    (field -> Postings of the rows) replaces analysing ``docs``: the index passes its
+    stored postings of candidate rows, and then ``docs`` may be None (pure BM25 only)."""
     if isinstance(e, Q.Bm25):
         opts = schema[e.attr]["full_text_search"]
-        p = B.postings_for(docs, e.attr, opts)
+        p = postings[e.attr] if postings is not None else B.postings_for(docs, e.attr, opts)
         fs = stats.get(e.attr) if stats is not None else None
         return B.score(p, B.query_tokens(e.query, opts), opts, stats=fs, last_as_prefix=e.last_as_prefix)
     if isinstance(e, (Q.TextSum, Q.TextMax)):
-        parts = [_text_eval(c, docs, schema, stats) for c in e.children]
+        parts = [_text_eval(c, docs, schema, stats, postings) for c in e.children]
         m = np.logical_or.reduce([p[1] for p in parts])
         if isinstance(e, Q.TextSum):
             s = np.sum([p[0] for p in parts], axis=0)
@@ -242,8 +245,9 @@ def _text_eval(e, docs: pl.DataFrame, schema: Mapping, stats: B.Bm25Stats | None
             s = np.max([p[0] for p in parts], axis=0)
         return s, m
     if isinstance(e, Q.TextProduct):
-        s, m = _text_eval(e.child, docs, schema, stats)
+        s, m = _text_eval(e.child, docs, schema, stats, postings)
         return s * e.weight, m
+    n = docs.height
     if isinstance(e, Q.FilterScore):
         m = _filter_mask(docs, e.filter, schema) if n else np.zeros(0, dtype=bool)
         return m.astype(np.float64), m

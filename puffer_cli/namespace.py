@@ -147,20 +147,15 @@ class Namespace:
             h = c.head
             if not refresh and h.seq:
                 return h
-            for source in ("cache", "meta", "empty"):
-                if source == "meta" or (source == "cache" and h.seq == 0):
-                    meta, _ = self.read_meta()
-                    h = Head(meta.get("last_seq", 0), meta.get("schema") or {}, meta.get("distance_metric"),
-                             meta.get("created_at"), meta.get("updated_at")) if meta else Head()
-                elif source == "empty":
-                    h = Head()
-                # list from the newest seq we know, inclusive: if that entry is gone, the
-                # namespace was deleted (and perhaps recreated) by another process
+            # start from the newest seq we know (else meta.json's hint, else nothing) and list
+            # from it inclusive: if that entry is gone, another process deleted the namespace
+            # (and perhaps recreated it), so fall back to the next starting point
+            for h in self._head_starts():
                 keys = self.wal_keys(max(0, h.seq - 1))
                 if h.seq == 0 or (keys and keys[0][0] == h.seq):
                     keys = [kv for kv in keys if kv[0] > h.seq]
                     break
-                if source == "cache":  # drop everything this process knew of the old namespace
+                if h is c.head:  # drop everything this process knew of the old namespace
                     c.head, c.docs, c.docs_seq, c.docs_schema = Head(), None, 0, {}
             if keys:
                 h = Head(h.seq, dict(h.schema), h.metric, h.created_at, h.updated_at)
@@ -176,6 +171,15 @@ class Namespace:
             if h.seq > c.head.seq or c.head.seq == 0:
                 c.head = h
             return c.head
+
+    def _head_starts(self) -> Iterator[Head]:
+        if self._c.head.seq:
+            yield self._c.head
+        meta, _ = self.read_meta()
+        if meta and meta.get("last_seq"):
+            yield Head(meta["last_seq"], meta.get("schema") or {}, meta.get("distance_metric"),
+                       meta.get("created_at"), meta.get("updated_at"))
+        yield Head()
 
     def exists(self) -> bool:
         return self.head().seq > 0

@@ -899,8 +899,8 @@ def warm(ns, cache: Cache | None = None) -> dict:
 def indexed_source(ns, consistency: str, queries, multi: bool = False):
     """engine.Source for ``queries`` from the index (+ WAL tail when strong), or None
     when the namespace has no index (the engine then replays the WAL).  Plain vector
-    queries are answered here already (``Source.prepared``, see index/topk.py); the
-    others get a candidate frame for the engine."""
+    and BM25 queries are answered here already (``Source.prepared``, see index/topk.py);
+    the others get a candidate frame for the engine."""
     from .. import query as Q
     from ..engine import Source
     from . import topk
@@ -917,7 +917,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
             scored = 0
             for i, q in enumerate(queries):
                 Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
-                fast = topk.vector_topk if topk.eligible(view, q) else \
+                fast = topk.vector_topk if topk.vector_eligible(view, q) else \
                     topk.text_topk if topk.text_eligible(view, q) else None
                 if fast is not None:
                     res, ex, n = fast(view, q)

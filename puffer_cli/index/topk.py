@@ -36,7 +36,7 @@ def _simple(q: Q.Query) -> bool:
     return q.per_attributes is None and not q.aggregate_by and not q.group_by
 
 
-def eligible(view, q: Q.Query) -> bool:
+def vector_eligible(view, q: Q.Query) -> bool:
     """True for a plain vector query (see module docstring)."""
     rb = q.rank_by
     return (isinstance(rb, Q.VectorRank) and S.is_vector(view.schema.get(rb.attr, {}).get("type", ""))
@@ -114,7 +114,7 @@ def _tail(view):
 
 
 def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
-    """(result, rows scored exactly, candidates) of an :func:`eligible` query on ``view``."""
+    """(result, rows scored exactly, candidates) of a :func:`vector_eligible` query on ``view``."""
     rb = q.rank_by
     metric = q.distance_metric or view.metric or "cosine_distance"
     kk = q.offset + q.limit
@@ -157,7 +157,7 @@ def text_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
         if not len(pos):
             continue
         posts = {f: seg.postings(f).candidates(pos, terms[f]) for f in fields}
-        s, m = _text_score(rb.expr, posts, view.schema, stats)
+        s, m = E._text_eval(rb.expr, None, view.schema, stats, posts)
         keep = np.flatnonzero(m)
         out.add(i, pos[keep], -s[keep], s[keep])
     tail = _tail(view)
@@ -169,21 +169,6 @@ def text_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
         keep = np.flatnonzero(m)
         out.add(-1, keep, -s[keep], s[keep])
     return out.top(q), exhaustive, out.count
-
-
-def _text_score(e, posts: dict, schema: dict, stats) -> tuple[np.ndarray, np.ndarray]:
-    """engine._text_eval for pure BM25 expressions, over per-field candidate postings."""
-    if isinstance(e, Q.Bm25):
-        opts = schema[e.attr]["full_text_search"]
-        return B.score(posts[e.attr], B.query_tokens(e.query, opts), opts,
-                       stats=stats.get(e.attr) if stats is not None else None)
-    if isinstance(e, Q.TextProduct):
-        s, m = _text_score(e.child, posts, schema, stats)
-        return s * e.weight, m
-    parts = [_text_score(c, posts, schema, stats) for c in e.children]
-    m = np.logical_or.reduce([p[1] for p in parts])
-    s = np.sum([p[0] for p in parts], axis=0) if isinstance(e, Q.TextSum) else np.max([p[0] for p in parts], axis=0)
-    return s, m
 
 
 def _columns(view, q: Q.Query) -> list[str]:
