@@ -11,6 +11,8 @@ class PufferError(Exception):
     """Base class. ``status`` is the HTTP status; ``hint`` a what-to-do line."""
 
     status = 500
+    #: whether a client may usefully retry (the server sends ``x-should-retry``)
+    retryable: bool | None = None
     default_hint: str | None = None
 
     def __init__(self, message: str, hint: str | None = None):
@@ -76,11 +78,22 @@ class TooLarge(PufferError):
 
 
 class RateLimited(PufferError):
+    """Too much in flight (request bodies, concurrent writes); retry later."""
+
     status = 429
 
 
+class BudgetExceeded(PufferError):
+    """A request ran past its time budget (``limits.deadline``); it was stopped, not retried."""
+
+    status = 408
+    retryable = False
+    default_hint = "narrow the query (a more selective filter, a smaller top_k) or raise the budget"
+
+
 class StoreError(PufferError):
-    """The object store failed (network, permissions, ...)."""
+    """The object store failed or cannot be reached (network, credentials, missing
+    bucket, permissions, ...). The message names the endpoint/bucket; the hint what to do."""
 
     status = 503
 

@@ -1,0 +1,78 @@
+"""Every limit puffer enforces, in one place (documented in docs/http.md, "Limits").
+
+A limit is checked *before* the work it bounds starts, so a request that breaks
+one is refused with a clear 4xx and changes nothing.  Work that cannot be
+bounded up front (a query over a large namespace) runs under a time budget:
+:func:`deadline` opens one for the current thread/task and :func:`check_deadline`,
+called between stages of the work, raises :class:`~puffer_cli.errors.BudgetExceeded`
+once it has passed.  The budget is a contextvar, so ``anyio.to_thread.run_sync``
+(which copies the context) carries it into worker threads.
+
+Values follow turbopuffer's published limits where it has one.
+"""
+from __future__ import annotations
+
+import contextvars
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from .errors import BudgetExceeded
+
+# -- writes -----------------------------------------------------------------------
+MAX_ATTRIBUTES_PER_NAMESPACE = 256     # turbopuffer: 256 attribute names per namespace
+MAX_ATTRIBUTES_PER_WRITE = 256         # distinct attribute names one write body may name
+MAX_ATTRIBUTE_NAME_BYTES = 128         # turbopuffer: 128
+MAX_ID_BYTES = 64                      # turbopuffer: 64 bytes
+MAX_STRING_BYTES = 8 * 1024 * 1024     # one string attribute value
+MAX_ARRAY_ITEMS = 65_536               # elements of one array attribute value
+MAX_VECTOR_DIMS = 10_752               # turbopuffer: 10,752 dense dimensions
+MAX_VALUE_DEPTH = 32                   # nesting of JSON values inside a write or query body
+MAX_BODY_BYTES = 256 * 1024 * 1024     # one request body (decompressed)
+MAX_BODY_BYTES_IN_FLIGHT = 512 * 1024 * 1024  # all request bodies being read/parsed at once
+
+# usearch HNSW options a schema may set (outside these a build fails or exhausts memory)
+ANN_CONNECTIVITY = (2, 128)
+ANN_EXPANSION_ADD = (1, 4_096)
+ANN_EXPANSION_SEARCH = (1, 4_096)
+
+# -- queries ----------------------------------------------------------------------
+MAX_TOP_K = 10_000                     # top_k / limit.total
+MAX_MULTI_QUERIES = 16                 # turbopuffer: 16 queries per multi-query
+MAX_FILTER_NODES = 1_024               # leaves + And/Or/Not nodes in one filter
+MAX_FILTER_DEPTH = 32                  # nesting of And/Or/Not (and of rank_by Sum/Max/Product)
+MAX_FILTER_LIST_ITEMS = 10_000         # values of one In/NotIn/ContainsAny list
+MAX_PATTERN_CHARS = 4_096              # Regex/Glob pattern length
+MAX_QUERY_TEXT_CHARS = 16_384          # BM25 / token filter query string length
+QUERY_BUDGET_S = 10.0                  # default wall-clock budget of one query
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("puffer_deadline", default=None)
+
+
+@contextmanager
+def deadline(seconds: float | None = QUERY_BUDGET_S) -> Iterator[None]:
+    """Run the block under a budget of ``seconds`` (None: no budget). Nested budgets
+    keep the earlier end."""
+    if seconds is None:
+        yield
+        return
+    end = time.monotonic() + seconds
+    cur = _deadline.get()
+    token = _deadline.set(end if cur is None else min(cur, end))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def remaining() -> float | None:
+    """Seconds left in the current budget (None when there is none)."""
+    end = _deadline.get()
+    return None if end is None else end - time.monotonic()
+
+
+def check_deadline(what: str = "query") -> None:
+    """Raise BudgetExceeded if the current budget has run out."""
+    end = _deadline.get()
+    if end is not None and time.monotonic() > end:
+        raise BudgetExceeded(f"{what} exceeded its time budget")
