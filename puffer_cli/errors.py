@@ -106,3 +106,9 @@ class CorruptWal(PufferError):
         "run `puffer wal-inspect NAMESPACE --verify` to see the damage, then "
         "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
     )
+
+
+class RequestTimeout(PufferError):
+    """The client did not send its request (headers or body) within the server's read timeouts."""
+
+    status = 408

@@ -9,6 +9,11 @@ each request is answered only after that entry is durable in the store.  A body
 that fails validation gets its own error; the others commit.  Batches of one
 namespace are committed one at a time, in order.
 
+A filter write (``delete_by_filter`` / ``patch_by_filter``) evaluates a filter over the
+namespace, which is query work: it is committed in a batch of its own, planned under the
+query budget (``limits.deadline(filter_budget_s)``; the library raises BudgetExceeded, 408,
+for that body alone), so a hostile filter cannot fail the writes batched with it.
+
 Runs on the server's asyncio loop; the blocking commit goes to a worker thread.
 """
 from __future__ import annotations
@@ -20,11 +25,17 @@ from typing import Any, Callable
 
 import anyio.to_thread
 
+from . import limits
 from .errors import PufferError
 
 DEFAULT_WINDOW_S = 0.002
 DEFAULT_MAX_BATCH = 512
 DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
+FILTER_WRITE_KEYS = ("delete_by_filter", "patch_by_filter")
+
+
+def is_filter_write(body: dict) -> bool:
+    return any(body.get(k) is not None for k in FILTER_WRITE_KEYS)
 
 
 @dataclass
@@ -57,13 +68,15 @@ class GroupCommitter:
 
     def __init__(self, open_ns: Callable[[str], Any], *, window_s: float = DEFAULT_WINDOW_S,
                  max_batch: int = DEFAULT_MAX_BATCH, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
-                 copy_source: Callable | None = None, on_commit: Callable[[str, int, float], None] | None = None):
+                 copy_source: Callable | None = None, on_commit: Callable[[str, int, float], None] | None = None,
+                 filter_budget_s: float | None = limits.QUERY_BUDGET_S):
         self.open_ns = open_ns
         self.window_s = max(0.0, window_s)
         self.max_batch = max(1, max_batch)
         self.max_batch_bytes = max_batch_bytes
         self.copy_source = copy_source
         self.on_commit = on_commit
+        self.filter_budget_s = filter_budget_s or None
         self.stats = Stats()
         self._queues: dict[str, _Queue] = {}
 
@@ -100,10 +113,13 @@ class GroupCommitter:
             while q.pending:
                 n, nbytes = 0, 0
                 for p in q.pending:
-                    if n and (n >= self.max_batch or nbytes + p.size > self.max_batch_bytes):
+                    if n and (n >= self.max_batch or nbytes + p.size > self.max_batch_bytes
+                              or is_filter_write(p.body)):
                         break
                     n += 1
                     nbytes += p.size
+                    if is_filter_write(p.body):
+                        break  # a filter write goes alone (it runs under the query budget)
                 batch, q.pending = q.pending[:n], q.pending[n:]
                 await self._commit(ns, batch)
         finally:
@@ -116,8 +132,10 @@ class GroupCommitter:
     async def _commit(self, ns: str, batch: list[_Pending]) -> None:
         bodies = [p.body for p in batch]
         t0 = time.perf_counter()
+        budget = self.filter_budget_s if any(is_filter_write(b) for b in bodies) else None
         try:
-            results = await anyio.to_thread.run_sync(self._write_batch, ns, bodies)
+            with limits.deadline(budget):  # a contextvar: run_sync copies it into the thread
+                results = await anyio.to_thread.run_sync(self._write_batch, ns, bodies)
         except PufferError as e:
             results = [e] * len(batch)
             self.stats.failed_batches += 1

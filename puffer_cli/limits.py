@@ -46,6 +46,13 @@ MAX_PATTERN_CHARS = 4_096              # Regex/Glob pattern length
 MAX_QUERY_TEXT_CHARS = 16_384          # BM25 / token filter query string length
 QUERY_BUDGET_S = 10.0                  # default wall-clock budget of one query
 
+# -- server (puffer serve) --------------------------------------------------------
+QUERY_GRACE_S = 0.5                    # the HTTP answer (408) leaves at budget + this, even if a call is stuck
+HEADER_TIMEOUT_S = 10.0                # a connection's request line + headers must arrive within this
+MAX_HEADER_BYTES = 64 * 1024           # request line + headers of one request (431 above)
+BODY_CHUNK_TIMEOUT_S = 20.0            # longest wait for the next chunk of a request body
+BODY_TIMEOUT_S = 300.0                 # a whole request body (256 MiB at ~1 MiB/s)
+
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("puffer_deadline", default=None)
 
 

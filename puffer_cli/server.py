@@ -25,28 +25,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import hmac
 import itertools
 import logging
 import os
+import socket
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Awaitable, Callable
 
+import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from . import limits
 from . import namespace as nsmod
 from . import schema as S
 from . import wire
 from .db import DB, connect
-from .errors import InvalidRequest, PufferError, TooLarge, Unauthorized, UnprocessableBody
+from .errors import (BudgetExceeded, InvalidRequest, PufferError, RateLimited, RequestTimeout, StoreError, TooLarge,
+                     Unauthorized, UnprocessableBody)
 from .groupcommit import DEFAULT_WINDOW_S, GroupCommitter
 
 log = logging.getLogger("puffer.serve")
@@ -70,6 +75,12 @@ class ServeConfig:
     index_interval: float | None = None
     threads: int = 64
     query_threads: int | None = None  # queries executing at once (default: number of cores, at least 2)
+    # limits (docs/http.md "Limits: server"); 0 / None turns one off
+    query_budget_s: float | None = limits.QUERY_BUDGET_S  # a query (and a filter write) is stopped after this
+    header_timeout_s: float | None = limits.HEADER_TIMEOUT_S  # request line + headers must arrive within this
+    body_chunk_timeout_s: float | None = limits.BODY_CHUNK_TIMEOUT_S  # longest wait for the next body chunk
+    body_timeout_s: float | None = limits.BODY_TIMEOUT_S  # a whole request body
+    max_body_bytes_in_flight: int = limits.MAX_BODY_BYTES_IN_FLIGHT  # all request bodies being read at once
 
 
 # ------------------------------------------------------------------ metrics
@@ -101,7 +112,7 @@ class Metrics:
             self.commit_requests += n
             self.commit_seconds += seconds
 
-    def render(self, lag: dict[str, int], hot: int) -> str:
+    def render(self, lag: dict[str, int], hot: int, inflight_bytes: int = 0, abandoned: int = 0) -> str:
         out = [
             "# HELP puffer_http_requests_total HTTP requests by method, route and status.",
             "# TYPE puffer_http_requests_total counter",
@@ -133,7 +144,11 @@ class Metrics:
         for ns, n in sorted(lag.items()):
             out.append(f'puffer_index_lag_entries{{namespace="{ns}"}} {n}')
         out += ["# HELP puffer_hot_namespaces Namespaces kept loaded in this process.",
-                "# TYPE puffer_hot_namespaces gauge", f"puffer_hot_namespaces {hot}"]
+                "# TYPE puffer_hot_namespaces gauge", f"puffer_hot_namespaces {hot}",
+                "# HELP puffer_request_body_bytes_in_flight Bytes of request bodies being read or parsed.",
+                "# TYPE puffer_request_body_bytes_in_flight gauge", f"puffer_request_body_bytes_in_flight {inflight_bytes}",
+                "# HELP puffer_abandoned_query_threads Queries answered 408 whose worker thread still runs.",
+                "# TYPE puffer_abandoned_query_threads gauge", f"puffer_abandoned_query_threads {abandoned}"]
         return "\n".join(out) + "\n"
 
 
@@ -196,6 +211,59 @@ def schema_out(schema: dict) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ errors on the wire
+CLIENT_CLOSED = 499  # metrics status of a request whose client disconnected (nginx's convention)
+NO_RETRY = frozenset(range(400, 500)) - {408, 409, 429}  # the turbopuffer client need not retry these
+
+
+def error_response(e: PufferError) -> Response:
+    """``{"status":"error","error":...}`` with the error's status; ``x-should-retry: false`` when a
+    retry cannot help (the class says ``retryable = False``, or a 4xx other than 408/409/429), so the
+    official client does not send the request 4 more times; 429 carries ``retry-after``."""
+    msg = e.message + (f" (hint: {e.hint})" if e.hint else "")
+    return error_json(msg, e.status, retryable=e.retryable)
+
+
+def error_json(msg: str, status: int, *, retryable: bool | None = None, close: bool = False) -> Response:
+    headers = {}
+    if retryable is False or (retryable is None and status in NO_RETRY):
+        headers["x-should-retry"] = "false"
+    elif retryable is True:
+        headers["x-should-retry"] = "true"
+    if status == 429:
+        headers["retry-after"] = "1"
+    if close or status == 408:  # a client too slow to send its request: do not keep its connection
+        headers["connection"] = "close"
+    return Response(wire.error_body(msg), status, headers=headers, media_type=JSON)
+
+
+#: exception types (by module) that mean the object store / network failed, not puffer
+_STORE_MODULES = ("botocore", "aiobotocore", "aiohttp", "s3fs", "urllib3", "fsspec")
+
+
+def is_store_failure(e: BaseException) -> bool:
+    """A store/network failure that slipped past store.py's mapping to StoreError: an exception
+    raised by the S3 stack, or a connection/timeout OSError.  Anything else is a bug (500)."""
+    for t in type(e).__mro__:
+        if (t.__module__ or "").split(".")[0] in _STORE_MODULES:
+            return True
+    if isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    return isinstance(e, OSError) and e.errno in (errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET,
+                                                  errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
+def unexpected_error(request: Request, e: BaseException) -> Response:
+    """The last resort: a store/network failure is a 503 (logged, with its traceback: store.py
+    should have mapped it), anything else a 500 (a bug, logged with its traceback)."""
+    if is_store_failure(e):
+        log.error("object store failure on %s %s: %s: %s", request.method, request.url.path, type(e).__name__, e)
+        log.debug("traceback of the store failure", exc_info=e)
+        return error_json(f"object store unavailable: {type(e).__name__}: {e}", 503)
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
+    return error_json(f"internal error: {type(e).__name__}: {e}", 500)
+
+
 # ------------------------------------------------------------------ the app
 class Server:
     def __init__(self, cfg: ServeConfig, db: DB | None = None):
@@ -204,7 +272,8 @@ class Server:
                                 wal_policy=cfg.wal_policy)
         self.metrics = Metrics()
         self.gc = GroupCommitter(self.db.namespace, window_s=cfg.commit_window_ms / 1000,
-                                 copy_source=self.copy_source, on_commit=self.metrics.on_commit)
+                                 copy_source=self.copy_source, on_commit=self.metrics.on_commit,
+                                 filter_budget_s=cfg.query_budget_s)
         self.hot: OrderedDict[str, None] = OrderedDict()
         self.hot_lock = threading.Lock()
         self._stop = threading.Event()
@@ -212,6 +281,9 @@ class Server:
         self.started = time.time()
         # queries are CPU-bound: running more at once than there are cores only adds GIL churn
         self.query_limiter = anyio.CapacityLimiter(cfg.query_threads or max(2, os.cpu_count() or 2))
+        self.inflight_bytes = 0  # request body bytes reserved (only touched on the event loop)
+        self.abandoned = 0       # query threads still running after their request was answered 408
+        self.abandoned_lock = threading.Lock()
 
     # -- helpers
     def ns(self, name: str):
@@ -261,23 +333,112 @@ class Server:
     async def run(self, fn: Callable, *args, limiter=None, **kw):
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kw), limiter=limiter)
 
+    async def run_query(self, fn: Callable, *args, what: str = "query", **kw):
+        """``fn`` in a worker thread (one of ``query_limiter``'s slots) under the query budget.
+
+        The budget counts from here (waiting for a slot included).  It is a contextvar
+        (:func:`limits.deadline`), which ``anyio.to_thread.run_sync`` copies into the thread, where
+        the library calls :func:`limits.check_deadline` between stages and raises BudgetExceeded.
+        If the thread is stuck inside one long call, the request is still answered 408 at
+        budget + ``limits.QUERY_GRACE_S``: the thread is abandoned (it runs on until its call
+        returns, its result is dropped) and its query slot is released, so stuck queries cannot
+        starve the others; ``puffer_abandoned_query_threads`` counts the threads still running."""
+        budget = self.cfg.query_budget_s
+        if not budget:
+            return await self.run(fn, *args, limiter=self.query_limiter, **kw)
+        state = {"started": False, "done": False, "abandoned": False}
+        lock = threading.Lock()
+
+        def call():
+            with lock:
+                state["started"] = True
+            try:
+                limits.check_deadline(what)  # the budget may have gone waiting for a slot
+                return fn(*args, **kw)
+            finally:
+                with lock:
+                    state["done"] = True
+                    abandoned = state["abandoned"]
+                if abandoned:
+                    with self.abandoned_lock:
+                        self.abandoned -= 1
+                    log.warning("an abandoned %s finished %.1f s after its budget", what,
+                                time.monotonic() - t_end)
+
+        t_end = time.monotonic() + budget
+        with limits.deadline(budget):
+            with anyio.move_on_after(budget + limits.QUERY_GRACE_S) as scope:
+                return await anyio.to_thread.run_sync(call, limiter=self.query_limiter, abandon_on_cancel=True)
+        if scope.cancelled_caught:
+            with lock:
+                running = state["started"] and not state["done"]
+                state["abandoned"] = running
+            if running:
+                with self.abandoned_lock:
+                    self.abandoned += 1
+                log.warning("%s exceeded its %g s budget inside one call; its thread is abandoned", what, budget)
+        raise BudgetExceeded(f"{what} exceeded its {budget:g} s time budget")
+
     # -- request plumbing
-    async def body(self, request: Request) -> bytes:
+    def reserve(self, request: Request, n: int) -> None:
+        """Count ``n`` more bytes of this request's body against the server-wide in-flight budget
+        (released when the request is answered).  A request is always admitted when nothing else
+        is in flight, so one body up to the body limit can always be sent."""
+        if n <= 0:
+            return
+        cap = self.cfg.max_body_bytes_in_flight
+        if cap and self.inflight_bytes and self.inflight_bytes + n > cap:
+            raise RateLimited(f"server busy: {self.inflight_bytes:,} bytes of request bodies in flight, the limit "
+                              f"is {cap:,}", hint="retry shortly, or send smaller requests")
+        self.inflight_bytes += n
+        request.state.puffer_reserved = getattr(request.state, "puffer_reserved", 0) + n
+
+    def release(self, request: Request) -> None:
+        n = getattr(request.state, "puffer_reserved", 0)
+        if n:
+            self.inflight_bytes -= n
+            request.state.puffer_reserved = 0
+
+    async def body(self, request: Request) -> bytes | bytearray:
+        """The request body, bounded in size, time (per chunk and in total) and in-flight bytes."""
         limit = self.cfg.max_body_bytes
         cl = request.headers.get("content-length")
+        declared = 0
         if cl is not None:
             try:
-                if int(cl) > limit:
-                    raise TooLarge(f"request body is {int(cl):,} bytes; the limit is {limit:,}")
+                declared = int(cl)
             except ValueError:
                 raise UnprocessableBody("invalid Content-Length header")
-        chunks, n = [], 0
-        async for c in request.stream():
+            if declared > limit:
+                raise TooLarge(f"request body is {declared:,} bytes; the limit is {limit:,}")
+        self.reserve(request, declared)
+        buf, n = bytearray(), 0
+        chunk_to, total_to = self.cfg.body_chunk_timeout_s, self.cfg.body_timeout_s
+        end = time.monotonic() + total_to if total_to else None
+        stream = request.stream()
+        while True:
+            wait = chunk_to or None
+            if end is not None:
+                wait = min(wait or total_to, max(0.0, end - time.monotonic()))
+            with anyio.move_on_after(wait if wait is not None else float("inf")) as scope:
+                try:
+                    c = await stream.__anext__()
+                except StopAsyncIteration:
+                    break
+            if scope.cancelled_caught:
+                total = end is not None and time.monotonic() >= end
+                raise RequestTimeout(
+                    f"request body not received in time ({n:,} bytes after "
+                    + (f"{total_to:g} s)" if total else f"no data for {chunk_to:g} s)"),
+                    hint="the connection is closed; send the body without pausing")
             n += len(c)
             if n > limit:
                 raise TooLarge(f"request body exceeds the {limit:,} byte limit")
-            chunks.append(c)
-        return wire.decode_body(b"".join(chunks), request.headers.get("content-encoding"), limit=limit)
+            if n > declared:
+                self.reserve(request, len(c) if n - len(c) >= declared else n - declared)
+            buf += c
+        return wire.decode_body(buf, request.headers.get("content-encoding"), limit=limit,
+                                on_grow=lambda k: self.reserve(request, k))
 
     async def json_body(self, request: Request, *, allow_empty: bool = False) -> tuple[dict, int]:
         raw = await self.body(request)
@@ -301,13 +462,19 @@ class Server:
                 out = await fn(request)
                 resp = out if isinstance(out, Response) else Response(wire.dumps(out), 200, media_type=JSON)
             except PufferError as e:
-                msg = e.message + (f" (hint: {e.hint})" if e.hint else "")
-                resp = Response(wire.error_body(msg), e.status, media_type=JSON)
+                resp = error_response(e)
                 if e.status >= 500:
-                    log.error("%s %s: %s", request.method, request.url.path, msg)
+                    log.error("%s %s: %s", request.method, request.url.path, e.message)
+            except ClientDisconnect:
+                # the client went away mid-body: nothing was done (a write is only submitted once its
+                # whole body is in), nothing can be answered; 499 in the metrics, as nginx counts it
+                log.info("%s %s: client disconnected before the request body was complete",
+                         request.method, request.url.path)
+                resp = Response(b"", CLIENT_CLOSED)
             except Exception as e:  # noqa: BLE001 - a bug: answer 500 in the error shape, log the trace
-                log.exception("internal error on %s %s", request.method, request.url.path)
-                resp = Response(wire.error_body(f"internal error: {type(e).__name__}: {e}"), 500, media_type=JSON)
+                resp = unexpected_error(request, e)
+            finally:
+                self.release(request)
             self.finish(request, route, resp.status_code, t0)
             return resp
 
@@ -345,7 +512,8 @@ class Server:
         multi = "queries" in body or request.query_params.get("stainless_overload") == "multiQuery" \
             or request.url.path.endswith("/multi-query")
         eng = _engine()
-        res = await self.run(eng.run_multi if multi else eng.run_query, ns, body, limiter=self.query_limiter)
+        res = await self.run_query(eng.run_multi if multi else eng.run_query, ns, body,
+                                   what="multi-query" if multi else "query")
         return self.shape(ns, res, body)
 
     def shape(self, ns, res: dict, body: dict) -> dict:
@@ -474,7 +642,7 @@ class Server:
         if body.get("filters") is not None:
             kw["filters"] = body["filters"]
         await self.run(ns.require)
-        return await self.run(fn, ns, **kw)
+        return await self.run_query(fn, ns, what="recall evaluation", **kw)
 
     async def health(self, request: Request):
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
@@ -493,7 +661,7 @@ class Server:
 
     async def metrics_view(self, request: Request):
         lag = await self.run(self._lag)
-        return Response(self.metrics.render(lag, len(self.hot)), 200,
+        return Response(self.metrics.render(lag, len(self.hot), self.inflight_bytes, self.abandoned), 200,
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # ------------------------------------------------------------ indexer loop
@@ -558,11 +726,12 @@ class Server:
             msg = {404: f"no such endpoint: {request.method} {request.url.path}",
                    405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
             self.finish(request, "unmatched", exc.status_code, t0)
-            return Response(wire.error_body(msg), exc.status_code, media_type=JSON)
+            return error_json(str(msg), exc.status_code)
 
         async def server_error(request: Request, exc: Exception) -> Response:
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return Response(wire.error_body("internal error"), 500, media_type=JSON)
+            if isinstance(exc, PufferError):
+                return error_response(exc)
+            return unexpected_error(request, exc)
 
         app = Starlette(routes=routes, lifespan=self.lifespan,
                         exception_handlers={HTTPException: http_error, Exception: server_error})
@@ -611,31 +780,186 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, p
 
 
+# ------------------------------------------------------------------ slow clients (uvicorn protocol)
+def _guard_settings(app: Any) -> tuple[float | None, int]:
+    """(header timeout, header byte cap) of the puffer Server behind a (possibly wrapped) app."""
+    for _ in range(8):
+        srv = getattr(getattr(app, "state", None), "server", None)
+        if isinstance(srv, Server):
+            return srv.cfg.header_timeout_s or None, limits.MAX_HEADER_BYTES
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return limits.HEADER_TIMEOUT_S, limits.MAX_HEADER_BYTES
+
+
+def _raw_error(status: int, reason: str, msg: str) -> bytes:
+    body = wire.error_body(msg)
+    retry = "x-should-retry: false\r\n" if status in NO_RETRY else ""
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"{retry}connection: close\r\n\r\n").encode() + body
+
+
+class _SlowClientGuard:
+    """Mixin for uvicorn's HTTP/1.1 protocols (httptools, h11): a request line + headers must
+    arrive within ``header_timeout_s`` of the connection opening or of the first byte of the
+    next request, and be at most ``limits.MAX_HEADER_BYTES``; otherwise the server answers 408 /
+    431 in the JSON error shape and closes the connection.  (uvicorn itself has only a keep-alive
+    timeout, which every received byte resets: a client trickling a header forever was never closed.)
+    Idle keep-alive connections are still closed by uvicorn's ``timeout_keep_alive``."""
+
+    _hdr_timer: asyncio.TimerHandle | None = None
+    _hdr_bytes = 0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._hdr_timeout, self._hdr_max = _guard_settings(self.app)  # type: ignore[attr-defined]
+        self._arm_header_timer()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _awaiting_headers(self) -> bool:
+        c = self.cycle  # type: ignore[attr-defined]
+        return c is None or c.response_complete
+
+    def _arm_header_timer(self) -> None:
+        if self._hdr_timer is None and self._hdr_timeout:
+            self._hdr_bytes = 0
+            self._hdr_timer = self.loop.call_later(self._hdr_timeout, self._header_timeout)  # type: ignore[attr-defined]
+
+    def _disarm_header_timer(self) -> None:
+        if self._hdr_timer is not None:
+            self._hdr_timer.cancel()
+            self._hdr_timer = None
+
+    def _refuse(self, status: int, reason: str, msg: str) -> None:
+        t = self.transport  # type: ignore[attr-defined]
+        if not t.is_closing():
+            log.info("closing connection from %s: %s", (self.client or ("-",))[0], msg)  # type: ignore[attr-defined]
+            t.write(_raw_error(status, reason, msg))
+            t.close()
+
+    def _header_timeout(self) -> None:
+        self._hdr_timer = None
+        if not self._awaiting_headers():
+            return
+        if self._hdr_bytes:  # part of a request came: tell the client why it is cut off
+            self._refuse(408, "Request Timeout", f"request headers not received within {self._hdr_timeout:g} s")
+        elif not self.transport.is_closing():  # type: ignore[attr-defined]
+            self.transport.close()  # type: ignore[attr-defined]  # never sent a byte: close quietly
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self._awaiting_headers()
+        if waiting:
+            self._arm_header_timer()  # from the first byte of the next request on a kept-alive connection
+            self._hdr_bytes += len(data)
+        before = self.cycle  # type: ignore[attr-defined]
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not before:  # type: ignore[attr-defined]  # a request's headers are complete
+            self._disarm_header_timer()
+        elif waiting and self._hdr_bytes > self._hdr_max:
+            self._disarm_header_timer()
+            self._refuse(431, "Request Header Fields Too Large",
+                         f"request line and headers exceed {self._hdr_max:,} bytes")
+
+    def send_400_response(self, msg: str) -> None:  # malformed HTTP: the JSON error shape too
+        self._refuse(400, "Bad Request", f"invalid HTTP request: {msg}")
+
+
+from uvicorn.protocols.http.h11_impl import H11Protocol  # noqa: E402
+
+
+class GuardedH11Protocol(_SlowClientGuard, H11Protocol):
+    pass
+
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # noqa: E402
+except ImportError:  # pragma: no cover - httptools is optional for uvicorn
+    GuardedProtocol: type = GuardedH11Protocol
+else:
+    class GuardedHttpToolsProtocol(_SlowClientGuard, HttpToolsProtocol):
+        pass
+
+    GuardedProtocol = GuardedHttpToolsProtocol
+
+
+def uvicorn_kwargs(log_level: str = "info") -> dict:
+    """The uvicorn options ``serve`` runs with (tests start their servers with the same)."""
+    return dict(log_level=log_level, access_log=False, timeout_graceful_shutdown=60, lifespan="on",
+                proxy_headers=False, server_header=False, http=GuardedProtocol)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front, so a port in use or a bad host is one clear error."""
+    listen = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise InvalidRequest(f"--listen {listen}: cannot resolve host {host!r} ({e})",
+                             hint="use an IP address such as 127.0.0.1 or 0.0.0.0, or a resolvable host name")
+    family, stype, proto, _, addr = infos[0]
+    sock = socket.socket(family, stype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise InvalidRequest(f"--listen {listen}: address already in use", hint="pick another --listen port")
+        if e.errno == errno.EACCES:
+            raise InvalidRequest(f"--listen {listen}: permission denied",
+                                 hint="ports below 1024 need privileges; pick another --listen port")
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise InvalidRequest(f"--listen {listen}: {host!r} is not an address of this machine",
+                                 hint="use 127.0.0.1, 0.0.0.0 or one of this machine's addresses")
+        raise InvalidRequest(f"--listen {listen}: cannot listen there ({e.strerror or e})",
+                             hint="pick another --listen address or port")
+    sock.set_inheritable(True)  # --workers: the worker processes inherit it
+    return sock
+
+
 def serve(cfg: ServeConfig, listen: str = "127.0.0.1:8080", workers: int = 1, log_level: str = "info") -> None:
-    """Run uvicorn until SIGINT/SIGTERM; in-flight requests (and queued writes) finish first."""
+    """Run uvicorn until SIGINT/SIGTERM; in-flight requests (and queued writes) finish first.
+
+    The socket is bound before anything starts: a port in use or an unresolvable host raises
+    InvalidRequest (the CLI prints one ``Error:`` line, exit 1)."""
     import uvicorn
 
     host, port = parse_listen(listen)
+    sock = bind(host, port)
+    try:
+        _serve(cfg, sock, workers, log_level, uvicorn)
+    finally:
+        sock.close()
+
+
+def _serve(cfg: ServeConfig, sock: socket.socket, workers: int, log_level: str, uvicorn) -> None:
     setup_logging(log_level)
-    kw = dict(host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=60,
-              lifespan="on", proxy_headers=False, server_header=False)
+    kw = uvicorn_kwargs(log_level)
     if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
         os.environ[ENV_CONFIG] = config_json(cfg)
         os.environ[ENV_CONFIG + "_LOG_LEVEL"] = log_level
-        uvicorn.run("puffer_cli.server:app_from_env", factory=True, workers=workers, **kw)
+        config = uvicorn.Config("puffer_cli.server:app_from_env", factory=True, workers=workers, **kw)
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[sock]).run()
         return
     app = create_app(cfg)
     config = uvicorn.Config(app, **kw)
     server = uvicorn.Server(config)
 
     async def main():
-        task = asyncio.create_task(server.serve())
+        task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
         if server.started:
             for s in server.servers:
-                for sock in s.sockets:
-                    h, p = sock.getsockname()[:2]
+                for sk in s.sockets:
+                    h, p = sk.getsockname()[:2]
                     log.info("puffer serve listening on http://%s:%d (store %s)", h, p, app.state.server.db.store.url)
                     print(f"listening on http://{h}:{p}", flush=True)
         await task

@@ -15,39 +15,58 @@ import datetime as dt
 import decimal
 import uuid
 import zlib
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import orjson
 
+from . import limits
 from .errors import TooLarge, UnprocessableBody
 
-DEFAULT_MAX_BODY = 256 * 1024 * 1024  # turbopuffer's write request limit
+DEFAULT_MAX_BODY = limits.MAX_BODY_BYTES  # turbopuffer's write request limit
 DUMP_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
 # ------------------------------------------------------------------ in
-def decode_body(raw: bytes, content_encoding: str | None = None, *, limit: int = DEFAULT_MAX_BODY) -> bytes:
-    """Undo ``Content-Encoding`` (gzip/deflate/identity), never inflating past ``limit``."""
+INFLATE_STEP = 1024 * 1024  # decompress at most this much at a time (so in-flight bytes are counted as they grow)
+
+
+def decode_body(raw: bytes | bytearray, content_encoding: str | None = None, *, limit: int = DEFAULT_MAX_BODY,
+                on_grow: Callable[[int], None] | None = None) -> bytes | bytearray:
+    """Undo ``Content-Encoding`` (gzip/deflate/identity), never inflating past ``limit``.
+
+    Inflation runs in steps of :data:`INFLATE_STEP`; ``on_grow(n)`` is called with the size of
+    each step's output before the next one (the server counts it against its in-flight byte
+    budget and may raise there).  A gzip bomb therefore costs at most ``limit`` + one step."""
     enc = (content_encoding or "identity").strip().lower()
     if enc in ("", "identity"):
         return raw
     if enc not in ("gzip", "x-gzip", "deflate"):
         raise UnprocessableBody(f"unsupported Content-Encoding {content_encoding!r}", hint="send gzip or identity")
     d = zlib.decompressobj(wbits=(31 if "gzip" in enc else 15))
+    out = bytearray()
+    data: bytes | bytearray = raw
     try:
-        out = d.decompress(raw, limit + 1)
+        while not d.eof:
+            piece = d.decompress(data, min(INFLATE_STEP, limit + 1 - len(out)))
+            data = d.unconsumed_tail
+            if piece:
+                out += piece
+                if len(out) > limit:
+                    raise TooLarge(f"decompressed request body exceeds the {limit:,} byte limit")
+                if on_grow is not None:
+                    on_grow(len(piece))
+            elif not data:
+                break  # all input consumed and nothing more came out
     except zlib.error as e:
         raise UnprocessableBody(f"request body is not valid {enc}: {e}")
-    if len(out) > limit or d.unconsumed_tail:
-        raise TooLarge(f"decompressed request body exceeds the {limit:,} byte limit")
     if not d.eof:
         raise UnprocessableBody(f"request body is truncated {enc} data")
     return out
 
 
 def parse_json(raw: bytes, *, what: str = "request body", allow_empty: bool = False) -> Any:
-    if not raw.strip():
+    if not raw or raw.isspace():  # (no .strip(): that would copy a large body)
         if allow_empty:
             return {}
         raise UnprocessableBody(f"{what} is empty; expected a JSON object")
@@ -89,6 +108,7 @@ def _default(o: Any) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
+    """orjson: always valid JSON (NaN and +-inf, which JSON cannot carry, come out as ``null``)."""
     return orjson.dumps(obj, default=_default, option=DUMP_OPTS)
 
 
