@@ -178,8 +178,8 @@ def test_error_shape_and_retry_headers(make_client):
 
 def test_gzip_bomb_is_refused_cheaply(make_client):
     c = make_client(max_body_bytes=64 * 1024)
-    bomb = gzip.compress(b" " * (64 * 1024 * 1024))  # 64 MiB of spaces in ~64 KiB of gzip
-    assert len(bomb) < 64 * 1024
+    bomb = gzip.compress(b" " * (16 * 1024 * 1024), compresslevel=1)  # 16 MiB of spaces in <100 KiB of gzip
+    assert len(bomb) < 100 * 1024
     t0 = time.monotonic()
     r = c.post("/v2/namespaces/bomb", headers={**AUTH, "content-encoding": "gzip"}, content=bomb)
     check_error(r, 413, no_retry=True)
@@ -253,6 +253,7 @@ def test_bind_errors_are_one_clear_error():
     assert "cannot resolve" in e.value.message
 
 
+@pytest.mark.slow  # a CLI subprocess (~3 s of imports); test_bind_errors_are_one_clear_error covers the logic
 def test_serve_on_a_port_in_use_exits_1_with_one_line(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -295,7 +296,7 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live():
-    s = Live(mem_cfg(header_timeout_s=0.5, body_chunk_timeout_s=0.5, body_timeout_s=1.5,
+    s = Live(mem_cfg(header_timeout_s=0.3, body_chunk_timeout_s=0.3, body_timeout_s=0.8,
                      max_body_bytes_in_flight=1000, max_body_bytes=4000))
     yield s
     s.stop()
@@ -392,7 +393,7 @@ def test_keep_alive_connection_serves_several_requests(live):
             while b"\r\n\r\n" not in data or not data.endswith(b"}"):
                 data += s.recv(65536)
             assert data.startswith(b"HTTP/1.1 200")
-            time.sleep(0.3)  # under the header timeout each, over it in total
+            time.sleep(0.2)  # under the header timeout each, over it in total
 
 
 def test_stalled_and_trickled_bodies_get_408(live):
@@ -400,14 +401,14 @@ def test_stalled_and_trickled_bodies_get_408(live):
         s.sendall(head("POST", "/v2/namespaces/stall", 100) + b'{"upsert_rows":')
         status, headers, body = parse_response(read_all(s))
         assert status == 408 and "body" in body["error"] and headers["connection"] == "close"
-    with live.sock() as s:  # sends a byte every 0.2 s: under the chunk timeout, over the total
+    with live.sock() as s:  # sends a byte every 0.1 s: under the chunk timeout, over the total
         s.sendall(head("POST", "/v2/namespaces/trickle", 100))
-        for _ in range(40):
+        for _ in range(80):
             try:
                 s.sendall(b" ")
             except (BrokenPipeError, ConnectionResetError):
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
             s.setblocking(False)
             try:
                 if s.recv(1, socket.MSG_PEEK):
@@ -424,7 +425,16 @@ def test_stalled_and_trickled_bodies_get_408(live):
         check_error(httpx.get(f"{live.url}/v2/namespaces/{ns}/metadata", headers=AUTH), 404)
 
 
-def test_bytes_in_flight_are_bounded(live):
+@pytest.fixture
+def roomy():
+    """A server with the small in-flight budget but read timeouts that a busy machine cannot hit."""
+    s = Live(mem_cfg(max_body_bytes_in_flight=1000, max_body_bytes=4000))
+    yield s
+    s.stop()
+
+
+def test_bytes_in_flight_are_bounded(roomy):
+    live = roomy
     with live.sock() as s:  # holds 800 of the 1000 in-flight bytes while it sends slowly
         s.sendall(head("POST", "/v2/namespaces/inflight", 800) + b"{")
         time.sleep(0.1)
