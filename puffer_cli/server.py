@@ -412,10 +412,19 @@ class Server:
             if declared > limit:
                 raise TooLarge(f"request body is {declared:,} bytes; the limit is {limit:,}")
         self.reserve(request, declared)
-        buf, n = bytearray(), 0
+        buf = bytearray()
+        stream = request.stream()
+        try:
+            await self._read(request, stream, buf, declared, limit)
+        finally:
+            await stream.aclose()
+        return wire.decode_body(buf, request.headers.get("content-encoding"), limit=limit,
+                                on_grow=lambda k: self.reserve(request, k))
+
+    async def _read(self, request: Request, stream, buf: bytearray, declared: int, limit: int) -> None:
+        n = 0
         chunk_to, total_to = self.cfg.body_chunk_timeout_s, self.cfg.body_timeout_s
         end = time.monotonic() + total_to if total_to else None
-        stream = request.stream()
         while True:
             wait = chunk_to or None
             if end is not None:
@@ -427,18 +436,15 @@ class Server:
                     break
             if scope.cancelled_caught:
                 total = end is not None and time.monotonic() >= end
-                raise RequestTimeout(
-                    f"request body not received in time ({n:,} bytes after "
-                    + (f"{total_to:g} s)" if total else f"no data for {chunk_to:g} s)"),
-                    hint="the connection is closed; send the body without pausing")
+                why = f"it must arrive within {total_to:g} s" if total else f"no data for {chunk_to:g} s"
+                raise RequestTimeout(f"request body not received in time ({n:,} bytes in; {why})",
+                                     hint="the connection is closed; send the body without pausing")
             n += len(c)
             if n > limit:
                 raise TooLarge(f"request body exceeds the {limit:,} byte limit")
             if n > declared:
                 self.reserve(request, len(c) if n - len(c) >= declared else n - declared)
             buf += c
-        return wire.decode_body(buf, request.headers.get("content-encoding"), limit=limit,
-                                on_grow=lambda k: self.reserve(request, k))
 
     async def json_body(self, request: Request, *, allow_empty: bool = False) -> tuple[dict, int]:
         raw = await self.body(request)
@@ -726,7 +732,9 @@ class Server:
             msg = {404: f"no such endpoint: {request.method} {request.url.path}",
                    405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
             self.finish(request, "unmatched", exc.status_code, t0)
-            return error_json(str(msg), exc.status_code)
+            resp = error_json(str(msg), exc.status_code)
+            resp.headers.update(exc.headers or {})  # e.g. Allow on a 405
+            return resp
 
         async def server_error(request: Request, exc: Exception) -> Response:
             if isinstance(exc, PufferError):
