@@ -499,3 +499,25 @@ def test_normal_requests_still_work_over_the_guarded_protocol(live):
     assert r.status_code == 200, r.text
     r = httpx.post(f"{tp_url}/v2/namespaces/ok/query", headers=AUTH, json={"rank_by": ["id", "asc"], "top_k": 5})
     assert r.status_code == 200 and r.json()["rows"][0]["id"] == 1
+
+
+def test_official_client_does_not_retry_a_query_over_budget(monkeypatch):
+    import turbopuffer
+
+    def slow_query(ns, body):
+        while True:
+            limits.check_deadline()
+            time.sleep(0.01)
+
+    monkeypatch.setattr(engine, "run_query", slow_query)
+    srv = Live(mem_cfg(query_budget_s=0.2))
+    try:
+        httpx.post(f"{srv.url}/v2/namespaces/c", headers=AUTH, json={"upsert_rows": [{"id": 1}]}).raise_for_status()
+        tp = turbopuffer.Turbopuffer(base_url=srv.url, api_key=KEY, max_retries=4)
+        with pytest.raises(turbopuffer.APIStatusError) as e:
+            tp.namespace("c").query(rank_by=["id", "asc"], top_k=1)
+        assert e.value.status_code == 408
+        m = httpx.get(f"{srv.url}/metrics", headers=AUTH).text
+        assert 'route="query",status="408"} 1\n' in m  # sent once, not 1 + 4 retries
+    finally:
+        srv.stop()
