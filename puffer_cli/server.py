@@ -146,7 +146,8 @@ class Metrics:
         out += ["# HELP puffer_hot_namespaces Namespaces kept loaded in this process.",
                 "# TYPE puffer_hot_namespaces gauge", f"puffer_hot_namespaces {hot}",
                 "# HELP puffer_request_body_bytes_in_flight Bytes of request bodies being read or parsed.",
-                "# TYPE puffer_request_body_bytes_in_flight gauge", f"puffer_request_body_bytes_in_flight {inflight_bytes}",
+                "# TYPE puffer_request_body_bytes_in_flight gauge",
+                f"puffer_request_body_bytes_in_flight {inflight_bytes}",
                 "# HELP puffer_abandoned_query_threads Queries answered 408 whose worker thread still runs.",
                 "# TYPE puffer_abandoned_query_threads gauge", f"puffer_abandoned_query_threads {abandoned}"]
         return "\n".join(out) + "\n"
@@ -835,7 +836,8 @@ class _SlowClientGuard:
     def _arm_header_timer(self) -> None:
         if self._hdr_timer is None and self._hdr_timeout:
             self._hdr_bytes = 0
-            self._hdr_timer = self.loop.call_later(self._hdr_timeout, self._header_timeout)  # type: ignore[attr-defined]
+            loop = self.loop  # type: ignore[attr-defined]
+            self._hdr_timer = loop.call_later(self._hdr_timeout, self._header_timeout)
 
     def _disarm_header_timer(self) -> None:
         if self._hdr_timer is not None:
