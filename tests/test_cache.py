@@ -246,7 +246,10 @@ def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, t
 
 def test_local_store_gc_frees_index_files(local_db, tmp_path):
     """The tantivy directories materialised from a local store are copies (reflink or
-    copy), never hard links: the GC of a generation really frees its files."""
+    copy), never hard links: every index file of the store has one link, so when the
+    indexer's GC (or a namespace delete) unlinks it, its space is really freed; the
+    cache's copies are bounded and evicted like any other file, or dropped at once
+    with Cache.discard."""
     rng = np.random.default_rng(31)
     c = cache.configure(str(tmp_path / "lc"))
     try:
@@ -254,19 +257,21 @@ def test_local_store_gc_frees_index_files(local_db, tmp_path):
         ns.write({"upsert_rows": make_rows(rng, 0, 60), "schema": SCHEMA})
         builder.index_namespace(ns, gc_grace_s=0)
         body = {"rank_by": ["text", "BM25", "fox"], "top_k": 3, "consistency": {"level": "eventual"}}
-        engine.run_query(ns, body)
-        root = local_db.store.local_path("g/index")
-        old = [p for p in root.rglob("*") if p.is_file()]
-        assert old and all(p.stat().st_nlink == 1 for p in old)
+        want = engine.run_query(ns, body)["rows"]
+        store_files = [p for p in local_db.store.local_path("g/index").rglob("*") if p.is_file()]
         copies = [p for p in c.root.rglob("*") if p.is_file() and not p.name.startswith(".tantivy")]
-        assert copies and all(p.stat().st_nlink == 1 for p in copies)
-        gen1 = local_db.store.local_path("g/index/00000000000000000001")
+        assert store_files and copies
+        assert all(p.stat().st_nlink == 1 for p in store_files + copies)
+        assert not {p.stat().st_ino for p in store_files} & {p.stat().st_ino for p in copies}
         _forget_all()
-        ns.write({"upsert_rows": [{"id": 0, "vector": [0.0] * 8, "text": "new"}]})
-        builder.index_namespace(ns, gc_grace_s=0, max_seconds=None)
-        builder.index_namespace(ns, gc_grace_s=0)  # a later run collects what the last one left
-        left = [p for p in gen1.rglob("*") if p.is_file()] if gen1.exists() else []
-        assert left == [] or all(p.stat().st_nlink == 1 for p in left)
+        gc.collect()
+        c.grace_s = 0
+        gen = local_db.store.local_path("g/index")
+        assert c.discard(local_db.store, "g/index/") >= len(copies)   # (and tantivy lock files)
+        assert not [p for p in c.root.rglob("*") if p.is_file() and not p.name.startswith(".tantivy")]
+        assert engine.run_query(ns, body)["rows"] == want          # copied again on use
+        ns.delete_all()
+        assert not [p for p in gen.rglob("*") if p.is_file()]
     finally:
         cache.configure("", max_bytes=None)
 
