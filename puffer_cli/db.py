@@ -14,9 +14,8 @@ from . import cache as _cache
 from . import layout
 from .errors import InvalidRequest
 from .namespace import Namespace
+from .limits import NAMESPACE_LIST_THREADS
 from .store import LocalStore, Store, open_store
-
-LIST_THREADS = 16  # existence checks in flight at once when listing namespaces of an object store
 
 
 class DB:
@@ -78,7 +77,7 @@ class DB:
         from concurrent.futures import ThreadPoolExecutor
 
         ctx = contextvars.copy_context()  # io_scope() counts the workers' requests
-        with ThreadPoolExecutor(min(LIST_THREADS, len(names))) as ex:
+        with ThreadPoolExecutor(min(NAMESPACE_LIST_THREADS, len(names))) as ex:
             return list(ex.map(lambda n: ctx.copy().run(one, n), names))
 
 

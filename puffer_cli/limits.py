@@ -83,3 +83,4 @@ CACHE_DISK_FRACTION = 0.25
 CACHE_LOW_WATER = 0.9                  # eviction frees down to this fraction of the bound
 CACHE_EVICT_GRACE_S = 30.0             # a file used (or fetched) this recently is not evicted
 CACHE_STALE_TMP_S = 3600.0             # temp files of a killed fetch older than this are removed
+NAMESPACE_LIST_THREADS = 16            # existence checks in flight when listing namespaces of an object store
