@@ -27,6 +27,9 @@ StoreOpt = Annotated[Optional[str], typer.Option("--store", envvar="PUFFER_STORE
                      help="Store URL: a path (default ./puffer-data), s3://bucket/prefix or memory://")]
 EndpointOpt = Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="PUFFER_S3_ENDPOINT",
                         help="S3-compatible endpoint URL (MinIO, moto, ...)")]
+CacheMaxOpt = Annotated[Optional[float], typer.Option(
+    "--cache-max-gb", envvar="PUFFER_CACHE_MAX_GB", min=0,
+    help="Size bound of the local index-file cache, GB (default: min(10, 25% of its disk); LRU eviction)")]
 SingleWriterOpt = Annotated[bool, typer.Option("--single-writer", envvar="PUFFER_SINGLE_WRITER",
                             help="Allow writes to a store that ignores conditional writes (you promise one writer)")]
 PolicyOpt = Annotated[str, typer.Option("--wal-corrupt-policy", envvar="PUFFER_WAL_CORRUPT_POLICY",
@@ -35,8 +38,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 def open_db(store: str | None, s3_endpoint: str | None, single_writer: bool = False,
-            policy: str = "fail") -> DB:
-    return connect(store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy)
+            policy: str = "fail", cache_max_gb: float | None = None) -> DB:
+    return connect(store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy,
+                   cache_max_gb=cache_max_gb)
 
 
 def echo_json(obj) -> None:
@@ -238,6 +242,7 @@ def serve(
     query_threads: Annotated[Optional[int], typer.Option("--query-threads", min=1,
                              help="Queries executed at once per process (default: cores, at least 2)")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = "info",
+    cache_max_gb: CacheMaxOpt = None,
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None, single_writer: SingleWriterOpt = False,
     policy: PolicyOpt = "fail",
 ):
@@ -246,6 +251,10 @@ def serve(
     from .server import serve as run_server
 
     parse_listen(listen)
+    if cache_max_gb is not None:  # read by connect() in this process and in every uvicorn worker
+        import os
+
+        os.environ["PUFFER_CACHE_MAX_GB"] = repr(float(cache_max_gb))
     if log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise InvalidRequest(f"--log-level {log_level!r} is not one of debug, info, warning, error")
     if index_interval is not None and index_interval <= 0:
@@ -275,6 +284,7 @@ def query(
     body: Annotated[Optional[str], typer.Option("--body", help="A whole turbopuffer query body: JSON or @file.json "
                                                 "(with \"queries\": a multi-query); flags override its keys")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="table|json|ndjson (default: table on a TTY, else json)")] = None,
+    cache_max_gb: CacheMaxOpt = None,
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None, policy: PolicyOpt = "fail",
 ):
     """Query a namespace: vector (ANN/kNN), BM25 full-text, order by attribute, filters, aggregations.
@@ -290,7 +300,7 @@ def query(
     from .cache import get_cache
 
     q = _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all, consistency)
-    db = open_db(store, s3_endpoint, policy=policy)
+    db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
     out = engine.run(db.namespace(namespace), q)
     _print_query_result(out, fmt)
@@ -439,6 +449,7 @@ def index_cmd(
     lease_ttl: Annotated[Optional[float], typer.Option("--lease-ttl", envvar="PUFFER_INDEX_LEASE_TTL",
                          help="Seconds the indexer lease lasts without renewal (default 60)")] = None,
     cache_dir: CacheDirOpt = None,
+    cache_max_gb: CacheMaxOpt = None,
     as_json: JsonOpt = False,
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None, policy: PolicyOpt = "fail",
 ):
@@ -453,7 +464,7 @@ def index_cmd(
 
     if cache_dir is not None:
         _cache.configure(cache_dir)
-    db = open_db(store, s3_endpoint, policy=policy)
+    db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     names = list(namespaces or [])
     if all_:
         cursor = None
@@ -501,6 +512,7 @@ def index_cmd(
 def warm(
     namespace: Annotated[str, typer.Argument(help="Namespace whose current index generation to prefetch")],
     cache_dir: CacheDirOpt = None,
+    cache_max_gb: CacheMaxOpt = None,
     as_json: JsonOpt = False,
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None,
 ):
@@ -509,7 +521,7 @@ def warm(
     from .index.reader import warm as run
 
     c = _cache.configure(cache_dir) if cache_dir is not None else _cache.get_cache()
-    db = open_db(store, s3_endpoint)
+    db = open_db(store, s3_endpoint, cache_max_gb=cache_max_gb)
     ns = db.namespace(namespace)
     ns.require()
     rep = run(ns, c)
@@ -532,6 +544,7 @@ def recall(
     filters: Annotated[Optional[str], typer.Option("--filter", help="Filter JSON (or @file.json)")] = None,
     field: Annotated[Optional[str], typer.Option("--field", help="Vector attribute (default: vector)")] = None,
     cache_dir: CacheDirOpt = None,
+    cache_max_gb: CacheMaxOpt = None,
     as_json: JsonOpt = False,
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None,
 ):
@@ -542,7 +555,7 @@ def recall(
 
     if cache_dir is not None:
         _cache.configure(cache_dir)
-    db = open_db(store, s3_endpoint)
+    db = open_db(store, s3_endpoint, cache_max_gb=cache_max_gb)
     rep = run(db.namespace(namespace), num=num, top_k=top_k, filters=parse_json_arg(filters, "--filter"),
               field=field)
     if as_json:

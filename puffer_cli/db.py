@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 
+from . import cache as _cache
 from . import layout
 from .errors import InvalidRequest
 from .namespace import Namespace
-from .store import Store, open_store
+from .limits import NAMESPACE_LIST_THREADS
+from .store import LocalStore, Store, open_store
 
 
 class DB:
@@ -29,21 +31,67 @@ class DB:
 
     def namespaces(self, prefix: str | None = None, cursor: str | None = None,
                    page_size: int = 1000) -> tuple[list[str], str | None]:
-        """Namespace names in order, after ``cursor``; (page, next cursor or None)."""
+        """Namespace names in order, after ``cursor``; (page, next cursor or None).
+
+        A namespace is listed iff its name is valid (layout.is_namespace_name, leading
+        dots included) and it holds ``meta.json`` or a committed WAL entry: what a
+        delete leaves behind (empty directories and lock files of a local store, a
+        straggler object of a racing indexer) is not a namespace. So listing,
+        ``index --all`` and delete agree on every backend."""
         if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
             raise InvalidRequest("page_size must be between 1 and 1000")
-        names = [n for n in self.store.list_dirs("") if layout.NAME_RE.match(n) and not n.startswith("_puffer")]
-        if prefix:
-            names = [n for n in names if n.startswith(prefix)]
-        if cursor:
-            names = [n for n in names if n > cursor]
-        page = names[:page_size]
-        return page, (page[-1] if len(names) > page_size else None)
+        names = sorted(n for n in self._candidates()
+                       if layout.is_namespace_name(n) and (not prefix or n.startswith(prefix))
+                       and (not cursor or n > cursor))
+        page: list[str] = []
+        i = 0
+        while i < len(names) and len(page) <= page_size:
+            batch = names[i:i + page_size + 1 - len(page)]
+            i += len(batch)
+            page.extend(n for n, ok in zip(batch, self._exist(batch)) if ok)
+        more = len(page) > page_size
+        page = page[:page_size]
+        return page, (page[-1] if more else None)
+
+    def _candidates(self) -> set[str]:
+        names = set(self.store.list_dirs(""))
+        if isinstance(self.store, LocalStore):
+            # LocalStore.list_dirs skips names starting with '.', which are valid namespace
+            # names (turbopuffer's rule): add them (store.py owns the proper fix)
+            try:
+                with os.scandir(self.store.local_path("")) as it:
+                    names.update(e.name for e in it if e.name.startswith(".") and e.is_dir())
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+        return names
+
+    def _exist(self, names: list[str]) -> list[bool]:
+        def one(n: str) -> bool:
+            if self.store.exists(layout.meta(n)):
+                return True
+            return any(layout.wal_seq(k) is not None for k in self.store.list(layout.wal_dir(n)))
+
+        if not self.store.is_remote or len(names) < 2:
+            return [one(n) for n in names]
+        import contextvars
+        from concurrent.futures import ThreadPoolExecutor
+
+        ctx = contextvars.copy_context()  # io_scope() counts the workers' requests
+        with ThreadPoolExecutor(min(NAMESPACE_LIST_THREADS, len(names))) as ex:
+            return list(ex.map(lambda n: ctx.copy().run(one, n), names))
 
 
 def connect(url: str | None = None, *, s3_endpoint: str | None = None, single_writer: bool | None = None,
-            wal_policy: str = "fail") -> DB:
-    """Open a store: a local path (default ./puffer-data), ``memory://``, or ``s3://bucket/prefix``."""
+            wal_policy: str = "fail", cache_max_gb: float | None = None) -> DB:
+    """Open a store: a local path (default ./puffer-data), ``memory://``, or ``s3://bucket/prefix``.
+
+    ``cache_max_gb`` (else ``$PUFFER_CACHE_MAX_GB``) bounds the process-wide local
+    cache of index files; neither given: the bound stays as it is (default
+    min(10 GB, 25% of the cache's filesystem))."""
     if single_writer is None:
         single_writer = os.environ.get("PUFFER_SINGLE_WRITER", "") not in ("", "0", "false")
+    if cache_max_gb is not None:
+        _cache.set_max_bytes(_cache.parse_max_gb(cache_max_gb, "cache_max_gb"))
+    elif os.environ.get("PUFFER_CACHE_MAX_GB"):
+        _cache.set_max_bytes(_cache.parse_max_gb(os.environ["PUFFER_CACHE_MAX_GB"], "PUFFER_CACHE_MAX_GB"))
     return DB(open_store(url, s3_endpoint=s3_endpoint), single_writer=single_writer, wal_policy=wal_policy)

@@ -12,13 +12,27 @@ import re
 
 from .errors import InvalidRequest
 
-NAME_RE = re.compile(r"^[A-Za-z0-9\-_.]{1,128}$")
+#: turbopuffer's rule (docs "write": names must match [A-Za-z0-9-_.]{1,128}); leading dots
+#: are valid and listed like any other name. puffer refuses only what would break its layout:
+#: '.' and '..' (path components), and the prefix RESERVED_PREFIX (any case: a case-insensitive
+#: filesystem would fold them together), which puffer uses for its own keys (PROBE_DIR).
+NAME_RE = re.compile(r"^[A-Za-z0-9\-_.]{1,128}\Z")
+RESERVED_PREFIX = "_puffer"
 WAL_RE = re.compile(r"(?:^|/)(\d{20})\.wal$")
+
+
+def is_namespace_name(name: object) -> bool:
+    """True for a name a namespace may have (what check_namespace accepts)."""
+    return (isinstance(name, str) and bool(NAME_RE.match(name)) and name not in (".", "..")
+            and not name.lower().startswith(RESERVED_PREFIX))
 
 
 def check_namespace(name: object) -> str:
     """Return ``name`` if it is a valid namespace name, else raise InvalidRequest."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+    if not is_namespace_name(name):
+        if isinstance(name, str) and name.lower().startswith(RESERVED_PREFIX) and NAME_RE.match(name):
+            raise InvalidRequest(f"invalid namespace name {name!r}: names starting with "
+                                 f"{RESERVED_PREFIX!r} are reserved by puffer", hint="choose another name")
         raise InvalidRequest(
             f"invalid namespace name {name!r}",
             hint="names match [A-Za-z0-9-_.]{1,128} and are not '.' or '..'",
@@ -91,7 +105,7 @@ def namespace_of_meta(key: str) -> str | None:
     return None
 
 
-PROBE_DIR = "_puffer_probe/"
+PROBE_DIR = RESERVED_PREFIX + "_probe/"  # store.py writes its conditional-write probe here
 
 
 # ---------------------------------------------------------------- index (docs/format-index.md)

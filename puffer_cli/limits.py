@@ -83,3 +83,11 @@ def check_deadline(what: str = "query") -> None:
     end = _deadline.get()
     if end is not None and time.monotonic() > end:
         raise BudgetExceeded(f"{what} exceeded its time budget")
+
+# -- local file cache (cache.py; docs/indexer.md "Local cache") --------------------
+CACHE_MAX_BYTES_CAP = 10 * 10**9       # default bound: min(this, CACHE_DISK_FRACTION of the cache's filesystem)
+CACHE_DISK_FRACTION = 0.25
+CACHE_LOW_WATER = 0.9                  # eviction frees down to this fraction of the bound
+CACHE_EVICT_GRACE_S = 30.0             # a file used (or fetched) this recently is not evicted
+CACHE_STALE_TMP_S = 3600.0             # temp files of a killed fetch older than this are removed
+NAMESPACE_LIST_THREADS = 16            # existence checks in flight when listing namespaces of an object store

@@ -136,3 +136,281 @@ def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch)
     before = c.stats.ranged_reads
     assert engine.run_query(ns, body)["rows"] == want and c.stats.ranged_reads == before
     cache.configure("")
+
+
+# ---------------------------------------------------------------- the size bound (issue 9)
+import gc  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+import puffer_cli  # noqa: E402
+from puffer_cli import cli, limits  # noqa: E402
+from puffer_cli.errors import InvalidRequest, StoreError  # noqa: E402
+
+K = "ns/index/00000000000000000001/"
+
+
+def _forget_all():
+    reader._GENS.clear()
+    reader._TAILS.clear()
+    builder._MANIFESTS.clear()
+
+
+def _age(c: Cache, st_, key: str, t: float) -> None:
+    os.utime(c.path_for(st_, key), (t, t))
+
+
+def test_eviction_is_lru_by_last_use(mem_db, tmp_path):
+    st_ = mem_db.store
+    for k in "abcd":
+        st_.write(K + k, k.encode() * 100)
+    c = Cache(tmp_path / "c", max_bytes=350)
+    c.grace_s = 0
+    for k in "abc":
+        c.file(st_, K + k)
+    for i, k in enumerate("abc"):
+        _age(c, st_, K + k, 1_000_000 + i)          # a oldest, then b, then c
+    assert c.file(st_, K + "a").read_bytes() == b"a" * 100   # a hit: a is now the most recent
+    c.file(st_, K + "d")                              # 400 > 350: evict down to 315
+    assert not c.has(st_, K + "b") and all(c.has(st_, K + k) for k in "acd")
+    assert c.usage().bytes == 300 and c.stats.evictions == 1
+    # evicted files are fetched again, transparently
+    assert c.file(st_, K + "b").read_bytes() == b"b" * 100 and c.stats.misses == 5
+
+
+def test_files_in_use_are_not_evicted(mem_db, tmp_path):
+    st_ = mem_db.store
+    for k in "abcd":
+        st_.write(K + k, np.arange(256, dtype="<f4").tobytes())
+    c = Cache(tmp_path / "c", max_bytes=10**9)
+    c.grace_s = 0
+    mapped = np.memmap(c.file(st_, K + "a"), dtype="<f4", mode="r")   # mapped (like reader.py's vectors)
+    f = open(c.file(st_, K + "b"), "rb")                               # open
+    c.pin([c.file(st_, K + "c")])                                      # pinned
+    c.file(st_, K + "d")
+    c.max_bytes = 0
+    u = c.evict()
+    assert [c.has(st_, K + k) for k in "abcd"] == [True, True, True, False]
+    assert u.kept_in_use == 3 and u.evicted_files == 1
+    assert float(mapped[255]) == 255.0
+    # within the grace period a file is kept too (another process may just have been given it)
+    c.grace_s = 3600
+    c.file(st_, K + "d")
+    c.evict()
+    assert c.has(st_, K + "d")
+    c.grace_s = 0
+    del mapped
+    f.close()
+    gc.collect()
+    c.unpin([c.path_for(st_, K + "c")])
+    c.evict()
+    assert c.usage().files == 0 and not any(c.root.rglob("*"))   # empty directories pruned too
+
+
+def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, tmp_path):
+    rng = np.random.default_rng(30)
+    bound = 60_000
+    c = cache.configure(str(tmp_path / "bounded"), max_bytes=bound)
+    c.grace_s = 0
+    try:
+        answers = {}
+        for g in range(2):                       # two generations of each of three namespaces
+            for n in range(3):
+                ns = mem_db.namespace(f"n{n}")
+                ns.write({"upsert_rows": make_rows(rng, g * 30, 30), "schema": SCHEMA})
+                builder.index_namespace(ns, gc_grace_s=0)
+        _forget_all()
+        for rep in range(2):
+            for n in range(3):
+                body = {"rank_by": ["text", "BM25", "fox"], "top_k": 5, "consistency": {"level": "eventual"}}
+                got = engine.run_query(mem_db.namespace(f"n{n}"), body)["rows"]
+                if rep == 0:
+                    answers[n] = got
+                assert got == answers[n]                       # evicted files are fetched again
+                in_use = sum(os.path.getsize(p) for p in cache._open_paths(str(c.root) + os.sep))
+                assert c.usage().bytes <= bound + in_use
+                _forget_all()                                  # the server's namespace LRU does this
+        gc.collect()
+        c.evict()
+        assert c.usage().bytes <= bound and c.stats.evictions > 0
+    finally:
+        cache.configure("", max_bytes=None)
+
+
+def test_local_store_gc_frees_index_files(local_db, tmp_path):
+    """The tantivy directories materialised from a local store are copies (reflink or
+    copy), never hard links: every index file of the store has one link, so when the
+    indexer's GC (or a namespace delete) unlinks it, its space is really freed; the
+    cache's copies are bounded and evicted like any other file, or dropped at once
+    with Cache.discard."""
+    rng = np.random.default_rng(31)
+    c = cache.configure(str(tmp_path / "lc"))
+    try:
+        ns = local_db.namespace("g")
+        ns.write({"upsert_rows": make_rows(rng, 0, 60), "schema": SCHEMA})
+        builder.index_namespace(ns, gc_grace_s=0)
+        body = {"rank_by": ["text", "BM25", "fox"], "top_k": 3, "consistency": {"level": "eventual"}}
+        want = engine.run_query(ns, body)["rows"]
+        store_files = [p for p in local_db.store.local_path("g/index").rglob("*") if p.is_file()]
+        copies = [p for p in c.root.rglob("*") if p.is_file() and not p.name.startswith(".tantivy")]
+        assert store_files and copies
+        assert all(p.stat().st_nlink == 1 for p in store_files + copies)
+        assert not {p.stat().st_ino for p in store_files} & {p.stat().st_ino for p in copies}
+        _forget_all()
+        gc.collect()
+        c.grace_s = 0
+        gen = local_db.store.local_path("g/index")
+        assert c.discard(local_db.store, "g/index/") >= len(copies)   # (and tantivy lock files)
+        assert not [p for p in c.root.rglob("*") if p.is_file() and not p.name.startswith(".tantivy")]
+        assert engine.run_query(ns, body)["rows"] == want          # copied again on use
+        ns.delete_all()
+        assert not [p for p in gen.rglob("*") if p.is_file()]
+    finally:
+        cache.configure("", max_bytes=None)
+
+
+def test_copy_file_is_exact(tmp_path):
+    src = tmp_path / "s"
+    src.write_bytes(os.urandom(3 << 20) + b"tail")
+    how = cache.copy_file(src, tmp_path / "d")
+    assert how in ("reflink", "copy_file_range", "copy")
+    assert (tmp_path / "d").read_bytes() == src.read_bytes() and os.stat(tmp_path / "d").st_nlink == 1
+
+
+_READER = r"""
+import json, sys, numpy as np
+import puffer_cli
+from puffer_cli.cache import Cache
+root, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+st = puffer_cli.connect("memory://shared-cache-test").store
+want = {}
+for i in range(n):
+    data = np.full(16384, i, dtype="<i4").tobytes()
+    st.write(f"ns/index/00000000000000000001/f{i}", data)
+    want[i] = data
+c = Cache(root, max_bytes=10**12)
+ok = bad = 0
+maps = []
+for r in range(rounds):
+    for i in range(n):
+        with c.open(st, f"ns/index/00000000000000000001/f{i}") as f:
+            data = f.read()
+        ok += data == want[i]
+        bad += data != want[i]
+        if r % 10 == 0 and i % 5 == 0:
+            with c.open(st, f"ns/index/00000000000000000001/f{i}") as f:   # map the open file: no race
+                maps.append((i, np.memmap(f, dtype="<i4", mode="r")))
+bad += sum(int(m.size != 16384 or m.min() != i or m.max() != i) for i, m in maps)
+print(json.dumps({"ok": ok, "bad": bad, "misses": c.stats.misses}))
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_readers_during_eviction_get_correct_bytes(tmp_path):
+    """Two processes read (and map) files of a shared cache while a third evicts
+    everything it can as fast as it can (no grace period): each read through
+    ``Cache.open`` returns the right bytes (an evicted file is fetched again), mapped
+    files stay intact after their unlink."""
+    root = tmp_path / "shared"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [subprocess.Popen([sys.executable, "-c", _READER, str(root), "10", "40"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    ev = Cache(root, max_bytes=0)
+    ev.grace_s = 0
+    evicted = 0
+    t0 = time.monotonic()
+    while any(p.poll() is None for p in procs) and time.monotonic() - t0 < 120:
+        evicted += ev.evict(target=0).evicted_files
+        time.sleep(0.002)
+    outs = [p.communicate(timeout=60) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+        rep = json.loads(out)
+        assert rep["bad"] == 0 and rep["ok"] == 10 * 40
+    assert evicted > 0
+
+
+def test_unwritable_cache_dir_degrades_with_one_warning(mem_db, tmp_path, caplog):
+    st_ = mem_db.store
+    st_.write(K + "x", b"x" * 10)
+    st_.write(K + "y", b"y" * 10)
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    c = Cache(blocker / "cache")                         # cannot be created: a file is in the way
+    with caplog.at_level(logging.WARNING, logger="puffer.cache"):
+        assert c.file(st_, K + "x").read_bytes() == b"x" * 10
+        assert c.file(st_, K + "y").read_bytes() == b"y" * 10
+        c.directory(st_, [K + "x", K + "y"], K)
+    warnings = [r for r in caplog.records if "not writable" in r.getMessage()]
+    assert len(warnings) == 1 and str(blocker / "cache") in warnings[0].getMessage()
+    assert not c.persistent and c.degraded and not str(c.root).startswith(str(blocker))
+
+
+def test_unwritable_temp_dir_too_is_a_store_error(mem_db, tmp_path, monkeypatch):
+    import tempfile
+
+    st_ = mem_db.store
+    st_.write(K + "x", b"x")
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    c = Cache(blocker / "cache")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker))   # as TMPDIR=<a file> would
+    with pytest.raises(StoreError) as e:
+        c.file(st_, K + "x")
+    assert "temporary directory" in e.value.message
+
+
+@pytest.mark.slow
+def test_cli_with_unwritable_cache_dir_answers(tmp_path):
+    """`puffer warm` (a process of its own) with a cache dir that cannot be created:
+    it works, with one warning line on stderr and no traceback."""
+    store = str(tmp_path / "s")
+    db = puffer_cli.connect(store)
+    db.namespace("q").write({"upsert_rows": make_rows(np.random.default_rng(32), 0, 20), "schema": SCHEMA})
+    try:
+        assert cli.main(["index", "q", "--store", store, "--cache-dir", str(tmp_path / "ok")]) == 0
+    finally:
+        cache.configure("", max_bytes=None)
+    blocker = tmp_path / "f"
+    blocker.write_bytes(b"")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-m", "puffer_cli.cli", "warm", "q", "--store", store,
+                        "--cache-dir", str(blocker / "c"), "--json"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("not writable") == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    rep = json.loads(r.stdout)
+    assert rep["generation"] == 1 and rep["cache_dir"] == ""
+
+
+def test_cache_max_gb_is_read_at_the_boundary(monkeypatch, tmp_path):
+    c = cache.configure(str(tmp_path / "b"))
+    try:
+        monkeypatch.setenv("PUFFER_CACHE_MAX_GB", "0.5")
+        puffer_cli.connect("memory://cmx")
+        assert c.max_bytes == 500_000_000 and cache.configure(str(tmp_path / "b2")).max_bytes == 500_000_000
+        puffer_cli.connect("memory://cmx", cache_max_gb=2)
+        assert cache.get_cache().max_bytes == 2_000_000_000
+        for bad in ("-1", "abc", "nan", "inf"):
+            monkeypatch.setenv("PUFFER_CACHE_MAX_GB", bad)
+            with pytest.raises(InvalidRequest):
+                puffer_cli.connect("memory://cmx")
+        monkeypatch.delenv("PUFFER_CACHE_MAX_GB")
+        assert cli.main(["warm", "x", "--store", "memory://cmx", "--cache-max-gb", "-1"]) != 0
+    finally:
+        cache.configure("", max_bytes=None)
+
+
+def test_default_bound_is_a_fraction_of_the_disk(tmp_path):
+    sv = os.statvfs(tmp_path)
+    want = int(min(limits.CACHE_MAX_BYTES_CAP, limits.CACHE_DISK_FRACTION * sv.f_blocks * sv.f_frsize))
+    assert cache.default_max_bytes(tmp_path / "not" / "yet") == want == Cache(tmp_path / "c").max_bytes
+    assert Path(tmp_path).exists()
