@@ -45,6 +45,7 @@ MAX_FILTER_LIST_ITEMS = 10_000         # values of one In/NotIn/ContainsAny list
 MAX_PATTERN_CHARS = 4_096              # Regex/Glob pattern length
 MAX_QUERY_TEXT_CHARS = 16_384          # BM25 / token filter query string length
 QUERY_BUDGET_S = 10.0                  # default wall-clock budget of one query
+MAX_OFFSET = 1_000_000                 # offset of a ranked query (rows skipped are still ranked)
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("puffer_deadline", default=None)
 
