@@ -220,7 +220,7 @@ def _is_connective(f: list | tuple) -> bool:
 
 
 def _too_big(what: str, got: str, limit: int, name: str, hint: str) -> InvalidFilter:
-    return InvalidFilter(f"filter {what}: {got}, the limit is {limit:,} ({name})", hint=hint)
+    return InvalidFilter(f"filter {what}: {got} (limit: {name} = {limit:,})", hint=hint)
 
 
 def _too_many_nodes(seen: int) -> InvalidFilter:
@@ -239,13 +239,13 @@ def _check_value(v: Any) -> None:
     while stack:
         x, d = stack.pop()
         if d > _limits.MAX_VALUE_DEPTH:
-            raise _too_big("value nested too deep", f"more than {_limits.MAX_VALUE_DEPTH} levels",
+            raise _too_big("value nested too deep", f"a value nested more than {_limits.MAX_VALUE_DEPTH} levels",
                            _limits.MAX_VALUE_DEPTH, "MAX_VALUE_DEPTH",
                            "values are scalars or flat lists of scalars")
         kids = x.values() if isinstance(x, Mapping) else x
         items += len(kids)
         if items > _limits.MAX_FILTER_LIST_ITEMS:
-            raise _too_big("list too long", f"{items:,}+ values",
+            raise _too_big("list too long", f"more than {_limits.MAX_FILTER_LIST_ITEMS:,} values",
                            _limits.MAX_FILTER_LIST_ITEMS, "MAX_FILTER_LIST_ITEMS",
                            "split the query, or filter on a coarser attribute")
         stack.extend((k, d + 1) for k in kids if isinstance(k, (list, tuple, Mapping)))
@@ -272,7 +272,7 @@ def check_limits(f: Any) -> None:
             raise _too_many_nodes(nodes + len(stack))
         if isinstance(g, (list, tuple)) and g and _is_connective(g) and len(g) == 2:
             if depth >= _limits.MAX_FILTER_DEPTH:
-                raise _too_big("nested too deep", f"And/Or/Not more than {_limits.MAX_FILTER_DEPTH} levels deep",
+                raise _too_big("nested too deep", f"And/Or/Not nested more than {_limits.MAX_FILTER_DEPTH} levels",
                                _limits.MAX_FILTER_DEPTH, "MAX_FILTER_DEPTH", "flatten the filter")
             if g[0] == "Not":
                 stack.append((g[1], depth + 1))
@@ -295,7 +295,8 @@ def check_limits(f: Any) -> None:
                     raise _too_big("query text too long", f"{g[1]} text of {n:,} characters",
                                    _limits.MAX_QUERY_TEXT_CHARS, "MAX_QUERY_TEXT_CHARS",
                                    "use fewer query words")
-        _check_value(g)
+        for part in (g if isinstance(g, (list, tuple)) else (g,)):
+            _check_value(part)
 
 
 def _parse(f: Any):
@@ -523,19 +524,20 @@ class _Compiler:
             if s[0] == "leaf" and s[2] == want and _fusable(s[3]):
                 groups.setdefault(s[1], []).append(i)
         fuse = {i: attr for attr, idx in groups.items() if len(idx) >= _FUSE_MIN for i in idx}
-        parts: list[pl.Expr] = []
-        done: set[str] = set()
+        parts: list[pl.Expr | str] = []
         for i, s in enumerate(subs):
             e = self.node(s)  # validates (and is the answer when not fused)
             attr = fuse.get(i)
             if attr is None:
                 parts.append(e)
-            elif attr not in done:
-                done.add(attr)
-                values = [subs[j][3] for j in groups[attr]]
-                raw = [attr, "In" if want == "Eq" else "NotIn", values]
-                parts.append(self.leaf(attr, raw[1], values, {}, raw))
-        return parts
+            elif groups[attr][0] == i:
+                parts.append(attr)  # the group's place, filled in once every clause is valid
+        for k, p in enumerate(parts):
+            if isinstance(p, str):
+                values = [subs[j][3] for j in groups[p]]
+                raw = [p, "In" if want == "Eq" else "NotIn", values]
+                parts[k] = self.leaf(p, raw[1], values, {}, raw)
+        return parts  # type: ignore[return-value]
 
     # -- one condition ----------------------------------------------------------
     def leaf(self, attr: str, op: str, value: Any, params: dict, raw: Any) -> pl.Expr:

@@ -63,7 +63,7 @@ def _show(v: Any, limit: int = 120) -> str:
 def _check_len(v: Any, limit: int, name: str, where: str, what: str) -> None:
     """Refuse a list (or string) longer than a query limit, naming it."""
     if isinstance(v, (list, tuple, str, Mapping)) and len(v) > limit:
-        raise _fail(where, f"{len(v):,} {what}, the limit is {limit:,} ({name})")
+        raise _fail(where, f"{len(v):,} {what} (limit: {name} = {limit:,})")
 
 
 def _fail(where: str, msg: str, hint: str | None = None) -> InvalidQuery:
@@ -293,8 +293,8 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
     """A query vector: a list of finite numbers, or base64 of little-endian float32."""
     if isinstance(v, str):
         if len(v) > (L.MAX_VECTOR_DIMS * 4 + 2) // 3 * 4:
-            raise _fail(where, f"base64 vector of {len(v):,} characters is more than {L.MAX_VECTOR_DIMS:,} "
-                               f"float32 dimensions (MAX_VECTOR_DIMS)")
+            raise _fail(where, f"base64 vector of {len(v):,} characters: more than {L.MAX_VECTOR_DIMS:,} "
+                               f"float32 dimensions (limit: MAX_VECTOR_DIMS = {L.MAX_VECTOR_DIMS:,})")
         try:
             raw = base64.b64decode(v, validate=True)
         except (binascii.Error, ValueError):
@@ -334,7 +334,7 @@ def _parse_limit_int(v: Any, where: str, lo: int = 1, hi: int = L.MAX_TOP_K, nam
     if not _is_int(v):
         raise _fail(where, f"must be an integer, got {_show(v)}")
     if not lo <= v <= hi:
-        raise _fail(where, f"must be between {lo} and {hi:,} ({name}), got {v}")
+        raise _fail(where, f"must be between {lo} and {hi:,} (limit: {name}), got {v}")
     return v
 
 
@@ -356,20 +356,20 @@ def _check_rank_limits(rb: Any, where: str) -> None:
         e, depth = stack.pop()
         nodes += 1
         if nodes > L.MAX_FILTER_NODES:
-            raise _fail(where, f"more than {L.MAX_FILTER_NODES:,} ranking expressions, the limit is "
-                               f"{L.MAX_FILTER_NODES:,} (MAX_FILTER_NODES)")
+            raise _fail(where, f"more than {L.MAX_FILTER_NODES:,} ranking expressions "
+                               f"(limit: MAX_FILTER_NODES = {L.MAX_FILTER_NODES:,})")
         if not isinstance(e, (list, tuple)) or not e or e[0] not in TEXT_COMBINATORS \
                 or (len(e) >= 2 and e[1] == "BM25"):
             continue
         if depth >= L.MAX_FILTER_DEPTH:
-            raise _fail(where, f"Sum/Max/Product nested more than {L.MAX_FILTER_DEPTH} levels deep, the limit "
-                               f"is {L.MAX_FILTER_DEPTH} (MAX_FILTER_DEPTH)")
+            raise _fail(where, f"Sum/Max/Product nested more than {L.MAX_FILTER_DEPTH} levels "
+                               f"(limit: MAX_FILTER_DEPTH = {L.MAX_FILTER_DEPTH})")
         kids = e[1:]
         if e[0] in ("Sum", "Max") and len(e) == 2 or (e[0] == "Product" and len(e) == 2):
             kids = e[1] if isinstance(e[1], (list, tuple)) else ()
         if nodes + len(stack) + len(kids) > L.MAX_FILTER_NODES:
-            raise _fail(where, f"at least {nodes + len(stack) + len(kids):,} ranking expressions, the limit is "
-                               f"{L.MAX_FILTER_NODES:,} (MAX_FILTER_NODES)")
+            raise _fail(where, f"at least {nodes + len(stack) + len(kids):,} ranking expressions "
+                               f"(limit: MAX_FILTER_NODES = {L.MAX_FILTER_NODES:,})")
         stack.extend((k, depth + 1) for k in kids if isinstance(k, (list, tuple)))
 
 
@@ -447,8 +447,8 @@ def parse_text_expr(e: Any, where: str):
         n = len(q) if isinstance(q, str) else sum(len(t) for t in q if isinstance(t, str)) \
             if isinstance(q, (list, tuple)) else 0
         if n > L.MAX_QUERY_TEXT_CHARS:
-            raise _fail(where + "[2]", f"BM25 query of {n:,} characters, the limit is "
-                                       f"{L.MAX_QUERY_TEXT_CHARS:,} (MAX_QUERY_TEXT_CHARS)")
+            raise _fail(where + "[2]", f"BM25 query of {n:,} characters "
+                                       f"(limit: MAX_QUERY_TEXT_CHARS = {L.MAX_QUERY_TEXT_CHARS:,})")
         if isinstance(q, str):
             query: str | tuple[str, ...] = q
         elif isinstance(q, (list, tuple)) and all(isinstance(t, str) for t in q):
@@ -671,8 +671,8 @@ def parse_multi(body: Any) -> MultiQuery:
     if not isinstance(qs, (list, tuple)) or not qs:
         raise _fail("queries", f"must be a non-empty list of query objects, got {_show(qs)}")
     if len(qs) > L.MAX_MULTI_QUERIES:
-        raise _fail("queries", f"at most {L.MAX_MULTI_QUERIES} queries per multi-query (MAX_MULTI_QUERIES), "
-                               f"got {len(qs):,}")
+        raise _fail("queries", f"at most {L.MAX_MULTI_QUERIES} queries per multi-query, got {len(qs):,} "
+                               f"(limit: MAX_MULTI_QUERIES = {L.MAX_MULTI_QUERIES})")
     queries = tuple(parse_query(q, sub=f"queries[{i}]") for i, q in enumerate(qs))
     rrf = None
     if body.get("rerank_by") is not None:
