@@ -72,6 +72,18 @@ Semantics
 
 Errors: anything malformed raises :class:`puffer_cli.errors.InvalidFilter`
 whose message starts with the offending (sub-)filter as compact JSON.
+
+Limits (puffer_cli/limits.py; docs/http.md "Limits: queries"): :func:`check_limits`
+walks the raw filter once, iteratively, before anything parses or compiles it:
+at most MAX_FILTER_NODES conditions + connectives, MAX_FILTER_DEPTH nested
+connectives, MAX_FILTER_LIST_ITEMS values (and MAX_VALUE_DEPTH nesting) per
+condition, MAX_PATTERN_CHARS per pattern, MAX_QUERY_TEXT_CHARS per token query.
+Compiled form: an Or of Eq (And of NotEq) on one attribute becomes one In
+(NotIn); an And/Or of many parts is one all/any_horizontal (a long ``|`` chain
+is a deep tree polars plans in quadratic time and, at a few thousand, crashes
+on); regexes are compiled by polars' Rust engine (linear time, 10 MiB compiled
+size limit: beyond it an InvalidFilter).  :func:`filter_mask` evaluates large
+frames in slices under the query's time budget.
 """
 from __future__ import annotations
 
