@@ -426,6 +426,8 @@ def compile_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str
                          sort_keys=True)
     except (TypeError, ValueError):  # not plain JSON (in-process callers): not cached
         key = None
+    if key is not None and len(key) > _COMPILED_MAX_KEY:
+        key = None  # huge value lists: cheap to compile again relative to their size, costly to keep
     with _COMPILED_LOCK:
         hit = _COMPILED.get(key) if key is not None else None
         if hit is not None:
@@ -448,6 +450,7 @@ def compile_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str
 _COMPILED: "OrderedDict[str, pl.Expr]" = OrderedDict()
 _COMPILED_LOCK = threading.Lock()
 _COMPILED_MAX = 64
+_COMPILED_MAX_KEY = 1 << 20
 
 
 def validate_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None) -> None:

@@ -61,8 +61,8 @@ def _show(v: Any, limit: int = 120) -> str:
 
 
 def _check_len(v: Any, limit: int, name: str, where: str, what: str) -> None:
-    """Refuse a list (or string) longer than a query limit, naming it."""
-    if isinstance(v, (list, tuple, str, Mapping)) and len(v) > limit:
+    """Refuse a list (or object) longer than a query limit, naming it."""
+    if isinstance(v, (list, tuple, Mapping)) and len(v) > limit:
         raise _fail(where, f"{len(v):,} {what} (limit: {name} = {limit:,})")
 
 
