@@ -400,15 +400,23 @@ def _grouped(sub: pl.DataFrame, q: Q.Query, schema: Mapping) -> list[dict]:
 _RFC3339 = "%Y-%m-%dT%H:%M:%S%.3fZ"
 
 
+#: datetimes printable as text (polars panics beyond chrono's +-262,143 years): others come out null
+_DT_MS_MAX = 8_000_000_000_000_000
+
+
+def _dt_text(e: pl.Expr) -> pl.Expr:
+    ms = e.dt.epoch("ms")
+    return pl.when(ms.abs() <= _DT_MS_MAX).then(e).otherwise(None).dt.to_string(_RFC3339)
+
+
 def _jsonable(frame: pl.DataFrame, encoding: str = "float") -> pl.DataFrame:
     """Datetimes -> RFC 3339 strings; vectors -> lists (or base64)."""
     exprs = []
     for c, d in frame.schema.items():
         if isinstance(d, pl.Datetime):
-            exprs.append(pl.col(c).dt.convert_time_zone("UTC").dt.to_string(_RFC3339) if d.time_zone
-                         else pl.col(c).dt.to_string(_RFC3339))
+            exprs.append(_dt_text(pl.col(c).dt.convert_time_zone("UTC") if d.time_zone else pl.col(c)))
         elif isinstance(d, pl.List) and isinstance(d.inner, pl.Datetime):
-            exprs.append(pl.col(c).list.eval(pl.element().dt.to_string(_RFC3339)))
+            exprs.append(pl.col(c).list.eval(_dt_text(pl.element())))
         elif isinstance(d, pl.Array):
             if encoding == "base64":
                 s = frame[c]

@@ -446,3 +446,19 @@ def _fuzz_ns():
         ns.write({"upsert_rows": _rows(0, 30), "schema": SCHEMA})
         _FUZZ["ns"] = ns
     return _FUZZ["ns"]
+
+
+def test_unprintable_stored_datetimes_do_not_crash_rows():
+    """A datetime beyond what RFC 3339 text can hold (polars panics printing it) comes
+    out null, never a PanicException/500; representable ones are unchanged."""
+    from puffer_cli import query as Q
+
+    dt = pl.Datetime("ms", "UTC")
+    docs = pl.DataFrame({"id": pl.Series([1, 2, 3], dtype=pl.UInt64),
+                         "d": pl.Series([2**62, 0, -(2**62)], dtype=pl.Int64).cast(dt),
+                         "ld": pl.Series([[2**62, 0], [], None], dtype=pl.List(pl.Int64)).cast(pl.List(dt))})
+    schema = {"id": {"type": "uint"}, "d": {"type": "datetime"}, "ld": {"type": "[]datetime"}}
+    q = Q.parse_query({"rank_by": ["id", "asc"], "include_attributes": True})
+    rows = engine.shape_rows(q, engine.execute(q, docs, schema, None))
+    assert rows == [{"id": 1, "ld": [None, "1970-01-01T00:00:00.000Z"]},
+                    {"id": 2, "d": "1970-01-01T00:00:00.000Z", "ld": []}, {"id": 3}]
