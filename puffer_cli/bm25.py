@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 
 from . import text as T
+from .limits import check_deadline
 
 __all__ = ["FieldStats", "Bm25Stats", "Postings", "merge", "stats_from_frame", "postings_for", "query_tokens",
            "score", "frame_cached"]
@@ -218,6 +219,7 @@ def _build_postings(values: pl.Series, opts: Mapping) -> Postings:
     tid_parts: list[np.ndarray] = []
     doc_parts: list[np.ndarray] = []
     for start in range(0, n, CHUNK_DOCS):
+        check_deadline("query")  # analysing a large frame's text: between chunks
         toks = T.tokenize_many(values.slice(start, CHUNK_DOCS).to_list(), opts)
         lens = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
         doc_len[start:start + len(toks)] = lens

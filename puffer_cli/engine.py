@@ -29,6 +29,7 @@ import polars as pl
 
 from . import bm25 as B
 from . import filters as F
+from . import limits as L
 from . import query as Q
 from .errors import InvalidQuery
 from .store import io_scope
@@ -139,11 +140,7 @@ def _vectors(docs: pl.DataFrame, attr: str, metric: str) -> _VecCache:
 
 
 def _filter_mask(docs: pl.DataFrame, f: Any, schema: Mapping) -> np.ndarray:
-    expr = F.compile_filter(f, schema, columns=docs.columns)
-    m = docs.select(expr.alias("m")).to_series().to_numpy()
-    if len(m) != docs.height:  # a constant filter (e.g. ["And", []]) selects one literal row
-        m = np.full(docs.height, bool(m[0]) if len(m) else False)
-    return m.astype(bool, copy=False)
+    return F.filter_mask(docs, F.compile_filter(f, schema, columns=docs.columns))
 
 
 def _topk_order(primary: np.ndarray, ids: np.ndarray, kk: int) -> np.ndarray:
@@ -237,7 +234,10 @@ def _text_eval(e, docs: pl.DataFrame | None, schema: Mapping, stats: B.Bm25Stats
         fs = stats.get(e.attr) if stats is not None else None
         return B.score(p, B.query_tokens(e.query, opts), opts, stats=fs, last_as_prefix=e.last_as_prefix)
     if isinstance(e, (Q.TextSum, Q.TextMax)):
-        parts = [_text_eval(c, docs, schema, stats, postings) for c in e.children]
+        parts = []
+        for c in e.children:
+            L.check_deadline()
+            parts.append(_text_eval(c, docs, schema, stats, postings))
         m = np.logical_or.reduce([p[1] for p in parts])
         if isinstance(e, Q.TextSum):
             s = np.sum([p[0] for p in parts], axis=0)
@@ -288,6 +288,7 @@ def execute(q: Q.Query, docs: pl.DataFrame, schema: dict, metric: str | None, *,
             bm25_stats: B.Bm25Stats | None = None) -> QueryResult:
     """Evaluate ``q`` exactly over ``docs`` (live documents, columns per ``schema``)."""
     n = docs.height
+    L.check_deadline()
     mask = _filter_mask(docs, q.filter, schema) if q.filters is not None and n else None
     cand = np.flatnonzero(mask) if mask is not None else None
     matched = n if cand is None else len(cand)
@@ -303,6 +304,7 @@ def execute(q: Q.Query, docs: pl.DataFrame, schema: dict, metric: str | None, *,
     rb = q.rank_by
     if rb is None:
         return res
+    L.check_deadline()
     kk = q.offset + q.limit
     per = q.per_attributes is not None
     if per:
@@ -325,6 +327,7 @@ def execute(q: Q.Query, docs: pl.DataFrame, schema: dict, metric: str | None, *,
             else:
                 pos, dist = np.zeros(0, dtype=np.int64), np.zeros(0)
         frame = docs.gather(pl.Series(pos, dtype=pl.Int64)) if len(pos) else docs.clear()
+    L.check_deadline()
     if per:
         keep = _apply_per(frame, q.per_attributes, q.per_limit)
         frame = frame.filter(keep)
@@ -374,7 +377,7 @@ def _grouped(sub: pl.DataFrame, q: Q.Query, schema: Mapping) -> list[dict]:
     keys = [f"__g_{g.name}" for g in q.group_by]
     out = frame.group_by(keys).agg([_agg_expr(label, a, schema, frame.columns) for label, a in q.aggregate_by])
     out = out.sort(keys, nulls_last=True)
-    limit = q.limit if q.limit_given else Q.MAX_LIMIT
+    limit = q.limit if q.limit_given else L.MAX_TOP_K
     out = out.head(limit)
     out = _jsonable(out)
     groups = []
@@ -397,15 +400,23 @@ def _grouped(sub: pl.DataFrame, q: Q.Query, schema: Mapping) -> list[dict]:
 _RFC3339 = "%Y-%m-%dT%H:%M:%S%.3fZ"
 
 
+#: datetimes printable as text (polars panics beyond chrono's +-262,143 years): others come out null
+_DT_MS_MAX = 8_000_000_000_000_000
+
+
+def _dt_text(e: pl.Expr) -> pl.Expr:
+    ms = e.dt.epoch("ms")
+    return pl.when(ms.abs() <= _DT_MS_MAX).then(e).otherwise(None).dt.to_string(_RFC3339)
+
+
 def _jsonable(frame: pl.DataFrame, encoding: str = "float") -> pl.DataFrame:
     """Datetimes -> RFC 3339 strings; vectors -> lists (or base64)."""
     exprs = []
     for c, d in frame.schema.items():
         if isinstance(d, pl.Datetime):
-            exprs.append(pl.col(c).dt.convert_time_zone("UTC").dt.to_string(_RFC3339) if d.time_zone
-                         else pl.col(c).dt.to_string(_RFC3339))
+            exprs.append(_dt_text(pl.col(c).dt.convert_time_zone("UTC") if d.time_zone else pl.col(c)))
         elif isinstance(d, pl.List) and isinstance(d.inner, pl.Datetime):
-            exprs.append(pl.col(c).list.eval(pl.element().dt.to_string(_RFC3339)))
+            exprs.append(pl.col(c).list.eval(_dt_text(pl.element())))
         elif isinstance(d, pl.Array):
             if encoding == "base64":
                 s = frame[c]
@@ -499,10 +510,13 @@ def run_query(ns, body: Mapping) -> dict:
     t0 = time.perf_counter()
     q = Q.parse_query(body)
     with io_scope() as io:
+        L.check_deadline()
         src = load_source(ns, q.consistency, [q])
+        L.check_deadline()
         t_exec = time.perf_counter()
         Q.check_query(q, src.schema, src.metric)
         res = src.result(0, q)
+        L.check_deadline()
         out = _result_body(q, res)
     out["billing"] = {"billable_logical_bytes_queried": src.queried(),
                       "billable_logical_bytes_returned": _returned_bytes(res)}
@@ -526,14 +540,17 @@ def run_multi(ns, body: Mapping) -> dict:
     t0 = time.perf_counter()
     mq = Q.parse_multi(body)
     with io_scope() as io:
+        L.check_deadline()
         src = load_source(ns, mq.consistency, mq.queries, multi=True)
         t_exec = time.perf_counter()
         results = []
         returned = 0
         for i, q in enumerate(mq.queries):
+            L.check_deadline()
             Q.check_query(q, src.schema, src.metric, where=f"queries[{i}]")
             results.append(src.result(i, q))
         enc = mq.vector_encoding if mq.vector_encoding != "float" else None
+        L.check_deadline()
         if mq.rrf is None:
             out_results = [_result_body(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
             returned = sum(_returned_bytes(r) for r in results)

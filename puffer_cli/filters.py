@@ -72,6 +72,18 @@ Semantics
 
 Errors: anything malformed raises :class:`puffer_cli.errors.InvalidFilter`
 whose message starts with the offending (sub-)filter as compact JSON.
+
+Limits (puffer_cli/limits.py; docs/http.md "Limits: queries"): :func:`check_limits`
+walks the raw filter once, iteratively, before anything parses or compiles it:
+at most MAX_FILTER_NODES conditions + connectives, MAX_FILTER_DEPTH nested
+connectives, MAX_FILTER_LIST_ITEMS values (and MAX_VALUE_DEPTH nesting) per
+condition, MAX_PATTERN_CHARS per pattern, MAX_QUERY_TEXT_CHARS per token query.
+Compiled form: an Or of Eq (And of NotEq) on one attribute becomes one In
+(NotIn); an And/Or of many parts is one all/any_horizontal (a long ``|`` chain
+is a deep tree polars plans in quadratic time and, at a few thousand, crashes
+on); regexes are compiled by polars' Rust engine (linear time, 10 MiB compiled
+size limit: beyond it an InvalidFilter).  :func:`filter_mask` evaluates large
+frames in slices under the query's time budget.
 """
 from __future__ import annotations
 
@@ -80,19 +92,25 @@ import difflib
 import json
 import math
 import re
+import threading
 import uuid as _uuid
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import polars as pl
 
+from puffer_cli import limits as _limits
 from puffer_cli import text as _text
 from puffer_cli.errors import InvalidFilter
 
 __all__ = [
     "OPERATORS",
+    "check_limits",
     "compile_filter",
+    "filter_mask",
     "glob_to_regex",
     "ref_new_attributes",
     "referenced_attributes",
@@ -125,6 +143,8 @@ def _show(v: Any, limit: int = 200) -> str:
         s = json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=repr)
     except (TypeError, ValueError):  # pragma: no cover - default=repr handles most
         s = repr(v)
+    except RecursionError:  # a value nested too deep to print (check_limits refuses it first)
+        s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
@@ -204,7 +224,100 @@ def _canon(x: pl.Expr, t: str) -> pl.Expr:
 
 # --------------------------------------------------------------------------- parsing
 
+def _is_connective(f: list | tuple) -> bool:
+    """``f`` (a non-empty list) is ``[And|Or|Not, ...]`` rather than a condition on an
+    attribute called "And" / "Or" / "Not"."""
+    head = f[0]
+    return isinstance(head, str) and head in _CONNECTIVES and (len(f) != 3 or not isinstance(f[1], str))
+
+
+def _too_big(what: str, got: str, limit: int, name: str, hint: str) -> InvalidFilter:
+    return InvalidFilter(f"filter {what}: {got} (limit: {name} = {limit:,})", hint=hint)
+
+
+def _too_many_nodes(seen: int) -> InvalidFilter:
+    return _too_big("too large", f"at least {seen:,} conditions and And/Or/Not",
+                    _limits.MAX_FILTER_NODES, "MAX_FILTER_NODES",
+                    "use [attr, \"In\", [...]] instead of an Or of Eq (one node), or split the query")
+
+
+def _check_value(v: Any) -> None:
+    """Bound a condition's value (or any non-filter element): nesting at most
+    MAX_VALUE_DEPTH, at most MAX_FILTER_LIST_ITEMS list elements / object values in all."""
+    if not isinstance(v, (list, tuple, Mapping)):
+        return
+    items = 0
+    stack = [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if d > _limits.MAX_VALUE_DEPTH:
+            raise _too_big("value nested too deep", f"a value nested more than {_limits.MAX_VALUE_DEPTH} levels",
+                           _limits.MAX_VALUE_DEPTH, "MAX_VALUE_DEPTH",
+                           "values are scalars or flat lists of scalars")
+        kids = x.values() if isinstance(x, Mapping) else x
+        items += len(kids)
+        if items > _limits.MAX_FILTER_LIST_ITEMS:
+            raise _too_big("list too long", f"more than {_limits.MAX_FILTER_LIST_ITEMS:,} values",
+                           _limits.MAX_FILTER_LIST_ITEMS, "MAX_FILTER_LIST_ITEMS",
+                           "split the query, or filter on a coarser attribute")
+        stack.extend((k, d + 1) for k in kids if isinstance(k, (list, tuple, Mapping)))
+
+
+def check_limits(f: Any) -> None:
+    """Refuse a filter beyond the query limits (puffer_cli.limits), with an
+    InvalidFilter naming the limit: more than MAX_FILTER_NODES conditions and
+    connectives, And/Or/Not nested more than MAX_FILTER_DEPTH deep, a value list of
+    more than MAX_FILTER_LIST_ITEMS, a Glob/IGlob/Regex pattern longer than
+    MAX_PATTERN_CHARS, a token-operator query longer than MAX_QUERY_TEXT_CHARS.
+
+    One iterative walk over the raw JSON, stopping at the first limit broken, so it
+    is cheap and cannot overflow any stack whatever it is given; everything that
+    parses, prints or compiles a filter runs after it (and may then recurse)."""
+    if f is None:
+        return
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(f, 0)]
+    while stack:
+        g, depth = stack.pop()
+        nodes += 1
+        if nodes > _limits.MAX_FILTER_NODES:
+            raise _too_many_nodes(nodes + len(stack))
+        if isinstance(g, (list, tuple)) and g and _is_connective(g) and len(g) == 2:
+            if depth >= _limits.MAX_FILTER_DEPTH:
+                raise _too_big("nested too deep", f"And/Or/Not nested more than {_limits.MAX_FILTER_DEPTH} levels",
+                               _limits.MAX_FILTER_DEPTH, "MAX_FILTER_DEPTH", "flatten the filter")
+            if g[0] == "Not":
+                stack.append((g[1], depth + 1))
+                continue
+            if isinstance(g[1], (list, tuple)):
+                if nodes + len(stack) + len(g[1]) > _limits.MAX_FILTER_NODES:
+                    raise _too_many_nodes(nodes + len(stack) + len(g[1]))
+                stack.extend((s, depth + 1) for s in g[1])
+                continue
+        # a condition (or something malformed, which the parse reports): bound its parts
+        if isinstance(g, (list, tuple)) and len(g) >= 3 and isinstance(g[1], str):
+            pos = _NEG.get(g[1], g[1])
+            v = g[2]
+            if pos in ("Glob", "IGlob", "Regex") and isinstance(v, str) and len(v) > _limits.MAX_PATTERN_CHARS:
+                raise _too_big("pattern too long", f"{g[1]} pattern of {len(v):,} characters",
+                               _limits.MAX_PATTERN_CHARS, "MAX_PATTERN_CHARS", "use a shorter pattern")
+            if pos in _TOKEN_OPS and isinstance(v, (str, list, tuple)):
+                n = len(v) if isinstance(v, str) else sum(len(x) for x in v if isinstance(x, str))
+                if n > _limits.MAX_QUERY_TEXT_CHARS:
+                    raise _too_big("query text too long", f"{g[1]} text of {n:,} characters",
+                                   _limits.MAX_QUERY_TEXT_CHARS, "MAX_QUERY_TEXT_CHARS",
+                                   "use fewer query words")
+        for part in (g if isinstance(g, (list, tuple)) else (g,)):
+            _check_value(part)
+
+
 def _parse(f: Any):
+    """check_limits, then structural validation -> nested tuples (see _parse_node)."""
+    check_limits(f)
+    return _parse_node(f)
+
+
+def _parse_node(f: Any):
     """Structural validation -> nested tuples.
 
     ("and"|"or", [nodes]) | ("not", node) | ("leaf", attr, op, value, params, raw)
@@ -216,18 +329,18 @@ def _parse(f: Any):
     if len(f) == 0:
         raise ctx.fail("empty filter")
     head = f[0]
-    connective = head in _CONNECTIVES and (len(f) != 3 or not isinstance(f[1], str))
+    connective = _is_connective(f)
     if connective and head in ("And", "Or"):
         if len(f) != 2:
             raise ctx.fail(f"{head} takes exactly one list of filters: [\"{head}\", [f, ...]]")
         subs = f[1]
         if not isinstance(subs, (list, tuple)):
             raise ctx.fail(f"{head} needs a list of filters, got {_show(subs)}")
-        return (head.lower(), [_parse(s) for s in subs])
+        return (head.lower(), [_parse_node(s) for s in subs])
     if connective and head == "Not":
         if len(f) != 2:
             raise ctx.fail("Not takes exactly one filter: [\"Not\", filter]")
-        return ("not", _parse(f[1]))
+        return ("not", _parse_node(f[1]))
     if len(f) not in (3, 4):
         if len(f) == 2 and isinstance(f[1], str) and f[1] in OPERATORS:
             raise ctx.fail(f"{f[1]} needs a value: [attr, \"{f[1]}\", value]")
@@ -307,14 +420,83 @@ def compile_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str
     """
     if f is None:
         return pl.lit(True)
-    tree = _parse(f)
+    check_limits(f)
+    try:
+        key = json.dumps([f, schema, ref_new_prefix, None if columns is None else sorted(columns)],
+                         sort_keys=True)
+    except (TypeError, ValueError):  # not plain JSON (in-process callers): not cached
+        key = None
+    if key is not None and len(key) > _COMPILED_MAX_KEY:
+        key = None  # huge value lists: cheap to compile again relative to their size, costly to keep
+    with _COMPILED_LOCK:
+        hit = _COMPILED.get(key) if key is not None else None
+        if hit is not None:
+            _COMPILED.move_to_end(key)
+            return hit
+    tree = _parse_node(f)
     c = _Compiler(schema, ref_new_prefix, _Cols(columns))
-    return c.node(tree)
+    expr = c.node(tree)
+    if key is not None:
+        with _COMPILED_LOCK:
+            _COMPILED[key] = expr
+            while len(_COMPILED) > _COMPILED_MAX:
+                _COMPILED.popitem(last=False)
+    return expr
+
+
+# A query compiles its filter several times (validation against the schema, then per
+# frame or index segment); a 1,000-clause filter takes ~0.2 s to compile, so keep the
+# last few expressions (polars expressions are immutable).
+_COMPILED: "OrderedDict[str, pl.Expr]" = OrderedDict()
+_COMPILED_LOCK = threading.Lock()
+_COMPILED_MAX = 64
+_COMPILED_MAX_KEY = 1 << 20
 
 
 def validate_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None) -> None:
     """Raise InvalidFilter if ``f`` does not compile against ``schema``."""
     compile_filter(f, schema, ref_new_prefix=ref_new_prefix)
+
+
+#: an And/Or of more parts than this is one all_horizontal / any_horizontal
+_CHAIN_MAX = 4
+#: an Or of at least this many Eq (And of NotEq) on one attribute is one In (NotIn)
+_FUSE_MIN = 2
+
+
+def _fusable(v: Any) -> bool:
+    """A value whose ``Eq`` is exactly ``In [v]`` (scalars; not null, which In treats
+    per array, nor ints beyond float range, which Eq on a float rounds to infinity)."""
+    if isinstance(v, bool) or isinstance(v, (str, float)):
+        return True
+    return isinstance(v, int) and abs(v) < 2**1023
+
+
+def filter_mask(frame: pl.DataFrame, expr: pl.Expr) -> np.ndarray:
+    """``frame.select(expr)`` as a bool numpy mask of ``frame.height`` rows.
+
+    Large frames are evaluated in slices of about FILTER_SLICE_BYTES with
+    ``limits.check_deadline()`` between them: one polars call cannot be
+    interrupted, so this bounds how long any single one runs (a regex near the
+    compiled-size limit costs ~0.5 us per byte of text)."""
+    n = frame.height
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    per_row = max(1, frame.estimated_size() // n)
+    step = max(FILTER_SLICE_MIN_ROWS, FILTER_SLICE_BYTES // per_row)
+    out = []
+    for start in range(0, n, step):
+        _limits.check_deadline()
+        part = frame.slice(start, step)
+        m = part.select(expr.fill_null(False).alias("m")).to_series().to_numpy()
+        if len(m) != part.height:  # a constant filter (e.g. ["And", []]) selects one literal row
+            m = np.full(part.height, bool(m[0]) if len(m) else False)
+        out.append(m.astype(bool, copy=False))
+    return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+FILTER_SLICE_BYTES = 8 << 20     # rows of about this many bytes per polars call (see filter_mask)
+FILTER_SLICE_MIN_ROWS = 4_096
 
 
 _FALSE = False  # constant "no row matches"
@@ -333,13 +515,44 @@ class _Compiler:
             return self.leaf(*n[1:])
         if kind == "not":
             return ~self.node(n[1])
-        parts = [self.node(s) for s in n[1]]
+        parts = self.fused(kind, n[1])
         if not parts:
             return pl.lit(kind == "and")
+        if len(parts) > _CHAIN_MAX:
+            # flat: a long a | b | c ... chain is a deep tree that polars plans in
+            # quadratic time (and, deep enough, overflows its stack)
+            return pl.all_horizontal(parts) if kind == "and" else pl.any_horizontal(parts)
         out = parts[0]
         for p in parts[1:]:
             out = (out & p) if kind == "and" else (out | p)
         return out
+
+    def fused(self, kind: str, subs: list) -> list[pl.Expr]:
+        """The children of an And/Or, with an Or of ``[a, "Eq", v]`` (an And of
+        ``[a, "NotEq", v]``) over one attribute compiled as one ``[a, "In", [v, ...]]``
+        (``Not In``): same result, one hash lookup per row instead of one comparison
+        per clause.  Every clause is still compiled on its own first, so a bad one
+        raises exactly the error it would alone."""
+        want = "Eq" if kind == "or" else "NotEq"
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(subs):
+            if s[0] == "leaf" and s[2] == want and _fusable(s[3]):
+                groups.setdefault(s[1], []).append(i)
+        fuse = {i: attr for attr, idx in groups.items() if len(idx) >= _FUSE_MIN for i in idx}
+        parts: list[pl.Expr | str] = []
+        for i, s in enumerate(subs):
+            e = self.node(s)  # validates (and is the answer when not fused)
+            attr = fuse.get(i)
+            if attr is None:
+                parts.append(e)
+            elif groups[attr][0] == i:
+                parts.append(attr)  # the group's place, filled in once every clause is valid
+        for k, p in enumerate(parts):
+            if isinstance(p, str):
+                values = [subs[j][3] for j in groups[p]]
+                raw = [p, "In" if want == "Eq" else "NotIn", values]
+                parts[k] = self.leaf(p, raw[1], values, {}, raw)
+        return parts  # type: ignore[return-value]
 
     # -- one condition ----------------------------------------------------------
     def leaf(self, attr: str, op: str, value: Any, params: dict, raw: Any) -> pl.Expr:

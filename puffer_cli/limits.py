@@ -45,6 +45,8 @@ MAX_FILTER_LIST_ITEMS = 10_000         # values of one In/NotIn/ContainsAny list
 MAX_PATTERN_CHARS = 4_096              # Regex/Glob pattern length
 MAX_QUERY_TEXT_CHARS = 16_384          # BM25 / token filter query string length
 QUERY_BUDGET_S = 10.0                  # default wall-clock budget of one query
+MAX_OFFSET = 1_000_000                 # offset of a ranked query (rows skipped are still ranked)
+MAX_RECALL_QUERIES = 1_000             # sampled query vectors of one _debug/recall (2 queries each)
 
 # -- server (puffer serve) --------------------------------------------------------
 QUERY_GRACE_S = 0.5                    # the HTTP answer (408) leaves at budget + this, even if a call is stuck

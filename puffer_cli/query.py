@@ -16,7 +16,7 @@ Forms (turbopuffer's)::
               a filter (scores 1 where it matches)   ["Attribute", attr]
               [attr, "asc"|"desc"]   [[attr, "asc"|"desc"], ...]
     filters   see puffer_cli.filters
-    top_k / limit   int (1..10,000) or limit {"total": n, "per": {"attributes": [...], "limit": m}}
+    top_k / limit   int (1..limits.MAX_TOP_K) or limit {"total": n, "per": {"attributes": [...], "limit": m}}
     offset    int >= 0
     include_attributes  true | false | [attr, ...];  exclude_attributes [attr, ...]
     aggregate_by  {"label": ["Count"] | ["Count", attr] | ["Sum", attr]}
@@ -37,12 +37,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import filters as F
+from . import limits as L
 from . import schema as S
 from .errors import InvalidFilter, InvalidQuery
 
-MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 10
-MAX_MULTI = 16
 METRICS = ("cosine_distance", "euclidean_squared")
 QUERY_KEYS = ("rank_by", "filters", "top_k", "limit", "offset", "include_attributes", "exclude_attributes",
               "aggregate_by", "group_by", "consistency", "vector_encoding", "distance_metric")
@@ -56,7 +55,15 @@ def _show(v: Any, limit: int = 120) -> str:
         s = json.dumps(v, ensure_ascii=False)
     except (TypeError, ValueError):
         s = repr(v)
+    except RecursionError:  # nested too deep to print
+        s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _check_len(v: Any, limit: int, name: str, where: str, what: str) -> None:
+    """Refuse a list (or object) longer than a query limit, naming it."""
+    if isinstance(v, (list, tuple, Mapping)) and len(v) > limit:
+        raise _fail(where, f"{len(v):,} {what} (limit: {name} = {limit:,})")
 
 
 def _fail(where: str, msg: str, hint: str | None = None) -> InvalidQuery:
@@ -285,6 +292,9 @@ F32_MAX = float(np.finfo(np.float32).max)
 def parse_vector(v: Any, where: str) -> tuple[float, ...]:
     """A query vector: a list of finite numbers, or base64 of little-endian float32."""
     if isinstance(v, str):
+        if len(v) > (L.MAX_VECTOR_DIMS * 4 + 2) // 3 * 4:
+            raise _fail(where, f"base64 vector of {len(v):,} characters: more than {L.MAX_VECTOR_DIMS:,} "
+                               f"float32 dimensions (limit: MAX_VECTOR_DIMS = {L.MAX_VECTOR_DIMS:,})")
         try:
             raw = base64.b64decode(v, validate=True)
         except (binascii.Error, ValueError):
@@ -302,6 +312,7 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
         raise _fail(where, f"vector must be a list of numbers or a base64 string, got {_show(v)}")
     if not v:
         raise _fail(where, "vector is empty")
+    _check_len(v, L.MAX_VECTOR_DIMS, "MAX_VECTOR_DIMS", where, "vector dimensions")
     kinds = set(map(type, v))
     if kinds <= {float, int}:  # the common case, checked in bulk (bool is its own type: not here)
         try:
@@ -319,11 +330,11 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
     return tuple(float(x) for x in v)
 
 
-def _parse_limit_int(v: Any, where: str, lo: int = 1, hi: int = MAX_LIMIT) -> int:
+def _parse_limit_int(v: Any, where: str, lo: int = 1, hi: int = L.MAX_TOP_K, name: str = "MAX_TOP_K") -> int:
     if not _is_int(v):
         raise _fail(where, f"must be an integer, got {_show(v)}")
     if not lo <= v <= hi:
-        raise _fail(where, f"must be between {lo} and {hi:,}, got {v}")
+        raise _fail(where, f"must be between {lo} and {hi:,} (limit: {name}), got {v}")
     return v
 
 
@@ -335,7 +346,35 @@ def _looks_like_order(v: Any) -> bool:
     return isinstance(v, (list, tuple)) and len(v) == 2 and isinstance(v[0], str) and v[1] in ("asc", "desc")
 
 
+def _check_rank_limits(rb: Any, where: str) -> None:
+    """Bound a rank_by expression before the recursive parse: at most MAX_FILTER_NODES
+    expressions, Sum/Max/Product nested at most MAX_FILTER_DEPTH deep (filters inside
+    are bounded by filters.check_limits).  Iterative, so any depth is refused cleanly."""
+    nodes = 0
+    stack = [(rb, 0)]
+    while stack:
+        e, depth = stack.pop()
+        nodes += 1
+        if nodes > L.MAX_FILTER_NODES:
+            raise _fail(where, f"more than {L.MAX_FILTER_NODES:,} ranking expressions "
+                               f"(limit: MAX_FILTER_NODES = {L.MAX_FILTER_NODES:,})")
+        if not isinstance(e, (list, tuple)) or not e or e[0] not in TEXT_COMBINATORS \
+                or (len(e) >= 2 and e[1] == "BM25"):
+            continue
+        if depth >= L.MAX_FILTER_DEPTH:
+            raise _fail(where, f"Sum/Max/Product nested more than {L.MAX_FILTER_DEPTH} levels "
+                               f"(limit: MAX_FILTER_DEPTH = {L.MAX_FILTER_DEPTH})")
+        kids = e[1:]
+        if e[0] in ("Sum", "Max") and len(e) == 2 or (e[0] == "Product" and len(e) == 2):
+            kids = e[1] if isinstance(e[1], (list, tuple)) else ()
+        if nodes + len(stack) + len(kids) > L.MAX_FILTER_NODES:
+            raise _fail(where, f"at least {nodes + len(stack) + len(kids):,} ranking expressions "
+                               f"(limit: MAX_FILTER_NODES = {L.MAX_FILTER_NODES:,})")
+        stack.extend((k, depth + 1) for k in kids if isinstance(k, (list, tuple)))
+
+
 def parse_rank_by(rb: Any, where: str = "rank_by"):
+    _check_rank_limits(rb, where)
     if not isinstance(rb, (list, tuple)) or len(rb) == 0:
         raise _fail(where, f"expected a list like [\"vector\", \"ANN\", [...]], [attr, \"BM25\", \"text\"] "
                     f"or [attr, \"asc\"|\"desc\"], got {_show(rb)}")
@@ -405,6 +444,11 @@ def parse_text_expr(e: Any, where: str):
             raise _fail(where, "BM25 is [attr, \"BM25\", \"query text\"] (optionally + {\"last_as_prefix\": bool})")
         attr = _attr_name(e[0], where + "[0]")
         q = e[2]
+        n = len(q) if isinstance(q, str) else sum(len(t) for t in q if isinstance(t, str)) \
+            if isinstance(q, (list, tuple)) else 0
+        if n > L.MAX_QUERY_TEXT_CHARS:
+            raise _fail(where + "[2]", f"BM25 query of {n:,} characters "
+                                       f"(limit: MAX_QUERY_TEXT_CHARS = {L.MAX_QUERY_TEXT_CHARS:,})")
         if isinstance(q, str):
             query: str | tuple[str, ...] = q
         elif isinstance(q, (list, tuple)) and all(isinstance(t, str) for t in q):
@@ -514,6 +558,8 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
                 if not isinstance(per, Mapping) or set(per) != {"attributes", "limit"}:
                     raise _fail(pre + "limit.per", f"expected {{\"attributes\": [...], \"limit\": n}}, got {_show(per)}")
                 pa = per["attributes"]
+                _check_len(pa, L.MAX_ATTRIBUTES_PER_NAMESPACE, "MAX_ATTRIBUTES_PER_NAMESPACE",
+                           pre + "limit.per.attributes", "attribute names")
                 if not isinstance(pa, (list, tuple)) or not pa:
                     raise _fail(pre + "limit.per.attributes", "must be a non-empty list of attribute names")
                 per_attrs = tuple(_attr_name(a, pre + "limit.per.attributes") for a in pa)
@@ -523,7 +569,7 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
 
     offset = 0
     if body.get("offset") is not None:
-        offset = _parse_limit_int(body["offset"], pre + "offset", 0, 1_000_000)
+        offset = _parse_limit_int(body["offset"], pre + "offset", 0, L.MAX_OFFSET, "MAX_OFFSET")
         if rank_by is None:
             raise _fail(pre + "offset", "offset needs an explicit rank_by")
 
@@ -532,6 +578,9 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
     inc, exc = body.get("include_attributes"), body.get("exclude_attributes")
     if inc is not None and exc is not None:
         raise _fail(pre + "include_attributes", "give either include_attributes or exclude_attributes, not both")
+    n_attrs = L.MAX_ATTRIBUTES_PER_NAMESPACE
+    _check_len(inc, n_attrs, "MAX_ATTRIBUTES_PER_NAMESPACE", pre + "include_attributes", "attribute names")
+    _check_len(exc, n_attrs, "MAX_ATTRIBUTES_PER_NAMESPACE", pre + "exclude_attributes", "attribute names")
     if inc is not None:
         if isinstance(inc, bool):
             include = inc
@@ -549,6 +598,8 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
         ab = body["aggregate_by"]
         if not isinstance(ab, Mapping) or not ab:
             raise _fail(pre + "aggregate_by", f"expected {{\"label\": [\"Count\"] | [\"Sum\", attr]}}, got {_show(ab)}")
+        _check_len(ab, L.MAX_ATTRIBUTES_PER_NAMESPACE, "MAX_ATTRIBUTES_PER_NAMESPACE", pre + "aggregate_by",
+                   "aggregations")
         for label, spec in ab.items():
             w = f"{pre}aggregate_by.{label}"
             if not isinstance(label, str) or not label:
@@ -571,6 +622,8 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
         gb = body["group_by"]
         if not isinstance(gb, (list, tuple)) or not gb:
             raise _fail(pre + "group_by", f"must be a non-empty list of attribute names, got {_show(gb)}")
+        _check_len(gb, L.MAX_ATTRIBUTES_PER_NAMESPACE, "MAX_ATTRIBUTES_PER_NAMESPACE", pre + "group_by",
+                   "group keys")
         if not aggs:
             raise _fail(pre + "group_by", "group_by needs aggregate_by")
         for i, g in enumerate(gb):
@@ -617,8 +670,9 @@ def parse_multi(body: Any) -> MultiQuery:
     qs = body.get("queries")
     if not isinstance(qs, (list, tuple)) or not qs:
         raise _fail("queries", f"must be a non-empty list of query objects, got {_show(qs)}")
-    if len(qs) > MAX_MULTI:
-        raise _fail("queries", f"at most {MAX_MULTI} queries per multi-query, got {len(qs)}")
+    if len(qs) > L.MAX_MULTI_QUERIES:
+        raise _fail("queries", f"at most {L.MAX_MULTI_QUERIES} queries per multi-query, got {len(qs):,} "
+                               f"(limit: MAX_MULTI_QUERIES = {L.MAX_MULTI_QUERIES})")
     queries = tuple(parse_query(q, sub=f"queries[{i}]") for i, q in enumerate(qs))
     rrf = None
     if body.get("rerank_by") is not None:
@@ -656,7 +710,7 @@ def parse_multi(body: Any) -> MultiQuery:
     if body.get("offset") is not None:
         if rrf is None or limit is None:
             raise _fail("offset", "a multi-query offset needs rerank_by and limit")
-        offset = _parse_limit_int(body["offset"], "offset", 0, 1_000_000)
+        offset = _parse_limit_int(body["offset"], "offset", 0, L.MAX_OFFSET, "MAX_OFFSET")
     return MultiQuery(queries, _parse_consistency(body.get("consistency")), rrf, limit, offset,
                       _parse_encoding(body.get("vector_encoding")))
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from .. import limits as L
 from .. import replay
 from .. import schema as S
 from ..cache import Cache, get_cache
@@ -358,6 +359,7 @@ class Generation:
         for i, seg in enumerate(self.segments):
             if want.height == 0:
                 break
+            L.check_deadline()
             idf = seg.ids()
             if want["id"].dtype != idf["id"].dtype:
                 want = want.with_columns(pl.col("id").cast(idf["id"].dtype))
@@ -461,6 +463,7 @@ def tail_for(ns, gen: Generation, head) -> Tail:
         ops_batch = []
 
     for e in ns.entries(t.seq, head.seq):
+        L.check_deadline()  # a long tail: stop here rather than replay it past the budget
         if e.header.get("schema") is not None and e.header["schema"] != schema:
             flush()
             schema = e.header["schema"]
@@ -559,10 +562,11 @@ class IndexedView:
         return al
 
     def _filter_mask(self, i: int, filt) -> np.ndarray:
+        L.check_deadline()  # called once per segment by every query path
         vis = self._visible(i)
         if filt is None:
             return vis
-        from ..filters import compile_filter
+        from ..filters import compile_filter, filter_mask
 
         seg = self.gen.segments[i]
         a = seg.attrs()
@@ -570,9 +574,7 @@ class IndexedView:
         missing = [c for c in sch if c not in a.columns]
         if missing:
             a = S.align(a, sch)
-        expr = compile_filter(filt, self.schema)
-        m = a.select(expr.fill_null(False).alias("m")).to_series().to_numpy()
-        return vis & m.astype(bool)
+        return vis & filter_mask(a, compile_filter(filt, self.schema))
 
     # -- statistics ---------------------------------------------------------------
     def bm25_stats(self, fields: list[str]):
@@ -580,6 +582,7 @@ class IndexedView:
 
         out = {}
         for f in fields:
+            L.check_deadline()
             spec = self.schema.get(f)
             if not spec or not spec.get("full_text_search"):
                 continue
@@ -615,6 +618,7 @@ class IndexedView:
         if simple and isinstance(rb, Q.VectorRank) and rb.attr in self.schema:
             vf = sorted(set(need_vecs) | {rb.attr})
             for i, seg in enumerate(self.gen.segments):
+                L.check_deadline()
                 pos, ex, pr = self._vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
                 exhaustive += ex
                 probed += pr
@@ -625,6 +629,7 @@ class IndexedView:
             leaves = list(self._bm25_leaves(rb.expr))
             bm25_fields = sorted({lf.attr for lf in leaves})
             for i, seg in enumerate(self.gen.segments):
+                L.check_deadline()
                 pos = self._bm25_candidates(i, leaves, filt, k)
                 if pos is None:  # segment cannot answer from tantivy: scan it
                     m = self._filter_mask(i, filt)
@@ -635,6 +640,7 @@ class IndexedView:
                     where.append((i, pos))
         elif simple and isinstance(rb, Q.OrderBy):
             for i, seg in enumerate(self.gen.segments):
+                L.check_deadline()
                 pos = self._order_candidates(i, rb, filt, k)
                 if len(pos):
                     parts.append(seg.frame(pos, need_vecs))
@@ -644,6 +650,7 @@ class IndexedView:
                 bm25_fields = sorted({lf.attr for lf in self._bm25_leaves(rb.expr)})
             vf = sorted(set(need_vecs) | ({rb.attr} if isinstance(rb, Q.VectorRank) else set()))
             for i, seg in enumerate(self.gen.segments):
+                L.check_deadline()
                 m = self._filter_mask(i, filt)
                 pos = np.nonzero(m)[0]
                 exhaustive += len(pos)
@@ -736,6 +743,7 @@ class IndexedView:
         fetch = int(math.ceil(want / frac * 1.2)) + 8
         total = len(index)
         while True:
+            L.check_deadline()
             keys, _d = ann.search(index, q, min(fetch, total))
             keep = keys[sel[keys]]
             if len(keep) >= want or fetch >= total:
@@ -818,6 +826,7 @@ class IndexedView:
                                 spec["full_text_search"])
             limit = want
             while True:
+                L.check_deadline()
                 pos = r.search(toks, limit)
                 keep = pos[sel[pos]]
                 if len(keep) >= want or len(pos) < limit:
@@ -916,6 +925,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
             prepared: list = []
             scored = 0
             for i, q in enumerate(queries):
+                L.check_deadline()
                 Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
                 fast = topk.vector_topk if topk.vector_eligible(view, q) else \
                     topk.text_topk if topk.text_eligible(view, q) else None

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 
+from .. import limits as L
 from .. import schema as S
 from ..errors import InvalidRequest
 
@@ -16,8 +17,9 @@ def recall(ns, *, num: int = 25, top_k: int = 10, filters=None, field: str | Non
            seed: int | None = 0) -> dict:
     from .. import engine
 
-    if not 1 <= num <= 1000 or not 1 <= top_k <= 10_000:
-        raise InvalidRequest("num must be 1..1000 and top_k 1..10000")
+    if not 1 <= num <= L.MAX_RECALL_QUERIES or not 1 <= top_k <= L.MAX_TOP_K:
+        raise InvalidRequest(f"num must be 1..{L.MAX_RECALL_QUERIES} (MAX_RECALL_QUERIES) and top_k "
+                             f"1..{L.MAX_TOP_K} (MAX_TOP_K)")
     head = ns.require()
     vfs = [k for k, v in head.schema.items() if S.is_vector(v["type"])]
     if field is None:
@@ -29,6 +31,7 @@ def recall(ns, *, num: int = 25, top_k: int = 10, filters=None, field: str | Non
     recalls, ann_counts, ex_counts = [], [], []
     ann_ms, ex_ms = [], []
     for v in sample:
+        L.check_deadline("recall")
         base = {"top_k": top_k, "include_attributes": ["id"]}
         if filters is not None:
             base["filters"] = filters

@@ -27,6 +27,7 @@ import polars as pl
 
 from .. import bm25 as B
 from .. import engine as E
+from .. import limits as L
 from .. import query as Q
 from .. import schema as S
 from . import docs as D
@@ -90,6 +91,7 @@ class _Collect:
         return int(sum(len(k) for k in self.keys))
 
     def top(self, q: Q.Query) -> E.QueryResult:
+        L.check_deadline()
         v, n, kk = self.view, self.count, q.offset + q.limit
         if not n:
             return E.QueryResult(_empty(v, q), np.zeros(0), scanned=0, matched=0)
@@ -122,6 +124,7 @@ def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
     out = _Collect(view)
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
+        L.check_deadline()
         pos, ex, _probed = view._vector_candidates(i, rb, q.filter, kk, metric)
         exhaustive += ex
         if not len(pos):
@@ -134,6 +137,7 @@ def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
         out.add(i, pos, d, d)
     tail = _tail(view)
     if tail is not None:
+        L.check_deadline()
         exhaustive += tail.height
         cand = np.flatnonzero(E._filter_mask(tail, q.filter, view.schema)) if q.filters is not None else None
         pos, d = E._rank_vector(q, rb, tail, metric, cand, kk)
@@ -153,6 +157,7 @@ def text_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
     out = _Collect(view)
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
+        L.check_deadline()
         pos = view._bm25_candidates(i, leaves, q.filter, kk)  # ascending, filtered, visible
         if not len(pos):
             continue
@@ -162,6 +167,7 @@ def text_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
         out.add(i, pos[keep], -s[keep], s[keep])
     tail = _tail(view)
     if tail is not None:
+        L.check_deadline()
         exhaustive += tail.height
         s, m = E._text_eval(rb.expr, tail, view.schema, stats)
         if q.filters is not None:
