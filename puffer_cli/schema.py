@@ -190,8 +190,8 @@ def utf8_len(v: str) -> int | None:
 def check_attr_name(name: Any) -> str:
     n = utf8_len(name) if isinstance(name, str) else None
     if n is None or not 1 <= n <= ATTR_MAX or name.startswith("$"):
-        raise SchemaError(f"invalid attribute name {show(name)}",
-                          hint=f"attribute names are 1 to {ATTR_MAX} bytes (UTF-8) and do not start with '$'")
+        raise SchemaError(f"invalid attribute name {show(name)}: names are 1 to {ATTR_MAX} bytes of UTF-8 "
+                          "and do not start with '$'", hint="MAX_ATTRIBUTE_NAME_BYTES")
     return name
 
 
@@ -206,13 +206,12 @@ def check_write_names(names: Iterable[Any], schema: Mapping, what: str = "write"
     most MAX_ATTRIBUTES_PER_NAMESPACE attributes (a namespace already past the limit,
     from older data, may still be written without new ones)."""
     distinct: set = set()
-    cap = L.MAX_ATTRIBUTES_PER_WRITE + 1  # + "id"
     for g in itertools.chain((names,), groups):
         try:
             distinct.update(g)
         except TypeError:  # an unhashable key cannot come from JSON; refuse it as a name
             raise SchemaError(f"{what}: attribute names must be strings")
-        if len(distinct) > cap and len(distinct - {"id"}) > L.MAX_ATTRIBUTES_PER_WRITE:
+        if len(distinct) - ("id" in distinct) > L.MAX_ATTRIBUTES_PER_WRITE:
             raise SchemaError(f"{what} names more than {L.MAX_ATTRIBUTES_PER_WRITE} attributes",
                               hint="MAX_ATTRIBUTES_PER_WRITE; split the write or use fewer attributes")
     distinct.discard("id")
@@ -707,9 +706,9 @@ def _check_cast(src: pl.Series, out: pl.Series, t: str, name: str, rows) -> None
         fail(src.is_nan() | src.is_infinite(), lambda i: f"{src[i]!r} is not a finite number (type {t})",
              "NaN and infinity are not JSON numbers; use null for a missing value")
     if d.is_integer() and t in ("int", "float"):
-        fail((src < INT64[0]) | (src > INT64[1]), lambda i: f"integer {src[i]} does not fit in int64 (type {t})",
+        fail(src > INT64[1] if d.is_unsigned_integer() else (src < INT64[0]) | (src > INT64[1]), lambda i: f"integer {src[i]} does not fit in int64 (type {t})",
              "int is -2^63..2^63-1; for values up to 2^64-1 declare the attribute \"uint\" in the schema")
-    if d.is_integer() and t == "uint":
+    if d.is_signed_integer() and t == "uint":
         fail(src < 0, lambda i: f"integer {src[i]} is not an unsigned 64-bit integer (type uint)")
     if d.is_float() and t in ("int", "uint"):
         fail(out.cast(pl.Float64) != src, lambda i: f"{src[i]!r} is not an integer in range (type {t})")

@@ -182,8 +182,8 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         one, inf = S.frame_from_columns({k: [v] for k, v in patch.items()}, schema, partial=True)
         cur = current()
         ids = cur.filter(expr).get_column("id") if cur.width else pl.Series("id", [])
-        add_schema(inf)
         if len(ids):
+            add_schema(inf)
             df = one[[0] * len(ids)].with_columns(ids.alias("id")) if one.width else ids.to_frame()
             ops.append(Op("patch", typed(df)))
         counts["patched"] += ids.to_list()
