@@ -498,11 +498,42 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
             else:
                 out.append([check_scalar(x, inner, name, first_row + i) for x in v if x is not None])
         return pl.Series(name, out, dtype=dtype_of(t))
+    if name != "id":
+        fast = _fast_scalar_series(name, values, t)
+        if fast is not None:
+            return fast
     if name == "id":
         vals = [_check_id(v, t, first_row + i) for i, v in enumerate(values)]
     else:
         vals = [None if v is None else check_scalar(v, t, name, first_row + i) for i, v in enumerate(values)]
     return pl.Series(name, vals, dtype=dtype_of(t))
+
+
+_FAST_KINDS = {"int": {int}, "uint": {int}, "float": {float, int}, "string": {str}, "bool": {bool}}
+_NONE = type(None)
+
+
+def _fast_scalar_series(name: str, values: list, t: str) -> pl.Series | None:
+    """The common case at C speed: every value already of the plain Python type, and the
+    column passes the rules as a whole.  None: take the per-value path (which names the
+    first bad row)."""
+    kinds = _FAST_KINDS.get(t)
+    if kinds is None or not set(map(type, values)) - {_NONE} <= kinds:
+        return None
+    try:
+        s = pl.Series(name, values, dtype=dtype_of(t), strict=True)
+    except Exception:  # noqa: BLE001 - out of range, lone surrogates, ...: the slow path says which row
+        return None
+    if t == "float":
+        if (s.is_nan() | s.is_infinite()).any():
+            return None
+        if int in set(map(type, values)):  # integers beyond int64 are refused, not rounded
+            ints = [v for v in values if type(v) is int]
+            if min(ints) < INT64[0] or max(ints) > INT64[1]:
+                return None
+    elif t == "string" and len(s) and (s.str.len_bytes().max() or 0) > L.MAX_STRING_BYTES:
+        return None
+    return s
 
 
 def _vector_series(name, values, dims, first_row) -> pl.Series:
@@ -560,7 +591,15 @@ def vector_array(v, name: str, row) -> np.ndarray:
     return a
 
 
+_FAST_INFER = {frozenset({int}): "int", frozenset({float}): "float", frozenset({int, float}): "float",
+               frozenset({str}): "string", frozenset({bool}): "bool", frozenset(): None}
+
+
 def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
+    if name not in ("id", "vector") and isinstance(values, list):
+        kinds = frozenset(map(type, values)) - {_NONE}
+        if kinds in _FAST_INFER:  # plain scalars: the type of the column without a per-value call
+            return _FAST_INFER[kinds]
     seen: str | None = None
     for i, v in enumerate(values):
         t = infer_value_type(name, v)
@@ -618,16 +657,14 @@ def frame_from_columns(cols: Mapping[str, list], schema: Mapping, *, partial: bo
 
 def frame_from_rows(rows: list, schema: Mapping, *, what: str = "upsert_rows",
                     first_row: int = 0) -> tuple[pl.DataFrame, dict]:
-    cols: dict[str, list] = {}
+    names: dict = {}
     for i, r in enumerate(rows):
         if not isinstance(r, Mapping):
             raise SchemaError(f"{what} row {first_row + i}: expected an object, got {type(r).__name__}")
-        for k in r:
-            if k not in cols:
-                check_attr_name(k)
-                cols[k] = [None] * i
-        for k, col in cols.items():
-            col.append(r.get(k))
+        names.update(dict.fromkeys(r))  # first-seen order, at C speed
+    for k in names:
+        check_attr_name(k)
+    cols = {k: [r.get(k) for r in rows] for k in names}
     if not rows:
         return pl.DataFrame(), {}
     missing = [i for i, r in enumerate(rows) if "id" not in r]

@@ -418,7 +418,8 @@ def _check_mutated(ns, body):
     seq, schema, docs = state(ns)
     try:
         ns.write(body)
-    except PufferError:
+    except PufferError as e:
+        assert 400 <= e.status < 500, (e, body)  # write_batch turns a bug into a 500 PufferError
         seq2, schema2, docs2 = state(ns)
         assert (seq2, schema2) == (seq, schema) and docs2.equals(docs), body
         return
