@@ -222,7 +222,7 @@ def check_write_names(names: Iterable[Any], schema: Mapping, what: str = "write"
         have = sum(1 for k in schema if k != "id")
         if have + len(new) > L.MAX_ATTRIBUTES_PER_NAMESPACE:
             raise SchemaError(
-                f"{what} adds {len(new)} attribute(s) (e.g. {show(sorted(new)[0])}) to a namespace with {have}; "
+                f"{what} adds {len(new)} attribute(s) (e.g. {show(min(new))}) to a namespace with {have}; "
                 f"a namespace has at most {L.MAX_ATTRIBUTES_PER_NAMESPACE}",
                 hint="MAX_ATTRIBUTES_PER_NAMESPACE; reuse existing attributes or use another namespace")
 
@@ -235,9 +235,10 @@ def check_schema_size(schema: Mapping, before: Mapping, what: str = "write") -> 
                           f"{L.MAX_ATTRIBUTES_PER_NAMESPACE}", hint="MAX_ATTRIBUTES_PER_NAMESPACE")
 
 
-def check_depth(obj: Any, what: str, limit: int = L.MAX_VALUE_DEPTH) -> None:
-    """Refuse ``obj`` if lists/dicts nest more than ``limit`` levels. Iterative (no
-    recursion, so any depth is safe); a list of scalars is checked at C speed."""
+def check_depth(obj: Any, what: str, limit: int | None = None) -> None:
+    """Refuse ``obj`` if lists/dicts nest more than ``limit`` (MAX_VALUE_DEPTH) levels.
+    Iterative (no recursion, so any depth is safe); a list of scalars is checked at C speed."""
+    limit = L.MAX_VALUE_DEPTH if limit is None else limit
     stack = [(obj, 1)]
     while stack:
         v, d = stack.pop()

@@ -36,7 +36,7 @@ def wdb(request, tmp_path):
 def seeded(db, name="w"):
     ns = db.namespace(name)
     ns.write({"upsert_rows": [{"id": i, "vector": [0.5, float(i)], "n": i, "tag": "ab"[i % 2],
-                               "when": "2024-01-0%dT00:00:00Z" % (i + 1), "big": i}
+                               "when": f"2024-01-0{i + 1}T00:00:00Z", "big": i}
                               for i in range(1, 5)],
               "schema": {"when": "datetime", "big": "uint"}})
     return ns
@@ -292,9 +292,8 @@ def test_bad_ann_options_refused(wdb, ann):
 
 def test_ann_options_at_bounds_build(wdb):
     ns = seeded(wdb)
-    lo, hi = L.ANN_CONNECTIVITY
     ns.write({"upsert_rows": [{"id": 7}], "schema": {"vector": {"type": "[2]f32", "ann": {
-        "connectivity": lo, "expansion_add": L.ANN_EXPANSION_ADD[0], "expansion_search": L.ANN_EXPANSION_SEARCH[1]}}}})
+        "connectivity": L.ANN_CONNECTIVITY[0], "expansion_add": L.ANN_EXPANSION_ADD[0], "expansion_search": L.ANN_EXPANSION_SEARCH[1]}}}})
     builder.index_namespace(ns, gc_grace_s=0)
 
 

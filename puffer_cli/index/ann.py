@@ -16,6 +16,7 @@ candidates with the exact f32 vectors of the doc store.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 
@@ -42,7 +43,7 @@ def options(spec: dict, metric: str | None) -> dict:
         o["dtype"] = DEFAULTS["dtype"]
     for k, (lo, hi) in S.ANN_BOUNDS.items():
         v = o[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
             log.warning("ann %s %r is not an integer; using %d", k, v, DEFAULTS[k])
             o[k] = DEFAULTS[k]
         elif not lo <= v <= hi or v != int(v):
