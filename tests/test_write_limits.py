@@ -279,6 +279,14 @@ def test_deep_values(wdb, n, kind):
     refused(ns, {"upsert_rows": [{"id": 7}], "schema": {"x": v}})
 
 
+def test_nested_frame_columns(wdb):
+    ns = seeded(wdb)
+    frame_refused(ns, pl.DataFrame({"id": [7], "x": [[[1, 2]]]}), "'x'", "unsupported")
+    frame_refused(ns, pl.DataFrame({"id": [7], "x": [{"a": 1}]}), "'x'", "unsupported")
+    frame_refused(ns, pl.DataFrame({"id": [7], "tag": [[[1]]]}), "'tag'")
+    frame_refused(ns, pl.DataFrame({"id": [7], "vector": [[[1.0], [2.0]]]}), "'vector'")
+
+
 # ------------------------------------------------------------------ ann options
 @pytest.mark.parametrize("ann", [{"connectivity": -5}, {"connectivity": 10**9}, {"expansion_add": 10**12},
                                  {"expansion_search": 0}, {"connectivity": True}, {"connectivity": 16.0},
