@@ -294,8 +294,9 @@ class Namespace:
         while True:
             head = self.head()
             sch = S.merge(head.schema, declared, {}) if declared else dict(head.schema)
-            typed, inferred = S.conform_frame(df, sch)
+            typed, inferred = S.conform_frame(df, sch)  # checks names, counts and values first
             sch = S.merge(sch, {}, inferred)
+            S.check_schema_size(sch, head.schema, what="ingest")
             metric = head.metric
             if distance_metric:
                 if distance_metric not in writes.METRICS:

@@ -9,6 +9,17 @@ so they are atomic.
 Order inside one request (as turbopuffer): delete_by_filter, patch_by_filter,
 copy_from_namespace, upserts (rows then columns), patches (rows then columns),
 deletes.
+
+Before any of that, cheaply: the nesting depth of every data section
+(``schema.check_depth``, iterative) and the attribute names the body uses
+(``schema.check_write_names``: count per write and per namespace, name length), so a
+body with 10,000 new attributes is refused before a frame is built.  The value
+rules themselves live in :mod:`puffer_cli.schema`.
+
+On a namespace that has no documents (it does not exist yet), ``delete_by_filter``,
+``patch_by_filter`` and ``deletes`` match nothing: the filter is still validated,
+and the write is a no-op that creates nothing (turbopuffer creates a namespace with
+its first document).
 """
 from __future__ import annotations
 
@@ -30,6 +41,25 @@ WRITE_KEYS = {
 }
 METRICS = ("cosine_distance", "euclidean_squared")
 NEW = "__new__"
+DATA_KEYS = ("upsert_rows", "upsert_columns", "patch_rows", "patch_columns", "deletes", "schema",
+             "copy_from_namespace")  # filters are bounded by filters.compile_filter
+
+
+def _names(req: Mapping[str, Any]):
+    """(flat names, groups of names) every attribute a body names, without building anything."""
+    flat: list = []
+    groups: list = []
+    for k in ("upsert_rows", "patch_rows"):
+        rows = req.get(k)
+        if isinstance(rows, list):
+            groups.append(r.keys() for r in rows if isinstance(r, Mapping))
+    for k in ("upsert_columns", "patch_columns", "schema"):
+        if isinstance(req.get(k), Mapping):
+            flat.extend(req[k].keys())
+    pbf = req.get("patch_by_filter")
+    if isinstance(pbf, Mapping) and isinstance(pbf.get("patch"), Mapping):
+        flat.extend(pbf["patch"].keys())
+    return flat, [g for gen in groups for g in gen]
 
 
 @dataclass
@@ -64,6 +94,14 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
     if unknown:
         raise InvalidRequest(f"unknown write parameter(s): {', '.join(sorted(unknown))}",
                              hint=f"allowed: {', '.join(sorted(WRITE_KEYS))}")
+    for k in DATA_KEYS:
+        if req.get(k) is not None:
+            S.check_depth(req[k], k)
+    pbf = req.get("patch_by_filter")
+    if isinstance(pbf, Mapping) and pbf.get("patch") is not None:
+        S.check_depth(pbf["patch"], "patch_by_filter.patch")
+    flat, groups = _names(req)
+    S.check_write_names(flat, snap.schema, groups=groups)
     schema = {k: dict(v) for k, v in snap.schema.items()}
     declared = S.normalize_schema(req.get("schema"))
     changed = False
@@ -87,6 +125,8 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
 
     def current() -> pl.DataFrame:
         """Documents as of the snapshot plus the ops planned so far."""
+        if "id" not in schema:  # no document was ever written: nothing to match
+            return pl.DataFrame()
         if "base" not in state_cache:
             state_cache["base"] = snap.docs()
         return replay.fold(state_cache["base"], schema, ops)
@@ -108,8 +148,9 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         cur = current()
         expr = F.compile_filter(cond, schema, ref_new_prefix=NEW)
         new = df.rename({c: NEW + c for c in df.columns if c != "id"})
+        have = set(new.columns)
         missing = [pl.lit(None, dtype=S.dtype_of(schema[c]["type"])).alias(NEW + c)
-                   for c in schema if c != "id" and NEW + c not in new.columns]
+                   for c in schema if c != "id" and NEW + c not in have]
         if missing:
             new = new.with_columns(missing)
         j = new.with_row_index("__row").join(cur.with_columns(pl.lit(True).alias("__exists")), on="id", how="left")
@@ -122,9 +163,11 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
     # -- delete_by_filter
     if req.get("delete_by_filter") is not None:
         expr = F.compile_filter(req["delete_by_filter"], schema)
-        ids = current().filter(expr).select("id")
-        ops.append(Op("delete", ids))
-        counts["deleted"] += _ids(ids)
+        cur = current()
+        if cur.width:
+            ids = cur.filter(expr).select("id")
+            ops.append(Op("delete", ids))
+            counts["deleted"] += _ids(ids)
 
     # -- patch_by_filter
     pbf = req.get("patch_by_filter")
@@ -135,13 +178,15 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         if not isinstance(patch, Mapping) or "id" in patch:
             raise InvalidRequest("patch_by_filter.patch must be an object of attributes (not id)")
         expr = F.compile_filter(pbf["filters"], schema)
-        ids = current().filter(expr).get_column("id").to_list()
-        df, inf = S.frame_from_columns({"id": ids, **{k: [v] * len(ids) for k, v in patch.items()}}, schema,
-                                       first_row=0)
-        add_schema(inf)
-        if ids:
+        # the patch values are validated once (one row), whatever the filter matches
+        one, inf = S.frame_from_columns({k: [v] for k, v in patch.items()}, schema, partial=True)
+        cur = current()
+        ids = cur.filter(expr).get_column("id") if cur.width else pl.Series("id", [])
+        if len(ids):
+            add_schema(inf)
+            df = one[[0] * len(ids)].with_columns(ids.alias("id")) if one.width else ids.to_frame()
             ops.append(Op("patch", typed(df)))
-        counts["patched"] += ids
+        counts["patched"] += ids.to_list()
 
     # -- copy_from_namespace
     if req.get("copy_from_namespace") is not None:
@@ -186,7 +231,7 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         for i in range(1, len(rows) + 1):
             if i == len(rows) or not isinstance(rows[i], Mapping) or not isinstance(rows[start], Mapping) \
                     or set(rows[i]) != set(rows[start]):
-                pframes.append(S.frame_from_rows(rows[start:i], schema, what="patch_rows"))
+                pframes.append(S.frame_from_rows(rows[start:i], schema, what="patch_rows", first_row=start))
                 start = i
     if req.get("patch_columns") is not None:
         if not isinstance(req["patch_columns"], Mapping):
@@ -208,15 +253,20 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         idt = schema.get("id", {}).get("type")
         if idt is None:
             idt = S.infer_column("id", d) or "uint"
+            if idt not in S.ID_TYPES:
+                raise SchemaError(f"deletes: ids are {idt}, not one of {', '.join(S.ID_TYPES)}",
+                                  hint="ids are u64, UUIDs or strings")
         df = pl.DataFrame([S.column_series("id", d, idt)])
-        df = condition(df, req.get("delete_condition"), "delete_condition", need_existing=True)
-        ops.append(Op("delete", df))
-        counts["deleted"] += _ids(df)
+        if "id" in schema:  # else no document exists: nothing to delete
+            df = condition(df, req.get("delete_condition"), "delete_condition", need_existing=True)
+            ops.append(Op("delete", df))
+            counts["deleted"] += _ids(df)
 
     for c in ("upsert_condition", "patch_condition", "delete_condition"):
         if req.get(c) is not None:
             F.compile_filter(req[c], schema, ref_new_prefix=NEW)  # validate even when unused
 
+    S.check_schema_size(schema, snap.schema)
     if "id" not in schema and any(op.table.height for op in ops):
         raise SchemaError("could not determine the id type", hint="declare it: schema {\"id\": \"uint\"}")
     vec_attrs = [k for k, v in schema.items() if S.is_vector(v["type"])]

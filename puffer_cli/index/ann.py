@@ -15,18 +15,41 @@ candidates with the exact f32 vectors of the doc store.
 """
 from __future__ import annotations
 
+import logging
+import math
 import os
 import tempfile
 
 import numpy as np
 
+from .. import schema as S
+
 DEFAULTS = {"dtype": "f16", "connectivity": 16, "expansion_add": 128, "expansion_search": 256}
 METRICS = {"cosine_distance": "cos", "euclidean_squared": "l2sq"}
+log = logging.getLogger("puffer.index.ann")
 
 
 def options(spec: dict, metric: str | None) -> dict:
+    """Build/search options from the attribute's ``ann`` entry.  Writes validate them
+    (``schema.check_ann``); a namespace written before that may hold anything, so an
+    option that is not an integer in limits.ANN_* is clamped into range (or, if not a
+    number, replaced by the default) with a warning rather than failing the build."""
     o = dict(DEFAULTS)
-    o.update({k: v for k, v in (spec.get("ann") or {}).items() if v is not None})
+    ann = spec.get("ann")
+    if isinstance(ann, dict):
+        o.update({k: v for k, v in ann.items() if k in DEFAULTS and v is not None})
+    if o["dtype"] not in S.ANN_DTYPES:
+        log.warning("ann dtype %r is not one of %s; using %s", o["dtype"], S.ANN_DTYPES, DEFAULTS["dtype"])
+        o["dtype"] = DEFAULTS["dtype"]
+    for k, (lo, hi) in S.ANN_BOUNDS.items():
+        v = o[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            log.warning("ann %s %r is not an integer; using %d", k, v, DEFAULTS[k])
+            o[k] = DEFAULTS[k]
+        elif not lo <= v <= hi or v != int(v):
+            c = lo if v < lo else hi if v > hi else int(v)
+            log.warning("ann %s %r is not an integer in %d..%d (stored by an older version?); using %d", k, v, lo, hi, c)
+            o[k] = c
     if o["dtype"] == "i8" and metric != "cosine_distance":
         o["dtype"] = "f16"  # usearch i8 L2-normalises: only valid for cosine
     o["metric"] = METRICS.get(metric or "cosine_distance", "cos")
