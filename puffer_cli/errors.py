@@ -106,3 +106,13 @@ class CorruptWal(PufferError):
         "run `puffer wal-inspect NAMESPACE --verify` to see the damage, then "
         "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
     )
+
+
+class CorruptNamespace(PufferError):
+    """A namespace's stored state (``meta.json``, an index manifest) cannot be decoded.
+
+    500: the damage is in the store, not in the request, and retrying will not help.
+    The message names the key; the hint says how to recover."""
+
+    status = 500
+    retryable = False
