@@ -1,14 +1,20 @@
 """The `puffer` command line: glue over the library. Errors are translated once,
-in :func:`main`, into one ``Error: ...`` line (plus a hint) and exit code 1."""
+in :func:`main`, into one ``Error: ...`` line (plus a hint) on stderr: exit code 1,
+2 for a usage error (unknown option, bad option value). Anything unexpected is one
+``Error: internal error: ...`` line too; ``--debug`` (or PUFFER_DEBUG=1) shows the
+traceback instead."""
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from . import limits
 from .db import DB, connect
 from .errors import InvalidRequest, PufferError
 
@@ -39,8 +45,40 @@ def open_db(store: str | None, s3_endpoint: str | None, single_writer: bool = Fa
     return connect(store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy)
 
 
+def _json_default(o):
+    item = getattr(o, "item", None)  # numpy scalars
+    if callable(item):
+        return item()
+    iso = getattr(o, "isoformat", None)
+    if callable(iso):
+        return iso()
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return str(o)
+
+
+def _finite(o):
+    """``o`` with every NaN / +-inf float replaced by None (JSON has no such numbers)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def to_json(obj, indent: int | None = None) -> str:
+    """Strict JSON, always parseable: NaN and +-inf are written as null."""
+    kw = dict(indent=indent, ensure_ascii=False, default=_json_default, allow_nan=False)
+    try:
+        return json.dumps(obj, **kw)
+    except ValueError:  # a non-finite float somewhere (rare): clean a copy
+        return json.dumps(_finite(json.loads(json.dumps(obj, indent=None, default=_json_default))), **kw)
+
+
 def echo_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.write(to_json(obj, indent=2) + "\n")
 
 
 def console():
@@ -166,11 +204,11 @@ def wal_inspect(
         if as_json:
             echo_json(out)
         else:
-            typer.echo(json.dumps(out["header"], default=str))
+            typer.echo(to_json(out["header"]))
             for op in out["ops"]:
                 typer.echo(f"-- {op['kind']} ({op['rows']} rows): {', '.join(op['columns'])}")
                 for r in op["data"][:50]:
-                    typer.echo("   " + json.dumps(r, default=str)[:300])
+                    typer.echo("   " + to_json(r)[:300])
                 if op["rows"] > 50:
                     typer.echo(f"   ... {op['rows'] - 50} more rows")
         return
@@ -237,6 +275,9 @@ def serve(
                               help="Namespaces kept loaded in memory (LRU)")] = 64,
     query_threads: Annotated[Optional[int], typer.Option("--query-threads", min=1,
                              help="Queries executed at once per process (default: cores, at least 2)")] = None,
+    query_budget: Annotated[float, typer.Option("--query-budget", min=0, envvar="PUFFER_QUERY_BUDGET",
+                            help="Seconds one query may run before it is stopped with HTTP 408 (0: no budget)")
+                            ] = limits.QUERY_BUDGET_S,
     log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = "info",
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None, single_writer: SingleWriterOpt = False,
     policy: PolicyOpt = "fail",
@@ -253,7 +294,8 @@ def serve(
     cfg = ServeConfig(store=store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy,
                       api_key=api_key or None, commit_window_ms=commit_window_ms,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), hot_namespaces=hot_namespaces,
-                      index_interval=index_interval, query_threads=query_threads)
+                      index_interval=index_interval, query_threads=query_threads,
+                      query_budget_s=query_budget or None)
     run_server(cfg, listen, workers=workers, log_level=log_level.lower())
 
 
@@ -275,12 +317,14 @@ def query(
     body: Annotated[Optional[str], typer.Option("--body", help="A whole turbopuffer query body: JSON or @file.json "
                                                 "(with \"queries\": a multi-query); flags override its keys")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="table|json|ndjson (default: table on a TTY, else json)")] = None,
+    budget: Annotated[Optional[float], typer.Option("--budget",
+                      help="Stop the query after SECONDS with an error (default: no budget)")] = None,
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None, policy: PolicyOpt = "fail",
 ):
     """Query a namespace: vector (ANN/kNN), BM25 full-text, order by attribute, filters, aggregations.
 
     Without any ranking flag it lists documents by id. JSON output is exactly the
-    turbopuffer response body."""
+    turbopuffer response body, always valid JSON: a NaN or infinite number is written as null."""
     from . import engine
 
     if fmt is None:
@@ -289,10 +333,13 @@ def query(
         raise InvalidRequest(f"unknown --format {fmt!r}", hint="use table, json or ndjson")
     from .cache import get_cache
 
+    if budget is not None and not (budget > 0 and math.isfinite(budget)):
+        raise InvalidRequest(f"--budget must be a positive number of seconds, got {budget}")
     q = _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all, consistency)
     db = open_db(store, s3_endpoint, policy=policy)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
-    out = engine.run(db.namespace(namespace), q)
+    with limits.deadline(budget):
+        out = engine.run(db.namespace(namespace), q)
     _print_query_result(out, fmt)
 
 
@@ -357,17 +404,17 @@ def _cli_vector(value: str):
 
 def _print_query_result(out: dict, fmt: str) -> None:
     if fmt == "json":
-        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(to_json(out, indent=2) + "\n")
         return
     results = out.get("results", [out])
     if fmt == "ndjson":
         for r in results:
             for row in r.get("rows", []):
-                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sys.stdout.write(to_json(row) + "\n")
             if "aggregations" in r:
-                sys.stdout.write(json.dumps({"aggregations": r["aggregations"]}, ensure_ascii=False) + "\n")
+                sys.stdout.write(to_json({"aggregations": r["aggregations"]}) + "\n")
             for g in r.get("aggregation_groups", []):
-                sys.stdout.write(json.dumps(g, ensure_ascii=False) + "\n")
+                sys.stdout.write(to_json(g) + "\n")
         return
     from rich.console import Console
     from rich.table import Table
@@ -479,9 +526,11 @@ def index_cmd(
                 rep = index_namespace(db.namespace(name), max_seconds=left, gc_grace_s=gc_grace,
                                       lease_ttl=lease_ttl, progress=prog[0] if prog else None)
             except PufferError as e:
-                rep = IndexReport(name, status="failed", message=e.message)
+                rep = IndexReport(name, status="failed", message=_one_line(e.message + (f" (hint: {e.hint})" if e.hint else "")))
             except Exception as e:  # noqa: BLE001 - a cron user needs the line, not a traceback
-                rep = IndexReport(name, status="failed", message=f"{type(e).__name__}: {e}")
+                if _DEBUG:
+                    raise
+                rep = IndexReport(name, status="failed", message=f"internal error: {type(e).__name__}: {e}")
             failed |= rep.status == "failed"
             reports.append(rep)
             if not as_json:
@@ -494,7 +543,11 @@ def index_cmd(
     if as_json:
         echo_json({"namespaces": [r.as_dict() for r in reports], "seconds": _time.perf_counter() - t0})
     if failed:
-        raise typer.Exit(1)
+        bad = [r for r in reports if r.status == "failed"]
+        raise PufferError(f"{len(bad)} of {len(reports)} namespaces failed to index"
+                          + (f": {bad[0].namespace}: {bad[0].message}" if len(bad) == 1 else " (see above)"),
+                          hint="fix the cause and run `puffer index` again (namespaces that did not fail "
+                               "were indexed)")
 
 
 @app.command(epilog="Example: puffer warm docs --store s3://bucket/puffer")
@@ -554,40 +607,109 @@ def recall(
 
 
 # ---------------------------------------------------------------- entry point
+_DEBUG = False
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", envvar="PUFFER_DEBUG",
+                     help="On an unexpected error show the Python traceback (anywhere on the line; "
+                          "or PUFFER_DEBUG=1)")] = False,
+):
+    """Vector, full-text and hybrid search on object storage (turbopuffer-compatible)."""
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _say(msg: str, hint: str | None = None) -> None:
+    line = "Error: " + _one_line(msg)
+    if hint:
+        line += f" (hint: {_one_line(hint)})"
+    typer.echo(line, err=True)
+
+
+def _debug_from(argv: list[str]) -> tuple[list[str], bool]:
+    """Strip ``--debug`` wherever it stands (before a ``--``); PUFFER_DEBUG=1 also turns it on."""
+    env = os.environ.get("PUFFER_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+    end = argv.index("--") if "--" in argv else len(argv)
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return rest, env or len(rest) != len(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; translate every library error to one `Error:` line, exit 1."""
+    """Run the CLI. Every failure is one ``Error: ... (hint: ...)`` line on stderr and exit
+    code 1 (2 for usage errors); never a traceback unless --debug / PUFFER_DEBUG=1."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
+    global _DEBUG
+    argv, _DEBUG = _debug_from(list(sys.argv[1:] if argv is None else argv))
     cmd = typer.main.get_command(app)
     try:
         rv = cmd.main(args=argv, prog_name="puffer", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except PufferError as e:
-        msg = f"Error: {e.message}"
-        if e.hint:
-            msg += f" (hint: {e.hint})"
-        typer.echo(msg, err=True)
-        return 1
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
-        typer.echo("Error: aborted", err=True)
+        _say("aborted")
         return 1
     except NoArgsIsHelpError as e:
         e.show()
         return 0
     except UsageError as e:
         sub = e.ctx.command_path if e.ctx else "puffer"
-        typer.echo(f"Error: {e.format_message()} (hint: run `{sub} --help`)", err=True)
-        return 1
+        _say(e.format_message(), f"run `{sub} --help`")
+        return 2
     except ClickException as e:
-        typer.echo(f"Error: {e.format_message()}", err=True)
+        _say(e.format_message())
         return 1
     except KeyboardInterrupt:
-        typer.echo("Error: interrupted", err=True)
+        _say("interrupted")
         return 130
     except BrokenPipeError:
+        _silence_stdout()
         return 0
+    except PufferError as e:
+        if _DEBUG:
+            raise
+        _say(e.message, e.hint)
+        return 1
+    except SystemExit as e:  # something below called sys.exit (it has said why on stderr)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code and not _DEBUG:
+            _say(f"stopped with exit status {code}", "run with --debug for the traceback")
+            return 1
+        return code
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, never a traceback
+        if _DEBUG:
+            raise
+        _internal(e)
+        return 1
+    except BaseException as e:  # a polars PanicException is a BaseException
+        if _DEBUG or isinstance(e, GeneratorExit):
+            raise
+        _internal(e)
+        return 1
+
+
+def _internal(e: BaseException) -> None:
+    msg = _one_line(str(e)) or "(no message)"
+    if len(msg) > 500:
+        msg = msg[:497] + "..."
+    typer.echo(f"Error: internal error: {type(e).__name__}: {msg} "
+               f"(run with --debug for the traceback; please report)", err=True)
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``puffer export ns | head``) keep Python from complaining at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def run() -> None:
