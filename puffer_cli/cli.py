@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
 
     global _DEBUG
     argv, _DEBUG = _debug_from(list(sys.argv[1:] if argv is None else argv))
-    cmd = typer.main.get_command(app)
+    cmd = _command()
     try:
         rv = cmd.main(args=argv, prog_name="puffer", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
@@ -701,6 +701,17 @@ def _internal(e: BaseException) -> None:
         msg = msg[:497] + "..."
     typer.echo(f"Error: internal error: {type(e).__name__}: {msg} "
                f"(run with --debug for the traceback; please report)", err=True)
+
+
+_COMMAND = None
+
+
+def _command():
+    """The click command behind ``app`` (built once: building it costs ~0.1 s)."""
+    global _COMMAND
+    if _COMMAND is None:
+        _COMMAND = typer.main.get_command(app)
+    return _COMMAND
 
 
 def _silence_stdout() -> None:

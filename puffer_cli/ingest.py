@@ -6,7 +6,11 @@ upsert: idempotent by id.
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -56,6 +60,31 @@ def detect_format(path: str, fmt: str | None) -> str:
     return by_suffix[suffix]
 
 
+@contextmanager
+def native_stderr_held() -> Iterator[None]:
+    """Hold what native code (a Rust panic inside polars, with its backtrace) writes to
+    file descriptor 2 while reading an input: replayed if the block succeeds, dropped if it
+    raises (the error then says what went wrong, on one line)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok and held.tell():
+                held.seek(0)
+                os.write(2, held.read())
+
+
 def scan(path: str, fmt: str) -> pl.LazyFrame:
     """A lazy reader of ``path``; everything that can be checked before reading is."""
     _check_readable(path)
@@ -63,6 +92,9 @@ def scan(path: str, fmt: str) -> pl.LazyFrame:
         if fmt == "parquet":
             pl.read_parquet_schema(path)  # the footer: an empty, truncated or foreign file fails here
             return pl.scan_parquet(path, glob=False)
+        if _has_nul(path):
+            raise InvalidRequest(f"{path}: cannot read it as {fmt}: it holds NUL bytes, so it is not a text file",
+                                 hint=_format_hint(path, fmt))
         if fmt == "ndjson":
             return pl.scan_ndjson(path, infer_schema_length=10_000)
         return pl.scan_csv(path, infer_schema_length=10_000, glob=False)
@@ -92,6 +124,11 @@ _READ_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError
                 OverflowError)
 
 
+def _has_nul(path: str) -> bool:
+    with open(path, "rb") as f:
+        return b"\0" in f.read(4096)
+
+
 def _sniff(path: str) -> str | None:
     """The format ``path`` looks like from its first bytes (for hints only)."""
     try:
@@ -114,6 +151,17 @@ def _sniff(path: str) -> str | None:
     return None
 
 
+def _format_hint(path: str, fmt: str) -> str:
+    looks = _sniff(path)
+    if looks and looks != fmt:
+        return f"it looks like {looks}: pass --format {looks}"
+    if fmt == "parquet":
+        return "the file is not a complete parquet file (empty, truncated or another format?)"
+    if fmt == "csv":
+        return "check the file is UTF-8 CSV with a header row and the same number of fields on every line"
+    return "check the file is UTF-8 with one JSON object per line"
+
+
 def read_error(path: str, fmt: str, e: BaseException, rep: "IngestReport | None" = None,
                file_rows: int = 0) -> InvalidRequest:
     """A polars/pyarrow/OS error raised while reading ``path`` as an InvalidRequest naming
@@ -125,15 +173,7 @@ def read_error(path: str, fmt: str, e: BaseException, rep: "IngestReport | None"
     # (polars' "current offset in the file" is relative to a parallel chunk: not worth repeating)
     after = f" after its first {file_rows:,} rows" if file_rows else ""
     msg = f"{path}: cannot read it as {fmt}{after}: {first}"
-    looks = _sniff(path)
-    if looks and looks != fmt:
-        hint = f"it looks like {looks}: pass --format {looks}"
-    elif fmt == "parquet":
-        hint = "the file is not a complete parquet file (empty, truncated or another format?)"
-    elif fmt == "csv":
-        hint = "check the file is UTF-8 CSV with a header row and the same number of fields on every line"
-    else:
-        hint = "check the file is UTF-8 with one JSON object per line"
+    hint = _format_hint(path, fmt)
     if rep is not None and rep.rows:
         msg += (f"; {rep.rows:,} rows before it were already committed (WAL seq {rep.first_seq}..{rep.last_seq}), "
                 f"re-running after fixing the input is safe: ingest upserts by id")
@@ -170,16 +210,17 @@ def ingest(ns: Namespace, paths: Sequence[str], *, id_col: str = "id", vector_co
     if not paths:
         raise InvalidRequest("no input files given")
     plans = []
+    footer_rows: dict[str, int] = {}
     for p in paths:
         f = detect_format(p, fmt)
-        plans.append((p, f, scan(p, f)))
-    total = 0
-    for p, f, lf in plans:
-        if f == "parquet":
-            try:
-                total += pl.scan_parquet(p, glob=False).select(pl.len()).collect().item()
-            except _READ_ERRORS as e:
-                raise read_error(p, f, e) from None
+        with native_stderr_held():
+            plans.append((p, f, scan(p, f)))
+            if f == "parquet":
+                try:
+                    footer_rows[p] = pl.scan_parquet(p, glob=False).select(pl.len()).collect().item()
+                except _READ_ERRORS as e:
+                    raise read_error(p, f, e) from None
+    total = sum(footer_rows.values())
     rep = IngestReport(ns.name)
     t0 = time.perf_counter()
     for p, f, lf in plans:
@@ -188,8 +229,14 @@ def ingest(ns: Namespace, paths: Sequence[str], *, id_col: str = "id", vector_co
         file_rows = 0
         while True:
             try:
-                chunk = next(it)
+                with native_stderr_held():
+                    chunk = next(it)
             except StopIteration:
+                if p in footer_rows and file_rows != footer_rows[p]:
+                    # polars' streaming reader can lose a panic in a worker and just stop
+                    raise read_error(p, f, ValueError(
+                        f"read {file_rows:,} of the {footer_rows[p]:,} rows its footer promises "
+                        f"(corrupt or truncated data pages)"), rep) from None
                 break
             except _READ_ERRORS as e:
                 raise read_error(p, f, e, rep, file_rows) from None
