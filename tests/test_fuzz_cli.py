@@ -363,9 +363,10 @@ def test_debug_subprocess_shows_traceback(tmp_path):
     assert code == 1 and "Traceback" in err and "CorruptNamespace" in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,needle", [
     (["query", "ns", "--store", "{b}/badmeta"], "meta.json"),
-    *[pytest.param(a, n, marks=pytest.mark.slow) for a, n in [
+    *[(a, n) for a, n in [
         (["ingest", "ns", "{f}/trunc.parquet"], "trunc.parquet"),
         (["ingest", "ns", "{f}/tail.parquet"], "tail.parquet"),  # a polars panic: its backtrace is not shown
         (["ingest", "ns", "{f}/badutf.csv"], "badutf.csv"),
