@@ -96,7 +96,9 @@ def scan(path: str, fmt: str) -> pl.LazyFrame:
             raise InvalidRequest(f"{path}: cannot read it as {fmt}: it holds NUL bytes, so it is not a text file",
                                  hint=_format_hint(path, fmt))
         if fmt == "ndjson":
-            return pl.scan_ndjson(path, infer_schema_length=10_000)
+            # scan_ndjson has no glob=False: a name with glob characters is read through a file object
+            src = open(path, "rb") if any(c in path for c in "*?[") else path  # noqa: SIM115
+            return pl.scan_ndjson(src, infer_schema_length=10_000)
         return pl.scan_csv(path, infer_schema_length=10_000, glob=False)
     except _READ_ERRORS as e:
         raise read_error(path, fmt, e) from None

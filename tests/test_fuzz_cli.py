@@ -157,7 +157,11 @@ def env(tmp_path_factory):
     code, out, err = invoke(["index", "ns", "--store", good, "--cache-dir", base / "cache"])
     assert code == 0, out + err
     man = next((good / "ns" / "index").rglob("manifest-*.json"))
+    attrs = next((good / "ns" / "index").rglob("attrs.arrow"))
+    vec = next((good / "ns" / "index").rglob("vec-*.f32"))
     variants = {
+        "badattrs": (str(attrs.relative_to(good)), b"garbage"),
+        "badvec": (str(vec.relative_to(good)), vec.read_bytes()[:100]),
         "badmeta": ("ns/meta.json", b'{"created_at": 17'),
         "arraymeta": ("ns/meta.json", b"[1, 2]"),
         "nullmeta": ("ns/meta.json", b"null"),
@@ -238,6 +242,11 @@ CORPUS += [
       for v in ("badman", "shapeman", "segman")
       for cmd, extra in (("query", ["--top-k", "3"]), ("warm", ["--cache-dir", "{b}/c-" + v]),
                          ("recall", ["--cache-dir", "{b}/c-" + v]), ("index", ["--cache-dir", "{b}/c-" + v]))],
+    # damaged index files
+    (["query", "ns", "--top-k", "2"], "badattrs", 1, "attrs.arrow"),
+    (["warm", "ns", "--cache-dir", "{b}/c-badattrs"], "badattrs", 1, "attrs.arrow"),
+    (["query", "ns", "--vector", json.dumps([0.1] * 16), "--exact"], "badvec", 1, ".f32"),
+    (["query", "ns", "--vector", json.dumps([0.1] * 16)], "badvec", 1, ".f32"),
     # export: -o, --at-seq, --format
     (["export", "ns", "-o", "{b}/out"], "good", 1, "directory"),
     (["export", "ns", "-o", "{b}/missing/dir/x.parquet"], "good", 1, "does not exist"),
@@ -634,3 +643,27 @@ def test_generated_invocations(env, args):
 @given(spec=bad_file())
 def test_generated_files(env, spec):
     _check_file(env, *spec)
+
+
+def test_glob_characters_in_input_names(tmp_path):
+    """polars globs path strings; a file named with glob characters is still read as itself."""
+    store = tmp_path / "s"
+    for i, (src, name) in enumerate([(SAMPLE_ND, "a[1].ndjson"), (SAMPLE_CSV, "b*.csv"), (SAMPLE_PQ, "c?.parquet")]):
+        p = tmp_path / name
+        shutil.copyfile(src, p)
+        code, out, err = invoke(["ingest", f"g{i}", p, "--store", store])
+        assert code == 0, err
+    (tmp_path / "d[x].ndjson").write_bytes(b'{"id": 1}\n{"id":')
+    code, out, err = invoke(["ingest", "g9", tmp_path / "d[x].ndjson", "--store", store])
+    assert_one_error(code, out, err, expect_code=1, needle="d[x].ndjson")
+
+
+def test_refused_export_keeps_an_existing_file(env, tmp_path):
+    target = tmp_path / "keep.csv"
+    target.write_text("precious\n")
+    code, out, err = invoke(["export", "ns", "-o", target, "--at-seq", "99", "--store", env / "good"])
+    assert_one_error(code, out, err, expect_code=1, needle="not committed")
+    assert target.read_text() == "precious\n" and sorted(p.name for p in tmp_path.iterdir()) == ["keep.csv"]
+    code, out, err = invoke(["export", "ns", "-o", target, "--store", env / "good"])
+    assert code == 0, err
+    assert target.read_text().startswith("id,") and sorted(p.name for p in tmp_path.iterdir()) == ["keep.csv"]
