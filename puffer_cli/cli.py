@@ -289,6 +289,8 @@ def serve(
     parse_listen(listen)
     if log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise InvalidRequest(f"--log-level {log_level!r} is not one of debug, info, warning, error")
+    if math.isnan(query_budget):
+        raise InvalidRequest("--query-budget must be a number of seconds (0: no budget)")
     if index_interval is not None and index_interval <= 0:
         raise InvalidRequest("--index-interval must be a positive number of seconds")
     cfg = ServeConfig(store=store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy,
