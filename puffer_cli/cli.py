@@ -234,7 +234,11 @@ def wal_inspect(
     else:
         _wal_table(rows)
     if verify and rows:
-        raise typer.Exit(1)
+        from .errors import CorruptWal
+
+        raise CorruptWal(f"{len(rows)} WAL segment{'s' if len(rows) != 1 else ''} of {namespace!r} fail verification "
+                         f"(seq {', '.join(str(r['seq']) for r in rows[:10])}{', ...' if len(rows) > 10 else ''})",
+                         hint=f"`puffer wal-inspect {namespace} --repair` quarantines them and salvages intact ops")
 
 
 def layout_key(ns: str, seq: int) -> str:
