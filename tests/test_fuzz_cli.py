@@ -510,6 +510,14 @@ VALID = [
 OPTION_NAMES = ["--top-k", "--vector", "--filter", "--rank-by", "--format", "--at-seq", "--id", "--batch-rows",
                 "--schema", "--include", "--include-all", "--consistency", "--body", "--budget", "--num", "--show",
                 "--bm25", "--exact", "--json", "--verify", "--distance-metric", "-o", "--bogus", "--", "-"]
+COMMAND_OPTIONS = {  # mostly insert options the command has, so the value reaches the command's checks
+    "query": ["--top-k", "--vector", "--filter", "--rank-by", "--format", "--include", "--consistency", "--body",
+              "--budget", "--vector-attr", "--wal-corrupt-policy"],
+    "export": ["--format", "--at-seq", "-o", "--wal-corrupt-policy"],
+    "ingest": ["--id", "--vector", "--schema", "--distance-metric", "--format", "--batch-rows"],
+    "wal-inspect": ["--show"],
+    "recall": ["--num", "--top-k", "--filter", "--field"],
+}
 WEIRD_VALUES = ["", "0", "-1", "1e309", "nan", "-0", "99999999999999999999", "[", "]", "{}", "[]", "null", "@",
                 "@/nonexistent", "@{f}/random.parquet", "@{f}/adir.parquet", "{f}/trunc.parquet", "\u00e9\u00e8",
                 "\u0000", "a" * 300, '["id","Eq",1]', '{"rank_by":["id","asc"]}', "[1,2,3]", "true", "..", "ns",
@@ -531,7 +539,8 @@ def mutated(draw):
                                          st.integers(-2**70, 2**70).map(str),
                                          st.floats(allow_nan=True).map(repr)))
         elif kind == "insert_opt":
-            opt = draw(st.sampled_from(OPTION_NAMES))
+            own = COMMAND_OPTIONS.get(args[0], OPTION_NAMES)
+            opt = draw(st.sampled_from(own if draw(st.integers(0, 4)) else OPTION_NAMES))
             val = draw(st.sampled_from(OUT_PATHS)) if opt == "-o" else draw(
                 st.one_of(st.sampled_from(WEIRD_VALUES), st.text(max_size=12)))
             i = draw(st.integers(2, len(args)))
@@ -555,7 +564,13 @@ def _check_generated(base: Path, args: list[str]) -> None:
         if any(a in ("serve", "index") for a in argv[:1]):
             return
         before = snapshot(store)
-        code, out, err = invoke([*argv, "--store", str(store)])
+        cwd = os.getcwd()
+        (store.parent / "cwd").mkdir(exist_ok=True)
+        os.chdir(store.parent / "cwd")  # a mutated -o / --cache-dir value is a relative path: keep it in here
+        try:
+            code, out, err = invoke([*argv, "--store", str(store)])
+        finally:
+            os.chdir(cwd)
         assert "Traceback" not in out and "Traceback" not in err, err
         assert code in (0, 1, 2), (code, err)
         if code == 0:
