@@ -402,6 +402,8 @@ def _cli_vector(value: str):
             arr = arr[0]
         if arr.ndim != 1:
             raise InvalidRequest(f"--vector: {p} holds an array of shape {arr.shape}; expected one vector")
+        if arr.dtype.kind not in "iuf":
+            raise InvalidRequest(f"--vector: {p} holds {arr.dtype} values; expected numbers (float32)")
         return [float(x) for x in arr]
     if not value.startswith(("[", "@")):
         return value  # base64

@@ -140,6 +140,12 @@ def _bad_files(d: Path) -> None:
     }
     for name, data in files.items():
         (d / name).write_bytes(data)
+    import numpy as np
+
+    np.save(d / "strings.npy", np.array(["a", "b"]))
+    np.save(d / "matrix.npy", np.ones((2, 16), dtype=np.float32))
+    np.save(d / "trunc.npy", np.ones(16, dtype=np.float32))
+    (d / "trunc.npy").write_bytes((d / "trunc.npy").read_bytes()[:100])
     (d / "adir.parquet").mkdir()
 
 
@@ -270,6 +276,9 @@ CORPUS += [
     (["query", "ns", "--vector", "[1, 2]"], "good", 1, "dimensions"),
     (["query", "ns", "--vector", "@{f}/trunc.parquet.npy"], "good", 1, "does not exist"),
     (["query", "ns", "--vector", "@{f}/random.parquet"], "good", 1, "--vector"),
+    (["query", "ns", "--vector", "@{f}/strings.npy"], "good", 1, "numbers"),
+    (["query", "ns", "--vector", "@{f}/trunc.npy"], "good", 1, ".npy"),
+    (["query", "ns", "--vector", "@{f}/matrix.npy"], "good", 1, "shape"),
     (["query", "ns", "--rank-by", "[", ], "good", 1, "rank-by"),
     (["query", "ns", "--body", "[]"], "good", 1, "body"),
     (["query", "ns", "--bm25", "title"], "good", 2, None),
