@@ -506,6 +506,8 @@ def index_cmd(
     from . import cache as _cache
     from .index.builder import IndexReport, index_namespace
 
+    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
+        raise InvalidRequest(f"--max-seconds must be a positive number of seconds, got {max_seconds}")
     if cache_dir is not None:
         _cache.configure(cache_dir)
     db = open_db(store, s3_endpoint, policy=policy)
@@ -517,6 +519,8 @@ def index_cmd(
             names.extend(n for n in page if n not in names)
             if not cursor:
                 break
+    if not names and all_:
+        raise InvalidRequest(f"--all: no namespaces in store {db.store.url}", hint="check --store (env PUFFER_STORE)")
     if not names:
         raise InvalidRequest("name at least one namespace, or pass --all")
     t0 = _time.perf_counter()

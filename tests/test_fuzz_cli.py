@@ -193,6 +193,7 @@ def env(tmp_path_factory):
     files.mkdir()
     _bad_files(files)
     (base / "out").mkdir()
+    (base / "empty").mkdir()
     return base
 
 
@@ -297,6 +298,9 @@ CORPUS += [
     (["recall", "ns", "--field", "nope", "--cache-dir", "{b}/c-r"], "good", 1, "nope"),
     (["recall", "ns", "--filter", "[", "--cache-dir", "{b}/c-r"], "good", 1, "filter"),
     (["index"], "good", 1, "namespace"),
+    (["index", "ns", "--max-seconds", "-1"], "good", 1, "max-seconds"),
+    (["index", "ns", "--max-seconds", "nan"], "good", 1, "max-seconds"),
+    (["index", "--all"], "empty", 1, "no namespaces"),
     # serve: options refused before anything starts
     (["serve", "--listen", "127.0.0.1:notaport"], "good", 1, "port"),
     (["serve", "--listen", "127.0.0.1:99999"], "good", 1, "port"),
