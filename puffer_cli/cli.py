@@ -5,6 +5,7 @@ in :func:`main`, into one ``Error: ...`` line (plus a hint) on stderr: exit code
 traceback instead."""
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -690,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(e.message, e.hint)
         return 1
     except SystemExit as e:  # something below called sys.exit (it has said why on stderr)
+        if isinstance(e.__context__, OSError) and e.__context__.errno == errno.EPIPE:
+            _silence_stdout()  # typer's answer to a closed stdout pipe (`puffer query ... | head`)
+            return 0
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if code and not _DEBUG:
             _say(f"stopped with exit status {code}", "run with --debug for the traceback")

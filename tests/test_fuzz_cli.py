@@ -695,3 +695,17 @@ def test_refused_export_keeps_an_existing_file(env, tmp_path):
     code, out, err = invoke(["export", "ns", "-o", target, "--store", env / "good"])
     assert code == 0, err
     assert target.read_text().startswith("id,") and sorted(p.name for p in tmp_path.iterdir()) == ["keep.csv"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["query", "ns", "--top-k", "1000", "--format", "ndjson", "--include-all"],
+                                  ["export", "ns", "--format", "ndjson"]])
+def test_closed_stdout_pipe_is_quiet(env, args):
+    """`puffer query ... | head -1`: no traceback, no error line, exit 0."""
+    e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-m", "puffer_cli.cli", *args, "--store", str(env / "good")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, stdin=subprocess.DEVNULL)
+    p.stdout.readline()
+    p.stdout.close()  # the reader goes away after one line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and err == "", err
