@@ -429,6 +429,30 @@ def test_json_output_is_valid_json(tmp_path):
         '{"a": null, "b": [null, 1.0], "c": {"d": null}}'
 
 
+def test_query_budget_reaches_the_engine(tmp_path, monkeypatch):
+    """--budget opens limits.deadline around engine.run; BudgetExceeded is one line, exit 1."""
+    import time
+
+    from puffer_cli import engine, limits
+
+    seen = []
+
+    def slow(*a, **k):
+        seen.append(limits.remaining())
+        time.sleep(0.05)
+        limits.check_deadline()
+        return {"rows": []}
+
+    monkeypatch.setattr(engine, "run", slow)
+    store = tmp_path / "s"
+    _ingest(store, "ns", SAMPLE_CSV)
+    code, out, err = invoke(["query", "ns", "--store", store, "--budget", "0.01"])
+    assert_one_error(code, out, err, expect_code=1, needle="time budget")
+    code, out, err = invoke(["query", "ns", "--store", store, "--format", "json"])  # default: no budget
+    assert code == 0, err
+    assert seen[0] is not None and seen[0] <= 0.01 and seen[1] is None
+
+
 def test_query_budget_exceeded_is_one_line(tmp_path):
     """A budget that has run out before the query starts: BudgetExceeded, one line.
     (Needs the engine to check the budget: the query helper's change.)"""
@@ -439,6 +463,30 @@ def test_query_budget_exceeded_is_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------ serve and the store (other helpers' errors)
+def test_serve_glue(tmp_path, monkeypatch):
+    """--query-budget reaches ServeConfig.query_budget_s (0: none); a PufferError from
+    server.serve (port in use, bad host) is one line, exit 1."""
+    from puffer_cli import limits, server
+    from puffer_cli.errors import InvalidRequest
+
+    got = []
+    monkeypatch.setattr(server, "ServeConfig", lambda **kw: kw)
+    monkeypatch.setattr(server, "serve", lambda cfg, listen, **kw: got.append(cfg))
+    for args, want in ([], limits.QUERY_BUDGET_S), (["--query-budget", "3"], 3.0), (["--query-budget", "0"], None):
+        code, out, err = invoke(["serve", *args, "--store", tmp_path / "s"])
+        assert code == 0, err
+        assert got[-1]["query_budget_s"] == want
+    code, out, err = invoke(["serve", "--query-budget", "-1", "--store", tmp_path / "s"])
+    assert_one_error(code, out, err, expect_code=2, needle="query-budget")
+
+    def refuse(cfg, listen, **kw):
+        raise InvalidRequest(f"cannot listen on {listen}: address already in use", hint="pick another --listen port")
+
+    monkeypatch.setattr(server, "serve", refuse)
+    code, out, err = invoke(["serve", "--listen", "127.0.0.1:9", "--store", tmp_path / "s"])
+    assert_one_error(code, out, err, expect_code=1, needle="127.0.0.1:9")
+
+
 def test_serve_port_in_use_is_one_line(tmp_path):
     """server.serve raises a PufferError for a port in use (the server helper's change)."""
     s = socket.socket()
