@@ -1,14 +1,21 @@
 """The `puffer` command line: glue over the library. Errors are translated once,
-in :func:`main`, into one ``Error: ...`` line (plus a hint) and exit code 1."""
+in :func:`main`, into one ``Error: ...`` line (plus a hint) on stderr: exit code 1,
+2 for a usage error (unknown option, bad option value). Anything unexpected is one
+``Error: internal error: ...`` line too; ``--debug`` (or PUFFER_DEBUG=1) shows the
+traceback instead."""
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from . import limits
 from .db import DB, connect
 from .errors import InvalidRequest, PufferError
 
@@ -36,22 +43,47 @@ PolicyOpt = Annotated[str, typer.Option("--wal-corrupt-policy", envvar="PUFFER_W
                       help="On a corrupt WAL segment: fail (default) or skip it")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 
-
 def open_db(store: str | None, s3_endpoint: str | None, single_writer: bool = False,
             policy: str = "fail", cache_max_gb: float | None = None) -> DB:
     return connect(store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy,
                    cache_max_gb=cache_max_gb)
 
+def _json_default(o):
+    item = getattr(o, "item", None)  # numpy scalars
+    if callable(item):
+        return item()
+    iso = getattr(o, "isoformat", None)
+    if callable(iso):
+        return iso()
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    return str(o)
+
+def _finite(o):
+    """``o`` with every NaN / +-inf float replaced by None (JSON has no such numbers)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+def to_json(obj, indent: int | None = None) -> str:
+    """Strict JSON, always parseable: NaN and +-inf are written as null."""
+    kw = dict(indent=indent, ensure_ascii=False, default=_json_default, allow_nan=False)
+    try:
+        return json.dumps(obj, **kw)
+    except ValueError:  # a non-finite float somewhere (rare): clean a copy
+        return json.dumps(_finite(json.loads(json.dumps(obj, indent=None, default=_json_default))), **kw)
 
 def echo_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
+    sys.stdout.write(to_json(obj, indent=2) + "\n")
 
 def console():
     from rich.console import Console
 
     return Console(stderr=True)
-
 
 def parse_json_arg(value: str | None, what: str):
     """JSON from an argument, or from a file with ``@path``."""
@@ -71,7 +103,6 @@ def parse_json_arg(value: str | None, what: str):
         return json.loads(text)
     except ValueError as e:
         raise InvalidRequest(f"{what} is not valid JSON: {e}", hint=f"pass {what} as JSON or @file.json")
-
 
 # ---------------------------------------------------------------- ingest
 @app.command(epilog="Example: puffer ingest docs data.parquet --id id --vector emb")
@@ -109,7 +140,6 @@ def ingest(
                    f"(seq {rep.first_seq}..{rep.last_seq}) in {rep.seconds:.2f}s: "
                    f"{rep.rows_per_s:,.0f} rows/s, {mb / rep.seconds if rep.seconds else 0:,.1f} MB/s")
 
-
 def _ingest_progress(tty: bool):
     if not tty:
         def plain(rep, total):
@@ -130,7 +160,6 @@ def _ingest_progress(tty: bool):
                     mb=f"{rep.bytes_in / 1e6:,.1f}", description=f"ingest {rep.namespace}")
     return update, prog.stop
 
-
 # ---------------------------------------------------------------- export
 @app.command(epilog="Example: puffer export docs --format parquet -o docs.parquet")
 def export(
@@ -148,7 +177,6 @@ def export(
     if output and output != "-":
         typer.echo(f"exported {info['rows']:,} rows of {namespace!r} at seq {info['seq']} to {output} ({info['format']})",
                    err=True)
-
 
 # ---------------------------------------------------------------- wal-inspect
 @app.command("wal-inspect", epilog="Example: puffer wal-inspect docs --verify")
@@ -170,11 +198,11 @@ def wal_inspect(
         if as_json:
             echo_json(out)
         else:
-            typer.echo(json.dumps(out["header"], default=str))
+            typer.echo(to_json(out["header"]))
             for op in out["ops"]:
                 typer.echo(f"-- {op['kind']} ({op['rows']} rows): {', '.join(op['columns'])}")
                 for r in op["data"][:50]:
-                    typer.echo("   " + json.dumps(r, default=str)[:300])
+                    typer.echo("   " + to_json(r)[:300])
                 if op["rows"] > 50:
                     typer.echo(f"   ... {op['rows'] - 50} more rows")
         return
@@ -200,14 +228,16 @@ def wal_inspect(
     else:
         _wal_table(rows)
     if verify and rows:
-        raise typer.Exit(1)
+        from .errors import CorruptWal
 
+        raise CorruptWal(f"{len(rows)} WAL segment{'s' if len(rows) != 1 else ''} of {namespace!r} fail verification "
+                         f"(seq {', '.join(str(r['seq']) for r in rows[:10])}{', ...' if len(rows) > 10 else ''})",
+                         hint=f"`puffer wal-inspect {namespace} --repair` quarantines them and salvages intact ops")
 
 def layout_key(ns: str, seq: int) -> str:
     from . import layout
 
     return layout.wal(ns, seq)
-
 
 def _wal_table(rows) -> None:
     from rich.console import Console
@@ -223,7 +253,6 @@ def _wal_table(rows) -> None:
             status += " (repaired)"
         t.add_row(str(r["seq"]), f"{r['bytes']:,}", ops, f"{r['rows']:,}", r["created_at"] or "", status)
     Console(width=max(100, Console().width)).print(t)
-
 
 # ---------------------------------------------------------------- serve
 @app.command(epilog="Example: puffer serve --listen 0.0.0.0:8080 --api-key secret --store s3://bucket/puffer")
@@ -241,6 +270,9 @@ def serve(
                               help="Namespaces kept loaded in memory (LRU)")] = 64,
     query_threads: Annotated[Optional[int], typer.Option("--query-threads", min=1,
                              help="Queries executed at once per process (default: cores, at least 2)")] = None,
+    query_budget: Annotated[float, typer.Option("--query-budget", min=0, envvar="PUFFER_QUERY_BUDGET",
+                            help="Seconds one query may run before it is stopped with HTTP 408 (0: no budget)")
+                            ] = limits.QUERY_BUDGET_S,
     log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = "info",
     cache_max_gb: CacheMaxOpt = None,
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None, single_writer: SingleWriterOpt = False,
@@ -257,14 +289,16 @@ def serve(
         os.environ["PUFFER_CACHE_MAX_GB"] = repr(float(cache_max_gb))
     if log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise InvalidRequest(f"--log-level {log_level!r} is not one of debug, info, warning, error")
+    if math.isnan(query_budget):
+        raise InvalidRequest("--query-budget must be a number of seconds (0: no budget)")
     if index_interval is not None and index_interval <= 0:
         raise InvalidRequest("--index-interval must be a positive number of seconds")
     cfg = ServeConfig(store=store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy,
                       api_key=api_key or None, commit_window_ms=commit_window_ms,
                       max_body_bytes=int(max_body_mb * 1024 * 1024), hot_namespaces=hot_namespaces,
-                      index_interval=index_interval, query_threads=query_threads)
+                      index_interval=index_interval, query_threads=query_threads,
+                      query_budget_s=query_budget or None)
     run_server(cfg, listen, workers=workers, log_level=log_level.lower())
-
 
 # ---------------------------------------------------------------- query
 @app.command(epilog="Example: puffer query docs --bm25 text 'quick fox' --filter '[\"lang\",\"Eq\",\"en\"]' "
@@ -285,12 +319,14 @@ def query(
                                                 "(with \"queries\": a multi-query); flags override its keys")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="table|json|ndjson (default: table on a TTY, else json)")] = None,
     cache_max_gb: CacheMaxOpt = None,
+    budget: Annotated[Optional[float], typer.Option("--budget",
+                      help="Stop the query after SECONDS with an error (default: no budget)")] = None,
     store: StoreOpt = None, s3_endpoint: EndpointOpt = None, policy: PolicyOpt = "fail",
 ):
     """Query a namespace: vector (ANN/kNN), BM25 full-text, order by attribute, filters, aggregations.
 
     Without any ranking flag it lists documents by id. JSON output is exactly the
-    turbopuffer response body."""
+    turbopuffer response body, always valid JSON: a NaN or infinite number is written as null."""
     from . import engine
 
     if fmt is None:
@@ -299,12 +335,14 @@ def query(
         raise InvalidRequest(f"unknown --format {fmt!r}", hint="use table, json or ndjson")
     from .cache import get_cache
 
+    if budget is not None and not (budget > 0 and math.isfinite(budget)):
+        raise InvalidRequest(f"--budget must be a positive number of seconds, got {budget}")
     q = _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all, consistency)
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
-    out = engine.run(db.namespace(namespace), q)
+    with limits.deadline(budget):
+        out = engine.run(db.namespace(namespace), q)
     _print_query_result(out, fmt)
-
 
 def _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all,
                 consistency) -> dict:
@@ -343,7 +381,6 @@ def _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k,
         q["rank_by"] = ["id", "asc"]
     return q
 
-
 def _cli_vector(value: str):
     if value.startswith("@") and value.lower().endswith(".npy"):
         import numpy as np
@@ -359,25 +396,26 @@ def _cli_vector(value: str):
             arr = arr[0]
         if arr.ndim != 1:
             raise InvalidRequest(f"--vector: {p} holds an array of shape {arr.shape}; expected one vector")
+        if arr.dtype.kind not in "iuf":
+            raise InvalidRequest(f"--vector: {p} holds {arr.dtype} values; expected numbers (float32)")
         return [float(x) for x in arr]
     if not value.startswith(("[", "@")):
         return value  # base64
     return parse_json_arg(value, "--vector")
 
-
 def _print_query_result(out: dict, fmt: str) -> None:
     if fmt == "json":
-        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(to_json(out, indent=2) + "\n")
         return
     results = out.get("results", [out])
     if fmt == "ndjson":
         for r in results:
             for row in r.get("rows", []):
-                sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+                sys.stdout.write(to_json(row) + "\n")
             if "aggregations" in r:
-                sys.stdout.write(json.dumps({"aggregations": r["aggregations"]}, ensure_ascii=False) + "\n")
+                sys.stdout.write(to_json({"aggregations": r["aggregations"]}) + "\n")
             for g in r.get("aggregation_groups", []):
-                sys.stdout.write(json.dumps(g, ensure_ascii=False) + "\n")
+                sys.stdout.write(to_json(g) + "\n")
         return
     from rich.console import Console
     from rich.table import Table
@@ -404,7 +442,6 @@ def _print_query_result(out: dict, fmt: str) -> None:
     typer.echo(f"{p.get('query_execution_ms', 0)} ms, {p.get('approx_namespace_size', 0):,} docs, "
                f"{p.get('object_store_requests', 0)} object-store requests", err=True)
 
-
 def _cell(v) -> str:
     if v is None:
         return ""
@@ -415,12 +452,10 @@ def _cell(v) -> str:
     s = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
     return s if len(s) <= 200 else s[:197] + "..."
 
-
 # ---------------------------------------------------------------- index / warm / recall
 CacheDirOpt = Annotated[Optional[str], typer.Option(
     "--cache-dir", envvar="PUFFER_CACHE_DIR",
     help="Local cache of index files (default: the user cache dir; \"\" disables)")]
-
 
 def _index_progress(tty: bool):
     if not tty:
@@ -436,7 +471,6 @@ def _index_progress(tty: bool):
     def update(stage, done, total):
         prog.update(task, description=f"{state['ns']} {stage}", completed=done, total=total)
     return (update, state), prog.stop
-
 
 @app.command("index", epilog="Example: puffer index docs   (safe from cron: puffer index --all --max-seconds 50)")
 def index_cmd(
@@ -462,6 +496,8 @@ def index_cmd(
     from . import cache as _cache
     from .index.builder import IndexReport, index_namespace
 
+    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
+        raise InvalidRequest(f"--max-seconds must be a positive number of seconds, got {max_seconds}")
     if cache_dir is not None:
         _cache.configure(cache_dir)
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
@@ -473,6 +509,8 @@ def index_cmd(
             names.extend(n for n in page if n not in names)
             if not cursor:
                 break
+    if not names and all_:
+        raise InvalidRequest(f"--all: no namespaces in store {db.store.url}", hint="check --store (env PUFFER_STORE)")
     if not names:
         raise InvalidRequest("name at least one namespace, or pass --all")
     t0 = _time.perf_counter()
@@ -490,9 +528,11 @@ def index_cmd(
                 rep = index_namespace(db.namespace(name), max_seconds=left, gc_grace_s=gc_grace,
                                       lease_ttl=lease_ttl, progress=prog[0] if prog else None)
             except PufferError as e:
-                rep = IndexReport(name, status="failed", message=e.message)
+                rep = IndexReport(name, status="failed", message=_one_line(e.message + (f" (hint: {e.hint})" if e.hint else "")))
             except Exception as e:  # noqa: BLE001 - a cron user needs the line, not a traceback
-                rep = IndexReport(name, status="failed", message=f"{type(e).__name__}: {e}")
+                if _DEBUG:
+                    raise
+                rep = IndexReport(name, status="failed", message=f"internal error: {type(e).__name__}: {e}")
             failed |= rep.status == "failed"
             reports.append(rep)
             if not as_json:
@@ -505,8 +545,11 @@ def index_cmd(
     if as_json:
         echo_json({"namespaces": [r.as_dict() for r in reports], "seconds": _time.perf_counter() - t0})
     if failed:
-        raise typer.Exit(1)
-
+        bad = [r for r in reports if r.status == "failed"]
+        raise PufferError(f"{len(bad)} of {len(reports)} namespaces failed to index"
+                          + (f": {bad[0].namespace}: {bad[0].message}" if len(bad) == 1 else " (see above)"),
+                          hint="fix the cause and run `puffer index` again (namespaces that did not fail "
+                               "were indexed)")
 
 @app.command(epilog="Example: puffer warm docs --store s3://bucket/puffer")
 def warm(
@@ -534,7 +577,6 @@ def warm(
         typer.echo(f"{namespace}: generation {rep['generation']}: {rep['files']} files, {rep['bytes'] / 1e6:,.1f} MB "
                    f"in cache ({rep['fetched_files']} fetched, {rep['fetched_bytes'] / 1e6:,.1f} MB) "
                    f"in {rep['seconds']:.2f}s")
-
 
 @app.command(epilog="Example: puffer recall docs --num 25 --top-k 10 --filter '[\"lang\",\"Eq\",\"en\"]'")
 def recall(
@@ -565,47 +607,118 @@ def recall(
                    f"(avg ANN results {rep['avg_ann_count']:.1f}, exhaustive {rep['avg_exhaustive_count']:.1f}; "
                    f"p50 ANN {rep['p50_ann_ms']:.2f} ms, exhaustive {rep['p50_exhaustive_ms']:.2f} ms)")
 
-
 # ---------------------------------------------------------------- entry point
+_DEBUG = False
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", envvar="PUFFER_DEBUG",
+                     help="On an unexpected error show the Python traceback (anywhere on the line; "
+                          "or PUFFER_DEBUG=1)")] = False,
+):
+    """Vector, full-text and hybrid search on object storage (turbopuffer-compatible)."""
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+def _say(msg: str, hint: str | None = None) -> None:
+    line = "Error: " + _one_line(msg)
+    if hint:
+        line += f" (hint: {_one_line(hint)})"
+    typer.echo(line, err=True)
+
+def _debug_from(argv: list[str]) -> tuple[list[str], bool]:
+    """Strip ``--debug`` wherever it stands (before a ``--``); PUFFER_DEBUG=1 also turns it on."""
+    env = os.environ.get("PUFFER_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+    end = argv.index("--") if "--" in argv else len(argv)
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return rest, env or len(rest) != len(argv)
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; translate every library error to one `Error:` line, exit 1."""
+    """Run the CLI. Every failure is one ``Error: ... (hint: ...)`` line on stderr and exit
+    code 1 (2 for usage errors); never a traceback unless --debug / PUFFER_DEBUG=1."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
-    cmd = typer.main.get_command(app)
+    global _DEBUG
+    argv, _DEBUG = _debug_from(list(sys.argv[1:] if argv is None else argv))
+    cmd = _command()
     try:
         rv = cmd.main(args=argv, prog_name="puffer", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except PufferError as e:
-        msg = f"Error: {e.message}"
-        if e.hint:
-            msg += f" (hint: {e.hint})"
-        typer.echo(msg, err=True)
-        return 1
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
-        typer.echo("Error: aborted", err=True)
+        _say("aborted")
         return 1
     except NoArgsIsHelpError as e:
         e.show()
         return 0
     except UsageError as e:
         sub = e.ctx.command_path if e.ctx else "puffer"
-        typer.echo(f"Error: {e.format_message()} (hint: run `{sub} --help`)", err=True)
-        return 1
+        _say(e.format_message(), f"run `{sub} --help`")
+        return 2
     except ClickException as e:
-        typer.echo(f"Error: {e.format_message()}", err=True)
+        _say(e.format_message())
         return 1
     except KeyboardInterrupt:
-        typer.echo("Error: interrupted", err=True)
+        _say("interrupted")
         return 130
     except BrokenPipeError:
+        _silence_stdout()
         return 0
+    except PufferError as e:
+        if _DEBUG:
+            raise
+        _say(e.message, e.hint)
+        return 1
+    except SystemExit as e:  # something below called sys.exit (it has said why on stderr)
+        if isinstance(e.__context__, OSError) and e.__context__.errno == errno.EPIPE:
+            _silence_stdout()  # typer's answer to a closed stdout pipe (`puffer query ... | head`)
+            return 0
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code and not _DEBUG:
+            _say(f"stopped with exit status {code}", "run with --debug for the traceback")
+            return 1
+        return code
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, never a traceback
+        if _DEBUG:
+            raise
+        _internal(e)
+        return 1
+    except BaseException as e:  # a polars PanicException is a BaseException
+        if _DEBUG or isinstance(e, GeneratorExit):
+            raise
+        _internal(e)
+        return 1
 
+def _internal(e: BaseException) -> None:
+    msg = _one_line(str(e)) or "(no message)"
+    if len(msg) > 500:
+        msg = msg[:497] + "..."
+    typer.echo(f"Error: internal error: {type(e).__name__}: {msg} "
+               f"(run with --debug for the traceback; please report)", err=True)
+
+_COMMAND = None
+
+def _command():
+    """The click command behind ``app`` (built once: building it costs ~0.1 s)."""
+    global _COMMAND
+    if _COMMAND is None:
+        _COMMAND = typer.main.get_command(app)
+    return _COMMAND
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``puffer export ns | head``) keep Python from complaining at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 def run() -> None:
     sys.exit(main())
-
 
 if __name__ == "__main__":  # pragma: no cover
     run()

@@ -6,7 +6,6 @@ decides how an error looks to a user.
 """
 from __future__ import annotations
 
-
 class PufferError(Exception):
     """Base class. ``status`` is the HTTP status; ``hint`` a what-to-do line."""
 
@@ -23,48 +22,38 @@ class PufferError(Exception):
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.message
 
-
 class InvalidRequest(PufferError):
     """Bad input: a write, filter, query or CLI argument that cannot be accepted."""
 
     status = 400
 
-
 class InvalidFilter(InvalidRequest):
     """A filter expression is malformed or does not fit the schema."""
-
 
 class InvalidQuery(InvalidRequest):
     """A query body is malformed."""
 
-
 class SchemaError(InvalidRequest):
     """A value or declared type does not fit the namespace schema."""
-
 
 class UnprocessableBody(InvalidRequest):
     """A request body that is not valid JSON / not the expected shape (HTTP 422)."""
 
     status = 422
 
-
 class Unauthorized(PufferError):
     status = 401
-
 
 class NotFound(PufferError):
     status = 404
 
-
 class NamespaceNotFound(NotFound):
     default_hint = "check the namespace name and --store; `puffer wal-inspect` lists what is there"
-
 
 class Conflict(PufferError):
     """The operation cannot proceed in the current state (e.g. store unsafe for concurrency)."""
 
     status = 409
-
 
 class UnsafeStore(Conflict):
     default_hint = (
@@ -72,16 +61,13 @@ class UnsafeStore(Conflict):
         "--single-writer (or PUFFER_SINGLE_WRITER=1)"
     )
 
-
 class TooLarge(PufferError):
     status = 413
-
 
 class RateLimited(PufferError):
     """Too much in flight (request bodies, concurrent writes); retry later."""
 
     status = 429
-
 
 class BudgetExceeded(PufferError):
     """A request ran past its time budget (``limits.deadline``); it was stopped, not retried."""
@@ -90,13 +76,11 @@ class BudgetExceeded(PufferError):
     retryable = False
     default_hint = "narrow the query (a more selective filter, a smaller top_k) or raise the budget"
 
-
 class StoreError(PufferError):
     """The object store failed or cannot be reached (network, credentials, missing
     bucket, permissions, ...). The message names the endpoint/bucket; the hint what to do."""
 
     status = 503
-
 
 class CorruptWal(PufferError):
     """A WAL segment is missing, truncated or fails its checksum."""
@@ -107,8 +91,17 @@ class CorruptWal(PufferError):
         "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
     )
 
-
 class RequestTimeout(PufferError):
     """The client did not send its request (headers or body) within the server's read timeouts."""
 
     status = 408
+
+
+class CorruptNamespace(PufferError):
+    """A namespace's stored state (``meta.json``, an index manifest) cannot be decoded.
+
+    500: the damage is in the store, not in the request, and retrying will not help.
+    The message names the key; the hint says how to recover."""
+
+    status = 500
+    retryable = False

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -16,8 +17,13 @@ FORMATS = ("parquet", "ndjson", "csv")
 
 def snapshot(ns: Namespace, at_seq: int | None = None) -> tuple[pl.DataFrame, int]:
     """(documents ordered by id, the seq they reflect)."""
-    ns.require()
+    head = ns.require()
+    if at_seq is not None and not 1 <= at_seq <= head.seq:
+        raise InvalidRequest(f"--at-seq {at_seq}: seq {at_seq} is not committed (committed seqs of {ns.name!r}: 1..{head.seq})",
+                             hint="`puffer wal-inspect NAMESPACE` lists the committed seqs")
     docs, head = ns.docs(at_seq)
+    if "id" not in docs.columns:  # every row deleted before this seq: an empty frame with no columns
+        return docs, head.seq
     return docs.sort("id"), head.seq
 
 
@@ -51,12 +57,54 @@ def export(ns: Namespace, out: str | None, fmt: str | None = None, at_seq: int |
         raise InvalidRequest(f"unknown export format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
     if (out is None or out == "-") and fmt == "parquet" and sys.stdout.isatty():
         raise InvalidRequest("refusing to write parquet to a terminal", hint="pass -o FILE.parquet")
+    if out is not None and out != "-":
+        _check_output(out)
     df, seq = snapshot(ns, at_seq)
     if out is None or out == "-":
         buf = io.BytesIO()
         write(df, buf, fmt)
-        sys.stdout.buffer.write(buf.getvalue())
+        stdout = getattr(sys.stdout, "buffer", None)
+        if stdout is None:  # a text-only stdout (tests, embedding): parquet cannot go there
+            sys.stdout.write(buf.getvalue().decode("utf-8", "replace"))
+        else:
+            stdout.write(buf.getvalue())
         sys.stdout.flush()
     else:
-        write(df, out, fmt)
+        _write_file(df, out, fmt)
     return {"namespace": ns.name, "rows": df.height, "seq": seq, "format": fmt, "output": out or "-"}
+
+
+def _check_output(out: str) -> None:
+    """Refuse an unusable ``-o`` before any work (nothing is written then)."""
+    p = Path(out)
+    if p.is_dir():
+        raise InvalidRequest(f"-o {out}: is a directory", hint="name a file, e.g. -o export.parquet")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise InvalidRequest(f"-o {out}: directory {str(parent)!r} does not exist", hint="create it first")
+    if not parent.is_dir():
+        raise InvalidRequest(f"-o {out}: {str(parent)!r} is not a directory", hint="name a file in a directory")
+
+
+def _write_file(df: pl.DataFrame, out: str, fmt: str) -> None:
+    """Write to a temporary file beside ``out`` and rename it into place: a failed
+    export leaves no partial file (and an existing ``out`` untouched)."""
+    p = Path(out)
+    if p.exists() and not p.is_file():  # /dev/null, a FIFO: write straight to it
+        tmp = p
+    else:
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        write(df, tmp, fmt)
+        if tmp != p:
+            os.replace(tmp, p)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        why = getattr(e, "strerror", None) or str(e).split(" (os error")[0]
+        raise InvalidRequest(f"-o {out}: cannot write it ({why})",
+                             hint="check the directory exists, is writable and has space") from None
+    finally:
+        try:
+            if tmp != p:
+                tmp.unlink()
+        except OSError:
+            pass

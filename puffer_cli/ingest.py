@@ -6,7 +6,11 @@ upsert: idempotent by id.
 """
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -56,14 +60,126 @@ def detect_format(path: str, fmt: str | None) -> str:
     return by_suffix[suffix]
 
 
+@contextmanager
+def native_stderr_held() -> Iterator[None]:
+    """Hold what native code (a Rust panic inside polars, with its backtrace) writes to
+    file descriptor 2 while reading an input: replayed if the block succeeds, dropped if it
+    raises (the error then says what went wrong, on one line)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if ok and held.tell():
+                held.seek(0)
+                os.write(2, held.read())
+
+
 def scan(path: str, fmt: str) -> pl.LazyFrame:
-    if not Path(path).exists():
+    """A lazy reader of ``path``; everything that can be checked before reading is."""
+    _check_readable(path)
+    try:
+        if fmt == "parquet":
+            pl.read_parquet_schema(path)  # the footer: an empty, truncated or foreign file fails here
+            return pl.scan_parquet(path, glob=False)
+        if _has_nul(path):
+            raise InvalidRequest(f"{path}: cannot read it as {fmt}: it holds NUL bytes, so it is not a text file",
+                                 hint=_format_hint(path, fmt))
+        if fmt == "ndjson":
+            # scan_ndjson has no glob=False: a name with glob characters is read through a file object
+            src = open(path, "rb") if any(c in path for c in "*?[") else path  # noqa: SIM115
+            return pl.scan_ndjson(src, infer_schema_length=10_000)
+        return pl.scan_csv(path, infer_schema_length=10_000, glob=False)
+    except _READ_ERRORS as e:
+        raise read_error(path, fmt, e) from None
+
+
+def _check_readable(path: str) -> None:
+    p = Path(path)
+    if not p.exists():
         raise InvalidRequest(f"input file {path!r} does not exist")
+    if p.is_dir():
+        raise InvalidRequest(f"input {path!r} is a directory, not a file",
+                             hint=f"pass the files inside it, e.g. {path.rstrip('/')}/*.parquet")
+    try:
+        with open(p, "rb") as f:
+            empty = not f.read(1)
+    except OSError as e:
+        raise InvalidRequest(f"cannot open input file {path!r}: {e.strerror or e}",
+                             hint="check the path and its permissions") from None
+    if empty:
+        raise InvalidRequest(f"input file {path!r} is empty", hint="nothing to ingest; check the file")
+
+
+#: what polars / the OS raise while reading a malformed input (PanicException is a BaseException)
+_READ_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, ValueError, UnicodeError,
+                OverflowError)
+
+
+def _has_nul(path: str) -> bool:
+    with open(path, "rb") as f:
+        return b"\0" in f.read(4096)
+
+
+def _sniff(path: str) -> str | None:
+    """The format ``path`` looks like from its first bytes (for hints only)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    text = head.lstrip()
+    if text.startswith(b"{"):
+        return "ndjson"
+    if text and b"\0" not in head:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 4:  # not just a character cut at the 4 KiB boundary
+                return None
+        return "csv"
+    return None
+
+
+def _format_hint(path: str, fmt: str) -> str:
+    looks = _sniff(path)
+    if looks and looks != fmt:
+        return f"it looks like {looks}: pass --format {looks}"
     if fmt == "parquet":
-        return pl.scan_parquet(path)
-    if fmt == "ndjson":
-        return pl.scan_ndjson(path, infer_schema_length=10_000)
-    return pl.scan_csv(path, infer_schema_length=10_000)
+        return "the file is not a complete parquet file (empty, truncated or another format?)"
+    if fmt == "csv":
+        return "check the file is UTF-8 CSV with a header row and the same number of fields on every line"
+    return "check the file is UTF-8 with one JSON object per line"
+
+
+def read_error(path: str, fmt: str, e: BaseException, rep: "IngestReport | None" = None,
+               file_rows: int = 0) -> InvalidRequest:
+    """A polars/pyarrow/OS error raised while reading ``path`` as an InvalidRequest naming
+    the file, the line/character where polars gives one, and how many rows were committed."""
+    text = str(e).strip()
+    first = text.splitlines()[0].strip() if text else type(e).__name__
+    if len(first) > 300:
+        first = first[:297] + "..."
+    # (polars' "current offset in the file" is relative to a parallel chunk: not worth repeating)
+    after = f" after its first {file_rows:,} rows" if file_rows else ""
+    msg = f"{path}: cannot read it as {fmt}{after}: {first}"
+    hint = _format_hint(path, fmt)
+    if rep is not None and rep.rows:
+        msg += (f"; {rep.rows:,} rows before it were already committed (WAL seq {rep.first_seq}..{rep.last_seq}), "
+                f"re-running after fixing the input is safe: ingest upserts by id")
+    return InvalidRequest(msg, hint=hint)
 
 
 def chunks(lf: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -96,26 +212,49 @@ def ingest(ns: Namespace, paths: Sequence[str], *, id_col: str = "id", vector_co
     if not paths:
         raise InvalidRequest("no input files given")
     plans = []
+    footer_rows: dict[str, int] = {}
     for p in paths:
         f = detect_format(p, fmt)
-        plans.append((p, f, scan(p, f)))
-    total = 0
-    for p, f, lf in plans:
-        if f == "parquet":
-            total += pl.scan_parquet(p).select(pl.len()).collect().item()
+        with native_stderr_held():
+            plans.append((p, f, scan(p, f)))
+            if f == "parquet":
+                try:
+                    footer_rows[p] = pl.scan_parquet(p, glob=False).select(pl.len()).collect().item()
+                except _READ_ERRORS as e:
+                    raise read_error(p, f, e) from None
+    total = sum(footer_rows.values())
     rep = IngestReport(ns.name)
     t0 = time.perf_counter()
     for p, f, lf in plans:
         rep.files.append(p)
-        for chunk in chunks(lf, batch_rows):
+        it = chunks(lf, batch_rows)
+        file_rows = 0
+        while True:
+            try:
+                with native_stderr_held():
+                    chunk = next(it)
+            except StopIteration:
+                if p in footer_rows and file_rows != footer_rows[p]:
+                    # polars' streaming reader can lose a panic in a worker and just stop
+                    raise read_error(p, f, ValueError(
+                        f"read {file_rows:,} of the {footer_rows[p]:,} rows its footer promises "
+                        f"(corrupt or truncated data pages)"), rep) from None
+                break
+            except _READ_ERRORS as e:
+                raise read_error(p, f, e, rep, file_rows) from None
             if chunk.height == 0:
                 continue
             chunk = map_columns(chunk, id_col, vector_col, p)
             try:
                 seq = ns.write_frame(chunk, schema=schema, distance_metric=distance_metric)
             except InvalidRequest as e:
-                e.message = f"{p}, rows {rep.rows}..{rep.rows + chunk.height - 1}: {e.message}"
+                e.message = f"{p}, rows {file_rows}..{file_rows + chunk.height - 1}: {e.message}"
+                if rep.rows:
+                    e.message += (f"; {rep.rows:,} rows before them were already committed (WAL seq "
+                                  f"{rep.first_seq}..{rep.last_seq}), re-running after fixing the input is "
+                                  f"safe: ingest upserts by id")
                 raise
+            file_rows += chunk.height
             schema = None  # declared once; later chunks see it in the head
             rep.rows += chunk.height
             rep.entries += 1

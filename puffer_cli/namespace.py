@@ -68,6 +68,38 @@ def forget(store: Store, name: str) -> None:
         _CACHES.pop((store.url, name), None)
 
 
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _meta_problem(meta) -> str | None:
+    """What is wrong with a decoded meta.json (None: nothing the code would trip on)."""
+    if not isinstance(meta, dict):
+        return f"expected a JSON object, got {type(meta).__name__}"
+    if "last_seq" in meta and not _int(meta["last_seq"]):
+        return f"last_seq is {meta['last_seq']!r}, not a seq"
+    if meta.get("schema") is not None and not isinstance(meta["schema"], dict):
+        return "schema is not an object"
+    if meta.get("distance_metric") is not None and not isinstance(meta["distance_metric"], str):
+        return "distance_metric is not a string"
+    idx = meta.get("index")
+    if idx is None:
+        return None
+    if not isinstance(idx, dict):
+        return "index is not an object"
+    for k in ("generation", "covers_through_seq"):
+        if not _int(idx.get(k)):
+            return f"index.{k} is {idx.get(k)!r}, not a number"
+    if not isinstance(idx.get("manifest"), str):
+        return "index.manifest is not a key"
+    ret = idx.get("retained", [])
+    if not isinstance(ret, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("manifest"), str) and _int(r.get("until"))
+            and _int(r.get("generation")) for r in ret):
+        return "index.retained is not a list of {generation, manifest, until}"
+    return None
+
+
 class Namespace:
     def __init__(self, store: Store, name: str, *, single_writer: bool = False,
                  wal_policy: str = "fail"):
@@ -81,10 +113,29 @@ class Namespace:
 
     # ------------------------------------------------------------ meta.json
     def read_meta(self) -> tuple[dict | None, str | None]:
-        got = self.store.read_versioned(layout.meta(self.name))
+        key = layout.meta(self.name)
+        got = self.store.read_versioned(key)
         if got is None:
             return None, None
-        return json.loads(got[0]), got[1]
+        return self.parse_meta(got[0], key, self.name), got[1]
+
+    @staticmethod
+    def parse_meta(data: bytes, key: str, name: str = "NAMESPACE") -> dict:
+        """The one decoder of ``meta.json``: a dict whose fields have the shapes the code
+        relies on, else :class:`~puffer_cli.errors.CorruptNamespace` naming the key."""
+        from .errors import CorruptNamespace
+
+        hint = (f"the WAL is the record of every write and meta.json only a hint plus the index pointer: "
+                f"move {key} aside (the head is recovered from the WAL) and run `puffer index {name}` "
+                f"to build a new index generation")
+        try:
+            meta = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptNamespace(f"{key} is not valid JSON ({e})", hint=hint) from None
+        problem = _meta_problem(meta)
+        if problem:
+            raise CorruptNamespace(f"{key} is corrupt: {problem}", hint=hint)
+        return meta
 
     def update_meta(self, fn: Callable[[dict | None], dict | None], attempts: int = 20) -> dict | None:
         """CAS loop on meta.json: ``fn(current) -> new`` (None: leave as is)."""

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from . import layout, wal
-from .errors import InvalidRequest, NamespaceNotFound
+from .errors import CorruptNamespace, InvalidRequest, NamespaceNotFound
 from .namespace import Namespace, WRITER_ID, forget
 from .store import now_ms
 
@@ -31,12 +31,19 @@ def _row(seq: int, key: str | None, data: bytes | None) -> dict[str, Any]:
         header, _ = wal.read_header(data)
     except wal.WalFormatError:
         return row
-    for m in header.get("ops", []):
-        row["ops"][m["kind"]] = row["ops"].get(m["kind"], 0) + 1
-        row["rows"] += m.get("rows", 0)
-    ts = header.get("created_at")
-    row["created_at"] = dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).isoformat() if ts else None
-    row["repaired"] = header.get("repaired")
+    ops = header.get("ops", []) if isinstance(header, dict) else []
+    for m in ops if isinstance(ops, list) else []:
+        if not isinstance(m, dict):  # a header that decodes but is not ours (checksum-valid garbage)
+            continue
+        kind = str(m.get("kind", "?"))
+        row["ops"][kind] = row["ops"].get(kind, 0) + 1
+        row["rows"] += m.get("rows", 0) if isinstance(m.get("rows"), int) else 0
+    ts = header.get("created_at") if isinstance(header, dict) else None
+    try:
+        row["created_at"] = dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).isoformat() if ts else None
+    except (TypeError, ValueError, OverflowError, OSError):
+        row["created_at"] = None
+    row["repaired"] = header.get("repaired") if isinstance(header, dict) else None
     return row
 
 
@@ -81,7 +88,10 @@ def show(ns: Namespace, seq: int) -> dict[str, Any]:
 def repair(ns: Namespace) -> list[dict[str, Any]]:
     """Quarantine and replace every corrupt or missing segment. Returns what was done."""
     done = []
-    meta, _ = ns.read_meta()
+    try:
+        meta, _ = ns.read_meta()
+    except CorruptNamespace:
+        meta = None  # only a schema hint for segments whose header is lost; the WAL is what is repaired
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     for row in verify(ns):
         seq, key = row["seq"], layout.wal(ns.name, row["seq"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import numpy as np
 import polars as pl
@@ -58,13 +59,33 @@ def vector_matrix(df: pl.DataFrame, field: str, dims: int) -> np.ndarray:
     return out
 
 
+def corrupt(what, problem) -> Exception:
+    """A damaged index file (in the store or only in the local cache) as CorruptNamespace."""
+    from ..errors import CorruptNamespace
+
+    return CorruptNamespace(
+        f"index file {what} is corrupt: {' '.join(str(problem).split())[:300]}",
+        hint="if only the local copy is damaged, delete the cache directory (--cache-dir / PUFFER_CACHE_DIR); "
+             "otherwise move NAMESPACE/meta.json aside and run `puffer index NAMESPACE` (the WAL keeps every write)")
+
+
 def read_attrs(path) -> pl.DataFrame:
-    return pl.read_ipc(path)
+    try:
+        return pl.read_ipc(path)
+    except (OSError, ValueError, pl.exceptions.PolarsError, pl.exceptions.PanicException) as e:
+        raise corrupt(path, e) from None
 
 
 def open_vectors(path, rows: int, dims: int) -> np.ndarray:
     if rows == 0:
         return np.zeros((0, dims), dtype=np.float32)
+    want = rows * dims * 4
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise corrupt(path, e) from None
+    if size != want:
+        raise corrupt(path, f"{size:,} bytes, expected {want:,} ({rows:,} rows x {dims} float32)")
     # a plain ndarray view of the map: fancy indexing on np.memmap itself is ~10x slower
     return np.memmap(path, dtype="<f4", mode="r", shape=(rows, dims)).view(np.ndarray)
 
@@ -76,7 +97,13 @@ def tomb_bytes(positions: np.ndarray) -> bytes:
 
 
 def read_tomb(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    try:
+        out = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise corrupt("tombstones", e) from None
+    if not isinstance(out, np.ndarray) or out.ndim != 1 or out.dtype.kind not in "iu":
+        raise corrupt("tombstones", "not a 1-d array of row positions")
+    return out
 
 
 def vector_series(name: str, mat: np.ndarray, dims: int) -> pl.Series:

@@ -139,7 +139,14 @@ class SegmentPostings:
     def __init__(self, path, tokens) -> None:
         import polars as pl
 
-        df = pl.read_ipc(path)
+        from .docs import corrupt
+
+        try:
+            df = pl.read_ipc(path)
+            if not {"term", "rows", "tf"} <= set(df.columns):
+                raise ValueError(f"columns {df.columns}, expected term, rows, tf")
+        except (OSError, ValueError, pl.exceptions.PolarsError, pl.exceptions.PanicException) as e:
+            raise corrupt(path, e) from None
         sizes = df.get_column("rows").list.len().to_numpy()
         self.indptr = np.zeros(len(sizes) + 1, np.int64)
         np.cumsum(sizes, out=self.indptr[1:])
@@ -206,10 +213,15 @@ class Reader:
     def __init__(self, path, opts: dict, rows: int | None = None):
         import tantivy
 
-        self.index = tantivy.Index.open(str(path))
-        _register(self.index, opts)
-        self.schema = self.index.schema
-        self.searcher = self.index.searcher()
+        from .docs import corrupt
+
+        try:
+            self.index = tantivy.Index.open(str(path))
+            _register(self.index, opts)
+            self.schema = self.index.schema
+            self.searcher = self.index.searcher()
+        except (OSError, ValueError) as e:  # tantivy raises ValueError for a damaged index
+            raise corrupt(path, e) from None
         # doc ids are row positions only in one tantivy segment holding every row (indexes
         # written before empty rows were added as empty documents do not): else read `pos`
         self.direct = self.searcher.num_segments <= 1 and (rows is None or self.searcher.num_docs == rows)
