@@ -76,3 +76,12 @@ def check_deadline(what: str = "query") -> None:
     end = _deadline.get()
     if end is not None and time.monotonic() > end:
         raise BudgetExceeded(f"{what} exceeded its time budget")
+
+# -- object store (S3 calls; store.py) -------------------------------------------------
+S3_CONNECT_TIMEOUT_S = 5.0             # botocore connect_timeout of every S3 request
+S3_READ_TIMEOUT_S = 30.0               # botocore read_timeout (per socket read) of every S3 request
+S3_RETRY_DEADLINE_S = 20.0             # retries of one store call (5xx, 409, throttling, resets) end by then
+S3_UNREACHABLE_DEADLINE_S = 4.0        # ... but an endpoint that refuses connections fails sooner
+S3_RETRY_BASE_S = 0.05                 # jittered exponential backoff: uniform(0, min(max, base * 2**n))
+S3_RETRY_MAX_S = 2.0
+S3_PROBE_TIMEOUT_S = 5.0               # the conditional-write probe's calls (two concurrent creates must resolve)
