@@ -619,9 +619,10 @@ class S3Store(Store):
         Transient failures are retried with jittered backoff until ``deadline_s``
         (default ``limits.S3_RETRY_DEADLINE_S``; an unreachable endpoint gets
         ``S3_UNREACHABLE_DEADLINE_S``). With ``deadline_s`` each attempt is also cut
-        off at the deadline (the probe uses that). ``retry_check(attempt)`` runs after
-        a refused precondition on a retried attempt; True means our earlier attempt
-        landed (its response was lost) and the call succeeded. Raises FileNotFoundError,
+        off at the deadline (the probe uses that). ``retry_check()`` runs after a
+        refused precondition: True means an earlier attempt of ours landed and only
+        its response was lost (we retried, or aiohttp silently re-sent the PUT on a
+        keep-alive connection the server had dropped), so the call succeeded. Raises FileNotFoundError,
         _Precondition or a PufferError; never a botocore/aiohttp exception."""
         from fsspec.asyn import sync
 
@@ -636,7 +637,7 @@ class S3Store(Store):
             except Exception as e:  # noqa: BLE001 - every failure goes through _translate
                 err = self._translate(e, what, key)
                 if isinstance(err, _Precondition):
-                    if attempt and retry_check is not None and retry_check():
+                    if retry_check is not None and retry_check():
                         return None  # our earlier attempt landed; its response was lost
                     raise err from None
                 if not isinstance(err, _Transient):
@@ -748,8 +749,10 @@ class S3Store(Store):
         _count(written=len(data))
 
     def _is_ours(self, key: str, data: bytes) -> bool:
-        """After a retried conditional PUT was refused: did our earlier attempt land
-        (its response lost)? Then the object holds exactly our bytes."""
+        """After a conditional PUT was refused: did an earlier attempt of ours land (its
+        response lost)? Then the object holds exactly our bytes. (puffer's creates and
+        CAS payloads differ between writers and from what they replace: WAL entries
+        carry a nonce, leases a holder and times.)"""
         got = self.read_versioned(key)
         return got is not None and got[0] == data
 
