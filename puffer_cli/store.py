@@ -550,7 +550,7 @@ _RETRY_CODES = {"ConditionalRequestConflict", "SlowDown", "Throttling", "Throttl
                 "OperationAborted", "TooManyRequests"}
 _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
                "ExpiredToken", "AllAccessDisabled", "AccountProblem", "InvalidSecurity"}
-_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 
 def _check_endpoint(endpoint: str) -> None:
@@ -696,7 +696,7 @@ class S3Store(Store):
         if any(isinstance(c, (asyncio.TimeoutError, asyncio.CancelledError, bex.ReadTimeoutError)) for c in chain):
             return _Transient(StoreError(f"S3 {what} {key!r} on {where} got no answer in time",
                                          hint="the S3 server is slow or hanging; retry later"))
-        unreachable = StoreError(f"cannot reach the S3 endpoint {self.endpoint} ({where}): "
+        unreachable = StoreError(f"cannot reach the S3 endpoint {self.endpoint} for bucket {self.bucket!r}: "
                                  f"{type(chain[-1]).__name__}: {chain[-1]}",
                                  hint="check --s3-endpoint / PUFFER_S3_ENDPOINT and that the server is up")
         try:
