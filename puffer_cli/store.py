@@ -622,8 +622,9 @@ class S3Store(Store):
         off at the deadline (the probe uses that). ``retry_check()`` runs after a
         refused precondition: True means an earlier attempt of ours landed and only
         its response was lost (we retried, or aiohttp silently re-sent the PUT on a
-        keep-alive connection the server had dropped), so the call succeeded. Raises FileNotFoundError,
-        _Precondition or a PufferError; never a botocore/aiohttp exception."""
+        keep-alive connection the server had dropped), so the call succeeded.
+        Raises FileNotFoundError, _Precondition or a PufferError; never a
+        botocore/aiohttp exception."""
         from fsspec.asyn import sync
 
         start = time.monotonic()
