@@ -95,7 +95,7 @@ def seaweedfs_server(tmp_path_factory):
     url = f"http://127.0.0.1:{s3}"
 
     def stop():
-        for sig, grace in ((signal.SIGTERM, 2), (signal.SIGKILL, 10)):
+        for sig, grace in ((signal.SIGTERM, 1), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
