@@ -260,18 +260,15 @@ class LocalStore(Store):
                 raise  # a missing key
             raise StoreError(f"cannot {what} {key!r} in the store {self.root}: {e.strerror} ({e.filename})",
                              hint="pass --store a directory that can be created and written") from e
-        except NotADirectoryError as e:
+        except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
             if what == "read":
                 raise FileNotFoundError(key) from e
             raise StoreError(f"cannot {what} {key!r} in the store {self.root}: {e.strerror} ({e.filename})",
-                             hint="something that is not a directory is in the way; pass --store a "
-                                  "directory puffer owns") from e
+                             hint="a file or directory is in the way; pass --store a directory puffer owns") from e
         except PermissionError as e:
             raise StoreError(f"cannot {what} {key!r} in the store {self.root}: permission denied ({e.filename})",
                              hint="fix the directory's permissions or pass --store a directory you can write") from e
         except OSError as e:
-            if isinstance(e, (FileExistsError, IsADirectoryError)):
-                raise
             raise StoreError(f"cannot {what} {key!r} in the store {self.root}: {e.strerror or e}",
                              hint="check the disk (space, read-only mount) or pass another --store") from e
 
