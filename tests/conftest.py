@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 import uuid
 
@@ -22,10 +23,36 @@ import puffer_cli
 from puffer_cli import store as _store
 
 
+def _atomic_moto_conditionals() -> None:
+    """moto evaluates If-None-Match / If-Match on PutObject (and on multipart completion) as
+    check-then-put, so two concurrent conditional creates of one key can both succeed: one
+    acknowledged WAL entry silently overwrites the other (seen: test_processes_8_writers[s3]
+    lost 10 acknowledged ids on a loaded machine). AWS evaluates the condition atomically;
+    serialise these two handlers so the test server behaves as AWS does."""
+    import functools
+
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response, "_puffer_atomic", False):
+        return
+    lock = threading.Lock()
+    for name in ("put_object", "_key_response_post"):
+        fn = getattr(S3Response, name)
+
+        def locked(self, *a, _fn=fn, **kw):
+            with lock:
+                return _fn(self, *a, **kw)
+
+        setattr(S3Response, name, functools.wraps(fn)(locked))
+    S3Response._puffer_atomic = True
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 HTTP endpoint on loopback. Yields its URL."""
     from moto.server import ThreadedMotoServer
+
+    _atomic_moto_conditionals()
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
