@@ -126,6 +126,7 @@ def spy(monkeypatch, module, name) -> list:
 
 def index(ns, **kw):
     kw.setdefault("gc_grace_s", 0)
+    kw.setdefault("threads", 1)  # a multi-threaded HNSW build is not deterministic: tests must be
     return builder.index_namespace(ns, **kw)
 
 
