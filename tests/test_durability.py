@@ -64,8 +64,12 @@ def test_sigkill_serve_loses_nothing_acknowledged(backend, tmp_path, request):
                             acked.extend(ids)
 
         threads = [threading.Thread(target=writer) for _ in range(4)]
+        before = len(acked)
         [t.start() for t in threads]
-        time.sleep(rng.uniform(0.3, 1.2))
+        t0 = time.time()
+        while len(acked) == before and time.time() - t0 < 30:  # kill while writes are landing
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.2, 1.0))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         stop.set()
