@@ -529,9 +529,8 @@ def test_query_bodies_and_headers(app, ns, name, raw, headers, expect):
 
 
 # ------------------------------------------------------------------ namespace names
-NAMES = [".hidden", "..a", "...", "a..b",  # "." / ".." are normalised away by the client
-          "-x", "_x", "x" * 128, "x" * 129, "名前", "a b", "a%00b",
-         "a%2Fb", "%2E%2E", "a%0Ab", "CON", "a:b", "a*b", "a%5Cb", "%F0%9F%90%8D"]
+# "." and ".." are left out: the client normalises them out of the URL
+NAMES = [".hidden", "..a", "...", "a..b", "_puffer-x", "_puffer", "-x", "_x", "x" * 128, "x" * 129, "名前", "a b", "a%00b", "a%2Fb", "%2E%2E", "a%0Ab", "CON", "a:b", "a*b", "a%5Cb", "%F0%9F%90%8D"]
 
 
 @pytest.mark.parametrize("name", NAMES)
