@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import struct
+import subprocess
 import urllib.parse
 import uuid
 
@@ -530,7 +531,8 @@ def test_query_bodies_and_headers(app, ns, name, raw, headers, expect):
 
 # ------------------------------------------------------------------ namespace names
 # "." and ".." are left out: the client normalises them out of the URL
-NAMES = [".hidden", "..a", "...", "a..b", "_puffer-x", "_puffer", "-x", "_x", "x" * 128, "x" * 129, "名前", "a b", "a%00b", "a%2Fb", "%2E%2E", "a%0Ab", "CON", "a:b", "a*b", "a%5Cb", "%F0%9F%90%8D"]
+NAMES = [".hidden", "..a", "...", "a..b", "_puffer-x", "_puffer", "-x", "_x", "x" * 128, "x" * 129, "名前", "a b",
+         "a%00b", "a%2Fb", "%2E%2E", "a%0Ab", "CON", "a:b", "a*b", "a%5Cb", "%F0%9F%90%8D"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -822,7 +824,10 @@ def _child_check(child, path, body, expect="4xx"):
     try:
         r = child.http.post(path, content=raw, headers={"Content-Type": "application/json"}, timeout=HOSTILE_TIMEOUT)
     except httpx.HTTPError as e:
-        code = child.exit_code()
+        try:  # a crash shows up as a dropped connection first; give the exit status a moment
+            code = child.proc.wait(3)
+        except subprocess.TimeoutExpired:
+            code = None
         child.restart()
         if code is not None:
             pytest.fail(f"the server died on {path} {len(raw)} bytes: exit code {code} (-11 = SIGSEGV); {e!r}")
@@ -854,9 +859,9 @@ HOSTILE_QUERIES = [
     ("not-or-4000", {"rank_by": ["id", "asc"], "filters": ["Not", wide("Or", 4000)]}),
     ("ann-or-4000", {"rank_by": ["vector", "ANN", [0.1, 0.2]], "filters": wide("Or", 4000)}),
     ("agg-and-4000", {"aggregate_by": {"c": ["Count"]}, "filters": wide("And", 4000)}),
-    ("regex-100k", {"rank_by": ["id", "asc"], "filters": ["body", "Regex", REGEX_100K]}),
+    ("regex-100k", {"rank_by": ["id", "asc"], "filters": ["tag", "Regex", REGEX_100K]}),
     ("regex-100k-plain", {"rank_by": ["id", "asc"], "filters": ["tag", "Regex", "a" * 100_000]}),
-    ("glob-100k", {"rank_by": ["id", "asc"], "filters": ["body", "Glob", "*a" * 50_000]}),
+    ("glob-100k", {"rank_by": ["id", "asc"], "filters": ["tag", "Glob", "*a" * 50_000]}),
     ("not-500", {"rank_by": ["id", "asc"], "filters": nested("Not", 500)}),
     ("not-1000", {"rank_by": ["id", "asc"], "filters": nested("Not", 1000)}),
     ("and-500", {"rank_by": ["id", "asc"], "filters": nested("And", 500)}),
@@ -884,7 +889,7 @@ HOSTILE_WRITES = [
     ("dbf-or-4000", {"delete_by_filter": wide("Or", 4000)}),
     ("pbf-and-4000", {"patch_by_filter": {"filters": wide("And", 4000), "patch": {"n": 1}}}),
     ("dbf-not-1000", {"delete_by_filter": nested("Not", 1000)}),
-    ("dbf-regex-100k", {"delete_by_filter": ["body", "Regex", REGEX_100K]}),
+    ("dbf-regex-100k", {"delete_by_filter": ["tag", "Regex", REGEX_100K]}),
     ("condition-or-4000", {"upsert_rows": [{"id": 1, "n": 2}], "upsert_condition": wide("Or", 4000)}),
 ]
 
@@ -927,7 +932,7 @@ def test_official_client_hostile_queries(child, ns):
         t.query(rank_by=("id", "asc"), top_k=5, filters=wide("Or", 4000))
     _refused(ei)
     with pytest.raises(turbopuffer.BadRequestError) as ei:
-        t.query(rank_by=("id", "asc"), top_k=5, filters=("body", "Regex", REGEX_100K))
+        t.query(rank_by=("id", "asc"), top_k=5, filters=("tag", "Regex", REGEX_100K))
     _refused(ei)
     with pytest.raises(turbopuffer.APIStatusError) as ei:
         t.query(rank_by=("n", "asc"), top_k=10**9)
