@@ -477,20 +477,34 @@ def _set(body, path, new):
     return body
 
 
-def _swaps(base):
+FAST_SWAPS = [None, 2.5, "x", {}]
+
+
+def _swaps(base, swaps=TYPE_SWAPS):
     for path in _paths(base):
         old = _get(base, path)
-        for new in TYPE_SWAPS:
+        for new in swaps:
             if type(new) is not type(old):
                 yield path, _set(base, path, new)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ns", NSS)
 @pytest.mark.parametrize("bi", range(len(QUERY_BASES)))
 def test_query_wrong_types_at_every_level(app, ns, bi):
     app.check("POST", Q(ns), QUERY_BASES[bi], "ok")
     for _path, body in _swaps(QUERY_BASES[bi]):
         app.check("POST", Q(ns), body, "any")
+
+
+@pytest.mark.parametrize("ns", NSS)
+def test_query_wrong_types_at_every_level_fast(app, ns):
+    """The default-suite slice of the test above: every base valid, four wrong types at every level of two."""
+    for base in QUERY_BASES:
+        app.check("POST", Q(ns), base, "ok")
+    for base in (QUERY_BASES[0], QUERY_BASES[3]):
+        for _path, body in _swaps(base, FAST_SWAPS):
+            app.check("POST", Q(ns), body, "any")
 
 
 @pytest.mark.slow
@@ -502,9 +516,9 @@ def test_write_wrong_types_at_every_level(app, ns, bi):
 
 
 def test_write_wrong_types_at_every_level_fast(app):
-    """The default-suite slice of the test above: the first write base on both namespaces."""
+    """The default-suite slice of the test above: four wrong types at every level of the first write base."""
     for ns in ("fw", "fi"):
-        for _path, body in _swaps(WRITE_BASES[0]):
+        for _path, body in _swaps(WRITE_BASES[0], FAST_SWAPS):
             app.check("POST", W(ns), body, "any")
 
 
@@ -876,8 +890,17 @@ HOSTILE_QUERIES = [
 ]
 
 
+# in the default suite; the rest of both corpora run in the slow one
+HOSTILE_FAST = {"or-4000", "and-4000", "regex-100k", "not-1000", "sum-500", "filter-value-1000", "attrs-10000",
+                "value-list-1000", "dbf-or-4000"}
+
+
+def _params(cases):
+    return [pytest.param(*c, id=c[0], marks=() if c[0] in HOSTILE_FAST else pytest.mark.slow) for c in cases]
+
+
 @pytest.mark.parametrize("ns", NSS)
-@pytest.mark.parametrize("name,body", HOSTILE_QUERIES, ids=ids(HOSTILE_QUERIES))
+@pytest.mark.parametrize("name,body", _params(HOSTILE_QUERIES))
 def test_hostile_query_corpus(child, ns, name, body):
     _child_check(child, Q(ns), body)
 
@@ -897,7 +920,7 @@ HOSTILE_WRITES = [
 
 
 @pytest.mark.parametrize("ns", NSS)
-@pytest.mark.parametrize("name,body", HOSTILE_WRITES, ids=ids(HOSTILE_WRITES))
+@pytest.mark.parametrize("name,body", _params(HOSTILE_WRITES))
 def test_hostile_write_corpus(child, ns, name, body):
     _child_check(child, W(ns), body)
 
