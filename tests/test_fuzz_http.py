@@ -563,8 +563,35 @@ def test_namespace_names_are_refused_or_fully_usable(app, name):
     r = app.c.get("/v1/namespaces", params={"prefix": real, "page_size": 1000}, headers=AUTH)
     assert r.status_code == 200, r.text
     assert real in {n["id"] for n in r.json()["namespaces"]}, f"namespace {real!r} was written but is not listed"
+    assert real in _list_all(app.c, headers=AUTH), f"namespace {real!r} is missing from the full (paged) listing"
     assert app.send("DELETE", W(name)).status_code == 200
     assert app.send("GET", W(name) + "/metadata").status_code == 404
+
+
+def _list_all(c, **kw) -> set[str]:
+    names, cursor = set(), None
+    for _ in range(1000):
+        params = {"page_size": 100, **({"cursor": cursor} if cursor else {})}
+        r = c.get("/v1/namespaces", params=params, **kw)
+        assert r.status_code == 200, r.text
+        names |= {n["id"] for n in r.json()["namespaces"]}
+        cursor = r.json().get("next_cursor")
+        if not cursor:
+            return names
+    raise AssertionError("listing did not end")
+
+
+@pytest.mark.parametrize("name", [".hidden", "..a", "...", "_puffer-x"])
+def test_namespace_names_on_a_local_store(child, name):
+    """The same, on a local-directory store (through the child server): listed, or refused at creation."""
+    if not child.alive():
+        child.restart()
+    r = child.http.post(W(name), json={"upsert_rows": [{"id": 1}]})
+    assert r.status_code < 500, r.text
+    if r.status_code >= 400:
+        return
+    assert name in _list_all(child.http), f"namespace {name!r} was written but is not listed"
+    assert child.http.delete(W(name)).status_code == 200
 
 
 # ------------------------------------------------------------------ limits: at the limit accepted, one past refused
