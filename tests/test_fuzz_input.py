@@ -1,7 +1,10 @@
 """Fuzzing: mutated query and write bodies either succeed or raise a PufferError
 (which the CLI and the server turn into `Error: ...` / a 4xx); a rejected write
-changes nothing.  Bodies start from valid ones and get random subtrees replaced
-by random JSON, so most of them get past the first checks."""
+changes nothing (same head seq, same documents).  Bodies start from valid ones and
+get random subtrees dropped, replaced by random JSON or extreme numbers, wrapped in
+deep nesting, or replaced by long strings, so most of them get past the first checks.
+This is the library-level half; the HTTP half (status codes, error shape, logs, the
+fixed corpus of measured failures) is tests/test_fuzz_http.py."""
 from __future__ import annotations
 
 import copy
@@ -12,13 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import puffer_cli
-from puffer_cli import engine
+from puffer_cli import engine, limits
 from puffer_cli import store as _store
 from puffer_cli.errors import PufferError
 from puffer_cli.index import builder
 
+EXTREMES = [2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, 1e308, 5e-324, 3.5e38, 1e20, 2**62,
+            float("nan"), float("inf"), -float("inf")]
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(EXTREMES)
     | st.text(max_size=6) | st.sampled_from(["vector", "body", "n", "tag", "id", "ANN", "kNN", "BM25", "Eq", "And",
                                              "In", "asc", "desc", "Sum", "Count", "eventual", "strong", "base64"]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
@@ -56,20 +63,51 @@ def _paths(v, path=()):
             yield from _paths(x, path + (i,))
 
 
+LONG = st.builds(lambda n, ch: ch * n, st.sampled_from([129, limits.MAX_PATTERN_CHARS + 1,
+                                                        limits.MAX_QUERY_TEXT_CHARS + 1, 100_000]),
+                 st.sampled_from(["a", "é", "(", "*", " ", "\U0001f40d"]))
+
+WRAPS = {"Not": lambda v: ["Not", v], "And": lambda v: ["And", [v]], "Sum": lambda v: ["Sum", [v]],
+         "list": lambda v: [v], "obj": lambda v: {"a": v}}
+
+
+@st.composite
+def new_value(draw, old):
+    """(value, last): deep or wide values end the mutation (they are not walked again)."""
+    how = draw(st.sampled_from(["json", "json", "json", "extreme", "long", "nest", "wide"]))
+    if how == "extreme":
+        return draw(st.sampled_from(EXTREMES)), False
+    if how == "long":
+        return draw(LONG), False
+    if how == "nest":  # up to 600 deep: past every depth limit; the library must not recurse on it
+        wrap = WRAPS[draw(st.sampled_from(sorted(WRAPS)))]
+        for _ in range(draw(st.sampled_from([2, limits.MAX_FILTER_DEPTH + 1, 100, 600]))):
+            old = wrap(old)
+        return old, True
+    if how == "wide":
+        return [draw(st.sampled_from(["And", "Or"])), [old] * draw(st.sampled_from([2, 33, 100]))], True
+    return draw(JSON), False
+
+
 @st.composite
 def mutated(draw, bases):
     body = copy.deepcopy(draw(st.sampled_from(bases)))
     for _ in range(draw(st.integers(1, 3))):
         paths = list(_paths(body))
         path = draw(st.sampled_from(paths))
-        new = draw(JSON)
-        if not path:
-            body = new
-            continue
         parent = body
         for k in path[:-1]:
             parent = parent[k]
-        parent[path[-1]] = new
+        if path and draw(st.integers(0, 4)) == 0:  # drop the key / item
+            del parent[path[-1]]
+            continue
+        new, last = draw(new_value(parent[path[-1]] if path else body))
+        if not path:
+            body = new
+        else:
+            parent[path[-1]] = new
+        if last:
+            break
     return body
 
 
@@ -110,7 +148,25 @@ def test_fuzzed_queries_fail_cleanly(namespaces, body):
 def test_fuzzed_writes_fail_cleanly_and_change_nothing(namespaces, body):
     for ns in namespaces:
         before = ns.head().seq
+        docs_before = ns.docs()[0].sort("id").to_dicts()
         try:
             ns.write(body)
         except PufferError:
             assert ns.head().seq == before
+            assert ns.docs()[0].sort("id").to_dicts() == docs_before
+
+
+@pytest.mark.slow
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(body=mutated(QUERIES))
+def test_fuzzed_queries_fail_cleanly_slow(namespaces, body):
+    test_fuzzed_queries_fail_cleanly.hypothesis.inner_test(namespaces, body)
+
+
+@pytest.mark.slow
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(body=mutated(WRITES))
+def test_fuzzed_writes_fail_cleanly_slow(namespaces, body):
+    test_fuzzed_writes_fail_cleanly_and_change_nothing.hypothesis.inner_test(namespaces, body)
