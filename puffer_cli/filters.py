@@ -105,6 +105,7 @@ import polars as pl
 from puffer_cli import limits as _limits
 from puffer_cli import text as _text
 from puffer_cli.errors import InvalidFilter
+from puffer_cli.schema import DATETIME_MS
 
 __all__ = [
     "OPERATORS",
@@ -703,11 +704,13 @@ class _Compiler:
             if isinstance(v, bool) or not isinstance(v, (int, str)):
                 raise ctx.fail(f"{op} on {desc} needs an RFC 3339 string or integer ms "
                                f"since the epoch, got {_show(v)}")
-            if isinstance(v, int):
-                return v
-            ms = _parse_datetime_ms(v)
+            ms = v if isinstance(v, int) else _parse_datetime_ms(v)
             if ms is None:
                 raise ctx.fail(f"{op} on {desc}: {_show(v)} is not an RFC 3339 datetime")
+            lo, hi = DATETIME_MS
+            if not lo <= ms <= hi:  # the values a write accepts: a likely unit mistake (ns, us)
+                raise ctx.fail(f"{op} on {desc}: {_show(v)} is out of the datetime range (years 1 to 9999: "
+                               f"{lo} to {hi} ms since the epoch)")
             return ms
         raise ctx.fail(f"{op} on {desc} is not supported")  # pragma: no cover
 

@@ -324,6 +324,10 @@ class Server:
         name = src.get("source_namespace") if isinstance(src, dict) else src
         if not isinstance(name, str):
             raise InvalidRequest("copy_from_namespace must be a namespace name or {\"source_namespace\": name}")
+        if isinstance(src, dict) and set(src) - {"source_namespace", "source_api_key", "source_region"}:
+            unknown = sorted(set(src) - {"source_namespace", "source_api_key", "source_region"})
+            raise InvalidRequest(f"copy_from_namespace: unknown key(s) {', '.join(map(repr, unknown))}",
+                                 hint="it takes source_namespace (and source_api_key / source_region)")
         if isinstance(src, dict) and (src.get("source_api_key") or src.get("source_region")):
             raise InvalidRequest("copy_from_namespace: copying from another organisation or region is not supported")
         ns = self.db.namespace(name)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import json
+import re
 import uuid
 import zlib
 from typing import Any, Callable, Iterable, Mapping
@@ -71,9 +73,27 @@ def parse_json(raw: bytes, *, what: str = "request body", allow_empty: bool = Fa
             return {}
         raise UnprocessableBody(f"{what} is empty; expected a JSON object")
     try:
-        return orjson.loads(raw)
+        obj = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         raise UnprocessableBody(f"{what} is not valid JSON: {e}")
+    if _LONG_DIGITS.search(raw):
+        # orjson silently turns an integer beyond 64 bits into a float (2**64 -> 1.8e19):
+        # re-parse exactly, so the write's validation sees the integer and refuses it
+        obj = _parse_exact(raw, what)
+    return obj
+
+
+_LONG_DIGITS = re.compile(rb"\d{19}")  # an integer literal that may not fit in 64 bits
+
+
+def _parse_exact(raw: bytes, what: str) -> Any:
+    def constant(c: str):
+        raise ValueError(f"{c} is not a JSON number")
+
+    try:
+        return json.loads(raw, parse_constant=constant)
+    except (ValueError, RecursionError) as e:
+        raise UnprocessableBody(f"{what} is not valid JSON: {str(e)[:200]}")
 
 
 def parse_object(raw: bytes, *, what: str = "request body", allow_empty: bool = False) -> dict:
