@@ -476,7 +476,8 @@ def _fusable(v: Any) -> bool:
 def filter_mask(frame: pl.DataFrame, expr: pl.Expr) -> np.ndarray:
     """``frame.select(expr)`` as a bool numpy mask of ``frame.height`` rows.
 
-    Large frames are evaluated in slices of about FILTER_SLICE_BYTES with
+    Large frames are evaluated in slices of about FILTER_SLICE_BYTES (times the number of
+    column references in the filter) with
     ``limits.check_deadline()`` between them: one polars call cannot be
     interrupted, so this bounds how long any single one runs (a regex near the
     compiled-size limit costs ~0.5 us per byte of text)."""
@@ -484,6 +485,8 @@ def filter_mask(frame: pl.DataFrame, expr: pl.Expr) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=bool)
     per_row = max(1, frame.estimated_size() // n)
+    # each condition reads its column once: a 1,000-condition filter does 1,000x the work per row
+    per_row *= max(1, len(expr.meta.root_names()))
     step = max(FILTER_SLICE_MIN_ROWS, FILTER_SLICE_BYTES // per_row)
     out = []
     for start in range(0, n, step):

@@ -341,7 +341,10 @@ class Server:
     async def run_query(self, fn: Callable, *args, what: str = "query", **kw):
         """``fn`` in a worker thread (one of ``query_limiter``'s slots) under the query budget.
 
-        The budget counts from here (waiting for a slot included).  It is a contextvar
+        A query first waits for a slot, at most twice ``budget`` (a slot is held for at most
+        budget + grace, so a query at the head of the queue always gets one; then 429: the server is
+        busy; retryable), and the budget counts from when it has one, so queries queued behind
+        hostile ones are delayed by at most the budget, not failed.  The budget is a contextvar
         (:func:`limits.deadline`), which ``anyio.to_thread.run_sync`` copies into the thread, where
         the library calls :func:`limits.check_deadline` between stages and raises BudgetExceeded.
         If the thread is stuck inside one long call, the request is still answered 408 at
@@ -358,7 +361,6 @@ class Server:
             with lock:
                 state["started"] = True
             try:
-                limits.check_deadline(what)  # the budget may have gone waiting for a slot
                 return fn(*args, **kw)
             finally:
                 with lock:
@@ -370,19 +372,28 @@ class Server:
                     log.warning("an abandoned %s finished %.1f s after its budget", what,
                                 time.monotonic() - t_end)
 
-        t_end = time.monotonic() + budget
-        with limits.deadline(budget):
-            with anyio.move_on_after(budget + limits.QUERY_GRACE_S) as scope:
-                return await anyio.to_thread.run_sync(call, limiter=self.query_limiter, abandon_on_cancel=True)
-        if scope.cancelled_caught:
-            with lock:
-                running = state["started"] and not state["done"]
-                state["abandoned"] = running
-            if running:
-                with self.abandoned_lock:
-                    self.abandoned += 1
-                log.warning("%s exceeded its %g s budget inside one call; its thread is abandoned", what, budget)
-        raise BudgetExceeded(f"{what} exceeded its {budget:g} s time budget")
+        try:
+            with anyio.fail_after(2 * budget):
+                await self.query_limiter.acquire()
+        except TimeoutError:
+            raise RateLimited(f"all {self.query_limiter.total_tokens:g} query slots stayed busy for {2 * budget:g} s",
+                              hint="retry later, or run puffer serve with more --query-threads") from None
+        try:
+            t_end = time.monotonic() + budget
+            with limits.deadline(budget):
+                with anyio.move_on_after(budget + limits.QUERY_GRACE_S) as scope:
+                    return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+            if scope.cancelled_caught:
+                with lock:
+                    running = state["started"] and not state["done"]
+                    state["abandoned"] = running
+                if running:
+                    with self.abandoned_lock:
+                        self.abandoned += 1
+                    log.warning("%s exceeded its %g s budget inside one call; its thread is abandoned", what, budget)
+            raise BudgetExceeded(f"{what} exceeded its {budget:g} s time budget")
+        finally:
+            self.query_limiter.release()  # also for an abandoned thread: stuck queries cannot starve the rest
 
     # -- request plumbing
     def reserve(self, request: Request, n: int) -> None:
