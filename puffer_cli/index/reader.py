@@ -34,7 +34,8 @@ from .. import schema as S
 from ..cache import Cache, get_cache
 from ..store import Store
 from . import ann, docs as D, fts
-from .builder import load_manifest
+from ..scoring import f32_tolerance
+from .manifest import fts_sig_of, load_manifest
 
 EXACT_MAX_ROWS = 20_000       # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05     # ... or a filter keeping at most this fraction of a segment
@@ -238,7 +239,7 @@ class Segment:
     def tokens(self, f: str) -> pl.Series | None:
         """The stored analysed tokens of FTS field ``f`` (one joined string per row), if any."""
         m = self.meta.get("fts", {}).get(f)
-        if not m or not m.get("tokens") or m.get("sig") != _fts_sig_of(self.gen.schema.get(f)):
+        if not m or not m.get("tokens") or m.get("sig") != fts_sig_of(self.gen.schema.get(f)):
             return None
         with self._lock:
             if ("tok", f) not in self._fts:
@@ -482,12 +483,6 @@ def tail_for(ns, gen: Generation, head) -> Tail:
 
 
 # ---------------------------------------------------------------- the view
-def _fts_sig_of(spec) -> str | None:
-    from .builder import _fts_sig
-
-    return _fts_sig(spec) if spec and spec.get("full_text_search") else None
-
-
 def _postings_from_tokens(toks: list[list[str]], only: set | None = None):
     """bm25.Postings of already analysed rows (what bm25.postings_for would build),
     in plain Python: candidate frames are small (hundreds of rows).  ``only``: keep
@@ -695,7 +690,7 @@ class IndexedView:
             vals = col.gather(pl.Series(pos)).to_list()
             out.extend([] if v is None or v == "" else v.split(SEP) for v in vals)
         if self.tail is not None and self.tail.docs.height:
-            key = ("tok", f, _fts_sig_of(spec))
+            key = ("tok", f, fts_sig_of(spec))
             cached = self.tail.extra.get(key)
             if cached is None:
                 from .. import text as T
@@ -760,7 +755,7 @@ class IndexedView:
     def _exact_top(self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric) -> np.ndarray:
         mat = seg.vectors(f)
         x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)
-        eps = x.shape[1] * 1.2e-7 + 1e-6 if x.ndim == 2 else 1e-6  # float32 error bound, as the engine's
+        dims = x.shape[1] if x.ndim == 2 else 0
         if metric == "euclidean_squared":
             diff = x - q
             d = np.einsum("ij,ij->i", diff, diff)
@@ -780,7 +775,7 @@ class IndexedView:
             return pos[part[np.isfinite(d[part])]]
         # keep everything within float32 error of the k-th (and its ties): the caller
         # re-scores these exactly in float64 and breaks ties by id
-        tol = 2 * eps if metric != "euclidean_squared" else eps * (abs(float(cut)) + 1.0)
+        tol = f32_tolerance(metric, dims, abs(float(cut)))
         return pos[np.flatnonzero(d <= cut + tol)]
 
     # -- BM25 -------------------------------------------------------------------------
@@ -870,7 +865,7 @@ def view_for(ns, consistency: str, head=None) -> IndexedView | None:
         return IndexedView(gen, None)
     head = head or ns.head()
     tail = tail_for(ns, gen, head)
-    if any(_fts_sig_of(tail.schema.get(f)) != _fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
+    if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
         return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
     return IndexedView(gen, tail)
 
@@ -911,7 +906,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
     and BM25 queries are answered here already (``Source.prepared``, see index/topk.py);
     the others get a candidate frame for the engine."""
     from .. import query as Q
-    from ..engine import Source
+    from ..scoring import Source
     from . import topk
 
     cache = get_cache()
