@@ -614,18 +614,18 @@ class IndexedView:
             vf = sorted(set(need_vecs) | {rb.attr})
             for i, seg in enumerate(self.gen.segments):
                 L.check_deadline()
-                pos, ex, pr = self._vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
+                pos, ex, pr = self.vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
                 exhaustive += ex
                 probed += pr
                 if len(pos):
                     parts.append(seg.frame(pos, vf))
                     where.append((i, pos))
-        elif simple and isinstance(rb, Q.TextRank) and self._pure_bm25(rb.expr):
-            leaves = list(self._bm25_leaves(rb.expr))
+        elif simple and isinstance(rb, Q.TextRank) and self.pure_bm25(rb.expr):
+            leaves = list(self.bm25_leaves(rb.expr))
             bm25_fields = sorted({lf.attr for lf in leaves})
             for i, seg in enumerate(self.gen.segments):
                 L.check_deadline()
-                pos = self._bm25_candidates(i, leaves, filt, k)
+                pos = self.bm25_candidates(i, leaves, filt, k)
                 if pos is None:  # segment cannot answer from tantivy: scan it
                     m = self._filter_mask(i, filt)
                     pos = np.nonzero(m)[0]
@@ -642,7 +642,7 @@ class IndexedView:
                     where.append((i, pos))
         else:
             if isinstance(rb, Q.TextRank):
-                bm25_fields = sorted({lf.attr for lf in self._bm25_leaves(rb.expr)})
+                bm25_fields = sorted({lf.attr for lf in self.bm25_leaves(rb.expr)})
             vf = sorted(set(need_vecs) | ({rb.attr} if isinstance(rb, Q.VectorRank) else set()))
             for i, seg in enumerate(self.gen.segments):
                 L.check_deadline()
@@ -662,10 +662,10 @@ class IndexedView:
         stats = self.bm25_stats(bm25_fields) if bm25_fields else None
         toks = {f: t for f in bm25_fields if (t := self._tokens(f, where)) is not None}
         c = Candidates(docs, self.schema, self.metric, stats, self.namespace_rows, exhaustive, probed, toks)
-        if isinstance(rb, Q.TextRank) and self._pure_bm25(rb.expr):
+        if isinstance(rb, Q.TextRank) and self.pure_bm25(rb.expr):
             from ..bm25 import query_tokens
 
-            for lf in self._bm25_leaves(rb.expr):
+            for lf in self.bm25_leaves(rb.expr):
                 spec = self.schema.get(lf.attr) or {}
                 if spec.get("full_text_search"):
                     c.query_terms.setdefault(lf.attr, set()).update(query_tokens(
@@ -714,7 +714,7 @@ class IndexedView:
             return [f for f in vf if f in inc]
         return []
 
-    def _vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int]:
+    def vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int]:
         seg = self.gen.segments[i]
         if rb.attr not in seg.meta.get("vectors", {}) or k <= 0:
             return np.zeros(0, np.int64), 0, 0
@@ -779,29 +779,29 @@ class IndexedView:
         return pos[np.flatnonzero(d <= cut + tol)]
 
     # -- BM25 -------------------------------------------------------------------------
-    def _bm25_leaves(self, e):
+    def bm25_leaves(self, e):
         from .. import query as Q
 
         if isinstance(e, Q.Bm25):
             yield e
         elif isinstance(e, (Q.TextSum, Q.TextMax)):
             for c in e.children:
-                yield from self._bm25_leaves(c)
+                yield from self.bm25_leaves(c)
         elif isinstance(e, Q.TextProduct):
-            yield from self._bm25_leaves(e.child)
+            yield from self.bm25_leaves(e.child)
 
-    def _pure_bm25(self, e) -> bool:
+    def pure_bm25(self, e) -> bool:
         from .. import query as Q
 
         if isinstance(e, Q.Bm25):
             return not e.last_as_prefix
         if isinstance(e, (Q.TextSum, Q.TextMax)):
-            return all(self._pure_bm25(c) for c in e.children)
+            return all(self.pure_bm25(c) for c in e.children)
         if isinstance(e, Q.TextProduct):  # a weight <= 0 makes the lowest BM25 best: tantivy cannot propose
-            return e.weight > 0 and self._pure_bm25(e.child)
+            return e.weight > 0 and self.pure_bm25(e.child)
         return False
 
-    def _bm25_candidates(self, i: int, leaves, filt, k: int) -> np.ndarray | None:
+    def bm25_candidates(self, i: int, leaves, filt, k: int) -> np.ndarray | None:
         from ..bm25 import query_tokens
 
         seg = self.gen.segments[i]

@@ -50,9 +50,9 @@ def text_eligible(view, q: Q.Query) -> bool:
     """True for a pure BM25 query whose fields every segment can score from stored postings
     under the analyzer in force (else the candidate-frame path handles it)."""
     rb = q.rank_by
-    if not (isinstance(rb, Q.TextRank) and _simple(q) and view._pure_bm25(rb.expr)):
+    if not (isinstance(rb, Q.TextRank) and _simple(q) and view.pure_bm25(rb.expr)):
         return False
-    for f in {lf.attr for lf in view._bm25_leaves(rb.expr)}:
+    for f in {lf.attr for lf in view.bm25_leaves(rb.expr)}:
         sig = fts_sig_of(view.schema.get(f))
         if sig is None or sig != fts_sig_of(view.gen.schema.get(f)) or f not in view.gen.man.get("bm25", {}):
             return False
@@ -125,7 +125,7 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
         L.check_deadline()
-        pos, ex, _probed = view._vector_candidates(i, rb, q.filter, kk, metric)
+        pos, ex, _probed = view.vector_candidates(i, rb, q.filter, kk, metric)
         exhaustive += ex
         if not len(pos):
             continue
@@ -149,7 +149,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     """(result, rows scored exactly, candidates) of a :func:`text_eligible` query on ``view``."""
     rb = q.rank_by
     kk = q.offset + q.limit
-    leaves = list(view._bm25_leaves(rb.expr))
+    leaves = list(view.bm25_leaves(rb.expr))
     fields = sorted({lf.attr for lf in leaves})
     stats = view.bm25_stats(fields)
     terms = {f: [t for lf in leaves if lf.attr == f
@@ -158,7 +158,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
         L.check_deadline()
-        pos = view._bm25_candidates(i, leaves, q.filter, kk)  # ascending, filtered, visible
+        pos = view.bm25_candidates(i, leaves, q.filter, kk)  # ascending, filtered, visible
         if not len(pos):
             continue
         posts = {f: seg.postings(f).candidates(pos, terms[f]) for f in fields}
