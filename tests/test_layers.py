@@ -31,7 +31,8 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("jobs", ["puffer_cli.db", "puffer_cli.ingest", "puffer_cli.export", "puffer_cli.walinspect",
               "puffer_cli.index.builder", "puffer_cli.index.recall"]),
     # (index warming, ``puffer warm``, is reader.warm: it lives with the segments it reads)
-    ("query execution", ["puffer_cli.engine", "puffer_cli.index.reader", "puffer_cli.index.topk"]),
+    ("query execution", ["puffer_cli.engine", "puffer_cli.index.reader", "puffer_cli.index.topk",
+                         "puffer_cli.index.tail"]),
     # what both the exact engine and the index fast paths use, what shapes responses, and
     # the index file formats both the build and the read path use
     ("scoring, response shaping, index formats", [

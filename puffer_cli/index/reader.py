@@ -29,13 +29,14 @@ import numpy as np
 import polars as pl
 
 from .. import limits as L
-from .. import replay
 from .. import schema as S
 from ..cache import Cache, get_cache
 from ..store import Store
 from . import ann, docs as D, fts
 from ..scoring import f32_tolerance
 from .manifest import fts_sig_of, load_manifest
+from .tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
+from .tail import Tail, forget_tails, tail_for
 
 EXACT_MAX_ROWS = 20_000       # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05     # ... or a filter keeping at most this fraction of a segment
@@ -399,87 +400,7 @@ def forget(store: Store, name: str) -> None:
     with _GENS_LOCK:
         for k in [k for k in _GENS if k[0] == store.url and k[1].startswith(prefix)]:
             del _GENS[k]
-    with _TAILS_LOCK:
-        for k in [k for k in _TAILS if k[0] == store.url and k[1] == name]:
-            del _TAILS[k]
-
-
-# ---------------------------------------------------------------- the tail
-@dataclass
-class Tail:
-    """WAL entries after covers_through_seq, folded onto the index rows they touch."""
-
-    seq: int
-    schema: dict
-    metric: str | None
-    docs: pl.DataFrame                                  # live current versions of touched ids
-    hidden: dict[int, np.ndarray] = field(default_factory=dict)   # segment -> superseded positions
-    superseded: pl.DataFrame | None = None              # index rows superseded (for BM25 stats)
-    touched: pl.Series | None = None
-    extra: dict = field(default_factory=dict)           # per-tail caches (analysed tokens)
-
-
-_TAILS: dict[tuple, Tail] = {}
-_TAILS_LOCK = threading.Lock()
-
-
-def tail_for(ns, gen: Generation, head) -> Tail:
-    """The tail at ``head.seq`` (incremental from this process's cached tail)."""
-    key = (ns.store.url, ns.name, gen.manifest_key)
-    with _TAILS_LOCK:
-        t = _TAILS.get(key)
-    if t is not None and t.seq == head.seq:
-        return t
-    if t is None or t.seq > head.seq:
-        t = Tail(gen.covers, gen.schema, gen.metric, replay.empty(gen.schema), {}, None, None)
-    schema = t.schema
-    metric = t.metric
-    docs = t.docs
-    hidden = {k: v for k, v in t.hidden.items()}
-    sup_parts = [t.superseded] if t.superseded is not None else []
-    touched = t.touched
-    seq = t.seq
-    ops_batch: list = []
-
-    def flush():
-        nonlocal docs, touched, ops_batch
-        if not ops_batch:
-            return
-        idt = S.dtype_of(schema["id"]["type"])
-        cols = [op.table.get_column("id").cast(idt) for op in ops_batch if op.rows]
-        if cols:
-            ids = pl.concat(cols).unique()
-            new = ids if touched is None else ids.to_frame().join(touched.to_frame(), on="id", how="anti")["id"]
-            touched = new if touched is None else pl.concat([touched.cast(idt), new])
-            base_parts = [S.align(docs, schema)]
-            for i, pos in gen.lookup(new):
-                seg = gen.segments[i]
-                hidden[i] = np.union1d(hidden.get(i, np.zeros(0, np.int64)), pos)
-                rows = seg.frame(pos, D.vector_fields(gen.schema))
-                rows = S.align(rows.select([c for c in rows.columns if c in schema]), schema)
-                base_parts.append(rows)
-                sup_parts.append(rows)
-            docs = pl.concat(base_parts, how="vertical") if len(base_parts) > 1 else base_parts[0]
-        docs = replay.fold(docs, schema, ops_batch)
-        ops_batch = []
-
-    for e in ns.entries(t.seq, head.seq):
-        L.check_deadline()  # a long tail: stop here rather than replay it past the budget
-        if e.header.get("schema") is not None and e.header["schema"] != schema:
-            flush()
-            schema = e.header["schema"]
-        if e.header.get("distance_metric"):
-            metric = e.header["distance_metric"]
-        ops_batch.extend(e.ops)
-        seq = e.seq
-    flush()
-    sup = pl.concat([S.align(p, schema) for p in sup_parts], how="vertical") if sup_parts else None
-    t = Tail(seq, schema, metric, S.align(docs, schema), hidden, sup, touched)
-    with _TAILS_LOCK:
-        if len(_TAILS) > 64:
-            _TAILS.clear()
-        _TAILS[key] = t
-    return t
+    forget_tails(store, name)
 
 
 # ---------------------------------------------------------------- the view
