@@ -45,6 +45,8 @@ from ..namespace import Namespace
 from ..store import Store, now_ms
 from . import ann, docs as D, fts
 from .lease import Lease
+from .manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
+from .manifest import ann_sig, fts_sig, load_manifest, manifest_files
 
 FORMAT = 1
 MAX_SEGMENTS = 8
@@ -117,79 +119,6 @@ class IndexReport:
                 f"covering seq {self.covers_through_seq}{more}; {self.segments} segments, {self.live_rows:,} rows, "
                 f"{self.files_written} files {self.bytes_written / 1e6:,.1f} MB, gc deleted {self.gc_deleted} "
                 f"in {self.seconds:.2f}s")
-
-
-# ---------------------------------------------------------------- manifests
-_MANIFESTS: dict[tuple[str, str], dict] = {}
-
-
-def load_manifest(store: Store, key: str) -> dict:
-    """A manifest (immutable: cached in-process by key). Every reader of manifests goes
-    through here: a missing one raises FileNotFoundError (a generation collected under a
-    reader), an undecodable one :class:`CorruptNamespace` naming the key."""
-    ck = (store.url, key)
-    m = _MANIFESTS.get(ck)
-    if m is None:
-        m = parse_manifest(store.read(key), key)
-        if len(_MANIFESTS) > 256:
-            _MANIFESTS.clear()
-        _MANIFESTS[ck] = m
-    return m
-
-
-def parse_manifest(data: bytes, key: str) -> dict:
-    """Decode and shape-check one manifest (see docs/format-index.md)."""
-    from ..errors import CorruptNamespace
-
-    ns = key.split("/", 1)[0]
-    hint = (f"index files are derived from the WAL, which keeps every write: move {ns}/meta.json aside "
-            f"and run `puffer index {ns}` to build a fresh generation")
-    try:
-        man = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CorruptNamespace(f"index manifest {key} is not valid JSON ({e})", hint=hint) from None
-    problem = _manifest_problem(man)
-    if problem:
-        raise CorruptNamespace(f"index manifest {key} is corrupt: {problem}", hint=hint)
-    return man
-
-
-def _manifest_problem(man) -> str | None:
-    def count(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    if not isinstance(man, dict):
-        return f"expected a JSON object, got {type(man).__name__}"
-    for k in ("generation", "covers_through_seq"):
-        if not count(man.get(k)):
-            return f"{k} is {man.get(k)!r}, not a number"
-    if not isinstance(man.get("schema"), dict):
-        return "schema is not an object"
-    if not isinstance(man.get("files", []), list) or not all(isinstance(f, str) for f in man.get("files", [])):
-        return "files is not a list of keys"
-    if not isinstance(man.get("bm25", {}), dict):
-        return "bm25 is not an object"
-    segs = man.get("segments")
-    if not isinstance(segs, list):
-        return "segments is not a list"
-    for i, s in enumerate(segs):
-        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("attrs"), str)
-                and count(s.get("rows")) and count(s.get("live"))
-                and all(isinstance(s.get(k, {}), dict) for k in ("vectors", "ann", "fts"))):
-            return f"segment {i} lacks name/attrs/rows/live or has malformed vectors/ann/fts"
-    return None
-
-
-def manifest_files(man: dict) -> set[str]:
-    return set(man.get("files", []))
-
-
-def _fts_sig(spec: dict) -> str:
-    return json.dumps({k: v for k, v in spec["full_text_search"].items() if k not in ("k1", "b")}, sort_keys=True)
-
-
-def _ann_sig(spec: dict, metric: str | None) -> str:
-    return json.dumps(ann.options(spec, metric), sort_keys=True)
 
 
 # ---------------------------------------------------------------- base view
@@ -417,9 +346,9 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
         live = s["rows"] - len(dead)
         if live <= 0:
             continue  # fully dead: dropped
-        stale = any(f not in s.get("ann", {}) or s["ann"][f].get("sig") != _ann_sig(schema[f], metric)
+        stale = any(f not in s.get("ann", {}) or s["ann"][f].get("sig") != ann_sig(schema[f], metric)
                     for f in vec_fields) \
-            or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != _fts_sig(schema[f]) for f in fts_fields)
+            or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
         if stale or len(dead) > DEAD_RATIO * s["rows"]:
             merge_idx.append(i)
         else:
@@ -479,7 +408,7 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
     bm25 = {}
     for f in fts_fields:
         opts = schema[f]["full_text_search"]
-        sig = _fts_sig(schema[f])
+        sig = fts_sig(schema[f])
         old = (base_man or {}).get("bm25", {}).get(f)
         if old is not None and old.get("sig") == sig:
             n_rows, n_docs, total = old["n_rows"], old["n_docs"], old["total_len"]
@@ -615,7 +544,7 @@ def _write_segment(w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: d
         _note(progress, f"ann {f}", 0, frame.height)
         data, n = ann.build(mat, opts, threads=threads)
         key = w.put(layout.index_segment_file(ns, gen, name, f"ann-{D.field_tag(f)}.usearch"), data)
-        seg["ann"][f] = {"key": key, "vectors": n, "sig": _ann_sig(schema[f], metric), **opts}
+        seg["ann"][f] = {"key": key, "vectors": n, "sig": ann_sig(schema[f], metric), **opts}
     ftoks = {}
     for f in D.fts_fields(schema):
         opts = schema[f]["full_text_search"]
@@ -624,8 +553,8 @@ def _write_segment(w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: d
         ftoks[f] = toks
         prefix = layout.index_segment_file(ns, gen, name, f"fts-{D.field_tag(f)}/")
         keys = [w.put(prefix + fname, data) for fname, data in files.items()]
-        seg["fts"][f] = {"prefix": prefix, "files": keys, "sig": _fts_sig(schema[f])}
-        if fts._pretokenized(opts):
+        seg["fts"][f] = {"prefix": prefix, "files": keys, "sig": fts_sig(schema[f])}
+        if fts.pretokenized(opts):
             seg["fts"][f]["tokens"] = w.put(layout.index_segment_file(ns, gen, name, f"tok-{D.field_tag(f)}.arrow"),
                                             fts.tokens_bytes(toks))
             seg["fts"][f]["postings"] = w.put(

@@ -31,7 +31,7 @@ SEP = "\x1f"  # joins a row's tokens in the stored token column
 WS_ANALYZER = "puffer_pretokenized_ws"
 
 
-def _pretokenized(opts: dict) -> bool:
+def pretokenized(opts: dict) -> bool:
     """True when rows are analysed once in Python and tantivy indexes the tokens
     joined by spaces (word tokenizers: tokens never contain whitespace)."""
     return opts.get("tokenizer", "word_v1") != "pre_tokenized_array"
@@ -40,7 +40,7 @@ def _pretokenized(opts: dict) -> bool:
 def _register(index, opts: dict) -> str:
     import tantivy
 
-    if _pretokenized(opts):
+    if pretokenized(opts):
         index.register_tokenizer(WS_ANALYZER, tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()).build())
         return WS_ANALYZER
     return text.register(index, opts)
@@ -50,7 +50,7 @@ def _schema(opts: dict):
     import tantivy
 
     sb = tantivy.SchemaBuilder()
-    name = WS_ANALYZER if _pretokenized(opts) else text.analyzer_name(opts)
+    name = WS_ANALYZER if pretokenized(opts) else text.analyzer_name(opts)
     sb.add_text_field(FIELD, stored=False, tokenizer_name=name, index_option="freq")
     sb.add_integer_field("pos", stored=True, indexed=False, fast=False)
     return sb.build()
@@ -66,7 +66,7 @@ def build(values: list, opts: dict) -> tuple[dict[str, bytes], list[list[str]]]:
     import tantivy
 
     toks = text.tokenize_many(values, opts)
-    pre = _pretokenized(opts)
+    pre = pretokenized(opts)
     d = tempfile.mkdtemp(prefix="puffer-fts-")
     try:
         idx = tantivy.Index(_schema(opts), path=d)

@@ -29,12 +29,14 @@ import numpy as np
 import polars as pl
 
 from .. import limits as L
-from .. import replay
 from .. import schema as S
 from ..cache import Cache, get_cache
 from ..store import Store
 from . import ann, docs as D, fts
-from .builder import load_manifest
+from ..scoring import f32_tolerance
+from .manifest import fts_sig_of, load_manifest
+from .tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
+from .tail import Tail, forget_tails, tail_for
 
 EXACT_MAX_ROWS = 20_000       # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05     # ... or a filter keeping at most this fraction of a segment
@@ -238,7 +240,7 @@ class Segment:
     def tokens(self, f: str) -> pl.Series | None:
         """The stored analysed tokens of FTS field ``f`` (one joined string per row), if any."""
         m = self.meta.get("fts", {}).get(f)
-        if not m or not m.get("tokens") or m.get("sig") != _fts_sig_of(self.gen.schema.get(f)):
+        if not m or not m.get("tokens") or m.get("sig") != fts_sig_of(self.gen.schema.get(f)):
             return None
         with self._lock:
             if ("tok", f) not in self._fts:
@@ -398,96 +400,10 @@ def forget(store: Store, name: str) -> None:
     with _GENS_LOCK:
         for k in [k for k in _GENS if k[0] == store.url and k[1].startswith(prefix)]:
             del _GENS[k]
-    with _TAILS_LOCK:
-        for k in [k for k in _TAILS if k[0] == store.url and k[1] == name]:
-            del _TAILS[k]
-
-
-# ---------------------------------------------------------------- the tail
-@dataclass
-class Tail:
-    """WAL entries after covers_through_seq, folded onto the index rows they touch."""
-
-    seq: int
-    schema: dict
-    metric: str | None
-    docs: pl.DataFrame                                  # live current versions of touched ids
-    hidden: dict[int, np.ndarray] = field(default_factory=dict)   # segment -> superseded positions
-    superseded: pl.DataFrame | None = None              # index rows superseded (for BM25 stats)
-    touched: pl.Series | None = None
-    extra: dict = field(default_factory=dict)           # per-tail caches (analysed tokens)
-
-
-_TAILS: dict[tuple, Tail] = {}
-_TAILS_LOCK = threading.Lock()
-
-
-def tail_for(ns, gen: Generation, head) -> Tail:
-    """The tail at ``head.seq`` (incremental from this process's cached tail)."""
-    key = (ns.store.url, ns.name, gen.manifest_key)
-    with _TAILS_LOCK:
-        t = _TAILS.get(key)
-    if t is not None and t.seq == head.seq:
-        return t
-    if t is None or t.seq > head.seq:
-        t = Tail(gen.covers, gen.schema, gen.metric, replay.empty(gen.schema), {}, None, None)
-    schema = t.schema
-    metric = t.metric
-    docs = t.docs
-    hidden = {k: v for k, v in t.hidden.items()}
-    sup_parts = [t.superseded] if t.superseded is not None else []
-    touched = t.touched
-    seq = t.seq
-    ops_batch: list = []
-
-    def flush():
-        nonlocal docs, touched, ops_batch
-        if not ops_batch:
-            return
-        idt = S.dtype_of(schema["id"]["type"])
-        cols = [op.table.get_column("id").cast(idt) for op in ops_batch if op.rows]
-        if cols:
-            ids = pl.concat(cols).unique()
-            new = ids if touched is None else ids.to_frame().join(touched.to_frame(), on="id", how="anti")["id"]
-            touched = new if touched is None else pl.concat([touched.cast(idt), new])
-            base_parts = [S.align(docs, schema)]
-            for i, pos in gen.lookup(new):
-                seg = gen.segments[i]
-                hidden[i] = np.union1d(hidden.get(i, np.zeros(0, np.int64)), pos)
-                rows = seg.frame(pos, D.vector_fields(gen.schema))
-                rows = S.align(rows.select([c for c in rows.columns if c in schema]), schema)
-                base_parts.append(rows)
-                sup_parts.append(rows)
-            docs = pl.concat(base_parts, how="vertical") if len(base_parts) > 1 else base_parts[0]
-        docs = replay.fold(docs, schema, ops_batch)
-        ops_batch = []
-
-    for e in ns.entries(t.seq, head.seq):
-        L.check_deadline()  # a long tail: stop here rather than replay it past the budget
-        if e.header.get("schema") is not None and e.header["schema"] != schema:
-            flush()
-            schema = e.header["schema"]
-        if e.header.get("distance_metric"):
-            metric = e.header["distance_metric"]
-        ops_batch.extend(e.ops)
-        seq = e.seq
-    flush()
-    sup = pl.concat([S.align(p, schema) for p in sup_parts], how="vertical") if sup_parts else None
-    t = Tail(seq, schema, metric, S.align(docs, schema), hidden, sup, touched)
-    with _TAILS_LOCK:
-        if len(_TAILS) > 64:
-            _TAILS.clear()
-        _TAILS[key] = t
-    return t
+    forget_tails(store, name)
 
 
 # ---------------------------------------------------------------- the view
-def _fts_sig_of(spec) -> str | None:
-    from .builder import _fts_sig
-
-    return _fts_sig(spec) if spec and spec.get("full_text_search") else None
-
-
 def _postings_from_tokens(toks: list[list[str]], only: set | None = None):
     """bm25.Postings of already analysed rows (what bm25.postings_for would build),
     in plain Python: candidate frames are small (hundreds of rows).  ``only``: keep
@@ -619,18 +535,18 @@ class IndexedView:
             vf = sorted(set(need_vecs) | {rb.attr})
             for i, seg in enumerate(self.gen.segments):
                 L.check_deadline()
-                pos, ex, pr = self._vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
+                pos, ex, pr = self.vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
                 exhaustive += ex
                 probed += pr
                 if len(pos):
                     parts.append(seg.frame(pos, vf))
                     where.append((i, pos))
-        elif simple and isinstance(rb, Q.TextRank) and self._pure_bm25(rb.expr):
-            leaves = list(self._bm25_leaves(rb.expr))
+        elif simple and isinstance(rb, Q.TextRank) and self.pure_bm25(rb.expr):
+            leaves = list(self.bm25_leaves(rb.expr))
             bm25_fields = sorted({lf.attr for lf in leaves})
             for i, seg in enumerate(self.gen.segments):
                 L.check_deadline()
-                pos = self._bm25_candidates(i, leaves, filt, k)
+                pos = self.bm25_candidates(i, leaves, filt, k)
                 if pos is None:  # segment cannot answer from tantivy: scan it
                     m = self._filter_mask(i, filt)
                     pos = np.nonzero(m)[0]
@@ -647,7 +563,7 @@ class IndexedView:
                     where.append((i, pos))
         else:
             if isinstance(rb, Q.TextRank):
-                bm25_fields = sorted({lf.attr for lf in self._bm25_leaves(rb.expr)})
+                bm25_fields = sorted({lf.attr for lf in self.bm25_leaves(rb.expr)})
             vf = sorted(set(need_vecs) | ({rb.attr} if isinstance(rb, Q.VectorRank) else set()))
             for i, seg in enumerate(self.gen.segments):
                 L.check_deadline()
@@ -667,10 +583,10 @@ class IndexedView:
         stats = self.bm25_stats(bm25_fields) if bm25_fields else None
         toks = {f: t for f in bm25_fields if (t := self._tokens(f, where)) is not None}
         c = Candidates(docs, self.schema, self.metric, stats, self.namespace_rows, exhaustive, probed, toks)
-        if isinstance(rb, Q.TextRank) and self._pure_bm25(rb.expr):
+        if isinstance(rb, Q.TextRank) and self.pure_bm25(rb.expr):
             from ..bm25 import query_tokens
 
-            for lf in self._bm25_leaves(rb.expr):
+            for lf in self.bm25_leaves(rb.expr):
                 spec = self.schema.get(lf.attr) or {}
                 if spec.get("full_text_search"):
                     c.query_terms.setdefault(lf.attr, set()).update(query_tokens(
@@ -695,7 +611,7 @@ class IndexedView:
             vals = col.gather(pl.Series(pos)).to_list()
             out.extend([] if v is None or v == "" else v.split(SEP) for v in vals)
         if self.tail is not None and self.tail.docs.height:
-            key = ("tok", f, _fts_sig_of(spec))
+            key = ("tok", f, fts_sig_of(spec))
             cached = self.tail.extra.get(key)
             if cached is None:
                 from .. import text as T
@@ -719,7 +635,7 @@ class IndexedView:
             return [f for f in vf if f in inc]
         return []
 
-    def _vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int]:
+    def vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int]:
         seg = self.gen.segments[i]
         if rb.attr not in seg.meta.get("vectors", {}) or k <= 0:
             return np.zeros(0, np.int64), 0, 0
@@ -760,7 +676,7 @@ class IndexedView:
     def _exact_top(self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric) -> np.ndarray:
         mat = seg.vectors(f)
         x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)
-        eps = x.shape[1] * 1.2e-7 + 1e-6 if x.ndim == 2 else 1e-6  # float32 error bound, as the engine's
+        dims = x.shape[1] if x.ndim == 2 else 0
         if metric == "euclidean_squared":
             diff = x - q
             d = np.einsum("ij,ij->i", diff, diff)
@@ -780,33 +696,33 @@ class IndexedView:
             return pos[part[np.isfinite(d[part])]]
         # keep everything within float32 error of the k-th (and its ties): the caller
         # re-scores these exactly in float64 and breaks ties by id
-        tol = 2 * eps if metric != "euclidean_squared" else eps * (abs(float(cut)) + 1.0)
+        tol = f32_tolerance(metric, dims, abs(float(cut)))
         return pos[np.flatnonzero(d <= cut + tol)]
 
     # -- BM25 -------------------------------------------------------------------------
-    def _bm25_leaves(self, e):
+    def bm25_leaves(self, e):
         from .. import query as Q
 
         if isinstance(e, Q.Bm25):
             yield e
         elif isinstance(e, (Q.TextSum, Q.TextMax)):
             for c in e.children:
-                yield from self._bm25_leaves(c)
+                yield from self.bm25_leaves(c)
         elif isinstance(e, Q.TextProduct):
-            yield from self._bm25_leaves(e.child)
+            yield from self.bm25_leaves(e.child)
 
-    def _pure_bm25(self, e) -> bool:
+    def pure_bm25(self, e) -> bool:
         from .. import query as Q
 
         if isinstance(e, Q.Bm25):
             return not e.last_as_prefix
         if isinstance(e, (Q.TextSum, Q.TextMax)):
-            return all(self._pure_bm25(c) for c in e.children)
+            return all(self.pure_bm25(c) for c in e.children)
         if isinstance(e, Q.TextProduct):  # a weight <= 0 makes the lowest BM25 best: tantivy cannot propose
-            return e.weight > 0 and self._pure_bm25(e.child)
+            return e.weight > 0 and self.pure_bm25(e.child)
         return False
 
-    def _bm25_candidates(self, i: int, leaves, filt, k: int) -> np.ndarray | None:
+    def bm25_candidates(self, i: int, leaves, filt, k: int) -> np.ndarray | None:
         from ..bm25 import query_tokens
 
         seg = self.gen.segments[i]
@@ -870,7 +786,7 @@ def view_for(ns, consistency: str, head=None) -> IndexedView | None:
         return IndexedView(gen, None)
     head = head or ns.head()
     tail = tail_for(ns, gen, head)
-    if any(_fts_sig_of(tail.schema.get(f)) != _fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
+    if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
         return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
     return IndexedView(gen, tail)
 
@@ -911,7 +827,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
     and BM25 queries are answered here already (``Source.prepared``, see index/topk.py);
     the others get a candidate frame for the engine."""
     from .. import query as Q
-    from ..engine import Source
+    from ..scoring import Source
     from . import topk
 
     cache = get_cache()

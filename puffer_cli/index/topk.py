@@ -6,7 +6,7 @@ aggregations or per-attribute limits, does not need the candidate frame of
 :meth:`IndexedView.candidates`:
 
 1. per segment, the same candidate positions are scored exactly: vectors with
-   :func:`engine.exact_distances` from the segment's f32 vectors; BM25 with
+   :func:`scoring.exact_distances` from the segment's f32 vectors; BM25 with
    :func:`bm25.score` on namespace-global statistics, its inputs (term
    frequencies, document lengths) read from the segment's stored postings
    (``post-*.arrow``) instead of re-analysing the candidates' text;
@@ -26,11 +26,13 @@ import numpy as np
 import polars as pl
 
 from .. import bm25 as B
-from .. import engine as E
+from .. import engine as E  # row_columns only: response shaping (see tests/test_layers.py)
 from .. import limits as L
 from .. import query as Q
 from .. import schema as S
+from .. import scoring as SC
 from . import docs as D
+from .manifest import fts_sig_of
 
 
 def _simple(q: Q.Query) -> bool:
@@ -47,14 +49,12 @@ def vector_eligible(view, q: Q.Query) -> bool:
 def text_eligible(view, q: Q.Query) -> bool:
     """True for a pure BM25 query whose fields every segment can score from stored postings
     under the analyzer in force (else the candidate-frame path handles it)."""
-    from .reader import _fts_sig_of
-
     rb = q.rank_by
-    if not (isinstance(rb, Q.TextRank) and _simple(q) and view._pure_bm25(rb.expr)):
+    if not (isinstance(rb, Q.TextRank) and _simple(q) and view.pure_bm25(rb.expr)):
         return False
-    for f in {lf.attr for lf in view._bm25_leaves(rb.expr)}:
-        sig = _fts_sig_of(view.schema.get(f))
-        if sig is None or sig != _fts_sig_of(view.gen.schema.get(f)) or f not in view.gen.man.get("bm25", {}):
+    for f in {lf.attr for lf in view.bm25_leaves(rb.expr)}:
+        sig = fts_sig_of(view.schema.get(f))
+        if sig is None or sig != fts_sig_of(view.gen.schema.get(f)) or f not in view.gen.man.get("bm25", {}):
             return False
         for seg in view.gen.segments:
             m = seg.meta.get("fts", {}).get(f)
@@ -90,11 +90,11 @@ class _Collect:
     def count(self) -> int:
         return int(sum(len(k) for k in self.keys))
 
-    def top(self, q: Q.Query) -> E.QueryResult:
+    def top(self, q: Q.Query) -> SC.QueryResult:
         L.check_deadline()
         v, n, kk = self.view, self.count, q.offset + q.limit
         if not n:
-            return E.QueryResult(_empty(v, q), np.zeros(0), scanned=0, matched=0)
+            return SC.QueryResult(_empty(v, q), np.zeros(0), scanned=0, matched=0)
         key, val = np.concatenate(self.keys), np.concatenate(self.vals)
         idt = S.dtype_of(v.schema["id"]["type"])
         if all(isinstance(x, np.ndarray) for x in self.ids):  # integer ids from segments only: stay in numpy
@@ -107,7 +107,7 @@ class _Collect:
             order = np.lexsort((idk, key))[q.offset:kk]
             picked = id_s.gather(pl.Series(order))
         src, pos = np.concatenate(self.srcs)[order], np.concatenate(self.poss)[order]
-        return E.QueryResult(_rows(v, q, src, pos, picked), val[order], scanned=n, matched=n)
+        return SC.QueryResult(_rows(v, q, src, pos, picked), val[order], scanned=n, matched=n)
 
 
 def _tail(view):
@@ -115,7 +115,7 @@ def _tail(view):
     return t if t is not None and t.height else None
 
 
-def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
+def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     """(result, rows scored exactly, candidates) of a :func:`vector_eligible` query on ``view``."""
     rb = q.rank_by
     metric = q.distance_metric or view.metric or "cosine_distance"
@@ -125,7 +125,7 @@ def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
         L.check_deadline()
-        pos, ex, _probed = view._vector_candidates(i, rb, q.filter, kk, metric)
+        pos, ex, _probed = view.vector_candidates(i, rb, q.filter, kk, metric)
         exhaustive += ex
         if not len(pos):
             continue
@@ -133,23 +133,23 @@ def vector_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
         ok = ~np.isnan(sub).any(axis=1)  # rows without this vector never rank
         if not ok.all():
             pos, sub = pos[ok], sub[ok]
-        d = E.exact_distances(sub, qv, metric)
+        d = SC.exact_distances(sub, qv, metric)
         out.add(i, pos, d, d)
     tail = _tail(view)
     if tail is not None:
         L.check_deadline()
         exhaustive += tail.height
-        cand = np.flatnonzero(E._filter_mask(tail, q.filter, view.schema)) if q.filters is not None else None
-        pos, d = E._rank_vector(q, rb, tail, metric, cand, kk)
+        cand = np.flatnonzero(SC.filter_mask(tail, q.filter, view.schema)) if q.filters is not None else None
+        pos, d = SC.rank_vector(q, rb, tail, metric, cand, kk)
         out.add(-1, pos, d, d)
     return out.top(q), exhaustive, out.count
 
 
-def text_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
+def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     """(result, rows scored exactly, candidates) of a :func:`text_eligible` query on ``view``."""
     rb = q.rank_by
     kk = q.offset + q.limit
-    leaves = list(view._bm25_leaves(rb.expr))
+    leaves = list(view.bm25_leaves(rb.expr))
     fields = sorted({lf.attr for lf in leaves})
     stats = view.bm25_stats(fields)
     terms = {f: [t for lf in leaves if lf.attr == f
@@ -158,20 +158,20 @@ def text_topk(view, q: Q.Query) -> tuple[E.QueryResult, int, int]:
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
         L.check_deadline()
-        pos = view._bm25_candidates(i, leaves, q.filter, kk)  # ascending, filtered, visible
+        pos = view.bm25_candidates(i, leaves, q.filter, kk)  # ascending, filtered, visible
         if not len(pos):
             continue
         posts = {f: seg.postings(f).candidates(pos, terms[f]) for f in fields}
-        s, m = E._text_eval(rb.expr, None, view.schema, stats, posts)
+        s, m = SC.text_eval(rb.expr, None, view.schema, stats, posts)
         keep = np.flatnonzero(m)
         out.add(i, pos[keep], -s[keep], s[keep])
     tail = _tail(view)
     if tail is not None:
         L.check_deadline()
         exhaustive += tail.height
-        s, m = E._text_eval(rb.expr, tail, view.schema, stats)
+        s, m = SC.text_eval(rb.expr, tail, view.schema, stats)
         if q.filters is not None:
-            m &= E._filter_mask(tail, q.filter, view.schema)
+            m &= SC.filter_mask(tail, q.filter, view.schema)
         keep = np.flatnonzero(m)
         out.add(-1, keep, -s[keep], s[keep])
     return out.top(q), exhaustive, out.count

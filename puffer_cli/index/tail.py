@@ -1,0 +1,103 @@
+"""The WAL tail of an indexed namespace: the entries after the generation's
+``covers_through_seq``, folded onto the index rows they touch (those rows are hidden in
+their segments, the tail holds their current versions).  Cached per process and
+advanced incrementally to the head.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from .. import limits as L
+from .. import replay
+from .. import schema as S
+from ..store import Store
+from . import docs as D
+
+
+@dataclass
+class Tail:
+    """WAL entries after covers_through_seq, folded onto the index rows they touch."""
+
+    seq: int
+    schema: dict
+    metric: str | None
+    docs: pl.DataFrame                                  # live current versions of touched ids
+    hidden: dict[int, np.ndarray] = field(default_factory=dict)   # segment -> superseded positions
+    superseded: pl.DataFrame | None = None              # index rows superseded (for BM25 stats)
+    touched: pl.Series | None = None
+    extra: dict = field(default_factory=dict)           # per-tail caches (analysed tokens)
+
+
+TAILS: dict[tuple, Tail] = {}
+TAILS_LOCK = threading.Lock()
+
+
+def tail_for(ns, gen, head) -> Tail:
+    """The tail at ``head.seq`` (incremental from this process's cached tail) over
+    ``gen`` (a :class:`reader.Generation`: its ``lookup`` finds the index rows an entry touches)."""
+    key = (ns.store.url, ns.name, gen.manifest_key)
+    with TAILS_LOCK:
+        t = TAILS.get(key)
+    if t is not None and t.seq == head.seq:
+        return t
+    if t is None or t.seq > head.seq:
+        t = Tail(gen.covers, gen.schema, gen.metric, replay.empty(gen.schema), {}, None, None)
+    schema = t.schema
+    metric = t.metric
+    docs = t.docs
+    hidden = {k: v for k, v in t.hidden.items()}
+    sup_parts = [t.superseded] if t.superseded is not None else []
+    touched = t.touched
+    seq = t.seq
+    ops_batch: list = []
+
+    def flush():
+        nonlocal docs, touched, ops_batch
+        if not ops_batch:
+            return
+        idt = S.dtype_of(schema["id"]["type"])
+        cols = [op.table.get_column("id").cast(idt) for op in ops_batch if op.rows]
+        if cols:
+            ids = pl.concat(cols).unique()
+            new = ids if touched is None else ids.to_frame().join(touched.to_frame(), on="id", how="anti")["id"]
+            touched = new if touched is None else pl.concat([touched.cast(idt), new])
+            base_parts = [S.align(docs, schema)]
+            for i, pos in gen.lookup(new):
+                seg = gen.segments[i]
+                hidden[i] = np.union1d(hidden.get(i, np.zeros(0, np.int64)), pos)
+                rows = seg.frame(pos, D.vector_fields(gen.schema))
+                rows = S.align(rows.select([c for c in rows.columns if c in schema]), schema)
+                base_parts.append(rows)
+                sup_parts.append(rows)
+            docs = pl.concat(base_parts, how="vertical") if len(base_parts) > 1 else base_parts[0]
+        docs = replay.fold(docs, schema, ops_batch)
+        ops_batch = []
+
+    for e in ns.entries(t.seq, head.seq):
+        L.check_deadline()  # a long tail: stop here rather than replay it past the budget
+        if e.header.get("schema") is not None and e.header["schema"] != schema:
+            flush()
+            schema = e.header["schema"]
+        if e.header.get("distance_metric"):
+            metric = e.header["distance_metric"]
+        ops_batch.extend(e.ops)
+        seq = e.seq
+    flush()
+    sup = pl.concat([S.align(p, schema) for p in sup_parts], how="vertical") if sup_parts else None
+    t = Tail(seq, schema, metric, S.align(docs, schema), hidden, sup, touched)
+    with TAILS_LOCK:
+        if len(TAILS) > 64:
+            TAILS.clear()
+        TAILS[key] = t
+    return t
+
+
+def forget_tails(store: Store, name: str) -> None:
+    """Drop this process's cached tails of namespace ``name``."""
+    with TAILS_LOCK:
+        for k in [k for k in TAILS if k[0] == store.url and k[1] == name]:
+            del TAILS[k]
