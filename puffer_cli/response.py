@@ -20,7 +20,8 @@ import base64
 import datetime as dt
 import decimal
 import uuid
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import orjson
@@ -28,8 +29,8 @@ import polars as pl
 
 from . import schema as S
 
-__all__ = ["row_columns", "jsonable", "result_rows", "result_body", "vector_attrs", "vector_b64", "to_wire",
-           "render", "dumps", "error_body"]
+__all__ = ["dumps", "error_body", "jsonable", "render", "result_body", "result_rows", "row_columns", "to_wire",
+           "vector_attrs", "vector_b64"]
 
 DUMP_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 

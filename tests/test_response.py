@@ -110,7 +110,7 @@ def test_cli_json_is_the_http_body(env, name):
     body = QUERIES[name]
     http(c, body)  # both runs below see warm caches
     cli(store, body)
-    raw, want = http(c, body)
+    _, want = http(c, body)
     got = orjson.loads(cli(store, body))
     assert untimed(got) == untimed(want)
     if name in ("base64", "multi_base64"):
@@ -126,7 +126,9 @@ def test_the_wire_form(env):
     raw, want = http(c, QUERIES["knn_all"])
     text = cli(store, QUERIES["knn_all"])
     row = want["rows"][0]
-    f32_shortest = lambda x: isinstance(x, float) and repr(x) == str(np.float32(x))  # noqa: E731
+    def f32_shortest(x) -> bool:
+        return isinstance(x, float) and repr(x) == str(np.float32(x))
+
     assert f32_shortest(row["$dist"]) and all(f32_shortest(x) for x in row["vector"])
     assert repr(row["$dist"]).encode() in raw and repr(row["$dist"]) in text
     assert row["at"].endswith("Z") and "T" in row["at"]
