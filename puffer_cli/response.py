@@ -54,7 +54,7 @@ def vector_b64(v: Any) -> str:
 
 def jsonable(frame: pl.DataFrame, encoding: str = "float") -> pl.DataFrame:
     """Datetimes -> RFC 3339 strings; vectors -> lists (or base64)."""
-    exprs = []
+    exprs: list[pl.Expr | pl.Series] = []
     for c, d in frame.schema.items():
         if isinstance(d, pl.Datetime):
             exprs.append(_dt_text(pl.col(c).dt.convert_time_zone("UTC") if d.time_zone else pl.col(c)))
