@@ -340,9 +340,10 @@ def query(
     q = _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all, consistency)
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
+    ns = db.namespace(namespace)
     with limits.deadline(budget):
-        out = engine.run(db.namespace(namespace), q)
-    _print_query_result(out, fmt)
+        out = engine.run(ns, q)
+    _print_query_result(out, fmt, ns.head(refresh=False).schema)
 
 def _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all,
                 consistency) -> dict:
@@ -403,19 +404,24 @@ def _cli_vector(value: str):
         return value  # base64
     return parse_json_arg(value, "--vector")
 
-def _print_query_result(out: dict, fmt: str) -> None:
+def _print_query_result(out: dict, fmt: str, schema: dict) -> None:
+    """json: the HTTP response body (one :func:`response.render`); ndjson: its rows, aggregations
+    and groups, one JSON value a line, in the same wire form; table: for people."""
+    from . import response
+
     if fmt == "json":
-        sys.stdout.write(to_json(out, indent=2) + "\n")
+        sys.stdout.write(response.render(out, response.vector_attrs(schema), indent=True).decode() + "\n")
         return
     results = out.get("results", [out])
     if fmt == "ndjson":
-        for r in results:
+        wired = response.to_wire({"results": results}, response.vector_attrs(schema))["results"]
+        for r in wired:
             for row in r.get("rows", []):
-                sys.stdout.write(to_json(row) + "\n")
+                sys.stdout.write(response.dumps(row).decode() + "\n")
             if "aggregations" in r:
-                sys.stdout.write(to_json({"aggregations": r["aggregations"]}) + "\n")
+                sys.stdout.write(response.dumps({"aggregations": r["aggregations"]}).decode() + "\n")
             for g in r.get("aggregation_groups", []):
-                sys.stdout.write(to_json(g) + "\n")
+                sys.stdout.write(response.dumps(g).decode() + "\n")
         return
     from rich.console import Console
     from rich.table import Table

@@ -1,8 +1,11 @@
-"""Exact query execution over a frame of live documents, and response shaping.
+"""Exact query execution over a frame of live documents.
 
     execute(q, docs, schema, metric, bm25_stats=None) -> QueryResult   # pure
     run_query(ns, body) -> dict      # turbopuffer query response
     run_multi(ns, body) -> dict      # turbopuffer multi-query response (one snapshot)
+
+Response bodies are shaped by :mod:`puffer_cli.response` (rows, RFC 3339, base64); the views
+turn them into bytes with ``response.render``.
 
 Execution order: filters (polars) -> scoring of the surviving rows -> top-k
 with ties broken by id ascending -> ``offset`` / ``limit.per`` -> rows.
@@ -19,7 +22,6 @@ WAL-tail source can replace it without touching the rest).
 """
 from __future__ import annotations
 
-import base64
 import time
 from typing import Any, Mapping
 
@@ -31,9 +33,10 @@ from . import limits as L
 from . import query as Q
 from .scoring import QueryResult, Source, filter_mask, id_key, rank_vector, text_eval, topk_order
 from .scoring import exact_distances  # noqa: F401  (re-exported: engine.exact_distances)
+from . import response as R
 from .store import io_scope
 
-__all__ = ["Source", "QueryResult", "load_source", "execute", "run_query", "run_multi", "shape_rows"]
+__all__ = ["Source", "QueryResult", "load_source", "execute", "run_query", "run_multi"]
 
 
 def load_source(ns, consistency: str, queries=None, multi: bool = False) -> Source:
@@ -182,7 +185,7 @@ def _grouped(sub: pl.DataFrame, q: Q.Query, schema: Mapping) -> list[dict]:
     out = out.sort(keys, nulls_last=True)
     limit = q.limit if q.limit_given else L.MAX_TOP_K
     out = out.head(limit)
-    out = _jsonable(out)
+    out = R.jsonable(out)
     groups = []
     for r in out.iter_rows(named=True):
         grp = {}
@@ -199,88 +202,11 @@ def _grouped(sub: pl.DataFrame, q: Q.Query, schema: Mapping) -> list[dict]:
     return groups
 
 
-# --------------------------------------------------------------------------- response shaping
-_RFC3339 = "%Y-%m-%dT%H:%M:%S%.3fZ"
-
-
-#: datetimes printable as text (polars panics beyond chrono's +-262,143 years): others come out null
-_DT_MS_MAX = 8_000_000_000_000_000
-
-
-def _dt_text(e: pl.Expr) -> pl.Expr:
-    ms = e.dt.epoch("ms")
-    return pl.when(ms.abs() <= _DT_MS_MAX).then(e).otherwise(None).dt.to_string(_RFC3339)
-
-
-def _jsonable(frame: pl.DataFrame, encoding: str = "float") -> pl.DataFrame:
-    """Datetimes -> RFC 3339 strings; vectors -> lists (or base64)."""
-    exprs = []
-    for c, d in frame.schema.items():
-        if isinstance(d, pl.Datetime):
-            exprs.append(_dt_text(pl.col(c).dt.convert_time_zone("UTC") if d.time_zone else pl.col(c)))
-        elif isinstance(d, pl.List) and isinstance(d.inner, pl.Datetime):
-            exprs.append(pl.col(c).list.eval(_dt_text(pl.element())))
-        elif isinstance(d, pl.Array):
-            if encoding == "base64":
-                s = frame[c]
-                vals = s.to_numpy() if s.len() else np.zeros((0, d.size), dtype=np.float32)
-                nulls = s.is_null().to_numpy()
-                enc = [None if nulls[i] else base64.b64encode(np.asarray(vals[i], dtype="<f4").tobytes()).decode()
-                       for i in range(s.len())]
-                exprs.append(pl.Series(c, enc, dtype=pl.String))
-            else:
-                exprs.append(pl.col(c).cast(pl.List(pl.Float32)))
-        else:
-            exprs.append(pl.col(c))
-    return frame.select(exprs) if exprs else frame
-
-
-def row_columns(q: Q.Query, cols: list[str]) -> list[str]:
-    """The columns of ``cols`` (a documents frame's) that a response row shows."""
-    if q.exclude is not None:
-        ex = set(q.exclude)
-        return [c for c in cols if c == "id" or c not in ex]
-    if q.include is True:
-        return list(cols)
-    if q.include is False:
-        return ["id"]
-    want = ["id"] + [a for a in q.include if a != "id"]
-    return [c for c in dict.fromkeys(want) if c in cols]
-
-
-def shape_rows(q: Q.Query, res: QueryResult, encoding: str | None = None) -> list[dict]:
-    """The ``rows`` of a turbopuffer response: id, $dist, attributes; nulls omitted."""
-    frame = res.rows
-    if frame is None or frame.height == 0:
-        return []
-    cols = row_columns(q, frame.columns)
-    if cols != frame.columns:
-        frame = frame.select(cols)
-    if any(isinstance(d, (pl.Datetime, pl.Array, pl.List)) for d in frame.schema.dtypes()):
-        frame = _jsonable(frame, encoding or q.vector_encoding)
-    rows = frame.to_dicts()
-    out = []
-    dist = res.dist
-    for i, r in enumerate(rows):
-        row: dict[str, Any] = {"id": r.pop("id")}
-        if dist is not None:
-            row["$dist"] = float(dist[i])
-        for k, v in r.items():
-            if v is not None:
-                row[k] = v
-        out.append(row)
-    return out
-
-
-def _result_body(q: Q.Query, res: QueryResult, encoding: str | None = None) -> dict:
-    body: dict[str, Any] = {}
-    if q.rank_by is not None:
-        body["rows"] = shape_rows(q, res, encoding)
-    if res.aggregations is not None:
-        body["aggregations"] = res.aggregations
-    if res.aggregation_groups is not None:
-        body["aggregation_groups"] = res.aggregation_groups
-    return body
+# --------------------------------------------------------------------------- response shaping: puffer_cli.response
+# the old names, for callers not yet moved to puffer_cli.response:
+row_columns = R.row_columns    # index.topk
+shape_rows = R.result_rows     # tests/test_query_limits.py
+_result_body = R.result_body   # tests/test_index.py
 
 
 def _returned_bytes(res: QueryResult) -> int:
@@ -320,7 +246,7 @@ def run_query(ns, body: Mapping) -> dict:
         Q.check_query(q, src.schema, src.metric)
         res = _result(src, 0, q)
         L.check_deadline()
-        out = _result_body(q, res)
+        out = R.result_body(q, res)
     out["billing"] = {"billable_logical_bytes_queried": src.queried(),
                       "billable_logical_bytes_returned": _returned_bytes(res)}
     out["performance"] = _performance(src, io, t0, t_exec)
@@ -355,11 +281,11 @@ def run_multi(ns, body: Mapping) -> dict:
         enc = mq.vector_encoding if mq.vector_encoding != "float" else None
         L.check_deadline()
         if mq.rrf is None:
-            out_results = [_result_body(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
+            out_results = [R.result_body(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
             returned = sum(_returned_bytes(r) for r in results)
         else:
             k, w = mq.rrf
-            per_query_rows = [shape_rows(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
+            per_query_rows = [R.result_rows(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
             fused = rrf_fuse([[row["id"] for row in rows] for rows in per_query_rows], k, w)
             limit = mq.limit if mq.limit is not None else max(q.limit for q in mq.queries)
             fused = fused[mq.offset:mq.offset + limit]

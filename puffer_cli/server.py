@@ -47,8 +47,8 @@ from starlette.routing import Route
 
 from . import limits
 from . import namespace as nsmod
+from . import response, wire
 from . import schema as S
-from . import wire
 from .db import DB, connect
 from .errors import (BudgetExceeded, InvalidRequest, PufferError, RateLimited, RequestTimeout, StoreError, TooLarge,
                      Unauthorized, UnprocessableBody)
@@ -235,7 +235,7 @@ def error_json(msg: str, status: int, *, retryable: bool | None = None, close: b
         headers["retry-after"] = "1"
     if close or status == 408:  # a client too slow to send its request: do not keep its connection
         headers["connection"] = "close"
-    return Response(wire.error_body(msg), status, headers=headers, media_type=JSON)
+    return Response(response.error_body(msg), status, headers=headers, media_type=JSON)
 
 
 #: exception types (by module) that mean the object store / network failed, not puffer
@@ -482,7 +482,7 @@ class Server:
                 if auth:
                     self.check_auth(request)
                 out = await fn(request)
-                resp = out if isinstance(out, Response) else Response(wire.dumps(out), 200, media_type=JSON)
+                resp = out if isinstance(out, Response) else Response(response.dumps(out), 200, media_type=JSON)
             except PufferError as e:
                 resp = error_response(e)
                 if e.status >= 500:
@@ -539,10 +539,8 @@ class Server:
         return self.shape(ns, res, body)
 
     def shape(self, ns, res: dict, body: dict) -> dict:
-        schema = ns.head(refresh=False).schema
-        vecs = [k for k, v in schema.items() if S.is_vector(v["type"])]
-        enc = body.get("vector_encoding")
-        return wire.shape_query_response(res, vecs, enc if enc == "base64" else None)
+        """The engine's response body in its wire form (f32 vectors and ``$dist``), as the CLI prints it."""
+        return response.to_wire(res, response.vector_attrs(ns.head(refresh=False).schema))
 
     async def delete(self, request: Request):
         ns = self.ns(request.path_params["ns"])
@@ -818,7 +816,7 @@ def _guard_settings(app: Any) -> tuple[float | None, int]:
 
 
 def _raw_error(status: int, reason: str, msg: str) -> bytes:
-    body = wire.error_body(msg)
+    body = response.error_body(msg)
     retry = "x-should-retry: false\r\n" if status in NO_RETRY else ""
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             f"{retry}connection: close\r\n\r\n").encode() + body

@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 
 from .. import bm25 as B
-from .. import engine as E  # row_columns only: response shaping (see tests/test_layers.py)
+from .. import response as R
 from .. import limits as L
 from .. import query as Q
 from .. import schema as S
@@ -178,7 +178,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 
 
 def _columns(view, q: Q.Query) -> list[str]:
-    return E.row_columns(q, S.column_order(view.schema))
+    return R.row_columns(q, S.column_order(view.schema))
 
 
 def _empty(view, q: Q.Query) -> pl.DataFrame:
