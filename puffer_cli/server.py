@@ -50,7 +50,7 @@ from . import namespace as nsmod
 from . import response, wire
 from . import schema as S
 from .db import DB, connect
-from .errors import (BudgetExceeded, InvalidRequest, PufferError, RateLimited, RequestTimeout, StoreError, TooLarge,
+from .errors import (BudgetExceeded, InvalidRequest, PufferError, RateLimited, RequestTimeout, TooLarge,
                      Unauthorized, UnprocessableBody)
 from .groupcommit import DEFAULT_WINDOW_S, GroupCommitter
 
