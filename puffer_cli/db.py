@@ -54,7 +54,7 @@ class DB:
         return page, (page[-1] if more else None)
 
     def _candidates(self) -> set[str]:
-        names = set(self.store.list_dirs(""))
+        names: set[str] = set(self.store.list_dirs(""))
         if isinstance(self.store, LocalStore):
             # LocalStore.list_dirs skips names starting with '.', which are valid namespace
             # names (turbopuffer's rule): add them (store.py owns the proper fix)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from .errors import InvalidRequest
 
@@ -21,7 +22,7 @@ RESERVED_PREFIX = "_puffer"
 WAL_RE = re.compile(r"(?:^|/)(\d{20})\.wal$")
 
 
-def is_namespace_name(name: object) -> bool:
+def is_namespace_name(name: object) -> TypeGuard[str]:
     """True for a name a namespace may have (what check_namespace accepts)."""
     return (isinstance(name, str) and bool(NAME_RE.match(name)) and name not in (".", "..")
             and not name.lower().startswith(RESERVED_PREFIX))
