@@ -73,10 +73,6 @@ def quarantine_note(ns: str, seq: int, stamp: str) -> str:
     return f"{ns}/wal/quarantine/{seq:020d}.{stamp}.json"
 
 
-def index_dir(ns: str, generation: int) -> str:
-    return f"{ns}/index/{generation:020d}/"
-
-
 def index_root(ns: str) -> str:
     return f"{ns}/index/"
 
@@ -85,25 +81,12 @@ def index_file(ns: str, generation: int, name: str) -> str:
     return f"{ns}/index/{generation:020d}/{name}"
 
 
-def index_generation(key: str) -> int | None:
-    m = re.search(r"/index/(\d{20})/", key)
-    return int(m.group(1)) if m else None
-
-
 def lease(ns: str) -> str:
     return f"{ns}/leases/indexer.json"
 
 
 def namespace_prefix(ns: str) -> str:
     return f"{ns}/"
-
-
-def namespace_of_meta(key: str) -> str | None:
-    """``ns`` for a key ``ns/meta.json`` (used to list namespaces)."""
-    parts = key.split("/")
-    if len(parts) == 2 and parts[1] == "meta.json":
-        return parts[0]
-    return None
 
 
 PROBE_DIR = RESERVED_PREFIX + "_probe/"  # store.py writes its conditional-write probe here

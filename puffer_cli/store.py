@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import limits
+from . import layout, limits
 from .errors import InvalidRequest, PufferError, StoreError, UnsafeStore
 
 log = logging.getLogger("puffer.store")
@@ -162,7 +162,7 @@ class Store:
         ``limits.S3_PROBE_TIMEOUT_S``, exactly one winning. ``self.probe_reason`` says
         what failed."""
         self.probe_reason = ""
-        base = f"_puffer_probe/{uuid.uuid4().hex}"
+        base = f"{layout.PROBE_DIR}{uuid.uuid4().hex}"
         seq_key, race_key = f"{base}/seq", f"{base}/race"
         made: list[str] = []
         try:
@@ -838,11 +838,11 @@ _STORES_LOCK = threading.Lock()
 
 
 def open_store(url: str | None = None, *, s3_endpoint: str | None = None) -> Store:
-    """Open the store named by ``url`` (or $PUFFER_STORE, or ./puffer-data).
+    """Open the store named by ``url`` (default ./puffer-data; connect() reads $PUFFER_STORE).
 
     Instances are cached per (url, endpoint) so a process shares one s3fs client.
     """
-    url = url or os.environ.get("PUFFER_STORE") or DEFAULT_STORE
+    url = url or DEFAULT_STORE
     key = (url, s3_endpoint)
     with _STORES_LOCK:
         if key in _STORES:
