@@ -1,4 +1,7 @@
-"""nox sessions: tests (default suite), seaweedfs, slow, lint, bench."""
+"""nox sessions: tests (default suite), seaweedfs, slow, lint, typecheck, floors, bench."""
+import re
+import tomllib
+
 import nox
 
 nox.options.sessions = ["tests", "lint"]
@@ -30,6 +33,35 @@ def slow(session):
 def lint(session):
     session.install("ruff")
     session.run("ruff", "check", "puffer_cli", "tests", "--select", "E9,F63,F7,F82,F401,F841")
+
+
+@nox.session
+def typecheck(session):
+    """mypy on the modules listed in pyproject.toml's [tool.mypy] files."""
+    session.install("-e", ".[test]", "mypy")
+    session.run("mypy")
+
+
+def floor_constraints() -> list[str]:
+    """pyproject's dependencies and test extra with each ``>=X`` turned into ``==X``."""
+    with open("pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    out = []
+    for req in project["dependencies"] + project["optional-dependencies"]["test"]:
+        m = re.match(r"^([A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*>=\s*([^,;\s]+)[^;]*(;.*)?$", req.strip())
+        if m:
+            out.append(f"{m[1]}=={m[3]}" + (f" {m[4]}" if m[4] else ""))
+    return out
+
+
+@nox.session
+def floors(session):
+    """The default suite with every dependency at its declared floor (pyproject's ``>=``)."""
+    path = session.create_tmp() + "/floors-constraints.txt"
+    with open(path, "w") as f:
+        f.write("\n".join(floor_constraints()) + "\n")
+    session.install("-c", path, "-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
 
 
 @nox.session

@@ -44,7 +44,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, TypeGuard
 
 from . import limits
 from .errors import StoreError
@@ -108,7 +108,7 @@ def parse_max_gb(value: object, what: str = "--cache-max-gb") -> int | None:
     if value is None or value == "":
         return None
     try:
-        gb = float(value)
+        gb = float(value)  # type: ignore[arg-type]  # any object: what float() refuses is refused below
     except (TypeError, ValueError):
         gb = float("nan")
     if not gb >= 0 or gb == float("inf"):
@@ -237,7 +237,7 @@ class Cache:
     def path_for(self, store: Store, key: str) -> Path:
         return self.root / self._tag(store) / key
 
-    def is_local(self, store: Store) -> bool:
+    def is_local(self, store: Store) -> TypeGuard[LocalStore]:
         return isinstance(store, LocalStore)
 
     def has(self, store: Store, key: str) -> bool:
@@ -382,7 +382,7 @@ class Cache:
                 self.file(store, k)
         return self.path_for(store, prefix)
 
-    def _local_directory(self, store: Store, keys: list[str], prefix: str) -> Path:
+    def _local_directory(self, store: LocalStore, keys: list[str], prefix: str) -> Path:
         d = self.root / self._tag(store) / "dirs" / prefix
         added = 0
         paths = [str(d / k[len(prefix):]) for k in keys]
@@ -564,7 +564,7 @@ def _prune_empty(top: Path, root: Path) -> None:
 
 
 _CACHE: Cache | None = None
-_CACHE_ROOT: object = _UNSET
+_CACHE_ROOT: str | None = None  # None: not configured (configure() always sets a str)
 _MAX_BYTES: int | None = None
 _GLOCK = threading.Lock()
 
@@ -605,5 +605,5 @@ def get_cache() -> Cache:
     if _CACHE is None:
         with _GLOCK:
             if _CACHE is None:
-                _CACHE = Cache(default_root() if _CACHE_ROOT is _UNSET else _CACHE_ROOT, _MAX_BYTES)
+                _CACHE = Cache(default_root() if _CACHE_ROOT is None else _CACHE_ROOT, _MAX_BYTES)
     return _CACHE

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -645,7 +645,7 @@ def _debug_from(argv: list[str]) -> tuple[list[str], bool]:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. Every failure is one ``Error: ... (hint: ...)`` line on stderr and exit
     code 1 (2 for usage errors); never a traceback unless --debug / PUFFER_DEBUG=1."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    ClickException, NoArgsIsHelpError, UsageError = _click_exceptions()
 
     global _DEBUG
     argv, _DEBUG = _debug_from(list(sys.argv[1:] if argv is None else argv))
@@ -698,6 +698,24 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _internal(e)
         return 1
+
+class _NoSuchError(Exception):
+    """Stands in for an exception class this click has not (caught nowhere: never raised)."""
+
+
+def _click_exceptions() -> tuple[Any, Any, Any]:
+    """(ClickException, NoArgsIsHelpError, UsageError) as the running typer raises them.
+
+    typer >= 0.26 vendors click as ``typer._click`` (its exceptions have no public name there);
+    older typers raise those of the ``click`` package they depend on (also installed beside a
+    new typer, by uvicorn: so look for typer's own copy first). NoArgsIsHelpError is new in
+    click 8.2; an older click prints the help and exits 0 itself."""
+    try:
+        from typer._click import exceptions as ex
+    except ImportError:
+        from click import exceptions as ex
+    return ex.ClickException, getattr(ex, "NoArgsIsHelpError", _NoSuchError), ex.UsageError
+
 
 def _internal(e: BaseException) -> None:
     msg = _one_line(str(e)) or "(no message)"

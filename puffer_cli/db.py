@@ -54,7 +54,7 @@ class DB:
         return page, (page[-1] if more else None)
 
     def _candidates(self) -> set[str]:
-        names = set(self.store.list_dirs(""))
+        names: set[str] = set(self.store.list_dirs(""))
         if isinstance(self.store, LocalStore):
             # LocalStore.list_dirs skips names starting with '.', which are valid namespace
             # names (turbopuffer's rule): add them (store.py owns the proper fix)
@@ -87,7 +87,9 @@ def connect(url: str | None = None, *, s3_endpoint: str | None = None, single_wr
 
     ``cache_max_gb`` (else ``$PUFFER_CACHE_MAX_GB``) bounds the process-wide local
     cache of index files; neither given: the bound stays as it is (default
-    min(10 GB, 25% of the cache's filesystem))."""
+    min(10 GB, 25% of the cache's filesystem)). The environment variables the library reads
+    are read here (README, Environment), except those named there as read elsewhere."""
+    url = url or os.environ.get("PUFFER_STORE") or None
     if single_writer is None:
         single_writer = os.environ.get("PUFFER_SINGLE_WRITER", "") not in ("", "0", "false")
     if cache_max_gb is not None:

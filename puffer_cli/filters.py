@@ -431,7 +431,7 @@ def compile_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str
         key = None  # huge value lists: cheap to compile again relative to their size, costly to keep
     with _COMPILED_LOCK:
         hit = _COMPILED.get(key) if key is not None else None
-        if hit is not None:
+        if hit is not None and key is not None:
             _COMPILED.move_to_end(key)
             return hit
     tree = _parse_node(f)
@@ -484,7 +484,7 @@ def filter_mask(frame: pl.DataFrame, expr: pl.Expr) -> np.ndarray:
     n = frame.height
     if n == 0:
         return np.zeros(0, dtype=bool)
-    per_row = max(1, frame.estimated_size() // n)
+    per_row = max(1, int(frame.estimated_size()) // n)
     # each condition reads its column once: a 1,000-condition filter does 1,000x the work per row
     per_row *= max(1, len(expr.meta.root_names()))
     step = max(FILTER_SLICE_MIN_ROWS, FILTER_SLICE_BYTES // per_row)
@@ -554,8 +554,8 @@ class _Compiler:
         for k, p in enumerate(parts):
             if isinstance(p, str):
                 values = [subs[j][3] for j in groups[p]]
-                raw = [p, "In" if want == "Eq" else "NotIn", values]
-                parts[k] = self.leaf(p, raw[1], values, {}, raw)
+                fused_op = "In" if want == "Eq" else "NotIn"
+                parts[k] = self.leaf(p, fused_op, values, {}, [p, fused_op, values])
         return parts  # type: ignore[return-value]
 
     # -- one condition ----------------------------------------------------------
@@ -592,6 +592,7 @@ class _Compiler:
             if pos == "Eq":
                 return pl.lit(value is None)
             return pl.lit(pos in ("In", "ContainsAny") and any(v is None for v in value))
+        assert isinstance(t, str)  # checked above: a schema entry has a str type
 
         if _VECTOR_RE.match(t):
             if pos == "Eq" and value is None:
@@ -1112,6 +1113,7 @@ def _token_matcher(pos: str, query: list[str], prefix_last: bool, opts: dict):
         def good(pred) -> list[str]:
             return [c for c, ts in toks.items() if pred(ts)]
 
+        out: pl.Series | None
         if pos == "ContainsAnyToken":
             qs = set(all_q)
             out = _any_chunk_in(chunks, good(lambda ts: not qs.isdisjoint(ts)
@@ -1129,6 +1131,7 @@ def _token_matcher(pos: str, query: list[str], prefix_last: bool, opts: dict):
                 idx = out.arg_true()
                 exact = _slow_token_match(s.gather(idx), match, opts).fill_null(False)
                 out = out.scatter(idx, exact)
+        assert out is not None
         return out.fill_null(False).alias(s.name)
 
     return fn

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 from .errors import InvalidRequest
 
@@ -21,7 +22,7 @@ RESERVED_PREFIX = "_puffer"
 WAL_RE = re.compile(r"(?:^|/)(\d{20})\.wal$")
 
 
-def is_namespace_name(name: object) -> bool:
+def is_namespace_name(name: object) -> TypeGuard[str]:
     """True for a name a namespace may have (what check_namespace accepts)."""
     return (isinstance(name, str) and bool(NAME_RE.match(name)) and name not in (".", "..")
             and not name.lower().startswith(RESERVED_PREFIX))
@@ -72,10 +73,6 @@ def quarantine_note(ns: str, seq: int, stamp: str) -> str:
     return f"{ns}/wal/quarantine/{seq:020d}.{stamp}.json"
 
 
-def index_dir(ns: str, generation: int) -> str:
-    return f"{ns}/index/{generation:020d}/"
-
-
 def index_root(ns: str) -> str:
     return f"{ns}/index/"
 
@@ -84,25 +81,12 @@ def index_file(ns: str, generation: int, name: str) -> str:
     return f"{ns}/index/{generation:020d}/{name}"
 
 
-def index_generation(key: str) -> int | None:
-    m = re.search(r"/index/(\d{20})/", key)
-    return int(m.group(1)) if m else None
-
-
 def lease(ns: str) -> str:
     return f"{ns}/leases/indexer.json"
 
 
 def namespace_prefix(ns: str) -> str:
     return f"{ns}/"
-
-
-def namespace_of_meta(key: str) -> str | None:
-    """``ns`` for a key ``ns/meta.json`` (used to list namespaces)."""
-    parts = key.split("/")
-    if len(parts) == 2 and parts[1] == "meta.json":
-        return parts[0]
-    return None
 
 
 PROBE_DIR = RESERVED_PREFIX + "_probe/"  # store.py writes its conditional-write probe here

@@ -781,13 +781,13 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
             F.validate_filter(q.filter, schema)
         except InvalidFilter as ex:
             raise InvalidFilter(f"{pre}filters: {ex.message}", hint=ex.hint)
-    for label, a in q.aggregate_by:
-        if a.attr is not None:
-            t = _attr_type(schema, a.attr)
+    for label, agg in q.aggregate_by:
+        if agg.attr is not None:
+            t = _attr_type(schema, agg.attr)
             if t is None:
-                raise _fail(f"{pre}aggregate_by.{label}", f"unknown attribute {a.attr!r}")
-            if a.kind == "Sum" and t not in _NUMERIC:
-                raise _fail(f"{pre}aggregate_by.{label}", f"Sum needs a numeric attribute; {a.attr!r} is {t}")
+                raise _fail(f"{pre}aggregate_by.{label}", f"unknown attribute {agg.attr!r}")
+            if agg.kind == "Sum" and t not in _NUMERIC:
+                raise _fail(f"{pre}aggregate_by.{label}", f"Sum needs a numeric attribute; {agg.attr!r} is {t}")
     for g in q.group_by:
         t = _attr_type(schema, g.attr)
         if t is None:

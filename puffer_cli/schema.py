@@ -40,7 +40,7 @@ import math
 import re
 import reprlib
 import uuid as uuidlib
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 import polars as pl
@@ -48,8 +48,11 @@ import polars as pl
 from . import limits as L
 from .errors import SchemaError
 
+if TYPE_CHECKING:
+    from polars._typing import PolarsDataType  # a dtype instance or class (pl.String)
 
-SCALARS = {
+
+SCALARS: dict[str, PolarsDataType] = {
     "string": pl.String, "int": pl.Int64, "uint": pl.UInt64, "float": pl.Float64,
     "bool": pl.Boolean, "datetime": pl.Datetime("ms", "UTC"), "uuid": pl.String,
 }
@@ -91,7 +94,7 @@ def is_vector(t: str) -> bool:
     return VEC_RE.match(t) is not None
 
 
-def dtype_of(t: str) -> pl.DataType:
+def dtype_of(t: str) -> PolarsDataType:
     """polars dtype for a type string; SchemaError if unknown."""
     if t in SCALARS:
         return SCALARS[t]
@@ -242,6 +245,7 @@ def check_depth(obj: Any, what: str, limit: int | None = None) -> None:
     stack = [(obj, 1)]
     while stack:
         v, d = stack.pop()
+        items: Iterable[Any]
         if isinstance(v, Mapping):
             items = v.values()
         elif isinstance(v, (list, tuple)):
@@ -298,7 +302,7 @@ def infer_value_type(name: str, v: Any) -> str | None:
     return "?" + type(v).__name__
 
 
-def type_of_dtype(name: str, d: pl.DataType) -> str | None:
+def type_of_dtype(name: str, d: PolarsDataType) -> str | None:
     """Schema type of a polars dtype (for ingest of parquet/csv frames)."""
     if d == pl.Null:
         return None
@@ -485,7 +489,7 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
         return _vector_series(name, values, dims, first_row)
     if t.startswith("[]"):
         inner = t[2:]
-        out = []
+        out: list[list[Any] | None] = []
         for i, v in enumerate(values):
             if isinstance(v, np.ndarray) and v.ndim == 1:
                 v = v.tolist()
@@ -510,7 +514,7 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
     return pl.Series(name, vals, dtype=dtype_of(t))
 
 
-_FAST_KINDS = {"int": {int}, "uint": {int}, "float": {float, int}, "string": {str}, "bool": {bool}}
+_FAST_KINDS: dict[str, set[type]] = {"int": {int}, "uint": {int}, "float": {float, int}, "string": {str}, "bool": {bool}}
 _NONE = type(None)
 
 
@@ -529,11 +533,13 @@ def _fast_scalar_series(name: str, values: list, t: str) -> pl.Series | None:
         if (s.is_nan() | s.is_infinite()).any():
             return None
         if int in set(map(type, values)):  # integers beyond int64 are refused, not rounded
-            ints = [v for v in values if type(v) is int]
+            ints: list[int] = [v for v in values if type(v) is int]
             if min(ints) < INT64[0] or max(ints) > INT64[1]:
                 return None
-    elif t == "string" and len(s) and (s.str.len_bytes().max() or 0) > L.MAX_STRING_BYTES:
-        return None
+    elif t == "string" and len(s):
+        longest = s.str.len_bytes().max()  # an int, or None when every value is null
+        if isinstance(longest, int) and longest > L.MAX_STRING_BYTES:
+            return None
     return s
 
 
@@ -712,6 +718,7 @@ def _cast_vectors(s: pl.Series, dims: int, t: str) -> pl.Series:
         s = s.cast(pl.List(s.dtype.inner))
     elif not isinstance(s.dtype, pl.List):
         raise SchemaError(f"field {name!r}: expected vectors ({t}), got column type {s.dtype}")
+    assert isinstance(s.dtype, pl.List)  # cast to a List above
     if not s.dtype.inner.is_numeric():
         raise SchemaError(f"field {name!r}: vector elements must be numbers, got column type {s.dtype}",
                           hint="a vector is a list of floats or integers")

@@ -15,6 +15,7 @@ the version token), ``list`` (sorted keys under a prefix, optionally after a key
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import contextvars
 import functools
@@ -30,7 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import limits
+from . import layout, limits
 from .errors import InvalidRequest, PufferError, StoreError, UnsafeStore
 
 log = logging.getLogger("puffer.store")
@@ -117,7 +118,7 @@ class Store:
         """Sorted keys under ``prefix`` (recursive), optionally only those > start_after."""
         raise NotImplementedError
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         """Immediate 'sub-directories' under prefix (names without slashes)."""
         raise NotImplementedError
 
@@ -161,7 +162,7 @@ class Store:
         ``limits.S3_PROBE_TIMEOUT_S``, exactly one winning. ``self.probe_reason`` says
         what failed."""
         self.probe_reason = ""
-        base = f"_puffer_probe/{uuid.uuid4().hex}"
+        base = f"{layout.PROBE_DIR}{uuid.uuid4().hex}"
         seq_key, race_key = f"{base}/seq", f"{base}/race"
         made: list[str] = []
         try:
@@ -409,7 +410,7 @@ class LocalStore(Store):
         return out
 
     @_local_op("list")
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         d = self._p(prefix)
         _count()
         if not d.is_dir():
@@ -501,7 +502,7 @@ class MemoryStore(Store):
             keys = [p[n:] for p in list(self.fs.store) if p.startswith(self.root + "/")]
         return sorted(k for k in keys if k.startswith(prefix) and (start_after is None or k > start_after))
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         names = set()
         for k in self.list(prefix):
             rest = k[len(prefix):]
@@ -626,7 +627,7 @@ class S3Store(Store):
 
         start = time.monotonic()
         hard = deadline_s is not None
-        deadline = start + (deadline_s if hard else limits.S3_RETRY_DEADLINE_S)
+        deadline = start + (deadline_s if deadline_s is not None else limits.S3_RETRY_DEADLINE_S)
         attempt = 0
         while True:
             try:
@@ -657,7 +658,8 @@ class S3Store(Store):
         import botocore.exceptions as bex
 
         where = f"bucket {self.bucket!r} at {self.endpoint}"
-        chain, x = [], e
+        chain: builtins.list[BaseException] = []
+        x: BaseException | None = e
         while x is not None and len(chain) < 6:
             chain.append(x)
             x = x.__cause__ or x.__context__
@@ -785,7 +787,8 @@ class S3Store(Store):
         strip = len(self.prefix) + 1 if self.prefix else 0
 
         async def go():
-            out, token = [], None
+            out: builtins.list[str] = []
+            token = None
             while True:
                 kw = {"Bucket": self.bucket, "Prefix": full_prefix}
                 if start_after is not None:
@@ -801,11 +804,12 @@ class S3Store(Store):
 
         return sorted(self._call("list", prefix, go))
 
-    def list_dirs(self, prefix: str = "") -> list[str]:
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         full_prefix = self._k(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
 
         async def go():
-            out, token = [], None
+            out: builtins.list[str] = []
+            token = None
             while True:
                 kw = {"Bucket": self.bucket, "Prefix": full_prefix, "Delimiter": "/"}
                 if token:
@@ -834,11 +838,11 @@ _STORES_LOCK = threading.Lock()
 
 
 def open_store(url: str | None = None, *, s3_endpoint: str | None = None) -> Store:
-    """Open the store named by ``url`` (or $PUFFER_STORE, or ./puffer-data).
+    """Open the store named by ``url`` (default ./puffer-data; connect() reads $PUFFER_STORE).
 
     Instances are cached per (url, endpoint) so a process shares one s3fs client.
     """
-    url = url or os.environ.get("PUFFER_STORE") or DEFAULT_STORE
+    url = url or DEFAULT_STORE
     key = (url, s3_endpoint)
     with _STORES_LOCK:
         if key in _STORES:

@@ -120,7 +120,7 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         metric = m
 
     ops: list[Op] = []
-    counts = {"upserted": [], "patched": [], "deleted": []}
+    counts: dict[str, list[Any]] = {"upserted": [], "patched": [], "deleted": []}
     state_cache: dict[str, pl.DataFrame] = {}
 
     def current() -> pl.DataFrame:
@@ -181,12 +181,12 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         # the patch values are validated once (one row), whatever the filter matches
         one, inf = S.frame_from_columns({k: [v] for k, v in patch.items()}, schema, partial=True)
         cur = current()
-        ids = cur.filter(expr).get_column("id") if cur.width else pl.Series("id", [])
-        if len(ids):
+        hit = cur.filter(expr).get_column("id") if cur.width else pl.Series("id", [])
+        if len(hit):
             add_schema(inf)
-            df = one[[0] * len(ids)].with_columns(ids.alias("id")) if one.width else ids.to_frame()
+            df = one[[0] * len(hit)].with_columns(hit.alias("id")) if one.width else hit.to_frame()
             ops.append(Op("patch", typed(df)))
-        counts["patched"] += ids.to_list()
+        counts["patched"] += hit.to_list()
 
     # -- copy_from_namespace
     if req.get("copy_from_namespace") is not None:
@@ -274,7 +274,7 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         metric = "cosine_distance"
     ops = [op for op in ops if op.table.height]
     rows_affected = sum(len(v) for v in counts.values())
-    result = {
+    result: dict[str, Any] = {
         "rows_affected": rows_affected,
         "rows_upserted": len(counts["upserted"]),
         "rows_patched": len(counts["patched"]),
