@@ -31,7 +31,7 @@ def slow(session):
 
 @nox.session
 def lint(session):
-    session.install("ruff")
+    session.install("-e", ".[lint]")
     session.run("ruff", "check", "puffer_cli", "tests", "--select", "E9,F63,F7,F82,F401,F841")
 
 
