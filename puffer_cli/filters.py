@@ -128,7 +128,7 @@ _TOKEN_OPS = ("ContainsAllTokens", "ContainsAnyToken", "ContainsTokenSequence")
 _POSITIVE = ("Eq", "In", *_CMP, "Glob", "IGlob", "Regex", "Contains", "ContainsAny",
              *_ANY_CMP, *_TOKEN_OPS)
 OPERATORS: tuple[str, ...] = _POSITIVE + tuple(_NEG)
-_CONNECTIVES = ("And", "Or", "Not")
+CONNECTIVES = ("And", "Or", "Not")
 
 _SCALAR_TYPES = ("string", "int", "uint", "float", "bool", "datetime", "uuid")
 _VECTOR_RE = re.compile(r"^\[(\d+)\]f(16|32)$")
@@ -229,7 +229,7 @@ def _is_connective(f: list | tuple) -> bool:
     """``f`` (a non-empty list) is ``[And|Or|Not, ...]`` rather than a condition on an
     attribute called "And" / "Or" / "Not"."""
     head = f[0]
-    return isinstance(head, str) and head in _CONNECTIVES and (len(f) != 3 or not isinstance(f[1], str))
+    return isinstance(head, str) and head in CONNECTIVES and (len(f) != 3 or not isinstance(f[1], str))
 
 
 def _too_big(what: str, got: str, limit: int, name: str, hint: str) -> InvalidFilter:
@@ -352,9 +352,9 @@ def _parse_node(f: Any):
     if not isinstance(op, str):
         raise ctx.fail(f"operator must be a string, got {_show(op)}")
     if op not in OPERATORS:
-        if op in _CONNECTIVES:
+        if op in CONNECTIVES:
             raise ctx.fail(f"{op} must be the first element: [\"{op}\", ...]")
-        known = {k.lower(): k for k in OPERATORS + _CONNECTIVES}
+        known = {k.lower(): k for k in OPERATORS + CONNECTIVES}
         close = difflib.get_close_matches(op.lower(), list(known), n=1, cutoff=0.5)
         hint = f" (did you mean \"{known[close[0]]}\"?)" if close else ""
         raise ctx.fail(f"unknown operator {_show(op)}{hint}")

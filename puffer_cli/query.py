@@ -463,7 +463,7 @@ def parse_text_expr(e: Any, where: str):
                 raise _fail(where + "[3]", f"BM25 options must be {{\"last_as_prefix\": true|false}}, got {_show(p)}")
             prefix = bool(p.get("last_as_prefix", False))
         return Bm25(attr, query, prefix)
-    if head in F._CONNECTIVES or (len(e) >= 2 and _is_filter_op(e[1])):
+    if head in F.CONNECTIVES or (len(e) >= 2 and _is_filter_op(e[1])):
         try:
             F.referenced_attributes(e)  # structural validation
         except InvalidFilter as ex:
