@@ -186,6 +186,7 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
-@pytest.mark.parametrize("reason", [*ALLOWED.values(), *ALLOWED_PRIVATE.values()])
-def test_allow_list_entries_say_why(reason):
-    assert len(reason) > 20
+def test_allow_list_entries_say_why():
+    """Every known exception carries its reason (the lists are empty today: keep them so)."""
+    for reason in [*ALLOWED.values(), *ALLOWED_PRIVATE.values()]:
+        assert len(reason) > 20, reason
