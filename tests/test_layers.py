@@ -18,7 +18,6 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-import pytest
 
 PKG = "puffer_cli"
 ROOT = Path(__file__).resolve().parent.parent / PKG
