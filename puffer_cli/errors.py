@@ -6,6 +6,10 @@ decides how an error looks to a user.
 """
 from __future__ import annotations
 
+import json
+from typing import Any
+
+
 class PufferError(Exception):
     """Base class. ``status`` is the HTTP status; ``hint`` a what-to-do line."""
 
@@ -105,3 +109,16 @@ class CorruptNamespace(PufferError):
 
     status = 500
     retryable = False
+
+    @classmethod
+    def decode(cls, data: bytes, what: str, problem, hint: str) -> Any:
+        """Decode stored JSON ``data`` (named ``what`` in errors) and shape-check it with
+        ``problem(obj) -> str | None``; raise this error, with ``hint``, if either fails."""
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise cls(f"{what} is not valid JSON ({e})", hint=hint) from None
+        msg = problem(obj)
+        if msg:
+            raise cls(f"{what} is corrupt: {msg}", hint=hint)
+        return obj

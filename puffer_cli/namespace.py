@@ -128,14 +128,7 @@ class Namespace:
         hint = (f"the WAL is the record of every write and meta.json only a hint plus the index pointer: "
                 f"move {key} aside (the head is recovered from the WAL) and run `puffer index {name}` "
                 f"to build a new index generation")
-        try:
-            meta = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CorruptNamespace(f"{key} is not valid JSON ({e})", hint=hint) from None
-        problem = _meta_problem(meta)
-        if problem:
-            raise CorruptNamespace(f"{key} is corrupt: {problem}", hint=hint)
-        return meta
+        return CorruptNamespace.decode(data, key, _meta_problem, hint)
 
     def update_meta(self, fn: Callable[[dict | None], dict | None], attempts: int = 20) -> dict | None:
         """CAS loop on meta.json: ``fn(current) -> new`` (None: leave as is)."""

@@ -37,14 +37,7 @@ def parse_manifest(data: bytes, key: str) -> dict:
     ns = key.split("/", 1)[0]
     hint = (f"index files are derived from the WAL, which keeps every write: move {ns}/meta.json aside "
             f"and run `puffer index {ns}` to build a fresh generation")
-    try:
-        man = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CorruptNamespace(f"index manifest {key} is not valid JSON ({e})", hint=hint) from None
-    problem = _problem(man)
-    if problem:
-        raise CorruptNamespace(f"index manifest {key} is corrupt: {problem}", hint=hint)
-    return man
+    return CorruptNamespace.decode(data, f"index manifest {key}", _problem, hint)
 
 
 def _problem(man) -> str | None:
