@@ -44,6 +44,8 @@ from puffer_cli.server import ServeConfig, create_app
 
 from .serve_proc import KEY, ServeProc, dir_state
 
+from ._bodies import paths as _paths
+
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BODY_LIMIT = L.MAX_STRING_BYTES + 2 * 1024 * 1024  # room for one string at its limit
 SCHEMA = {"body": {"type": "string", "full_text_search": True}, "ts": "datetime"}
@@ -452,14 +454,6 @@ WRITE_BASES = [
 ]
 
 
-def _paths(v, path=()):
-    yield path
-    if isinstance(v, dict):
-        for k, x in v.items():
-            yield from _paths(x, path + (k,))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            yield from _paths(x, path + (i,))
 
 
 def _get(v, path):

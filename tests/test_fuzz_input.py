@@ -20,6 +20,8 @@ from puffer_cli import store as _store
 from puffer_cli.errors import PufferError
 from puffer_cli.index import builder
 
+from ._bodies import paths as _paths
+
 EXTREMES = [2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, 1e308, 5e-324, 3.5e38, 1e20, 2**62,
             float("nan"), float("inf"), -float("inf")]
 
@@ -53,14 +55,6 @@ WRITES = [
 ]
 
 
-def _paths(v, path=()):
-    yield path
-    if isinstance(v, dict):
-        for k, x in v.items():
-            yield from _paths(x, path + (k,))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            yield from _paths(x, path + (i,))
 
 
 LONG = st.builds(lambda n, ch: ch * n, st.sampled_from([129, limits.MAX_PATTERN_CHARS + 1,

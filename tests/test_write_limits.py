@@ -22,6 +22,8 @@ from puffer_cli.cli import main
 from puffer_cli.errors import InvalidRequest, PufferError, SchemaError
 from puffer_cli.index import builder
 
+from ._bodies import paths as _paths
+
 
 @pytest.fixture(params=["memory", "local"])
 def wdb(request, tmp_path):
@@ -395,14 +397,6 @@ BASES = [
 ]
 
 
-def _paths(v, path=()):
-    yield path
-    if isinstance(v, dict):
-        for k, x in v.items():
-            yield from _paths(x, path + (k,))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            yield from _paths(x, path + (i,))
 
 
 @st.composite
