@@ -1,4 +1,5 @@
 """nox sessions: tests (default suite), seaweedfs, slow, lint, typecheck, floors, bench."""
+
 import re
 import tomllib
 
@@ -32,7 +33,8 @@ def slow(session):
 @nox.session
 def lint(session):
     session.install("-e", ".[lint]")
-    session.run("ruff", "check", "puffer_cli", "tests", "--select", "E9,F63,F7,F82,F401,F841")
+    session.run("ruff", "check", "puffer_cli", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "puffer_cli", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session

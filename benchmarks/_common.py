@@ -5,6 +5,7 @@ The scripts import this module as ``_common``: running ``python benchmarks/bench
 import does not depend on how the script was started.  Only the standard library is imported at module
 level, so ``--help`` works without the benchmark extras installed.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -17,8 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 
-HEADER = ("# Benchmarks\n\nResults of `nox -s bench` (scripts in `benchmarks/`), each section written by its "
-          "own script on the machine named in it. Data: `../shared/data/prepare.py`.\n")
+HEADER = (
+    "# Benchmarks\n\nResults of `nox -s bench` (scripts in `benchmarks/`), each section written by its "
+    "own script on the machine named in it. Data: `../shared/data/prepare.py`.\n"
+)
 
 
 # ---------------------------------------------------------------- running
@@ -36,8 +39,11 @@ def start_moto():
     """A moto S3 server on loopback in this process, with bucket ``bench``; returns (server, endpoint)."""
     from moto.server import ThreadedMotoServer
 
-    for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                 ("AWS_DEFAULT_REGION", "us-east-1")):
+    for k, v in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         os.environ.setdefault(k, v)
     import logging
 

@@ -19,6 +19,7 @@ Cases (data from ../shared/data/prepare.py, default ~/.cache/puffer-bench):
 
 Appends/replaces its section of docs/benchmarks.md (command, machine, date).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,9 @@ sys.path.insert(0, str(ROOT))
 
 def ingest_frame(ns, df: pl.DataFrame, schema=None, metric=None, chunk=50_000):
     for i in range(0, df.height, chunk):
-        ns.write_frame(df.slice(i, chunk), schema=schema if i == 0 else None,
-                       distance_metric=metric if i == 0 else None)
+        ns.write_frame(
+            df.slice(i, chunk), schema=schema if i == 0 else None, distance_metric=metric if i == 0 else None
+        )
 
 
 def puffer_db(tmp: str, name: str):
@@ -98,9 +100,17 @@ def case_glove(args, tmp, res, keep):
     truths = [set(g.tolist()) for g in gt]
     bodies = (eventual(["vector", "ANN", q.tolist()]) for q in qs)
     lat, rec = measure(lambda body: engine.run_query(ns, body)["rows"], zip(bodies, truths), recall10)
-    res.append({"case": "glove-100 ANN top-10", "system": "puffer (usearch f16 HNSW, ef 256)",
-                "build_s": build, "quality": f"recall@10 {np.mean(rec):.3f}", "p50": pct(lat, 50),
-                "p99": pct(lat, 99), "n": len(qs)})
+    res.append(
+        {
+            "case": "glove-100 ANN top-10",
+            "system": "puffer (usearch f16 HNSW, ef 256)",
+            "build_s": build,
+            "quality": f"recall@10 {np.mean(rec):.3f}",
+            "p50": pct(lat, 50),
+            "p99": pct(lat, 99),
+            "n": len(qs),
+        }
+    )
     keep["glove"] = (db, ns, qs, base.height)
     if args.lancedb:
         import lancedb
@@ -110,11 +120,20 @@ def case_glove(args, tmp, res, keep):
         t = time.perf_counter()
         tbl.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ")
         lbuild = time.perf_counter() - t
-        lat, rec = measure(lambda q: tbl.search(q).metric("cosine").limit(10).select(["id"]).to_list(),
-                           zip(qs, truths), recall10)
-        res.append({"case": "glove-100 ANN top-10", "system": "LanceDB IVF_HNSW_SQ (defaults)", "build_s": lbuild,
-                    "quality": f"recall@10 {np.mean(rec):.3f}", "p50": pct(lat, 50), "p99": pct(lat, 99),
-                    "n": len(qs)})
+        lat, rec = measure(
+            lambda q: tbl.search(q).metric("cosine").limit(10).select(["id"]).to_list(), zip(qs, truths), recall10
+        )
+        res.append(
+            {
+                "case": "glove-100 ANN top-10",
+                "system": "LanceDB IVF_HNSW_SQ (defaults)",
+                "build_s": lbuild,
+                "quality": f"recall@10 {np.mean(rec):.3f}",
+                "p50": pct(lat, 50),
+                "p99": pct(lat, 99),
+                "n": len(qs),
+            }
+        )
         log(res[-1])
 
 
@@ -145,12 +164,22 @@ def case_fmnist(args, tmp, res, keep):
     rep = builder.index_namespace(ns, gc_grace_s=0)
     build = time.perf_counter() - t
     log(f"fmnist: {rep.summary()}")
-    bodies = (eventual(["vector", "ANN", q.tolist()], filters=["category", "Eq", cats[i % len(cats)]])
-              for i, q in enumerate(qs))
+    bodies = (
+        eventual(["vector", "ANN", q.tolist()], filters=["category", "Eq", cats[i % len(cats)]])
+        for i, q in enumerate(qs)
+    )
     lat, rec = measure(lambda body: engine.run_query(ns, body)["rows"], zip(bodies, gts), recall10)
-    res.append({"case": f"fashion-mnist ANN top-10, category filter ({frac:.0%})", "system": "puffer",
-                "build_s": build, "quality": f"recall@10 {np.mean(rec):.3f}", "p50": pct(lat, 50),
-                "p99": pct(lat, 99), "n": len(qs)})
+    res.append(
+        {
+            "case": f"fashion-mnist ANN top-10, category filter ({frac:.0%})",
+            "system": "puffer",
+            "build_s": build,
+            "quality": f"recall@10 {np.mean(rec):.3f}",
+            "p50": pct(lat, 50),
+            "p99": pct(lat, 99),
+            "n": len(qs),
+        }
+    )
     if args.lancedb:
         import lancedb
 
@@ -160,16 +189,30 @@ def case_fmnist(args, tmp, res, keep):
         tbl.create_index(metric="l2", vector_column_name="vector", index_type="IVF_HNSW_SQ")
         tbl.create_scalar_index("category", index_type="BITMAP")
         lbuild = time.perf_counter() - t
+
         def search(iq):
             i, q = iq
-            return (tbl.search(q).metric("l2").where(f"category = '{cats[i % len(cats)]}'", prefilter=True)
-                    .limit(10).select(["id"]).to_list())
+            return (
+                tbl.search(q)
+                .metric("l2")
+                .where(f"category = '{cats[i % len(cats)]}'", prefilter=True)
+                .limit(10)
+                .select(["id"])
+                .to_list()
+            )
 
         lat, rec = measure(search, zip(enumerate(qs), gts), recall10)
-        res.append({"case": f"fashion-mnist ANN top-10, category filter ({frac:.0%})",
-                    "system": "LanceDB IVF_HNSW_SQ + prefilter", "build_s": lbuild,
-                    "quality": f"recall@10 {np.mean(rec):.3f}", "p50": pct(lat, 50), "p99": pct(lat, 99),
-                    "n": len(qs)})
+        res.append(
+            {
+                "case": f"fashion-mnist ANN top-10, category filter ({frac:.0%})",
+                "system": "LanceDB IVF_HNSW_SQ + prefilter",
+                "build_s": lbuild,
+                "quality": f"recall@10 {np.mean(rec):.3f}",
+                "p50": pct(lat, 50),
+                "p99": pct(lat, 99),
+                "n": len(qs),
+            }
+        )
         log(res[-1])
 
 
@@ -183,8 +226,7 @@ def case_gcide(args, tmp, res, keep):
     queries = pl.read_parquet(os.path.join(d, "queries.parquet"))
     qrels = pl.read_parquet(os.path.join(d, "qrels.parquet"))
     rel = {q: set(v) for q, v in qrels.group_by("qid").agg(pl.col("doc_id")).iter_rows()}
-    queries = queries.filter(pl.col("qid").is_in(list(rel))).sample(n=min(args.gcide_queries, queries.height),
-                                                                      seed=7)
+    queries = queries.filter(pl.col("qid").is_in(list(rel))).sample(n=min(args.gcide_queries, queries.height), seed=7)
     fts_opts = {"language": "english", "stemming": True, "remove_stopwords": False}  # as tantivy en_stem
     db = puffer_db(tmp, "gcide")
     ns = db.namespace("gcide")
@@ -195,9 +237,17 @@ def case_gcide(args, tmp, res, keep):
     log(f"gcide: {rep.summary()}")
     bodies = ((eventual(["text", "BM25", text]), rel[qid]) for qid, text in queries.iter_rows())
     lat, nd = measure(lambda body: engine.run_query(ns, body)["rows"], bodies, ndcg10_rows)
-    res.append({"case": "gcide BM25 top-10", "system": "puffer (tantivy candidates + exact global BM25)",
-                "build_s": build, "quality": f"nDCG@10 {np.mean(nd):.4f}", "p50": pct(lat, 50),
-                "p99": pct(lat, 99), "n": queries.height})
+    res.append(
+        {
+            "case": "gcide BM25 top-10",
+            "system": "puffer (tantivy candidates + exact global BM25)",
+            "build_s": build,
+            "quality": f"nDCG@10 {np.mean(nd):.4f}",
+            "p50": pct(lat, 50),
+            "p99": pct(lat, 99),
+            "n": queries.height,
+        }
+    )
     keep["gcide"] = (db, ns, queries)
     if args.lancedb:
         import lancedb
@@ -207,6 +257,7 @@ def case_gcide(args, tmp, res, keep):
         t = time.perf_counter()
         tbl.create_fts_index("text", use_tantivy=False, language="English", stem=True, remove_stop_words=True)
         lbuild = time.perf_counter() - t
+
         def search(text):
             try:
                 return tbl.search(text, query_type="fts").limit(10).select(["id"]).to_list()
@@ -214,9 +265,17 @@ def case_gcide(args, tmp, res, keep):
                 return []
 
         lat, nd = measure(search, ((text, rel[qid]) for qid, text in queries.iter_rows()), ndcg10_rows)
-        res.append({"case": "gcide BM25 top-10", "system": "LanceDB native FTS (English, stem, stop words)",
-                    "build_s": lbuild, "quality": f"nDCG@10 {np.mean(nd):.4f}", "p50": pct(lat, 50),
-                    "p99": pct(lat, 99), "n": queries.height})
+        res.append(
+            {
+                "case": "gcide BM25 top-10",
+                "system": "LanceDB native FTS (English, stem, stop words)",
+                "build_s": lbuild,
+                "quality": f"nDCG@10 {np.mean(nd):.4f}",
+                "p50": pct(lat, 50),
+                "p99": pct(lat, 99),
+                "n": queries.height,
+            }
+        )
         log(res[-1])
 
 
@@ -232,8 +291,9 @@ def case_tail(args, tmp, res, keep):
     d = os.path.join(args.data, "glove-100-angular")
     extra = pl.read_parquet(os.path.join(d, "base.parquet"), n_rows=10_000)
     noise = rng.normal(scale=0.01, size=(10_000, 100)).astype(np.float32)
-    extra = extra.with_columns(pl.col("id") + 10_000_000,
-                               pl.Series("vector", extra["vector"].to_numpy() + noise).cast(extra["vector"].dtype))
+    extra = extra.with_columns(
+        pl.col("id") + 10_000_000, pl.Series("vector", extra["vector"].to_numpy() + noise).cast(extra["vector"].dtype)
+    )
     for i in range(0, 10_000, 1000):  # 10 WAL entries of 1,000 rows
         ns.write_frame(extra.slice(i, 1000))
     qq = qs[:300]
@@ -249,10 +309,18 @@ def case_tail(args, tmp, res, keep):
 
     run("strong")  # fold the tail once (cached per process, like a server)
     ev, st = run("eventual"), run("strong")
-    res.append({"case": "glove-100 + 10,000-row unindexed tail", "system": "puffer strong vs eventual",
-                "build_s": None, "quality": f"p50 overhead {pct(st, 50) - pct(ev, 50):.2f} ms",
-                "p50": pct(st, 50), "p99": pct(st, 99), "n": len(qq),
-                "note": f"eventual p50 {pct(ev, 50):.2f} ms"})
+    res.append(
+        {
+            "case": "glove-100 + 10,000-row unindexed tail",
+            "system": "puffer strong vs eventual",
+            "build_s": None,
+            "quality": f"p50 overhead {pct(st, 50) - pct(ev, 50):.2f} ms",
+            "p50": pct(st, 50),
+            "p99": pct(st, 99),
+            "n": len(qq),
+            "note": f"eventual p50 {pct(ev, 50):.2f} ms",
+        }
+    )
 
 
 # ---------------------------------------------------------------- cold query on moto
@@ -294,22 +362,38 @@ def case_cold(args, tmp, res, keep):
             t = time.perf_counter()
             warm_perf = engine.run_query(ns, body(q))["performance"]
             lat.append((time.perf_counter() - t) * 1000)
-        res.append({"case": f"cold ANN query, moto S3, empty cache ({args.cold_rows:,} x 100)", "system": "puffer",
-                    "build_s": None,
-                    "quality": f"{cold['object_store_requests']} requests, "
-                               f"{cold['object_store_bytes_read'] / 1e6:.1f} MB read",
-                    "p50": cold_ms, "p99": None, "n": 1,
-                    "note": f"next 19 queries (vector file fetched in the background meanwhile; strong: meta + "
-                            f"WAL listing per query): p50 {pct(lat, 50):.1f} ms, last one "
-                            f"{warm_perf['object_store_requests']} requests, "
-                            f"{warm_perf['object_store_bytes_read']} bytes"})
+        res.append(
+            {
+                "case": f"cold ANN query, moto S3, empty cache ({args.cold_rows:,} x 100)",
+                "system": "puffer",
+                "build_s": None,
+                "quality": f"{cold['object_store_requests']} requests, "
+                f"{cold['object_store_bytes_read'] / 1e6:.1f} MB read",
+                "p50": cold_ms,
+                "p99": None,
+                "n": 1,
+                "note": f"next 19 queries (vector file fetched in the background meanwhile; strong: meta + "
+                f"WAL listing per query): p50 {pct(lat, 50):.1f} ms, last one "
+                f"{warm_perf['object_store_requests']} requests, "
+                f"{warm_perf['object_store_bytes_read']} bytes",
+            }
+        )
         reset()
         ns = db.namespace("glove")
         t = time.perf_counter()
         w = reader.warm(ns, cache.get_cache())
-        res.append({"case": "`puffer warm` of the same generation", "system": "puffer", "build_s": None,
-                    "quality": f"{w['files']} files, {w['bytes'] / 1e6:.1f} MB", "p50": w["seconds"] * 1000,
-                    "p99": None, "n": 1, "note": ""})
+        res.append(
+            {
+                "case": "`puffer warm` of the same generation",
+                "system": "puffer",
+                "build_s": None,
+                "quality": f"{w['files']} files, {w['bytes'] / 1e6:.1f} MB",
+                "p50": w["seconds"] * 1000,
+                "p99": None,
+                "n": 1,
+                "note": "",
+            }
+        )
     finally:
         server.stop()
 
@@ -320,8 +404,9 @@ def fmt(x, nd=2):
 
 
 def render(res: list[dict], command: str) -> str:
-    lines = section_head("Indexed queries (`benchmarks/bench_index.py`)", command,
-                         ("usearch", "tantivy", "polars", "lancedb")) + [
+    lines = section_head(
+        "Indexed queries (`benchmarks/bench_index.py`)", command, ("usearch", "tantivy", "polars", "lancedb")
+    ) + [
         "- In-process latency of `engine.run_query` (query parsing, meta.json read, candidate selection, exact "
         "re-rank, response shaping) on a local-disk store, eventual consistency unless stated; LanceDB "
         "`tbl.search(...).limit(10).to_list()` on a local table. Build = `index_namespace` wall time "
@@ -331,8 +416,10 @@ def render(res: list[dict], command: str) -> str:
         "|---|---|---:|---|---:|---:|---:|---|",
     ]
     for r in res:
-        lines.append(f"| {r['case']} | {r['system']} | {fmt(r['build_s'], 1)} | {r['quality']} | {fmt(r['p50'])} | "
-                     f"{fmt(r['p99'])} | {r['n']} | {r.get('note', '')} |")
+        lines.append(
+            f"| {r['case']} | {r['system']} | {fmt(r['build_s'], 1)} | {r['quality']} | {fmt(r['p50'])} | "
+            f"{fmt(r['p99'])} | {r['n']} | {r.get('note', '')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ and imports excluded).  MB/s uses the input's in-memory size: the sum of ``estim
 the polars frames read (the same number for every engine on the same file).  The median of
 ``--repeat`` runs is reported for time; RSS is the largest over the runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -116,7 +117,7 @@ def child(case: str, data: str, store: str, endpoint: str | None = None, env: di
         cmd += ["--endpoint", endpoint]
     stdout, _err, wall, rss, _cpu = run_measured(cmd, env)
     line = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     res["rss_mib"] = rss
     res["wall"] = wall
     return res
@@ -127,9 +128,18 @@ def summarise(name: str, runs: list[dict]) -> dict:
     cpu = statistics.median(r["cpu"] for r in runs)
     rows = runs[0]["rows"]
     nbytes = runs[0]["bytes_in"]
-    return {"name": name, "rows": rows, "seconds": secs, "cpu": cpu, "rows_s": rows / secs,
-            "mb_s": nbytes / 1e6 / secs, "mb": nbytes / 1e6, "rss_mib": max(r["rss_mib"] for r in runs),
-            "runs": len(runs), "all_seconds": [round(r["seconds"], 2) for r in runs]}
+    return {
+        "name": name,
+        "rows": rows,
+        "seconds": secs,
+        "cpu": cpu,
+        "rows_s": rows / secs,
+        "mb_s": nbytes / 1e6 / secs,
+        "mb": nbytes / 1e6,
+        "rss_mib": max(r["rss_mib"] for r in runs),
+        "runs": len(runs),
+        "all_seconds": [round(r["seconds"], 2) for r in runs],
+    }
 
 
 def write_copies(src: str, out_dir: str, copies: int) -> list[str]:
@@ -150,31 +160,55 @@ def case_cli_10x(data: str, tmp: str) -> dict:
     os.makedirs(parts_dir)
     paths = write_copies(src, parts_dir, COPIES)
     store = os.path.join(tmp, "store-10x")
-    cmd = [sys.executable, "-m", "puffer_cli.cli", "ingest", "glove10x", *paths, "--vector", "vector",
-           "--store", store, "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "puffer_cli.cli",
+        "ingest",
+        "glove10x",
+        *paths,
+        "--vector",
+        "vector",
+        "--store",
+        store,
+        "--json",
+    ]
     stdout, _err, wall, rss, cpu = run_measured(cmd)
-    rep = json.loads(stdout[stdout.index("{"):])
+    rep = json.loads(stdout[stdout.index("{") :])
     disk = sum(os.path.getsize(p) for p in paths)
-    return {"rows": rep["rows"], "seconds": rep["seconds"], "bytes_in": rep["bytes"], "rss_mib": rss,
-            "wall": wall, "cpu": cpu, "parquet_mb": disk / 1e6, "entries": rep["wal_entries"]}
+    return {
+        "rows": rep["rows"],
+        "seconds": rep["seconds"],
+        "bytes_in": rep["bytes"],
+        "rss_mib": rss,
+        "wall": wall,
+        "cpu": cpu,
+        "parquet_mb": disk / 1e6,
+        "entries": rep["wal_entries"],
+    }
 
 
 def render(rows: list[dict], command: str, extra: list[str]) -> str:
-    lines = section_head("Ingest (`benchmarks/bench_ingest.py`)", command,
-                         ("polars", "lancedb", "pyarrow", "moto", "s3fs")) + [
-        (f"- Input: `{DATASET}` (331,479 x 100 float32 + `word`, `length`). MB = the input's in-memory size "
-         "(sum of polars `estimated_size()` of the frames read), not bytes on disk. Time = wall clock of the "
-         "ingest call, reading the parquet included, interpreter start excluded; median of the runs. CPU s = "
-         "process CPU time (all threads) of the same span. Peak RSS = `ru_maxrss` of a fresh subprocess per "
-         "case (largest over the runs)."),
+    lines = section_head(
+        "Ingest (`benchmarks/bench_ingest.py`)", command, ("polars", "lancedb", "pyarrow", "moto", "s3fs")
+    ) + [
+        (
+            f"- Input: `{DATASET}` (331,479 x 100 float32 + `word`, `length`). MB = the input's in-memory size "
+            "(sum of polars `estimated_size()` of the frames read), not bytes on disk. Time = wall clock of the "
+            "ingest call, reading the parquet included, interpreter start excluded; median of the runs. CPU s = "
+            "process CPU time (all threads) of the same span. Peak RSS = `ru_maxrss` of a fresh subprocess per "
+            "case (largest over the runs)."
+        ),
         "",
         "| case | rows | MB | seconds | rows/s | MB/s | CPU s | peak RSS (MiB) | runs (s) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         runs = ", ".join(map(str, r["all_seconds"]))
-        lines.append(f"| {r['name']} | {r['rows']:,} | {r['mb']:,.0f} | {r['seconds']:.2f} | {r['rows_s']:,.0f} | "
-                     f"{r['mb_s']:,.0f} | {r['cpu']:.1f} | {r['rss_mib']:,.0f} | {runs} |")
+        lines.append(
+            f"| {r['name']} | {r['rows']:,} | {r['mb']:,.0f} | {r['seconds']:.2f} | {r['rows_s']:,.0f} | "
+            f"{r['mb_s']:,.0f} | {r['cpu']:.1f} | {r['rss_mib']:,.0f} | {runs} |"
+        )
     lines += [""] + extra
     return "\n".join(lines).rstrip() + "\n"
 
@@ -192,14 +226,18 @@ def orchestrate(args, argv: list[str]) -> None:
         for i in range(args.repeat):  # interleaved, so drift on the machine hits both alike
             local.append(child("puffer", data, os.path.join(tmp, f"store-local-{i}")))
             lance.append(child("lancedb", data, os.path.join(tmp, f"lance-{i}")))
-            log(f"run {i + 1}/{args.repeat}: puffer local {local[-1]['seconds']:.2f}s, "
-                f"LanceDB {lance[-1]['seconds']:.2f}s")
+            log(
+                f"run {i + 1}/{args.repeat}: puffer local {local[-1]['seconds']:.2f}s, "
+                f"LanceDB {lance[-1]['seconds']:.2f}s"
+            )
         results.append(summarise("puffer local (library)", local))
         if not args.skip_s3:
             server, endpoint = start_moto()
             try:
-                s3 = [child("puffer", data, f"s3://bench/run-{uuid.uuid4().hex[:8]}", endpoint)
-                      for _ in range(args.repeat)]
+                s3 = [
+                    child("puffer", data, f"s3://bench/run-{uuid.uuid4().hex[:8]}", endpoint)
+                    for _ in range(args.repeat)
+                ]
             finally:
                 server.stop()
             log(f"puffer S3 (moto): {[round(r['seconds'], 2) for r in s3]}s")
@@ -209,18 +247,25 @@ def orchestrate(args, argv: list[str]) -> None:
             big = case_cli_10x(data, tmp)
             r = summarise(f"puffer CLI, {COPIES}x input ({COPIES} files)", [big])
             results.append(r)
-            extra.append(f"- {COPIES}x case: `python -m puffer_cli.cli ingest glove10x part-*.parquet --vector vector "
-                         f"--store DIR --json` over {COPIES} parquet files ({big['parquet_mb']:,.0f} MB on disk, "
-                         f"{big['bytes_in'] / 1e6:,.0f} MB in memory, {big['entries']} WAL entries); peak RSS "
-                         f"{big['rss_mib']:,.0f} MiB (target < {RSS_TARGET_MIB} MiB: "
-                         f"{'met' if big['rss_mib'] < RSS_TARGET_MIB else 'NOT met'}); process wall time "
-                         f"incl. start-up {big['wall']:.1f} s.")
+            extra.append(
+                f"- {COPIES}x case: `python -m puffer_cli.cli ingest glove10x part-*.parquet --vector vector "
+                f"--store DIR --json` over {COPIES} parquet files ({big['parquet_mb']:,.0f} MB on disk, "
+                f"{big['bytes_in'] / 1e6:,.0f} MB in memory, {big['entries']} WAL entries); peak RSS "
+                f"{big['rss_mib']:,.0f} MiB (target < {RSS_TARGET_MIB} MiB: "
+                f"{'met' if big['rss_mib'] < RSS_TARGET_MIB else 'NOT met'}); process wall time "
+                f"incl. start-up {big['wall']:.1f} s."
+            )
     p, l_ = results[0], next(r for r in results if r["name"].startswith("LanceDB"))
-    extra.insert(0, f"- puffer local vs LanceDB local: {p['rows_s'] / l_['rows_s']:.2f}x the rows/s "
-                    f"(puffer fsyncs every WAL entry; LanceDB's write does not promise that).")
+    extra.insert(
+        0,
+        f"- puffer local vs LanceDB local: {p['rows_s'] / l_['rows_s']:.2f}x the rows/s "
+        f"(puffer fsyncs every WAL entry; LanceDB's write does not promise that).",
+    )
     load1 = os.getloadavg()
-    extra.append(f"- Load average (1 min) at start / end: {load0[0]:.1f} / {load1[0]:.1f} on a machine shared with "
-                 "other work: wall times are noisy; CPU s is steadier (10x case: CPU of the whole CLI process).")
+    extra.append(
+        f"- Load average (1 min) at start / end: {load0[0]:.1f} / {load1[0]:.1f} on a machine shared with "
+        "other work: wall times are noisy; CPU s is steadier (10x case: CPU of the whole CLI process)."
+    )
     command = shlex.join(["python", "benchmarks/bench_ingest.py", *argv])
     section = render(results, command, extra)
     publish(section, START, END, write=not args.no_doc)
@@ -229,8 +274,11 @@ def orchestrate(args, argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=default_data(), help="benchmark data dir (default $PUFFER_BENCH_DATA "
-                    "or ~/.cache/puffer-bench)")
+    ap.add_argument(
+        "--data",
+        default=default_data(),
+        help="benchmark data dir (default $PUFFER_BENCH_DATA or ~/.cache/puffer-bench)",
+    )
     ap.add_argument("--skip-s3", action="store_true", help="skip the moto S3 case")
     ap.add_argument("--skip-10x", action="store_true", help="skip the 10x CLI case")
     ap.add_argument("--repeat", type=int, default=3, help="runs per case (default 3; the 10x case runs once)")

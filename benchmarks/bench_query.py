@@ -16,6 +16,7 @@
   ``["text","BM25",query]`` top 10; nDCG@10 with binary relevance from ``qrels.parquet``, p50/p99
   latency of ``engine.execute`` and the one-off postings build.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,12 @@ def bench_vectors(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[
     recall = 0
     for i in range(nq):
         qv = qs[i]
-        t = time.perf_counter(); M @ qv; times["mv"].append(time.perf_counter() - t)  # noqa: E702
-        t = time.perf_counter(); np.argpartition(-(M @ qv), 10)[:10]; times["mvk"].append(time.perf_counter() - t)  # noqa: E702,E501
+        t = time.perf_counter()
+        M @ qv
+        times["mv"].append(time.perf_counter() - t)  # noqa: E702
+        t = time.perf_counter()
+        np.argpartition(-(M @ qv), 10)[:10]
+        times["mvk"].append(time.perf_counter() - t)  # noqa: E702,E501
         t = time.perf_counter()
         r = engine.execute(parsed[i], src.docs, src.schema, src.metric)
         times["ex"].append(time.perf_counter() - t)
@@ -93,18 +98,36 @@ def bench_vectors(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[
     base = pct(ms["mv"], 50)
     rows = [
         ["bare numpy `M @ q` (floor)", f"{pct(ms['mv'], 50):.2f}", f"{pct(ms['mv'], 99):.2f}", "1.00x"],
-        ["bare numpy `M @ q` + argpartition top-10", f"{pct(ms['mvk'], 50):.2f}", f"{pct(ms['mvk'], 99):.2f}",
-         f"{pct(ms['mvk'], 50) / base:.2f}x"],
-        ["puffer `engine.execute` exact top-10", f"{pct(ms['ex'], 50):.2f}", f"{pct(ms['ex'], 99):.2f}",
-         f"{pct(ms['ex'], 50) / base:.2f}x"],
-        [f"puffer exact top-10, filter `length >= {thr}` ({frac:.1%} of docs)", f"{pct(ms['exf'], 50):.2f}",
-         f"{pct(ms['exf'], 99):.2f}", f"{pct(ms['exf'], 50) / base:.2f}x"],
-        ["puffer `engine.run_query` (whole request, local store)", f"{pct(ms['rq'], 50):.2f}",
-         f"{pct(ms['rq'], 99):.2f}", f"{pct(ms['rq'], 50) / base:.2f}x"],
+        [
+            "bare numpy `M @ q` + argpartition top-10",
+            f"{pct(ms['mvk'], 50):.2f}",
+            f"{pct(ms['mvk'], 99):.2f}",
+            f"{pct(ms['mvk'], 50) / base:.2f}x",
+        ],
+        [
+            "puffer `engine.execute` exact top-10",
+            f"{pct(ms['ex'], 50):.2f}",
+            f"{pct(ms['ex'], 99):.2f}",
+            f"{pct(ms['ex'], 50) / base:.2f}x",
+        ],
+        [
+            f"puffer exact top-10, filter `length >= {thr}` ({frac:.1%} of docs)",
+            f"{pct(ms['exf'], 50):.2f}",
+            f"{pct(ms['exf'], 99):.2f}",
+            f"{pct(ms['exf'], 50) / base:.2f}x",
+        ],
+        [
+            "puffer `engine.run_query` (whole request, local store)",
+            f"{pct(ms['rq'], 50):.2f}",
+            f"{pct(ms['rq'], 99):.2f}",
+            f"{pct(ms['rq'], 50) / base:.2f}x",
+        ],
     ]
-    notes = [f"glove-100-angular: {M.shape[0]:,} x {M.shape[1]} float32, cosine, {nq} queries; top-10 recall "
-             f"vs gt.npy {recall / (10 * nq):.4f} (exact); ingest {t_ingest:.1f}s, WAL replay {t_load:.1f}s, "
-             f"first query (builds the per-frame matrix cache) {t_cache * 1000:.0f} ms."]
+    notes = [
+        f"glove-100-angular: {M.shape[0]:,} x {M.shape[1]} float32, cosine, {nq} queries; top-10 recall "
+        f"vs gt.npy {recall / (10 * nq):.4f} (exact); ingest {t_ingest:.1f}s, WAL replay {t_load:.1f}s, "
+        f"first query (builds the per-frame matrix cache) {t_cache * 1000:.0f} ms."
+    ]
     return rows, notes
 
 
@@ -126,8 +149,9 @@ def bench_bm25(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str
     ns.write_frame(docs, schema={"text": {"type": "string", "full_text_search": opts}})
     src = engine.load_source(ns, "strong")
     t = time.perf_counter()
-    engine.execute(Q.parse_query({"rank_by": ["text", "BM25", "warmup"], "top_k": 10}), src.docs, src.schema,
-                   src.metric)
+    engine.execute(
+        Q.parse_query({"rank_by": ["text", "BM25", "warmup"], "top_k": 10}), src.docs, src.schema, src.metric
+    )
     t_build = time.perf_counter() - t
     lat, scores = [], []
     for qid, text in queries.select("qid", "text").iter_rows():
@@ -136,10 +160,18 @@ def bench_bm25(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str
         r = engine.execute(q, src.docs, src.schema, src.metric)
         lat.append((time.perf_counter() - t) * 1000)
         scores.append(ndcg10(r.rows["id"].to_list(), rel[qid]))
-    rows = [[f"gcide BM25 top-10 (`en` stemming), {len(scores):,} dev queries", f"{pct(lat, 50):.2f}",
-             f"{pct(lat, 99):.2f}", f"nDCG@10 **{np.mean(scores):.4f}**"]]
-    notes = [f"gcide: {docs.height:,} docs; postings built once per frame in {t_build:.1f}s "
-             f"(tokenising every document with the tantivy analyzer), then cached."]
+    rows = [
+        [
+            f"gcide BM25 top-10 (`en` stemming), {len(scores):,} dev queries",
+            f"{pct(lat, 50):.2f}",
+            f"{pct(lat, 99):.2f}",
+            f"nDCG@10 **{np.mean(scores):.4f}**",
+        ]
+    ]
+    notes = [
+        f"gcide: {docs.height:,} docs; postings built once per frame in {t_build:.1f}s "
+        f"(tokenising every document with the tantivy analyzer), then cached."
+    ]
     return rows, notes
 
 
@@ -168,12 +200,18 @@ def main(argv: list[str] | None = None) -> None:
         f"load average at start {load0:.2f}. Date: {_dt.date.today().isoformat()}.\n\n"
         "No index: every query is the exact scan of `puffer_cli.engine` over the replayed WAL state "
         "(numbers are per query, in-process, store already listed; `run_query` adds the head listing and "
-        "response shaping).\n\n" + table + "\n" + "".join(f"- {n}\n" for n in vnotes + bnotes)
+        "response shaping).\n\n"
+        + table
+        + "\n"
+        + "".join(f"- {n}\n" for n in vnotes + bnotes)
         + "- Targets: exact unfiltered p50 < 15 ms and <= 2x the bare numpy matvec of the same run.\n"
-        + (f"- The machine was busy (load average {load0:.1f} on 2 cores: other jobs running), so absolute "
-           "times are inflated for every row alike; the ratio to the bare matvec measured in the same "
-           "interleaved loop is the meaningful number. Re-run on an idle machine for absolute latencies.\n"
-           if load0 > 2.5 else "")
+        + (
+            f"- The machine was busy (load average {load0:.1f} on 2 cores: other jobs running), so absolute "
+            "times are inflated for every row alike; the ratio to the bare matvec measured in the same "
+            "interleaved loop is the meaningful number. Re-run on an idle machine for absolute latencies.\n"
+            if load0 > 2.5
+            else ""
+        )
     )
     publish(section, START, END, write=not args.no_doc)
 

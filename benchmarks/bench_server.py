@@ -16,6 +16,7 @@
    base64 f32, as the client sends them) to a fresh namespace for ``--seconds``; rows/s counts
    acknowledged rows only; WAL entries shows how many commits group commit made of the requests.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +74,9 @@ def prepare(store: str, data: str) -> dict:
         ns.delete_all()
         ns = db.namespace(NS)
     t0 = time.perf_counter()
-    rep = ingest(ns, [os.path.join(data, DATASET, "base.parquet")], vector_col="vector",
-                 distance_metric="cosine_distance")
+    rep = ingest(
+        ns, [os.path.join(data, DATASET, "base.parquet")], vector_col="vector", distance_metric="cosine_distance"
+    )
     info["ingest_s"] = time.perf_counter() - t0
     print(f"ingested {rep.rows:,} rows in {info['ingest_s']:.1f}s", flush=True)
     try:
@@ -95,9 +97,23 @@ def prepare(store: str, data: str) -> dict:
 
 
 def spawn(store: str) -> tuple[subprocess.Popen, str]:
-    p = subprocess.Popen([sys.executable, "-m", "puffer_cli.cli", "serve", "--listen", "127.0.0.1:0",
-                          "--store", store, "--log-level", "warning"],
-                         stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "puffer_cli.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store,
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     line = p.stdout.readline()
     m = re.search(r"listening on (http://\S+)", line)
     if not m:
@@ -120,8 +136,10 @@ class Conn:
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         if self.w is None:
             self.r, self.w = await asyncio.open_connection(self.host, self.port)
-        self.w.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body))
+        self.w.write(
+            b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body)
+        )
         head = await self.r.readuntil(b"\r\n\r\n")
         n = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
         return int(head[9:12]), await self.r.readexactly(int(n.group(1)))
@@ -131,8 +149,9 @@ class Conn:
             self.w.close()
 
 
-async def query_load(url: str, queries: np.ndarray, gt: np.ndarray, conc: int, seconds: float,
-                     warmup: float = 2.0) -> dict:
+async def query_load(
+    url: str, queries: np.ndarray, gt: np.ndarray, conc: int, seconds: float, warmup: float = 2.0
+) -> dict:
     import orjson
 
     lat: list[float] = []
@@ -176,7 +195,9 @@ async def query_load(url: str, queries: np.ndarray, gt: np.ndarray, conc: int, s
     elapsed = time.perf_counter() - t_measure
     lat.sort()
     return {
-        "concurrency": conc, "queries": len(lat), "errors": errors,
+        "concurrency": conc,
+        "queries": len(lat),
+        "errors": errors,
         "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
         "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else float("nan"),
         "qps": len(lat) / elapsed if elapsed > 0 else 0.0,
@@ -195,8 +216,7 @@ async def write_load(url: str, vectors: np.ndarray, words: list[str], seconds: f
     requests = 0
     errors = 0
     lat: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=120,
-                                 limits=httpx.Limits(max_connections=WRITERS)) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=WRITERS)) as client:
         await client.delete(f"/v2/namespaces/{ns}")
         t_end = time.perf_counter() + seconds
         t_start = time.perf_counter()
@@ -205,15 +225,21 @@ async def write_load(url: str, vectors: np.ndarray, words: list[str], seconds: f
             nonlocal acked, requests, errors
             k = 0
             while time.perf_counter() < t_end:
-                base = ((w * 1_000_003 + k * WRITE_BATCH) % (len(vectors) - WRITE_BATCH))
-                rows = [{"id": 10_000_000 * w + k * WRITE_BATCH + j,
-                         "vector": base64.b64encode(vectors[base + j].astype("<f4").tobytes()).decode(),
-                         "word": words[base + j]} for j in range(WRITE_BATCH)]
+                base = (w * 1_000_003 + k * WRITE_BATCH) % (len(vectors) - WRITE_BATCH)
+                rows = [
+                    {
+                        "id": 10_000_000 * w + k * WRITE_BATCH + j,
+                        "vector": base64.b64encode(vectors[base + j].astype("<f4").tobytes()).decode(),
+                        "word": words[base + j],
+                    }
+                    for j in range(WRITE_BATCH)
+                ]
                 k += 1
                 body = orjson.dumps({"upsert_rows": rows, "distance_metric": "cosine_distance"})
                 t0 = time.perf_counter()
-                r = await client.post(f"/v2/namespaces/{ns}", content=body,
-                                      headers={"content-type": "application/json"})
+                r = await client.post(
+                    f"/v2/namespaces/{ns}", content=body, headers={"content-type": "application/json"}
+                )
                 lat.append(time.perf_counter() - t0)
                 requests += 1
                 if r.status_code == 200:
@@ -225,33 +251,49 @@ async def write_load(url: str, vectors: np.ndarray, words: list[str], seconds: f
         elapsed = time.perf_counter() - t_start
         meta = (await client.get(f"/v2/namespaces/{ns}/metadata")).json()
     lat.sort()
-    return {"rows": acked, "requests": requests, "errors": errors, "seconds": elapsed,
-            "rows_s": acked / elapsed, "wal_entries": meta.get("last_seq"),
-            "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
-            "row_count": meta.get("approx_row_count")}
+    return {
+        "rows": acked,
+        "requests": requests,
+        "errors": errors,
+        "seconds": elapsed,
+        "rows_s": acked / elapsed,
+        "wal_entries": meta.get("last_seq"),
+        "p50_ms": 1000 * lat[len(lat) // 2] if lat else float("nan"),
+        "row_count": meta.get("approx_row_count"),
+    }
 
 
 # ---------------------------------------------------------------- report
 def render(info: dict, q: list[dict], w: dict, command: str) -> str:
     lines = section_head("HTTP server (`benchmarks/bench_server.py`)", command) + [
         "- Data: glove-100-angular, 331,479 x 100, cosine, local store; "
-        + ("index reused from an earlier run" if info["reused"] else
-           f"ingest {info['ingest_s']:.1f} s" + (f", index build {info['index_s']:.1f} s" if info["index_s"]
-                                                 else ", NO INDEX (indexer not available): queries scan")),
+        + (
+            "index reused from an earlier run"
+            if info["reused"]
+            else f"ingest {info['ingest_s']:.1f} s"
+            + (
+                f", index build {info['index_s']:.1f} s"
+                if info["index_s"]
+                else ", NO INDEX (indexer not available): queries scan"
+            )
+        ),
         "- Server: one `puffer serve` process (uvicorn, 1 worker) on 127.0.0.1; query load from a minimal "
         "asyncio HTTP/1.1 keep-alive client (one connection per request in flight; httpx used 91% of a core at "
         "32 in flight) in another process on the same 2 cores; writes from httpx.",
-        "- Queries: `rank_by [\"vector\",\"ANN\",q]`, `top_k 10`, float-list query vectors, warm cache; latency "
+        '- Queries: `rank_by ["vector","ANN",q]`, `top_k 10`, float-list query vectors, warm cache; latency '
         "= client-side request->parsed response; engine p50 = the response's `performance.server_total_ms` "
         "(time inside `engine.run_query`, whole ms), the rest is HTTP, JSON and scheduling.",
         f"- {stack()}; load average at start {info.get('load', '?')}.",
         "",
-        "| clients in flight | queries | p50 ms | p99 ms | queries/s | engine p50 ms | recall@10 | exhaustive docs/query | errors |",
+        "| clients in flight | queries | p50 ms | p99 ms | queries/s | engine p50 ms | recall@10 "
+        "| exhaustive docs/query | errors |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in q:
-        lines.append(f"| {r['concurrency']} | {r['queries']:,} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-                     f"{r['qps']:,.0f} | {r['engine_p50_ms']:.0f} | {r['recall']:.3f} | {r['exhaustive']:,.0f} | {r['errors']} |")
+        lines.append(
+            f"| {r['concurrency']} | {r['queries']:,} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['qps']:,.0f} | {r['engine_p50_ms']:.0f} | {r['recall']:.3f} | {r['exhaustive']:,.0f} | {r['errors']} |"
+        )
     lines += [
         "",
         f"Writes: {WRITERS} concurrent writers, `upsert_rows` batches of {WRITE_BATCH} glove rows (base64 f32 "
@@ -295,12 +337,17 @@ def main(argv: list[str] | None = None) -> None:
         q = []
         for c in CONCURRENCY:
             r = asyncio.run(query_load(url, queries, gt, c, args.seconds))
-            print(f"c={c}: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['qps']:,.0f} q/s, "
-                  f"recall@10 {r['recall']:.3f}, exhaustive {r['exhaustive']:.0f}, errors {r['errors']}", flush=True)
+            print(
+                f"c={c}: p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['qps']:,.0f} q/s, "
+                f"recall@10 {r['recall']:.3f}, exhaustive {r['exhaustive']:.0f}, errors {r['errors']}",
+                flush=True,
+            )
             q.append(r)
         w = asyncio.run(write_load(url, vectors, words, args.seconds))
-        print(f"writes: {w['rows_s']:,.0f} rows/s ({w['requests']} requests -> {w['wal_entries']} WAL entries)",
-              flush=True)
+        print(
+            f"writes: {w['rows_s']:,.0f} rows/s ({w['requests']} requests -> {w['wal_entries']} WAL entries)",
+            flush=True,
+        )
     finally:
         proc.terminate()
         try:

@@ -1,4 +1,5 @@
 """puffer: vector, full-text and hybrid search whose only state is a bucket."""
+
 from .db import DB, connect
 from .errors import PufferError
 

@@ -22,14 +22,16 @@ Per (frame, field, analyzer) the tokenised postings are built once (CSR:
 term -> (rows, tf)) and cached while the frame is alive, so a query costs a
 few numpy gathers per query term.
 """
+
 from __future__ import annotations
 
 import bisect
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -37,14 +39,23 @@ import polars as pl
 from . import text as T
 from .limits import check_deadline
 
-__all__ = ["FieldStats", "Bm25Stats", "Postings", "merge", "stats_from_frame", "postings_for", "query_tokens",
-           "score", "frame_cached"]
+__all__ = [
+    "FieldStats",
+    "Bm25Stats",
+    "Postings",
+    "merge",
+    "stats_from_frame",
+    "postings_for",
+    "query_tokens",
+    "score",
+    "frame_cached",
+]
 
 CHUNK_DOCS = 8192
 
 
 # --------------------------------------------------------------------------- per-frame cache
-_CACHE: "OrderedDict[tuple, Any]" = OrderedDict()
+_CACHE: OrderedDict[tuple, Any] = OrderedDict()
 _CACHE_LOCK = threading.RLock()
 _CACHE_MAX = 16
 _FINALIZERS: dict[int, Any] = {}
@@ -139,7 +150,7 @@ class Bm25Stats:
     def get(self, name: str) -> FieldStats | None:
         return self.fields.get(name)
 
-    def merge(self, other: "Bm25Stats") -> "Bm25Stats":
+    def merge(self, other: Bm25Stats) -> Bm25Stats:
         return merge(self, other)
 
 
@@ -169,7 +180,7 @@ def merge(a: Bm25Stats | None, b: Bm25Stats | None) -> Bm25Stats:
 class _VocabDf(Mapping):
     """df lookup backed by a Postings' vocabulary (no per-term dict copy)."""
 
-    def __init__(self, p: "Postings"):
+    def __init__(self, p: Postings):
         self.p = p
 
     def get(self, k, default=0):
@@ -192,12 +203,12 @@ class Postings:
     """Tokenised field of one frame. Term i's postings: rows[indptr[i]:indptr[i+1]] with tf."""
 
     n_docs: int
-    terms: list[str]          # sorted (code point order)
+    terms: list[str]  # sorted (code point order)
     vocab: dict[str, int]
-    indptr: np.ndarray        # int64, len(terms) + 1
-    rows: np.ndarray          # int32 row positions in the frame
-    tf: np.ndarray            # float64
-    doc_len: np.ndarray       # float64, per row
+    indptr: np.ndarray  # int64, len(terms) + 1
+    rows: np.ndarray  # int32 row positions in the frame
+    tf: np.ndarray  # float64
+    doc_len: np.ndarray  # float64, per row
     total_tokens: int
 
     def stats(self) -> FieldStats:
@@ -222,16 +233,25 @@ def _build_postings(values: pl.Series, opts: Mapping) -> Postings:
         check_deadline("query")  # analysing a large frame's text: between chunks
         toks = T.tokenize_many(values.slice(start, CHUNK_DOCS).to_list(), opts)
         lens = np.fromiter((len(t) for t in toks), dtype=np.int64, count=len(toks))
-        doc_len[start:start + len(toks)] = lens
+        doc_len[start : start + len(toks)] = lens
         total = int(lens.sum())
         if not total:
             continue
-        tid_parts.append(np.fromiter((setdefault(t, len(vocab)) for tl in toks for t in tl),
-                                     dtype=np.int64, count=total))
+        tid_parts.append(
+            np.fromiter((setdefault(t, len(vocab)) for tl in toks for t in tl), dtype=np.int64, count=total)
+        )
         doc_parts.append(np.repeat(np.arange(start, start + len(toks), dtype=np.int64), lens))
     if not tid_parts:
-        return Postings(n, [], {}, np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32),
-                        np.zeros(0, dtype=np.float64), doc_len, 0)
+        return Postings(
+            n,
+            [],
+            {},
+            np.zeros(1, dtype=np.int64),
+            np.zeros(0, dtype=np.int32),
+            np.zeros(0, dtype=np.float64),
+            doc_len,
+            0,
+        )
     # term ids in code point order of the terms (prefix search bisects the sorted list)
     first = list(vocab)
     order = sorted(range(len(first)), key=first.__getitem__)
@@ -244,8 +264,9 @@ def _build_postings(values: pl.Series, opts: Mapping) -> Postings:
     indptr = np.zeros(len(first) + 1, dtype=np.int64)
     np.cumsum(np.bincount(tids, minlength=len(first)), out=indptr[1:])
     terms = [first[i] for i in order]
-    return Postings(n, terms, {t: i for i, t in enumerate(terms)}, indptr, rows, tf.astype(np.float64),
-                    doc_len, int(doc_len.sum()))
+    return Postings(
+        n, terms, {t: i for i, t in enumerate(terms)}, indptr, rows, tf.astype(np.float64), doc_len, int(doc_len.sum())
+    )
 
 
 def postings_for(docs: pl.DataFrame, field_name: str, opts: Mapping) -> Postings:
@@ -273,8 +294,9 @@ def query_tokens(query: str | Iterable[str], opts: Mapping) -> list[str]:
     return T.tokenize(list(query), opts)
 
 
-def score(p: Postings, tokens: list[str], opts: Mapping, *, stats: FieldStats | None = None,
-          last_as_prefix: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def score(
+    p: Postings, tokens: list[str], opts: Mapping, *, stats: FieldStats | None = None, last_as_prefix: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores[float64 n_docs], matched[bool n_docs]) for the query tokens over the frame."""
     opts = T.normalize_fts_options(opts)
     k1, b = float(opts["k1"]), float(opts["b"])

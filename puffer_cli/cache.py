@@ -29,6 +29,7 @@ cached copy is never stale and the cache may be deleted at any time.
   degrades to a private temporary directory with one warning; if even that cannot
   be written, :class:`~puffer_cli.errors.StoreError`.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -42,9 +43,10 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, TypeGuard
+from typing import TypeGuard
 
 from . import limits
 from .errors import StoreError
@@ -64,9 +66,9 @@ class CacheStats:
     misses: int = 0
     files_fetched: int = 0
     bytes_fetched: int = 0
-    ranged_reads: int = 0     # reads of parts of uncached files (cold queries), and their bytes
+    ranged_reads: int = 0  # reads of parts of uncached files (cold queries), and their bytes
     ranged_bytes: int = 0
-    evictions: int = 0        # files this process deleted to keep the bound, and their bytes
+    evictions: int = 0  # files this process deleted to keep the bound, and their bytes
     evicted_bytes: int = 0
 
 
@@ -78,7 +80,7 @@ class Usage:
     bytes: int = 0
     evicted_files: int = 0
     evicted_bytes: int = 0
-    kept_in_use: int = 0      # files over the bound that could not go (in use / within grace)
+    kept_in_use: int = 0  # files over the bound that could not go (in use / within grace)
 
 
 # ---------------------------------------------------------------- default bound
@@ -94,8 +96,9 @@ def default_max_bytes(root: str | os.PathLike) -> int:
         dev = p.stat().st_dev
         if dev not in _DEFAULT_MAX:
             sv = os.statvfs(p)
-            _DEFAULT_MAX[dev] = int(min(limits.CACHE_MAX_BYTES_CAP,
-                                        limits.CACHE_DISK_FRACTION * sv.f_blocks * sv.f_frsize))
+            _DEFAULT_MAX[dev] = int(
+                min(limits.CACHE_MAX_BYTES_CAP, limits.CACHE_DISK_FRACTION * sv.f_blocks * sv.f_frsize)
+            )
         return _DEFAULT_MAX[dev]
     except OSError:
         return limits.CACHE_MAX_BYTES_CAP
@@ -112,8 +115,9 @@ def parse_max_gb(value: object, what: str = "--cache-max-gb") -> int | None:
     except (TypeError, ValueError):
         gb = float("nan")
     if not gb >= 0 or gb == float("inf"):
-        raise InvalidRequest(f"{what} must be a number of GB >= 0, not {value!r}",
-                             hint="e.g. 5 or 0.5 (GB = 10^9 bytes)")
+        raise InvalidRequest(
+            f"{what} must be a number of GB >= 0, not {value!r}", hint="e.g. 5 or 0.5 (GB = 10^9 bytes)"
+        )
     return int(gb * 1e9)
 
 
@@ -160,7 +164,7 @@ def _open_paths(prefix: str) -> set[str]:
                 i = line.find(b" /")
                 if i < 0:
                     continue
-                p = line[i + 1:].rstrip(b"\n").decode("utf-8", "surrogateescape")
+                p = line[i + 1 :].rstrip(b"\n").decode("utf-8", "surrogateescape")
                 if p.endswith(" (deleted)"):
                     continue
                 if p.startswith(prefix):
@@ -181,8 +185,7 @@ def _open_paths(prefix: str) -> set[str]:
 
 
 def _unwritable(e: OSError) -> bool:
-    return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
-                       errno.ENOSPC, errno.EDQUOT)
+    return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EDQUOT)
 
 
 class Cache:
@@ -202,7 +205,7 @@ class Cache:
         #: files used this recently are not evicted (see module docstring)
         self.grace_s = limits.CACHE_EVICT_GRACE_S
         self._pins: dict[str, int] = {}
-        self._known: int | None = None   # bytes in the cache at the last scan (+ what we added since)
+        self._known: int | None = None  # bytes in the cache at the last scan (+ what we added since)
         self._evict_lock = threading.Lock()
         self.degraded: str | None = None  # why the configured root could not be used
 
@@ -214,8 +217,10 @@ class Cache:
         try:
             root = Path(tempfile.mkdtemp(prefix="puffer-cache-"))
         except OSError as e:
-            raise StoreError(f"cannot create a temporary directory for index files: {e}",
-                             hint="set TMPDIR or --cache-dir to a writable directory") from None
+            raise StoreError(
+                f"cannot create a temporary directory for index files: {e}",
+                hint="set TMPDIR or --cache-dir to a writable directory",
+            ) from None
         atexit.register(shutil.rmtree, root, True)
         return root
 
@@ -318,6 +323,7 @@ class Cache:
             if start:
                 self._fetching.add((store.url, key))
         if start:
+
             def run():
                 try:
                     self.file(store, key)
@@ -346,8 +352,10 @@ class Cache:
             try:
                 _write_atomic(p, lambda tmp: tmp.write_bytes(data))
             except OSError as e2:
-                raise StoreError(f"cannot write index files to the local cache {self.root}: {e2.strerror or e2}",
-                                 hint="free disk space, or set TMPDIR / --cache-dir to a writable directory") from None
+                raise StoreError(
+                    f"cannot write index files to the local cache {self.root}: {e2.strerror or e2}",
+                    hint="free disk space, or set TMPDIR / --cache-dir to a writable directory",
+                ) from None
         self._added(len(data), keep=(str(p),))
         return p
 
@@ -356,11 +364,17 @@ class Cache:
         (StoreError if we already are in one)."""
         with self._lock:
             if not self.persistent:
-                raise StoreError(f"cannot write index files to the local cache {self.root}: {e.strerror or e}",
-                                 hint="free disk space, or set TMPDIR / --cache-dir to a writable directory") from None
+                raise StoreError(
+                    f"cannot write index files to the local cache {self.root}: {e.strerror or e}",
+                    hint="free disk space, or set TMPDIR / --cache-dir to a writable directory",
+                ) from None
             self.degraded = f"{self.root}: {e.strerror or e}"
-            log.warning("cache dir %s is not writable (%s); caching index files in a temporary "
-                        "directory for this run (fix it or pass --cache-dir)", self.root, e.strerror or e)
+            log.warning(
+                "cache dir %s is not writable (%s); caching index files in a temporary "
+                "directory for this run (fix it or pass --cache-dir)",
+                self.root,
+                e.strerror or e,
+            )
             self.root = self._private_root()
             self.persistent = False
             self._known = None
@@ -385,9 +399,9 @@ class Cache:
     def _local_directory(self, store: LocalStore, keys: list[str], prefix: str) -> Path:
         d = self.root / self._tag(store) / "dirs" / prefix
         added = 0
-        paths = [str(d / k[len(prefix):]) for k in keys]
+        paths = [str(d / k[len(prefix) :]) for k in keys]
         for k in keys:
-            dst = d / k[len(prefix):]
+            dst = d / k[len(prefix) :]
             if dst.is_file():
                 _touch(dst)
                 continue

@@ -1,11 +1,12 @@
 """``connect(url)``: the library's entry point (like ``lancedb.connect``).
 
-    >>> import puffer_cli
-    >>> db = puffer_cli.connect("memory://demo")
-    >>> ns = db.namespace("docs")
-    >>> ns.write({"upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "lang": "en"}]})["rows_upserted"]
-    1
+>>> import puffer_cli
+>>> db = puffer_cli.connect("memory://demo")
+>>> ns = db.namespace("docs")
+>>> ns.write({"upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "lang": "en"}]})["rows_upserted"]
+1
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ import os
 from . import cache as _cache
 from . import layout
 from .errors import InvalidRequest
-from .namespace import Namespace
 from .limits import NAMESPACE_LIST_THREADS
+from .namespace import Namespace
 from .store import LocalStore, Store, open_store
 
 
@@ -29,8 +30,9 @@ class DB:
     def namespace(self, name: str) -> Namespace:
         return Namespace(self.store, name, single_writer=self.single_writer, wal_policy=self.wal_policy)
 
-    def namespaces(self, prefix: str | None = None, cursor: str | None = None,
-                   page_size: int = 1000) -> tuple[list[str], str | None]:
+    def namespaces(
+        self, prefix: str | None = None, cursor: str | None = None, page_size: int = 1000
+    ) -> tuple[list[str], str | None]:
         """Namespace names in order, after ``cursor``; (page, next cursor or None).
 
         A namespace is listed iff its name is valid (layout.is_namespace_name, leading
@@ -40,13 +42,15 @@ class DB:
         ``index --all`` and delete agree on every backend."""
         if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
             raise InvalidRequest("page_size must be between 1 and 1000")
-        names = sorted(n for n in self._candidates()
-                       if layout.is_namespace_name(n) and (not prefix or n.startswith(prefix))
-                       and (not cursor or n > cursor))
+        names = sorted(
+            n
+            for n in self._candidates()
+            if layout.is_namespace_name(n) and (not prefix or n.startswith(prefix)) and (not cursor or n > cursor)
+        )
         page: list[str] = []
         i = 0
         while i < len(names) and len(page) <= page_size:
-            batch = names[i:i + page_size + 1 - len(page)]
+            batch = names[i : i + page_size + 1 - len(page)]
             i += len(batch)
             page.extend(n for n, ok in zip(batch, self._exist(batch)) if ok)
         more = len(page) > page_size
@@ -81,8 +85,14 @@ class DB:
             return list(ex.map(lambda n: ctx.copy().run(one, n), names))
 
 
-def connect(url: str | None = None, *, s3_endpoint: str | None = None, single_writer: bool | None = None,
-            wal_policy: str = "fail", cache_max_gb: float | None = None) -> DB:
+def connect(
+    url: str | None = None,
+    *,
+    s3_endpoint: str | None = None,
+    single_writer: bool | None = None,
+    wal_policy: str = "fail",
+    cache_max_gb: float | None = None,
+) -> DB:
     """Open a store: a local path (default ./puffer-data), ``memory://``, or ``s3://bucket/prefix``.
 
     ``cache_max_gb`` (else ``$PUFFER_CACHE_MAX_GB``) bounds the process-wide local

@@ -20,10 +20,12 @@ postings (:mod:`puffer_cli.bm25`).
 All data access goes through :func:`load_source` (one function, so an index +
 WAL-tail source can replace it without touching the rest).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -31,9 +33,17 @@ import polars as pl
 from . import bm25 as B
 from . import limits as L
 from . import query as Q
-from .scoring import QueryResult, Source, filter_mask, id_key, rank_vector, text_eval, topk_order
-from .scoring import exact_distances  # noqa: F401  (re-exported: engine.exact_distances)
 from . import response as R
+from .scoring import (
+    QueryResult,
+    Source,
+    exact_distances,  # noqa: F401  (re-exported: engine.exact_distances)
+    filter_mask,
+    id_key,
+    rank_vector,
+    text_eval,
+    topk_order,
+)
 from .store import io_scope
 
 __all__ = ["Source", "QueryResult", "load_source", "execute", "run_query", "run_multi"]
@@ -90,8 +100,9 @@ def _apply_per(frame: pl.DataFrame, attrs: tuple[str, ...], limit: int) -> pl.Se
     return frame.select((pl.int_range(pl.len()).over(keys) < limit).alias("k")).to_series()
 
 
-def execute(q: Q.Query, docs: pl.DataFrame, schema: dict, metric: str | None, *,
-            bm25_stats: B.Bm25Stats | None = None) -> QueryResult:
+def execute(
+    q: Q.Query, docs: pl.DataFrame, schema: dict, metric: str | None, *, bm25_stats: B.Bm25Stats | None = None
+) -> QueryResult:
     """Evaluate ``q`` exactly over ``docs`` (live documents, columns per ``schema``)."""
     n = docs.height
     L.check_deadline()
@@ -141,7 +152,7 @@ def execute(q: Q.Query, docs: pl.DataFrame, schema: dict, metric: str | None, *,
             dist = dist[keep.to_numpy()]
     frame = frame.slice(q.offset, q.limit)
     if dist is not None:
-        dist = dist[q.offset:q.offset + q.limit]
+        dist = dist[q.offset : q.offset + q.limit]
     res.rows, res.dist = frame, dist
     return res
 
@@ -204,9 +215,9 @@ def _grouped(sub: pl.DataFrame, q: Q.Query, schema: Mapping) -> list[dict]:
 
 # --------------------------------------------------------------------------- response shaping: puffer_cli.response
 # the old names, for callers not yet moved to puffer_cli.response:
-row_columns = R.row_columns    # index.topk
-shape_rows = R.result_rows     # tests/test_query_limits.py
-_result_body = R.result_body   # tests/test_index.py
+row_columns = R.row_columns  # index.topk
+shape_rows = R.result_rows  # tests/test_query_limits.py
+_result_body = R.result_body  # tests/test_index.py
 
 
 def _returned_bytes(res: QueryResult) -> int:
@@ -223,8 +234,9 @@ def _performance(src: Source, io, t0: float, t_exec: float) -> dict:
         temp, ratio = ("cold", 0.0) if cold else ("hot", 1.0)
     return {
         "approx_namespace_size": src.approx_namespace_size if src.approx_namespace_size is not None else docs.height,
-        "exhaustive_search_count": (src.exhaustive_search_count if src.exhaustive_search_count is not None
-                                    else docs.height),
+        "exhaustive_search_count": (
+            src.exhaustive_search_count if src.exhaustive_search_count is not None else docs.height
+        ),
         "query_execution_ms": int(round((now - t_exec) * 1000)),
         "server_total_ms": int(round((now - t0) * 1000)),
         "cache_temperature": temp,
@@ -247,8 +259,10 @@ def run_query(ns, body: Mapping) -> dict:
         res = _result(src, 0, q)
         L.check_deadline()
         out = R.result_body(q, res)
-    out["billing"] = {"billable_logical_bytes_queried": src.queried(),
-                      "billable_logical_bytes_returned": _returned_bytes(res)}
+    out["billing"] = {
+        "billable_logical_bytes_queried": src.queried(),
+        "billable_logical_bytes_returned": _returned_bytes(res),
+    }
     out["performance"] = _performance(src, io, t0, t_exec)
     return out
 
@@ -288,7 +302,7 @@ def run_multi(ns, body: Mapping) -> dict:
             per_query_rows = [R.result_rows(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
             fused = rrf_fuse([[row["id"] for row in rows] for rows in per_query_rows], k, w)
             limit = mq.limit if mq.limit is not None else max(q.limit for q in mq.queries)
-            fused = fused[mq.offset:mq.offset + limit]
+            fused = fused[mq.offset : mq.offset + limit]
             first: dict[Any, dict] = {}
             for rows in per_query_rows:
                 for row in rows:
@@ -299,8 +313,10 @@ def run_multi(ns, body: Mapping) -> dict:
             returned = sum(_returned_bytes(r) for r in results)
     return {
         "results": out_results,
-        "billing": {"billable_logical_bytes_queried": src.queried() * len(mq.queries),
-                    "billable_logical_bytes_returned": returned},
+        "billing": {
+            "billable_logical_bytes_queried": src.queried() * len(mq.queries),
+            "billable_logical_bytes_returned": returned,
+        },
         "performance": _performance(src, io, t0, t_exec),
     }
 

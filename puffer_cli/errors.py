@@ -4,6 +4,7 @@ Each class carries the HTTP status the server answers with; the CLI prints
 ``Error: <message>`` (plus the hint) and exits 1.  Nothing else in the code base
 decides how an error looks to a user.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,38 +27,48 @@ class PufferError(Exception):
     def __str__(self) -> str:  # pragma: no cover - trivial
         return self.message
 
+
 class InvalidRequest(PufferError):
     """Bad input: a write, filter, query or CLI argument that cannot be accepted."""
 
     status = 400
 
+
 class InvalidFilter(InvalidRequest):
     """A filter expression is malformed or does not fit the schema."""
+
 
 class InvalidQuery(InvalidRequest):
     """A query body is malformed."""
 
+
 class SchemaError(InvalidRequest):
     """A value or declared type does not fit the namespace schema."""
+
 
 class UnprocessableBody(InvalidRequest):
     """A request body that is not valid JSON / not the expected shape (HTTP 422)."""
 
     status = 422
 
+
 class Unauthorized(PufferError):
     status = 401
+
 
 class NotFound(PufferError):
     status = 404
 
+
 class NamespaceNotFound(NotFound):
     default_hint = "check the namespace name and --store; `puffer wal-inspect` lists what is there"
+
 
 class Conflict(PufferError):
     """The operation cannot proceed in the current state (e.g. store unsafe for concurrency)."""
 
     status = 409
+
 
 class UnsafeStore(Conflict):
     default_hint = (
@@ -65,13 +76,16 @@ class UnsafeStore(Conflict):
         "--single-writer (or PUFFER_SINGLE_WRITER=1)"
     )
 
+
 class TooLarge(PufferError):
     status = 413
+
 
 class RateLimited(PufferError):
     """Too much in flight (request bodies, concurrent writes); retry later."""
 
     status = 429
+
 
 class BudgetExceeded(PufferError):
     """A request ran past its time budget (``limits.deadline``); it was stopped, not retried."""
@@ -80,11 +94,13 @@ class BudgetExceeded(PufferError):
     retryable = False
     default_hint = "narrow the query (a more selective filter, a smaller top_k) or raise the budget"
 
+
 class StoreError(PufferError):
     """The object store failed or cannot be reached (network, credentials, missing
     bucket, permissions, ...). The message names the endpoint/bucket; the hint what to do."""
 
     status = 503
+
 
 class CorruptWal(PufferError):
     """A WAL segment is missing, truncated or fails its checksum."""
@@ -94,6 +110,7 @@ class CorruptWal(PufferError):
         "run `puffer wal-inspect NAMESPACE --verify` to see the damage, then "
         "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
     )
+
 
 class RequestTimeout(PufferError):
     """The client did not send its request (headers or body) within the server's read timeouts."""

@@ -1,4 +1,5 @@
 """Export a consistent snapshot of a namespace at one committed seq, ordered by id."""
+
 from __future__ import annotations
 
 import io
@@ -19,8 +20,10 @@ def snapshot(ns: Namespace, at_seq: int | None = None) -> tuple[pl.DataFrame, in
     """(documents ordered by id, the seq they reflect)."""
     head = ns.require()
     if at_seq is not None and not 1 <= at_seq <= head.seq:
-        raise InvalidRequest(f"--at-seq {at_seq}: seq {at_seq} is not committed (committed seqs of {ns.name!r}: 1..{head.seq})",
-                             hint="`puffer wal-inspect NAMESPACE` lists the committed seqs")
+        raise InvalidRequest(
+            f"--at-seq {at_seq}: seq {at_seq} is not committed (committed seqs of {ns.name!r}: 1..{head.seq})",
+            hint="`puffer wal-inspect NAMESPACE` lists the committed seqs",
+        )
     docs, head = ns.docs(at_seq)
     if "id" not in docs.columns:  # every row deleted before this seq: an empty frame with no columns
         return docs, head.seq
@@ -31,8 +34,14 @@ def _csv_ready(df: pl.DataFrame) -> pl.DataFrame:
     out = []
     for c, d in df.schema.items():
         if isinstance(d, (pl.List, pl.Array)):
-            out.append(pl.col(c).cast(pl.List(d.inner)).list.eval(pl.element().cast(pl.String))
-                       .list.join(",").map_elements(lambda s: f"[{s}]", return_dtype=pl.String).alias(c))
+            out.append(
+                pl.col(c)
+                .cast(pl.List(d.inner))
+                .list.eval(pl.element().cast(pl.String))
+                .list.join(",")
+                .map_elements(lambda s: f"[{s}]", return_dtype=pl.String)
+                .alias(c)
+            )
         else:
             out.append(pl.col(c))
     return df.select(out)
@@ -52,7 +61,11 @@ def write(df: pl.DataFrame, out: BinaryIO | str | Path, fmt: str) -> None:
 def export(ns: Namespace, out: str | None, fmt: str | None = None, at_seq: int | None = None) -> dict:
     """Write the snapshot to ``out`` (a path, or '-'/None for stdout)."""
     if fmt is None:
-        fmt = {".parquet": "parquet", ".csv": "csv"}.get(Path(out).suffix.lower(), "ndjson") if out and out != "-" else "ndjson"
+        fmt = (
+            {".parquet": "parquet", ".csv": "csv"}.get(Path(out).suffix.lower(), "ndjson")
+            if out and out != "-"
+            else "ndjson"
+        )
     if fmt not in FORMATS:
         raise InvalidRequest(f"unknown export format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
     if (out is None or out == "-") and fmt == "parquet" and sys.stdout.isatty():
@@ -100,8 +113,9 @@ def _write_file(df: pl.DataFrame, out: str, fmt: str) -> None:
             os.replace(tmp, p)
     except (OSError, pl.exceptions.PolarsError) as e:
         why = getattr(e, "strerror", None) or str(e).split(" (os error")[0]
-        raise InvalidRequest(f"-o {out}: cannot write it ({why})",
-                             hint="check the directory exists, is writable and has space") from None
+        raise InvalidRequest(
+            f"-o {out}: cannot write it ({why})", hint="check the directory exists, is writable and has space"
+        ) from None
     finally:
         try:
             if tmp != p:

@@ -85,6 +85,7 @@ on); regexes are compiled by polars' Rust engine (linear time, 10 MiB compiled
 size limit: beyond it an InvalidFilter).  :func:`filter_mask` evaluates large
 frames in slices under the query's time budget.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -119,25 +120,28 @@ __all__ = [
 ]
 
 _NEG = {
-    "NotEq": "Eq", "NotIn": "In", "NotGlob": "Glob", "NotIGlob": "IGlob",
-    "NotContains": "Contains", "NotContainsAny": "ContainsAny",
+    "NotEq": "Eq",
+    "NotIn": "In",
+    "NotGlob": "Glob",
+    "NotIGlob": "IGlob",
+    "NotContains": "Contains",
+    "NotContainsAny": "ContainsAny",
 }
 _CMP = ("Lt", "Lte", "Gt", "Gte")
 _ANY_CMP = {"AnyLt": "Lt", "AnyLte": "Lte", "AnyGt": "Gt", "AnyGte": "Gte"}
 _TOKEN_OPS = ("ContainsAllTokens", "ContainsAnyToken", "ContainsTokenSequence")
-_POSITIVE = ("Eq", "In", *_CMP, "Glob", "IGlob", "Regex", "Contains", "ContainsAny",
-             *_ANY_CMP, *_TOKEN_OPS)
+_POSITIVE = ("Eq", "In", *_CMP, "Glob", "IGlob", "Regex", "Contains", "ContainsAny", *_ANY_CMP, *_TOKEN_OPS)
 OPERATORS: tuple[str, ...] = _POSITIVE + tuple(_NEG)
 CONNECTIVES = ("And", "Or", "Not")
 
 _SCALAR_TYPES = ("string", "int", "uint", "float", "bool", "datetime", "uuid")
 _VECTOR_RE = re.compile(r"^\[(\d+)\]f(16|32)$")
-_INT_RANGE = {"int": (-(2**63), 2**63 - 1), "uint": (0, 2**64 - 1),
-              "datetime": (-(2**63), 2**63 - 1)}
+_INT_RANGE = {"int": (-(2**63), 2**63 - 1), "uint": (0, 2**64 - 1), "datetime": (-(2**63), 2**63 - 1)}
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _show(v: Any, limit: int = 200) -> str:
     try:
@@ -225,6 +229,7 @@ def _canon(x: pl.Expr, t: str) -> pl.Expr:
 
 # --------------------------------------------------------------------------- parsing
 
+
 def _is_connective(f: list | tuple) -> bool:
     """``f`` (a non-empty list) is ``[And|Or|Not, ...]`` rather than a condition on an
     attribute called "And" / "Or" / "Not"."""
@@ -237,9 +242,13 @@ def _too_big(what: str, got: str, limit: int, name: str, hint: str) -> InvalidFi
 
 
 def _too_many_nodes(seen: int) -> InvalidFilter:
-    return _too_big("too large", f"at least {seen:,} conditions and And/Or/Not",
-                    _limits.MAX_FILTER_NODES, "MAX_FILTER_NODES",
-                    "use [attr, \"In\", [...]] instead of an Or of Eq (one node), or split the query")
+    return _too_big(
+        "too large",
+        f"at least {seen:,} conditions and And/Or/Not",
+        _limits.MAX_FILTER_NODES,
+        "MAX_FILTER_NODES",
+        'use [attr, "In", [...]] instead of an Or of Eq (one node), or split the query',
+    )
 
 
 def _check_value(v: Any) -> None:
@@ -252,15 +261,23 @@ def _check_value(v: Any) -> None:
     while stack:
         x, d = stack.pop()
         if d > _limits.MAX_VALUE_DEPTH:
-            raise _too_big("value nested too deep", f"a value nested more than {_limits.MAX_VALUE_DEPTH} levels",
-                           _limits.MAX_VALUE_DEPTH, "MAX_VALUE_DEPTH",
-                           "values are scalars or flat lists of scalars")
+            raise _too_big(
+                "value nested too deep",
+                f"a value nested more than {_limits.MAX_VALUE_DEPTH} levels",
+                _limits.MAX_VALUE_DEPTH,
+                "MAX_VALUE_DEPTH",
+                "values are scalars or flat lists of scalars",
+            )
         kids = x.values() if isinstance(x, Mapping) else x
         items += len(kids)
         if items > _limits.MAX_FILTER_LIST_ITEMS:
-            raise _too_big("list too long", f"more than {_limits.MAX_FILTER_LIST_ITEMS:,} values",
-                           _limits.MAX_FILTER_LIST_ITEMS, "MAX_FILTER_LIST_ITEMS",
-                           "split the query, or filter on a coarser attribute")
+            raise _too_big(
+                "list too long",
+                f"more than {_limits.MAX_FILTER_LIST_ITEMS:,} values",
+                _limits.MAX_FILTER_LIST_ITEMS,
+                "MAX_FILTER_LIST_ITEMS",
+                "split the query, or filter on a coarser attribute",
+            )
         stack.extend((k, d + 1) for k in kids if isinstance(k, (list, tuple, Mapping)))
 
 
@@ -285,8 +302,13 @@ def check_limits(f: Any) -> None:
             raise _too_many_nodes(nodes + len(stack))
         if isinstance(g, (list, tuple)) and g and _is_connective(g) and len(g) == 2:
             if depth >= _limits.MAX_FILTER_DEPTH:
-                raise _too_big("nested too deep", f"And/Or/Not nested more than {_limits.MAX_FILTER_DEPTH} levels",
-                               _limits.MAX_FILTER_DEPTH, "MAX_FILTER_DEPTH", "flatten the filter")
+                raise _too_big(
+                    "nested too deep",
+                    f"And/Or/Not nested more than {_limits.MAX_FILTER_DEPTH} levels",
+                    _limits.MAX_FILTER_DEPTH,
+                    "MAX_FILTER_DEPTH",
+                    "flatten the filter",
+                )
             if g[0] == "Not":
                 stack.append((g[1], depth + 1))
                 continue
@@ -300,15 +322,24 @@ def check_limits(f: Any) -> None:
             pos = _NEG.get(g[1], g[1])
             v = g[2]
             if pos in ("Glob", "IGlob", "Regex") and isinstance(v, str) and len(v) > _limits.MAX_PATTERN_CHARS:
-                raise _too_big("pattern too long", f"{g[1]} pattern of {len(v):,} characters",
-                               _limits.MAX_PATTERN_CHARS, "MAX_PATTERN_CHARS", "use a shorter pattern")
+                raise _too_big(
+                    "pattern too long",
+                    f"{g[1]} pattern of {len(v):,} characters",
+                    _limits.MAX_PATTERN_CHARS,
+                    "MAX_PATTERN_CHARS",
+                    "use a shorter pattern",
+                )
             if pos in _TOKEN_OPS and isinstance(v, (str, list, tuple)):
                 n = len(v) if isinstance(v, str) else sum(len(x) for x in v if isinstance(x, str))
                 if n > _limits.MAX_QUERY_TEXT_CHARS:
-                    raise _too_big("query text too long", f"{g[1]} text of {n:,} characters",
-                                   _limits.MAX_QUERY_TEXT_CHARS, "MAX_QUERY_TEXT_CHARS",
-                                   "use fewer query words")
-        for part in (g if isinstance(g, (list, tuple)) else (g,)):
+                    raise _too_big(
+                        "query text too long",
+                        f"{g[1]} text of {n:,} characters",
+                        _limits.MAX_QUERY_TEXT_CHARS,
+                        "MAX_QUERY_TEXT_CHARS",
+                        "use fewer query words",
+                    )
+        for part in g if isinstance(g, (list, tuple)) else (g,):
             _check_value(part)
 
 
@@ -325,26 +356,25 @@ def _parse_node(f: Any):
     """
     ctx = _Ctx(f)
     if not isinstance(f, (list, tuple)):
-        raise ctx.fail("expected a list like [attr, op, value], [\"And\", [...]], "
-                       "[\"Or\", [...]] or [\"Not\", filter]")
+        raise ctx.fail('expected a list like [attr, op, value], ["And", [...]], ["Or", [...]] or ["Not", filter]')
     if len(f) == 0:
         raise ctx.fail("empty filter")
     head = f[0]
     connective = _is_connective(f)
     if connective and head in ("And", "Or"):
         if len(f) != 2:
-            raise ctx.fail(f"{head} takes exactly one list of filters: [\"{head}\", [f, ...]]")
+            raise ctx.fail(f'{head} takes exactly one list of filters: ["{head}", [f, ...]]')
         subs = f[1]
         if not isinstance(subs, (list, tuple)):
             raise ctx.fail(f"{head} needs a list of filters, got {_show(subs)}")
         return (head.lower(), [_parse_node(s) for s in subs])
     if connective and head == "Not":
         if len(f) != 2:
-            raise ctx.fail("Not takes exactly one filter: [\"Not\", filter]")
+            raise ctx.fail('Not takes exactly one filter: ["Not", filter]')
         return ("not", _parse_node(f[1]))
     if len(f) not in (3, 4):
         if len(f) == 2 and isinstance(f[1], str) and f[1] in OPERATORS:
-            raise ctx.fail(f"{f[1]} needs a value: [attr, \"{f[1]}\", value]")
+            raise ctx.fail(f'{f[1]} needs a value: [attr, "{f[1]}", value]')
         raise ctx.fail(f"expected [attr, op, value], got {len(f)} element(s)")
     attr, op, value = f[0], f[1], f[2]
     if not isinstance(attr, str) or not attr:
@@ -353,20 +383,22 @@ def _parse_node(f: Any):
         raise ctx.fail(f"operator must be a string, got {_show(op)}")
     if op not in OPERATORS:
         if op in CONNECTIVES:
-            raise ctx.fail(f"{op} must be the first element: [\"{op}\", ...]")
+            raise ctx.fail(f'{op} must be the first element: ["{op}", ...]')
         known = {k.lower(): k for k in OPERATORS + CONNECTIVES}
         close = difflib.get_close_matches(op.lower(), list(known), n=1, cutoff=0.5)
-        hint = f" (did you mean \"{known[close[0]]}\"?)" if close else ""
+        hint = f' (did you mean "{known[close[0]]}"?)' if close else ""
         raise ctx.fail(f"unknown operator {_show(op)}{hint}")
     params: dict = {}
     if len(f) == 4:
         if op not in ("ContainsAllTokens", "ContainsAnyToken"):
             raise ctx.fail(f"expected [attr, op, value], got 4 elements ({op} takes no options)")
         params = f[3]
-        if not isinstance(params, Mapping) or set(params) - {"last_as_prefix"} \
-                or not isinstance(params.get("last_as_prefix", False), bool):
-            raise ctx.fail(f"{op} options must be {{\"last_as_prefix\": true|false}}, "
-                           f"got {_show(params)}")
+        if (
+            not isinstance(params, Mapping)
+            or set(params) - {"last_as_prefix"}
+            or not isinstance(params.get("last_as_prefix", False), bool)
+        ):
+            raise ctx.fail(f'{op} options must be {{"last_as_prefix": true|false}}, got {_show(params)}')
     return ("leaf", attr, op, value, dict(params), f)
 
 
@@ -410,8 +442,10 @@ def ref_new_attributes(f: Any) -> set[str]:
 
 # --------------------------------------------------------------------------- compile
 
-def compile_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None,
-                   columns: Collection[str] | None = None) -> pl.Expr:
+
+def compile_filter(
+    f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None, columns: Collection[str] | None = None
+) -> pl.Expr:
     """Compile a turbopuffer filter to a non-null boolean polars expression.
 
     ``schema``: attribute -> spec (``{"type": ..., "full_text_search": ...,
@@ -423,8 +457,7 @@ def compile_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str
         return pl.lit(True)
     check_limits(f)
     try:
-        key = json.dumps([f, schema, ref_new_prefix, None if columns is None else sorted(columns)],
-                         sort_keys=True)
+        key = json.dumps([f, schema, ref_new_prefix, None if columns is None else sorted(columns)], sort_keys=True)
     except (TypeError, ValueError):  # not plain JSON (in-process callers): not cached
         key = None
     if key is not None and len(key) > _COMPILED_MAX_KEY:
@@ -448,7 +481,7 @@ def compile_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str
 # A query compiles its filter several times (validation against the schema, then per
 # frame or index segment); a 1,000-clause filter takes ~0.2 s to compile, so keep the
 # last few expressions (polars expressions are immutable).
-_COMPILED: "OrderedDict[str, pl.Expr]" = OrderedDict()
+_COMPILED: OrderedDict[str, pl.Expr] = OrderedDict()
 _COMPILED_LOCK = threading.Lock()
 _COMPILED_MAX = 64
 _COMPILED_MAX_KEY = 1 << 20
@@ -499,8 +532,8 @@ def filter_mask(frame: pl.DataFrame, expr: pl.Expr) -> np.ndarray:
     return out[0] if len(out) == 1 else np.concatenate(out)
 
 
-FILTER_SLICE_BYTES = 8 << 20     # rows of about this many bytes per polars call (see filter_mask)
-FILTER_SLICE_MIN_ROWS = 256      # (a costly filter over wide rows still stops between slices)
+FILTER_SLICE_BYTES = 8 << 20  # rows of about this many bytes per polars call (see filter_mask)
+FILTER_SLICE_MIN_ROWS = 256  # (a costly filter over wide rows still stops between slices)
 
 
 _FALSE = False  # constant "no row matches"
@@ -570,11 +603,14 @@ class _Compiler:
         if isinstance(value, Mapping):
             ref = _ref_name(value)
             if ref is None:
-                raise ctx.fail(f"unsupported value object {_show(value)} "
-                               "(the only object value is {\"$ref_new\": attr})")
+                raise ctx.fail(
+                    f'unsupported value object {_show(value)} (the only object value is {{"$ref_new": attr}})'
+                )
             if self.prefix is None:
-                raise ctx.fail("$ref_new is only allowed in conditional writes "
-                               "(upsert_condition / patch_condition / delete_condition)")
+                raise ctx.fail(
+                    "$ref_new is only allowed in conditional writes "
+                    "(upsert_condition / patch_condition / delete_condition)"
+                )
         spec = self.schema.get(attr)
         if spec is not None and not isinstance(spec, Mapping):
             raise ctx.fail(f"schema entry for attribute {_show(attr)} is not an object")
@@ -597,15 +633,18 @@ class _Compiler:
         if _VECTOR_RE.match(t):
             if pos == "Eq" and value is None:
                 return self.cols.get(attr, t).is_null()
-            raise ctx.fail(f"attribute {_show(attr)} is a vector ({t}); vectors cannot be "
-                           "filtered (only Eq/NotEq null)")
+            raise ctx.fail(
+                f"attribute {_show(attr)} is a vector ({t}); vectors cannot be filtered (only Eq/NotEq null)"
+            )
         is_array = t.startswith("[]")
         et = t[2:] if is_array else t
         if et not in _SCALAR_TYPES:
             raise ctx.fail(f"attribute {_show(attr)} has unknown type {_show(t)}")
         if attr != "id" and spec.get("filterable") is False:
-            raise ctx.fail(f"attribute {_show(attr)} is not filterable (schema has "
-                           "filterable: false); only the token operators apply to it")
+            raise ctx.fail(
+                f"attribute {_show(attr)} is not filterable (schema has "
+                "filterable: false); only the token operators apply to it"
+            )
 
         col = self.cols.get(attr, t)
         if pos == "Eq" and value is None:
@@ -642,9 +681,16 @@ class _Compiler:
             return (out | col.is_null()) if array_null else out
 
         if pos in ("Contains", "ContainsAny") or pos in _ANY_CMP:
-            raise ctx.fail(f"{op} needs an array attribute; {desc} is a scalar"
-                           + (" (use Eq)" if pos == "Contains" else
-                              " (use In)" if pos == "ContainsAny" else f" (use {_ANY_CMP[pos]})"))
+            raise ctx.fail(
+                f"{op} needs an array attribute; {desc} is a scalar"
+                + (
+                    " (use Eq)"
+                    if pos == "Contains"
+                    else " (use In)"
+                    if pos == "ContainsAny"
+                    else f" (use {_ANY_CMP[pos]})"
+                )
+            )
         pred = self.scalar_pred(x, et, pos, value, op, desc, ctx)
         if pred is _FALSE:
             return pl.lit(False)
@@ -656,8 +702,7 @@ class _Compiler:
     def check_shape(self, attr, op, pos, value, ref, ctx) -> None:
         if ref is not None:
             if pos not in ("Eq", *_CMP):
-                raise ctx.fail(f"{op} does not take {{\"$ref_new\": ...}} "
-                               "(only Eq, NotEq, Lt, Lte, Gt, Gte do)")
+                raise ctx.fail(f'{op} does not take {{"$ref_new": ...}} (only Eq, NotEq, Lt, Lte, Gt, Gte do)')
             return
         if pos in ("In", "ContainsAny"):
             if not isinstance(value, (list, tuple)):
@@ -674,9 +719,10 @@ class _Compiler:
         elif pos != "Eq" and value is None:
             raise ctx.fail(f"{op} needs a value, got null (only Eq/NotEq/In accept null)")
         elif pos != "Eq" and isinstance(value, (list, tuple)):
-            raise ctx.fail(f"{op} needs a single value, got a list {_show(value)}"
-                           + (" (use In)" if pos in _CMP else
-                              " (use ContainsAny)" if pos == "Contains" else ""))
+            raise ctx.fail(
+                f"{op} needs a single value, got a list {_show(value)}"
+                + (" (use In)" if pos in _CMP else " (use ContainsAny)" if pos == "Contains" else "")
+            )
 
     # -- literals ----------------------------------------------------------------
     def literal(self, et: str, v: Any, op: str, desc: str, ctx: _Ctx) -> Any:
@@ -706,20 +752,20 @@ class _Compiler:
             return v
         if et == "datetime":
             if isinstance(v, bool) or not isinstance(v, (int, str)):
-                raise ctx.fail(f"{op} on {desc} needs an RFC 3339 string or integer ms "
-                               f"since the epoch, got {_show(v)}")
+                raise ctx.fail(f"{op} on {desc} needs an RFC 3339 string or integer ms since the epoch, got {_show(v)}")
             ms = v if isinstance(v, int) else _parse_datetime_ms(v)
             if ms is None:
                 raise ctx.fail(f"{op} on {desc}: {_show(v)} is not an RFC 3339 datetime")
             lo, hi = DATETIME_MS
             if not lo <= ms <= hi:  # the values a write accepts: a likely unit mistake (ns, us)
-                raise ctx.fail(f"{op} on {desc}: {_show(v)} is out of the datetime range (years 1 to 9999: "
-                               f"{lo} to {hi} ms since the epoch)")
+                raise ctx.fail(
+                    f"{op} on {desc}: {_show(v)} is out of the datetime range (years 1 to 9999: "
+                    f"{lo} to {hi} ms since the epoch)"
+                )
             return ms
         raise ctx.fail(f"{op} on {desc} is not supported")  # pragma: no cover
 
-    def scalar_pred(self, x: pl.Expr, et: str, pos: str, value: Any, op: str, desc: str,
-                    ctx: _Ctx):
+    def scalar_pred(self, x: pl.Expr, et: str, pos: str, value: Any, op: str, desc: str, ctx: _Ctx):
         """Predicate on scalar expression ``x`` (already canonical): an Expr
         (may yield null), or _FALSE / _NONNULL constants."""
         if pos in ("Glob", "IGlob", "Regex"):
@@ -770,8 +816,7 @@ class _Compiler:
         exact_vals = []
         for v in values:
             if v is None or isinstance(v, (list, tuple, Mapping)):
-                raise ctx.fail(f"{op} on {desc} needs a scalar or a list of scalars, "
-                               f"got element {_show(v)}")
+                raise ctx.fail(f"{op} on {desc} needs a scalar or a list of scalars, got element {_show(v)}")
             lit = self.literal(et, v, op, desc, ctx)
             ex = _exact_member(et, lit)
             if ex is None:
@@ -791,8 +836,7 @@ class _Compiler:
             raise ctx.fail(f"schema entry for attribute {_show(ref)} has no type")
         fam = _family(t)
         if fam is None or fam != _family(rt) or (t.startswith("[]") != rt.startswith("[]")):
-            raise ctx.fail(f"cannot compare attribute {_show(attr)} (type {t}) with "
-                           f"$ref_new {_show(ref)} (type {rt})")
+            raise ctx.fail(f"cannot compare attribute {_show(attr)} (type {t}) with $ref_new {_show(ref)} (type {rt})")
         if t.startswith("[]") and pos != "Eq":
             raise ctx.fail(f"{op} with $ref_new on array attribute {_show(attr)}: only Eq/NotEq")
         if fam == "bool" and pos != "Eq":
@@ -809,8 +853,10 @@ class _Compiler:
         t = spec["type"]
         fts = spec.get("full_text_search")
         if not fts:
-            raise ctx.fail(f"{pos} needs full-text search on attribute {_show(attr)} "
-                           f"(type {t}); declare it with \"full_text_search\": true")
+            raise ctx.fail(
+                f"{pos} needs full-text search on attribute {_show(attr)} "
+                f'(type {t}); declare it with "full_text_search": true'
+            )
         if t not in ("string", "[]string"):
             raise ctx.fail(f"{pos} needs a string attribute; {_show(attr)} is {t}")
         opts = _text.normalize_fts_options(fts)
@@ -824,6 +870,7 @@ class _Compiler:
 
 
 # --------------------------------------------------------------------------- primitives
+
 
 def _family(t: str) -> str | None:
     et = t.removeprefix("[]")
@@ -903,8 +950,7 @@ def _cmp(x: pl.Expr, et: str, pos: str, lit: Any):
         lit_e = pl.lit(lit, dtype=pl.Boolean)
     else:
         lit_e = pl.lit(lit, dtype=pl.String)
-    return {"Eq": x == lit_e, "Lt": x < lit_e, "Lte": x <= lit_e,
-            "Gt": x > lit_e, "Gte": x >= lit_e}[pos]
+    return {"Eq": x == lit_e, "Lt": x < lit_e, "Lte": x <= lit_e, "Gt": x > lit_e, "Gte": x >= lit_e}[pos]
 
 
 def _int_cmp(x: pl.Expr, et: str, pos: str, v: Any):
@@ -1042,10 +1088,12 @@ def _row_matcher(pos: str, query: list[str], prefix_last: bool):
     qlen = len(query)
 
     if pos == "ContainsAllTokens":
+
         def match(toks: list[str]) -> bool:
             s = set(toks)
             return head <= s and (not prefix_last or any(t.startswith(last) for t in s))
     elif pos == "ContainsAnyToken":
+
         def match(toks: list[str]) -> bool:
             s = set(toks)
             return not head.isdisjoint(s) or (prefix_last and any(t.startswith(last) for t in s))
@@ -1054,17 +1102,17 @@ def _row_matcher(pos: str, query: list[str], prefix_last: bool):
 
         def match(toks: list[str]) -> bool:
             for i in range(len(toks) - qlen + 1):
-                if toks[i] == first and toks[i:i + qlen] == query:
+                if toks[i] == first and toks[i : i + qlen] == query:
                     return True
             return False
+
     return match
 
 
 def _slow_token_match(s: pl.Series, match, opts: dict) -> pl.Series:
     values = s.to_list()
     toks = _text.tokenize_many(values, opts)
-    return pl.Series(s.name, [None if v is None else match(t) for v, t in zip(values, toks)],
-                     dtype=pl.Boolean)
+    return pl.Series(s.name, [None if v is None else match(t) for v, t in zip(values, toks)], dtype=pl.Boolean)
 
 
 def _any_chunk_in(chunks: pl.Series, good: list[str]) -> pl.Series:
@@ -1116,8 +1164,9 @@ def _token_matcher(pos: str, query: list[str], prefix_last: bool, opts: dict):
         out: pl.Series | None
         if pos == "ContainsAnyToken":
             qs = set(all_q)
-            out = _any_chunk_in(chunks, good(lambda ts: not qs.isdisjoint(ts)
-                                             or (prefix_last and any(t.startswith(last) for t in ts))))
+            out = _any_chunk_in(
+                chunks, good(lambda ts: not qs.isdisjoint(ts) or (prefix_last and any(t.startswith(last) for t in ts)))
+            )
         else:
             out = None
             for q in all_q:

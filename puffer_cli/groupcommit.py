@@ -16,12 +16,14 @@ for that body alone), so a hostile filter cannot fail the writes batched with it
 
 Runs on the server's asyncio loop; the blocking commit goes to a worker thread.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import anyio.to_thread
 
@@ -54,8 +56,8 @@ class _Queue:
 @dataclass
 class Stats:
     requests: int = 0
-    commits: int = 0          # write_batch calls (each at most one WAL entry)
-    failed_batches: int = 0   # write_batch raised (every request in it got the error)
+    commits: int = 0  # write_batch calls (each at most one WAL entry)
+    failed_batches: int = 0  # write_batch raised (every request in it got the error)
     commit_seconds: float = 0.0
     max_batch: int = 0
 
@@ -66,10 +68,17 @@ class GroupCommitter:
     ``open_ns(name) -> Namespace``; ``copy_source`` is passed to ``write_batch``.
     """
 
-    def __init__(self, open_ns: Callable[[str], Any], *, window_s: float = DEFAULT_WINDOW_S,
-                 max_batch: int = DEFAULT_MAX_BATCH, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
-                 copy_source: Callable | None = None, on_commit: Callable[[str, int, float], None] | None = None,
-                 filter_budget_s: float | None = limits.QUERY_BUDGET_S):
+    def __init__(
+        self,
+        open_ns: Callable[[str], Any],
+        *,
+        window_s: float = DEFAULT_WINDOW_S,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        copy_source: Callable | None = None,
+        on_commit: Callable[[str, int, float], None] | None = None,
+        filter_budget_s: float | None = limits.QUERY_BUDGET_S,
+    ):
         self.open_ns = open_ns
         self.window_s = max(0.0, window_s)
         self.max_batch = max(1, max_batch)
@@ -113,8 +122,7 @@ class GroupCommitter:
             while q.pending:
                 n, nbytes = 0, 0
                 for p in q.pending:
-                    if n and (n >= self.max_batch or nbytes + p.size > self.max_batch_bytes
-                              or is_filter_write(p.body)):
+                    if n and (n >= self.max_batch or nbytes + p.size > self.max_batch_bytes or is_filter_write(p.body)):
                         break
                     n += 1
                     nbytes += p.size

@@ -4,16 +4,17 @@ Input is streamed with polars (``scan_* ... collect_batches``), so memory is
 bounded by ``batch_rows`` however large the input.  Re-running an ingest is an
 upsert: idempotent by id.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import polars as pl
 
@@ -40,10 +41,17 @@ class IngestReport:
         return self.rows / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict:
-        return {"namespace": self.namespace, "rows": self.rows, "wal_entries": self.entries,
-                "bytes": self.bytes_in, "seconds": round(self.seconds, 3),
-                "rows_per_s": round(self.rows_per_s), "first_seq": self.first_seq,
-                "last_seq": self.last_seq, "files": self.files}
+        return {
+            "namespace": self.namespace,
+            "rows": self.rows,
+            "wal_entries": self.entries,
+            "bytes": self.bytes_in,
+            "seconds": round(self.seconds, 3),
+            "rows_per_s": round(self.rows_per_s),
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "files": self.files,
+        }
 
 
 def detect_format(path: str, fmt: str | None) -> str:
@@ -52,11 +60,18 @@ def detect_format(path: str, fmt: str | None) -> str:
             raise InvalidRequest(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
         return fmt
     suffix = Path(path).suffix.lower()
-    by_suffix = {".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson", ".jsonl": "ndjson",
-                 ".json": "ndjson", ".csv": "csv"}
+    by_suffix = {
+        ".parquet": "parquet",
+        ".pq": "parquet",
+        ".ndjson": "ndjson",
+        ".jsonl": "ndjson",
+        ".json": "ndjson",
+        ".csv": "csv",
+    }
     if suffix not in by_suffix:
-        raise InvalidRequest(f"cannot tell the format of {path!r} from its name",
-                             hint="pass --format parquet|ndjson|csv")
+        raise InvalidRequest(
+            f"cannot tell the format of {path!r} from its name", hint="pass --format parquet|ndjson|csv"
+        )
     return by_suffix[suffix]
 
 
@@ -93,8 +108,10 @@ def scan(path: str, fmt: str) -> pl.LazyFrame:
             pl.read_parquet_schema(path)  # the footer: an empty, truncated or foreign file fails here
             return pl.scan_parquet(path, glob=False)
         if _has_nul(path):
-            raise InvalidRequest(f"{path}: cannot read it as {fmt}: it holds NUL bytes, so it is not a text file",
-                                 hint=_format_hint(path, fmt))
+            raise InvalidRequest(
+                f"{path}: cannot read it as {fmt}: it holds NUL bytes, so it is not a text file",
+                hint=_format_hint(path, fmt),
+            )
         if fmt == "ndjson":
             # scan_ndjson has no glob=False: a name with glob characters is read through a file object
             src = open(path, "rb") if any(c in path for c in "*?[") else path  # noqa: SIM115
@@ -109,21 +126,30 @@ def _check_readable(path: str) -> None:
     if not p.exists():
         raise InvalidRequest(f"input file {path!r} does not exist")
     if p.is_dir():
-        raise InvalidRequest(f"input {path!r} is a directory, not a file",
-                             hint=f"pass the files inside it, e.g. {path.rstrip('/')}/*.parquet")
+        raise InvalidRequest(
+            f"input {path!r} is a directory, not a file",
+            hint=f"pass the files inside it, e.g. {path.rstrip('/')}/*.parquet",
+        )
     try:
         with open(p, "rb") as f:
             empty = not f.read(1)
     except OSError as e:
-        raise InvalidRequest(f"cannot open input file {path!r}: {e.strerror or e}",
-                             hint="check the path and its permissions") from None
+        raise InvalidRequest(
+            f"cannot open input file {path!r}: {e.strerror or e}", hint="check the path and its permissions"
+        ) from None
     if empty:
         raise InvalidRequest(f"input file {path!r} is empty", hint="nothing to ingest; check the file")
 
 
 #: what polars / the OS raise while reading a malformed input (PanicException is a BaseException)
-_READ_ERRORS = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, ValueError, UnicodeError,
-                OverflowError)
+_READ_ERRORS = (
+    pl.exceptions.PolarsError,
+    pl.exceptions.PanicException,
+    OSError,
+    ValueError,
+    UnicodeError,
+    OverflowError,
+)
 
 
 def _has_nul(path: str) -> bool:
@@ -164,8 +190,9 @@ def _format_hint(path: str, fmt: str) -> str:
     return "check the file is UTF-8 with one JSON object per line"
 
 
-def read_error(path: str, fmt: str, e: BaseException, rep: "IngestReport | None" = None,
-               file_rows: int = 0) -> InvalidRequest:
+def read_error(
+    path: str, fmt: str, e: BaseException, rep: IngestReport | None = None, file_rows: int = 0
+) -> InvalidRequest:
     """A polars/pyarrow/OS error raised while reading ``path`` as an InvalidRequest naming
     the file, the line/character where polars gives one, and how many rows were committed."""
     text = str(e).strip()
@@ -177,8 +204,10 @@ def read_error(path: str, fmt: str, e: BaseException, rep: "IngestReport | None"
     msg = f"{path}: cannot read it as {fmt}{after}: {first}"
     hint = _format_hint(path, fmt)
     if rep is not None and rep.rows:
-        msg += (f"; {rep.rows:,} rows before it were already committed (WAL seq {rep.first_seq}..{rep.last_seq}), "
-                f"re-running after fixing the input is safe: ingest upserts by id")
+        msg += (
+            f"; {rep.rows:,} rows before it were already committed (WAL seq {rep.first_seq}..{rep.last_seq}), "
+            f"re-running after fixing the input is safe: ingest upserts by id"
+        )
     return InvalidRequest(msg, hint=hint)
 
 
@@ -188,13 +217,17 @@ def chunks(lf: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
 
 def map_columns(df: pl.DataFrame, id_col: str, vector_col: str | None, path: str) -> pl.DataFrame:
     if id_col not in df.columns:
-        raise InvalidRequest(f"{path}: no id column {id_col!r} (columns: {', '.join(df.columns)})",
-                             hint="name the id column with --id COL")
+        raise InvalidRequest(
+            f"{path}: no id column {id_col!r} (columns: {', '.join(df.columns)})",
+            hint="name the id column with --id COL",
+        )
     ren = {id_col: "id"}
     if vector_col:
         if vector_col not in df.columns:
-            raise InvalidRequest(f"{path}: no vector column {vector_col!r} (columns: {', '.join(df.columns)})",
-                                 hint="name the vector column with --vector COL")
+            raise InvalidRequest(
+                f"{path}: no vector column {vector_col!r} (columns: {', '.join(df.columns)})",
+                hint="name the vector column with --vector COL",
+            )
         ren[vector_col] = "vector"
     clash = [v for k, v in ren.items() if v in df.columns and v != k]
     if clash:
@@ -202,10 +235,18 @@ def map_columns(df: pl.DataFrame, id_col: str, vector_col: str | None, path: str
     return df.rename(ren) if any(k != v for k, v in ren.items()) else df
 
 
-def ingest(ns: Namespace, paths: Sequence[str], *, id_col: str = "id", vector_col: str | None = None,
-           schema: dict | None = None, distance_metric: str | None = None, fmt: str | None = None,
-           batch_rows: int = DEFAULT_BATCH_ROWS,
-           progress: Callable[[IngestReport, int], None] | None = None) -> IngestReport:
+def ingest(
+    ns: Namespace,
+    paths: Sequence[str],
+    *,
+    id_col: str = "id",
+    vector_col: str | None = None,
+    schema: dict | None = None,
+    distance_metric: str | None = None,
+    fmt: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    progress: Callable[[IngestReport, int], None] | None = None,
+) -> IngestReport:
     """Stream ``paths`` into ``ns``. ``progress(report, total_rows_or_0)`` after each chunk."""
     if batch_rows < 1:
         raise InvalidRequest("--batch-rows must be at least 1")
@@ -236,9 +277,15 @@ def ingest(ns: Namespace, paths: Sequence[str], *, id_col: str = "id", vector_co
             except StopIteration:
                 if p in footer_rows and file_rows != footer_rows[p]:
                     # polars' streaming reader can lose a panic in a worker and just stop
-                    raise read_error(p, f, ValueError(
-                        f"read {file_rows:,} of the {footer_rows[p]:,} rows its footer promises "
-                        f"(corrupt or truncated data pages)"), rep) from None
+                    raise read_error(
+                        p,
+                        f,
+                        ValueError(
+                            f"read {file_rows:,} of the {footer_rows[p]:,} rows its footer promises "
+                            f"(corrupt or truncated data pages)"
+                        ),
+                        rep,
+                    ) from None
                 break
             except _READ_ERRORS as e:
                 raise read_error(p, f, e, rep, file_rows) from None
@@ -250,9 +297,11 @@ def ingest(ns: Namespace, paths: Sequence[str], *, id_col: str = "id", vector_co
             except InvalidRequest as e:
                 e.message = f"{p}, rows {file_rows}..{file_rows + chunk.height - 1}: {e.message}"
                 if rep.rows:
-                    e.message += (f"; {rep.rows:,} rows before them were already committed (WAL seq "
-                                  f"{rep.first_seq}..{rep.last_seq}), re-running after fixing the input is "
-                                  f"safe: ingest upserts by id")
+                    e.message += (
+                        f"; {rep.rows:,} rows before them were already committed (WAL seq "
+                        f"{rep.first_seq}..{rep.last_seq}), re-running after fixing the input is "
+                        f"safe: ingest upserts by id"
+                    )
                 raise
             file_rows += chunk.height
             schema = None  # declared once; later chunks see it in the head

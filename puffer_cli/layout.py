@@ -1,11 +1,12 @@
 """Key names in the bucket. The only module that knows them (see docs/format.md).
 
-    {ns}/meta.json                       namespace manifest (CAS)
-    {ns}/wal/{seq:020d}.wal              one committed write batch; immutable
-    {ns}/wal/quarantine/{seq}.{ts}.wal   bytes moved aside by `wal-inspect --repair`
-    {ns}/index/{gen:020d}/...            immutable files of one index generation
-    {ns}/leases/indexer.json             the indexer's expiring lease (CAS)
+{ns}/meta.json                       namespace manifest (CAS)
+{ns}/wal/{seq:020d}.wal              one committed write batch; immutable
+{ns}/wal/quarantine/{seq}.{ts}.wal   bytes moved aside by `wal-inspect --repair`
+{ns}/index/{gen:020d}/...            immutable files of one index generation
+{ns}/leases/indexer.json             the indexer's expiring lease (CAS)
 """
+
 from __future__ import annotations
 
 import re
@@ -24,16 +25,22 @@ WAL_RE = re.compile(r"(?:^|/)(\d{20})\.wal$")
 
 def is_namespace_name(name: object) -> TypeGuard[str]:
     """True for a name a namespace may have (what check_namespace accepts)."""
-    return (isinstance(name, str) and bool(NAME_RE.match(name)) and name not in (".", "..")
-            and not name.lower().startswith(RESERVED_PREFIX))
+    return (
+        isinstance(name, str)
+        and bool(NAME_RE.match(name))
+        and name not in (".", "..")
+        and not name.lower().startswith(RESERVED_PREFIX)
+    )
 
 
 def check_namespace(name: object) -> str:
     """Return ``name`` if it is a valid namespace name, else raise InvalidRequest."""
     if not is_namespace_name(name):
         if isinstance(name, str) and name.lower().startswith(RESERVED_PREFIX) and NAME_RE.match(name):
-            raise InvalidRequest(f"invalid namespace name {name!r}: names starting with "
-                                 f"{RESERVED_PREFIX!r} are reserved by puffer", hint="choose another name")
+            raise InvalidRequest(
+                f"invalid namespace name {name!r}: names starting with {RESERVED_PREFIX!r} are reserved by puffer",
+                hint="choose another name",
+            )
         raise InvalidRequest(
             f"invalid namespace name {name!r}",
             hint="names match [A-Za-z0-9-_.]{1,128} and are not '.' or '..'",

@@ -10,6 +10,7 @@ Readers: ``head()`` lists ``wal/`` after the newest seq this process knows;
 ``docs(seq)`` replays (incrementally, from an in-process cache) to any
 committed seq.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import polars as pl
 
@@ -94,15 +96,18 @@ def _meta_problem(meta) -> str | None:
         return "index.manifest is not a key"
     ret = idx.get("retained", [])
     if not isinstance(ret, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("manifest"), str) and _int(r.get("until"))
-            and _int(r.get("generation")) for r in ret):
+        isinstance(r, dict)
+        and isinstance(r.get("manifest"), str)
+        and _int(r.get("until"))
+        and _int(r.get("generation"))
+        for r in ret
+    ):
         return "index.retained is not a list of {generation, manifest, until}"
     return None
 
 
 class Namespace:
-    def __init__(self, store: Store, name: str, *, single_writer: bool = False,
-                 wal_policy: str = "fail"):
+    def __init__(self, store: Store, name: str, *, single_writer: bool = False, wal_policy: str = "fail"):
         self.store = store
         self.name = layout.check_namespace(name)
         self.single_writer = single_writer
@@ -125,9 +130,11 @@ class Namespace:
         relies on, else :class:`~puffer_cli.errors.CorruptNamespace` naming the key."""
         from .errors import CorruptNamespace
 
-        hint = (f"the WAL is the record of every write and meta.json only a hint plus the index pointer: "
-                f"move {key} aside (the head is recovered from the WAL) and run `puffer index {name}` "
-                f"to build a new index generation")
+        hint = (
+            f"the WAL is the record of every write and meta.json only a hint plus the index pointer: "
+            f"move {key} aside (the head is recovered from the WAL) and run `puffer index {name}` "
+            f"to build a new index generation"
+        )
         return CorruptNamespace.decode(data, key, _meta_problem, hint)
 
     def update_meta(self, fn: Callable[[dict | None], dict | None], attempts: int = 20) -> dict | None:
@@ -145,10 +152,13 @@ class Namespace:
         def fn(cur):
             if cur and cur.get("last_seq", 0) >= head.seq:
                 return None
-            cur = cur or {"format": 1, "namespace": self.name, "created_at": head.created_at or now_ms(),
-                          "index": None}
-            cur.update(last_seq=head.seq, schema=head.schema, distance_metric=head.metric,
-                       updated_at=head.updated_at or now_ms())
+            cur = cur or {"format": 1, "namespace": self.name, "created_at": head.created_at or now_ms(), "index": None}
+            cur.update(
+                last_seq=head.seq,
+                schema=head.schema,
+                distance_metric=head.metric,
+                updated_at=head.updated_at or now_ms(),
+            )
             return cur
 
         self.update_meta(fn, attempts=5)
@@ -221,8 +231,13 @@ class Namespace:
             yield self._c.head
         meta, _ = self.read_meta()
         if meta and meta.get("last_seq"):
-            yield Head(meta["last_seq"], meta.get("schema") or {}, meta.get("distance_metric"),
-                       meta.get("created_at"), meta.get("updated_at"))
+            yield Head(
+                meta["last_seq"],
+                meta.get("schema") or {},
+                meta.get("distance_metric"),
+                meta.get("created_at"),
+                meta.get("updated_at"),
+            )
         yield Head()
 
     def exists(self) -> bool:
@@ -306,10 +321,11 @@ class Namespace:
             schema, metric = head.schema, head.metric
             results: list[dict | PufferError] = []
             for body in bodies:
-                def docs_fn(seq=head.seq, prior=list(ops), sch=schema):
+
+                def docs_fn(seq=head.seq, prior=tuple(ops), sch=schema, base=base):
                     if "d" not in base:
                         base["d"] = self.docs(seq)[0]
-                    return replay.fold(base["d"], sch, prior) if prior else base["d"]
+                    return replay.fold(base["d"], sch, list(prior)) if prior else base["d"]
 
                 snap = writes.Snapshot(head.seq, schema, metric, docs_fn)
                 try:
@@ -330,8 +346,14 @@ class Namespace:
                 return results
         raise CorruptWal(f"namespace {self.name!r}: gave up after {MAX_RETRIES} lost commit races")
 
-    def write_frame(self, df: pl.DataFrame, *, schema: Mapping | None = None,
-                    distance_metric: str | None = None, kind: str = "upsert") -> int:
+    def write_frame(
+        self,
+        df: pl.DataFrame,
+        *,
+        schema: Mapping | None = None,
+        distance_metric: str | None = None,
+        kind: str = "upsert",
+    ) -> int:
         """Fast path for ingest: one typed frame -> one WAL entry. Returns its seq."""
         self.store.require_safe_writes(self.single_writer)
         declared = S.normalize_schema(schema)
@@ -344,10 +366,13 @@ class Namespace:
             metric = head.metric
             if distance_metric:
                 if distance_metric not in writes.METRICS:
-                    raise InvalidRequest(f"unknown distance_metric {distance_metric!r}",
-                                         hint=f"use one of {', '.join(writes.METRICS)}")
+                    raise InvalidRequest(
+                        f"unknown distance_metric {distance_metric!r}", hint=f"use one of {', '.join(writes.METRICS)}"
+                    )
                 if metric and metric != distance_metric:
-                    raise InvalidRequest(f"namespace distance_metric is {metric}; cannot change it to {distance_metric}")
+                    raise InvalidRequest(
+                        f"namespace distance_metric is {metric}; cannot change it to {distance_metric}"
+                    )
                 metric = distance_metric
             if metric is None and any(S.is_vector(v["type"]) for v in sch.values()):
                 metric = "cosine_distance"
@@ -377,8 +402,7 @@ class Namespace:
         try:
             self._advance_meta(new)
         except Exception:  # noqa: BLE001 - meta.json is a hint; the WAL entry is the commit
-            log.warning("namespace %s: committed seq %d but could not advance meta.json", self.name, seq,
-                        exc_info=True)
+            log.warning("namespace %s: committed seq %d but could not advance meta.json", self.name, seq, exc_info=True)
         return True
 
     def _is_ours(self, seq: int, nonce: str) -> bool:

@@ -24,6 +24,7 @@ Forms (turbopuffer's)::
     consistency {"level": "strong"|"eventual"}   vector_encoding "float"|"base64"
     distance_metric "cosine_distance"|"euclidean_squared"
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,8 +32,9 @@ import binascii
 import difflib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +45,20 @@ from .errors import InvalidFilter, InvalidQuery
 
 DEFAULT_LIMIT = 10
 METRICS = ("cosine_distance", "euclidean_squared")
-QUERY_KEYS = ("rank_by", "filters", "top_k", "limit", "offset", "include_attributes", "exclude_attributes",
-              "aggregate_by", "group_by", "consistency", "vector_encoding", "distance_metric")
+QUERY_KEYS = (
+    "rank_by",
+    "filters",
+    "top_k",
+    "limit",
+    "offset",
+    "include_attributes",
+    "exclude_attributes",
+    "aggregate_by",
+    "group_by",
+    "consistency",
+    "vector_encoding",
+    "distance_metric",
+)
 MULTI_KEYS = ("queries", "consistency", "rerank_by", "limit", "offset", "vector_encoding")
 SUBQUERY_KEYS = tuple(k for k in QUERY_KEYS if k != "consistency")
 TEXT_COMBINATORS = ("Sum", "Max", "Product")
@@ -179,7 +193,7 @@ class Aggregate:
 
 @dataclass(frozen=True)
 class GroupKey:
-    name: str          # key in the output group object
+    name: str  # key in the output group object
     attr: str
     for_each_unique: bool = False
 
@@ -215,8 +229,10 @@ class Query:
         if self.filters is not None:
             out["filters"] = self.filter
         if self.per_attributes is not None:
-            out["limit"] = {"total": self.limit, "per": {"attributes": list(self.per_attributes),
-                                                         "limit": self.per_limit}}
+            out["limit"] = {
+                "total": self.limit,
+                "per": {"attributes": list(self.per_attributes), "limit": self.per_limit},
+            }
         elif self.limit_given or self.rank_by is not None:
             out["limit"] = self.limit
         if self.offset:
@@ -293,13 +309,19 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
     """A query vector: a list of finite numbers, or base64 of little-endian float32."""
     if isinstance(v, str):
         if len(v) > (L.MAX_VECTOR_DIMS * 4 + 2) // 3 * 4:
-            raise _fail(where, f"base64 vector of {len(v):,} characters: more than {L.MAX_VECTOR_DIMS:,} "
-                               f"float32 dimensions (limit: MAX_VECTOR_DIMS = {L.MAX_VECTOR_DIMS:,})")
+            raise _fail(
+                where,
+                f"base64 vector of {len(v):,} characters: more than {L.MAX_VECTOR_DIMS:,} "
+                f"float32 dimensions (limit: MAX_VECTOR_DIMS = {L.MAX_VECTOR_DIMS:,})",
+            )
         try:
             raw = base64.b64decode(v, validate=True)
         except (binascii.Error, ValueError):
-            raise _fail(where, "vector string is not valid base64",
-                        hint="pass a list of floats, or base64 of little-endian float32")
+            raise _fail(
+                where,
+                "vector string is not valid base64",
+                hint="pass a list of floats, or base64 of little-endian float32",
+            ) from None
         if not raw or len(raw) % 4:
             raise _fail(where, f"base64 vector has {len(raw)} bytes, not a non-empty multiple of 4 (float32)")
         arr = np.frombuffer(raw, dtype="<f4")
@@ -356,56 +378,77 @@ def _check_rank_limits(rb: Any, where: str) -> None:
         e, depth = stack.pop()
         nodes += 1
         if nodes > L.MAX_FILTER_NODES:
-            raise _fail(where, f"more than {L.MAX_FILTER_NODES:,} ranking expressions "
-                               f"(limit: MAX_FILTER_NODES = {L.MAX_FILTER_NODES:,})")
-        if not isinstance(e, (list, tuple)) or not e or e[0] not in TEXT_COMBINATORS \
-                or (len(e) >= 2 and e[1] == "BM25"):
+            raise _fail(
+                where,
+                f"more than {L.MAX_FILTER_NODES:,} ranking expressions "
+                f"(limit: MAX_FILTER_NODES = {L.MAX_FILTER_NODES:,})",
+            )
+        if (
+            not isinstance(e, (list, tuple))
+            or not e
+            or e[0] not in TEXT_COMBINATORS
+            or (len(e) >= 2 and e[1] == "BM25")
+        ):
             continue
         if depth >= L.MAX_FILTER_DEPTH:
-            raise _fail(where, f"Sum/Max/Product nested more than {L.MAX_FILTER_DEPTH} levels "
-                               f"(limit: MAX_FILTER_DEPTH = {L.MAX_FILTER_DEPTH})")
+            raise _fail(
+                where,
+                f"Sum/Max/Product nested more than {L.MAX_FILTER_DEPTH} levels "
+                f"(limit: MAX_FILTER_DEPTH = {L.MAX_FILTER_DEPTH})",
+            )
         kids = e[1:]
         if e[0] in ("Sum", "Max") and len(e) == 2 or (e[0] == "Product" and len(e) == 2):
             kids = e[1] if isinstance(e[1], (list, tuple)) else ()
         if nodes + len(stack) + len(kids) > L.MAX_FILTER_NODES:
-            raise _fail(where, f"at least {nodes + len(stack) + len(kids):,} ranking expressions "
-                               f"(limit: MAX_FILTER_NODES = {L.MAX_FILTER_NODES:,})")
+            raise _fail(
+                where,
+                f"at least {nodes + len(stack) + len(kids):,} ranking expressions "
+                f"(limit: MAX_FILTER_NODES = {L.MAX_FILTER_NODES:,})",
+            )
         stack.extend((k, depth + 1) for k in kids if isinstance(k, (list, tuple)))
 
 
 def parse_rank_by(rb: Any, where: str = "rank_by"):
     _check_rank_limits(rb, where)
     if not isinstance(rb, (list, tuple)) or len(rb) == 0:
-        raise _fail(where, f"expected a list like [\"vector\", \"ANN\", [...]], [attr, \"BM25\", \"text\"] "
-                    f"or [attr, \"asc\"|\"desc\"], got {_show(rb)}")
+        raise _fail(
+            where,
+            f'expected a list like ["vector", "ANN", [...]], [attr, "BM25", "text"] '
+            f'or [attr, "asc"|"desc"], got {_show(rb)}',
+        )
     # a list of orderings
     if isinstance(rb[0], (list, tuple)):
         keys = []
         for i, k in enumerate(rb):
             if not _looks_like_order(k):
-                raise _fail(f"{where}[{i}]", f"expected [attr, \"asc\"|\"desc\"], got {_show(k)}")
+                raise _fail(f"{where}[{i}]", f'expected [attr, "asc"|"desc"], got {_show(k)}')
             keys.append((_attr_name(k[0], f"{where}[{i}][0]"), k[1] == "desc"))
         seen = [a for a, _ in keys]
         if len(set(seen)) != len(seen):
             raise _fail(where, "an attribute appears twice in the ordering")
         return OrderBy(tuple(keys))
-    if len(rb) == 2 and isinstance(rb[0], str) and isinstance(rb[1], str) \
-            and rb[0] not in ("Attribute", "Sum", "Max", "Product", "Not", "And", "Or") \
-            and rb[1] not in F.OPERATORS and rb[1] not in ("ANN", "kNN", "BM25"):
+    if (
+        len(rb) == 2
+        and isinstance(rb[0], str)
+        and isinstance(rb[1], str)
+        and rb[0] not in ("Attribute", "Sum", "Max", "Product", "Not", "And", "Or")
+        and rb[1] not in F.OPERATORS
+        and rb[1] not in ("ANN", "kNN", "BM25")
+    ):
         if rb[1] in ("asc", "desc"):
             return OrderBy(((_attr_name(rb[0], where + "[0]"), rb[1] == "desc"),))
         if rb[1] in ("ASC", "DESC", "Asc", "Desc"):
-            raise _fail(where + "[1]", f"order must be \"asc\" or \"desc\" (lowercase), got {_show(rb[1])}")
+            raise _fail(where + "[1]", f'order must be "asc" or "desc" (lowercase), got {_show(rb[1])}')
         close = difflib.get_close_matches(rb[1], ["asc", "desc", "BM25", "ANN", "kNN"], n=1, cutoff=0.4)
-        hint = f" (did you mean \"{close[0]}\"?)" if close else ""
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
         raise _fail(where + "[1]", f"unknown ranking {_show(rb[1])}{hint}")
     if len(rb) >= 2 and rb[1] in ("ANN", "kNN"):
         if len(rb) != 3:
-            raise _fail(where, f"vector ranking is [attr, \"{rb[1]}\", vector], got {len(rb)} elements")
+            raise _fail(where, f'vector ranking is [attr, "{rb[1]}", vector], got {len(rb)} elements')
         attr = _attr_name(rb[0], where + "[0]")
         return VectorRank(attr, rb[1], parse_vector(rb[2], where + "[2]"))
     if len(rb) >= 2 and isinstance(rb[1], str) and rb[1].lower() in ("ann", "knn") and rb[1] not in ("ANN", "kNN"):
-        raise _fail(where + "[1]", f"unknown ranking {_show(rb[1])} (did you mean \"ANN\" or \"kNN\"?)")
+        raise _fail(where + "[1]", f'unknown ranking {_show(rb[1])} (did you mean "ANN" or "kNN"?)')
     return TextRank(parse_text_expr(rb, where))
 
 
@@ -415,7 +458,7 @@ def parse_text_expr(e: Any, where: str):
     head = e[0]
     if head in ("Sum", "Max") and not (len(e) >= 2 and e[1] == "BM25"):
         if len(e) != 2 or not isinstance(e[1], (list, tuple)):
-            raise _fail(where, f"{head} takes one list of expressions: [\"{head}\", [expr, ...]]")
+            raise _fail(where, f'{head} takes one list of expressions: ["{head}", [expr, ...]]')
         if len(e[1]) == 0:
             raise _fail(where, f"{head} needs at least one expression")
         kids = tuple(parse_text_expr(c, f"{where}[1][{i}]") for i, c in enumerate(e[1]))
@@ -428,7 +471,7 @@ def parse_text_expr(e: Any, where: str):
             a, b = e[1], e[2]
             base = where
         else:
-            raise _fail(where, "Product is [\"Product\", weight, expr] (or [\"Product\", expr, weight])")
+            raise _fail(where, 'Product is ["Product", weight, expr] (or ["Product", expr, weight])')
         off = 1 if base == where else 0  # index of a within its list
         if _is_num(a) and not _is_num(b):
             return TextProduct(float(a), parse_text_expr(b, f"{base}[{off + 1}]"))
@@ -441,14 +484,21 @@ def parse_text_expr(e: Any, where: str):
         raise _fail(where, f"{head} is not supported by puffer yet")
     if len(e) >= 2 and e[1] == "BM25":
         if len(e) not in (3, 4):
-            raise _fail(where, "BM25 is [attr, \"BM25\", \"query text\"] (optionally + {\"last_as_prefix\": bool})")
+            raise _fail(where, 'BM25 is [attr, "BM25", "query text"] (optionally + {"last_as_prefix": bool})')
         attr = _attr_name(e[0], where + "[0]")
         q = e[2]
-        n = len(q) if isinstance(q, str) else sum(len(t) for t in q if isinstance(t, str)) \
-            if isinstance(q, (list, tuple)) else 0
+        n = (
+            len(q)
+            if isinstance(q, str)
+            else sum(len(t) for t in q if isinstance(t, str))
+            if isinstance(q, (list, tuple))
+            else 0
+        )
         if n > L.MAX_QUERY_TEXT_CHARS:
-            raise _fail(where + "[2]", f"BM25 query of {n:,} characters "
-                                       f"(limit: MAX_QUERY_TEXT_CHARS = {L.MAX_QUERY_TEXT_CHARS:,})")
+            raise _fail(
+                where + "[2]",
+                f"BM25 query of {n:,} characters (limit: MAX_QUERY_TEXT_CHARS = {L.MAX_QUERY_TEXT_CHARS:,})",
+            )
         if isinstance(q, str):
             query: str | tuple[str, ...] = q
         elif isinstance(q, (list, tuple)) and all(isinstance(t, str) for t in q):
@@ -458,24 +508,27 @@ def parse_text_expr(e: Any, where: str):
         prefix = False
         if len(e) == 4:
             p = e[3]
-            if not isinstance(p, Mapping) or set(p) - {"last_as_prefix"} \
-                    or not isinstance(p.get("last_as_prefix", False), bool):
-                raise _fail(where + "[3]", f"BM25 options must be {{\"last_as_prefix\": true|false}}, got {_show(p)}")
+            if (
+                not isinstance(p, Mapping)
+                or set(p) - {"last_as_prefix"}
+                or not isinstance(p.get("last_as_prefix", False), bool)
+            ):
+                raise _fail(where + "[3]", f'BM25 options must be {{"last_as_prefix": true|false}}, got {_show(p)}')
             prefix = bool(p.get("last_as_prefix", False))
         return Bm25(attr, query, prefix)
     if head in F.CONNECTIVES or (len(e) >= 2 and _is_filter_op(e[1])):
         try:
             F.referenced_attributes(e)  # structural validation
         except InvalidFilter as ex:
-            raise _fail(where, ex.message)
+            raise _fail(where, ex.message) from ex
         return FilterScore(json.dumps(e, sort_keys=True))
     if len(e) >= 2 and isinstance(e[1], str):
         close = difflib.get_close_matches(e[1], ["BM25", "ANN", "kNN", "asc", "desc"], n=1)
-        hint = f" (did you mean \"{close[0]}\"?)" if close else ""
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
         raise _fail(where + "[1]", f"unknown ranking function {_show(e[1])}{hint}")
     if isinstance(head, str) and head not in TEXT_COMBINATORS:
         close = difflib.get_close_matches(head, list(TEXT_COMBINATORS) + ["Attribute"], n=1)
-        hint = f" (did you mean \"{close[0]}\"?)" if close else ""
+        hint = f' (did you mean "{close[0]}"?)' if close else ""
         raise _fail(where, f"cannot parse ranking expression {_show(e)}{hint}")
     raise _fail(where, f"cannot parse ranking expression {_show(e)}")
 
@@ -486,12 +539,12 @@ def _parse_consistency(c: Any, where: str = "consistency") -> str:
     if isinstance(c, str) and c in ("strong", "eventual"):
         return c  # lenient: the bare level
     if not isinstance(c, Mapping) or "level" not in c:
-        raise _fail(where, f"expected {{\"level\": \"strong\"|\"eventual\"}}, got {_show(c)}")
+        raise _fail(where, f'expected {{"level": "strong"|"eventual"}}, got {_show(c)}')
     extra = set(c) - {"level", "max_staleness_seconds"}
     if extra:
         raise _fail(where, f"unknown key {_show(sorted(extra)[0])}")
     if c["level"] not in ("strong", "eventual"):
-        raise _fail(where, f"level must be \"strong\" or \"eventual\", got {_show(c['level'])}")
+        raise _fail(where, f'level must be "strong" or "eventual", got {_show(c["level"])}')
     if "max_staleness_seconds" in c and (not _is_int(c["max_staleness_seconds"]) or c["max_staleness_seconds"] < 0):
         raise _fail(where, "max_staleness_seconds must be a non-negative integer")
     return c["level"]
@@ -501,7 +554,7 @@ def _parse_encoding(v: Any, where: str = "vector_encoding") -> str:
     if v is None:
         return "float"
     if v not in ("float", "base64"):
-        raise _fail(where, f"must be \"float\" or \"base64\", got {_show(v)}")
+        raise _fail(where, f'must be "float" or "base64", got {_show(v)}')
     return v
 
 
@@ -509,14 +562,15 @@ def _check_keys(body: Mapping, allowed: tuple[str, ...], what: str) -> None:
     for k in body:
         if k not in allowed:
             close = difflib.get_close_matches(str(k), allowed, n=1)
-            hint = f" (did you mean \"{close[0]}\"?)" if close else ""
+            hint = f' (did you mean "{close[0]}"?)' if close else ""
             extra = ""
             if k in ("vector", "include_vectors"):
-                extra = "; v2 queries use rank_by [\"vector\", \"ANN\", [...]] and include_attributes"
+                extra = '; v2 queries use rank_by ["vector", "ANN", [...]] and include_attributes'
             elif k == "queries":
-                extra = "; send multi-queries to the multi-query entry point (puffer query --body with \"queries\")"
-            raise InvalidQuery(f"{what}: unknown parameter {_show(k)}{hint}{extra}",
-                               hint=f"known parameters: {', '.join(allowed)}")
+                extra = '; send multi-queries to the multi-query entry point (puffer query --body with "queries")'
+            raise InvalidQuery(
+                f"{what}: unknown parameter {_show(k)}{hint}{extra}", hint=f"known parameters: {', '.join(allowed)}"
+            )
 
 
 def parse_query(body: Any, *, sub: str | None = None) -> Query:
@@ -535,7 +589,7 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
         try:
             F.referenced_attributes(body["filters"])
         except InvalidFilter as ex:
-            raise InvalidFilter(f"{pre}filters: {ex.message}", hint=ex.hint)
+            raise InvalidFilter(f"{pre}filters: {ex.message}", hint=ex.hint) from ex
         filters = json.dumps(body["filters"], sort_keys=True)
 
     limit, given, per_attrs, per_limit = DEFAULT_LIMIT, False, None, None
@@ -551,15 +605,20 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
             if extra:
                 raise _fail(pre + "limit", f"unknown key {_show(sorted(extra)[0])}; use total and per")
             if "total" not in lv:
-                raise _fail(pre + "limit", "an object limit needs \"total\"")
+                raise _fail(pre + "limit", 'an object limit needs "total"')
             limit = _parse_limit_int(lv["total"], pre + "limit.total")
             if lv.get("per") is not None:
                 per = lv["per"]
                 if not isinstance(per, Mapping) or set(per) != {"attributes", "limit"}:
-                    raise _fail(pre + "limit.per", f"expected {{\"attributes\": [...], \"limit\": n}}, got {_show(per)}")
+                    raise _fail(pre + "limit.per", f'expected {{"attributes": [...], "limit": n}}, got {_show(per)}')
                 pa = per["attributes"]
-                _check_len(pa, L.MAX_ATTRIBUTES_PER_NAMESPACE, "MAX_ATTRIBUTES_PER_NAMESPACE",
-                           pre + "limit.per.attributes", "attribute names")
+                _check_len(
+                    pa,
+                    L.MAX_ATTRIBUTES_PER_NAMESPACE,
+                    "MAX_ATTRIBUTES_PER_NAMESPACE",
+                    pre + "limit.per.attributes",
+                    "attribute names",
+                )
                 if not isinstance(pa, (list, tuple)) or not pa:
                     raise _fail(pre + "limit.per.attributes", "must be a non-empty list of attribute names")
                 per_attrs = tuple(_attr_name(a, pre + "limit.per.attributes") for a in pa)
@@ -587,7 +646,9 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
         elif isinstance(inc, (list, tuple)):
             include = tuple(_attr_name(a, pre + "include_attributes") for a in inc)
         else:
-            raise _fail(pre + "include_attributes", f"must be true, false or a list of attribute names, got {_show(inc)}")
+            raise _fail(
+                pre + "include_attributes", f"must be true, false or a list of attribute names, got {_show(inc)}"
+            )
     if exc is not None:
         if not isinstance(exc, (list, tuple)):
             raise _fail(pre + "exclude_attributes", f"must be a list of attribute names, got {_show(exc)}")
@@ -597,33 +658,32 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
     if body.get("aggregate_by") is not None:
         ab = body["aggregate_by"]
         if not isinstance(ab, Mapping) or not ab:
-            raise _fail(pre + "aggregate_by", f"expected {{\"label\": [\"Count\"] | [\"Sum\", attr]}}, got {_show(ab)}")
-        _check_len(ab, L.MAX_ATTRIBUTES_PER_NAMESPACE, "MAX_ATTRIBUTES_PER_NAMESPACE", pre + "aggregate_by",
-                   "aggregations")
+            raise _fail(pre + "aggregate_by", f'expected {{"label": ["Count"] | ["Sum", attr]}}, got {_show(ab)}')
+        _check_len(
+            ab, L.MAX_ATTRIBUTES_PER_NAMESPACE, "MAX_ATTRIBUTES_PER_NAMESPACE", pre + "aggregate_by", "aggregations"
+        )
         for label, spec in ab.items():
             w = f"{pre}aggregate_by.{label}"
             if not isinstance(label, str) or not label:
                 raise _fail(pre + "aggregate_by", "labels must be non-empty strings")
             if not isinstance(spec, (list, tuple)) or not spec:
-                raise _fail(w, f"expected [\"Count\"], [\"Count\", attr] or [\"Sum\", attr], got {_show(spec)}")
+                raise _fail(w, f'expected ["Count"], ["Count", attr] or ["Sum", attr], got {_show(spec)}')
             kind = spec[0]
             if kind == "Count" and len(spec) in (1, 2):
                 aggs.append((label, Aggregate("Count", _attr_name(spec[1], w) if len(spec) == 2 else None)))
             elif kind == "Sum" and len(spec) == 2:
                 aggs.append((label, Aggregate("Sum", _attr_name(spec[1], w))))
             elif kind == "Sum":
-                raise _fail(w, "Sum takes one attribute: [\"Sum\", attr]")
+                raise _fail(w, 'Sum takes one attribute: ["Sum", attr]')
             else:
-                raise _fail(w, f"unknown aggregate {_show(spec)}; supported: [\"Count\"], [\"Count\", attr], "
-                               "[\"Sum\", attr]")
+                raise _fail(w, f'unknown aggregate {_show(spec)}; supported: ["Count"], ["Count", attr], ["Sum", attr]')
 
     groups: list[GroupKey] = []
     if body.get("group_by") is not None:
         gb = body["group_by"]
         if not isinstance(gb, (list, tuple)) or not gb:
             raise _fail(pre + "group_by", f"must be a non-empty list of attribute names, got {_show(gb)}")
-        _check_len(gb, L.MAX_ATTRIBUTES_PER_NAMESPACE, "MAX_ATTRIBUTES_PER_NAMESPACE", pre + "group_by",
-                   "group keys")
+        _check_len(gb, L.MAX_ATTRIBUTES_PER_NAMESPACE, "MAX_ATTRIBUTES_PER_NAMESPACE", pre + "group_by", "group keys")
         if not aggs:
             raise _fail(pre + "group_by", "group_by needs aggregate_by")
         for i, g in enumerate(gb):
@@ -631,12 +691,12 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
             if isinstance(g, str) and g:
                 groups.append(GroupKey(g, g))
             elif isinstance(g, Mapping) and len(g) == 1:
-                (name, fn), = g.items()
+                ((name, fn),) = g.items()
                 if not (isinstance(fn, (list, tuple)) and len(fn) == 2 and fn[0] == "ForEachUnique"):
-                    raise _fail(w, f"expected {{\"label\": [\"ForEachUnique\", attr]}}, got {_show(g)}")
+                    raise _fail(w, f'expected {{"label": ["ForEachUnique", attr]}}, got {_show(g)}')
                 groups.append(GroupKey(_attr_name(name, w), _attr_name(fn[1], w), True))
             else:
-                raise _fail(w, f"expected an attribute name or {{\"label\": [\"ForEachUnique\", attr]}}, got {_show(g)}")
+                raise _fail(w, f'expected an attribute name or {{"label": ["ForEachUnique", attr]}}, got {_show(g)}')
         names = [g.name for g in groups]
         if len(set(names)) != len(names):
             raise _fail(pre + "group_by", "a group key appears twice")
@@ -645,8 +705,11 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
             raise _fail(pre + "group_by", f"{_show(sorted(clash)[0])} is both a group key and an aggregation label")
 
     if rank_by is None and not aggs:
-        raise _fail(pre + "rank_by", "a query needs rank_by (or aggregate_by)",
-                    hint="e.g. \"rank_by\": [\"id\", \"asc\"] to list documents")
+        raise _fail(
+            pre + "rank_by",
+            "a query needs rank_by (or aggregate_by)",
+            hint='e.g. "rank_by": ["id", "asc"] to list documents',
+        )
     if rank_by is None and (inc is not None or exc is not None):
         raise _fail(pre + "include_attributes", "include_attributes/exclude_attributes need rank_by (rows)")
 
@@ -655,9 +718,18 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
         raise _fail(pre + "distance_metric", f"must be one of {', '.join(METRICS)}, got {_show(metric)}")
 
     return Query(
-        rank_by=rank_by, filters=filters, limit=limit, limit_given=given, per_attributes=per_attrs,
-        per_limit=per_limit, offset=offset, include=include, exclude=exclude, aggregate_by=tuple(aggs),
-        group_by=tuple(groups), consistency=_parse_consistency(body.get("consistency")) if not sub else "strong",
+        rank_by=rank_by,
+        filters=filters,
+        limit=limit,
+        limit_given=given,
+        per_attributes=per_attrs,
+        per_limit=per_limit,
+        offset=offset,
+        include=include,
+        exclude=exclude,
+        aggregate_by=tuple(aggs),
+        group_by=tuple(groups),
+        consistency=_parse_consistency(body.get("consistency")) if not sub else "strong",
         vector_encoding=_parse_encoding(body.get("vector_encoding"), pre + "vector_encoding"),
         distance_metric=metric,
     )
@@ -671,15 +743,19 @@ def parse_multi(body: Any) -> MultiQuery:
     if not isinstance(qs, (list, tuple)) or not qs:
         raise _fail("queries", f"must be a non-empty list of query objects, got {_show(qs)}")
     if len(qs) > L.MAX_MULTI_QUERIES:
-        raise _fail("queries", f"at most {L.MAX_MULTI_QUERIES} queries per multi-query, got {len(qs):,} "
-                               f"(limit: MAX_MULTI_QUERIES = {L.MAX_MULTI_QUERIES})")
+        raise _fail(
+            "queries",
+            f"at most {L.MAX_MULTI_QUERIES} queries per multi-query, got {len(qs):,} "
+            f"(limit: MAX_MULTI_QUERIES = {L.MAX_MULTI_QUERIES})",
+        )
     queries = tuple(parse_query(q, sub=f"queries[{i}]") for i, q in enumerate(qs))
     rrf = None
     if body.get("rerank_by") is not None:
         rb = body["rerank_by"]
         if not isinstance(rb, (list, tuple)) or not rb or rb[0] != "RRF" or len(rb) > 2:
-            raise _fail("rerank_by", f"expected [\"RRF\"] or [\"RRF\", {{\"rank_constant\": k, \"weights\": [...]}}], "
-                                     f"got {_show(rb)}")
+            raise _fail(
+                "rerank_by", f'expected ["RRF"] or ["RRF", {{"rank_constant": k, "weights": [...]}}], got {_show(rb)}'
+            )
         params = rb[1] if len(rb) == 2 else {}
         if not isinstance(params, Mapping) or set(params) - {"rank_constant", "weights"}:
             raise _fail("rerank_by[1]", f"RRF options are rank_constant and weights, got {_show(params)}")
@@ -689,8 +765,9 @@ def parse_multi(body: Any) -> MultiQuery:
         w = params.get("weights")
         if w is not None:
             if not isinstance(w, (list, tuple)) or len(w) != len(queries) or not all(_is_num(x) and x > 0 for x in w):
-                raise _fail("rerank_by[1].weights", f"must be {len(queries)} positive numbers (one per query), "
-                                                    f"got {_show(w)}")
+                raise _fail(
+                    "rerank_by[1].weights", f"must be {len(queries)} positive numbers (one per query), got {_show(w)}"
+                )
             w = tuple(float(x) for x in w)
         for i, q in enumerate(queries):
             if q.rank_by is None:
@@ -703,7 +780,7 @@ def parse_multi(body: Any) -> MultiQuery:
             raise _fail("limit", "a multi-query limit needs rerank_by (each query has its own limit)")
         if isinstance(lv, Mapping):
             if set(lv) != {"total"}:
-                raise _fail("limit", f"expected an integer or {{\"total\": n}}, got {_show(lv)}")
+                raise _fail("limit", f'expected an integer or {{"total": n}}, got {_show(lv)}')
             lv = lv["total"]
         limit = _parse_limit_int(lv, "limit")
     offset = 0
@@ -711,8 +788,14 @@ def parse_multi(body: Any) -> MultiQuery:
         if rrf is None or limit is None:
             raise _fail("offset", "a multi-query offset needs rerank_by and limit")
         offset = _parse_limit_int(body["offset"], "offset", 0, L.MAX_OFFSET, "MAX_OFFSET")
-    return MultiQuery(queries, _parse_consistency(body.get("consistency")), rrf, limit, offset,
-                      _parse_encoding(body.get("vector_encoding")))
+    return MultiQuery(
+        queries,
+        _parse_consistency(body.get("consistency")),
+        rrf,
+        limit,
+        offset,
+        _parse_encoding(body.get("vector_encoding")),
+    )
 
 
 # --------------------------------------------------------------------------- checks against a schema
@@ -742,8 +825,11 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
         t = _attr_type(schema, rb.attr)
         if t is None:
             vecs = [a for a, s in schema.items() if S.is_vector(s.get("type", ""))]
-            raise _fail(pre + "rank_by", f"namespace has no vector attribute {rb.attr!r}"
-                        + (f" (vector attributes: {', '.join(vecs)})" if vecs else " (it has no vectors)"))
+            raise _fail(
+                pre + "rank_by",
+                f"namespace has no vector attribute {rb.attr!r}"
+                + (f" (vector attributes: {', '.join(vecs)})" if vecs else " (it has no vectors)"),
+            )
         dims = S.vector_dims(t)
         if dims is None:
             raise _fail(pre + "rank_by", f"attribute {rb.attr!r} is {t}, not a vector")
@@ -753,8 +839,9 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
         for a, _d in rb.keys:
             t = _attr_type(schema, a)
             if t is None:
-                raise _fail(pre + "rank_by", f"unknown attribute {a!r}",
-                            hint=f"attributes: {', '.join(schema) or '(none)'}")
+                raise _fail(
+                    pre + "rank_by", f"unknown attribute {a!r}", hint=f"attributes: {', '.join(schema) or '(none)'}"
+                )
             if t not in _ORDERABLE:
                 raise _fail(pre + "rank_by", f"cannot order by {a!r} of type {t}")
     elif isinstance(rb, TextRank):
@@ -764,9 +851,12 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
                 if spec is None:
                     raise _fail(pre + "rank_by", f"unknown attribute {n.attr!r} in BM25")
                 if not spec.get("full_text_search"):
-                    raise _fail(pre + "rank_by", f"attribute {n.attr!r} has no full-text search index",
-                                hint=f"declare it in the schema: {{\"{n.attr}\": {{\"type\": \"string\", "
-                                     "\"full_text_search\": true}}")
+                    raise _fail(
+                        pre + "rank_by",
+                        f"attribute {n.attr!r} has no full-text search index",
+                        hint=f'declare it in the schema: {{"{n.attr}": {{"type": "string", '
+                        '"full_text_search": true}}',
+                    )
             elif isinstance(n, AttrScore):
                 t = _attr_type(schema, n.attr)
                 if t not in _NUMERIC and t != "datetime":
@@ -775,12 +865,12 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
                 try:
                     F.validate_filter(n.filter, schema)
                 except InvalidFilter as ex:
-                    raise _fail(pre + "rank_by", ex.message)
+                    raise _fail(pre + "rank_by", ex.message) from ex
     if q.filters is not None:
         try:
             F.validate_filter(q.filter, schema)
         except InvalidFilter as ex:
-            raise InvalidFilter(f"{pre}filters: {ex.message}", hint=ex.hint)
+            raise InvalidFilter(f"{pre}filters: {ex.message}", hint=ex.hint) from ex
     for label, agg in q.aggregate_by:
         if agg.attr is not None:
             t = _attr_type(schema, agg.attr)
@@ -795,8 +885,11 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
         if g.for_each_unique and not t.startswith("[]"):
             raise _fail(pre + "group_by", f"ForEachUnique needs an array attribute; {g.attr!r} is {t}")
         if not g.for_each_unique and t not in _ORDERABLE:
-            raise _fail(pre + "group_by", f"cannot group by {g.attr!r} of type {t}"
-                        + (" (use {\"label\": [\"ForEachUnique\", attr]})" if t.startswith("[]") else ""))
+            raise _fail(
+                pre + "group_by",
+                f"cannot group by {g.attr!r} of type {t}"
+                + (' (use {"label": ["ForEachUnique", attr]})' if t.startswith("[]") else ""),
+            )
     for a in q.per_attributes or ():
         t = _attr_type(schema, a)
         if t is None:

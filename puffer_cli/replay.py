@@ -11,9 +11,10 @@ exact for any interleaving of upserts, patches and deletes:
 Replay of a long WAL folds entries in batches of bounded size, so memory is
 the live state plus one batch, not the whole history.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import polars as pl
 
@@ -31,8 +32,11 @@ def empty(schema: Mapping) -> pl.DataFrame:
 def fold(docs: pl.DataFrame | None, schema: Mapping, ops: Iterable[Op]) -> pl.DataFrame:
     """Apply ``ops`` (in order) to ``docs``; returns the new live documents."""
     cols = S.column_order(schema)
-    base_parts = [S.align(docs if docs is not None else pl.DataFrame(), schema).with_columns(
-        pl.lit(-1, dtype=pl.Int64).alias(ORD))]
+    base_parts = [
+        S.align(docs if docs is not None else pl.DataFrame(), schema).with_columns(
+            pl.lit(-1, dtype=pl.Int64).alias(ORD)
+        )
+    ]
     dels, patches = [], []
     off = 0
     for op in ops:
@@ -53,15 +57,19 @@ def fold(docs: pl.DataFrame | None, schema: Mapping, ops: Iterable[Op]) -> pl.Da
         cur = cur.unique(subset="id", keep="last", maintain_order=True)
     if dels:
         d = pl.concat(dels).group_by("id").agg(pl.col(ORD).max().alias("__del"))
-        cur = cur.join(d, on="id", how="left").filter(
-            pl.col("__del").is_null() | (pl.col(ORD) > pl.col("__del"))).drop("__del")
+        cur = (
+            cur.join(d, on="id", how="left")
+            .filter(pl.col("__del").is_null() | (pl.col(ORD) > pl.col("__del")))
+            .drop("__del")
+        )
     for p, pcols in patches:
         p = p.unique(subset="id", keep="last", maintain_order=True)
         ren = {c: f"__p_{c}" for c in pcols}
         j = cur.join(p.rename({**ren, ORD: "__pord"}), on="id", how="left")
         hit = pl.col("__pord").is_not_null() & (pl.col("__pord") > pl.col(ORD))
-        cur = j.with_columns([pl.when(hit).then(pl.col(ren[c])).otherwise(pl.col(c)).alias(c) for c in pcols]
-                             ).select([*cols, ORD])
+        cur = j.with_columns([pl.when(hit).then(pl.col(ren[c])).otherwise(pl.col(c)).alias(c) for c in pcols]).select(
+            [*cols, ORD]
+        )
     return cur.select(cols)
 
 

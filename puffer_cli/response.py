@@ -14,6 +14,7 @@ response with :func:`render`, so the CLI prints exactly the HTTP body.  Two step
    are left alone.  NaN and +-inf, which JSON cannot carry, come out as ``null``.
    ``performance`` and ``billing`` pass through as they are.
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,8 +30,18 @@ import polars as pl
 
 from . import schema as S
 
-__all__ = ["dumps", "error_body", "jsonable", "render", "result_body", "result_rows", "row_columns", "to_wire",
-           "vector_attrs", "vector_b64"]
+__all__ = [
+    "dumps",
+    "error_body",
+    "jsonable",
+    "render",
+    "result_body",
+    "result_rows",
+    "row_columns",
+    "to_wire",
+    "vector_attrs",
+    "vector_b64",
+]
 
 DUMP_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 

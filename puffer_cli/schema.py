@@ -31,6 +31,7 @@ used by ``puffer ingest``):
 * strings are at most MAX_STRING_BYTES of UTF-8, ids at most MAX_ID_BYTES;
 * booleans are only booleans (never numbers).
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,7 +41,8 @@ import math
 import re
 import reprlib
 import uuid as uuidlib
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -53,8 +55,13 @@ if TYPE_CHECKING:
 
 
 SCALARS: dict[str, PolarsDataType] = {
-    "string": pl.String, "int": pl.Int64, "uint": pl.UInt64, "float": pl.Float64,
-    "bool": pl.Boolean, "datetime": pl.Datetime("ms", "UTC"), "uuid": pl.String,
+    "string": pl.String,
+    "int": pl.Int64,
+    "uint": pl.UInt64,
+    "float": pl.Float64,
+    "bool": pl.Boolean,
+    "datetime": pl.Datetime("ms", "UTC"),
+    "uuid": pl.String,
 }
 VEC_RE = re.compile(r"^\[(\d+)\](f32|f16)$")
 ID_TYPES = ("uint", "uuid", "string")
@@ -62,15 +69,20 @@ ID_MAX_BYTES = L.MAX_ID_BYTES
 ATTR_MAX = L.MAX_ATTRIBUTE_NAME_BYTES
 SPEC_KEYS = {"type", "filterable", "full_text_search", "regex", "ann"}
 ANN_KEYS = ("dtype", "connectivity", "expansion_add", "expansion_search")
-ANN_BOUNDS = {"connectivity": L.ANN_CONNECTIVITY, "expansion_add": L.ANN_EXPANSION_ADD,
-              "expansion_search": L.ANN_EXPANSION_SEARCH}
+ANN_BOUNDS = {
+    "connectivity": L.ANN_CONNECTIVITY,
+    "expansion_add": L.ANN_EXPANSION_ADD,
+    "expansion_search": L.ANN_EXPANSION_SEARCH,
+}
 ANN_DTYPES = ("f32", "f16", "i8")
 INT64 = (-(2**63), 2**63 - 1)
 UINT64 = (0, 2**64 - 1)
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # the datetime type's domain (Python's, years 1..9999), in ms since the epoch
-DATETIME_MS = (int((dt.datetime.min.replace(tzinfo=dt.timezone.utc) - _EPOCH) / dt.timedelta(milliseconds=1)),
-               int((dt.datetime.max.replace(tzinfo=dt.timezone.utc) - _EPOCH) // dt.timedelta(milliseconds=1)))
+DATETIME_MS = (
+    int((dt.datetime.min.replace(tzinfo=dt.UTC) - _EPOCH) / dt.timedelta(milliseconds=1)),
+    int((dt.datetime.max.replace(tzinfo=dt.UTC) - _EPOCH) // dt.timedelta(milliseconds=1)),
+)
 _SCALAR_PY = (str, int, float, bool, type(None))
 
 _repr = reprlib.Repr()
@@ -104,8 +116,10 @@ def dtype_of(t: str) -> PolarsDataType:
     if m:
         n = int(m.group(1))
         if not 1 <= n <= L.MAX_VECTOR_DIMS:
-            raise SchemaError(f"vector type {t!r}: {n} dimensions; vectors have 1 to {L.MAX_VECTOR_DIMS}",
-                              hint="MAX_VECTOR_DIMS; see docs/http.md, Limits: writes")
+            raise SchemaError(
+                f"vector type {t!r}: {n} dimensions; vectors have 1 to {L.MAX_VECTOR_DIMS}",
+                hint="MAX_VECTOR_DIMS; see docs/http.md, Limits: writes",
+            )
         return pl.Array(pl.Float32, n)
     raise SchemaError(
         f"unknown type {t!r}",
@@ -122,11 +136,12 @@ def normalize_spec(name: str, spec: Any) -> dict:
         raise SchemaError(f"schema for attribute {name!r} must be a type string or an object, got {show(spec)}")
     unknown = set(spec) - SPEC_KEYS
     if unknown:
-        raise SchemaError(f"schema for attribute {name!r}: unknown key(s) {sorted(unknown)}",
-                          hint=f"allowed: {sorted(SPEC_KEYS)}")
+        raise SchemaError(
+            f"schema for attribute {name!r}: unknown key(s) {sorted(unknown)}", hint=f"allowed: {sorted(SPEC_KEYS)}"
+        )
     t = spec.get("type")
     if not isinstance(t, str):
-        raise SchemaError(f"schema for attribute {name!r} needs a \"type\"")
+        raise SchemaError(f'schema for attribute {name!r} needs a "type"')
     dtype_of(t)
     if name == "id" and t not in ID_TYPES:
         raise SchemaError(f"id type must be one of {ID_TYPES}, got {t!r}")
@@ -167,8 +182,10 @@ def check_ann(name: str, ann: Any) -> dict:
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise SchemaError(f"attribute {name!r}: ann {k} must be an integer from {lo} to {hi}, got {show(v)}",
-                              hint=f"limits.ANN_{k.upper()}; see docs/http.md, Limits: writes")
+            raise SchemaError(
+                f"attribute {name!r}: ann {k} must be an integer from {lo} to {hi}, got {show(v)}",
+                hint=f"limits.ANN_{k.upper()}; see docs/http.md, Limits: writes",
+            )
     return dict(ann)
 
 
@@ -193,13 +210,16 @@ def utf8_len(v: str) -> int | None:
 def check_attr_name(name: Any) -> str:
     n = utf8_len(name) if isinstance(name, str) else None
     if n is None or not 1 <= n <= ATTR_MAX or name.startswith("$"):
-        raise SchemaError(f"invalid attribute name {show(name)}: names are 1 to {ATTR_MAX} bytes of UTF-8 "
-                          "and do not start with '$'", hint="MAX_ATTRIBUTE_NAME_BYTES")
+        raise SchemaError(
+            f"invalid attribute name {show(name)}: names are 1 to {ATTR_MAX} bytes of UTF-8 and do not start with '$'",
+            hint="MAX_ATTRIBUTE_NAME_BYTES",
+        )
     return name
 
 
-def check_write_names(names: Iterable[Any], schema: Mapping, what: str = "write", *,
-                      groups: Iterable[Iterable[Any]] = ()) -> None:
+def check_write_names(
+    names: Iterable[Any], schema: Mapping, what: str = "write", *, groups: Iterable[Iterable[Any]] = ()
+) -> None:
     """Attribute-count and name rules for one write, checked before anything is built.
 
     ``names`` (and each collection in ``groups``, e.g. one row's keys) are every
@@ -213,10 +233,12 @@ def check_write_names(names: Iterable[Any], schema: Mapping, what: str = "write"
         try:
             distinct.update(g)
         except TypeError:  # an unhashable key cannot come from JSON; refuse it as a name
-            raise SchemaError(f"{what}: attribute names must be strings")
+            raise SchemaError(f"{what}: attribute names must be strings") from None
         if len(distinct) - ("id" in distinct) > L.MAX_ATTRIBUTES_PER_WRITE:
-            raise SchemaError(f"{what} names more than {L.MAX_ATTRIBUTES_PER_WRITE} attributes",
-                              hint="MAX_ATTRIBUTES_PER_WRITE; split the write or use fewer attributes")
+            raise SchemaError(
+                f"{what} names more than {L.MAX_ATTRIBUTES_PER_WRITE} attributes",
+                hint="MAX_ATTRIBUTES_PER_WRITE; split the write or use fewer attributes",
+            )
     distinct.discard("id")
     for n in distinct:
         check_attr_name(n)
@@ -227,15 +249,18 @@ def check_write_names(names: Iterable[Any], schema: Mapping, what: str = "write"
             raise SchemaError(
                 f"{what} adds {len(new)} attribute(s) (e.g. {show(min(new))}) to a namespace with {have}; "
                 f"a namespace has at most {L.MAX_ATTRIBUTES_PER_NAMESPACE}",
-                hint="MAX_ATTRIBUTES_PER_NAMESPACE; reuse existing attributes or use another namespace")
+                hint="MAX_ATTRIBUTES_PER_NAMESPACE; reuse existing attributes or use another namespace",
+            )
 
 
 def check_schema_size(schema: Mapping, before: Mapping, what: str = "write") -> None:
     """The schema after a write stays within MAX_ATTRIBUTES_PER_NAMESPACE (or adds nothing)."""
     n = sum(1 for k in schema if k != "id")
     if n > L.MAX_ATTRIBUTES_PER_NAMESPACE and any(k not in before for k in schema):
-        raise SchemaError(f"{what} would give the namespace {n} attributes; the limit is "
-                          f"{L.MAX_ATTRIBUTES_PER_NAMESPACE}", hint="MAX_ATTRIBUTES_PER_NAMESPACE")
+        raise SchemaError(
+            f"{what} would give the namespace {n} attributes; the limit is {L.MAX_ATTRIBUTES_PER_NAMESPACE}",
+            hint="MAX_ATTRIBUTES_PER_NAMESPACE",
+        )
 
 
 def check_depth(obj: Any, what: str, limit: int | None = None) -> None:
@@ -253,8 +278,10 @@ def check_depth(obj: Any, what: str, limit: int | None = None) -> None:
         else:
             continue
         if d > limit:
-            raise SchemaError(f"{what}: values nest more than {limit} levels deep",
-                              hint="MAX_VALUE_DEPTH; attribute values are scalars, flat arrays or vectors")
+            raise SchemaError(
+                f"{what}: values nest more than {limit} levels deep",
+                hint="MAX_VALUE_DEPTH; attribute values are scalars, flat arrays or vectors",
+            )
         if set(map(type, items)) <= set(_SCALAR_PY):
             continue
         stack.extend((x, d + 1) for x in items if isinstance(x, (Mapping, list, tuple)))
@@ -290,8 +317,9 @@ def infer_value_type(name: str, v: Any) -> str | None:
         if isinstance(v, np.ndarray):
             v = v.tolist() if v.ndim == 1 else [v]
         # element types without recursion: a nested list/dict is not an attribute value
-        inner = {"?nested" if isinstance(x, (list, tuple, Mapping, np.ndarray)) else infer_value_type("", x)
-                 for x in v} - {None}
+        inner = {
+            "?nested" if isinstance(x, (list, tuple, Mapping, np.ndarray)) else infer_value_type("", x) for x in v
+        } - {None}
         if inner == {"int", "float"}:
             inner = {"float"}
         if len(inner) == 1:
@@ -360,7 +388,7 @@ def _b64(name, v: str, dims, row):
     try:
         raw = base64.b64decode(v, validate=True)
     except Exception:
-        raise SchemaError(f"{_where(row, name)}: vector string is not valid base64")
+        raise SchemaError(f"{_where(row, name)}: vector string is not valid base64") from None
     if len(raw) % 4:
         raise SchemaError(f"{_where(row, name)}: base64 vector length {len(raw)} is not a multiple of 4 (f32)")
     arr = np.frombuffer(raw, dtype="<f4")
@@ -374,28 +402,36 @@ def _check_id(v, t: str, row) -> Any:
         if isinstance(v, np.integer):
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v >= 2**64:
-            raise SchemaError(f"{_where(row, 'id')}: id {show(v)} is not an unsigned 64-bit integer",
-                              hint="ids are u64, UUIDs or strings up to 64 bytes, one kind per namespace")
+            raise SchemaError(
+                f"{_where(row, 'id')}: id {show(v)} is not an unsigned 64-bit integer",
+                hint="ids are u64, UUIDs or strings up to 64 bytes, one kind per namespace",
+            )
         return v
     if t == "uuid":
         try:
             return str(v if isinstance(v, uuidlib.UUID) else uuidlib.UUID(v))
         except (ValueError, AttributeError, TypeError):
-            raise SchemaError(f"{_where(row, 'id')}: id {show(v)} is not a UUID")
+            raise SchemaError(f"{_where(row, 'id')}: id {show(v)} is not a UUID") from None
     if not isinstance(v, str) or not v:
-        raise SchemaError(f"{_where(row, 'id')}: id {show(v)} is not a non-empty string",
-                          hint="this namespace uses string ids")
+        raise SchemaError(
+            f"{_where(row, 'id')}: id {show(v)} is not a non-empty string", hint="this namespace uses string ids"
+        )
     n = utf8_len(v)
     if n is None or n > ID_MAX_BYTES:
-        raise SchemaError(f"{_where(row, 'id')}: id is {'not valid Unicode' if n is None else f'{n} bytes'}; "
-                          f"ids are at most {ID_MAX_BYTES} bytes of UTF-8", hint="MAX_ID_BYTES")
+        raise SchemaError(
+            f"{_where(row, 'id')}: id is {'not valid Unicode' if n is None else f'{n} bytes'}; "
+            f"ids are at most {ID_MAX_BYTES} bytes of UTF-8",
+            hint="MAX_ID_BYTES",
+        )
     return v
 
 
 def _datetime_range_error(name, row, v) -> SchemaError:
-    return SchemaError(f"{_where(row, name)}: datetime {show(v)} is out of range",
-                       hint="datetimes are years 1 to 9999: RFC 3339 strings or milliseconds since the epoch "
-                            f"({DATETIME_MS[0]} to {DATETIME_MS[1]})")
+    return SchemaError(
+        f"{_where(row, name)}: datetime {show(v)} is out of range",
+        hint="datetimes are years 1 to 9999: RFC 3339 strings or milliseconds since the epoch "
+        f"({DATETIME_MS[0]} to {DATETIME_MS[1]})",
+    )
 
 
 def _parse_datetime(v, name, row):
@@ -407,23 +443,23 @@ def _parse_datetime(v, name, row):
         try:
             return _EPOCH + dt.timedelta(milliseconds=v)
         except OverflowError:
-            raise _datetime_range_error(name, row, v)
+            raise _datetime_range_error(name, row, v) from None
     if isinstance(v, dt.datetime):
-        d = v if v.tzinfo else v.replace(tzinfo=dt.timezone.utc)
+        d = v if v.tzinfo else v.replace(tzinfo=dt.UTC)
     elif isinstance(v, dt.date):
-        d = dt.datetime(v.year, v.month, v.day, tzinfo=dt.timezone.utc)
+        d = dt.datetime(v.year, v.month, v.day, tzinfo=dt.UTC)
     elif isinstance(v, str):
         try:
             d = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
         except (ValueError, OverflowError):
-            raise SchemaError(f"{_where(row, name)}: {show(v)} is not an RFC 3339 datetime (years 1 to 9999)")
-        d = d if d.tzinfo else d.replace(tzinfo=dt.timezone.utc)
+            raise SchemaError(f"{_where(row, name)}: {show(v)} is not an RFC 3339 datetime (years 1 to 9999)") from None
+        d = d if d.tzinfo else d.replace(tzinfo=dt.UTC)
     else:
         raise SchemaError(f"{_where(row, name)}: expected a datetime, got {show(v)}")
     try:  # an offset can push year 1 / 9999 out of range
-        d.astimezone(dt.timezone.utc)
+        d.astimezone(dt.UTC)
     except OverflowError:
-        raise _datetime_range_error(name, row, v)
+        raise _datetime_range_error(name, row, v) from None
     return d
 
 
@@ -440,17 +476,20 @@ def check_scalar(v, t: str, name: str, row) -> Any:
             if n is None:
                 raise SchemaError(f"{_where(row, name)}: string is not valid Unicode (a lone surrogate)")
             if n > L.MAX_STRING_BYTES:
-                raise SchemaError(f"{_where(row, name)}: string is {n} bytes; the limit is {L.MAX_STRING_BYTES}",
-                                  hint="MAX_STRING_BYTES; see docs/http.md, Limits: writes")
+                raise SchemaError(
+                    f"{_where(row, name)}: string is {n} bytes; the limit is {L.MAX_STRING_BYTES}",
+                    hint="MAX_STRING_BYTES; see docs/http.md, Limits: writes",
+                )
     elif t == "int":
         if isinstance(v, float) and v.is_integer() and INT64[0] <= v <= INT64[1]:
             return int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             bad = "an integer"
         elif not INT64[0] <= v <= INT64[1]:
-            raise SchemaError(f"{_where(row, name)}: integer {show(v)} does not fit in int64 (type int)",
-                              hint="int is -2^63..2^63-1; for values up to 2^64-1 declare the attribute "
-                                   "\"uint\" in the schema")
+            raise SchemaError(
+                f"{_where(row, name)}: integer {show(v)} does not fit in int64 (type int)",
+                hint='int is -2^63..2^63-1; for values up to 2^64-1 declare the attribute "uint" in the schema',
+            )
     elif t == "uint":
         if isinstance(v, bool) or not isinstance(v, int) or not UINT64[0] <= v <= UINT64[1]:
             bad = "an unsigned 64-bit integer"
@@ -459,12 +498,16 @@ def check_scalar(v, t: str, name: str, row) -> Any:
             bad = "a number"
         elif isinstance(v, int):
             if not INT64[0] <= v <= INT64[1]:
-                raise SchemaError(f"{_where(row, name)}: integer {show(v)} is outside int64; not converted "
-                                  "to a float (type float)", hint="send it as a float if that is what you mean")
+                raise SchemaError(
+                    f"{_where(row, name)}: integer {show(v)} is outside int64; not converted to a float (type float)",
+                    hint="send it as a float if that is what you mean",
+                )
             return float(v)
         elif not math.isfinite(v):
-            raise SchemaError(f"{_where(row, name)}: {v!r} is not a finite number (type float)",
-                              hint="NaN and infinity are not JSON numbers; use null for a missing value")
+            raise SchemaError(
+                f"{_where(row, name)}: {v!r} is not a finite number (type float)",
+                hint="NaN and infinity are not JSON numbers; use null for a missing value",
+            )
         else:
             return v
     elif t == "bool":
@@ -498,8 +541,10 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
             elif not isinstance(v, (list, tuple)):
                 raise SchemaError(f"{_where(first_row + i, name)}: expected an array (type {t}), got {show(v)}")
             elif len(v) > L.MAX_ARRAY_ITEMS:
-                raise SchemaError(f"{_where(first_row + i, name)}: array has {len(v)} elements; the limit is "
-                                  f"{L.MAX_ARRAY_ITEMS}", hint="MAX_ARRAY_ITEMS; see docs/http.md, Limits: writes")
+                raise SchemaError(
+                    f"{_where(first_row + i, name)}: array has {len(v)} elements; the limit is {L.MAX_ARRAY_ITEMS}",
+                    hint="MAX_ARRAY_ITEMS; see docs/http.md, Limits: writes",
+                )
             else:
                 out.append([check_scalar(x, inner, name, first_row + i) for x in v if x is not None])
         return pl.Series(name, out, dtype=dtype_of(t))
@@ -514,7 +559,13 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
     return pl.Series(name, vals, dtype=dtype_of(t))
 
 
-_FAST_KINDS: dict[str, set[type]] = {"int": {int}, "uint": {int}, "float": {float, int}, "string": {str}, "bool": {bool}}
+_FAST_KINDS: dict[str, set[type]] = {
+    "int": {int},
+    "uint": {int},
+    "float": {float, int},
+    "string": {str},
+    "bool": {bool},
+}
 _NONE = type(None)
 
 
@@ -554,7 +605,8 @@ def _vector_series(name, values, dims, first_row) -> pl.Series:
         a = vector_array(v, name, first_row + i)
         if a.shape[0] != dims:
             raise SchemaError(
-                f"{_where(first_row + i, name)}: vector has {a.shape[0]} dimensions; the namespace expects {dims}")
+                f"{_where(first_row + i, name)}: vector has {a.shape[0]} dimensions; the namespace expects {dims}"
+            )
         rows.append(a)
         mask.append(True)
     mat = np.stack(rows) if rows else np.zeros((0, dims), np.float32)
@@ -573,33 +625,46 @@ def vector_array(v, name: str, row) -> np.ndarray:
         a = _b64(name, v, None, row)
     elif isinstance(v, np.ndarray):
         if v.ndim != 1 or v.dtype.kind not in "fiu":
-            raise SchemaError(f"{where}: vector must be a 1-d array of numbers, got a {v.dtype} array of shape {v.shape}")
+            raise SchemaError(
+                f"{where}: vector must be a 1-d array of numbers, got a {v.dtype} array of shape {v.shape}"
+            )
         a = v
     elif isinstance(v, (list, tuple)):
         kinds = set(map(type, v))
         if not kinds <= {float, int}:
             bad = next(x for x in v if type(x) not in (float, int))
-            raise SchemaError(f"{where}: vector elements must be numbers, got {show(bad)}",
-                              hint="a vector is an array of numbers (or a base64 string of f32)")
+            raise SchemaError(
+                f"{where}: vector elements must be numbers, got {show(bad)}",
+                hint="a vector is an array of numbers (or a base64 string of f32)",
+            )
         a = v
     else:
         raise SchemaError(f"{where}: vector must be an array of numbers, got {show(v)}")
     if len(a) > L.MAX_VECTOR_DIMS:
-        raise SchemaError(f"{where}: vector has {len(a)} dimensions; the limit is {L.MAX_VECTOR_DIMS}",
-                          hint="MAX_VECTOR_DIMS")
+        raise SchemaError(
+            f"{where}: vector has {len(a)} dimensions; the limit is {L.MAX_VECTOR_DIMS}", hint="MAX_VECTOR_DIMS"
+        )
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             a = np.asarray(a, dtype=np.float32)
     except (TypeError, ValueError, OverflowError):
-        raise SchemaError(f"{where}: vector elements must be numbers that fit in float32")
+        raise SchemaError(f"{where}: vector elements must be numbers that fit in float32") from None
     if not np.isfinite(a).all():
-        raise SchemaError(f"{where}: vector contains NaN, infinity or a number beyond float32",
-                          hint="vector elements are finite float32 numbers")
+        raise SchemaError(
+            f"{where}: vector contains NaN, infinity or a number beyond float32",
+            hint="vector elements are finite float32 numbers",
+        )
     return a
 
 
-_FAST_INFER = {frozenset({int}): "int", frozenset({float}): "float", frozenset({int, float}): "float",
-               frozenset({str}): "string", frozenset({bool}): "bool", frozenset(): None}
+_FAST_INFER = {
+    frozenset({int}): "int",
+    frozenset({float}): "float",
+    frozenset({int, float}): "float",
+    frozenset({str}): "string",
+    frozenset({bool}): "bool",
+    frozenset(): None,
+}
 
 
 def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
@@ -613,8 +678,10 @@ def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
         if t is None:
             continue
         if t.startswith("?"):
-            raise SchemaError(f"{_where(first_row + i, name)}: unsupported value {show(v)}",
-                              hint="values are strings, numbers, booleans, arrays of one of those, or vectors")
+            raise SchemaError(
+                f"{_where(first_row + i, name)}: unsupported value {show(v)}",
+                hint="values are strings, numbers, booleans, arrays of one of those, or vectors",
+            )
         if seen is None:
             seen = t
         elif seen != t:
@@ -623,19 +690,22 @@ def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
             elif {seen, t} == {"[]int", "[]float"}:
                 seen = "[]float"
             elif seen.endswith("f32") and t.endswith("f32"):
-                raise SchemaError(f"{_where(first_row + i, name)}: vector has {vector_dims(t)} dimensions; "
-                                  f"earlier rows have {vector_dims(seen)}")
+                raise SchemaError(
+                    f"{_where(first_row + i, name)}: vector has {vector_dims(t)} dimensions; "
+                    f"earlier rows have {vector_dims(seen)}"
+                )
             else:
                 raise SchemaError(f"{_where(first_row + i, name)}: value {show(v)} is {t}, earlier rows are {seen}")
     return seen
 
 
-def frame_from_columns(cols: Mapping[str, list], schema: Mapping, *, partial: bool = False,
-                       first_row: int = 0) -> tuple[pl.DataFrame, dict]:
+def frame_from_columns(
+    cols: Mapping[str, list], schema: Mapping, *, partial: bool = False, first_row: int = 0
+) -> tuple[pl.DataFrame, dict]:
     """Columns of Python values -> (typed frame, new attribute types inferred).
     ``partial``: no id column needed (patch values checked on their own)."""
     if "id" not in cols and not partial:
-        raise SchemaError("missing the \"id\" column", hint="every document needs an id")
+        raise SchemaError('missing the "id" column', hint="every document needs an id")
     n = None
     for k, v in cols.items():
         check_attr_name(k)
@@ -644,8 +714,9 @@ def frame_from_columns(cols: Mapping[str, list], schema: Mapping, *, partial: bo
         if n is None:
             n = len(v)
         elif len(v) != n:
-            raise SchemaError(f"column {k!r} has {len(v)} values; column \"id\" has {n}",
-                              hint="all columns must have the same length")
+            raise SchemaError(
+                f'column {k!r} has {len(v)} values; column "id" has {n}', hint="all columns must have the same length"
+            )
     inferred: dict[str, str | None] = {}
     series = []
     for k, vals in cols.items():
@@ -662,8 +733,9 @@ def frame_from_columns(cols: Mapping[str, list], schema: Mapping, *, partial: bo
     return pl.DataFrame(series), inferred
 
 
-def frame_from_rows(rows: list, schema: Mapping, *, what: str = "upsert_rows",
-                    first_row: int = 0) -> tuple[pl.DataFrame, dict]:
+def frame_from_rows(
+    rows: list, schema: Mapping, *, what: str = "upsert_rows", first_row: int = 0
+) -> tuple[pl.DataFrame, dict]:
     names: dict = {}
     for i, r in enumerate(rows):
         if not isinstance(r, Mapping):
@@ -676,7 +748,7 @@ def frame_from_rows(rows: list, schema: Mapping, *, what: str = "upsert_rows",
         return pl.DataFrame(), {}
     missing = [i for i, r in enumerate(rows) if "id" not in r]
     if missing:
-        raise SchemaError(f"{what} row {first_row + missing[0]}: missing \"id\"")
+        raise SchemaError(f'{what} row {first_row + missing[0]}: missing "id"')
     return frame_from_columns(cols, schema, first_row=first_row)
 
 
@@ -720,8 +792,10 @@ def _cast_vectors(s: pl.Series, dims: int, t: str) -> pl.Series:
         raise SchemaError(f"field {name!r}: expected vectors ({t}), got column type {s.dtype}")
     assert isinstance(s.dtype, pl.List)  # cast to a List above
     if not s.dtype.inner.is_numeric():
-        raise SchemaError(f"field {name!r}: vector elements must be numbers, got column type {s.dtype}",
-                          hint="a vector is a list of floats or integers")
+        raise SchemaError(
+            f"field {name!r}: vector elements must be numbers, got column type {s.dtype}",
+            hint="a vector is a list of floats or integers",
+        )
     lens = s.list.len()
     i = _first((lens != dims) & lens.is_not_null())
     if i is not None:
@@ -731,14 +805,17 @@ def _cast_vectors(s: pl.Series, dims: int, t: str) -> pl.Series:
     finite = f.list.eval(pl.element().is_finite().fill_null(False)).list.all()
     i = _first(~finite & f.is_not_null())
     if i is not None:
-        raise SchemaError(f"{_where(i, name)}: vector contains NaN, infinity, null or a number beyond float32",
-                          hint="vector elements are finite float32 numbers")
+        raise SchemaError(
+            f"{_where(i, name)}: vector contains NaN, infinity, null or a number beyond float32",
+            hint="vector elements are finite float32 numbers",
+        )
     return f.list.to_array(dims).alias(name)
 
 
 def _check_cast(src: pl.Series, out: pl.Series, t: str, name: str, rows) -> None:
     """Scalar values ``src`` cast to ``out`` (type ``t``): refuse what the cast lost or
     changed. ``rows[i]`` is the row of element i (for arrays, exploded)."""
+
     def fail(mask, msg, hint=None):
         i = _first(mask)
         if i is not None:
@@ -748,23 +825,34 @@ def _check_cast(src: pl.Series, out: pl.Series, t: str, name: str, rows) -> None
     if d == pl.Boolean and t in ("int", "uint", "float", "datetime"):
         fail(src.is_not_null(), lambda i: f"expected type {t}, got a boolean")
     if d.is_float() and t in ("int", "uint", "float", "datetime"):
-        fail(src.is_nan() | src.is_infinite(), lambda i: f"{src[i]!r} is not a finite number (type {t})",
-             "NaN and infinity are not JSON numbers; use null for a missing value")
+        fail(
+            src.is_nan() | src.is_infinite(),
+            lambda i: f"{src[i]!r} is not a finite number (type {t})",
+            "NaN and infinity are not JSON numbers; use null for a missing value",
+        )
     if d.is_integer() and t in ("int", "float"):
-        fail(src > INT64[1] if d.is_unsigned_integer() else (src < INT64[0]) | (src > INT64[1]), lambda i: f"integer {src[i]} does not fit in int64 (type {t})",
-             "int is -2^63..2^63-1; for values up to 2^64-1 declare the attribute \"uint\" in the schema")
+        fail(
+            src > INT64[1] if d.is_unsigned_integer() else (src < INT64[0]) | (src > INT64[1]),
+            lambda i: f"integer {src[i]} does not fit in int64 (type {t})",
+            'int is -2^63..2^63-1; for values up to 2^64-1 declare the attribute "uint" in the schema',
+        )
     if d.is_signed_integer() and t == "uint":
         fail(src < 0, lambda i: f"integer {src[i]} is not an unsigned 64-bit integer (type uint)")
     if d.is_float() and t in ("int", "uint"):
         fail(out.cast(pl.Float64) != src, lambda i: f"{src[i]!r} is not an integer in range (type {t})")
     if t == "datetime" and out.dtype != pl.Null:
         ms = out.cast(pl.Int64)
-        fail((ms < DATETIME_MS[0]) | (ms > DATETIME_MS[1]), lambda i: "datetime is out of range",
-             "datetimes are years 1 to 9999")
+        fail(
+            (ms < DATETIME_MS[0]) | (ms > DATETIME_MS[1]),
+            lambda i: "datetime is out of range",
+            "datetimes are years 1 to 9999",
+        )
     if t == "string" and out.dtype == pl.String:
-        fail(out.str.len_bytes() > L.MAX_STRING_BYTES,
-             lambda i: f"string is {out.str.len_bytes()[i]} bytes; the limit is {L.MAX_STRING_BYTES}",
-             "MAX_STRING_BYTES")
+        fail(
+            out.str.len_bytes() > L.MAX_STRING_BYTES,
+            lambda i: f"string is {out.str.len_bytes()[i]} bytes; the limit is {L.MAX_STRING_BYTES}",
+            "MAX_STRING_BYTES",
+        )
     if isinstance(d, pl.Datetime) or d == pl.Date:
         fail(out.is_null() & src.is_not_null(), lambda i: f"value is not of type {t}")
     else:
@@ -787,7 +875,7 @@ def _cast_scalars(s: pl.Series, t: str) -> pl.Series:
     try:
         return s.cast(target, strict=False)
     except Exception:  # noqa: BLE001 - polars raises several kinds for impossible casts
-        raise SchemaError(f"field {s.name!r}: cannot convert column type {s.dtype} to {t}")
+        raise SchemaError(f"field {s.name!r}: cannot convert column type {s.dtype} to {t}") from None
 
 
 def cast_series(s: pl.Series, t: str) -> pl.Series:
@@ -808,16 +896,22 @@ def cast_series(s: pl.Series, t: str) -> pl.Series:
             lens = s.list.len()
             i = _first(lens > L.MAX_ARRAY_ITEMS)
             if i is not None:
-                raise SchemaError(f"{_where(i, name)}: array has {lens[i]} elements; the limit is "
-                                  f"{L.MAX_ARRAY_ITEMS}", hint="MAX_ARRAY_ITEMS")
+                raise SchemaError(
+                    f"{_where(i, name)}: array has {lens[i]} elements; the limit is {L.MAX_ARRAY_ITEMS}",
+                    hint="MAX_ARRAY_ITEMS",
+                )
             flat = pl.DataFrame({"__row": np.arange(len(s)), "v": s}).explode("v", empty_as_null=True, keep_nulls=True)
             src = flat.get_column("v")
             got = _cast_scalars(src, inner)
             _check_cast(src, got, inner, name, flat.get_column("__row"))
             if got.dtype != SCALARS[inner]:
                 got = got.cast(SCALARS[inner])
-            out = pl.DataFrame({"__row": flat.get_column("__row"), "v": got}) \
-                .group_by("__row", maintain_order=True).agg(pl.col("v").drop_nulls()).get_column("v")
+            out = (
+                pl.DataFrame({"__row": flat.get_column("__row"), "v": got})
+                .group_by("__row", maintain_order=True)
+                .agg(pl.col("v").drop_nulls())
+                .get_column("v")
+            )
             out = pl.select(pl.when(s.is_not_null()).then(out).otherwise(None)).to_series().cast(target)
     else:
         out = _cast_scalars(s, t)
@@ -830,8 +924,9 @@ def cast_series(s: pl.Series, t: str) -> pl.Series:
         if t == "string":
             too_long = (out.str.len_bytes() > ID_MAX_BYTES).arg_true()
             if len(too_long):
-                raise SchemaError(f"{_where(int(too_long[0]), 'id')}: id longer than {ID_MAX_BYTES} bytes",
-                                  hint="MAX_ID_BYTES")
+                raise SchemaError(
+                    f"{_where(int(too_long[0]), 'id')}: id longer than {ID_MAX_BYTES} bytes", hint="MAX_ID_BYTES"
+                )
     return out.alias(name)
 
 

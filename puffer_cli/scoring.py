@@ -16,6 +16,7 @@ functions, so a result is the same whichever path computes it:
 :class:`Source` is one snapshot of a namespace as the engine sees it,
 :class:`QueryResult` one query's result before response shaping.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -56,13 +57,13 @@ class Source:
     metric: str | None
     seq: int
     bm25_stats: B.Bm25Stats | None = None
-    approx_namespace_size: int | None = None     # default: docs.height
-    exhaustive_search_count: int | None = None   # default: docs.height (no index: all unindexed)
-    cache_temperature: str | None = None         # default: from store traffic (hot if none)
+    approx_namespace_size: int | None = None  # default: docs.height
+    exhaustive_search_count: int | None = None  # default: docs.height (no index: all unindexed)
+    cache_temperature: str | None = None  # default: from store traffic (hot if none)
     cache_hit_ratio: float | None = None
     extra: dict = field(default_factory=dict)
-    prepared: list | None = None                 # per query: a QueryResult already computed (index fast path) or None
-    bytes_queried: int | None = None             # default: docs.estimated_size()
+    prepared: list | None = None  # per query: a QueryResult already computed (index fast path) or None
+    bytes_queried: int | None = None  # default: docs.estimated_size()
 
     def queried(self) -> int:
         return int(self.bytes_queried if self.bytes_queried is not None else self.docs.estimated_size())
@@ -70,31 +71,32 @@ class Source:
 
 @dataclass
 class QueryResult:
-    rows: pl.DataFrame | None           # selected documents in rank order (all columns); None: no rank_by
-    dist: np.ndarray | None             # $dist per row (float64), None for attribute ordering
+    rows: pl.DataFrame | None  # selected documents in rank order (all columns); None: no rank_by
+    dist: np.ndarray | None  # $dist per row (float64), None for attribute ordering
     aggregations: dict | None = None
     aggregation_groups: list | None = None
-    scanned: int = 0                    # documents evaluated
-    matched: int = 0                    # documents passing the filters
-
+    scanned: int = 0  # documents evaluated
+    matched: int = 0  # documents passing the filters
 
 
 # --------------------------------------------------------------------------- primitives
 def id_key(docs: pl.DataFrame) -> np.ndarray:
     """A numeric array ordering rows like their ids (for tie-breaking in numpy)."""
+
     def build():
         s = docs["id"]
         if s.dtype.is_integer():
             return s.to_numpy()
         return s.rank("ordinal").to_numpy().astype(np.int64)
+
     return B.frame_cached(docs, ("idkey",), build)
 
 
 @dataclass
 class VecCache:
-    mat: np.ndarray          # (n, D) float32 C-contiguous; unit rows for cosine
+    mat: np.ndarray  # (n, D) float32 C-contiguous; unit rows for cosine
     valid: np.ndarray | None  # bool (n,), None when every row has a vector
-    sqn: np.ndarray | None   # (n,) float32 squared norms (euclidean)
+    sqn: np.ndarray | None  # (n,) float32 squared norms (euclidean)
     max_sqn: float
 
 
@@ -118,6 +120,7 @@ def vectors(docs: pl.DataFrame, attr: str, metric: str) -> VecCache:
             return VecCache(m, valid, None, 1.0)
         sqn = np.einsum("ij,ij->i", m, m, dtype=np.float64)
         return VecCache(m, valid, sqn.astype(np.float32), float(sqn.max()) if len(sqn) else 0.0)
+
     return B.frame_cached(docs, ("vec", attr, metric), build)
 
 
@@ -187,8 +190,9 @@ def exact_distances(x: np.ndarray, q: np.ndarray, metric: str) -> np.ndarray:
     return np.einsum("ij,ij->i", diff, diff)
 
 
-def rank_vector(q: Q.Query, rb: Q.VectorRank, docs: pl.DataFrame, metric: str,
-                 cand: np.ndarray | None, kk: int) -> tuple[np.ndarray, np.ndarray]:
+def rank_vector(
+    q: Q.Query, rb: Q.VectorRank, docs: pl.DataFrame, metric: str, cand: np.ndarray | None, kk: int
+) -> tuple[np.ndarray, np.ndarray]:
     vc = vectors(docs, rb.attr, metric)
     qv = rb.array()
     if vc.valid is not None:
@@ -201,7 +205,7 @@ def rank_vector(q: Q.Query, rb: Q.VectorRank, docs: pl.DataFrame, metric: str,
     if metric == "cosine_distance":
         qn = float(np.sqrt(np.dot(qv.astype(np.float64), qv.astype(np.float64))))
         qu = (qv / qn).astype(np.float32) if qn > 0 else np.zeros_like(qv)
-        approx = -(mat @ qu)           # = cos distance - 1
+        approx = -(mat @ qu)  # = cos distance - 1
         tol = f32_tolerance(metric, dims)
     else:
         sqn = vc.sqn if cand is None else vc.sqn[cand]
@@ -217,8 +221,13 @@ def rank_vector(q: Q.Query, rb: Q.VectorRank, docs: pl.DataFrame, metric: str,
     return rows[order], exact[order]
 
 
-def text_eval(e, docs: pl.DataFrame | None, schema: Mapping, stats: B.Bm25Stats | None,
-               postings: Mapping[str, B.Postings] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def text_eval(
+    e,
+    docs: pl.DataFrame | None,
+    schema: Mapping,
+    stats: B.Bm25Stats | None,
+    postings: Mapping[str, B.Postings] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(score, matched) of text expression ``e`` per row of ``docs``.  ``postings``
     (field -> Postings of the rows) replaces analysing ``docs``: the index passes its
     stored postings of candidate rows, and then ``docs`` may be None (pure BM25 only)."""

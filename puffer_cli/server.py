@@ -20,6 +20,7 @@ Endpoints (what the official ``turbopuffer`` client 3.x calls)::
     POST   /v1/namespaces/{ns}/_debug/recall   ANN recall against exhaustive search
     GET    /health, GET /metrics               liveness, Prometheus text
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,9 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -45,13 +47,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import limits
+from . import limits, response, wire
 from . import namespace as nsmod
-from . import response, wire
 from . import schema as S
 from .db import DB, connect
-from .errors import (BudgetExceeded, InvalidRequest, PufferError, RateLimited, RequestTimeout, TooLarge,
-                     Unauthorized, UnprocessableBody)
+from .errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    PufferError,
+    RateLimited,
+    RequestTimeout,
+    TooLarge,
+    Unauthorized,
+    UnprocessableBody,
+)
 from .groupcommit import DEFAULT_WINDOW_S, GroupCommitter
 
 log = logging.getLogger("puffer.serve")
@@ -120,8 +129,10 @@ class Metrics:
         with self.lock:
             for (m, r, s), n in sorted(self.requests.items()):
                 out.append(f'puffer_http_requests_total{{method="{m}",route="{r}",status="{s}"}} {n}')
-            out += ["# HELP puffer_http_request_duration_seconds Request latency by route.",
-                    "# TYPE puffer_http_request_duration_seconds histogram"]
+            out += [
+                "# HELP puffer_http_request_duration_seconds Request latency by route.",
+                "# TYPE puffer_http_request_duration_seconds histogram",
+            ]
             for r, h in sorted(self.latency.items()):
                 for i, b in enumerate(LATENCY_BUCKETS):
                     out.append(f'puffer_http_request_duration_seconds_bucket{{route="{r}",le="{b}"}} {h[i]}')
@@ -139,17 +150,23 @@ class Metrics:
                 "# TYPE puffer_wal_commit_seconds_total counter",
                 f"puffer_wal_commit_seconds_total {self.commit_seconds:.6f}",
             ]
-        out += ["# HELP puffer_index_lag_entries WAL entries not yet indexed (hot namespaces).",
-                "# TYPE puffer_index_lag_entries gauge"]
+        out += [
+            "# HELP puffer_index_lag_entries WAL entries not yet indexed (hot namespaces).",
+            "# TYPE puffer_index_lag_entries gauge",
+        ]
         for ns, n in sorted(lag.items()):
             out.append(f'puffer_index_lag_entries{{namespace="{ns}"}} {n}')
-        out += ["# HELP puffer_hot_namespaces Namespaces kept loaded in this process.",
-                "# TYPE puffer_hot_namespaces gauge", f"puffer_hot_namespaces {hot}",
-                "# HELP puffer_request_body_bytes_in_flight Bytes of request bodies being read or parsed.",
-                "# TYPE puffer_request_body_bytes_in_flight gauge",
-                f"puffer_request_body_bytes_in_flight {inflight_bytes}",
-                "# HELP puffer_abandoned_query_threads Queries answered 408 whose worker thread still runs.",
-                "# TYPE puffer_abandoned_query_threads gauge", f"puffer_abandoned_query_threads {abandoned}"]
+        out += [
+            "# HELP puffer_hot_namespaces Namespaces kept loaded in this process.",
+            "# TYPE puffer_hot_namespaces gauge",
+            f"puffer_hot_namespaces {hot}",
+            "# HELP puffer_request_body_bytes_in_flight Bytes of request bodies being read or parsed.",
+            "# TYPE puffer_request_body_bytes_in_flight gauge",
+            f"puffer_request_body_bytes_in_flight {inflight_bytes}",
+            "# HELP puffer_abandoned_query_threads Queries answered 408 whose worker thread still runs.",
+            "# TYPE puffer_abandoned_query_threads gauge",
+            f"puffer_abandoned_query_threads {abandoned}",
+        ]
         return "\n".join(out) + "\n"
 
 
@@ -158,7 +175,7 @@ def _engine():
     try:
         from . import engine  # noqa: PLC0415
     except ImportError as e:
-        raise PufferError(f"queries are not available in this build: {e}")
+        raise PufferError(f"queries are not available in this build: {e}") from e
     return engine
 
 
@@ -192,7 +209,7 @@ def _row_bytes(schema: dict) -> int:
 
 
 def _iso(ms: int | None) -> str:
-    t = dt.datetime.fromtimestamp((ms or 0) / 1000, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp((ms or 0) / 1000, dt.UTC)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -250,8 +267,13 @@ def is_store_failure(e: BaseException) -> bool:
             return True
     if isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)):
         return True
-    return isinstance(e, OSError) and e.errno in (errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET,
-                                                  errno.EHOSTUNREACH, errno.ENETUNREACH)
+    return isinstance(e, OSError) and e.errno in (
+        errno.ETIMEDOUT,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    )
 
 
 def unexpected_error(request: Request, e: BaseException) -> Response:
@@ -269,12 +291,17 @@ def unexpected_error(request: Request, e: BaseException) -> Response:
 class Server:
     def __init__(self, cfg: ServeConfig, db: DB | None = None):
         self.cfg = cfg
-        self.db = db or connect(cfg.store, s3_endpoint=cfg.s3_endpoint, single_writer=cfg.single_writer,
-                                wal_policy=cfg.wal_policy)
+        self.db = db or connect(
+            cfg.store, s3_endpoint=cfg.s3_endpoint, single_writer=cfg.single_writer, wal_policy=cfg.wal_policy
+        )
         self.metrics = Metrics()
-        self.gc = GroupCommitter(self.db.namespace, window_s=cfg.commit_window_ms / 1000,
-                                 copy_source=self.copy_source, on_commit=self.metrics.on_commit,
-                                 filter_budget_s=cfg.query_budget_s)
+        self.gc = GroupCommitter(
+            self.db.namespace,
+            window_s=cfg.commit_window_ms / 1000,
+            copy_source=self.copy_source,
+            on_commit=self.metrics.on_commit,
+            filter_budget_s=cfg.query_budget_s,
+        )
         self.hot: OrderedDict[str, None] = OrderedDict()
         self.hot_lock = threading.Lock()
         self._stop = threading.Event()
@@ -283,7 +310,7 @@ class Server:
         # queries are CPU-bound: running more at once than there are cores only adds GIL churn
         self.query_limiter = anyio.CapacityLimiter(cfg.query_threads or max(2, os.cpu_count() or 2))
         self.inflight_bytes = 0  # request body bytes reserved (only touched on the event loop)
-        self.abandoned = 0       # query threads still running after their request was answered 408
+        self.abandoned = 0  # query threads still running after their request was answered 408
         self.abandoned_lock = threading.Lock()
 
     # -- helpers
@@ -323,11 +350,13 @@ class Server:
     def copy_source(self, src) -> tuple[dict, Any]:
         name = src.get("source_namespace") if isinstance(src, dict) else src
         if not isinstance(name, str):
-            raise InvalidRequest("copy_from_namespace must be a namespace name or {\"source_namespace\": name}")
+            raise InvalidRequest('copy_from_namespace must be a namespace name or {"source_namespace": name}')
         if isinstance(src, dict) and set(src) - {"source_namespace", "source_api_key", "source_region"}:
             unknown = sorted(set(src) - {"source_namespace", "source_api_key", "source_region"})
-            raise InvalidRequest(f"copy_from_namespace: unknown key(s) {', '.join(map(repr, unknown))}",
-                                 hint="it takes source_namespace (and source_api_key / source_region)")
+            raise InvalidRequest(
+                f"copy_from_namespace: unknown key(s) {', '.join(map(repr, unknown))}",
+                hint="it takes source_namespace (and source_api_key / source_region)",
+            )
         if isinstance(src, dict) and (src.get("source_api_key") or src.get("source_region")):
             raise InvalidRequest("copy_from_namespace: copying from another organisation or region is not supported")
         ns = self.db.namespace(name)
@@ -369,15 +398,16 @@ class Server:
                 if abandoned:
                     with self.abandoned_lock:
                         self.abandoned -= 1
-                    log.warning("an abandoned %s finished %.1f s after its budget", what,
-                                time.monotonic() - t_end)
+                    log.warning("an abandoned %s finished %.1f s after its budget", what, time.monotonic() - t_end)
 
         try:
             with anyio.fail_after(2 * budget):
                 await self.query_limiter.acquire()
         except TimeoutError:
-            raise RateLimited(f"all {self.query_limiter.total_tokens:g} query slots stayed busy for {2 * budget:g} s",
-                              hint="retry later, or run puffer serve with more --query-threads") from None
+            raise RateLimited(
+                f"all {self.query_limiter.total_tokens:g} query slots stayed busy for {2 * budget:g} s",
+                hint="retry later, or run puffer serve with more --query-threads",
+            ) from None
         try:
             t_end = time.monotonic() + budget
             with limits.deadline(budget):
@@ -404,8 +434,10 @@ class Server:
             return
         cap = self.cfg.max_body_bytes_in_flight
         if cap and self.inflight_bytes and self.inflight_bytes + n > cap:
-            raise RateLimited(f"server busy: {self.inflight_bytes:,} bytes of request bodies in flight, the limit "
-                              f"is {cap:,}", hint="retry shortly, or send smaller requests")
+            raise RateLimited(
+                f"server busy: {self.inflight_bytes:,} bytes of request bodies in flight, the limit is {cap:,}",
+                hint="retry shortly, or send smaller requests",
+            )
         self.inflight_bytes += n
         request.state.puffer_reserved = getattr(request.state, "puffer_reserved", 0) + n
 
@@ -424,7 +456,7 @@ class Server:
             try:
                 declared = int(cl)
             except ValueError:
-                raise UnprocessableBody("invalid Content-Length header")
+                raise UnprocessableBody("invalid Content-Length header") from None
             if declared > limit:
                 raise TooLarge(f"request body is {declared:,} bytes; the limit is {limit:,}")
         self.reserve(request, declared)
@@ -434,8 +466,9 @@ class Server:
             await self._read(request, stream, buf, declared, limit)
         finally:
             await stream.aclose()
-        return wire.decode_body(buf, request.headers.get("content-encoding"), limit=limit,
-                                on_grow=lambda k: self.reserve(request, k))
+        return wire.decode_body(
+            buf, request.headers.get("content-encoding"), limit=limit, on_grow=lambda k: self.reserve(request, k)
+        )
 
     async def _read(self, request: Request, stream, buf: bytearray, declared: int, limit: int) -> None:
         n = 0
@@ -453,8 +486,10 @@ class Server:
             if scope.cancelled_caught:
                 total = end is not None and time.monotonic() >= end
                 why = f"it must arrive within {total_to:g} s" if total else f"no data for {chunk_to:g} s"
-                raise RequestTimeout(f"request body not received in time ({n:,} bytes in; {why})",
-                                     hint="the connection is closed; send the body without pausing")
+                raise RequestTimeout(
+                    f"request body not received in time ({n:,} bytes in; {why})",
+                    hint="the connection is closed; send the body without pausing",
+                )
             n += len(c)
             if n > limit:
                 raise TooLarge(f"request body exceeds the {limit:,} byte limit")
@@ -490,8 +525,9 @@ class Server:
             except ClientDisconnect:
                 # the client went away mid-body: nothing was done (a write is only submitted once its
                 # whole body is in), nothing can be answered; 499 in the metrics, as nginx counts it
-                log.info("%s %s: client disconnected before the request body was complete",
-                         request.method, request.url.path)
+                log.info(
+                    "%s %s: client disconnected before the request body was complete", request.method, request.url.path
+                )
                 resp = Response(b"", CLIENT_CLOSED)
             except Exception as e:  # noqa: BLE001 - a bug: answer 500 in the error shape, log the trace
                 resp = unexpected_error(request, e)
@@ -531,11 +567,15 @@ class Server:
     async def query(self, request: Request):
         ns = self.ns(request.path_params["ns"])
         body, _ = await self.json_body(request)
-        multi = "queries" in body or request.query_params.get("stainless_overload") == "multiQuery" \
+        multi = (
+            "queries" in body
+            or request.query_params.get("stainless_overload") == "multiQuery"
             or request.url.path.endswith("/multi-query")
+        )
         eng = _engine()
-        res = await self.run_query(eng.run_multi if multi else eng.run_query, ns, body,
-                                   what="multi-query" if multi else "query")
+        res = await self.run_query(
+            eng.run_multi if multi else eng.run_query, ns, body, what="multi-query" if multi else "query"
+        )
         return self.shape(ns, res, body)
 
     def shape(self, ns, res: dict, body: dict) -> dict:
@@ -574,8 +614,11 @@ class Server:
         if not keys:
             index = {"status": "up-to-date"}
         else:
-            index = {"status": "updating", "unindexed_bytes": sum(self.db.store.size(k) for _s, k in keys),
-                     "unindexed_rows": up + deleted}
+            index = {
+                "status": "updating",
+                "unindexed_bytes": sum(self.db.store.size(k) for _s, k in keys),
+                "unindexed_rows": up + deleted,
+            }
         return {
             "approx_logical_bytes": nbytes,
             "approx_row_count": rows,
@@ -617,7 +660,7 @@ class Server:
         try:
             page_size = int(ps) if ps not in (None, "") else 1000
         except ValueError:
-            raise InvalidRequest(f"page_size must be an integer, got {ps!r}")
+            raise InvalidRequest(f"page_size must be an integer, got {ps!r}") from None
         names, nxt = await self.run(self.db.namespaces, q.get("prefix") or None, q.get("cursor") or None, page_size)
         out: dict[str, Any] = {"namespaces": [{"id": n} for n in names]}
         if nxt:
@@ -651,8 +694,9 @@ class Server:
         if unknown:
             raise InvalidRequest(f"unknown recall parameter(s): {', '.join(sorted(unknown))}")
         if body.get("rank_by") is not None:
-            raise InvalidRequest("recall with a custom rank_by is not supported; it samples query vectors "
-                                 "from the namespace")
+            raise InvalidRequest(
+                "recall with a custom rank_by is not supported; it samples query vectors from the namespace"
+            )
         kw: dict[str, Any] = {}
         for k in ("num", "top_k"):
             if body.get(k) is not None:
@@ -681,8 +725,11 @@ class Server:
 
     async def metrics_view(self, request: Request):
         lag = await self.run(self._lag)
-        return Response(self.metrics.render(lag, len(self.hot), self.inflight_bytes, self.abandoned), 200,
-                        media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            self.metrics.render(lag, len(self.hot), self.inflight_bytes, self.abandoned),
+            200,
+            media_type="text/plain; version=0.0.4; charset=utf-8",
+        )
 
     # ------------------------------------------------------------ indexer loop
     def index_loop(self, interval: float) -> None:
@@ -710,8 +757,9 @@ class Server:
     async def lifespan(self, app):
         anyio.to_thread.current_default_thread_limiter().total_tokens = max(8, self.cfg.threads)
         if self.cfg.index_interval:
-            self._indexer = threading.Thread(target=self.index_loop, args=(self.cfg.index_interval,),
-                                             name="puffer-indexer", daemon=True)
+            self._indexer = threading.Thread(
+                target=self.index_loop, args=(self.cfg.index_interval,), name="puffer-indexer", daemon=True
+            )
             self._indexer.start()
         try:
             yield
@@ -743,8 +791,10 @@ class Server:
 
         async def http_error(request: Request, exc: HTTPException) -> Response:
             t0 = time.perf_counter()
-            msg = {404: f"no such endpoint: {request.method} {request.url.path}",
-                   405: f"method {request.method} not allowed on {request.url.path}"}.get(exc.status_code, exc.detail)
+            msg = {
+                404: f"no such endpoint: {request.method} {request.url.path}",
+                405: f"method {request.method} not allowed on {request.url.path}",
+            }.get(exc.status_code, exc.detail)
             self.finish(request, "unmatched", exc.status_code, t0)
             resp = error_json(str(msg), exc.status_code)
             resp.headers.update(exc.headers or {})  # e.g. Allow on a 405
@@ -755,8 +805,11 @@ class Server:
                 return error_response(exc)
             return unexpected_error(request, exc)
 
-        app = Starlette(routes=routes, lifespan=self.lifespan,
-                        exception_handlers={HTTPException: http_error, Exception: server_error})
+        app = Starlette(
+            routes=routes,
+            lifespan=self.lifespan,
+            exception_handlers={HTTPException: http_error, Exception: server_error},
+        )
         app.state.server = self
         return app
 
@@ -777,8 +830,9 @@ def app_from_env() -> Starlette:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     log.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
@@ -798,7 +852,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
         if not 0 <= p <= 65535:
             raise ValueError
     except ValueError:
-        raise InvalidRequest(f"--listen {listen!r}: port must be a number 0-65535", hint="e.g. --listen 0.0.0.0:8080")
+        raise InvalidRequest(
+            f"--listen {listen!r}: port must be a number 0-65535", hint="e.g. --listen 0.0.0.0:8080"
+        ) from None
     return host, p
 
 
@@ -818,8 +874,10 @@ def _guard_settings(app: Any) -> tuple[float | None, int]:
 def _raw_error(status: int, reason: str, msg: str) -> bytes:
     body = response.error_body(msg)
     retry = "x-should-retry: false\r\n" if status in NO_RETRY else ""
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"{retry}connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"{retry}connection: close\r\n\r\n"
+    ).encode() + body
 
 
 class _SlowClientGuard:
@@ -884,8 +942,9 @@ class _SlowClientGuard:
             self._disarm_header_timer()
         elif waiting and self._hdr_bytes > self._hdr_max:
             self._disarm_header_timer()
-            self._refuse(431, "Request Header Fields Too Large",
-                         f"request line and headers exceed {self._hdr_max:,} bytes")
+            self._refuse(
+                431, "Request Header Fields Too Large", f"request line and headers exceed {self._hdr_max:,} bytes"
+            )
 
     def send_400_response(self, msg: str) -> None:  # malformed HTTP: the JSON error shape too
         self._refuse(400, "Bad Request", f"invalid HTTP request: {msg}")
@@ -903,6 +962,7 @@ try:
 except ImportError:  # pragma: no cover - httptools is optional for uvicorn
     GuardedProtocol: type = GuardedH11Protocol
 else:
+
     class GuardedHttpToolsProtocol(_SlowClientGuard, HttpToolsProtocol):
         pass
 
@@ -911,8 +971,15 @@ else:
 
 def uvicorn_kwargs(log_level: str = "info") -> dict:
     """The uvicorn options ``serve`` runs with (tests start their servers with the same)."""
-    return dict(log_level=log_level, access_log=False, timeout_graceful_shutdown=60, lifespan="on",
-                proxy_headers=False, server_header=False, http=GuardedProtocol)
+    return dict(
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=60,
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        http=GuardedProtocol,
+    )
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -921,8 +988,10 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as e:
-        raise InvalidRequest(f"--listen {listen}: cannot resolve host {host!r} ({e})",
-                             hint="use an IP address such as 127.0.0.1 or 0.0.0.0, or a resolvable host name")
+        raise InvalidRequest(
+            f"--listen {listen}: cannot resolve host {host!r} ({e})",
+            hint="use an IP address such as 127.0.0.1 or 0.0.0.0, or a resolvable host name",
+        ) from e
     family, stype, proto, _, addr = infos[0]
     sock = socket.socket(family, stype, proto)
     try:
@@ -931,15 +1000,20 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise InvalidRequest(f"--listen {listen}: address already in use", hint="pick another --listen port")
+            raise InvalidRequest(f"--listen {listen}: address already in use", hint="pick another --listen port") from e
         if e.errno == errno.EACCES:
-            raise InvalidRequest(f"--listen {listen}: permission denied",
-                                 hint="ports below 1024 need privileges; pick another --listen port")
+            raise InvalidRequest(
+                f"--listen {listen}: permission denied",
+                hint="ports below 1024 need privileges; pick another --listen port",
+            ) from e
         if e.errno == errno.EADDRNOTAVAIL:
-            raise InvalidRequest(f"--listen {listen}: {host!r} is not an address of this machine",
-                                 hint="use 127.0.0.1, 0.0.0.0 or one of this machine's addresses")
-        raise InvalidRequest(f"--listen {listen}: cannot listen there ({e.strerror or e})",
-                             hint="pick another --listen address or port")
+            raise InvalidRequest(
+                f"--listen {listen}: {host!r} is not an address of this machine",
+                hint="use 127.0.0.1, 0.0.0.0 or one of this machine's addresses",
+            ) from e
+        raise InvalidRequest(
+            f"--listen {listen}: cannot listen there ({e.strerror or e})", hint="pick another --listen address or port"
+        ) from e
     sock.set_inheritable(True)  # --workers: the worker processes inherit it
     return sock
 

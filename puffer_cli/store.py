@@ -12,6 +12,7 @@ Every backend offers the same primitives, each atomic as docs/format.md says:
 the version token), ``list`` (sorted keys under a prefix, optionally after a key),
 ``read_range``, ``delete``.  Keys are ``/``-separated and relative to the root.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,7 +48,7 @@ class IOStats:
     bytes_read: int = 0
     bytes_written: int = 0
 
-    def add(self, other: "IOStats") -> None:
+    def add(self, other: IOStats) -> None:
         self.requests += other.requests
         self.bytes_read += other.bytes_read
         self.bytes_written += other.bytes_written
@@ -187,10 +188,13 @@ class Store:
             for t in ts:
                 t.join(limits.S3_PROBE_TIMEOUT_S + 2)
             if sorted(map(repr, results)) != ["False", "True"]:
-                got = ", ".join("no answer" if r is None else str(r) if isinstance(r, bool) else type(r).__name__
-                                for r in results)
-                self.probe_reason = (f"two concurrent create-if-absent of one key did not resolve to one winner "
-                                     f"within {limits.S3_PROBE_TIMEOUT_S:g} s (got: {got})")
+                got = ", ".join(
+                    "no answer" if r is None else str(r) if isinstance(r, bool) else type(r).__name__ for r in results
+                )
+                self.probe_reason = (
+                    f"two concurrent create-if-absent of one key did not resolve to one winner "
+                    f"within {limits.S3_PROBE_TIMEOUT_S:g} s (got: {got})"
+                )
                 return False
             return True
         finally:
@@ -218,12 +222,15 @@ class Store:
 # ---------------------------------------------------------------- local disk
 def _local_op(what: str):
     """Run a LocalStore primitive under ``LocalStore._os`` (its first argument is the key)."""
+
     def deco(fn):
         @functools.wraps(fn)
         def run(self, key="", *a, **kw):
             with self._os(what, key):
                 return fn(self, key, *a, **kw)
+
         return run
+
     return deco
 
 
@@ -240,12 +247,15 @@ class LocalStore(Store):
         while not p.exists() and p != p.parent:
             p = p.parent
         if not p.is_dir():
-            raise InvalidRequest(f"store path {self.root} is not a directory ({p} is a file)",
-                                 hint="pass --store a directory (it is created on the first write), "
-                                      "memory:// or s3://bucket/prefix")
+            raise InvalidRequest(
+                f"store path {self.root} is not a directory ({p} is a file)",
+                hint="pass --store a directory (it is created on the first write), memory:// or s3://bucket/prefix",
+            )
         if p == self.root and not os.access(p, os.R_OK | os.X_OK):
-            raise StoreError(f"cannot read the store directory {self.root}: permission denied",
-                             hint="fix its permissions or pass --store a directory you can read")
+            raise StoreError(
+                f"cannot read the store directory {self.root}: permission denied",
+                hint="fix its permissions or pass --store a directory you can read",
+            )
 
     def _p(self, key: str) -> Path:
         return self.root / key
@@ -259,26 +269,34 @@ class LocalStore(Store):
         except FileNotFoundError as e:
             if what not in ("write", "create"):
                 raise  # a missing key
-            raise StoreError(f"cannot {what} {key!r} in the store {self.root}: {e.strerror} ({e.filename})",
-                             hint="pass --store a directory that can be created and written") from e
+            raise StoreError(
+                f"cannot {what} {key!r} in the store {self.root}: {e.strerror} ({e.filename})",
+                hint="pass --store a directory that can be created and written",
+            ) from e
         except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
             if what == "read":
                 raise FileNotFoundError(key) from e
-            raise StoreError(f"cannot {what} {key!r} in the store {self.root}: {e.strerror} ({e.filename})",
-                             hint="a file or directory is in the way; pass --store a directory puffer owns") from e
+            raise StoreError(
+                f"cannot {what} {key!r} in the store {self.root}: {e.strerror} ({e.filename})",
+                hint="a file or directory is in the way; pass --store a directory puffer owns",
+            ) from e
         except PermissionError as e:
-            raise StoreError(f"cannot {what} {key!r} in the store {self.root}: permission denied ({e.filename})",
-                             hint="fix the directory's permissions or pass --store a directory you can write") from e
+            raise StoreError(
+                f"cannot {what} {key!r} in the store {self.root}: permission denied ({e.filename})",
+                hint="fix the directory's permissions or pass --store a directory you can write",
+            ) from e
         except OSError as e:
-            raise StoreError(f"cannot {what} {key!r} in the store {self.root}: {e.strerror or e}",
-                             hint="check the disk (space, read-only mount) or pass another --store") from e
+            raise StoreError(
+                f"cannot {what} {key!r} in the store {self.root}: {e.strerror or e}",
+                hint="check the disk (space, read-only mount) or pass another --store",
+            ) from e
 
     @_local_op("read")
     def read(self, key: str) -> bytes:
         try:
             data = self.fs.cat_file(str(self._p(key)))
         except IsADirectoryError:
-            raise FileNotFoundError(key)
+            raise FileNotFoundError(key) from None
         _count(read=len(data))
         return data
 
@@ -396,7 +414,7 @@ class LocalStore(Store):
         if not d.is_dir():
             _count()
             return out
-        for dirpath, dirnames, filenames in os.walk(d):
+        for dirpath, _dirnames, filenames in os.walk(d):
             rel = os.path.relpath(dirpath, self.root)
             rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
             for f in filenames:
@@ -505,7 +523,7 @@ class MemoryStore(Store):
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         names = set()
         for k in self.list(prefix):
-            rest = k[len(prefix):]
+            rest = k[len(prefix) :]
             if "/" in rest:
                 names.add(rest.split("/", 1)[0])
         return sorted(names)
@@ -543,11 +561,28 @@ class _Transient(Exception):
         self.unreachable = unreachable
 
 
-_RETRY_CODES = {"ConditionalRequestConflict", "SlowDown", "Throttling", "ThrottlingException",
-                "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable",
-                "OperationAborted", "TooManyRequests"}
-_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-               "ExpiredToken", "AllAccessDisabled", "AccountProblem", "InvalidSecurity"}
+_RETRY_CODES = {
+    "ConditionalRequestConflict",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "OperationAborted",
+    "TooManyRequests",
+}
+_AUTH_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidSecurity",
+}
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 
@@ -558,8 +593,10 @@ def _check_endpoint(endpoint: str) -> None:
     except ValueError:
         ok = False
     if not ok:
-        raise InvalidRequest(f"S3 endpoint {endpoint!r} is not a URL",
-                             hint="pass --s3-endpoint http(s)://host[:port] (or unset PUFFER_S3_ENDPOINT)")
+        raise InvalidRequest(
+            f"S3 endpoint {endpoint!r} is not a URL",
+            hint="pass --s3-endpoint http(s)://host[:port] (or unset PUFFER_S3_ENDPOINT)",
+        )
 
 
 class S3Store(Store):
@@ -578,13 +615,15 @@ class S3Store(Store):
     def __init__(self, url: str, endpoint_url: str | None = None, **options):
         import s3fs
 
-        rest = url[len("s3://"):]
+        rest = url[len("s3://") :]
         if rest.startswith("/") or not rest.strip("/"):
             raise InvalidRequest(f"store URL {url!r} names no bucket", hint="use s3://bucket[/prefix]")
         self.bucket, _, prefix = rest.strip("/").partition("/")
         if not _BUCKET_RE.match(self.bucket):
-            raise InvalidRequest(f"store URL {url!r}: {self.bucket!r} is not a valid bucket name",
-                                 hint="use s3://bucket[/prefix] with a bucket of letters, digits, '.', '-'")
+            raise InvalidRequest(
+                f"store URL {url!r}: {self.bucket!r} is not a valid bucket name",
+                hint="use s3://bucket[/prefix] with a bucket of letters, digits, '.', '-'",
+            )
         self.prefix = prefix.strip("/")
         self.url = url
         endpoint_url = endpoint_url or os.environ.get("PUFFER_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
@@ -593,14 +632,19 @@ class S3Store(Store):
         self.endpoint = endpoint_url or "AWS S3"
         client_kwargs = {"endpoint_url": endpoint_url} if endpoint_url else {}
         # botocore and s3fs make one attempt each; _call owns retries (and their deadline)
-        config_kwargs: dict = {"connect_timeout": limits.S3_CONNECT_TIMEOUT_S,
-                               "read_timeout": limits.S3_READ_TIMEOUT_S,
-                               "retries": {"total_max_attempts": 1}}
+        config_kwargs: dict = {
+            "connect_timeout": limits.S3_CONNECT_TIMEOUT_S,
+            "read_timeout": limits.S3_READ_TIMEOUT_S,
+            "retries": {"total_max_attempts": 1},
+        }
         if endpoint_url:
             config_kwargs["s3"] = {"addressing_style": "path"}
         self.fs = s3fs.S3FileSystem(
-            use_listings_cache=False, skip_instance_cache=True,
-            client_kwargs=client_kwargs, config_kwargs=config_kwargs, **options,
+            use_listings_cache=False,
+            skip_instance_cache=True,
+            client_kwargs=client_kwargs,
+            config_kwargs=config_kwargs,
+            **options,
         )
         self.fs.retries = 1  # s3fs's own retry loop (a class attribute); _call retries instead
 
@@ -644,7 +688,7 @@ class S3Store(Store):
                         raise
                     raise err from e
                 end = deadline if not err.unreachable else min(deadline, start + limits.S3_UNREACHABLE_DEADLINE_S)
-                pause = random.uniform(0, min(limits.S3_RETRY_MAX_S, limits.S3_RETRY_BASE_S * 2 ** attempt))
+                pause = random.uniform(0, min(limits.S3_RETRY_MAX_S, limits.S3_RETRY_BASE_S * 2**attempt))
                 if time.monotonic() + pause >= end:
                     final = err.error
                     final.message += f" (gave up after {attempt + 1} attempts in {time.monotonic() - start:.1f} s)"
@@ -672,17 +716,24 @@ class S3Store(Store):
             if code == "PreconditionFailed" or status == 412:
                 return _Precondition(code)
             if code == "NoSuchBucket":
-                return StoreError(f"S3 bucket {self.bucket!r} does not exist at {self.endpoint}",
-                                  hint=f"create it (e.g. `aws s3 mb s3://{self.bucket}`) or fix --store / --s3-endpoint")
+                return StoreError(
+                    f"S3 bucket {self.bucket!r} does not exist at {self.endpoint}",
+                    hint=f"create it (e.g. `aws s3 mb s3://{self.bucket}`) or fix --store / --s3-endpoint",
+                )
             if code in ("NoSuchKey", "404", "NotFound") or status == 404:
                 return FileNotFoundError(key)
             if code in _AUTH_CODES or status in (401, 403):
-                return StoreError(f"S3 access denied ({code or status}) to {where} on {what} {key!r}: {msg}",
-                                  hint="check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and the "
-                                       "bucket policy")
+                return StoreError(
+                    f"S3 access denied ({code or status}) to {where} on {what} {key!r}: {msg}",
+                    hint="check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and the bucket policy",
+                )
             if code in _RETRY_CODES or status in (409, 429) or status >= 500:
-                return _Transient(StoreError(f"S3 {what} {key!r} failed on {where}: {code or status} {msg}",
-                                             hint="the S3 server is overloaded or failing; retry later"))
+                return _Transient(
+                    StoreError(
+                        f"S3 {what} {key!r} failed on {where}: {code or status} {msg}",
+                        hint="the S3 server is overloaded or failing; retry later",
+                    )
+                )
             return StoreError(f"S3 {what} {key!r} failed on {where}: {code or status} {msg}")
         if isinstance(e, FileExistsError):
             return _Precondition("exists")
@@ -691,27 +742,38 @@ class S3Store(Store):
         if isinstance(e, (PufferError, _Precondition)):
             return e
         if any(isinstance(c, (bex.NoCredentialsError, bex.PartialCredentialsError)) for c in chain):
-            return StoreError(f"no AWS credentials found for {where}",
-                              hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
+            return StoreError(
+                f"no AWS credentials found for {where}",
+                hint="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+            )
         if any(isinstance(c, (asyncio.TimeoutError, asyncio.CancelledError, bex.ReadTimeoutError)) for c in chain):
-            return _Transient(StoreError(f"S3 {what} {key!r} on {where} got no answer in time",
-                                         hint="the S3 server is slow or hanging; retry later"))
-        unreachable = StoreError(f"cannot reach the S3 endpoint {self.endpoint} for bucket {self.bucket!r}: "
-                                 f"{type(chain[-1]).__name__}: {chain[-1]}",
-                                 hint="check --s3-endpoint / PUFFER_S3_ENDPOINT and that the server is up")
+            return _Transient(
+                StoreError(
+                    f"S3 {what} {key!r} on {where} got no answer in time",
+                    hint="the S3 server is slow or hanging; retry later",
+                )
+            )
+        unreachable = StoreError(
+            f"cannot reach the S3 endpoint {self.endpoint} for bucket {self.bucket!r}: "
+            f"{type(chain[-1]).__name__}: {chain[-1]}",
+            hint="check --s3-endpoint / PUFFER_S3_ENDPOINT and that the server is up",
+        )
         try:
             import aiohttp
+
             net: tuple = (aiohttp.ClientError,)
         except ImportError:  # pragma: no cover
             net = ()
-        if any(isinstance(c, (bex.EndpointConnectionError, bex.ConnectTimeoutError)) for c in chain) or \
-                any(isinstance(c, ConnectionRefusedError) for c in chain):
+        if any(isinstance(c, (bex.EndpointConnectionError, bex.ConnectTimeoutError)) for c in chain) or any(
+            isinstance(c, ConnectionRefusedError) for c in chain
+        ):
             return _Transient(unreachable, unreachable=True)
         if any(isinstance(c, (bex.HTTPClientError, bex.ConnectionError, ConnectionError, *net)) for c in chain):
             return _Transient(unreachable)
         if isinstance(e, ValueError) and "endpoint" in str(e).lower():
-            return InvalidRequest(f"S3 endpoint {self.endpoint!r} is invalid: {e}",
-                                  hint="pass --s3-endpoint http(s)://host[:port]")
+            return InvalidRequest(
+                f"S3 endpoint {self.endpoint!r} is invalid: {e}", hint="pass --s3-endpoint http(s)://host[:port]"
+            )
         if isinstance(e, (bex.BotoCoreError, OSError, *net)):
             return StoreError(f"S3 {what} {key!r} failed on {where}: {type(e).__name__}: {e}")
         return e  # a bug in puffer, not a store failure: let it surface as one
@@ -759,8 +821,13 @@ class S3Store(Store):
     def _create(self, key: str, data: bytes, deadline_s: float | None = None) -> bool:
         _count(written=len(data))
         try:
-            self._call("create", key, lambda: self.fs._pipe_file(self._p(key), data, mode="create"),
-                       deadline_s=deadline_s, retry_check=lambda: self._is_ours(key, data))
+            self._call(
+                "create",
+                key,
+                lambda: self.fs._pipe_file(self._p(key), data, mode="create"),
+                deadline_s=deadline_s,
+                retry_check=lambda: self._is_ours(key, data),
+            )
             return True
         except _Precondition:
             return False
@@ -776,8 +843,12 @@ class S3Store(Store):
             return self.create(key, data)
         _count(written=len(data))
         try:
-            self._call("cas", key, lambda: self.fs._pipe_file(self._p(key), data, IfMatch=version),
-                       retry_check=lambda: self._is_ours(key, data))
+            self._call(
+                "cas",
+                key,
+                lambda: self.fs._pipe_file(self._p(key), data, IfMatch=version),
+                retry_check=lambda: self._is_ours(key, data),
+            )
             return True
         except (_Precondition, FileNotFoundError):  # stale version, or the object is gone
             return False
@@ -816,7 +887,7 @@ class S3Store(Store):
                     kw["ContinuationToken"] = token
                 resp = await self.fs._call_s3("list_objects_v2", **kw)
                 _count()
-                out.extend(p["Prefix"][len(full_prefix):].rstrip("/") for p in resp.get("CommonPrefixes", []))
+                out.extend(p["Prefix"][len(full_prefix) :].rstrip("/") for p in resp.get("CommonPrefixes", []))
                 if not resp.get("IsTruncated"):
                     return out
                 token = resp["NextContinuationToken"]
@@ -848,7 +919,7 @@ def open_store(url: str | None = None, *, s3_endpoint: str | None = None) -> Sto
         if key in _STORES:
             return _STORES[key]
         if url.startswith("memory://"):
-            st: Store = MemoryStore(url[len("memory://"):])
+            st: Store = MemoryStore(url[len("memory://") :])
         elif url.startswith("s3://"):
             st = S3Store(url, endpoint_url=s3_endpoint)
         elif "://" in url and not url.startswith("file://"):
@@ -857,7 +928,7 @@ def open_store(url: str | None = None, *, s3_endpoint: str | None = None) -> Sto
                 hint="use a local path, memory://, or s3://bucket/prefix",
             )
         else:
-            st = LocalStore(url[len("file://"):] if url.startswith("file://") else url)
+            st = LocalStore(url[len("file://") :] if url.startswith("file://") else url)
         _STORES[key] = st
         return st
 

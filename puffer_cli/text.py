@@ -36,6 +36,7 @@ Tokenizers:
 Stemming is off by default (as in turbopuffer); note that with stemming on, the
 stemmer sees lowercased tokens only when case_sensitive is false.
 """
+
 from __future__ import annotations
 
 import functools
@@ -65,15 +66,43 @@ TOKENIZERS = ("word_v1", "word_v0", "pre_tokenized_array")
 
 #: Languages tantivy ships a Snowball stemmer for.
 LANGUAGES = (
-    "arabic", "danish", "dutch", "english", "finnish", "french", "german", "greek",
-    "hungarian", "italian", "norwegian", "portuguese", "romanian", "russian",
-    "spanish", "swedish", "tamil", "turkish",
+    "arabic",
+    "danish",
+    "dutch",
+    "english",
+    "finnish",
+    "french",
+    "german",
+    "greek",
+    "hungarian",
+    "italian",
+    "norwegian",
+    "portuguese",
+    "romanian",
+    "russian",
+    "spanish",
+    "swedish",
+    "tamil",
+    "turkish",
 )
 #: Languages tantivy ships a stop word list for (others: remove_stopwords is a no-op).
-STOPWORD_LANGUAGES = frozenset({
-    "danish", "dutch", "english", "finnish", "french", "german", "hungarian",
-    "italian", "norwegian", "portuguese", "russian", "spanish", "swedish",
-})
+STOPWORD_LANGUAGES = frozenset(
+    {
+        "danish",
+        "dutch",
+        "english",
+        "finnish",
+        "french",
+        "german",
+        "hungarian",
+        "italian",
+        "norwegian",
+        "portuguese",
+        "russian",
+        "spanish",
+        "swedish",
+    }
+)
 
 DEFAULT_FTS_OPTIONS: dict[str, Any] = {
     "tokenizer": "word_v1",
@@ -89,8 +118,15 @@ DEFAULT_FTS_OPTIONS: dict[str, Any] = {
 
 _BOOL_KEYS = ("stemming", "remove_stopwords", "case_sensitive", "ascii_folding")
 # Keys that change the produced tokens (k1/b only change scoring).
-_TOKEN_KEYS = ("tokenizer", "language", "stemming", "remove_stopwords",
-               "case_sensitive", "ascii_folding", "max_token_length")
+_TOKEN_KEYS = (
+    "tokenizer",
+    "language",
+    "stemming",
+    "remove_stopwords",
+    "case_sensitive",
+    "ascii_folding",
+    "max_token_length",
+)
 
 _WORD_V1_PATTERN = r"\w+"
 
@@ -106,42 +142,36 @@ def normalize_fts_options(opts: Any) -> dict[str, Any]:
     if opts is True:
         return dict(DEFAULT_FTS_OPTIONS)
     if not isinstance(opts, Mapping):
-        raise SchemaError(
-            f"full_text_search must be true or an object, got {_show(opts)}")
+        raise SchemaError(f"full_text_search must be true or an object, got {_show(opts)}")
     unknown = sorted(set(opts) - set(DEFAULT_FTS_OPTIONS))
     if unknown:
         raise SchemaError(
-            f"full_text_search: unknown option {_show(unknown[0])}; known options: "
-            + ", ".join(DEFAULT_FTS_OPTIONS))
+            f"full_text_search: unknown option {_show(unknown[0])}; known options: " + ", ".join(DEFAULT_FTS_OPTIONS)
+        )
     out = dict(DEFAULT_FTS_OPTIONS)
     out.update(opts)
 
     tok = out["tokenizer"]
     if tok not in TOKENIZERS:
-        raise SchemaError(
-            f"full_text_search: unknown tokenizer {_show(tok)}; expected one of "
-            + ", ".join(TOKENIZERS))
+        raise SchemaError(f"full_text_search: unknown tokenizer {_show(tok)}; expected one of " + ", ".join(TOKENIZERS))
     lang = out["language"]
     if not isinstance(lang, str) or lang.lower() not in LANGUAGES:
         raise SchemaError(
-            f"full_text_search: unsupported language {_show(lang)}; expected one of "
-            + ", ".join(LANGUAGES))
+            f"full_text_search: unsupported language {_show(lang)}; expected one of " + ", ".join(LANGUAGES)
+        )
     out["language"] = lang.lower()
     for key in _BOOL_KEYS:
         if not isinstance(out[key], bool):
-            raise SchemaError(
-                f"full_text_search: {key} must be a boolean, got {_show(out[key])}")
+            raise SchemaError(f"full_text_search: {key} must be a boolean, got {_show(out[key])}")
     mtl = out["max_token_length"]
     if isinstance(mtl, bool) or not isinstance(mtl, int) or not 1 <= mtl <= 65535:
         raise SchemaError(
-            "full_text_search: max_token_length must be an integer between 1 and 65535, "
-            f"got {_show(mtl)}")
+            f"full_text_search: max_token_length must be an integer between 1 and 65535, got {_show(mtl)}"
+        )
     for key, lo in (("k1", 0.0), ("b", 0.0)):
         v = out[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo \
-                or not math.isfinite(v):
-            raise SchemaError(
-                f"full_text_search: {key} must be a finite non-negative number, got {_show(v)}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo or not math.isfinite(v):
+            raise SchemaError(f"full_text_search: {key} must be a finite non-negative number, got {_show(v)}")
         out[key] = float(v)
     if out["b"] > 1.0:
         raise SchemaError(f"full_text_search: b must be between 0 and 1, got {_show(out['b'])}")
@@ -175,8 +205,7 @@ def _build(key: tuple) -> tantivy.TextAnalyzer:
         if not cs:
             b = b.filter(tantivy.Filter.lowercase())
         return b.build()
-    tokenizer = (tantivy.Tokenizer.regex(_WORD_V1_PATTERN) if tok == "word_v1"
-                 else tantivy.Tokenizer.simple())
+    tokenizer = tantivy.Tokenizer.regex(_WORD_V1_PATTERN) if tok == "word_v1" else tantivy.Tokenizer.simple()
     b = tantivy.TextAnalyzerBuilder(tokenizer)
     b = b.filter(tantivy.Filter.remove_long(mtl + 1))
     if not cs:

@@ -18,6 +18,7 @@ others untouched) and ``delete`` (an ``id`` column).  Filter-based and
 conditional writes are resolved to these before commit, so replay needs no
 filter evaluation and is deterministic.  Ops keep their order.
 """
+
 from __future__ import annotations
 
 import io
@@ -76,8 +77,7 @@ def encode(seq: int, ops: list[Op], **header_fields: Any) -> bytes:
         if op.kind not in OP_KINDS:
             raise ValueError(f"unknown op kind {op.kind!r}")
         b = _ipc(op.table)
-        metas.append({"kind": op.kind, "rows": op.table.height, "offset": off,
-                      "length": len(b), "crc": zlib.crc32(b)})
+        metas.append({"kind": op.kind, "rows": op.table.height, "offset": off, "length": len(b), "crc": zlib.crc32(b)})
         blocks.append(b)
         off += len(b)
     header = {"seq": seq, **header_fields, "ops": metas}
@@ -99,7 +99,7 @@ def read_header(data: bytes) -> tuple[dict, int]:
         raise WalFormatError(f"bad magic {magic!r} (expected {MAGIC!r})")
     if version != VERSION:
         raise WalFormatError(f"unsupported format version {version}")
-    hb = data[PREFIX.size:PREFIX.size + hlen]
+    hb = data[PREFIX.size : PREFIX.size + hlen]
     if len(hb) != hlen:
         raise WalFormatError(f"truncated header: {len(hb)} of {hlen} bytes")
     if zlib.crc32(hb) != hcrc:
@@ -107,7 +107,7 @@ def read_header(data: bytes) -> tuple[dict, int]:
     try:
         header = json.loads(hb)
     except ValueError as e:  # pragma: no cover - CRC makes this unlikely
-        raise WalFormatError(f"header is not JSON: {e}")
+        raise WalFormatError(f"header is not JSON: {e}") from e
     return header, PREFIX.size + hlen
 
 
@@ -140,7 +140,7 @@ def decode(data: bytes, seq: int | None = None) -> Entry:
         raise WalFormatError(f"header says seq {header.get('seq')}, key says {seq}")
     ops = []
     for m in header["ops"]:
-        b = data[start + m["offset"]: start + m["offset"] + m["length"]]
+        b = data[start + m["offset"] : start + m["offset"] + m["length"]]
         ops.append(Op(m["kind"], pl.read_ipc(io.BytesIO(b))))
     return Entry(header["seq"], ops, header)
 
@@ -155,7 +155,7 @@ def salvage(data: bytes) -> tuple[dict | None, list[Op], list[int]]:
         return None, [], []
     good, lost = [], []
     for i, m in enumerate(header.get("ops", [])):
-        b = data[start + m["offset"]: start + m["offset"] + m["length"]]
+        b = data[start + m["offset"] : start + m["offset"] + m["length"]]
         if len(b) == m["length"] and zlib.crc32(b) == m["crc"]:
             try:
                 good.append(Op(m["kind"], pl.read_ipc(io.BytesIO(b))))

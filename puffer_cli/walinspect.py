@@ -6,6 +6,7 @@ the ops whose own checksums still verify, with a ``repaired`` header field
 (what was lost, where the bytes are).  A missing segment gets an empty entry
 marked the same way.  Every reader then replays the same result.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,14 +15,22 @@ from typing import Any
 
 from . import layout, wal
 from .errors import CorruptNamespace, InvalidRequest, NamespaceNotFound
-from .namespace import Namespace, WRITER_ID, forget
+from .namespace import WRITER_ID, Namespace, forget
 from .store import now_ms
 
 
 def _row(seq: int, key: str | None, data: bytes | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"seq": seq, "key": key, "bytes": len(data) if data is not None else 0,
-                           "ops": {}, "rows": 0, "created_at": None, "ok": False, "problem": None,
-                           "repaired": None}
+    row: dict[str, Any] = {
+        "seq": seq,
+        "key": key,
+        "bytes": len(data) if data is not None else 0,
+        "ops": {},
+        "rows": 0,
+        "created_at": None,
+        "ok": False,
+        "problem": None,
+        "repaired": None,
+    }
     if data is None:
         row["problem"] = "missing"
         return row
@@ -40,7 +49,7 @@ def _row(seq: int, key: str | None, data: bytes | None) -> dict[str, Any]:
         row["rows"] += m.get("rows", 0) if isinstance(m.get("rows"), int) else 0
     ts = header.get("created_at") if isinstance(header, dict) else None
     try:
-        row["created_at"] = dt.datetime.fromtimestamp(ts / 1000, dt.timezone.utc).isoformat() if ts else None
+        row["created_at"] = dt.datetime.fromtimestamp(ts / 1000, dt.UTC).isoformat() if ts else None
     except (TypeError, ValueError, OverflowError, OSError):
         row["created_at"] = None
     row["repaired"] = header.get("repaired") if isinstance(header, dict) else None
@@ -71,17 +80,20 @@ def show(ns: Namespace, seq: int) -> dict[str, Any]:
     try:
         data = ns.store.read(key)
     except FileNotFoundError:
-        raise InvalidRequest(f"no WAL entry {seq} in namespace {ns.name!r}",
-                             hint="`puffer wal-inspect NAMESPACE` lists the entries")
+        raise InvalidRequest(
+            f"no WAL entry {seq} in namespace {ns.name!r}", hint="`puffer wal-inspect NAMESPACE` lists the entries"
+        ) from None
     try:
         e = wal.decode(data, seq)
     except wal.WalFormatError as err:
-        raise InvalidRequest(f"WAL entry {seq} is corrupt: {err}",
-                             hint="`puffer wal-inspect NAMESPACE --repair` salvages what is intact")
+        raise InvalidRequest(
+            f"WAL entry {seq} is corrupt: {err}", hint="`puffer wal-inspect NAMESPACE --repair` salvages what is intact"
+        ) from err
     ops = []
     for op in e.ops:
-        ops.append({"kind": op.kind, "rows": op.rows, "columns": op.table.columns,
-                    "data": json.loads(op.table.write_json())})
+        ops.append(
+            {"kind": op.kind, "rows": op.rows, "columns": op.table.columns, "data": json.loads(op.table.write_json())}
+        )
     return {"seq": seq, "header": {k: v for k, v in e.header.items() if k != "ops"}, "ops": ops}
 
 
@@ -92,15 +104,28 @@ def repair(ns: Namespace) -> list[dict[str, Any]]:
         meta, _ = ns.read_meta()
     except CorruptNamespace:
         meta = None  # only a schema hint for segments whose header is lost; the WAL is what is repaired
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     for row in verify(ns):
         seq, key = row["seq"], layout.wal(ns.name, row["seq"])
         if row["problem"] == "missing":
-            data = wal.encode(seq, [], created_at=now_ms(), writer=WRITER_ID,
-                              repaired={"problem": "missing", "ops_lost": None, "at": stamp})
+            data = wal.encode(
+                seq,
+                [],
+                created_at=now_ms(),
+                writer=WRITER_ID,
+                repaired={"problem": "missing", "ops_lost": None, "at": stamp},
+            )
             ns.store.create(key, data)
-            done.append({"seq": seq, "problem": "missing", "action": "wrote an empty marker entry",
-                         "ops_salvaged": 0, "ops_lost": None, "quarantine": None})
+            done.append(
+                {
+                    "seq": seq,
+                    "problem": "missing",
+                    "action": "wrote an empty marker entry",
+                    "ops_salvaged": 0,
+                    "ops_lost": None,
+                    "quarantine": None,
+                }
+            )
             continue
         raw = ns.store.read(key)
         qkey = layout.quarantine(ns.name, seq, stamp)
@@ -113,8 +138,13 @@ def repair(ns: Namespace) -> list[dict[str, Any]]:
                     fields[k] = header[k]
         elif meta and meta.get("last_seq", 0) >= seq and meta.get("schema"):
             fields["schema"] = meta["schema"]  # the newest schema we know covers this entry
-        info = {"problem": row["problem"], "quarantine": qkey, "at": stamp,
-                "ops_salvaged": len(good), "ops_lost": len(lost) if header is not None else "all"}
+        info = {
+            "problem": row["problem"],
+            "quarantine": qkey,
+            "at": stamp,
+            "ops_salvaged": len(good),
+            "ops_lost": len(lost) if header is not None else "all",
+        }
         fields["repaired"] = info
         ns.store.write(key, wal.encode(seq, good, **fields))
         ns.store.write(layout.quarantine_note(ns.name, seq, stamp), json.dumps(info, indent=2).encode())

@@ -4,17 +4,20 @@ vector is, and are decoded by :mod:`puffer_cli.schema`; this module only parses.
 
 Responses (query results, errors) are shaped and serialised by :mod:`puffer_cli.response`.
 """
+
 from __future__ import annotations
 
 import json
 import re
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
 from . import limits
 from .errors import TooLarge, UnprocessableBody
+
 # the old names of puffer_cli.response's functions, for tests that still call them (test_server*.py)
 from .response import dumps  # noqa: F401
 from .response import to_wire as shape_query_response  # noqa: F401
@@ -26,8 +29,13 @@ DEFAULT_MAX_BODY = limits.MAX_BODY_BYTES  # turbopuffer's write request limit
 INFLATE_STEP = 1024 * 1024  # decompress at most this much at a time (so in-flight bytes are counted as they grow)
 
 
-def decode_body(raw: bytes | bytearray, content_encoding: str | None = None, *, limit: int = DEFAULT_MAX_BODY,
-                on_grow: Callable[[int], None] | None = None) -> bytes | bytearray:
+def decode_body(
+    raw: bytes | bytearray,
+    content_encoding: str | None = None,
+    *,
+    limit: int = DEFAULT_MAX_BODY,
+    on_grow: Callable[[int], None] | None = None,
+) -> bytes | bytearray:
     """Undo ``Content-Encoding`` (gzip/deflate/identity), never inflating past ``limit``.
 
     Inflation runs in steps of :data:`INFLATE_STEP`; ``on_grow(n)`` is called with the size of
@@ -54,7 +62,7 @@ def decode_body(raw: bytes | bytearray, content_encoding: str | None = None, *, 
             elif not data:
                 break  # all input consumed and nothing more came out
     except zlib.error as e:
-        raise UnprocessableBody(f"request body is not valid {enc}: {e}")
+        raise UnprocessableBody(f"request body is not valid {enc}: {e}") from e
     if not d.eof:
         raise UnprocessableBody(f"request body is truncated {enc} data")
     return out
@@ -68,7 +76,7 @@ def parse_json(raw: bytes, *, what: str = "request body", allow_empty: bool = Fa
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        raise UnprocessableBody(f"{what} is not valid JSON: {e}")
+        raise UnprocessableBody(f"{what} is not valid JSON: {e}") from e
     if _LONG_DIGITS.search(raw):
         # orjson silently turns an integer beyond 64 bits into a float (2**64 -> 1.8e19):
         # re-parse exactly, so the write's validation sees the integer and refuses it
@@ -86,7 +94,7 @@ def _parse_exact(raw: bytes, what: str) -> Any:
     try:
         return json.loads(raw, parse_constant=constant)
     except (ValueError, RecursionError) as e:
-        raise UnprocessableBody(f"{what} is not valid JSON: {str(e)[:200]}")
+        raise UnprocessableBody(f"{what} is not valid JSON: {str(e)[:200]}") from e
 
 
 def parse_object(raw: bytes, *, what: str = "request body", allow_empty: bool = False) -> dict:
@@ -97,6 +105,11 @@ def parse_object(raw: bytes, *, what: str = "request body", allow_empty: bool = 
 
 
 def _kind(v: Any) -> str:
-    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-            type(None): "null"}.get(type(v), type(v).__name__)
-
+    return {
+        list: "an array",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)

@@ -21,10 +21,12 @@ On a namespace that has no documents (it does not exist yet), ``delete_by_filter
 and the write is a no-op that creates nothing (turbopuffer creates a namespace with
 its first document).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import polars as pl
 
@@ -34,15 +36,35 @@ from .errors import InvalidRequest, SchemaError
 from .wal import Op
 
 WRITE_KEYS = {
-    "upsert_rows", "upsert_columns", "patch_rows", "patch_columns", "deletes",
-    "delete_by_filter", "patch_by_filter", "upsert_condition", "patch_condition",
-    "delete_condition", "distance_metric", "schema", "return_affected_ids",
-    "copy_from_namespace", "disable_backpressure", "encryption", "delete_by_filter_allow_partial",
+    "upsert_rows",
+    "upsert_columns",
+    "patch_rows",
+    "patch_columns",
+    "deletes",
+    "delete_by_filter",
+    "patch_by_filter",
+    "upsert_condition",
+    "patch_condition",
+    "delete_condition",
+    "distance_metric",
+    "schema",
+    "return_affected_ids",
+    "copy_from_namespace",
+    "disable_backpressure",
+    "encryption",
+    "delete_by_filter_allow_partial",
 }
 METRICS = ("cosine_distance", "euclidean_squared")
 NEW = "__new__"
-DATA_KEYS = ("upsert_rows", "upsert_columns", "patch_rows", "patch_columns", "deletes", "schema",
-             "copy_from_namespace")  # filters are bounded by filters.compile_filter
+DATA_KEYS = (
+    "upsert_rows",
+    "upsert_columns",
+    "patch_rows",
+    "patch_columns",
+    "deletes",
+    "schema",
+    "copy_from_namespace",
+)  # filters are bounded by filters.compile_filter
 
 
 def _names(req: Mapping[str, Any]):
@@ -85,15 +107,19 @@ def _ids(df: pl.DataFrame) -> list:
     return df.get_column("id").to_list()
 
 
-def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str], tuple[dict, pl.DataFrame]] | None = None) -> Plan:
+def plan(
+    req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str], tuple[dict, pl.DataFrame]] | None = None
+) -> Plan:
     from . import filters as F  # noqa: PLC0415 (filters imports schema helpers)
 
     if not isinstance(req, Mapping):
         raise InvalidRequest("write body must be a JSON object")
     unknown = set(req) - WRITE_KEYS
     if unknown:
-        raise InvalidRequest(f"unknown write parameter(s): {', '.join(sorted(unknown))}",
-                             hint=f"allowed: {', '.join(sorted(WRITE_KEYS))}")
+        raise InvalidRequest(
+            f"unknown write parameter(s): {', '.join(sorted(unknown))}",
+            hint=f"allowed: {', '.join(sorted(WRITE_KEYS))}",
+        )
     for k in DATA_KEYS:
         if req.get(k) is not None:
             S.check_depth(req[k], k)
@@ -139,8 +165,13 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
 
     def typed(df: pl.DataFrame) -> pl.DataFrame:
         # columns inferred as all-null get their type now that the schema is known
-        return df.select([pl.col(c).cast(S.dtype_of(schema[c]["type"])) if c in schema else pl.col(c)
-                          for c in df.columns if c in schema])
+        return df.select(
+            [
+                pl.col(c).cast(S.dtype_of(schema[c]["type"])) if c in schema else pl.col(c)
+                for c in df.columns
+                if c in schema
+            ]
+        )
 
     def condition(df: pl.DataFrame, cond, what: str, need_existing: bool) -> pl.DataFrame:
         if cond is None:
@@ -149,8 +180,11 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         expr = F.compile_filter(cond, schema, ref_new_prefix=NEW)
         new = df.rename({c: NEW + c for c in df.columns if c != "id"})
         have = set(new.columns)
-        missing = [pl.lit(None, dtype=S.dtype_of(schema[c]["type"])).alias(NEW + c)
-                   for c in schema if c != "id" and NEW + c not in have]
+        missing = [
+            pl.lit(None, dtype=S.dtype_of(schema[c]["type"])).alias(NEW + c)
+            for c in schema
+            if c != "id" and NEW + c not in have
+        ]
         if missing:
             new = new.with_columns(missing)
         j = new.with_row_index("__row").join(cur.with_columns(pl.lit(True).alias("__exists")), on="id", how="left")
@@ -172,8 +206,13 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
     # -- patch_by_filter
     pbf = req.get("patch_by_filter")
     if pbf is not None:
-        if not isinstance(pbf, Mapping) or set(pbf) - {"filters", "patch"} or "filters" not in pbf or "patch" not in pbf:
-            raise InvalidRequest("patch_by_filter must be {\"filters\": [...], \"patch\": {attr: value}}")
+        if (
+            not isinstance(pbf, Mapping)
+            or set(pbf) - {"filters", "patch"}
+            or "filters" not in pbf
+            or "patch" not in pbf
+        ):
+            raise InvalidRequest('patch_by_filter must be {"filters": [...], "patch": {attr: value}}')
         patch = pbf["patch"]
         if not isinstance(patch, Mapping) or "id" in patch:
             raise InvalidRequest("patch_by_filter.patch must be an object of attributes (not id)")
@@ -195,7 +234,9 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         src_schema, src_docs = copy_source(req["copy_from_namespace"])
         for k, spec in src_schema.items():
             if k in schema and schema[k]["type"] != spec["type"]:
-                raise SchemaError(f"copy_from_namespace: attribute {k!r} is {spec['type']} there, {schema[k]['type']} here")
+                raise SchemaError(
+                    f"copy_from_namespace: attribute {k!r} is {spec['type']} there, {schema[k]['type']} here"
+                )
         merged = {**src_schema, **schema}
         if merged != schema:
             schema, changed = merged, True
@@ -229,8 +270,12 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         # rows with the same set of keys form one patch op (absent != null)
         start = 0
         for i in range(1, len(rows) + 1):
-            if i == len(rows) or not isinstance(rows[i], Mapping) or not isinstance(rows[start], Mapping) \
-                    or set(rows[i]) != set(rows[start]):
+            if (
+                i == len(rows)
+                or not isinstance(rows[i], Mapping)
+                or not isinstance(rows[start], Mapping)
+                or set(rows[i]) != set(rows[start])
+            ):
                 pframes.append(S.frame_from_rows(rows[start:i], schema, what="patch_rows", first_row=start))
                 start = i
     if req.get("patch_columns") is not None:
@@ -254,8 +299,9 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
         if idt is None:
             idt = S.infer_column("id", d) or "uint"
             if idt not in S.ID_TYPES:
-                raise SchemaError(f"deletes: ids are {idt}, not one of {', '.join(S.ID_TYPES)}",
-                                  hint="ids are u64, UUIDs or strings")
+                raise SchemaError(
+                    f"deletes: ids are {idt}, not one of {', '.join(S.ID_TYPES)}", hint="ids are u64, UUIDs or strings"
+                )
         df = pl.DataFrame([S.column_series("id", d, idt)])
         if "id" in schema:  # else no document exists: nothing to delete
             df = condition(df, req.get("delete_condition"), "delete_condition", need_existing=True)
@@ -268,7 +314,7 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str],
 
     S.check_schema_size(schema, snap.schema)
     if "id" not in schema and any(op.table.height for op in ops):
-        raise SchemaError("could not determine the id type", hint="declare it: schema {\"id\": \"uint\"}")
+        raise SchemaError("could not determine the id type", hint='declare it: schema {"id": "uint"}')
     vec_attrs = [k for k, v in schema.items() if S.is_vector(v["type"])]
     if vec_attrs and metric is None:
         metric = "cosine_distance"

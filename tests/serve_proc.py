@@ -5,6 +5,7 @@ pytest down with it, so hostile requests go to a server in its own process:
 ``ServeConfig(**cfg)`` is built *in the child*, its stderr goes to a file the test
 scans for tracebacks, and :meth:`ServeProc.alive` says whether it survived.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,13 @@ class ServeProc:
         self.stderr_path = self.log_dir / f"serve-{self.starts}.stderr"
         self._err = open(self.stderr_path, "w")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-        self.proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(self.cfg)],
-                                     stdout=subprocess.PIPE, stderr=self._err, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", CHILD, json.dumps(self.cfg)],
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            env=env,
+        )
         line = self.proc.stdout.readline()
         m = re.search(r"listening on (http://\S+)", line)
         if not m:
@@ -71,7 +77,7 @@ class ServeProc:
         """What the server wrote to stderr since the last call."""
         self._err.flush()
         text = self.stderr_path.read_text(errors="replace")
-        out, self._seen = text[self._seen:], len(text)
+        out, self._seen = text[self._seen :], len(text)
         return out
 
     def restart(self) -> None:

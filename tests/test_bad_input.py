@@ -1,12 +1,14 @@
 """Malformed writes and filters: each rejected whole, with a message that names
 the problem, and the namespace is unchanged."""
-import pytest
 
+import pytest
 from puffer_cli.cli import main
 from puffer_cli.errors import InvalidRequest
 
-SEED = {"upsert_rows": [{"id": 1, "vector": [1.0, 2.0], "name": "a", "n": 1, "tags": ["x"]}],
-        "distance_metric": "cosine_distance"}
+SEED = {
+    "upsert_rows": [{"id": 1, "vector": [1.0, 2.0], "name": "a", "n": 1, "tags": ["x"]}],
+    "distance_metric": "cosine_distance",
+}
 
 BAD = [
     # (body, substring the message must contain)
@@ -76,22 +78,25 @@ def test_at_least_30_cases():
     assert len(BAD) >= 30
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["ingest", "bad/name", "fixtures/sample.parquet"], "invalid namespace name"),
-    (["ingest", "ns", "missing.parquet"], "does not exist"),
-    (["ingest", "ns", "fixtures/sample.parquet", "--id", "nope"], "no id column"),
-    (["ingest", "ns", "fixtures/sample.parquet", "--vector", "nope"], "no vector column"),
-    (["ingest", "ns", "fixtures/sample.parquet", "--schema", "{bad json"], "not valid JSON"),
-    (["ingest", "ns", "fixtures/sample.parquet", "--distance-metric", "dot"], "distance_metric"),
-    (["ingest", "ns", "fixtures/sample.txt"], "format"),
-    (["ingest", "ns", "fixtures/sample.parquet", "--batch-rows", "0"], "batch-rows"),
-    (["export", "ns", "--format", "xml"], "format"),
-    (["wal-inspect", "ns"], "no WAL"),
-    (["ingest", "ns", "fixtures/sample.parquet", "--bogus"], "No such option"),
-    (["export", "..", "-o", "x.parquet"], "invalid namespace"),
-    (["ingest", "ns", "fixtures/sample.parquet", "--schema", "@tests"], "cannot read"),  # a directory
-    (["ingest", "ns", "fixtures/sample.parquet", "--schema", "@fixtures/sample.parquet"], "UTF-8"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["ingest", "bad/name", "fixtures/sample.parquet"], "invalid namespace name"),
+        (["ingest", "ns", "missing.parquet"], "does not exist"),
+        (["ingest", "ns", "fixtures/sample.parquet", "--id", "nope"], "no id column"),
+        (["ingest", "ns", "fixtures/sample.parquet", "--vector", "nope"], "no vector column"),
+        (["ingest", "ns", "fixtures/sample.parquet", "--schema", "{bad json"], "not valid JSON"),
+        (["ingest", "ns", "fixtures/sample.parquet", "--distance-metric", "dot"], "distance_metric"),
+        (["ingest", "ns", "fixtures/sample.txt"], "format"),
+        (["ingest", "ns", "fixtures/sample.parquet", "--batch-rows", "0"], "batch-rows"),
+        (["export", "ns", "--format", "xml"], "format"),
+        (["wal-inspect", "ns"], "no WAL"),
+        (["ingest", "ns", "fixtures/sample.parquet", "--bogus"], "No such option"),
+        (["export", "..", "-o", "x.parquet"], "invalid namespace"),
+        (["ingest", "ns", "fixtures/sample.parquet", "--schema", "@tests"], "cannot read"),  # a directory
+        (["ingest", "ns", "fixtures/sample.parquet", "--schema", "@fixtures/sample.parquet"], "UTF-8"),
+    ],
+)
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys, monkeypatch, args, needle):
     import pathlib
 

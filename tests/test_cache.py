@@ -1,10 +1,10 @@
 """The local file cache (puffer_cli/cache.py) and `warm` / cold-query accounting."""
+
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from puffer_cli import cache, engine, namespace
 from puffer_cli.cache import Cache
 from puffer_cli.index import builder, reader
@@ -108,8 +108,12 @@ def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch)
     builder.index_namespace(ns, gc_grace_s=0)
     meta, _ = ns.read_meta()
     vec_key = builder.load_manifest(db.store, meta["index"]["manifest"])["segments"][0]["vectors"]["vector"]["key"]
-    body = {"rank_by": ["vector", "ANN", rng.normal(size=16).tolist()], "top_k": 5, "include_attributes": ["vector"],
-            "consistency": {"level": "eventual"}}
+    body = {
+        "rank_by": ["vector", "ANN", rng.normal(size=16).tolist()],
+        "top_k": 5,
+        "include_attributes": ["vector"],
+        "consistency": {"level": "eventual"},
+    }
     want = engine.run_query(ns, body)["rows"]
 
     def fresh_cache(name):
@@ -148,9 +152,8 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
-
 import puffer_cli  # noqa: E402
+import pytest  # noqa: E402
 from puffer_cli import cli, limits  # noqa: E402
 from puffer_cli.errors import InvalidRequest, StoreError  # noqa: E402
 
@@ -176,9 +179,9 @@ def test_eviction_is_lru_by_last_use(mem_db, tmp_path):
     for k in "abc":
         c.file(st_, K + k)
     for i, k in enumerate("abc"):
-        _age(c, st_, K + k, 1_000_000 + i)          # a oldest, then b, then c
-    assert c.file(st_, K + "a").read_bytes() == b"a" * 100   # a hit: a is now the most recent
-    c.file(st_, K + "d")                              # 400 > 350: evict down to 315
+        _age(c, st_, K + k, 1_000_000 + i)  # a oldest, then b, then c
+    assert c.file(st_, K + "a").read_bytes() == b"a" * 100  # a hit: a is now the most recent
+    c.file(st_, K + "d")  # 400 > 350: evict down to 315
     assert not c.has(st_, K + "b") and all(c.has(st_, K + k) for k in "acd")
     assert c.usage().bytes == 300 and c.stats.evictions == 1
     # evicted files are fetched again, transparently
@@ -191,9 +194,9 @@ def test_files_in_use_are_not_evicted(mem_db, tmp_path):
         st_.write(K + k, np.arange(256, dtype="<f4").tobytes())
     c = Cache(tmp_path / "c", max_bytes=10**9)
     c.grace_s = 0
-    mapped = np.memmap(c.file(st_, K + "a"), dtype="<f4", mode="r")   # mapped (like reader.py's vectors)
-    f = open(c.file(st_, K + "b"), "rb")                               # open
-    c.pin([c.file(st_, K + "c")])                                      # pinned
+    mapped = np.memmap(c.file(st_, K + "a"), dtype="<f4", mode="r")  # mapped (like reader.py's vectors)
+    f = open(c.file(st_, K + "b"), "rb")  # open
+    c.pin([c.file(st_, K + "c")])  # pinned
     c.file(st_, K + "d")
     c.max_bytes = 0
     u = c.evict()
@@ -211,7 +214,7 @@ def test_files_in_use_are_not_evicted(mem_db, tmp_path):
     gc.collect()
     c.unpin([c.path_for(st_, K + "c")])
     c.evict()
-    assert c.usage().files == 0 and not any(c.root.rglob("*"))   # empty directories pruned too
+    assert c.usage().files == 0 and not any(c.root.rglob("*"))  # empty directories pruned too
 
 
 def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, tmp_path):
@@ -221,7 +224,7 @@ def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, t
     c.grace_s = 0
     try:
         answers = {}
-        for g in range(2):                       # two generations of each of three namespaces
+        for g in range(2):  # two generations of each of three namespaces
             for n in range(3):
                 ns = mem_db.namespace(f"n{n}")
                 ns.write({"upsert_rows": make_rows(rng, g * 30, 30), "schema": SCHEMA})
@@ -233,10 +236,10 @@ def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, t
                 got = engine.run_query(mem_db.namespace(f"n{n}"), body)["rows"]
                 if rep == 0:
                     answers[n] = got
-                assert got == answers[n]                       # evicted files are fetched again
+                assert got == answers[n]  # evicted files are fetched again
                 in_use = sum(os.path.getsize(p) for p in cache._open_paths(str(c.root) + os.sep))
                 assert c.usage().bytes <= bound + in_use
-                _forget_all()                                  # the server's namespace LRU does this
+                _forget_all()  # the server's namespace LRU does this
         gc.collect()
         c.evict()
         assert c.usage().bytes <= bound and c.stats.evictions > 0
@@ -267,9 +270,9 @@ def test_local_store_gc_frees_index_files(local_db, tmp_path):
         gc.collect()
         c.grace_s = 0
         gen = local_db.store.local_path("g/index")
-        assert c.discard(local_db.store, "g/index/") >= len(copies)   # (and tantivy lock files)
+        assert c.discard(local_db.store, "g/index/") >= len(copies)  # (and tantivy lock files)
         assert not [p for p in c.root.rglob("*") if p.is_file() and not p.name.startswith(".tantivy")]
-        assert engine.run_query(ns, body)["rows"] == want          # copied again on use
+        assert engine.run_query(ns, body)["rows"] == want  # copied again on use
         ns.delete_all()
         assert not [p for p in gen.rglob("*") if p.is_file()]
     finally:
@@ -320,8 +323,16 @@ def test_concurrent_readers_during_eviction_get_correct_bytes(tmp_path):
     files stay intact after their unlink."""
     root = tmp_path / "shared"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [subprocess.Popen([sys.executable, "-c", _READER, str(root), "10", "40"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _READER, str(root), "10", "40"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     ev = Cache(root, max_bytes=0)
     ev.grace_s = 0
     evicted = 0
@@ -343,7 +354,7 @@ def test_unwritable_cache_dir_degrades_with_one_warning(mem_db, tmp_path, caplog
     st_.write(K + "y", b"y" * 10)
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"")
-    c = Cache(blocker / "cache")                         # cannot be created: a file is in the way
+    c = Cache(blocker / "cache")  # cannot be created: a file is in the way
     with caplog.at_level(logging.WARNING, logger="puffer.cache"):
         assert c.file(st_, K + "x").read_bytes() == b"x" * 10
         assert c.file(st_, K + "y").read_bytes() == b"y" * 10
@@ -361,7 +372,7 @@ def test_unwritable_temp_dir_too_is_a_store_error(mem_db, tmp_path, monkeypatch)
     blocker = tmp_path / "a-file"
     blocker.write_bytes(b"")
     c = Cache(blocker / "cache")
-    monkeypatch.setattr(tempfile, "tempdir", str(blocker))   # as TMPDIR=<a file> would
+    monkeypatch.setattr(tempfile, "tempdir", str(blocker))  # as TMPDIR=<a file> would
     with pytest.raises(StoreError) as e:
         c.file(st_, K + "x")
     assert "temporary directory" in e.value.message
@@ -381,9 +392,24 @@ def test_cli_with_unwritable_cache_dir_answers(tmp_path):
     blocker = tmp_path / "f"
     blocker.write_bytes(b"")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    r = subprocess.run([sys.executable, "-m", "puffer_cli.cli", "warm", "q", "--store", store,
-                        "--cache-dir", str(blocker / "c"), "--json"], env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "puffer_cli.cli",
+            "warm",
+            "q",
+            "--store",
+            store,
+            "--cache-dir",
+            str(blocker / "c"),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("not writable") == 1 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -1,9 +1,9 @@
 """Every command has --help text with an example, and is documented."""
+
 from pathlib import Path
 
 import pytest
 import typer
-
 from puffer_cli.cli import app, main
 
 ROOT = Path(__file__).parent.parent

@@ -1,6 +1,7 @@
 """8 writers committing at once to one namespace (threads, and processes on
 local and S3): every acknowledged write present, seqs contiguous, nothing
 overwritten. Plus SIGKILL in the middle of an ingest."""
+
 import json
 import os
 import signal
@@ -10,11 +11,10 @@ import textwrap
 import threading
 import time
 
-import pytest
-
 import puffer_cli
-from puffer_cli import wal
+import pytest
 from puffer_cli import namespace as N
+from puffer_cli import wal
 
 WRITER = textwrap.dedent("""
     import sys, json, puffer_cli
@@ -74,8 +74,7 @@ def test_threads_conditional_counter_is_atomic(mem_db):
         for _ in range(5):
             while True:
                 cur = ns.docs()[0]["v"][0]
-                r = ns.write({"upsert_rows": [{"id": 1, "v": cur + 1}],
-                              "upsert_condition": ["v", "Eq", cur]})
+                r = ns.write({"upsert_rows": [{"id": 1, "v": cur + 1}], "upsert_condition": ["v", "Eq", cur]})
                 if r["rows_upserted"] == 1:
                     done.append(1)
                     break
@@ -94,9 +93,16 @@ def test_processes_8_writers(backend, tmp_path, request):
         endpoint = request.getfixturevalue("s3_server")
         url = f"s3://puffer-test/procs-{os.getpid()}-{time.time_ns()}"
     env = {**os.environ}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, url, endpoint, "pc", str(w), "4"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for w in range(8)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, url, endpoint, "pc", str(w), "4"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for w in range(8)
+    ]
     acked = []
     for p in procs:
         out, err = p.communicate(timeout=120)
@@ -110,8 +116,12 @@ def test_processes_8_writers(backend, tmp_path, request):
 
 def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path):
     url = str(tmp_path / "store")
-    p = subprocess.Popen([sys.executable, "-c", WRITER, url, "", "crash", "1", "100000"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRITER, url, "", "crash", "1", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     acked = []
     while len(acked) < 150:
         line = p.stdout.readline()

@@ -1,9 +1,9 @@
 """Flip a byte, truncate, delete a segment: --verify names it; fail errors
 clearly; skip skips; --repair quarantines, salvages and never deletes data."""
+
 import json
 
 import pytest
-
 from puffer_cli import layout
 from puffer_cli import namespace as N
 from puffer_cli.cli import main

@@ -2,6 +2,7 @@
 writers keep writing over HTTP; every write that got a 200 is in the namespace after.
 
 (SIGKILL of `ingest` and `index` is in test_concurrency.py and test_index_process.py.)"""
+
 from __future__ import annotations
 
 import os
@@ -14,17 +15,26 @@ import threading
 import time
 
 import httpx
-import pytest
-
 import puffer_cli
+import pytest
 from puffer_cli import namespace as N
 
 pytestmark = pytest.mark.slow
 
 
 def _spawn(store: str, endpoint: str | None) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "puffer_cli.cli", "serve", "--listen", "127.0.0.1:0", "--store", store,
-           "--log-level", "warning"] + (["--s3-endpoint", endpoint] if endpoint else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "puffer_cli.cli",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        store,
+        "--log-level",
+        "warning",
+    ] + (["--s3-endpoint", endpoint] if endpoint else [])
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = p.stdout.readline()
     m = re.search(r"listening on (http://\S+)", line)
@@ -50,7 +60,7 @@ def test_sigkill_serve_loses_nothing_acknowledged(backend, tmp_path, request):
         proc, url = _spawn(store, endpoint)
         stop = threading.Event()
 
-        def writer():
+        def writer(url=url, stop=stop):
             with httpx.Client(base_url=url, timeout=10) as c:
                 while not stop.is_set():
                     with lock:

@@ -1,5 +1,6 @@
 """puffer_cli.filters: property tests against a plain-Python reference evaluator,
 plus a table of malformed filters."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,7 +14,6 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from puffer_cli import text
 from puffer_cli.errors import InvalidFilter
 from puffer_cli.filters import (
@@ -54,8 +54,13 @@ SCHEMA = {
 TYPES = {k: v["type"] for k, v in SCHEMA.items()}
 
 DTYPES = {
-    "string": pl.String, "uuid": pl.String, "int": pl.Int64, "uint": pl.UInt64,
-    "float": pl.Float64, "bool": pl.Boolean, "datetime": pl.Int64,  # cast after
+    "string": pl.String,
+    "uuid": pl.String,
+    "int": pl.Int64,
+    "uint": pl.UInt64,
+    "float": pl.Float64,
+    "bool": pl.Boolean,
+    "datetime": pl.Int64,  # cast after
 }
 
 S_POOL = ["", "a", "ab", "abc", "B", "b*c", "foo bar", "Ab", "é", "a?c", "[x]", "bab"]
@@ -65,25 +70,38 @@ F_POOL = [-2.25, -0.0, 0.0, 1.0, 1.5, 3.0, 1e300, -1e300]
 B_POOL = [True, False]
 D_POOL = [-315619200000, 0, 1577836800000, 1577836800001, 1622548800000]  # ms since epoch
 UU_POOL = [str(uuid.UUID(int=n)) for n in (0, 1, 2**127, 2**128 - 1)]
-WORDS = ["the", "quick", "Quick", "fox", "foxes", "jumping", "jumps", "lazy", "dog",
-         "running", "run", "a"]
+WORDS = ["the", "quick", "Quick", "fox", "foxes", "jumping", "jumps", "lazy", "dog", "running", "run", "a"]
 PHRASES = ["New York", "new york", "Paris", "the", "LA"]
 
-POOLS = {"string": S_POOL, "int": I_POOL, "uint": U_POOL, "float": F_POOL, "bool": B_POOL,
-         "datetime": D_POOL, "uuid": UU_POOL}
+POOLS = {
+    "string": S_POOL,
+    "int": I_POOL,
+    "uint": U_POOL,
+    "float": F_POOL,
+    "bool": B_POOL,
+    "datetime": D_POOL,
+    "uuid": UU_POOL,
+}
 
 # literals a filter may use, per element type (all type-correct)
 LITERALS = {
     "string": S_POOL + ["b", "zzz", "A"],
     "uuid": UU_POOL + [u.upper() for u in UU_POOL] + ["{" + UU_POOL[1] + "}"],
-    "int": I_POOL + [2**64, 2**63, -(2**63) - 1, 1.5, -0.5, 2.0, -5.0, 1e20, -1e20,
-                     math.inf, -math.inf, math.nan],
+    "int": I_POOL + [2**64, 2**63, -(2**63) - 1, 1.5, -0.5, 2.0, -5.0, 1e20, -1e20, math.inf, -math.inf, math.nan],
     "uint": U_POOL + [-1, 2**64, 1.5, 2.0, 0.5, -0.5, 1.9e19, math.inf, -math.inf, math.nan],
     "float": F_POOL + [0, 1, 3, -2, 2, 1.25, math.inf, -math.inf, math.nan],
     "bool": B_POOL,
-    "datetime": D_POOL + [1, -1, "2020-01-01T00:00:00Z", "2020-01-01T00:00:00.0005Z",
-                          "2019-12-31T19:00:00-05:00", "2020-01-01", "1970-01-01T00:00:00.001+00:00",
-                          "2021-06-01T12:00:00.000Z"],
+    "datetime": D_POOL
+    + [
+        1,
+        -1,
+        "2020-01-01T00:00:00Z",
+        "2020-01-01T00:00:00.0005Z",
+        "2019-12-31T19:00:00-05:00",
+        "2020-01-01",
+        "1970-01-01T00:00:00.001+00:00",
+        "2021-06-01T12:00:00.000Z",
+    ],
 }
 GLOB_PIECES = ["a", "b", "B", "*", "?", "[ab]", "[!a]", "c", " ", "é", "[a-c]"]
 REGEXES = ["a", "^a", "b$", "a.?b", "[0-9]", "(?i)ab", "o b", "^$", "x|ab", "B", "é", "^.{2}$"]
@@ -134,8 +152,14 @@ def make_frame(rows: list[dict]) -> pl.DataFrame:
 
 # ----------------------------------------------------------------------------- reference
 
-NEG = {"NotEq": "Eq", "NotIn": "In", "NotGlob": "Glob", "NotIGlob": "IGlob",
-       "NotContains": "Contains", "NotContainsAny": "ContainsAny"}
+NEG = {
+    "NotEq": "Eq",
+    "NotIn": "In",
+    "NotGlob": "Glob",
+    "NotIGlob": "IGlob",
+    "NotContains": "Contains",
+    "NotContainsAny": "ContainsAny",
+}
 
 
 def ref_dt_ms(v):
@@ -182,7 +206,7 @@ def ref_tokens(op, doc, q, params):
     if not q:
         return False
     if op == "ContainsTokenSequence":
-        return any(doc[i:i + len(q)] == q for i in range(len(doc) - len(q) + 1))
+        return any(doc[i : i + len(q)] == q for i in range(len(doc) - len(q) + 1))
     ds = set(doc)
     if prefix:
         last_ok = any(d.startswith(q[-1]) for d in ds)
@@ -210,8 +234,14 @@ def ref_leaf(row, attr, op, v, params):
         et = t[2:]
         if op == "Eq" and isinstance(v, list):
             return len(x) == len(v) and all(ref_cmp("Eq", a, ref_lit(et, b)) for a, b in zip(x, v))
-        eop = {"Contains": "Eq", "ContainsAny": "In", "AnyLt": "Lt", "AnyLte": "Lte",
-               "AnyGt": "Gt", "AnyGte": "Gte"}.get(op, op)
+        eop = {
+            "Contains": "Eq",
+            "ContainsAny": "In",
+            "AnyLt": "Lt",
+            "AnyLte": "Lte",
+            "AnyGt": "Gt",
+            "AnyGte": "Gte",
+        }.get(op, op)
         return any(ref_scalar(et, eop, e, v) for e in x)
     return ref_scalar(t, op, x, v)
 
@@ -233,6 +263,7 @@ def ref_row(raw: dict) -> dict:
 
 # ----------------------------------------------------------------------------- filter strategy
 
+
 def lit(et):
     return st.sampled_from(LITERALS[et])
 
@@ -249,14 +280,16 @@ def glob_pat():
 def leaf(draw):
     attr = draw(st.sampled_from(sorted(TYPES) + ["nope"]))
     if attr == "nope":  # not in the schema: any literal, never type-checked
-        op = draw(st.sampled_from(["Eq", "NotEq", "Lt", "Gte", "In", "NotIn", "Glob", "Contains",
-                                   "ContainsAllTokens"]))
+        op = draw(st.sampled_from(["Eq", "NotEq", "Lt", "Gte", "In", "NotIn", "Glob", "Contains", "ContainsAllTokens"]))
         if op in ("In", "NotIn"):
             return [attr, op, draw(st.lists(st.integers(-3, 3) | st.none(), max_size=3))]
         if op in ("Glob", "ContainsAllTokens"):
             return [attr, op, "x*"]
-        return [attr, op, draw(st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=2)))
-                if op in ("Eq", "NotEq") else 1]
+        return [
+            attr,
+            op,
+            draw(st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=2))) if op in ("Eq", "NotEq") else 1,
+        ]
     t = TYPES[attr]
     if attr == "v":
         return [attr, draw(st.sampled_from(["Eq", "NotEq"])), None]
@@ -266,15 +299,13 @@ def leaf(draw):
             words = draw(st.lists(st.sampled_from(WORDS + ["runs", "dogs", "cat"]), max_size=3))
             value = " ".join(words) if draw(st.booleans()) else words
         else:
-            value = draw(st.one_of(st.sampled_from(PHRASES + ["york"]),
-                                   st.lists(st.sampled_from(PHRASES), max_size=2)))
+            value = draw(st.one_of(st.sampled_from(PHRASES + ["york"]), st.lists(st.sampled_from(PHRASES), max_size=2)))
         if op != "ContainsTokenSequence" and draw(st.booleans()):
             return [attr, op, value, {"last_as_prefix": draw(st.booleans())}]
         return [attr, op, value]
     if t.startswith("[]"):
         et = t[2:]
-        ops = ["Eq", "NotEq", "In", "NotIn", "Contains", "NotContains", "ContainsAny",
-               "NotContainsAny"]
+        ops = ["Eq", "NotEq", "In", "NotIn", "Contains", "NotContains", "ContainsAny", "NotContainsAny"]
         if et != "bool":
             ops += ["AnyLt", "AnyLte", "AnyGt", "AnyGte"]
         if et == "string":
@@ -322,6 +353,7 @@ frames = st.integers(0, 8).flatmap(_row_strategy)
 
 # ----------------------------------------------------------------------------- properties
 
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=frames, f=filters(3), known_columns=st.booleans())
 def test_compiled_filter_matches_reference(rows, f, known_columns):
@@ -350,8 +382,18 @@ def test_lazy_frame_matches_eager(rows, f):
     assert df.lazy().filter(e).collect()["id"].to_list() == df.filter(e)["id"].to_list()
 
 
-REF_PAIRS = [("i", "i"), ("i", "u"), ("u", "f"), ("f", "i"), ("s", "s"), ("s", "uu"),
-             ("uu", "uu"), ("d", "d"), ("b", "b"), ("id", "u")]
+REF_PAIRS = [
+    ("i", "i"),
+    ("i", "u"),
+    ("u", "f"),
+    ("f", "i"),
+    ("s", "s"),
+    ("s", "uu"),
+    ("uu", "uu"),
+    ("d", "d"),
+    ("b", "b"),
+    ("id", "u"),
+]
 
 
 @st.composite
@@ -402,6 +444,7 @@ def test_glob_matches_fnmatch(pat, s):
 
 # ----------------------------------------------------------------------------- examples
 
+
 def _ids(df, f, **kw):
     return df.filter(compile_filter(f, SCHEMA, **kw))["id"].to_list()
 
@@ -409,8 +452,16 @@ def _ids(df, f, **kw):
 @pytest.fixture
 def small():
     rows = [
-        {**{k: None for k in TYPES}, "s": "apple", "i": 1, "d": 1577836800000, "ls": ["x", "y"],
-         "t": "The quick foxes jumped", "uu": UU_POOL[1], "tp": ["New York", "Paris"]},
+        {
+            **{k: None for k in TYPES},
+            "s": "apple",
+            "i": 1,
+            "d": 1577836800000,
+            "ls": ["x", "y"],
+            "t": "The quick foxes jumped",
+            "uu": UU_POOL[1],
+            "tp": ["New York", "Paris"],
+        },
         {**{k: None for k in TYPES}, "s": "Banana", "i": -5, "ls": [], "t": "lazy dog"},
         {**{k: None for k in TYPES}},
     ]
@@ -471,10 +522,31 @@ def test_referenced_attributes():
 
 def test_operator_list_is_complete():
     assert set(OPERATORS) == {
-        "Eq", "NotEq", "In", "NotIn", "Lt", "Lte", "Gt", "Gte", "Glob", "NotGlob", "IGlob",
-        "NotIGlob", "Regex", "Contains", "NotContains", "ContainsAny", "NotContainsAny",
-        "AnyLt", "AnyLte", "AnyGt", "AnyGte", "ContainsAllTokens", "ContainsAnyToken",
-        "ContainsTokenSequence"}
+        "Eq",
+        "NotEq",
+        "In",
+        "NotIn",
+        "Lt",
+        "Lte",
+        "Gt",
+        "Gte",
+        "Glob",
+        "NotGlob",
+        "IGlob",
+        "NotIGlob",
+        "Regex",
+        "Contains",
+        "NotContains",
+        "ContainsAny",
+        "NotContainsAny",
+        "AnyLt",
+        "AnyLte",
+        "AnyGt",
+        "AnyGte",
+        "ContainsAllTokens",
+        "ContainsAnyToken",
+        "ContainsTokenSequence",
+    }
 
 
 # ----------------------------------------------------------------------------- malformed
@@ -496,7 +568,10 @@ BAD = [
     (["And", [["s", "Eq", "x"]], 3], "And takes exactly one list"),
     (["Not"], "Not takes exactly one filter"),
     (["Not", ["s", "Eq", "x"], ["s", "Eq", "y"]], "Not takes exactly one filter"),
-    (["And", [["s", "Eq", "x"], ["i", "Lt", "abc"]]], 'filter ["i","Lt","abc"]: Lt on attribute "i" (type int) needs a number, got "abc"'),
+    (
+        ["And", [["s", "Eq", "x"], ["i", "Lt", "abc"]]],
+        'filter ["i","Lt","abc"]: Lt on attribute "i" (type int) needs a number, got "abc"',
+    ),
     (["f", "Lt", "x"], 'filter ["f","Lt","x"]: Lt on attribute "f" (type float) needs a number, got "x"'),
     (["i", "Eq", True], "needs a number, got true"),
     (["b", "Eq", 1], "needs true or false, got 1"),
@@ -529,9 +604,12 @@ BAD = [
     (["v", "Eq", [1.0, 2.0]], 'attribute "v" is a vector'),
     (["s", "Eq", {"$ref_new": "s"}], "$ref_new is only allowed in conditional writes"),
     (["s", "Eq", {"$ref": "s"}], 'unsupported value object {"$ref":"s"}'),
-    (["s", "Lt", {"other": 1}], 'unsupported value object'),
+    (["s", "Lt", {"other": 1}], "unsupported value object"),
     (["i", "Lt", {"$ref_new": 5}], "unsupported value object"),
-    (["Or", [["s", "Eq", "x"], ["Not", ["s", "Between", [1, 2]]]]], 'filter ["s","Between",[1,2]]: unknown operator "Between"'),
+    (
+        ["Or", [["s", "Eq", "x"], ["Not", ["s", "Between", [1, 2]]]]],
+        'filter ["s","Between",[1,2]]: unknown operator "Between"',
+    ),
     (["s", "And", [1]], "And must be the first element"),
 ]
 
@@ -561,13 +639,39 @@ def test_malformed_ref_new(f, needle):
 
 
 JSONISH = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.floats(allow_nan=True),
-              st.sampled_from(["s", "i", "ls", "t", "And", "Or", "Not", "Eq", "In", "Lt",
-                               "Glob", "Regex", "[", "(", "Contains", "ContainsAllTokens",
-                               "$ref_new", "AnyLt", "d", "uu"])),
-    lambda ch: st.one_of(st.lists(ch, max_size=4),
-                         st.dictionaries(st.sampled_from(["$ref_new", "a", "last_as_prefix"]), ch,
-                                         max_size=2)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 3),
+        st.floats(allow_nan=True),
+        st.sampled_from(
+            [
+                "s",
+                "i",
+                "ls",
+                "t",
+                "And",
+                "Or",
+                "Not",
+                "Eq",
+                "In",
+                "Lt",
+                "Glob",
+                "Regex",
+                "[",
+                "(",
+                "Contains",
+                "ContainsAllTokens",
+                "$ref_new",
+                "AnyLt",
+                "d",
+                "uu",
+            ]
+        ),
+    ),
+    lambda ch: st.one_of(
+        st.lists(ch, max_size=4), st.dictionaries(st.sampled_from(["$ref_new", "a", "last_as_prefix"]), ch, max_size=2)
+    ),
     max_leaves=10,
 )
 
@@ -584,20 +688,30 @@ def test_garbage_raises_only_invalid_filter(f):
 
 # ----------------------------------------------------------------------------- token fast path
 
-TOKEN_ALPHABET = st.sampled_from(list("aAbBéÉ _-'\t\n.,ΣσςİK0١") + ["fox", "Foxes", "the", "running",
-                                                                     "naïve", "\u212a", "ǅ"])
-TOKEN_OPTS = [text.normalize_fts_options(o) for o in (
-    {}, {"stemming": True}, {"tokenizer": "word_v0", "ascii_folding": True},
-    {"case_sensitive": True, "remove_stopwords": False}, {"max_token_length": 3})]
+TOKEN_ALPHABET = st.sampled_from(
+    list("aAbBéÉ _-'\t\n.,ΣσςİK0١") + ["fox", "Foxes", "the", "running", "naïve", "\u212a", "ǅ"]
+)
+TOKEN_OPTS = [
+    text.normalize_fts_options(o)
+    for o in (
+        {},
+        {"stemming": True},
+        {"tokenizer": "word_v0", "ascii_folding": True},
+        {"case_sensitive": True, "remove_stopwords": False},
+        {"max_token_length": 3},
+    )
+]
 
 
 @settings(max_examples=80, deadline=None)
-@given(values=st.lists(st.one_of(st.none(), st.lists(TOKEN_ALPHABET, max_size=8).map("".join)),
-                       max_size=12),
-       query=st.lists(TOKEN_ALPHABET, min_size=1, max_size=3).map(" ".join),
-       opts_i=st.integers(0, len(TOKEN_OPTS) - 1),
-       op=st.sampled_from(["ContainsAllTokens", "ContainsAnyToken", "ContainsTokenSequence"]),
-       prefix=st.booleans(), as_list=st.booleans())
+@given(
+    values=st.lists(st.one_of(st.none(), st.lists(TOKEN_ALPHABET, max_size=8).map("".join)), max_size=12),
+    query=st.lists(TOKEN_ALPHABET, min_size=1, max_size=3).map(" ".join),
+    opts_i=st.integers(0, len(TOKEN_OPTS) - 1),
+    op=st.sampled_from(["ContainsAllTokens", "ContainsAnyToken", "ContainsTokenSequence"]),
+    prefix=st.booleans(),
+    as_list=st.booleans(),
+)
 def test_token_fast_path_equals_slow_path(values, query, opts_i, op, prefix, as_list):
     import puffer_cli.filters as F
 
@@ -605,8 +719,12 @@ def test_token_fast_path_equals_slow_path(values, query, opts_i, op, prefix, as_
     t = "[]string" if as_list else "string"
     col = [None if v is None else v.split("_") for v in values] if as_list else values
     schema = {"id": {"type": "uint"}, "x": {"type": t, "full_text_search": opts}}
-    df = pl.DataFrame({"id": pl.Series(range(len(col)), dtype=pl.UInt64),
-                       "x": pl.Series(col, dtype=pl.List(pl.String) if as_list else pl.String)})
+    df = pl.DataFrame(
+        {
+            "id": pl.Series(range(len(col)), dtype=pl.UInt64),
+            "x": pl.Series(col, dtype=pl.List(pl.String) if as_list else pl.String),
+        }
+    )
     f = ["x", op, query] + ([{"last_as_prefix": True}] if prefix and op != "ContainsTokenSequence" else [])
     saved = F._FAST_TOKEN_MIN_ROWS
     try:
@@ -617,6 +735,9 @@ def test_token_fast_path_equals_slow_path(values, query, opts_i, op, prefix, as_
     finally:
         F._FAST_TOKEN_MIN_ROWS = saved
     q = text.tokenize(query, opts)
-    ref = [i for i, v in enumerate(col)
-           if v is not None and ref_tokens(op, text.tokenize(v, opts), q, {"last_as_prefix": prefix})]
+    ref = [
+        i
+        for i, v in enumerate(col)
+        if v is not None and ref_tokens(op, text.tokenize(v, opts), q, {"last_as_prefix": prefix})
+    ]
     assert fast == slow == ref

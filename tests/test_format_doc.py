@@ -1,4 +1,5 @@
 """Decode a committed WAL entry by following docs/format.md, not the project's decoder."""
+
 import io
 import json
 import re
@@ -13,21 +14,31 @@ DOC = Path(__file__).parent.parent / "docs" / "format.md"
 
 def test_doc_describes_the_fields_we_rely_on():
     text = DOC.read_text()
-    for needle in ("`PWAL`", "`PEND`", "header length `H`, u32", "CRC-32", "Arrow IPC file",
-                   "relative to the first block", "{seq:020d}.wal", "meta.json", "If-None-Match"):
+    for needle in (
+        "`PWAL`",
+        "`PEND`",
+        "header length `H`, u32",
+        "CRC-32",
+        "Arrow IPC file",
+        "relative to the first block",
+        "{seq:020d}.wal",
+        "meta.json",
+        "If-None-Match",
+    ):
         assert needle in text, needle
 
 
 def test_decode_committed_entry_per_spec(local_db):
     ns = local_db.namespace("spec")
-    ns.write({"upsert_rows": [{"id": 1, "vector": [0.5, 1.5], "t": "hello"}, {"id": 2, "vector": [1, 2]}],
-              "deletes": [2]})
+    ns.write(
+        {"upsert_rows": [{"id": 1, "vector": [0.5, 1.5], "t": "hello"}, {"id": 2, "vector": [1, 2]}], "deletes": [2]}
+    )
     # layout per the doc: {ns}/wal/{seq:020d}.wal
     path = Path(local_db.store.url) / "spec" / "wal" / f"{1:020d}.wal"
     data = path.read_bytes()
     magic, version, flags, hlen, hcrc = struct.unpack_from("<4sHHII", data, 0)
     assert (magic, version, flags) == (b"PWAL", 1, 0)
-    header_bytes = data[16:16 + hlen]
+    header_bytes = data[16 : 16 + hlen]
     assert zlib.crc32(header_bytes) == hcrc
     header = json.loads(header_bytes)
     assert header["seq"] == 1
@@ -36,7 +47,7 @@ def test_decode_committed_entry_per_spec(local_db):
     base = 16 + hlen
     kinds, tables = [], []
     for op in header["ops"]:
-        block = data[base + op["offset"]: base + op["offset"] + op["length"]]
+        block = data[base + op["offset"] : base + op["offset"] + op["length"]]
         assert zlib.crc32(block) == op["crc"]
         t = pl.read_ipc(io.BytesIO(block))
         assert t.height == op["rows"]

@@ -11,6 +11,7 @@ few cases, as a real ``python -m puffer_cli.cli`` subprocess.
 The default suite runs the corpus and a small generated sample; ``-m slow`` runs
 more than 150 generated cases.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,7 +27,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from puffer_cli import cli
 
 ROOT = Path(__file__).parent.parent
@@ -73,13 +73,20 @@ def invoke_subprocess(args: list[str], env: dict | None = None, timeout: float =
             e.pop(k, None)
         else:
             e[k] = v
-    p = subprocess.run([sys.executable, "-m", "puffer_cli.cli", *map(str, args)], capture_output=True, text=True,
-                       env=e, timeout=timeout, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [sys.executable, "-m", "puffer_cli.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return p.returncode, p.stdout, p.stderr
 
 
-def assert_one_error(code: int, out: str, err: str, *, expect_code: int | tuple = (1, 2), needle: str | None = None,
-                     typed: bool = True) -> str:
+def assert_one_error(
+    code: int, out: str, err: str, *, expect_code: int | tuple = (1, 2), needle: str | None = None, typed: bool = True
+) -> str:
     """The contract: exit 1/2, stderr is exactly one ``Error:`` line, no traceback anywhere.
     ``typed``: the line is not the last-resort ``internal error`` one."""
     codes = expect_code if isinstance(expect_code, tuple) else (expect_code,)
@@ -115,7 +122,7 @@ def _bad_files(d: Path) -> None:
     files = {
         "empty.parquet": b"",
         "trunc.parquet": pq[: len(pq) // 2],
-        "tail.parquet": pq[len(pq) // 2:],
+        "tail.parquet": pq[len(pq) // 2 :],
         "footer-only.parquet": b"PAR1" + b"\0" * 64 + b"PAR1",
         "corrupt.parquet": b"PAR1" + b"\x00garbage" * 100 + b"PAR1",
         "random.parquet": bytes(range(256)) * 4,
@@ -204,14 +211,32 @@ def _fill(args: list[str], base: Path) -> list[str]:
 # ------------------------------------------------------------------ the fixed corpus
 # (args with {b} the base dir, {f} the bad files, {fx} fixtures/; store; exit code; needle)
 INGEST_FILES = [
-    ("empty.parquet", "empty"), ("trunc.parquet", "trunc.parquet"), ("tail.parquet", "parquet"),
-    ("footer-only.parquet", "parquet"), ("corrupt.parquet", "corrupt.parquet"), ("random.parquet", "parquet"),
-    ("empty.csv", "empty"), ("blank.csv", "blank.csv"), ("broken.csv", "broken.csv"), ("badutf.csv", "badutf.csv"),
-    ("noid.csv", "no id column"), ("badid.csv", "badid.csv"), ("empty.ndjson", "empty"),
-    ("spaces.ndjson", "spaces.ndjson"), ("broken.ndjson", "broken.ndjson"), ("badutf.ndjson", "badutf.ndjson"),
-    ("array.ndjson", "array.ndjson"), ("scalar.ndjson", "scalar.ndjson"), ("trunc.ndjson", "trunc.ndjson"),
-    ("pq.csv", "--format parquet"), ("pq.ndjson", "--format parquet"), ("csv.parquet", "--format csv"),
-    ("nul.csv", "not a text file"), ("data.txt", "--format"), ("adir.parquet", "directory"), ("missing.parquet", "does not exist"),
+    ("empty.parquet", "empty"),
+    ("trunc.parquet", "trunc.parquet"),
+    ("tail.parquet", "parquet"),
+    ("footer-only.parquet", "parquet"),
+    ("corrupt.parquet", "corrupt.parquet"),
+    ("random.parquet", "parquet"),
+    ("empty.csv", "empty"),
+    ("blank.csv", "blank.csv"),
+    ("broken.csv", "broken.csv"),
+    ("badutf.csv", "badutf.csv"),
+    ("noid.csv", "no id column"),
+    ("badid.csv", "badid.csv"),
+    ("empty.ndjson", "empty"),
+    ("spaces.ndjson", "spaces.ndjson"),
+    ("broken.ndjson", "broken.ndjson"),
+    ("badutf.ndjson", "badutf.ndjson"),
+    ("array.ndjson", "array.ndjson"),
+    ("scalar.ndjson", "scalar.ndjson"),
+    ("trunc.ndjson", "trunc.ndjson"),
+    ("pq.csv", "--format parquet"),
+    ("pq.ndjson", "--format parquet"),
+    ("csv.parquet", "--format csv"),
+    ("nul.csv", "not a text file"),
+    ("data.txt", "--format"),
+    ("adir.parquet", "directory"),
+    ("missing.parquet", "does not exist"),
 ]
 CORPUS: list[tuple[list[str], str, int, str | None]] = []
 for fname, needle in INGEST_FILES:
@@ -240,15 +265,28 @@ CORPUS += [
     (["ingest", "bad/name", "{fx}/sample.csv"], "good", 1, "namespace"),
     (["ingest", "ns"], "good", 2, "Missing argument"),
     # corrupt meta.json / manifests, every reader
-    *[([cmd, "ns", *extra], v, 1, "meta.json")
-      for v in ("badmeta", "arraymeta", "nullmeta", "binmeta", "badptr")
-      for cmd, extra in (("query", []), ("export", []), ("warm", ["--cache-dir", "{b}/c-" + v]),
-                         ("recall", ["--cache-dir", "{b}/c-" + v]), ("index", ["--cache-dir", "{b}/c-" + v]))],
+    *[
+        ([cmd, "ns", *extra], v, 1, "meta.json")
+        for v in ("badmeta", "arraymeta", "nullmeta", "binmeta", "badptr")
+        for cmd, extra in (
+            ("query", []),
+            ("export", []),
+            ("warm", ["--cache-dir", "{b}/c-" + v]),
+            ("recall", ["--cache-dir", "{b}/c-" + v]),
+            ("index", ["--cache-dir", "{b}/c-" + v]),
+        )
+    ],
     (["ingest", "ns", "{fx}/sample.csv"], "badmeta", 1, "meta.json"),
-    *[([cmd, "ns", *extra], v, 1, "manifest")
-      for v in ("badman", "shapeman", "segman")
-      for cmd, extra in (("query", ["--top-k", "3"]), ("warm", ["--cache-dir", "{b}/c-" + v]),
-                         ("recall", ["--cache-dir", "{b}/c-" + v]), ("index", ["--cache-dir", "{b}/c-" + v]))],
+    *[
+        ([cmd, "ns", *extra], v, 1, "manifest")
+        for v in ("badman", "shapeman", "segman")
+        for cmd, extra in (
+            ("query", ["--top-k", "3"]),
+            ("warm", ["--cache-dir", "{b}/c-" + v]),
+            ("recall", ["--cache-dir", "{b}/c-" + v]),
+            ("index", ["--cache-dir", "{b}/c-" + v]),
+        )
+    ],
     # damaged index files
     (["query", "ns", "--top-k", "2"], "badattrs", 1, "attrs.arrow"),
     (["warm", "ns", "--cache-dir", "{b}/c-badattrs"], "badattrs", 1, "attrs.arrow"),
@@ -280,7 +318,17 @@ CORPUS += [
     (["query", "ns", "--vector", "@{f}/strings.npy"], "good", 1, "numbers"),
     (["query", "ns", "--vector", "@{f}/trunc.npy"], "good", 1, ".npy"),
     (["query", "ns", "--vector", "@{f}/matrix.npy"], "good", 1, "shape"),
-    (["query", "ns", "--rank-by", "[", ], "good", 1, "rank-by"),
+    (
+        [
+            "query",
+            "ns",
+            "--rank-by",
+            "[",
+        ],
+        "good",
+        1,
+        "rank-by",
+    ),
     (["query", "ns", "--body", "[]"], "good", 1, "body"),
     (["query", "ns", "--bm25", "title"], "good", 2, None),
     (["query", "ns", "--bm25", "nofield", "x"], "good", 1, "nofield"),
@@ -316,8 +364,10 @@ CORPUS += [
 
 def _params(corpus):
     """Every third case in the default suite, all of them with -m slow."""
-    return [pytest.param(*c, id=f"{i}-{'-'.join(a for a in c[0][:3])}"[:60],
-                         marks=() if i % 3 == 0 else pytest.mark.slow) for i, c in enumerate(corpus)]
+    return [
+        pytest.param(*c, id=f"{i}-{'-'.join(a for a in c[0][:3])}"[:60], marks=() if i % 3 == 0 else pytest.mark.slow)
+        for i, c in enumerate(corpus)
+    ]
 
 
 @pytest.mark.parametrize("args,store,code,needle", _params(CORPUS))
@@ -365,8 +415,10 @@ def test_last_resort_handler_is_one_line(tmp_path, monkeypatch):
     _ingest(store, "ns", SAMPLE_CSV)
     code, out, err = invoke(["query", "ns", "--store", store])
     line = assert_one_error(code, out, err, expect_code=1, typed=False)
-    assert line == ("Error: internal error: ZeroDivisionError: division by zero second line "
-                    "(run with --debug for the traceback; please report)")
+    assert line == (
+        "Error: internal error: ZeroDivisionError: division by zero second line "
+        "(run with --debug for the traceback; please report)"
+    )
     with pytest.raises(ZeroDivisionError):  # --debug anywhere on the line re-raises
         invoke(["query", "ns", "--store", store, "--debug"])
     with pytest.raises(ZeroDivisionError):
@@ -386,16 +438,22 @@ def test_debug_subprocess_shows_traceback(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,needle", [
-    (["query", "ns", "--store", "{b}/badmeta"], "meta.json"),
-    *[(a, n) for a, n in [
-        (["ingest", "ns", "{f}/trunc.parquet"], "trunc.parquet"),
-        (["ingest", "ns", "{f}/tail.parquet"], "tail.parquet"),  # a polars panic: its backtrace is not shown
-        (["ingest", "ns", "{f}/badutf.csv"], "badutf.csv"),
-        (["export", "ns", "-o", "{b}/out"], "directory"),
-        (["nosuch"], "No such command"),
-    ]],
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["query", "ns", "--store", "{b}/badmeta"], "meta.json"),
+        *[
+            (a, n)
+            for a, n in [
+                (["ingest", "ns", "{f}/trunc.parquet"], "trunc.parquet"),
+                (["ingest", "ns", "{f}/tail.parquet"], "tail.parquet"),  # a polars panic: its backtrace is not shown
+                (["ingest", "ns", "{f}/badutf.csv"], "badutf.csv"),
+                (["export", "ns", "-o", "{b}/out"], "directory"),
+                (["nosuch"], "No such command"),
+            ]
+        ],
+    ],
+)
 def test_subprocess_one_line(env, args, needle):
     argv = _fill(args, env)
     if "--store" not in argv and argv[0] != "nosuch":
@@ -418,17 +476,21 @@ def test_json_output_is_valid_json(tmp_path):
     assert code == 1 and "not a finite number" in err
     # ... so such values can only be in data written before that rule: commit one entry by hand
     import polars as pl
-
     from puffer_cli import connect, layout, wal
 
     p.write_text("id,price\n1,0.0\n")
     _ingest(store, "n", p)
     db = connect(str(store))
     head = db.namespace("n").head()
-    frame = pl.DataFrame({"id": pl.Series([1, 2, 3, 4], dtype=head_id_dtype(db)),
-                          "price": [float("nan"), float("inf"), 1.5, -float("inf")]})
-    assert db.store.create(layout.wal("n", head.seq + 1),
-                           wal.encode(head.seq + 1, [wal.Op("upsert", frame)], created_at=1, writer="test"))
+    frame = pl.DataFrame(
+        {
+            "id": pl.Series([1, 2, 3, 4], dtype=head_id_dtype(db)),
+            "price": [float("nan"), float("inf"), 1.5, -float("inf")],
+        }
+    )
+    assert db.store.create(
+        layout.wal("n", head.seq + 1), wal.encode(head.seq + 1, [wal.Op("upsert", frame)], created_at=1, writer="test")
+    )
 
     def strict(text):
         return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON output"))
@@ -444,8 +506,10 @@ def test_json_output_is_valid_json(tmp_path):
     strict(out)
     code, out, _ = invoke(["wal-inspect", "n", "--json", "--store", store])
     strict(out)
-    assert cli.to_json({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}}) == \
-        '{"a": null, "b": [null, 1.0], "c": {"d": null}}'
+    assert (
+        cli.to_json({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}})
+        == '{"a": null, "b": [null, 1.0], "c": {"d": null}}'
+    )
 
 
 def test_query_budget_reaches_the_engine(tmp_path, monkeypatch):
@@ -513,8 +577,9 @@ def test_serve_port_in_use_is_one_line(tmp_path):
     s.listen(1)
     port = s.getsockname()[1]
     try:
-        code, out, err = invoke_subprocess(["serve", "--listen", f"127.0.0.1:{port}", "--store", tmp_path / "s"],
-                                           timeout=60)
+        code, out, err = invoke_subprocess(
+            ["serve", "--listen", f"127.0.0.1:{port}", "--store", tmp_path / "s"], timeout=60
+        )
     finally:
         s.close()
     assert_one_error(code, out, err, expect_code=1, needle=str(port))
@@ -522,15 +587,22 @@ def test_serve_port_in_use_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_serve_unresolvable_host_is_one_line(tmp_path):
-    code, out, err = invoke_subprocess(["serve", "--listen", "no-such-host.invalid:8080", "--store", tmp_path / "s"],
-                                       timeout=90)
+    code, out, err = invoke_subprocess(
+        ["serve", "--listen", "no-such-host.invalid:8080", "--store", tmp_path / "s"], timeout=90
+    )
     assert_one_error(code, out, err, expect_code=1, needle="no-such-host.invalid")
 
 
-NO_CREDS = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None,
-            "AWS_PROFILE": None, "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/puffer-creds",
-            "AWS_CONFIG_FILE": "/nonexistent/puffer-config", "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_DEFAULT_REGION": "us-east-1"}
+NO_CREDS = {
+    "AWS_ACCESS_KEY_ID": None,
+    "AWS_SECRET_ACCESS_KEY": None,
+    "AWS_SESSION_TOKEN": None,
+    "AWS_PROFILE": None,
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/puffer-creds",
+    "AWS_CONFIG_FILE": "/nonexistent/puffer-config",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def test_store_file_as_store(tmp_path):
@@ -543,15 +615,29 @@ def test_store_file_as_store(tmp_path):
     assert f.read_text() == "x"
 
 
-@pytest.mark.parametrize("args,extra_env,needle", [
-    (["query", "ns", "--store", "s3:///prefix", "--s3-endpoint", "{s3}"], {}, "bucket"),
-    (["query", "ns", "--store", "s3://puffer-test/p", "--s3-endpoint", "not a url"], {}, "not a url"),
-    (["query", "ns", "--store", "s3://puffer-test/p", "--s3-endpoint", "{s3}"], NO_CREDS, "credentials"),
-    (["ingest", "ns", "{fx}/sample.csv", "--store", "s3://puffer-test/p", "--s3-endpoint", "{s3}"], NO_CREDS,
-     "credentials"),
-    (["query", "ns", "--store", "s3://no-such-bucket-puffer/p", "--s3-endpoint", "{s3}"], {}, "no-such-bucket-puffer"),
-    (["export", "ns", "--store", "s3://no-such-bucket-puffer/p", "--s3-endpoint", "{s3}"], {}, "no-such-bucket-puffer"),
-])
+@pytest.mark.parametrize(
+    "args,extra_env,needle",
+    [
+        (["query", "ns", "--store", "s3:///prefix", "--s3-endpoint", "{s3}"], {}, "bucket"),
+        (["query", "ns", "--store", "s3://puffer-test/p", "--s3-endpoint", "not a url"], {}, "not a url"),
+        (["query", "ns", "--store", "s3://puffer-test/p", "--s3-endpoint", "{s3}"], NO_CREDS, "credentials"),
+        (
+            ["ingest", "ns", "{fx}/sample.csv", "--store", "s3://puffer-test/p", "--s3-endpoint", "{s3}"],
+            NO_CREDS,
+            "credentials",
+        ),
+        (
+            ["query", "ns", "--store", "s3://no-such-bucket-puffer/p", "--s3-endpoint", "{s3}"],
+            {},
+            "no-such-bucket-puffer",
+        ),
+        (
+            ["export", "ns", "--store", "s3://no-such-bucket-puffer/p", "--s3-endpoint", "{s3}"],
+            {},
+            "no-such-bucket-puffer",
+        ),
+    ],
+)
 def test_store_errors_are_typed(s3_server, args, extra_env, needle):
     """The store helper turns these into StoreError / InvalidRequest inside store.py; the
     CLI prints them as one line (not the last-resort 'internal error')."""
@@ -566,9 +652,11 @@ def test_unreachable_endpoint_is_one_line_within_deadline():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    code, out, err = invoke_subprocess(["query", "ns", "--store", "s3://b/p", "--s3-endpoint",
-                                        f"http://127.0.0.1:{port}"], env={"AWS_ACCESS_KEY_ID": "x",
-                                                                          "AWS_SECRET_ACCESS_KEY": "y"}, timeout=120)
+    code, out, err = invoke_subprocess(
+        ["query", "ns", "--store", "s3://b/p", "--s3-endpoint", f"http://127.0.0.1:{port}"],
+        env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"},
+        timeout=120,
+    )
     assert_one_error(code, out, err, expect_code=1, needle=f"127.0.0.1:{port}")
 
 
@@ -587,21 +675,84 @@ VALID = [
     ["recall", "ns", "--num", "2", "--top-k", "3", "--json", "--cache-dir", "{b}/c-gen"],
     ["warm", "ns", "--json", "--cache-dir", "{b}/c-gen"],
 ]
-OPTION_NAMES = ["--top-k", "--vector", "--filter", "--rank-by", "--format", "--at-seq", "--id", "--batch-rows",
-                "--schema", "--include", "--include-all", "--consistency", "--body", "--budget", "--num", "--show",
-                "--bm25", "--exact", "--json", "--verify", "--distance-metric", "-o", "--bogus", "--", "-"]
+OPTION_NAMES = [
+    "--top-k",
+    "--vector",
+    "--filter",
+    "--rank-by",
+    "--format",
+    "--at-seq",
+    "--id",
+    "--batch-rows",
+    "--schema",
+    "--include",
+    "--include-all",
+    "--consistency",
+    "--body",
+    "--budget",
+    "--num",
+    "--show",
+    "--bm25",
+    "--exact",
+    "--json",
+    "--verify",
+    "--distance-metric",
+    "-o",
+    "--bogus",
+    "--",
+    "-",
+]
 COMMAND_OPTIONS = {  # mostly insert options the command has, so the value reaches the command's checks
-    "query": ["--top-k", "--vector", "--filter", "--rank-by", "--format", "--include", "--consistency", "--body",
-              "--budget", "--vector-attr", "--wal-corrupt-policy"],
+    "query": [
+        "--top-k",
+        "--vector",
+        "--filter",
+        "--rank-by",
+        "--format",
+        "--include",
+        "--consistency",
+        "--body",
+        "--budget",
+        "--vector-attr",
+        "--wal-corrupt-policy",
+    ],
     "export": ["--format", "--at-seq", "-o", "--wal-corrupt-policy"],
     "ingest": ["--id", "--vector", "--schema", "--distance-metric", "--format", "--batch-rows"],
     "wal-inspect": ["--show"],
     "recall": ["--num", "--top-k", "--filter", "--field"],
 }
-WEIRD_VALUES = ["", "0", "-1", "1e309", "nan", "-0", "99999999999999999999", "[", "]", "{}", "[]", "null", "@",
-                "@/nonexistent", "@{f}/random.parquet", "@{f}/adir.parquet", "{f}/trunc.parquet", "\u00e9\u00e8",
-                "\u0000", "a" * 300, '["id","Eq",1]', '{"rank_by":["id","asc"]}', "[1,2,3]", "true", "..", "ns",
-                "-o", "--top-k", '["Not",["Not",["Not",["id","Eq",1]]]]', '["title","Regex","("]']
+WEIRD_VALUES = [
+    "",
+    "0",
+    "-1",
+    "1e309",
+    "nan",
+    "-0",
+    "99999999999999999999",
+    "[",
+    "]",
+    "{}",
+    "[]",
+    "null",
+    "@",
+    "@/nonexistent",
+    "@{f}/random.parquet",
+    "@{f}/adir.parquet",
+    "{f}/trunc.parquet",
+    "\u00e9\u00e8",
+    "\u0000",
+    "a" * 300,
+    '["id","Eq",1]',
+    '{"rank_by":["id","asc"]}',
+    "[1,2,3]",
+    "true",
+    "..",
+    "ns",
+    "-o",
+    "--top-k",
+    '["Not",["Not",["Not",["id","Eq",1]]]]',
+    '["title","Regex","("]',
+]
 OUT_PATHS = ["{b}/out", "{b}/out/gen.ndjson", "{b}/missing/x.csv", "/proc/puffer-gen.csv", "-"]
 
 
@@ -615,14 +766,22 @@ def mutated(draw):
             if args[i - 1] == "-o":
                 args[i] = draw(st.sampled_from(OUT_PATHS))
             elif not args[i].startswith("-"):
-                args[i] = draw(st.one_of(st.sampled_from(WEIRD_VALUES), st.text(max_size=20),
-                                         st.integers(-2**70, 2**70).map(str),
-                                         st.floats(allow_nan=True).map(repr)))
+                args[i] = draw(
+                    st.one_of(
+                        st.sampled_from(WEIRD_VALUES),
+                        st.text(max_size=20),
+                        st.integers(-(2**70), 2**70).map(str),
+                        st.floats(allow_nan=True).map(repr),
+                    )
+                )
         elif kind == "insert_opt":
             own = COMMAND_OPTIONS.get(args[0], OPTION_NAMES)
             opt = draw(st.sampled_from(own if draw(st.integers(0, 4)) else OPTION_NAMES))
-            val = draw(st.sampled_from(OUT_PATHS)) if opt == "-o" else draw(
-                st.one_of(st.sampled_from(WEIRD_VALUES), st.text(max_size=12)))
+            val = (
+                draw(st.sampled_from(OUT_PATHS))
+                if opt == "-o"
+                else draw(st.one_of(st.sampled_from(WEIRD_VALUES), st.text(max_size=12)))
+            )
             i = draw(st.integers(2, len(args)))
             args[i:i] = [opt, val]
         elif kind == "drop" and len(args) > 1:
@@ -639,8 +798,9 @@ def _check_generated(base: Path, args: list[str]) -> None:
     store = base / f"g-{uuid.uuid4().hex[:8]}"
     shutil.copytree(base / "good", store)
     try:
-        argv = [a.replace("{b}", str(base)).replace("{f}", str(base / "files")).replace("{fx}", str(FIXTURES))
-                for a in args]
+        argv = [
+            a.replace("{b}", str(base)).replace("{f}", str(base / "files")).replace("{fx}", str(FIXTURES)) for a in args
+        ]
         if any(a in ("serve", "index") for a in argv[:1]):
             return
         before = snapshot(store)
@@ -765,13 +925,20 @@ def test_refused_export_keeps_an_existing_file(env, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [["query", "ns", "--top-k", "1000", "--format", "ndjson", "--include-all"],
-                                  ["export", "ns", "--format", "ndjson"]])
+@pytest.mark.parametrize(
+    "args",
+    [["query", "ns", "--top-k", "1000", "--format", "ndjson", "--include-all"], ["export", "ns", "--format", "ndjson"]],
+)
 def test_closed_stdout_pipe_is_quiet(env, args):
     """`puffer query ... | head -1`: no traceback, no error line, exit 0."""
     e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    p = subprocess.Popen([sys.executable, "-m", "puffer_cli.cli", *args, "--store", str(env / "good")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, stdin=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "puffer_cli.cli", *args, "--store", str(env / "good")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=e,
+        stdin=subprocess.DEVNULL,
+    )
     p.stdout.readline()
     p.stdout.close()  # the reader goes away after one line
     err = p.stderr.read().decode()

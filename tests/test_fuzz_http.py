@@ -17,6 +17,7 @@ Malformed requests with one exact expected status (bad JSON, auth, routes, body 
 ordinary schema errors) live in tests/test_server_bad_input.py; library-level fuzzing in
 tests/test_fuzz_input.py.
 """
+
 from __future__ import annotations
 
 import base64
@@ -30,21 +31,19 @@ import urllib.parse
 import uuid
 
 import httpx
+import puffer_cli
 import pytest
 import turbopuffer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.testclient import TestClient
-
-import puffer_cli
 from puffer_cli import limits as L
 from puffer_cli import store as _store
 from puffer_cli.index import builder
 from puffer_cli.server import ServeConfig, create_app
-
-from .serve_proc import KEY, ServeProc, dir_state
+from starlette.testclient import TestClient
 
 from ._bodies import paths as _paths
+from .serve_proc import KEY, ServeProc, dir_state
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BODY_LIMIT = L.MAX_STRING_BYTES + 2 * 1024 * 1024  # room for one string at its limit
@@ -52,9 +51,17 @@ SCHEMA = {"body": {"type": "string", "full_text_search": True}, "ts": "datetime"
 
 
 def rows(n=12, start=1):
-    return [{"id": i, "vector": [0.1 * (i % 10), 1 - 0.1 * (i % 10)], "tag": "ab"[i % 2], "n": i,
-             "body": ["hello world", "quick brown fox", "lazy dog"][i % 3],
-             "ts": f"2024-01-{1 + i % 28:02d}T00:00:00Z"} for i in range(start, start + n)]
+    return [
+        {
+            "id": i,
+            "vector": [0.1 * (i % 10), 1 - 0.1 * (i % 10)],
+            "tag": "ab"[i % 2],
+            "n": i,
+            "body": ["hello world", "quick brown fox", "lazy dog"][i % 3],
+            "ts": f"2024-01-{1 + i % 28:02d}T00:00:00Z",
+        }
+        for i in range(start, start + n)
+    ]
 
 
 def make_namespaces(db, names_wal=("wal",), names_idx=("idx",)):
@@ -125,8 +132,14 @@ def enc(v) -> str:
 
 def nested(kind: str, depth: int) -> Raw:
     leaf = {"filter": '["n","Eq",1]', "rank": '["body","BM25","hello"]', "value": "1"}
-    o, c = {"Not": ('["Not",', "]"), "And": ('["And",[', "]]"), "Or": ('["Or",[', "]]"),
-            "Sum": ('["Sum",[', "]]"), "list": ("[", "]"), "obj": ('{"a":', "}")}[kind]
+    o, c = {
+        "Not": ('["Not",', "]"),
+        "And": ('["And",[', "]]"),
+        "Or": ('["Or",[', "]]"),
+        "Sum": ('["Sum",[', "]]"),
+        "list": ("[", "]"),
+        "obj": ('{"a":', "}"),
+    }[kind]
     lf = leaf["rank" if kind == "Sum" else "value" if kind in ("list", "obj") else "filter"]
     return Raw(o * depth + lf + c * depth)
 
@@ -149,9 +162,11 @@ class Records(logging.Handler):
         self.records.append(record)
 
     def bad(self) -> list[str]:
-        return [f"{r.name} {r.levelname}: {r.getMessage()[:300]}" + (" [traceback]" if r.exc_info else "")
-                for r in self.records
-                if r.exc_info or r.levelno >= logging.ERROR or "Traceback" in r.getMessage()]
+        return [
+            f"{r.name} {r.levelname}: {r.getMessage()[:300]}" + (" [traceback]" if r.exc_info else "")
+            for r in self.records
+            if r.exc_info or r.levelno >= logging.ERROR or "Traceback" in r.getMessage()
+        ]
 
 
 class App:
@@ -261,8 +276,11 @@ QUERY_CORPUS = [
     ("vec-dims-3", {"rank_by": ["vector", "ANN", [0.1, 0.2, 0.3]]}, "4xx"),
     ("vec-dims-1", {"rank_by": ["vector", "ANN", [0.1]]}, "4xx"),
     ("vec-dims-3-knn-filter", {"rank_by": ["vector", "kNN", [0.1, 0.2, 0.3]], "filters": ["n", "Gt", 1]}, "4xx"),
-    ("vec-dims-multi", {"queries": [{"rank_by": ["vector", "ANN", [0.1, 0.2]]},
-                                    {"rank_by": ["vector", "ANN", [0.1, 0.2, 0.3]]}]}, "4xx"),
+    (
+        "vec-dims-multi",
+        {"queries": [{"rank_by": ["vector", "ANN", [0.1, 0.2]]}, {"rank_by": ["vector", "ANN", [0.1, 0.2, 0.3]]}]},
+        "4xx",
+    ),
     # integers beyond int64 / huge top_k
     ("top_k-2^63", {"rank_by": ["n", "asc"], "top_k": 2**63}, "4xx"),
     ("top_k-2^64", {"rank_by": ["n", "asc"], "top_k": 2**64}, "4xx"),
@@ -404,12 +422,16 @@ def test_write_corpus(app, ns, name, body, expect):
     app.check("POST", W(ns), body, expect)
 
 
-@pytest.mark.parametrize("body", [
-    {"delete_by_filter": ["n", "Eq", 1]},
-    {"delete_by_filter": ["nope", "Eq", 1]},
-    {"patch_by_filter": {"filters": ["n", "Eq", 1], "patch": {"n": 2}}},
-    {"patch_by_filter": {"filters": ["tag", "Glob", "a*"], "patch": {"tag": "b"}}},
-], ids=["dbf", "dbf-missing-attr", "pbf", "pbf-glob"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"delete_by_filter": ["n", "Eq", 1]},
+        {"delete_by_filter": ["nope", "Eq", 1]},
+        {"patch_by_filter": {"filters": ["n", "Eq", 1], "patch": {"n": 2}}},
+        {"patch_by_filter": {"filters": ["tag", "Glob", "a*"], "patch": {"tag": "b"}}},
+    ],
+    ids=["dbf", "dbf-missing-attr", "pbf", "pbf-glob"],
+)
 def test_filter_writes_on_missing_namespace(app, body):
     """Measured: ColumnNotFoundError 500. Now 404, or a no-op 200 that creates nothing."""
     name = fresh()
@@ -424,9 +446,11 @@ def test_filter_writes_on_missing_namespace(app, body):
 
 @pytest.mark.parametrize("ns", NSS)
 def test_filter_writes_on_attribute_the_namespace_lacks(app, ns):
-    for body in ({"delete_by_filter": ["nope", "Eq", 1]},
-                 {"patch_by_filter": {"filters": ["nope", "In", [1, 2]], "patch": {"n": 5}}},
-                 {"deletes": [1], "delete_condition": ["nope", "Eq", 1]}):
+    for body in (
+        {"delete_by_filter": ["nope", "Eq", 1]},
+        {"patch_by_filter": {"filters": ["nope", "In", [1, 2]], "patch": {"n": 5}}},
+        {"deletes": [1], "delete_condition": ["nope", "Eq", 1]},
+    ):
         app.check("POST", W("fw" if ns == "wal" else "fi"), body, "any")
 
 
@@ -434,26 +458,40 @@ def test_filter_writes_on_attribute_the_namespace_lacks(app, ns):
 TYPE_SWAPS = [None, True, 0, -1, 2.5, "x", [], {}, [None], {"x": None}]
 
 QUERY_BASES = [
-    {"rank_by": ["vector", "ANN", [0.1, 0.2]], "top_k": 3, "filters": ["And", [["n", "Gt", 1], ["tag", "In", ["a"]]]],
-     "include_attributes": ["tag", "n"], "consistency": {"level": "strong"}},
-    {"rank_by": ["Sum", [["body", "BM25", "hello"], ["Product", 2, ["body", "BM25", "fox"]]]], "top_k": 4,
-     "exclude_attributes": ["vector"]},
+    {
+        "rank_by": ["vector", "ANN", [0.1, 0.2]],
+        "top_k": 3,
+        "filters": ["And", [["n", "Gt", 1], ["tag", "In", ["a"]]]],
+        "include_attributes": ["tag", "n"],
+        "consistency": {"level": "strong"},
+    },
+    {
+        "rank_by": ["Sum", [["body", "BM25", "hello"], ["Product", 2, ["body", "BM25", "fox"]]]],
+        "top_k": 4,
+        "exclude_attributes": ["vector"],
+    },
     {"aggregate_by": {"c": ["Count"], "s": ["Sum", "n"]}, "group_by": ["tag"], "filters": ["n", "Lt", 9]},
-    {"queries": [{"rank_by": ["vector", "ANN", [0.1, 0.2]], "top_k": 2}, {"rank_by": ["body", "BM25", "fox"]}],
-     "vector_encoding": "base64"},
+    {
+        "queries": [{"rank_by": ["vector", "ANN", [0.1, 0.2]], "top_k": 2}, {"rank_by": ["body", "BM25", "fox"]}],
+        "vector_encoding": "base64",
+    },
 ]
 
 WRITE_BASES = [
-    {"upsert_rows": [{"id": 7, "vector": [0.5, 0.5], "tag": "b", "n": 3, "body": "quick fox",
-                      "ts": "2024-02-01T00:00:00Z"}], "return_affected_ids": True},
-    {"upsert_columns": {"id": [8, 9], "vector": [[0.1, 0.9], [0.9, 0.1]], "tag": ["a", None]},
-     "upsert_condition": ["n", "Lt", {"$ref_new": "n"}]},
+    {
+        "upsert_rows": [
+            {"id": 7, "vector": [0.5, 0.5], "tag": "b", "n": 3, "body": "quick fox", "ts": "2024-02-01T00:00:00Z"}
+        ],
+        "return_affected_ids": True,
+    },
+    {
+        "upsert_columns": {"id": [8, 9], "vector": [[0.1, 0.9], [0.9, 0.1]], "tag": ["a", None]},
+        "upsert_condition": ["n", "Lt", {"$ref_new": "n"}],
+    },
     {"patch_rows": [{"id": 1, "n": 5}], "deletes": [2], "delete_condition": ["n", "Eq", 2]},
     {"patch_by_filter": {"filters": ["n", "Lt", -100], "patch": {"tag": "c"}}, "delete_by_filter": ["tag", "Eq", "zz"]},
     {"schema": {"extra": {"type": "string", "filterable": True}}, "distance_metric": "cosine_distance"},
 ]
-
-
 
 
 def _get(v, path):
@@ -517,21 +555,24 @@ def test_write_wrong_types_at_every_level_fast(app):
 
 
 # bodies / headers
-@pytest.mark.parametrize("name,raw,headers,expect", [
-    ("content-type-text", b'{"rank_by": ["n", "asc"]}', {"Content-Type": "text/plain"}, "any"),
-    ("content-type-form", b"rank_by=n", {"Content-Type": "application/x-www-form-urlencoded"}, "4xx"),
-    ("content-type-multipart", b"--x\r\n\r\n--x--", {"Content-Type": "multipart/form-data; boundary=x"}, "4xx"),
-    ("json-then-garbage", b'{"rank_by": ["n", "asc"]} trailing', {}, 422),
-    ("bom", b'\xef\xbb\xbf{"rank_by": ["n", "asc"]}', {}, "any"),
-    ("lone-surrogate", b'{"rank_by": ["n", "asc"], "filters": ["tag", "Eq", "\\ud800"]}', {}, "any"),
-    ("nul-in-key", b'{"rank_by": ["n", "asc"], "filters": ["ta\\u0000g", "Eq", "a"]}', {}, "any"),
-    ("json-depth-2000", b'{"rank_by": ' + b"[" * 2000 + b"]" * 2000 + b"}", {}, "4xx"),
-    ("gzip-garbage", b"\x1f\x8b\x08\x00garbage", {"Content-Encoding": "gzip"}, "4xx"),
-    ("deflate-garbage", b"garbage", {"Content-Encoding": "deflate"}, "4xx"),
-    ("encoding-unknown", b"{}", {"Content-Encoding": "zstd"}, "4xx"),
-    ("empty", b"", {}, 422),
-    ("whitespace", b"   \n\t ", {}, 422),
-])
+@pytest.mark.parametrize(
+    "name,raw,headers,expect",
+    [
+        ("content-type-text", b'{"rank_by": ["n", "asc"]}', {"Content-Type": "text/plain"}, "any"),
+        ("content-type-form", b"rank_by=n", {"Content-Type": "application/x-www-form-urlencoded"}, "4xx"),
+        ("content-type-multipart", b"--x\r\n\r\n--x--", {"Content-Type": "multipart/form-data; boundary=x"}, "4xx"),
+        ("json-then-garbage", b'{"rank_by": ["n", "asc"]} trailing', {}, 422),
+        ("bom", b'\xef\xbb\xbf{"rank_by": ["n", "asc"]}', {}, "any"),
+        ("lone-surrogate", b'{"rank_by": ["n", "asc"], "filters": ["tag", "Eq", "\\ud800"]}', {}, "any"),
+        ("nul-in-key", b'{"rank_by": ["n", "asc"], "filters": ["ta\\u0000g", "Eq", "a"]}', {}, "any"),
+        ("json-depth-2000", b'{"rank_by": ' + b"[" * 2000 + b"]" * 2000 + b"}", {}, "4xx"),
+        ("gzip-garbage", b"\x1f\x8b\x08\x00garbage", {"Content-Encoding": "gzip"}, "4xx"),
+        ("deflate-garbage", b"garbage", {"Content-Encoding": "deflate"}, "4xx"),
+        ("encoding-unknown", b"{}", {"Content-Encoding": "zstd"}, "4xx"),
+        ("empty", b"", {}, 422),
+        ("whitespace", b"   \n\t ", {}, 422),
+    ],
+)
 @pytest.mark.parametrize("ns", NSS)
 def test_query_bodies_and_headers(app, ns, name, raw, headers, expect):
     app.check("POST", Q(ns), raw, expect, headers)
@@ -539,8 +580,29 @@ def test_query_bodies_and_headers(app, ns, name, raw, headers, expect):
 
 # ------------------------------------------------------------------ namespace names
 # "." and ".." are left out: the client normalises them out of the URL
-NAMES = [".hidden", "..a", "...", "a..b", "_puffer-x", "_puffer", "-x", "_x", "x" * 128, "x" * 129, "名前", "a b",
-         "a%00b", "a%2Fb", "%2E%2E", "a%0Ab", "CON", "a:b", "a*b", "a%5Cb", "%F0%9F%90%8D"]
+NAMES = [
+    ".hidden",
+    "..a",
+    "...",
+    "a..b",
+    "_puffer-x",
+    "_puffer",
+    "-x",
+    "_x",
+    "x" * 128,
+    "x" * 129,
+    "名前",
+    "a b",
+    "a%00b",
+    "a%2Fb",
+    "%2E%2E",
+    "a%0Ab",
+    "CON",
+    "a:b",
+    "a*b",
+    "a%5Cb",
+    "%F0%9F%90%8D",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -597,8 +659,12 @@ def test_limit_attributes_per_write(app):
     # id + (MAX - 1) others = MAX names: accepted whether or not id counts
     app.check("POST", W(fresh()), {"upsert_rows": [{"id": 1, **_attrs("a", L.MAX_ATTRIBUTES_PER_WRITE - 1)}]}, "ok")
     app.check("POST", W(fresh()), {"upsert_rows": [{"id": 1, **_attrs("a", L.MAX_ATTRIBUTES_PER_WRITE + 1)}]}, "4xx")
-    app.check("POST", W(fresh()), {"upsert_columns": {"id": [1], **{f"c{i}": [i] for i in
-                                                                     range(L.MAX_ATTRIBUTES_PER_WRITE + 1)}}}, "4xx")
+    app.check(
+        "POST",
+        W(fresh()),
+        {"upsert_columns": {"id": [1], **{f"c{i}": [i] for i in range(L.MAX_ATTRIBUTES_PER_WRITE + 1)}}},
+        "4xx",
+    )
 
 
 def test_limit_attributes_per_namespace(app):
@@ -670,8 +736,9 @@ def test_limit_filter_nodes(app, ns):
     n = L.MAX_FILTER_NODES  # leaves + And/Or/Not: one Or over n-1 leaves is n nodes
     app.check("POST", Q(ns), {"rank_by": ["id", "asc"], "filters": wide("Or", n - 1)}, "ok")
     app.check("POST", Q(ns), {"rank_by": ["id", "asc"], "filters": wide("Or", n)}, "4xx")
-    app.check("POST", Q(ns), {"rank_by": ["id", "asc"], "filters": ["And", [wide("Or", n // 2), wide("Or", n // 2)]]},
-              "4xx")
+    app.check(
+        "POST", Q(ns), {"rank_by": ["id", "asc"], "filters": ["And", [wide("Or", n // 2), wide("Or", n // 2)]]}, "4xx"
+    )
 
 
 @pytest.mark.parametrize("ns", NSS)
@@ -711,46 +778,122 @@ def test_limit_query_text_chars(app, ns):
 def test_limit_ann_options(app):
     """At the bounds a write is accepted and the namespace still indexes; one past is refused."""
     (c0, c1), (a0, a1), (s0, s1) = L.ANN_CONNECTIVITY, L.ANN_EXPANSION_ADD, L.ANN_EXPANSION_SEARCH
-    for ann in ({"connectivity": c0, "expansion_add": a0, "expansion_search": s0},
-                {"connectivity": c1, "expansion_add": a1, "expansion_search": s1}):
+    for ann in (
+        {"connectivity": c0, "expansion_add": a0, "expansion_search": s0},
+        {"connectivity": c1, "expansion_add": a1, "expansion_search": s1},
+    ):
         name = fresh()
-        app.check("POST", W(name), {"schema": {"vector": {"type": "[2]f32", "ann": ann}},
-                                    "upsert_rows": [{"id": i, "vector": [0.1 * i, 1.0]} for i in range(5)]}, "ok")
+        app.check(
+            "POST",
+            W(name),
+            {
+                "schema": {"vector": {"type": "[2]f32", "ann": ann}},
+                "upsert_rows": [{"id": i, "vector": [0.1 * i, 1.0]} for i in range(5)],
+            },
+            "ok",
+        )
         ns = puffer_cli.connect(app.url).namespace(name)
         assert builder.index_namespace(ns, gc_grace_s=0).status == "indexed"
         r = app.check("POST", Q(name), {"rank_by": ["vector", "ANN", [0.2, 1.0]], "top_k": 2}, "ok")
         assert len(r.json()["rows"]) == 2
-    for key, (lo, hi) in (("connectivity", L.ANN_CONNECTIVITY), ("expansion_add", L.ANN_EXPANSION_ADD),
-                          ("expansion_search", L.ANN_EXPANSION_SEARCH)):
+    for key, (lo, hi) in (
+        ("connectivity", L.ANN_CONNECTIVITY),
+        ("expansion_add", L.ANN_EXPANSION_ADD),
+        ("expansion_search", L.ANN_EXPANSION_SEARCH),
+    ):
         for bad in (lo - 1, hi + 1):
-            app.check("POST", W(fresh()), {"schema": {"vector": {"type": "[2]f32", "ann": {key: bad}}},
-                                           "upsert_rows": [{"id": 1, "vector": [0.1, 1.0]}]}, "4xx")
+            app.check(
+                "POST",
+                W(fresh()),
+                {
+                    "schema": {"vector": {"type": "[2]f32", "ann": {key: bad}}},
+                    "upsert_rows": [{"id": 1, "vector": [0.1, 1.0]}],
+                },
+                "4xx",
+            )
             app.check("POST", "/v1/namespaces/fw/schema", {"vector": {"type": "[2]f32", "ann": {key: bad}}}, "4xx")
 
 
 # ------------------------------------------------------------------ generated cases (hypothesis)
-EXTREMES = [0, -1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, 1e308, -1e308, 5e-324,
-            3.5e38, math.nan, math.inf, -math.inf, 1e20, 2**62, ""]
+EXTREMES = [
+    0,
+    -1,
+    2**31,
+    2**53 + 1,
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    10**30,
+    1e308,
+    -1e308,
+    5e-324,
+    3.5e38,
+    math.nan,
+    math.inf,
+    -math.inf,
+    1e20,
+    2**62,
+    "",
+]
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
-    | st.sampled_from(EXTREMES) | st.text(max_size=8)
-    | st.sampled_from(["vector", "body", "n", "tag", "ts", "id", "ANN", "kNN", "BM25", "Eq", "And", "Or", "Not",
-                       "In", "Regex", "Glob", "asc", "desc", "Sum", "Count", "eventual", "strong", "base64",
-                       "$ref_new", "2024-01-01T00:00:00Z"]),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(EXTREMES)
+    | st.text(max_size=8)
+    | st.sampled_from(
+        [
+            "vector",
+            "body",
+            "n",
+            "tag",
+            "ts",
+            "id",
+            "ANN",
+            "kNN",
+            "BM25",
+            "Eq",
+            "And",
+            "Or",
+            "Not",
+            "In",
+            "Regex",
+            "Glob",
+            "asc",
+            "desc",
+            "Sum",
+            "Count",
+            "eventual",
+            "strong",
+            "base64",
+            "$ref_new",
+            "2024-01-01T00:00:00Z",
+        ]
+    ),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
 
-LONG = st.builds(lambda n, ch: ch * n, st.sampled_from([65, 129, L.MAX_PATTERN_CHARS + 1, L.MAX_QUERY_TEXT_CHARS + 1,
-                                                        70_000]),
-                 st.sampled_from(["a", "é", "(", "*", " ", "\u0000", "\U0001f40d"]))
+LONG = st.builds(
+    lambda n, ch: ch * n,
+    st.sampled_from([65, 129, L.MAX_PATTERN_CHARS + 1, L.MAX_QUERY_TEXT_CHARS + 1, 70_000]),
+    st.sampled_from(["a", "é", "(", "*", " ", "\u0000", "\U0001f40d"]),
+)
 
 WRAPS = ["Not", "And", "Or", "Sum", "list", "obj"]
 
 
-_WRAP_TEXT = {"Not": ('["Not",', "]"), "And": ('["And",[', "]]"), "Or": ('["Or",[', "]]"),
-              "Sum": ('["Sum",[', "]]"), "list": ("[", "]"), "obj": ('{"a":', "}")}
+_WRAP_TEXT = {
+    "Not": ('["Not",', "]"),
+    "And": ('["And",[', "]]"),
+    "Or": ('["Or",[', "]]"),
+    "Sum": ('["Sum",[', "]]"),
+    "list": ("[", "]"),
+    "obj": ('{"a":', "}"),
+}
 
 
 def _wrap(kind, x, depth) -> Raw:
@@ -809,8 +952,10 @@ def cases(draw):
 
 GENERATED_FAST = 60
 GENERATED_SLOW = 520  # issue 9: at least 500 generated HTTP cases in the slow suite
-_hyp = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                                                  HealthCheck.data_too_large])
+_hyp = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _run_case(app, case):
@@ -920,8 +1065,17 @@ def test_costly_legal_multi_query_is_answered_in_bounded_time(child, ns):
 
 
 # in the default suite; the rest of both corpora run in the slow one
-HOSTILE_FAST = {"or-4000", "and-4000", "regex-100k", "not-1000", "sum-500", "filter-value-1000", "attrs-10000",
-                "value-list-1000", "dbf-or-4000"}
+HOSTILE_FAST = {
+    "or-4000",
+    "and-4000",
+    "regex-100k",
+    "not-1000",
+    "sum-500",
+    "filter-value-1000",
+    "attrs-10000",
+    "value-list-1000",
+    "dbf-or-4000",
+}
 
 
 def _params(cases):
@@ -954,9 +1108,11 @@ def test_hostile_write_corpus(child, ns, name, body):
     _child_check(child, W(ns), body)
 
 
-@pytest.mark.parametrize("body", [{"delete_by_filter": wide("Or", 4000)},
-                                  {"patch_by_filter": {"filters": nested("Not", 1000), "patch": {"n": 1}}}],
-                         ids=["dbf-or-4000", "pbf-not-1000"])
+@pytest.mark.parametrize(
+    "body",
+    [{"delete_by_filter": wide("Or", 4000)}, {"patch_by_filter": {"filters": nested("Not", 1000), "patch": {"n": 1}}}],
+    ids=["dbf-or-4000", "pbf-not-1000"],
+)
 def test_hostile_filter_write_on_missing_namespace(child, body):
     r = _child_check(child, W(fresh()), body, expect="any")
     assert r.status_code in (200, 400, 404), r.text
@@ -1031,8 +1187,13 @@ def test_official_client_hostile_writes(tp_child, ns):
         _call(child, lambda: t.write(upsert_rows=[{"id": 1, "vector": [math.nan, 0.1]}]))
     _refused(ei)
     with pytest.raises(turbopuffer.APIStatusError) as ei:
-        _call(child, lambda: t.write(upsert_rows=[{"id": 1, "vector": [0.1, 0.2]}],
-                                     schema={"vector": {"type": "[2]f32", "ann": {"connectivity": 10**9}}}))
+        _call(
+            child,
+            lambda: t.write(
+                upsert_rows=[{"id": 1, "vector": [0.1, 0.2]}],
+                schema={"vector": {"type": "[2]f32", "ann": {"connectivity": 10**9}}},
+            ),
+        )
     _refused(ei)
     assert child.alive() and dir_state(child.store) == before
 
@@ -1041,8 +1202,10 @@ def test_official_client_filter_writes_on_missing_namespace(tp_child):
     child = tp_child
     t = _tp(child).namespace(fresh())
     before = dir_state(child.store)
-    for kw in ({"delete_by_filter": ("n", "Eq", 1)},
-               {"patch_by_filter": {"filters": ("n", "Eq", 1), "patch": {"n": 2}}}):
+    for kw in (
+        {"delete_by_filter": ("n", "Eq", 1)},
+        {"patch_by_filter": {"filters": ("n", "Eq", 1), "patch": {"n": 2}}},
+    ):
         try:
             r = t.write(**kw)
         except turbopuffer.NotFoundError as e:

@@ -5,16 +5,16 @@ get random subtrees dropped, replaced by random JSON or extreme numbers, wrapped
 deep nesting, or replaced by long strings, so most of them get past the first checks.
 This is the library-level half; the HTTP half (status codes, error shape, logs, the
 fixed corpus of measured failures) is tests/test_fuzz_http.py."""
+
 from __future__ import annotations
 
 import copy
 import uuid
 
+import puffer_cli
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import puffer_cli
 from puffer_cli import engine, limits
 from puffer_cli import store as _store
 from puffer_cli.errors import PufferError
@@ -22,14 +22,51 @@ from puffer_cli.index import builder
 
 from ._bodies import paths as _paths
 
-EXTREMES = [2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30, 1e308, 5e-324, 3.5e38, 1e20, 2**62,
-            float("nan"), float("inf"), -float("inf")]
+EXTREMES = [
+    2**63 - 1,
+    2**63,
+    2**64,
+    -(2**63) - 1,
+    10**30,
+    1e308,
+    5e-324,
+    3.5e38,
+    1e20,
+    2**62,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+]
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.sampled_from(EXTREMES)
-    | st.text(max_size=6) | st.sampled_from(["vector", "body", "n", "tag", "id", "ANN", "kNN", "BM25", "Eq", "And",
-                                             "In", "asc", "desc", "Sum", "Count", "eventual", "strong", "base64"]),
+    | st.text(max_size=6)
+    | st.sampled_from(
+        [
+            "vector",
+            "body",
+            "n",
+            "tag",
+            "id",
+            "ANN",
+            "kNN",
+            "BM25",
+            "Eq",
+            "And",
+            "In",
+            "asc",
+            "desc",
+            "Sum",
+            "Count",
+            "eventual",
+            "strong",
+            "base64",
+        ]
+    ),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
@@ -41,8 +78,11 @@ QUERIES = [
     {"rank_by": ["Sum", [["body", "BM25", "hello"], ["Product", 2, ["body", "BM25", "fox"]]]], "top_k": 4},
     {"rank_by": ["n", "desc"], "top_k": 2, "include_attributes": ["tag"]},
     {"aggregate_by": {"c": ["Count"], "s": ["Sum", "n"]}, "group_by": ["tag"], "filters": ["tag", "In", ["a", "b"]]},
-    {"queries": [{"rank_by": ["vector", "ANN", [0.1, 0.2]]}, {"rank_by": ["body", "BM25", "fox"]}],
-     "rerank_by": ["RRF"], "consistency": {"level": "eventual"}},
+    {
+        "queries": [{"rank_by": ["vector", "ANN", [0.1, 0.2]]}, {"rank_by": ["body", "BM25", "fox"]}],
+        "rerank_by": ["RRF"],
+        "consistency": {"level": "eventual"},
+    },
 ]
 
 WRITES = [
@@ -55,14 +95,19 @@ WRITES = [
 ]
 
 
+LONG = st.builds(
+    lambda n, ch: ch * n,
+    st.sampled_from([129, limits.MAX_PATTERN_CHARS + 1, limits.MAX_QUERY_TEXT_CHARS + 1, 100_000]),
+    st.sampled_from(["a", "é", "(", "*", " ", "\U0001f40d"]),
+)
 
-
-LONG = st.builds(lambda n, ch: ch * n, st.sampled_from([129, limits.MAX_PATTERN_CHARS + 1,
-                                                        limits.MAX_QUERY_TEXT_CHARS + 1, 100_000]),
-                 st.sampled_from(["a", "é", "(", "*", " ", "\U0001f40d"]))
-
-WRAPS = {"Not": lambda v: ["Not", v], "And": lambda v: ["And", [v]], "Sum": lambda v: ["Sum", [v]],
-         "list": lambda v: [v], "obj": lambda v: {"a": v}}
+WRAPS = {
+    "Not": lambda v: ["Not", v],
+    "And": lambda v: ["And", [v]],
+    "Sum": lambda v: ["Sum", [v]],
+    "list": lambda v: [v],
+    "obj": lambda v: {"a": v},
+}
 
 
 @st.composite
@@ -109,8 +154,16 @@ def mutated(draw, bases):
 def namespaces():
     url = f"memory://{uuid.uuid4().hex}"
     db = puffer_cli.connect(url)
-    rows = [{"id": i, "vector": [0.1 * i, 1 - 0.1 * i], "tag": "ab"[i % 2], "n": i,
-             "body": ["hello world", "quick fox", "lazy dog"][i % 3]} for i in range(1, 7)]
+    rows = [
+        {
+            "id": i,
+            "vector": [0.1 * i, 1 - 0.1 * i],
+            "tag": "ab"[i % 2],
+            "n": i,
+            "body": ["hello world", "quick fox", "lazy dog"][i % 3],
+        }
+        for i in range(1, 7)
+    ]
     out = []
     for name in ("wal", "indexed"):
         ns = db.namespace(name)
@@ -123,8 +176,9 @@ def namespaces():
     _store.open_store(url).clear()
 
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                         HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @FUZZ
@@ -151,16 +205,18 @@ def test_fuzzed_writes_fail_cleanly_and_change_nothing(namespaces, body):
 
 
 @pytest.mark.slow
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(body=mutated(QUERIES))
 def test_fuzzed_queries_fail_cleanly_slow(namespaces, body):
     test_fuzzed_queries_fail_cleanly.hypothesis.inner_test(namespaces, body)
 
 
 @pytest.mark.slow
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(body=mutated(WRITES))
 def test_fuzzed_writes_fail_cleanly_slow(namespaces, body):
     test_fuzzed_writes_fail_cleanly_and_change_nothing.hypothesis.inner_test(namespaces, body)

@@ -12,6 +12,7 @@ copies at once as the server runs queries, and the test asserts:
 * the normal queries kept answering meanwhile: every one that overlapped the hostile window
   succeeded in under 5 s, and at least a few of them did.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,28 +22,35 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
-import pytest
-
 import puffer_cli
+import pytest
 from puffer_cli.index import builder
 
 from .serve_proc import AUTH, ServeProc, wait_until
 
-BUDGET_S = 2.0            # ServeConfig(query_budget_s=...) of the server under test
-SLACK_S = 5.0             # a hostile request is answered within BUDGET_S + SLACK_S
-NORMAL_BOUND_S = 5.0      # latency bound of each normal query during the hostile requests
-MIN_NORMALS = 2           # normal queries that must have succeeded meanwhile (2 cores: two CPU-bound
-                          # hostile queries slow each normal one ~3x; NORMAL_BOUND_S is the latency check)
-MIN_WINDOW_S = 1.5        # the hostile window is kept open at least this long
+BUDGET_S = 2.0  # ServeConfig(query_budget_s=...) of the server under test
+SLACK_S = 5.0  # a hostile request is answered within BUDGET_S + SLACK_S
+NORMAL_BOUND_S = 5.0  # latency bound of each normal query during the hostile requests
+MIN_NORMALS = 2  # normal queries that must have succeeded meanwhile (2 cores: two CPU-bound
+# hostile queries slow each normal one ~3x; NORMAL_BOUND_S is the latency check)
+MIN_WINDOW_S = 1.5  # the hostile window is kept open at least this long
 BODY_LIMIT = 8 * 1024 * 1024
-QUERY_THREADS = 2         # the server's query slots; hostile requests are sent this many at once
+QUERY_THREADS = 2  # the server's query slots; hostile requests are sent this many at once
 
 WORDS = "alpha beta gamma delta epsilon fox dog cat lazy quick brown jumps over river stone moon".split()
 
 
 def _rows(n, start=0, text_words=8):
-    return [{"id": start + i, "vector": [((i * 7) % 13) / 13, ((i * 5) % 11) / 11], "n": i, "tag": "abc"[i % 3],
-             "body": " ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, text_words + 1))} for i in range(n)]
+    return [
+        {
+            "id": start + i,
+            "vector": [((i * 7) % 13) / 13, ((i * 5) % 11) / 11],
+            "n": i,
+            "tag": "abc"[i % 3],
+            "body": " ".join(WORDS[(i * k) % len(WORDS)] for k in range(1, text_words + 1)),
+        }
+        for i in range(n)
+    ]
 
 
 def _with_text(rows):  # "text": the same words in a plain (filterable) string, for Regex/Glob
@@ -63,8 +71,7 @@ def server(tmp_path_factory):
     for part in range(4):
         big.write({"upsert_rows": _with_text(_rows(1500, start=part * 1500, text_words=150)), "schema": schema})
     # query_budget_s: the server helper adds this ServeConfig field (issue 9 #3)
-    s = ServeProc(store, root / "logs", query_budget_s=BUDGET_S, max_body_bytes=BODY_LIMIT,
-                  query_threads=QUERY_THREADS)
+    s = ServeProc(store, root / "logs", query_budget_s=BUDGET_S, max_body_bytes=BODY_LIMIT, query_threads=QUERY_THREADS)
     yield s
     s.stop()
 
@@ -143,30 +150,47 @@ def _chunks(total: int, size: int = 1 << 20):
 REGEX_100K = "x?" * 50_000
 # within every limit (1 Or + 1,000 short-pattern leaves = 1,001 filter nodes <= MAX_FILTER_NODES), but
 # 1,000 case-insensitive unanchored regex scans over ~6 MB of text: seconds of work the budget must stop
-COSTLY = orjson.dumps({"rank_by": ["id", "asc"], "top_k": 10, "filters": [
-    "Or", [["text", "Regex", f"(?i)\\w*{a}\\w*\\s+\\w*{b}\\w*\\s+q"] for a in WORDS for b in WORDS][:1000]]})
+COSTLY = orjson.dumps(
+    {
+        "rank_by": ["id", "asc"],
+        "top_k": 10,
+        "filters": [
+            "Or",
+            [["text", "Regex", f"(?i)\\w*{a}\\w*\\s+\\w*{b}\\w*\\s+q"] for a in WORDS for b in WORDS][:1000],
+        ],
+    }
+)
 
 HOSTILE = {
-    "or-4000": _post("/v2/namespaces/norm/query",
-                     orjson.dumps({"rank_by": ["id", "asc"], "filters": _wide("Or", 4000)})),
-    "and-4000": _post("/v2/namespaces/norm/query",
-                      orjson.dumps({"rank_by": ["id", "asc"], "filters": _wide("And", 4000)})),
-    "or-2000": _post("/v2/namespaces/norm/query",
-                     orjson.dumps({"rank_by": ["id", "asc"], "filters": _wide("Or", 2000)})),
-    "regex-100k": _post("/v2/namespaces/norm/query",
-                        orjson.dumps({"rank_by": ["id", "asc"], "filters": ["text", "Regex", REGEX_100K]})),
-    "regex-100k-big": _post("/v2/namespaces/big/query",
-                            orjson.dumps({"rank_by": ["id", "asc"], "filters": ["text", "Regex", REGEX_100K]})),
+    "or-4000": _post(
+        "/v2/namespaces/norm/query", orjson.dumps({"rank_by": ["id", "asc"], "filters": _wide("Or", 4000)})
+    ),
+    "and-4000": _post(
+        "/v2/namespaces/norm/query", orjson.dumps({"rank_by": ["id", "asc"], "filters": _wide("And", 4000)})
+    ),
+    "or-2000": _post(
+        "/v2/namespaces/norm/query", orjson.dumps({"rank_by": ["id", "asc"], "filters": _wide("Or", 2000)})
+    ),
+    "regex-100k": _post(
+        "/v2/namespaces/norm/query", orjson.dumps({"rank_by": ["id", "asc"], "filters": ["text", "Regex", REGEX_100K]})
+    ),
+    "regex-100k-big": _post(
+        "/v2/namespaces/big/query", orjson.dumps({"rank_by": ["id", "asc"], "filters": ["text", "Regex", REGEX_100K]})
+    ),
     "not-1000": _post("/v2/namespaces/norm/query", b'{"rank_by": ["id", "asc"], "filters": ' + _nest_not(1000) + b"}"),
-    "attrs-10000": _post("/v2/namespaces/hostile-w",
-                         orjson.dumps({"upsert_rows": [{"id": 1, **{f"a{i}": i for i in range(10_000)}}]})),
+    "attrs-10000": _post(
+        "/v2/namespaces/hostile-w", orjson.dumps({"upsert_rows": [{"id": 1, **{f"a{i}": i for i in range(10_000)}}]})
+    ),
     "costly-within-limits": _post("/v2/namespaces/big/query", COSTLY),
-    "body-50MB": _post("/v2/namespaces/hostile-b",
-                       b'{"upsert_rows": [{"id": 1, "s": "' + b"x" * (50 * 1024 * 1024) + b'"}]}'),
-    "body-50MB-chunked": lambda c: c.post("/v2/namespaces/hostile-b", content=_chunks(50 * 1024 * 1024),
-                                          headers={"Content-Type": "application/json"}),
-    "gzip-bomb": _post("/v2/namespaces/hostile-b", gzip.compress(b" " * (200 * 1024 * 1024) + b"{}"),
-                       {"Content-Encoding": "gzip"}),
+    "body-50MB": _post(
+        "/v2/namespaces/hostile-b", b'{"upsert_rows": [{"id": 1, "s": "' + b"x" * (50 * 1024 * 1024) + b'"}]}'
+    ),
+    "body-50MB-chunked": lambda c: c.post(
+        "/v2/namespaces/hostile-b", content=_chunks(50 * 1024 * 1024), headers={"Content-Type": "application/json"}
+    ),
+    "gzip-bomb": _post(
+        "/v2/namespaces/hostile-b", gzip.compress(b" " * (200 * 1024 * 1024) + b"{}"), {"Content-Encoding": "gzip"}
+    ),
 }
 
 FAST = ["or-4000", "regex-100k", "attrs-10000"]
@@ -216,6 +240,7 @@ def test_hostile_request_while_normal_queries_run(server, normals, name):
     bad = [(round(e - s, 2), st) for s, e, st in during if st != 200 or e - s >= NORMAL_BOUND_S]
     assert not bad, f"{name}: normal queries failed or were slow during the hostile requests: {bad[:10]}"
     ok = [r for r in during if r[2] == 200]
-    assert len(ok) >= MIN_NORMALS, (f"{name}: only {len(ok)} normal queries answered in the "
-                                    f"{t_end - t0:.1f}s window (hostile took {t1 - t0:.1f}s)")
+    assert len(ok) >= MIN_NORMALS, (
+        f"{name}: only {len(ok)} normal queries answered in the {t_end - t0:.1f}s window (hostile took {t1 - t0:.1f}s)"
+    )
     assert "Traceback" not in err, err[-3000:]

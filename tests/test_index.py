@@ -2,19 +2,21 @@
 
 The exact engine over the replayed WAL is the reference: every indexed answer
 must equal it (ids, order, $dist within 1e-4, aggregations)."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
-
 from puffer_cli import engine, layout
 from puffer_cli.index import builder, reader
 from puffer_cli.index.recall import recall
 
-WORDS = ("alpha beta gamma delta epsilon fox dog cat lazy quick brown jumps over river stone "
-         "light dark moon sun star tree leaf water fire earth").split()
+WORDS = (
+    "alpha beta gamma delta epsilon fox dog cat lazy quick brown jumps over river stone "
+    "light dark moon sun star tree leaf water fire earth"
+).split()
 
 
 @pytest.fixture(autouse=True)
@@ -29,18 +31,24 @@ def _no_persistent_cache(monkeypatch):
 def make_rows(rng, start, n, dims=8):
     out = []
     for i in range(start, start + n):
-        r = {"id": i, "vector": rng.normal(size=dims).round(4).tolist(),
-             "text": " ".join(rng.choice(WORDS, int(rng.integers(2, 12)))),
-             "title": " ".join(rng.choice(WORDS, 3)),
-             "cat": int(i % 4), "score": round(float(rng.random()), 4)}
+        r = {
+            "id": i,
+            "vector": rng.normal(size=dims).round(4).tolist(),
+            "text": " ".join(rng.choice(WORDS, int(rng.integers(2, 12)))),
+            "title": " ".join(rng.choice(WORDS, 3)),
+            "cat": int(i % 4),
+            "score": round(float(rng.random()), 4),
+        }
         if i % 7 == 0:
             r.pop("score")
         out.append(r)
     return out
 
 
-SCHEMA = {"text": {"type": "string", "full_text_search": True},
-          "title": {"type": "string", "full_text_search": {"stemming": True}}}
+SCHEMA = {
+    "text": {"type": "string", "full_text_search": True},
+    "title": {"type": "string", "full_text_search": {"stemming": True}},
+}
 
 
 def queries(rng, dims=8):
@@ -48,13 +56,21 @@ def queries(rng, dims=8):
     return [
         {"rank_by": ["vector", "ANN", v], "top_k": 7},
         {"rank_by": ["vector", "ANN", v], "top_k": 5, "filters": ["cat", "Eq", 1]},
-        {"rank_by": ["vector", "kNN", v], "top_k": 5, "filters": ["score", "Gt", 0.5],
-         "include_attributes": ["vector", "cat"]},
+        {
+            "rank_by": ["vector", "kNN", v],
+            "top_k": 5,
+            "filters": ["score", "Gt", 0.5],
+            "include_attributes": ["vector", "cat"],
+        },
         {"rank_by": ["text", "BM25", "quick fox river"], "top_k": 10},
         {"rank_by": ["text", "BM25", "moon star"], "top_k": 5, "filters": ["cat", "In", [0, 2]]},
         {"rank_by": ["Sum", [["text", "BM25", "fox"], ["title", "BM25", "stone trees"]]], "top_k": 8},
         {"rank_by": ["score", "desc"], "top_k": 6},
-        {"rank_by": [["cat", "asc"], ["score", "desc"]], "top_k": 9, "filters": ["text", "ContainsAnyToken", "fox dog"]},
+        {
+            "rank_by": [["cat", "asc"], ["score", "desc"]],
+            "top_k": 9,
+            "filters": ["text", "ContainsAnyToken", "fox dog"],
+        },
         {"aggregate_by": {"n": ["Count"], "s": ["Sum", "score"]}, "group_by": ["cat"]},
         {"aggregate_by": {"n": ["Count"]}, "filters": ["score", "Lt", 0.3]},
         {"filters": ["cat", "Eq", 3], "top_k": 4, "rank_by": ["id", "asc"]},
@@ -157,13 +173,21 @@ def test_index_tail_strong_eventual(db):
     assert [r["id"] for r in ev["rows"]] == [149, 148, 147]
 
     # update + delete after indexing: never stale (strong)
-    ns.write({"upsert_rows": [{"id": 5, "text": "zebra zebra", "cat": 9, "vector": [9.0] * 8}],
-              "deletes": [6, 160], "patch_rows": [{"id": 7, "cat": 42}]})
-    rows = engine.run_query(ns, {"rank_by": ["text", "BM25", "zebra"], "top_k": 5,
-                                 "include_attributes": ["cat"]})["rows"]
+    ns.write(
+        {
+            "upsert_rows": [{"id": 5, "text": "zebra zebra", "cat": 9, "vector": [9.0] * 8}],
+            "deletes": [6, 160],
+            "patch_rows": [{"id": 7, "cat": 42}],
+        }
+    )
+    rows = engine.run_query(ns, {"rank_by": ["text", "BM25", "zebra"], "top_k": 5, "include_attributes": ["cat"]})[
+        "rows"
+    ]
     assert [(r["id"], r["cat"]) for r in rows] == [(5, 9)]
-    got = engine.run_query(ns, {"filters": ["id", "In", [5, 6, 7, 160]], "rank_by": ["id", "asc"],
-                                "top_k": 10, "include_attributes": ["cat"]})["rows"]
+    got = engine.run_query(
+        ns,
+        {"filters": ["id", "In", [5, 6, 7, 160]], "rank_by": ["id", "asc"], "top_k": 10, "include_attributes": ["cat"]},
+    )["rows"]
     assert [(r["id"], r["cat"]) for r in got] == [(5, 9), (7, 42)]
     check_all(ns, rng)
 
@@ -234,8 +258,12 @@ def test_vector_topk_fast_path_matches_engine(mem_db, monkeypatch):
     def rows(lo, hi):
         out = []
         for i in range(lo, hi):
-            r = {"id": f"doc-{i:04d}", "vector": rng.normal(size=6).round(2).tolist(), "cat": i % 3,
-                 "when": f"2024-01-{1 + i % 28:02d}T00:00:00Z"}
+            r = {
+                "id": f"doc-{i:04d}",
+                "vector": rng.normal(size=6).round(2).tolist(),
+                "cat": i % 3,
+                "when": f"2024-01-{1 + i % 28:02d}T00:00:00Z",
+            }
             if i % 11 == 0:
                 r.pop("vector")
             if i % 13 == 0:
@@ -243,24 +271,42 @@ def test_vector_topk_fast_path_matches_engine(mem_db, monkeypatch):
             out.append(r)
         return out
 
-    ns.write({"upsert_rows": rows(0, 120), "distance_metric": "euclidean_squared",
-              "schema": {"when": {"type": "datetime"}}})
+    ns.write(
+        {"upsert_rows": rows(0, 120), "distance_metric": "euclidean_squared", "schema": {"when": {"type": "datetime"}}}
+    )
     index(ns)
     ns.write({"upsert_rows": rows(120, 200)})
     index(ns)
-    ns.write({"upsert_rows": rows(200, 230) + [{"id": "doc-0005", "vector": [1.0, 0, 0, 0, 0, 0], "cat": 7}],
-              "deletes": ["doc-0014", "doc-0150"], "patch_rows": [{"id": "doc-0016", "cat": 9}]})
+    ns.write(
+        {
+            "upsert_rows": rows(200, 230) + [{"id": "doc-0005", "vector": [1.0, 0, 0, 0, 0, 0], "cat": 7}],
+            "deletes": ["doc-0014", "doc-0150"],
+            "patch_rows": [{"id": "doc-0016", "cat": 9}],
+        }
+    )
     v = [1.0, 0, 0, 0, 0, 0]
     bodies = [
         # many exact duplicates of v: ties broken by id (kNN: HNSW may not return every duplicate)
         {"rank_by": ["vector", "kNN", v], "top_k": 12},
         {"rank_by": ["vector", "kNN", v], "top_k": 5, "offset": 3, "include_attributes": True},
-        {"rank_by": ["vector", "ANN", rng.normal(size=6).tolist()], "top_k": 5, "offset": 3,
-         "include_attributes": True},
-        {"rank_by": ["vector", "kNN", rng.normal(size=6).tolist()], "top_k": 7,
-         "filters": ["cat", "In", [0, 9]], "include_attributes": ["cat", "when"]},
-        {"rank_by": ["vector", "ANN", rng.normal(size=6).tolist()], "top_k": 4,
-         "exclude_attributes": ["when"], "vector_encoding": "base64"},
+        {
+            "rank_by": ["vector", "ANN", rng.normal(size=6).tolist()],
+            "top_k": 5,
+            "offset": 3,
+            "include_attributes": True,
+        },
+        {
+            "rank_by": ["vector", "kNN", rng.normal(size=6).tolist()],
+            "top_k": 7,
+            "filters": ["cat", "In", [0, 9]],
+            "include_attributes": ["cat", "when"],
+        },
+        {
+            "rank_by": ["vector", "ANN", rng.normal(size=6).tolist()],
+            "top_k": 4,
+            "exclude_attributes": ["when"],
+            "vector_encoding": "base64",
+        },
         {"rank_by": ["vector", "ANN", v], "top_k": 3, "filters": ["id", "Eq", "nope"]},
     ]
     for level in ("strong", "eventual"):
@@ -284,22 +330,40 @@ def test_bm25_topk_fast_path_matches_engine(mem_db, monkeypatch):
     ns = mem_db.namespace("fastbm25")
 
     def rows(lo, hi):
-        return [{"id": f"d{i:04d}", "text": " ".join(rng.choice(WORDS, int(rng.integers(1, 15)))),
-                 "title": " ".join(rng.choice(WORDS, 2)), "cat": i % 4} for i in range(lo, hi)]
+        return [
+            {
+                "id": f"d{i:04d}",
+                "text": " ".join(rng.choice(WORDS, int(rng.integers(1, 15)))),
+                "title": " ".join(rng.choice(WORDS, 2)),
+                "cat": i % 4,
+            }
+            for i in range(lo, hi)
+        ]
 
     ns.write({"upsert_rows": rows(0, 150), "schema": SCHEMA})
     index(ns)
     ns.write({"upsert_rows": rows(150, 260)})
     index(ns)
-    ns.write({"upsert_rows": rows(260, 280) + [{"id": "d0003", "text": "fox fox fox river", "cat": 1}],
-              "deletes": ["d0010", "d0200"], "patch_rows": [{"id": "d0011", "cat": 3}]})
+    ns.write(
+        {
+            "upsert_rows": rows(260, 280) + [{"id": "d0003", "text": "fox fox fox river", "cat": 1}],
+            "deletes": ["d0010", "d0200"],
+            "patch_rows": [{"id": "d0011", "cat": 3}],
+        }
+    )
     bodies = [
         {"rank_by": ["text", "BM25", "quick fox river"], "top_k": 10},
         {"rank_by": ["text", "BM25", "fox fox dog"], "top_k": 5, "offset": 2, "include_attributes": True},
-        {"rank_by": ["text", "BM25", "moon star light"], "top_k": 8, "filters": ["cat", "In", [1, 3]],
-         "include_attributes": ["cat"]},
-        {"rank_by": ["Sum", [["text", "BM25", "fox"], ["Product", 2.5, ["title", "BM25", "stone trees"]]]],
-         "top_k": 12},
+        {
+            "rank_by": ["text", "BM25", "moon star light"],
+            "top_k": 8,
+            "filters": ["cat", "In", [1, 3]],
+            "include_attributes": ["cat"],
+        },
+        {
+            "rank_by": ["Sum", [["text", "BM25", "fox"], ["Product", 2.5, ["title", "BM25", "stone trees"]]]],
+            "top_k": 12,
+        },
         {"rank_by": ["Max", [["text", "BM25", ["lazy", "dogs"]], ["title", "BM25", "water"]]], "top_k": 6},
         {"rank_by": ["text", "BM25", "zzz unknown"], "top_k": 3},
     ]
@@ -323,6 +387,7 @@ def test_bm25_topk_fast_path_matches_engine(mem_db, monkeypatch):
         for f in seg["fts"].values():
             f.pop("postings", None)
     import json
+
     ns.store.write(meta["index"]["manifest"], json.dumps(man).encode())
     reader._GENS.clear()
     calls.clear()
@@ -337,10 +402,13 @@ def test_analyzer_change_in_tail_is_not_answered_from_stale_index(mem_db):
     ns = mem_db.namespace("analyzer")
     ns.write({"upsert_rows": make_rows(rng, 0, 100), "schema": SCHEMA})
     index(ns)
-    ns.write({"schema": {"text": {"type": "string",
-                                  "full_text_search": {"stemming": True, "remove_stopwords": False}}}})
-    for body in [{"rank_by": ["text", "BM25", "jumps rivers"], "top_k": 5},
-                 {"rank_by": ["text", "BM25", "jumps rivers"], "top_k": 5, "filters": ["cat", "Eq", 1]}]:
+    ns.write(
+        {"schema": {"text": {"type": "string", "full_text_search": {"stemming": True, "remove_stopwords": False}}}}
+    )
+    for body in [
+        {"rank_by": ["text", "BM25", "jumps rivers"], "top_k": 5},
+        {"rank_by": ["text", "BM25", "jumps rivers"], "top_k": 5, "filters": ["cat", "Eq", 1]},
+    ]:
         got = engine.run_query(ns, body)
         assert same(got, exact(ns, body)), (body, strip(got))
     index(ns)
@@ -349,9 +417,63 @@ def test_analyzer_change_in_tail_is_not_answered_from_stale_index(mem_db):
 
 
 F32_NEAR_TIE = (  # two vectors whose cosine distances to q tie in float32 but not in float64
-    [[0.24320478737354279, 0.6811093688011169, 0.20887278020381927, -0.842538058757782, -0.7275294065475464, -0.7767218947410583, -1.1332892179489136, -0.9131417274475098, 1.5408058166503906, 0.3066994845867157, 0.12531477212905884, 0.38743361830711365, -0.65873122215271, -1.3816277980804443, 1.3485593795776367, -0.605022668838501],
-          [0.24320478737354279, 0.6811093688011169, 0.20887278020381927, -0.842538058757782, -0.7275294065475464, -0.7767218947410583, -1.1332892179489136, -0.9131417274475098, 1.540805697441101, 0.3066994845867157, 0.12531477212905884, 0.38743361830711365, -0.65873122215271, -1.3816277980804443, 1.3485593795776367, -0.605022668838501],
-          [-1.5553730726242065, -0.09441590309143066, -0.3628282845020294, -0.4228858947753906, -0.501223623752594, 0.03458629548549652, 2.123094320297241, -1.516462802886963, 0.597086489200592, 0.22161227464675903, 1.8863637447357178, 0.0877201035618782, -1.2031813859939575, -1.3479558229446411, 0.13195690512657166, -1.207350254058838]])
+    [
+        [
+            0.24320478737354279,
+            0.6811093688011169,
+            0.20887278020381927,
+            -0.842538058757782,
+            -0.7275294065475464,
+            -0.7767218947410583,
+            -1.1332892179489136,
+            -0.9131417274475098,
+            1.5408058166503906,
+            0.3066994845867157,
+            0.12531477212905884,
+            0.38743361830711365,
+            -0.65873122215271,
+            -1.3816277980804443,
+            1.3485593795776367,
+            -0.605022668838501,
+        ],
+        [
+            0.24320478737354279,
+            0.6811093688011169,
+            0.20887278020381927,
+            -0.842538058757782,
+            -0.7275294065475464,
+            -0.7767218947410583,
+            -1.1332892179489136,
+            -0.9131417274475098,
+            1.540805697441101,
+            0.3066994845867157,
+            0.12531477212905884,
+            0.38743361830711365,
+            -0.65873122215271,
+            -1.3816277980804443,
+            1.3485593795776367,
+            -0.605022668838501,
+        ],
+        [
+            -1.5553730726242065,
+            -0.09441590309143066,
+            -0.3628282845020294,
+            -0.4228858947753906,
+            -0.501223623752594,
+            0.03458629548549652,
+            2.123094320297241,
+            -1.516462802886963,
+            0.597086489200592,
+            0.22161227464675903,
+            1.8863637447357178,
+            0.0877201035618782,
+            -1.2031813859939575,
+            -1.3479558229446411,
+            0.13195690512657166,
+            -1.207350254058838,
+        ],
+    ]
+)
 
 
 def test_index_edge_cases_match_engine(mem_db, monkeypatch):
@@ -361,12 +483,23 @@ def test_index_edge_cases_match_engine(mem_db, monkeypatch):
     Product weight <= 0 (tantivy proposes the wrong end), offset past the candidates."""
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 2)
     ns = mem_db.namespace("edges")
-    rows = [{"id": 1, "cat": 0}, {"id": 2, "text": "fox", "vector": [1.0, 0.0]},
-            {"id": 3, "text": "dog", "vector": [0.0, 0.0]}, {"id": 4, "text": "fox fox stone", "vector": [-1.0, 0.1]}]
-    rows += [{"id": i, "text": "fox " + " ".join(["stone"] * (i % 7)), "vector": [float(i % 5) - 2, 1.0]}
-             for i in range(10, 260)]
-    ns.write({"upsert_rows": rows, "distance_metric": "cosine_distance",
-              "schema": {"text": {"type": "string", "full_text_search": True}}})
+    rows = [
+        {"id": 1, "cat": 0},
+        {"id": 2, "text": "fox", "vector": [1.0, 0.0]},
+        {"id": 3, "text": "dog", "vector": [0.0, 0.0]},
+        {"id": 4, "text": "fox fox stone", "vector": [-1.0, 0.1]},
+    ]
+    rows += [
+        {"id": i, "text": "fox " + " ".join(["stone"] * (i % 7)), "vector": [float(i % 5) - 2, 1.0]}
+        for i in range(10, 260)
+    ]
+    ns.write(
+        {
+            "upsert_rows": rows,
+            "distance_metric": "cosine_distance",
+            "schema": {"text": {"type": "string", "full_text_search": True}},
+        }
+    )
     x1, x2, q = F32_NEAR_TIE
     tie = mem_db.namespace("tie")
     tie.write({"upsert_rows": [{"id": 1, "vector": x1}, {"id": 2, "vector": x2}]})
@@ -402,10 +535,12 @@ def test_bad_query_on_index_is_invalid_query(mem_db, level):
     ns.write({"upsert_rows": make_rows(np.random.default_rng(0), 0, 30), "schema": SCHEMA})
     index(ns)
     c = {"consistency": {"level": level}}
-    for body, msg in [({"rank_by": ["vector", "ANN", [1, 2, 3]], **c}, "3 dimensions"),
-                      ({"rank_by": ["vector", "ANN", [1, 2, 3]], "filters": ["cat", "Eq", 1], **c}, "3 dimensions"),
-                      ({"queries": [{"rank_by": ["nope", "ANN", [1] * 8]}], **c}, "queries[0]"),
-                      ({"rank_by": ["cat", "BM25", "fox"], **c}, "full-text")]:
+    for body, msg in [
+        ({"rank_by": ["vector", "ANN", [1, 2, 3]], **c}, "3 dimensions"),
+        ({"rank_by": ["vector", "ANN", [1, 2, 3]], "filters": ["cat", "Eq", 1], **c}, "3 dimensions"),
+        ({"queries": [{"rank_by": ["nope", "ANN", [1] * 8]}], **c}, "queries[0]"),
+        ({"rank_by": ["cat", "BM25", "fox"], **c}, "full-text"),
+    ]:
         with pytest.raises(InvalidQuery, match=msg.replace("[", r"\[")):
             engine.run(ns, body)
 
@@ -417,9 +552,16 @@ def test_ann_recall_clustered(mem_db, monkeypatch):
     lab = rng.integers(0, 20, n)
     x = centers[lab] + rng.normal(size=(n, 24))
     ns = mem_db.namespace("ann")
-    ns.write({"upsert_columns": {"id": list(range(n)), "vector": x.astype(np.float32).tolist(),
-                                 "cat": (np.arange(n) % 10).tolist()},
-              "distance_metric": "euclidean_squared"})
+    ns.write(
+        {
+            "upsert_columns": {
+                "id": list(range(n)),
+                "vector": x.astype(np.float32).tolist(),
+                "cat": (np.arange(n) % 10).tolist(),
+            },
+            "distance_metric": "euclidean_squared",
+        }
+    )
     index(ns)
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)  # force HNSW on this small set
     monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
@@ -456,8 +598,9 @@ def test_gc_grace_keeps_previous_generation(mem_db):
     meta, _ = ns.read_meta()
     assert meta["index"]["retained"][0]["generation"] == meta1["index"]["generation"]
     # once the grace period is over (simulated), the next run collects them
-    ns.update_meta(lambda m: {**m, "index": {**m["index"], "retained": [
-        {**r, "until": 0} for r in m["index"]["retained"]]}})
+    ns.update_meta(
+        lambda m: {**m, "index": {**m["index"], "retained": [{**r, "until": 0} for r in m["index"]["retained"]]}}
+    )
     assert builder.gc(ns) == len(files1 - current_files(ns))
     assert index_keys(ns) == current_files(ns)
 
@@ -470,14 +613,22 @@ def test_recreated_namespace_is_not_served_from_the_old_index(db, tmp_path):
     cache.configure(str(tmp_path / "cache"))  # persistent: the on-disk cache must not go stale either
     body = {"rank_by": ["vector", "kNN", [1.0, 0.0]], "top_k": 3, "consistency": {"level": "eventual"}}
     ns = db.namespace("again")
-    ns.write({"upsert_rows": [{"id": i, "vector": [1.0, float(i)], "text": "old fox"} for i in range(5)],
-              "schema": {"text": {"type": "string", "full_text_search": True}}})
+    ns.write(
+        {
+            "upsert_rows": [{"id": i, "vector": [1.0, float(i)], "text": "old fox"} for i in range(5)],
+            "schema": {"text": {"type": "string", "full_text_search": True}},
+        }
+    )
     index(ns)
     assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == [0, 1, 2]
     ns.delete_all()
     ns = db.namespace("again")
-    ns.write({"upsert_rows": [{"id": 100 + i, "vector": [1.0, float(i)], "text": "new fox fox"} for i in range(5)],
-              "schema": {"text": {"type": "string", "full_text_search": True}}})
+    ns.write(
+        {
+            "upsert_rows": [{"id": 100 + i, "vector": [1.0, float(i)], "text": "new fox fox"} for i in range(5)],
+            "schema": {"text": {"type": "string", "full_text_search": True}},
+        }
+    )
     index(ns)
     assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == [100, 101, 102]
     got = engine.run_query(ns, {"rank_by": ["text", "BM25", "fox"], "top_k": 2, "consistency": {"level": "eventual"}})

@@ -1,5 +1,6 @@
 """`puffer index` as separate processes: concurrent runs, SIGKILL at several
 points, the CLI's output and exit codes, warm and recall."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,8 @@ import sys
 import time
 
 import numpy as np
-import pytest
-
 import puffer_cli
+import pytest
 from puffer_cli import cli, engine, layout
 from puffer_cli.index import builder
 
@@ -31,8 +31,14 @@ def _no_persistent_cache():
 
 def run_index(args, env_extra=None, **kw):
     env = {**os.environ, "PUFFER_CACHE_DIR": "", "PUFFER_INDEX_GC_GRACE": "0", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "puffer_cli.cli", "index", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "puffer_cli.cli", "index", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def fresh(store_url):
@@ -71,11 +77,11 @@ def test_sigkill_then_next_run_completes(store_url):
         ns = db.namespace(f"k{k}")
         ns.write({"upsert_rows": make_rows(rng, 0, 60), "schema": SCHEMA})
         builder.index_namespace(ns, gc_grace_s=0)
-        ns.write({"upsert_rows": make_rows(rng, 60, 20), "deletes": [1, 2, 3],
-                  "patch_rows": [{"id": 4, "cat": 77}]})
+        ns.write({"upsert_rows": make_rows(rng, 60, 20), "deletes": [1, 2, 3], "patch_rows": [{"id": 4, "cat": 77}]})
         ns.write({"deletes": list(range(10, 30))})  # > 20% dead: forces a merge too
-        procs[point] = run_index([f"k{k}", *store_args(store_url)],
-                                 {"PUFFER_INDEX_CRASH_AT": point, "PUFFER_INDEX_LEASE_TTL": "1"})
+        procs[point] = run_index(
+            [f"k{k}", *store_args(store_url)], {"PUFFER_INDEX_CRASH_AT": point, "PUFFER_INDEX_LEASE_TTL": "1"}
+        )
     for point, p in procs.items():
         p.communicate(timeout=60)
         assert p.returncode == -signal.SIGKILL, point
@@ -90,8 +96,7 @@ def test_sigkill_then_next_run_completes(store_url):
         assert meta["index"]["rows"] == docs.height == 60 + 20 - 3 - 20 + 5, point
         assert meta["index"]["covers_through_seq"] == ns.head().seq
         assert index_keys(ns) == current_files(ns), point  # no orphans left after GC
-        got = engine.run_query(ns, {"rank_by": ["id", "asc"], "top_k": 1000,
-                                    "consistency": {"level": "eventual"}})
+        got = engine.run_query(ns, {"rank_by": ["id", "asc"], "top_k": 1000, "consistency": {"level": "eventual"}})
         assert [r["id"] for r in got["rows"]] == sorted(docs["id"].to_list()), point  # none lost / duplicated
         for body in queries(rng)[1:4]:
             assert same(engine.run_query(ns, body), exact(ns, body)), (point, body)

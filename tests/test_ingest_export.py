@@ -1,9 +1,9 @@
 """`puffer ingest` and `puffer export` through the CLI on every backend."""
+
 import json
 from pathlib import Path
 
 import polars as pl
-
 from puffer_cli.cli import main
 
 from .conftest import store_args
@@ -18,8 +18,18 @@ def cli(capsys, store_url, *args):
 
 
 def test_ingest_parquet_then_export_roundtrip(db, store_url, capsys, tmp_path):
-    code, out, err = cli(capsys, store_url, "ingest", "s", str(FIX / "sample.parquet"), "--vector", "vector",
-                         "--batch-rows", "700", "--json")
+    code, out, err = cli(
+        capsys,
+        store_url,
+        "ingest",
+        "s",
+        str(FIX / "sample.parquet"),
+        "--vector",
+        "vector",
+        "--batch-rows",
+        "700",
+        "--json",
+    )
     assert code == 0, err
     rep = json.loads(out)
     assert rep["rows"] == 2000 and rep["wal_entries"] == 3

@@ -12,12 +12,12 @@ relative and absolute forms) builds the import graph and asserts:
 mirrors it as a table.  :data:`ALLOWED` lists the known exceptions, each with its
 reason; keep it short and remove an entry when its reason goes away.
 """
+
 from __future__ import annotations
 
 import ast
 from collections import defaultdict
 from pathlib import Path
-
 
 PKG = "puffer_cli"
 ROOT = Path(__file__).resolve().parent.parent / PKG
@@ -27,21 +27,51 @@ ROOT = Path(__file__).resolve().parent.parent / PKG
 LAYERS: list[tuple[str, list[str]]] = [
     ("entry points", ["puffer_cli", "puffer_cli.cli", "puffer_cli.server"]),
     # one command's work; db is the connect/namespace facade the entry points share
-    ("jobs", ["puffer_cli.db", "puffer_cli.ingest", "puffer_cli.export", "puffer_cli.walinspect",
-              "puffer_cli.index.builder", "puffer_cli.index.recall"]),
+    (
+        "jobs",
+        [
+            "puffer_cli.db",
+            "puffer_cli.ingest",
+            "puffer_cli.export",
+            "puffer_cli.walinspect",
+            "puffer_cli.index.builder",
+            "puffer_cli.index.recall",
+        ],
+    ),
     # (index warming, ``puffer warm``, is reader.warm: it lives with the segments it reads)
-    ("query execution", ["puffer_cli.engine", "puffer_cli.index.reader", "puffer_cli.index.topk",
-                         "puffer_cli.index.tail"]),
+    (
+        "query execution",
+        ["puffer_cli.engine", "puffer_cli.index.reader", "puffer_cli.index.topk", "puffer_cli.index.tail"],
+    ),
     # what both the exact engine and the index fast paths use, what shapes responses, and
     # the index file formats both the build and the read path use
-    ("scoring, response shaping, index formats", [
-        "puffer_cli.scoring", "puffer_cli.bm25", "puffer_cli.wire", "puffer_cli.response",
-        "puffer_cli.index.manifest", "puffer_cli.index.docs", "puffer_cli.index.ann", "puffer_cli.index.fts"]),
+    (
+        "scoring, response shaping, index formats",
+        [
+            "puffer_cli.scoring",
+            "puffer_cli.bm25",
+            "puffer_cli.wire",
+            "puffer_cli.response",
+            "puffer_cli.index.manifest",
+            "puffer_cli.index.docs",
+            "puffer_cli.index.ann",
+            "puffer_cli.index.fts",
+        ],
+    ),
     # the write path and a namespace's state.  groupcommit batches the writes to a namespace
     # (a write-path coordinator; only server uses it); writes compiles requests into WAL ops
     # and folds them (replay) for conditional writes; lease is the indexer's lock in the bucket
-    ("WAL and namespace state", ["puffer_cli.namespace", "puffer_cli.groupcommit", "puffer_cli.writes",
-                                 "puffer_cli.replay", "puffer_cli.wal", "puffer_cli.index.lease"]),
+    (
+        "WAL and namespace state",
+        [
+            "puffer_cli.namespace",
+            "puffer_cli.groupcommit",
+            "puffer_cli.writes",
+            "puffer_cli.replay",
+            "puffer_cli.wal",
+            "puffer_cli.index.lease",
+        ],
+    ),
     ("pure core", ["puffer_cli.schema", "puffer_cli.text", "puffer_cli.filters", "puffer_cli.query"]),
     # cache is a read-through cache of the store's immutable objects: a Store decorator,
     # so it sits with the store (anything that reads objects may use it)
@@ -122,12 +152,18 @@ def _graph():
             if name is None and "." not in local:
                 bound[local] = target
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
-                    and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and bound[node.value.id] != mod
-                    and (mod, f"{node.value.id}.{node.attr}") not in ALLOWED_PRIVATE):
-                private.append(f"{_rel(path)}:{node.lineno}: uses private {node.value.id}.{node.attr} "
-                               f"of {bound[node.value.id]}")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in bound
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and bound[node.value.id] != mod
+                and (mod, f"{node.value.id}.{node.attr}") not in ALLOWED_PRIVATE
+            ):
+                private.append(
+                    f"{_rel(path)}:{node.lineno}: uses private {node.value.id}.{node.attr} of {bound[node.value.id]}"
+                )
     return edges, private
 
 
@@ -141,7 +177,9 @@ def _where(a: str, b: str) -> str:
 
 def test_every_module_is_placed():
     missing = sorted(set(MODS) - set(LEVEL))
-    assert not missing, f"modules not in tests/test_layers.py LAYERS (place them, and in docs/development.md): {missing}"
+    assert not missing, (
+        f"modules not in tests/test_layers.py LAYERS (place them, and in docs/development.md): {missing}"
+    )
     stale = sorted(set(LEVEL) - set(MODS) - PLANNED)
     assert not stale, f"LAYERS names modules that do not exist: {stale}"
     assert all(k[0] in MODS and k[1] in EDGES[k[0]] for k in ALLOWED), "stale ALLOWED entry"
@@ -158,8 +196,9 @@ def test_imports_point_down_the_layers():
             if (a, b) in ALLOWED or a not in LEVEL or b not in LEVEL:
                 continue
             if LEVEL[b] < LEVEL[a]:
-                bad.append(f"{_where(a, b)}: {a} ({LAYERS[LEVEL[a]][0]}) imports {b} ({LAYERS[LEVEL[b]][0]}), "
-                           f"a layer above it")
+                bad.append(
+                    f"{_where(a, b)}: {a} ({LAYERS[LEVEL[a]][0]}) imports {b} ({LAYERS[LEVEL[b]][0]}), a layer above it"
+                )
     assert not bad, "imports against the layer order (tests/test_layers.py LAYERS):\n" + "\n".join(bad)
 
 
@@ -177,8 +216,10 @@ def test_no_import_cycles():
                     key = frozenset(path)
                     if key not in seen:
                         seen.add(key)
-                        cycles.append(" -> ".join(f"{x} ({_where(x, y)})" for x, y in zip(path, path[1:] + [start]))
-                                      + f" -> {start}")
+                        cycles.append(
+                            " -> ".join(f"{x} ({_where(x, y)})" for x, y in zip(path, path[1:] + [start]))
+                            + f" -> {start}"
+                        )
                 elif nxt not in visited:
                     visited.add(nxt)
                     stack.append((nxt, path + [nxt]))

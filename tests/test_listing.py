@@ -1,22 +1,36 @@
 """Namespace names and listing: every valid name (turbopuffer's [A-Za-z0-9-_.]{1,128},
 leading dots included) is written, read, listed, indexed by `index --all` and deleted
 alike on every backend; names puffer cannot store or reserves are refused at creation."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-from starlette.testclient import TestClient
-
 from puffer_cli import cli, layout
 from puffer_cli.errors import InvalidRequest
 from puffer_cli.server import ServeConfig, create_app
+from starlette.testclient import TestClient
 
 from .conftest import store_args
 
 EDGE_NAMES = [".hidden", "..a", "...", ".tmp-x", "-", "_", "a" * 128, "_puffe"]
-BAD_NAMES = [".", "..", "", "a" * 129, "a/b", "a b", "é", "name\n", "_puffer_probe", "_puffer", "_PUFFER_x",
-             "_Puffer_probe", None, 7]
+BAD_NAMES = [
+    ".",
+    "..",
+    "",
+    "a" * 129,
+    "a/b",
+    "a b",
+    "é",
+    "name\n",
+    "_puffer_probe",
+    "_puffer",
+    "_PUFFER_x",
+    "_Puffer_probe",
+    None,
+    7,
+]
 
 
 def _write(db, name):
@@ -36,7 +50,7 @@ def test_edge_names_are_listed_on_every_backend(db):
     for n in EDGE_NAMES:
         _write(db, n)
     assert _all(db) == sorted(EDGE_NAMES)
-    assert _all(db, page_size=3) == sorted(EDGE_NAMES)            # paging: no name lost or repeated
+    assert _all(db, page_size=3) == sorted(EDGE_NAMES)  # paging: no name lost or repeated
     assert _all(db, prefix=".") == sorted(n for n in EDGE_NAMES if n.startswith("."))
     for n in EDGE_NAMES:
         assert db.namespace(n).exists() and db.namespace(n).docs()[0].height == 1
@@ -73,7 +87,7 @@ def test_leftovers_are_not_namespaces(local_db):
     _write(local_db, ".dot")
     local_db.namespace(".dot").delete_all()
     root = local_db.store.local_path("")
-    assert (root / ".dot").is_dir()                     # the directories stay behind
+    assert (root / ".dot").is_dir()  # the directories stay behind
     (root / "emptydir" / "wal").mkdir(parents=True)
     local_db.store.write("stray/index/00000000000000000001/x.bin", b"x")
     (root / "not valid").mkdir()

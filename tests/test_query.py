@@ -1,5 +1,6 @@
 """Exact query engine: kNN vs numpy brute force, BM25 vs an independent
 implementation, malformed bodies, paging, multi-query/RRF, aggregations, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pytest
-
 import puffer_cli
+import pytest
 from puffer_cli import bm25 as B
 from puffer_cli import engine
 from puffer_cli import query as Q
@@ -63,12 +63,18 @@ def test_knn_matches_numpy_synthetic(mem_db, metric):
     rng = np.random.default_rng(7)
     n, d = 3000, 24
     mat = rng.normal(size=(n, d)).astype(np.float32)
-    mat[5] = 0.0                        # zero vector (cosine: distance 1)
-    mat[10] = mat[11]                   # exact duplicates -> ties broken by id
+    mat[5] = 0.0  # zero vector (cosine: distance 1)
+    mat[10] = mat[11]  # exact duplicates -> ties broken by id
     ids = rng.permutation(np.arange(100, 100 + n)).astype(np.uint64)
     cat = rng.integers(0, 10, n)
-    df = pl.DataFrame({"id": ids, "vector": pl.Series(mat.tolist(), dtype=pl.Array(pl.Float32, d)),
-                       "cat": cat, "s": [f"s{x % 7}" for x in range(n)]})
+    df = pl.DataFrame(
+        {
+            "id": ids,
+            "vector": pl.Series(mat.tolist(), dtype=pl.Array(pl.Float32, d)),
+            "cat": cat,
+            "s": [f"s{x % 7}" for x in range(n)],
+        }
+    )
     ns = ns_from_frame(mem_db, "syn", df, metric)
     qs = rng.normal(size=(8, d)).astype(np.float32)
     qs[0] = mat[10]
@@ -86,13 +92,18 @@ def test_knn_matches_numpy_synthetic(mem_db, metric):
 
 def test_knn_more_than_matches_and_null_vectors(mem_db):
     ns = mem_db.namespace("nv")
-    ns.write({"upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}, {"id": 2, "vector": [0.0, 1.0]}, {"id": 3, "x": 1}],
-              "distance_metric": "euclidean_squared"})
+    ns.write(
+        {
+            "upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}, {"id": 2, "vector": [0.0, 1.0]}, {"id": 3, "x": 1}],
+            "distance_metric": "euclidean_squared",
+        }
+    )
     out = engine.run_query(ns, {"rank_by": ["vector", "ANN", [1.0, 0.0]], "top_k": 10})
     assert [r["id"] for r in out["rows"]] == [1, 2]
     assert out["rows"][1]["$dist"] == pytest.approx(2.0)
     # base64 query vector
     import base64
+
     b = base64.b64encode(np.array([0.0, 1.0], dtype="<f4").tobytes()).decode()
     out = engine.run_query(ns, {"rank_by": ["vector", "ANN", b], "top_k": 1})
     assert out["rows"][0]["id"] == 2
@@ -105,10 +116,13 @@ def _real(name):
     return d
 
 
-@pytest.mark.parametrize("name,metric,fcol,fval", [
-    ("fashion-mnist-784-euclidean", "euclidean_squared", "category", "boot"),
-    ("glove-100-angular", "cosine_distance", "length", 6),
-])
+@pytest.mark.parametrize(
+    "name,metric,fcol,fval",
+    [
+        ("fashion-mnist-784-euclidean", "euclidean_squared", "category", "boot"),
+        ("glove-100-angular", "cosine_distance", "length", 6),
+    ],
+)
 def test_knn_matches_numpy_real(mem_db, name, metric, fcol, fval):
     d = _real(name)
     df = pl.read_parquet(d / "base.parquet", n_rows=8_000)
@@ -121,8 +135,9 @@ def test_knn_matches_numpy_real(mem_db, name, metric, fcol, fval):
         dist = brute(mat, qv, metric)
         out = engine.run_query(ns, {"rank_by": ["vector", "kNN", qv.tolist()], "top_k": 10})
         assert_knn(out["rows"], ids, dist, 10)
-        out = engine.run_query(ns, {"rank_by": ["vector", "ANN", qv.tolist()], "top_k": 10,
-                                    "filters": [fcol, "Eq", fval]})
+        out = engine.run_query(
+            ns, {"rank_by": ["vector", "ANN", qv.tolist()], "top_k": 10, "filters": [fcol, "Eq", fval]}
+        )
         assert_knn(out["rows"], ids[keep], dist[keep], 10)
 
 
@@ -158,18 +173,25 @@ def _corpus(n=400, seed=3):
         if i % 37 == 0:
             texts.append(None)
             continue
-        w = rng.choice(WORDS, size=rng.integers(1, 25), p=np.linspace(2, 1, len(WORDS)) / np.linspace(2, 1, len(WORDS)).sum())
+        w = rng.choice(
+            WORDS, size=rng.integers(1, 25), p=np.linspace(2, 1, len(WORDS)) / np.linspace(2, 1, len(WORDS)).sum()
+        )
         texts.append(" ".join(w).capitalize() + ("!" if i % 5 else ""))
     return texts
 
 
-@pytest.mark.parametrize("opts", [True, {"stemming": True, "language": "english"},
-                                  {"remove_stopwords": False, "k1": 2.0, "b": 0.3}])
+@pytest.mark.parametrize(
+    "opts", [True, {"stemming": True, "language": "english"}, {"remove_stopwords": False, "k1": 2.0, "b": 0.3}]
+)
 def test_bm25_matches_reference(mem_db, opts):
     texts = _corpus()
     ns = mem_db.namespace("bm")
-    ns.write({"upsert_rows": [{"id": i, "text": t, "grp": i % 3} for i, t in enumerate(texts)],
-              "schema": {"text": {"type": "string", "full_text_search": opts}}})
+    ns.write(
+        {
+            "upsert_rows": [{"id": i, "text": t, "grp": i % 3} for i, t in enumerate(texts)],
+            "schema": {"text": {"type": "string", "full_text_search": opts}},
+        }
+    )
     norm = T.normalize_fts_options(opts)
     toks = [T.tokenize(t, norm) for t in texts]
     for qtext in ["alpha beta", "the running mu mu", "kappa", "zzz", "Gamma, DELTA; eta iota"]:
@@ -190,12 +212,21 @@ def test_bm25_matches_reference(mem_db, opts):
 
 def test_bm25_token_list_prefix_sum_max_product(mem_db):
     ns = mem_db.namespace("hy")
-    rows = [{"id": 1, "title": "quick fox", "body": "a lazy dog", "tag": "x", "pop": 3},
-            {"id": 2, "title": "slow fox", "body": "quick quick brown fox", "tag": "y", "pop": 1},
-            {"id": 3, "title": "turtle", "body": "nothing here", "tag": "x"},
-            {"id": 4, "title": "foxes den", "body": "quickly", "tag": "z", "pop": 2}]
-    ns.write({"upsert_rows": rows, "schema": {"title": {"type": "string", "full_text_search": True},
-                                               "body": {"type": "string", "full_text_search": True}}})
+    rows = [
+        {"id": 1, "title": "quick fox", "body": "a lazy dog", "tag": "x", "pop": 3},
+        {"id": 2, "title": "slow fox", "body": "quick quick brown fox", "tag": "y", "pop": 1},
+        {"id": 3, "title": "turtle", "body": "nothing here", "tag": "x"},
+        {"id": 4, "title": "foxes den", "body": "quickly", "tag": "z", "pop": 2},
+    ]
+    ns.write(
+        {
+            "upsert_rows": rows,
+            "schema": {
+                "title": {"type": "string", "full_text_search": True},
+                "body": {"type": "string", "full_text_search": True},
+            },
+        }
+    )
     docs, head = ns.docs()
 
     def run(rb, **kw):
@@ -209,8 +240,11 @@ def test_bm25_token_list_prefix_sum_max_product(mem_db):
     assert s[2] == pytest.approx(t[2] + bd[2]) and s[1] == pytest.approx(t[1])
     m = {r["id"]: r["$dist"] for r in run(["Max", [["title", "BM25", "fox"], ["body", "BM25", "quick"]]])}
     assert m[2] == pytest.approx(max(t[2], bd[2]))
-    for rb in (["Product", 2.5, ["title", "BM25", "fox"]], ["Product", ["title", "BM25", "fox"], 2.5],
-               ["Product", [2.5, ["title", "BM25", "fox"]]]):
+    for rb in (
+        ["Product", 2.5, ["title", "BM25", "fox"]],
+        ["Product", ["title", "BM25", "fox"], 2.5],
+        ["Product", [2.5, ["title", "BM25", "fox"]]],
+    ):
         p = {r["id"]: r["$dist"] for r in run(rb)}
         assert p == pytest.approx({k: 2.5 * v for k, v in t.items()})
     # filter boost: 1.0 per matching document, and it makes the document eligible
@@ -228,8 +262,10 @@ def test_bm25_stats_merge_and_external_stats(mem_db):
     texts = _corpus(300)
     opts = T.normalize_fts_options(True)
     df = pl.DataFrame({"id": np.arange(len(texts), dtype=np.uint64), "text": texts})
-    schema = {"id": {"type": "uint", "filterable": True},
-              "text": {"type": "string", "filterable": False, "full_text_search": opts}}
+    schema = {
+        "id": {"type": "uint", "filterable": True},
+        "text": {"type": "string", "filterable": False, "full_text_search": opts},
+    }
     a, b = df.slice(0, 120), df.slice(120)
     merged = B.merge(B.stats_from_frame(a, "text", opts), B.stats_from_frame(b, "text", opts))
     full = B.stats_from_frame(df, "text", opts).get("text")
@@ -253,8 +289,10 @@ def test_bm25_gcide_matches_reference():
     docs = pl.read_parquet(d / "docs.parquet").slice(0, 5_000).select("id", "text")
     queries = pl.read_parquet(d / "queries.parquet")["text"].to_list()[:200]
     opts = T.normalize_fts_options({"stemming": True, "language": "english"})
-    schema = {"id": {"type": "uint", "filterable": True},
-              "text": {"type": "string", "filterable": False, "full_text_search": opts}}
+    schema = {
+        "id": {"type": "uint", "filterable": True},
+        "text": {"type": "string", "filterable": False, "full_text_search": opts},
+    }
     toks = T.tokenize_many(docs["text"].to_list(), opts)
     n = len(toks)
     avg = sum(map(len, toks)) / n
@@ -288,9 +326,14 @@ def people(mem_db):
     ns = mem_db.namespace("people")
     rows = []
     for i in range(1, 61):
-        r = {"id": i, "age": (i * 7) % 23, "city": ["paris", "oslo", "rome"][i % 3],
-             "tags": [["a"], ["a", "b"], [], ["b", "b", "c"]][i % 4], "score": i / 4,
-             "born": f"2020-01-{(i % 28) + 1:02d}T00:00:00Z"}
+        r = {
+            "id": i,
+            "age": (i * 7) % 23,
+            "city": ["paris", "oslo", "rome"][i % 3],
+            "tags": [["a"], ["a", "b"], [], ["b", "b", "c"]][i % 4],
+            "score": i / 4,
+            "born": f"2020-01-{(i % 28) + 1:02d}T00:00:00Z",
+        }
         if i % 10 == 0:
             r.pop("age")
         rows.append(r)
@@ -300,14 +343,15 @@ def people(mem_db):
 
 def test_order_by_attributes_and_rows_shape(people):
     ns, rows = people
-    out = engine.run_query(ns, {"rank_by": [["age", "desc"], ["city", "asc"]], "top_k": 100,
-                                "include_attributes": ["age", "city", "born"]})
+    out = engine.run_query(
+        ns, {"rank_by": [["age", "desc"], ["city", "asc"]], "top_k": 100, "include_attributes": ["age", "city", "born"]}
+    )
     got = out["rows"]
     with_age = sorted((r for r in rows if "age" in r), key=lambda r: (-r["age"], r["city"], r["id"]))
     no_age = [r["id"] for r in sorted((r for r in rows if "age" not in r), key=lambda r: (r["city"], r["id"]))]
     assert [r["id"] for r in got] == [r["id"] for r in with_age] + no_age  # nulls last
     assert all("$dist" not in r for r in got)
-    assert all("age" not in r for r in got[-len(no_age):])  # nulls omitted
+    assert all("age" not in r for r in got[-len(no_age) :])  # nulls omitted
     assert got[0]["born"].endswith("Z") and "T" in got[0]["born"]
     assert set(got[0]) == {"id", "age", "city", "born"}
     ex = engine.run_query(ns, {"rank_by": ["id", "asc"], "top_k": 1, "exclude_attributes": ["tags", "born"]})
@@ -315,8 +359,14 @@ def test_order_by_attributes_and_rows_shape(people):
     assert set(engine.run_query(ns, {"rank_by": ["id", "asc"], "top_k": 1})["rows"][0]) == {"id"}
     perf = out["performance"]
     assert perf["approx_namespace_size"] == 60 and perf["exhaustive_search_count"] == 60
-    assert set(perf) >= {"query_execution_ms", "server_total_ms", "cache_temperature", "cache_hit_ratio",
-                         "object_store_requests", "object_store_bytes_read"}
+    assert set(perf) >= {
+        "query_execution_ms",
+        "server_total_ms",
+        "cache_temperature",
+        "cache_hit_ratio",
+        "object_store_requests",
+        "object_store_bytes_read",
+    }
     assert set(out["billing"]) == {"billable_logical_bytes_queried", "billable_logical_bytes_returned"}
 
 
@@ -334,6 +384,7 @@ def test_export_by_query_paging(people, mem_db):
         seen.extend(page)
         last = page[-1]["id"]
     from puffer_cli import export
+
     snap, _ = export.snapshot(ns)
     assert [r["id"] for r in seen] == snap["id"].to_list()
     assert len(seen) == 58
@@ -344,8 +395,14 @@ def test_offset_and_limit_per(people):
     full = [r["id"] for r in engine.run_query(ns, {"rank_by": ["score", "desc"], "top_k": 60})["rows"]]
     page = [r["id"] for r in engine.run_query(ns, {"rank_by": ["score", "desc"], "limit": 5, "offset": 10})["rows"]]
     assert page == full[10:15]
-    per = engine.run_query(ns, {"rank_by": ["score", "desc"], "include_attributes": ["city"],
-                                "limit": {"total": 5, "per": {"attributes": ["city"], "limit": 2}}})["rows"]
+    per = engine.run_query(
+        ns,
+        {
+            "rank_by": ["score", "desc"],
+            "include_attributes": ["city"],
+            "limit": {"total": 5, "per": {"attributes": ["city"], "limit": 2}},
+        },
+    )["rows"]
     assert len(per) == 5
     assert max(Counter(r["city"] for r in per).values()) <= 2
     want, cnt = [], Counter()
@@ -359,12 +416,21 @@ def test_offset_and_limit_per(people):
 
 def test_aggregations(people):
     ns, rows = people
-    out = engine.run_query(ns, {"aggregate_by": {"n": ["Count"], "ages": ["Count", "age"], "s": ["Sum", "age"],
-                                                 "f": ["Sum", "score"]}, "filters": ["city", "NotEq", "rome"]})
+    out = engine.run_query(
+        ns,
+        {
+            "aggregate_by": {"n": ["Count"], "ages": ["Count", "age"], "s": ["Sum", "age"], "f": ["Sum", "score"]},
+            "filters": ["city", "NotEq", "rome"],
+        },
+    )
     sel = [r for r in rows if r["city"] != "rome"]
     assert "rows" not in out
-    assert out["aggregations"] == {"n": len(sel), "ages": sum("age" in r for r in sel),
-                                   "s": sum(r.get("age", 0) for r in sel), "f": pytest.approx(sum(r["score"] for r in sel))}
+    assert out["aggregations"] == {
+        "n": len(sel),
+        "ages": sum("age" in r for r in sel),
+        "s": sum(r.get("age", 0) for r in sel),
+        "f": pytest.approx(sum(r["score"] for r in sel)),
+    }
     g = engine.run_query(ns, {"aggregate_by": {"n": ["Count"]}, "group_by": ["city"]})["aggregation_groups"]
     assert g == [{"city": c, "n": sum(r["city"] == c for r in rows)} for c in ("oslo", "paris", "rome")]
     g = engine.run_query(ns, {"aggregate_by": {"n": ["Count"]}, "group_by": [{"tag": ["ForEachUnique", "tags"]}]})
@@ -376,15 +442,20 @@ def test_aggregations(people):
 
 def test_multi_query_and_rrf(people):
     ns, rows = people
-    body = {"queries": [{"rank_by": ["score", "desc"], "top_k": 5},
-                        {"rank_by": ["age", "asc"], "top_k": 5, "filters": ["city", "Eq", "oslo"]},
-                        {"aggregate_by": {"n": ["Count"]}}]}
+    body = {
+        "queries": [
+            {"rank_by": ["score", "desc"], "top_k": 5},
+            {"rank_by": ["age", "asc"], "top_k": 5, "filters": ["city", "Eq", "oslo"]},
+            {"aggregate_by": {"n": ["Count"]}},
+        ]
+    }
     out = engine.run_multi(ns, body)
     assert len(out["results"]) == 3
     for q, r in zip(body["queries"], out["results"]):
         assert r == {k: v for k, v in engine.run_query(ns, q).items() if k not in ("billing", "performance")}
-    fused = engine.run_multi(ns, {"queries": body["queries"][:2], "rerank_by": ["RRF", {"rank_constant": 10}],
-                                 "limit": 4})
+    fused = engine.run_multi(
+        ns, {"queries": body["queries"][:2], "rerank_by": ["RRF", {"rank_constant": 10}], "limit": 4}
+    )
     a = [r["id"] for r in out["results"][0]["rows"]]
     b = [r["id"] for r in out["results"][1]["rows"]]
     sc = Counter()
@@ -401,6 +472,7 @@ def test_multi_query_and_rrf(people):
 
 def test_namespace_not_found(mem_db):
     from puffer_cli.errors import NamespaceNotFound
+
     with pytest.raises(NamespaceNotFound):
         engine.run_query(mem_db.namespace("nope"), {"rank_by": ["id", "asc"]})
 
@@ -408,10 +480,21 @@ def test_namespace_not_found(mem_db):
 def test_query_model_roundtrip():
     bodies = [
         {"rank_by": ["vector", "ANN", [0.5, 1.0]], "limit": 3, "filters": ["a", "Eq", 1], "include_attributes": True},
-        {"rank_by": ["Sum", [["Product", 2.0, ["t", "BM25", "x y"]], ["b", "BM25", ["p", "q"], {"last_as_prefix": True}]]],
-         "limit": 10},
-        {"rank_by": [["a", "asc"], ["b", "desc"]], "limit": {"total": 4, "per": {"attributes": ["c"], "limit": 1}},
-         "offset": 2, "exclude_attributes": ["v"], "consistency": {"level": "eventual"}, "vector_encoding": "base64"},
+        {
+            "rank_by": [
+                "Sum",
+                [["Product", 2.0, ["t", "BM25", "x y"]], ["b", "BM25", ["p", "q"], {"last_as_prefix": True}]],
+            ],
+            "limit": 10,
+        },
+        {
+            "rank_by": [["a", "asc"], ["b", "desc"]],
+            "limit": {"total": 4, "per": {"attributes": ["c"], "limit": 1}},
+            "offset": 2,
+            "exclude_attributes": ["v"],
+            "consistency": {"level": "eventual"},
+            "vector_encoding": "base64",
+        },
         {"aggregate_by": {"n": ["Count"], "s": ["Sum", "x"]}, "group_by": ["g", {"u": ["ForEachUnique", "tags"]}]},
     ]
     for b in bodies:
@@ -465,7 +548,7 @@ BAD = [
     ({"rank_by": ["id", "asc"], "include_attributes": "name"}, "include_attributes"),
     ({"rank_by": ["id", "asc"], "include_attributes": ["name"], "exclude_attributes": ["n"]}, "not both"),
     ({"rank_by": ["id", "asc"], "exclude_attributes": "n"}, "exclude_attributes"),
-    ({"rank_by": ["id", "asc"], "filters": ["n", "Eqq", 1]}, "did you mean \"Eq\""),
+    ({"rank_by": ["id", "asc"], "filters": ["n", "Eqq", 1]}, 'did you mean "Eq"'),
     ({"rank_by": ["id", "asc"], "filters": ["n", "Eq", "seven"]}, "filters"),
     ({"rank_by": ["id", "asc"], "filters": "n = 1"}, "filters"),
     ({"aggregate_by": {"n": ["Avg", "n"]}}, "unknown aggregate"),
@@ -482,8 +565,8 @@ BAD = [
     ({"rank_by": ["id", "asc"], "consistency": "sometimes"}, "consistency"),
     ({"rank_by": ["id", "asc"], "vector_encoding": "hex"}, "vector_encoding"),
     ({"rank_by": ["id", "asc"], "distance_metric": "dot"}, "distance_metric"),
-    ({"rank_by": ["id", "asc"], "topk": 5}, "did you mean \"top_k\""),
-    ({"vector": V, "top_k": 5}, "rank_by [\"vector\""),
+    ({"rank_by": ["id", "asc"], "topk": 5}, 'did you mean "top_k"'),
+    ({"vector": V, "top_k": 5}, 'rank_by ["vector"'),
     ({"queries": []}, "multi-query"),
 ]
 BAD_MULTI = [
@@ -501,8 +584,12 @@ BAD_MULTI = [
 @pytest.fixture
 def bad_ns(mem_db):
     ns = mem_db.namespace("bad")
-    ns.write({"upsert_rows": [{"id": 1, "vector": V, "name": "a", "n": 1, "tags": ["x"], "text": "hello"}],
-              "schema": {"text": {"type": "string", "full_text_search": True}}})
+    ns.write(
+        {
+            "upsert_rows": [{"id": 1, "vector": V, "name": "a", "n": 1, "tags": ["x"], "text": "hello"}],
+            "schema": {"text": {"type": "string", "full_text_search": True}},
+        }
+    )
     return ns
 
 
@@ -530,9 +617,16 @@ def test_malformed_multi(bad_ns, body, msg):
 def cli_store(tmp_path):
     url = str(tmp_path / "store")
     ns = puffer_cli.connect(url).namespace("docs")
-    ns.write({"upsert_rows": [{"id": i, "vector": [float(i), 1.0], "text": ["red fox", "blue whale", "red whale"][i % 3],
-                               "n": i} for i in range(12)],
-              "schema": {"text": {"type": "string", "full_text_search": True}}, "distance_metric": "euclidean_squared"})
+    ns.write(
+        {
+            "upsert_rows": [
+                {"id": i, "vector": [float(i), 1.0], "text": ["red fox", "blue whale", "red whale"][i % 3], "n": i}
+                for i in range(12)
+            ],
+            "schema": {"text": {"type": "string", "full_text_search": True}},
+            "distance_metric": "euclidean_squared",
+        }
+    )
     return url, ns
 
 
@@ -550,43 +644,90 @@ def test_cli_json_is_response_body(cli_store, capsys, tmp_path):
     want = engine.run_query(ns, {"rank_by": ["vector", "ANN", [3, 1]], "top_k": 3})
     assert body["rows"] == want["rows"] and set(body) == set(want)
     np.save(tmp_path / "q.npy", np.array([[3.0, 1.0]], dtype=np.float32))
-    rc, out2, _ = _cli(capsys, "docs", "--store", url, "--vector", f"@{tmp_path / 'q.npy'}", "--top-k", "3",
-                       "--exact", "--format", "json")
+    rc, out2, _ = _cli(
+        capsys,
+        "docs",
+        "--store",
+        url,
+        "--vector",
+        f"@{tmp_path / 'q.npy'}",
+        "--top-k",
+        "3",
+        "--exact",
+        "--format",
+        "json",
+    )
     assert rc == 0 and json.loads(out2)["rows"] == body["rows"]
-    rc, out, _ = _cli(capsys, "docs", "--store", url, "--bm25", "text", "red", "--filter", '["n","Lt",6]',
-                      "--include", "text,n", "--format", "ndjson")
+    rc, out, _ = _cli(
+        capsys,
+        "docs",
+        "--store",
+        url,
+        "--bm25",
+        "text",
+        "red",
+        "--filter",
+        '["n","Lt",6]',
+        "--include",
+        "text,n",
+        "--format",
+        "ndjson",
+    )
     lines = [json.loads(x) for x in out.splitlines()]
     assert [r["id"] for r in lines] == [0, 2, 3, 5] or {r["id"] for r in lines} == {0, 2, 3, 5}
     assert all(set(r) == {"id", "$dist", "text", "n"} for r in lines)
     (tmp_path / "b.json").write_text(json.dumps({"rank_by": ["n", "desc"], "top_k": 2, "include_attributes": ["n"]}))
     rc, out, _ = _cli(capsys, "docs", "--store", url, "--body", f"@{tmp_path / 'b.json'}", "--format", "json")
     assert [r["n"] for r in json.loads(out)["rows"]] == [11, 10]
-    rc, out, _ = _cli(capsys, "docs", "--store", url, "--body", json.dumps(
-        {"queries": [{"rank_by": ["n", "asc"], "top_k": 2}, {"rank_by": ["text", "BM25", "whale"], "top_k": 2}]}),
-        "--format", "json")
+    rc, out, _ = _cli(
+        capsys,
+        "docs",
+        "--store",
+        url,
+        "--body",
+        json.dumps(
+            {"queries": [{"rank_by": ["n", "asc"], "top_k": 2}, {"rank_by": ["text", "BM25", "whale"], "top_k": 2}]}
+        ),
+        "--format",
+        "json",
+    )
     assert len(json.loads(out)["results"]) == 2
-    rc, out, err = _cli(capsys, "docs", "--store", url, "--format", "table", "--include-all", "--top-k", "2",
-                        "--consistency", "eventual")
+    rc, out, err = _cli(
+        capsys,
+        "docs",
+        "--store",
+        url,
+        "--format",
+        "table",
+        "--include-all",
+        "--top-k",
+        "2",
+        "--consistency",
+        "eventual",
+    )
     assert rc == 0 and "red fox" in out and "2 rows" in out
     rc, out, _ = _cli(capsys, "docs", "--store", url, "--format", "json")  # default: list by id
     assert [r["id"] for r in json.loads(out)["rows"]] == list(range(10))
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--vector", "[1, 2, 3]"], "dimensions"),
-    (["--vector", "[1, "], "not valid JSON"),
-    (["--vector", "@/nonexistent.npy"], "does not exist"),
-    (["--bm25", "n", "red"], "full-text search"),
-    (["--rank-by", '["n","sideways"]'], "rank_by"),
-    (["--filter", '["n","Eq"]'], "needs a value"),
-    (["--top-k", "0"], "top_k"),
-    (["--top-k", "many"], "--top-k"),
-    (["--format", "xml"], "--format"),
-    (["--consistency", "maybe"], "--consistency"),
-    (["--vector", "[1,1]", "--bm25", "text", "x"], "only one of"),
-    (["--body", "[1]"], "JSON object"),
-    (["--include", "n", "--include-all"], "either"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--vector", "[1, 2, 3]"], "dimensions"),
+        (["--vector", "[1, "], "not valid JSON"),
+        (["--vector", "@/nonexistent.npy"], "does not exist"),
+        (["--bm25", "n", "red"], "full-text search"),
+        (["--rank-by", '["n","sideways"]'], "rank_by"),
+        (["--filter", '["n","Eq"]'], "needs a value"),
+        (["--top-k", "0"], "top_k"),
+        (["--top-k", "many"], "--top-k"),
+        (["--format", "xml"], "--format"),
+        (["--consistency", "maybe"], "--consistency"),
+        (["--vector", "[1,1]", "--bm25", "text", "x"], "only one of"),
+        (["--body", "[1]"], "JSON object"),
+        (["--include", "n", "--include-all"], "either"),
+    ],
+)
 def test_cli_errors_one_line(cli_store, capsys, args, msg):
     url, _ = cli_store
     rc, out, err = _cli(capsys, "docs", "--store", url, *args)

@@ -1,14 +1,14 @@
 """Property test: random namespaces built by random write sequences (through
 ``ns.write``), random filters and rank_by, against a slow pure-Python reference."""
+
 from __future__ import annotations
 
 import uuid
 
 import numpy as np
+import puffer_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import puffer_cli
 from puffer_cli import engine
 from puffer_cli import store as _store
 
@@ -56,9 +56,14 @@ def leaf():
     ).map(list)
 
 
-FILTER = st.recursive(leaf(), lambda kids: st.one_of(
-    st.tuples(st.sampled_from(["And", "Or"]), st.lists(kids, max_size=3)).map(list),
-    st.tuples(st.just("Not"), kids).map(list)), max_leaves=5)
+FILTER = st.recursive(
+    leaf(),
+    lambda kids: st.one_of(
+        st.tuples(st.sampled_from(["And", "Or"]), st.lists(kids, max_size=3)).map(list),
+        st.tuples(st.just("Not"), kids).map(list),
+    ),
+    max_leaves=5,
+)
 
 RANK = st.one_of(
     st.tuples(st.sampled_from(["n", "s", "id"]), st.sampled_from(["asc", "desc"])).map(list),
@@ -117,14 +122,21 @@ def ref_query(state: dict, rank, f, k):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(writes=st.lists(WRITE, min_size=1, max_size=6), queries=st.lists(
-    st.tuples(RANK, st.one_of(st.none(), FILTER), st.integers(1, 20)), min_size=1, max_size=4))
+@given(
+    writes=st.lists(WRITE, min_size=1, max_size=6),
+    queries=st.lists(st.tuples(RANK, st.one_of(st.none(), FILTER), st.integers(1, 20)), min_size=1, max_size=4),
+)
 def test_engine_matches_reference(writes, queries):
     url = f"memory://{uuid.uuid4().hex}"
     try:
         ns = puffer_cli.connect(url).namespace("h")
-        ns.write({"upsert_rows": [], "schema": {"id": "uint", "n": "int", "s": "string", "vector": "[2]f32"},
-                  "distance_metric": "euclidean_squared"})
+        ns.write(
+            {
+                "upsert_rows": [],
+                "schema": {"id": "uint", "n": "int", "s": "string", "vector": "[2]f32"},
+                "distance_metric": "euclidean_squared",
+            }
+        )
         state: dict = {}
         for w in writes:
             ns.write(w)

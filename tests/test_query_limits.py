@@ -3,6 +3,7 @@ refused with an error naming it and the value, before any work; large legal filt
 stay fast (an Or of Eq is one ``is_in``); nothing a query sends raises anything but a
 PufferError (no RecursionError / OverflowError / polars crash); the time budget stops
 a query with BudgetExceeded (408)."""
+
 from __future__ import annotations
 
 import base64
@@ -14,21 +15,25 @@ import uuid
 
 import numpy as np
 import polars as pl
+import puffer_cli
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import puffer_cli
 from puffer_cli import engine, limits
 from puffer_cli import filters as F
 from puffer_cli import store as _store
 from puffer_cli.errors import BudgetExceeded, InvalidFilter, InvalidQuery, PufferError
 from puffer_cli.index import builder
+
 from tests import test_filters as TF
 
 DIMS = 4
-SCHEMA = {"t": {"type": "string", "full_text_search": True}, "d": {"type": "datetime"},
-          "ls": {"type": "[]string"}, "v": {"type": f"[{DIMS}]f32", "ann": True}}
+SCHEMA = {
+    "t": {"type": "string", "full_text_search": True},
+    "d": {"type": "datetime"},
+    "ls": {"type": "[]string"},
+    "v": {"type": f"[{DIMS}]f32", "ann": True},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -43,9 +48,18 @@ def _no_persistent_cache():
 def _rows(start: int, n: int) -> list[dict]:
     rng = np.random.default_rng(start)
     words = ["alpha", "beta", "gamma", "delta", "fox", "dog"]
-    return [{"id": i, "n": i, "s": f"s{i % 50}", "t": " ".join(rng.choice(words, 4)),
-             "d": 1_600_000_000_000 + i * 1000, "ls": [f"s{i % 7}", f"s{i % 11}"],
-             "v": rng.normal(size=DIMS).round(3).tolist()} for i in range(start, start + n)]
+    return [
+        {
+            "id": i,
+            "n": i,
+            "s": f"s{i % 50}",
+            "t": " ".join(rng.choice(words, 4)),
+            "d": 1_600_000_000_000 + i * 1000,
+            "ls": [f"s{i % 7}", f"s{i % 11}"],
+            "v": rng.normal(size=DIMS).round(3).tolist(),
+        }
+        for i in range(start, start + n)
+    ]
 
 
 @pytest.fixture(scope="module", params=["memory", "indexed"])
@@ -97,12 +111,14 @@ VEC = [0.5] * DIMS
 
 # (body, error class, substrings the message must contain)
 REFUSED = [
-    ({**ROW, "filters": ["Or", [["n", "Eq", i] for i in range(1025)]]}, InvalidFilter,
-     ["MAX_FILTER_NODES", "1,024", "1,026"]),
+    (
+        {**ROW, "filters": ["Or", [["n", "Eq", i] for i in range(1025)]]},
+        InvalidFilter,
+        ["MAX_FILTER_NODES", "1,024", "1,026"],
+    ),
     ({**ROW, "filters": ["Or", [["n", "Eq", i] for i in range(4000)]]}, InvalidFilter, ["MAX_FILTER_NODES"]),
     ({**ROW, "filters": ["And", [["n", "Eq", i] for i in range(4000)]]}, InvalidFilter, ["MAX_FILTER_NODES"]),
-    ({**ROW, "filters": ["Or", [["Not", ["n", "Eq", i]] for i in range(600)]]}, InvalidFilter,
-     ["MAX_FILTER_NODES"]),
+    ({**ROW, "filters": ["Or", [["Not", ["n", "Eq", i]] for i in range(600)]]}, InvalidFilter, ["MAX_FILTER_NODES"]),
     ({**ROW, "filters": deep("And", 33, ["n", "Eq", 1])}, InvalidFilter, ["MAX_FILTER_DEPTH", "32"]),
     ({**ROW, "filters": deep("Not", 10_000, ["n", "Eq", 1])}, InvalidFilter, ["MAX_FILTER_DEPTH"]),
     ({**ROW, "filters": deep("And", 10_000, ["n", "Eq", 1])}, InvalidFilter, ["MAX_FILTER_DEPTH"]),
@@ -118,8 +134,7 @@ REFUSED = [
     ({**ROW, "filters": ["ls", "NotIGlob", "a" * 4097]}, InvalidFilter, ["MAX_PATTERN_CHARS", "NotIGlob"]),
     ({**ROW, "filters": ["s", "Regex", "a{1000}{1000}"]}, InvalidFilter, ["invalid regex", "size limit"]),
     ({**ROW, "filters": ["s", "Regex", r"\w{500}"]}, InvalidFilter, ["size limit"]),
-    ({**ROW, "filters": ["t", "ContainsAllTokens", "fox " * 5000]}, InvalidFilter,
-     ["MAX_QUERY_TEXT_CHARS", "20,000"]),
+    ({**ROW, "filters": ["t", "ContainsAllTokens", "fox " * 5000]}, InvalidFilter, ["MAX_QUERY_TEXT_CHARS", "20,000"]),
     ({**ROW, "filters": ["t", "ContainsAnyToken", ["fox"] * 6000]}, InvalidFilter, ["MAX_QUERY_TEXT_CHARS"]),
     ({"rank_by": ["t", "BM25", "fox " * 5000]}, InvalidQuery, ["MAX_QUERY_TEXT_CHARS", "20,000"]),
     ({"rank_by": ["t", "BM25", ["fox"] * 6000]}, InvalidQuery, ["MAX_QUERY_TEXT_CHARS"]),
@@ -135,14 +150,19 @@ REFUSED = [
     ({"rank_by": ["id", "asc"], "offset": 10**7}, InvalidQuery, ["offset", "MAX_OFFSET"]),
     ({"queries": [ROW] * 17}, InvalidQuery, ["MAX_MULTI_QUERIES", "16", "17"]),
     ({"rank_by": ["v", "ANN", [0.1] * 10_753]}, InvalidQuery, ["MAX_VECTOR_DIMS", "10,753", "10,752"]),
-    ({"rank_by": ["v", "ANN", base64.b64encode(b"\0" * 4 * 20_000).decode()]}, InvalidQuery,
-     ["MAX_VECTOR_DIMS"]),
-    ({**ROW, "include_attributes": ["n"] * 257}, InvalidQuery,
-     ["include_attributes", "MAX_ATTRIBUTES_PER_NAMESPACE", "257"]),
+    ({"rank_by": ["v", "ANN", base64.b64encode(b"\0" * 4 * 20_000).decode()]}, InvalidQuery, ["MAX_VECTOR_DIMS"]),
+    (
+        {**ROW, "include_attributes": ["n"] * 257},
+        InvalidQuery,
+        ["include_attributes", "MAX_ATTRIBUTES_PER_NAMESPACE", "257"],
+    ),
     ({**ROW, "exclude_attributes": ["n"] * 257}, InvalidQuery, ["MAX_ATTRIBUTES_PER_NAMESPACE"]),
     ({**ROW, "include_attributes": nested_list(10_000)}, InvalidQuery, ["include_attributes"]),
-    ({"aggregate_by": {f"c{i}": ["Count"] for i in range(257)}}, InvalidQuery,
-     ["aggregate_by", "MAX_ATTRIBUTES_PER_NAMESPACE"]),
+    (
+        {"aggregate_by": {f"c{i}": ["Count"] for i in range(257)}},
+        InvalidQuery,
+        ["aggregate_by", "MAX_ATTRIBUTES_PER_NAMESPACE"],
+    ),
     # datetimes out of range are bad input (400), never an OverflowError
     ({**ROW, "filters": ["d", "Eq", 1e20]}, InvalidFilter, ["RFC 3339"]),
     ({**ROW, "filters": ["d", "Lt", "99999-01-01"]}, InvalidFilter, ["not an RFC 3339 datetime"]),
@@ -165,8 +185,13 @@ def test_limit_refused_naming_it(ns, body, exc, needles):
 def test_limits_at_the_edge_are_accepted(ns):
     """Exactly at each limit is fine."""
     assert ids(ns, {**ROW, "filters": deep("Not", 32, ["n", "Lt", 3])}) == [0, 1, 2]  # 32 Nots: even
-    assert ids(ns, {**ROW, "filters": ["Or", [["n", "Eq", i] for i in range(1022)] + [["n", "Eq", -1]]]}) \
-        == [0, 1, 2, 3, 4]
+    assert ids(ns, {**ROW, "filters": ["Or", [["n", "Eq", i] for i in range(1022)] + [["n", "Eq", -1]]]}) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
     assert ids(ns, {**ROW, "filters": ["n", "In", list(range(10_000))]}) == [0, 1, 2, 3, 4]
     assert ids(ns, {**ROW, "filters": ["s", "Regex", "^s1" + "x?" * 2046]}) == [1, 10, 11, 12, 13]
     assert ids(ns, {**ROW, "filters": ["s", "Glob", "s1" + "*" * 4094]}) == [1, 10, 11, 12, 13]
@@ -183,8 +208,15 @@ def test_datetimes_out_of_range_are_refused(ns):
     delete_by_filter it would delete every row."""
     from puffer_cli.schema import DATETIME_MS
 
-    for v in (2**62, -(2**62), 2**64, DATETIME_MS[1] + 1, DATETIME_MS[0] - 1,
-              "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"):
+    for v in (
+        2**62,
+        -(2**62),
+        2**64,
+        DATETIME_MS[1] + 1,
+        DATETIME_MS[0] - 1,
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00+01:00",
+    ):
         for f in (["d", "Eq", v], ["d", "Lt", v], ["d", "In", [0, v]]):
             with pytest.raises(InvalidFilter, match="out of the datetime range"):
                 engine.run(ns, {**ROW, "filters": f})
@@ -231,9 +263,14 @@ def test_4000_clause_filter_does_not_crash_the_process(tmp_path):
 
 # ----------------------------------------------------------------------------- time budget
 def test_budget_exceeded_is_408(ns):
-    bodies = [ROW, {**ROW, "filters": ["n", "Lt", 100]}, {"rank_by": ["v", "ANN", VEC], "top_k": 3},
-              {"rank_by": ["t", "BM25", "fox"], "top_k": 3}, {"aggregate_by": {"c": ["Count"]}},
-              {"queries": [ROW, {"rank_by": ["v", "kNN", VEC]}]}]
+    bodies = [
+        ROW,
+        {**ROW, "filters": ["n", "Lt", 100]},
+        {"rank_by": ["v", "ANN", VEC], "top_k": 3},
+        {"rank_by": ["t", "BM25", "fox"], "top_k": 3},
+        {"aggregate_by": {"c": ["Count"]}},
+        {"queries": [ROW, {"rank_by": ["v", "kNN", VEC]}]},
+    ]
     for body in bodies:
         with limits.deadline(0.0), pytest.raises(BudgetExceeded) as ei:
             engine.run(ns, body)
@@ -255,12 +292,15 @@ class _Clock:
         return self.t
 
 
-@pytest.mark.parametrize("body", [
-    {**ROW, "filters": ["s", "Glob", "s1*"]},
-    {"rank_by": ["v", "ANN", VEC], "top_k": 3, "filters": ["n", "Gt", 10]},
-    {"rank_by": ["t", "BM25", "fox dog"], "top_k": 3},
-    {"queries": [ROW] * 4},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**ROW, "filters": ["s", "Glob", "s1*"]},
+        {"rank_by": ["v", "ANN", VEC], "top_k": 3, "filters": ["n", "Gt", 10]},
+        {"rank_by": ["t", "BM25", "fox dog"], "top_k": 3},
+        {"queries": [ROW] * 4},
+    ],
+)
 def test_budget_checked_during_the_query(ns, monkeypatch, body):
     """A budget running out mid-query stops it: the query checks the clock between
     stages, not only on entry."""
@@ -303,8 +343,13 @@ def eq_group(draw):
     odd members: lists (array equality), nulls, wrong types, other operators."""
     kind = draw(st.sampled_from(["Or", "And"]))
     op = "Eq" if kind == "Or" else "NotEq"
-    attrs = draw(st.lists(st.sampled_from(["s", "i", "u", "f", "b", "d", "uu", "ls", "li", "lf", "ld", "nope",
-                                           "ghost", "v"]), min_size=1, max_size=3))
+    attrs = draw(
+        st.lists(
+            st.sampled_from(["s", "i", "u", "f", "b", "d", "uu", "ls", "li", "lf", "ld", "nope", "ghost", "v"]),
+            min_size=1,
+            max_size=3,
+        )
+    )
     subs = []
     for _ in range(draw(st.integers(0, 12))):
         a = draw(st.sampled_from(attrs))
@@ -329,8 +374,9 @@ def _outcome(f, df, known):
 
 
 def _fuzz(n: int):
-    return settings(max_examples=n, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=n, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    )
 
 
 def _check_fused(mp, rows, f, known):
@@ -368,16 +414,24 @@ def monkeypatch_module():
 
 
 # ----------------------------------------------------------------------------- fuzz
-_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
-                     st.sampled_from(["And", "Or", "Not", "Eq", "In", "Regex", "s", "i", "ls", "d", "t"]))
-_JSON = st.recursive(_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c,
-                                                                                     max_size=2), max_leaves=12)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=5),
+    st.sampled_from(["And", "Or", "Not", "Eq", "In", "Regex", "s", "i", "ls", "d", "t"]),
+)
+_JSON = st.recursive(
+    _SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=3), c, max_size=2), max_leaves=12
+)
 
 
 @st.composite
 def hostile_filter(draw):
-    leaf = st.one_of(TF.leaf(), _JSON, st.tuples(st.sampled_from(sorted(TF.TYPES)), st.sampled_from(F.OPERATORS),
-                                                  _JSON).map(list))
+    leaf = st.one_of(
+        TF.leaf(), _JSON, st.tuples(st.sampled_from(sorted(TF.TYPES)), st.sampled_from(F.OPERATORS), _JSON).map(list)
+    )
     shape = draw(st.integers(0, 3))
     if shape == 0:  # deep
         depth = draw(st.sampled_from([0, 1, 2, 31, 32, 33, 500, 3000]))
@@ -391,9 +445,16 @@ def hostile_filter(draw):
         op = draw(st.sampled_from(["In", "Regex", "Glob", "ContainsAnyToken", "Eq"]))
         n = draw(st.sampled_from([0, 10, 4096, 4097, 10_000, 10_001, 20_000]))
         return [attr, op, "a" * n if op != "In" else ["a"] * n]
-    return draw(st.recursive(leaf, lambda c: st.one_of(
-        st.tuples(st.sampled_from(["And", "Or"]), st.lists(c, max_size=4)).map(list),
-        c.map(lambda x: ["Not", x])), max_leaves=20))
+    return draw(
+        st.recursive(
+            leaf,
+            lambda c: st.one_of(
+                st.tuples(st.sampled_from(["And", "Or"]), st.lists(c, max_size=4)).map(list),
+                c.map(lambda x: ["Not", x]),
+            ),
+            max_leaves=20,
+        )
+    )
 
 
 def _check_hostile_filter(f, rows):
@@ -458,11 +519,18 @@ def test_unprintable_stored_datetimes_do_not_crash_rows():
     from puffer_cli import query as Q
 
     dt = pl.Datetime("ms", "UTC")
-    docs = pl.DataFrame({"id": pl.Series([1, 2, 3], dtype=pl.UInt64),
-                         "d": pl.Series([2**62, 0, -(2**62)], dtype=pl.Int64).cast(dt),
-                         "ld": pl.Series([[2**62, 0], [], None], dtype=pl.List(pl.Int64)).cast(pl.List(dt))})
+    docs = pl.DataFrame(
+        {
+            "id": pl.Series([1, 2, 3], dtype=pl.UInt64),
+            "d": pl.Series([2**62, 0, -(2**62)], dtype=pl.Int64).cast(dt),
+            "ld": pl.Series([[2**62, 0], [], None], dtype=pl.List(pl.Int64)).cast(pl.List(dt)),
+        }
+    )
     schema = {"id": {"type": "uint"}, "d": {"type": "datetime"}, "ld": {"type": "[]datetime"}}
     q = Q.parse_query({"rank_by": ["id", "asc"], "include_attributes": True})
     rows = engine.shape_rows(q, engine.execute(q, docs, schema, None))
-    assert rows == [{"id": 1, "ld": [None, "1970-01-01T00:00:00.000Z"]},
-                    {"id": 2, "d": "1970-01-01T00:00:00.000Z", "ld": []}, {"id": 3}]
+    assert rows == [
+        {"id": 1, "ld": [None, "1970-01-01T00:00:00.000Z"]},
+        {"id": 2, "d": "1970-01-01T00:00:00.000Z", "ld": []},
+        {"id": 3},
+    ]

@@ -4,6 +4,7 @@ Both go through :func:`puffer_cli.response.render`.  The CLI runs in-process (``
 server through starlette's in-process ASGI client, over the same local store.  The only fields
 allowed to differ are the ``performance`` timings (:data:`TIMING`): wall-clock milliseconds.
 """
+
 from __future__ import annotations
 
 import base64
@@ -13,10 +14,9 @@ import math
 import numpy as np
 import orjson
 import pytest
-from starlette.testclient import TestClient
-
 from puffer_cli import response
 from puffer_cli.server import ServeConfig, create_app
+from starlette.testclient import TestClient
 
 from .test_fuzz_cli import invoke
 
@@ -52,33 +52,60 @@ QUERIES = {
     "knn_all": {"rank_by": ["vector", "kNN", QV], "top_k": 4, "include_attributes": True},
     "bm25": {"rank_by": ["text", "BM25", "quick fox"], "top_k": 5, "include_attributes": ["text", "f"]},
     "order": {"rank_by": ["f", "desc"], "top_k": 6, "include_attributes": ["f", "at", "vector"]},
-    "filters": {"rank_by": ["id", "asc"], "filters": ["And", [["tag", "Eq", "red"], ["n", "Gt", 2]]],
-                "include_attributes": ["tag", "at"]},
-    "base64": {"rank_by": ["vector", "kNN", QV], "top_k": 3, "include_attributes": ["vector", "at"],
-               "vector_encoding": "base64"},
+    "filters": {
+        "rank_by": ["id", "asc"],
+        "filters": ["And", [["tag", "Eq", "red"], ["n", "Gt", 2]]],
+        "include_attributes": ["tag", "at"],
+    },
+    "base64": {
+        "rank_by": ["vector", "kNN", QV],
+        "top_k": 3,
+        "include_attributes": ["vector", "at"],
+        "vector_encoding": "base64",
+    },
     "exclude": {"rank_by": ["id", "desc"], "top_k": 3, "exclude_attributes": ["text"]},
     "aggregate": {"aggregate_by": {"count": ["Count"], "total": ["Sum", "f"]}},
-    "group_by": {"aggregate_by": {"count": ["Count"], "total": ["Sum", "f"]}, "group_by": ["tag"],
-                 "filters": ["n", "Lt", 15]},
-    "multi": {"queries": [{"rank_by": ["vector", "ANN", QV], "top_k": 3, "include_attributes": ["vector"]},
-                          {"rank_by": ["text", "BM25", "dog"], "top_k": 3},
-                          {"aggregate_by": {"count": ["Count"]}}]},
-    "multi_base64": {"queries": [{"rank_by": ["vector", "kNN", QV], "top_k": 2, "include_attributes": ["vector"]}],
-                     "vector_encoding": "base64"},
-    "rrf": {"queries": [{"rank_by": ["vector", "ANN", QV], "top_k": 4, "include_attributes": ["at"]},
-                        {"rank_by": ["text", "BM25", "quick"], "top_k": 4, "include_attributes": ["at"]}],
-            "rerank_by": ["RRF"]},
+    "group_by": {
+        "aggregate_by": {"count": ["Count"], "total": ["Sum", "f"]},
+        "group_by": ["tag"],
+        "filters": ["n", "Lt", 15],
+    },
+    "multi": {
+        "queries": [
+            {"rank_by": ["vector", "ANN", QV], "top_k": 3, "include_attributes": ["vector"]},
+            {"rank_by": ["text", "BM25", "dog"], "top_k": 3},
+            {"aggregate_by": {"count": ["Count"]}},
+        ]
+    },
+    "multi_base64": {
+        "queries": [{"rank_by": ["vector", "kNN", QV], "top_k": 2, "include_attributes": ["vector"]}],
+        "vector_encoding": "base64",
+    },
+    "rrf": {
+        "queries": [
+            {"rank_by": ["vector", "ANN", QV], "top_k": 4, "include_attributes": ["at"]},
+            {"rank_by": ["text", "BM25", "quick"], "top_k": 4, "include_attributes": ["at"]},
+        ],
+        "rerank_by": ["RRF"],
+    },
 }
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     store = str(tmp_path_factory.mktemp("resp") / "store")
-    with TestClient(create_app(ServeConfig(store=store, api_key=KEY, commit_window_ms=0)),
-                    raise_server_exceptions=False) as c:
-        r = c.post(f"/v2/namespaces/{NS}", headers=AUTH, json={
-            "upsert_rows": [make_doc(i) for i in range(20)], "distance_metric": "cosine_distance",
-            "schema": {"text": {"type": "string", "full_text_search": True}, "at": {"type": "datetime"}}})
+    with TestClient(
+        create_app(ServeConfig(store=store, api_key=KEY, commit_window_ms=0)), raise_server_exceptions=False
+    ) as c:
+        r = c.post(
+            f"/v2/namespaces/{NS}",
+            headers=AUTH,
+            json={
+                "upsert_rows": [make_doc(i) for i in range(20)],
+                "distance_metric": "cosine_distance",
+                "schema": {"text": {"type": "string", "full_text_search": True}, "at": {"type": "datetime"}},
+            },
+        )
         assert r.status_code == 200, r.text
         yield c, store
 
@@ -126,6 +153,7 @@ def test_the_wire_form(env):
     raw, want = http(c, QUERIES["knn_all"])
     text = cli(store, QUERIES["knn_all"])
     row = want["rows"][0]
+
     def f32_shortest(x) -> bool:
         return isinstance(x, float) and repr(x) == str(np.float32(x))
 
@@ -155,7 +183,14 @@ def test_ndjson_rows_are_the_http_rows(env):
 
 
 def test_non_finite_numbers_are_null():
-    out = response.render({"rows": [{"id": 1, "$dist": float("nan"), "vector": [float("inf"), 0.7], "f": -math.inf}],
-                           "aggregations": {"s": float("nan")}}, ["vector"])
-    assert orjson.loads(out) == {"rows": [{"id": 1, "$dist": None, "vector": [None, 0.7], "f": None}],
-                                 "aggregations": {"s": None}}
+    out = response.render(
+        {
+            "rows": [{"id": 1, "$dist": float("nan"), "vector": [float("inf"), 0.7], "f": -math.inf}],
+            "aggregations": {"s": float("nan")},
+        },
+        ["vector"],
+    )
+    assert orjson.loads(out) == {
+        "rows": [{"id": 1, "$dist": None, "vector": [None, 0.7], "f": None}],
+        "aggregations": {"s": None},
+    }

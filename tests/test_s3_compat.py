@@ -5,6 +5,7 @@ on concurrent conditional creates), and the store's one call wrapper must turn
 each into the right outcome. Plus the typed errors for a dead endpoint, a bad
 endpoint URL, a missing bucket and missing credentials, and the probe verdict on
 a real SeaweedFS."""
+
 from __future__ import annotations
 
 import http.client
@@ -16,9 +17,8 @@ import threading
 import time
 import uuid
 
-import pytest
-
 import puffer_cli
+import pytest
 from puffer_cli import limits
 from puffer_cli.cli import main
 from puffer_cli.errors import InvalidRequest, StoreError, UnsafeStore
@@ -26,8 +26,9 @@ from puffer_cli.store import S3Store, open_store
 
 
 def _error(code: str, message: str) -> bytes:
-    return (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-            f"<Message>{message}</Message></Error>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{message}</Message></Error>'
+    ).encode()
 
 
 class Rewriter:
@@ -35,11 +36,11 @@ class Rewriter:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.strip_condition = False   # drop <Condition> from 412 bodies (SeaweedFS)
-        self.conflicts = 0             # answer the next N conditional PUTs with 409
-        self.slowdowns = 0             # answer the next N PUTs with 503 SlowDown
-        self.lose = 0                  # forward the next N conditional PUTs, then drop the connection
-        self.hang_concurrent = False   # two conditional PUTs of one key at once: both hang (SeaweedFS 4.48)
+        self.strip_condition = False  # drop <Condition> from 412 bodies (SeaweedFS)
+        self.conflicts = 0  # answer the next N conditional PUTs with 409
+        self.slowdowns = 0  # answer the next N PUTs with 503 SlowDown
+        self.lose = 0  # forward the next N conditional PUTs, then drop the connection
+        self.hang_concurrent = False  # two conditional PUTs of one key at once: both hang (SeaweedFS 4.48)
         self.release = threading.Event()
         self.inflight: dict[str, int] = {}
         self.answered: dict[str, int] = {}
@@ -85,8 +86,15 @@ def _make_handler(upstream: tuple[str, int], rw: Rewriter):
             resp = conn.getresponse()
             data = resp.read()
             conn.close()
-            return resp.status, [(k, v) for k, v in resp.getheaders()
-                                 if k.lower() not in ("content-length", "transfer-encoding", "connection")], data
+            return (
+                resp.status,
+                [
+                    (k, v)
+                    for k, v in resp.getheaders()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection")
+                ],
+                data,
+            )
 
         def _handle(self):
             body = self._body()
@@ -96,8 +104,13 @@ def _make_handler(upstream: tuple[str, int], rw: Rewriter):
                 return self._reply(503, _error("SlowDown", "Please reduce your request rate."))
             if conditional and rw.take("conflicts"):
                 rw.count("409")
-                return self._reply(409, _error("ConditionalRequestConflict", "A conflicting conditional "
-                                               "operation is currently in progress against this resource."))
+                return self._reply(
+                    409,
+                    _error(
+                        "ConditionalRequestConflict",
+                        "A conflicting conditional operation is currently in progress against this resource.",
+                    ),
+                )
             if conditional and rw.hang_concurrent:
                 with rw.lock:
                     rw.inflight[self.path] = rw.inflight.get(self.path, 0) + 1
@@ -252,8 +265,14 @@ def test_dead_endpoint_is_one_store_error_within_the_deadline(capsys):
 
 
 def test_bad_store_and_endpoint_urls():
-    for url, endpoint in [("s3:///prefix", None), ("s3://", None), ("s3://b/x", "not a url"),
-                          ("s3://b/x", "http://"), ("s3://b/x", "ftp://host"), ("s3://b/x", "http://h:99999")]:
+    for url, endpoint in [
+        ("s3:///prefix", None),
+        ("s3://", None),
+        ("s3://b/x", "not a url"),
+        ("s3://b/x", "http://"),
+        ("s3://b/x", "ftp://host"),
+        ("s3://b/x", "http://h:99999"),
+    ]:
         with pytest.raises(InvalidRequest):
             open_store(url, s3_endpoint=endpoint)
 

@@ -1,4 +1,5 @@
 """`puffer serve` over a real socket, driven by the official turbopuffer client."""
+
 from __future__ import annotations
 
 import base64
@@ -15,11 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import orjson
+import puffer_cli
 import pytest
 import turbopuffer
 import uvicorn
-
-import puffer_cli
 from puffer_cli.server import ServeConfig, create_app
 
 KEY = "test-key"
@@ -30,8 +30,9 @@ class LiveServer:
 
     def __init__(self, cfg: ServeConfig):
         self.app = create_app(cfg)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning",
-                                                    lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         t0 = time.time()
@@ -87,19 +88,25 @@ def docs(store_dir, name):
 
 # ------------------------------------------------------------------ writes
 def test_upsert_rows_and_columns_float_and_base64(live, ns, store_dir):
-    r = ns.write(upsert_rows=[{"id": 1, "vector": [0.7, 0.1], "tag": "a"},
-                              {"id": 2, "vector": [0.2, 0.3], "tag": "b"}],
-                 distance_metric="cosine_distance")
+    r = ns.write(
+        upsert_rows=[{"id": 1, "vector": [0.7, 0.1], "tag": "a"}, {"id": 2, "vector": [0.2, 0.3], "tag": "b"}],
+        distance_metric="cosine_distance",
+    )
     assert r.status == "OK" and r.rows_upserted == 2 and r.rows_affected == 2
     assert r.billing.billable_logical_bytes_written > 0 and r.message
-    r = ns.write(upsert_columns={"id": [3, 4], "vector": [[1.0, 0.0], [0.0, 1.0]], "tag": ["c", "d"]},
-                 return_affected_ids=True)
+    r = ns.write(
+        upsert_columns={"id": [3, 4], "vector": [[1.0, 0.0], [0.0, 1.0]], "tag": ["c", "d"]}, return_affected_ids=True
+    )
     assert r.upserted_ids == [3, 4]
     # base64 sent explicitly over raw HTTP (the client already sends base64 itself)
-    raw = httpx.post(f"{live.url}/v2/namespaces/{ns.id}",
-                     headers={"Authorization": f"Bearer {KEY}"},
-                     json={"upsert_rows": [{"id": 5, "vector": b64([0.5, 0.25]), "tag": "e"}],
-                           "upsert_columns": {"id": [6], "vector": [b64([0.125, 2.0])], "tag": ["f"]}})
+    raw = httpx.post(
+        f"{live.url}/v2/namespaces/{ns.id}",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={
+            "upsert_rows": [{"id": 5, "vector": b64([0.5, 0.25]), "tag": "e"}],
+            "upsert_columns": {"id": [6], "vector": [b64([0.125, 2.0])], "tag": ["f"]},
+        },
+    )
     assert raw.status_code == 200, raw.text
     d = docs(store_dir, ns.id)
     assert sorted(d) == [1, 2, 3, 4, 5, 6]
@@ -122,8 +129,11 @@ def test_patch_delete_and_filter_writes(ns, store_dir):
 
 def test_conditional_writes(ns, store_dir):
     ns.write(upsert_rows=[{"id": 1, "v": 1}, {"id": 2, "v": 5}])
-    r = ns.write(upsert_rows=[{"id": 1, "v": 2}, {"id": 2, "v": 2}, {"id": 3, "v": 2}],
-                 upsert_condition=["v", "Lt", {"$ref_new": "v"}], return_affected_ids=True)
+    r = ns.write(
+        upsert_rows=[{"id": 1, "v": 2}, {"id": 2, "v": 2}, {"id": 3, "v": 2}],
+        upsert_condition=["v", "Lt", {"$ref_new": "v"}],
+        return_affected_ids=True,
+    )
     assert sorted(r.upserted_ids) == [1, 3]  # 2 has v=5 > 2; 3 is new
     r = ns.write(patch_rows=[{"id": 1, "v": 9}, {"id": 2, "v": 9}], patch_condition=["v", "Eq", 5])
     assert r.rows_patched == 1
@@ -146,8 +156,10 @@ def test_copy_from_namespace(tp, ns, store_dir):
 
 
 def test_schema_read_and_update(ns):
-    ns.write(upsert_rows=[{"id": 1, "title": "hello world", "n": 1}],
-             schema={"title": {"type": "string", "full_text_search": True}})
+    ns.write(
+        upsert_rows=[{"id": 1, "title": "hello world", "n": 1}],
+        schema={"title": {"type": "string", "full_text_search": True}},
+    )
     s = ns.schema()
     assert s["id"].type == "uint" and s["n"].type == "int"
     assert s["title"].full_text_search and s["title"].type == "string"
@@ -208,9 +220,11 @@ def test_gzip_request_bodies_and_prefer_async(live, store_dir):
     rows = [{"id": i, "text": "x" * 200, "vector": [0.1 * i, 0.5]} for i in range(50)]
     assert tp.namespace(name).write(upsert_rows=rows).rows_upserted == 50
     body = gzip.compress(orjson.dumps({"upsert_rows": [{"id": 99, "text": "y"}]}))
-    r = httpx.post(f"{live.url}/v2/namespaces/{name}?stainless_overload=whatever&unknown=1", content=body,
-                   headers={"Authorization": f"Bearer {KEY}", "Content-Encoding": "gzip",
-                            "prefer": "respond-async"})
+    r = httpx.post(
+        f"{live.url}/v2/namespaces/{name}?stainless_overload=whatever&unknown=1",
+        content=body,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Encoding": "gzip", "prefer": "respond-async"},
+    )
     assert r.status_code == 200 and r.json()["rows_upserted"] == 1  # answered synchronously
     assert len(docs(store_dir, name)) == 51
 
@@ -273,9 +287,24 @@ def test_group_commit_keeps_conditional_writes_atomic(live, store_dir):
 # ------------------------------------------------------------------ two processes
 def _spawn(store_dir):
     env = dict(os.environ, PUFFER_API_KEY=KEY)
-    p = subprocess.Popen([sys.executable, "-m", "puffer_cli.cli", "serve", "--listen", "127.0.0.1:0",
-                          "--store", store_dir, "--log-level", "warning"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "puffer_cli.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            store_dir,
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     line = p.stdout.readline()
     m = re.search(r"listening on (http://\S+)", line)
     if not m:
@@ -320,9 +349,16 @@ def test_wire_f32_and_gzip_helpers():
     from puffer_cli import wire
     from puffer_cli.errors import TooLarge, UnprocessableBody
 
-    out = wire.dumps(wire.shape_query_response(
-        {"rows": [{"id": 1, "$dist": 0.699999988079071, "vector": [0.699999988079071, 0.1], "f": 0.699999988079071}]},
-        ["vector"]))
+    out = wire.dumps(
+        wire.shape_query_response(
+            {
+                "rows": [
+                    {"id": 1, "$dist": 0.699999988079071, "vector": [0.699999988079071, 0.1], "f": 0.699999988079071}
+                ]
+            },
+            ["vector"],
+        )
+    )
     assert out == b'{"rows":[{"id":1,"$dist":0.7,"vector":[0.7,0.1],"f":0.699999988079071}]}'
     assert wire.decode_body(gzip.compress(b'{"a":1}'), "gzip") == b'{"a":1}'
     with pytest.raises(TooLarge):

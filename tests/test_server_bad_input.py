@@ -4,6 +4,7 @@ logs no traceback, and leaves the store byte for byte as it was.
 The home of malformed requests with one exact expected status (routes, auth, bodies that are not
 JSON, sizes, ordinary schema errors). Hostile input (huge/deep filters, regex cost, limits at their
 boundary, generated bodies) is in tests/test_fuzz_http.py."""
+
 from __future__ import annotations
 
 import base64
@@ -14,10 +15,9 @@ import uuid
 
 import orjson
 import pytest
-from starlette.testclient import TestClient
-
 from puffer_cli import store as _store
 from puffer_cli.server import ServeConfig, create_app
+from starlette.testclient import TestClient
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -35,18 +35,26 @@ def client():
     url = URL
     app = create_app(ServeConfig(store=url, api_key=KEY, max_body_bytes=LIMIT, commit_window_ms=0))
     with TestClient(app, raise_server_exceptions=False) as c:
-        r = c.post("/v2/namespaces/ex", headers=AUTH, json={
-            "upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "tag": "a", "n": 1, "body": "hello world"}],
-            "schema": {"body": {"type": "string", "full_text_search": True}},
-        })
+        r = c.post(
+            "/v2/namespaces/ex",
+            headers=AUTH,
+            json={
+                "upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "tag": "a", "n": 1, "body": "hello world"}],
+                "schema": {"body": {"type": "string", "full_text_search": True}},
+            },
+        )
         assert r.status_code == 200, r.text
         # the same document in an indexed namespace: bad queries must fail the same way there
         import puffer_cli
         from puffer_cli.index import builder
 
         ns = puffer_cli.connect(url).namespace("exi")
-        ns.write({"upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "tag": "a", "n": 1, "body": "hello world"}],
-                  "schema": {"body": {"type": "string", "full_text_search": True}}})
+        ns.write(
+            {
+                "upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "tag": "a", "n": 1, "body": "hello world"}],
+                "schema": {"body": {"type": "string", "full_text_search": True}},
+            }
+        )
         assert builder.index_namespace(ns, gc_grace_s=0).status == "indexed"
         yield c
     _store.open_store(url).clear()
@@ -240,13 +248,17 @@ def _check(r, status):
 
 
 def _no_traceback(caplog):
-    bad = [f"{r.name} {r.levelname}: {r.getMessage()[:200]}" for r in caplog.records
-           if r.exc_info or r.levelno >= logging.ERROR]
+    bad = [
+        f"{r.name} {r.levelname}: {r.getMessage()[:200]}"
+        for r in caplog.records
+        if r.exc_info or r.levelno >= logging.ERROR
+    ]
     assert not bad, bad
 
 
-@pytest.mark.parametrize("method,path,body,headers,status", CASES,
-                         ids=[f"{i}-{c[0]}-{c[1][:30]}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    "method,path,body,headers,status", CASES, ids=[f"{i}-{c[0]}-{c[1][:30]}" for i, c in enumerate(CASES)]
+)
 def test_bad_request(client, caplog, method, path, body, headers, status):
     before = store_state()
     with caplog.at_level(logging.DEBUG):

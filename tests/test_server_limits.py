@@ -6,6 +6,7 @@ Most tests drive the app in-process (starlette's TestClient); slow-client and di
 talk to a real uvicorn socket, started with the same protocol and options as ``puffer serve``.
 Timeouts are set small so the module runs in a few seconds.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -22,12 +23,11 @@ import numpy as np
 import orjson
 import pytest
 import uvicorn
-from starlette.testclient import TestClient
-
 from puffer_cli import engine, limits, wire
 from puffer_cli.errors import InvalidRequest
 from puffer_cli.groupcommit import GroupCommitter
 from puffer_cli.server import ServeConfig, bind, create_app, is_store_failure, uvicorn_kwargs
+from starlette.testclient import TestClient
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -121,8 +121,11 @@ def test_stuck_query_is_answered_at_its_budget_and_frees_its_slot(make_client, m
     seed(c)
     try:
         t0 = time.monotonic()
-        check_error(c.post("/v2/namespaces/ns/query", headers=AUTH, json={"rank_by": ["id", "asc"], "top_k": 7}),
-                    408, no_retry=True)
+        check_error(
+            c.post("/v2/namespaces/ns/query", headers=AUTH, json={"rank_by": ["id", "asc"], "top_k": 7}),
+            408,
+            no_retry=True,
+        )
         assert time.monotonic() - t0 < 20 and not release.is_set()
         assert "puffer_abandoned_query_threads 1" in c.get("/metrics", headers=AUTH).text
         # the only query slot is free again although the stuck thread still runs
@@ -150,14 +153,24 @@ def test_filter_writes_run_alone_under_the_budget():
 
     async def main():
         gc = GroupCommitter(lambda name: NS(), window_s=0.01, filter_budget_s=5.0)
-        bodies = [{"upsert_rows": [1]}, {"delete_by_filter": ["n", "Eq", 1]}, {"deletes": [1]},
-                  {"patch_by_filter": {"filters": ["n", "Eq", 1], "patch": {}}}, {"upsert_rows": [2]}]
+        bodies = [
+            {"upsert_rows": [1]},
+            {"delete_by_filter": ["n", "Eq", 1]},
+            {"deletes": [1]},
+            {"patch_by_filter": {"filters": ["n", "Eq", 1], "patch": {}}},
+            {"upsert_rows": [2]},
+        ]
         await asyncio.gather(*(gc.submit("a", b) for b in bodies))
 
     asyncio.run(main())
     batches = [b for b, _ in calls]
-    assert batches == [[["upsert_rows"]], [["delete_by_filter"]], [["deletes"]], [["patch_by_filter"]],
-                       [["upsert_rows"]]]
+    assert batches == [
+        [["upsert_rows"]],
+        [["delete_by_filter"]],
+        [["deletes"]],
+        [["patch_by_filter"]],
+        [["upsert_rows"]],
+    ]
     budgets = [rem for _, rem in calls]
     assert budgets[0] is None and budgets[2] is None and budgets[4] is None
     assert 0 < budgets[1] <= 5.0 and 0 < budgets[3] <= 5.0
@@ -194,8 +207,9 @@ def test_gzip_inflation_counts_against_bytes_in_flight():
 
 
 def test_responses_are_valid_json_without_nan():
-    raw = wire.dumps({"a": float("nan"), "b": float("inf"), "v": np.array([np.nan, 1.0], dtype="<f4"),
-                      "d": np.float32("nan")})
+    raw = wire.dumps(
+        {"a": float("nan"), "b": float("inf"), "v": np.array([np.nan, 1.0], dtype="<f4"), "d": np.float32("nan")}
+    )
 
     def no_constants(x):
         raise AssertionError(f"bare {x} in JSON output")
@@ -227,13 +241,20 @@ def test_dead_s3_endpoint_is_503(monkeypatch):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # connection refused: fail fast (the store may retry itself)
     # a budget above the store's own deadline: the store failure must come out as itself (503)
-    cfg = ServeConfig(store=f"s3://puffer-dead/{uuid.uuid4().hex}", s3_endpoint=f"http://127.0.0.1:{free_port()}",
-                      api_key=KEY, commit_window_ms=0, query_budget_s=120)
+    cfg = ServeConfig(
+        store=f"s3://puffer-dead/{uuid.uuid4().hex}",
+        s3_endpoint=f"http://127.0.0.1:{free_port()}",
+        api_key=KEY,
+        commit_window_ms=0,
+        query_budget_s=120,
+    )
     with TestClient(create_app(cfg), raise_server_exceptions=False) as c:
         t0 = time.monotonic()
-        for method, path, body in [("POST", "/v2/namespaces/a/query", {"rank_by": ["id", "asc"]}),
-                                   ("GET", "/v2/namespaces/a/metadata", None),
-                                   ("POST", "/v2/namespaces/a", {"upsert_rows": [{"id": 1}]})]:
+        for method, path, body in [
+            ("POST", "/v2/namespaces/a/query", {"rank_by": ["id", "asc"]}),
+            ("GET", "/v2/namespaces/a/metadata", None),
+            ("POST", "/v2/namespaces/a", {"upsert_rows": [{"id": 1}]}),
+        ]:
             r = c.request(method, path, headers=AUTH, json=body)
             check_error(r, 503)
         assert time.monotonic() - t0 < 300
@@ -259,8 +280,21 @@ def test_serve_on_a_port_in_use_exits_1_with_one_line(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        p = subprocess.run([sys.executable, "-m", "puffer_cli.cli", "serve", "--listen", f"127.0.0.1:{port}",
-                            "--store", str(tmp_path / "st")], capture_output=True, text=True, timeout=60)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "puffer_cli.cli",
+                "serve",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--store",
+                str(tmp_path / "st"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert p.returncode == 1, (p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "pick another --listen port" in lines[0], p.stderr
@@ -296,8 +330,15 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live():
-    s = Live(mem_cfg(header_timeout_s=0.3, body_chunk_timeout_s=0.3, body_timeout_s=0.8,
-                     max_body_bytes_in_flight=1000, max_body_bytes=4000))
+    s = Live(
+        mem_cfg(
+            header_timeout_s=0.3,
+            body_chunk_timeout_s=0.3,
+            body_timeout_s=0.8,
+            max_body_bytes_in_flight=1000,
+            max_body_bytes=4000,
+        )
+    )
     yield s
     s.stop()
 
@@ -438,14 +479,20 @@ def test_bytes_in_flight_are_bounded(roomy):
     with live.sock() as s:  # holds 800 of the 1000 in-flight bytes while it sends slowly
         s.sendall(head("POST", "/v2/namespaces/inflight", 800) + b"{")
         time.sleep(0.1)
-        r = httpx.post(f"{live.url}/v2/namespaces/inflight", headers=AUTH,
-                       content=orjson.dumps({"upsert_rows": [{"id": 1, "s": "x" * 400}]}))
+        r = httpx.post(
+            f"{live.url}/v2/namespaces/inflight",
+            headers=AUTH,
+            content=orjson.dumps({"upsert_rows": [{"id": 1, "s": "x" * 400}]}),
+        )
         body = check_error(r, 429, no_retry=False)
         assert "in flight" in body["error"] and r.headers.get("retry-after")
     # alone, a body larger than the in-flight budget (but under the body limit) is admitted
     for _ in range(50):
-        r = httpx.post(f"{live.url}/v2/namespaces/inflight", headers=AUTH,
-                       content=orjson.dumps({"upsert_rows": [{"id": 1, "s": "x" * 2000}]}))
+        r = httpx.post(
+            f"{live.url}/v2/namespaces/inflight",
+            headers=AUTH,
+            content=orjson.dumps({"upsert_rows": [{"id": 1, "s": "x" * 2000}]}),
+        )
         if r.status_code != 429:
             break
         time.sleep(0.1)

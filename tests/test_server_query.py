@@ -1,4 +1,5 @@
 """Queries through `puffer serve` with the official turbopuffer client (real socket)."""
+
 from __future__ import annotations
 
 import base64
@@ -10,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 import turbopuffer
-
 from puffer_cli.server import ServeConfig
 
 from .test_server import KEY, LiveServer
@@ -97,8 +97,9 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize("flt,pred", FILTERS, ids=[f[0][1] if f[0][0] not in ("And", "Or", "Not") else f[0][0]
-                                                   for f in FILTERS])
+@pytest.mark.parametrize(
+    "flt,pred", FILTERS, ids=[f[0][1] if f[0][0] not in ("And", "Or", "Not") else f[0][0] for f in FILTERS]
+)
 def test_filters_every_operator(ns, flt, pred):
     r = ns.query(rank_by=["n", "asc"], filters=flt, top_k=100)
     assert ids(r) == where(pred)
@@ -137,15 +138,21 @@ def test_f32_floats_and_base64_vectors_on_the_wire(live, ns):
     hdr = {"Authorization": f"Bearer {KEY}"}
     tp = turbopuffer.Turbopuffer(base_url=live.url, api_key=KEY, max_retries=0)
     tp.namespace(name).write(upsert_rows=[{"id": 1, "vector": [0.7, 0.1, 0.3], "score": 0.1}])
-    raw = httpx.post(f"{live.url}/v2/namespaces/{name}/query", headers=hdr,
-                     json={"rank_by": ["vector", "kNN", [0.7, 0.1, 0.3]], "top_k": 1, "include_attributes": True})
+    raw = httpx.post(
+        f"{live.url}/v2/namespaces/{name}/query",
+        headers=hdr,
+        json={"rank_by": ["vector", "kNN", [0.7, 0.1, 0.3]], "top_k": 1, "include_attributes": True},
+    )
     assert raw.status_code == 200
     assert '"vector":[0.7,0.1,0.3]' in raw.text, raw.text
     assert '"score":0.1' in raw.text
     dist = raw.json()["rows"][0]["$dist"]
     assert abs(dist) < 1e-6
-    raw = httpx.post(f"{live.url}/v2/namespaces/{name}/query", headers=hdr,
-                     json={"rank_by": ["id", "asc"], "include_attributes": ["vector"], "vector_encoding": "base64"})
+    raw = httpx.post(
+        f"{live.url}/v2/namespaces/{name}/query",
+        headers=hdr,
+        json={"rank_by": ["id", "asc"], "include_attributes": ["vector"], "vector_encoding": "base64"},
+    )
     v = raw.json()["rows"][0]["vector"]
     assert isinstance(v, str)
     assert np.frombuffer(base64.b64decode(v), "<f4").tolist() == np.float32([0.7, 0.1, 0.3]).tolist()
@@ -162,7 +169,7 @@ def test_bm25_and_text_combinators(ns):
     scores = [row["$dist"] for row in r.rows]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0
     both = {d["id"] for d in DOCS if {"quick", "fox"} <= set(tokens(d["text"]))}
-    assert set(ids(r)[:len(both)]) == both  # docs with both terms rank first
+    assert set(ids(r)[: len(both)]) == both  # docs with both terms rank first
 
     quick = {row.id: row["$dist"] for row in ns.query(rank_by=["text", "BM25", "quick"], top_k=N).rows}
     fox = {row.id: row["$dist"] for row in ns.query(rank_by=["text", "BM25", "fox"], top_k=N).rows}
@@ -190,19 +197,23 @@ def test_aggregations_and_group_by(ns):
 
 
 def test_multi_query(ns):
-    r = ns.multi_query(queries=[
-        {"rank_by": ["vector", "ANN", [1.0, 0.0, 0.0, 1.0]], "top_k": 3},
-        {"rank_by": ["text", "BM25", "lazy"], "top_k": 3},
-        {"aggregate_by": {"c": ["Count"]}, "filters": ["tag", "Eq", "red"]},
-    ])
+    r = ns.multi_query(
+        queries=[
+            {"rank_by": ["vector", "ANN", [1.0, 0.0, 0.0, 1.0]], "top_k": 3},
+            {"rank_by": ["text", "BM25", "lazy"], "top_k": 3},
+            {"aggregate_by": {"c": ["Count"]}, "filters": ["tag", "Eq", "red"]},
+        ]
+    )
     assert len(r.results) == 3
     assert len(r.results[0].rows) == 3
     assert set(x.id for x in r.results[1].rows) <= _bm25_ids("lazy")
     assert r.results[2].aggregations == {"c": 7}
     # the same over the alias endpoint
-    raw = httpx.post(f"{ns._client.base_url}".rstrip("/") + f"/v2/namespaces/{ns.id}/multi-query",
-                     headers={"Authorization": f"Bearer {KEY}"},
-                     json={"queries": [{"rank_by": ["n", "asc"], "top_k": 2}]})
+    raw = httpx.post(
+        f"{ns._client.base_url}".rstrip("/") + f"/v2/namespaces/{ns.id}/multi-query",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"queries": [{"rank_by": ["n", "asc"], "top_k": 2}]},
+    )
     assert raw.status_code == 200 and [x["id"] for x in raw.json()["results"][0]["rows"]] == [0, 1]
 
 

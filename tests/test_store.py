@@ -1,10 +1,10 @@
 """Store primitives on local, memory and a real S3 endpoint (moto)."""
+
 import threading
 from pathlib import Path
 
-import pytest
-
 import puffer_cli
+import pytest
 from puffer_cli.errors import InvalidRequest, UnsafeStore
 from puffer_cli.store import LocalStore, open_store
 
@@ -160,8 +160,7 @@ def test_local_store_path_problems_are_typed_errors(tmp_path, capsys):
         with pytest.raises(InvalidRequest) as e:
             LocalStore(path)
         assert "not a directory" in e.value.message and "--store" in e.value.hint
-    code = main(["ingest", "n", str(Path(__file__).parent.parent / "fixtures" / "sample.parquet"),
-                 "--store", str(f)])
+    code = main(["ingest", "n", str(Path(__file__).parent.parent / "fixtures" / "sample.parquet"), "--store", str(f)])
     err = capsys.readouterr().err.strip()
     assert code == 1 and err.startswith("Error: store path") and "\n" not in err
     st = LocalStore(tmp_path / "s")

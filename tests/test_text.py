@@ -1,11 +1,11 @@
 """puffer_cli.text: options, analyzer pipeline, and consistency with a tantivy index."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
 import tantivy
-
 from puffer_cli import text
 from puffer_cli.errors import SchemaError
 
@@ -14,12 +14,19 @@ N = text.normalize_fts_options
 
 # ----------------------------------------------------------------------------- options
 
+
 def test_defaults():
     d = N(True)
     assert d == {
-        "tokenizer": "word_v1", "language": "english", "stemming": False,
-        "remove_stopwords": True, "case_sensitive": False, "ascii_folding": False,
-        "max_token_length": 39, "k1": 1.2, "b": 0.75,
+        "tokenizer": "word_v1",
+        "language": "english",
+        "stemming": False,
+        "remove_stopwords": True,
+        "case_sensitive": False,
+        "ascii_folding": False,
+        "max_token_length": 39,
+        "k1": 1.2,
+        "b": 0.75,
     }
     assert N({}) == d
     assert N(d) == d  # idempotent
@@ -27,19 +34,22 @@ def test_defaults():
     assert N({"k1": 2})["k1"] == 2.0
 
 
-@pytest.mark.parametrize("opts, needle", [
-    ({"tokeniser": "word_v1"}, "tokeniser"),
-    ({"tokenizer": "word_v9"}, "word_v9"),
-    ({"language": "klingon"}, "klingon"),
-    ({"stemming": "yes"}, "stemming"),
-    ({"remove_stopwords": 1}, "remove_stopwords"),
-    ({"max_token_length": 0}, "max_token_length"),
-    ({"max_token_length": 3.5}, "max_token_length"),
-    ({"k1": -1}, "k1"),
-    ({"b": 2}, "b"),
-    ("yes", "full_text_search"),
-    (None, "full_text_search"),
-])
+@pytest.mark.parametrize(
+    "opts, needle",
+    [
+        ({"tokeniser": "word_v1"}, "tokeniser"),
+        ({"tokenizer": "word_v9"}, "word_v9"),
+        ({"language": "klingon"}, "klingon"),
+        ({"stemming": "yes"}, "stemming"),
+        ({"remove_stopwords": 1}, "remove_stopwords"),
+        ({"max_token_length": 0}, "max_token_length"),
+        ({"max_token_length": 3.5}, "max_token_length"),
+        ({"k1": -1}, "k1"),
+        ({"b": 2}, "b"),
+        ("yes", "full_text_search"),
+        (None, "full_text_search"),
+    ],
+)
 def test_bad_options(opts, needle):
     with pytest.raises(SchemaError) as e:
         N(opts)
@@ -48,10 +58,10 @@ def test_bad_options(opts, needle):
 
 # ----------------------------------------------------------------------------- tokens
 
+
 def test_default_pipeline():
     # lowercase, stopwords removed, no stemming, word characters
-    assert text.tokenize("The Quick brown FOXES are jumping!", True) == \
-        ["quick", "brown", "foxes", "jumping"]
+    assert text.tokenize("The Quick brown FOXES are jumping!", True) == ["quick", "brown", "foxes", "jumping"]
     assert text.tokenize("", True) == []
     assert text.tokenize(None, True) == []
 
@@ -61,8 +71,7 @@ def test_stemming_and_stopwords():
     assert text.tokenize("The running foxes jumped", o) == ["run", "fox", "jump"]
     o = N({"remove_stopwords": False})
     assert text.tokenize("the fox", o) == ["the", "fox"]
-    assert text.tokenize("les renards courent", N({"language": "french", "stemming": True})) \
-        == ["renard", "courent"]
+    assert text.tokenize("les renards courent", N({"language": "french", "stemming": True})) == ["renard", "courent"]
 
 
 def test_language_without_stopword_list_is_accepted():
@@ -111,19 +120,49 @@ def test_analyzer_cache_and_names():
     assert text.analyzer(a) is text.analyzer(True)
     assert text.analyzer(N({"k1": 2.0})) is text.analyzer(a)  # k1/b do not change tokens
     assert text.analyzer_name({"k1": 2.0, "b": 0.1}) == text.analyzer_name(True)
-    names = {text.analyzer_name(o) for o in [
-        True, {"stemming": True}, {"remove_stopwords": False}, {"case_sensitive": True},
-        {"ascii_folding": True}, {"max_token_length": 10}, {"language": "french"},
-        {"tokenizer": "word_v0"}, {"tokenizer": "pre_tokenized_array"}]}
+    names = {
+        text.analyzer_name(o)
+        for o in [
+            True,
+            {"stemming": True},
+            {"remove_stopwords": False},
+            {"case_sensitive": True},
+            {"ascii_folding": True},
+            {"max_token_length": 10},
+            {"language": "french"},
+            {"tokenizer": "word_v0"},
+            {"tokenizer": "pre_tokenized_array"},
+        ]
+    }
     assert len(names) == 9
     assert text.analyzer_name(True) == "puffer_word_v1_english_w_39"
 
 
 # ----------------------------------------------------------------------------- tantivy
 
-WORDS = ["The", "running", "Runs", "fox", "Foxes", "jumped", "jumping", "over", "lazy",
-         "dogs", "crème", "brûlée", "naïve", "café", "a", "is", "x" * 45, "don't",
-         "foo_bar", "42", "Ünïcode"]
+WORDS = [
+    "The",
+    "running",
+    "Runs",
+    "fox",
+    "Foxes",
+    "jumped",
+    "jumping",
+    "over",
+    "lazy",
+    "dogs",
+    "crème",
+    "brûlée",
+    "naïve",
+    "café",
+    "a",
+    "is",
+    "x" * 45,
+    "don't",
+    "foo_bar",
+    "42",
+    "Ünïcode",
+]
 
 
 def _index(opts, docs, tmp_path):
@@ -154,11 +193,16 @@ def _hits(idx, term):
     return {s.doc(a)["doc"][0] for _, a in s.search(q, 1000).hits}
 
 
-@pytest.mark.parametrize("opts", [
-    {}, {"stemming": True}, {"case_sensitive": True, "remove_stopwords": False},
-    {"ascii_folding": True, "stemming": True, "max_token_length": 6},
-    {"tokenizer": "word_v0", "language": "french", "stemming": True},
-])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {},
+        {"stemming": True},
+        {"case_sensitive": True, "remove_stopwords": False},
+        {"ascii_folding": True, "stemming": True, "max_token_length": 6},
+        {"tokenizer": "word_v0", "language": "french", "stemming": True},
+    ],
+)
 def test_tantivy_index_uses_the_same_tokens(opts, tmp_path):
     opts = N(opts)
     rng = random.Random(7)

@@ -1,8 +1,9 @@
 """WAL codec: round trip (property-based) and corruption detection."""
+
 import polars as pl
 import pytest
-from hypothesis import given, settings, strategies as st
-
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from puffer_cli import wal
 
 ids = st.lists(st.integers(0, 2**64 - 1), min_size=0, max_size=20)
@@ -16,10 +17,14 @@ def ops(draw):
         i = draw(ids)
         cols = {"id": pl.Series("id", i, dtype=pl.UInt64)}
         if kind != "delete":
-            cols["s"] = pl.Series("s", draw(st.lists(st.one_of(st.none(), st.text(max_size=8)),
-                                                     min_size=len(i), max_size=len(i))), dtype=pl.String)
-            cols["f"] = pl.Series("f", draw(st.lists(st.floats(allow_nan=False), min_size=len(i), max_size=len(i))),
-                                  dtype=pl.Float64)
+            cols["s"] = pl.Series(
+                "s",
+                draw(st.lists(st.one_of(st.none(), st.text(max_size=8)), min_size=len(i), max_size=len(i))),
+                dtype=pl.String,
+            )
+            cols["f"] = pl.Series(
+                "f", draw(st.lists(st.floats(allow_nan=False), min_size=len(i), max_size=len(i))), dtype=pl.Float64
+            )
         out.append(wal.Op(kind, pl.DataFrame(cols)))
     return out
 

@@ -2,6 +2,7 @@
 refused with a SchemaError / InvalidRequest naming the row and attribute, before any
 work, and changes nothing -- through ``ns.write`` (the HTTP path: writes.plan) and
 through ``Namespace.write_frame`` / ``puffer ingest`` (schema.conform_frame)."""
+
 from __future__ import annotations
 
 import copy
@@ -10,11 +11,10 @@ import time
 import uuid
 
 import polars as pl
+import puffer_cli
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import puffer_cli
 from puffer_cli import limits as L
 from puffer_cli import schema as S
 from puffer_cli import store as _store
@@ -37,10 +37,22 @@ def wdb(request, tmp_path):
 
 def seeded(db, name="w"):
     ns = db.namespace(name)
-    ns.write({"upsert_rows": [{"id": i, "vector": [0.5, float(i)], "n": i, "tag": "ab"[i % 2],
-                               "when": f"2024-01-0{i + 1}T00:00:00Z", "big": i}
-                              for i in range(1, 5)],
-              "schema": {"when": "datetime", "big": "uint"}})
+    ns.write(
+        {
+            "upsert_rows": [
+                {
+                    "id": i,
+                    "vector": [0.5, float(i)],
+                    "n": i,
+                    "tag": "ab"[i % 2],
+                    "when": f"2024-01-0{i + 1}T00:00:00Z",
+                    "big": i,
+                }
+                for i in range(1, 5)
+            ],
+            "schema": {"when": "datetime", "big": "uint"},
+        }
+    )
     return ns
 
 
@@ -81,8 +93,9 @@ def test_too_many_attributes_refused_before_any_work(wdb):
     refused(ns, {"upsert_columns": {"id": [9], **{f"a{i}": [i] for i in range(257)}}}, "more than 256")
     refused(ns, {"patch_rows": [{"id": 1, f"p{i}": 1} for i in range(300)]}, "more than 256")
     refused(ns, {"upsert_rows": [{"id": 9}], "schema": {f"s{i}": "int" for i in range(300)}}, "more than 256")
-    refused(ns, {"patch_by_filter": {"filters": ["n", "Gt", 0], "patch": {f"a{i}": 1 for i in range(257)}}},
-            "more than 256")
+    refused(
+        ns, {"patch_by_filter": {"filters": ["n", "Gt", 0], "patch": {f"a{i}": 1 for i in range(257)}}}, "more than 256"
+    )
     frame_refused(ns, pl.DataFrame({"id": [9], **{f"a{i}": [i] for i in range(300)}}), "more than 256")
     assert time.monotonic() - t0 < 30  # refused up front, not after building frames
 
@@ -126,8 +139,10 @@ def test_write_at_the_attribute_limit_is_fast(wdb):
 
 
 # ------------------------------------------------------------------ values
-@pytest.mark.parametrize("bad", [1e20, 2**62, -(2**62), "99999-01-01T00:00:00Z", "0000-01-01",
-                                 float("nan"), float("inf"), True, [1], {"a": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [1e20, 2**62, -(2**62), "99999-01-01T00:00:00Z", "0000-01-01", float("nan"), float("inf"), True, [1], {"a": 1}],
+)
 def test_datetime_out_of_range_or_wrong(wdb, bad):
     ns = seeded(wdb)
     refused(ns, {"upsert_rows": [{"id": 7, "when": bad}]}, "row 0", "'when'")
@@ -136,8 +151,16 @@ def test_datetime_out_of_range_or_wrong(wdb, bad):
 
 def test_datetime_edges_accepted(wdb):
     ns = seeded(wdb)
-    ns.write({"upsert_rows": [{"id": 7, "when": "9999-12-31T23:59:59.999Z"}, {"id": 8, "when": "0001-01-01T00:00:00Z"},
-                              {"id": 9, "when": S.DATETIME_MS[1]}, {"id": 10, "when": -1000}]})
+    ns.write(
+        {
+            "upsert_rows": [
+                {"id": 7, "when": "9999-12-31T23:59:59.999Z"},
+                {"id": 8, "when": "0001-01-01T00:00:00Z"},
+                {"id": 9, "when": S.DATETIME_MS[1]},
+                {"id": 10, "when": -1000},
+            ]
+        }
+    )
     got = dict(ns.docs()[0].select("id", pl.col("when").dt.year()).iter_rows())
     assert got[7] == 9999 and got[8] == 1 and got[9] == 9999 and got[10] == 1969
 
@@ -151,16 +174,27 @@ def test_datetime_frames(wdb):
     frame_refused(ns, pl.DataFrame({"id": [7]}).with_columns(far.alias("new_dt")), "out of range")
 
 
-@pytest.mark.parametrize("vec,match", [
-    ([float("nan"), 1.0], "NaN"), ([float("inf"), 1.0], "NaN"), ([1e39, 1.0], "float32"),
-    (["1", "2"], "must be numbers"), ([True, False], "must be numbers"), ([[1.0], [2.0]], "must be numbers"),
-    ([None, 1.0], "must be numbers"), ({"a": 1}, "array of numbers"), (7, "array of numbers"),
-    ([1.0, 2.0, 3.0], "dimensions"), ("not base64!", "base64"),
-])
+@pytest.mark.parametrize(
+    "vec,match",
+    [
+        ([float("nan"), 1.0], "NaN"),
+        ([float("inf"), 1.0], "NaN"),
+        ([1e39, 1.0], "float32"),
+        (["1", "2"], "must be numbers"),
+        ([True, False], "must be numbers"),
+        ([[1.0], [2.0]], "must be numbers"),
+        ([None, 1.0], "must be numbers"),
+        ({"a": 1}, "array of numbers"),
+        (7, "array of numbers"),
+        ([1.0, 2.0, 3.0], "dimensions"),
+        ("not base64!", "base64"),
+    ],
+)
 def test_bad_vectors(wdb, vec, match):
     ns = seeded(wdb)
-    refused(ns, {"upsert_rows": [{"id": 1, "vector": [0.0, 1.0]}, {"id": 7, "vector": vec}]}, "row 1", "'vector'",
-            match)
+    refused(
+        ns, {"upsert_rows": [{"id": 1, "vector": [0.0, 1.0]}, {"id": 7, "vector": vec}]}, "row 1", "'vector'", match
+    )
     refused(ns, {"patch_columns": {"id": [1], "vector": [vec]}}, "'vector'", match)
     fresh = wdb.namespace("fresh")  # inferred, not declared
     refused(fresh, {"upsert_rows": [{"id": 7, "vector": vec}, {"id": 8, "vector": [1.0, 2.0]}]}, "'vector'")
@@ -171,6 +205,7 @@ def test_base64_vectors_still_accepted(wdb):
     import base64
 
     import numpy as np
+
     ns = seeded(wdb)
     b = base64.b64encode(np.array([0.25, 0.75], "<f4").tobytes()).decode()
     ns.write({"upsert_rows": [{"id": 7, "vector": b}]})
@@ -231,10 +266,10 @@ def test_integer_frames(wdb):
     frame_refused(ns, pl.DataFrame({"id": [7], "n": [1.5]}), "'n'", "integer")  # not truncated to 1
     frame_refused(ns, pl.DataFrame({"id": [7], "n": [True]}), "boolean")
     frame_refused(ns, pl.DataFrame({"id": [7], "x": [1.0]}).with_columns(pl.lit(float("nan")).alias("n")), "'n'")
-    frame_refused(ns, pl.DataFrame({"id": [7], "f": [1.0]}).with_columns(
-        pl.Series("f", [float("inf")])), "finite")
-    ns.write_frame(pl.DataFrame({"id": [7], "n": [3.0]}).with_columns(
-        pl.Series("newu", [2**64 - 1], dtype=pl.UInt64)))  # a uint64 column stays uint
+    frame_refused(ns, pl.DataFrame({"id": [7], "f": [1.0]}).with_columns(pl.Series("f", [float("inf")])), "finite")
+    ns.write_frame(
+        pl.DataFrame({"id": [7], "n": [3.0]}).with_columns(pl.Series("newu", [2**64 - 1], dtype=pl.UInt64))
+    )  # a uint64 column stays uint
     assert ns.head().schema["newu"]["type"] == "uint"
     assert ns.docs()[0].filter(pl.col("id") == 7)["newu"].item() == 2**64 - 1
 
@@ -290,9 +325,22 @@ def test_nested_frame_columns(wdb):
 
 
 # ------------------------------------------------------------------ ann options
-@pytest.mark.parametrize("ann", [{"connectivity": -5}, {"connectivity": 10**9}, {"expansion_add": 10**12},
-                                 {"expansion_search": 0}, {"connectivity": True}, {"connectivity": 16.0},
-                                 {"connectivity": "16"}, {"dtype": "f64"}, {"dtype": ["f16"]}, {"nope": 1}, [1]])
+@pytest.mark.parametrize(
+    "ann",
+    [
+        {"connectivity": -5},
+        {"connectivity": 10**9},
+        {"expansion_add": 10**12},
+        {"expansion_search": 0},
+        {"connectivity": True},
+        {"connectivity": 16.0},
+        {"connectivity": "16"},
+        {"dtype": "f64"},
+        {"dtype": ["f16"]},
+        {"nope": 1},
+        [1],
+    ],
+)
 def test_bad_ann_options_refused(wdb, ann):
     ns = seeded(wdb)
     refused(ns, {"upsert_rows": [{"id": 7}], "schema": {"vector": {"type": "[2]f32", "ann": ann}}}, "ann")
@@ -302,8 +350,21 @@ def test_bad_ann_options_refused(wdb, ann):
 
 def test_ann_options_at_bounds_build(wdb):
     ns = seeded(wdb)
-    ns.write({"upsert_rows": [{"id": 7}], "schema": {"vector": {"type": "[2]f32", "ann": {
-        "connectivity": L.ANN_CONNECTIVITY[0], "expansion_add": L.ANN_EXPANSION_ADD[0], "expansion_search": L.ANN_EXPANSION_SEARCH[1]}}}})
+    ns.write(
+        {
+            "upsert_rows": [{"id": 7}],
+            "schema": {
+                "vector": {
+                    "type": "[2]f32",
+                    "ann": {
+                        "connectivity": L.ANN_CONNECTIVITY[0],
+                        "expansion_add": L.ANN_EXPANSION_ADD[0],
+                        "expansion_search": L.ANN_EXPANSION_SEARCH[1],
+                    },
+                }
+            },
+        }
+    )
     builder.index_namespace(ns, gc_grace_s=0)
 
 
@@ -311,8 +372,17 @@ def test_stored_bad_ann_options_are_clamped_by_index(wdb, monkeypatch, caplog):
     """A namespace written before the bounds existed may hold anything: `puffer index` clamps."""
     ns = seeded(wdb)
     monkeypatch.setattr(S, "check_ann", lambda name, ann: dict(ann))  # what an older version stored
-    ns.write({"upsert_rows": [{"id": 7}], "schema": {"vector": {"type": "[2]f32", "ann": {
-        "connectivity": -5, "expansion_add": 10**12, "expansion_search": "x"}}}})
+    ns.write(
+        {
+            "upsert_rows": [{"id": 7}],
+            "schema": {
+                "vector": {
+                    "type": "[2]f32",
+                    "ann": {"connectivity": -5, "expansion_add": 10**12, "expansion_search": "x"},
+                }
+            },
+        }
+    )
     monkeypatch.undo()
     from puffer_cli.index import ann
 
@@ -327,13 +397,16 @@ def test_stored_bad_ann_options_are_clamped_by_index(wdb, monkeypatch, caplog):
 
 
 # ------------------------------------------------------------------ filter writes, missing namespaces
-@pytest.mark.parametrize("body", [
-    {"delete_by_filter": ["x", "Eq", 1]},
-    {"patch_by_filter": {"filters": ["x", "Eq", 1], "patch": {"y": 1}}},
-    {"delete_by_filter": ["id", "Gt", 0], "patch_by_filter": {"filters": ["id", "Gt", 0], "patch": {"y": "a"}}},
-    {"deletes": [1, 2]},
-    {"deletes": ["a"], "delete_condition": ["x", "Eq", 1]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"delete_by_filter": ["x", "Eq", 1]},
+        {"patch_by_filter": {"filters": ["x", "Eq", 1], "patch": {"y": 1}}},
+        {"delete_by_filter": ["id", "Gt", 0], "patch_by_filter": {"filters": ["id", "Gt", 0], "patch": {"y": "a"}}},
+        {"deletes": [1, 2]},
+        {"deletes": ["a"], "delete_condition": ["x", "Eq", 1]},
+    ],
+)
 def test_filter_writes_on_a_missing_namespace_are_a_no_op(wdb, body):
     ns = wdb.namespace("nothing_here")
     res = ns.write(body)
@@ -373,16 +446,28 @@ def test_patch_by_filter_values_checked_even_when_nothing_matches(wdb):
 
 # ------------------------------------------------------------------ hypothesis: mutated bodies
 HOSTILE = st.one_of(
-    st.none(), st.booleans(), st.integers(-2**70, 2**70), st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**30]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e20, 1e39, -1e300]),
-    st.text(max_size=6), st.sampled_from(["99999-01-01T00:00:00Z", "2024-01-01", "AAAA", "", "$x", "id"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e20, 1e39, -1e300]),
+    st.text(max_size=6),
+    st.sampled_from(["99999-01-01T00:00:00Z", "2024-01-01", "AAAA", "", "$x", "id"]),
     st.builds(lambda n: deep(n), st.integers(30, 1_200)),
     st.builds(lambda n: deep(n, kind=dict), st.integers(30, 1_200)),
     st.lists(st.floats(allow_nan=True) | st.booleans() | st.text(max_size=2) | st.integers(), max_size=4),
     st.builds(lambda n: {f"a{i}": i for i in range(n)}, st.integers(250, 600)),
-    st.fixed_dictionaries({"type": st.just("[2]f32"), "ann": st.dictionaries(
-        st.sampled_from(["connectivity", "expansion_add", "expansion_search", "dtype"]),
-        st.integers(-10, 10**13) | st.booleans() | st.floats() | st.text(max_size=3), max_size=3)}),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("[2]f32"),
+            "ann": st.dictionaries(
+                st.sampled_from(["connectivity", "expansion_add", "expansion_search", "dtype"]),
+                st.integers(-10, 10**13) | st.booleans() | st.floats() | st.text(max_size=3),
+                max_size=3,
+            ),
+        }
+    ),
 )
 
 BASES = [
@@ -395,8 +480,6 @@ BASES = [
     {"upsert_rows": [{"id": 10, "n": 9}], "schema": {"vector": {"type": "[2]f32", "ann": {"connectivity": 8}}}},
     {"upsert_rows": [{"id": 1, "n": 9}], "upsert_condition": ["n", "Lt", ["$ref_new", "n"]]},
 ]
-
-
 
 
 @st.composite
@@ -441,10 +524,12 @@ def fuzz_ns():
     _store.open_store(url).clear()
 
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                       HealthCheck.too_slow])
-SLOW = settings(max_examples=1_000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                          HealthCheck.too_slow])
+FAST = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+SLOW = settings(
+    max_examples=1_000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 @FAST

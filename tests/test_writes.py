@@ -1,7 +1,7 @@
 """turbopuffer write semantics through Namespace.write (all three backends)."""
+
 import polars as pl
 import pytest
-
 from puffer_cli.errors import NamespaceNotFound
 
 
@@ -12,9 +12,12 @@ def rows(ns):
 
 def test_upsert_patch_delete(db):
     ns = db.namespace("w")
-    r = ns.write({"upsert_rows": [{"id": 1, "vector": [1, 0], "a": "x", "n": 1},
-                                  {"id": 2, "vector": [0, 1], "a": "y"}],
-                  "distance_metric": "euclidean_squared"})
+    r = ns.write(
+        {
+            "upsert_rows": [{"id": 1, "vector": [1, 0], "a": "x", "n": 1}, {"id": 2, "vector": [0, 1], "a": "y"}],
+            "distance_metric": "euclidean_squared",
+        }
+    )
     assert r["rows_upserted"] == 2 and r["status"] == "OK"
     ns.write({"patch_rows": [{"id": 1, "a": "z"}, {"id": 99, "a": "ghost"}]})
     got = rows(ns)
@@ -58,16 +61,25 @@ def test_filter_writes_and_affected_ids(db):
 def test_conditional_writes(db):
     ns = db.namespace("cond")
     ns.write({"upsert_rows": [{"id": 1, "version": 3, "v": "old"}, {"id": 2, "version": 1, "v": "old"}]})
-    r = ns.write({
-        "upsert_rows": [{"id": 1, "version": 2, "v": "stale"}, {"id": 2, "version": 2, "v": "new"},
-                        {"id": 3, "version": 1, "v": "fresh"}],
-        "upsert_condition": ["version", "Lt", {"$ref_new": "version"}],
-    })
+    r = ns.write(
+        {
+            "upsert_rows": [
+                {"id": 1, "version": 2, "v": "stale"},
+                {"id": 2, "version": 2, "v": "new"},
+                {"id": 3, "version": 1, "v": "fresh"},
+            ],
+            "upsert_condition": ["version", "Lt", {"$ref_new": "version"}],
+        }
+    )
     assert r["rows_upserted"] == 2  # id 1 refused (3 < 2 is false), id 3 absent -> applied
     got = rows(ns)
     assert got[1]["v"] == "old" and got[2]["v"] == "new" and got[3]["v"] == "fresh"
-    r = ns.write({"patch_rows": [{"id": 1, "v": "p"}, {"id": 2, "v": "p"}, {"id": 9, "v": "p"}],
-                  "patch_condition": ["version", "Eq", 3]})
+    r = ns.write(
+        {
+            "patch_rows": [{"id": 1, "v": "p"}, {"id": 2, "v": "p"}, {"id": 9, "v": "p"}],
+            "patch_condition": ["version", "Eq", 3],
+        }
+    )
     assert r["rows_patched"] == 1 and rows(ns)[1]["v"] == "p" and rows(ns)[2]["v"] == "new"
     r = ns.write({"deletes": [1, 2, 3], "delete_condition": ["v", "Eq", "fresh"]})
     assert r["rows_deleted"] == 1 and sorted(rows(ns)) == [1, 2]
@@ -75,8 +87,12 @@ def test_conditional_writes(db):
 
 def test_schema_declared_and_inferred(mem_db):
     ns = mem_db.namespace("s")
-    ns.write({"upsert_rows": [{"id": "a", "t": "hello world", "when": "2024-01-02T03:04:05Z"}],
-              "schema": {"t": {"type": "string", "full_text_search": True}, "when": "datetime"}})
+    ns.write(
+        {
+            "upsert_rows": [{"id": "a", "t": "hello world", "when": "2024-01-02T03:04:05Z"}],
+            "schema": {"t": {"type": "string", "full_text_search": True}, "when": "datetime"},
+        }
+    )
     sch = ns.head().schema
     assert sch["id"]["type"] == "string"
     assert sch["t"]["full_text_search"]["language"] == "english"

@@ -13,6 +13,7 @@ The saved index is uploaded as one object and opened with
 mutated).  Distances from an f16/i8 index are approximate: callers re-rank the
 candidates with the exact f32 vectors of the doc store.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,9 @@ def options(spec: dict, metric: str | None) -> dict:
             o[k] = DEFAULTS[k]
         elif not lo <= v <= hi or v != int(v):
             c = lo if v < lo else hi if v > hi else int(v)
-            log.warning("ann %s %r is not an integer in %d..%d (stored by an older version?); using %d", k, v, lo, hi, c)
+            log.warning(
+                "ann %s %r is not an integer in %d..%d (stored by an older version?); using %d", k, v, lo, hi, c
+            )
             o[k] = c
     if o["dtype"] == "i8" and metric != "cosine_distance":
         o["dtype"] = "f16"  # usearch i8 L2-normalises: only valid for cosine
@@ -61,9 +64,14 @@ def build(mat: np.ndarray, opts: dict, threads: int = 0) -> tuple[bytes, int]:
     from usearch.index import Index
 
     dims = mat.shape[1]
-    idx = Index(ndim=dims, metric=opts["metric"], dtype=opts["dtype"],
-                connectivity=int(opts["connectivity"]), expansion_add=int(opts["expansion_add"]),
-                expansion_search=int(opts["expansion_search"]))
+    idx = Index(
+        ndim=dims,
+        metric=opts["metric"],
+        dtype=opts["dtype"],
+        connectivity=int(opts["connectivity"]),
+        expansion_add=int(opts["expansion_add"]),
+        expansion_search=int(opts["expansion_search"]),
+    )
     valid = ~np.isnan(mat).any(axis=1) if len(mat) else np.zeros(0, bool)
     keys = np.nonzero(valid)[0].astype(np.uint64)
     if len(keys):

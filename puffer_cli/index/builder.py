@@ -24,6 +24,7 @@ One run on one namespace (docs/indexer.md has the whole story):
 All data files are new immutable keys, so a run killed at any point leaves
 only unreferenced files (collected by the next run) and an expiring lease.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,8 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -43,7 +44,8 @@ from ..cache import Cache, get_cache
 from ..errors import Conflict
 from ..namespace import Namespace
 from ..store import Store, now_ms
-from . import ann, docs as D, fts
+from . import ann, fts
+from . import docs as D
 from .lease import Lease
 from .manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
 from .manifest import ann_sig, fts_sig, load_manifest, manifest_files
@@ -73,20 +75,27 @@ def _crash(point: str) -> None:
         time.sleep(float(pause.split(":", 1)[1]))
 
 
-CRASH_POINTS = ("after_lease", "after_fold", "mid_segment", "after_segment", "after_manifest",
-                "after_publish", "mid_gc")
+CRASH_POINTS = (
+    "after_lease",
+    "after_fold",
+    "mid_segment",
+    "after_segment",
+    "after_manifest",
+    "after_publish",
+    "mid_gc",
+)
 
 
 @dataclass
 class IndexReport:
     namespace: str
-    status: str = "up-to-date"          # indexed | up-to-date | busy | empty | failed
+    status: str = "up-to-date"  # indexed | up-to-date | busy | empty | failed
     generation: int | None = None
     covers_through_seq: int = 0
     head_seq: int = 0
-    rows_indexed: int = 0               # new/updated documents put in the new segment
-    rows_tombstoned: int = 0            # index rows superseded (updated or deleted)
-    rows_merged: int = 0                # live rows moved from merged segments
+    rows_indexed: int = 0  # new/updated documents put in the new segment
+    rows_tombstoned: int = 0  # index rows superseded (updated or deleted)
+    rows_merged: int = 0  # live rows moved from merged segments
     segments: int = 0
     segments_merged: int = 0
     live_rows: int = 0
@@ -97,7 +106,7 @@ class IndexReport:
     held_by: str | None = None
     held_until: int | None = None
     message: str = ""
-    partial: bool = False               # stopped early (--max-seconds); run again
+    partial: bool = False  # stopped early (--max-seconds); run again
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -111,14 +120,18 @@ class IndexReport:
             return f"{self.namespace}: nothing to index (no writes)"
         if self.status == "up-to-date":
             gc = f", gc deleted {self.gc_deleted} files" if self.gc_deleted else ""
-            return (f"{self.namespace}: up to date (generation {self.generation}, seq {self.covers_through_seq}, "
-                    f"{self.segments} segments, {self.live_rows:,} rows{gc}) in {self.seconds:.2f}s")
+            return (
+                f"{self.namespace}: up to date (generation {self.generation}, seq {self.covers_through_seq}, "
+                f"{self.segments} segments, {self.live_rows:,} rows{gc}) in {self.seconds:.2f}s"
+            )
         more = f" (partial: head is {self.head_seq}, run again)" if self.partial else ""
-        return (f"{self.namespace}: indexed {self.rows_indexed:,} rows, tombstoned {self.rows_tombstoned:,}, "
-                f"merged {self.segments_merged} segments ({self.rows_merged:,} rows) -> generation {self.generation} "
-                f"covering seq {self.covers_through_seq}{more}; {self.segments} segments, {self.live_rows:,} rows, "
-                f"{self.files_written} files {self.bytes_written / 1e6:,.1f} MB, gc deleted {self.gc_deleted} "
-                f"in {self.seconds:.2f}s")
+        return (
+            f"{self.namespace}: indexed {self.rows_indexed:,} rows, tombstoned {self.rows_tombstoned:,}, "
+            f"merged {self.segments_merged} segments ({self.rows_merged:,} rows) -> generation {self.generation} "
+            f"covering seq {self.covers_through_seq}{more}; {self.segments} segments, {self.live_rows:,} rows, "
+            f"{self.files_written} files {self.bytes_written / 1e6:,.1f} MB, gc deleted {self.gc_deleted} "
+            f"in {self.seconds:.2f}s"
+        )
 
 
 # ---------------------------------------------------------------- base view
@@ -161,8 +174,11 @@ class _Base:
         cols = []
         for f, v in seg.get("vectors", {}).items():
             mat = D.open_vectors(self.cache.file(self.store, v["key"]), seg["rows"], v["dims"])
-            cols.append(D.vector_series(f, np.asarray(mat[pos]) if len(pos) else
-                                        np.zeros((0, v["dims"]), np.float32), v["dims"]))
+            cols.append(
+                D.vector_series(
+                    f, np.asarray(mat[pos]) if len(pos) else np.zeros((0, v["dims"]), np.float32), v["dims"]
+                )
+            )
         if cols:
             df = df.with_columns(cols)
         known = {c for c in df.columns if c in schema}
@@ -240,9 +256,16 @@ class _Writer:
             self._pool.shutdown(wait=True)
 
 
-def index_namespace(ns: Namespace, *, max_seconds: float | None = None, gc_grace_s: float | None = None,
-                    lease_ttl: float | None = None, progress: Callable[[str, int, int | None], None] | None = None,
-                    cache: Cache | None = None, threads: int = 0) -> IndexReport:
+def index_namespace(
+    ns: Namespace,
+    *,
+    max_seconds: float | None = None,
+    gc_grace_s: float | None = None,
+    lease_ttl: float | None = None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    cache: Cache | None = None,
+    threads: int = 0,
+) -> IndexReport:
     """Index one namespace (one run). Never raises for 'busy'; raises on failure."""
     t0 = time.perf_counter()
     rep = IndexReport(ns.name)
@@ -269,8 +292,9 @@ def _note(progress, stage, done=0, total=None):
         progress(stage, done, total)
 
 
-def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seconds, grace, progress,
-           threads, t0) -> None:
+def _build(
+    ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seconds, grace, progress, threads, t0
+) -> None:
     store = ns.store
     meta, _ = ns.read_meta()
     ptr = (meta or {}).get("index")
@@ -299,8 +323,11 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
         if not batch:
             return
         idt = S.dtype_of(schema["id"]["type"])
-        touched = pl.concat([op.table.get_column("id").cast(idt) for op in batch if op.rows]).unique() \
-            if any(op.rows for op in batch) else pl.Series("id", [], dtype=idt)
+        touched = (
+            pl.concat([op.table.get_column("id").cast(idt) for op in batch if op.rows]).unique()
+            if any(op.rows for op in batch)
+            else pl.Series("id", [], dtype=idt)
+        )
         new = touched if seen is None else touched.to_frame().join(seen.to_frame(), on="id", how="anti")["id"]
         seen = new if seen is None else pl.concat([seen.cast(idt), new])
         got = base.take(new, schema) if new.len() else None
@@ -346,9 +373,9 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
         live = s["rows"] - len(dead)
         if live <= 0:
             continue  # fully dead: dropped
-        stale = any(f not in s.get("ann", {}) or s["ann"][f].get("sig") != ann_sig(schema[f], metric)
-                    for f in vec_fields) \
-            or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
+        stale = any(
+            f not in s.get("ann", {}) or s["ann"][f].get("sig") != ann_sig(schema[f], metric) for f in vec_fields
+        ) or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
         if stale or len(dead) > DEAD_RATIO * s["rows"]:
             merge_idx.append(i)
         else:
@@ -396,8 +423,9 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
         s = dict(base.segs[i])
         if base.new_dead[i]:
             dead = base.all_dead(i)
-            s["tombstones"] = w.put(layout.index_run_file(ns.name, gen, f"tomb-{s['name']}", run, "npy"),
-                                    D.tomb_bytes(dead))
+            s["tombstones"] = w.put(
+                layout.index_run_file(ns.name, gen, f"tomb-{s['name']}", run, "npy"), D.tomb_bytes(dead)
+            )
             s["dead"] = int(len(dead))
             s["live"] = int(s["rows"] - len(dead))
         kept.append(s)
@@ -420,10 +448,11 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
                 total -= st["total_len"]
                 df.subtract(st["df"])
             # the new segment = merged rows (already counted) + pending (new versions)
-            add_toks = [t for seg in segments for t in seg["_fts_tokens"][f][rep.rows_merged:]]
+            add_toks = [t for seg in segments for t in seg["_fts_tokens"][f][rep.rows_merged :]]
         else:  # recompute from every live row
             n_rows = n_docs = total = 0
             from collections import Counter
+
             df = Counter()
             add_toks = []
             for s in kept:
@@ -436,8 +465,9 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
                     add_toks.extend([] if x is None or x == "" else x.split(fts.SEP) for x in col.to_list())
                     continue
                 a = D.read_attrs(cache.file(store, s["attrs"])).filter(pl.Series(alive))
-                add_toks.extend(fts.term_tokens(a.get_column(f).to_list() if f in a.columns else
-                                                [None] * a.height, opts))
+                add_toks.extend(
+                    fts.term_tokens(a.get_column(f).to_list() if f in a.columns else [None] * a.height, opts)
+                )
             for seg in segments:
                 add_toks.extend(seg["_fts_tokens"][f])
         st = fts.stats_of_tokens(add_toks)
@@ -446,9 +476,11 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
         total += st["total_len"]
         df.update(st["df"])
         df = +df  # drop zero / negative counts
-        terms = pl.DataFrame({"term": list(df.keys()), "df": list(df.values())},
-                             schema={"term": pl.String, "df": pl.Int64}).sort("term")
+        terms = pl.DataFrame(
+            {"term": list(df.keys()), "df": list(df.values())}, schema={"term": pl.String, "df": pl.Int64}
+        ).sort("term")
         import io
+
         buf = io.BytesIO()
         terms.write_ipc(buf, compression="uncompressed")
         key = w.put(layout.index_run_file(ns.name, gen, f"bm25-{D.field_tag(f)}", run, "arrow"), buf.getvalue())
@@ -458,9 +490,15 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
 
     # -- manifest --------------------------------------------------------------------
     man = {
-        "format": FORMAT, "generation": gen, "base_generation": ptr["generation"] if ptr else None,
-        "covers_through_seq": last, "created_at": now_ms(), "schema": schema, "distance_metric": metric,
-        "segments": all_segs, "bm25": bm25,
+        "format": FORMAT,
+        "generation": gen,
+        "base_generation": ptr["generation"] if ptr else None,
+        "covers_through_seq": last,
+        "created_at": now_ms(),
+        "schema": schema,
+        "distance_metric": metric,
+        "segments": all_segs,
+        "bm25": bm25,
     }
     mkey = layout.index_manifest(ns.name, gen, run)
     files = set()
@@ -482,19 +520,34 @@ def _build(ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seco
     now = now_ms()
 
     def publish(cur):
-        cur = cur or {"format": 1, "namespace": ns.name, "created_at": head.created_at or now,
-                      "last_seq": last, "schema": schema, "distance_metric": metric}
+        cur = cur or {
+            "format": 1,
+            "namespace": ns.name,
+            "created_at": head.created_at or now,
+            "last_seq": last,
+            "schema": schema,
+            "distance_metric": metric,
+        }
         old = cur.get("index") or {}
         if old.get("generation") != base_gen:
-            raise Conflict(f"namespace {ns.name!r}: index generation moved to {old.get('generation')} "
-                           f"while building {gen} on {base_gen}; nothing published")
+            raise Conflict(
+                f"namespace {ns.name!r}: index generation moved to {old.get('generation')} "
+                f"while building {gen} on {base_gen}; nothing published"
+            )
         retained = [r for r in old.get("retained", []) if r["until"] > now]
         if old.get("generation") is not None:
-            retained.append({"generation": old["generation"], "manifest": old["manifest"],
-                             "until": now + int(grace * 1000)})
-        cur["index"] = {"generation": gen, "covers_through_seq": last, "manifest": mkey, "published_at": now,
-                        "segments": len(all_segs), "rows": int(sum(s["live"] for s in all_segs)),
-                        "retained": retained}
+            retained.append(
+                {"generation": old["generation"], "manifest": old["manifest"], "until": now + int(grace * 1000)}
+            )
+        cur["index"] = {
+            "generation": gen,
+            "covers_through_seq": last,
+            "manifest": mkey,
+            "published_at": now,
+            "segments": len(all_segs),
+            "rows": int(sum(s["live"] for s in all_segs)),
+            "retained": retained,
+        }
         return cur
 
     if ns.update_meta(publish) is None:
@@ -526,18 +579,27 @@ def _segment_files(s: dict) -> list[str]:
     return out
 
 
-def _write_segment(w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: dict, metric: str | None,
-                   progress, threads: int) -> dict:
+def _write_segment(
+    w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: dict, metric: str | None, progress, threads: int
+) -> dict:
     name = f"seg-{gen:06d}-{uuid.uuid4().hex[:8]}"
-    seg: dict = {"name": name, "generation": gen, "rows": frame.height, "live": frame.height, "dead": 0,
-                 "tombstones": None, "vectors": {}, "ann": {}, "fts": {}}
+    seg: dict = {
+        "name": name,
+        "generation": gen,
+        "rows": frame.height,
+        "live": frame.height,
+        "dead": 0,
+        "tombstones": None,
+        "vectors": {},
+        "ann": {},
+        "fts": {},
+    }
     _note(progress, "doc store", 0, frame.height)
     seg["attrs"] = w.put(layout.index_segment_file(ns, gen, name, D.ATTRS), D.attrs_bytes(frame, schema))
     for f in D.vector_fields(schema):
         dims = S.vector_dims(schema[f]["type"])
         mat = D.vector_matrix(frame, f, dims)
-        key = w.put(layout.index_segment_file(ns, gen, name, f"vec-{D.field_tag(f)}.f32"),
-                    mat.astype("<f4").tobytes())
+        key = w.put(layout.index_segment_file(ns, gen, name, f"vec-{D.field_tag(f)}.f32"), mat.astype("<f4").tobytes())
         seg["vectors"][f] = {"key": key, "dims": dims}
         _crash("mid_segment")
         opts = ann.options(schema[f], metric)
@@ -555,10 +617,12 @@ def _write_segment(w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: d
         keys = [w.put(prefix + fname, data) for fname, data in files.items()]
         seg["fts"][f] = {"prefix": prefix, "files": keys, "sig": fts_sig(schema[f])}
         if fts.pretokenized(opts):
-            seg["fts"][f]["tokens"] = w.put(layout.index_segment_file(ns, gen, name, f"tok-{D.field_tag(f)}.arrow"),
-                                            fts.tokens_bytes(toks))
+            seg["fts"][f]["tokens"] = w.put(
+                layout.index_segment_file(ns, gen, name, f"tok-{D.field_tag(f)}.arrow"), fts.tokens_bytes(toks)
+            )
             seg["fts"][f]["postings"] = w.put(
-                layout.index_segment_file(ns, gen, name, f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks))
+                layout.index_segment_file(ns, gen, name, f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks)
+            )
     seg["_fts_tokens"] = ftoks
     return seg
 

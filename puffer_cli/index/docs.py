@@ -9,6 +9,7 @@ raw float32 matrices, tombstones as a sorted array of row positions.
 * tombstones (``tomb-{segment}.npy``, written in the generation that deletes):
   ``numpy.save`` of a sorted ``uint32`` array of dead row positions.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,7 +67,8 @@ def corrupt(what, problem) -> Exception:
     return CorruptNamespace(
         f"index file {what} is corrupt: {' '.join(str(problem).split())[:300]}",
         hint="if only the local copy is damaged, delete the cache directory (--cache-dir / PUFFER_CACHE_DIR); "
-             "otherwise move NAMESPACE/meta.json aside and run `puffer index NAMESPACE` (the WAL keeps every write)")
+        "otherwise move NAMESPACE/meta.json aside and run `puffer index NAMESPACE` (the WAL keeps every write)",
+    )
 
 
 def read_attrs(path) -> pl.DataFrame:
@@ -109,8 +111,11 @@ def read_tomb(data: bytes) -> np.ndarray:
 def vector_series(name: str, mat: np.ndarray, dims: int) -> pl.Series:
     """An ``Array(Float32, dims)`` series from rows of a matrix (NaN rows -> null)."""
     mat = np.ascontiguousarray(mat, dtype=np.float32)
-    s = pl.Series(name, mat, dtype=pl.Array(pl.Float32, dims)) if len(mat) else \
-        pl.Series(name, [], dtype=pl.Array(pl.Float32, dims))
+    s = (
+        pl.Series(name, mat, dtype=pl.Array(pl.Float32, dims))
+        if len(mat)
+        else pl.Series(name, [], dtype=pl.Array(pl.Float32, dims))
+    )
     if len(mat):
         missing = np.isnan(mat).all(axis=1)
         if missing.any():

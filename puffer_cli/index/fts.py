@@ -15,6 +15,7 @@ docs/indexer.md).  A ``[]string`` attribute is indexed as a multi-valued field.
 Built into a local temporary directory; every file except lock files is
 uploaded as its own object under ``{segment}/fts-{tag}/``.
 """
+
 from __future__ import annotations
 
 import os
@@ -106,8 +107,7 @@ def tokens_bytes(toks: list[list[str]]) -> bytes:
     import polars as pl
 
     buf = io.BytesIO()
-    pl.DataFrame({"t": [SEP.join(t) for t in toks]}, schema={"t": pl.String}).write_ipc(
-        buf, compression="uncompressed")
+    pl.DataFrame({"t": [SEP.join(t) for t in toks]}, schema={"t": pl.String}).write_ipc(buf, compression="uncompressed")
     return buf.getvalue()
 
 
@@ -120,13 +120,20 @@ def postings_bytes(toks: list[list[str]]) -> bytes:
     import polars as pl
 
     joined = pl.Series("t", [SEP.join(t) for t in toks], dtype=pl.String)
-    df = (pl.LazyFrame({"t": joined}).with_row_index("r")
-          .with_columns(pl.col("t").str.split(SEP)).explode("t")
-          .filter(pl.col("t").is_not_null() & (pl.col("t") != ""))
-          .group_by("t", "r").len().sort("t", "r")
-          .group_by("t", maintain_order=True)
-          .agg(pl.col("r").cast(pl.UInt32).alias("rows"), pl.col("len").cast(pl.UInt32).alias("tf"))
-          .rename({"t": "term"}).collect())
+    df = (
+        pl.LazyFrame({"t": joined})
+        .with_row_index("r")
+        .with_columns(pl.col("t").str.split(SEP))
+        .explode("t")
+        .filter(pl.col("t").is_not_null() & (pl.col("t") != ""))
+        .group_by("t", "r")
+        .len()
+        .sort("t", "r")
+        .group_by("t", maintain_order=True)
+        .agg(pl.col("r").cast(pl.UInt32).alias("rows"), pl.col("len").cast(pl.UInt32).alias("tf"))
+        .rename({"t": "term"})
+        .collect()
+    )
     buf = io.BytesIO()
     df.write_ipc(buf, compression="uncompressed")
     return buf.getvalue()
@@ -167,7 +174,7 @@ class SegmentPostings:
             i = self.vocab.get(t)
             if i is None:
                 continue
-            lst = self.rows[self.indptr[i]:self.indptr[i + 1]]
+            lst = self.rows[self.indptr[i] : self.indptr[i + 1]]
             j = np.searchsorted(lst, pos)
             j[j >= len(lst)] = 0
             hit = np.flatnonzero(lst[j] == pos) if len(lst) else np.zeros(0, np.int64)
@@ -180,9 +187,16 @@ class SegmentPostings:
         indptr = np.zeros(len(keep) + 1, np.int64)
         np.cumsum(sizes, out=indptr[1:])
         lens = self.doc_len[pos]
-        return Postings(len(pos), keep, {t: k for k, t in enumerate(keep)}, indptr,
-                        np.concatenate(rows) if rows else np.zeros(0, np.int32),
-                        np.concatenate(tfs) if tfs else np.zeros(0, np.float64), lens, int(lens.sum()))
+        return Postings(
+            len(pos),
+            keep,
+            {t: k for k, t in enumerate(keep)},
+            indptr,
+            np.concatenate(rows) if rows else np.zeros(0, np.int32),
+            np.concatenate(tfs) if tfs else np.zeros(0, np.float64),
+            lens,
+            int(lens.sum()),
+        )
 
 
 def stats_of_tokens(toks: list[list[str]]) -> dict:
@@ -234,7 +248,8 @@ class Reader:
         if not toks or limit <= 0:
             return np.zeros(0, np.int64)
         q = tantivy.Query.boolean_query(
-            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, FIELD, t)) for t in toks])
+            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, FIELD, t)) for t in toks]
+        )
         hits = self.searcher.search(q, limit).hits
         if self.direct:
             return np.fromiter((a.doc for _s, a in hits), dtype=np.int64, count=len(hits))
@@ -247,5 +262,6 @@ class Reader:
         if not toks:
             return 0
         q = tantivy.Query.boolean_query(
-            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, FIELD, t)) for t in toks])
+            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, FIELD, t)) for t in toks]
+        )
         return self.searcher.search(q, 1, count=True).count

@@ -11,6 +11,7 @@ Record: ``{"holder": "host:pid:rand", "expires_at": ms, "acquired_at": ms}``.
 * ``release`` CASes an expired record (so the next run takes it at once).
 A SIGKILLed run simply stops renewing: its lease expires after ``ttl``.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,8 +63,9 @@ class Lease:
         self._lock = threading.Lock()
 
     def _record(self, expires_at: int, acquired_at: int) -> bytes:
-        return json.dumps({"holder": self.holder, "expires_at": expires_at, "acquired_at": acquired_at,
-                           "namespace": self.ns}).encode()
+        return json.dumps(
+            {"holder": self.holder, "expires_at": expires_at, "acquired_at": acquired_at, "namespace": self.ns}
+        ).encode()
 
     def acquire(self) -> Held | None:
         """Take the lease. None on success, else who holds it."""
@@ -129,8 +131,9 @@ class Lease:
         with self._lock:
             if self.version is None or self.lost:
                 return
-            data = json.dumps({"holder": self.holder, "expires_at": 0, "released_at": now_ms(),
-                               "namespace": self.ns}).encode()
+            data = json.dumps(
+                {"holder": self.holder, "expires_at": 0, "released_at": now_ms(), "namespace": self.ns}
+            ).encode()
             try:
                 self.store.cas(self.key, data, self.version)
             except Exception:

@@ -7,6 +7,7 @@
   were built with (a reader uses a stored file only if its signature matches the schema
   in force); :func:`fts_sig_of` is ``None`` for a field without full-text search.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ def load_manifest(store: Store, key: str) -> dict:
 def parse_manifest(data: bytes, key: str) -> dict:
     """Decode and shape-check one manifest (see docs/format-index.md)."""
     ns = key.split("/", 1)[0]
-    hint = (f"index files are derived from the WAL, which keeps every write: move {ns}/meta.json aside "
-            f"and run `puffer index {ns}` to build a fresh generation")
+    hint = (
+        f"index files are derived from the WAL, which keeps every write: move {ns}/meta.json aside "
+        f"and run `puffer index {ns}` to build a fresh generation"
+    )
     return CorruptNamespace.decode(data, f"index manifest {key}", _problem, hint)
 
 
@@ -59,9 +62,14 @@ def _problem(man) -> str | None:
     if not isinstance(segs, list):
         return "segments is not a list"
     for i, s in enumerate(segs):
-        if not (isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("attrs"), str)
-                and count(s.get("rows")) and count(s.get("live"))
-                and all(isinstance(s.get(k, {}), dict) for k in ("vectors", "ann", "fts"))):
+        if not (
+            isinstance(s, dict)
+            and isinstance(s.get("name"), str)
+            and isinstance(s.get("attrs"), str)
+            and count(s.get("rows"))
+            and count(s.get("live"))
+            and all(isinstance(s.get(k, {}), dict) for k in ("vectors", "ann", "fts"))
+        ):
             return f"segment {i} lacks name/attrs/rows/live or has malformed vectors/ann/fts"
     return None
 

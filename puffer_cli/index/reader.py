@@ -18,6 +18,7 @@ that frame, so results, distances and scores are the exact engine's:
 * anything else (aggregations, filter-only, per-attribute limits): every
   filtered row of the doc store (attributes only unless vectors are asked for).
 """
+
 from __future__ import annotations
 
 import math
@@ -31,18 +32,19 @@ import polars as pl
 from .. import limits as L
 from .. import schema as S
 from ..cache import Cache, get_cache
-from ..store import Store
-from . import ann, docs as D, fts
 from ..scoring import f32_tolerance
+from ..store import Store
+from . import ann, fts
+from . import docs as D
 from .manifest import fts_sig_of, load_manifest
 from .tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
 from .tail import Tail, forget_tails, tail_for
 
-EXACT_MAX_ROWS = 20_000       # filtered rows at or below this: exact vector search
-EXACT_MAX_FRACTION = 0.05     # ... or a filter keeping at most this fraction of a segment
-HNSW_OVERFETCH = 2            # HNSW candidates kept per requested result (exact re-rank)
-BM25_MIN_CANDIDATES = 100     # tantivy candidates per segment at least
-BM25_OVERFETCH = 10           # ... and at least this many per requested result
+EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
+EXACT_MAX_FRACTION = 0.05  # ... or a filter keeping at most this fraction of a segment
+HNSW_OVERFETCH = 2  # HNSW candidates kept per requested result (exact re-rank)
+BM25_MIN_CANDIDATES = 100  # tantivy candidates per segment at least
+BM25_OVERFETCH = 10  # ... and at least this many per requested result
 
 
 # ---------------------------------------------------------------- BM25 statistics
@@ -81,8 +83,11 @@ class _DfCombo(Mapping):
         self.base, self.add, self.sub = base, add, sub
 
     def get(self, k, default=0):
-        v = self.base.get(k, 0) + (self.add.get(k, 0) if self.add is not None else 0) \
+        v = (
+            self.base.get(k, 0)
+            + (self.add.get(k, 0) if self.add is not None else 0)
             - (self.sub.get(k, 0) if self.sub is not None else 0)
+        )
         return v if v > 0 else default
 
     def __getitem__(self, k):
@@ -109,7 +114,7 @@ class _DfCombo(Mapping):
 class Segment:
     """One segment of a generation: lazily opened files, alive mask."""
 
-    def __init__(self, gen: "Generation", meta: dict):
+    def __init__(self, gen: Generation, meta: dict):
         self.gen, self.meta = gen, meta
         self.name = meta["name"]
         self.rows = int(meta["rows"])
@@ -287,9 +292,9 @@ class Segment:
                 self.postings(f)
 
 
-WHOLE_FILE_MAX = 8 << 20      # vector files up to this size are fetched whole (one request beats many)
-RANGE_GAP_BYTES = 64 * 1024   # rows closer than this are read in one request
-RANGE_THREADS = 8             # ranged reads in flight at once (object stores)
+WHOLE_FILE_MAX = 8 << 20  # vector files up to this size are fetched whole (one request beats many)
+RANGE_GAP_BYTES = 64 * 1024  # rows closer than this are read in one request
+RANGE_THREADS = 8  # ranged reads in flight at once (object stores)
 
 
 def _read_rows(store: Store, key: str, pos: np.ndarray, row_bytes: int) -> np.ndarray:
@@ -444,9 +449,9 @@ class Candidates:
     metric: str | None
     bm25_stats: object
     namespace_rows: int
-    exhaustive: int = 0            # rows scored exactly (exact vector search, full scans, tail)
+    exhaustive: int = 0  # rows scored exactly (exact vector search, full scans, tail)
     ann_probed: int = 0
-    tokens: dict = field(default_factory=dict)   # FTS field -> analysed tokens per row of docs
+    tokens: dict = field(default_factory=dict)  # FTS field -> analysed tokens per row of docs
     query_terms: dict = field(default_factory=dict)  # FTS field -> terms the query looks up
 
 
@@ -510,11 +515,16 @@ class IndexedView:
                 out[f] = base
                 continue
             add = stats_from_frame(self.tail.docs, f, opts).fields[f]
-            sub = stats_from_frame(self.tail.superseded, f, opts).fields[f] \
-                if self.tail.superseded is not None and self.tail.superseded.height else None
-            out[f] = FieldStats(base.n_docs + add.n_docs - (sub.n_docs if sub else 0),
-                                base.total_tokens + add.total_tokens - (sub.total_tokens if sub else 0),
-                                _DfCombo(base.df, add.df, sub.df if sub else None))
+            sub = (
+                stats_from_frame(self.tail.superseded, f, opts).fields[f]
+                if self.tail.superseded is not None and self.tail.superseded.height
+                else None
+            )
+            out[f] = FieldStats(
+                base.n_docs + add.n_docs - (sub.n_docs if sub else 0),
+                base.total_tokens + add.total_tokens - (sub.total_tokens if sub else 0),
+                _DfCombo(base.df, add.df, sub.df if sub else None),
+            )
         return Bm25Stats(out)
 
     # -- candidates -------------------------------------------------------------------
@@ -574,8 +584,7 @@ class IndexedView:
                     parts.append(seg.frame(pos, vf))
                     where.append((i, pos))
         cols = S.column_order(self.schema)
-        frames = [S.align(p.select([c for c in p.columns if c in self.schema]), self.schema, cols)
-                  for p in parts]
+        frames = [S.align(p.select([c for c in p.columns if c in self.schema]), self.schema, cols) for p in parts]
         if self.tail is not None and self.tail.docs.height:
             frames.append(S.align(self.tail.docs, self.schema, cols))
             exhaustive += self.tail.docs.height
@@ -589,8 +598,11 @@ class IndexedView:
             for lf in self.bm25_leaves(rb.expr):
                 spec = self.schema.get(lf.attr) or {}
                 if spec.get("full_text_search"):
-                    c.query_terms.setdefault(lf.attr, set()).update(query_tokens(
-                        lf.query if isinstance(lf.query, str) else list(lf.query), spec["full_text_search"]))
+                    c.query_terms.setdefault(lf.attr, set()).update(
+                        query_tokens(
+                            lf.query if isinstance(lf.query, str) else list(lf.query), spec["full_text_search"]
+                        )
+                    )
         else:
             c.tokens = {}  # other text expressions (prefix) need every term: let the engine analyse
         return c
@@ -616,8 +628,11 @@ class IndexedView:
             if cached is None:
                 from .. import text as T
 
-                col = self.tail.docs.get_column(f) if f in self.tail.docs.columns else \
-                    pl.Series([None] * self.tail.docs.height)
+                col = (
+                    self.tail.docs.get_column(f)
+                    if f in self.tail.docs.columns
+                    else pl.Series([None] * self.tail.docs.height)
+                )
                 cached = self.tail.extra[key] = T.tokenize_many(col.to_list(), spec["full_text_search"])
             out.extend(cached)
         return out
@@ -648,9 +663,13 @@ class IndexedView:
             return np.zeros(0, np.int64), 0, 0
         q = rb.array()
         index = seg.ann(rb.attr)
-        exact = (rb.method != "ANN" or index is None or metric != self.gen.metric
-                 or n_sel <= max(k, EXACT_MAX_ROWS)
-                 or (filt is not None and n_sel <= EXACT_MAX_FRACTION * seg.rows))
+        exact = (
+            rb.method != "ANN"
+            or index is None
+            or metric != self.gen.metric
+            or n_sel <= max(k, EXACT_MAX_ROWS)
+            or (filt is not None and n_sel <= EXACT_MAX_FRACTION * seg.rows)
+        )
         if exact:
             pos = np.nonzero(sel)[0]
             return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0
@@ -738,8 +757,7 @@ class IndexedView:
             r = seg.fts(lf.attr)
             if r is None:
                 return None
-            toks = query_tokens(lf.query if isinstance(lf.query, str) else list(lf.query),
-                                spec["full_text_search"])
+            toks = query_tokens(lf.query if isinstance(lf.query, str) else list(lf.query), spec["full_text_search"])
             limit = want
             while True:
                 L.check_deadline()
@@ -758,7 +776,8 @@ class IndexedView:
         a = seg.attrs()
         keys = [a_ for a_, _d in rb.keys]
         if any(c not in a.columns for c in keys) or any(
-                S.is_vector(self.schema.get(c, {}).get("type", "")) for c in keys):
+            S.is_vector(self.schema.get(c, {}).get("type", "")) for c in keys
+        ):
             return np.nonzero(m)[0]
         df = a.select(keys + (["id"] if "id" not in keys else [])).with_row_index("__pos").filter(pl.Series(m))
         desc = [d for _a, d in rb.keys]
@@ -800,8 +819,15 @@ def warm(ns, cache: Cache | None = None) -> dict:
     meta, _ = ns.read_meta()
     ptr = (meta or {}).get("index")
     if not ptr:
-        return {"namespace": ns.name, "generation": None, "files": 0, "bytes": 0, "fetched_files": 0,
-                "fetched_bytes": 0, "seconds": time.perf_counter() - t0}
+        return {
+            "namespace": ns.name,
+            "generation": None,
+            "files": 0,
+            "bytes": 0,
+            "fetched_files": 0,
+            "fetched_bytes": 0,
+            "seconds": time.perf_counter() - t0,
+        }
     man = load_manifest(ns.store, ptr["manifest"])
     before = (cache.stats.files_fetched, cache.stats.bytes_fetched)
     total = 0
@@ -815,10 +841,15 @@ def warm(ns, cache: Cache | None = None) -> dict:
     gen = open_generation(ns.store, ptr, cache)
     for seg in gen.segments:
         seg.warm()
-    return {"namespace": ns.name, "generation": ptr["generation"], "files": n, "bytes": total,
-            "fetched_files": cache.stats.files_fetched - before[0],
-            "fetched_bytes": cache.stats.bytes_fetched - before[1],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "namespace": ns.name,
+        "generation": ptr["generation"],
+        "files": n,
+        "bytes": total,
+        "fetched_files": cache.stats.files_fetched - before[0],
+        "fetched_bytes": cache.stats.bytes_fetched - before[1],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def indexed_source(ns, consistency: str, queries, multi: bool = False):
@@ -843,8 +874,13 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
             for i, q in enumerate(queries):
                 L.check_deadline()
                 Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
-                fast = topk.vector_topk if topk.vector_eligible(view, q) else \
-                    topk.text_topk if topk.text_eligible(view, q) else None
+                fast = (
+                    topk.vector_topk
+                    if topk.vector_eligible(view, q)
+                    else topk.text_topk
+                    if topk.text_eligible(view, q)
+                    else None
+                )
                 if fast is not None:
                     res, ex, n = fast(view, q)
                     prepared.append(res)
@@ -884,15 +920,29 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
             tokens[f] = [flat[r] for r in keep_rows]
     _seed_postings(docs, {f: t for f, t in tokens.items() if f in qterms}, view.schema, qterms)
     fetched = cache.stats.misses + cache.stats.ranged_reads - misses0
-    row_bytes = int(docs.estimated_size() / docs.height) if docs.height else 8 + 4 * sum(
-        S.vector_dims(v["type"]) or 0 for v in view.schema.values())
-    return Source(docs, view.schema, view.metric, view.seq, bm25_stats=stats,
-                  prepared=prepared if any(r is not None for r in prepared) else None,
-                  bytes_queried=int(docs.estimated_size()) + scored * row_bytes,
-                  approx_namespace_size=view.namespace_rows, exhaustive_search_count=exhaustive,
-                  cache_temperature="cold" if fetched else "hot", cache_hit_ratio=0.0 if fetched else 1.0,
-                  extra={"index_generation": view.gen.generation, "index_covers_through_seq": view.gen.covers,
-                         "files_fetched": fetched})
+    row_bytes = (
+        int(docs.estimated_size() / docs.height)
+        if docs.height
+        else 8 + 4 * sum(S.vector_dims(v["type"]) or 0 for v in view.schema.values())
+    )
+    return Source(
+        docs,
+        view.schema,
+        view.metric,
+        view.seq,
+        bm25_stats=stats,
+        prepared=prepared if any(r is not None for r in prepared) else None,
+        bytes_queried=int(docs.estimated_size()) + scored * row_bytes,
+        approx_namespace_size=view.namespace_rows,
+        exhaustive_search_count=exhaustive,
+        cache_temperature="cold" if fetched else "hot",
+        cache_hit_ratio=0.0 if fetched else 1.0,
+        extra={
+            "index_generation": view.gen.generation,
+            "index_covers_through_seq": view.gen.covers,
+            "files_fetched": fetched,
+        },
+    )
 
 
 def _seed_postings(docs: pl.DataFrame, tokens: dict, schema: dict, qterms: dict) -> None:
@@ -905,5 +955,6 @@ def _seed_postings(docs: pl.DataFrame, tokens: dict, schema: dict, qterms: dict)
         if len(toks) != docs.height:
             continue
         opts = T.normalize_fts_options(schema[f]["full_text_search"])
-        B.frame_cached(docs, ("bm25", f, T.analyzer_name(opts)),
-                       lambda t=toks, o=qterms[f]: _postings_from_tokens(t, o))
+        B.frame_cached(
+            docs, ("bm25", f, T.analyzer_name(opts)), lambda t=toks, o=qterms[f]: _postings_from_tokens(t, o)
+        )

@@ -2,6 +2,7 @@
 (turbopuffer's ``/_debug/recall``): the same query runs once with ``ANN``
 (the index path: HNSW, or exact under a selective filter) and once with
 ``kNN`` (exhaustive), and recall@k = |ANN ∩ exact| / |exact|, averaged."""
+
 from __future__ import annotations
 
 import time
@@ -13,13 +14,13 @@ from .. import schema as S
 from ..errors import InvalidRequest
 
 
-def recall(ns, *, num: int = 25, top_k: int = 10, filters=None, field: str | None = None,
-           seed: int | None = 0) -> dict:
+def recall(ns, *, num: int = 25, top_k: int = 10, filters=None, field: str | None = None, seed: int | None = 0) -> dict:
     from .. import engine
 
     if not 1 <= num <= L.MAX_RECALL_QUERIES or not 1 <= top_k <= L.MAX_TOP_K:
-        raise InvalidRequest(f"num must be 1..{L.MAX_RECALL_QUERIES} (MAX_RECALL_QUERIES) and top_k "
-                             f"1..{L.MAX_TOP_K} (MAX_TOP_K)")
+        raise InvalidRequest(
+            f"num must be 1..{L.MAX_RECALL_QUERIES} (MAX_RECALL_QUERIES) and top_k 1..{L.MAX_TOP_K} (MAX_TOP_K)"
+        )
     head = ns.require()
     vfs = [k for k, v in head.schema.items() if S.is_vector(v["type"])]
     if field is None:
@@ -48,7 +49,10 @@ def recall(ns, *, num: int = 25, top_k: int = 10, filters=None, field: str | Non
         recalls.append(len(set(aid) & set(eid)) / len(eid) if eid else 1.0)
     n = max(1, len(sample))
     return {
-        "namespace": ns.name, "field": field, "num": len(sample), "top_k": top_k,
+        "namespace": ns.name,
+        "field": field,
+        "num": len(sample),
+        "top_k": top_k,
         "avg_recall": float(sum(recalls) / n) if sample else 1.0,
         "avg_ann_count": float(sum(ann_counts) / n) if sample else 0.0,
         "avg_exhaustive_count": float(sum(ex_counts) / n) if sample else 0.0,

@@ -3,6 +3,7 @@
 their segments, the tail holds their current versions).  Cached per process and
 advanced incrementally to the head.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,11 +26,11 @@ class Tail:
     seq: int
     schema: dict
     metric: str | None
-    docs: pl.DataFrame                                  # live current versions of touched ids
-    hidden: dict[int, np.ndarray] = field(default_factory=dict)   # segment -> superseded positions
-    superseded: pl.DataFrame | None = None              # index rows superseded (for BM25 stats)
+    docs: pl.DataFrame  # live current versions of touched ids
+    hidden: dict[int, np.ndarray] = field(default_factory=dict)  # segment -> superseded positions
+    superseded: pl.DataFrame | None = None  # index rows superseded (for BM25 stats)
     touched: pl.Series | None = None
-    extra: dict = field(default_factory=dict)           # per-tail caches (analysed tokens)
+    extra: dict = field(default_factory=dict)  # per-tail caches (analysed tokens)
 
 
 TAILS: dict[tuple, Tail] = {}

@@ -20,15 +20,16 @@ the one ``engine.execute`` gives over the candidate frame
 Skipping that frame saves about half of an indexed query's time outside the
 HNSW / tantivy search itself.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 
 from .. import bm25 as B
-from .. import response as R
 from .. import limits as L
 from .. import query as Q
+from .. import response as R
 from .. import schema as S
 from .. import scoring as SC
 from . import docs as D
@@ -42,8 +43,7 @@ def _simple(q: Q.Query) -> bool:
 def vector_eligible(view, q: Q.Query) -> bool:
     """True for a plain vector query (see module docstring)."""
     rb = q.rank_by
-    return (isinstance(rb, Q.VectorRank) and S.is_vector(view.schema.get(rb.attr, {}).get("type", ""))
-            and _simple(q))
+    return isinstance(rb, Q.VectorRank) and S.is_vector(view.schema.get(rb.attr, {}).get("type", "")) and _simple(q)
 
 
 def text_eligible(view, q: Q.Query) -> bool:
@@ -99,12 +99,12 @@ class _Collect:
         idt = S.dtype_of(v.schema["id"]["type"])
         if all(isinstance(x, np.ndarray) for x in self.ids):  # integer ids from segments only: stay in numpy
             idk = np.concatenate(self.ids)
-            order = np.lexsort((idk, key))[q.offset:kk]
+            order = np.lexsort((idk, key))[q.offset : kk]
             picked = pl.Series("id", idk[order], dtype=idt)
         else:
             id_s = pl.concat([(pl.Series("id", x) if isinstance(x, np.ndarray) else x).cast(idt) for x in self.ids])
             idk = id_s.to_numpy() if id_s.dtype.is_integer() else id_s.rank("ordinal").to_numpy()
-            order = np.lexsort((idk, key))[q.offset:kk]
+            order = np.lexsort((idk, key))[q.offset : kk]
             picked = id_s.gather(pl.Series(order))
         src, pos = np.concatenate(self.srcs)[order], np.concatenate(self.poss)[order]
         return SC.QueryResult(_rows(v, q, src, pos, picked), val[order], scanned=n, matched=n)
@@ -152,8 +152,10 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     leaves = list(view.bm25_leaves(rb.expr))
     fields = sorted({lf.attr for lf in leaves})
     stats = view.bm25_stats(fields)
-    terms = {f: [t for lf in leaves if lf.attr == f
-                 for t in B.query_tokens(lf.query, view.schema[f]["full_text_search"])] for f in fields}
+    terms = {
+        f: [t for lf in leaves if lf.attr == f for t in B.query_tokens(lf.query, view.schema[f]["full_text_search"])]
+        for f in fields
+    }
     out = _Collect(view)
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
