@@ -71,7 +71,7 @@ def test_two_concurrent_index_processes(store_url):
 def test_sigkill_then_next_run_completes(store_url):
     db = fresh(store_url)
     rng = np.random.default_rng(11)
-    points = ["after_fold", "mid_segment", "after_manifest", "after_publish", "mid_gc"]
+    points = ["after_fold", "after_cut", "mid_segment", "after_manifest", "after_publish", "mid_gc"]
     procs = {}
     for k, point in enumerate(points):
         ns = db.namespace(f"k{k}")
@@ -80,7 +80,8 @@ def test_sigkill_then_next_run_completes(store_url):
         ns.write({"upsert_rows": make_rows(rng, 60, 20), "deletes": [1, 2, 3], "patch_rows": [{"id": 4, "cat": 77}]})
         ns.write({"deletes": list(range(10, 30))})  # > 20% dead: forces a merge too
         procs[point] = run_index(
-            [f"k{k}", *store_args(store_url)], {"PUFFER_INDEX_CRASH_AT": point, "PUFFER_INDEX_LEASE_TTL": "1"}
+            [f"k{k}", *store_args(store_url)],
+            {"PUFFER_INDEX_CRASH_AT": point, "PUFFER_INDEX_LEASE_TTL": "1", "PUFFER_INDEX_SEGMENT_ROWS": "16"},
         )
     for point, p in procs.items():
         p.communicate(timeout=60)

@@ -55,6 +55,8 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.index.manifest",
             "puffer_cli.index.docs",
             "puffer_cli.index.ann",
+            "puffer_cli.index.ivf",
+            "puffer_cli.index.ranged",
             "puffer_cli.index.fts",
         ],
     ),

@@ -27,11 +27,13 @@ only unreferenced files (collected by the next run) and an expiring lease.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -44,15 +46,15 @@ from ..cache import Cache, get_cache
 from ..errors import Conflict
 from ..namespace import Namespace
 from ..store import Store, now_ms
-from . import ann, fts
 from . import docs as D
+from . import fts, ivf
 from .lease import Lease
 from .manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
 from .manifest import ann_sig, fts_sig, load_manifest, manifest_files
 
-FORMAT = 1
-MAX_SEGMENTS = 8
-MERGE_TO = 4
+FORMAT = 2  # 2: IVF-SQ8 vector indexes (index/ivf.py); format-1 segments (HNSW) are rebuilt by the next run
+MAX_SEGMENTS = 16
+SEGMENT_MAX_ROWS = 1_000_000  # rows per segment at most: bounds a run's memory and the per-segment IVF cost
 DEAD_RATIO = 0.2
 BATCH_ROWS = 200_000
 DEFAULT_GRACE_S = 600.0
@@ -63,6 +65,15 @@ def default_grace() -> float:
         return float(os.environ.get("PUFFER_INDEX_GC_GRACE", DEFAULT_GRACE_S))
     except ValueError:
         return DEFAULT_GRACE_S
+
+
+def segment_rows() -> int:
+    """SEGMENT_MAX_ROWS, or ``PUFFER_INDEX_SEGMENT_ROWS`` (a tuning and test knob: the
+    SIGKILL tests cut segments of a few rows)."""
+    try:
+        return max(1, int(os.environ.get("PUFFER_INDEX_SEGMENT_ROWS", SEGMENT_MAX_ROWS)))
+    except ValueError:
+        return SEGMENT_MAX_ROWS
 
 
 def _crash(point: str) -> None:
@@ -78,6 +89,7 @@ def _crash(point: str) -> None:
 CRASH_POINTS = (
     "after_lease",
     "after_fold",
+    "after_cut",
     "mid_segment",
     "after_segment",
     "after_manifest",
@@ -150,6 +162,14 @@ class _Base:
                 self.dead.append(np.zeros(0, np.int64))
         self.new_dead: list[list[np.ndarray]] = [[] for _ in self.segs]
         self._attrs: dict[int, pl.DataFrame] = {}
+
+    def add(self, seg: dict) -> int:
+        """Make a segment written during this run part of the base (its index)."""
+        self.segs.append(seg)
+        self._ids.append(None)
+        self.dead.append(np.zeros(0, np.int64))
+        self.new_dead.append([])
+        return len(self.segs) - 1
 
     def attrs(self, i: int) -> pl.DataFrame:
         if i not in self._attrs:
@@ -295,269 +315,368 @@ def _note(progress, stage, done=0, total=None):
 def _build(
     ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seconds, grace, progress, threads, t0
 ) -> None:
-    store = ns.store
-    meta, _ = ns.read_meta()
-    ptr = (meta or {}).get("index")
-    base_man = load_manifest(store, ptr["manifest"]) if ptr else None
-    covers = int(ptr["covers_through_seq"]) if ptr else 0
-    head = ns.head()
-    rep.head_seq = head.seq
-    if head.seq == 0:
-        rep.status = "empty"
+    """One run, as the module docstring's steps 2-6."""
+    run = _Run(ns, lease, rep, cache, grace, progress)
+    if not run.start():
         return
-    schema = dict(base_man["schema"]) if base_man else {}
-    metric = base_man.get("distance_metric") if base_man else None
-    base = _Base(store, cache, base_man)
+    run.fold(max_seconds, t0)
+    groups = run.choose()
+    if groups is None:
+        return
+    run.write_segments(groups)
+    run.write_tombstones()
+    run.write_bm25()
+    run.write_manifest()
+    run.publish()
 
-    # -- 3. fold the WAL tail onto the touched rows ----------------------------
-    pending: pl.DataFrame | None = None
-    seen: pl.Series | None = None
-    last = covers
-    batch: list = []
-    batch_rows = 0
-    n_taken = 0
-    stats_removed: dict[str, list] = {}
 
-    def flush():
-        nonlocal pending, seen, batch, batch_rows, n_taken
+class _Run:
+    """The state of one index run; each method is one step of the module docstring."""
+
+    def __init__(self, ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, grace: float, progress):
+        self.ns, self.store, self.lease, self.rep, self.cache = ns, ns.store, lease, rep, cache
+        self.grace, self.progress = grace, progress
+        self.seg_rows = segment_rows()
+        meta, _ = ns.read_meta()
+        self.ptr = (meta or {}).get("index")
+        self.base_man = load_manifest(self.store, self.ptr["manifest"]) if self.ptr else None
+        self.covers = int(self.ptr["covers_through_seq"]) if self.ptr else 0
+        self.base_gen = self.ptr["generation"] if self.ptr else None
+        self.schema: dict = dict(self.base_man["schema"]) if self.base_man else {}
+        self.metric = self.base_man.get("distance_metric") if self.base_man else None
+        self.base = _Base(self.store, cache, self.base_man)
+        self.pending: pl.DataFrame | None = None  # new versions of touched documents, not yet in a segment
+        self.seen: pl.Series | None = None  # ids whose current version is in ``pending``
+        self.cut: list[int] = []  # base indices of segments cut from ``pending`` during the fold
+        self.stats_removed: dict[str, list] = {}  # FTS field -> values of index rows superseded
+        self.n_taken = 0
+        self.last = self.covers
+        self._gen: int | None = None
+        self._w: _Writer | None = None
+        self.segments: list[dict] = []  # written after the fold
+        self.kept: list[dict] = []
+        self.bm25: dict = {}
+
+    # -- 2. the base and the head ---------------------------------------------------
+    def start(self) -> bool:
+        self.head = self.ns.head()
+        self.rep.head_seq = self.head.seq
+        if self.head.seq == 0:
+            self.rep.status = "empty"
+            return False
+        return True
+
+    @property
+    def gen(self) -> int:
+        """This run's generation number (chosen on first use: max(existing, current) + 1)."""
+        if self._gen is None:
+            existing = [int(d) for d in self.store.list_dirs(layout.index_root(self.ns.name)) if d.isdigit()]
+            self._gen = max([*existing, self.base_gen or 0]) + 1
+            self.run_id = uuid.uuid4().hex[:8]
+        return self._gen
+
+    @property
+    def w(self) -> _Writer:
+        if self._w is None:
+            self._w = _Writer(self.store, self.cache, self.rep)
+        return self._w
+
+    # -- 3. fold the WAL tail onto the touched rows ----------------------------------
+    def fold(self, max_seconds, t0) -> None:
+        batch: list = []
+        rows = 0
+        stopped = False
+        for e in self.ns.entries(self.covers, self.head.seq):
+            new_schema = e.header.get("schema")
+            if new_schema is not None and new_schema != self.schema:
+                self._flush(batch)
+                batch, rows = [], 0
+                self.schema = new_schema
+            if e.header.get("distance_metric"):
+                self.metric = e.header["distance_metric"]
+            batch.extend(e.ops)
+            rows += sum(op.rows for op in e.ops)
+            self.last = e.seq
+            if rows >= BATCH_ROWS:
+                self._flush(batch)
+                batch, rows = [], 0
+            _note(self.progress, "fold", self.last - self.covers, self.head.seq - self.covers)
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds * 0.5 and self.last < self.head.seq:
+                stopped = True
+                break
+        self._flush(batch)
+        self.rep.partial = stopped
+        if not self.schema:
+            self.schema = self.head.schema
+        self.metric = self.metric or self.head.metric
+        _crash("after_fold")
+
+    def _flush(self, batch: list) -> None:
+        """Fold ``batch`` onto ``pending``: each touched id's index row (if any) is taken
+        out of the base once (a tombstone) and becomes the fold base."""
         if not batch:
             return
+        schema = self.schema
         idt = S.dtype_of(schema["id"]["type"])
-        touched = (
-            pl.concat([op.table.get_column("id").cast(idt) for op in batch if op.rows]).unique()
-            if any(op.rows for op in batch)
-            else pl.Series("id", [], dtype=idt)
-        )
+        with_rows = [op.table.get_column("id").cast(idt) for op in batch if op.rows]
+        touched = pl.concat(with_rows).unique() if with_rows else pl.Series("id", [], dtype=idt)
+        seen = self.seen
         new = touched if seen is None else touched.to_frame().join(seen.to_frame(), on="id", how="anti")["id"]
-        seen = new if seen is None else pl.concat([seen.cast(idt), new])
-        got = base.take(new, schema) if new.len() else None
-        parts = [p for p in (pending, got) if p is not None]
+        self.seen = new if seen is None else pl.concat([seen.cast(idt), new])
+        got = self.base.take(new, schema) if new.len() else None
         if got is not None:
-            n_taken += got.height
+            self.n_taken += got.height
             for f in D.fts_fields(schema):
-                stats_removed.setdefault(f, []).append(got.get_column(f).to_list())
+                self.stats_removed.setdefault(f, []).append(got.get_column(f).to_list())
+        parts = [p for p in (self.pending, got) if p is not None]
         cur = S.align(pl.concat([S.align(p, schema) for p in parts], how="vertical"), schema) if parts else None
-        pending = replay.fold(cur, schema, batch)
-        batch, batch_rows = [], 0
+        self.pending = replay.fold(cur, schema, batch)
+        self._cut_full()
 
-    stopped = False
-    for e in ns.entries(covers, head.seq):
-        new_schema = e.header.get("schema")
-        if new_schema is not None and new_schema != schema:
-            flush()
-            schema = new_schema
-        if e.header.get("distance_metric"):
-            metric = e.header["distance_metric"]
-        batch.extend(e.ops)
-        batch_rows += sum(op.rows for op in e.ops)
-        last = e.seq
-        if batch_rows >= BATCH_ROWS:
-            flush()
-        _note(progress, "fold", last - covers, head.seq - covers)
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds * 0.5 and last < head.seq:
-            stopped = True
-            break
-    flush()
-    rep.partial = stopped
-    if not schema:
-        schema = head.schema
-    metric = metric or head.metric
-    _crash("after_fold")
+    def _cut_full(self) -> None:
+        """Write full segments out of ``pending`` as soon as it holds SEGMENT_MAX_ROWS rows,
+        so a run's memory is bounded however many rows it indexes.  A cut segment joins the
+        base: a later entry touching one of its ids tombstones it there, like any index row."""
+        while self.pending is not None and self.pending.height >= self.seg_rows:
+            chunk, self.pending = self.pending.slice(0, self.seg_rows), self.pending.slice(self.seg_rows)
+            seg = _write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress)
+            self.cut.append(self.base.add(seg))
+            _crash("after_cut")
+            self.rep.rows_indexed += chunk.height
+            ids = chunk.get_column("id")
+            assert self.seen is not None
+            self.seen = self.seen.to_frame().join(ids.to_frame(), on="id", how="anti")["id"]
 
-    # -- 4. choose segments to merge --------------------------------------------
-    vec_fields = D.vector_fields(schema)
-    fts_fields = D.fts_fields(schema)
-    keep_idx, merge_idx = [], []
-    for i, s in enumerate(base.segs):
-        dead = base.all_dead(i)
-        live = s["rows"] - len(dead)
-        if live <= 0:
-            continue  # fully dead: dropped
-        stale = any(
-            f not in s.get("ann", {}) or s["ann"][f].get("sig") != ann_sig(schema[f], metric) for f in vec_fields
-        ) or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
-        if stale or len(dead) > DEAD_RATIO * s["rows"]:
-            merge_idx.append(i)
-        else:
-            keep_idx.append(i)
-    new_rows = pending.height if pending is not None else 0
-    if len(keep_idx) + (1 if new_rows or merge_idx else 0) > MAX_SEGMENTS:
-        by_size = sorted(keep_idx, key=lambda i: base.segs[i]["rows"])
-        while len(keep_idx) + 1 > MAX_SEGMENTS // 2 + 1 and by_size:
-            j = by_size.pop(0)
-            keep_idx.remove(j)
-            merge_idx.append(j)
-    if last == covers and not merge_idx and len(keep_idx) == len(base.segs):
-        rep.status = "up-to-date"
-        rep.generation = ptr["generation"] if ptr else None
-        rep.covers_through_seq = covers
-        rep.segments = len(base.segs)
-        rep.live_rows = sum(s["live"] for s in base.segs)
-        return
-
-    # -- generation number --------------------------------------------------------
-    existing = [int(d) for d in store.list_dirs(layout.index_root(ns.name)) if d.isdigit()]
-    gen = max([*existing, ptr["generation"] if ptr else 0]) + 1
-    run = uuid.uuid4().hex[:8]
-    w = _Writer(store, cache, rep)
-
-    # -- the new segment ------------------------------------------------------------
-    merged_parts = []
-    for i in merge_idx:
-        pos = base.live_positions(i)
-        if len(pos):
-            merged_parts.append(base.rows(i, pos, schema))
-    rep.rows_merged = sum(p.height for p in merged_parts)
-    rep.segments_merged = len(merge_idx)
-    parts = merged_parts + ([S.align(pending, schema)] if pending is not None and pending.height else [])
-    segments = []
-    if parts:
-        frame = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
-        segments.append(_write_segment(w, ns.name, gen, frame, schema, metric, progress, threads))
-    rep.rows_indexed = new_rows
-    _crash("after_segment")
-
-    # -- tombstones for the kept segments ------------------------------------------
-    kept = []
-    for i in keep_idx:
-        s = dict(base.segs[i])
-        if base.new_dead[i]:
+    # -- 4. choose what to merge ---------------------------------------------------------
+    def choose(self) -> list[list[int]] | None:
+        """Groups of base segments to rewrite (the last group also takes ``pending``), or
+        None when there is nothing to do.  Segments are rewritten when stale (an index
+        missing or built with other options) or over DEAD_RATIO dead; a segment under
+        self.seg_rows joins the new rows when it is no bigger than what is already
+        being written (size-tiered: a row is rewritten O(log(self.seg_rows / batch))
+        times), or when there are more than MAX_SEGMENTS segments."""
+        base, schema = self.base, self.schema
+        vec_fields, fts_fields = D.vector_fields(schema), D.fts_fields(schema)
+        keep, rebuild = [], []
+        for i, s in enumerate(base.segs):
+            if i in self.cut:
+                continue
             dead = base.all_dead(i)
-            s["tombstones"] = w.put(
-                layout.index_run_file(ns.name, gen, f"tomb-{s['name']}", run, "npy"), D.tomb_bytes(dead)
+            if s["rows"] - len(dead) <= 0:
+                continue  # fully dead: dropped
+            stale = any(
+                f not in s.get("ann", {}) or s["ann"][f].get("sig") != ann_sig(schema[f], self.metric)
+                for f in vec_fields
+            ) or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
+            (rebuild if stale or len(dead) > DEAD_RATIO * s["rows"] else keep).append(i)
+        acc = self.pending.height if self.pending is not None else 0
+        small = [i for i in sorted(keep, key=lambda i: base.segs[i]["rows"]) if base.segs[i]["rows"] < self.seg_rows]
+        joined = []
+        for i in small:
+            live = base.segs[i]["rows"] - len(base.all_dead(i))
+            too_many = len(keep) - len(joined) + len(self.cut) + 1 > MAX_SEGMENTS
+            if acc and (live <= acc or too_many) and acc + live <= self.seg_rows:
+                joined.append(i)
+                acc += live
+        keep = [i for i in keep if i not in joined]
+        self.keep = keep + self.cut
+        # big segments are rewritten on their own (bounded memory), small ones with the new rows
+        big = [i for i in rebuild if base.segs[i]["rows"] >= self.seg_rows // 2]
+        groups = [[i] for i in big] + [[i for i in rebuild if i not in big] + joined]
+        new_rows = self.pending.height if self.pending is not None else 0
+        if self.last == self.covers and not rebuild and not joined and len(keep) == len(base.segs):
+            rep = self.rep
+            rep.status = "up-to-date"
+            rep.generation = self.base_gen
+            rep.covers_through_seq = self.covers
+            rep.segments = len(base.segs)
+            rep.live_rows = sum(s["live"] for s in base.segs)
+            return None
+        self.rep.segments_merged = len(rebuild) + len(joined)
+        self.rep.rows_indexed += new_rows
+        return groups
+
+    # -- the new segments -----------------------------------------------------------------
+    def write_segments(self, groups: list[list[int]]) -> None:
+        base = self.base
+        for gi, group in enumerate(groups):
+            parts = []
+            for i in group:
+                pos = base.live_positions(i)
+                if len(pos):
+                    parts.append(base.rows(i, pos, self.schema))
+            n_old = sum(p.height for p in parts)
+            self.rep.rows_merged += n_old
+            last = gi == len(groups) - 1
+            if last and self.pending is not None and self.pending.height:
+                parts.append(S.align(self.pending, self.schema))
+            if not parts:
+                continue
+            frame = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
+            for a in range(0, frame.height, self.seg_rows):
+                chunk = frame.slice(a, self.seg_rows)
+                seg = _write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress)
+                seg["_new_from"] = max(0, n_old - a) if last else chunk.height  # rows before it: not new
+                self.segments.append(seg)
+        _crash("after_segment")
+
+    # -- 5. tombstones, BM25 statistics, manifest ---------------------------------------------
+    def write_tombstones(self) -> None:
+        base, ns = self.base, self.ns.name
+        for i in self.keep:
+            s = dict(base.segs[i])
+            if base.new_dead[i]:
+                dead = base.all_dead(i)
+                key = layout.index_run_file(ns, self.gen, f"tomb-{s['name']}", self.run_id, "npy")
+                s["tombstones"] = self.w.put(key, D.tomb_bytes(dead))
+                s["dead"] = int(len(dead))
+                s["live"] = int(s["rows"] - len(dead))
+            self.kept.append(s)
+        self.rep.rows_tombstoned = self.n_taken
+
+    def write_bm25(self) -> None:
+        for f in D.fts_fields(self.schema):
+            old = (self.base_man or {}).get("bm25", {}).get(f)
+            if old is not None and old.get("sig") == fts_sig(self.schema[f]):
+                n_rows, n_docs, total, df, add = self._bm25_incremental(f, old)
+            else:
+                n_rows, n_docs, total, df, add = self._bm25_recompute(f)
+            st = fts.stats_of_tokens(add)
+            df.update(st["df"])
+            df = +df  # drop zero / negative counts
+            terms = pl.DataFrame(
+                {"term": list(df.keys()), "df": list(df.values())}, schema={"term": pl.String, "df": pl.Int64}
+            ).sort("term")
+            buf = io.BytesIO()
+            terms.write_ipc(buf, compression="uncompressed")
+            key = self.w.put(
+                layout.index_run_file(self.ns.name, self.gen, f"bm25-{D.field_tag(f)}", self.run_id, "arrow"),
+                buf.getvalue(),
             )
-            s["dead"] = int(len(dead))
-            s["live"] = int(s["rows"] - len(dead))
-        kept.append(s)
-    rep.rows_tombstoned = n_taken
-    all_segs = kept + segments
+            self.bm25[f] = {
+                "sig": fts_sig(self.schema[f]),
+                "n_rows": n_rows + st["n_rows"],
+                "n_docs": n_docs + st["n_docs"],
+                "total_len": total + st["total_len"],
+                "terms": key,
+            }
 
-    # -- global BM25 statistics ----------------------------------------------------
-    bm25 = {}
-    for f in fts_fields:
-        opts = schema[f]["full_text_search"]
-        sig = fts_sig(schema[f])
-        old = (base_man or {}).get("bm25", {}).get(f)
-        if old is not None and old.get("sig") == sig:
-            n_rows, n_docs, total = old["n_rows"], old["n_docs"], old["total_len"]
-            df = _read_terms(store, cache, old["terms"])
-            for vals in stats_removed.get(f, []):
-                st = fts.term_stats(vals, opts)
-                n_rows -= st["n_rows"]
-                n_docs -= st["n_docs"]
-                total -= st["total_len"]
-                df.subtract(st["df"])
-            # the new segment = merged rows (already counted) + pending (new versions)
-            add_toks = [t for seg in segments for t in seg["_fts_tokens"][f][rep.rows_merged :]]
-        else:  # recompute from every live row
-            n_rows = n_docs = total = 0
-            from collections import Counter
+    def _bm25_incremental(self, f: str, old: dict):
+        """The previous statistics minus the superseded rows; the new rows' tokens to add."""
+        opts = self.schema[f]["full_text_search"]
+        n_rows, n_docs, total = old["n_rows"], old["n_docs"], old["total_len"]
+        df = _read_terms(self.store, self.cache, old["terms"])
+        for vals in self.stats_removed.get(f, []):
+            st = fts.term_stats(vals, opts)
+            n_rows -= st["n_rows"]
+            n_docs -= st["n_docs"]
+            total -= st["total_len"]
+            df.subtract(st["df"])
+        cut = [self.base.segs[i] for i in self.cut]
+        add = [t for seg in cut + self.segments for t in seg["_fts_tokens"][f][seg.get("_new_from", 0) :]]
+        return n_rows, n_docs, total, df, add
 
-            df = Counter()
-            add_toks = []
-            for s in kept:
-                alive = np.ones(s["rows"], bool)
-                if s.get("tombstones"):
-                    alive[D.read_tomb(store.read(s["tombstones"])).astype(np.int64)] = False
-                tk = s.get("fts", {}).get(f, {}).get("tokens")
-                if tk is not None and s["fts"][f].get("sig") == sig:
-                    col = pl.read_ipc(cache.file(store, tk))["t"].filter(pl.Series(alive))
-                    add_toks.extend([] if x is None or x == "" else x.split(fts.SEP) for x in col.to_list())
-                    continue
-                a = D.read_attrs(cache.file(store, s["attrs"])).filter(pl.Series(alive))
-                add_toks.extend(
-                    fts.term_tokens(a.get_column(f).to_list() if f in a.columns else [None] * a.height, opts)
+    def _bm25_recompute(self, f: str):
+        """From every live row: kept segments from their files, new segments' tokens."""
+        opts = self.schema[f]["full_text_search"]
+        sig = fts_sig(self.schema[f])
+        add: list = []
+        for s in self.kept:
+            alive = np.ones(s["rows"], bool)
+            if s.get("tombstones"):
+                alive[D.read_tomb(self.store.read(s["tombstones"])).astype(np.int64)] = False
+            tk = s.get("fts", {}).get(f, {}).get("tokens")
+            if tk is not None and s["fts"][f].get("sig") == sig:
+                col = pl.read_ipc(self.cache.file(self.store, tk))["t"].filter(pl.Series(alive))
+                add.extend([] if x is None or x == "" else x.split(fts.SEP) for x in col.to_list())
+                continue
+            a = D.read_attrs(self.cache.file(self.store, s["attrs"])).filter(pl.Series(alive))
+            add.extend(fts.term_tokens(a.get_column(f).to_list() if f in a.columns else [None] * a.height, opts))
+        for seg in self.segments:
+            add.extend(seg["_fts_tokens"][f])
+        return 0, 0, 0, Counter(), add
+
+    def write_manifest(self) -> None:
+        all_segs = [{k: v for k, v in s.items() if not k.startswith("_")} for s in self.kept + self.segments]
+        self.all_segs = all_segs
+        man = {
+            "format": FORMAT,
+            "generation": self.gen,
+            "base_generation": self.base_gen,
+            "covers_through_seq": self.last,
+            "created_at": now_ms(),
+            "schema": self.schema,
+            "distance_metric": self.metric,
+            "segments": all_segs,
+            "bm25": self.bm25,
+        }
+        self.mkey = layout.index_manifest(self.ns.name, self.gen, self.run_id)
+        files = set()
+        for s in all_segs:
+            files.update(_segment_files(s))
+        files.update(b["terms"] for b in self.bm25.values())
+        files.add(self.mkey)
+        man["files"] = sorted(files)
+        self.w.drain()
+        self.w.put(self.mkey, json.dumps(man, sort_keys=True).encode())
+        self.w.drain()
+        self.w.close()
+        _crash("after_manifest")
+
+    # -- 6. publish ----------------------------------------------------------------------------
+    def publish(self) -> None:
+        ns, gen, base_gen, last = self.ns, self.gen, self.base_gen, self.last
+        if not self.lease.check():
+            raise Conflict(f"namespace {ns.name!r}: lost the indexer lease before publishing generation {gen}")
+        now = now_ms()
+        live = int(sum(s["live"] for s in self.all_segs))
+        routing = sorted(v["route"] for s in self.all_segs for v in s.get("ann", {}).values() if v.get("route"))
+
+        def swap(cur):
+            cur = cur or {
+                "format": 1,
+                "namespace": ns.name,
+                "created_at": self.head.created_at or now,
+                "last_seq": last,
+                "schema": self.schema,
+                "distance_metric": self.metric,
+            }
+            old = cur.get("index") or {}
+            if old.get("generation") != base_gen:
+                raise Conflict(
+                    f"namespace {ns.name!r}: index generation moved to {old.get('generation')} "
+                    f"while building {gen} on {base_gen}; nothing published"
                 )
-            for seg in segments:
-                add_toks.extend(seg["_fts_tokens"][f])
-        st = fts.stats_of_tokens(add_toks)
-        n_rows += st["n_rows"]
-        n_docs += st["n_docs"]
-        total += st["total_len"]
-        df.update(st["df"])
-        df = +df  # drop zero / negative counts
-        terms = pl.DataFrame(
-            {"term": list(df.keys()), "df": list(df.values())}, schema={"term": pl.String, "df": pl.Int64}
-        ).sort("term")
-        import io
+            retained = [r for r in old.get("retained", []) if r["until"] > now]
+            if old.get("generation") is not None:
+                retained.append(
+                    {
+                        "generation": old["generation"],
+                        "manifest": old["manifest"],
+                        "until": now + int(self.grace * 1000),
+                    }
+                )
+            cur["index"] = {
+                "generation": gen,
+                "covers_through_seq": last,
+                "manifest": self.mkey,
+                "published_at": now,
+                "segments": len(self.all_segs),
+                "rows": live,
+                "routing": routing,  # fetched with the manifest by a cold reader (one round trip)
+                "retained": retained,
+            }
+            return cur
 
-        buf = io.BytesIO()
-        terms.write_ipc(buf, compression="uncompressed")
-        key = w.put(layout.index_run_file(ns.name, gen, f"bm25-{D.field_tag(f)}", run, "arrow"), buf.getvalue())
-        bm25[f] = {"sig": sig, "n_rows": n_rows, "n_docs": n_docs, "total_len": total, "terms": key}
-    for seg in segments:
-        seg.pop("_fts_tokens", None)
-
-    # -- manifest --------------------------------------------------------------------
-    man = {
-        "format": FORMAT,
-        "generation": gen,
-        "base_generation": ptr["generation"] if ptr else None,
-        "covers_through_seq": last,
-        "created_at": now_ms(),
-        "schema": schema,
-        "distance_metric": metric,
-        "segments": all_segs,
-        "bm25": bm25,
-    }
-    mkey = layout.index_manifest(ns.name, gen, run)
-    files = set()
-    for s in all_segs:
-        files.update(_segment_files(s))
-    files.update(b["terms"] for b in bm25.values())
-    files.add(mkey)
-    man["files"] = sorted(files)
-    w.drain()
-    w.put(mkey, json.dumps(man, sort_keys=True).encode())
-    w.drain()
-    w.close()
-    _crash("after_manifest")
-
-    # -- 6. publish ---------------------------------------------------------------------
-    if not lease.check():
-        raise Conflict(f"namespace {ns.name!r}: lost the indexer lease before publishing generation {gen}")
-    base_gen = ptr["generation"] if ptr else None
-    now = now_ms()
-
-    def publish(cur):
-        cur = cur or {
-            "format": 1,
-            "namespace": ns.name,
-            "created_at": head.created_at or now,
-            "last_seq": last,
-            "schema": schema,
-            "distance_metric": metric,
-        }
-        old = cur.get("index") or {}
-        if old.get("generation") != base_gen:
-            raise Conflict(
-                f"namespace {ns.name!r}: index generation moved to {old.get('generation')} "
-                f"while building {gen} on {base_gen}; nothing published"
-            )
-        retained = [r for r in old.get("retained", []) if r["until"] > now]
-        if old.get("generation") is not None:
-            retained.append(
-                {"generation": old["generation"], "manifest": old["manifest"], "until": now + int(grace * 1000)}
-            )
-        cur["index"] = {
-            "generation": gen,
-            "covers_through_seq": last,
-            "manifest": mkey,
-            "published_at": now,
-            "segments": len(all_segs),
-            "rows": int(sum(s["live"] for s in all_segs)),
-            "retained": retained,
-        }
-        return cur
-
-    if ns.update_meta(publish) is None:
-        raise Conflict(f"namespace {ns.name!r}: could not publish generation {gen} (meta.json CAS kept failing)")
-    _crash("after_publish")
-    rep.status = "indexed"
-    rep.generation = gen
-    rep.covers_through_seq = last
-    rep.segments = len(all_segs)
-    rep.live_rows = int(sum(s["live"] for s in all_segs))
+        if ns.update_meta(swap) is None:
+            raise Conflict(f"namespace {ns.name!r}: could not publish generation {gen} (meta.json CAS kept failing)")
+        _crash("after_publish")
+        rep = self.rep
+        rep.status = "indexed"
+        rep.generation = gen
+        rep.covers_through_seq = last
+        rep.segments = len(self.all_segs)
+        rep.live_rows = live
 
 
 def _read_terms(store: Store, cache: Cache, key: str):
@@ -570,7 +689,8 @@ def _read_terms(store: Store, cache: Cache, key: str):
 def _segment_files(s: dict) -> list[str]:
     out = [s["attrs"]]
     out += [v["key"] for v in s.get("vectors", {}).values()]
-    out += [v["key"] for v in s.get("ann", {}).values()]
+    for v in s.get("ann", {}).values():
+        out += [v[k] for k in ("key", "route", "lists_key") if v.get(k)]
     for v in s.get("fts", {}).values():
         out += v["files"]
         out += [v[k] for k in ("tokens", "postings") if v.get(k)]
@@ -580,7 +700,7 @@ def _segment_files(s: dict) -> list[str]:
 
 
 def _write_segment(
-    w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: dict, metric: str | None, progress, threads: int
+    w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: dict, metric: str | None, progress
 ) -> dict:
     name = f"seg-{gen:06d}-{uuid.uuid4().hex[:8]}"
     seg: dict = {
@@ -602,11 +722,19 @@ def _write_segment(
         key = w.put(layout.index_segment_file(ns, gen, name, f"vec-{D.field_tag(f)}.f32"), mat.astype("<f4").tobytes())
         seg["vectors"][f] = {"key": key, "dims": dims}
         _crash("mid_segment")
-        opts = ann.options(schema[f], metric)
-        _note(progress, f"ann {f}", 0, frame.height)
-        data, n = ann.build(mat, opts, threads=threads)
-        key = w.put(layout.index_segment_file(ns, gen, name, f"ann-{D.field_tag(f)}.usearch"), data)
-        seg["ann"][f] = {"key": key, "vectors": n, "sig": ann_sig(schema[f], metric), **opts}
+        opts = ivf.build_options(schema[f])
+        _note(progress, f"ivf {f}", 0, frame.height)
+        route, lists, info = ivf.build(mat, opts["list_rows"], metric)
+        tag = D.field_tag(f)
+        seg["ann"][f] = {
+            **opts,
+            **info,
+            "route": w.put(layout.index_segment_file(ns, gen, name, f"ivf-{tag}.route.npz"), route),
+            "lists_key": w.put(layout.index_segment_file(ns, gen, name, f"ivf-{tag}.lists"), lists),
+            "dims": dims,
+            "sig": ann_sig(schema[f], metric),
+        }
+        _note(progress, f"ivf {f}", frame.height, frame.height)
     ftoks = {}
     for f in D.fts_fields(schema):
         opts = schema[f]["full_text_search"]

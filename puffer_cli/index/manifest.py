@@ -14,7 +14,7 @@ import json
 
 from ..errors import CorruptNamespace
 from ..store import Store
-from . import ann
+from . import ivf
 
 MANIFESTS: dict[tuple[str, str], dict] = {}
 
@@ -83,7 +83,9 @@ def fts_sig(spec: dict) -> str:
 
 
 def ann_sig(spec: dict, metric: str | None) -> str:
-    return json.dumps(ann.options(spec, metric), sort_keys=True)
+    """What a segment's vector index files depend on: the IVF build options and the metric
+    (format-1 HNSW segments have another signature, so the next run rebuilds them)."""
+    return json.dumps({**ivf.build_options(spec), "metric": metric or "cosine_distance"}, sort_keys=True)
 
 
 def fts_sig_of(spec) -> str | None:

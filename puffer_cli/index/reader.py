@@ -34,8 +34,9 @@ from .. import schema as S
 from ..cache import Cache, get_cache
 from ..scoring import f32_tolerance
 from ..store import Store
-from . import ann, fts
+from . import ann, fts, ivf
 from . import docs as D
+from . import ranged as R
 from .manifest import fts_sig_of, load_manifest
 from .tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
 from .tail import Tail, forget_tails, tail_for
@@ -223,9 +224,35 @@ class Segment:
                 self._norms[("zero", f)] = np.flatnonzero(n == 0).astype(np.int64)
             return self._norms[("zero", f)]
 
-    def ann(self, f: str):
+    def ivf(self, f: str) -> tuple[ivf.Route, ivf.Lists] | None:
+        """The IVF index of field ``f`` (format 2), or None (format-1 HNSW, or no index).
+        The route is fetched whole; the lists are memory-mapped when the file is local or
+        cached (or small), else read by ranges per query."""
         m = self.meta.get("ann", {}).get(f)
-        if m is None:
+        if m is None or m.get("kind") != ivf.KIND:
+            return None
+        with self._lock:
+            got = self._ann.get(f)
+            if got is None:
+                route = ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), int(m["dims"]), self.gen.metric)
+                key = m["lists_key"]
+                size = route.rows * (route.dims + 4)
+                if self.cache.has(self.store, key) or size <= R.WHOLE_FILE_MAX:
+                    got = (route, ivf.Lists(route, local=self.cache.file(self.store, key)))
+                else:
+                    got = (route, ivf.Lists(route, fetch=lambda ranges, k=key: self._ranged(k, ranges)))
+                self._ann[f] = got
+            return got
+
+    def _ranged(self, key: str, ranges):
+        got = R.read_ranges(self.store, key, ranges)
+        self.cache.note_ranged(self.store, key, sum(len(g) for g in got))
+        return got
+
+    def ann(self, f: str):
+        """The format-1 usearch HNSW of field ``f`` (generations built before IVF)."""
+        m = self.meta.get("ann", {}).get(f)
+        if m is None or m.get("kind") == ivf.KIND:
             return None
         with self._lock:
             if f not in self._ann:
@@ -284,8 +311,14 @@ class Segment:
         self.alive()
         for f in self.meta.get("vectors", {}):
             self.vectors(f)
-        for f in self.meta.get("ann", {}):
-            self.ann(f)
+        for f, m in self.meta.get("ann", {}).items():
+            if m.get("kind") == ivf.KIND:
+                self.cache.file(self.store, m["lists_key"])
+                with self._lock:
+                    self._ann.pop(f, None)  # reopen memory-mapped
+                self.ivf(f)
+            else:
+                self.ann(f)
         for f in self.meta.get("fts", {}):
             if f in self.gen.schema and self.gen.schema[f].get("full_text_search"):
                 self.fts(f)
@@ -662,10 +695,11 @@ class IndexedView:
         if n_sel == 0:
             return np.zeros(0, np.int64), 0, 0
         q = rb.array()
-        index = seg.ann(rb.attr)
+        iv = seg.ivf(rb.attr)
+        index = seg.ann(rb.attr) if iv is None else None
         exact = (
             rb.method != "ANN"
-            or index is None
+            or (iv is None and index is None)
             or metric != self.gen.metric
             or n_sel <= max(k, EXACT_MAX_ROWS)
             or (filt is not None and n_sel <= EXACT_MAX_FRACTION * seg.rows)
@@ -674,6 +708,22 @@ class IndexedView:
             pos = np.nonzero(sel)[0]
             return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0
         frac = n_sel / max(1, seg.rows)
+        if iv is not None:
+            opts = ivf.options(self.schema.get(rb.attr))
+            route, lists = iv
+            restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
+            # a filter keeping a fraction of the rows: scan that much more to find as many
+            keep, scanned = ivf.search(
+                route, lists, q, k * opts["rerank"], min(1.0, opts["probe"] / frac), sel if restrict else None
+            )
+            z = seg.unindexed_vectors(rb.attr)
+            if len(z):
+                keep = np.concatenate([keep, z[sel[z]]])
+            return keep, 0, scanned
+        return self._hnsw_candidates(seg, index, rb, sel, q, k, frac, metric, n_sel)
+
+    def _hnsw_candidates(self, seg, index, rb, sel, q, k, frac, metric, n_sel) -> tuple[np.ndarray, int, int]:
+        """HNSW over-fetch + post-filter (format-1 segments, until the next run rebuilds them)."""
         want = k * HNSW_OVERFETCH
         fetch = int(math.ceil(want / frac * 1.2)) + 8
         total = len(index)

@@ -1,0 +1,377 @@
+"""IVF-SQ8: the vector index of a segment (one per vector field), built for object storage.
+
+A segment's vectors are clustered (k-means on a sample, then every row assigned to
+its nearest centroid); each cluster is one *list*: the row positions of its members
+and their vectors quantised to int8.  Two files per field and segment:
+
+``ivf-{tag}.route.npz``
+    the routing structure: ``centroids`` (nlist x dims float32), ``offsets``
+    (nlist + 1 int64: list c holds members ``offsets[c]..offsets[c+1]``), ``scale``
+    (the int8 step), ``coarse`` / ``bounds`` (the coarse clusters the lists are
+    grouped by: lists ``bounds[j]..bounds[j+1]`` belong to coarse cluster j).
+    About 40 bytes per row at 100 dims and the default list size.
+``ivf-{tag}.lists``
+    the row positions of every member, list after list (uint32), then their codes
+    in the same order (int8, ``round(x / scale)``, x unit-normalised under cosine):
+    two byte ranges per run of adjacent probed lists.
+
+A query ranks the centroids (exact, float32), probes the nearest ``probe`` fraction
+of the lists (one parallel batch of ranged reads when cold), scores their codes
+with SIMD int8 dot products / squared distances (numkong, a usearch dependency),
+keeps ``rerank * k`` candidates and hands them to the exact re-rank with the f32
+vectors of the doc store, so ``$dist`` is exact.
+
+Cost (``ann`` options of the vector attribute, all optional; see docs/indexer.md):
+
+===========  =======  ==================================================================
+option       default  cost
+===========  =======  ==================================================================
+list_rows    1024     rows per list.  Build: assignment is O(rows x rows/list_rows) per
+                      segment (segments are capped, so linear in the namespace);
+                      query: centroid scan O(nlist x dims).
+probe        0.06     fraction of a segment's lists a query scans: latency, cold bytes
+                      (``probe x (dims + 4) / (4 x dims)`` of the f32 vector bytes) and
+                      recall all grow with it.
+rerank       10       candidates per requested result re-ranked with exact f32 vectors
+                      (cold: one ranged read each, coalesced).
+===========  =======  ==================================================================
+
+Why not HNSW (format 1): its build cost per row grows with the segment (1.99M x 100
+did not finish in 60 minutes here) and a query must hold the whole graph, so a cold
+query downloads every segment's graph.  Why numpy k-means and not faiss: numpy's BLAS
+does the O(n x k x d) assignment at ~30 GFLOP/s on this machine, which is the whole
+cost; faiss-cpu would add a 30 MB dependency for the same matmul.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import numpy as np
+
+log = logging.getLogger("puffer.index.ivf")
+
+DEFAULTS = {"list_rows": 128, "probe": 0.06, "rerank": 10}
+BOUNDS = {"list_rows": (16, 1 << 20), "probe": (1e-4, 1.0), "rerank": (1, 1000)}
+SAMPLE_PER_LIST = 32  # k-means training rows per centroid (faiss warns below 39; 32 measured as good here)
+SAMPLE_MIN = 8_192
+ITERATIONS = 8
+CHUNK = 32_768  # rows per assignment matmul (bounds the n x k distance block: 32k x 4k x 4 B = 512 MB max)
+KIND = "ivf-sq8"
+
+
+def options(spec: dict | None) -> dict:
+    """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
+    (stored by an older version) are clamped with a warning rather than failing a build."""
+    o = dict(DEFAULTS)
+    ann = (spec or {}).get("ann")
+    if isinstance(ann, dict):
+        o.update({k: v for k, v in ann.items() if k in DEFAULTS and v is not None})
+    for k, (lo, hi) in BOUNDS.items():
+        v = o[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            log.warning("ann %s %r is not a number; using %s", k, v, DEFAULTS[k])
+            v = DEFAULTS[k]
+        v = min(max(v, lo), hi)
+        o[k] = int(v) if isinstance(DEFAULTS[k], int) else float(v)
+    return o
+
+
+def build_options(spec: dict | None) -> dict:
+    """The options that shape the files (a change rebuilds the segment): list size only;
+    ``probe`` and ``rerank`` are read at query time from the schema in force."""
+    return {"kind": KIND, "list_rows": options(spec)["list_rows"]}
+
+
+# ---------------------------------------------------------------- clustering
+def _prepare(x: np.ndarray, cosine: bool) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if cosine:
+        n = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(n > 0, n, 1)
+    return x
+
+
+def assign(x: np.ndarray, cent: np.ndarray, cosine: bool) -> np.ndarray:
+    """Index of the nearest centroid of every row (exact; chunked matmul)."""
+    out = np.empty(len(x), np.int32)
+    c2 = None if cosine else np.einsum("ij,ij->i", cent, cent)
+    for a in range(0, len(x), CHUNK):
+        g = x[a : a + CHUNK] @ cent.T
+        if cosine:
+            out[a : a + CHUNK] = np.argmax(g, axis=1)
+        else:
+            out[a : a + CHUNK] = np.argmin(c2 - 2 * g, axis=1)
+    return out
+
+
+def kmeans(x: np.ndarray, k: int, cosine: bool, rng: np.random.Generator, iters: int = ITERATIONS) -> np.ndarray:
+    """k centroids of the (already prepared) rows ``x``: Lloyd's iterations from a random
+    start; empty clusters are re-seeded from random rows; spherical under cosine."""
+    n = len(x)
+    k = max(1, min(k, n))
+    cent = x[rng.choice(n, k, replace=False)].astype(np.float32, copy=True)
+    for _ in range(iters):
+        lab = assign(x, cent, cosine)
+        counts = np.bincount(lab, minlength=k)
+        order = np.argsort(lab, kind="stable")
+        nz = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[nz]
+        sums = np.add.reduceat(x[order], starts, axis=0)
+        cent[nz] = sums / counts[nz, None]
+        empty = np.flatnonzero(counts == 0)
+        if len(empty):
+            cent[empty] = x[rng.choice(n, len(empty), replace=False)]
+        if cosine:
+            nn = np.linalg.norm(cent, axis=1, keepdims=True)
+            cent /= np.where(nn > 0, nn, 1)
+    return cent
+
+
+class Codebook:
+    """Two-level centroids: ``coarse`` (about sqrt(nlist)) and the fine ``centroids``
+    (the lists), grouped by coarse cluster (``groups[j]`` = the fine ids of coarse j, a
+    contiguous range), so lists near each other in space are near each other in the file."""
+
+    def __init__(self, coarse: np.ndarray, centroids: np.ndarray, bounds: np.ndarray, cosine: bool):
+        self.coarse, self.centroids, self.bounds, self.cosine = coarse, centroids, bounds, cosine
+        # for each coarse cluster, its NEIGHBOURS nearest coarse clusters (itself first)
+        k1 = len(coarse)
+        nb = min(NEIGHBOURS, k1)
+        self.near = np.argsort(_dist(coarse, coarse, cosine), axis=1)[:, :nb]
+
+    def assign(self, x: np.ndarray) -> np.ndarray:
+        """Nearest fine centroid of every row, searched among the children of the
+        NEIGHBOURS coarse clusters around the row's nearest coarse cluster: O(rows x
+        (sqrt(nlist) + NEIGHBOURS x nlist / sqrt(nlist))) instead of O(rows x nlist)."""
+        top = assign(x, self.coarse, self.cosine)
+        out = np.empty(len(x), np.int32)
+        for j in np.unique(top):
+            rows = np.flatnonzero(top == j)
+            cand = np.concatenate([np.arange(self.bounds[m], self.bounds[m + 1]) for m in self.near[j]])
+            out[rows] = cand[assign(x[rows], self.centroids[cand], self.cosine)]
+        return out
+
+
+NEIGHBOURS = 3
+
+
+def _dist(a: np.ndarray, b: np.ndarray, cosine: bool) -> np.ndarray:
+    g = a @ b.T
+    if cosine:
+        return -g
+    return np.einsum("ij,ij->i", b, b)[None, :] - 2 * g
+
+
+def train(sample: np.ndarray, nlist: int, cosine: bool, rng: np.random.Generator) -> Codebook:
+    """Hierarchical k-means: about sqrt(nlist) coarse clusters of the sample, then each
+    coarse cluster split into lists in proportion to its share of the sample."""
+    k1 = max(1, int(round(math.sqrt(nlist))))
+    coarse = kmeans(sample, k1, cosine, rng)
+    top = assign(sample, coarse, cosine)
+    fine, bounds = [], [0]
+    for j in range(len(coarse)):
+        members = sample[top == j]
+        if not len(members):
+            fine.append(coarse[j : j + 1])
+        else:
+            kj = max(1, int(round(nlist * len(members) / len(sample))))
+            fine.append(kmeans(members, kj, cosine, rng, iters=ITERATIONS) if kj > 1 else coarse[j : j + 1])
+        bounds.append(bounds[-1] + len(fine[-1]))
+    return Codebook(coarse, np.concatenate(fine).astype(np.float32), np.asarray(bounds, np.int64), cosine)
+
+
+# ---------------------------------------------------------------- build
+def build(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) -> tuple[bytes, bytes, dict]:
+    """IVF over the rows of ``mat`` that have a vector (non-NaN; under cosine also
+    non-zero).  Returns (route file, lists file, info for the manifest)."""
+    cosine = (metric or "cosine_distance") == "cosine_distance"
+    rng = np.random.default_rng(seed)
+    dims = mat.shape[1]
+    valid = ~np.isnan(mat).any(axis=1) if len(mat) else np.zeros(0, bool)
+    pos = np.flatnonzero(valid).astype(np.uint32)
+    x = _prepare(mat[valid], cosine) if len(pos) else np.zeros((0, dims), np.float32)
+    if cosine and len(x):
+        ok = np.abs(x).sum(axis=1) > 0  # zero vectors have no direction: they rank at distance 1 (readers)
+        pos, x = pos[ok], x[ok]
+    n = len(x)
+    if n:
+        nlist = max(1, int(round(n / list_rows)))
+        want = max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST)
+        sample = x if n <= want else x[np.sort(rng.choice(n, want, replace=False))]
+        book = train(sample, nlist, cosine, rng)
+        lab = book.assign(x)
+        cent = book.centroids
+        nlist = len(cent)
+        amax = float(np.quantile(np.abs(sample), 0.9995)) if sample.size else 1.0
+        scale = (amax if amax > 0 else 1.0) / 127.0
+        codes = np.clip(np.rint(x / scale), -127, 127).astype(np.int8)
+        coarse, bounds = book.coarse, book.bounds
+    else:
+        nlist, cent, lab, scale = 0, np.zeros((0, dims), np.float32), np.zeros(0, np.int32), 1.0
+        codes, coarse, bounds = np.zeros((0, dims), np.int8), np.zeros((0, dims), np.float32), np.zeros(1, np.int64)
+    counts = np.bincount(lab, minlength=nlist) if nlist else np.zeros(0, np.int64)
+    offsets = np.zeros(nlist + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    order = np.argsort(lab, kind="stable")
+    lists = pos[order].astype("<u4").tobytes() + codes[order].tobytes()
+    route = io.BytesIO()
+    np.savez(
+        route,
+        centroids=cent.astype("<f4"),
+        offsets=offsets,
+        scale=np.float32(scale),
+        coarse=coarse.astype("<f4"),
+        bounds=bounds,
+    )
+    info = {"vectors": int(n), "lists": int(nlist), "max_list": int(counts.max()) if nlist else 0}
+    return route.getvalue(), lists, info
+
+
+# ---------------------------------------------------------------- query
+class Route:
+    """The routing structure of one field of one segment (see the module docstring)."""
+
+    def __init__(self, data: bytes, dims: int, metric: str | None):
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        self.centroids = np.ascontiguousarray(z["centroids"], dtype=np.float32)  # stored f16
+        self.offsets = np.asarray(z["offsets"], dtype=np.int64)
+        self.scale = float(z["scale"])
+        self.dims = dims
+        self.cosine = (metric or "cosine_distance") == "cosine_distance"
+        self.c2 = None if self.cosine else np.einsum("ij,ij->i", self.centroids, self.centroids)
+
+    @property
+    def nlist(self) -> int:
+        return len(self.centroids)
+
+    def nearest_lists(self, q: np.ndarray, probe: float, min_rows: int = 0) -> np.ndarray:
+        """The nearest lists holding together at least ``probe`` x rows members (and at
+        least ``min_rows``): the scan cost and cold bytes are a fraction of the rows,
+        whatever the list sizes."""
+        if self.nlist == 0:
+            return np.zeros(0, np.int64)
+        g = self.centroids @ q
+        d = -g if self.cosine else self.c2 - 2 * g
+        need = max(1, int(math.ceil(probe * self.rows)), min_rows)
+        if need >= self.rows:
+            return np.arange(self.nlist)
+        sizes = np.diff(self.offsets)
+        # lists are about rows / nlist each: sort a few times the expected count, not all
+        guess = min(self.nlist, max(8, int(4 * need * self.nlist / max(1, self.rows))))
+        while True:
+            cand = np.argpartition(d, guess - 1)[:guess] if guess < self.nlist else np.arange(self.nlist)
+            cand = cand[np.argsort(d[cand], kind="stable")]
+            cum = np.cumsum(sizes[cand])
+            if cum[-1] >= need or guess >= self.nlist:
+                return cand[: int(np.searchsorted(cum, need)) + 1]
+            guess = min(self.nlist, guess * 2)
+
+    @property
+    def rows(self) -> int:
+        return int(self.offsets[-1]) if len(self.offsets) else 0
+
+    def runs(self, lists: np.ndarray) -> list[tuple[int, int]]:
+        """Member ranges ``[a, b)`` (in list order) covering ``lists``, adjacent lists merged:
+        lists are stored grouped by coarse cluster, so probed lists are mostly adjacent."""
+        s = np.sort(lists)
+        out: list[tuple[int, int]] = []
+        for c in s:
+            a, b = int(self.offsets[c]), int(self.offsets[c + 1])
+            if a == b:
+                continue
+            if out and out[-1][1] == a:
+                out[-1] = (out[-1][0], b)
+            else:
+                out.append((a, b))
+        return out
+
+    def positions_range(self, a: int, b: int) -> tuple[int, int]:
+        """Byte range of members ``a..b`` 's row positions in the lists file."""
+        return 4 * a, 4 * b
+
+    def codes_range(self, a: int, b: int) -> tuple[int, int]:
+        base = 4 * self.rows
+        return base + a * self.dims, base + b * self.dims
+
+    def query_codes(self, q: np.ndarray) -> np.ndarray:
+        if self.cosine:
+            m = float(np.abs(q).max()) or 1.0
+            return np.clip(np.rint(q * (127.0 / m)), -127, 127).astype(np.int8)[None, :]
+        return np.clip(np.rint(q / self.scale), -127, 127).astype(np.int8)[None, :]
+
+    def prepare_query(self, q: np.ndarray) -> np.ndarray:
+        q = np.asarray(q, dtype=np.float32)
+        if self.cosine:
+            n = float(np.linalg.norm(q))
+            return q / n if n > 0 else q
+        return q
+
+
+def score(route: Route, qc: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Approximate distances (smaller = nearer) of one list's codes to the query codes."""
+    import numkong as nk
+
+    if not len(codes):
+        return np.zeros(0, np.float64)
+    if route.cosine:
+        return -np.asarray(nk.cdist(qc, codes, metric="dot"))[0]
+    return np.asarray(nk.cdist(qc, codes, metric="sqeuclidean"))[0]
+
+
+class Lists:
+    """The lists file of one field of one segment: memory-mapped when the file is local
+    or cached, else read by ranges (only the probed lists' bytes)."""
+
+    def __init__(self, route: Route, local=None, fetch=None):
+        self.route = route
+        self._pos = self._codes = None
+        if local is not None:
+            n = route.rows
+            raw = np.memmap(local, dtype=np.uint8, mode="r") if n else np.zeros(0, np.uint8)
+            self._pos = raw[: 4 * n].view("<u4")
+            self._codes = raw[4 * n :].view(np.int8).reshape(n, route.dims)
+        self._fetch = fetch  # fetch(list of (start, end)) -> list of bytes-like
+
+    def blocks(self, runs: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(positions, codes) of each member run."""
+        if self._pos is not None:
+            return [(self._pos[a:b], self._codes[a:b]) for a, b in runs]
+        r = self.route
+        assert self._fetch is not None
+        ranges = [r.positions_range(a, b) for a, b in runs] + [r.codes_range(a, b) for a, b in runs]
+        got = self._fetch(ranges)
+        n = len(runs)
+        return [
+            (np.frombuffer(got[i], dtype="<u4"), np.frombuffer(got[n + i], dtype=np.int8).reshape(-1, r.dims))
+            for i in range(n)
+        ]
+
+
+def search(
+    route: Route, lists: Lists, q: np.ndarray, want: int, probe: float, sel: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """Row positions of the ``want`` best candidates by approximate distance among the
+    members of the probed lists (``sel``: the rows allowed, a boolean mask over the
+    segment), and how many members were scanned."""
+    if route.nlist == 0 or want <= 0:
+        return np.zeros(0, np.int64), 0
+    qq = route.prepare_query(q)
+    qc = route.query_codes(qq)
+    runs = route.runs(route.nearest_lists(qq, probe, min_rows=want))
+    pos_parts, score_parts = [], []
+    for p, codes in lists.blocks(runs):
+        if sel is not None:
+            keep = sel[p]
+            if not keep.all():
+                p, codes = p[keep], codes[keep]
+        pos_parts.append(p)
+        score_parts.append(score(route, qc, codes))
+    pos = np.concatenate(pos_parts) if pos_parts else np.zeros(0, np.uint32)
+    sc = np.concatenate(score_parts) if score_parts else np.zeros(0)
+    scanned = int(sum(b - a for a, b in runs))
+    if len(pos) > want:
+        pos = pos[np.argpartition(sc, want - 1)[:want]]
+    return pos.astype(np.int64), scanned

@@ -1,0 +1,71 @@
+"""Ranged reads of immutable index files: only the bytes a cold query needs.
+
+Requests for one query run in parallel (one round trip of latency for the batch) and
+requests for nearby bytes are coalesced (one request beats many for gaps under
+``RANGE_GAP_BYTES``).  ``io_scope`` counts the workers' requests: the context is copied
+into each worker.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextvars
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+
+from ..store import Store
+
+WHOLE_FILE_MAX = 8 << 20  # files up to this size are fetched whole (one request beats many)
+RANGE_GAP_BYTES = 64 * 1024  # ranges closer than this are read in one request
+RANGE_THREADS = 16  # requests in flight at once (object stores)
+
+T = TypeVar("T")
+
+
+def parallel(fns: Sequence[Callable[[], T]], remote: bool = True) -> list[T]:
+    """Run ``fns`` at once (remote stores) or one after another (local); results in order."""
+    if len(fns) <= 1 or not remote:
+        return [f() for f in fns]
+    ctx = contextvars.copy_context()
+    with ThreadPoolExecutor(min(RANGE_THREADS, len(fns))) as ex:
+        return list(ex.map(lambda f: ctx.copy().run(f), fns))
+
+
+def coalesce(ranges: Sequence[tuple[int, int]], gap: int = RANGE_GAP_BYTES) -> list[tuple[int, int]]:
+    """Sorted, merged byte ranges covering ``ranges`` (ranges under ``gap`` apart joined)."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(r for r in ranges if r[1] > r[0]):
+        if out and a - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def read_ranges(store: Store, key: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
+    """The bytes of each ``(start, end)`` of object ``key``, in order, by coalesced parallel reads."""
+    runs = coalesce(ranges)
+    blobs = parallel([lambda r=r: store.read_range(key, r[0], r[1]) for r in runs], store.is_remote)
+    starts = [r[0] for r in runs]
+    out = []
+    for a, b in ranges:
+        if b <= a:
+            out.append(memoryview(b""))
+            continue
+        j = bisect.bisect_right(starts, a) - 1
+        s = runs[j][0]
+        out.append(memoryview(blobs[j])[a - s : b - s])
+    return out
+
+
+def read_rows(store: Store, key: str, pos: np.ndarray, row_bytes: int) -> np.ndarray:
+    """Bytes of fixed-size rows ``pos`` of object ``key`` (uint8, rows in ``pos`` order)."""
+    pos = np.asarray(pos, dtype=np.int64)
+    got = read_ranges(store, key, [(int(p) * row_bytes, (int(p) + 1) * row_bytes) for p in pos])
+    out = np.empty((len(pos), row_bytes), np.uint8)
+    for i, g in enumerate(got):
+        out[i] = np.frombuffer(g, dtype=np.uint8)
+    return out

@@ -1,0 +1,167 @@
+"""The IVF-SQ8 vector index (puffer_cli/index/ivf.py) and the segment policy around it.
+
+Unit level: recall of build + search against numpy's exact top-k, rows without a
+vector left out, ranged reads equal to the memory-mapped file.  Namespace level
+(local, memory, moto S3): segments cut during a run, size-tiered merges and
+incremental runs (add, update, delete, index again) answer every query form like the
+exact engine and like a fresh full build of the same writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from puffer_cli import engine
+from puffer_cli.index import builder, ivf, reader
+
+from .test_index import SCHEMA, exact, make_rows, queries, same
+
+
+def clustered(rng, n=4000, dims=16, k=40):
+    centers = rng.normal(size=(k, dims)) * 3
+    return (centers[rng.integers(0, k, n)] + rng.normal(size=(n, dims))).astype(np.float32)
+
+
+def exact_top(x, q, k, cosine):
+    if cosine:
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        d = 1 - xn @ (q / np.linalg.norm(q))
+    else:
+        d = ((x - q) ** 2).sum(1)
+    return np.argsort(d)[:k], d
+
+
+def search(route_b, lists_b, x, q, k, metric, probe):
+    r = ivf.Route(route_b, x.shape[1], metric)
+    lists = ivf.Lists(r, fetch=lambda ranges: [lists_b[a:b] for a, b in ranges])
+    cand, scanned = ivf.search(r, lists, q, 10 * k, probe)
+    _, d = exact_top(x, q, k, metric == "cosine_distance")
+    return cand[np.argsort(d[cand])[:k]], scanned
+
+
+@pytest.mark.parametrize("metric", ["cosine_distance", "euclidean_squared"])
+def test_recall_against_numpy(metric):
+    rng = np.random.default_rng(1)
+    x = clustered(rng)
+    route_b, lists_b, info = ivf.build(x, 32, metric)
+    assert info["vectors"] == len(x) and info["lists"] > 20
+    hits, scanned = 0, 0
+    for q in clustered(rng, n=30):
+        got, s = search(route_b, lists_b, x, q, 10, metric, probe=0.15)
+        want, _ = exact_top(x, q, 10, metric == "cosine_distance")
+        hits += len(set(got) & set(want))
+        scanned += s
+    assert hits / 300 >= 0.9
+    assert scanned / 30 <= 0.3 * len(x)  # the probe bounds the scan (plus the last list)
+
+
+def test_probe_one_is_exhaustive():
+    rng = np.random.default_rng(2)
+    x = clustered(rng, n=1000)
+    route_b, lists_b, _ = ivf.build(x, 16, "euclidean_squared")
+    q = rng.normal(size=16).astype(np.float32)
+    got, scanned = search(route_b, lists_b, x, q, 10, "euclidean_squared", probe=1.0)
+    want, _ = exact_top(x, q, 10, False)
+    assert scanned == len(x) and set(got) == set(want)
+
+
+def test_rows_without_a_vector_are_left_out():
+    rng = np.random.default_rng(3)
+    x = clustered(rng, n=500)
+    x[7] = np.nan
+    x[9] = 0.0  # no direction under cosine
+    route_b, lists_b, info = ivf.build(x, 16, "cosine_distance")
+    r = ivf.Route(route_b, 16, "cosine_distance")
+    pos = np.frombuffer(lists_b[: 4 * r.rows], dtype="<u4")
+    assert info["vectors"] == r.rows == 498 and 7 not in pos and 9 not in pos
+    assert sorted(pos.tolist()) == [i for i in range(500) if i not in (7, 9)]
+    empty_r, empty_l, empty_i = ivf.build(np.full((3, 4), np.nan, np.float32), 16, "cosine_distance")
+    r0 = ivf.Route(empty_r, 4, "cosine_distance")
+    assert empty_i["vectors"] == 0 and r0.nlist == 0 and empty_l == b""
+    assert ivf.search(r0, ivf.Lists(r0, fetch=lambda rs: []), np.ones(4, np.float32), 5, 0.1)[0].size == 0
+
+
+def test_ranged_lists_equal_memory_mapped(tmp_path):
+    rng = np.random.default_rng(4)
+    x = clustered(rng, n=2000)
+    route_b, lists_b, _ = ivf.build(x, 32, "euclidean_squared")
+    path = tmp_path / "lists"
+    path.write_bytes(lists_b)
+    r = ivf.Route(route_b, 16, "euclidean_squared")
+    runs = r.runs(r.nearest_lists(rng.normal(size=16).astype(np.float32), 0.2))
+    a = ivf.Lists(r, local=path).blocks(runs)
+    b = ivf.Lists(r, fetch=lambda ranges: [lists_b[s:e] for s, e in ranges]).blocks(runs)
+    assert len(a) == len(b) == len(runs)
+    for (pa, ca), (pb, cb) in zip(a, b):
+        assert np.array_equal(pa, pb) and np.array_equal(ca, cb)
+
+
+def test_options_clamp_stored_values():
+    o = ivf.options({"ann": {"list_rows": 3, "probe": 7, "rerank": "x"}})
+    assert o == {"list_rows": 16, "probe": 1.0, "rerank": ivf.DEFAULTS["rerank"]}
+
+
+# ---------------------------------------------------------------- namespace level
+@pytest.fixture
+def small_segments(monkeypatch):
+    """Segments of 50 rows, every ANN query through the IVF lists, and probe = every list
+    (so ANN answers equal the exact engine's and can be compared row for row)."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "50")
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "probe", 1.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "list_rows", 16)
+
+
+def writes(rng):
+    """Batches of writes: inserts, updates of rows in earlier segments, deletes."""
+    return [
+        [{"upsert_rows": make_rows(rng, 0, 70), "schema": SCHEMA}, {"upsert_rows": make_rows(rng, 70, 60)}],
+        [
+            {"upsert_rows": make_rows(rng, 130, 25)},
+            {"upsert_rows": make_rows(rng, 10, 5)},  # updates rows of a cut segment
+            {"deletes": [0, 1, 2, 55, 140]},
+            {"patch_rows": [{"id": 60, "cat": 9}]},
+        ],
+        [{"upsert_rows": make_rows(rng, 155, 12)}, {"deletes": list(range(20, 45))}],
+    ]
+
+
+def index(ns):
+    return builder.index_namespace(ns, gc_grace_s=0)
+
+
+def test_incremental_runs_equal_exact_and_a_full_build(db, small_segments):
+    rng = np.random.default_rng(7)
+    batches = writes(rng)
+    inc, full = db.namespace("inc"), db.namespace("full")
+    for batch in batches:
+        for body in batch:
+            inc.write(body)
+            full.write(body)
+        rep = index(inc)
+        assert rep.status == "indexed"
+        for body in queries(rng):
+            assert same(engine.run_query(inc, body), exact(inc, body)), body
+    index(full)
+    man = builder.load_manifest(full.store, full.read_meta()[0]["index"]["manifest"])
+    assert len(man["segments"]) >= 3 and all(s["rows"] <= 50 for s in man["segments"])
+    for body in queries(rng):
+        body = {**body, "consistency": {"level": "eventual"}}
+        assert same(engine.run_query(inc, body), engine.run_query(full, body)), body
+    docs, _ = inc.docs()
+    assert inc.read_meta()[0]["index"]["rows"] == docs.height
+
+
+def test_cut_segments_bound_a_run(mem_db, small_segments):
+    """One run over 130 rows writes segments of at most 50 rows, each with its own IVF."""
+    ns = mem_db.namespace("cut")
+    rng = np.random.default_rng(8)
+    for body in writes(rng)[0]:
+        ns.write(body)
+    rep = index(ns)
+    man = builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
+    rows = [s["rows"] for s in man["segments"]]
+    assert sum(rows) == 130 and max(rows) <= 50 and rep.rows_indexed == 130
+    assert all(s["ann"]["vector"]["kind"] == ivf.KIND for s in man["segments"])
+    for body in queries(rng)[:3]:
+        assert same(engine.run_query(ns, body), exact(ns, body)), body
