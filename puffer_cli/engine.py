@@ -242,6 +242,7 @@ def _performance(src: Source, io, t0: float, t_exec: float) -> dict:
         "cache_temperature": temp,
         "cache_hit_ratio": ratio,
         "object_store_requests": io.requests,
+        "object_store_round_trips": io.round_trips,
         "object_store_bytes_read": io.bytes_read,
     }
 

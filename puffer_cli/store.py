@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout, limits
@@ -47,11 +47,25 @@ class IOStats:
     requests: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each remote request
 
     def add(self, other: IOStats) -> None:
         self.requests += other.requests
         self.bytes_read += other.bytes_read
         self.bytes_written += other.bytes_written
+        self.spans.extend(other.spans)
+
+    @property
+    def round_trips(self) -> int:
+        """Sequential round trips to the object store: requests that overlap in time (one
+        parallel batch) count once; a request started after every earlier one ended starts
+        the next round trip.  0 on a local store (no remote requests)."""
+        n, end = 0, float("-inf")
+        for a, b in sorted(self.spans):
+            if a > end:
+                n += 1
+            end = max(end, b)
+        return n
 
 
 _scope: contextvars.ContextVar[IOStats | None] = contextvars.ContextVar("puffer_io", default=None)
@@ -673,11 +687,18 @@ class S3Store(Store):
         hard = deadline_s is not None
         deadline = start + (deadline_s if deadline_s is not None else limits.S3_RETRY_DEADLINE_S)
         attempt = 0
+        scope = _scope.get()
         while True:
+            t0 = time.perf_counter()
             try:
                 left = deadline - time.monotonic()
-                return sync(self.fs.loop, make, timeout=max(left, 0.01) if hard else None)
+                out = sync(self.fs.loop, make, timeout=max(left, 0.01) if hard else None)
+                if scope is not None:
+                    scope.spans.append((t0, time.perf_counter()))
+                return out
             except Exception as e:  # noqa: BLE001 - every failure goes through _translate
+                if scope is not None:
+                    scope.spans.append((t0, time.perf_counter()))
                 err = self._translate(e, what, key)
                 if isinstance(err, _Precondition):
                     if retry_check is not None and retry_check():

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from puffer_cli import cache, engine, namespace
 from puffer_cli.cache import Cache
-from puffer_cli.index import builder, reader
+from puffer_cli.index import builder, ranged, reader
 from puffer_cli.store import io_scope
 
 from .test_index import SCHEMA, make_rows
@@ -76,7 +76,7 @@ def test_cold_then_hot_query_and_warm(mem_db, tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(pos=st.lists(st.integers(0, 299), min_size=1, max_size=40), row_bytes=st.sampled_from([4, 12, 400]))
 def test_ranged_row_reads_equal_the_whole_file(pos, row_bytes):
-    """reader._read_rows (coalesced, parallel ranged reads) returns exactly the rows asked
+    """ranged.read_rows (coalesced, parallel ranged reads) returns exactly the rows asked
     for, in the order asked, duplicates included."""
     import puffer_cli
 
@@ -84,13 +84,13 @@ def test_ranged_row_reads_equal_the_whole_file(pos, row_bytes):
     data = np.arange(300 * row_bytes, dtype=np.uint32).astype(np.uint8).tobytes()
     st_.write("r/index/00000000000000000001/v.f32", data)
     p = np.asarray(pos, dtype=np.int64)
-    got = reader._read_rows(st_, "r/index/00000000000000000001/v.f32", p, row_bytes)
+    got = ranged.read_rows(st_, "r/index/00000000000000000001/v.f32", p, row_bytes)
     want = np.frombuffer(data, np.uint8).reshape(300, row_bytes)[p]
     assert np.array_equal(got, want)
 
 
 def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch):
-    """On S3 with an empty cache, an ANN query fetches the HNSW file whole but only the
+    """On S3 with an empty cache, an ANN query fetches the IVF route whole but only the probed lists and the
     re-ranked rows of a (large) f32 vector file (ranged reads); a long-lived process
     (background_fetch, the default) then fetches that file whole for the next queries,
     a one-shot `puffer query` does not. Answers are the same either way."""
@@ -99,7 +99,7 @@ def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch)
     import puffer_cli
 
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 10)
-    monkeypatch.setattr(reader, "WHOLE_FILE_MAX", 0)  # treat the tiny test file as large
+    monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)  # treat the tiny test file as large
     db = puffer_cli.connect("s3://puffer-test/cold-ranged", s3_endpoint=s3_server)
     ns = db.namespace("v")
     rng = np.random.default_rng(21)

@@ -47,7 +47,7 @@ from ..errors import Conflict
 from ..namespace import Namespace
 from ..store import Store, now_ms
 from . import docs as D
-from . import fts, ivf
+from . import fts, ivf, paged
 from .lease import Lease
 from .manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
 from .manifest import ann_sig, fts_sig, load_manifest, manifest_files
@@ -193,7 +193,7 @@ class _Base:
         df = self.attrs(i)[pos.tolist()] if len(pos) else self.attrs(i).clear()
         cols = []
         for f, v in seg.get("vectors", {}).items():
-            mat = D.open_vectors(self.cache.file(self.store, v["key"]), seg["rows"], v["dims"])
+            mat = D.open_vectors(paged.whole(self.cache, self.store, v), seg["rows"], v["dims"])
             cols.append(
                 D.vector_series(
                     f, np.asarray(mat[pos]) if len(pos) else np.zeros((0, v["dims"]), np.float32), v["dims"]
@@ -440,6 +440,7 @@ class _Run:
         while self.pending is not None and self.pending.height >= self.seg_rows:
             chunk, self.pending = self.pending.slice(0, self.seg_rows), self.pending.slice(self.seg_rows)
             seg = _write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress)
+            self.w.drain()  # its files are read back as part of the base
             self.cut.append(self.base.add(seg))
             _crash("after_cut")
             self.rep.rows_indexed += chunk.height
@@ -515,8 +516,10 @@ class _Run:
             frame = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
             for a in range(0, frame.height, self.seg_rows):
                 chunk = frame.slice(a, self.seg_rows)
-                seg = _write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress)
-                seg["_new_from"] = max(0, n_old - a) if last else chunk.height  # rows before it: not new
+                new = np.arange(a, a + chunk.height) >= (n_old if last else frame.height)  # merged rows: not new
+                seg = _write_segment(
+                    self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress, new
+                )
                 self.segments.append(seg)
         _crash("after_segment")
 
@@ -573,7 +576,7 @@ class _Run:
             total -= st["total_len"]
             df.subtract(st["df"])
         cut = [self.base.segs[i] for i in self.cut]
-        add = [t for seg in cut + self.segments for t in seg["_fts_tokens"][f][seg.get("_new_from", 0) :]]
+        add = [t for seg in cut + self.segments for t in seg["_fts_new"][f]]
         return n_rows, n_docs, total, df, add
 
     def _bm25_recompute(self, f: str):
@@ -631,6 +634,7 @@ class _Run:
         now = now_ms()
         live = int(sum(s["live"] for s in self.all_segs))
         routing = sorted(v["route"] for s in self.all_segs for v in s.get("ann", {}).values() if v.get("route"))
+        routing += sorted(s["tombstones"] for s in self.all_segs if s.get("tombstones"))
 
         def swap(cur):
             cur = cur or {
@@ -663,7 +667,7 @@ class _Run:
                 "published_at": now,
                 "segments": len(self.all_segs),
                 "rows": live,
-                "routing": routing,  # fetched with the manifest by a cold reader (one round trip)
+                "prefetch": routing,  # IVF routes and tombstones: a cold reader fetches them with the manifest
                 "retained": retained,
             }
             return cur
@@ -687,10 +691,11 @@ def _read_terms(store: Store, cache: Cache, key: str):
 
 
 def _segment_files(s: dict) -> list[str]:
-    out = [s["attrs"]]
-    out += [v["key"] for v in s.get("vectors", {}).values()]
+    out = [s["attrs"]] + (paged.files(s["ids"]) if s.get("ids") else [])
+    for v in s.get("vectors", {}).values():
+        out += paged.files(v)
     for v in s.get("ann", {}).values():
-        out += [v[k] for k in ("key", "route", "lists_key") if v.get(k)]
+        out += [v[k] for k in ("key", "route") if v.get(k)] + (paged.files(v["lists"]) if v.get("lists") else [])
     for v in s.get("fts", {}).values():
         out += v["files"]
         out += [v[k] for k in ("tokens", "postings") if v.get(k)]
@@ -700,9 +705,30 @@ def _segment_files(s: dict) -> list[str]:
 
 
 def _write_segment(
-    w: _Writer, ns: str, gen: int, frame: pl.DataFrame, schema: dict, metric: str | None, progress
+    w: _Writer,
+    ns: str,
+    gen: int,
+    frame: pl.DataFrame,
+    schema: dict,
+    metric: str | None,
+    progress,
+    new: np.ndarray | None = None,
 ) -> dict:
+    """Write one segment of ``frame``'s rows (``new``: which rows are new documents, for the
+    BM25 statistics; default all).  The rows are written in the list order of the first
+    vector field's IVF, so a list is a contiguous run of rows in every file."""
     name = f"seg-{gen:06d}-{uuid.uuid4().hex[:8]}"
+    vf = D.vector_fields(schema)
+    fits: dict[str, ivf.Fit] = {}
+    if vf:
+        f0 = vf[0]
+        _note(progress, f"ivf {f0}", 0, frame.height)
+        mat0 = D.vector_matrix(frame, f0, S.vector_dims(schema[f0]["type"]))
+        fit0 = ivf.fit(mat0, ivf.build_options(schema[f0])["list_rows"], metric)
+        perm = fit0.row_order()
+        frame = frame[pl.Series(perm)]
+        fits[f0] = fit0.permuted(perm)
+        new = new[perm] if new is not None else None
     seg: dict = {
         "name": name,
         "generation": gen,
@@ -716,21 +742,27 @@ def _write_segment(
     }
     _note(progress, "doc store", 0, frame.height)
     seg["attrs"] = w.put(layout.index_segment_file(ns, gen, name, D.ATTRS), D.attrs_bytes(frame, schema))
-    for f in D.vector_fields(schema):
+    ids = frame.get_column("id")
+    if ids.dtype in (pl.UInt64, pl.Int64) and not ids.null_count():
+        kind = "u64" if ids.dtype == pl.UInt64 else "i64"  # fixed width: a cold query reads just its rows' ids
+        data = ids.to_numpy().astype("<" + kind[0] + "8").tobytes()
+        seg["ids"] = {**paged.put(w, layout.index_segment_file(ns, gen, name, f"ids.{kind}"), data), "dtype": kind}
+    for f in vf:
         dims = S.vector_dims(schema[f]["type"])
         mat = D.vector_matrix(frame, f, dims)
-        key = w.put(layout.index_segment_file(ns, gen, name, f"vec-{D.field_tag(f)}.f32"), mat.astype("<f4").tobytes())
-        seg["vectors"][f] = {"key": key, "dims": dims}
+        key = layout.index_segment_file(ns, gen, name, f"vec-{D.field_tag(f)}.f32")
+        seg["vectors"][f] = {**paged.put(w, key, mat.astype("<f4").tobytes()), "dims": dims}
         _crash("mid_segment")
         opts = ivf.build_options(schema[f])
         _note(progress, f"ivf {f}", 0, frame.height)
-        route, lists, info = ivf.build(mat, opts["list_rows"], metric)
+        fit = fits.get(f) or ivf.fit(mat, opts["list_rows"], metric)
+        route, lists, info = ivf.encode(fit, mat)
         tag = D.field_tag(f)
         seg["ann"][f] = {
             **opts,
             **info,
             "route": w.put(layout.index_segment_file(ns, gen, name, f"ivf-{tag}.route.npz"), route),
-            "lists_key": w.put(layout.index_segment_file(ns, gen, name, f"ivf-{tag}.lists"), lists),
+            "lists": paged.put(w, layout.index_segment_file(ns, gen, name, f"ivf-{tag}.lists"), lists),
             "dims": dims,
             "sig": ann_sig(schema[f], metric),
         }
@@ -752,6 +784,8 @@ def _write_segment(
                 layout.index_segment_file(ns, gen, name, f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks)
             )
     seg["_fts_tokens"] = ftoks
+    keep = np.flatnonzero(new) if new is not None else None
+    seg["_fts_new"] = {f: t if keep is None else [t[i] for i in keep] for f, t in ftoks.items()}
     return seg
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -184,50 +185,86 @@ def train(sample: np.ndarray, nlist: int, cosine: bool, rng: np.random.Generator
 
 
 # ---------------------------------------------------------------- build
-def build(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) -> tuple[bytes, bytes, dict]:
-    """IVF over the rows of ``mat`` that have a vector (non-NaN; under cosine also
-    non-zero).  Returns (route file, lists file, info for the manifest)."""
+@dataclass
+class Fit:
+    """A trained codebook and the list of every row (``labels``: -1 = not indexed)."""
+
+    labels: np.ndarray
+    book: Codebook | None
+    scale: float
+    cosine: bool
+
+    def row_order(self) -> np.ndarray:
+        """Row positions sorted by list (stable), rows without a list last: the order a
+        segment's rows are written in, so a list's rows are contiguous in every file and a
+        cold re-rank reads a few runs instead of one range per candidate."""
+        n = self.book.centroids.shape[0] if self.book is not None else 0
+        return np.argsort(np.where(self.labels < 0, n, self.labels), kind="stable")
+
+    def permuted(self, perm: np.ndarray) -> Fit:
+        return Fit(self.labels[perm], self.book, self.scale, self.cosine)
+
+
+def fit(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) -> Fit:
+    """Cluster the rows of ``mat`` that have a vector (non-NaN; under cosine also non-zero:
+    a zero vector has no direction and ranks at distance 1, readers add those rows)."""
     cosine = (metric or "cosine_distance") == "cosine_distance"
     rng = np.random.default_rng(seed)
-    dims = mat.shape[1]
-    valid = ~np.isnan(mat).any(axis=1) if len(mat) else np.zeros(0, bool)
-    pos = np.flatnonzero(valid).astype(np.uint32)
-    x = _prepare(mat[valid], cosine) if len(pos) else np.zeros((0, dims), np.float32)
-    if cosine and len(x):
-        ok = np.abs(x).sum(axis=1) > 0  # zero vectors have no direction: they rank at distance 1 (readers)
-        pos, x = pos[ok], x[ok]
+    labels = np.full(len(mat), -1, np.int32)
+    valid = _indexable(mat, cosine)
+    x = _prepare(mat[valid], cosine)
     n = len(x)
-    if n:
-        nlist = max(1, int(round(n / list_rows)))
-        want = max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST)
-        sample = x if n <= want else x[np.sort(rng.choice(n, want, replace=False))]
-        book = train(sample, nlist, cosine, rng)
-        lab = book.assign(x)
-        cent = book.centroids
-        nlist = len(cent)
-        amax = float(np.quantile(np.abs(sample), 0.9995)) if sample.size else 1.0
-        scale = (amax if amax > 0 else 1.0) / 127.0
-        codes = np.clip(np.rint(x / scale), -127, 127).astype(np.int8)
-        coarse, bounds = book.coarse, book.bounds
-    else:
-        nlist, cent, lab, scale = 0, np.zeros((0, dims), np.float32), np.zeros(0, np.int32), 1.0
-        codes, coarse, bounds = np.zeros((0, dims), np.int8), np.zeros((0, dims), np.float32), np.zeros(1, np.int64)
+    if not n:
+        return Fit(labels, None, 1.0, cosine)
+    nlist = max(1, int(round(n / list_rows)))
+    want = max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST)
+    sample = x if n <= want else x[np.sort(rng.choice(n, want, replace=False))]
+    book = train(sample, nlist, cosine, rng)
+    labels[valid] = book.assign(x)
+    amax = float(np.quantile(np.abs(sample), 0.9995))
+    return Fit(labels, book, (amax if amax > 0 else 1.0) / 127.0, cosine)
+
+
+def _indexable(mat: np.ndarray, cosine: bool) -> np.ndarray:
+    if not len(mat):
+        return np.zeros(0, bool)
+    ok = ~np.isnan(mat).any(axis=1)
+    if cosine:
+        ok &= np.abs(np.nan_to_num(mat)).sum(axis=1) > 0
+    return ok
+
+
+def encode(f: Fit, mat: np.ndarray) -> tuple[bytes, bytes, dict]:
+    """(route file, lists file, info for the manifest) of ``mat`` under ``f`` (rows aligned)."""
+    dims = mat.shape[1]
+    book = f.book
+    nlist = len(book.centroids) if book is not None else 0
+    valid = f.labels >= 0
+    pos = np.flatnonzero(valid).astype(np.uint32)
+    lab = f.labels[valid]
+    codes = np.clip(np.rint(_prepare(mat[valid], f.cosine) / f.scale), -127, 127).astype(np.int8)
     counts = np.bincount(lab, minlength=nlist) if nlist else np.zeros(0, np.int64)
     offsets = np.zeros(nlist + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     order = np.argsort(lab, kind="stable")
     lists = pos[order].astype("<u4").tobytes() + codes[order].tobytes()
+    empty = np.zeros((0, dims), np.float32)
     route = io.BytesIO()
     np.savez(
         route,
-        centroids=cent.astype("<f4"),
+        centroids=(book.centroids if book is not None else empty).astype("<f2"),
         offsets=offsets,
-        scale=np.float32(scale),
-        coarse=coarse.astype("<f4"),
-        bounds=bounds,
+        scale=np.float32(f.scale),
+        coarse=(book.coarse if book is not None else empty).astype("<f4"),
+        bounds=book.bounds if book is not None else np.zeros(1, np.int64),
     )
-    info = {"vectors": int(n), "lists": int(nlist), "max_list": int(counts.max()) if nlist else 0}
+    info = {"vectors": int(len(pos)), "lists": int(nlist), "max_list": int(counts.max()) if nlist else 0}
     return route.getvalue(), lists, info
+
+
+def build(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) -> tuple[bytes, bytes, dict]:
+    """:func:`fit` then :func:`encode`, rows kept in their order."""
+    return encode(fit(mat, list_rows, metric, seed), mat)
 
 
 # ---------------------------------------------------------------- query
@@ -334,6 +371,10 @@ class Lists:
             self._pos = raw[: 4 * n].view("<u4")
             self._codes = raw[4 * n :].view(np.int8).reshape(n, route.dims)
         self._fetch = fetch  # fetch(list of (start, end)) -> list of bytes-like
+
+    @property
+    def local(self) -> bool:
+        return self._pos is not None
 
     def blocks(self, runs: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(positions, codes) of each member run."""

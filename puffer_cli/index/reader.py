@@ -34,7 +34,7 @@ from .. import schema as S
 from ..cache import Cache, get_cache
 from ..scoring import f32_tolerance
 from ..store import Store
-from . import ann, fts, ivf
+from . import ann, fts, ivf, paged
 from . import docs as D
 from . import ranged as R
 from .manifest import fts_sig_of, load_manifest
@@ -171,6 +171,24 @@ class Segment:
                 self._idv = s.to_numpy() if s.dtype.is_integer() and not s.null_count() else False
             return self._idv if self._idv is not False else None
 
+    def id_rows(self, pos: np.ndarray) -> np.ndarray | pl.Series:
+        """The ids at row positions ``pos``: from the doc store when it is open or cached,
+        else (integer ids) by ranged reads of the fixed-width id file."""
+        m = self.meta.get("ids")
+        with self._lock:
+            opened = self._attrs is not None
+        if m is None or opened or not len(pos) or self.cache.has(self.store, self.meta["attrs"]):
+            idv = self.id_values()
+            return idv[pos] if idv is not None else self.attrs().get_column("id").gather(pos)
+        raw = paged.read_rows(self.cache, self.store, m, pos, 8)
+        return raw.view("<u8" if m["dtype"] == "u64" else "<i8").reshape(-1)
+
+    def rerank_rows(self, f: str, pos: np.ndarray):
+        """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip."""
+        fns = [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos)]
+        vec, ids = R.parallel(fns, self.store.is_remote)
+        return vec, ids
+
     def ids(self) -> pl.DataFrame:
         """(id, __pos) of live rows."""
         with self._lock:
@@ -184,7 +202,7 @@ class Segment:
             return None
         with self._lock:
             if f not in self._vec:
-                self._vec[f] = D.open_vectors(self.cache.file(self.store, v["key"]), self.rows, v["dims"])
+                self._vec[f] = D.open_vectors(paged.whole(self.cache, self.store, v), self.rows, v["dims"])
             return self._vec[f]
 
     def vector_rows(self, f: str, pos: np.ndarray) -> np.ndarray | None:
@@ -200,10 +218,14 @@ class Segment:
         with self._lock:
             opened = f in self._vec
         dims = int(v["dims"])
-        if opened or not len(pos) or self.cache.has(self.store, v["key"]) or self.rows * dims * 4 <= WHOLE_FILE_MAX:
+        if (
+            opened
+            or not len(pos)
+            or paged.cached(self.cache, self.store, v)
+            or self.rows * dims * 4 <= R.WHOLE_FILE_MAX
+        ):
             return self.vectors(f)[pos]
-        raw = _read_rows(self.store, v["key"], pos, 4 * dims)
-        self.cache.note_ranged(self.store, v["key"], raw.nbytes)
+        raw = paged.read_rows(self.cache, self.store, v, pos, 4 * dims)
         return raw.view("<f4").reshape(len(pos), dims)
 
     def norms(self, f: str) -> np.ndarray:
@@ -233,21 +255,21 @@ class Segment:
             return None
         with self._lock:
             got = self._ann.get(f)
+            if got is not None and not got[1].local and paged.cached(self.cache, self.store, m["lists"]):
+                got = None  # fetched whole meanwhile (background fetch, warm): memory-map it
             if got is None:
                 route = ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), int(m["dims"]), self.gen.metric)
-                key = m["lists_key"]
+                ent = m["lists"]
                 size = route.rows * (route.dims + 4)
-                if self.cache.has(self.store, key) or size <= R.WHOLE_FILE_MAX:
-                    got = (route, ivf.Lists(route, local=self.cache.file(self.store, key)))
+                if paged.cached(self.cache, self.store, ent) or size <= R.WHOLE_FILE_MAX:
+                    got = (route, ivf.Lists(route, local=paged.whole(self.cache, self.store, ent)))
                 else:
-                    got = (route, ivf.Lists(route, fetch=lambda ranges, k=key: self._ranged(k, ranges)))
+                    got = (
+                        route,
+                        ivf.Lists(route, fetch=lambda rs, e=ent: paged.read_ranges(self.cache, self.store, e, rs)),
+                    )
                 self._ann[f] = got
             return got
-
-    def _ranged(self, key: str, ranges):
-        got = R.read_ranges(self.store, key, ranges)
-        self.cache.note_ranged(self.store, key, sum(len(g) for g in got))
-        return got
 
     def ann(self, f: str):
         """The format-1 usearch HNSW of field ``f`` (generations built before IVF)."""
@@ -313,7 +335,7 @@ class Segment:
             self.vectors(f)
         for f, m in self.meta.get("ann", {}).items():
             if m.get("kind") == ivf.KIND:
-                self.cache.file(self.store, m["lists_key"])
+                paged.whole(self.cache, self.store, m["lists"])
                 with self._lock:
                     self._ann.pop(f, None)  # reopen memory-mapped
                 self.ivf(f)
@@ -323,45 +345,6 @@ class Segment:
             if f in self.gen.schema and self.gen.schema[f].get("full_text_search"):
                 self.fts(f)
                 self.postings(f)
-
-
-WHOLE_FILE_MAX = 8 << 20  # vector files up to this size are fetched whole (one request beats many)
-RANGE_GAP_BYTES = 64 * 1024  # rows closer than this are read in one request
-RANGE_THREADS = 8  # ranged reads in flight at once (object stores)
-
-
-def _read_rows(store: Store, key: str, pos: np.ndarray, row_bytes: int) -> np.ndarray:
-    """Bytes of fixed-size rows ``pos`` of object ``key`` (uint8, rows in ``pos`` order),
-    by ranged reads: nearby rows are coalesced, requests run in parallel."""
-    import contextvars
-    from concurrent.futures import ThreadPoolExecutor
-
-    order = np.argsort(pos, kind="stable")
-    sp = pos[order]
-    runs, start = [], 0
-    for j in range(1, len(sp) + 1):
-        if j == len(sp) or (sp[j] - sp[j - 1] - 1) * row_bytes > RANGE_GAP_BYTES:
-            runs.append((int(sp[start]), int(sp[j - 1]) + 1))
-            start = j
-
-    def fetch(run):
-        a, b = run
-        return np.frombuffer(store.read_range(key, a * row_bytes, b * row_bytes), dtype=np.uint8)
-
-    if len(runs) > 1 and store.is_remote:
-        ctx = contextvars.copy_context()  # so io_scope() counts the workers' requests
-        with ThreadPoolExecutor(min(RANGE_THREADS, len(runs))) as ex:
-            blobs = list(ex.map(lambda r: ctx.copy().run(fetch, r), runs))
-    else:
-        blobs = [fetch(r) for r in runs]
-    out = np.empty((len(pos), row_bytes), np.uint8)
-    k = 0
-    for (a, b), blob in zip(runs, blobs):
-        block = blob.reshape(b - a, row_bytes)
-        while k < len(sp) and sp[k] < b:
-            out[order[k]] = block[sp[k] - a]
-            k += 1
-    return out
 
 
 class Generation:
@@ -423,12 +406,25 @@ def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Gene
     with _GENS_LOCK:
         g = _GENS.get(key)
     if g is None:
-        g = Generation(store, cache, load_manifest(store, ptr["manifest"]), ptr["manifest"])
+        # one round trip when cold: the manifest and the keys the pointer names (IVF routes,
+        # tombstones) at once; the routes and tombstones land in the cache for the segments
+        pre = [k for k in ptr.get("prefetch", []) if isinstance(k, str)]
+        fns = [lambda: load_manifest(store, ptr["manifest"])]
+        fns += [lambda k=k: _prefetch(cache, store, k) for k in pre if not cache.has(store, k)]
+        man = R.parallel(fns, store.is_remote)[0]
+        g = Generation(store, cache, man, ptr["manifest"])
         with _GENS_LOCK:
             if len(_GENS) > 32:
                 _GENS.clear()
             _GENS[key] = g
     return g
+
+
+def _prefetch(cache: Cache, store: Store, key: str) -> None:
+    try:
+        cache.file(store, key)
+    except FileNotFoundError:
+        pass  # collected: the manifest read fails the same way, and the caller retries
 
 
 def forget(store: Store, name: str) -> None:

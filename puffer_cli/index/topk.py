@@ -33,6 +33,7 @@ from .. import response as R
 from .. import schema as S
 from .. import scoring as SC
 from . import docs as D
+from . import ranged as RG
 from .manifest import fts_sig_of
 
 
@@ -70,11 +71,13 @@ class _Collect:
         self.view = view
         self.keys, self.vals, self.ids, self.srcs, self.poss = [], [], [], [], []
 
-    def add(self, src: int, pos: np.ndarray, key: np.ndarray, val: np.ndarray) -> None:
+    def add(self, src: int, pos: np.ndarray, key: np.ndarray, val: np.ndarray, ids=None) -> None:
         if not len(pos):
             return
         v = self.view
-        if src >= 0:
+        if ids is not None:
+            pass
+        elif src >= 0:
             seg = v.gen.segments[src]
             idv = seg.id_values()
             ids = idv[pos] if idv is not None else seg.attrs().get_column("id").gather(pos)
@@ -122,19 +125,27 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     kk = q.offset + q.limit
     qv = rb.array()
     out = _Collect(view)
-    exhaustive = 0
-    for i, seg in enumerate(view.gen.segments):
+
+    def one(i: int):
+        """Candidates of segment i, re-ranked with their exact f32 vectors."""
         L.check_deadline()
         pos, ex, _probed = view.vector_candidates(i, rb, q.filter, kk, metric)
-        exhaustive += ex
         if not len(pos):
-            continue
-        sub = seg.vector_rows(rb.attr, pos)
+            return ex, pos, None, None
+        sub, ids = view.gen.segments[i].rerank_rows(rb.attr, pos)
         ok = ~np.isnan(sub).any(axis=1)  # rows without this vector never rank
         if not ok.all():
-            pos, sub = pos[ok], sub[ok]
-        d = SC.exact_distances(sub, qv, metric)
-        out.add(i, pos, d, d)
+            pos, sub, ids = pos[ok], sub[ok], ids[ok] if isinstance(ids, np.ndarray) else ids.filter(pl.Series(ok))
+        return ex, pos, SC.exact_distances(sub, qv, metric), ids
+
+    # on an object store the segments' reads overlap (one round trip per step, not per segment)
+    n = len(view.gen.segments)
+    done = RG.parallel([lambda i=i: one(i) for i in range(n)], view.gen.store.is_remote)
+    exhaustive = 0
+    for i, (ex, pos, d, ids) in enumerate(done):
+        exhaustive += ex
+        if d is not None:
+            out.add(i, pos, d, d, ids)
     tail = _tail(view)
     if tail is not None:
         L.check_deadline()

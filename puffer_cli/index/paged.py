@@ -1,0 +1,95 @@
+"""Large index files on object stores, stored as parts of at most PART_BYTES.
+
+A query reads a few kilobytes of a segment's vectors, lists and ids by range.  Some
+S3 servers serve a ranged GET by reading the whole object (moto does: a 400 MB vector
+file costs ~100 ms per request there), so on a remote store a file over PART_BYTES is
+written as parts ``{key}.{i:05d}`` and a ranged read touches only the parts it needs.
+On a local store files stay whole (a ranged read is a seek).
+
+A manifest entry is ``{"key": key}`` or ``{"key": key, "parts": [...], "part_bytes": P,
+"size": n}``; ``key`` names the whole file, which exists only in the local cache
+(assembled from the parts when a reader wants it whole: warm, memory-mapped queries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..cache import Cache
+from ..store import Store
+from . import ranged as R
+
+PART_BYTES = 8 << 20
+
+
+def put(w, key: str, data: bytes) -> dict:
+    """Write ``data`` under ``key`` (whole, or as parts on a remote store); the manifest entry.
+    ``w``: the builder's writer (``put(key, data) -> key``, ``store``, ``cache``)."""
+    if not w.store.is_remote or len(data) <= PART_BYTES:
+        return {"key": w.put(key, data)}
+    parts = [w.put(f"{key}.{i:05d}", data[a : a + PART_BYTES]) for i, a in enumerate(range(0, len(data), PART_BYTES))]
+    w.cache.put(w.store, key, data)  # the builder's own cache may keep it whole
+    return {"key": key, "parts": parts, "part_bytes": PART_BYTES, "size": len(data)}
+
+
+def files(entry: dict) -> list[str]:
+    """The store keys of an entry."""
+    return list(entry["parts"]) if entry.get("parts") else [entry["key"]]
+
+
+def cached(cache: Cache, store: Store, entry: dict) -> bool:
+    return cache.has(store, entry["key"])
+
+
+def whole(cache: Cache, store: Store, entry: dict) -> Path:
+    """A local path of the whole file (fetched, or assembled from its parts, into the cache)."""
+    key = entry["key"]
+    if not entry.get("parts") or cache.has(store, key):
+        return cache.file(store, key)
+    blobs = R.parallel([lambda k=k: cache.file(store, k).read_bytes() for k in entry["parts"]], store.is_remote)
+    return cache.file(store, key, b"".join(blobs))
+
+
+def read_ranges(cache: Cache, store: Store, entry: dict, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    """The bytes of each ``(start, end)`` of the file, in order: coalesced ranged reads of
+    the parts they fall in (a part already in the cache is read locally)."""
+    if not entry.get("parts"):
+        got = R.read_ranges(store, entry["key"], ranges)
+        cache.note_ranged(store, entry["key"], sum(len(g) for g in got))
+        return [bytes(g) for g in got]
+    p = int(entry["part_bytes"])
+    per_part: dict[int, list[tuple[int, int]]] = {}
+    for a, b in ranges:
+        for i in range(a // p, (b - 1) // p + 1 if b > a else a // p):
+            per_part.setdefault(i, []).append((max(a, i * p) - i * p, min(b, (i + 1) * p) - i * p))
+
+    def one(i: int) -> dict[tuple[int, int], memoryview]:
+        k = entry["parts"][i]
+        want = per_part[i]
+        if cache.has(store, k):
+            data = memoryview(cache.file(store, k).read_bytes())
+            return {r: data[r[0] : r[1]] for r in want}
+        got = R.read_ranges(store, k, want)
+        cache.note_ranged(store, k, sum(len(g) for g in got))
+        return dict(zip(want, got))
+
+    idx = sorted(per_part)
+    pieces = dict(zip(idx, R.parallel([lambda i=i: one(i) for i in idx], store.is_remote)))
+    out = []
+    for a, b in ranges:
+        if b <= a:
+            out.append(b"")
+            continue
+        buf = [pieces[i][(max(a, i * p) - i * p, min(b, (i + 1) * p) - i * p)] for i in range(a // p, (b - 1) // p + 1)]
+        out.append(b"".join(buf))
+    return out
+
+
+def read_rows(cache: Cache, store: Store, entry: dict, pos, row_bytes: int):
+    """Bytes of fixed-size rows ``pos`` (uint8 matrix, rows in ``pos`` order)."""
+    import numpy as np
+
+    pos = np.asarray(pos, dtype=np.int64)
+    got = read_ranges(cache, store, entry, [(int(x) * row_bytes, (int(x) + 1) * row_bytes) for x in pos])
+    return np.frombuffer(b"".join(got), dtype=np.uint8).reshape(len(pos), row_bytes)
