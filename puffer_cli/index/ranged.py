@@ -19,7 +19,7 @@ import numpy as np
 from ..store import Store
 
 WHOLE_FILE_MAX = 8 << 20  # files up to this size are fetched whole (one request beats many)
-RANGE_GAP_BYTES = 64 * 1024  # ranges closer than this are read in one request
+RANGE_GAP_BYTES = 32 * 1024  # ranges closer than this are read in one request (bytes vs requests)
 RANGE_THREADS = 16  # requests in flight at once (object stores)
 
 T = TypeVar("T")

@@ -837,19 +837,30 @@ class IndexedView:
         return np.unique(np.concatenate([p1.to_numpy(), p2.to_numpy()])).astype(np.int64)
 
 
+def _open_or_none(store: Store, ptr: dict) -> Generation | None:
+    try:
+        return open_generation(store, ptr)
+    except FileNotFoundError:
+        return None
+
+
 def view_for(ns, consistency: str, head=None) -> IndexedView | None:
     """The indexed view of ``ns`` for a query, or None if it has no index."""
     meta, _ = ns.read_meta()
     ptr = (meta or {}).get("index")
     if not ptr:
         return None
-    try:
-        gen = open_generation(ns.store, ptr)
-    except FileNotFoundError:
+    strong = consistency != "eventual"
+    fns = [lambda: _open_or_none(ns.store, ptr)]
+    if strong and head is None:
+        fns.append(ns.head)  # the WAL listing overlaps the manifest read (one round trip)
+    got = R.parallel(fns, ns.store.is_remote)
+    gen = got[0]
+    if gen is None:
         return None
-    if consistency == "eventual":
+    if not strong:
         return IndexedView(gen, None)
-    head = head or ns.head()
+    head = head or got[1]
     tail = tail_for(ns, gen, head)
     if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
         return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
