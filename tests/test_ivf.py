@@ -193,3 +193,24 @@ def test_cut_segments_bound_a_run(mem_db, small_segments):
     assert all(s["ann"]["vector"]["kind"] == ivf.KIND for s in man["segments"])
     for body in queries(rng)[:3]:
         assert same(engine.run_query(ns, body), exact(ns, body)), body
+
+
+def test_recall_measures_the_probe(mem_db, monkeypatch):
+    """`recall(probe=...)` measures another probe than the schema's without changing it."""
+    from puffer_cli.errors import InvalidRequest
+    from puffer_cli.index.recall import recall
+
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    rng = np.random.default_rng(10)
+    x = clustered(rng, n=3000, dims=16, k=60)
+    ns = mem_db.namespace("probe")
+    ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    full = recall(ns, num=20, top_k=10, probe=1.0)
+    low = recall(ns, num=20, top_k=10, probe=0.001)
+    assert full["avg_recall"] == 1.0 and full["probe"] == 1.0
+    assert low["avg_recall"] < full["avg_recall"]
+    assert ivf.options(None)["probe"] == ivf.DEFAULTS["probe"]  # the override ended with the call
+    with pytest.raises(InvalidRequest):
+        recall(ns, probe=0)

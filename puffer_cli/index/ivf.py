@@ -45,6 +45,8 @@ cost; faiss-cpu would add a 30 MB dependency for the same matmul.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import io
 import logging
 import math
@@ -63,13 +65,35 @@ CHUNK = 32_768  # rows per assignment matmul (bounds the n x k distance block: 3
 KIND = "ivf-sq8"
 
 
+_PROBE: contextvars.ContextVar[float | None] = contextvars.ContextVar("puffer_ivf_probe", default=None)
+
+
+@contextlib.contextmanager
+def probe_override(probe: float | None):
+    """``with probe_override(0.1):`` queries in this context scan that fraction of the rows
+    instead of the schema's ``probe`` (what ``puffer recall --probe`` measures)."""
+    token = _PROBE.set(probe)
+    try:
+        yield
+    finally:
+        _PROBE.reset(token)
+
+
 def options(spec: dict | None) -> dict:
     """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
     (stored by an older version) are clamped with a warning rather than failing a build."""
     o = dict(DEFAULTS)
+    if _PROBE.get() is not None:
+        o["probe"] = _PROBE.get()
     ann = (spec or {}).get("ann")
     if isinstance(ann, dict):
-        o.update({k: v for k, v in ann.items() if k in DEFAULTS and v is not None})
+        o.update(
+            {
+                k: v
+                for k, v in ann.items()
+                if k in DEFAULTS and v is not None and not (k == "probe" and _PROBE.get() is not None)
+            }
+        )
     for k, (lo, hi) in BOUNDS.items():
         v = o[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):

@@ -1,6 +1,6 @@
 """ANN vs exact recall on query vectors sampled from the namespace itself
 (turbopuffer's ``/_debug/recall``): the same query runs once with ``ANN``
-(the index path: HNSW, or exact under a selective filter) and once with
+(the index path: IVF lists, or exact under a selective filter) and once with
 ``kNN`` (exhaustive), and recall@k = |ANN ∩ exact| / |exact|, averaged."""
 
 from __future__ import annotations
@@ -14,7 +14,26 @@ from .. import schema as S
 from ..errors import InvalidRequest
 
 
-def recall(ns, *, num: int = 25, top_k: int = 10, filters=None, field: str | None = None, seed: int | None = 0) -> dict:
+def recall(
+    ns,
+    *,
+    num: int = 25,
+    top_k: int = 10,
+    filters=None,
+    field: str | None = None,
+    seed: int | None = 0,
+    probe: float | None = None,
+) -> dict:
+    """``probe``: measure with this IVF probe (fraction of rows scanned) instead of the schema's."""
+    from . import ivf
+
+    if probe is not None and not (isinstance(probe, (int, float)) and 0 < probe <= 1):
+        raise InvalidRequest(f"probe must be a fraction in (0, 1], got {probe!r}")
+    with ivf.probe_override(probe):
+        return _recall(ns, num=num, top_k=top_k, filters=filters, field=field, seed=seed, probe=probe)
+
+
+def _recall(ns, *, num, top_k, filters, field, seed, probe) -> dict:
     from .. import engine
 
     if not 1 <= num <= L.MAX_RECALL_QUERIES or not 1 <= top_k <= L.MAX_TOP_K:
@@ -58,6 +77,7 @@ def recall(ns, *, num: int = 25, top_k: int = 10, filters=None, field: str | Non
         "avg_exhaustive_count": float(sum(ex_counts) / n) if sample else 0.0,
         "p50_ann_ms": float(np.median(ann_ms)) if ann_ms else 0.0,
         "p50_exhaustive_ms": float(np.median(ex_ms)) if ex_ms else 0.0,
+        "probe": probe,
         "seconds": time.perf_counter() - t0,
     }
 
