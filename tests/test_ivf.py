@@ -43,7 +43,7 @@ def test_recall_against_numpy(metric):
     rng = np.random.default_rng(1)
     x = clustered(rng)
     route_b, lists_b, info = ivf.build(x, 32, metric)
-    assert info["vectors"] == len(x) and info["lists"] > 20
+    assert info["vectors"] == len(x) and info["lists_n"] > 20
     hits, scanned = 0, 0
     for q in clustered(rng, n=30):
         got, s = search(route_b, lists_b, x, q, 10, metric, probe=0.15)

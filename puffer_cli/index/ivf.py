@@ -282,7 +282,7 @@ def encode(f: Fit, mat: np.ndarray) -> tuple[bytes, bytes, dict]:
         coarse=(book.coarse if book is not None else empty).astype("<f4"),
         bounds=book.bounds if book is not None else np.zeros(1, np.int64),
     )
-    info = {"vectors": int(len(pos)), "lists": int(nlist), "max_list": int(counts.max()) if nlist else 0}
+    info = {"vectors": int(len(pos)), "lists_n": int(nlist), "max_list": int(counts.max()) if nlist else 0}
     return route.getvalue(), lists, info
 
 
