@@ -41,7 +41,13 @@ LAYERS: list[tuple[str, list[str]]] = [
     # (index warming, ``puffer warm``, is reader.warm: it lives with the segments it reads)
     (
         "query execution",
-        ["puffer_cli.engine", "puffer_cli.index.reader", "puffer_cli.index.topk", "puffer_cli.index.tail"],
+        [
+            "puffer_cli.engine",
+            "puffer_cli.index.reader",
+            "puffer_cli.index.topk",
+            "puffer_cli.index.segment",
+            "puffer_cli.index.tail",
+        ],
     ),
     # what both the exact engine and the index fast paths use, what shapes responses, and
     # the index file formats both the build and the read path use
@@ -57,6 +63,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.index.ann",
             "puffer_cli.index.ivf",
             "puffer_cli.index.ranged",
+            "puffer_cli.index.paged",
             "puffer_cli.index.fts",
         ],
     ),

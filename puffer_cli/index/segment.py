@@ -1,0 +1,415 @@
+"""The files of an index generation, opened lazily: a :class:`Generation` (its manifest,
+global BM25 tables, id lookup) and its :class:`Segment` s (doc store, tombstones, f32
+vectors, the IVF index, tantivy and stored postings), each fetched into the local
+cache the first time a query needs it, or read by range (``paged``, ``ranged``).
+
+``open_generation`` keeps opened generations per process (``GENS``); ``forget`` drops
+one namespace's.  The query side (``reader.IndexedView``) reads through these.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import numpy as np
+import polars as pl
+
+from .. import limits as L
+from .. import schema as S
+from ..cache import Cache, get_cache
+from ..store import Store
+from . import ann, fts, ivf, paged
+from . import docs as D
+from . import ranged as R
+from .manifest import fts_sig_of, load_manifest
+from .tail import forget_tails
+
+
+# ---------------------------------------------------------------- BM25 statistics
+class DfTable(Mapping):
+    """Doc frequencies from an index term table (lazy dict)."""
+
+    def __init__(self, frame: pl.DataFrame):
+        self._frame = frame
+        self._d: dict | None = None
+        self._lock = threading.Lock()
+
+    def _dict(self) -> dict:
+        if self._d is None:
+            with self._lock:
+                if self._d is None:
+                    self._d = dict(zip(self._frame["term"].to_list(), self._frame["df"].to_list()))
+        return self._d
+
+    def get(self, k, default=0):
+        return self._dict().get(k, default)
+
+    def __getitem__(self, k):
+        return self._dict()[k]
+
+    def __iter__(self):
+        return iter(self._dict())
+
+    def __len__(self):
+        return len(self._dict())
+
+
+class DfCombo(Mapping):
+    """df = base + added - removed (lazy)."""
+
+    def __init__(self, base: Mapping, add: Mapping | None, sub: Mapping | None):
+        self.base, self.add, self.sub = base, add, sub
+
+    def get(self, k, default=0):
+        v = (
+            self.base.get(k, 0)
+            + (self.add.get(k, 0) if self.add is not None else 0)
+            - (self.sub.get(k, 0) if self.sub is not None else 0)
+        )
+        return v if v > 0 else default
+
+    def __getitem__(self, k):
+        v = self.get(k, 0)
+        if not v:
+            raise KeyError(k)
+        return v
+
+    def __iter__(self):
+        seen = set()
+        for m in (self.base, self.add):
+            if m is None:
+                continue
+            for k in m:
+                if k not in seen and self.get(k, 0):
+                    seen.add(k)
+                    yield k
+
+    def __len__(self):
+        return sum(1 for _ in self)
+
+
+# ---------------------------------------------------------------- segments
+class Segment:
+    """One segment of a generation: lazily opened files, alive mask."""
+
+    def __init__(self, gen: Generation, meta: dict):
+        self.gen, self.meta = gen, meta
+        self.name = meta["name"]
+        self.rows = int(meta["rows"])
+        self._lock = threading.RLock()
+        self._attrs: pl.DataFrame | None = None
+        self._alive: np.ndarray | None = None
+        self._vec: dict[str, np.ndarray] = {}
+        self._norms: dict[str, np.ndarray] = {}
+        self._ann: dict = {}
+        self._fts: dict = {}
+        self._ids: pl.DataFrame | None = None
+        self._live: int | None = None
+        self._idv = None
+
+    @property
+    def store(self) -> Store:
+        return self.gen.store
+
+    @property
+    def cache(self) -> Cache:
+        return self.gen.cache
+
+    def attrs(self) -> pl.DataFrame:
+        """Non-vector columns, aligned to the generation's schema."""
+        with self._lock:
+            if self._attrs is None:
+                a = D.read_attrs(self.cache.file(self.store, self.meta["attrs"]))
+                sch = {k: v for k, v in self.gen.schema.items() if not S.is_vector(v["type"])}
+                self._attrs = S.align(a.select([c for c in a.columns if c in sch]), sch)
+            return self._attrs
+
+    def alive(self) -> np.ndarray:
+        with self._lock:
+            if self._alive is None:
+                al = np.ones(self.rows, bool)
+                if self.meta.get("tombstones"):
+                    dead = D.read_tomb(self.cache.file(self.store, self.meta["tombstones"]).read_bytes())
+                    al[dead.astype(np.int64)] = False
+                self._alive = al
+            return self._alive
+
+    def live_count(self) -> int:
+        with self._lock:
+            if self._live is None:
+                self._live = int(np.count_nonzero(self.alive()))
+            return self._live
+
+    def id_values(self) -> np.ndarray | None:
+        """The id column as a numpy array when ids are integers (cheap gathers), else None."""
+        with self._lock:
+            if self._idv is None:
+                s = self.attrs().get_column("id")
+                self._idv = s.to_numpy() if s.dtype.is_integer() and not s.null_count() else False
+            return self._idv if self._idv is not False else None
+
+    def id_rows(self, pos: np.ndarray) -> np.ndarray | pl.Series:
+        """The ids at row positions ``pos``: from the doc store when it is open or cached,
+        else (integer ids) by ranged reads of the fixed-width id file."""
+        m = self.meta.get("ids")
+        with self._lock:
+            opened = self._attrs is not None
+        if m is None or opened or not len(pos) or self.cache.has(self.store, self.meta["attrs"]):
+            idv = self.id_values()
+            return idv[pos] if idv is not None else self.attrs().get_column("id").gather(pos)
+        raw = paged.read_rows(self.cache, self.store, m, pos, 8)
+        return raw.view("<u8" if m["dtype"] == "u64" else "<i8").reshape(-1)
+
+    def rerank_rows(self, f: str, pos: np.ndarray):
+        """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip."""
+        fns = [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos)]
+        vec, ids = R.parallel(fns, self.store.is_remote)
+        return vec, ids
+
+    def ids(self) -> pl.DataFrame:
+        """(id, __pos) of live rows."""
+        with self._lock:
+            if self._ids is None:
+                self._ids = self.attrs().select("id").with_row_index("__pos").filter(pl.Series(self.alive()))
+            return self._ids
+
+    def vectors(self, f: str) -> np.ndarray | None:
+        v = self.meta.get("vectors", {}).get(f)
+        if v is None:
+            return None
+        with self._lock:
+            if f not in self._vec:
+                self._vec[f] = D.open_vectors(paged.whole(self.cache, self.store, v), self.rows, v["dims"])
+            return self._vec[f]
+
+    def vector_rows(self, f: str, pos: np.ndarray) -> np.ndarray | None:
+        """The f32 vectors of field ``f`` at row positions ``pos`` (in that order).
+
+        From the memory-mapped file when it is local or cached; otherwise by ranged
+        reads of just those rows (a cold query re-ranks a few dozen rows: it should
+        not download every vector of the segment; ``warm`` fetches whole files)."""
+        v = self.meta.get("vectors", {}).get(f)
+        if v is None:
+            return None
+        pos = np.asarray(pos, dtype=np.int64)
+        with self._lock:
+            opened = f in self._vec
+        dims = int(v["dims"])
+        if (
+            opened
+            or not len(pos)
+            or paged.cached(self.cache, self.store, v)
+            or self.rows * dims * 4 <= R.WHOLE_FILE_MAX
+        ):
+            return self.vectors(f)[pos]
+        raw = paged.read_rows(self.cache, self.store, v, pos, 4 * dims)
+        return raw.view("<f4").reshape(len(pos), dims)
+
+    def norms(self, f: str) -> np.ndarray:
+        with self._lock:
+            if f not in self._norms:
+                self._norms[f] = np.linalg.norm(np.asarray(self.vectors(f)), axis=1)
+            return self._norms[f]
+
+    def unindexed_vectors(self, f: str) -> np.ndarray:
+        """Positions of rows with a vector that the HNSW of ``f`` left out (zero vectors
+        under cosine): they still rank (at distance 1), so queries add them as candidates."""
+        m = self.meta.get("ann", {}).get(f)
+        if m is None or int(m.get("vectors", self.rows)) >= self.rows:
+            return np.zeros(0, np.int64)
+        with self._lock:
+            if ("zero", f) not in self._norms:
+                n = self.norms(f)
+                self._norms[("zero", f)] = np.flatnonzero(n == 0).astype(np.int64)
+            return self._norms[("zero", f)]
+
+    def ivf(self, f: str) -> tuple[ivf.Route, ivf.Lists] | None:
+        """The IVF index of field ``f`` (format 2), or None (format-1 HNSW, or no index).
+        The route is fetched whole; the lists are memory-mapped when the file is local or
+        cached (or small), else read by ranges per query."""
+        m = self.meta.get("ann", {}).get(f)
+        if m is None or m.get("kind") != ivf.KIND:
+            return None
+        with self._lock:
+            got = self._ann.get(f)
+            if got is not None and not got[1].local and paged.cached(self.cache, self.store, m["lists"]):
+                got = None  # fetched whole meanwhile (background fetch, warm): memory-map it
+            if got is None:
+                route = ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), int(m["dims"]), self.gen.metric)
+                ent = m["lists"]
+                size = route.rows * (route.dims + 4)
+                if paged.cached(self.cache, self.store, ent) or size <= R.WHOLE_FILE_MAX:
+                    got = (route, ivf.Lists(route, local=paged.whole(self.cache, self.store, ent)))
+                else:
+                    got = (
+                        route,
+                        ivf.Lists(route, fetch=lambda rs, e=ent: paged.read_ranges(self.cache, self.store, e, rs)),
+                    )
+                self._ann[f] = got
+            return got
+
+    def ann(self, f: str):
+        """The format-1 usearch HNSW of field ``f`` (generations built before IVF)."""
+        m = self.meta.get("ann", {}).get(f)
+        if m is None or m.get("kind") == ivf.KIND:
+            return None
+        with self._lock:
+            if f not in self._ann:
+                self._ann[f] = ann.open_view(self.cache.file(self.store, m["key"]), m.get("expansion_search"))
+            return self._ann[f]
+
+    def fts(self, f: str):
+        m = self.meta.get("fts", {}).get(f)
+        if m is None:
+            return None
+        with self._lock:
+            if f not in self._fts:
+                d = self.cache.directory(self.store, m["files"], m["prefix"])
+                self._fts[f] = fts.Reader(d, self.gen.schema[f]["full_text_search"], self.rows)
+            return self._fts[f]
+
+    def tokens(self, f: str) -> pl.Series | None:
+        """The stored analysed tokens of FTS field ``f`` (one joined string per row), if any."""
+        m = self.meta.get("fts", {}).get(f)
+        if not m or not m.get("tokens") or m.get("sig") != fts_sig_of(self.gen.schema.get(f)):
+            return None
+        with self._lock:
+            if ("tok", f) not in self._fts:
+                self._fts[("tok", f)] = pl.read_ipc(self.cache.file(self.store, m["tokens"]))["t"]
+            return self._fts[("tok", f)]
+
+    def postings(self, f: str):
+        """The stored inverted index of FTS field ``f`` (fts.SegmentPostings), if this
+        segment has one for the field's current analyzer (generations before it: None)."""
+        m = self.meta.get("fts", {}).get(f)
+        if not m or not m.get("postings"):
+            return None
+        tok = self.tokens(f)  # same signature check; document lengths come from it
+        if tok is None:
+            return None
+        with self._lock:
+            if ("post", f) not in self._fts:
+                self._fts[("post", f)] = fts.SegmentPostings(self.cache.file(self.store, m["postings"]), tok)
+            return self._fts[("post", f)]
+
+    def frame(self, pos: np.ndarray, vector_fields: list[str]) -> pl.DataFrame:
+        """Rows at ``pos``: attributes + the given vector fields."""
+        idx = pl.Series(np.asarray(pos, dtype=np.int64))
+        df = self.attrs()[idx] if len(pos) else self.attrs().clear()
+        cols = []
+        for f in vector_fields:
+            dims = S.vector_dims(self.gen.schema[f]["type"])
+            rows = self.vector_rows(f, pos) if len(pos) else None
+            if rows is None:
+                rows = np.full((len(pos), dims), np.nan, np.float32)
+            cols.append(D.vector_series(f, rows, dims))
+        return df.with_columns(cols) if cols else df
+
+    def warm(self) -> None:
+        self.attrs()
+        self.alive()
+        for f in self.meta.get("vectors", {}):
+            self.vectors(f)
+        for f, m in self.meta.get("ann", {}).items():
+            if m.get("kind") == ivf.KIND:
+                paged.whole(self.cache, self.store, m["lists"])
+                with self._lock:
+                    self._ann.pop(f, None)  # reopen memory-mapped
+                self.ivf(f)
+            else:
+                self.ann(f)
+        for f in self.meta.get("fts", {}):
+            if f in self.gen.schema and self.gen.schema[f].get("full_text_search"):
+                self.fts(f)
+                self.postings(f)
+
+
+class Generation:
+    def __init__(self, store: Store, cache: Cache, man: dict, manifest_key: str):
+        self.store, self.cache, self.man = store, cache, man
+        self.manifest_key = manifest_key
+        self.generation = int(man["generation"])
+        self.covers = int(man["covers_through_seq"])
+        self.schema = man["schema"]
+        self.metric = man.get("distance_metric")
+        self.segments = [Segment(self, s) for s in man["segments"]]
+        self._terms: dict[str, DfTable] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def live_rows(self) -> int:
+        return int(sum(s["live"] for s in self.man["segments"]))
+
+    def field_stats(self, f: str):
+        """Global BM25 statistics of the indexed documents (bm25.FieldStats)."""
+        from ..bm25 import FieldStats
+
+        b = self.man.get("bm25", {}).get(f)
+        if b is None:
+            return None
+        with self._lock:
+            if f not in self._terms:
+                self._terms[f] = DfTable(pl.read_ipc(self.cache.file(self.store, b["terms"])))
+        return FieldStats(int(b["n_rows"]), int(b["total_len"]), self._terms[f])
+
+    def lookup(self, ids: pl.Series) -> list[tuple[int, np.ndarray]]:
+        """[(segment index, positions)] of live index rows with these ids."""
+        out = []
+        want = ids.to_frame("id")
+        for i, seg in enumerate(self.segments):
+            if want.height == 0:
+                break
+            L.check_deadline()
+            idf = seg.ids()
+            if want["id"].dtype != idf["id"].dtype:
+                want = want.with_columns(pl.col("id").cast(idf["id"].dtype))
+            hit = idf.join(want, on="id", how="semi")
+            if hit.height:
+                out.append((i, hit["__pos"].to_numpy().astype(np.int64)))
+                want = want.join(hit.select("id"), on="id", how="anti")
+        return out
+
+    def files(self) -> list[str]:
+        return list(self.man.get("files", []))
+
+
+GENS: dict[tuple[str, str, str], Generation] = {}
+GENS_LOCK = threading.Lock()
+
+
+def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Generation:
+    cache = cache or get_cache()
+    key = (store.url, ptr["manifest"], str(cache.root))
+    with GENS_LOCK:
+        g = GENS.get(key)
+    if g is None:
+        # one round trip when cold: the manifest and the keys the pointer names (IVF routes,
+        # tombstones) at once; the routes and tombstones land in the cache for the segments
+        pre = [k for k in ptr.get("prefetch", []) if isinstance(k, str)]
+        fns = [lambda: load_manifest(store, ptr["manifest"])]
+        fns += [lambda k=k: prefetch(cache, store, k) for k in pre if not cache.has(store, k)]
+        man = R.parallel(fns, store.is_remote)[0]
+        g = Generation(store, cache, man, ptr["manifest"])
+        with GENS_LOCK:
+            if len(GENS) > 32:
+                GENS.clear()
+            GENS[key] = g
+    return g
+
+
+def prefetch(cache: Cache, store: Store, key: str) -> None:
+    try:
+        cache.file(store, key)
+    except FileNotFoundError:
+        pass  # collected: the manifest read fails the same way, and the caller retries
+
+
+def forget(store: Store, name: str) -> None:
+    """Drop this process's opened generations and tails of namespace ``name`` (the
+    server calls it when it evicts a namespace from its working set)."""
+    prefix = f"{name}/"
+    with GENS_LOCK:
+        for k in [k for k in GENS if k[0] == store.url and k[1].startswith(prefix)]:
+            del GENS[k]
+    forget_tails(store, name)
