@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import time
 import uuid
 from collections import Counter
@@ -47,10 +46,14 @@ from ..errors import Conflict
 from ..namespace import Namespace
 from ..store import Store, now_ms
 from . import docs as D
-from . import fts, ivf, paged
+from . import fts
+from .base import BaseRows
+from .gc import TEMP_MAX_AGE_S, gc  # noqa: F401  (TEMP_MAX_AGE_S: tests)
+from .hooks import CRASH_POINTS, crash  # noqa: F401  (CRASH_POINTS: tests)
 from .lease import Lease
 from .manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
-from .manifest import ann_sig, fts_sig, load_manifest, manifest_files
+from .manifest import ann_sig, fts_sig, load_manifest
+from .segwrite import Writer, note, segment_files, write_segment
 
 FORMAT = 2  # 2: IVF-SQ8 vector indexes (index/ivf.py); format-1 segments (HNSW) are rebuilt by the next run
 MAX_SEGMENTS = 16
@@ -74,28 +77,6 @@ def segment_rows() -> int:
         return max(1, int(os.environ.get("PUFFER_INDEX_SEGMENT_ROWS", SEGMENT_MAX_ROWS)))
     except ValueError:
         return SEGMENT_MAX_ROWS
-
-
-def _crash(point: str) -> None:
-    """Test hooks: ``PUFFER_INDEX_CRASH_AT=point`` SIGKILLs this process there;
-    ``PUFFER_INDEX_PAUSE_AT=point:seconds`` sleeps there (to force overlaps)."""
-    if os.environ.get("PUFFER_INDEX_CRASH_AT") == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-    pause = os.environ.get("PUFFER_INDEX_PAUSE_AT", "")
-    if pause.startswith(point + ":"):
-        time.sleep(float(pause.split(":", 1)[1]))
-
-
-CRASH_POINTS = (
-    "after_lease",
-    "after_fold",
-    "after_cut",
-    "mid_segment",
-    "after_segment",
-    "after_manifest",
-    "after_publish",
-    "mid_gc",
-)
 
 
 @dataclass
@@ -146,136 +127,7 @@ class IndexReport:
         )
 
 
-# ---------------------------------------------------------------- base view
-class _Base:
-    """Live rows of the published generation, for id lookups during a build."""
-
-    def __init__(self, store: Store, cache: Cache, man: dict | None):
-        self.store, self.cache, self.man = store, cache, man
-        self.segs = list(man["segments"]) if man else []
-        self._ids: list[pl.DataFrame | None] = [None] * len(self.segs)
-        self.dead: list[np.ndarray] = []
-        for s in self.segs:
-            if s.get("tombstones"):
-                self.dead.append(D.read_tomb(store.read(s["tombstones"])).astype(np.int64))
-            else:
-                self.dead.append(np.zeros(0, np.int64))
-        self.new_dead: list[list[np.ndarray]] = [[] for _ in self.segs]
-        self._attrs: dict[int, pl.DataFrame] = {}
-
-    def add(self, seg: dict) -> int:
-        """Make a segment written during this run part of the base (its index)."""
-        self.segs.append(seg)
-        self._ids.append(None)
-        self.dead.append(np.zeros(0, np.int64))
-        self.new_dead.append([])
-        return len(self.segs) - 1
-
-    def attrs(self, i: int) -> pl.DataFrame:
-        if i not in self._attrs:
-            self._attrs[i] = D.read_attrs(self.cache.file(self.store, self.segs[i]["attrs"]))
-        return self._attrs[i]
-
-    def ids(self, i: int) -> pl.DataFrame:
-        if self._ids[i] is None:
-            a = self.attrs(i).select("id").with_row_index("__pos")
-            dead = self.dead[i]
-            if len(dead):
-                alive = np.ones(a.height, bool)
-                alive[dead] = False
-                a = a.filter(pl.Series(alive))
-            self._ids[i] = a
-        return self._ids[i]
-
-    def rows(self, i: int, pos: np.ndarray, schema: dict) -> pl.DataFrame:
-        """Full rows (attributes + vectors) at positions ``pos`` of segment ``i``, aligned to schema."""
-        seg = self.segs[i]
-        df = self.attrs(i)[pos.tolist()] if len(pos) else self.attrs(i).clear()
-        cols = []
-        for f, v in seg.get("vectors", {}).items():
-            mat = D.open_vectors(paged.whole(self.cache, self.store, v), seg["rows"], v["dims"])
-            cols.append(
-                D.vector_series(
-                    f, np.asarray(mat[pos]) if len(pos) else np.zeros((0, v["dims"]), np.float32), v["dims"]
-                )
-            )
-        if cols:
-            df = df.with_columns(cols)
-        known = {c for c in df.columns if c in schema}
-        return S.align(df.select([c for c in df.columns if c in known]), schema)
-
-    def live_positions(self, i: int) -> np.ndarray:
-        dead = self.all_dead(i)
-        alive = np.ones(self.segs[i]["rows"], bool)
-        alive[dead] = False
-        return np.nonzero(alive)[0]
-
-    def all_dead(self, i: int) -> np.ndarray:
-        parts = [self.dead[i], *self.new_dead[i]]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-
-    def take(self, ids: pl.Series, schema: dict) -> pl.DataFrame | None:
-        """Remove ``ids`` from the live set (tombstone) and return their rows."""
-        out = []
-        want = pl.DataFrame({"id": ids})
-        for i in range(len(self.segs)):
-            if want.height == 0:
-                break
-            idf = self.ids(i)
-            if want["id"].dtype != idf["id"].dtype:
-                want = want.with_columns(pl.col("id").cast(idf["id"].dtype))
-            hit = idf.join(want, on="id", how="semi")
-            if hit.height == 0:
-                continue
-            pos = hit["__pos"].to_numpy().astype(np.int64)
-            self.new_dead[i].append(pos)
-            self._ids[i] = idf.join(hit.select("id"), on="id", how="anti")
-            out.append(self.rows(i, pos, schema))
-            want = want.join(hit.select("id"), on="id", how="anti")
-        if not out:
-            return None
-        return pl.concat(out, how="vertical")
-
-
 # ---------------------------------------------------------------- the run
-class _Writer:
-    """Uploads new immutable files; on a remote store in parallel (``drain()`` waits
-    for all of them: the manifest is written only after every file it names)."""
-
-    def __init__(self, store: Store, cache: Cache, rep: IndexReport):
-        self.store, self.cache, self.rep = store, cache, rep
-        self.keys: list[str] = []
-        self._pool = None
-        self._futs: list = []
-        if store.is_remote:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(8, thread_name_prefix="puffer-upload")
-
-    def _write(self, key: str, data: bytes) -> None:
-        self.store.write(key, data)
-        self.cache.put(self.store, key, data)
-
-    def put(self, key: str, data: bytes) -> str:
-        if self._pool is not None:
-            self._futs.append(self._pool.submit(self._write, key, data))
-        else:
-            self._write(key, data)
-        self.keys.append(key)
-        self.rep.files_written += 1
-        self.rep.bytes_written += len(data)
-        return key
-
-    def drain(self) -> None:
-        futs, self._futs = self._futs, []
-        for f in futs:
-            f.result()
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-
-
 def index_namespace(
     ns: Namespace,
     *,
@@ -298,18 +150,13 @@ def index_namespace(
         rep.seconds = time.perf_counter() - t0
         return rep
     try:
-        _crash("after_lease")
+        crash("after_lease")
         _build(ns, lease, rep, cache, max_seconds, grace, progress, threads, t0)
         rep.gc_deleted = gc(ns, progress=progress)
     finally:
         lease.release()
     rep.seconds = time.perf_counter() - t0
     return rep
-
-
-def _note(progress, stage, done=0, total=None):
-    if progress:
-        progress(stage, done, total)
 
 
 def _build(
@@ -344,7 +191,7 @@ class _Run:
         self.base_gen = self.ptr["generation"] if self.ptr else None
         self.schema: dict = dict(self.base_man["schema"]) if self.base_man else {}
         self.metric = self.base_man.get("distance_metric") if self.base_man else None
-        self.base = _Base(self.store, cache, self.base_man)
+        self.base = BaseRows(self.store, cache, self.base_man)
         self.pending: pl.DataFrame | None = None  # new versions of touched documents, not yet in a segment
         self.seen: pl.Series | None = None  # ids whose current version is in ``pending``
         self.cut: list[int] = []  # base indices of segments cut from ``pending`` during the fold
@@ -352,7 +199,7 @@ class _Run:
         self.n_taken = 0
         self.last = self.covers
         self._gen: int | None = None
-        self._w: _Writer | None = None
+        self._w: Writer | None = None
         self.segments: list[dict] = []  # written after the fold
         self.kept: list[dict] = []
         self.bm25: dict = {}
@@ -376,9 +223,9 @@ class _Run:
         return self._gen
 
     @property
-    def w(self) -> _Writer:
+    def w(self) -> Writer:
         if self._w is None:
-            self._w = _Writer(self.store, self.cache, self.rep)
+            self._w = Writer(self.store, self.cache, self.rep)
         return self._w
 
     # -- 3. fold the WAL tail onto the touched rows ----------------------------------
@@ -400,7 +247,7 @@ class _Run:
             if rows >= BATCH_ROWS:
                 self._flush(batch)
                 batch, rows = [], 0
-            _note(self.progress, "fold", self.last - self.covers, self.head.seq - self.covers)
+            note(self.progress, "fold", self.last - self.covers, self.head.seq - self.covers)
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds * 0.5 and self.last < self.head.seq:
                 stopped = True
                 break
@@ -409,7 +256,7 @@ class _Run:
         if not self.schema:
             self.schema = self.head.schema
         self.metric = self.metric or self.head.metric
-        _crash("after_fold")
+        crash("after_fold")
 
     def _flush(self, batch: list) -> None:
         """Fold ``batch`` onto ``pending``: each touched id's index row (if any) is taken
@@ -439,10 +286,10 @@ class _Run:
         base: a later entry touching one of its ids tombstones it there, like any index row."""
         while self.pending is not None and self.pending.height >= self.seg_rows:
             chunk, self.pending = self.pending.slice(0, self.seg_rows), self.pending.slice(self.seg_rows)
-            seg = _write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress)
+            seg = write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress)
             self.w.drain()  # its files are read back as part of the base
             self.cut.append(self.base.add(seg))
-            _crash("after_cut")
+            crash("after_cut")
             self.rep.rows_indexed += chunk.height
             ids = chunk.get_column("id")
             assert self.seen is not None
@@ -517,11 +364,9 @@ class _Run:
             for a in range(0, frame.height, self.seg_rows):
                 chunk = frame.slice(a, self.seg_rows)
                 new = np.arange(a, a + chunk.height) >= (n_old if last else frame.height)  # merged rows: not new
-                seg = _write_segment(
-                    self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress, new
-                )
+                seg = write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress, new)
                 self.segments.append(seg)
-        _crash("after_segment")
+        crash("after_segment")
 
     # -- 5. tombstones, BM25 statistics, manifest ---------------------------------------------
     def write_tombstones(self) -> None:
@@ -616,7 +461,7 @@ class _Run:
         self.mkey = layout.index_manifest(self.ns.name, self.gen, self.run_id)
         files = set()
         for s in all_segs:
-            files.update(_segment_files(s))
+            files.update(segment_files(s))
         files.update(b["terms"] for b in self.bm25.values())
         files.add(self.mkey)
         man["files"] = sorted(files)
@@ -624,7 +469,7 @@ class _Run:
         self.w.put(self.mkey, json.dumps(man, sort_keys=True).encode())
         self.w.drain()
         self.w.close()
-        _crash("after_manifest")
+        crash("after_manifest")
 
     # -- 6. publish ----------------------------------------------------------------------------
     def publish(self) -> None:
@@ -674,7 +519,7 @@ class _Run:
 
         if ns.update_meta(swap) is None:
             raise Conflict(f"namespace {ns.name!r}: could not publish generation {gen} (meta.json CAS kept failing)")
-        _crash("after_publish")
+        crash("after_publish")
         rep = self.rep
         rep.status = "indexed"
         rep.generation = gen
@@ -688,136 +533,3 @@ def _read_terms(store: Store, cache: Cache, key: str):
 
     t = pl.read_ipc(cache.file(store, key))
     return Counter(dict(zip(t["term"].to_list(), t["df"].to_list())))
-
-
-def _segment_files(s: dict) -> list[str]:
-    out = [s["attrs"]] + (paged.files(s["ids"]) if s.get("ids") else [])
-    for v in s.get("vectors", {}).values():
-        out += paged.files(v)
-    for v in s.get("ann", {}).values():
-        out += [v[k] for k in ("key", "route") if v.get(k)] + (paged.files(v["lists"]) if v.get("lists") else [])
-    for v in s.get("fts", {}).values():
-        out += v["files"]
-        out += [v[k] for k in ("tokens", "postings") if v.get(k)]
-    if s.get("tombstones"):
-        out.append(s["tombstones"])
-    return out
-
-
-def _write_segment(
-    w: _Writer,
-    ns: str,
-    gen: int,
-    frame: pl.DataFrame,
-    schema: dict,
-    metric: str | None,
-    progress,
-    new: np.ndarray | None = None,
-) -> dict:
-    """Write one segment of ``frame``'s rows (``new``: which rows are new documents, for the
-    BM25 statistics; default all).  The rows are written in the list order of the first
-    vector field's IVF, so a list is a contiguous run of rows in every file."""
-    name = f"seg-{gen:06d}-{uuid.uuid4().hex[:8]}"
-    vf = D.vector_fields(schema)
-    fits: dict[str, ivf.Fit] = {}
-    if vf:
-        f0 = vf[0]
-        _note(progress, f"ivf {f0}", 0, frame.height)
-        mat0 = D.vector_matrix(frame, f0, S.vector_dims(schema[f0]["type"]))
-        fit0 = ivf.fit(mat0, ivf.build_options(schema[f0])["list_rows"], metric)
-        perm = fit0.row_order()
-        frame = frame[pl.Series(perm)]
-        fits[f0] = fit0.permuted(perm)
-        new = new[perm] if new is not None else None
-    seg: dict = {
-        "name": name,
-        "generation": gen,
-        "rows": frame.height,
-        "live": frame.height,
-        "dead": 0,
-        "tombstones": None,
-        "vectors": {},
-        "ann": {},
-        "fts": {},
-    }
-    _note(progress, "doc store", 0, frame.height)
-    seg["attrs"] = w.put(layout.index_segment_file(ns, gen, name, D.ATTRS), D.attrs_bytes(frame, schema))
-    ids = frame.get_column("id")
-    if ids.dtype in (pl.UInt64, pl.Int64) and not ids.null_count():
-        kind = "u64" if ids.dtype == pl.UInt64 else "i64"  # fixed width: a cold query reads just its rows' ids
-        data = ids.to_numpy().astype("<" + kind[0] + "8").tobytes()
-        seg["ids"] = {**paged.put(w, layout.index_segment_file(ns, gen, name, f"ids.{kind}"), data), "dtype": kind}
-    for f in vf:
-        dims = S.vector_dims(schema[f]["type"])
-        mat = D.vector_matrix(frame, f, dims)
-        key = layout.index_segment_file(ns, gen, name, f"vec-{D.field_tag(f)}.f32")
-        seg["vectors"][f] = {**paged.put(w, key, mat.astype("<f4").tobytes()), "dims": dims}
-        _crash("mid_segment")
-        opts = ivf.build_options(schema[f])
-        _note(progress, f"ivf {f}", 0, frame.height)
-        fit = fits.get(f) or ivf.fit(mat, opts["list_rows"], metric)
-        route, lists, info = ivf.encode(fit, mat)
-        tag = D.field_tag(f)
-        seg["ann"][f] = {
-            **opts,
-            **info,
-            "route": w.put(layout.index_segment_file(ns, gen, name, f"ivf-{tag}.route.npz"), route),
-            "lists": paged.put(w, layout.index_segment_file(ns, gen, name, f"ivf-{tag}.lists"), lists),
-            "dims": dims,
-            "sig": ann_sig(schema[f], metric),
-        }
-        _note(progress, f"ivf {f}", frame.height, frame.height)
-    ftoks = {}
-    for f in D.fts_fields(schema):
-        opts = schema[f]["full_text_search"]
-        _note(progress, f"fts {f}", 0, frame.height)
-        files, toks = fts.build(frame.get_column(f).to_list(), opts)
-        ftoks[f] = toks
-        prefix = layout.index_segment_file(ns, gen, name, f"fts-{D.field_tag(f)}/")
-        keys = [w.put(prefix + fname, data) for fname, data in files.items()]
-        seg["fts"][f] = {"prefix": prefix, "files": keys, "sig": fts_sig(schema[f])}
-        if fts.pretokenized(opts):
-            seg["fts"][f]["tokens"] = w.put(
-                layout.index_segment_file(ns, gen, name, f"tok-{D.field_tag(f)}.arrow"), fts.tokens_bytes(toks)
-            )
-            seg["fts"][f]["postings"] = w.put(
-                layout.index_segment_file(ns, gen, name, f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks)
-            )
-    seg["_fts_tokens"] = ftoks
-    keep = np.flatnonzero(new) if new is not None else None
-    seg["_fts_new"] = {f: t if keep is None else [t[i] for i in keep] for f, t in ftoks.items()}
-    return seg
-
-
-# ---------------------------------------------------------------- GC
-TEMP_MAX_AGE_S = 3600.0  # a writer's temporary file older than this was left by a killed process
-
-
-def gc(ns: Namespace, progress=None, temp_age_s: float = TEMP_MAX_AGE_S) -> int:
-    """Delete index files that neither the current generation nor a retained one
-    (published less than the grace period ago) references, and temporary files a
-    killed writer left in the namespace (local stores). Returns files deleted."""
-    store = ns.store
-    meta, _ = ns.read_meta()
-    ptr = (meta or {}).get("index")
-    keep: set[str] = set()
-    now = now_ms()
-    if ptr:
-        keep |= manifest_files(load_manifest(store, ptr["manifest"]))
-        for r in ptr.get("retained", []):
-            if r["until"] > now:
-                try:
-                    keep |= manifest_files(load_manifest(store, r["manifest"]))
-                except FileNotFoundError:
-                    pass
-    n = 0
-    for k in store.list(layout.index_root(ns.name)):
-        if k in keep:
-            continue
-        _crash("mid_gc")
-        try:
-            store.delete(k)
-            n += 1
-        except FileNotFoundError:
-            pass
-    return n + store.sweep_temp(layout.namespace_prefix(ns.name), temp_age_s)

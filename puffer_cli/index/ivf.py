@@ -82,9 +82,10 @@ def probe_override(probe: float | None):
 def options(spec: dict | None) -> dict:
     """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
     (stored by an older version) are clamped with a warning rather than failing a build."""
-    o = dict(DEFAULTS)
-    if _PROBE.get() is not None:
-        o["probe"] = _PROBE.get()
+    o: dict[str, float] = dict(DEFAULTS)
+    forced = _PROBE.get()
+    if forced is not None:
+        o["probe"] = forced
     ann = (spec or {}).get("ann")
     if isinstance(ann, dict):
         o.update(
@@ -402,8 +403,9 @@ class Lists:
 
     def blocks(self, runs: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(positions, codes) of each member run."""
-        if self._pos is not None:
-            return [(self._pos[a:b], self._codes[a:b]) for a, b in runs]
+        if self._pos is not None and self._codes is not None:
+            pos, codes = self._pos, self._codes
+            return [(pos[a:b], codes[a:b]) for a, b in runs]
         r = self.route
         assert self._fetch is not None
         ranges = [r.positions_range(a, b) for a, b in runs] + [r.codes_range(a, b) for a, b in runs]

@@ -13,7 +13,7 @@ A manifest entry is ``{"key": key}`` or ``{"key": key, "parts": [...], "part_byt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..cache import Cache
@@ -47,7 +47,11 @@ def whole(cache: Cache, store: Store, entry: dict) -> Path:
     key = entry["key"]
     if not entry.get("parts") or cache.has(store, key):
         return cache.file(store, key)
-    blobs = R.parallel([lambda k=k: cache.file(store, k).read_bytes() for k in entry["parts"]], store.is_remote)
+
+    def part(k: str) -> Callable[[], bytes]:
+        return lambda: cache.file(store, k).read_bytes()
+
+    blobs = R.parallel([part(k) for k in entry["parts"]], store.is_remote)
     return cache.file(store, key, b"".join(blobs))
 
 
@@ -75,7 +79,11 @@ def read_ranges(cache: Cache, store: Store, entry: dict, ranges: Sequence[tuple[
         return dict(zip(want, got))
 
     idx = sorted(per_part)
-    pieces = dict(zip(idx, R.parallel([lambda i=i: one(i) for i in idx], store.is_remote)))
+
+    def job(i: int) -> Callable[[], dict[tuple[int, int], memoryview]]:
+        return lambda: one(i)
+
+    pieces = dict(zip(idx, R.parallel([job(i) for i in idx], store.is_remote)))
     out = []
     for a, b in ranges:
         if b <= a:

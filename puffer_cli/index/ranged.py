@@ -48,7 +48,11 @@ def coalesce(ranges: Sequence[tuple[int, int]], gap: int = RANGE_GAP_BYTES) -> l
 def read_ranges(store: Store, key: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
     """The bytes of each ``(start, end)`` of object ``key``, in order, by coalesced parallel reads."""
     runs = coalesce(ranges)
-    blobs = parallel([lambda r=r: store.read_range(key, r[0], r[1]) for r in runs], store.is_remote)
+
+    def fetch(r: tuple[int, int]) -> Callable[[], bytes]:
+        return lambda: store.read_range(key, r[0], r[1])
+
+    blobs = parallel([fetch(r) for r in runs], store.is_remote)
     starts = [r[0] for r in runs]
     out = []
     for a, b in ranges:

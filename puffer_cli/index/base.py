@@ -1,0 +1,103 @@
+"""The live rows of the published generation, as the builder sees them: id lookups
+that take rows out (tombstones) while the WAL tail is folded, and row reads for merges."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from .. import schema as S
+from ..cache import Cache
+from ..store import Store
+from . import docs as D
+from . import paged
+
+
+class BaseRows:
+    """Live rows of the published generation, for id lookups during a build."""
+
+    def __init__(self, store: Store, cache: Cache, man: dict | None):
+        self.store, self.cache, self.man = store, cache, man
+        self.segs = list(man["segments"]) if man else []
+        self._ids: list[pl.DataFrame | None] = [None] * len(self.segs)
+        self.dead: list[np.ndarray] = []
+        for s in self.segs:
+            if s.get("tombstones"):
+                self.dead.append(D.read_tomb(store.read(s["tombstones"])).astype(np.int64))
+            else:
+                self.dead.append(np.zeros(0, np.int64))
+        self.new_dead: list[list[np.ndarray]] = [[] for _ in self.segs]
+        self._attrs: dict[int, pl.DataFrame] = {}
+
+    def add(self, seg: dict) -> int:
+        """Make a segment written during this run part of the base (its index)."""
+        self.segs.append(seg)
+        self._ids.append(None)
+        self.dead.append(np.zeros(0, np.int64))
+        self.new_dead.append([])
+        return len(self.segs) - 1
+
+    def attrs(self, i: int) -> pl.DataFrame:
+        if i not in self._attrs:
+            self._attrs[i] = D.read_attrs(self.cache.file(self.store, self.segs[i]["attrs"]))
+        return self._attrs[i]
+
+    def ids(self, i: int) -> pl.DataFrame:
+        if self._ids[i] is None:
+            a = self.attrs(i).select("id").with_row_index("__pos")
+            dead = self.dead[i]
+            if len(dead):
+                alive = np.ones(a.height, bool)
+                alive[dead] = False
+                a = a.filter(pl.Series(alive))
+            self._ids[i] = a
+        return self._ids[i]
+
+    def rows(self, i: int, pos: np.ndarray, schema: dict) -> pl.DataFrame:
+        """Full rows (attributes + vectors) at positions ``pos`` of segment ``i``, aligned to schema."""
+        seg = self.segs[i]
+        df = self.attrs(i)[pos.tolist()] if len(pos) else self.attrs(i).clear()
+        cols = []
+        for f, v in seg.get("vectors", {}).items():
+            mat = D.open_vectors(paged.whole(self.cache, self.store, v), seg["rows"], v["dims"])
+            cols.append(
+                D.vector_series(
+                    f, np.asarray(mat[pos]) if len(pos) else np.zeros((0, v["dims"]), np.float32), v["dims"]
+                )
+            )
+        if cols:
+            df = df.with_columns(cols)
+        known = {c for c in df.columns if c in schema}
+        return S.align(df.select([c for c in df.columns if c in known]), schema)
+
+    def live_positions(self, i: int) -> np.ndarray:
+        dead = self.all_dead(i)
+        alive = np.ones(self.segs[i]["rows"], bool)
+        alive[dead] = False
+        return np.nonzero(alive)[0]
+
+    def all_dead(self, i: int) -> np.ndarray:
+        parts = [self.dead[i], *self.new_dead[i]]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+    def take(self, ids: pl.Series, schema: dict) -> pl.DataFrame | None:
+        """Remove ``ids`` from the live set (tombstone) and return their rows."""
+        out = []
+        want = pl.DataFrame({"id": ids})
+        for i in range(len(self.segs)):
+            if want.height == 0:
+                break
+            idf = self.ids(i)
+            if want["id"].dtype != idf["id"].dtype:
+                want = want.with_columns(pl.col("id").cast(idf["id"].dtype))
+            hit = idf.join(want, on="id", how="semi")
+            if hit.height == 0:
+                continue
+            pos = hit["__pos"].to_numpy().astype(np.int64)
+            self.new_dead[i].append(pos)
+            self._ids[i] = idf.join(hit.select("id"), on="id", how="anti")
+            out.append(self.rows(i, pos, schema))
+            want = want.join(hit.select("id"), on="id", how="anti")
+        if not out:
+            return None
+        return pl.concat(out, how="vertical")

@@ -1,0 +1,30 @@
+"""Test hooks of the index build: ``PUFFER_INDEX_CRASH_AT=point`` SIGKILLs the process
+at that point, ``PUFFER_INDEX_PAUSE_AT=point:seconds`` sleeps there (to force overlaps).
+The SIGKILL tests (tests/test_index_process.py) walk :data:`CRASH_POINTS`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def crash(point: str) -> None:
+    """SIGKILL or pause here if the environment asks for ``point`` (see the module docstring)."""
+    if os.environ.get("PUFFER_INDEX_CRASH_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get("PUFFER_INDEX_PAUSE_AT", "")
+    if pause.startswith(point + ":"):
+        time.sleep(float(pause.split(":", 1)[1]))
+
+
+CRASH_POINTS = (
+    "after_lease",
+    "after_fold",
+    "after_cut",
+    "mid_segment",
+    "after_segment",
+    "after_manifest",
+    "after_publish",
+    "mid_gc",
+)

@@ -1,0 +1,162 @@
+"""Writing one index segment: the doc store, the id column, the f32 vectors, one
+IVF-SQ8 index per vector field and one tantivy index (+ tokens, postings) per FTS field
+(docs/format-index.md), through :class:`Writer`, which uploads new immutable files (in
+parallel on a remote store) and keeps them in the local cache."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import polars as pl
+
+from .. import layout
+from .. import schema as S
+from ..cache import Cache
+from ..store import Store
+from . import docs as D
+from . import fts, ivf, paged
+from .hooks import crash
+from .manifest import ann_sig, fts_sig
+
+
+def note(progress, stage, done=0, total=None):
+    if progress:
+        progress(stage, done, total)
+
+
+class Writer:
+    """Uploads new immutable files; on a remote store in parallel (``drain()`` waits
+    for all of them: the manifest is written only after every file it names)."""
+
+    def __init__(self, store: Store, cache: Cache, rep):
+        self.store, self.cache, self.rep = store, cache, rep
+        self.keys: list[str] = []
+        self._pool = None
+        self._futs: list = []
+        if store.is_remote:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(8, thread_name_prefix="puffer-upload")
+
+    def _write(self, key: str, data: bytes) -> None:
+        self.store.write(key, data)
+        self.cache.put(self.store, key, data)
+
+    def put(self, key: str, data: bytes) -> str:
+        if self._pool is not None:
+            self._futs.append(self._pool.submit(self._write, key, data))
+        else:
+            self._write(key, data)
+        self.keys.append(key)
+        self.rep.files_written += 1
+        self.rep.bytes_written += len(data)
+        return key
+
+    def drain(self) -> None:
+        futs, self._futs = self._futs, []
+        for f in futs:
+            f.result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+def segment_files(s: dict) -> list[str]:
+    out = [s["attrs"]] + (paged.files(s["ids"]) if s.get("ids") else [])
+    for v in s.get("vectors", {}).values():
+        out += paged.files(v)
+    for v in s.get("ann", {}).values():
+        out += [v[k] for k in ("key", "route") if v.get(k)] + (paged.files(v["lists"]) if v.get("lists") else [])
+    for v in s.get("fts", {}).values():
+        out += v["files"]
+        out += [v[k] for k in ("tokens", "postings") if v.get(k)]
+    if s.get("tombstones"):
+        out.append(s["tombstones"])
+    return out
+
+
+def write_segment(
+    w: Writer,
+    ns: str,
+    gen: int,
+    frame: pl.DataFrame,
+    schema: dict,
+    metric: str | None,
+    progress,
+    new: np.ndarray | None = None,
+) -> dict:
+    """Write one segment of ``frame``'s rows (``new``: which rows are new documents, for the
+    BM25 statistics; default all).  The rows are written in the list order of the first
+    vector field's IVF, so a list is a contiguous run of rows in every file."""
+    name = f"seg-{gen:06d}-{uuid.uuid4().hex[:8]}"
+    vf = D.vector_fields(schema)
+    fits: dict[str, ivf.Fit] = {}
+    if vf:
+        f0 = vf[0]
+        note(progress, f"ivf {f0}", 0, frame.height)
+        mat0 = D.vector_matrix(frame, f0, S.vector_dims(schema[f0]["type"]))
+        fit0 = ivf.fit(mat0, ivf.build_options(schema[f0])["list_rows"], metric)
+        perm = fit0.row_order()
+        frame = frame[pl.Series(perm)]
+        fits[f0] = fit0.permuted(perm)
+        new = new[perm] if new is not None else None
+    seg: dict = {
+        "name": name,
+        "generation": gen,
+        "rows": frame.height,
+        "live": frame.height,
+        "dead": 0,
+        "tombstones": None,
+        "vectors": {},
+        "ann": {},
+        "fts": {},
+    }
+    note(progress, "doc store", 0, frame.height)
+    seg["attrs"] = w.put(layout.index_segment_file(ns, gen, name, D.ATTRS), D.attrs_bytes(frame, schema))
+    ids = frame.get_column("id")
+    if ids.dtype in (pl.UInt64, pl.Int64) and not ids.null_count():
+        kind = "u64" if ids.dtype == pl.UInt64 else "i64"  # fixed width: a cold query reads just its rows' ids
+        data = ids.to_numpy().astype("<" + kind[0] + "8").tobytes()
+        seg["ids"] = {**paged.put(w, layout.index_segment_file(ns, gen, name, f"ids.{kind}"), data), "dtype": kind}
+    for f in vf:
+        dims = S.vector_dims(schema[f]["type"])
+        mat = D.vector_matrix(frame, f, dims)
+        key = layout.index_segment_file(ns, gen, name, f"vec-{D.field_tag(f)}.f32")
+        seg["vectors"][f] = {**paged.put(w, key, mat.astype("<f4").tobytes()), "dims": dims}
+        crash("mid_segment")
+        opts = ivf.build_options(schema[f])
+        note(progress, f"ivf {f}", 0, frame.height)
+        fit = fits.get(f) or ivf.fit(mat, opts["list_rows"], metric)
+        route, lists, info = ivf.encode(fit, mat)
+        tag = D.field_tag(f)
+        seg["ann"][f] = {
+            **opts,
+            **info,
+            "route": w.put(layout.index_segment_file(ns, gen, name, f"ivf-{tag}.route.npz"), route),
+            "lists": paged.put(w, layout.index_segment_file(ns, gen, name, f"ivf-{tag}.lists"), lists),
+            "dims": dims,
+            "sig": ann_sig(schema[f], metric),
+        }
+        note(progress, f"ivf {f}", frame.height, frame.height)
+    ftoks = {}
+    for f in D.fts_fields(schema):
+        opts = schema[f]["full_text_search"]
+        note(progress, f"fts {f}", 0, frame.height)
+        files, toks = fts.build(frame.get_column(f).to_list(), opts)
+        ftoks[f] = toks
+        prefix = layout.index_segment_file(ns, gen, name, f"fts-{D.field_tag(f)}/")
+        keys = [w.put(prefix + fname, data) for fname, data in files.items()]
+        seg["fts"][f] = {"prefix": prefix, "files": keys, "sig": fts_sig(schema[f])}
+        if fts.pretokenized(opts):
+            seg["fts"][f]["tokens"] = w.put(
+                layout.index_segment_file(ns, gen, name, f"tok-{D.field_tag(f)}.arrow"), fts.tokens_bytes(toks)
+            )
+            seg["fts"][f]["postings"] = w.put(
+                layout.index_segment_file(ns, gen, name, f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks)
+            )
+    seg["_fts_tokens"] = ftoks
+    keep = np.flatnonzero(new) if new is not None else None
+    seg["_fts_new"] = {f: t if keep is None else [t[i] for i in keep] for f, t in ftoks.items()}
+    return seg
