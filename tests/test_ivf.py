@@ -80,10 +80,20 @@ def test_rows_without_a_vector_are_left_out():
     assert ivf.search(r0, ivf.Lists(r0, fetch=lambda rs: []), np.ones(4, np.float32), 5, 0.1)[0].size == 0
 
 
-def test_ranged_lists_equal_memory_mapped(tmp_path):
+@pytest.mark.parametrize("in_list_order", [False, True])
+def test_ranged_lists_equal_memory_mapped(tmp_path, in_list_order):
+    """Both layouts: explicit row positions, and rows written in list order (positions
+    implicit, as for a segment's first vector field)."""
     rng = np.random.default_rng(4)
     x = clustered(rng, n=2000)
-    route_b, lists_b, _ = ivf.build(x, 32, "euclidean_squared")
+    if in_list_order:
+        f = ivf.fit(x, 32, "euclidean_squared")
+        perm = f.row_order()
+        x = x[perm]
+        route_b, lists_b, _ = ivf.encode(f.permuted(perm), x)
+        assert len(lists_b) == 2000 * 16  # codes only
+    else:
+        route_b, lists_b, _ = ivf.build(x, 32, "euclidean_squared")
     path = tmp_path / "lists"
     path.write_bytes(lists_b)
     r = ivf.Route(route_b, 16, "euclidean_squared")
@@ -93,6 +103,9 @@ def test_ranged_lists_equal_memory_mapped(tmp_path):
     assert len(a) == len(b) == len(runs)
     for (pa, ca), (pb, cb) in zip(a, b):
         assert np.array_equal(pa, pb) and np.array_equal(ca, cb)
+    q = x[5]
+    got, _ = search(route_b, lists_b, x, q, 1, "euclidean_squared", probe=0.2)
+    assert got[0] == 5  # positions map back to the rows as stored
 
 
 def test_options_clamp_stored_values():
