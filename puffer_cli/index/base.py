@@ -47,9 +47,7 @@ class BaseRows:
             a = self.attrs(i).select("id").with_row_index("__pos")
             dead = self.dead[i]
             if len(dead):
-                alive = np.ones(a.height, bool)
-                alive[dead] = False
-                a = a.filter(pl.Series(alive))
+                a = a.filter(pl.Series(D.alive_mask(a.height, dead)))
             self._ids[i] = a
         return self._ids[i]
 
@@ -71,10 +69,7 @@ class BaseRows:
         return S.align(df.select([c for c in df.columns if c in known]), schema)
 
     def live_positions(self, i: int) -> np.ndarray:
-        dead = self.all_dead(i)
-        alive = np.ones(self.segs[i]["rows"], bool)
-        alive[dead] = False
-        return np.nonzero(alive)[0]
+        return np.nonzero(D.alive_mask(self.segs[i]["rows"], self.all_dead(i)))[0]
 
     def all_dead(self, i: int) -> np.ndarray:
         parts = [self.dead[i], *self.new_dead[i]]

@@ -430,9 +430,8 @@ class _Run:
         sig = fts_sig(self.schema[f])
         add: list = []
         for s in self.kept:
-            alive = np.ones(s["rows"], bool)
-            if s.get("tombstones"):
-                alive[D.read_tomb(self.store.read(s["tombstones"])).astype(np.int64)] = False
+            t = s.get("tombstones")
+            alive = D.alive_mask(s["rows"], D.read_tomb(self.store.read(t)) if t else None)
             tk = s.get("fts", {}).get(f, {}).get("tokens")
             if tk is not None and s["fts"][f].get("sig") == sig:
                 col = pl.read_ipc(self.cache.file(self.store, tk))["t"].filter(pl.Series(alive))

@@ -98,6 +98,14 @@ def tomb_bytes(positions: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def alive_mask(rows: int, dead: np.ndarray | None) -> np.ndarray:
+    """Boolean mask of the live row positions of a segment of ``rows`` rows."""
+    al = np.ones(rows, bool)
+    if dead is not None and len(dead):
+        al[np.asarray(dead, dtype=np.int64)] = False
+    return al
+
+
 def read_tomb(data: bytes) -> np.ndarray:
     try:
         out = np.load(io.BytesIO(data), allow_pickle=False)

@@ -128,11 +128,9 @@ class Segment:
     def alive(self) -> np.ndarray:
         with self._lock:
             if self._alive is None:
-                al = np.ones(self.rows, bool)
-                if self.meta.get("tombstones"):
-                    dead = D.read_tomb(self.cache.file(self.store, self.meta["tombstones"]).read_bytes())
-                    al[dead.astype(np.int64)] = False
-                self._alive = al
+                t = self.meta.get("tombstones")
+                dead = D.read_tomb(self.cache.file(self.store, t).read_bytes()) if t else None
+                self._alive = D.alive_mask(self.rows, dead)
             return self._alive
 
     def live_count(self) -> int:
