@@ -78,21 +78,11 @@ class BaseRows:
     def take(self, ids: pl.Series, schema: dict) -> pl.DataFrame | None:
         """Remove ``ids`` from the live set (tombstone) and return their rows."""
         out = []
-        want = pl.DataFrame({"id": ids})
-        for i in range(len(self.segs)):
-            if want.height == 0:
-                break
-            idf = self.ids(i)
-            if want["id"].dtype != idf["id"].dtype:
-                want = want.with_columns(pl.col("id").cast(idf["id"].dtype))
-            hit = idf.join(want, on="id", how="semi")
-            if hit.height == 0:
-                continue
-            pos = hit["__pos"].to_numpy().astype(np.int64)
+        for i, pos in list(D.locate(ids, self.ids, len(self.segs))):
             self.new_dead[i].append(pos)
-            self._ids[i] = idf.join(hit.select("id"), on="id", how="anti")
+            idf = self.ids(i)
+            self._ids[i] = idf.filter(pl.Series(~np.isin(idf["__pos"].to_numpy(), pos)))
             out.append(self.rows(i, pos, schema))
-            want = want.join(hit.select("id"), on="id", how="anti")
         if not out:
             return None
         return pl.concat(out, how="vertical")

@@ -98,6 +98,23 @@ def tomb_bytes(positions: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def locate(ids: pl.Series, live_ids, n: int):
+    """Yield ``(segment index, positions)`` of the live rows holding ``ids``, segment by
+    segment; ``live_ids(i)`` is segment i's ``(id, __pos)`` frame of live rows.  An id is
+    found at most once (every id has at most one live row)."""
+    want = ids.to_frame("id")
+    for i in range(n):
+        if want.height == 0:
+            return
+        idf = live_ids(i)
+        if want["id"].dtype != idf["id"].dtype:
+            want = want.with_columns(pl.col("id").cast(idf["id"].dtype))
+        hit = idf.join(want, on="id", how="semi")
+        if hit.height:
+            yield i, hit["__pos"].to_numpy().astype(np.int64)
+            want = want.join(hit.select("id"), on="id", how="anti")
+
+
 def alive_mask(rows: int, dead: np.ndarray | None) -> np.ndarray:
     """Boolean mask of the live row positions of a segment of ``rows`` rows."""
     al = np.ones(rows, bool)

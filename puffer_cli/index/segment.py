@@ -353,20 +353,12 @@ class Generation:
 
     def lookup(self, ids: pl.Series) -> list[tuple[int, np.ndarray]]:
         """[(segment index, positions)] of live index rows with these ids."""
-        out = []
-        want = ids.to_frame("id")
-        for i, seg in enumerate(self.segments):
-            if want.height == 0:
-                break
+
+        def live(i: int) -> pl.DataFrame:
             L.check_deadline()
-            idf = seg.ids()
-            if want["id"].dtype != idf["id"].dtype:
-                want = want.with_columns(pl.col("id").cast(idf["id"].dtype))
-            hit = idf.join(want, on="id", how="semi")
-            if hit.height:
-                out.append((i, hit["__pos"].to_numpy().astype(np.int64)))
-                want = want.join(hit.select("id"), on="id", how="anti")
-        return out
+            return self.segments[i].ids()
+
+        return list(D.locate(ids, live, len(self.segments)))
 
     def files(self) -> list[str]:
         return list(self.man.get("files", []))
