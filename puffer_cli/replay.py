@@ -14,15 +14,42 @@ the live state plus one batch, not the whole history.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 import polars as pl
 
 from . import schema as S
+from . import wal
 from .wal import Op
 
 ORD = "__ord"
 BATCH_ROWS = 500_000
+
+
+@dataclass
+class Followed:
+    """One WAL entry with the schema and distance metric in force after it; ``schema_changed``:
+    this entry changed the schema (a caller batching ops folds what it has first)."""
+
+    entry: wal.Entry
+    schema: dict
+    metric: str | None
+    schema_changed: bool
+
+
+def follow(entries: Iterable[wal.Entry], schema: dict, metric: str | None) -> Iterator[Followed]:
+    """Walk ``entries`` tracking the schema and metric their headers set (the one place
+    that knows a header's ``schema`` replaces the schema and ``distance_metric`` sets the
+    metric): the index builder, the WAL tail over an index and replay all follow the WAL so."""
+    for e in entries:
+        new = e.header.get("schema")
+        changed = new is not None and new != schema
+        if changed:
+            schema = new
+        if e.header.get("distance_metric"):
+            metric = e.header["distance_metric"]
+        yield Followed(e, schema, metric, changed)
 
 
 def empty(schema: Mapping) -> pl.DataFrame:

@@ -233,14 +233,12 @@ class _Run:
         batch: list = []
         rows = 0
         stopped = False
-        for e in self.ns.entries(self.covers, self.head.seq):
-            new_schema = e.header.get("schema")
-            if new_schema is not None and new_schema != self.schema:
-                self._flush(batch)
+        for f in replay.follow(self.ns.entries(self.covers, self.head.seq), self.schema, self.metric):
+            e = f.entry
+            if f.schema_changed:
+                self._flush(batch)  # folds under the schema before this entry
                 batch, rows = [], 0
-                self.schema = new_schema
-            if e.header.get("distance_metric"):
-                self.metric = e.header["distance_metric"]
+            self.schema, self.metric = f.schema, f.metric
             batch.extend(e.ops)
             rows += sum(op.rows for op in e.ops)
             self.last = e.seq

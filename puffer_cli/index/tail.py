@@ -78,15 +78,13 @@ def tail_for(ns, gen, head) -> Tail:
         docs = replay.fold(docs, schema, ops_batch)
         ops_batch = []
 
-    for e in ns.entries(t.seq, head.seq):
+    for f in replay.follow(ns.entries(t.seq, head.seq), schema, metric):
         L.check_deadline()  # a long tail: stop here rather than replay it past the budget
-        if e.header.get("schema") is not None and e.header["schema"] != schema:
+        if f.schema_changed:
             flush()
-            schema = e.header["schema"]
-        if e.header.get("distance_metric"):
-            metric = e.header["distance_metric"]
-        ops_batch.extend(e.ops)
-        seq = e.seq
+        schema, metric = f.schema, f.metric
+        ops_batch.extend(f.entry.ops)
+        seq = f.entry.seq
     flush()
     sup = pl.concat([S.align(p, schema) for p in sup_parts], how="vertical") if sup_parts else None
     t = Tail(seq, schema, metric, S.align(docs, schema), hidden, sup, touched)
