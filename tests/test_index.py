@@ -156,7 +156,7 @@ def current_files(ns):
 
 
 # ---------------------------------------------------------------------------- all backends
-def test_index_tail_strong_eventual(db):
+def test_index_tail_strong_eventual(db, monkeypatch):
     rng = np.random.default_rng(1)
     ns = db.namespace("docs")
     ns.write({"upsert_rows": make_rows(rng, 0, 150), "schema": SCHEMA})
@@ -165,12 +165,20 @@ def test_index_tail_strong_eventual(db):
     assert index(ns).status == "up-to-date"
     check_all(ns, rng)
 
-    # more writes: strong sees the tail, eventual does not
-    ns.write({"upsert_rows": make_rows(rng, 150, 30)})
+    # more writes: strong sees the tail at once; eventual = the index plus this process's
+    # tail, whose WAL head is relisted at most every EVENTUAL_MAX_STALENESS_S
     body = {"rank_by": ["id", "desc"], "top_k": 3}
+    eventual = {**body, "consistency": {"level": "eventual"}}
+    assert [r["id"] for r in engine.run_query(ns, eventual)["rows"]] == [149, 148, 147]
+    ns.write({"upsert_rows": make_rows(rng, 150, 30)})
+    assert [r["id"] for r in engine.run_query(ns, eventual)["rows"]] == [149, 148, 147]  # listed < 60 s ago
     assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == [179, 178, 177]
-    ev = engine.run_query(ns, {**body, "consistency": {"level": "eventual"}})
-    assert [r["id"] for r in ev["rows"]] == [149, 148, 147]
+    assert [r["id"] for r in engine.run_query(ns, eventual)["rows"]] == [179, 178, 177]  # strong relisted it
+    ns.write({"upsert_rows": make_rows(rng, 180, 1)})
+    monkeypatch.setattr(reader, "EVENTUAL_MAX_STALENESS_S", 0.0)  # the bound has passed
+    assert [r["id"] for r in engine.run_query(ns, eventual)["rows"]] == [180, 179, 178]
+    monkeypatch.undo()
+    ns.write({"deletes": [180]})
 
     # update + delete after indexing: never stale (strong)
     ns.write(

@@ -39,8 +39,9 @@ from .manifest import fts_sig_of, load_manifest
 from .segment import GENS, DfCombo, Generation, Segment, forget, open_generation  # noqa: F401  (forget: server)
 from .segment import GENS as _GENS  # noqa: F401  (tests and benchmarks clear it)
 from .tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
-from .tail import Tail, tail_for
+from .tail import Tail, cached_tail, tail_for
 
+EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old (turbopuffer: 1 minute)
 EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05  # ... or a filter keeping at most this fraction of a segment
 HNSW_OVERFETCH = 2  # HNSW candidates kept per requested result (exact re-rank)
@@ -462,17 +463,24 @@ def view_for(ns, consistency: str, head=None) -> IndexedView | None:
     if not ptr:
         return None
     strong = consistency != "eventual"
-    fns = [lambda: _open_or_none(ns.store, ptr)]
-    if strong and head is None:
-        fns.append(ns.head)  # the WAL listing overlaps the manifest read (one round trip)
-    got = R.parallel(fns, ns.store.is_remote)
-    gen = got[0]
-    if gen is None:
-        return None
     if not strong:
-        return IndexedView(gen, None)
-    head = head or got[1]
-    tail = tail_for(ns, gen, head)
+        # eventual: the index plus this process's WAL tail, relisted at most every
+        # EVENTUAL_MAX_STALENESS_S (turbopuffer's bound), so writes show within that
+        gen = _open_or_none(ns.store, ptr)
+        if gen is None:
+            return None
+        tail = cached_tail(ns, gen, EVENTUAL_MAX_STALENESS_S)
+        if tail is None:
+            tail = tail_for(ns, gen, ns.head())
+    else:
+        fns = [lambda: _open_or_none(ns.store, ptr)]
+        if head is None:
+            fns.append(ns.head)  # the WAL listing overlaps the manifest read (one round trip)
+        got = R.parallel(fns, ns.store.is_remote)
+        gen = got[0]
+        if gen is None:
+            return None
+        tail = tail_for(ns, gen, head or got[1])
     if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
         return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
     return IndexedView(gen, tail)

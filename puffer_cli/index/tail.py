@@ -7,6 +7,7 @@ advanced incrementally to the head.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,7 @@ class Tail:
     superseded: pl.DataFrame | None = None  # index rows superseded (for BM25 stats)
     touched: pl.Series | None = None
     extra: dict = field(default_factory=dict)  # per-tail caches (analysed tokens)
+    checked_at: float = field(default_factory=time.monotonic)  # when the WAL head was last listed for it
 
 
 TAILS: dict[tuple, Tail] = {}
@@ -44,6 +46,7 @@ def tail_for(ns, gen, head) -> Tail:
     with TAILS_LOCK:
         t = TAILS.get(key)
     if t is not None and t.seq == head.seq:
+        t.checked_at = time.monotonic()
         return t
     if t is None or t.seq > head.seq:
         t = Tail(gen.covers, gen.schema, gen.metric, replay.empty(gen.schema), {}, None, None)
@@ -93,6 +96,14 @@ def tail_for(ns, gen, head) -> Tail:
             TAILS.clear()
         TAILS[key] = t
     return t
+
+
+def cached_tail(ns, gen, max_age_s: float) -> Tail | None:
+    """This process's tail over ``gen`` if the WAL head was listed for it less than
+    ``max_age_s`` ago (eventual consistency serves it without listing), else None."""
+    with TAILS_LOCK:
+        t = TAILS.get((ns.store.url, ns.name, gen.manifest_key))
+    return t if t is not None and time.monotonic() - t.checked_at < max_age_s else None
 
 
 def forget_tails(store: Store, name: str) -> None:
