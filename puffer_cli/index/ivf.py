@@ -50,6 +50,7 @@ import contextvars
 import io
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,16 +170,24 @@ class Codebook:
         nb = min(NEIGHBOURS, k1)
         self.near = np.argsort(_dist(coarse, coarse, cosine), axis=1)[:, :nb]
 
-    def assign(self, x: np.ndarray) -> np.ndarray:
+    def assign(self, x: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Nearest fine centroid of every row, searched among the children of the
         NEIGHBOURS coarse clusters around the row's nearest coarse cluster: O(rows x
         (sqrt(nlist) + NEIGHBOURS x nlist / sqrt(nlist))) instead of O(rows x nlist)."""
         top = assign(x, self.coarse, self.cosine)
         out = np.empty(len(x), np.int32)
-        for j in np.unique(top):
-            rows = np.flatnonzero(top == j)
+        order = np.argsort(top, kind="stable")
+        cuts = np.searchsorted(top[order], np.arange(len(self.coarse) + 1))
+        done = 0
+        for j in range(len(self.coarse)):
+            rows = order[cuts[j] : cuts[j + 1]]
+            if not len(rows):
+                continue
             cand = np.concatenate([np.arange(self.bounds[m], self.bounds[m + 1]) for m in self.near[j]])
             out[rows] = cand[assign(x[rows], self.centroids[cand], self.cosine)]
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(x))
         return out
 
 
@@ -231,7 +240,13 @@ class Fit:
         return Fit(self.labels[perm], self.book, self.scale, self.cosine)
 
 
-def fit(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) -> Fit:
+def fit(
+    mat: np.ndarray,
+    list_rows: int,
+    metric: str | None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Fit:
     """Cluster the rows of ``mat`` that have a vector (non-NaN; under cosine also non-zero:
     a zero vector has no direction and ranks at distance 1, readers add those rows)."""
     cosine = (metric or "cosine_distance") == "cosine_distance"
@@ -246,7 +261,7 @@ def fit(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) -> F
     want = min(SAMPLE_MAX, max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST))
     sample = x if n <= want else x[np.sort(rng.choice(n, want, replace=False))]
     book = train(sample, nlist, cosine, rng)
-    labels[valid] = book.assign(x)
+    labels[valid] = book.assign(x, progress)
     amax = float(np.quantile(np.abs(sample), 0.9995))
     return Fit(labels, book, (amax if amax > 0 else 1.0) / 127.0, cosine)
 

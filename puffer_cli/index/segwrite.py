@@ -97,7 +97,12 @@ def write_segment(
         f0 = vf[0]
         note(progress, f"ivf {f0}", 0, frame.height)
         mat0 = D.vector_matrix(frame, f0, S.vector_dims(schema[f0]["type"]))
-        fit0 = ivf.fit(mat0, ivf.build_options(schema[f0])["list_rows"], metric)
+        fit0 = ivf.fit(
+            mat0,
+            ivf.build_options(schema[f0])["list_rows"],
+            metric,
+            progress=lambda done, total: note(progress, f"ivf {f0}: rows assigned", done, total),
+        )
         perm = fit0.row_order()
         frame = frame[pl.Series(perm)]
         fits[f0] = fit0.permuted(perm)
