@@ -384,11 +384,10 @@ def test_stored_bad_ann_options_are_clamped_by_index(wdb, monkeypatch, caplog):
         }
     )
     monkeypatch.undo()
-    from puffer_cli.index import ann
+    from puffer_cli.index import ivf
 
-    o = ann.options(ns.head().schema["vector"], None)
-    assert o["connectivity"] == L.ANN_CONNECTIVITY[0] and o["expansion_add"] == L.ANN_EXPANSION_ADD[1]
-    assert o["expansion_search"] == ann.DEFAULTS["expansion_search"]
+    # the format-1 (HNSW) options are no longer used: the IVF build takes its defaults
+    assert ivf.options(ns.head().schema["vector"]) == ivf.DEFAULTS
     builder.index_namespace(ns, gc_grace_s=0)
     from puffer_cli import engine
 

@@ -254,14 +254,3 @@ class Reader:
         if self.direct:
             return np.fromiter((a.doc for _s, a in hits), dtype=np.int64, count=len(hits))
         return np.fromiter((self.searcher.doc(a)["pos"][0] for _s, a in hits), dtype=np.int64, count=len(hits))
-
-    def match_count(self, tokens: list[str]) -> int:
-        import tantivy
-
-        toks = list(dict.fromkeys(tokens))
-        if not toks:
-            return 0
-        q = tantivy.Query.boolean_query(
-            [(tantivy.Occur.Should, tantivy.Query.term_query(self.schema, FIELD, t)) for t in toks]
-        )
-        return self.searcher.search(q, 1, count=True).count
