@@ -210,30 +210,7 @@ class Compiler:
         x = _canon(col, t)
         desc = f"attribute {show(attr)} (type {t})"
         if is_array:
-            if pos in CMP:
-                raise ctx.fail(f"{op} on {desc} is not supported for arrays; use Any{op}")
-            if pos == "Eq" and isinstance(value, (list, tuple)):
-                return self.array_equals(x, et, value, op, desc, ctx)
-            array_null = False
-            if pos in ("Eq", "Contains"):
-                epos, evalue = "Eq", value
-            elif pos in ("In", "ContainsAny"):
-                # a null member matches a missing array, not a null element
-                epos, evalue = "In", [v for v in value if v is not None]
-                array_null = len(evalue) != len(value)
-            elif pos in ANY_CMP:
-                epos, evalue = ANY_CMP[pos], value
-            else:  # Glob, IGlob, Regex
-                epos, evalue = pos, value
-            pred = self.scalar_pred(pl.element(), et, epos, evalue, op, desc, ctx)
-            if pred is _FALSE:
-                out = pl.lit(False)
-            else:
-                if pred is _NONNULL:
-                    pred = pl.element().is_not_null()
-                out = x.list.eval(pred).list.any().fill_null(False)
-            return (out | col.is_null()) if array_null else out
-
+            return self.array_op(x, col, et, op, pos, value, desc, ctx)
         if pos in ("Contains", "ContainsAny") or pos in ANY_CMP:
             raise ctx.fail(
                 f"{op} needs an array attribute; {desc} is a scalar"
@@ -251,6 +228,33 @@ class Compiler:
         if pred is _NONNULL:
             return x.is_not_null()
         return pred.fill_null(False)
+
+    def array_op(self, x, col, et, op, pos, value, desc, ctx) -> pl.Expr:
+        """A condition on an array attribute: element-wise (any element matches), or the
+        whole array for Eq with a list."""
+        if pos in CMP:
+            raise ctx.fail(f"{op} on {desc} is not supported for arrays; use Any{op}")
+        if pos == "Eq" and isinstance(value, (list, tuple)):
+            return self.array_equals(x, et, value, op, desc, ctx)
+        array_null = False
+        if pos in ("Eq", "Contains"):
+            epos, evalue = "Eq", value
+        elif pos in ("In", "ContainsAny"):
+            # a null member matches a missing array, not a null element
+            epos, evalue = "In", [v for v in value if v is not None]
+            array_null = len(evalue) != len(value)
+        elif pos in ANY_CMP:
+            epos, evalue = ANY_CMP[pos], value
+        else:  # Glob, IGlob, Regex
+            epos, evalue = pos, value
+        pred = self.scalar_pred(pl.element(), et, epos, evalue, op, desc, ctx)
+        if pred is _FALSE:
+            out = pl.lit(False)
+        else:
+            if pred is _NONNULL:
+                pred = pl.element().is_not_null()
+            out = x.list.eval(pred).list.any().fill_null(False)
+        return (out | col.is_null()) if array_null else out
 
     # -- shape checks independent of the schema ---------------------------------
     def check_shape(self, attr, op, pos, value, ref, ctx) -> None:
