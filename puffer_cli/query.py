@@ -41,7 +41,7 @@ from . import attrs as S
 from . import filters as F
 from . import limits as L
 from .errors import InvalidFilter, InvalidQuery
-from .querymodel import (  # noqa: F401 - re-exported
+from .querymodel import (  # noqa: F401 - re-exported: the model is query.Query etc.
     DEFAULT_LIMIT,
     METRICS,
     MULTI_KEYS,
@@ -62,16 +62,13 @@ from .querymodel import (  # noqa: F401 - re-exported
     TextSum,
     VectorRank,
 )
-from .rankparse import (  # noqa: F401 - re-exported
-    F32_MAX,
+from .rankparse import (
     attr_name,
     check_len,
     fail,
     is_int,
     is_num,
     parse_rank_by,
-    parse_text_expr,
-    parse_vector,
     show,
 )
 
