@@ -30,9 +30,11 @@ from typing import Any
 
 import polars as pl
 
+from . import filters as F
 from . import replay
 from . import schema as S
 from .errors import InvalidRequest, SchemaError
+from .querymodel import METRICS
 from .wal import Op
 
 WRITE_KEYS = {
@@ -54,7 +56,6 @@ WRITE_KEYS = {
     "encryption",
     "delete_by_filter_allow_partial",
 }
-METRICS = ("cosine_distance", "euclidean_squared")
 NEW = "__new__"
 DATA_KEYS = (
     "upsert_rows",
@@ -110,8 +111,23 @@ def _ids(df: pl.DataFrame) -> list:
 def plan(
     req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str], tuple[dict, pl.DataFrame]] | None = None
 ) -> Plan:
-    from . import filters as F  # noqa: PLC0415 (filters imports schema helpers)
+    """The steps, in the order of the module docstring: the request's shape and names
+    (:func:`_check_request`), the declared schema and the metric, then each section
+    (:class:`_Planner`), then the checks on the result."""
+    _check_request(req, snap)
+    p = _Planner(req, snap)
+    p.delete_by_filter()
+    p.patch_by_filter()
+    p.copy_from(copy_source)
+    p.upserts()
+    p.patches()
+    p.deletes()
+    return p.finish()
 
+
+def _check_request(req: Any, snap: Snapshot) -> None:
+    """Known keys, nesting depth of every data section, attribute names and counts:
+    all before any frame is built."""
     if not isinstance(req, Mapping):
         raise InvalidRequest("write body must be a JSON object")
     unknown = set(req) - WRITE_KEYS
@@ -128,55 +144,66 @@ def plan(
         S.check_depth(pbf["patch"], "patch_by_filter.patch")
     flat, groups = _names(req)
     S.check_write_names(flat, snap.schema, groups=groups)
-    schema = {k: dict(v) for k, v in snap.schema.items()}
-    declared = S.normalize_schema(req.get("schema"))
-    changed = False
-    if declared:
-        new = S.merge(schema, declared, {})
-        changed = new != schema
-        schema = new
 
-    metric = snap.metric
-    if req.get("distance_metric") is not None:
-        m = req["distance_metric"]
-        if m not in METRICS:
-            raise InvalidRequest(f"unknown distance_metric {m!r}", hint=f"use one of {', '.join(METRICS)}")
-        if metric is not None and m != metric:
-            raise InvalidRequest(f"namespace distance_metric is {metric}; cannot change it to {m}")
-        metric = m
 
-    ops: list[Op] = []
-    counts: dict[str, list[Any]] = {"upserted": [], "patched": [], "deleted": []}
-    state_cache: dict[str, pl.DataFrame] = {}
+def _metric(req: Mapping[str, Any], current: str | None) -> str | None:
+    m = req.get("distance_metric")
+    if m is None:
+        return current
+    if m not in METRICS:
+        raise InvalidRequest(f"unknown distance_metric {m!r}", hint=f"use one of {', '.join(METRICS)}")
+    if current is not None and m != current:
+        raise InvalidRequest(f"namespace distance_metric is {current}; cannot change it to {m}")
+    return m
 
-    def current() -> pl.DataFrame:
+
+class _Planner:
+    """One request's plan as it is built: the schema so far, the ops so far, the ids each
+    kind of op touched."""
+
+    def __init__(self, req: Mapping[str, Any], snap: Snapshot):
+        self.req, self.snap = req, snap
+        self.schema = {k: dict(v) for k, v in snap.schema.items()}
+        self.changed = False
+        declared = S.normalize_schema(req.get("schema"))
+        if declared:
+            new = S.merge(self.schema, declared, {})
+            self.changed = new != self.schema
+            self.schema = new
+        self.metric = _metric(req, snap.metric)
+        self.ops: list[Op] = []
+        self.counts: dict[str, list[Any]] = {"upserted": [], "patched": [], "deleted": []}
+        self._base: pl.DataFrame | None = None
+
+    # -- helpers ---------------------------------------------------------------
+    def current(self) -> pl.DataFrame:
         """Documents as of the snapshot plus the ops planned so far."""
-        if "id" not in schema:  # no document was ever written: nothing to match
+        if "id" not in self.schema:  # no document was ever written: nothing to match
             return pl.DataFrame()
-        if "base" not in state_cache:
-            state_cache["base"] = snap.docs()
-        return replay.fold(state_cache["base"], schema, ops)
+        if self._base is None:
+            self._base = self.snap.docs()
+        return replay.fold(self._base, self.schema, self.ops)
 
-    def add_schema(inferred: dict) -> None:
-        nonlocal schema, changed
-        if any(t is not None and k not in schema for k, t in inferred.items()):
-            schema = S.merge(schema, {}, inferred)
-            changed = True
+    def add_schema(self, inferred: dict) -> None:
+        if any(t is not None and k not in self.schema for k, t in inferred.items()):
+            self.schema = S.merge(self.schema, {}, inferred)
+            self.changed = True
 
-    def typed(df: pl.DataFrame) -> pl.DataFrame:
+    def typed(self, df: pl.DataFrame) -> pl.DataFrame:
         # columns inferred as all-null get their type now that the schema is known
-        return df.select(
-            [
-                pl.col(c).cast(S.dtype_of(schema[c]["type"])) if c in schema else pl.col(c)
-                for c in df.columns
-                if c in schema
-            ]
-        )
+        return df.select([pl.col(c).cast(S.dtype_of(self.schema[c]["type"])) for c in df.columns if c in self.schema])
 
-    def condition(df: pl.DataFrame, cond, what: str, need_existing: bool) -> pl.DataFrame:
+    def add(self, kind: str, df: pl.DataFrame, counted: str) -> None:
+        self.ops.append(Op(kind, df))
+        self.counts[counted] += _ids(df)
+
+    def condition(self, df: pl.DataFrame, cond: Any, need_existing: bool) -> pl.DataFrame:
+        """The rows of ``df`` whose condition holds against the current document (with
+        ``$ref_new`` the new row's values); ``need_existing``: a missing document fails it."""
         if cond is None:
             return df
-        cur = current()
+        schema = self.schema
+        cur = self.current()
         expr = F.compile_filter(cond, schema, ref_new_prefix=NEW)
         new = df.rename({c: NEW + c for c in df.columns if c != "id"})
         have = set(new.columns)
@@ -194,18 +221,19 @@ def plan(
         keep = j.filter(ok).get_column("__row")
         return df.with_row_index("__row").filter(pl.col("__row").is_in(keep.implode())).drop("__row")
 
-    # -- delete_by_filter
-    if req.get("delete_by_filter") is not None:
-        expr = F.compile_filter(req["delete_by_filter"], schema)
-        cur = current()
+    # -- the sections, in order -------------------------------------------------
+    def delete_by_filter(self) -> None:
+        if self.req.get("delete_by_filter") is None:
+            return
+        expr = F.compile_filter(self.req["delete_by_filter"], self.schema)
+        cur = self.current()
         if cur.width:
-            ids = cur.filter(expr).select("id")
-            ops.append(Op("delete", ids))
-            counts["deleted"] += _ids(ids)
+            self.add("delete", cur.filter(expr).select("id"), "deleted")
 
-    # -- patch_by_filter
-    pbf = req.get("patch_by_filter")
-    if pbf is not None:
+    def patch_by_filter(self) -> None:
+        pbf = self.req.get("patch_by_filter")
+        if pbf is None:
+            return
         if (
             not isinstance(pbf, Mapping)
             or set(pbf) - {"filters", "patch"}
@@ -216,86 +244,83 @@ def plan(
         patch = pbf["patch"]
         if not isinstance(patch, Mapping) or "id" in patch:
             raise InvalidRequest("patch_by_filter.patch must be an object of attributes (not id)")
-        expr = F.compile_filter(pbf["filters"], schema)
+        expr = F.compile_filter(pbf["filters"], self.schema)
         # the patch values are validated once (one row), whatever the filter matches
-        one, inf = S.frame_from_columns({k: [v] for k, v in patch.items()}, schema, partial=True)
-        cur = current()
+        one, inf = S.frame_from_columns({k: [v] for k, v in patch.items()}, self.schema, partial=True)
+        cur = self.current()
         hit = cur.filter(expr).get_column("id") if cur.width else pl.Series("id", [])
         if len(hit):
-            add_schema(inf)
+            self.add_schema(inf)
             df = one[[0] * len(hit)].with_columns(hit.alias("id")) if one.width else hit.to_frame()
-            ops.append(Op("patch", typed(df)))
-        counts["patched"] += hit.to_list()
+            self.ops.append(Op("patch", self.typed(df)))
+        self.counts["patched"] += hit.to_list()
 
-    # -- copy_from_namespace
-    if req.get("copy_from_namespace") is not None:
+    def copy_from(self, copy_source: Callable[[str], tuple[dict, pl.DataFrame]] | None) -> None:
+        if self.req.get("copy_from_namespace") is None:
+            return
         if copy_source is None:
             raise InvalidRequest("copy_from_namespace is not available here")
-        src_schema, src_docs = copy_source(req["copy_from_namespace"])
+        src_schema, src_docs = copy_source(self.req["copy_from_namespace"])
         for k, spec in src_schema.items():
-            if k in schema and schema[k]["type"] != spec["type"]:
+            if k in self.schema and self.schema[k]["type"] != spec["type"]:
                 raise SchemaError(
-                    f"copy_from_namespace: attribute {k!r} is {spec['type']} there, {schema[k]['type']} here"
+                    f"copy_from_namespace: attribute {k!r} is {spec['type']} there, {self.schema[k]['type']} here"
                 )
-        merged = {**src_schema, **schema}
-        if merged != schema:
-            schema, changed = merged, True
-        ops.append(Op("upsert", src_docs))
-        counts["upserted"] += _ids(src_docs)
+        merged = {**src_schema, **self.schema}
+        if merged != self.schema:
+            self.schema, self.changed = merged, True
+        self.add("upsert", src_docs, "upserted")
 
-    # -- upserts
-    frames = []
-    if req.get("upsert_rows") is not None:
-        if not isinstance(req["upsert_rows"], list):
-            raise InvalidRequest("upsert_rows must be an array of objects")
-        frames.append(S.frame_from_rows(req["upsert_rows"], schema, what="upsert_rows"))
-    if req.get("upsert_columns") is not None:
-        if not isinstance(req["upsert_columns"], Mapping):
-            raise InvalidRequest("upsert_columns must be an object of columns")
-        frames.append(S.frame_from_columns(req["upsert_columns"], schema))
-    for df, inf in frames:
-        if df.height == 0:
-            continue
-        add_schema(inf)
-        df = condition(typed(df), req.get("upsert_condition"), "upsert_condition", need_existing=False)
-        ops.append(Op("upsert", df))
-        counts["upserted"] += _ids(df)
+    def upserts(self) -> None:
+        frames = []
+        if self.req.get("upsert_rows") is not None:
+            if not isinstance(self.req["upsert_rows"], list):
+                raise InvalidRequest("upsert_rows must be an array of objects")
+            frames.append(S.frame_from_rows(self.req["upsert_rows"], self.schema, what="upsert_rows"))
+        frames += self._columns("upsert_columns")
+        self._add_frames(frames, "upsert", "upsert_condition", "upserted", need_existing=False)
 
-    # -- patches
-    pframes = []
-    if req.get("patch_rows") is not None:
-        rows = req["patch_rows"]
-        if not isinstance(rows, list):
-            raise InvalidRequest("patch_rows must be an array of objects")
-        # rows with the same set of keys form one patch op (absent != null)
-        start = 0
-        for i in range(1, len(rows) + 1):
-            if (
-                i == len(rows)
-                or not isinstance(rows[i], Mapping)
-                or not isinstance(rows[start], Mapping)
-                or set(rows[i]) != set(rows[start])
-            ):
-                pframes.append(S.frame_from_rows(rows[start:i], schema, what="patch_rows", first_row=start))
-                start = i
-    if req.get("patch_columns") is not None:
-        if not isinstance(req["patch_columns"], Mapping):
-            raise InvalidRequest("patch_columns must be an object of columns")
-        pframes.append(S.frame_from_columns(req["patch_columns"], schema))
-    for df, inf in pframes:
-        if df.height == 0:
-            continue
-        add_schema(inf)
-        df = condition(typed(df), req.get("patch_condition"), "patch_condition", need_existing=True)
-        ops.append(Op("patch", df))
-        counts["patched"] += _ids(df)
+    def patches(self) -> None:
+        frames = []
+        if self.req.get("patch_rows") is not None:
+            rows = self.req["patch_rows"]
+            if not isinstance(rows, list):
+                raise InvalidRequest("patch_rows must be an array of objects")
+            # rows with the same set of keys form one patch op (absent != null)
+            start = 0
+            for i in range(1, len(rows) + 1):
+                if (
+                    i == len(rows)
+                    or not isinstance(rows[i], Mapping)
+                    or not isinstance(rows[start], Mapping)
+                    or set(rows[i]) != set(rows[start])
+                ):
+                    frames.append(S.frame_from_rows(rows[start:i], self.schema, what="patch_rows", first_row=start))
+                    start = i
+        frames += self._columns("patch_columns")
+        self._add_frames(frames, "patch", "patch_condition", "patched", need_existing=True)
 
-    # -- deletes
-    if req.get("deletes") is not None:
-        d = req["deletes"]
+    def _columns(self, key: str) -> list[tuple[pl.DataFrame, dict]]:
+        if self.req.get(key) is None:
+            return []
+        if not isinstance(self.req[key], Mapping):
+            raise InvalidRequest(f"{key} must be an object of columns")
+        return [S.frame_from_columns(self.req[key], self.schema)]
+
+    def _add_frames(self, frames: list, kind: str, cond: str, counted: str, *, need_existing: bool) -> None:
+        for df, inf in frames:
+            if df.height == 0:
+                continue
+            self.add_schema(inf)
+            self.add(kind, self.condition(self.typed(df), self.req.get(cond), need_existing), counted)
+
+    def deletes(self) -> None:
+        d = self.req.get("deletes")
+        if d is None:
+            return
         if not isinstance(d, list):
             raise InvalidRequest("deletes must be an array of ids")
-        idt = schema.get("id", {}).get("type")
+        idt = self.schema.get("id", {}).get("type")
         if idt is None:
             idt = S.infer_column("id", d) or "uint"
             if idt not in S.ID_TYPES:
@@ -303,31 +328,32 @@ def plan(
                     f"deletes: ids are {idt}, not one of {', '.join(S.ID_TYPES)}", hint="ids are u64, UUIDs or strings"
                 )
         df = pl.DataFrame([S.column_series("id", d, idt)])
-        if "id" in schema:  # else no document exists: nothing to delete
-            df = condition(df, req.get("delete_condition"), "delete_condition", need_existing=True)
-            ops.append(Op("delete", df))
-            counts["deleted"] += _ids(df)
+        if "id" in self.schema:  # else no document exists: nothing to delete
+            self.add("delete", self.condition(df, self.req.get("delete_condition"), need_existing=True), "deleted")
 
-    for c in ("upsert_condition", "patch_condition", "delete_condition"):
-        if req.get(c) is not None:
-            F.compile_filter(req[c], schema, ref_new_prefix=NEW)  # validate even when unused
-
-    S.check_schema_size(schema, snap.schema)
-    if "id" not in schema and any(op.table.height for op in ops):
-        raise SchemaError("could not determine the id type", hint='declare it: schema {"id": "uint"}')
-    vec_attrs = [k for k, v in schema.items() if S.is_vector(v["type"])]
-    if vec_attrs and metric is None:
-        metric = "cosine_distance"
-    ops = [op for op in ops if op.table.height]
-    rows_affected = sum(len(v) for v in counts.values())
-    result: dict[str, Any] = {
-        "rows_affected": rows_affected,
-        "rows_upserted": len(counts["upserted"]),
-        "rows_patched": len(counts["patched"]),
-        "rows_deleted": len(counts["deleted"]),
-    }
-    if req.get("return_affected_ids"):
-        result["upserted_ids"] = counts["upserted"]
-        result["patched_ids"] = counts["patched"]
-        result["deleted_ids"] = counts["deleted"]
-    return Plan(ops, schema, metric, changed or schema != snap.schema, result)
+    def finish(self) -> Plan:
+        """Conditions validated even when unused, the schema's size, the id type and the
+        default metric; empty ops dropped; the counts."""
+        req, schema = self.req, self.schema
+        for c in ("upsert_condition", "patch_condition", "delete_condition"):
+            if req.get(c) is not None:
+                F.compile_filter(req[c], schema, ref_new_prefix=NEW)  # validate even when unused
+        S.check_schema_size(schema, self.snap.schema)
+        if "id" not in schema and any(op.table.height for op in self.ops):
+            raise SchemaError("could not determine the id type", hint='declare it: schema {"id": "uint"}')
+        metric = self.metric
+        if metric is None and any(S.is_vector(v["type"]) for v in schema.values()):
+            metric = "cosine_distance"
+        counts = self.counts
+        result: dict[str, Any] = {
+            "rows_affected": sum(len(v) for v in counts.values()),
+            "rows_upserted": len(counts["upserted"]),
+            "rows_patched": len(counts["patched"]),
+            "rows_deleted": len(counts["deleted"]),
+        }
+        if req.get("return_affected_ids"):
+            result["upserted_ids"] = counts["upserted"]
+            result["patched_ids"] = counts["patched"]
+            result["deleted_ids"] = counts["deleted"]
+        ops = [op for op in self.ops if op.table.height]
+        return Plan(ops, schema, metric, self.changed or schema != self.snap.schema, result)

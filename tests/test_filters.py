@@ -713,7 +713,7 @@ TOKEN_OPTS = [
     as_list=st.booleans(),
 )
 def test_token_fast_path_equals_slow_path(values, query, opts_i, op, prefix, as_list):
-    import puffer_cli.filters as F
+    import puffer_cli.filtertext as FT
 
     opts = TOKEN_OPTS[opts_i]
     t = "[]string" if as_list else "string"
@@ -726,14 +726,14 @@ def test_token_fast_path_equals_slow_path(values, query, opts_i, op, prefix, as_
         }
     )
     f = ["x", op, query] + ([{"last_as_prefix": True}] if prefix and op != "ContainsTokenSequence" else [])
-    saved = F._FAST_TOKEN_MIN_ROWS
+    saved = FT.FAST_TOKEN_MIN_ROWS
     try:
-        F._FAST_TOKEN_MIN_ROWS = 0
+        FT.FAST_TOKEN_MIN_ROWS = 0
         fast = df.filter(compile_filter(f, schema))["id"].to_list()
-        F._FAST_TOKEN_MIN_ROWS = 10**9
+        FT.FAST_TOKEN_MIN_ROWS = 10**9
         slow = df.filter(compile_filter(f, schema))["id"].to_list()
     finally:
-        F._FAST_TOKEN_MIN_ROWS = saved
+        FT.FAST_TOKEN_MIN_ROWS = saved
     q = text.tokenize(query, opts)
     ref = [
         i

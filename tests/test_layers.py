@@ -85,7 +85,22 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.index.lease",
         ],
     ),
-    ("pure core", ["puffer_cli.schema", "puffer_cli.text", "puffer_cli.filters", "puffer_cli.query"]),
+    (
+        "pure core",
+        [
+            "puffer_cli.query",
+            "puffer_cli.querymodel",
+            "puffer_cli.rankparse",
+            "puffer_cli.filters",
+            "puffer_cli.filtercompile",
+            "puffer_cli.filtertext",
+            "puffer_cli.filterparse",
+            "puffer_cli.schema",
+            "puffer_cli.frames",
+            "puffer_cli.attrs",
+            "puffer_cli.text",
+        ],
+    ),
     # cache is a read-through cache of the store's immutable objects: a Store decorator,
     # so it sits with the store (anything that reads objects may use it)
     ("store and layout", ["puffer_cli.store", "puffer_cli.layout", "puffer_cli.cache"]),

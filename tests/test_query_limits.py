@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from puffer_cli import engine, limits
+from puffer_cli import filtercompile as FC
 from puffer_cli import filters as F
 from puffer_cli import store as _store
 from puffer_cli.errors import BudgetExceeded, InvalidFilter, InvalidQuery, PufferError
@@ -383,8 +384,8 @@ def _check_fused(mp, rows, f, known):
     df = TF.make_frame(rows)
     fused = _outcome(f, df, known)
     with mp.context() as m:
-        m.setattr(F, "_FUSE_MIN", 10**9)  # the per-clause compilation
-        m.setattr(F, "_CHAIN_MAX", 10**9)
+        m.setattr(FC, "_FUSE_MIN", 10**9)  # the per-clause compilation
+        m.setattr(FC, "_CHAIN_MAX", 10**9)
         plain = _outcome(f, df, known)
     assert fused == plain, f
     if fused[0] == "ok":

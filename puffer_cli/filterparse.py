@@ -1,0 +1,269 @@
+"""Filter parsing: the operator tables, the limits walk, and structural validation of a
+turbopuffer filter into nested tuples (the language: :mod:`puffer_cli.filters`).
+
+``parse(f)`` = :func:`check_limits` then :func:`parse_node`: ``("and"|"or", [nodes])``,
+``("not", node)`` or ``("leaf", attr, op, value, params, raw)``.  No schema needed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from puffer_cli import limits as _limits
+from puffer_cli.errors import InvalidFilter
+
+NEG = {
+    "NotEq": "Eq",
+    "NotIn": "In",
+    "NotGlob": "Glob",
+    "NotIGlob": "IGlob",
+    "NotContains": "Contains",
+    "NotContainsAny": "ContainsAny",
+}
+CMP = ("Lt", "Lte", "Gt", "Gte")
+ANY_CMP = {"AnyLt": "Lt", "AnyLte": "Lte", "AnyGt": "Gt", "AnyGte": "Gte"}
+TOKEN_OPS = ("ContainsAllTokens", "ContainsAnyToken", "ContainsTokenSequence")
+_POSITIVE = ("Eq", "In", *CMP, "Glob", "IGlob", "Regex", "Contains", "ContainsAny", *ANY_CMP, *TOKEN_OPS)
+OPERATORS: tuple[str, ...] = _POSITIVE + tuple(NEG)
+CONNECTIVES = ("And", "Or", "Not")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def show(v: Any, limit: int = 200) -> str:
+    try:
+        s = json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):  # pragma: no cover - default=repr handles most
+        s = repr(v)
+    except RecursionError:  # a value nested too deep to print (check_limits refuses it first)
+        s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class Ctx:
+    """Where we are, for error messages."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Any):
+        self.raw = raw
+
+    def fail(self, msg: str) -> InvalidFilter:
+        return InvalidFilter(f"filter {show(self.raw)}: {msg}")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def is_connective(f: list | tuple) -> bool:
+    """``f`` (a non-empty list) is ``[And|Or|Not, ...]`` rather than a condition on an
+    attribute called "And" / "Or" / "Not"."""
+    head = f[0]
+    return isinstance(head, str) and head in CONNECTIVES and (len(f) != 3 or not isinstance(f[1], str))
+
+
+def _too_big(what: str, got: str, limit: int, name: str, hint: str) -> InvalidFilter:
+    return InvalidFilter(f"filter {what}: {got} (limit: {name} = {limit:,})", hint=hint)
+
+
+def _too_many_nodes(seen: int) -> InvalidFilter:
+    return _too_big(
+        "too large",
+        f"at least {seen:,} conditions and And/Or/Not",
+        _limits.MAX_FILTER_NODES,
+        "MAX_FILTER_NODES",
+        'use [attr, "In", [...]] instead of an Or of Eq (one node), or split the query',
+    )
+
+
+def _check_value(v: Any) -> None:
+    """Bound a condition's value (or any non-filter element): nesting at most
+    MAX_VALUE_DEPTH, at most MAX_FILTER_LIST_ITEMS list elements / object values in all."""
+    if not isinstance(v, (list, tuple, Mapping)):
+        return
+    items = 0
+    stack = [(v, 1)]
+    while stack:
+        x, d = stack.pop()
+        if d > _limits.MAX_VALUE_DEPTH:
+            raise _too_big(
+                "value nested too deep",
+                f"a value nested more than {_limits.MAX_VALUE_DEPTH} levels",
+                _limits.MAX_VALUE_DEPTH,
+                "MAX_VALUE_DEPTH",
+                "values are scalars or flat lists of scalars",
+            )
+        kids = x.values() if isinstance(x, Mapping) else x
+        items += len(kids)
+        if items > _limits.MAX_FILTER_LIST_ITEMS:
+            raise _too_big(
+                "list too long",
+                f"more than {_limits.MAX_FILTER_LIST_ITEMS:,} values",
+                _limits.MAX_FILTER_LIST_ITEMS,
+                "MAX_FILTER_LIST_ITEMS",
+                "split the query, or filter on a coarser attribute",
+            )
+        stack.extend((k, d + 1) for k in kids if isinstance(k, (list, tuple, Mapping)))
+
+
+def check_limits(f: Any) -> None:
+    """Refuse a filter beyond the query limits (puffer_cli.limits), with an
+    InvalidFilter naming the limit: more than MAX_FILTER_NODES conditions and
+    connectives, And/Or/Not nested more than MAX_FILTER_DEPTH deep, a value list of
+    more than MAX_FILTER_LIST_ITEMS, a Glob/IGlob/Regex pattern longer than
+    MAX_PATTERN_CHARS, a token-operator query longer than MAX_QUERY_TEXT_CHARS.
+
+    One iterative walk over the raw JSON, stopping at the first limit broken, so it
+    is cheap and cannot overflow any stack whatever it is given; everything that
+    parses, prints or compiles a filter runs after it (and may then recurse)."""
+    if f is None:
+        return
+    nodes = 0
+    stack: list[tuple[Any, int]] = [(f, 0)]
+    while stack:
+        g, depth = stack.pop()
+        nodes += 1
+        if nodes > _limits.MAX_FILTER_NODES:
+            raise _too_many_nodes(nodes + len(stack))
+        if isinstance(g, (list, tuple)) and g and is_connective(g) and len(g) == 2:
+            if depth >= _limits.MAX_FILTER_DEPTH:
+                raise _too_big(
+                    "nested too deep",
+                    f"And/Or/Not nested more than {_limits.MAX_FILTER_DEPTH} levels",
+                    _limits.MAX_FILTER_DEPTH,
+                    "MAX_FILTER_DEPTH",
+                    "flatten the filter",
+                )
+            if g[0] == "Not":
+                stack.append((g[1], depth + 1))
+                continue
+            if isinstance(g[1], (list, tuple)):
+                if nodes + len(stack) + len(g[1]) > _limits.MAX_FILTER_NODES:
+                    raise _too_many_nodes(nodes + len(stack) + len(g[1]))
+                stack.extend((s, depth + 1) for s in g[1])
+                continue
+        # a condition (or something malformed, which the parse reports): bound its parts
+        if isinstance(g, (list, tuple)) and len(g) >= 3 and isinstance(g[1], str):
+            pos = NEG.get(g[1], g[1])
+            v = g[2]
+            if pos in ("Glob", "IGlob", "Regex") and isinstance(v, str) and len(v) > _limits.MAX_PATTERN_CHARS:
+                raise _too_big(
+                    "pattern too long",
+                    f"{g[1]} pattern of {len(v):,} characters",
+                    _limits.MAX_PATTERN_CHARS,
+                    "MAX_PATTERN_CHARS",
+                    "use a shorter pattern",
+                )
+            if pos in TOKEN_OPS and isinstance(v, (str, list, tuple)):
+                n = len(v) if isinstance(v, str) else sum(len(x) for x in v if isinstance(x, str))
+                if n > _limits.MAX_QUERY_TEXT_CHARS:
+                    raise _too_big(
+                        "query text too long",
+                        f"{g[1]} text of {n:,} characters",
+                        _limits.MAX_QUERY_TEXT_CHARS,
+                        "MAX_QUERY_TEXT_CHARS",
+                        "use fewer query words",
+                    )
+        for part in g if isinstance(g, (list, tuple)) else (g,):
+            _check_value(part)
+
+
+def parse(f: Any):
+    """check_limits, then structural validation -> nested tuples (see parse_node)."""
+    check_limits(f)
+    return parse_node(f)
+
+
+def parse_node(f: Any):
+    """Structural validation -> nested tuples.
+
+    ("and"|"or", [nodes]) | ("not", node) | ("leaf", attr, op, value, params, raw)
+    """
+    ctx = Ctx(f)
+    if not isinstance(f, (list, tuple)):
+        raise ctx.fail('expected a list like [attr, op, value], ["And", [...]], ["Or", [...]] or ["Not", filter]')
+    if len(f) == 0:
+        raise ctx.fail("empty filter")
+    head = f[0]
+    connective = is_connective(f)
+    if connective and head in ("And", "Or"):
+        if len(f) != 2:
+            raise ctx.fail(f'{head} takes exactly one list of filters: ["{head}", [f, ...]]')
+        subs = f[1]
+        if not isinstance(subs, (list, tuple)):
+            raise ctx.fail(f"{head} needs a list of filters, got {show(subs)}")
+        return (head.lower(), [parse_node(s) for s in subs])
+    if connective and head == "Not":
+        if len(f) != 2:
+            raise ctx.fail('Not takes exactly one filter: ["Not", filter]')
+        return ("not", parse_node(f[1]))
+    if len(f) not in (3, 4):
+        if len(f) == 2 and isinstance(f[1], str) and f[1] in OPERATORS:
+            raise ctx.fail(f'{f[1]} needs a value: [attr, "{f[1]}", value]')
+        raise ctx.fail(f"expected [attr, op, value], got {len(f)} element(s)")
+    attr, op, value = f[0], f[1], f[2]
+    if not isinstance(attr, str) or not attr:
+        raise ctx.fail(f"attribute name must be a non-empty string, got {show(attr)}")
+    if not isinstance(op, str):
+        raise ctx.fail(f"operator must be a string, got {show(op)}")
+    if op not in OPERATORS:
+        if op in CONNECTIVES:
+            raise ctx.fail(f'{op} must be the first element: ["{op}", ...]')
+        known = {k.lower(): k for k in OPERATORS + CONNECTIVES}
+        close = difflib.get_close_matches(op.lower(), list(known), n=1, cutoff=0.5)
+        hint = f' (did you mean "{known[close[0]]}"?)' if close else ""
+        raise ctx.fail(f"unknown operator {show(op)}{hint}")
+    params: dict = {}
+    if len(f) == 4:
+        if op not in ("ContainsAllTokens", "ContainsAnyToken"):
+            raise ctx.fail(f"expected [attr, op, value], got 4 elements ({op} takes no options)")
+        params = f[3]
+        if (
+            not isinstance(params, Mapping)
+            or set(params) - {"last_as_prefix"}
+            or not isinstance(params.get("last_as_prefix", False), bool)
+        ):
+            raise ctx.fail(f'{op} options must be {{"last_as_prefix": true|false}}, got {show(params)}')
+    return ("leaf", attr, op, value, dict(params), f)
+
+
+def walk_leaves(node) -> Iterable[tuple]:
+    kind = node[0]
+    if kind == "leaf":
+        yield node
+    elif kind == "not":
+        yield from walk_leaves(node[1])
+    else:
+        for n in node[1]:
+            yield from walk_leaves(n)
+
+
+def ref_name(value: Any) -> str | None:
+    if isinstance(value, Mapping) and set(value) == {"$ref_new"} and isinstance(value["$ref_new"], str):
+        return value["$ref_new"]
+    return None
+
+
+def referenced_attributes(f: Any, *, include_ref_new: bool = False) -> set[str]:
+    """Attribute names the filter reads (``$ref_new`` targets only if asked)."""
+    if f is None:
+        return set()
+    out: set[str] = set()
+    for leaf in walk_leaves(parse(f)):
+        out.add(leaf[1])
+        if include_ref_new:
+            r = ref_name(leaf[3])
+            if r is not None:
+                out.add(r)
+    return out
+
+
+def ref_new_attributes(f: Any) -> set[str]:
+    """Names used as ``{"$ref_new": name}`` in the filter."""
+    if f is None:
+        return set()
+    return {r for leaf in walk_leaves(parse(f)) if (r := ref_name(leaf[3])) is not None}

@@ -1,0 +1,231 @@
+"""The query model: turbopuffer query bodies as validated, serialisable, hashable
+dataclasses (``Query``, ``MultiQuery`` and the ``rank_by`` nodes).  Parsing is
+:mod:`puffer_cli.query` (and :mod:`puffer_cli.rankparse` for ``rank_by``);
+``Query.to_json()`` gives the canonical body back (``parse_query(q.to_json()) == q``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DEFAULT_LIMIT = 10
+METRICS = ("cosine_distance", "euclidean_squared")
+QUERY_KEYS = (
+    "rank_by",
+    "filters",
+    "top_k",
+    "limit",
+    "offset",
+    "include_attributes",
+    "exclude_attributes",
+    "aggregate_by",
+    "group_by",
+    "consistency",
+    "vector_encoding",
+    "distance_metric",
+)
+MULTI_KEYS = ("queries", "consistency", "rerank_by", "limit", "offset", "vector_encoding")
+SUBQUERY_KEYS = tuple(k for k in QUERY_KEYS if k != "consistency")
+TEXT_COMBINATORS = ("Sum", "Max", "Product")
+
+
+# --------------------------------------------------------------------------- rank_by nodes
+@dataclass(frozen=True)
+class VectorRank:
+    """``[attr, "ANN"|"kNN", vector]``: distance ascending (exact in this engine either way)."""
+
+    attr: str
+    method: str  # "ANN" | "kNN"
+    vector: tuple[float, ...]
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.vector, dtype=np.float32)
+
+    def to_json(self) -> list:
+        return [self.attr, self.method, list(self.vector)]
+
+
+@dataclass(frozen=True)
+class OrderBy:
+    """``[attr, "asc"|"desc"]`` or a list of them. keys: ((attr, descending), ...)."""
+
+    keys: tuple[tuple[str, bool], ...]
+
+    def to_json(self) -> list:
+        out = [[a, "desc" if d else "asc"] for a, d in self.keys]
+        return out[0] if len(out) == 1 else out
+
+
+@dataclass(frozen=True)
+class Bm25:
+    attr: str
+    query: str | tuple[str, ...]  # text (analysed) or pre-split tokens (each analysed)
+    last_as_prefix: bool = False
+
+    def to_json(self) -> list:
+        q = self.query if isinstance(self.query, str) else list(self.query)
+        return [self.attr, "BM25", q] + ([{"last_as_prefix": True}] if self.last_as_prefix else [])
+
+
+@dataclass(frozen=True)
+class TextSum:
+    children: tuple
+
+    def to_json(self) -> list:
+        return ["Sum", [c.to_json() for c in self.children]]
+
+
+@dataclass(frozen=True)
+class TextMax:
+    children: tuple
+
+    def to_json(self) -> list:
+        return ["Max", [c.to_json() for c in self.children]]
+
+
+@dataclass(frozen=True)
+class TextProduct:
+    weight: float
+    child: Any
+
+    def to_json(self) -> list:
+        return ["Product", self.weight, self.child.to_json()]
+
+
+@dataclass(frozen=True)
+class FilterScore:
+    """A filter inside a text rank expression: 1.0 where it matches (a boost)."""
+
+    filter_json: str  # canonical JSON (hashable)
+
+    @property
+    def filter(self) -> Any:
+        return json.loads(self.filter_json)
+
+    def to_json(self) -> Any:
+        return self.filter
+
+
+@dataclass(frozen=True)
+class AttrScore:
+    """``["Attribute", attr]``: the numeric value of attr (missing -> 0, not a match)."""
+
+    attr: str
+
+    def to_json(self) -> list:
+        return ["Attribute", self.attr]
+
+
+@dataclass(frozen=True)
+class TextRank:
+    """A BM25 / hybrid text expression: score descending, only matching documents."""
+
+    expr: Any
+
+    def to_json(self) -> Any:
+        return self.expr.to_json()
+
+
+# --------------------------------------------------------------------------- query
+@dataclass(frozen=True)
+class Aggregate:
+    kind: str  # "Count" | "Sum"
+    attr: str | None = None
+
+    def to_json(self) -> list:
+        return [self.kind] + ([self.attr] if self.attr is not None else [])
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    name: str  # key in the output group object
+    attr: str
+    for_each_unique: bool = False
+
+    def to_json(self) -> Any:
+        return {self.name: ["ForEachUnique", self.attr]} if self.for_each_unique else self.attr
+
+
+@dataclass(frozen=True)
+class Query:
+    rank_by: VectorRank | OrderBy | TextRank | None = None
+    filters: str | None = None  # canonical JSON of the filter (hashable); see .filter
+    limit: int = DEFAULT_LIMIT
+    limit_given: bool = False
+    per_attributes: tuple[str, ...] | None = None
+    per_limit: int | None = None
+    offset: int = 0
+    include: bool | tuple[str, ...] = False
+    exclude: tuple[str, ...] | None = None
+    aggregate_by: tuple[tuple[str, Aggregate], ...] = ()
+    group_by: tuple[GroupKey, ...] = ()
+    consistency: str = "strong"
+    vector_encoding: str = "float"
+    distance_metric: str | None = None
+
+    @property
+    def filter(self) -> Any:
+        return None if self.filters is None else json.loads(self.filters)
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {}
+        if self.rank_by is not None:
+            out["rank_by"] = self.rank_by.to_json()
+        if self.filters is not None:
+            out["filters"] = self.filter
+        if self.per_attributes is not None:
+            out["limit"] = {
+                "total": self.limit,
+                "per": {"attributes": list(self.per_attributes), "limit": self.per_limit},
+            }
+        elif self.limit_given or self.rank_by is not None:
+            out["limit"] = self.limit
+        if self.offset:
+            out["offset"] = self.offset
+        if self.exclude is not None:
+            out["exclude_attributes"] = list(self.exclude)
+        elif self.include is not False:
+            out["include_attributes"] = self.include if isinstance(self.include, bool) else list(self.include)
+        if self.aggregate_by:
+            out["aggregate_by"] = {k: a.to_json() for k, a in self.aggregate_by}
+        if self.group_by:
+            out["group_by"] = [g.to_json() for g in self.group_by]
+        if self.consistency != "strong":
+            out["consistency"] = {"level": self.consistency}
+        if self.vector_encoding != "float":
+            out["vector_encoding"] = self.vector_encoding
+        if self.distance_metric:
+            out["distance_metric"] = self.distance_metric
+        return out
+
+
+@dataclass(frozen=True)
+class MultiQuery:
+    queries: tuple[Query, ...]
+    consistency: str = "strong"
+    rrf: tuple[int, tuple[float, ...] | None] | None = None  # (rank_constant, weights)
+    limit: int | None = None
+    offset: int = 0
+    vector_encoding: str = "float"
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"queries": [q.to_json() for q in self.queries]}
+        if self.consistency != "strong":
+            out["consistency"] = {"level": self.consistency}
+        if self.rrf is not None:
+            k, w = self.rrf
+            params: dict[str, Any] = {"rank_constant": k}
+            if w is not None:
+                params["weights"] = list(w)
+            out["rerank_by"] = ["RRF", params]
+        if self.limit is not None:
+            out["limit"] = self.limit
+        if self.offset:
+            out["offset"] = self.offset
+        if self.vector_encoding != "float":
+            out["vector_encoding"] = self.vector_encoding
+        return out
