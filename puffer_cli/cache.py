@@ -3,10 +3,10 @@
 Index files never change once written (a new generation writes new keys), so a
 cached copy is never stale and the cache may be deleted at any time.
 
-* default root: ``platformdirs.user_cache_dir("puffer")``; ``$PUFFER_CACHE_DIR``
-  or ``--cache-dir`` override it; ``""`` disables the persistent cache (files
-  then go to a private temporary directory removed at process exit: usearch and
-  tantivy need real local files to map).
+* default root: ``platformdirs.user_cache_dir("puffer")``; ``--cache-dir`` or
+  ``$PUFFER_CACHE_DIR`` (read by the entry points, passed to :func:`configure`) override it;
+  ``""`` disables the persistent cache (files then go to a private temporary directory
+  removed at process exit: usearch and tantivy need real local files to map).
 * layout: ``{root}/{store-tag}/{object key}`` where ``store-tag`` is a short
   digest of the store URL, so two buckets never share entries.
 * a local-disk store is read in place (``LocalStore.local_path``), never copied;
@@ -584,9 +584,8 @@ _GLOCK = threading.Lock()
 
 
 def default_root() -> str:
-    env = os.environ.get("PUFFER_CACHE_DIR")
-    if env is not None:
-        return env
+    """The user cache dir (the entry points pass ``--cache-dir`` / ``$PUFFER_CACHE_DIR``,
+    read by config.from_env, to :func:`configure`)."""
     import platformdirs
 
     return platformdirs.user_cache_dir("puffer")
@@ -614,7 +613,7 @@ def set_max_bytes(max_bytes: int | None) -> None:
 
 
 def get_cache() -> Cache:
-    """The process-wide cache (created on first use from $PUFFER_CACHE_DIR or the default)."""
+    """The process-wide cache (created on first use with the configured root, else the default)."""
     global _CACHE
     if _CACHE is None:
         with _GLOCK:
