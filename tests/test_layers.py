@@ -93,6 +93,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.store_base",
             "puffer_cli.layout",
             "puffer_cli.cache",
+            "puffer_cli.cache_files",
             "puffer_cli.caches",
         ],
     ),
