@@ -468,6 +468,18 @@ def configure(root: str | None, max_bytes: int | None | object = _UNSET) -> Cach
         return _CACHE
 
 
+def set_default_root(root: str | None) -> None:
+    """The root the process-wide cache gets on first use if nobody :func:`configure` d one
+    (``connect()`` / ``serve`` pass ``config.from_env().cache_dir`` here; None: no change).
+    A cache already in use keeps its root."""
+    global _CACHE_ROOT
+    if root is None:
+        return
+    with _GLOCK:
+        if _CACHE is None and _CACHE_ROOT is None:
+            _CACHE_ROOT = root
+
+
 def set_max_bytes(max_bytes: int | None) -> None:
     """Set the size bound of the process-wide cache (now and for later ``configure``)."""
     global _MAX_BYTES

@@ -456,9 +456,7 @@ ENV_CONFIG = "PUFFER_SERVE_CONFIG"
 def apply_env() -> None:
     """The server entry's share of the environment (config.from_env): the cache directory
     (``$PUFFER_CACHE_DIR``); connect() reads the store's own variables."""
-    settings = config.from_env()
-    if settings.cache_dir is not None:
-        cache.configure(settings.cache_dir)
+    cache.set_default_root(config.from_env().cache_dir)
 
 
 def app_from_env() -> Starlette:

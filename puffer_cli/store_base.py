@@ -30,11 +30,6 @@ class IOStats:
     bytes_read: int = 0
     bytes_written: int = 0
 
-    def add(self, other: IOStats) -> None:
-        self.requests += other.requests
-        self.bytes_read += other.bytes_read
-        self.bytes_written += other.bytes_written
-
 
 _scope: contextvars.ContextVar[IOStats | None] = contextvars.ContextVar("puffer_io", default=None)
 

@@ -41,3 +41,17 @@ def test_from_env():
     s = config.from_env({"AWS_ENDPOINT_URL": "http://a:1", "PUFFER_S3_ENDPOINT": "http://b:2"})
     assert s.s3_endpoint == "http://b:2" and not s.single_writer and s.cache_dir is None
     assert config.from_env({"PUFFER_INDEX_LEASE_TTL": "x"}).index_lease_ttl_s is None
+
+
+def test_cache_dir_reaches_the_cache_through_set_default_root(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "from puffer_cli import cache, config\n"
+        "cache.set_default_root(config.from_env().cache_dir)\n"
+        "print(cache.get_cache().root)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "PUFFER_CACHE_DIR": str(tmp_path / "c")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path / "c")
