@@ -3,10 +3,10 @@
 Index files never change once written (a new generation writes new keys), so a
 cached copy is never stale and the cache may be deleted at any time.
 
-* default root: ``platformdirs.user_cache_dir("puffer")``; ``$PUFFER_CACHE_DIR``
-  or ``--cache-dir`` override it; ``""`` disables the persistent cache (files
-  then go to a private temporary directory removed at process exit: usearch and
-  tantivy need real local files to map).
+* default root: ``platformdirs.user_cache_dir("puffer")``; ``--cache-dir`` or
+  ``$PUFFER_CACHE_DIR`` (read by the entry points, passed to :func:`configure`) override it;
+  ``""`` disables the persistent cache (files then go to a private temporary directory
+  removed at process exit: usearch and tantivy need real local files to map).
 * layout: ``{root}/{store-tag}/{object key}`` where ``store-tag`` is a short
   digest of the store URL, so two buckets never share entries.
 * a local-disk store is read in place (``LocalStore.local_path``), never copied;
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -42,20 +41,21 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
 
 from . import limits
+from .cache_files import copy_file, open_paths, prune_empty, scan, touch, unwritable, write_atomic
 from .errors import StoreError
 from .store import LocalStore, Store
+
+_open_paths = open_paths  # tests/test_cache.py reads cache._open_paths (use cache_files.open_paths)
 
 log = logging.getLogger("puffer.cache")
 
 _UNSET = object()
-_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
 @dataclass
@@ -119,73 +119,6 @@ def parse_max_gb(value: object, what: str = "--cache-max-gb") -> int | None:
             f"{what} must be a number of GB >= 0, not {value!r}", hint="e.g. 5 or 0.5 (GB = 10^9 bytes)"
         )
     return int(gb * 1e9)
-
-
-# ---------------------------------------------------------------- copies
-def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> str:
-    """Copy ``src`` to the new file ``dst``: a reflink (FICLONE) where the filesystem
-    supports it, else ``os.copy_file_range`` (in-kernel), else a user-space copy.
-    Returns which one was used."""
-    import fcntl
-
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        try:
-            fcntl.ioctl(fo.fileno(), _FICLONE, fi.fileno())
-            return "reflink"
-        except OSError:
-            pass
-        size = os.fstat(fi.fileno()).st_size
-        if hasattr(os, "copy_file_range"):
-            try:
-                done = 0
-                while done < size:
-                    n = os.copy_file_range(fi.fileno(), fo.fileno(), size - done)
-                    if n == 0:
-                        break
-                    done += n
-                if done == size:
-                    return "copy_file_range"
-            except OSError:
-                pass
-            fi.seek(0)
-            fo.seek(0)
-            fo.truncate()
-        shutil.copyfileobj(fi, fo, 1 << 20)
-        return "copy"
-
-
-# ---------------------------------------------------------------- in use
-def _open_paths(prefix: str) -> set[str]:
-    """Files under ``prefix`` this process has mapped or open (Linux /proc; else empty)."""
-    out: set[str] = set()
-    try:
-        with open("/proc/self/maps", "rb") as f:
-            for line in f:
-                i = line.find(b" /")
-                if i < 0:
-                    continue
-                p = line[i + 1 :].rstrip(b"\n").decode("utf-8", "surrogateescape")
-                if p.endswith(" (deleted)"):
-                    continue
-                if p.startswith(prefix):
-                    out.add(p)
-    except OSError:
-        pass
-    try:
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                p = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                continue
-            if p.startswith(prefix):
-                out.add(p)
-    except OSError:
-        pass
-    return out
-
-
-def _unwritable(e: OSError) -> bool:
-    return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC, errno.EDQUOT)
 
 
 class Cache:
@@ -290,7 +223,7 @@ class Cache:
             return p
         p = self.path_for(store, key)
         if p.is_file():
-            _touch(p)
+            touch(p)
             with self._lock:
                 self.stats.hits += 1
             return p
@@ -343,14 +276,14 @@ class Cache:
     def _put(self, store: Store, key: str, data: bytes) -> Path:
         try:
             p = self.path_for(store, key)
-            _write_atomic(p, lambda tmp: tmp.write_bytes(data))
+            write_atomic(p, lambda tmp: tmp.write_bytes(data))
         except OSError as e:
-            if not _unwritable(e):
+            if not unwritable(e):
                 raise
             self._degrade(e)
             p = self.path_for(store, key)
             try:
-                _write_atomic(p, lambda tmp: tmp.write_bytes(data))
+                write_atomic(p, lambda tmp: tmp.write_bytes(data))
             except OSError as e2:
                 raise StoreError(
                     f"cannot write index files to the local cache {self.root}: {e2.strerror or e2}",
@@ -386,7 +319,7 @@ class Cache:
             try:
                 return self._local_directory(store, keys, prefix)
             except OSError as e:
-                if not _unwritable(e):
+                if not unwritable(e):
                     raise
                 self._degrade(e)
                 return self._local_directory(store, keys, prefix)
@@ -403,12 +336,12 @@ class Cache:
         for k in keys:
             dst = d / k[len(prefix) :]
             if dst.is_file():
-                _touch(dst)
+                touch(dst)
                 continue
             src = store.local_path(k)
             if not src.is_file():
                 raise FileNotFoundError(k)
-            _write_atomic(dst, lambda tmp, src=src: copy_file(src, tmp))
+            write_atomic(dst, lambda tmp, src=src: copy_file(src, tmp))
             added += dst.stat().st_size
         if added:
             self._added(added, keep=paths)
@@ -435,7 +368,7 @@ class Cache:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(p)
                         n += 1
-            _prune_empty(base, self.root)
+            prune_empty(base, self.root)
         self._known = None
         return n
 
@@ -454,12 +387,12 @@ class Cache:
     def _in_use(self) -> set[str]:
         with self._lock:
             pins = set(self._pins)
-        return _open_paths(str(self.root) + os.sep) | pins
+        return open_paths(str(self.root) + os.sep) | pins
 
     def usage(self) -> Usage:
         """Files and bytes in the cache now (every store under the root)."""
         u = Usage()
-        for _p, st in _scan(self.root):
+        for _p, st in scan(self.root):
             u.files += 1
             u.bytes += st.st_size
         return u
@@ -469,7 +402,7 @@ class Cache:
         files (not in use, not within ``grace_s``) until it holds at most ``target``
         (default: 90% of the bound). Safe while other processes use the same root."""
         with self._evict_lock:
-            files = list(_scan(self.root))
+            files = list(scan(self.root))
             total = sum(st.st_size for _p, st in files)
             u = Usage(files=len(files), bytes=total)
             limit = self.max_bytes
@@ -500,81 +433,13 @@ class Cache:
                     u.files -= 1
                 u.bytes = total
                 if u.evicted_files:
-                    _prune_empty(self.root, self.root)
+                    prune_empty(self.root, self.root)
                     with self._lock:
                         self.stats.evictions += u.evicted_files
                         self.stats.evicted_bytes += u.evicted_bytes
             with self._lock:
                 self._known = total
             return u
-
-
-def _touch(p: Path) -> None:
-    """Mark ``p`` used now (its mtime is the LRU clock; content never changes)."""
-    with contextlib.suppress(OSError):
-        os.utime(p)
-
-
-def _write_atomic(p: Path, fill) -> None:
-    """Create ``p`` from a temp file filled by ``fill(tmp_path)``, then rename; a
-    concurrent eviction may remove the (empty) parent directory in between: retry."""
-    for attempt in range(3):
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.parent / f".tmp-{uuid.uuid4().hex}"
-        try:
-            fill(tmp)
-            os.replace(tmp, p)
-            return
-        except FileNotFoundError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            if attempt == 2:
-                raise
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-
-
-def _scan(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Cached files under ``root`` with their stat; removes temp files of killed
-    fetches; skips files that are not cache entries (tantivy's lock files)."""
-    stale = time.time() - limits.CACHE_STALE_TMP_S
-    stack = [str(root)]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue
-        with it:
-            for e in it:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(e.path)
-                        continue
-                    if not e.is_file(follow_symlinks=False):
-                        continue
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if e.name.startswith(".tmp-"):
-                    if st.st_mtime < stale:
-                        with contextlib.suppress(OSError):
-                            os.unlink(e.path)
-                    continue
-                if e.name.startswith(".tantivy"):
-                    continue
-                yield e.path, st
-
-
-def _prune_empty(top: Path, root: Path) -> None:
-    """Remove empty directories under ``top`` (bottom-up; never ``root`` itself)."""
-    for dirpath, _dirs, _files in os.walk(top, topdown=False):
-        if Path(dirpath) == root:
-            continue
-        with contextlib.suppress(OSError):
-            os.rmdir(dirpath)
 
 
 _CACHE: Cache | None = None
@@ -584,9 +449,8 @@ _GLOCK = threading.Lock()
 
 
 def default_root() -> str:
-    env = os.environ.get("PUFFER_CACHE_DIR")
-    if env is not None:
-        return env
+    """The user cache dir (the entry points pass ``--cache-dir`` / ``$PUFFER_CACHE_DIR``,
+    read by config.from_env, to :func:`configure`)."""
     import platformdirs
 
     return platformdirs.user_cache_dir("puffer")
@@ -604,6 +468,18 @@ def configure(root: str | None, max_bytes: int | None | object = _UNSET) -> Cach
         return _CACHE
 
 
+def set_default_root(root: str | None) -> None:
+    """The root the process-wide cache gets on first use if nobody :func:`configure` d one
+    (``connect()`` / ``serve`` pass ``config.from_env().cache_dir`` here; None: no change).
+    A cache already in use keeps its root."""
+    global _CACHE_ROOT
+    if root is None:
+        return
+    with _GLOCK:
+        if _CACHE is None and _CACHE_ROOT is None:
+            _CACHE_ROOT = root
+
+
 def set_max_bytes(max_bytes: int | None) -> None:
     """Set the size bound of the process-wide cache (now and for later ``configure``)."""
     global _MAX_BYTES
@@ -614,7 +490,7 @@ def set_max_bytes(max_bytes: int | None) -> None:
 
 
 def get_cache() -> Cache:
-    """The process-wide cache (created on first use from $PUFFER_CACHE_DIR or the default)."""
+    """The process-wide cache (created on first use with the configured root, else the default)."""
     global _CACHE
     if _CACHE is None:
         with _GLOCK:

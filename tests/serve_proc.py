@@ -119,3 +119,51 @@ def wait_until(pred, timeout: float, step: float = 0.05) -> bool:
             return True
         time.sleep(step)
     return pred()
+
+
+def spawn_serve(*args: str, env: dict | None = None, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
+    """``puffer serve --listen 127.0.0.1:0 --log-level warning ARGS`` as a child process (the
+    real CLI); returns it and its base URL once it prints ``listening on``."""
+    cmd = [sys.executable, "-m", "puffer_cli.cli", "serve", "--listen", "127.0.0.1:0", "--log-level", "warning"]
+    p = subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    line = p.stdout.readline() if p.stdout else ""
+    m = re.search(r"listening on (http://\S+)", line)
+    if not m:
+        p.kill()
+        err = p.stderr.read() if p.stderr else ""
+        raise RuntimeError(f"serve did not start: {line!r} {err}")
+    return p, m.group(1)
+
+
+class ThreadServer:
+    """uvicorn on 127.0.0.1:0 in a background thread of this process, with the protocol and
+    options ``puffer serve`` uses (``options`` override them, e.g. ``http=GuardedH11Protocol``)."""
+
+    def __init__(self, cfg, **options):
+        import threading
+
+        import uvicorn
+        from puffer_cli.server import create_app, uvicorn_kwargs
+
+        self.app = create_app(cfg)
+        kw = uvicorn_kwargs("warning")
+        kw.update(timeout_graceful_shutdown=2, **options)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, **kw))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        t0 = time.time()
+        while not self.server.started:
+            if time.time() - t0 > 20 or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def sock(self):
+        import socket
+
+        return socket.create_connection(("127.0.0.1", self.port), timeout=15)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -19,29 +17,13 @@ import puffer_cli
 import pytest
 from puffer_cli import namespace as N
 
+from .serve_proc import spawn_serve
+
 pytestmark = pytest.mark.slow
 
 
 def _spawn(store: str, endpoint: str | None) -> tuple[subprocess.Popen, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "puffer_cli.cli",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        store,
-        "--log-level",
-        "warning",
-    ] + (["--s3-endpoint", endpoint] if endpoint else [])
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = p.stdout.readline()
-    m = re.search(r"listening on (http://\S+)", line)
-    if not m:
-        p.kill()
-        raise RuntimeError(f"serve did not start: {line!r}")
-    return p, m.group(1)
+    return spawn_serve("--store", store, *(["--s3-endpoint", endpoint] if endpoint else []))
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])

@@ -7,8 +7,6 @@ import gzip
 import os
 import re
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -19,36 +17,18 @@ import orjson
 import puffer_cli
 import pytest
 import turbopuffer
-import uvicorn
-from puffer_cli.server import ServeConfig, create_app
+from puffer_cli.server import ServeConfig
+
+from .serve_proc import ThreadServer, spawn_serve
 
 KEY = "test-key"
 
 
-class LiveServer:
-    """uvicorn on 127.0.0.1, port 0, in a background thread."""
-
-    def __init__(self, cfg: ServeConfig):
-        self.app = create_app(cfg)
-        self.server = uvicorn.Server(
-            uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        t0 = time.time()
-        while not self.server.started:
-            if time.time() - t0 > 20 or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+class LiveServer(ThreadServer):
+    """The shared in-thread server, plus a turbopuffer client for it."""
 
     def client(self, **kw) -> turbopuffer.Turbopuffer:
         return turbopuffer.Turbopuffer(base_url=self.url, api_key=kw.pop("api_key", KEY), max_retries=0, **kw)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 @pytest.fixture(scope="module")
@@ -286,31 +266,7 @@ def test_group_commit_keeps_conditional_writes_atomic(live, store_dir):
 
 # ------------------------------------------------------------------ two processes
 def _spawn(store_dir):
-    env = dict(os.environ, PUFFER_API_KEY=KEY)
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "puffer_cli.cli",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            store_dir,
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    line = p.stdout.readline()
-    m = re.search(r"listening on (http://\S+)", line)
-    if not m:
-        p.kill()
-        raise RuntimeError(f"serve did not start: {line!r} {p.stderr.read()}")
-    return p, m.group(1)
+    return spawn_serve("--store", store_dir, env=dict(os.environ, PUFFER_API_KEY=KEY), stderr=subprocess.PIPE)
 
 
 def test_two_serve_processes_share_one_store(tmp_path):

@@ -22,12 +22,13 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import uvicorn
 from puffer_cli import engine, limits, wire
 from puffer_cli.errors import InvalidRequest
 from puffer_cli.groupcommit import GroupCommitter
-from puffer_cli.server import ServeConfig, bind, create_app, is_store_failure, uvicorn_kwargs
+from puffer_cli.server import ServeConfig, bind, create_app, is_store_failure
 from starlette.testclient import TestClient
+
+from .serve_proc import ThreadServer
 
 KEY = "k"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -301,31 +302,7 @@ def test_serve_on_a_port_in_use_exits_1_with_one_line(tmp_path):
 
 
 # ------------------------------------------------------------------ real socket: slow clients, bytes in flight
-class Live:
-    """uvicorn on 127.0.0.1:0 in a thread, with the protocol and options `puffer serve` uses."""
-
-    def __init__(self, cfg: ServeConfig, **options):
-        self.app = create_app(cfg)
-        kw = uvicorn_kwargs("warning")
-        kw.update(timeout_graceful_shutdown=2, **options)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=0, **kw))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        t0 = time.time()
-        while not self.server.started:
-            if time.time() - t0 > 20 or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def sock(self) -> socket.socket:
-        s = socket.create_connection(("127.0.0.1", self.port), timeout=15)
-        return s
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(20)
+Live = ThreadServer  # uvicorn in a thread, as `puffer serve` runs it (tests/serve_proc.py)
 
 
 @pytest.fixture(scope="module")

@@ -232,10 +232,6 @@ def test_hint_cache_warm(ns):
 
 
 def test_recall(live, ns):
-    from puffer_cli.server import _index_hook
-
-    if _index_hook("recall:recall") is None:
-        pytest.skip("recall is not available in this build")
     r = ns.recall(num=3, top_k=5)
     assert 0.0 <= r.avg_recall <= 1.0
     assert r.avg_exhaustive_count >= 0 and r.avg_ann_count >= 0

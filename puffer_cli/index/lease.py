@@ -29,10 +29,9 @@ DEFAULT_TTL_S = 60.0
 
 
 def default_ttl() -> float:
-    try:
-        return float(os.environ.get("PUFFER_INDEX_LEASE_TTL", DEFAULT_TTL_S))
-    except ValueError:
-        return DEFAULT_TTL_S
+    """The lease's length when the caller gives none (the CLI reads --lease-ttl /
+    $PUFFER_INDEX_LEASE_TTL, library callers config.from_env().index_lease_ttl_s)."""
+    return DEFAULT_TTL_S
 
 
 @dataclass

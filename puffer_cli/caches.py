@@ -1,0 +1,100 @@
+"""The registry of process-wide in-memory caches: named, bounded LRU caches.
+
+``lru(name, maxsize)`` creates (or returns) a registered cache; its keys are tuples that
+start with ``(store_url, namespace)`` for entries that belong to one namespace, so
+:func:`forget` can drop a namespace's entries from every registered cache at once (the
+server calls it when a namespace leaves its working set, or is deleted).  :func:`stats`
+reports every cache's size, bound, hits, misses and evictions (``/metrics``, tests).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Any
+
+_MISSING = object()
+
+
+class LRU:
+    """A thread-safe bounded LRU map; the least recently used entry goes when it is full."""
+
+    def __init__(self, name: str, maxsize: int):
+        self.name = name
+        self.maxsize = max(1, int(maxsize))
+        self._d: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.evictions = 0
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        with self._lock:
+            v = self._d.get(key, _MISSING)
+            if v is _MISSING:
+                self.misses += 1
+                return default
+            self._d.move_to_end(key)
+            self.hits += 1
+            return v
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.maxsize:
+                self._d.popitem(last=False)
+                self.evictions += 1
+
+    def pop(self, key: Hashable, default: Any = None) -> Any:
+        with self._lock:
+            return self._d.pop(key, default)
+
+    def forget(self, store_url: str, namespace: str) -> int:
+        """Drop the entries whose key starts with (store_url, namespace); how many."""
+        with self._lock:
+            gone = [k for k in self._d if isinstance(k, tuple) and k[:2] == (store_url, namespace)]
+            for k in gone:
+                del self._d[k]
+            return len(gone)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._d.clear()
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._d
+
+
+_REGISTRY: dict[str, LRU] = {}
+_LOCK = threading.Lock()
+
+
+def lru(name: str, maxsize: int) -> LRU:
+    """The registered cache ``name`` (created with bound ``maxsize`` on first call)."""
+    with _LOCK:
+        c = _REGISTRY.get(name)
+        if c is None:
+            c = _REGISTRY[name] = LRU(name, maxsize)
+        return c
+
+
+def forget(store: Any, namespace: str) -> int:
+    """Drop one namespace's entries (keys starting with (store.url, namespace)) from every
+    registered cache; returns how many entries went."""
+    url = store if isinstance(store, str) else store.url
+    with _LOCK:
+        caches = list(_REGISTRY.values())
+    return sum(c.forget(url, namespace) for c in caches)
+
+
+def stats() -> dict[str, dict[str, int]]:
+    """name -> {size, maxsize, hits, misses, evictions} of every registered cache."""
+    with _LOCK:
+        caches = list(_REGISTRY.values())
+    return {
+        c.name: {"size": len(c), "maxsize": c.maxsize, "hits": c.hits, "misses": c.misses, "evictions": c.evictions}
+        for c in caches
+    }

@@ -1,0 +1,76 @@
+"""The one place the library reads the environment: ``from_env()`` -> :class:`Settings`.
+
+Entry points (``connect()``, the CLI, ``puffer serve``) call it and pass the values on as
+explicit parameters; no module below them reads ``os.environ``.  :data:`VARIABLES` lists
+every variable the project reads (README "Environment" mirrors it; tests/test_config.py
+checks both agree).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: name -> meaning (README "Environment" has the same rows, with who reads them)
+VARIABLES: dict[str, str] = {
+    "PUFFER_STORE": "store URL: path, s3://bucket/prefix, memory:// (default ./puffer-data)",
+    "PUFFER_S3_ENDPOINT": "S3 endpoint URL (MinIO, moto, SeaweedFS, ...)",
+    "AWS_ENDPOINT_URL": "S3 endpoint when PUFFER_S3_ENDPOINT is unset",
+    "PUFFER_SINGLE_WRITER": "1: this process is the namespace's only writer",
+    "PUFFER_WAL_CORRUPT_POLICY": "on a corrupt WAL segment: fail (default) or skip it",
+    "PUFFER_CACHE_MAX_GB": "size bound of the local index-file cache",
+    "PUFFER_CACHE_DIR": 'local cache directory ("": no cache)',
+    "PUFFER_DEBUG": "1: tracebacks instead of one-line errors",
+    "PUFFER_LISTEN": "serve's HOST:PORT",
+    "PUFFER_API_KEY": "serve's bearer token",
+    "PUFFER_QUERY_BUDGET": "serve's per-query time budget",
+    "PUFFER_INDEX_GC_GRACE": "seconds before an unreferenced index generation is deleted",
+    "PUFFER_INDEX_LEASE_TTL": "seconds the indexer's lease lasts",
+    "PUFFER_INDEX_SEGMENT_ROWS": "rows per index segment at most (default 1,000,000; tuning and tests)",
+    "PUFFER_INDEX_CRASH_AT": "test hook: crash the indexer at a named point (index/hooks.py)",
+    "PUFFER_INDEX_PAUSE_AT": "test hook: pause the indexer at a named point (index/hooks.py)",
+    "PUFFER_SERVE_CONFIG": "internal: serve hands its config to uvicorn's workers",
+    "PUFFER_SERVE_CONFIG_LOG_LEVEL": "internal: serve hands its log level to uvicorn's workers",
+    "PUFFER_BENCH_DATA": "benchmark data directory (benchmarks/)",
+}
+
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _float(v: str | None) -> float | None:
+    try:
+        return float(v) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment says; None: not set (the library's default applies)."""
+
+    store: str | None = None
+    s3_endpoint: str | None = None
+    single_writer: bool = False
+    wal_policy: str | None = None
+    cache_dir: str | None = None  # "" = no persistent cache
+    cache_max_gb: str | None = None  # parsed (and refused if bad) by cache.parse_max_gb
+    debug: bool = False
+    index_lease_ttl_s: float | None = None
+    index_gc_grace_s: float | None = None
+
+
+def from_env(env: Mapping[str, str] | None = None) -> Settings:
+    """The settings in ``env`` (default ``os.environ``)."""
+    e = os.environ if env is None else env
+    return Settings(
+        store=e.get("PUFFER_STORE") or None,
+        s3_endpoint=e.get("PUFFER_S3_ENDPOINT") or e.get("AWS_ENDPOINT_URL") or None,
+        single_writer=e.get("PUFFER_SINGLE_WRITER", "").strip().lower() not in _FALSE,
+        wal_policy=e.get("PUFFER_WAL_CORRUPT_POLICY") or None,
+        cache_dir=e.get("PUFFER_CACHE_DIR"),
+        cache_max_gb=e.get("PUFFER_CACHE_MAX_GB") or None,
+        debug=e.get("PUFFER_DEBUG", "").strip().lower() not in _FALSE,
+        index_lease_ttl_s=_float(e.get("PUFFER_INDEX_LEASE_TTL")),
+        index_gc_grace_s=_float(e.get("PUFFER_INDEX_GC_GRACE")),
+    )
