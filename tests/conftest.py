@@ -206,6 +206,16 @@ def seaweedfs_server(tmp_path_factory):
 #: test modules whose store_url/db tests also run on SeaweedFS
 SEAWEEDFS_SUITES = {"test_store", "test_writes", "test_ingest_export", "test_index", "test_corruption"}
 
+#: (test function, backend) pairs that only run in the slow suite (`nox -s slow`): the races and
+#: multi-writer loops take seconds on a real S3 server; the same test stays in the default suite on
+#: the other backends, so each behaviour keeps a fast test on local, memory and S3 (moto)
+SLOW_ON = {
+    ("test_threads_8_writers", "s3"),
+    ("test_create_race_has_one_winner", "seaweedfs"),
+    ("test_cas_race_has_one_winner", "seaweedfs"),
+    ("test_index_tail_strong_eventual", "seaweedfs"),
+}
+
 
 def pytest_generate_tests(metafunc):
     """store_url: local, memory, s3 (moto) everywhere; plus seaweedfs in SEAWEEDFS_SUITES.
@@ -215,9 +225,21 @@ def pytest_generate_tests(metafunc):
     if any(m.args and "store_url" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")):
         return
     kinds = ["local", "memory", "s3"]
-    params = [pytest.param(k, id=k) for k in kinds]
     if metafunc.module.__name__.rsplit(".", 1)[-1] in SEAWEEDFS_SUITES:
-        params.append(pytest.param("seaweedfs", id="seaweedfs", marks=pytest.mark.seaweedfs))
+        kinds.append("seaweedfs")
+    name = metafunc.definition.originalname
+    params = [
+        pytest.param(
+            k,
+            id=k,
+            marks=[
+                m
+                for m, on in ((pytest.mark.seaweedfs, k == "seaweedfs"), (pytest.mark.slow, (name, k) in SLOW_ON))
+                if on
+            ],
+        )
+        for k in kinds
+    ]
     metafunc.parametrize("store_url", params, indirect=True)
 
 

@@ -85,7 +85,7 @@ def test_threads_conditional_counter_is_atomic(mem_db):
     assert ns.docs()[0]["v"][0] == 40 == len(done)
 
 
-@pytest.mark.parametrize("backend", ["local", "s3"])
+@pytest.mark.parametrize("backend", ["local", pytest.param("s3", marks=pytest.mark.slow)])  # s3: ~12 s
 def test_processes_8_writers(backend, tmp_path, request):
     if backend == "local":
         url, endpoint = str(tmp_path / "store"), ""
@@ -145,6 +145,7 @@ def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path):
     assert db.namespace("crash").head().seq == len(seqs) + 1
 
 
+@pytest.mark.slow  # SIGKILL loop (nox -s slow)
 def test_sigkill_during_cli_ingest(tmp_path):
     """Kill `puffer ingest` mid-run: the WAL holds only whole entries, and a re-run completes it."""
     import numpy as np

@@ -46,7 +46,7 @@ def fresh(store_url):
     return puffer_cli.connect(url, s3_endpoint=endpoint)
 
 
-@pytest.mark.parametrize("store_url", ["local", "s3"], indirect=True)
+@pytest.mark.parametrize("store_url", ["local", pytest.param("s3", marks=pytest.mark.slow)], indirect=True)
 def test_two_concurrent_index_processes(store_url):
     db = fresh(store_url)
     rng = np.random.default_rng(10)
@@ -67,6 +67,7 @@ def test_two_concurrent_index_processes(store_url):
     assert same(engine.run_query(ns, body), exact(ns, body))
 
 
+@pytest.mark.slow  # SIGKILL (nox -s slow)
 @pytest.mark.parametrize("store_url", ["local"], indirect=True)
 def test_sigkill_then_next_run_completes(store_url):
     db = fresh(store_url)

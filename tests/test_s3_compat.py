@@ -225,6 +225,7 @@ def test_lost_response_of_a_create_is_recognised_as_ours(proxy):
     assert [s for s, _ in ns.wal_keys(0)] == [1, 2]  # no duplicate entry from the retry
 
 
+@pytest.mark.slow  # waits out a hanging server (~6 s)
 def test_probe_does_not_hang_on_a_server_that_hangs_concurrent_creates(proxy):
     """Like SeaweedFS 4.48 as measured: sequential conditional creates work, two at
     once both hang. The probe times its race out and calls the store unsafe; writes
