@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "jobs",
         [
             "puffer_cli.db",
+            "puffer_cli.handle",
             "puffer_cli.ingest",
             "puffer_cli.export",
             "puffer_cli.walinspect",
