@@ -334,19 +334,14 @@ def layout_key(ns: str, seq: int) -> str:
 
 
 def _wal_table(rows) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table()
-    for c in ("seq", "bytes", "ops", "rows", "created", "checksum"):
-        t.add_column(c, justify="right" if c in ("seq", "bytes", "rows") else "left")
+    out = []
     for r in rows:
         ops = ", ".join(f"{k} {v}" for k, v in r["ops"].items())
         status = "ok" if r["ok"] else f"BAD: {r['problem']}"
         if r["repaired"]:
             status += " (repaired)"
-        t.add_row(str(r["seq"]), f"{r['bytes']:,}", ops, f"{r['rows']:,}", r["created_at"] or "", status)
-    Console(width=max(100, Console().width)).print(t)
+        out.append([str(r["seq"]), f"{r['bytes']:,}", ops, f"{r['rows']:,}", r["created_at"] or "", status])
+    _table(["seq", "bytes", "ops", "rows", "created", "checksum"], out)
 
 
 # ---------------------------------------------------------------- serve
@@ -445,7 +440,20 @@ def query(
     ] = None,
     vector_attr: Annotated[str, typer.Option("--vector-attr", help="Vector attribute to rank by")] = "vector",
     exact: Annotated[bool, typer.Option("--exact", help="Exact kNN instead of ANN")] = False,
-    bm25: Annotated[tuple[str, str] | None, typer.Option("--bm25", help="Full-text search: FIELD TEXT")] = None,
+    bm25: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--bm25",
+            help="Full-text search: FIELD TEXT. With --vector: hybrid, a multi-query of both "
+            "fused client-side by reciprocal rank fusion (k=60)",
+        ),
+    ] = None,
+    aggregate: Annotated[
+        str | None, typer.Option("--aggregate", help='aggregate_by JSON, e.g. \'{"n": ["Count"]}\'')
+    ] = None,
+    group_by: Annotated[
+        str | None, typer.Option("--group-by", help="Attributes to group the aggregation by, comma-separated")
+    ] = None,
     rank_by: Annotated[str | None, typer.Option("--rank-by", help='rank_by JSON, e.g. \'["price","desc"]\'')] = None,
     filters: Annotated[str | None, typer.Option("--filter", help="filters JSON (or @file.json)")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Number of rows (default 10, max 10000)")] = None,
@@ -486,13 +494,45 @@ def query(
 
     if budget is not None and not (budget > 0 and math.isfinite(budget)):
         raise InvalidRequest(f"--budget must be a positive number of seconds, got {budget}")
-    q = _query_body(body, vector, vector_attr, exact, bm25, rank_by, filters, top_k, include, include_all, consistency)
+    hybrid = vector is not None and bm25 is not None
+    q = _query_body(
+        body,
+        None if hybrid else vector,
+        vector_attr,
+        exact,
+        None if hybrid else bm25,
+        rank_by,
+        filters,
+        top_k,
+        include,
+        include_all,
+        consistency,
+    )
+    if aggregate is not None:
+        q["aggregate_by"] = parse_json_arg(aggregate, "--aggregate")
+        if q.get("rank_by") == ["id", "asc"] and rank_by is None:
+            q.pop("rank_by")
+    if group_by is not None:
+        if aggregate is None and "aggregate_by" not in q:
+            raise InvalidRequest("--group-by needs --aggregate", hint='e.g. --aggregate \'{"n": ["Count"]}\'')
+        q["group_by"] = [a.strip() for a in group_by.split(",") if a.strip()]
+    if hybrid:
+        if rank_by is not None or "queries" in q:
+            raise InvalidRequest("--vector with --bm25 is a hybrid query: give no --rank-by or multi-query --body")
+        assert vector is not None and bm25 is not None
+        q = _hybrid_body(q, [vector_attr, "kNN" if exact else "ANN", _cli_vector(vector)], [bm25[0], "BM25", bm25[1]])
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
     ns = db.namespace(namespace)
+    import time
+
+    t0 = time.perf_counter()
     with limits.deadline(budget):
         out = engine.run(ns, q)
-    _print_query_result(out, fmt, ns.head(refresh=False).schema)
+    if hybrid:
+        out = rrf_fuse(out, int(top_k or 10))
+    ms = (time.perf_counter() - t0) * 1000
+    _print_query_result(out, fmt, ns.head(refresh=False).schema, ms)
 
 
 def _query_body(
@@ -506,7 +546,7 @@ def _query_body(
     if len(ranks) > 1:
         raise InvalidRequest(
             "give only one of --vector, --bm25 and --rank-by",
-            hint="for hybrid search send a multi-query with --body '{\"queries\": [...]}'",
+            hint="--vector with --bm25 (no --rank-by) is a hybrid query fused by RRF",
         )
     if multi and (ranks or filters or top_k is not None or include or include_all):
         raise InvalidRequest("with a multi-query --body, put rank_by/filters/top_k/include inside each query")
@@ -536,6 +576,36 @@ def _query_body(
     return q
 
 
+RRF_K = 60
+
+
+def _hybrid_body(q: dict, vector_rank: list, bm25_rank: list) -> dict:
+    """A multi-query of the vector and the BM25 ranking, each over the same filters/top_k."""
+    base = {k: v for k, v in q.items() if k != "rank_by" and k != "consistency"}
+    out: dict = {"queries": [{**base, "rank_by": vector_rank}, {**base, "rank_by": bm25_rank}]}
+    if "consistency" in q:
+        out["consistency"] = q["consistency"]
+    return out
+
+
+def rrf_fuse(out: dict, top_k: int, k: int = RRF_K) -> dict:
+    """Reciprocal rank fusion of a multi-query's results: score(d) = sum 1 / (k + rank),
+    rank counted from 1 in each result; ties by id. One result, rows carrying ``$rrf``."""
+    score: dict = {}
+    row_of: dict = {}
+    for r in out.get("results", []):
+        for rank, row in enumerate(r.get("rows", []), start=1):
+            key = json.dumps(row["id"], default=str)
+            score[key] = score.get(key, 0.0) + 1.0 / (k + rank)
+            kept = row_of.setdefault(key, {})
+            kept.update({c: v for c, v in row.items() if c != "$dist"})
+    order = sorted(score, key=lambda x: (-score[x], x))[:top_k]
+    rows = [
+        {"id": row_of[x]["id"], "$rrf": score[x], **{c: v for c, v in row_of[x].items() if c != "id"}} for x in order
+    ]
+    return {"rows": rows, "performance": out.get("performance", {})}
+
+
 def _cli_vector(value: str):
     if value.startswith("@") and value.lower().endswith(".npy"):
         import numpy as np
@@ -559,7 +629,7 @@ def _cli_vector(value: str):
     return parse_json_arg(value, "--vector")
 
 
-def _print_query_result(out: dict, fmt: str, schema: dict) -> None:
+def _print_query_result(out: dict, fmt: str, schema: dict, ms: float = 0.0) -> None:
     """json: the HTTP response body (one :func:`response.render`); ndjson: its rows, aggregations
     and groups, one JSON value a line, in the same wire form; table: for people."""
     from . import response
@@ -581,7 +651,7 @@ def _print_query_result(out: dict, fmt: str, schema: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console(width=max(100, Console().width))
+    con = Console()
     for i, r in enumerate(results):
         title = f"query {i}" if len(results) > 1 else None
         for key in ("rows", "aggregation_groups"):
@@ -601,7 +671,7 @@ def _print_query_result(out: dict, fmt: str, schema: dict) -> None:
                 con.print(f"{k}: {v}")
     p = out.get("performance", {})
     typer.echo(
-        f"{p.get('query_execution_ms', 0)} ms, {p.get('approx_namespace_size', 0):,} docs, "
+        f"{ms:.2f} ms, {p.get('approx_namespace_size', 0):,} docs, "
         f"{p.get('object_store_requests', 0)} object-store requests",
         err=True,
     )
@@ -820,8 +890,137 @@ def recall(
         )
 
 
+# ---------------------------------------------------------------- namespaces / show / delete
+@app.command("namespaces", epilog="Example: puffer namespaces --prefix docs --store s3://bucket/puffer")
+def namespaces_cmd(
+    prefix: Annotated[str | None, typer.Option("--prefix", help="Only names starting with PREFIX")] = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+    s3_endpoint: EndpointOpt = None,
+    policy: PolicyOpt = "fail",
+):
+    """List the namespaces of the store, with their row counts and head seq."""
+    db = open_db(store, s3_endpoint, policy=policy)
+    rows = []
+    for name in db.namespaces(prefix=prefix):
+        ns = db.namespace(name)
+        docs, head = ns.docs()
+        rows.append({"namespace": name, "rows": docs.height, "seq": head.seq})
+    if as_json:
+        echo_json({"namespaces": rows})
+        return
+    if not rows:
+        typer.echo(f"no namespaces{f' starting with {prefix!r}' if prefix else ''} in {db.store.url}", err=True)
+        return
+    _table(["namespace", "rows", "seq"], [[r["namespace"], f"{r['rows']:,}", str(r["seq"])] for r in rows])
+
+
+@app.command("show", epilog="Example: puffer show docs")
+def show_cmd(
+    namespace: Annotated[str, typer.Argument(help="Namespace to describe")],
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+    s3_endpoint: EndpointOpt = None,
+    policy: PolicyOpt = "fail",
+):
+    """Metadata, schema, index status and unindexed rows of a namespace."""
+    db = open_db(store, s3_endpoint, policy=policy)
+    ns = db.namespace(namespace)
+    meta = ns.metadata()
+    docs, _ = ns.docs()
+    idx = meta.get("index") or {}
+    covered = idx.get("covers_through_seq", idx.get("seq")) if isinstance(idx, dict) else None
+    info = {
+        "namespace": namespace,
+        "rows": docs.height,
+        "seq": meta["seq"],
+        "distance_metric": meta["distance_metric"],
+        "created_at": meta["created_at"],
+        "updated_at": meta["updated_at"],
+        "schema": meta["schema"],
+        "index": {
+            "generation": idx.get("generation") if isinstance(idx, dict) else None,
+            "covers_through_seq": covered,
+            "unindexed_wal_entries": meta["seq"] - int(covered or 0),
+        },
+    }
+    if as_json:
+        echo_json(info)
+        return
+    typer.echo(f"namespace       {namespace}")
+    typer.echo(f"rows            {docs.height:,}")
+    typer.echo(f"head seq        {meta['seq']}")
+    typer.echo(f"distance metric {meta['distance_metric'] or '-'}")
+    gen = info["index"]["generation"]
+    if gen is None:
+        typer.echo(f"index           none (all {meta['seq']} WAL entries unindexed; run `puffer index {namespace}`)")
+    else:
+        typer.echo(
+            f"index           generation {gen}, covers seq {covered}; "
+            f"{info['index']['unindexed_wal_entries']} WAL entries unindexed"
+        )
+    typer.echo("schema")
+    for k, v in meta["schema"].items():
+        typer.echo(f"  {k}: {to_json(v)}")
+
+
+@app.command("delete", epilog="Example: puffer delete docs --yes")
+def delete_cmd(
+    namespace: Annotated[str, typer.Argument(help="Namespace to delete (every key of it)")],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask (required when stdin is not a terminal)")
+    ] = False,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+    s3_endpoint: EndpointOpt = None,
+    single_writer: SingleWriterOpt = False,
+):
+    """Delete a namespace: every WAL entry, index file and meta.json of it."""
+    db = open_db(store, s3_endpoint, single_writer)
+    ns = db.namespace(namespace)
+    ns.require()
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InvalidRequest(
+                f"refusing to delete {namespace!r} without --yes", hint=f"run `puffer delete {namespace} --yes`"
+            )
+        if not typer.confirm(f"delete namespace {namespace!r} in {db.store.url}?"):
+            raise typer.Abort()
+    n = ns.delete()
+    if as_json:
+        echo_json({"namespace": namespace, "deleted_keys": n})
+    else:
+        typer.echo(f"deleted {namespace!r}: {n:,} keys removed")
+
+
+def _table(cols: list[str], rows: list[list[str]]) -> None:
+    """A box table on a terminal (fit to its width), tab-separated plain text when piped."""
+    if not sys.stdout.isatty():
+        typer.echo("\t".join(cols))
+        for r in rows:
+            typer.echo("\t".join(r))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table()
+    for c in cols:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    Console().print(t)
+
+
 # ---------------------------------------------------------------- entry point
 _DEBUG = False
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"puffer {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -834,9 +1033,13 @@ def _global(
             help="On an unexpected error show the Python traceback (anywhere on the line; or PUFFER_DEBUG=1)",
         ),
     ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit")
+    ] = False,
 ):
     """Vector, full-text and hybrid search on object storage (turbopuffer-compatible)."""
     global _DEBUG
+
     _DEBUG = _DEBUG or debug
 
 

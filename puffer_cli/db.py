@@ -22,8 +22,8 @@ from typing import Any, overload
 from . import cache as _cache
 from . import layout
 from .errors import InvalidRequest
-from .limits import NAMESPACE_LIST_THREADS
 from .handle import NamespaceHandle
+from .limits import NAMESPACE_LIST_THREADS
 from .store import LocalStore, Store, open_store
 
 _PAGED: Any = object()  # namespaces(): no cursor/page_size given
