@@ -25,7 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent / PKG
 # Top to bottom.  A module may import modules of its own layer (without cycles) or of
 # any layer below it, never one above.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("entry points", ["puffer_cli", "puffer_cli.cli", "puffer_cli.server"]),
+    (
+        "entry points",
+        [
+            "puffer_cli",
+            "puffer_cli.cli",
+            "puffer_cli.cli_data",
+            "puffer_cli.cli_query",
+            "puffer_cli.cli_index",
+            "puffer_cli.cli_common",
+            "puffer_cli.server",
+        ],
+    ),
     # one command's work; db is the connect/namespace facade the entry points share
     (
         "jobs",

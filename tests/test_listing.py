@@ -61,7 +61,7 @@ def test_names_puffer_cannot_store_or_reserves_are_refused(mem_db, name):
     with pytest.raises(InvalidRequest):
         mem_db.namespace(name)
     assert not layout.is_namespace_name(name)
-    assert mem_db.namespaces()[0] == []
+    assert mem_db.namespaces_page()[0] == []
 
 
 def test_reserved_prefix_covers_the_probe_dir():
