@@ -1,6 +1,7 @@
 """puffer namespaces / show / delete, --version, hybrid (RRF), --aggregate/--group-by, piped output."""
 
 import json
+from pathlib import Path
 
 import pytest
 from puffer_cli import connect
@@ -55,6 +56,8 @@ def test_namespaces_show_delete(store_url, capsys):
     assert rc == 0 and "deleted 'beta'" in out
     assert list(db.namespaces()) == ["alpha", "other"]
     assert db.store.list("beta/") == []
+    if not db.store.is_remote and not url.startswith("memory://"):
+        assert not (Path(url) / "beta").exists()  # no directory or lock file left behind
     rc, _, err = run(capsys, "show", "beta", *st)
     assert rc == 1 and "`puffer namespaces`" in err
     rc, out, _ = run(capsys, "index", "--all", *st, "--json")
