@@ -87,7 +87,9 @@ def test_leftovers_are_not_namespaces(local_db):
     _write(local_db, ".dot")
     local_db.namespace(".dot").delete_all()
     root = local_db.store.local_path("")
-    assert (root / ".dot").is_dir()  # the directories stay behind
+    assert not (root / ".dot").exists()  # delete takes the directories and lock files too
+    (root / ".dot" / "wal").mkdir(parents=True)  # what a racing writer could leave
+    (root / ".dot" / ".meta.json.lock").touch()
     (root / "emptydir" / "wal").mkdir(parents=True)
     local_db.store.write("stray/index/00000000000000000001/x.bin", b"x")
     (root / "not valid").mkdir()
