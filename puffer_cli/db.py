@@ -5,18 +5,28 @@
 >>> ns = db.namespace("docs")
 >>> ns.write({"upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "lang": "en"}]})["rows_upserted"]
 1
+>>> ns.query(filters=["lang", "Eq", "en"]).rows[0]["id"]
+1
+>>> list(db.namespaces())
+['docs']
+>>> db
+DB(store='memory://demo')
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from typing import Any, overload
 
 from . import cache as _cache
 from . import layout
 from .errors import InvalidRequest
+from .handle import NamespaceHandle
 from .limits import NAMESPACE_LIST_THREADS
-from .namespace import Namespace
 from .store import LocalStore, Store, open_store
+
+_PAGED: Any = object()  # namespaces(): no cursor/page_size given
 
 
 class DB:
@@ -27,10 +37,44 @@ class DB:
         self.single_writer = single_writer
         self.wal_policy = wal_policy
 
-    def namespace(self, name: str) -> Namespace:
-        return Namespace(self.store, name, single_writer=self.single_writer, wal_policy=self.wal_policy)
+    def __repr__(self) -> str:
+        return f"DB(store={self.store.url!r})"
 
+    def namespace(self, name: str) -> NamespaceHandle:
+        """The namespace ``name`` (a handle: nothing is read or created until it is used)."""
+        return NamespaceHandle(self.store, name, single_writer=self.single_writer, wal_policy=self.wal_policy)
+
+    @overload
+    def namespaces(self, prefix: str | None = None) -> Iterator[str]: ...
+    @overload
     def namespaces(
+        self, prefix: str | None, cursor: str | None, page_size: int = 1000
+    ) -> tuple[list[str], str | None]: ...
+    @overload
+    def namespaces(
+        self, prefix: str | None = None, *, cursor: str | None, page_size: int = 1000
+    ) -> tuple[list[str], str | None]: ...
+
+    def namespaces(self, prefix: str | None = None, cursor: Any = _PAGED, page_size: Any = _PAGED) -> Any:
+        """Every namespace name (with ``prefix``), in order: an iterator.
+
+        Passing ``cursor`` or ``page_size`` (even None) is the paged form the server uses,
+        :meth:`namespaces_page`: a (page, next cursor or None) tuple."""
+        if cursor is not _PAGED or page_size is not _PAGED:
+            return self.namespaces_page(
+                prefix, None if cursor is _PAGED else cursor, 1000 if page_size is _PAGED else page_size
+            )
+        return self._iter_names(prefix)
+
+    def _iter_names(self, prefix: str | None) -> Iterator[str]:
+        cur: str | None = None
+        while True:
+            page, cur = self.namespaces_page(prefix, cur)
+            yield from page
+            if not cur:
+                return
+
+    def namespaces_page(
         self, prefix: str | None = None, cursor: str | None = None, page_size: int = 1000
     ) -> tuple[list[str], str | None]:
         """Namespace names in order, after ``cursor``; (page, next cursor or None).

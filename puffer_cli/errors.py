@@ -61,7 +61,7 @@ class NotFound(PufferError):
 
 
 class NamespaceNotFound(NotFound):
-    default_hint = "check the namespace name and --store; `puffer wal-inspect` lists what is there"
+    default_hint = "check the namespace name and --store; `puffer namespaces` lists what is there"
 
 
 class Conflict(PufferError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,12 +35,13 @@ def _csv_ready(df: pl.DataFrame) -> pl.DataFrame:
     out = []
     for c, d in df.schema.items():
         if isinstance(d, (pl.List, pl.Array)):
+            # JSON lists, which `puffer ingest --vector COL --schema ...` parses back
             out.append(
                 pl.col(c)
                 .cast(pl.List(d.inner))
-                .list.eval(pl.element().cast(pl.String))
-                .list.join(",")
-                .map_elements(lambda s: f"[{s}]", return_dtype=pl.String)
+                .map_elements(
+                    lambda v: json.dumps(list(v), ensure_ascii=False, separators=(",", ":")), return_dtype=pl.String
+                )
                 .alias(c)
             )
         else:

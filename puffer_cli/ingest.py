@@ -7,11 +7,13 @@ upsert: idempotent by id.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,6 +237,59 @@ def map_columns(df: pl.DataFrame, id_col: str, vector_col: str | None, path: str
     return df.rename(ren) if any(k != v for k, v in ren.items()) else df
 
 
+def _csv_cell_list(v: str | None, col: str, vector: bool, where: str):
+    """One CSV cell of a vector / list column: a JSON list, or (vectors) base64 of
+    little-endian float32. A cell that parses as neither is refused, naming the row."""
+    if v is None or v == "":
+        return None
+    text = v.strip()
+    if text.startswith("["):
+        try:
+            out = json.loads(text)
+        except ValueError as e:
+            raise InvalidRequest(f"{where}: column {col!r}: {text[:40]!r} is not a JSON list ({e})") from None
+        if not isinstance(out, list):
+            raise InvalidRequest(f"{where}: column {col!r}: {text[:40]!r} is not a JSON list")
+        return out
+    if vector:
+        import numpy as np
+
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except ValueError:
+            raw = b"\x00"  # falls through to the refusal below
+        if raw and len(raw) % 4 == 0:
+            return np.frombuffer(raw, dtype="<f4").astype(float).tolist()
+        raise InvalidRequest(
+            f"{where}: column {col!r}: {text[:40]!r} is neither a JSON list nor base64 float32",
+            hint="write vectors in CSV as [0.1, 0.2, ...] or base64 of little-endian f32",
+        )
+    raise InvalidRequest(f"{where}: column {col!r}: {text[:40]!r} is not a JSON list", hint='write lists as ["a", "b"]')
+
+
+def parse_csv_lists(
+    df: pl.DataFrame, schema: Mapping, vector_col: str | None, path: str, first_row: int
+) -> pl.DataFrame:
+    """CSV has no lists: decode the string cells of the vector column and of every column
+    ``schema`` declares as a vector or list type (``[]string``, ``[512]f32``, ...)."""
+    from . import schema as S
+
+    cols = {}
+    for c in df.columns:
+        t = (schema.get(c) or {}).get("type") if isinstance(schema.get(c), Mapping) else schema.get(c)
+        t = t if isinstance(t, str) else ""
+        is_vec = (c == "vector" and vector_col is not None) or S.is_vector(t)
+        if (is_vec or t.startswith("[")) and df.schema[c] == pl.String:
+            cols[c] = is_vec
+    if not cols:
+        return df
+    new = {}
+    for c, is_vec in cols.items():
+        vals = df.get_column(c).to_list()
+        new[c] = [_csv_cell_list(v, c, is_vec, f"{path}, row {first_row + i}") for i, v in enumerate(vals)]
+    return df.with_columns([pl.Series(c, v, strict=False) for c, v in new.items()])
+
+
 def ingest(
     ns: Namespace,
     paths: Sequence[str],
@@ -264,6 +319,7 @@ def ingest(
                 except _READ_ERRORS as e:
                     raise read_error(p, f, e) from None
     total = sum(footer_rows.values())
+    declared: dict = {**ns.head().schema, **(schema or {})}
     rep = IngestReport(ns.name)
     t0 = time.perf_counter()
     for p, f, lf in plans:
@@ -292,6 +348,8 @@ def ingest(
             if chunk.height == 0:
                 continue
             chunk = map_columns(chunk, id_col, vector_col, p)
+            if f == "csv":
+                chunk = parse_csv_lists(chunk, declared, vector_col, p, file_rows)
             try:
                 seq = ns.write_frame(chunk, schema=schema, distance_metric=distance_metric)
             except InvalidRequest as e:

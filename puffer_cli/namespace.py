@@ -28,7 +28,7 @@ import polars as pl
 from . import layout, replay, wal, writes
 from . import schema as S
 from .errors import CorruptWal, InvalidRequest, NamespaceNotFound, PufferError
-from .store import Store, now_ms
+from .store import LocalStore, Store, now_ms
 
 POLICIES = ("fail", "skip")
 WRITER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -416,9 +416,16 @@ class Namespace:
 
     # ------------------------------------------------------------ delete
     def delete_all(self) -> int:
-        """Remove every object of the namespace. Returns the number of keys removed."""
+        """Remove every object of the namespace. Returns the number of keys removed.
+
+        On a local store the namespace's directories and lock files go too, so nothing
+        of it is left on disk."""
         self.require()
         n = self.store.delete_prefix(layout.namespace_prefix(self.name))
+        if isinstance(self.store, LocalStore):
+            import shutil
+
+            shutil.rmtree(self.store.local_path(layout.namespace_prefix(self.name)), ignore_errors=True)
         forget(self.store, self.name)
         self._c = _cache_for(self.store, self.name)
         return n

@@ -30,6 +30,10 @@ LAYERS: list[tuple[str, list[str]]] = [
         [
             "puffer_cli",
             "puffer_cli.cli",
+            "puffer_cli.cli_data",
+            "puffer_cli.cli_query",
+            "puffer_cli.cli_index",
+            "puffer_cli.cli_common",
             "puffer_cli.server",
             "puffer_cli.server_requests",
             "puffer_cli.server_http",
@@ -41,6 +45,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "jobs",
         [
             "puffer_cli.db",
+            "puffer_cli.handle",
             "puffer_cli.ingest",
             "puffer_cli.export",
             "puffer_cli.walinspect",

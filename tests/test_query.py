@@ -723,7 +723,7 @@ def test_cli_json_is_response_body(cli_store, capsys, tmp_path):
         (["--top-k", "many"], "--top-k"),
         (["--format", "xml"], "--format"),
         (["--consistency", "maybe"], "--consistency"),
-        (["--vector", "[1,1]", "--bm25", "text", "x"], "only one of"),
+        (["--vector", "[1,1]", "--rank-by", '["id","asc"]'], "only one of"),  # --vector + --bm25 is hybrid (RRF)
         (["--body", "[1]"], "JSON object"),
         (["--include", "n", "--include-all"], "either"),
     ],

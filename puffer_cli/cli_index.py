@@ -1,0 +1,226 @@
+"""`puffer index`, `warm`, `recall`: the index commands."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Annotated
+
+import typer
+
+from .cli_common import (
+    CacheMaxOpt,
+    EndpointOpt,
+    JsonOpt,
+    PolicyOpt,
+    State,
+    StoreOpt,
+    app,
+    console,
+    echo_json,
+    one_line,
+    open_db,
+    parse_json_arg,
+)
+from .errors import InvalidRequest, PufferError
+
+# ---------------------------------------------------------------- index / warm / recall
+CacheDirOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cache-dir",
+        envvar="PUFFER_CACHE_DIR",
+        help='Local cache of index files (default: the user cache dir; "" disables)',
+    ),
+]
+
+
+def _index_progress(tty: bool):
+    if not tty:
+        return None, lambda: None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    prog = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,}"),
+        TimeElapsedColumn(),
+        console=console(),
+    )
+    prog.start()
+    task = prog.add_task("index", total=None)
+    state = {"ns": ""}
+
+    def update(stage, done, total):
+        prog.update(task, description=f"{state['ns']} {stage}", completed=done, total=total)
+
+    return (update, state), prog.stop
+
+
+@app.command("index", epilog="Example: puffer index docs   (safe from cron: puffer index --all --max-seconds 50)")
+def index_cmd(
+    namespaces: Annotated[list[str] | None, typer.Argument(help="Namespaces to index")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Index every namespace in the store")] = False,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(
+            "--max-seconds", help="Stop starting work after N seconds (a partial run publishes what it folded)"
+        ),
+    ] = None,
+    gc_grace: Annotated[
+        float | None,
+        typer.Option(
+            "--gc-grace",
+            envvar="PUFFER_INDEX_GC_GRACE",
+            help="Seconds an old generation's files stay for running readers (default 600)",
+        ),
+    ] = None,
+    lease_ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--lease-ttl",
+            envvar="PUFFER_INDEX_LEASE_TTL",
+            help="Seconds the indexer lease lasts without renewal (default 60)",
+        ),
+    ] = None,
+    cache_dir: CacheDirOpt = None,
+    cache_max_gb: CacheMaxOpt = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+    s3_endpoint: EndpointOpt = None,
+    policy: PolicyOpt = "fail",
+):
+    """Build the next index generation of namespaces from their WAL, publish it, collect old files.
+
+    Safe to run from cron on several machines at once: a namespace whose lease another run holds
+    is skipped (exit 0, saying who holds it until when). Exit 0: done or nothing to do; 1: a failure."""
+    import time as _time
+
+    from . import cache as _cache
+    from .index.builder import IndexReport, index_namespace
+
+    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
+        raise InvalidRequest(f"--max-seconds must be a positive number of seconds, got {max_seconds}")
+    if cache_dir is not None:
+        _cache.configure(cache_dir)
+    db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
+    names = list(namespaces or [])
+    if all_:
+        cursor = None
+        while True:
+            page, cursor = db.namespaces(cursor=cursor)
+            names.extend(n for n in page if n not in names)
+            if not cursor:
+                break
+    if not names and all_:
+        raise InvalidRequest(f"--all: no namespaces in store {db.store.url}", hint="check --store (env PUFFER_STORE)")
+    if not names:
+        raise InvalidRequest("name at least one namespace, or pass --all")
+    t0 = _time.perf_counter()
+    tty = sys.stderr.isatty() and not as_json
+    prog, finish = _index_progress(tty)
+    reports, failed = [], False
+    try:
+        for name in names:
+            left = None if max_seconds is None else max_seconds - (_time.perf_counter() - t0)
+            if left is not None and left <= 0:
+                break
+            if prog:
+                prog[1]["ns"] = name
+            try:
+                rep = index_namespace(
+                    db.namespace(name),
+                    max_seconds=left,
+                    gc_grace_s=gc_grace,
+                    lease_ttl=lease_ttl,
+                    progress=prog[0] if prog else None,
+                )
+            except PufferError as e:
+                rep = IndexReport(
+                    name, status="failed", message=one_line(e.message + (f" (hint: {e.hint})" if e.hint else ""))
+                )
+            except Exception as e:  # noqa: BLE001 - a cron user needs the line, not a traceback
+                if State.debug:
+                    raise
+                rep = IndexReport(name, status="failed", message=f"internal error: {type(e).__name__}: {e}")
+            failed |= rep.status == "failed"
+            reports.append(rep)
+            if not as_json:
+                if tty:
+                    console().print(rep.summary(), highlight=False)
+                else:
+                    typer.echo(rep.summary())
+    finally:
+        finish()
+    if as_json:
+        echo_json({"namespaces": [r.as_dict() for r in reports], "seconds": _time.perf_counter() - t0})
+    if failed:
+        bad = [r for r in reports if r.status == "failed"]
+        raise PufferError(
+            f"{len(bad)} of {len(reports)} namespaces failed to index"
+            + (f": {bad[0].namespace}: {bad[0].message}" if len(bad) == 1 else " (see above)"),
+            hint="fix the cause and run `puffer index` again (namespaces that did not fail were indexed)",
+        )
+
+
+@app.command(epilog="Example: puffer warm docs --store s3://bucket/puffer")
+def warm(
+    namespace: Annotated[str, typer.Argument(help="Namespace whose current index generation to prefetch")],
+    cache_dir: CacheDirOpt = None,
+    cache_max_gb: CacheMaxOpt = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+    s3_endpoint: EndpointOpt = None,
+):
+    """Prefetch a namespace's current index generation into the local cache."""
+    from . import cache as _cache
+    from .index.reader import warm as run
+
+    c = _cache.configure(cache_dir) if cache_dir is not None else _cache.get_cache()
+    db = open_db(store, s3_endpoint, cache_max_gb=cache_max_gb)
+    ns = db.namespace(namespace)
+    ns.require()
+    rep = run(ns, c)
+    rep["cache_dir"] = str(c.root) if c.persistent else ""
+    if as_json:
+        echo_json(rep)
+    elif rep["generation"] is None:
+        typer.echo(f"{namespace}: no index yet (run `puffer index {namespace}`); nothing to warm")
+    else:
+        typer.echo(
+            f"{namespace}: generation {rep['generation']}: {rep['files']} files, {rep['bytes'] / 1e6:,.1f} MB "
+            f"in cache ({rep['fetched_files']} fetched, {rep['fetched_bytes'] / 1e6:,.1f} MB) "
+            f"in {rep['seconds']:.2f}s"
+        )
+
+
+@app.command(epilog='Example: puffer recall docs --num 25 --top-k 10 --filter \'["lang","Eq","en"]\'')
+def recall(
+    namespace: Annotated[str, typer.Argument(help="Namespace to measure")],
+    num: Annotated[int, typer.Option("--num", help="Query vectors sampled from the namespace")] = 25,
+    top_k: Annotated[int, typer.Option("--top-k", help="k of recall@k")] = 10,
+    filters: Annotated[str | None, typer.Option("--filter", help="Filter JSON (or @file.json)")] = None,
+    field: Annotated[str | None, typer.Option("--field", help="Vector attribute (default: vector)")] = None,
+    cache_dir: CacheDirOpt = None,
+    cache_max_gb: CacheMaxOpt = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+    s3_endpoint: EndpointOpt = None,
+):
+    """ANN vs exhaustive recall@k on vectors sampled from the namespace (avg_recall, avg_ann_count,
+    avg_exhaustive_count)."""
+    from . import cache as _cache
+    from .index.recall import recall as run
+
+    if cache_dir is not None:
+        _cache.configure(cache_dir)
+    db = open_db(store, s3_endpoint, cache_max_gb=cache_max_gb)
+    rep = run(db.namespace(namespace), num=num, top_k=top_k, filters=parse_json_arg(filters, "--filter"), field=field)
+    if as_json:
+        echo_json(rep)
+    else:
+        typer.echo(
+            f"{namespace}: recall@{top_k} {rep['avg_recall']:.4f} over {rep['num']} queries "
+            f"(avg ANN results {rep['avg_ann_count']:.1f}, exhaustive {rep['avg_exhaustive_count']:.1f}; "
+            f"p50 ANN {rep['p50_ann_ms']:.2f} ms, exhaustive {rep['p50_exhaustive_ms']:.2f} ms)"
+        )

@@ -1,0 +1,60 @@
+"""The Python API: doctests of db/handle, and a flow that imports only ``puffer_cli``."""
+
+import doctest
+
+import puffer_cli
+import pytest
+from puffer_cli import db as db_mod
+from puffer_cli import handle as handle_mod
+from puffer_cli.errors import NamespaceNotFound
+
+
+@pytest.mark.parametrize("mod", [db_mod, handle_mod])
+def test_doctests(mod):
+    res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert res.attempted > 0 and res.failed == 0
+
+
+@pytest.fixture(params=["local", "memory"])
+def db(request, tmp_path):
+    url = str(tmp_path / "store") if request.param == "local" else f"memory://lib-{tmp_path.name}"
+    return puffer_cli.connect(url)
+
+
+def test_flow_ingest_index_query_export_delete(db, tmp_path):
+    src = tmp_path / "in.ndjson"
+    src.write_text(
+        "".join(f'{{"id": {i}, "vector": [{i}.0, 1.0], "lang": "{"en" if i % 2 else "de"}"}}\n' for i in range(20))
+    )
+    ns = db.namespace("lib")
+    assert "query" in dir(ns) and "update_meta" not in dir(ns)
+    assert repr(ns).startswith("NamespaceHandle('lib'")
+    with pytest.raises(NamespaceNotFound):
+        ns.query(top_k=1)
+    assert ns.ingest(str(src), vector_col="vector").rows == 20
+    assert ns.index().status == "indexed"
+    res = ns.query(rank_by=["vector", "ANN", [3.0, 1.0]], top_k=3, filters=["lang", "Eq", "en"])
+    assert res.rows[0]["id"] == 3 and len(res) == 3
+    assert res.to_polars().height == 3
+    agg = ns.query(aggregate_by={"n": ["Count"]}, group_by=["lang"])
+    assert sorted(g["lang"] for g in agg.aggregation_groups) == ["de", "en"]
+    multi = ns.query(queries=[{"rank_by": ["id", "asc"], "top_k": 2}, {"rank_by": ["id", "desc"], "top_k": 2}])
+    assert [r.rows[0]["id"] for r in multi.results] == [0, 19]
+    assert ns.metadata()["seq"] >= 1 and "vector" in ns.schema()
+    assert ns.warm()["generation"] is not None
+    out = tmp_path / "out.parquet"
+    assert ns.export(str(out))["rows"] == 20
+    assert list(db.namespaces()) == ["lib"] and list(db.namespaces(prefix="x")) == []
+    assert db.namespaces(cursor=None) == (["lib"], None)  # the paged form (the server's)
+    assert db.namespaces_page() == (["lib"], None)
+    assert ns.delete() > 0
+    assert not ns.exists() and list(db.namespaces()) == []
+    with pytest.raises(NamespaceNotFound):
+        ns.metadata()
+
+
+def test_namespaces_iterates_past_one_page(db):
+    for i in range(3):
+        db.namespace(f"n{i}").write({"upsert_rows": [{"id": 1}]})
+    assert db.namespaces_page(page_size=2) == (["n0", "n1"], "n1")
+    assert list(db.namespaces()) == ["n0", "n1", "n2"]
