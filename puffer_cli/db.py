@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any, overload
 
 from . import cache as _cache
-from . import layout
+from . import config, layout
 from .errors import InvalidRequest
 from .handle import NamespaceHandle
 from .limits import NAMESPACE_LIST_THREADS
@@ -143,11 +143,15 @@ def connect(
     cache of index files; neither given: the bound stays as it is (default
     min(10 GB, 25% of the cache's filesystem)). The environment variables the library reads
     are read here (README, Environment), except those named there as read elsewhere."""
-    url = url or os.environ.get("PUFFER_STORE") or None
+    env = config.from_env()
+    url = url or env.store
+    if s3_endpoint is None:
+        s3_endpoint = env.s3_endpoint
     if single_writer is None:
-        single_writer = os.environ.get("PUFFER_SINGLE_WRITER", "") not in ("", "0", "false")
+        single_writer = env.single_writer
     if cache_max_gb is not None:
         _cache.set_max_bytes(_cache.parse_max_gb(cache_max_gb, "cache_max_gb"))
-    elif os.environ.get("PUFFER_CACHE_MAX_GB"):
-        _cache.set_max_bytes(_cache.parse_max_gb(os.environ["PUFFER_CACHE_MAX_GB"], "PUFFER_CACHE_MAX_GB"))
+    elif env.cache_max_gb:
+        _cache.set_max_bytes(_cache.parse_max_gb(env.cache_max_gb, "PUFFER_CACHE_MAX_GB"))
+    _cache.set_default_root(env.cache_dir)
     return DB(open_store(url, s3_endpoint=s3_endpoint), single_writer=single_writer, wal_policy=wal_policy)
