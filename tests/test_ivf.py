@@ -227,3 +227,52 @@ def test_recall_measures_the_probe(mem_db, monkeypatch):
     assert ivf.options(None)["probe"] == ivf.DEFAULTS["probe"]  # the override ended with the call
     with pytest.raises(InvalidRequest):
         recall(ns, probe=0)
+
+
+def test_format1_hnsw_segment_is_searched_then_rebuilt(mem_db, monkeypatch, tmp_path):
+    """A generation written before IVF (format 1: a usearch HNSW per segment) keeps
+    answering ANN queries; the next run rebuilds its segment as IVF (stale signature)."""
+    import json
+
+    from usearch.index import Index
+
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    rng = np.random.default_rng(11)
+    x = clustered(rng, n=600, dims=16)
+    ns = mem_db.namespace("old")
+    ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    meta, _ = ns.read_meta()
+    man = builder.load_manifest(ns.store, meta["index"]["manifest"])
+    seg = man["segments"][0]
+    vec = np.frombuffer(ns.store.read(seg["vectors"]["vector"]["key"]), dtype="<f4").reshape(-1, 16)
+    hnsw = Index(ndim=16, metric="cos", dtype="f32")
+    hnsw.add(np.arange(len(vec), dtype=np.uint64), np.ascontiguousarray(vec))
+    path = str(tmp_path / "old.usearch")
+    hnsw.save(path)
+    key = seg["attrs"].rsplit("/", 1)[0] + "/ann-vector.usearch"
+    ns.store.write(key, open(path, "rb").read())
+    seg["ann"]["vector"] = {"key": key, "vectors": len(vec), "metric": "cos", "sig": "format-1"}
+    man["format"], man["files"] = 1, sorted({*man["files"], key})
+    old_key = meta["index"]["manifest"].replace("manifest-", "manifest-f1")
+    ns.store.write(old_key, json.dumps(man).encode())
+
+    def point(cur):
+        cur["index"] = {**cur["index"], "manifest": old_key, "prefetch": []}
+        return cur
+
+    ns.update_meta(point)
+    reader.GENS.clear()
+    q = x[3].tolist()
+    body = {"rank_by": ["vector", "ANN", q], "top_k": 5, "consistency": {"level": "eventual"}}
+    got = engine.run_query(ns, body)
+    want = exact(ns, {"rank_by": ["vector", "ANN", q], "top_k": 5})
+    assert [r["id"] for r in got["rows"]] == [r["id"] for r in want["rows"]]
+    assert reader.GENS and all(s.ann("vector") is not None for g in reader.GENS.values() for s in g.segments)
+    ns.write({"upsert_rows": [{"id": 10_000, "vector": x[0].tolist()}]})
+    rep = builder.index_namespace(ns, gc_grace_s=0)
+    assert rep.status == "indexed" and rep.segments_merged == 1  # the HNSW segment was rebuilt
+    man2 = builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
+    assert all(s["ann"]["vector"]["kind"] == ivf.KIND for s in man2["segments"])
+    assert [r["id"] for r in engine.run_query(ns, body)["rows"]][:1] == [r["id"] for r in got["rows"]][:1]
