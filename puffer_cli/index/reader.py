@@ -528,14 +528,81 @@ def warm(ns, cache: Cache | None = None) -> dict:
     }
 
 
+@dataclass
+class _Answers:
+    """What the index gives for a list of queries: answered fast-path results (None for
+    the queries that need the engine) and the candidate frames of those."""
+
+    prepared: list = field(default_factory=list)
+    parts: list = field(default_factory=list)
+    toks: list = field(default_factory=list)
+    qterms: dict = field(default_factory=dict)
+    stats: object = None
+    exhaustive: int = 0
+    scored: int = 0
+
+
+def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
+    from .. import query as Q
+    from . import topk
+
+    out = _Answers()
+    for i, q in enumerate(queries):
+        L.check_deadline()
+        Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
+        fast = (
+            topk.vector_topk
+            if topk.vector_eligible(view, q)
+            else topk.text_topk
+            if topk.text_eligible(view, q)
+            else None
+        )
+        if fast is not None:
+            res, ex, n = fast(view, q)
+            out.prepared.append(res)
+            out.exhaustive += ex
+            out.scored += n
+            continue
+        out.prepared.append(None)
+        c = view.candidates(q)
+        out.parts.append(c.docs)
+        out.toks.append(c.tokens)
+        for f, ts in c.query_terms.items():
+            out.qterms.setdefault(f, set()).update(ts)
+        out.exhaustive += c.exhaustive
+        if c.bm25_stats is not None:  # same view: per-field stats are identical, union the fields
+            if out.stats is None:
+                out.stats = c.bm25_stats
+            else:
+                out.stats.fields.update(c.bm25_stats.fields)
+    return out
+
+
+def _candidate_frame(view: IndexedView, ans: _Answers) -> tuple[pl.DataFrame, dict]:
+    """One frame of the candidates of every engine-answered query (deduplicated by id), and
+    the analysed tokens of its rows per FTS field."""
+    parts, toks = ans.parts, ans.toks
+    if not parts:
+        return S.align(pl.DataFrame(), view.schema), {}
+    if len(parts) == 1:
+        return parts[0], toks[0]
+    allf = set.intersection(*[set(t) for t in toks]) if all(toks) else set()
+    both = pl.concat(parts, how="vertical").with_row_index("__r")
+    first = both.unique(subset="id", keep="first", maintain_order=True)
+    keep_rows = first["__r"].to_list()
+    tokens = {}
+    for f in allf:
+        flat = [t for tk in toks for t in tk[f]]
+        tokens[f] = [flat[r] for r in keep_rows]
+    return first.drop("__r"), tokens
+
+
 def indexed_source(ns, consistency: str, queries, multi: bool = False):
     """engine.Source for ``queries`` from the index (+ WAL tail when strong), or None
     when the namespace has no index (the engine then replays the WAL).  Plain vector
     and BM25 queries are answered here already (``Source.prepared``, see index/topk.py);
     the others get a candidate frame for the engine."""
-    from .. import query as Q
     from ..scoring import Source
-    from . import topk
 
     cache = get_cache()
     misses0 = cache.stats.misses + cache.stats.ranged_reads
@@ -544,57 +611,14 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
             view = view_for(ns, consistency)
             if view is None:
                 return None
-            parts, stats, exhaustive, toks, qterms = [], None, 0, [], {}
-            prepared: list = []
-            scored = 0
-            for i, q in enumerate(queries):
-                L.check_deadline()
-                Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
-                fast = (
-                    topk.vector_topk
-                    if topk.vector_eligible(view, q)
-                    else topk.text_topk
-                    if topk.text_eligible(view, q)
-                    else None
-                )
-                if fast is not None:
-                    res, ex, n = fast(view, q)
-                    prepared.append(res)
-                    exhaustive += ex
-                    scored += n
-                    continue
-                prepared.append(None)
-                c = view.candidates(q)
-                parts.append(c.docs)
-                toks.append(c.tokens)
-                for f, ts in c.query_terms.items():
-                    qterms.setdefault(f, set()).update(ts)
-                exhaustive += c.exhaustive
-                if c.bm25_stats is not None:  # same view: per-field stats are identical, union the fields
-                    if stats is None:
-                        stats = c.bm25_stats
-                    else:
-                        stats.fields.update(c.bm25_stats.fields)
+            ans = _answer(view, queries, multi)
             break
         except FileNotFoundError:
             if attempt:
                 raise
             GENS.clear()  # a generation collected under us: re-read meta.json once
-    if not parts:
-        docs, tokens = S.align(pl.DataFrame(), view.schema), {}
-    elif len(parts) == 1:
-        docs, tokens = parts[0], toks[0]
-    else:
-        allf = set.intersection(*[set(t) for t in toks]) if all(toks) else set()
-        both = pl.concat(parts, how="vertical").with_row_index("__r")
-        first = both.unique(subset="id", keep="first", maintain_order=True)
-        keep_rows = first["__r"].to_list()
-        docs = first.drop("__r")
-        tokens = {}
-        for f in allf:
-            flat = [t for tk in toks for t in tk[f]]
-            tokens[f] = [flat[r] for r in keep_rows]
-    _seed_postings(docs, {f: t for f, t in tokens.items() if f in qterms}, view.schema, qterms)
+    docs, tokens = _candidate_frame(view, ans)
+    _seed_postings(docs, {f: t for f, t in tokens.items() if f in ans.qterms}, view.schema, ans.qterms)
     fetched = cache.stats.misses + cache.stats.ranged_reads - misses0
     row_bytes = (
         int(docs.estimated_size() / docs.height)
@@ -606,11 +630,11 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
         view.schema,
         view.metric,
         view.seq,
-        bm25_stats=stats,
-        prepared=prepared if any(r is not None for r in prepared) else None,
-        bytes_queried=int(docs.estimated_size()) + scored * row_bytes,
+        bm25_stats=ans.stats,
+        prepared=ans.prepared if any(r is not None for r in ans.prepared) else None,
+        bytes_queried=int(docs.estimated_size()) + ans.scored * row_bytes,
         approx_namespace_size=view.namespace_rows,
-        exhaustive_search_count=exhaustive,
+        exhaustive_search_count=ans.exhaustive,
         cache_temperature="cold" if fetched else "hot",
         cache_hit_ratio=0.0 if fetched else 1.0,
         extra={

@@ -91,22 +91,7 @@ def write_segment(
     BM25 statistics; default all).  The rows are written in the list order of the first
     vector field's IVF, so a list is a contiguous run of rows in every file."""
     name = f"seg-{gen:06d}-{uuid.uuid4().hex[:8]}"
-    vf = D.vector_fields(schema)
-    fits: dict[str, ivf.Fit] = {}
-    if vf:
-        f0 = vf[0]
-        note(progress, f"ivf {f0}", 0, frame.height)
-        mat0 = D.vector_matrix(frame, f0, S.vector_dims(schema[f0]["type"]))
-        fit0 = ivf.fit(
-            mat0,
-            ivf.build_options(schema[f0])["list_rows"],
-            metric,
-            progress=lambda done, total: note(progress, f"ivf {f0}: rows assigned", done, total),
-        )
-        perm = fit0.row_order()
-        frame = frame[pl.Series(perm)]
-        fits[f0] = fit0.permuted(perm)
-        new = new[perm] if new is not None else None
+    frame, fits, new = _in_list_order(frame, schema, metric, progress, new)
     seg: dict = {
         "name": name,
         "generation": gen,
@@ -118,50 +103,78 @@ def write_segment(
         "ann": {},
         "fts": {},
     }
+
+    def key(file: str) -> str:
+        return layout.index_segment_file(ns, gen, name, file)
+
     note(progress, "doc store", 0, frame.height)
-    seg["attrs"] = w.put(layout.index_segment_file(ns, gen, name, D.ATTRS), D.attrs_bytes(frame, schema))
+    seg["attrs"] = w.put(key(D.ATTRS), D.attrs_bytes(frame, schema))
     ids = frame.get_column("id")
     if ids.dtype in (pl.UInt64, pl.Int64) and not ids.null_count():
         kind = "u64" if ids.dtype == pl.UInt64 else "i64"  # fixed width: a cold query reads just its rows' ids
         data = ids.to_numpy().astype("<" + kind[0] + "8").tobytes()
-        seg["ids"] = {**paged.put(w, layout.index_segment_file(ns, gen, name, f"ids.{kind}"), data), "dtype": kind}
-    for f in vf:
-        dims = S.vector_dims(schema[f]["type"])
-        mat = D.vector_matrix(frame, f, dims)
-        key = layout.index_segment_file(ns, gen, name, f"vec-{D.field_tag(f)}.f32")
-        seg["vectors"][f] = {**paged.put(w, key, mat.astype("<f4").tobytes()), "dims": dims}
-        crash("mid_segment")
-        opts = ivf.build_options(schema[f])
-        note(progress, f"ivf {f}", 0, frame.height)
-        fit = fits.get(f) or ivf.fit(mat, opts["list_rows"], metric)
-        route, lists, info = ivf.encode(fit, mat)
-        tag = D.field_tag(f)
-        seg["ann"][f] = {
-            **opts,
-            **info,
-            "route": w.put(layout.index_segment_file(ns, gen, name, f"ivf-{tag}.route.npz"), route),
-            "lists": paged.put(w, layout.index_segment_file(ns, gen, name, f"ivf-{tag}.lists"), lists),
-            "dims": dims,
-            "sig": ann_sig(schema[f], metric),
-        }
-        note(progress, f"ivf {f}", frame.height, frame.height)
+        seg["ids"] = {**paged.put(w, key(f"ids.{kind}"), data), "dtype": kind}
+    for f in D.vector_fields(schema):
+        seg["vectors"][f], seg["ann"][f] = _write_vectors(w, key, frame, f, schema, metric, fits.get(f), progress)
     ftoks = {}
     for f in D.fts_fields(schema):
-        opts = schema[f]["full_text_search"]
-        note(progress, f"fts {f}", 0, frame.height)
-        files, toks = fts.build(frame.get_column(f).to_list(), opts)
-        ftoks[f] = toks
-        prefix = layout.index_segment_file(ns, gen, name, f"fts-{D.field_tag(f)}/")
-        keys = [w.put(prefix + fname, data) for fname, data in files.items()]
-        seg["fts"][f] = {"prefix": prefix, "files": keys, "sig": fts_sig(schema[f])}
-        if fts.pretokenized(opts):
-            seg["fts"][f]["tokens"] = w.put(
-                layout.index_segment_file(ns, gen, name, f"tok-{D.field_tag(f)}.arrow"), fts.tokens_bytes(toks)
-            )
-            seg["fts"][f]["postings"] = w.put(
-                layout.index_segment_file(ns, gen, name, f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks)
-            )
+        seg["fts"][f], ftoks[f] = _write_fts(w, key, frame, f, schema, progress)
     seg["_fts_tokens"] = ftoks
     keep = np.flatnonzero(new) if new is not None else None
     seg["_fts_new"] = {f: t if keep is None else [t[i] for i in keep] for f, t in ftoks.items()}
     return seg
+
+
+def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progress, new):
+    """``frame`` (and ``new``) permuted into the list order of the first vector field's IVF,
+    and that field's fit (already permuted)."""
+    vf = D.vector_fields(schema)
+    if not vf:
+        return frame, {}, new
+    f0 = vf[0]
+    note(progress, f"ivf {f0}", 0, frame.height)
+    mat0 = D.vector_matrix(frame, f0, S.vector_dims(schema[f0]["type"]))
+    fit0 = ivf.fit(
+        mat0,
+        ivf.build_options(schema[f0])["list_rows"],
+        metric,
+        progress=lambda done, total: note(progress, f"ivf {f0}: rows assigned", done, total),
+    )
+    perm = fit0.row_order()
+    return frame[pl.Series(perm)], {f0: fit0.permuted(perm)}, (new[perm] if new is not None else None)
+
+
+def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, progress) -> tuple[dict, dict]:
+    """The f32 vectors and the IVF-SQ8 index of vector field ``f``: (vectors entry, ann entry)."""
+    dims = S.vector_dims(schema[f]["type"])
+    mat = D.vector_matrix(frame, f, dims)
+    vectors = {**paged.put(w, key(f"vec-{D.field_tag(f)}.f32"), mat.astype("<f4").tobytes()), "dims": dims}
+    crash("mid_segment")
+    opts = ivf.build_options(schema[f])
+    note(progress, f"ivf {f}", 0, frame.height)
+    route, lists, info = ivf.encode(fit or ivf.fit(mat, opts["list_rows"], metric), mat)
+    tag = D.field_tag(f)
+    ann = {
+        **opts,
+        **info,
+        "route": w.put(key(f"ivf-{tag}.route.npz"), route),
+        "lists": paged.put(w, key(f"ivf-{tag}.lists"), lists),
+        "dims": dims,
+        "sig": ann_sig(schema[f], metric),
+    }
+    note(progress, f"ivf {f}", frame.height, frame.height)
+    return vectors, ann
+
+
+def _write_fts(w: Writer, key, frame, f: str, schema: dict, progress) -> tuple[dict, list]:
+    """The tantivy index (+ tokens and postings for word tokenizers) of FTS field ``f``."""
+    opts = schema[f]["full_text_search"]
+    note(progress, f"fts {f}", 0, frame.height)
+    files, toks = fts.build(frame.get_column(f).to_list(), opts)
+    prefix = key(f"fts-{D.field_tag(f)}/")
+    entry = {"prefix": prefix, "files": [w.put(prefix + fname, data) for fname, data in files.items()]}
+    entry["sig"] = fts_sig(schema[f])
+    if fts.pretokenized(opts):
+        entry["tokens"] = w.put(key(f"tok-{D.field_tag(f)}.arrow"), fts.tokens_bytes(toks))
+        entry["postings"] = w.put(key(f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks))
+    return entry, toks
