@@ -424,7 +424,8 @@ class Lists:
         self._pos = self._codes = None
         if local is not None:
             n = route.rows
-            raw = np.memmap(local, dtype=np.uint8, mode="r") if n else np.zeros(0, np.uint8)
+            # a plain ndarray over the map: slicing a np.memmap costs a subclass round trip each time
+            raw = np.asarray(np.memmap(local, dtype=np.uint8, mode="r")) if n else np.zeros(0, np.uint8)
             p = 0 if route.implicit else 4 * n
             self._pos = np.arange(n, dtype=np.uint32) if route.implicit else raw[:p].view("<u4")
             self._codes = raw[p:].view(np.int8).reshape(n, route.dims)
@@ -468,16 +469,16 @@ def search(
     qq = route.prepare_query(q)
     qc = route.query_codes(qq)
     runs = route.runs(route.nearest_lists(qq, probe, min_rows=want))
-    pos_parts, score_parts = [], []
-    for p, codes in lists.blocks(runs):
-        if sel is not None:
-            keep = sel[p]
-            if not keep.all():
-                p, codes = p[keep], codes[keep]
-        pos_parts.append(p)
-        score_parts.append(score(route, qc, codes))
-    pos = np.concatenate(pos_parts) if pos_parts else np.zeros(0, np.uint32)
-    sc = np.concatenate(score_parts) if score_parts else np.zeros(0)
+    blocks = lists.blocks(runs)
+    # one SIMD call over the gathered runs: a call per run cost ~15 us of Python each,
+    # 3.6 ms per segment at 1M rows, more than the copy
+    pos = np.concatenate([p for p, _c in blocks]) if blocks else np.zeros(0, np.uint32)
+    codes = np.concatenate([c for _p, c in blocks]) if blocks else np.zeros((0, route.dims), np.int8)
+    if sel is not None and len(pos):
+        keep = sel[pos]
+        if not keep.all():
+            pos, codes = pos[keep], codes[keep]
+    sc = score(route, qc, codes)
     scanned = int(sum(b - a for a, b in runs))
     if len(pos) > want:
         pos = pos[np.argpartition(sc, want - 1)[:want]]

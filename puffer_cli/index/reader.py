@@ -362,7 +362,9 @@ class IndexedView:
             nn = norms[pos] if len(pos) < seg.rows else norms
             den = nn * float(np.linalg.norm(q))
             with np.errstate(invalid="ignore", divide="ignore"):
-                d = np.where(den > 0, 1.0 - (x @ q) / den, 1.0)  # a zero vector is at distance 1 (engine)
+                # einsum, not BLAS: a threaded sgemv here took 10 ms for 20k rows under load
+                dots = np.einsum("ij,j->i", x, np.asarray(q, dtype=x.dtype))
+                d = np.where(den > 0, 1.0 - dots / den, 1.0)  # a zero vector is at distance 1 (engine)
         d = np.where(np.isnan(d), np.inf, d)  # rows without this vector
         kk = min(k, len(d))
         if kk == 0:
