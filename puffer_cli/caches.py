@@ -61,6 +61,10 @@ class LRU:
         with self._lock:
             self._d.clear()
 
+    def values(self) -> list[Any]:
+        with self._lock:
+            return list(self._d.values())
+
     def __len__(self) -> int:
         return len(self._d)
 

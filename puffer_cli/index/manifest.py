@@ -12,24 +12,24 @@ from __future__ import annotations
 
 import json
 
+from .. import caches
 from ..errors import CorruptNamespace
 from ..store import Store
 from . import ivf
 
-MANIFESTS: dict[tuple[str, str], dict] = {}
+#: parsed manifests (immutable), keyed (store url, namespace, manifest key)
+MANIFESTS = caches.lru("index.manifests", 256)
 
 
 def load_manifest(store: Store, key: str) -> dict:
     """A manifest (immutable: cached in-process by key). Every reader of manifests goes
     through here: a missing one raises FileNotFoundError (a generation collected under a
     reader), an undecodable one :class:`CorruptNamespace` naming the key."""
-    ck = (store.url, key)
+    ck = (store.url, key.split("/", 1)[0], key)
     m = MANIFESTS.get(ck)
     if m is None:
         m = parse_manifest(store.read(key), key)
-        if len(MANIFESTS) > 256:
-            MANIFESTS.clear()
-        MANIFESTS[ck] = m
+        MANIFESTS.put(ck, m)
     return m
 
 

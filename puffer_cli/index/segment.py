@@ -15,6 +15,7 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
+from .. import caches
 from .. import limits as L
 from .. import schema as S
 from ..cache import Cache, get_cache
@@ -364,15 +365,14 @@ class Generation:
         return list(self.man.get("files", []))
 
 
-GENS: dict[tuple[str, str, str], Generation] = {}
-GENS_LOCK = threading.Lock()
+#: opened generations, keyed (store url, namespace, manifest key, cache root)
+GENS = caches.lru("index.generations", 32)
 
 
 def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Generation:
     cache = cache or get_cache()
-    key = (store.url, ptr["manifest"], str(cache.root))
-    with GENS_LOCK:
-        g = GENS.get(key)
+    key = (store.url, ptr["manifest"].split("/", 1)[0], ptr["manifest"], str(cache.root))
+    g = GENS.get(key)
     if g is None:
         # one round trip when cold: the manifest and the keys the pointer names (IVF routes,
         # tombstones) at once; the routes and tombstones land in the cache for the segments
@@ -381,10 +381,7 @@ def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Gene
         fns += [lambda k=k: prefetch(cache, store, k) for k in pre if not cache.has(store, k)]
         man = R.parallel(fns, store.is_remote)[0]
         g = Generation(store, cache, man, ptr["manifest"])
-        with GENS_LOCK:
-            if len(GENS) > 32:
-                GENS.clear()
-            GENS[key] = g
+        GENS.put(key, g)
     return g
 
 
@@ -398,8 +395,5 @@ def prefetch(cache: Cache, store: Store, key: str) -> None:
 def forget(store: Store, name: str) -> None:
     """Drop this process's opened generations and tails of namespace ``name`` (the
     server calls it when it evicts a namespace from its working set)."""
-    prefix = f"{name}/"
-    with GENS_LOCK:
-        for k in [k for k in GENS if k[0] == store.url and k[1].startswith(prefix)]:
-            del GENS[k]
+    GENS.forget(store.url, name)
     forget_tails(store, name)

@@ -6,15 +6,14 @@ advanced incrementally to the head.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
+from .. import caches, replay
 from .. import limits as L
-from .. import replay
 from .. import schema as S
 from ..store import Store
 from . import docs as D
@@ -35,16 +34,15 @@ class Tail:
     checked_at: float = field(default_factory=time.monotonic)  # when the WAL head was last listed for it
 
 
-TAILS: dict[tuple, Tail] = {}
-TAILS_LOCK = threading.Lock()
+#: tails, keyed (store url, namespace, manifest key)
+TAILS = caches.lru("index.tails", 64)
 
 
 def tail_for(ns, gen, head) -> Tail:
     """The tail at ``head.seq`` (incremental from this process's cached tail) over
     ``gen`` (a :class:`reader.Generation`: its ``lookup`` finds the index rows an entry touches)."""
     key = (ns.store.url, ns.name, gen.manifest_key)
-    with TAILS_LOCK:
-        t = TAILS.get(key)
+    t = TAILS.get(key)
     if t is not None and t.seq == head.seq:
         t.checked_at = time.monotonic()
         return t
@@ -91,23 +89,17 @@ def tail_for(ns, gen, head) -> Tail:
     flush()
     sup = pl.concat([S.align(p, schema) for p in sup_parts], how="vertical") if sup_parts else None
     t = Tail(seq, schema, metric, S.align(docs, schema), hidden, sup, touched)
-    with TAILS_LOCK:
-        if len(TAILS) > 64:
-            TAILS.clear()
-        TAILS[key] = t
+    TAILS.put(key, t)
     return t
 
 
 def cached_tail(ns, gen, max_age_s: float) -> Tail | None:
     """This process's tail over ``gen`` if the WAL head was listed for it less than
     ``max_age_s`` ago (eventual consistency serves it without listing), else None."""
-    with TAILS_LOCK:
-        t = TAILS.get((ns.store.url, ns.name, gen.manifest_key))
+    t = TAILS.get((ns.store.url, ns.name, gen.manifest_key))
     return t if t is not None and time.monotonic() - t.checked_at < max_age_s else None
 
 
 def forget_tails(store: Store, name: str) -> None:
     """Drop this process's cached tails of namespace ``name``."""
-    with TAILS_LOCK:
-        for k in [k for k in TAILS if k[0] == store.url and k[1] == name]:
-            del TAILS[k]
+    TAILS.forget(store.url, name)
