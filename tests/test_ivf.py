@@ -74,6 +74,7 @@ def test_rows_without_a_vector_are_left_out():
     pos = np.frombuffer(lists_b[: 4 * r.rows], dtype="<u4")
     assert info["vectors"] == r.rows == 498 and 7 not in pos and 9 not in pos
     assert sorted(pos.tolist()) == [i for i in range(500) if i not in (7, 9)]
+    assert r.unindexed.tolist() == [9]  # the zero vector ranks at distance 1; row 7 has no vector
     empty_r, empty_l, empty_i = ivf.build(np.full((3, 4), np.nan, np.float32), 16, "cosine_distance")
     r0 = ivf.Route(empty_r, 4, "cosine_distance")
     assert empty_i["vectors"] == 0 and r0.nlist == 0 and empty_l == b""

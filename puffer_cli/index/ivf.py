@@ -302,6 +302,9 @@ def encode(f: Fit, mat: np.ndarray) -> tuple[bytes, bytes, dict]:
         coarse=(book.coarse if book is not None else empty).astype("<f4"),
         bounds=book.bounds if book is not None else np.zeros(1, np.int64),
         implicit=np.bool_(implicit),
+        # rows with a vector left out of the lists (zero vectors under cosine): they rank at
+        # distance 1, so readers add them as candidates without reading the vectors file
+        unindexed=np.flatnonzero(~valid & ~np.isnan(mat).any(axis=1)).astype("<u4") if len(mat) else np.zeros(0, "<u4"),
     )
     info = {"vectors": int(len(pos)), "lists_n": int(nlist), "max_list": int(counts.max()) if nlist else 0}
     return route.getvalue(), lists, info
@@ -322,6 +325,7 @@ class Route:
         self.offsets = np.asarray(z["offsets"], dtype=np.int64)
         self.scale = float(z["scale"])
         self.implicit = bool(z["implicit"]) if "implicit" in z.files else False
+        self.unindexed = np.asarray(z["unindexed"], dtype=np.int64) if "unindexed" in z.files else None
         self.dims = dims
         self.cosine = (metric or "cosine_distance") == "cosine_distance"
         c32 = self.centroids.astype(np.float32)

@@ -217,6 +217,9 @@ class Segment:
         m = self.meta.get("ann", {}).get(f)
         if m is None or int(m.get("vectors", self.rows)) >= self.rows:
             return np.zeros(0, np.int64)
+        iv = self.ivf(f)
+        if iv is not None and iv[0].unindexed is not None:
+            return iv[0].unindexed  # recorded at build time: no need for the vectors file
         with self._lock:
             if ("zero", f) not in self._norms:
                 n = self.norms(f)
