@@ -108,9 +108,11 @@ def _ids(df: pl.DataFrame) -> list:
     return df.get_column("id").to_list()
 
 
-def plan(
-    req: Mapping[str, Any], snap: Snapshot, *, copy_source: Callable[[str], tuple[dict, pl.DataFrame]] | None = None
-) -> Plan:
+CopySource = Callable[[Any], tuple]
+"""``copy_source(copy_from_namespace) -> (schema, docs[, metric])``."""
+
+
+def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: CopySource | None = None) -> Plan:
     """The steps, in the order of the module docstring: the request's shape and names
     (:func:`_check_request`), the declared schema and the metric, then each section
     (:class:`_Planner`), then the checks on the result."""
@@ -197,11 +199,20 @@ class _Planner:
         self.ops.append(Op(kind, df))
         self.counts[counted] += _ids(df)
 
+    def existing(self, df: pl.DataFrame) -> pl.DataFrame:
+        """The rows of ``df`` whose id names a document that exists (as of the snapshot plus
+        the ops planned so far): patches and deletes of other ids are no-ops, and are
+        neither written nor counted in ``rows_patched`` / ``patched_ids`` (as turbopuffer)."""
+        cur = self.current()
+        if not cur.width or not df.height:
+            return df.clear()
+        return df.filter(pl.col("id").is_in(cur.get_column("id").implode()))
+
     def condition(self, df: pl.DataFrame, cond: Any, need_existing: bool) -> pl.DataFrame:
         """The rows of ``df`` whose condition holds against the current document (with
         ``$ref_new`` the new row's values); ``need_existing``: a missing document fails it."""
         if cond is None:
-            return df
+            return self.existing(df) if need_existing else df
         schema = self.schema
         cur = self.current()
         expr = F.compile_filter(cond, schema, ref_new_prefix=NEW)
@@ -255,12 +266,23 @@ class _Planner:
             self.ops.append(Op("patch", self.typed(df)))
         self.counts["patched"] += hit.to_list()
 
-    def copy_from(self, copy_source: Callable[[str], tuple[dict, pl.DataFrame]] | None) -> None:
+    def copy_from(self, copy_source: CopySource | None) -> None:
+        """The source's documents are upserted, its schema merged and its distance metric
+        kept: ``copy_source(name)`` returns ``(schema, docs)`` or ``(schema, docs, metric)``;
+        a metric that differs from the destination's (or the request's) is refused."""
         if self.req.get("copy_from_namespace") is None:
             return
         if copy_source is None:
             raise InvalidRequest("copy_from_namespace is not available here")
-        src_schema, src_docs = copy_source(self.req["copy_from_namespace"])
+        got = copy_source(self.req["copy_from_namespace"])
+        src_schema, src_docs = got[0], got[1]
+        src_metric = got[2] if len(got) > 2 else None
+        if src_metric is not None:
+            if self.metric is not None and self.metric != src_metric:
+                raise InvalidRequest(
+                    f"copy_from_namespace: the source's distance_metric is {src_metric}, this namespace's is {self.metric}"
+                )
+            self.metric = src_metric
         for k, spec in src_schema.items():
             if k in self.schema and self.schema[k]["type"] != spec["type"]:
                 raise SchemaError(
@@ -351,9 +373,9 @@ class _Planner:
             "rows_patched": len(counts["patched"]),
             "rows_deleted": len(counts["deleted"]),
         }
-        if req.get("return_affected_ids"):
-            result["upserted_ids"] = counts["upserted"]
-            result["patched_ids"] = counts["patched"]
-            result["deleted_ids"] = counts["deleted"]
+        if req.get("return_affected_ids"):  # empty lists are omitted, as turbopuffer
+            for k in ("upserted", "patched", "deleted"):
+                if counts[k]:
+                    result[f"{k}_ids"] = counts[k]
         ops = [op for op in self.ops if op.table.height]
         return Plan(ops, schema, metric, self.changed or schema != self.snap.schema, result)

@@ -245,3 +245,38 @@ def test_group_commit_isolates_a_body_that_hits_a_bug(mem_db, monkeypatch):
     assert isinstance(out[1], PufferError) and out[1].status == 500 and "RuntimeError" in str(out[1])
     assert out[0]["status"] == out[2]["status"] == "OK"
     assert ns.head().seq == 1 and sorted(ns.docs()[0]["id"].to_list()) == [1, 2]
+
+
+def test_affected_ids_count_only_existing_and_omit_empty(db):
+    ns = db.namespace("aff")
+    ns.write({"upsert_rows": [{"id": 1, "n": 1}, {"id": 2, "n": 2}]})
+    r = ns.write(
+        {"patch_rows": [{"id": 1, "n": 5}, {"id": 99, "n": 5}], "deletes": [2, 77], "return_affected_ids": True}
+    )
+    assert r["patched_ids"] == [1] and r["deleted_ids"] == [2]
+    assert (r["rows_patched"], r["rows_deleted"], r["rows_affected"]) == (1, 1, 2)
+    assert "upserted_ids" not in r  # empty lists are omitted
+    r = ns.write({"patch_columns": {"id": [2, 3], "n": [0, 0]}, "deletes": [2], "return_affected_ids": True})
+    assert r["rows_affected"] == 0 and not {"upserted_ids", "patched_ids", "deleted_ids"} & set(r)
+    assert rows(ns) == {1: {"id": 1, "n": 5}}
+
+
+def test_copy_from_namespace_keeps_the_metric(db):
+    src = db.namespace("src-euc")
+    src.write({"upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}], "distance_metric": "euclidean_squared"})
+
+    def source(name):
+        docs, head = db.namespace(name).docs()
+        return head.schema, docs, head.metric
+
+    dst = db.namespace("dst-euc")
+    r = dst.write({"copy_from_namespace": "src-euc"}, copy_source=source)
+    assert r["rows_upserted"] == 1 and dst.head().metric == "euclidean_squared"
+    other = db.namespace("dst-cos")
+    other.write({"upsert_rows": [{"id": 5, "vector": [0.0, 1.0]}], "distance_metric": "cosine_distance"})
+    with pytest.raises(Exception, match="distance_metric"):
+        other.write({"copy_from_namespace": "src-euc"}, copy_source=source)
+    with pytest.raises(Exception, match="distance_metric"):
+        db.namespace("dst-x").write(
+            {"copy_from_namespace": "src-euc", "distance_metric": "cosine_distance"}, copy_source=source
+        )
