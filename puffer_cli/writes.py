@@ -173,6 +173,15 @@ class _Planner:
             self.changed = new != self.schema
             self.schema = new
         self.metric = _metric(req, snap.metric)
+        for k, spec in (declared or {}).items():
+            m = (spec.get("ann") or {}).get("distance_metric") if isinstance(spec.get("ann"), dict) else None
+            if m is not None:  # turbopuffer's per-attribute metric: puffer's is per namespace
+                if self.metric is not None and self.metric != m:
+                    raise InvalidRequest(
+                        f"schema {k!r}: ann distance_metric {m} differs from the namespace's {self.metric}",
+                        hint="puffer has one distance metric per namespace",
+                    )
+                self.metric = m
         self.ops: list[Op] = []
         self.counts: dict[str, list[Any]] = {"upserted": [], "patched": [], "deleted": []}
         self._base: pl.DataFrame | None = None
@@ -280,7 +289,8 @@ class _Planner:
         if src_metric is not None:
             if self.metric is not None and self.metric != src_metric:
                 raise InvalidRequest(
-                    f"copy_from_namespace: the source's distance_metric is {src_metric}, this namespace's is {self.metric}"
+                    f"copy_from_namespace: the source's distance_metric is {src_metric}, "
+                    f"this namespace's is {self.metric}"
                 )
             self.metric = src_metric
         for k, spec in src_schema.items():

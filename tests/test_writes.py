@@ -280,3 +280,42 @@ def test_copy_from_namespace_keeps_the_metric(db):
         db.namespace("dst-x").write(
             {"copy_from_namespace": "src-euc", "distance_metric": "cosine_distance"}, copy_source=source
         )
+
+
+def test_schema_options_as_turbopuffer(db):
+    from puffer_cli import schema as S
+    from puffer_cli.index import ivf
+
+    assert S.IVF_BOUNDS == ivf.BOUNDS  # schema repeats the index's bounds (layers)
+    ns = db.namespace("opts")
+    r = ns.write(
+        {
+            "upsert_rows": [{"id": 1, "v": [1.0, 0.0], "t": "hello"}],
+            "schema": {
+                "v": {"type": "[2]f32", "ann": {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5}},
+                "t": {"type": "string", "glob": True, "regex": True, "fuzzy": True},
+            },
+        }
+    )
+    assert r["rows_upserted"] == 1
+    h = ns.head()
+    assert h.metric == "euclidean_squared"
+    assert h.schema["v"]["ann"] == {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5}
+    assert (h.schema["t"]["glob"], h.schema["t"]["regex"], h.schema["t"]["fuzzy"]) == (True, True, True)
+    assert ivf.options(h.schema["v"])["probe"] == 0.2
+    bad = [
+        ({"v": {"type": "[2]f32", "ann": {"distance_metric": "cosine_distance"}}}, "differs"),
+        ({"v": {"type": "[2]f32", "ann": {"probe": 0}}}, "probe"),
+        ({"v": {"type": "[2]f32", "ann": {"probe": 1.5}}}, "probe"),
+        ({"v": {"type": "[2]f32", "ann": {"list_rows": 8}}}, "list_rows"),
+        ({"v": {"type": "[2]f32", "ann": {"rerank": True}}}, "rerank"),
+        ({"v": {"type": "[2]f32", "ann": {"distance_metric": "dot"}}}, "distance_metric"),
+        ({"v": {"type": "[2]f32", "ann": {"late_interaction": True}}}, "late_interaction"),
+        ({"s": {"type": "{}f16", "sparse_knn": {"distance_metric": "dot_product"}}}, "sparse"),
+        ({"t": {"type": "string", "embed": "model"}}, "embed"),
+        ({"n": {"type": "int", "glob": True}}, "glob"),
+        ({"t": {"type": "string", "fuzzy": 1}}, "fuzzy"),
+    ]
+    for schema, msg in bad:
+        with pytest.raises(Exception, match=msg):
+            ns.write({"schema": schema})
