@@ -66,7 +66,7 @@ def test_schema_options_and_word_v4_and_fuzzy(ns):
 
 @pytest.mark.xfail(reason="needs server.copy_source to return (schema, docs, head.metric): H6's file", strict=False)
 def test_copy_from_namespace_keeps_metric(tp, ns):
-    ns.write(upsert_rows=[{"id": 1, "v": [1.0, 0.0]}], distance_metric="euclidean_squared")
+    ns.write(upsert_rows=[{"id": 1, "v": [1.0, 0.0]}], distance_metric="euclidean_squared", schema={"v": "[2]f32"})
     dst = tp.namespace(ns.id + "-copy")
     dst.write(copy_from_namespace=ns.id)
     r = dst.query(rank_by=("v", "ANN", [1.0, 1.0]), top_k=1)
