@@ -55,7 +55,14 @@ WRITE_KEYS = {
     "disable_backpressure",
     "encryption",
     "delete_by_filter_allow_partial",
+    "patch_by_filter_allow_partial",
 }
+# turbopuffer's limits on filter writes (docs "Limits": patch by filter 50k rows; delete by
+# filter 5M): past one, the write is refused (400) unless ``*_allow_partial`` is true; then
+# the first that many matching documents (in id order) are written and the response says
+# ``rows_remaining: true`` (run the write again for the rest)
+MAX_PATCH_BY_FILTER_ROWS = 50_000
+MAX_DELETE_BY_FILTER_ROWS = 5_000_000
 NEW = "__new__"
 DATA_KEYS = (
     "upsert_rows",
@@ -185,6 +192,7 @@ class _Planner:
         self.ops: list[Op] = []
         self.counts: dict[str, list[Any]] = {"upserted": [], "patched": [], "deleted": []}
         self._base: pl.DataFrame | None = None
+        self.remaining = False  # a filter write with *_allow_partial left matching rows
 
     # -- helpers ---------------------------------------------------------------
     def current(self) -> pl.DataFrame:
@@ -241,6 +249,23 @@ class _Planner:
         keep = j.filter(ok).get_column("__row")
         return df.with_row_index("__row").filter(pl.col("__row").is_in(keep.implode())).drop("__row")
 
+    def bounded(self, hit: pl.Series, key: str, limit: int) -> pl.Series:
+        """The ids a filter write touches, within its limit (see MAX_*_BY_FILTER_ROWS)."""
+        partial = self.req.get(f"{key}_allow_partial")
+        if partial is not None and not isinstance(partial, bool):
+            raise InvalidRequest(f"{key}_allow_partial must be true or false")
+        if partial:
+            self.remaining = self.remaining or len(hit) > limit
+        if len(hit) <= limit:
+            return hit
+        if not partial:
+            raise InvalidRequest(
+                f"{key} matches {len(hit):,} documents, more than the {limit:,} one write may touch "
+                f"(set {key}_allow_partial: true to write the first {limit:,})",
+                hint="then the response says rows_remaining: true; repeat the write for the rest",
+            )
+        return hit.sort().head(limit)
+
     # -- the sections, in order -------------------------------------------------
     def delete_by_filter(self) -> None:
         if self.req.get("delete_by_filter") is None:
@@ -248,7 +273,8 @@ class _Planner:
         expr = F.compile_filter(self.req["delete_by_filter"], self.schema)
         cur = self.current()
         if cur.width:
-            self.add("delete", cur.filter(expr).select("id"), "deleted")
+            hit = self.bounded(cur.filter(expr).get_column("id"), "delete_by_filter", MAX_DELETE_BY_FILTER_ROWS)
+            self.add("delete", hit.to_frame(), "deleted")
 
     def patch_by_filter(self) -> None:
         pbf = self.req.get("patch_by_filter")
@@ -269,6 +295,7 @@ class _Planner:
         one, inf = S.frame_from_columns({k: [v] for k, v in patch.items()}, self.schema, partial=True)
         cur = self.current()
         hit = cur.filter(expr).get_column("id") if cur.width else pl.Series("id", [])
+        hit = self.bounded(hit, "patch_by_filter", MAX_PATCH_BY_FILTER_ROWS)
         if len(hit):
             self.add_schema(inf)
             df = one[[0] * len(hit)].with_columns(hit.alias("id")) if one.width else hit.to_frame()
@@ -383,6 +410,8 @@ class _Planner:
             "rows_patched": len(counts["patched"]),
             "rows_deleted": len(counts["deleted"]),
         }
+        if req.get("delete_by_filter_allow_partial") or req.get("patch_by_filter_allow_partial"):
+            result["rows_remaining"] = self.remaining
         if req.get("return_affected_ids"):  # empty lists are omitted, as turbopuffer
             for k in ("upserted", "patched", "deleted"):
                 if counts[k]:

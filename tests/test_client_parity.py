@@ -71,3 +71,14 @@ def test_copy_from_namespace_keeps_metric(tp, ns):
     dst.write(copy_from_namespace=ns.id)
     r = dst.query(rank_by=("v", "ANN", [1.0, 1.0]), top_k=1)
     assert r.rows[0]["$dist"] == pytest.approx(1.0)
+
+
+def test_patch_by_filter_allow_partial(ns, monkeypatch):
+    from puffer_cli import writes
+
+    monkeypatch.setattr(writes, "MAX_PATCH_BY_FILTER_ROWS", 2)
+    ns.write(upsert_rows=[{"id": i, "n": i} for i in range(5)])
+    with pytest.raises(turbopuffer.BadRequestError, match="allow_partial"):
+        ns.write(patch_by_filter={"filters": ("n", "Gte", 0), "patch": {"n": -1}})
+    r = ns.write(patch_by_filter={"filters": ("n", "Gte", 0), "patch": {"n": -1}}, patch_by_filter_allow_partial=True)
+    assert r.rows_patched == 2 and r.rows_remaining is True

@@ -319,3 +319,26 @@ def test_schema_options_as_turbopuffer(db):
     for schema, msg in bad:
         with pytest.raises(Exception, match=msg):
             ns.write({"schema": schema})
+
+
+def test_filter_write_limits_and_allow_partial(db, monkeypatch):
+    from puffer_cli import writes
+
+    monkeypatch.setattr(writes, "MAX_PATCH_BY_FILTER_ROWS", 3)
+    monkeypatch.setattr(writes, "MAX_DELETE_BY_FILTER_ROWS", 4)
+    ns = db.namespace("lim")
+    ns.write({"upsert_rows": [{"id": i, "n": i} for i in range(10)]})
+    pbf = {"filters": ["n", "Gte", 0], "patch": {"tag": "x"}}
+    with pytest.raises(Exception, match="patch_by_filter_allow_partial"):
+        ns.write({"patch_by_filter": pbf})
+    r = ns.write({"patch_by_filter": pbf, "patch_by_filter_allow_partial": True})
+    assert r["rows_patched"] == 3 and r["rows_remaining"] is True
+    assert [i for i, d in rows(ns).items() if d["tag"] == "x"] == [0, 1, 2]
+    r = ns.write({"patch_by_filter": {**pbf, "filters": ["n", "Gte", 8]}, "patch_by_filter_allow_partial": True})
+    assert r["rows_patched"] == 2 and r["rows_remaining"] is False
+    with pytest.raises(Exception, match="delete_by_filter_allow_partial"):
+        ns.write({"delete_by_filter": ["n", "Gte", 0]})
+    r = ns.write({"delete_by_filter": ["n", "Gte", 0], "delete_by_filter_allow_partial": True})
+    assert r["rows_deleted"] == 4 and r["rows_remaining"] is True
+    assert sorted(rows(ns)) == [4, 5, 6, 7, 8, 9]
+    assert "rows_remaining" not in ns.write({"delete_by_filter": ["n", "Eq", 9]})
