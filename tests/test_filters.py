@@ -788,3 +788,40 @@ def test_fuzzy_filter(db):
     ns.write({"upsert_rows": [{"id": 9, "plain": "turbopuffer"}]})
     with pytest.raises(InvalidFilter, match="fuzzy"):
         ids(["plain", "Fuzzy", "turbopuffer", med])
+
+
+def test_fuzzy_and_word_v4_through_an_index(db):
+    """The indexed paths take these forms too (the filter runs on the index's candidates,
+    word_v4 is the tantivy index's analyzer): same rows as the exact engine."""
+    import numpy as np
+    from puffer_cli import engine
+    from puffer_cli.index import builder
+
+    ns = db.namespace("fzix")
+    rng = np.random.default_rng(0)
+    names = ["turbopuffer", "turbopufer", "other", "tuna"] * 25
+    ns.write(
+        {
+            "upsert_rows": [
+                {"id": i, "v": rng.random(4).tolist(), "name": names[i], "t": "I can't stop" if i % 2 else "you can"}
+                for i in range(100)
+            ],
+            "schema": {
+                "v": {"type": "[4]f32", "ann": {"probe": 1.0}},
+                "name": {"type": "string", "fuzzy": True},
+                "t": {"type": "string", "full_text_search": {"tokenizer": "word_v4"}},
+            },
+        }
+    )
+    builder.index_namespace(ns, gc_grace_s=0, threads=1)
+    ns.write({"upsert_rows": [{"id": 1000, "v": [0.5] * 4, "name": "turbopuffer", "t": "can't"}]})
+    med = {"max_edit_distance": [{"distance": 1, "min_query_chars": 6}]}
+    fz = ["name", "Fuzzy", "turbopuffer", med]
+    near = {i for i in range(100) if names[i].startswith("turbopuf")} | {1000}
+    odd = {i for i in range(100) if i % 2} | {1000}
+    for q, want in [
+        ({"rank_by": ["v", "ANN", [0.5] * 4], "filters": fz}, near),
+        ({"rank_by": ["t", "BM25", "can't"]}, odd),
+        ({"rank_by": ["t", "BM25", "can't"], "filters": fz}, near & odd),
+    ]:
+        assert {r["id"] for r in engine.run_query(ns, {**q, "top_k": 1000})["rows"]} == want
