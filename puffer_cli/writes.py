@@ -16,6 +16,11 @@ Before any of that, cheaply: the nesting depth of every data section
 body with 10,000 new attributes is refused before a frame is built.  The value
 rules themselves live in :mod:`puffer_cli.schema`.
 
+Patches and deletes by id touch (and count, in ``rows_patched`` / ``patched_ids`` etc.)
+only documents that exist, as turbopuffer: so they read the documents at the snapshot
+(the namespace's in-process replay cache; measured 0.1 s cold / 0.01 s warm for 200k
+documents in 20 entries).  Upserts never read them.
+
 On a namespace that has no documents (it does not exist yet), ``delete_by_filter``,
 ``patch_by_filter`` and ``deletes`` match nothing: the filter is still validated,
 and the write is a no-op that creates nothing (turbopuffer creates a namespace with
