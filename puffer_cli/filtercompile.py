@@ -16,7 +16,7 @@ from puffer_cli import text as _text
 from puffer_cli.attrs import DATETIME_MS, parse_datetime_ms
 from puffer_cli.errors import InvalidFilter
 from puffer_cli.filterparse import ANY_CMP, CMP, NEG, TOKEN_OPS, Ctx, ref_name, show
-from puffer_cli.filtertext import check_regex, glob_to_regex, rust_escape, token_matcher
+from puffer_cli.filtertext import check_regex, fuzzy_distance, fuzzy_matcher, glob_to_regex, rust_escape, token_matcher
 
 _SCALAR_TYPES = ("string", "int", "uint", "float", "bool", "datetime", "uuid")
 _VECTOR_RE = re.compile(r"^\[(\d+)\]f(16|32)$")
@@ -201,6 +201,8 @@ class Compiler:
             )
 
         col = self.cols.get(attr, t)
+        if pos == "Fuzzy":
+            return self.fuzzy(attr, spec, t, col, value, params, ctx)
         if pos == "Eq" and value is None:
             return col.is_null()
 
@@ -274,6 +276,9 @@ class Compiler:
         elif pos in ("Glob", "IGlob", "Regex"):
             if not isinstance(value, str):
                 raise ctx.fail(f"{op} needs a pattern string, got {show(value)}")
+        elif pos == "Fuzzy":
+            if not isinstance(value, str):
+                raise ctx.fail(f"{op} needs a query string, got {show(value)}")
         elif pos != "Eq" and value is None:
             raise ctx.fail(f"{op} needs a value, got null (only Eq/NotEq/In accept null)")
         elif pos != "Eq" and isinstance(value, (list, tuple)):
@@ -403,6 +408,19 @@ class Compiler:
         x = _canon(col, t)
         e = {"Eq": x == y, "Lt": x < y, "Lte": x <= y, "Gt": x > y, "Gte": x >= y}[pos]
         return e.fill_null(False)
+
+    def fuzzy(self, attr, spec, t, col, value, params, ctx) -> pl.Expr:
+        """turbopuffer's Fuzzy filter: needs a string / []string attribute declared with
+        ``fuzzy: true``; whole-value Levenshtein distance (filtertext.fuzzy_matcher)."""
+        if t not in ("string", "[]string"):
+            raise ctx.fail(f"Fuzzy needs a string attribute; {show(attr)} is {t}")
+        d = fuzzy_distance(params, value, "Fuzzy", ctx)
+        if not spec.get("fuzzy"):
+            raise ctx.fail(f'Fuzzy needs "fuzzy": true in the schema of attribute {show(attr)}')
+        if d is None:
+            return pl.lit(False)
+        fn = fuzzy_matcher(value, d, params.get("case_sensitive", True))
+        return col.map_batches(fn, return_dtype=pl.Boolean, is_elementwise=True).fill_null(False)
 
     # -- token operators ---------------------------------------------------------
     def token_op(self, attr, spec, pos, value, params, ctx):

@@ -26,7 +26,7 @@ NEG = {
 CMP = ("Lt", "Lte", "Gt", "Gte")
 ANY_CMP = {"AnyLt": "Lt", "AnyLte": "Lte", "AnyGt": "Gt", "AnyGte": "Gte"}
 TOKEN_OPS = ("ContainsAllTokens", "ContainsAnyToken", "ContainsTokenSequence")
-_POSITIVE = ("Eq", "In", *CMP, "Glob", "IGlob", "Regex", "Contains", "ContainsAny", *ANY_CMP, *TOKEN_OPS)
+_POSITIVE = ("Eq", "In", *CMP, "Glob", "IGlob", "Regex", "Fuzzy", "Contains", "ContainsAny", *ANY_CMP, *TOKEN_OPS)
 OPERATORS: tuple[str, ...] = _POSITIVE + tuple(NEG)
 CONNECTIVES = ("And", "Or", "Not")
 
@@ -158,7 +158,7 @@ def check_limits(f: Any) -> None:
                     "MAX_PATTERN_CHARS",
                     "use a shorter pattern",
                 )
-            if pos in TOKEN_OPS and isinstance(v, (str, list, tuple)):
+            if pos in (*TOKEN_OPS, "Fuzzy") and isinstance(v, (str, list, tuple)):
                 n = len(v) if isinstance(v, str) else sum(len(x) for x in v if isinstance(x, str))
                 if n > _limits.MAX_QUERY_TEXT_CHARS:
                     raise _too_big(
@@ -218,6 +218,15 @@ def parse_node(f: Any):
         hint = f' (did you mean "{known[close[0]]}"?)' if close else ""
         raise ctx.fail(f"unknown operator {show(op)}{hint}")
     params: dict = {}
+    if op == "Fuzzy":
+        if len(f) != 4 or not isinstance(f[3], Mapping) or set(f[3]) - {"max_edit_distance", "case_sensitive"}:
+            raise ctx.fail(
+                'Fuzzy takes [attr, "Fuzzy", "text", {"max_edit_distance": [{"distance": d, "min_query_chars": n}], '
+                '"case_sensitive"?: bool}]'
+            )
+        if not isinstance(f[3].get("case_sensitive", True), bool):
+            raise ctx.fail(f"Fuzzy case_sensitive must be true or false, got {show(f[3]['case_sensitive'])}")
+        return ("leaf", attr, op, value, dict(f[3]), f)
     if len(f) == 4:
         if op not in ("ContainsAllTokens", "ContainsAnyToken"):
             raise ctx.fail(f"expected [attr, op, value], got 4 elements ({op} takes no options)")

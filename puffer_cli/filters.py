@@ -26,6 +26,13 @@ Glob / IGlob (+ Not*)       Unix glob anchored at both ends: ``*`` any run, ``?`
                             ``[]string``: any element matches.
 Regex                       unanchored regex search, Rust ``regex`` syntax (no
                             look-around / backrefs).  On ``[]string``: any element.
+Fuzzy                       ``[attr, "Fuzzy", "text", {"max_edit_distance": [{"distance":
+                            d, "min_query_chars": n}, ...], "case_sensitive"?: true}]``:
+                            the whole value (``[]string``: any element) is within ``d``
+                            Levenshtein edits of ``text``, ``d`` from the largest ``n``
+                            ``len(text)`` reaches (shorter than every ``n``: no match;
+                            ``n >= 3 (d + 1)``, ``d <= 4``).  Needs ``fuzzy: true`` in the
+                            schema.  Python per distinct value (like the token operators).
 Contains / NotContains      ``[]T`` only: some element equals ``v`` (a scalar).
 ContainsAny / NotCont.Any   ``[]T`` only: some element is in ``v`` (a list).
 AnyLt/AnyLte/AnyGt/AnyGte   ``[]T`` only: some element compares so with ``v``.

@@ -1,8 +1,10 @@
 """Text matching for filters: Unix globs -> anchored Rust regexes, regex checks in
 polars' engine, and the token operators' batch matchers (ContainsAllTokens,
-ContainsAnyToken, ContainsTokenSequence)."""
+ContainsAnyToken, ContainsTokenSequence), and Fuzzy's edit-distance matcher."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import polars as pl
 
@@ -212,5 +214,72 @@ def token_matcher(pos: str, query: list[str], prefix_last: bool, opts: dict):
                 out = out.scatter(idx, exact)
         assert out is not None
         return out.fill_null(False).alias(s.name)
+
+    return fn
+
+
+# --------------------------------------------------------------------------- Fuzzy
+
+FUZZY_MAX_DISTANCE = 4  # a larger edit distance matches almost anything and costs O(n*d) per value
+
+
+def fuzzy_distance(params: Any, query: str, op: str, ctx: Ctx) -> int | None:
+    """The edit distance a Fuzzy filter allows for ``query`` (turbopuffer's FuzzyParams:
+    ``{"max_edit_distance": [{"distance": d, "min_query_chars": n}, ...], "case_sensitive"?}``):
+    the largest ``distance`` whose ``min_query_chars`` the query reaches; None when the
+    query is shorter than every threshold (no matches).  ``min_query_chars`` must be at
+    least 3 * (distance + 1), as turbopuffer requires."""
+    med = params.get("max_edit_distance") if isinstance(params, dict) else None
+    if not isinstance(med, list) or not med:
+        raise ctx.fail(f'{op} needs {{"max_edit_distance": [{{"distance": d, "min_query_chars": n}}, ...]}}')
+    best = None
+    for th in med:
+        if not isinstance(th, dict) or set(th) != {"distance", "min_query_chars"}:
+            raise ctx.fail(f"{op}: each max_edit_distance entry is {{distance, min_query_chars}}, got {show(th)}")
+        d, n = th["distance"], th["min_query_chars"]
+        if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= FUZZY_MAX_DISTANCE:
+            raise ctx.fail(f"{op}: distance must be an integer from 0 to {FUZZY_MAX_DISTANCE}, got {show(d)}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 3 * (d + 1):
+            raise ctx.fail(f"{op}: min_query_chars must be an integer of at least 3 * (distance + 1), got {show(n)}")
+        if len(query) >= n and (best is None or best[0] < n):
+            best = (n, d)
+    return None if best is None else best[1]
+
+
+def _within(a: str, b: str, k: int) -> bool:
+    """Levenshtein(a, b) <= k (banded dynamic programming, O(len * k))."""
+    if abs(len(a) - len(b)) > k:
+        return False
+    if a == b:
+        return True
+    if k == 0:
+        return False
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i] + [k + 1] * len(b)
+        lo, hi = max(1, i - k), min(len(b), i + k)
+        for j in range(lo, hi + 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != b[j - 1]))
+        if min(cur[max(0, lo - 1) : hi + 1]) > k:
+            return False
+        prev = cur
+    return prev[len(b)] <= k
+
+
+def fuzzy_matcher(query: str, distance: int, case_sensitive: bool):
+    """The batch function for Fuzzy: a string matches when its whole value is within
+    ``distance`` edits (Levenshtein: insert, delete, substitute one character) of the
+    query; a ``[]string`` when any element does.  Python per distinct value."""
+    q = query if case_sensitive else query.lower()
+
+    def one(v: str) -> bool:
+        return _within(v if case_sensitive else v.lower(), q, distance)
+
+    def fn(s: pl.Series) -> pl.Series:
+        flat = s.explode() if s.dtype == pl.List(pl.String) else s
+        good = [v for v in flat.drop_nulls().unique().to_list() if one(v)]
+        if s.dtype == pl.List(pl.String):
+            return s.list.eval(pl.element().is_in(good)).list.any()
+        return s.is_in(good)
 
     return fn

@@ -106,8 +106,16 @@ def _parse_encoding(v: Any, where: str = "vector_encoding") -> str:
     return v
 
 
+# turbopuffer query parameters puffer refuses by name (400), never ignores
+REFUSED_QUERY_KEYS = {
+    "compute_attributes": "compute_attributes (Highlight, VectorDist) is not supported by puffer yet",
+}
+
+
 def _check_keys(body: Mapping, allowed: tuple[str, ...], what: str) -> None:
     for k in body:
+        if k in REFUSED_QUERY_KEYS and k not in allowed:
+            raise InvalidQuery(f"{what}: {REFUSED_QUERY_KEYS[k]}")
         if k not in allowed:
             close = difflib.get_close_matches(str(k), allowed, n=1)
             hint = f' (did you mean "{close[0]}"?)' if close else ""

@@ -57,15 +57,34 @@ from .frames import (  # noqa: F401 - re-exported
     frame_from_rows,
     vector_array,
 )
+from .querymodel import METRICS
 
-SPEC_KEYS = {"type", "filterable", "full_text_search", "regex", "ann"}
-ANN_KEYS = ("dtype", "connectivity", "expansion_add", "expansion_search")
+SPEC_KEYS = {"type", "filterable", "full_text_search", "regex", "glob", "fuzzy", "ann"}
+REFUSED_SPEC_KEYS = {
+    "embed": "automatic embedding is not supported",
+    "sparse_knn": "sparse vectors ({}f16) are not supported",
+}
+FLAG_KEYS = ("regex", "glob", "fuzzy")  # stored as given; puffer's filters do not require them
+ANN_KEYS = (
+    "distance_metric",
+    "late_interaction",
+    "dtype",
+    "connectivity",
+    "expansion_add",
+    "expansion_search",
+    "list_rows",
+    "probe",
+    "rerank",
+)
 ANN_BOUNDS = {
     "connectivity": L.ANN_CONNECTIVITY,
     "expansion_add": L.ANN_EXPANSION_ADD,
     "expansion_search": L.ANN_EXPANSION_SEARCH,
 }
 ANN_DTYPES = ("f32", "f16", "i8")
+# the IVF index's options (index.ivf.BOUNDS; schema sits below the index layer, so the
+# bounds are repeated here and tests/test_ivf.py checks that they agree)
+IVF_BOUNDS = {"list_rows": (16, 1 << 20), "probe": (1e-4, 1.0), "rerank": (1, 1000)}
 
 
 def normalize_spec(name: str, spec: Any) -> dict:
@@ -75,7 +94,10 @@ def normalize_spec(name: str, spec: Any) -> dict:
         spec = {"type": spec}
     if not isinstance(spec, Mapping):
         raise SchemaError(f"schema for attribute {name!r} must be a type string or an object, got {show(spec)}")
-    unknown = set(spec) - SPEC_KEYS
+    for k, why in REFUSED_SPEC_KEYS.items():
+        if spec.get(k) is not None:
+            raise SchemaError(f"schema for attribute {name!r}: {k}: {why}")
+    unknown = set(spec) - SPEC_KEYS - set(REFUSED_SPEC_KEYS)
     if unknown:
         raise SchemaError(
             f"schema for attribute {name!r}: unknown key(s) {sorted(unknown)}", hint=f"allowed: {sorted(SPEC_KEYS)}"
@@ -98,9 +120,14 @@ def normalize_spec(name: str, spec: Any) -> dict:
     if not isinstance(filterable, bool):
         raise SchemaError(f"attribute {name!r}: filterable must be true or false")
     out["filterable"] = filterable
-    if spec.get("regex") is not None:
-        out["regex"] = bool(spec["regex"])
-    if spec.get("ann") is not None:
+    for k in FLAG_KEYS:
+        if spec.get(k) is not None:
+            if not isinstance(spec[k], bool):
+                raise SchemaError(f"attribute {name!r}: {k} must be true or false, got {show(spec[k])}")
+            if t not in ("string", "[]string"):
+                raise SchemaError(f"attribute {name!r}: {k} needs type string or []string, not {t}")
+            out[k] = spec[k]
+    if spec.get("ann") not in (None, False):
         if not is_vector(t):
             raise SchemaError(f"attribute {name!r}: ann options only apply to vector types")
         out["ann"] = check_ann(name, spec["ann"])
@@ -108,13 +135,39 @@ def normalize_spec(name: str, spec: Any) -> dict:
 
 
 def check_ann(name: str, ann: Any) -> dict:
-    """Validate an attribute's ``ann`` options: dtype one of ANN_DTYPES, the HNSW
-    parameters integers (not booleans) within limits.ANN_* (outside them a build
-    fails or exhausts memory)."""
+    """Validate an attribute's ``ann`` options: turbopuffer's ``distance_metric`` (one of
+    querymodel.METRICS; the namespace's metric, see writes) and ``late_interaction``
+    (refused when true), dtype one of ANN_DTYPES, the HNSW parameters integers (not
+    booleans) within limits.ANN_* (outside them a build fails or exhausts memory), and the
+    IVF index's ``list_rows`` / ``rerank`` (integers) and ``probe`` (a fraction in (0, 1])
+    within index.ivf.BOUNDS (docs/indexer.md, "Vector index")."""
     if ann is True:
         ann = {}
     if not isinstance(ann, Mapping) or not all(isinstance(k, str) for k in ann) or set(ann) - set(ANN_KEYS):
-        raise SchemaError(f"attribute {name!r}: ann takes {', '.join(ANN_KEYS)}")
+        raise SchemaError(f"attribute {name!r}: ann is true or an object of {', '.join(ANN_KEYS)}")
+    m = ann.get("distance_metric")
+    if m is not None and m not in METRICS:
+        raise SchemaError(f"attribute {name!r}: ann distance_metric must be one of {', '.join(METRICS)}, got {show(m)}")
+    li = ann.get("late_interaction")
+    if li is not None and not isinstance(li, bool):
+        raise SchemaError(f"attribute {name!r}: ann late_interaction must be true or false, got {show(li)}")
+    if li:
+        raise SchemaError(f"attribute {name!r}: ann late_interaction (multi-vector, MUVERA) is not supported")
+    for k, (lo, hi) in IVF_BOUNDS.items():
+        v = ann.get(k)
+        if v is None:
+            continue
+        if k == "probe":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 and v >= lo
+            want = f"a fraction of the lists, from {lo:g} to 1"
+        else:
+            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+            want = f"an integer from {lo} to {hi}"
+        if not ok:
+            raise SchemaError(
+                f"attribute {name!r}: ann {k} must be {want}, got {show(v)}",
+                hint="see docs/indexer.md, Vector index",
+            )
     dtype = ann.get("dtype")
     if dtype is not None and (not isinstance(dtype, str) or dtype not in ANN_DTYPES):
         raise SchemaError(f"attribute {name!r}: ann dtype must be f32, f16 or i8, got {show(dtype)}")

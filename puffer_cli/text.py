@@ -6,7 +6,8 @@ everywhere.  :func:`tokenize` is literally ``analyzer(opts).analyze(text)``.
 
 turbopuffer's ``full_text_search`` schema option is ``true`` or a dict::
 
-    tokenizer         "word_v1" (default) | "word_v0" | "pre_tokenized_array"
+    tokenizer         "word_v1" (default) | "word_v0" | "word_v2" | "word_v3" | "word_v4"
+                      | "pre_tokenized_array"
     language          "english" (default) or any tantivy stemmer language (LANGUAGES)
     stemming          false (default)
     remove_stopwords  true (default); a no-op for languages tantivy has no list for
@@ -28,6 +29,21 @@ Tokenizers:
   accents stay attached to their letter).
 * ``word_v0``: tantivy ``simple`` tokenizer (splits on anything that is not
   ``char::is_alphanumeric``; ``foo_bar`` -> ``foo``, ``bar``).
+* ``word_v2`` (turbopuffer: "tokens from ideographic codepoints, contiguous sequences
+  of alphanumeric codepoints, and sequences of emoji codepoints that form a single
+  glyph; other codepoints are discarded"): each ideograph is one token, runs of
+  alphanumerics (with combining marks) one token, an emoji glyph (with modifiers,
+  variation selectors, ZWJ sequences, flag pairs) one token.  Unicode tables are the
+  regex crate's, not exactly turbopuffer's Unicode 16.0.
+* ``word_v3``: turbopuffer does not document how it differs from word_v2; puffer
+  tokenizes it as word_v2.
+* ``word_v4`` (turbopuffer's current default, UAX #29 word segmentation): approximated
+  by a regex: letters/digits/connector punctuation joined by the mid-word marks
+  ``' ’ . : ·`` (``can't``, ``3.14``, ``a.b``), digit groups joined by ``,`` ``;``
+  (``1,000``), each ideograph and each hiragana one token, katakana runs one token,
+  emoji glyphs one token.  It differs from full UAX #29 at the edges (e.g. Hebrew
+  letter rules, ``WSegSpace``, mid-number marks after letters).  puffer's default
+  stays ``word_v1`` (existing schemas store their tokenizer explicitly either way).
 * ``pre_tokenized_array``: the attribute is a ``[]string``; every element is one
   token, used as-is except for lowercasing (unless case_sensitive).  No length
   limit, stopwords or stemming.  The tantivy analyzer is ``raw`` + lowercase, so
@@ -62,7 +78,7 @@ __all__ = [
     "tokenize_many",
 ]
 
-TOKENIZERS = ("word_v1", "word_v0", "pre_tokenized_array")
+TOKENIZERS = ("word_v1", "word_v0", "word_v2", "word_v3", "word_v4", "pre_tokenized_array")
 
 #: Languages tantivy ships a Snowball stemmer for.
 LANGUAGES = (
@@ -129,6 +145,25 @@ _TOKEN_KEYS = (
 )
 
 _WORD_V1_PATTERN = r"\w+"
+# one emoji glyph: a pictograph or regional indicator with its modifiers / variation
+# selectors / keycap mark, and ZWJ sequences of them
+_EMOJI = (
+    r"(?:\p{Extended_Pictographic}|\p{Regional_Indicator})[\x{FE0F}\p{Emoji_Modifier}\x{20E3}]*"
+    r"(?:\x{200D}\p{Extended_Pictographic}[\x{FE0F}\p{Emoji_Modifier}]*)*"
+)
+# word_v2: each ideograph a token, runs of alphanumerics (+ combining marks), emoji glyphs
+_WORD_V2_PATTERN = r"\p{Ideographic}|[\p{Alphabetic}\p{M}\p{N}--\p{Ideographic}]+|" + _EMOJI
+# word_v4: UAX #29 word segments, approximated: letters/digits/connectors joined by the
+# mid-word marks ' ’ . : · (can't, 3.14, a.b), digit groups by , ; (1,000); each
+# ideograph and each hiragana its own token; emoji glyphs
+_W4 = r"[\p{Alphabetic}\p{M}\p{Nd}\p{Pc}--\p{Ideographic}--\p{Hiragana}]"
+_WORD_V4_PATTERN = rf"\p{{Ideographic}}|\p{{Hiragana}}|{_W4}+(?:['’.:·]{_W4}+)*(?:[,;]\p{{Nd}}+)*|" + _EMOJI
+_PATTERNS = {
+    "word_v1": _WORD_V1_PATTERN,
+    "word_v2": _WORD_V2_PATTERN,
+    "word_v3": _WORD_V2_PATTERN,
+    "word_v4": _WORD_V4_PATTERN,
+}
 
 
 def normalize_fts_options(opts: Any) -> dict[str, Any]:
@@ -205,7 +240,7 @@ def _build(key: tuple) -> tantivy.TextAnalyzer:
         if not cs:
             b = b.filter(tantivy.Filter.lowercase())
         return b.build()
-    tokenizer = tantivy.Tokenizer.regex(_WORD_V1_PATTERN) if tok == "word_v1" else tantivy.Tokenizer.simple()
+    tokenizer = tantivy.Tokenizer.regex(_PATTERNS[tok]) if tok in _PATTERNS else tantivy.Tokenizer.simple()
     b = tantivy.TextAnalyzerBuilder(tokenizer)
     b = b.filter(tantivy.Filter.remove_long(mtl + 1))
     if not cs:

@@ -522,6 +522,7 @@ def test_referenced_attributes():
 
 def test_operator_list_is_complete():
     assert set(OPERATORS) == {
+        "Fuzzy",
         "Eq",
         "NotEq",
         "In",
@@ -741,3 +742,86 @@ def test_token_fast_path_equals_slow_path(values, query, opts_i, op, prefix, as_
         if v is not None and ref_tokens(op, text.tokenize(v, opts), q, {"last_as_prefix": prefix})
     ]
     assert fast == slow == ref
+
+
+def test_fuzzy_filter(db):
+    from puffer_cli import engine
+    from puffer_cli.errors import InvalidFilter
+
+    ns = db.namespace("fz")
+    ns.write(
+        {
+            "upsert_rows": [
+                {"id": 1, "name": "turbopuffer", "tags": ["kitten", "x"]},
+                {"id": 2, "name": "turbopufer", "tags": ["sitting"]},
+                {"id": 3, "name": "TurboPuffer", "tags": None},
+                {"id": 4, "name": "tuna", "tags": ["kitchen"]},
+                {"id": 5, "name": None},
+            ],
+            "schema": {"name": {"type": "string", "fuzzy": True}, "tags": {"type": "[]string", "fuzzy": True}},
+        }
+    )
+    med = {"max_edit_distance": [{"distance": 1, "min_query_chars": 6}]}
+    med2 = {"max_edit_distance": [{"distance": 1, "min_query_chars": 6}, {"distance": 2, "min_query_chars": 9}]}
+
+    def ids(f):
+        return [r["id"] for r in engine.run_query(ns, {"filters": f, "rank_by": ["id", "asc"], "top_k": 10})["rows"]]
+
+    assert ids(["name", "Fuzzy", "turbopuffer", med]) == [1, 2]  # case-sensitive by default
+    assert ids(["name", "Fuzzy", "turbopuffer", med2]) == [1, 2, 3]  # 11 chars reach distance 2
+    assert ids(["name", "Fuzzy", "turbopuff", med2]) == [1, 2]  # 9 chars: distance 2 (turbopufer is 1 away)
+    assert ids(["name", "Fuzzy", "turbopuffer", {**med, "case_sensitive": False}]) == [1, 2, 3]
+    assert ids(["name", "Fuzzy", "turbo", med]) == []  # shorter than every threshold: no matches
+    assert ids(["tags", "Fuzzy", "kittens", med]) == [1]  # any element; distance 1 at 7 chars
+    assert ids(["Not", ["name", "Fuzzy", "turbopuffer", med]]) == [3, 4, 5]
+    bad = [
+        ["name", "Fuzzy", "turbopuffer"],
+        ["name", "Fuzzy", "turbopuffer", {"max_edit_distance": []}],
+        ["name", "Fuzzy", "turbopuffer", {"max_edit_distance": [{"distance": 2, "min_query_chars": 6}]}],
+        ["name", "Fuzzy", 5, med],
+        ["name", "Fuzzy", "turbopuffer", {**med, "case_sensitive": "no"}],
+        ["id", "Fuzzy", "turbopuffer", med],
+    ]
+    for f in bad:
+        with pytest.raises(InvalidFilter):
+            ids(f)
+    ns.write({"upsert_rows": [{"id": 9, "plain": "turbopuffer"}]})
+    with pytest.raises(InvalidFilter, match="fuzzy"):
+        ids(["plain", "Fuzzy", "turbopuffer", med])
+
+
+def test_fuzzy_and_word_v4_through_an_index(db):
+    """The indexed paths take these forms too (the filter runs on the index's candidates,
+    word_v4 is the tantivy index's analyzer): same rows as the exact engine."""
+    import numpy as np
+    from puffer_cli import engine
+    from puffer_cli.index import builder
+
+    ns = db.namespace("fzix")
+    rng = np.random.default_rng(0)
+    names = ["turbopuffer", "turbopufer", "other", "tuna"] * 25
+    ns.write(
+        {
+            "upsert_rows": [
+                {"id": i, "v": rng.random(4).tolist(), "name": names[i], "t": "I can't stop" if i % 2 else "you can"}
+                for i in range(100)
+            ],
+            "schema": {
+                "v": {"type": "[4]f32", "ann": {"probe": 1.0}},
+                "name": {"type": "string", "fuzzy": True},
+                "t": {"type": "string", "full_text_search": {"tokenizer": "word_v4"}},
+            },
+        }
+    )
+    builder.index_namespace(ns, gc_grace_s=0, threads=1)
+    ns.write({"upsert_rows": [{"id": 1000, "v": [0.5] * 4, "name": "turbopuffer", "t": "can't"}]})
+    med = {"max_edit_distance": [{"distance": 1, "min_query_chars": 6}]}
+    fz = ["name", "Fuzzy", "turbopuffer", med]
+    near = {i for i in range(100) if names[i].startswith("turbopuf")} | {1000}
+    odd = {i for i in range(100) if i % 2} | {1000}
+    for q, want in [
+        ({"rank_by": ["v", "ANN", [0.5] * 4], "filters": fz}, near),
+        ({"rank_by": ["t", "BM25", "can't"]}, odd),
+        ({"rank_by": ["t", "BM25", "can't"], "filters": fz}, near & odd),
+    ]:
+        assert {r["id"] for r in engine.run_query(ns, {**q, "top_k": 1000})["rows"]} == want

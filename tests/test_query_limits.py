@@ -535,3 +535,17 @@ def test_unprintable_stored_datetimes_do_not_crash_rows():
         {"id": 2, "d": "1970-01-01T00:00:00.000Z", "ld": []},
         {"id": 3},
     ]
+
+
+def test_unsupported_turbopuffer_query_features_are_refused_by_name():
+    from puffer_cli import query as Q
+    from puffer_cli.errors import InvalidQuery
+
+    for body, name in [
+        ({"rank_by": ["id", "asc"], "compute_attributes": {"h": ["t", "Highlight", "x"]}}, "compute_attributes"),
+        ({"rank_by": ["Saturate", ["t", "BM25", "x"], {"midpoint": 1}]}, "Saturate"),
+        ({"rank_by": ["Decay", ["t", "BM25", "x"], {}]}, "Decay"),
+        ({"rank_by": ["Dist", ["n", "Attribute"], 1]}, "Dist"),
+    ]:
+        with pytest.raises(InvalidQuery, match=name):
+            Q.parse_query(body)

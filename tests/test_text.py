@@ -234,3 +234,31 @@ def test_tantivy_pre_tokenized(tmp_path):
     assert _hits(idx, "new york") == {0}
     assert _hits(idx, "new york city") == {1}
     assert text.tokenize(docs[0], opts) == ["new york", "paris"]
+
+
+def test_word_v2_v3_v4_tokenizers():
+    from puffer_cli import text
+
+    s = "Hello can't 3.14 東京 タワー 👍🏽 foo_bar"
+    v2 = text.tokenize(s, {"tokenizer": "word_v2", "remove_stopwords": False})
+    assert v2 == ["hello", "can", "t", "3", "14", "東", "京", "タワー", "👍🏽", "foo", "bar"]
+    assert text.tokenize(s, {"tokenizer": "word_v3", "remove_stopwords": False}) == v2
+    v4 = text.tokenize(s, {"tokenizer": "word_v4", "remove_stopwords": False})
+    assert v4 == ["hello", "can't", "3.14", "東", "京", "タワー", "👍🏽", "foo_bar"]
+    assert text.normalize_fts_options({"tokenizer": "word_v4"})["tokenizer"] == "word_v4"
+
+
+def test_word_v4_through_bm25_and_filters(db):
+    ns = db.namespace("v4")
+    ns.write(
+        {
+            "upsert_rows": [{"id": 1, "t": "I can't stop"}, {"id": 2, "t": "you can stop"}],
+            "schema": {"t": {"type": "string", "full_text_search": {"tokenizer": "word_v4"}, "filterable": True}},
+        }
+    )
+    from puffer_cli import engine
+
+    r = engine.run_query(ns, {"rank_by": ["t", "BM25", "can't"], "top_k": 5})
+    assert [row["id"] for row in r["rows"]] == [1]  # "can't" is one token, "can" another
+    r = engine.run_query(ns, {"filters": ["t", "ContainsAllTokens", "can't"], "rank_by": ["id", "asc"], "top_k": 5})
+    assert [row["id"] for row in r["rows"]] == [1]

@@ -245,3 +245,100 @@ def test_group_commit_isolates_a_body_that_hits_a_bug(mem_db, monkeypatch):
     assert isinstance(out[1], PufferError) and out[1].status == 500 and "RuntimeError" in str(out[1])
     assert out[0]["status"] == out[2]["status"] == "OK"
     assert ns.head().seq == 1 and sorted(ns.docs()[0]["id"].to_list()) == [1, 2]
+
+
+def test_affected_ids_count_only_existing_and_omit_empty(db):
+    ns = db.namespace("aff")
+    ns.write({"upsert_rows": [{"id": 1, "n": 1}, {"id": 2, "n": 2}]})
+    r = ns.write(
+        {"patch_rows": [{"id": 1, "n": 5}, {"id": 99, "n": 5}], "deletes": [2, 77], "return_affected_ids": True}
+    )
+    assert r["patched_ids"] == [1] and r["deleted_ids"] == [2]
+    assert (r["rows_patched"], r["rows_deleted"], r["rows_affected"]) == (1, 1, 2)
+    assert "upserted_ids" not in r  # empty lists are omitted
+    r = ns.write({"patch_columns": {"id": [2, 3], "n": [0, 0]}, "deletes": [2], "return_affected_ids": True})
+    assert r["rows_affected"] == 0 and not {"upserted_ids", "patched_ids", "deleted_ids"} & set(r)
+    assert rows(ns) == {1: {"id": 1, "n": 5}}
+
+
+def test_copy_from_namespace_keeps_the_metric(db):
+    src = db.namespace("src-euc")
+    src.write({"upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}], "distance_metric": "euclidean_squared"})
+
+    def source(name):
+        docs, head = db.namespace(name).docs()
+        return head.schema, docs, head.metric
+
+    dst = db.namespace("dst-euc")
+    r = dst.write({"copy_from_namespace": "src-euc"}, copy_source=source)
+    assert r["rows_upserted"] == 1 and dst.head().metric == "euclidean_squared"
+    other = db.namespace("dst-cos")
+    other.write({"upsert_rows": [{"id": 5, "vector": [0.0, 1.0]}], "distance_metric": "cosine_distance"})
+    with pytest.raises(Exception, match="distance_metric"):
+        other.write({"copy_from_namespace": "src-euc"}, copy_source=source)
+    with pytest.raises(Exception, match="distance_metric"):
+        db.namespace("dst-x").write(
+            {"copy_from_namespace": "src-euc", "distance_metric": "cosine_distance"}, copy_source=source
+        )
+
+
+def test_schema_options_as_turbopuffer(db):
+    from puffer_cli import schema as S
+    from puffer_cli.index import ivf
+
+    assert S.IVF_BOUNDS == ivf.BOUNDS  # schema repeats the index's bounds (layers)
+    ns = db.namespace("opts")
+    r = ns.write(
+        {
+            "upsert_rows": [{"id": 1, "v": [1.0, 0.0], "t": "hello"}],
+            "schema": {
+                "v": {"type": "[2]f32", "ann": {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5}},
+                "t": {"type": "string", "glob": True, "regex": True, "fuzzy": True},
+            },
+        }
+    )
+    assert r["rows_upserted"] == 1
+    h = ns.head()
+    assert h.metric == "euclidean_squared"
+    assert h.schema["v"]["ann"] == {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5}
+    assert (h.schema["t"]["glob"], h.schema["t"]["regex"], h.schema["t"]["fuzzy"]) == (True, True, True)
+    assert ivf.options(h.schema["v"])["probe"] == 0.2
+    bad = [
+        ({"v": {"type": "[2]f32", "ann": {"distance_metric": "cosine_distance"}}}, "differs"),
+        ({"v": {"type": "[2]f32", "ann": {"probe": 0}}}, "probe"),
+        ({"v": {"type": "[2]f32", "ann": {"probe": 1.5}}}, "probe"),
+        ({"v": {"type": "[2]f32", "ann": {"list_rows": 8}}}, "list_rows"),
+        ({"v": {"type": "[2]f32", "ann": {"rerank": True}}}, "rerank"),
+        ({"v": {"type": "[2]f32", "ann": {"distance_metric": "dot"}}}, "distance_metric"),
+        ({"v": {"type": "[2]f32", "ann": {"late_interaction": True}}}, "late_interaction"),
+        ({"s": {"type": "{}f16", "sparse_knn": {"distance_metric": "dot_product"}}}, "sparse"),
+        ({"t": {"type": "string", "embed": "model"}}, "embed"),
+        ({"n": {"type": "int", "glob": True}}, "glob"),
+        ({"t": {"type": "string", "fuzzy": 1}}, "fuzzy"),
+    ]
+    for schema, msg in bad:
+        with pytest.raises(Exception, match=msg):
+            ns.write({"schema": schema})
+
+
+def test_filter_write_limits_and_allow_partial(db, monkeypatch):
+    from puffer_cli import writes
+
+    monkeypatch.setattr(writes, "MAX_PATCH_BY_FILTER_ROWS", 3)
+    monkeypatch.setattr(writes, "MAX_DELETE_BY_FILTER_ROWS", 4)
+    ns = db.namespace("lim")
+    ns.write({"upsert_rows": [{"id": i, "n": i} for i in range(10)]})
+    pbf = {"filters": ["n", "Gte", 0], "patch": {"tag": "x"}}
+    with pytest.raises(Exception, match="patch_by_filter_allow_partial"):
+        ns.write({"patch_by_filter": pbf})
+    r = ns.write({"patch_by_filter": pbf, "patch_by_filter_allow_partial": True})
+    assert r["rows_patched"] == 3 and r["rows_remaining"] is True
+    assert [i for i, d in rows(ns).items() if d["tag"] == "x"] == [0, 1, 2]
+    r = ns.write({"patch_by_filter": {**pbf, "filters": ["n", "Gte", 8]}, "patch_by_filter_allow_partial": True})
+    assert r["rows_patched"] == 2 and r["rows_remaining"] is False
+    with pytest.raises(Exception, match="delete_by_filter_allow_partial"):
+        ns.write({"delete_by_filter": ["n", "Gte", 0]})
+    r = ns.write({"delete_by_filter": ["n", "Gte", 0], "delete_by_filter_allow_partial": True})
+    assert r["rows_deleted"] == 4 and r["rows_remaining"] is True
+    assert sorted(rows(ns)) == [4, 5, 6, 7, 8, 9]
+    assert "rows_remaining" not in ns.write({"delete_by_filter": ["n", "Eq", 9]})
