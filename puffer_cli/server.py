@@ -135,7 +135,7 @@ class Server(RequestPlumbing):
             except Exception:  # noqa: BLE001 - eviction is best effort
                 log.exception("forget(%s) in %s failed", name, fn.__module__)
 
-    def copy_source(self, src) -> tuple[dict, Any]:
+    def copy_source(self, src) -> tuple[dict, Any, str | None]:
         name = src.get("source_namespace") if isinstance(src, dict) else src
         if not isinstance(name, str):
             raise InvalidRequest('copy_from_namespace must be a namespace name or {"source_namespace": name}')
@@ -150,7 +150,7 @@ class Server(RequestPlumbing):
         ns = self.db.namespace(name)
         ns.require()
         docs, head = ns.docs()
-        return head.schema, docs
+        return head.schema, docs, head.metric  # the copy keeps the source's distance metric
 
     def view(self, route: str, fn: Callable[[Request], Awaitable[Any]], *, auth: bool = True):
         async def endpoint(request: Request) -> Response:

@@ -64,7 +64,6 @@ def test_schema_options_and_word_v4_and_fuzzy(ns):
         ns.write(schema={"s": {"type": "{}f16", "sparse_knn": {"distance_metric": "dot_product"}}})
 
 
-@pytest.mark.xfail(reason="needs server.copy_source to return (schema, docs, head.metric): H6's file", strict=False)
 def test_copy_from_namespace_keeps_metric(tp, ns):
     ns.write(upsert_rows=[{"id": 1, "v": [1.0, 0.0]}], distance_metric="euclidean_squared", schema={"v": "[2]f32"})
     dst = tp.namespace(ns.id + "-copy")
