@@ -40,6 +40,8 @@ import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -196,6 +198,11 @@ class Server(RequestPlumbing):
         overload = request.query_params.get("stainless_overload")
         if overload == "branchFrom" or "branch_from_namespace" in body:
             raise InvalidRequest("branch_from_namespace is not supported; use copy_from_namespace")
+        if body.get("encryption") is not None:
+            raise InvalidRequest(
+                "encryption (customer-managed keys, CMEK) is not supported by puffer; "
+                "omit it (the store's own encryption at rest applies)"
+            )
         if "source_namespace" in body and "copy_from_namespace" not in body:  # client.copy_from()
             body = {"copy_from_namespace": body}
         res = await self.gc.submit(ns.name, body, size)
@@ -439,11 +446,17 @@ class Server(RequestPlumbing):
 
         app = Starlette(
             routes=routes,
+            # responses of at least GZIP_MIN_BYTES are gzip-compressed when the request sends
+            # Accept-Encoding: gzip (the turbopuffer client's compression option)
+            middleware=[Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES)],
             lifespan=self.lifespan,
             exception_handlers={HTTPException: http_error, Exception: server_error},
         )
         app.state.server = self
         return app
+
+
+GZIP_MIN_BYTES = 1024
 
 
 def create_app(cfg: ServeConfig | None = None, db: DB | None = None) -> Starlette:

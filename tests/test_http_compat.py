@@ -1,0 +1,70 @@
+"""Wire compatibility with the official turbopuffer client over a real socket: refusals
+(CMEK ``encryption``) and gzip-compressed responses."""
+
+from __future__ import annotations
+
+import gzip
+
+import httpx
+import pytest
+import turbopuffer
+from puffer_cli.server import GZIP_MIN_BYTES, ServeConfig
+
+from .serve_proc import ThreadServer
+
+KEY = "compat-key"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = ThreadServer(ServeConfig(store=str(tmp_path_factory.mktemp("compat")), api_key=KEY, commit_window_ms=3))
+    yield s
+    s.stop()
+
+
+def client(srv, **kw) -> turbopuffer.Turbopuffer:
+    return turbopuffer.Turbopuffer(base_url=srv.url, api_key=KEY, max_retries=0, **kw)
+
+
+def test_encryption_is_refused_with_400(srv):
+    ns = client(srv).namespace("cmek")
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        ns.write(
+            upsert_rows=[{"id": 1, "vector": [0.1, 0.2]}],
+            distance_metric="cosine_distance",
+            encryption={"cmek": {"key_name": "projects/p/locations/l/keyRings/r/cryptoKeys/k"}},
+        )
+    assert e.value.status_code == 400
+    body = e.value.body
+    assert isinstance(body, dict) and body["status"] == "error" and "encryption" in body["error"]
+    # nothing was written
+    with pytest.raises(turbopuffer.NotFoundError):
+        ns.metadata()
+
+
+def test_compressed_client_round_trip(srv):
+    ns = client(srv, compression=True).namespace("gz")
+    rows = [{"id": i, "vector": [i / 100, 1 - i / 100], "text": "word " * 20} for i in range(100)]
+    ns.write(upsert_rows=rows, distance_metric="euclidean_squared")
+    res = ns.query(rank_by=("vector", "ANN", [0.5, 0.5]), top_k=50, include_attributes=["text"])
+    assert len(res.rows) == 50 and res.rows[0].text.startswith("word")
+
+
+def test_response_is_gzip_on_the_wire(srv):
+    ns = client(srv).namespace("gzwire")
+    ns.write(upsert_rows=[{"id": i, "t": "x" * 40} for i in range(200)])
+    url = f"{srv.url}/v2/namespaces/gzwire/query"
+    body = {"rank_by": ["id", "asc"], "top_k": 200, "include_attributes": ["t"]}
+    hdr = {"Authorization": f"Bearer {KEY}", "Accept-Encoding": "gzip"}
+    with httpx.Client() as h:
+        raw = h.build_request("POST", url, json=body, headers=hdr)
+        r = h.send(raw, stream=True)
+        data = b"".join(r.iter_raw())
+        r.close()
+    assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+    assert len(gzip.decompress(data)) >= GZIP_MIN_BYTES
+    # small responses and requests without the header stay plain
+    r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {KEY}", "Accept-Encoding": "identity"})
+    assert r.status_code == 200 and "content-encoding" not in r.headers
+    r = httpx.post(url, json={**body, "top_k": 1}, headers=hdr)
+    assert "content-encoding" not in r.headers
