@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -226,6 +227,52 @@ class Server(RequestPlumbing):
         )
         return self.shape(ns, res, body)
 
+    async def explain_query(self, request: Request):
+        """turbopuffer's ``explain_query``: ``{"plan_text": ...}``. The plan is read off an actual
+        run of the query by the engine (engine.run_query's ``performance``) and the namespace's
+        index state, not a separate planner: which path answered (index or exhaustive), the rows in
+        the namespace and the rows scored exactly, the unindexed WAL tail, object-store traffic."""
+        ns = self.ns(request.path_params["ns"])
+        body, _ = await self.json_body(request)
+        if "queries" in body:
+            raise InvalidRequest("explain_query takes one query, not queries")
+        res = await self.run_query(engine.run_query, ns, body, what="query")
+        return {"plan_text": await self.run(self._plan_text, ns, body, res)}
+
+    def _plan_text(self, ns, body: dict, res: dict) -> str:
+        head = ns.head(refresh=False)
+        meta, _ = ns.read_meta()
+        idx = (meta or {}).get("index") or {}
+        indexed = indexed_seq(meta)
+        perf = res.get("performance") or {}
+        size = int(perf.get("approx_namespace_size") or 0)
+        scanned = int(perf.get("exhaustive_search_count") or 0)
+        rank = body.get("rank_by")
+        ann = isinstance(rank, list) and len(rank) == 3 and rank[1] == "ANN"
+        if not idx:
+            path = "exhaustive (no index built; every row is scored exactly)"
+        elif ann and scanned < size:
+            path = "index (IVF approximate nearest neighbours) + exhaustive over the unindexed tail"
+        elif ann:
+            path = "index (every row scored exactly: the index is small or probes all clusters)"
+        else:
+            path = "index (segment scan, filters and order by attribute) + exhaustive over the unindexed tail"
+        lines = [
+            f"namespace: {ns.name}",
+            f"rank_by: {_short(rank) if rank is not None else '(none: filter/aggregate only)'}",
+            f"filters: {'yes' if body.get('filters') is not None else 'no'}",
+            f"path: {path}",
+            f"rows in namespace (approx): {size}",
+            f"rows scored exactly: {scanned}",
+            f"index covers seq: {indexed} of {head.seq} ({max(0, head.seq - indexed)} WAL entries unindexed)",
+            f"rows returned: {len(res.get('rows') or [])}",
+            f"cache: {perf.get('cache_temperature')} (hit ratio {perf.get('cache_hit_ratio')})",
+            f"object store: {perf.get('object_store_requests')} requests, "
+            f"{perf.get('object_store_round_trips')} round trips, {perf.get('object_store_bytes_read')} bytes read",
+            f"query execution: {perf.get('query_execution_ms')} ms",
+        ]
+        return "\n".join(lines)
+
     def shape(self, ns, res: dict, body: dict) -> dict:
         """The engine's response body in its wire form (f32 vectors and ``$dist``), as the CLI prints it."""
         return response.to_wire(res, response.vector_attrs(ns.head(refresh=False).schema))
@@ -416,6 +463,7 @@ class Server(RequestPlumbing):
             Route("/v2/namespaces/{ns}", v("delete", self.delete), methods=["DELETE"]),
             Route("/v2/namespaces/{ns}/query", v("query", self.query), methods=["POST"]),
             Route("/v2/namespaces/{ns}/multi-query", v("query", self.query), methods=["POST"]),
+            Route("/v2/namespaces/{ns}/explain_query", v("query", self.explain_query), methods=["POST"]),
             Route("/v2/namespaces/{ns}/metadata", v("metadata", self.metadata), methods=["GET"]),
             Route("/v1/namespaces/{ns}/metadata", v("metadata", self.metadata), methods=["GET"]),
             Route("/v1/namespaces/{ns}/schema", v("schema", self.schema_get), methods=["GET"]),
@@ -457,6 +505,11 @@ class Server(RequestPlumbing):
 
 
 GZIP_MIN_BYTES = 1024
+
+
+def _short(v: Any, limit: int = 200) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def create_app(cfg: ServeConfig | None = None, db: DB | None = None) -> Starlette:

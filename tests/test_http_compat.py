@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 
 import httpx
 import pytest
@@ -68,3 +69,32 @@ def test_response_is_gzip_on_the_wire(srv):
     assert r.status_code == 200 and "content-encoding" not in r.headers
     r = httpx.post(url, json={**body, "top_k": 1}, headers=hdr)
     assert "content-encoding" not in r.headers
+
+
+def test_explain_query_exhaustive(srv):
+    ns = client(srv).namespace("explain")
+    ns.write(upsert_rows=[{"id": i, "vector": [float(i), 1.0]} for i in range(30)], distance_metric="cosine_distance")
+    plan = ns.explain_query(rank_by=("vector", "ANN", [3.0, 1.0]), top_k=5).plan_text
+    assert plan and "path: exhaustive" in plan
+    assert "rows in namespace (approx): 30" in plan and "rows scored exactly: 30" in plan
+    assert "rows returned: 5" in plan
+    with pytest.raises(turbopuffer.BadRequestError):
+        ns.explain_query(rank_by=("nope", "ANN", [3.0, 1.0]), top_k=5)
+    with pytest.raises(turbopuffer.NotFoundError):
+        client(srv).namespace("explain-missing").explain_query(rank_by=("id", "asc"), top_k=1)
+
+
+def test_explain_query_indexed(tmp_path):
+    pytest.importorskip("puffer_cli.index.builder")
+    s = ThreadServer(ServeConfig(store=str(tmp_path / "s"), api_key=KEY, index_interval=0.2))
+    try:
+        ns = client(s).namespace("idx")
+        ns.write(upsert_rows=[{"id": i, "vector": [float(i), 1.0]} for i in range(40)])
+        t0 = time.time()
+        while ns.metadata().index.status != "up-to-date":
+            assert time.time() - t0 < 20, "the in-process indexer did not catch up"
+            time.sleep(0.1)
+        plan = ns.explain_query(rank_by=("vector", "ANN", [3.0, 1.0]), top_k=3).plan_text
+        assert "path: index" in plan and "(0 WAL entries unindexed)" in plan, plan
+    finally:
+        s.stop()
