@@ -331,6 +331,29 @@ class Server(RequestPlumbing):
         ns = self.ns(request.path_params["ns"])
         return await self.run(self._metadata, ns)
 
+    async def metadata_patch(self, request: Request):
+        """``PATCH /v1/namespaces/{ns}/metadata`` (the client's ``update_metadata``). Pinning
+        (provisioned read replicas that keep a namespace in memory) and read-only namespaces do
+        not exist here: turning either on is a 400; turning them off (``pinning`` null/false,
+        ``read_only`` false) states what is already true and answers the metadata."""
+        ns = self.ns(request.path_params["ns"])
+        body, _ = await self.json_body(request, allow_empty=True)
+        unknown = set(body) - {"pinning", "read_only"}
+        if unknown:
+            raise InvalidRequest(f"unknown metadata parameter(s): {', '.join(sorted(unknown))}")
+        pin = body.get("pinning")
+        if pin is not None and pin is not False:
+            raise InvalidRequest(
+                "pinning is not supported by puffer: there are no provisioned read replicas; "
+                "queries are served from the local cache (see hint_cache_warm)"
+            )
+        ro = body.get("read_only", False)
+        if not isinstance(ro, bool):
+            raise InvalidRequest("read_only must be a boolean")
+        if ro:
+            raise InvalidRequest("read_only namespaces are not supported by puffer")
+        return await self.run(self._metadata, ns)
+
     async def schema_get(self, request: Request):
         ns = self.ns(request.path_params["ns"])
         head = await self.run(ns.require)
@@ -385,6 +408,11 @@ class Server(RequestPlumbing):
         if body.get("rank_by") is not None:
             raise InvalidRequest(
                 "recall with a custom rank_by is not supported; it samples query vectors from the namespace"
+            )
+        if body.get("include_ground_truth"):
+            raise InvalidRequest(
+                "recall with include_ground_truth is not supported; it reports avg_recall, "
+                "avg_ann_count and avg_exhaustive_count only"
             )
         kw: dict[str, Any] = {}
         for k in ("num", "top_k"):
@@ -466,6 +494,7 @@ class Server(RequestPlumbing):
             Route("/v2/namespaces/{ns}/explain_query", v("query", self.explain_query), methods=["POST"]),
             Route("/v2/namespaces/{ns}/metadata", v("metadata", self.metadata), methods=["GET"]),
             Route("/v1/namespaces/{ns}/metadata", v("metadata", self.metadata), methods=["GET"]),
+            Route("/v1/namespaces/{ns}/metadata", v("metadata_update", self.metadata_patch), methods=["PATCH"]),
             Route("/v1/namespaces/{ns}/schema", v("schema", self.schema_get), methods=["GET"]),
             Route("/v1/namespaces/{ns}/schema", v("schema_update", self.schema_post), methods=["POST"]),
             Route("/v1/namespaces", v("namespaces", self.namespaces), methods=["GET"]),

@@ -98,3 +98,34 @@ def test_explain_query_indexed(tmp_path):
         assert "path: index" in plan and "(0 WAL entries unindexed)" in plan, plan
     finally:
         s.stop()
+
+
+def test_update_metadata_pinning_and_read_only(srv):
+    ns = client(srv).namespace("pin")
+    ns.write(upsert_rows=[{"id": 1, "vector": [0.1, 0.2]}])
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        ns.update_metadata(pinning=True)
+    assert "pinning" in e.value.body["error"]
+    with pytest.raises(turbopuffer.BadRequestError):
+        ns.update_metadata(pinning={"replicas": 2})
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        ns.update_metadata(read_only=True)
+    assert "read_only" in e.value.body["error"]
+    # turning them off states what is true: the metadata is answered
+    assert ns.update_metadata(pinning=False, read_only=False).approx_row_count == 1
+    assert ns.update_metadata(pinning=None).approx_row_count == 1
+    with pytest.raises(turbopuffer.NotFoundError):
+        client(srv).namespace("pin-missing").update_metadata(pinning=False)
+
+
+def test_recall_rank_by_and_ground_truth_are_refused(srv):
+    ns = client(srv).namespace("rec")
+    ns.write(upsert_rows=[{"id": i, "vector": [float(i), 1.0]} for i in range(20)])
+    r = ns.recall(num=3, top_k=2, include_ground_truth=False)
+    assert r.avg_recall == 1.0 and r.ground_truth is None
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        ns.recall(num=1, top_k=2, include_ground_truth=True)
+    assert "include_ground_truth" in e.value.body["error"]
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        ns.recall(num=1, top_k=2, rank_by=["vector", "ANN", [1.0, 1.0]])
+    assert "rank_by" in e.value.body["error"]
