@@ -142,8 +142,11 @@ class Server(RequestPlumbing):
         name = src.get("source_namespace") if isinstance(src, dict) else src
         if not isinstance(name, str):
             raise InvalidRequest('copy_from_namespace must be a namespace name or {"source_namespace": name}')
-        if isinstance(src, dict) and set(src) - {"source_namespace", "source_api_key", "source_region"}:
-            unknown = sorted(set(src) - {"source_namespace", "source_api_key", "source_region"})
+        if isinstance(src, dict) and src.get("dest_encryption") is not None:
+            raise InvalidRequest("copy_from_namespace: dest_encryption (customer-managed keys, CMEK) is not supported")
+        keys = {"source_namespace", "source_api_key", "source_region", "dest_encryption"}
+        if isinstance(src, dict) and set(src) - keys:
+            unknown = sorted(set(src) - keys)
             raise InvalidRequest(
                 f"copy_from_namespace: unknown key(s) {', '.join(map(repr, unknown))}",
                 hint="it takes source_namespace (and source_api_key / source_region)",
@@ -425,6 +428,12 @@ class Server(RequestPlumbing):
         await self.run(ns.require)
         return await self.run_query(recall_eval.recall, ns, what="recall evaluation", **kw)
 
+    async def async_ops(self, request: Request):
+        raise InvalidRequest(
+            "asynchronous operations (start_copy_from / poll_copy_from) are not supported; "
+            "copy_from copies synchronously"
+        )
+
     async def health(self, request: Request):
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
 
@@ -500,6 +509,8 @@ class Server(RequestPlumbing):
             Route("/v1/namespaces", v("namespaces", self.namespaces), methods=["GET"]),
             Route("/v1/namespaces/{ns}/hint_cache_warm", v("hint_cache_warm", self.warm), methods=["GET"]),
             Route("/v1/namespaces/{ns}/_debug/recall", v("recall", self.recall), methods=["POST"]),
+            Route("/v2/namespaces/{ns}/async", v("async", self.async_ops), methods=["POST"]),
+            Route("/v1/namespaces/{ns}/operations/{op}", v("async", self.async_ops), methods=["GET"]),
             Route("/health", v("health", self.health, auth=False), methods=["GET"]),
             Route("/metrics", v("metrics", self.metrics_view), methods=["GET"]),
         ]
