@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import socket
@@ -40,6 +41,8 @@ import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -139,8 +142,11 @@ class Server(RequestPlumbing):
         name = src.get("source_namespace") if isinstance(src, dict) else src
         if not isinstance(name, str):
             raise InvalidRequest('copy_from_namespace must be a namespace name or {"source_namespace": name}')
-        if isinstance(src, dict) and set(src) - {"source_namespace", "source_api_key", "source_region"}:
-            unknown = sorted(set(src) - {"source_namespace", "source_api_key", "source_region"})
+        if isinstance(src, dict) and src.get("dest_encryption") is not None:
+            raise InvalidRequest("copy_from_namespace: dest_encryption (customer-managed keys, CMEK) is not supported")
+        keys = {"source_namespace", "source_api_key", "source_region", "dest_encryption"}
+        if isinstance(src, dict) and set(src) - keys:
+            unknown = sorted(set(src) - keys)
             raise InvalidRequest(
                 f"copy_from_namespace: unknown key(s) {', '.join(map(repr, unknown))}",
                 hint="it takes source_namespace (and source_api_key / source_region)",
@@ -196,6 +202,11 @@ class Server(RequestPlumbing):
         overload = request.query_params.get("stainless_overload")
         if overload == "branchFrom" or "branch_from_namespace" in body:
             raise InvalidRequest("branch_from_namespace is not supported; use copy_from_namespace")
+        if body.get("encryption") is not None:
+            raise InvalidRequest(
+                "encryption (customer-managed keys, CMEK) is not supported by puffer; "
+                "omit it (the store's own encryption at rest applies)"
+            )
         if "source_namespace" in body and "copy_from_namespace" not in body:  # client.copy_from()
             body = {"copy_from_namespace": body}
         res = await self.gc.submit(ns.name, body, size)
@@ -218,6 +229,52 @@ class Server(RequestPlumbing):
             engine.run_multi if multi else engine.run_query, ns, body, what="multi-query" if multi else "query"
         )
         return self.shape(ns, res, body)
+
+    async def explain_query(self, request: Request):
+        """turbopuffer's ``explain_query``: ``{"plan_text": ...}``. The plan is read off an actual
+        run of the query by the engine (engine.run_query's ``performance``) and the namespace's
+        index state, not a separate planner: which path answered (index or exhaustive), the rows in
+        the namespace and the rows scored exactly, the unindexed WAL tail, object-store traffic."""
+        ns = self.ns(request.path_params["ns"])
+        body, _ = await self.json_body(request)
+        if "queries" in body:
+            raise InvalidRequest("explain_query takes one query, not queries")
+        res = await self.run_query(engine.run_query, ns, body, what="query")
+        return {"plan_text": await self.run(self._plan_text, ns, body, res)}
+
+    def _plan_text(self, ns, body: dict, res: dict) -> str:
+        head = ns.head(refresh=False)
+        meta, _ = ns.read_meta()
+        idx = (meta or {}).get("index") or {}
+        indexed = indexed_seq(meta)
+        perf = res.get("performance") or {}
+        size = int(perf.get("approx_namespace_size") or 0)
+        scanned = int(perf.get("exhaustive_search_count") or 0)
+        rank = body.get("rank_by")
+        ann = isinstance(rank, list) and len(rank) == 3 and rank[1] == "ANN"
+        if not idx:
+            path = "exhaustive (no index built; every row is scored exactly)"
+        elif ann and scanned < size:
+            path = "index (IVF approximate nearest neighbours) + exhaustive over the unindexed tail"
+        elif ann:
+            path = "index (every row scored exactly: the index is small or probes all clusters)"
+        else:
+            path = "index (segment scan, filters and order by attribute) + exhaustive over the unindexed tail"
+        lines = [
+            f"namespace: {ns.name}",
+            f"rank_by: {_short(rank) if rank is not None else '(none: filter/aggregate only)'}",
+            f"filters: {'yes' if body.get('filters') is not None else 'no'}",
+            f"path: {path}",
+            f"rows in namespace (approx): {size}",
+            f"rows scored exactly: {scanned}",
+            f"index covers seq: {indexed} of {head.seq} ({max(0, head.seq - indexed)} WAL entries unindexed)",
+            f"rows returned: {len(res.get('rows') or [])}",
+            f"cache: {perf.get('cache_temperature')} (hit ratio {perf.get('cache_hit_ratio')})",
+            f"object store: {perf.get('object_store_requests')} requests, "
+            f"{perf.get('object_store_round_trips')} round trips, {perf.get('object_store_bytes_read')} bytes read",
+            f"query execution: {perf.get('query_execution_ms')} ms",
+        ]
+        return "\n".join(lines)
 
     def shape(self, ns, res: dict, body: dict) -> dict:
         """The engine's response body in its wire form (f32 vectors and ``$dist``), as the CLI prints it."""
@@ -277,6 +334,29 @@ class Server(RequestPlumbing):
         ns = self.ns(request.path_params["ns"])
         return await self.run(self._metadata, ns)
 
+    async def metadata_patch(self, request: Request):
+        """``PATCH /v1/namespaces/{ns}/metadata`` (the client's ``update_metadata``). Pinning
+        (provisioned read replicas that keep a namespace in memory) and read-only namespaces do
+        not exist here: turning either on is a 400; turning them off (``pinning`` null/false,
+        ``read_only`` false) states what is already true and answers the metadata."""
+        ns = self.ns(request.path_params["ns"])
+        body, _ = await self.json_body(request, allow_empty=True)
+        unknown = set(body) - {"pinning", "read_only"}
+        if unknown:
+            raise InvalidRequest(f"unknown metadata parameter(s): {', '.join(sorted(unknown))}")
+        pin = body.get("pinning")
+        if pin is not None and pin is not False:
+            raise InvalidRequest(
+                "pinning is not supported by puffer: there are no provisioned read replicas; "
+                "queries are served from the local cache (see hint_cache_warm)"
+            )
+        ro = body.get("read_only", False)
+        if not isinstance(ro, bool):
+            raise InvalidRequest("read_only must be a boolean")
+        if ro:
+            raise InvalidRequest("read_only namespaces are not supported by puffer")
+        return await self.run(self._metadata, ns)
+
     async def schema_get(self, request: Request):
         ns = self.ns(request.path_params["ns"])
         head = await self.run(ns.require)
@@ -332,6 +412,11 @@ class Server(RequestPlumbing):
             raise InvalidRequest(
                 "recall with a custom rank_by is not supported; it samples query vectors from the namespace"
             )
+        if body.get("include_ground_truth"):
+            raise InvalidRequest(
+                "recall with include_ground_truth is not supported; it reports avg_recall, "
+                "avg_ann_count and avg_exhaustive_count only"
+            )
         kw: dict[str, Any] = {}
         for k in ("num", "top_k"):
             if body.get(k) is not None:
@@ -342,6 +427,12 @@ class Server(RequestPlumbing):
             kw["filters"] = body["filters"]
         await self.run(ns.require)
         return await self.run_query(recall_eval.recall, ns, what="recall evaluation", **kw)
+
+    async def async_ops(self, request: Request):
+        raise InvalidRequest(
+            "asynchronous operations (start_copy_from / poll_copy_from) are not supported; "
+            "copy_from copies synchronously"
+        )
 
     async def health(self, request: Request):
         return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
@@ -409,13 +500,17 @@ class Server(RequestPlumbing):
             Route("/v2/namespaces/{ns}", v("delete", self.delete), methods=["DELETE"]),
             Route("/v2/namespaces/{ns}/query", v("query", self.query), methods=["POST"]),
             Route("/v2/namespaces/{ns}/multi-query", v("query", self.query), methods=["POST"]),
+            Route("/v2/namespaces/{ns}/explain_query", v("query", self.explain_query), methods=["POST"]),
             Route("/v2/namespaces/{ns}/metadata", v("metadata", self.metadata), methods=["GET"]),
             Route("/v1/namespaces/{ns}/metadata", v("metadata", self.metadata), methods=["GET"]),
+            Route("/v1/namespaces/{ns}/metadata", v("metadata_update", self.metadata_patch), methods=["PATCH"]),
             Route("/v1/namespaces/{ns}/schema", v("schema", self.schema_get), methods=["GET"]),
             Route("/v1/namespaces/{ns}/schema", v("schema_update", self.schema_post), methods=["POST"]),
             Route("/v1/namespaces", v("namespaces", self.namespaces), methods=["GET"]),
             Route("/v1/namespaces/{ns}/hint_cache_warm", v("hint_cache_warm", self.warm), methods=["GET"]),
             Route("/v1/namespaces/{ns}/_debug/recall", v("recall", self.recall), methods=["POST"]),
+            Route("/v2/namespaces/{ns}/async", v("async", self.async_ops), methods=["POST"]),
+            Route("/v1/namespaces/{ns}/operations/{op}", v("async", self.async_ops), methods=["GET"]),
             Route("/health", v("health", self.health, auth=False), methods=["GET"]),
             Route("/metrics", v("metrics", self.metrics_view), methods=["GET"]),
         ]
@@ -439,11 +534,22 @@ class Server(RequestPlumbing):
 
         app = Starlette(
             routes=routes,
+            # responses of at least GZIP_MIN_BYTES are gzip-compressed when the request sends
+            # Accept-Encoding: gzip (the turbopuffer client's compression option)
+            middleware=[Middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES)],
             lifespan=self.lifespan,
             exception_handlers={HTTPException: http_error, Exception: server_error},
         )
         app.state.server = self
         return app
+
+
+GZIP_MIN_BYTES = 1024
+
+
+def _short(v: Any, limit: int = 200) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def create_app(cfg: ServeConfig | None = None, db: DB | None = None) -> Starlette:

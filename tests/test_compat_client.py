@@ -1,0 +1,127 @@
+"""The compatibility table in docs/http.md ("Client compatibility") stays true: every parameter of
+every namespace method of the installed turbopuffer client is listed (supported / partial /
+refused), nothing listed is gone from the client, and every refused parameter is answered with a
+4xx in the one error shape through the client over a real socket."""
+
+from __future__ import annotations
+
+import inspect
+import pathlib
+import re
+
+import pytest
+import turbopuffer
+from puffer_cli.server import ServeConfig
+from turbopuffer.resources.namespaces import NamespacesResource
+
+from .serve_proc import ThreadServer
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "http.md"
+NOT_PARAMS = {"self", "namespace", "extra_headers", "extra_query", "extra_body", "timeout"}
+NOT_METHODS = {"with_raw_response", "with_streaming_response"}
+STATUSES = {"supported", "partial", "refused"}
+
+
+def doc_table() -> dict[tuple[str, str], str]:
+    text = DOC.read_text()
+    section = text.split("## Client compatibility", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        m = re.match(r"^\| ([a-z_. ]+?) \| *([a-z_]*) *\| (\w+) \|", line)
+        if m and m.group(1) != "method":
+            assert m.group(3) in STATUSES, line
+            key = (m.group(1), m.group(2))
+            assert key not in rows, f"listed twice: {key}"
+            rows[key] = m.group(3)
+    return rows
+
+
+def client_params() -> set[tuple[str, str]]:
+    out = set()
+    for name, fn in inspect.getmembers(NamespacesResource, inspect.isfunction):
+        if name.startswith("_") or name in NOT_METHODS:
+            continue
+        params = [p for p in inspect.signature(fn).parameters if p not in NOT_PARAMS]
+        out |= {(name, p) for p in params} if params else {(name, "")}
+    fn = turbopuffer.Turbopuffer.namespaces
+    out |= {("client.namespaces", p) for p in inspect.signature(fn).parameters if p not in NOT_PARAMS}
+    return out
+
+
+def test_every_client_parameter_is_in_the_table():
+    table = doc_table()
+    have = client_params()
+    missing = sorted(have - set(table))
+    assert not missing, f"client parameters not in docs/http.md 'Client compatibility': {missing}"
+    listed = {k for k in table if not k[0].startswith("client option")}
+    stale = sorted(listed - have)
+    assert not stale, f"rows in docs/http.md for parameters the client no longer has: {stale}"
+
+
+KEY = "compat-key"
+CMEK = {"cmek": {"key_name": "k"}}
+ROW = [{"id": 9, "vector": [1.0, 0.0]}]
+#: one call per refused row, through the client
+REFUSED = {
+    ("write", "patch_by_filter_allow_partial"): lambda c, ns: ns.write(
+        patch_by_filter={"filters": ["id", "Eq", 1], "patch": {"x": 1}}, patch_by_filter_allow_partial=True
+    ),
+    ("write", "encryption"): lambda c, ns: ns.write(upsert_rows=ROW, encryption=CMEK),
+    ("write", "branch_from_namespace"): lambda c, ns: ns.write(branch_from_namespace="src"),
+    ("write", "create_namespace"): lambda c, ns: ns.write(upsert_rows=ROW, create_namespace=True),
+    ("write", "sharding"): lambda c, ns: ns.write(upsert_rows=ROW, sharding={"num_shards": 2}),
+    ("query", "compute_attributes"): lambda c, ns: ns.query(rank_by=("id", "asc"), top_k=1, compute_attributes={}),
+    ("query", "rerank_by"): lambda c, ns: ns.query(rank_by=("id", "asc"), top_k=1, rerank_by=["RRF"]),
+    ("explain_query", "compute_attributes"): lambda c, ns: ns.explain_query(
+        rank_by=("id", "asc"), top_k=1, compute_attributes={}
+    ),
+    ("recall", "rank_by"): lambda c, ns: ns.recall(num=1, rank_by=["vector", "ANN", [1.0, 0.0]]),
+    ("copy_from", "source_api_key"): lambda c, ns: c.namespace("d1").copy_from(
+        source_namespace="src", source_api_key="other"
+    ),
+    ("copy_from", "source_region"): lambda c, ns: c.namespace("d2").copy_from(
+        source_namespace="src", source_region="gcp-us-central1"
+    ),
+    ("copy_from", "dest_encryption"): lambda c, ns: c.namespace("d3").copy_from(
+        source_namespace="src", dest_encryption=CMEK
+    ),
+    ("start_copy_from", "source_namespace"): lambda c, ns: c.namespace("d4").start_copy_from(source_namespace="src"),
+    ("start_copy_from", "source_api_key"): lambda c, ns: c.namespace("d4").start_copy_from(
+        source_namespace="src", source_api_key="other"
+    ),
+    ("start_copy_from", "source_region"): lambda c, ns: c.namespace("d4").start_copy_from(
+        source_namespace="src", source_region="r"
+    ),
+    ("start_copy_from", "dest_encryption"): lambda c, ns: c.namespace("d4").start_copy_from(
+        source_namespace="src", dest_encryption=CMEK
+    ),
+    ("poll_copy_from", "token"): lambda c, ns: c.namespace("d4").poll_copy_from(token="t"),
+    ("branch_from", "source_namespace"): lambda c, ns: c.namespace("d5").branch_from(source_namespace="src"),
+}
+
+
+def test_every_refused_row_has_a_probe():
+    refused = {k for k, v in doc_table().items() if v == "refused"}
+    assert refused == set(REFUSED), (sorted(refused - set(REFUSED)), sorted(set(REFUSED) - refused))
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    s = ThreadServer(ServeConfig(store=str(tmp_path_factory.mktemp("compat")), api_key=KEY, commit_window_ms=3))
+    c = turbopuffer.Turbopuffer(base_url=s.url, api_key=KEY, max_retries=0)
+    c.namespace("src").write(upsert_rows=[{"id": 1, "vector": [1.0, 0.0], "x": 0}], distance_metric="cosine_distance")
+    yield s, c
+    s.stop()
+
+
+@pytest.mark.parametrize("key", sorted(REFUSED), ids=lambda k: f"{k[0]}.{k[1]}")
+def test_refused_parameter_is_a_clear_4xx(srv, key):
+    _, c = srv
+    with pytest.raises(turbopuffer.APIStatusError) as e:
+        REFUSED[key](c, c.namespace("src"))
+    assert 400 <= e.value.status_code < 500 and e.value.status_code not in (404, 405), e.value
+    body = e.value.body
+    assert isinstance(body, dict) and body["status"] == "error" and body["error"]
+    assert e.value.response.headers.get("x-should-retry") == "false"
+    # nothing was written or copied
+    assert c.namespace("src").metadata().approx_row_count == 1
