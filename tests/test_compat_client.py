@@ -63,9 +63,6 @@ CMEK = {"cmek": {"key_name": "k"}}
 ROW = [{"id": 9, "vector": [1.0, 0.0]}]
 #: one call per refused row, through the client
 REFUSED = {
-    ("write", "patch_by_filter_allow_partial"): lambda c, ns: ns.write(
-        patch_by_filter={"filters": ["id", "Eq", 1], "patch": {"x": 1}}, patch_by_filter_allow_partial=True
-    ),
     ("write", "encryption"): lambda c, ns: ns.write(upsert_rows=ROW, encryption=CMEK),
     ("write", "branch_from_namespace"): lambda c, ns: ns.write(branch_from_namespace="src"),
     ("write", "create_namespace"): lambda c, ns: ns.write(upsert_rows=ROW, create_namespace=True),
