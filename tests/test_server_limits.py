@@ -241,6 +241,10 @@ def test_dead_s3_endpoint_is_503(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # connection refused: fail fast (the store may retry itself)
+    from puffer_cli import limits
+
+    # the store gives up on an unreachable endpoint after this (4 s by default: 3 requests took 9 s)
+    monkeypatch.setattr(limits, "S3_UNREACHABLE_DEADLINE_S", 0.5)
     # a budget above the store's own deadline: the store failure must come out as itself (503)
     cfg = ServeConfig(
         store=f"s3://puffer-dead/{uuid.uuid4().hex}",
