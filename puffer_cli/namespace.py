@@ -194,8 +194,9 @@ class Namespace:
             return {"seq": seq, "ops": [], "skipped": problem}
         raise CorruptWal(f"namespace {self.name!r}: WAL segment {layout.wal(self.name, seq)} is corrupt: {problem}")
 
-    def head(self, refresh: bool = True) -> Head:
-        """The newest committed seq, with its schema and metric."""
+    def head(self, refresh: bool = True, meta: dict | None = None) -> Head:
+        """The newest committed seq, with its schema and metric.  ``meta``: a meta.json the
+        caller has just read (saves reading it again: one round trip on an object store)."""
         c = self._c
         with c.lock:
             h = c.head
@@ -204,7 +205,7 @@ class Namespace:
             # start from the newest seq we know (else meta.json's hint, else nothing) and list
             # from it inclusive: if that entry is gone, another process deleted the namespace
             # (and perhaps recreated it), so fall back to the next starting point
-            for h in self._head_starts():
+            for h in self._head_starts(meta):
                 keys = self.wal_keys(max(0, h.seq - 1))
                 if h.seq == 0 or (keys and keys[0][0] == h.seq):
                     keys = [kv for kv in keys if kv[0] > h.seq]
@@ -226,10 +227,11 @@ class Namespace:
                 c.head = h
             return c.head
 
-    def _head_starts(self) -> Iterator[Head]:
+    def _head_starts(self, meta: dict | None = None) -> Iterator[Head]:
         if self._c.head.seq:
             yield self._c.head
-        meta, _ = self.read_meta()
+        if meta is None:
+            meta, _ = self.read_meta()
         if meta and meta.get("last_seq"):
             yield Head(
                 meta["last_seq"],

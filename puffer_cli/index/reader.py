@@ -464,25 +464,17 @@ def view_for(ns, consistency: str, head=None) -> IndexedView | None:
     ptr = (meta or {}).get("index")
     if not ptr:
         return None
-    strong = consistency != "eventual"
-    if not strong:
-        # eventual: the index plus this process's WAL tail, relisted at most every
-        # EVENTUAL_MAX_STALENESS_S (turbopuffer's bound), so writes show within that
-        gen = _open_or_none(ns.store, ptr)
-        if gen is None:
-            return None
-        tail = cached_tail(ns, gen, EVENTUAL_MAX_STALENESS_S)
-        if tail is None:
-            tail = tail_for(ns, gen, ns.head())
-    else:
-        fns = [lambda: _open_or_none(ns.store, ptr)]
-        if head is None:
-            fns.append(ns.head)  # the WAL listing overlaps the manifest read (one round trip)
-        got = R.parallel(fns, ns.store.is_remote)
-        gen = got[0]
-        if gen is None:
-            return None
-        tail = tail_for(ns, gen, head or got[1])
+    # eventual: the index plus this process's WAL tail, relisted at most every
+    # EVENTUAL_MAX_STALENESS_S (turbopuffer's bound), so writes show within that
+    fresh = cached_tail(ns, ptr["manifest"], EVENTUAL_MAX_STALENESS_S) if consistency == "eventual" else None
+    fns = [lambda: _open_or_none(ns.store, ptr)]
+    if fresh is None and head is None:
+        fns.append(lambda: ns.head(meta=meta))  # the WAL listing overlaps the manifest read
+    got = R.parallel(fns, ns.store.is_remote)
+    gen = got[0]
+    if gen is None:
+        return None
+    tail = fresh if fresh is not None else tail_for(ns, gen, head or got[1])
     if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
         return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
     return IndexedView(gen, tail)

@@ -79,7 +79,8 @@ def tail_for(ns, gen, head) -> Tail:
         docs = replay.fold(docs, schema, ops_batch)
         ops_batch = []
 
-    for f in replay.follow(ns.entries(t.seq, head.seq), schema, metric):
+    entries = ns.entries(t.seq, head.seq) if t.seq < head.seq else ()  # nothing after: no listing
+    for f in replay.follow(entries, schema, metric):
         L.check_deadline()  # a long tail: stop here rather than replay it past the budget
         if f.schema_changed:
             flush()
@@ -93,10 +94,10 @@ def tail_for(ns, gen, head) -> Tail:
     return t
 
 
-def cached_tail(ns, gen, max_age_s: float) -> Tail | None:
-    """This process's tail over ``gen`` if the WAL head was listed for it less than
-    ``max_age_s`` ago (eventual consistency serves it without listing), else None."""
-    t = TAILS.get((ns.store.url, ns.name, gen.manifest_key))
+def cached_tail(ns, manifest_key: str, max_age_s: float) -> Tail | None:
+    """This process's tail over the generation of ``manifest_key`` if the WAL head was listed
+    for it less than ``max_age_s`` ago (eventual consistency serves it without listing)."""
+    t = TAILS.get((ns.store.url, ns.name, manifest_key))
     return t if t is not None and time.monotonic() - t.checked_at < max_age_s else None
 
 
