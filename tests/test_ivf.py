@@ -128,7 +128,7 @@ def test_paged_ranges_equal_the_whole_file(s3_server, tmp_path, monkeypatch):
     class W:
         store, cache = db.store, C.Cache(str(tmp_path / "w"))
 
-        def put(self, key, b):
+        def put(self, key, b, cache=True):
             db.store.write(key, b)
             return key
 

@@ -25,11 +25,16 @@ PART_BYTES = 8 << 20
 
 def put(w, key: str, data: bytes) -> dict:
     """Write ``data`` under ``key`` (whole, or as parts on a remote store); the manifest entry.
-    ``w``: the builder's writer (``put(key, data) -> key``, ``store``, ``cache``)."""
+    ``w``: the builder's writer (``put(key, data, cache=) -> key``, ``store``, ``cache``).
+    The parts are not cached: the whole file is (readers use it, and a cached part next to it
+    would be a second copy on the local disk)."""
     if not w.store.is_remote or len(data) <= PART_BYTES:
         return {"key": w.put(key, data)}
-    parts = [w.put(f"{key}.{i:05d}", data[a : a + PART_BYTES]) for i, a in enumerate(range(0, len(data), PART_BYTES))]
-    w.cache.put(w.store, key, data)  # the builder's own cache may keep it whole
+    parts = [
+        w.put(f"{key}.{i:05d}", data[a : a + PART_BYTES], cache=False)
+        for i, a in enumerate(range(0, len(data), PART_BYTES))
+    ]
+    w.cache.put(w.store, key, data)
     return {"key": key, "parts": parts, "part_bytes": PART_BYTES, "size": len(data)}
 
 

@@ -39,15 +39,17 @@ class Writer:
 
             self._pool = ThreadPoolExecutor(8, thread_name_prefix="puffer-upload")
 
-    def _write(self, key: str, data: bytes) -> None:
+    def _write(self, key: str, data: bytes, cache: bool) -> None:
         self.store.write(key, data)
-        self.cache.put(self.store, key, data)
+        if cache:
+            self.cache.put(self.store, key, data)
 
-    def put(self, key: str, data: bytes) -> str:
+    def put(self, key: str, data: bytes, cache: bool = True) -> str:
+        """Upload ``data`` as ``key`` (and keep it in the local cache unless ``cache`` is false)."""
         if self._pool is not None:
-            self._futs.append(self._pool.submit(self._write, key, data))
+            self._futs.append(self._pool.submit(self._write, key, data, cache))
         else:
-            self._write(key, data)
+            self._write(key, data, cache)
         self.keys.append(key)
         self.rep.files_written += 1
         self.rep.bytes_written += len(data)
