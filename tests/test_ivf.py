@@ -226,8 +226,17 @@ def test_recall_measures_the_probe(mem_db, monkeypatch):
     assert full["avg_recall"] == 1.0 and full["probe"] == 1.0
     assert low["avg_recall"] < full["avg_recall"]
     assert ivf.options(None)["probe"] == ivf.DEFAULTS["probe"]  # the override ended with the call
-    with pytest.raises(InvalidRequest):
-        recall(ns, probe=0)
+    for bad in (0, -1, 1.5, float("nan"), True, "0.1", 10**100):
+        with pytest.raises(InvalidRequest):
+            recall(ns, probe=bad)
+
+
+@pytest.mark.parametrize("value", ["abc", "", "0", "-5", "1e9"])
+def test_segment_rows_knob_takes_bad_values_safely(monkeypatch, value):
+    """PUFFER_INDEX_SEGMENT_ROWS: not an integer -> the default; below 1 -> 1 row."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", value)
+    got = builder.segment_rows()
+    assert got == (builder.SEGMENT_MAX_ROWS if value in ("abc", "", "1e9") else 1)
 
 
 def test_format1_hnsw_segment_is_searched_then_rebuilt(mem_db, monkeypatch, tmp_path):

@@ -27,7 +27,7 @@ def recall(
     """``probe``: measure with this IVF probe (fraction of rows scanned) instead of the schema's."""
     from . import ivf
 
-    if probe is not None and not (isinstance(probe, (int, float)) and 0 < probe <= 1):
+    if probe is not None and (isinstance(probe, bool) or not isinstance(probe, (int, float)) or not 0 < probe <= 1):
         raise InvalidRequest(f"probe must be a fraction in (0, 1], got {probe!r}")
     with ivf.probe_override(probe):
         return _recall(ns, num=num, top_k=top_k, filters=filters, field=field, seed=seed, probe=probe)
