@@ -399,20 +399,19 @@ def plots(results, warm, extra) -> None:
         ax.plot(*zip(*pts), marker="o", label=f"puffer IVF-SQ8, {size}")
     if "lance" in extra:
         ax.plot([x[3] for x in extra["lance"]], [x[2] for x in extra["lance"]], marker="s", label="LanceDB IVF_PQ, 2M")
-    ax.set_xlabel("p50 latency, ms (in-process)")
-    ax.set_ylabel("recall@10")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "bench-scale-recall.png", dpi=110)
+    _save(fig, ax, "p50 latency, ms (in-process)", "recall@10", "bench-scale-recall.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([r[1] for r in results], [r[4] for r in results], marker="o", label="puffer index (full build)")
-    ax.set_xlabel("rows")
-    ax.set_ylabel("seconds")
+    _save(fig, ax, "rows", "seconds", "bench-scale-build.png")
+
+
+def _save(fig, ax, xlabel: str, ylabel: str, name: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(ROOT / "docs" / "bench-scale-build.png", dpi=110)
+    fig.savefig(ROOT / "docs" / name, dpi=110)
 
 
 if __name__ == "__main__":
