@@ -76,9 +76,13 @@ def read_ranges(cache: Cache, store: Store, entry: dict, ranges: Sequence[tuple[
     def one(i: int) -> dict[tuple[int, int], memoryview]:
         k = entry["parts"][i]
         want = per_part[i]
-        if cache.has(store, k):
-            data = memoryview(cache.file(store, k).read_bytes())
-            return {r: data[r[0] : r[1]] for r in want}
+        if cache.has(store, k):  # read just the ranges from the cached part, not all 8 MiB of it
+            out: dict[tuple[int, int], memoryview] = {}
+            with open(cache.file(store, k), "rb") as fh:
+                for r in want:
+                    fh.seek(r[0])
+                    out[r] = memoryview(fh.read(r[1] - r[0]))
+            return out
         got = R.read_ranges(store, k, want)
         cache.note_ranged(store, k, sum(len(g) for g in got))
         return dict(zip(want, got))
