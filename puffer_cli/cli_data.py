@@ -14,12 +14,12 @@ from .cli_common import (
     SingleWriterOpt,
     StoreOpt,
     app,
-    console,
     echo_json,
     open_db,
     parse_json_arg,
     to_json,
 )
+from .cli_progress import Reporter
 from .errors import InvalidRequest
 
 
@@ -49,9 +49,8 @@ def ingest(
     db = open_db(store, s3_endpoint, single_writer)
     ns = db.namespace(namespace)
     sch = parse_json_arg(schema, "--schema")
-    tty = sys.stderr.isatty()
-    progress_cb, finish = _ingest_progress(tty)
-    try:
+    with Reporter("ingest", sys.stderr.isatty()) as progress:
+        progress.subject = namespace
         rep = run(
             ns,
             paths,
@@ -61,10 +60,10 @@ def ingest(
             distance_metric=distance_metric,
             fmt=fmt,
             batch_rows=batch_rows,
-            progress=progress_cb,
+            progress=lambda r, total: progress(
+                "rows", r.rows, total, f"{r.rows_per_s:,.0f} rows/s, {r.bytes_in / 1e6:,.1f} MB, seq {r.last_seq}"
+            ),
         )
-    finally:
-        finish()
     if as_json:
         echo_json(rep.as_dict())
     else:
@@ -74,46 +73,6 @@ def ingest(
             f"(seq {rep.first_seq}..{rep.last_seq}) in {rep.seconds:.2f}s: "
             f"{rep.rows_per_s:,.0f} rows/s, {mb / rep.seconds if rep.seconds else 0:,.1f} MB/s"
         )
-
-
-def _ingest_progress(tty: bool):
-    if not tty:
-
-        def plain(rep, total):
-            of = f"/{total:,}" if total else ""
-            print(
-                f"ingest {rep.namespace}: {rep.rows:,}{of} rows, {rep.rows_per_s:,.0f} rows/s, "
-                f"{rep.bytes_in / 1e6:,.1f} MB, seq {rep.last_seq}",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        return plain, lambda: None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    prog = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,} rows"),
-        TextColumn("{task.fields[rate]} rows/s"),
-        TextColumn("{task.fields[mb]} MB"),
-        TimeElapsedColumn(),
-        console=console(),
-    )
-    prog.start()
-    task = prog.add_task("ingest", total=None, rate="0", mb="0")
-
-    def update(rep, total):
-        prog.update(
-            task,
-            completed=rep.rows,
-            total=total or None,
-            rate=f"{rep.rows_per_s:,.0f}",
-            mb=f"{rep.bytes_in / 1e6:,.1f}",
-            description=f"ingest {rep.namespace}",
-        )
-
-    return update, prog.stop
 
 
 # ---------------------------------------------------------------- export
@@ -133,7 +92,9 @@ def export(
     from .export import export as run
 
     db = open_db(store, s3_endpoint, policy=policy)
-    info = run(db.namespace(namespace), output, fmt, at_seq)
+    with Reporter("export", sys.stderr.isatty()) as progress:
+        progress.subject = namespace
+        info = run(db.namespace(namespace), output, fmt, at_seq, progress=progress)
     if output and output != "-":
         typer.echo(
             f"exported {info['rows']:,} rows of {namespace!r} at seq {info['seq']} to {output} ({info['format']})",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import Annotated
 
 import typer
@@ -16,12 +17,12 @@ from .cli_common import (
     State,
     StoreOpt,
     app,
-    console,
     echo_json,
     one_line,
     open_db,
     parse_json_arg,
 )
+from .cli_progress import Reporter
 from .errors import InvalidRequest, PufferError
 
 # ---------------------------------------------------------------- index / warm / recall
@@ -35,54 +36,35 @@ CacheDirOpt = Annotated[
 ]
 
 
-def _index_progress(tty: bool):
-    if not tty:
-        return None, lambda: None
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    prog = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,}"),
-        TimeElapsedColumn(),
-        console=console(),
-    )
-    prog.start()
-    task = prog.add_task("index", total=None)
-    state = {"ns": ""}
-
-    def update(stage, done, total):
-        prog.update(task, description=f"{state['ns']} {stage}", completed=done, total=total)
-
-    return (update, state), prog.stop
+MaxSecondsOpt = Annotated[
+    float | None,
+    typer.Option("--max-seconds", help="Stop starting work after N seconds (a partial run publishes what it folded)"),
+]
+GcGraceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gc-grace",
+        envvar="PUFFER_INDEX_GC_GRACE",
+        help="Seconds an old generation's files stay for running readers (default 600)",
+    ),
+]
+LeaseTtlOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lease-ttl",
+        envvar="PUFFER_INDEX_LEASE_TTL",
+        help="Seconds the indexer lease lasts without renewal (default 60)",
+    ),
+]
 
 
 @app.command("index", epilog="Example: puffer index docs   (safe from cron: puffer index --all --max-seconds 50)")
 def index_cmd(
     namespaces: Annotated[list[str] | None, typer.Argument(help="Namespaces to index")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Index every namespace in the store")] = False,
-    max_seconds: Annotated[
-        float | None,
-        typer.Option(
-            "--max-seconds", help="Stop starting work after N seconds (a partial run publishes what it folded)"
-        ),
-    ] = None,
-    gc_grace: Annotated[
-        float | None,
-        typer.Option(
-            "--gc-grace",
-            envvar="PUFFER_INDEX_GC_GRACE",
-            help="Seconds an old generation's files stay for running readers (default 600)",
-        ),
-    ] = None,
-    lease_ttl: Annotated[
-        float | None,
-        typer.Option(
-            "--lease-ttl",
-            envvar="PUFFER_INDEX_LEASE_TTL",
-            help="Seconds the indexer lease lasts without renewal (default 60)",
-        ),
-    ] = None,
+    max_seconds: MaxSecondsOpt = None,
+    gc_grace: GcGraceOpt = None,
+    lease_ttl: LeaseTtlOpt = None,
     cache_dir: CacheDirOpt = None,
     cache_max_gb: CacheMaxOpt = None,
     as_json: JsonOpt = False,
@@ -93,74 +75,68 @@ def index_cmd(
     """Build the next index generation of namespaces from their WAL, publish it, collect old files.
 
     Safe to run from cron on several machines at once: a namespace whose lease another run holds
-    is skipped (exit 0, saying who holds it until when). Exit 0: done or nothing to do; 1: a failure."""
-    import time as _time
-
+    is skipped (exit 0, saying who holds it until when). Exit 0: done or nothing to do; 1: a failure.
+    Progress goes to stderr: a bar on a terminal, a plain line per stage (and every 5 s) otherwise."""
     from . import cache as _cache
-    from .index.builder import IndexReport, index_namespace
 
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise InvalidRequest(f"--max-seconds must be a positive number of seconds, got {max_seconds}")
     if cache_dir is not None:
         _cache.configure(cache_dir)
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
-    names = list(namespaces or [])
-    if all_:
-        cursor = None
-        while True:
-            page, cursor = db.namespaces(cursor=cursor)
-            names.extend(n for n in page if n not in names)
-            if not cursor:
-                break
-    if not names and all_:
-        raise InvalidRequest(f"--all: no namespaces in store {db.store.url}", hint="check --store (env PUFFER_STORE)")
-    if not names:
-        raise InvalidRequest("name at least one namespace, or pass --all")
-    t0 = _time.perf_counter()
-    tty = sys.stderr.isatty() and not as_json
-    prog, finish = _index_progress(tty)
-    reports, failed = [], False
-    try:
+    names = _names_to_index(db, namespaces, all_)
+    t0 = time.perf_counter()
+    reports = []
+    with Reporter("index", sys.stderr.isatty() and not as_json) as progress:
         for name in names:
-            left = None if max_seconds is None else max_seconds - (_time.perf_counter() - t0)
+            left = None if max_seconds is None else max_seconds - (time.perf_counter() - t0)
             if left is not None and left <= 0:
                 break
-            if prog:
-                prog[1]["ns"] = name
-            try:
-                rep = index_namespace(
-                    db.namespace(name),
-                    max_seconds=left,
-                    gc_grace_s=gc_grace,
-                    lease_ttl=lease_ttl,
-                    progress=prog[0] if prog else None,
-                )
-            except PufferError as e:
-                rep = IndexReport(
-                    name, status="failed", message=one_line(e.message + (f" (hint: {e.hint})" if e.hint else ""))
-                )
-            except Exception as e:  # noqa: BLE001 - a cron user needs the line, not a traceback
-                if State.debug:
-                    raise
-                rep = IndexReport(name, status="failed", message=f"internal error: {type(e).__name__}: {e}")
-            failed |= rep.status == "failed"
+            progress.subject = name
+            rep = _index_one(db, name, left, gc_grace, lease_ttl, progress)
             reports.append(rep)
             if not as_json:
-                if tty:
-                    console().print(rep.summary(), highlight=False)
-                else:
-                    typer.echo(rep.summary())
-    finally:
-        finish()
+                progress.line(rep.summary())
     if as_json:
-        echo_json({"namespaces": [r.as_dict() for r in reports], "seconds": _time.perf_counter() - t0})
-    if failed:
-        bad = [r for r in reports if r.status == "failed"]
+        echo_json({"namespaces": [r.as_dict() for r in reports], "seconds": time.perf_counter() - t0})
+    bad = [r for r in reports if r.status == "failed"]
+    if bad:
         raise PufferError(
             f"{len(bad)} of {len(reports)} namespaces failed to index"
             + (f": {bad[0].namespace}: {bad[0].message}" if len(bad) == 1 else " (see above)"),
             hint="fix the cause and run `puffer index` again (namespaces that did not fail were indexed)",
         )
+
+
+def _names_to_index(db, namespaces: list[str] | None, all_: bool) -> list[str]:
+    names = list(namespaces or [])
+    if all_:
+        names.extend(n for n in db.namespaces() if n not in names)
+        if not names:
+            raise InvalidRequest(
+                f"--all: no namespaces in store {db.store.url}", hint="check --store (env PUFFER_STORE)"
+            )
+    if not names:
+        raise InvalidRequest("name at least one namespace, or pass --all")
+    return names
+
+
+def _index_one(db, name: str, left: float | None, gc_grace, lease_ttl, progress):
+    """One namespace's run; a failure becomes a report (a cron user needs the line, not a traceback)."""
+    from .index.builder import IndexReport, index_namespace
+
+    try:
+        return index_namespace(
+            db.namespace(name), max_seconds=left, gc_grace_s=gc_grace, lease_ttl=lease_ttl, progress=progress
+        )
+    except PufferError as e:
+        return IndexReport(
+            name, status="failed", message=one_line(e.message + (f" (hint: {e.hint})" if e.hint else ""))
+        )
+    except Exception as e:  # noqa: BLE001
+        if State.debug:
+            raise
+        return IndexReport(name, status="failed", message=f"internal error: {type(e).__name__}: {e}")
 
 
 @app.command(epilog="Example: puffer warm docs --store s3://bucket/puffer")
@@ -180,7 +156,9 @@ def warm(
     db = open_db(store, s3_endpoint, cache_max_gb=cache_max_gb)
     ns = db.namespace(namespace)
     ns.require()
-    rep = run(ns, c)
+    with Reporter("warm", sys.stderr.isatty() and not as_json) as progress:
+        progress.subject = namespace
+        rep = run(ns, c, progress=progress)
     rep["cache_dir"] = str(c.root) if c.persistent else ""
     if as_json:
         echo_json(rep)

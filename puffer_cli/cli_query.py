@@ -109,53 +109,60 @@ def serve(
 
 
 # ---------------------------------------------------------------- query
+VectorOpt = Annotated[
+    str | None, typer.Option("--vector", help="Query vector: JSON list, base64, @file.npy or @file.json")
+]
+Bm25Opt = Annotated[
+    tuple[str, str] | None,
+    typer.Option(
+        "--bm25",
+        help="Full-text search: FIELD TEXT. With --vector: hybrid, a multi-query of both "
+        "fused client-side by reciprocal rank fusion (k=60)",
+    ),
+]
+AggregateOpt = Annotated[str | None, typer.Option("--aggregate", help='aggregate_by JSON, e.g. \'{"n": ["Count"]}\'')]
+GroupByOpt = Annotated[
+    str | None, typer.Option("--group-by", help="Attributes to group the aggregation by, comma-separated")
+]
+RankByOpt = Annotated[str | None, typer.Option("--rank-by", help='rank_by JSON, e.g. \'["price","desc"]\'')]
+BodyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--body",
+        help="A whole turbopuffer query body: JSON or @file.json "
+        '(with "queries": a multi-query); flags override its keys',
+    ),
+]
+QueryFormatOpt = Annotated[
+    str | None, typer.Option("--format", help="table|json|ndjson (default: table on a TTY, else json)")
+]
+BudgetOpt = Annotated[
+    float | None, typer.Option("--budget", help="Stop the query after SECONDS with an error (default: no budget)")
+]
+
+
 @app.command(
     epilog='Example: puffer query docs --bm25 text \'quick fox\' --filter \'["lang","Eq","en"]\' '
     "--include title --top-k 5"
 )
 def query(
     namespace: Annotated[str, typer.Argument(help="Namespace to query")],
-    vector: Annotated[
-        str | None, typer.Option("--vector", help="Query vector: JSON list, base64, @file.npy or @file.json")
-    ] = None,
+    vector: VectorOpt = None,
     vector_attr: Annotated[str, typer.Option("--vector-attr", help="Vector attribute to rank by")] = "vector",
     exact: Annotated[bool, typer.Option("--exact", help="Exact kNN instead of ANN")] = False,
-    bm25: Annotated[
-        tuple[str, str] | None,
-        typer.Option(
-            "--bm25",
-            help="Full-text search: FIELD TEXT. With --vector: hybrid, a multi-query of both "
-            "fused client-side by reciprocal rank fusion (k=60)",
-        ),
-    ] = None,
-    aggregate: Annotated[
-        str | None, typer.Option("--aggregate", help='aggregate_by JSON, e.g. \'{"n": ["Count"]}\'')
-    ] = None,
-    group_by: Annotated[
-        str | None, typer.Option("--group-by", help="Attributes to group the aggregation by, comma-separated")
-    ] = None,
-    rank_by: Annotated[str | None, typer.Option("--rank-by", help='rank_by JSON, e.g. \'["price","desc"]\'')] = None,
+    bm25: Bm25Opt = None,
+    aggregate: AggregateOpt = None,
+    group_by: GroupByOpt = None,
+    rank_by: RankByOpt = None,
     filters: Annotated[str | None, typer.Option("--filter", help="filters JSON (or @file.json)")] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Number of rows (default 10, max 10000)")] = None,
     include: Annotated[str | None, typer.Option("--include", help="Attributes to return, comma-separated")] = None,
     include_all: Annotated[bool, typer.Option("--include-all", help="Return every attribute")] = False,
     consistency: Annotated[str | None, typer.Option("--consistency", help="strong (default) or eventual")] = None,
-    body: Annotated[
-        str | None,
-        typer.Option(
-            "--body",
-            help="A whole turbopuffer query body: JSON or @file.json "
-            '(with "queries": a multi-query); flags override its keys',
-        ),
-    ] = None,
-    fmt: Annotated[
-        str | None, typer.Option("--format", help="table|json|ndjson (default: table on a TTY, else json)")
-    ] = None,
+    body: BodyOpt = None,
+    fmt: QueryFormatOpt = None,
     cache_max_gb: CacheMaxOpt = None,
-    budget: Annotated[
-        float | None,
-        typer.Option("--budget", help="Stop the query after SECONDS with an error (default: no budget)"),
-    ] = None,
+    budget: BudgetOpt = None,
     store: StoreOpt = None,
     s3_endpoint: EndpointOpt = None,
     policy: PolicyOpt = "fail",
@@ -164,14 +171,15 @@ def query(
 
     Without any ranking flag it lists documents by id. JSON output is exactly the
     turbopuffer response body, always valid JSON: a NaN or infinite number is written as null."""
+    import time
+
     from . import engine
+    from .cache import get_cache
 
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() else "json"
     if fmt not in ("table", "json", "ndjson"):
         raise InvalidRequest(f"unknown --format {fmt!r}", hint="use table, json or ndjson")
-    from .cache import get_cache
-
     if budget is not None and not (budget > 0 and math.isfinite(budget)):
         raise InvalidRequest(f"--budget must be a positive number of seconds, got {budget}")
     hybrid = vector is not None and bm25 is not None
@@ -188,14 +196,7 @@ def query(
         include_all,
         consistency,
     )
-    if aggregate is not None:
-        q["aggregate_by"] = parse_json_arg(aggregate, "--aggregate")
-        if q.get("rank_by") == ["id", "asc"] and rank_by is None:
-            q.pop("rank_by")
-    if group_by is not None:
-        if aggregate is None and "aggregate_by" not in q:
-            raise InvalidRequest("--group-by needs --aggregate", hint='e.g. --aggregate \'{"n": ["Count"]}\'')
-        q["group_by"] = [a.strip() for a in group_by.split(",") if a.strip()]
+    _add_aggregation(q, aggregate, group_by, rank_by)
     if hybrid:
         if rank_by is not None or "queries" in q:
             raise InvalidRequest("--vector with --bm25 is a hybrid query: give no --rank-by or multi-query --body")
@@ -204,8 +205,6 @@ def query(
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
     ns = db.namespace(namespace)
-    import time
-
     t0 = time.perf_counter()
     with limits.deadline(budget):
         out = engine.run(ns, q)
@@ -213,6 +212,18 @@ def query(
         out = rrf_fuse(out, int(top_k or 10))
     ms = (time.perf_counter() - t0) * 1000
     _print_query_result(out, fmt, ns.head(refresh=False).schema, ms)
+
+
+def _add_aggregation(q: dict, aggregate: str | None, group_by: str | None, rank_by: str | None) -> None:
+    """--aggregate / --group-by onto the body (an aggregation alone needs no rank_by)."""
+    if aggregate is not None:
+        q["aggregate_by"] = parse_json_arg(aggregate, "--aggregate")
+        if q.get("rank_by") == ["id", "asc"] and rank_by is None:
+            q.pop("rank_by")
+    if group_by is not None:
+        if aggregate is None and "aggregate_by" not in q:
+            raise InvalidRequest("--group-by needs --aggregate", hint='e.g. --aggregate \'{"n": ["Count"]}\'')
+        q["group_by"] = [a.strip() for a in group_by.split(",") if a.strip()]
 
 
 def _query_body(

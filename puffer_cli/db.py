@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any, overload
 
 from . import cache as _cache
 from . import config, layout
@@ -25,8 +24,6 @@ from .errors import InvalidRequest
 from .handle import NamespaceHandle
 from .limits import NAMESPACE_LIST_THREADS
 from .store import LocalStore, Store, open_store
-
-_PAGED: Any = object()  # namespaces(): no cursor/page_size given
 
 
 class DB:
@@ -44,29 +41,10 @@ class DB:
         """The namespace ``name`` (a handle: nothing is read or created until it is used)."""
         return NamespaceHandle(self.store, name, single_writer=self.single_writer, wal_policy=self.wal_policy)
 
-    @overload
-    def namespaces(self, prefix: str | None = None) -> Iterator[str]: ...
-    @overload
-    def namespaces(
-        self, prefix: str | None, cursor: str | None, page_size: int = 1000
-    ) -> tuple[list[str], str | None]: ...
-    @overload
-    def namespaces(
-        self, prefix: str | None = None, *, cursor: str | None, page_size: int = 1000
-    ) -> tuple[list[str], str | None]: ...
+    def namespaces(self, prefix: str | None = None) -> Iterator[str]:
+        """Every namespace name (with ``prefix``), in order: an iterator that pages as it goes.
 
-    def namespaces(self, prefix: str | None = None, cursor: Any = _PAGED, page_size: Any = _PAGED) -> Any:
-        """Every namespace name (with ``prefix``), in order: an iterator.
-
-        Passing ``cursor`` or ``page_size`` (even None) is the paged form the server uses,
-        :meth:`namespaces_page`: a (page, next cursor or None) tuple."""
-        if cursor is not _PAGED or page_size is not _PAGED:
-            return self.namespaces_page(
-                prefix, None if cursor is _PAGED else cursor, 1000 if page_size is _PAGED else page_size
-            )
-        return self._iter_names(prefix)
-
-    def _iter_names(self, prefix: str | None) -> Iterator[str]:
+        The paged form (what the server and ``index --all`` use) is :meth:`namespaces_page`."""
         cur: str | None = None
         while True:
             page, cur = self.namespaces_page(prefix, cur)

@@ -49,19 +49,41 @@ def _csv_ready(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(out)
 
 
-def write(df: pl.DataFrame, out: BinaryIO | str | Path, fmt: str) -> None:
+WRITE_SLICE_ROWS = 100_000  # text formats are written (and their progress told) this many rows at a time
+
+
+def write(df: pl.DataFrame, out: BinaryIO | str | Path, fmt: str, progress=None) -> None:
+    """Write ``df`` as ``fmt``; ``progress("rows written", done, total)`` after each slice."""
     if fmt not in FORMATS:
         raise InvalidRequest(f"unknown export format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
-    if fmt == "parquet":
-        df.write_parquet(out)
-    elif fmt == "ndjson":
-        df.write_ndjson(out)
-    else:
-        _csv_ready(df).write_csv(out)
+    note = progress or (lambda *a: None)
+    if fmt == "parquet" or df.height <= WRITE_SLICE_ROWS:  # parquet: one write (its row groups are polars')
+        note("rows written", 0, df.height)
+        if fmt == "parquet":
+            df.write_parquet(out)
+        elif fmt == "ndjson":
+            df.write_ndjson(out)
+        else:
+            _csv_ready(df).write_csv(out)
+        note("rows written", df.height, df.height)
+        return
+    fh = open(out, "wb") if isinstance(out, (str, Path)) else out  # noqa: SIM115 - closed below
+    try:
+        for start in range(0, df.height, WRITE_SLICE_ROWS):
+            part = df.slice(start, WRITE_SLICE_ROWS)
+            if fmt == "ndjson":
+                part.write_ndjson(fh)
+            else:
+                _csv_ready(part).write_csv(fh, include_header=start == 0)
+            note("rows written", start + part.height, df.height)
+    finally:
+        if fh is not out:
+            fh.close()
 
 
-def export(ns: Namespace, out: str | None, fmt: str | None = None, at_seq: int | None = None) -> dict:
-    """Write the snapshot to ``out`` (a path, or '-'/None for stdout)."""
+def export(ns: Namespace, out: str | None, fmt: str | None = None, at_seq: int | None = None, progress=None) -> dict:
+    """Write the snapshot to ``out`` (a path, or '-'/None for stdout); ``progress(stage, done,
+    total)`` is told the rows read, then the rows written."""
     if fmt is None:
         fmt = (
             {".parquet": "parquet", ".csv": "csv"}.get(Path(out).suffix.lower(), "ndjson")
@@ -75,9 +97,11 @@ def export(ns: Namespace, out: str | None, fmt: str | None = None, at_seq: int |
     if out is not None and out != "-":
         _check_output(out)
     df, seq = snapshot(ns, at_seq)
+    if progress:
+        progress("rows read", df.height, df.height)
     if out is None or out == "-":
         buf = io.BytesIO()
-        write(df, buf, fmt)
+        write(df, buf, fmt, progress)
         stdout = getattr(sys.stdout, "buffer", None)
         if stdout is None:  # a text-only stdout (tests, embedding): parquet cannot go there
             sys.stdout.write(buf.getvalue().decode("utf-8", "replace"))
@@ -85,7 +109,7 @@ def export(ns: Namespace, out: str | None, fmt: str | None = None, at_seq: int |
             stdout.write(buf.getvalue())
         sys.stdout.flush()
     else:
-        _write_file(df, out, fmt)
+        _write_file(df, out, fmt, progress)
     return {"namespace": ns.name, "rows": df.height, "seq": seq, "format": fmt, "output": out or "-"}
 
 
@@ -101,7 +125,7 @@ def _check_output(out: str) -> None:
         raise InvalidRequest(f"-o {out}: {str(parent)!r} is not a directory", hint="name a file in a directory")
 
 
-def _write_file(df: pl.DataFrame, out: str, fmt: str) -> None:
+def _write_file(df: pl.DataFrame, out: str, fmt: str, progress=None) -> None:
     """Write to a temporary file beside ``out`` and rename it into place: a failed
     export leaves no partial file (and an existing ``out`` untouched)."""
     p = Path(out)
@@ -110,7 +134,7 @@ def _write_file(df: pl.DataFrame, out: str, fmt: str) -> None:
     else:
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
-        write(df, tmp, fmt)
+        write(df, tmp, fmt, progress)
         if tmp != p:
             os.replace(tmp, p)
     except (OSError, pl.exceptions.PolarsError) as e:

@@ -307,60 +307,19 @@ def ingest(
         raise InvalidRequest("--batch-rows must be at least 1")
     if not paths:
         raise InvalidRequest("no input files given")
-    plans = []
-    footer_rows: dict[str, int] = {}
-    for p in paths:
-        f = detect_format(p, fmt)
-        with native_stderr_held():
-            plans.append((p, f, scan(p, f)))
-            if f == "parquet":
-                try:
-                    footer_rows[p] = pl.scan_parquet(p, glob=False).select(pl.len()).collect().item()
-                except _READ_ERRORS as e:
-                    raise read_error(p, f, e) from None
+    plans, footer_rows = _plan(paths, fmt)
     total = sum(footer_rows.values())
     declared: dict = {**ns.head().schema, **(schema or {})}
     rep = IngestReport(ns.name)
     t0 = time.perf_counter()
     for p, f, lf in plans:
         rep.files.append(p)
-        it = chunks(lf, batch_rows)
         file_rows = 0
-        while True:
-            try:
-                with native_stderr_held():
-                    chunk = next(it)
-            except StopIteration:
-                if p in footer_rows and file_rows != footer_rows[p]:
-                    # polars' streaming reader can lose a panic in a worker and just stop
-                    raise read_error(
-                        p,
-                        f,
-                        ValueError(
-                            f"read {file_rows:,} of the {footer_rows[p]:,} rows its footer promises "
-                            f"(corrupt or truncated data pages)"
-                        ),
-                        rep,
-                    ) from None
-                break
-            except _READ_ERRORS as e:
-                raise read_error(p, f, e, rep, file_rows) from None
-            if chunk.height == 0:
-                continue
+        for chunk in _chunks_of(p, f, lf, batch_rows, footer_rows.get(p), rep):
             chunk = map_columns(chunk, id_col, vector_col, p)
             if f == "csv":
                 chunk = parse_csv_lists(chunk, declared, vector_col, p, file_rows)
-            try:
-                seq = ns.write_frame(chunk, schema=schema, distance_metric=distance_metric)
-            except InvalidRequest as e:
-                e.message = f"{p}, rows {file_rows}..{file_rows + chunk.height - 1}: {e.message}"
-                if rep.rows:
-                    e.message += (
-                        f"; {rep.rows:,} rows before them were already committed (WAL seq "
-                        f"{rep.first_seq}..{rep.last_seq}), re-running after fixing the input is "
-                        f"safe: ingest upserts by id"
-                    )
-                raise
+            seq = _commit(ns, chunk, schema, distance_metric, p, file_rows, rep)
             file_rows += chunk.height
             schema = None  # declared once; later chunks see it in the head
             rep.rows += chunk.height
@@ -373,3 +332,55 @@ def ingest(
                 progress(rep, total)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _plan(paths: Sequence[str], fmt: str | None) -> tuple[list, dict[str, int]]:
+    """(path, format, lazy scan) per input, and the row counts parquet footers promise."""
+    plans = []
+    footer_rows: dict[str, int] = {}
+    for p in paths:
+        f = detect_format(p, fmt)
+        with native_stderr_held():
+            plans.append((p, f, scan(p, f)))
+            if f == "parquet":
+                try:
+                    footer_rows[p] = pl.scan_parquet(p, glob=False).select(pl.len()).collect().item()
+                except _READ_ERRORS as e:
+                    raise read_error(p, f, e) from None
+    return plans, footer_rows
+
+
+def _chunks_of(p: str, f: str, lf, batch_rows: int, footer: int | None, rep: IngestReport) -> Iterator[pl.DataFrame]:
+    """The non-empty chunks of one input; a read error names the file and what was committed."""
+    it = chunks(lf, batch_rows)
+    read = 0
+    while True:
+        try:
+            with native_stderr_held():
+                chunk = next(it)
+        except StopIteration:
+            if footer is not None and read != footer:
+                # polars' streaming reader can lose a panic in a worker and just stop
+                why = f"read {read:,} of the {footer:,} rows its footer promises (corrupt or truncated data pages)"
+                raise read_error(p, f, ValueError(why), rep) from None
+            return
+        except _READ_ERRORS as e:
+            raise read_error(p, f, e, rep, read) from None
+        if chunk.height:
+            read += chunk.height
+            yield chunk
+
+
+def _commit(ns: Namespace, chunk: pl.DataFrame, schema, distance_metric, p: str, file_rows: int, rep) -> int:
+    """One WAL entry for ``chunk``; a refused chunk's error names its rows and what is committed."""
+    try:
+        return ns.write_frame(chunk, schema=schema, distance_metric=distance_metric)
+    except InvalidRequest as e:
+        e.message = f"{p}, rows {file_rows}..{file_rows + chunk.height - 1}: {e.message}"
+        if rep.rows:
+            e.message += (
+                f"; {rep.rows:,} rows before them were already committed (WAL seq "
+                f"{rep.first_seq}..{rep.last_seq}), re-running after fixing the input is "
+                f"safe: ingest upserts by id"
+            )
+        raise

@@ -287,18 +287,13 @@ class Namespace:
                 docs, start, schema = c.docs, c.docs_seq, c.docs_schema
             else:
                 docs, start, schema = None, 0, {}
-            box = [schema]
-
-            def schema_at(e: wal.Entry) -> dict:
-                box[0] = e.header.get("schema", box[0])
-                return box[0]
-
-            docs, _last = replay.fold_entries(docs, schema_at, self.entries(start, target))
+            docs, _last, after = replay.fold_entries(docs, replay.follow(self.entries(start, target), schema, None))
+            schema = after if after is not None else schema
             if docs is None:
-                docs = replay.empty(box[0])
+                docs = replay.empty(schema)
             if target == head.seq:
-                c.docs, c.docs_seq, c.docs_schema = docs, target, box[0]
-            return docs, Head(target, box[0], head.metric, head.created_at, head.updated_at)
+                c.docs, c.docs_seq, c.docs_schema = docs, target, schema
+            return docs, Head(target, schema, head.metric, head.created_at, head.updated_at)
 
     # ------------------------------------------------------------ writes
     def write(self, body: Mapping[str, Any], *, copy_source=None) -> dict:

@@ -100,18 +100,21 @@ def fold(docs: pl.DataFrame | None, schema: Mapping, ops: Iterable[Op]) -> pl.Da
     return cur.select(cols)
 
 
-def fold_entries(docs: pl.DataFrame | None, schema_at, entries: Iterable) -> tuple[pl.DataFrame | None, int | None]:
-    """Fold decoded entries in bounded batches. ``schema_at(entry)`` gives the
-    schema in force after that entry. Returns (docs, last seq folded)."""
+def fold_entries(
+    docs: pl.DataFrame | None, followed: Iterable[Followed]
+) -> tuple[pl.DataFrame | None, int | None, dict | None]:
+    """Fold entries (as :func:`follow` yields them, each with the schema in force after it)
+    in bounded batches, streaming. Returns (docs, last seq folded, schema after it; None
+    when there were no entries)."""
     batch: list[Op] = []
     rows = 0
     last = None
     schema = None
-    for e in entries:
-        schema = schema_at(e)
-        batch.extend(e.ops)
-        rows += sum(op.rows for op in e.ops)
-        last = e.seq
+    for f in followed:
+        schema = f.schema
+        batch.extend(f.entry.ops)
+        rows += sum(op.rows for op in f.entry.ops)
+        last = f.entry.seq
         if rows >= BATCH_ROWS:
             docs = fold(docs, schema, batch)
             batch, rows = [], 0
@@ -119,4 +122,4 @@ def fold_entries(docs: pl.DataFrame | None, schema_at, entries: Iterable) -> tup
         docs = fold(docs, schema, batch)
     elif schema is not None:
         docs = S.align(docs, schema)
-    return docs, last
+    return docs, last, schema

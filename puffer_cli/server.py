@@ -383,7 +383,9 @@ class Server(RequestPlumbing):
             page_size = int(ps) if ps not in (None, "") else 1000
         except ValueError:
             raise InvalidRequest(f"page_size must be an integer, got {ps!r}") from None
-        names, nxt = await self.run(self.db.namespaces, q.get("prefix") or None, q.get("cursor") or None, page_size)
+        names, nxt = await self.run(
+            self.db.namespaces_page, q.get("prefix") or None, q.get("cursor") or None, page_size
+        )
         out: dict[str, Any] = {"namespaces": [{"id": n} for n in names]}
         if nxt:
             out["next_cursor"] = nxt
@@ -463,7 +465,7 @@ class Server(RequestPlumbing):
             try:
                 cursor = None
                 while True:
-                    names, cursor = self.db.namespaces(cursor=cursor)
+                    names, cursor = self.db.namespaces_page(cursor=cursor)
                     for n in names:
                         if self._stop.is_set():
                             return

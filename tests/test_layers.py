@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.cli_query",
             "puffer_cli.cli_index",
             "puffer_cli.cli_common",
+            "puffer_cli.cli_progress",
             "puffer_cli.server",
             "puffer_cli.server_requests",
             "puffer_cli.server_http",

@@ -45,7 +45,7 @@ def test_flow_ingest_index_query_export_delete(db, tmp_path):
     out = tmp_path / "out.parquet"
     assert ns.export(str(out))["rows"] == 20
     assert list(db.namespaces()) == ["lib"] and list(db.namespaces(prefix="x")) == []
-    assert db.namespaces(cursor=None) == (["lib"], None)  # the paged form (the server's)
+    assert db.namespaces_page() == (["lib"], None)  # the paged form (the server's)
     assert db.namespaces_page() == (["lib"], None)
     assert ns.delete() > 0
     assert not ns.exists() and list(db.namespaces()) == []

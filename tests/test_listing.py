@@ -40,7 +40,7 @@ def _write(db, name):
 def _all(db, **kw):
     out, cursor = [], None
     while True:
-        page, cursor = db.namespaces(cursor=cursor, **kw)
+        page, cursor = db.namespaces_page(cursor=cursor, **kw)
         out.extend(page)
         if not cursor:
             return out

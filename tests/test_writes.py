@@ -145,9 +145,9 @@ def test_namespaces_listing(mem_db):
     for n in ("b1", "a1", "a2"):
         mem_db.namespace(n).write({"upsert_rows": [{"id": 1}]})
     assert mem_db.namespaces_page()[0] == ["a1", "a2", "b1"]
-    page, cur = mem_db.namespaces(page_size=2)
+    page, cur = mem_db.namespaces_page(page_size=2)
     assert page == ["a1", "a2"] and cur == "a2"
-    assert mem_db.namespaces(cursor=cur)[0] == ["b1"]
+    assert mem_db.namespaces_page(cursor=cur)[0] == ["b1"]
     assert mem_db.namespaces_page(prefix="a")[0] == ["a1", "a2"]
 
 

@@ -201,14 +201,19 @@ def _dist(a: np.ndarray, b: np.ndarray, cosine: bool) -> np.ndarray:
     return np.einsum("ij,ij->i", b, b)[None, :] - 2 * g
 
 
-def train(sample: np.ndarray, nlist: int, cosine: bool, rng: np.random.Generator) -> Codebook:
+def train(
+    sample: np.ndarray, nlist: int, cosine: bool, rng: np.random.Generator, progress: Callable | None = None
+) -> Codebook:
     """Hierarchical k-means: about sqrt(nlist) coarse clusters of the sample, then each
-    coarse cluster split into lists in proportion to its share of the sample."""
+    coarse cluster split into lists in proportion to its share of the sample;
+    ``progress(coarse clusters split, of)`` after each."""
     k1 = max(1, int(round(math.sqrt(nlist))))
     coarse = kmeans(sample, k1, cosine, rng)
     top = assign(sample, coarse, cosine)
     fine, bounds = [], [0]
     for j in range(len(coarse)):
+        if progress is not None:
+            progress(j, len(coarse))
         members = sample[top == j]
         if not len(members):
             fine.append(coarse[j : j + 1])
@@ -245,10 +250,11 @@ def fit(
     list_rows: int,
     metric: str | None,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Fit:
     """Cluster the rows of ``mat`` that have a vector (non-NaN; under cosine also non-zero:
-    a zero vector has no direction and ranks at distance 1, readers add those rows)."""
+    a zero vector has no direction and ranks at distance 1, readers add those rows).
+    ``progress(stage, done, total)``: coarse clusters trained, then rows assigned."""
     cosine = (metric or "cosine_distance") == "cosine_distance"
     rng = np.random.default_rng(seed)
     labels = np.full(len(mat), -1, np.int32)
@@ -260,8 +266,8 @@ def fit(
     nlist = max(1, int(round(n / list_rows)))
     want = min(SAMPLE_MAX, max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST))
     sample = x if n <= want else x[np.sort(rng.choice(n, want, replace=False))]
-    book = train(sample, nlist, cosine, rng)
-    labels[valid] = book.assign(x, progress)
+    book = train(sample, nlist, cosine, rng, progress and (lambda d, t: progress("clusters trained", d, t)))
+    labels[valid] = book.assign(x, progress and (lambda d, t: progress("rows assigned", d, t)))
     amax = float(np.quantile(np.abs(sample), 0.9995))
     return Fit(labels, book, (amax if amax > 0 else 1.0) / 127.0, cosine)
 

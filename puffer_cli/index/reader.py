@@ -480,8 +480,9 @@ def view_for(ns, consistency: str, head=None) -> IndexedView | None:
     return IndexedView(gen, tail)
 
 
-def warm(ns, cache: Cache | None = None) -> dict:
-    """Fetch every file of the current generation into the cache."""
+def warm(ns, cache: Cache | None = None, progress=None) -> dict:
+    """Fetch every file of the current generation into the cache; ``progress(stage, done, total)``
+    is told the files fetched so far."""
     import time
 
     cache = cache or get_cache()
@@ -501,13 +502,12 @@ def warm(ns, cache: Cache | None = None) -> dict:
     man = load_manifest(ns.store, ptr["manifest"])
     before = (cache.stats.files_fetched, cache.stats.bytes_fetched)
     total = 0
-    n = 0
-    for key in man.get("files", []):
-        if key == ptr["manifest"]:
-            continue
-        p = cache.file(ns.store, key)
-        total += p.stat().st_size
-        n += 1
+    keys = [k for k in man.get("files", []) if k != ptr["manifest"]]
+    for n, key in enumerate(keys, 1):
+        total += cache.file(ns.store, key).stat().st_size
+        if progress:
+            progress("files in cache", n, len(keys))
+    n = len(keys)
     gen = open_generation(ns.store, ptr, cache)
     for seg in gen.segments:
         seg.warm()

@@ -140,7 +140,7 @@ def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progre
         mat0,
         ivf.build_options(schema[f0])["list_rows"],
         metric,
-        progress=lambda done, total: note(progress, f"ivf {f0}: rows assigned", done, total),
+        progress=lambda stage, done, total: note(progress, f"ivf {f0}: {stage}", done, total),
     )
     perm = fit0.row_order()
     return frame[pl.Series(perm)], {f0: fit0.permuted(perm)}, (new[perm] if new is not None else None)
