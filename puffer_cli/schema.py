@@ -74,6 +74,7 @@ ANN_KEYS = (
     "expansion_search",
     "list_rows",
     "probe",
+    "probe_min_rows",
     "rerank",
 )
 ANN_BOUNDS = {
@@ -84,7 +85,7 @@ ANN_BOUNDS = {
 ANN_DTYPES = ("f32", "f16", "i8")
 # the IVF index's options (index.ivf.BOUNDS; schema sits below the index layer, so the
 # bounds are repeated here and tests/test_ivf.py checks that they agree)
-IVF_BOUNDS = {"list_rows": (16, 1 << 20), "probe": (1e-4, 1.0), "rerank": (1, 1000)}
+IVF_BOUNDS = {"list_rows": (16, 1 << 20), "probe": (1e-4, 1.0), "probe_min_rows": (0, 1 << 24), "rerank": (1, 1000)}
 
 
 def normalize_spec(name: str, spec: Any) -> dict:
@@ -139,7 +140,7 @@ def check_ann(name: str, ann: Any) -> dict:
     querymodel.METRICS; the namespace's metric, see writes) and ``late_interaction``
     (refused when true), dtype one of ANN_DTYPES, the HNSW parameters integers (not
     booleans) within limits.ANN_* (outside them a build fails or exhausts memory), and the
-    IVF index's ``list_rows`` / ``rerank`` (integers) and ``probe`` (a fraction in (0, 1])
+    IVF index's ``list_rows`` / ``probe_min_rows`` / ``rerank`` (integers) and ``probe`` (a fraction in (0, 1])
     within index.ivf.BOUNDS (docs/indexer.md, "Vector index")."""
     if ann is True:
         ann = {}

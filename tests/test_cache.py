@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from puffer_cli import cache, engine, namespace
 from puffer_cli.cache import Cache
-from puffer_cli.index import builder, ranged, reader
+from puffer_cli.index import builder, ivf, ranged, reader
 from puffer_cli.store import io_scope
 
 from .test_index import SCHEMA, make_rows
@@ -100,6 +100,7 @@ def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch)
 
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 10)
     monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)  # treat the tiny test file as large
+    monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 0)  # ... and its segment (probe a fraction of it)
     db = puffer_cli.connect("s3://puffer-test/cold-ranged", s3_endpoint=s3_server)
     ns = db.namespace("v")
     rng = np.random.default_rng(21)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from puffer_cli import engine
-from puffer_cli.index import builder, ivf, paged, reader
+from puffer_cli.index import builder, ivf, paged, ranged, reader
 
 from .test_index import SCHEMA, exact, make_rows, queries, same
 
@@ -33,7 +35,7 @@ def exact_top(x, q, k, cosine):
 def search(route_b, lists_b, x, q, k, metric, probe):
     r = ivf.Route(route_b, x.shape[1], metric)
     lists = ivf.Lists(r, fetch=lambda ranges: [lists_b[a:b] for a, b in ranges])
-    cand, scanned = ivf.search(r, lists, q, 10 * k, probe)
+    cand, _approx, scanned = ivf.search(r, lists, q, 10 * k, probe)
     _, d = exact_top(x, q, k, metric == "cosine_distance")
     return cand[np.argsort(d[cand])[:k]], scanned
 
@@ -111,7 +113,12 @@ def test_ranged_lists_equal_memory_mapped(tmp_path, in_list_order):
 
 def test_options_clamp_stored_values():
     o = ivf.options({"ann": {"list_rows": 3, "probe": 7, "rerank": "x"}})
-    assert o == {"list_rows": 16, "probe": 1.0, "rerank": ivf.DEFAULTS["rerank"]}
+    assert o == {
+        "list_rows": 16,
+        "probe": 1.0,
+        "probe_min_rows": ivf.DEFAULTS["probe_min_rows"],
+        "rerank": ivf.DEFAULTS["rerank"],
+    }
 
 
 def test_paged_ranges_equal_the_whole_file(s3_server, tmp_path, monkeypatch):
@@ -216,6 +223,7 @@ def test_recall_measures_the_probe(mem_db, monkeypatch):
 
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
     monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 0)  # else a 3,000-row segment is scanned whole
     rng = np.random.default_rng(10)
     x = clustered(rng, n=3000, dims=16, k=60)
     ns = mem_db.namespace("probe")
@@ -286,3 +294,39 @@ def test_format1_hnsw_segment_is_searched_then_rebuilt(mem_db, monkeypatch, tmp_
     man2 = builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
     assert all(s["ann"]["vector"]["kind"] == ivf.KIND for s in man2["segments"])
     assert [r["id"] for r in engine.run_query(ns, body)["rows"]][:1] == [r["id"] for r in got["rows"]][:1]
+
+
+@pytest.mark.parametrize("metric", ["cosine_distance", "euclidean_squared"])
+def test_approximate_distances_are_in_the_metrics_units(metric):
+    """search's approximate distances estimate the exact ones (so candidates of segments
+    with different int8 steps can be compared when choosing what to re-rank)."""
+    rng = np.random.default_rng(3)
+    x = clustered(rng)
+    route_b, lists_b, _info = ivf.build(x, 32, metric)
+    r = ivf.Route(route_b, x.shape[1], metric)
+    lists = ivf.Lists(r, fetch=lambda ranges: [lists_b[a:b] for a, b in ranges])
+    q = x[7] + rng.normal(0, 0.1, x.shape[1]).astype(np.float32)
+    cand, approx, _ = ivf.search(r, lists, q, 50, 0.3)
+    _, d = exact_top(x, q, 10, metric == "cosine_distance")
+    exact = d[cand]
+    assert np.corrcoef(approx, exact)[0, 1] > 0.99
+    assert np.median(np.abs(approx - exact) / np.maximum(np.abs(exact), 1e-6)) < 0.05
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 500)), max_size=40),
+    st.sampled_from([0, 16, 1024]),
+    st.sampled_from([0.0, 0.25, 1.0]),
+)
+def test_coalesce_covers_every_range_within_its_byte_budget(spans, gap, extra):
+    ranges = [(a, a + n) for a, n in spans]
+    out = ranged.coalesce(ranges, gap, extra)
+    assert out == sorted(out) and all(a < b for a, b in out)
+    assert all(out[i][1] < out[i + 1][0] for i in range(len(out) - 1))  # disjoint, not touching
+    for a, b in ranges:
+        assert b <= a or any(x <= a and b <= y for x, y in out)  # every range inside one request
+    by_gap = ranged.coalesce(ranges, gap, 0.0)
+    assert len(out) <= len(by_gap)
+    wanted = sum(b - a for a, b in by_gap)
+    assert sum(b - a for a, b in out) - wanted <= extra * wanted  # extra bytes within the budget

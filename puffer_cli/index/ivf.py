@@ -5,20 +5,21 @@ its nearest centroid); each cluster is one *list*: the row positions of its memb
 and their vectors quantised to int8.  Two files per field and segment:
 
 ``ivf-{tag}.route.npz``
-    the routing structure: ``centroids`` (nlist x dims float32), ``offsets``
+    the routing structure: ``centroids_i8`` / ``centroid_scale`` (nlist x dims int8,
+    one float32 step per centroid; ``centroids`` float16 in older files), ``offsets``
     (nlist + 1 int64: list c holds members ``offsets[c]..offsets[c+1]``), ``scale``
     (the int8 step), ``coarse`` / ``bounds`` (the coarse clusters the lists are
     grouped by: lists ``bounds[j]..bounds[j+1]`` belong to coarse cluster j).
-    About 40 bytes per row at 100 dims and the default list size.
+    About 1 byte per row at 100 dims and the default list size (1/400 of the f32 vectors).
 ``ivf-{tag}.lists``
     the row positions of every member, list after list (uint32), then their codes
     in the same order (int8, ``round(x / scale)``, x unit-normalised under cosine):
     two byte ranges per run of adjacent probed lists.
 
-A query ranks the centroids (exact, float32), probes the nearest ``probe`` fraction
+A query ranks the centroids (int8 SIMD dots), probes the nearest ``probe`` fraction
 of the lists (one parallel batch of ranged reads when cold), scores their codes
 with SIMD int8 dot products / squared distances (numkong, a usearch dependency),
-keeps ``rerank * k`` candidates and hands them to the exact re-rank with the f32
+keeps the ``rerank * k`` best candidates over all segments and hands them to the exact re-rank with the f32
 vectors of the doc store, so ``$dist`` is exact.
 
 Cost (``ann`` options of the vector attribute, all optional; see docs/indexer.md):
@@ -26,14 +27,17 @@ Cost (``ann`` options of the vector attribute, all optional; see docs/indexer.md
 ===========  =======  ==================================================================
 option       default  cost
 ===========  =======  ==================================================================
-list_rows    1024     rows per list.  Build: assignment is O(rows x rows/list_rows) per
+list_rows    96       rows per list.  Build: assignment is O(rows x rows/list_rows) per
                       segment (segments are capped, so linear in the namespace);
                       query: centroid scan O(nlist x dims).
-probe        0.06     fraction of a segment's lists a query scans: latency, cold bytes
-                      (``probe x (dims + 4) / (4 x dims)`` of the f32 vector bytes) and
-                      recall all grow with it.
-rerank       10       candidates per requested result re-ranked with exact f32 vectors
-                      (cold: one ranged read each, coalesced).
+probe        0.035    fraction of a segment's rows a query scans (nearest lists first):
+                      latency, cold bytes (``probe / 4`` of the f32 vector bytes: int8
+                      codes; implicit row positions) and recall all grow with it.
+probe_min_   16384    ... but at least this many rows (the whole segment when smaller):
+rows                  a small segment needs a larger fraction for the same recall.
+rerank       4        candidates per requested result re-ranked with exact f32 vectors,
+                      chosen over all segments by approximate distance (cold: one
+                      ranged read each, coalesced).
 ===========  =======  ==================================================================
 
 Why not HNSW (format 1): its build cost per row grows with the segment (1.99M x 100
@@ -57,8 +61,8 @@ import numpy as np
 
 log = logging.getLogger("puffer.index.ivf")
 
-DEFAULTS = {"list_rows": 96, "probe": 0.05, "rerank": 10}
-BOUNDS = {"list_rows": (16, 1 << 20), "probe": (1e-4, 1.0), "rerank": (1, 1000)}
+DEFAULTS = {"list_rows": 96, "probe": 0.035, "probe_min_rows": 16_384, "rerank": 4}
+BOUNDS = {"list_rows": (16, 1 << 20), "probe": (1e-4, 1.0), "probe_min_rows": (0, 1 << 24), "rerank": (1, 1000)}
 SAMPLE_PER_LIST = 64  # k-means training rows per list (GloVe-100: 64 gave recall 0.955 where 32 gave 0.947)
 SAMPLE_MAX = 262_144  # ... at most (bounds the training cost of a full segment)
 SAMPLE_MIN = 8_192
@@ -302,7 +306,7 @@ def encode(f: Fit, mat: np.ndarray) -> tuple[bytes, bytes, dict]:
     route = io.BytesIO()
     np.savez(
         route,
-        centroids=(book.centroids if book is not None else empty).astype("<f2"),
+        **quantise_centroids(book.centroids if book is not None else empty),
         offsets=offsets,
         scale=np.float32(f.scale),
         coarse=(book.coarse if book is not None else empty).astype("<f4"),
@@ -316,6 +320,17 @@ def encode(f: Fit, mat: np.ndarray) -> tuple[bytes, bytes, dict]:
     return route.getvalue(), lists, info
 
 
+def quantise_centroids(c: np.ndarray) -> dict[str, np.ndarray]:
+    """Centroids as int8 rows with a float32 scale each (``max |x| / 127``): the route is
+    a cold query's one whole-file read, and this halves it (f16 before) while ranking lists
+    as well (a list is picked among its neighbours, not scored exactly)."""
+    c = np.asarray(c, dtype=np.float32)
+    m = np.abs(c).max(axis=1) if len(c) else np.zeros(0, np.float32)
+    sc = np.where(m > 0, m / 127.0, 1.0).astype("<f4")
+    q = np.clip(np.rint(c / sc[:, None]), -127, 127).astype(np.int8) if len(c) else np.zeros(c.shape, np.int8)
+    return {"centroids_i8": q, "centroid_scale": sc}
+
+
 def build(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) -> tuple[bytes, bytes, dict]:
     """:func:`fit` then :func:`encode`, rows kept in their order."""
     return encode(fit(mat, list_rows, metric, seed), mat)
@@ -327,14 +342,20 @@ class Route:
 
     def __init__(self, data: bytes, dims: int, metric: str | None):
         z = np.load(io.BytesIO(data), allow_pickle=False)
-        self.centroids = np.ascontiguousarray(z["centroids"], dtype=np.float16)  # scanned with f16 SIMD dots
+        if "centroids_i8" in z.files:  # int8 rows with a scale each (half the bytes of f16)
+            self.centroids = np.ascontiguousarray(z["centroids_i8"], dtype=np.int8)
+            self.cscale: np.ndarray | None = np.asarray(z["centroid_scale"], dtype=np.float32)
+            c32 = self.centroids.astype(np.float32) * self.cscale[:, None]
+        else:  # f16 (indexes built before int8 routes)
+            self.centroids = np.ascontiguousarray(z["centroids"], dtype=np.float16)
+            self.cscale = None
+            c32 = self.centroids.astype(np.float32)
         self.offsets = np.asarray(z["offsets"], dtype=np.int64)
         self.scale = float(z["scale"])
         self.implicit = bool(z["implicit"]) if "implicit" in z.files else False
         self.unindexed = np.asarray(z["unindexed"], dtype=np.int64) if "unindexed" in z.files else None
         self.dims = dims
         self.cosine = (metric or "cosine_distance") == "cosine_distance"
-        c32 = self.centroids.astype(np.float32)
         self.c2 = None if self.cosine else np.einsum("ij,ij->i", c32, c32)
 
     @property
@@ -364,13 +385,17 @@ class Route:
             guess = min(self.nlist, guess * 2)
 
     def dots(self, q: np.ndarray) -> np.ndarray:
-        """Centroids . q (numkong's f16 SIMD: BLAS sgemv here was 8 ms at 5k centroids under
-        load, its threads contending; this is ~80 us)."""
+        """Centroids . q (numkong's int8 / f16 SIMD: BLAS sgemv here was 8 ms at 5k centroids
+        under load, its threads contending; this is ~80 us)."""
         import numkong as nk
 
         if not self.nlist:
             return np.zeros(0)
-        return np.asarray(nk.cdist(q.astype(np.float16)[None, :], self.centroids, metric="dot"))[0]
+        if self.cscale is None:
+            return np.asarray(nk.cdist(q.astype(np.float16)[None, :], self.centroids, metric="dot"))[0]
+        m = float(np.abs(q).max()) or 1.0
+        qi = np.clip(np.rint(q * (127.0 / m)), -127, 127).astype(np.int8)[None, :]
+        return np.asarray(nk.cdist(qi, self.centroids, metric="dot"))[0] * self.cscale * (m / 127.0)
 
     @property
     def rows(self) -> int:
@@ -469,16 +494,24 @@ class Lists:
 
 
 def search(
-    route: Route, lists: Lists, q: np.ndarray, want: int, probe: float, sel: np.ndarray | None = None
-) -> tuple[np.ndarray, int]:
+    route: Route,
+    lists: Lists,
+    q: np.ndarray,
+    want: int,
+    probe: float,
+    sel: np.ndarray | None = None,
+    min_rows: int = 0,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Row positions of the ``want`` best candidates by approximate distance among the
     members of the probed lists (``sel``: the rows allowed, a boolean mask over the
-    segment), and how many members were scanned."""
+    segment; at least ``min_rows`` members scanned), their approximate distances in the
+    metric's units (comparable across segments: each segment has its own int8 step), and
+    how many members were scanned."""
     if route.nlist == 0 or want <= 0:
-        return np.zeros(0, np.int64), 0
+        return np.zeros(0, np.int64), np.zeros(0), 0
     qq = route.prepare_query(q)
     qc = route.query_codes(qq)
-    runs = route.runs(route.nearest_lists(qq, probe, min_rows=want))
+    runs = route.runs(route.nearest_lists(qq, probe, min_rows=max(want, min_rows)))
     blocks = lists.blocks(runs)
     # one SIMD call over the gathered runs: a call per run cost ~15 us of Python each,
     # 3.6 ms per segment at 1M rows, more than the copy
@@ -491,5 +524,16 @@ def search(
     sc = score(route, qc, codes)
     scanned = int(sum(b - a for a, b in runs))
     if len(pos) > want:
-        pos = pos[np.argpartition(sc, want - 1)[:want]]
-    return pos.astype(np.int64), scanned
+        top = np.argpartition(sc, want - 1)[:want]
+        pos, sc = pos[top], sc[top]
+    return pos.astype(np.int64), _approx_distance(route, qq, sc), scanned
+
+
+def _approx_distance(route: Route, qq: np.ndarray, sc: np.ndarray) -> np.ndarray:
+    """:func:`score` values in the metric's units: under cosine the codes are
+    ``x / scale`` and the query codes ``q * 127 / max|q|``, so their dot is
+    ``cos * 127 / (max|q| * scale)``; under euclidean both are ``/ scale``."""
+    if route.cosine:
+        m = float(np.abs(qq).max()) or 1.0
+        return 1.0 + sc * (m * route.scale / 127.0)
+    return sc * route.scale**2

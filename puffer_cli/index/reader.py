@@ -186,7 +186,7 @@ class IndexedView:
             vf = sorted(set(need_vecs) | {rb.attr})
             for i, seg in enumerate(self.gen.segments):
                 L.check_deadline()
-                pos, ex, pr = self.vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
+                pos, ex, pr, _approx = self.vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
                 exhaustive += ex
                 probed += pr
                 if len(pos):
@@ -291,17 +291,19 @@ class IndexedView:
             return [f for f in vf if f in inc]
         return []
 
-    def vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int]:
+    def vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int, np.ndarray | None]:
+        """(row positions of segment ``i``'s candidates, rows scored exactly, rows scanned in
+        IVF lists, the candidates' approximate distances or None when they are exact)."""
         seg = self.gen.segments[i]
         if rb.attr not in seg.meta.get("vectors", {}) or k <= 0:
-            return np.zeros(0, np.int64), 0, 0
+            return np.zeros(0, np.int64), 0, 0, None
         sel = self._filter_mask(i, filt)
         if filt is None:  # visible rows: live minus superseded by the tail (all of which are live)
             n_sel = seg.live_count() - (len(self.tail.hidden.get(i, ())) if self.tail is not None else 0)
         else:
             n_sel = int(np.count_nonzero(sel))
         if n_sel == 0:
-            return np.zeros(0, np.int64), 0, 0
+            return np.zeros(0, np.int64), 0, 0, None
         q = rb.array()
         iv = seg.ivf(rb.attr)
         index = seg.ann(rb.attr) if iv is None else None
@@ -314,21 +316,28 @@ class IndexedView:
         )
         if exact:
             pos = np.nonzero(sel)[0]
-            return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0
+            return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0, None
         frac = n_sel / max(1, seg.rows)
         if iv is not None:
             opts = ivf.options(self.schema.get(rb.attr))
             route, lists = iv
             restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
             # a filter keeping a fraction of the rows: scan that much more to find as many
-            keep, scanned = ivf.search(
-                route, lists, q, k * opts["rerank"], min(1.0, opts["probe"] / frac), sel if restrict else None
+            keep, approx, scanned = ivf.search(
+                route,
+                lists,
+                q,
+                k * opts["rerank"],
+                min(1.0, opts["probe"] / frac),
+                sel if restrict else None,
+                min_rows=int(opts["probe_min_rows"] / frac),
             )
             z = seg.unindexed_vectors(rb.attr)
-            if len(z):
-                keep = np.concatenate([keep, z[sel[z]]])
-            return keep, 0, scanned
-        return self._hnsw_candidates(seg, index, rb, sel, q, k, frac, metric, n_sel)
+            if len(z):  # zero vectors under cosine: exactly at distance 1
+                z = z[sel[z]]
+                keep, approx = np.concatenate([keep, z]), np.concatenate([approx, np.ones(len(z))])
+            return keep, 0, scanned, approx
+        return (*self._hnsw_candidates(seg, index, rb, sel, q, k, frac, metric, n_sel), None)
 
     def _hnsw_candidates(self, seg, index, rb, sel, q, k, frac, metric, n_sel) -> tuple[np.ndarray, int, int]:
         """HNSW over-fetch + post-filter (format-1 segments, until the next run rebuilds them)."""

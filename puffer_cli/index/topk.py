@@ -33,6 +33,7 @@ from .. import response as R
 from .. import schema as S
 from .. import scoring as SC
 from . import docs as D
+from . import ivf
 from . import ranged as RG
 from .manifest import fts_sig_of
 
@@ -118,6 +119,18 @@ def _tail(view):
     return t if t is not None and t.height else None
 
 
+def _best_overall(cands: list[tuple[np.ndarray, np.ndarray | None]], want: int) -> list[np.ndarray]:
+    """Per segment, the candidates to re-rank: all exact ones (few: the segment's exact
+    top k), and of the approximate ones only those among the ``want`` best over all
+    segments, so a query re-ranks ``rerank * k`` rows however many segments there are."""
+    approx = [d for _p, d in cands if d is not None and len(d)]
+    if not approx or sum(len(d) for d in approx) <= want:
+        return [p for p, _d in cands]
+    allx = np.concatenate(approx)
+    cut = np.partition(allx, want - 1)[want - 1]
+    return [p if d is None else p[d <= cut] for p, d in cands]
+
+
 def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     """(result, rows scored exactly, candidates) of a :func:`vector_eligible` query on ``view``."""
     rb = q.rank_by
@@ -126,24 +139,30 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     qv = rb.array()
     out = _Collect(view)
 
-    def one(i: int):
-        """Candidates of segment i, re-ranked with their exact f32 vectors."""
+    def candidates(i: int):
         L.check_deadline()
-        pos, ex, _probed = view.vector_candidates(i, rb, q.filter, kk, metric)
+        return view.vector_candidates(i, rb, q.filter, kk, metric)
+
+    def rerank(i: int, pos: np.ndarray):
+        """Segment i's candidates re-ranked with their exact f32 vectors."""
         if not len(pos):
-            return ex, pos, None, None
+            return pos, None, None
+        L.check_deadline()
         sub, ids = view.gen.segments[i].rerank_rows(rb.attr, pos)
         ok = ~np.isnan(sub).any(axis=1)  # rows without this vector never rank
         if not ok.all():
             pos, sub, ids = pos[ok], sub[ok], ids[ok] if isinstance(ids, np.ndarray) else ids.filter(pl.Series(ok))
-        return ex, pos, SC.exact_distances(sub, qv, metric), ids
+        return pos, SC.exact_distances(sub, qv, metric), ids
 
-    # on an object store the segments' reads overlap (one round trip per step, not per segment)
+    # on an object store the segments' reads overlap: one round trip for every segment's
+    # lists, one for every segment's re-rank rows
     n = len(view.gen.segments)
-    done = RG.parallel([lambda i=i: one(i) for i in range(n)], view.gen.store.is_remote)
-    exhaustive = 0
-    for i, (ex, pos, d, ids) in enumerate(done):
-        exhaustive += ex
+    remote = view.gen.store.is_remote
+    cands = RG.parallel([lambda i=i: candidates(i) for i in range(n)], remote)
+    keep = _best_overall([(c[0], c[3]) for c in cands], kk * ivf.options(view.schema.get(rb.attr))["rerank"])
+    done = RG.parallel([lambda i=i: rerank(i, keep[i]) for i in range(n)], remote)
+    exhaustive = sum(c[1] for c in cands)
+    for i, (pos, d, ids) in enumerate(done):
         if d is not None:
             out.add(i, pos, d, d, ids)
     tail = _tail(view)
