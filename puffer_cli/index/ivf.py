@@ -56,6 +56,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -304,9 +305,10 @@ def encode(f: Fit, mat: np.ndarray) -> tuple[bytes, bytes, dict]:
     lists = (b"" if implicit else pos[order].astype("<u4").tobytes()) + codes[order].tobytes()
     empty = np.zeros((0, dims), np.float32)
     route = io.BytesIO()
+    arrays: dict[str, Any] = quantise_centroids(book.centroids if book is not None else empty)
     np.savez(
         route,
-        **quantise_centroids(book.centroids if book is not None else empty),
+        **arrays,
         offsets=offsets,
         scale=np.float32(f.scale),
         coarse=(book.coarse if book is not None else empty).astype("<f4"),
