@@ -130,7 +130,10 @@ def _fragments(text: str, e: Q.HighlightExpr, terms: set[str], opts: Any, memo: 
     conv = _unit(text, e.include_offsets)
     out = []
     for *_k, a, b, inside in scored[: e.fragment_limit]:
-        frag: dict[str, Any] = {"text": text[a:b], "highlights": [[conv(s) - conv(a), conv(x) - conv(a)] for s, x, _t in inside]}
+        frag: dict[str, Any] = {
+            "text": text[a:b],
+            "highlights": [[conv(s) - conv(a), conv(x) - conv(a)] for s, x, _t in inside],
+        }
         if e.include_offsets is not None:
             frag["start"], frag["end"] = conv(a), conv(b)
         out.append(frag)

@@ -30,9 +30,7 @@ def parse_compute(v: Any, pre: str = "") -> tuple[tuple[str, Any], ...]:
     if not isinstance(v, Mapping):
         raise fail(where, f'expected an object {{"name": expression}}, got {show(v)}')
     if len(v) > L.MAX_COMPUTE_ATTRIBUTES:
-        raise fail(
-            where, f"{len(v):,} entries (limit: MAX_COMPUTE_ATTRIBUTES = {L.MAX_COMPUTE_ATTRIBUTES})"
-        )
+        raise fail(where, f"{len(v):,} entries (limit: MAX_COMPUTE_ATTRIBUTES = {L.MAX_COMPUTE_ATTRIBUTES})")
     out = []
     for name, e in v.items():
         n = S.utf8_len(name) if isinstance(name, str) else None
@@ -81,9 +79,7 @@ def _parse_highlight(attr: str, cfg: Any, where: str) -> HighlightExpr:
         )
     units = cfg.get("include_offsets")
     if units is not None and units not in HIGHLIGHT_OFFSET_UNITS:
-        raise fail(
-            where + ".include_offsets", f"must be one of {', '.join(HIGHLIGHT_OFFSET_UNITS)}, got {show(units)}"
-        )
+        raise fail(where + ".include_offsets", f"must be one of {', '.join(HIGHLIGHT_OFFSET_UNITS)}, got {show(units)}")
     rfb = cfg.get("rank_fragments_by")
     node = parse_text_expr(rfb, where + ".rank_fragments_by") if rfb is not None else None
     return HighlightExpr(attr, by, limit, units, node)

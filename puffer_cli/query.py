@@ -40,16 +40,17 @@ from typing import Any
 from . import attrs as S
 from . import filters as F
 from . import limits as L
+from .computeparse import check_compute, parse_compute
 from .errors import InvalidFilter, InvalidQuery
 from .querymodel import (  # noqa: F401 - re-exported: the model is query.Query etc.
     DEFAULT_LIMIT,
     METRICS,
     MULTI_KEYS,
     QUERY_KEYS,
+    RANK_FUNCTIONS,
     SUBQUERY_KEYS,
     TEXT_COMBINATORS,
     Aggregate,
-    RANK_FUNCTIONS,
     AttrScore,
     Bm25,
     Decay,
@@ -69,7 +70,6 @@ from .querymodel import (  # noqa: F401 - re-exported: the model is query.Query 
     VectorRank,
     text_children,
 )
-from .computeparse import check_compute, parse_compute
 from .rankparse import (
     attr_name,
     check_len,

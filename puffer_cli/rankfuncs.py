@@ -10,8 +10,8 @@ For an inner score ``x`` of a document the inner expression matches:
 * ``Dist(x; o) = |x - o|``.
 
 Where the inner expression does not match (missing attribute, no BM25 term) the function
-scores 0 and does not match either, like every other leaf: it can boost documents, never
-make a document eligible by itself.  Computed in float64 as ``1 / (1 + (m/x)^e)`` (and
+scores 0 and does not match either (every leaf scores 0 where it does not match); it matches
+where the inner expression does.  Computed in float64 as ``1 / (1 + (m/x)^e)`` (and
 ``1 / (1 + (x/m)^e)``), so huge exponents or values saturate to 0 or 1 instead of NaN.
 """
 
