@@ -98,6 +98,6 @@ def check_compute(q, schema: Mapping, where: str) -> None:
             if len(e.vector) != dims:
                 raise fail(w, f"vector has {len(e.vector)} dimensions; {e.attr!r} has {dims}")
         else:
-            if t != "string" or not spec.get("full_text_search"):
+            if spec is None or t != "string" or not spec.get("full_text_search"):
                 what = "not in the namespace" if t is None else t if t != "string" else "not full-text indexed"
                 raise fail(w, f"Highlight needs a string attribute with full-text search; {e.attr!r} is {what}")
