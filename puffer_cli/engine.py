@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from . import bm25 as B
+from . import compute as C
 from . import limits as L
 from . import query as Q
 from . import response as R
@@ -71,7 +72,10 @@ def _result(src: Source, i: int, q: Q.Query) -> QueryResult:
     """Query ``i``'s result: prepared by the source (index fast path), else the exact engine over ``docs``."""
     if src.prepared is not None and src.prepared[i] is not None:
         return src.prepared[i]
-    return execute(q, src.docs, src.schema, src.metric, bm25_stats=src.bm25_stats)
+    res = execute(q, src.docs, src.schema, src.metric, bm25_stats=src.bm25_stats)
+    if q.compute:
+        res.computed = C.computed(q, res.rows, src.schema, src.metric)
+    return res
 
 
 def _metric(q: Q.Query, metric: str | None) -> str:

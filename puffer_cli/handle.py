@@ -169,11 +169,29 @@ class NamespaceHandle(Namespace):
         self.require()
         return warm(self)
 
-    def recall(self, *, num: int = 25, top_k: int = 10, filters: Any = None, field: str | None = None) -> dict:
-        """ANN vs exhaustive recall@k on sampled vectors (``puffer recall``)."""
+    def recall(
+        self,
+        *,
+        num: int | None = None,
+        top_k: int = 10,
+        filters: Any = None,
+        field: str | None = None,
+        rank_by: Any = None,
+        include_ground_truth: bool = False,
+    ) -> dict:
+        """ANN vs exhaustive recall@k on sampled vectors (``puffer recall``; 25 unless ``num``),
+        or on the one vector of ``rank_by``; ``include_ground_truth`` adds the exact neighbours."""
         from .index.recall import recall
 
-        return recall(self, num=num, top_k=top_k, filters=filters, field=field)
+        return recall(
+            self,
+            num=num,
+            top_k=top_k,
+            filters=filters,
+            field=field,
+            rank_by=rank_by,
+            include_ground_truth=include_ground_truth,
+        )
 
     def metadata(self) -> dict:
         """Head seq, schema, distance metric, timestamps, index pointer. Raises NamespaceNotFound."""

@@ -47,6 +47,8 @@ MAX_PATTERN_CHARS = 4_096  # Regex/Glob pattern length
 MAX_QUERY_TEXT_CHARS = 16_384  # BM25 / token filter query string length
 QUERY_BUDGET_S = 10.0  # default wall-clock budget of one query
 MAX_OFFSET = 1_000_000  # offset of a ranked query (rows skipped are still ranked)
+MAX_COMPUTE_ATTRIBUTES = 64  # compute_attributes entries of one query
+MAX_HIGHLIGHT_FRAGMENTS = 100  # Highlight fragment_limit
 MAX_RECALL_QUERIES = 1_000  # sampled query vectors of one _debug/recall (2 queries each)
 
 # -- server (puffer serve) --------------------------------------------------------

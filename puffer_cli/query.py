@@ -40,27 +40,35 @@ from typing import Any
 from . import attrs as S
 from . import filters as F
 from . import limits as L
+from .computeparse import check_compute, parse_compute
 from .errors import InvalidFilter, InvalidQuery
 from .querymodel import (  # noqa: F401 - re-exported: the model is query.Query etc.
     DEFAULT_LIMIT,
     METRICS,
     MULTI_KEYS,
     QUERY_KEYS,
+    RANK_FUNCTIONS,
     SUBQUERY_KEYS,
     TEXT_COMBINATORS,
     Aggregate,
     AttrScore,
     Bm25,
+    Decay,
+    Dist,
     FilterScore,
     GroupKey,
+    HighlightExpr,
     MultiQuery,
     OrderBy,
     Query,
+    Saturate,
     TextMax,
     TextProduct,
     TextRank,
     TextSum,
+    VectorDistExpr,
     VectorRank,
+    text_children,
 )
 from .rankparse import (
     attr_name,
@@ -107,9 +115,7 @@ def _parse_encoding(v: Any, where: str = "vector_encoding") -> str:
 
 
 # turbopuffer query parameters puffer refuses by name (400), never ignores
-REFUSED_QUERY_KEYS = {
-    "compute_attributes": "compute_attributes (Highlight, VectorDist) is not supported by puffer yet",
-}
+REFUSED_QUERY_KEYS: dict[str, str] = {}
 
 
 def _check_keys(body: Mapping, allowed: tuple[str, ...], what: str) -> None:
@@ -159,6 +165,9 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
         )
     if rank_by is None and (body.get("include_attributes") is not None or exclude is not None):
         raise fail(pre + "include_attributes", "include_attributes/exclude_attributes need rank_by (rows)")
+    compute = parse_compute(body.get("compute_attributes"), pre)
+    if compute and rank_by is None:
+        raise fail(pre + "compute_attributes", "compute_attributes needs rank_by (rows)")
     metric = body.get("distance_metric")
     if metric is not None and metric not in METRICS:
         raise fail(pre + "distance_metric", f"must be one of {', '.join(METRICS)}, got {show(metric)}")
@@ -177,6 +186,7 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
         consistency=_parse_consistency(body.get("consistency")) if not sub else "strong",
         vector_encoding=_parse_encoding(body.get("vector_encoding"), pre + "vector_encoding"),
         distance_metric=metric,
+        compute=compute,
     )
 
 
@@ -376,11 +386,36 @@ def _attr_type(schema: Mapping, attr: str) -> str | None:
 
 def _text_nodes(e):
     yield e
-    if isinstance(e, (TextSum, TextMax)):
-        for c in e.children:
-            yield from _text_nodes(c)
-    elif isinstance(e, TextProduct):
-        yield from _text_nodes(e.child)
+    for c in text_children(e):
+        yield from _text_nodes(c)
+
+
+def _check_text(expr, schema: Mapping, where: str) -> None:
+    """A text rank expression against the schema: BM25 fields indexed, Attribute numeric, filters valid."""
+    for n in _text_nodes(expr):
+        if isinstance(n, Bm25):
+            spec = schema.get(n.attr)
+            if spec is None:
+                raise fail(where, f"unknown attribute {n.attr!r} in BM25")
+            if not spec.get("full_text_search"):
+                raise fail(
+                    where,
+                    f"attribute {n.attr!r} has no full-text search index",
+                    hint=f'declare it in the schema: {{"{n.attr}": {{"type": "string", "full_text_search": true}}',
+                )
+        elif isinstance(n, AttrScore):
+            t = _attr_type(schema, n.attr)
+            if t not in _NUMERIC and t != "datetime":
+                raise fail(where, f"Attribute ranking needs a numeric attribute, {n.attr!r} is {t}")
+        elif isinstance(n, Dist) and n.origin_json is not None:
+            t = _attr_type(schema, n.child.attr)
+            if t != "datetime":
+                raise fail(where, f"a date Dist origin needs a datetime attribute, {n.child.attr!r} is {t}")
+        elif isinstance(n, FilterScore):
+            try:
+                F.validate_filter(n.filter, schema)
+            except InvalidFilter as ex:
+                raise fail(where, ex.message) from ex
 
 
 def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "") -> None:
@@ -411,27 +446,11 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
             if t not in _ORDERABLE:
                 raise fail(pre + "rank_by", f"cannot order by {a!r} of type {t}")
     elif isinstance(rb, TextRank):
-        for n in _text_nodes(rb.expr):
-            if isinstance(n, Bm25):
-                spec = schema.get(n.attr)
-                if spec is None:
-                    raise fail(pre + "rank_by", f"unknown attribute {n.attr!r} in BM25")
-                if not spec.get("full_text_search"):
-                    raise fail(
-                        pre + "rank_by",
-                        f"attribute {n.attr!r} has no full-text search index",
-                        hint=f'declare it in the schema: {{"{n.attr}": {{"type": "string", '
-                        '"full_text_search": true}}',
-                    )
-            elif isinstance(n, AttrScore):
-                t = _attr_type(schema, n.attr)
-                if t not in _NUMERIC and t != "datetime":
-                    raise fail(pre + "rank_by", f"Attribute ranking needs a numeric attribute, {n.attr!r} is {t}")
-            elif isinstance(n, FilterScore):
-                try:
-                    F.validate_filter(n.filter, schema)
-                except InvalidFilter as ex:
-                    raise fail(pre + "rank_by", ex.message) from ex
+        _check_text(rb.expr, schema, pre + "rank_by")
+    for name, e in q.compute:
+        if getattr(e, "rank_fragments_by", None) is not None:
+            _check_text(e.rank_fragments_by, schema, f"{pre}compute_attributes.{name}.rank_fragments_by")
+    check_compute(q, schema, pre)
     if q.filters is not None:
         try:
             F.validate_filter(q.filter, schema)

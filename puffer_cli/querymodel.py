@@ -27,10 +27,12 @@ QUERY_KEYS = (
     "consistency",
     "vector_encoding",
     "distance_metric",
+    "compute_attributes",
 )
 MULTI_KEYS = ("queries", "consistency", "rerank_by", "limit", "offset", "vector_encoding")
 SUBQUERY_KEYS = tuple(k for k in QUERY_KEYS if k != "consistency")
 TEXT_COMBINATORS = ("Sum", "Max", "Product")
+RANK_FUNCTIONS = ("Saturate", "Decay", "Dist")  # one inner expression each
 
 
 # --------------------------------------------------------------------------- rank_by nodes
@@ -121,6 +123,54 @@ class AttrScore:
 
 
 @dataclass(frozen=True)
+class Saturate:
+    """``["Saturate", expr, {"midpoint": m, "exponent": e}]``: x^e / (x^e + m^e) of the
+    inner score x (0 for x <= 0): rises from 0 to 1, 0.5 at the midpoint."""
+
+    child: Any
+    midpoint: float
+    exponent: float = 1.0
+
+    def to_json(self) -> list:
+        return ["Saturate", self.child.to_json(), {"midpoint": self.midpoint, "exponent": self.exponent}]
+
+
+@dataclass(frozen=True)
+class Decay:
+    """``["Decay", expr, {"midpoint": m, "exponent": e}]``: m^e / (x^e + m^e) of the inner
+    score x (1 for x <= 0): falls from 1 to 0, 0.5 at the midpoint."""
+
+    child: Any
+    midpoint: float
+    exponent: float = 1.0
+
+    def to_json(self) -> list:
+        return ["Decay", self.child.to_json(), {"midpoint": self.midpoint, "exponent": self.exponent}]
+
+
+@dataclass(frozen=True)
+class Dist:
+    """``["Dist", expr, origin]``: |x - origin| of the inner score x.  ``origin_json`` is
+    the origin as given (a number, or an RFC 3339 date for a datetime attribute)."""
+
+    child: Any
+    origin: float  # epoch milliseconds for a date
+    origin_json: Any = None
+
+    def to_json(self) -> list:
+        return ["Dist", self.child.to_json(), self.origin if self.origin_json is None else self.origin_json]
+
+
+def text_children(e: Any) -> tuple:
+    """The inner expressions of a text rank node (none for a leaf)."""
+    if isinstance(e, (TextSum, TextMax)):
+        return e.children
+    if isinstance(e, (TextProduct, Saturate, Decay, Dist)):
+        return (e.child,)
+    return ()
+
+
+@dataclass(frozen=True)
 class TextRank:
     """A BM25 / hybrid text expression: score descending, only matching documents."""
 
@@ -128,6 +178,46 @@ class TextRank:
 
     def to_json(self) -> Any:
         return self.expr.to_json()
+
+
+# --------------------------------------------------------------------------- compute_attributes
+HIGHLIGHT_FRAGMENT_BY = ("none", "sentence", "paragraph", "word")
+HIGHLIGHT_OFFSET_UNITS = ("utf-8", "utf-16", "codepoints")
+
+
+@dataclass(frozen=True)
+class VectorDistExpr:
+    """``[attr, "VectorDist", vector]``: the distance of each returned row's vector to ``vector``."""
+
+    attr: str
+    vector: tuple[float, ...]
+
+    def to_json(self) -> list:
+        return [self.attr, "VectorDist", list(self.vector)]
+
+
+@dataclass(frozen=True)
+class HighlightExpr:
+    """``["Highlight", attr, {config}]``: the best fragments of a text attribute, with the
+    query terms marked (see docs/http.md "Highlight")."""
+
+    attr: str
+    fragment_by: str = "sentence"
+    fragment_limit: int = 3
+    include_offsets: str | None = None
+    rank_fragments_by: Any = None  # a text expression node; None: the query's rank_by
+
+    def to_json(self) -> list:
+        cfg: dict[str, Any] = {}
+        if self.fragment_by != "sentence":
+            cfg["fragment_by"] = self.fragment_by
+        if self.fragment_limit != 3:
+            cfg["fragment_limit"] = self.fragment_limit
+        if self.include_offsets is not None:
+            cfg["include_offsets"] = self.include_offsets
+        if self.rank_fragments_by is not None:
+            cfg["rank_fragments_by"] = self.rank_fragments_by.to_json()
+        return ["Highlight", self.attr] + ([cfg] if cfg else [])
 
 
 # --------------------------------------------------------------------------- query
@@ -166,6 +256,7 @@ class Query:
     consistency: str = "strong"
     vector_encoding: str = "float"
     distance_metric: str | None = None
+    compute: tuple[tuple[str, Any], ...] = ()  # compute_attributes: (name, VectorDistExpr | HighlightExpr)
 
     @property
     def filter(self) -> Any:
@@ -200,6 +291,8 @@ class Query:
             out["vector_encoding"] = self.vector_encoding
         if self.distance_metric:
             out["distance_metric"] = self.distance_metric
+        if self.compute:
+            out["compute_attributes"] = {k: e.to_json() for k, e in self.compute}
         return out
 
 

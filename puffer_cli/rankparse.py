@@ -15,12 +15,15 @@ import numpy as np
 
 from . import filters as F
 from . import limits as L
-from .attrs import decode_vector_b64
+from .attrs import decode_vector_b64, parse_datetime_ms
 from .errors import InvalidFilter, InvalidQuery
 from .querymodel import (
+    RANK_FUNCTIONS,
     TEXT_COMBINATORS,
     AttrScore,
     Bm25,
+    Decay,
+    Dist,
     FilterScore,
     OrderBy,
     TextMax,
@@ -29,6 +32,7 @@ from .querymodel import (
     TextSum,
     VectorRank,
 )
+from .querymodel import Saturate as SaturateNode
 
 
 def show(v: Any, limit: int = 120) -> str:
@@ -142,7 +146,7 @@ def _check_rank_limits(rb: Any, where: str) -> None:
         if (
             not isinstance(e, (list, tuple))
             or not e
-            or e[0] not in TEXT_COMBINATORS
+            or e[0] not in TEXT_COMBINATORS + RANK_FUNCTIONS
             or (len(e) >= 2 and e[1] == "BM25")
         ):
             continue
@@ -152,7 +156,7 @@ def _check_rank_limits(rb: Any, where: str) -> None:
                 f"Sum/Max/Product nested more than {L.MAX_FILTER_DEPTH} levels "
                 f"(limit: MAX_FILTER_DEPTH = {L.MAX_FILTER_DEPTH})",
             )
-        kids = e[1:]
+        kids = e[1:2] if e[0] in RANK_FUNCTIONS else e[1:]
         if e[0] in ("Sum", "Max") and len(e) == 2 or (e[0] == "Product" and len(e) == 2):
             kids = e[1] if isinstance(e[1], (list, tuple)) else ()
         if nodes + len(stack) + len(kids) > L.MAX_FILTER_NODES:
@@ -187,7 +191,7 @@ def parse_rank_by(rb: Any, where: str = "rank_by"):
         len(rb) == 2
         and isinstance(rb[0], str)
         and isinstance(rb[1], str)
-        and rb[0] not in ("Attribute", "Sum", "Max", "Product", "Not", "And", "Or")
+        and rb[0] not in ("Attribute", "Sum", "Max", "Product", "Not", "And", "Or", *RANK_FUNCTIONS)
         and rb[1] not in F.OPERATORS
         and rb[1] not in ("ANN", "kNN", "BM25")
     ):
@@ -236,8 +240,8 @@ def parse_text_expr(e: Any, where: str):
         raise fail(where, f"Product needs one finite number and one expression, got {show(e)}")
     if head == "Attribute" and len(e) == 2:
         return AttrScore(attr_name(e[1], where + "[1]"))
-    if head in ("Saturate", "Decay", "Dist"):
-        raise fail(where, f"{head} is not supported by puffer yet")
+    if head in RANK_FUNCTIONS and not (len(e) >= 2 and e[1] == "BM25"):
+        return parse_rank_function(e, where)
     if len(e) >= 2 and e[1] == "BM25":
         if len(e) not in (3, 4):
             raise fail(where, 'BM25 is [attr, "BM25", "query text"] (optionally + {"last_as_prefix": bool})')
@@ -287,3 +291,43 @@ def parse_text_expr(e: Any, where: str):
         hint = f' (did you mean "{close[0]}"?)' if close else ""
         raise fail(where, f"cannot parse ranking expression {show(e)}{hint}")
     raise fail(where, f"cannot parse ranking expression {show(e)}")
+
+
+def _positive(p: Mapping, key: str, where: str, default: float | None = None) -> float:
+    v = p.get(key, default)
+    if v is None:
+        raise fail(where, f"needs {key!r}: a finite number > 0")
+    if not is_num(v) or v <= 0:
+        raise fail(f"{where}.{key}", f"must be a finite number > 0, got {show(v)}")
+    return float(v)
+
+
+def parse_rank_function(e: Any, where: str):
+    """``["Saturate"|"Decay", expr, {"midpoint": m, "exponent": e}]`` or ``["Dist", expr, origin]``
+    (formulas: querymodel.Saturate / Decay / Dist and docs/http.md)."""
+    head = e[0]
+    if head == "Dist":
+        if len(e) != 3:
+            raise fail(where, 'Dist is ["Dist", expr, origin]')
+        child = parse_text_expr(e[1], where + "[1]")
+        o = e[2]
+        if is_num(o):
+            return Dist(child, float(o))
+        if isinstance(o, str):
+            ms = parse_datetime_ms(o)
+            if ms is None:
+                raise fail(where + "[2]", f"Dist origin must be a number or an RFC 3339 date, got {show(o)}")
+            if not isinstance(child, AttrScore):
+                raise fail(where + "[2]", 'a date origin needs ["Attribute", <datetime attribute>] as the expression')
+            return Dist(child, float(ms), o)
+        raise fail(where + "[2]", f"Dist origin must be a finite number or an RFC 3339 date, got {show(o)}")
+    if len(e) != 3 or not isinstance(e[2], Mapping):
+        raise fail(where, f'{head} is ["{head}", expr, {{"midpoint": m, "exponent": e}}]')
+    p = e[2]
+    extra = sorted(str(k) for k in p if k not in ("midpoint", "exponent"))
+    if extra:
+        raise fail(where + "[2]", f"unknown {head} parameter {show(extra[0])} (known: midpoint, exponent)")
+    child = parse_text_expr(e[1], where + "[1]")
+    midpoint = _positive(p, "midpoint", where + "[2]")
+    exponent = _positive(p, "exponent", where + "[2]", 1.0)
+    return (SaturateNode if head == "Saturate" else Decay)(child, midpoint, exponent)

@@ -37,6 +37,7 @@ __all__ = [
     "render",
     "result_body",
     "result_rows",
+    "recall_wire",
     "row_columns",
     "to_wire",
     "vector_attrs",
@@ -119,6 +120,9 @@ def result_rows(q, res, encoding: str | None = None) -> list[dict]:
         for k, v in r.items():
             if v is not None:
                 row[k] = v
+        for k, vals in (res.computed or {}).items():
+            if vals[i] is not None:
+                row[k] = vals[i]
         out.append(row)
     return out
 
@@ -183,6 +187,20 @@ def to_wire(body: Mapping, vectors: Iterable[str]) -> dict:
                 r["rows"] = _wire_rows(r["rows"], vec)
             res.append(r)
         out["results"] = res
+    return out
+
+
+def recall_wire(out: dict) -> dict:
+    """A recall result (index.recall.recall) with its ground truth's vectors and ``$dist`` as f32."""
+    if "ground_truth" in out:
+        out = dict(out)
+        out["ground_truth"] = [
+            {
+                "query_vector": _vector_out(g["query_vector"]),
+                "nearest_neighbors": _wire_rows(g["nearest_neighbors"], {out["field"]}),
+            }
+            for g in out["ground_truth"]
+        ]
     return out
 
 

@@ -10,7 +10,8 @@ functions, so a result is the same whichever path computes it:
 * :func:`rank_vector`: a frame's top-k by vector distance (float32 pre-selection
   within :func:`f32_tolerance`, exact rescoring, ties by id ascending);
 * :func:`text_eval`: a text expression's (score, matched) per row: BM25 leaves,
-  ``Sum`` / ``Max`` / ``Product``, filter and attribute scores;
+  ``Sum`` / ``Max`` / ``Product``, filter and attribute scores, ``Saturate`` /
+  ``Decay`` / ``Dist`` (:mod:`puffer_cli.rankfuncs`);
 * :func:`topk_order`: the k best positions by a key, ties by id.
 
 :class:`Source` is one snapshot of a namespace as the engine sees it,
@@ -30,6 +31,7 @@ from . import bm25 as B
 from . import filters as F
 from . import limits as L
 from . import query as Q
+from . import rankfuncs
 from .errors import InvalidQuery
 
 __all__ = [
@@ -77,6 +79,7 @@ class QueryResult:
     aggregation_groups: list | None = None
     scanned: int = 0  # documents evaluated
     matched: int = 0  # documents passing the filters
+    computed: dict | None = None  # compute_attributes: name -> one value per row (None: absent)
 
 
 # --------------------------------------------------------------------------- primitives
@@ -250,6 +253,9 @@ def text_eval(
     if isinstance(e, Q.TextProduct):
         s, m = text_eval(e.child, docs, schema, stats, postings)
         return s * e.weight, m
+    if isinstance(e, (Q.Saturate, Q.Decay, Q.Dist)):
+        s, m = text_eval(e.child, docs, schema, stats, postings)
+        return rankfuncs.apply(e, s, m), m
     n = docs.height
     if isinstance(e, Q.FilterScore):
         m = filter_mask(docs, e.filter, schema) if n else np.zeros(0, dtype=bool)

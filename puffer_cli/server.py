@@ -410,25 +410,18 @@ class Server(RequestPlumbing):
         unknown = set(body) - {"num", "top_k", "filters", "include_ground_truth", "rank_by"}
         if unknown:
             raise InvalidRequest(f"unknown recall parameter(s): {', '.join(sorted(unknown))}")
-        if body.get("rank_by") is not None:
-            raise InvalidRequest(
-                "recall with a custom rank_by is not supported; it samples query vectors from the namespace"
-            )
-        if body.get("include_ground_truth"):
-            raise InvalidRequest(
-                "recall with include_ground_truth is not supported; it reports avg_recall, "
-                "avg_ann_count and avg_exhaustive_count only"
-            )
         kw: dict[str, Any] = {}
         for k in ("num", "top_k"):
             if body.get(k) is not None:
                 if isinstance(body[k], bool) or not isinstance(body[k], int):
                     raise InvalidRequest(f"{k} must be an integer")
                 kw[k] = body[k]
-        if body.get("filters") is not None:
-            kw["filters"] = body["filters"]
+        for k in ("filters", "rank_by", "include_ground_truth"):
+            if body.get(k) is not None:
+                kw[k] = body[k]
         await self.run(ns.require)
-        return await self.run_query(recall_eval.recall, ns, what="recall evaluation", **kw)
+        out = await self.run_query(recall_eval.recall, ns, what="recall evaluation", **kw)
+        return response.recall_wire(out)
 
     async def async_ops(self, request: Request):
         raise InvalidRequest(

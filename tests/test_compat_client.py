@@ -67,12 +67,7 @@ REFUSED = {
     ("write", "branch_from_namespace"): lambda c, ns: ns.write(branch_from_namespace="src"),
     ("write", "create_namespace"): lambda c, ns: ns.write(upsert_rows=ROW, create_namespace=True),
     ("write", "sharding"): lambda c, ns: ns.write(upsert_rows=ROW, sharding={"num_shards": 2}),
-    ("query", "compute_attributes"): lambda c, ns: ns.query(rank_by=("id", "asc"), top_k=1, compute_attributes={}),
     ("query", "rerank_by"): lambda c, ns: ns.query(rank_by=("id", "asc"), top_k=1, rerank_by=["RRF"]),
-    ("explain_query", "compute_attributes"): lambda c, ns: ns.explain_query(
-        rank_by=("id", "asc"), top_k=1, compute_attributes={}
-    ),
-    ("recall", "rank_by"): lambda c, ns: ns.recall(num=1, rank_by=["vector", "ANN", [1.0, 0.0]]),
     ("copy_from", "source_api_key"): lambda c, ns: c.namespace("d1").copy_from(
         source_namespace="src", source_api_key="other"
     ),

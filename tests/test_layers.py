@@ -75,6 +75,8 @@ LAYERS: list[tuple[str, list[str]]] = [
         "scoring, response shaping, index formats",
         [
             "puffer_cli.scoring",
+            "puffer_cli.rankfuncs",
+            "puffer_cli.compute",
             "puffer_cli.bm25",
             "puffer_cli.wire",
             "puffer_cli.response",
@@ -107,6 +109,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.query",
             "puffer_cli.querymodel",
             "puffer_cli.rankparse",
+            "puffer_cli.computeparse",
             "puffer_cli.filters",
             "puffer_cli.filtercompile",
             "puffer_cli.filtertext",

@@ -529,7 +529,7 @@ BAD = [
     ({"rank_by": ["Max", [["text", "BM25", "x"], 3]]}, "rank_by[1][1]"),
     ({"rank_by": ["Product", "a", ["text", "BM25", "x"]]}, "one finite number"),
     ({"rank_by": ["Product", 2]}, "Product is"),
-    ({"rank_by": ["Saturate", ["text", "BM25", "x"], {}]}, "not supported"),
+    ({"rank_by": ["Saturate", ["text", "BM25", "x"], {}]}, "midpoint"),
     ({"rank_by": ["n", "ascending"]}, "did you mean"),
     ({"rank_by": ["n", "ASC"]}, "lowercase"),
     ({"rank_by": [["n", "asc"], ["n", "desc"]]}, "twice"),

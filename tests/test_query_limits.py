@@ -542,10 +542,10 @@ def test_unsupported_turbopuffer_query_features_are_refused_by_name():
     from puffer_cli.errors import InvalidQuery
 
     for body, name in [
-        ({"rank_by": ["id", "asc"], "compute_attributes": {"h": ["t", "Highlight", "x"]}}, "compute_attributes"),
-        ({"rank_by": ["Saturate", ["t", "BM25", "x"], {"midpoint": 1}]}, "Saturate"),
-        ({"rank_by": ["Decay", ["t", "BM25", "x"], {}]}, "Decay"),
-        ({"rank_by": ["Dist", ["n", "Attribute"], 1]}, "Dist"),
+        ({"rank_by": ["id", "asc"], "compute_attributes": {"h": ["t", "Highlight", "x"]}}, "compute_attributes.h"),
+        ({"rank_by": ["id", "asc"], "compute_attributes": {"e": ["Embed", "x"]}}, "compute_attributes.e"),
+        ({"rank_by": ["Decay", ["t", "BM25", "x"], {}]}, "midpoint"),
+        ({"rank_by": ["Dist", ["n", "Attribute"], 1]}, r"rank_by\[1\]"),
     ]:
         with pytest.raises(InvalidQuery, match=name):
             Q.parse_query(body)

@@ -279,17 +279,19 @@ class IndexedView:
         return out
 
     def _included_vectors(self, q) -> list[str]:
+        """Vector fields the candidate frame needs: the included ones and those of VectorDist."""
         vf = D.vector_fields(self.schema)
         if not vf:
             return []
+        computed = {e.attr for _n, e in q.compute if hasattr(e, "vector")}
         inc = q.include
         if q.exclude is not None:
-            return [f for f in vf if f not in q.exclude]
+            return [f for f in vf if f not in q.exclude or f in computed]
         if inc is True:
             return vf
         if isinstance(inc, tuple):
-            return [f for f in vf if f in inc]
-        return []
+            return [f for f in vf if f in inc or f in computed]
+        return [f for f in vf if f in computed]
 
     def vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int, np.ndarray | None]:
         """(row positions of segment ``i``'s candidates, rows scored exactly, rows scanned in
@@ -393,11 +395,8 @@ class IndexedView:
 
         if isinstance(e, Q.Bm25):
             yield e
-        elif isinstance(e, (Q.TextSum, Q.TextMax)):
-            for c in e.children:
-                yield from self.bm25_leaves(c)
-        elif isinstance(e, Q.TextProduct):
-            yield from self.bm25_leaves(e.child)
+        for c in Q.text_children(e):  # Sum, Max, Product, Saturate, Decay, Dist
+            yield from self.bm25_leaves(c)
 
     def pure_bm25(self, e) -> bool:
         from .. import query as Q

@@ -11,29 +11,61 @@ import numpy as np
 
 from .. import limits as L
 from .. import schema as S
-from ..errors import InvalidRequest
+from ..errors import InvalidQuery, InvalidRequest
 
 
 def recall(
     ns,
     *,
-    num: int = 25,
+    num: int | None = None,
     top_k: int = 10,
     filters=None,
     field: str | None = None,
     seed: int | None = 0,
     probe: float | None = None,
+    rank_by=None,
+    include_ground_truth: bool = False,
 ) -> dict:
-    """``probe``: measure with this IVF probe (fraction of rows scanned) instead of the schema's."""
+    """``probe``: measure with this IVF probe (fraction of rows scanned) instead of the schema's.
+    ``rank_by`` (turbopuffer's): one vector ranking ``[field, "ANN"|"kNN", vector]`` to measure
+    instead of sampled vectors (then ``num`` is 1).  ``include_ground_truth``: add
+    ``ground_truth``, per query its vector and the exact top_k rows (id, $dist, the vector)."""
     from . import ivf
 
     if probe is not None and (isinstance(probe, bool) or not isinstance(probe, (int, float)) or not 0 < probe <= 1):
         raise InvalidRequest(f"probe must be a fraction in (0, 1], got {probe!r}")
+    if not isinstance(include_ground_truth, bool):
+        raise InvalidRequest(f"include_ground_truth must be true or false, got {include_ground_truth!r}")
+    given = None
+    if rank_by is not None:
+        field, given = _given_vector(rank_by, field, num)
+        num = 1
+    elif num is None:
+        num = 25
     with ivf.probe_override(probe):
-        return _recall(ns, num=num, top_k=top_k, filters=filters, field=field, seed=seed, probe=probe)
+        out = _recall(ns, num=num, top_k=top_k, filters=filters, field=field, seed=seed, probe=probe, given=given)
+    if not include_ground_truth:
+        out.pop("ground_truth")
+    return out
 
 
-def _recall(ns, *, num, top_k, filters, field, seed, probe) -> dict:
+def _given_vector(rank_by, field: str | None, num) -> tuple[str, np.ndarray]:
+    from .. import query as Q
+
+    if num not in (None, 1):
+        raise InvalidRequest(f"recall: with rank_by, num must be null or 1, got {num!r}")
+    try:
+        rb = Q.parse_rank_by(rank_by)
+    except InvalidQuery as e:
+        raise InvalidQuery(f"recall {e.message}") from None
+    if not isinstance(rb, Q.VectorRank):
+        raise InvalidQuery('recall rank_by: recall is measured for vector rankings [field, "ANN", vector] only')
+    if field is not None and field != rb.attr:
+        raise InvalidRequest(f"recall: field {field!r} and rank_by's {rb.attr!r} differ")
+    return rb.attr, rb.array()
+
+
+def _recall(ns, *, num, top_k, filters, field, seed, probe, given=None) -> dict:
     from .. import engine
 
     if not 1 <= num <= L.MAX_RECALL_QUERIES or not 1 <= top_k <= L.MAX_TOP_K:
@@ -46,7 +78,16 @@ def _recall(ns, *, num, top_k, filters, field, seed, probe) -> dict:
         field = "vector" if "vector" in vfs else (vfs[0] if vfs else None)
     if field is None or field not in vfs:
         raise InvalidRequest(f"namespace {ns.name!r} has no vector attribute {field or ''}".strip())
-    sample = _sample_vectors(ns, field, num, seed)
+    if given is not None:
+        if len(given) != S.vector_dims(head.schema[field]["type"]):
+            raise InvalidQuery(
+                f"recall rank_by: query vector has {len(given)} dimensions; {field!r} has "
+                f"{S.vector_dims(head.schema[field]['type'])}"
+            )
+        sample = [given]
+    else:
+        sample = _sample_vectors(ns, field, num or 25, seed)
+    truth = []
     t0 = time.perf_counter()
     recalls, ann_counts, ex_counts = [], [], []
     ann_ms, ex_ms = [], []
@@ -59,7 +100,8 @@ def _recall(ns, *, num, top_k, filters, field, seed, probe) -> dict:
         a = engine.run_query(ns, {**base, "rank_by": [field, "ANN", v.tolist()]})
         ann_ms.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
-        e = engine.run_query(ns, {**base, "rank_by": [field, "kNN", v.tolist()]})
+        e = engine.run_query(ns, {**base, "include_attributes": [field], "rank_by": [field, "kNN", v.tolist()]})
+        truth.append({"query_vector": [float(x) for x in v], "nearest_neighbors": e["rows"]})
         ex_ms.append((time.perf_counter() - t) * 1000)
         aid = [r["id"] for r in a["rows"]]
         eid = [r["id"] for r in e["rows"]]
@@ -79,6 +121,7 @@ def _recall(ns, *, num, top_k, filters, field, seed, probe) -> dict:
         "p50_exhaustive_ms": float(np.median(ex_ms)) if ex_ms else 0.0,
         "probe": probe,
         "seconds": time.perf_counter() - t0,
+        "ground_truth": truth,
     }
 
 

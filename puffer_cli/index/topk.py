@@ -39,7 +39,7 @@ from .manifest import fts_sig_of
 
 
 def _simple(q: Q.Query) -> bool:
-    return q.per_attributes is None and not q.aggregate_by and not q.group_by
+    return q.per_attributes is None and not q.aggregate_by and not q.group_by and not q.compute
 
 
 def vector_eligible(view, q: Q.Query) -> bool:
