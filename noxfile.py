@@ -33,8 +33,8 @@ def slow(session):
 @nox.session
 def lint(session):
     session.install("-e", ".[lint]")
-    session.run("ruff", "check", "puffer_cli", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "puffer_cli", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "puffer_cli", "tests", "benchmarks", "tools", "noxfile.py")
+    session.run("ruff", "format", "--check", "puffer_cli", "tests", "benchmarks", "tools", "noxfile.py")
 
 
 @nox.session
