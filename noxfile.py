@@ -1,5 +1,6 @@
-"""nox sessions: tests (default suite), seaweedfs, slow, lint, typecheck, floors, bench."""
+"""nox sessions: tests (default suite), seaweedfs, slow, lint, typecheck, floors, client28, bench."""
 
+import glob
 import re
 import tomllib
 
@@ -33,8 +34,8 @@ def slow(session):
 @nox.session
 def lint(session):
     session.install("-e", ".[lint]")
-    session.run("ruff", "check", "puffer_cli", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "puffer_cli", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "puffer_cli", "tests", "benchmarks", "tools", "noxfile.py")
+    session.run("ruff", "format", "--check", "puffer_cli", "tests", "benchmarks", "tools", "noxfile.py")
 
 
 @nox.session
@@ -66,11 +67,24 @@ def floors(session):
     session.run("python", "-m", "pytest", "-q", *session.posargs)
 
 
+def client_test_files() -> list[str]:
+    """The test modules that use the official turbopuffer client (they import it)."""
+    pattern = re.compile(r"^\s*(import turbopuffer|from turbopuffer)\b", re.M)
+    return [p for p in sorted(glob.glob("tests/test_*.py")) if pattern.search(open(p).read())]
+
+
+@nox.session
+def client28(session):
+    """Every test that uses the official client, with the oldest client line tested: turbopuffer 2.8
+    (the default suite runs the newest; docs/http.md "Client compatibility" lists what 2.8 lacks)."""
+    session.install("-e", ".[test]", "turbopuffer>=2.8,<2.9")
+    session.run("python", "-c", "import turbopuffer; print('turbopuffer', turbopuffer.__version__)")
+    session.run("python", "-m", "pytest", "-q", *client_test_files(), *session.posargs)
+
+
 @nox.session
 def bench(session):
     """Benchmarks on the real data from ../shared/data/prepare.py; results in docs/benchmarks.md."""
     session.install("-e", ".[test,bench]")
-    import glob
-
     for script in sorted(glob.glob("benchmarks/bench_*.py")):
         session.run("python", script, *session.posargs)

@@ -62,9 +62,7 @@ def load_source(ns, consistency: str, queries=None, multi: bool = False) -> Sour
         src = indexed_source(ns, consistency, queries, multi)
         if src is not None:
             return src
-    docs, head = ns.docs()  # lists the WAL head once, replays (incrementally) to it
-    if head.seq == 0:
-        ns.require()  # raises NamespaceNotFound
+    docs, head = ns.docs()  # lists the WAL head once, replays (incrementally) to it; NamespaceNotFound
     return Source(docs, head.schema, head.metric, head.seq)
 
 

@@ -25,10 +25,16 @@ False
 2
 >>> sorted(ns.schema())
 ['id', 'text', 'vector']
+>>> ns.rows()["id"].to_list()
+[1, 2]
 >>> ns.index().status
 'indexed'
 >>> ns.delete() > 0, ns.exists()
 (True, False)
+>>> ns.rows()
+Traceback (most recent call last):
+...
+puffer_cli.errors.NamespaceNotFound: namespace 'docs' not found in memory://handle-demo
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ PUBLIC = (
     "recall",
     "metadata",
     "schema",
+    "rows",
     "delete",
     "exists",
 )
@@ -210,6 +217,13 @@ class NamespaceHandle(Namespace):
     def schema(self) -> dict:
         """The schema in force at the head: {attribute: {"type": ..., ...}}."""
         return dict(self.require().schema)
+
+    def rows(self, at_seq: int | None = None) -> pl.DataFrame:
+        """The live documents as a polars frame ordered by id: at the head, or as they were at
+        committed seq ``at_seq`` (what ``export`` writes). Raises NamespaceNotFound."""
+        from .export import snapshot
+
+        return snapshot(self, at_seq)[0]
 
     def delete(self) -> int:
         """Remove every key of the namespace; returns how many. Raises NamespaceNotFound."""

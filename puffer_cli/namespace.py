@@ -248,8 +248,11 @@ class Namespace:
     def require(self) -> Head:
         h = self.head()
         if h.seq == 0:
-            raise NamespaceNotFound(f"namespace {self.name!r} not found in {self.store.url}")
+            raise self._not_found()
         return h
+
+    def _not_found(self) -> NamespaceNotFound:
+        return NamespaceNotFound(f"namespace {self.name!r} not found in {self.store.url}")
 
     # ------------------------------------------------------------ entries
     def entries(self, after: int, upto: int | None = None) -> Iterator[wal.Entry]:
@@ -273,11 +276,15 @@ class Namespace:
         return e.header.get("schema", cur)
 
     # ------------------------------------------------------------ replay
-    def docs(self, seq: int | None = None) -> tuple[pl.DataFrame, Head]:
+    def docs(self, seq: int | None = None, *, missing_ok: bool = False) -> tuple[pl.DataFrame, Head]:
         """Live documents at ``seq`` (default: head), aligned to the schema there.
 
+        Raises NamespaceNotFound if the namespace does not exist, unless ``missing_ok`` (the
+        write path, which plans a first write against the empty state: an empty frame at seq 0).
         Replay continues from this process's cached state when it can."""
         head = self.head()
+        if head.seq == 0 and not missing_ok:
+            raise self._not_found()
         target = head.seq if seq is None else seq
         if target > head.seq or target < 0:
             raise InvalidRequest(f"seq {target} is not committed (head is {head.seq})")
@@ -321,7 +328,7 @@ class Namespace:
 
                 def docs_fn(seq=head.seq, prior=tuple(ops), sch=schema, base=base):
                     if "d" not in base:
-                        base["d"] = self.docs(seq)[0]
+                        base["d"] = self.docs(seq, missing_ok=True)[0]
                     return replay.fold(base["d"], sch, list(prior)) if prior else base["d"]
 
                 snap = writes.Snapshot(head.seq, schema, metric, docs_fn)

@@ -11,6 +11,7 @@ import pytest
 import turbopuffer
 from puffer_cli.server import GZIP_MIN_BYTES, ServeConfig
 
+from ._client import call
 from .serve_proc import ThreadServer
 
 KEY = "compat-key"
@@ -109,10 +110,10 @@ def test_update_metadata_pinning_and_read_only(srv):
     with pytest.raises(turbopuffer.BadRequestError):
         ns.update_metadata(pinning={"replicas": 2})
     with pytest.raises(turbopuffer.BadRequestError) as e:
-        ns.update_metadata(read_only=True)
+        call(ns, "update_metadata", read_only=True)  # read_only: client 3.x (2.8 sends it in extra_body)
     assert "read_only" in e.value.body["error"]
     # turning them off states what is true: the metadata is answered
-    assert ns.update_metadata(pinning=False, read_only=False).approx_row_count == 1
+    assert call(ns, "update_metadata", pinning=False, read_only=False).approx_row_count == 1
     assert ns.update_metadata(pinning=None).approx_row_count == 1
     with pytest.raises(turbopuffer.NotFoundError):
         client(srv).namespace("pin-missing").update_metadata(pinning=False)

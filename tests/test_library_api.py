@@ -58,3 +58,33 @@ def test_namespaces_iterates_past_one_page(db):
         db.namespace(f"n{i}").write({"upsert_rows": [{"id": 1}]})
     assert db.namespaces_page(page_size=2) == (["n0", "n1"], "n1")
     assert list(db.namespaces()) == ["n0", "n1", "n2"]
+
+
+def test_reads_of_a_missing_namespace_raise_not_found(db, tmp_path):
+    """Every public read of rows refuses a namespace that does not exist, as query does
+    (``docs()``, the replay the jobs use, too); writes still create it."""
+    ns = db.namespace("never")
+    assert "rows" in dir(ns) and not {"docs", "update_meta", "wal_keys", "entries", "head"} & set(dir(ns))
+    for read in (ns.rows, lambda: ns.rows(at_seq=1), ns.docs, lambda: ns.export(str(tmp_path / "x.ndjson"))):
+        with pytest.raises(NamespaceNotFound, match="'never' not found"):
+            read()
+    assert not ns.exists() and not (tmp_path / "x.ndjson").exists()
+
+
+def test_first_writes_plan_against_the_empty_state(db):
+    """The write path reads the (empty) documents of a namespace that does not exist yet:
+    conditional upserts and filter writes in a first write commit, they do not raise."""
+    ns = db.namespace("fresh")
+    out = ns.write(
+        {
+            "upsert_rows": [{"id": 1, "n": 1}, {"id": 2, "n": 2}],
+            "upsert_condition": ["n", "Lt", {"$ref_new": "n"}],
+        }
+    )
+    assert out["rows_upserted"] == 2
+    other = db.namespace("fresh-filter")
+    out = other.write({"delete_by_filter": ["n", "Eq", 1], "patch_by_filter": {"filters": ["n", "Eq", 1], "patch": {}}})
+    assert out["status"] == "OK"
+    assert ns.rows()["id"].to_list() == [1, 2] and ns.rows(at_seq=1).height == 2
+    ns.write({"deletes": [1]})
+    assert ns.rows()["id"].to_list() == [2] and ns.rows(at_seq=1)["id"].to_list() == [1, 2]

@@ -19,7 +19,7 @@ from puffer_cli import limits as L
 from puffer_cli import schema as S
 from puffer_cli import store as _store
 from puffer_cli.cli import main
-from puffer_cli.errors import InvalidRequest, PufferError, SchemaError
+from puffer_cli.errors import InvalidRequest, NamespaceNotFound, PufferError, SchemaError
 from puffer_cli.index import builder
 
 from ._bodies import paths as _paths
@@ -57,7 +57,7 @@ def seeded(db, name="w"):
 
 
 def state(ns):
-    return ns.head().seq, ns.head().schema, ns.docs()[0]
+    return ns.head().seq, ns.head().schema, ns.docs(missing_ok=True)[0]  # a refused first write: still missing
 
 
 def refused(ns, body, *match, exc=SchemaError):
@@ -411,7 +411,9 @@ def test_filter_writes_on_a_missing_namespace_are_a_no_op(wdb, body):
     res = ns.write(body)
     assert res["rows_affected"] == 0
     assert not ns.exists() and ns.head().seq == 0
-    assert wdb.namespace("nothing_here").docs()[0].height == 0
+    with pytest.raises(NamespaceNotFound):
+        wdb.namespace("nothing_here").docs()
+    assert wdb.namespace("nothing_here").docs(missing_ok=True)[0].height == 0
 
 
 def test_filter_writes_on_a_missing_namespace_still_validate(wdb):
