@@ -53,6 +53,7 @@ class _Cache:
     docs: pl.DataFrame | None = None
     docs_seq: int = 0
     docs_schema: dict = field(default_factory=dict)
+    meta: tuple | None = None  # (change token, meta.json, version) of the last query_meta() read
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -123,6 +124,22 @@ class Namespace:
         if got is None:
             return None, None
         return self.parse_meta(got[0], key, self.name), got[1]
+
+    def query_meta(self, fresh: bool = False) -> dict | None:
+        """meta.json for the query path (the index pointer; do not mutate it).  On a local
+        store it is read again only when the file's stat changed (``Store.change_token``:
+        one ``stat`` instead of open + read + decode); elsewhere, or with ``fresh``, it is
+        read.  A stale pointer could only name an older generation, which a strong query
+        completes with the WAL after it (the WAL, not meta.json, is the record of writes)."""
+        key = layout.meta(self.name)
+        tok = None if fresh else self.store.change_token(key)
+        got = self._c.meta
+        if tok is not None and got is not None and got[0] == tok:
+            return got[1]
+        meta, ver = self.read_meta()
+        if tok is not None:
+            self._c.meta = (tok, meta, ver)
+        return meta
 
     @staticmethod
     def parse_meta(data: bytes, key: str, name: str = "NAMESPACE") -> dict:
@@ -200,7 +217,7 @@ class Namespace:
         c = self._c
         with c.lock:
             h = c.head
-            if not refresh and h.seq:
+            if h.seq and (not refresh or self._head_unchanged(h.seq)):
                 return h
             # start from the newest seq we know (else meta.json's hint, else nothing) and list
             # from it inclusive: if that entry is gone, another process deleted the namespace
@@ -226,6 +243,17 @@ class Namespace:
             if h.seq > c.head.seq or c.head.seq == 0:
                 c.head = h
             return c.head
+
+    def _head_unchanged(self, seq: int) -> bool:
+        """On a local or memory store: is ``seq`` still the newest committed entry?  Two
+        existence checks instead of a listing: ``wal/{seq}`` is there (the namespace was not
+        deleted under us) and ``wal/{seq+1}`` is not (every commit creates the entry right
+        after the head it listed, so nothing newer exists without it).  Object stores answer
+        a listing after ``seq`` in the one round trip a HEAD would take: they list."""
+        st = self.store
+        if st.is_remote:
+            return False
+        return st.exists(layout.wal(self.name, seq)) and not st.exists(layout.wal(self.name, seq + 1))
 
     def _head_starts(self, meta: dict | None = None) -> Iterator[Head]:
         if self._c.head.seq:
@@ -283,6 +311,8 @@ class Namespace:
             raise InvalidRequest(f"seq {target} is not committed (head is {head.seq})")
         c = self._c
         with c.lock:
+            if c.docs is not None and c.docs_seq == target:  # nothing to replay: no listing
+                return c.docs, Head(target, c.docs_schema, head.metric, head.created_at, head.updated_at)
             if c.docs is not None and c.docs_seq <= target:
                 docs, start, schema = c.docs, c.docs_seq, c.docs_schema
             else:
