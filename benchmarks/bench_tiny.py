@@ -140,7 +140,11 @@ def bench_refs(rows: list[dict], vecs: np.ndarray, qs: np.ndarray, n: int, warmu
         timed(lambda i: db.execute("SELECT id FROM t ORDER BY id LIMIT 10").fetchall(), n, warmup)
     )
     out["sqlite3 WHERE category = ? ORDER BY id LIMIT 10"] = stats(
-        timed(lambda i: db.execute("SELECT id FROM t WHERE category = ? ORDER BY id LIMIT 10", ("b",)).fetchall(), n, warmup)
+        timed(
+            lambda i: db.execute("SELECT id FROM t WHERE category = ? ORDER BY id LIMIT 10", ("b",)).fetchall(),
+            n,
+            warmup,
+        )
     )
     try:
         db.execute("CREATE VIRTUAL TABLE f USING fts5(text, content='t', content_rowid='id')")
@@ -172,7 +176,11 @@ def bench_refs(rows: list[dict], vecs: np.ndarray, qs: np.ndarray, n: int, warmu
         ),
     )
     out["lancedb search(q).limit(10) (flat, cosine)"] = stats(
-        timed(lambda i: tbl.search(qs[i % NQ]).metric("cosine").limit(10).select(["id", "_distance"]).to_arrow(), n, warmup)
+        timed(
+            lambda i: tbl.search(qs[i % NQ]).metric("cosine").limit(10).select(["id", "_distance"]).to_arrow(),
+            n,
+            warmup,
+        )
     )
     out["lancedb search().where(category = 'b').limit(10)"] = stats(
         timed(lambda i: tbl.search().where("category = 'b'").limit(10).select(["id"]).to_arrow(), n, warmup)
@@ -203,7 +211,7 @@ def bench_server(store: str, qs: np.ndarray, n: int, warmup: int) -> dict[str, d
         for case, body in bodies(qs).items():
             server_ms: list[int] = []
 
-            def post(i: int, body=body, server_ms=server_ms) -> None:
+            def post(i: int, body=body, server_ms=server_ms, case=case) -> None:
                 conn.request(
                     "POST", "/v2/namespaces/t/query", json.dumps(body(i)), {"Content-Type": "application/json"}
                 )

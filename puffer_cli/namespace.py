@@ -54,6 +54,7 @@ class _Cache:
     docs_seq: int = 0
     docs_schema: dict = field(default_factory=dict)
     meta: tuple | None = None  # (change token, meta.json, version) of the last query_meta() read
+    head_token: str | None = None  # Store.change_token of the head's WAL entry (None: unknown)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -228,7 +229,7 @@ class Namespace:
                     keys = [kv for kv in keys if kv[0] > h.seq]
                     break
                 if h is c.head:  # drop everything this process knew of the old namespace
-                    c.head, c.docs, c.docs_seq, c.docs_schema = Head(), None, 0, {}
+                    c.head, c.docs, c.docs_seq, c.docs_schema, c.head_token = Head(), None, 0, {}, None
             if keys:
                 h = Head(h.seq, dict(h.schema), h.metric, h.created_at, h.updated_at)
                 for seq, _k in keys:
@@ -242,18 +243,24 @@ class Namespace:
                     h.seq = seq
             if h.seq > c.head.seq or c.head.seq == 0:
                 c.head = h
+            if c.head.seq:
+                c.head_token = self.store.change_token(layout.wal(self.name, c.head.seq))
             return c.head
 
     def _head_unchanged(self, seq: int) -> bool:
-        """On a local or memory store: is ``seq`` still the newest committed entry?  Two
-        existence checks instead of a listing: ``wal/{seq}`` is there (the namespace was not
-        deleted under us) and ``wal/{seq+1}`` is not (every commit creates the entry right
-        after the head it listed, so nothing newer exists without it).  Object stores answer
-        a listing after ``seq`` in the one round trip a HEAD would take: they list."""
-        st = self.store
-        if st.is_remote:
+        """Is ``seq`` still the newest committed entry, known without a listing?  On a local or
+        memory store, two ``stat``-cheap checks: ``wal/{seq}`` is the very object this process
+        saw (its ``Store.change_token``: not deleted, nor replaced by a namespace deleted and
+        written again to the same seq) and ``wal/{seq+1}`` does not exist (every commit creates
+        the entry right after the head it listed, so nothing newer exists without it).  Object
+        stores have no token: they list after ``seq``, the one round trip a HEAD would take."""
+        st, c = self.store, self._c
+        tok = st.change_token(layout.wal(self.name, seq))
+        if tok is None or tok != c.head_token:
+            if tok and c.head_token is not None:  # replaced: drop what this process knew of the old namespace
+                c.head, c.docs, c.docs_seq, c.docs_schema, c.head_token = Head(), None, 0, {}, None
             return False
-        return st.exists(layout.wal(self.name, seq)) and not st.exists(layout.wal(self.name, seq + 1))
+        return not st.exists(layout.wal(self.name, seq + 1))
 
     def _head_starts(self, meta: dict | None = None) -> Iterator[Head]:
         if self._c.head.seq:
@@ -423,6 +430,7 @@ class Namespace:
         with c.lock:
             if c.head.seq < seq:
                 c.head = new
+                c.head_token = self.store.change_token(layout.wal(self.name, seq))
             # keep the replay cache warm: fold our own ops if it was at seq-1
             if c.docs is not None and c.docs_seq == head.seq:
                 c.docs, c.docs_seq, c.docs_schema = replay.fold(c.docs, schema, ops), seq, schema

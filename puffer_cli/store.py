@@ -330,6 +330,13 @@ class MemoryStore(Store):
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return self.read(key)[start:end]
 
+    def change_token(self, key: str) -> str | None:
+        """The key's write counter ("" if absent): every write of any key takes a new one."""
+        count_io()
+        with _MEM_LOCK:
+            p = self._p(key)
+            return str(_MEM_VERSIONS.get(p, 0)) if p in self.fs.store else ""
+
     def write(self, key: str, data: bytes) -> None:
         global _MEM_COUNTER
         with _MEM_LOCK:
