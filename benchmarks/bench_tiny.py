@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=200, help="untimed queries per case first")
     ap.add_argument("--no-server", action="store_true", help="skip the HTTP cases")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not touch docs/benchmarks.md")
+    ap.add_argument(
+        "--data", help="ignored (the data is generated): accepted as `nox -s bench -- --data DIR` passes it"
+    )
     args = ap.parse_args(argv)
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     import puffer_cli
