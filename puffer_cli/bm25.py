@@ -55,49 +55,57 @@ CHUNK_DOCS = 8192
 
 
 # --------------------------------------------------------------------------- per-frame cache
-_CACHE: OrderedDict[tuple, Any] = OrderedDict()
+#: per-frame derived structures, in two LRUs: "derived" (postings, vector matrices, sort orders:
+#: costly to rebuild) and "masks" (filter masks: many per frame, so they do not evict the others)
+_CACHES: dict[str, OrderedDict[tuple, Any]] = {"derived": OrderedDict(), "masks": OrderedDict()}
+_CACHE = _CACHES["derived"]
 _CACHE_LOCK = threading.RLock()
-_CACHE_MAX = 16
+_CACHE_MAX = {"derived": 16, "masks": 32}
 _FINALIZERS: dict[int, Any] = {}
 _BUILDING: dict[tuple, threading.Lock] = {}
 
 
 def _drop_frame(fid: int) -> None:
     with _CACHE_LOCK:
-        for k in [k for k in _CACHE if k[0] == fid]:
-            del _CACHE[k]
+        for c in _CACHES.values():
+            for k in [k for k in c if k[0] == fid]:
+                del c[k]
         _FINALIZERS.pop(fid, None)
 
 
-def frame_cached(docs: pl.DataFrame, key: tuple, build: Callable[[], Any]) -> Any:
-    """``build()`` once per (frame identity, key) while ``docs`` is alive (LRU, 16 entries)."""
+def frame_cached(docs: pl.DataFrame, key: tuple, build: Callable[[], Any], slot: str = "derived") -> Any:
+    """``build()`` once per (frame identity, key) while ``docs`` is alive (LRU per ``slot``:
+    16 derived structures, 32 filter masks).  Frames are immutable, so a value built from
+    one stays right for as long as it lives."""
     fid = id(docs)
     k = (fid, *key)
+    c = _CACHES[slot]
     with _CACHE_LOCK:
-        if k in _CACHE:
-            _CACHE.move_to_end(k)
-            return _CACHE[k]
+        if k in c:
+            c.move_to_end(k)
+            return c[k]
         lock = _BUILDING.setdefault(k, threading.Lock())
     with lock:  # one build per key at a time; concurrent callers wait for it
         with _CACHE_LOCK:
-            if k in _CACHE:
-                return _CACHE[k]
+            if k in c:
+                return c[k]
         try:
             val = build()
-            _store(docs, fid, k, val)
+            _store(docs, fid, k, val, slot)
         finally:
             with _CACHE_LOCK:
                 _BUILDING.pop(k, None)
     return val
 
 
-def _store(docs: pl.DataFrame, fid: int, k: tuple, val: Any) -> None:
+def _store(docs: pl.DataFrame, fid: int, k: tuple, val: Any, slot: str) -> None:
     with _CACHE_LOCK:
         if fid not in _FINALIZERS:
             _FINALIZERS[fid] = weakref.finalize(docs, _drop_frame, fid)
-        _CACHE[k] = val
-        while len(_CACHE) > _CACHE_MAX:
-            _CACHE.popitem(last=False)
+        c = _CACHES[slot]
+        c[k] = val
+        while len(c) > _CACHE_MAX[slot]:
+            c.popitem(last=False)
 
 
 # --------------------------------------------------------------------------- statistics

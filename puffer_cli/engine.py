@@ -80,26 +80,34 @@ def _metric(q: Q.Query, metric: str | None) -> str:
     return q.distance_metric or metric or "cosine_distance"
 
 
-def _order_frame(frame: pl.DataFrame, rb: Q.OrderBy, kk: int | None = None) -> pl.DataFrame:
-    """Rows sorted by the keys (missing last, ties by id asc); the first kk if given.
-    Sorts only the key columns plus a row number, then gathers the winners."""
-    by = [a for a, _ in rb.keys]
-    desc = [d for _, d in rb.keys]
-    if "id" not in by:
-        by.append("id")
-        desc.append(False)
-    cols = [c for c in by if c in frame.columns]
-    keys = frame.lazy().select(*cols, pl.int_range(pl.len(), dtype=pl.Int64).alias("__r"))
-    keys = keys.sort(cols, descending=[desc[by.index(c)] for c in cols], nulls_last=True, maintain_order=True)
-    if kk is not None:
-        keys = keys.head(kk)
-    return frame.gather(keys.select("__r").collect().to_series())
+def _order_positions(frame: pl.DataFrame, rb: Q.OrderBy) -> np.ndarray:
+    """Every row of ``frame`` in ``rb``'s order (missing last, ties by id asc), as positions:
+    sorted once per frame (polars, the key columns plus a row number) and cached with it
+    (frames are immutable), so a repeated order over one snapshot is a gather.  The order is
+    total (ids are unique), so a filter's survivors keep their relative order in it."""
+
+    def build() -> np.ndarray:
+        by = [a for a, _ in rb.keys]
+        desc = [d for _, d in rb.keys]
+        if "id" not in by:
+            by.append("id")
+            desc.append(False)
+        cols = [c for c in by if c in frame.columns]
+        keys = frame.select(*cols, pl.int_range(pl.len(), dtype=pl.Int64).alias("__r"))
+        keys = keys.sort(cols, descending=[desc[by.index(c)] for c in cols], nulls_last=True, maintain_order=True)
+        return keys["__r"].to_numpy()
+
+    return B.frame_cached(frame, ("order", rb.keys), build)
 
 
 def _apply_per(frame: pl.DataFrame, attrs: tuple[str, ...], limit: int) -> pl.Series:
     """Mask keeping at most ``limit`` rows per value of ``attrs`` (in frame order)."""
     keys = [pl.col(a) if a in frame.columns else pl.lit(None) for a in attrs]
     return frame.select((pl.int_range(pl.len()).over(keys) < limit).alias("k")).to_series()
+
+
+def _gather(docs: pl.DataFrame, pos: np.ndarray) -> pl.DataFrame:
+    return docs.gather(pl.Series(pos, dtype=pl.Int64)) if len(pos) else docs.clear()
 
 
 def execute(
@@ -129,9 +137,11 @@ def execute(
     if per:
         kk = max(matched, 1)
     if isinstance(rb, Q.OrderBy):
-        frame = docs if mask is None else docs.filter(pl.Series(mask))
-        frame = _order_frame(frame, rb, None if per else kk)
+        pos = _order_positions(docs, rb) if n else np.zeros(0, dtype=np.int64)
+        if mask is not None:
+            pos = pos[mask[pos]]
         dist = None
+        frame = _gather(docs, pos if per else pos[:kk])
     else:
         if isinstance(rb, Q.VectorRank):
             pos, dist = rank_vector(q, rb, docs, _metric(q, metric), cand, kk) if n else (np.zeros(0, int), np.zeros(0))
@@ -145,7 +155,7 @@ def execute(
                 pos, dist = elig[top], s[elig][top]
             else:
                 pos, dist = np.zeros(0, dtype=np.int64), np.zeros(0)
-        frame = docs.gather(pl.Series(pos, dtype=pl.Int64)) if len(pos) else docs.clear()
+        frame = _gather(docs, pos)
     L.check_deadline()
     if per:
         keep = _apply_per(frame, q.per_attributes, q.per_limit)

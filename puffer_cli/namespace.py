@@ -53,6 +53,8 @@ class _Cache:
     docs: pl.DataFrame | None = None
     docs_seq: int = 0
     docs_schema: dict = field(default_factory=dict)
+    meta: tuple | None = None  # (change token, meta.json, version) of the last query_meta() read
+    head_token: str | None = None  # Store.change_token of the head's WAL entry (None: unknown)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -123,6 +125,22 @@ class Namespace:
         if got is None:
             return None, None
         return self.parse_meta(got[0], key, self.name), got[1]
+
+    def query_meta(self, fresh: bool = False) -> dict | None:
+        """meta.json for the query path (the index pointer; do not mutate it).  On a local
+        store it is read again only when the file's stat changed (``Store.change_token``:
+        one ``stat`` instead of open + read + decode); elsewhere, or with ``fresh``, it is
+        read.  A stale pointer could only name an older generation, which a strong query
+        completes with the WAL after it (the WAL, not meta.json, is the record of writes)."""
+        key = layout.meta(self.name)
+        tok = None if fresh else self.store.change_token(key)
+        got = self._c.meta
+        if tok is not None and got is not None and got[0] == tok:
+            return got[1]
+        meta, ver = self.read_meta()
+        if tok is not None:
+            self._c.meta = (tok, meta, ver)
+        return meta
 
     @staticmethod
     def parse_meta(data: bytes, key: str, name: str = "NAMESPACE") -> dict:
@@ -200,7 +218,7 @@ class Namespace:
         c = self._c
         with c.lock:
             h = c.head
-            if not refresh and h.seq:
+            if h.seq and (not refresh or self._head_unchanged(h.seq)):
                 return h
             # start from the newest seq we know (else meta.json's hint, else nothing) and list
             # from it inclusive: if that entry is gone, another process deleted the namespace
@@ -211,7 +229,7 @@ class Namespace:
                     keys = [kv for kv in keys if kv[0] > h.seq]
                     break
                 if h is c.head:  # drop everything this process knew of the old namespace
-                    c.head, c.docs, c.docs_seq, c.docs_schema = Head(), None, 0, {}
+                    c.head, c.docs, c.docs_seq, c.docs_schema, c.head_token = Head(), None, 0, {}, None
             if keys:
                 h = Head(h.seq, dict(h.schema), h.metric, h.created_at, h.updated_at)
                 for seq, _k in keys:
@@ -225,7 +243,24 @@ class Namespace:
                     h.seq = seq
             if h.seq > c.head.seq or c.head.seq == 0:
                 c.head = h
+            if c.head.seq:
+                c.head_token = self.store.change_token(layout.wal(self.name, c.head.seq))
             return c.head
+
+    def _head_unchanged(self, seq: int) -> bool:
+        """Is ``seq`` still the newest committed entry, known without a listing?  On a local or
+        memory store, two ``stat``-cheap checks: ``wal/{seq}`` is the very object this process
+        saw (its ``Store.change_token``: not deleted, nor replaced by a namespace deleted and
+        written again to the same seq) and ``wal/{seq+1}`` does not exist (every commit creates
+        the entry right after the head it listed, so nothing newer exists without it).  Object
+        stores have no token: they list after ``seq``, the one round trip a HEAD would take."""
+        st, c = self.store, self._c
+        tok = st.change_token(layout.wal(self.name, seq))
+        if tok is None or tok != c.head_token:
+            if tok and c.head_token is not None:  # replaced: drop what this process knew of the old namespace
+                c.head, c.docs, c.docs_seq, c.docs_schema, c.head_token = Head(), None, 0, {}, None
+            return False
+        return not st.exists(layout.wal(self.name, seq + 1))
 
     def _head_starts(self, meta: dict | None = None) -> Iterator[Head]:
         if self._c.head.seq:
@@ -290,6 +325,8 @@ class Namespace:
             raise InvalidRequest(f"seq {target} is not committed (head is {head.seq})")
         c = self._c
         with c.lock:
+            if c.docs is not None and c.docs_seq == target:  # nothing to replay: no listing
+                return c.docs, Head(target, c.docs_schema, head.metric, head.created_at, head.updated_at)
             if c.docs is not None and c.docs_seq <= target:
                 docs, start, schema = c.docs, c.docs_seq, c.docs_schema
             else:
@@ -400,6 +437,7 @@ class Namespace:
         with c.lock:
             if c.head.seq < seq:
                 c.head = new
+                c.head_token = self.store.change_token(layout.wal(self.name, seq))
             # keep the replay cache warm: fold our own ops if it was at seq-1
             if c.docs is not None and c.docs_seq == head.seq:
                 c.docs, c.docs_seq, c.docs_schema = replay.fold(c.docs, schema, ops), seq, schema

@@ -106,18 +106,21 @@ def result_rows(q, res, encoding: str | None = None) -> list[dict]:
     if frame is None or frame.height == 0:
         return []
     cols = row_columns(q, frame.columns)
-    if cols != frame.columns:
-        frame = frame.select(cols)
-    if any(isinstance(d, (pl.Datetime, pl.Array, pl.List)) for d in frame.schema.dtypes()):
-        frame = jsonable(frame, encoding or q.vector_encoding)
-    rows = frame.to_dicts()
+    sch = frame.schema
+    if any(isinstance(sch[c], (pl.Datetime, pl.Array, pl.List)) for c in cols):
+        frame = jsonable(frame.select(cols), encoding or q.vector_encoding)
+    # column by column (the values to_dicts gives, without a frame per query or a dict per row and column)
+    names = [c for c in cols if c != "id"]
+    values = [frame.get_column(c).to_list() for c in names]
+    ids = frame.get_column("id").to_list()
+    dist = np.asarray(res.dist, dtype=np.float64).tolist() if res.dist is not None else None
     out = []
-    dist = res.dist
-    for i, r in enumerate(rows):
-        row: dict[str, Any] = {"id": r.pop("id")}
+    for i, id_ in enumerate(ids):
+        row: dict[str, Any] = {"id": id_}
         if dist is not None:
-            row["$dist"] = float(dist[i])
-        for k, v in r.items():
+            row["$dist"] = dist[i]
+        for k, vals in zip(names, values):
+            v = vals[i]
             if v is not None:
                 row[k] = v
         for k, vals in (res.computed or {}).items():

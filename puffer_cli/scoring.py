@@ -101,6 +101,11 @@ class VecCache:
     valid: np.ndarray | None  # bool (n,), None when every row has a vector
     sqn: np.ndarray | None  # (n,) float32 squared norms (euclidean)
     max_sqn: float
+    raw: np.ndarray | None = None  # (n, D) the stored float32 vectors (exact rescoring), when cheap to keep
+
+
+#: keep the stored vectors beside a cosine matrix when they cost no copy, or at most this many floats
+RAW_KEEP_FLOATS = 1 << 20
 
 
 def vectors(docs: pl.DataFrame, attr: str, metric: str) -> VecCache:
@@ -115,20 +120,36 @@ def vectors(docs: pl.DataFrame, attr: str, metric: str) -> VecCache:
         if m.ndim != 2:
             m = m.reshape(docs.height, -1)
         if metric == "cosine_distance":
+            raw = m if not m.flags.writeable or m.size <= RAW_KEEP_FLOATS else None  # read-only: polars' buffer
             m = m.copy()  # normalised in place below; never touch polars' buffer
             norms = np.sqrt(np.einsum("ij,ij->i", m, m, dtype=np.float64))
             with np.errstate(divide="ignore", invalid="ignore"):
                 inv = np.where(norms > 0, 1.0 / norms, 0.0).astype(np.float32)
             m *= inv[:, None]
-            return VecCache(m, valid, None, 1.0)
+            return VecCache(m, valid, None, 1.0, raw)
         sqn = np.einsum("ij,ij->i", m, m, dtype=np.float64)
-        return VecCache(m, valid, sqn.astype(np.float32), float(sqn.max()) if len(sqn) else 0.0)
+        return VecCache(m, valid, sqn.astype(np.float32), float(sqn.max()) if len(sqn) else 0.0, m)
 
     return B.frame_cached(docs, ("vec", attr, metric), build)
 
 
+#: filter masks of frames up to this many rows are cached with the frame (repeated filters over one snapshot)
+MASK_CACHE_MAX_ROWS = 1 << 18
+
+
 def filter_mask(docs: pl.DataFrame, f: Any, schema: Mapping) -> np.ndarray:
-    return F.filter_mask(docs, F.compile_filter(f, schema, columns=docs.columns))
+    """The rows of ``docs`` passing filter ``f`` (a read-only mask: it may be shared)."""
+    expr = F.compile_filter(f, schema, columns=docs.columns)
+    if docs.height > MASK_CACHE_MAX_ROWS:
+        return F.filter_mask(docs, expr)
+
+    def build():  # keyed by the compiled expression's identity: kept alive with the mask, so not reused
+        m = F.filter_mask(docs, expr)
+        m.setflags(write=False)
+        return expr, m
+
+    hit = B.frame_cached(docs, ("mask", id(expr)), build, slot="masks")
+    return hit[1]
 
 
 def topk_order(primary: np.ndarray, ids: np.ndarray, kk: int) -> np.ndarray:
@@ -217,7 +238,10 @@ def rank_vector(
     pos = near_smallest(approx, kk, tol)
     rows = pos if cand is None else cand[pos]
     # rescore the few candidates exactly, in float64, from the stored vectors
-    sub = docs[rb.attr].gather(rows).to_numpy().reshape(len(rows), dims)
+    if vc.raw is not None:
+        sub = vc.raw[rows]
+    else:
+        sub = docs[rb.attr].gather(rows).to_numpy().reshape(len(rows), dims)
     exact = exact_distances(sub, qv, metric)
     ids = id_key(docs)[rows]
     order = np.lexsort((ids, exact))[:kk]
@@ -258,7 +282,7 @@ def text_eval(
         return rankfuncs.apply(e, s, m), m
     n = docs.height
     if isinstance(e, Q.FilterScore):
-        m = filter_mask(docs, e.filter, schema) if n else np.zeros(0, dtype=bool)
+        m = filter_mask(docs, e.filter, schema).copy() if n else np.zeros(0, dtype=bool)
         return m.astype(np.float64), m
     if isinstance(e, Q.AttrScore):
         if e.attr not in docs.columns:

@@ -263,6 +263,23 @@ class LocalStore(Store):
         count_io()
         os.unlink(self._p(key))
 
+    def change_token(self, key: str) -> str | None:
+        """inode, size, mtime and ctime (ns) of the file, one ``stat``: every write of a key
+        is a new file renamed over it (a new inode while the old one is still held)."""
+        count_io()
+        try:
+            st = os.stat(os.path.join(self.url, key))
+        except (FileNotFoundError, NotADirectoryError):
+            return ""
+        except OSError:
+            return None  # let the read report it
+        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+    def exists(self, key: str) -> bool:
+        """One ``stat`` (the strong-read head check makes two per query)."""
+        count_io()
+        return os.path.isfile(os.path.join(self.url, key))
+
     @_local_op("stat")
     def size(self, key: str) -> int:
         count_io()
@@ -312,6 +329,13 @@ class MemoryStore(Store):
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         return self.read(key)[start:end]
+
+    def change_token(self, key: str) -> str | None:
+        """The key's write counter ("" if absent): every write of any key takes a new one."""
+        count_io()
+        with _MEM_LOCK:
+            p = self._p(key)
+            return str(_MEM_VERSIONS.get(p, 0)) if p in self.fs.store else ""
 
     def write(self, key: str, data: bytes) -> None:
         global _MEM_COUNTER

@@ -130,6 +130,11 @@ class Store:
         stores write whole objects."""
         return 0
 
+    def change_token(self, key: str) -> str | None:
+        """A cheap token that changes whenever ``key`` is rewritten (None: this backend has
+        none; read the object).  Callers use it to skip re-reading an unchanged object."""
+        return None
+
     # -- derived ----------------------------------------------------------------
     def exists(self, key: str) -> bool:
         try:

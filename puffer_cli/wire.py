@@ -84,7 +84,9 @@ def parse_json(raw: bytes, *, what: str = "request body", allow_empty: bool = Fa
     return obj
 
 
-_LONG_DIGITS = re.compile(rb"\d{19}")  # an integer literal that may not fit in 64 bits
+# an integer literal that may not fit in 64 bits: 19+ digits not after a digit or ".", nor before
+# ".", "e" or "E" (a float's fraction, such as the 0.00123... of a query vector, needs no exact parse)
+_LONG_DIGITS = re.compile(rb"(?<![\d.])\d{19}(?!\d*[.eE])")
 
 
 def _parse_exact(raw: bytes, what: str) -> Any:

@@ -466,9 +466,9 @@ def _open_or_none(store: Store, ptr: dict) -> Generation | None:
         return None
 
 
-def view_for(ns, consistency: str, head=None) -> IndexedView | None:
+def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> IndexedView | None:
     """The indexed view of ``ns`` for a query, or None if it has no index."""
-    meta, _ = ns.read_meta()
+    meta = ns.query_meta(fresh=fresh_meta)
     ptr = (meta or {}).get("index")
     if not ptr:
         return None
@@ -610,7 +610,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
     misses0 = cache.stats.misses + cache.stats.ranged_reads
     for attempt in range(2):
         try:
-            view = view_for(ns, consistency)
+            view = view_for(ns, consistency, fresh_meta=attempt > 0)
             if view is None:
                 return None
             ans = _answer(view, queries, multi)
