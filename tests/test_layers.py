@@ -58,7 +58,6 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.index.recall",
         ],
     ),
-    # (index warming, ``puffer warm``, is reader.warm: it lives with the segments it reads)
     (
         "query execution",
         [
@@ -67,6 +66,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.index.topk",
             "puffer_cli.index.segment",
             "puffer_cli.index.tail",
+            "puffer_cli.index.warm",
         ],
     ),
     # what both the exact engine and the index fast paths use, what shapes responses, and

@@ -29,17 +29,18 @@ import polars as pl
 
 from .. import limits as L
 from .. import schema as S
-from ..cache import Cache, get_cache
+from ..cache import get_cache
 from ..scoring import f32_tolerance
 from ..store import Store
 from . import ann, ivf
 from . import docs as D
 from . import ranged as R
-from .manifest import fts_sig_of, load_manifest
+from .manifest import fts_sig_of
 from .segment import GENS, DfCombo, Generation, Segment, forget, open_generation  # noqa: F401  (forget: server)
 from .segment import GENS as _GENS  # noqa: F401  (tests and benchmarks clear it)
 from .tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
 from .tail import Tail, cached_tail, tail_for
+from .warm import warm  # noqa: F401  (`puffer warm`, the server's hint_cache_warm)
 
 EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old (turbopuffer: 1 minute)
 EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
@@ -486,48 +487,6 @@ def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> Index
     if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
         return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
     return IndexedView(gen, tail)
-
-
-def warm(ns, cache: Cache | None = None, progress=None) -> dict:
-    """Fetch every file of the current generation into the cache; ``progress(stage, done, total)``
-    is told the files fetched so far."""
-    import time
-
-    cache = cache or get_cache()
-    t0 = time.perf_counter()
-    meta, _ = ns.read_meta()
-    ptr = (meta or {}).get("index")
-    if not ptr:
-        return {
-            "namespace": ns.name,
-            "generation": None,
-            "files": 0,
-            "bytes": 0,
-            "fetched_files": 0,
-            "fetched_bytes": 0,
-            "seconds": time.perf_counter() - t0,
-        }
-    man = load_manifest(ns.store, ptr["manifest"])
-    before = (cache.stats.files_fetched, cache.stats.bytes_fetched)
-    total = 0
-    keys = [k for k in man.get("files", []) if k != ptr["manifest"]]
-    for n, key in enumerate(keys, 1):
-        total += cache.file(ns.store, key).stat().st_size
-        if progress:
-            progress("files in cache", n, len(keys))
-    n = len(keys)
-    gen = open_generation(ns.store, ptr, cache)
-    for seg in gen.segments:
-        seg.warm()
-    return {
-        "namespace": ns.name,
-        "generation": ptr["generation"],
-        "files": n,
-        "bytes": total,
-        "fetched_files": cache.stats.files_fetched - before[0],
-        "fetched_bytes": cache.stats.bytes_fetched - before[1],
-        "seconds": time.perf_counter() - t0,
-    }
 
 
 @dataclass
