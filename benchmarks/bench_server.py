@@ -432,6 +432,8 @@ def render_scaling(runs: list[dict]) -> list[str]:
         q2 = statistics.fmean(r["qps"] for r in two)
         per_q = statistics.fmean(r["server_ms_q"] + r["client_ms_q"] for r in two) / 1000
         ceiling = cores / per_q if per_q else float("nan")  # every core busy with server + client work only
+        ms1 = statistics.fmean(r["server_ms_q"] for r in one)
+        ms2 = statistics.fmean(r["server_ms_q"] for r in two)
         lines += [
             "",
             f"Mean queries/s: {q1:,.0f} with {SCALE_WORKERS[0]} worker, {q2:,.0f} with {SCALE_WORKERS[-1]}: "
@@ -439,12 +441,17 @@ def render_scaling(runs: list[dict]) -> list[str]:
             + ", ".join(f"{b['qps'] / a['qps']:.2f}" for a, b in zip(one, two, strict=False))
             + f"). With {cores} cores and no other load, server + client CPU per query at "
             f"{SCALE_WORKERS[-1]} workers allows at most {ceiling:,.0f} q/s, i.e. ratio "
-            f"{ceiling / q1:.2f} over the 1-worker figure. Server CPU per query: "
-            f"{statistics.fmean(r['server_ms_q'] for r in one):.2f} ms with {SCALE_WORKERS[0]} worker, "
-            f"{statistics.fmean(r['server_ms_q'] for r in two):.2f} ms with {SCALE_WORKERS[-1]} (no more work per "
-            "query, so nothing serialises the workers: queries/s follow the cores the server gets, and a "
-            "2-worker ratio below the ceiling is CPU taken by other load, the 'other cores' column). "
-            f"The client costs {statistics.fmean(r['client_ms_q'] for r in runs):.3f} ms CPU per query "
+            f"{ceiling / q1:.2f} over the 1-worker figure. Server CPU per query: {ms1:.2f} ms with "
+            f"{SCALE_WORKERS[0]} worker, {ms2:.2f} ms with {SCALE_WORKERS[-1]} "
+            + (
+                "(no more work per query, so nothing serialises the workers: queries/s follow the cores the "
+                "server gets, and a 2-worker ratio below the ceiling is CPU taken by other load, the "
+                "'other cores' column). "
+                if ms2 <= 1.1 * ms1
+                else "(more CPU per query with more workers: the processes contend for the cores other load "
+                "leaves, see 'other cores'). "
+            )
+            + f"The client costs {statistics.fmean(r['client_ms_q'] for r in runs):.3f} ms CPU per query "
             f"({100 * statistics.fmean(r['client_ms_q'] / (r['client_ms_q'] + r['server_ms_q']) for r in runs):.0f}% "
             "of the CPU per query).",
         ]
