@@ -12,7 +12,12 @@
    1, 8 and 32 requests in flight, for ``--seconds`` each after a warm-up; p50/p99 latency measured
    by the client (request sent -> response body parsed) and queries/s.  recall@10 against the
    dataset's exact neighbours is reported as a sanity check (it is the index's, not HTTP's).
-4. Writes: 8 concurrent writers each POST ``upsert_rows`` batches of 100 glove rows (vectors as
+4. Scaling: a fresh ``puffer serve --workers 1`` and ``--workers 2`` in turn (``--scale-rounds``
+   times), the same query load with 16 requests in flight for ``--seconds`` each after a warm-up
+   that reaches every worker; queries/s and the ratio, with the CPU seconds per query of the
+   client (this process), of the server (all its processes, from /proc) and of everything else on
+   the machine in that window (/proc/stat): the load generator shares the cores it measures.
+5. Writes: 8 concurrent writers each POST ``upsert_rows`` batches of 100 glove rows (vectors as
    base64 f32, as the client sends them) to a fresh namespace for ``--seconds``; rows/s counts
    acknowledged rows only; WAL entries shows how many commits group commit made of the requests.
 """
@@ -41,6 +46,8 @@ START, END = "<!-- bench_server:start -->", "<!-- bench_server:end -->"
 DATASET = "glove-100-angular"
 NS = "glove"
 CONCURRENCY = (1, 8, 32)
+SCALE_WORKERS = (1, 2)
+SCALE_CONCURRENCY = 16
 WRITERS = 8
 WRITE_BATCH = 100
 
@@ -96,7 +103,7 @@ def prepare(store: str, data: str) -> dict:
     return info
 
 
-def spawn(store: str) -> tuple[subprocess.Popen, str]:
+def spawn(store: str, workers: int = 1) -> tuple[subprocess.Popen, str]:
     p = subprocess.Popen(
         [
             sys.executable,
@@ -109,6 +116,8 @@ def spawn(store: str) -> tuple[subprocess.Popen, str]:
             store,
             "--log-level",
             "warning",
+            "--workers",
+            str(workers),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -283,7 +292,14 @@ def render(info: dict, q: list[dict], w: dict, command: str) -> str:
         '- Queries: `rank_by ["vector","ANN",q]`, `top_k 10`, float-list query vectors, warm cache; latency '
         "= client-side request->parsed response; engine p50 = the response's `performance.server_total_ms` "
         "(time inside `engine.run_query`, whole ms), the rest is HTTP, JSON and scheduling.",
-        f"- {stack()}; load average at start {info.get('load', '?')}.",
+        f"- {stack()}; load average (1 / 5 / 15 min) at start {info.get('load', '?')}, at end "
+        f"{info.get('load_end', '?')}."
+        + (
+            " The machine is shared and was busy (load above 1.5): other sessions took CPU during the run, "
+            "so queries/s are lower and latencies higher than on a quiet machine; compare ratios within this run."
+            if max(info.get("load1", 0.0), info.get("load1_end", 0.0)) > 1.5
+            else ""
+        ),
         "",
         "| clients in flight | queries | p50 ms | p99 ms | queries/s | engine p50 ms | recall@10 "
         "| exhaustive docs/query | errors |",
@@ -308,12 +324,147 @@ def render(info: dict, q: list[dict], w: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- scaling over workers
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and all its descendants (Linux /proc)."""
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes on the machine have used (busy jiffies in /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+
+
+def scale_run(store: str, workers: int, queries: np.ndarray, gt: np.ndarray, seconds: float) -> dict:
+    """One fresh ``serve --workers N``: warm every worker, then the query load, with CPU accounting."""
+    import httpx
+
+    proc, url = spawn(store, workers)
+    try:
+        pids: set[int] = set()
+        for _ in range(200):  # a new connection lands on some worker: warm until each has been asked
+            with httpx.Client(base_url=url, timeout=60) as c:
+                c.get(f"/v1/namespaces/{NS}/hint_cache_warm").raise_for_status()
+                pids.add(c.get("/health").json()["pid"])  # the same connection, so the same worker
+            if len(pids) >= workers:
+                break
+        asyncio.run(query_load(url, queries, gt, SCALE_CONCURRENCY, 3.0, warmup=0.0))  # every connection warm
+        load = os.getloadavg()[0]
+        srv0, cli0, all0 = _cpu_s(proc.pid), time.process_time(), _machine_busy_s()
+        w0 = time.perf_counter()
+        r = asyncio.run(query_load(url, queries, gt, SCALE_CONCURRENCY, seconds, warmup=0.0))
+        wall = time.perf_counter() - w0
+        srv, cli, busy = _cpu_s(proc.pid) - srv0, time.process_time() - cli0, _machine_busy_s() - all0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    n = max(1, r["queries"])
+    return {
+        **r,
+        "workers": workers,
+        "load": load,
+        "wall": wall,
+        "server_cores": srv / wall,
+        "client_cores": cli / wall,
+        "other_cores": max(0.0, busy - srv - cli) / wall,
+        "server_ms_q": 1000 * srv / n,
+        "client_ms_q": 1000 * cli / n,
+    }
+
+
+def scaling(store: str, queries: np.ndarray, gt: np.ndarray, seconds: float, rounds: int) -> list[dict]:
+    out = []
+    for k in range(rounds):
+        for w in SCALE_WORKERS:
+            r = scale_run(store, w, queries, gt, seconds)
+            r["round"] = k + 1
+            print(
+                f"round {k + 1} workers={w}: {r['qps']:,.0f} q/s, p50 {r['p50_ms']:.1f} ms, server "
+                f"{r['server_cores']:.2f} cores ({r['server_ms_q']:.2f} ms/query), client {r['client_cores']:.2f} "
+                f"cores ({r['client_ms_q']:.3f} ms/query), others {r['other_cores']:.2f} cores, load {r['load']:.2f}",
+                flush=True,
+            )
+            out.append(r)
+    return out
+
+
+def render_scaling(runs: list[dict]) -> list[str]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    lines = [
+        "",
+        f"Scaling over `--workers`: a fresh `puffer serve --workers N` per row, {SCALE_CONCURRENCY} queries in "
+        "flight from the same asyncio client, the same queries; every worker warmed first. CPU columns: "
+        "cores used during the measured seconds (CPU seconds / wall seconds) by the server (all its processes), "
+        "the client (this process) and everything else on the machine (other sessions).",
+        "",
+        "| round | workers | queries | queries/s | p50 ms | p99 ms | server cores | server ms CPU/query "
+        "| client cores | client ms CPU/query | other cores | load (1 min) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['round']} | {r['workers']} | {r['queries']:,} | {r['qps']:,.0f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['server_cores']:.2f} | {r['server_ms_q']:.2f} | {r['client_cores']:.2f} | "
+            f"{r['client_ms_q']:.3f} | {r['other_cores']:.2f} | {r['load']:.2f} |"
+        )
+    one = [r for r in runs if r["workers"] == SCALE_WORKERS[0]]
+    two = [r for r in runs if r["workers"] == SCALE_WORKERS[-1]]
+    if one and two:
+        q1 = statistics.fmean(r["qps"] for r in one)
+        q2 = statistics.fmean(r["qps"] for r in two)
+        per_q = statistics.fmean(r["server_ms_q"] + r["client_ms_q"] for r in two) / 1000
+        ceiling = cores / per_q if per_q else float("nan")  # every core busy with server + client work only
+        ms1 = statistics.fmean(r["server_ms_q"] for r in one)
+        ms2 = statistics.fmean(r["server_ms_q"] for r in two)
+        lines += [
+            "",
+            f"Mean queries/s: {q1:,.0f} with {SCALE_WORKERS[0]} worker, {q2:,.0f} with {SCALE_WORKERS[-1]}: "
+            f"**ratio {q2 / q1:.2f}** (per round: "
+            + ", ".join(f"{b['qps'] / a['qps']:.2f}" for a, b in zip(one, two, strict=False))
+            + f"). With {cores} cores and no other load, server + client CPU per query at "
+            f"{SCALE_WORKERS[-1]} workers allows at most {ceiling:,.0f} q/s, i.e. ratio "
+            f"{ceiling / q1:.2f} over the 1-worker figure. Server CPU per query: {ms1:.2f} ms with "
+            f"{SCALE_WORKERS[0]} worker, {ms2:.2f} ms with {SCALE_WORKERS[-1]} "
+            + (
+                "(no more work per query, so nothing serialises the workers: queries/s follow the cores the "
+                "server gets, and a 2-worker ratio below the ceiling is CPU taken by other load, the "
+                "'other cores' column). "
+                if ms2 <= 1.1 * ms1
+                else "(more CPU per query with more workers: the processes contend for the cores other load "
+                "leaves, see 'other cores'). "
+            )
+            + f"The client costs {statistics.fmean(r['client_ms_q'] for r in runs):.3f} ms CPU per query "
+            f"({100 * statistics.fmean(r['client_ms_q'] / (r['client_ms_q'] + r['server_ms_q']) for r in runs):.0f}% "
+            "of the CPU per query).",
+        ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=default_data())
     ap.add_argument("--store", default=None, help="local store dir (default DATA/serve-store, reused)")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per load level")
+    ap.add_argument("--scale-rounds", type=int, default=2, help="rounds of 1 then 2 workers (0: skip)")
     ap.add_argument("--no-doc", action="store_true", help="print only; do not touch docs/benchmarks.md")
     args = ap.parse_args(argv)
     data = os.path.abspath(os.path.expanduser(args.data))
@@ -329,6 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     words = base["word"].to_list()
 
     info["load"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    info["load1"] = os.getloadavg()[0]
     proc, url = spawn(store)
     try:
         import httpx
@@ -354,7 +506,12 @@ def main(argv: list[str] | None = None) -> None:
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    runs = scaling(store, queries, gt, args.seconds, args.scale_rounds) if args.scale_rounds else []
+    info["load_end"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    info["load1_end"] = os.getloadavg()[0]
     section = render(info, q, w, shlex.join(["python", "benchmarks/bench_server.py", *argv]))
+    if runs:
+        section = section.rstrip("\n") + "\n" + "\n".join(render_scaling(runs)) + "\n"
     print(section)
     if not args.no_doc:
         write_section(DOC, START, END, section)

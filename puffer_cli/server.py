@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -47,7 +48,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import cache, caches, config, engine, response
+from . import cache, caches, config, engine, response, server_metrics
 from . import namespace as nsmod
 from .db import DB, connect
 from .errors import (
@@ -62,7 +63,6 @@ from .server_http import (  # noqa: F401 - re-exported: tests and the CLI import
     CLIENT_CLOSED,
     JSON,
     NO_RETRY,
-    Metrics,
     ServeConfig,
     error_json,
     error_response,
@@ -73,6 +73,8 @@ from .server_http import (  # noqa: F401 - re-exported: tests and the CLI import
     schema_out,
     unexpected_error,
 )
+from .server_metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .server_metrics import Metrics
 from .server_proto import (  # noqa: F401 - re-exported
     GuardedH11Protocol,
     GuardedHttpToolsProtocol,
@@ -93,7 +95,7 @@ class Server(RequestPlumbing):
         self.db = db or connect(
             cfg.store, s3_endpoint=cfg.s3_endpoint, single_writer=cfg.single_writer, wal_policy=cfg.wal_policy
         )
-        self.metrics = Metrics()
+        self.metrics = Metrics(cfg.metrics_dir)
         self.gc = GroupCommitter(
             self.db.namespace,
             window_s=cfg.commit_window_ms / 1000,
@@ -122,10 +124,13 @@ class Server(RequestPlumbing):
         """LRU of namespaces kept loaded in memory; evicted ones drop their in-process caches."""
         evict = []
         with self.hot_lock:
+            new = name not in self.hot
             self.hot[name] = None
             self.hot.move_to_end(name)
             while len(self.hot) > max(1, self.cfg.hot_namespaces):
                 evict.append(self.hot.popitem(last=False)[0])
+            if new:  # the set changed (rare: not on every request)
+                self.metrics.hot_changed(list(self.hot))
         for e in evict:
             self.forget(e)
 
@@ -430,13 +435,15 @@ class Server(RequestPlumbing):
         )
 
     async def health(self, request: Request):
-        return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
+        # pid: which worker process answered (under --workers N a connection stays with one)
+        return {"status": "ok", "uptime_s": round(time.time() - self.started, 1), "pid": os.getpid()}
 
     def _lag(self) -> dict[str, int]:
+        """WAL entries after the index, for the namespaces hot here or in another worker."""
         out = {}
         with self.hot_lock:
-            names = list(self.hot)
-        for name in names:
+            names = set(self.hot)
+        for name in sorted(names | self.metrics.hot_elsewhere()):
             with contextlib.suppress(Exception):
                 ns = self.db.namespace(name)
                 h = ns.head(refresh=False)
@@ -446,11 +453,8 @@ class Server(RequestPlumbing):
 
     async def metrics_view(self, request: Request):
         lag = await self.run(self._lag)
-        return Response(
-            self.metrics.render(lag, len(self.hot), self.inflight_bytes, self.abandoned),
-            200,
-            media_type="text/plain; version=0.0.4; charset=utf-8",
-        )
+        text = await self.run(self.metrics.render, lag)
+        return Response(text, 200, media_type=METRICS_CONTENT_TYPE)
 
     # ------------------------------------------------------------ indexer loop
     def index_loop(self, interval: float) -> None:
@@ -602,13 +606,7 @@ def _serve(cfg: ServeConfig, sock: socket.socket, workers: int, log_level: str, 
     setup_logging(log_level)
     kw = uvicorn_kwargs(log_level)
     if workers > 1:
-        from uvicorn.supervisors import Multiprocess
-
-        os.environ[ENV_CONFIG] = config_json(cfg)
-        os.environ[ENV_CONFIG + "_LOG_LEVEL"] = log_level
-        config = uvicorn.Config("puffer_cli.server:app_from_env", factory=True, workers=workers, **kw)
-        with contextlib.suppress(KeyboardInterrupt):
-            Multiprocess(config, sockets=[sock]).run()
+        _serve_workers(cfg, sock, workers, log_level, uvicorn.Config, kw)
         return
     app = create_app(cfg)
     config = uvicorn.Config(app, **kw)
@@ -635,3 +633,26 @@ def _serve(cfg: ServeConfig, sock: socket.socket, workers: int, log_level: str, 
     finally:
         signal.signal(signal.SIGTERM, prev)
     log.info("puffer serve stopped")
+
+
+def _serve_workers(cfg: ServeConfig, sock: socket.socket, workers: int, log_level: str, config_cls, kw: dict) -> None:
+    """``--workers N``: uvicorn's supervisor runs N processes that accept on the one socket, which
+    listens before they start (a client connecting early waits in the backlog instead of being
+    refused). Their metrics meet in a directory made for this run and removed at exit."""
+    from uvicorn.supervisors import Multiprocess
+
+    mdir = server_metrics.create_dir()
+    os.environ[server_metrics.ENV_DIR] = mdir  # prometheus_client reads it when a worker imports it
+    os.environ[ENV_CONFIG] = config_json(dataclasses.replace(cfg, metrics_dir=mdir))
+    os.environ[ENV_CONFIG + "_LOG_LEVEL"] = log_level
+    try:
+        config = config_cls("puffer_cli.server:app_from_env", factory=True, workers=workers, **kw)
+        sock.listen(config.backlog)
+        h, p = sock.getsockname()[:2]
+        log.info("puffer serve listening on http://%s:%d with %d workers", h, p, workers)
+        print(f"listening on http://{h}:{p}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            Multiprocess(config, sockets=[sock]).run()
+    finally:
+        server_metrics.remove_dir(mdir)
+        os.environ.pop(server_metrics.ENV_DIR, None)

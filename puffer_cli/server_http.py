@@ -1,5 +1,5 @@
-"""The HTTP server's building blocks that are not views: ServeConfig, the Prometheus
-metrics, the error shape on the wire, and small response helpers (schema, timestamps)."""
+"""The HTTP server's building blocks that are not views: ServeConfig, the error shape on the
+wire, and small response helpers (schema, timestamps).  The metrics are in server_metrics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import datetime as dt
 import errno
 import logging
 import socket
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,6 @@ from .groupcommit import DEFAULT_WINDOW_S
 log = logging.getLogger("puffer.serve")
 
 JSON = "application/json"
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass
@@ -46,84 +44,8 @@ class ServeConfig:
     body_chunk_timeout_s: float | None = limits.BODY_CHUNK_TIMEOUT_S  # longest wait for the next body chunk
     body_timeout_s: float | None = limits.BODY_TIMEOUT_S  # a whole request body
     max_body_bytes_in_flight: int = limits.MAX_BODY_BYTES_IN_FLIGHT  # all request bodies being read at once
-
-
-# ------------------------------------------------------------------ metrics
-class Metrics:
-    """Tiny Prometheus registry: request counts/latencies per route, commits, index lag."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.latency: dict[str, list] = {}  # route -> [bucket counts..., sum, count]
-        self.commit_batches = 0
-        self.commit_requests = 0
-        self.commit_seconds = 0.0
-
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self.lock:
-            k = (method, route, status)
-            self.requests[k] = self.requests.get(k, 0) + 1
-            h = self.latency.setdefault(route, [0] * (len(LATENCY_BUCKETS) + 2))
-            for i, b in enumerate(LATENCY_BUCKETS):
-                if seconds <= b:
-                    h[i] += 1
-            h[-2] += seconds
-            h[-1] += 1
-
-    def on_commit(self, ns: str, n: int, seconds: float) -> None:
-        with self.lock:
-            self.commit_batches += 1
-            self.commit_requests += n
-            self.commit_seconds += seconds
-
-    def render(self, lag: dict[str, int], hot: int, inflight_bytes: int = 0, abandoned: int = 0) -> str:
-        out = [
-            "# HELP puffer_http_requests_total HTTP requests by method, route and status.",
-            "# TYPE puffer_http_requests_total counter",
-        ]
-        with self.lock:
-            for (m, r, s), n in sorted(self.requests.items()):
-                out.append(f'puffer_http_requests_total{{method="{m}",route="{r}",status="{s}"}} {n}')
-            out += [
-                "# HELP puffer_http_request_duration_seconds Request latency by route.",
-                "# TYPE puffer_http_request_duration_seconds histogram",
-            ]
-            for r, h in sorted(self.latency.items()):
-                for i, b in enumerate(LATENCY_BUCKETS):
-                    out.append(f'puffer_http_request_duration_seconds_bucket{{route="{r}",le="{b}"}} {h[i]}')
-                out.append(f'puffer_http_request_duration_seconds_bucket{{route="{r}",le="+Inf"}} {h[-1]}')
-                out.append(f'puffer_http_request_duration_seconds_sum{{route="{r}"}} {h[-2]:.6f}')
-                out.append(f'puffer_http_request_duration_seconds_count{{route="{r}"}} {h[-1]}')
-            out += [
-                "# HELP puffer_wal_commits_total WAL entries committed by group commit.",
-                "# TYPE puffer_wal_commits_total counter",
-                f"puffer_wal_commits_total {self.commit_batches}",
-                "# HELP puffer_wal_committed_requests_total Write requests carried by those commits.",
-                "# TYPE puffer_wal_committed_requests_total counter",
-                f"puffer_wal_committed_requests_total {self.commit_requests}",
-                "# HELP puffer_wal_commit_seconds_total Time spent committing.",
-                "# TYPE puffer_wal_commit_seconds_total counter",
-                f"puffer_wal_commit_seconds_total {self.commit_seconds:.6f}",
-            ]
-        out += [
-            "# HELP puffer_index_lag_entries WAL entries not yet indexed (hot namespaces).",
-            "# TYPE puffer_index_lag_entries gauge",
-        ]
-        for ns, n in sorted(lag.items()):
-            out.append(f'puffer_index_lag_entries{{namespace="{ns}"}} {n}')
-        out += [
-            "# HELP puffer_hot_namespaces Namespaces kept loaded in this process.",
-            "# TYPE puffer_hot_namespaces gauge",
-            f"puffer_hot_namespaces {hot}",
-            "# HELP puffer_request_body_bytes_in_flight Bytes of request bodies being read or parsed.",
-            "# TYPE puffer_request_body_bytes_in_flight gauge",
-            f"puffer_request_body_bytes_in_flight {inflight_bytes}",
-            "# HELP puffer_abandoned_query_threads Queries answered 408 whose worker thread still runs.",
-            "# TYPE puffer_abandoned_query_threads gauge",
-            f"puffer_abandoned_query_threads {abandoned}",
-        ]
-        return "\n".join(out) + "\n"
+    # set by ``serve --workers N`` for its workers: prometheus_client's multiprocess directory
+    metrics_dir: str | None = None
 
 
 def indexed_seq(meta: dict | None) -> int:

@@ -18,15 +18,17 @@ from starlette.requests import Request
 from . import limits, wire
 from .errors import BudgetExceeded, RateLimited, RequestTimeout, TooLarge, Unauthorized, UnprocessableBody
 from .server_http import ServeConfig
+from .server_metrics import Metrics
 
 log = logging.getLogger("puffer.serve")
 
 
 class RequestPlumbing:
-    """Needs ``cfg``, ``query_limiter``, ``inflight_bytes``, ``abandoned`` and ``abandoned_lock``
-    (set by ``Server.__init__``)."""
+    """Needs ``cfg``, ``query_limiter``, ``inflight_bytes``, ``abandoned``, ``abandoned_lock``
+    and ``metrics`` (set by ``Server.__init__``)."""
 
     cfg: ServeConfig
+    metrics: Metrics
     query_limiter: anyio.CapacityLimiter
     inflight_bytes: int
     abandoned: int
@@ -66,6 +68,7 @@ class RequestPlumbing:
                 if abandoned:
                     with self.abandoned_lock:
                         self.abandoned -= 1
+                        self.metrics.abandoned.set(self.abandoned)
                     log.warning("an abandoned %s finished %.1f s after its budget", what, time.monotonic() - t_end)
 
         try:
@@ -88,6 +91,7 @@ class RequestPlumbing:
                 if running:
                     with self.abandoned_lock:
                         self.abandoned += 1
+                        self.metrics.abandoned.set(self.abandoned)
                     log.warning("%s exceeded its %g s budget inside one call; its thread is abandoned", what, budget)
             raise BudgetExceeded(f"{what} exceeded its {budget:g} s time budget")
         finally:
@@ -107,12 +111,14 @@ class RequestPlumbing:
                 hint="retry shortly, or send smaller requests",
             )
         self.inflight_bytes += n
+        self.metrics.inflight.set(self.inflight_bytes)
         request.state.puffer_reserved = getattr(request.state, "puffer_reserved", 0) + n
 
     def release(self, request: Request) -> None:
         n = getattr(request.state, "puffer_reserved", 0)
         if n:
             self.inflight_bytes -= n
+            self.metrics.inflight.set(self.inflight_bytes)
             request.state.puffer_reserved = 0
 
     async def body(self, request: Request) -> bytes | bytearray:

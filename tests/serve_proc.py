@@ -167,3 +167,16 @@ class ThreadServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(20)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` in Prometheus text (``/metrics``) whose labels
+    include ``labels``: ``sample(m, "puffer_http_requests_total", route="query", status="408")``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total

@@ -11,7 +11,7 @@ import pytest
 import turbopuffer
 from puffer_cli.server import ServeConfig
 
-from .serve_proc import ThreadServer
+from .serve_proc import ThreadServer, sample
 
 KEY = "err-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -68,8 +68,7 @@ def test_client_does_not_retry_unrecoverable_errors(srv):
     after = httpx.get(f"{srv.url}/metrics", headers=AUTH).text
 
     def count(text: str, status: int) -> float:
-        key = f'route="query",status="{status}"}}'
-        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if key in ln and "_count" not in ln)
+        return sample(text, "puffer_http_requests_total", route="query", status=str(status))
 
     assert count(after, 400) - count(before, 400) == 1  # sent once, not 1 + 3 retries
     assert count(after, 404) - count(before, 404) == 1

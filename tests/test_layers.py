@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.server",
             "puffer_cli.server_requests",
             "puffer_cli.server_http",
+            "puffer_cli.server_metrics",
             "puffer_cli.server_proto",
         ],
     ),
