@@ -18,7 +18,8 @@ import numpy as np
 
 from ..store import Store
 
-WHOLE_FILE_MAX = 8 << 20  # files up to this size are fetched whole (one request beats many)
+WHOLE_FILE_MAX = 1 << 20  # vectors and lists files up to this size are fetched whole (one request beats many);
+# larger ones by range (at 8 MiB, a 20k-row segment's 8 MB vector file was read whole for a few re-ranked rows)
 RANGE_GAP_BYTES = 32 * 1024  # ranges closer than this are read in one request (bytes vs requests)
 RANGE_EXTRA = 0.25  # ... and further gaps, smallest first, while the gap bytes stay under 1/4 of those wanted
 RANGE_THREADS = 16  # requests in flight at once (object stores)
