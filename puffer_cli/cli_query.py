@@ -79,7 +79,7 @@ def serve(
 ):
     """Serve the turbopuffer-compatible HTTP API over the store (stateless: run as many as you like)."""
     from .server import ServeConfig, parse_listen
-    from .server import serve as run_server
+    from .server_run import serve as run_server
 
     parse_listen(listen)
     if cache_max_gb is not None:  # read by connect() in this process and in every uvicorn worker

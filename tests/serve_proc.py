@@ -23,7 +23,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 CHILD = r"""
 import json, sys
-from puffer_cli.server import ServeConfig, serve
+from puffer_cli.server import ServeConfig
+from puffer_cli.server_run import serve
 cfg = ServeConfig(**json.loads(sys.argv[1]))
 serve(cfg, "127.0.0.1:0", log_level="warning")
 """

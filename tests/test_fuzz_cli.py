@@ -549,12 +549,12 @@ def test_query_budget_exceeded_is_one_line(tmp_path):
 def test_serve_glue(tmp_path, monkeypatch):
     """--query-budget reaches ServeConfig.query_budget_s (0: none); a PufferError from
     server.serve (port in use, bad host) is one line, exit 1."""
-    from puffer_cli import limits, server
+    from puffer_cli import limits, server, server_run
     from puffer_cli.errors import InvalidRequest
 
     got = []
     monkeypatch.setattr(server, "ServeConfig", lambda **kw: kw)
-    monkeypatch.setattr(server, "serve", lambda cfg, listen, **kw: got.append(cfg))
+    monkeypatch.setattr(server_run, "serve", lambda cfg, listen, **kw: got.append(cfg))
     for args, want in ([], limits.QUERY_BUDGET_S), (["--query-budget", "3"], 3.0), (["--query-budget", "0"], None):
         code, out, err = invoke(["serve", *args, "--store", tmp_path / "s"])
         assert code == 0, err
@@ -565,7 +565,7 @@ def test_serve_glue(tmp_path, monkeypatch):
     def refuse(cfg, listen, **kw):
         raise InvalidRequest(f"cannot listen on {listen}: address already in use", hint="pick another --listen port")
 
-    monkeypatch.setattr(server, "serve", refuse)
+    monkeypatch.setattr(server_run, "serve", refuse)
     code, out, err = invoke(["serve", "--listen", "127.0.0.1:9", "--store", tmp_path / "s"])
     assert_one_error(code, out, err, expect_code=1, needle="127.0.0.1:9")
 

@@ -36,6 +36,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.cli_common",
             "puffer_cli.cli_progress",
             "puffer_cli.server",
+            "puffer_cli.server_run",
             "puffer_cli.server_requests",
             "puffer_cli.server_http",
             "puffer_cli.server_metrics",
