@@ -69,6 +69,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.index.segment",
             "puffer_cli.index.tail",
             "puffer_cli.index.warm",
+            "puffer_cli.index.postings",
         ],
     ),
     # what both the exact engine and the index fast paths use, what shapes responses, and
