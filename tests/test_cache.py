@@ -441,3 +441,37 @@ def test_default_bound_is_a_fraction_of_the_disk(tmp_path):
     want = int(min(limits.CACHE_MAX_BYTES_CAP, limits.CACHE_DISK_FRACTION * sv.f_blocks * sv.f_frsize))
     assert cache.default_max_bytes(tmp_path / "not" / "yet") == want == Cache(tmp_path / "c").max_bytes
     assert Path(tmp_path).exists()
+
+
+def test_cold_small_segment_reads_lists_not_its_vector_file(s3_server, tmp_path, monkeypatch):
+    """A segment small enough for exact search, whose vector file is not at hand (remote,
+    not cached, over WHOLE_FILE_MAX), is searched through its IVF lists cold, and a filter
+    keeping a few rows reads just those rows: neither fetches the vector file whole, and
+    both answer as the warm query does."""
+    import puffer_cli
+
+    monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)
+    db = puffer_cli.connect("s3://puffer-test/cold-small", s3_endpoint=s3_server)
+    ns = db.namespace("v")
+    rng = np.random.default_rng(5)
+    rows = [{"id": i, "vector": rng.normal(size=16).round(3).tolist(), "g": i % 80} for i in range(400)]
+    ns.write({"upsert_rows": rows, "distance_metric": "euclidean_squared"})
+    cache.configure(str(tmp_path / "build"))
+    builder.index_namespace(ns, gc_grace_s=0)
+    meta, _ = ns.read_meta()
+    vec_key = builder.load_manifest(db.store, meta["index"]["manifest"])["segments"][0]["vectors"]["vector"]["key"]
+    q = rng.normal(size=16).tolist()
+    bodies = [
+        {"rank_by": ["vector", "ANN", q], "top_k": 5, "consistency": {"level": "eventual"}},
+        {"rank_by": ["vector", "ANN", q], "top_k": 3, "filters": ["g", "Eq", 7], "consistency": {"level": "eventual"}},
+    ]
+    want = [engine.run_query(ns, b)["rows"] for b in bodies]
+    for body, rows_want in zip(bodies, want):
+        c = cache.configure(str(tmp_path / f"cold-{len(body)}"))
+        c.background_fetch = False
+        reader._GENS.clear()
+        builder._MANIFESTS.clear()
+        got = engine.run_query(ns, body)
+        assert [r["id"] for r in got["rows"]] == [r["id"] for r in rows_want]
+        assert not c.has(db.store, vec_key) and c.stats.ranged_reads >= 1
+    cache.configure("")

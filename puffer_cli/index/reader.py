@@ -282,7 +282,10 @@ class IndexedView:
             rb.method != "ANN"
             or (iv is None and index is None)
             or metric != self.gen.metric
-            or n_sel <= max(k, EXACT_MAX_ROWS)
+            or n_sel <= k
+            # a few rows: exact, unless a cold remote segment would have to fetch its whole
+            # vector file for them (its IVF lists are a quarter of that)
+            or (n_sel <= EXACT_MAX_ROWS and (iv is None or seg.vectors_at_hand(rb.attr)))
             or (filt is not None and n_sel <= EXACT_MAX_FRACTION * seg.rows)
         )
         if exact:
@@ -331,15 +334,22 @@ class IndexedView:
             fetch *= 4
 
     def _exact_top(self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric) -> np.ndarray:
-        mat = seg.vectors(f)
-        x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)
+        at_hand = seg.vectors_at_hand(f)
+        if at_hand:
+            mat = seg.vectors(f)
+            x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)
+        else:  # cold and large: the rows by range, not the file
+            x = seg.vector_rows(f, pos)
         dims = x.shape[1] if x.ndim == 2 else 0
         if metric == "euclidean_squared":
             diff = x - q
             d = np.einsum("ij,ij->i", diff, diff)
         else:
-            norms = seg.norms(f)
-            nn = norms[pos] if len(pos) < seg.rows else norms
+            if at_hand:
+                norms = seg.norms(f)
+                nn = norms[pos] if len(pos) < seg.rows else norms
+            else:
+                nn = np.linalg.norm(x, axis=1)
             den = nn * float(np.linalg.norm(q))
             with np.errstate(invalid="ignore", divide="ignore"):
                 # einsum, not BLAS: a threaded sgemv here took 10 ms for 20k rows under load

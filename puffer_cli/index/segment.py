@@ -192,18 +192,22 @@ class Segment:
         if v is None:
             return None
         pos = np.asarray(pos, dtype=np.int64)
-        with self._lock:
-            opened = f in self._vec
         dims = int(v["dims"])
-        if (
-            opened
-            or not len(pos)
-            or paged.cached(self.cache, self.store, v)
-            or self.rows * dims * 4 <= R.WHOLE_FILE_MAX
-        ):
+        if not len(pos) or self.vectors_at_hand(f):
             return self.vectors(f)[pos]
         raw = paged.read_rows(self.cache, self.store, v, pos, 4 * dims)
         return raw.view("<f4").reshape(len(pos), dims)
+
+    def vectors_at_hand(self, f: str) -> bool:
+        """Whether field ``f``'s f32 vectors are opened, local, cached or small (read whole
+        in one request): else a cold query reads just the rows it needs, by range."""
+        v = self.meta.get("vectors", {}).get(f)
+        if v is None:
+            return True
+        with self._lock:
+            if f in self._vec:
+                return True
+        return paged.cached(self.cache, self.store, v) or self.rows * int(v["dims"]) * 4 <= R.WHOLE_FILE_MAX
 
     def norms(self, f: str) -> np.ndarray:
         with self._lock:
