@@ -134,3 +134,14 @@ def write_section(doc: Path, start: str, end: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     doc.write_text(text)
+
+
+def stop_process(proc, timeout: float = 30) -> None:
+    """SIGTERM a child (a `puffer serve`), wait for it, SIGKILL it if it does not stop."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -40,7 +40,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # _common, whatever the working directory
-from _common import DOC, ROOT, default_data, section_head, write_section
+from _common import DOC, ROOT, default_data, section_head, stop_process, write_section
 
 START, END = "<!-- bench_server:start -->", "<!-- bench_server:end -->"
 DATASET = "glove-100-angular"
@@ -371,11 +371,7 @@ def scale_run(store: str, workers: int, queries: np.ndarray, gt: np.ndarray, sec
         wall = time.perf_counter() - w0
         srv, cli, busy = _cpu_s(proc.pid) - srv0, time.process_time() - cli0, _machine_busy_s() - all0
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30)
     n = max(1, r["queries"])
     return {
         **r,
@@ -501,11 +497,7 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30)
     runs = scaling(store, queries, gt, args.seconds, args.scale_rounds) if args.scale_rounds else []
     info["load_end"] = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     info["load1_end"] = os.getloadavg()[0]

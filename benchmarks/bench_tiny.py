@@ -42,7 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))  # _common, whatever the working directory
-from _common import ROOT, log, pct, publish, section_head
+from _common import ROOT, log, pct, publish, section_head, stop_process
 
 sys.path.insert(0, str(ROOT))
 START, END = "<!-- bench_tiny:start -->", "<!-- bench_tiny:end -->"
@@ -231,11 +231,7 @@ def bench_server(store: str, qs: np.ndarray, n: int, warmup: int) -> dict[str, d
             log(f"HTTP {case}: client p50 {out[case]['client'][0]:.2f} ms, server_total_ms mean {np.mean(srv):.2f}")
         conn.close()
     finally:
-        p.terminate()
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            p.kill()
+        stop_process(p, 20)
     return out
 
 
