@@ -4,9 +4,12 @@ form of a value (RFC 3339 datetimes, base64 vectors).
 
 Datetime strings (:func:`parse_datetime_ms`, used by writes and filters alike) are RFC 3339
 ``YYYY-MM-DDTHH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`` (``T`` may be ``t`` or a space, ``Z``
-may be ``z``) with two relaxations: the offset may be left out (UTC), and a bare date
-``YYYY-MM-DD`` is midnight UTC.  Nothing else (no week or ordinal dates, no basic
-``20240101`` form, no ``+0100`` offsets, no surrounding white space).
+may be ``z``) with the relaxations of ISO 8601's extended format that turbopuffer documents
+("an ISO 8601 formatted string with a mandatory date and optional time and time zone",
+turbopuffer.com/docs/schema): the offset may be left out (UTC), a bare date ``YYYY-MM-DD``
+is midnight UTC, the seconds may be left out (``THH:MM``) and an offset may be whole hours
+(``+HH``).  Nothing else (no week or ordinal dates, no basic ``20240101`` form, no
+``+0100`` offsets, no surrounding white space).
 """
 
 from __future__ import annotations
@@ -328,7 +331,7 @@ def decode_vector_b64(s: str) -> np.ndarray:
 
 _RFC3339 = re.compile(
     r"(\d{4})-(\d\d)-(\d\d)"
-    r"(?:[Tt ](\d\d):(\d\d):(\d\d)(?:\.(\d{1,30}))?(?:[Zz]|([+-])(\d\d):(\d\d))?)?"
+    r"(?:[Tt ](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,30}))?)?(?:[Zz]|([+-])(\d\d)(?::(\d\d))?)?)?"
 )
 _EPOCH_DAY = dt.date(1970, 1, 1).toordinal()
 
@@ -349,9 +352,9 @@ def parse_datetime_ms(s: str) -> int | Fraction | None:
         return None
     offset = 0
     if sign is not None:
-        if int(oh) > 23 or int(om) > 59:
+        if int(oh) > 23 or int(om or 0) > 59:
             return None
-        offset = (int(oh) * 3600 + int(om) * 60) * (1 if sign == "+" else -1)
+        offset = (int(oh) * 3600 + int(om or 0) * 60) * (1 if sign == "+" else -1)
     secs = day * 86400 + t.hour * 3600 + t.minute * 60 + t.second - offset
     ms = Fraction(secs * 1000) + (Fraction(int(frac), 10 ** len(frac)) * 1000 if frac else 0)
     return int(ms) if ms.denominator == 1 else ms

@@ -200,6 +200,7 @@ class Compiler:
                 "filterable: false); only the token operators apply to it"
             )
 
+        self.check_flags(attr, spec, et, op, pos, ctx)
         col = self.cols.get(attr, t)
         if pos == "Fuzzy":
             return self.fuzzy(attr, spec, t, col, value, params, ctx)
@@ -257,6 +258,21 @@ class Compiler:
                 pred = pl.element().is_not_null()
             out = x.list.eval(pred).list.any().fill_null(False)
         return (out | col.is_null()) if array_null else out
+
+    @staticmethod
+    def check_flags(attr, spec, et, op, pos, ctx) -> None:
+        """The schema switches of turbopuffer's attribute config ("regex: whether to enable
+        Regex filters on this attribute", "glob: ... Glob filters"): Regex needs
+        ``regex: true``; Glob/IGlob are on unless ``glob: false``."""
+        if et != "string":
+            return  # the type error is the clearer one
+        if pos == "Regex" and spec.get("regex") is not True:
+            raise ctx.fail(
+                f'Regex needs "regex": true in the schema of attribute {show(attr)} '
+                "(turbopuffer: regex enables Regex filters on an attribute)"
+            )
+        if pos in ("Glob", "IGlob") and spec.get("glob") is False:
+            raise ctx.fail(f'{op} is disabled on attribute {show(attr)} (its schema has "glob": false)')
 
     # -- shape checks independent of the schema ---------------------------------
     def check_shape(self, attr, op, pos, value, ref, ctx) -> None:

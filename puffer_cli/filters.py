@@ -69,8 +69,11 @@ Semantics
   every branch of an ``And``, so on large frames narrow the rows first (or
   use the FTS index to produce candidate ids) before applying token filters.
 * ``filterable: false`` attributes can only be used with the token operators.
-  Vector attributes cannot be filtered.  ``Regex`` does not require the
-  schema's ``regex: true``.
+  Vector attributes cannot be filtered.  ``Regex`` needs the schema's
+  ``regex: true`` and ``Fuzzy`` its ``fuzzy: true``; ``glob: false`` refuses
+  ``Glob``/``IGlob`` (turbopuffer's attribute config: "whether to enable Regex /
+  Glob / Fuzzy filters on this attribute").  The table in docs/http.md "Filters"
+  is checked against this module by tests/test_filter_semantics.py.
 * ``{"$ref_new": "attr"}`` as a value (only with ``ref_new_prefix``, i.e. in
   conditional writes) compares with the new row's value, column
   ``ref_new_prefix + attr``; supported with Eq/NotEq/Lt/Lte/Gt/Gte between

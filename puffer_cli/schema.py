@@ -64,7 +64,7 @@ REFUSED_SPEC_KEYS = {
     "embed": "automatic embedding is not supported",
     "sparse_knn": "sparse vectors ({}f16) are not supported",
 }
-FLAG_KEYS = ("regex", "glob", "fuzzy")  # stored as given; puffer's filters do not require them
+FLAG_KEYS = ("regex", "glob", "fuzzy")  # filter switches: Regex needs regex, Fuzzy fuzzy; glob: false disables Glob
 ANN_KEYS = (
     "distance_metric",
     "late_interaction",

@@ -32,14 +32,14 @@ FTS_TP = text.normalize_fts_options({"tokenizer": "pre_tokenized_array"})
 
 SCHEMA = {
     "id": {"type": "uint", "filterable": True},
-    "s": {"type": "string", "filterable": True},
+    "s": {"type": "string", "filterable": True, "regex": True},
     "i": {"type": "int", "filterable": True},
     "u": {"type": "uint", "filterable": True},
     "f": {"type": "float", "filterable": True},
     "b": {"type": "bool", "filterable": True},
     "d": {"type": "datetime", "filterable": True},
     "uu": {"type": "uuid", "filterable": True},
-    "ls": {"type": "[]string", "filterable": True},
+    "ls": {"type": "[]string", "filterable": True, "regex": True},
     "li": {"type": "[]int", "filterable": True},
     "lu": {"type": "[]uint", "filterable": True},
     "lf": {"type": "[]float", "filterable": True},
@@ -49,7 +49,7 @@ SCHEMA = {
     "t": {"type": "string", "full_text_search": FTS_T, "filterable": False},
     "tp": {"type": "[]string", "full_text_search": FTS_TP, "filterable": False},
     "v": {"type": "[2]f32", "filterable": False},
-    "ghost": {"type": "string", "filterable": True},  # in the schema, never a column
+    "ghost": {"type": "string", "filterable": True, "regex": True},  # in the schema, never a column
 }
 TYPES = {k: v["type"] for k, v in SCHEMA.items()}
 

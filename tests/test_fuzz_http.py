@@ -47,7 +47,11 @@ from .serve_proc import KEY, ServeProc, dir_state
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 BODY_LIMIT = L.MAX_STRING_BYTES + 2 * 1024 * 1024  # room for one string at its limit
-SCHEMA = {"body": {"type": "string", "full_text_search": True}, "ts": "datetime"}
+SCHEMA = {
+    "body": {"type": "string", "full_text_search": True},
+    "ts": "datetime",
+    "tag": {"type": "string", "regex": True},
+}
 
 
 def rows(n=12, start=1):

@@ -36,6 +36,8 @@ CASES = [
     ("POST", W, b'{"upsert_rows": 5}', AUTH, 400, "false"),  # wrong type
     ("POST", W, b'{"encryption": {"cmek": {"key_name": "k"}}, "deletes": [1]}', AUTH, 400, "false"),
     ("POST", Q, b'{"rank_by": ["nope", "ANN"]}', AUTH, 400, "false"),
+    ("POST", Q, b'{"rank_by": ["id", "asc"], "filters": ["id", "Foo", 1]}', AUTH, 400, "false"),  # parses: 400
+    ("POST", Q, b'{"rank_by": ["id", "asc"], "filters": ["id", "Eq", "x"]}', AUTH, 400, "false"),  # type: 400
     ("POST", Q, b'{"top_k": 1}', {"Authorization": "Bearer wrong"}, 401, "false"),
     ("POST", Q, b"{}", {}, 401, "false"),
     ("POST", "/v2/namespaces/missing/query", b'{"rank_by": ["id", "asc"], "top_k": 1}', AUTH, 404, "false"),

@@ -33,6 +33,7 @@ SCHEMA = {
     "t": {"type": "string", "full_text_search": True},
     "d": {"type": "datetime"},
     "ls": {"type": "[]string"},
+    "s": {"type": "string", "regex": True},
     "v": {"type": f"[{DIMS}]f32", "ann": True},
 }
 
@@ -320,7 +321,7 @@ def test_budget_checked_during_the_query(ns, monkeypatch, body):
 def test_filter_evaluated_in_slices_under_the_budget(monkeypatch):
     """One polars call cannot be interrupted: a large frame is filtered slice by slice."""
     df = pl.DataFrame({"s": [f"row {i}" for i in range(20_000)]})
-    expr = F.compile_filter(["s", "Regex", "9$"], {"s": {"type": "string"}}, columns=df.columns)
+    expr = F.compile_filter(["s", "Regex", "9$"], {"s": {"type": "string", "regex": True}}, columns=df.columns)
     monkeypatch.setattr(F, "FILTER_SLICE_BYTES", 1)
     monkeypatch.setattr(F, "FILTER_SLICE_MIN_ROWS", 1000)
     m = F.filter_mask(df, expr)
