@@ -144,3 +144,17 @@ def test_official_client_branch_from(tmp_path):
         c.namespace("src").delete_all()
     finally:
         s.stop()
+
+
+def test_cli_branch(tmp_path, capsys):
+    import puffer_cli
+    from puffer_cli.cli import main
+
+    st = str(tmp_path / "store")
+    puffer_cli.connect(st).namespace("src").write({"upsert_rows": [{"id": 1}, {"id": 2}]})
+    assert main(["branch", "src", "dst", "--store", st]) == 0
+    assert "seq 1" in capsys.readouterr().out
+    assert ids(puffer_cli.connect(st).namespace("dst")) == [1, 2]
+    assert main(["branch", "src", "dst", "--store", st]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error:") and "already exists" in err
