@@ -189,13 +189,14 @@ class Namespace:
     def base(self) -> tuple[str, int] | None:
         """A branch's base: (source namespace, seq) read from meta.json (immutable while the
         branch lives, so cached), else None. Entries up to seq are the source's."""
-        c = self._c
-        if not c.base_known:
-            meta = self.query_meta()
-            b = (meta or {}).get("branch")
-            c.base = (b["source"], int(b["seq"])) if isinstance(b, dict) else None
-            c.base_known = True
-        return c.base
+        if not self._c.base_known:
+            self._set_base(self.query_meta())
+        return self._c.base
+
+    def _set_base(self, meta: dict | None) -> None:
+        b = (meta or {}).get("branch")
+        self._c.base = (b["source"], int(b["seq"])) if isinstance(b, dict) else None
+        self._c.base_known = True
 
     def source(self) -> Namespace | None:
         b = self.base()
@@ -328,6 +329,7 @@ class Namespace:
             yield self._c.head
         if meta is None:
             meta, _ = self.read_meta()
+        self._set_base(meta)  # fresh meta.json: another process may have made this name a branch
         if meta and meta.get("last_seq"):
             yield Head(
                 meta["last_seq"],

@@ -158,3 +158,33 @@ def test_cli_branch(tmp_path, capsys):
     assert main(["branch", "src", "dst", "--store", st]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error:") and "already exists" in err
+
+
+def test_wal_inspect_of_a_branch(mem_db):
+    from puffer_cli import walinspect
+
+    db = mem_db
+    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
+    branch.branch_namespace(db.store, "br", "src")
+    br = db.namespace("br")
+    br.write({"upsert_rows": [{"id": 2}]})
+    assert [r["seq"] for r in walinspect.inspect(br)] == [1, 2] and not walinspect.verify(br)
+    assert walinspect.show(br, 1)["ops"][0]["data"] == [{"id": 1}]
+    db.store.delete(layout.wal("src", 1))
+    with pytest.raises(InvalidRequest, match="source"):
+        walinspect.repair(br)
+
+
+def test_other_process_branch_is_seen(tmp_path):
+    """A process that looked at a name before another made it a branch sees the branch."""
+    import puffer_cli
+    from puffer_cli import namespace as nsmod
+
+    st = str(tmp_path / "store")
+    db = puffer_cli.connect(st)
+    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
+    assert not db.namespace("br").exists()
+    other = puffer_cli.connect(st).store
+    branch.branch_namespace(other, "br", "src")
+    nsmod._cache_for(db.store, "br").base_known = True  # as if this process's view were stale
+    assert db.namespace("br").exists() and ids(db.namespace("br")) == [1]
