@@ -283,6 +283,27 @@ def delete_cmd(
         typer.echo(f"deleted {namespace!r}: {n:,} keys removed")
 
 
+@app.command("branch", epilog="Example: puffer branch docs docs-test")
+def branch_cmd(
+    source: Annotated[str, typer.Argument(help="Namespace to branch from")],
+    dest: Annotated[str, typer.Argument(help="New namespace (must not exist)")],
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+    s3_endpoint: EndpointOpt = None,
+    single_writer: SingleWriterOpt = False,
+):
+    """Make DEST a copy-on-write branch of SOURCE: instant, no data copied; later writes to
+    either side stay independent (docs/http.md "Branches")."""
+    from .branch import branch_namespace
+
+    db = open_db(store, s3_endpoint, single_writer)
+    out = branch_namespace(db.store, dest, source, single_writer=single_writer)
+    if as_json:
+        echo_json({"namespace": dest, **out})
+    else:
+        typer.echo(f"branched {dest!r} from {source!r} at seq {out['base_seq']}")
+
+
 def _table(cols: list[str], rows: list[list[str]]) -> None:
     """A box table on a terminal (fit to its width), tab-separated plain text when piped."""
     if not sys.stdout.isatty():

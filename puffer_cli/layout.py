@@ -5,6 +5,7 @@
 {ns}/wal/quarantine/{seq}.{ts}.wal   bytes moved aside by `wal-inspect --repair`
 {ns}/index/{gen:020d}/...            immutable files of one index generation
 {ns}/leases/indexer.json             the indexer's expiring lease (CAS)
+{ns}/branches/{dest}.json            a pin: branch {dest} references this namespace's WAL/index
 """
 
 from __future__ import annotations
@@ -90,6 +91,15 @@ def index_file(ns: str, generation: int, name: str) -> str:
 
 def lease(ns: str) -> str:
     return f"{ns}/leases/indexer.json"
+
+
+def branch_pins_dir(ns: str) -> str:
+    return f"{ns}/branches/"
+
+
+def branch_pin(ns: str, dest: str) -> str:
+    """The pin branch ``dest`` keeps in its source ``ns`` (created before the branch's meta.json)."""
+    return f"{ns}/branches/{dest}.json"
 
 
 def namespace_prefix(ns: str) -> str:

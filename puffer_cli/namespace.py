@@ -31,6 +31,7 @@ from .errors import CorruptWal, InvalidRequest, NamespaceNotFound, PufferError
 from .store import LocalStore, Store, now_ms
 
 POLICIES = ("fail", "skip")
+PIN_GRACE_S = 600.0  # a branch pin whose branch meta.json has not appeared after this long is stale
 WRITER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 MAX_RETRIES = 10_000
 log = logging.getLogger("puffer.namespace")
@@ -55,6 +56,8 @@ class _Cache:
     docs_schema: dict = field(default_factory=dict)
     meta: tuple | None = None  # (change token, meta.json, version) of the last query_meta() read
     head_token: str | None = None  # Store.change_token of the head's WAL entry (None: unknown)
+    base: tuple[str, int] | None = None  # a branch's (source, seq) from meta.json (docs/http.md "Branches")
+    base_known: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -182,9 +185,63 @@ class Namespace:
         self.update_meta(fn, attempts=5)
 
     # ------------------------------------------------------------ the head
-    def wal_keys(self, after: int = 0) -> list[tuple[int, str]]:
-        start = layout.wal(self.name, after) if after else None
+    # ------------------------------------------------------------ branches (docs/http.md "Branches")
+    def base(self) -> tuple[str, int] | None:
+        """A branch's base: (source namespace, seq) read from meta.json (immutable while the
+        branch lives, so cached), else None. Entries up to seq are the source's."""
+        if not self._c.base_known:
+            self._set_base(self.query_meta())
+        return self._c.base
+
+    def _set_base(self, meta: dict | None) -> None:
+        b = (meta or {}).get("branch")
+        self._c.base = (b["source"], int(b["seq"])) if isinstance(b, dict) else None
+        self._c.base_known = True
+
+    def source(self) -> Namespace | None:
+        b = self.base()
+        return Namespace(self.store, b[0], wal_policy=self.wal_policy) if b else None
+
+    def wal_key(self, seq: int) -> str:
+        """The key of entry ``seq``: a branch's entries up to its base seq are its source's."""
+        b = self.base()
+        if b and seq <= b[1]:
+            src = self.source()
+            assert src is not None
+            return src.wal_key(seq)
+        return layout.wal(self.name, seq)
+
+    def pins(self) -> list[tuple[str, dict, bool]]:
+        """Branch pins under this namespace: (pin key, pin, live). A pin is live while its
+        branch's meta.json names it (same id), or, with no meta.json yet, for PIN_GRACE_S after
+        its creation (a branch being created); otherwise it is stale (a crashed creation, a
+        branch deleted outside puffer) and protects nothing."""
         out = []
+        for k in self.store.list(layout.branch_pins_dir(self.name)):
+            try:
+                pin = json.loads(self.store.read(k))
+                dest = Namespace(self.store, pin["branch"])
+                dmeta, _ = dest.read_meta()
+            except (FileNotFoundError, ValueError, KeyError, TypeError, PufferError):
+                continue
+            b = (dmeta or {}).get("branch")
+            if isinstance(b, dict):
+                live = b.get("id") == pin.get("id") and b.get("source") == self.name
+            else:
+                live = dmeta is None and now_ms() - int(pin.get("created_at", 0)) < PIN_GRACE_S * 1000
+            out.append((k, pin, live))
+        return out
+
+    def wal_keys(self, after: int = 0) -> list[tuple[int, str]]:
+        b = self.base()
+        out: list[tuple[int, str]] = []
+        if b:
+            src = self.source()
+            assert src is not None
+            if after < b[1]:
+                out = [(s, k) for s, k in src.wal_keys(after) if s <= b[1]]
+            after = max(after, b[1])
+        start = layout.wal(self.name, after) if after else None
         for k in self.store.list(layout.wal_dir(self.name), start_after=start):
             s = layout.wal_seq(k)
             if s is not None and s > after:
@@ -192,7 +249,7 @@ class Namespace:
         return out
 
     def read_entry_header(self, seq: int) -> dict:
-        key = layout.wal(self.name, seq)
+        key = self.wal_key(seq)
         data = self.store.read_range(key, 0, 4096)
         try:
             header, _ = wal.read_header(data)
@@ -210,7 +267,7 @@ class Namespace:
     def _corrupt(self, seq: int, problem: str) -> dict:
         if self.wal_policy == "skip":
             return {"seq": seq, "ops": [], "skipped": problem}
-        raise CorruptWal(f"namespace {self.name!r}: WAL segment {layout.wal(self.name, seq)} is corrupt: {problem}")
+        raise CorruptWal(f"namespace {self.name!r}: WAL segment {self.wal_key(seq)} is corrupt: {problem}")
 
     def head(self, refresh: bool = True, meta: dict | None = None) -> Head:
         """The newest committed seq, with its schema and metric.  ``meta``: a meta.json the
@@ -229,7 +286,7 @@ class Namespace:
                     keys = [kv for kv in keys if kv[0] > h.seq]
                     break
                 if h is c.head:  # drop everything this process knew of the old namespace
-                    c.head, c.docs, c.docs_seq, c.docs_schema, c.head_token = Head(), None, 0, {}, None
+                    self.reset_cache()
             if keys:
                 h = Head(h.seq, dict(h.schema), h.metric, h.created_at, h.updated_at)
                 for seq, _k in keys:
@@ -244,8 +301,13 @@ class Namespace:
             if h.seq > c.head.seq or c.head.seq == 0:
                 c.head = h
             if c.head.seq:
-                c.head_token = self.store.change_token(layout.wal(self.name, c.head.seq))
+                c.head_token = self.store.change_token(self.wal_key(c.head.seq))
             return c.head
+
+    def reset_cache(self) -> None:
+        c = self._c
+        c.head, c.docs, c.docs_seq, c.docs_schema, c.head_token = Head(), None, 0, {}, None
+        c.base, c.base_known = None, False
 
     def _head_unchanged(self, seq: int) -> bool:
         """Is ``seq`` still the newest committed entry, known without a listing?  On a local or
@@ -255,18 +317,19 @@ class Namespace:
         the entry right after the head it listed, so nothing newer exists without it).  Object
         stores have no token: they list after ``seq``, the one round trip a HEAD would take."""
         st, c = self.store, self._c
-        tok = st.change_token(layout.wal(self.name, seq))
+        tok = st.change_token(self.wal_key(seq))
         if tok is None or tok != c.head_token:
             if tok and c.head_token is not None:  # replaced: drop what this process knew of the old namespace
-                c.head, c.docs, c.docs_seq, c.docs_schema, c.head_token = Head(), None, 0, {}, None
+                self.reset_cache()
             return False
-        return not st.exists(layout.wal(self.name, seq + 1))
+        return not st.exists(self.wal_key(seq + 1))
 
     def _head_starts(self, meta: dict | None = None) -> Iterator[Head]:
         if self._c.head.seq:
             yield self._c.head
         if meta is None:
             meta, _ = self.read_meta()
+        self._set_base(meta)  # fresh meta.json: another process may have made this name a branch
         if meta and meta.get("last_seq"):
             yield Head(
                 meta["last_seq"],
@@ -423,6 +486,9 @@ class Namespace:
 
     def _commit(self, head: Head, ops: list[wal.Op], schema: dict, metric: str | None, schema_changed: bool) -> bool:
         seq = head.seq + 1
+        b = self.base()
+        if b and seq <= b[1]:  # never write into the range a branch reads from its source
+            raise CorruptWal(f"namespace {self.name!r}: head {head.seq} is below its branch base seq {b[1]}")
         nonce = uuid.uuid4().hex
         hdr: dict[str, Any] = {"created_at": now_ms(), "writer": WRITER_ID, "nonce": nonce}
         if schema_changed or head.seq == 0:
@@ -463,7 +529,19 @@ class Namespace:
         On a local store the namespace's directories and lock files go too, so nothing
         of it is left on disk."""
         self.require()
+        live = sorted(p["branch"] for _k, p, ok in self.pins() if ok)
+        if live:
+            raise InvalidRequest(
+                f"namespace {self.name!r} has {len(live)} live branch(es) referencing its data: {', '.join(live[:10])}",
+                hint="delete the branches first (puffer shares the source's files with its branches)",
+            )
+        src, b = self.source(), self.base()
         n = self.store.delete_prefix(layout.namespace_prefix(self.name))
+        if src is not None and b is not None:  # release this branch's pin (after its own keys: a crash leaves it stale)
+            try:
+                self.store.delete(layout.branch_pin(src.name, self.name))
+            except FileNotFoundError:
+                pass
         if isinstance(self.store, LocalStore):
             import shutil
 

@@ -44,7 +44,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import caches, engine, response
+from . import branch, caches, engine, response
 from . import namespace as nsmod
 from .db import DB, connect
 from .errors import (
@@ -202,7 +202,7 @@ class Server(RequestPlumbing):
         body, size = await self.json_body(request)
         overload = request.query_params.get("stainless_overload")
         if overload == "branchFrom" or "branch_from_namespace" in body:
-            raise InvalidRequest("branch_from_namespace is not supported; use copy_from_namespace")
+            return await self.branch(ns, body, t0)
         if body.get("encryption") is not None:
             raise InvalidRequest(
                 "encryption (customer-managed keys, CMEK) is not supported by puffer; "
@@ -215,6 +215,22 @@ class Server(RequestPlumbing):
         out.setdefault("status", "OK")
         out["message"] = f"{out.get('rows_affected', 0)} rows affected"
         out["billing"] = {"billable_logical_bytes_written": size}
+        out["performance"] = {"server_total_ms": int((time.perf_counter() - t0) * 1000)}
+        return out
+
+    async def branch(self, ns, body: dict, t0: float) -> dict:
+        """``branch_from_namespace`` (client ``ns.branch_from``): a request of its own."""
+        extra = sorted(set(body) - {"branch_from_namespace"})
+        if extra or "branch_from_namespace" not in body:
+            raise InvalidRequest(
+                "branch_from_namespace cannot be combined with other write fields"
+                + (f" ({', '.join(extra)})" if extra else ""),
+                hint="branch first, then write to the branch",
+            )
+        src = branch.parse_source(body["branch_from_namespace"])
+        out = await self.run(branch.branch_namespace, self.db.store, ns.name, src, single_writer=self.db.single_writer)
+        out["message"] = f"branched {ns.name!r} from {src!r}"
+        out["billing"] = {"billable_logical_bytes_written": 0}
         out["performance"] = {"server_total_ms": int((time.perf_counter() - t0) * 1000)}
         return out
 

@@ -76,7 +76,7 @@ def verify(ns: Namespace) -> list[dict[str, Any]]:
 
 def show(ns: Namespace, seq: int) -> dict[str, Any]:
     """An entry's header and ops (rows as JSON-able dicts)."""
-    key = layout.wal(ns.name, seq)
+    key = ns.wal_key(seq)  # a branch's entries up to its base seq are its source's
     try:
         data = ns.store.read(key)
     except FileNotFoundError:
@@ -105,8 +105,14 @@ def repair(ns: Namespace) -> list[dict[str, Any]]:
     except CorruptNamespace:
         meta = None  # only a schema hint for segments whose header is lost; the WAL is what is repaired
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    base = ns.base()
     for row in verify(ns):
         seq, key = row["seq"], layout.wal(ns.name, row["seq"])
+        if base and seq <= base[1]:
+            raise InvalidRequest(
+                f"WAL entry {seq} of branch {ns.name!r} is its source's ({ns.wal_key(seq)})",
+                hint=f"run `puffer wal-inspect {base[0]} --repair` on the source",
+            )
         if row["problem"] == "missing":
             data = wal.encode(
                 seq,

@@ -95,7 +95,6 @@ def poll_copy_from(c, name: str, token: str):
 #: one call per refused row, through the client
 REFUSED = {
     ("write", "encryption"): lambda c, ns: ns.write(upsert_rows=ROW, encryption=CMEK),
-    ("write", "branch_from_namespace"): lambda c, ns: ns.write(branch_from_namespace="src"),
     ("write", "create_namespace"): lambda c, ns: call(ns, "write", upsert_rows=ROW, create_namespace=True),
     ("write", "sharding"): lambda c, ns: ns.write(upsert_rows=ROW, sharding={"num_shards": 2}),
     ("query", "rerank_by"): lambda c, ns: call(ns, "query", rank_by=("id", "asc"), top_k=1, rerank_by=["RRF"]),
@@ -119,7 +118,6 @@ REFUSED = {
         c, "d4", source_namespace="src", dest_encryption=CMEK
     ),
     ("poll_copy_from", "token"): lambda c, ns: poll_copy_from(c, "d4", "t"),
-    ("branch_from", "source_namespace"): lambda c, ns: c.namespace("d5").branch_from(source_namespace="src"),
 }
 
 

@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.ingest",
             "puffer_cli.export",
             "puffer_cli.walinspect",
+            "puffer_cli.branch",
             "puffer_cli.index.builder",
             "puffer_cli.index.base",
             "puffer_cli.index.segwrite",

@@ -172,7 +172,7 @@ CASES = [
     ("POST", W, {"copy_from_namespace": 5}, {}, 400),
     ("POST", W, {"copy_from_namespace": "does-not-exist"}, {}, 404),
     ("POST", W, {"copy_from_namespace": {"source_namespace": "ex", "source_region": "gcp-us"}}, {}, 400),
-    ("POST", W, {"branch_from_namespace": "ex"}, {}, 400),
+    ("POST", W, {"branch_from_namespace": "ex", "deletes": [1]}, {}, 400),
     ("POST", "/v1/namespaces/ex/schema", {"n": "string"}, {}, 400),
     ("POST", "/v1/namespaces/ex/schema", {"x": {"type": "int", "bogus": 1}}, {}, 400),
 ]

@@ -1,5 +1,6 @@
 """GC of index files: everything under ``{ns}/index/`` that neither the current
-generation nor a retained one references (orphans of killed runs included), and the
+generation nor a retained one nor a live branch pin references (orphans of killed runs
+included), stale branch pins, and the
 temporary files a killed writer left on a local store."""
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def gc(ns: Namespace, progress=None, temp_age_s: float = TEMP_MAX_AGE_S) -> int:
                 except FileNotFoundError:
                     pass
     n = 0
+    for key, pin, live in ns.pins():  # generations a branch references (docs/http.md "Branches")
+        if not live:
+            store.delete(key)
+            continue
+        if pin.get("manifest"):
+            try:
+                keep |= manifest_files(load_manifest(store, pin["manifest"]))
+            except FileNotFoundError:
+                pass
     for k in store.list(layout.index_root(ns.name)):
         if k in keep:
             continue
