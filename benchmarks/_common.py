@@ -35,10 +35,41 @@ def log(*a) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
-def start_moto():
-    """A moto S3 server on loopback in this process, with bucket ``bench``; returns (server, endpoint)."""
-    from moto.server import ThreadedMotoServer
+_MOTO_CHILD = (
+    "import logging, sys, time\n"
+    "logging.getLogger('werkzeug').setLevel(logging.ERROR)\n"
+    "from moto.server import ThreadedMotoServer\n"
+    "s = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
+    "s.start()\n"
+    "print(s.get_host_and_port()[1], flush=True)\n"
+    "sys.stdin.read()\n"  # until the parent closes our stdin (or dies)
+)
 
+
+class _MotoProcess:
+    """A moto server in a child process (``stop()`` ends it)."""
+
+    def __init__(self):
+        import subprocess
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _MOTO_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.port = int(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def start_moto(process: bool = False):
+    """A moto S3 server on loopback with bucket ``bench``; returns (server, endpoint).
+
+    ``process=False``: in this process (``ThreadedMotoServer``), so the server's request
+    handling shares this interpreter's GIL with the client being measured.
+    ``process=True``: in a child process, as any real S3 server runs: its CPU no longer
+    queues behind the client's (on a 2-core machine a parallel batch of loopback GETs
+    costs about 2.4 ms each this way against 5.9 ms in-process)."""
     for k, v in (
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -47,11 +78,17 @@ def start_moto():
         os.environ.setdefault(k, v)
     import logging
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request log lines
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    if process:
+        server = _MotoProcess()
+        endpoint = f"http://127.0.0.1:{server.port}"
+    else:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request log lines
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
     import boto3
 
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")

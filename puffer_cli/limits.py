@@ -105,4 +105,5 @@ S3_RETRY_DEADLINE_S = 20.0  # retries of one store call (5xx, 409, throttling, r
 S3_UNREACHABLE_DEADLINE_S = 4.0  # ... but an endpoint that refuses connections fails sooner
 S3_RETRY_BASE_S = 0.05  # jittered exponential backoff: uniform(0, min(max, base * 2**n))
 S3_RETRY_MAX_S = 2.0
+RANGE_CONCURRENCY = 16  # ranged reads of one batch in flight at once (a cold query's probed lists)
 S3_PROBE_TIMEOUT_S = 5.0  # the conditional-write probe's calls (two concurrent creates must resolve)

@@ -16,6 +16,8 @@ import contextvars
 import hashlib
 import threading
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import layout, limits
@@ -97,6 +99,16 @@ class Store:
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
         raise NotImplementedError
+
+    def read_ranges(self, reqs: Sequence[tuple[str, int, int]]) -> builtins.list[bytes]:
+        """The bytes of each ``(key, start, end)``, in order: one request each.  A remote
+        backend has them in flight at once (one round trip for the batch); here they run in
+        turn (local), or on ``limits.RANGE_CONCURRENCY`` threads when ``is_remote``."""
+        if len(reqs) <= 1 or not self.is_remote:
+            return [self.read_range(k, a, b) for k, a, b in reqs]
+        ctx = contextvars.copy_context()
+        with ThreadPoolExecutor(min(limits.RANGE_CONCURRENCY, len(reqs))) as ex:
+            return builtins.list(ex.map(lambda r: ctx.copy().run(self.read_range, *r), reqs))
 
     def write(self, key: str, data: bytes) -> None:
         """Write a whole object; readers see the old or the new bytes, never a mix."""

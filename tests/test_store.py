@@ -91,6 +91,31 @@ def test_list_range_delete(db):
     assert st.list("ns/") == []
 
 
+def test_read_ranges_batch(db):
+    """One batch of ranged reads over several objects: order kept, empty list, missing key."""
+    st = db.store
+    st.write("rr/a", bytes(range(100)))
+    st.write("rr/b", b"abcdefghij" * 10)
+    reqs = [("rr/a", 10, 20), ("rr/b", 0, 3), ("rr/a", 0, 1), ("rr/b", 95, 100)] + [
+        ("rr/a", i, i + 2) for i in range(40)
+    ]
+    got = st.read_ranges(reqs)
+    assert got == [st.read_range(k, a, b) for k, a, b in reqs]
+    assert got[:4] == [bytes(range(10, 20)), b"abc", b"\x00", b"fghij"]
+    assert st.read_ranges([]) == []
+    with pytest.raises(FileNotFoundError):
+        st.read_ranges([("rr/a", 0, 2), ("rr/missing", 0, 2), ("rr/b", 0, 2)])
+
+
+def test_read_ranges_threaded_default(mem_db, monkeypatch):
+    """The base implementation's thread pool (a remote backend without its own batch) keeps order."""
+    st = mem_db.store
+    st.write("rr/a", bytes(range(200)))
+    monkeypatch.setattr(type(st), "is_remote", True)
+    reqs = [("rr/a", i, i + 3) for i in range(0, 190, 7)]
+    assert st.read_ranges(reqs) == [bytes(range(i, i + 3)) for i in range(0, 190, 7)]
+
+
 def test_probe_detects_safe_store(db):
     assert db.store.probe_conditional_writes()
     db.store.require_safe_writes(False)  # does not raise

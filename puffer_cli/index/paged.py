@@ -73,26 +73,23 @@ def read_ranges(cache: Cache, store: Store, entry: dict, ranges: Sequence[tuple[
         for i in range(a // p, (b - 1) // p + 1 if b > a else a // p):
             per_part.setdefault(i, []).append((max(a, i * p) - i * p, min(b, (i + 1) * p) - i * p))
 
-    def one(i: int) -> dict[tuple[int, int], memoryview]:
-        k = entry["parts"][i]
-        want = per_part[i]
+    pieces: dict[int, dict[tuple[int, int], memoryview]] = {}
+    remote = []
+    for i in sorted(per_part):
+        k, want = entry["parts"][i], per_part[i]
         if cache.has(store, k):  # read just the ranges from the cached part, not all 8 MiB of it
-            out: dict[tuple[int, int], memoryview] = {}
             with open(cache.file(store, k), "rb") as fh:
+                pieces[i] = {}
                 for r in want:
                     fh.seek(r[0])
-                    out[r] = memoryview(fh.read(r[1] - r[0]))
-            return out
-        got = R.read_ranges(store, k, want)
-        cache.note_ranged(store, k, sum(len(g) for g in got))
-        return dict(zip(want, got))
-
-    idx = sorted(per_part)
-
-    def job(i: int) -> Callable[[], dict[tuple[int, int], memoryview]]:
-        return lambda: one(i)
-
-    pieces = dict(zip(idx, R.parallel([job(i) for i in idx], store.is_remote)))
+                    pieces[i][r] = memoryview(fh.read(r[1] - r[0]))
+        else:
+            remote.append(i)
+    # every uncached part's ranges in one batch of requests
+    fetched = R.read_many(store, [(entry["parts"][i], per_part[i]) for i in remote])
+    for i, got in zip(remote, fetched):
+        cache.note_ranged(store, entry["parts"][i], sum(len(g) for g in got))
+        pieces[i] = dict(zip(per_part[i], got))
     out = []
     for a, b in ranges:
         if b <= a:

@@ -69,21 +69,26 @@ def coalesce(
 
 def read_ranges(store: Store, key: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
     """The bytes of each ``(start, end)`` of object ``key``, in order, by coalesced parallel reads."""
-    runs = coalesce(ranges)
+    return read_many(store, [(key, ranges)])[0]
 
-    def fetch(r: tuple[int, int]) -> Callable[[], bytes]:
-        return lambda: store.read_range(key, r[0], r[1])
 
-    blobs = parallel([fetch(r) for r in runs], store.is_remote)
-    starts = [r[0] for r in runs]
+def read_many(store: Store, wants: Sequence[tuple[str, Sequence[tuple[int, int]]]]) -> list[list[memoryview]]:
+    """``read_ranges`` of several objects in one batch of requests (one round trip)."""
+    plan = [(key, coalesce(ranges), ranges) for key, ranges in wants]
+    blobs = iter(store.read_ranges([(key, a, b) for key, runs, _ in plan for a, b in runs]))
     out = []
-    for a, b in ranges:
-        if b <= a:
-            out.append(memoryview(b""))
-            continue
-        j = bisect.bisect_right(starts, a) - 1
-        s = runs[j][0]
-        out.append(memoryview(blobs[j])[a - s : b - s])
+    for _key, runs, ranges in plan:
+        got = [next(blobs) for _ in runs]
+        starts = [r[0] for r in runs]
+        views = []
+        for a, b in ranges:
+            if b <= a:
+                views.append(memoryview(b""))
+                continue
+            j = bisect.bisect_right(starts, a) - 1
+            s = runs[j][0]
+            views.append(memoryview(got[j])[a - s : b - s])
+        out.append(views)
     return out
 
 
