@@ -205,12 +205,22 @@ def read_error(
     after = f" after its first {file_rows:,} rows" if file_rows else ""
     msg = f"{path}: cannot read it as {fmt}{after}: {first}"
     hint = _format_hint(path, fmt)
-    if rep is not None and rep.rows:
-        msg += (
-            f"; {rep.rows:,} rows before it were already committed (WAL seq {rep.first_seq}..{rep.last_seq}), "
-            f"re-running after fixing the input is safe: ingest upserts by id"
-        )
+    if rep is not None:
+        msg += committed_note(rep, "it")
     return InvalidRequest(msg, hint=hint)
+
+
+def committed_note(rep: IngestReport, before: str) -> str:
+    """What an ingest that failed part-way had committed, for the end of its error message:
+    always said, 0 included. How far a streamed read gets before a bad value surfaces is not
+    fixed: polars' streaming CSV reader parses morsels in parallel, so an error in the last rows
+    can be raised before any earlier chunk is handed over, or after some of them."""
+    if not rep.rows:
+        return "; no rows were committed"
+    return (
+        f"; {rep.rows:,} rows before {before} were already committed (WAL seq {rep.first_seq}..{rep.last_seq}), "
+        f"re-running after fixing the input is safe: ingest upserts by id"
+    )
 
 
 def chunks(lf: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -377,10 +387,5 @@ def _commit(ns: Namespace, chunk: pl.DataFrame, schema, distance_metric, p: str,
         return ns.write_frame(chunk, schema=schema, distance_metric=distance_metric)
     except InvalidRequest as e:
         e.message = f"{p}, rows {file_rows}..{file_rows + chunk.height - 1}: {e.message}"
-        if rep.rows:
-            e.message += (
-                f"; {rep.rows:,} rows before them were already committed (WAL seq "
-                f"{rep.first_seq}..{rep.last_seq}), re-running after fixing the input is "
-                f"safe: ingest upserts by id"
-            )
+        e.message += committed_note(rep, "them")
         raise

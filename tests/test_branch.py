@@ -5,10 +5,11 @@ index runs and GC keep what a branch references, delete_all of the branch releas
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 import turbopuffer
-from puffer_cli import branch, layout
+from puffer_cli import branch, layout, limits
 from puffer_cli.errors import InvalidRequest, NamespaceNotFound
 from puffer_cli.index import builder
 from puffer_cli.server import ServeConfig
@@ -117,6 +118,92 @@ def test_stale_pin_is_dropped(mem_db):
     index(src)
     assert not db.store.list(layout.branch_pins_dir("src"))
     src.delete_all()
+
+
+def _crash_left_pin(db, dest="br", age_s=limits.BRANCH_PIN_TAKEOVER_S + 1):
+    """The pin a creation that crashed between its steps 1 and 2 leaves: no branch meta.json."""
+    from puffer_cli.store import now_ms
+
+    pin = {"branch": dest, "id": "crashed", "seq": 1, "manifest": None, "created_at": now_ms() - int(age_s * 1000)}
+    assert db.store.create(layout.branch_pin("src", dest), json.dumps(pin).encode())
+
+
+def test_retry_takes_over_a_crash_left_pin(db):
+    """A crash between the pin and the branch's meta.json: a retry past the takeover grace
+    succeeds at once (no waiting for the source's GC); the new pin is live, not the old one."""
+    db.namespace("src").write({"upsert_rows": [{"id": 1}, {"id": 2}]})
+    _crash_left_pin(db)
+    out = branch.branch_namespace(db.store, "br", "src")
+    assert out["status"] == "OK" and out["base_seq"] == 1
+    assert ids(db.namespace("br")) == [1, 2]
+    [(_k, pin, live)] = db.namespace("src").pins()
+    assert live and pin["id"] != "crashed" and pin["id"] == db.namespace("br").read_meta()[0]["branch"]["id"]
+    with pytest.raises(InvalidRequest, match="already exists"):  # a branch meta.json: no takeover
+        branch.branch_namespace(db.store, "br", "src")
+    with pytest.raises(InvalidRequest, match="live branch"):
+        db.namespace("src").delete_all()
+    db.namespace("br").delete_all()
+    assert not db.store.list(layout.branch_pins_dir("src"))
+
+
+def test_fresh_pin_is_not_taken_over(mem_db):
+    """A pin younger than the grace is a creator between its two steps: a retry is refused and
+    the pin is left as it was (the creator's meta.json will name it)."""
+    db = mem_db
+    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
+    _crash_left_pin(db, age_s=limits.BRANCH_PIN_TAKEOVER_S - 30)
+    before = db.store.read(layout.branch_pin("src", "br"))
+    with pytest.raises(InvalidRequest, match="being branched from 'src' by another request"):
+        branch.branch_namespace(db.store, "br", "src")
+    assert db.store.read(layout.branch_pin("src", "br")) == before
+    assert not db.namespace("br").exists()
+
+
+def test_takeover_loser_to_the_old_creator_restores_its_pin(mem_db, monkeypatch):
+    """The old creator's meta.json lands after the taker's CAS: the taker loses step 2 and puts
+    the old creator's pin back, so the branch that exists stays pinned."""
+    db = mem_db
+    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
+    _crash_left_pin(db)
+    old = db.store.read(layout.branch_pin("src", "br"))
+    real = branch._claim_pin
+
+    def claim_then_old_creator_commits(*a, **k):
+        got = real(*a, **k)
+        meta = {"format": 1, "namespace": "br", "last_seq": 1, "branch": {"source": "src", "seq": 1, "id": "crashed"}}
+        assert db.store.create(layout.meta("br"), json.dumps(meta).encode())
+        return got
+
+    monkeypatch.setattr(branch, "_claim_pin", claim_then_old_creator_commits)
+    with pytest.raises(InvalidRequest, match="already exists"):
+        branch.branch_namespace(db.store, "br", "src")
+    assert db.store.read(layout.branch_pin("src", "br")) == old
+
+
+def test_concurrent_retries_on_a_stale_pin_have_one_winner(db):
+    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
+    _crash_left_pin(db)
+    wins, refused, other = [], [], []
+    go = threading.Barrier(6)
+
+    def retry(i):
+        go.wait()
+        try:
+            branch.branch_namespace(db.store, "br", "src")
+            wins.append(i)
+        except InvalidRequest as e:
+            refused.append(str(e))
+        except Exception as e:  # noqa: BLE001 - reported below
+            other.append(repr(e))
+
+    ts = [threading.Thread(target=retry, args=(i,)) for i in range(6)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    assert not other and len(wins) == 1 and len(refused) == 5
+    assert all("being branched" in m or "already exists" in m for m in refused)
+    [(_k, pin, live)] = db.namespace("src").pins()
+    assert live and pin["id"] == db.namespace("br").read_meta()[0]["branch"]["id"]
+    assert ids(db.namespace("br")) == [1]
 
 
 def test_official_client_branch_from(tmp_path):
