@@ -443,6 +443,38 @@ def test_default_bound_is_a_fraction_of_the_disk(tmp_path):
     assert Path(tmp_path).exists()
 
 
+def test_cold_small_lists_come_with_the_manifest(s3_server, tmp_path, monkeypatch):
+    """A lists file small enough to be read whole, of a segment whose vectors are not, is
+    named in the index pointer's prefetch, so a cold ANN query fetches it with the manifest
+    and the route: meta.json, then that batch, then the re-rank rows and ids; three round
+    trips, where a separate lists read made four."""
+    import puffer_cli
+
+    monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 4096)  # lists 300 x 12 B read whole; vectors 300 x 32 B not
+
+    db = puffer_cli.connect("s3://puffer-test/cold-prefetch", s3_endpoint=s3_server)
+    ns = db.namespace("v")
+    rng = np.random.default_rng(8)
+    ns.write({"upsert_rows": [{"id": i, "vector": rng.normal(size=8).round(3).tolist()} for i in range(300)]})
+    cache.configure(str(tmp_path / "build"))
+    builder.index_namespace(ns, gc_grace_s=0)
+    meta, _ = ns.read_meta()
+    seg = builder.load_manifest(db.store, meta["index"]["manifest"])["segments"][0]
+    lists_key = seg["ann"]["vector"]["lists"]["key"]
+    assert lists_key in meta["index"]["prefetch"] and seg["ann"]["vector"]["route"] in meta["index"]["prefetch"]
+    body = {"rank_by": ["vector", "ANN", rng.normal(size=8).tolist()], "top_k": 5, "consistency": {"level": "eventual"}}
+    want = engine.run_query(ns, body)["rows"]
+    c = cache.configure(str(tmp_path / "cold"))
+    c.background_fetch = False
+    reader._GENS.clear()
+    builder._MANIFESTS.clear()
+    got = engine.run_query(ns, body)
+    assert got["rows"] == want and got["performance"]["cache_temperature"] == "cold"
+    assert got["performance"]["object_store_round_trips"] == 3
+    assert c.has(db.store, lists_key)
+    cache.configure("")
+
+
 def test_cold_small_segment_reads_lists_not_its_vector_file(s3_server, tmp_path, monkeypatch):
     """A segment small enough for exact search, whose vector file is not at hand (remote,
     not cached, over WHOLE_FILE_MAX), is searched through its IVF lists cold, and a filter

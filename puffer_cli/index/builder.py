@@ -53,7 +53,7 @@ from .hooks import CRASH_POINTS, crash  # noqa: F401  (CRASH_POINTS: tests)
 from .lease import Lease
 from .manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
 from .manifest import ann_sig, fts_sig, load_manifest
-from .segwrite import Writer, note, segment_files, write_segment
+from .segwrite import Writer, note, prefetch_keys, segment_files, write_segment
 
 FORMAT = 2  # 2: IVF-SQ8 vector indexes (index/ivf.py); format-1 segments (HNSW) are rebuilt by the next run
 MAX_SEGMENTS = 16
@@ -475,8 +475,7 @@ class _Run:
             raise Conflict(f"namespace {ns.name!r}: lost the indexer lease before publishing generation {gen}")
         now = now_ms()
         live = int(sum(s["live"] for s in self.all_segs))
-        routing = sorted(v["route"] for s in self.all_segs for v in s.get("ann", {}).values() if v.get("route"))
-        routing += sorted(s["tombstones"] for s in self.all_segs if s.get("tombstones"))
+        routing = prefetch_keys(self.all_segs)
 
         def swap(cur):
             cur = cur or {
@@ -509,7 +508,7 @@ class _Run:
                 "published_at": now,
                 "segments": len(self.all_segs),
                 "rows": live,
-                "prefetch": routing,  # IVF routes and tombstones: a cold reader fetches them with the manifest
+                "prefetch": routing,  # routes, tombstones, small lists: a cold reader fetches them with the manifest
                 "retained": retained,
             }
             return cur

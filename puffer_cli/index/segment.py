@@ -178,9 +178,14 @@ class Segment:
         if v is None:
             return None
         with self._lock:
-            if f not in self._vec:
-                self._vec[f] = D.open_vectors(paged.whole(self.cache, self.store, v), self.rows, v["dims"])
-            return self._vec[f]
+            got = self._vec.get(f)
+        if got is None:
+            # fetched outside the lock: the re-rank reads this segment's ids at the same time
+            # (one round trip), and id_rows takes the lock
+            path = paged.whole(self.cache, self.store, v)
+            with self._lock:
+                got = self._vec.setdefault(f, D.open_vectors(path, self.rows, v["dims"]))
+        return got
 
     def vector_rows(self, f: str, pos: np.ndarray) -> np.ndarray | None:
         """The f32 vectors of field ``f`` at row positions ``pos`` (in that order).

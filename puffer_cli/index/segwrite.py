@@ -16,6 +16,7 @@ from ..cache import Cache
 from ..store import Store
 from . import docs as D
 from . import fts, ivf, paged
+from . import ranged as R
 from .hooks import crash
 from .manifest import ann_sig, fts_sig
 
@@ -63,6 +64,25 @@ class Writer:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+
+
+def prefetch_keys(segs: list[dict]) -> list[str]:
+    """What a cold reader fetches with the manifest (the index pointer's ``prefetch``): every
+    IVF route, every tombstone file, and the lists files a cold query reads whole (at most
+    ``ranged.WHOLE_FILE_MAX``) of segments whose f32 vectors are too big to be read whole
+    (smaller ones are searched exactly, without their lists): so such a small segment needs
+    no round trip of its own before the big segments' ranged reads."""
+    keys = []
+    for s in segs:
+        for v in s.get("ann", {}).values():
+            if v.get("route"):
+                keys.append(v["route"])
+            lists, dims = v.get("lists"), int(v.get("dims", 0))
+            small = lists and not lists.get("parts") and v.get("vectors", 0) * (dims + 4) <= R.WHOLE_FILE_MAX
+            if small and s["rows"] * dims * 4 > R.WHOLE_FILE_MAX:
+                keys.append(lists["key"])
+    keys.sort()
+    return keys + sorted(s["tombstones"] for s in segs if s.get("tombstones"))
 
 
 def segment_files(s: dict) -> list[str]:
