@@ -443,16 +443,17 @@ def test_default_bound_is_a_fraction_of_the_disk(tmp_path):
     assert Path(tmp_path).exists()
 
 
-def test_cold_small_lists_come_with_the_manifest(s3_server, tmp_path, monkeypatch):
+@pytest.mark.parametrize("level", ["eventual", "strong"])
+def test_cold_small_lists_come_with_the_manifest(s3_server, tmp_path, monkeypatch, level):
     """A lists file small enough to be read whole, of a segment whose vectors are not, is
     named in the index pointer's prefetch, so a cold ANN query fetches it with the manifest
-    and the route: meta.json, then that batch, then the re-rank rows and ids; three round
-    trips, where a separate lists read made four."""
+    and the route (and, strong, the WAL listing): meta.json, then that batch, then the
+    re-rank rows and ids; three round trips, where a separate lists read made four."""
     import puffer_cli
 
     monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 4096)  # lists 300 x 12 B read whole; vectors 300 x 32 B not
 
-    db = puffer_cli.connect("s3://puffer-test/cold-prefetch", s3_endpoint=s3_server)
+    db = puffer_cli.connect(f"s3://puffer-test/cold-prefetch-{level}", s3_endpoint=s3_server)
     ns = db.namespace("v")
     rng = np.random.default_rng(8)
     ns.write({"upsert_rows": [{"id": i, "vector": rng.normal(size=8).round(3).tolist()} for i in range(300)]})
@@ -462,7 +463,7 @@ def test_cold_small_lists_come_with_the_manifest(s3_server, tmp_path, monkeypatc
     seg = builder.load_manifest(db.store, meta["index"]["manifest"])["segments"][0]
     lists_key = seg["ann"]["vector"]["lists"]["key"]
     assert lists_key in meta["index"]["prefetch"] and seg["ann"]["vector"]["route"] in meta["index"]["prefetch"]
-    body = {"rank_by": ["vector", "ANN", rng.normal(size=8).tolist()], "top_k": 5, "consistency": {"level": "eventual"}}
+    body = {"rank_by": ["vector", "ANN", rng.normal(size=8).tolist()], "top_k": 5, "consistency": {"level": level}}
     want = engine.run_query(ns, body)["rows"]
     c = cache.configure(str(tmp_path / "cold"))
     c.background_fetch = False

@@ -31,13 +31,19 @@ from .. import limits as L
 from .. import schema as S
 from ..cache import get_cache
 from ..scoring import f32_tolerance
-from ..store import Store
 from . import ann, ivf
 from . import docs as D
-from . import ranged as R
 from .manifest import fts_sig_of
 from .postings import seed_postings
-from .segment import GENS, DfCombo, Generation, Segment, forget, open_generation  # noqa: F401  (forget: server)
+from .segment import (  # noqa: F401  (forget: server)
+    GENS,
+    DfCombo,
+    Generation,
+    Segment,
+    forget,
+    open_generation,
+    open_generation_with,
+)
 from .segment import GENS as _GENS  # noqa: F401  (tests and benchmarks clear it)
 from .tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
 from .tail import Tail, cached_tail, tail_for
@@ -438,13 +444,6 @@ class IndexedView:
         return np.unique(np.concatenate([p1.to_numpy(), p2.to_numpy()])).astype(np.int64)
 
 
-def _open_or_none(store: Store, ptr: dict) -> Generation | None:
-    try:
-        return open_generation(store, ptr)
-    except FileNotFoundError:
-        return None
-
-
 def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> IndexedView | None:
     """The indexed view of ``ns`` for a query, or None if it has no index."""
     meta = ns.query_meta(fresh=fresh_meta)
@@ -454,14 +453,12 @@ def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> Index
     # eventual: the index plus this process's WAL tail, relisted at most every
     # EVENTUAL_MAX_STALENESS_S (turbopuffer's bound), so writes show within that
     fresh = cached_tail(ns, ptr["manifest"], EVENTUAL_MAX_STALENESS_S) if consistency == "eventual" else None
-    fns = [lambda: _open_or_none(ns.store, ptr)]
-    if fresh is None and head is None:
-        fns.append(lambda: ns.head(meta=meta))  # the WAL listing overlaps the manifest read
-    got = R.parallel(fns, ns.store.is_remote)
-    gen = got[0]
-    if gen is None:
+    also = [lambda: ns.head(meta=meta)] if fresh is None and head is None else []
+    try:  # the WAL listing in the same batch as the manifest read (one round trip)
+        gen, more = open_generation_with(ns.store, ptr, also)
+    except FileNotFoundError:
         return None
-    tail = fresh if fresh is not None else tail_for(ns, gen, head or got[1])
+    tail = fresh if fresh is not None else tail_for(ns, gen, head or more[0])
     if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
         return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
     return IndexedView(gen, tail)

@@ -10,7 +10,8 @@ one namespace's.  The query side (``reader.IndexedView``) reads through these.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -382,19 +383,29 @@ GENS = caches.lru("index.generations", 32)
 
 
 def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Generation:
+    return open_generation_with(store, ptr, (), cache)[0]
+
+
+def open_generation_with(
+    store: Store, ptr: dict, also: Sequence[Callable[[], Any]], cache: Cache | None = None
+) -> tuple[Generation, list]:
+    """The generation ``ptr`` names, and the results of the calls ``also`` (the strong
+    query's WAL listing), run in the same batch as the manifest read: one round trip when
+    cold for the manifest, the keys the pointer names (IVF routes, tombstones, small lists:
+    they land in the cache for the segments) and ``also``."""
     cache = cache or get_cache()
     key = (store.url, ptr["manifest"].split("/", 1)[0], ptr["manifest"], str(cache.root))
     g = GENS.get(key)
+    fns: list[Callable[[], Any]] = []
     if g is None:
-        # one round trip when cold: the manifest and the keys the pointer names (IVF routes,
-        # tombstones) at once; the routes and tombstones land in the cache for the segments
         pre = [k for k in ptr.get("prefetch", []) if isinstance(k, str)]
         fns = [lambda: load_manifest(store, ptr["manifest"])]
         fns += [lambda k=k: prefetch(cache, store, k) for k in pre if not cache.has(store, k)]
-        man = R.parallel(fns, store.is_remote)[0]
-        g = Generation(store, cache, man, ptr["manifest"])
+    got = R.parallel(fns + list(also), store.is_remote)
+    if g is None:
+        g = Generation(store, cache, got[0], ptr["manifest"])
         GENS.put(key, g)
-    return g
+    return g, got[len(fns) :]
 
 
 def prefetch(cache: Cache, store: Store, key: str) -> None:
