@@ -8,18 +8,15 @@ pointer can name it) and the branch's own WAL after the base seq. Nothing is cop
 
 Order of creation, so a crash at any point is harmless:
 
-1. the pin ``{source}/branches/{dest}.json`` by create-if-absent (source GC keeps the files
-   of its manifest; ``delete_all`` of the source is refused while it is live);
+1. the pin ``{source}/branches/{dest}.{id}.json``, a key of this creation's own (source GC
+   keeps the files of its manifest; ``delete_all`` of the source is refused while it is live);
 2. the branch's ``meta.json`` by create-if-absent (the commit point: the branch exists).
 
 A crash between 1 and 2 leaves a pin with no branch: stale after ``PIN_GRACE_S``, dropped by
-the source's next GC. A retry need not wait for that: a pin with no branch meta.json that is
-older than ``limits.BRANCH_PIN_TAKEOVER_S`` (longer than a live creator can take between steps
-1 and 2) is taken over by a compare-and-swap on the pin's version, so of concurrent retries
-exactly one wins (the others are refused as "being branched by another request", as is any
-retry while the pin is younger). The winner goes on to step 2, still the commit point. Should
-the old creator commit after all (its meta.json create wins), the taker puts the old pin back.
-The pin is released by ``delete_all`` of the branch.
+the source's next GC; a retry does not wait for that (its pin is a key of its own). Of
+concurrent creators exactly one wins step 2; the others delete their own pins and are told
+the namespace exists. No pin key is ever rewritten, so deleting one (GC of a stale pin, a
+loser, ``delete_all`` of the branch) can never remove a pin another creation relies on.
 """
 
 from __future__ import annotations
@@ -29,7 +26,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from . import layout, limits
+from . import layout
 from .errors import InvalidRequest
 from .namespace import Namespace
 from .store import Store, now_ms
@@ -74,8 +71,8 @@ def branch_namespace(store: Store, dest: str, source: str, *, single_writer: boo
     now = now_ms()
     base = {"source": source, "seq": head.seq, "id": bid, "manifest": ptr["manifest"] if ptr else None}
     pin = {"branch": dest, "created_at": now, **{k: v for k, v in base.items() if k != "source"}}
-    pin_key = layout.branch_pin(source, dest)
-    replaced = _claim_pin(store, pin_key, dest, source, json.dumps(pin, sort_keys=True).encode())
+    pin_key = layout.branch_pin(source, dest, bid)
+    store.write(pin_key, json.dumps(pin, sort_keys=True).encode())
     index = None
     if ptr:
         index = {k: ptr[k] for k in ("generation", "covers_through_seq", "manifest") if k in ptr}
@@ -92,67 +89,11 @@ def branch_namespace(store: Store, dest: str, source: str, *, single_writer: boo
         "branch": {**base, "created_at": now},
     }
     if not store.create(layout.meta(dest), json.dumps(new, sort_keys=True).encode()):
-        _release_pin(store, pin_key, dest, bid, replaced)
+        try:
+            store.delete(pin_key)  # ours alone: nobody else writes this key
+        except FileNotFoundError:
+            pass
         raise InvalidRequest(f"namespace {dest!r} already exists: a branch must be a new namespace")
     dst.reset_cache()  # this process looked at dest before it was a branch
     rows = int(ptr.get("rows", 0)) if ptr else 0
     return {"status": "OK", "rows_affected": rows, "branched_from": source, "base_seq": head.seq}
-
-
-def _busy(dest: str, source: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"namespace {dest!r} is being branched from {source!r} by another request",
-        hint=f"retry after it finishes (a crashed attempt's pin is taken over after "
-        f"{limits.BRANCH_PIN_TAKEOVER_S:.0f} s)",
-    )
-
-
-def _claim_pin(store: Store, key: str, dest: str, source: str, data: bytes) -> bytes | None:
-    """Step 1: create the pin, or take over a stale one (module docstring). Returns the bytes of
-    the pin taken over (None: created). Raises InvalidRequest if another request holds it."""
-    if store.create(key, data):
-        return None
-    cur = store.read_versioned(key)
-    if cur is None:  # dropped meanwhile (GC of a stale pin, a failed creator): one more try
-        if store.create(key, data):
-            return None
-        raise _busy(dest, source)
-    old, version = cur
-    try:
-        created = int(json.loads(old)["created_at"])
-    except (ValueError, KeyError, TypeError):
-        created = 0  # an unreadable pin protects nothing (Namespace.pins skips it too)
-    if now_ms() - created < limits.BRANCH_PIN_TAKEOVER_S * 1000:
-        raise _busy(dest, source)
-    if store.exists(layout.meta(dest)):  # the old creator committed after all
-        raise InvalidRequest(f"namespace {dest!r} already exists: a branch must be a new namespace")
-    if not store.cas(key, data, version):  # another retry took it over first
-        raise _busy(dest, source)
-    return old
-
-
-def _release_pin(store: Store, key: str, dest: str, bid: str, replaced: bytes | None) -> None:
-    """Step 2 lost (DEST's meta.json exists): drop our pin, or, if we took over the pin of a
-    creator whose meta.json then won, put its pin back. A pin no longer ours is left alone."""
-    cur = store.read_versioned(key)
-    if cur is None:
-        return
-    data, version = cur
-    try:
-        if json.loads(data).get("id") != bid:
-            return
-    except (ValueError, AttributeError):
-        return
-    if replaced is not None:
-        try:
-            raw = store.read(layout.meta(dest))
-            committed = (json.loads(raw).get("branch") or {}).get("id")
-            if committed is not None and committed == json.loads(replaced).get("id"):
-                store.cas(key, replaced, version)
-                return
-        except (FileNotFoundError, ValueError, AttributeError):
-            pass
-    try:
-        store.delete(key)
-    except FileNotFoundError:
-        pass

@@ -97,9 +97,11 @@ def branch_pins_dir(ns: str) -> str:
     return f"{ns}/branches/"
 
 
-def branch_pin(ns: str, dest: str) -> str:
-    """The pin branch ``dest`` keeps in its source ``ns`` (created before the branch's meta.json)."""
-    return f"{ns}/branches/{dest}.json"
+def branch_pin(ns: str, dest: str, bid: str | None = None) -> str:
+    """The pin of creation ``bid`` of branch ``dest`` in its source ``ns`` (written before the
+    branch's meta.json; one key per creation, never rewritten). Without ``bid``: the key of
+    pins written before per-creation keys (read and released, never written)."""
+    return f"{ns}/branches/{dest}.{bid}.json" if bid else f"{ns}/branches/{dest}.json"
 
 
 def namespace_prefix(ns: str) -> str:

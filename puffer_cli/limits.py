@@ -107,11 +107,3 @@ S3_RETRY_BASE_S = 0.05  # jittered exponential backoff: uniform(0, min(max, base
 S3_RETRY_MAX_S = 2.0
 RANGE_CONCURRENCY = 16  # ranged reads of one batch in flight at once (a cold query's probed lists)
 S3_PROBE_TIMEOUT_S = 5.0  # the conditional-write probe's calls (two concurrent creates must resolve)
-
-# -- branches (branch.py) ---------------------------------------------------------
-# A retry of a branch creation takes over a pin with no branch meta.json once the pin is this
-# old. The creator stamps the pin's created_at, then makes two store calls and nothing else (the
-# pin create and the meta.json create); one S3 call ends within its retry deadline plus one last
-# attempt's connect and read timeouts (~55 s), so a creator still between the two steps after
-# two such calls plus a margin has failed (a crash, a killed process) and robs nobody.
-BRANCH_PIN_TAKEOVER_S = 2 * (S3_RETRY_DEADLINE_S + S3_CONNECT_TIMEOUT_S + S3_READ_TIMEOUT_S) + 30.0  # 140 s

@@ -111,6 +111,18 @@ def _meta_problem(meta) -> str | None:
     return None
 
 
+def release_pin(store: Store, source: str, dest: str, bid: str | None) -> None:
+    """Delete the pin of creation ``bid`` of branch ``dest`` in ``source``, and the pin at the
+    older one-key-per-branch key if it is that creation's (such keys are no longer written)."""
+    for key in (layout.branch_pin(source, dest, bid), layout.branch_pin(source, dest)):
+        try:
+            if key == layout.branch_pin(source, dest) and json.loads(store.read(key)).get("id") != bid:
+                continue
+            store.delete(key)
+        except (FileNotFoundError, ValueError, AttributeError):
+            pass
+
+
 class Namespace:
     def __init__(self, store: Store, name: str, *, single_writer: bool = False, wal_policy: str = "fail"):
         self.store = store
@@ -536,12 +548,10 @@ class Namespace:
                 hint="delete the branches first (puffer shares the source's files with its branches)",
             )
         src, b = self.source(), self.base()
+        bid = (((self.read_meta()[0] or {}).get("branch") or {}).get("id")) if b is not None else None
         n = self.store.delete_prefix(layout.namespace_prefix(self.name))
-        if src is not None and b is not None:  # release this branch's pin (after its own keys: a crash leaves it stale)
-            try:
-                self.store.delete(layout.branch_pin(src.name, self.name))
-            except FileNotFoundError:
-                pass
+        if src is not None and bid:  # release this branch's pin (after its own keys: a crash leaves it stale)
+            release_pin(self.store, src.name, self.name, bid)
         if isinstance(self.store, LocalStore):
             import shutil
 

@@ -313,7 +313,9 @@ class S3Store(Store):
         keys = {k for k, _, _ in reqs}
         label = reqs[0][0] if len(keys) == 1 else f"{reqs[0][0]} (and {len(keys) - 1} more objects)"
         self._call("read", label, batch)
-        out = [g if g is not None else b"" for g in got]
+        if any(g is None for g in got):  # cancelled under us (loop shutdown): never a silent empty range
+            raise StoreError(f"ranged reads of {label} did not complete", hint="retry the request")
+        out = [g for g in got if g is not None]
         for g in out:
             count_io(read=len(g))
         return out

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 import turbopuffer
-from puffer_cli import branch, layout, limits
+from puffer_cli import branch, layout
+from puffer_cli import namespace as nsmod
 from puffer_cli.errors import InvalidRequest, NamespaceNotFound
 from puffer_cli.index import builder
 from puffer_cli.server import ServeConfig
@@ -120,25 +121,30 @@ def test_stale_pin_is_dropped(mem_db):
     src.delete_all()
 
 
-def _crash_left_pin(db, dest="br", age_s=limits.BRANCH_PIN_TAKEOVER_S + 1):
+def _crash_left_pin(db, dest="br", age_s=1.0):
     """The pin a creation that crashed between its steps 1 and 2 leaves: no branch meta.json."""
     from puffer_cli.store import now_ms
 
     pin = {"branch": dest, "id": "crashed", "seq": 1, "manifest": None, "created_at": now_ms() - int(age_s * 1000)}
-    assert db.store.create(layout.branch_pin("src", dest), json.dumps(pin).encode())
+    assert db.store.create(layout.branch_pin("src", dest, "crashed"), json.dumps(pin).encode())
 
 
-def test_retry_takes_over_a_crash_left_pin(db):
-    """A crash between the pin and the branch's meta.json: a retry past the takeover grace
-    succeeds at once (no waiting for the source's GC); the new pin is live, not the old one."""
+def test_retry_after_a_crash_left_pin(db):
+    """A crash between the pin and the branch's meta.json: a retry succeeds at once (its pin
+    is a key of its own); the crashed creation's pin is stale once the branch names another id,
+    and the source's GC drops it, never the live one."""
     db.namespace("src").write({"upsert_rows": [{"id": 1}, {"id": 2}]})
     _crash_left_pin(db)
     out = branch.branch_namespace(db.store, "br", "src")
     assert out["status"] == "OK" and out["base_seq"] == 1
     assert ids(db.namespace("br")) == [1, 2]
+    bid = db.namespace("br").read_meta()[0]["branch"]["id"]
+    pins = {p["id"]: live for _k, p, live in db.namespace("src").pins()}
+    assert pins == {"crashed": False, bid: True}
+    index(db.namespace("src"))
     [(_k, pin, live)] = db.namespace("src").pins()
-    assert live and pin["id"] != "crashed" and pin["id"] == db.namespace("br").read_meta()[0]["branch"]["id"]
-    with pytest.raises(InvalidRequest, match="already exists"):  # a branch meta.json: no takeover
+    assert live and pin["id"] == bid
+    with pytest.raises(InvalidRequest, match="already exists"):
         branch.branch_namespace(db.store, "br", "src")
     with pytest.raises(InvalidRequest, match="live branch"):
         db.namespace("src").delete_all()
@@ -146,47 +152,53 @@ def test_retry_takes_over_a_crash_left_pin(db):
     assert not db.store.list(layout.branch_pins_dir("src"))
 
 
-def test_fresh_pin_is_not_taken_over(mem_db):
-    """A pin younger than the grace is a creator between its two steps: a retry is refused and
-    the pin is left as it was (the creator's meta.json will name it)."""
+def test_old_style_pin_is_released(mem_db):
+    """A branch created when pins had one key per branch (``{dest}.json``) releases it on delete."""
     db = mem_db
     db.namespace("src").write({"upsert_rows": [{"id": 1}]})
-    _crash_left_pin(db, age_s=limits.BRANCH_PIN_TAKEOVER_S - 30)
-    before = db.store.read(layout.branch_pin("src", "br"))
-    with pytest.raises(InvalidRequest, match="being branched from 'src' by another request"):
-        branch.branch_namespace(db.store, "br", "src")
-    assert db.store.read(layout.branch_pin("src", "br")) == before
-    assert not db.namespace("br").exists()
+    branch.branch_namespace(db.store, "br", "src")
+    bid = db.namespace("br").read_meta()[0]["branch"]["id"]
+    new_key = layout.branch_pin("src", "br", bid)
+    db.store.write(layout.branch_pin("src", "br"), db.store.read(new_key))  # as the old code wrote it
+    db.store.delete(new_key)
+    assert [live for _k, _p, live in db.namespace("src").pins()] == [True]
+    db.namespace("br").delete_all()
+    assert not db.store.list(layout.branch_pins_dir("src"))
+    db.namespace("src").delete_all()
 
 
-def test_takeover_loser_to_the_old_creator_restores_its_pin(mem_db, monkeypatch):
-    """The old creator's meta.json lands after the taker's CAS: the taker loses step 2 and puts
-    the old creator's pin back, so the branch that exists stays pinned."""
+def test_gc_and_delete_never_drop_a_live_pin(mem_db):
+    """The races a rewritable pin allowed: the source's GC judging a crash-left pin stale while
+    a retry commits, and ``delete_all`` of a branch while it is branched again under its name.
+    Pins are never rewritten, so each deletion removes only the pin it judged."""
     db = mem_db
+    src = db.namespace("src")
+    src.write({"upsert_rows": [{"id": 1}]})
+    _crash_left_pin(db, age_s=10_000)  # stale: older than PIN_GRACE_S
+    stale = [k for k, _p, live in src.pins() if not live]
+    branch.branch_namespace(db.store, "br", "src")  # the retry commits between GC's read and delete
+    for k in stale:
+        db.store.delete(k)  # what GC does with the pins it judged stale
+    assert [live for _k, _p, live in src.pins()] == [True]
+    # delete_all of br racing a new branch of the same name: the old branch's pin release
+    # (after its keys are gone) must not take the new branch's pin
+    old_bid = db.namespace("br").read_meta()[0]["branch"]["id"]
+    db.store.delete_prefix(layout.namespace_prefix("br"))  # delete_all's first step
+    nsmod.Namespace(db.store, "br").reset_cache()
+    branch.branch_namespace(db.store, "br", "src")
+    nsmod.release_pin(db.store, "src", "br", old_bid)  # delete_all's last step
+    [(_k, pin, live)] = src.pins()
+    assert live and pin["id"] == db.namespace("br").read_meta()[0]["branch"]["id"] != old_bid
+    with pytest.raises(InvalidRequest, match="live branch"):
+        src.delete_all()
+
+
+def test_concurrent_creators_have_one_winner(db):
     db.namespace("src").write({"upsert_rows": [{"id": 1}]})
-    _crash_left_pin(db)
-    old = db.store.read(layout.branch_pin("src", "br"))
-    real = branch._claim_pin
-
-    def claim_then_old_creator_commits(*a, **k):
-        got = real(*a, **k)
-        meta = {"format": 1, "namespace": "br", "last_seq": 1, "branch": {"source": "src", "seq": 1, "id": "crashed"}}
-        assert db.store.create(layout.meta("br"), json.dumps(meta).encode())
-        return got
-
-    monkeypatch.setattr(branch, "_claim_pin", claim_then_old_creator_commits)
-    with pytest.raises(InvalidRequest, match="already exists"):
-        branch.branch_namespace(db.store, "br", "src")
-    assert db.store.read(layout.branch_pin("src", "br")) == old
-
-
-def test_concurrent_retries_on_a_stale_pin_have_one_winner(db):
-    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
-    _crash_left_pin(db)
     wins, refused, other = [], [], []
     go = threading.Barrier(6)
 
-    def retry(i):
+    def create(i):
         go.wait()
         try:
             branch.branch_namespace(db.store, "br", "src")
@@ -196,12 +208,12 @@ def test_concurrent_retries_on_a_stale_pin_have_one_winner(db):
         except Exception as e:  # noqa: BLE001 - reported below
             other.append(repr(e))
 
-    ts = [threading.Thread(target=retry, args=(i,)) for i in range(6)]
+    ts = [threading.Thread(target=create, args=(i,)) for i in range(6)]
     [t.start() for t in ts]
     [t.join() for t in ts]
     assert not other and len(wins) == 1 and len(refused) == 5
-    assert all("being branched" in m or "already exists" in m for m in refused)
-    [(_k, pin, live)] = db.namespace("src").pins()
+    assert all("already exists" in m for m in refused)
+    [(_k, pin, live)] = db.namespace("src").pins()  # the losers deleted their own pins
     assert live and pin["id"] == db.namespace("br").read_meta()[0]["branch"]["id"]
     assert ids(db.namespace("br")) == [1]
 

@@ -242,7 +242,7 @@ def _chained(c: np.ndarray, cosine: bool) -> np.ndarray:
         return c
     d = _dist(c, c, cosine)
     taken = np.zeros(n, bool)
-    cur = int(np.argmax(d.sum(axis=1)))
+    cur = int(np.argmax(d.sum(axis=0)))  # column sums: the true total distance up to a constant
     order = [cur]
     taken[cur] = True
     for _ in range(n - 1):

@@ -396,16 +396,18 @@ def open_generation_with(
     cache = cache or get_cache()
     key = (store.url, ptr["manifest"].split("/", 1)[0], ptr["manifest"], str(cache.root))
     g = GENS.get(key)
-    fns: list[Callable[[], Any]] = []
+    first: list[Callable[[], Any]] = []
+    rest: list[Callable[[], Any]] = []
     if g is None:
         pre = [k for k in ptr.get("prefetch", []) if isinstance(k, str)]
-        fns = [lambda: load_manifest(store, ptr["manifest"])]
-        fns += [lambda k=k: prefetch(cache, store, k) for k in pre if not cache.has(store, k)]
-    got = R.parallel(fns + list(also), store.is_remote)
+        first = [lambda: load_manifest(store, ptr["manifest"])]
+        rest = [lambda k=k: prefetch(cache, store, k) for k in pre if not cache.has(store, k)]
+    # ``also`` right after the manifest: with more prefetch keys than threads it still starts at once
+    got = R.parallel(first + list(also) + rest, store.is_remote)
     if g is None:
         g = Generation(store, cache, got[0], ptr["manifest"])
         GENS.put(key, g)
-    return g, got[len(fns) :]
+    return g, got[len(first) : len(first) + len(also)]
 
 
 def prefetch(cache: Cache, store: Store, key: str) -> None:
