@@ -453,11 +453,20 @@ def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> Index
     # eventual: the index plus this process's WAL tail, relisted at most every
     # EVENTUAL_MAX_STALENESS_S (turbopuffer's bound), so writes show within that
     fresh = cached_tail(ns, ptr["manifest"], EVENTUAL_MAX_STALENESS_S) if consistency == "eventual" else None
-    also = [lambda: ns.head(meta=meta)] if fresh is None and head is None else []
+
+    def listing():  # a WAL entry vanishing under the listing is not a missing index: re-raised below
+        try:
+            return ns.head(meta=meta)
+        except FileNotFoundError as e:
+            return e
+
+    also = [listing] if fresh is None and head is None else []
     try:  # the WAL listing in the same batch as the manifest read (one round trip)
         gen, more = open_generation_with(ns.store, ptr, also)
     except FileNotFoundError:
-        return None
+        return None  # the generation was collected: no index view (the caller retries once)
+    if more and isinstance(more[0], FileNotFoundError):
+        raise more[0]
     tail = fresh if fresh is not None else tail_for(ns, gen, head or more[0])
     if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
         return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
