@@ -28,7 +28,7 @@ from typing import Any
 
 from . import layout
 from .errors import InvalidRequest
-from .namespace import Namespace
+from .namespace import Namespace, release_pin
 from .store import Store, now_ms
 
 
@@ -89,10 +89,7 @@ def branch_namespace(store: Store, dest: str, source: str, *, single_writer: boo
         "branch": {**base, "created_at": now},
     }
     if not store.create(layout.meta(dest), json.dumps(new, sort_keys=True).encode()):
-        try:
-            store.delete(pin_key)  # ours alone: nobody else writes this key
-        except FileNotFoundError:
-            pass
+        release_pin(store, source, dest, bid)  # ours alone: nobody else writes this key
         raise InvalidRequest(f"namespace {dest!r} already exists: a branch must be a new namespace")
     dst.reset_cache()  # this process looked at dest before it was a branch
     rows = int(ptr.get("rows", 0)) if ptr else 0

@@ -114,12 +114,16 @@ def _meta_problem(meta) -> str | None:
 def release_pin(store: Store, source: str, dest: str, bid: str | None) -> None:
     """Delete the pin of creation ``bid`` of branch ``dest`` in ``source``, and the pin at the
     older one-key-per-branch key if it is that creation's (such keys are no longer written)."""
-    for key in (layout.branch_pin(source, dest, bid), layout.branch_pin(source, dest)):
+    keys = [layout.branch_pin(source, dest, bid)]
+    try:
+        if json.loads(store.read(layout.branch_pin(source, dest))).get("id") == bid:
+            keys.append(layout.branch_pin(source, dest))
+    except (FileNotFoundError, ValueError, AttributeError):
+        pass
+    for key in keys:
         try:
-            if key == layout.branch_pin(source, dest) and json.loads(store.read(key)).get("id") != bid:
-                continue
             store.delete(key)
-        except (FileNotFoundError, ValueError, AttributeError):
+        except FileNotFoundError:
             pass
 
 

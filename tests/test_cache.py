@@ -89,6 +89,28 @@ def test_ranged_row_reads_equal_the_whole_file(pos, row_bytes):
     assert np.array_equal(got, want)
 
 
+def _indexed_on_s3(s3_server, tmp_path, name, rows, **write):
+    """Namespace ``v`` in a fresh S3 prefix ``name`` with ``rows`` written and indexed (build
+    cache under tmp_path); returns (db, ns, its meta.json)."""
+    import puffer_cli
+
+    db = puffer_cli.connect(f"s3://puffer-test/{name}", s3_endpoint=s3_server)
+    ns = db.namespace("v")
+    ns.write({"upsert_rows": rows, **write})
+    cache.configure(str(tmp_path / "build"))
+    builder.index_namespace(ns, gc_grace_s=0)
+    return db, ns, ns.read_meta()[0]
+
+
+def _cold(tmp_path, name, background_fetch=False):
+    """A fresh, empty cache and no opened generations or manifests: the next query is cold."""
+    c = cache.configure(str(tmp_path / name))
+    c.background_fetch = background_fetch
+    reader._GENS.clear()
+    builder._MANIFESTS.clear()
+    return c
+
+
 def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch):
     """On S3 with an empty cache, an ANN query fetches the IVF route whole but only the probed lists and the
     re-ranked rows of a (large) f32 vector file (ranged reads); a long-lived process
@@ -449,26 +471,16 @@ def test_cold_small_lists_come_with_the_manifest(s3_server, tmp_path, monkeypatc
     named in the index pointer's prefetch, so a cold ANN query fetches it with the manifest
     and the route (and, strong, the WAL listing): meta.json, then that batch, then the
     re-rank rows and ids; three round trips, where a separate lists read made four."""
-    import puffer_cli
-
     monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 4096)  # lists 300 x 12 B read whole; vectors 300 x 32 B not
-
-    db = puffer_cli.connect(f"s3://puffer-test/cold-prefetch-{level}", s3_endpoint=s3_server)
-    ns = db.namespace("v")
     rng = np.random.default_rng(8)
-    ns.write({"upsert_rows": [{"id": i, "vector": rng.normal(size=8).round(3).tolist()} for i in range(300)]})
-    cache.configure(str(tmp_path / "build"))
-    builder.index_namespace(ns, gc_grace_s=0)
-    meta, _ = ns.read_meta()
+    rows = [{"id": i, "vector": rng.normal(size=8).round(3).tolist()} for i in range(300)]
+    db, ns, meta = _indexed_on_s3(s3_server, tmp_path, f"cold-prefetch-{level}", rows)
     seg = builder.load_manifest(db.store, meta["index"]["manifest"])["segments"][0]
     lists_key = seg["ann"]["vector"]["lists"]["key"]
     assert lists_key in meta["index"]["prefetch"] and seg["ann"]["vector"]["route"] in meta["index"]["prefetch"]
     body = {"rank_by": ["vector", "ANN", rng.normal(size=8).tolist()], "top_k": 5, "consistency": {"level": level}}
     want = engine.run_query(ns, body)["rows"]
-    c = cache.configure(str(tmp_path / "cold"))
-    c.background_fetch = False
-    reader._GENS.clear()
-    builder._MANIFESTS.clear()
+    c = _cold(tmp_path, "cold")
     got = engine.run_query(ns, body)
     assert got["rows"] == want and got["performance"]["cache_temperature"] == "cold"
     assert got["performance"]["object_store_round_trips"] == 3
@@ -481,17 +493,10 @@ def test_cold_small_segment_reads_lists_not_its_vector_file(s3_server, tmp_path,
     not cached, over WHOLE_FILE_MAX), is searched through its IVF lists cold, and a filter
     keeping a few rows reads just those rows: neither fetches the vector file whole, and
     both answer as the warm query does."""
-    import puffer_cli
-
     monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)
-    db = puffer_cli.connect("s3://puffer-test/cold-small", s3_endpoint=s3_server)
-    ns = db.namespace("v")
     rng = np.random.default_rng(5)
     rows = [{"id": i, "vector": rng.normal(size=16).round(3).tolist(), "g": i % 80} for i in range(400)]
-    ns.write({"upsert_rows": rows, "distance_metric": "euclidean_squared"})
-    cache.configure(str(tmp_path / "build"))
-    builder.index_namespace(ns, gc_grace_s=0)
-    meta, _ = ns.read_meta()
+    db, ns, meta = _indexed_on_s3(s3_server, tmp_path, "cold-small", rows, distance_metric="euclidean_squared")
     vec_key = builder.load_manifest(db.store, meta["index"]["manifest"])["segments"][0]["vectors"]["vector"]["key"]
     q = rng.normal(size=16).tolist()
     bodies = [
@@ -500,10 +505,7 @@ def test_cold_small_segment_reads_lists_not_its_vector_file(s3_server, tmp_path,
     ]
     want = [engine.run_query(ns, b)["rows"] for b in bodies]
     for body, rows_want in zip(bodies, want):
-        c = cache.configure(str(tmp_path / f"cold-{len(body)}"))
-        c.background_fetch = False
-        reader._GENS.clear()
-        builder._MANIFESTS.clear()
+        c = _cold(tmp_path, f"cold-{len(body)}")
         got = engine.run_query(ns, body)
         assert [r["id"] for r in got["rows"]] == [r["id"] for r in rows_want]
         assert not c.has(db.store, vec_key) and c.stats.ranged_reads >= 1

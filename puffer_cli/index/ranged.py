@@ -16,15 +16,27 @@ from typing import TypeVar
 
 import numpy as np
 
+from .. import limits
 from ..store import Store
 
 WHOLE_FILE_MAX = 1 << 20  # vectors and lists files up to this size are fetched whole (one request beats many);
 # larger ones by range (at 8 MiB, a 20k-row segment's 8 MB vector file was read whole for a few re-ranked rows)
 RANGE_GAP_BYTES = 32 * 1024  # ranges closer than this are read in one request (bytes vs requests)
 RANGE_EXTRA = 0.25  # ... and further gaps, smallest first, while the gap bytes stay under 1/4 of those wanted
-RANGE_THREADS = 16  # requests in flight at once (object stores)
+RANGE_THREADS = limits.RANGE_CONCURRENCY  # requests in flight at once (object stores)
 
 T = TypeVar("T")
+
+
+def lists_read_whole(rows: int, dims: int) -> bool:
+    """Whether an IVF lists file of ``rows`` members of ``dims`` dims is fetched whole (its
+    size at most: row positions and codes) rather than by range."""
+    return rows * (dims + 4) <= WHOLE_FILE_MAX
+
+
+def vectors_read_whole(rows: int, dims: int) -> bool:
+    """Whether a segment's f32 vector file is fetched whole rather than by range."""
+    return rows * dims * 4 <= WHOLE_FILE_MAX
 
 
 def parallel(fns: Sequence[Callable[[], T]], remote: bool = True) -> list[T]:

@@ -185,7 +185,9 @@ class Segment:
             # (one round trip), and id_rows takes the lock
             path = paged.whole(self.cache, self.store, v)
             with self._lock:
-                got = self._vec.setdefault(f, D.open_vectors(path, self.rows, v["dims"]))
+                got = self._vec.get(f)  # another thread may have opened it meanwhile
+                if got is None:
+                    got = self._vec[f] = D.open_vectors(path, self.rows, v["dims"])
         return got
 
     def vector_rows(self, f: str, pos: np.ndarray) -> np.ndarray | None:
@@ -213,7 +215,7 @@ class Segment:
         with self._lock:
             if f in self._vec:
                 return True
-        return paged.cached(self.cache, self.store, v) or self.rows * int(v["dims"]) * 4 <= R.WHOLE_FILE_MAX
+        return paged.cached(self.cache, self.store, v) or R.vectors_read_whole(self.rows, int(v["dims"]))
 
     def norms(self, f: str) -> np.ndarray:
         with self._lock:
@@ -250,8 +252,7 @@ class Segment:
             if got is None:
                 route = ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), int(m["dims"]), self.gen.metric)
                 ent = m["lists"]
-                size = route.rows * (route.dims + 4)
-                if paged.cached(self.cache, self.store, ent) or size <= R.WHOLE_FILE_MAX:
+                if paged.cached(self.cache, self.store, ent) or R.lists_read_whole(route.rows, route.dims):
                     got = (route, ivf.Lists(route, local=paged.whole(self.cache, self.store, ent)))
                 else:
                     got = (

@@ -68,8 +68,8 @@ class Writer:
 
 def prefetch_keys(segs: list[dict]) -> list[str]:
     """What a cold reader fetches with the manifest (the index pointer's ``prefetch``): every
-    IVF route, every tombstone file, and the lists files a cold query reads whole (at most
-    ``ranged.WHOLE_FILE_MAX``) of segments whose f32 vectors are too big to be read whole
+    IVF route, every tombstone file, and the lists files a cold query reads whole
+    (``ranged.lists_read_whole``) of segments whose f32 vectors are too big to be read whole
     (smaller ones are searched exactly, without their lists): so such a small segment needs
     no round trip of its own before the big segments' ranged reads."""
     keys = []
@@ -78,8 +78,8 @@ def prefetch_keys(segs: list[dict]) -> list[str]:
             if v.get("route"):
                 keys.append(v["route"])
             lists, dims = v.get("lists"), int(v.get("dims", 0))
-            small = lists and not lists.get("parts") and v.get("vectors", 0) * (dims + 4) <= R.WHOLE_FILE_MAX
-            if small and s["rows"] * dims * 4 > R.WHOLE_FILE_MAX:
+            small = lists and not lists.get("parts") and R.lists_read_whole(v.get("vectors", 0), dims)
+            if small and not R.vectors_read_whole(s["rows"], dims):
                 keys.append(lists["key"])
     keys.sort()
     return keys + sorted(s["tombstones"] for s in segs if s.get("tombstones"))
