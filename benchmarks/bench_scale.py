@@ -88,7 +88,7 @@ def ground_truth(parts: list[Path], queries: np.ndarray, k: int = 10, where=None
         if not df.height:
             continue
         x = np.asarray(df["vector"].to_numpy(), dtype=np.float32).reshape(df.height, -1)
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)  # to_numpy() may be a read-only view
         d = 1 - qn @ x.T
         ids = df["id"].to_numpy().astype(np.uint64)
         cat_d = np.concatenate([best_d, d], axis=1)

@@ -76,6 +76,7 @@ ANN_KEYS = (
     "probe",
     "probe_min_rows",
     "rerank",
+    "fill",
 )
 ANN_BOUNDS = {
     "connectivity": L.ANN_CONNECTIVITY,
@@ -85,7 +86,13 @@ ANN_BOUNDS = {
 ANN_DTYPES = ("f32", "f16", "i8")
 # the IVF index's options (index.ivf.BOUNDS; schema sits below the index layer, so the
 # bounds are repeated here and tests/test_ivf.py checks that they agree)
-IVF_BOUNDS = {"list_rows": (16, 1 << 20), "probe": (1e-4, 1.0), "probe_min_rows": (0, 1 << 24), "rerank": (1, 1000)}
+IVF_BOUNDS = {
+    "list_rows": (16, 1 << 20),
+    "probe": (1e-4, 1.0),
+    "probe_min_rows": (0, 1 << 24),
+    "rerank": (1, 1000),
+    "fill": (0.0, 8.0),
+}
 
 
 def normalize_spec(name: str, spec: Any) -> dict:
@@ -161,6 +168,9 @@ def check_ann(name: str, ann: Any) -> dict:
         if k == "probe":
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 and v >= lo
             want = f"a fraction of the lists, from {lo:g} to 1"
+        elif k == "fill":
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
+            want = f"a number from {lo:g} to {hi:g}"
         else:
             ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
             want = f"an integer from {lo} to {hi}"

@@ -292,7 +292,7 @@ def test_schema_options_as_turbopuffer(db):
         {
             "upsert_rows": [{"id": 1, "v": [1.0, 0.0], "t": "hello"}],
             "schema": {
-                "v": {"type": "[2]f32", "ann": {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5}},
+                "v": {"type": "[2]f32", "ann": {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5, "fill": 0.5}},
                 "t": {"type": "string", "glob": True, "regex": True, "fuzzy": True},
             },
         }
@@ -300,9 +300,9 @@ def test_schema_options_as_turbopuffer(db):
     assert r["rows_upserted"] == 1
     h = ns.head()
     assert h.metric == "euclidean_squared"
-    assert h.schema["v"]["ann"] == {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5}
+    assert h.schema["v"]["ann"] == {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5, "fill": 0.5}
     assert (h.schema["t"]["glob"], h.schema["t"]["regex"], h.schema["t"]["fuzzy"]) == (True, True, True)
-    assert ivf.options(h.schema["v"])["probe"] == 0.2
+    assert ivf.options(h.schema["v"])["probe"] == 0.2 and ivf.options(h.schema["v"])["fill"] == 0.5
     bad = [
         ({"v": {"type": "[2]f32", "ann": {"distance_metric": "cosine_distance"}}}, "differs"),
         ({"v": {"type": "[2]f32", "ann": {"probe": 0}}}, "probe"),
@@ -313,6 +313,10 @@ def test_schema_options_as_turbopuffer(db):
         ({"v": {"type": "[2]f32", "ann": {"probe_min_rows": 1 << 30}}}, "probe_min_rows"),
         ({"v": {"type": "[2]f32", "ann": {"probe_min_rows": 1.5}}}, "probe_min_rows"),
         ({"v": {"type": "[2]f32", "ann": {"probe_min_rows": "16384"}}}, "probe_min_rows"),
+        ({"v": {"type": "[2]f32", "ann": {"fill": -0.5}}}, "fill"),
+        ({"v": {"type": "[2]f32", "ann": {"fill": 9}}}, "fill"),
+        ({"v": {"type": "[2]f32", "ann": {"fill": True}}}, "fill"),
+        ({"v": {"type": "[2]f32", "ann": {"fill": "1"}}}, "fill"),
         ({"v": {"type": "[2]f32", "ann": {"distance_metric": "dot"}}}, "distance_metric"),
         ({"v": {"type": "[2]f32", "ann": {"late_interaction": True}}}, "late_interaction"),
         ({"s": {"type": "{}f16", "sparse_knn": {"distance_metric": "dot_product"}}}, "sparse"),

@@ -79,14 +79,20 @@ def coalesce(
     return merged
 
 
-def read_ranges(store: Store, key: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
+def read_ranges(
+    store: Store, key: str, ranges: Sequence[tuple[int, int]], extra: float = RANGE_EXTRA
+) -> list[memoryview]:
     """The bytes of each ``(start, end)`` of object ``key``, in order, by coalesced parallel reads."""
-    return read_many(store, [(key, ranges)])[0]
+    return read_many(store, [(key, ranges)], extra)[0]
 
 
-def read_many(store: Store, wants: Sequence[tuple[str, Sequence[tuple[int, int]]]]) -> list[list[memoryview]]:
-    """``read_ranges`` of several objects in one batch of requests (one round trip)."""
-    plan = [(key, coalesce(ranges), ranges) for key, ranges in wants]
+def read_many(
+    store: Store, wants: Sequence[tuple[str, Sequence[tuple[int, int]]]], extra: float = RANGE_EXTRA
+) -> list[list[memoryview]]:
+    """``read_ranges`` of several objects in one batch of requests (one round trip);
+    ``extra``: see :func:`coalesce` (0 where the caller planned its ranges, as the IVF
+    lists do: bytes read in a gap are then bytes scanned, see ``ivf.Route.runs``)."""
+    plan = [(key, coalesce(ranges, extra=extra), ranges) for key, ranges in wants]
     blobs = iter(store.read_ranges([(key, a, b) for key, runs, _ in plan for a, b in runs]))
     out = []
     for _key, runs, ranges in plan:

@@ -311,6 +311,7 @@ class IndexedView:
                 min(1.0, opts["probe"] / frac),
                 sel if restrict else None,
                 min_rows=int(opts["probe_min_rows"] / frac),
+                fill=opts["fill"],
             )
             z = seg.unindexed_vectors(rb.attr)
             if len(z):  # zero vectors under cosine: exactly at distance 1

@@ -257,7 +257,8 @@ class Segment:
                 else:
                     got = (
                         route,
-                        ivf.Lists(route, fetch=lambda rs, e=ent: paged.read_ranges(self.cache, self.store, e, rs)),
+                        # planned by Route.runs (its fill), so no further gaps
+                        ivf.Lists(route, fetch=lambda rs, e=ent: paged.read_ranges(self.cache, self.store, e, rs, 0.0)),
                     )
                 self._ann[f] = got
             return got
