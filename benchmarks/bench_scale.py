@@ -42,7 +42,7 @@ START, END = "<!-- bench_scale:start -->", "<!-- bench_scale:end -->"
 SIZES = {"331k": 1, "2M": 6, "10M": 30}  # copies of the base set (the first is the base itself)
 NOISE = 0.05
 PART_ROWS = 500_000
-PROBES = (0.02, 0.035, 0.05, 0.08)  # the default (0.035, at least 16,384 rows per segment) applies the floor too
+PROBES = (0.02, 0.035, 0.05, 0.08)  # 0.02 is the default; each with the default floor (16,384 rows) and fill (0.75)
 
 
 # ---------------------------------------------------------------- data
@@ -277,6 +277,7 @@ def main() -> None:
     # (2 cores, load ~4; 2026-12-02), so it is opt-in
     ap.add_argument("--lancedb-hnsw", action="store_true")
     ap.add_argument("--no-cold", action="store_true")
+    ap.add_argument("--cold-queries", type=int, default=20, help="cold queries per consistency level and moto mode")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     load0 = os.getloadavg()[0]
@@ -336,7 +337,10 @@ def main() -> None:
             extra["incremental"] = (extra_n, inc_s, inc_rss, idx_s)
             log(f"2M: incremental {extra_n:,} rows in {inc_s:.1f}s ({inc_s / idx_s * 100:.1f}% of the full build)")
             if not a.no_cold:
-                extra["cold"] = {m: cold(store, "g", queries, process=m == "process") for m in ("process", "thread")}
+                extra["cold"] = {
+                    m: cold(store, "g", queries, n=a.cold_queries, process=m == "process")
+                    for m in ("process", "thread")
+                }
                 extra["cold_n"] = n + extra_n
                 for m, c in extra["cold"].items():
                     for row in c["rows"]:
@@ -356,7 +360,7 @@ def main() -> None:
 
 
 def render(a, results, warm, extra, load0, load1) -> str:
-    cmd = f"python benchmarks/bench_scale.py --sizes {a.sizes} --queries {a.queries}"
+    cmd = f"python benchmarks/bench_scale.py --sizes {a.sizes} --queries {a.queries} --cold-queries {a.cold_queries}"
     L = section_head(
         "Scale: IVF-SQ8 index (`benchmarks/bench_scale.py`)",
         cmd,

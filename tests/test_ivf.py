@@ -379,3 +379,24 @@ def test_lists_are_chained_by_nearness_within_a_coarse_cluster():
 
     assert path(out) < 0.8 * path(c)
     assert ivf._chained(c[:2], cosine=False) is not None
+
+
+def test_scoring_run_by_run_equals_one_call(monkeypatch):
+    """Few runs are scored one SIMD call each (no copy of the codes), many in one call over
+    the gathered codes: the same candidates and distances, with and without a filter."""
+    rng = np.random.default_rng(12)
+    x = clustered(rng, n=3000, dims=16, k=60)
+    route_b, lists_b, _ = ivf.build(x, 16, "euclidean_squared")
+    r = ivf.Route(route_b, 16, "euclidean_squared")
+    lists = ivf.Lists(r, fetch=lambda ranges: [lists_b[a:b] for a, b in ranges])
+    sel = rng.random(len(x)) < 0.5
+    for q in clustered(rng, n=5, dims=16, k=60):
+        got = {}
+        for most in (0, 10**6):
+            monkeypatch.setattr(ivf, "SCORE_PER_RUN_MAX", most)
+            for s in (None, sel):
+                pos, d, scanned = ivf.search(r, lists, q, 40, 0.3, s, fill=0.5)
+                o = np.argsort(pos)
+                got.setdefault(s is None, []).append((pos[o], d[o], scanned))
+        for (pa, da, sa), (pb, db, sb) in got.values():
+            assert np.array_equal(pa, pb) and np.allclose(da, db) and sa == sb

@@ -292,7 +292,10 @@ def test_schema_options_as_turbopuffer(db):
         {
             "upsert_rows": [{"id": 1, "v": [1.0, 0.0], "t": "hello"}],
             "schema": {
-                "v": {"type": "[2]f32", "ann": {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5, "fill": 0.5}},
+                "v": {
+                    "type": "[2]f32",
+                    "ann": {"distance_metric": "euclidean_squared", "probe": 0.2, "rerank": 5, "fill": 0.5},
+                },
                 "t": {"type": "string", "glob": True, "regex": True, "fuzzy": True},
             },
         }
