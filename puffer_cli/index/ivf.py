@@ -563,8 +563,8 @@ def search(
     """Row positions of the ``want`` best candidates by approximate distance among the
     members of the probed lists (``sel``: the rows allowed, a boolean mask over the
     segment; at least ``min_rows`` members scanned; ``fill``: see :meth:`Route.runs`),
-    their approximate distances in the metric's units (comparable across segments: each segment has its own int8 step), and
-    how many members were scanned."""
+    their approximate distances in the metric's units (comparable across segments: each
+    segment has its own int8 step), and how many members were scanned."""
     if route.nlist == 0 or want <= 0:
         return np.zeros(0, np.int64), np.zeros(0), 0
     qq = route.prepare_query(q)
