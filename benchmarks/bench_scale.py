@@ -124,7 +124,7 @@ def warm_queries(ns, queries, truth, probe, filt=None, n_warm=20) -> tuple[float
     from puffer_cli.index import ivf
 
     lat, hits = [], 0
-    with ivf.probe_override(probe):
+    with ivf.override(probe=probe):
         for j, q in enumerate(np.concatenate([queries[:n_warm], queries])):
             body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
             if filt is not None:

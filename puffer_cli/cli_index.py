@@ -172,13 +172,22 @@ def warm(
         )
 
 
-@app.command(epilog='Example: puffer recall docs --num 25 --top-k 10 --filter \'["lang","Eq","en"]\'')
+@app.command(
+    epilog='Example: puffer recall docs --num 25 --top-k 10 --filter \'["lang","Eq","en"]\'  (or --probe 0.05 --fill 0)'
+)
 def recall(
     namespace: Annotated[str, typer.Argument(help="Namespace to measure")],
     num: Annotated[int, typer.Option("--num", help="Query vectors sampled from the namespace")] = 25,
     top_k: Annotated[int, typer.Option("--top-k", help="k of recall@k")] = 10,
     filters: Annotated[str | None, typer.Option("--filter", help="Filter JSON (or @file.json)")] = None,
     field: Annotated[str | None, typer.Option("--field", help="Vector attribute (default: vector)")] = None,
+    probe: Annotated[
+        float | None, typer.Option("--probe", help="IVF probe to measure (fraction of rows scanned; default: schema's)")
+    ] = None,
+    fill: Annotated[
+        float | None,
+        typer.Option("--fill", help="IVF fill to measure (lists between probed ones scanned, 0-8; default: schema's)"),
+    ] = None,
     cache_dir: CacheDirOpt = None,
     cache_max_gb: CacheMaxOpt = None,
     as_json: JsonOpt = False,
@@ -193,7 +202,15 @@ def recall(
     if cache_dir is not None:
         _cache.configure(cache_dir)
     db = open_db(store, s3_endpoint, cache_max_gb=cache_max_gb)
-    rep = run(db.namespace(namespace), num=num, top_k=top_k, filters=parse_json_arg(filters, "--filter"), field=field)
+    rep = run(
+        db.namespace(namespace),
+        num=num,
+        top_k=top_k,
+        filters=parse_json_arg(filters, "--filter"),
+        field=field,
+        probe=probe,
+        fill=fill,
+    )
     if as_json:
         echo_json(rep)
     else:

@@ -185,9 +185,12 @@ class NamespaceHandle(Namespace):
         field: str | None = None,
         rank_by: Any = None,
         include_ground_truth: bool = False,
+        probe: float | None = None,
+        fill: float | None = None,
     ) -> dict:
         """ANN vs exhaustive recall@k on sampled vectors (``puffer recall``; 25 unless ``num``),
-        or on the one vector of ``rank_by``; ``include_ground_truth`` adds the exact neighbours."""
+        or on the one vector of ``rank_by``; ``include_ground_truth`` adds the exact neighbours;
+        ``probe`` / ``fill`` measure other IVF options than the schema's (docs/indexer.md)."""
         from .index.recall import recall
 
         return recall(
@@ -198,6 +201,8 @@ class NamespaceHandle(Namespace):
             field=field,
             rank_by=rank_by,
             include_ground_truth=include_ground_truth,
+            probe=probe,
+            fill=fill,
         )
 
     def metadata(self) -> dict:

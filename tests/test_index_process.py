@@ -129,6 +129,12 @@ def test_cli_index_warm_recall(tmp_path, capsys):
     assert r["avg_recall"] == 1.0 and r["avg_ann_count"] == 10 and r["num"] == 5
     assert cli.main(["recall", "cli", "--store", store, "--num", "3", "--filter", '["cat","Eq",1]']) == 0
     assert "recall@10 1.0000" in capsys.readouterr().out
+    assert cli.main(["recall", "cli", "--store", store, "--num", "3", "--probe", "1", "--fill", "0", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["probe"], r["fill"], r["avg_recall"]) == (1.0, 0.0, 1.0)
+    assert cli.main(["recall", "cli", "--store", store, "--fill", "9"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: fill must be a number from 0 to 8") and "Traceback" not in err
 
 
 def test_cli_index_busy_and_failure(tmp_path, capsys):

@@ -267,6 +267,20 @@ def test_recall_measures_the_probe(mem_db, monkeypatch):
     for bad in (0, -1, 1.5, float("nan"), True, "0.1", 10**100):
         with pytest.raises(InvalidRequest):
             recall(ns, probe=bad)
+    for bad in (-0.1, 9, float("nan"), True, "1"):
+        with pytest.raises(InvalidRequest, match="fill"):
+            recall(ns, fill=bad)
+    seen = []
+    real = ivf.search
+
+    def spy(*a, **kw):
+        seen.append(kw["fill"])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ivf, "search", spy)
+    out = ns.recall(num=3, probe=0.01, fill=0)
+    assert out["probe"] == 0.01 and out["fill"] == 0 and seen and set(seen) == {0.0}
+    assert ivf.options(None)["fill"] == ivf.DEFAULTS["fill"]  # the override ended with the call
 
 
 @pytest.mark.parametrize("value", ["abc", "", "0", "-5", "1e9"])

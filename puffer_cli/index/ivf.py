@@ -90,36 +90,29 @@ CHUNK = 32_768  # rows per assignment matmul (bounds the n x k distance block: 3
 KIND = "ivf-sq8"
 
 
-_PROBE: contextvars.ContextVar[float | None] = contextvars.ContextVar("puffer_ivf_probe", default=None)
+_FORCED: contextvars.ContextVar[tuple[tuple[str, float], ...]] = contextvars.ContextVar("puffer_ivf_forced", default=())
 
 
 @contextlib.contextmanager
-def probe_override(probe: float | None):
-    """``with probe_override(0.1):`` queries in this context scan that fraction of the rows
-    instead of the schema's ``probe`` (what ``puffer recall --probe`` measures)."""
-    token = _PROBE.set(probe)
+def override(probe: float | None = None, fill: float | None = None):
+    """``with override(probe=0.1, fill=0):`` queries in this context use these values
+    instead of the schema's (what ``puffer recall --probe/--fill`` measures); None keeps
+    the schema's."""
+    token = _FORCED.set(tuple((k, v) for k, v in (("probe", probe), ("fill", fill)) if v is not None))
     try:
         yield
     finally:
-        _PROBE.reset(token)
+        _FORCED.reset(token)
 
 
 def options(spec: dict | None) -> dict:
     """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
     (stored by an older version) are clamped with a warning rather than failing a build."""
     o: dict[str, float] = dict(DEFAULTS)
-    forced = _PROBE.get()
-    if forced is not None:
-        o["probe"] = forced
     ann = (spec or {}).get("ann")
     if isinstance(ann, dict):
-        o.update(
-            {
-                k: v
-                for k, v in ann.items()
-                if k in DEFAULTS and v is not None and not (k == "probe" and _PROBE.get() is not None)
-            }
-        )
+        o.update({k: v for k, v in ann.items() if k in DEFAULTS and v is not None})
+    o.update(dict(_FORCED.get()))
     for k, (lo, hi) in BOUNDS.items():
         v = o[k]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
