@@ -106,4 +106,6 @@ S3_UNREACHABLE_DEADLINE_S = 4.0  # ... but an endpoint that refuses connections 
 S3_RETRY_BASE_S = 0.05  # jittered exponential backoff: uniform(0, min(max, base * 2**n))
 S3_RETRY_MAX_S = 2.0
 RANGE_CONCURRENCY = 16  # ranged reads of one batch in flight at once (a cold query's probed lists)
+S3_PRESIGN_EXPIRES_S = 900  # a batch's ranged GETs use presigned URLs valid this long ...
+S3_PRESIGN_REUSE_S = 300  # ... and reused this long per key (index files are immutable)
 S3_PROBE_TIMEOUT_S = 5.0  # the conditional-write probe's calls (two concurrent creates must resolve)

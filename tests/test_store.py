@@ -105,6 +105,66 @@ def test_read_ranges_batch(db):
     assert st.read_ranges([]) == []
     with pytest.raises(FileNotFoundError):
         st.read_ranges([("rr/a", 0, 2), ("rr/missing", 0, 2), ("rr/b", 0, 2)])
+    if st.url.startswith("s3://"):  # moto and SeaweedFS take the presigned GETs (none fell back)
+        assert st._presign_ok and set(st._urls) >= {"rr/a", "rr/b"}
+
+
+@pytest.fixture(params=["s3", "seaweedfs"])
+def s3_store(request):
+    endpoint = request.getfixturevalue("s3_server" if request.param == "s3" else "seaweedfs_server")
+    return puffer_cli.connect(f"s3://puffer-test/presign-{request.param}", s3_endpoint=endpoint).store
+
+
+def test_presigned_refused_falls_back_to_botocore(s3_store):
+    """A server that refuses a presigned GET (403: here a real HTTP server on loopback that
+    refuses every one) turns the lean path off for the store; the batch still returns the
+    right bytes, through botocore."""
+
+    import http.server
+    import time
+
+    class Refuses(http.server.BaseHTTPRequestHandler):  # as a server without query-string auth
+        def do_GET(self):
+            body = b"<Error><Code>AccessDenied</Code><Message>presigned URLs are off</Message></Error>"
+            self.send_response(403)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        st = s3_store
+        st.write("pf/a", bytes(range(256)))
+        assert st.read_ranges([("pf/a", 0, 4), ("pf/a", 8, 12)]) == [bytes(range(4)), bytes(range(8, 12))]
+        assert st._presign_ok
+        url = st._urls["pf/a"][0]
+        refused = f"http://127.0.0.1:{srv.server_address[1]}/" + url.split("/", 3)[3]
+        st._urls["pf/a"] = (refused, time.monotonic() + 60)
+        assert st.read_ranges([("pf/a", 1, 3), ("pf/a", 250, 256)]) == [bytes([1, 2]), bytes(range(250, 256))]
+        assert not st._presign_ok
+        assert st.read_ranges([("pf/a", 5, 6), ("pf/a", 7, 9)]) == [b"\x05", b"\x07\x08"]
+    finally:
+        srv.shutdown()
+
+
+def test_presigned_errors_map_like_botocore(s3_store):
+    """A failed presigned GET becomes the ClientError ``_translate`` maps: 404 a missing key,
+    5xx a retried failure, anything else a StoreError."""
+    from puffer_cli import store_s3
+    from puffer_cli.errors import StoreError
+
+    st = s3_store
+    err = store_s3._client_error(404, b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>")
+    assert isinstance(st._translate(err, "read", "k"), FileNotFoundError)
+    assert isinstance(
+        st._translate(store_s3._client_error(503, b"<Code>SlowDown</Code>"), "read", "k"), store_s3._Transient
+    )
+    got = st._translate(store_s3._client_error(416, b"<Code>InvalidRange</Code><Message>no</Message>"), "read", "k")
+    assert isinstance(got, StoreError) and "InvalidRange" in got.message
 
 
 def test_read_ranges_threaded_default(mem_db, monkeypatch):
