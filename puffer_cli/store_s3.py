@@ -338,10 +338,13 @@ class S3Store(Store):
     _presign_ok = True
 
     async def _get_range(self, key: str, start: int, end: int) -> bytes:
-        if self._presign_ok:
+        for fresh in (False, True):  # a refused reused URL (its credentials expired?) is signed again once
+            if not self._presign_ok:
+                break
+            if fresh:
+                self._urls.pop(key, None)
             url = await self._presigned(key)
-            session = self._http()
-            async with session.get(url, headers={"Range": f"bytes={start}-{end - 1}"}) as r:
+            async with self._http().get(url, headers={"Range": f"bytes={start}-{end - 1}"}) as r:
                 body = await r.read()
                 status = r.status
             if status == 206:
@@ -350,8 +353,9 @@ class S3Store(Store):
                 return body[start:end]
             if status not in (400, 401, 403):
                 raise _client_error(status, body)
-            log.info("S3 at %s refused a presigned GET (%s); ranged reads go through botocore", self.endpoint, status)
-            self._presign_ok = False
+            if fresh:
+                log.info("S3 at %s refused presigned GETs (%s); ranged reads use botocore", self.endpoint, status)
+                self._presign_ok = False
         return await self.fs._cat_file(self._p(key), start=start, end=end)
 
     async def _presigned(self, key: str) -> str:

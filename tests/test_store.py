@@ -143,7 +143,16 @@ def test_presigned_refused_falls_back_to_botocore(s3_store):
         assert st._presign_ok
         url = st._urls["pf/a"][0]
         refused = f"http://127.0.0.1:{srv.server_address[1]}/" + url.split("/", 3)[3]
-        st._urls["pf/a"] = (refused, time.monotonic() + 60)
+        st._urls["pf/a"] = (refused, time.monotonic() + 60)  # a reused URL refused: signed again, works
+        assert st.read_ranges([("pf/a", 1, 3), ("pf/a", 250, 256)]) == [bytes([1, 2]), bytes(range(250, 256))]
+        assert st._presign_ok and st._urls["pf/a"][0] != refused
+        real = st._presigned
+
+        async def always_refused(key):
+            await real(key)
+            return refused
+
+        st._presigned = always_refused  # the server refuses every presigned URL: botocore from now on
         assert st.read_ranges([("pf/a", 1, 3), ("pf/a", 250, 256)]) == [bytes([1, 2]), bytes(range(250, 256))]
         assert not st._presign_ok
         assert st.read_ranges([("pf/a", 5, 6), ("pf/a", 7, 9)]) == [b"\x05", b"\x07\x08"]
