@@ -277,7 +277,7 @@ def main() -> None:
     # (2 cores, load ~4; 2026-12-02), so it is opt-in
     ap.add_argument("--lancedb-hnsw", action="store_true")
     ap.add_argument("--no-cold", action="store_true")
-    ap.add_argument("--cold-queries", type=int, default=20, help="cold queries per consistency level and moto mode")
+    ap.add_argument("--cold-queries", type=int, default=50, help="cold queries per consistency level and moto mode")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     load0 = os.getloadavg()[0]

@@ -41,7 +41,7 @@ fill         0.75     the lists lying between probed ones in the file are scanne
                       probed rows): a cold query reads one range per run, so this buys
                       recall with bytes instead of requests.  GloVe-100 2M, cold on moto:
                       probe 0.035 without fill 213 requests, 1.44 % of the vector bytes,
-                      recall 0.973; probe 0.02 with fill 0.75 84 requests, 1.86 %, 0.966.
+                      recall 0.973; probe 0.02 with fill 0.75 66-84 requests, 1.8 %, 0.966.
                       Warm: the extra rows cost scan time (2M: p50 ~3.5 -> ~4.5 ms).
 rerank       2        candidates per requested result re-ranked with exact f32 vectors,
                       chosen over all segments by approximate distance (cold: one
