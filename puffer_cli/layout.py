@@ -104,6 +104,11 @@ def branch_pin(ns: str, dest: str, bid: str | None = None) -> str:
     return f"{ns}/branches/{dest}.{bid}.json" if bid else f"{ns}/branches/{dest}.json"
 
 
+def operation(ns: str, token: str) -> str:
+    """The record of an asynchronous operation on ``ns`` (``start_copy_from``)."""
+    return f"{ns}/operations/{token}.json"
+
+
 def namespace_prefix(ns: str) -> str:
     return f"{ns}/"
 

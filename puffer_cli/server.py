@@ -44,7 +44,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from . import branch, caches, engine, response
+from . import branch, caches, engine, operations, response
 from . import namespace as nsmod
 from .db import DB, connect
 from .errors import (
@@ -139,7 +139,8 @@ class Server(RequestPlumbing):
             except Exception:  # noqa: BLE001 - eviction is best effort
                 log.exception("forget(%s) in %s failed", name, fn.__module__)
 
-    def copy_source(self, src) -> tuple[dict, Any, str | None]:
+    def copy_source_name(self, src) -> str:
+        """The source of a ``copy_from_namespace`` / ``start_copy_from`` body, its shape checked."""
         name = src.get("source_namespace") if isinstance(src, dict) else src
         if not isinstance(name, str):
             raise InvalidRequest('copy_from_namespace must be a namespace name or {"source_namespace": name}')
@@ -154,7 +155,10 @@ class Server(RequestPlumbing):
             )
         if isinstance(src, dict) and (src.get("source_api_key") or src.get("source_region")):
             raise InvalidRequest("copy_from_namespace: copying from another organisation or region is not supported")
-        ns = self.db.namespace(name)
+        return name
+
+    def copy_source(self, src) -> tuple[dict, Any, str | None]:
+        ns = self.db.namespace(self.copy_source_name(src))
         ns.require()
         docs, head = ns.docs()
         return head.schema, docs, head.metric  # the copy keeps the source's distance metric
@@ -440,11 +444,35 @@ class Server(RequestPlumbing):
         out = await self.run_query(recall_eval.recall, ns, what="recall evaluation", **kw)
         return response.recall_wire(out)
 
-    async def async_ops(self, request: Request):
-        raise InvalidRequest(
-            "asynchronous operations (start_copy_from / poll_copy_from) are not supported; "
-            "copy_from copies synchronously"
-        )
+    async def start_copy_from(self, request: Request):
+        """``start_copy_from``: the copy runs now (one WAL entry, as ``copy_from_namespace``);
+        its result is stored as an operation any process can poll (``operations.py``)."""
+        t0 = time.perf_counter()
+        ns = self.ns(request.path_params["ns"])
+        body, size = await self.json_body(request)
+        # the 3.x client sends {"copy_from_namespace": {"source_namespace": ...}}; a flat body is taken too
+        src = body["copy_from_namespace"] if set(body) == {"copy_from_namespace"} else body
+        self.copy_source_name(src)  # a malformed request is a 4xx now, not a failed operation
+        token, start = operations.new_token(), operations.now()
+        try:
+            res = await self.gc.submit(ns.name, {"copy_from_namespace": src}, size)
+        except PufferError as e:
+            if e.status >= 500:
+                raise  # the store failed: nothing to record durably; the client retries
+            op = operations.finished(start, error=e)
+        else:
+            out = dict(res)
+            out.setdefault("status", "OK")
+            out["message"] = f"{out.get('rows_affected', 0)} rows affected"
+            out["billing"] = {"billable_logical_bytes_written": size}
+            out["performance"] = {"server_total_ms": int((time.perf_counter() - t0) * 1000)}
+            op = operations.finished(start, result=out)
+        await self.run(operations.record, self.db.store, ns.name, token, op)
+        return {"token": token}
+
+    async def poll_operation(self, request: Request):
+        ns = self.ns(request.path_params["ns"])
+        return await self.run(operations.load, self.db.store, ns.name, request.path_params["op"])
 
     async def health(self, request: Request):
         # pid: which worker process answered (under --workers N a connection stays with one)
@@ -520,8 +548,8 @@ class Server(RequestPlumbing):
             Route("/v1/namespaces", v("namespaces", self.namespaces), methods=["GET"]),
             Route("/v1/namespaces/{ns}/hint_cache_warm", v("hint_cache_warm", self.warm), methods=["GET"]),
             Route("/v1/namespaces/{ns}/_debug/recall", v("recall", self.recall), methods=["POST"]),
-            Route("/v2/namespaces/{ns}/async", v("async", self.async_ops), methods=["POST"]),
-            Route("/v1/namespaces/{ns}/operations/{op}", v("async", self.async_ops), methods=["GET"]),
+            Route("/v2/namespaces/{ns}/async", v("start_copy_from", self.start_copy_from), methods=["POST"]),
+            Route("/v1/namespaces/{ns}/operations/{op}", v("operation", self.poll_operation), methods=["GET"]),
             Route("/health", v("health", self.health, auth=False), methods=["GET"]),
             Route("/metrics", v("metrics", self.metrics_view), methods=["GET"]),
         ]

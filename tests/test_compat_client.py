@@ -107,7 +107,6 @@ REFUSED = {
     ("copy_from", "dest_encryption"): lambda c, ns: c.namespace("d3").copy_from(
         source_namespace="src", dest_encryption=CMEK
     ),
-    ("start_copy_from", "source_namespace"): lambda c, ns: start_copy_from(c, "d4", source_namespace="src"),
     ("start_copy_from", "source_api_key"): lambda c, ns: start_copy_from(
         c, "d4", source_namespace="src", source_api_key="other"
     ),
@@ -117,7 +116,6 @@ REFUSED = {
     ("start_copy_from", "dest_encryption"): lambda c, ns: start_copy_from(
         c, "d4", source_namespace="src", dest_encryption=CMEK
     ),
-    ("poll_copy_from", "token"): lambda c, ns: poll_copy_from(c, "d4", "t"),
 }
 
 
@@ -128,7 +126,9 @@ def test_every_refused_row_has_a_probe():
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = ThreadServer(ServeConfig(store=str(tmp_path_factory.mktemp("compat")), api_key=KEY, commit_window_ms=3))
+    cfg = ServeConfig(store=str(tmp_path_factory.mktemp("compat")), api_key=KEY, commit_window_ms=3)
+    s = ThreadServer(cfg)
+    s.cfg = cfg
     c = turbopuffer.Turbopuffer(base_url=s.url, api_key=KEY, max_retries=0)
     c.namespace("src").write(upsert_rows=[{"id": 1, "vector": [1.0, 0.0], "x": 0}], distance_metric="cosine_distance")
     yield s, c
@@ -146,3 +146,37 @@ def test_refused_parameter_is_a_clear_4xx(srv, key):
     assert e.value.response.headers.get("x-should-retry") == "false"
     # nothing was written or copied
     assert c.namespace("src").metadata().approx_row_count == 1
+
+
+def _get(x, k):
+    return x[k] if isinstance(x, dict) else getattr(x, k)
+
+
+def test_start_copy_from_and_poll(srv):
+    """start_copy_from returns a token; the copy has run, and polling it (from any process: the
+    record is in the bucket) says finished with the write's result, or the copy's error."""
+    s, c = srv
+    token = _get(start_copy_from(c, "async-dest", source_namespace="src"), "token")
+    op = poll_copy_from(c, "async-dest", token)
+    assert _get(op, "status") == "finished" and _get(op, "start_time") and _get(op, "finish_time")
+    res = _get(op, "result")
+    assert _get(_get(res, "success"), "rows_affected") == 1 and _get(_get(res, "success"), "status") == "OK"
+    rows = c.namespace("async-dest").query(rank_by=("id", "asc"), top_k=5).rows
+    assert [r.id for r in rows] == [1]
+    # a second process sharing the bucket answers the poll
+    s2 = ThreadServer(s.cfg)
+    try:
+        other = turbopuffer.Turbopuffer(base_url=s2.url, api_key=KEY, max_retries=0)
+        assert _get(poll_copy_from(other, "async-dest", token), "status") == "finished"
+    finally:
+        s2.stop()
+    # the copy fails: a finished operation with the error
+    token = _get(start_copy_from(c, "async-dest2", source_namespace="nope"), "token")
+    err = _get(_get(poll_copy_from(c, "async-dest2", token), "result"), "error")
+    assert _get(err, "status_code") == 404 and "nope" in _get(_get(err, "detail"), "error")
+    # an unknown token, a malformed start
+    for bad in ("0" * 32, "not-a-token"):
+        with pytest.raises(turbopuffer.NotFoundError):
+            poll_copy_from(c, "async-dest", bad)
+    with pytest.raises(turbopuffer.BadRequestError):
+        c.post("/v2/namespaces/async-dest3/async", body={"source_namespace": 5}, cast_to=object)

@@ -105,6 +105,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "puffer_cli.replay",
             "puffer_cli.wal",
             "puffer_cli.index.lease",
+            "puffer_cli.operations",
         ],
     ),
     (
