@@ -47,11 +47,10 @@ def record(store: Store, ns: str, token: str, op: dict) -> None:
 
 def load(store: Store, ns: str, token: str) -> dict:
     """The operation ``token`` of ``ns``; NotFound (404) when there is none."""
+    missing = NotFound(f"no operation {token!r} on namespace {ns!r}", hint="use the token start_copy_from returned")
     if not isinstance(token, str) or not _TOKEN.match(token):
-        raise NotFound(f"no operation {token!r} on namespace {ns!r}", hint="use the token start_copy_from returned")
+        raise missing
     try:
         return json.loads(store.read(layout.operation(ns, token)))
     except FileNotFoundError:
-        raise NotFound(
-            f"no operation {token!r} on namespace {ns!r}", hint="use the token start_copy_from returned"
-        ) from None
+        raise missing from None

@@ -85,6 +85,16 @@ log = logging.getLogger("puffer.serve")
 
 
 # ------------------------------------------------------------------ the app
+def write_answer(res: dict, size: int, t0: float) -> dict:
+    """A write's response body: the fold's counts plus status, message, billing, timing."""
+    out = dict(res)
+    out.setdefault("status", "OK")
+    out["message"] = f"{out.get('rows_affected', 0)} rows affected"
+    out["billing"] = {"billable_logical_bytes_written": size}
+    out["performance"] = {"server_total_ms": int((time.perf_counter() - t0) * 1000)}
+    return out
+
+
 class Server(RequestPlumbing):
     def __init__(self, cfg: ServeConfig, db: DB | None = None):
         self.cfg = cfg
@@ -214,13 +224,7 @@ class Server(RequestPlumbing):
             )
         if "source_namespace" in body and "copy_from_namespace" not in body:  # client.copy_from()
             body = {"copy_from_namespace": body}
-        res = await self.gc.submit(ns.name, body, size)
-        out = dict(res)
-        out.setdefault("status", "OK")
-        out["message"] = f"{out.get('rows_affected', 0)} rows affected"
-        out["billing"] = {"billable_logical_bytes_written": size}
-        out["performance"] = {"server_total_ms": int((time.perf_counter() - t0) * 1000)}
-        return out
+        return write_answer(await self.gc.submit(ns.name, body, size), size, t0)
 
     async def branch(self, ns, body: dict, t0: float) -> dict:
         """``branch_from_namespace`` (client ``ns.branch_from``): a request of its own."""
@@ -461,12 +465,7 @@ class Server(RequestPlumbing):
                 raise  # the store failed: nothing to record durably; the client retries
             op = operations.finished(start, error=e)
         else:
-            out = dict(res)
-            out.setdefault("status", "OK")
-            out["message"] = f"{out.get('rows_affected', 0)} rows affected"
-            out["billing"] = {"billable_logical_bytes_written": size}
-            out["performance"] = {"server_total_ms": int((time.perf_counter() - t0) * 1000)}
-            op = operations.finished(start, result=out)
+            op = operations.finished(start, result=write_answer(res, size, t0))
         await self.run(operations.record, self.db.store, ns.name, token, op)
         return {"token": token}
 
