@@ -81,8 +81,8 @@ def eventual(rank_by: list, **extra) -> dict:
 
 # ---------------------------------------------------------------- glove
 def case_glove(args, tmp, res, keep):
-    from puffer_cli import engine
     from puffer_cli.index import builder
+    from puffer_cli.search import engine
 
     d = os.path.join(args.data, "glove-100-angular")
     base = pl.read_parquet(os.path.join(d, "base.parquet"))
@@ -139,8 +139,8 @@ def case_glove(args, tmp, res, keep):
 
 # ---------------------------------------------------------------- fashion-mnist
 def case_fmnist(args, tmp, res, keep):
-    from puffer_cli import engine
     from puffer_cli.index import builder
+    from puffer_cli.search import engine
 
     d = os.path.join(args.data, "fashion-mnist-784-euclidean")
     base = pl.read_parquet(os.path.join(d, "base.parquet"))
@@ -218,8 +218,8 @@ def case_fmnist(args, tmp, res, keep):
 
 # ---------------------------------------------------------------- gcide
 def case_gcide(args, tmp, res, keep):
-    from puffer_cli import engine
     from puffer_cli.index import builder
+    from puffer_cli.search import engine
 
     d = os.path.join(args.data, "gcide")
     docs = pl.read_parquet(os.path.join(d, "docs.parquet")).select("id", "text")
@@ -281,7 +281,7 @@ def case_gcide(args, tmp, res, keep):
 
 # ---------------------------------------------------------------- strong query with a tail
 def case_tail(args, tmp, res, keep):
-    from puffer_cli import engine
+    from puffer_cli.search import engine
 
     if "glove" not in keep:
         log("tail: needs the glove case; skipped")
@@ -326,8 +326,10 @@ def case_tail(args, tmp, res, keep):
 # ---------------------------------------------------------------- cold query on moto
 def case_cold(args, tmp, res, keep):
     import puffer_cli
-    from puffer_cli import cache, engine, namespace
-    from puffer_cli.index import builder, reader
+    from puffer_cli.index import builder
+    from puffer_cli.search import engine, reader
+    from puffer_cli.store import filecache as cache
+    from puffer_cli.wal import namespace
 
     server, endpoint = start_moto()
     try:
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-write", dest="no_write", action="store_true", help="do not touch docs/benchmarks.md")
     args = ap.parse_args(argv)
     args.data = os.path.abspath(os.path.expanduser(args.data))
-    from puffer_cli import cache
+    from puffer_cli.store import filecache as cache
 
     tmp = tempfile.mkdtemp(prefix="puffer-bench-index-")
     cache.configure(os.path.join(tmp, "cache"))

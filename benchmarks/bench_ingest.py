@@ -7,13 +7,13 @@ Input: ``glove-100-angular/base.parquet`` (331,479 x 100 float32 vectors plus ``
 (``python benchmarks/bench_ingest.py --case NAME ...``) and its peak RSS is that process's
 ``ru_maxrss`` (read by the parent with ``os.wait4``), so cases do not pollute each other.
 
-* ``puffer local``  ``puffer_cli.ingest.ingest(ns, [path], vector_col="vector")`` into a fresh
+* ``puffer local``  ``puffer_cli.jobs.ingest.ingest(ns, [path], vector_col="vector")`` into a fresh
   temp local store (every WAL entry fsynced, committed by create-if-absent).
 * ``puffer S3``     the same into ``s3://bench/<prefix>`` on a moto ``ThreadedMotoServer`` that
   runs in the parent process (its memory is not counted).
 * ``LanceDB local`` ``pyarrow.parquet.read_table`` + ``lancedb.connect(dir).create_table("t", data=...)``;
   the time includes reading the parquet file.
-* ``puffer CLI 10x`` ``python -m puffer_cli.cli ingest`` over 10 copies of the file with distinct
+* ``puffer CLI 10x`` ``python -m puffer_cli.cli.main ingest`` over 10 copies of the file with distinct
   ids (``id + k * 1_000_000``), written as 10 parquet files.
 
 Times are wall-clock around the ingest call (reading the parquet included, interpreter start
@@ -55,7 +55,7 @@ def _rss_mib_self() -> float:
 # ---------------------------------------------------------------- cases (child side)
 def case_puffer(args) -> dict:
     import puffer_cli
-    from puffer_cli.ingest import ingest
+    from puffer_cli.jobs.ingest import ingest
 
     path = os.path.join(args.data, DATASET)
     if args.store.startswith("s3://"):
@@ -163,7 +163,7 @@ def case_cli_10x(data: str, tmp: str) -> dict:
     cmd = [
         sys.executable,
         "-m",
-        "puffer_cli.cli",
+        "puffer_cli.cli.main",
         "ingest",
         "glove10x",
         *paths,
@@ -248,7 +248,7 @@ def orchestrate(args, argv: list[str]) -> None:
             r = summarise(f"puffer CLI, {COPIES}x input ({COPIES} files)", [big])
             results.append(r)
             extra.append(
-                f"- {COPIES}x case: `python -m puffer_cli.cli ingest glove10x part-*.parquet --vector vector "
+                f"- {COPIES}x case: `python -m puffer_cli.cli.main ingest glove10x part-*.parquet --vector vector "
                 f"--store DIR --json` over {COPIES} parquet files ({big['parquet_mb']:,.0f} MB on disk, "
                 f"{big['bytes_in'] / 1e6:,.0f} MB in memory, {big['entries']} WAL entries); peak RSS "
                 f"{big['rss_mib']:,.0f} MiB (target < {RSS_TARGET_MIB} MiB: "

@@ -41,8 +41,8 @@ START, END = "<!-- bench_query:start -->", "<!-- bench_query:end -->"
 
 def bench_vectors(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str]]:
     import puffer_cli
-    from puffer_cli import engine
-    from puffer_cli import query as Q
+    from puffer_cli.query import parse as Q
+    from puffer_cli.search import engine
 
     d = data / "glove-100-angular"
     df = pl.read_parquet(d / "base.parquet")
@@ -133,8 +133,8 @@ def bench_vectors(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[
 
 def bench_bm25(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str]]:
     import puffer_cli
-    from puffer_cli import engine
-    from puffer_cli import query as Q
+    from puffer_cli.query import parse as Q
+    from puffer_cli.search import engine
 
     d = data / "gcide"
     docs = pl.read_parquet(d / "docs.parquet")
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `{cmd}` (also run by `nox -s bench`). Machine: 2 cores, 24 GiB "
         f"({platform.machine()}, Python {platform.python_version()}, numpy {np.__version__}, polars {pl.__version__}); "
         f"load average at start {load0:.2f}. Date: {_dt.date.today().isoformat()}.\n\n"
-        "No index: every query is the exact scan of `puffer_cli.engine` over the replayed WAL state "
+        "No index: every query is the exact scan of `puffer_cli.search.engine` over the replayed WAL state "
         "(numbers are per query, in-process, store already listed; `run_query` adds the head listing and "
         "response shaping).\n\n"
         + table

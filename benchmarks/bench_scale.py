@@ -101,10 +101,10 @@ def ground_truth(parts: list[Path], queries: np.ndarray, k: int = 10, where=None
 
 # ---------------------------------------------------------------- subprocess runs
 def run_cli(args: list[str], env=None) -> tuple[float, float, str]:
-    """(seconds, peak RSS MiB, stdout) of ``python -m puffer_cli.cli *args``."""
+    """(seconds, peak RSS MiB, stdout) of ``python -m puffer_cli.cli.main *args``."""
     t0 = time.perf_counter()
     p = subprocess.Popen(
-        [sys.executable, "-m", "puffer_cli.cli", *args],
+        [sys.executable, "-m", "puffer_cli.cli.main", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
@@ -120,8 +120,8 @@ def run_cli(args: list[str], env=None) -> tuple[float, float, str]:
 
 
 def warm_queries(ns, queries, truth, probe, filt=None, n_warm=20) -> tuple[float, float, float]:
-    from puffer_cli import engine
     from puffer_cli.index import ivf
+    from puffer_cli.search import engine
 
     lat, hits = [], 0
     with ivf.override(probe=probe):
@@ -144,8 +144,9 @@ def cold(store_dir: Path, ns_name: str, queries, n=10, process: bool = True) -> 
     ``process``: moto in a child process (its own interpreter, as any S3 server), else in
     this one (its request handling then shares the GIL with the query being timed)."""
     import puffer_cli
-    from puffer_cli import cache, engine
-    from puffer_cli.index import manifest, reader
+    from puffer_cli.index import manifest
+    from puffer_cli.search import engine, reader
+    from puffer_cli.store import filecache as cache
 
     server, endpoint = start_moto(process=process)
     try:

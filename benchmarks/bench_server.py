@@ -5,7 +5,7 @@
 1. ``glove-100-angular/base.parquet`` (331,479 x 100, cosine) is ingested into a local store
    (default ``$PUFFER_BENCH_DATA/serve-store``, reused across runs when complete) and indexed with
    the indexer (``puffer_cli.index.builder.index_namespace``) until the index covers the WAL head.
-2. ``puffer serve`` runs as a separate process (``python -m puffer_cli.cli serve``) on 127.0.0.1.
+2. ``puffer serve`` runs as a separate process (``python -m puffer_cli.cli.main serve``) on 127.0.0.1.
 3. Queries: ``{"rank_by": ["vector", "ANN", q], "top_k": 10}`` with the held-out query vectors as
    float lists (what the official client sends), from a minimal asyncio HTTP/1.1 keep-alive client
    (``Conn``: httpx used as much CPU as the server) in this process with
@@ -65,7 +65,7 @@ def stack() -> str:
 def prepare(store: str, data: str) -> dict:
     """Ingest + index glove-100 into ``store`` (reused if already complete)."""
     import puffer_cli
-    from puffer_cli.ingest import ingest
+    from puffer_cli.jobs.ingest import ingest
 
     db = puffer_cli.connect(store)
     ns = db.namespace(NS)
@@ -108,7 +108,7 @@ def spawn(store: str, workers: int = 1) -> tuple[subprocess.Popen, str]:
         [
             sys.executable,
             "-m",
-            "puffer_cli.cli",
+            "puffer_cli.cli.main",
             "serve",
             "--listen",
             "127.0.0.1:0",

@@ -7,7 +7,7 @@ index): 100 rows of ``id`` (int), ``vector`` (384-d f32, cosine), ``category`` (
 ``n`` (int) and ``text`` (a few words, ``full_text_search``).  Each case runs ``--queries`` times
 after ``--warmup`` (query vectors cycle through 64 random ones), through both library entry points:
 ``puffer_cli.connect(path).namespace("t").query(...)`` (the handle, what a user calls) and
-``puffer_cli.engine.run_query(ns, body)`` (the engine, what the server calls).  Cases:
+``puffer_cli.search.engine.run_query(ns, body)`` (the engine, what the server calls).  Cases:
 
 * ``order``: ``rank_by ["id","asc"]``, top 10, strong and eventual;
 * ``ann``: ``rank_by ["vector","ANN",q]``, top 10, strong and eventual;
@@ -107,7 +107,7 @@ def stats(xs: list[float]) -> tuple[float, float]:
 
 def bench_puffer(store: str, qs: np.ndarray, n: int, warmup: int) -> dict[str, dict[str, tuple[float, float]]]:
     import puffer_cli
-    from puffer_cli import engine
+    from puffer_cli.search import engine
 
     ns = puffer_cli.connect(store).namespace("t")
     out: dict[str, dict[str, tuple[float, float]]] = {}
@@ -194,7 +194,7 @@ def bench_server(store: str, qs: np.ndarray, n: int, warmup: int) -> dict[str, d
     import json
 
     p = subprocess.Popen(
-        [sys.executable, "-m", "puffer_cli.cli", "serve", "--listen", "127.0.0.1:0", "--store", store]
+        [sys.executable, "-m", "puffer_cli.cli.main", "serve", "--listen", "127.0.0.1:0", "--store", store]
         + ["--log-level", "warning"],
         stdout=subprocess.PIPE,
         text=True,

@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from . import cache as _cache
-from . import config, layout
-from .errors import InvalidRequest
-from .handle import NamespaceHandle
-from .limits import NAMESPACE_LIST_THREADS
-from .store import LocalStore, Store, open_store
+from puffer_cli import config
+from puffer_cli.errors import InvalidRequest
+from puffer_cli.handle import NamespaceHandle
+from puffer_cli.limits import NAMESPACE_LIST_THREADS
+from puffer_cli.store import filecache as _cache
+from puffer_cli.store import layout
+from puffer_cli.store.local import LocalStore, Store, open_store
 
 
 class DB:

@@ -1,6 +1,6 @@
 """The namespace object ``db.namespace(name)`` returns: the library's one handle on a namespace.
 
-It is the low-level :class:`puffer_cli.namespace.Namespace` (the commit protocol, which the
+It is the low-level :class:`puffer_cli.wal.namespace.Namespace` (the commit protocol, which the
 server and the jobs use) plus the jobs a user reaches for: query, ingest, export, index,
 warm, recall. It lives in the jobs layer because ``query`` and ``index`` sit above the
 namespace's own layer (docs/development.md "Layers").
@@ -45,8 +45,8 @@ from typing import Any
 
 import polars as pl
 
-from .errors import InvalidRequest
-from .namespace import Namespace
+from puffer_cli.errors import InvalidRequest
+from puffer_cli.wal.namespace import Namespace
 
 PUBLIC = (
     "name",
@@ -127,7 +127,7 @@ class NamespaceHandle(Namespace):
         """Run a turbopuffer query: a whole ``body`` dict, or keyword arguments (which
         override the body's keys). ``consistency`` is "strong" (default) or "eventual";
         ``queries`` is a multi-query (``res.results``). Raises NamespaceNotFound."""
-        from . import engine
+        from puffer_cli.search import engine
 
         q: dict[str, Any] = dict(body or {})
         for key, v in (
@@ -151,27 +151,27 @@ class NamespaceHandle(Namespace):
 
     def ingest(self, paths: str | Sequence[str], **options: Any):
         """Batch-load parquet / ndjson / csv files (``puffer ingest``); options as
-        :func:`puffer_cli.ingest.ingest` (id_col, vector_col, schema, ...). Returns its report."""
-        from .ingest import ingest
+        :func:`puffer_cli.jobs.ingest.ingest` (id_col, vector_col, schema, ...). Returns its report."""
+        from puffer_cli.jobs.ingest import ingest
 
         return ingest(self, [paths] if isinstance(paths, str) else list(paths), **options)
 
     def export(self, output: str | None = None, fmt: str | None = None, at_seq: int | None = None) -> dict:
         """Write a consistent snapshot to ``output`` (parquet / ndjson / csv; ``puffer export``)."""
-        from .export import export
+        from puffer_cli.jobs.export import export
 
         return export(self, output, fmt, at_seq)
 
     def index(self, **options: Any):
         """Build and publish the next index generation (``puffer index``); options as
         :func:`puffer_cli.index.builder.index_namespace`. Returns its IndexReport."""
-        from .index.builder import index_namespace
+        from puffer_cli.index.builder import index_namespace
 
         return index_namespace(self, **options)
 
     def warm(self) -> dict:
         """Prefetch the current index generation into the local cache (``puffer warm``)."""
-        from .index.reader import warm
+        from puffer_cli.search.reader import warm
 
         self.require()
         return warm(self)
@@ -191,7 +191,7 @@ class NamespaceHandle(Namespace):
         """ANN vs exhaustive recall@k on sampled vectors (``puffer recall``; 25 unless ``num``),
         or on the one vector of ``rank_by``; ``include_ground_truth`` adds the exact neighbours;
         ``probe`` / ``fill`` measure other IVF options than the schema's (docs/indexer.md)."""
-        from .index.recall import recall
+        from puffer_cli.jobs.recall import recall
 
         return recall(
             self,
@@ -226,7 +226,7 @@ class NamespaceHandle(Namespace):
     def rows(self, at_seq: int | None = None) -> pl.DataFrame:
         """The live documents as a polars frame ordered by id: at the head, or as they were at
         committed seq ``at_seq`` (what ``export`` writes). Raises NamespaceNotFound."""
-        from .export import snapshot
+        from puffer_cli.jobs.export import snapshot
 
         return snapshot(self, at_seq)[0]
 

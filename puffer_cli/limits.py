@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import BudgetExceeded
+from puffer_cli.errors import BudgetExceeded
 
 # -- writes -----------------------------------------------------------------------
 MAX_ATTRIBUTES_PER_NAMESPACE = 256  # turbopuffer: 256 attribute names per namespace

@@ -23,8 +23,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 CHILD = r"""
 import json, sys
-from puffer_cli.server import ServeConfig
-from puffer_cli.server_run import serve
+from puffer_cli.server.app import ServeConfig
+from puffer_cli.server.run import serve
 cfg = ServeConfig(**json.loads(sys.argv[1]))
 serve(cfg, "127.0.0.1:0", log_level="warning")
 """
@@ -125,7 +125,7 @@ def wait_until(pred, timeout: float, step: float = 0.05) -> bool:
 def spawn_serve(*args: str, env: dict | None = None, stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, str]:
     """``puffer serve --listen 127.0.0.1:0 --log-level warning ARGS`` as a child process (the
     real CLI); returns it and its base URL once it prints ``listening on``."""
-    cmd = [sys.executable, "-m", "puffer_cli.cli", "serve", "--listen", "127.0.0.1:0", "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "puffer_cli.cli.main", "serve", "--listen", "127.0.0.1:0", "--log-level", "warning"]
     p = subprocess.Popen([*cmd, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
     line = p.stdout.readline() if p.stdout else ""
     m = re.search(r"listening on (http://\S+)", line)
@@ -144,7 +144,7 @@ class ThreadServer:
         import threading
 
         import uvicorn
-        from puffer_cli.server import create_app, uvicorn_kwargs
+        from puffer_cli.server.app import create_app, uvicorn_kwargs
 
         self.app = create_app(cfg)
         kw = uvicorn_kwargs("warning")

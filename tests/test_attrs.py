@@ -1,4 +1,4 @@
-"""puffer_cli.attrs: the one RFC 3339 parser and base64 vector decoder, used by writes,
+"""puffer_cli.schema.types: the one RFC 3339 parser and base64 vector decoder, used by writes,
 filters and queries alike."""
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from puffer_cli import attrs, filters, frames
+from puffer_cli import filters
 from puffer_cli.errors import InvalidFilter, SchemaError
+from puffer_cli.schema import frames
+from puffer_cli.schema import types as attrs
 
 DAY = 86_400_000
 OK = [

@@ -2,7 +2,7 @@
 the problem, and the namespace is unchanged."""
 
 import pytest
-from puffer_cli.cli import main
+from puffer_cli.cli.main import main
 from puffer_cli.errors import InvalidRequest
 
 SEED = {

@@ -9,11 +9,12 @@ import threading
 
 import pytest
 import turbopuffer
-from puffer_cli import branch, layout
-from puffer_cli import namespace as nsmod
 from puffer_cli.errors import InvalidRequest, NamespaceNotFound
 from puffer_cli.index import builder
-from puffer_cli.server import ServeConfig
+from puffer_cli.jobs import branch
+from puffer_cli.server.app import ServeConfig
+from puffer_cli.store import layout
+from puffer_cli.wal import namespace as nsmod
 
 from .serve_proc import ThreadServer
 
@@ -123,7 +124,7 @@ def test_stale_pin_is_dropped(mem_db):
 
 def _crash_left_pin(db, dest="br", age_s=1.0):
     """The pin a creation that crashed between its steps 1 and 2 leaves: no branch meta.json."""
-    from puffer_cli.store import now_ms
+    from puffer_cli.store.local import now_ms
 
     pin = {"branch": dest, "id": "crashed", "seq": 1, "manifest": None, "created_at": now_ms() - int(age_s * 1000)}
     assert db.store.create(layout.branch_pin("src", dest, "crashed"), json.dumps(pin).encode())
@@ -247,7 +248,7 @@ def test_official_client_branch_from(tmp_path):
 
 def test_cli_branch(tmp_path, capsys):
     import puffer_cli
-    from puffer_cli.cli import main
+    from puffer_cli.cli.main import main
 
     st = str(tmp_path / "store")
     puffer_cli.connect(st).namespace("src").write({"upsert_rows": [{"id": 1}, {"id": 2}]})
@@ -260,7 +261,7 @@ def test_cli_branch(tmp_path, capsys):
 
 
 def test_wal_inspect_of_a_branch(mem_db):
-    from puffer_cli import walinspect
+    from puffer_cli.jobs import walinspect
 
     db = mem_db
     db.namespace("src").write({"upsert_rows": [{"id": 1}]})
@@ -277,7 +278,7 @@ def test_wal_inspect_of_a_branch(mem_db):
 def test_other_process_branch_is_seen(tmp_path):
     """A process that looked at a name before another made it a branch sees the branch."""
     import puffer_cli
-    from puffer_cli import namespace as nsmod
+    from puffer_cli.wal import namespace as nsmod
 
     st = str(tmp_path / "store")
     db = puffer_cli.connect(st)

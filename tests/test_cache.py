@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from puffer_cli import cache, engine, namespace
-from puffer_cli.cache import Cache
-from puffer_cli.index import builder, ivf, ranged, reader
-from puffer_cli.store import io_scope
+from puffer_cli.index import builder, ivf, ranged
+from puffer_cli.search import engine, reader
+from puffer_cli.store import filecache as cache
+from puffer_cli.store.filecache import Cache
+from puffer_cli.store.local import io_scope
+from puffer_cli.wal import namespace
 
 from .test_index import SCHEMA, make_rows
 
@@ -177,7 +179,8 @@ from pathlib import Path  # noqa: E402
 
 import puffer_cli  # noqa: E402
 import pytest  # noqa: E402
-from puffer_cli import cli, limits  # noqa: E402
+from puffer_cli import limits  # noqa: E402
+from puffer_cli.cli import main as cli  # noqa: E402
 from puffer_cli.errors import InvalidRequest, StoreError  # noqa: E402
 
 K = "ns/index/00000000000000000001/"
@@ -313,7 +316,7 @@ def test_copy_file_is_exact(tmp_path):
 _READER = r"""
 import json, sys, numpy as np
 import puffer_cli
-from puffer_cli.cache import Cache
+from puffer_cli.store.filecache import Cache
 root, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 st = puffer_cli.connect("memory://shared-cache-test").store
 want = {}
@@ -419,7 +422,7 @@ def test_cli_with_unwritable_cache_dir_answers(tmp_path):
         [
             sys.executable,
             "-m",
-            "puffer_cli.cli",
+            "puffer_cli.cli.main",
             "warm",
             "q",
             "--store",

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 from puffer_cli import connect
-from puffer_cli.cli import main
+from puffer_cli.cli.main import main
 
 from tests.conftest import store_args
 

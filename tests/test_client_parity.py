@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 import turbopuffer
-from puffer_cli.server import ServeConfig
+from puffer_cli.server.app import ServeConfig
 
 from .serve_proc import ThreadServer
 
@@ -73,7 +73,7 @@ def test_copy_from_namespace_keeps_metric(tp, ns):
 
 
 def test_patch_by_filter_allow_partial(ns, monkeypatch):
-    from puffer_cli import writes
+    from puffer_cli.wal import writes
 
     monkeypatch.setattr(writes, "MAX_PATCH_BY_FILTER_ROWS", 2)
     ns.write(upsert_rows=[{"id": i, "n": i} for i in range(5)])

@@ -13,7 +13,7 @@ import re
 
 import pytest
 import turbopuffer
-from puffer_cli.server import ServeConfig
+from puffer_cli.server.app import ServeConfig
 from turbopuffer.resources.namespaces import NamespacesResource
 
 from ._client import MAJOR, VERSION, call, client_has

@@ -13,8 +13,8 @@ import time
 
 import puffer_cli
 import pytest
-from puffer_cli import namespace as N
-from puffer_cli import wal
+from puffer_cli.wal import codec as wal
+from puffer_cli.wal import namespace as N
 
 WRITER = textwrap.dedent("""
     import sys, json, puffer_cli
@@ -155,7 +155,18 @@ def test_sigkill_during_cli_ingest(tmp_path):
     n = 400_000
     pl.DataFrame({"id": np.arange(n, dtype=np.uint64), "x": np.arange(n)}).write_parquet(src)
     store = str(tmp_path / "store")
-    cmd = [sys.executable, "-m", "puffer_cli.cli", "ingest", "k", str(src), "--batch-rows", "20000", "--store", store]
+    cmd = [
+        sys.executable,
+        "-m",
+        "puffer_cli.cli.main",
+        "ingest",
+        "k",
+        str(src),
+        "--batch-rows",
+        "20000",
+        "--store",
+        store,
+    ]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     while True:
         line = p.stderr.readline()

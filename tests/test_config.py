@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: modules that may read os.environ: the boundary helper and the entry points
 #: (index/builder.py: the lead's PUFFER_INDEX_GC_GRACE / test hooks, moving to config.py)
 # index/hooks.py: the SIGKILL/pause test hooks read the environment where they fire
-# cli_*.py: the CLI's command modules (the CLI is the boundary; serve hands options to workers)
+# cli/*.py: the CLI's command modules (the CLI is the boundary; serve hands options to workers)
 BOUNDARY = {
-    *("config.py", "db.py", "server_run.py", "index/builder.py", "index/hooks.py"),
-    *("cli.py", "cli_common.py", "cli_data.py", "cli_query.py", "cli_index.py"),
+    *("config.py", "db.py", "server/run.py", "index/builder.py", "index/hooks.py"),
+    *("cli/main.py", "cli/options.py", "cli/data.py", "cli/querying.py", "cli/indexing.py"),
 }
 
 
@@ -53,7 +53,7 @@ def test_cache_dir_reaches_the_cache_through_set_default_root(tmp_path):
     import sys
 
     code = (
-        "from puffer_cli import cache, config\n"
+        "from puffer_cli import config\nfrom puffer_cli.store import filecache as cache\n"
         "cache.set_default_root(config.from_env().cache_dir)\n"
         "print(cache.get_cache().root)\n"
     )

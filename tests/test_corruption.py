@@ -4,10 +4,10 @@ clearly; skip skips; --repair quarantines, salvages and never deletes data."""
 import json
 
 import pytest
-from puffer_cli import layout
-from puffer_cli import namespace as N
-from puffer_cli.cli import main
+from puffer_cli.cli.main import main
 from puffer_cli.errors import CorruptWal
+from puffer_cli.store import layout
+from puffer_cli.wal import namespace as N
 
 from .conftest import store_args
 

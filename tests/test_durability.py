@@ -15,7 +15,7 @@ import time
 import httpx
 import puffer_cli
 import pytest
-from puffer_cli import namespace as N
+from puffer_cli.wal import namespace as N
 
 from .serve_proc import spawn_serve
 

@@ -24,10 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from puffer_cli import filters as F
 from puffer_cli.errors import InvalidFilter
-from puffer_cli.filtercompile import polars_dtype
-from puffer_cli.filterparse import CONNECTIVES, OPERATORS
-from puffer_cli.schema import normalize_schema
-from puffer_cli.server import ServeConfig
+from puffer_cli.filters.lower import polars_dtype
+from puffer_cli.filters.parse import CONNECTIVES, OPERATORS
+from puffer_cli.schema.spec import normalize_schema
+from puffer_cli.server.app import ServeConfig
 
 from .serve_proc import ThreadServer
 

@@ -14,7 +14,6 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from puffer_cli import text
 from puffer_cli.errors import InvalidFilter
 from puffer_cli.filters import (
     OPERATORS,
@@ -24,6 +23,7 @@ from puffer_cli.filters import (
     referenced_attributes,
     validate_filter,
 )
+from puffer_cli.text import analyzer as text
 
 # ----------------------------------------------------------------------------- schema & data
 
@@ -714,7 +714,7 @@ TOKEN_OPTS = [
     as_list=st.booleans(),
 )
 def test_token_fast_path_equals_slow_path(values, query, opts_i, op, prefix, as_list):
-    import puffer_cli.filtertext as FT
+    import puffer_cli.filters.matchers as FT
 
     opts = TOKEN_OPTS[opts_i]
     t = "[]string" if as_list else "string"
@@ -745,8 +745,8 @@ def test_token_fast_path_equals_slow_path(values, query, opts_i, op, prefix, as_
 
 
 def test_fuzzy_filter(db):
-    from puffer_cli import engine
     from puffer_cli.errors import InvalidFilter
+    from puffer_cli.search import engine
 
     ns = db.namespace("fz")
     ns.write(
@@ -794,8 +794,8 @@ def test_fuzzy_and_word_v4_through_an_index(db):
     """The indexed paths take these forms too (the filter runs on the index's candidates,
     word_v4 is the tantivy index's analyzer): same rows as the exact engine."""
     import numpy as np
-    from puffer_cli import engine
     from puffer_cli.index import builder
+    from puffer_cli.search import engine
 
     ns = db.namespace("fzix")
     rng = np.random.default_rng(0)

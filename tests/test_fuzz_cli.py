@@ -6,7 +6,7 @@ manifests, bad ``-o`` paths, bad ``--at-seq``, bad options, store errors) plus
 hypothesis-generated invocations (mutated arguments and option values, files of
 random bytes, truncated and bit-flipped fixtures). The CLI runs in-process through
 ``cli.main`` (the real error boundary; stdout/stderr captured separately) and, for a
-few cases, as a real ``python -m puffer_cli.cli`` subprocess.
+few cases, as a real ``python -m puffer_cli.cli.main`` subprocess.
 
 The default suite runs the corpus and a small generated sample; ``-m slow`` runs
 more than 150 generated cases.
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from puffer_cli import cli
+from puffer_cli.cli import main as cli
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -74,7 +74,7 @@ def invoke_subprocess(args: list[str], env: dict | None = None, timeout: float =
         else:
             e[k] = v
     p = subprocess.run(
-        [sys.executable, "-m", "puffer_cli.cli", *map(str, args)],
+        [sys.executable, "-m", "puffer_cli.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         env=e,
@@ -428,7 +428,7 @@ def test_error_before_any_chunk_says_nothing_was_committed(tmp_path):
 
 
 def test_last_resort_handler_is_one_line(tmp_path, monkeypatch):
-    from puffer_cli import engine
+    from puffer_cli.search import engine
 
     def boom(*a, **k):
         raise ZeroDivisionError("division by zero\nsecond line")
@@ -499,7 +499,9 @@ def test_json_output_is_valid_json(tmp_path):
     assert code == 1 and "not a finite number" in err
     # ... so such values can only be in data written before that rule: commit one entry by hand
     import polars as pl
-    from puffer_cli import connect, layout, wal
+    from puffer_cli import connect
+    from puffer_cli.store import layout
+    from puffer_cli.wal import codec as wal
 
     p.write_text("id,price\n1,0.0\n")
     _ingest(store, "n", p)
@@ -539,7 +541,8 @@ def test_query_budget_reaches_the_engine(tmp_path, monkeypatch):
     """--budget opens limits.deadline around engine.run; BudgetExceeded is one line, exit 1."""
     import time
 
-    from puffer_cli import engine, limits
+    from puffer_cli import limits
+    from puffer_cli.search import engine
 
     seen = []
 
@@ -572,8 +575,10 @@ def test_query_budget_exceeded_is_one_line(tmp_path):
 def test_serve_glue(tmp_path, monkeypatch):
     """--query-budget reaches ServeConfig.query_budget_s (0: none); a PufferError from
     server.serve (port in use, bad host) is one line, exit 1."""
-    from puffer_cli import limits, server, server_run
+    from puffer_cli import limits
     from puffer_cli.errors import InvalidRequest
+    from puffer_cli.server import app as server
+    from puffer_cli.server import run as server_run
 
     got = []
     monkeypatch.setattr(server, "ServeConfig", lambda **kw: kw)
@@ -956,7 +961,7 @@ def test_closed_stdout_pipe_is_quiet(env, args):
     """`puffer query ... | head -1`: no traceback, no error line, exit 0."""
     e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen(
-        [sys.executable, "-m", "puffer_cli.cli", *args, "--store", str(env / "good")],
+        [sys.executable, "-m", "puffer_cli.cli.main", *args, "--store", str(env / "good")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=e,

@@ -15,10 +15,11 @@ import puffer_cli
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from puffer_cli import engine, limits
-from puffer_cli import store as _store
+from puffer_cli import limits
 from puffer_cli.errors import PufferError
 from puffer_cli.index import builder
+from puffer_cli.search import engine
+from puffer_cli.store import local as _store
 
 from ._bodies import paths as _paths
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 import turbopuffer
-from puffer_cli.server import GZIP_MIN_BYTES, ServeConfig
+from puffer_cli.server.app import GZIP_MIN_BYTES, ServeConfig
 
 from ._client import call
 from .serve_proc import ThreadServer

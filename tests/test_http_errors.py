@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import turbopuffer
-from puffer_cli.server import ServeConfig
+from puffer_cli.server.app import ServeConfig
 
 from .serve_proc import ThreadServer, sample
 

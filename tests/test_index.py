@@ -9,9 +9,10 @@ import math
 
 import numpy as np
 import pytest
-from puffer_cli import engine, layout
-from puffer_cli.index import builder, reader
-from puffer_cli.index.recall import recall
+from puffer_cli.index import builder
+from puffer_cli.jobs.recall import recall
+from puffer_cli.search import engine, reader
+from puffer_cli.store import layout
 
 WORDS = (
     "alpha beta gamma delta epsilon fox dog cat lazy quick brown jumps over river stone "
@@ -21,7 +22,7 @@ WORDS = (
 
 @pytest.fixture(autouse=True)
 def _no_persistent_cache(monkeypatch):
-    from puffer_cli import cache
+    from puffer_cli.store import filecache as cache
 
     cache.configure("")
     yield
@@ -83,7 +84,7 @@ def strip(resp):
 
 def exact(ns, body):
     """The reference: the exact engine over the replayed WAL (no index)."""
-    from puffer_cli import query as Q
+    from puffer_cli.query import parse as Q
 
     q = Q.parse_query(body)
     src = engine.load_source(ns, "strong")  # no queries: exact replay
@@ -256,7 +257,7 @@ def test_vector_topk_fast_path_matches_engine(mem_db, monkeypatch):
     """Plain vector queries skip the candidate frame (index/topk.py): string ids, rows
     without a vector, euclidean, several segments, a tail with updates and deletes,
     offset, filters, vectors in the output and ties all give the exact engine's answer."""
-    from puffer_cli.index import topk
+    from puffer_cli.search import topk
 
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 10)  # use HNSW on these small segments
     calls = spy(monkeypatch, topk, "vector_topk")
@@ -331,7 +332,7 @@ def test_bm25_topk_fast_path_matches_engine(mem_db, monkeypatch):
     global statistics across segments and a tail that updates and deletes, Sum/Max/
     Product, filters, offset and attributes give the exact engine's answer; a segment
     without stored postings (an older generation) falls back to the candidate frame."""
-    from puffer_cli.index import topk
+    from puffer_cli.search import topk
 
     calls = spy(monkeypatch, topk, "text_topk")
     rng = np.random.default_rng(12)
@@ -616,7 +617,7 @@ def test_gc_grace_keeps_previous_generation(mem_db):
 def test_recreated_namespace_is_not_served_from_the_old_index(db, tmp_path):
     """delete_all, then the same name written and indexed again: generation numbers start
     over, yet no cache (in-process or on disk) may serve the old generation's files."""
-    from puffer_cli import cache
+    from puffer_cli.store import filecache as cache
 
     cache.configure(str(tmp_path / "cache"))  # persistent: the on-disk cache must not go stale either
     body = {"rank_by": ["vector", "kNN", [1.0, 0.0]], "top_k": 3, "consistency": {"level": "eventual"}}

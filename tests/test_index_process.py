@@ -13,8 +13,10 @@ import time
 import numpy as np
 import puffer_cli
 import pytest
-from puffer_cli import cli, engine, layout
+from puffer_cli.cli import main as cli
 from puffer_cli.index import builder
+from puffer_cli.search import engine
+from puffer_cli.store import layout
 
 from .conftest import store_args
 from .test_index import SCHEMA, current_files, exact, index_keys, make_rows, queries, same
@@ -22,7 +24,7 @@ from .test_index import SCHEMA, current_files, exact, index_keys, make_rows, que
 
 @pytest.fixture(autouse=True)
 def _no_persistent_cache():
-    from puffer_cli import cache
+    from puffer_cli.store import filecache as cache
 
     cache.configure("")
     yield
@@ -32,7 +34,7 @@ def _no_persistent_cache():
 def run_index(args, env_extra=None, **kw):
     env = {**os.environ, "PUFFER_CACHE_DIR": "", "PUFFER_INDEX_GC_GRACE": "0", **(env_extra or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "puffer_cli.cli", "index", *args],
+        [sys.executable, "-m", "puffer_cli.cli.main", "index", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import polars as pl
-from puffer_cli.cli import main
+from puffer_cli.cli.main import main
 
 from .conftest import store_args
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from puffer_cli import engine
-from puffer_cli.index import builder, ivf, paged, ranged, reader
+from puffer_cli.index import builder, ivf, paged, ranged
+from puffer_cli.search import engine, reader
 
 from .test_index import SCHEMA, exact, make_rows, queries, same
 
@@ -153,7 +153,7 @@ def test_paged_ranges_equal_the_whole_file(s3_server, tmp_path, monkeypatch):
     """On a remote store a large file is written as parts; ranged reads across part
     boundaries (cached parts read locally) and the assembled whole equal the data."""
     import puffer_cli
-    from puffer_cli import cache as C
+    from puffer_cli.store import filecache as C
 
     monkeypatch.setattr(paged, "PART_BYTES", 1000)
     db = puffer_cli.connect("s3://puffer-test/paged", s3_endpoint=s3_server)
@@ -247,7 +247,7 @@ def test_cut_segments_bound_a_run(mem_db, small_segments):
 def test_recall_measures_the_probe(mem_db, monkeypatch):
     """`recall(probe=...)` measures another probe than the schema's without changing it."""
     from puffer_cli.errors import InvalidRequest
-    from puffer_cli.index.recall import recall
+    from puffer_cli.jobs.recall import recall
 
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
     monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from puffer_cli import cli, layout
+from puffer_cli.cli import main as cli
 from puffer_cli.errors import InvalidRequest
-from puffer_cli.server import ServeConfig, create_app
+from puffer_cli.server.app import ServeConfig, create_app
+from puffer_cli.store import layout
 from starlette.testclient import TestClient
 
 from .conftest import store_args

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import polars as pl
 import puffer_cli
-from puffer_cli.cli_progress import Reporter
+from puffer_cli.cli.progress import Reporter
 
 
 def test_plain_lines_per_stage_and_throttled(capsys):
@@ -85,7 +85,7 @@ def test_index_bar_advances_on_a_terminal(tmp_path):
     df.write_parquet(src)
     puffer_cli.connect(store).namespace("v").ingest([str(src)], vector_col="vector")
     env = {**os.environ, "COLUMNS": "160", "TERM": "xterm"}
-    out = _run_on_pty([sys.executable, "-m", "puffer_cli.cli", "index", "v", "--store", store], env)
+    out = _run_on_pty([sys.executable, "-m", "puffer_cli.cli.main", "index", "v", "--store", store], env)
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
     seen = re.findall(r"ivf vector: (clusters trained|rows assigned)[^\d]*([\d,]+)/([\d,]+)", plain)
     moving = [(stage, done) for stage, done, total in seen if int(done.replace(",", "")) < int(total.replace(",", ""))]

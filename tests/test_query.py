@@ -13,12 +13,12 @@ import numpy as np
 import polars as pl
 import puffer_cli
 import pytest
-from puffer_cli import bm25 as B
-from puffer_cli import engine
-from puffer_cli import query as Q
-from puffer_cli import text as T
-from puffer_cli.cli import main
+from puffer_cli.cli.main import main
 from puffer_cli.errors import InvalidFilter, InvalidQuery, InvalidRequest
+from puffer_cli.query import parse as Q
+from puffer_cli.search import engine
+from puffer_cli.text import analyzer as T
+from puffer_cli.text import bm25 as B
 
 DATA = Path(os.environ.get("PUFFER_BENCH_DATA", Path.home() / ".cache" / "puffer-bench"))
 
@@ -143,7 +143,7 @@ def test_knn_matches_numpy_real(mem_db, name, metric, fcol, fval):
 
 # --------------------------------------------------------------------------- BM25
 def ref_bm25(docs_tokens: list[list[str]], q_tokens: list[str], k1=1.2, b=0.75) -> dict[int, float]:
-    """Textbook BM25 (Lucene idf), independent of puffer_cli.bm25."""
+    """Textbook BM25 (Lucene idf), independent of puffer_cli.text.bm25."""
     n = len(docs_tokens)
     avg = sum(len(t) for t in docs_tokens) / n
     dfc = Counter()
@@ -383,7 +383,7 @@ def test_export_by_query_paging(people, mem_db):
             break
         seen.extend(page)
         last = page[-1]["id"]
-    from puffer_cli import export
+    from puffer_cli.jobs import export
 
     snap, _ = export.snapshot(ns)
     assert [r["id"] for r in seen] == snap["id"].to_list()

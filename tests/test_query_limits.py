@@ -19,12 +19,13 @@ import puffer_cli
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from puffer_cli import engine, limits
-from puffer_cli import filtercompile as FC
 from puffer_cli import filters as F
-from puffer_cli import store as _store
+from puffer_cli import limits
 from puffer_cli.errors import BudgetExceeded, InvalidFilter, InvalidQuery, PufferError
+from puffer_cli.filters import lower as FC
 from puffer_cli.index import builder
+from puffer_cli.search import engine
+from puffer_cli.store import local as _store
 
 from tests import test_filters as TF
 
@@ -40,7 +41,7 @@ SCHEMA = {
 
 @pytest.fixture(autouse=True)
 def _no_persistent_cache():
-    from puffer_cli import cache
+    from puffer_cli.store import filecache as cache
 
     cache.configure("")
     yield
@@ -72,7 +73,7 @@ def ns(request):
     ns = db.namespace("limits")
     ns.write({"upsert_rows": _rows(0, 350), "schema": SCHEMA, "distance_metric": "cosine_distance"})
     if request.param == "indexed":
-        from puffer_cli import cache
+        from puffer_cli.store import filecache as cache
 
         cache.configure("")
         builder.index_namespace(ns, gc_grace_s=0)
@@ -208,7 +209,7 @@ def test_datetimes_out_of_range_are_refused(ns):
     """A datetime filter value outside what a write accepts (years 1..9999) is refused, not
     compared: `["ts","Lt",2**62]` is almost always a unit mistake (ns or us for ms), and as a
     delete_by_filter it would delete every row."""
-    from puffer_cli.schema import DATETIME_MS
+    from puffer_cli.schema.spec import DATETIME_MS
 
     for v in (
         2**62,
@@ -247,7 +248,7 @@ def test_4000_clause_filter_does_not_crash_the_process(tmp_path):
     """The measured crash: a 4,000-clause Or/And segfaulted the process in polars."""
     script = (
         "import puffer_cli\n"
-        "from puffer_cli import engine\n"
+        "from puffer_cli.search import engine\n"
         "from puffer_cli.errors import InvalidFilter\n"
         f"ns = puffer_cli.connect({str(tmp_path / 'store')!r}).namespace('x')\n"
         "ns.write({'upsert_rows': [{'id': i, 'n': i} for i in range(100)]})\n"
@@ -518,7 +519,7 @@ def _fuzz_ns():
 def test_unprintable_stored_datetimes_do_not_crash_rows():
     """A datetime beyond what RFC 3339 text can hold (polars panics printing it) comes
     out null, never a PanicException/500; representable ones are unchanged."""
-    from puffer_cli import query as Q
+    from puffer_cli.query import parse as Q
 
     dt = pl.Datetime("ms", "UTC")
     docs = pl.DataFrame(
@@ -539,8 +540,8 @@ def test_unprintable_stored_datetimes_do_not_crash_rows():
 
 
 def test_unsupported_turbopuffer_query_features_are_refused_by_name():
-    from puffer_cli import query as Q
     from puffer_cli.errors import InvalidQuery
+    from puffer_cli.query import parse as Q
 
     for body, name in [
         ({"rank_by": ["id", "asc"], "compute_attributes": {"h": ["t", "Highlight", "x"]}}, "compute_attributes.h"),

@@ -12,11 +12,11 @@ import pytest
 import turbopuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from puffer_cli import engine
-from puffer_cli import query as Q
 from puffer_cli.errors import InvalidQuery, InvalidRequest
-from puffer_cli.index import recall as RC
-from puffer_cli.server import ServeConfig
+from puffer_cli.jobs import recall as RC
+from puffer_cli.query import parse as Q
+from puffer_cli.search import engine
+from puffer_cli.server.app import ServeConfig
 
 from .serve_proc import ThreadServer
 
@@ -100,7 +100,7 @@ def test_functions_on_unmatched_inner_score_zero(mem_db):
     e=st.floats(min_value=1e-6, max_value=1e6),
 )
 def test_rank_functions_stay_in_range_for_any_finite_input(x, m, e):
-    from puffer_cli import rankfuncs
+    from puffer_cli.search import rankfuncs
 
     a = np.array(x)
     s, d = rankfuncs.saturate(a, m, e), rankfuncs.decay(a, m, e)
@@ -188,7 +188,7 @@ def test_index_path_gives_the_exact_engine_answer(mem_db):
     ]
     before = [engine.run_query(ns, b)["rows"] for b in bodies]
     ns.index()
-    from puffer_cli.index.reader import view_for
+    from puffer_cli.search.reader import view_for
 
     assert view_for(ns, "strong") is not None  # answered from the index from here on
     after = [engine.run_query(ns, b)["rows"] for b in bodies]
@@ -243,7 +243,7 @@ def test_vector_dist_and_highlight_values(mem_db):
 
 
 def test_highlight_offset_units():
-    from puffer_cli import compute as C
+    from puffer_cli.search import attributes as C
 
     e = Q.HighlightExpr("t", "none", 3, "utf-16")
     frag = C._fragments("é😀 fox", e, {"fox"}, True, {})  # noqa: SLF001

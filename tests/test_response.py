@@ -1,6 +1,6 @@
 """`puffer query --format json` prints exactly the HTTP body of the same query.
 
-Both go through :func:`puffer_cli.response.render`.  The CLI runs in-process (``cli.main``), the
+Both go through :func:`puffer_cli.search.response.render`.  The CLI runs in-process (``cli.main``), the
 server through starlette's in-process ASGI client, over the same local store.  The only fields
 allowed to differ are the ``performance`` timings (:data:`TIMING`): wall-clock milliseconds.
 """
@@ -14,8 +14,8 @@ import math
 import numpy as np
 import orjson
 import pytest
-from puffer_cli import response
-from puffer_cli.server import ServeConfig, create_app
+from puffer_cli.search import response
+from puffer_cli.server.app import ServeConfig, create_app
 from starlette.testclient import TestClient
 
 from .test_fuzz_cli import invoke

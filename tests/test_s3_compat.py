@@ -20,9 +20,9 @@ import uuid
 import puffer_cli
 import pytest
 from puffer_cli import limits
-from puffer_cli.cli import main
+from puffer_cli.cli.main import main
 from puffer_cli.errors import InvalidRequest, StoreError, UnsafeStore
-from puffer_cli.store import S3Store, open_store
+from puffer_cli.store.local import S3Store, open_store
 
 
 def _error(code: str, message: str) -> bytes:

@@ -17,7 +17,7 @@ import orjson
 import puffer_cli
 import pytest
 import turbopuffer
-from puffer_cli.server import ServeConfig
+from puffer_cli.server.app import ServeConfig
 
 from .serve_proc import ThreadServer, spawn_serve
 
@@ -302,8 +302,8 @@ def _strong_ids(ns) -> list:
 
 # ------------------------------------------------------------------ wire details and memory bound
 def test_wire_f32_and_gzip_helpers():
-    from puffer_cli import wire
     from puffer_cli.errors import TooLarge, UnprocessableBody
+    from puffer_cli.server import wire
 
     out = wire.dumps(
         wire.shape_query_response(
@@ -324,8 +324,8 @@ def test_wire_f32_and_gzip_helpers():
 
 
 def test_hot_namespace_lru(tmp_path):
-    from puffer_cli import namespace as nsmod
-    from puffer_cli.server import Server
+    from puffer_cli.server.app import Server
+    from puffer_cli.wal import namespace as nsmod
 
     srv = Server(ServeConfig(store=str(tmp_path / "s"), hot_namespaces=2))
     for n in ("a", "b", "c"):

@@ -15,8 +15,8 @@ import uuid
 
 import orjson
 import pytest
-from puffer_cli import store as _store
-from puffer_cli.server import ServeConfig, create_app
+from puffer_cli.server.app import ServeConfig, create_app
+from puffer_cli.store import local as _store
 from starlette.testclient import TestClient
 
 KEY = "k"

@@ -22,10 +22,12 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from puffer_cli import engine, limits, wire
+from puffer_cli import limits
 from puffer_cli.errors import InvalidRequest
-from puffer_cli.groupcommit import GroupCommitter
-from puffer_cli.server import ServeConfig, bind, create_app, is_store_failure
+from puffer_cli.search import engine
+from puffer_cli.server import wire
+from puffer_cli.server.app import ServeConfig, bind, create_app, is_store_failure
+from puffer_cli.wal.groupcommit import GroupCommitter
 from starlette.testclient import TestClient
 
 from .serve_proc import ThreadServer, sample
@@ -289,7 +291,7 @@ def test_serve_on_a_port_in_use_exits_1_with_one_line(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "puffer_cli.cli",
+                "puffer_cli.cli.main",
                 "serve",
                 "--listen",
                 f"127.0.0.1:{port}",
@@ -364,7 +366,7 @@ def test_stalled_header_is_closed_with_408(live):
 
 
 def test_stalled_header_is_closed_with_h11_too():
-    from puffer_cli.server import GuardedH11Protocol
+    from puffer_cli.server.app import GuardedH11Protocol
 
     srv = Live(mem_cfg(header_timeout_s=0.3), http=GuardedH11Protocol)
     try:

@@ -11,11 +11,11 @@ import httpx
 import numpy as np
 import pytest
 import turbopuffer
-from puffer_cli.server import ServeConfig
+from puffer_cli.server.app import ServeConfig
 
 from .test_server import KEY, LiveServer
 
-pytest.importorskip("puffer_cli.engine")
+pytest.importorskip("puffer_cli.search.engine")
 
 WORDS = ["quick brown fox", "lazy dog", "quick dog", "brown cat", "fox dog"]
 N = 20

@@ -6,7 +6,7 @@ from pathlib import Path
 import puffer_cli
 import pytest
 from puffer_cli.errors import InvalidRequest, UnsafeStore
-from puffer_cli.store import LocalStore, open_store
+from puffer_cli.store.local import LocalStore, open_store
 
 
 def test_read_write_versioned(db):
@@ -163,8 +163,8 @@ def test_presigned_refused_falls_back_to_botocore(s3_store):
 def test_presigned_errors_map_like_botocore(s3_store):
     """A failed presigned GET becomes the ClientError ``_translate`` maps: 404 a missing key,
     5xx a retried failure, anything else a StoreError."""
-    from puffer_cli import store_s3
     from puffer_cli.errors import StoreError
+    from puffer_cli.store import s3 as store_s3
 
     st = s3_store
     err = store_s3._client_error(404, b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>")
@@ -245,7 +245,7 @@ def test_index_gc_sweeps_temp_files_of_killed_writers(tmp_path):
 
 
 def test_local_store_path_problems_are_typed_errors(tmp_path, capsys):
-    from puffer_cli.cli import main
+    from puffer_cli.cli.main import main
     from puffer_cli.errors import StoreError
 
     f = tmp_path / "afile"

@@ -1,4 +1,4 @@
-"""puffer_cli.text: options, analyzer pipeline, and consistency with a tantivy index."""
+"""puffer_cli.text.analyzer: options, analyzer pipeline, and consistency with a tantivy index."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import random
 
 import pytest
 import tantivy
-from puffer_cli import text
 from puffer_cli.errors import SchemaError
+from puffer_cli.text import analyzer as text
 
 N = text.normalize_fts_options
 
@@ -237,7 +237,7 @@ def test_tantivy_pre_tokenized(tmp_path):
 
 
 def test_word_v2_v3_v4_tokenizers():
-    from puffer_cli import text
+    from puffer_cli.text import analyzer as text
 
     s = "Hello can't 3.14 東京 タワー 👍🏽 foo_bar"
     v2 = text.tokenize(s, {"tokenizer": "word_v2", "remove_stopwords": False})
@@ -256,7 +256,7 @@ def test_word_v4_through_bm25_and_filters(db):
             "schema": {"t": {"type": "string", "full_text_search": {"tokenizer": "word_v4"}, "filterable": True}},
         }
     )
-    from puffer_cli import engine
+    from puffer_cli.search import engine
 
     r = engine.run_query(ns, {"rank_by": ["t", "BM25", "can't"], "top_k": 5})
     assert [row["id"] for row in r["rows"]] == [1]  # "can't" is one token, "can" another

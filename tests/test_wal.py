@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from puffer_cli import wal
+from puffer_cli.wal import codec as wal
 
 ids = st.lists(st.integers(0, 2**64 - 1), min_size=0, max_size=20)
 

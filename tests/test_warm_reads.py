@@ -17,7 +17,7 @@ import textwrap
 import numpy as np
 import puffer_cli
 import pytest
-from puffer_cli import engine
+from puffer_cli.search import engine
 
 DIM = 8
 
@@ -100,7 +100,7 @@ def test_next_strong_query_sees_a_recreated_namespace(tmp_path):
 
 
 def test_cached_filter_masks_are_read_only_and_per_frame(tmp_path):
-    from puffer_cli import scoring
+    from puffer_cli.search import scoring
 
     ns = puffer_cli.connect(str(tmp_path / "store")).namespace("w")
     ns.write({"upsert_rows": rows(0, 6, "b")})

@@ -1,7 +1,7 @@
 """Request JSON: integers beyond 64 bits are parsed exactly; floats take orjson's fast path."""
 
 import pytest
-from puffer_cli import wire
+from puffer_cli.server import wire
 
 
 @pytest.mark.parametrize(

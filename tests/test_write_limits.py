@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from puffer_cli import limits as L
-from puffer_cli import schema as S
-from puffer_cli import store as _store
-from puffer_cli.cli import main
+from puffer_cli.cli.main import main
 from puffer_cli.errors import InvalidRequest, NamespaceNotFound, PufferError, SchemaError
 from puffer_cli.index import builder
+from puffer_cli.schema import spec as S
+from puffer_cli.store import local as _store
 
 from ._bodies import paths as _paths
 
@@ -389,7 +389,7 @@ def test_stored_bad_ann_options_are_clamped_by_index(wdb, monkeypatch, caplog):
     # the format-1 (HNSW) options are no longer used: the IVF build takes its defaults
     assert ivf.options(ns.head().schema["vector"]) == ivf.DEFAULTS
     builder.index_namespace(ns, gc_grace_s=0)
-    from puffer_cli import engine
+    from puffer_cli.search import engine
 
     got = engine.run_query(ns, {"rank_by": ["vector", "ANN", [0.5, 1.0]], "top_k": 2})
     assert [r["id"] for r in got["rows"]][:1] == [1]

@@ -121,7 +121,7 @@ def test_base64_vectors(mem_db):
 
 
 def test_replay_at_seq_and_fresh_process_cache(db):
-    from puffer_cli import namespace as N
+    from puffer_cli.wal import namespace as N
 
     ns = db.namespace("r")
     for i in range(5):
@@ -152,8 +152,8 @@ def test_namespaces_listing(mem_db):
 
 
 def test_large_replay_in_batches(mem_db, monkeypatch):
-    from puffer_cli import namespace as N
-    from puffer_cli import replay
+    from puffer_cli.wal import namespace as N
+    from puffer_cli.wal import replay
 
     monkeypatch.setattr(replay, "BATCH_ROWS", 7)
     ns = mem_db.namespace("big")
@@ -169,7 +169,7 @@ def test_meta_hint_failure_after_commit_does_not_fail_the_write(mem_db, monkeypa
     """meta.json is a hint: once the WAL entry exists the write is acknowledged even if
     advancing meta.json fails (a failure reported to the client would invite a retry
     that applies the write twice)."""
-    from puffer_cli import layout
+    from puffer_cli.store import layout
 
     ns = mem_db.namespace("hint")
     ns.write({"upsert_rows": [{"id": 1}]})
@@ -190,7 +190,7 @@ def test_meta_hint_failure_after_commit_does_not_fail_the_write(mem_db, monkeypa
 def test_head_notices_namespace_deleted_and_recreated_elsewhere(db):
     """Process A knows head seq 3; process B deletes the namespace and writes seq 1.
     A must not commit seq 4 (a gap every reader would trip on) nor serve the old rows."""
-    from puffer_cli import namespace as nsmod
+    from puffer_cli.wal import namespace as nsmod
 
     a = db.namespace("re")
     for i in range(3):
@@ -229,8 +229,8 @@ def test_retried_create_whose_first_attempt_landed_is_not_committed_twice(db, mo
 def test_group_commit_isolates_a_body_that_hits_a_bug(mem_db, monkeypatch):
     """A non-validation failure planning one body fails that request alone (500);
     the other bodies of the batch still commit, in one entry."""
-    from puffer_cli import writes
     from puffer_cli.errors import PufferError
+    from puffer_cli.wal import writes
 
     real = writes.plan
 
@@ -283,8 +283,8 @@ def test_copy_from_namespace_keeps_the_metric(db):
 
 
 def test_schema_options_as_turbopuffer(db):
-    from puffer_cli import schema as S
     from puffer_cli.index import ivf
+    from puffer_cli.schema import spec as S
 
     assert S.IVF_BOUNDS == ivf.BOUNDS  # schema repeats the index's bounds (layers)
     ns = db.namespace("opts")
@@ -333,7 +333,7 @@ def test_schema_options_as_turbopuffer(db):
 
 
 def test_filter_write_limits_and_allow_partial(db, monkeypatch):
-    from puffer_cli import writes
+    from puffer_cli.wal import writes
 
     monkeypatch.setattr(writes, "MAX_PATCH_BY_FILTER_ROWS", 3)
     monkeypatch.setattr(writes, "MAX_DELETE_BY_FILTER_ROWS", 4)

@@ -62,7 +62,7 @@ def _plain_environment():
 
 def help_text(args: list[str]) -> str:
     """What ``puffer *args --help`` prints, WIDTH columns wide."""
-    from puffer_cli.cli import _command
+    from puffer_cli.cli.main import _command
 
     out = io.StringIO()
     with _plain_environment(), contextlib.redirect_stdout(out):
@@ -82,7 +82,7 @@ def help_text(args: list[str]) -> str:
 
 def command_names() -> list[str]:
     """The commands in the order ``puffer --help`` lists them."""
-    from puffer_cli.cli import _command
+    from puffer_cli.cli.main import _command
 
     group = _command()
     return list(group.list_commands(group.context_class(group, info_name="puffer")))

@@ -63,7 +63,9 @@ def run(command: str) -> str:
     args = shlex.split(command)
     assert args[0] == "puffer", command
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *sys.path]))
-    p = subprocess.run([sys.executable, "-m", "puffer_cli.cli", *args[1:]], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "puffer_cli.cli.main", *args[1:]], capture_output=True, text=True, env=env
+    )
     if p.returncode != 0:
         raise RuntimeError(f"`{command}` exited {p.returncode}: {p.stderr}")
     return p.stdout + p.stderr

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from .. import schema as S
-from ..cache import Cache
-from ..store import Store
-from . import docs as D
-from . import paged
+from puffer_cli.index import docs as D
+from puffer_cli.index import paged
+from puffer_cli.schema import spec as S
+from puffer_cli.store.filecache import Cache
+from puffer_cli.store.local import Store
 
 
 class BaseRows:

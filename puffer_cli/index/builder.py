@@ -39,21 +39,22 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
-from .. import layout, replay
-from .. import schema as S
-from ..cache import Cache, get_cache
-from ..errors import Conflict
-from ..namespace import Namespace
-from ..store import Store, now_ms
-from . import docs as D
-from . import fts
-from .base import BaseRows
-from .gc import TEMP_MAX_AGE_S, gc  # noqa: F401  (TEMP_MAX_AGE_S: tests)
-from .hooks import CRASH_POINTS, crash  # noqa: F401  (CRASH_POINTS: tests)
-from .lease import Lease
-from .manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
-from .manifest import ann_sig, fts_sig, load_manifest
-from .segwrite import Writer, note, prefetch_keys, segment_files, write_segment
+from puffer_cli.errors import Conflict
+from puffer_cli.index import docs as D
+from puffer_cli.index import fts
+from puffer_cli.index.base import BaseRows
+from puffer_cli.index.gc import TEMP_MAX_AGE_S, gc  # noqa: F401  (TEMP_MAX_AGE_S: tests)
+from puffer_cli.index.hooks import CRASH_POINTS, crash  # noqa: F401  (CRASH_POINTS: tests)
+from puffer_cli.index.lease import Lease
+from puffer_cli.index.manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
+from puffer_cli.index.manifest import ann_sig, fts_sig, load_manifest
+from puffer_cli.index.segwrite import Writer, note, prefetch_keys, segment_files, write_segment
+from puffer_cli.schema import spec as S
+from puffer_cli.store import layout
+from puffer_cli.store.filecache import Cache, get_cache
+from puffer_cli.store.local import Store, now_ms
+from puffer_cli.wal import replay
+from puffer_cli.wal.namespace import Namespace
 
 FORMAT = 2  # 2: IVF-SQ8 vector indexes (index/ivf.py); format-1 segments (HNSW) are rebuilt by the next run
 MAX_SEGMENTS = 16

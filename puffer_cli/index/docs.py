@@ -19,7 +19,7 @@ import os
 import numpy as np
 import polars as pl
 
-from .. import schema as S
+from puffer_cli.schema import spec as S
 
 ATTRS = "attrs.arrow"
 
@@ -62,7 +62,7 @@ def vector_matrix(df: pl.DataFrame, field: str, dims: int) -> np.ndarray:
 
 def corrupt(what, problem) -> Exception:
     """A damaged index file (in the store or only in the local cache) as CorruptNamespace."""
-    from ..errors import CorruptNamespace
+    from puffer_cli.errors import CorruptNamespace
 
     return CorruptNamespace(
         f"index file {what} is corrupt: {' '.join(str(problem).split())[:300]}",

@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 
-from .. import text
+from puffer_cli.text import analyzer as text
 
 FIELD = "t"
 SEP = "\x1f"  # joins a row's tokens in the stored token column
@@ -146,7 +146,7 @@ class SegmentPostings:
     def __init__(self, path, tokens) -> None:
         import polars as pl
 
-        from .docs import corrupt
+        from puffer_cli.index.docs import corrupt
 
         try:
             df = pl.read_ipc(path)
@@ -167,7 +167,7 @@ class SegmentPostings:
     def candidates(self, pos: np.ndarray, terms):
         """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms``; document
         lengths are exact."""
-        from ..bm25 import Postings
+        from puffer_cli.text.bm25 import Postings
 
         keep, rows, tfs, sizes = [], [], [], []
         for t in sorted(set(terms)):
@@ -227,7 +227,7 @@ class Reader:
     def __init__(self, path, opts: dict, rows: int | None = None):
         import tantivy
 
-        from .docs import corrupt
+        from puffer_cli.index.docs import corrupt
 
         try:
             self.index = tantivy.Index.open(str(path))

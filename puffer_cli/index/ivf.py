@@ -456,7 +456,7 @@ class Route:
             else:
                 out.append((a, b))
         if fill > 0 and len(out) > 1:
-            from .ranged import coalesce
+            from puffer_cli.index.ranged import coalesce
 
             out = coalesce(out, gap=FILL_GAP_BYTES // self.row_bytes, extra=fill)
         return out

@@ -22,8 +22,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .. import layout
-from ..store import Store, now_ms
+from puffer_cli.store import layout
+from puffer_cli.store.local import Store, now_ms
 
 DEFAULT_TTL_S = 60.0
 

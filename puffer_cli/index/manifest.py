@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 
-from .. import caches
-from ..errors import CorruptNamespace
-from ..store import Store
-from . import ivf
+from puffer_cli import caches
+from puffer_cli.errors import CorruptNamespace
+from puffer_cli.index import ivf
+from puffer_cli.store.local import Store
 
 #: parsed manifests (immutable), keyed (store url, namespace, manifest key)
 MANIFESTS = caches.lru("index.manifests", 256)

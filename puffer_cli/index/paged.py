@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..cache import Cache
-from ..store import Store
-from . import ranged as R
+from puffer_cli.index import ranged as R
+from puffer_cli.store.filecache import Cache
+from puffer_cli.store.local import Store
 
 PART_BYTES = 8 << 20
 

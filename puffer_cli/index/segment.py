@@ -16,16 +16,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .. import caches
-from .. import limits as L
-from .. import schema as S
-from ..cache import Cache, get_cache
-from ..store import Store
-from . import ann, fts, ivf, paged
-from . import docs as D
-from . import ranged as R
-from .manifest import fts_sig_of, load_manifest
-from .tail import forget_tails
+from puffer_cli import caches
+from puffer_cli import limits as L
+from puffer_cli.index import ann, fts, ivf, paged
+from puffer_cli.index import docs as D
+from puffer_cli.index import ranged as R
+from puffer_cli.index.manifest import fts_sig_of, load_manifest
+from puffer_cli.index.tail import forget_tails
+from puffer_cli.schema import spec as S
+from puffer_cli.store.filecache import Cache, get_cache
+from puffer_cli.store.local import Store
 
 
 # ---------------------------------------------------------------- BM25 statistics
@@ -357,7 +357,7 @@ class Generation:
 
     def field_stats(self, f: str):
         """Global BM25 statistics of the indexed documents (bm25.FieldStats)."""
-        from ..bm25 import FieldStats
+        from puffer_cli.text.bm25 import FieldStats
 
         b = self.man.get("bm25", {}).get(f)
         if b is None:

@@ -10,15 +10,15 @@ import uuid
 import numpy as np
 import polars as pl
 
-from .. import layout
-from .. import schema as S
-from ..cache import Cache
-from ..store import Store
-from . import docs as D
-from . import fts, ivf, paged
-from . import ranged as R
-from .hooks import crash
-from .manifest import ann_sig, fts_sig
+from puffer_cli.index import docs as D
+from puffer_cli.index import fts, ivf, paged
+from puffer_cli.index import ranged as R
+from puffer_cli.index.hooks import crash
+from puffer_cli.index.manifest import ann_sig, fts_sig
+from puffer_cli.schema import spec as S
+from puffer_cli.store import layout
+from puffer_cli.store.filecache import Cache
+from puffer_cli.store.local import Store
 
 
 def note(progress, stage, done=0, total=None):

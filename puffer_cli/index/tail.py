@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from .. import caches, replay
-from .. import limits as L
-from .. import schema as S
-from ..store import Store
-from . import docs as D
+from puffer_cli import caches
+from puffer_cli import limits as L
+from puffer_cli.index import docs as D
+from puffer_cli.schema import spec as S
+from puffer_cli.store.local import Store
+from puffer_cli.wal import replay
 
 
 @dataclass

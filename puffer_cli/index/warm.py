@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from ..cache import Cache, get_cache
-from .manifest import load_manifest
-from .segment import open_generation
+from puffer_cli.index.manifest import load_manifest
+from puffer_cli.index.segment import open_generation
+from puffer_cli.store.filecache import Cache, get_cache
 
 
 def warm(ns, cache: Cache | None = None, progress=None) -> dict:

@@ -1,0 +1,179 @@
+"""The `puffer` command line: glue over the library. Errors are translated once,
+in :func:`main`, into one ``Error: ...`` line (plus a hint) on stderr: exit code 1,
+2 for a usage error (unknown option, bad option value). Anything unexpected is one
+``Error: internal error: ...`` line too; ``--debug`` (or PUFFER_DEBUG=1) shows the
+traceback instead. The commands live in cli_data, cli_query and cli_index (each
+registers on the one ``app`` of cli_common)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from puffer_cli.cli import data as cli_data  # noqa: F401 - importing registers the commands
+from puffer_cli.cli import indexing as cli_index  # noqa: F401 - importing registers the commands
+from puffer_cli.cli import querying as cli_query  # noqa: F401 - importing registers the commands
+from puffer_cli.cli.options import State, app, one_line, to_json
+from puffer_cli.cli.querying import rrf_fuse
+from puffer_cli.errors import PufferError
+
+__all__ = ["app", "main", "run", "rrf_fuse", "to_json"]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from puffer_cli import __version__
+
+        typer.echo(f"puffer {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _global(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="PUFFER_DEBUG",
+            help="On an unexpected error show the Python traceback (anywhere on the line; or PUFFER_DEBUG=1)",
+        ),
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit")
+    ] = False,
+):
+    """Vector, full-text and hybrid search on object storage (turbopuffer-compatible)."""
+
+    State.debug = State.debug or debug
+
+
+def _say(msg: str, hint: str | None = None) -> None:
+    line = "Error: " + one_line(msg)
+    if hint:
+        line += f" (hint: {one_line(hint)})"
+    typer.echo(line, err=True)
+
+
+def _debug_from(argv: list[str]) -> tuple[list[str], bool]:
+    """Strip ``--debug`` wherever it stands (before a ``--``); PUFFER_DEBUG=1 also turns it on."""
+    env = os.environ.get("PUFFER_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+    end = argv.index("--") if "--" in argv else len(argv)
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return rest, env or len(rest) != len(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI. Every failure is one ``Error: ... (hint: ...)`` line on stderr and exit
+    code 1 (2 for usage errors); never a traceback unless --debug / PUFFER_DEBUG=1."""
+    ClickException, NoArgsIsHelpError, UsageError = _click_exceptions()
+
+    argv, State.debug = _debug_from(list(sys.argv[1:] if argv is None else argv))
+    cmd = _command()
+    try:
+        rv = cmd.main(args=argv, prog_name="puffer", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        _say("aborted")
+        return 1
+    except NoArgsIsHelpError as e:
+        e.show()
+        return 0
+    except UsageError as e:
+        sub = e.ctx.command_path if e.ctx else "puffer"
+        _say(e.format_message(), f"run `{sub} --help`")
+        return 2
+    except ClickException as e:
+        _say(e.format_message())
+        return 1
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    except PufferError as e:
+        if State.debug:
+            raise
+        _say(e.message, e.hint)
+        return 1
+    except SystemExit as e:  # something below called sys.exit (it has said why on stderr)
+        if isinstance(e.__context__, OSError) and e.__context__.errno == errno.EPIPE:
+            _silence_stdout()  # typer's answer to a closed stdout pipe (`puffer query ... | head`)
+            return 0
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code and not State.debug:
+            _say(f"stopped with exit status {code}", "run with --debug for the traceback")
+            return 1
+        return code
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, never a traceback
+        if State.debug:
+            raise
+        _internal(e)
+        return 1
+    except BaseException as e:  # a polars PanicException is a BaseException
+        if State.debug or isinstance(e, GeneratorExit):
+            raise
+        _internal(e)
+        return 1
+
+
+class _NoSuchError(Exception):
+    """Stands in for an exception class this click has not (caught nowhere: never raised)."""
+
+
+def _click_exceptions() -> tuple[Any, Any, Any]:
+    """(ClickException, NoArgsIsHelpError, UsageError) as the running typer raises them.
+
+    typer >= 0.26 vendors click as ``typer._click`` (its exceptions have no public name there);
+    older typers raise those of the ``click`` package they depend on (also installed beside a
+    new typer, by uvicorn: so look for typer's own copy first). NoArgsIsHelpError is new in
+    click 8.2; an older click prints the help and exits 0 itself."""
+    try:
+        from typer._click import exceptions as ex
+    except ImportError:
+        from click import exceptions as ex
+    return ex.ClickException, getattr(ex, "NoArgsIsHelpError", _NoSuchError), ex.UsageError
+
+
+def _internal(e: BaseException) -> None:
+    msg = one_line(str(e)) or "(no message)"
+    if len(msg) > 500:
+        msg = msg[:497] + "..."
+    typer.echo(
+        f"Error: internal error: {type(e).__name__}: {msg} (run with --debug for the traceback; please report)",
+        err=True,
+    )
+
+
+_COMMAND = None
+
+
+def _command():
+    """The click command behind ``app`` (built once: building it costs ~0.1 s)."""
+    global _COMMAND
+    if _COMMAND is None:
+        _COMMAND = typer.main.get_command(app)
+    return _COMMAND
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe (``puffer export ns | head``) keep Python from complaining at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

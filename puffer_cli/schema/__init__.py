@@ -1,0 +1,1 @@
+"""Attribute types, declared schemas and the typed frames of write payloads."""

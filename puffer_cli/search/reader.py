@@ -1,0 +1,583 @@
+"""Reading an index generation, and the indexed query fast path.
+
+``open_generation(ns, pointer)`` opens the manifest's segments lazily (each file
+is fetched into the local cache the first time a query needs it).
+``IndexedView`` = a generation + (strong consistency) the WAL tail after
+``covers_through_seq`` folded onto the index rows it touches.  For one query,
+``IndexedView.candidates(q)`` returns a small frame of candidate documents
+(index rows minus tombstones minus rows superseded by the tail, plus every live
+tail row) and the namespace-global BM25 statistics; the exact engine then ranks
+that frame, so results, distances and scores are the exact engine's:
+
+* vector rank: per segment, exact search over the filtered rows when the filter
+  is selective (or the rank is ``kNN``), else HNSW over-fetch + post-filter;
+  the exact f32 vectors of the candidates go to the engine for exact distances;
+* BM25 (and Sum/Max/Product of BM25): tantivy over-fetches candidates per
+  segment; the engine re-scores them with exact BM25 on global statistics;
+* order by attribute: polars top-k per segment on the doc store;
+* anything else (aggregations, filter-only, per-attribute limits): every
+  filtered row of the doc store (attributes only unless vectors are asked for).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from puffer_cli import limits as L
+from puffer_cli.index import ann, ivf
+from puffer_cli.index import docs as D
+from puffer_cli.index.manifest import fts_sig_of
+from puffer_cli.index.segment import GENS, DfCombo, Generation, Segment, forget, open_generation, open_generation_with  # noqa: F401  (forget: server)
+from puffer_cli.index.segment import GENS as _GENS  # noqa: F401  (tests and benchmarks clear it)
+from puffer_cli.index.tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
+from puffer_cli.index.tail import Tail, cached_tail, tail_for
+from puffer_cli.index.warm import warm  # noqa: F401  (`puffer warm`, the server's hint_cache_warm)
+from puffer_cli.schema import spec as S
+from puffer_cli.search.postings import seed_postings
+from puffer_cli.search.scoring import f32_tolerance
+from puffer_cli.store.filecache import get_cache
+
+EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old (turbopuffer: 1 minute)
+EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
+EXACT_MAX_FRACTION = 0.05  # ... or a filter keeping at most this fraction of a segment
+HNSW_OVERFETCH = 2  # HNSW candidates kept per requested result (exact re-rank)
+BM25_MIN_CANDIDATES = 100  # tantivy candidates per segment at least
+BM25_OVERFETCH = 10  # ... and at least this many per requested result
+
+
+# ---------------------------------------------------------------- the view
+@dataclass
+class Candidates:
+    docs: pl.DataFrame
+    schema: dict
+    metric: str | None
+    bm25_stats: object
+    namespace_rows: int
+    exhaustive: int = 0  # rows scored exactly (exact vector search, full scans, tail)
+    ann_probed: int = 0
+    tokens: dict = field(default_factory=dict)  # FTS field -> analysed tokens per row of docs
+    query_terms: dict = field(default_factory=dict)  # FTS field -> terms the query looks up
+
+
+class IndexedView:
+    """A generation (+ tail) ready to answer queries."""
+
+    def __init__(self, gen: Generation, tail: Tail | None):
+        self.gen = gen
+        self.tail = tail
+        self.schema = tail.schema if tail else gen.schema
+        self.metric = (tail.metric if tail else None) or gen.metric
+        self.seq = tail.seq if tail else gen.covers
+
+    @property
+    def namespace_rows(self) -> int:
+        n = self.gen.live_rows
+        if self.tail is not None:
+            n -= sum(len(v) for v in self.tail.hidden.values())
+            n += self.tail.docs.height
+        return n
+
+    # -- masks ----------------------------------------------------------------
+    def _visible(self, i: int) -> np.ndarray:
+        seg = self.gen.segments[i]
+        al = seg.alive()
+        if self.tail is not None and i in self.tail.hidden:
+            al = al.copy()
+            al[self.tail.hidden[i]] = False
+        return al
+
+    def _filter_mask(self, i: int, filt) -> np.ndarray:
+        L.check_deadline()  # called once per segment by every query path
+        vis = self._visible(i)
+        if filt is None:
+            return vis
+        from puffer_cli.filters import compile_filter, filter_mask
+
+        seg = self.gen.segments[i]
+        a = seg.attrs()
+        sch = {k: v for k, v in self.schema.items() if not S.is_vector(v["type"])}
+        missing = [c for c in sch if c not in a.columns]
+        if missing:
+            a = S.align(a, sch)
+        return vis & filter_mask(a, compile_filter(filt, self.schema))
+
+    # -- statistics ---------------------------------------------------------------
+    def bm25_stats(self, fields: list[str]):
+        from puffer_cli.text.bm25 import Bm25Stats, FieldStats, stats_from_frame
+
+        out = {}
+        for f in fields:
+            L.check_deadline()
+            spec = self.schema.get(f)
+            if not spec or not spec.get("full_text_search"):
+                continue
+            opts = spec["full_text_search"]
+            base = self.gen.field_stats(f)
+            if base is None:  # field not indexed in this generation: no global stats here
+                return None
+            if self.tail is None or (self.tail.docs.height == 0 and self.tail.superseded is None):
+                out[f] = base
+                continue
+            add = stats_from_frame(self.tail.docs, f, opts).fields[f]
+            sub = (
+                stats_from_frame(self.tail.superseded, f, opts).fields[f]
+                if self.tail.superseded is not None and self.tail.superseded.height
+                else None
+            )
+            out[f] = FieldStats(
+                base.n_docs + add.n_docs - (sub.n_docs if sub else 0),
+                base.total_tokens + add.total_tokens - (sub.total_tokens if sub else 0),
+                DfCombo(base.df, add.df, sub.df if sub else None),
+            )
+        return Bm25Stats(out)
+
+    # -- candidates -------------------------------------------------------------------
+    def candidates(self, q) -> Candidates:
+        from puffer_cli.query import parse as Q
+
+        rb = q.rank_by
+        k = q.limit + q.offset
+        filt = q.filter
+        need_vecs = self._included_vectors(q)
+        exhaustive = 0
+        probed = 0
+        parts: list[pl.DataFrame] = []
+        where: list[tuple[int, np.ndarray]] = []
+        bm25_fields: list[str] = []
+        simple = q.per_attributes is None and not q.aggregate_by and not q.group_by
+        if simple and isinstance(rb, Q.VectorRank) and rb.attr in self.schema:
+            vf = sorted(set(need_vecs) | {rb.attr})
+            for i, seg in enumerate(self.gen.segments):
+                L.check_deadline()
+                pos, ex, pr, _approx = self.vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
+                exhaustive += ex
+                probed += pr
+                if len(pos):
+                    parts.append(seg.frame(pos, vf))
+                    where.append((i, pos))
+        elif simple and isinstance(rb, Q.TextRank) and self.pure_bm25(rb.expr):
+            leaves = list(self.bm25_leaves(rb.expr))
+            bm25_fields = sorted({lf.attr for lf in leaves})
+            for i, seg in enumerate(self.gen.segments):
+                L.check_deadline()
+                pos = self.bm25_candidates(i, leaves, filt, k)
+                if pos is None:  # segment cannot answer from tantivy: scan it
+                    m = self._filter_mask(i, filt)
+                    pos = np.nonzero(m)[0]
+                    exhaustive += len(pos)
+                if len(pos):
+                    parts.append(seg.frame(pos, need_vecs))
+                    where.append((i, pos))
+        elif simple and isinstance(rb, Q.OrderBy):
+            for i, seg in enumerate(self.gen.segments):
+                L.check_deadline()
+                pos = self._order_candidates(i, rb, filt, k)
+                if len(pos):
+                    parts.append(seg.frame(pos, need_vecs))
+                    where.append((i, pos))
+        else:
+            if isinstance(rb, Q.TextRank):
+                bm25_fields = sorted({lf.attr for lf in self.bm25_leaves(rb.expr)})
+            vf = sorted(set(need_vecs) | ({rb.attr} if isinstance(rb, Q.VectorRank) else set()))
+            for i, seg in enumerate(self.gen.segments):
+                L.check_deadline()
+                m = self._filter_mask(i, filt)
+                pos = np.nonzero(m)[0]
+                exhaustive += len(pos)
+                if len(pos):
+                    parts.append(seg.frame(pos, vf))
+                    where.append((i, pos))
+        cols = S.column_order(self.schema)
+        frames = [S.align(p.select([c for c in p.columns if c in self.schema]), self.schema, cols) for p in parts]
+        if self.tail is not None and self.tail.docs.height:
+            frames.append(S.align(self.tail.docs, self.schema, cols))
+            exhaustive += self.tail.docs.height
+        docs = pl.concat(frames, how="vertical") if frames else S.align(pl.DataFrame(), self.schema, cols)
+        stats = self.bm25_stats(bm25_fields) if bm25_fields else None
+        toks = {f: t for f in bm25_fields if (t := self._tokens(f, where)) is not None}
+        c = Candidates(docs, self.schema, self.metric, stats, self.namespace_rows, exhaustive, probed, toks)
+        if isinstance(rb, Q.TextRank) and self.pure_bm25(rb.expr):
+            from puffer_cli.text.bm25 import query_tokens
+
+            for lf in self.bm25_leaves(rb.expr):
+                spec = self.schema.get(lf.attr) or {}
+                if spec.get("full_text_search"):
+                    c.query_terms.setdefault(lf.attr, set()).update(
+                        query_tokens(
+                            lf.query if isinstance(lf.query, str) else list(lf.query), spec["full_text_search"]
+                        )
+                    )
+        else:
+            c.tokens = {}  # other text expressions (prefix) need every term: let the engine analyse
+        return c
+
+    def _tokens(self, f: str, where) -> list[list[str]] | None:
+        """Analysed tokens of field f for the candidate rows (segments' stored tokens +
+        the tail's, analysed once per tail), or None if some segment has none."""
+        from puffer_cli.index.fts import SEP
+
+        spec = self.schema.get(f)
+        if not spec or not spec.get("full_text_search"):
+            return None
+        out: list[list[str]] = []
+        for i, pos in where:
+            col = self.gen.segments[i].tokens(f)
+            if col is None:
+                return None
+            vals = col.gather(pl.Series(pos)).to_list()
+            out.extend([] if v is None or v == "" else v.split(SEP) for v in vals)
+        if self.tail is not None and self.tail.docs.height:
+            key = ("tok", f, fts_sig_of(spec))
+            cached = self.tail.extra.get(key)
+            if cached is None:
+                from puffer_cli.text import analyzer as T
+
+                col = (
+                    self.tail.docs.get_column(f)
+                    if f in self.tail.docs.columns
+                    else pl.Series([None] * self.tail.docs.height)
+                )
+                cached = self.tail.extra[key] = T.tokenize_many(col.to_list(), spec["full_text_search"])
+            out.extend(cached)
+        return out
+
+    def _included_vectors(self, q) -> list[str]:
+        """Vector fields the candidate frame needs: the included ones and those of VectorDist."""
+        vf = D.vector_fields(self.schema)
+        if not vf:
+            return []
+        computed = {e.attr for _n, e in q.compute if hasattr(e, "vector")}
+        inc = q.include
+        if q.exclude is not None:
+            return [f for f in vf if f not in q.exclude or f in computed]
+        if inc is True:
+            return vf
+        if isinstance(inc, tuple):
+            return [f for f in vf if f in inc or f in computed]
+        return [f for f in vf if f in computed]
+
+    def vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int, np.ndarray | None]:
+        """(row positions of segment ``i``'s candidates, rows scored exactly, rows scanned in
+        IVF lists, the candidates' approximate distances or None when they are exact)."""
+        seg = self.gen.segments[i]
+        if rb.attr not in seg.meta.get("vectors", {}) or k <= 0:
+            return np.zeros(0, np.int64), 0, 0, None
+        sel = self._filter_mask(i, filt)
+        if filt is None:  # visible rows: live minus superseded by the tail (all of which are live)
+            n_sel = seg.live_count() - (len(self.tail.hidden.get(i, ())) if self.tail is not None else 0)
+        else:
+            n_sel = int(np.count_nonzero(sel))
+        if n_sel == 0:
+            return np.zeros(0, np.int64), 0, 0, None
+        q = rb.array()
+        iv = seg.ivf(rb.attr)
+        index = seg.ann(rb.attr) if iv is None else None
+        exact = (
+            rb.method != "ANN"
+            or (iv is None and index is None)
+            or metric != self.gen.metric
+            or n_sel <= k
+            # a few rows: exact, unless a cold remote segment would have to fetch its whole
+            # vector file for them (its IVF lists are a quarter of that)
+            or (n_sel <= EXACT_MAX_ROWS and (iv is None or seg.vectors_at_hand(rb.attr)))
+            or (filt is not None and n_sel <= EXACT_MAX_FRACTION * seg.rows)
+        )
+        if exact:
+            pos = np.nonzero(sel)[0]
+            return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0, None
+        frac = n_sel / max(1, seg.rows)
+        if iv is not None:
+            opts = ivf.options(self.schema.get(rb.attr))
+            route, lists = iv
+            restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
+            # a filter keeping a fraction of the rows: scan that much more to find as many
+            keep, approx, scanned = ivf.search(
+                route,
+                lists,
+                q,
+                k * opts["rerank"],
+                min(1.0, opts["probe"] / frac),
+                sel if restrict else None,
+                min_rows=int(opts["probe_min_rows"] / frac),
+                fill=opts["fill"],
+            )
+            z = seg.unindexed_vectors(rb.attr)
+            if len(z):  # zero vectors under cosine: exactly at distance 1
+                z = z[sel[z]]
+                keep, approx = np.concatenate([keep, z]), np.concatenate([approx, np.ones(len(z))])
+            return keep, 0, scanned, approx
+        return (*self._hnsw_candidates(seg, index, rb, sel, q, k, frac, metric, n_sel), None)
+
+    def _hnsw_candidates(self, seg, index, rb, sel, q, k, frac, metric, n_sel) -> tuple[np.ndarray, int, int]:
+        """HNSW over-fetch + post-filter (format-1 segments, until the next run rebuilds them)."""
+        want = k * HNSW_OVERFETCH
+        fetch = int(math.ceil(want / frac * 1.2)) + 8
+        total = len(index)
+        while True:
+            L.check_deadline()
+            keys, _d = ann.search(index, q, min(fetch, total))
+            keep = keys[sel[keys]]
+            if len(keep) >= want or fetch >= total:
+                keep = keep[:want]
+                z = seg.unindexed_vectors(rb.attr)
+                if len(z):
+                    keep = np.concatenate([keep, z[sel[z]]])
+                return keep, 0, len(keys)
+            if fetch * 4 > total:
+                pos = np.nonzero(sel)[0]  # post-filter keeps too few: exact is cheaper now
+                return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, len(keys)
+            fetch *= 4
+
+    def _exact_top(self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric) -> np.ndarray:
+        at_hand = seg.vectors_at_hand(f)
+        if at_hand:
+            mat = seg.vectors(f)
+            x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)
+        else:  # cold and large: the rows by range, not the file
+            x = seg.vector_rows(f, pos)
+        dims = x.shape[1] if x.ndim == 2 else 0
+        if metric == "euclidean_squared":
+            diff = x - q
+            d = np.einsum("ij,ij->i", diff, diff)
+        else:
+            if at_hand:
+                norms = seg.norms(f)
+                nn = norms[pos] if len(pos) < seg.rows else norms
+            else:
+                nn = np.linalg.norm(x, axis=1)
+            den = nn * float(np.linalg.norm(q))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                # einsum, not BLAS: a threaded sgemv here took 10 ms for 20k rows under load
+                dots = np.einsum("ij,j->i", x, np.asarray(q, dtype=x.dtype))
+                d = np.where(den > 0, 1.0 - dots / den, 1.0)  # a zero vector is at distance 1 (engine)
+        d = np.where(np.isnan(d), np.inf, d)  # rows without this vector
+        kk = min(k, len(d))
+        if kk == 0:
+            return np.zeros(0, np.int64)
+        part = np.argpartition(d, kk - 1)[:kk] if kk < len(d) else np.arange(len(d))
+        cut = d[part].max()
+        if not np.isfinite(cut):
+            return pos[part[np.isfinite(d[part])]]
+        # keep everything within float32 error of the k-th (and its ties): the caller
+        # re-scores these exactly in float64 and breaks ties by id
+        tol = f32_tolerance(metric, dims, abs(float(cut)))
+        return pos[np.flatnonzero(d <= cut + tol)]
+
+    # -- BM25 -------------------------------------------------------------------------
+    def bm25_leaves(self, e):
+        from puffer_cli.query import parse as Q
+
+        if isinstance(e, Q.Bm25):
+            yield e
+        for c in Q.text_children(e):  # Sum, Max, Product, Saturate, Decay, Dist
+            yield from self.bm25_leaves(c)
+
+    def pure_bm25(self, e) -> bool:
+        from puffer_cli.query import parse as Q
+
+        if isinstance(e, Q.Bm25):
+            return not e.last_as_prefix
+        if isinstance(e, (Q.TextSum, Q.TextMax)):
+            return all(self.pure_bm25(c) for c in e.children)
+        if isinstance(e, Q.TextProduct):  # a weight <= 0 makes the lowest BM25 best: tantivy cannot propose
+            return e.weight > 0 and self.pure_bm25(e.child)
+        return False
+
+    def bm25_candidates(self, i: int, leaves, filt, k: int) -> np.ndarray | None:
+        from puffer_cli.text.bm25 import query_tokens
+
+        seg = self.gen.segments[i]
+        sel = self._filter_mask(i, filt)
+        if not sel.any():
+            return np.zeros(0, np.int64)
+        want = max(BM25_MIN_CANDIDATES, BM25_OVERFETCH * k)
+        out = []
+        for lf in leaves:
+            spec = self.schema.get(lf.attr) or {}
+            if not spec.get("full_text_search"):
+                continue
+            r = seg.fts(lf.attr)
+            if r is None:
+                return None
+            toks = query_tokens(lf.query if isinstance(lf.query, str) else list(lf.query), spec["full_text_search"])
+            limit = want
+            while True:
+                L.check_deadline()
+                pos = r.search(toks, limit)
+                keep = pos[sel[pos]]
+                if len(keep) >= want or len(pos) < limit:
+                    break
+                limit *= 4
+            out.append(keep)
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+    # -- order by ----------------------------------------------------------------------
+    def _order_candidates(self, i: int, rb, filt, k: int) -> np.ndarray:
+        seg = self.gen.segments[i]
+        m = self._filter_mask(i, filt)
+        a = seg.attrs()
+        keys = [a_ for a_, _d in rb.keys]
+        if any(c not in a.columns for c in keys) or any(
+            S.is_vector(self.schema.get(c, {}).get("type", "")) for c in keys
+        ):
+            return np.nonzero(m)[0]
+        df = a.select(keys + (["id"] if "id" not in keys else [])).with_row_index("__pos").filter(pl.Series(m))
+        desc = [d for _a, d in rb.keys]
+        by = keys + (["id"] if "id" not in keys else [])
+        dsc = desc + ([False] if "id" not in keys else [])
+        try:
+            p1 = df.sort(by, descending=dsc, nulls_last=True).head(k)["__pos"]
+            p2 = df.sort(by, descending=dsc, nulls_last=False).head(k)["__pos"]
+        except Exception:  # unsortable column (lists): give the engine every row
+            return np.nonzero(m)[0]
+        return np.unique(np.concatenate([p1.to_numpy(), p2.to_numpy()])).astype(np.int64)
+
+
+def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> IndexedView | None:
+    """The indexed view of ``ns`` for a query, or None if it has no index."""
+    meta = ns.query_meta(fresh=fresh_meta)
+    ptr = (meta or {}).get("index")
+    if not ptr:
+        return None
+    # eventual: the index plus this process's WAL tail, relisted at most every
+    # EVENTUAL_MAX_STALENESS_S (turbopuffer's bound), so writes show within that
+    fresh = cached_tail(ns, ptr["manifest"], EVENTUAL_MAX_STALENESS_S) if consistency == "eventual" else None
+
+    def listing():  # a WAL entry vanishing under the listing is not a missing index: re-raised below
+        try:
+            return ns.head(meta=meta)
+        except FileNotFoundError as e:
+            return e
+
+    also = [listing] if fresh is None and head is None else []
+    try:  # the WAL listing in the same batch as the manifest read (one round trip)
+        gen, more = open_generation_with(ns.store, ptr, also)
+    except FileNotFoundError:
+        return None  # the generation was collected: no index view (the caller retries once)
+    if more and isinstance(more[0], FileNotFoundError):
+        raise more[0]
+    tail = fresh if fresh is not None else tail_for(ns, gen, head or more[0])
+    if any(fts_sig_of(tail.schema.get(f)) != fts_sig_of(gen.schema.get(f)) for f in {*tail.schema, *gen.schema}):
+        return None  # the tail changed an analyzer: the index's tokens and statistics no longer apply
+    return IndexedView(gen, tail)
+
+
+@dataclass
+class _Answers:
+    """What the index gives for a list of queries: answered fast-path results (None for
+    the queries that need the engine) and the candidate frames of those."""
+
+    prepared: list = field(default_factory=list)
+    parts: list = field(default_factory=list)
+    toks: list = field(default_factory=list)
+    qterms: dict = field(default_factory=dict)
+    stats: object = None
+    exhaustive: int = 0
+    scored: int = 0
+
+
+def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
+    from puffer_cli.query import parse as Q
+    from puffer_cli.search import topk
+
+    out = _Answers()
+    for i, q in enumerate(queries):
+        L.check_deadline()
+        Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
+        fast = (
+            topk.vector_topk
+            if topk.vector_eligible(view, q)
+            else topk.text_topk
+            if topk.text_eligible(view, q)
+            else None
+        )
+        if fast is not None:
+            res, ex, n = fast(view, q)
+            out.prepared.append(res)
+            out.exhaustive += ex
+            out.scored += n
+            continue
+        out.prepared.append(None)
+        c = view.candidates(q)
+        out.parts.append(c.docs)
+        out.toks.append(c.tokens)
+        for f, ts in c.query_terms.items():
+            out.qterms.setdefault(f, set()).update(ts)
+        out.exhaustive += c.exhaustive
+        if c.bm25_stats is not None:  # same view: per-field stats are identical, union the fields
+            if out.stats is None:
+                out.stats = c.bm25_stats
+            else:
+                out.stats.fields.update(c.bm25_stats.fields)
+    return out
+
+
+def _candidate_frame(view: IndexedView, ans: _Answers) -> tuple[pl.DataFrame, dict]:
+    """One frame of the candidates of every engine-answered query (deduplicated by id), and
+    the analysed tokens of its rows per FTS field."""
+    parts, toks = ans.parts, ans.toks
+    if not parts:
+        return S.align(pl.DataFrame(), view.schema), {}
+    if len(parts) == 1:
+        return parts[0], toks[0]
+    allf = set.intersection(*[set(t) for t in toks]) if all(toks) else set()
+    both = pl.concat(parts, how="vertical").with_row_index("__r")
+    first = both.unique(subset="id", keep="first", maintain_order=True)
+    keep_rows = first["__r"].to_list()
+    tokens = {}
+    for f in allf:
+        flat = [t for tk in toks for t in tk[f]]
+        tokens[f] = [flat[r] for r in keep_rows]
+    return first.drop("__r"), tokens
+
+
+def indexed_source(ns, consistency: str, queries, multi: bool = False):
+    """engine.Source for ``queries`` from the index (+ WAL tail when strong), or None
+    when the namespace has no index (the engine then replays the WAL).  Plain vector
+    and BM25 queries are answered here already (``Source.prepared``, see index/topk.py);
+    the others get a candidate frame for the engine."""
+    from puffer_cli.search.scoring import Source
+
+    cache = get_cache()
+    misses0 = cache.stats.misses + cache.stats.ranged_reads
+    for attempt in range(2):
+        try:
+            view = view_for(ns, consistency, fresh_meta=attempt > 0)
+            if view is None:
+                return None
+            ans = _answer(view, queries, multi)
+            break
+        except FileNotFoundError:
+            if attempt:
+                raise
+            GENS.clear()  # a generation collected under us: re-read meta.json once
+    docs, tokens = _candidate_frame(view, ans)
+    seed_postings(docs, {f: t for f, t in tokens.items() if f in ans.qterms}, view.schema, ans.qterms)
+    fetched = cache.stats.misses + cache.stats.ranged_reads - misses0
+    row_bytes = (
+        int(docs.estimated_size() / docs.height)
+        if docs.height
+        else 8 + 4 * sum(S.vector_dims(v["type"]) or 0 for v in view.schema.values())
+    )
+    return Source(
+        docs,
+        view.schema,
+        view.metric,
+        view.seq,
+        bm25_stats=ans.stats,
+        prepared=ans.prepared if any(r is not None for r in ans.prepared) else None,
+        bytes_queried=int(docs.estimated_size()) + ans.scored * row_bytes,
+        approx_namespace_size=view.namespace_rows,
+        exhaustive_search_count=ans.exhaustive,
+        cache_temperature="cold" if fetched else "hot",
+        cache_hit_ratio=0.0 if fetched else 1.0,
+        extra={
+            "index_generation": view.gen.generation,
+            "index_covers_through_seq": view.gen.covers,
+            "files_fetched": fetched,
+        },
+    )

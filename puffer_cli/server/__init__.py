@@ -1,0 +1,1 @@
+"""The turbopuffer-compatible HTTP API (`puffer serve`): views over the library."""

@@ -1,0 +1,429 @@
+"""Object storage: ``open_store(url)`` and the local and memory backends.
+
+``open_store(url)`` picks a backend from the URL, like ``lancedb.connect``:
+
+* a path (default ``./puffer-data``)  -> :class:`LocalStore`
+* ``memory://[name]``                 -> :class:`MemoryStore` (tests; process-local)
+* ``s3://bucket[/prefix]``            -> :class:`S3Store` (AWS, MinIO, moto, ...; store_s3.py)
+
+The interface (:class:`Store`, :class:`IOStats`, :func:`io_scope`) lives in store_base.py
+and is re-exported here. Only the store modules (store, store_base, store_s3) talk to
+fsspec / s3fs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from puffer_cli import caches
+from puffer_cli.errors import InvalidRequest, StoreError
+from puffer_cli.store import IOStats, Store, count_io, digest, io_scope
+from puffer_cli.store.s3 import S3Store
+
+__all__ = [
+    "DEFAULT_STORE",
+    "IOStats",
+    "LocalStore",
+    "MemoryStore",
+    "S3Store",
+    "Store",
+    "io_scope",
+    "now_ms",
+    "open_store",
+]
+
+DEFAULT_STORE = "./puffer-data"
+
+
+# ---------------------------------------------------------------- local disk
+def _local_op(what: str):
+    """Run a LocalStore primitive under ``LocalStore._os`` (its first argument is the key)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def run(self, key="", *a, **kw):
+            with self._os(what, key):
+                return fn(self, key, *a, **kw)
+
+        return run
+
+    return deco
+
+
+class LocalStore(Store):
+    """A directory. create = temp + fsync + os.link; cas = lock file + os.replace."""
+
+    def __init__(self, root: str | os.PathLike):
+        import fsspec
+
+        self.root = Path(root).expanduser().absolute()
+        self.url = str(self.root)
+        self.fs = fsspec.filesystem("file")
+        p = self.root  # the store directory need not exist yet, but what does exist must be a directory
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        if not p.is_dir():
+            raise InvalidRequest(
+                f"store path {self.root} is not a directory ({p} is a file)",
+                hint="pass --store a directory (it is created on the first write), memory:// or s3://bucket/prefix",
+            )
+        if p == self.root and not os.access(p, os.R_OK | os.X_OK):
+            raise StoreError(
+                f"cannot read the store directory {self.root}: permission denied",
+                hint="fix its permissions or pass --store a directory you can read",
+            )
+
+    def _p(self, key: str) -> Path:
+        return self.root / key
+
+    @contextlib.contextmanager
+    def _os(self, what: str, key: str):
+        """Translate OS errors of one operation: a missing key stays FileNotFoundError;
+        permissions, a read-only or full disk, a file in the way become StoreError."""
+        try:
+            yield
+        except FileNotFoundError as e:
+            if what not in ("write", "create"):
+                raise  # a missing key
+            raise StoreError(
+                f"cannot {what} {key!r} in the store {self.root}: {e.strerror} ({e.filename})",
+                hint="pass --store a directory that can be created and written",
+            ) from e
+        except (NotADirectoryError, FileExistsError, IsADirectoryError) as e:
+            if what == "read":
+                raise FileNotFoundError(key) from e
+            raise StoreError(
+                f"cannot {what} {key!r} in the store {self.root}: {e.strerror} ({e.filename})",
+                hint="a file or directory is in the way; pass --store a directory puffer owns",
+            ) from e
+        except PermissionError as e:
+            raise StoreError(
+                f"cannot {what} {key!r} in the store {self.root}: permission denied ({e.filename})",
+                hint="fix the directory's permissions or pass --store a directory you can write",
+            ) from e
+        except OSError as e:
+            raise StoreError(
+                f"cannot {what} {key!r} in the store {self.root}: {e.strerror or e}",
+                hint="check the disk (space, read-only mount) or pass another --store",
+            ) from e
+
+    @_local_op("read")
+    def read(self, key: str) -> bytes:
+        try:
+            data = self.fs.cat_file(str(self._p(key)))
+        except IsADirectoryError:
+            raise FileNotFoundError(key) from None
+        count_io(read=len(data))
+        return data
+
+    @_local_op("read")
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """Version = inode + mtime + content digest of the one file we read (every
+        write makes a new inode via rename, so an identical rewrite is a new version)."""
+        try:
+            fd = os.open(self._p(key), os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            st = os.fstat(fd)
+            with os.fdopen(os.dup(fd), "rb") as f:
+                data = f.read()
+        finally:
+            os.close(fd)
+        count_io(read=len(data))
+        return data, f"{st.st_ino}-{st.st_mtime_ns}-{digest(data)}"
+
+    @_local_op("read")
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        data = self.fs.cat_file(str(self._p(key)), start=start, end=end)
+        count_io(read=len(data))
+        return data
+
+    @_local_op("clean")
+    def sweep_temp(self, prefix: str, older_than_s: float) -> int:
+        base = self._p(prefix)
+        if not base.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        n = 0
+        for dirpath, _dirs, files in os.walk(base):
+            for f in files:
+                if not f.startswith(".tmp-"):
+                    continue
+                p = os.path.join(dirpath, f)
+                try:
+                    if os.stat(p).st_mtime < cutoff:
+                        os.unlink(p)
+                        n += 1
+                except FileNotFoundError:
+                    pass
+        count_io()
+        return n
+
+    def _tmp(self, path: Path, data: bytes) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @_local_op("write")
+    def write(self, key: str, data: bytes) -> None:
+        path = self._p(key)
+        tmp = self._tmp(path, data)
+        os.replace(tmp, path)
+        self._fsync_dir(path.parent)
+        count_io(written=len(data))
+
+    @_local_op("create")
+    def create(self, key: str, data: bytes) -> bool:
+        path = self._p(key)
+        tmp = self._tmp(path, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+            count_io(written=len(data))
+        self._fsync_dir(path.parent)
+        return True
+
+    @_local_op("write")
+    def cas(self, key: str, data: bytes, version: str | None) -> bool:
+        import fcntl
+
+        path = self._p(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = path.parent / f".{path.name}.lock"
+        with open(lock, "a+b") as lf:
+            fcntl.flock(lf, fcntl.LOCK_EX)
+            try:
+                cur = self.read_versioned(key)
+                if (cur is None) != (version is None) or (cur is not None and cur[1] != version):
+                    return False
+                self.write(key, data)
+                return True
+            finally:
+                fcntl.flock(lf, fcntl.LOCK_UN)
+
+    @_local_op("list")
+    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+        base = self._p(prefix)
+        d = base if prefix.endswith("/") or base.is_dir() else base.parent
+        out: list[str] = []
+        if not d.is_dir():
+            count_io()
+            return out
+        for dirpath, _dirnames, filenames in os.walk(d):
+            rel = os.path.relpath(dirpath, self.root)
+            rel = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for f in filenames:
+                if f.startswith(".tmp-") or (f.startswith(".") and f.endswith(".lock")):
+                    continue
+                k = rel + f
+                if k.startswith(prefix) and (start_after is None or k > start_after):
+                    out.append(k)
+        count_io()
+        out.sort()
+        return out
+
+    @_local_op("list")
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        d = self._p(prefix)
+        count_io()
+        if not d.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
+
+    @_local_op("delete")
+    def delete(self, key: str) -> None:
+        count_io()
+        os.unlink(self._p(key))
+
+    def change_token(self, key: str) -> str | None:
+        """inode, size, mtime and ctime (ns) of the file, one ``stat``: every write of a key
+        is a new file renamed over it (a new inode while the old one is still held)."""
+        count_io()
+        try:
+            st = os.stat(os.path.join(self.url, key))
+        except (FileNotFoundError, NotADirectoryError):
+            return ""
+        except OSError:
+            return None  # let the read report it
+        return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+    def exists(self, key: str) -> bool:
+        """One ``stat`` (the strong-read head check makes two per query)."""
+        count_io()
+        return os.path.isfile(os.path.join(self.url, key))
+
+    @_local_op("stat")
+    def size(self, key: str) -> int:
+        count_io()
+        p = self._p(key)
+        if not p.is_file():
+            raise FileNotFoundError(key)
+        return p.stat().st_size
+
+    def local_path(self, key: str) -> Path:
+        """Local file path of a key (lets readers mmap index files without a copy)."""
+        return self._p(key)
+
+
+# ---------------------------------------------------------------- memory
+_MEM_LOCK = threading.RLock()
+_MEM_VERSIONS: dict[str, int] = {}
+_MEM_COUNTER = 0
+
+
+class MemoryStore(Store):
+    """fsspec's in-memory filesystem; create/cas under one process-wide lock."""
+
+    def __init__(self, name: str = ""):
+        import fsspec
+
+        self.fs = fsspec.filesystem("memory")
+        self.name = name.strip("/") or "default"
+        self.root = f"/puffer/{self.name}"
+        self.url = f"memory://{name}"
+
+    def _p(self, key: str) -> str:
+        return f"{self.root}/{key}"
+
+    def read(self, key: str) -> bytes:
+        with _MEM_LOCK:
+            data = self.fs.cat_file(self._p(key))
+        count_io(read=len(data))
+        return data
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        with _MEM_LOCK:
+            try:
+                data = self.read(key)
+            except FileNotFoundError:
+                return None
+            return data, str(_MEM_VERSIONS.get(self._p(key), 0))
+
+    def read_range(self, key: str, start: int, end: int) -> bytes:
+        return self.read(key)[start:end]
+
+    def change_token(self, key: str) -> str | None:
+        """The key's write counter ("" if absent): every write of any key takes a new one."""
+        count_io()
+        with _MEM_LOCK:
+            p = self._p(key)
+            return str(_MEM_VERSIONS.get(p, 0)) if p in self.fs.store else ""
+
+    def write(self, key: str, data: bytes) -> None:
+        global _MEM_COUNTER
+        with _MEM_LOCK:
+            self.fs.pipe_file(self._p(key), bytes(data))
+            _MEM_COUNTER += 1
+            _MEM_VERSIONS[self._p(key)] = _MEM_COUNTER
+        count_io(written=len(data))
+
+    def create(self, key: str, data: bytes) -> bool:
+        with _MEM_LOCK:
+            if self.fs.exists(self._p(key)):
+                return False
+            self.write(key, data)
+            return True
+
+    def cas(self, key: str, data: bytes, version: str | None) -> bool:
+        with _MEM_LOCK:
+            cur = self.read_versioned(key)
+            if (cur is None) != (version is None) or (cur is not None and cur[1] != version):
+                return False
+            self.write(key, data)
+            return True
+
+    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
+        count_io()
+        n = len(self.root) + 1
+        with _MEM_LOCK:
+            keys = [p[n:] for p in list(self.fs.store) if p.startswith(self.root + "/")]
+        return sorted(k for k in keys if k.startswith(prefix) and (start_after is None or k > start_after))
+
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        names = set()
+        for k in self.list(prefix):
+            rest = k[len(prefix) :]
+            if "/" in rest:
+                names.add(rest.split("/", 1)[0])
+        return sorted(names)
+
+    def delete(self, key: str) -> None:
+        count_io()
+        with _MEM_LOCK:
+            self.fs.rm_file(self._p(key))
+
+    def size(self, key: str) -> int:
+        count_io()
+        with _MEM_LOCK:
+            if not self.fs.isfile(self._p(key)):
+                raise FileNotFoundError(key)
+            return len(self.fs.store[self._p(key)].getvalue())
+
+    def clear(self) -> None:
+        """Drop every key of this store (tests)."""
+        with _MEM_LOCK:
+            for p in [p for p in self.fs.store if p.startswith(self.root + "/")]:
+                del self.fs.store[p]
+
+
+#: open stores per (url, endpoint): one s3fs client per bucket and process (caches.stats() names it)
+_STORES = caches.lru("stores", 256)
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(url: str | None = None, *, s3_endpoint: str | None = None) -> Store:
+    """Open the store named by ``url`` (default ./puffer-data; connect() reads $PUFFER_STORE).
+
+    Instances are cached per (url, endpoint) so a process shares one s3fs client.
+    """
+    url = url or DEFAULT_STORE
+    key = (url, s3_endpoint)
+    with _STORES_LOCK:
+        found = _STORES.get(key)
+        if found is not None:
+            return found
+        if url.startswith("memory://"):
+            st: Store = MemoryStore(url[len("memory://") :])
+        elif url.startswith("s3://"):
+            st = S3Store(url, endpoint_url=s3_endpoint)
+        elif "://" in url and not url.startswith("file://"):
+            raise InvalidRequest(
+                f"unsupported store URL {url!r}",
+                hint="use a local path, memory://, or s3://bucket/prefix",
+            )
+        else:
+            st = LocalStore(url[len("file://") :] if url.startswith("file://") else url)
+        _STORES.put(key, st)
+        return st
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,1 @@
+"""Text analysis and exact BM25 with namespace-global statistics."""
