@@ -36,6 +36,10 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, whatever the working directory
+from puffer_cli.index import warm
+from puffer_cli.index.segment import GENS
+from puffer_cli.index.tail import TAILS
+
 from _common import ROOT, default_data, log, ndcg10, pct, publish, section_head, start_moto
 
 START, END = "<!-- bench_index:start -->", "<!-- bench_index:end -->"
@@ -327,7 +331,7 @@ def case_tail(args, tmp, res, keep):
 def case_cold(args, tmp, res, keep):
     import puffer_cli
     from puffer_cli.index import builder
-    from puffer_cli.search import engine, reader
+    from puffer_cli.search import engine
     from puffer_cli.store import filecache as cache
     from puffer_cli.wal import namespace
 
@@ -348,8 +352,8 @@ def case_cold(args, tmp, res, keep):
         def reset():
             shutil.rmtree(cdir, ignore_errors=True)
             cache.configure(cdir)
-            reader._GENS.clear()
-            reader._TAILS.clear()
+            GENS.clear()
+            TAILS.clear()
             builder._MANIFESTS.clear()
             namespace.forget(db.store, "glove")
 
@@ -383,7 +387,7 @@ def case_cold(args, tmp, res, keep):
         reset()
         ns = db.namespace("glove")
         t = time.perf_counter()
-        w = reader.warm(ns, cache.get_cache())
+        w = warm.warm(ns, cache.get_cache())
         res.append(
             {
                 "case": "`puffer warm` of the same generation",

@@ -35,6 +35,8 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from puffer_cli.index import segment
+
 from _common import ROOT, default_data, log, pct, publish, section_head, start_moto
 
 sys.path.insert(0, str(ROOT))
@@ -145,7 +147,7 @@ def cold(store_dir: Path, ns_name: str, queries, n=10, process: bool = True) -> 
     this one (its request handling then shares the GIL with the query being timed)."""
     import puffer_cli
     from puffer_cli.index import manifest
-    from puffer_cli.search import engine, reader
+    from puffer_cli.search import engine
     from puffer_cli.store import filecache as cache
 
     server, endpoint = start_moto(process=process)
@@ -168,7 +170,7 @@ def cold(store_dir: Path, ns_name: str, queries, n=10, process: bool = True) -> 
             for q in queries[:n]:
                 c = cache.configure(tempfile.mkdtemp(prefix="puffer-cold-"))
                 c.background_fetch = False
-                reader.GENS.clear()
+                segment.GENS.clear()
                 manifest.MANIFESTS.clear()
                 ns = db.namespace(ns_name)
                 t = time.perf_counter()

@@ -22,9 +22,9 @@ from puffer_cli import config
 from puffer_cli.errors import InvalidRequest
 from puffer_cli.handle import NamespaceHandle
 from puffer_cli.limits import NAMESPACE_LIST_THREADS
+from puffer_cli.store import Store, layout
 from puffer_cli.store import filecache as _cache
-from puffer_cli.store import layout
-from puffer_cli.store.local import LocalStore, Store, open_store
+from puffer_cli.store.local import LocalStore, open_store
 
 
 class DB:

@@ -171,7 +171,7 @@ class NamespaceHandle(Namespace):
 
     def warm(self) -> dict:
         """Prefetch the current index generation into the local cache (``puffer warm``)."""
-        from puffer_cli.search.reader import warm
+        from puffer_cli.index.warm import warm
 
         self.require()
         return warm(self)

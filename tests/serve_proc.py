@@ -144,7 +144,8 @@ class ThreadServer:
         import threading
 
         import uvicorn
-        from puffer_cli.server.app import create_app, uvicorn_kwargs
+        from puffer_cli.server.app import create_app
+        from puffer_cli.server.proto import uvicorn_kwargs
 
         self.app = create_app(cfg)
         kw = uvicorn_kwargs("warning")

@@ -6,10 +6,12 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from puffer_cli.index import builder, ivf, ranged
+from puffer_cli.index.segment import GENS
+from puffer_cli.index.tail import TAILS
 from puffer_cli.search import engine, reader
 from puffer_cli.store import filecache as cache
+from puffer_cli.store import io_scope
 from puffer_cli.store.filecache import Cache
-from puffer_cli.store.local import io_scope
 from puffer_cli.wal import namespace
 
 from .test_index import SCHEMA, make_rows
@@ -53,8 +55,8 @@ def test_cold_then_hot_query_and_warm(mem_db, tmp_path):
     builder.index_namespace(ns, gc_grace_s=0)
 
     def forget():
-        reader._GENS.clear()
-        reader._TAILS.clear()
+        GENS.clear()
+        TAILS.clear()
         builder._MANIFESTS.clear()
         namespace.forget(mem_db.store, "w")
 
@@ -68,9 +70,9 @@ def test_cold_then_hot_query_and_warm(mem_db, tmp_path):
 
     c = cache.configure(str(tmp_path / "warm"))
     forget()
-    w = reader.warm(mem_db.namespace("w"), c)
+    w = warm.warm(mem_db.namespace("w"), c)
     assert w["generation"] == 1 and w["files"] == w["fetched_files"] > 0 and w["bytes"] == w["fetched_bytes"]
-    again = reader.warm(mem_db.namespace("w"), c)
+    again = warm.warm(mem_db.namespace("w"), c)
     assert again["fetched_files"] == 0 and again["files"] == w["files"]
     cache.configure("")
 
@@ -108,7 +110,7 @@ def _cold(tmp_path, name, background_fetch=False):
     """A fresh, empty cache and no opened generations or manifests: the next query is cold."""
     c = cache.configure(str(tmp_path / name))
     c.background_fetch = background_fetch
-    reader._GENS.clear()
+    GENS.clear()
     builder._MANIFESTS.clear()
     return c
 
@@ -143,7 +145,7 @@ def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch)
 
     def fresh_cache(name):
         c = cache.configure(str(tmp_path / name))
-        reader._GENS.clear()
+        GENS.clear()
         builder._MANIFESTS.clear()
         return c
 
@@ -182,13 +184,14 @@ import pytest  # noqa: E402
 from puffer_cli import limits  # noqa: E402
 from puffer_cli.cli import main as cli  # noqa: E402
 from puffer_cli.errors import InvalidRequest, StoreError  # noqa: E402
+from puffer_cli.index import warm  # noqa: E402
 
 K = "ns/index/00000000000000000001/"
 
 
 def _forget_all():
-    reader._GENS.clear()
-    reader._TAILS.clear()
+    GENS.clear()
+    TAILS.clear()
     builder._MANIFESTS.clear()
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import typer
-from puffer_cli.cli.main import app, main
+from puffer_cli.cli.main import main
+from puffer_cli.cli.options import app
 
 ROOT = Path(__file__).parent.parent
 COMMANDS = sorted(typer.main.get_command(app).commands)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 from puffer_cli import connect
-from puffer_cli.cli.main import main, rrf_fuse
+from puffer_cli.cli.main import main
+from puffer_cli.cli.querying import rrf_fuse
 
 from tests.conftest import store_args
 

@@ -15,14 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from puffer_cli.errors import InvalidFilter
-from puffer_cli.filters import (
-    OPERATORS,
-    compile_filter,
-    glob_to_regex,
-    ref_new_attributes,
-    referenced_attributes,
-    validate_filter,
-)
+from puffer_cli.filters import compile_filter, validate_filter
+from puffer_cli.filters.matchers import glob_to_regex
+from puffer_cli.filters.parse import OPERATORS, ref_new_attributes, referenced_attributes
 from puffer_cli.text import analyzer as text
 
 # ----------------------------------------------------------------------------- schema & data

@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from puffer_cli.cli import main as cli
+from puffer_cli.cli import options
 
 ROOT = Path(__file__).parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -532,7 +533,7 @@ def test_json_output_is_valid_json(tmp_path):
     code, out, _ = invoke(["wal-inspect", "n", "--json", "--store", store])
     strict(out)
     assert (
-        cli.to_json({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}})
+        options.to_json({"a": float("nan"), "b": [float("inf"), 1.0], "c": {"d": -float("inf")}})
         == '{"a": null, "b": [null, 1.0], "c": {"d": null}}'
     )
 

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 from puffer_cli.index import builder
+from puffer_cli.index.segment import GENS
 from puffer_cli.jobs.recall import recall
 from puffer_cli.search import engine, reader
 from puffer_cli.store import layout
@@ -398,7 +399,7 @@ def test_bm25_topk_fast_path_matches_engine(mem_db, monkeypatch):
     import json
 
     ns.store.write(meta["index"]["manifest"], json.dumps(man).encode())
-    reader._GENS.clear()
+    GENS.clear()
     calls.clear()
     check(["strong"])
     assert calls == []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from puffer_cli.index import builder, ivf, paged, ranged
+from puffer_cli.index import builder, ivf, paged, ranged, segment
 from puffer_cli.search import engine, reader
 
 from .test_index import SCHEMA, exact, make_rows, queries, same
@@ -325,13 +325,13 @@ def test_format1_hnsw_segment_is_searched_then_rebuilt(mem_db, monkeypatch, tmp_
         return cur
 
     ns.update_meta(point)
-    reader.GENS.clear()
+    segment.GENS.clear()
     q = x[3].tolist()
     body = {"rank_by": ["vector", "ANN", q], "top_k": 5, "consistency": {"level": "eventual"}}
     got = engine.run_query(ns, body)
     want = exact(ns, {"rank_by": ["vector", "ANN", q], "top_k": 5})
     assert [r["id"] for r in got["rows"]] == [r["id"] for r in want["rows"]]
-    assert reader.GENS and all(s.ann("vector") is not None for g in reader.GENS.values() for s in g.segments)
+    assert segment.GENS and all(s.ann("vector") is not None for g in segment.GENS.values() for s in g.segments)
     ns.write({"upsert_rows": [{"id": 10_000, "vector": x[0].tolist()}]})
     rep = builder.index_namespace(ns, gc_grace_s=0)
     assert rep.status == "indexed" and rep.segments_merged == 1  # the HNSW segment was rebuilt

@@ -23,6 +23,7 @@ from puffer_cli import filters as F
 from puffer_cli import limits
 from puffer_cli.errors import BudgetExceeded, InvalidFilter, InvalidQuery, PufferError
 from puffer_cli.filters import lower as FC
+from puffer_cli.filters import parse
 from puffer_cli.index import builder
 from puffer_cli.search import engine
 from puffer_cli.store import local as _store
@@ -209,7 +210,7 @@ def test_datetimes_out_of_range_are_refused(ns):
     """A datetime filter value outside what a write accepts (years 1..9999) is refused, not
     compared: `["ts","Lt",2**62]` is almost always a unit mistake (ns or us for ms), and as a
     delete_by_filter it would delete every row."""
-    from puffer_cli.schema.spec import DATETIME_MS
+    from puffer_cli.schema.types import DATETIME_MS
 
     for v in (
         2**62,
@@ -433,7 +434,9 @@ _JSON = st.recursive(
 @st.composite
 def hostile_filter(draw):
     leaf = st.one_of(
-        TF.leaf(), _JSON, st.tuples(st.sampled_from(sorted(TF.TYPES)), st.sampled_from(F.OPERATORS), _JSON).map(list)
+        TF.leaf(),
+        _JSON,
+        st.tuples(st.sampled_from(sorted(TF.TYPES)), st.sampled_from(parse.OPERATORS), _JSON).map(list),
     )
     shape = draw(st.integers(0, 3))
     if shape == 0:  # deep

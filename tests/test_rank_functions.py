@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from puffer_cli.errors import InvalidQuery, InvalidRequest
 from puffer_cli.jobs import recall as RC
+from puffer_cli.query import model
 from puffer_cli.query import parse as Q
 from puffer_cli.search import engine
 from puffer_cli.server.app import ServeConfig
@@ -245,10 +246,10 @@ def test_vector_dist_and_highlight_values(mem_db):
 def test_highlight_offset_units():
     from puffer_cli.search import attributes as C
 
-    e = Q.HighlightExpr("t", "none", 3, "utf-16")
+    e = model.HighlightExpr("t", "none", 3, "utf-16")
     frag = C._fragments("é😀 fox", e, {"fox"}, True, {})  # noqa: SLF001
     assert frag == [{"text": "é😀 fox", "highlights": [[4, 7]], "start": 0, "end": 7}]
-    e8 = Q.HighlightExpr("t", "none", 3, "utf-8")
+    e8 = model.HighlightExpr("t", "none", 3, "utf-8")
     assert C._fragments("é😀 fox", e8, {"fox"}, True, {})[0]["highlights"] == [[7, 10]]  # noqa: SLF001
 
 

@@ -22,7 +22,8 @@ import pytest
 from puffer_cli import limits
 from puffer_cli.cli.main import main
 from puffer_cli.errors import InvalidRequest, StoreError, UnsafeStore
-from puffer_cli.store.local import S3Store, open_store
+from puffer_cli.store.local import open_store
+from puffer_cli.store.s3 import S3Store
 
 
 def _error(code: str, message: str) -> bytes:

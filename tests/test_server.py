@@ -17,6 +17,7 @@ import orjson
 import puffer_cli
 import pytest
 import turbopuffer
+from puffer_cli.search import response
 from puffer_cli.server.app import ServeConfig
 
 from .serve_proc import ThreadServer, spawn_serve
@@ -305,7 +306,7 @@ def test_wire_f32_and_gzip_helpers():
     from puffer_cli.errors import TooLarge, UnprocessableBody
     from puffer_cli.server import wire
 
-    out = wire.dumps(
+    out = response.dumps(
         wire.shape_query_response(
             {
                 "rows": [

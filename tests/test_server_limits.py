@@ -24,9 +24,11 @@ import orjson
 import pytest
 from puffer_cli import limits
 from puffer_cli.errors import InvalidRequest
-from puffer_cli.search import engine
+from puffer_cli.search import engine, response
 from puffer_cli.server import wire
-from puffer_cli.server.app import ServeConfig, bind, create_app, is_store_failure
+from puffer_cli.server.app import ServeConfig, create_app
+from puffer_cli.server.http import is_store_failure
+from puffer_cli.server.proto import bind
 from puffer_cli.wal.groupcommit import GroupCommitter
 from starlette.testclient import TestClient
 
@@ -210,7 +212,7 @@ def test_gzip_inflation_counts_against_bytes_in_flight():
 
 
 def test_responses_are_valid_json_without_nan():
-    raw = wire.dumps(
+    raw = response.dumps(
         {"a": float("nan"), "b": float("inf"), "v": np.array([np.nan, 1.0], dtype="<f4"), "d": np.float32("nan")}
     )
 
@@ -366,7 +368,7 @@ def test_stalled_header_is_closed_with_408(live):
 
 
 def test_stalled_header_is_closed_with_h11_too():
-    from puffer_cli.server.app import GuardedH11Protocol
+    from puffer_cli.server.proto import GuardedH11Protocol
 
     srv = Live(mem_cfg(header_timeout_s=0.3), http=GuardedH11Protocol)
     try:

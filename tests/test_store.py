@@ -6,6 +6,7 @@ from pathlib import Path
 import puffer_cli
 import pytest
 from puffer_cli.errors import InvalidRequest, UnsafeStore
+from puffer_cli.index import gc
 from puffer_cli.store.local import LocalStore, open_store
 
 
@@ -236,7 +237,7 @@ def test_index_gc_sweeps_temp_files_of_killed_writers(tmp_path):
     old, fresh = wal_dir / ".tmp-old", wal_dir / ".tmp-fresh"
     old.write_bytes(b"partial")
     fresh.write_bytes(b"in flight")
-    past = time.time() - 2 * builder.TEMP_MAX_AGE_S
+    past = time.time() - 2 * gc.TEMP_MAX_AGE_S
     os.utime(old, (past, past))
     rep = builder.index_namespace(ns, gc_grace_s=0)
     assert not old.exists() and fresh.exists() and rep.gc_deleted >= 1

@@ -20,6 +20,7 @@ from puffer_cli.cli.main import main
 from puffer_cli.errors import InvalidRequest, NamespaceNotFound, PufferError, SchemaError
 from puffer_cli.index import builder
 from puffer_cli.schema import spec as S
+from puffer_cli.schema import types
 from puffer_cli.store import local as _store
 
 from ._bodies import paths as _paths
@@ -156,7 +157,7 @@ def test_datetime_edges_accepted(wdb):
             "upsert_rows": [
                 {"id": 7, "when": "9999-12-31T23:59:59.999Z"},
                 {"id": 8, "when": "0001-01-01T00:00:00Z"},
-                {"id": 9, "when": S.DATETIME_MS[1]},
+                {"id": 9, "when": types.DATETIME_MS[1]},
                 {"id": 10, "when": -1000},
             ]
         }
@@ -291,7 +292,7 @@ def test_sizes(wdb):
     refused(s, {"upsert_rows": [{"id": "a" * (L.MAX_ID_BYTES + 1)}]}, "id", str(L.MAX_ID_BYTES))
     refused(s, {"upsert_rows": [{"id": "é" * (L.MAX_ID_BYTES // 2 + 1)}]}, "bytes")
     frame_refused(s, pl.DataFrame({"id": ["a" * (L.MAX_ID_BYTES + 1)]}), str(L.MAX_ID_BYTES))
-    assert S.ID_MAX_BYTES == L.MAX_ID_BYTES
+    assert types.ID_MAX_BYTES == L.MAX_ID_BYTES
 
 
 def deep(n, leaf=1, kind=list):

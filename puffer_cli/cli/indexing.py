@@ -149,7 +149,7 @@ def warm(
     s3_endpoint: EndpointOpt = None,
 ):
     """Prefetch a namespace's current index generation into the local cache."""
-    from puffer_cli.search.reader import warm as run
+    from puffer_cli.index.warm import warm as run
     from puffer_cli.store import filecache as _cache
 
     c = _cache.configure(cache_dir) if cache_dir is not None else _cache.get_cache()

@@ -17,11 +17,10 @@ import typer
 from puffer_cli.cli import data as cli_data  # noqa: F401 - importing registers the commands
 from puffer_cli.cli import indexing as cli_index  # noqa: F401 - importing registers the commands
 from puffer_cli.cli import querying as cli_query  # noqa: F401 - importing registers the commands
-from puffer_cli.cli.options import State, app, one_line, to_json
-from puffer_cli.cli.querying import rrf_fuse
+from puffer_cli.cli.options import State, app, one_line
 from puffer_cli.errors import PufferError
 
-__all__ = ["app", "main", "run", "rrf_fuse", "to_json"]
+__all__ = ["main", "run"]
 
 
 def _print_version(value: bool) -> None:

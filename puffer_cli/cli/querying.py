@@ -78,7 +78,8 @@ def serve(
     policy: PolicyOpt = "fail",
 ):
     """Serve the turbopuffer-compatible HTTP API over the store (stateless: run as many as you like)."""
-    from puffer_cli.server.app import ServeConfig, parse_listen
+    from puffer_cli.server.app import ServeConfig
+    from puffer_cli.server.proto import parse_listen
     from puffer_cli.server.run import serve as run_server
 
     parse_listen(listen)

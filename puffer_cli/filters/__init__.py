@@ -114,27 +114,9 @@ import polars as pl
 
 from puffer_cli import limits as _limits
 from puffer_cli.filters.lower import Cols, Compiler
-from puffer_cli.filters.matchers import glob_to_regex
-from puffer_cli.filters.parse import (
-    CONNECTIVES,
-    OPERATORS,
-    check_limits,
-    parse_node,
-    ref_new_attributes,
-    referenced_attributes,
-)
+from puffer_cli.filters.parse import check_limits, parse_node
 
-__all__ = [
-    "CONNECTIVES",
-    "OPERATORS",
-    "check_limits",
-    "compile_filter",
-    "filter_mask",
-    "glob_to_regex",
-    "ref_new_attributes",
-    "referenced_attributes",
-    "validate_filter",
-]
+__all__ = ["compile_filter", "filter_mask", "validate_filter"]
 
 # --------------------------------------------------------------------------- compile
 

@@ -8,9 +8,9 @@ import polars as pl
 
 from puffer_cli.index import docs as D
 from puffer_cli.index import paged
-from puffer_cli.schema import spec as S
+from puffer_cli.schema import frames
+from puffer_cli.store import Store
 from puffer_cli.store.filecache import Cache
-from puffer_cli.store.local import Store
 
 
 class BaseRows:
@@ -66,7 +66,7 @@ class BaseRows:
         if cols:
             df = df.with_columns(cols)
         known = {c for c in df.columns if c in schema}
-        return S.align(df.select([c for c in df.columns if c in known]), schema)
+        return frames.align(df.select([c for c in df.columns if c in known]), schema)
 
     def live_positions(self, i: int) -> np.ndarray:
         return np.nonzero(D.alive_mask(self.segs[i]["rows"], self.all_dead(i)))[0]

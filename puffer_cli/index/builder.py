@@ -43,16 +43,17 @@ from puffer_cli.errors import Conflict
 from puffer_cli.index import docs as D
 from puffer_cli.index import fts
 from puffer_cli.index.base import BaseRows
-from puffer_cli.index.gc import TEMP_MAX_AGE_S, gc  # noqa: F401  (TEMP_MAX_AGE_S: tests)
-from puffer_cli.index.hooks import CRASH_POINTS, crash  # noqa: F401  (CRASH_POINTS: tests)
+from puffer_cli.index.gc import gc
+from puffer_cli.index.hooks import crash
 from puffer_cli.index.lease import Lease
 from puffer_cli.index.manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
 from puffer_cli.index.manifest import ann_sig, fts_sig, load_manifest
 from puffer_cli.index.segwrite import Writer, note, prefetch_keys, segment_files, write_segment
+from puffer_cli.schema import frames
 from puffer_cli.schema import spec as S
-from puffer_cli.store import layout
+from puffer_cli.store import Store, layout
 from puffer_cli.store.filecache import Cache, get_cache
-from puffer_cli.store.local import Store, now_ms
+from puffer_cli.store.local import now_ms
 from puffer_cli.wal import replay
 from puffer_cli.wal.namespace import Namespace
 
@@ -275,7 +276,9 @@ class _Run:
             for f in D.fts_fields(schema):
                 self.stats_removed.setdefault(f, []).append(got.get_column(f).to_list())
         parts = [p for p in (self.pending, got) if p is not None]
-        cur = S.align(pl.concat([S.align(p, schema) for p in parts], how="vertical"), schema) if parts else None
+        cur = (
+            frames.align(pl.concat([frames.align(p, schema) for p in parts], how="vertical"), schema) if parts else None
+        )
         self.pending = replay.fold(cur, schema, batch)
         self._cut_full()
 
@@ -356,7 +359,7 @@ class _Run:
             self.rep.rows_merged += n_old
             last = gi == len(groups) - 1
             if last and self.pending is not None and self.pending.height:
-                parts.append(S.align(self.pending, self.schema))
+                parts.append(frames.align(self.pending, self.schema))
             if not parts:
                 continue
             frame = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]

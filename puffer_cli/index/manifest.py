@@ -15,7 +15,7 @@ import json
 from puffer_cli import caches
 from puffer_cli.errors import CorruptNamespace
 from puffer_cli.index import ivf
-from puffer_cli.store.local import Store
+from puffer_cli.store import Store
 
 #: parsed manifests (immutable), keyed (store url, namespace, manifest key)
 MANIFESTS = caches.lru("index.manifests", 256)

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from puffer_cli.index import ranged as R
+from puffer_cli.store import Store
 from puffer_cli.store.filecache import Cache
-from puffer_cli.store.local import Store
 
 PART_BYTES = 8 << 20
 

@@ -17,7 +17,7 @@ from typing import TypeVar
 import numpy as np
 
 from puffer_cli import limits
-from puffer_cli.store.local import Store
+from puffer_cli.store import Store
 
 WHOLE_FILE_MAX = 1 << 20  # vectors and lists files up to this size are fetched whole (one request beats many);
 # larger ones by range (at 8 MiB, a 20k-row segment's 8 MB vector file was read whole for a few re-ranked rows)

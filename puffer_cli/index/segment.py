@@ -23,9 +23,10 @@ from puffer_cli.index import docs as D
 from puffer_cli.index import ranged as R
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
 from puffer_cli.index.tail import forget_tails
+from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
+from puffer_cli.store import Store
 from puffer_cli.store.filecache import Cache, get_cache
-from puffer_cli.store.local import Store
 
 
 # ---------------------------------------------------------------- BM25 statistics
@@ -124,7 +125,7 @@ class Segment:
             if self._attrs is None:
                 a = D.read_attrs(self.cache.file(self.store, self.meta["attrs"]))
                 sch = {k: v for k, v in self.gen.schema.items() if not S.is_vector(v["type"])}
-                self._attrs = S.align(a.select([c for c in a.columns if c in sch]), sch)
+                self._attrs = frames.align(a.select([c for c in a.columns if c in sch]), sch)
             return self._attrs
 
     def alive(self) -> np.ndarray:
@@ -313,7 +314,7 @@ class Segment:
         df = self.attrs()[idx] if len(pos) else self.attrs().clear()
         cols = []
         for f in vector_fields:
-            dims = S.vector_dims(self.gen.schema[f]["type"])
+            dims = types.vector_dims(self.gen.schema[f]["type"])
             rows = self.vector_rows(f, pos) if len(pos) else None
             if rows is None:
                 rows = np.full((len(pos), dims), np.nan, np.float32)

@@ -15,10 +15,9 @@ from puffer_cli.index import fts, ivf, paged
 from puffer_cli.index import ranged as R
 from puffer_cli.index.hooks import crash
 from puffer_cli.index.manifest import ann_sig, fts_sig
-from puffer_cli.schema import spec as S
-from puffer_cli.store import layout
+from puffer_cli.schema import types
+from puffer_cli.store import Store, layout
 from puffer_cli.store.filecache import Cache
-from puffer_cli.store.local import Store
 
 
 def note(progress, stage, done=0, total=None):
@@ -155,7 +154,7 @@ def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progre
         return frame, {}, new
     f0 = vf[0]
     note(progress, f"ivf {f0}", 0, frame.height)
-    mat0 = D.vector_matrix(frame, f0, S.vector_dims(schema[f0]["type"]))
+    mat0 = D.vector_matrix(frame, f0, types.vector_dims(schema[f0]["type"]))
     fit0 = ivf.fit(
         mat0,
         ivf.build_options(schema[f0])["list_rows"],
@@ -168,7 +167,7 @@ def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progre
 
 def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, progress) -> tuple[dict, dict]:
     """The f32 vectors and the IVF-SQ8 index of vector field ``f``: (vectors entry, ann entry)."""
-    dims = S.vector_dims(schema[f]["type"])
+    dims = types.vector_dims(schema[f]["type"])
     mat = D.vector_matrix(frame, f, dims)
     vectors = {**paged.put(w, key(f"vec-{D.field_tag(f)}.f32"), mat.astype("<f4").tobytes()), "dims": dims}
     crash("mid_segment")

@@ -15,8 +15,9 @@ import polars as pl
 from puffer_cli import caches
 from puffer_cli import limits as L
 from puffer_cli.index import docs as D
+from puffer_cli.schema import frames
 from puffer_cli.schema import spec as S
-from puffer_cli.store.local import Store
+from puffer_cli.store import Store
 from puffer_cli.wal import replay
 
 
@@ -68,12 +69,12 @@ def tail_for(ns, gen, head) -> Tail:
             ids = pl.concat(cols).unique()
             new = ids if touched is None else ids.to_frame().join(touched.to_frame(), on="id", how="anti")["id"]
             touched = new if touched is None else pl.concat([touched.cast(idt), new])
-            base_parts = [S.align(docs, schema)]
+            base_parts = [frames.align(docs, schema)]
             for i, pos in gen.lookup(new):
                 seg = gen.segments[i]
                 hidden[i] = np.union1d(hidden.get(i, np.zeros(0, np.int64)), pos)
                 rows = seg.frame(pos, D.vector_fields(gen.schema))
-                rows = S.align(rows.select([c for c in rows.columns if c in schema]), schema)
+                rows = frames.align(rows.select([c for c in rows.columns if c in schema]), schema)
                 base_parts.append(rows)
                 sup_parts.append(rows)
             docs = pl.concat(base_parts, how="vertical") if len(base_parts) > 1 else base_parts[0]
@@ -89,8 +90,8 @@ def tail_for(ns, gen, head) -> Tail:
         ops_batch.extend(f.entry.ops)
         seq = f.entry.seq
     flush()
-    sup = pl.concat([S.align(p, schema) for p in sup_parts], how="vertical") if sup_parts else None
-    t = Tail(seq, schema, metric, S.align(docs, schema), hidden, sup, touched)
+    sup = pl.concat([frames.align(p, schema) for p in sup_parts], how="vertical") if sup_parts else None
+    t = Tail(seq, schema, metric, frames.align(docs, schema), hidden, sup, touched)
     TAILS.put(key, t)
     return t
 

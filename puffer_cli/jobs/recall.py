@@ -12,6 +12,7 @@ import numpy as np
 from puffer_cli import limits as L
 from puffer_cli.errors import InvalidQuery, InvalidRequest
 from puffer_cli.schema import spec as S
+from puffer_cli.schema import types
 
 
 def recall(
@@ -87,10 +88,10 @@ def _recall(ns, *, num, top_k, filters, field, seed, probe, given=None) -> dict:
     if field is None or field not in vfs:
         raise InvalidRequest(f"namespace {ns.name!r} has no vector attribute {field or ''}".strip())
     if given is not None:
-        if len(given) != S.vector_dims(head.schema[field]["type"]):
+        if len(given) != types.vector_dims(head.schema[field]["type"]):
             raise InvalidQuery(
                 f"recall rank_by: query vector has {len(given)} dimensions; {field!r} has "
-                f"{S.vector_dims(head.schema[field]['type'])}"
+                f"{types.vector_dims(head.schema[field]['type'])}"
             )
         sample = [given]
     else:

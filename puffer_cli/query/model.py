@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from puffer_cli.schema.types import METRICS  # noqa: F401
-
 DEFAULT_LIMIT = 10
 QUERY_KEYS = (
     "rank_by",

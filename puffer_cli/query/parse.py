@@ -40,37 +40,29 @@ from typing import Any
 from puffer_cli import filters as F
 from puffer_cli import limits as L
 from puffer_cli.errors import InvalidFilter, InvalidQuery
+from puffer_cli.filters import parse as filter_parse
 from puffer_cli.query.computed import check_compute, parse_compute
-from puffer_cli.query.model import (  # noqa: F401 - re-exported: the model is query.Query etc.
+from puffer_cli.query.model import (
     DEFAULT_LIMIT,
-    METRICS,
     MULTI_KEYS,
     QUERY_KEYS,
-    RANK_FUNCTIONS,
     SUBQUERY_KEYS,
-    TEXT_COMBINATORS,
     Aggregate,
     AttrScore,
     Bm25,
-    Decay,
     Dist,
     FilterScore,
     GroupKey,
-    HighlightExpr,
     MultiQuery,
     OrderBy,
     Query,
-    Saturate,
-    TextMax,
-    TextProduct,
     TextRank,
-    TextSum,
-    VectorDistExpr,
     VectorRank,
     text_children,
 )
 from puffer_cli.query.rank import attr_name, check_len, fail, is_int, is_num, parse_rank_by, show
 from puffer_cli.schema import types as S
+from puffer_cli.schema.types import METRICS
 
 
 def _parse_limit_int(v: Any, where: str, lo: int = 1, hi: int = L.MAX_TOP_K, name: str = "MAX_TOP_K") -> int:
@@ -187,7 +179,7 @@ def _parse_filters(f: Any, pre: str) -> str | None:
     if f is None:
         return None
     try:
-        F.referenced_attributes(f)
+        filter_parse.referenced_attributes(f)
     except InvalidFilter as ex:
         raise InvalidFilter(f"{pre}filters: {ex.message}", hint=ex.hint) from ex
     return json.dumps(f, sort_keys=True)

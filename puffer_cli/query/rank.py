@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from puffer_cli import filters as F
 from puffer_cli import limits as L
 from puffer_cli.errors import InvalidFilter, InvalidQuery
+from puffer_cli.filters import parse
 from puffer_cli.query.model import (
     RANK_FUNCTIONS,
     TEXT_COMBINATORS,
@@ -121,7 +121,7 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
 
 
 def _is_filter_op(v: Any) -> bool:
-    return isinstance(v, str) and v in F.OPERATORS
+    return isinstance(v, str) and v in parse.OPERATORS
 
 
 def _looks_like_order(v: Any) -> bool:
@@ -192,7 +192,7 @@ def parse_rank_by(rb: Any, where: str = "rank_by"):
         and isinstance(rb[0], str)
         and isinstance(rb[1], str)
         and rb[0] not in ("Attribute", "Sum", "Max", "Product", "Not", "And", "Or", *RANK_FUNCTIONS)
-        and rb[1] not in F.OPERATORS
+        and rb[1] not in parse.OPERATORS
         and rb[1] not in ("ANN", "kNN", "BM25")
     ):
         if rb[1] in ("asc", "desc"):
@@ -276,9 +276,9 @@ def parse_text_expr(e: Any, where: str):
                 raise fail(where + "[3]", f'BM25 options must be {{"last_as_prefix": true|false}}, got {show(p)}')
             prefix = bool(p.get("last_as_prefix", False))
         return Bm25(attr, query, prefix)
-    if head in F.CONNECTIVES or (len(e) >= 2 and _is_filter_op(e[1])):
+    if head in parse.CONNECTIVES or (len(e) >= 2 and _is_filter_op(e[1])):
         try:
-            F.referenced_attributes(e)  # structural validation
+            parse.referenced_attributes(e)  # structural validation
         except InvalidFilter as ex:
             raise fail(where, ex.message) from ex
         return FilterScore(json.dumps(e, sort_keys=True))

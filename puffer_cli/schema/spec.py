@@ -22,42 +22,7 @@ from typing import Any
 
 from puffer_cli import limits as L
 from puffer_cli.errors import SchemaError
-from puffer_cli.schema.frames import (  # noqa: F401 - re-exported
-    align,
-    cast_series,
-    check_scalar,
-    column_order,
-    column_series,
-    conform_frame,
-    frame_from_columns,
-    frame_from_rows,
-    vector_array,
-)
-from puffer_cli.schema.types import (  # noqa: F401 - re-exported
-    ATTR_MAX,
-    DATETIME_MS,
-    ID_MAX_BYTES,
-    ID_TYPES,
-    INT64,
-    METRICS,
-    SCALARS,
-    UINT64,
-    VEC_RE,
-    check_attr_name,
-    check_depth,
-    check_schema_size,
-    check_write_names,
-    decode_vector_b64,
-    dtype_of,
-    infer_column,
-    infer_value_type,
-    is_vector,
-    parse_datetime_ms,
-    show,
-    type_of_dtype,
-    utf8_len,
-    vector_dims,
-)
+from puffer_cli.schema.types import ID_TYPES, METRICS, check_attr_name, dtype_of, is_vector, show
 
 SPEC_KEYS = {"type", "filterable", "full_text_search", "regex", "glob", "fuzzy", "ann"}
 REFUSED_SPEC_KEYS = {

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from puffer_cli.query import model
 from puffer_cli.query import parse as Q
 from puffer_cli.search.scoring import exact_distances
 from puffer_cli.text import analyzer as T
@@ -42,14 +43,14 @@ def computed(q: Q.Query, rows: pl.DataFrame | None, schema: Mapping, metric: str
         return {}
     out: dict[str, list] = {}
     for name, e in q.compute:
-        if isinstance(e, Q.VectorDistExpr):
+        if isinstance(e, model.VectorDistExpr):
             out[name] = _vector_dist(e, rows, q.distance_metric or metric or "cosine_distance")
         else:
             out[name] = _highlight(e, q, rows, schema)
     return out
 
 
-def _vector_dist(e: Q.VectorDistExpr, rows: pl.DataFrame, metric: str) -> list:
+def _vector_dist(e: model.VectorDistExpr, rows: pl.DataFrame, metric: str) -> list:
     if e.attr not in rows.columns or not rows.height:
         return [None] * rows.height
     col = rows[e.attr]
@@ -65,7 +66,7 @@ def _vector_dist(e: Q.VectorDistExpr, rows: pl.DataFrame, metric: str) -> list:
     return out
 
 
-def _terms(e: Q.HighlightExpr, q: Q.Query, opts: Any) -> set[str]:
+def _terms(e: model.HighlightExpr, q: Q.Query, opts: Any) -> set[str]:
     expr = e.rank_fragments_by
     if expr is None and isinstance(q.rank_by, Q.TextRank):
         expr = q.rank_by.expr
@@ -109,7 +110,7 @@ def _unit(text: str, units: str | None):
     return lambda i: len(text[:i].encode(enc, "surrogatepass")) // width
 
 
-def _fragments(text: str, e: Q.HighlightExpr, terms: set[str], opts: Any, memo: dict) -> list[dict]:
+def _fragments(text: str, e: model.HighlightExpr, terms: set[str], opts: Any, memo: dict) -> list[dict]:
     hits = []  # (start, end, term) of matching words
     for m in _WORD.finditer(text):
         w = m.group()
@@ -140,7 +141,7 @@ def _fragments(text: str, e: Q.HighlightExpr, terms: set[str], opts: Any, memo: 
     return out
 
 
-def _highlight(e: Q.HighlightExpr, q: Q.Query, rows: pl.DataFrame, schema: Mapping) -> list:
+def _highlight(e: model.HighlightExpr, q: Q.Query, rows: pl.DataFrame, schema: Mapping) -> list:
     if e.attr not in rows.columns:
         return [None] * rows.height
     opts = schema[e.attr]["full_text_search"]

@@ -34,20 +34,11 @@ from puffer_cli import limits as L
 from puffer_cli.query import parse as Q
 from puffer_cli.search import attributes as C
 from puffer_cli.search import response as R
-from puffer_cli.search.scoring import (  # noqa: F401  (re-exported: engine.exact_distances)
-    QueryResult,
-    Source,
-    exact_distances,
-    filter_mask,
-    id_key,
-    rank_vector,
-    text_eval,
-    topk_order,
-)
-from puffer_cli.store.local import io_scope
+from puffer_cli.search.scoring import QueryResult, Source, filter_mask, id_key, rank_vector, text_eval, topk_order
+from puffer_cli.store import io_scope
 from puffer_cli.text import bm25 as B
 
-__all__ = ["Source", "QueryResult", "load_source", "execute", "run_query", "run_multi"]
+__all__ = ["load_source", "execute", "run_query", "run_multi"]
 
 
 def load_source(ns, consistency: str, queries=None, multi: bool = False) -> Source:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from puffer_cli.query import parse as Q
+from puffer_cli.query import model
 
 
 def saturate(x: np.ndarray, midpoint: float, exponent: float) -> np.ndarray:
@@ -42,9 +42,9 @@ def dist(x: np.ndarray, origin: float) -> np.ndarray:
 def apply(e, s: np.ndarray, m: np.ndarray) -> np.ndarray:
     """Function node ``e`` over the inner (score, matched); 0 where unmatched (or NaN)."""
     s = np.asarray(s, dtype=np.float64)
-    if isinstance(e, Q.Saturate):
+    if isinstance(e, model.Saturate):
         out = saturate(s, e.midpoint, e.exponent)
-    elif isinstance(e, Q.Decay):
+    elif isinstance(e, model.Decay):
         out = decay(s, e.midpoint, e.exponent)
     else:
         out = dist(s, e.origin)

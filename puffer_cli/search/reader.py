@@ -31,12 +31,12 @@ from puffer_cli import limits as L
 from puffer_cli.index import ann, ivf
 from puffer_cli.index import docs as D
 from puffer_cli.index.manifest import fts_sig_of
-from puffer_cli.index.segment import GENS, DfCombo, Generation, Segment, forget, open_generation, open_generation_with  # noqa: F401  (forget: server)
-from puffer_cli.index.segment import GENS as _GENS  # noqa: F401  (tests and benchmarks clear it)
-from puffer_cli.index.tail import TAILS as _TAILS  # noqa: F401  (tests and benchmarks clear it)
+from puffer_cli.index.segment import GENS, DfCombo, Generation, Segment, open_generation_with
 from puffer_cli.index.tail import Tail, cached_tail, tail_for
-from puffer_cli.index.warm import warm  # noqa: F401  (`puffer warm`, the server's hint_cache_warm)
+from puffer_cli.query import model
+from puffer_cli.schema import frames as frames_mod
 from puffer_cli.schema import spec as S
+from puffer_cli.schema import types
 from puffer_cli.search.postings import seed_postings
 from puffer_cli.search.scoring import f32_tolerance
 from puffer_cli.store.filecache import get_cache
@@ -102,7 +102,7 @@ class IndexedView:
         sch = {k: v for k, v in self.schema.items() if not S.is_vector(v["type"])}
         missing = [c for c in sch if c not in a.columns]
         if missing:
-            a = S.align(a, sch)
+            a = frames_mod.align(a, sch)
         return vis & filter_mask(a, compile_filter(filt, self.schema))
 
     # -- statistics ---------------------------------------------------------------
@@ -191,12 +191,14 @@ class IndexedView:
                 if len(pos):
                     parts.append(seg.frame(pos, vf))
                     where.append((i, pos))
-        cols = S.column_order(self.schema)
-        frames = [S.align(p.select([c for c in p.columns if c in self.schema]), self.schema, cols) for p in parts]
+        cols = frames_mod.column_order(self.schema)
+        frames = [
+            frames_mod.align(p.select([c for c in p.columns if c in self.schema]), self.schema, cols) for p in parts
+        ]
         if self.tail is not None and self.tail.docs.height:
-            frames.append(S.align(self.tail.docs, self.schema, cols))
+            frames.append(frames_mod.align(self.tail.docs, self.schema, cols))
             exhaustive += self.tail.docs.height
-        docs = pl.concat(frames, how="vertical") if frames else S.align(pl.DataFrame(), self.schema, cols)
+        docs = pl.concat(frames, how="vertical") if frames else frames_mod.align(pl.DataFrame(), self.schema, cols)
         stats = self.bm25_stats(bm25_fields) if bm25_fields else None
         toks = {f: t for f in bm25_fields if (t := self._tokens(f, where)) is not None}
         c = Candidates(docs, self.schema, self.metric, stats, self.namespace_rows, exhaustive, probed, toks)
@@ -381,9 +383,9 @@ class IndexedView:
 
         if isinstance(e, Q.Bm25):
             return not e.last_as_prefix
-        if isinstance(e, (Q.TextSum, Q.TextMax)):
+        if isinstance(e, (model.TextSum, model.TextMax)):
             return all(self.pure_bm25(c) for c in e.children)
-        if isinstance(e, Q.TextProduct):  # a weight <= 0 makes the lowest BM25 best: tantivy cannot propose
+        if isinstance(e, model.TextProduct):  # a weight <= 0 makes the lowest BM25 best: tantivy cannot propose
             return e.weight > 0 and self.pure_bm25(e.child)
         return False
 
@@ -521,7 +523,7 @@ def _candidate_frame(view: IndexedView, ans: _Answers) -> tuple[pl.DataFrame, di
     the analysed tokens of its rows per FTS field."""
     parts, toks = ans.parts, ans.toks
     if not parts:
-        return S.align(pl.DataFrame(), view.schema), {}
+        return frames_mod.align(pl.DataFrame(), view.schema), {}
     if len(parts) == 1:
         return parts[0], toks[0]
     allf = set.intersection(*[set(t) for t in toks]) if all(toks) else set()
@@ -561,7 +563,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
     row_bytes = (
         int(docs.estimated_size() / docs.height)
         if docs.height
-        else 8 + 4 * sum(S.vector_dims(v["type"]) or 0 for v in view.schema.values())
+        else 8 + 4 * sum(types.vector_dims(v["type"]) or 0 for v in view.schema.values())
     )
     return Source(
         docs,

@@ -30,6 +30,7 @@ import polars as pl
 from puffer_cli import filters as F
 from puffer_cli import limits as L
 from puffer_cli.errors import InvalidQuery
+from puffer_cli.query import model
 from puffer_cli.query import parse as Q
 from puffer_cli.search import rankfuncs
 from puffer_cli.text import bm25 as B
@@ -263,21 +264,21 @@ def text_eval(
         p = postings[e.attr] if postings is not None else B.postings_for(docs, e.attr, opts)
         fs = stats.get(e.attr) if stats is not None else None
         return B.score(p, B.query_tokens(e.query, opts), opts, stats=fs, last_as_prefix=e.last_as_prefix)
-    if isinstance(e, (Q.TextSum, Q.TextMax)):
+    if isinstance(e, (model.TextSum, model.TextMax)):
         parts = []
         for c in e.children:
             L.check_deadline()
             parts.append(text_eval(c, docs, schema, stats, postings))
         m = np.logical_or.reduce([p[1] for p in parts])
-        if isinstance(e, Q.TextSum):
+        if isinstance(e, model.TextSum):
             s = np.sum([p[0] for p in parts], axis=0)
         else:
             s = np.max([p[0] for p in parts], axis=0)
         return s, m
-    if isinstance(e, Q.TextProduct):
+    if isinstance(e, model.TextProduct):
         s, m = text_eval(e.child, docs, schema, stats, postings)
         return s * e.weight, m
-    if isinstance(e, (Q.Saturate, Q.Decay, Q.Dist)):
+    if isinstance(e, (model.Saturate, model.Decay, Q.Dist)):
         s, m = text_eval(e.child, docs, schema, stats, postings)
         return rankfuncs.apply(e, s, m), m
     n = docs.height

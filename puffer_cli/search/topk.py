@@ -32,6 +32,7 @@ from puffer_cli.index import ivf
 from puffer_cli.index import ranged as RG
 from puffer_cli.index.manifest import fts_sig_of
 from puffer_cli.query import parse as Q
+from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.search import response as R
 from puffer_cli.search import scoring as SC
@@ -210,11 +211,11 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 
 
 def _columns(view, q: Q.Query) -> list[str]:
-    return R.row_columns(q, S.column_order(view.schema))
+    return R.row_columns(q, frames.column_order(view.schema))
 
 
 def _empty(view, q: Q.Query) -> pl.DataFrame:
-    return S.align(pl.DataFrame(), view.schema, _columns(view, q))
+    return frames.align(pl.DataFrame(), view.schema, _columns(view, q))
 
 
 def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) -> pl.DataFrame:
@@ -237,13 +238,13 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
             vecs = [c for c in cols if c not in a.columns and S.is_vector(view.schema[c]["type"])]
             if vecs:
                 f = f.with_columns([_vector_column(seg, c, p, view.schema) for c in vecs])
-        parts.append(S.align(f, view.schema, cols).with_columns(pl.Series("__rank", at)))
+        parts.append(frames.align(f, view.schema, cols).with_columns(pl.Series("__rank", at)))
     out = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical").sort("__rank")
     return out.drop("__rank")
 
 
 def _vector_column(seg, f: str, pos: np.ndarray, schema: dict) -> pl.Series:
-    dims = S.vector_dims(schema[f]["type"])
+    dims = types.vector_dims(schema[f]["type"])
     rows = seg.vector_rows(f, pos)
     if rows is None:
         rows = np.full((len(pos), dims), np.nan, np.float32)

@@ -47,19 +47,18 @@ from starlette.routing import Route
 from puffer_cli import caches
 from puffer_cli.db import DB, connect
 from puffer_cli.errors import InvalidRequest, PufferError, UnprocessableBody
-from puffer_cli.index import builder
+from puffer_cli.index import builder, segment
+from puffer_cli.index import warm as warm_mod
 from puffer_cli.jobs import branch
 from puffer_cli.jobs import recall as recall_eval
-from puffer_cli.search import engine, reader, response
-from puffer_cli.server.http import (  # noqa: F401 - re-exported: tests and the CLI import them from here
+from puffer_cli.search import engine, response
+from puffer_cli.server.http import (
     CLIENT_CLOSED,
     JSON,
-    NO_RETRY,
     ServeConfig,
     error_json,
     error_response,
     indexed_seq,
-    is_store_failure,
     iso_ms,
     row_bytes,
     schema_out,
@@ -67,14 +66,6 @@ from puffer_cli.server.http import (  # noqa: F401 - re-exported: tests and the 
 )
 from puffer_cli.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from puffer_cli.server.metrics import Metrics
-from puffer_cli.server.proto import (  # noqa: F401 - re-exported
-    GuardedH11Protocol,
-    GuardedHttpToolsProtocol,
-    GuardedProtocol,
-    bind,
-    parse_listen,
-    uvicorn_kwargs,
-)
 from puffer_cli.server.requests import RequestPlumbing
 from puffer_cli.wal import namespace as nsmod
 from puffer_cli.wal import operations
@@ -142,7 +133,7 @@ class Server(RequestPlumbing):
     def forget(self, name: str) -> None:
         """Drop a namespace's in-process state: the replay cache, the index reader's
         generations and tails, and its entries in every registered cache (caches.forget)."""
-        for fn in (nsmod.forget, reader.forget, caches.forget):
+        for fn in (nsmod.forget, segment.forget, caches.forget):
             try:
                 fn(self.db.store, name)
             except Exception:  # noqa: BLE001 - eviction is best effort
@@ -421,7 +412,7 @@ class Server(RequestPlumbing):
 
         def go():
             try:
-                reader.warm(ns)
+                warm_mod.warm(ns)
             except Exception:  # noqa: BLE001 - best effort
                 log.exception("cache warm of %s failed", ns.name)
 

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from puffer_cli import limits
 from puffer_cli.errors import PufferError
 from puffer_cli.schema import spec as S
+from puffer_cli.schema import types
 from puffer_cli.search import response
 from puffer_cli.server import wire
 from puffer_cli.wal.groupcommit import DEFAULT_WINDOW_S
@@ -63,7 +64,7 @@ def row_bytes(schema: dict) -> int:
     """Approximate logical bytes of one document (for metadata on indexed namespaces)."""
     n = 0
     for spec in schema.values():
-        d = S.vector_dims(spec["type"])
+        d = types.vector_dims(spec["type"])
         n += 4 * d if d else (24 if spec["type"] in ("string", "uuid") or spec["type"].startswith("[]") else 8)
     return n
 

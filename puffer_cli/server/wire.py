@@ -19,7 +19,6 @@ from puffer_cli import limits
 from puffer_cli.errors import TooLarge, UnprocessableBody
 
 # the old names of puffer_cli.response's functions, for tests that still call them (test_server*.py)
-from puffer_cli.search.response import dumps  # noqa: F401
 from puffer_cli.search.response import to_wire as shape_query_response  # noqa: F401
 
 DEFAULT_MAX_BODY = limits.MAX_BODY_BYTES  # turbopuffer's write request limit

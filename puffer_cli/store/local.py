@@ -24,20 +24,10 @@ from pathlib import Path
 
 from puffer_cli import caches
 from puffer_cli.errors import InvalidRequest, StoreError
-from puffer_cli.store import IOStats, Store, count_io, digest, io_scope
+from puffer_cli.store import Store, count_io, digest
 from puffer_cli.store.s3 import S3Store
 
-__all__ = [
-    "DEFAULT_STORE",
-    "IOStats",
-    "LocalStore",
-    "MemoryStore",
-    "S3Store",
-    "Store",
-    "io_scope",
-    "now_ms",
-    "open_store",
-]
+__all__ = ["DEFAULT_STORE", "LocalStore", "MemoryStore", "now_ms", "open_store"]
 
 DEFAULT_STORE = "./puffer-data"
 

@@ -26,9 +26,10 @@ from typing import Any
 import polars as pl
 
 from puffer_cli.errors import CorruptWal, InvalidRequest, NamespaceNotFound, PufferError
+from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
-from puffer_cli.store import layout
-from puffer_cli.store.local import LocalStore, Store, now_ms
+from puffer_cli.store import Store, layout
+from puffer_cli.store.local import LocalStore, now_ms
 from puffer_cli.wal import codec as wal
 from puffer_cli.wal import replay, writes
 
@@ -482,9 +483,9 @@ class Namespace:
         while True:
             head = self.head()
             sch = S.merge(head.schema, declared, {}) if declared else dict(head.schema)
-            typed, inferred = S.conform_frame(df, sch)  # checks names, counts and values first
+            typed, inferred = frames.conform_frame(df, sch)  # checks names, counts and values first
             sch = S.merge(sch, {}, inferred)
-            S.check_schema_size(sch, head.schema, what="ingest")
+            types.check_schema_size(sch, head.schema, what="ingest")
             metric = head.metric
             if distance_metric:
                 if distance_metric not in writes.METRICS:

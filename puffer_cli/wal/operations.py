@@ -16,8 +16,7 @@ import secrets
 from datetime import UTC, datetime
 
 from puffer_cli.errors import NotFound, PufferError
-from puffer_cli.store import layout
-from puffer_cli.store.local import Store
+from puffer_cli.store import Store, layout
 
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 

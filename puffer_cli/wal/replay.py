@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from puffer_cli.schema import frames
 from puffer_cli.schema import spec as S
 from puffer_cli.wal import codec as wal
 from puffer_cli.wal.codec import Op
@@ -53,14 +54,14 @@ def follow(entries: Iterable[wal.Entry], schema: dict, metric: str | None) -> It
 
 
 def empty(schema: Mapping) -> pl.DataFrame:
-    return S.align(pl.DataFrame(), schema)
+    return frames.align(pl.DataFrame(), schema)
 
 
 def fold(docs: pl.DataFrame | None, schema: Mapping, ops: Iterable[Op]) -> pl.DataFrame:
     """Apply ``ops`` (in order) to ``docs``; returns the new live documents."""
-    cols = S.column_order(schema)
+    cols = frames.column_order(schema)
     base_parts = [
-        S.align(docs if docs is not None else pl.DataFrame(), schema).with_columns(
+        frames.align(docs if docs is not None else pl.DataFrame(), schema).with_columns(
             pl.lit(-1, dtype=pl.Int64).alias(ORD)
         )
     ]
@@ -70,12 +71,12 @@ def fold(docs: pl.DataFrame | None, schema: Mapping, ops: Iterable[Op]) -> pl.Da
         n = op.table.height
         ords = pl.int_range(off, off + n, dtype=pl.Int64, eager=True).alias(ORD)
         if op.kind == "upsert":
-            base_parts.append(S.align(op.table, schema).with_columns(ords))
+            base_parts.append(frames.align(op.table, schema).with_columns(ords))
         elif op.kind == "delete":
             dels.append(op.table.select(pl.col("id").cast(S.dtype_of(schema["id"]["type"]))).with_columns(ords))
         elif op.kind == "patch":
             pcols = [c for c in op.table.columns if c != "id" and c in schema]
-            patches.append((S.align(op.table, schema, ["id", *pcols]).with_columns(ords), pcols))
+            patches.append((frames.align(op.table, schema, ["id", *pcols]).with_columns(ords), pcols))
         off += n
     if len(base_parts) == 1 and not dels and not patches:
         return base_parts[0].drop(ORD)
@@ -121,5 +122,5 @@ def fold_entries(
     if schema is not None and (batch or docs is None):
         docs = fold(docs, schema, batch)
     elif schema is not None:
-        docs = S.align(docs, schema)
+        docs = frames.align(docs, schema)
     return docs, last, schema

@@ -37,8 +37,10 @@ import polars as pl
 
 from puffer_cli import filters as F
 from puffer_cli.errors import InvalidRequest, SchemaError
-from puffer_cli.query.model import METRICS
+from puffer_cli.schema import frames as frames_mod
 from puffer_cli.schema import spec as S
+from puffer_cli.schema import types
+from puffer_cli.schema.types import METRICS
 from puffer_cli.wal import replay
 from puffer_cli.wal.codec import Op
 
@@ -152,12 +154,12 @@ def _check_request(req: Any, snap: Snapshot) -> None:
         )
     for k in DATA_KEYS:
         if req.get(k) is not None:
-            S.check_depth(req[k], k)
+            types.check_depth(req[k], k)
     pbf = req.get("patch_by_filter")
     if isinstance(pbf, Mapping) and pbf.get("patch") is not None:
-        S.check_depth(pbf["patch"], "patch_by_filter.patch")
+        types.check_depth(pbf["patch"], "patch_by_filter.patch")
     flat, groups = _names(req)
-    S.check_write_names(flat, snap.schema, groups=groups)
+    types.check_write_names(flat, snap.schema, groups=groups)
 
 
 def _metric(req: Mapping[str, Any], current: str | None) -> str | None:
@@ -297,7 +299,7 @@ class _Planner:
             raise InvalidRequest("patch_by_filter.patch must be an object of attributes (not id)")
         expr = F.compile_filter(pbf["filters"], self.schema)
         # the patch values are validated once (one row), whatever the filter matches
-        one, inf = S.frame_from_columns({k: [v] for k, v in patch.items()}, self.schema, partial=True)
+        one, inf = frames_mod.frame_from_columns({k: [v] for k, v in patch.items()}, self.schema, partial=True)
         cur = self.current()
         hit = cur.filter(expr).get_column("id") if cur.width else pl.Series("id", [])
         hit = self.bounded(hit, "patch_by_filter", MAX_PATCH_BY_FILTER_ROWS)
@@ -340,7 +342,7 @@ class _Planner:
         if self.req.get("upsert_rows") is not None:
             if not isinstance(self.req["upsert_rows"], list):
                 raise InvalidRequest("upsert_rows must be an array of objects")
-            frames.append(S.frame_from_rows(self.req["upsert_rows"], self.schema, what="upsert_rows"))
+            frames.append(frames_mod.frame_from_rows(self.req["upsert_rows"], self.schema, what="upsert_rows"))
         frames += self._columns("upsert_columns")
         self._add_frames(frames, "upsert", "upsert_condition", "upserted", need_existing=False)
 
@@ -359,7 +361,9 @@ class _Planner:
                     or not isinstance(rows[start], Mapping)
                     or set(rows[i]) != set(rows[start])
                 ):
-                    frames.append(S.frame_from_rows(rows[start:i], self.schema, what="patch_rows", first_row=start))
+                    frames.append(
+                        frames_mod.frame_from_rows(rows[start:i], self.schema, what="patch_rows", first_row=start)
+                    )
                     start = i
         frames += self._columns("patch_columns")
         self._add_frames(frames, "patch", "patch_condition", "patched", need_existing=True)
@@ -369,7 +373,7 @@ class _Planner:
             return []
         if not isinstance(self.req[key], Mapping):
             raise InvalidRequest(f"{key} must be an object of columns")
-        return [S.frame_from_columns(self.req[key], self.schema)]
+        return [frames_mod.frame_from_columns(self.req[key], self.schema)]
 
     def _add_frames(self, frames: list, kind: str, cond: str, counted: str, *, need_existing: bool) -> None:
         for df, inf in frames:
@@ -386,12 +390,12 @@ class _Planner:
             raise InvalidRequest("deletes must be an array of ids")
         idt = self.schema.get("id", {}).get("type")
         if idt is None:
-            idt = S.infer_column("id", d) or "uint"
+            idt = types.infer_column("id", d) or "uint"
             if idt not in S.ID_TYPES:
                 raise SchemaError(
                     f"deletes: ids are {idt}, not one of {', '.join(S.ID_TYPES)}", hint="ids are u64, UUIDs or strings"
                 )
-        df = pl.DataFrame([S.column_series("id", d, idt)])
+        df = pl.DataFrame([frames_mod.column_series("id", d, idt)])
         if "id" in self.schema:  # else no document exists: nothing to delete
             self.add("delete", self.condition(df, self.req.get("delete_condition"), need_existing=True), "deleted")
 
@@ -402,7 +406,7 @@ class _Planner:
         for c in ("upsert_condition", "patch_condition", "delete_condition"):
             if req.get(c) is not None:
                 F.compile_filter(req[c], schema, ref_new_prefix=NEW)  # validate even when unused
-        S.check_schema_size(schema, self.snap.schema)
+        types.check_schema_size(schema, self.snap.schema)
         if "id" not in schema and any(op.table.height for op in self.ops):
             raise SchemaError("could not determine the id type", hint='declare it: schema {"id": "uint"}')
         metric = self.metric
