@@ -24,7 +24,8 @@ from puffer_cli.handle import NamespaceHandle
 from puffer_cli.limits import NAMESPACE_LIST_THREADS
 from puffer_cli.store import Store, layout
 from puffer_cli.store import filecache as _cache
-from puffer_cli.store.local import LocalStore, open_store
+from puffer_cli.store.local import LocalStore
+from puffer_cli.store.url import open_store
 
 
 class DB:

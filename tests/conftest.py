@@ -20,7 +20,7 @@ import uuid
 
 import puffer_cli
 import pytest
-from puffer_cli.store import local as _store
+from puffer_cli.store import url as _store
 
 
 def _atomic_moto_conditionals() -> None:

@@ -124,7 +124,7 @@ def test_stale_pin_is_dropped(mem_db):
 
 def _crash_left_pin(db, dest="br", age_s=1.0):
     """The pin a creation that crashed between its steps 1 and 2 leaves: no branch meta.json."""
-    from puffer_cli.store.local import now_ms
+    from puffer_cli.store import now_ms
 
     pin = {"branch": dest, "id": "crashed", "seq": 1, "manifest": None, "created_at": now_ms() - int(age_s * 1000)}
     assert db.store.create(layout.branch_pin("src", dest, "crashed"), json.dumps(pin).encode())

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 from puffer_cli import limits as L
 from puffer_cli.index import builder
 from puffer_cli.server.app import ServeConfig, create_app
-from puffer_cli.store import local as _store
+from puffer_cli.store import url as _store
 from starlette.testclient import TestClient
 
 from ._bodies import paths as _paths

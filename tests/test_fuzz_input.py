@@ -19,7 +19,7 @@ from puffer_cli import limits
 from puffer_cli.errors import PufferError
 from puffer_cli.index import builder
 from puffer_cli.search import engine
-from puffer_cli.store import local as _store
+from puffer_cli.store import url as _store
 
 from ._bodies import paths as _paths
 

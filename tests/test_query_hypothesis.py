@@ -10,7 +10,7 @@ import puffer_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from puffer_cli.search import engine
-from puffer_cli.store import local as _store
+from puffer_cli.store import url as _store
 
 IDS = st.integers(0, 15)
 NS = st.one_of(st.none(), st.integers(-3, 3))

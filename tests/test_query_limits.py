@@ -26,7 +26,7 @@ from puffer_cli.filters import lower as FC
 from puffer_cli.filters import parse
 from puffer_cli.index import builder
 from puffer_cli.search import engine
-from puffer_cli.store import local as _store
+from puffer_cli.store import url as _store
 
 from tests import test_filters as TF
 

@@ -22,8 +22,8 @@ import pytest
 from puffer_cli import limits
 from puffer_cli.cli.main import main
 from puffer_cli.errors import InvalidRequest, StoreError, UnsafeStore
-from puffer_cli.store.local import open_store
 from puffer_cli.store.s3 import S3Store
+from puffer_cli.store.url import open_store
 
 
 def _error(code: str, message: str) -> bytes:

@@ -16,7 +16,7 @@ import uuid
 import orjson
 import pytest
 from puffer_cli.server.app import ServeConfig, create_app
-from puffer_cli.store import local as _store
+from puffer_cli.store import url as _store
 from starlette.testclient import TestClient
 
 KEY = "k"

@@ -7,7 +7,8 @@ import puffer_cli
 import pytest
 from puffer_cli.errors import InvalidRequest, UnsafeStore
 from puffer_cli.index import gc
-from puffer_cli.store.local import LocalStore, open_store
+from puffer_cli.store.local import LocalStore
+from puffer_cli.store.url import open_store
 
 
 def test_read_write_versioned(db):

@@ -21,7 +21,7 @@ from puffer_cli.errors import InvalidRequest, NamespaceNotFound, PufferError, Sc
 from puffer_cli.index import builder
 from puffer_cli.schema import spec as S
 from puffer_cli.schema import types
-from puffer_cli.store import local as _store
+from puffer_cli.store import url as _store
 
 from ._bodies import paths as _paths
 

@@ -51,9 +51,8 @@ from puffer_cli.index.manifest import ann_sig, fts_sig, load_manifest
 from puffer_cli.index.segwrite import Writer, note, prefetch_keys, segment_files, write_segment
 from puffer_cli.schema import frames
 from puffer_cli.schema import spec as S
-from puffer_cli.store import Store, layout
+from puffer_cli.store import Store, layout, now_ms
 from puffer_cli.store.filecache import Cache, get_cache
-from puffer_cli.store.local import now_ms
 from puffer_cli.wal import replay
 from puffer_cli.wal.namespace import Namespace
 

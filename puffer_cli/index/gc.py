@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from puffer_cli.index.hooks import crash
 from puffer_cli.index.manifest import load_manifest, manifest_files
-from puffer_cli.store import layout
-from puffer_cli.store.local import now_ms
+from puffer_cli.store import layout, now_ms
 from puffer_cli.wal.namespace import Namespace
 
 TEMP_MAX_AGE_S = 3600.0  # a writer's temporary file older than this was left by a killed process

@@ -22,8 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from puffer_cli.store import Store, layout
-from puffer_cli.store.local import now_ms
+from puffer_cli.store import Store, layout, now_ms
 
 DEFAULT_TTL_S = 60.0
 

@@ -27,8 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from puffer_cli.errors import InvalidRequest
-from puffer_cli.store import Store, layout
-from puffer_cli.store.local import now_ms
+from puffer_cli.store import Store, layout, now_ms
 from puffer_cli.wal.namespace import Namespace, release_pin
 
 

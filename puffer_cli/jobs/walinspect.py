@@ -14,8 +14,7 @@ import json
 from typing import Any
 
 from puffer_cli.errors import CorruptNamespace, InvalidRequest, NamespaceNotFound
-from puffer_cli.store import layout
-from puffer_cli.store.local import now_ms
+from puffer_cli.store import layout, now_ms
 from puffer_cli.wal import codec as wal
 from puffer_cli.wal.namespace import WRITER_ID, Namespace, forget
 

@@ -15,6 +15,7 @@ import builtins
 import contextvars
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -230,3 +231,7 @@ class Store:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r})"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,15 +1,5 @@
-"""Object storage: ``open_store(url)`` and the local and memory backends.
-
-``open_store(url)`` picks a backend from the URL, like ``lancedb.connect``:
-
-* a path (default ``./puffer-data``)  -> :class:`LocalStore`
-* ``memory://[name]``                 -> :class:`MemoryStore` (tests; process-local)
-* ``s3://bucket[/prefix]``            -> :class:`S3Store` (AWS, MinIO, moto, ...; store_s3.py)
-
-The interface (:class:`Store`, :class:`IOStats`, :func:`io_scope`) lives in store_base.py
-and is re-exported here. Only the store modules (store, store_base, store_s3) talk to
-fsspec / s3fs.
-"""
+"""The local-disk backend: create-if-absent by temp file + fsync + ``os.link``, CAS under a lock
+file + ``os.replace`` (docs/format.md "Commit protocol")."""
 
 from __future__ import annotations
 
@@ -17,19 +7,14 @@ import builtins
 import contextlib
 import functools
 import os
-import threading
 import time
 import uuid
 from pathlib import Path
 
-from puffer_cli import caches
 from puffer_cli.errors import InvalidRequest, StoreError
 from puffer_cli.store import Store, count_io, digest
-from puffer_cli.store.s3 import S3Store
 
-__all__ = ["DEFAULT_STORE", "LocalStore", "MemoryStore", "now_ms", "open_store"]
-
-DEFAULT_STORE = "./puffer-data"
+__all__ = ["LocalStore"]
 
 
 # ---------------------------------------------------------------- local disk
@@ -281,139 +266,3 @@ class LocalStore(Store):
     def local_path(self, key: str) -> Path:
         """Local file path of a key (lets readers mmap index files without a copy)."""
         return self._p(key)
-
-
-# ---------------------------------------------------------------- memory
-_MEM_LOCK = threading.RLock()
-_MEM_VERSIONS: dict[str, int] = {}
-_MEM_COUNTER = 0
-
-
-class MemoryStore(Store):
-    """fsspec's in-memory filesystem; create/cas under one process-wide lock."""
-
-    def __init__(self, name: str = ""):
-        import fsspec
-
-        self.fs = fsspec.filesystem("memory")
-        self.name = name.strip("/") or "default"
-        self.root = f"/puffer/{self.name}"
-        self.url = f"memory://{name}"
-
-    def _p(self, key: str) -> str:
-        return f"{self.root}/{key}"
-
-    def read(self, key: str) -> bytes:
-        with _MEM_LOCK:
-            data = self.fs.cat_file(self._p(key))
-        count_io(read=len(data))
-        return data
-
-    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        with _MEM_LOCK:
-            try:
-                data = self.read(key)
-            except FileNotFoundError:
-                return None
-            return data, str(_MEM_VERSIONS.get(self._p(key), 0))
-
-    def read_range(self, key: str, start: int, end: int) -> bytes:
-        return self.read(key)[start:end]
-
-    def change_token(self, key: str) -> str | None:
-        """The key's write counter ("" if absent): every write of any key takes a new one."""
-        count_io()
-        with _MEM_LOCK:
-            p = self._p(key)
-            return str(_MEM_VERSIONS.get(p, 0)) if p in self.fs.store else ""
-
-    def write(self, key: str, data: bytes) -> None:
-        global _MEM_COUNTER
-        with _MEM_LOCK:
-            self.fs.pipe_file(self._p(key), bytes(data))
-            _MEM_COUNTER += 1
-            _MEM_VERSIONS[self._p(key)] = _MEM_COUNTER
-        count_io(written=len(data))
-
-    def create(self, key: str, data: bytes) -> bool:
-        with _MEM_LOCK:
-            if self.fs.exists(self._p(key)):
-                return False
-            self.write(key, data)
-            return True
-
-    def cas(self, key: str, data: bytes, version: str | None) -> bool:
-        with _MEM_LOCK:
-            cur = self.read_versioned(key)
-            if (cur is None) != (version is None) or (cur is not None and cur[1] != version):
-                return False
-            self.write(key, data)
-            return True
-
-    def list(self, prefix: str, start_after: str | None = None) -> list[str]:
-        count_io()
-        n = len(self.root) + 1
-        with _MEM_LOCK:
-            keys = [p[n:] for p in list(self.fs.store) if p.startswith(self.root + "/")]
-        return sorted(k for k in keys if k.startswith(prefix) and (start_after is None or k > start_after))
-
-    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
-        names = set()
-        for k in self.list(prefix):
-            rest = k[len(prefix) :]
-            if "/" in rest:
-                names.add(rest.split("/", 1)[0])
-        return sorted(names)
-
-    def delete(self, key: str) -> None:
-        count_io()
-        with _MEM_LOCK:
-            self.fs.rm_file(self._p(key))
-
-    def size(self, key: str) -> int:
-        count_io()
-        with _MEM_LOCK:
-            if not self.fs.isfile(self._p(key)):
-                raise FileNotFoundError(key)
-            return len(self.fs.store[self._p(key)].getvalue())
-
-    def clear(self) -> None:
-        """Drop every key of this store (tests)."""
-        with _MEM_LOCK:
-            for p in [p for p in self.fs.store if p.startswith(self.root + "/")]:
-                del self.fs.store[p]
-
-
-#: open stores per (url, endpoint): one s3fs client per bucket and process (caches.stats() names it)
-_STORES = caches.lru("stores", 256)
-_STORES_LOCK = threading.Lock()
-
-
-def open_store(url: str | None = None, *, s3_endpoint: str | None = None) -> Store:
-    """Open the store named by ``url`` (default ./puffer-data; connect() reads $PUFFER_STORE).
-
-    Instances are cached per (url, endpoint) so a process shares one s3fs client.
-    """
-    url = url or DEFAULT_STORE
-    key = (url, s3_endpoint)
-    with _STORES_LOCK:
-        found = _STORES.get(key)
-        if found is not None:
-            return found
-        if url.startswith("memory://"):
-            st: Store = MemoryStore(url[len("memory://") :])
-        elif url.startswith("s3://"):
-            st = S3Store(url, endpoint_url=s3_endpoint)
-        elif "://" in url and not url.startswith("file://"):
-            raise InvalidRequest(
-                f"unsupported store URL {url!r}",
-                hint="use a local path, memory://, or s3://bucket/prefix",
-            )
-        else:
-            st = LocalStore(url[len("file://") :] if url.startswith("file://") else url)
-        _STORES.put(key, st)
-        return st
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

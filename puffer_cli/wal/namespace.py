@@ -28,8 +28,8 @@ import polars as pl
 from puffer_cli.errors import CorruptWal, InvalidRequest, NamespaceNotFound, PufferError
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
-from puffer_cli.store import Store, layout
-from puffer_cli.store.local import LocalStore, now_ms
+from puffer_cli.store import Store, layout, now_ms
+from puffer_cli.store.local import LocalStore
 from puffer_cli.wal import codec as wal
 from puffer_cli.wal import replay, writes
 
