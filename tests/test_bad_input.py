@@ -62,7 +62,7 @@ BAD = [
 
 @pytest.mark.parametrize("body,needle", BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_write_rejected_and_nothing_changes(mem_db, body, needle):
-    ns = mem_db.namespace("bad")
+    ns = mem_db.open_namespace("bad")
     ns.write(SEED)
     before = ns.head().seq
     docs_before = ns.docs()[0]

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 import turbopuffer
+from puffer_cli.db import NamespaceHandle
 from puffer_cli.errors import InvalidRequest, NamespaceNotFound
 from puffer_cli.index import builder
 from puffer_cli.jobs import branch
@@ -24,11 +25,11 @@ def rows(n, start=0, tag="s"):
 
 
 def ids(ns, **kw) -> list:
-    return sorted(r["id"] for r in ns.query({"rank_by": ["id", "asc"], "top_k": 1000, **kw}).rows)
+    return sorted(r["id"] for r in NamespaceHandle(ns).query({"rank_by": ["id", "asc"], "top_k": 1000, **kw}).rows)
 
 
 def near(ns, v, k=3) -> list:
-    return [r["id"] for r in ns.query({"rank_by": ["vector", "ANN", v], "top_k": k}).rows]
+    return [r["id"] for r in NamespaceHandle(ns).query({"rank_by": ["vector", "ANN", v], "top_k": k}).rows]
 
 
 def index(ns):
@@ -36,13 +37,13 @@ def index(ns):
 
 
 def test_branch_sees_source_and_stays_independent(db):
-    src = db.namespace("src")
+    src = db.open_namespace("src")
     src.write({"upsert_rows": rows(20), "distance_metric": "euclidean_squared"})
     index(src)
     src.write({"upsert_rows": rows(2, 100), "deletes": [0]})  # unindexed WAL tail at branch time
     out = branch.branch_namespace(db.store, "br", "src")
     assert out["status"] == "OK" and out["base_seq"] == 2
-    br = db.namespace("br")
+    br = db.open_namespace("br")
     want = [*range(1, 20), 100, 101]
     assert ids(br) == want == ids(br, consistency={"level": "eventual"})
     assert near(br, [100.0, 1.0]) == near(src, [100.0, 1.0])
@@ -51,16 +52,16 @@ def test_branch_sees_source_and_stays_independent(db):
     src.write({"upsert_rows": rows(1, 300), "deletes": [2]})
     assert ids(br) == sorted([i for i in want if i != 1] + [200])
     assert ids(src) == sorted([i for i in want if i != 2] + [300])
-    assert db.namespace("br").docs()[0].height == len(want)
+    assert db.open_namespace("br").docs()[0].height == len(want)
     assert "br" in db.namespaces()
 
 
 def test_source_gc_and_branch_index(db):
-    src = db.namespace("src")
+    src = db.open_namespace("src")
     src.write({"upsert_rows": rows(30), "distance_metric": "euclidean_squared"})
     index(src)
     branch.branch_namespace(db.store, "br", "src")
-    br = db.namespace("br")
+    br = db.open_namespace("br")
     # the source rewrites everything: its old generation is unreferenced but for the pin
     src.write({"deletes": list(range(25))})
     index(src)
@@ -78,15 +79,15 @@ def test_source_gc_and_branch_index(db):
     assert not db.store.list(layout.branch_pins_dir("src"))
     assert ids(src) == list(range(25, 30))
     src.delete_all()
-    assert not db.namespace("src").exists()
+    assert not db.open_namespace("src").exists()
 
 
 def test_branch_of_branch_and_errors(mem_db):
     db = mem_db
     with pytest.raises(NamespaceNotFound):
         branch.branch_namespace(db.store, "b1", "nope")
-    db.namespace("a").write({"upsert_rows": [{"id": 1, "x": 1}]})
-    db.namespace("other").write({"upsert_rows": [{"id": 9}]})
+    db.open_namespace("a").write({"upsert_rows": [{"id": 1, "x": 1}]})
+    db.open_namespace("other").write({"upsert_rows": [{"id": 9}]})
     with pytest.raises(InvalidRequest, match="already exists"):
         branch.branch_namespace(db.store, "other", "a")
     with pytest.raises(InvalidRequest, match="itself"):
@@ -94,15 +95,19 @@ def test_branch_of_branch_and_errors(mem_db):
     branch.branch_namespace(db.store, "b1", "a")
     with pytest.raises(InvalidRequest, match="already exists"):
         branch.branch_namespace(db.store, "b1", "a")
-    db.namespace("b1").write({"upsert_rows": [{"id": 2, "x": 2}]})
+    db.open_namespace("b1").write({"upsert_rows": [{"id": 2, "x": 2}]})
     branch.branch_namespace(db.store, "b2", "b1")
-    db.namespace("b2").write({"upsert_rows": [{"id": 3, "x": 3}]})
-    assert ids(db.namespace("b2")) == [1, 2, 3] and ids(db.namespace("b1")) == [1, 2] and ids(db.namespace("a")) == [1]
+    db.open_namespace("b2").write({"upsert_rows": [{"id": 3, "x": 3}]})
+    assert (
+        ids(db.open_namespace("b2")) == [1, 2, 3]
+        and ids(db.open_namespace("b1")) == [1, 2]
+        and ids(db.open_namespace("a")) == [1]
+    )
     with pytest.raises(InvalidRequest, match="b2"):
-        db.namespace("b1").delete_all()
-    db.namespace("b2").delete_all()
-    db.namespace("b1").delete_all()
-    db.namespace("a").delete_all()
+        db.open_namespace("b1").delete_all()
+    db.open_namespace("b2").delete_all()
+    db.open_namespace("b1").delete_all()
+    db.open_namespace("a").delete_all()
     for v in (5, {"source_namespace": 5}, {"source_namespace": "a", "x": 1}):
         with pytest.raises(InvalidRequest):
             branch.parse_source(v)
@@ -112,7 +117,7 @@ def test_stale_pin_is_dropped(mem_db):
     """A crash between the pin and the branch's meta.json: the pin protects nothing after the
     grace period; the source's GC drops it and the source can be deleted."""
     db = mem_db
-    src = db.namespace("src")
+    src = db.open_namespace("src")
     src.write({"upsert_rows": [{"id": 1}]})
     pin = {"branch": "ghost", "id": "x", "seq": 1, "manifest": None, "created_at": 0}
     db.store.create(layout.branch_pin("src", "ghost"), json.dumps(pin).encode())
@@ -134,38 +139,38 @@ def test_retry_after_a_crash_left_pin(db):
     """A crash between the pin and the branch's meta.json: a retry succeeds at once (its pin
     is a key of its own); the crashed creation's pin is stale once the branch names another id,
     and the source's GC drops it, never the live one."""
-    db.namespace("src").write({"upsert_rows": [{"id": 1}, {"id": 2}]})
+    db.open_namespace("src").write({"upsert_rows": [{"id": 1}, {"id": 2}]})
     _crash_left_pin(db)
     out = branch.branch_namespace(db.store, "br", "src")
     assert out["status"] == "OK" and out["base_seq"] == 1
-    assert ids(db.namespace("br")) == [1, 2]
-    bid = db.namespace("br").read_meta()[0]["branch"]["id"]
-    pins = {p["id"]: live for _k, p, live in db.namespace("src").pins()}
+    assert ids(db.open_namespace("br")) == [1, 2]
+    bid = db.open_namespace("br").read_meta()[0]["branch"]["id"]
+    pins = {p["id"]: live for _k, p, live in db.open_namespace("src").pins()}
     assert pins == {"crashed": False, bid: True}
-    index(db.namespace("src"))
-    [(_k, pin, live)] = db.namespace("src").pins()
+    index(db.open_namespace("src"))
+    [(_k, pin, live)] = db.open_namespace("src").pins()
     assert live and pin["id"] == bid
     with pytest.raises(InvalidRequest, match="already exists"):
         branch.branch_namespace(db.store, "br", "src")
     with pytest.raises(InvalidRequest, match="live branch"):
-        db.namespace("src").delete_all()
-    db.namespace("br").delete_all()
+        db.open_namespace("src").delete_all()
+    db.open_namespace("br").delete_all()
     assert not db.store.list(layout.branch_pins_dir("src"))
 
 
 def test_old_style_pin_is_released(mem_db):
     """A branch created when pins had one key per branch (``{dest}.json``) releases it on delete."""
     db = mem_db
-    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
+    db.open_namespace("src").write({"upsert_rows": [{"id": 1}]})
     branch.branch_namespace(db.store, "br", "src")
-    bid = db.namespace("br").read_meta()[0]["branch"]["id"]
+    bid = db.open_namespace("br").read_meta()[0]["branch"]["id"]
     new_key = layout.branch_pin("src", "br", bid)
     db.store.write(layout.branch_pin("src", "br"), db.store.read(new_key))  # as the old code wrote it
     db.store.delete(new_key)
-    assert [live for _k, _p, live in db.namespace("src").pins()] == [True]
-    db.namespace("br").delete_all()
+    assert [live for _k, _p, live in db.open_namespace("src").pins()] == [True]
+    db.open_namespace("br").delete_all()
     assert not db.store.list(layout.branch_pins_dir("src"))
-    db.namespace("src").delete_all()
+    db.open_namespace("src").delete_all()
 
 
 def test_gc_and_delete_never_drop_a_live_pin(mem_db):
@@ -173,7 +178,7 @@ def test_gc_and_delete_never_drop_a_live_pin(mem_db):
     a retry commits, and ``delete_all`` of a branch while it is branched again under its name.
     Pins are never rewritten, so each deletion removes only the pin it judged."""
     db = mem_db
-    src = db.namespace("src")
+    src = db.open_namespace("src")
     src.write({"upsert_rows": [{"id": 1}]})
     _crash_left_pin(db, age_s=10_000)  # stale: older than PIN_GRACE_S
     stale = [k for k, _p, live in src.pins() if not live]
@@ -183,19 +188,19 @@ def test_gc_and_delete_never_drop_a_live_pin(mem_db):
     assert [live for _k, _p, live in src.pins()] == [True]
     # delete_all of br racing a new branch of the same name: the old branch's pin release
     # (after its keys are gone) must not take the new branch's pin
-    old_bid = db.namespace("br").read_meta()[0]["branch"]["id"]
+    old_bid = db.open_namespace("br").read_meta()[0]["branch"]["id"]
     db.store.delete_prefix(layout.namespace_prefix("br"))  # delete_all's first step
     nsmod.Namespace(db.store, "br").reset_cache()
     branch.branch_namespace(db.store, "br", "src")
     nsmod.release_pin(db.store, "src", "br", old_bid)  # delete_all's last step
     [(_k, pin, live)] = src.pins()
-    assert live and pin["id"] == db.namespace("br").read_meta()[0]["branch"]["id"] != old_bid
+    assert live and pin["id"] == db.open_namespace("br").read_meta()[0]["branch"]["id"] != old_bid
     with pytest.raises(InvalidRequest, match="live branch"):
         src.delete_all()
 
 
 def test_concurrent_creators_have_one_winner(db):
-    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
+    db.open_namespace("src").write({"upsert_rows": [{"id": 1}]})
     wins, refused, other = [], [], []
     go = threading.Barrier(6)
 
@@ -214,9 +219,9 @@ def test_concurrent_creators_have_one_winner(db):
     [t.join() for t in ts]
     assert not other and len(wins) == 1 and len(refused) == 5
     assert all("already exists" in m for m in refused)
-    [(_k, pin, live)] = db.namespace("src").pins()  # the losers deleted their own pins
-    assert live and pin["id"] == db.namespace("br").read_meta()[0]["branch"]["id"]
-    assert ids(db.namespace("br")) == [1]
+    [(_k, pin, live)] = db.open_namespace("src").pins()  # the losers deleted their own pins
+    assert live and pin["id"] == db.open_namespace("br").read_meta()[0]["branch"]["id"]
+    assert ids(db.open_namespace("br")) == [1]
 
 
 def test_official_client_branch_from(tmp_path):
@@ -251,10 +256,10 @@ def test_cli_branch(tmp_path, capsys):
     from puffer_cli.cli.main import main
 
     st = str(tmp_path / "store")
-    puffer_cli.connect(st).namespace("src").write({"upsert_rows": [{"id": 1}, {"id": 2}]})
+    puffer_cli.connect(st).open_namespace("src").write({"upsert_rows": [{"id": 1}, {"id": 2}]})
     assert main(["branch", "src", "dst", "--store", st]) == 0
     assert "seq 1" in capsys.readouterr().out
-    assert ids(puffer_cli.connect(st).namespace("dst")) == [1, 2]
+    assert ids(puffer_cli.connect(st).open_namespace("dst")) == [1, 2]
     assert main(["branch", "src", "dst", "--store", st]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error:") and "already exists" in err
@@ -264,9 +269,9 @@ def test_wal_inspect_of_a_branch(mem_db):
     from puffer_cli.jobs import walinspect
 
     db = mem_db
-    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
+    db.open_namespace("src").write({"upsert_rows": [{"id": 1}]})
     branch.branch_namespace(db.store, "br", "src")
-    br = db.namespace("br")
+    br = db.open_namespace("br")
     br.write({"upsert_rows": [{"id": 2}]})
     assert [r["seq"] for r in walinspect.inspect(br)] == [1, 2] and not walinspect.verify(br)
     assert walinspect.show(br, 1)["ops"][0]["data"] == [{"id": 1}]
@@ -282,9 +287,9 @@ def test_other_process_branch_is_seen(tmp_path):
 
     st = str(tmp_path / "store")
     db = puffer_cli.connect(st)
-    db.namespace("src").write({"upsert_rows": [{"id": 1}]})
-    assert not db.namespace("br").exists()
+    db.open_namespace("src").write({"upsert_rows": [{"id": 1}]})
+    assert not db.open_namespace("br").exists()
     other = puffer_cli.connect(st).store
     branch.branch_namespace(other, "br", "src")
     nsmod._cache_for(db.store, "br").base_known = True  # as if this process's view were stale
-    assert db.namespace("br").exists() and ids(db.namespace("br")) == [1]
+    assert db.open_namespace("br").exists() and ids(db.open_namespace("br")) == [1]

@@ -49,7 +49,7 @@ def test_disabled_cache_uses_a_private_temp_dir():
 
 def test_cold_then_hot_query_and_warm(mem_db, tmp_path):
     rng = np.random.default_rng(20)
-    ns = mem_db.namespace("w")
+    ns = mem_db.open_namespace("w")
     ns.write({"upsert_rows": make_rows(rng, 0, 80), "schema": SCHEMA})
     cache.configure(str(tmp_path / "build-cache"))
     builder.index_namespace(ns, gc_grace_s=0)
@@ -63,16 +63,16 @@ def test_cold_then_hot_query_and_warm(mem_db, tmp_path):
     cache.configure(str(tmp_path / "empty"))
     forget()
     body = {"rank_by": ["text", "BM25", "fox"], "top_k": 3, "consistency": {"level": "eventual"}}
-    cold = engine.run_query(mem_db.namespace("w"), body)["performance"]
+    cold = engine.run_query(mem_db.open_namespace("w"), body)["performance"]
     assert cold["cache_temperature"] == "cold" and cold["object_store_bytes_read"] > 0
-    hot = engine.run_query(mem_db.namespace("w"), body)["performance"]
+    hot = engine.run_query(mem_db.open_namespace("w"), body)["performance"]
     assert hot["cache_temperature"] == "hot" and hot["object_store_requests"] == 1  # meta.json only
 
     c = cache.configure(str(tmp_path / "warm"))
     forget()
-    w = warm.warm(mem_db.namespace("w"), c)
+    w = warm.warm(mem_db.open_namespace("w"), c)
     assert w["generation"] == 1 and w["files"] == w["fetched_files"] > 0 and w["bytes"] == w["fetched_bytes"]
-    again = warm.warm(mem_db.namespace("w"), c)
+    again = warm.warm(mem_db.open_namespace("w"), c)
     assert again["fetched_files"] == 0 and again["files"] == w["files"]
     cache.configure("")
 
@@ -99,7 +99,7 @@ def _indexed_on_s3(s3_server, tmp_path, name, rows, **write):
     import puffer_cli
 
     db = puffer_cli.connect(f"s3://puffer-test/{name}", s3_endpoint=s3_server)
-    ns = db.namespace("v")
+    ns = db.open_namespace("v")
     ns.write({"upsert_rows": rows, **write})
     cache.configure(str(tmp_path / "build"))
     builder.index_namespace(ns, gc_grace_s=0)
@@ -128,7 +128,7 @@ def test_cold_vector_query_reads_rows_by_range(s3_server, tmp_path, monkeypatch)
     monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)  # treat the tiny test file as large
     monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 0)  # ... and its segment (probe a fraction of it)
     db = puffer_cli.connect("s3://puffer-test/cold-ranged", s3_endpoint=s3_server)
-    ns = db.namespace("v")
+    ns = db.open_namespace("v")
     rng = np.random.default_rng(21)
     ns.write({"upsert_rows": [{"id": i, "vector": rng.normal(size=16).round(3).tolist()} for i in range(400)]})
     cache.configure(str(tmp_path / "build"))
@@ -255,14 +255,14 @@ def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, t
         answers = {}
         for g in range(2):  # two generations of each of three namespaces
             for n in range(3):
-                ns = mem_db.namespace(f"n{n}")
+                ns = mem_db.open_namespace(f"n{n}")
                 ns.write({"upsert_rows": make_rows(rng, g * 30, 30), "schema": SCHEMA})
                 builder.index_namespace(ns, gc_grace_s=0)
         _forget_all()
         for rep in range(2):
             for n in range(3):
                 body = {"rank_by": ["text", "BM25", "fox"], "top_k": 5, "consistency": {"level": "eventual"}}
-                got = engine.run_query(mem_db.namespace(f"n{n}"), body)["rows"]
+                got = engine.run_query(mem_db.open_namespace(f"n{n}"), body)["rows"]
                 if rep == 0:
                     answers[n] = got
                 assert got == answers[n]  # evicted files are fetched again
@@ -285,7 +285,7 @@ def test_local_store_gc_frees_index_files(local_db, tmp_path):
     rng = np.random.default_rng(31)
     c = cache.configure(str(tmp_path / "lc"))
     try:
-        ns = local_db.namespace("g")
+        ns = local_db.open_namespace("g")
         ns.write({"upsert_rows": make_rows(rng, 0, 60), "schema": SCHEMA})
         builder.index_namespace(ns, gc_grace_s=0)
         body = {"rank_by": ["text", "BM25", "fox"], "top_k": 3, "consistency": {"level": "eventual"}}
@@ -413,7 +413,7 @@ def test_cli_with_unwritable_cache_dir_answers(tmp_path):
     it works, with one warning line on stderr and no traceback."""
     store = str(tmp_path / "s")
     db = puffer_cli.connect(store)
-    db.namespace("q").write({"upsert_rows": make_rows(np.random.default_rng(32), 0, 20), "schema": SCHEMA})
+    db.open_namespace("q").write({"upsert_rows": make_rows(np.random.default_rng(32), 0, 20), "schema": SCHEMA})
     try:
         assert cli.main(["index", "q", "--store", store, "--cache-dir", str(tmp_path / "ok")]) == 0
     finally:

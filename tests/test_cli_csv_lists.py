@@ -19,7 +19,7 @@ def test_csv_vector_and_lists_roundtrip(store_url, tmp_path, capsys):
     schema = json.dumps({"tags": {"type": "[]string"}})
     assert main(["ingest", "v", str(src), "--vector", "emb", "--schema", schema, *st]) == 0
     url, endpoint = store_url
-    docs, head = connect(url, s3_endpoint=endpoint).namespace("v").docs()
+    docs, head = connect(url, s3_endpoint=endpoint).open_namespace("v").docs()
     assert "f32" in head.schema["vector"]["type"] and head.schema["tags"]["type"] == "[]string"
     rows = {r["id"]: r for r in docs.to_dicts()}
     assert list(rows[2]["vector"]) == [0.5, 0.25] and list(rows[1]["tags"]) == ["a", "b"]
@@ -28,7 +28,7 @@ def test_csv_vector_and_lists_roundtrip(store_url, tmp_path, capsys):
     out = tmp_path / "out.csv"
     assert main(["export", "v", "-o", str(out), *st]) == 0
     assert main(["ingest", "w", str(out), "--vector", "vector", "--schema", schema, *st]) == 0
-    docs2, head2 = connect(url, s3_endpoint=endpoint).namespace("w").docs()
+    docs2, head2 = connect(url, s3_endpoint=endpoint).open_namespace("w").docs()
     assert head2.schema["vector"]["type"] == head.schema["vector"]["type"]
 
 

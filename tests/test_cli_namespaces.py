@@ -14,7 +14,7 @@ from tests.conftest import store_args
 def _fill(url, names=("alpha", "beta", "other"), endpoint=None):
     db = connect(url, s3_endpoint=endpoint)
     for i, n in enumerate(names):
-        db.namespace(n).write(
+        db.open_namespace(n).write(
             {
                 "upsert_rows": [
                     {"id": j, "vector": [float(j), 1.0], "text": "quick fox" if j % 2 else "lazy dog", "lang": "en"}

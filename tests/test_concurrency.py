@@ -19,7 +19,7 @@ from puffer_cli.wal import namespace as N
 WRITER = textwrap.dedent("""
     import sys, json, puffer_cli
     url, endpoint, ns_name, wid, n = sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-    ns = puffer_cli.connect(url, s3_endpoint=endpoint).namespace(ns_name)
+    ns = puffer_cli.connect(url, s3_endpoint=endpoint).open_namespace(ns_name)
     for i in range(n):
         ids = [wid * 1_000_000 + i * 10 + j for j in range(10)]
         ns.write({"upsert_rows": [{"id": x, "w": wid} for x in ids]})
@@ -29,7 +29,7 @@ WRITER = textwrap.dedent("""
 
 def check_namespace(db, name, acked):
     N.forget(db.store, name)
-    ns = db.namespace(name)
+    ns = db.open_namespace(name)
     keys = ns.wal_keys(0)
     seqs = [s for s, _ in keys]
     assert seqs == list(range(1, len(seqs) + 1)), "seqs must be contiguous"
@@ -49,7 +49,7 @@ def test_threads_8_writers(db):
     acked, lock = [], threading.Lock()
 
     def writer(wid):
-        ns = db.namespace(ns_name)
+        ns = db.open_namespace(ns_name)
         for i in range(6):
             ids = [wid * 1000 + i * 10 + j for j in range(10)]
             ns.write({"upsert_rows": [{"id": x, "w": wid} for x in ids]})
@@ -66,7 +66,7 @@ def test_threads_8_writers(db):
 def test_threads_conditional_counter_is_atomic(mem_db):
     """Conditional writes re-validate after a lost race: a compare-and-set counter
     incremented by 8 threads ends exactly at the number of successful increments."""
-    ns = mem_db.namespace("ctr")
+    ns = mem_db.open_namespace("ctr")
     ns.write({"upsert_rows": [{"id": 1, "v": 0}]})
     done = []
 
@@ -141,8 +141,8 @@ def test_sigkill_mid_ingest_loses_nothing_acknowledged(tmp_path):
     # committed rows are whole batches of 10
     assert rows % 10 == 0 and rows >= len(acked)
     # the namespace still accepts writes at the next seq
-    db.namespace("crash").write({"upsert_rows": [{"id": 1, "w": 0}]})
-    assert db.namespace("crash").head().seq == len(seqs) + 1
+    db.open_namespace("crash").write({"upsert_rows": [{"id": 1, "w": 0}]})
+    assert db.open_namespace("crash").head().seq == len(seqs) + 1
 
 
 @pytest.mark.slow  # SIGKILL loop (nox -s slow)
@@ -178,5 +178,5 @@ def test_sigkill_during_cli_ingest(tmp_path):
     check_namespace(db, "k", [])
     subprocess.run(cmd, check=True, capture_output=True)
     N.forget(db.store, "k")
-    docs, _ = db.namespace("k").docs()
+    docs, _ = db.open_namespace("k").docs()
     assert docs.height == n  # idempotent re-run completes the load

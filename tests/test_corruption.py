@@ -13,7 +13,7 @@ from .conftest import store_args
 
 
 def setup_ns(db):
-    ns = db.namespace("cw")
+    ns = db.open_namespace("cw")
     ns.write({"upsert_rows": [{"id": 1, "x": "a"}]})
     ns.write({"upsert_rows": [{"id": 2, "x": "b"}], "deletes": [1]})
     ns.write({"upsert_rows": [{"id": 3, "x": "c"}]})
@@ -60,7 +60,7 @@ def test_fail_policy_errors_clearly_and_skip_skips(db, store_url, capsys):
     store = setup_ns(db)
     damage(store, "flip")
     with pytest.raises(CorruptWal) as e:
-        db.namespace("cw").docs()
+        db.open_namespace("cw").docs()
     assert "00000000000000000002.wal" in str(e.value)
     code, out, err = run(capsys, store_url, "export", "cw")
     assert code == 1 and err.startswith("Error: ") and "corrupt" in err and "wal-inspect" in err
@@ -86,7 +86,7 @@ def test_repair_salvages_and_quarantines(db, store_url, capsys):
     code, out, err = run(capsys, store_url, "wal-inspect", "cw", "--verify")
     assert code == 0
     N.forget(store, "cw")
-    docs, _ = db.namespace("cw").docs()
+    docs, _ = db.open_namespace("cw").docs()
     assert sorted(docs["id"].to_list()) == [1, 2, 3]  # the lost delete of 1 did not replay
     code, out, err = run(capsys, store_url, "wal-inspect", "cw")
     assert "repaired" in out
@@ -100,7 +100,7 @@ def test_repair_missing_segment(db, store_url, capsys):
     code, _, _ = run(capsys, store_url, "wal-inspect", "cw", "--verify")
     assert code == 0
     N.forget(store, "cw")
-    assert sorted(db.namespace("cw").docs()[0]["id"].to_list()) == [1, 3]
+    assert sorted(db.open_namespace("cw").docs()[0]["id"].to_list()) == [1, 3]
 
 
 def test_show(db, store_url, capsys):

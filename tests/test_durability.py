@@ -69,10 +69,10 @@ def test_sigkill_serve_loses_nothing_acknowledged(backend, tmp_path, request):
     assert len(acked) > 0
     db = puffer_cli.connect(store, s3_endpoint=endpoint)
     N.forget(db.store, "dur")
-    docs, head = db.namespace("dur").docs()
+    docs, head = db.open_namespace("dur").docs()
     missing = set(acked) - set(docs["id"].to_list())
     print(f"{backend}: {len(acked)} acknowledged ids over {kills} SIGKILLs of serve, {len(missing)} lost")
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged ids lost over {kills} SIGKILLs"
     # the namespace is still writable at the next seq
-    db.namespace("dur").write({"upsert_rows": [{"id": 0, "v": 0}]})
-    assert db.namespace("dur").head().seq == head.seq + 1
+    db.open_namespace("dur").write({"upsert_rows": [{"id": 0, "v": 0}]})
+    assert db.open_namespace("dur").head().seq == head.seq + 1

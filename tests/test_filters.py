@@ -743,7 +743,7 @@ def test_fuzzy_filter(db):
     from puffer_cli.errors import InvalidFilter
     from puffer_cli.search import engine
 
-    ns = db.namespace("fz")
+    ns = db.open_namespace("fz")
     ns.write(
         {
             "upsert_rows": [
@@ -792,7 +792,7 @@ def test_fuzzy_and_word_v4_through_an_index(db):
     from puffer_cli.index import builder
     from puffer_cli.search import engine
 
-    ns = db.namespace("fzix")
+    ns = db.open_namespace("fzix")
     rng = np.random.default_rng(0)
     names = ["turbopuffer", "turbopufer", "other", "tuna"] * 25
     ns.write(

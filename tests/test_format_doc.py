@@ -29,7 +29,7 @@ def test_doc_describes_the_fields_we_rely_on():
 
 
 def test_decode_committed_entry_per_spec(local_db):
-    ns = local_db.namespace("spec")
+    ns = local_db.open_namespace("spec")
     ns.write(
         {"upsert_rows": [{"id": 1, "vector": [0.5, 1.5], "t": "hello"}, {"id": 2, "vector": [1, 2]}], "deletes": [2]}
     )

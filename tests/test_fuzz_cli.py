@@ -487,7 +487,7 @@ def test_subprocess_one_line(env, args, needle):
 
 
 def head_id_dtype(db):
-    docs, _ = db.namespace("n").docs()
+    docs, _ = db.open_namespace("n").docs()
     return docs.schema["id"]
 
 
@@ -507,7 +507,7 @@ def test_json_output_is_valid_json(tmp_path):
     p.write_text("id,price\n1,0.0\n")
     _ingest(store, "n", p)
     db = connect(str(store))
-    head = db.namespace("n").head()
+    head = db.open_namespace("n").head()
     frame = pl.DataFrame(
         {
             "id": pl.Series([1, 2, 3, 4], dtype=head_id_dtype(db)),

@@ -70,7 +70,7 @@ def rows(n=12, start=1):
 
 def make_namespaces(db, names_wal=("wal",), names_idx=("idx",)):
     for name in names_wal + names_idx:
-        ns = db.namespace(name)
+        ns = db.open_namespace(name)
         ns.write({"upsert_rows": rows(), "schema": SCHEMA, "distance_metric": "cosine_distance"})
         if name in names_idx:
             assert builder.index_namespace(ns, gc_grace_s=0).status == "indexed"
@@ -796,7 +796,7 @@ def test_limit_ann_options(app):
             },
             "ok",
         )
-        ns = puffer_cli.connect(app.url).namespace(name)
+        ns = puffer_cli.connect(app.url).open_namespace(name)
         assert builder.index_namespace(ns, gc_grace_s=0).status == "indexed"
         r = app.check("POST", Q(name), {"rank_by": ["vector", "ANN", [0.2, 1.0]], "top_k": 2}, "ok")
         assert len(r.json()["rows"]) == 2

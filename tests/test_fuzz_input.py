@@ -167,7 +167,7 @@ def namespaces():
     ]
     out = []
     for name in ("wal", "indexed"):
-        ns = db.namespace(name)
+        ns = db.open_namespace(name)
         ns.write({"upsert_rows": rows, "schema": {"body": {"type": "string", "full_text_search": True}}})
         if name == "indexed":
             builder.index_namespace(ns, gc_grace_s=0)

@@ -63,11 +63,11 @@ def server(tmp_path_factory):
     store = str(root / "store")
     db = puffer_cli.connect(store)
     schema = {"body": {"type": "string", "full_text_search": True}}
-    norm = db.namespace("norm")
+    norm = db.open_namespace("norm")
     norm.write({"upsert_rows": _with_text(_rows(300)), "schema": schema})
     builder.index_namespace(norm, gc_grace_s=0)
     norm.write({"upsert_rows": _rows(20, start=1000)})  # indexed + a WAL tail
-    big = db.namespace("big")  # text enough that a regex storm within the limits costs seconds
+    big = db.open_namespace("big")  # text enough that a regex storm within the limits costs seconds
     for part in range(4):
         big.write({"upsert_rows": _with_text(_rows(1500, start=part * 1500, text_words=150)), "schema": schema})
     # query_budget_s: the server helper adds this ServeConfig field (issue 9 #3)

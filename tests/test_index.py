@@ -160,7 +160,7 @@ def current_files(ns):
 # ---------------------------------------------------------------------------- all backends
 def test_index_tail_strong_eventual(db, monkeypatch):
     rng = np.random.default_rng(1)
-    ns = db.namespace("docs")
+    ns = db.open_namespace("docs")
     ns.write({"upsert_rows": make_rows(rng, 0, 150), "schema": SCHEMA})
     rep = index(ns)
     assert rep.status == "indexed" and rep.rows_indexed == 150 and rep.generation == 1
@@ -212,7 +212,7 @@ def test_index_tail_strong_eventual(db, monkeypatch):
 
 def test_many_runs_merge_and_bm25_global(mem_db):
     rng = np.random.default_rng(2)
-    ns = mem_db.namespace("m")
+    ns = mem_db.open_namespace("m")
     ns.write({"upsert_rows": make_rows(rng, 0, 40), "schema": SCHEMA})
     for run in range(12):
         ns.write({"upsert_rows": make_rows(rng, 40 + run * 10, 10)})
@@ -232,7 +232,7 @@ def test_many_runs_merge_and_bm25_global(mem_db):
 
 def test_schema_change_rebuilds(mem_db):
     rng = np.random.default_rng(3)
-    ns = mem_db.namespace("s")
+    ns = mem_db.open_namespace("s")
     ns.write({"upsert_rows": make_rows(rng, 0, 60)})  # text is a plain string: no FTS yet
     index(ns)
     ns.write({"schema": {"text": {"type": "string", "full_text_search": True}}, "upsert_rows": make_rows(rng, 60, 5)})
@@ -244,7 +244,7 @@ def test_schema_change_rebuilds(mem_db):
 
 def test_multi_query_over_index(mem_db):
     rng = np.random.default_rng(4)
-    ns = mem_db.namespace("mq")
+    ns = mem_db.open_namespace("mq")
     ns.write({"upsert_rows": make_rows(rng, 0, 80), "schema": SCHEMA})
     index(ns)
     ns.write({"upsert_rows": make_rows(rng, 80, 5)})
@@ -263,7 +263,7 @@ def test_vector_topk_fast_path_matches_engine(mem_db, monkeypatch):
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 10)  # use HNSW on these small segments
     calls = spy(monkeypatch, topk, "vector_topk")
     rng = np.random.default_rng(11)
-    ns = mem_db.namespace("fast")
+    ns = mem_db.open_namespace("fast")
 
     def rows(lo, hi):
         out = []
@@ -337,7 +337,7 @@ def test_bm25_topk_fast_path_matches_engine(mem_db, monkeypatch):
 
     calls = spy(monkeypatch, topk, "text_topk")
     rng = np.random.default_rng(12)
-    ns = mem_db.namespace("fastbm25")
+    ns = mem_db.open_namespace("fastbm25")
 
     def rows(lo, hi):
         return [
@@ -409,7 +409,7 @@ def test_analyzer_change_in_tail_is_not_answered_from_stale_index(mem_db):
     """A schema write that changes a field's analyzer makes the index's tokens and BM25
     statistics stale until the next index run: strong queries answer exactly meanwhile."""
     rng = np.random.default_rng(13)
-    ns = mem_db.namespace("analyzer")
+    ns = mem_db.open_namespace("analyzer")
     ns.write({"upsert_rows": make_rows(rng, 0, 100), "schema": SCHEMA})
     index(ns)
     ns.write(
@@ -492,7 +492,7 @@ def test_index_edge_cases_match_engine(mem_db, monkeypatch):
     cosine (left out of HNSW, distance 1), a float32 near-tie in exact search, a
     Product weight <= 0 (tantivy proposes the wrong end), offset past the candidates."""
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 2)
-    ns = mem_db.namespace("edges")
+    ns = mem_db.open_namespace("edges")
     rows = [
         {"id": 1, "cat": 0},
         {"id": 2, "text": "fox", "vector": [1.0, 0.0]},
@@ -511,7 +511,7 @@ def test_index_edge_cases_match_engine(mem_db, monkeypatch):
         }
     )
     x1, x2, q = F32_NEAR_TIE
-    tie = mem_db.namespace("tie")
+    tie = mem_db.open_namespace("tie")
     tie.write({"upsert_rows": [{"id": 1, "vector": x1}, {"id": 2, "vector": x2}]})
     for n in (ns, tie):
         index(n)
@@ -541,7 +541,7 @@ def test_bad_query_on_index_is_invalid_query(mem_db, level):
     (a wrong dimension count once reached usearch/numpy and surfaced as ValueError)."""
     from puffer_cli.errors import InvalidQuery
 
-    ns = mem_db.namespace("badq")
+    ns = mem_db.open_namespace("badq")
     ns.write({"upsert_rows": make_rows(np.random.default_rng(0), 0, 30), "schema": SCHEMA})
     index(ns)
     c = {"consistency": {"level": level}}
@@ -561,7 +561,7 @@ def test_ann_recall_clustered(mem_db, monkeypatch):
     n = 3000
     lab = rng.integers(0, 20, n)
     x = centers[lab] + rng.normal(size=(n, 24))
-    ns = mem_db.namespace("ann")
+    ns = mem_db.open_namespace("ann")
     ns.write(
         {
             "upsert_columns": {
@@ -583,7 +583,7 @@ def test_ann_recall_clustered(mem_db, monkeypatch):
 
 def test_performance_reports_index(mem_db):
     rng = np.random.default_rng(6)
-    ns = mem_db.namespace("p")
+    ns = mem_db.open_namespace("p")
     ns.write({"upsert_rows": make_rows(rng, 0, 50), "schema": SCHEMA})
     index(ns)
     ns.write({"upsert_rows": make_rows(rng, 50, 4)})
@@ -595,7 +595,7 @@ def test_performance_reports_index(mem_db):
 
 def test_gc_grace_keeps_previous_generation(mem_db):
     rng = np.random.default_rng(7)
-    ns = mem_db.namespace("g")
+    ns = mem_db.open_namespace("g")
     ns.write({"upsert_rows": make_rows(rng, 0, 20), "schema": SCHEMA})
     index(ns, gc_grace_s=600)
     meta1, _ = ns.read_meta()
@@ -622,7 +622,7 @@ def test_recreated_namespace_is_not_served_from_the_old_index(db, tmp_path):
 
     cache.configure(str(tmp_path / "cache"))  # persistent: the on-disk cache must not go stale either
     body = {"rank_by": ["vector", "kNN", [1.0, 0.0]], "top_k": 3, "consistency": {"level": "eventual"}}
-    ns = db.namespace("again")
+    ns = db.open_namespace("again")
     ns.write(
         {
             "upsert_rows": [{"id": i, "vector": [1.0, float(i)], "text": "old fox"} for i in range(5)],
@@ -632,7 +632,7 @@ def test_recreated_namespace_is_not_served_from_the_old_index(db, tmp_path):
     index(ns)
     assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == [0, 1, 2]
     ns.delete_all()
-    ns = db.namespace("again")
+    ns = db.open_namespace("again")
     ns.write(
         {
             "upsert_rows": [{"id": 100 + i, "vector": [1.0, float(i)], "text": "new fox fox"} for i in range(5)],

@@ -52,7 +52,7 @@ def fresh(store_url):
 def test_two_concurrent_index_processes(store_url):
     db = fresh(store_url)
     rng = np.random.default_rng(10)
-    ns = db.namespace("c")
+    ns = db.open_namespace("c")
     ns.write({"upsert_rows": make_rows(rng, 0, 120), "schema": SCHEMA})
     pause = {"PUFFER_INDEX_PAUSE_AT": "after_lease:1.5"}
     procs = [run_index(["c", *store_args(store_url)], pause) for _ in range(2)]
@@ -77,7 +77,7 @@ def test_sigkill_then_next_run_completes(store_url):
     points = ["after_fold", "after_cut", "mid_segment", "after_manifest", "after_publish", "mid_gc"]
     procs = {}
     for k, point in enumerate(points):
-        ns = db.namespace(f"k{k}")
+        ns = db.open_namespace(f"k{k}")
         ns.write({"upsert_rows": make_rows(rng, 0, 60), "schema": SCHEMA})
         builder.index_namespace(ns, gc_grace_s=0)
         ns.write({"upsert_rows": make_rows(rng, 60, 20), "deletes": [1, 2, 3], "patch_rows": [{"id": 4, "cat": 77}]})
@@ -91,7 +91,7 @@ def test_sigkill_then_next_run_completes(store_url):
         assert p.returncode == -signal.SIGKILL, point
     time.sleep(1.1)  # the killed runs' leases expire
     for k, point in enumerate(points):
-        ns = db.namespace(f"k{k}")
+        ns = db.open_namespace(f"k{k}")
         ns.write({"upsert_rows": make_rows(rng, 100, 5)})
         rep = builder.index_namespace(ns, gc_grace_s=0)
         assert rep.status == "indexed", (point, rep)
@@ -110,11 +110,11 @@ def test_cli_index_warm_recall(tmp_path, capsys):
     store = str(tmp_path / "s")
     db = puffer_cli.connect(store)
     rng = np.random.default_rng(12)
-    ns = db.namespace("cli")
+    ns = db.open_namespace("cli")
     assert cli.main(["index", "cli", "--store", store]) == 0
     assert "nothing to index" in capsys.readouterr().out
     ns.write({"upsert_rows": make_rows(rng, 0, 50), "schema": SCHEMA})
-    db.namespace("other").write({"upsert_rows": [{"id": 1, "x": 1}]})
+    db.open_namespace("other").write({"upsert_rows": [{"id": 1, "x": 1}]})
     assert cli.main(["index", "--all", "--store", store, "--gc-grace", "0"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 2 and out[0].startswith("cli: indexed 50 rows") and out[1].startswith("other: indexed 1 rows")
@@ -142,7 +142,7 @@ def test_cli_index_warm_recall(tmp_path, capsys):
 def test_cli_index_busy_and_failure(tmp_path, capsys):
     store = str(tmp_path / "s")
     db = puffer_cli.connect(store)
-    ns = db.namespace("b")
+    ns = db.open_namespace("b")
     ns.write({"upsert_rows": [{"id": 1, "x": 1}]})
     from puffer_cli.index.lease import Lease
 

@@ -47,7 +47,7 @@ def test_reingest_is_idempotent(mem_db, capsys):
     url = mem_db.store.url
     for _ in range(2):
         assert main(["ingest", "i", str(FIX / "sample.parquet"), "--vector", "vector", "--store", url]) == 0
-    ns = mem_db.namespace("i")
+    ns = mem_db.open_namespace("i")
     assert ns.docs()[0].height == 2000 and ns.head().seq == 2
 
 
@@ -58,15 +58,15 @@ def test_ingest_ndjson_csv_and_schema(mem_db, capsys, tmp_path):
     assert main(["ingest", "n", str(FIX / "sample.ndjson"), "--schema", f"@{schema}", "--store", url]) == 0
     assert main(["ingest", "c", str(FIX / "sample.csv"), "--store", url]) == 0
     capsys.readouterr()
-    ns = mem_db.namespace("n")
+    ns = mem_db.open_namespace("n")
     assert ns.head().schema["title"]["full_text_search"]
     assert ns.docs()[0].height == 200
-    c = mem_db.namespace("c").docs()[0]
+    c = mem_db.open_namespace("c").docs()[0]
     assert c.height == 200 and c.schema["price"] == pl.Float64
 
 
 def test_export_formats_and_at_seq(mem_db, capsys, tmp_path):
-    ns = mem_db.namespace("e")
+    ns = mem_db.open_namespace("e")
     ns.write({"upsert_rows": [{"id": 2, "v": [1.0, 2.0], "t": "b"}, {"id": 1, "v": [3.0, 4.0], "t": "a"}]})
     ns.write({"deletes": [1]})
     url = mem_db.store.url
@@ -88,4 +88,4 @@ def test_ingest_rejects_bad_chunk_whole(mem_db, capsys, tmp_path):
     code = main(["ingest", "bad", str(bad), "--store", mem_db.store.url])
     err = capsys.readouterr().err
     assert code == 1 and "dimensions" in err and "row 1" in err
-    assert not mem_db.namespace("bad").exists()
+    assert not mem_db.open_namespace("bad").exists()

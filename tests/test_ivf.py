@@ -210,7 +210,7 @@ def index(ns):
 def test_incremental_runs_equal_exact_and_a_full_build(db, small_segments):
     rng = np.random.default_rng(7)
     batches = writes(rng)
-    inc, full = db.namespace("inc"), db.namespace("full")
+    inc, full = db.open_namespace("inc"), db.open_namespace("full")
     for batch in batches:
         for body in batch:
             inc.write(body)
@@ -231,7 +231,7 @@ def test_incremental_runs_equal_exact_and_a_full_build(db, small_segments):
 
 def test_cut_segments_bound_a_run(mem_db, small_segments):
     """One run over 130 rows writes segments of at most 50 rows, each with its own IVF."""
-    ns = mem_db.namespace("cut")
+    ns = mem_db.open_namespace("cut")
     rng = np.random.default_rng(8)
     for body in writes(rng)[0]:
         ns.write(body)
@@ -256,7 +256,7 @@ def test_recall_measures_the_probe(mem_db, monkeypatch):
     monkeypatch.setitem(ivf.DEFAULTS, "rerank", 10)
     rng = np.random.default_rng(10)
     x = clustered(rng, n=3000, dims=16, k=60)
-    ns = mem_db.namespace("probe")
+    ns = mem_db.open_namespace("probe")
     ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
     builder.index_namespace(ns, gc_grace_s=0)
     full = recall(ns, num=20, top_k=10, probe=1.0)
@@ -278,7 +278,7 @@ def test_recall_measures_the_probe(mem_db, monkeypatch):
         return real(*a, **kw)
 
     monkeypatch.setattr(ivf, "search", spy)
-    out = ns.recall(num=3, probe=0.01, fill=0)
+    out = recall(ns, num=3, probe=0.01, fill=0)
     assert out["probe"] == 0.01 and out["fill"] == 0 and seen and set(seen) == {0.0}
     assert ivf.options(None)["fill"] == ivf.DEFAULTS["fill"]  # the override ended with the call
 
@@ -302,7 +302,7 @@ def test_format1_hnsw_segment_is_searched_then_rebuilt(mem_db, monkeypatch, tmp_
     monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
     rng = np.random.default_rng(11)
     x = clustered(rng, n=600, dims=16)
-    ns = mem_db.namespace("old")
+    ns = mem_db.open_namespace("old")
     ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
     builder.index_namespace(ns, gc_grace_s=0)
     meta, _ = ns.read_meta()

@@ -5,11 +5,10 @@ import doctest
 import puffer_cli
 import pytest
 from puffer_cli import db as db_mod
-from puffer_cli import handle as handle_mod
 from puffer_cli.errors import NamespaceNotFound
 
 
-@pytest.mark.parametrize("mod", [db_mod, handle_mod])
+@pytest.mark.parametrize("mod", [db_mod])
 def test_doctests(mod):
     res = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert res.attempted > 0 and res.failed == 0
@@ -65,7 +64,12 @@ def test_reads_of_a_missing_namespace_raise_not_found(db, tmp_path):
     (``docs()``, the replay the jobs use, too); writes still create it."""
     ns = db.namespace("never")
     assert "rows" in dir(ns) and not {"docs", "update_meta", "wal_keys", "entries", "head"} & set(dir(ns))
-    for read in (ns.rows, lambda: ns.rows(at_seq=1), ns.docs, lambda: ns.export(str(tmp_path / "x.ndjson"))):
+    for read in (
+        ns.rows,
+        lambda: ns.rows(at_seq=1),
+        db.open_namespace("never").docs,
+        lambda: ns.export(str(tmp_path / "x.ndjson")),
+    ):
         with pytest.raises(NamespaceNotFound, match="'never' not found"):
             read()
     assert not ns.exists() and not (tmp_path / "x.ndjson").exists()
@@ -88,3 +92,17 @@ def test_first_writes_plan_against_the_empty_state(db):
     assert ns.rows()["id"].to_list() == [1, 2] and ns.rows(at_seq=1).height == 2
     ns.write({"deletes": [1]})
     assert ns.rows()["id"].to_list() == [2] and ns.rows(at_seq=1)["id"].to_list() == [1, 2]
+
+
+def test_help_lists_only_the_public_api(mem_db):
+    """The handle holds the commit protocol instead of subclassing it: help() and dir() show the API."""
+    import pydoc
+
+    ns = mem_db.namespace("h")
+    text = pydoc.render_doc(ns, renderer=pydoc.plaintext)
+    public = {"name", "store", "write", "query", "ingest", "export", "index", "warm", "recall"}
+    public |= {"metadata", "schema", "rows", "delete", "exists"}
+    methods = {m for m in dir(ns) if not m.startswith("_")}
+    assert methods == public
+    for internal in ("write_batch", "_commit", "update_meta", "read_meta", "wal_keys", "head", "docs"):
+        assert f" {internal}(" not in text and f"\n |  {internal}" not in text

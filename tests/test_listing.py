@@ -35,7 +35,7 @@ BAD_NAMES = [
 
 
 def _write(db, name):
-    db.namespace(name).write({"upsert_rows": [{"id": 1, "x": 1}]})
+    db.open_namespace(name).write({"upsert_rows": [{"id": 1, "x": 1}]})
 
 
 def _all(db, **kw):
@@ -54,13 +54,13 @@ def test_edge_names_are_listed_on_every_backend(db):
     assert _all(db, page_size=3) == sorted(EDGE_NAMES)  # paging: no name lost or repeated
     assert _all(db, prefix=".") == sorted(n for n in EDGE_NAMES if n.startswith("."))
     for n in EDGE_NAMES:
-        assert db.namespace(n).exists() and db.namespace(n).docs()[0].height == 1
+        assert db.open_namespace(n).exists() and db.open_namespace(n).docs()[0].height == 1
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_names_puffer_cannot_store_or_reserves_are_refused(mem_db, name):
     with pytest.raises(InvalidRequest):
-        mem_db.namespace(name)
+        mem_db.open_namespace(name)
     assert not layout.is_namespace_name(name)
     assert mem_db.namespaces_page()[0] == []
 
@@ -73,8 +73,8 @@ def test_reserved_prefix_covers_the_probe_dir():
 def test_deleted_namespace_disappears_from_listing(db):
     for n in ("keep", ".gone", "gone"):
         _write(db, n)
-    db.namespace(".gone").delete_all()
-    db.namespace("gone").delete_all()
+    db.open_namespace(".gone").delete_all()
+    db.open_namespace("gone").delete_all()
     assert _all(db) == ["keep"]
     # recreated: listed again
     _write(db, "gone")
@@ -86,7 +86,7 @@ def test_leftovers_are_not_namespaces(local_db):
     files, a stray object outside meta.json and wal/: not listed."""
     _write(local_db, "real")
     _write(local_db, ".dot")
-    local_db.namespace(".dot").delete_all()
+    local_db.open_namespace(".dot").delete_all()
     root = local_db.store.local_path("")
     assert not (root / ".dot").exists()  # delete takes the directories and lock files too
     (root / ".dot" / "wal").mkdir(parents=True)  # what a racing writer could leave
@@ -102,7 +102,7 @@ def test_namespace_with_wal_but_no_meta_is_listed(mem_db):
     leaves a namespace that exists (head() finds it) and so must be listed."""
     _write(mem_db, "w")
     mem_db.store.delete(layout.meta("w"))
-    assert mem_db.namespace("w").exists()
+    assert mem_db.open_namespace("w").exists()
     assert _all(mem_db) == ["w"]
 
 
@@ -110,7 +110,7 @@ def test_http_listing_matches(db, store_url):
     url, endpoint = store_url
     for n in ("...", ".h", "z"):
         _write(db, n)
-    db.namespace("z").delete_all()
+    db.open_namespace("z").delete_all()
     app = create_app(ServeConfig(store=url, s3_endpoint=endpoint, commit_window_ms=0))
     with TestClient(app, raise_server_exceptions=False) as c:
         r = c.get("/v1/namespaces")
@@ -128,7 +128,7 @@ def test_index_all_covers_exactly_the_listed_names(db, store_url, capsys, tmp_pa
     for n in names:
         _write(db, n)
     _write(db, "deleted")
-    db.namespace("deleted").delete_all()
+    db.open_namespace("deleted").delete_all()
     listed = _all(db)
     assert listed == sorted(names)
     args = ["index", "--all", "--json", "--gc-grace", "0", "--cache-dir", str(tmp_path / "c")]

@@ -52,7 +52,7 @@ def assert_knn(rows: list[dict], ids: np.ndarray, dist: np.ndarray, k: int, tol:
 
 
 def ns_from_frame(db, name: str, df: pl.DataFrame, metric: str, schema=None):
-    ns = db.namespace(name)
+    ns = db.open_namespace(name)
     ns.write_frame(df, distance_metric=metric, schema=schema)
     return ns
 
@@ -91,7 +91,7 @@ def test_knn_matches_numpy_synthetic(mem_db, metric):
 
 
 def test_knn_more_than_matches_and_null_vectors(mem_db):
-    ns = mem_db.namespace("nv")
+    ns = mem_db.open_namespace("nv")
     ns.write(
         {
             "upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}, {"id": 2, "vector": [0.0, 1.0]}, {"id": 3, "x": 1}],
@@ -185,7 +185,7 @@ def _corpus(n=400, seed=3):
 )
 def test_bm25_matches_reference(mem_db, opts):
     texts = _corpus()
-    ns = mem_db.namespace("bm")
+    ns = mem_db.open_namespace("bm")
     ns.write(
         {
             "upsert_rows": [{"id": i, "text": t, "grp": i % 3} for i, t in enumerate(texts)],
@@ -211,7 +211,7 @@ def test_bm25_matches_reference(mem_db, opts):
 
 
 def test_bm25_token_list_prefix_sum_max_product(mem_db):
-    ns = mem_db.namespace("hy")
+    ns = mem_db.open_namespace("hy")
     rows = [
         {"id": 1, "title": "quick fox", "body": "a lazy dog", "tag": "x", "pop": 3},
         {"id": 2, "title": "slow fox", "body": "quick quick brown fox", "tag": "y", "pop": 1},
@@ -323,7 +323,7 @@ def test_bm25_gcide_matches_reference():
 # --------------------------------------------------------------------------- ordering, paging, aggregations
 @pytest.fixture
 def people(mem_db):
-    ns = mem_db.namespace("people")
+    ns = mem_db.open_namespace("people")
     rows = []
     for i in range(1, 61):
         r = {
@@ -474,7 +474,7 @@ def test_namespace_not_found(mem_db):
     from puffer_cli.errors import NamespaceNotFound
 
     with pytest.raises(NamespaceNotFound):
-        engine.run_query(mem_db.namespace("nope"), {"rank_by": ["id", "asc"]})
+        engine.run_query(mem_db.open_namespace("nope"), {"rank_by": ["id", "asc"]})
 
 
 def test_query_model_roundtrip():
@@ -583,7 +583,7 @@ BAD_MULTI = [
 
 @pytest.fixture
 def bad_ns(mem_db):
-    ns = mem_db.namespace("bad")
+    ns = mem_db.open_namespace("bad")
     ns.write(
         {
             "upsert_rows": [{"id": 1, "vector": V, "name": "a", "n": 1, "tags": ["x"], "text": "hello"}],
@@ -616,7 +616,7 @@ def test_malformed_multi(bad_ns, body, msg):
 @pytest.fixture
 def cli_store(tmp_path):
     url = str(tmp_path / "store")
-    ns = puffer_cli.connect(url).namespace("docs")
+    ns = puffer_cli.connect(url).open_namespace("docs")
     ns.write(
         {
             "upsert_rows": [

@@ -129,7 +129,7 @@ def ref_query(state: dict, rank, f, k):
 def test_engine_matches_reference(writes, queries):
     url = f"memory://{uuid.uuid4().hex}"
     try:
-        ns = puffer_cli.connect(url).namespace("h")
+        ns = puffer_cli.connect(url).open_namespace("h")
         ns.write(
             {
                 "upsert_rows": [],

@@ -71,7 +71,7 @@ def ns(request):
     """A namespace of 400 documents: only a WAL, or an index plus a WAL tail of 50."""
     url = f"memory://{uuid.uuid4().hex}"
     db = puffer_cli.connect(url)
-    ns = db.namespace("limits")
+    ns = db.open_namespace("limits")
     ns.write({"upsert_rows": _rows(0, 350), "schema": SCHEMA, "distance_metric": "cosine_distance"})
     if request.param == "indexed":
         from puffer_cli.store import filecache as cache
@@ -251,7 +251,7 @@ def test_4000_clause_filter_does_not_crash_the_process(tmp_path):
         "import puffer_cli\n"
         "from puffer_cli.search import engine\n"
         "from puffer_cli.errors import InvalidFilter\n"
-        f"ns = puffer_cli.connect({str(tmp_path / 'store')!r}).namespace('x')\n"
+        f"ns = puffer_cli.connect({str(tmp_path / 'store')!r}).open_namespace('x')\n"
         "ns.write({'upsert_rows': [{'id': i, 'n': i} for i in range(100)]})\n"
         "for k in ('Or', 'And'):\n"
         "    try:\n"
@@ -513,7 +513,7 @@ _FUZZ: dict = {}
 def _fuzz_ns():
     if "ns" not in _FUZZ:
         db = puffer_cli.connect(f"memory://{uuid.uuid4().hex}")
-        ns = db.namespace("fuzz")
+        ns = db.open_namespace("fuzz")
         ns.write({"upsert_rows": _rows(0, 30), "schema": SCHEMA})
         _FUZZ["ns"] = ns
     return _FUZZ["ns"]

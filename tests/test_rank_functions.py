@@ -13,6 +13,7 @@ import turbopuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from puffer_cli.errors import InvalidQuery, InvalidRequest
+from puffer_cli.index import builder
 from puffer_cli.jobs import recall as RC
 from puffer_cli.query import model
 from puffer_cli.query import parse as Q
@@ -43,7 +44,7 @@ def rows(n: int = 5) -> list[dict]:
 
 
 def make(db, name="rf", n=5):
-    ns = db.namespace(name)
+    ns = db.open_namespace(name)
     ns.write({"upsert_rows": rows(n), "schema": SCHEMA, "distance_metric": "cosine_distance"})
     return ns
 
@@ -188,7 +189,7 @@ def test_index_path_gives_the_exact_engine_answer(mem_db):
         {"rank_by": ["id", "asc"], "top_k": 5, "filters": ["pop", "Gt", 30], "compute_attributes": COMPUTE},
     ]
     before = [engine.run_query(ns, b)["rows"] for b in bodies]
-    ns.index()
+    builder.index_namespace(ns)
     from puffer_cli.search.reader import view_for
 
     assert view_for(ns, "strong") is not None  # answered from the index from here on
@@ -203,7 +204,7 @@ def test_index_path_gives_the_exact_engine_answer(mem_db):
         }
     )
     tail = [engine.run_query(ns, b)["rows"] for b in bodies]
-    other = mem_db.namespace("rf-wal-only")
+    other = mem_db.open_namespace("rf-wal-only")
     other.write({"upsert_rows": rows(60), "schema": SCHEMA, "distance_metric": "cosine_distance"})
     other.write(
         {
@@ -283,7 +284,7 @@ def test_bad_compute_attributes(mem_db, compute, match):
 
 # ----------------------------------------------------------------------- recall
 def test_recall_of_one_rank_by_with_ground_truth(mem_db):
-    ns = mem_db.namespace("rec")
+    ns = mem_db.open_namespace("rec")
     ns.write(
         {
             "upsert_rows": [{"id": i, "vector": [float(i), 1.0]} for i in range(30)],

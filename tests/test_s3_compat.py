@@ -192,7 +192,7 @@ def test_409_conflict_is_retried_and_the_write_lands_once(proxy):
     # a namespace write through the whole stack (the probe's creates see 409s too)
     db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=endpoint)
     rw.conflicts = 4
-    ns = db.namespace("n")
+    ns = db.open_namespace("n")
     assert ns.write({"upsert_rows": [{"id": 1, "v": 1}]})["rows_upserted"] == 1
     rw.conflicts = 2
     ns.write({"upsert_rows": [{"id": 2, "v": 2}]})
@@ -219,7 +219,7 @@ def test_lost_response_of_a_create_is_recognised_as_ours(proxy):
     assert st.create("l", b"mine")
     assert rw.answered["lost"] == 1 and st.read("l") == b"mine"
     db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=endpoint, single_writer=True)
-    ns = db.namespace("n")
+    ns = db.open_namespace("n")
     rw.lose = 1
     ns.write({"upsert_rows": [{"id": 1}]})
     ns.write({"upsert_rows": [{"id": 2}]})
@@ -245,7 +245,7 @@ def test_probe_does_not_hang_on_a_server_that_hangs_concurrent_creates(proxy):
     rw.release.set()
     rw.hang_concurrent = False
     db = puffer_cli.DB(st, single_writer=True)  # single-writer mode proceeds
-    assert db.namespace("n").write({"upsert_rows": [{"id": 1}]})["rows_upserted"] == 1
+    assert db.open_namespace("n").write({"upsert_rows": [{"id": 1}]})["rows_upserted"] == 1
 
 
 def _dead_port() -> int:
@@ -319,18 +319,18 @@ def test_seaweedfs_conditional_writes_and_the_probe(seaweedfs_server):
 
         def writer(w):
             for i in range(2):
-                db.namespace("c").write({"upsert_rows": [{"id": w * 10 + i}]})
+                db.open_namespace("c").write({"upsert_rows": [{"id": w * 10 + i}]})
                 with lock:
                     acked.append(w * 10 + i)
 
         ts = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
         [t.start() for t in ts]
         [t.join(120) for t in ts]
-        ns = db.namespace("c")
+        ns = db.open_namespace("c")
         assert [s for s, _ in ns.wal_keys(0)] == list(range(1, 9))
         assert sorted(ns.docs()[0]["id"].to_list()) == sorted(acked) and len(acked) == 8
     else:
         with pytest.raises(UnsafeStore):
-            db.namespace("c").write({"upsert_rows": [{"id": 1}]})
+            db.open_namespace("c").write({"upsert_rows": [{"id": 1}]})
         single = puffer_cli.DB(st, single_writer=True)
-        assert single.namespace("c").write({"upsert_rows": [{"id": 1}]})["rows_upserted"] == 1
+        assert single.open_namespace("c").write({"upsert_rows": [{"id": 1}]})["rows_upserted"] == 1

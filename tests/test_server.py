@@ -59,11 +59,11 @@ def b64(v):
 
 
 def wal_count(store_dir, name):
-    return len(puffer_cli.connect(store_dir).namespace(name).wal_keys())
+    return len(puffer_cli.connect(store_dir).open_namespace(name).wal_keys())
 
 
 def docs(store_dir, name):
-    df, _ = puffer_cli.connect(store_dir).namespace(name).docs()
+    df, _ = puffer_cli.connect(store_dir).open_namespace(name).docs()
     return {r["id"]: r for r in df.to_dicts()}
 
 

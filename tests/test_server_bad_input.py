@@ -48,7 +48,7 @@ def client():
         import puffer_cli
         from puffer_cli.index import builder
 
-        ns = puffer_cli.connect(url).namespace("exi")
+        ns = puffer_cli.connect(url).open_namespace("exi")
         ns.write(
             {
                 "upsert_rows": [{"id": 1, "vector": [0.1, 0.2], "tag": "a", "n": 1, "body": "hello world"}],

@@ -232,7 +232,7 @@ def test_index_gc_sweeps_temp_files_of_killed_writers(tmp_path):
     from puffer_cli.index import builder
 
     db = puffer_cli.connect(str(tmp_path / "s"))
-    ns = db.namespace("t")
+    ns = db.open_namespace("t")
     ns.write({"upsert_rows": [{"id": 1, "v": 1}]})
     wal_dir = tmp_path / "s" / "t" / "wal"
     old, fresh = wal_dir / ".tmp-old", wal_dir / ".tmp-fresh"

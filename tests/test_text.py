@@ -249,7 +249,7 @@ def test_word_v2_v3_v4_tokenizers():
 
 
 def test_word_v4_through_bm25_and_filters(db):
-    ns = db.namespace("v4")
+    ns = db.open_namespace("v4")
     ns.write(
         {
             "upsert_rows": [{"id": 1, "t": "I can't stop"}, {"id": 2, "t": "you can stop"}],

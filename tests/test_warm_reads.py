@@ -17,6 +17,7 @@ import textwrap
 import numpy as np
 import puffer_cli
 import pytest
+from puffer_cli.index.builder import index_namespace
 from puffer_cli.search import engine
 
 DIM = 8
@@ -31,7 +32,8 @@ def rows(lo: int, hi: int, cat: str = "a") -> list[dict]:
 
 def other_process(store: str, code: str) -> None:
     """Run ``code`` (with ``ns``: namespace "w" of ``store``) in a fresh Python process."""
-    prog = "import json, sys, puffer_cli\nns = puffer_cli.connect(sys.argv[1]).namespace('w')\n" + textwrap.dedent(code)
+    head = "import json, sys, puffer_cli\nfrom puffer_cli.index.builder import index_namespace\n"
+    prog = head + "ns = puffer_cli.connect(sys.argv[1]).open_namespace('w')\n" + textwrap.dedent(code)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     subprocess.run([sys.executable, "-c", prog, store], check=True, env=env, timeout=120)
 
@@ -59,11 +61,11 @@ def warm(ns, names=tuple(QUERIES)) -> None:
 @pytest.mark.parametrize("indexed", [False, True], ids=["wal-only", "indexed"])
 def test_next_strong_query_sees_another_process_write(tmp_path, indexed):
     store = str(tmp_path / "store")
-    ns = puffer_cli.connect(store).namespace("w")
+    ns = puffer_cli.connect(store).open_namespace("w")
     schema = {"t": {"type": "string", "full_text_search": True}}
     ns.write({"upsert_rows": rows(0, 20), "schema": schema, "distance_metric": "cosine_distance"})
     if indexed:
-        ns.index()
+        index_namespace(ns)
     warm(ns)
     assert answer(ns, "order") == [17, 18, 19] and answer(ns, "filter") == [] and answer(ns, "count") == 0
 
@@ -74,7 +76,7 @@ def test_next_strong_query_sees_another_process_write(tmp_path, indexed):
     assert answer(ns, "ann") == list(range(25)) and answer(ns, "bm25") == list(range(25))
 
     # another process indexes and deletes: the new index pointer (meta.json) and the delete both show
-    other_process(store, "ns.index()\nns.write({'deletes': [24, 3]})")
+    other_process(store, "index_namespace(ns)\nns.write({'deletes': [24, 3]})")
     warm_after = answer(ns, "order")
     assert warm_after == [21, 22, 23]
     assert answer(ns, "filter") == [20, 21, 22, 23] and answer(ns, "count") == 4
@@ -87,7 +89,7 @@ def test_next_strong_query_sees_a_recreated_namespace(tmp_path):
     """Deleted and written again by another process (even back to the same seq): a strong
     query answers from the new namespace, not from this process's replay of the old one."""
     store = str(tmp_path / "store")
-    ns = puffer_cli.connect(store).namespace("w")
+    ns = puffer_cli.connect(store).open_namespace("w")
     ns.write({"upsert_rows": rows(0, 5)})
     ns.write({"upsert_rows": rows(5, 10)})
     warm(ns, ("order", "filter", "ann", "count"))
@@ -102,7 +104,7 @@ def test_next_strong_query_sees_a_recreated_namespace(tmp_path):
 def test_cached_filter_masks_are_read_only_and_per_frame(tmp_path):
     from puffer_cli.search import scoring
 
-    ns = puffer_cli.connect(str(tmp_path / "store")).namespace("w")
+    ns = puffer_cli.connect(str(tmp_path / "store")).open_namespace("w")
     ns.write({"upsert_rows": rows(0, 6, "b")})
     docs, head = ns.docs()
     m = scoring.filter_mask(docs, ["cat", "Eq", "b"], head.schema)

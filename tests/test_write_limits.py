@@ -37,7 +37,7 @@ def wdb(request, tmp_path):
 
 
 def seeded(db, name="w"):
-    ns = db.namespace(name)
+    ns = db.open_namespace(name)
     ns.write(
         {
             "upsert_rows": [
@@ -102,7 +102,7 @@ def test_too_many_attributes_refused_before_any_work(wdb):
 
 
 def test_attributes_per_namespace(wdb):
-    ns = wdb.namespace("wide")
+    ns = wdb.open_namespace("wide")
     ns.write({"upsert_rows": [{"id": 1, **{f"a{i}": i for i in range(200)}}]})
     msg = refused(ns, {"upsert_rows": [{"id": 2, **{f"b{i}": i for i in range(60)}}]}, "at most 256")
     assert "200" in msg
@@ -197,7 +197,7 @@ def test_bad_vectors(wdb, vec, match):
         ns, {"upsert_rows": [{"id": 1, "vector": [0.0, 1.0]}, {"id": 7, "vector": vec}]}, "row 1", "'vector'", match
     )
     refused(ns, {"patch_columns": {"id": [1], "vector": [vec]}}, "'vector'", match)
-    fresh = wdb.namespace("fresh")  # inferred, not declared
+    fresh = wdb.open_namespace("fresh")  # inferred, not declared
     refused(fresh, {"upsert_rows": [{"id": 7, "vector": vec}, {"id": 8, "vector": [1.0, 2.0]}]}, "'vector'")
     assert not fresh.exists()
 
@@ -226,7 +226,7 @@ def test_vector_frames_nan_inf_and_non_numbers(wdb):
     frame_refused(ns, pl.DataFrame({"id": [7], "vector": [[True, False]]}), "must be numbers")
     arr = pl.Series("vector", [[float("nan"), 1.0]], dtype=pl.Array(pl.Float64, 2))
     frame_refused(ns, pl.DataFrame({"id": [7]}).with_columns(arr), "NaN")
-    fresh = wdb.namespace("fresh")
+    fresh = wdb.open_namespace("fresh")
     with pytest.raises(SchemaError, match="NaN"):
         fresh.write_frame(pl.DataFrame({"id": [1, 2], "vector": [[1.0, 2.0], [float("nan"), 1.0]]}))
     with pytest.raises(SchemaError, match="must be numbers"):
@@ -242,7 +242,7 @@ def test_cli_ingest_refuses_nan_vectors(mem_db, tmp_path, capsys):
     code = main(["ingest", "n", str(p), "--store", mem_db.store.url])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("Error:") and "NaN" in err and "row 1" in err and "Traceback" not in err
-    assert not mem_db.namespace("n").exists()
+    assert not mem_db.open_namespace("n").exists()
 
 
 def test_integers_beyond_int64(wdb):
@@ -283,11 +283,11 @@ def test_sizes(wdb):
     frame_refused(ns, pl.DataFrame({"id": [7], "tag": [big]}), "'tag'", "bytes")
     refused(ns, {"upsert_rows": [{"id": 7, "arr": list(range(L.MAX_ARRAY_ITEMS + 1))}]}, "'arr'", "elements")
     frame_refused(ns, pl.DataFrame({"id": [7], "arr": [list(range(L.MAX_ARRAY_ITEMS + 1))]}), "'arr'", "elements")
-    fresh = wdb.namespace("fresh")
+    fresh = wdb.open_namespace("fresh")
     refused(fresh, {"upsert_rows": [{"id": 1, "vector": [0.5] * (L.MAX_VECTOR_DIMS + 1)}]}, "dimensions")
     refused(fresh, {"upsert_rows": [{"id": 1}], "schema": {"v": f"[{L.MAX_VECTOR_DIMS + 1}]f32"}}, "dimensions")
     fresh.write({"upsert_rows": [{"id": 1, "vector": [0.5] * L.MAX_VECTOR_DIMS}]})
-    s = wdb.namespace("sid")
+    s = wdb.open_namespace("sid")
     s.write({"upsert_rows": [{"id": "a" * L.MAX_ID_BYTES}]})
     refused(s, {"upsert_rows": [{"id": "a" * (L.MAX_ID_BYTES + 1)}]}, "id", str(L.MAX_ID_BYTES))
     refused(s, {"upsert_rows": [{"id": "é" * (L.MAX_ID_BYTES // 2 + 1)}]}, "bytes")
@@ -408,17 +408,17 @@ def test_stored_bad_ann_options_are_clamped_by_index(wdb, monkeypatch, caplog):
     ],
 )
 def test_filter_writes_on_a_missing_namespace_are_a_no_op(wdb, body):
-    ns = wdb.namespace("nothing_here")
+    ns = wdb.open_namespace("nothing_here")
     res = ns.write(body)
     assert res["rows_affected"] == 0
     assert not ns.exists() and ns.head().seq == 0
     with pytest.raises(NamespaceNotFound):
-        wdb.namespace("nothing_here").docs()
-    assert wdb.namespace("nothing_here").docs(missing_ok=True)[0].height == 0
+        wdb.open_namespace("nothing_here").docs()
+    assert wdb.open_namespace("nothing_here").docs(missing_ok=True)[0].height == 0
 
 
 def test_filter_writes_on_a_missing_namespace_still_validate(wdb):
-    ns = wdb.namespace("nothing_here")
+    ns = wdb.open_namespace("nothing_here")
     with pytest.raises(InvalidRequest):
         ns.write({"delete_by_filter": ["x", "Nope", 1]})
     with pytest.raises(SchemaError):

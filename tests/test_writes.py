@@ -11,7 +11,7 @@ def rows(ns):
 
 
 def test_upsert_patch_delete(db):
-    ns = db.namespace("w")
+    ns = db.open_namespace("w")
     r = ns.write(
         {
             "upsert_rows": [{"id": 1, "vector": [1, 0], "a": "x", "n": 1}, {"id": 2, "vector": [0, 1], "a": "y"}],
@@ -31,7 +31,7 @@ def test_upsert_patch_delete(db):
 
 
 def test_columns_forms(db):
-    ns = db.namespace("c")
+    ns = db.open_namespace("c")
     ns.write({"upsert_columns": {"id": [1, 2, 3], "vector": [[1, 1], [2, 2], [3, 3]], "k": ["a", "b", "c"]}})
     ns.write({"patch_columns": {"id": [2, 3], "k": ["B", None]}})
     got = rows(ns)
@@ -39,7 +39,7 @@ def test_columns_forms(db):
 
 
 def test_ops_in_one_entry_keep_order(mem_db):
-    ns = mem_db.namespace("o")
+    ns = mem_db.open_namespace("o")
     # upsert then delete of the same id in one batch leaves it deleted
     ns.write({"upsert_rows": [{"id": 5, "x": 1}], "deletes": [5]})
     assert rows(ns) == {}
@@ -47,7 +47,7 @@ def test_ops_in_one_entry_keep_order(mem_db):
 
 
 def test_filter_writes_and_affected_ids(db):
-    ns = db.namespace("f")
+    ns = db.open_namespace("f")
     ns.write({"upsert_rows": [{"id": i, "lang": "en" if i % 2 else "de", "n": i} for i in range(1, 11)]})
     r = ns.write({"delete_by_filter": ["lang", "Eq", "de"], "return_affected_ids": True})
     assert sorted(r["deleted_ids"]) == [2, 4, 6, 8, 10] and r["rows_deleted"] == 5
@@ -59,7 +59,7 @@ def test_filter_writes_and_affected_ids(db):
 
 
 def test_conditional_writes(db):
-    ns = db.namespace("cond")
+    ns = db.open_namespace("cond")
     ns.write({"upsert_rows": [{"id": 1, "version": 3, "v": "old"}, {"id": 2, "version": 1, "v": "old"}]})
     r = ns.write(
         {
@@ -86,7 +86,7 @@ def test_conditional_writes(db):
 
 
 def test_schema_declared_and_inferred(mem_db):
-    ns = mem_db.namespace("s")
+    ns = mem_db.open_namespace("s")
     ns.write(
         {
             "upsert_rows": [{"id": "a", "t": "hello world", "when": "2024-01-02T03:04:05Z"}],
@@ -102,7 +102,7 @@ def test_schema_declared_and_inferred(mem_db):
 
 
 def test_uuid_ids(mem_db):
-    ns = mem_db.namespace("u")
+    ns = mem_db.open_namespace("u")
     ns.write({"upsert_rows": [{"id": "6F9619FF-8B86-D011-B42D-00CF4FC964FF", "x": 1}], "schema": {"id": "uuid"}})
     assert list(rows(ns)) == ["6f9619ff-8b86-d011-b42d-00cf4fc964ff"]
     ns.write({"deletes": ["6f9619ff-8b86-d011-b42d-00cf4fc964ff"]})
@@ -114,7 +114,7 @@ def test_base64_vectors(mem_db):
 
     import numpy as np
 
-    ns = mem_db.namespace("b")
+    ns = mem_db.open_namespace("b")
     v = np.array([0.7, -1.5, 2.0], dtype="<f4")
     ns.write({"upsert_rows": [{"id": 1, "vector": base64.b64encode(v.tobytes()).decode()}]})
     assert rows(ns)[1]["vector"] == pytest.approx([0.7, -1.5, 2.0])
@@ -123,27 +123,27 @@ def test_base64_vectors(mem_db):
 def test_replay_at_seq_and_fresh_process_cache(db):
     from puffer_cli.wal import namespace as N
 
-    ns = db.namespace("r")
+    ns = db.open_namespace("r")
     for i in range(5):
         ns.write({"upsert_rows": [{"id": i, "x": i}], "deletes": [i - 1] if i else None})
     N.forget(db.store, "r")
-    fresh = db.namespace("r")
+    fresh = db.open_namespace("r")
     assert list(rows(fresh)) == [4]
     assert fresh.docs(3)[0]["id"].to_list() == [2]
 
 
 def test_delete_all_and_missing(mem_db):
-    ns = mem_db.namespace("gone")
+    ns = mem_db.open_namespace("gone")
     with pytest.raises(NamespaceNotFound):
         ns.require()
     ns.write({"upsert_rows": [{"id": 1}]})
     assert ns.delete_all() >= 2
-    assert not mem_db.namespace("gone").exists()
+    assert not mem_db.open_namespace("gone").exists()
 
 
 def test_namespaces_listing(mem_db):
     for n in ("b1", "a1", "a2"):
-        mem_db.namespace(n).write({"upsert_rows": [{"id": 1}]})
+        mem_db.open_namespace(n).write({"upsert_rows": [{"id": 1}]})
     assert mem_db.namespaces_page()[0] == ["a1", "a2", "b1"]
     page, cur = mem_db.namespaces_page(page_size=2)
     assert page == ["a1", "a2"] and cur == "a2"
@@ -156,11 +156,11 @@ def test_large_replay_in_batches(mem_db, monkeypatch):
     from puffer_cli.wal import replay
 
     monkeypatch.setattr(replay, "BATCH_ROWS", 7)
-    ns = mem_db.namespace("big")
+    ns = mem_db.open_namespace("big")
     for i in range(10):
         ns.write({"upsert_columns": {"id": list(range(i * 5, i * 5 + 10)), "g": [i] * 10}})
     N.forget(mem_db.store, "big")
-    docs, _ = mem_db.namespace("big").docs()
+    docs, _ = mem_db.open_namespace("big").docs()
     assert docs.height == 55
     assert docs.filter(pl.col("id") == 7)["g"].item() == 1
 
@@ -171,7 +171,7 @@ def test_meta_hint_failure_after_commit_does_not_fail_the_write(mem_db, monkeypa
     that applies the write twice)."""
     from puffer_cli.store import layout
 
-    ns = mem_db.namespace("hint")
+    ns = mem_db.open_namespace("hint")
     ns.write({"upsert_rows": [{"id": 1}]})
     real = type(ns.store).cas
 
@@ -192,12 +192,12 @@ def test_head_notices_namespace_deleted_and_recreated_elsewhere(db):
     A must not commit seq 4 (a gap every reader would trip on) nor serve the old rows."""
     from puffer_cli.wal import namespace as nsmod
 
-    a = db.namespace("re")
+    a = db.open_namespace("re")
     for i in range(3):
         a.write({"upsert_rows": [{"id": i, "x": i}]})
     assert a.head().seq == 3 and a.docs()[0].height == 3
     nsmod._CACHES.pop((db.store.url, "re"))  # B: another process, with caches of its own
-    b = db.namespace("re")
+    b = db.open_namespace("re")
     b.delete_all()
     b.write({"upsert_rows": [{"id": 100, "x": 1}]})
     assert a.head().seq == 1
@@ -205,13 +205,13 @@ def test_head_notices_namespace_deleted_and_recreated_elsewhere(db):
     a.write({"upsert_rows": [{"id": 7, "x": 7}]})
     assert [layout_seq for layout_seq, _ in a.wal_keys()] == [1, 2]
     nsmod._CACHES.pop((db.store.url, "re"))
-    assert sorted(db.namespace("re").docs()[0]["id"].to_list()) == [7, 100]
+    assert sorted(db.open_namespace("re").docs()[0]["id"].to_list()) == [7, 100]
 
 
 def test_retried_create_whose_first_attempt_landed_is_not_committed_twice(db, monkeypatch):
     """An S3 PUT whose response is lost is retried by the client and then fails its
     If-None-Match: the writer must recognise its own entry instead of committing again."""
-    ns = db.namespace("retry")
+    ns = db.open_namespace("retry")
     ns.write({"upsert_rows": [{"id": 1, "n": 1}]})
     real = type(db.store).create
 
@@ -240,7 +240,7 @@ def test_group_commit_isolates_a_body_that_hits_a_bug(mem_db, monkeypatch):
         return real(body, snap, **kw)
 
     monkeypatch.setattr(writes, "plan", plan)
-    ns = mem_db.namespace("iso")
+    ns = mem_db.open_namespace("iso")
     out = ns.write_batch([{"upsert_rows": [{"id": 1}]}, {"boom": True}, {"upsert_rows": [{"id": 2}]}])
     assert isinstance(out[1], PufferError) and out[1].status == 500 and "RuntimeError" in str(out[1])
     assert out[0]["status"] == out[2]["status"] == "OK"
@@ -248,7 +248,7 @@ def test_group_commit_isolates_a_body_that_hits_a_bug(mem_db, monkeypatch):
 
 
 def test_affected_ids_count_only_existing_and_omit_empty(db):
-    ns = db.namespace("aff")
+    ns = db.open_namespace("aff")
     ns.write({"upsert_rows": [{"id": 1, "n": 1}, {"id": 2, "n": 2}]})
     r = ns.write(
         {"patch_rows": [{"id": 1, "n": 5}, {"id": 99, "n": 5}], "deletes": [2, 77], "return_affected_ids": True}
@@ -262,22 +262,22 @@ def test_affected_ids_count_only_existing_and_omit_empty(db):
 
 
 def test_copy_from_namespace_keeps_the_metric(db):
-    src = db.namespace("src-euc")
+    src = db.open_namespace("src-euc")
     src.write({"upsert_rows": [{"id": 1, "vector": [1.0, 0.0]}], "distance_metric": "euclidean_squared"})
 
     def source(name):
-        docs, head = db.namespace(name).docs()
+        docs, head = db.open_namespace(name).docs()
         return head.schema, docs, head.metric
 
-    dst = db.namespace("dst-euc")
+    dst = db.open_namespace("dst-euc")
     r = dst.write({"copy_from_namespace": "src-euc"}, copy_source=source)
     assert r["rows_upserted"] == 1 and dst.head().metric == "euclidean_squared"
-    other = db.namespace("dst-cos")
+    other = db.open_namespace("dst-cos")
     other.write({"upsert_rows": [{"id": 5, "vector": [0.0, 1.0]}], "distance_metric": "cosine_distance"})
     with pytest.raises(Exception, match="distance_metric"):
         other.write({"copy_from_namespace": "src-euc"}, copy_source=source)
     with pytest.raises(Exception, match="distance_metric"):
-        db.namespace("dst-x").write(
+        db.open_namespace("dst-x").write(
             {"copy_from_namespace": "src-euc", "distance_metric": "cosine_distance"}, copy_source=source
         )
 
@@ -287,7 +287,7 @@ def test_schema_options_as_turbopuffer(db):
     from puffer_cli.schema import spec as S
 
     assert S.IVF_BOUNDS == ivf.BOUNDS  # schema repeats the index's bounds (layers)
-    ns = db.namespace("opts")
+    ns = db.open_namespace("opts")
     r = ns.write(
         {
             "upsert_rows": [{"id": 1, "v": [1.0, 0.0], "t": "hello"}],
@@ -337,7 +337,7 @@ def test_filter_write_limits_and_allow_partial(db, monkeypatch):
 
     monkeypatch.setattr(writes, "MAX_PATCH_BY_FILTER_ROWS", 3)
     monkeypatch.setattr(writes, "MAX_DELETE_BY_FILTER_ROWS", 4)
-    ns = db.namespace("lim")
+    ns = db.open_namespace("lim")
     ns.write({"upsert_rows": [{"id": i, "n": i} for i in range(10)]})
     pbf = {"filters": ["n", "Gte", 0], "patch": {"tag": "x"}}
     with pytest.raises(Exception, match="patch_by_filter_allow_partial"):

@@ -47,7 +47,7 @@ def ingest(
     from puffer_cli.jobs.ingest import ingest as run
 
     db = open_db(store, s3_endpoint, single_writer)
-    ns = db.namespace(namespace)
+    ns = db.open_namespace(namespace)
     sch = parse_json_arg(schema, "--schema")
     with Reporter("ingest", sys.stderr.isatty()) as progress:
         progress.subject = namespace
@@ -94,7 +94,7 @@ def export(
     db = open_db(store, s3_endpoint, policy=policy)
     with Reporter("export", sys.stderr.isatty()) as progress:
         progress.subject = namespace
-        info = run(db.namespace(namespace), output, fmt, at_seq, progress=progress)
+        info = run(db.open_namespace(namespace), output, fmt, at_seq, progress=progress)
     if output and output != "-":
         typer.echo(
             f"exported {info['rows']:,} rows of {namespace!r} at seq {info['seq']} to {output} ({info['format']})",
@@ -117,7 +117,7 @@ def wal_inspect(
     from puffer_cli.jobs import walinspect as W
 
     db = open_db(store, s3_endpoint)
-    ns = db.namespace(namespace)
+    ns = db.open_namespace(namespace)
     if show is not None:
         out = W.show(ns, show)
         if as_json:
@@ -194,7 +194,7 @@ def namespaces_cmd(
     db = open_db(store, s3_endpoint, policy=policy)
     rows = []
     for name in db.namespaces(prefix=prefix):
-        docs, head = db.namespace(name).docs(missing_ok=True)  # one deleted since it was listed: 0 rows
+        docs, head = db.open_namespace(name).docs(missing_ok=True)  # one deleted since it was listed: 0 rows
         rows.append({"namespace": name, "rows": docs.height, "seq": head.seq})
     if as_json:
         echo_json({"namespaces": rows})
@@ -215,8 +215,8 @@ def show_cmd(
 ):
     """Metadata, schema, index status and unindexed rows of a namespace."""
     db = open_db(store, s3_endpoint, policy=policy)
-    ns = db.namespace(namespace)
-    meta = ns.metadata()
+    ns = db.open_namespace(namespace)
+    meta = db.namespace(namespace).metadata()
     docs, _ = ns.docs()
     idx = meta.get("index") or {}
     covered = idx.get("covers_through_seq", idx.get("seq")) if isinstance(idx, dict) else None
@@ -267,7 +267,7 @@ def delete_cmd(
 ):
     """Delete a namespace: every WAL entry, index file and meta.json of it."""
     db = open_db(store, s3_endpoint, single_writer)
-    ns = db.namespace(namespace)
+    ns = db.open_namespace(namespace)
     ns.require()
     if not yes:
         if not sys.stdin.isatty():
@@ -276,7 +276,7 @@ def delete_cmd(
             )
         if not typer.confirm(f"delete namespace {namespace!r} in {db.store.url}?"):
             raise typer.Abort()
-    n = ns.delete()
+    n = ns.delete_all()
     if as_json:
         echo_json({"namespace": namespace, "deleted_keys": n})
     else:

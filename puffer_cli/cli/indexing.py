@@ -127,7 +127,7 @@ def _index_one(db, name: str, left: float | None, gc_grace, lease_ttl, progress)
 
     try:
         return index_namespace(
-            db.namespace(name), max_seconds=left, gc_grace_s=gc_grace, lease_ttl=lease_ttl, progress=progress
+            db.open_namespace(name), max_seconds=left, gc_grace_s=gc_grace, lease_ttl=lease_ttl, progress=progress
         )
     except PufferError as e:
         return IndexReport(
@@ -154,7 +154,7 @@ def warm(
 
     c = _cache.configure(cache_dir) if cache_dir is not None else _cache.get_cache()
     db = open_db(store, s3_endpoint, cache_max_gb=cache_max_gb)
-    ns = db.namespace(namespace)
+    ns = db.open_namespace(namespace)
     ns.require()
     with Reporter("warm", sys.stderr.isatty() and not as_json) as progress:
         progress.subject = namespace
@@ -203,7 +203,7 @@ def recall(
         _cache.configure(cache_dir)
     db = open_db(store, s3_endpoint, cache_max_gb=cache_max_gb)
     rep = run(
-        db.namespace(namespace),
+        db.open_namespace(namespace),
         num=num,
         top_k=top_k,
         filters=parse_json_arg(filters, "--filter"),

@@ -205,7 +205,7 @@ def query(
         q = _hybrid_body(q, [vector_attr, "kNN" if exact else "ANN", _cli_vector(vector)], [bm25[0], "BM25", bm25[1]])
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
-    ns = db.namespace(namespace)
+    ns = db.open_namespace(namespace)
     t0 = time.perf_counter()
     with limits.deadline(budget):
         out = engine.run(ns, q)

@@ -93,7 +93,7 @@ class Server(RequestPlumbing):
         )
         self.metrics = Metrics(cfg.metrics_dir)
         self.gc = GroupCommitter(
-            self.db.namespace,
+            self.db.open_namespace,
             window_s=cfg.commit_window_ms / 1000,
             copy_source=self.copy_source,
             on_commit=self.metrics.on_commit,
@@ -112,7 +112,7 @@ class Server(RequestPlumbing):
 
     # -- helpers
     def ns(self, name: str):
-        n = self.db.namespace(name)  # validates the name (400)
+        n = self.db.open_namespace(name)  # validates the name (400)
         self.touch(name)
         return n
 
@@ -158,7 +158,7 @@ class Server(RequestPlumbing):
         return name
 
     def copy_source(self, src) -> tuple[dict, Any, str | None]:
-        ns = self.db.namespace(self.copy_source_name(src))
+        ns = self.db.open_namespace(self.copy_source_name(src))
         ns.require()
         docs, head = ns.docs()
         return head.schema, docs, head.metric  # the copy keeps the source's distance metric
@@ -474,7 +474,7 @@ class Server(RequestPlumbing):
             names = set(self.hot)
         for name in sorted(names | self.metrics.hot_elsewhere()):
             with contextlib.suppress(Exception):
-                ns = self.db.namespace(name)
+                ns = self.db.open_namespace(name)
                 h = ns.head(refresh=False)
                 if h.seq:
                     out[name] = max(0, h.seq - indexed_seq(ns.read_meta()[0]))
@@ -495,7 +495,7 @@ class Server(RequestPlumbing):
                     for n in names:
                         if self._stop.is_set():
                             return
-                        ns = self.db.namespace(n)
+                        ns = self.db.open_namespace(n)
                         if ns.head().seq > indexed_seq(ns.read_meta()[0]):
                             builder.index_namespace(ns)
                     if not cursor:
