@@ -1,6 +1,6 @@
 """Parsing of ``rank_by`` (vector, order, BM25 and text combinator expressions) and of
 query vectors, with the parsing primitives :mod:`puffer_cli.query.parse` shares (``fail``,
-``show``, ``attr_name`` ...).  Errors are :class:`InvalidQuery` naming the part
+``attr_name`` ...).  Errors are :class:`InvalidQuery` naming the part
 (``rank_by[1][0]: ...``)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from puffer_cli import limits as L
-from puffer_cli.errors import InvalidFilter, InvalidQuery
+from puffer_cli.errors import InvalidFilter, InvalidQuery, show
 from puffer_cli.filters import parse
 from puffer_cli.query.model import (
     RANK_FUNCTIONS,
@@ -33,16 +33,6 @@ from puffer_cli.query.model import (
 )
 from puffer_cli.query.model import Saturate as SaturateNode
 from puffer_cli.schema.types import decode_vector_b64, parse_datetime_ms
-
-
-def show(v: Any, limit: int = 120) -> str:
-    try:
-        s = json.dumps(v, ensure_ascii=False)
-    except (TypeError, ValueError):
-        s = repr(v)
-    except RecursionError:  # nested too deep to print
-        s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
-    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def check_len(v: Any, limit: int, name: str, where: str, what: str) -> None:
