@@ -8,6 +8,8 @@ decides how an error looks to a user.
 from __future__ import annotations
 
 import json
+import reprlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -139,3 +141,38 @@ class CorruptNamespace(PufferError):
         if msg:
             raise cls(f"{what} is corrupt: {msg}", hint=hint)
         return obj
+
+
+# --------------------------------------------------------------------------- a value shown in an error message
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 6, 4
+
+
+def show(
+    v: Any,
+    limit: int = 120,
+    *,
+    compact: bool = False,
+    ascii: bool = False,
+    default: Callable[[Any], Any] | None = None,
+    python: bool = False,
+) -> str:
+    """A value shown in an error message: short, and never failing.
+
+    Its JSON text (``compact``: no spaces after separators; ``ascii``: non-ASCII
+    escaped; ``default``: renders what JSON cannot, else the whole value is
+    ``repr``-ed), cut to ``limit`` characters ending in ``...``. With ``python=True``
+    a Python repr abbreviated level by level instead (2 levels, 6 items, 4 keys,
+    60-character strings), ``limit`` unused."""
+    if python:
+        try:
+            return _REPR.repr(v)
+        except Exception:  # noqa: BLE001 - a repr must never fail an error message
+            return f"<{type(v).__name__}>"
+    try:
+        s = json.dumps(v, ensure_ascii=ascii, separators=(",", ":") if compact else None, default=default)
+    except (TypeError, ValueError):
+        s = repr(v)
+    except RecursionError:  # a value nested too deep to print
+        s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
+    return s if len(s) <= limit else s[: limit - 3] + "..."

@@ -281,21 +281,29 @@ def _hybrid_body(q: dict, vector_rank: list, bm25_rank: list) -> dict:
 
 
 def rrf_fuse(out: dict, top_k: int, k: int = RRF_K) -> dict:
-    """Reciprocal rank fusion of a multi-query's results: score(d) = sum 1 / (k + rank),
-    rank counted from 1 in each result; ties by id. One result, rows carrying ``$rrf``."""
-    score: dict = {}
+    """Reciprocal rank fusion of a multi-query's results (``search.engine.rrf_fuse``),
+    ids merged and ordered by their JSON text; ties by id. One result, rows carrying ``$rrf``."""
+    from puffer_cli.search.engine import rrf_fuse as fuse
+
     row_of: dict = {}
+    ranked = []
     for r in out.get("results", []):
-        for rank, row in enumerate(r.get("rows", []), start=1):
-            key = json.dumps(row["id"], default=str)
-            score[key] = score.get(key, 0.0) + 1.0 / (k + rank)
-            kept = row_of.setdefault(key, {})
+        ids = []
+        for row in r.get("rows", []):
+            ids.append(row["id"])
+            kept = row_of.setdefault(_id_json(row["id"]), {})
             kept.update({c: v for c, v in row.items() if c != "$dist"})
-    order = sorted(score, key=lambda x: (-score[x], x))[:top_k]
-    rows = [
-        {"id": row_of[x]["id"], "$rrf": score[x], **{c: v for c, v in row_of[x].items() if c != "id"}} for x in order
-    ]
+        ranked.append(ids)
+    rows = []
+    for d, score in fuse(ranked, k, key=_id_json)[:top_k]:
+        kept = row_of[_id_json(d)]
+        rows.append({"id": kept["id"], "$rrf": score, **{c: v for c, v in kept.items() if c != "id"}})
     return {"rows": rows, "performance": out.get("performance", {})}
+
+
+def _id_json(d) -> str:
+    """An id as hashable, orderable text (ids may be unhashable or of mixed types)."""
+    return json.dumps(d, default=str)
 
 
 def _cli_vector(value: str):

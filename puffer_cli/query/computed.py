@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from puffer_cli import limits as L
+from puffer_cli.errors import show
+from puffer_cli.query.checks import attr_name, fail, is_int, parse_vector
 from puffer_cli.query.model import HIGHLIGHT_FRAGMENT_BY, HIGHLIGHT_OFFSET_UNITS, HighlightExpr, VectorDistExpr
-from puffer_cli.query.rank import attr_name, fail, is_int, parse_text_expr, parse_vector, show
+from puffer_cli.query.rank import parse_text_expr
 from puffer_cli.schema import types as S
 
 HIGHLIGHT_KEYS = ("fragment_by", "fragment_limit", "include_offsets", "rank_fragments_by")

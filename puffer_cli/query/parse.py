@@ -39,8 +39,9 @@ from typing import Any
 
 from puffer_cli import filters as F
 from puffer_cli import limits as L
-from puffer_cli.errors import InvalidFilter, InvalidQuery
+from puffer_cli.errors import InvalidFilter, InvalidQuery, show
 from puffer_cli.filters import parse as filter_parse
+from puffer_cli.query.checks import attr_name, check_len, fail, is_int, is_num
 from puffer_cli.query.computed import check_compute, parse_compute
 from puffer_cli.query.model import (
     DEFAULT_LIMIT,
@@ -60,7 +61,7 @@ from puffer_cli.query.model import (
     VectorRank,
     text_children,
 )
-from puffer_cli.query.rank import attr_name, check_len, fail, is_int, is_num, parse_rank_by, show
+from puffer_cli.query.rank import parse_rank_by
 from puffer_cli.schema import types as S
 from puffer_cli.schema.types import METRICS
 

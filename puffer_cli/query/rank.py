@@ -1,21 +1,19 @@
-"""Parsing of ``rank_by`` (vector, order, BM25 and text combinator expressions) and of
-query vectors, with the parsing primitives :mod:`puffer_cli.query.parse` shares (``fail``,
-``show``, ``attr_name`` ...).  Errors are :class:`InvalidQuery` naming the part
+"""Parsing of ``rank_by`` (vector, order, BM25 and text combinator expressions and rank
+functions); the value checks it shares with the body parser are in
+:mod:`puffer_cli.query.checks`.  Errors are :class:`InvalidQuery` naming the part
 (``rank_by[1][0]: ...``)."""
 
 from __future__ import annotations
 
 import difflib
 import json
-import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from puffer_cli import limits as L
-from puffer_cli.errors import InvalidFilter, InvalidQuery
+from puffer_cli.errors import InvalidFilter, show
 from puffer_cli.filters import parse
+from puffer_cli.query.checks import attr_name, fail, is_num, parse_vector
 from puffer_cli.query.model import (
     RANK_FUNCTIONS,
     TEXT_COMBINATORS,
@@ -32,92 +30,7 @@ from puffer_cli.query.model import (
     VectorRank,
 )
 from puffer_cli.query.model import Saturate as SaturateNode
-from puffer_cli.schema.types import decode_vector_b64, parse_datetime_ms
-
-
-def show(v: Any, limit: int = 120) -> str:
-    try:
-        s = json.dumps(v, ensure_ascii=False)
-    except (TypeError, ValueError):
-        s = repr(v)
-    except RecursionError:  # nested too deep to print
-        s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
-def check_len(v: Any, limit: int, name: str, where: str, what: str) -> None:
-    """Refuse a list (or object) longer than a query limit, naming it."""
-    if isinstance(v, (list, tuple, Mapping)) and len(v) > limit:
-        raise fail(where, f"{len(v):,} {what} (limit: {name} = {limit:,})")
-
-
-def fail(where: str, msg: str, hint: str | None = None) -> InvalidQuery:
-    return InvalidQuery(f"{where}: {msg}", hint=hint)
-
-
-# --------------------------------------------------------------------------- parsing helpers
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_num(v: Any) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def attr_name(v: Any, where: str) -> str:
-    if not isinstance(v, str) or not v:
-        raise fail(where, f"attribute name must be a non-empty string, got {show(v)}")
-    return v
-
-
-F32_MAX = float(np.finfo(np.float32).max)
-
-
-def parse_vector(v: Any, where: str) -> tuple[float, ...]:
-    """A query vector: a list of finite numbers, or base64 of little-endian float32."""
-    if isinstance(v, str):
-        if len(v) > (L.MAX_VECTOR_DIMS * 4 + 2) // 3 * 4:
-            raise fail(
-                where,
-                f"base64 vector of {len(v):,} characters: more than {L.MAX_VECTOR_DIMS:,} "
-                f"float32 dimensions (limit: MAX_VECTOR_DIMS = {L.MAX_VECTOR_DIMS:,})",
-            )
-        try:
-            arr = decode_vector_b64(v)
-        except ValueError as e:
-            raise fail(where, str(e), hint="pass a list of floats, or base64 of little-endian float32") from None
-        if not len(arr):
-            raise fail(where, "base64 vector is empty")
-        if not np.all(np.isfinite(arr)):
-            raise fail(where, "vector contains NaN or infinity")
-        return tuple(float(x) for x in arr)
-    if isinstance(v, np.ndarray):
-        v = v.tolist()
-    if not isinstance(v, (list, tuple)):
-        raise fail(where, f"vector must be a list of numbers or a base64 string, got {show(v)}")
-    if not v:
-        raise fail(where, "vector is empty")
-    check_len(v, L.MAX_VECTOR_DIMS, "MAX_VECTOR_DIMS", where, "vector dimensions")
-    kinds = set(map(type, v))
-    if kinds <= {float, int}:  # the common case, checked in bulk (bool is its own type: not here)
-        try:
-            if (np.abs(np.asarray(v, dtype=np.float64)) <= F32_MAX).all():
-                return tuple(map(float, v))
-        except OverflowError:  # an integer beyond float range: reported below
-            pass
-    if any(isinstance(x, (list, tuple)) for x in v):
-        raise fail(where, "multi-vector queries are not supported; pass one vector")
-    for i, x in enumerate(v):
-        if not is_num(x):
-            raise fail(where, f"vector element {i} is {show(x)}, not a finite number")
-        if abs(x) > F32_MAX:
-            raise fail(where, f"vector element {i} is {show(x)}, beyond the float32 range")
-    return tuple(float(x) for x in v)
+from puffer_cli.schema.types import parse_datetime_ms
 
 
 def _is_filter_op(v: Any) -> bool:

@@ -37,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli import limits as L
-from puffer_cli.errors import SchemaError
+from puffer_cli.errors import SchemaError, show
 from puffer_cli.schema.types import (
     DATETIME_MS,
     EPOCH,
@@ -52,7 +52,6 @@ from puffer_cli.schema.types import (
     dtype_of,
     infer_column,
     parse_datetime_ms,
-    show,
     type_of_dtype,
     utf8_len,
     vector_dims,
@@ -68,7 +67,7 @@ def _check_id(v, t: str, row) -> Any:
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v >= 2**64:
             raise SchemaError(
-                f"{where(row, 'id')}: id {show(v)} is not an unsigned 64-bit integer",
+                f"{where(row, 'id')}: id {show(v, python=True)} is not an unsigned 64-bit integer",
                 hint="ids are u64, UUIDs or strings up to 64 bytes, one kind per namespace",
             )
         return v
@@ -76,10 +75,11 @@ def _check_id(v, t: str, row) -> Any:
         try:
             return str(v if isinstance(v, uuidlib.UUID) else uuidlib.UUID(v))
         except (ValueError, AttributeError, TypeError):
-            raise SchemaError(f"{where(row, 'id')}: id {show(v)} is not a UUID") from None
+            raise SchemaError(f"{where(row, 'id')}: id {show(v, python=True)} is not a UUID") from None
     if not isinstance(v, str) or not v:
         raise SchemaError(
-            f"{where(row, 'id')}: id {show(v)} is not a non-empty string", hint="this namespace uses string ids"
+            f"{where(row, 'id')}: id {show(v, python=True)} is not a non-empty string",
+            hint="this namespace uses string ids",
         )
     n = utf8_len(v)
     if n is None or n > ID_MAX_BYTES:
@@ -93,7 +93,7 @@ def _check_id(v, t: str, row) -> Any:
 
 def _datetime_range_error(name, row, v) -> SchemaError:
     return SchemaError(
-        f"{where(row, name)}: datetime {show(v)} is out of range",
+        f"{where(row, name)}: datetime {show(v, python=True)} is out of range",
         hint="datetimes are years 1 to 9999: RFC 3339 strings or milliseconds since the epoch "
         f"({DATETIME_MS[0]} to {DATETIME_MS[1]})",
     )
@@ -112,7 +112,9 @@ def _parse_datetime(v, name, row):
     if isinstance(v, str):
         ms = parse_datetime_ms(v)
         if ms is None:
-            raise SchemaError(f"{where(row, name)}: {show(v)} is not an RFC 3339 datetime (years 1 to 9999)")
+            raise SchemaError(
+                f"{where(row, name)}: {show(v, python=True)} is not an RFC 3339 datetime (years 1 to 9999)"
+            )
         if not DATETIME_MS[0] <= math.floor(ms) <= DATETIME_MS[1]:  # an offset past year 1 / 9999
             raise _datetime_range_error(name, row, v)
         return EPOCH + dt.timedelta(microseconds=math.floor(ms * 1000))
@@ -121,7 +123,7 @@ def _parse_datetime(v, name, row):
     elif isinstance(v, dt.date):
         d = dt.datetime(v.year, v.month, v.day, tzinfo=dt.UTC)
     else:
-        raise SchemaError(f"{where(row, name)}: expected a datetime, got {show(v)}")
+        raise SchemaError(f"{where(row, name)}: expected a datetime, got {show(v, python=True)}")
     try:  # an offset can push year 1 / 9999 out of range
         d.astimezone(dt.UTC)
     except OverflowError:
@@ -153,7 +155,7 @@ def check_scalar(v, t: str, name: str, row) -> Any:
             bad = "an integer"
         elif not INT64[0] <= v <= INT64[1]:
             raise SchemaError(
-                f"{where(row, name)}: integer {show(v)} does not fit in int64 (type int)",
+                f"{where(row, name)}: integer {show(v, python=True)} does not fit in int64 (type int)",
                 hint='int is -2^63..2^63-1; for values up to 2^64-1 declare the attribute "uint" in the schema',
             )
     elif t == "uint":
@@ -165,7 +167,8 @@ def check_scalar(v, t: str, name: str, row) -> Any:
         elif isinstance(v, int):
             if not INT64[0] <= v <= INT64[1]:
                 raise SchemaError(
-                    f"{where(row, name)}: integer {show(v)} is outside int64; not converted to a float (type float)",
+                    f"{where(row, name)}: integer {show(v, python=True)} is outside int64; "
+                    "not converted to a float (type float)",
                     hint="send it as a float if that is what you mean",
                 )
             return float(v)
@@ -187,7 +190,7 @@ def check_scalar(v, t: str, name: str, row) -> Any:
     elif t == "datetime":
         return _parse_datetime(v, name, row)
     if bad:
-        raise SchemaError(f"{where(row, name)}: expected {bad} (type {t}), got {show(v)}")
+        raise SchemaError(f"{where(row, name)}: expected {bad} (type {t}), got {show(v, python=True)}")
     return v
 
 
@@ -205,7 +208,9 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
             if v is None:
                 out.append(None)
             elif not isinstance(v, (list, tuple)):
-                raise SchemaError(f"{where(first_row + i, name)}: expected an array (type {t}), got {show(v)}")
+                raise SchemaError(
+                    f"{where(first_row + i, name)}: expected an array (type {t}), got {show(v, python=True)}"
+                )
             elif len(v) > L.MAX_ARRAY_ITEMS:
                 raise SchemaError(
                     f"{where(first_row + i, name)}: array has {len(v)} elements; the limit is {L.MAX_ARRAY_ITEMS}",
@@ -301,12 +306,12 @@ def vector_array(v, name: str, row) -> np.ndarray:
         if not kinds <= {float, int}:
             bad = next(x for x in v if type(x) not in (float, int))
             raise SchemaError(
-                f"{at}: vector elements must be numbers, got {show(bad)}",
+                f"{at}: vector elements must be numbers, got {show(bad, python=True)}",
                 hint="a vector is an array of numbers (or a base64 string of f32)",
             )
         a = v
     else:
-        raise SchemaError(f"{at}: vector must be an array of numbers, got {show(v)}")
+        raise SchemaError(f"{at}: vector must be an array of numbers, got {show(v, python=True)}")
     if len(a) > L.MAX_VECTOR_DIMS:
         raise SchemaError(
             f"{at}: vector has {len(a)} dimensions; the limit is {L.MAX_VECTOR_DIMS}", hint="MAX_VECTOR_DIMS"
@@ -481,7 +486,7 @@ def _check_cast(src: pl.Series, out: pl.Series, t: str, name: str, rows) -> None
     if isinstance(d, pl.Datetime) or d == pl.Date:
         fail(out.is_null() & src.is_not_null(), lambda i: f"value is not of type {t}")
     else:
-        fail(out.is_null() & src.is_not_null(), lambda i: f"value {show(src[i])} is not of type {t}")
+        fail(out.is_null() & src.is_not_null(), lambda i: f"value {show(src[i], python=True)} is not of type {t}")
 
 
 def _cast_scalars(s: pl.Series, t: str) -> pl.Series:

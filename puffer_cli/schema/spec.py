@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from puffer_cli import limits as L
-from puffer_cli.errors import SchemaError
-from puffer_cli.schema.types import ID_TYPES, METRICS, check_attr_name, dtype_of, is_vector, show
+from puffer_cli.errors import SchemaError, show
+from puffer_cli.schema.types import ID_TYPES, METRICS, check_attr_name, dtype_of, is_vector
 
 SPEC_KEYS = {"type", "filterable", "full_text_search", "regex", "glob", "fuzzy", "ann"}
 REFUSED_SPEC_KEYS = {
@@ -66,7 +66,9 @@ def normalize_spec(name: str, spec: Any) -> dict:
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, Mapping):
-        raise SchemaError(f"schema for attribute {name!r} must be a type string or an object, got {show(spec)}")
+        raise SchemaError(
+            f"schema for attribute {name!r} must be a type string or an object, got {show(spec, python=True)}"
+        )
     for k, why in REFUSED_SPEC_KEYS.items():
         if spec.get(k) is not None:
             raise SchemaError(f"schema for attribute {name!r}: {k}: {why}")
@@ -96,7 +98,7 @@ def normalize_spec(name: str, spec: Any) -> dict:
     for k in FLAG_KEYS:
         if spec.get(k) is not None:
             if not isinstance(spec[k], bool):
-                raise SchemaError(f"attribute {name!r}: {k} must be true or false, got {show(spec[k])}")
+                raise SchemaError(f"attribute {name!r}: {k} must be true or false, got {show(spec[k], python=True)}")
             if t not in ("string", "[]string"):
                 raise SchemaError(f"attribute {name!r}: {k} needs type string or []string, not {t}")
             out[k] = spec[k]
@@ -120,10 +122,14 @@ def check_ann(name: str, ann: Any) -> dict:
         raise SchemaError(f"attribute {name!r}: ann is true or an object of {', '.join(ANN_KEYS)}")
     m = ann.get("distance_metric")
     if m is not None and m not in METRICS:
-        raise SchemaError(f"attribute {name!r}: ann distance_metric must be one of {', '.join(METRICS)}, got {show(m)}")
+        raise SchemaError(
+            f"attribute {name!r}: ann distance_metric must be one of {', '.join(METRICS)}, got {show(m, python=True)}"
+        )
     li = ann.get("late_interaction")
     if li is not None and not isinstance(li, bool):
-        raise SchemaError(f"attribute {name!r}: ann late_interaction must be true or false, got {show(li)}")
+        raise SchemaError(
+            f"attribute {name!r}: ann late_interaction must be true or false, got {show(li, python=True)}"
+        )
     if li:
         raise SchemaError(f"attribute {name!r}: ann late_interaction (multi-vector, MUVERA) is not supported")
     for k, (lo, hi) in IVF_BOUNDS.items():
@@ -141,19 +147,19 @@ def check_ann(name: str, ann: Any) -> dict:
             want = f"an integer from {lo} to {hi}"
         if not ok:
             raise SchemaError(
-                f"attribute {name!r}: ann {k} must be {want}, got {show(v)}",
+                f"attribute {name!r}: ann {k} must be {want}, got {show(v, python=True)}",
                 hint="see docs/indexer.md, Vector index",
             )
     dtype = ann.get("dtype")
     if dtype is not None and (not isinstance(dtype, str) or dtype not in ANN_DTYPES):
-        raise SchemaError(f"attribute {name!r}: ann dtype must be f32, f16 or i8, got {show(dtype)}")
+        raise SchemaError(f"attribute {name!r}: ann dtype must be f32, f16 or i8, got {show(dtype, python=True)}")
     for k, (lo, hi) in ANN_BOUNDS.items():
         v = ann.get(k)
         if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise SchemaError(
-                f"attribute {name!r}: ann {k} must be an integer from {lo} to {hi}, got {show(v)}",
+                f"attribute {name!r}: ann {k} must be an integer from {lo} to {hi}, got {show(v, python=True)}",
                 hint=f"limits.ANN_{k.upper()}; see docs/http.md, Limits: writes",
             )
     return dict(ann)

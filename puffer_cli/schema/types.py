@@ -19,7 +19,6 @@ import binascii
 import datetime as dt
 import itertools
 import re
-import reprlib
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
@@ -29,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli import limits as L
-from puffer_cli.errors import SchemaError
+from puffer_cli.errors import SchemaError, show
 
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType  # a dtype instance or class (pl.String)
@@ -59,17 +58,6 @@ DATETIME_MS = (
     int((dt.datetime.max.replace(tzinfo=dt.UTC) - EPOCH) // dt.timedelta(milliseconds=1)),
 )
 _SCALAR_PY = (str, int, float, bool, type(None))
-
-_repr = reprlib.Repr()
-_repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxdict = 2, 60, 60, 6, 4
-
-
-def show(v: Any) -> str:
-    """A short repr of a (possibly huge or deeply nested) value, for error messages."""
-    try:
-        return _repr.repr(v)
-    except Exception:  # noqa: BLE001 - a repr must never fail an error message
-        return f"<{type(v).__name__}>"
 
 
 def vector_dims(t: str) -> int | None:
@@ -116,7 +104,8 @@ def check_attr_name(name: Any) -> str:
     n = utf8_len(name) if isinstance(name, str) else None
     if n is None or not 1 <= n <= ATTR_MAX or name.startswith("$"):
         raise SchemaError(
-            f"invalid attribute name {show(name)}: names are 1 to {ATTR_MAX} bytes of UTF-8 and do not start with '$'",
+            f"invalid attribute name {show(name, python=True)}: "
+            f"names are 1 to {ATTR_MAX} bytes of UTF-8 and do not start with '$'",
             hint="MAX_ATTRIBUTE_NAME_BYTES",
         )
     return name
@@ -152,7 +141,7 @@ def check_write_names(
         have = sum(1 for k in schema if k != "id")
         if have + len(new) > L.MAX_ATTRIBUTES_PER_NAMESPACE:
             raise SchemaError(
-                f"{what} adds {len(new)} attribute(s) (e.g. {show(min(new))}) to a namespace with {have}; "
+                f"{what} adds {len(new)} attribute(s) (e.g. {show(min(new), python=True)}) to a namespace with {have}; "
                 f"a namespace has at most {L.MAX_ATTRIBUTES_PER_NAMESPACE}",
                 hint="MAX_ATTRIBUTES_PER_NAMESPACE; reuse existing attributes or use another namespace",
             )
@@ -289,7 +278,7 @@ def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
             continue
         if t.startswith("?"):
             raise SchemaError(
-                f"{where(first_row + i, name)}: unsupported value {show(v)}",
+                f"{where(first_row + i, name)}: unsupported value {show(v, python=True)}",
                 hint="values are strings, numbers, booleans, arrays of one of those, or vectors",
             )
         if seen is None:
@@ -305,7 +294,9 @@ def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
                     f"earlier rows have {vector_dims(seen)}"
                 )
             else:
-                raise SchemaError(f"{where(first_row + i, name)}: value {show(v)} is {t}, earlier rows are {seen}")
+                raise SchemaError(
+                    f"{where(first_row + i, name)}: value {show(v, python=True)} is {t}, earlier rows are {seen}"
+                )
     return seen
 
 

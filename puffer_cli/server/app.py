@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import threading
@@ -46,7 +45,7 @@ from starlette.routing import Route
 
 from puffer_cli import caches
 from puffer_cli.db import DB, connect
-from puffer_cli.errors import InvalidRequest, PufferError, UnprocessableBody
+from puffer_cli.errors import InvalidRequest, PufferError, UnprocessableBody, show
 from puffer_cli.index import builder, segment
 from puffer_cli.index import warm as warm_mod
 from puffer_cli.jobs import branch
@@ -277,7 +276,8 @@ class Server(RequestPlumbing):
             path = "index (segment scan, filters and order by attribute) + exhaustive over the unindexed tail"
         lines = [
             f"namespace: {ns.name}",
-            f"rank_by: {_short(rank) if rank is not None else '(none: filter/aggregate only)'}",
+            "rank_by: "
+            + (show(rank, 200, ascii=True, default=str) if rank is not None else "(none: filter/aggregate only)"),
             f"filters: {'yes' if body.get('filters') is not None else 'no'}",
             f"path: {path}",
             f"rows in namespace (approx): {size}",
@@ -573,11 +573,6 @@ class Server(RequestPlumbing):
 
 
 GZIP_MIN_BYTES = 1024
-
-
-def _short(v: Any, limit: int = 200) -> str:
-    text = json.dumps(v, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def create_app(cfg: ServeConfig | None = None, db: DB | None = None) -> Starlette:

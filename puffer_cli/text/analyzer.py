@@ -56,14 +56,13 @@ stemmer sees lowercased tokens only when case_sensitive is false.
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import tantivy
 
-from puffer_cli.errors import SchemaError
+from puffer_cli.errors import SchemaError, show
 
 __all__ = [
     "DEFAULT_FTS_OPTIONS",
@@ -177,39 +176,41 @@ def normalize_fts_options(opts: Any) -> dict[str, Any]:
     if opts is True:
         return dict(DEFAULT_FTS_OPTIONS)
     if not isinstance(opts, Mapping):
-        raise SchemaError(f"full_text_search must be true or an object, got {_show(opts)}")
+        raise SchemaError(f"full_text_search must be true or an object, got {show(opts, 80)}")
     unknown = sorted(set(opts) - set(DEFAULT_FTS_OPTIONS))
     if unknown:
         raise SchemaError(
-            f"full_text_search: unknown option {_show(unknown[0])}; known options: " + ", ".join(DEFAULT_FTS_OPTIONS)
+            f"full_text_search: unknown option {show(unknown[0], 80)}; known options: " + ", ".join(DEFAULT_FTS_OPTIONS)
         )
     out = dict(DEFAULT_FTS_OPTIONS)
     out.update(opts)
 
     tok = out["tokenizer"]
     if tok not in TOKENIZERS:
-        raise SchemaError(f"full_text_search: unknown tokenizer {_show(tok)}; expected one of " + ", ".join(TOKENIZERS))
+        raise SchemaError(
+            f"full_text_search: unknown tokenizer {show(tok, 80)}; expected one of " + ", ".join(TOKENIZERS)
+        )
     lang = out["language"]
     if not isinstance(lang, str) or lang.lower() not in LANGUAGES:
         raise SchemaError(
-            f"full_text_search: unsupported language {_show(lang)}; expected one of " + ", ".join(LANGUAGES)
+            f"full_text_search: unsupported language {show(lang, 80)}; expected one of " + ", ".join(LANGUAGES)
         )
     out["language"] = lang.lower()
     for key in _BOOL_KEYS:
         if not isinstance(out[key], bool):
-            raise SchemaError(f"full_text_search: {key} must be a boolean, got {_show(out[key])}")
+            raise SchemaError(f"full_text_search: {key} must be a boolean, got {show(out[key], 80)}")
     mtl = out["max_token_length"]
     if isinstance(mtl, bool) or not isinstance(mtl, int) or not 1 <= mtl <= 65535:
         raise SchemaError(
-            f"full_text_search: max_token_length must be an integer between 1 and 65535, got {_show(mtl)}"
+            f"full_text_search: max_token_length must be an integer between 1 and 65535, got {show(mtl, 80)}"
         )
     for key, lo in (("k1", 0.0), ("b", 0.0)):
         v = out[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= lo or not math.isfinite(v):
-            raise SchemaError(f"full_text_search: {key} must be a finite non-negative number, got {_show(v)}")
+            raise SchemaError(f"full_text_search: {key} must be a finite non-negative number, got {show(v, 80)}")
         out[key] = float(v)
     if out["b"] > 1.0:
-        raise SchemaError(f"full_text_search: b must be between 0 and 1, got {_show(out['b'])}")
+        raise SchemaError(f"full_text_search: b must be between 0 and 1, got {show(out['b'], 80)}")
     return out
 
 
@@ -334,11 +335,3 @@ def tokenize_many(texts: Iterable[Any], opts: Any) -> list[list[str]]:
                     toks.extend(analyze(part))
             append(toks)
     return out
-
-
-def _show(v: Any) -> str:
-    try:
-        s = json.dumps(v, ensure_ascii=False)
-    except (TypeError, ValueError):
-        s = repr(v)
-    return s if len(s) <= 80 else s[:77] + "..."

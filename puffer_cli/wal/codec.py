@@ -30,6 +30,8 @@ from typing import Any
 
 import polars as pl
 
+from puffer_cli.errors import CorruptWal
+
 MAGIC = b"PWAL"
 END = b"PEND"
 VERSION = 1
@@ -59,8 +61,27 @@ class Entry:
         return self.header.get("created_at", 0)
 
 
-class WalFormatError(Exception):
-    """Bytes that are not a valid entry; ``str`` says exactly what is wrong."""
+class WalFormatError(CorruptWal):
+    """Bytes that are not a valid entry; ``str`` says exactly what is wrong, ``kind``
+    which check failed (one of ``KINDS``; callers branch on it, never on the text)."""
+
+    KINDS = (
+        "truncated",  # shorter than the prefix, or than the header says the entry is
+        "magic",
+        "version",
+        "truncated_header",  # fewer header bytes than the prefix says (read more, retry)
+        "header_checksum",
+        "header_json",
+        "trailing_bytes",
+        "end_marker",
+        "payload_checksum",
+        "seq",  # an intact entry stored under another seq's key
+    )
+
+    def __init__(self, kind: str, message: str):
+        assert kind in self.KINDS, kind
+        super().__init__(message)
+        self.kind = kind
 
 
 def _ipc(df: pl.DataFrame) -> bytes:
@@ -93,51 +114,57 @@ def encode(seq: int, ops: list[Op], **header_fields: Any) -> bytes:
 def read_header(data: bytes) -> tuple[dict, int]:
     """(header, offset of the first op block). Raises WalFormatError."""
     if len(data) < PREFIX.size:
-        raise WalFormatError(f"truncated: {len(data)} bytes, shorter than the {PREFIX.size}-byte prefix")
+        raise WalFormatError("truncated", f"truncated: {len(data)} bytes, shorter than the {PREFIX.size}-byte prefix")
     magic, version, _flags, hlen, hcrc = PREFIX.unpack_from(data)
     if magic != MAGIC:
-        raise WalFormatError(f"bad magic {magic!r} (expected {MAGIC!r})")
+        raise WalFormatError("magic", f"bad magic {magic!r} (expected {MAGIC!r})")
     if version != VERSION:
-        raise WalFormatError(f"unsupported format version {version}")
+        raise WalFormatError("version", f"unsupported format version {version}")
     hb = data[PREFIX.size : PREFIX.size + hlen]
     if len(hb) != hlen:
-        raise WalFormatError(f"truncated header: {len(hb)} of {hlen} bytes")
+        raise WalFormatError("truncated_header", f"truncated header: {len(hb)} of {hlen} bytes")
     if zlib.crc32(hb) != hcrc:
-        raise WalFormatError("header checksum mismatch")
+        raise WalFormatError("header_checksum", "header checksum mismatch")
     try:
         header = json.loads(hb)
     except ValueError as e:  # pragma: no cover - CRC makes this unlikely
-        raise WalFormatError(f"header is not JSON: {e}") from e
+        raise WalFormatError("header_json", f"header is not JSON: {e}") from e
     return header, PREFIX.size + hlen
 
 
 def check(data: bytes) -> str | None:
     """None if ``data`` is an intact entry, else what is wrong with it."""
+    err = _problem(data)
+    return None if err is None else str(err)
+
+
+def _problem(data: bytes) -> WalFormatError | None:
+    """None if ``data`` is an intact entry, else the error naming what is wrong."""
     try:
         header, start = read_header(data)
     except WalFormatError as e:
-        return str(e)
+        return e
     total = start + sum(m["length"] for m in header["ops"]) + TRAILER.size
     if len(data) < total:
-        return f"truncated: {len(data)} of {total} bytes"
+        return WalFormatError("truncated", f"truncated: {len(data)} of {total} bytes")
     if len(data) > total:
-        return f"{len(data) - total} unexpected trailing bytes"
+        return WalFormatError("trailing_bytes", f"{len(data) - total} unexpected trailing bytes")
     crc, end = TRAILER.unpack_from(data, len(data) - TRAILER.size)
     if end != END:
-        return "bad end marker"
+        return WalFormatError("end_marker", "bad end marker")
     if zlib.crc32(memoryview(data)[: len(data) - TRAILER.size]) != crc:
-        return "checksum mismatch"
+        return WalFormatError("payload_checksum", "checksum mismatch")
     return None
 
 
 def decode(data: bytes, seq: int | None = None) -> Entry:
     """Decode and verify an entry. Raises WalFormatError naming the problem."""
-    problem = check(data)
-    if problem:
-        raise WalFormatError(problem)
+    problem = _problem(data)
+    if problem is not None:
+        raise problem
     header, start = read_header(data)
     if seq is not None and header.get("seq") != seq:
-        raise WalFormatError(f"header says seq {header.get('seq')}, key says {seq}")
+        raise WalFormatError("seq", f"header says seq {header.get('seq')}, key says {seq}")
     ops = []
     for m in header["ops"]:
         b = data[start + m["offset"] : start + m["offset"] + m["length"]]

@@ -273,7 +273,7 @@ class Namespace:
         try:
             header, _ = wal.read_header(data)
         except wal.WalFormatError as e:
-            if str(e).startswith("truncated header"):
+            if e.kind == "truncated_header":
                 data = self.store.read(key)
                 try:
                     header, _ = wal.read_header(data)
