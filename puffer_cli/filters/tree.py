@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -24,6 +25,9 @@ class FrozenDict(dict):
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(sorted((k, typed_key(v)) for k, v in self.items())))
+
+    def __reduce__(self) -> tuple:
+        return (FrozenDict, (dict(self),))
 
     def _readonly(self, *a: Any, **k: Any) -> Any:
         raise TypeError("FrozenDict is read-only")
@@ -66,12 +70,32 @@ class And:
 
     children: tuple[Any, ...]  # Nodes (or, in a bound tree, bound nodes)
 
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(("And", self.children))
+
+    def __reduce__(self) -> tuple:  # not the cached hash: str hashes differ between processes
+        return (And, (self.children,))
+
 
 @dataclass(frozen=True)
 class Or:
     """Some child holds (none: false)."""
 
     children: tuple[Any, ...]  # Nodes (or, in a bound tree, bound nodes)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @cached_property
+    def _hash(self) -> int:
+        return hash(("Or", self.children))
+
+    def __reduce__(self) -> tuple:  # not the cached hash: str hashes differ between processes
+        return (Or, (self.children,))
 
 
 @dataclass(frozen=True)
@@ -92,14 +116,23 @@ class Predicate:
     options: FrozenDict = field(default_factory=FrozenDict)
     raw: Any = None  # frozen JSON of the whole condition
 
+    @cached_property
     def key(self) -> tuple:
+        """What equality and the hash compare: the condition as typed JSON (not ``raw``)."""
         return (self.attr, self.op, typed_key(self.value), typed_key(self.options))
 
+    @cached_property
+    def _hash(self) -> int:
+        return hash(self.key)
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Predicate) and self.key() == other.key()
+        return self is other or (isinstance(other, Predicate) and self._hash == other._hash and self.key == other.key)
 
     def __hash__(self) -> int:
-        return hash(self.key())
+        return self._hash
+
+    def __reduce__(self) -> tuple:  # not the cached key / hash
+        return (Predicate, (self.attr, self.op, self.value, self.options, self.raw))
 
 
 Node = And | Or | Not | Predicate
