@@ -95,79 +95,109 @@ on); regexes are compiled by polars' Rust engine (linear time, 10 MiB compiled
 size limit: beyond it an InvalidFilter).  :func:`filter_mask` evaluates large
 frames in slices under the query's time budget.
 
-Modules: this one is the public API (compile, its cache, :func:`filter_mask`);
-:mod:`puffer_cli.filters.parse` the operator tables, limits and structural parse;
-:mod:`puffer_cli.filters.lower` the compiler to polars; :mod:`puffer_cli.filters.matchers` globs,
-regexes and the token operators' matchers.
+The language (in the style of pyiceberg's expressions: model, parse, bind, visitors;
+the engine kept outside): :mod:`puffer_cli.filters.tree` the typed tree (``And``, ``Or``,
+``Not``, ``Predicate``; frozen and hashable) and its schema-free visitors (attributes,
+``$ref_new`` targets, back to JSON); :mod:`puffer_cli.filters.parse` the operator tables,
+limits and structural parse (JSON -> tree); :mod:`puffer_cli.filters.bind` the checks
+against a schema (tree -> bound tree); :mod:`puffer_cli.filters.lower` the lowering of a
+bound tree to polars; :mod:`puffer_cli.filters.matchers` globs, regexes and the token
+operators' matchers.  This module is the public API: :func:`bind_filter` and
+:func:`compile_filter` (cached, keyed by the tree), :func:`validate_filter`,
+:func:`filter_mask`.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from puffer_cli import caches as _caches
 from puffer_cli import limits as _limits
-from puffer_cli.filters.lower import Cols, Compiler
-from puffer_cli.filters.parse import check_limits, parse_node
+from puffer_cli.filters.bind import Bound
+from puffer_cli.filters.bind import bind as _bind
+from puffer_cli.filters.lower import lower as _lower
+from puffer_cli.filters.parse import parse as _parse
+from puffer_cli.filters.tree import Node, attributes, freeze, ref_new_attributes
 
-__all__ = ["compile_filter", "filter_mask", "validate_filter"]
+__all__ = ["bind_filter", "compile_filter", "filter_mask", "validate_filter"]
 
 # --------------------------------------------------------------------------- compile
+
+
+def _schema_key(node: Node, schema: Mapping[str, Mapping], ref_new_prefix: str | None) -> tuple | None:
+    """The part of ``schema`` a bind of ``node`` reads (its attributes' specs), hashable;
+    None if the schema is not plain JSON."""
+    names = attributes(node) | (ref_new_attributes(node) if ref_new_prefix is not None else set())
+    try:
+        key = tuple(sorted((a, freeze(schema[a])) for a in names if a in schema))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def bind_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None) -> Bound | None:
+    """Parse (unless ``f`` is already a tree) and bind ``f`` against ``schema``, cached;
+    None for no filter.  Raises InvalidFilter."""
+    if f is None:
+        return None
+    node = _parse(f)
+    skey = _schema_key(node, schema, ref_new_prefix)
+    key = None if skey is None or _COMPILED_MAX <= 0 else ("bound", node, ref_new_prefix, skey)
+    if key is not None:
+        hit = _COMPILED.get(key)
+        if hit is not None:
+            return hit
+    b = _bind(node, schema, ref_new_prefix)
+    if key is not None:
+        _COMPILED.put(key, b)
+    return b
 
 
 def compile_filter(
     f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None, columns: Collection[str] | None = None
 ) -> pl.Expr:
-    """Compile a turbopuffer filter to a non-null boolean polars expression.
+    """Compile a turbopuffer filter (JSON or a parsed tree) to a non-null boolean polars
+    expression.
 
     ``schema``: attribute -> spec (``{"type": ..., "full_text_search": ...,
     "filterable": ...}``).  ``columns``: the frame's column names, if known;
     lets the expression use plain ``pl.col`` (better for predicate pushdown).
     Without it a missing column is handled at evaluation time.
     """
-    if f is None:
+    b = bind_filter(f, schema, ref_new_prefix=ref_new_prefix)
+    if b is None:
         return pl.lit(True)
-    check_limits(f)
     try:
-        key = json.dumps([f, schema, ref_new_prefix, None if columns is None else sorted(columns)], sort_keys=True)
-    except (TypeError, ValueError):  # not plain JSON (in-process callers): not cached
+        key: tuple | None = ("expr", b, None if columns is None else frozenset(columns))
+        hash(key)
+    except TypeError:
         key = None
-    if key is not None and len(key) > _COMPILED_MAX_KEY:
-        key = None  # huge value lists: cheap to compile again relative to their size, costly to keep
-    with _COMPILED_LOCK:
-        hit = _COMPILED.get(key) if key is not None else None
-        if hit is not None and key is not None:
-            _COMPILED.move_to_end(key)
+    if key is not None and _COMPILED_MAX > 0:
+        hit = _COMPILED.get(key)
+        if hit is not None:
             return hit
-    tree = parse_node(f)
-    c = Compiler(schema, ref_new_prefix, Cols(columns))
-    expr = c.node(tree)
-    if key is not None:
-        with _COMPILED_LOCK:
-            _COMPILED[key] = expr
-            while len(_COMPILED) > _COMPILED_MAX:
-                _COMPILED.popitem(last=False)
+    expr = _lower(b, columns)
+    if key is not None and _COMPILED_MAX > 0:
+        _COMPILED.put(key, expr)
     return expr
 
 
-# A query compiles its filter several times (validation against the schema, then per
-# frame or index segment); a 1,000-clause filter takes ~0.2 s to compile, so keep the
-# last few expressions (polars expressions are immutable).
-_COMPILED: OrderedDict[str, pl.Expr] = OrderedDict()
-_COMPILED_LOCK = threading.Lock()
+# A query uses its filter several times (validation against the schema, then per frame or
+# index segment); a 1,000-clause filter takes ~0.2 s to bind and lower, so keep the last
+# few bound trees and expressions (both immutable), keyed by the tree.  _COMPILED_MAX = 0
+# turns the cache off (tests).
 _COMPILED_MAX = 64
-_COMPILED_MAX_KEY = 1 << 20
+_COMPILED = _caches.lru("filters.compiled", _COMPILED_MAX)
 
 
 def validate_filter(f: Any, schema: Mapping[str, Mapping], *, ref_new_prefix: str | None = None) -> None:
-    """Raise InvalidFilter if ``f`` does not compile against ``schema``."""
-    compile_filter(f, schema, ref_new_prefix=ref_new_prefix)
+    """Raise InvalidFilter if ``f`` does not bind against ``schema``."""
+    bind_filter(f, schema, ref_new_prefix=ref_new_prefix)
 
 
 def filter_mask(frame: pl.DataFrame, expr: pl.Expr) -> np.ndarray:

@@ -1,19 +1,22 @@
 """Filter parsing: the operator tables, the limits walk, and structural validation of a
-turbopuffer filter into nested tuples (the language: :mod:`puffer_cli.filters`).
+turbopuffer filter (JSON) into the typed tree of :mod:`puffer_cli.filters.tree`.
 
-``parse(f)`` = :func:`check_limits` then :func:`parse_node`: ``("and"|"or", [nodes])``,
-``("not", node)`` or ``("leaf", attr, op, value, params, raw)``.  No schema needed.
+``parse(f)`` = :func:`check_limits` then :func:`parse_node`: an ``And`` / ``Or`` / ``Not`` /
+``Predicate`` tree (``None``: no filter).  No schema needed (that is
+:mod:`puffer_cli.filters.bind`).  The rules: :mod:`puffer_cli.filters`.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from puffer_cli import limits as _limits
 from puffer_cli.errors import InvalidFilter
+from puffer_cli.filters import tree as T
+from puffer_cli.filters.tree import FrozenDict, Node, Predicate, freeze
 
 NEG = {
     "NotEq": "Eq",
@@ -35,6 +38,7 @@ CONNECTIVES = ("And", "Or", "Not")
 
 
 def show(v: Any, limit: int = 200) -> str:
+    """``v`` as compact JSON for an error message (cut at ``limit`` characters)."""
     try:
         s = json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=repr)
     except (TypeError, ValueError):  # pragma: no cover - default=repr handles most
@@ -172,17 +176,17 @@ def check_limits(f: Any) -> None:
             _check_value(part)
 
 
-def parse(f: Any):
-    """check_limits, then structural validation -> nested tuples (see parse_node)."""
+def parse(f: Any) -> Node:
+    """check_limits, then structural validation -> the tree (see parse_node).  A tree is
+    returned as is."""
+    if isinstance(f, (T.And, T.Or, T.Not, Predicate)):
+        return f
     check_limits(f)
     return parse_node(f)
 
 
-def parse_node(f: Any):
-    """Structural validation -> nested tuples.
-
-    ("and"|"or", [nodes]) | ("not", node) | ("leaf", attr, op, value, params, raw)
-    """
+def parse_node(f: Any) -> Node:
+    """Structural validation of a filter within the limits -> the tree."""
     ctx = Ctx(f)
     if not isinstance(f, (list, tuple)):
         raise ctx.fail('expected a list like [attr, op, value], ["And", [...]], ["Or", [...]] or ["Not", filter]')
@@ -196,11 +200,12 @@ def parse_node(f: Any):
         subs = f[1]
         if not isinstance(subs, (list, tuple)):
             raise ctx.fail(f"{head} needs a list of filters, got {show(subs)}")
-        return (head.lower(), [parse_node(s) for s in subs])
+        kids = tuple(parse_node(s) for s in subs)
+        return T.And(kids) if head == "And" else T.Or(kids)
     if connective and head == "Not":
         if len(f) != 2:
             raise ctx.fail('Not takes exactly one filter: ["Not", filter]')
-        return ("not", parse_node(f[1]))
+        return T.Not(parse_node(f[1]))
     if len(f) not in (3, 4):
         if len(f) == 2 and isinstance(f[1], str) and f[1] in OPERATORS:
             raise ctx.fail(f'{f[1]} needs a value: [attr, "{f[1]}", value]')
@@ -217,7 +222,7 @@ def parse_node(f: Any):
         close = difflib.get_close_matches(op.lower(), list(known), n=1, cutoff=0.5)
         hint = f' (did you mean "{known[close[0]]}"?)' if close else ""
         raise ctx.fail(f"unknown operator {show(op)}{hint}")
-    params: dict = {}
+    params: Any = {}
     if op == "Fuzzy":
         if len(f) != 4 or not isinstance(f[3], Mapping) or set(f[3]) - {"max_edit_distance", "case_sensitive"}:
             raise ctx.fail(
@@ -226,7 +231,7 @@ def parse_node(f: Any):
             )
         if not isinstance(f[3].get("case_sensitive", True), bool):
             raise ctx.fail(f"Fuzzy case_sensitive must be true or false, got {show(f[3]['case_sensitive'])}")
-        return ("leaf", attr, op, value, dict(f[3]), f)
+        return Predicate(attr, op, freeze(value), freeze(f[3]), freeze(f))
     if len(f) == 4:
         if op not in ("ContainsAllTokens", "ContainsAnyToken"):
             raise ctx.fail(f"expected [attr, op, value], got 4 elements ({op} takes no options)")
@@ -237,42 +242,18 @@ def parse_node(f: Any):
             or not isinstance(params.get("last_as_prefix", False), bool)
         ):
             raise ctx.fail(f'{op} options must be {{"last_as_prefix": true|false}}, got {show(params)}')
-    return ("leaf", attr, op, value, dict(params), f)
-
-
-def walk_leaves(node) -> Iterable[tuple]:
-    kind = node[0]
-    if kind == "leaf":
-        yield node
-    elif kind == "not":
-        yield from walk_leaves(node[1])
-    else:
-        for n in node[1]:
-            yield from walk_leaves(n)
-
-
-def ref_name(value: Any) -> str | None:
-    if isinstance(value, Mapping) and set(value) == {"$ref_new"} and isinstance(value["$ref_new"], str):
-        return value["$ref_new"]
-    return None
+    return Predicate(attr, op, freeze(value), freeze(params) if params else FrozenDict(), freeze(f))
 
 
 def referenced_attributes(f: Any, *, include_ref_new: bool = False) -> set[str]:
-    """Attribute names the filter reads (``$ref_new`` targets only if asked)."""
+    """Attribute names the filter (JSON or tree) reads (``$ref_new`` targets only if asked)."""
     if f is None:
         return set()
-    out: set[str] = set()
-    for leaf in walk_leaves(parse(f)):
-        out.add(leaf[1])
-        if include_ref_new:
-            r = ref_name(leaf[3])
-            if r is not None:
-                out.add(r)
-    return out
+    return T.attributes(parse(f), include_ref_new=include_ref_new)
 
 
 def ref_new_attributes(f: Any) -> set[str]:
-    """Names used as ``{"$ref_new": name}`` in the filter."""
+    """Names used as ``{"$ref_new": name}`` in the filter (JSON or tree)."""
     if f is None:
         return set()
-    return {r for leaf in walk_leaves(parse(f)) if (r := ref_name(leaf[3])) is not None}
+    return T.ref_new_attributes(parse(f))

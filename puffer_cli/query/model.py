@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
+
+from puffer_cli.filters.parse import parse
+from puffer_cli.filters.tree import Node, to_json
 
 DEFAULT_LIMIT = 10
 QUERY_KEYS = (
@@ -106,6 +110,11 @@ class FilterScore:
     @property
     def filter(self) -> Any:
         return json.loads(self.filter_json)
+
+    @cached_property
+    def node(self) -> Node:
+        """The filter as a parsed tree (parsed once)."""
+        return parse(self.filter)
 
     def to_json(self) -> Any:
         return self.filter
@@ -242,7 +251,7 @@ class GroupKey:
 @dataclass(frozen=True)
 class Query:
     rank_by: VectorRank | OrderBy | TextRank | None = None
-    filters: str | None = None  # canonical JSON of the filter (hashable); see .filter
+    filters: Node | None = None  # the filter, parsed (a hashable tree; bound per schema by filters.bind)
     limit: int = DEFAULT_LIMIT
     limit_given: bool = False
     per_attributes: tuple[str, ...] | None = None
@@ -259,7 +268,8 @@ class Query:
 
     @property
     def filter(self) -> Any:
-        return None if self.filters is None else json.loads(self.filters)
+        """The filter as JSON."""
+        return None if self.filters is None else to_json(self.filters)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {}

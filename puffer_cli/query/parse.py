@@ -33,7 +33,6 @@ Modules: the dataclasses are :mod:`puffer_cli.query.model`, ``rank_by`` parsing 
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +40,7 @@ from puffer_cli import filters as F
 from puffer_cli import limits as L
 from puffer_cli.errors import InvalidFilter, InvalidQuery, show
 from puffer_cli.filters import parse as filter_parse
+from puffer_cli.filters.tree import Node
 from puffer_cli.query.checks import attr_name, check_len, fail, is_int, is_num
 from puffer_cli.query.computed import check_compute, parse_compute
 from puffer_cli.query.model import (
@@ -175,15 +175,14 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
     )
 
 
-def _parse_filters(f: Any, pre: str) -> str | None:
-    """``filters``: structurally valid (the schema checks come in check_query) -> canonical JSON."""
+def _parse_filters(f: Any, pre: str) -> Node | None:
+    """``filters``: structurally valid (the schema checks come in check_query) -> the tree."""
     if f is None:
         return None
     try:
-        filter_parse.referenced_attributes(f)
+        return filter_parse.parse(f)
     except InvalidFilter as ex:
         raise InvalidFilter(f"{pre}filters: {ex.message}", hint=ex.hint) from ex
-    return json.dumps(f, sort_keys=True)
 
 
 def _parse_limit(body: Mapping, pre: str) -> tuple[int, bool, tuple[str, ...] | None, int | None]:
@@ -398,7 +397,7 @@ def _check_text(expr, schema: Mapping, where: str) -> None:
                 raise fail(where, f"a date Dist origin needs a datetime attribute, {n.child.attr!r} is {t}")
         elif isinstance(n, FilterScore):
             try:
-                F.validate_filter(n.filter, schema)
+                F.validate_filter(n.node, schema)
             except InvalidFilter as ex:
                 raise fail(where, ex.message) from ex
 
@@ -438,7 +437,7 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
     check_compute(q, schema, pre)
     if q.filters is not None:
         try:
-            F.validate_filter(q.filter, schema)
+            F.validate_filter(q.filters, schema)
         except InvalidFilter as ex:
             raise InvalidFilter(f"{pre}filters: {ex.message}", hint=ex.hint) from ex
     for label, agg in q.aggregate_by:

@@ -107,7 +107,7 @@ def execute(
     """Evaluate ``q`` exactly over ``docs`` (live documents, columns per ``schema``)."""
     n = docs.height
     L.check_deadline()
-    mask = filter_mask(docs, q.filter, schema) if q.filters is not None and n else None
+    mask = filter_mask(docs, q.filters, schema) if q.filters is not None and n else None
     cand = np.flatnonzero(mask) if mask is not None else None
     matched = n if cand is None else len(cand)
     res = QueryResult(None, None, scanned=n, matched=matched)

@@ -141,7 +141,7 @@ class IndexedView:
 
         rb = q.rank_by
         k = q.limit + q.offset
-        filt = q.filter
+        filt = q.filters
         need_vecs = self._included_vectors(q)
         exhaustive = 0
         probed = 0

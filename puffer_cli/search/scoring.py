@@ -139,7 +139,8 @@ MASK_CACHE_MAX_ROWS = 1 << 18
 
 
 def filter_mask(docs: pl.DataFrame, f: Any, schema: Mapping) -> np.ndarray:
-    """The rows of ``docs`` passing filter ``f`` (a read-only mask: it may be shared)."""
+    """The rows of ``docs`` passing filter ``f`` (a parsed tree, or JSON; a read-only mask:
+    it may be shared)."""
     expr = F.compile_filter(f, schema, columns=docs.columns)
     if docs.height > MASK_CACHE_MAX_ROWS:
         return F.filter_mask(docs, expr)
@@ -283,7 +284,7 @@ def text_eval(
         return rankfuncs.apply(e, s, m), m
     n = docs.height
     if isinstance(e, Q.FilterScore):
-        m = filter_mask(docs, e.filter, schema).copy() if n else np.zeros(0, dtype=bool)
+        m = filter_mask(docs, e.node, schema).copy() if n else np.zeros(0, dtype=bool)
         return m.astype(np.float64), m
     if isinstance(e, Q.AttrScore):
         if e.attr not in docs.columns:

@@ -142,7 +142,7 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 
     def candidates(i: int):
         L.check_deadline()
-        return view.vector_candidates(i, rb, q.filter, kk, metric)
+        return view.vector_candidates(i, rb, q.filters, kk, metric)
 
     def rerank(i: int, pos: np.ndarray):
         """Segment i's candidates re-ranked with their exact f32 vectors."""
@@ -170,7 +170,7 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     if tail is not None:
         L.check_deadline()
         exhaustive += tail.height
-        cand = np.flatnonzero(SC.filter_mask(tail, q.filter, view.schema)) if q.filters is not None else None
+        cand = np.flatnonzero(SC.filter_mask(tail, q.filters, view.schema)) if q.filters is not None else None
         pos, d = SC.rank_vector(q, rb, tail, metric, cand, kk)
         out.add(-1, pos, d, d)
     return out.top(q), exhaustive, out.count
@@ -191,7 +191,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     exhaustive = 0
     for i, seg in enumerate(view.gen.segments):
         L.check_deadline()
-        pos = view.bm25_candidates(i, leaves, q.filter, kk)  # ascending, filtered, visible
+        pos = view.bm25_candidates(i, leaves, q.filters, kk)  # ascending, filtered, visible
         if not len(pos):
             continue
         posts = {f: seg.postings(f).candidates(pos, terms[f]) for f in fields}
@@ -204,7 +204,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         exhaustive += tail.height
         s, m = SC.text_eval(rb.expr, tail, view.schema, stats)
         if q.filters is not None:
-            m &= SC.filter_mask(tail, q.filter, view.schema)
+            m &= SC.filter_mask(tail, q.filters, view.schema)
         keep = np.flatnonzero(m)
         out.add(-1, keep, -s[keep], s[keep])
     return out.top(q), exhaustive, out.count

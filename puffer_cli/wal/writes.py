@@ -405,7 +405,7 @@ class _Planner:
         req, schema = self.req, self.schema
         for c in ("upsert_condition", "patch_condition", "delete_condition"):
             if req.get(c) is not None:
-                F.compile_filter(req[c], schema, ref_new_prefix=NEW)  # validate even when unused
+                F.validate_filter(req[c], schema, ref_new_prefix=NEW)  # validate even when unused
         types.check_schema_size(schema, self.snap.schema)
         if "id" not in schema and any(op.table.height for op in self.ops):
             raise SchemaError("could not determine the id type", hint='declare it: schema {"id": "uint"}')
