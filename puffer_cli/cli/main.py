@@ -46,7 +46,6 @@ def _global(
     ] = False,
 ):
     """Vector, full-text and hybrid search on object storage (turbopuffer-compatible)."""
-
     State.debug = State.debug or debug
 
 
