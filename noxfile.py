@@ -40,7 +40,7 @@ def lint(session):
 
 @nox.session
 def typecheck(session):
-    """mypy on the modules listed in pyproject.toml's [tool.mypy] files."""
+    """mypy on the whole puffer_cli package (pyproject.toml's [tool.mypy])."""
     session.install("-e", ".[test]", "mypy")
     session.run("mypy")
 

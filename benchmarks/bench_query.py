@@ -93,7 +93,7 @@ def bench_vectors(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[
         t = time.perf_counter()
         engine.run_query(ns, q_of(i))
         times["rq"].append(time.perf_counter() - t)
-        recall += len(set(r.rows["id"].to_list()) & set(int(x) for x in gt[i][:10]))
+        recall += len(set(r.rows["id"].to_list()) & {int(x) for x in gt[i][:10]})
     ms = {k: [x * 1000 for x in v] for k, v in times.items()}
     base = pct(ms["mv"], 50)
     rows = [

@@ -1,0 +1,1 @@
+"""The test suite (see docs/development.md for how to run it)."""

@@ -176,7 +176,7 @@ def sample(text: str, name: str, **labels: str) -> float:
     include ``labels``: ``sample(m, "puffer_http_requests_total", route="query", status="408")``."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith("#") or not (line.startswith(name + "{") or line.startswith(name + " ")):
+        if line.startswith("#") or not line.startswith((name + "{", name + " ")):
             continue
         head, value = line.rsplit(" ", 1)
         if all(f'{k}="{v}"' in head for k, v in labels.items()):

@@ -448,7 +448,7 @@ def _ids(df, f, **kw):
 def small():
     rows = [
         {
-            **{k: None for k in TYPES},
+            **dict.fromkeys(TYPES),
             "s": "apple",
             "i": 1,
             "d": 1577836800000,
@@ -457,8 +457,8 @@ def small():
             "uu": UU_POOL[1],
             "tp": ["New York", "Paris"],
         },
-        {**{k: None for k in TYPES}, "s": "Banana", "i": -5, "ls": [], "t": "lazy dog"},
-        {**{k: None for k in TYPES}},
+        {**dict.fromkeys(TYPES), "s": "Banana", "i": -5, "ls": [], "t": "lazy dog"},
+        {**dict.fromkeys(TYPES)},
     ]
     return make_frame(rows)
 

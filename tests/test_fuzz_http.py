@@ -215,7 +215,7 @@ class App:
             assert s == expect, f"{what} -> {s} (expected {expect}): {r.text[:300]}"
         assert not self.records.bad(), f"{what} logged: {self.records.bad()}"
         if query is None:
-            query = path.endswith("/query") or path.endswith("/multi-query")
+            query = path.endswith(("/query", "/multi-query"))
         if s >= 400 or query:
             after = self.state()
             assert after.keys() == before.keys(), f"{what} ({s}) changed keys: {sorted(after.keys() ^ before.keys())}"

@@ -206,7 +206,7 @@ def test_multi_query(ns):
     )
     assert len(r.results) == 3
     assert len(r.results[0].rows) == 3
-    assert set(x.id for x in r.results[1].rows) <= _bm25_ids("lazy")
+    assert {x.id for x in r.results[1].rows} <= _bm25_ids("lazy")
     assert r.results[2].aggregations == {"c": 7}
     # the same over the alias endpoint
     raw = httpx.post(

@@ -121,7 +121,6 @@ def test_presigned_refused_falls_back_to_botocore(s3_store):
     """A server that refuses a presigned GET (403: here a real HTTP server on loopback that
     refuses every one) turns the lean path off for the store; the batch still returns the
     right bytes, through botocore."""
-
     import http.server
     import time
 

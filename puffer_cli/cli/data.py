@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -192,7 +192,7 @@ def namespaces_cmd(
 ):
     """List the namespaces of the store, with their row counts and head seq."""
     db = open_db(store, s3_endpoint, policy=policy)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in db.namespaces(prefix=prefix):
         docs, head = db.open_namespace(name).docs(missing_ok=True)  # one deleted since it was listed: 0 rows
         rows.append({"namespace": name, "rows": docs.height, "seq": head.seq})

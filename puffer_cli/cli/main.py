@@ -46,7 +46,6 @@ def _global(
     ] = False,
 ):
     """Vector, full-text and hybrid search on object storage (turbopuffer-compatible)."""
-
     State.debug = State.debug or debug
 
 
@@ -133,6 +132,7 @@ def _click_exceptions() -> tuple[Any, Any, Any]:
     older typers raise those of the ``click`` package they depend on (also installed beside a
     new typer, by uvicorn: so look for typer's own copy first). NoArgsIsHelpError is new in
     click 8.2; an older click prints the help and exits 0 itself."""
+    ex: Any  # typer's vendored click or the click package: the same names either way
     try:
         from typer._click import exceptions as ex
     except ImportError:

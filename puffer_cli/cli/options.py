@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -102,7 +102,7 @@ def _finite(o):
 
 def to_json(obj, indent: int | None = None) -> str:
     """Strict JSON, always parseable: NaN and +-inf are written as null."""
-    kw = dict(indent=indent, ensure_ascii=False, default=_json_default, allow_nan=False)
+    kw: dict[str, Any] = dict(indent=indent, ensure_ascii=False, default=_json_default, allow_nan=False)
     try:
         return json.dumps(obj, **kw)
     except ValueError:  # a non-finite float somewhere (rare): clean a copy

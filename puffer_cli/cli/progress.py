@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 class Reporter:
@@ -25,8 +28,8 @@ class Reporter:
         self._quiet_until = time.monotonic() + delay
         self.stream = stream if stream is not None else sys.stderr
         self.subject = ""  # e.g. the namespace being indexed, shown after the job name
-        self._bar = None
-        self._task = None
+        self._bar: Progress | None = None
+        self._task: TaskID | None = None
         self._stage: str | None = None
         self._last = 0.0
         self._drawn: tuple | None = None

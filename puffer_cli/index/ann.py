@@ -16,8 +16,9 @@ def open_view(path, expansion_search: int | None = None):
     from usearch.index import Index
 
     idx = Index.restore(str(path), view=True)
-    if expansion_search:
-        idx.expansion_search = int(expansion_search)
+    if expansion_search and idx is not None:
+        # usearch's setter is not declared right after its getter, so mypy sees a read-only property
+        idx.expansion_search = int(expansion_search)  # type: ignore[misc]
     return idx
 
 

@@ -43,13 +43,14 @@ class BaseRows:
         return self._attrs[i]
 
     def ids(self, i: int) -> pl.DataFrame:
-        if self._ids[i] is None:
+        a = self._ids[i]
+        if a is None:
             a = self.attrs(i).select("id").with_row_index("__pos")
             dead = self.dead[i]
             if len(dead):
                 a = a.filter(pl.Series(D.alive_mask(a.height, dead)))
             self._ids[i] = a
-        return self._ids[i]
+        return a
 
     def rows(self, i: int, pos: np.ndarray, schema: dict) -> pl.DataFrame:
         """Full rows (attributes + vectors) at positions ``pos`` of segment ``i``, aligned to schema."""

@@ -306,7 +306,8 @@ class _Run:
         times), or when there are more than MAX_SEGMENTS segments."""
         base, schema = self.base, self.schema
         vec_fields, fts_fields = D.vector_fields(schema), D.fts_fields(schema)
-        keep, rebuild = [], []
+        keep: list[int] = []
+        rebuild: list[int] = []
         for i, s in enumerate(base.segs):
             if i in self.cut:
                 continue
@@ -320,7 +321,7 @@ class _Run:
             (rebuild if stale or len(dead) > DEAD_RATIO * s["rows"] else keep).append(i)
         acc = self.pending.height if self.pending is not None else 0
         small = [i for i in sorted(keep, key=lambda i: base.segs[i]["rows"]) if base.segs[i]["rows"] < self.seg_rows]
-        joined = []
+        joined: list[int] = []
         for i in small:
             live = base.segs[i]["rows"] - len(base.all_dead(i))
             too_many = len(keep) - len(joined) + len(self.cut) + 1 > MAX_SEGMENTS

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -104,12 +105,12 @@ class Segment:
         self._attrs: pl.DataFrame | None = None
         self._alive: np.ndarray | None = None
         self._vec: dict[str, np.ndarray] = {}
-        self._norms: dict[str, np.ndarray] = {}
+        self._norms: dict[str | tuple[str, str], np.ndarray] = {}  # f -> norms; ("zero", f) -> zero rows
         self._ann: dict = {}
         self._fts: dict = {}
         self._ids: pl.DataFrame | None = None
         self._live: int | None = None
-        self._idv = None
+        self._idv: np.ndarray | Literal[False] | None = None  # False: ids are not integers
 
     @property
     def store(self) -> Store:
@@ -203,7 +204,9 @@ class Segment:
         pos = np.asarray(pos, dtype=np.int64)
         dims = int(v["dims"])
         if not len(pos) or self.vectors_at_hand(f):
-            return self.vectors(f)[pos]
+            vecs = self.vectors(f)
+            assert vecs is not None  # the segment has vectors of f (v is set)
+            return vecs[pos]
         raw = paged.read_rows(self.cache, self.store, v, pos, 4 * dims)
         return raw.view("<f4").reshape(len(pos), dims)
 
@@ -315,6 +318,7 @@ class Segment:
         cols = []
         for f in vector_fields:
             dims = types.vector_dims(self.gen.schema[f]["type"])
+            assert dims is not None  # f is a vector field
             rows = self.vector_rows(f, pos) if len(pos) else None
             if rows is None:
                 rows = np.full((len(pos), dims), np.nan, np.float32)
@@ -404,7 +408,7 @@ def open_generation_with(
     if g is None:
         pre = [k for k in ptr.get("prefetch", []) if isinstance(k, str)]
         first = [lambda: load_manifest(store, ptr["manifest"])]
-        rest = [lambda k=k: prefetch(cache, store, k) for k in pre if not cache.has(store, k)]
+        rest = [partial(prefetch, cache, store, k) for k in pre if not cache.has(store, k)]
     # ``also`` right after the manifest: with more prefetch keys than threads it still starts at once
     got = R.parallel(first + list(also) + rest, store.is_remote)
     if g is None:

@@ -154,7 +154,9 @@ def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progre
         return frame, {}, new
     f0 = vf[0]
     note(progress, f"ivf {f0}", 0, frame.height)
-    mat0 = D.vector_matrix(frame, f0, types.vector_dims(schema[f0]["type"]))
+    dims0 = types.vector_dims(schema[f0]["type"])
+    assert dims0 is not None  # f0 is a vector field
+    mat0 = D.vector_matrix(frame, f0, dims0)
     fit0 = ivf.fit(
         mat0,
         ivf.build_options(schema[f0])["list_rows"],
@@ -168,6 +170,7 @@ def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progre
 def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, progress) -> tuple[dict, dict]:
     """The f32 vectors and the IVF-SQ8 index of vector field ``f``: (vectors entry, ann entry)."""
     dims = types.vector_dims(schema[f]["type"])
+    assert dims is not None  # f is a vector field
     mat = D.vector_matrix(frame, f, dims)
     vectors = {**paged.put(w, key(f"vec-{D.field_tag(f)}.f32"), mat.astype("<f4").tobytes()), "dims": dims}
     crash("mid_segment")

@@ -53,7 +53,7 @@ def tail_for(ns, gen, head) -> Tail:
     schema = t.schema
     metric = t.metric
     docs = t.docs
-    hidden = {k: v for k, v in t.hidden.items()}
+    hidden = dict(t.hidden)
     sup_parts = [t.superseded] if t.superseded is not None else []
     touched = t.touched
     seq = t.seq

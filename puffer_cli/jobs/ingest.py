@@ -334,7 +334,7 @@ def ingest(
             schema = None  # declared once; later chunks see it in the head
             rep.rows += chunk.height
             rep.entries += 1
-            rep.bytes_in += chunk.estimated_size()
+            rep.bytes_in += int(chunk.estimated_size())  # bytes: an int
             rep.first_seq = rep.first_seq or seq
             rep.last_seq = seq
             rep.seconds = time.perf_counter() - t0

@@ -149,7 +149,9 @@ def _sample_vectors(ns, field: str, num: int, seed) -> list[np.ndarray]:
                 pos = int(rng.integers(s.rows))
                 if not s.alive()[pos]:
                     continue
-                v = np.asarray(s.vectors(field)[pos], dtype=np.float32)
+                vecs = s.vectors(field)
+                assert vecs is not None  # segs are the segments with vectors of field
+                v = np.asarray(vecs[pos], dtype=np.float32)
                 if not np.isnan(v).any():
                     out.append(v)
                 if len(out) >= num:

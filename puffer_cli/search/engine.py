@@ -149,6 +149,7 @@ def execute(
         frame = _gather(docs, pos)
     L.check_deadline()
     if per:
+        assert q.per_attributes is not None and q.per_limit is not None  # the parser sets both
         keep = _apply_per(frame, q.per_attributes, q.per_limit)
         frame = frame.filter(keep)
         if dist is not None:
@@ -177,7 +178,7 @@ def _agg_expr(label: str, a: Q.Aggregate, schema: Mapping, cols) -> pl.Expr:
     if a.kind == "Count":
         e = pl.len() if a.attr is None else (pl.col(a.attr).count() if a.attr in cols else pl.lit(0))
     else:
-        e = pl.col(a.attr).sum() if a.attr in cols else pl.lit(0)
+        e = pl.col(a.attr).sum() if a.attr is not None and a.attr in cols else pl.lit(0)
     return e.alias(label)
 
 

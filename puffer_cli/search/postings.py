@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import polars as pl
 
@@ -50,4 +52,4 @@ def seed_postings(docs: pl.DataFrame, tokens: dict, schema: dict, qterms: dict) 
         if len(toks) != docs.height:
             continue
         opts = T.normalize_fts_options(schema[f]["full_text_search"])
-        B.frame_cached(docs, ("bm25", f, T.analyzer_name(opts)), lambda t=toks, o=qterms[f]: postings_from_tokens(t, o))
+        B.frame_cached(docs, ("bm25", f, T.analyzer_name(opts)), partial(postings_from_tokens, toks, qterms[f]))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -41,6 +42,9 @@ from puffer_cli.search.postings import seed_postings
 from puffer_cli.search.scoring import f32_tolerance
 from puffer_cli.store.filecache import get_cache
 
+if TYPE_CHECKING:
+    from puffer_cli.text.bm25 import Bm25Stats
+
 EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old (turbopuffer: 1 minute)
 EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05  # ... or a filter keeping at most this fraction of a segment
@@ -55,7 +59,7 @@ class Candidates:
     docs: pl.DataFrame
     schema: dict
     metric: str | None
-    bm25_stats: object
+    bm25_stats: Bm25Stats | None
     namespace_rows: int
     exhaustive: int = 0  # rows scored exactly (exact vector search, full scans, tail)
     ann_probed: int = 0
@@ -148,6 +152,7 @@ class IndexedView:
         parts: list[pl.DataFrame] = []
         where: list[tuple[int, np.ndarray]] = []
         bm25_fields: list[str] = []
+        pos: np.ndarray | None  # None from bm25_candidates: scan that segment
         simple = q.per_attributes is None and not q.aggregate_by and not q.group_by
         if simple and isinstance(rb, Q.VectorRank) and rb.attr in self.schema:
             vf = sorted(set(need_vecs) | {rb.attr})
@@ -338,9 +343,12 @@ class IndexedView:
         at_hand = seg.vectors_at_hand(f)
         if at_hand:
             mat = seg.vectors(f)
+            assert mat is not None  # f is a vector field of the segment
             x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)
         else:  # cold and large: the rows by range, not the file
-            x = seg.vector_rows(f, pos)
+            rows = seg.vector_rows(f, pos)
+            assert rows is not None  # f is a vector field of the segment
+            x = rows
         dims = x.shape[1] if x.ndim == 2 else 0
         if metric == "euclidean_squared":
             diff = x - q
@@ -477,7 +485,7 @@ class _Answers:
     parts: list = field(default_factory=list)
     toks: list = field(default_factory=list)
     qterms: dict = field(default_factory=dict)
-    stats: object = None
+    stats: Bm25Stats | None = None
     exhaustive: int = 0
     scored: int = 0
 
@@ -557,6 +565,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
             if attempt:
                 raise
             GENS.clear()  # a generation collected under us: re-read meta.json once
+    assert view is not None  # the loop above breaks with a view, or returns or raises
     docs, tokens = _candidate_frame(view, ans)
     seed_postings(docs, {f: t for f, t in tokens.items() if f in ans.qterms}, view.schema, ans.qterms)
     fetched = cache.stats.misses + cache.stats.ranged_reads - misses0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -116,7 +116,7 @@ def vectors(docs: pl.DataFrame, attr: str, metric: str) -> VecCache:
         valid = None
         if nulls.any():
             valid = (~nulls).to_numpy()
-            s = s.fill_null(pl.lit(np.zeros(s.dtype.size, dtype=np.float32).tolist(), dtype=s.dtype))
+            s = s.fill_null(pl.lit(np.zeros(cast(pl.Array, s.dtype).size, dtype=np.float32).tolist(), dtype=s.dtype))
         m = np.ascontiguousarray(s.to_numpy(), dtype=np.float32)
         if m.ndim != 2:
             m = m.reshape(docs.height, -1)
@@ -234,6 +234,7 @@ def rank_vector(
         approx = -(mat @ qu)  # = cos distance - 1
         tol = f32_tolerance(metric, dims)
     else:
+        assert vc.sqn is not None  # kept for every metric but cosine
         sqn = vc.sqn if cand is None else vc.sqn[cand]
         approx = sqn - 2.0 * (mat @ qv)  # = distance - |q|^2
         tol = f32_tolerance(metric, dims, vc.max_sqn + float(np.dot(qv, qv)))
@@ -262,7 +263,11 @@ def text_eval(
     stored postings of candidate rows, and then ``docs`` may be None (pure BM25 only)."""
     if isinstance(e, Q.Bm25):
         opts = schema[e.attr]["full_text_search"]
-        p = postings[e.attr] if postings is not None else B.postings_for(docs, e.attr, opts)
+        if postings is not None:
+            p = postings[e.attr]
+        else:
+            assert docs is not None  # no postings: the rows' text is analysed
+            p = B.postings_for(docs, e.attr, opts)
         fs = stats.get(e.attr) if stats is not None else None
         return B.score(p, B.query_tokens(e.query, opts), opts, stats=fs, last_as_prefix=e.last_as_prefix)
     if isinstance(e, (model.TextSum, model.TextMax)):
@@ -282,6 +287,7 @@ def text_eval(
     if isinstance(e, (model.Saturate, model.Decay, Q.Dist)):
         s, m = text_eval(e.child, docs, schema, stats, postings)
         return rankfuncs.apply(e, s, m), m
+    assert docs is not None  # only BM25 is scored from postings alone
     n = docs.height
     if isinstance(e, Q.FilterScore):
         m = filter_mask(docs, e.node, schema).copy() if n else np.zeros(0, dtype=bool)

@@ -23,6 +23,8 @@ HNSW / tantivy search itself.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import polars as pl
 
@@ -135,6 +137,7 @@ def _best_overall(cands: list[tuple[np.ndarray, np.ndarray | None]], want: int) 
 def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     """(result, rows scored exactly, candidates) of a :func:`vector_eligible` query on ``view``."""
     rb = q.rank_by
+    assert isinstance(rb, Q.VectorRank)  # vector_eligible
     metric = q.distance_metric or view.metric or "cosine_distance"
     kk = q.offset + q.limit
     qv = rb.array()
@@ -159,9 +162,9 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     # lists, one for every segment's re-rank rows
     n = len(view.gen.segments)
     remote = view.gen.store.is_remote
-    cands = RG.parallel([lambda i=i: candidates(i) for i in range(n)], remote)
+    cands = RG.parallel([partial(candidates, i) for i in range(n)], remote)
     keep = _best_overall([(c[0], c[3]) for c in cands], kk * ivf.options(view.schema.get(rb.attr))["rerank"])
-    done = RG.parallel([lambda i=i: rerank(i, keep[i]) for i in range(n)], remote)
+    done = RG.parallel([partial(rerank, i, keep[i]) for i in range(n)], remote)
     exhaustive = sum(c[1] for c in cands)
     for i, (pos, d, ids) in enumerate(done):
         if d is not None:
@@ -179,6 +182,7 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     """(result, rows scored exactly, candidates) of a :func:`text_eligible` query on ``view``."""
     rb = q.rank_by
+    assert isinstance(rb, Q.TextRank)  # text_eligible
     kk = q.offset + q.limit
     leaves = list(view.bm25_leaves(rb.expr))
     fields = sorted({lf.attr for lf in leaves})
@@ -245,6 +249,7 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
 
 def _vector_column(seg, f: str, pos: np.ndarray, schema: dict) -> pl.Series:
     dims = types.vector_dims(schema[f]["type"])
+    assert dims is not None  # f is a vector field
     rows = seg.vector_rows(f, pos)
     if rows is None:
         rows = np.full((len(pos), dims), np.nan, np.float32)

@@ -112,9 +112,8 @@ class Metrics:
             pid = _pid(path)
             if pid is None or pid == os.getpid() or not _alive(pid):
                 continue
-            with contextlib.suppress(OSError, ValueError):
-                with open(path) as f:
-                    out.update(n for n in json.load(f) if isinstance(n, str))
+            with contextlib.suppress(OSError, ValueError), open(path) as f:
+                out.update(n for n in json.load(f) if isinstance(n, str))
         return out
 
     # -- exposition

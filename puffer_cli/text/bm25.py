@@ -31,7 +31,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import polars as pl
@@ -172,8 +172,9 @@ def merge(a: Bm25Stats | None, b: Bm25Stats | None) -> Bm25Stats:
     for name in set(a.fields) | set(b.fields):
         x, y = a.fields.get(name), b.fields.get(name)
         if x is None or y is None:
-            out[name] = x or y
+            out[name] = cast(FieldStats, x or y)  # name is in a or b, so one of them is set
             continue
+        df: Mapping[str, int]
         if isinstance(x.df, dict) and isinstance(y.df, dict) and len(x.df) + len(y.df) < 100_000:
             df = dict(x.df)
             for t, n in y.df.items():

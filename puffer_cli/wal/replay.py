@@ -46,7 +46,7 @@ def follow(entries: Iterable[wal.Entry], schema: dict, metric: str | None) -> It
     for e in entries:
         new = e.header.get("schema")
         changed = new is not None and new != schema
-        if changed:
+        if new is not None and changed:
             schema = new
         if e.header.get("distance_metric"):
             metric = e.header["distance_metric"]
@@ -121,6 +121,6 @@ def fold_entries(
             batch, rows = [], 0
     if schema is not None and (batch or docs is None):
         docs = fold(docs, schema, batch)
-    elif schema is not None:
+    elif schema is not None and docs is not None:
         docs = frames.align(docs, schema)
     return docs, last, schema
