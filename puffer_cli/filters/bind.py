@@ -492,7 +492,7 @@ def _array_equals(attr, t, et, values, op, desc, ctx) -> Leaf:
 def _fusable(v: Any) -> bool:
     """A value whose ``Eq`` is exactly ``In [v]`` (scalars; not null, which In treats
     per array, nor ints beyond float range, which Eq on a float rounds to infinity)."""
-    if isinstance(v, bool) or isinstance(v, (str, float)):
+    if isinstance(v, (bool, str, float)):
         return True
     return isinstance(v, int) and abs(v) < 2**1023
 

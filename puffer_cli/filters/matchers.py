@@ -133,10 +133,7 @@ def _row_matcher(pos: str, query: list[str], prefix_last: bool):
         first = query[0]
 
         def match(toks: list[str]) -> bool:
-            for i in range(len(toks) - qlen + 1):
-                if toks[i] == first and toks[i : i + qlen] == query:
-                    return True
-            return False
+            return any(toks[i] == first and toks[i : i + qlen] == query for i in range(len(toks) - qlen + 1))
 
     return match
 

@@ -9,12 +9,12 @@ turbopuffer filter (JSON) into the typed tree of :mod:`puffer_cli.filters.tree`.
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from puffer_cli import limits as _limits
 from puffer_cli.errors import InvalidFilter
+from puffer_cli.errors import show as show_value
 from puffer_cli.filters import tree as T
 from puffer_cli.filters.tree import FrozenDict, Node, Predicate, freeze
 
@@ -37,15 +37,9 @@ CONNECTIVES = ("And", "Or", "Not")
 # --------------------------------------------------------------------------- helpers
 
 
-def show(v: Any, limit: int = 200) -> str:
-    """``v`` as compact JSON for an error message (cut at ``limit`` characters)."""
-    try:
-        s = json.dumps(v, separators=(",", ":"), ensure_ascii=False, default=repr)
-    except (TypeError, ValueError):  # pragma: no cover - default=repr handles most
-        s = repr(v)
-    except RecursionError:  # a value nested too deep to print (check_limits refuses it first)
-        s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
-    return s if len(s) <= limit else s[: limit - 3] + "..."
+def show(v: Any) -> str:
+    """``v`` as compact JSON for a filter error message (cut at 200 characters)."""
+    return show_value(v, 200, compact=True, default=repr)
 
 
 class Ctx:
