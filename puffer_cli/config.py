@@ -45,6 +45,14 @@ def _float(v: str | None) -> float | None:
         return None
 
 
+def _rows(v: str | None) -> int | None:
+    """A row count: not an integer -> None (the default applies); below 1 -> 1."""
+    try:
+        return max(1, int(v)) if v not in (None, "") else None
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the environment says; None: not set (the library's default applies)."""
@@ -58,6 +66,11 @@ class Settings:
     debug: bool = False
     index_lease_ttl_s: float | None = None
     index_gc_grace_s: float | None = None
+    index_segment_rows: int | None = None  # a tuning and test knob; below 1 -> 1
+    index_crash_at: str = ""  # test hooks (index/hooks.py)
+    index_pause_at: str = ""
+    serve_config: str | None = None  # serve's hand-off to its uvicorn workers (server/run.py)
+    serve_log_level: str | None = None
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -73,4 +86,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         debug=e.get("PUFFER_DEBUG", "").strip().lower() not in _FALSE,
         index_lease_ttl_s=_float(e.get("PUFFER_INDEX_LEASE_TTL")),
         index_gc_grace_s=_float(e.get("PUFFER_INDEX_GC_GRACE")),
+        index_segment_rows=_rows(e.get("PUFFER_INDEX_SEGMENT_ROWS")),
+        index_crash_at=e.get("PUFFER_INDEX_CRASH_AT", ""),
+        index_pause_at=e.get("PUFFER_INDEX_PAUSE_AT", ""),
+        serve_config=e.get("PUFFER_SERVE_CONFIG") or None,
+        serve_log_level=e.get("PUFFER_SERVE_CONFIG_LOG_LEVEL") or None,
     )

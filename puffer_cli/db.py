@@ -277,6 +277,7 @@ class NamespaceHandle:
         :func:`puffer_cli.index.builder.index_namespace`. Returns its IndexReport."""
         from puffer_cli.index.builder import index_namespace
 
+        options.setdefault("lease_ttl", config.from_env().index_lease_ttl_s)  # $PUFFER_INDEX_LEASE_TTL
         return index_namespace(self._ns, **options)
 
     def warm(self) -> dict:
@@ -350,7 +351,7 @@ def connect(
     *,
     s3_endpoint: str | None = None,
     single_writer: bool | None = None,
-    wal_policy: str = "fail",
+    wal_policy: str | None = None,
     cache_max_gb: float | None = None,
 ) -> DB:
     """Open a store: a local path (default ./puffer-data), ``memory://``, or ``s3://bucket/prefix``.
@@ -365,6 +366,10 @@ def connect(
         s3_endpoint = env.s3_endpoint
     if single_writer is None:
         single_writer = env.single_writer
+    if wal_policy is None:
+        wal_policy = env.wal_policy or "fail"
+    if wal_policy not in ("fail", "skip"):
+        raise InvalidRequest(f"unknown WAL corruption policy {wal_policy!r}", hint="use fail or skip")
     if cache_max_gb is not None:
         _cache.set_max_bytes(_cache.parse_max_gb(cache_max_gb, "cache_max_gb"))
     elif env.cache_max_gb:

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
+from puffer_cli import config
 from puffer_cli.cli import data as cli_data  # noqa: F401 - importing registers the commands
 from puffer_cli.cli import indexing as cli_index  # noqa: F401 - importing registers the commands
 from puffer_cli.cli import querying as cli_query  # noqa: F401 - importing registers the commands
@@ -58,7 +59,7 @@ def _say(msg: str, hint: str | None = None) -> None:
 
 def _debug_from(argv: list[str]) -> tuple[list[str], bool]:
     """Strip ``--debug`` wherever it stands (before a ``--``); PUFFER_DEBUG=1 also turns it on."""
-    env = os.environ.get("PUFFER_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+    env = config.from_env().debug
     end = argv.index("--") if "--" in argv else len(argv)
     rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
     return rest, env or len(rest) != len(argv)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 import uuid
 from collections import Counter
@@ -39,6 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import polars as pl
 
+from puffer_cli import config
 from puffer_cli.errors import Conflict
 from puffer_cli.index import docs as D
 from puffer_cli.index import fts
@@ -65,19 +65,16 @@ DEFAULT_GRACE_S = 600.0
 
 
 def default_grace() -> float:
-    try:
-        return float(os.environ.get("PUFFER_INDEX_GC_GRACE", DEFAULT_GRACE_S))
-    except ValueError:
-        return DEFAULT_GRACE_S
+    """DEFAULT_GRACE_S, or ``PUFFER_INDEX_GC_GRACE`` (through config.from_env)."""
+    g = config.from_env().index_gc_grace_s
+    return DEFAULT_GRACE_S if g is None else g
 
 
 def segment_rows() -> int:
-    """SEGMENT_MAX_ROWS, or ``PUFFER_INDEX_SEGMENT_ROWS`` (a tuning and test knob: the
-    SIGKILL tests cut segments of a few rows)."""
-    try:
-        return max(1, int(os.environ.get("PUFFER_INDEX_SEGMENT_ROWS", SEGMENT_MAX_ROWS)))
-    except ValueError:
-        return SEGMENT_MAX_ROWS
+    """SEGMENT_MAX_ROWS, or ``PUFFER_INDEX_SEGMENT_ROWS`` (through config.from_env; a tuning and
+    test knob: the SIGKILL tests cut segments of a few rows, in the indexer's own process)."""
+    n = config.from_env().index_segment_rows
+    return SEGMENT_MAX_ROWS if n is None else n
 
 
 @dataclass

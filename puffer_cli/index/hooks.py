@@ -8,12 +8,15 @@ import os
 import signal
 import time
 
+from puffer_cli import config
+
 
 def crash(point: str) -> None:
     """SIGKILL or pause here if the environment asks for ``point`` (see the module docstring)."""
-    if os.environ.get("PUFFER_INDEX_CRASH_AT") == point:
+    env = config.from_env()
+    if env.index_crash_at == point:
         os.kill(os.getpid(), signal.SIGKILL)
-    pause = os.environ.get("PUFFER_INDEX_PAUSE_AT", "")
+    pause = env.index_pause_at
     if pause.startswith(point + ":"):
         time.sleep(float(pause.split(":", 1)[1]))
 

@@ -29,7 +29,7 @@ DEFAULT_TTL_S = 60.0
 
 def default_ttl() -> float:
     """The lease's length when the caller gives none (the CLI reads --lease-ttl /
-    $PUFFER_INDEX_LEASE_TTL, library callers config.from_env().index_lease_ttl_s)."""
+    $PUFFER_INDEX_LEASE_TTL, ``ns.index()`` config.from_env().index_lease_ttl_s)."""
     return DEFAULT_TTL_S
 
 

@@ -36,9 +36,10 @@ def app_from_env() -> Starlette:
     """uvicorn factory for ``--workers N``: the config travels in $PUFFER_SERVE_CONFIG."""
     import json
 
-    setup_logging(os.environ.get(ENV_CONFIG + "_LOG_LEVEL", "info"))
+    env = config.from_env()
+    setup_logging(env.serve_log_level or "info")
     apply_env()
-    return create_app(ServeConfig(**json.loads(os.environ.get(ENV_CONFIG, "{}"))))
+    return create_app(ServeConfig(**json.loads(env.serve_config or "{}")))
 
 
 def setup_logging(level: str) -> None:
