@@ -10,7 +10,7 @@ from puffer_cli.index.segment import GENS
 from puffer_cli.index.tail import TAILS
 from puffer_cli.search import engine, reader
 from puffer_cli.store import filecache as cache
-from puffer_cli.store import io_scope
+from puffer_cli.store import fileops, io_scope
 from puffer_cli.store.filecache import Cache
 from puffer_cli.wal import namespace
 
@@ -266,7 +266,7 @@ def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, t
                 if rep == 0:
                     answers[n] = got
                 assert got == answers[n]  # evicted files are fetched again
-                in_use = sum(os.path.getsize(p) for p in cache._open_paths(str(c.root) + os.sep))
+                in_use = sum(os.path.getsize(p) for p in fileops.open_paths(str(c.root) + os.sep))
                 assert c.usage().bytes <= bound + in_use
                 _forget_all()  # the server's namespace LRU does this
         gc.collect()

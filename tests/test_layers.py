@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, str]] = [
     ("puffer_cli.server", "the HTTP API (a view over the library)"),
     ("puffer_cli", "the public API: connect, the handle and result types, the errors"),
     ("puffer_cli.db", "the library face: connect, DB, NamespaceHandle"),
-    ("puffer_cli.jobs", "one command's work: ingest, export, wal-inspect, branch, recall, warm"),
+    ("puffer_cli.jobs", "one command's work: ingest, export, wal-inspect, branch, recall"),
     ("puffer_cli.search", "query execution: exact engine, indexed read path, scoring, responses"),
     ("puffer_cli.index", "build, publish, collect and open index generations; the index file formats"),
     ("puffer_cli.wal", "the WAL codec, the commit protocol, write compilation, replay"),

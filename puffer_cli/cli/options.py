@@ -1,5 +1,5 @@
 """What every `puffer` command module shares: the typer app, the common options,
-opening the store, JSON output, reading JSON arguments (puffer_cli/cli.py is the entry point)."""
+opening the store, JSON output, reading JSON arguments (cli/main.py is the entry point)."""
 
 from __future__ import annotations
 

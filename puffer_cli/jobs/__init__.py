@@ -1,1 +1,1 @@
-"""One command's work each: ingest, export, wal-inspect, branch, recall, warm."""
+"""One command's work each: ingest, export, wal-inspect, branch, recall."""

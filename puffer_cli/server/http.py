@@ -1,5 +1,5 @@
 """The HTTP server's building blocks that are not views: ServeConfig, the error shape on the
-wire, and small response helpers (schema, timestamps).  The metrics are in server_metrics."""
+wire, and small response helpers (schema, timestamps).  The metrics are in server/metrics.py."""
 
 from __future__ import annotations
 

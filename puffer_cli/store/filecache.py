@@ -52,8 +52,6 @@ from puffer_cli.store import Store
 from puffer_cli.store.fileops import copy_file, open_paths, prune_empty, scan, touch, unwritable, write_atomic
 from puffer_cli.store.local import LocalStore
 
-_open_paths = open_paths  # tests/test_cache.py reads cache._open_paths (use cache_files.open_paths)
-
 log = logging.getLogger("puffer.cache")
 
 _UNSET = object()

@@ -1,4 +1,4 @@
-"""The file operations of the local cache (cache.py): copies (reflink first), atomic
+"""The file operations of the local cache (store/filecache.py): copies (reflink first), atomic
 creation, the directory scan eviction uses, and which files this process has open."""
 
 from __future__ import annotations
