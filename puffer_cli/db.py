@@ -60,6 +60,7 @@ from puffer_cli.errors import InvalidRequest
 from puffer_cli.limits import NAMESPACE_LIST_THREADS
 from puffer_cli.store import Store, layout
 from puffer_cli.store import filecache as _cache
+from puffer_cli.store.filecache import Cache
 from puffer_cli.store.local import LocalStore
 from puffer_cli.store.url import open_store
 from puffer_cli.wal.namespace import Namespace
@@ -68,10 +69,14 @@ from puffer_cli.wal.namespace import Namespace
 class DB:
     """A store plus the options every namespace opened from it shares."""
 
-    def __init__(self, store: Store, *, single_writer: bool = False, wal_policy: str = "fail"):
+    def __init__(
+        self, store: Store, *, single_writer: bool = False, wal_policy: str = "fail", cache: Cache | None = None
+    ):
         self.store = store
         self.single_writer = single_writer
         self.wal_policy = wal_policy
+        #: this DB's local cache of index files (connect(cache_max_gb=...)); None: the process-wide one
+        self.cache = cache
 
     def __repr__(self) -> str:
         return f"DB(store={self.store.url!r})"
@@ -83,7 +88,9 @@ class DB:
     def open_namespace(self, name: str) -> Namespace:
         """The namespace ``name``'s commit protocol and state, with this DB's options: what the
         CLI, the server and the jobs work on (users want :meth:`namespace`)."""
-        return Namespace(self.store, name, single_writer=self.single_writer, wal_policy=self.wal_policy)
+        return Namespace(
+            self.store, name, single_writer=self.single_writer, wal_policy=self.wal_policy, cache=self.cache
+        )
 
     def namespaces(self, prefix: str | None = None) -> Iterator[str]:
         """Every namespace name (with ``prefix``), in order: an iterator that pages as it goes.
@@ -356,8 +363,9 @@ def connect(
 ) -> DB:
     """Open a store: a local path (default ./puffer-data), ``memory://``, or ``s3://bucket/prefix``.
 
-    ``cache_max_gb`` (else ``$PUFFER_CACHE_MAX_GB``) bounds the process-wide local
-    cache of index files; neither given: the bound stays as it is (default
+    ``cache_max_gb`` bounds this DB's local cache of index files (the same directory as the
+    process-wide cache; other DBs keep their bounds); else ``$PUFFER_CACHE_MAX_GB`` bounds
+    the process-wide cache; neither given: the bound stays as it is (default
     min(10 GB, 25% of the cache's filesystem)). The environment variables the library reads
     are read here (README, Environment), except those named there as read elsewhere."""
     env = config.from_env()
@@ -370,9 +378,13 @@ def connect(
         wal_policy = env.wal_policy or "fail"
     if wal_policy not in ("fail", "skip"):
         raise InvalidRequest(f"unknown WAL corruption policy {wal_policy!r}", hint="use fail or skip")
-    if cache_max_gb is not None:
-        _cache.set_max_bytes(_cache.parse_max_gb(cache_max_gb, "cache_max_gb"))
+    _cache.set_default_root(env.cache_dir)
+    cache = None
+    if cache_max_gb is not None:  # this DB's own bound: other DBs of the process keep theirs
+        shared = _cache.get_cache()
+        bound = _cache.parse_max_gb(cache_max_gb, "cache_max_gb")
+        cache = _cache.Cache(str(shared.root) if shared.persistent else "", bound)
     elif env.cache_max_gb:
         _cache.set_max_bytes(_cache.parse_max_gb(env.cache_max_gb, "PUFFER_CACHE_MAX_GB"))
-    _cache.set_default_root(env.cache_dir)
-    return DB(open_store(url, s3_endpoint=s3_endpoint), single_writer=single_writer, wal_policy=wal_policy)
+    store = open_store(url, s3_endpoint=s3_endpoint)
+    return DB(store, single_writer=single_writer, wal_policy=wal_policy, cache=cache)

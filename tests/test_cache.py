@@ -452,8 +452,12 @@ def test_cache_max_gb_is_read_at_the_boundary(monkeypatch, tmp_path):
         monkeypatch.setenv("PUFFER_CACHE_MAX_GB", "0.5")
         puffer_cli.connect("memory://cmx")
         assert c.max_bytes == 500_000_000 and cache.configure(str(tmp_path / "b2")).max_bytes == 500_000_000
-        puffer_cli.connect("memory://cmx", cache_max_gb=2)
-        assert cache.get_cache().max_bytes == 2_000_000_000
+        # connect(cache_max_gb=) bounds that DB's cache only: the process-wide one and other DBs keep theirs
+        db2 = puffer_cli.connect("memory://cmx", cache_max_gb=2)
+        assert db2.cache is not None and db2.cache.max_bytes == 2_000_000_000
+        assert db2.cache.root == cache.get_cache().root and cache.get_cache().max_bytes == 500_000_000
+        assert puffer_cli.connect("memory://cmx").cache is None
+        assert db2.open_namespace("n").cache is db2.cache
         for bad in ("-1", "abc", "nan", "inf"):
             monkeypatch.setenv("PUFFER_CACHE_MAX_GB", bad)
             with pytest.raises(InvalidRequest):

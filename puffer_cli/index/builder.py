@@ -139,7 +139,7 @@ def index_namespace(
     """Index one namespace (one run). Never raises for 'busy'; raises on failure."""
     t0 = time.perf_counter()
     rep = IndexReport(ns.name)
-    cache = cache or get_cache()
+    cache = cache or ns.cache or get_cache()
     grace = default_grace() if gc_grace_s is None else gc_grace_s
     lease = Lease(ns.store, ns.name, ttl=lease_ttl)
     held = lease.acquire()

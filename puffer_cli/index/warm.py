@@ -13,7 +13,7 @@ from puffer_cli.store.filecache import Cache, get_cache
 def warm(ns, cache: Cache | None = None, progress=None) -> dict:
     """Fetch every file of the current generation into the cache; ``progress(stage, done, total)``
     is told the files fetched so far."""
-    cache = cache or get_cache()
+    cache = cache or ns.cache or get_cache()
     t0 = time.perf_counter()
     meta, _ = ns.read_meta()
     ptr = (meta or {}).get("index")

@@ -465,7 +465,7 @@ def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> Index
 
     also = [listing] if fresh is None and head is None else []
     try:  # the WAL listing in the same batch as the manifest read (one round trip)
-        gen, more = open_generation_with(ns.store, ptr, also)
+        gen, more = open_generation_with(ns.store, ptr, also, ns.cache)
     except FileNotFoundError:
         return None  # the generation was collected: no index view (the caller retries once)
     if more and isinstance(more[0], FileNotFoundError):
@@ -552,7 +552,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
     the others get a candidate frame for the engine."""
     from puffer_cli.search.scoring import Source
 
-    cache = get_cache()
+    cache = ns.cache or get_cache()
     misses0 = cache.stats.misses + cache.stats.ranged_reads
     for attempt in range(2):
         try:

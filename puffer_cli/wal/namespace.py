@@ -29,6 +29,7 @@ from puffer_cli.errors import CorruptWal, InvalidRequest, NamespaceNotFound, Puf
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.store import Store, layout, now_ms
+from puffer_cli.store.filecache import Cache
 from puffer_cli.store.local import LocalStore
 from puffer_cli.wal import codec as wal
 from puffer_cli.wal import replay, writes
@@ -131,8 +132,18 @@ def release_pin(store: Store, source: str, dest: str, bid: str | None) -> None:
 
 
 class Namespace:
-    def __init__(self, store: Store, name: str, *, single_writer: bool = False, wal_policy: str = "fail"):
+    def __init__(
+        self,
+        store: Store,
+        name: str,
+        *,
+        single_writer: bool = False,
+        wal_policy: str = "fail",
+        cache: Cache | None = None,
+    ):
         self.store = store
+        #: the local cache of index files this namespace's readers use (None: the process-wide one)
+        self.cache = cache
         self.name = layout.check_namespace(name)
         self.single_writer = single_writer
         if wal_policy not in POLICIES:
