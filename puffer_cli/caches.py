@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 _MISSING = object()
@@ -24,7 +24,8 @@ class LRU:
         self.name = name
         self.maxsize = max(1, int(maxsize))
         self._d: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
+        # reentrant: dropping an entry can free a frame whose finalizer drops entries (text.bm25)
+        self._lock = threading.RLock()
         self.hits = self.misses = self.evictions = 0
 
     def get(self, key: Hashable, default: Any = None) -> Any:
@@ -45,6 +46,21 @@ class LRU:
                 self._d.popitem(last=False)
                 self.evictions += 1
 
+    def setdefault(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """The value at ``key``, else ``make()`` stored there (atomically: one value per key)."""
+        with self._lock:
+            v = self._d.get(key, _MISSING)
+            if v is not _MISSING:
+                self._d.move_to_end(key)
+                self.hits += 1
+                return v
+            self.misses += 1
+            v = self._d[key] = make()
+            while len(self._d) > self.maxsize:
+                self._d.popitem(last=False)
+                self.evictions += 1
+            return v
+
     def pop(self, key: Hashable, default: Any = None) -> Any:
         with self._lock:
             return self._d.pop(key, default)
@@ -54,12 +70,20 @@ class LRU:
         with self._lock:
             gone = [k for k in self._d if isinstance(k, tuple) and k[:2] == (store_url, namespace)]
             for k in gone:
-                del self._d[k]
+                self._d.pop(k, None)
             return len(gone)
 
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
+
+    def keys(self) -> list[Hashable]:
+        """A snapshot of the keys, least recently used first."""
+        with self._lock:
+            return list(self._d)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.keys())
 
     def values(self) -> list[Any]:
         with self._lock:

@@ -8,6 +8,7 @@ from typing import Any
 
 import polars as pl
 
+from puffer_cli import caches as _caches
 from puffer_cli.filters.parse import Ctx, show
 from puffer_cli.text import analyzer as _text
 
@@ -18,7 +19,8 @@ def rust_escape(s: str) -> str:
     return "".join("\\" + c if c in _RUST_META else c for c in s)
 
 
-_REGEX_OK: dict[str, str | None] = {}
+#: pattern -> its compile error (None: compiles); pure, process-wide, not per namespace
+_REGEX_OK = _caches.lru("filters.regex_checks", 4096)
 
 
 def check_regex(pattern: str, shown: str, op: str, ctx: Ctx) -> None:
@@ -31,8 +33,7 @@ def check_regex(pattern: str, shown: str, op: str, ctx: Ctx) -> None:
         except pl.exceptions.PolarsError as e:  # ComputeError: "regex error: ..."
             msg = str(e).split("\n\nThis error occurred")[0].strip()
             err = " ".join(msg.split())[:300]
-        if len(_REGEX_OK) < 4096:
-            _REGEX_OK[pattern] = err
+        _REGEX_OK.put(pattern, err)
     if err is not None:
         what = "regex" if op == "Regex" else "glob pattern"
         raise ctx.fail(f"invalid {what} {show(shown)}: {err}")

@@ -3,8 +3,8 @@ global BM25 tables, id lookup) and its :class:`Segment` s (doc store, tombstones
 vectors, the IVF index, tantivy and stored postings), each fetched into the local
 cache the first time a query needs it, or read by range (``paged``, ``ranged``).
 
-``open_generation`` keeps opened generations per process (``GENS``); ``forget`` drops
-one namespace's.  The query side (``reader.IndexedView``) reads through these.
+``open_generation`` keeps opened generations per process (``GENS``, a registered cache:
+``caches.forget`` drops one namespace's).  The query side (``reader.IndexedView``) reads through these.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from puffer_cli.index import ann, fts, ivf, paged
 from puffer_cli.index import docs as D
 from puffer_cli.index import ranged as R
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
-from puffer_cli.index.tail import forget_tails
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.store import Store
@@ -422,10 +421,3 @@ def prefetch(cache: Cache, store: Store, key: str) -> None:
         cache.file(store, key)
     except FileNotFoundError:
         pass  # collected: the manifest read fails the same way, and the caller retries
-
-
-def forget(store: Store, name: str) -> None:
-    """Drop this process's opened generations and tails of namespace ``name`` (the
-    server calls it when it evicts a namespace from its working set)."""
-    GENS.forget(store.url, name)
-    forget_tails(store, name)

@@ -17,7 +17,6 @@ from puffer_cli import limits as L
 from puffer_cli.index import docs as D
 from puffer_cli.schema import frames
 from puffer_cli.schema import spec as S
-from puffer_cli.store import Store
 from puffer_cli.wal import replay
 
 
@@ -101,8 +100,3 @@ def cached_tail(ns, manifest_key: str, max_age_s: float) -> Tail | None:
     for it less than ``max_age_s`` ago (eventual consistency serves it without listing)."""
     t = TAILS.get((ns.store.url, ns.name, manifest_key))
     return t if t is not None and time.monotonic() - t.checked_at < max_age_s else None
-
-
-def forget_tails(store: Store, name: str) -> None:
-    """Drop this process's cached tails of namespace ``name``."""
-    TAILS.forget(store.url, name)

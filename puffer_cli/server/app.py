@@ -46,7 +46,7 @@ from starlette.routing import Route
 from puffer_cli import caches
 from puffer_cli.db import DB, connect
 from puffer_cli.errors import InvalidRequest, PufferError, UnprocessableBody, show
-from puffer_cli.index import builder, segment
+from puffer_cli.index import builder
 from puffer_cli.index import warm as warm_mod
 from puffer_cli.jobs import branch
 from puffer_cli.jobs import recall as recall_eval
@@ -66,7 +66,6 @@ from puffer_cli.server.http import (
 from puffer_cli.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from puffer_cli.server.metrics import Metrics
 from puffer_cli.server.requests import RequestPlumbing
-from puffer_cli.wal import namespace as nsmod
 from puffer_cli.wal import operations
 from puffer_cli.wal.groupcommit import GroupCommitter
 
@@ -130,13 +129,12 @@ class Server(RequestPlumbing):
             self.forget(e)
 
     def forget(self, name: str) -> None:
-        """Drop a namespace's in-process state: the replay cache, the index reader's
-        generations and tails, and its entries in every registered cache (caches.forget)."""
-        for fn in (nsmod.forget, segment.forget, caches.forget):
-            try:
-                fn(self.db.store, name)
-            except Exception:  # noqa: BLE001 - eviction is best effort
-                log.exception("forget(%s) in %s failed", name, fn.__module__)
+        """Drop a namespace's in-process state: its entries in every registered cache (the
+        replay cache, the index reader's generations, tails and manifests: caches.forget)."""
+        try:
+            caches.forget(self.db.store, name)
+        except Exception:  # noqa: BLE001 - eviction is best effort
+            log.exception("forget(%s) failed", name)
 
     def copy_source_name(self, src) -> str:
         """The source of a ``copy_from_namespace`` / ``start_copy_from`` body, its shape checked."""

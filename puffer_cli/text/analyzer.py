@@ -62,6 +62,7 @@ from typing import Any
 
 import tantivy
 
+from puffer_cli import caches
 from puffer_cli.errors import SchemaError, show
 
 __all__ = [
@@ -231,7 +232,9 @@ def _key_of(opts: Any) -> tuple:
     return _token_key(opts)
 
 
-_ANALYZERS: dict[tuple, tantivy.TextAnalyzer] = {}
+#: built analyzers per token-relevant options (pure, process-wide, not per namespace; a
+#: handful of distinct option sets in practice, 256 bounds a pathological mix)
+_ANALYZERS = caches.lru("text.analyzers", 256)
 
 
 def _build(key: tuple) -> tantivy.TextAnalyzer:
@@ -260,7 +263,8 @@ def analyzer(opts: Any) -> tantivy.TextAnalyzer:
     key = _key_of(opts)
     a = _ANALYZERS.get(key)
     if a is None:
-        a = _ANALYZERS[key] = _build(key)
+        a = _build(key)
+        _ANALYZERS.put(key, a)
     return a
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -36,6 +35,7 @@ from typing import Any, cast
 import numpy as np
 import polars as pl
 
+from puffer_cli import caches
 from puffer_cli.limits import check_deadline
 from puffer_cli.text import analyzer as T
 
@@ -55,21 +55,24 @@ CHUNK_DOCS = 8192
 
 
 # --------------------------------------------------------------------------- per-frame cache
-#: per-frame derived structures, in two LRUs: "derived" (postings, vector matrices, sort orders:
-#: costly to rebuild) and "masks" (filter masks: many per frame, so they do not evict the others)
-_CACHES: dict[str, OrderedDict[tuple, Any]] = {"derived": OrderedDict(), "masks": OrderedDict()}
-_CACHE = _CACHES["derived"]
+#: per-frame derived structures, in two registered LRUs keyed (frame identity, *key):
+#: "derived" (postings, vector matrices, sort orders: costly to rebuild; 16) and "masks" (filter
+#: masks: many per frame, so they do not evict the others; 32).  Their keys name a frame, not a
+#: namespace: a frame's entries go when it dies (a finalizer), so ``caches.forget`` reaches them
+#: by dropping the namespace's state and generations, which hold its frames.
+_CACHES = {"derived": caches.lru("text.frame_derived", 16), "masks": caches.lru("text.frame_masks", 32)}
 _CACHE_LOCK = threading.RLock()
-_CACHE_MAX = {"derived": 16, "masks": 32}
 _FINALIZERS: dict[int, Any] = {}
 _BUILDING: dict[tuple, threading.Lock] = {}
+_MISSING = object()
 
 
 def _drop_frame(fid: int) -> None:
     with _CACHE_LOCK:
         for c in _CACHES.values():
-            for k in [k for k in c if k[0] == fid]:
-                del c[k]
+            for k in c:  # a snapshot of the keys
+                if isinstance(k, tuple) and k[0] == fid:
+                    c.pop(k)
         _FINALIZERS.pop(fid, None)
 
 
@@ -81,14 +84,15 @@ def frame_cached(docs: pl.DataFrame, key: tuple, build: Callable[[], Any], slot:
     k = (fid, *key)
     c = _CACHES[slot]
     with _CACHE_LOCK:
-        if k in c:
-            c.move_to_end(k)
-            return c[k]
+        v = c.get(k, _MISSING)
+        if v is not _MISSING:
+            return v
         lock = _BUILDING.setdefault(k, threading.Lock())
     with lock:  # one build per key at a time; concurrent callers wait for it
         with _CACHE_LOCK:
-            if k in c:
-                return c[k]
+            v = c.get(k, _MISSING)
+            if v is not _MISSING:
+                return v
         try:
             val = build()
             _store(docs, fid, k, val, slot)
@@ -102,10 +106,7 @@ def _store(docs: pl.DataFrame, fid: int, k: tuple, val: Any, slot: str) -> None:
     with _CACHE_LOCK:
         if fid not in _FINALIZERS:
             _FINALIZERS[fid] = weakref.finalize(docs, _drop_frame, fid)
-        c = _CACHES[slot]
-        c[k] = val
-        while len(c) > _CACHE_MAX[slot]:
-            c.popitem(last=False)
+        _CACHES[slot].put(k, val)
 
 
 # --------------------------------------------------------------------------- statistics

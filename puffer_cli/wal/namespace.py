@@ -25,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from puffer_cli import caches
 from puffer_cli.errors import CorruptWal, InvalidRequest, NamespaceNotFound, PufferError
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
@@ -65,18 +66,22 @@ class _Cache:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
-_CACHES: dict[tuple[str, str], _Cache] = {}
-_CACHES_LOCK = threading.Lock()
+#: this process's state of each namespace (head, replay cache), keyed (store url, namespace).
+#: Bounded: 1024 namespaces is far above the server's working set (``hot_namespaces``, 64 by
+#: default; the server drops a namespace's state itself when it leaves that set).  An evicted
+#: entry only costs a re-read: a Namespace keeps its ``_Cache`` while it lives, and every one
+#: re-checks the head against the store, as another process's cache would be.
+_CACHES = caches.lru("namespace.state", 1024)
 
 
 def _cache_for(store: Store, name: str) -> _Cache:
-    with _CACHES_LOCK:
-        return _CACHES.setdefault((store.url, name), _Cache())
+    return _CACHES.setdefault((store.url, name), _Cache)
 
 
 def forget(store: Store, name: str) -> None:
-    with _CACHES_LOCK:
-        _CACHES.pop((store.url, name), None)
+    """Drop this process's state of namespace ``name`` only (the WAL was rewritten under it);
+    :func:`puffer_cli.caches.forget` drops it with the namespace's entries in every other cache."""
+    _CACHES.pop((store.url, name), None)
 
 
 def _int(v) -> bool:
@@ -574,6 +579,6 @@ class Namespace:
             import shutil
 
             shutil.rmtree(self.store.local_path(layout.namespace_prefix(self.name)), ignore_errors=True)
-        forget(self.store, self.name)
+        caches.forget(self.store, self.name)  # its state, opened generations, tails, manifests
         self._c = _cache_for(self.store, self.name)
         return n
