@@ -48,15 +48,17 @@ puffer_cli.errors.NamespaceNotFound: namespace 'docs' not found in memory://hand
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import polars as pl
 
 from puffer_cli import config
-from puffer_cli.errors import InvalidRequest
+from puffer_cli.errors import InvalidRequest, MissingDependency
 from puffer_cli.limits import NAMESPACE_LIST_THREADS
 from puffer_cli.store import Store, layout
 from puffer_cli.store import filecache as _cache
@@ -64,6 +66,10 @@ from puffer_cli.store.filecache import Cache
 from puffer_cli.store.local import LocalStore
 from puffer_cli.store.url import open_store
 from puffer_cli.wal.namespace import Namespace
+
+if TYPE_CHECKING:
+    from puffer_cli.index.builder import IndexReport
+    from puffer_cli.jobs.ingest import IngestReport
 
 
 class DB:
@@ -188,8 +194,36 @@ class QueryResponse:
         rows = self.rows if self.rows or self.aggregation_groups is None else self.aggregation_groups
         return pl.DataFrame(rows) if rows else pl.DataFrame()
 
+    def to_arrow(self) -> Any:
+        """The rows (or the aggregation groups) as a ``pyarrow.Table`` (needs pyarrow:
+        ``pip install 'puffer-cli[arrow]'``)."""
+        _need("pyarrow", "arrow", "to_arrow()")
+        return self.to_polars().to_arrow()
+
+    def to_pandas(self) -> Any:
+        """The rows (or the aggregation groups) as a ``pandas.DataFrame`` (needs pandas and
+        pyarrow: ``pip install 'puffer-cli[pandas]'``)."""
+        _need("pandas", "pandas", "to_pandas()")
+        _need("pyarrow", "pandas", "to_pandas()")
+        return self.to_polars().to_pandas()
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.rows)
+
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def _need(module: str, extra: str, what: str) -> None:
+    """Raise a one-line error naming the extra to install when ``module`` is missing."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ValueError:  # a module set to None in sys.modules (tests)
+        found = False
+    if not found:
+        raise MissingDependency(f"{what} needs {module}", hint=f"pip install 'puffer-cli[{extra}]'")
 
 
 class NamespaceHandle:
@@ -266,12 +300,39 @@ class NamespaceHandle:
             q["rank_by"] = ["id", "asc"]
         return QueryResponse.from_engine(engine.run(self._ns, q))
 
-    def ingest(self, paths: str | Sequence[str], **options: Any):
-        """Batch-load parquet / ndjson / csv files (``puffer ingest``); options as
-        :func:`puffer_cli.jobs.ingest.ingest` (id_col, vector_col, schema, ...). Returns its report."""
-        from puffer_cli.jobs.ingest import ingest
+    def ingest(
+        self,
+        paths: str | Sequence[str],
+        *,
+        id_col: str = "id",
+        vector_col: str | None = None,
+        schema: Mapping[str, Any] | None = None,
+        distance_metric: str | None = None,
+        fmt: str | None = None,
+        batch_rows: int | None = None,
+        progress: Callable[[Any, int], None] | None = None,
+    ) -> IngestReport:
+        """Batch-load parquet / ndjson / csv files (``puffer ingest``): one WAL entry per chunk of
+        ``batch_rows`` rows, idempotent by id.
 
-        return ingest(self._ns, [paths] if isinstance(paths, str) else list(paths), **options)
+        ``id_col`` names the id column, ``vector_col`` the vector column (stored as ``vector``),
+        ``schema`` declares attributes (``{"title": {"type": "string", "full_text_search": true}}``),
+        ``distance_metric`` is ``cosine_distance`` or ``euclidean_squared``, ``fmt`` forces
+        ``parquet`` / ``ndjson`` / ``csv`` (else from the file name); ``progress(report, total)``
+        is called after each chunk. Returns the report (rows, WAL entries, seqs, time)."""
+        from puffer_cli.jobs.ingest import DEFAULT_BATCH_ROWS, ingest
+
+        return ingest(
+            self._ns,
+            [paths] if isinstance(paths, str) else list(paths),
+            id_col=id_col,
+            vector_col=vector_col,
+            schema=dict(schema) if schema is not None else None,
+            distance_metric=distance_metric,
+            fmt=fmt,
+            batch_rows=DEFAULT_BATCH_ROWS if batch_rows is None else batch_rows,
+            progress=progress,
+        )
 
     def export(self, output: str | None = None, fmt: str | None = None, at_seq: int | None = None) -> dict:
         """Write a consistent snapshot to ``output`` (parquet / ndjson / csv; ``puffer export``)."""
@@ -279,13 +340,46 @@ class NamespaceHandle:
 
         return export(self._ns, output, fmt, at_seq)
 
-    def index(self, **options: Any):
-        """Build and publish the next index generation (``puffer index``); options as
-        :func:`puffer_cli.index.builder.index_namespace`. Returns its IndexReport."""
+    def index(
+        self,
+        *,
+        max_seconds: float | None = None,
+        gc_grace_s: float | None = None,
+        lease_ttl: float | None = None,
+        progress: Callable[[str, int, int | None], None] | None = None,
+    ) -> IndexReport:
+        """Build and publish the next index generation (``puffer index``): safe to run from many
+        processes at once (one takes the lease; the others return ``status="busy"``).
+
+        ``max_seconds`` bounds the run (the rest waits for the next run), ``gc_grace_s`` is how
+        long unreferenced generations are kept (default 600 s or ``$PUFFER_INDEX_GC_GRACE``),
+        ``lease_ttl`` the lease's length (``$PUFFER_INDEX_LEASE_TTL``), ``progress(stage, done,
+        total)`` is told each stage's progress. Returns the report (``status``: indexed,
+        up-to-date, busy, ...)."""
         from puffer_cli.index.builder import index_namespace
 
-        options.setdefault("lease_ttl", config.from_env().index_lease_ttl_s)  # $PUFFER_INDEX_LEASE_TTL
-        return index_namespace(self._ns, **options)
+        if lease_ttl is None:
+            lease_ttl = config.from_env().index_lease_ttl_s
+        return index_namespace(
+            self._ns, max_seconds=max_seconds, gc_grace_s=gc_grace_s, lease_ttl=lease_ttl, progress=progress
+        )
+
+    def branch(self, dest: str) -> NamespaceHandle:
+        """Make ``dest`` a copy-on-write branch of this namespace (``puffer branch``): instant,
+        nothing copied; writes to either side stay on that side. Returns the new handle.
+        Raises NamespaceNotFound, or InvalidRequest if ``dest`` exists."""
+        from puffer_cli.jobs.branch import branch_namespace
+
+        branch_namespace(self.store, dest, self.name, single_writer=self._ns.single_writer)
+        return NamespaceHandle(
+            Namespace(
+                self.store,
+                dest,
+                single_writer=self._ns.single_writer,
+                wal_policy=self._ns.wal_policy,
+                cache=self._ns.cache,
+            )
+        )
 
     def warm(self) -> dict:
         """Prefetch the current index generation into the local cache (``puffer warm``)."""
@@ -388,3 +482,95 @@ def connect(
         _cache.set_max_bytes(_cache.parse_max_gb(env.cache_max_gb, "PUFFER_CACHE_MAX_GB"))
     store = open_store(url, s3_endpoint=s3_endpoint)
     return DB(store, single_writer=single_writer, wal_policy=wal_policy, cache=cache)
+
+
+# ------------------------------------------------------------------ async face
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _threaded(
+    fn: Callable[Concatenate[NamespaceHandle, _P], _R],
+) -> Callable[Concatenate[AsyncNamespaceHandle, _P], Awaitable[_R]]:
+    """``fn`` of the sync handle as a coroutine method that runs it in a worker thread."""
+
+    @functools.wraps(fn)
+    async def run(self: AsyncNamespaceHandle, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.to_thread(fn, self.sync, *args, **kwargs)
+
+    return run
+
+
+class AsyncNamespaceHandle:
+    """The async twin of :class:`NamespaceHandle` (``(await connect_async(url)).namespace(name)``):
+    the same methods, awaitable; each runs in a worker thread, so the event loop never waits
+    on the store (turbopuffer's ``AsyncTurbopuffer``, LanceDB's ``connect_async``)."""
+
+    __slots__ = ("sync",)
+
+    def __init__(self, handle: NamespaceHandle):
+        #: the synchronous handle this one runs in worker threads
+        self.sync = handle
+
+    def __repr__(self) -> str:
+        return f"AsyncNamespaceHandle({self.name!r}, store={self.sync.store.url!r})"
+
+    @property
+    def name(self) -> str:
+        """The namespace's name."""
+        return self.sync.name
+
+    exists = _threaded(NamespaceHandle.exists)
+    write = _threaded(NamespaceHandle.write)
+    query = _threaded(NamespaceHandle.query)
+    ingest = _threaded(NamespaceHandle.ingest)
+    export = _threaded(NamespaceHandle.export)
+    index = _threaded(NamespaceHandle.index)
+    branch = _threaded(NamespaceHandle.branch)
+    warm = _threaded(NamespaceHandle.warm)
+    recall = _threaded(NamespaceHandle.recall)
+    metadata = _threaded(NamespaceHandle.metadata)
+    schema = _threaded(NamespaceHandle.schema)
+    rows = _threaded(NamespaceHandle.rows)
+    delete = _threaded(NamespaceHandle.delete)
+
+
+class AsyncDB:
+    """The async twin of :class:`DB` (``await puffer_cli.connect_async(url)``)."""
+
+    def __init__(self, db: DB):
+        #: the synchronous DB this one runs in worker threads
+        self.sync = db
+
+    def __repr__(self) -> str:
+        return f"AsyncDB(store={self.sync.store.url!r})"
+
+    def namespace(self, name: str) -> AsyncNamespaceHandle:
+        """The namespace ``name`` (no I/O until a method is awaited)."""
+        return AsyncNamespaceHandle(self.sync.namespace(name))
+
+    async def namespaces(self, prefix: str | None = None) -> list[str]:
+        """Every namespace name (with ``prefix``), in order."""
+        return await asyncio.to_thread(lambda: list(self.sync.namespaces(prefix)))
+
+
+async def connect_async(
+    url: str | None = None,
+    *,
+    s3_endpoint: str | None = None,
+    single_writer: bool | None = None,
+    wal_policy: str | None = None,
+    cache_max_gb: float | None = None,
+) -> AsyncDB:
+    """:func:`connect`, for asyncio code: ``db = await puffer_cli.connect_async(url)``; then
+    ``await db.namespace("docs").query(...)``."""
+    db = await asyncio.to_thread(
+        connect,
+        url,
+        s3_endpoint=s3_endpoint,
+        single_writer=single_writer,
+        wal_policy=wal_policy,
+        cache_max_gb=cache_max_gb,
+    )
+    return AsyncDB(db)

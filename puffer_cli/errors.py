@@ -120,6 +120,12 @@ class RequestTimeout(PufferError):
     status = 408
 
 
+class MissingDependency(PufferError):
+    """An optional package a call needs is not installed (the hint names the extra)."""
+
+    status = 500
+
+
 class CorruptNamespace(PufferError):
     """A namespace's stored state (``meta.json``, an index manifest) cannot be decoded.
 
