@@ -274,10 +274,16 @@ class NamespaceHandle:
         aggregate_by: Mapping[str, Any] | None = None,
         group_by: Sequence[str] | None = None,
         queries: Sequence[Mapping[str, Any]] | None = None,
+        where: str | None = None,
     ) -> QueryResponse:
         """Run a turbopuffer query: a whole ``body`` dict, or keyword arguments (which
         override the body's keys). ``consistency`` is "strong" (default) or "eventual";
-        ``queries`` is a multi-query (``res.results``). Raises NamespaceNotFound."""
+        ``queries`` is a multi-query (``res.results``); ``where`` is a filter in SQL
+        (``"lang = 'en' AND n >= 5"``, see :mod:`puffer_cli.filters.sql`), And-ed with ``filters``.
+        A filter or ``include_attributes`` naming an attribute the namespace does not have raises
+        InvalidQuery with the closest name. Raises NamespaceNotFound."""
+        from puffer_cli.filters.sql import where_to_filter
+        from puffer_cli.query.checks import check_known_attributes
         from puffer_cli.search import engine
 
         q: dict[str, Any] = dict(body or {})
@@ -296,9 +302,17 @@ class NamespaceHandle:
             if consistency not in ("strong", "eventual"):
                 raise InvalidRequest(f"unknown consistency {consistency!r}", hint="use strong or eventual")
             q["consistency"] = {"level": consistency}
+        if where is not None:
+            w = where_to_filter(where)
+            q["filters"] = w if q.get("filters") is None else ["And", [q["filters"], w]]
         if "queries" not in q and q.get("rank_by") is None and not q.get("aggregate_by"):
             q["rank_by"] = ["id", "asc"]
-        return QueryResponse.from_engine(engine.run(self._ns, q))
+        out = engine.run(self._ns, q)
+        schema = self._ns.head(refresh=False).schema  # what the query just read: no extra request
+        for sub in q.get("queries") or [q]:
+            if isinstance(sub, Mapping):
+                check_known_attributes(sub.get("filters"), sub.get("include_attributes"), schema)
+        return QueryResponse.from_engine(out)
 
     def ingest(
         self,

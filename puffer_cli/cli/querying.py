@@ -156,6 +156,10 @@ def query(
     group_by: GroupByOpt = None,
     rank_by: RankByOpt = None,
     filters: Annotated[str | None, typer.Option("--filter", help="filters JSON (or @file.json)")] = None,
+    where: Annotated[
+        str | None,
+        typer.Option("--where", metavar="SQL", help="filter in SQL: \"lang = 'en' AND n >= 5\" (And-ed with --filter)"),
+    ] = None,
     top_k: Annotated[int | None, typer.Option("--top-k", help="Number of rows (default 10, max 10000)")] = None,
     include: Annotated[str | None, typer.Option("--include", help="Attributes to return, comma-separated")] = None,
     include_all: Annotated[bool, typer.Option("--include-all", help="Return every attribute")] = False,
@@ -174,6 +178,7 @@ def query(
     turbopuffer response body, always valid JSON: a NaN or infinite number is written as null."""
     import time
 
+    from puffer_cli.query.checks import check_known_attributes
     from puffer_cli.search import engine
     from puffer_cli.store.filecache import get_cache
 
@@ -198,6 +203,11 @@ def query(
         consistency,
     )
     _add_aggregation(q, aggregate, group_by, rank_by)
+    if where is not None:
+        from puffer_cli.filters.sql import where_to_filter
+
+        w = where_to_filter(where)
+        q["filters"] = w if q.get("filters") is None else ["And", [q["filters"], w]]
     if hybrid:
         if rank_by is not None or "queries" in q:
             raise InvalidRequest("--vector with --bm25 is a hybrid query: give no --rank-by or multi-query --body")
@@ -212,7 +222,11 @@ def query(
     if hybrid:
         out = rrf_fuse(out, int(top_k or 10))
     ms = (time.perf_counter() - t0) * 1000
-    _print_query_result(out, fmt, ns.head(refresh=False).schema, ms)
+    schema = ns.head(refresh=False).schema  # what the query just read: no extra request
+    for sub in q.get("queries") or [q]:
+        if isinstance(sub, dict):
+            check_known_attributes(sub.get("filters"), sub.get("include_attributes"), schema)
+    _print_query_result(out, fmt, schema, ms)
 
 
 def _add_aggregation(q: dict, aggregate: str | None, group_by: str | None, rank_by: str | None) -> None:

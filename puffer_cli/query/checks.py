@@ -89,3 +89,23 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
         if abs(x) > F32_MAX:
             raise fail(where, f"vector element {i} is {show(x)}, beyond the float32 range")
     return tuple(float(x) for x in v)
+
+
+def check_known_attributes(filters: Any, include: Any, schema: Mapping[str, Any]) -> None:
+    """Refuse a filter or ``include_attributes`` naming an attribute no schema has, with the
+    closest name as a suggestion (the library and the CLI; HTTP keeps turbopuffer's rule that an
+    unknown attribute is simply missing)."""
+    import difflib
+
+    from puffer_cli.filters.parse import referenced_attributes
+
+    known = {"id", *schema}
+    names = sorted(referenced_attributes(filters)) if filters is not None else []
+    if isinstance(include, (list, tuple)):
+        names += [n for n in include if isinstance(n, str)]
+    for n in names:
+        if n not in known:
+            close = difflib.get_close_matches(n, sorted(known), n=1)
+            also = f" (did you mean {close[0]!r}?)" if close else ""
+            listed = ", ".join(sorted(known))
+            raise InvalidQuery(f"unknown attribute {n!r}{also}", hint=f"attributes: {show(listed, 200)[1:-1]}")
