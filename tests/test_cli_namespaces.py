@@ -3,10 +3,11 @@
 import json
 from pathlib import Path
 
+import puffer_cli
 import pytest
 from puffer_cli import connect
 from puffer_cli.cli.main import main
-from puffer_cli.cli.querying import rrf_fuse
+from puffer_cli.search.engine import rrf_fuse
 
 from tests.conftest import store_args
 
@@ -79,7 +80,7 @@ def test_hybrid_rrf_and_aggregate(tmp_path, capsys):
     rc, out, _ = run(capsys, "query", "h", *st, "--vector", "[1.0, 1.0]", "--bm25", "text", "fox")
     assert rc == 0
     rows = json.loads(out)["rows"]
-    assert rows[0]["id"] == 1 and rows[0]["$rrf"] == pytest.approx(2 / 61)
+    assert rows[0]["id"] == 1 and rows[0]["$dist"] == pytest.approx(2 / 61)
     rc, out, _ = run(
         capsys, "query", "h", *st, "--aggregate", '{"n": ["Count"]}', "--group-by", "text", "--format", "json"
     )
@@ -91,7 +92,22 @@ def test_hybrid_rrf_and_aggregate(tmp_path, capsys):
 
 
 def test_rrf_fuse_k60():
-    out = {"results": [{"rows": [{"id": 1}, {"id": 2}]}, {"rows": [{"id": 2}, {"id": 3}]}]}
-    fused = rrf_fuse(out, 10)["rows"]
-    assert [r["id"] for r in fused] == [2, 1, 3]
-    assert fused[0]["$rrf"] == pytest.approx(1 / 62 + 1 / 61)
+    fused = rrf_fuse([[1, 2], [2, 3]], 60)
+    assert [d for d, _ in fused] == [2, 1, 3]
+    assert fused[0][1] == pytest.approx(1 / 62 + 1 / 61)
+
+
+def test_hybrid_fuses_deeper_than_the_result(tmp_path, capsys):
+    """A document 7th by vector and 1st by BM25 wins a --top-k 5 hybrid query (each list is fused
+    max(top_k, 100) deep), as the server's multi-query RRF ranks it."""
+    url = str(tmp_path / "s")
+    db = puffer_cli.connect(url)
+    rows = [{"id": i, "vector": [1.0, float(i)], "text": "fox" if i == 6 else f"w{i}"} for i in range(10)]
+    schema = {"text": {"type": "string", "full_text_search": True}}
+    db.namespace("d").write({"upsert_rows": rows, "distance_metric": "euclidean_squared", "schema": schema})
+    st = ["--store", url, "--top-k", "5", "--format", "json"]
+    rc, out, _ = run(capsys, "query", "d", *st, "--vector", "[1.0, 0.0]", "--bm25", "text", "fox")
+    assert rc == 0
+    got = json.loads(out)["rows"]
+    assert len(got) == 5 and got[0]["id"] == 6 and got[0]["$dist"] == pytest.approx(1 / 61 + 1 / 67)
+    assert [r["id"] for r in got[1:]] == [0, 1, 2, 3]

@@ -658,6 +658,14 @@ def test_cli_json_is_response_body(cli_store, capsys, tmp_path):
         "json",
     )
     assert rc == 0 and json.loads(out2)["rows"] == body["rows"]
+    # @file.npy:ROW picks one row of a matrix (negative counts from the end); bad rows are one-line errors
+    np.save(tmp_path / "m.npy", np.array([[0.0, 9.0], [3.0, 1.0], [7.0, 7.0]], dtype=np.float32))
+    for spec in (":1", ":-2"):
+        rc, out3, _ = _cli(capsys, "docs", "--store", url, "--vector", f"@{tmp_path / 'm.npy'}{spec}", "--top-k", "3")
+        assert rc == 0 and json.loads(out3)["rows"] == body["rows"]
+    for spec, msg in (("", "pick a row"), (":3", "out of range"), (":x", "does not exist")):
+        rc, _, err = _cli(capsys, "docs", "--store", url, "--vector", f"@{tmp_path / 'm.npy'}{spec}")
+        assert rc == 1 and msg in err and err.count("\n") == 1, err
     rc, out, _ = _cli(
         capsys,
         "docs",

@@ -1,9 +1,10 @@
-"""`puffer query` (with the client-side RRF of a hybrid query) and `puffer serve`."""
+"""`puffer query` (a hybrid query is a multi-query fused by the server's RRF) and `puffer serve`."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -111,14 +112,15 @@ def serve(
 
 # ---------------------------------------------------------------- query
 VectorOpt = Annotated[
-    str | None, typer.Option("--vector", help="Query vector: JSON list, base64, @file.npy or @file.json")
+    str | None,
+    typer.Option("--vector", help="Query vector: JSON list, base64, @file.json, @file.npy or @file.npy:ROW"),
 ]
 Bm25Opt = Annotated[
     tuple[str, str] | None,
     typer.Option(
         "--bm25",
-        help="Full-text search: FIELD TEXT. With --vector: hybrid, a multi-query of both "
-        "fused client-side by reciprocal rank fusion (k=60)",
+        help="Full-text search: FIELD TEXT. With --vector: hybrid, a multi-query of both, each "
+        "max(top-k, 100) deep, fused by reciprocal rank fusion (k=60; $dist is the fused score)",
     ),
 ]
 AggregateOpt = Annotated[str | None, typer.Option("--aggregate", help='aggregate_by JSON, e.g. \'{"n": ["Count"]}\'')]
@@ -212,15 +214,16 @@ def query(
         if rank_by is not None or "queries" in q:
             raise InvalidRequest("--vector with --bm25 is a hybrid query: give no --rank-by or multi-query --body")
         assert vector is not None and bm25 is not None
-        q = _hybrid_body(q, [vector_attr, "kNN" if exact else "ANN", _cli_vector(vector)], [bm25[0], "BM25", bm25[1]])
+        vrank = [vector_attr, "kNN" if exact else "ANN", _cli_vector(vector)]
+        q = _hybrid_body(q, vrank, [bm25[0], "BM25", bm25[1]], int(top_k or 10))
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
     ns = db.open_namespace(namespace)
     t0 = time.perf_counter()
     with limits.deadline(budget):
         out = engine.run(ns, q)
-    if hybrid:
-        out = rrf_fuse(out, int(top_k or 10))
+    if hybrid:  # one fused result: print it as a plain query's
+        out = {"rows": out["results"][0]["rows"], **{k: v for k, v in out.items() if k != "results"}}
     ms = (time.perf_counter() - t0) * 1000
     schema = ns.head(refresh=False).schema  # what the query just read: no extra request
     for sub in q.get("queries") or [q]:
@@ -282,59 +285,54 @@ def _query_body(
     return q
 
 
-RRF_K = 60
+RRF_K = 60  # turbopuffer's rank_constant default
+HYBRID_DEPTH = 100  # rows per sub-query a hybrid query fuses (at least --top-k): fusion deeper than the result
 
 
-def _hybrid_body(q: dict, vector_rank: list, bm25_rank: list) -> dict:
-    """A multi-query of the vector and the BM25 ranking, each over the same filters/top_k."""
-    base = {k: v for k, v in q.items() if k != "rank_by" and k != "consistency"}
-    out: dict = {"queries": [{**base, "rank_by": vector_rank}, {**base, "rank_by": bm25_rank}]}
+def _hybrid_body(q: dict, vector_rank: list, bm25_rank: list, top_k: int) -> dict:
+    """A multi-query of the vector and the BM25 ranking, each over the same filters, each
+    max(top_k, HYBRID_DEPTH) deep, fused by the server's RRF (``rerank_by``) to ``top_k`` rows."""
+    base = {k: v for k, v in q.items() if k not in ("rank_by", "consistency", "top_k", "limit")}
+    depth = max(top_k, HYBRID_DEPTH)
+    out: dict = {
+        "queries": [{**base, "rank_by": vector_rank, "top_k": depth}, {**base, "rank_by": bm25_rank, "top_k": depth}],
+        "rerank_by": ["RRF", {"rank_constant": RRF_K}],
+        "limit": top_k,
+    }
     if "consistency" in q:
         out["consistency"] = q["consistency"]
     return out
 
 
-def rrf_fuse(out: dict, top_k: int, k: int = RRF_K) -> dict:
-    """Reciprocal rank fusion of a multi-query's results (``search.engine.rrf_fuse``),
-    ids merged and ordered by their JSON text; ties by id. One result, rows carrying ``$rrf``."""
-    from puffer_cli.search.engine import rrf_fuse as fuse
-
-    row_of: dict = {}
-    ranked = []
-    for r in out.get("results", []):
-        ids = []
-        for row in r.get("rows", []):
-            ids.append(row["id"])
-            kept = row_of.setdefault(_id_json(row["id"]), {})
-            kept.update({c: v for c, v in row.items() if c != "$dist"})
-        ranked.append(ids)
-    rows = []
-    for d, score in fuse(ranked, k, key=_id_json)[:top_k]:
-        kept = row_of[_id_json(d)]
-        rows.append({"id": kept["id"], "$rrf": score, **{c: v for c, v in kept.items() if c != "id"}})
-    return {"rows": rows, "performance": out.get("performance", {})}
-
-
-def _id_json(d) -> str:
-    """An id as hashable, orderable text (ids may be unhashable or of mixed types)."""
-    return json.dumps(d, default=str)
+_NPY_ROW = re.compile(r"^@(?P<path>.+\.npy)(?::(?P<row>-?\d+))?$", re.IGNORECASE)
 
 
 def _cli_vector(value: str):
-    if value.startswith("@") and value.lower().endswith(".npy"):
+    """--vector: a JSON list, base64, @file.json, or @file.npy (one vector, or ``@file.npy:ROW``:
+    row ROW of a matrix, counted from 0; negative rows count from the end)."""
+    m = _NPY_ROW.match(value)
+    if m:
         import numpy as np
 
-        p = Path(value[1:])
+        p = Path(m["path"])
         if not p.exists():
             raise InvalidRequest(f"--vector: file {p} does not exist")
         try:
-            arr = np.load(p, allow_pickle=False)
+            arr = np.load(p, allow_pickle=False, mmap_mode="r")
         except (ValueError, OSError) as e:
             raise InvalidRequest(f"--vector: cannot read {p} as .npy: {e}") from e
-        if arr.ndim == 2 and arr.shape[0] == 1:
+        if m["row"] is not None:
+            if arr.ndim != 2:
+                raise InvalidRequest(f"--vector: {p} holds an array of shape {arr.shape}; :ROW needs a matrix")
+            row = int(m["row"])
+            if not -arr.shape[0] <= row < arr.shape[0]:
+                raise InvalidRequest(f"--vector: {p} has {arr.shape[0]:,} rows; row {row} is out of range")
+            arr = arr[row]
+        elif arr.ndim == 2 and arr.shape[0] == 1:
             arr = arr[0]
         if arr.ndim != 1:
-            raise InvalidRequest(f"--vector: {p} holds an array of shape {arr.shape}; expected one vector")
+            hint = f"pick a row: --vector @{p}:0" if arr.ndim == 2 else None
+            raise InvalidRequest(f"--vector: {p} holds an array of shape {arr.shape}; expected one vector", hint=hint)
         if arr.dtype.kind not in "iuf":
             raise InvalidRequest(f"--vector: {p} holds {arr.dtype} values; expected numbers (float32)")
         return [float(x) for x in arr]

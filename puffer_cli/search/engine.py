@@ -24,7 +24,7 @@ WAL-tail source can replace it without touching the rest).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -272,27 +272,16 @@ def run_query(ns, body: Mapping) -> dict:
     return out
 
 
-def rrf_fuse(
-    ranked: list[list[Any]],
-    k: int,
-    weights: tuple[float, ...] | None = None,
-    *,
-    key: Callable[[Any], Any] | None = None,
-) -> list[tuple[Any, float]]:
+def rrf_fuse(ranked: list[list[Any]], k: int, weights: tuple[float, ...] | None = None) -> list[tuple[Any, float]]:
     """Reciprocal-rank fusion: score(d) = sum_i w_i / (k + rank_i(d)), rank from 1.
-    Returns (id, score) sorted by score desc, then id asc. ``key`` maps an id to the
-    hashable, orderable stand-in that merges and orders ids (default: the id itself;
-    the CLI passes a JSON encoding for unhashable or mixed-type ids); each returned
-    id is the first one seen for its key."""
+    Returns (id, score) sorted by score desc, then id asc (the one fusion: the server's
+    multi-query ``rerank_by`` and the CLI's hybrid query)."""
     scores: dict[Any, float] = {}
-    first: dict[Any, Any] = {}
     for i, ids in enumerate(ranked):
         w = weights[i] if weights else 1.0
         for r, d in enumerate(ids, start=1):
-            kd = d if key is None else key(d)
-            scores[kd] = scores.get(kd, 0.0) + w / (k + r)
-            first.setdefault(kd, d)
-    return [(first[kd], s) for kd, s in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
+            scores[d] = scores.get(d, 0.0) + w / (k + r)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def run_multi(ns, body: Mapping) -> dict:
