@@ -21,6 +21,8 @@ def test_doc_describes_the_fields_we_rely_on():
         "CRC-32",
         "Arrow IPC file",
         "relative to the first block",
+        "`blocks`",
+        "`min_id`",
         "{seq:020d}.wal",
         "meta.json",
         "If-None-Match",
@@ -37,7 +39,7 @@ def test_decode_committed_entry_per_spec(local_db):
     path = Path(local_db.store.url) / "spec" / "wal" / f"{1:020d}.wal"
     data = path.read_bytes()
     magic, version, flags, hlen, hcrc = struct.unpack_from("<4sHHII", data, 0)
-    assert (magic, version, flags) == (b"PWAL", 1, 0)
+    assert (magic, version, flags) == (b"PWAL", 2, 0)
     header_bytes = data[16 : 16 + hlen]
     assert zlib.crc32(header_bytes) == hcrc
     header = json.loads(header_bytes)
@@ -47,9 +49,14 @@ def test_decode_committed_entry_per_spec(local_db):
     base = 16 + hlen
     kinds, tables = [], []
     for op in header["ops"]:
-        block = data[base + op["offset"] : base + op["offset"] + op["length"]]
-        assert zlib.crc32(block) == op["crc"]
-        t = pl.read_ipc(io.BytesIO(block))
+        parts = []
+        for b in op["blocks"]:  # format 2: each op is split into checksummed row blocks
+            block = data[base + b["offset"] : base + b["offset"] + b["length"]]
+            assert zlib.crc32(block) == b["crc"]
+            parts.append(pl.read_ipc(io.BytesIO(block)))
+            assert parts[-1].height == b["rows"]
+            assert parts[-1]["id"].min() == b["min_id"] and parts[-1]["id"].max() == b["max_id"]
+        t = pl.concat(parts)
         assert t.height == op["rows"]
         kinds.append(op["kind"])
         tables.append(t)

@@ -1,5 +1,7 @@
 """WAL codec: round trip (property-based) and corruption detection."""
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -70,6 +72,48 @@ def test_salvage_keeps_intact_ops():
     b = wal.Op("delete", pl.DataFrame({"id": [1]}))
     data = bytearray(wal.encode(1, [a, b], created_at=1))
     data[-12] ^= 0xFF  # inside the last block
-    header, good, lost = wal.salvage(bytes(data))
-    assert header["seq"] == 1
-    assert [o.kind for o in good] == ["upsert"] and lost == [1]
+    got = wal.salvage(bytes(data))
+    assert got.header is not None and got.header["seq"] == 1
+    assert [o.kind for o in got.ops] == ["upsert"] and [b.op for b in got.lost] == [1] and got.ops_lost == 1
+
+
+def _big(n: int) -> pl.DataFrame:
+    return pl.DataFrame({"id": pl.Series(range(n), dtype=pl.UInt64), "x": [f"v{i}" for i in range(n)]})
+
+
+def test_v2_blocks_lose_one_block_not_the_op():
+    n = 3 * wal.BLOCK_ROWS + 5
+    df = _big(n)
+    data = bytearray(wal.encode(4, [wal.Op("upsert", df)], created_at=1))
+    header, start = wal.read_header(bytes(data))
+    blocks = header["ops"][0]["blocks"]
+    assert [b["rows"] for b in blocks] == [wal.BLOCK_ROWS] * 3 + [5]
+    assert (blocks[1]["min_id"], blocks[1]["max_id"]) == (wal.BLOCK_ROWS, 2 * wal.BLOCK_ROWS - 1)
+    assert wal.decode(bytes(data), 4).ops[0].table.equals(df)
+    data[start + blocks[1]["offset"] + blocks[1]["length"] // 2] ^= 0x10
+    with pytest.raises(wal.WalFormatError, match="checksum"):
+        wal.decode(bytes(data), 4)
+    got = wal.salvage(bytes(data))
+    assert got.rows == n - wal.BLOCK_ROWS and got.ops_lost == 0
+    (lost,) = got.lost
+    assert (lost.block, lost.rows) == (1, wal.BLOCK_ROWS)
+    assert lost.known_ids() == list(range(wal.BLOCK_ROWS, 2 * wal.BLOCK_ROWS))
+    kept = set(got.ops[0].table["id"].to_list())
+    assert kept == set(range(n)) - set(lost.known_ids())
+
+
+def test_v1_entries_stay_readable():
+    a = wal.Op("upsert", pl.DataFrame({"id": pl.Series([1, 2], dtype=pl.UInt64), "x": ["a", "b"]}))
+    b = wal.Op("delete", pl.DataFrame({"id": pl.Series([1], dtype=pl.UInt64)}))
+    data = wal.encode(9, [a, b], version=1, created_at=1, writer="w")
+    assert data[4:6] == b"\x01\x00"
+    e = wal.decode(data, 9)
+    assert [o.kind for o in e.ops] == ["upsert", "delete"] and e.ops[0].table.equals(a.table)
+    fixture = Path(__file__).parent / "data" / "wal_v1_entry.wal"
+    e = wal.decode(fixture.read_bytes(), 2)
+    assert [o.kind for o in e.ops] == ["upsert", "delete"]
+    assert e.ops[0].table["id"].to_list() == [2] and e.ops[1].table["id"].to_list() == [1]
+    bad = bytearray(fixture.read_bytes())
+    bad[-12] ^= 0xFF
+    got = wal.salvage(bytes(bad))
+    assert [o.kind for o in got.ops] == ["upsert"] and got.lost[0].min_id is None

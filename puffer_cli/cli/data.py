@@ -108,7 +108,11 @@ def wal_inspect(
     namespace: Annotated[str, typer.Argument(help="Namespace whose WAL to inspect")],
     verify: Annotated[bool, typer.Option("--verify", help="Check every segment; exit 1 naming each bad one")] = False,
     show: Annotated[int | None, typer.Option("--show", help="Print the ops of entry SEQ")] = None,
-    repair: Annotated[bool, typer.Option("--repair", help="Quarantine bad segments and salvage intact ops")] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Quarantine bad segments; recover rows from intact blocks and the index")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --repair: show the plan, change nothing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="With --repair: do not ask on a terminal")] = False,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
     s3_endpoint: EndpointOpt = None,
@@ -131,18 +135,20 @@ def wal_inspect(
                 if op["rows"] > 50:
                     typer.echo(f"   ... {op['rows'] - 50} more rows")
         return
-    if repair:
-        done = W.repair(ns)
+    if repair or dry_run:
+        done = W.repair(ns, dry_run=True)
+        if done and not dry_run and not yes and sys.stdin.isatty() and not as_json:
+            _repair_report(done, planned=True)
+            if not typer.confirm(f"repair {len(done)} WAL segment(s) of {namespace!r} as planned?", default=False):
+                raise typer.Exit(1)
+        if not dry_run and done:
+            done = W.repair(ns)
         if as_json:
-            echo_json({"repaired": done})
+            echo_json({"dry_run" if dry_run else "repaired": done})
         elif not done:
             typer.echo("nothing to repair: every segment verifies")
         else:
-            for d in done:
-                typer.echo(
-                    f"seq {d['seq']}: {d['problem']} -> {d['action']}; ops salvaged {d['ops_salvaged']}, "
-                    f"lost {d['ops_lost']}; bytes kept at {d['quarantine']}"
-                )
+            _repair_report(done, planned=dry_run)
         return
     rows = W.verify(ns) if verify else W.inspect(ns)
     if as_json:
@@ -162,6 +168,32 @@ def wal_inspect(
             f"(seq {', '.join(str(r['seq']) for r in rows[:10])}{', ...' if len(rows) > 10 else ''})",
             hint=f"`puffer wal-inspect {namespace} --repair` quarantines them and salvages intact ops",
         )
+
+
+def _repair_report(done: list[dict[str, Any]], planned: bool) -> None:
+    from puffer_cli.jobs.walinspect import MAX_IDS_SHOWN
+
+    for d in done:
+        lost = d["rows_lost"]
+        if d["ids_lost"]:
+            ids = ", ".join(str(i) for i in d["ids_lost"][:MAX_IDS_SHOWN])
+            lost = f"{lost} (ids {ids}{', ...' if len(d['ids_lost']) > MAX_IDS_SHOWN else ''})"
+        elif lost is None:
+            lost = "unknown (the header is lost too)"
+        elif lost and d["lost_id_ranges"]:
+            lost = f"{lost} (ids within {', '.join(f'{a}..{b}' for a, b in d['lost_id_ranges'])})"
+        src = f" from index generation {d['index_generation']}" if d["index_generation"] is not None else ""
+        dels = f" (+{d['deletes_from_index']:,} deletes)" if d["deletes_from_index"] else ""
+        kept = f"; bytes kept at {d['quarantine']}" if d["quarantine"] else ""
+        typer.echo(
+            f"seq {d['seq']}: {d['problem']}\n  {'plan: ' if planned else ''}{d['action']}; "
+            f"rows salvaged {d['rows_salvaged']:,}, rows recovered{src} {d['rows_from_index']:,}{dels}, "
+            f"rows lost {lost}{kept}"
+        )
+        if d["index_problem"]:
+            typer.echo(f"  note: {d['index_problem']}")
+    if planned:
+        typer.echo("nothing was changed yet (a plan)")
 
 
 def layout_key(ns: str, seq: int) -> str:

@@ -72,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
 
     argv, State.debug = _debug_from(list(sys.argv[1:] if argv is None else argv))
     cmd = _command()
+    from puffer_cli.cli.options import warn_skipped
+    from puffer_cli.wal.namespace import clear_skipped
+
+    clear_skipped()
     try:
         rv = cmd.main(args=argv, prog_name="puffer", standalone_mode=False)
+        warn_skipped()
         return rv if isinstance(rv, int) else 0
     except typer.Exit as e:
         return e.exit_code

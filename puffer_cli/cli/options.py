@@ -110,7 +110,27 @@ def to_json(obj, indent: int | None = None) -> str:
 
 
 def echo_json(obj) -> None:
+    """Print ``obj`` as JSON; an object gains ``skipped`` when replay under
+    ``--wal-corrupt-policy skip`` left WAL entries out (never a silent drop)."""
+    from puffer_cli.wal.namespace import skipped
+
+    if isinstance(obj, dict) and skipped():
+        obj = {**obj, "skipped": skipped()}
     sys.stdout.write(to_json(obj, indent=2) + "\n")
+
+
+def warn_skipped() -> None:
+    """One stderr line per WAL entry skipped under ``--wal-corrupt-policy skip`` in this run."""
+    from puffer_cli.wal.namespace import skipped
+
+    for s in skipped():
+        rows = "an unknown number of" if s["rows"] is None else f"{s['rows']:,}"
+        typer.echo(
+            f"Warning: skipped WAL entry {s['seq']} of {s['namespace']!r} ({s['key']}): {s['problem']}; "
+            f"{rows} rows left out (--wal-corrupt-policy skip; `puffer wal-inspect {s['namespace']} --repair` "
+            f"recovers what still exists)",
+            err=True,
+        )
 
 
 def console():

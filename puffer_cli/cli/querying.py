@@ -347,6 +347,9 @@ def _print_query_result(out: dict, fmt: str, schema: dict, ms: float = 0.0) -> N
     from puffer_cli.search import response
 
     if fmt == "json":
+        from puffer_cli.wal.namespace import skipped
+
+        out = {**out, "skipped": skipped()} if skipped() else out  # --wal-corrupt-policy skip: never silent
         sys.stdout.write(response.render(out, response.vector_attrs(schema), indent=True).decode() + "\n")
         return
     results = out.get("results", [out])

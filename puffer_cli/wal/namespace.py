@@ -73,6 +73,40 @@ class _Cache:
 #: re-checks the head against the store, as another process's cache would be.
 _CACHES = caches.lru("namespace.state", 1024)
 
+#: what replay under ``--wal-corrupt-policy skip`` left out in this process: (store url, namespace)
+#: -> {seq: {"namespace", "seq", "key", "problem", "rows"}} (rows None: the header is lost too).
+#: The one record of skips; the CLI prints it on stderr and in JSON output (``skipped``).
+_SKIPPED: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+
+
+def skipped() -> list[dict[str, Any]]:
+    """Every WAL entry skipped under policy ``skip`` in this process, in (namespace, seq) order."""
+    with _CACHES_LOCK:
+        return [dict(v) for _k, by in sorted(_SKIPPED.items()) for _s, v in sorted(by.items())]
+
+
+def clear_skipped() -> None:
+    with _CACHES_LOCK:
+        _SKIPPED.clear()
+
+
+def entry_rows(data: bytes | None) -> int | None:
+    """Rows an entry's header says it holds (None: no readable header)."""
+    if data is None:
+        return None
+    try:
+        header, _ = wal.read_header(data)
+        return sum(int(m.get("rows", 0)) for m in header["ops"])
+    except (wal.WalFormatError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def decode_entry(seq: int, data: bytes) -> wal.Entry:
+    """The read path's one check of an entry: framing, checksums, the seq in its header vs
+    its key.  ``wal-inspect --verify`` calls this same function, so whatever a reader rejects,
+    verify reports (a check that an entry can be applied, e.g. no null ids, belongs here)."""
+    return wal.decode(data, seq)
+
 
 def _cache_for(store: Store, name: str) -> _Cache:
     return _CACHES.setdefault((store.url, name), _Cache)
@@ -289,18 +323,25 @@ class Namespace:
         try:
             header, _ = wal.read_header(data)
         except wal.WalFormatError as e:
-            if e.kind == "truncated_header":
-                data = self.store.read(key)
+            if e.kind == "truncated_header":  # a header past 4 KB (format 2 lists every block): read just it
+                hlen = wal.PREFIX.unpack_from(data)[3]
+                data = self.store.read_range(key, 0, wal.PREFIX.size + hlen)
                 try:
                     header, _ = wal.read_header(data)
                 except wal.WalFormatError as e2:
-                    return self._corrupt(seq, str(e2))
+                    return self._corrupt(seq, str(e2), data)
             else:
-                return self._corrupt(seq, str(e))
+                return self._corrupt(seq, str(e), data)
         return header
 
-    def _corrupt(self, seq: int, problem: str) -> dict:
+    def _corrupt(self, seq: int, problem: str, data: bytes | None = None) -> dict:
         if self.wal_policy == "skip":
+            rec = {"namespace": self.name, "seq": seq, "key": self.wal_key(seq), "problem": problem}
+            with _CACHES_LOCK:
+                by = _SKIPPED.setdefault((self.store.url, self.name), {})
+                rows = entry_rows(data)
+                if seq not in by or rows is not None:
+                    by[seq] = {**rec, "rows": rows}
             return {"seq": seq, "ops": [], "skipped": problem}
         raise CorruptWal(f"namespace {self.name!r}: WAL segment {self.wal_key(seq)} is corrupt: {problem}")
 
@@ -399,11 +440,13 @@ class Namespace:
                 for gap in range(expect, seq):
                     self._corrupt(gap, "missing (deleted?)")
             expect = seq + 1
+            data = self.store.read(key)
             try:
-                yield wal.decode(self.store.read(key), seq)
+                entry = decode_entry(seq, data)
             except wal.WalFormatError as e:
-                self._corrupt(seq, str(e))
+                self._corrupt(seq, str(e), data)
                 continue
+            yield entry
 
     def schema_after(self, e: wal.Entry, cur: dict) -> dict:
         return e.header.get("schema", cur)
