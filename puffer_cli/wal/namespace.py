@@ -77,16 +77,17 @@ _CACHES = caches.lru("namespace.state", 1024)
 #: -> {seq: {"namespace", "seq", "key", "problem", "rows"}} (rows None: the header is lost too).
 #: The one record of skips; the CLI prints it on stderr and in JSON output (``skipped``).
 _SKIPPED: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+_SKIPPED_LOCK = threading.Lock()
 
 
 def skipped() -> list[dict[str, Any]]:
     """Every WAL entry skipped under policy ``skip`` in this process, in (namespace, seq) order."""
-    with _CACHES_LOCK:
+    with _SKIPPED_LOCK:
         return [dict(v) for _k, by in sorted(_SKIPPED.items()) for _s, v in sorted(by.items())]
 
 
 def clear_skipped() -> None:
-    with _CACHES_LOCK:
+    with _SKIPPED_LOCK:
         _SKIPPED.clear()
 
 
@@ -337,7 +338,7 @@ class Namespace:
     def _corrupt(self, seq: int, problem: str, data: bytes | None = None) -> dict:
         if self.wal_policy == "skip":
             rec = {"namespace": self.name, "seq": seq, "key": self.wal_key(seq), "problem": problem}
-            with _CACHES_LOCK:
+            with _SKIPPED_LOCK:
                 by = _SKIPPED.setdefault((self.store.url, self.name), {})
                 rows = entry_rows(data)
                 if seq not in by or rows is not None:
