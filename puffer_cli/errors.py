@@ -108,10 +108,16 @@ class CorruptWal(PufferError):
     """A WAL segment is missing, truncated or fails its checksum."""
 
     status = 500
-    default_hint = (
-        "run `puffer wal-inspect NAMESPACE --verify` to see the damage, then "
-        "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
-    )
+
+    @staticmethod
+    def hint_for(namespace: str) -> str:
+        """What to do, naming the namespace (the default hint names a placeholder)."""
+        return (
+            f"run `puffer wal-inspect {namespace} --verify` to see the damage, then "
+            "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
+        )
+
+    default_hint = hint_for("<namespace>")
 
 
 class RequestTimeout(PufferError):
@@ -176,3 +182,13 @@ def show(
     except RecursionError:  # a value nested too deep to print
         s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``1 WAL entry``, ``2 WAL entries``, ``1,000 rows``: a count and its noun, agreeing.
+    ``many``: the plural when it is not ``noun`` + s (a ``y`` after a consonant becomes ``ies``)."""
+    if n == 1:
+        return f"1 {noun}"
+    if many is None:
+        many = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{n:,} {many}"

@@ -165,7 +165,7 @@ class Namespace:
         return meta
 
     @staticmethod
-    def parse_meta(data: bytes, key: str, name: str = "NAMESPACE") -> dict:
+    def parse_meta(data: bytes, key: str, name: str) -> dict:
         """The one decoder of ``meta.json``: a dict whose fields have the shapes the code
         relies on, else :class:`~puffer_cli.errors.CorruptNamespace` naming the key."""
         from puffer_cli.errors import CorruptNamespace
@@ -283,10 +283,13 @@ class Namespace:
                 return self._corrupt(seq, str(e))
         return header
 
-    def _corrupt(self, seq: int, problem: str) -> dict:
+    def _corrupt(self, seq: int, problem: str, kind: str | None = None) -> dict:
         if self.wal_policy == "skip":
             return {"seq": seq, "ops": [], "skipped": problem}
-        raise CorruptWal(f"namespace {self.name!r}: WAL segment {self.wal_key(seq)} is corrupt: {problem}")
+        msg = f"namespace {self.name!r}: WAL segment {self.wal_key(seq)} is corrupt: {problem}"
+        err = CorruptWal(msg) if kind is None else wal.WalFormatError(kind, msg)
+        err.hint = CorruptWal.hint_for(self.name)
+        raise err
 
     def head(self, refresh: bool = True, meta: dict | None = None) -> Head:
         """The newest committed seq, with its schema and metric.  ``meta``: a meta.json the
@@ -376,6 +379,7 @@ class Namespace:
         """Decoded entries after ``after`` up to ``upto`` (inclusive), in order.
         Missing or corrupt segments follow the namespace's policy."""
         expect = after + 1
+        schema: dict | None = {} if after == 0 else None  # in force after each entry (None: not known here)
         for seq, key in self.wal_keys(after):
             if upto is not None and seq > upto:
                 break
@@ -384,10 +388,16 @@ class Namespace:
                     self._corrupt(gap, "missing (deleted?)")
             expect = seq + 1
             try:
-                yield wal.decode(self.store.read(key), seq)
-            except wal.WalFormatError as e:
-                self._corrupt(seq, str(e))
+                e = wal.decode(self.store.read(key), seq)
+            except wal.WalFormatError as err:
+                self._corrupt(seq, str(err))
                 continue
+            schema = e.header.get("schema", schema)
+            problem = replay.entry_problem(e.ops, schema)
+            if problem is not None:  # intact bytes that no reader can apply (an older build wrote them)
+                self._corrupt(seq, f"it cannot be applied: {problem}", "unappliable")
+                continue
+            yield e
 
     def schema_after(self, e: wal.Entry, cur: dict) -> dict:
         return e.header.get("schema", cur)
@@ -514,6 +524,9 @@ class Namespace:
             hdr["schema"] = schema
         if metric != head.metric:
             hdr["distance_metric"] = metric
+        problem = replay.entry_problem(ops, schema)
+        if problem is not None:  # validation missed something: never write what readers cannot apply
+            raise PufferError(f"namespace {self.name!r}: refusing to commit a write readers cannot apply: {problem}")
         data = wal.encode(seq, ops, **hdr)
         if not self.store.create(layout.wal(self.name, seq), data) and not self._is_ours(seq, nonce):
             return False  # lost the race: caller re-reads the head and re-plans
