@@ -20,6 +20,9 @@ class PufferError(Exception):
     #: whether a client may usefully retry (the server sends ``x-should-retry``)
     retryable: bool | None = None
     default_hint: str | None = None
+    #: said after the message by the CLI only (e.g. `` in /srv/data``, where the store is);
+    #: never sent over HTTP, which does not show a server's paths
+    cli_context: str = ""
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -182,6 +185,14 @@ def show(
     except RecursionError:  # a value nested too deep to print
         s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def with_hint(message: str, hint: str | None) -> str:
+    """``message (hint: hint)``, the hint said once: not again when the message already
+    carries one (an error that wraps another's text)."""
+    if not hint or "(hint: " in message:
+        return message
+    return f"{message} (hint: {hint})"
 
 
 def plural(n: int, noun: str, many: str | None = None) -> str:

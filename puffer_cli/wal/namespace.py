@@ -372,7 +372,9 @@ class Namespace:
         return h
 
     def _not_found(self) -> NamespaceNotFound:
-        return NamespaceNotFound(f"namespace {self.name!r} not found in {self.store.url}")
+        e = NamespaceNotFound(f"namespace {self.name!r} not found")
+        e.cli_context = f" in {self.store.url}"  # the CLI says where; HTTP shows no server path
+        return e
 
     # ------------------------------------------------------------ entries
     def entries(self, after: int, upto: int | None = None) -> Iterator[wal.Entry]:
