@@ -30,7 +30,7 @@ class PufferError(Exception):
         self.hint = hint if hint is not None else self.default_hint
 
     def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.message
+        return self.message + self.cli_context  # a library user (a traceback) sees where, too
 
 
 class InvalidRequest(PufferError):

@@ -274,7 +274,7 @@ def test_limit_messages_show_values():
 
     with pytest.raises(PufferError) as ei:
         parse_query({"rank_by": ["id", "asc"], "top_k": 10**9})
-    assert "MAX_TOP_K" not in ei.value.message and "10,000" in ei.value.message
+    assert "MAX_TOP_K = 10,000" in ei.value.message and "(limit: MAX_TOP_K)" not in ei.value.message
 
 
 def test_serve_cache_dir_option(tmp_path, monkeypatch, capsys):

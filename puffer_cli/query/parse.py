@@ -66,11 +66,11 @@ from puffer_cli.schema import types as S
 from puffer_cli.schema.types import METRICS
 
 
-def _parse_limit_int(v: Any, where: str, lo: int = 1, hi: int = L.MAX_TOP_K) -> int:
+def _parse_limit_int(v: Any, where: str, lo: int = 1, hi: int = L.MAX_TOP_K, name: str = "MAX_TOP_K") -> int:
     if not is_int(v):
         raise fail(where, f"must be an integer, got {show(v)}")
     if not lo <= v <= hi:
-        raise fail(where, f"must be between {lo} and {hi:,}, got {v}")
+        raise fail(where, f"must be between {lo} and {name} = {hi:,}, got {v}")
     return v
 
 
@@ -136,7 +136,7 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
     limit, given, per_attrs, per_limit = _parse_limit(body, pre)
     offset = 0
     if body.get("offset") is not None:
-        offset = _parse_limit_int(body["offset"], pre + "offset", 0, L.MAX_OFFSET)
+        offset = _parse_limit_int(body["offset"], pre + "offset", 0, L.MAX_OFFSET, "MAX_OFFSET")
         if rank_by is None:
             raise fail(pre + "offset", "offset needs an explicit rank_by")
     include, exclude = _parse_attributes(body.get("include_attributes"), body.get("exclude_attributes"), pre)
@@ -347,7 +347,7 @@ def parse_multi(body: Any) -> MultiQuery:
     if body.get("offset") is not None:
         if rrf is None or limit is None:
             raise fail("offset", "a multi-query offset needs rerank_by and limit")
-        offset = _parse_limit_int(body["offset"], "offset", 0, L.MAX_OFFSET)
+        offset = _parse_limit_int(body["offset"], "offset", 0, L.MAX_OFFSET, "MAX_OFFSET")
     return MultiQuery(
         queries,
         _parse_consistency(body.get("consistency")),
