@@ -20,6 +20,9 @@ class PufferError(Exception):
     #: whether a client may usefully retry (the server sends ``x-should-retry``)
     retryable: bool | None = None
     default_hint: str | None = None
+    #: said after the message by the CLI only (e.g. `` in /srv/data``, where the store is);
+    #: never sent over HTTP, which does not show a server's paths
+    cli_context: str = ""
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -27,7 +30,7 @@ class PufferError(Exception):
         self.hint = hint if hint is not None else self.default_hint
 
     def __str__(self) -> str:  # pragma: no cover - trivial
-        return self.message
+        return self.message + self.cli_context  # a library user (a traceback) sees where, too
 
 
 class InvalidRequest(PufferError):
@@ -108,10 +111,16 @@ class CorruptWal(PufferError):
     """A WAL segment is missing, truncated or fails its checksum."""
 
     status = 500
-    default_hint = (
-        "run `puffer wal-inspect NAMESPACE --verify` to see the damage, then "
-        "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
-    )
+
+    @staticmethod
+    def hint_for(namespace: str) -> str:
+        """What to do, naming the namespace (the default hint names a placeholder)."""
+        return (
+            f"run `puffer wal-inspect {namespace} --verify` to see the damage, then "
+            "--repair to quarantine it, or replay with --wal-corrupt-policy skip"
+        )
+
+    default_hint = hint_for("<namespace>")
 
 
 class RequestTimeout(PufferError):
@@ -182,3 +191,21 @@ def show(
     except RecursionError:  # a value nested too deep to print
         s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def with_hint(message: str, hint: str | None) -> str:
+    """``message (hint: hint)``, the hint said once: not again when the message already
+    carries one (an error that wraps another's text)."""
+    if not hint or "(hint: " in message:
+        return message
+    return f"{message} (hint: {hint})"
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``1 WAL entry``, ``2 WAL entries``, ``1,000 rows``: a count and its noun, agreeing.
+    ``many``: the plural when it is not ``noun`` + s (a ``y`` after a consonant becomes ``ies``)."""
+    if n == 1:
+        return f"1 {noun}"
+    if many is None:
+        many = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
+    return f"{n:,} {many}"

@@ -69,6 +69,25 @@ N = "/v2/namespaces/new-ns"  # write path of a namespace that does not exist yet
 
 # (method, path, body (dict/list -> JSON, bytes -> raw), extra headers, expected status)
 CASES = [
+    # -- null / non-id ids in every write form, on a new namespace (no id type yet) and an existing one
+    *[
+        ("POST", path, body, {}, 400)
+        for path in (N, W)
+        for body in (
+            {"upsert_rows": [{"id": None}]},
+            {"upsert_rows": [{"id": None, "tag": "a"}]},
+            {"upsert_rows": [{"id": 1}, {"id": None}]},
+            {"upsert_columns": {"id": [None]}},
+            {"upsert_columns": {"id": [1, None], "tag": ["a", "b"]}},
+            {"patch_rows": [{"id": None, "n": 1}]},
+            {"patch_columns": {"id": [None], "n": [1]}},
+            {"deletes": [None]},
+            {"deletes": [1, None]},
+            {"upsert_rows": [{"id": 1.5}]},
+            {"upsert_rows": [{"id": True}]},
+        )
+    ],
+    ("PATCH", "/v1/namespaces/ex/metadata", b"", {}, 422),  # an empty body (docs/http.md, "Errors")
     # -- paths and methods
     ("GET", "/v2/namespaces/ex/nope", None, {}, 404),
     ("GET", "/nope", None, {}, 404),

@@ -20,7 +20,7 @@ from puffer_cli.cli.options import (
     to_json,
 )
 from puffer_cli.cli.progress import Reporter
-from puffer_cli.errors import InvalidRequest
+from puffer_cli.errors import CorruptNamespace, CorruptWal, InvalidRequest, plural
 
 
 # ---------------------------------------------------------------- ingest
@@ -38,6 +38,14 @@ def ingest(
         str | None, typer.Option("--format", help="parquet|ndjson|csv (default: from the file name)")
     ] = None,
     batch_rows: Annotated[int, typer.Option("--batch-rows", help="Rows per WAL entry")] = 50_000,
+    check_first: Annotated[
+        bool,
+        typer.Option(
+            "--check-first/--no-check-first",
+            help="Read every input once and check every row before the first commit, so a bad row "
+            "commits nothing (one extra read pass)",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
     s3_endpoint: EndpointOpt = None,
@@ -60,6 +68,7 @@ def ingest(
             distance_metric=distance_metric,
             fmt=fmt,
             batch_rows=batch_rows,
+            validate_first=check_first,
             progress=lambda r, total: progress(
                 "rows", r.rows, total, f"{r.rows_per_s:,.0f} rows/s, {r.bytes_in / 1e6:,.1f} MB, seq {r.last_seq}"
             ),
@@ -69,7 +78,7 @@ def ingest(
     else:
         mb = rep.bytes_in / 1e6
         typer.echo(
-            f"ingested {rep.rows:,} rows into {namespace!r} as {rep.entries} WAL entries "
+            f"ingested {plural(rep.rows, 'row')} into {namespace!r} as {plural(rep.entries, 'WAL entry')} "
             f"(seq {rep.first_seq}..{rep.last_seq}) in {rep.seconds:.2f}s: "
             f"{rep.rows_per_s:,.0f} rows/s, {mb / rep.seconds if rep.seconds else 0:,.1f} MB/s"
         )
@@ -161,10 +170,8 @@ def wal_inspect(
     else:
         _wal_table(rows)
     if verify and rows:
-        from puffer_cli.errors import CorruptWal
-
         raise CorruptWal(
-            f"{len(rows)} WAL segment{'s' if len(rows) != 1 else ''} of {namespace!r} fail verification "
+            f"{plural(len(rows), 'WAL segment')} of {namespace!r} {'fails' if len(rows) == 1 else 'fail'} verification "
             f"(seq {', '.join(str(r['seq']) for r in rows[:10])}{', ...' if len(rows) > 10 else ''})",
             hint=f"`puffer wal-inspect {namespace} --repair` quarantines them and salvages intact ops",
         )
@@ -226,15 +233,46 @@ def namespaces_cmd(
     db = open_db(store, s3_endpoint, policy=policy)
     rows: list[dict[str, Any]] = []
     for name in db.namespaces(prefix=prefix):
-        docs, head = db.open_namespace(name).docs(missing_ok=True)  # one deleted since it was listed: 0 rows
-        rows.append({"namespace": name, "rows": docs.height, "seq": head.seq})
+        ns = db.open_namespace(name)
+        try:
+            docs, head = ns.docs(missing_ok=True)  # one deleted since it was listed: 0 rows
+            rows.append({"namespace": name, "rows": docs.height, "seq": head.seq})
+        except DAMAGE as e:  # one namespace's damage is shown on its row, never fails the listing
+            rows.append({"namespace": name, "rows": None, "seq": _seq_or_none(ns), "error": e.message, "hint": e.hint})
     if as_json:
         echo_json({"namespaces": rows})
         return
     if not rows:
         typer.echo(f"no namespaces{f' starting with {prefix!r}' if prefix else ''} in {db.store.url}", err=True)
         return
-    _table(["namespace", "rows", "seq"], [[r["namespace"], f"{r['rows']:,}", str(r["seq"])] for r in rows])
+    bad = [r for r in rows if r.get("error")]
+    cols = ["namespace", "rows", "seq"] + (["damage"] if bad else [])
+    _table(
+        cols,
+        [
+            [r["namespace"], "?" if r["rows"] is None else f"{r['rows']:,}", str(r["seq"] or "?")]
+            + ([r.get("error", "")] if bad else [])
+            for r in rows
+        ],
+    )
+    if bad:
+        typer.echo(
+            f"{plural(len(bad), 'namespace')} damaged: "
+            + "; ".join(f"run `puffer wal-inspect {r['namespace']} --verify`" for r in bad[:5])
+            + ("; ..." if len(bad) > 5 else ""),
+            err=True,
+        )
+
+
+#: damage in a namespace's stored state: shown by ``namespaces`` and ``show``, not raised
+DAMAGE = (CorruptWal, CorruptNamespace)
+
+
+def _seq_or_none(ns) -> int | None:
+    try:
+        return ns.head().seq
+    except DAMAGE:
+        return None
 
 
 @app.command("show", epilog="Example: puffer show docs")
@@ -248,8 +286,12 @@ def show_cmd(
     """Metadata, schema, index status and unindexed rows of a namespace."""
     db = open_db(store, s3_endpoint, policy=policy)
     ns = db.open_namespace(namespace)
-    meta = db.namespace(namespace).metadata()
-    docs, _ = ns.docs()
+    try:
+        meta = db.namespace(namespace).metadata()
+        docs, _ = ns.docs()
+    except DAMAGE as e:  # show the damage (and what is still known) instead of failing
+        _show_damaged(ns, e, as_json)
+        return
     idx = meta.get("index") or {}
     covered = idx.get("covers_through_seq", idx.get("seq")) if isinstance(idx, dict) else None
     info = {
@@ -275,15 +317,30 @@ def show_cmd(
     typer.echo(f"distance metric {meta['distance_metric'] or '-'}")
     gen = info["index"]["generation"]
     if gen is None:
-        typer.echo(f"index           none (all {meta['seq']} WAL entries unindexed; run `puffer index {namespace}`)")
+        typer.echo(
+            f"index           none ({plural(meta['seq'], 'WAL entry')} unindexed; run `puffer index {namespace}`)"
+        )
     else:
         typer.echo(
             f"index           generation {gen}, covers seq {covered}; "
-            f"{info['index']['unindexed_wal_entries']} WAL entries unindexed"
+            f"{plural(info['index']['unindexed_wal_entries'], 'WAL entry')} unindexed"
         )
     typer.echo("schema")
     for k, v in meta["schema"].items():
         typer.echo(f"  {k}: {to_json(v)}")
+
+
+def _show_damaged(ns, e: CorruptWal | CorruptNamespace, as_json: bool) -> None:
+    info = {"namespace": ns.name, "rows": None, "seq": _seq_or_none(ns), "error": e.message, "hint": e.hint}
+    if as_json:
+        echo_json(info)
+        return
+    typer.echo(f"namespace       {ns.name}")
+    typer.echo("rows            ? (cannot replay the WAL)")
+    typer.echo(f"head seq        {info['seq'] if info['seq'] is not None else '?'}")
+    typer.echo(f"DAMAGED         {e.message}")
+    if e.hint:
+        typer.echo(f"what to do      {e.hint}")
 
 
 @app.command("delete", epilog="Example: puffer delete docs --yes")

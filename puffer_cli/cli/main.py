@@ -19,7 +19,7 @@ from puffer_cli.cli import data as cli_data  # noqa: F401 - importing registers 
 from puffer_cli.cli import indexing as cli_index  # noqa: F401 - importing registers the commands
 from puffer_cli.cli import querying as cli_query  # noqa: F401 - importing registers the commands
 from puffer_cli.cli.options import State, app, one_line
-from puffer_cli.errors import PufferError
+from puffer_cli.errors import PufferError, with_hint
 
 __all__ = ["main", "run"]
 
@@ -51,10 +51,7 @@ def _global(
 
 
 def _say(msg: str, hint: str | None = None) -> None:
-    line = "Error: " + one_line(msg)
-    if hint:
-        line += f" (hint: {one_line(hint)})"
-    typer.echo(line, err=True)
+    typer.echo("Error: " + one_line(with_hint(msg, hint and one_line(hint))), err=True)
 
 
 def _debug_from(argv: list[str]) -> tuple[list[str], bool]:
@@ -104,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except PufferError as e:
         if State.debug:
             raise
-        _say(e.message, e.hint)
+        _say(e.message + e.cli_context, e.hint)
         return 1
     except SystemExit as e:  # something below called sys.exit (it has said why on stderr)
         if isinstance(e.__context__, OSError) and e.__context__.errno == errno.EPIPE:

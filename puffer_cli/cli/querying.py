@@ -72,6 +72,14 @@ def serve(
         ),
     ] = limits.QUERY_BUDGET_S,
     log_level: Annotated[str, typer.Option("--log-level", help="debug|info|warning|error")] = "info",
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-dir",
+            envvar="PUFFER_CACHE_DIR",
+            help='Local cache of index files, shared by the workers (default: the user cache dir; "" disables)',
+        ),
+    ] = None,
     cache_max_gb: CacheMaxOpt = None,
     store: StoreOpt = None,
     s3_endpoint: EndpointOpt = None,
@@ -84,10 +92,12 @@ def serve(
     from puffer_cli.server.run import serve as run_server
 
     parse_listen(listen)
-    if cache_max_gb is not None:  # read by connect() in this process and in every uvicorn worker
-        import os
+    import os
 
+    if cache_max_gb is not None:  # read by connect() in this process and in every uvicorn worker
         os.environ["PUFFER_CACHE_MAX_GB"] = repr(float(cache_max_gb))
+    if cache_dir is not None:  # read by run.apply_env() in this process and in every uvicorn worker
+        os.environ["PUFFER_CACHE_DIR"] = cache_dir
     if log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise InvalidRequest(f"--log-level {log_level!r} is not one of debug, info, warning, error")
     if math.isnan(query_budget):

@@ -23,7 +23,7 @@ def snapshot(ns: Namespace, at_seq: int | None = None) -> tuple[pl.DataFrame, in
     if at_seq is not None and not 1 <= at_seq <= head.seq:
         raise InvalidRequest(
             f"--at-seq {at_seq}: seq {at_seq} is not committed (committed seqs of {ns.name!r}: 1..{head.seq})",
-            hint="`puffer wal-inspect NAMESPACE` lists the committed seqs",
+            hint=f"`puffer wal-inspect {ns.name}` lists the committed seqs",
         )
     docs, head = ns.docs(at_seq)
     if "id" not in docs.columns:  # every row deleted before this seq: an empty frame with no columns

@@ -21,6 +21,8 @@ from pathlib import Path
 import polars as pl
 
 from puffer_cli.errors import InvalidRequest
+from puffer_cli.schema import frames, types
+from puffer_cli.schema import spec as S
 from puffer_cli.wal.namespace import Namespace
 
 FORMATS = ("parquet", "ndjson", "csv")
@@ -311,8 +313,16 @@ def ingest(
     fmt: str | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: Callable[[IngestReport, int], None] | None = None,
+    validate_first: bool = True,
 ) -> IngestReport:
-    """Stream ``paths`` into ``ns``. ``progress(report, total_rows_or_0)`` after each chunk."""
+    """Stream ``paths`` into ``ns``. ``progress(report, total_rows_or_0)`` after each chunk.
+
+    ``validate_first``: read every input once and check every row (ids, values, types: what
+    the commit checks) before the first commit, so a bad row anywhere commits nothing. The
+    extra streaming pass costs 20-50% of a local ingest (measured on 500k rows: parquet with
+    64-d vectors 2.1 -> 2.5 s, ndjson 0.7 -> 1.1 s; less against an object store, where
+    commits dominate); without it a bad row in a later chunk leaves the earlier chunks
+    committed (the error says which seqs)."""
     if batch_rows < 1:
         raise InvalidRequest("--batch-rows must be at least 1")
     if not paths:
@@ -322,6 +332,9 @@ def ingest(
     declared: dict = {**ns.head().schema, **(schema or {})}
     rep = IngestReport(ns.name)
     t0 = time.perf_counter()
+    if validate_first:
+        _validate(ns, plans, footer_rows, id_col, vector_col, schema, batch_rows, rep)
+        plans = [(p, f, scan(p, f)) for p, f, _lf in plans]  # a fresh reader for the commit pass
     for p, f, lf in plans:
         rep.files.append(p)
         file_rows = 0
@@ -342,6 +355,37 @@ def ingest(
                 progress(rep, total)
     rep.seconds = time.perf_counter() - t0
     return rep
+
+
+def _validate(
+    ns: Namespace,
+    plans: list,
+    footer_rows: dict[str, int],
+    id_col: str,
+    vector_col: str | None,
+    schema: Mapping | None,
+    batch_rows: int,
+    rep: IngestReport,
+) -> None:
+    """The first pass: every chunk of every input conformed to the schema (as it evolves over
+    the inputs) exactly as the commit would, nothing written. An error names the file and row."""
+    head = ns.head()
+    declared = S.normalize_schema(dict(schema) if schema else None)
+    sch = S.merge(head.schema, declared, {}) if declared else dict(head.schema)
+    for p, f, lf in plans:
+        file_rows = 0
+        for chunk in _chunks_of(p, f, lf, batch_rows, footer_rows.get(p), rep):
+            chunk = map_columns(chunk, id_col, vector_col, p)
+            if f == "csv":
+                chunk = parse_csv_lists(chunk, {**sch, **(schema or {})}, vector_col, p, file_rows)
+            try:
+                _typed, inferred = frames.conform_frame(chunk, sch, first_row=file_rows)
+                sch = S.merge(sch, {}, inferred)
+                types.check_schema_size(sch, head.schema, what="ingest")
+            except InvalidRequest as e:
+                e.message = f"{p}: {e.message}; nothing was committed (every input is checked first)"
+                raise
+            file_rows += chunk.height
 
 
 def _plan(paths: Sequence[str], fmt: str | None) -> tuple[list, dict[str, int]]:

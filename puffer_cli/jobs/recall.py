@@ -79,7 +79,7 @@ def _recall(ns, *, num, top_k, filters, field, seed, probe, given=None) -> dict:
 
     if not 1 <= num <= L.MAX_RECALL_QUERIES or not 1 <= top_k <= L.MAX_TOP_K:
         raise InvalidRequest(
-            f"num must be 1..{L.MAX_RECALL_QUERIES} (MAX_RECALL_QUERIES) and top_k 1..{L.MAX_TOP_K} (MAX_TOP_K)"
+            f"num must be 1..MAX_RECALL_QUERIES = {L.MAX_RECALL_QUERIES:,} and top_k 1..MAX_TOP_K = {L.MAX_TOP_K:,}"
         )
     head = ns.require()
     vfs = [k for k, v in head.schema.items() if S.is_vector(v["type"])]

@@ -70,7 +70,7 @@ def _parse_limit_int(v: Any, where: str, lo: int = 1, hi: int = L.MAX_TOP_K, nam
     if not is_int(v):
         raise fail(where, f"must be an integer, got {show(v)}")
     if not lo <= v <= hi:
-        raise fail(where, f"must be between {lo} and {hi:,} (limit: {name}), got {v}")
+        raise fail(where, f"must be between {lo} and {name} = {hi:,}, got {v}")
     return v
 
 

@@ -42,6 +42,7 @@ from puffer_cli.schema.types import (
     DATETIME_MS,
     EPOCH,
     ID_MAX_BYTES,
+    ID_TYPES,
     INT64,
     NONE,
     SCALARS,
@@ -89,6 +90,22 @@ def _check_id(v, t: str, row) -> Any:
             hint="MAX_ID_BYTES",
         )
     return v
+
+
+def id_type(t: str | None, null_row: int | None = None, what: str = "") -> str:
+    """The id type inferred for a new namespace's first write: refuse an all-null id
+    column (``null_row``: the first row) and a type that is not an id type (a negative
+    integer, a float, a boolean, an array, ...) here, before any frame is built."""
+    if t is None:
+        raise SchemaError(
+            f"{what}{where(null_row or 0, 'id')}: id is missing (null)", hint="every document needs a non-null id"
+        )
+    if t not in ID_TYPES:
+        raise SchemaError(
+            f"{what}field 'id': ids are {t}, not one of {', '.join(ID_TYPES)}",
+            hint="ids are unsigned 64-bit integers, UUIDs or strings up to 64 bytes, one kind per namespace",
+        )
+    return t
 
 
 def _datetime_range_error(name, row, v) -> SchemaError:
@@ -355,6 +372,8 @@ def frame_from_columns(
             t = schema[k]["type"]
         else:
             t = infer_column(k, vals, first_row)
+            if k == "id":
+                t = id_type(t, first_row)
             inferred[k] = t
             if t is None:
                 series.append(pl.Series(k, [None] * len(vals), dtype=pl.Null))
@@ -382,9 +401,9 @@ def frame_from_rows(
     return frame_from_columns(cols, schema, first_row=first_row)
 
 
-def conform_frame(df: pl.DataFrame, schema: Mapping) -> tuple[pl.DataFrame, dict]:
+def conform_frame(df: pl.DataFrame, schema: Mapping, *, first_row: int = 0) -> tuple[pl.DataFrame, dict]:
     """A polars frame (ingest) -> typed frame + inferred types. Vectorised; the value
-    rules are the JSON path's (module docstring)."""
+    rules are the JSON path's (module docstring). Errors name row ``first_row + i``."""
     check_write_names(df.columns, schema, what="frame")
     inferred: dict[str, str | None] = {}
     out = []
@@ -394,6 +413,8 @@ def conform_frame(df: pl.DataFrame, schema: Mapping) -> tuple[pl.DataFrame, dict
             t = schema[name]["type"]
         else:
             t = type_of_dtype(name, s.dtype)
+            if name == "id":
+                t = id_type(t, first_row + (_first(s.is_null()) or 0))
             if t is None and isinstance(s.dtype, pl.List):  # vector given as a list column
                 lens = s.list.len().drop_nulls()
                 t = f"[{int(lens[0])}]f32" if len(lens) else None
@@ -401,7 +422,7 @@ def conform_frame(df: pl.DataFrame, schema: Mapping) -> tuple[pl.DataFrame, dict
             if t is None:
                 out.append(s)
                 continue
-        out.append(cast_series(s, t))
+        out.append(cast_series(s, t, first_row=first_row))
     return pl.DataFrame(out), inferred
 
 
@@ -410,7 +431,7 @@ def _first(mask: pl.Series) -> int | None:
     return int(idx[0]) if len(idx) else None
 
 
-def _cast_vectors(s: pl.Series, dims: int, t: str) -> pl.Series:
+def _cast_vectors(s: pl.Series, dims: int, t: str, first_row: int = 0) -> pl.Series:
     name = s.name
     if s.dtype == pl.Null:
         return pl.Series(name, [None] * len(s), dtype=pl.Array(pl.Float32, dims))
@@ -429,14 +450,16 @@ def _cast_vectors(s: pl.Series, dims: int, t: str) -> pl.Series:
     lens = s.list.len()
     i = _first((lens != dims) & lens.is_not_null())
     if i is not None:
-        raise SchemaError(f"{where(i, name)}: vector has {lens[i]} dimensions; the namespace expects {dims}")
+        raise SchemaError(
+            f"{where(first_row + i, name)}: vector has {lens[i]} dimensions; the namespace expects {dims}"
+        )
     with np.errstate(over="ignore"):
         f = s.cast(pl.List(pl.Float32), strict=False)
     finite = f.list.eval(pl.element().is_finite().fill_null(False)).list.all()
     i = _first(~finite & f.is_not_null())
     if i is not None:
         raise SchemaError(
-            f"{where(i, name)}: vector contains NaN, infinity, null or a number beyond float32",
+            f"{where(first_row + i, name)}: vector contains NaN, infinity, null or a number beyond float32",
             hint="vector elements are finite float32 numbers",
         )
     return f.list.to_array(dims).alias(name)
@@ -508,12 +531,13 @@ def _cast_scalars(s: pl.Series, t: str) -> pl.Series:
         raise SchemaError(f"field {s.name!r}: cannot convert column type {s.dtype} to {t}") from None
 
 
-def cast_series(s: pl.Series, t: str) -> pl.Series:
-    """Strict cast of a polars Series to type ``t``; SchemaError names the first bad row."""
+def cast_series(s: pl.Series, t: str, *, first_row: int = 0) -> pl.Series:
+    """Strict cast of a polars Series to type ``t``; SchemaError names the first bad row
+    (``first_row`` + its position)."""
     name = s.name
     target = dtype_of(t)
     if (dims := vector_dims(t)) is not None:
-        out = _cast_vectors(s, dims, t)
+        out = _cast_vectors(s, dims, t, first_row)
     elif t.startswith("[]"):
         inner = t[2:]
         if s.dtype == pl.Null:
@@ -527,13 +551,13 @@ def cast_series(s: pl.Series, t: str) -> pl.Series:
             i = _first(lens > L.MAX_ARRAY_ITEMS)
             if i is not None:
                 raise SchemaError(
-                    f"{where(i, name)}: array has {lens[i]} elements; the limit is {L.MAX_ARRAY_ITEMS}",
+                    f"{where(first_row + i, name)}: array has {lens[i]} elements; the limit is {L.MAX_ARRAY_ITEMS}",
                     hint="MAX_ARRAY_ITEMS",
                 )
             flat = pl.DataFrame({"__row": np.arange(len(s)), "v": s}).explode("v", empty_as_null=True, keep_nulls=True)
             src = flat.get_column("v")
             got = _cast_scalars(src, inner)
-            _check_cast(src, got, inner, name, flat.get_column("__row"))
+            _check_cast(src, got, inner, name, flat.get_column("__row") + first_row)
             if got.dtype != SCALARS[inner]:
                 got = got.cast(SCALARS[inner])
             out = (
@@ -545,18 +569,18 @@ def cast_series(s: pl.Series, t: str) -> pl.Series:
             out = pl.select(pl.when(s.is_not_null()).then(out).otherwise(None)).to_series().cast(target)
     else:
         out = _cast_scalars(s, t)
-        _check_cast(s, out, t, name, np.arange(len(s)))
+        _check_cast(s, out, t, name, np.arange(len(s)) + first_row)
         if out.dtype != target:
             out = out.cast(target)
     if name == "id":
         if out.null_count():
-            raise SchemaError(f"{where(int(out.is_null().arg_true()[0]), 'id')}: id is missing")
+            row = first_row + int(out.is_null().arg_true()[0])
+            raise SchemaError(f"{where(row, 'id')}: id is missing (null)", hint="every document needs a non-null id")
         if t == "string":
             too_long = (out.str.len_bytes() > ID_MAX_BYTES).arg_true()
             if len(too_long):
-                raise SchemaError(
-                    f"{where(int(too_long[0]), 'id')}: id longer than {ID_MAX_BYTES} bytes", hint="MAX_ID_BYTES"
-                )
+                row = first_row + int(too_long[0])
+                raise SchemaError(f"{where(row, 'id')}: id longer than {ID_MAX_BYTES} bytes", hint="MAX_ID_BYTES")
     return out.alias(name)
 
 

@@ -277,13 +277,15 @@ def text_eval(
             parts.append(text_eval(c, docs, schema, stats, postings))
         m = np.logical_or.reduce([p[1] for p in parts])
         if isinstance(e, model.TextSum):
-            s = np.sum([p[0] for p in parts], axis=0)
+            with np.errstate(over="ignore"):  # scores past float64 are +inf, as intended
+                s = np.sum([p[0] for p in parts], axis=0)
         else:
             s = np.max([p[0] for p in parts], axis=0)
         return s, m
     if isinstance(e, model.TextProduct):
         s, m = text_eval(e.child, docs, schema, stats, postings)
-        return s * e.weight, m
+        with np.errstate(over="ignore"):  # a huge weight makes +inf scores: same order, no warning
+            return s * e.weight, m
     if isinstance(e, (model.Saturate, model.Decay, Q.Dist)):
         s, m = text_eval(e.child, docs, schema, stats, postings)
         return rankfuncs.apply(e, s, m), m

@@ -107,6 +107,8 @@ class Server(RequestPlumbing):
         self.inflight_bytes = 0  # request body bytes reserved (only touched on the event loop)
         self.abandoned = 0  # query threads still running after their request was answered 408
         self.abandoned_lock = threading.Lock()
+        # where the store is: never shown in an HTTP error (a local path, or the store URL)
+        self.redact = tuple({self.db.store.url, str(getattr(self.db.store, "root", "") or "")} - {""})
 
     # -- helpers
     def ns(self, name: str):
@@ -169,7 +171,7 @@ class Server(RequestPlumbing):
                 out = await fn(request)
                 resp = out if isinstance(out, Response) else Response(response.dumps(out), 200, media_type=JSON)
             except PufferError as e:
-                resp = error_response(e)
+                resp = error_response(e, self.redact)
                 if e.status >= 500:
                     log.error("%s %s: %s", request.method, request.url.path, e.message)
             except ClientDisconnect:
@@ -180,7 +182,7 @@ class Server(RequestPlumbing):
                 )
                 resp = Response(b"", CLIENT_CLOSED)
             except Exception as e:  # noqa: BLE001 - a bug: answer 500 in the error shape, log the trace
-                resp = unexpected_error(request, e)
+                resp = unexpected_error(request, e, self.redact)
             finally:
                 self.release(request)
             self.finish(request, route, resp.status_code, t0)
@@ -353,7 +355,7 @@ class Server(RequestPlumbing):
         not exist here: turning either on is a 400; turning them off (``pinning`` null/false,
         ``read_only`` false) states what is already true and answers the metadata."""
         ns = self.ns(request.path_params["ns"])
-        body, _ = await self.json_body(request, allow_empty=True)
+        body, _ = await self.json_body(request)  # an empty body is 422 (docs/http.md, "Errors")
         unknown = set(body) - {"pinning", "read_only"}
         if unknown:
             raise InvalidRequest(f"unknown metadata parameter(s): {', '.join(sorted(unknown))}")
@@ -555,8 +557,8 @@ class Server(RequestPlumbing):
 
         async def server_error(request: Request, exc: Exception) -> Response:
             if isinstance(exc, PufferError):
-                return error_response(exc)
-            return unexpected_error(request, exc)
+                return error_response(exc, self.redact)
+            return unexpected_error(request, exc, self.redact)
 
         app = Starlette(
             routes=routes,

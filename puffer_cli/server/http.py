@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import logging
+import re
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from puffer_cli import limits
-from puffer_cli.errors import PufferError
+from puffer_cli.errors import PufferError, with_hint
 from puffer_cli.schema import spec as S
 from puffer_cli.schema import types
 from puffer_cli.search import response
@@ -95,12 +97,30 @@ CLIENT_CLOSED = 499  # metrics status of a request whose client disconnected (ng
 NO_RETRY = frozenset(range(400, 500)) - {408, 409, 429}  # the turbopuffer client need not retry these
 
 
-def error_response(e: PufferError) -> Response:
+def error_response(e: PufferError, redact: Sequence[str] = ()) -> Response:
     """``{"status":"error","error":...}`` with the error's status; ``x-should-retry: false`` when a
     retry cannot help (the class says ``retryable = False``, or a 4xx other than 408/409/429), so the
-    official client does not send the request 4 more times; 429 carries ``retry-after``."""
-    msg = e.message + (f" (hint: {e.hint})" if e.hint else "")
+    official client does not send the request 4 more times; 429 carries ``retry-after``.
+
+    The message names no server path (each of ``redact``, the store's location, becomes
+    ``<store>``) and carries no CLI-only hint (:func:`http_hint`)."""
+    msg = hide_paths(with_hint(e.message, http_hint(e.hint)), redact)
     return error_json(msg, e.status, retryable=e.retryable)
+
+
+_CLI_HINT = re.compile(r"`puffer |(^|[\s(])--[a-z]|PUFFER_[A-Z]")
+
+
+def http_hint(hint: str | None) -> str | None:
+    """The hint, unless it tells a CLI user what to type (a `puffer ...` command, a --flag, an
+    environment variable): an HTTP client cannot act on that (the server's log says it)."""
+    return None if hint is None or _CLI_HINT.search(hint) else hint
+
+
+def hide_paths(msg: str, redact: Sequence[str]) -> str:
+    for r in sorted((r for r in redact if r and len(r) > 1), key=len, reverse=True):
+        msg = msg.replace(r, "<store>")
+    return msg
 
 
 def error_json(msg: str, status: int, *, retryable: bool | None = None, close: bool = False) -> Response:
@@ -137,12 +157,12 @@ def is_store_failure(e: BaseException) -> bool:
     )
 
 
-def unexpected_error(request: Request, e: BaseException) -> Response:
+def unexpected_error(request: Request, e: BaseException, redact: Sequence[str] = ()) -> Response:
     """The last resort: a store/network failure is a 503 (logged, with its traceback: store.py
     should have mapped it), anything else a 500 (a bug, logged with its traceback)."""
     if is_store_failure(e):
         log.error("object store failure on %s %s: %s: %s", request.method, request.url.path, type(e).__name__, e)
         log.debug("traceback of the store failure", exc_info=e)
-        return error_json(f"object store unavailable: {type(e).__name__}: {e}", 503)
+        return error_json(hide_paths(f"object store unavailable: {type(e).__name__}: {e}", redact), 503)
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=e)
-    return error_json(f"internal error: {type(e).__name__}: {e}", 500)
+    return error_json(hide_paths(f"internal error: {type(e).__name__}: {e}", redact), 500)

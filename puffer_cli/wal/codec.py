@@ -84,6 +84,7 @@ class WalFormatError(CorruptWal):
         "end_marker",
         "payload_checksum",
         "seq",  # an intact entry stored under another seq's key
+        "unappliable",  # intact, but replay.entry_problem: a reader cannot apply it (an older build wrote it)
     )
 
     def __init__(self, kind: str, message: str):

@@ -105,8 +105,14 @@ def entry_rows(data: bytes | None) -> int | None:
 def decode_entry(seq: int, data: bytes) -> wal.Entry:
     """The read path's one check of an entry: framing, checksums, the seq in its header vs
     its key.  ``wal-inspect --verify`` calls this same function, so whatever a reader rejects,
-    verify reports (a check that an entry can be applied, e.g. no null ids, belongs here)."""
-    return wal.decode(data, seq)
+    verify reports: an entry no reader can apply (a null id an older build let through:
+    ``replay.entry_problem`` without a schema) is damage of kind ``unappliable``; the schema
+    checks need the schema in force, so :meth:`Namespace.entries` adds them."""
+    entry = wal.decode(data, seq)
+    problem = replay.entry_problem(entry.ops, None)
+    if problem is not None:
+        raise wal.WalFormatError("unappliable", f"it cannot be applied: {problem}")
+    return entry
 
 
 def _cache_for(store: Store, name: str) -> _Cache:
@@ -216,7 +222,7 @@ class Namespace:
         return meta
 
     @staticmethod
-    def parse_meta(data: bytes, key: str, name: str = "NAMESPACE") -> dict:
+    def parse_meta(data: bytes, key: str, name: str) -> dict:
         """The one decoder of ``meta.json``: a dict whose fields have the shapes the code
         relies on, else :class:`~puffer_cli.errors.CorruptNamespace` naming the key."""
         from puffer_cli.errors import CorruptNamespace
@@ -335,7 +341,7 @@ class Namespace:
                 return self._corrupt(seq, str(e), data)
         return header
 
-    def _corrupt(self, seq: int, problem: str, data: bytes | None = None) -> dict:
+    def _corrupt(self, seq: int, problem: str, data: bytes | None = None, kind: str | None = None) -> dict:
         if self.wal_policy == "skip":
             rec = {"namespace": self.name, "seq": seq, "key": self.wal_key(seq), "problem": problem}
             with _SKIPPED_LOCK:
@@ -344,7 +350,10 @@ class Namespace:
                 if seq not in by or rows is not None:
                     by[seq] = {**rec, "rows": rows}
             return {"seq": seq, "ops": [], "skipped": problem}
-        raise CorruptWal(f"namespace {self.name!r}: WAL segment {self.wal_key(seq)} is corrupt: {problem}")
+        msg = f"namespace {self.name!r}: WAL segment {self.wal_key(seq)} is corrupt: {problem}"
+        err = CorruptWal(msg) if kind is None else wal.WalFormatError(kind, msg)
+        err.hint = CorruptWal.hint_for(self.name)
+        raise err
 
     def head(self, refresh: bool = True, meta: dict | None = None) -> Head:
         """The newest committed seq, with its schema and metric.  ``meta``: a meta.json the
@@ -427,13 +436,16 @@ class Namespace:
         return h
 
     def _not_found(self) -> NamespaceNotFound:
-        return NamespaceNotFound(f"namespace {self.name!r} not found in {self.store.url}")
+        e = NamespaceNotFound(f"namespace {self.name!r} not found")
+        e.cli_context = f" in {self.store.url}"  # the CLI says where; HTTP shows no server path
+        return e
 
     # ------------------------------------------------------------ entries
     def entries(self, after: int, upto: int | None = None) -> Iterator[wal.Entry]:
         """Decoded entries after ``after`` up to ``upto`` (inclusive), in order.
         Missing or corrupt segments follow the namespace's policy."""
         expect = after + 1
+        schema: dict | None = {} if after == 0 else None  # in force after each entry (None: not known here)
         for seq, key in self.wal_keys(after):
             if upto is not None and seq > upto:
                 break
@@ -445,7 +457,12 @@ class Namespace:
             try:
                 entry = decode_entry(seq, data)
             except wal.WalFormatError as e:
-                self._corrupt(seq, str(e), data)
+                self._corrupt(seq, str(e), data, e.kind)
+                continue
+            schema = entry.header.get("schema", schema)
+            problem = replay.entry_problem(entry.ops, schema)
+            if problem is not None:  # intact bytes that no reader can apply (an older build wrote them)
+                self._corrupt(seq, f"it cannot be applied: {problem}", data, "unappliable")
                 continue
             yield entry
 
@@ -574,6 +591,9 @@ class Namespace:
             hdr["schema"] = schema
         if metric != head.metric:
             hdr["distance_metric"] = metric
+        problem = replay.entry_problem(ops, schema)
+        if problem is not None:  # validation missed something: never write what readers cannot apply
+            raise PufferError(f"namespace {self.name!r}: refusing to commit a write readers cannot apply: {problem}")
         data = wal.encode(seq, ops, **hdr)
         if not self.store.create(layout.wal(self.name, seq), data) and not self._is_ours(seq, nonce):
             return False  # lost the race: caller re-reads the head and re-plans

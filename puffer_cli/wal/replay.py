@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -124,3 +125,63 @@ def fold_entries(
     elif schema is not None and docs is not None:
         docs = frames.align(docs, schema)
     return docs, last, schema
+
+
+# --------------------------------------------------------------------------- appliable entries
+def entry_problem(ops: Iterable[Op], schema: Mapping | None) -> str | None:
+    """None if :func:`fold` can apply ``ops`` under ``schema`` (the schema in force after the
+    entry; None: not known here, then only what needs no schema is checked), else what is
+    wrong, naming the op.  The one check of "can a reader apply this entry": the commit
+    path refuses to write such an entry (:meth:`Namespace._commit`), readers treat one as
+    damage (:meth:`Namespace.entries`, kind ``unappliable``), and ``wal-inspect`` reports it.
+
+    An entry is appliable when every op is a known kind with a non-null ``id`` column of an
+    id type (the schema's, when known) and every column the schema types casts to that type."""
+    for i, op in enumerate(ops):
+        p = _op_problem(op, schema)
+        if p is not None:
+            return f"op {i} ({op.kind}, {op.rows} rows): {p}"
+    return None
+
+
+_ID_DTYPES = (pl.UInt64, pl.String)  # uint; string and uuid (stored as strings)
+
+
+def _castable(s: pl.Series, dtype: Any) -> bool:
+    if s.dtype == dtype or s.dtype == pl.Null:
+        return True
+    try:
+        got = s.cast(dtype, strict=True)
+    except Exception:  # noqa: BLE001 - polars raises several kinds for impossible casts
+        return False
+    return got.null_count() == s.null_count()
+
+
+def _op_problem(op: Op, schema: Mapping | None) -> str | None:
+    if op.kind not in wal.OP_KINDS:
+        return f"unknown op kind {op.kind!r}"
+    t = op.table
+    if "id" not in t.columns:
+        return "no id column"
+    ids = t.get_column("id")
+    if ids.null_count():
+        first = int(ids.is_null().arg_true()[0])
+        return f"{ids.null_count()} null id(s) (first at row {first})"
+    if schema is None:
+        return None if ids.dtype in _ID_DTYPES else f"ids are {ids.dtype}, not an id type"
+    if "id" not in schema:
+        return "the schema has no id type"
+    want = S.dtype_of(schema["id"]["type"])
+    if not _castable(ids, want):
+        return f"ids are {ids.dtype}; the schema says {schema['id']['type']}"
+    if op.kind == "delete":
+        return None
+    for c, d in t.schema.items():
+        if (
+            c != "id"
+            and c in schema
+            and d != (want := S.dtype_of(schema[c]["type"]))
+            and not _castable(t.get_column(c), want)
+        ):
+            return f"column {c!r} is {d}; the schema says {schema[c]['type']}"
+    return None
