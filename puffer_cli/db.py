@@ -57,6 +57,7 @@ import polars as pl
 
 from puffer_cli import config
 from puffer_cli.errors import InvalidRequest
+from puffer_cli.index import retention as _retention  # noqa: F401,E402  (replays below the WAL floor)
 from puffer_cli.limits import NAMESPACE_LIST_THREADS
 from puffer_cli.store import Store, layout
 from puffer_cli.store import filecache as _cache

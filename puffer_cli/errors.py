@@ -176,3 +176,24 @@ def show(
     except RecursionError:  # a value nested too deep to print
         s = "[...]" if isinstance(v, (list, tuple)) else "{...}" if isinstance(v, Mapping) else "..."
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class WalCollected(InvalidRequest):
+    """A seq older than the retained WAL: its entries were collected after an index generation
+    covered them (WAL retention, docs/indexer.md)."""
+
+    status = 400
+    default_hint = (
+        "the oldest readable seq is in the message; keep more history with a longer "
+        "--wal-retention / PUFFER_WAL_RETENTION on the indexer"
+    )
+
+
+class CorruptIndex(PufferError):
+    """A file of the published index generation is missing, truncated or cannot be decoded.
+
+    500: the damage is in the store; the message names the file and its segment, the hint
+    says how to rebuild it."""
+
+    status = 500
+    retryable = False
