@@ -18,7 +18,8 @@ window ago: it becomes the floor, the entries up to its seq are deleted, and the
 generation becomes the next candidate.  So a namespace under constant writes is collected
 too, the WAL kept is one to two windows of writes, and at most two extra generations'
 files are kept (usually sharing most segments with the current one).  Entries a live
-branch pin reads (seq <= the pin's seq) are never deleted.
+branch pin reads (seq <= the pin's seq) are never deleted, nor is the newest entry (readers
+find the committed head by listing from it).
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ def collect(ns: Namespace, retention_s: float | None = None) -> int:
         return 0
     pinned = max([int(p.get("seq", 0)) for _k, p, live in ns.pins() if live] or [0])
     n = 0
-    for k in ns.store.list(layout.wal_dir(ns.name)):
-        s = layout.wal_seq(k)
-        if s is None or s > floor or s <= pinned:
+    keys = [(s, k) for k in ns.store.list(layout.wal_dir(ns.name)) if (s := layout.wal_seq(k)) is not None]
+    newest = max((s for s, _ in keys), default=0)
+    for s, k in keys:
+        if s > floor or s <= pinned or s == newest:  # the newest entry marks the head: readers list from it
             continue
         try:
             ns.store.delete(k)
