@@ -66,6 +66,7 @@ class Settings:
     debug: bool = False
     index_lease_ttl_s: float | None = None
     index_gc_grace_s: float | None = None
+    wal_retention_s: float | None = None  # None: index/gc.py's default (7 days)
     index_segment_rows: int | None = None  # a tuning and test knob; below 1 -> 1
     index_crash_at: str = ""  # test hooks (index/hooks.py)
     index_pause_at: str = ""
@@ -86,6 +87,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         debug=e.get("PUFFER_DEBUG", "").strip().lower() not in _FALSE,
         index_lease_ttl_s=_float(e.get("PUFFER_INDEX_LEASE_TTL")),
         index_gc_grace_s=_float(e.get("PUFFER_INDEX_GC_GRACE")),
+        wal_retention_s=_float(e.get("PUFFER_WAL_RETENTION")),
         index_segment_rows=_rows(e.get("PUFFER_INDEX_SEGMENT_ROWS")),
         index_crash_at=e.get("PUFFER_INDEX_CRASH_AT", ""),
         index_pause_at=e.get("PUFFER_INDEX_PAUSE_AT", ""),

@@ -59,6 +59,7 @@ import polars as pl
 
 from puffer_cli import config
 from puffer_cli.errors import InvalidRequest, MissingDependency
+from puffer_cli.index import retention as _retention  # noqa: F401,E402  (replays below the WAL floor)
 from puffer_cli.limits import NAMESPACE_LIST_THREADS
 from puffer_cli.store import Store, layout
 from puffer_cli.store import filecache as _cache
@@ -361,6 +362,8 @@ class NamespaceHandle:
         gc_grace_s: float | None = None,
         lease_ttl: float | None = None,
         progress: Callable[[str, int, int | None], None] | None = None,
+        repair: bool = False,
+        wal_retention_s: float | None = None,
     ) -> IndexReport:
         """Build and publish the next index generation (``puffer index``): safe to run from many
         processes at once (one takes the lease; the others return ``status="busy"``).
@@ -368,14 +371,22 @@ class NamespaceHandle:
         ``max_seconds`` bounds the run (the rest waits for the next run), ``gc_grace_s`` is how
         long unreferenced generations are kept (default 600 s or ``$PUFFER_INDEX_GC_GRACE``),
         ``lease_ttl`` the lease's length (``$PUFFER_INDEX_LEASE_TTL``), ``progress(stage, done,
-        total)`` is told each stage's progress. Returns the report (``status``: indexed,
-        up-to-date, busy, ...)."""
+        total)`` is told each stage's progress. ``repair`` checks every file of the current
+        generation and rebuilds damaged segments; ``wal_retention_s`` is how long WAL entries an
+        index generation covers are kept (default 7 days or ``$PUFFER_WAL_RETENTION``; docs/indexer.md).
+        Returns the report (``status``: indexed, up-to-date, busy, ...)."""
         from puffer_cli.index.builder import index_namespace
 
         if lease_ttl is None:
             lease_ttl = config.from_env().index_lease_ttl_s
         return index_namespace(
-            self._ns, max_seconds=max_seconds, gc_grace_s=gc_grace_s, lease_ttl=lease_ttl, progress=progress
+            self._ns,
+            max_seconds=max_seconds,
+            gc_grace_s=gc_grace_s,
+            lease_ttl=lease_ttl,
+            progress=progress,
+            repair=repair,
+            wal_retention_s=wal_retention_s,
         )
 
     def branch(self, dest: str) -> NamespaceHandle:

@@ -209,3 +209,24 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
     if many is None:
         many = noun[:-1] + "ies" if noun.endswith("y") and noun[-2:-1] not in "aeiou" else noun + "s"
     return f"{n:,} {many}"
+
+
+class WalCollected(InvalidRequest):
+    """A seq older than the retained WAL: its entries were collected after an index generation
+    covered them (WAL retention, docs/indexer.md)."""
+
+    status = 400
+    default_hint = (
+        "the oldest readable seq is in the message; keep more history with a longer "
+        "--wal-retention / PUFFER_WAL_RETENTION on the indexer"
+    )
+
+
+class CorruptIndex(PufferError):
+    """A file of the published index generation is missing, truncated or cannot be decoded.
+
+    500: the damage is in the store; the message names the file and its segment, the hint
+    says how to rebuild it."""
+
+    status = 500
+    retryable = False

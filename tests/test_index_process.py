@@ -111,13 +111,15 @@ def test_cli_index_warm_recall(tmp_path, capsys):
     db = puffer_cli.connect(store)
     rng = np.random.default_rng(12)
     ns = db.open_namespace("cli")
-    assert cli.main(["index", "cli", "--store", store]) == 0
-    assert "nothing to index" in capsys.readouterr().out
+    # a namespace named on the command line that does not exist is an error (a typo in a crontab)
+    assert cli.main(["index", "cli", "--store", store]) == 1
+    assert "namespace 'cli' not found" in capsys.readouterr().err
     ns.write({"upsert_rows": make_rows(rng, 0, 50), "schema": SCHEMA})
     db.open_namespace("other").write({"upsert_rows": [{"id": 1, "x": 1}]})
     assert cli.main(["index", "--all", "--store", store, "--gc-grace", "0"]) == 0
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 2 and out[0].startswith("cli: indexed 50 rows") and out[1].startswith("other: indexed 1 rows")
+    # piped output: each line starts with an ISO-8601 UTC timestamp (cron logs)
+    out = [line.split(" ", 1)[1] for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(out) == 2 and out[0].startswith("cli: indexed 50 rows") and out[1].startswith("other: indexed 1 row,")
     assert cli.main(["index", "cli", "--store", store, "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)["namespaces"][0]
     assert rep["status"] == "up-to-date" and rep["generation"] == 1
@@ -154,7 +156,7 @@ def test_cli_index_busy_and_failure(tmp_path, capsys):
     finally:
         other.release()
     assert cli.main(["index", "b", "--store", store]) == 0
-    assert "indexed 1 rows" in capsys.readouterr().out
+    assert "indexed 1 row," in capsys.readouterr().out
     # a corrupt WAL segment makes the run fail: exit 1, one line naming it
     ns.write({"upsert_rows": [{"id": 2, "x": 2}]})
     p = db.store.local_path(layout.wal("b", 2))

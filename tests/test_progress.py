@@ -26,20 +26,34 @@ def test_plain_lines_per_stage_and_throttled(capsys):
         rep("fold: WAL entries", 3, 3)  # finished: a line
         rep("ivf vector: rows assigned", 10, 100)  # a new stage: a line
         rep.line("docs: indexed")
-    lines = err.getvalue().splitlines()
+    lines = [_unstamped(x) for x in err.getvalue().splitlines()]
     assert lines == [
         "index docs: fold: WAL entries 0/3",
         "index docs: fold: WAL entries 3/3",
         "index docs: ivf vector: rows assigned 10/100",
     ]
-    assert capsys.readouterr().out == "docs: indexed\n"  # the summary is stdout's, not mixed into progress
+    out = capsys.readouterr().out
+    assert _unstamped(out) == "docs: indexed\n"  # the summary is stdout's, not mixed into progress
 
 
 def test_plain_extra_text():
     err = io.StringIO()
     with Reporter("ingest", False, delay=0, stream=err) as rep:
         rep("rows", 500, None, "1,000 rows/s")
-    assert err.getvalue() == "ingest: rows 500 (1,000 rows/s)\n"
+    assert _unstamped(err.getvalue()) == "ingest: rows 500 (1,000 rows/s)\n"
+
+
+def _unstamped(line: str) -> str:
+    """Off a terminal every line starts with an ISO-8601 UTC timestamp (a cron log's)."""
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", line), line
+    return line[21:]
+
+
+def test_quiet_prints_no_progress():
+    err = io.StringIO()
+    with Reporter("index", False, delay=0, stream=err, quiet=True) as rep:
+        rep("fold", 1, 3)
+    assert err.getvalue() == ""
 
 
 def test_plain_quiet_for_a_short_job():

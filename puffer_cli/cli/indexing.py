@@ -58,11 +58,42 @@ LeaseTtlOpt = Annotated[
 ]
 
 
-@app.command("index", epilog="Example: puffer index docs   (safe from cron: puffer index --all --max-seconds 50)")
+QuietOpt = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Print only changes and failures (no progress, no 'up to date' / 'skipped' lines)"
+    ),
+]
+RepairOpt = Annotated[
+    bool,
+    typer.Option(
+        "--repair",
+        help="Check every file of the current generation and rebuild damaged segments (from the WAL and the "
+        "rest of the generation)",
+    ),
+]
+WalRetentionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--wal-retention",
+        envvar="PUFFER_WAL_RETENTION",
+        help="Seconds WAL entries covered by a published generation are kept (default 604800: 7 days)",
+    ),
+]
+
+
+@app.command(
+    "index",
+    epilog="Example: puffer index docs   (cron: * * * * * /abs/venv/bin/puffer index --all --max-seconds 50 --quiet "
+    "--store s3://bucket/puffer >> /var/log/puffer-index.log 2>&1; see docs/indexer.md)",
+)
 def index_cmd(
     namespaces: Annotated[list[str] | None, typer.Argument(help="Namespaces to index")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Index every namespace in the store")] = False,
     max_seconds: MaxSecondsOpt = None,
+    quiet: QuietOpt = False,
+    repair: RepairOpt = False,
+    wal_retention: WalRetentionOpt = None,
     gc_grace: GcGraceOpt = None,
     lease_ttl: LeaseTtlOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -76,26 +107,30 @@ def index_cmd(
 
     Safe to run from cron on several machines at once: a namespace whose lease another run holds
     is skipped (exit 0, saying who holds it until when). Exit 0: done or nothing to do; 1: a failure.
-    Progress goes to stderr: a bar on a terminal, a plain line per stage (and every 5 s) otherwise."""
+    Progress goes to stderr: a bar on a terminal, a plain line per stage (and every 5 s) otherwise;
+    off a terminal every line starts with an ISO-8601 timestamp. A namespace named on the command
+    line that does not exist is an error (exit 1: a typo in a crontab)."""
     from puffer_cli.store import filecache as _cache
 
     if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
         raise InvalidRequest(f"--max-seconds must be a positive number of seconds, got {max_seconds}")
+    if wal_retention is not None and not (wal_retention >= 0 and math.isfinite(wal_retention)):
+        raise InvalidRequest(f"--wal-retention must be a number of seconds >= 0, got {wal_retention}")
     if cache_dir is not None:
         _cache.configure(cache_dir)
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     names = _names_to_index(db, namespaces, all_)
     t0 = time.perf_counter()
     reports = []
-    with Reporter("index", sys.stderr.isatty() and not as_json) as progress:
+    with Reporter("index", sys.stderr.isatty() and not as_json, quiet=quiet) as progress:
         for name in names:
             left = None if max_seconds is None else max_seconds - (time.perf_counter() - t0)
             if left is not None and left <= 0:
                 break
             progress.subject = name
-            rep = _index_one(db, name, left, gc_grace, lease_ttl, progress)
+            rep = _index_one(db, name, left, gc_grace, lease_ttl, progress, repair, wal_retention)
             reports.append(rep)
-            if not as_json:
+            if not as_json and not (quiet and rep.status in ("up-to-date", "busy", "empty") and not rep.changed()):
                 progress.line(rep.summary())
     if as_json:
         echo_json({"namespaces": [r.as_dict() for r in reports], "seconds": time.perf_counter() - t0})
@@ -109,7 +144,9 @@ def index_cmd(
 
 
 def _names_to_index(db, namespaces: list[str] | None, all_: bool) -> list[str]:
-    names = list(namespaces or [])
+    names = list(dict.fromkeys(namespaces or []))
+    for n in names:  # a typo in a crontab must not pass for "nothing to index" every minute
+        db.open_namespace(n).require()
     if all_:
         names.extend(n for n in db.namespaces() if n not in names)
         if not names:
@@ -121,13 +158,19 @@ def _names_to_index(db, namespaces: list[str] | None, all_: bool) -> list[str]:
     return names
 
 
-def _index_one(db, name: str, left: float | None, gc_grace, lease_ttl, progress):
+def _index_one(db, name: str, left: float | None, gc_grace, lease_ttl, progress, repair=False, wal_retention=None):
     """One namespace's run; a failure becomes a report (a cron user needs the line, not a traceback)."""
     from puffer_cli.index.builder import IndexReport, index_namespace
 
     try:
         return index_namespace(
-            db.open_namespace(name), max_seconds=left, gc_grace_s=gc_grace, lease_ttl=lease_ttl, progress=progress
+            db.open_namespace(name),
+            max_seconds=left,
+            gc_grace_s=gc_grace,
+            lease_ttl=lease_ttl,
+            progress=progress,
+            repair=repair,
+            wal_retention_s=wal_retention,
         )
     except PufferError as e:
         return IndexReport(

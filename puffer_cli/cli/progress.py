@@ -8,10 +8,14 @@ fails at once, prints only its result or its one ``Error:`` line), then one when
 changes and at most one every ``every`` seconds (default 5) within a stage, so a log shows
 the job moving without being flooded. Summaries go
 through :meth:`Reporter.line`, always on a line of their own (above the bar on a TTY).
+Off a terminal every line (progress and summary) starts with an ISO-8601 UTC timestamp
+(``2026-12-07T10:00:00Z``): a cron log says when each run happened. ``quiet`` drops the
+progress lines (a cron job's log keeps only what its summaries say).
 """
 
 from __future__ import annotations
 
+import datetime
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
@@ -23,8 +27,17 @@ if TYPE_CHECKING:
 class Reporter:
     """``with Reporter("index", tty) as rep: job(progress=rep)``; ``rep.line(summary)``."""
 
-    def __init__(self, job: str, tty: bool, *, every: float = 5.0, delay: float = 2.0, stream: TextIO | None = None):
-        self.job, self.tty, self.every = job, tty, every
+    def __init__(
+        self,
+        job: str,
+        tty: bool,
+        *,
+        every: float = 5.0,
+        delay: float = 2.0,
+        stream: TextIO | None = None,
+        quiet: bool = False,
+    ):
+        self.job, self.tty, self.every, self.quiet = job, tty, every, quiet
         self._quiet_until = time.monotonic() + delay
         self.stream = stream if stream is not None else sys.stderr
         self.subject = ""  # e.g. the namespace being indexed, shown after the job name
@@ -76,19 +89,24 @@ class Reporter:
                 self._bar.refresh()
             return
         now = time.monotonic()
-        if now < self._quiet_until:
+        if self.quiet or now < self._quiet_until:
             return
         key = f"{self.subject}\0{stage}"
         finished = total is not None and done >= total > 0
         if key != self._stage or now - self._last >= self.every or finished:
             self._stage, self._last = key, now
             tail = f" ({extra})" if extra else ""
-            print(f"{self._name(stage)} {done:,}{of}{tail}", file=self.stream, flush=True)
+            print(f"{stamp()} {self._name(stage)} {done:,}{of}{tail}", file=self.stream, flush=True)
 
     def line(self, text: str) -> None:
         """A summary line: above the bar on a terminal, a plain line on stdout otherwise
-        (progress is stderr's; the summary is the job's output)."""
+        (progress is stderr's; the summary is the job's output), timestamped."""
         if self._bar is not None:
             self._bar.console.print(text, highlight=False, markup=False)
         else:
-            print(text, flush=True)
+            print(f"{stamp()} {text}", flush=True)
+
+
+def stamp() -> str:
+    """Now as an ISO-8601 UTC timestamp to the second: ``2026-12-07T10:00:00Z``."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

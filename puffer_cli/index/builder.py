@@ -33,15 +33,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import polars as pl
 
 from puffer_cli import config
-from puffer_cli.errors import Conflict
+from puffer_cli.errors import Conflict, plural
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts
+from puffer_cli.index import fts, paged, retention
 from puffer_cli.index.base import BaseRows
 from puffer_cli.index.gc import gc
 from puffer_cli.index.hooks import crash
@@ -93,6 +93,8 @@ class IndexReport:
     files_written: int = 0
     bytes_written: int = 0
     gc_deleted: int = 0
+    wal_deleted: int = 0  # WAL entries collected by retention (index/retention.py)
+    repaired: list[str] = field(default_factory=list)  # damaged segments rebuilt (--repair)
     seconds: float = 0.0
     held_by: str | None = None
     held_until: int | None = None
@@ -102,6 +104,10 @@ class IndexReport:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def changed(self) -> bool:
+        """Did this run change the store (what ``index --quiet`` reports)?"""
+        return self.status in ("indexed", "failed") or bool(self.gc_deleted or self.wal_deleted or self.repaired)
+
     def summary(self) -> str:
         if self.status == "busy":
             return f"{self.namespace}: skipped, {self.message}"
@@ -110,18 +116,22 @@ class IndexReport:
         if self.status == "empty":
             return f"{self.namespace}: nothing to index (no writes)"
         if self.status == "up-to-date":
-            gc = f", gc deleted {self.gc_deleted} files" if self.gc_deleted else ""
+            gc = f", gc deleted {plural(self.gc_deleted, 'file')}" if self.gc_deleted else ""
+            gc += f", {plural(self.wal_deleted, 'WAL entry')} collected" if self.wal_deleted else ""
             return (
                 f"{self.namespace}: up to date (generation {self.generation}, seq {self.covers_through_seq}, "
-                f"{self.segments} segments, {self.live_rows:,} rows{gc}) in {self.seconds:.2f}s"
+                f"{plural(self.segments, 'segment')}, {plural(self.live_rows, 'row')}{gc}) in {self.seconds:.2f}s"
             )
         more = f" (partial: head is {self.head_seq}, run again)" if self.partial else ""
         return (
-            f"{self.namespace}: indexed {self.rows_indexed:,} rows, tombstoned {self.rows_tombstoned:,}, "
-            f"merged {self.segments_merged} segments ({self.rows_merged:,} rows) -> generation {self.generation} "
-            f"covering seq {self.covers_through_seq}{more}; {self.segments} segments, {self.live_rows:,} rows, "
-            f"{self.files_written} files {self.bytes_written / 1e6:,.1f} MB, gc deleted {self.gc_deleted} "
-            f"in {self.seconds:.2f}s"
+            f"{self.namespace}: indexed {plural(self.rows_indexed, 'row')}, tombstoned {self.rows_tombstoned:,}, "
+            f"merged {plural(self.segments_merged, 'segment')} ({plural(self.rows_merged, 'row')}) -> generation "
+            f"{self.generation} covering seq {self.covers_through_seq}{more}; {plural(self.segments, 'segment')}, "
+            f"{plural(self.live_rows, 'row')}, {plural(self.files_written, 'file')} "
+            f"{self.bytes_written / 1e6:,.1f} MB, gc deleted {self.gc_deleted}"
+            + (f", {plural(self.wal_deleted, 'WAL entry')} collected" if self.wal_deleted else "")
+            + (f", repaired {', '.join(self.repaired)}" if self.repaired else "")
+            + f" in {self.seconds:.2f}s"
         )
 
 
@@ -135,8 +145,13 @@ def index_namespace(
     progress: Callable[[str, int, int | None], None] | None = None,
     cache: Cache | None = None,
     threads: int = 0,
+    repair: bool = False,
+    wal_retention_s: float | None = None,
 ) -> IndexReport:
-    """Index one namespace (one run). Never raises for 'busy'; raises on failure."""
+    """Index one namespace (one run). Never raises for 'busy'; raises on failure.
+    ``repair``: check every file of the current generation and rebuild damaged segments
+    (a missing file is found and repaired by every run). ``wal_retention_s``: see
+    index/retention.py (default ``PUFFER_WAL_RETENTION`` or 7 days)."""
     t0 = time.perf_counter()
     rep = IndexReport(ns.name)
     cache = cache or ns.cache or get_cache()
@@ -149,8 +164,10 @@ def index_namespace(
         return rep
     try:
         crash("after_lease")
-        _build(ns, lease, rep, cache, max_seconds, grace, progress, threads, t0)
+        _build(ns, lease, rep, cache, max_seconds, grace, progress, threads, t0, repair)
         rep.gc_deleted = gc(ns, progress=progress)
+        if rep.status in ("indexed", "up-to-date"):
+            rep.wal_deleted = retention.collect(ns, wal_retention_s)
     finally:
         lease.release()
     rep.seconds = time.perf_counter() - t0
@@ -158,12 +175,13 @@ def index_namespace(
 
 
 def _build(
-    ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seconds, grace, progress, threads, t0
+    ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seconds, grace, progress, threads, t0, repair
 ) -> None:
     """One run, as the module docstring's steps 2-6."""
     run = _Run(ns, lease, rep, cache, grace, progress)
     if not run.start():
         return
+    run.check_damage(full=repair)
     run.fold(max_seconds, t0)
     groups = run.choose()
     if groups is None:
@@ -199,6 +217,8 @@ class _Run:
         self._gen: int | None = None
         self._w: Writer | None = None
         self.segments: list[dict] = []  # written after the fold
+        self.force: set[int] = set()  # damaged segments whose rows are readable: rewritten
+        self.recompute_bm25 = False
         self.kept: list[dict] = []
         self.bm25: dict = {}
 
@@ -225,6 +245,68 @@ class _Run:
         if self._w is None:
             self._w = Writer(self.store, self.cache, self.rep)
         return self._w
+
+    # -- damaged files (--repair; a missing file is found by every run) -------------------
+    def check_damage(self, full: bool) -> None:
+        """Find segments of the base whose files are missing (one listing) or, with ``full``,
+        have another size than the manifest recorded or do not decode; rebuild them: a segment
+        whose rows (doc store, ids, vectors) are intact is rewritten from them, any other from
+        the state at ``covers_through_seq`` (the WAL, or the WAL floor's generation) minus the
+        rows the intact segments hold."""
+        if self.base_man is None:
+            return
+        present = set(self.store.list(layout.index_root(self.ns.name)))
+        sizes = self.base_man.get("sizes", {})
+        damaged: dict[int, list[str]] = {}
+        for i, s in enumerate(self.base.segs):
+            bad = [k for k in segment_files(s) if k not in present]
+            if full and not bad:
+                bad = [k for k in segment_files(s) if k in sizes and self.store.size(k) != sizes[k]]
+                if not bad:
+                    bad = self._undecodable(i)
+            if bad:
+                damaged[i] = bad
+        if not damaged:
+            return
+
+        def rows_files(s: dict) -> set[str]:
+            vec = {k for v in s.get("vectors", {}).values() for k in paged.files(v)}
+            return {s["attrs"], *(paged.files(s["ids"]) if s.get("ids") else []), *vec}
+
+        lost = [i for i, bad in damaged.items() if set(bad) & rows_files(self.base.segs[i])]
+        self.force = {i for i in damaged if i not in lost}
+        self.recompute_bm25 = True
+        self.rep.repaired = [self.base.segs[i]["name"] for i in sorted(damaged)]
+        note(self.progress, "repair", 0, len(damaged))
+        if lost:
+            self._recover_from_wal(lost)
+
+    def _undecodable(self, i: int) -> list[str]:
+        """The files of segment ``i`` that fail to decode (old manifests record no sizes)."""
+        s = self.base.segs[i]
+        try:
+            D.read_attrs(self.cache.file(self.store, s["attrs"]))
+        except Exception:  # noqa: BLE001 - any failure to decode is damage here
+            return [s["attrs"]]
+        return []
+
+    def _recover_from_wal(self, lost: list[int]) -> None:
+        base = self.base
+        state, _head = self.ns.docs(self.covers)
+        intact = [i for i in range(len(base.segs)) if i not in lost]
+        have = [base.ids(i).get_column("id") for i in intact]
+        rows = state
+        if have:
+            ids = pl.concat(have).cast(state.get_column("id").dtype)
+            rows = state.join(ids.to_frame(), on="id", how="anti")
+        for i in lost:  # every row of a lost segment is dead; its files are never read again
+            n = int(base.segs[i]["rows"])
+            base.new_dead[i].append(np.arange(n, dtype=np.int64))
+            base._ids[i] = pl.DataFrame({"id": pl.Series([], dtype=rows.get_column("id").dtype)}).with_row_index(
+                "__pos"
+            )
+        self.pending = frames.align(rows, self.schema) if rows.height else None
+        self.seen = rows.get_column("id") if rows.height else None
 
     # -- 3. fold the WAL tail onto the touched rows ----------------------------------
     def fold(self, max_seconds, t0) -> None:
@@ -315,6 +397,7 @@ class _Run:
                 f not in s.get("ann", {}) or s["ann"][f].get("sig") != ann_sig(schema[f], self.metric)
                 for f in vec_fields
             ) or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
+            stale = stale or i in self.force
             (rebuild if stale or len(dead) > DEAD_RATIO * s["rows"] else keep).append(i)
         acc = self.pending.height if self.pending is not None else 0
         small = [i for i in sorted(keep, key=lambda i: base.segs[i]["rows"]) if base.segs[i]["rows"] < self.seg_rows]
@@ -384,7 +467,7 @@ class _Run:
     def write_bm25(self) -> None:
         for f in D.fts_fields(self.schema):
             old = (self.base_man or {}).get("bm25", {}).get(f)
-            if old is not None and old.get("sig") == fts_sig(self.schema[f]):
+            if old is not None and old.get("sig") == fts_sig(self.schema[f]) and not self.recompute_bm25:
                 n_rows, n_docs, total, df, add = self._bm25_incremental(f, old)
             else:
                 n_rows, n_docs, total, df, add = self._bm25_recompute(f)
@@ -463,11 +546,15 @@ class _Run:
         files.update(b["terms"] for b in self.bm25.values())
         files.add(self.mkey)
         man["files"] = sorted(files)
+        man["sizes"] = {k: n for k, n in {**self.base_sizes(), **self.w.sizes}.items() if k in files}
         self.w.drain()
         self.w.put(self.mkey, json.dumps(man, sort_keys=True).encode())
         self.w.drain()
         self.w.close()
         crash("after_manifest")
+
+    def base_sizes(self) -> dict[str, int]:
+        return dict((self.base_man or {}).get("sizes", {}))
 
     # -- 6. publish ----------------------------------------------------------------------------
     def publish(self) -> None:

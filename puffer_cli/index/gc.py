@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from puffer_cli.index.hooks import crash
 from puffer_cli.index.manifest import load_manifest, manifest_files
+from puffer_cli.index.retention import kept_manifests
 from puffer_cli.store import layout, now_ms
 from puffer_cli.wal.namespace import Namespace
 
@@ -22,6 +23,11 @@ def gc(ns: Namespace, progress=None, temp_age_s: float = TEMP_MAX_AGE_S) -> int:
     ptr = (meta or {}).get("index")
     keep: set[str] = set()
     now = now_ms()
+    for key in kept_manifests(meta):  # WAL retention's snapshot generations (index/retention.py)
+        try:
+            keep |= manifest_files(load_manifest(store, key))
+        except FileNotFoundError:
+            pass
     if ptr:
         keep |= manifest_files(load_manifest(store, ptr["manifest"]))
         for r in ptr.get("retained", []):

@@ -9,7 +9,9 @@ cache the first time a query needs it, or read by range (``paged``, ``ranged``).
 
 from __future__ import annotations
 
+import functools
 import threading
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -19,6 +21,7 @@ import polars as pl
 
 from puffer_cli import caches
 from puffer_cli import limits as L
+from puffer_cli.errors import CorruptIndex, CorruptNamespace, PufferError
 from puffer_cli.index import ann, fts, ivf, paged
 from puffer_cli.index import docs as D
 from puffer_cli.index import ranged as R
@@ -27,6 +30,69 @@ from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.store import Store
 from puffer_cli.store.filecache import Cache, get_cache
+
+
+# ---------------------------------------------------------------- damage reporting
+class MissingIndexFile(FileNotFoundError):
+    """A file of an open generation is gone. Still a FileNotFoundError (the reader re-reads
+    meta.json once: the generation may have been collected under it); ``corrupt`` is what to
+    report when it was not."""
+
+    def __init__(self, corrupt: CorruptIndex):
+        super().__init__(corrupt.message)
+        self.corrupt = corrupt
+
+
+_DECODE_ERRORS = (OSError, ValueError, EOFError, IndexError, zipfile.BadZipFile, pl.exceptions.PolarsError)
+
+
+def repair_hint(ns: str) -> str:
+    return (
+        f"run `puffer index {ns} --repair` to rebuild the damaged segment from the WAL and the rest of the generation"
+    )
+
+
+def _files(seg: Segment, what: str, f: str | None) -> list[str]:
+    m = seg.meta
+    if what == "attrs":
+        return [m["attrs"]]
+    if what == "tombstones":
+        return [m["tombstones"]] if m.get("tombstones") else []
+    if what == "ids":
+        return paged.files(m["ids"]) if m.get("ids") else [m["attrs"]]
+    if what == "vectors":
+        v = m.get("vectors", {}).get(f)
+        return paged.files(v) if v else []
+    if what == "ann":
+        a = m.get("ann", {}).get(f) or {}
+        return [a[k] for k in ("key", "route") if a.get(k)] + (paged.files(a["lists"]) if a.get("lists") else [])
+    t = m.get("fts", {}).get(f) or {}
+    if what in ("tokens", "postings"):
+        return [t[what]] if t.get(what) else []
+    return list(t.get("files", []))
+
+
+def reports_damage(what: str):
+    """Method decorator: a file of the segment that is missing or cannot be decoded raises
+    CorruptIndex naming the file, the segment and the fix (a missing one as MissingIndexFile)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(self: Segment, *args, **kw):
+            try:
+                return fn(self, *args, **kw)
+            except CorruptNamespace as e:  # a decoder that names the file: add the segment and the fix
+                raise self.damaged(what, args, e) from e
+            except (PufferError, MissingIndexFile):
+                raise
+            except FileNotFoundError as e:
+                raise MissingIndexFile(self.damaged(what, args, e, missing=True)) from e
+            except _DECODE_ERRORS as e:
+                raise self.damaged(what, args, e) from e
+
+        return wrapper
+
+    return deco
 
 
 # ---------------------------------------------------------------- BM25 statistics
@@ -115,10 +181,23 @@ class Segment:
     def store(self) -> Store:
         return self.gen.store
 
+    def damaged(self, what: str, args: tuple, e: BaseException, missing: bool = False) -> CorruptIndex:
+        files = _files(self, what, args[0] if args and isinstance(args[0], str) else None)
+        gone = str(e.args[0]) if missing and e.args else ""
+        names = [k for k in files if k == gone] or files or [what]
+        ns = self.gen.manifest_key.split("/index/", 1)[0]
+        state = "is missing" if missing else f"is damaged ({type(e).__name__}: {str(e)[:200]})"
+        return CorruptIndex(
+            f"namespace {ns!r}: index file {' / '.join(names)} of segment {self.name} "
+            f"(generation {self.gen.generation}) {state}",
+            hint=repair_hint(ns),
+        )
+
     @property
     def cache(self) -> Cache:
         return self.gen.cache
 
+    @reports_damage("attrs")
     def attrs(self) -> pl.DataFrame:
         """Non-vector columns, aligned to the generation's schema."""
         with self._lock:
@@ -128,6 +207,7 @@ class Segment:
                 self._attrs = frames.align(a.select([c for c in a.columns if c in sch]), sch)
             return self._attrs
 
+    @reports_damage("tombstones")
     def alive(self) -> np.ndarray:
         with self._lock:
             if self._alive is None:
@@ -150,6 +230,7 @@ class Segment:
                 self._idv = s.to_numpy() if s.dtype.is_integer() and not s.null_count() else False
             return self._idv if self._idv is not False else None
 
+    @reports_damage("ids")
     def id_rows(self, pos: np.ndarray) -> np.ndarray | pl.Series:
         """The ids at row positions ``pos``: from the doc store when it is open or cached,
         else (integer ids) by ranged reads of the fixed-width id file."""
@@ -175,6 +256,7 @@ class Segment:
                 self._ids = self.attrs().select("id").with_row_index("__pos").filter(pl.Series(self.alive()))
             return self._ids
 
+    @reports_damage("vectors")
     def vectors(self, f: str) -> np.ndarray | None:
         v = self.meta.get("vectors", {}).get(f)
         if v is None:
@@ -191,6 +273,7 @@ class Segment:
                     got = self._vec[f] = D.open_vectors(path, self.rows, v["dims"])
         return got
 
+    @reports_damage("vectors")
     def vector_rows(self, f: str, pos: np.ndarray) -> np.ndarray | None:
         """The f32 vectors of field ``f`` at row positions ``pos`` (in that order).
 
@@ -241,6 +324,7 @@ class Segment:
                 self._norms[("zero", f)] = np.flatnonzero(n == 0).astype(np.int64)
             return self._norms[("zero", f)]
 
+    @reports_damage("ann")
     def ivf(self, f: str) -> tuple[ivf.Route, ivf.Lists] | None:
         """The IVF index of field ``f`` (format 2), or None (format-1 HNSW, or no index).
         The route is fetched whole; the lists are memory-mapped when the file is local or
@@ -266,6 +350,7 @@ class Segment:
                 self._ann[f] = got
             return got
 
+    @reports_damage("ann")
     def ann(self, f: str):
         """The format-1 usearch HNSW of field ``f`` (generations built before IVF)."""
         m = self.meta.get("ann", {}).get(f)
@@ -276,6 +361,7 @@ class Segment:
                 self._ann[f] = ann.open_view(self.cache.file(self.store, m["key"]), m.get("expansion_search"))
             return self._ann[f]
 
+    @reports_damage("fts")
     def fts(self, f: str):
         m = self.meta.get("fts", {}).get(f)
         if m is None:
@@ -286,6 +372,7 @@ class Segment:
                 self._fts[f] = fts.Reader(d, self.gen.schema[f]["full_text_search"], self.rows)
             return self._fts[f]
 
+    @reports_damage("tokens")
     def tokens(self, f: str) -> pl.Series | None:
         """The stored analysed tokens of FTS field ``f`` (one joined string per row), if any."""
         m = self.meta.get("fts", {}).get(f)
@@ -296,6 +383,7 @@ class Segment:
                 self._fts[("tok", f)] = pl.read_ipc(self.cache.file(self.store, m["tokens"]))["t"]
             return self._fts[("tok", f)]
 
+    @reports_damage("postings")
     def postings(self, f: str):
         """The stored inverted index of FTS field ``f`` (fts.SegmentPostings), if this
         segment has one for the field's current analyzer (generations before it: None)."""

@@ -32,6 +32,7 @@ class Writer:
     def __init__(self, store: Store, cache: Cache, rep):
         self.store, self.cache, self.rep = store, cache, rep
         self.keys: list[str] = []
+        self.sizes: dict[str, int] = {}  # key -> bytes (the manifest records them: --repair checks them)
         self._pool = None
         self._futs: list = []
         if store.is_remote:
@@ -51,6 +52,7 @@ class Writer:
         else:
             self._write(key, data, cache)
         self.keys.append(key)
+        self.sizes[key] = len(data)
         self.rep.files_written += 1
         self.rep.bytes_written += len(data)
         return key

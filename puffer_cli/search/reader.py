@@ -561,9 +561,9 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
                 return None
             ans = _answer(view, queries, multi)
             break
-        except FileNotFoundError:
+        except FileNotFoundError as e:
             if attempt:
-                raise
+                raise (getattr(e, "corrupt", None) or e) from e  # segment.MissingIndexFile: a damaged generation
             GENS.clear()  # a generation collected under us: re-read meta.json once
     assert view is not None  # the loop above breaks with a view, or returns or raises
     docs, tokens = _candidate_frame(view, ans)

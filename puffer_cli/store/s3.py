@@ -28,6 +28,17 @@ class _Precondition(Exception):
     """A conditional PUT was refused (HTTP 412): for create "exists", for cas "stale"."""
 
 
+class _ShortBody(Exception):
+    """A response body shorter (or longer) than asked for or advertised: a transport fault
+    (a dropped connection, a proxy that cut the body), retried, never taken for data."""
+
+
+#: objects above this go up as a multipart upload, in parts of MULTIPART_PART_BYTES, each
+#: part retried on its own (a 377 MB single PUT that fails loses the whole upload)
+MULTIPART_THRESHOLD = 16 << 20
+MULTIPART_PART_BYTES = 8 << 20
+
+
 class _Transient(Exception):
     """A failure worth retrying; ``error`` is what to raise once the deadline is spent."""
 
@@ -224,6 +235,13 @@ class S3Store(Store):
                     )
                 )
             return StoreError(f"S3 {what} {key!r} failed on {where}: {code or status} {msg}")
+        if isinstance(e, _ShortBody):
+            return _Transient(
+                StoreError(
+                    f"S3 {what} {key!r} on {where}: {e}",
+                    hint="the connection to the S3 server cut a response short; retry later",
+                )
+            )
         if isinstance(e, FileExistsError):
             return _Precondition("exists")
         if isinstance(e, FileNotFoundError):
@@ -268,30 +286,34 @@ class S3Store(Store):
         return e  # a bug in puffer, not a store failure: let it surface as one
 
     # -- primitives ---------------------------------------------------------------
+    async def _get_whole(self, key: str) -> tuple[bytes, str]:
+        """GET ``key``: (body, ETag); a body of another length than Content-Length raises _ShortBody."""
+        resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self._k(key))
+        body = resp["Body"]
+        try:
+            data = await body.read()
+        finally:
+            body.close()
+        want = resp.get("ContentLength")
+        if want is not None and len(data) != int(want):
+            raise _ShortBody(f"got {len(data)} bytes of {int(want)} (Content-Length)")
+        return data, resp.get("ETag", "")
+
     def read(self, key: str) -> bytes:
-        data = self._call("read", key, lambda: self.fs._cat_file(self._p(key)))
+        data, _etag = self._call("read", key, lambda: self._get_whole(key))
         count_io(read=len(data))
         return data
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
-        async def get():
-            resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self._k(key))
-            body = resp["Body"]
-            try:
-                data = await body.read()
-            finally:
-                body.close()
-            return data, resp["ETag"]
-
         try:
-            out = self._call("read", key, get)
+            out = self._call("read", key, lambda: self._get_whole(key))
         except FileNotFoundError:
             out = None
         count_io(read=len(out[0]) if out else 0)
         return out
 
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        data = self._call("read", key, lambda: self.fs._cat_file(self._p(key), start=start, end=end))
+        data = self._call("read", key, lambda: self._get_range(key, start, end))
         count_io(read=len(data))
         return data
 
@@ -347,16 +369,30 @@ class S3Store(Store):
             async with self._http().get(url, headers={"Range": f"bytes={start}-{end - 1}"}) as r:
                 body = await r.read()
                 status = r.status
+                content_range = r.headers.get("Content-Range", "")
+                length = r.headers.get("Content-Length")
+            if status in (200, 206) and length is not None and length.isdigit() and len(body) != int(length):
+                raise _ShortBody(f"got {len(body)} bytes of {length} (Content-Length)")
             if status == 206:
-                return body
+                return _check_range(body, start, end, content_range)
             if status == 200:  # the server ignored the Range header
-                return body[start:end]
+                return _check_range(body[start:end], start, end, f"bytes {start}-{end - 1}/{len(body)}")
             if status not in (400, 401, 403):
                 raise _client_error(status, body)
             if fresh:
                 log.info("S3 at %s refused presigned GETs (%s); ranged reads use botocore", self.endpoint, status)
                 self._presign_ok = False
-        return await self.fs._cat_file(self._p(key), start=start, end=end)
+        if end <= start:
+            return b""
+        resp = await self.fs._call_s3(
+            "get_object", Bucket=self.bucket, Key=self._k(key), Range=f"bytes={start}-{end - 1}"
+        )
+        body = resp["Body"]
+        try:
+            data = await body.read()
+        finally:
+            body.close()
+        return _check_range(data, start, end, resp.get("ContentRange", ""))
 
     async def _presigned(self, key: str) -> str:
         now = time.monotonic()
@@ -391,8 +427,86 @@ class S3Store(Store):
         return session
 
     def write(self, key: str, data: bytes) -> None:
+        if len(data) > MULTIPART_THRESHOLD:
+            self._write_parts(key, data)
+            return
         self._call("write", key, lambda: self.fs._pipe_file(self._p(key), data))
         count_io(written=len(data))
+
+    def _write_parts(self, key: str, data: bytes) -> None:
+        """A multipart upload: each part is one ``_call`` (retried on its own until the
+        deadline), so one slow or refused part costs a retry of that part, not the upload.
+        The object appears whole on completion or not at all; a failed upload is aborted
+        (and an upload a killed process left is aborted by ``abort_stale_uploads``)."""
+        k = self._k(key)
+        up = self._call("write", key, lambda: self.fs._call_s3("create_multipart_upload", Bucket=self.bucket, Key=k))
+        uid = up["UploadId"]
+        try:
+            parts = []
+            for n, a in enumerate(range(0, len(data), MULTIPART_PART_BYTES), start=1):
+                chunk = data[a : a + MULTIPART_PART_BYTES]
+                got = self._call(
+                    f"write (part {n})",
+                    key,
+                    lambda chunk=chunk, n=n: self.fs._call_s3(
+                        "upload_part", Bucket=self.bucket, Key=k, UploadId=uid, PartNumber=n, Body=chunk
+                    ),
+                )
+                count_io(written=len(chunk))
+                parts.append({"PartNumber": n, "ETag": got["ETag"]})
+            self._call(
+                "write",
+                key,
+                lambda: self.fs._call_s3(
+                    "complete_multipart_upload",
+                    Bucket=self.bucket,
+                    Key=k,
+                    UploadId=uid,
+                    MultipartUpload={"Parts": parts},
+                ),
+            )
+        except BaseException:
+            try:
+                self._call(
+                    "abort",
+                    key,
+                    lambda: self.fs._call_s3("abort_multipart_upload", Bucket=self.bucket, Key=k, UploadId=uid),
+                    deadline_s=5.0,
+                )
+            except Exception:  # noqa: BLE001 - best effort: GC aborts what is left
+                log.warning("S3 multipart upload of %s: abort failed; the next GC aborts it", key)
+            raise
+
+    def abort_stale_uploads(self, prefix: str, older_than_s: float) -> int:
+        """Abort multipart uploads under ``prefix`` started more than ``older_than_s`` ago
+        (left by a killed writer: their parts are billed until aborted)."""
+        import datetime
+
+        full = self._k(prefix)
+        resp = self._call(
+            "list", prefix, lambda: self.fs._call_s3("list_multipart_uploads", Bucket=self.bucket, Prefix=full)
+        )
+        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=older_than_s)
+        n = 0
+        for u in resp.get("Uploads", []):
+            started = u.get("Initiated")
+            if started is not None and started.tzinfo is not None and started > cutoff:
+                continue
+            try:
+                self._call(
+                    "abort",
+                    u["Key"],
+                    lambda u=u: self.fs._call_s3(
+                        "abort_multipart_upload", Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"]
+                    ),
+                )
+                n += 1
+            except (FileNotFoundError, PufferError):
+                pass
+        return n
+
+    def sweep_temp(self, prefix: str, older_than_s: float) -> int:
+        return self.abort_stale_uploads(prefix, older_than_s)
 
     def _is_ours(self, key: str, data: bytes) -> bool:
         """After a conditional PUT was refused: did an earlier attempt of ours land (its
@@ -484,8 +598,27 @@ class S3Store(Store):
 
     def size(self, key: str) -> int:
         count_io()
-        info = self._call("stat", key, lambda: self.fs._info(self._p(key), refresh=True))
-        return int(info["size"])
+
+        async def head() -> int:
+            resp = await self.fs._call_s3("head_object", Bucket=self.bucket, Key=self._k(key))
+            n = resp.get("ContentLength")
+            if n is None:  # a proxy or server that dropped the header: a transport fault
+                raise _ShortBody("HEAD answered without Content-Length")
+            return int(n)
+
+        return self._call("stat", key, head)
+
+
+def _check_range(body: bytes, start: int, end: int, content_range: str) -> bytes:
+    """``body`` if it is all of ``[start, end)`` (or all of it up to the object's end, which
+    ``Content-Range: bytes a-b/total`` gives); else _ShortBody."""
+    want = end - start
+    m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range or "")
+    if m and m.group(3) != "*":
+        want = max(0, min(end, int(m.group(3))) - start)
+    if len(body) != want:
+        raise _ShortBody(f"got {len(body)} bytes of the {want} asked for (bytes {start}-{end - 1})")
+    return body
 
 
 def _client_error(status: int, body: bytes):

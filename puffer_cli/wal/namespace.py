@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from puffer_cli import caches
-from puffer_cli.errors import CorruptWal, InvalidRequest, NamespaceNotFound, PufferError
+from puffer_cli.errors import CorruptWal, InvalidRequest, NamespaceNotFound, PufferError, WalCollected
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.store import Store, layout, now_ms
@@ -39,6 +39,9 @@ POLICIES = ("fail", "skip")
 PIN_GRACE_S = 600.0  # a branch pin whose branch meta.json has not appeared after this long is stale
 WRITER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 MAX_RETRIES = 10_000
+#: ``(ns, wal_floor) -> (rows, schema)``: the state at the WAL floor (index/retention.py sets it:
+#: the floor generation's live rows), for replays that start below the retained WAL
+SNAPSHOT_ROWS: Callable[[Namespace, dict], tuple[pl.DataFrame, dict]] | None = None
 log = logging.getLogger("puffer.namespace")
 
 
@@ -450,6 +453,8 @@ class Namespace:
             if upto is not None and seq > upto:
                 break
             if seq != expect:
+                if expect == after + 1:
+                    self._check_floor(after)
                 for gap in range(expect, seq):
                     self._corrupt(gap, "missing (deleted?)")
             expect = seq + 1
@@ -465,6 +470,23 @@ class Namespace:
                 self._corrupt(seq, f"it cannot be applied: {problem}", data, "unappliable")
                 continue
             yield entry
+
+    def wal_floor(self) -> dict | None:
+        """meta.json's ``wal_floor`` (entries up to its seq may be collected; index/retention.py)."""
+        meta, _ = self.read_meta()
+        f = (meta or {}).get("wal_floor")
+        return f if isinstance(f, dict) and int(f.get("seq", 0)) > 0 else None
+
+    def _check_floor(self, after: int) -> dict | None:
+        """Raise WalCollected when entries after ``after`` were collected by WAL retention."""
+        f = self.wal_floor()
+        if f is not None and after < int(f["seq"]):
+            raise WalCollected(
+                f"namespace {self.name!r}: seq {after} is older than the retained WAL (entries up to seq "
+                f"{f['seq']} were collected after index generation {f.get('generation')} covered them; "
+                f"the oldest readable seq is {f['seq']})"
+            )
+        return f
 
     def schema_after(self, e: wal.Entry, cur: dict) -> dict:
         return e.header.get("schema", cur)
@@ -490,6 +512,12 @@ class Namespace:
                 docs, start, schema = c.docs, c.docs_seq, c.docs_schema
             else:
                 docs, start, schema = None, 0, {}
+                floor = self.wal_floor() if target > 0 else None
+                if floor is not None:  # entries up to the floor were collected: start from its generation
+                    if target < int(floor["seq"]):
+                        self._check_floor(target)
+                    assert SNAPSHOT_ROWS is not None, "puffer_cli.index.retention not imported"
+                    (docs, schema), start = SNAPSHOT_ROWS(self, floor), int(floor["seq"])
             docs, _last, after = replay.fold_entries(docs, replay.follow(self.entries(start, target), schema, None))
             schema = after if after is not None else schema
             if docs is None:
