@@ -436,7 +436,7 @@ class _Run:
                 col = pl.read_ipc(self.cache.file(self.store, tk))["t"].filter(pl.Series(alive))
                 add.extend([] if x is None or x == "" else x.split(fts.SEP) for x in col.to_list())
                 continue
-            a = D.read_attrs(self.cache.file(self.store, s["attrs"])).filter(pl.Series(alive))
+            a = D.segment_attrs(self.cache, self.store, s).filter(pl.Series(alive))
             add.extend(fts.term_tokens(a.get_column(f).to_list() if f in a.columns else [None] * a.height, opts))
         for seg in self.segments:
             add.extend(seg["_fts_tokens"][f])
