@@ -34,9 +34,8 @@ TAGS = ["red", "green", "blue", "cyan", "magenta", "yellow", "black", "white"]
 
 def main() -> None:
     import puffer_cli
-    from puffer_cli.index import builder, manifest
+    from puffer_cli.index import builder, manifest, segment
     from puffer_cli.index import docs as D
-    from puffer_cli.index import segment
     from puffer_cli.search import engine
     from puffer_cli.store import filecache as cache
 
@@ -133,15 +132,19 @@ def main() -> None:
                     segment.GENS.clear()
                     manifest.MANIFESTS.clear()
                     t = time.perf_counter()
-                    r = engine.run_query(db.open_namespace("g"), {**forms(q)[name], "consistency": {"level": "eventual"}})
+                    r = engine.run_query(
+                        db.open_namespace("g"), {**forms(q)[name], "consistency": {"level": "eventual"}}
+                    )
                     ms.append((time.perf_counter() - t) * 1000)
                     p = r["performance"]
                     rt.append(p["object_store_round_trips"])
                     req.append(p["object_store_requests"])
                     by.append(p["object_store_bytes_read"])
                 rows.append((fmt, name, max(rt), statistics.median(req), statistics.median(by), statistics.median(ms)))
-                log(f"{fmt:12s} {name:38s} rtt {max(rt)} req {statistics.median(req):.0f} "
-                    f"bytes {statistics.median(by) / 1e6:.2f} MB  {statistics.median(ms):.0f} ms")
+                log(
+                    f"{fmt:12s} {name:38s} rtt {max(rt)} req {statistics.median(req):.0f} "
+                    f"bytes {statistics.median(by) / 1e6:.2f} MB  {statistics.median(ms):.0f} ms"
+                )
             # warm: whole files cached, generation opened
             from puffer_cli.index.warm import warm
 
