@@ -171,7 +171,7 @@ def env(tmp_path_factory):
     code, out, err = invoke(["index", "ns", "--store", good, "--cache-dir", base / "cache"])
     assert code == 0, out + err
     man = next((good / "ns" / "index").rglob("manifest-*.json"))
-    attrs = next((good / "ns" / "index").rglob("attrs.arrow"))
+    attrs = next((good / "ns" / "index").rglob("docs.cols"))
     vec = next((good / "ns" / "index").rglob("vec-*.f32"))
     variants = {
         "badattrs": (str(attrs.relative_to(good)), b"garbage"),
@@ -289,8 +289,8 @@ CORPUS += [
         )
     ],
     # damaged index files
-    (["query", "ns", "--top-k", "2"], "badattrs", 1, "attrs.arrow"),
-    (["warm", "ns", "--cache-dir", "{b}/c-badattrs"], "badattrs", 1, "attrs.arrow"),
+    (["query", "ns", "--top-k", "2"], "badattrs", 1, "docs.cols"),
+    (["warm", "ns", "--cache-dir", "{b}/c-badattrs"], "badattrs", 1, "docs.cols"),
     (["query", "ns", "--vector", json.dumps([0.1] * 16), "--exact"], "badvec", 1, ".f32"),
     (["query", "ns", "--vector", json.dumps([0.1] * 16)], "badvec", 1, ".f32"),
     # export: -o, --at-seq, --format

@@ -313,7 +313,7 @@ def test_format1_hnsw_segment_is_searched_then_rebuilt(mem_db, monkeypatch, tmp_
     hnsw.add(np.arange(len(vec), dtype=np.uint64), np.ascontiguousarray(vec))
     path = str(tmp_path / "old.usearch")
     hnsw.save(path)
-    key = seg["attrs"].rsplit("/", 1)[0] + "/ann-vector.usearch"
+    key = seg["vectors"]["vector"]["key"].rsplit("/", 1)[0] + "/ann-vector.usearch"
     ns.store.write(key, open(path, "rb").read())
     seg["ann"]["vector"] = {"key": key, "vectors": len(vec), "metric": "cos", "sig": "format-1"}
     man["format"], man["files"] = 1, sorted({*man["files"], key})

@@ -77,7 +77,7 @@ def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, kind, damage
     want = _answers(ns)
     seg = _segment_files(db, "d")
     key = {
-        "attrs": seg["attrs"],
+        "attrs": seg["docs"]["key"] if "docs" in seg else seg["attrs"],  # the doc store (cols-1, or attrs.arrow)
         "tantivy": next(k for k in seg["fts"]["text"]["files"] if k.endswith((".idx", ".term"))),
         "postings": seg["fts"]["text"]["postings"],
         "route": seg["ann"]["vector"]["route"],
@@ -117,7 +117,7 @@ def test_missing_file_is_repaired_by_a_plain_run(tmp_path):
     ns.index()
     want = _answers(ns)
     seg = _segment_files(db, "d")
-    (Path(url) / seg["attrs"]).unlink()
+    (Path(url) / (seg["docs"]["key"] if "docs" in seg else seg["attrs"])).unlink()
     rep = ns.index()
     assert rep.status == "indexed" and rep.repaired == [seg["name"]]
     assert _answers(ns) == want

@@ -39,7 +39,7 @@ class BaseRows:
 
     def attrs(self, i: int) -> pl.DataFrame:
         if i not in self._attrs:
-            self._attrs[i] = D.read_attrs(self.cache.file(self.store, self.segs[i]["attrs"]))
+            self._attrs[i] = D.segment_attrs(self.cache, self.store, self.segs[i])
         return self._attrs[i]
 
     def ids(self, i: int) -> pl.DataFrame:

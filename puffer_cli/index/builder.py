@@ -271,7 +271,8 @@ class _Run:
 
         def rows_files(s: dict) -> set[str]:
             vec = {k for v in s.get("vectors", {}).values() for k in paged.files(v)}
-            return {s["attrs"], *(paged.files(s["ids"]) if s.get("ids") else []), *vec}
+            docs = [s["attrs"]] if s.get("attrs") else paged.files(s["docs"])
+            return {*docs, *(paged.files(s["ids"]) if s.get("ids") else []), *vec}
 
         lost = [i for i, bad in damaged.items() if set(bad) & rows_files(self.base.segs[i])]
         self.force = {i for i in damaged if i not in lost}
@@ -285,9 +286,9 @@ class _Run:
         """The files of segment ``i`` that fail to decode (old manifests record no sizes)."""
         s = self.base.segs[i]
         try:
-            D.read_attrs(self.cache.file(self.store, s["attrs"]))
+            D.segment_attrs(self.cache, self.store, s)
         except Exception:  # noqa: BLE001 - any failure to decode is damage here
-            return [s["attrs"]]
+            return [s["attrs"]] if s.get("attrs") else paged.files(s["docs"])
         return []
 
     def _recover_from_wal(self, lost: list[int]) -> None:
@@ -519,7 +520,7 @@ class _Run:
                 col = pl.read_ipc(self.cache.file(self.store, tk))["t"].filter(pl.Series(alive))
                 add.extend([] if x is None or x == "" else x.split(fts.SEP) for x in col.to_list())
                 continue
-            a = D.read_attrs(self.cache.file(self.store, s["attrs"])).filter(pl.Series(alive))
+            a = D.segment_attrs(self.cache, self.store, s).filter(pl.Series(alive))
             add.extend(fts.term_tokens(a.get_column(f).to_list() if f in a.columns else [None] * a.height, opts))
         for seg in self.segments:
             add.extend(seg["_fts_tokens"][f])

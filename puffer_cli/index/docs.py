@@ -146,3 +146,232 @@ def vector_series(name: str, mat: np.ndarray, dims: int) -> pl.Series:
         if missing.any():
             s = pl.select(pl.when(pl.Series(~missing)).then(s).otherwise(None).alias(name)).to_series()
     return s
+
+
+# ---------------------------------------------------------------- column store (docs format "cols-1")
+#: The doc store of segments written since issue 25: every non-vector column cut into row
+#: groups of ``GROUP_ROWS`` rows, each column chunk a zstd Arrow IPC file of one column,
+#: the chunks concatenated in one object (``docs.cols``); the manifest entry holds each
+#: chunk's byte range and statistics (docs/format-index.md "Doc store").
+DOCS = "docs.cols"
+DOCS_FORMAT = "cols-1"
+GROUP_ROWS = 16_384
+STAT_TYPES = ("string", "int", "uint", "float", "datetime")  # min/max recorded (filterable orderings)
+DICT_TYPES = ("string", "int", "uint", "bool")
+DICT_MAX = 16  # a group's distinct values listed when at most this many (low cardinality)
+STR_STAT_MAX = 64  # longer string min/max are not recorded (no pruning on that group)
+
+
+def _chunk_bytes(s: pl.Series) -> bytes:
+    buf = io.BytesIO()
+    s.to_frame().write_ipc(buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _scalar_type(schema: dict, c: str) -> str | None:
+    t = schema.get(c, {}).get("type")
+    return t if isinstance(t, str) else None
+
+
+def _stat_values(part: pl.Series, t: str | None) -> tuple[object, object, list | None]:
+    """(min, max, distinct values or None) of a group's non-null values, JSON-ready."""
+    mn = mx = None
+    vals = None
+    if t in STAT_TYPES:
+        x = part.drop_nulls()
+        if t == "float":
+            x = x.filter(~x.is_nan())
+        elif t == "datetime":
+            x = x.dt.epoch("ms")
+        if len(x):
+            mn, mx = x.min(), x.max()
+            if t == "string" and (len(str(mn)) > STR_STAT_MAX or len(str(mx)) > STR_STAT_MAX):
+                mn = mx = None
+            if t == "float":
+                mn, mx = float(mn), float(mx)  # type: ignore[arg-type]
+    if t in DICT_TYPES:
+        u = part.drop_nulls().unique()
+        if len(u) <= DICT_MAX:
+            vals = sorted(u.to_list())
+    return mn, mx, vals
+
+
+def docs_bytes(df: pl.DataFrame, schema: dict, group_rows: int = GROUP_ROWS) -> tuple[bytes, dict]:
+    """The doc store of ``df``'s non-vector columns: (file bytes, manifest entry without ``key``)."""
+    cols = [c for c in df.columns if not (c in schema and S.is_vector(schema[c]["type"]))]
+    n = df.height
+    out = bytearray()
+    ent: dict = {"format": DOCS_FORMAT, "group_rows": group_rows, "columns": {}}
+    for c in cols:
+        s = df.get_column(c)
+        t = _scalar_type(schema, c)
+        col: dict = {"dtype": str(s.dtype), "off": [len(out)], "nulls": []}
+        mins, maxs, dicts, nans = [], [], [], []
+        for a in range(0, max(n, 1), group_rows):  # an empty segment: one empty group
+            part = s.slice(a, group_rows)
+            out += _chunk_bytes(part)
+            col["off"].append(len(out))
+            col["nulls"].append(int(part.null_count()))
+            mn, mx, vals = _stat_values(part, t)
+            mins.append(mn)
+            maxs.append(mx)
+            dicts.append(vals)
+            if t == "float":
+                nans.append(int(part.is_nan().sum() or 0))
+        if t in STAT_TYPES:
+            col["min"], col["max"] = mins, maxs
+        if t in DICT_TYPES:
+            col["values"] = dicts
+        if t == "float":
+            col["nans"] = nans
+        ent["columns"][c] = col
+    return bytes(out), ent
+
+
+def groups_of(ent: dict, rows: int) -> int:
+    g = int(ent["group_rows"])
+    return max(1, (rows + g - 1) // g)
+
+
+def chunk_range(ent: dict, col: str, g: int) -> tuple[int, int]:
+    off = ent["columns"][col]["off"]
+    return int(off[g]), int(off[g + 1])
+
+
+def decode_chunk(data, what: str) -> pl.Series:
+    try:
+        return pl.read_ipc(io.BytesIO(bytes(data))).to_series(0)
+    except (OSError, ValueError, IndexError, pl.exceptions.PolarsError, pl.exceptions.PanicException) as e:
+        raise corrupt(what, e) from None
+
+
+def read_docs_whole(path, ent: dict, rows: int) -> pl.DataFrame:
+    """Every column of a ``cols-1`` doc store from its whole local file."""
+    with open(path, "rb") as fh:
+        data = memoryview(fh.read())
+    cols = []
+    for c in ent["columns"]:
+        parts = [decode_chunk(data[slice(*chunk_range(ent, c, g))], path) for g in range(groups_of(ent, rows))]
+        cols.append(pl.concat(parts) if len(parts) > 1 else parts[0])
+    return pl.DataFrame(cols)
+
+
+# ---------------------------------------------------------------- row-group pruning
+def group_mask(ent: dict, rows: int, bound) -> np.ndarray:
+    """Which row groups of a ``cols-1`` doc store may hold a row matching the bound filter
+    tree ``bound`` (``filters.bind``), from the groups' statistics.  Only scalar
+    comparisons (Eq, In, Lt, Lte, Gt, Gte, their negations) and null tests prune; any other
+    condition may match anywhere.  Never false for a group holding a match."""
+    n = groups_of(ent, rows)
+    if bound is None:
+        return np.ones(n, bool)
+    g_rows = int(ent["group_rows"])
+    out = np.ones(n, bool)
+    for g in range(n):
+        size = max(0, min(g_rows, rows - g * g_rows))
+        out[g] = _tv(bound, ent["columns"], g, size)[0]
+    return out
+
+
+def _tv(node, cols: dict, g: int, size: int) -> tuple[bool, bool]:
+    """(may be true, may be false) of ``node`` over the rows of group ``g``."""
+    from puffer_cli.filters import bind as B
+    from puffer_cli.filters.tree import And, Not, Or
+
+    if isinstance(node, And):
+        parts = [_tv(c, cols, g, size) for c in node.children]
+        return all(t for t, _f in parts), any(f for _t, f in parts)
+    if isinstance(node, Or):
+        parts = [_tv(c, cols, g, size) for c in node.children]
+        return any(t for t, _f in parts), all(f for _t, f in parts)
+    if isinstance(node, Not):
+        t, f = _tv(node.child, cols, g, size)
+        return f, t
+    if isinstance(node, B.Const):
+        return bool(node.value), not node.value
+    if size == 0:
+        return False, False
+    if isinstance(node, B.IsNull):
+        c = cols.get(node.attr)
+        nulls = size if c is None else int(c["nulls"][g])
+        return nulls > 0, nulls < size
+    if isinstance(node, B.OnValue):
+        c = cols.get(node.attr)
+        if c is None:  # a column the segment does not have: null everywhere
+            return False, True
+        try:
+            return _test_tv(node.test, c, g, size)
+        except (TypeError, ValueError, KeyError, IndexError):
+            return True, True
+    return True, True
+
+
+def _test_tv(test, c: dict, g: int, size: int) -> tuple[bool, bool]:
+    from puffer_cli.filters import bind as B
+
+    nulls = int(c["nulls"][g])
+    nans = int(c["nans"][g]) if "nans" in c else 0
+    present = size - nulls - nans  # values a comparison can be true for
+    if present <= 0:
+        return False, True
+    full = nulls == 0 and nans == 0  # every row has a comparable value
+    vals = c["values"][g] if "values" in c else None
+    mn = c["min"][g] if "min" in c else None
+    mx = c["max"][g] if "max" in c else None
+    if isinstance(test, B.Never):
+        return False, True
+    if isinstance(test, B.NonNull):
+        return True, not full
+    if isinstance(test, B.Cmp):
+        lit, op = test.lit, test.op
+        if vals is not None:
+            hit = [_cmp(v, op, lit) for v in vals]
+            return any(hit), not (full and all(hit))
+        if mn is None or mx is None:
+            return True, True
+        if op == "Eq":
+            return mn <= lit <= mx, not (full and mn == mx == lit)
+        if op == "Lt":
+            return mn < lit, not (full and mx < lit)
+        if op == "Lte":
+            return mn <= lit, not (full and mx <= lit)
+        if op == "Gt":
+            return mx > lit, not (full and mn > lit)
+        if op == "Gte":
+            return mx >= lit, not (full and mn >= lit)
+        return True, True
+    if isinstance(test, B.Member):
+        may_null = test.null and nulls > 0
+        if vals is not None:
+            members = set(test.values)
+            hit = [v in members for v in vals]
+            return may_null or any(hit), not (nulls == 0 and nans == 0 and all(hit))
+        if mn is None or mx is None:
+            return True, True
+        return may_null or any(mn <= v <= mx for v in test.values), True
+    return True, True
+
+
+def _cmp(v, op: str, lit) -> bool:
+    if op == "Eq":
+        return v == lit
+    if op == "Lt":
+        return v < lit
+    if op == "Lte":
+        return v <= lit
+    if op == "Gt":
+        return v > lit
+    if op == "Gte":
+        return v >= lit
+    return True
+
+
+def segment_attrs(cache, store, seg: dict) -> pl.DataFrame:
+    """Every non-vector column of segment ``seg`` (a manifest entry), whole: from
+    ``attrs.arrow`` (generations before the column store) or the ``cols-1`` doc store."""
+    from puffer_cli.index import paged
+
+    ent = seg.get("docs")
+    if ent is None:
+        return read_attrs(cache.file(store, seg["attrs"]))
+    return read_docs_whole(paged.whole(cache, store, ent), ent, int(seg["rows"]))

@@ -65,7 +65,7 @@ def _problem(man) -> str | None:
         if not (
             isinstance(s, dict)
             and isinstance(s.get("name"), str)
-            and isinstance(s.get("attrs"), str)
+            and (isinstance(s.get("attrs"), str) or isinstance(s.get("docs"), dict))
             and count(s.get("rows"))
             and count(s.get("live"))
             and all(isinstance(s.get(k, {}), dict) for k in ("vectors", "ann", "fts"))

@@ -55,11 +55,11 @@ def repair_hint(ns: str) -> str:
 def _files(seg: Segment, what: str, f: str | None) -> list[str]:
     m = seg.meta
     if what == "attrs":
-        return [m["attrs"]]
+        return paged.files(m["docs"]) if m.get("docs") else [m["attrs"]]
     if what == "tombstones":
         return [m["tombstones"]] if m.get("tombstones") else []
     if what == "ids":
-        return paged.files(m["ids"]) if m.get("ids") else [m["attrs"]]
+        return paged.files(m["ids"]) if m.get("ids") else _files(seg, "attrs", None)
     if what == "vectors":
         v = m.get("vectors", {}).get(f)
         return paged.files(v) if v else []
@@ -168,6 +168,8 @@ class Segment:
         self.rows = int(meta["rows"])
         self._lock = threading.RLock()
         self._attrs: pl.DataFrame | None = None
+        self._chunk: dict[tuple[str, int], pl.Series] = {}  # decoded column chunks (column store)
+        self._col: dict[str, pl.Series] = {}  # whole decoded columns (column store)
         self._alive: np.ndarray | None = None
         self._vec: dict[str, np.ndarray] = {}
         self._norms: dict[str | tuple[str, str], np.ndarray] = {}  # f -> norms; ("zero", f) -> zero rows
@@ -199,13 +201,122 @@ class Segment:
 
     @reports_damage("attrs")
     def attrs(self) -> pl.DataFrame:
-        """Non-vector columns, aligned to the generation's schema."""
+        """Non-vector columns, aligned to the generation's schema (whole: every column of
+        every row; queries on a column store read :meth:`columns` / :meth:`rows_at`)."""
         with self._lock:
             if self._attrs is None:
-                a = D.read_attrs(self.cache.file(self.store, self.meta["attrs"]))
-                sch = {k: v for k, v in self.gen.schema.items() if not S.is_vector(v["type"])}
+                sch = self._attr_schema()
+                if self.docs is None:
+                    a = D.read_attrs(self.cache.file(self.store, self.meta["attrs"]))
+                else:
+                    a = self.columns(list(sch))
                 self._attrs = frames.align(a.select([c for c in a.columns if c in sch]), sch)
             return self._attrs
+
+    # -- the column store (docs format cols-1): reads of just the columns and row groups a query needs
+    @property
+    def docs(self) -> dict | None:
+        """The ``cols-1`` doc store entry, or None (``attrs.arrow`` of older generations)."""
+        return self.meta.get("docs")
+
+    def _attr_schema(self) -> dict:
+        return {k: v for k, v in self.gen.schema.items() if not S.is_vector(v["type"])}
+
+    def groups(self) -> int:
+        assert self.docs is not None
+        return D.groups_of(self.docs, self.rows)
+
+    def docs_at_hand(self) -> bool:
+        """Whether the doc store is local or cached whole (read without requests)."""
+        return self.docs is None or paged.cached(self.cache, self.store, self.docs)
+
+    @reports_damage("attrs")
+    def _chunks(self, wants: list[tuple[str, int]]) -> dict[tuple[str, int], pl.Series]:
+        """Decoded column chunks (column, group): memoized, else from the local file, else
+        by coalesced ranged reads of just those chunks (one batch of requests)."""
+        ent = self.docs
+        assert ent is not None
+        with self._lock:
+            got = {w: self._chunk[w] for w in wants if w in self._chunk}
+        need = [w for w in dict.fromkeys(wants) if w not in got and w[0] in ent["columns"]]
+        if need:
+            ranges = [D.chunk_range(ent, c, g) for c, g in need]
+            if self.docs_at_hand():
+                path = paged.whole(self.cache, self.store, ent)
+                with open(path, "rb") as fh:
+                    blobs = []
+                    for a, b in ranges:
+                        fh.seek(a)
+                        blobs.append(fh.read(b - a))
+            else:
+                blobs = paged.read_ranges(self.cache, self.store, ent, ranges)
+            what = ent["key"]
+            fresh = {w: D.decode_chunk(b, what) for w, b in zip(need, blobs)}
+            with self._lock:
+                self._chunk.update(fresh)
+            got.update(fresh)
+        return got
+
+    def columns(self, names: list[str], groups: np.ndarray | None = None) -> pl.DataFrame:
+        """Columns ``names`` (aligned to the schema: absent ones null) of every row, or of the
+        rows of the selected row groups (``groups``: bool per group) in row order."""
+        sch = self._attr_schema()
+        names = [c for c in dict.fromkeys(names) if c in sch]
+        if self.docs is None or (self._attrs is not None):
+            a = self.attrs().select(names)
+            if groups is not None:
+                a = a.filter(pl.Series(self.group_rows_mask(groups)))
+            return a
+        gs = list(range(self.groups())) if groups is None else [int(g) for g in np.flatnonzero(groups)]
+        with self._lock:
+            full = {c: self._col[c] for c in names if c in self._col}
+        rest = [c for c in names if c not in full and c in self.docs["columns"]]
+        got = self._chunks([(c, g) for c in rest for g in gs])
+        cols = []
+        for c in names:
+            if c in full:
+                s = full[c] if groups is None else full[c].filter(pl.Series(self.group_rows_mask(groups)))
+            elif c in self.docs["columns"]:
+                if not gs:
+                    continue  # no rows: aligned below as an empty column
+                parts = [got[(c, g)] for g in gs]
+                s = pl.concat(parts) if len(parts) > 1 else parts[0]
+                if groups is None:
+                    with self._lock:
+                        self._col[c] = s
+                        for g in gs:
+                            self._chunk.pop((c, g), None)
+            else:
+                continue
+            cols.append(s.alias(c))
+        height = self.rows if groups is None else int(np.count_nonzero(self.group_rows_mask(groups)))
+        df = pl.DataFrame(cols) if cols else pl.DataFrame(height=height)
+        return frames.align(df, {c: sch[c] for c in names}, names)
+
+    def group_rows_mask(self, groups: np.ndarray) -> np.ndarray:
+        g = int(self.docs["group_rows"]) if self.docs is not None else max(1, self.rows)
+        return np.repeat(np.asarray(groups, bool), g)[: self.rows]
+
+    def rows_at(self, pos: np.ndarray, names: list[str]) -> pl.DataFrame:
+        """Columns ``names`` (aligned) at row positions ``pos``, in that order: from the
+        opened columns, else the chunks of just the row groups holding ``pos``."""
+        pos = np.asarray(pos, dtype=np.int64)
+        sch = self._attr_schema()
+        names = [c for c in dict.fromkeys(names) if c in sch]
+        if self.docs is None or self._attrs is not None or not len(pos):
+            return self.attrs().select(names)[pl.Series(pos)] if len(pos) else self.attrs().select(names).clear()
+        with self._lock:
+            have = all(c in self._col for c in names)
+        if have:
+            return self.columns(names)[pl.Series(pos)]
+        gr = int(self.docs["group_rows"])
+        gs = np.unique(pos // gr)
+        sel = np.zeros(self.groups(), bool)
+        sel[gs] = True
+        sub = self.columns(names, sel)
+        # position p sits at (index of its group among the selected) * gr + p % gr
+        rank = np.searchsorted(gs, pos // gr)
+        return sub[pl.Series(rank * gr + pos % gr)]
 
     @reports_damage("tombstones")
     def alive(self) -> np.ndarray:
@@ -226,9 +337,13 @@ class Segment:
         """The id column as a numpy array when ids are integers (cheap gathers), else None."""
         with self._lock:
             if self._idv is None:
-                s = self.attrs().get_column("id")
+                s = self.id_column()
                 self._idv = s.to_numpy() if s.dtype.is_integer() and not s.null_count() else False
             return self._idv if self._idv is not False else None
+
+    def id_column(self) -> pl.Series:
+        """The id of every row."""
+        return self.attrs().get_column("id") if self.docs is None else self.columns(["id"]).get_column("id")
 
     @reports_damage("ids")
     def id_rows(self, pos: np.ndarray) -> np.ndarray | pl.Series:
@@ -236,10 +351,13 @@ class Segment:
         else (integer ids) by ranged reads of the fixed-width id file."""
         m = self.meta.get("ids")
         with self._lock:
-            opened = self._attrs is not None
-        if m is None or opened or not len(pos) or self.cache.has(self.store, self.meta["attrs"]):
+            opened = self._attrs is not None or self._idv is not None or "id" in self._col
+        if self.docs is not None and m is None and not opened:
+            return self.rows_at(pos, ["id"]).get_column("id")
+        at_hand = self.cache.has(self.store, self.meta["attrs"]) if self.docs is None else self.docs_at_hand()
+        if m is None or opened or not len(pos) or at_hand:
             idv = self.id_values()
-            return idv[pos] if idv is not None else self.attrs().get_column("id").gather(pos)
+            return idv[pos] if idv is not None else self.id_column().gather(pos)
         raw = paged.read_rows(self.cache, self.store, m, pos, 8)
         return raw.view("<u8" if m["dtype"] == "u64" else "<i8").reshape(-1)
 
@@ -253,7 +371,7 @@ class Segment:
         """(id, __pos) of live rows."""
         with self._lock:
             if self._ids is None:
-                self._ids = self.attrs().select("id").with_row_index("__pos").filter(pl.Series(self.alive()))
+                self._ids = self.id_column().to_frame().with_row_index("__pos").filter(pl.Series(self.alive()))
             return self._ids
 
     @reports_damage("vectors")
@@ -398,21 +516,32 @@ class Segment:
                 self._fts[("post", f)] = fts.SegmentPostings(self.cache.file(self.store, m["postings"]), tok)
             return self._fts[("post", f)]
 
-    def frame(self, pos: np.ndarray, vector_fields: list[str]) -> pl.DataFrame:
-        """Rows at ``pos``: attributes + the given vector fields."""
-        idx = pl.Series(np.asarray(pos, dtype=np.int64))
-        df = self.attrs()[idx] if len(pos) else self.attrs().clear()
-        cols = []
-        for f in vector_fields:
+    def frame(self, pos: np.ndarray, vector_fields: list[str], columns: list[str] | None = None) -> pl.DataFrame:
+        """Rows at ``pos``: attributes (``columns`` of them, default all) + the given vector fields."""
+
+        def attrs() -> pl.DataFrame:
+            if columns is None and self.docs is None:
+                idx = pl.Series(np.asarray(pos, dtype=np.int64))
+                return self.attrs()[idx] if len(pos) else self.attrs().clear()
+            return self.rows_at(pos, list(self._attr_schema()) if columns is None else columns)
+
+        def vec(f: str) -> pl.Series:
             dims = types.vector_dims(self.gen.schema[f]["type"])
             assert dims is not None  # f is a vector field
             rows = self.vector_rows(f, pos) if len(pos) else None
             if rows is None:
                 rows = np.full((len(pos), dims), np.nan, np.float32)
-            cols.append(D.vector_series(f, rows, dims))
-        return df.with_columns(cols) if cols else df
+            return D.vector_series(f, rows, dims)
+
+        # on an object store the attribute chunks and the vector rows in one round trip
+        got = R.parallel([attrs] + [partial(vec, f) for f in vector_fields], self.store.is_remote)
+        df = got[0]
+        assert isinstance(df, pl.DataFrame)
+        return df.with_columns(got[1:]) if len(got) > 1 else df
 
     def warm(self) -> None:
+        if self.docs is not None:
+            paged.whole(self.cache, self.store, self.docs)  # one fetch of the file, not a request per chunk
         self.attrs()
         self.alive()
         for f in self.meta.get("vectors", {}):
@@ -466,6 +595,8 @@ class Generation:
             L.check_deadline()
             return self.segments[i].ids()
 
+        if self.store.is_remote and len(self.segments) > 1 and len(ids):
+            R.parallel([partial(live, i) for i in range(len(self.segments))])  # one round trip, not one per segment
         return list(D.locate(ids, live, len(self.segments)))
 
     def files(self) -> list[str]:

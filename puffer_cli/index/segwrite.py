@@ -87,7 +87,8 @@ def prefetch_keys(segs: list[dict]) -> list[str]:
 
 
 def segment_files(s: dict) -> list[str]:
-    out = [s["attrs"]] + (paged.files(s["ids"]) if s.get("ids") else [])
+    out = [s["attrs"]] if s.get("attrs") else paged.files(s["docs"])
+    out += paged.files(s["ids"]) if s.get("ids") else []
     for v in s.get("vectors", {}).values():
         out += paged.files(v)
     for v in s.get("ann", {}).values():
@@ -131,7 +132,7 @@ def write_segment(
         return layout.index_segment_file(ns, gen, name, file)
 
     note(progress, "doc store", 0, frame.height)
-    seg["attrs"] = w.put(key(D.ATTRS), D.attrs_bytes(frame, schema))
+    seg.update(write_docs(w, key, frame, schema))
     ids = frame.get_column("id")
     if ids.dtype in (pl.UInt64, pl.Int64) and not ids.null_count():
         kind = "u64" if ids.dtype == pl.UInt64 else "i64"  # fixed width: a cold query reads just its rows' ids
@@ -146,6 +147,12 @@ def write_segment(
     keep = np.flatnonzero(new) if new is not None else None
     seg["_fts_new"] = {f: t if keep is None else [t[i] for i in keep] for f, t in ftoks.items()}
     return seg
+
+
+def write_docs(w: Writer, key, frame: pl.DataFrame, schema: dict) -> dict:
+    """The doc store of a segment: its manifest fields (``docs``: the column store)."""
+    data, ent = D.docs_bytes(frame, schema)
+    return {"docs": {**paged.put(w, key(D.DOCS), data), **ent}}
 
 
 def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progress, new):

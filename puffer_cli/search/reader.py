@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -94,7 +95,9 @@ class IndexedView:
             al[self.tail.hidden[i]] = False
         return al
 
-    def _filter_mask(self, i: int, filt) -> np.ndarray:
+    def _filter_mask(self, i: int, filt, also: list[str] | None = None) -> np.ndarray:
+        """Visible rows of segment ``i`` passing ``filt``.  ``also``: columns a column-store
+        segment reads with the filter's (same row groups, same round trip) for later use."""
         L.check_deadline()  # called once per segment by every query path
         vis = self._visible(i)
         if filt is None:
@@ -102,12 +105,34 @@ class IndexedView:
         from puffer_cli.filters import compile_filter, filter_mask
 
         seg = self.gen.segments[i]
+        if seg.docs is not None:
+            return vis & self._column_filter_mask(seg, filt, also or [])
         a = seg.attrs()
         sch = {k: v for k, v in self.schema.items() if not S.is_vector(v["type"])}
         missing = [c for c in sch if c not in a.columns]
         if missing:
             a = frames_mod.align(a, sch)
         return vis & filter_mask(a, compile_filter(filt, self.schema))
+
+    def _column_filter_mask(self, seg: Segment, filt, also: list[str]) -> np.ndarray:
+        """The filter over a column-store segment: only the filter's columns, only the row
+        groups whose statistics admit a match (the others are all false)."""
+        from puffer_cli.filters import bind_filter, compile_filter, filter_mask
+        from puffer_cli.filters.tree import attributes
+
+        assert seg.docs is not None
+        groups = D.group_mask(seg.docs, seg.rows, bind_filter(filt, self.schema))
+        names = sorted(a for a in attributes(filt) if a in self.schema and not S.is_vector(self.schema[a]["type"]))
+        if not groups.any():
+            return np.zeros(seg.rows, bool)
+        expr = compile_filter(filt, self.schema)
+        names = names + [c for c in also if c not in names]
+        if groups.all():
+            return filter_mask(seg.columns(names), expr)
+        rows = seg.group_rows_mask(groups)
+        out = np.zeros(seg.rows, bool)
+        out[rows] = filter_mask(seg.columns(names, groups), expr)
+        return out
 
     # -- statistics ---------------------------------------------------------------
     def bm25_stats(self, fields: list[str]):
@@ -140,62 +165,88 @@ class IndexedView:
         return Bm25Stats(out)
 
     # -- candidates -------------------------------------------------------------------
-    def candidates(self, q) -> Candidates:
+    def needed_columns(self, q) -> list[str] | None:
+        """The attribute columns the exact engine reads from query ``q``'s candidate frame
+        (the response's, the filter's, order keys, groups, aggregates, per-attribute
+        limits), or None for every column (text ranking, highlights: read all)."""
+        from puffer_cli.filters.tree import attributes
+        from puffer_cli.query import parse as Q
+        from puffer_cli.search.response import row_columns
+
+        if isinstance(q.rank_by, Q.TextRank) or any(not hasattr(e, "vector") for _n, e in q.compute):
+            return None
+        order = frames_mod.column_order(self.schema)
+        want = {"id", *row_columns(q, order)}
+        if q.filters is not None:
+            want |= attributes(q.filters)
+        if isinstance(q.rank_by, Q.OrderBy):
+            want |= {a for a, _d in q.rank_by.keys}
+        want |= {g.attr for g in q.group_by}
+        want |= {a.attr for _n, a in q.aggregate_by if a.attr is not None}
+        want |= set(q.per_attributes or ())
+        return [c for c in order if c in want and not S.is_vector(self.schema[c]["type"])]
+
+    def candidates(self, q, columns: list[str] | None | bool = True) -> Candidates:
+        """``columns``: the attribute columns the frame needs (None: all; True: from ``q``)."""
+        from puffer_cli.index import ranged as RG
         from puffer_cli.query import parse as Q
 
         rb = q.rank_by
         k = q.limit + q.offset
         filt = q.filters
         need_vecs = self._included_vectors(q)
-        exhaustive = 0
-        probed = 0
-        parts: list[pl.DataFrame] = []
-        where: list[tuple[int, np.ndarray]] = []
+        cols_needed = self.needed_columns(q) if columns is True else columns
+        assert not isinstance(cols_needed, bool)
         bm25_fields: list[str] = []
-        pos: np.ndarray | None  # None from bm25_candidates: scan that segment
         simple = q.per_attributes is None and not q.aggregate_by and not q.group_by
+        metric = q.distance_metric or self.metric
+
+        def seg_vector(i: int):
+            pos, ex, pr, _approx = self.vector_candidates(i, rb, filt, k, metric)
+            return pos, ex, pr, sorted(set(need_vecs) | {rb.attr})
+
+        def seg_bm25(i: int):
+            pos = self.bm25_candidates(i, leaves, filt, k)
+            ex = 0
+            if pos is None:  # segment cannot answer from tantivy: scan it
+                pos = np.nonzero(self._filter_mask(i, filt))[0]
+                ex = len(pos)
+            return pos, ex, 0, need_vecs
+
+        def seg_order(i: int):
+            return self._order_candidates(i, rb, filt, k), 0, 0, need_vecs
+
+        def seg_scan(i: int):  # every filtered row: its columns come with the filter's
+            also = list(self.gen.segments[i]._attr_schema()) if cols_needed is None else cols_needed
+            pos = np.nonzero(self._filter_mask(i, filt, also))[0]
+            vf = sorted(set(need_vecs) | ({rb.attr} if isinstance(rb, Q.VectorRank) else set()))
+            return pos, len(pos), 0, vf
+
         if simple and isinstance(rb, Q.VectorRank) and rb.attr in self.schema:
-            vf = sorted(set(need_vecs) | {rb.attr})
-            for i, seg in enumerate(self.gen.segments):
-                L.check_deadline()
-                pos, ex, pr, _approx = self.vector_candidates(i, rb, filt, k, q.distance_metric or self.metric)
-                exhaustive += ex
-                probed += pr
-                if len(pos):
-                    parts.append(seg.frame(pos, vf))
-                    where.append((i, pos))
+            one = seg_vector
         elif simple and isinstance(rb, Q.TextRank) and self.pure_bm25(rb.expr):
             leaves = list(self.bm25_leaves(rb.expr))
             bm25_fields = sorted({lf.attr for lf in leaves})
-            for i, seg in enumerate(self.gen.segments):
-                L.check_deadline()
-                pos = self.bm25_candidates(i, leaves, filt, k)
-                if pos is None:  # segment cannot answer from tantivy: scan it
-                    m = self._filter_mask(i, filt)
-                    pos = np.nonzero(m)[0]
-                    exhaustive += len(pos)
-                if len(pos):
-                    parts.append(seg.frame(pos, need_vecs))
-                    where.append((i, pos))
+            one = seg_bm25
         elif simple and isinstance(rb, Q.OrderBy):
-            for i, seg in enumerate(self.gen.segments):
-                L.check_deadline()
-                pos = self._order_candidates(i, rb, filt, k)
-                if len(pos):
-                    parts.append(seg.frame(pos, need_vecs))
-                    where.append((i, pos))
+            one = seg_order
         else:
             if isinstance(rb, Q.TextRank):
                 bm25_fields = sorted({lf.attr for lf in self.bm25_leaves(rb.expr)})
-            vf = sorted(set(need_vecs) | ({rb.attr} if isinstance(rb, Q.VectorRank) else set()))
-            for i, seg in enumerate(self.gen.segments):
-                L.check_deadline()
-                m = self._filter_mask(i, filt)
-                pos = np.nonzero(m)[0]
-                exhaustive += len(pos)
-                if len(pos):
-                    parts.append(seg.frame(pos, vf))
-                    where.append((i, pos))
+            one = seg_scan
+
+        def run(i: int):
+            L.check_deadline()
+            pos, ex, pr, vf = one(i)
+            seg = self.gen.segments[i]
+            return pos, ex, pr, seg.frame(pos, vf, cols_needed) if len(pos) else None
+
+        # on an object store the segments' reads overlap (one round trip per phase, not per segment)
+        got = RG.parallel([partial(run, i) for i in range(len(self.gen.segments))], self.gen.store.is_remote)
+        exhaustive = sum(g[1] for g in got)
+        probed = sum(g[2] for g in got)
+        parts = [g[3] for g in got if g[3] is not None]
+        where = [(i, g[0]) for i, g in enumerate(got) if g[3] is not None]
         cols = frames_mod.column_order(self.schema)
         frames = [
             frames_mod.align(p.select([c for c in p.columns if c in self.schema]), self.schema, cols) for p in parts
@@ -428,14 +479,21 @@ class IndexedView:
     # -- order by ----------------------------------------------------------------------
     def _order_candidates(self, i: int, rb, filt, k: int) -> np.ndarray:
         seg = self.gen.segments[i]
-        m = self._filter_mask(i, filt)
-        a = seg.attrs()
         keys = [a_ for a_, _d in rb.keys]
-        if any(c not in a.columns for c in keys) or any(
-            S.is_vector(self.schema.get(c, {}).get("type", "")) for c in keys
-        ):
+        m = self._filter_mask(i, filt, keys + ["id"])  # the sort keys with the filter's columns
+        have = seg.attrs().columns if seg.docs is None else list(seg.docs["columns"])
+        if any(c not in have for c in keys) or any(S.is_vector(self.schema.get(c, {}).get("type", "")) for c in keys):
             return np.nonzero(m)[0]
-        df = a.select(keys + (["id"] if "id" not in keys else [])).with_row_index("__pos").filter(pl.Series(m))
+        names = keys + (["id"] if "id" not in keys else [])
+        if seg.docs is None:
+            df = seg.attrs().select(names).with_row_index("__pos").filter(pl.Series(m))
+        else:  # only the key columns of the row groups holding filtered rows
+            gr = int(seg.docs["group_rows"])
+            groups = np.zeros(seg.groups(), bool)
+            groups[np.unique(np.flatnonzero(m) // gr)] = True
+            at = np.flatnonzero(seg.group_rows_mask(groups))
+            df = seg.columns(names, groups).with_columns(pl.Series("__pos", at, dtype=pl.UInt32))
+            df = df.filter(pl.Series(m[at]))
         desc = [d for _a, d in rb.keys]
         by = keys + (["id"] if "id" not in keys else [])
         dsc = desc + ([False] if "id" not in keys else [])
@@ -495,9 +553,16 @@ def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
     from puffer_cli.search import topk
 
     out = _Answers()
+    columns: list[str] | None | bool = True  # one query: the columns it needs
     for i, q in enumerate(queries):
         L.check_deadline()
         Q.check_query(q, view.schema, view.metric, where=f"queries[{i}]" if multi else "")
+    if len(queries) > 1:  # candidate frames are merged by id: every frame has the union of their columns
+        needs = [view.needed_columns(q) for q in queries]
+        union = {c for n in needs if n is not None for c in n}
+        order = frames_mod.column_order(view.schema)
+        columns = None if any(n is None for n in needs) else [c for c in order if c in union]
+    for q in queries:
         fast = (
             topk.vector_topk
             if topk.vector_eligible(view, q)
@@ -512,7 +577,7 @@ def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
             out.scored += n
             continue
         out.prepared.append(None)
-        c = view.candidates(q)
+        c = view.candidates(q, columns)
         out.parts.append(c.docs)
         out.toks.append(c.tokens)
         for f, ts in c.query_terms.items():

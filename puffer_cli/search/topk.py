@@ -229,20 +229,25 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
         return ids.alias("id").to_frame()
     if not len(src):  # offset past every candidate
         return _empty(view, q)
-    parts = []
-    for s in np.unique(src):
+
+    def part(s: int) -> pl.DataFrame:
         at = np.flatnonzero(src == s)
         p = pos[at]
         if s < 0:
             f = view.tail.docs.select([c for c in cols if c in view.tail.docs.columns])[pl.Series(p)]
         else:
             seg = view.gen.segments[int(s)]
-            a = seg.attrs()
-            f = a.select([c for c in cols if c in a.columns])[pl.Series(p)]
-            vecs = [c for c in cols if c not in a.columns and S.is_vector(view.schema[c]["type"])]
-            if vecs:
-                f = f.with_columns([_vector_column(seg, c, p, view.schema) for c in vecs])
-        parts.append(frames.align(f, view.schema, cols).with_columns(pl.Series("__rank", at)))
+            vecs = [c for c in cols if S.is_vector(view.schema.get(c, {}).get("type", ""))]
+            # the returned attributes of these rows only (a column store reads their row groups' chunks)
+            fns = [partial(seg.rows_at, p, [c for c in cols if c not in vecs])]
+            fns += [partial(_vector_column, seg, c, p, view.schema) for c in vecs]
+            f, *vcols = RG.parallel(fns, view.gen.store.is_remote)  # attributes and vectors at once
+            if vcols:
+                f = f.with_columns(vcols)
+        return frames.align(f, view.schema, cols).with_columns(pl.Series("__rank", at))
+
+    # every segment's rows in one batch of requests on an object store
+    parts = RG.parallel([partial(part, int(s)) for s in np.unique(src)], view.gen.store.is_remote)
     out = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical").sort("__rank")
     return out.drop("__rank")
 
