@@ -70,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     argv, State.debug = _debug_from(list(sys.argv[1:] if argv is None else argv))
     cmd = _command()
     from puffer_cli.cli.options import warn_skipped
-    from puffer_cli.wal.namespace import clear_skipped
 
-    clear_skipped()
+    if "puffer_cli.wal.namespace" in sys.modules:  # (an earlier main() in this process replayed a WAL)
+        from puffer_cli.wal.namespace import clear_skipped
+
+        clear_skipped()
     try:
         rv = cmd.main(args=argv, prog_name="puffer", standalone_mode=False)
         warn_skipped()
@@ -161,7 +163,42 @@ def _command():
     global _COMMAND
     if _COMMAND is None:
         _COMMAND = typer.main.get_command(app)
+        _metavars(_COMMAND)
     return _COMMAND
+
+
+#: metavars of common option names (else the name in capitals, or N for a number)
+_METAVARS = {
+    "store": "URL",
+    "s3_endpoint": "URL",
+    "body": "JSON|@FILE",
+    "filters": "JSON|@FILE",
+    "schema": "JSON|@FILE",
+}
+
+
+def _metavars(cmd: Any) -> None:
+    """Every option and argument of ``cmd`` (and its subcommands) shows a metavar in --help
+    (``--top-k N``, ``--store URL``, ``NAMESPACE``), not the Python type (``<str>``)."""
+    for sub in getattr(cmd, "commands", {}).values():
+        _metavars(sub)
+    for p in getattr(cmd, "params", []):
+        if p.param_type_name == "argument":
+            p.display_type_rich = lambda ctx=None: None  # the argument's name says it: not `NAMESPACE <str>`
+        if p.name in _METAVARS:
+            p.metavar = _METAVARS[p.name]
+            continue
+        if p.metavar is not None or getattr(p, "is_flag", False) or getattr(p, "count", False):
+            continue
+        desc = getattr(p, "type_descriptor", None)
+        kind = getattr(desc, "annotation", None)
+        if getattr(desc, "is_choice", False):
+            continue  # typer shows the choices
+        elif kind in (int, float):
+            p.metavar = "N"
+        else:
+            mv = (p.name or "value").upper().replace("_", "-")
+            p.metavar = " ".join([mv] * p.nargs) if p.nargs > 1 else mv
 
 
 def _silence_stdout() -> None:
@@ -174,6 +211,11 @@ def _silence_stdout() -> None:
 
 
 def run() -> None:
+    if sys.argv[1:] == ["--version"]:  # the one-shot answer, without building the command line
+        from puffer_cli import __version__
+
+        print(f"puffer {__version__}")
+        sys.exit(0)
     sys.exit(main())
 
 

@@ -7,12 +7,14 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from puffer_cli.db import DB, connect
 from puffer_cli.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from puffer_cli.db import DB
 
 app = typer.Typer(
     name="puffer",
@@ -72,6 +74,8 @@ def open_db(
     policy: str = "fail",
     cache_max_gb: float | None = None,
 ) -> DB:
+    from puffer_cli.db import connect  # lazily: commands that never open a store start faster
+
     return connect(
         store, s3_endpoint=s3_endpoint, single_writer=single_writer, wal_policy=policy, cache_max_gb=cache_max_gb
     )
@@ -121,6 +125,8 @@ def echo_json(obj) -> None:
 
 def warn_skipped() -> None:
     """One stderr line per WAL entry skipped under ``--wal-corrupt-policy skip`` in this run."""
+    if "puffer_cli.wal.namespace" not in sys.modules:
+        return  # this command read no WAL (and `puffer --version` must not import the engine)
     from puffer_cli.wal.namespace import skipped
 
     for s in skipped():
