@@ -258,6 +258,18 @@ def test_pruning_never_skips_a_group_with_a_match(df, filt, group_rows):
         assert pl.concat(parts).equals(df[c]), c
 
 
+def test_a_nan_group_is_kept_for_gt():
+    """NaN compares above every number in the filters (polars' order): a group whose only
+    non-null value is NaN may match Gt/Gte, and is not skipped (found by the property above)."""
+    df = pl.DataFrame({"id": pl.Series(range(4), dtype=pl.UInt64), "f": [None, 1.0, None, float("nan")]})
+    _, ent = D.docs_bytes(df, SCHEMA, 2)
+    for filt in (["f", "Gt", -1.5], ["f", "Gte", 5.0]):
+        match = filter_mask(df, compile_filter(filt, SCHEMA))
+        keep = D.group_mask(ent, 4, bind_filter(filt, SCHEMA))
+        assert match[3] and keep[1], filt
+    assert not D.group_mask(ent, 4, bind_filter(["f", "Lt", 0.5], SCHEMA))[0]  # 1.0 < 0.5: skipped
+
+
 def test_pruning_skips_groups():
     df = pl.DataFrame(
         {"id": pl.Series(range(100), dtype=pl.UInt64), "i": list(range(100)), "s": ["x"] * 50 + ["y"] * 50}

@@ -311,8 +311,7 @@ def _test_tv(test, c: dict, g: int, size: int) -> tuple[bool, bool]:
 
     nulls = int(c["nulls"][g])
     nans = int(c["nans"][g]) if "nans" in c else 0
-    present = size - nulls - nans  # values a comparison can be true for
-    if present <= 0:
+    if size - nulls <= 0:  # only nulls: no comparison is true
         return False, True
     full = nulls == 0 and nans == 0  # every row has a comparable value
     vals = c["values"][g] if "values" in c else None
@@ -327,6 +326,9 @@ def _test_tv(test, c: dict, g: int, size: int) -> tuple[bool, bool]:
         if vals is not None:
             hit = [_cmp(v, op, lit) for v in vals]
             return any(hit), not (full and all(hit))
+        # a NaN value compares greater than every number (polars' order, which filters follow):
+        # Gt/Gte may match a group holding one whatever its min/max say
+        big = nans > 0 and op in ("Gt", "Gte")
         if mn is None or mx is None:
             return True, True
         if op == "Eq":
@@ -336,9 +338,9 @@ def _test_tv(test, c: dict, g: int, size: int) -> tuple[bool, bool]:
         if op == "Lte":
             return mn <= lit, not (full and mx <= lit)
         if op == "Gt":
-            return mx > lit, not (full and mn > lit)
+            return big or mx > lit, not (full and mn > lit)
         if op == "Gte":
-            return mx >= lit, not (full and mn >= lit)
+            return big or mx >= lit, not (full and mn >= lit)
         return True, True
     if isinstance(test, B.Member):
         may_null = test.null and nulls > 0
