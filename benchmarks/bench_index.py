@@ -93,7 +93,7 @@ def case_glove(args, tmp, res, keep):
     qs = np.load(os.path.join(d, "queries.npy"))[: args.queries]
     gt = np.load(os.path.join(d, "gt.npy"))[: args.queries, :10]
     db = puffer_db(tmp, "glove")
-    ns = db.namespace("glove")
+    ns = db.open_namespace("glove")
     t = time.perf_counter()
     ingest_frame(ns, base, metric="cosine_distance")
     log(f"glove: ingest {time.perf_counter() - t:.1f}s")
@@ -162,7 +162,7 @@ def case_fmnist(args, tmp, res, keep):
         gts.append(set(ids[sel[np.argsort(dd, kind="stable")[:10]]].tolist()))
     frac = float(np.mean(bcat == cats[0]))
     db = puffer_db(tmp, "fmnist")
-    ns = db.namespace("fmnist")
+    ns = db.open_namespace("fmnist")
     ingest_frame(ns, base, metric="euclidean_squared")
     t = time.perf_counter()
     rep = builder.index_namespace(ns, gc_grace_s=0)
@@ -233,7 +233,7 @@ def case_gcide(args, tmp, res, keep):
     queries = queries.filter(pl.col("qid").is_in(list(rel))).sample(n=min(args.gcide_queries, queries.height), seed=7)
     fts_opts = {"language": "english", "stemming": True, "remove_stopwords": False}  # as tantivy en_stem
     db = puffer_db(tmp, "gcide")
-    ns = db.namespace("gcide")
+    ns = db.open_namespace("gcide")
     ingest_frame(ns, docs, schema={"text": {"type": "string", "full_text_search": fts_opts}})
     t = time.perf_counter()
     rep = builder.index_namespace(ns, gc_grace_s=0)
@@ -341,7 +341,7 @@ def case_cold(args, tmp, res, keep):
         base = pl.read_parquet(os.path.join(d, "base.parquet"), n_rows=args.cold_rows)
         qs = np.load(os.path.join(d, "queries.npy"))[:20]
         db = puffer_cli.connect("s3://bench/cold", s3_endpoint=endpoint)
-        ns = db.namespace("glove")
+        ns = db.open_namespace("glove")
         ingest_frame(ns, base, metric="cosine_distance")
         cdir = os.path.join(tmp, "cold-cache")
         cache.configure(cdir)
@@ -359,7 +359,7 @@ def case_cold(args, tmp, res, keep):
 
         body = lambda q: {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10}  # noqa: E731
         reset()
-        ns = db.namespace("glove")
+        ns = db.open_namespace("glove")
         t = time.perf_counter()
         cold = engine.run_query(ns, body(qs[0]))["performance"]
         cold_ms = (time.perf_counter() - t) * 1000
@@ -385,7 +385,7 @@ def case_cold(args, tmp, res, keep):
             }
         )
         reset()
-        ns = db.namespace("glove")
+        ns = db.open_namespace("glove")
         t = time.perf_counter()
         w = warm.warm(ns, cache.get_cache())
         res.append(

@@ -62,7 +62,7 @@ def case_puffer(args) -> dict:
         db = puffer_cli.connect(args.store, s3_endpoint=args.endpoint)
     else:
         db = puffer_cli.connect(args.store)
-    ns = db.namespace("glove")
+    ns = db.open_namespace("glove")
     c0, t0 = time.process_time(), time.perf_counter()
     rep = ingest(ns, [path], vector_col="vector")
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0

@@ -48,7 +48,7 @@ def bench_vectors(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[
     df = pl.read_parquet(d / "base.parquet")
     qs = np.load(d / "queries.npy")[:nq]
     gt = np.load(d / "gt.npy")[:nq]
-    ns = puffer_cli.connect(os.path.join(tmp, "store")).namespace("glove")
+    ns = puffer_cli.connect(os.path.join(tmp, "store")).open_namespace("glove")
     t = time.perf_counter()
     for s in range(0, df.height, 50_000):
         ns.write_frame(df.slice(s, 50_000), distance_metric="cosine_distance")
@@ -144,7 +144,7 @@ def bench_bm25(data: Path, nq: int, tmp: str) -> tuple[list[list[str]], list[str
     for qid, doc in qrels.iter_rows():
         rel.setdefault(qid, set()).add(int(doc))
     queries = queries.filter(pl.col("qid").is_in(list(rel)))
-    ns = puffer_cli.connect(os.path.join(tmp, "store")).namespace("gcide")
+    ns = puffer_cli.connect(os.path.join(tmp, "store")).open_namespace("gcide")
     opts = {"stemming": True, "language": "english", "remove_stopwords": False}  # as tantivy en_stem
     ns.write_frame(docs, schema={"text": {"type": "string", "full_text_search": opts}})
     src = engine.load_source(ns, "strong")

@@ -164,7 +164,7 @@ def cold(store_dir: Path, ns_name: str, queries, n=10, process: bool = True) -> 
         t0 = time.perf_counter()
         secs, rss, _ = run_cli(["index", ns_name, "--store", "s3://bench/scale", "--s3-endpoint", endpoint])
         log(f"cold: S3 build {secs:.1f}s")
-        ns = db.namespace(ns_name)
+        ns = db.open_namespace(ns_name)
         out = []
         for level in ("eventual", "strong"):
             for q in queries[:n]:
@@ -172,7 +172,7 @@ def cold(store_dir: Path, ns_name: str, queries, n=10, process: bool = True) -> 
                 c.background_fetch = False
                 segment.GENS.clear()
                 manifest.MANIFESTS.clear()
-                ns = db.namespace(ns_name)
+                ns = db.open_namespace(ns_name)
                 t = time.perf_counter()
                 r = engine.run_query(
                     ns, {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": level}}
@@ -306,7 +306,7 @@ def main() -> None:
         log(f"{size}: index {idx_s:.1f}s rss {idx_rss:.0f} MiB")
         results.append((size, n, ing_s, ing_rss, idx_s, idx_rss))
         truth = ground_truth(parts, queries)
-        ns = puffer_cli.connect(str(store)).namespace("g")
+        ns = puffer_cli.connect(str(store)).open_namespace("g")
         for probe in PROBES:
             r, p50, p99 = warm_queries(ns, queries, truth, probe)
             warm.append((size, n, "none", probe, r, p50, p99))

@@ -68,7 +68,7 @@ def prepare(store: str, data: str) -> dict:
     from puffer_cli.jobs.ingest import ingest
 
     db = puffer_cli.connect(store)
-    ns = db.namespace(NS)
+    ns = db.open_namespace(NS)
     info = {"ingest_s": None, "index_s": None, "reused": False}
     n = 331_479
     meta, _ = ns.read_meta()
@@ -79,7 +79,7 @@ def prepare(store: str, data: str) -> dict:
         return info
     if head.seq:
         ns.delete_all()
-        ns = db.namespace(NS)
+        ns = db.open_namespace(NS)
     t0 = time.perf_counter()
     rep = ingest(
         ns, [os.path.join(data, DATASET, "base.parquet")], vector_col="vector", distance_metric="cosine_distance"
