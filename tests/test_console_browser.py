@@ -88,8 +88,22 @@ def browser(tmp_path_factory):
         opts.add_argument(arg)
     d = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
     d.set_page_load_timeout(60)
+    d.implicitly_wait(5)
     yield d
     d.quit()
+
+
+def submit(d, action) -> None:
+    """Run ``action`` (a click, or Enter in a form field) and wait for the page it loads: a
+    marker set on the old page's window is gone and the new document is complete."""
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    d.execute_script("window.__pufferOldPage = true")
+    action()
+    WebDriverWait(d, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return !window.__pufferOldPage && document.readyState === 'complete'")
+    )
 
 
 def by(d, css: str):
@@ -104,19 +118,19 @@ def all_by(d, css: str):
     return d.find_elements(By.CSS_SELECTOR, css)
 
 
-def shot(d, name: str, width: int, height: int | None = None) -> None:
-    """A screenshot at ``width`` CSS pixels (a phone's, with touch), as tall as the page."""
+def shot(d, name: str, width: int, height: int | None = None, at: str | None = None) -> None:
+    """A screenshot at ``width`` CSS pixels (a phone's, with touch): the whole page, or one
+    screen (``height``) scrolled to the element ``at``."""
     if not SHOTS:
         return
-    d.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": width, "height": height or 800, "deviceScaleFactor": 1, "mobile": width < 600},
-    )
-    full = d.execute_script("return document.documentElement.scrollHeight")
-    d.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": width, "height": height or min(full, 2400), "deviceScaleFactor": 1, "mobile": width < 600},
-    )
+    mobile = width < 600
+    metrics = {"width": width, "height": height or 800, "deviceScaleFactor": 1, "mobile": mobile}
+    d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    if at:
+        d.execute_script("arguments[0].scrollIntoView()", by(d, at))
+    else:
+        metrics["height"] = height or min(d.execute_script("return document.documentElement.scrollHeight"), 2400)
+        d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     Path(SHOTS).mkdir(parents=True, exist_ok=True)
     d.save_screenshot(str(Path(SHOTS) / f"console-{name}.png"))
     d.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
@@ -146,25 +160,28 @@ def test_console_in_a_browser(server, browser):
     key = by(d, "#key")
     assert d.switch_to.active_element == key  # focused: type the key and press Enter
     shot(d, "login-phone", 390, 700)
-    key.send_keys("not-the-key", Keys.ENTER)
+    submit(d, lambda: key.send_keys("not-the-key", Keys.ENTER))
     assert "invalid API key" in by(d, '[role="alert"]').text
-    by(d, "#key").send_keys(KEY, Keys.ENTER)
+    submit(d, lambda: by(d, "#key").send_keys(KEY, Keys.ENTER))
 
     # 2. the namespace list
     assert by(d, "h1").text == "Namespaces"
     table = by(d, "table")
     assert "2 namespaces" in by(d, "caption").text
-    cells = {r.find_element("css selector", "td a").text: r.text for r in table.find_elements("css selector", "tbody tr")}
+    cells = {
+        r.find_element("css selector", "td a").text: r.text for r in table.find_elements("css selector", "tbody tr")
+    }
     assert set(cells) == {"articles", "glove-sample"}
     head = [th.text for th in table.find_elements("css selector", "th")]
     assert head[:3] == ["Namespace", "Rows (approx.)", "Last seq"] and "Unindexed WAL entries" in head
     # articles: 42 rows, index generation 1 covering seq 1, one WAL entry after it
     assert cells["articles"].split()[:6] == ["articles", "42", "2", "1", "1", "1"], cells["articles"]
     shot(d, "namespaces-desktop", 1280, 520)
+    shot(d, "namespaces-phone", 390, 700)
 
     # 3. open a namespace (keyboard: focus the link, press Enter)
     link = by(d, 'tbody a[href$="/ns/articles"]')
-    link.send_keys(Keys.ENTER)
+    submit(d, lambda: link.send_keys(Keys.ENTER))
     assert by(d, "h1").text == "articles"
     assert [h.text for h in all_by(d, "h2")] == ["Overview", "Index", "Schema", "Query", "WAL health", "Recall"]
     schema = by(d, 'div[aria-label="Schema"]').text
@@ -177,7 +194,7 @@ def test_console_in_a_browser(server, browser):
     by(d, "#where").send_keys("lang = 'en' OR id = 3")
     top_k = by(d, "#top_k")
     top_k.clear()
-    top_k.send_keys("5", Keys.ENTER)
+    submit(d, lambda: top_k.send_keys("5", Keys.ENTER))
     results = by(d, 'div[aria-label="Query results"]')
     rows = results.find_elements("css selector", "tbody tr")
     assert len(rows) == 5
@@ -189,36 +206,36 @@ def test_console_in_a_browser(server, browser):
     # the form keeps what was typed
     assert by(d, "#where").get_attribute("value") == "lang = 'en' OR id = 3"
     shot(d, "query-desktop", 1280)
-    shot(d, "query-phone", 390)
+    shot(d, "query-phone", 390, 844, at="#results")
 
     # 5. BM25 on a chosen field
     Select(by(d, "#rank")).select_by_value("bm25")
     by(d, "#where").clear()
-    by(d, "#text").send_keys("river", Keys.ENTER)
+    submit(d, lambda: by(d, "#text").send_keys("river", Keys.ENTER))
     rows = all_by(d, 'div[aria-label="Query results"] tbody tr')
     assert rows and all("river" in r.text for r in rows)
 
     # 6. a bad filter: the one-line error, inline, the form still there
-    by(d, "#where").send_keys("lang = 'en' AND (", Keys.ENTER)
+    submit(d, lambda: by(d, "#where").send_keys("lang = 'en' AND (", Keys.ENTER))
     err = by(d, '#results [role="alert"]')
     assert err.text.startswith("Error: cannot parse where") and "\n" not in err.text
     assert by(d, "#where").get_attribute("value") == "lang = 'en' AND ("
-    shot(d, "error-phone", 390, 900)
+    shot(d, "error-phone", 390, 600, at="#where")
     by(d, "#where").clear()
-    by(d, "#where").send_keys("lnag = 'en'", Keys.ENTER)
+    submit(d, lambda: by(d, "#where").send_keys("lnag = 'en'", Keys.ENTER))
     assert "unknown attribute 'lnag' (did you mean 'lang'?)" in by(d, '#results [role="alert"]').text
 
     # 7. a hostile document value is text, not markup (no image, no script ran)
     Select(by(d, "#rank")).select_by_value("id")
     by(d, "#where").clear()
-    by(d, "#where").send_keys("id = 99", Keys.ENTER)
+    submit(d, lambda: by(d, "#where").send_keys("id = 99", Keys.ENTER))
     assert XSS in by(d, 'div[aria-label="Query results"] tbody').text
     assert not all_by(d, "main img, main script") and d.title != "pwned"
 
     # 8. WAL verify and recall, on demand
-    by(d, "#h-wal ~ form button").click()
+    submit(d, by(d, "#h-wal ~ form button").click)
     assert "All 2 WAL entries are readable." in by(d, "#wal").text
-    by(d, "#h-recall ~ form button").click()
+    submit(d, by(d, "#h-recall ~ form button").click)
     assert "recall" in by(d, "#recall dl").text
 
     # 9. usable on a phone: nothing wider than the screen (tables scroll inside their region)
@@ -234,5 +251,5 @@ def test_console_in_a_browser(server, browser):
 
     # 10. log out: back to the login form
     d.get(server.url + "/console")
-    by(d, "header form button").click()
+    submit(d, by(d, "header form button").click)
     assert by(d, "h1").text == "Log in"

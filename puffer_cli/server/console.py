@@ -123,6 +123,8 @@ def error_text(e: PufferError, redact: Iterable[str]) -> str:
 
 def cell(v: Any) -> str:
     """One value of a result row as table-cell HTML."""
+    if isinstance(v, Markup):
+        return v
     if v is None:
         return '<span class="muted">null</span>'
     if isinstance(v, float):
@@ -143,6 +145,16 @@ def _json(v: Any) -> str:
         return json.dumps(v, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         return str(v)
+
+
+class Markup(str):
+    """HTML built (and escaped) here: :func:`cell` puts it in as it is."""
+
+
+def when(iso: str) -> Markup:
+    """An ISO timestamp (``iso_ms``) as a ``<time>``: ``2026-01-02 03:04:05 UTC``."""
+    short = iso[:19].replace("T", " ") + " UTC" if len(iso) >= 19 else iso
+    return Markup(f'<time datetime="{h(iso)}">{h(short)}</time>')
 
 
 def dl(pairs: Iterable[tuple[str, Any]], cls: str = "facts") -> str:
@@ -339,7 +351,9 @@ class Console:
                 continue
             gen = h(r["generation"]) if r["generation"] is not None else '<span class="muted">none</span>'
             unindexed = h(r["unindexed"]) if r["unindexed"] else '<span class="ok">0</span>'
-            rows.append([link, h(f"{r['rows']:,}"), h(r["last_seq"]), gen, h(r["covers"]), unindexed, h(r["updated"])])
+            rows.append(
+                [link, h(f"{r['rows']:,}"), h(r["last_seq"]), gen, h(r["covers"]), unindexed, when(r["updated"])]
+            )
         head = ["Namespace", "Rows (approx.)", "Last seq", "Index generation", "Covers through seq"]
         head += ["Unindexed WAL entries", "Updated"]
         what = f"{len(found)} namespace{'' if len(found) == 1 else 's'}" + (
@@ -396,8 +410,8 @@ class Console:
                 ("logical bytes (approx.)", f"{md['approx_logical_bytes']:,}"),
                 ("distance metric", md.get("distance_metric") or "—"),
                 ("last WAL seq", md["last_seq"]),
-                ("created", md["created_at"]),
-                ("updated", md["updated_at"]),
+                ("created", when(md["created_at"])),
+                ("updated", when(md["updated_at"])),
             ]
         )
         out += '</section><section aria-labelledby="h-index"><h2 id="h-index">Index</h2>'
@@ -410,7 +424,7 @@ class Console:
                 ("covers through seq", covers),
                 ("indexed rows", f"{idx['rows']:,}" if isinstance(idx.get("rows"), int) else "—"),
                 ("segments", idx.get("segments")),
-                ("published", iso_ms(idx["published_at"]) if isinstance(idx.get("published_at"), int) else "—"),
+                ("published", when(iso_ms(idx["published_at"])) if isinstance(idx.get("published_at"), int) else "—"),
             ]
         facts += [
             ("status", pending.get("status", "—")),
