@@ -19,6 +19,7 @@ Endpoints (what the official ``turbopuffer`` client 3.x calls)::
     GET    /v1/namespaces/{ns}/hint_cache_warm start loading a namespace
     POST   /v1/namespaces/{ns}/_debug/recall   ANN recall against exhaustive search
     GET    /health, GET /metrics               liveness, Prometheus text
+    GET    /console                            the web console, HTML (server/console.py)
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from puffer_cli.index import warm as warm_mod
 from puffer_cli.jobs import branch
 from puffer_cli.jobs import recall as recall_eval
 from puffer_cli.search import engine, response
+from puffer_cli.server import console
 from puffer_cli.server.http import (
     CLIENT_CLOSED,
     JSON,
@@ -541,6 +543,7 @@ class Server(RequestPlumbing):
             Route("/v1/namespaces/{ns}/operations/{op}", v("operation", self.poll_operation), methods=["GET"]),
             Route("/health", v("health", self.health, auth=False), methods=["GET"]),
             Route("/metrics", v("metrics", self.metrics_view), methods=["GET"]),
+            *console.routes(self),  # /console: the web console (server/console.py, docs/console.md)
         ]
 
         async def http_error(request: Request, exc: Exception) -> Response:
