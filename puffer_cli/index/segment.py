@@ -67,6 +67,8 @@ def _files(seg: Segment, what: str, f: str | None) -> list[str]:
         a = m.get("ann", {}).get(f) or {}
         return [a[k] for k in ("key", "route") if a.get(k)] + (paged.files(a["lists"]) if a.get("lists") else [])
     t = m.get("fts", {}).get(f) or {}
+    if t.get("format"):
+        return paged.files(t)
     if what in ("tokens", "postings"):
         return [t[what]] if t.get(what) else []
     return list(t.get("files", []))
@@ -480,9 +482,35 @@ class Segment:
             return self._ann[f]
 
     @reports_damage("fts")
+    def blocks(self, f: str) -> fts.BlockIndex | None:
+        """The block index (format blk-1) of FTS field ``f`` under the analyzer in force, or
+        None (older generations: tantivy + tokens + postings; a changed analyzer)."""
+        m = self.meta.get("fts", {}).get(f)
+        if not m or m.get("format") != fts.BLK or m.get("sig") != fts_sig_of(self.gen.schema.get(f)):
+            return None
+        with self._lock:
+            if ("blk", f) not in self._fts:
+                self._fts[("blk", f)] = fts.BlockIndex(m, partial(self._blk_ranges, m))
+            return self._fts[("blk", f)]
+
+    @reports_damage("fts")
+    def _blk_ranges(self, m: dict, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Bytes of ``ranges`` of a block index file: from the local or cached file, else by
+        coalesced ranged reads (one batch of requests)."""
+        if not self.store.is_remote or paged.cached(self.cache, self.store, m):
+            path = paged.whole(self.cache, self.store, m)
+            out = []
+            with open(path, "rb") as fh:
+                for a, b in ranges:
+                    fh.seek(a)
+                    out.append(fh.read(b - a))
+            return out
+        return paged.read_ranges(self.cache, self.store, m, ranges)
+
+    @reports_damage("fts")
     def fts(self, f: str):
         m = self.meta.get("fts", {}).get(f)
-        if m is None:
+        if m is None or m.get("format"):
             return None
         with self._lock:
             if f not in self._fts:
@@ -554,7 +582,11 @@ class Segment:
                 self.ivf(f)
             else:
                 self.ann(f)
-        for f in self.meta.get("fts", {}):
+        for f, m in self.meta.get("fts", {}).items():
+            if m.get("format"):
+                paged.whole(self.cache, self.store, m)
+                self.blocks(f)
+                continue
             if f in self.gen.schema and self.gen.schema[f].get("full_text_search"):
                 self.fts(f)
                 self.postings(f)
