@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -50,6 +51,10 @@ def repair_hint(ns: str) -> str:
     return (
         f"run `puffer index {ns} --repair` to rebuild the damaged segment from the WAL and the rest of the generation"
     )
+
+
+#: row sets whose ids one segment keeps after reading them by range (a repeated query)
+ID_MEMO = 64
 
 
 def _files(seg: Segment, what: str, f: str | None) -> list[str]:
@@ -177,6 +182,7 @@ class Segment:
         self._norms: dict[str | tuple[str, str], np.ndarray] = {}  # f -> norms; ("zero", f) -> zero rows
         self._ann: dict = {}
         self._fts: dict = {}
+        self._id_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._ids: pl.DataFrame | None = None
         self._live: int | None = None
         self._idv: np.ndarray | Literal[False] | None = None  # False: ids are not integers
@@ -360,8 +366,18 @@ class Segment:
         if m is None or opened or not len(pos) or at_hand:
             idv = self.id_values()
             return idv[pos] if idv is not None else self.id_column().gather(pos)
+        key = pos.tobytes()  # a repeated query's rows: memoized (bounded), so a hot repeat reads nothing
+        with self._lock:
+            hit = self._id_memo.get(key)
+        if hit is not None:
+            return hit
         raw = paged.read_rows(self.cache, self.store, m, pos, 8)
-        return raw.view("<u8" if m["dtype"] == "u64" else "<i8").reshape(-1)
+        out = raw.view("<u8" if m["dtype"] == "u64" else "<i8").reshape(-1)
+        with self._lock:
+            self._id_memo[key] = out
+            while len(self._id_memo) > ID_MEMO:
+                self._id_memo.popitem(last=False)
+        return out
 
     def rerank_rows(self, f: str, pos: np.ndarray):
         """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip."""

@@ -226,12 +226,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         posts = {f: (seg.blocks(f) or seg.postings(f)).candidates(pos, terms[f]) for f in fields}
         s, m = SC.text_eval(rb.expr, None, view.schema, stats, posts)
         keep = np.flatnonzero(m)
-        ids = None
-        if blocks[i] is not None:  # by range, memoized per row set (a repeated query reads nothing)
-            mk = ("ids", pos[keep].tobytes())
-            ids = seg._fts.get(mk)
-            if ids is None:
-                ids = seg._fts[mk] = seg.id_rows(pos[keep])
+        ids = seg.id_rows(pos[keep]) if blocks[i] is not None else None
         return pos[keep], s[keep], ids
 
     for i, r in enumerate(RG.parallel([partial(third, i) for i in range(n)], remote)):
