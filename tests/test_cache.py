@@ -277,11 +277,11 @@ def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, t
 
 
 def test_local_store_gc_frees_index_files(local_db, tmp_path):
-    """The tantivy directories materialised from a local store are copies (reflink or
-    copy), never hard links: every index file of the store has one link, so when the
-    indexer's GC (or a namespace delete) unlinks it, its space is really freed; the
-    cache's copies are bounded and evicted like any other file, or dropped at once
-    with Cache.discard."""
+    """Files the cache materialises from a local store are copies (reflink or copy), never
+    hard links: every index file of the store has one link, so when the indexer's GC (or a
+    namespace delete) unlinks it, its space is really freed; the cache's copies (if a query
+    made any: the full-text blocks of a local store are read in place) are bounded and
+    evicted like any other file, or dropped at once with Cache.discard."""
     rng = np.random.default_rng(31)
     c = cache.configure(str(tmp_path / "lc"))
     try:
@@ -292,7 +292,7 @@ def test_local_store_gc_frees_index_files(local_db, tmp_path):
         want = engine.run_query(ns, body)["rows"]
         store_files = [p for p in local_db.store.local_path("g/index").rglob("*") if p.is_file()]
         copies = [p for p in c.root.rglob("*") if p.is_file() and not p.name.startswith(".tantivy")]
-        assert store_files and copies
+        assert store_files
         assert all(p.stat().st_nlink == 1 for p in store_files + copies)
         assert not {p.stat().st_ino for p in store_files} & {p.stat().st_ino for p in copies}
         _forget_all()

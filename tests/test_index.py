@@ -395,12 +395,15 @@ def test_bm25_topk_fast_path_matches_engine(mem_db, monkeypatch):
     check(["strong", "eventual"])
     assert len(calls) == 3 * len(bodies)
 
-    # a generation whose segments lack stored postings: same answers, other path
+    # a generation whose segments lack a scorable index (block format with an unknown
+    # marker): same answers, other path
     meta, _ = ns.read_meta()
     man = builder.load_manifest(ns.store, meta["index"]["manifest"])
     for seg in man["segments"]:
         for f in seg["fts"].values():
             f.pop("postings", None)
+            if f.get("format"):
+                f["format"] = "blk-unknown"
     import json
 
     ns.store.write(meta["index"]["manifest"], json.dumps(man).encode())

@@ -472,7 +472,7 @@ class _Run:
                 n_rows, n_docs, total, df, add = self._bm25_incremental(f, old)
             else:
                 n_rows, n_docs, total, df, add = self._bm25_recompute(f)
-            st = fts.stats_of_tokens(add)
+            st = fts.sum_stats(add)
             df.update(st["df"])
             df = +df  # drop zero / negative counts
             terms = pl.DataFrame(
@@ -504,7 +504,7 @@ class _Run:
             total -= st["total_len"]
             df.subtract(st["df"])
         cut = [self.base.segs[i] for i in self.cut]
-        add = [t for seg in cut + self.segments for t in seg["_fts_new"][f]]
+        add = [seg["_fts_new"][f] for seg in cut + self.segments]
         return n_rows, n_docs, total, df, add
 
     def _bm25_recompute(self, f: str):
@@ -518,12 +518,14 @@ class _Run:
             tk = s.get("fts", {}).get(f, {}).get("tokens")
             if tk is not None and s["fts"][f].get("sig") == sig:
                 col = pl.read_ipc(self.cache.file(self.store, tk))["t"].filter(pl.Series(alive))
-                add.extend([] if x is None or x == "" else x.split(fts.SEP) for x in col.to_list())
+                add.append(
+                    fts.stats_of_tokens([[] if x is None or x == "" else x.split(fts.SEP) for x in col.to_list()])
+                )
                 continue
             a = D.segment_attrs(self.cache, self.store, s).filter(pl.Series(alive))
-            add.extend(fts.term_tokens(a.get_column(f).to_list() if f in a.columns else [None] * a.height, opts))
+            add.append(fts.term_stats(a.get_column(f).to_list() if f in a.columns else [None] * a.height, opts))
         for seg in self.segments:
-            add.extend(seg["_fts_tokens"][f])
+            add.append(seg["_fts_stats"][f])
         return 0, 0, 0, Counter(), add
 
     def write_manifest(self) -> None:

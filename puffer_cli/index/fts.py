@@ -254,3 +254,599 @@ class Reader:
         if self.direct:
             return np.fromiter((a.doc for _s, a in hits), dtype=np.int64, count=len(hits))
         return np.fromiter((self.searcher.doc(a)["pos"][0] for _s, a in hits), dtype=np.int64, count=len(hits))
+
+
+# ======================================================================================
+# Block postings (format "blk-1"): the one stored form of a segment's full-text index,
+# laid out for ranged reads (docs/format-index.md, fts-{tag}.blk).
+# ======================================================================================
+BLK = "blk-1"
+BLOCK = 128  # postings per block
+DICT_TERMS = 1024  # terms per dictionary block
+CHUNK_ROWS = 16384  # rows analysed per build step (bounded memory)
+_POW = [(1 << np.arange(w, dtype=np.uint64)).astype(np.uint64) for w in range(33)]
+
+
+def _widths(mx: np.ndarray) -> np.ndarray:
+    """Bits needed for each non-negative value (0 for 0)."""
+    mx = np.asarray(mx, dtype=np.uint64)
+    out = np.zeros(len(mx), np.int64)
+    nz = mx > 0
+    out[nz] = np.floor(np.log2(mx[nz].astype(np.float64))).astype(np.int64) + 1
+    # float rounding near powers of two
+    hi = nz & (mx >= (np.uint64(1) << out.clip(0, 63).astype(np.uint64)))
+    out[hi] += 1
+    return out
+
+
+def _padded(count: np.ndarray) -> np.ndarray:
+    """Next power of two >= count (values per block as packed in a matrix)."""
+    c = np.maximum(np.asarray(count, np.int64), 1)
+    return (1 << np.ceil(np.log2(c)).astype(np.int64)).astype(np.int64)
+
+
+def _pack(vals: np.ndarray, bstart: np.ndarray, count: np.ndarray, width: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bit-pack blocks of values: block j = vals[bstart[j] : bstart[j] + count[j]], each in
+    ``width[j]`` bits, value-major, little-endian bit order, each block byte aligned.
+    Returns (bytes per block, the concatenated uint8 data)."""
+    nbytes = (count * width + 7) // 8
+    off = np.zeros(len(count) + 1, np.int64)
+    np.cumsum(nbytes, out=off[1:])
+    out = np.zeros(int(off[-1]), np.uint8)
+    pad = _padded(count)
+    for w in np.unique(width):
+        if w == 0:
+            continue
+        for p in np.unique(pad[width == w]):
+            sel = np.flatnonzero((width == w) & (pad == p))
+            j = np.arange(p)
+            idx = bstart[sel, None] + j[None, :]
+            ok = j[None, :] < count[sel, None]
+            m = np.where(ok, vals[np.where(ok, idx, 0)], 0).astype(np.uint64)
+            bits = ((m[:, :, None] >> np.arange(w, dtype=np.uint64)) & np.uint64(1)).astype(np.uint8)
+            packed = np.packbits(bits.reshape(len(sel), p * w), axis=1, bitorder="little")
+            nb = nbytes[sel]
+            cols = np.arange(packed.shape[1])
+            keep = cols[None, :] < nb[:, None]
+            dst = off[sel, None] + cols[None, :]
+            out[dst[keep]] = packed[keep]
+    return nbytes, out
+
+
+def _unpack(buf: np.ndarray, boff: np.ndarray, count: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_pack`: the values of every block, concatenated (uint32).
+    ``boff``: each block's byte offset in ``buf``."""
+    total = int(count.sum())
+    out = np.zeros(total, np.uint32)
+    vstart = np.zeros(len(count) + 1, np.int64)
+    np.cumsum(count, out=vstart[1:])
+    pad = _padded(count)
+    buf = np.concatenate([buf, np.zeros(8 * 32 * BLOCK // 8, np.uint8)])  # reads past a short last block
+    for w in np.unique(width):
+        if w == 0:
+            continue
+        for p in np.unique(pad[width == w]):
+            sel = np.flatnonzero((width == w) & (pad == p))
+            nb = (p * w + 7) // 8
+            raw = buf[boff[sel, None] + np.arange(nb)[None, :]]
+            bits = np.unpackbits(raw, axis=1, bitorder="little")[:, : p * w].reshape(len(sel), p, w)
+            v = bits.astype(np.uint64) @ _POW[w]
+            j = np.arange(p)
+            ok = j[None, :] < count[sel, None]
+            dst = vstart[sel, None] + j[None, :]
+            out[dst[ok]] = v[ok].astype(np.uint32)
+    return out
+
+
+def _encode_terms(docs: np.ndarray, tfs: np.ndarray, lens: np.ndarray, tptr: np.ndarray, base: int):
+    """Encode the postings of consecutive terms (term i: docs[tptr[i]:tptr[i+1]], ascending).
+    Returns (bytes, per-term (offset relative to ``base``, length, blocks))."""
+    n_terms = len(tptr) - 1
+    df = np.diff(tptr)
+    nblk = (df + BLOCK - 1) // BLOCK
+    bptr = np.zeros(n_terms + 1, np.int64)
+    np.cumsum(nblk, out=bptr[1:])
+    nb = int(bptr[-1])
+    term_of = np.repeat(np.arange(n_terms), nblk)
+    k = np.arange(nb) - bptr[term_of]  # block index within its term
+    bstart = tptr[term_of] + k * BLOCK
+    bend = np.minimum(bstart + BLOCK, tptr[term_of + 1])
+    count = bend - bstart
+    delta = np.zeros(len(docs), np.int64)
+    d64 = docs.astype(np.int64)
+    delta[1:] = d64[1:] - d64[:-1]
+    delta[bstart] = 0
+    first = d64[bstart]
+    last = d64[bend - 1]
+    maxd = np.maximum.reduceat(delta, bstart) if nb else np.zeros(0, np.int64)
+    tf1 = tfs.astype(np.int64) - 1
+    maxt = np.maximum.reduceat(tf1, bstart) if nb else np.zeros(0, np.int64)
+    minl = np.minimum.reduceat(lens[docs].astype(np.int64), bstart) if nb else np.zeros(0, np.int64)
+    dw, tw = _widths(maxd), _widths(maxt)
+    dbytes, ddata = _pack(delta, bstart, count, dw)
+    tbytes, tdata = _pack(tf1, bstart, count, tw)
+    # per term: [meta: first u32, last u32, max_tf u32, min_len u32, dw u8, tw u8 per block]
+    #           [block data: doc deltas then tf-1, block after block]
+    blkbytes = dbytes + tbytes
+    metab = 18 * nblk
+    databytes = np.add.reduceat(blkbytes, bptr[:-1]) if nb else np.zeros(0, np.int64)
+    databytes = np.where(nblk > 0, databytes, 0)
+    tlen = metab + databytes
+    toff = np.zeros(n_terms + 1, np.int64)
+    np.cumsum(tlen, out=toff[1:])
+    out = np.zeros(int(toff[-1]), np.uint8)
+    # meta arrays, written column by column into each term's head
+    cols = [
+        (first.astype("<u4"), 4),
+        (last.astype("<u4"), 4),
+        ((maxt + 1).astype("<u4"), 4),
+        (minl.astype("<u4"), 4),
+        (dw.astype("u1"), 1),
+        (tw.astype("u1"), 1),
+    ]
+    col_off = 0
+    for arr, size in cols:
+        b = arr.view(np.uint8).reshape(nb, size)
+        dst = toff[term_of] + col_off * nblk[term_of] + k * size
+        out[dst[:, None] + np.arange(size)[None, :]] = b
+        col_off += size
+    # block data
+    ddst_start = toff[term_of] + metab[term_of]
+    within = np.zeros(nb, np.int64)  # bytes of earlier blocks of the same term
+    cum = np.zeros(nb + 1, np.int64)
+    np.cumsum(blkbytes, out=cum[1:])
+    within = cum[:-1] - cum[bptr[term_of]]
+    dstart = ddst_start + within
+    _scatter(out, ddata, dbytes, dstart)
+    _scatter(out, tdata, tbytes, dstart + dbytes)
+    return out, toff[:-1] + base, tlen, nblk
+
+
+def _scatter(out: np.ndarray, data: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> None:
+    if not len(data):
+        return
+    src = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=src[1:])
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    out[dst[owner] + (np.arange(len(data)) - src[owner])] = data
+
+
+def _dict_block(terms: list[str], df, off, ln, nb) -> bytes:
+    import zlib
+
+    enc = [t.encode() for t in terms]
+    tl = np.fromiter((len(e) for e in enc), np.uint32, len(enc))
+    parts = [
+        np.array([len(terms)], "<u4").tobytes(),
+        tl.astype("<u4").tobytes(),
+        b"".join(enc),
+        np.asarray(df, "<u4").tobytes(),
+        np.asarray(off, "<u8").tobytes(),
+        np.asarray(ln, "<u8").tobytes(),
+        np.asarray(nb, "<u4").tobytes(),
+    ]
+    return zlib.compress(b"".join(parts), 1)
+
+
+def _read_dict_block(data: bytes) -> dict[str, tuple[int, int, int, int]]:
+    import zlib
+
+    raw = zlib.decompress(data)
+    n = int(np.frombuffer(raw, "<u4", 1)[0])
+    p = 4
+    tl = np.frombuffer(raw, "<u4", n, p).astype(np.int64)
+    p += 4 * n
+    tb = int(tl.sum())
+    blob = raw[p : p + tb]
+    p += tb
+    df = np.frombuffer(raw, "<u4", n, p)
+    p += 4 * n
+    off = np.frombuffer(raw, "<u8", n, p)
+    p += 8 * n
+    ln = np.frombuffer(raw, "<u8", n, p)
+    p += 8 * n
+    nb = np.frombuffer(raw, "<u4", n, p)
+    ends = np.cumsum(tl)
+    out = {}
+    s = 0
+    for i in range(n):
+        e = int(ends[i])
+        out[blob[s:e].decode()] = (int(df[i]), int(off[i]), int(ln[i]), int(nb[i]))
+        s = e
+    return out
+
+
+def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[bytes, dict, dict, dict]:
+    """The block index of one FTS field of a segment (``values``: one per row: str,
+    list[str] or None; a polars Series or a list).  Analysed in chunks of CHUNK_ROWS rows
+    (memory: the postings as int arrays, not token lists).  Returns (file bytes, manifest
+    entry fields, BM25 statistics of every row and of the rows ``new`` marks (default all),
+    as :func:`stats_of_tokens` gives them)."""
+    n = len(values)
+    vocab: dict[str, int] = {}
+    setdefault = vocab.setdefault
+    lens = np.zeros(n, np.int64)
+    parts_t, parts_d, parts_f = [], [], []
+    for start in range(0, n, CHUNK_ROWS):
+        chunk = values[start : start + CHUNK_ROWS]
+        chunk = chunk.to_list() if hasattr(chunk, "to_list") else list(chunk)
+        toks = text.tokenize_many(chunk, opts)
+        ln = np.fromiter((len(t) for t in toks), np.int64, len(toks))
+        lens[start : start + len(toks)] = ln
+        tot = int(ln.sum())
+        if not tot:
+            continue
+        tid = np.fromiter((setdefault(t, len(vocab)) for tl in toks for t in tl), np.int64, tot)
+        doc = np.repeat(np.arange(len(toks), dtype=np.int64), ln)
+        key = tid * len(toks) + doc
+        uk, cnt = np.unique(key, return_counts=True)  # sorted by (term, row)
+        parts_t.append((uk // len(toks)).astype(np.int32))
+        parts_d.append((uk % len(toks) + start).astype(np.uint32))
+        parts_f.append(cnt.astype(np.uint32))
+        del toks, tid, doc, key
+    terms_first = list(vocab)
+    order = sorted(range(len(terms_first)), key=terms_first.__getitem__)
+    terms = [terms_first[i] for i in order]
+    rank = np.empty(len(terms_first), np.int32)
+    rank[np.asarray(order, np.int64)] = np.arange(len(terms_first), dtype=np.int32)
+    if parts_t:
+        tid = rank[np.concatenate(parts_t)]
+        del parts_t
+        o = np.argsort(tid, kind="stable")  # chunks are in row order: rows stay ascending per term
+        tid = tid[o]
+        docs = np.concatenate(parts_d)[o]
+        del parts_d
+        tfs = np.concatenate(parts_f)[o]
+        del parts_f, o
+    else:
+        tid, docs, tfs = np.zeros(0, np.int32), np.zeros(0, np.uint32), np.zeros(0, np.uint32)
+    tptr = np.zeros(len(terms) + 1, np.int64)
+    np.cumsum(np.bincount(tid, minlength=len(terms)), out=tptr[1:])
+    df_all = np.diff(tptr)
+    # statistics: of every row, of the new rows
+    stats = {
+        "n_rows": n,
+        "n_docs": int(np.count_nonzero(lens)),
+        "total_len": int(lens.sum()),
+        "df": Counter(dict(zip(terms, df_all.tolist()))),
+    }
+    if new is None:
+        stats_new = stats
+    else:
+        isnew = np.asarray(new, bool)
+        cnt = np.bincount(tid[isnew[docs]], minlength=len(terms)) if len(docs) else np.zeros(len(terms), np.int64)
+        stats_new = {
+            "n_rows": int(isnew.sum()),
+            "n_docs": int(np.count_nonzero(lens[isnew])),
+            "total_len": int(lens[isnew].sum()),
+            "df": Counter({t: int(c) for t, c in zip(terms, cnt.tolist()) if c}),
+        }
+    # lengths section
+    mx = int(lens.max()) if n else 0
+    ldt = "u1" if mx < 1 << 8 else "u2" if mx < 1 << 16 else "u4"
+    lbytes = lens.astype("<" + ldt).tobytes()
+    pieces = [lbytes]
+    pos = len(lbytes)
+    # postings, a group of terms at a time (bounded temporaries)
+    t_off = np.zeros(len(terms), np.int64)
+    t_len = np.zeros(len(terms), np.int64)
+    t_nb = np.zeros(len(terms), np.int64)
+    i = 0
+    while i < len(terms):
+        j = int(np.searchsorted(tptr, tptr[i] + 2_000_000, side="right"))
+        j = max(i + 1, min(j - 1, len(terms)))
+        sl = slice(int(tptr[i]), int(tptr[j]))
+        data, off, ln, nb = _encode_terms(docs[sl], tfs[sl], lens, tptr[i : j + 1] - tptr[i], pos)
+        t_off[i:j], t_len[i:j], t_nb[i:j] = off, ln, nb
+        pieces.append(data.tobytes())
+        pos += len(data)
+        i = j
+    del docs, tfs, tid
+    # dictionary blocks
+    firsts, doffs = [], [pos]
+    for a in range(0, len(terms), DICT_TERMS):
+        b = min(a + DICT_TERMS, len(terms))
+        blob = _dict_block(terms[a:b], df_all[a:b], t_off[a:b], t_len[a:b], t_nb[a:b])
+        pieces.append(blob)
+        pos += len(blob)
+        firsts.append(terms[a])
+        doffs.append(pos)
+    entry = {
+        "format": BLK,
+        "block": BLOCK,
+        "rows": n,
+        "lengths": {"dtype": ldt, "off": 0, "end": len(lbytes)},
+        "dict": {"first": firsts, "off": doffs},
+        "terms": len(terms),
+    }
+    return b"".join(pieces), entry, stats, stats_new
+
+
+def bm25_bound(max_tf, min_len, idf, k1: float, b: float, avg: float):
+    """An upper bound of a block's BM25 term score (increasing in tf, decreasing in length)."""
+    tf = np.asarray(max_tf, np.float64)
+    norm = k1 * (1.0 - b + b * (np.asarray(min_len, np.float64) / avg)) if avg > 0 else k1 * (1.0 - b)
+    return idf * tf * (k1 + 1.0) / (tf + norm)
+
+
+class TermBlocks:
+    """One term's decoded postings in a segment: rows (ascending), tf, and per block its
+    first and last row, max tf, min document length and index range into rows."""
+
+    __slots__ = ("rows", "tf", "first", "last", "max_tf", "min_len", "bptr")
+
+    def __init__(self, data: bytes, nblocks: int, df: int):
+        raw = np.frombuffer(data, np.uint8)
+        nb = nblocks
+        p = 0
+
+        def col(dt: str, size: int):
+            nonlocal p
+            a = np.frombuffer(raw[p : p + size * nb].tobytes(), dt)
+            p += size * nb
+            return a
+
+        self.first = col("<u4", 4).astype(np.int64)
+        self.last = col("<u4", 4).astype(np.int64)
+        self.max_tf = col("<u4", 4).astype(np.int64)
+        self.min_len = col("<u4", 4).astype(np.int64)
+        dw = col("u1", 1).astype(np.int64)
+        tw = col("u1", 1).astype(np.int64)
+        count = np.full(nb, BLOCK, np.int64)
+        if nb:
+            count[-1] = df - BLOCK * (nb - 1)
+        self.bptr = np.zeros(nb + 1, np.int64)
+        np.cumsum(count, out=self.bptr[1:])
+        dbytes = (count * dw + 7) // 8
+        tbytes = (count * tw + 7) // 8
+        cum = np.zeros(nb + 1, np.int64)
+        np.cumsum(dbytes + tbytes, out=cum[1:])
+        body = raw[p:]
+        deltas = _unpack(body, cum[:-1], count, dw).astype(np.int64)
+        tf1 = _unpack(body, cum[:-1] + dbytes, count, tw)
+        # rows = block first + cumulative deltas within the block
+        cs = np.cumsum(deltas)
+        starts = self.bptr[:-1]
+        base = np.repeat(self.first - (cs[starts] - deltas[starts]), count)
+        self.rows = (cs + base).astype(np.int64)
+        self.tf = tf1.astype(np.float64) + 1.0
+
+
+class BlockIndex:
+    """Reader of a segment's ``fts-{tag}.blk``: the term dictionary and postings of the
+    terms a query asks for by ranged reads (memoized), document lengths read whole."""
+
+    MAX_TERMS = 4096  # decoded terms kept
+
+    def __init__(self, entry: dict, read_ranges):
+        """``read_ranges([(start, end)]) -> [bytes]``: one batch of ranged reads of the file."""
+        from collections import OrderedDict
+
+        self.entry = entry
+        self.read = read_ranges
+        self.rows = int(entry["rows"])
+        self._dict: dict[int, dict] = {}
+        self._terms: OrderedDict = OrderedDict()
+        self._lens: np.ndarray | None = None
+        self._lock = __import__("threading").RLock()
+
+    def _dict_ids(self, terms) -> list[int]:
+        import bisect
+
+        first = self.entry["dict"]["first"]
+        out = set()
+        for t in terms:
+            i = bisect.bisect_right(first, t) - 1
+            if i >= 0:
+                out.add(i)
+        return sorted(out)
+
+    def prefetch(self, terms, lengths: bool = True) -> None:
+        """Fetch (one batch of ranged reads) the dictionary blocks of ``terms`` and, with
+        ``lengths``, the document lengths."""
+        offs = self.entry["dict"]["off"]
+        with self._lock:
+            need = [i for i in self._dict_ids(terms) if i not in self._dict]
+            want_len = lengths and self._lens is None
+        ranges = [(offs[i], offs[i + 1]) for i in need]
+        le = self.entry["lengths"]
+        if want_len:
+            ranges.append((int(le["off"]), int(le["end"])))
+        if not ranges:
+            return
+        got = self.read(ranges)
+        with self._lock:
+            for i, blob in zip(need, got):
+                self._dict[i] = _read_dict_block(blob)
+            if want_len:
+                self._lens = np.frombuffer(got[-1], "<" + le["dtype"]).astype(np.float64)
+
+    def lengths(self) -> np.ndarray:
+        if self._lens is None:
+            self.prefetch([], True)
+        assert self._lens is not None
+        return self._lens
+
+    def entries(self, terms) -> dict[str, tuple[int, int, int, int]]:
+        """(df, offset, length, blocks) of each of ``terms`` present in the segment."""
+        terms = list(dict.fromkeys(terms))
+        self.prefetch(terms, lengths=False)
+        out = {}
+        with self._lock:
+            for t in terms:
+                ids = self._dict_ids([t])
+                if ids and t in self._dict[ids[0]]:
+                    out[t] = self._dict[ids[0]][t]
+        return out
+
+    def postings(self, terms) -> dict[str, TermBlocks]:
+        """The decoded postings of ``terms`` present in the segment (one batch of reads)."""
+        ent = self.entries(terms)
+        out: dict[str, TermBlocks] = {}
+        with self._lock:
+            for t in ent:
+                if t in self._terms:
+                    self._terms.move_to_end(t)
+                    out[t] = self._terms[t]
+        need = [t for t in ent if t not in out]
+        if need:
+            got = self.read([(ent[t][1], ent[t][1] + ent[t][2]) for t in need])
+            with self._lock:
+                for t, blob in zip(need, got):
+                    tb = TermBlocks(blob, ent[t][3], ent[t][0])
+                    out[t] = tb
+                    self._terms[t] = tb
+                while len(self._terms) > self.MAX_TERMS:
+                    self._terms.popitem(last=False)
+        return out
+
+    def candidates(self, pos: np.ndarray, terms):
+        """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms`` (exact lengths)."""
+        from puffer_cli.text.bm25 import Postings
+
+        posts = self.postings(sorted(set(terms)))
+        keep, rows, tfs, sizes = [], [], [], []
+        for t in sorted(posts):
+            tb = posts[t]
+            lst = tb.rows
+            if not len(lst) or not len(pos):
+                continue
+            j = np.searchsorted(lst, pos)
+            j[j >= len(lst)] = 0
+            hit = np.flatnonzero(lst[j] == pos)
+            if not len(hit):
+                continue
+            keep.append(t)
+            rows.append(hit.astype(np.int32))
+            tfs.append(tb.tf[j[hit]])
+            sizes.append(len(hit))
+        indptr = np.zeros(len(keep) + 1, np.int64)
+        np.cumsum(sizes, out=indptr[1:])
+        lens = self.lengths()[pos]
+        return Postings(
+            len(pos),
+            keep,
+            {t: k for k, t in enumerate(keep)},
+            indptr,
+            np.concatenate(rows) if rows else np.zeros(0, np.int32),
+            np.concatenate(tfs) if tfs else np.zeros(0, np.float64),
+            lens,
+            int(lens.sum()),
+        )
+
+
+def prune(
+    posts: dict[str, TermBlocks],
+    weights: dict[str, float],
+    idf: dict[str, float],
+    lens: np.ndarray,
+    sel: np.ndarray | None,
+    k: int,
+    k1: float,
+    b: float,
+    avg: float,
+) -> np.ndarray:
+    """Block-max pruning of one BM25 clause ``sum_t weights[t] * bm25(t, d)``: the rows
+    (ascending, passing ``sel``) of the blocks that can hold a top-``k`` row.
+
+    Every block gets an upper bound: its own term's bound (max tf, min length) plus, per
+    other term, the largest bound of that term's blocks overlapping its row range.  A row
+    scoring s has all its blocks bounded by >= s.  theta = the k-th best lower bound (the
+    partial scores of the rows of the best-bounded blocks); a block bounded below theta
+    holds no row of the top k (which all score >= theta), so it is skipped, and every top-k
+    row keeps all its blocks (its exact score is computed from the survivors)."""
+    ts = [t for t in posts if weights.get(t, 0) > 0 and len(posts[t].rows)]
+    if not ts:
+        return np.zeros(0, np.int64)
+    own = {
+        t: weights[t] * bm25_bound(posts[t].max_tf, posts[t].min_len, idf[t], k1, b, avg) * (1 + 1e-9) + 1e-12
+        for t in ts
+    }
+    bound = {t: own[t].copy() for t in ts}
+    for t in ts:
+        for u in ts:
+            if u == t:
+                continue
+            pu = posts[u]
+            # blocks of u overlapping [first, last] of each block of t
+            lo = np.searchsorted(pu.last, posts[t].first, side="left")
+            hi = np.searchsorted(pu.first, posts[t].last, side="right")
+            cm = _range_max(own[u], lo, hi)
+            bound[t] += cm
+    # theta: partial scores of the rows in the best-bounded blocks
+    allb = np.concatenate([bound[t] for t in ts])
+    tof = np.concatenate([np.full(len(bound[t]), i) for i, t in enumerate(ts)])
+    bix = np.concatenate([np.arange(len(bound[t])) for t in ts])
+    order = np.argsort(-allb, kind="stable")
+    sizes = np.concatenate([np.diff(posts[t].bptr) for t in ts])[order]
+    take = int(np.searchsorted(np.cumsum(sizes), 4 * k)) + 1
+    pick = order[:take]
+    theta = 0.0
+    if k > 0:
+        rows_l, sc_l = [], []
+        for i, t in enumerate(ts):
+            bl = bix[pick[tof[pick] == i]]
+            if not len(bl):
+                continue
+            tb = posts[t]
+            idx = np.concatenate([np.arange(tb.bptr[x], tb.bptr[x + 1]) for x in bl])
+            r, tf = tb.rows[idx], tb.tf[idx]
+            norm = k1 * (1.0 - b + b * (lens[r] / avg)) if avg > 0 else np.full(len(r), k1 * (1.0 - b))
+            rows_l.append(r)
+            sc_l.append(weights[t] * idf[t] * tf * (k1 + 1.0) / (tf + norm))
+        r = np.concatenate(rows_l)
+        s = np.concatenate(sc_l)
+        ur, inv = np.unique(r, return_inverse=True)
+        tot = np.bincount(inv, weights=s, minlength=len(ur))
+        if sel is not None:
+            tot = tot[sel[ur]]
+        if len(tot) >= k:
+            theta = float(np.partition(tot, len(tot) - k)[len(tot) - k]) * (1 - 1e-9)
+    keep = []
+    for t in ts:
+        tb = posts[t]
+        ok = bound[t] >= theta
+        if ok.all():
+            keep.append(tb.rows)
+        elif ok.any():
+            cnt = np.diff(tb.bptr)
+            keep.append(tb.rows[np.repeat(ok, cnt)])
+    rows = np.unique(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+    if sel is not None:
+        rows = rows[sel[rows]]
+    return rows.astype(np.int64)
+
+
+def _range_max(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """max(v[lo[i]:hi[i]]) per i (0 for an empty range), via a sparse table."""
+    n = len(v)
+    out = np.zeros(len(lo), np.float64)
+    if not n:
+        return out
+    table = [v]
+    w = 1
+    while 2 * w <= n:
+        prev = table[-1]
+        table.append(np.maximum(prev[: len(prev) - w], prev[w:]))
+        w *= 2
+    ln = hi - lo
+    ok = ln > 0
+    lv = np.zeros(len(lo), np.int64)
+    lv[ok] = np.floor(np.log2(ln[ok])).astype(np.int64)
+    for lvl in np.unique(lv[ok]):
+        m = ok & (lv == lvl)
+        tb = table[lvl]
+        out[m] = np.maximum(tb[lo[m]], tb[hi[m] - (1 << lvl)])
+    return out
+
+
+def sum_stats(parts) -> dict:
+    """The sum of :func:`stats_of_tokens`-like statistics of disjoint row sets."""
+    df: Counter = Counter()
+    n = d = tot = 0
+    for p in parts:
+        n += p["n_rows"]
+        d += p["n_docs"]
+        tot += p["total_len"]
+        df.update(p["df"])
+    return {"n_rows": n, "n_docs": d, "total_len": tot, "df": df}

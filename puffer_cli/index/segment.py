@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import threading
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -52,6 +53,10 @@ def repair_hint(ns: str) -> str:
     )
 
 
+#: row sets whose ids one segment keeps after reading them by range (a repeated query)
+ID_MEMO = 64
+
+
 def _files(seg: Segment, what: str, f: str | None) -> list[str]:
     m = seg.meta
     if what == "attrs":
@@ -67,6 +72,8 @@ def _files(seg: Segment, what: str, f: str | None) -> list[str]:
         a = m.get("ann", {}).get(f) or {}
         return [a[k] for k in ("key", "route") if a.get(k)] + (paged.files(a["lists"]) if a.get("lists") else [])
     t = m.get("fts", {}).get(f) or {}
+    if t.get("format"):
+        return paged.files(t)
     if what in ("tokens", "postings"):
         return [t[what]] if t.get(what) else []
     return list(t.get("files", []))
@@ -175,6 +182,7 @@ class Segment:
         self._norms: dict[str | tuple[str, str], np.ndarray] = {}  # f -> norms; ("zero", f) -> zero rows
         self._ann: dict = {}
         self._fts: dict = {}
+        self._id_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self._ids: pl.DataFrame | None = None
         self._live: int | None = None
         self._idv: np.ndarray | Literal[False] | None = None  # False: ids are not integers
@@ -358,8 +366,18 @@ class Segment:
         if m is None or opened or not len(pos) or at_hand:
             idv = self.id_values()
             return idv[pos] if idv is not None else self.id_column().gather(pos)
+        key = pos.tobytes()  # a repeated query's rows: memoized (bounded), so a hot repeat reads nothing
+        with self._lock:
+            hit = self._id_memo.get(key)
+        if hit is not None:
+            return hit
         raw = paged.read_rows(self.cache, self.store, m, pos, 8)
-        return raw.view("<u8" if m["dtype"] == "u64" else "<i8").reshape(-1)
+        out = raw.view("<u8" if m["dtype"] == "u64" else "<i8").reshape(-1)
+        with self._lock:
+            self._id_memo[key] = out
+            while len(self._id_memo) > ID_MEMO:
+                self._id_memo.popitem(last=False)
+        return out
 
     def rerank_rows(self, f: str, pos: np.ndarray):
         """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip."""
@@ -480,9 +498,35 @@ class Segment:
             return self._ann[f]
 
     @reports_damage("fts")
+    def blocks(self, f: str) -> fts.BlockIndex | None:
+        """The block index (format blk-1) of FTS field ``f`` under the analyzer in force, or
+        None (older generations: tantivy + tokens + postings; a changed analyzer)."""
+        m = self.meta.get("fts", {}).get(f)
+        if not m or m.get("format") != fts.BLK or m.get("sig") != fts_sig_of(self.gen.schema.get(f)):
+            return None
+        with self._lock:
+            if ("blk", f) not in self._fts:
+                self._fts[("blk", f)] = fts.BlockIndex(m, partial(self._blk_ranges, m))
+            return self._fts[("blk", f)]
+
+    @reports_damage("fts")
+    def _blk_ranges(self, m: dict, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Bytes of ``ranges`` of a block index file: from the local or cached file, else by
+        coalesced ranged reads (one batch of requests)."""
+        if not self.store.is_remote or paged.cached(self.cache, self.store, m):
+            path = paged.whole(self.cache, self.store, m)
+            out = []
+            with open(path, "rb") as fh:
+                for a, b in ranges:
+                    fh.seek(a)
+                    out.append(fh.read(b - a))
+            return out
+        return paged.read_ranges(self.cache, self.store, m, ranges)
+
+    @reports_damage("fts")
     def fts(self, f: str):
         m = self.meta.get("fts", {}).get(f)
-        if m is None:
+        if m is None or m.get("format"):
             return None
         with self._lock:
             if f not in self._fts:
@@ -554,7 +598,11 @@ class Segment:
                 self.ivf(f)
             else:
                 self.ann(f)
-        for f in self.meta.get("fts", {}):
+        for f, m in self.meta.get("fts", {}).items():
+            if m.get("format"):
+                paged.whole(self.cache, self.store, m)
+                self.blocks(f)
+                continue
             if f in self.gen.schema and self.gen.schema[f].get("full_text_search"):
                 self.fts(f)
                 self.postings(f)

@@ -1,5 +1,5 @@
 """Writing one index segment: the doc store, the id column, the f32 vectors, one
-IVF-SQ8 index per vector field and one tantivy index (+ tokens, postings) per FTS field
+IVF-SQ8 index per vector field and one block index (term dictionary + posting blocks) per FTS field
 (docs/format-index.md), through :class:`Writer`, which uploads new immutable files (in
 parallel on a remote store) and keeps them in the local cache."""
 
@@ -94,6 +94,9 @@ def segment_files(s: dict) -> list[str]:
     for v in s.get("ann", {}).values():
         out += [v[k] for k in ("key", "route") if v.get(k)] + (paged.files(v["lists"]) if v.get("lists") else [])
     for v in s.get("fts", {}).values():
+        if v.get("format"):
+            out += paged.files(v)
+            continue
         out += v["files"]
         out += [v[k] for k in ("tokens", "postings") if v.get(k)]
     if s.get("tombstones"):
@@ -140,12 +143,10 @@ def write_segment(
         seg["ids"] = {**paged.put(w, key(f"ids.{kind}"), data), "dtype": kind}
     for f in D.vector_fields(schema):
         seg["vectors"][f], seg["ann"][f] = _write_vectors(w, key, frame, f, schema, metric, fits.get(f), progress)
-    ftoks = {}
+    keep = np.asarray(new, bool) if new is not None else None
+    seg["_fts_stats"], seg["_fts_new"] = {}, {}
     for f in D.fts_fields(schema):
-        seg["fts"][f], ftoks[f] = _write_fts(w, key, frame, f, schema, progress)
-    seg["_fts_tokens"] = ftoks
-    keep = np.flatnonzero(new) if new is not None else None
-    seg["_fts_new"] = {f: t if keep is None else [t[i] for i in keep] for f, t in ftoks.items()}
+        seg["fts"][f], seg["_fts_stats"][f], seg["_fts_new"][f] = _write_fts(w, key, frame, f, schema, progress, keep)
     return seg
 
 
@@ -199,15 +200,14 @@ def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, pro
     return vectors, ann
 
 
-def _write_fts(w: Writer, key, frame, f: str, schema: dict, progress) -> tuple[dict, list]:
-    """The tantivy index (+ tokens and postings for word tokenizers) of FTS field ``f``."""
+def _write_fts(w: Writer, key, frame, f: str, schema: dict, progress, new) -> tuple[dict, dict, dict]:
+    """The block index (``fts-{tag}.blk``, format blk-1) of FTS field ``f``: (manifest entry,
+    BM25 statistics of every row, of the ``new`` rows)."""
     opts = schema[f]["full_text_search"]
     note(progress, f"fts {f}", 0, frame.height)
-    files, toks = fts.build(frame.get_column(f).to_list(), opts)
-    prefix = key(f"fts-{D.field_tag(f)}/")
-    entry = {"prefix": prefix, "files": [w.put(prefix + fname, data) for fname, data in files.items()]}
+    col = frame.get_column(f) if f in frame.columns else pl.Series([None] * frame.height, dtype=pl.String)
+    data, entry, st_all, st_new = fts.build_blocks(col, opts, new)
+    entry.update(paged.put(w, key(f"fts-{D.field_tag(f)}.blk"), data))
     entry["sig"] = fts_sig(schema[f])
-    if fts.pretokenized(opts):
-        entry["tokens"] = w.put(key(f"tok-{D.field_tag(f)}.arrow"), fts.tokens_bytes(toks))
-        entry["postings"] = w.put(key(f"post-{D.field_tag(f)}.arrow"), fts.postings_bytes(toks))
-    return entry, toks
+    note(progress, f"fts {f}", frame.height, frame.height)
+    return entry, st_all, st_new

@@ -12,8 +12,9 @@ that frame, so results, distances and scores are the exact engine's:
 * vector rank: per segment, exact search over the filtered rows when the filter
   is selective (or the rank is ``kNN``), else HNSW over-fetch + post-filter;
   the exact f32 vectors of the candidates go to the engine for exact distances;
-* BM25 (and Sum/Max/Product of BM25): tantivy over-fetches candidates per
-  segment; the engine re-scores them with exact BM25 on global statistics;
+* BM25 (and Sum/Max/Product of BM25): per segment the block index gives the rows
+  that can reach the top k (block-max pruning on global statistics; older
+  generations: tantivy over-fetches); the engine re-scores them exactly;
 * order by attribute: polars top-k per segment on the doc store;
 * anything else (aggregations, filter-only, per-attribute limits): every
   filtered row of the doc store (attributes only unless vectors are asked for).
@@ -448,6 +449,68 @@ class IndexedView:
             return e.weight > 0 and self.pure_bm25(e.child)
         return False
 
+    def bm25_blocks(self, i: int, leaves) -> dict | None:
+        """Segment ``i``'s block indexes (fts.BlockIndex) of the leaves' FTS fields, or None
+        when one of them has none (an older generation: tantivy)."""
+        seg = self.gen.segments[i]
+        out = {}
+        for lf in leaves:
+            spec = self.schema.get(lf.attr) or {}
+            if not spec.get("full_text_search"):
+                continue
+            bi = seg.blocks(lf.attr)
+            if bi is None:
+                return None
+            out[lf.attr] = bi
+        return out
+
+    def bm25_terms(self, leaves) -> list[tuple[str, list[str]]]:
+        """(field, query tokens) per BM25 leaf on an FTS field."""
+        from puffer_cli.text.bm25 import query_tokens
+
+        out = []
+        for lf in leaves:
+            spec = self.schema.get(lf.attr) or {}
+            if spec.get("full_text_search"):
+                q = lf.query if isinstance(lf.query, str) else list(lf.query)
+                out.append((lf.attr, query_tokens(q, spec["full_text_search"])))
+        return out
+
+    def block_candidates(self, i: int, leaves, sel: np.ndarray, k: int, stats) -> np.ndarray:
+        """Rows of segment ``i`` (ascending, in ``sel``) holding the exact top ``k`` of the pure
+        BM25 expression over ``leaves``, from the block indexes: one leaf is pruned block-max
+        (fts.prune, exact on namespace-global statistics); several leaves take every row
+        containing a query term."""
+        from puffer_cli.index import fts as F
+        from puffer_cli.text import analyzer as T
+
+        blk = self.bm25_blocks(i, leaves)
+        assert blk is not None
+        lt = self.bm25_terms(leaves)
+        if not sel.any() or not lt:
+            return np.zeros(0, np.int64)
+        if len(lt) == 1 and stats is not None and stats.get(lt[0][0]) is not None:
+            f, toks = lt[0]
+            st = stats.get(f)
+            opts = T.normalize_fts_options(self.schema[f]["full_text_search"])
+            k1, b = float(opts["k1"]), float(opts["b"])
+            bi = blk[f]
+            posts = bi.postings(toks)
+            if st.n_docs == 0 or not posts:
+                return np.zeros(0, np.int64)
+            if st.avg_len > 0:
+                w: dict[str, float] = {}
+                for t in toks:
+                    w[t] = w.get(t, 0.0) + 1.0
+                idf = {}
+                for t in posts:
+                    df = st.doc_freq(t)
+                    idf[t] = float(np.log1p((st.n_docs - df + 0.5) / (df + 0.5)))
+                return F.prune(posts, w, idf, bi.lengths(), sel, k, k1, b, st.avg_len)
+        rows = [tb.rows for f, toks in lt for tb in blk[f].postings(toks).values()]
+        out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+        return out[sel[out]]
+
     def bm25_candidates(self, i: int, leaves, filt, k: int) -> np.ndarray | None:
         from puffer_cli.text.bm25 import query_tokens
 
@@ -455,6 +518,9 @@ class IndexedView:
         sel = self._filter_mask(i, filt)
         if not sel.any():
             return np.zeros(0, np.int64)
+        if self.bm25_blocks(i, leaves) is not None:
+            fields = sorted({lf.attr for lf in leaves})
+            return self.block_candidates(i, leaves, sel, k, self.bm25_stats(fields))
         want = max(BM25_MIN_CANDIDATES, BM25_OVERFETCH * k)
         out = []
         for lf in leaves:

@@ -30,7 +30,7 @@ import polars as pl
 
 from puffer_cli import limits as L
 from puffer_cli.index import docs as D
-from puffer_cli.index import ivf
+from puffer_cli.index import fts, ivf
 from puffer_cli.index import ranged as RG
 from puffer_cli.index.manifest import fts_sig_of
 from puffer_cli.query import parse as Q
@@ -63,7 +63,7 @@ def text_eligible(view, q: Q.Query) -> bool:
             return False
         for seg in view.gen.segments:
             m = seg.meta.get("fts", {}).get(f)
-            if not m or not m.get("postings") or m.get("sig") != sig:
+            if not m or m.get("sig") != sig or not (m.get("postings") or m.get("format") == fts.BLK):
                 return False
     return True
 
@@ -186,22 +186,52 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     kk = q.offset + q.limit
     leaves = list(view.bm25_leaves(rb.expr))
     fields = sorted({lf.attr for lf in leaves})
-    stats = view.bm25_stats(fields)
     terms = {
         f: [t for lf in leaves if lf.attr == f for t in B.query_tokens(lf.query, view.schema[f]["full_text_search"])]
         for f in fields
     }
     out = _Collect(view)
     exhaustive = 0
-    for i, seg in enumerate(view.gen.segments):
+    n = len(view.gen.segments)
+    remote = view.gen.store.is_remote
+    blocks = [view.bm25_blocks(i, leaves) for i in range(n)]
+
+    def first(i: int):
+        """Phase 1 (with the statistics): the filter, the dictionary blocks and lengths."""
         L.check_deadline()
-        pos = view.bm25_candidates(i, leaves, q.filters, kk)  # ascending, filtered, visible
-        if not len(pos):
-            continue
-        posts = {f: seg.postings(f).candidates(pos, terms[f]) for f in fields}
+        sel = view._filter_mask(i, q.filters)
+        if blocks[i] is not None and sel.any():
+            for f, bi in blocks[i].items():
+                bi.prefetch(terms[f])
+        return sel
+
+    got = RG.parallel([partial(view.bm25_stats, fields)] + [partial(first, i) for i in range(n)], remote)
+    stats, sels = got[0], got[1:]
+
+    def second(i: int):
+        """Phase 2: the candidates (block segments: their query terms' postings)."""
+        L.check_deadline()
+        if blocks[i] is not None:
+            return view.block_candidates(i, leaves, sels[i], kk, stats)
+        return view.bm25_candidates(i, leaves, q.filters, kk)  # ascending, filtered, visible
+
+    cands = RG.parallel([partial(second, i) for i in range(n)], remote)
+
+    def third(i: int):
+        """Phase 3: exact scores, and the ids of the matches by range."""
+        pos = cands[i]
+        if pos is None or not len(pos):
+            return None
+        seg = view.gen.segments[i]
+        posts = {f: (seg.blocks(f) or seg.postings(f)).candidates(pos, terms[f]) for f in fields}
         s, m = SC.text_eval(rb.expr, None, view.schema, stats, posts)
         keep = np.flatnonzero(m)
-        out.add(i, pos[keep], -s[keep], s[keep])
+        ids = seg.id_rows(pos[keep]) if blocks[i] is not None else None
+        return pos[keep], s[keep], ids
+
+    for i, r in enumerate(RG.parallel([partial(third, i) for i in range(n)], remote)):
+        if r is not None:
+            out.add(i, r[0], -r[1], r[1], r[2])
     tail = _tail(view)
     if tail is not None:
         L.check_deadline()
