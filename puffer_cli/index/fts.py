@@ -612,16 +612,41 @@ class TermBlocks:
         self.tf = tf1.astype(np.float64) + 1.0
 
 
+def _guarded(fn):
+    """A BlockIndex method whose reads and decoding report damage through ``self.damage``
+    (the segment names the file and the fix), not as a decoder's own error."""
+    import functools
+    import zlib
+
+    @functools.wraps(fn)
+    def run(self, *args, **kw):
+        try:
+            return fn(self, *args, **kw)
+        except FileNotFoundError as e:
+            raise self.damage(e, True) from e
+        except (zlib.error, ValueError, IndexError, EOFError, OSError) as e:
+            raise self.damage(e, False) from e
+
+    return run
+
+
+def _no_report(e: BaseException, missing: bool) -> BaseException:
+    return e
+
+
 class BlockIndex:
     """Reader of a segment's ``fts-{tag}.blk``: the term dictionary and postings of the
     terms a query asks for by ranged reads (memoized), document lengths read whole."""
 
     MAX_TERMS = 4096  # decoded terms kept
 
-    def __init__(self, entry: dict, read_ranges):
-        """``read_ranges([(start, end)]) -> [bytes]``: one batch of ranged reads of the file."""
+    def __init__(self, entry: dict, read_ranges, damage=_no_report):
+        """``read_ranges([(start, end)]) -> [bytes]``: one batch of ranged reads of the file;
+        ``damage(error, missing) -> exception``: what to raise when the file is gone or does
+        not decode."""
         from collections import OrderedDict
 
+        self.damage = damage
         self.entry = entry
         self.read = read_ranges
         self.rows = int(entry["rows"])
@@ -641,6 +666,7 @@ class BlockIndex:
                 out.add(i)
         return sorted(out)
 
+    @_guarded
     def prefetch(self, terms, lengths: bool = True) -> None:
         """Fetch (one batch of ranged reads) the dictionary blocks of ``terms`` and, with
         ``lengths``, the document lengths."""
@@ -679,6 +705,7 @@ class BlockIndex:
                     out[t] = self._dict[ids[0]][t]
         return out
 
+    @_guarded
     def postings(self, terms) -> dict[str, TermBlocks]:
         """The decoded postings of ``terms`` present in the segment (one batch of reads)."""
         ent = self.entries(terms)
@@ -700,6 +727,7 @@ class BlockIndex:
                     self._terms.popitem(last=False)
         return out
 
+    @_guarded
     def candidates(self, pos: np.ndarray, terms):
         """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms`` (exact lengths)."""
         from puffer_cli.text.bm25 import Postings

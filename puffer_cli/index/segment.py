@@ -203,6 +203,11 @@ class Segment:
             hint=repair_hint(ns),
         )
 
+    def _blk_damage(self, f: str, e: BaseException, missing: bool) -> BaseException:
+        """What a full-text block read that failed raises (fts.BlockIndex's ``damage``)."""
+        err = self.damaged("fts", (f,), e, missing=missing)
+        return MissingIndexFile(err) if missing else err
+
     @property
     def cache(self) -> Cache:
         return self.gen.cache
@@ -506,7 +511,7 @@ class Segment:
             return None
         with self._lock:
             if ("blk", f) not in self._fts:
-                self._fts[("blk", f)] = fts.BlockIndex(m, partial(self._blk_ranges, m))
+                self._fts[("blk", f)] = fts.BlockIndex(m, partial(self._blk_ranges, m), partial(self._blk_damage, f))
             return self._fts[("blk", f)]
 
     @reports_damage("fts")
