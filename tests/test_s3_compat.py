@@ -121,6 +121,10 @@ def _make_handler(upstream: tuple[str, int], rw: Rewriter):
         def _handle(self):
             body = self._body()
             conditional = self.command == "PUT" and (self.headers.get("If-None-Match") or self.headers.get("If-Match"))
+            if self.command == "PUT" and "partNumber=2&" in self.path + "&" and rw.fault("part2"):
+                return self._reply(503, _error("SlowDown", "Please reduce your request rate."))
+            if self.command == "DELETE" and "uploadId=" in self.path:
+                rw.count("abort")
             if self.command == "PUT" and rw.take("slowdowns"):
                 rw.count("503")
                 return self._reply(503, _error("SlowDown", "Please reduce your request rate."))
@@ -556,3 +560,33 @@ def test_etags_that_are_not_md5s_are_learnt_not_refused(proxy):
     st2.write("a", b"alpha")
     rw.foreign_etags = False
     assert st2.read("a") == b"alpha" and st2._md5_etags is True
+
+
+@pytest.mark.parametrize("refused", ["once", "always"])
+def test_multipart_part_is_retried_alone_and_a_failed_upload_aborted(proxy, monkeypatch, refused):
+    """A large object goes up in parts; a part the server refuses once is sent again on its own
+    (the other parts once each); a part refused every time fails the write, the upload is
+    aborted (no parts left billed) and no object appears."""
+    from puffer_cli.store import s3 as store_s3
+
+    endpoint, rw = proxy
+    monkeypatch.setattr(store_s3, "MULTIPART_THRESHOLD", 6 << 20)
+    monkeypatch.setattr(store_s3, "MULTIPART_PART_BYTES", 5 << 20)  # S3's smallest part
+    monkeypatch.setattr(limits, "S3_RETRY_DEADLINE_S", 3.0)
+    st = fresh_store(endpoint)
+    data = os.urandom(11 << 20)  # 3 parts
+    rw.faults["part2"] = 1 if refused == "once" else -1
+    parts = lambda: [p for m, p, _ in rw.seen if m == "PUT" and p.endswith("/big")]  # noqa: E731
+    if refused == "once":
+        st.write("big", data)
+        assert rw.hits["part2"] == 1 and len(parts()) == 3  # each part forwarded once: only part 2 was sent again
+        assert st.read("big") == data
+        assert "abort" not in rw.answered
+    else:
+        with pytest.raises(StoreError) as e:
+            st.write("big", data)
+        assert e.value.message.startswith("S3 write (part 2)") and rw.hits["part2"] >= 2
+        assert rw.answered["abort"] == 1
+        assert not st.exists("big")
+        uploads = st._call("list", "", lambda: st.fs._call_s3("list_multipart_uploads", Bucket=st.bucket))
+        assert [u for u in uploads.get("Uploads", []) if u["Key"].startswith(st.prefix)] == []
