@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,8 @@ def _no_persistent_cache():
     cache.configure("")
 
 
-def _fill(url: str, n: int = 300, name: str = "d"):
-    db = connect(url)
+def _fill(url: str, n: int = 300, name: str = "d", endpoint: str | None = None):
+    db = connect(url, s3_endpoint=endpoint)
     ns = db.namespace(name)
     rng = np.random.default_rng(1)
     words = "quick brown fox lazy dog river stone moon sun".split()
@@ -68,11 +69,23 @@ def _segment_files(db, name):
     return man["segments"][0]
 
 
-@pytest.mark.parametrize("kind", ["attrs", "tantivy", "postings", "route"])
-@pytest.mark.parametrize("damage", ["delete", "truncate"])
-def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, kind, damage):
-    url = str(tmp_path / "s")
-    db, ns = _fill(url)
+def _damage_cases():
+    """Every (file kind, damage) on a local store; on moto (S3) two in the default suite, the rest slow."""
+    for kind in ("attrs", "tantivy", "postings", "route"):
+        for damage in ("delete", "truncate"):
+            yield pytest.param(kind, damage, "local", id=f"{damage}-{kind}-local")
+            fast = (kind, damage) in (("attrs", "truncate"), ("route", "delete"))
+            yield pytest.param(kind, damage, "s3", id=f"{damage}-{kind}-s3", marks=[] if fast else [pytest.mark.slow])
+
+
+@pytest.mark.parametrize("kind,damage,backend", list(_damage_cases()))
+def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, request, kind, damage, backend):
+    if backend == "s3":
+        endpoint = request.getfixturevalue("s3_server")
+        url, store_flags = f"s3://puffer-test/{uuid.uuid4().hex}", ["--s3-endpoint", endpoint]
+    else:
+        endpoint, url, store_flags = None, str(tmp_path / "s"), []
+    db, ns = _fill(url, endpoint=endpoint)
     ns.index()
     want = _answers(ns)
     seg = _segment_files(db, "d")
@@ -82,11 +95,14 @@ def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, kind, damage
         "postings": seg["fts"]["text"]["postings"],
         "route": seg["ann"]["vector"]["route"],
     }[kind]
-    path = Path(url) / key
     if damage == "delete":
-        path.unlink()
+        db.store.delete(key)
     else:
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        data = db.store.read(key)
+        db.store.write(key, data[: len(data) // 2])
+    from puffer_cli.store import filecache
+
+    filecache.configure("")  # a fresh local cache: the copy the indexer cached is intact
     errors = []
     for q in QUERIES:
         GENS.clear()
@@ -102,7 +118,7 @@ def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, kind, damage
     # over the CLI: a clear error, not an internal one
     GENS.clear()
     args = ["--rank-by", '["text","BM25","quick fox"]'] if kind != "route" else ["--vector", "[0.1,0.2,0.3,0.4]"]
-    rc = main(["query", "d", "--store", url, *args])
+    rc = main(["query", "d", "--store", url, *store_flags, *args])
     err = capsys.readouterr().err
     if rc:
         assert "internal error" not in err and "--repair" in err, err
