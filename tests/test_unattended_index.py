@@ -228,3 +228,36 @@ def test_cron_line_runs_in_crons_environment(tmp_path):
     assert p.returncode == 1 and "Error: namespace 'no-such-ns' not found" in p.stderr
     p = _cron(tmp_path, "index", "d", "--store", url)
     assert p.returncode == 0 and STAMP.match(p.stdout) and "up to date" in p.stdout
+
+
+def test_hints_name_the_namespace(tmp_path, capsys):
+    """No literal NAMESPACE in a hint: the damaged index file's and wal-inspect's name the namespace."""
+    from puffer_cli.index.docs import corrupt
+
+    e = corrupt(f"{tmp_path}/cache/ab12/my-ns/index/00000000000000000003/seg-000001-x/docs.cols", ValueError("x"))
+    assert "`puffer index my-ns --repair`" in e.hint and "NAMESPACE" not in e.hint
+    url = str(tmp_path / "s")
+    _fill(url, 100, name="my-ns")
+    for args in (["--show", "99"],):
+        assert main(["wal-inspect", "my-ns", *args, "--store", url]) == 1
+        err = capsys.readouterr().err
+        assert "`puffer wal-inspect my-ns`" in err and "NAMESPACE" not in err, err
+
+
+def test_index_all_goes_on_past_a_damaged_namespace(tmp_path, capsys):
+    """`index --all` (the cron job) with one damaged namespace indexes the others, names the
+    damaged one on stderr, and exits 1 at the end."""
+    url = str(tmp_path / "s")
+    for name in ("a", "b", "c"):
+        _fill(url, 100, name=name)
+    db = connect(url)
+    key = layout.wal("b", 1)
+    data = db.store.read(key)
+    db.store.write(key, data[: len(data) // 2])
+    rc = main(["index", "--all", "--store", url])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "a: indexed" in out and "c: indexed" in out and "b:" not in out, out
+    assert "b: FAILED" in err and "1 of 3 namespaces failed to index: b" in err and "internal" not in err, err
+    assert STAMP.match(err.splitlines()[0]), err
+    assert [db.open_namespace(n).read_meta()[0]["index"]["covers_through_seq"] for n in ("a", "c")] == [1, 1]
