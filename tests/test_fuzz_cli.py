@@ -146,9 +146,33 @@ def _bad_files(d: Path) -> None:
         "nul.csv": b"\0" * 100,
         "data.txt": b"id\n1\n",
     }
+    # ids that are no id, in every input format (issue 23: one such row poisoned the store)
+    files.update(
+        {
+            "id-null.ndjson": b'{"id":1}\n{"id":null}\n',
+            "id-missing.ndjson": b'{"id":1}\n{"n":2}\n',
+            "id-bool.ndjson": b'{"id":true}\n',
+            "id-float.ndjson": b'{"id":2.5}\n',
+            "id-list.ndjson": b'{"id":[1]}\n',
+            "id-object.ndjson": b'{"id":{"a":1}}\n',
+            "id-empty.csv": b"id,t\n1,a\n,b\n",
+            "id-float.csv": b"id,t\n1.5,a\n",
+        }
+    )
     for name, data in files.items():
         (d / name).write_bytes(data)
     import numpy as np
+    import polars as pl
+
+    for name, col in {
+        "id-null": [1, None],
+        "id-null-str": ["a", None],
+        "id-float": [1.5, 2.0],
+        "id-bool": [True, False],
+        "id-list": [[1], [2]],
+        "id-struct": [{"a": 1}, {"a": 2}],
+    }.items():
+        pl.DataFrame({"id": col, "n": [1, 2]}).write_parquet(d / f"{name}.parquet")
 
     np.save(d / "strings.npy", np.array(["a", "b"]))
     np.save(d / "matrix.npy", np.ones((2, 16), dtype=np.float32))
@@ -381,6 +405,40 @@ def test_corpus(env, args, store, code, needle):
     got, out, err = invoke(argv)
     assert_one_error(got, out, err, expect_code=code, needle=needle and _fill([needle], env)[0])
     assert snapshot(st_dir) == before, "a refused invocation changed the store"
+
+
+#: inputs whose ids are no id (null, missing, bool, float, list, object) in every format ingest reads
+ID_FILES = [
+    "id-null.ndjson",
+    "id-missing.ndjson",
+    "id-bool.ndjson",
+    "id-float.ndjson",
+    "id-list.ndjson",
+    "id-object.ndjson",
+    "id-empty.csv",
+    "id-float.csv",
+    "id-null.parquet",
+    "id-null-str.parquet",
+    "id-float.parquet",
+    "id-bool.parquet",
+    "id-list.parquet",
+    "id-struct.parquet",
+]
+
+
+@pytest.mark.parametrize("fname", ID_FILES)
+def test_ingest_refuses_ids_that_are_no_id(env, fname):
+    """Into the existing namespace and a new one: one typed error naming the file and the id
+    field, nothing committed; `namespaces` of the store still works."""
+    st_dir = env / "good"
+    before = snapshot(st_dir)
+    for name in ("ns", "fresh"):
+        got, out, err = invoke(["ingest", name, env / "files" / fname, "--store", st_dir])
+        line = assert_one_error(got, out, err, expect_code=1, needle=fname)
+        assert "'id'" in line and "nothing was committed" in line, line
+    assert snapshot(st_dir) == before, "a refused ingest changed the store"
+    code, out, err = invoke(["namespaces", "--store", st_dir, "--json"])
+    assert code == 0 and [n["namespace"] for n in json.loads(out)["namespaces"]] == ["ns"], err
 
 
 def test_corpus_is_large():

@@ -162,7 +162,8 @@ def test_cli_index_busy_and_failure(tmp_path, capsys):
     p = db.store.local_path(layout.wal("b", 2))
     p.write_bytes(p.read_bytes()[:-3])
     assert cli.main(["index", "b", "--store", store]) == 1
-    assert "b: FAILED:" in capsys.readouterr().out
+    err = capsys.readouterr().err  # one namespace: its own error, on stderr
+    assert err.startswith("Error: ") and "00000000000000000002" in err and "internal" not in err, err
 
 
 def test_lease_expiry_takeover(mem_db):

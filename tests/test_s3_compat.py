@@ -8,6 +8,7 @@ a real SeaweedFS."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import http.server
 import os
@@ -15,6 +16,7 @@ import re
 import socket
 import threading
 import time
+import types
 import uuid
 
 import puffer_cli
@@ -46,6 +48,22 @@ class Rewriter:
         self.inflight: dict[str, int] = {}
         self.answered: dict[str, int] = {}
         self.puts_forwarded = 0
+        # read faults: kind -> how many more requests get it (-1: every one); hits[kind]: how many did
+        self.faults: dict[str, int] = {}
+        self.fault_keys = re.compile(r".")  # which object paths the whole-GET faults apply to
+        self.hits: dict[str, int] = {}
+        self.seen: list[tuple[str, str, str]] = []  # (method, path without the query, Range)
+        self.foreign_etags = False  # GETs answer an ETag that is no MD5 of the body (some servers)
+
+    def fault(self, kind: str) -> bool:
+        with self.lock:
+            n = self.faults.get(kind, 0)
+            if n == 0:
+                return False
+            if n > 0:
+                self.faults[kind] = n - 1
+            self.hits[kind] = self.hits.get(kind, 0) + 1
+            return True
 
     def count(self, what: str) -> None:
         with self.lock:
@@ -63,6 +81,7 @@ class Rewriter:
 def _make_handler(upstream: tuple[str, int], rw: Rewriter):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        head_length = 0
 
         def log_message(self, *a):  # quiet
             pass
@@ -71,11 +90,15 @@ def _make_handler(upstream: tuple[str, int], rw: Rewriter):
             n = int(self.headers.get("Content-Length") or 0)
             return self.rfile.read(n) if n else b""
 
-        def _reply(self, status: int, body: bytes, headers=()) -> None:
+        def _reply(self, status: int, body: bytes, headers=(), length: int | None = -1) -> None:
+            """``length``: the Content-Length to advertise (-1: the body's; None: none)."""
             self.send_response(status)
             for k, v in headers:
                 self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
+            if length == -1:
+                length = self.head_length if self.command == "HEAD" else len(body)
+            if length is not None:
+                self.send_header("Content-Length", str(length))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
@@ -87,19 +110,21 @@ def _make_handler(upstream: tuple[str, int], rw: Rewriter):
             resp = conn.getresponse()
             data = resp.read()
             conn.close()
-            return (
-                resp.status,
-                [
-                    (k, v)
-                    for k, v in resp.getheaders()
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection")
-                ],
-                data,
-            )
+            headers = [
+                (k, v)
+                for k, v in resp.getheaders()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection")
+            ]
+            self.head_length = int(resp.getheader("Content-Length") or 0)  # a HEAD's is the object's
+            return resp.status, headers, data
 
         def _handle(self):
             body = self._body()
             conditional = self.command == "PUT" and (self.headers.get("If-None-Match") or self.headers.get("If-Match"))
+            if self.command == "PUT" and "partNumber=2&" in self.path + "&" and rw.fault("part2"):
+                return self._reply(503, _error("SlowDown", "Please reduce your request rate."))
+            if self.command == "DELETE" and "uploadId=" in self.path:
+                rw.count("abort")
             if self.command == "PUT" and rw.take("slowdowns"):
                 rw.count("503")
                 return self._reply(503, _error("SlowDown", "Please reduce your request rate."))
@@ -127,7 +152,16 @@ def _make_handler(upstream: tuple[str, int], rw: Rewriter):
                     return
                 with rw.lock:
                     rw.inflight[self.path] -= 1
+            path, rng = self.path.split("?")[0], self.headers.get("Range", "")
+            with rw.lock:
+                rw.seen.append((self.command, path, rng))
             status, headers, data = self._forward(body)
+            if rw.foreign_etags and self.command == "GET":
+                fake = hashlib.md5(path.encode()).hexdigest()
+                headers = [(k, f'"{fake}"' if k.lower() == "etag" else v) for k, v in headers]
+            read_ok = self.command in ("GET", "HEAD") and status in (200, 206)
+            if read_ok and self._read_fault(status, headers, data, path, rng):
+                return
             if self.command == "PUT":
                 with rw.lock:
                     rw.puts_forwarded += 1
@@ -139,6 +173,30 @@ def _make_handler(upstream: tuple[str, int], rw: Rewriter):
                 rw.count("stripped")
                 data = re.sub(rb"<Condition>.*?</Condition>", b"", data)
             self._reply(status, data, headers)
+
+        def _read_fault(self, status, headers, data, path, rng) -> bool:
+            """Answer a read with a fault of rw.faults (True: answered)."""
+            if self.command == "HEAD":
+                if rw.fault("head_no_length"):  # a proxy that dropped the header
+                    self._reply(status, b"", headers, length=None)
+                    return True
+                return False
+            if rng:
+                if len(data) > 1 and rw.fault("short_range"):  # 206, Content-Range of the whole range, half the body
+                    self._reply(status, data[: len(data) // 2], headers)
+                    return True
+                return False
+            if not rw.fault_keys.search(path) or len(data) < 2:
+                return False
+            if rw.fault("truncated"):  # half the body, its length advertised, checksum headers stripped
+                kept = [(k, v) for k, v in headers if not k.lower().startswith("x-amz-checksum")]
+                self._reply(status, data[: len(data) // 2], kept)
+                return True
+            if rw.fault("cut"):  # the whole length advertised, half sent, the connection dropped
+                self._reply(status, data[: len(data) // 2], headers, length=len(data))
+                self.close_connection = True
+                return True
+            return False
 
         do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _handle
 
@@ -334,3 +392,201 @@ def test_seaweedfs_conditional_writes_and_the_probe(seaweedfs_server):
             db.open_namespace("c").write({"upsert_rows": [{"id": 1}]})
         single = puffer_cli.DB(st, single_writer=True)
         assert single.open_namespace("c").write({"upsert_rows": [{"id": 1}]})["rows_upserted"] == 1
+
+
+# ------------------------------------------------------------------ read faults (issue 23)
+# A read the transport cut short must be retried and then reported as a store error (HTTP 503,
+# CLI `Error: S3 ...`), never decoded into a wrong answer, an internal error, or "stored damage".
+
+VEC = [0.1, 0.2, 0.3, 0.4]
+ANN = {"rank_by": ["vector", "ANN", VEC], "top_k": 5}
+QUERY_ARGS = ("query", "d", "--vector", str(VEC), "--top-k", "5", "--format", "json")
+
+
+@pytest.fixture
+def seeded(proxy, s3_server, monkeypatch):
+    """An indexed namespace 'd' (300 rows, one unindexed WAL entry after the generation) written
+    straight to moto; yields (url, proxy endpoint, Rewriter, the ANN answer). The retry deadline is
+    cut to 3 s so a fault that never clears fails fast."""
+    import numpy as np
+    from puffer_cli.store import filecache
+
+    endpoint, rw = proxy
+    url = f"s3://puffer-test/{uuid.uuid4().hex}"
+    filecache.configure("")
+    ns = puffer_cli.connect(url, s3_endpoint=s3_server).namespace("d")
+    rng = np.random.default_rng(1)
+    rows = [{"id": i, "vector": rng.normal(size=4).round(3).tolist(), "t": f"w{i % 7}"} for i in range(300)]
+    ns.write({"upsert_rows": rows, "distance_metric": "euclidean_squared"})
+    ns.index()
+    ns.write({"upsert_rows": [{"id": 1000, "vector": [1, 1, 1, 1]}]})
+    want = _rows(ns.query(ANN).rows)
+    monkeypatch.setattr(limits, "S3_RETRY_DEADLINE_S", 3.0)
+    monkeypatch.setattr(limits, "S3_RETRY_MAX_S", 0.2)
+    yield url, endpoint, rw, want
+    filecache.configure("")
+
+
+def _rows(rows) -> list[tuple[int, float]]:
+    return [(r["id"], round(float(r["$dist"]), 5)) for r in rows]
+
+
+def _cold(url: str) -> None:
+    """Forget everything this process cached of the store: the next read goes to S3."""
+    from puffer_cli import caches
+    from puffer_cli.index.segment import GENS
+    from puffer_cli.store import filecache
+    from puffer_cli.wal import namespace as wn
+
+    filecache.configure("")
+    GENS.clear()
+    caches.forget(url, "d")
+    wn.forget(types.SimpleNamespace(url=url), "d")  # type: ignore[arg-type]
+
+
+def _via_http(url: str, endpoint: str, method: str, path: str, body=None):
+    from puffer_cli.server.app import ServeConfig, create_app
+    from starlette.testclient import TestClient
+
+    _cold(url)
+    app = create_app(ServeConfig(store=url, s3_endpoint=endpoint, commit_window_ms=0))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        return c.request(method, path, json=body)
+
+
+def _via_cli(url: str, endpoint: str, capsys, *args: str) -> tuple[int, str, str]:
+    _cold(url)
+    capsys.readouterr()  # what the server logged before
+    code = main([*args, "--store", url, "--s3-endpoint", endpoint])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _store_error_over_http(r) -> str:
+    assert r.status_code == 503, (r.status_code, r.text)
+    body = r.json()
+    assert body["status"] == "error" and body["error"].startswith("S3 "), body
+    _not_damage(body["error"])
+    return body["error"]
+
+
+def _store_error_on_cli(code: int, err: str) -> None:
+    assert code == 1 and err.startswith("Error: S3 "), err
+    _not_damage(err)
+
+
+def _not_damage(msg: str) -> None:
+    low = msg.lower()
+    for word in ("internal error", "wal-inspect", "--repair", "corrupt", "damage", "not valid json", "traceback"):
+        assert word not in low, msg
+
+
+def _cli_answer(out: str) -> list[tuple[int, float]]:
+    import json as _json
+
+    return _rows(_json.loads(out)["rows"])
+
+
+def test_short_ranged_read_is_retried_then_a_store_error(seeded, capsys):
+    url, endpoint, rw, want = seeded
+    rw.faults["short_range"] = 1  # one 206 with half the range: retried, the right answer
+    r = _via_http(url, endpoint, "POST", "/v2/namespaces/d/query", ANN)
+    assert r.status_code == 200 and _rows(r.json()["rows"]) == want
+    assert rw.hits["short_range"] == 1
+    ranged = [s for s in rw.seen if s[2]]
+    assert len(ranged) >= 2 and ranged[0] == ranged[1]  # the same range again
+    rw.faults["short_range"] = -1  # every ranged GET short: a store error, never an answer
+    hits = rw.hits["short_range"]
+    _store_error_over_http(_via_http(url, endpoint, "POST", "/v2/namespaces/d/query", ANN))
+    assert rw.hits["short_range"] - hits >= 2
+    code, out, err = _via_cli(url, endpoint, capsys, *QUERY_ARGS)
+    _store_error_on_cli(code, err)
+    assert out == ""
+    rw.faults.clear()
+    code, out, err = _via_cli(url, endpoint, capsys, *QUERY_ARGS)
+    assert code == 0 and _cli_answer(out) == want, err
+
+
+@pytest.mark.parametrize("key", ["meta.json", "manifest"])
+@pytest.mark.parametrize("fault", ["truncated", "cut"])
+def test_truncated_whole_read_is_retried_then_a_store_error(seeded, capsys, key, fault):
+    """``truncated``: half the body with a matching Content-Length and no checksum headers (only
+    the ETag can tell); ``cut``: the full length advertised, the connection dropped halfway."""
+    url, endpoint, rw, want = seeded
+    rw.fault_keys = re.compile(r"/meta\.json$" if key == "meta.json" else r"/manifest-[^/]*\.json$")
+    rw.faults[fault] = 1
+    r = _via_http(url, endpoint, "POST", "/v2/namespaces/d/query", ANN)
+    assert r.status_code == 200 and _rows(r.json()["rows"]) == want, r.text
+    assert rw.hits[fault] == 1
+    rw.faults[fault] = -1
+    _store_error_over_http(_via_http(url, endpoint, "POST", "/v2/namespaces/d/query", ANN))
+    assert rw.hits[fault] >= 3
+    code, out, err = _via_cli(url, endpoint, capsys, *QUERY_ARGS)
+    _store_error_on_cli(code, err)
+    rw.faults.clear()
+    code, out, err = _via_cli(url, endpoint, capsys, *QUERY_ARGS)
+    assert code == 0 and _cli_answer(out) == want, err
+
+
+def test_head_without_content_length_is_retried_then_a_store_error(seeded, capsys):
+    url, endpoint, rw, _want = seeded
+    rw.faults["head_no_length"] = 1
+    r = _via_http(url, endpoint, "GET", "/v1/namespaces/d/metadata")
+    assert r.status_code == 200 and r.json()["index"]["unindexed_bytes"] > 0, r.text
+    assert rw.hits["head_no_length"] == 1
+    rw.faults["head_no_length"] = -1
+    _store_error_over_http(_via_http(url, endpoint, "GET", "/v1/namespaces/d/metadata"))
+    assert rw.hits["head_no_length"] >= 3
+    # `index --repair` compares every file's size (HEAD): a store error, not a damaged segment
+    code, _out, err = _via_cli(url, endpoint, capsys, "index", "d", "--repair")
+    _store_error_on_cli(code, err)
+    rw.faults.clear()
+    code, out, err = _via_cli(url, endpoint, capsys, "index", "d", "--repair")
+    assert code == 0 and "repaired" not in out + err, (out, err)
+
+
+def test_etags_that_are_not_md5s_are_learnt_not_refused(proxy):
+    """A server whose ETags are no MD5 of the bytes: the same bytes twice with the same mismatch
+    (before any ETag matched) tell the store not to check them; reads work."""
+    endpoint, rw = proxy
+    st = fresh_store(endpoint)
+    st.write("a", b"alpha")
+    st.write("b", b"beta")
+    rw.foreign_etags = True
+    assert st.read("a") == b"alpha" and st.read("b") == b"beta" and st.read("a") == b"alpha"
+    assert st._md5_etags is False
+    assert len([s for s in rw.seen if s[0] == "GET"]) == 4  # one extra read, once
+    st2 = fresh_store(endpoint)  # a store that saw matching ETags keeps checking them
+    st2.write("a", b"alpha")
+    rw.foreign_etags = False
+    assert st2.read("a") == b"alpha" and st2._md5_etags is True
+
+
+@pytest.mark.parametrize("refused", ["once", "always"])
+def test_multipart_part_is_retried_alone_and_a_failed_upload_aborted(proxy, monkeypatch, refused):
+    """A large object goes up in parts; a part the server refuses once is sent again on its own
+    (the other parts once each); a part refused every time fails the write, the upload is
+    aborted (no parts left billed) and no object appears."""
+    from puffer_cli.store import s3 as store_s3
+
+    endpoint, rw = proxy
+    monkeypatch.setattr(store_s3, "MULTIPART_THRESHOLD", 6 << 20)
+    monkeypatch.setattr(store_s3, "MULTIPART_PART_BYTES", 5 << 20)  # S3's smallest part
+    monkeypatch.setattr(limits, "S3_RETRY_DEADLINE_S", 3.0)
+    st = fresh_store(endpoint)
+    data = os.urandom(11 << 20)  # 3 parts
+    rw.faults["part2"] = 1 if refused == "once" else -1
+    parts = lambda: [p for m, p, _ in rw.seen if m == "PUT" and p.endswith("/big")]  # noqa: E731
+    if refused == "once":
+        st.write("big", data)
+        assert rw.hits["part2"] == 1 and len(parts()) == 3  # each part forwarded once: only part 2 was sent again
+        assert st.read("big") == data
+        assert "abort" not in rw.answered
+    else:
+        with pytest.raises(StoreError) as e:
+            st.write("big", data)
+        assert e.value.message.startswith("S3 write (part 2)") and rw.hits["part2"] >= 2
+        assert rw.answered["abort"] == 1
+        assert not st.exists("big")
+        uploads = st._call("list", "", lambda: st.fs._call_s3("list_multipart_uploads", Bucket=st.bucket))
+        assert [u for u in uploads.get("Uploads", []) if u["Key"].startswith(st.prefix)] == []

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,8 @@ def _no_persistent_cache():
     cache.configure("")
 
 
-def _fill(url: str, n: int = 300, name: str = "d"):
-    db = connect(url)
+def _fill(url: str, n: int = 300, name: str = "d", endpoint: str | None = None):
+    db = connect(url, s3_endpoint=endpoint)
     ns = db.namespace(name)
     rng = np.random.default_rng(1)
     words = "quick brown fox lazy dog river stone moon sun".split()
@@ -68,11 +69,23 @@ def _segment_files(db, name):
     return man["segments"][0]
 
 
-@pytest.mark.parametrize("kind", ["attrs", "fts", "route"])
-@pytest.mark.parametrize("damage", ["delete", "truncate"])
-def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, kind, damage):
-    url = str(tmp_path / "s")
-    db, ns = _fill(url)
+def _damage_cases():
+    """Every (file kind, damage) on a local store; on moto (S3) two in the default suite, the rest slow."""
+    for kind in ("attrs", "fts", "route"):
+        for damage in ("delete", "truncate"):
+            yield pytest.param(kind, damage, "local", id=f"{damage}-{kind}-local")
+            fast = (kind, damage) in (("attrs", "truncate"), ("route", "delete"))
+            yield pytest.param(kind, damage, "s3", id=f"{damage}-{kind}-s3", marks=[] if fast else [pytest.mark.slow])
+
+
+@pytest.mark.parametrize("kind,damage,backend", list(_damage_cases()))
+def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, request, kind, damage, backend):
+    if backend == "s3":
+        endpoint = request.getfixturevalue("s3_server")
+        url, store_flags = f"s3://puffer-test/{uuid.uuid4().hex}", ["--s3-endpoint", endpoint]
+    else:
+        endpoint, url, store_flags = None, str(tmp_path / "s"), []
+    db, ns = _fill(url, endpoint=endpoint)
     ns.index()
     want = _answers(ns)
     seg = _segment_files(db, "d")
@@ -81,11 +94,14 @@ def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, kind, damage
         "fts": seg["fts"]["text"]["key"],  # the full-text blocks (blk-1: the one stored form)
         "route": seg["ann"]["vector"]["route"],
     }[kind]
-    path = Path(url) / key
     if damage == "delete":
-        path.unlink()
+        db.store.delete(key)
     else:
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        data = db.store.read(key)
+        db.store.write(key, data[: len(data) // 2])
+    from puffer_cli.store import filecache
+
+    filecache.configure("")  # a fresh local cache: the copy the indexer cached is intact
     errors = []
     for q in QUERIES:
         GENS.clear()
@@ -100,7 +116,7 @@ def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, kind, damage
     # over the CLI: a clear error, not an internal one
     GENS.clear()
     args = ["--rank-by", '["text","BM25","quick fox"]'] if kind != "route" else ["--vector", "[0.1,0.2,0.3,0.4]"]
-    rc = main(["query", "d", "--store", url, *args])
+    rc = main(["query", "d", "--store", url, *store_flags, *args])
     err = capsys.readouterr().err
     if rc:
         assert "internal error" not in err and "--repair" in err, err
@@ -210,3 +226,36 @@ def test_cron_line_runs_in_crons_environment(tmp_path):
     assert p.returncode == 1 and "Error: namespace 'no-such-ns' not found" in p.stderr
     p = _cron(tmp_path, "index", "d", "--store", url)
     assert p.returncode == 0 and STAMP.match(p.stdout) and "up to date" in p.stdout
+
+
+def test_hints_name_the_namespace(tmp_path, capsys):
+    """No literal NAMESPACE in a hint: the damaged index file's and wal-inspect's name the namespace."""
+    from puffer_cli.index.docs import corrupt
+
+    e = corrupt(f"{tmp_path}/cache/ab12/my-ns/index/00000000000000000003/seg-000001-x/docs.cols", ValueError("x"))
+    assert "`puffer index my-ns --repair`" in e.hint and "NAMESPACE" not in e.hint
+    url = str(tmp_path / "s")
+    _fill(url, 100, name="my-ns")
+    for args in (["--show", "99"],):
+        assert main(["wal-inspect", "my-ns", *args, "--store", url]) == 1
+        err = capsys.readouterr().err
+        assert "`puffer wal-inspect my-ns`" in err and "NAMESPACE" not in err, err
+
+
+def test_index_all_goes_on_past_a_damaged_namespace(tmp_path, capsys):
+    """`index --all` (the cron job) with one damaged namespace indexes the others, names the
+    damaged one on stderr, and exits 1 at the end."""
+    url = str(tmp_path / "s")
+    for name in ("a", "b", "c"):
+        _fill(url, 100, name=name)
+    db = connect(url)
+    key = layout.wal("b", 1)
+    data = db.store.read(key)
+    db.store.write(key, data[: len(data) // 2])
+    rc = main(["index", "--all", "--store", url])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert "a: indexed" in out and "c: indexed" in out and "b:" not in out, out
+    assert "b: FAILED" in err and "1 of 3 namespaces failed to index: b" in err and "internal" not in err, err
+    assert STAMP.match(err.splitlines()[0]), err
+    assert [db.open_namespace(n).read_meta()[0]["index"]["covers_through_seq"] for n in ("a", "c")] == [1, 1]

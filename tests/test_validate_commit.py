@@ -133,6 +133,11 @@ def test_entry_problem_is_the_one_check():
     bad_type = wal.Op("upsert", pl.DataFrame({"id": [1], "a": ["x"]}, schema={"id": pl.UInt64, "a": pl.String}))
     assert "column 'a'" in (replay.entry_problem([bad_type], sch) or "")
     assert "schema has no id" in (replay.entry_problem([ok], {"a": {"type": "int"}}) or "")
+    # polars "casts" a struct to UInt64 by casting its fields: still no id column, nor an int one
+    struct_ids = wal.Op("upsert", pl.DataFrame({"id": [{"a": 1}]}))
+    assert "ids are Struct" in (replay.entry_problem([struct_ids], sch) or "")
+    struct_a = wal.Op("upsert", pl.DataFrame({"id": [1], "a": [{"b": 1}]}, schema_overrides={"id": pl.UInt64}))
+    assert "column 'a'" in (replay.entry_problem([struct_a], sch) or "")
 
 
 def test_commit_guard_refuses_unappliable_ops(tmp_path):

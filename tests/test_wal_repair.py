@@ -16,7 +16,14 @@ from puffer_cli.wal import namespace as N
 
 from .conftest import store_args
 
-pytestmark = pytest.mark.parametrize("store_url", ["local", "memory"], indirect=True)
+#: the store kinds each test runs on: every damage kind on local and memory; the main kinds (a
+#: flipped block, truncation, a swapped segment, a deleted newest entry) on moto and SeaweedFS too
+LOCAL = pytest.mark.parametrize("store_url", ["local", "memory"], indirect=True)
+S3 = pytest.mark.parametrize(
+    "store_url",
+    ["local", "memory", "s3", pytest.param("seaweedfs", marks=pytest.mark.seaweedfs)],
+    indirect=True,
+)
 
 B = wal.BLOCK_ROWS
 ROWS = 2 * B + 100  # 3 blocks per chunk
@@ -73,6 +80,7 @@ def check_after(db, capsys, store_url, expect: set[int]):
     assert code == 0, err
 
 
+@S3
 def test_flipped_block_recovered_from_index(db, store_url, capsys):
     store = build(db, capsys, store_url, index=True)
     every = set(range(2 * ROWS))
@@ -94,6 +102,7 @@ def test_flipped_block_recovered_from_index(db, store_url, capsys):
     assert docs.filter(pl.col("id") == 1)["t"].to_list() == [99]  # the later patch still applies
 
 
+@LOCAL
 def test_flipped_block_without_index_reports_the_ids(db, store_url, capsys):
     store = build(db, capsys, store_url, index=False)
     b = flip_block(store, 2, 0)
@@ -106,6 +115,7 @@ def test_flipped_block_without_index_reports_the_ids(db, store_url, capsys):
     check_after(db, capsys, store_url, set(range(2 * ROWS)) - set(lost))
 
 
+@S3
 def test_truncated_entry(db, store_url, capsys):
     store = build(db, capsys, store_url, index=True)
     key = layout.wal("rp", 2)
@@ -117,6 +127,7 @@ def test_truncated_entry(db, store_url, capsys):
     check_after(db, capsys, store_url, set(range(2 * ROWS)))
 
 
+@S3
 def test_swapped_segment(db, store_url, capsys):
     """`cp wal/..03.wal wal/..01.wal`: readers fail with "header says seq 3, key says 1"."""
     store = build(db, capsys, store_url, index=True)
@@ -132,6 +143,7 @@ def test_swapped_segment(db, store_url, capsys):
     check_after(db, capsys, store_url, set(range(2 * ROWS)))
 
 
+@S3
 def test_deleted_newest_segment_covered(db, store_url, capsys):
     store = build(db, capsys, store_url, index=False)
     db.open_namespace("rp").write({"upsert_rows": [{"id": 10**6, "t": 5}]})
@@ -146,6 +158,7 @@ def test_deleted_newest_segment_covered(db, store_url, capsys):
     check_after(db, capsys, store_url, set(range(2 * ROWS)) | {10**6})
 
 
+@LOCAL
 def test_deleted_newest_segment_not_covered(db, store_url, capsys):
     store = build(db, capsys, store_url, index=True)
     db.open_namespace("rp").write({"upsert_rows": [{"id": 10**6, "t": 5}]})
@@ -163,6 +176,7 @@ def test_deleted_newest_segment_not_covered(db, store_url, capsys):
     assert db.open_namespace("rp").head().seq == 4
 
 
+@LOCAL
 def test_gap_in_the_chain(db, store_url, capsys):
     store = build(db, capsys, store_url, index=True)
     store.delete(layout.wal("rp", 2))
@@ -173,6 +187,7 @@ def test_gap_in_the_chain(db, store_url, capsys):
     check_after(db, capsys, store_url, set(range(2 * ROWS)))
 
 
+@LOCAL
 def test_skip_policy_says_what_it_skipped(db, store_url, capsys):
     store = build(db, capsys, store_url, index=False)
     flip_block(store, 2, 0)
@@ -190,6 +205,7 @@ def test_skip_policy_says_what_it_skipped(db, store_url, capsys):
 
 
 @pytest.mark.slow
+@S3
 def test_random_offsets(db, store_url, capsys):
     """Flipped bytes at 20 random offsets of an entry the index covers: no id is lost."""
     store = build(db, capsys, store_url, index=True)

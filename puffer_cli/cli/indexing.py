@@ -122,23 +122,32 @@ def index_cmd(
     names = _names_to_index(db, namespaces, all_)
     t0 = time.perf_counter()
     reports = []
+    failures: list[PufferError] = []
     with Reporter("index", sys.stderr.isatty() and not as_json, quiet=quiet) as progress:
         for name in names:
             left = None if max_seconds is None else max_seconds - (time.perf_counter() - t0)
             if left is not None and left <= 0:
                 break
             progress.subject = name
-            rep = _index_one(db, name, left, gc_grace, lease_ttl, progress, repair, wal_retention)
+            rep, err = _index_one(db, name, left, gc_grace, lease_ttl, progress, repair, wal_retention)
             reports.append(rep)
-            if not as_json and not (quiet and rep.status in ("up-to-date", "busy", "empty") and not rep.changed()):
+            if err is not None:
+                failures.append(err)
+                if len(names) > 1 and not as_json:  # the others go on; this one is named on stderr now
+                    from puffer_cli.cli.progress import stamp
+
+                    typer.echo(f"{stamp()} {rep.summary()}", err=True)
+            elif not as_json and not (quiet and rep.status in ("up-to-date", "busy", "empty") and not rep.changed()):
                 progress.line(rep.summary())
     if as_json:
         echo_json({"namespaces": [r.as_dict() for r in reports], "seconds": time.perf_counter() - t0})
+    if len(names) == 1 and failures:
+        raise failures[0]  # one namespace: its own error (an S3 failure stays `Error: S3 ...`)
     bad = [r for r in reports if r.status == "failed"]
-    if bad:
+    if bad:  # exit 1 at the end, so cron sees the failure; the others were indexed
         raise PufferError(
-            f"{len(bad)} of {len(reports)} namespaces failed to index"
-            + (f": {bad[0].namespace}: {bad[0].message}" if len(bad) == 1 else " (see above)"),
+            f"{len(bad)} of {len(reports)} namespaces failed to index: {', '.join(r.namespace for r in bad)}"
+            + (f": {bad[0].message}" if len(bad) == 1 else " (see above)"),
             hint="fix the cause and run `puffer index` again (namespaces that did not fail were indexed)",
         )
 
@@ -158,12 +167,16 @@ def _names_to_index(db, namespaces: list[str] | None, all_: bool) -> list[str]:
     return names
 
 
-def _index_one(db, name: str, left: float | None, gc_grace, lease_ttl, progress, repair=False, wal_retention=None):
-    """One namespace's run; a failure becomes a report (a cron user needs the line, not a traceback)."""
+def _index_one(
+    db, name: str, left: float | None, gc_grace, lease_ttl, progress, repair=False, wal_retention=None
+) -> tuple:
+    """One namespace's run: (IndexReport, None), or a failure as a report and its error (a cron user needs the
+    line, not a traceback; the other namespaces still get indexed)."""
+    from puffer_cli.errors import with_hint
     from puffer_cli.index.builder import IndexReport, index_namespace
 
     try:
-        return index_namespace(
+        rep = index_namespace(
             db.open_namespace(name),
             max_seconds=left,
             gc_grace_s=gc_grace,
@@ -172,14 +185,14 @@ def _index_one(db, name: str, left: float | None, gc_grace, lease_ttl, progress,
             repair=repair,
             wal_retention_s=wal_retention,
         )
+        return rep, None
     except PufferError as e:
-        return IndexReport(
-            name, status="failed", message=one_line(e.message + (f" (hint: {e.hint})" if e.hint else ""))
-        )
+        return IndexReport(name, status="failed", message=one_line(with_hint(e.message, e.hint))), e
     except Exception as e:  # noqa: BLE001
         if State.debug:
             raise
-        return IndexReport(name, status="failed", message=f"internal error: {type(e).__name__}: {e}")
+        msg = f"internal error: {type(e).__name__}: {e}"
+        return IndexReport(name, status="failed", message=one_line(msg)), PufferError(msg)
 
 
 @app.command(epilog="Example: puffer warm docs --store s3://bucket/puffer")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 
 import numpy as np
 import polars as pl
@@ -64,10 +65,12 @@ def corrupt(what, problem) -> Exception:
     """A damaged index file (in the store or only in the local cache) as CorruptNamespace."""
     from puffer_cli.errors import CorruptNamespace
 
+    m = re.search(r"(?:^|/)([^/]+)/index/\d{20}/", str(what).replace("\\", "/"))  # {ns}/index/{gen}/...
+    ns = m.group(1) if m else "<namespace>"
     return CorruptNamespace(
         f"index file {what} is corrupt: {' '.join(str(problem).split())[:300]}",
         hint="if only the local copy is damaged, delete the cache directory (--cache-dir / PUFFER_CACHE_DIR); "
-        "otherwise move NAMESPACE/meta.json aside and run `puffer index NAMESPACE` (the WAL keeps every write)",
+        f"otherwise run `puffer index {ns} --repair` (it rebuilds damaged segments from the WAL)",
     )
 
 

@@ -144,13 +144,14 @@ def show(ns: Namespace, seq: int) -> dict[str, Any]:
         data = ns.store.read(key)
     except FileNotFoundError:
         raise InvalidRequest(
-            f"no WAL entry {seq} in namespace {ns.name!r}", hint="`puffer wal-inspect NAMESPACE` lists the entries"
+            f"no WAL entry {seq} in namespace {ns.name!r}", hint=f"`puffer wal-inspect {ns.name}` lists the entries"
         ) from None
     try:
         e = wal.decode(data, seq)
     except wal.WalFormatError as err:
         raise InvalidRequest(
-            f"WAL entry {seq} is corrupt: {err}", hint="`puffer wal-inspect NAMESPACE --repair` salvages what is intact"
+            f"WAL entry {seq} is corrupt: {err}",
+            hint=f"`puffer wal-inspect {ns.name} --repair` salvages what is intact",
         ) from err
     ops = []
     for op in e.ops:

@@ -572,6 +572,8 @@ def cast_series(s: pl.Series, t: str, *, first_row: int = 0) -> pl.Series:
         _check_cast(s, out, t, name, np.arange(len(s)) + first_row)
         if out.dtype != target:
             out = out.cast(target)
+        if out.dtype != target:  # a struct "casts" to a scalar type by casting its fields
+            raise SchemaError(f"field {name!r}: expected {t} values, got column type {s.dtype}")
     if name == "id":
         if out.null_count():
             row = first_row + int(out.is_null().arg_true()[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import hashlib
 import logging
 import random
 import re
@@ -140,6 +141,9 @@ class S3Store(Store):
         self.fs.retries = 1  # s3fs's own retry loop (a class attribute); _call retries instead
         self._urls: dict[str, tuple[str, float]] = {}  # key -> (presigned GET URL, reuse until)
         self._session: Any = None  # aiohttp, for the presigned ranged GETs (see _get_range)
+        #: whether this server's single-part ETags are the body's MD5 (None: not known yet; see _get_whole)
+        self._md5_etags: bool | None = None
+        self._mismatch: dict[str, str] = {}  # key -> MD5 of the last body that did not match its ETag
 
     def _k(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -242,6 +246,20 @@ class S3Store(Store):
                     hint="the connection to the S3 server cut a response short; retry later",
                 )
             )
+        payload: tuple[type[BaseException], ...] = (bex.IncompleteReadError, bex.ResponseStreamingError)
+        try:
+            import aiohttp
+
+            payload += (aiohttp.ClientPayloadError,)
+        except ImportError:  # pragma: no cover
+            pass
+        if any(isinstance(c, payload) for c in chain):  # the body stopped early: not "cannot reach"
+            return _Transient(
+                StoreError(
+                    f"S3 {what} {key!r} on {where}: the response was cut short ({type(e).__name__}: {e})",
+                    hint="the connection to the S3 server cut a response short; retry later",
+                )
+            )
         if isinstance(e, FileExistsError):
             return _Precondition("exists")
         if isinstance(e, FileNotFoundError):
@@ -287,7 +305,15 @@ class S3Store(Store):
 
     # -- primitives ---------------------------------------------------------------
     async def _get_whole(self, key: str) -> tuple[bytes, str]:
-        """GET ``key``: (body, ETag); a body of another length than Content-Length raises _ShortBody."""
+        """GET ``key``: (body, ETag). A body of another length than Content-Length, or one whose
+        MD5 is not the ETag, raises _ShortBody (a proxy that re-framed a cut body and dropped
+        the checksum headers: only the ETag tells).
+
+        A single-part upload's ETag is the MD5 of its bytes on AWS (unless SSE-KMS / SSE-C),
+        moto, MinIO, SeaweedFS, Ceph, R2, GCS; a server whose ETags are something else is
+        recognised by the same bytes coming back twice with the same mismatch, before any
+        ETag of the store matched; from then on ETags are not checked. Once one matched, a
+        mismatch is always a transport fault."""
         resp = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self._k(key))
         body = resp["Body"]
         try:
@@ -297,7 +323,22 @@ class S3Store(Store):
         want = resp.get("ContentLength")
         if want is not None and len(data) != int(want):
             raise _ShortBody(f"got {len(data)} bytes of {int(want)} (Content-Length)")
-        return data, resp.get("ETag", "")
+        etag = resp.get("ETag", "")
+        md5 = _etag_md5(resp) if self._md5_etags is not False else None
+        if md5 is not None:
+            got = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            if got == md5:
+                self._md5_etags = True
+                self._mismatch.pop(key, None)
+            elif self._md5_etags is None and self._mismatch.get(key) == got:
+                log.info("S3 at %s: ETags are not MD5s of the bytes (%s); not checked", self.endpoint, key)
+                self._md5_etags = False
+            else:
+                if len(self._mismatch) > 256:
+                    self._mismatch.clear()
+                self._mismatch[key] = got
+                raise _ShortBody(f"got {len(data)} bytes whose MD5 is not the object's ETag {etag}")
+        return data, etag
 
     def read(self, key: str) -> bytes:
         data, _etag = self._call("read", key, lambda: self._get_whole(key))
@@ -607,6 +648,17 @@ class S3Store(Store):
             return int(n)
 
         return self._call("stat", key, head)
+
+
+def _etag_md5(resp: dict) -> str | None:
+    """The MD5 (hex) an S3 GET response's ETag promises, or None: a multipart ETag (``-N``),
+    SSE-KMS or SSE-C (AWS: not an MD5), or no ETag."""
+    etag = str(resp.get("ETag") or "").strip('"').lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", etag):
+        return None
+    if resp.get("SSECustomerAlgorithm") or str(resp.get("ServerSideEncryption") or "").startswith("aws:kms"):
+        return None
+    return etag
 
 
 def _check_range(body: bytes, start: int, end: int, content_range: str) -> bytes:

@@ -154,7 +154,8 @@ def _castable(s: pl.Series, dtype: Any) -> bool:
         got = s.cast(dtype, strict=True)
     except Exception:  # noqa: BLE001 - polars raises several kinds for impossible casts
         return False
-    return got.null_count() == s.null_count()
+    # a struct "casts" to UInt64 by casting its fields: Struct({'a': UInt64}) is no UInt64
+    return got.dtype == dtype and got.null_count() == s.null_count()
 
 
 def _op_problem(op: Op, schema: Mapping | None) -> str | None:
