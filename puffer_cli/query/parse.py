@@ -62,6 +62,7 @@ from puffer_cli.query.model import (
     text_children,
 )
 from puffer_cli.query.rank import parse_rank_by
+from puffer_cli.schema import shape
 from puffer_cli.schema import types as S
 from puffer_cli.schema.types import METRICS
 
@@ -129,6 +130,7 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
     if not isinstance(body, Mapping):
         raise InvalidQuery(f"{sub or 'query'}: the query body must be a JSON object, got {show(body)}")
     _check_keys(body, SUBQUERY_KEYS if sub else QUERY_KEYS, sub or "query")
+    shape.check_fields(body, shape.QUERY_FIELDS, pre=pre)  # a wrong JSON type: 422
     rank_by = None
     if body.get("rank_by") is not None:
         rank_by = parse_rank_by(body["rank_by"], pre + "rank_by")
@@ -299,6 +301,7 @@ def parse_multi(body: Any) -> MultiQuery:
     if not isinstance(body, Mapping):
         raise InvalidQuery(f"multi-query: the body must be a JSON object, got {show(body)}")
     _check_keys(body, MULTI_KEYS, "multi-query")
+    shape.check_fields(body, shape.MULTI_FIELDS)
     qs = body.get("queries")
     if not isinstance(qs, (list, tuple)) or not qs:
         raise fail("queries", f"must be a non-empty list of query objects, got {show(qs)}")
@@ -387,6 +390,11 @@ def _check_text(expr, schema: Mapping, where: str) -> None:
                     f"attribute {n.attr!r} has no full-text search index",
                     hint=f'declare it in the schema: {{"{n.attr}": {{"type": "string", "full_text_search": true}}',
                 )
+            fts = spec.get("full_text_search")
+            tok = fts.get("tokenizer") if isinstance(fts, Mapping) else None
+            if tok == "pre_tokenized_array" and isinstance(n.query, str):
+                # turbopuffer: the query of a pre-tokenized field is its list of tokens
+                raise fail(where, f'invalid input "{n.query}" for rank_by field "{n.attr}", expecting []string')
         elif isinstance(n, AttrScore):
             t = _attr_type(schema, n.attr)
             if t not in _NUMERIC and t != "datetime":

@@ -38,8 +38,8 @@ import polars as pl
 from puffer_cli import filters as F
 from puffer_cli.errors import InvalidRequest, SchemaError
 from puffer_cli.schema import frames as frames_mod
+from puffer_cli.schema import shape, types
 from puffer_cli.schema import spec as S
-from puffer_cli.schema import types
 from puffer_cli.schema.types import METRICS
 from puffer_cli.wal import replay
 from puffer_cli.wal.codec import Op
@@ -152,6 +152,8 @@ def _check_request(req: Any, snap: Snapshot) -> None:
             f"unknown write parameter(s): {', '.join(sorted(unknown))}",
             hint=f"allowed: {', '.join(sorted(WRITE_KEYS))}",
         )
+    shape.check_fields(req, shape.WRITE_FIELDS)  # a field of the wrong JSON type: 422
+    shape.check_fields(req.get("patch_by_filter"), shape.PATCH_BY_FILTER_FIELDS, pre="patch_by_filter.")
     for k in DATA_KEYS:
         if req.get(k) is not None:
             types.check_depth(req[k], k)
