@@ -65,6 +65,12 @@ class NotFound(PufferError):
     status = 404
 
 
+class ReadOnly(PufferError):
+    """A document or schema write to a namespace whose metadata says ``read_only``."""
+
+    status = 403
+
+
 class NamespaceNotFound(NotFound):
     default_hint = "check the namespace name and --store; `puffer namespaces` lists what is there"
 

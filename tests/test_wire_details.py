@@ -125,3 +125,30 @@ def test_billable_logical_bytes_returned(tp):
     assert _billed(res) == (2 + 2 + 8 + 8 + 1 + 3 + 24) + 1
     # aggregations: 8 bytes per number
     assert _billed(ns2.query(aggregate_by={"c": ("Count",)})) == 8
+
+
+def test_hosted_model_features_are_a_clear_400(tp):
+    ns = tp.namespace("models")
+    ns.write(
+        upsert_rows=[{"id": 1, "vector": [1.0, 0.0], "t": "hi"}],
+        schema={"t": {"type": "string", "full_text_search": True}},
+    )
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        ns.query(rank_by=("vector", "ANN", ["Embed", "hello"]), top_k=1)  # type: ignore[arg-type]
+    assert "hosted embedding model" in e.value.body["error"]
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        call(
+            ns, "query", rank_by=("t", "BM25", "hi"), top_k=1, rerank_by={"attribute": "t", "model": "m", "query": "q"}
+        )
+    assert "hosted reranking model" in e.value.body["error"]
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        call(
+            ns,
+            "multi_query",
+            queries=[{"rank_by": ("t", "BM25", "hi"), "top_k": 1}],
+            rerank_by={"attribute": "t", "model": "m", "query": "q"},
+        )
+    assert "hosted reranking model" in e.value.body["error"]
+    with pytest.raises(turbopuffer.BadRequestError) as e:
+        ns.write(upsert_rows=[{"id": 2}], schema={"v2": {"type": "[2]f32", "embed": {"model": "m"}}})  # type: ignore[typeddict-unknown-key]
+    assert "embedding is not supported" in e.value.body["error"]

@@ -41,7 +41,7 @@ from puffer_cli import limits as L
 from puffer_cli.errors import InvalidFilter, InvalidQuery, show
 from puffer_cli.filters import parse as filter_parse
 from puffer_cli.filters.tree import Node
-from puffer_cli.query.checks import attr_name, check_len, fail, is_int, is_num
+from puffer_cli.query.checks import NO_RERANK_MODEL, attr_name, check_len, fail, is_int, is_num
 from puffer_cli.query.computed import check_compute, parse_compute
 from puffer_cli.query.model import (
     DEFAULT_LIMIT,
@@ -101,7 +101,7 @@ def _parse_encoding(v: Any, where: str = "vector_encoding") -> str:
 
 
 # turbopuffer query parameters puffer refuses by name (400), never ignores
-REFUSED_QUERY_KEYS: dict[str, str] = {}
+REFUSED_QUERY_KEYS: dict[str, str] = {"rerank_by": NO_RERANK_MODEL}
 
 
 def _check_keys(body: Mapping, allowed: tuple[str, ...], what: str) -> None:
@@ -315,6 +315,8 @@ def parse_multi(body: Any) -> MultiQuery:
     rrf = None
     if body.get("rerank_by") is not None:
         rb = body["rerank_by"]
+        if isinstance(rb, Mapping):  # {attribute, model, query}: turbopuffer's model reranking
+            raise fail("rerank_by", NO_RERANK_MODEL)
         if not isinstance(rb, (list, tuple)) or not rb or rb[0] != "RRF" or len(rb) > 2:
             raise fail(
                 "rerank_by", f'expected ["RRF"] or ["RRF", {{"rank_constant": k, "weights": [...]}}], got {show(rb)}'

@@ -121,7 +121,7 @@ MULTI_FIELDS: Fields = {
     "queries": ((SEQ,), (MAP,)),
     "consistency": ((MAP,), None),
     "vector_encoding": ((STR,), None),
-    "rerank_by": ((SEQ,), None),
+    "rerank_by": ((SEQ, MAP), None),
     "limit": ((INT, MAP), None),
     "offset": ((INT,), None),
 }

@@ -147,7 +147,15 @@ def result_body(q, res, encoding: str | None = None) -> dict:
 # ------------------------------------------------------------------ billing
 #: logical bytes of one value of a scalar type (strings: their UTF-8 bytes, not here)
 _SCALAR_BYTES = {"int": 8, "uint": 8, "float": 8, "datetime": 8, "bool": 1, "uuid": 16}
-_DTYPE_BYTES: dict[Any, int] = {pl.Int64: 8, pl.UInt64: 8, pl.Float64: 8, pl.Float32: 4, pl.Boolean: 1, pl.Int32: 4, pl.UInt32: 4}
+_DTYPE_BYTES: dict[Any, int] = {
+    pl.Int64: 8,
+    pl.UInt64: 8,
+    pl.Float64: 8,
+    pl.Float32: 4,
+    pl.Boolean: 1,
+    pl.Int32: 4,
+    pl.UInt32: 4,
+}
 
 
 def _column_bytes(s: pl.Series, typ: str | None) -> int:
