@@ -57,6 +57,14 @@ class UnprocessableBody(InvalidRequest):
     status = 422
 
 
+class QueryTypeMismatch(InvalidQuery, UnprocessableBody):
+    """A query field of the wrong JSON type (422, schema/shape.py)."""
+
+
+class WriteTypeMismatch(SchemaError, UnprocessableBody):
+    """A write field of the wrong JSON type (422, schema/shape.py)."""
+
+
 class Unauthorized(PufferError):
     status = 401
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from puffer_cli.errors import UnprocessableBody
+from puffer_cli.errors import QueryTypeMismatch, UnprocessableBody, WriteTypeMismatch
 
 #: JSON kinds, by serde's names for them
 SEQ, MAP, STR, BOOL, INT, NUM = "sequence", "map", "string", "boolean", "integer", "number"
@@ -61,15 +61,15 @@ def _is(v: Any, kind: str) -> bool:
     raise AssertionError(kind)
 
 
-def mismatch(where: str, v: Any, kinds: tuple[str, ...]) -> UnprocessableBody:
+def mismatch(where: str, v: Any, kinds: tuple[str, ...], cls: type[UnprocessableBody] = UnprocessableBody):
     """The 422 for value ``v`` at ``where`` that is none of ``kinds``."""
     expected = " or ".join(_EXPECTED[k] for k in kinds)
-    return UnprocessableBody(f"{where}: invalid type: {unexpected(v)}, expected {expected}")
+    return cls(f"{where}: invalid type: {unexpected(v)}, expected {expected}")
 
 
-def check(where: str, v: Any, *kinds: str) -> None:
+def check(where: str, v: Any, *kinds: str, cls: type[UnprocessableBody] = UnprocessableBody) -> None:
     if v is not None and not any(_is(v, k) for k in kinds):
-        raise mismatch(where, v, kinds)
+        raise mismatch(where, v, kinds, cls)
 
 
 #: field -> the JSON kinds it takes, and (optionally) the kind of each element of a sequence
@@ -135,18 +135,19 @@ def check_fields(body: Any, fields: Fields, *, pre: str = "") -> None:
     (``queries[1].``)."""
     if not isinstance(body, Mapping):
         return  # the caller's own "must be a JSON object" applies
+    cls = QueryTypeMismatch if fields is QUERY_FIELDS or fields is MULTI_FIELDS else WriteTypeMismatch
     for k, (kinds, elem) in fields.items():
         v = body.get(k)
         if v is None:
             continue
-        check(pre + k, v, *kinds)
+        check(pre + k, v, *kinds, cls=cls)
         if elem is None:
             continue
         if isinstance(v, (list, tuple)):
             for i, x in enumerate(v):
                 if not any(_is(x, e) for e in elem):
-                    raise mismatch(f"{pre}{k}[{i}]", x, elem)
+                    raise mismatch(f"{pre}{k}[{i}]", x, elem, cls)
         elif isinstance(v, Mapping):
             for name, x in v.items():
                 if not any(_is(x, e) for e in elem):
-                    raise mismatch(f"{pre}{k}.{name}", x, elem)
+                    raise mismatch(f"{pre}{k}.{name}", x, elem, cls)

@@ -154,14 +154,14 @@ def _check_request(req: Any, snap: Snapshot) -> None:
             f"unknown write parameter(s): {', '.join(sorted(unknown))}",
             hint=f"allowed: {', '.join(sorted(WRITE_KEYS))}",
         )
-    shape.check_fields(req, shape.WRITE_FIELDS)  # a field of the wrong JSON type: 422
-    shape.check_fields(req.get("patch_by_filter"), shape.PATCH_BY_FILTER_FIELDS, pre="patch_by_filter.")
     for k in DATA_KEYS:
         if req.get(k) is not None:
             types.check_depth(req[k], k)
     pbf = req.get("patch_by_filter")
     if isinstance(pbf, Mapping) and pbf.get("patch") is not None:
         types.check_depth(pbf["patch"], "patch_by_filter.patch")
+    shape.check_fields(req, shape.WRITE_FIELDS)  # a field of the wrong JSON type: 422 (after the depth)
+    shape.check_fields(req.get("patch_by_filter"), shape.PATCH_BY_FILTER_FIELDS, pre="patch_by_filter.")
     flat, groups = _names(req)
     types.check_write_names(flat, snap.schema, groups=groups)
 
