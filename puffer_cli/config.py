@@ -25,6 +25,7 @@ VARIABLES: dict[str, str] = {
     "PUFFER_LISTEN": "serve's HOST:PORT",
     "PUFFER_API_KEY": "serve's bearer token",
     "PUFFER_QUERY_BUDGET": "serve's per-query time budget",
+    "PUFFER_BACKPRESSURE_BYTES": "serve refuses writes (429) over this many unindexed WAL bytes per namespace",
     "PUFFER_INDEX_GC_GRACE": "seconds before an unreferenced index generation is deleted",
     "PUFFER_INDEX_LEASE_TTL": "seconds the indexer's lease lasts",
     "PUFFER_INDEX_SEGMENT_ROWS": "rows per index segment at most (default 1,000,000; tuning and tests)",
@@ -53,6 +54,12 @@ def _rows(v: str | None) -> int | None:
         return None
 
 
+def _bytes(v: str | None) -> int | None:
+    """A byte count (an integer, or a float such as 2e9): not a number -> None; below 0 -> 0."""
+    f = _float(v)
+    return None if f is None or f != f else max(0, int(f))
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the environment says; None: not set (the library's default applies)."""
@@ -72,6 +79,7 @@ class Settings:
     index_pause_at: str = ""
     serve_config: str | None = None  # serve's hand-off to its uvicorn workers (server/run.py)
     serve_log_level: str | None = None
+    backpressure_bytes: int | None = None  # None: limits.BACKPRESSURE_BYTES; 0: off
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -93,4 +101,5 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         index_pause_at=e.get("PUFFER_INDEX_PAUSE_AT", ""),
         serve_config=e.get("PUFFER_SERVE_CONFIG") or None,
         serve_log_level=e.get("PUFFER_SERVE_CONFIG_LOG_LEVEL") or None,
+        backpressure_bytes=_bytes(e.get("PUFFER_BACKPRESSURE_BYTES")),
     )

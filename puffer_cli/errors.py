@@ -57,12 +57,26 @@ class UnprocessableBody(InvalidRequest):
     status = 422
 
 
+class QueryTypeMismatch(InvalidQuery, UnprocessableBody):
+    """A query field of the wrong JSON type (422, schema/shape.py)."""
+
+
+class WriteTypeMismatch(SchemaError, UnprocessableBody):
+    """A write field of the wrong JSON type (422, schema/shape.py)."""
+
+
 class Unauthorized(PufferError):
     status = 401
 
 
 class NotFound(PufferError):
     status = 404
+
+
+class ReadOnly(PufferError):
+    """A document or schema write to a namespace whose metadata says ``read_only``."""
+
+    status = 403
 
 
 class NamespaceNotFound(NotFound):

@@ -31,6 +31,9 @@ MAX_VECTOR_DIMS = 10_752  # turbopuffer: 10,752 dense dimensions
 MAX_VALUE_DEPTH = 32  # nesting of JSON values inside a write or query body
 MAX_BODY_BYTES = 256 * 1024 * 1024  # one request body (decompressed)
 MAX_BODY_BYTES_IN_FLIGHT = 512 * 1024 * 1024  # all request bodies being read/parsed at once
+# turbopuffer's backpressure: writes are 429 once a namespace's unindexed WAL data is over this
+# (docs/http.md "Backpressure"; serve's PUFFER_BACKPRESSURE_BYTES, 0 = off)
+BACKPRESSURE_BYTES = 2 * 10**9
 
 # usearch HNSW options a schema may set (outside these a build fails or exhausts memory)
 ANN_CONNECTIVITY = (2, 128)

@@ -95,7 +95,6 @@ def poll_copy_from(c, name: str, token: str):
 #: one call per refused row, through the client
 REFUSED = {
     ("write", "encryption"): lambda c, ns: ns.write(upsert_rows=ROW, encryption=CMEK),
-    ("write", "create_namespace"): lambda c, ns: call(ns, "write", upsert_rows=ROW, create_namespace=True),
     ("write", "sharding"): lambda c, ns: ns.write(upsert_rows=ROW, sharding={"num_shards": 2}),
     ("query", "rerank_by"): lambda c, ns: call(ns, "query", rank_by=("id", "asc"), top_k=1, rerank_by=["RRF"]),
     ("copy_from", "source_api_key"): lambda c, ns: c.namespace("d1").copy_from(

@@ -165,6 +165,8 @@ CASES = [
     ("In", ["s", "NotIn", ["apple"]], [1, 2]),
     ("In", ["s", "In", []], []),
     ("In", ["s", "In", "apple"], "needs a list"),
+    ("In", ["ls", "In", "b"], [0]),  # a scalar on an array attribute: a one-element list (turbopuffer)
+    ("In", ["ls", "NotIn", "b"], [1, 2]),
     ("In", ["s", "In", [["apple"]]], "list of scalar"),
     ("Lt", ["i", "Lt", 5], [0]),
     ("Lt", ["i", "Gte", 1], [0, 1]),

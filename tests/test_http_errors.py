@@ -33,7 +33,7 @@ Q = "/v2/namespaces/e/query"
 CASES = [
     # (method, path, body, headers, status, retry header)
     ("POST", W, b'{"upsert_rows": [{"id": 2, "vector": [1]}]}', AUTH, 400, "false"),  # wrong dims
-    ("POST", W, b'{"upsert_rows": 5}', AUTH, 400, "false"),  # wrong type
+    ("POST", W, b'{"upsert_rows": 5}', AUTH, 422, "false"),  # wrong JSON type: 422 (serde's message)
     ("POST", W, b'{"encryption": {"cmek": {"key_name": "k"}}, "deletes": [1]}', AUTH, 400, "false"),
     ("POST", Q, b'{"rank_by": ["nope", "ANN"]}', AUTH, 400, "false"),
     ("POST", Q, b'{"rank_by": ["id", "asc"], "filters": ["id", "Foo", 1]}', AUTH, 400, "false"),  # parses: 400

@@ -273,7 +273,7 @@ def test_highlight_offset_units():
         ({"$x": ["vector", "VectorDist", [1.0, 0.0]]}, "invalid name"),
         ({"id": ["vector", "VectorDist", [1.0, 0.0]]}, "invalid name"),
         ({f"a{i}": ["Highlight", "text"] for i in range(65)}, "MAX_COMPUTE_ATTRIBUTES"),
-        ([["Highlight", "text"]], "expected an object"),
+        ([["Highlight", "text"]], "invalid type: sequence, expected a map"),
     ],
 )
 def test_bad_compute_attributes(mem_db, compute, match):

@@ -151,12 +151,12 @@ CASES = [
     ("POST", W, gzip.compress(b" " * (LIMIT * 4) + b"{}"), {"Content-Encoding": "gzip"}, 413),
     # -- write bodies the library rejects (400)
     ("POST", W, {"upsert": []}, {}, 400),
-    ("POST", W, {"upsert_rows": {}}, {}, 400),
+    ("POST", W, {"upsert_rows": {}}, {}, 422),  # a field of the wrong JSON type
     ("POST", W, {"upsert_rows": [{"tag": "no id"}]}, {}, 400),
     ("POST", W, {"upsert_rows": [{"id": -1}]}, {}, 400),
     ("POST", W, {"upsert_rows": [{"id": 1.5}]}, {}, 400),
     ("POST", W, {"upsert_rows": [{"id": "string-id-in-uint-ns"}]}, {}, 400),
-    ("POST", W, {"upsert_rows": [1, 2]}, {}, 400),
+    ("POST", W, {"upsert_rows": [1, 2]}, {}, 422),  # a field of the wrong JSON type
     ("POST", W, {"upsert_rows": [{"id": 2, "vector": [0.1, 0.2, 0.3]}]}, {}, 400),
     ("POST", W, {"upsert_rows": [{"id": 2, "vector": "!!not base64!!"}]}, {}, 400),
     ("POST", W, {"upsert_rows": [{"id": 2, "vector": b64(b"\x00" * 7)}]}, {}, 400),
@@ -171,24 +171,24 @@ CASES = [
     ("POST", W, {"upsert_rows": [{"id": 2, "n": "not an int"}]}, {}, 400),
     ("POST", W, {"upsert_rows": [{"id": 2, "$bad": 1}]}, {}, 400),
     ("POST", N, {"upsert_rows": [{"id": "x" * 65}]}, {}, 400),
-    ("POST", W, {"upsert_columns": [1]}, {}, 400),
+    ("POST", W, {"upsert_columns": [1]}, {}, 422),  # a field of the wrong JSON type
     ("POST", W, {"upsert_columns": {"id": [1, 2], "tag": ["a"]}}, {}, 400),
-    ("POST", W, {"patch_rows": {"id": 1}}, {}, 400),
+    ("POST", W, {"patch_rows": {"id": 1}}, {}, 422),  # a field of the wrong JSON type
     ("POST", W, {"patch_rows": [{"id": 1, "n": "x"}]}, {}, 400),
-    ("POST", W, {"deletes": 5}, {}, 400),
+    ("POST", W, {"deletes": 5}, {}, 422),  # a field of the wrong JSON type
     ("POST", W, {"deletes": ["not-a-uint"]}, {}, 400),
     ("POST", W, {"distance_metric": "dot_product", "upsert_rows": [{"id": 3}]}, {}, 400),
     ("POST", W, {"distance_metric": "euclidean_squared"}, {}, 400),  # metric cannot change
     ("POST", W, {"schema": {"a": "complex128"}}, {}, 400),
     ("POST", W, {"schema": {"tag": "int"}}, {}, 400),  # type change
-    ("POST", W, {"schema": [1]}, {}, 400),
+    ("POST", W, {"schema": [1]}, {}, 422),  # a field of the wrong JSON type
     ("POST", W, {"delete_by_filter": ["tag", "Foo", 1]}, {}, 400),
     ("POST", W, {"delete_by_filter": ["n", "In", 1]}, {}, 400),
-    ("POST", W, {"delete_by_filter": "tag = a"}, {}, 400),
+    ("POST", W, {"delete_by_filter": "tag = a"}, {}, 422),  # a field of the wrong JSON type
     ("POST", W, {"patch_by_filter": {"filters": ["tag", "Eq", "a"]}}, {}, 400),
     ("POST", W, {"patch_by_filter": {"filters": ["tag", "Eq", "a"], "patch": {"id": 9}}}, {}, 400),
     ("POST", W, {"upsert_rows": [{"id": 1}], "upsert_condition": ["n", "Gt"]}, {}, 400),
-    ("POST", W, {"copy_from_namespace": 5}, {}, 400),
+    ("POST", W, {"copy_from_namespace": 5}, {}, 422),  # a field of the wrong JSON type
     ("POST", W, {"copy_from_namespace": "does-not-exist"}, {}, 404),
     ("POST", W, {"copy_from_namespace": {"source_namespace": "ex", "source_region": "gcp-us"}}, {}, 400),
     ("POST", W, {"branch_from_namespace": "ex", "deletes": [1]}, {}, 400),

@@ -212,6 +212,8 @@ class _Binder:
         if spec is not None and not isinstance(t, str):
             raise ctx.fail(f"schema entry for attribute {show(attr)} has no type")
 
+        if pos == "In" and isinstance(t, str) and t.startswith("[]") and not isinstance(value, (list, tuple, Mapping)):
+            value = (value,)  # turbopuffer: In/NotIn with a scalar on an array attribute is a one-element list
         _check_shape(op, pos, value, ref, ctx)
 
         if pos in TOKEN_OPS:

@@ -16,6 +16,16 @@ from puffer_cli import limits as L
 from puffer_cli.errors import InvalidQuery, show
 from puffer_cli.schema.types import decode_vector_b64
 
+#: native embedding and model reranking need hosted models (docs/http.md "Client compatibility")
+NO_EMBED = (
+    "native embedding (Embed) needs a hosted embedding model, which puffer does not have: "
+    "embed the text yourself and send the vector"
+)
+NO_RERANK_MODEL = (
+    "rerank_by with a model (model reranking) needs a hosted reranking model, which puffer does not have: "
+    'use a multi-query with rerank_by ["RRF"], or rerank the rows in your application'
+)
+
 
 def check_len(v: Any, limit: int, name: str, where: str, what: str) -> None:
     """Refuse a list (or object) longer than a query limit, naming it."""
@@ -69,6 +79,8 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
         return tuple(float(x) for x in arr)
     if isinstance(v, np.ndarray):
         v = v.tolist()
+    if (isinstance(v, (list, tuple)) and v and v[0] == "Embed") or (isinstance(v, Mapping) and "embed" in v):
+        raise fail(where, NO_EMBED)
     if not isinstance(v, (list, tuple)):
         raise fail(where, f"vector must be a list of numbers or a base64 string, got {show(v)}")
     if not v:

@@ -41,7 +41,7 @@ from puffer_cli import limits as L
 from puffer_cli.errors import InvalidFilter, InvalidQuery, show
 from puffer_cli.filters import parse as filter_parse
 from puffer_cli.filters.tree import Node
-from puffer_cli.query.checks import attr_name, check_len, fail, is_int, is_num
+from puffer_cli.query.checks import NO_RERANK_MODEL, attr_name, check_len, fail, is_int, is_num
 from puffer_cli.query.computed import check_compute, parse_compute
 from puffer_cli.query.model import (
     DEFAULT_LIMIT,
@@ -62,6 +62,7 @@ from puffer_cli.query.model import (
     text_children,
 )
 from puffer_cli.query.rank import parse_rank_by
+from puffer_cli.schema import shape
 from puffer_cli.schema import types as S
 from puffer_cli.schema.types import METRICS
 
@@ -100,7 +101,7 @@ def _parse_encoding(v: Any, where: str = "vector_encoding") -> str:
 
 
 # turbopuffer query parameters puffer refuses by name (400), never ignores
-REFUSED_QUERY_KEYS: dict[str, str] = {}
+REFUSED_QUERY_KEYS: dict[str, str] = {"rerank_by": NO_RERANK_MODEL}
 
 
 def _check_keys(body: Mapping, allowed: tuple[str, ...], what: str) -> None:
@@ -129,6 +130,7 @@ def parse_query(body: Any, *, sub: str | None = None) -> Query:
     if not isinstance(body, Mapping):
         raise InvalidQuery(f"{sub or 'query'}: the query body must be a JSON object, got {show(body)}")
     _check_keys(body, SUBQUERY_KEYS if sub else QUERY_KEYS, sub or "query")
+    shape.check_fields(body, shape.QUERY_FIELDS, pre=pre)  # a wrong JSON type: 422
     rank_by = None
     if body.get("rank_by") is not None:
         rank_by = parse_rank_by(body["rank_by"], pre + "rank_by")
@@ -299,6 +301,7 @@ def parse_multi(body: Any) -> MultiQuery:
     if not isinstance(body, Mapping):
         raise InvalidQuery(f"multi-query: the body must be a JSON object, got {show(body)}")
     _check_keys(body, MULTI_KEYS, "multi-query")
+    shape.check_fields(body, shape.MULTI_FIELDS)
     qs = body.get("queries")
     if not isinstance(qs, (list, tuple)) or not qs:
         raise fail("queries", f"must be a non-empty list of query objects, got {show(qs)}")
@@ -312,6 +315,8 @@ def parse_multi(body: Any) -> MultiQuery:
     rrf = None
     if body.get("rerank_by") is not None:
         rb = body["rerank_by"]
+        if isinstance(rb, Mapping):  # {attribute, model, query}: turbopuffer's model reranking
+            raise fail("rerank_by", NO_RERANK_MODEL)
         if not isinstance(rb, (list, tuple)) or not rb or rb[0] != "RRF" or len(rb) > 2:
             raise fail(
                 "rerank_by", f'expected ["RRF"] or ["RRF", {{"rank_constant": k, "weights": [...]}}], got {show(rb)}'
@@ -387,6 +392,11 @@ def _check_text(expr, schema: Mapping, where: str) -> None:
                     f"attribute {n.attr!r} has no full-text search index",
                     hint=f'declare it in the schema: {{"{n.attr}": {{"type": "string", "full_text_search": true}}',
                 )
+            fts = spec.get("full_text_search")
+            tok = fts.get("tokenizer") if isinstance(fts, Mapping) else None
+            if tok == "pre_tokenized_array" and isinstance(n.query, str):
+                # turbopuffer: the query of a pre-tokenized field is its list of tokens
+                raise fail(where, f'invalid input "{n.query}" for rank_by field "{n.attr}", expecting []string')
         elif isinstance(n, AttrScore):
             t = _attr_type(schema, n.attr)
             if t not in _NUMERIC and t != "datetime":

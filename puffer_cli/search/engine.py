@@ -224,8 +224,8 @@ shape_rows = R.result_rows  # tests/test_query_limits.py
 _result_body = R.result_body  # tests/test_index.py
 
 
-def _returned_bytes(res: QueryResult) -> int:
-    return int(res.rows.estimated_size()) if res.rows is not None else 0
+def _returned_bytes(src: Source, q, res: QueryResult) -> int:
+    return R.returned_bytes(q, res, src.schema)
 
 
 def _performance(src: Source, io, t0: float, t_exec: float) -> dict:
@@ -266,7 +266,7 @@ def run_query(ns, body: Mapping) -> dict:
         out = R.result_body(q, res)
     out["billing"] = {
         "billable_logical_bytes_queried": src.queried(),
-        "billable_logical_bytes_returned": _returned_bytes(res),
+        "billable_logical_bytes_returned": _returned_bytes(src, q, res),
     }
     out["performance"] = _performance(src, io, t0, t_exec)
     return out
@@ -302,7 +302,7 @@ def run_multi(ns, body: Mapping) -> dict:
         L.check_deadline()
         if mq.rrf is None:
             out_results = [R.result_body(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
-            returned = sum(_returned_bytes(r) for r in results)
+            returned = sum(_returned_bytes(src, q, r) for q, r in zip(mq.queries, results))
         else:
             k, w = mq.rrf
             per_query_rows = [R.result_rows(q, r, enc or q.vector_encoding) for q, r in zip(mq.queries, results)]
@@ -316,7 +316,7 @@ def run_multi(ns, body: Mapping) -> dict:
                         first[row["id"]] = {k_: v for k_, v in row.items() if k_ not in ("id", "$dist")}
             rows = [{"id": d, "$dist": s, **first[d]} for d, s in fused]
             out_results = [{"rows": rows}]
-            returned = sum(_returned_bytes(r) for r in results)
+            returned = sum(_returned_bytes(src, q, r) for q, r in zip(mq.queries, results))
     return {
         "results": out_results,
         "billing": {

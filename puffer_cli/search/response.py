@@ -29,6 +29,7 @@ import orjson
 import polars as pl
 
 from puffer_cli.schema import spec as S
+from puffer_cli.schema import types
 
 __all__ = [
     "dumps",
@@ -38,6 +39,7 @@ __all__ = [
     "result_body",
     "result_rows",
     "recall_wire",
+    "returned_bytes",
     "row_columns",
     "to_wire",
     "vector_attrs",
@@ -140,6 +142,81 @@ def result_body(q, res, encoding: str | None = None) -> dict:
     if res.aggregation_groups is not None:
         body["aggregation_groups"] = res.aggregation_groups
     return body
+
+
+# ------------------------------------------------------------------ billing
+#: logical bytes of one value of a scalar type (strings: their UTF-8 bytes, not here)
+_SCALAR_BYTES = {"int": 8, "uint": 8, "float": 8, "datetime": 8, "bool": 1, "uuid": 16}
+_DTYPE_BYTES: dict[Any, int] = {
+    pl.Int64: 8,
+    pl.UInt64: 8,
+    pl.Float64: 8,
+    pl.Float32: 4,
+    pl.Boolean: 1,
+    pl.Int32: 4,
+    pl.UInt32: 4,
+}
+
+
+def _column_bytes(s: pl.Series, typ: str | None) -> int:
+    """Logical bytes of one returned column: per value by the attribute's type (nulls: 0)."""
+    base = typ[2:] if typ and typ.startswith("[]") else typ
+    d = s.dtype
+    if isinstance(d, pl.Array):  # a vector: 4 bytes per f32 element, 2 per f16
+        m = types.VEC_RE.match(typ or "")
+        width = 2 if m and m.group(2) == "f16" else 4
+        return width * d.size * (s.len() - s.null_count())
+    if isinstance(d, pl.List):
+        if isinstance(d.inner, (pl.String, pl.Categorical)) and base != "uuid":
+            return int(s.list.eval(pl.element().str.len_bytes()).list.sum().sum() or 0)
+        per = _SCALAR_BYTES.get(base or "", _DTYPE_BYTES.get(d.inner.base_type(), 8))
+        return per * int(s.list.len().sum() or 0)
+    n = s.len() - s.null_count()
+    if isinstance(d, (pl.String, pl.Categorical)) and base != "uuid":
+        return int(s.cast(pl.String).str.len_bytes().sum() or 0)
+    return n * _SCALAR_BYTES.get(base or "", _DTYPE_BYTES.get(d.base_type(), 8))
+
+
+def _json_bytes(v: Any) -> int:
+    """Logical bytes of a JSON value (computed attributes, aggregations): numbers 8, booleans 1,
+    strings their UTF-8 bytes, lists and objects the sum of their values, null 0."""
+    if v is None:
+        return 0
+    if isinstance(v, bool):
+        return 1
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return 8
+    if isinstance(v, str):
+        return len(v.encode())
+    if isinstance(v, Mapping):
+        return sum(_json_bytes(x) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return sum(_json_bytes(x) for x in v)
+    return len(str(v).encode())
+
+
+def returned_bytes(q, res, schema: Mapping) -> int:
+    """``billing.billable_logical_bytes_returned``: the logical size of what the response
+    returns (docs/http.md "Billing"): per returned row its id (u64: 8, uuid: 16, string: UTF-8
+    bytes), ``$dist`` (an f32: 4) and each returned attribute by type (int/uint/float/datetime
+    8, bool 1, uuid 16, string UTF-8 bytes, ``[N]f32`` 4N, ``[N]f16`` 2N, ``[]T`` the sum of
+    its elements; a null or missing value 0), computed attributes and aggregations as JSON
+    values (numbers 8, strings their UTF-8 bytes)."""
+    n = 0
+    frame = res.rows
+    if frame is not None and frame.height and q.rank_by is not None:
+        for c in row_columns(q, frame.columns):
+            typ = (schema.get(c) or {}).get("type") if c != "id" else (schema.get("id") or {}).get("type")
+            n += _column_bytes(frame.get_column(c), typ)
+        if res.dist is not None:
+            n += 4 * frame.height
+        for vals in (res.computed or {}).values():
+            n += sum(_json_bytes(v) for v in vals)
+    if res.aggregations is not None:
+        n += _json_bytes(res.aggregations)
+    if res.aggregation_groups is not None:
+        n += _json_bytes(res.aggregation_groups)
+    return n
 
 
 # ------------------------------------------------------------------ body -> wire JSON

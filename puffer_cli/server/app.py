@@ -25,6 +25,7 @@ Endpoints (what the official ``turbopuffer`` client 3.x calls)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -51,8 +52,10 @@ from puffer_cli.index import builder
 from puffer_cli.index import warm as warm_mod
 from puffer_cli.jobs import branch
 from puffer_cli.jobs import recall as recall_eval
+from puffer_cli.schema import shape
 from puffer_cli.search import engine, response
 from puffer_cli.server import console
+from puffer_cli.server.admission import Admission
 from puffer_cli.server.http import (
     CLIENT_CLOSED,
     JSON,
@@ -85,6 +88,18 @@ def write_answer(res: dict, size: int, t0: float) -> dict:
     return out
 
 
+def set_read_only(name: str, ro: bool, cur: dict | None) -> dict | None:
+    """meta.json with ``read_only`` set (kept only while true); None: nothing to change."""
+    if bool((cur or {}).get("read_only")) == ro:
+        return None
+    cur = cur or {"format": 1, "namespace": name, "index": None}
+    if ro:
+        cur["read_only"] = True
+    else:
+        cur.pop("read_only", None)
+    return cur
+
+
 class Server(RequestPlumbing):
     def __init__(self, cfg: ServeConfig, db: DB | None = None):
         self.cfg = cfg
@@ -92,6 +107,7 @@ class Server(RequestPlumbing):
             cfg.store, s3_endpoint=cfg.s3_endpoint, single_writer=cfg.single_writer, wal_policy=cfg.wal_policy
         )
         self.metrics = Metrics(cfg.metrics_dir)
+        self.admission = Admission(cfg.backpressure_bytes)  # read_only and backpressure
         self.gc = GroupCommitter(
             self.db.open_namespace,
             window_s=cfg.commit_window_ms / 1000,
@@ -215,6 +231,7 @@ class Server(RequestPlumbing):
             )
         if "source_namespace" in body and "copy_from_namespace" not in body:  # client.copy_from()
             body = {"copy_from_namespace": body}
+        await self.run(self.admission.check, ns, body)
         return write_answer(await self.gc.submit(ns.name, body, size), size, t0)
 
     async def branch(self, ns, body: dict, t0: float) -> dict:
@@ -345,6 +362,7 @@ class Server(RequestPlumbing):
             "schema": schema_out(head.schema),
             "distance_metric": head.metric,
             "last_seq": head.seq,
+            **({"read_only": True} if (meta or {}).get("read_only") else {}),  # omitted when false
         }
 
     async def metadata(self, request: Request):
@@ -352,26 +370,26 @@ class Server(RequestPlumbing):
         return await self.run(self._metadata, ns)
 
     async def metadata_patch(self, request: Request):
-        """``PATCH /v1/namespaces/{ns}/metadata`` (the client's ``update_metadata``). Pinning
-        (provisioned read replicas that keep a namespace in memory) and read-only namespaces do
-        not exist here: turning either on is a 400; turning them off (``pinning`` null/false,
-        ``read_only`` false) states what is already true and answers the metadata."""
+        """``PATCH /v1/namespaces/{ns}/metadata`` (the client's ``update_metadata``). ``read_only``
+        is kept in meta.json (while true, document and schema writes are 403). Pinning
+        (provisioned read replicas that keep a namespace in memory) does not exist here: turning
+        it on is a 400; null/false states what is already true."""
         ns = self.ns(request.path_params["ns"])
         body, _ = await self.json_body(request)  # an empty body is 422 (docs/http.md, "Errors")
         unknown = set(body) - {"pinning", "read_only"}
         if unknown:
             raise InvalidRequest(f"unknown metadata parameter(s): {', '.join(sorted(unknown))}")
+        shape.check_fields(body, shape.METADATA_FIELDS)
         pin = body.get("pinning")
         if pin is not None and pin is not False:
             raise InvalidRequest(
                 "pinning is not supported by puffer: there are no provisioned read replicas; "
                 "queries are served from the local cache (see hint_cache_warm)"
             )
-        ro = body.get("read_only", False)
-        if not isinstance(ro, bool):
-            raise InvalidRequest("read_only must be a boolean")
-        if ro:
-            raise InvalidRequest("read_only namespaces are not supported by puffer")
+        ro = body.get("read_only")
+        if ro is not None:
+            await self.run(ns.require)
+            await self.run(ns.update_meta, functools.partial(set_read_only, ns.name, ro))
         return await self.run(self._metadata, ns)
 
     async def schema_get(self, request: Request):
@@ -390,6 +408,7 @@ class Server(RequestPlumbing):
         if not sch:
             raise UnprocessableBody("schema update body must be an object {attribute: type or spec}")
         await self.run(ns.require)
+        await self.run(self.admission.check, ns, None, backpressure=False)
         await self.gc.submit(ns.name, {"schema": sch}, size)
         return schema_out(ns.head().schema)
 
@@ -449,6 +468,7 @@ class Server(RequestPlumbing):
         # the 3.x client sends {"copy_from_namespace": {"source_namespace": ...}}; a flat body is taken too
         src = body["copy_from_namespace"] if set(body) == {"copy_from_namespace"} else body
         self.copy_source_name(src)  # a malformed request is a 4xx now, not a failed operation
+        await self.run(self.admission.check, ns, body)
         token, start = operations.new_token(), operations.now()
         try:
             res = await self.gc.submit(ns.name, {"copy_from_namespace": src}, size)

@@ -9,13 +9,13 @@ import logging
 import re
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from puffer_cli import limits
+from puffer_cli import config, limits
 from puffer_cli.errors import PufferError, with_hint
 from puffer_cli.schema import spec as S
 from puffer_cli.schema import types
@@ -49,8 +49,15 @@ class ServeConfig:
     body_chunk_timeout_s: float | None = limits.BODY_CHUNK_TIMEOUT_S  # longest wait for the next body chunk
     body_timeout_s: float | None = limits.BODY_TIMEOUT_S  # a whole request body
     max_body_bytes_in_flight: int = limits.MAX_BODY_BYTES_IN_FLIGHT  # all request bodies being read at once
+    # writes are 429 over this many unindexed WAL bytes in a namespace (0: off; server/admission.py)
+    backpressure_bytes: int = field(default_factory=lambda: _env_backpressure())
     # set by ``serve --workers N`` for its workers: prometheus_client's multiprocess directory
     metrics_dir: str | None = None
+
+
+def _env_backpressure() -> int:
+    v = config.from_env().backpressure_bytes
+    return limits.BACKPRESSURE_BYTES if v is None else v
 
 
 def indexed_seq(meta: dict | None) -> int:

@@ -113,6 +113,12 @@ def fold_entries(
     last = None
     schema = None
     for f in followed:
+        if batch and schema is not None and set(schema) - set(f.schema):
+            # an attribute was dropped (schema {"attr": {"drop": true}}): fold what came before
+            # under the schema that had it, so a later write re-adding it starts from nothing
+            docs, batch, rows = fold(docs, schema, batch), [], 0
+        if docs is not None and schema is not None and set(schema) - set(f.schema):
+            docs = frames.align(docs, f.schema)
         schema = f.schema
         batch.extend(f.entry.ops)
         rows += sum(op.rows for op in f.entry.ops)

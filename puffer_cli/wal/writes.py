@@ -36,10 +36,10 @@ from typing import Any
 import polars as pl
 
 from puffer_cli import filters as F
-from puffer_cli.errors import InvalidRequest, SchemaError
+from puffer_cli.errors import InvalidRequest, NamespaceNotFound, SchemaError
 from puffer_cli.schema import frames as frames_mod
+from puffer_cli.schema import shape, types
 from puffer_cli.schema import spec as S
-from puffer_cli.schema import types
 from puffer_cli.schema.types import METRICS
 from puffer_cli.wal import replay
 from puffer_cli.wal.codec import Op
@@ -60,6 +60,7 @@ WRITE_KEYS = {
     "return_affected_ids",
     "copy_from_namespace",
     "disable_backpressure",
+    "create_namespace",
     "encryption",
     "delete_by_filter_allow_partial",
     "patch_by_filter_allow_partial",
@@ -131,6 +132,7 @@ def plan(req: Mapping[str, Any], snap: Snapshot, *, copy_source: CopySource | No
     (:func:`_check_request`), the declared schema and the metric, then each section
     (:class:`_Planner`), then the checks on the result."""
     _check_request(req, snap)
+    _check_create(req, snap)
     p = _Planner(req, snap)
     p.delete_by_filter()
     p.patch_by_filter()
@@ -158,8 +160,55 @@ def _check_request(req: Any, snap: Snapshot) -> None:
     pbf = req.get("patch_by_filter")
     if isinstance(pbf, Mapping) and pbf.get("patch") is not None:
         types.check_depth(pbf["patch"], "patch_by_filter.patch")
+    shape.check_fields(req, shape.WRITE_FIELDS)  # a field of the wrong JSON type: 422 (after the depth)
+    shape.check_fields(req.get("patch_by_filter"), shape.PATCH_BY_FILTER_FIELDS, pre="patch_by_filter.")
     flat, groups = _names(req)
     types.check_write_names(flat, snap.schema, groups=groups)
+
+
+def _check_create(req: Mapping[str, Any], snap: Snapshot) -> None:
+    """``create_namespace`` (turbopuffer 3.x): false never creates (404 when the namespace does
+    not exist); true creates it even without documents, which needs the ``id`` type declared in
+    ``schema`` (the empty namespace's schema is committed as one WAL entry without ops)."""
+    cn = req.get("create_namespace")
+    if snap.seq or cn is None:
+        return
+    if cn is False:
+        raise NamespaceNotFound("namespace not found (create_namespace is false)")
+    has_docs = any(req.get(k) for k in ("upsert_rows", "upsert_columns", "copy_from_namespace"))
+    sch = req.get("schema")
+    if not has_docs and not (isinstance(sch, Mapping) and "id" in sch):
+        raise InvalidRequest(
+            "create_namespace: creating an empty namespace requires the id type in schema",
+            hint='e.g. "schema": {"id": "uint"} (or "string", "uuid")',
+        )
+
+
+def _drops(req: Mapping[str, Any], schema: Mapping) -> tuple[Any, list[str]]:
+    """Split a declared schema into its specs and the attributes it drops
+    (``{"attr": {"drop": true}}``, turbopuffer 3.x: the attribute leaves the schema and every
+    document; dropping one the namespace lacks does nothing). A drop takes no other setting,
+    ``id`` cannot be dropped, and the same write cannot also write the attribute."""
+    declared = req.get("schema")
+    if not isinstance(declared, Mapping):
+        return declared, []
+    drops = [k for k, v in declared.items() if isinstance(v, Mapping) and "drop" in v]
+    if not drops:
+        return declared, []
+    for k in drops:
+        if declared[k] != {"drop": True}:
+            raise InvalidRequest(f"schema {k!r}: drop must be true and cannot be combined with other schema settings")
+        if k == "id":
+            raise InvalidRequest("schema 'id': the id attribute cannot be dropped")
+    _flat, groups = _names(req)
+    used = {n for g in groups for n in g}
+    for sec in (req.get("upsert_columns"), req.get("patch_columns"), (req.get("patch_by_filter") or {}).get("patch")):
+        if isinstance(sec, Mapping):
+            used |= set(sec)
+    for k in drops:
+        if k in used:
+            raise InvalidRequest(f"schema {k!r}: a write cannot drop an attribute and write it too")
+    return {k: v for k, v in declared.items() if k not in drops}, [k for k in drops if k in schema]
 
 
 def _metric(req: Mapping[str, Any], current: str | None) -> str | None:
@@ -181,10 +230,14 @@ class _Planner:
         self.req, self.snap = req, snap
         self.schema = {k: dict(v) for k, v in snap.schema.items()}
         self.changed = False
-        declared = S.normalize_schema(req.get("schema"))
+        kept, dropped = _drops(req, self.schema)
+        for k in dropped:
+            del self.schema[k]
+            self.changed = True
+        declared = S.normalize_schema(kept)
         if declared:
             new = S.merge(self.schema, declared, {})
-            self.changed = new != self.schema
+            self.changed = self.changed or new != self.schema
             self.schema = new
         self.metric = _metric(req, snap.metric)
         for k, spec in (declared or {}).items():
