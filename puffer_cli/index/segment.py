@@ -361,11 +361,38 @@ class Segment:
         raw = paged.read_rows(self.cache, self.store, m, pos, 8)
         return raw.view("<u8" if m["dtype"] == "u64" else "<i8").reshape(-1)
 
-    def rerank_rows(self, f: str, pos: np.ndarray):
-        """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip."""
-        fns = [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos)]
-        vec, ids = R.parallel(fns, self.store.is_remote)
+    def rerank_rows(self, f: str, pos: np.ndarray, also: Sequence[Callable[[], Any]] = ()):
+        """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip,
+        with the calls ``also`` (the returned attributes' chunks, :meth:`prefetch_rows`)."""
+        fns = [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos), *also]
+        vec, ids, *_ = R.parallel(fns, self.store.is_remote)
         return vec, ids
+
+    def rows_cost(self, pos: np.ndarray, names: list[str]) -> tuple[list[tuple[str, int]], int]:
+        """The column chunks (column, group) that :meth:`rows_at` of ``pos`` and ``names``
+        would fetch from the store (none when the doc store is at hand or the columns are
+        open), and their compressed bytes (from the manifest)."""
+        ent = self.docs
+        if ent is None or self._attrs is not None or not len(pos) or self.docs_at_hand():
+            return [], 0
+        gr = int(ent["group_rows"])
+        gs = np.unique(np.asarray(pos, dtype=np.int64) // gr)
+        with self._lock:
+            want = [
+                (c, int(g))
+                for c in dict.fromkeys(names)
+                if c in ent["columns"] and c not in self._col
+                for g in gs
+                if (c, int(g)) not in self._chunk
+            ]
+        return want, sum(b - a for a, b in (D.chunk_range(ent, c, g) for c, g in want))
+
+    def prefetch_rows(self, chunks: list[tuple[str, int]]) -> None:
+        """Fetch and decode column chunks (from :meth:`rows_cost`) now, so a later
+        :meth:`rows_at` of those rows reads none: the cold planner puts this in the batch
+        of the re-rank reads (one round trip for both)."""
+        if chunks:
+            self._chunks(chunks)
 
     def ids(self) -> pl.DataFrame:
         """(id, __pos) of live rows."""

@@ -40,6 +40,12 @@ from puffer_cli.search import response as R
 from puffer_cli.search import scoring as SC
 from puffer_cli.text import bm25 as B
 
+#: the re-rank candidates' returned-attribute chunks are fetched with the re-rank reads
+#: (one round trip) when they total at most this many bytes ...
+ATTR_PREFETCH_BYTES = 4 << 20
+#: ... or at most this many times the chunks the top-k rows alone could touch
+ATTR_PREFETCH_RATIO = 4
+
 
 def _simple(q: Q.Query) -> bool:
     return q.per_attributes is None and not q.aggregate_by and not q.group_by and not q.compute
@@ -147,12 +153,13 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         L.check_deadline()
         return view.vector_candidates(i, rb, q.filters, kk, metric)
 
-    def rerank(i: int, pos: np.ndarray):
-        """Segment i's candidates re-ranked with their exact f32 vectors."""
+    def rerank(i: int, pos: np.ndarray, also=()):
+        """Segment i's candidates re-ranked with their exact f32 vectors (``also``: calls
+        run in the same batch of requests: the returned attributes' chunks)."""
         if not len(pos):
             return pos, None, None
         L.check_deadline()
-        sub, ids = view.gen.segments[i].rerank_rows(rb.attr, pos)
+        sub, ids = view.gen.segments[i].rerank_rows(rb.attr, pos, also)
         ok = ~np.isnan(sub).any(axis=1)  # rows without this vector never rank
         if not ok.all():
             pos, sub, ids = pos[ok], sub[ok], ids[ok] if isinstance(ids, np.ndarray) else ids.filter(pl.Series(ok))
@@ -164,7 +171,8 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     remote = view.gen.store.is_remote
     cands = RG.parallel([partial(candidates, i) for i in range(n)], remote)
     keep = _best_overall([(c[0], c[3]) for c in cands], kk * ivf.options(view.schema.get(rb.attr))["rerank"])
-    done = RG.parallel([partial(rerank, i, keep[i]) for i in range(n)], remote)
+    also = _attribute_prefetch(view, q, keep)
+    done = RG.parallel([partial(rerank, i, keep[i], also[i]) for i in range(n)], remote)
     exhaustive = sum(c[1] for c in cands)
     for i, (pos, d, ids) in enumerate(done):
         if d is not None:
@@ -177,6 +185,33 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         pos, d = SC.rank_vector(q, rb, tail, metric, cand, kk)
         out.add(-1, pos, d, d)
     return out.top(q), exhaustive, out.count
+
+
+def _attribute_prefetch(view, q: Q.Query, keep: list[np.ndarray]) -> list[list]:
+    """Per segment, the calls that fetch the returned attributes' column chunks of every
+    re-rank candidate, to run in the re-rank batch (one round trip fewer than fetching the
+    top-k rows' chunks after the re-rank), when those chunks are few enough: at most
+    ``ATTR_PREFETCH_BYTES`` in all, or ``ATTR_PREFETCH_RATIO`` x the bytes of the chunks
+    the top-k alone could need (k groups of each column).  Else none (``_rows`` reads
+    the top-k rows' chunks after the re-rank: one more round trip, fewer bytes)."""
+    names = [c for c in _columns(view, q) if not S.is_vector(view.schema.get(c, {}).get("type", ""))]
+    empty: list[list] = [[] for _ in keep]
+    if names == ["id"] or not names:
+        return empty
+    plans = []
+    total = 0
+    for i, pos in enumerate(keep):
+        seg = view.gen.segments[i]
+        want, cost = seg.rows_cost(pos, names) if len(pos) else ([], 0)
+        plans.append((seg, want))
+        total += cost
+    if not total:
+        return empty
+    kk = q.offset + q.limit
+    per_group = total / max(1, sum(len({g for _c, g in w}) for _s, w in plans))  # bytes of one group's chunks
+    if total > max(ATTR_PREFETCH_BYTES, ATTR_PREFETCH_RATIO * kk * per_group):
+        return empty
+    return [[partial(seg.prefetch_rows, want)] if want else [] for seg, want in plans]
 
 
 def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
