@@ -320,9 +320,13 @@ class IndexedView:
             return [f for f in vf if f in inc or f in computed]
         return [f for f in vf if f in computed]
 
-    def vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int, np.ndarray | None]:
+    def vector_candidates(
+        self, i: int, rb, filt, k: int, metric, ahead_also=None
+    ) -> tuple[np.ndarray, int, int, np.ndarray | None]:
         """(row positions of segment ``i``'s candidates, rows scored exactly, rows scanned in
-        IVF lists, the candidates' approximate distances or None when they are exact)."""
+        IVF lists, the candidates' approximate distances or None when they are exact).
+        ``ahead_also(pos)``: calls to run with a cold exact search's read of rows ``pos``
+        (the returned attributes' chunks)."""
         seg = self.gen.segments[i]
         if rb.attr not in seg.meta.get("vectors", {}) or k <= 0:
             return np.zeros(0, np.int64), 0, 0, None
@@ -359,6 +363,10 @@ class IndexedView:
         )
         if exact:
             pos = np.nonzero(sel)[0]
+            if not seg.vectors_at_hand(rb.attr) and self.gen.store.is_remote and seg.rows_ahead_fit(rb.attr, len(pos)):
+                # cold: the rows' vectors, ids (and returned attributes) in one batch; the
+                # re-rank of the exact top then reads nothing
+                seg.read_rows_ahead(rb.attr, pos, ahead_also(pos) if ahead_also is not None else ())
             return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0, None
         frac = n_sel / max(1, seg.rows)
         if iv is not None:

@@ -80,6 +80,9 @@ class _Collect:
     def __init__(self, view):
         self.view = view
         self.keys, self.vals, self.ids, self.srcs, self.poss = [], [], [], [], []
+        #: (segment, vector field) -> (sorted positions, their f32 vectors) read by the
+        #: re-rank: a returned vector column of those rows needs no second read
+        self.known: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
     def add(self, src: int, pos: np.ndarray, key: np.ndarray, val: np.ndarray, ids=None) -> None:
         if not len(pos):
@@ -120,7 +123,7 @@ class _Collect:
             order = np.lexsort((idk, key))[q.offset : kk]
             picked = id_s.gather(pl.Series(order))
         src, pos = np.concatenate(self.srcs)[order], np.concatenate(self.poss)[order]
-        return SC.QueryResult(_rows(v, q, src, pos, picked), val[order], scanned=n, matched=n)
+        return SC.QueryResult(_rows(v, q, src, pos, picked, self.known), val[order], scanned=n, matched=n)
 
 
 def _tail(view):
@@ -151,19 +154,21 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 
     def candidates(i: int):
         L.check_deadline()
-        return view.vector_candidates(i, rb, q.filters, kk, metric)
+        return view.vector_candidates(
+            i, rb, q.filters, kk, metric, lambda pos: _attribute_prefetch(view, q, [pos], [i])[0]
+        )
 
     def rerank(i: int, pos: np.ndarray, also=()):
         """Segment i's candidates re-ranked with their exact f32 vectors (``also``: calls
         run in the same batch of requests: the returned attributes' chunks)."""
         if not len(pos):
-            return pos, None, None
+            return pos, None, None, None
         L.check_deadline()
         sub, ids = view.gen.segments[i].rerank_rows(rb.attr, pos, also)
         ok = ~np.isnan(sub).any(axis=1)  # rows without this vector never rank
         if not ok.all():
             pos, sub, ids = pos[ok], sub[ok], ids[ok] if isinstance(ids, np.ndarray) else ids.filter(pl.Series(ok))
-        return pos, SC.exact_distances(sub, qv, metric), ids
+        return pos, SC.exact_distances(sub, qv, metric), ids, sub
 
     # on an object store the segments' reads overlap: one round trip for every segment's
     # lists, one for every segment's re-rank rows
@@ -174,9 +179,11 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     also = _attribute_prefetch(view, q, keep)
     done = RG.parallel([partial(rerank, i, keep[i], also[i]) for i in range(n)], remote)
     exhaustive = sum(c[1] for c in cands)
-    for i, (pos, d, ids) in enumerate(done):
+    for i, (pos, d, ids, sub) in enumerate(done):
         if d is not None:
             out.add(i, pos, d, d, ids)
+            o = np.argsort(pos, kind="stable")
+            out.known[(i, rb.attr)] = (pos[o], sub[o])
     tail = _tail(view)
     if tail is not None:
         L.check_deadline()
@@ -187,7 +194,7 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     return out.top(q), exhaustive, out.count
 
 
-def _attribute_prefetch(view, q: Q.Query, keep: list[np.ndarray]) -> list[list]:
+def _attribute_prefetch(view, q: Q.Query, keep: list[np.ndarray], segs: list[int] | None = None) -> list[list]:
     """Per segment, the calls that fetch the returned attributes' column chunks of every
     re-rank candidate, to run in the re-rank batch (one round trip fewer than fetching the
     top-k rows' chunks after the re-rank), when those chunks are few enough: at most
@@ -200,7 +207,7 @@ def _attribute_prefetch(view, q: Q.Query, keep: list[np.ndarray]) -> list[list]:
         return empty
     plans = []
     total = 0
-    for i, pos in enumerate(keep):
+    for i, pos in zip(range(len(keep)) if segs is None else segs, keep):
         seg = view.gen.segments[i]
         want, cost = seg.rows_cost(pos, names) if len(pos) else ([], 0)
         plans.append((seg, want))
@@ -257,8 +264,9 @@ def _empty(view, q: Q.Query) -> pl.DataFrame:
     return frames.align(pl.DataFrame(), view.schema, _columns(view, q))
 
 
-def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) -> pl.DataFrame:
-    """The response rows' columns for (segment or -1 for the tail, position) in rank order."""
+def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series, known=None) -> pl.DataFrame:
+    """The response rows' columns for (segment or -1 for the tail, position) in rank order
+    (``known``: vectors the re-rank read, see ``_Collect.known``)."""
     cols = _columns(view, q)
     if cols == ["id"]:
         return ids.alias("id").to_frame()
@@ -275,7 +283,7 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
             vecs = [c for c in cols if S.is_vector(view.schema.get(c, {}).get("type", ""))]
             # the returned attributes of these rows only (a column store reads their row groups' chunks)
             fns = [partial(seg.rows_at, p, [c for c in cols if c not in vecs])]
-            fns += [partial(_vector_column, seg, c, p, view.schema) for c in vecs]
+            fns += [partial(_vector_column, seg, c, p, view.schema, (known or {}).get((int(s), c))) for c in vecs]
             f, *vcols = RG.parallel(fns, view.gen.store.is_remote)  # attributes and vectors at once
             if vcols:
                 f = f.with_columns(vcols)
@@ -287,9 +295,13 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
     return out.drop("__rank")
 
 
-def _vector_column(seg, f: str, pos: np.ndarray, schema: dict) -> pl.Series:
+def _vector_column(seg, f: str, pos: np.ndarray, schema: dict, known=None) -> pl.Series:
     dims = types.vector_dims(schema[f]["type"])
     assert dims is not None  # f is a vector field
+    if known is not None:  # the re-rank read these rows' vectors already
+        at = np.searchsorted(known[0], pos)
+        if len(pos) and (at < len(known[0])).all() and (known[0][np.minimum(at, len(known[0]) - 1)] == pos).all():
+            return D.vector_series(f, known[1][at], dims)
     rows = seg.vector_rows(f, pos)
     if rows is None:
         rows = np.full((len(pos), dims), np.nan, np.float32)
