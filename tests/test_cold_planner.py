@@ -151,3 +151,28 @@ def test_estimate_fraction_from_statistics():
     assert f(["And", [["t", "Eq", "a"], ["x", "Gte", 500]]]) == pytest.approx(0.125, abs=0.02)
     assert f(["t", "Eq", "zz"]) == 0.0
     assert f(["t", "Glob", "a*"]) == 1.0  # no statistics for it: everything may match
+
+
+def test_explain_shows_the_cold_plan(cold_ns):
+    db, ns, rng = cold_ns
+    lines = engine.explain(
+        db.open_namespace("v"),
+        _ann(rng, include_attributes=["word"], filters=["tag", "Eq", "red"], consistency={"level": "eventual"}),
+    )
+    text = "\n".join(lines)
+    assert "round trip 1: meta.json" in text and "round trip 4: re-rank" in text, text
+    assert "filter columns ['tag']" in text and "['id', 'word']" in text, text
+    lines = engine.explain(
+        db.open_namespace("v"),
+        {
+            "rank_by": ["bucket", "desc"],
+            "top_k": 3,
+            "filters": ["bucket", "Lt", 3],
+            "consistency": {"level": "eventual"},
+        },
+    )
+    assert any("row groups admitted by statistics" in x for x in lines), lines
+    # buckets are sorted with the ids: a range keeps a few of the row groups
+    got = next(x for x in lines if "admitted" in x)
+    kept, total = got.split(": ")[2].split(" row groups")[0].split("/")
+    assert int(kept) < int(total), got
