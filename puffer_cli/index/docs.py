@@ -357,6 +357,78 @@ def _test_tv(test, c: dict, g: int, size: int) -> tuple[bool, bool]:
     return True, True
 
 
+def estimate_fraction(ent: dict, rows: int, bound) -> float:
+    """An estimate of the fraction of rows matching the bound filter ``bound`` from the
+    row groups' statistics (distinct values taken as equally frequent, ranges as uniform
+    between min and max; 1 where the statistics say nothing).  For planning only: the cold
+    planner sizes a speculative read with it (an IVF probe that depends on the filter's
+    selectivity), and the answer never depends on it."""
+    n = groups_of(ent, rows)
+    if bound is None or rows <= 0:
+        return 1.0
+    g_rows = int(ent["group_rows"])
+    hit = 0.0
+    for g in range(n):
+        size = max(0, min(g_rows, rows - g * g_rows))
+        if size:
+            try:
+                hit += size * min(1.0, max(0.0, _est(bound, ent["columns"], g, size)))
+            except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError):
+                hit += size
+    return hit / rows
+
+
+def _est(node, cols: dict, g: int, size: int) -> float:
+    from puffer_cli.filters import bind as B
+    from puffer_cli.filters.tree import And, Not, Or
+
+    if isinstance(node, And):
+        out = 1.0
+        for c in node.children:
+            out *= _est(c, cols, g, size)
+        return out
+    if isinstance(node, Or):
+        miss = 1.0
+        for c in node.children:
+            miss *= 1.0 - _est(c, cols, g, size)
+        return 1.0 - miss
+    if isinstance(node, Not):
+        return 1.0 - _est(node.child, cols, g, size)
+    if isinstance(node, B.Const):
+        return 1.0 if node.value else 0.0
+    if isinstance(node, B.IsNull):
+        c = cols.get(node.attr)
+        return 1.0 if c is None else int(c["nulls"][g]) / size
+    if not isinstance(node, B.OnValue):
+        return 1.0
+    c = cols.get(node.attr)
+    if c is None:
+        return 0.0
+    test = node.test
+    present = (size - int(c["nulls"][g]) - (int(c["nans"][g]) if "nans" in c else 0)) / size
+    vals = c["values"][g] if "values" in c else None
+    mn = c["min"][g] if "min" in c else None
+    mx = c["max"][g] if "max" in c else None
+    if isinstance(test, B.Never):
+        return 0.0
+    if isinstance(test, B.NonNull):
+        return present
+    if isinstance(test, (B.Cmp, B.Member)):
+        if vals is not None:
+            if not vals:
+                return 0.0
+            if isinstance(test, B.Cmp):
+                hits = sum(_cmp(v, test.op, test.lit) for v in vals)
+            else:
+                hits = sum(v in set(test.values) for v in vals)
+            return present * hits / len(vals)
+        num = all(isinstance(x, (int, float)) for x in (mn, mx, getattr(test, "lit", None)))
+        if isinstance(test, B.Cmp) and test.op in ("Lt", "Lte", "Gt", "Gte") and num and mx > mn:  # type: ignore[operator]
+            below = min(1.0, max(0.0, (test.lit - mn) / (mx - mn)))  # type: ignore[operator]
+            return present * (below if test.op in ("Lt", "Lte") else 1.0 - below)
+    return 1.0
+
+
 def _cmp(v, op: str, lit) -> bool:
     if op == "Eq":
         return v == lit

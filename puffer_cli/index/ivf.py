@@ -520,6 +520,16 @@ class Lists:
     def local(self) -> bool:
         return self._pos is not None
 
+    @staticmethod
+    def ranges(r: Route, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Byte ranges of the member runs: positions (unless implicit), then codes."""
+        ranges = [r.positions_range(a, b) for a, b in runs] + [r.codes_range(a, b) for a, b in runs]
+        return ranges[len(runs) :] if r.implicit else ranges
+
+    def fetcher(self):
+        """The ranged fetch of a lists file that is not local (None when it is)."""
+        return self._fetch
+
     def blocks(self, runs: list[tuple[int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(positions, codes) of each member run."""
         if self._pos is not None and self._codes is not None:
@@ -527,10 +537,7 @@ class Lists:
             return [(pos[a:b], codes[a:b]) for a, b in runs]
         r = self.route
         assert self._fetch is not None
-        ranges = [r.positions_range(a, b) for a, b in runs] + [r.codes_range(a, b) for a, b in runs]
-        if r.implicit:
-            ranges = ranges[len(runs) :]
-        got = self._fetch(ranges)
+        got = self._fetch(Lists.ranges(r, runs))
         n = len(runs)
         if r.implicit:
             return [
@@ -541,6 +548,41 @@ class Lists:
             (np.frombuffer(got[i], dtype="<u4"), np.frombuffer(got[n + i], dtype=np.int8).reshape(-1, r.dims))
             for i in range(n)
         ]
+
+
+def planned_ranges(
+    route: Route, q: np.ndarray, want: int, probe: float, min_rows: int = 0, fill: float = 0.0
+) -> list[tuple[int, int]]:
+    """The byte ranges of the lists file that :func:`search` with these arguments reads
+    (the cold planner fetches them ahead, in the batch of the filter's columns)."""
+    if route.nlist == 0 or want <= 0:
+        return []
+    qq = route.prepare_query(q)
+    runs = route.runs(route.nearest_lists(qq, probe, min_rows=max(want, min_rows)), fill)
+    return Lists.ranges(route, runs)
+
+
+def served(ahead: tuple[list[tuple[int, int]], list], fetch):
+    """A ``Lists`` fetch that serves ranges inside those fetched ahead (``(ranges, bytes)``)
+    from them, and fetches only the others (with ``fetch``, in one batch)."""
+    have = sorted(zip(ahead[0], ahead[1]), key=lambda x: x[0][0])
+
+    def go(ranges):
+        out: list = [None] * len(ranges)
+        miss = []
+        for j, (a, b) in enumerate(ranges):
+            for (s, e), data in have:
+                if s <= a and b <= e:
+                    out[j] = memoryview(data)[a - s : b - s]
+                    break
+            else:
+                miss.append(j)
+        if miss:
+            for j, data in zip(miss, fetch([ranges[j] for j in miss])):
+                out[j] = data
+        return out
+
+    return go
 
 
 def search(

@@ -166,6 +166,9 @@ class DfCombo(Mapping):
 
 
 # ---------------------------------------------------------------- segments
+AHEAD_MAX_BYTES = 8 << 20  # vectors kept per segment after a read-ahead (Segment.read_rows_ahead)
+
+
 class Segment:
     """One segment of a generation: lazily opened files, alive mask."""
 
@@ -186,6 +189,9 @@ class Segment:
         self._ids: pl.DataFrame | None = None
         self._live: int | None = None
         self._idv: np.ndarray | Literal[False] | None = None  # False: ids are not integers
+        #: field (or "id") -> (sorted positions, their rows): the last rows read ahead by range
+        #: (:meth:`read_rows_ahead`), so the re-rank that follows reads none of them again
+        self._ahead: dict[str, tuple[np.ndarray, Any]] = {}
 
     @property
     def store(self) -> Store:
@@ -368,6 +374,8 @@ class Segment:
         if self.docs is not None and m is None and not opened:
             return self.rows_at(pos, ["id"]).get_column("id")
         at_hand = self.cache.has(self.store, self.meta["attrs"]) if self.docs is None else self.docs_at_hand()
+        if (got := self._from_ahead("id", np.asarray(pos, dtype=np.int64))) is not None:
+            return got
         if m is None or opened or not len(pos) or at_hand:
             idv = self.id_values()
             return idv[pos] if idv is not None else self.id_column().gather(pos)
@@ -384,11 +392,68 @@ class Segment:
                 self._id_memo.popitem(last=False)
         return out
 
-    def rerank_rows(self, f: str, pos: np.ndarray):
-        """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip."""
-        fns = [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos)]
-        vec, ids = R.parallel(fns, self.store.is_remote)
+    def _from_ahead(self, what: str, pos: np.ndarray):
+        with self._lock:
+            got = self._ahead.get(what)
+        if got is None or not len(pos):
+            return None
+        have, rows = got
+        at = np.searchsorted(have, pos)
+        if (at >= len(have)).any() or (have[np.minimum(at, len(have) - 1)] != pos).any():
+            return None
+        return rows[at] if isinstance(rows, np.ndarray) else rows.gather(pl.Series(at))
+
+    def rows_ahead_fit(self, f: str, n: int) -> bool:
+        """Whether ``n`` rows of field ``f`` fit the read-ahead memo (``AHEAD_MAX_BYTES``)."""
+        v = self.meta.get("vectors", {}).get(f)
+        return v is not None and n * 4 * int(v["dims"]) <= AHEAD_MAX_BYTES
+
+    def read_rows_ahead(self, f: str, pos: np.ndarray, also: Sequence[Callable[[], Any]] = ()) -> None:
+        """Read the f32 vectors of field ``f`` and the ids at ``pos`` in one batch (with the
+        calls ``also``) and keep them (``_ahead``, the last such read per field), so a later
+        :meth:`vector_rows` / :meth:`id_rows` within them reads nothing: a cold filtered
+        query searched exactly reads its rows once, not again for the re-rank."""
+        pos = np.unique(np.asarray(pos, dtype=np.int64))
+        vec, ids, *_ = R.parallel(
+            [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos), *also], self.store.is_remote
+        )
+        with self._lock:
+            if vec is not None:
+                self._ahead[f] = (pos, vec)
+            self._ahead["id"] = (pos, ids)
+
+    def rerank_rows(self, f: str, pos: np.ndarray, also: Sequence[Callable[[], Any]] = ()):
+        """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip,
+        with the calls ``also`` (the returned attributes' chunks, :meth:`prefetch_rows`)."""
+        fns = [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos), *also]
+        vec, ids, *_ = R.parallel(fns, self.store.is_remote)
         return vec, ids
+
+    def rows_cost(self, pos: np.ndarray, names: list[str]) -> tuple[list[tuple[str, int]], int]:
+        """The column chunks (column, group) that :meth:`rows_at` of ``pos`` and ``names``
+        would fetch from the store (none when the doc store is at hand or the columns are
+        open), and their compressed bytes (from the manifest)."""
+        ent = self.docs
+        if ent is None or self._attrs is not None or not len(pos) or self.docs_at_hand():
+            return [], 0
+        gr = int(ent["group_rows"])
+        gs = np.unique(np.asarray(pos, dtype=np.int64) // gr)
+        with self._lock:
+            want = [
+                (c, int(g))
+                for c in dict.fromkeys(names)
+                if c in ent["columns"] and c not in self._col
+                for g in gs
+                if (c, int(g)) not in self._chunk
+            ]
+        return want, sum(b - a for a, b in (D.chunk_range(ent, c, g) for c, g in want))
+
+    def prefetch_rows(self, chunks: list[tuple[str, int]]) -> None:
+        """Fetch and decode column chunks (from :meth:`rows_cost`) now, so a later
+        :meth:`rows_at` of those rows reads none: the cold planner puts this in the batch
+        of the re-rank reads (one round trip for both)."""
+        if chunks:
+            self._chunks(chunks)
 
     def ids(self) -> pl.DataFrame:
         """(id, __pos) of live rows."""
@@ -430,6 +495,8 @@ class Segment:
             vecs = self.vectors(f)
             assert vecs is not None  # the segment has vectors of f (v is set)
             return vecs[pos]
+        if (got := self._from_ahead(f, pos)) is not None:
+            return got
         raw = paged.read_rows(self.cache, self.store, v, pos, 4 * dims)
         return raw.view("<f4").reshape(len(pos), dims)
 

@@ -327,6 +327,20 @@ def run_multi(ns, body: Mapping) -> dict:
     }
 
 
+def explain(ns, body: Mapping) -> list[str]:
+    """The cold read plan of one query body as lines (``explain_query``; search/plan.py), or
+    one line saying there is no index (every row is then scored from the WAL)."""
+    from puffer_cli.search.plan import plan_lines
+    from puffer_cli.search.reader import view_for
+
+    q = Q.parse_query(body)
+    view = view_for(ns, q.consistency)
+    if view is None:
+        return ["plan: no index: the WAL is replayed and every row scored exactly"]
+    Q.check_query(q, view.schema, view.metric)
+    return plan_lines(view, q)
+
+
 def run(ns, body: Mapping) -> dict:
     """Dispatch: a body with ``queries`` is a multi-query."""
     if isinstance(body, Mapping) and "queries" in body:

@@ -42,6 +42,7 @@ from puffer_cli.schema import spec as S
 from puffer_cli.schema import types
 from puffer_cli.search.postings import seed_postings
 from puffer_cli.search.scoring import f32_tolerance
+from puffer_cli.store import run_lanes
 from puffer_cli.store.filecache import get_cache
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old 
 EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05  # ... or a filter keeping at most this fraction of a segment
 HNSW_OVERFETCH = 2  # HNSW candidates kept per requested result (exact re-rank)
+LISTS_AHEAD_MARGIN = 0.8  # lists read ahead of a filter's mask: for a fraction this much below the estimate
 BM25_MIN_CANDIDATES = 100  # tantivy candidates per segment at least
 BM25_OVERFETCH = 10  # ... and at least this many per requested result
 
@@ -319,13 +321,28 @@ class IndexedView:
             return [f for f in vf if f in inc or f in computed]
         return [f for f in vf if f in computed]
 
-    def vector_candidates(self, i: int, rb, filt, k: int, metric) -> tuple[np.ndarray, int, int, np.ndarray | None]:
+    def vector_candidates(
+        self, i: int, rb, filt, k: int, metric, ahead_also=None
+    ) -> tuple[np.ndarray, int, int, np.ndarray | None]:
         """(row positions of segment ``i``'s candidates, rows scored exactly, rows scanned in
-        IVF lists, the candidates' approximate distances or None when they are exact)."""
+        IVF lists, the candidates' approximate distances or None when they are exact).
+        ``ahead_also(pos)``: calls to run with a cold exact search's read of rows ``pos``
+        (the returned attributes' chunks)."""
         seg = self.gen.segments[i]
         if rb.attr not in seg.meta.get("vectors", {}) or k <= 0:
             return np.zeros(0, np.int64), 0, 0, None
-        sel = self._filter_mask(i, filt)
+        ahead = None
+        if filt is not None and seg.docs is not None and rb.method == "ANN" and not seg.docs_at_hand():
+            # cold: the filter's column chunks and the IVF lists its selectivity probably
+            # needs in one batch (one round trip); lists it did not foresee come after
+            from puffer_cli.index import ranged as RG
+
+            sel, ahead = RG.parallel(
+                [partial(self._filter_mask, i, filt), partial(self._lists_ahead, seg, rb, filt, k)],
+                self.gen.store.is_remote,
+            )
+        else:
+            sel = self._filter_mask(i, filt)
         if filt is None:  # visible rows: live minus superseded by the tail (all of which are live)
             n_sel = seg.live_count() - (len(self.tail.hidden.get(i, ())) if self.tail is not None else 0)
         else:
@@ -347,11 +364,17 @@ class IndexedView:
         )
         if exact:
             pos = np.nonzero(sel)[0]
+            if not seg.vectors_at_hand(rb.attr) and self.gen.store.is_remote and seg.rows_ahead_fit(rb.attr, len(pos)):
+                # cold: the rows' vectors, ids (and returned attributes) in one batch; the
+                # re-rank of the exact top then reads nothing
+                seg.read_rows_ahead(rb.attr, pos, ahead_also(pos) if ahead_also is not None else ())
             return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0, None
         frac = n_sel / max(1, seg.rows)
         if iv is not None:
             opts = ivf.options(self.schema.get(rb.attr))
             route, lists = iv
+            if ahead is not None and (fetch := lists.fetcher()) is not None:
+                lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
             restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
             # a filter keeping a fraction of the rows: scan that much more to find as many
             keep, approx, scanned = ivf.search(
@@ -370,6 +393,35 @@ class IndexedView:
                 keep, approx = np.concatenate([keep, z]), np.concatenate([approx, np.ones(len(z))])
             return keep, 0, scanned, approx
         return (*self._hnsw_candidates(seg, index, rb, sel, q, k, frac, metric, n_sel), None)
+
+    def _lists_ahead(self, seg: Segment, rb, filt, k: int):
+        """(byte ranges, bytes) of the IVF lists a filtered ANN query of ``seg`` probably
+        probes, read before the filter's mask is known: the probe grows as the filter's
+        fraction shrinks (see :meth:`vector_candidates`), so the fraction is estimated from
+        the row groups' statistics (``docs.estimate_fraction``, with ``LISTS_AHEAD_MARGIN``
+        to spare).  None when the segment would likely be searched exactly, or has no
+        ranged lists.  Planning only: the search runs as it would without it."""
+        from puffer_cli.filters import bind_filter
+
+        iv = seg.ivf(rb.attr)
+        if iv is None or iv[1].fetcher() is None or seg.rows == 0 or seg.docs is None:
+            return None
+        est = D.estimate_fraction(seg.docs, seg.rows, bind_filter(filt, self.schema))
+        est *= seg.live_count() / seg.rows
+        if est <= EXACT_MAX_FRACTION or est * seg.rows <= k:
+            return None
+        est *= LISTS_AHEAD_MARGIN
+        opts = ivf.options(self.schema.get(rb.attr))
+        ranges = ivf.planned_ranges(
+            iv[0],
+            rb.array(),
+            k * opts["rerank"],
+            min(1.0, opts["probe"] / est),
+            int(opts["probe_min_rows"] / est),
+            opts["fill"],
+        )
+        fetch = iv[1].fetcher()
+        return (ranges, fetch(ranges)) if ranges and fetch is not None else None
 
     def _hnsw_candidates(self, seg, index, rb, sel, q, k, frac, metric, n_sel) -> tuple[np.ndarray, int, int]:
         """HNSW over-fetch + post-filter (format-1 segments, until the next run rebuilds them)."""
@@ -628,7 +680,8 @@ def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
         union = {c for n in needs if n is not None for c in n}
         order = frames_mod.column_order(view.schema)
         columns = None if any(n is None for n in needs) else [c for c in order if c in union]
-    for q in queries:
+
+    def one(q):
         fast = (
             topk.vector_topk
             if topk.vector_eligible(view, q)
@@ -636,14 +689,20 @@ def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
             if topk.text_eligible(view, q)
             else None
         )
-        if fast is not None:
-            res, ex, n = fast(view, q)
+        return (True, fast(view, q)) if fast is not None else (False, view.candidates(q, columns))
+
+    # the sub-queries of a multi-query at once on an object store: their k-th round trips
+    # overlap, so the batch takes the longest sub-query's round trips, not their sum
+    got = run_lanes([partial(one, q) for q in queries], view.gen.store.is_remote)
+    for fast, r in got:
+        if fast:
+            res, ex, n = r
             out.prepared.append(res)
             out.exhaustive += ex
             out.scored += n
             continue
         out.prepared.append(None)
-        c = view.candidates(q, columns)
+        c = r
         out.parts.append(c.docs)
         out.toks.append(c.tokens)
         for f, ts in c.query_terms.items():

@@ -40,6 +40,12 @@ from puffer_cli.search import response as R
 from puffer_cli.search import scoring as SC
 from puffer_cli.text import bm25 as B
 
+#: the re-rank candidates' returned-attribute chunks are fetched with the re-rank reads
+#: (one round trip) when they total at most this many bytes ...
+ATTR_PREFETCH_BYTES = 4 << 20
+#: ... or at most this many times the chunks the top-k rows alone could touch
+ATTR_PREFETCH_RATIO = 4
+
 
 def _simple(q: Q.Query) -> bool:
     return q.per_attributes is None and not q.aggregate_by and not q.group_by and not q.compute
@@ -74,6 +80,9 @@ class _Collect:
     def __init__(self, view):
         self.view = view
         self.keys, self.vals, self.ids, self.srcs, self.poss = [], [], [], [], []
+        #: (segment, vector field) -> (sorted positions, their f32 vectors) read by the
+        #: re-rank: a returned vector column of those rows needs no second read
+        self.known: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
 
     def add(self, src: int, pos: np.ndarray, key: np.ndarray, val: np.ndarray, ids=None) -> None:
         if not len(pos):
@@ -114,7 +123,7 @@ class _Collect:
             order = np.lexsort((idk, key))[q.offset : kk]
             picked = id_s.gather(pl.Series(order))
         src, pos = np.concatenate(self.srcs)[order], np.concatenate(self.poss)[order]
-        return SC.QueryResult(_rows(v, q, src, pos, picked), val[order], scanned=n, matched=n)
+        return SC.QueryResult(_rows(v, q, src, pos, picked, self.known), val[order], scanned=n, matched=n)
 
 
 def _tail(view):
@@ -145,18 +154,21 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 
     def candidates(i: int):
         L.check_deadline()
-        return view.vector_candidates(i, rb, q.filters, kk, metric)
+        return view.vector_candidates(
+            i, rb, q.filters, kk, metric, lambda pos: _attribute_prefetch(view, q, [pos], [i])[0]
+        )
 
-    def rerank(i: int, pos: np.ndarray):
-        """Segment i's candidates re-ranked with their exact f32 vectors."""
+    def rerank(i: int, pos: np.ndarray, also=()):
+        """Segment i's candidates re-ranked with their exact f32 vectors (``also``: calls
+        run in the same batch of requests: the returned attributes' chunks)."""
         if not len(pos):
-            return pos, None, None
+            return pos, None, None, None
         L.check_deadline()
-        sub, ids = view.gen.segments[i].rerank_rows(rb.attr, pos)
+        sub, ids = view.gen.segments[i].rerank_rows(rb.attr, pos, also)
         ok = ~np.isnan(sub).any(axis=1)  # rows without this vector never rank
         if not ok.all():
             pos, sub, ids = pos[ok], sub[ok], ids[ok] if isinstance(ids, np.ndarray) else ids.filter(pl.Series(ok))
-        return pos, SC.exact_distances(sub, qv, metric), ids
+        return pos, SC.exact_distances(sub, qv, metric), ids, sub
 
     # on an object store the segments' reads overlap: one round trip for every segment's
     # lists, one for every segment's re-rank rows
@@ -164,11 +176,14 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     remote = view.gen.store.is_remote
     cands = RG.parallel([partial(candidates, i) for i in range(n)], remote)
     keep = _best_overall([(c[0], c[3]) for c in cands], kk * ivf.options(view.schema.get(rb.attr))["rerank"])
-    done = RG.parallel([partial(rerank, i, keep[i]) for i in range(n)], remote)
+    also = _attribute_prefetch(view, q, keep)
+    done = RG.parallel([partial(rerank, i, keep[i], also[i]) for i in range(n)], remote)
     exhaustive = sum(c[1] for c in cands)
-    for i, (pos, d, ids) in enumerate(done):
+    for i, (pos, d, ids, sub) in enumerate(done):
         if d is not None:
             out.add(i, pos, d, d, ids)
+            o = np.argsort(pos, kind="stable")
+            out.known[(i, rb.attr)] = (pos[o], sub[o])
     tail = _tail(view)
     if tail is not None:
         L.check_deadline()
@@ -177,6 +192,33 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         pos, d = SC.rank_vector(q, rb, tail, metric, cand, kk)
         out.add(-1, pos, d, d)
     return out.top(q), exhaustive, out.count
+
+
+def _attribute_prefetch(view, q: Q.Query, keep: list[np.ndarray], segs: list[int] | None = None) -> list[list]:
+    """Per segment, the calls that fetch the returned attributes' column chunks of every
+    re-rank candidate, to run in the re-rank batch (one round trip fewer than fetching the
+    top-k rows' chunks after the re-rank), when those chunks are few enough: at most
+    ``ATTR_PREFETCH_BYTES`` in all, or ``ATTR_PREFETCH_RATIO`` x the bytes of the chunks
+    the top-k alone could need (k groups of each column).  Else none (``_rows`` reads
+    the top-k rows' chunks after the re-rank: one more round trip, fewer bytes)."""
+    names = [c for c in _columns(view, q) if not S.is_vector(view.schema.get(c, {}).get("type", ""))]
+    empty: list[list] = [[] for _ in keep]
+    if names == ["id"] or not names:
+        return empty
+    plans = []
+    total = 0
+    for i, pos in zip(range(len(keep)) if segs is None else segs, keep):
+        seg = view.gen.segments[i]
+        want, cost = seg.rows_cost(pos, names) if len(pos) else ([], 0)
+        plans.append((seg, want))
+        total += cost
+    if not total:
+        return empty
+    kk = q.offset + q.limit
+    per_group = total / max(1, sum(len({g for _c, g in w}) for _s, w in plans))  # bytes of one group's chunks
+    if total > max(ATTR_PREFETCH_BYTES, ATTR_PREFETCH_RATIO * kk * per_group):
+        return empty
+    return [[partial(seg.prefetch_rows, want)] if want else [] for seg, want in plans]
 
 
 def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
@@ -252,8 +294,9 @@ def _empty(view, q: Q.Query) -> pl.DataFrame:
     return frames.align(pl.DataFrame(), view.schema, _columns(view, q))
 
 
-def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) -> pl.DataFrame:
-    """The response rows' columns for (segment or -1 for the tail, position) in rank order."""
+def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series, known=None) -> pl.DataFrame:
+    """The response rows' columns for (segment or -1 for the tail, position) in rank order
+    (``known``: vectors the re-rank read, see ``_Collect.known``)."""
     cols = _columns(view, q)
     if cols == ["id"]:
         return ids.alias("id").to_frame()
@@ -270,7 +313,7 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
             vecs = [c for c in cols if S.is_vector(view.schema.get(c, {}).get("type", ""))]
             # the returned attributes of these rows only (a column store reads their row groups' chunks)
             fns = [partial(seg.rows_at, p, [c for c in cols if c not in vecs])]
-            fns += [partial(_vector_column, seg, c, p, view.schema) for c in vecs]
+            fns += [partial(_vector_column, seg, c, p, view.schema, (known or {}).get((int(s), c))) for c in vecs]
             f, *vcols = RG.parallel(fns, view.gen.store.is_remote)  # attributes and vectors at once
             if vcols:
                 f = f.with_columns(vcols)
@@ -282,9 +325,13 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series) ->
     return out.drop("__rank")
 
 
-def _vector_column(seg, f: str, pos: np.ndarray, schema: dict) -> pl.Series:
+def _vector_column(seg, f: str, pos: np.ndarray, schema: dict, known=None) -> pl.Series:
     dims = types.vector_dims(schema[f]["type"])
     assert dims is not None  # f is a vector field
+    if known is not None:  # the re-rank read these rows' vectors already
+        at = np.searchsorted(known[0], pos)
+        if len(pos) and (at < len(known[0])).all() and (known[0][np.minimum(at, len(known[0]) - 1)] == pos).all():
+            return D.vector_series(f, known[1][at], dims)
     rows = seg.vector_rows(f, pos)
     if rows is None:
         rows = np.full((len(pos), dims), np.nan, np.float32)

@@ -308,7 +308,7 @@ class Server(RequestPlumbing):
             f"{perf.get('object_store_round_trips')} round trips, {perf.get('object_store_bytes_read')} bytes read",
             f"query execution: {perf.get('query_execution_ms')} ms",
         ]
-        return "\n".join(lines)
+        return "\n".join(lines + engine.explain(ns, body))
 
     def shape(self, ns, res: dict, body: dict) -> dict:
         """The engine's response body in its wire form (f32 vectors and ``$dist``), as the CLI prints it."""

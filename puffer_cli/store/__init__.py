@@ -34,18 +34,22 @@ class IOStats:
     bytes_read: int = 0
     bytes_written: int = 0
     spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each remote request
+    #: concurrent lanes joined into this scope (:func:`lanes`): each a list of the lanes' stats
+    forks: list[list[IOStats]] = field(default_factory=list)
 
     @property
     def round_trips(self) -> int:
         """Sequential round trips to the object store: requests that overlap in time (one
         parallel batch) count once; a request started after every earlier one ended starts
-        the next round trip.  0 on a local store (no remote requests)."""
+        the next round trip.  0 on a local store (no remote requests).  Lanes run at once
+        (the sub-queries of a multi-query) add their longest chain: the critical path, not
+        the overlap of unrelated chains (which would count two 3-trip chains as 1)."""
         n, end = 0, float("-inf")
         for a, b in sorted(self.spans):
             if a > end:
                 n += 1
             end = max(end, b)
-        return n
+        return n + sum(max((x.round_trips for x in fork), default=0) for fork in self.forks)
 
 
 _scope: contextvars.ContextVar[IOStats | None] = contextvars.ContextVar("puffer_io", default=None)
@@ -66,6 +70,35 @@ class io_scope:
 
     def __exit__(self, *exc) -> None:
         _scope.reset(self._token)
+
+
+def run_lanes(fns: Sequence, concurrent: bool) -> builtins.list:
+    """Run the calls ``fns`` (independent chains of reads, e.g. the sub-queries of a
+    multi-query) each in its own lane: at once on threads when ``concurrent``, so their
+    k-th round trips overlap (the query waits for the longest chain, not the sum), else
+    in turn.  The enclosing ``io_scope`` gets every lane's requests and bytes, and as
+    round trips the longest lane's (``IOStats.forks``).  Results in order."""
+    parent = _scope.get()
+    ctxs = []
+    lanes = []
+    for _ in fns:
+        ctx = contextvars.copy_context()
+        st = IOStats()
+        ctx.run(_scope.set, st)
+        ctxs.append(ctx)
+        lanes.append(st)
+    try:
+        if concurrent and len(fns) > 1:
+            with ThreadPoolExecutor(len(fns)) as ex:
+                return builtins.list(ex.map(lambda cf: cf[0].run(cf[1]), zip(ctxs, fns)))
+        return [c.run(f) for c, f in zip(ctxs, fns)]
+    finally:
+        if parent is not None:
+            for st in lanes:
+                parent.requests += st.requests
+                parent.bytes_read += st.bytes_read
+                parent.bytes_written += st.bytes_written
+            parent.forks.append(lanes)
 
 
 def count_io(read: int = 0, written: int = 0) -> None:
