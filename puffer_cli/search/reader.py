@@ -352,6 +352,8 @@ class IndexedView:
             opts = ivf.options(self.schema.get(rb.attr))
             route, lists = iv
             restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
+            # shared routing (format 3): the lists the namespace-wide ranking picks
+            chosen = self._shared_lists(rb, route, opts, frac) if route.book is not None else None
             # a filter keeping a fraction of the rows: scan that much more to find as many
             keep, approx, scanned = ivf.search(
                 route,
@@ -362,6 +364,7 @@ class IndexedView:
                 sel if restrict else None,
                 min_rows=int(opts["probe_min_rows"] / frac),
                 fill=opts["fill"],
+                chosen=chosen,
             )
             z = seg.unindexed_vectors(rb.attr)
             if len(z):  # zero vectors under cosine: exactly at distance 1
@@ -369,6 +372,24 @@ class IndexedView:
                 keep, approx = np.concatenate([keep, z]), np.concatenate([approx, np.ones(len(z))])
             return keep, 0, scanned, approx
         return (*self._hnsw_candidates(seg, index, rb, sel, q, k, frac, metric, n_sel), None)
+
+    def _shared_lists(self, rb, route, opts: dict, frac: float) -> np.ndarray:
+        """The lists a segment following the shared ``ivf.Book`` scans: the namespace's
+        lists nearest the query (ranked once per query and field, whichever segment asks
+        first) until they hold ``ivf.probe_rows`` of its rows (over every segment; divided
+        by ``frac``, the share of this segment's rows a filter keeps)."""
+        got = self.gen.book(rb.attr)
+        if got is None or got[0].id != route.book:  # not the generation's book: every list
+            return np.arange(route.nlist)
+        book, sizes = got
+        total = int(sizes.sum())
+        need = min(total, ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) / max(frac, 1e-9))
+        key = (rb.attr, rb.array().tobytes())
+        cache = self.__dict__.setdefault("_ranked", {})
+        ranked = cache.get(key)
+        if ranked is None or (len(ranked[1]) and ranked[1][-1] < need and len(ranked[0]) < book.nlist):
+            ranked = cache[key] = book.ranked(rb.array(), sizes, int(math.ceil(need)))
+        return ivf.prefix(ranked, need)
 
     def _hnsw_candidates(self, seg, index, rb, sel, q, k, frac, metric, n_sel) -> tuple[np.ndarray, int, int]:
         """HNSW over-fetch + post-filter (format-1 segments, until the next run rebuilds them)."""
