@@ -535,7 +535,9 @@ def test_growth_retrains_the_book_and_rebuilds_every_segment(mem_db, monkeypatch
     assert rep.rows_merged == 1000
     q = x[7]
     with ivf.override(probe=1.0):
-        assert _ann_query(ns, q, 5) == [r["id"] for r in exact(ns, {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 5})["rows"]]
+        assert _ann_query(ns, q, 5) == [
+            r["id"] for r in exact(ns, {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 5})["rows"]
+        ]
 
 
 def test_format2_generation_answers_then_migrates(db, monkeypatch):

@@ -56,7 +56,9 @@ from puffer_cli.store.filecache import Cache, get_cache
 from puffer_cli.wal import replay
 from puffer_cli.wal.namespace import Namespace
 
-FORMAT = 3  # 3: shared IVF routing (ivf.Book, ``ann_books``); 2: an IVF-SQ8 per segment; 1: HNSW (rebuilt by the next run)
+FORMAT = (
+    3  # 3: shared IVF routing (ivf.Book, ``ann_books``); 2: an IVF-SQ8 per segment; 1: HNSW (rebuilt by the next run)
+)
 MAX_SEGMENTS = 16
 SEGMENT_MAX_ROWS = 1_000_000  # rows per segment at most: bounds a run's memory and the per-segment IVF cost
 DEAD_RATIO = 0.2
@@ -397,9 +399,7 @@ class _Run:
         base, schema = self.base, self.schema
         vec_fields, fts_fields = D.vector_fields(schema), D.fts_fields(schema)
         if not self.books_decided:
-            self.decide_books(
-                self.base_live() + (self.pending.height if self.pending is not None else 0)
-            )
+            self.decide_books(self.base_live() + (self.pending.height if self.pending is not None else 0))
         keep: list[int] = []
         rebuild: list[int] = []
         for i, s in enumerate(base.segs):
@@ -475,13 +475,12 @@ class _Run:
                     self.books[f] = ivf.Book.from_bytes(self.cache.file(self.store, old["key"]).read_bytes())
                     self.book_entries[f] = old
                     continue
-            book = ivf.train_book(
-                self._sample(f, ivf.SAMPLE_MAX),
-                total,
-                ivf.build_options(self.schema[f])["list_rows"],
-                self.metric,
-                progress=lambda stage, done, tot, f=f: note(self.progress, f"ivf {f} routing: {stage}", done, tot),
-            )
+
+            def prog(stage: str, done: int, tot: int, f: str = f) -> None:
+                note(self.progress, f"ivf {f} routing: {stage}", done, tot)
+
+            list_rows = ivf.build_options(self.schema[f])["list_rows"]
+            book = ivf.train_book(self._sample(f, ivf.SAMPLE_MAX), total, list_rows, self.metric, progress=prog)
             if book is None:
                 continue
             gen = self.gen  # (sets run_id)

@@ -531,13 +531,14 @@ class Route:
         z = np.load(io.BytesIO(data), allow_pickle=False)
         #: the shared :class:`Book` this segment's lists follow (format 3), None: own centroids
         self.book: str | None = str(z["book"]) if "book" in z.files else None
+        self.cscale: np.ndarray | None
         if self.book is not None:  # no centroids of its own: the book's
             self.centroids = np.zeros((0, dims), np.int8)
             self.cscale = np.zeros(0, np.float32)
             c32 = self.centroids.astype(np.float32)
         elif "centroids_i8" in z.files:  # int8 rows with a scale each (half the bytes of f16)
             self.centroids = np.ascontiguousarray(z["centroids_i8"], dtype=np.int8)
-            self.cscale: np.ndarray | None = np.asarray(z["centroid_scale"], dtype=np.float32)
+            self.cscale = np.asarray(z["centroid_scale"], dtype=np.float32)
             c32 = self.centroids.astype(np.float32) * self.cscale[:, None]
         else:  # f16 (indexes built before int8 routes)
             self.centroids = np.ascontiguousarray(z["centroids"], dtype=np.float16)
