@@ -121,7 +121,7 @@ def main() -> None:
         )
         log(f"{name}: index segment {secs['segment']:.0f}s, shared (migration) {secs['shared']:.0f}s; truth")
         truth = ground_truth(parts, queries)
-        nss = {k: puffer_cli.connect(str(v)).namespace("g") for k, v in stores.items()}
+        nss = {k: puffer_cli.connect(str(v)).open_namespace("g") for k, v in stores.items()}
         res = {k: [] for k in nss}
         for _rep in range(2):  # interleaved
             for k, ns in nss.items():

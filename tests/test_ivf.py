@@ -566,3 +566,27 @@ def test_format2_generation_answers_then_migrates(db, monkeypatch):
     assert rep.status == "indexed" and rep.segments_merged == 3 and man["format"] == 3
     assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {man["ann_books"]["vector"]["id"]}
     assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == want
+
+
+def test_a_lost_book_is_retrained_by_the_next_run(mem_db, monkeypatch):
+    """The book file gone (or damaged): the next run trains a new one, rebuilds every
+    segment to follow it and says so in ``repaired``."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "300")
+    rng = np.random.default_rng(26)
+    x = clustered(rng, n=700, dims=8)
+    ns = mem_db.open_namespace("lost")
+    ns.write({"upsert_columns": {"id": list(range(600)), "vector": x[:600].tolist()}})
+    index(ns)
+    b1 = _man(ns)["ann_books"]["vector"]
+    ns.store.delete(b1["key"])
+    ns.write({"upsert_columns": {"id": list(range(600, 700)), "vector": x[600:].tolist()}})
+    segment.GENS.clear()
+    rep = index(ns)
+    man = _man(ns)
+    b2 = man["ann_books"]["vector"]
+    assert b2["id"] != b1["id"] and b1["key"] in rep.repaired
+    assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {b2["id"]}
+    q = x[650]
+    want = [r["id"] for r in exact(ns, {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 5})["rows"]]
+    with ivf.override(probe=1.0):
+        assert _ann_query(ns, q, 5) == want

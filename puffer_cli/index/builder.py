@@ -226,6 +226,7 @@ class _Run:
         self.books: dict[str, ivf.Book] = {}  # vector field -> the shared routing segments follow
         self.book_entries: dict[str, dict] = {}  # ... as the manifest's ``ann_books`` names it
         self.books_decided = False
+        self.lost_books: set[str] = set()
 
     # -- 2. the base and the head ---------------------------------------------------
     def start(self) -> bool:
@@ -261,6 +262,9 @@ class _Run:
         if self.base_man is None:
             return
         present = set(self.store.list(layout.index_root(self.ns.name)))
+        # a missing shared routing file: decide_books trains a new one (every segment rebuilt)
+        self.lost_books = {f for f, b in self.base_man.get("ann_books", {}).items() if b.get("key") not in present}
+        self.rep.repaired += sorted(self.base_man["ann_books"][f]["key"] for f in self.lost_books)
         sizes = self.base_man.get("sizes", {})
         damaged: dict[int, list[str]] = {}
         for i, s in enumerate(self.base.segs):
@@ -469,12 +473,16 @@ class _Run:
         for f in D.vector_fields(self.schema):
             sig = ann_sig(self.schema[f], self.metric)
             old = old_books.get(f)
-            if old is not None and old.get("sig") == sig:
+            if old is not None and old.get("sig") == sig and f not in self.lost_books:
                 t = max(1, int(old["trained_rows"]))
                 if t / ivf.GROWTH <= max(1, total) <= t * ivf.GROWTH:
-                    self.books[f] = ivf.Book.from_bytes(self.cache.file(self.store, old["key"]).read_bytes())
-                    self.book_entries[f] = old
-                    continue
+                    try:
+                        self.books[f] = ivf.Book.from_bytes(self.cache.file(self.store, old["key"]).read_bytes())
+                        self.book_entries[f] = old
+                        continue
+                    except Exception as e:  # noqa: BLE001 - missing or undecodable: a new book rebuilds every segment
+                        note(self.progress, f"ivf {f} routing unreadable ({e}); retraining", 0, None)
+                        self.rep.repaired.append(old["key"])
 
             def prog(stage: str, done: int, tot: int, f: str = f) -> None:
                 note(self.progress, f"ivf {f} routing: {stage}", done, tot)
