@@ -50,6 +50,38 @@ rerank       2        candidates per requested result re-ranked with exact f32 v
                       data needs more (int8 codes rank coarsely in few dimensions).
 ===========  =======  ==================================================================
 
+Shared routing (format 3, the default; ``PUFFER_IVF_ROUTING=segment`` builds format 2):
+one :class:`Book` per vector field of the namespace (``index/{g}/book-{tag}-{run}.npz``,
+named by the manifest's ``ann_books``) holds the two-level centroids and the int8 step;
+every segment's lists follow it (its route file holds only ``offsets`` over the book's
+lists, ``scale``, ``implicit``, ``unindexed`` and ``book``, the book's id).  A query
+ranks the book's centroids once (int8 SIMD) and takes the nearest lists until they hold
+:func:`probe_rows` rows of the namespace (``probe`` x sqrt(rows x 1M): the fraction
+``probe`` at 1M rows, shrinking as 1/sqrt(rows) beyond, at least ``probe_min_rows``;
+divided by the share of a segment's rows a filter keeps); every segment scans its
+members of exactly those lists (plus ``fill``), so rows scanned per query grow as
+sqrt(rows), not with the number of segments: 331k 16k, 2M 28k (1.4%), 10M 63k (0.63%),
+30M 110k (0.37%), 100M 200k before ``fill``.  A book has ``book_nlist`` lists:
+rows / list_rows up to ~600k rows, then 8 x sqrt(rows) (10M: 25k lists of ~400 rows),
+so the routing scan (about nlist x dims bytes, ~0.3 ms at 25k) is sublinear too.
+
+Growth: new rows are assigned to the existing book (the hierarchical :meth:`Codebook.assign`,
+no training), so an incremental run costs what its new rows cost.  Lists grow as the
+namespace grows; a book is **retrained when the namespace holds more than GROWTH (4) times,
+or less than 1/GROWTH of, the rows it was trained for**, and then every segment is rewritten
+to follow the new book (a full rebuild).  Chosen over an SPFresh-style split of oversized
+lists because a split changes a list that *every* segment holds members of: it would
+rewrite every segment's files anyway (rows are stored in list order), or leave segments
+on different list sets and the query routing per segment again.  Retraining at 4x growth
+rewrites, over the namespace's life, at most 4/3 of its final rows (retrains at N0, 4 N0,
+16 N0, ...: a geometric series), so the amortised build stays linear, and bounds a list at
+4x its trained size (2x what a fresh book would give, since lists ~ sqrt(rows)).  Cost:
+the run that crosses the threshold is a full rebuild (10M: about one full build's time);
+data whose distribution drifts without growing is not retrained (a later version could
+retrain on a measured imbalance, e.g. the largest list over 8x the mean).  The first run
+of a big ingest trains the book on the first SEGMENT_MAX_ROWS rows, sized for the rows
+the whole WAL range is expected to hold (extrapolated from the entries folded so far).
+
 Why not HNSW (format 1): its build cost per row grows with the segment (1.99M x 100
 did not finish in 60 minutes here) and a query must hold the whole graph, so a cold
 query downloads every segment's graph.  Why numpy k-means and not faiss: numpy's BLAS
