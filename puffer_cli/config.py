@@ -68,6 +68,7 @@ class Settings:
     index_gc_grace_s: float | None = None
     wal_retention_s: float | None = None  # None: index/gc.py's default (7 days)
     index_segment_rows: int | None = None  # a tuning and test knob; below 1 -> 1
+    ivf_routing: str = "shared"  # PUFFER_IVF_ROUTING: shared (format 3) | segment (format 2, for comparisons)
     index_crash_at: str = ""  # test hooks (index/hooks.py)
     index_pause_at: str = ""
     serve_config: str | None = None  # serve's hand-off to its uvicorn workers (server/run.py)
@@ -89,6 +90,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         index_gc_grace_s=_float(e.get("PUFFER_INDEX_GC_GRACE")),
         wal_retention_s=_float(e.get("PUFFER_WAL_RETENTION")),
         index_segment_rows=_rows(e.get("PUFFER_INDEX_SEGMENT_ROWS")),
+        ivf_routing=(e.get("PUFFER_IVF_ROUTING") or "shared").strip().lower(),
         index_crash_at=e.get("PUFFER_INDEX_CRASH_AT", ""),
         index_pause_at=e.get("PUFFER_INDEX_PAUSE_AT", ""),
         serve_config=e.get("PUFFER_SERVE_CONFIG") or None,

@@ -488,7 +488,7 @@ class _Run:
                 note(self.progress, f"ivf {f} routing: {stage}", done, tot)
 
             list_rows = ivf.build_options(self.schema[f])["list_rows"]
-            book = ivf.train_book(self._sample(f, ivf.SAMPLE_MAX), total, list_rows, self.metric, progress=prog)
+            book = ivf.train_book(self._sample(f, ivf.BOOK_SAMPLE_MAX), total, list_rows, self.metric, progress=prog)
             if book is None:
                 continue
             gen = self.gen  # (sets run_id)

@@ -56,14 +56,22 @@ named by the manifest's ``ann_books``) holds the two-level centroids and the int
 every segment's lists follow it (its route file holds only ``offsets`` over the book's
 lists, ``scale``, ``implicit``, ``unindexed`` and ``book``, the book's id).  A query
 ranks the book's centroids once (int8 SIMD) and takes the nearest lists until they hold
-:func:`probe_rows` rows of the namespace (``probe`` x sqrt(rows x 1M): the fraction
-``probe`` at 1M rows, shrinking as 1/sqrt(rows) beyond, at least ``probe_min_rows``;
+:func:`probe_rows` rows of the namespace (``probe`` x rows up to 1M rows, ``probe`` x
+sqrt(rows x 1M) beyond: the fraction shrinks as 1/sqrt(rows); at least ``probe_min_rows``;
 divided by the share of a segment's rows a filter keeps); every segment scans its
 members of exactly those lists (plus ``fill``), so rows scanned per query grow as
-sqrt(rows), not with the number of segments: 331k 16k, 2M 28k (1.4%), 10M 63k (0.63%),
+sqrt(rows), not with the number of segments: 331k 16k (the floor), 2M 28k (1.4%), 10M 63k (0.63%),
 30M 110k (0.37%), 100M 200k before ``fill``.  A book has ``book_nlist`` lists:
-rows / list_rows up to ~600k rows, then 8 x sqrt(rows) (10M: 25k lists of ~400 rows),
-so the routing scan (about nlist x dims bytes, ~0.3 ms at 25k) is sublinear too.
+rows / list_rows up to ~2.4M rows, then 16 x sqrt(rows) (10M: 51k lists of ~200 rows;
+30M: 88k of ~340), so the routing scan (nlist x dims int8 bytes: 5 MB, ~0.5 ms at 10M)
+is sublinear too.  Measured at 2M (GloVe + noisy copies, warm, one run): 8 x sqrt(rows)
+(11k lists of 177 rows, 262k training rows) lost recall at equal rows scanned (0.963 vs
+0.971 at 70k); 16 x sqrt(rows) with up to 1M training rows (BOOK_SAMPLE_MAX, 64 per
+list) found 0.970 at 49k rows and 0.982 at 71k (fill 0) where format 2 found 0.971 at
+70k.  Training the book on 1M rows takes about a minute of CPU (once per retrain).
+``fill`` pays less here than under format 2: at the defaults it takes 28k probed rows
+to 113k scanned (recall 0.944 -> 0.967); its gap rule (FILL_GAP_BYTES) was tuned for
+per-segment lists and is the next thing to re-tune with cold request counts.
 
 Growth: new rows are assigned to the existing book (the hierarchical :meth:`Codebook.assign`,
 no training), so an incremental run costs what its new rows cost.  Lists grow as the
@@ -169,9 +177,9 @@ def build_options(spec: dict | None) -> dict:
 def shared_routing() -> bool:
     """Build format-3 shared routing (default), or per-segment IVFs as format 2 did when
     ``PUFFER_IVF_ROUTING=segment`` (what benchmarks compare against)."""
-    import os
+    from puffer_cli import config
 
-    return os.environ.get("PUFFER_IVF_ROUTING", "shared").strip().lower() != "segment"
+    return config.from_env().ivf_routing != "segment"
 
 
 # ---------------------------------------------------------------- clustering
@@ -425,7 +433,8 @@ def build(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) ->
 
 # ---------------------------------------------------------------- shared routing (format 3)
 GROWTH = 4.0  # a book is retrained when the namespace's vectors grow (or shrink) by this factor since training
-LISTS_PER_SQRT = 8  # a book has min(rows / list_rows, LISTS_PER_SQRT x sqrt(rows)) lists
+LISTS_PER_SQRT = 16  # a book has min(rows / list_rows, LISTS_PER_SQRT x sqrt(rows)) lists
+BOOK_SAMPLE_MAX = 1 << 20  # a book's training rows at most (64 per list): trained once, so more than a segment's
 PROBE_REF_ROWS = 1_000_000  # ``probe`` is the fraction scanned at this many rows; sqrt growth beyond
 
 
@@ -437,11 +446,12 @@ def book_nlist(n: int, list_rows: int) -> int:
 
 
 def probe_rows(total: int, probe: float, min_rows: int) -> int:
-    """Rows a shared-routing query scans over the whole namespace: ``probe`` of
-    PROBE_REF_ROWS x sqrt(total / PROBE_REF_ROWS) (i.e. ``probe`` x sqrt(total x 1M)):
-    the fraction ``probe`` at 1M rows, shrinking as 1 / sqrt(rows) beyond; at least
+    """Rows a shared-routing query scans over the whole namespace: ``probe`` x rows up to
+    PROBE_REF_ROWS (a segment's share under format 2), ``probe`` x sqrt(rows x
+    PROBE_REF_ROWS) beyond (the fraction shrinks as 1 / sqrt(rows)); at least
     ``min_rows``; at most all."""
-    return int(min(total, max(min_rows, math.ceil(probe * math.sqrt(float(total) * PROBE_REF_ROWS)))))
+    base = min(float(total), math.sqrt(float(total) * PROBE_REF_ROWS))
+    return int(min(total, max(min_rows, math.ceil(probe * base))))
 
 
 class Book:
@@ -537,7 +547,7 @@ def train_book(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Book | None:
     """A new :class:`Book` for a namespace of about ``total_rows`` vectors, trained on
-    ``sample_rows`` (a uniform sample of them; SAMPLE_MAX rows at most are used); None
+    ``sample_rows`` (a uniform sample of them; BOOK_SAMPLE_MAX rows at most are used); None
     when there is no indexable vector."""
     import uuid
 
@@ -548,7 +558,7 @@ def train_book(
         return None
     total = max(int(total_rows), len(x))
     nlist = min(book_nlist(total, list_rows), len(x))
-    want = min(SAMPLE_MAX, max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST))
+    want = min(BOOK_SAMPLE_MAX, max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST))
     sample = x if len(x) <= want else x[np.sort(rng.choice(len(x), want, replace=False))]
     cb = train(sample, nlist, cosine, rng, progress and (lambda d, t: progress("clusters trained", d, t)))
     amax = float(np.quantile(np.abs(sample), 0.9995))
