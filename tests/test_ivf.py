@@ -414,3 +414,185 @@ def test_scoring_run_by_run_equals_one_call(monkeypatch):
                 got.setdefault(s is None, []).append((pos[o], d[o], scanned))
         for (pa, da, sa), (pb, db, sb) in got.values():
             assert np.array_equal(pa, pb) and np.allclose(da, db) and sa == sb
+
+
+# ---------------------------------------------------------------- shared routing (format 3)
+@pytest.fixture
+def shared(monkeypatch):
+    """Shared routing on (PUFFER_IVF_ROUTING=shared: opt-in while its defaults are tuned)."""
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")
+
+
+def _man(ns):
+    return builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
+
+
+def _ann_query(ns, v, k=10, **kw):
+    body = {"rank_by": ["vector", "ANN", v.tolist()], "top_k": k, "consistency": {"level": "eventual"}, **kw}
+    return [r["id"] for r in engine.run_query(ns, body)["rows"]]
+
+
+def test_shared_routing_recall_against_exact(db, monkeypatch, shared):
+    """Several segments follow ONE book; a query ranks its lists once and scans those lists
+    in every segment; at the defaults (with the floor lowered so the probe matters) the
+    indexed top 10 finds most of the exact top 10, and at probe 1 all of it."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "1000")
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 400)
+    monkeypatch.setitem(ivf.DEFAULTS, "rerank", 10)
+    rng = np.random.default_rng(21)
+    x = clustered(rng, n=3000, dims=16, k=60)
+    ns = db.open_namespace("shared")
+    ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    man = _man(ns)
+    assert man["format"] == 3 and len(man["segments"]) == 3
+    book = man["ann_books"]["vector"]
+    assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {book["id"]}
+    assert book["key"] in ns.read_meta()[0]["index"]["prefetch"]
+    hits = []
+    for qi in rng.integers(0, len(x), 15):
+        q = x[qi] + rng.normal(size=16).astype(np.float32) * 0.3
+        truth = set(exact_top(x, q, 10, True)[0].tolist())
+        hits.append(len(truth & set(_ann_query(ns, q))) / 10)
+        with ivf.override(probe=1.0):
+            assert set(_ann_query(ns, q)) == truth
+    assert np.mean(hits) >= 0.9
+
+
+def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared):
+    """Rows scanned per query follow ivf.probe_rows of the namespace, not probe x every
+    segment: with 8 segments the shared book scans about the budget, a per-segment IVF
+    (format 2) at least the floor in each segment."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "1000")
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 500)
+    monkeypatch.setitem(ivf.DEFAULTS, "fill", 0.0)
+    rng = np.random.default_rng(22)
+    x = clustered(rng, n=8000, dims=16, k=80)
+    seen = []
+    real = ivf.search
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        seen.append(out[2])
+        return out
+
+    monkeypatch.setattr(ivf, "search", spy)
+    scanned = {}
+    for mode in ("segment", "shared"):
+        monkeypatch.setenv("PUFFER_IVF_ROUTING", mode)
+        ns = mem_db.open_namespace(mode)
+        ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
+        builder.index_namespace(ns, gc_grace_s=0)
+        seen.clear()
+        _ann_query(ns, x[5])
+        scanned[mode] = sum(seen)
+    budget = ivf.probe_rows(len(x), ivf.DEFAULTS["probe"], 500)  # ~1,789: 0.02 x sqrt(8,000 x 1M)
+    assert scanned["segment"] >= 8 * 500
+    assert budget <= scanned["shared"] < budget + 300 < scanned["segment"]  # + the last list's overshoot
+
+
+def test_incremental_runs_keep_the_book_and_equal_a_fresh_build(db, small_segments, shared):
+    """add / update / delete, then index again: the book trained by the first run is kept
+    (the namespace stays within GROWTH of its trained size), every segment follows it, and
+    answers equal a fresh build's (probe 1: both exact over the lists)."""
+    rng = np.random.default_rng(23)
+    inc, full = db.open_namespace("inc"), db.open_namespace("full")
+    batches = writes(rng)
+    ids = []
+    for batch in batches:
+        for body in batch:
+            inc.write(body)
+            full.write(body)
+        index(inc)
+        man = _man(inc)
+        ids.append(man["ann_books"]["vector"]["id"])
+        assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {ids[-1]}
+    assert len(set(ids)) == 1
+    index(full)
+    for body in queries(rng):
+        body = {**body, "consistency": {"level": "eventual"}}
+        assert same(engine.run_query(inc, body), engine.run_query(full, body)), body
+        assert same(engine.run_query(inc, body), exact(inc, body)), body
+
+
+def test_growth_retrains_the_book_and_rebuilds_every_segment(mem_db, monkeypatch, shared):
+    """A namespace grown past GROWTH x the rows its book was trained for gets a new book
+    (more lists) and every segment is rewritten to follow it."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "500")
+    rng = np.random.default_rng(24)
+    x = clustered(rng, n=4200, dims=8)
+    ns = mem_db.open_namespace("grow")
+    ns.write({"upsert_columns": {"id": list(range(400)), "vector": x[:400].tolist()}})
+    index(ns)
+    b1 = _man(ns)["ann_books"]["vector"]
+    ns.write({"upsert_columns": {"id": list(range(400, 1000)), "vector": x[400:1000].tolist()}})
+    index(ns)  # 1000 < 4 x 400: kept
+    assert _man(ns)["ann_books"]["vector"]["id"] == b1["id"]
+    ns.write({"upsert_columns": {"id": list(range(1000, 4200)), "vector": x[1000:].tolist()}})
+    rep = index(ns)
+    man = _man(ns)
+    b2 = man["ann_books"]["vector"]
+    assert b2["id"] != b1["id"] and b2["trained_rows"] == 4200 and b2["lists_n"] > b1["lists_n"]
+    assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {b2["id"]}
+    assert rep.rows_merged == 1000
+    q = x[7]
+    with ivf.override(probe=1.0):
+        assert _ann_query(ns, q, 5) == [
+            r["id"] for r in exact(ns, {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 5})["rows"]
+        ]
+
+
+def test_format2_generation_answers_then_migrates(db, monkeypatch):
+    """A generation of per-segment IVFs (format 2, PUFFER_IVF_ROUTING=segment) keeps
+    answering; the next run under shared routing rebuilds its segments to follow a book,
+    and a query then equals the exact engine's answer as before."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "300")
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "probe", 1.0)
+    rng = np.random.default_rng(25)
+    x = clustered(rng, n=900, dims=16)
+    ns = db.open_namespace("mig")
+    ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
+    index(ns)
+    man = _man(ns)
+    assert not man["ann_books"] and all("book" not in s["ann"]["vector"] for s in man["segments"])
+    body = {"rank_by": ["vector", "ANN", x[3].tolist()], "top_k": 8}
+    want = [r["id"] for r in exact(ns, body)["rows"]]
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")  # shared routing on: the old generation still answers
+    segment.GENS.clear()
+    assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == want
+    rep = index(ns)
+    man = _man(ns)
+    assert rep.status == "indexed" and rep.segments_merged == 3 and man["format"] == 3
+    assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {man["ann_books"]["vector"]["id"]}
+    assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == want
+
+
+def test_a_lost_book_is_retrained_by_the_next_run(mem_db, monkeypatch, shared):
+    """The book file gone (or damaged): the next run trains a new one, rebuilds every
+    segment to follow it and says so in ``repaired``."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "300")
+    rng = np.random.default_rng(26)
+    x = clustered(rng, n=700, dims=8)
+    ns = mem_db.open_namespace("lost")
+    ns.write({"upsert_columns": {"id": list(range(600)), "vector": x[:600].tolist()}})
+    index(ns)
+    b1 = _man(ns)["ann_books"]["vector"]
+    ns.store.delete(b1["key"])
+    ns.write({"upsert_columns": {"id": list(range(600, 700)), "vector": x[600:].tolist()}})
+    segment.GENS.clear()
+    rep = index(ns)
+    man = _man(ns)
+    b2 = man["ann_books"]["vector"]
+    assert b2["id"] != b1["id"] and b1["key"] in rep.repaired
+    assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {b2["id"]}
+    q = x[650]
+    want = [r["id"] for r in exact(ns, {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 5})["rows"]]
+    with ivf.override(probe=1.0):
+        assert _ann_query(ns, q, 5) == want

@@ -70,18 +70,21 @@ def _segment_files(db, name):
 
 
 def _damage_cases():
-    """Every (file kind, damage) on a local store; on moto (S3) two in the default suite, the rest slow."""
+    """Every (file kind, damage) on a local store; on moto (S3) and SeaweedFS two in the default
+    suite, the rest slow."""
     for kind in ("attrs", "fts", "route"):
         for damage in ("delete", "truncate"):
             yield pytest.param(kind, damage, "local", id=f"{damage}-{kind}-local")
             fast = (kind, damage) in (("attrs", "truncate"), ("route", "delete"))
             yield pytest.param(kind, damage, "s3", id=f"{damage}-{kind}-s3", marks=[] if fast else [pytest.mark.slow])
+            weed = [pytest.mark.seaweedfs] + ([] if fast else [pytest.mark.slow])
+            yield pytest.param(kind, damage, "seaweedfs", id=f"{damage}-{kind}-seaweedfs", marks=weed)
 
 
 @pytest.mark.parametrize("kind,damage,backend", list(_damage_cases()))
 def test_damaged_index_file_is_named_and_repaired(tmp_path, capsys, request, kind, damage, backend):
-    if backend == "s3":
-        endpoint = request.getfixturevalue("s3_server")
+    if backend in ("s3", "seaweedfs"):
+        endpoint = request.getfixturevalue("s3_server" if backend == "s3" else "seaweedfs_server")
         url, store_flags = f"s3://puffer-test/{uuid.uuid4().hex}", ["--s3-endpoint", endpoint]
     else:
         endpoint, url, store_flags = None, str(tmp_path / "s"), []

@@ -41,7 +41,7 @@ import polars as pl
 from puffer_cli import config
 from puffer_cli.errors import Conflict, plural
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts, paged, retention
+from puffer_cli.index import fts, ivf, paged, retention
 from puffer_cli.index.base import BaseRows
 from puffer_cli.index.gc import gc
 from puffer_cli.index.hooks import crash
@@ -49,14 +49,16 @@ from puffer_cli.index.lease import Lease
 from puffer_cli.index.manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
 from puffer_cli.index.manifest import ann_sig, fts_sig, load_manifest
 from puffer_cli.index.segwrite import Writer, note, prefetch_keys, segment_files, write_segment
-from puffer_cli.schema import frames
+from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.store import Store, layout, now_ms
 from puffer_cli.store.filecache import Cache, get_cache
 from puffer_cli.wal import replay
 from puffer_cli.wal.namespace import Namespace
 
-FORMAT = 2  # 2: IVF-SQ8 vector indexes (index/ivf.py); format-1 segments (HNSW) are rebuilt by the next run
+FORMAT = (
+    3  # 3: shared IVF routing (ivf.Book, ``ann_books``); 2: an IVF-SQ8 per segment; 1: HNSW (rebuilt by the next run)
+)
 MAX_SEGMENTS = 16
 SEGMENT_MAX_ROWS = 1_000_000  # rows per segment at most: bounds a run's memory and the per-segment IVF cost
 DEAD_RATIO = 0.2
@@ -221,6 +223,10 @@ class _Run:
         self.recompute_bm25 = False
         self.kept: list[dict] = []
         self.bm25: dict = {}
+        self.books: dict[str, ivf.Book] = {}  # vector field -> the shared routing segments follow
+        self.book_entries: dict[str, dict] = {}  # ... as the manifest's ``ann_books`` names it
+        self.books_decided = False
+        self.lost_books: set[str] = set()
 
     # -- 2. the base and the head ---------------------------------------------------
     def start(self) -> bool:
@@ -256,6 +262,9 @@ class _Run:
         if self.base_man is None:
             return
         present = set(self.store.list(layout.index_root(self.ns.name)))
+        # a missing shared routing file: decide_books trains a new one (every segment rebuilt)
+        self.lost_books = {f for f, b in self.base_man.get("ann_books", {}).items() if b.get("key") not in present}
+        self.rep.repaired += sorted(self.base_man["ann_books"][f]["key"] for f in self.lost_books)
         sizes = self.base_man.get("sizes", {})
         damaged: dict[int, list[str]] = {}
         for i, s in enumerate(self.base.segs):
@@ -366,8 +375,15 @@ class _Run:
         so a run's memory is bounded however many rows it indexes.  A cut segment joins the
         base: a later entry touching one of its ids tombstones it there, like any index row."""
         while self.pending is not None and self.pending.height >= self.seg_rows:
+            if not self.books_decided:
+                # the rows this run will index, extrapolated from the WAL folded so far
+                done = self.pending.height + sum(int(self.base.segs[i]["rows"]) for i in self.cut)
+                frac = (self.head.seq - self.covers) / max(1, self.last - self.covers)
+                self.decide_books(self.base_live() + int(done * max(1.0, frac)))
             chunk, self.pending = self.pending.slice(0, self.seg_rows), self.pending.slice(self.seg_rows)
-            seg = write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress)
+            seg = write_segment(
+                self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress, books=self.books
+            )
             self.w.drain()  # its files are read back as part of the base
             self.cut.append(self.base.add(seg))
             crash("after_cut")
@@ -386,6 +402,8 @@ class _Run:
         times), or when there are more than MAX_SEGMENTS segments."""
         base, schema = self.base, self.schema
         vec_fields, fts_fields = D.vector_fields(schema), D.fts_fields(schema)
+        if not self.books_decided:
+            self.decide_books(self.base_live() + (self.pending.height if self.pending is not None else 0))
         keep: list[int] = []
         rebuild: list[int] = []
         for i, s in enumerate(base.segs):
@@ -395,7 +413,9 @@ class _Run:
             if s["rows"] - len(dead) <= 0:
                 continue  # fully dead: dropped
             stale = any(
-                f not in s.get("ann", {}) or s["ann"][f].get("sig") != ann_sig(schema[f], self.metric)
+                f not in s.get("ann", {})
+                or s["ann"][f].get("sig") != ann_sig(schema[f], self.metric)
+                or self._other_book(s["ann"][f], f)
                 for f in vec_fields
             ) or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
             stale = stale or i in self.force
@@ -427,6 +447,94 @@ class _Run:
         self.rep.rows_indexed += new_rows
         return groups
 
+    # -- the shared routing (format 3, ivf.Book) ------------------------------------------
+    def base_live(self) -> int:
+        """Live rows of the base segments (those cut by this run excluded)."""
+        return int(
+            sum(s["rows"] - len(self.base.all_dead(i)) for i, s in enumerate(self.base.segs) if i not in self.cut)
+        )
+
+    def _other_book(self, ann: dict, f: str) -> bool:
+        """Does a segment's index of ``f`` follow another routing than this run's book?"""
+        book = self.books.get(f)
+        if book is None:
+            return False
+        return ann.get("book") != book.id and int(ann.get("vectors", 1)) > 0
+
+    def decide_books(self, total: int) -> None:
+        """Per vector field: keep the base's book while the namespace holds between
+        1/GROWTH and GROWTH times the rows it was trained for; else train a new one on a
+        uniform sample of every live row (the base's and the pending ones), and every
+        segment that follows the old one is rebuilt by this run (``_other_book``)."""
+        self.books_decided = True
+        if not ivf.shared_routing():
+            return
+        old_books = (self.base_man or {}).get("ann_books", {})
+        for f in D.vector_fields(self.schema):
+            sig = ann_sig(self.schema[f], self.metric)
+            old = old_books.get(f)
+            if old is not None and old.get("sig") == sig and f not in self.lost_books:
+                t = max(1, int(old["trained_rows"]))
+                if t / ivf.GROWTH <= max(1, total) <= t * ivf.GROWTH:
+                    try:
+                        self.books[f] = ivf.Book.from_bytes(self.cache.file(self.store, old["key"]).read_bytes())
+                        self.book_entries[f] = old
+                        continue
+                    except Exception as e:  # noqa: BLE001 - missing or undecodable: a new book rebuilds every segment
+                        note(self.progress, f"ivf {f} routing unreadable ({e}); retraining", 0, None)
+                        self.rep.repaired.append(old["key"])
+
+            def prog(stage: str, done: int, tot: int, f: str = f) -> None:
+                note(self.progress, f"ivf {f} routing: {stage}", done, tot)
+
+            list_rows = ivf.build_options(self.schema[f])["list_rows"]
+            book = ivf.train_book(self._sample(f, ivf.BOOK_SAMPLE_MAX), total, list_rows, self.metric, progress=prog)
+            if book is None:
+                continue
+            gen = self.gen  # (sets run_id)
+            key = layout.index_run_file(self.ns.name, gen, f"book-{D.field_tag(f)}", self.run_id, "npz")
+            self.w.put(key, book.to_bytes())
+            self.books[f] = book
+            self.book_entries[f] = {
+                "key": key,
+                "id": book.id,
+                "trained_rows": book.trained_rows,
+                "lists_n": book.nlist,
+                "sig": sig,
+                "generation": gen,
+            }
+        crash("after_book")
+
+    def _sample(self, f: str, n: int) -> np.ndarray:
+        """Up to about ``n`` vectors of field ``f`` drawn uniformly from the live rows of the
+        base segments (not cut by this run) and the pending rows."""
+        dims = types.vector_dims(self.schema[f]["type"])
+        assert dims is not None  # f is a vector field
+        rng = np.random.default_rng(0)
+        sources: list[tuple[int, int]] = []  # (segment index or -1 for pending, live rows)
+        for i, s in enumerate(self.base.segs):
+            if i not in self.cut and f in s.get("vectors", {}):
+                sources.append((i, int(s["rows"] - len(self.base.all_dead(i)))))
+        if self.pending is not None and self.pending.height:
+            sources.append((-1, self.pending.height))
+        total = sum(c for _i, c in sources)
+        parts = [np.zeros((0, dims), np.float32)]
+        for i, c in sources:
+            take = c if total <= n else int(round(n * c / total))
+            if take <= 0:
+                continue
+            if i < 0:
+                assert self.pending is not None
+                pick = np.sort(rng.choice(c, min(take, c), replace=False))
+                parts.append(D.vector_matrix(self.pending[pl.Series(pick)], f, dims))
+            else:
+                v = self.base.segs[i]["vectors"][f]
+                mat = D.open_vectors(paged.whole(self.cache, self.store, v), self.base.segs[i]["rows"], v["dims"])
+                live = self.base.live_positions(i)
+                pick = np.sort(rng.choice(live, min(take, len(live)), replace=False))
+                parts.append(np.asarray(mat[pick], dtype=np.float32))
+        return np.concatenate(parts)
+
     # -- the new segments -----------------------------------------------------------------
     def write_segments(self, groups: list[list[int]]) -> None:
         base = self.base
@@ -447,7 +555,9 @@ class _Run:
             for a in range(0, frame.height, self.seg_rows):
                 chunk = frame.slice(a, self.seg_rows)
                 new = np.arange(a, a + chunk.height) >= (n_old if last else frame.height)  # merged rows: not new
-                seg = write_segment(self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress, new)
+                seg = write_segment(
+                    self.w, self.ns.name, self.gen, chunk, self.schema, self.metric, self.progress, new, self.books
+                )
                 self.segments.append(seg)
         crash("after_segment")
 
@@ -541,12 +651,14 @@ class _Run:
             "distance_metric": self.metric,
             "segments": all_segs,
             "bm25": self.bm25,
+            "ann_books": self.book_entries,  # the shared routing per vector field (ivf.Book)
         }
         self.mkey = layout.index_manifest(self.ns.name, self.gen, self.run_id)
         files = set()
         for s in all_segs:
             files.update(segment_files(s))
         files.update(b["terms"] for b in self.bm25.values())
+        files.update(b["key"] for b in self.book_entries.values())
         files.add(self.mkey)
         man["files"] = sorted(files)
         man["sizes"] = {k: n for k, n in {**self.base_sizes(), **self.w.sizes}.items() if k in files}
@@ -566,7 +678,7 @@ class _Run:
             raise Conflict(f"namespace {ns.name!r}: lost the indexer lease before publishing generation {gen}")
         now = now_ms()
         live = int(sum(s["live"] for s in self.all_segs))
-        routing = prefetch_keys(self.all_segs)
+        routing = prefetch_keys(self.all_segs, self.book_entries)
 
         def swap(cur):
             cur = cur or {

@@ -24,6 +24,7 @@ def crash(point: str) -> None:
 CRASH_POINTS = (
     "after_lease",
     "after_fold",
+    "after_book",
     "after_cut",
     "mid_segment",
     "after_segment",

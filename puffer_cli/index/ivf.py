@@ -50,6 +50,46 @@ rerank       2        candidates per requested result re-ranked with exact f32 v
                       data needs more (int8 codes rank coarsely in few dimensions).
 ===========  =======  ==================================================================
 
+Shared routing (format 3, opt-in with ``PUFFER_IVF_ROUTING=shared``; the default builds format 2):
+one :class:`Book` per vector field of the namespace (``index/{g}/book-{tag}-{run}.npz``,
+named by the manifest's ``ann_books``) holds the two-level centroids and the int8 step;
+every segment's lists follow it (its route file holds only ``offsets`` over the book's
+lists, ``scale``, ``implicit``, ``unindexed`` and ``book``, the book's id).  A query
+ranks the book's centroids once (int8 SIMD) and takes the nearest lists until they hold
+:func:`probe_rows` rows of the namespace (``probe`` x rows up to 1M rows, ``probe`` x
+sqrt(rows x 1M) beyond: the fraction shrinks as 1/sqrt(rows); at least ``probe_min_rows``;
+divided by the share of a segment's rows a filter keeps); every segment scans its
+members of exactly those lists (plus ``fill``), so rows scanned per query grow as
+sqrt(rows), not with the number of segments: 331k 16k (the floor), 2M 28k (1.4%), 10M 63k (0.63%),
+30M 110k (0.37%), 100M 200k before ``fill``.  A book has ``book_nlist`` lists:
+rows / list_rows up to ~2.4M rows, then 16 x sqrt(rows) (10M: 51k lists of ~200 rows;
+30M: 88k of ~340), so the routing scan (nlist x dims int8 bytes: 5 MB, ~0.5 ms at 10M)
+is sublinear too.  Measured at 2M (GloVe + noisy copies, warm, one run): 8 x sqrt(rows)
+(11k lists of 177 rows, 262k training rows) lost recall at equal rows scanned (0.963 vs
+0.971 at 70k); 16 x sqrt(rows) with up to 1M training rows (BOOK_SAMPLE_MAX, 64 per
+list) found 0.970 at 49k rows and 0.982 at 71k (fill 0) where format 2 found 0.971 at
+70k.  Training the book on 1M rows takes about a minute of CPU (once per retrain).
+``fill`` pays less here than under format 2: at the defaults it takes 28k probed rows
+to 113k scanned (recall 0.944 -> 0.967); its gap rule (FILL_GAP_BYTES) was tuned for
+per-segment lists and is the next thing to re-tune with cold request counts.
+
+Growth: new rows are assigned to the existing book (the hierarchical :meth:`Codebook.assign`,
+no training), so an incremental run costs what its new rows cost.  Lists grow as the
+namespace grows; a book is **retrained when the namespace holds more than GROWTH (4) times,
+or less than 1/GROWTH of, the rows it was trained for**, and then every segment is rewritten
+to follow the new book (a full rebuild).  Chosen over an SPFresh-style split of oversized
+lists because a split changes a list that *every* segment holds members of: it would
+rewrite every segment's files anyway (rows are stored in list order), or leave segments
+on different list sets and the query routing per segment again.  Retraining at 4x growth
+rewrites, over the namespace's life, at most 4/3 of its final rows (retrains at N0, 4 N0,
+16 N0, ...: a geometric series), so the amortised build stays linear, and bounds a list at
+4x its trained size (2x what a fresh book would give, since lists ~ sqrt(rows)).  Cost:
+the run that crosses the threshold is a full rebuild (10M: about one full build's time);
+data whose distribution drifts without growing is not retrained (a later version could
+retrain on a measured imbalance, e.g. the largest list over 8x the mean).  The first run
+of a big ingest trains the book on the first SEGMENT_MAX_ROWS rows, sized for the rows
+the whole WAL range is expected to hold (extrapolated from the entries folded so far).
+
 Why not HNSW (format 1): its build cost per row grows with the segment (1.99M x 100
 did not finish in 60 minutes here) and a query must hold the whole graph, so a cold
 query downloads every segment's graph.  Why numpy k-means and not faiss: numpy's BLAS
@@ -124,9 +164,23 @@ def options(spec: dict | None) -> dict:
 
 
 def build_options(spec: dict | None) -> dict:
-    """The options that shape the files (a change rebuilds the segment): list size only;
-    ``probe`` and ``rerank`` are read at query time from the schema in force."""
-    return {"kind": KIND, "list_rows": options(spec)["list_rows"]}
+    """The options that shape the files (a change rebuilds the segment): list size and the
+    routing (``shared``: one :class:`Book` per namespace and field, format 3; ``segment``:
+    an IVF per segment, format 2); ``probe`` and ``rerank`` are read at query time from the
+    schema in force."""
+    o: dict = {"kind": KIND, "list_rows": options(spec)["list_rows"]}
+    if shared_routing():
+        o["routing"] = "shared"
+    return o
+
+
+def shared_routing() -> bool:
+    """Build format-3 shared routing when ``PUFFER_IVF_ROUTING=shared`` (opt-in until its probe
+    and fill defaults are tuned and its cold requests measured), else per-segment IVFs (format 2,
+    the default: what the cold read planner's round-trip figures were measured with)."""
+    from puffer_cli import config
+
+    return config.from_env().ivf_routing == "shared"
 
 
 # ---------------------------------------------------------------- clustering
@@ -320,8 +374,10 @@ def _indexable(mat: np.ndarray, cosine: bool) -> np.ndarray:
     return ok
 
 
-def encode(f: Fit, mat: np.ndarray) -> tuple[bytes, bytes, dict]:
-    """(route file, lists file, info for the manifest) of ``mat`` under ``f`` (rows aligned)."""
+def encode(f: Fit, mat: np.ndarray, book_id: str | None = None) -> tuple[bytes, bytes, dict]:
+    """(route file, lists file, info for the manifest) of ``mat`` under ``f`` (rows aligned).
+    ``book_id``: ``f`` follows that shared :class:`Book`; the route then holds no centroids
+    (the offsets of the book's lists in this segment, the scale, the book's id)."""
     dims = mat.shape[1]
     book = f.book
     nlist = len(book.centroids) if book is not None else 0
@@ -339,14 +395,18 @@ def encode(f: Fit, mat: np.ndarray) -> tuple[bytes, bytes, dict]:
     lists = (b"" if implicit else pos[order].astype("<u4").tobytes()) + codes[order].tobytes()
     empty = np.zeros((0, dims), np.float32)
     route = io.BytesIO()
-    arrays: dict[str, Any] = quantise_centroids(book.centroids if book is not None else empty)
+    arrays: dict[str, Any]
+    if book_id is not None:
+        arrays = {"book": np.str_(book_id)}
+    else:
+        arrays = quantise_centroids(book.centroids if book is not None else empty)
+        arrays["coarse"] = (book.coarse if book is not None else empty).astype("<f4")
+        arrays["bounds"] = book.bounds if book is not None else np.zeros(1, np.int64)
     np.savez(
         route,
         **arrays,
         offsets=offsets,
         scale=np.float32(f.scale),
-        coarse=(book.coarse if book is not None else empty).astype("<f4"),
-        bounds=book.bounds if book is not None else np.zeros(1, np.int64),
         implicit=np.bool_(implicit),
         # rows with a vector left out of the lists (zero vectors under cosine): they rank at
         # distance 1, so readers add them as candidates without reading the vectors file
@@ -372,15 +432,156 @@ def build(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) ->
     return encode(fit(mat, list_rows, metric, seed), mat)
 
 
+# ---------------------------------------------------------------- shared routing (format 3)
+GROWTH = 4.0  # a book is retrained when the namespace's vectors grow (or shrink) by this factor since training
+LISTS_PER_SQRT = 16  # a book has min(rows / list_rows, LISTS_PER_SQRT x sqrt(rows)) lists
+BOOK_SAMPLE_MAX = 1 << 20  # a book's training rows at most (64 per list): trained once, so more than a segment's
+PROBE_REF_ROWS = 1_000_000  # ``probe`` is the fraction scanned at this many rows; sqrt growth beyond
+
+
+def book_nlist(n: int, list_rows: int) -> int:
+    """Lists of a book trained for ``n`` rows: ``list_rows`` rows each up to ~600k rows,
+    then ~sqrt(n) lists (``LISTS_PER_SQRT`` x sqrt(n)), so rows per list grow as sqrt(n)
+    and a query's routing scan (over the centroids) stays sublinear too."""
+    return max(1, min(int(round(n / list_rows)), int(round(LISTS_PER_SQRT * math.sqrt(max(1, n))))))
+
+
+def probe_rows(total: int, probe: float, min_rows: int) -> int:
+    """Rows a shared-routing query scans over the whole namespace: ``probe`` x rows up to
+    PROBE_REF_ROWS (a segment's share under format 2), ``probe`` x sqrt(rows x
+    PROBE_REF_ROWS) beyond (the fraction shrinks as 1 / sqrt(rows)); at least
+    ``min_rows``; at most all."""
+    base = min(float(total), math.sqrt(float(total) * PROBE_REF_ROWS))
+    return int(min(total, max(min_rows, math.ceil(probe * base))))
+
+
+class Book:
+    """The shared routing of one vector field of a namespace (format 3): one two-level
+    codebook (see :class:`Codebook`) and one int8 step, trained once on a sample and kept
+    across incremental runs; every segment's lists follow its centroids (a segment's route
+    holds only its offsets per list), so a query ranks the centroids once and scans, in
+    every segment, only the members of the chosen lists."""
+
+    def __init__(self, book_id: str, codebook: Codebook, scale: float, trained_rows: int):
+        self.id, self.codebook, self.scale, self.trained_rows = book_id, codebook, scale, trained_rows
+        q = quantise_centroids(codebook.centroids)
+        self.c_i8, self.c_scale = q["centroids_i8"], q["centroid_scale"]
+        c32 = self.c_i8.astype(np.float32) * self.c_scale[:, None]
+        self.c2 = None if codebook.cosine else np.einsum("ij,ij->i", c32, c32)
+
+    @property
+    def nlist(self) -> int:
+        return len(self.c_i8)
+
+    def to_bytes(self) -> bytes:
+        cb = self.codebook
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            book=np.str_(self.id),
+            centroids=cb.centroids.astype("<f4"),
+            coarse=cb.coarse.astype("<f4"),
+            bounds=cb.bounds.astype("<i8"),
+            scale=np.float32(self.scale),
+            trained_rows=np.int64(self.trained_rows),
+            cosine=np.bool_(cb.cosine),
+        )
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Book:
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        cosine = bool(z["cosine"])
+        cb = Codebook(
+            np.asarray(z["coarse"], np.float32), np.asarray(z["centroids"], np.float32), np.asarray(z["bounds"]), cosine
+        )
+        return cls(str(z["book"]), cb, float(z["scale"]), int(z["trained_rows"]))
+
+    def fit(self, mat: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> Fit:
+        """Every row of ``mat`` with a vector assigned to its nearest list of this book."""
+        cb = self.codebook
+        labels = np.full(len(mat), -1, np.int32)
+        valid = _indexable(mat, cb.cosine)
+        if valid.any():
+            x = _prepare(mat[valid], cb.cosine)
+            labels[valid] = cb.assign(x, progress and (lambda d, t: progress("rows assigned", d, t)))
+        return Fit(labels, cb, self.scale, cb.cosine)
+
+    def ranked(self, q: np.ndarray, sizes: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lists nearest ``q`` first, cumulative member counts) until the lists hold
+        ``need`` rows of the namespace (``sizes``: members per list over every segment)."""
+        import numkong as nk
+
+        if not self.nlist:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        qq = _prepare(np.asarray(q, np.float32)[None, :], self.codebook.cosine)[0]
+        m = float(np.abs(qq).max()) or 1.0
+        qi = np.clip(np.rint(qq * (127.0 / m)), -127, 127).astype(np.int8)[None, :]
+        g = np.asarray(nk.cdist(qi, self.c_i8, metric="dot"))[0] * self.c_scale * (m / 127.0)
+        d = -g if self.c2 is None else self.c2 - 2 * g
+        total = int(sizes.sum())
+        need = min(max(1, need), total)
+        guess = min(self.nlist, max(16, int(4 * need * self.nlist / max(1, total))))
+        while True:
+            cand = np.argpartition(d, guess - 1)[:guess] if guess < self.nlist else np.arange(self.nlist)
+            cand = cand[np.argsort(d[cand], kind="stable")]
+            cum = np.cumsum(sizes[cand])
+            if cum[-1] >= need or guess >= self.nlist:
+                return cand, cum
+            guess = min(self.nlist, guess * 2)
+
+
+def prefix(ranked: tuple[np.ndarray, np.ndarray], need: float) -> np.ndarray:
+    """The nearest lists of ``ranked`` holding together at least ``need`` rows."""
+    cand, cum = ranked
+    if not len(cand):
+        return cand
+    return cand[: int(np.searchsorted(cum, need)) + 1]
+
+
+def train_book(
+    sample_rows: np.ndarray,
+    total_rows: int,
+    list_rows: int,
+    metric: str | None,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Book | None:
+    """A new :class:`Book` for a namespace of about ``total_rows`` vectors, trained on
+    ``sample_rows`` (a uniform sample of them; BOOK_SAMPLE_MAX rows at most are used); None
+    when there is no indexable vector."""
+    import uuid
+
+    cosine = (metric or "cosine_distance") == "cosine_distance"
+    rng = np.random.default_rng(seed)
+    x = _prepare(sample_rows[_indexable(sample_rows, cosine)], cosine)
+    if not len(x):
+        return None
+    total = max(int(total_rows), len(x))
+    nlist = min(book_nlist(total, list_rows), len(x))
+    want = min(BOOK_SAMPLE_MAX, max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST))
+    sample = x if len(x) <= want else x[np.sort(rng.choice(len(x), want, replace=False))]
+    cb = train(sample, nlist, cosine, rng, progress and (lambda d, t: progress("clusters trained", d, t)))
+    amax = float(np.quantile(np.abs(sample), 0.9995))
+    return Book(uuid.uuid4().hex[:12], cb, (amax if amax > 0 else 1.0) / 127.0, total)
+
+
 # ---------------------------------------------------------------- query
 class Route:
     """The routing structure of one field of one segment (see the module docstring)."""
 
     def __init__(self, data: bytes, dims: int, metric: str | None):
         z = np.load(io.BytesIO(data), allow_pickle=False)
-        if "centroids_i8" in z.files:  # int8 rows with a scale each (half the bytes of f16)
+        #: the shared :class:`Book` this segment's lists follow (format 3), None: own centroids
+        self.book: str | None = str(z["book"]) if "book" in z.files else None
+        self.cscale: np.ndarray | None
+        if self.book is not None:  # no centroids of its own: the book's
+            self.centroids = np.zeros((0, dims), np.int8)
+            self.cscale = np.zeros(0, np.float32)
+            c32 = self.centroids.astype(np.float32)
+        elif "centroids_i8" in z.files:  # int8 rows with a scale each (half the bytes of f16)
             self.centroids = np.ascontiguousarray(z["centroids_i8"], dtype=np.int8)
-            self.cscale: np.ndarray | None = np.asarray(z["centroid_scale"], dtype=np.float32)
+            self.cscale = np.asarray(z["centroid_scale"], dtype=np.float32)
             c32 = self.centroids.astype(np.float32) * self.cscale[:, None]
         else:  # f16 (indexes built before int8 routes)
             self.centroids = np.ascontiguousarray(z["centroids"], dtype=np.float16)
@@ -396,7 +597,7 @@ class Route:
 
     @property
     def nlist(self) -> int:
-        return len(self.centroids)
+        return len(self.offsets) - 1
 
     def nearest_lists(self, q: np.ndarray, probe: float, min_rows: int = 0) -> np.ndarray:
         """The nearest lists holding together at least ``probe`` x rows members (and at
@@ -594,17 +795,22 @@ def search(
     sel: np.ndarray | None = None,
     min_rows: int = 0,
     fill: float = 0.0,
+    chosen: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Row positions of the ``want`` best candidates by approximate distance among the
     members of the probed lists (``sel``: the rows allowed, a boolean mask over the
     segment; at least ``min_rows`` members scanned; ``fill``: see :meth:`Route.runs`),
     their approximate distances in the metric's units (comparable across segments: each
-    segment has its own int8 step), and how many members were scanned."""
+    segment has its own int8 step), and how many members were scanned.  ``chosen``: the
+    lists to probe, already picked by the shared :class:`Book` (``probe`` and ``min_rows``
+    are then unused)."""
     if route.nlist == 0 or want <= 0:
         return np.zeros(0, np.int64), np.zeros(0), 0
     qq = route.prepare_query(q)
     qc = route.query_codes(qq)
-    runs = route.runs(route.nearest_lists(qq, probe, min_rows=max(want, min_rows)), fill)
+    if chosen is None:
+        chosen = route.nearest_lists(qq, probe, min_rows=max(want, min_rows))
+    runs = route.runs(chosen, fill)
     blocks = lists.blocks(runs)
     if len(blocks) <= SCORE_PER_RUN_MAX:
         # few runs (fill joins them): a SIMD call each, no copy of the codes

@@ -690,7 +690,29 @@ class Generation:
         self.metric = man.get("distance_metric")
         self.segments = [Segment(self, s) for s in man["segments"]]
         self._terms: dict[str, DfTable] = {}
+        self._books: dict[str, tuple[ivf.Book, np.ndarray] | None] = {}
         self._lock = threading.Lock()
+
+    def book(self, f: str) -> tuple[ivf.Book, np.ndarray] | None:
+        """The shared routing of vector field ``f`` (format 3) and the members of each of its
+        lists over every segment that follows it; None for older generations.  The book
+        comes with the manifest (the pointer's prefetch), the counts from the segments'
+        routes (prefetched too)."""
+        ent = self.man.get("ann_books", {}).get(f)
+        if not ent:
+            return None
+        with self._lock:
+            if f in self._books:
+                return self._books[f]
+        book = ivf.Book.from_bytes(self.cache.file(self.store, ent["key"]).read_bytes())
+        sizes = np.zeros(book.nlist, np.int64)
+        for seg in self.segments:
+            iv = seg.ivf(f)
+            if iv is not None and iv[0].book == book.id:
+                sizes += np.diff(iv[0].offsets)
+        with self._lock:
+            self._books[f] = (book, sizes)
+        return self._books[f]
 
     @property
     def live_rows(self) -> int:

@@ -67,7 +67,7 @@ class Writer:
             self._pool.shutdown(wait=True)
 
 
-def prefetch_keys(segs: list[dict]) -> list[str]:
+def prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
     """What a cold reader fetches with the manifest (the index pointer's ``prefetch``): every
     IVF route, every tombstone file, and the lists files a cold query reads whole
     (``ranged.lists_read_whole``) of segments whose f32 vectors are too big to be read whole
@@ -82,6 +82,7 @@ def prefetch_keys(segs: list[dict]) -> list[str]:
             small = lists and not lists.get("parts") and R.lists_read_whole(v.get("vectors", 0), dims)
             if small and not R.vectors_read_whole(s["rows"], dims):
                 keys.append(lists["key"])
+    keys += [b["key"] for b in (books or {}).values()]  # the shared routing (format 3)
     keys.sort()
     return keys + sorted(s["tombstones"] for s in segs if s.get("tombstones"))
 
@@ -113,12 +114,16 @@ def write_segment(
     metric: str | None,
     progress,
     new: np.ndarray | None = None,
+    books: dict | None = None,
 ) -> dict:
     """Write one segment of ``frame``'s rows (``new``: which rows are new documents, for the
-    BM25 statistics; default all).  The rows are written in the list order of the first
-    vector field's IVF, so a list is a contiguous run of rows in every file."""
+    BM25 statistics; default all; ``books``: vector field -> the namespace's shared
+    ``ivf.Book`` its lists follow, format 3; a field without one gets its own IVF).  The
+    rows are written in the list order of the first vector field's IVF, so a list is a
+    contiguous run of rows in every file."""
     name = f"seg-{gen:06d}-{uuid.uuid4().hex[:8]}"
-    frame, fits, new = _in_list_order(frame, schema, metric, progress, new)
+    books = books or {}
+    frame, fits, new = _in_list_order(frame, schema, metric, progress, new, books)
     seg: dict = {
         "name": name,
         "generation": gen,
@@ -142,7 +147,9 @@ def write_segment(
         data = ids.to_numpy().astype("<" + kind[0] + "8").tobytes()
         seg["ids"] = {**paged.put(w, key(f"ids.{kind}"), data), "dtype": kind}
     for f in D.vector_fields(schema):
-        seg["vectors"][f], seg["ann"][f] = _write_vectors(w, key, frame, f, schema, metric, fits.get(f), progress)
+        seg["vectors"][f], seg["ann"][f] = _write_vectors(
+            w, key, frame, f, schema, metric, fits.get(f), progress, books.get(f)
+        )
     keep = np.asarray(new, bool) if new is not None else None
     seg["_fts_stats"], seg["_fts_new"] = {}, {}
     for f in D.fts_fields(schema):
@@ -156,7 +163,7 @@ def write_docs(w: Writer, key, frame: pl.DataFrame, schema: dict) -> dict:
     return {"docs": {**paged.put(w, key(D.DOCS), data), **ent}}
 
 
-def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progress, new):
+def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progress, new, books: dict):
     """``frame`` (and ``new``) permuted into the list order of the first vector field's IVF,
     and that field's fit (already permuted)."""
     vf = D.vector_fields(schema)
@@ -167,18 +174,21 @@ def _in_list_order(frame: pl.DataFrame, schema: dict, metric: str | None, progre
     dims0 = types.vector_dims(schema[f0]["type"])
     assert dims0 is not None  # f0 is a vector field
     mat0 = D.vector_matrix(frame, f0, dims0)
-    fit0 = ivf.fit(
-        mat0,
-        ivf.build_options(schema[f0])["list_rows"],
-        metric,
-        progress=lambda stage, done, total: note(progress, f"ivf {f0}: {stage}", done, total),
-    )
+
+    def prog(stage, done, total):
+        note(progress, f"ivf {f0}: {stage}", done, total)
+
+    if books.get(f0) is not None:
+        fit0 = books[f0].fit(mat0, prog)
+    else:
+        fit0 = ivf.fit(mat0, ivf.build_options(schema[f0])["list_rows"], metric, progress=prog)
     perm = fit0.row_order()
     return frame[pl.Series(perm)], {f0: fit0.permuted(perm)}, (new[perm] if new is not None else None)
 
 
-def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, progress) -> tuple[dict, dict]:
-    """The f32 vectors and the IVF-SQ8 index of vector field ``f``: (vectors entry, ann entry)."""
+def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, progress, book=None) -> tuple[dict, dict]:
+    """The f32 vectors and the IVF-SQ8 index of vector field ``f``: (vectors entry, ann
+    entry); ``book``: the shared ``ivf.Book`` the lists follow (else the segment's own)."""
     dims = types.vector_dims(schema[f]["type"])
     assert dims is not None  # f is a vector field
     mat = D.vector_matrix(frame, f, dims)
@@ -186,7 +196,11 @@ def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, pro
     crash("mid_segment")
     opts = ivf.build_options(schema[f])
     note(progress, f"ivf {f}", 0, frame.height)
-    route, lists, info = ivf.encode(fit or ivf.fit(mat, opts["list_rows"], metric), mat)
+    if book is not None:
+        route, lists, info = ivf.encode(fit or book.fit(mat), mat, book.id)
+        info["book"] = book.id
+    else:
+        route, lists, info = ivf.encode(fit or ivf.fit(mat, opts["list_rows"], metric), mat)
     tag = D.field_tag(f)
     ann = {
         **opts,

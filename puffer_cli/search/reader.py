@@ -376,6 +376,8 @@ class IndexedView:
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
             restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
+            # shared routing (format 3): the lists the namespace-wide ranking picks
+            chosen = self._shared_lists(rb, route, opts, frac) if route.book is not None else None
             # a filter keeping a fraction of the rows: scan that much more to find as many
             keep, approx, scanned = ivf.search(
                 route,
@@ -386,6 +388,7 @@ class IndexedView:
                 sel if restrict else None,
                 min_rows=int(opts["probe_min_rows"] / frac),
                 fill=opts["fill"],
+                chosen=chosen,
             )
             z = seg.unindexed_vectors(rb.attr)
             if len(z):  # zero vectors under cosine: exactly at distance 1
@@ -406,6 +409,8 @@ class IndexedView:
         iv = seg.ivf(rb.attr)
         if iv is None or iv[1].fetcher() is None or seg.rows == 0 or seg.docs is None:
             return None
+        if iv[0].book is not None:  # shared routing (format 3) plans its lists per query: no read-ahead yet
+            return None
         est = D.estimate_fraction(seg.docs, seg.rows, bind_filter(filt, self.schema))
         est *= seg.live_count() / seg.rows
         if est <= EXACT_MAX_FRACTION or est * seg.rows <= k:
@@ -422,6 +427,24 @@ class IndexedView:
         )
         fetch = iv[1].fetcher()
         return (ranges, fetch(ranges)) if ranges and fetch is not None else None
+
+    def _shared_lists(self, rb, route, opts: dict, frac: float) -> np.ndarray:
+        """The lists a segment following the shared ``ivf.Book`` scans: the namespace's
+        lists nearest the query (ranked once per query and field, whichever segment asks
+        first) until they hold ``ivf.probe_rows`` of its rows (over every segment; divided
+        by ``frac``, the share of this segment's rows a filter keeps)."""
+        got = self.gen.book(rb.attr)
+        if got is None or got[0].id != route.book:  # not the generation's book: every list
+            return np.arange(route.nlist)
+        book, sizes = got
+        total = int(sizes.sum())
+        need = min(total, ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) / max(frac, 1e-9))
+        key = (rb.attr, rb.array().tobytes())
+        cache = self.__dict__.setdefault("_ranked", {})
+        ranked = cache.get(key)
+        if ranked is None or (len(ranked[1]) and ranked[1][-1] < need and len(ranked[0]) < book.nlist):
+            ranked = cache[key] = book.ranked(rb.array(), sizes, int(math.ceil(need)))
+        return ivf.prefix(ranked, need)
 
     def _hnsw_candidates(self, seg, index, rb, sel, q, k, frac, metric, n_sel) -> tuple[np.ndarray, int, int]:
         """HNSW over-fetch + post-filter (format-1 segments, until the next run rebuilds them)."""
