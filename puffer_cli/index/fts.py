@@ -167,8 +167,6 @@ class SegmentPostings:
     def candidates(self, pos: np.ndarray, terms):
         """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms``; document
         lengths are exact."""
-        from puffer_cli.text.bm25 import Postings
-
         keep, rows, tfs, sizes = [], [], [], []
         for t in sorted(set(terms)):
             i = self.vocab.get(t)
@@ -184,19 +182,7 @@ class SegmentPostings:
             rows.append(hit.astype(np.int32))
             tfs.append(self.tf[self.indptr[i] + j[hit]].astype(np.float64))
             sizes.append(len(hit))
-        indptr = np.zeros(len(keep) + 1, np.int64)
-        np.cumsum(sizes, out=indptr[1:])
-        lens = self.doc_len[pos]
-        return Postings(
-            len(pos),
-            keep,
-            {t: k for k, t in enumerate(keep)},
-            indptr,
-            np.concatenate(rows) if rows else np.zeros(0, np.int32),
-            np.concatenate(tfs) if tfs else np.zeros(0, np.float64),
-            lens,
-            int(lens.sum()),
-        )
+        return _postings(pos, keep, rows, tfs, sizes, self.doc_len[pos])
 
 
 def stats_of_tokens(toks: list[list[str]]) -> dict:
@@ -730,8 +716,6 @@ class BlockIndex:
     @_guarded
     def candidates(self, pos: np.ndarray, terms):
         """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms`` (exact lengths)."""
-        from puffer_cli.text.bm25 import Postings
-
         posts = self.postings(sorted(set(terms)))
         keep, rows, tfs, sizes = [], [], [], []
         for t in sorted(posts):
@@ -748,19 +732,7 @@ class BlockIndex:
             rows.append(hit.astype(np.int32))
             tfs.append(tb.tf[j[hit]])
             sizes.append(len(hit))
-        indptr = np.zeros(len(keep) + 1, np.int64)
-        np.cumsum(sizes, out=indptr[1:])
-        lens = self.lengths()[pos]
-        return Postings(
-            len(pos),
-            keep,
-            {t: k for k, t in enumerate(keep)},
-            indptr,
-            np.concatenate(rows) if rows else np.zeros(0, np.int32),
-            np.concatenate(tfs) if tfs else np.zeros(0, np.float64),
-            lens,
-            int(lens.sum()),
-        )
+        return _postings(pos, keep, rows, tfs, sizes, self.lengths()[pos])
 
 
 def prune(
@@ -878,3 +850,22 @@ def sum_stats(parts) -> dict:
         tot += p["total_len"]
         df.update(p["df"])
     return {"n_rows": n, "n_docs": d, "total_len": tot, "df": df}
+
+
+def _postings(pos: np.ndarray, keep: list, rows: list, tfs: list, sizes: list, lens: np.ndarray):
+    """The bm25.Postings of rows ``pos`` from each kept term's matching rows and tfs (both
+    full-text readers, stored postings and blocks, collect the same parts)."""
+    from puffer_cli.text.bm25 import Postings
+
+    indptr = np.zeros(len(keep) + 1, np.int64)
+    np.cumsum(sizes, out=indptr[1:])
+    return Postings(
+        len(pos),
+        keep,
+        {t: k for k, t in enumerate(keep)},
+        indptr,
+        np.concatenate(rows) if rows else np.zeros(0, np.int32),
+        np.concatenate(tfs) if tfs else np.zeros(0, np.float64),
+        lens,
+        int(lens.sum()),
+    )
