@@ -153,15 +153,15 @@ def test_paged_ranges_equal_the_whole_file(s3_server, tmp_path, monkeypatch):
     """On a remote store a large file is written as parts; ranged reads across part
     boundaries (cached parts read locally) and the assembled whole equal the data."""
     import puffer_cli
-    from puffer_cli.store import filecache as C
+    from puffer_cli.store import filecache
 
     monkeypatch.setattr(paged, "PART_BYTES", 1000)
     db = puffer_cli.connect("s3://puffer-test/paged", s3_endpoint=s3_server)
-    c = C.Cache(str(tmp_path / "c"))
+    c = filecache.Cache(str(tmp_path / "c"))
     data = np.random.default_rng(9).integers(0, 256, 10_500, dtype=np.uint8).tobytes()
 
     class W:
-        store, cache = db.store, C.Cache(str(tmp_path / "w"))
+        store, cache = db.store, filecache.Cache(str(tmp_path / "w"))
 
         def put(self, key, b, cache=True):
             db.store.write(key, b)

@@ -15,7 +15,7 @@ from typing import Any
 from puffer_cli import limits as _limits
 from puffer_cli.errors import InvalidFilter
 from puffer_cli.errors import show as show_value
-from puffer_cli.filters import tree as T
+from puffer_cli.filters import tree
 from puffer_cli.filters.tree import FrozenDict, Node, Predicate, freeze
 
 NEG = {
@@ -173,7 +173,7 @@ def check_limits(f: Any) -> None:
 def parse(f: Any) -> Node:
     """check_limits, then structural validation -> the tree (see parse_node).  A tree is
     returned as is."""
-    if isinstance(f, (T.And, T.Or, T.Not, Predicate)):
+    if isinstance(f, (tree.And, tree.Or, tree.Not, Predicate)):
         return f
     check_limits(f)
     return parse_node(f)
@@ -195,11 +195,11 @@ def parse_node(f: Any) -> Node:
         if not isinstance(subs, (list, tuple)):
             raise ctx.fail(f"{head} needs a list of filters, got {show(subs)}")
         kids = tuple(parse_node(s) for s in subs)
-        return T.And(kids) if head == "And" else T.Or(kids)
+        return tree.And(kids) if head == "And" else tree.Or(kids)
     if connective and head == "Not":
         if len(f) != 2:
             raise ctx.fail('Not takes exactly one filter: ["Not", filter]')
-        return T.Not(parse_node(f[1]))
+        return tree.Not(parse_node(f[1]))
     if len(f) not in (3, 4):
         if len(f) == 2 and isinstance(f[1], str) and f[1] in OPERATORS:
             raise ctx.fail(f'{f[1]} needs a value: [attr, "{f[1]}", value]')
@@ -243,11 +243,11 @@ def referenced_attributes(f: Any, *, include_ref_new: bool = False) -> set[str]:
     """Attribute names the filter (JSON or tree) reads (``$ref_new`` targets only if asked)."""
     if f is None:
         return set()
-    return T.attributes(parse(f), include_ref_new=include_ref_new)
+    return tree.attributes(parse(f), include_ref_new=include_ref_new)
 
 
 def ref_new_attributes(f: Any) -> set[str]:
     """Names used as ``{"$ref_new": name}`` in the filter (JSON or tree)."""
     if f is None:
         return set()
-    return T.ref_new_attributes(parse(f))
+    return tree.ref_new_attributes(parse(f))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from puffer_cli.index import ranged as R
+from puffer_cli.index import ranged
 from puffer_cli.store import Store
 from puffer_cli.store.filecache import Cache
 
@@ -56,18 +56,18 @@ def whole(cache: Cache, store: Store, entry: dict) -> Path:
     def part(k: str) -> Callable[[], bytes]:
         return lambda: cache.file(store, k).read_bytes()
 
-    blobs = R.parallel([part(k) for k in entry["parts"]], store.is_remote)
+    blobs = ranged.parallel([part(k) for k in entry["parts"]], store.is_remote)
     return cache.file(store, key, b"".join(blobs))
 
 
 def read_ranges(
-    cache: Cache, store: Store, entry: dict, ranges: Sequence[tuple[int, int]], extra: float = R.RANGE_EXTRA
+    cache: Cache, store: Store, entry: dict, ranges: Sequence[tuple[int, int]], extra: float = ranged.RANGE_EXTRA
 ) -> list[bytes]:
     """The bytes of each ``(start, end)`` of the file, in order: coalesced ranged reads of
     the parts they fall in (a part already in the cache is read locally; ``extra``: see
     ``ranged.read_many``)."""
     if not entry.get("parts"):
-        got = R.read_ranges(store, entry["key"], ranges, extra)
+        got = ranged.read_ranges(store, entry["key"], ranges, extra)
         cache.note_ranged(store, entry["key"], sum(len(g) for g in got))
         return [bytes(g) for g in got]
     p = int(entry["part_bytes"])
@@ -89,7 +89,7 @@ def read_ranges(
         else:
             remote.append(i)
     # every uncached part's ranges in one batch of requests
-    fetched = R.read_many(store, [(entry["parts"][i], per_part[i]) for i in remote], extra)
+    fetched = ranged.read_many(store, [(entry["parts"][i], per_part[i]) for i in remote], extra)
     for i, got in zip(remote, fetched):
         cache.note_ranged(store, entry["parts"][i], sum(len(g) for g in got))
         pieces[i] = dict(zip(per_part[i], got))

@@ -23,9 +23,8 @@ import polars as pl
 from puffer_cli import caches
 from puffer_cli import limits as L
 from puffer_cli.errors import CorruptIndex, CorruptNamespace, PufferError
-from puffer_cli.index import ann, fts, ivf, paged
+from puffer_cli.index import ann, fts, ivf, paged, ranged
 from puffer_cli.index import docs as D
-from puffer_cli.index import ranged as R
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
@@ -414,7 +413,7 @@ class Segment:
         :meth:`vector_rows` / :meth:`id_rows` within them reads nothing: a cold filtered
         query searched exactly reads its rows once, not again for the re-rank."""
         pos = np.unique(np.asarray(pos, dtype=np.int64))
-        vec, ids, *_ = R.parallel(
+        vec, ids, *_ = ranged.parallel(
             [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos), *also], self.store.is_remote
         )
         with self._lock:
@@ -426,7 +425,7 @@ class Segment:
         """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip,
         with the calls ``also`` (the returned attributes' chunks, :meth:`prefetch_rows`)."""
         fns = [lambda: self.vector_rows(f, pos), lambda: self.id_rows(pos), *also]
-        vec, ids, *_ = R.parallel(fns, self.store.is_remote)
+        vec, ids, *_ = ranged.parallel(fns, self.store.is_remote)
         return vec, ids
 
     def rows_cost(self, pos: np.ndarray, names: list[str]) -> tuple[list[tuple[str, int]], int]:
@@ -509,7 +508,7 @@ class Segment:
         with self._lock:
             if f in self._vec:
                 return True
-        return paged.cached(self.cache, self.store, v) or R.vectors_read_whole(self.rows, int(v["dims"]))
+        return paged.cached(self.cache, self.store, v) or ranged.vectors_read_whole(self.rows, int(v["dims"]))
 
     def norms(self, f: str) -> np.ndarray:
         with self._lock:
@@ -547,7 +546,7 @@ class Segment:
             if got is None:
                 route = ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), int(m["dims"]), self.gen.metric)
                 ent = m["lists"]
-                if paged.cached(self.cache, self.store, ent) or R.lists_read_whole(route.rows, route.dims):
+                if paged.cached(self.cache, self.store, ent) or ranged.lists_read_whole(route.rows, route.dims):
                     got = (route, ivf.Lists(route, local=paged.whole(self.cache, self.store, ent)))
                 else:
                     got = (
@@ -650,7 +649,7 @@ class Segment:
             return D.vector_series(f, rows, dims)
 
         # on an object store the attribute chunks and the vector rows in one round trip
-        got = R.parallel([attrs] + [partial(vec, f) for f in vector_fields], self.store.is_remote)
+        got = ranged.parallel([attrs] + [partial(vec, f) for f in vector_fields], self.store.is_remote)
         df = got[0]
         assert isinstance(df, pl.DataFrame)
         return df.with_columns(got[1:]) if len(got) > 1 else df
@@ -738,7 +737,9 @@ class Generation:
             return self.segments[i].ids()
 
         if self.store.is_remote and len(self.segments) > 1 and len(ids):
-            R.parallel([partial(live, i) for i in range(len(self.segments))])  # one round trip, not one per segment
+            ranged.parallel(
+                [partial(live, i) for i in range(len(self.segments))]
+            )  # one round trip, not one per segment
         return list(D.locate(ids, live, len(self.segments)))
 
     def files(self) -> list[str]:
@@ -770,7 +771,7 @@ def open_generation_with(
         first = [lambda: load_manifest(store, ptr["manifest"])]
         rest = [partial(prefetch, cache, store, k) for k in pre if not cache.has(store, k)]
     # ``also`` right after the manifest: with more prefetch keys than threads it still starts at once
-    got = R.parallel(first + list(also) + rest, store.is_remote)
+    got = ranged.parallel(first + list(also) + rest, store.is_remote)
     if g is None:
         g = Generation(store, cache, got[0], ptr["manifest"])
         GENS.put(key, g)

@@ -11,8 +11,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts, ivf, paged
-from puffer_cli.index import ranged as R
+from puffer_cli.index import fts, ivf, paged, ranged
 from puffer_cli.index.hooks import crash
 from puffer_cli.index.manifest import ann_sig, fts_sig
 from puffer_cli.schema import types
@@ -79,8 +78,8 @@ def prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
             if v.get("route"):
                 keys.append(v["route"])
             lists, dims = v.get("lists"), int(v.get("dims", 0))
-            small = lists and not lists.get("parts") and R.lists_read_whole(v.get("vectors", 0), dims)
-            if small and not R.vectors_read_whole(s["rows"], dims):
+            small = lists and not lists.get("parts") and ranged.lists_read_whole(v.get("vectors", 0), dims)
+            if small and not ranged.vectors_read_whole(s["rows"], dims):
                 keys.append(lists["key"])
     keys += [b["key"] for b in (books or {}).values()]  # the shared routing (format 3)
     keys.sort()

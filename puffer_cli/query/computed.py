@@ -15,7 +15,7 @@ from puffer_cli.errors import show
 from puffer_cli.query.checks import attr_name, fail, is_int, parse_vector
 from puffer_cli.query.model import HIGHLIGHT_FRAGMENT_BY, HIGHLIGHT_OFFSET_UNITS, HighlightExpr, VectorDistExpr
 from puffer_cli.query.rank import parse_text_expr
-from puffer_cli.schema import types as S
+from puffer_cli.schema import types
 
 HIGHLIGHT_KEYS = ("fragment_by", "fragment_limit", "include_offsets", "rank_fragments_by")
 
@@ -30,7 +30,7 @@ def parse_compute(v: Any, pre: str = "") -> tuple[tuple[str, Any], ...]:
         raise fail(where, f"{len(v):,} entries (limit: MAX_COMPUTE_ATTRIBUTES = {L.MAX_COMPUTE_ATTRIBUTES})")
     out = []
     for name, e in v.items():
-        n = S.utf8_len(name) if isinstance(name, str) else None
+        n = types.utf8_len(name) if isinstance(name, str) else None
         if n is None or not 1 <= n <= L.MAX_ATTRIBUTE_NAME_BYTES or name.startswith("$") or name == "id":
             raise fail(
                 where,
@@ -89,7 +89,7 @@ def check_compute(q, schema: Mapping, where: str) -> None:
         spec = schema.get(e.attr)
         t = spec.get("type") if spec else None
         if isinstance(e, VectorDistExpr):
-            dims = S.vector_dims(t) if t else None
+            dims = types.vector_dims(t) if t else None
             if dims is None:
                 raise fail(w, f"VectorDist needs a vector attribute; {e.attr!r} is {t or 'not in the namespace'}")
             if len(e.vector) != dims:

@@ -62,8 +62,7 @@ from puffer_cli.query.model import (
     text_children,
 )
 from puffer_cli.query.rank import parse_rank_by
-from puffer_cli.schema import shape
-from puffer_cli.schema import types as S
+from puffer_cli.schema import shape, types
 from puffer_cli.schema.types import METRICS
 
 
@@ -419,13 +418,13 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
     if isinstance(rb, VectorRank):
         t = _attr_type(schema, rb.attr)
         if t is None:
-            vecs = [a for a, s in schema.items() if S.is_vector(s.get("type", ""))]
+            vecs = [a for a, s in schema.items() if types.is_vector(s.get("type", ""))]
             raise fail(
                 pre + "rank_by",
                 f"namespace has no vector attribute {rb.attr!r}"
                 + (f" (vector attributes: {', '.join(vecs)})" if vecs else " (it has no vectors)"),
             )
-        dims = S.vector_dims(t)
+        dims = types.vector_dims(t)
         if dims is None:
             raise fail(pre + "rank_by", f"attribute {rb.attr!r} is {t}, not a vector")
         if len(rb.vector) != dims:
