@@ -61,3 +61,13 @@ def test_cache_dir_reaches_the_cache_through_set_default_root(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path), "PUFFER_CACHE_DIR": str(tmp_path / "c")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(tmp_path / "c")
+
+
+def test_ivf_routing_is_shared_only_when_asked():
+    """PUFFER_IVF_ROUTING: shared turns namespace-wide routing on; unset, segment or any other
+    value (a typo) keeps the default per-segment IVF."""
+    for value, want in (("shared", "shared"), (" Shared ", "shared"), ("segment", "segment"), ("", "segment")):
+        assert config.from_env({"PUFFER_IVF_ROUTING": value}).ivf_routing == want
+    assert config.from_env({}).ivf_routing == "segment"
+    for typo in ("sharde", "1", "none"):
+        assert config.from_env({"PUFFER_IVF_ROUTING": typo}).ivf_routing != "shared"

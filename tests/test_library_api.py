@@ -209,3 +209,26 @@ def test_async_api_does_not_block_the_event_loop(tmp_path):
     gaps = asyncio.run(main())
     # the timer fired throughout the queries and the index run (a blocked loop would not tick)
     assert len(gaps) >= 3, len(gaps)
+
+
+def test_bad_values_of_the_new_library_options(mem_db, tmp_path):
+    """Each new option refuses a wrong type or value with a one-line PufferError."""
+    import asyncio
+
+    from puffer_cli.errors import InvalidFilter, PufferError
+
+    ns = _demo(mem_db, "bad")
+    for where in (5, ["a"], "", "x" * 20_000, "(" * 100 + "id = 1" + ")" * 100, "id = 1; DROP TABLE t"):
+        with pytest.raises(InvalidFilter):
+            ns.query(where=where)
+    for dest in ("", "a/b", "x" * 200, "bad"):
+        with pytest.raises(PufferError):
+            ns.branch(dest)  # invalid names, or itself
+    for policy in ("bogus", "", "SKIP"):
+        with pytest.raises(InvalidRequest, match="WAL corruption policy"):
+            puffer_cli.connect("memory://bad-policy", wal_policy=policy)
+    with pytest.raises(InvalidRequest):
+        asyncio.run(puffer_cli.connect_async("ftp://nowhere"))
+    for bad in (-1, float("nan"), "big"):
+        with pytest.raises(PufferError):
+            puffer_cli.connect("memory://bad-cache", cache_max_gb=bad)
