@@ -216,6 +216,8 @@ def ref_tokens(op, doc, q, params):
 def ref_leaf(row, attr, op, v, params):
     if op in NEG:
         return not ref_leaf(row, attr, NEG[op], v, params)
+    if op == "In" and not isinstance(v, list) and TYPES.get(attr, "").startswith("["):
+        v = [v]  # a scalar In on an array attribute is a one-element list (turbopuffer's rule)
     x = row.get(attr) if attr in TYPES else None
     if op == "Eq" and v is None:
         return x is None
