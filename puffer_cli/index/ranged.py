@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import contextvars
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -17,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from puffer_cli import limits
-from puffer_cli.store import Store
+from puffer_cli.store import Store, issue_batch
 
 WHOLE_FILE_MAX = 1 << 20  # vectors and lists files up to this size are fetched whole (one request beats many);
 # larger ones by range (at 8 MiB, a 20k-row segment's 8 MB vector file was read whole for a few re-ranked rows)
@@ -44,8 +45,14 @@ def parallel(fns: Sequence[Callable[[], T]], remote: bool = True) -> list[T]:
     if len(fns) <= 1 or not remote:
         return [f() for f in fns]
     ctx = contextvars.copy_context()
+    at = time.perf_counter()
+
+    def lane(f: Callable[[], T]) -> T:
+        issue_batch(at)  # the lanes' first requests are one round trip, however the threads are scheduled
+        return f()
+
     with ThreadPoolExecutor(min(RANGE_THREADS, len(fns))) as ex:
-        return list(ex.map(lambda f: ctx.copy().run(f), fns))
+        return list(ex.map(lambda f: ctx.copy().run(lane, f), fns))
 
 
 def coalesce(

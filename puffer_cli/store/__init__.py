@@ -55,6 +55,28 @@ class IOStats:
 _scope: contextvars.ContextVar[IOStats | None] = contextvars.ContextVar("puffer_io", default=None)
 
 
+#: when the batch this thread's next request belongs to was issued (see :func:`issued_with_batch`)
+_issued: contextvars.ContextVar[float | None] = contextvars.ContextVar("puffer_issued", default=None)
+
+
+def issue_batch(at: float) -> None:
+    """Mark this context's next remote request as one of a parallel batch issued at ``at``
+    (``index.ranged.parallel`` calls it in each lane): the round-trip count then sees the batch
+    as one round trip even when a busy machine starts a lane's request after another ended."""
+    _issued.set(at)
+
+
+def request_start() -> float:
+    """The start time to record for a remote request beginning now: the batch's issue time
+    for the first request of a lane of a parallel batch, else now."""
+    now = time.perf_counter()
+    at = _issued.get()
+    if at is None:
+        return now
+    _issued.set(None)  # later requests of the lane depend on the first: they start their own trips
+    return min(now, at)
+
+
 def current_io() -> IOStats | None:
     """The IOStats of the enclosing ``io_scope`` (None outside one)."""
     return _scope.get()
