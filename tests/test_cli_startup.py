@@ -7,6 +7,8 @@ with fsspec's ``cat_file`` they replace."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -17,7 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from puffer_cli.cli.coerce import NOT_PLAIN, plain_value
-from puffer_cli.cli.main import main
+from puffer_cli.cli.main import _click_exceptions, _command, main
+
+UsageError = _click_exceptions()[2]
+COMMANDS = sorted(_command().commands)
 
 ROOT = Path(__file__).parent.parent
 
@@ -170,6 +175,27 @@ def test_bad_values_still_get_typers_messages(capsys, local_store):
     assert "greater than or equal to 0" in capsys.readouterr().err
     assert main(["query", "demo", "--store", local_store, "--bm25", "title"]) == 2
     assert "requires 2 arguments" in capsys.readouterr().err
+
+
+def _help(cmd, args: list[str]) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cmd.main(args=args, prog_name="puffer", standalone_mode=False, terminal_width=100, max_content_width=100)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_a_command_built_alone_is_the_one_in_the_group(name):
+    """`puffer NAME ...` builds the group with NAME only: its help (usage line, options,
+    metavars) and its usage errors are those of NAME in the whole group."""
+    alone, group = _command([name]), _command()
+    assert list(alone.commands) == [name] and len(group.commands) > 1
+    assert _help(alone, [name, "--help"]) == _help(group, [name, "--help"])
+    for cmd in (alone, group):
+        with pytest.raises(UsageError) as e:
+            cmd.main(args=[name, "--no-such-option"], prog_name="puffer", standalone_mode=False)
+        assert e.value.format_message() == "No such option: --no-such-option"
+        assert e.value.ctx is not None and e.value.ctx.command_path == f"puffer {name}"
 
 
 def test_query_help_shows_bm25_metavars(capsys):
