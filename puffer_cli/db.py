@@ -48,7 +48,6 @@ puffer_cli.errors.NamespaceNotFound: namespace 'docs' not found in memory://hand
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -522,6 +521,8 @@ def _threaded(
 
     @functools.wraps(fn)
     async def run(self: AsyncNamespaceHandle, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        import asyncio  # here, not at the top: a running loop has imported it; the CLI never does
+
         return await asyncio.to_thread(fn, self.sync, *args, **kwargs)
 
     return run
@@ -577,6 +578,8 @@ class AsyncDB:
 
     async def namespaces(self, prefix: str | None = None) -> list[str]:
         """Every namespace name (with ``prefix``), in order."""
+        import asyncio
+
         return await asyncio.to_thread(lambda: list(self.sync.namespaces(prefix)))
 
 
@@ -590,6 +593,8 @@ async def connect_async(
 ) -> AsyncDB:
     """:func:`connect`, for asyncio code: ``db = await puffer_cli.connect_async(url)``; then
     ``await db.namespace("docs").query(...)``."""
+    import asyncio
+
     db = await asyncio.to_thread(
         connect,
         url,

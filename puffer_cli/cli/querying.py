@@ -129,7 +129,7 @@ Bm25Opt = Annotated[
     tuple[str, str] | None,
     typer.Option(
         "--bm25",
-        help="Full-text search: FIELD TEXT. With --vector: hybrid, a multi-query of both, each "
+        help="BM25 full-text search of TEXT in the attribute FIELD. With --vector: hybrid, a multi-query of both, each "
         "max(top-k, 100) deep, fused by reciprocal rank fusion (k=60; $dist is the fused score)",
     ),
 ]

@@ -18,6 +18,19 @@ __all__ = ["LocalStore"]
 
 
 # ---------------------------------------------------------------- local disk
+def _cat(path: Path, start: int | None = None, end: int | None = None) -> bytes:
+    """Bytes ``start:end`` of a file, negative offsets counting from its end (fsspec's
+    ``cat_file``, without importing fsspec: a local query need not load it)."""
+    with open(path, "rb") as f:
+        if start is not None:
+            f.seek(start if start >= 0 else max(0, os.fstat(f.fileno()).st_size + start))
+        if end is not None:
+            if end < 0:
+                end = os.fstat(f.fileno()).st_size + end
+            return f.read(end - f.tell())
+        return f.read()
+
+
 def _local_op(what: str):
     """Run a LocalStore primitive under ``LocalStore._os`` (its first argument is the key)."""
 
@@ -36,11 +49,8 @@ class LocalStore(Store):
     """A directory. create = temp + fsync + os.link; cas = lock file + os.replace."""
 
     def __init__(self, root: str | os.PathLike):
-        import fsspec
-
         self.root = Path(root).expanduser().absolute()
         self.url = str(self.root)
-        self.fs = fsspec.filesystem("file")
         p = self.root  # the store directory need not exist yet, but what does exist must be a directory
         while not p.exists() and p != p.parent:
             p = p.parent
@@ -92,7 +102,7 @@ class LocalStore(Store):
     @_local_op("read")
     def read(self, key: str) -> bytes:
         try:
-            data = self.fs.cat_file(str(self._p(key)))
+            data = _cat(self._p(key))
         except IsADirectoryError:
             raise FileNotFoundError(key) from None
         count_io(read=len(data))
@@ -117,7 +127,7 @@ class LocalStore(Store):
 
     @_local_op("read")
     def read_range(self, key: str, start: int, end: int) -> bytes:
-        data = self.fs.cat_file(str(self._p(key)), start=start, end=end)
+        data = _cat(self._p(key), start, end)
         count_io(read=len(data))
         return data
 

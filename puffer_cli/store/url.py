@@ -16,7 +16,6 @@ from puffer_cli.errors import InvalidRequest
 from puffer_cli.store import Store
 from puffer_cli.store.local import LocalStore
 from puffer_cli.store.memory import MemoryStore
-from puffer_cli.store.s3 import S3Store
 
 DEFAULT_STORE = "./puffer-data"
 
@@ -41,6 +40,8 @@ def open_store(url: str | None = None, *, s3_endpoint: str | None = None) -> Sto
         if url.startswith("memory://"):
             st: Store = MemoryStore(url[len("memory://") :])
         elif url.startswith("s3://"):
+            from puffer_cli.store.s3 import S3Store  # here: s3fs, aiobotocore and asyncio load only for s3://
+
             st = S3Store(url, endpoint_url=s3_endpoint)
         elif "://" in url and not url.startswith("file://"):
             raise InvalidRequest(

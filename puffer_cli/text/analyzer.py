@@ -58,12 +58,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import tantivy
+from typing import TYPE_CHECKING, Any
 
 from puffer_cli import caches
 from puffer_cli.errors import SchemaError, show
+
+if TYPE_CHECKING:
+    import tantivy  # imported where an analyzer is built: a query without text need not load it
 
 __all__ = [
     "DEFAULT_FTS_OPTIONS",
@@ -238,6 +239,8 @@ _ANALYZERS = caches.lru("text.analyzers", 256)
 
 
 def _build(key: tuple) -> tantivy.TextAnalyzer:
+    import tantivy
+
     tok, lang, stem, stop, cs, fold, mtl = key
     if tok == "pre_tokenized_array":
         b = tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.raw())
