@@ -577,7 +577,10 @@ class Segment:
             return None
         with self._lock:
             if ("blk", f) not in self._fts:
-                self._fts[("blk", f)] = fts.BlockIndex(m, partial(self._blk_ranges, m), partial(self._blk_damage, f))
+                ns = self.gen.manifest_key.split("/index/", 1)[0]
+                self._fts[("blk", f)] = fts.BlockIndex(
+                    m, partial(self._blk_ranges, m), partial(self._blk_damage, f), (self.store.url, ns, m["key"])
+                )
             return self._fts[("blk", f)]
 
     @reports_damage("fts")
