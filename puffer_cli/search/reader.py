@@ -574,6 +574,9 @@ class IndexedView:
             if st.n_docs == 0 or not posts:
                 return np.zeros(0, np.int64)
             if st.avg_len > 0:
+                pre = getattr(st.df, "prefetch", None)
+                if pre is not None:  # ranged df blocks: the terms' blocks in one batch
+                    pre(list(posts))
                 w: dict[str, float] = {}
                 for t in toks:
                     w[t] = w.get(t, 0.0) + 1.0
