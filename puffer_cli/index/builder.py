@@ -39,7 +39,7 @@ import polars as pl
 
 from puffer_cli import config
 from puffer_cli.errors import Conflict, plural
-from puffer_cli.index import dfblocks, fts, ivf, paged, retention
+from puffer_cli.index import dfblocks, fts, fts_hint, ivf, paged, retention
 from puffer_cli.index import docs as D
 from puffer_cli.index.base import BaseRows
 from puffer_cli.index.gc import gc
@@ -673,6 +673,7 @@ class _Run:
         now = now_ms()
         live = int(sum(s["live"] for s in self.all_segs))
         routing = prefetch_keys(self.all_segs, self.book_entries)
+        fts_dir = fts_hint.pointer_hint(self.all_segs, self.bm25)
 
         def swap(cur):
             cur = cur or {
@@ -708,6 +709,8 @@ class _Run:
                 "prefetch": routing,  # routes, tombstones, small lists: a cold reader fetches them with the manifest
                 "retained": retained,
             }
+            if fts_dir is not None:  # where a BM25 query's dictionary reads are (fts_hint)
+                cur["index"]["fts"] = fts_dir
             return cur
 
         if ns.update_meta(swap) is None:

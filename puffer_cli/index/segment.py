@@ -23,7 +23,7 @@ import polars as pl
 from puffer_cli import caches
 from puffer_cli import limits as L
 from puffer_cli.errors import CorruptIndex, CorruptNamespace, PufferError
-from puffer_cli.index import ann, dfblocks, fts, ivf, paged, ranged
+from puffer_cli.index import ann, dfblocks, fts, fts_hint, ivf, paged, ranged
 from puffer_cli.index import docs as D
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
 from puffer_cli.schema import frames, types
@@ -595,7 +595,7 @@ class Segment:
                     fh.seek(a)
                     out.append(fh.read(b - a))
             return out
-        return paged.read_ranges(self.cache, self.store, m, ranges)
+        return _stashed_or_read(self.cache, self.store, m, ranges)
 
     @reports_damage("fts")
     def fts(self, f: str):
@@ -752,7 +752,7 @@ class Generation:
                     fh.seek(a)
                     out.append(fh.read(b - a))
                 return out
-        return paged.read_ranges(self.cache, self.store, ent, ranges)
+        return _stashed_or_read(self.cache, self.store, ent, ranges)
 
     def lookup(self, ids: pl.Series) -> list[tuple[int, np.ndarray]]:
         """[(segment index, positions)] of live index rows with these ids."""
@@ -771,8 +771,25 @@ class Generation:
         return list(self.man.get("files", []))
 
 
+def _stashed_or_read(cache: Cache, store: Store, entry: dict, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """Ranges of a file: those the pointer's full-text hint read ahead (fts_hint), the others
+    by ranged reads (one batch)."""
+    got = fts_hint.take(store, entry["key"], ranges)
+    miss = [r for r, g in zip(ranges, got) if g is None]
+    if miss:
+        more = iter(paged.read_ranges(cache, store, entry, miss))
+        got = [g if g is not None else next(more) for g in got]
+    return [g for g in got if g is not None]
+
+
 #: opened generations, keyed (store url, namespace, manifest key, cache root)
 GENS = caches.lru("index.generations", 32)
+
+
+def generation_open(store: Store, ptr: dict, cache: Cache | None = None) -> bool:
+    """True when generation ``ptr`` is open in this process already (no manifest read)."""
+    cache = cache or get_cache()
+    return (store.url, ptr["manifest"].split("/", 1)[0], ptr["manifest"], str(cache.root)) in GENS
 
 
 def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Generation:
