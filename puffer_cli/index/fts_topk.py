@@ -169,7 +169,7 @@ def top_rows(posts, weights, idf, lens, sel, k: int, k1: float, b: float, avg: f
     got_r: list[np.ndarray] = []
     got_s: list[np.ndarray] = []
     theta = -np.inf
-    m = max(16, k)
+    m = max(64, k)
     todo = live
     while len(todo):
         if len(todo) > m:
