@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--data", default=default_data())
     ap.add_argument("--cold-queries", type=int, default=5)
     ap.add_argument("--warm-queries", type=int, default=50)
+    ap.add_argument("--forms", default="", help="comma-separated substrings: only the forms named (default: all)")
+    ap.add_argument("--new-only", action="store_true", help="skip the attrs.arrow format")
     a = ap.parse_args()
     base = pl.read_parquet(Path(a.data) / "glove-100-angular" / "base.parquet")
     if a.rows:
@@ -117,6 +119,7 @@ def main() -> None:
                     "filters": ["tag", "Eq", "blue"],
                 },
                 "Count group_by bucket": {"aggregate_by": {"n": ["Count"]}, "group_by": ["bucket"], "top_k": 100},
+                "BM25 + include word": {"rank_by": ["word", "BM25", "the house"], "top_k": 10, "include_attributes": ["word"]},
                 "hybrid multi-query ANN + BM25": {
                     "queries": [
                         {"rank_by": ann, "top_k": 10, "include_attributes": ["word"]},
@@ -132,8 +135,12 @@ def main() -> None:
 
         rows = []
         for fmt, ptr in (("attrs.arrow", ptr_old), ("cols-1", ptr_new)):
+            if a.new_only and ptr is ptr_old:
+                continue
             use(ptr)
             for name in forms(qs[0]):
+                if a.forms and not any(f.strip() in name for f in a.forms.split(",")):
+                    continue
                 rt, req, by, ms = [], [], [], []
                 for q in qs[: a.cold_queries]:
                     c = cache.configure(tempfile.mkdtemp(prefix="puffer-cold-"))

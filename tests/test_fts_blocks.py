@@ -152,3 +152,32 @@ def test_bm25_cold_warm_exact_on_moto(s3_server, tmp_path):
     perf = got["performance"]
     assert 3 <= perf["object_store_round_trips"] <= 4, perf
     assert perf["object_store_bytes_read"] < total / 2, (perf, total)
+    # returned attributes come with the top rows' ids: no round trip of their own
+    bi = {**b, "include_attributes": ["title", "cat"]}
+    want = exact(ns, bi)
+    _cold(tmp_path, "cold-io-include")
+    fts.TERMS.clear()
+    fts_hint.STASH.clear()
+    got = engine.run_query(db.open_namespace("t"), bi)
+    assert same(got, want)
+    inc = got["performance"]["object_store_round_trips"]
+    assert inc <= perf["object_store_round_trips"], (inc, perf)
+
+
+def test_bm25_ties_at_the_cut_are_broken_by_id(tmp_path):
+    """Only rows scoring at least the k-th best have their ids read: rows tied at the cut
+    all do, so the smallest ids win as in the exact engine (offset too)."""
+    import puffer_cli
+
+    db = puffer_cli.connect(str(tmp_path / "ties"))
+    ns = db.open_namespace("t")
+    rows = [{"id": 1000 - i, "text": "same words here" if i % 3 else "other words", "n": i} for i in range(300)]
+    ns.write({"upsert_rows": rows, "schema": {"text": {"type": "string", "full_text_search": True}}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    for body in (
+        {"rank_by": ["text", "BM25", "same"], "top_k": 5},
+        {"rank_by": ["text", "BM25", "words"], "top_k": 7, "offset": 3, "include_attributes": ["n"]},
+    ):
+        b = {**body, "consistency": {"level": "eventual"}}
+        got = engine.run_query(db.open_namespace("t"), b)
+        assert same(got, exact(ns, b)), strip(got)

@@ -113,7 +113,11 @@ def plan_lines(view, q) -> list[str]:
             f"(after the re-rank instead when those chunks exceed {_mb(topk.ATTR_PREFETCH_BYTES)})"
         )
     elif kind == "BM25":
-        out.append("  round trips 3+: full-text terms and postings (search/postings.py), then the top-k rows")
+        out.append("  round trip 3: each segment's dictionary blocks of the terms, document lengths, BM25 statistics")
+        out.append("  round trip 4: the terms' posting blocks that block-max pruning keeps")
+        out.append(
+            f"  round trip 5: ids of the rows scoring at least the {k}th best, with their returned attributes' chunks"
+        )
     else:
         what = "filter, order-key and aggregated columns" if kind == "order by" else "the columns the query reads"
         out.append(f"  round trip 3: {what}: {groups}/{total} row groups admitted by statistics ({_mb(fbytes)})")

@@ -262,7 +262,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     cands = RG.parallel([partial(second, i) for i in range(n)], remote)
 
     def third(i: int):
-        """Phase 3: exact scores, and the ids of the matches by range."""
+        """Exact scores of the candidates (from the postings phase 2 read)."""
         pos = cands[i]
         if pos is None or not len(pos):
             return None
@@ -270,13 +270,11 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         posts = {f: (seg.blocks(f) or seg.postings(f)).candidates(pos, terms[f]) for f in fields}
         s, m = SC.text_eval(rb.expr, None, view.schema, stats, posts)
         keep = np.flatnonzero(m)
-        ids = seg.id_rows(pos[keep]) if blocks[i] is not None else None
-        return pos[keep], s[keep], ids
+        return pos[keep], s[keep]
 
-    for i, r in enumerate(RG.parallel([partial(third, i) for i in range(n)], remote)):
-        if r is not None:
-            out.add(i, r[0], -r[1], r[1], r[2])
+    scored = RG.parallel([partial(third, i) for i in range(n)], remote)
     tail = _tail(view)
+    tail_scored = None
     if tail is not None:
         L.check_deadline()
         exhaustive += tail.height
@@ -284,8 +282,31 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         if q.filters is not None:
             m &= SC.filter_mask(tail, q.filters, view.schema)
         keep = np.flatnonzero(m)
-        out.add(-1, keep, -s[keep], s[keep])
-    return out.top(q), exhaustive, out.count
+        tail_scored = (keep, s[keep])
+    count = sum(len(r[0]) for r in scored if r is not None) + (len(tail_scored[0]) if tail_scored else 0)
+    # Phase 3: only rows scoring at least the kk-th best can rank (ties are broken by id):
+    # their ids and returned attributes' chunks in one batch of requests
+    cut = _kth_best([r[1] for r in scored if r is not None] + ([tail_scored[1]] if tail_scored else []), kk)
+    top = {i: (r[0][r[1] >= cut], r[1][r[1] >= cut]) for i, r in enumerate(scored) if r is not None}
+    segs = sorted(top)
+    also = _attribute_prefetch(view, q, [top[i][0] for i in segs], segs)
+    id_calls = [partial(view.gen.segments[i].id_rows, top[i][0]) if blocks[i] is not None else _none for i in segs]
+    got = RG.parallel(id_calls + [c for a in also for c in a], remote)
+    for i, ids in zip(segs, got[: len(segs)]):
+        pos, s = top[i]
+        out.add(i, pos, -s, s, ids)
+    if tail_scored is not None:
+        out.add(-1, tail_scored[0], -tail_scored[1], tail_scored[1])
+    return out.top(q), exhaustive, count
+
+
+def _kth_best(scores: list[np.ndarray], k: int) -> float:
+    """The k-th highest of ``scores`` (-inf when there are at most k)."""
+    n = sum(len(s) for s in scores)
+    if n <= k or k <= 0:
+        return float("-inf")
+    allv = np.concatenate(scores)
+    return float(np.partition(allv, n - k)[n - k])
 
 
 def _columns(view, q: Q.Query) -> list[str]:
@@ -338,3 +359,8 @@ def _vector_column(seg, f: str, pos: np.ndarray, schema: dict, known=None) -> pl
     if rows is None:
         rows = np.full((len(pos), dims), np.nan, np.float32)
     return D.vector_series(f, rows, dims)
+
+
+def _none() -> None:
+    """No ids read (segments without block postings: ``_Collect.add`` takes them whole)."""
+    return None
