@@ -191,6 +191,8 @@ def top_rows(posts, weights, idf, lens, sel, k: int, k1: float, b: float, avg: f
         todo = todo[~done[todo]]
         todo = todo[bound[todo] >= theta]
         m *= 4
+    if not got_r:  # no window holds a selected row with a query term
+        return np.zeros(0, np.int64)
     rows, vals = np.concatenate(got_r), np.concatenate(got_s)
     if np.isfinite(theta):
         cut = theta - abs(theta) * REL * 10
