@@ -67,6 +67,8 @@ def _blocks(first: list[str], off: list[int], terms) -> list[tuple[int, int]]:
 
 
 def _fetch(cache, store, entry: dict, ranges: list[tuple[int, int]]) -> None:
+    if paged.cached(cache, store, entry):  # the reader reads the cached file
+        return
     try:
         got = paged.read_ranges(cache, store, entry, ranges)
     except FileNotFoundError:
