@@ -20,9 +20,13 @@ _MISSING = object()
 class LRU:
     """A thread-safe bounded LRU map; the least recently used entry goes when it is full."""
 
-    def __init__(self, name: str, maxsize: int):
+    def __init__(self, name: str, maxsize: int, maxbytes: int | None = None, weigh: Callable[[Any], int] | None = None):
         self.name = name
         self.maxsize = max(1, int(maxsize))
+        #: optional bound on the sum of ``weigh(value)`` (e.g. bytes of decoded arrays)
+        self.maxbytes = maxbytes
+        self.weigh = weigh
+        self.nbytes = 0
         self._d: OrderedDict[Hashable, Any] = OrderedDict()
         # reentrant: dropping an entry can free a frame whose finalizer drops entries (text.bm25)
         self._lock = threading.RLock()
@@ -38,13 +42,26 @@ class LRU:
             self.hits += 1
             return v
 
+    def _w(self, value: Any) -> int:
+        return int(self.weigh(value)) if self.weigh is not None else 0
+
+    def _evict(self) -> None:
+        while len(self._d) > self.maxsize or (
+            self.maxbytes is not None and self.nbytes > self.maxbytes and len(self._d) > 1
+        ):
+            _k, v = self._d.popitem(last=False)
+            self.nbytes -= self._w(v)
+            self.evictions += 1
+
     def put(self, key: Hashable, value: Any) -> None:
         with self._lock:
+            old = self._d.get(key, _MISSING)
+            if old is not _MISSING:
+                self.nbytes -= self._w(old)
             self._d[key] = value
+            self.nbytes += self._w(value)
             self._d.move_to_end(key)
-            while len(self._d) > self.maxsize:
-                self._d.popitem(last=False)
-                self.evictions += 1
+            self._evict()
 
     def setdefault(self, key: Hashable, make: Callable[[], Any]) -> Any:
         """The value at ``key``, else ``make()`` stored there (atomically: one value per key)."""
@@ -56,26 +73,30 @@ class LRU:
                 return v
             self.misses += 1
             v = self._d[key] = make()
-            while len(self._d) > self.maxsize:
-                self._d.popitem(last=False)
-                self.evictions += 1
+            self.nbytes += self._w(v)
+            self._evict()
             return v
 
     def pop(self, key: Hashable, default: Any = None) -> Any:
         with self._lock:
-            return self._d.pop(key, default)
+            v = self._d.pop(key, _MISSING)
+            if v is _MISSING:
+                return default
+            self.nbytes -= self._w(v)
+            return v
 
     def forget(self, store_url: str, namespace: str) -> int:
         """Drop the entries whose key starts with (store_url, namespace); how many."""
         with self._lock:
             gone = [k for k in self._d if isinstance(k, tuple) and k[:2] == (store_url, namespace)]
             for k in gone:
-                self._d.pop(k, None)
+                self.pop(k)
             return len(gone)
 
     def clear(self) -> None:
         with self._lock:
             self._d.clear()
+            self.nbytes = 0
 
     def keys(self) -> list[Hashable]:
         """A snapshot of the keys, least recently used first."""
@@ -100,12 +121,13 @@ _REGISTRY: dict[str, LRU] = {}
 _LOCK = threading.Lock()
 
 
-def lru(name: str, maxsize: int) -> LRU:
-    """The registered cache ``name`` (created with bound ``maxsize`` on first call)."""
+def lru(name: str, maxsize: int, maxbytes: int | None = None, weigh: Callable[[Any], int] | None = None) -> LRU:
+    """The registered cache ``name`` (created with bound ``maxsize`` on first call; with
+    ``maxbytes``, also bounded by the sum of ``weigh(value)`` over its values)."""
     with _LOCK:
         c = _REGISTRY.get(name)
         if c is None:
-            c = _REGISTRY[name] = LRU(name, maxsize)
+            c = _REGISTRY[name] = LRU(name, maxsize, maxbytes, weigh)
         return c
 
 

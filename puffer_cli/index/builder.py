@@ -27,7 +27,6 @@ only unreferenced files (collected by the next run) and an expiring lease.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import uuid
@@ -40,8 +39,8 @@ import polars as pl
 
 from puffer_cli import config
 from puffer_cli.errors import Conflict, plural
+from puffer_cli.index import dfblocks, fts, fts_hint, ivf, paged, retention
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts, ivf, paged, retention
 from puffer_cli.index.base import BaseRows
 from puffer_cli.index.gc import gc
 from puffer_cli.index.hooks import crash
@@ -585,28 +584,23 @@ class _Run:
             st = fts.sum_stats(add)
             df.update(st["df"])
             df = +df  # drop zero / negative counts
-            terms = pl.DataFrame(
-                {"term": list(df.keys()), "df": list(df.values())}, schema={"term": pl.String, "df": pl.Int64}
-            ).sort("term")
-            buf = io.BytesIO()
-            terms.write_ipc(buf, compression="uncompressed")
-            key = self.w.put(
-                layout.index_run_file(self.ns.name, self.gen, f"bm25-{D.field_tag(f)}", self.run_id, "arrow"),
-                buf.getvalue(),
-            )
+            terms = sorted(df)
+            data, first, off = dfblocks.encode(terms, [df[t] for t in terms])
+            key = layout.index_run_file(self.ns.name, self.gen, f"bm25-{D.field_tag(f)}", self.run_id, "dfb")
             self.bm25[f] = {
                 "sig": fts_sig(self.schema[f]),
                 "n_rows": n_rows + st["n_rows"],
                 "n_docs": n_docs + st["n_docs"],
                 "total_len": total + st["total_len"],
-                "terms": key,
+                # the df table in blocks read by range (dfblocks; before it: "terms", Arrow, whole)
+                "df_blocks": {**paged.put(self.w, key, data), "format": dfblocks.FORMAT, "first": first, "off": off},
             }
 
     def _bm25_incremental(self, f: str, old: dict):
         """The previous statistics minus the superseded rows; the new rows' tokens to add."""
         opts = self.schema[f]["full_text_search"]
         n_rows, n_docs, total = old["n_rows"], old["n_docs"], old["total_len"]
-        df = _read_terms(self.store, self.cache, old["terms"])
+        df = _read_terms(self.store, self.cache, old)
         for vals in self.stats_removed.get(f, []):
             st = fts.term_stats(vals, opts)
             n_rows -= st["n_rows"]
@@ -657,7 +651,7 @@ class _Run:
         files = set()
         for s in all_segs:
             files.update(segment_files(s))
-        files.update(b["terms"] for b in self.bm25.values())
+        files.update(k for b in self.bm25.values() for k in bm25_files(b))
         files.update(b["key"] for b in self.book_entries.values())
         files.add(self.mkey)
         man["files"] = sorted(files)
@@ -679,6 +673,7 @@ class _Run:
         now = now_ms()
         live = int(sum(s["live"] for s in self.all_segs))
         routing = prefetch_keys(self.all_segs, self.book_entries)
+        fts_dir = fts_hint.pointer_hint(self.all_segs, self.bm25)
 
         def swap(cur):
             cur = cur or {
@@ -714,6 +709,8 @@ class _Run:
                 "prefetch": routing,  # routes, tombstones, small lists: a cold reader fetches them with the manifest
                 "retained": retained,
             }
+            if fts_dir is not None:  # where a BM25 query's dictionary reads are (fts_hint)
+                cur["index"]["fts"] = fts_dir
             return cur
 
         if ns.update_meta(swap) is None:
@@ -727,8 +724,19 @@ class _Run:
         rep.live_rows = live
 
 
-def _read_terms(store: Store, cache: Cache, key: str):
-    from collections import Counter
+def bm25_files(entry: dict) -> list[str]:
+    """The keys of a manifest's ``bm25`` entry of a field (df blocks, or the older Arrow table)."""
+    return paged.files(entry["df_blocks"]) if "df_blocks" in entry else [entry["terms"]]
 
-    t = pl.read_ipc(cache.file(store, key))
+
+def _read_terms(store: Store, cache: Cache, entry: dict) -> Counter:
+    """The whole df table of a ``bm25`` entry (df blocks, or the older Arrow table)."""
+    if "df_blocks" in entry:
+        data = paged.whole(cache, store, entry["df_blocks"]).read_bytes()
+        off = entry["df_blocks"]["off"]
+        out: Counter = Counter()
+        for a, b in zip(off[:-1], off[1:]):
+            out.update(dfblocks.decode_block(data[a:b]))
+        return out
+    t = pl.read_ipc(cache.file(store, entry["terms"]))
     return Counter(dict(zip(t["term"].to_list(), t["df"].to_list())))

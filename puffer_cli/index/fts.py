@@ -25,6 +25,7 @@ from collections import Counter
 
 import numpy as np
 
+from puffer_cli import caches
 from puffer_cli.text import analyzer as text
 
 FIELD = "t"
@@ -556,46 +557,28 @@ def bm25_bound(max_tf, min_len, idf, k1: float, b: float, avg: float):
 
 
 class TermBlocks:
-    """One term's decoded postings in a segment: rows (ascending), tf, and per block its
-    first and last row, max tf, min document length and index range into rows."""
+    """One term's decoded postings in a segment: rows (ascending, int32), tf (float32), and
+    per block its first and last row, max tf, min document length and index range into rows;
+    ``scored``: its window bounds under the last BM25 parameters used (fts_topk.Scored)."""
 
-    __slots__ = ("rows", "tf", "first", "last", "max_tf", "min_len", "bptr")
+    __slots__ = ("rows", "tf", "first", "last", "max_tf", "min_len", "bptr", "scored")
 
     def __init__(self, data: bytes, nblocks: int, df: int):
-        raw = np.frombuffer(data, np.uint8)
-        nb = nblocks
-        p = 0
+        from puffer_cli.index import fts_topk
 
-        def col(dt: str, size: int):
-            nonlocal p
-            a = np.frombuffer(raw[p : p + size * nb].tobytes(), dt)
-            p += size * nb
-            return a
+        self.rows, self.tf, self.first, self.last, self.max_tf, self.min_len, self.bptr = fts_topk.decode(
+            data, nblocks, df
+        )
+        self.scored = None
 
-        self.first = col("<u4", 4).astype(np.int64)
-        self.last = col("<u4", 4).astype(np.int64)
-        self.max_tf = col("<u4", 4).astype(np.int64)
-        self.min_len = col("<u4", 4).astype(np.int64)
-        dw = col("u1", 1).astype(np.int64)
-        tw = col("u1", 1).astype(np.int64)
-        count = np.full(nb, BLOCK, np.int64)
-        if nb:
-            count[-1] = df - BLOCK * (nb - 1)
-        self.bptr = np.zeros(nb + 1, np.int64)
-        np.cumsum(count, out=self.bptr[1:])
-        dbytes = (count * dw + 7) // 8
-        tbytes = (count * tw + 7) // 8
-        cum = np.zeros(nb + 1, np.int64)
-        np.cumsum(dbytes + tbytes, out=cum[1:])
-        body = raw[p:]
-        deltas = _unpack(body, cum[:-1], count, dw).astype(np.int64)
-        tf1 = _unpack(body, cum[:-1] + dbytes, count, tw)
-        # rows = block first + cumulative deltas within the block
-        cs = np.cumsum(deltas)
-        starts = self.bptr[:-1]
-        base = np.repeat(self.first - (cs[starts] - deltas[starts]), count)
-        self.rows = (cs + base).astype(np.int64)
-        self.tf = tf1.astype(np.float64) + 1.0
+    def nbytes(self) -> int:
+        """Memory held, counting the window bounds it gets when scored (8 bytes a posting)."""
+        return 16 * len(self.rows) + 40 * len(self.first) + 200
+
+
+#: decoded terms of every segment, by (store url, namespace, file key, term): warm queries
+#: decode a term once per process (bounded by the postings' memory)
+TERMS = caches.lru("index.fts_terms", 1 << 20, maxbytes=512 << 20, weigh=TermBlocks.nbytes)
 
 
 def _guarded(fn):
@@ -626,12 +609,14 @@ class BlockIndex:
 
     MAX_TERMS = 4096  # decoded terms kept
 
-    def __init__(self, entry: dict, read_ranges, damage=_no_report):
+    def __init__(self, entry: dict, read_ranges, damage=_no_report, cache_key: tuple | None = None):
         """``read_ranges([(start, end)]) -> [bytes]``: one batch of ranged reads of the file;
         ``damage(error, missing) -> exception``: what to raise when the file is gone or does
-        not decode."""
+        not decode; ``cache_key``: (store url, namespace, file key) naming the file in the
+        process cache of decoded terms (:data:`TERMS`), else they are kept here."""
         from collections import OrderedDict
 
+        self.cache_key = cache_key
         self.damage = damage
         self.entry = entry
         self.read = read_ranges
@@ -691,6 +676,22 @@ class BlockIndex:
                     out[t] = self._dict[ids[0]][t]
         return out
 
+    def _cached(self, t: str) -> TermBlocks | None:
+        if self.cache_key is not None:
+            return TERMS.get((*self.cache_key, t))
+        tb = self._terms.get(t)
+        if tb is not None:
+            self._terms.move_to_end(t)
+        return tb
+
+    def _keep(self, t: str, tb: TermBlocks) -> None:
+        if self.cache_key is not None:
+            TERMS.put((*self.cache_key, t), tb)
+            return
+        self._terms[t] = tb
+        while len(self._terms) > self.MAX_TERMS:
+            self._terms.popitem(last=False)
+
     @_guarded
     def postings(self, terms) -> dict[str, TermBlocks]:
         """The decoded postings of ``terms`` present in the segment (one batch of reads)."""
@@ -698,9 +699,9 @@ class BlockIndex:
         out: dict[str, TermBlocks] = {}
         with self._lock:
             for t in ent:
-                if t in self._terms:
-                    self._terms.move_to_end(t)
-                    out[t] = self._terms[t]
+                tb = self._cached(t)
+                if tb is not None:
+                    out[t] = tb
         need = [t for t in ent if t not in out]
         if need:
             got = self.read([(ent[t][1], ent[t][1] + ent[t][2]) for t in need])
@@ -708,9 +709,7 @@ class BlockIndex:
                 for t, blob in zip(need, got):
                     tb = TermBlocks(blob, ent[t][3], ent[t][0])
                     out[t] = tb
-                    self._terms[t] = tb
-                while len(self._terms) > self.MAX_TERMS:
-                    self._terms.popitem(last=False)
+                    self._keep(t, tb)
         return out
 
     @_guarded
@@ -718,19 +717,20 @@ class BlockIndex:
         """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms`` (exact lengths)."""
         posts = self.postings(sorted(set(terms)))
         keep, rows, tfs, sizes = [], [], [], []
+        p32 = np.asarray(pos).astype(np.int32)  # the postings' dtype: no conversion of the list
         for t in sorted(posts):
             tb = posts[t]
             lst = tb.rows
             if not len(lst) or not len(pos):
                 continue
-            j = np.searchsorted(lst, pos)
+            j = np.searchsorted(lst, p32)
             j[j >= len(lst)] = 0
-            hit = np.flatnonzero(lst[j] == pos)
+            hit = np.flatnonzero(lst[j] == p32)
             if not len(hit):
                 continue
             keep.append(t)
             rows.append(hit.astype(np.int32))
-            tfs.append(tb.tf[j[hit]])
+            tfs.append(tb.tf[j[hit]].astype(np.float64))
             sizes.append(len(hit))
         return _postings(pos, keep, rows, tfs, sizes, self.lengths()[pos])
 
@@ -746,98 +746,12 @@ def prune(
     b: float,
     avg: float,
 ) -> np.ndarray:
-    """Block-max pruning of one BM25 clause ``sum_t weights[t] * bm25(t, d)``: the rows
-    (ascending, passing ``sel``) of the blocks that can hold a top-``k`` row.
+    """The rows (ascending, passing ``sel``) holding the exact top ``k`` of one BM25 clause
+    ``sum_t weights[t] * bm25(t, d)`` and their near-ties: windows of rows scored in
+    decreasing upper bound until no other can reach the k-th best (fts_topk.top_rows)."""
+    from puffer_cli.index import fts_topk
 
-    Every block gets an upper bound: its own term's bound (max tf, min length) plus, per
-    other term, the largest bound of that term's blocks overlapping its row range.  A row
-    scoring s has all its blocks bounded by >= s.  theta = the k-th best lower bound (the
-    partial scores of the rows of the best-bounded blocks); a block bounded below theta
-    holds no row of the top k (which all score >= theta), so it is skipped, and every top-k
-    row keeps all its blocks (its exact score is computed from the survivors)."""
-    ts = [t for t in posts if weights.get(t, 0) > 0 and len(posts[t].rows)]
-    if not ts:
-        return np.zeros(0, np.int64)
-    own = {
-        t: weights[t] * bm25_bound(posts[t].max_tf, posts[t].min_len, idf[t], k1, b, avg) * (1 + 1e-9) + 1e-12
-        for t in ts
-    }
-    bound = {t: own[t].copy() for t in ts}
-    for t in ts:
-        for u in ts:
-            if u == t:
-                continue
-            pu = posts[u]
-            # blocks of u overlapping [first, last] of each block of t
-            lo = np.searchsorted(pu.last, posts[t].first, side="left")
-            hi = np.searchsorted(pu.first, posts[t].last, side="right")
-            cm = _range_max(own[u], lo, hi)
-            bound[t] += cm
-    # theta: partial scores of the rows in the best-bounded blocks
-    allb = np.concatenate([bound[t] for t in ts])
-    tof = np.concatenate([np.full(len(bound[t]), i) for i, t in enumerate(ts)])
-    bix = np.concatenate([np.arange(len(bound[t])) for t in ts])
-    order = np.argsort(-allb, kind="stable")
-    sizes = np.concatenate([np.diff(posts[t].bptr) for t in ts])[order]
-    take = int(np.searchsorted(np.cumsum(sizes), 4 * k)) + 1
-    pick = order[:take]
-    theta = 0.0
-    if k > 0:
-        rows_l, sc_l = [], []
-        for i, t in enumerate(ts):
-            bl = bix[pick[tof[pick] == i]]
-            if not len(bl):
-                continue
-            tb = posts[t]
-            idx = np.concatenate([np.arange(tb.bptr[x], tb.bptr[x + 1]) for x in bl])
-            r, tf = tb.rows[idx], tb.tf[idx]
-            norm = k1 * (1.0 - b + b * (lens[r] / avg)) if avg > 0 else np.full(len(r), k1 * (1.0 - b))
-            rows_l.append(r)
-            sc_l.append(weights[t] * idf[t] * tf * (k1 + 1.0) / (tf + norm))
-        r = np.concatenate(rows_l)
-        s = np.concatenate(sc_l)
-        ur, inv = np.unique(r, return_inverse=True)
-        tot = np.bincount(inv, weights=s, minlength=len(ur))
-        if sel is not None:
-            tot = tot[sel[ur]]
-        if len(tot) >= k:
-            theta = float(np.partition(tot, len(tot) - k)[len(tot) - k]) * (1 - 1e-9)
-    keep = []
-    for t in ts:
-        tb = posts[t]
-        ok = bound[t] >= theta
-        if ok.all():
-            keep.append(tb.rows)
-        elif ok.any():
-            cnt = np.diff(tb.bptr)
-            keep.append(tb.rows[np.repeat(ok, cnt)])
-    rows = np.unique(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
-    if sel is not None:
-        rows = rows[sel[rows]]
-    return rows.astype(np.int64)
-
-
-def _range_max(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """max(v[lo[i]:hi[i]]) per i (0 for an empty range), via a sparse table."""
-    n = len(v)
-    out = np.zeros(len(lo), np.float64)
-    if not n:
-        return out
-    table = [v]
-    w = 1
-    while 2 * w <= n:
-        prev = table[-1]
-        table.append(np.maximum(prev[: len(prev) - w], prev[w:]))
-        w *= 2
-    ln = hi - lo
-    ok = ln > 0
-    lv = np.zeros(len(lo), np.int64)
-    lv[ok] = np.floor(np.log2(ln[ok])).astype(np.int64)
-    for lvl in np.unique(lv[ok]):
-        m = ok & (lv == lvl)
-        tb = table[lvl]
-        out[m] = np.maximum(tb[lo[m]], tb[hi[m] - (1 << lvl)])
-    return out
+    return fts_topk.top_rows(posts, weights, idf, lens, sel, k, k1, b, avg)
 
 
 def sum_stats(parts) -> dict:

@@ -23,7 +23,7 @@ import polars as pl
 from puffer_cli import caches
 from puffer_cli import limits as L
 from puffer_cli.errors import CorruptIndex, CorruptNamespace, PufferError
-from puffer_cli.index import ann, fts, ivf, paged, ranged
+from puffer_cli.index import ann, dfblocks, fts, fts_hint, ivf, paged, ranged
 from puffer_cli.index import docs as D
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
 from puffer_cli.schema import frames, types
@@ -577,7 +577,10 @@ class Segment:
             return None
         with self._lock:
             if ("blk", f) not in self._fts:
-                self._fts[("blk", f)] = fts.BlockIndex(m, partial(self._blk_ranges, m), partial(self._blk_damage, f))
+                ns = self.gen.manifest_key.split("/index/", 1)[0]
+                self._fts[("blk", f)] = fts.BlockIndex(
+                    m, partial(self._blk_ranges, m), partial(self._blk_damage, f), (self.store.url, ns, m["key"])
+                )
             return self._fts[("blk", f)]
 
     @reports_damage("fts")
@@ -592,7 +595,7 @@ class Segment:
                     fh.seek(a)
                     out.append(fh.read(b - a))
             return out
-        return paged.read_ranges(self.cache, self.store, m, ranges)
+        return _stashed_or_read(self.cache, self.store, m, ranges)
 
     @reports_damage("fts")
     def fts(self, f: str):
@@ -688,7 +691,7 @@ class Generation:
         self.schema = man["schema"]
         self.metric = man.get("distance_metric")
         self.segments = [Segment(self, s) for s in man["segments"]]
-        self._terms: dict[str, DfTable] = {}
+        self._terms: dict[str, DfTable | dfblocks.RangedDf] = {}
         self._books: dict[str, tuple[ivf.Book, np.ndarray] | None] = {}
         self._lock = threading.Lock()
 
@@ -718,7 +721,9 @@ class Generation:
         return int(sum(s["live"] for s in self.man["segments"]))
 
     def field_stats(self, f: str):
-        """Global BM25 statistics of the indexed documents (bm25.FieldStats)."""
+        """Global BM25 statistics of the indexed documents (bm25.FieldStats); the document
+        frequencies are read by block as terms are looked up (dfblocks.RangedDf), or whole
+        (an Arrow table: generations before df blocks)."""
         from puffer_cli.text.bm25 import FieldStats
 
         b = self.man.get("bm25", {}).get(f)
@@ -726,8 +731,28 @@ class Generation:
             return None
         with self._lock:
             if f not in self._terms:
-                self._terms[f] = DfTable(pl.read_ipc(self.cache.file(self.store, b["terms"])))
+                ent = b.get("df_blocks")
+                if ent is not None:
+                    self._terms[f] = dfblocks.RangedDf(ent, partial(self._df_ranges, ent))
+                else:
+                    self._terms[f] = DfTable(pl.read_ipc(self.cache.file(self.store, b["terms"])))
         return FieldStats(int(b["n_rows"]), int(b["total_len"]), self._terms[f])
+
+    def prefetch_df(self, f: str, terms) -> None:
+        """Read the document frequencies of ``terms`` (one batch of ranged reads)."""
+        st = self.field_stats(f)
+        if st is not None and isinstance(st.df, dfblocks.RangedDf):
+            st.df.prefetch(terms)
+
+    def _df_ranges(self, ent: dict, ranges: list[tuple[int, int]]) -> list[bytes]:
+        if not self.store.is_remote or paged.cached(self.cache, self.store, ent):
+            with open(paged.whole(self.cache, self.store, ent), "rb") as fh:
+                out = []
+                for a, b in ranges:
+                    fh.seek(a)
+                    out.append(fh.read(b - a))
+                return out
+        return _stashed_or_read(self.cache, self.store, ent, ranges)
 
     def lookup(self, ids: pl.Series) -> list[tuple[int, np.ndarray]]:
         """[(segment index, positions)] of live index rows with these ids."""
@@ -746,8 +771,25 @@ class Generation:
         return list(self.man.get("files", []))
 
 
+def _stashed_or_read(cache: Cache, store: Store, entry: dict, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """Ranges of a file: those the pointer's full-text hint read ahead (fts_hint), the others
+    by ranged reads (one batch)."""
+    got = fts_hint.take(store, entry["key"], ranges)
+    miss = [r for r, g in zip(ranges, got) if g is None]
+    if miss:
+        more = iter(paged.read_ranges(cache, store, entry, miss))
+        got = [g if g is not None else next(more) for g in got]
+    return [g for g in got if g is not None]
+
+
 #: opened generations, keyed (store url, namespace, manifest key, cache root)
 GENS = caches.lru("index.generations", 32)
+
+
+def generation_open(store: Store, ptr: dict, cache: Cache | None = None) -> bool:
+    """True when generation ``ptr`` is open in this process already (no manifest read)."""
+    cache = cache or get_cache()
+    return (store.url, ptr["manifest"].split("/", 1)[0], ptr["manifest"], str(cache.root)) in GENS
 
 
 def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Generation:

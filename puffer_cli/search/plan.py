@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from puffer_cli.index import docs as D
-from puffer_cli.index import ivf
+from puffer_cli.index import fts_hint, ivf
 from puffer_cli.index import ranged as RG
 from puffer_cli.schema import frames
 from puffer_cli.schema import spec as S
@@ -113,10 +113,17 @@ def plan_lines(view, q) -> list[str]:
             f"(after the re-rank instead when those chunks exceed {_mb(topk.ATTR_PREFETCH_BYTES)})"
         )
     elif kind == "BM25":
-        out.append("  round trip 3: each segment's dictionary blocks of the terms, document lengths, BM25 statistics")
-        out.append("  round trip 4: the terms' posting blocks that block-max pruning keeps")
+        dictionary = "each segment's dictionary blocks of the terms, document lengths, the terms' df blocks"
+        n = 3
+        if fts_hint.pointer_hint(view.gen.man.get("segments", []), view.gen.man.get("bm25", {})) is not None:
+            out[-1] += f" + {dictionary} (placed by the pointer's fts directory)"
+        else:
+            out.append(f"  round trip 3: {dictionary}")
+            n = 4
+        out.append(f"  round trip {n}: the terms' postings (decoded once per process; pruned by row windows)")
         out.append(
-            f"  round trip 5: ids of the rows scoring at least the {k}th best, with their returned attributes' chunks"
+            f"  round trip {n + 1}: ids of the rows scoring at least the {k}th best, "
+            "with their returned attributes' chunks"
         )
     else:
         what = "filter, order-key and aggregated columns" if kind == "order by" else "the columns the query reads"

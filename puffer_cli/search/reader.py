@@ -31,10 +31,10 @@ import numpy as np
 import polars as pl
 
 from puffer_cli import limits as L
-from puffer_cli.index import ann, ivf
+from puffer_cli.index import ann, fts_hint, ivf
 from puffer_cli.index import docs as D
 from puffer_cli.index.manifest import fts_sig_of
-from puffer_cli.index.segment import GENS, DfCombo, Generation, Segment, open_generation_with
+from puffer_cli.index.segment import GENS, DfCombo, Generation, Segment, generation_open, open_generation_with
 from puffer_cli.index.tail import Tail, cached_tail, tail_for
 from puffer_cli.query import model
 from puffer_cli.schema import frames as frames_mod
@@ -574,6 +574,9 @@ class IndexedView:
             if st.n_docs == 0 or not posts:
                 return np.zeros(0, np.int64)
             if st.avg_len > 0:
+                pre = getattr(st.df, "prefetch", None)
+                if pre is not None:  # ranged df blocks: the terms' blocks in one batch
+                    pre(list(posts))
                 w: dict[str, float] = {}
                 for t in toks:
                     w[t] = w.get(t, 0.0) + 1.0
@@ -646,8 +649,9 @@ class IndexedView:
         return np.unique(np.concatenate([p1.to_numpy(), p2.to_numpy()])).astype(np.int64)
 
 
-def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> IndexedView | None:
-    """The indexed view of ``ns`` for a query, or None if it has no index."""
+def view_for(ns, consistency: str, head=None, fresh_meta: bool = False, queries=()) -> IndexedView | None:
+    """The indexed view of ``ns`` for a query, or None if it has no index.  ``queries``
+    (parsed): a cold BM25 query's dictionary reads go with the manifest's (fts_hint)."""
     meta = ns.query_meta(fresh=fresh_meta)
     ptr = (meta or {}).get("index")
     if not ptr:
@@ -663,6 +667,8 @@ def view_for(ns, consistency: str, head=None, fresh_meta: bool = False) -> Index
             return e
 
     also = [listing] if fresh is None and head is None else []
+    if queries and not generation_open(ns.store, ptr, ns.cache):
+        also += fts_hint.hint_calls(ns.store, ns.cache or get_cache(), ptr, (meta or {}).get("schema") or {}, queries)
     try:  # the WAL listing in the same batch as the manifest read (one round trip)
         gen, more = open_generation_with(ns.store, ptr, also, ns.cache)
     except FileNotFoundError:
@@ -769,7 +775,7 @@ def indexed_source(ns, consistency: str, queries, multi: bool = False):
     misses0 = cache.stats.misses + cache.stats.ranged_reads
     for attempt in range(2):
         try:
-            view = view_for(ns, consistency, fresh_meta=attempt > 0)
+            view = view_for(ns, consistency, fresh_meta=attempt > 0, queries=queries)
             if view is None:
                 return None
             ans = _answer(view, queries, multi)

@@ -247,8 +247,10 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
                 bi.prefetch(terms[f])
         return sel
 
-    got = RG.parallel([partial(view.bm25_stats, fields)] + [partial(first, i) for i in range(n)], remote)
-    stats, sels = got[0], got[1:]
+    # the query terms' document frequencies with the statistics (ranged df blocks)
+    pre = [partial(view.gen.prefetch_df, f, terms[f]) for f in fields]
+    got = RG.parallel(pre + [partial(view.bm25_stats, fields)] + [partial(first, i) for i in range(n)], remote)
+    stats, sels = got[len(pre)], got[len(pre) + 1 :]
 
     def second(i: int):
         """Phase 2: the candidates (block segments: their query terms' postings)."""

@@ -1,0 +1,200 @@
+"""Query side of the full-text block format ``blk-1``: decoding a term's postings, and the exact
+top-k candidates of a BM25 clause by row-window upper bounds.
+
+Decoding (:func:`decode`): every block of a term is read as 128 values at once, each value an
+unaligned little-endian 64-bit load shifted and masked (no bit-by-bit unpacking), so a term of
+``df`` postings costs a dozen numpy passes over ``df`` values.
+
+Pruning (:func:`top_rows`): the rows of a segment are cut into windows of ``WINDOW`` rows.  For
+a term, its *base score* of a posting is ``tf (k1 + 1) / (tf + k1 (1 - b + b len / avg))``
+(its BM25 score divided by idf), a per-window maximum of it is kept per term (:class:`Scored`,
+computed once per term and statistics, cached on the decoded term).  For a query
+``sum_t c_t * bm25_t`` (``c_t`` = multiplicity x idf), a window's bound is
+``S[w] = sum_t c_t * wmax_t[w]``: no row of the window scores more.  Windows are scored exactly
+in decreasing ``S`` (a few first, then every window whose bound reaches the k-th best exact
+score found so far, theta); a window bounded below theta holds no row of the top k.  The
+bounds are exact per window (not per block's max tf and min length), and a rare term adds its
+score only to the windows holding its rows, so a query mixing rare and common terms scores a
+few windows of the common terms' postings.  Rows scored inside the kept windows are exact, the
+candidates returned are the top k and their near-ties (the engine re-scores them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK = 128  # postings per block (fts.BLOCK: the format's)
+META = 18  # bytes of block metadata per block: first, last, max_tf, min_len (u32), dw, tw (u8)
+WINDOW_SHIFT = 6
+WINDOW = 1 << WINDOW_SHIFT  # rows per window of the upper bounds
+REL = 1e-9  # relative margin of bounds and cuts over float rounding (candidates are re-scored)
+_J = np.arange(BLOCK, dtype=np.int64)
+
+
+def decode(data: bytes, nb: int, df: int):
+    """(rows int32 ascending, tf float32, first, last, max_tf, min_len int64 per block, bptr)
+    of a term's encoded postings (fts ``_encode_terms``: per-block metadata, then per block
+    its doc deltas and tf - 1, bit-packed value-major, little-endian bit order)."""
+    raw = np.frombuffer(data, np.uint8)
+    if nb == 0 or df == 0:
+        z = np.zeros(0, np.int64)
+        return np.zeros(0, np.int32), np.zeros(0, np.float32), z, z, z, z, np.zeros(1, np.int64)
+    meta = raw[: META * nb]
+    first = meta[: 4 * nb].view("<u4").astype(np.int64)
+    last = meta[4 * nb : 8 * nb].view("<u4").astype(np.int64)
+    max_tf = meta[8 * nb : 12 * nb].view("<u4").astype(np.int64)
+    min_len = meta[12 * nb : 16 * nb].view("<u4").astype(np.int64)
+    dw = meta[16 * nb : 17 * nb].astype(np.int64)
+    tw = meta[17 * nb : 18 * nb].astype(np.int64)
+    count = np.full(nb, BLOCK, np.int64)
+    count[-1] = df - BLOCK * (nb - 1)
+    dbytes = (count * dw + 7) // 8
+    tbytes = (count * tw + 7) // 8
+    start = np.zeros(nb, np.int64)
+    np.cumsum((dbytes + tbytes)[:-1], out=start[1:])
+    # the body, padded so that full-width reads past a short last block stay in the buffer
+    body = np.zeros(len(raw) - META * nb + BLOCK * 4 + 16, np.uint8)
+    body[: len(raw) - META * nb] = raw[META * nb :]
+    u64 = np.ndarray((len(body) - 7,), dtype="<u8", buffer=body, offset=0, strides=(1,))
+    delta = _read(u64, start, dw)
+    tf1 = _read(u64, start + dbytes, tw)
+    delta[:, 0] = 0
+    rows = (np.cumsum(delta, axis=1) + first[:, None]).reshape(-1)[:df]
+    tf = (tf1.reshape(-1)[:df] + 1).astype(np.float32)
+    bptr = np.zeros(nb + 1, np.int64)
+    np.cumsum(count, out=bptr[1:])
+    return rows.astype(np.int32), tf, first, last, max_tf, min_len, bptr
+
+
+def _read(u64: np.ndarray, start: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """(blocks, 128) values of ``width`` bits each from byte ``start`` of each block."""
+    bit = start[:, None] * 8 + _J[None, :] * width[:, None]
+    mask = ((np.uint64(1) << width.astype(np.uint64)) - np.uint64(1))[:, None]
+    v = (u64[bit >> 3] >> (bit & 7).astype(np.uint64)) & mask
+    return v.astype(np.int64)
+
+
+class Scored:
+    """A term's postings in windows, under fixed BM25 parameters: base score per posting,
+    the windows holding its rows (ascending), their posting ranges and maximum base score."""
+
+    __slots__ = ("key", "s0", "wid", "wptr", "wmax")
+
+    def __init__(self, key: tuple, rows: np.ndarray, tf: np.ndarray, lens: np.ndarray, k1: float, b: float, avg: float):
+        self.key = key
+        t = tf.astype(np.float64)
+        if avg > 0:
+            norm = k1 * (1.0 - b + b * (lens[rows] / avg))
+        else:
+            norm = np.full(len(rows), k1 * (1.0 - b))
+        self.s0 = t * (k1 + 1.0) / (t + norm)
+        w = rows >> WINDOW_SHIFT
+        cut = np.flatnonzero(w[1:] != w[:-1]) + 1
+        starts = np.concatenate([[0], cut]).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+        self.wid = w[starts].astype(np.int64)
+        self.wptr = np.append(starts, len(rows)).astype(np.int64)
+        self.wmax = np.maximum.reduceat(self.s0, starts) if len(rows) else np.zeros(0)
+
+
+def scored(tb, lens: np.ndarray, k1: float, b: float, avg: float) -> Scored:
+    """The term's :class:`Scored` for these parameters (cached on ``tb``, a fts.TermBlocks)."""
+    key = (k1, b, avg, len(lens))
+    s = tb.scored
+    if s is None or s.key != key:
+        s = Scored(key, tb.rows, tb.tf, lens, k1, b, avg)
+        tb.scored = s
+    return s
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(lo[i], hi[i])``."""
+    n = hi - lo
+    tot = int(n.sum())
+    if not tot:
+        return np.zeros(0, np.int64)
+    off = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n)
+    return np.arange(tot, dtype=np.int64) + off
+
+
+def _score_windows(win: np.ndarray, terms: list, coef: list[float], tbs: list) -> tuple[np.ndarray, np.ndarray]:
+    """(rows ascending, exact scores) of every row holding a query term in windows ``win``
+    (sorted window ids)."""
+    slots, vals = [], []
+    for s, c, tb in zip(terms, coef, tbs):
+        i = np.searchsorted(s.wid, win)
+        ok = i < len(s.wid)
+        ok[ok] = s.wid[i[ok]] == win[ok]
+        if not ok.any():
+            continue
+        i = i[ok]
+        ix = _ranges(s.wptr[i], s.wptr[i + 1])
+        j = np.repeat(np.flatnonzero(ok), s.wptr[i + 1] - s.wptr[i])
+        slots.append(j * WINDOW + (tb.rows[ix] & (WINDOW - 1)))
+        vals.append(c * s.s0[ix])
+    if not slots:
+        return np.zeros(0, np.int64), np.zeros(0)
+    sl = np.concatenate(slots)
+    acc = np.bincount(sl, weights=np.concatenate(vals), minlength=len(win) * WINDOW)
+    hit = np.bincount(sl, minlength=len(win) * WINDOW) > 0
+    at = np.flatnonzero(hit)
+    rows = win[at >> WINDOW_SHIFT] * WINDOW + (at & (WINDOW - 1))
+    return rows, acc[at]
+
+
+def top_rows(posts, weights, idf, lens, sel, k: int, k1: float, b: float, avg: float) -> np.ndarray:
+    """The rows (ascending, passing ``sel``) holding the top ``k`` of the clause
+    ``sum_t weights[t] * idf[t] * bm25_t`` over ``posts`` (term -> fts.TermBlocks) and their
+    near-ties: exact, whatever the data (see the module docstring)."""
+    ts = [t for t in posts if weights.get(t, 0) > 0 and len(posts[t].rows)]
+    if not ts or k <= 0:
+        return np.zeros(0, np.int64)
+    n = len(lens)
+    nw = (n + WINDOW - 1) >> WINDOW_SHIFT
+    tbs = [posts[t] for t in ts]
+    sc = [scored(tb, lens, k1, b, avg) for tb in tbs]
+    coef = [float(weights[t]) * float(idf[t]) for t in ts]
+    bound = np.zeros(nw)
+    has = np.zeros(nw, bool)
+    for s, c in zip(sc, coef):
+        bound[s.wid] += max(c, 0.0) * s.wmax
+        has[s.wid] = True
+    bound *= 1 + REL
+    if sel is not None and not sel.all():  # windows without a selected row hold no result
+        pad = np.zeros(nw * WINDOW, bool)
+        pad[:n] = sel
+        has &= pad.reshape(nw, WINDOW).any(axis=1)
+    live = np.flatnonzero(has)
+    if any(c <= 0 or not np.isfinite(c) for c in coef):
+        bound[live] = np.inf  # a term scoring <= 0 (df above N): no bound, score every window
+    got_r: list[np.ndarray] = []
+    got_s: list[np.ndarray] = []
+    theta = -np.inf
+    m = max(64, k)
+    todo = live
+    while len(todo):
+        if len(todo) > m:
+            pick = todo[np.argpartition(-bound[todo], m - 1)[:m]]
+            pick.sort()
+        else:
+            pick = todo
+        r, v = _score_windows(pick, sc, coef, tbs)
+        if sel is not None:
+            keep = sel[r]
+            r, v = r[keep], v[keep]
+        got_r.append(r)
+        got_s.append(v)
+        alls = np.concatenate(got_s)
+        if len(alls) >= k:
+            theta = float(np.partition(alls, len(alls) - k)[len(alls) - k])
+        done = np.zeros(nw, bool)
+        done[pick] = True
+        todo = todo[~done[todo]]
+        todo = todo[bound[todo] >= theta]
+        m *= 4
+    if not got_r:  # no window holds a selected row with a query term
+        return np.zeros(0, np.int64)
+    rows, vals = np.concatenate(got_r), np.concatenate(got_s)
+    if np.isfinite(theta):
+        cut = theta - abs(theta) * REL * 10
+        rows = rows[vals >= cut]
+    return np.sort(rows).astype(np.int64)
