@@ -119,7 +119,11 @@ def main() -> None:
                     "filters": ["tag", "Eq", "blue"],
                 },
                 "Count group_by bucket": {"aggregate_by": {"n": ["Count"]}, "group_by": ["bucket"], "top_k": 100},
-                "BM25 + include word": {"rank_by": ["word", "BM25", "the house"], "top_k": 10, "include_attributes": ["word"]},
+                "BM25 + include word": {
+                    "rank_by": ["word", "BM25", "the house"],
+                    "top_k": 10,
+                    "include_attributes": ["word"],
+                },
                 "hybrid multi-query ANN + BM25": {
                     "queries": [
                         {"rank_by": ann, "top_k": 10, "include_attributes": ["word"]},
