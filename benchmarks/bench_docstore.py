@@ -2,7 +2,7 @@
 (``cols-1``) and with the ``attrs.arrow`` it replaces, on moto (child process), empty
 cache per cold query; warm p50 of a filtered ANN and an include_attributes query.
 
-    python benchmarks/bench_docstore.py [--rows N] [--cold-queries 5] [--warm-queries 50]
+    python benchmarks/bench_docstore.py [--rows N] [--copies 6] [--cold-queries 5] [--warm-queries 50]
 
 Attributes: ``word`` (GloVe's), ``bucket`` = id * 7919 % 100 (int), ``tag`` one of 8
 strings (id * 31 % 8): scattered over the segment (its rows are in IVF list order), so
@@ -44,12 +44,28 @@ def main() -> None:
     ap.add_argument("--data", default=default_data())
     ap.add_argument("--cold-queries", type=int, default=5)
     ap.add_argument("--warm-queries", type=int, default=50)
+    ap.add_argument("--copies", type=int, default=1, help="the rows plus N-1 noisy copies (bench_scale's: 6 = 2M)")
     ap.add_argument("--forms", default="", help="comma-separated substrings: only the forms named (default: all)")
     ap.add_argument("--new-only", action="store_true", help="skip the attrs.arrow format")
     a = ap.parse_args()
     base = pl.read_parquet(Path(a.data) / "glove-100-angular" / "base.parquet")
     if a.rows:
         base = base.head(a.rows)
+    if a.copies > 1:  # bench_scale's noisy copies (new ids, the same words)
+        x0 = np.asarray(base["vector"].to_numpy(), dtype=np.float32).reshape(base.height, -1)
+        rng = np.random.default_rng(0)
+        base = pl.concat(
+            [base]
+            + [
+                base.with_columns(
+                    pl.col("id") + j * 10**7,
+                    pl.Series("vector", x0 + rng.normal(0, 0.05, x0.shape).astype(np.float32)).cast(
+                        base.schema["vector"]
+                    ),
+                )
+                for j in range(1, a.copies)
+            ]
+        )
     ids = base["id"].to_numpy().astype(np.int64)
     base = base.select(
         "id",
