@@ -213,3 +213,27 @@ def s3_db(s3_server):
     import puffer_cli
 
     return puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    ahead=st.lists(st.tuples(st.integers(0, 900), st.integers(1, 100)), max_size=8),
+    want=st.lists(st.tuples(st.integers(0, 900), st.integers(1, 100)), max_size=8),
+)
+def test_served_reads_only_what_ahead_lacks(ahead, want):
+    """``ivf.served``: every range equals the file's bytes; the fetch is asked only for
+    bytes no range read ahead holds."""
+    data = bytes(range(256)) * 4
+    got_ahead = [(a, min(a + w, 1000)) for a, w in ahead]
+    disjoint = ranged.coalesce(got_ahead, gap=0, extra=0)  # ahead ranges never overlap (one plan)
+    asked: list = []
+
+    def fetch(rs):
+        asked.extend(rs)
+        return [data[a:b] for a, b in rs]
+
+    go = ivf.served((disjoint, [data[a:b] for a, b in disjoint]), fetch)
+    ranges = [(a, min(a + w, 1000)) for a, w in want]
+    assert [bytes(x) for x in go(ranges)] == [data[a:b] for a, b in ranges]
+    for a, b in asked:
+        assert not any(s < b and a < e for s, e in disjoint)

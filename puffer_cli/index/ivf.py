@@ -821,7 +821,7 @@ def planned_ranges(
     return Lists.ranges(route, bounded_runs(route, runs))
 
 
-RUNS_MAX = 48  # member runs a cold query reads from one segment's lists file at most
+RUNS_MAX = 72  # member runs a cold query reads from one segment's lists file at most
 
 
 def bounded_runs(route: Route, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -836,23 +836,38 @@ def bounded_runs(route: Route, runs: list[tuple[int, int]]) -> list[tuple[int, i
 
 
 def served(ahead: tuple[list[tuple[int, int]], list], fetch):
-    """A ``Lists`` fetch that serves ranges inside those fetched ahead (``(ranges, bytes)``)
-    from them, and fetches only the others (with ``fetch``, in one batch)."""
+    """A ``Lists`` fetch that serves ranges from those fetched ahead (``(ranges, bytes)``)
+    and fetches only the bytes they lack (with ``fetch``, in one batch): a range partly
+    read ahead costs only its missing pieces."""
     have = sorted(zip(ahead[0], ahead[1]), key=lambda x: x[0][0])
 
+    def pieces(a: int, b: int) -> list[tuple[int, int, memoryview | None]]:
+        """(start, end, bytes or None when missing) covering ``a..b`` in order."""
+        out: list[tuple[int, int, memoryview | None]] = []
+        at = a
+        for (s, e), data in have:
+            if e <= at or s >= b:
+                continue
+            if s > at:
+                out.append((at, s, None))
+                at = s
+            end = min(e, b)
+            out.append((at, end, memoryview(data)[at - s : end - s]))
+            at = end
+            if at >= b:
+                break
+        if at < b:
+            out.append((at, b, None))
+        return out
+
     def go(ranges):
-        out: list = [None] * len(ranges)
-        miss = []
-        for j, (a, b) in enumerate(ranges):
-            for (s, e), data in have:
-                if s <= a and b <= e:
-                    out[j] = memoryview(data)[a - s : b - s]
-                    break
-            else:
-                miss.append(j)
-        if miss:
-            for j, data in zip(miss, fetch([ranges[j] for j in miss])):
-                out[j] = data
+        plan = [pieces(a, b) for a, b in ranges]
+        miss = [(s, e) for p in plan for s, e, d in p if d is None]
+        got = iter(fetch(miss) if miss else [])
+        out: list = []
+        for p in plan:
+            parts = [d if d is not None else memoryview(next(got)) for _s, _e, d in p]
+            out.append(parts[0] if len(parts) == 1 else b"".join(parts))
         return out
 
     return go

@@ -52,7 +52,7 @@ EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old 
 EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05  # ... or a filter keeping at most this fraction of a segment
 HNSW_OVERFETCH = 2  # HNSW candidates kept per requested result (exact re-rank)
-LISTS_AHEAD_MARGIN = 0.8  # lists read ahead of a filter's mask: for a fraction this much below the estimate
+LISTS_AHEAD_MARGIN = 0.9  # lists read ahead of a filter's mask: for a fraction this much below the estimate
 BM25_MIN_CANDIDATES = 100  # tantivy candidates per segment at least
 BM25_OVERFETCH = 10  # ... and at least this many per requested result
 
