@@ -50,6 +50,11 @@ rerank       2        candidates per requested result re-ranked with exact f32 v
                       data needs more (int8 codes rank coarsely in few dimensions).
 ===========  =======  ==================================================================
 
+Filtered queries (``search/filtered.py``): :func:`list_matches` counts a filter's passing
+rows per list (rows are stored in list order), :meth:`Route.matching_lists` takes the
+nearest lists holding one until they hold :func:`filtered_need` of them, and :func:`search`
+scores only the passing members; a cold query reads at most RUNS_MAX runs per segment.
+
 Shared routing (format 3, opt-in with ``PUFFER_IVF_ROUTING=shared``; the default builds format 2):
 one :class:`Book` per vector field of the namespace (``index/{g}/book-{tag}-{run}.npz``,
 named by the manifest's ``ann_books``) holds the two-level centroids and the int8 step;
@@ -807,18 +812,6 @@ def filtered_need(rows: int, probe: float, min_rows: int, frac: float, want: int
     base = max(probe * rows, float(min_rows))
     f = min(1.0, max(frac, 1e-9))
     return max(4.0 * want, base * f ** (1.0 - FILTER_SCAN_EXP))
-
-
-def planned_ranges(
-    route: Route, q: np.ndarray, want: int, probe: float, min_rows: int = 0, fill: float = 0.0
-) -> list[tuple[int, int]]:
-    """The byte ranges of the lists file that :func:`search` with these arguments reads
-    (the cold planner fetches them ahead, in the batch of the filter's columns)."""
-    if route.nlist == 0 or want <= 0:
-        return []
-    qq = route.prepare_query(q)
-    runs = route.runs(route.nearest_lists(qq, probe, min_rows=max(want, min_rows)), fill)
-    return Lists.ranges(route, bounded_runs(route, runs))
 
 
 RUNS_MAX = 72  # member runs a cold query reads from one segment's lists file at most

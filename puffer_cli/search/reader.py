@@ -9,9 +9,11 @@ is fetched into the local cache the first time a query needs it).
 tail row) and the namespace-global BM25 statistics; the exact engine then ranks
 that frame, so results, distances and scores are the exact engine's:
 
-* vector rank: per segment, exact search over the filtered rows when the filter
-  is selective (or the rank is ``kNN``), else HNSW over-fetch + post-filter;
-  the exact f32 vectors of the candidates go to the engine for exact distances;
+* vector rank: per segment, the IVF probe (with a filter: the nearest lists holding
+  rows that pass, scoring only those; ``search/filtered.py``), or exact search over
+  the filtered rows when the cost model finds it cheaper (or the rank is ``kNN``);
+  format-1 segments: HNSW over-fetch + post-filter; the exact f32 vectors of the
+  candidates go to the engine for exact distances;
 * BM25 (and Sum/Max/Product of BM25): per segment the block index gives the rows
   that can reach the top k (block-max pruning on global statistics; older
   generations: tantivy over-fetches); the engine re-scores them exactly;
