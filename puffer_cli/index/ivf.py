@@ -50,6 +50,11 @@ rerank       2        candidates per requested result re-ranked with exact f32 v
                       data needs more (int8 codes rank coarsely in few dimensions).
 ===========  =======  ==================================================================
 
+Filtered queries (``search/filtered.py``): :func:`list_matches` counts a filter's passing
+rows per list (rows are stored in list order), :meth:`Route.matching_lists` takes the
+nearest lists holding one until they hold :func:`filtered_need` of them, and :func:`search`
+scores only the passing members; a cold query reads at most RUNS_MAX runs per segment.
+
 Shared routing (format 3, opt-in with ``PUFFER_IVF_ROUTING=shared``; the default builds format 2):
 one :class:`Book` per vector field of the namespace (``index/{g}/book-{tag}-{run}.npz``,
 named by the manifest's ``ann_books``) holds the two-level centroids and the int8 step;
@@ -621,6 +626,31 @@ class Route:
                 return cand[: int(np.searchsorted(cum, need)) + 1]
             guess = min(self.nlist, guess * 2)
 
+    def distances(self, qq: np.ndarray) -> np.ndarray:
+        """Approximate distance of the prepared query ``qq`` to every centroid (smaller = nearer)."""
+        g = self.dots(qq)
+        return -g if self.cosine else self.c2 - 2 * g
+
+    def matching_lists(self, qq: np.ndarray, matches: np.ndarray, need: float) -> np.ndarray:
+        """The lists holding a member that passes a filter (``matches``: such members per
+        list, :func:`list_matches`), nearest the prepared query first, until they hold
+        ``need`` matching members: lists without one are neither read nor scanned."""
+        has = np.flatnonzero(matches)
+        if not len(has) or need >= int(matches[has].sum()):
+            return has
+        d = self.distances(qq)[has]
+        m = matches[has]
+        need = max(1.0, float(need))
+        # sort a few times the expected count of lists, not all
+        guess = min(len(has), max(16, int(4 * need * len(has) / max(1, int(m.sum())))))
+        while True:
+            cand = np.argpartition(d, guess - 1)[:guess] if guess < len(has) else np.arange(len(has))
+            cand = cand[np.argsort(d[cand], kind="stable")]
+            cum = np.cumsum(m[cand])
+            if cum[-1] >= need or guess >= len(has):
+                return has[cand[: int(np.searchsorted(cum, need)) + 1]]
+            guess = min(len(has), guess * 2)
+
     def dots(self, q: np.ndarray) -> np.ndarray:
         """Centroids . q (numkong's int8 / f16 SIMD: BLAS sgemv here was 8 ms at 5k centroids
         under load, its threads contending; this is ~80 us)."""
@@ -751,36 +781,86 @@ class Lists:
         ]
 
 
-def planned_ranges(
-    route: Route, q: np.ndarray, want: int, probe: float, min_rows: int = 0, fill: float = 0.0
-) -> list[tuple[int, int]]:
-    """The byte ranges of the lists file that :func:`search` with these arguments reads
-    (the cold planner fetches them ahead, in the batch of the filter's columns)."""
-    if route.nlist == 0 or want <= 0:
-        return []
-    qq = route.prepare_query(q)
-    runs = route.runs(route.nearest_lists(qq, probe, min_rows=max(want, min_rows)), fill)
-    return Lists.ranges(route, runs)
+def list_matches(route: Route, lists: Lists | None, sel: np.ndarray) -> np.ndarray | None:
+    """Members of each list that pass a filter (``sel``: a boolean mask over the segment's
+    rows), or None when the lists' members are not known without reading the lists file
+    (row positions stored and the file not local).  Rows are written in list order, so
+    list ``c`` is usually rows ``offsets[c]..offsets[c+1]`` (``implicit``): counting is a
+    search of the lists' bounds among the matching rows."""
+    if route.nlist == 0:
+        return np.zeros(0, np.int64)
+    if route.implicit:
+        hits = np.flatnonzero(sel[: route.rows])
+    elif lists is not None and lists._pos is not None:
+        hits = np.flatnonzero(sel[lists._pos])  # members (in list order) whose row passes
+    else:
+        return None
+    return np.diff(np.searchsorted(hits, route.offsets))
+
+
+FILTER_SCAN_EXP = 0.25  # a filter keeping a fraction f of a segment scans probe_rows x f**-FILTER_SCAN_EXP rows
+FILTER_FILL_MAX = 0.3  # ... and fills at most this much (``fill``) between its lists
+
+
+def filtered_need(rows: int, probe: float, min_rows: int, frac: float, want: int) -> float:
+    """Matching members a query whose filter keeps the fraction ``frac`` of a segment's
+    ``rows`` scores (:meth:`Route.matching_lists`): an unfiltered query scans
+    ``probe x rows`` (at least ``min_rows``); a filtered one scans the nearest lists holding
+    a match until they hold ``f**(1 - FILTER_SCAN_EXP)`` of that many matches, i.e. about
+    ``f**-FILTER_SCAN_EXP`` times the unfiltered rows (1%: 3.2x, 10%: 1.8x), not ``1/f``
+    times (see docs/query.md for the measurements); at least ``4 x want``."""
+    base = max(probe * rows, float(min_rows))
+    f = min(1.0, max(frac, 1e-9))
+    return max(4.0 * want, base * f ** (1.0 - FILTER_SCAN_EXP))
+
+
+RUNS_MAX = 72  # member runs a cold query reads from one segment's lists file at most
+
+
+def bounded_runs(route: Route, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``runs`` of a lists file read by range, at most RUNS_MAX of them: the narrowest gaps
+    are read (and scanned) through, so a filtered query probing many lists costs a bounded
+    number of requests and some more bytes (see ``ranged.bounded``)."""
+    from puffer_cli.index.ranged import REQUEST_BYTES, bounded
+
+    if len(runs) <= RUNS_MAX:
+        return runs
+    return bounded(runs, RUNS_MAX, REQUEST_BYTES // max(1, route.row_bytes))
 
 
 def served(ahead: tuple[list[tuple[int, int]], list], fetch):
-    """A ``Lists`` fetch that serves ranges inside those fetched ahead (``(ranges, bytes)``)
-    from them, and fetches only the others (with ``fetch``, in one batch)."""
+    """A ``Lists`` fetch that serves ranges from those fetched ahead (``(ranges, bytes)``)
+    and fetches only the bytes they lack (with ``fetch``, in one batch): a range partly
+    read ahead costs only its missing pieces."""
     have = sorted(zip(ahead[0], ahead[1]), key=lambda x: x[0][0])
 
+    def pieces(a: int, b: int) -> list[tuple[int, int, memoryview | None]]:
+        """(start, end, bytes or None when missing) covering ``a..b`` in order."""
+        out: list[tuple[int, int, memoryview | None]] = []
+        at = a
+        for (s, e), data in have:
+            if e <= at or s >= b:
+                continue
+            if s > at:
+                out.append((at, s, None))
+                at = s
+            end = min(e, b)
+            out.append((at, end, memoryview(data)[at - s : end - s]))
+            at = end
+            if at >= b:
+                break
+        if at < b:
+            out.append((at, b, None))
+        return out
+
     def go(ranges):
-        out: list = [None] * len(ranges)
-        miss = []
-        for j, (a, b) in enumerate(ranges):
-            for (s, e), data in have:
-                if s <= a and b <= e:
-                    out[j] = memoryview(data)[a - s : b - s]
-                    break
-            else:
-                miss.append(j)
-        if miss:
-            for j, data in zip(miss, fetch([ranges[j] for j in miss])):
-                out[j] = data
+        plan = [pieces(a, b) for a, b in ranges]
+        miss = [(s, e) for p in plan for s, e, d in p if d is None]
+        got = iter(fetch(miss) if miss else [])
+        out: list = []
+        for p in plan:
+            parts = [d if d is not None else memoryview(next(got)) for _s, _e, d in p]
+            out.append(parts[0] if len(parts) == 1 else b"".join(parts))
         return out
 
     return go
@@ -796,30 +876,40 @@ def search(
     min_rows: int = 0,
     fill: float = 0.0,
     chosen: np.ndarray | None = None,
+    runs: list[tuple[int, int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Row positions of the ``want`` best candidates by approximate distance among the
     members of the probed lists (``sel``: the rows allowed, a boolean mask over the
     segment; at least ``min_rows`` members scanned; ``fill``: see :meth:`Route.runs`),
     their approximate distances in the metric's units (comparable across segments: each
     segment has its own int8 step), and how many members were scanned.  ``chosen``: the
-    lists to probe, already picked by the shared :class:`Book` (``probe`` and ``min_rows``
-    are then unused)."""
+    lists to probe, already picked by the shared :class:`Book` or by a filter's matches
+    per list (``probe`` and ``min_rows`` are then unused); ``runs``: their member runs,
+    already planned (``chosen`` and ``fill`` are then unused).  Only members whose row
+    passes ``sel`` are copied and scored; a cold query reads at most RUNS_MAX runs."""
     if route.nlist == 0 or want <= 0:
         return np.zeros(0, np.int64), np.zeros(0), 0
     qq = route.prepare_query(q)
     qc = route.query_codes(qq)
-    if chosen is None:
-        chosen = route.nearest_lists(qq, probe, min_rows=max(want, min_rows))
-    runs = route.runs(chosen, fill)
+    if runs is None:
+        if chosen is None:
+            chosen = route.nearest_lists(qq, probe, min_rows=max(want, min_rows))
+        runs = route.runs(chosen, fill)
+        if not lists.local:
+            runs = bounded_runs(route, runs)
+    if sel is not None and route.implicit and lists.local and runs:
+        # member i is row i: the passing members of every run, gathered once and scored in one call
+        assert lists._codes is not None
+        pos = np.concatenate([np.flatnonzero(sel[a:b]) + a for a, b in runs])
+        sc = score(route, qc, lists._codes[pos])
+        return _best(pos, sc, want, route, qq, int(sum(b - a for a, b in runs)))
     blocks = lists.blocks(runs)
+    if sel is not None:  # only the members passing the filter are copied and scored
+        blocks = [_passing(route, sel, run, p, c) for run, (p, c) in zip(runs, blocks)]
     if len(blocks) <= SCORE_PER_RUN_MAX:
         # few runs (fill joins them): a SIMD call each, no copy of the codes
         pos_l, sc_l = [], []
         for p, c in blocks:
-            if sel is not None:
-                keep = sel[p]
-                if not keep.all():
-                    p, c = p[keep], c[keep]
             pos_l.append(p)
             sc_l.append(score(route, qc, c))
         pos = np.concatenate(pos_l) if pos_l else np.zeros(0, np.uint32)
@@ -829,16 +919,24 @@ def search(
         # Python each, more than the copy)
         pos = np.concatenate([p for p, _c in blocks])
         codes = np.concatenate([c for _p, c in blocks])
-        if sel is not None and len(pos):
-            keep = sel[pos]
-            if not keep.all():
-                pos, codes = pos[keep], codes[keep]
         sc = score(route, qc, codes)
-    scanned = int(sum(b - a for a, b in runs))
+    return _best(pos, sc, want, route, qq, int(sum(b - a for a, b in runs)))
+
+
+def _best(pos: np.ndarray, sc: np.ndarray, want: int, route: Route, qq: np.ndarray, scanned: int):
     if len(pos) > want:
         top = np.argpartition(sc, want - 1)[:want]
         pos, sc = pos[top], sc[top]
     return pos.astype(np.int64), _approx_distance(route, qq, sc), scanned
+
+
+def _passing(route: Route, sel: np.ndarray, run: tuple[int, int], p: np.ndarray, c: np.ndarray):
+    """The members of one run (positions ``p``, codes ``c``) whose rows pass ``sel``."""
+    if route.implicit:  # member i is row i: a slice of the mask, no gather
+        idx = np.flatnonzero(sel[run[0] : run[1]])
+        return (p, c) if len(idx) == len(p) else (p[idx], c[idx])
+    keep = sel[p]
+    return (p, c) if keep.all() else (p[keep], c[keep])
 
 
 def _approx_distance(route: Route, qq: np.ndarray, sc: np.ndarray) -> np.ndarray:

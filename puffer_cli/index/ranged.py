@@ -86,6 +86,31 @@ def coalesce(
     return merged
 
 
+REQUEST_BYTES = 256 * 1024  # a request costs about as much as reading this many more bytes (cost model)
+
+
+def bounded(
+    ranges: Sequence[tuple[int, int]], max_ranges: int, request_bytes: int = REQUEST_BYTES
+) -> list[tuple[int, int]]:
+    """Sorted, merged byte ranges covering ``ranges``, at most ``max_ranges`` of them: a gap
+    stays a split only where skipping it saves more than ``request_bytes`` (the cost of the
+    extra request), and only the ``max_ranges - 1`` widest such gaps; the others are read
+    through.  The number of requests is bounded, the bytes grow instead."""
+    rs = sorted((a, b) for a, b in ranges if b > a)
+    if not rs:
+        return []
+    a = np.asarray([r[0] for r in rs], np.int64)
+    b = np.maximum.accumulate(np.asarray([r[1] for r in rs], np.int64))
+    gaps = a[1:] - b[:-1]  # > 0: bytes between consecutive ranges
+    cand = np.flatnonzero(gaps > max(0, request_bytes))
+    if len(cand) > max_ranges - 1:
+        cand = cand[np.argsort(gaps[cand], kind="stable")[::-1][: max(0, max_ranges - 1)]]
+    cuts = np.sort(cand)
+    starts = np.concatenate([[0], cuts + 1])
+    ends = np.concatenate([cuts, [len(rs) - 1]])
+    return [(int(a[s]), int(b[e])) for s, e in zip(starts, ends)]
+
+
 def read_ranges(
     store: Store, key: str, ranges: Sequence[tuple[int, int]], extra: float = RANGE_EXTRA
 ) -> list[memoryview]:

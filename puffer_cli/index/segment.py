@@ -54,6 +54,7 @@ def repair_hint(ns: str) -> str:
 
 #: row sets whose ids one segment keeps after reading them by range (a repeated query)
 ID_MEMO = 64
+MASK_MEMO = 32  # filter masks kept per segment (Segment.memo_mask)
 
 
 def _files(seg: Segment, what: str, f: str | None) -> list[str]:
@@ -164,6 +165,17 @@ class DfCombo(Mapping):
         return sum(1 for _ in self)
 
 
+def row_ranges(pos: np.ndarray, row_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of the sorted row positions ``pos`` (rows of ``row_bytes``), runs of
+    consecutive rows as one range."""
+    if not len(pos):
+        return []
+    brk = np.flatnonzero(np.diff(pos) != 1)
+    starts = pos[np.concatenate([[0], brk + 1])]
+    ends = pos[np.concatenate([brk, [len(pos) - 1]])] + 1
+    return [(int(a) * row_bytes, int(b) * row_bytes) for a, b in zip(starts, ends)]
+
+
 # ---------------------------------------------------------------- segments
 AHEAD_MAX_BYTES = 8 << 20  # vectors kept per segment after a read-ahead (Segment.read_rows_ahead)
 
@@ -185,6 +197,7 @@ class Segment:
         self._ann: dict = {}
         self._fts: dict = {}
         self._id_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()  # filter key -> packed mask
         self._ids: pl.DataFrame | None = None
         self._live: int | None = None
         self._idv: np.ndarray | Literal[False] | None = None  # False: ids are not integers
@@ -402,6 +415,24 @@ class Segment:
             return None
         return rows[at] if isinstance(rows, np.ndarray) else rows.gather(pl.Series(at))
 
+    def memo_mask(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The boolean row mask named ``key`` (a filter over this immutable segment's
+        attributes), computed once: the last MASK_MEMO of them are kept bit-packed (an
+        eighth of a byte per row), so a filter a query repeats (a tenant, a category) is
+        not evaluated over every row again."""
+        with self._lock:
+            hit = self._masks.get(key)
+            if hit is not None:
+                self._masks.move_to_end(key)
+        if hit is not None:
+            return np.unpackbits(hit, count=self.rows).view(bool)
+        out = compute()
+        with self._lock:
+            self._masks[key] = np.packbits(out)
+            while len(self._masks) > MASK_MEMO:
+                self._masks.popitem(last=False)
+        return out
+
     def rows_ahead_fit(self, f: str, n: int) -> bool:
         """Whether ``n`` rows of field ``f`` fit the read-ahead memo (``AHEAD_MAX_BYTES``)."""
         v = self.meta.get("vectors", {}).get(f)
@@ -420,6 +451,45 @@ class Segment:
             if vec is not None:
                 self._ahead[f] = (pos, vec)
             self._ahead["id"] = (pos, ids)
+
+    def rows_bounded(self, f: str, pos: np.ndarray, max_ranges: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(f32 vectors of field ``f``, integer ids) at the sorted row positions ``pos`` of a
+        remote segment, in one batch of requests, each file read in at most ``max_ranges``
+        byte ranges (``ranged.bounded``: the narrowest gaps between wanted rows are read
+        through; a range crossing a file part costs one request more): an exact search over
+        many scattered rows costs a bounded number of requests, not one per row.  The ids
+        are None when they are not a fixed-width file read by range (the re-rank reads them)."""
+        v = self.meta.get("vectors", {}).get(f)
+        m = self.meta.get("ids")
+        pos = np.asarray(pos, dtype=np.int64)
+        if v is None or not len(pos) or self.vectors_at_hand(f):
+            return self.vector_rows(f, pos), None
+        dims = int(v["dims"])
+        with self._lock:
+            opened = self._attrs is not None or self._idv is not None or "id" in self._col
+        fns: list[Callable[[], np.ndarray]] = [
+            lambda: self._read_bounded(v, pos, 4 * dims, max_ranges).view("<f4").reshape(len(pos), dims)
+        ]
+        if m is not None and not opened and not (self.docs is not None and self.docs_at_hand()):
+            dt = "<u8" if m["dtype"] == "u64" else "<i8"
+            fns.append(lambda: self._read_bounded(m, pos, 8, max_ranges).view(dt).reshape(-1))
+        got = ranged.parallel(fns, self.store.is_remote)
+        return got[0], (got[1] if len(got) > 1 else None)
+
+    def _read_bounded(self, entry: dict, pos: np.ndarray, row_bytes: int, max_ranges: int) -> np.ndarray:
+        spans = ranged.bounded(row_ranges(pos, row_bytes), max_ranges)
+        got = paged.read_ranges(self.cache, self.store, entry, spans, 0.0)
+        buf = np.frombuffer(b"".join(got), dtype=np.uint8).reshape(-1, row_bytes)
+        first = np.asarray([a // row_bytes for a, _b in spans], np.int64)  # first row of each span
+        base = np.concatenate([[0], np.cumsum([(b - a) // row_bytes for a, b in spans])[:-1]]).astype(np.int64)
+        j = np.searchsorted(first, pos, side="right") - 1
+        return buf[base[j] + pos - first[j]]
+
+    def keep_ahead(self, what: str, pos: np.ndarray, rows: np.ndarray) -> None:
+        """Keep the rows (f32 vectors of field ``what``, or ``"id"``) at sorted positions
+        ``pos`` so the re-rank that follows reads none of them again (see :meth:`read_rows_ahead`)."""
+        with self._lock:
+            self._ahead[what] = (np.asarray(pos, np.int64), rows)
 
     def rerank_rows(self, f: str, pos: np.ndarray, also: Sequence[Callable[[], Any]] = ()):
         """(f32 vectors, ids) of candidates ``pos``: on a remote store both in one round trip,

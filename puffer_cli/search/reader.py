@@ -9,9 +9,11 @@ is fetched into the local cache the first time a query needs it).
 tail row) and the namespace-global BM25 statistics; the exact engine then ranks
 that frame, so results, distances and scores are the exact engine's:
 
-* vector rank: per segment, exact search over the filtered rows when the filter
-  is selective (or the rank is ``kNN``), else HNSW over-fetch + post-filter;
-  the exact f32 vectors of the candidates go to the engine for exact distances;
+* vector rank: per segment, the IVF probe (with a filter: the nearest lists holding
+  rows that pass, scoring only those; ``search/filtered.py``), or exact search over
+  the filtered rows when the cost model finds it cheaper (or the rank is ``kNN``);
+  format-1 segments: HNSW over-fetch + post-filter; the exact f32 vectors of the
+  candidates go to the engine for exact distances;
 * BM25 (and Sum/Max/Product of BM25): per segment the block index gives the rows
   that can reach the top k (block-max pruning on global statistics; older
   generations: tantivy over-fetches); the engine re-scores them exactly;
@@ -52,7 +54,7 @@ EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old 
 EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05  # ... or a filter keeping at most this fraction of a segment
 HNSW_OVERFETCH = 2  # HNSW candidates kept per requested result (exact re-rank)
-LISTS_AHEAD_MARGIN = 0.8  # lists read ahead of a filter's mask: for a fraction this much below the estimate
+LISTS_AHEAD_MARGIN = 0.9  # lists read ahead of a filter's mask: for a fraction this much below the estimate
 BM25_MIN_CANDIDATES = 100  # tantivy candidates per segment at least
 BM25_OVERFETCH = 10  # ... and at least this many per requested result
 
@@ -109,13 +111,24 @@ class IndexedView:
 
         seg = self.gen.segments[i]
         if seg.docs is not None:
-            return vis & self._column_filter_mask(seg, filt, also or [])
+            key = self._mask_key(filt)
+            return vis & seg.memo_mask(key, partial(self._column_filter_mask, seg, filt, also or []))
         a = seg.attrs()
         sch = {k: v for k, v in self.schema.items() if not S.is_vector(v["type"])}
         missing = [c for c in sch if c not in a.columns]
         if missing:
             a = frames_mod.align(a, sch)
         return vis & filter_mask(a, compile_filter(filt, self.schema))
+
+    def _mask_key(self, filt) -> str:
+        """A filter's memo key: its JSON and the schema of the attributes it names (a type
+        change in the WAL tail changes how it binds)."""
+        import json
+
+        from puffer_cli.filters.tree import attributes
+
+        types_ = {a: self.schema.get(a) for a in sorted(attributes(filt))}
+        return json.dumps([filt, types_], sort_keys=True, default=repr)
 
     def _column_filter_mask(self, seg: Segment, filt, also: list[str]) -> np.ndarray:
         """The filter over a column-store segment: only the filter's columns, only the row
@@ -349,35 +362,41 @@ class IndexedView:
             n_sel = int(np.count_nonzero(sel))
         if n_sel == 0:
             return np.zeros(0, np.int64), 0, 0, None
+        from puffer_cli.search import filtered as FL
+
         q = rb.array()
         iv = seg.ivf(rb.attr)
         index = seg.ann(rb.attr) if iv is None else None
-        exact = (
-            rb.method != "ANN"
-            or (iv is None and index is None)
-            or metric != self.gen.metric
-            or n_sel <= k
-            # a few rows: exact, unless a cold remote segment would have to fetch its whole
-            # vector file for them (its IVF lists are a quarter of that)
-            or (n_sel <= EXACT_MAX_ROWS and (iv is None or seg.vectors_at_hand(rb.attr)))
-            or (filt is not None and n_sel <= EXACT_MAX_FRACTION * seg.rows)
-        )
-        if exact:
-            pos = np.nonzero(sel)[0]
-            if not seg.vectors_at_hand(rb.attr) and self.gen.store.is_remote and seg.rows_ahead_fit(rb.attr, len(pos)):
-                # cold: the rows' vectors, ids (and returned attributes) in one batch; the
-                # re-rank of the exact top then reads nothing
-                seg.read_rows_ahead(rb.attr, pos, ahead_also(pos) if ahead_also is not None else ())
-            return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0, None
         frac = n_sel / max(1, seg.rows)
+        remote = self.gen.store.is_remote
+        plan = None
         if iv is not None:
             opts = ivf.options(self.schema.get(rb.attr))
             route, lists = iv
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
+            if filt is not None and route.book is None and rb.method == "ANN":
+                plan = FL.plan(route, lists, q, sel, opts, frac, k * opts["rerank"])
+        if rb.method != "ANN" or (iv is None and index is None) or metric != self.gen.metric or n_sel <= k:
+            exact = True
+        elif plan is not None:  # filtered: exact if few enough rows and cheaper than the probe
+            few = n_sel <= max(EXACT_MAX_ROWS, EXACT_MAX_FRACTION * seg.rows)
+            exact = few and FL.exact_cheaper(seg, rb.attr, np.flatnonzero(sel), route, plan, ahead, remote)
+        else:
+            # a few rows: exact, unless a cold remote segment would have to fetch its whole
+            # vector file for them (its IVF lists are a quarter of that)
+            exact = (n_sel <= EXACT_MAX_ROWS and (iv is None or seg.vectors_at_hand(rb.attr))) or (
+                filt is not None and n_sel <= EXACT_MAX_FRACTION * seg.rows
+            )
+        if exact:
+            return self._exact(seg, rb.attr, np.flatnonzero(sel), q, k, metric, ahead_also), n_sel, 0, None
+        if iv is not None:
             restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
-            # shared routing (format 3): the lists the namespace-wide ranking picks
+            # shared routing (format 3): the lists the namespace-wide ranking picks; a filter:
+            # the nearest lists holding rows that pass (FL.plan)
             chosen = self._shared_lists(rb, route, opts, frac) if route.book is not None else None
+            if plan is not None:
+                chosen = plan.chosen
             # a filter keeping a fraction of the rows: scan that much more to find as many
             keep, approx, scanned = ivf.search(
                 route,
@@ -389,6 +408,7 @@ class IndexedView:
                 min_rows=int(opts["probe_min_rows"] / frac),
                 fill=opts["fill"],
                 chosen=chosen,
+                runs=plan.runs if plan is not None else None,
             )
             z = seg.unindexed_vectors(rb.attr)
             if len(z):  # zero vectors under cosine: exactly at distance 1
@@ -399,32 +419,41 @@ class IndexedView:
 
     def _lists_ahead(self, seg: Segment, rb, filt, k: int):
         """(byte ranges, bytes) of the IVF lists a filtered ANN query of ``seg`` probably
-        probes, read before the filter's mask is known: the probe grows as the filter's
-        fraction shrinks (see :meth:`vector_candidates`), so the fraction is estimated from
-        the row groups' statistics (``docs.estimate_fraction``, with ``LISTS_AHEAD_MARGIN``
-        to spare).  None when the segment would likely be searched exactly, or has no
-        ranged lists.  Planning only: the search runs as it would without it."""
+        probes (:func:`filtered.plan`), read before the filter's mask is known: the rows
+        that can pass are those of the row groups whose statistics admit a match
+        (``docs.group_mask``), a fraction ``docs.estimate_fraction`` of them (with
+        ``LISTS_AHEAD_MARGIN`` to spare) is assumed to pass in each list.  None when the
+        segment would likely be searched exactly (few rows pass), or has no ranged lists.
+        Planning only: the search runs as it would without it."""
         from puffer_cli.filters import bind_filter
+        from puffer_cli.search import filtered as FL
 
         iv = seg.ivf(rb.attr)
         if iv is None or iv[1].fetcher() is None or seg.rows == 0 or seg.docs is None:
             return None
-        if iv[0].book is not None:  # shared routing (format 3) plans its lists per query: no read-ahead yet
+        route = iv[0]
+        if route.book is not None:  # shared routing (format 3) plans its lists per query: no read-ahead yet
             return None
-        est = D.estimate_fraction(seg.docs, seg.rows, bind_filter(filt, self.schema))
-        est *= seg.live_count() / seg.rows
-        if est <= EXACT_MAX_FRACTION or est * seg.rows <= k:
+        bound = bind_filter(filt, self.schema)
+        est = D.estimate_fraction(seg.docs, seg.rows, bound) * seg.live_count() / seg.rows
+        if est * seg.rows <= max(k, FL.EXACT_RANGES_MAX):  # so few rows: exact, by range
+            return None
+        groups = D.group_mask(seg.docs, seg.rows, bound)
+        can = seg.group_rows_mask(groups)
+        share = float(np.count_nonzero(can)) / seg.rows
+        if share == 0:
             return None
         est *= LISTS_AHEAD_MARGIN
         opts = ivf.options(self.schema.get(rb.attr))
-        ranges = ivf.planned_ranges(
-            iv[0],
-            rb.array(),
-            k * opts["rerank"],
-            min(1.0, opts["probe"] / est),
-            int(opts["probe_min_rows"] / est),
-            opts["fill"],
-        )
+        matches = ivf.list_matches(route, None, can)
+        if matches is None:
+            return None
+        # matching rows per list expected: the admitted rows times the share of them passing
+        matches = matches * min(1.0, est / share)
+        need = ivf.filtered_need(seg.rows, opts["probe"], opts["probe_min_rows"], est, k * opts["rerank"])
+        chosen = route.matching_lists(route.prepare_query(rb.array()), matches, need)
+        runs = ivf.bounded_runs(route, route.runs(chosen, min(opts["fill"], ivf.FILTER_FILL_MAX)))
+        ranges = ivf.Lists.ranges(route, runs)
         fetch = iv[1].fetcher()
         return (ranges, fetch(ranges)) if ranges and fetch is not None else None
 
@@ -466,9 +495,35 @@ class IndexedView:
                 return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, len(keys)
             fetch *= 4
 
-    def _exact_top(self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric) -> np.ndarray:
-        at_hand = seg.vectors_at_hand(f)
-        if at_hand:
+    def _exact(self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric, ahead_also) -> np.ndarray:
+        """The exact top ``k`` of rows ``pos`` (with float32 ties).  Cold and remote: a few
+        rows' vectors, ids (and returned attributes) in one batch, so the re-rank reads
+        nothing; many rows' vectors and ids in a bounded number of coalesced ranges
+        (``Segment.rows_bounded``), of which the top rows' are kept for the re-rank."""
+        from puffer_cli.search import filtered as FL
+
+        if seg.vectors_at_hand(f) or not self.gen.store.is_remote:
+            return self._exact_top(seg, f, pos, q, k, metric)
+        if len(pos) <= FL.EXACT_RANGES_MAX and seg.rows_ahead_fit(f, len(pos)):
+            seg.read_rows_ahead(f, pos, ahead_also(pos) if ahead_also is not None else ())
+            return self._exact_top(seg, f, pos, q, k, metric)
+        x, ids = seg.rows_bounded(f, pos, FL.EXACT_RANGES_MAX)
+        top = np.sort(self._exact_top(seg, f, pos, q, k, metric, x))
+        at = np.searchsorted(pos, top)
+        if x is not None:
+            seg.keep_ahead(f, top, x[at])
+        if ids is not None:
+            seg.keep_ahead("id", top, ids[at])
+        return top
+
+    def _exact_top(
+        self, seg: Segment, f: str, pos: np.ndarray, q: np.ndarray, k: int, metric, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``rows``: the vectors of ``pos`` when already read."""
+        at_hand = rows is None and seg.vectors_at_hand(f)
+        if rows is not None:
+            x = rows
+        elif at_hand:
             mat = seg.vectors(f)
             assert mat is not None  # f is a vector field of the segment
             x = np.asarray(mat[pos]) if len(pos) < seg.rows else np.asarray(mat)

@@ -1,0 +1,348 @@
+"""Filtered ANN at scale (issue 24, item 3): recall, warm latency and cold cost of vector
+queries with selective filters, against exact filtered top-10.
+
+    python benchmarks/bench_filtered.py [--copies 6] [--work DIR] [--queries N]
+                                        [--cold-queries N] [--code DIR ...] [--no-cold] [--no-write]
+
+Data: bench_scale's 2M set (GloVe-100 base + 5 noisy copies, sigma 0.05, new ids) with two
+int attributes: ``u`` uniform in 0..999, drawn per row independently of the vector
+(uncorrelated; filters ``u < 10``, ``u < 30``, ``u < 100`` keep 1%, 3%, 10%), and ``c``, the
+percentile (0..99) of the base vector's first component (correlated: copies share it;
+``c < 3`` keeps the 3% of rows at one edge of the space).  Ingested and indexed once with
+``puffer`` on a local store under ``--work`` (reused when present).
+
+Each ``--code DIR`` (default: this checkout) is measured in a child process with
+``PYTHONPATH=DIR``, on the same store, in the same run, so an older checkout (e.g. main)
+gives the "before" column beside the "after":
+
+* warm, in-process (``engine.run_query``, top-10, eventual): recall@10 against exact numpy
+  filtered top-10, p50 / p99 ms, rows scanned per query (median of IVF members scanned +
+  rows scored exactly);
+* cold: the WAL copied once into a moto bucket (moto in its own process, loopback) and
+  indexed there;
+  per query a fresh cache directory and cleared in-process caches; ``performance``'s
+  requests, round trips and bytes read, % of the namespace's f32 vector bytes, wall ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, default_data, log, pct, publish, section_head, start_moto
+
+START, END = "<!-- bench_filtered:start -->", "<!-- bench_filtered:end -->"
+NOISE = 0.05
+PART_ROWS = 500_000
+FILTERS = {  # name -> (turbopuffer filter, polars predicate)
+    "none": (None, None),
+    "1%": (["u", "Lt", 10], pl.col("u") < 10),
+    "3%": (["u", "Lt", 30], pl.col("u") < 30),
+    "10%": (["u", "Lt", 100], pl.col("u") < 100),
+    "3% correlated": (["c", "Lt", 3], pl.col("c") < 3),
+}
+
+
+# ---------------------------------------------------------------- data
+def make_parts(base: pl.DataFrame, copies: int, out: Path) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    have = sorted(out.glob("part-*.parquet"))
+    if have:
+        return sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in have)
+    x0 = np.asarray(base["vector"].to_numpy(), dtype=np.float32).reshape(base.height, -1)
+    ids0 = base["id"].to_numpy().astype(np.uint64)
+    c = np.empty(len(x0), np.int64)
+    c[np.argsort(x0[:, 0], kind="stable")] = np.arange(len(x0)) * 100 // len(x0)
+    rng = np.random.default_rng(0)
+    urng = np.random.default_rng(1)
+    n, k = 0, 0
+    for j in range(copies):
+        x = x0 if j == 0 else x0 + rng.normal(0, NOISE, x0.shape).astype(np.float32)
+        ids = ids0 + np.uint64(j * 10**7)
+        u = urng.integers(0, 1000, len(x0))
+        for a in range(0, len(x), PART_ROWS):
+            sl = slice(a, a + PART_ROWS)
+            df = pl.DataFrame(
+                {
+                    "id": ids[sl],
+                    "vector": pl.Series("vector", x[sl]).cast(pl.Array(pl.Float32, x.shape[1])),
+                    "u": u[sl],
+                    "c": c[sl],
+                }
+            )
+            df.write_parquet(out / f"part-{k:04d}.parquet")
+            k += 1
+            n += df.height
+    return n
+
+
+def ground_truth(parts: list[Path], queries: np.ndarray, where, k: int = 10) -> np.ndarray:
+    """Exact cosine top-k ids per query over the rows of ``parts`` passing ``where``."""
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    best_d = np.full((len(qn), k), np.inf)
+    best_i = np.zeros((len(qn), k), np.uint64)
+    for p in parts:
+        df = pl.read_parquet(p)
+        if where is not None:
+            df = df.filter(where)
+        if not df.height:
+            continue
+        x = np.asarray(df["vector"].to_numpy(), dtype=np.float32).reshape(df.height, -1)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        d = 1 - qn @ x.T
+        ids = df["id"].to_numpy().astype(np.uint64)
+        cat_d = np.concatenate([best_d, d], axis=1)
+        cat_i = np.concatenate([best_i, np.broadcast_to(ids, d.shape)], axis=1)
+        sel = np.argpartition(cat_d, k - 1, axis=1)[:, :k]
+        best_d = np.take_along_axis(cat_d, sel, 1)
+        best_i = np.take_along_axis(cat_i, sel, 1)
+    return best_i
+
+
+def run_cli(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "puffer_cli.cli.main", *args], check=True, cwd=str(ROOT))
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- measuring (child)
+def _count_scanned():
+    """Wrap ivf.search to add up the members it scans (its third result)."""
+    from puffer_cli.index import ivf
+
+    box = [0]
+    orig = ivf.search
+
+    def search(*a, **kw):
+        r = orig(*a, **kw)
+        box[0] += int(r[2])
+        return r
+
+    ivf.search = search
+    return box
+
+
+def child(a) -> None:
+    """Measure warm and cold queries with the puffer on ``sys.path``; JSON on stdout."""
+    import puffer_cli
+    from puffer_cli.index import manifest, segment
+    from puffer_cli.search import engine
+    from puffer_cli.store import filecache as cache
+
+    queries = np.load(a.queries_file)
+    truth = {k: np.asarray(v, np.uint64) for k, v in np.load(a.truth_file).items()}
+    scanned = _count_scanned()
+    out: dict = {"code": puffer_cli.__file__, "warm": {}, "cold": {}}
+    ns = puffer_cli.connect(a.store).open_namespace("g")
+    for name, (filt, _w) in FILTERS.items():
+        lat, hits, rows = [], 0, []
+        for j, q in enumerate(np.concatenate([queries[: a.n_warm], queries])):
+            body: dict = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
+            if filt is not None:
+                body["filters"] = filt
+            scanned[0] = 0
+            t = time.perf_counter()
+            r = engine.run_query(ns, body)
+            el = time.perf_counter() - t
+            if j >= a.n_warm:
+                lat.append(el * 1000)
+                want = set(truth[name][j - a.n_warm].tolist())
+                hits += len({int(x["id"]) for x in r["rows"]} & want)
+                rows.append(scanned[0] + r["performance"]["exhaustive_search_count"])
+        out["warm"][name] = {
+            "recall": hits / (10 * len(queries)),
+            "p50": pct(lat, 50),
+            "p99": pct(lat, 99),
+            "scanned": float(np.median(rows)),
+        }
+        log(f"  warm {name}: {out['warm'][name]}")
+    if a.endpoint:
+        db = puffer_cli.connect("s3://bench/filtered", s3_endpoint=a.endpoint)
+        for name, (filt, _w) in FILTERS.items():
+            rows = []
+            for q in queries[: a.cold_queries]:
+                c = cache.configure(tempfile.mkdtemp(prefix="puffer-cold-"))
+                c.background_fetch = False
+                segment.GENS.clear()
+                manifest.MANIFESTS.clear()
+                nsc = db.open_namespace("g")
+                body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
+                if filt is not None:
+                    body["filters"] = filt
+                t = time.perf_counter()
+                r = engine.run_query(nsc, body)
+                ms = (time.perf_counter() - t) * 1000
+                p = r["performance"]
+                rows.append(
+                    (ms, p["object_store_round_trips"], p["object_store_requests"], p["object_store_bytes_read"])
+                )
+                shutil.rmtree(c.root, ignore_errors=True)
+            arr = np.asarray(rows, dtype=np.float64)
+            out["cold"][name] = {
+                "ms": float(np.median(arr[:, 0])),
+                "round_trips_max": int(arr[:, 1].max()),
+                "requests": float(np.median(arr[:, 2])),
+                "requests_max": int(arr[:, 2].max()),
+                "bytes": float(np.median(arr[:, 3])),
+            }
+            log(f"  cold {name}: {out['cold'][name]}")
+    print(json.dumps(out))
+
+
+# ---------------------------------------------------------------- main
+def copy_to_moto(store: Path, endpoint: str) -> float:
+    """The namespace's WAL and meta.json (without its index pointer) into the moto bucket,
+    then ``puffer index`` there, so the files are laid out as on any object store (large
+    files in parts); returns the build's seconds."""
+    import puffer_cli
+
+    src = puffer_cli.connect(str(store)).store
+    dst = puffer_cli.connect("s3://bench/filtered", s3_endpoint=endpoint).store
+    keys = [k for k in src.list("g/") if "/index/" not in k and not k.endswith("meta.json")]
+    for k in keys:
+        dst.write(k, src.read(k))
+    meta = json.loads(src.read("g/meta.json"))
+    meta.pop("index", None)
+    dst.write("g/meta.json", json.dumps(meta).encode())
+    log(f"copied {len(keys)} WAL keys to moto; indexing there")
+    return run_cli(["index", "g", "--store", "s3://bench/filtered", "--s3-endpoint", endpoint])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--copies", type=int, default=6, help="GloVe base + noisy copies (6: 1,988,874 rows)")
+    ap.add_argument("--work", default="/tmp/puffer-filtered")
+    ap.add_argument("--data", default=default_data())
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--cold-queries", type=int, default=5)
+    ap.add_argument("--code", action="append", help="checkout(s) to measure (default: this one)")
+    ap.add_argument("--no-cold", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--store", help=argparse.SUPPRESS)
+    ap.add_argument("--endpoint", help=argparse.SUPPRESS)
+    ap.add_argument("--queries-file", help=argparse.SUPPRESS)
+    ap.add_argument("--truth-file", help=argparse.SUPPRESS)
+    ap.add_argument("--n-warm", type=int, default=10, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child(a)
+        return
+    load0 = os.getloadavg()
+    work = Path(a.work)
+    g = Path(a.data) / "glove-100-angular"
+    base = pl.read_parquet(g / "base.parquet").select("id", "vector")
+    queries = np.load(g / "queries.npy")[: a.queries].astype(np.float32)
+    d = work / f"data-{a.copies}"
+    n = make_parts(base, a.copies, d)
+    parts = sorted(d.glob("part-*.parquet"))
+    store = work / f"store-{a.copies}"
+    build = None
+    if not (store / "g" / "meta.json").exists() or b'"index"' not in (store / "g" / "meta.json").read_bytes():
+        shutil.rmtree(store, ignore_errors=True)
+        log(f"{n:,} rows: ingest")
+        ing = run_cli(["ingest", "g", *map(str, parts), "--vector", "vector", "--store", str(store)])
+        log(f"ingest {ing:.1f}s; index")
+        build = (ing, run_cli(["index", "g", "--store", str(store)]))
+        log(f"index {build[1]:.1f}s")
+    tfile = work / f"truth-{a.copies}-{a.queries}.npz"
+    if not tfile.exists():
+        log("ground truth")
+        np.savez(tfile, **{name: ground_truth(parts, queries, w) for name, (_f, w) in FILTERS.items()})
+    qfile = work / f"queries-{a.queries}.npy"
+    np.save(qfile, queries)
+    server, endpoint = (None, None) if a.no_cold else start_moto(process=True)
+    results = {}
+    try:
+        if endpoint:
+            log(f"moto build {copy_to_moto(store, endpoint):.0f}s")
+        for code in a.code or [str(ROOT)]:
+            log(f"measuring {code}")
+            args = [sys.executable, str(Path(__file__).resolve()), "--child", "--store", str(store)]
+            args += ["--queries-file", str(qfile), "--truth-file", str(tfile), "--n-warm", str(a.warmup)]
+            args += ["--cold-queries", str(a.cold_queries)] + (["--endpoint", endpoint] if endpoint else [])
+            env = {**os.environ, "PYTHONPATH": code}
+            p = subprocess.run(args, env=env, stdout=subprocess.PIPE, check=True, cwd=code)
+            results[code] = json.loads(p.stdout.decode().strip().splitlines()[-1])
+            results[code]["rev"] = _rev(code)
+    finally:
+        if server is not None:
+            server.stop()
+    load1 = os.getloadavg()
+    publish(render(a, n, build, results, load0, load1), START, END, write=not a.no_write)
+
+
+def _rev(code: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", "-C", code, "log", "-1", "--format=%h %s"], capture_output=True, text=True, check=True
+        ).stdout.strip()[:70]
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def render(a, n: int, build, results: dict, load0, load1) -> str:
+    cmd = (
+        f"python benchmarks/bench_filtered.py --copies {a.copies} --queries {a.queries} --cold-queries {a.cold_queries}"
+    )
+    cmd += "".join(f" --code {c}" for c in a.code or [])
+    L = section_head("Filtered ANN (`benchmarks/bench_filtered.py`)", cmd, ("numpy", "polars", "numkong", "moto"))
+    vb = n * 100 * 4
+    L += [
+        f"- Data: GloVe-100 base + {a.copies - 1} noisy copies (sigma {NOISE}), {n:,} rows; `u` uniform 0..999 per row "
+        "(uncorrelated), `c` = percentile of the base vector's first component (correlated). "
+        f"{a.queries} held-out queries, truth = exact numpy filtered cosine top-10.",
+        f"- Load average (1/5/15 min) at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; at end: "
+        f"{load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}.",
+    ]
+    if build:
+        L.append(f"- Built in this run: ingest {build[0]:.0f} s, index {build[1]:.0f} s (local store).")
+    L.append(
+        "- Code measured (each in its own process, same store): " + "; ".join(f"`{r['rev']}`" for r in results.values())
+    )
+    L += [
+        "",
+        "Warm, in-process (eventual, top-10; rows scanned = IVF members scanned + rows scored exactly, median):",
+        "",
+        "| code | filter | recall@10 | p50 ms | p99 ms | rows scanned | p50 / unfiltered p50 |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results.values():
+        base = r["warm"]["none"]["p50"]
+        for name, w in r["warm"].items():
+            L.append(
+                f"| {r['rev'][:7]} | {name} | {w['recall']:.3f} | {w['p50']:.2f} | {w['p99']:.2f} | "
+                f"{w['scanned']:,.0f} | {w['p50'] / base:.2f} |"
+            )
+    if any(r["cold"] for r in results.values()):
+        L += [
+            "",
+            f"Cold on moto (own process, loopback), empty cache per query, {a.cold_queries} queries per row; "
+            f"vector bytes = {vb / 1e6:,.0f} MB (f32):",
+            "",
+            "| code | filter | wall ms (median) | round trips (max) | requests (median / max) | MB read (median) | % of vector bytes |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in results.values():
+            for name, c in r["cold"].items():
+                L.append(
+                    f"| {r['rev'][:7]} | {name} | {c['ms']:.0f} | {c['round_trips_max']} | "
+                    f"{c['requests']:.0f} / {c['requests_max']} | {c['bytes'] / 1e6:.2f} | {c['bytes'] / vb * 100:.2f}% |"
+                )
+    return "\n".join(L) + "\n\n"
+
+
+if __name__ == "__main__":
+    main()

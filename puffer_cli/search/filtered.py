@@ -1,0 +1,96 @@
+"""Filtered vector search: which lists a filtered ANN query probes, and the cost model
+that chooses between that probe and an exact search over the rows that pass.
+
+Once a segment's filter mask is known (the filter's column chunks, read with the IVF
+lists it probably needs in one round trip), the rows passing it are counted per IVF
+list (``ivf.list_matches``: rows are stored in list order, so this is a search of the
+lists' bounds among the matching rows).  The probe then takes the lists nearest the
+query *that hold a matching row*, until they hold ``ivf.filtered_need`` matching rows,
+and scores only those rows' codes: lists without a match are neither read nor scanned.
+
+Exact search (every passing row's f32 vector) is chosen instead when it costs less:
+
+* warm (vectors memory-mapped): bytes touched, ``rows x dims x 4`` for exact against
+  the probe's members scanned (one mask byte each) plus ``dims`` bytes per passing member
+  scored, exact when at most ``WARM_EXACT_RATIO`` times the probe's (exact is also exact);
+* cold (vectors by range): the bytes of the passing rows' vectors read in at most
+  ``EXACT_RANGES_MAX`` coalesced ranges (``ranged.bounded``) plus ``ranged.REQUEST_BYTES``
+  per request, against the probed lists' ranges not yet fetched, priced the same way.
+
+Either way, exact search is considered only for at most ``reader.EXACT_MAX_ROWS`` rows or
+``reader.EXACT_MAX_FRACTION`` of the segment (tests set both to 0 to force the index).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from puffer_cli.index import ivf
+from puffer_cli.index import ranged as RG
+from puffer_cli.index.segment import Segment, row_ranges
+
+EXACT_RANGES_MAX = 64  # ranges an exact search reads from one segment's vectors at most
+WARM_EXACT_RATIO = 4.0  # warm: exact when it touches at most this many times the probe's bytes
+
+
+@dataclass
+class Plan:
+    """The probe of one segment for a filtered query: the chosen lists and their member runs."""
+
+    chosen: np.ndarray
+    runs: list[tuple[int, int]]
+    scanned: int  # members in the runs
+    matched: int  # members in the runs passing the filter
+
+
+def plan(route: ivf.Route, lists: ivf.Lists, q: np.ndarray, sel: np.ndarray, opts: dict, frac: float, want: int):
+    """The filter-aware probe of a segment (:class:`Plan`), or None when the lists'
+    members are not known without reading the lists file."""
+    matches = ivf.list_matches(route, lists if lists.local else None, sel)
+    if matches is None:
+        return None
+    need = ivf.filtered_need(route.rows, opts["probe"], opts["probe_min_rows"], frac, want)
+    chosen = route.matching_lists(route.prepare_query(q), matches, need)
+    runs = route.runs(chosen, min(opts["fill"], ivf.FILTER_FILL_MAX))
+    if not lists.local:
+        runs = ivf.bounded_runs(route, runs)
+    scanned = int(sum(b - a for a, b in runs))
+    if route.implicit:
+        cs = np.concatenate([[0], np.cumsum(matches)])
+        # members of runs: list bounds are member offsets; runs start and end on list bounds
+        lo = np.searchsorted(route.offsets, [a for a, _b in runs])
+        hi = np.searchsorted(route.offsets, [b for _a, b in runs])
+        matched = int(sum(cs[h] - cs[lo_] for lo_, h in zip(lo, hi)))
+    else:
+        matched = int(matches[chosen].sum())
+    return Plan(chosen, runs, scanned, matched)
+
+
+def exact_cheaper(
+    seg: Segment, f: str, pos: np.ndarray, route: ivf.Route, p: Plan, ahead: tuple | None, remote: bool
+) -> bool:
+    """Whether exact search over the passing rows ``pos`` costs less than the probe ``p``."""
+    dims = route.dims
+    if seg.vectors_at_hand(f) or not remote:
+        exact = len(pos) * dims * 4
+        probe = p.scanned + p.matched * dims
+        return exact <= WARM_EXACT_RATIO * probe
+    return exact_cold_cost(pos, dims) <= probe_cold_cost(route, p, ahead)
+
+
+def exact_cold_cost(pos: np.ndarray, dims: int) -> float:
+    spans = RG.bounded(row_ranges(np.asarray(pos, np.int64), 4 * dims), EXACT_RANGES_MAX)
+    return float(sum(b - a for a, b in spans) + RG.REQUEST_BYTES * len(spans))
+
+
+def probe_cold_cost(route: ivf.Route, p: Plan, ahead: tuple | None) -> float:
+    """Bytes + request cost of the probe's ranges not already fetched ahead."""
+    have = sorted(ahead[0]) if ahead is not None else []
+    cost = 0.0
+    for a, b in ivf.Lists.ranges(route, p.runs):
+        if b <= a or any(s <= a and b <= e for s, e in have):
+            continue
+        cost += (b - a) + RG.REQUEST_BYTES
+    return cost
