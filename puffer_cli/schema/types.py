@@ -47,6 +47,7 @@ SCALARS: dict[str, PolarsDataType] = {
 METRICS = ("cosine_distance", "euclidean_squared")
 VEC_RE = re.compile(r"^\[(\d+)\](f32|f16)$")
 ID_TYPES = ("uint", "uuid", "string")
+SPARSE = "{}f16"  # sparse vectors (puffer_cli/schema/sparse.py)
 ID_MAX_BYTES = L.MAX_ID_BYTES
 ATTR_MAX = L.MAX_ATTRIBUTE_NAME_BYTES
 INT64 = (-(2**63), 2**63 - 1)
@@ -73,6 +74,8 @@ def dtype_of(t: str) -> PolarsDataType:
     """polars dtype for a type string; SchemaError if unknown."""
     if t in SCALARS:
         return SCALARS[t]
+    if t == SPARSE:  # stored as its canonical JSON text (puffer_cli/schema/sparse.py)
+        return pl.String
     if t.startswith("[]") and t[2:] in SCALARS:
         return pl.List(SCALARS[t[2:]])
     m = VEC_RE.match(t)
@@ -86,7 +89,7 @@ def dtype_of(t: str) -> PolarsDataType:
         return pl.Array(pl.Float32, n)
     raise SchemaError(
         f"unknown type {t!r}",
-        hint="types: string int uint float bool datetime uuid, []T arrays, [N]f32 / [N]f16 vectors",
+        hint="types: string int uint float bool datetime uuid, []T arrays, [N]f32 / [N]f16 vectors, {}f16 sparse",
     )
 
 
@@ -206,6 +209,8 @@ def infer_value_type(name: str, v: Any) -> str | None:
         return "datetime"
     if isinstance(v, np.ndarray) and v.ndim == 1 and name == "vector":
         return f"[{len(v)}]f32"
+    if isinstance(v, Mapping):
+        return SPARSE  # an object is a sparse vector {dimension: weight}
     if isinstance(v, (list, tuple, np.ndarray)):
         if not len(v):
             return None
