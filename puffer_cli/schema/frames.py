@@ -612,7 +612,8 @@ def _cast_sparse(s: pl.Series, first_row: int) -> pl.Series:
                 obj = orjson.loads(v)
             except orjson.JSONDecodeError:
                 at = where(first_row + i, name)
-                raise SchemaError(f"{at}: expected a sparse vector (a JSON object), got {show(v, python=True)}") from None
+                got = show(v, python=True)
+                raise SchemaError(f"{at}: expected a sparse vector (a JSON object), got {got}") from None
             vals.append(sparse.canonical(obj, where(first_row + i, name)))
         return pl.Series(name, vals, dtype=pl.String)
     if isinstance(s.dtype, pl.Struct):
