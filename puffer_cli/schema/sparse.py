@@ -113,6 +113,23 @@ def is_canonical(s: str) -> bool:
         return False
 
 
+def parse_column(values: list) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Stored forms (or None), one per row -> (row of each entry, key of each entry, float16
+    weight of each entry), rows ascending."""
+    keys: list[str] = []
+    ws: list[float] = []
+    lens = np.zeros(len(values), np.int64)
+    for i, s in enumerate(values):
+        if s is None:
+            continue
+        obj = orjson.loads(s)
+        lens[i] = len(obj)
+        keys.extend(obj)
+        ws.extend(obj.values())
+    rows = np.repeat(np.arange(len(values), dtype=np.int64), lens)
+    return rows, keys, np.asarray(ws, np.float64).astype(np.float16)
+
+
 def decode(s: str | None) -> dict[str, float] | None:
     """A stored form -> the object (None stays None)."""
     return None if s is None else orjson.loads(s)

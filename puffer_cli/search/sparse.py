@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 import polars as pl
 
 from puffer_cli.query.model import SparseKnn
+from puffer_cli.schema import sparse as S
 from puffer_cli.text import bm25 as B
 
 
@@ -31,23 +31,6 @@ class SparseColumn:
     ptr: np.ndarray  # int64, len(dims) + 1
     rows: np.ndarray  # int64
     weights: np.ndarray  # float64
-
-
-def parse_column(values: list) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Stored forms (or None) -> (row of each entry, key of each entry, float16 weight of each entry)."""
-    keys: list[str] = []
-    ws: list[float] = []
-    lens = np.zeros(len(values), np.int64)
-    for i, s in enumerate(values):
-        if s is None:
-            continue
-        obj = orjson.loads(s)
-        lens[i] = len(obj)
-        keys.extend(obj)
-        ws.extend(obj.values())
-    rows = np.repeat(np.arange(len(values), dtype=np.int64), lens)
-    w = np.asarray(ws, np.float64).astype(np.float16)
-    return rows, keys, w
 
 
 def invert(n: int, rows: np.ndarray, keys: list[str], w16: np.ndarray) -> SparseColumn:
@@ -66,7 +49,7 @@ def column(docs: pl.DataFrame, attr: str) -> SparseColumn:
     def build() -> SparseColumn:
         if attr not in docs.columns:
             return invert(docs.height, np.zeros(0, np.int64), [], np.zeros(0, np.float16))
-        rows, keys, w = parse_column(docs.get_column(attr).to_list())
+        rows, keys, w = S.parse_column(docs.get_column(attr).to_list())
         return invert(docs.height, rows, keys, w)
 
     return B.frame_cached(docs, ("sparse", attr), build)

@@ -1,0 +1,344 @@
+"""The sparse vector index of a ``{}f16`` attribute with ``sparse_knn``, per segment
+(``sparse-{tag}.blk``, format spk-1; docs/format-index.md): an inverted index over
+dimensions laid out for ranged reads like the full-text block index, whose codecs it
+reuses (puffer_cli/index/fts.py: bit packing, dictionary blocks, range maxima).
+
+File: the postings of every dimension (code point order), then the dictionary blocks
+(DICT_TERMS dimensions each: dimension, postings count, byte offset, length, blocks).  A
+dimension's postings are blocks of BLOCK rows: a head of per-block columns (first row u32,
+last row u32, max weight f32, min weight f32, delta width u8), then per block the row
+deltas bit-packed and the weights as float16 (exact: the stored weights are float16).
+
+Query (:func:`prune`, block-max pruning, exact): every block gets an upper bound of the
+score of any of its rows (its own dimension's bound ``q * max`` or ``q * min`` by the sign
+of the query weight, plus per other dimension the largest non-negative bound of that
+dimension's blocks overlapping its row range); theta is the k-th best exact score of the
+rows in the best-bounded blocks; blocks bounded below theta are never decoded; the rows of
+the others are bounded again row by row (exact where their blocks are decoded) and those
+below theta dropped.  Every row of the segment's exact top k survives (its score >= theta
+and every bound >= its score), so the engine's exact re-rank of the survivors gives the
+exhaustive answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from puffer_cli.index.fts import BLOCK, DICT_TERMS, _dict_block, _pack, _range_max, _read_dict_block, _unpack, _widths
+from puffer_cli.schema import sparse as S
+
+SPK = "spk-1"
+PAIRWISE_MAX = 64  # query dimensions up to this: per-block cross bounds (else per-dimension maxima)
+SAMPLE = 4  # theta from the rows of the best-bounded blocks: about this many per requested row
+META = 17  # head bytes per block
+
+
+def build(values) -> tuple[bytes, dict]:
+    """The index of one segment's ``{}f16`` column (stored forms or None, one per row):
+    (file bytes, manifest entry fields)."""
+    vals = values.to_list() if hasattr(values, "to_list") else list(values)
+    n = len(vals)
+    rows, keys, w16 = S.parse_column(vals)
+    first_seen: dict[str, int] = {}
+    setdefault = first_seen.setdefault
+    kid0 = np.fromiter((setdefault(k, len(first_seen)) for k in keys), np.int64, len(keys))
+    dims = sorted(first_seen)
+    rank = np.empty(len(dims), np.int64)
+    for r, d in enumerate(dims):
+        rank[first_seen[d]] = r
+    kid = rank[kid0] if len(kid0) else kid0
+    o = np.argsort(kid, kind="stable")  # rows stay ascending per dimension
+    kid, rows, w16 = kid[o], rows[o], w16[o]
+    tptr = np.zeros(len(dims) + 1, np.int64)
+    np.cumsum(np.bincount(kid, minlength=len(dims)), out=tptr[1:])
+    data, off, ln, nb = _encode(rows, w16, tptr)
+    pieces = [data.tobytes()]
+    pos = len(pieces[0])
+    df = np.diff(tptr)
+    firsts, doffs = [], [pos]
+    for a in range(0, len(dims), DICT_TERMS):
+        b = min(a + DICT_TERMS, len(dims))
+        blob = _dict_block(dims[a:b], df[a:b], off[a:b], ln[a:b], nb[a:b])
+        pieces.append(blob)
+        pos += len(blob)
+        firsts.append(dims[a])
+        doffs.append(pos)
+    entry = {"format": SPK, "block": BLOCK, "rows": n, "dict": {"first": firsts, "off": doffs}, "dims": len(dims)}
+    return b"".join(pieces), entry
+
+
+def _encode(rows: np.ndarray, w16: np.ndarray, tptr: np.ndarray):
+    """Postings of consecutive dimensions (dimension i: rows[tptr[i]:tptr[i+1]]) -> (bytes,
+    per dimension offset, length, blocks)."""
+    nd = len(tptr) - 1
+    df = np.diff(tptr)
+    nblk = (df + BLOCK - 1) // BLOCK
+    bptr = np.zeros(nd + 1, np.int64)
+    np.cumsum(nblk, out=bptr[1:])
+    nb = int(bptr[-1])
+    dim_of = np.repeat(np.arange(nd), nblk)
+    k = np.arange(nb) - bptr[dim_of]
+    bstart = tptr[dim_of] + k * BLOCK
+    bend = np.minimum(bstart + BLOCK, tptr[dim_of + 1])
+    count = bend - bstart
+    delta = np.zeros(len(rows), np.int64)
+    delta[1:] = rows[1:] - rows[:-1]
+    delta[bstart] = 0
+    wf = w16.astype(np.float32)
+    if nb:
+        maxd = np.maximum.reduceat(delta, bstart)
+        maxw, minw = np.maximum.reduceat(wf, bstart), np.minimum.reduceat(wf, bstart)
+    else:
+        maxd, maxw, minw = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    dw = _widths(maxd)
+    dbytes, ddata = _pack(delta, bstart, count, dw)
+    blkbytes = dbytes + 2 * count
+    databytes = np.add.reduceat(blkbytes, bptr[:-1]) if nb else np.zeros(nd, np.int64)
+    databytes = np.where(nblk > 0, databytes, 0)
+    tlen = META * nblk + databytes
+    toff = np.zeros(nd + 1, np.int64)
+    np.cumsum(tlen, out=toff[1:])
+    out = np.zeros(int(toff[-1]), np.uint8)
+    cols = [
+        (rows[bstart].astype("<u4"), 4),
+        (rows[bend - 1].astype("<u4"), 4),
+        (maxw.astype("<f4"), 4),
+        (minw.astype("<f4"), 4),
+        (dw.astype("u1"), 1),
+    ]
+    col_off = 0
+    for arr, size in cols:
+        b = arr.view(np.uint8).reshape(nb, size)
+        dst = toff[dim_of] + col_off * nblk[dim_of] + k * size
+        out[dst[:, None] + np.arange(size)[None, :]] = b
+        col_off += size
+    cum = np.zeros(nb + 1, np.int64)
+    np.cumsum(blkbytes, out=cum[1:])
+    dstart = toff[dim_of] + META * nblk[dim_of] + (cum[:-1] - cum[bptr[dim_of]])
+    _scatter(out, ddata, dbytes, dstart)
+    wbytes = w16.astype("<f2").view(np.uint8)
+    _scatter(out, wbytes, 2 * count, dstart + dbytes)
+    return out, toff[:-1], tlen, nblk
+
+
+def _scatter(out: np.ndarray, data: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> None:
+    if not len(data):
+        return
+    src = np.zeros(len(sizes) + 1, np.int64)
+    np.cumsum(sizes, out=src[1:])
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    out[dst[owner] + (np.arange(len(data)) - src[owner])] = data
+
+
+class DimBlocks:
+    """One dimension's postings in a segment: the block heads decoded, blocks decoded on
+    demand (:meth:`decode`) and kept."""
+
+    def __init__(self, data: bytes, nblocks: int, df: int):
+        raw = np.frombuffer(data, np.uint8)
+        nb = nblocks
+        p = 0
+
+        def col(dt: str, size: int) -> np.ndarray:
+            nonlocal p
+            a = np.frombuffer(raw[p : p + size * nb].tobytes(), dt)
+            p += size * nb
+            return a
+
+        self.first = col("<u4", 4).astype(np.int64)
+        self.last = col("<u4", 4).astype(np.int64)
+        self.maxw = col("<f4", 4).astype(np.float64)
+        self.minw = col("<f4", 4).astype(np.float64)
+        self.dw = col("u1", 1).astype(np.int64)
+        self.count = np.full(nb, BLOCK, np.int64)
+        if nb:
+            self.count[-1] = df - BLOCK * (nb - 1)
+        dbytes = (self.count * self.dw + 7) // 8
+        cum = np.zeros(nb + 1, np.int64)
+        np.cumsum(dbytes + 2 * self.count, out=cum[1:])
+        self.boff = cum[:-1]
+        self.dbytes = dbytes
+        self.body = raw[p:]
+        self.rows: dict[int, np.ndarray] = {}
+        self.weights: dict[int, np.ndarray] = {}
+
+    def decode(self, blocks: np.ndarray) -> None:
+        """Decode ``blocks`` (indices) not decoded yet."""
+        need = np.asarray([b for b in np.unique(blocks).tolist() if b not in self.rows], np.int64)
+        if not len(need):
+            return
+        cnt = self.count[need]
+        deltas = _unpack(self.body, self.boff[need], cnt, self.dw[need]).astype(np.int64)
+        ptr = np.zeros(len(need) + 1, np.int64)
+        np.cumsum(cnt, out=ptr[1:])
+        for j, b in enumerate(need.tolist()):
+            d = deltas[ptr[j] : ptr[j + 1]]
+            self.rows[b] = self.first[b] + np.cumsum(d)
+            a = int(self.boff[b] + self.dbytes[b])
+            self.weights[b] = np.frombuffer(self.body[a : a + 2 * int(cnt[j])].tobytes(), "<f2").astype(np.float64)
+
+    def block_of(self, rows: np.ndarray) -> np.ndarray:
+        """The block whose row range covers each of ``rows`` (-1: none)."""
+        b = np.searchsorted(self.last, rows, side="left")
+        ok = b < len(self.last)
+        ok[ok] &= self.first[b[ok]] <= rows[ok]
+        return np.where(ok, b, -1)
+
+    def lookup(self, rows: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, present) of each row in its (decoded) covering block ``blocks``."""
+        w = np.zeros(len(rows), np.float64)
+        hit = np.zeros(len(rows), bool)
+        for b in np.unique(blocks[blocks >= 0]).tolist():
+            m = np.flatnonzero(blocks == b)
+            br = self.rows[b]
+            j = np.searchsorted(br, rows[m]).clip(0, len(br) - 1)
+            h = br[j] == rows[m]
+            w[m[h]] = self.weights[b][j[h]]
+            hit[m[h]] = True
+        return w, hit
+
+
+class SparseIndex:
+    """Reader of a segment's ``sparse-{tag}.blk``: dictionary blocks and the postings of the
+    dimensions a query names, by ranged reads (memoized)."""
+
+    MAX_DIMS = 4096  # decoded dimensions kept
+
+    def __init__(self, entry: dict, read_ranges, damage):
+        from collections import OrderedDict
+        from threading import RLock
+
+        self.entry, self.read, self.damage = entry, read_ranges, damage
+        self.rows = int(entry["rows"])
+        self._dict: dict[int, dict] = {}
+        self._dims: OrderedDict = OrderedDict()
+        self._lock = RLock()
+
+    def _dict_ids(self, dims) -> list[int]:
+        import bisect
+
+        first = self.entry["dict"]["first"]
+        return sorted({i for d in dims if (i := bisect.bisect_right(first, d) - 1) >= 0})
+
+    def postings(self, dims) -> dict[str, DimBlocks]:
+        """The postings of ``dims`` present in the segment (two batches of reads at most:
+        dictionary blocks, then postings)."""
+        import zlib
+
+        try:
+            offs = self.entry["dict"]["off"]
+            with self._lock:
+                need = [i for i in self._dict_ids(dims) if i not in self._dict]
+            if need:
+                got = self.read([(offs[i], offs[i + 1]) for i in need])
+                with self._lock:
+                    for i, blob in zip(need, got):
+                        self._dict[i] = _read_dict_block(blob)
+            ent = {}
+            with self._lock:
+                for d in dims:
+                    ids = self._dict_ids([d])
+                    if ids and d in self._dict[ids[0]]:
+                        ent[d] = self._dict[ids[0]][d]
+                out = {d: self._dims[d] for d in ent if d in self._dims}
+            miss = [d for d in ent if d not in out]
+            if miss:
+                got = self.read([(ent[d][1], ent[d][1] + ent[d][2]) for d in miss])
+                with self._lock:
+                    for d, blob in zip(miss, got):
+                        out[d] = self._dims[d] = DimBlocks(blob, ent[d][3], ent[d][0])
+                    while len(self._dims) > self.MAX_DIMS:
+                        self._dims.popitem(last=False)
+            return out
+        except FileNotFoundError as e:
+            raise self.damage(e, True) from e
+        except (zlib.error, ValueError, IndexError, EOFError, OSError) as e:
+            raise self.damage(e, False) from e
+
+
+def _exact(posts: dict[str, DimBlocks], q: dict[str, float], rows: np.ndarray, decode: bool):
+    """(score, exact) of ``rows``: the contributions of every query dimension from decoded
+    blocks (``decode``: decode the covering blocks first); where a covering block is not
+    decoded, its non-negative bound instead (``exact`` false)."""
+    s = np.zeros(len(rows), np.float64)
+    exact = np.ones(len(rows), bool)
+    for d in sorted(posts):
+        db = posts[d]
+        blk = db.block_of(rows)
+        if decode:
+            db.decode(blk[blk >= 0])
+        done = np.asarray([b >= 0 and b in db.rows for b in blk.tolist()], bool)
+        w, _hit = db.lookup(rows[done], blk[done])
+        s[done] += q[d] * w
+        und = (blk >= 0) & ~done
+        if und.any():
+            bb = blk[und]
+            s[und] += np.maximum(np.where(q[d] > 0, q[d] * db.maxw[bb], q[d] * db.minw[bb]), 0.0)
+            exact[und] = False
+    return s, exact
+
+
+def _kth(scores: np.ndarray, k: int) -> float:
+    return float(np.partition(scores, len(scores) - k)[len(scores) - k]) if 0 < k <= len(scores) else -np.inf
+
+
+def _below(x: float) -> float:
+    """A little below ``x`` (float slack: bounds and scores are summed in different orders)."""
+    return x - 1e-9 * abs(x) - 1e-12
+
+
+def prune(posts: dict[str, DimBlocks], q: dict[str, float], sel: np.ndarray, k: int) -> np.ndarray:
+    """The rows (ascending, passing ``sel``) that can be in the segment's top ``k`` by the dot
+    product with query weights ``q`` (the algorithm and why it is exact: module docstring)."""
+    ds = sorted(d for d in posts if len(posts[d].first))
+    if not ds or k <= 0 or not sel.any():
+        return np.zeros(0, np.int64)
+    own = {d: np.where(q[d] > 0, q[d] * posts[d].maxw, q[d] * posts[d].minw) for d in ds}
+    pos = {d: np.maximum(own[d], 0.0) for d in ds}
+    bound = {d: own[d].copy() for d in ds}
+    if len(ds) <= PAIRWISE_MAX:
+        for d in ds:
+            for u in ds:
+                if u != d:
+                    lo = np.searchsorted(posts[u].last, posts[d].first, side="left")
+                    hi = np.searchsorted(posts[u].first, posts[d].last, side="right")
+                    bound[d] += _range_max(pos[u], lo, hi)
+    else:
+        tops = {d: float(pos[d].max()) for d in ds}
+        total = sum(tops.values())
+        for d in ds:
+            bound[d] += total - tops[d]
+    for d in ds:
+        bound[d] += 1e-9 * np.abs(bound[d]) + 1e-12
+    # theta: exact scores of the rows of the best-bounded blocks
+    allb = np.concatenate([bound[d] for d in ds])
+    dof = np.concatenate([np.full(len(bound[d]), i) for i, d in enumerate(ds)])
+    bix = np.concatenate([np.arange(len(bound[d])) for d in ds])
+    order = np.argsort(-allb, kind="stable")
+    sizes = np.concatenate([posts[d].count for d in ds])[order]
+    pick = order[: int(np.searchsorted(np.cumsum(sizes), SAMPLE * k)) + 1]
+    sample: list[np.ndarray] = []
+    for i, d in enumerate(ds):
+        bl = bix[pick[dof[pick] == i]]
+        if len(bl):
+            posts[d].decode(bl)
+            sample.extend(posts[d].rows[b] for b in bl.tolist())
+    r0 = np.unique(np.concatenate(sample))
+    r0 = r0[sel[r0]]
+    s0, _ = _exact(posts, q, r0, decode=True)
+    theta = _kth(s0, k)
+    cut = _below(theta)
+    cand: list[np.ndarray] = []
+    for d in ds:
+        db = posts[d]
+        ok = np.flatnonzero(bound[d] >= cut)
+        if len(ok):
+            db.decode(ok)
+            cand.extend(db.rows[b] for b in ok.tolist())
+    rows = np.unique(np.concatenate(cand)) if cand else np.zeros(0, np.int64)
+    rows = rows[sel[rows]]
+    if theta == -np.inf or not len(rows):
+        return rows.astype(np.int64)
+    ub, exact = _exact(posts, q, rows, decode=False)
+    theta = max(theta, _kth(ub[exact], k))
+    return rows[ub >= _below(theta)].astype(np.int64)
