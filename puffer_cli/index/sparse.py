@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from puffer_cli.index.fts import BLOCK, DICT_TERMS, _dict_block, _pack, _range_max, _read_dict_block, _unpack, _widths
+from puffer_cli.index import fts as F
 from puffer_cli.schema import sparse as S
 
 SPK = "spk-1"
@@ -56,14 +56,14 @@ def build(values) -> tuple[bytes, dict]:
     pos = len(pieces[0])
     df = np.diff(tptr)
     firsts, doffs = [], [pos]
-    for a in range(0, len(dims), DICT_TERMS):
-        b = min(a + DICT_TERMS, len(dims))
-        blob = _dict_block(dims[a:b], df[a:b], off[a:b], ln[a:b], nb[a:b])
+    for a in range(0, len(dims), F.DICT_TERMS):
+        b = min(a + F.DICT_TERMS, len(dims))
+        blob = F._dict_block(dims[a:b], df[a:b], off[a:b], ln[a:b], nb[a:b])
         pieces.append(blob)
         pos += len(blob)
         firsts.append(dims[a])
         doffs.append(pos)
-    entry = {"format": SPK, "block": BLOCK, "rows": n, "dict": {"first": firsts, "off": doffs}, "dims": len(dims)}
+    entry = {"format": SPK, "block": F.BLOCK, "rows": n, "dict": {"first": firsts, "off": doffs}, "dims": len(dims)}
     return b"".join(pieces), entry
 
 
@@ -72,14 +72,14 @@ def _encode(rows: np.ndarray, w16: np.ndarray, tptr: np.ndarray):
     per dimension offset, length, blocks)."""
     nd = len(tptr) - 1
     df = np.diff(tptr)
-    nblk = (df + BLOCK - 1) // BLOCK
+    nblk = (df + F.BLOCK - 1) // F.BLOCK
     bptr = np.zeros(nd + 1, np.int64)
     np.cumsum(nblk, out=bptr[1:])
     nb = int(bptr[-1])
     dim_of = np.repeat(np.arange(nd), nblk)
     k = np.arange(nb) - bptr[dim_of]
-    bstart = tptr[dim_of] + k * BLOCK
-    bend = np.minimum(bstart + BLOCK, tptr[dim_of + 1])
+    bstart = tptr[dim_of] + k * F.BLOCK
+    bend = np.minimum(bstart + F.BLOCK, tptr[dim_of + 1])
     count = bend - bstart
     delta = np.zeros(len(rows), np.int64)
     delta[1:] = rows[1:] - rows[:-1]
@@ -90,8 +90,8 @@ def _encode(rows: np.ndarray, w16: np.ndarray, tptr: np.ndarray):
         maxw, minw = np.maximum.reduceat(wf, bstart), np.minimum.reduceat(wf, bstart)
     else:
         maxd, maxw, minw = np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32)
-    dw = _widths(maxd)
-    dbytes, ddata = _pack(delta, bstart, count, dw)
+    dw = F._widths(maxd)
+    dbytes, ddata = F._pack(delta, bstart, count, dw)
     blkbytes = dbytes + 2 * count
     databytes = np.add.reduceat(blkbytes, bptr[:-1]) if nb else np.zeros(nd, np.int64)
     databytes = np.where(nblk > 0, databytes, 0)
@@ -150,9 +150,9 @@ class DimBlocks:
         self.maxw = col("<f4", 4).astype(np.float64)
         self.minw = col("<f4", 4).astype(np.float64)
         self.dw = col("u1", 1).astype(np.int64)
-        self.count = np.full(nb, BLOCK, np.int64)
+        self.count = np.full(nb, F.BLOCK, np.int64)
         if nb:
-            self.count[-1] = df - BLOCK * (nb - 1)
+            self.count[-1] = df - F.BLOCK * (nb - 1)
         dbytes = (self.count * self.dw + 7) // 8
         cum = np.zeros(nb + 1, np.int64)
         np.cumsum(dbytes + 2 * self.count, out=cum[1:])
@@ -168,7 +168,7 @@ class DimBlocks:
         if not len(need):
             return
         cnt = self.count[need]
-        deltas = _unpack(self.body, self.boff[need], cnt, self.dw[need]).astype(np.int64)
+        deltas = F._unpack(self.body, self.boff[need], cnt, self.dw[need]).astype(np.int64)
         ptr = np.zeros(len(need) + 1, np.int64)
         np.cumsum(cnt, out=ptr[1:])
         for j, b in enumerate(need.tolist()):
@@ -233,7 +233,7 @@ class SparseIndex:
                 got = self.read([(offs[i], offs[i + 1]) for i in need])
                 with self._lock:
                     for i, blob in zip(need, got):
-                        self._dict[i] = _read_dict_block(blob)
+                        self._dict[i] = F._read_dict_block(blob)
             ent = {}
             with self._lock:
                 for d in dims:
@@ -302,7 +302,7 @@ def prune(posts: dict[str, DimBlocks], q: dict[str, float], sel: np.ndarray, k: 
                 if u != d:
                     lo = np.searchsorted(posts[u].last, posts[d].first, side="left")
                     hi = np.searchsorted(posts[u].first, posts[d].last, side="right")
-                    bound[d] += _range_max(pos[u], lo, hi)
+                    bound[d] += F._range_max(pos[u], lo, hi)
     else:
         tops = {d: float(pos[d].max()) for d in ds}
         total = sum(tops.values())
