@@ -289,3 +289,47 @@ def test_hostile_inputs_are_4xx(mem_db):
         with pytest.raises(InvalidRequest) as ei:
             ns.write(body)
         assert 400 <= ei.value.status < 500
+
+
+# ---------------------------------------------------------------- the official client over a socket
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    from puffer_cli.server.app import ServeConfig
+
+    from .serve_proc import ThreadServer
+
+    s = ThreadServer(ServeConfig(store=str(tmp_path_factory.mktemp("sparse") / "store"), api_key="k"))
+    yield s
+    s.stop()
+
+
+def test_official_client(live):
+    import turbopuffer
+
+    tp = turbopuffer.Turbopuffer(base_url=live.url, api_key="k", max_retries=0)
+    ns = tp.namespace("sparse-client")
+    ns.write(
+        schema={"sv": {"type": "{}f16", "sparse_knn": {"distance_metric": "dot_product"}}},
+        upsert_rows=[{"id": 1, "sv": {"30521": 0.5, "7": 1.0}}, {"id": 2, "sv": {"7": 2.0}}, {"id": 3, "t": "x"}],
+    )
+    assert ns.schema()["sv"].type == "{}f16"
+    assert ns.schema()["sv"].sparse_knn.distance_metric == "dot_product"
+    r = ns.query(rank_by=("sv", "SparseKNN", {"7": 1.0, "30521": 2.0}), top_k=10, include_attributes=["sv"])
+    assert [(row.id, row["$dist"]) for row in r.rows] == [(1, 2.0), (2, 2.0)]
+    assert r.rows[0]["sv"] == {"30521": 0.5, "7": 1.0}
+    ns.write(upsert_columns={"id": [4], "sv": [{"7": 0.25}]})
+    r = ns.query(rank_by=("sv", "SparseKNN", {"7": 1.0}), top_k=2)
+    assert [row.id for row in r.rows] == [2, 1]
+    for rows in (
+        [{"id": 9, "sv": {"7": float("inf")}}],
+        [{"id": 9, "sv": {}}],
+        [{"id": 9, "sv": {str(i): 1.0 for i in range(100_000)}}],
+        [{"id": 9, "sv": {"7": "heavy"}}],
+    ):
+        with pytest.raises(turbopuffer.APIStatusError) as ei:
+            ns.write(upsert_rows=rows)
+        assert 400 <= ei.value.status_code < 500
+    for q in ({}, {str(i): 1.0 for i in range(5000)}, {"7": "x"}):
+        with pytest.raises(turbopuffer.APIStatusError) as ei:
+            ns.query(rank_by=("sv", "SparseKNN", q), top_k=2)
+        assert 400 <= ei.value.status_code < 500
