@@ -145,12 +145,11 @@ def test_exact_matches_numpy_reference(mem_db, seed, n, vocab, k, neg):
 # ---------------------------------------------------------------- index = exhaustive
 def _exhaustive_prune(posts, q, sel, k):
     """The segment's exact top k from the decoded postings (what prune must keep)."""
-    rows_all = {}
+    rows_all: dict = {}
     for d, db in posts.items():
         db.decode(np.arange(len(db.first)))
-        for b in range(len(db.first)):
-            for r, w in zip(db.rows[b].tolist(), db.weights[b].tolist()):
-                rows_all[r] = rows_all.get(r, 0.0) + q[d] * w
+        for r, w in zip(db.rows.tolist(), db.weights.tolist()):
+            rows_all[r] = rows_all.get(r, 0.0) + q[d] * w
     cand = sorted(((s, r) for r, s in rows_all.items() if sel[r]), key=lambda t: (-t[0], t[1]))
     if len(cand) <= k:
         return {r for _, r in cand}
@@ -175,8 +174,9 @@ class _Bytes:
     nq=st.integers(1, 8),
     neg=st.booleans(),
     filt=st.booleans(),
+    direct=st.booleans(),
 )
-def test_prune_keeps_the_exact_top_k(seed, n, vocab, k, nq, neg, filt):
+def test_prune_keeps_the_exact_top_k(seed, n, vocab, k, nq, neg, filt, direct):
     rng = np.random.default_rng(seed)
     vals = []
     for _ in range(n):
@@ -191,15 +191,21 @@ def test_prune_keeps_the_exact_top_k(seed, n, vocab, k, nq, neg, filt):
     si = SP.SparseIndex(entry, _Bytes(data), lambda e, missing: e)
     q = {str(d): float(rng.normal() if neg else rng.exponential()) for d in rng.choice(vocab, min(nq, vocab), False)}
     sel = rng.random(n) < 0.6 if filt else np.ones(n, bool)
-    got = set(SP.prune(si.postings(sorted(q)), q, sel, k).tolist())
+    saved = SP.DIRECT_POSTINGS
+    SP.DIRECT_POSTINGS = 1 << 40 if direct else 0  # the short-postings path, or block-max bounds always
+    try:
+        got = set(SP.prune(si.postings(sorted(q)), q, sel, k).tolist())
+    finally:
+        SP.DIRECT_POSTINGS = saved
     posts = SP.SparseIndex(entry, _Bytes(data), lambda e, missing: e).postings(sorted(q))
     want = _exhaustive_prune(posts, q, sel, k)
     assert want <= got
     assert all(sel[r] for r in got)
 
 
-def test_prune_prunes():
+def test_prune_prunes(monkeypatch):
     """On skewed data, block-max pruning passes far fewer rows than hold a query dimension."""
+    monkeypatch.setattr(SP, "DIRECT_POSTINGS", 0)
     rng = np.random.default_rng(7)
     n = 20_000
     vals = [S.canonical({"common": float(rng.random()), str(i % 500): float(rng.random() * 5)}, "") for i in range(n)]

@@ -22,13 +22,16 @@ exhaustive answer.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from puffer_cli.index import fts as F
 from puffer_cli.schema import sparse as S
 
 SPK = "spk-1"
-PAIRWISE_MAX = 64  # query dimensions up to this: per-block cross bounds (else per-dimension maxima)
+PAIRWISE_MAX = 16  # query dimensions up to this: per-block cross bounds (else per-dimension maxima)
+DIRECT_POSTINGS = 65_536  # query postings up to this: decode them all and score every row (no bounds)
 SAMPLE = 4  # theta from the rows of the best-bounded blocks: about this many per requested row
 META = 17  # head bytes per block
 
@@ -132,7 +135,8 @@ def _scatter(out: np.ndarray, data: np.ndarray, sizes: np.ndarray, dst: np.ndarr
 
 class DimBlocks:
     """One dimension's postings in a segment: the block heads decoded, blocks decoded on
-    demand (:meth:`decode`) and kept."""
+    demand (:meth:`decode`) into flat arrays (``rows``: every posting's row, the block's first
+    row standing in until the block is decoded, so the array stays sorted; ``weights``)."""
 
     def __init__(self, data: bytes, nblocks: int, df: int):
         raw = np.frombuffer(data, np.uint8)
@@ -153,29 +157,52 @@ class DimBlocks:
         self.count = np.full(nb, F.BLOCK, np.int64)
         if nb:
             self.count[-1] = df - F.BLOCK * (nb - 1)
+        self.bptr = np.zeros(nb + 1, np.int64)
+        np.cumsum(self.count, out=self.bptr[1:])
         dbytes = (self.count * self.dw + 7) // 8
         cum = np.zeros(nb + 1, np.int64)
         np.cumsum(dbytes + 2 * self.count, out=cum[1:])
         self.boff = cum[:-1]
         self.dbytes = dbytes
         self.body = raw[p:]
-        self.rows: dict[int, np.ndarray] = {}
-        self.weights: dict[int, np.ndarray] = {}
+        self.decoded = np.zeros(nb, bool)
+        self._lock = threading.Lock()
+        self.rows = np.repeat(self.first, self.count)
+        self.weights = np.zeros(df, np.float64)
 
     def decode(self, blocks: np.ndarray) -> None:
         """Decode ``blocks`` (indices) not decoded yet."""
-        need = np.asarray([b for b in np.unique(blocks).tolist() if b not in self.rows], np.int64)
+        m = np.zeros(len(self.count), bool)
+        m[np.asarray(blocks, np.int64)] = True
+        need = np.flatnonzero(m & ~self.decoded)
+        if not len(need):
+            return
+        with self._lock:
+            self._decode(need)
+
+    def _decode(self, need: np.ndarray) -> None:
+        need = need[~self.decoded[need]]
         if not len(need):
             return
         cnt = self.count[need]
         deltas = F._unpack(self.body, self.boff[need], cnt, self.dw[need]).astype(np.int64)
-        ptr = np.zeros(len(need) + 1, np.int64)
-        np.cumsum(cnt, out=ptr[1:])
-        for j, b in enumerate(need.tolist()):
-            d = deltas[ptr[j] : ptr[j + 1]]
-            self.rows[b] = self.first[b] + np.cumsum(d)
-            a = int(self.boff[b] + self.dbytes[b])
-            self.weights[b] = np.frombuffer(self.body[a : a + 2 * int(cnt[j])].tobytes(), "<f2").astype(np.float64)
+        owner = np.repeat(np.arange(len(need)), cnt)
+        start = np.zeros(len(need) + 1, np.int64)
+        np.cumsum(cnt, out=start[1:])
+        cs = np.cumsum(deltas)
+        base = cs[start[:-1]] - deltas[start[:-1]]  # cumulative sum before each block
+        dst = self.bptr[need][owner] + (np.arange(len(deltas)) - start[owner])
+        self.rows[dst] = self.first[need][owner] + (cs - base[owner])
+        wsrc = (self.boff[need] + self.dbytes[need])[owner] + 2 * (np.arange(len(deltas)) - start[owner])
+        wb = self.body[np.stack([wsrc, wsrc + 1], axis=1)].reshape(-1)
+        self.weights[dst] = np.frombuffer(wb.tobytes(), "<f2").astype(np.float64)
+        self.decoded[need] = True
+
+    def rows_of(self, blocks: np.ndarray) -> np.ndarray:
+        """The rows of (decoded) ``blocks``."""
+        m = np.zeros(len(self.count), bool)
+        m[blocks] = True
+        return self.rows[np.repeat(m, self.count)]
 
     def block_of(self, rows: np.ndarray) -> np.ndarray:
         """The block whose row range covers each of ``rows`` (-1: none)."""
@@ -184,18 +211,11 @@ class DimBlocks:
         ok[ok] &= self.first[b[ok]] <= rows[ok]
         return np.where(ok, b, -1)
 
-    def lookup(self, rows: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(weight, present) of each row in its (decoded) covering block ``blocks``."""
-        w = np.zeros(len(rows), np.float64)
-        hit = np.zeros(len(rows), bool)
-        for b in np.unique(blocks[blocks >= 0]).tolist():
-            m = np.flatnonzero(blocks == b)
-            br = self.rows[b]
-            j = np.searchsorted(br, rows[m]).clip(0, len(br) - 1)
-            h = br[j] == rows[m]
-            w[m[h]] = self.weights[b][j[h]]
-            hit[m[h]] = True
-        return w, hit
+    def lookup(self, rows: np.ndarray) -> np.ndarray:
+        """The weight of each of ``rows`` (0 where absent); their covering blocks are decoded."""
+        j = np.searchsorted(self.rows, rows).clip(0, max(len(self.rows) - 1, 0))
+        hit = self.rows[j] == rows if len(self.rows) else np.zeros(len(rows), bool)
+        return np.where(hit, self.weights[j] if len(self.rows) else 0.0, 0.0)
 
 
 class SparseIndex:
@@ -265,15 +285,15 @@ def _exact(posts: dict[str, DimBlocks], q: dict[str, float], rows: np.ndarray, d
     for d in sorted(posts):
         db = posts[d]
         blk = db.block_of(rows)
+        cov = blk >= 0
         if decode:
-            db.decode(blk[blk >= 0])
-        done = np.asarray([b >= 0 and b in db.rows for b in blk.tolist()], bool)
-        w, _hit = db.lookup(rows[done], blk[done])
-        s[done] += q[d] * w
-        und = (blk >= 0) & ~done
+            db.decode(blk[cov])
+        done = cov & db.decoded[np.where(cov, blk, 0)]
+        s[done] += q[d] * db.lookup(rows[done])
+        und = cov & ~done
         if und.any():
             bb = blk[und]
-            s[und] += np.maximum(np.where(q[d] > 0, q[d] * db.maxw[bb], q[d] * db.minw[bb]), 0.0)
+            s[und] += np.maximum(q[d] * (db.maxw[bb] if q[d] > 0 else db.minw[bb]), 0.0)
             exact[und] = False
     return s, exact
 
@@ -287,12 +307,30 @@ def _below(x: float) -> float:
     return x - 1e-9 * abs(x) - 1e-12
 
 
+def _direct(posts: dict[str, DimBlocks], ds: list[str], q: dict[str, float], sel: np.ndarray, k: int) -> np.ndarray:
+    """Short postings: every block decoded, every matching row scored exactly; the rows
+    scoring at least the k-th best (ties kept)."""
+    s = np.zeros(len(sel), np.float64)
+    m = np.zeros(len(sel), bool)
+    for d in ds:
+        db = posts[d]
+        db.decode(np.arange(len(db.first)))
+        s[db.rows] += q[d] * db.weights
+        m[db.rows] = True
+    rows = np.flatnonzero(m & sel)
+    if len(rows) <= k:
+        return rows.astype(np.int64)
+    return rows[s[rows] >= _below(_kth(s[rows], k))].astype(np.int64)
+
+
 def prune(posts: dict[str, DimBlocks], q: dict[str, float], sel: np.ndarray, k: int) -> np.ndarray:
     """The rows (ascending, passing ``sel``) that can be in the segment's top ``k`` by the dot
     product with query weights ``q`` (the algorithm and why it is exact: module docstring)."""
     ds = sorted(d for d in posts if len(posts[d].first))
     if not ds or k <= 0 or not sel.any():
         return np.zeros(0, np.int64)
+    if sum(len(posts[d].rows) for d in ds) <= DIRECT_POSTINGS:
+        return _direct(posts, ds, q, sel, k)
     own = {d: np.where(q[d] > 0, q[d] * posts[d].maxw, q[d] * posts[d].minw) for d in ds}
     pos = {d: np.maximum(own[d], 0.0) for d in ds}
     bound = {d: own[d].copy() for d in ds}
@@ -322,7 +360,7 @@ def prune(posts: dict[str, DimBlocks], q: dict[str, float], sel: np.ndarray, k: 
         bl = bix[pick[dof[pick] == i]]
         if len(bl):
             posts[d].decode(bl)
-            sample.extend(posts[d].rows[b] for b in bl.tolist())
+            sample.append(posts[d].rows_of(bl))
     r0 = np.unique(np.concatenate(sample))
     r0 = r0[sel[r0]]
     s0, _ = _exact(posts, q, r0, decode=True)
@@ -334,7 +372,7 @@ def prune(posts: dict[str, DimBlocks], q: dict[str, float], sel: np.ndarray, k: 
         ok = np.flatnonzero(bound[d] >= cut)
         if len(ok):
             db.decode(ok)
-            cand.extend(db.rows[b] for b in ok.tolist())
+            cand.append(db.rows_of(ok))
     rows = np.unique(np.concatenate(cand)) if cand else np.zeros(0, np.int64)
     rows = rows[sel[rows]]
     if theta == -np.inf or not len(rows):
