@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import numpy as np
     import polars as pl
-
     import puffer_cli
     from puffer_cli.index import sparse as SP
     from puffer_cli.query import parse as Q
