@@ -339,3 +339,18 @@ def test_official_client(live):
         with pytest.raises(turbopuffer.APIStatusError) as ei:
             ns.query(rank_by=("sv", "SparseKNN", q), top_k=2)
         assert 400 <= ei.value.status_code < 500
+
+
+def test_compatibility_page_is_true():
+    """docs/http.md lists exactly the refused schema keys as refused, and sparse vectors as supported."""
+    import pathlib
+    import re
+
+    from puffer_cli.schema import spec
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "http.md").read_text()
+    m = re.search(r"\); ((?:`\w+`(?:, | and )?)+)\n  \([^)]*\) are 400: not supported", text)
+    assert m, "docs/http.md: the schema bullet naming the refused keys"
+    assert set(re.findall(r"`(\w+)`", m.group(1))) == set(spec.REFUSED_SPEC_KEYS) | {"late_interaction"}
+    assert "sparse_knn" not in spec.REFUSED_SPEC_KEYS
+    assert "Sparse vectors (turbopuffer's `{}f16` type): supported" in text
