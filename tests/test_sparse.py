@@ -354,3 +354,33 @@ def test_compatibility_page_is_true():
     assert set(re.findall(r"`(\w+)`", m.group(1))) == set(spec.REFUSED_SPEC_KEYS) | {"late_interaction"}
     assert "sparse_knn" not in spec.REFUSED_SPEC_KEYS
     assert "Sparse vectors (turbopuffer's `{}f16` type): supported" in text
+
+
+def test_hybrid_multi_query_and_index_declared_later(mem_db):
+    ns = mem_db.namespace("later")
+    ns.write(
+        {
+            "schema": {"sv": "{}f16", "t": {"type": "string", "full_text_search": True}},
+            "upsert_rows": [
+                {"id": i, "sv": {str(i % 7): 1.0 + i, "x": 0.5}, "t": f"word{i % 5} fox"} for i in range(300)
+            ],
+        }
+    )
+    ns.index()
+    seg = mem_db.open_namespace("later")
+    q = {"3": 1.0, "x": 1.0}
+    want = [r["id"] for r in _query(seg, q)]
+    ns.write({"schema": {"sv": {"type": "{}f16", "sparse_knn": {"distance_metric": "dot_product"}}}})
+    ns.index()  # the segment lacks the sparse index: rebuilt
+    n = mem_db.open_namespace("later")
+    out = engine.run_query(n, {"rank_by": ["sv", "SparseKNN", q], "top_k": 10})
+    assert [r["id"] for r in out["rows"]] == want and out["performance"]["exhaustive_search_count"] == 0
+    body = {
+        "queries": [
+            {"rank_by": ["sv", "SparseKNN", q], "top_k": 10},
+            {"rank_by": ["t", "BM25", "word3"], "top_k": 10},
+        ],
+        "rerank_by": ["RRF"],
+    }
+    fused = engine.run_multi(n, body)["results"][0]["rows"]
+    assert {want[0], 3} <= {r["id"] for r in fused[:2]}  # each list's first, tied at 1/61

@@ -690,6 +690,9 @@ class Segment:
                 self.ivf(f)
             else:
                 self.ann(f)
+        for f, m in self.meta.get("sparse", {}).items():
+            paged.whole(self.cache, self.store, m)
+            self.sparse(f)
         for f, m in self.meta.get("fts", {}).items():
             if m.get("format"):
                 paged.whole(self.cache, self.store, m)
