@@ -57,7 +57,6 @@ WHY_SPARSE = "fts.py's blk-1 codecs, reused by the sparse index (made public onc
 ALLOWED_PRIVATE: dict[tuple[str, str], str] = {
     ("puffer_cli.index.sparse", "F._dict_block"): WHY_SPARSE,
     ("puffer_cli.index.sparse", "F._pack"): WHY_SPARSE,
-    ("puffer_cli.index.sparse", "F._range_max"): WHY_SPARSE,
     ("puffer_cli.index.sparse", "F._read_dict_block"): WHY_SPARSE,
     ("puffer_cli.index.sparse", "F._unpack"): WHY_SPARSE,
     ("puffer_cli.index.sparse", "F._widths"): WHY_SPARSE,

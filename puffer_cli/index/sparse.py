@@ -1,7 +1,7 @@
 """The sparse vector index of a ``{}f16`` attribute with ``sparse_knn``, per segment
 (``sparse-{tag}.blk``, format spk-1; docs/format-index.md): an inverted index over
 dimensions laid out for ranged reads like the full-text block index, whose codecs it
-reuses (puffer_cli/index/fts.py: bit packing, dictionary blocks, range maxima).
+reuses (puffer_cli/index/fts.py: bit packing, dictionary blocks).
 
 File: the postings of every dimension (code point order), then the dictionary blocks
 (DICT_TERMS dimensions each: dimension, postings count, byte offset, length, blocks).  A
@@ -9,15 +9,17 @@ dimension's postings are blocks of BLOCK rows: a head of per-block columns (firs
 last row u32, max weight f32, min weight f32, delta width u8), then per block the row
 deltas bit-packed and the weights as float16 (exact: the stored weights are float16).
 
-Query (:func:`prune`, block-max pruning, exact): every block gets an upper bound of the
-score of any of its rows (its own dimension's bound ``q * max`` or ``q * min`` by the sign
-of the query weight, plus per other dimension the largest non-negative bound of that
-dimension's blocks overlapping its row range); theta is the k-th best exact score of the
-rows in the best-bounded blocks; blocks bounded below theta are never decoded; the rows of
-the others are bounded again row by row (exact where their blocks are decoded) and those
-below theta dropped.  Every row of the segment's exact top k survives (its score >= theta
-and every bound >= its score), so the engine's exact re-rank of the survivors gives the
-exhaustive answer.
+Query (:func:`prune`, exact): short postings (DIRECT_POSTINGS in all) are decoded and every
+row scored.  Otherwise MaxScore with block-max bounds: a block's bound is ``q * max`` (or ``q *
+min`` for a negative query weight) clamped at 0, a dimension's the largest of its blocks'.
+theta = the k-th best exact score of the rows of the best-bounded dimensions; the dimensions of
+smallest bound whose bounds sum below theta are non-essential (a row holding only those cannot
+reach theta), so candidates are the rows of the essential dimensions (decoded whole); each
+candidate is bounded by its exact essential contributions plus the bounds of the non-essential
+blocks covering it (not decoded), those below theta are dropped, and the rest scored exactly
+(decoding only the blocks that cover them).  Every row of the segment's top k survives (its
+score >= theta, every bound >= its score), and the engine re-scores the survivors from their
+stored vectors, so the answer is the exhaustive one.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from puffer_cli.index import fts as F
 from puffer_cli.schema import sparse as S
 
 SPK = "spk-1"
-PAIRWISE_MAX = 16  # query dimensions up to this: per-block cross bounds (else per-dimension maxima)
 DIRECT_POSTINGS = 65_536  # query postings up to this: decode them all and score every row (no bounds)
-SAMPLE = 4  # theta from the rows of the best-bounded blocks: about this many per requested row
+SAMPLE = 4  # theta from the rows of the best-bounded dimensions: at least this many per requested row
 META = 17  # head bytes per block
 
 
@@ -325,58 +326,53 @@ def _direct(posts: dict[str, DimBlocks], ds: list[str], q: dict[str, float], sel
 
 def prune(posts: dict[str, DimBlocks], q: dict[str, float], sel: np.ndarray, k: int) -> np.ndarray:
     """The rows (ascending, passing ``sel``) that can be in the segment's top ``k`` by the dot
-    product with query weights ``q`` (the algorithm and why it is exact: module docstring)."""
+    product with query weights ``q`` (MaxScore with block-max bounds; why it is exact: module
+    docstring)."""
     ds = sorted(d for d in posts if len(posts[d].first))
     if not ds or k <= 0 or not sel.any():
         return np.zeros(0, np.int64)
     if sum(len(posts[d].rows) for d in ds) <= DIRECT_POSTINGS:
         return _direct(posts, ds, q, sel, k)
-    own = {d: np.where(q[d] > 0, q[d] * posts[d].maxw, q[d] * posts[d].minw) for d in ds}
-    pos = {d: np.maximum(own[d], 0.0) for d in ds}
-    bound = {d: own[d].copy() for d in ds}
-    if len(ds) <= PAIRWISE_MAX:
-        for d in ds:
-            for u in ds:
-                if u != d:
-                    lo = np.searchsorted(posts[u].last, posts[d].first, side="left")
-                    hi = np.searchsorted(posts[u].first, posts[d].last, side="right")
-                    bound[d] += F._range_max(pos[u], lo, hi)
-    else:
-        tops = {d: float(pos[d].max()) for d in ds}
-        total = sum(tops.values())
-        for d in ds:
-            bound[d] += total - tops[d]
+    top = {}
     for d in ds:
-        bound[d] += 1e-9 * np.abs(bound[d]) + 1e-12
-    # theta: exact scores of the rows of the best-bounded blocks
-    allb = np.concatenate([bound[d] for d in ds])
-    dof = np.concatenate([np.full(len(bound[d]), i) for i, d in enumerate(ds)])
-    bix = np.concatenate([np.arange(len(bound[d])) for d in ds])
-    order = np.argsort(-allb, kind="stable")
-    sizes = np.concatenate([posts[d].count for d in ds])[order]
-    pick = order[: int(np.searchsorted(np.cumsum(sizes), SAMPLE * k)) + 1]
-    sample: list[np.ndarray] = []
-    for i, d in enumerate(ds):
-        bl = bix[pick[dof[pick] == i]]
-        if len(bl):
-            posts[d].decode(bl)
-            sample.append(posts[d].rows_of(bl))
-    r0 = np.unique(np.concatenate(sample))
+        db = posts[d]
+        b = np.maximum(q[d] * (db.maxw if q[d] > 0 else db.minw), 0.0)
+        top[d] = float(b.max()) * (1 + 1e-9) + 1e-12
+    # theta: the k-th best exact score of the rows of the best-bounded dimensions (whole lists)
+    seed: list[np.ndarray] = []
+    got = 0
+    for d in sorted(ds, key=lambda d: (-top[d], len(posts[d].rows))):
+        db = posts[d]
+        db.decode(np.arange(len(db.first)))
+        seed.append(db.rows)
+        got += len(db.rows)
+        if got >= SAMPLE * k:
+            break
+    r0 = np.unique(np.concatenate(seed))
     r0 = r0[sel[r0]]
     s0, _ = _exact(posts, q, r0, decode=True)
     theta = _kth(s0, k)
+    if theta == -np.inf:
+        return _direct(posts, ds, q, sel, k)
     cut = _below(theta)
-    cand: list[np.ndarray] = []
-    for d in ds:
+    # non-essential dimensions: together they cannot reach theta, so a row needs an essential one
+    acc = 0.0
+    essential = []
+    for d in sorted(ds, key=lambda d: top[d]):
+        if not essential and acc + top[d] < cut:
+            acc += top[d]
+        else:
+            essential.append(d)
+    cand = []
+    for d in essential:
         db = posts[d]
-        ok = np.flatnonzero(bound[d] >= cut)
-        if len(ok):
-            db.decode(ok)
-            cand.append(db.rows_of(ok))
+        db.decode(np.arange(len(db.first)))
+        cand.append(db.rows)
     rows = np.unique(np.concatenate(cand)) if cand else np.zeros(0, np.int64)
     rows = rows[sel[rows]]
-    if theta == -np.inf or not len(rows):
-        return rows.astype(np.int64)
-    ub, exact = _exact(posts, q, rows, decode=False)
-    theta = max(theta, _kth(ub[exact], k))
-    return rows[ub >= _below(theta)].astype(np.int64)
+    # block-max bounds of the other dimensions, then exact scores of the rows still in reach
+    ub, _ = _exact(posts, q, rows, decode=False)
+    rows = rows[ub >= cut]
+    s, _ = _exact(posts, q, rows, decode=True)
+    theta = max(theta, _kth(s, k))
+    return rows[s >= _below(theta)].astype(np.int64)
