@@ -384,3 +384,27 @@ def test_hybrid_multi_query_and_index_declared_later(mem_db):
     }
     fused = engine.run_multi(n, body)["results"][0]["rows"]
     assert {want[0], 3} <= {r["id"] for r in fused[:2]}  # each list's first, tied at 1/61
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.dictionaries(
+                st.text(min_size=1, max_size=12).filter(lambda k: S.check_key(k) is None),
+                st.floats(-65504, 65504, allow_nan=False, allow_infinity=False),
+                min_size=1,
+                max_size=8,
+            ),
+        ),
+        max_size=20,
+    )
+)
+def test_column_parser_matches_json(rows):
+    """The regex cut of stored forms equals a JSON parse (keys with quotes, colons, escapes, unicode)."""
+    vals = [None if v is None else S.canonical(v, "") for v in rows]
+    r1, k1, w1 = S.parse_column(vals)
+    r2, k2, w2 = S._parse_json(vals)
+    assert r1.tolist() == r2.tolist() and k1 == k2
+    assert np.array_equal(w1.view(np.uint16), w2.view(np.uint16))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import polars as pl
 
 from puffer_cli import limits as L
 from puffer_cli.errors import SchemaError, show
@@ -113,9 +114,39 @@ def is_canonical(s: str) -> bool:
         return False
 
 
-def parse_column(values: list) -> tuple[np.ndarray, list[str], np.ndarray]:
+#: one ``"key":weight`` pair of a stored form (orjson's output: a key is a JSON string, a weight a number)
+_PAIR = r'"((?:[^"\\]|\\.)*)":(-?[0-9][0-9.eE+-]*)'
+
+
+def parse_column(values: list | pl.Series) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Stored forms (or None), one per row -> (row of each entry, key of each entry, float16
-    weight of each entry), rows ascending."""
+    weight of each entry), rows ascending.  The pairs are cut out by polars (a regex over the
+    canonical text); a column with an escaped key falls back to a JSON parser row by row."""
+    s = values if isinstance(values, pl.Series) else pl.Series("s", values, dtype=pl.String)
+    if s.dtype != pl.String:
+        s = s.cast(pl.String)
+    if bool(s.str.contains("\\", literal=True).any()):
+        return _parse_json(s.to_list())
+    ex = (
+        pl.DataFrame({"s": s})
+        .with_row_index("r")
+        .select("r", pl.col("s").str.extract_all(_PAIR).alias("p"))
+        .explode("p")
+        .drop_nulls("p")
+        .select(
+            "r",
+            pl.col("p").str.extract(_PAIR, 1).alias("k"),
+            pl.col("p").str.extract(_PAIR, 2).cast(pl.Float64).alias("w"),
+        )
+    )
+    return (
+        ex["r"].to_numpy().astype(np.int64),
+        ex["k"].to_list(),
+        ex["w"].to_numpy().astype(np.float16),
+    )
+
+
+def _parse_json(values: list) -> tuple[np.ndarray, list[str], np.ndarray]:
     keys: list[str] = []
     ws: list[float] = []
     lens = np.zeros(len(values), np.int64)
