@@ -357,13 +357,13 @@ def prune(posts: dict[str, DimBlocks], q: dict[str, float], sel: np.ndarray, k: 
     cut = _below(theta)
     # non-essential dimensions: together they cannot reach theta, so a row needs an essential one
     acc = 0.0
-    essential = []
+    essential: list[str] = []
     for d in sorted(ds, key=lambda d: top[d]):
         if not essential and acc + top[d] < cut:
             acc += top[d]
         else:
             essential.append(d)
-    cand = []
+    cand: list[np.ndarray] = []
     for d in essential:
         db = posts[d]
         db.decode(np.arange(len(db.first)))
