@@ -86,9 +86,11 @@ def test_schema_and_writes(mem_db):
         {"id": 3, "$dist": 2.0, "sv": {"b": 2.0}},
         {"id": 1, "$dist": 1.0, "sv": {"c": 1.0}},
     ]
-    # an object infers {}f16 (without an index: SparseKNN is exhaustive)
+    # an object is a sparse vector only where the schema says {}f16 (no inference)
     m = mem_db.namespace("infer")
-    m.write({"upsert_rows": [{"id": 1, "s": {"x": 1.0}}]})
+    with pytest.raises(InvalidRequest, match="unsupported value"):
+        m.write({"upsert_rows": [{"id": 1, "s": {"x": 1.0}}]})
+    m.write({"upsert_rows": [{"id": 1, "s": {"x": 1.0}}], "schema": {"s": "{}f16"}})
     assert m.schema()["s"]["type"] == "{}f16" and "sparse_knn" not in m.schema()["s"]
     with pytest.raises(InvalidRequest, match="filterable"):
         ns.write({"schema": {"sv": {"type": "{}f16", "filterable": True}}})

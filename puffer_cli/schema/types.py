@@ -209,8 +209,6 @@ def infer_value_type(name: str, v: Any) -> str | None:
         return "datetime"
     if isinstance(v, np.ndarray) and v.ndim == 1 and name == "vector":
         return f"[{len(v)}]f32"
-    if isinstance(v, Mapping):
-        return SPARSE  # an object is a sparse vector {dimension: weight}
     if isinstance(v, (list, tuple, np.ndarray)):
         if not len(v):
             return None
@@ -284,7 +282,8 @@ def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
         if t.startswith("?"):
             raise SchemaError(
                 f"{where(first_row + i, name)}: unsupported value {show(v, python=True)}",
-                hint="values are strings, numbers, booleans, arrays of one of those, or vectors",
+                hint="values are strings, numbers, booleans, arrays of one of those, or vectors; an object "
+                '{"dimension": weight} is a sparse vector in an attribute declared "{}f16" in the schema',
             )
         if seen is None:
             seen = t
