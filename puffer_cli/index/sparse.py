@@ -29,7 +29,7 @@ import threading
 import numpy as np
 
 from puffer_cli.index import fts as F
-from puffer_cli.schema import sparse as S
+from puffer_cli.schema import sparse as SV
 
 SPK = "spk-1"
 DIRECT_POSTINGS = 65_536  # query postings up to this: decode them all and score every row (no bounds)
@@ -42,7 +42,7 @@ def build(values) -> tuple[bytes, dict]:
     (file bytes, manifest entry fields)."""
     vals = values.to_list() if hasattr(values, "to_list") else list(values)
     n = len(vals)
-    rows, keys, w16 = S.parse_column(vals)
+    rows, keys, w16 = SV.parse_column(vals)
     first_seen: dict[str, int] = {}
     setdefault = first_seen.setdefault
     kid0 = np.fromiter((setdefault(k, len(first_seen)) for k in keys), np.int64, len(keys))

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli.query.model import SparseKnn
-from puffer_cli.schema import sparse as S
+from puffer_cli.schema import sparse as SV
 from puffer_cli.text import bm25 as B
 
 
@@ -49,7 +49,7 @@ def column(docs: pl.DataFrame, attr: str) -> SparseColumn:
     def build() -> SparseColumn:
         if attr not in docs.columns:
             return invert(docs.height, np.zeros(0, np.int64), [], np.zeros(0, np.float16))
-        rows, keys, w = S.parse_column(docs.get_column(attr).to_list())
+        rows, keys, w = SV.parse_column(docs.get_column(attr).to_list())
         return invert(docs.height, rows, keys, w)
 
     return B.frame_cached(docs, ("sparse", attr), build)
