@@ -27,6 +27,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import polars as pl
 
 from puffer_cli.index import fts as F
 from puffer_cli.schema import sparse as SV
@@ -40,9 +41,8 @@ META = 17  # head bytes per block
 def build(values) -> tuple[bytes, dict]:
     """The index of one segment's ``{}f16`` column (stored forms or None, one per row):
     (file bytes, manifest entry fields)."""
-    vals = values.to_list() if hasattr(values, "to_list") else list(values)
-    n = len(vals)
-    rows, keys, w16 = SV.parse_column(vals)
+    n = len(values)
+    rows, keys, w16 = SV.parse_column(values if isinstance(values, pl.Series) else list(values))
     first_seen: dict[str, int] = {}
     setdefault = first_seen.setdefault
     kid0 = np.fromiter((setdefault(k, len(first_seen)) for k in keys), np.int64, len(keys))

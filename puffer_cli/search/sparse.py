@@ -49,7 +49,7 @@ def column(docs: pl.DataFrame, attr: str) -> SparseColumn:
     def build() -> SparseColumn:
         if attr not in docs.columns:
             return invert(docs.height, np.zeros(0, np.int64), [], np.zeros(0, np.float16))
-        rows, keys, w = SV.parse_column(docs.get_column(attr).to_list())
+        rows, keys, w = SV.parse_column(docs.get_column(attr))
         return invert(docs.height, rows, keys, w)
 
     return B.frame_cached(docs, ("sparse", attr), build)
