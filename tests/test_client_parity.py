@@ -60,8 +60,8 @@ def test_schema_options_and_word_v4_and_fuzzy(ns):
     assert [row.id for row in r.rows] == [1, 2]
     with pytest.raises(turbopuffer.BadRequestError, match="probe"):
         ns.write(schema={"v": {"type": "[2]f32", "ann": {"probe": 2}}})
-    with pytest.raises(turbopuffer.BadRequestError, match="sparse"):
-        ns.write(schema={"s": {"type": "{}f16", "sparse_knn": {"distance_metric": "dot_product"}}})
+    with pytest.raises(turbopuffer.BadRequestError, match="sparse_knn"):
+        ns.write(schema={"s": {"type": "{}f16", "sparse_knn": {"distance_metric": "cosine_distance"}}})
 
 
 def test_copy_from_namespace_keeps_metric(tp, ns):

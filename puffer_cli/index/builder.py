@@ -47,7 +47,7 @@ from puffer_cli.index.hooks import crash
 from puffer_cli.index.lease import Lease
 from puffer_cli.index.manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
 from puffer_cli.index.manifest import ann_sig, fts_sig, load_manifest
-from puffer_cli.index.segwrite import Writer, note, prefetch_keys, segment_files, write_segment
+from puffer_cli.index.segwrite import Writer, note, prefetch_keys, segment_files, sparse_fields, write_segment
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.store import Store, layout, now_ms
@@ -417,6 +417,7 @@ class _Run:
                 or self._other_book(s["ann"][f], f)
                 for f in vec_fields
             ) or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
+            stale = stale or any(f not in s.get("sparse", {}) for f in sparse_fields(schema))
             stale = stale or i in self.force
             (rebuild if stale or len(dead) > DEAD_RATIO * s["rows"] else keep).append(i)
         acc = self.pending.height if self.pending is not None else 0

@@ -25,6 +25,7 @@ from puffer_cli import limits as L
 from puffer_cli.errors import CorruptIndex, CorruptNamespace, PufferError
 from puffer_cli.index import ann, dfblocks, fts, fts_hint, ivf, paged, ranged
 from puffer_cli.index import docs as D
+from puffer_cli.index import sparse as sparse_index
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
@@ -71,6 +72,9 @@ def _files(seg: Segment, what: str, f: str | None) -> list[str]:
     if what == "ann":
         a = m.get("ann", {}).get(f) or {}
         return [a[k] for k in ("key", "route") if a.get(k)] + (paged.files(a["lists"]) if a.get("lists") else [])
+    if what == "sparse":
+        sp = m.get("sparse", {}).get(f)
+        return paged.files(sp) if sp else []
     t = m.get("fts", {}).get(f) or {}
     if t.get("format"):
         return paged.files(t)
@@ -653,6 +657,23 @@ class Segment:
                 )
             return self._fts[("blk", f)]
 
+    def sparse(self, f: str) -> sparse_index.SparseIndex | None:
+        """The sparse index (format spk-1) of ``{}f16`` field ``f``, or None (none built)."""
+        m = self.meta.get("sparse", {}).get(f)
+        if not m or m.get("format") != sparse_index.SPK:
+            return None
+        with self._lock:
+            if ("spk", f) not in self._fts:
+                self._fts[("spk", f)] = sparse_index.SparseIndex(
+                    m, partial(self._blk_ranges, m), partial(self._sparse_damage, f)
+                )
+            return self._fts[("spk", f)]
+
+    def _sparse_damage(self, f: str, e: BaseException, missing: bool) -> BaseException:
+        """What a sparse index read that failed raises (sparse.SparseIndex's ``damage``)."""
+        err = self.damaged("sparse", (f,), e, missing=missing)
+        return MissingIndexFile(err) if missing else err
+
     @reports_damage("fts")
     def _blk_ranges(self, m: dict, ranges: list[tuple[int, int]]) -> list[bytes]:
         """Bytes of ``ranges`` of a block index file: from the local or cached file, else by
@@ -742,6 +763,9 @@ class Segment:
                 self.ivf(f)
             else:
                 self.ann(f)
+        for f, m in self.meta.get("sparse", {}).items():
+            paged.whole(self.cache, self.store, m)
+            self.sparse(f)
         for f, m in self.meta.get("fts", {}).items():
             if m.get("format"):
                 paged.whole(self.cache, self.store, m)

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts, ivf, paged, ranged
+from puffer_cli.index import fts, ivf, paged, ranged, sparse
 from puffer_cli.index.hooks import crash
 from puffer_cli.index.manifest import ann_sig, fts_sig
 from puffer_cli.schema import types
@@ -93,6 +93,8 @@ def segment_files(s: dict) -> list[str]:
         out += paged.files(v)
     for v in s.get("ann", {}).values():
         out += [v[k] for k in ("key", "route") if v.get(k)] + (paged.files(v["lists"]) if v.get("lists") else [])
+    for v in s.get("sparse", {}).values():
+        out += paged.files(v)
     for v in s.get("fts", {}).values():
         if v.get("format"):
             out += paged.files(v)
@@ -153,7 +155,24 @@ def write_segment(
     seg["_fts_stats"], seg["_fts_new"] = {}, {}
     for f in D.fts_fields(schema):
         seg["fts"][f], seg["_fts_stats"][f], seg["_fts_new"][f] = _write_fts(w, key, frame, f, schema, progress, keep)
+    for f in sparse_fields(schema):
+        seg.setdefault("sparse", {})[f] = _write_sparse(w, key, frame, f, progress)
     return seg
+
+
+def sparse_fields(schema: dict) -> list[str]:
+    """The ``{}f16`` attributes with a sparse index (``sparse_knn``)."""
+    return [k for k, v in schema.items() if v.get("type") == types.SPARSE and v.get("sparse_knn")]
+
+
+def _write_sparse(w: Writer, key, frame, f: str, progress) -> dict:
+    """The sparse index (``sparse-{tag}.blk``, format spk-1) of ``{}f16`` field ``f``: its manifest entry."""
+    note(progress, f"sparse {f}", 0, frame.height)
+    col = frame.get_column(f) if f in frame.columns else pl.Series([None] * frame.height, dtype=pl.String)
+    data, entry = sparse.build(col)
+    entry.update(paged.put(w, key(f"sparse-{D.field_tag(f)}.blk"), data))
+    note(progress, f"sparse {f}", frame.height, frame.height)
+    return entry
 
 
 def write_docs(w: Writer, key, frame: pl.DataFrame, schema: dict) -> dict:

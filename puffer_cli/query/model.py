@@ -77,6 +77,20 @@ class Bm25:
 
 
 @dataclass(frozen=True)
+class SparseKnn:
+    """``[attr, "SparseKNN", {dimension: weight}]``: the dot product of the query's weights
+    with each document's sparse vector (attribute type ``{}f16``); only documents sharing a
+    dimension with the query match.  ``dims`` sorted (code point order), ``weights`` aligned."""
+
+    attr: str
+    dims: tuple[str, ...]
+    weights: tuple[float, ...]
+
+    def to_json(self) -> list:
+        return [self.attr, "SparseKNN", dict(zip(self.dims, self.weights))]
+
+
+@dataclass(frozen=True)
 class TextSum:
     children: tuple
 

@@ -57,6 +57,7 @@ from puffer_cli.query.model import (
     MultiQuery,
     OrderBy,
     Query,
+    SparseKnn,
     TextRank,
     VectorRank,
     text_children,
@@ -396,6 +397,14 @@ def _check_text(expr, schema: Mapping, where: str) -> None:
             if tok == "pre_tokenized_array" and isinstance(n.query, str):
                 # turbopuffer: the query of a pre-tokenized field is its list of tokens
                 raise fail(where, f'invalid input "{n.query}" for rank_by field "{n.attr}", expecting []string')
+        elif isinstance(n, SparseKnn):
+            t = _attr_type(schema, n.attr)
+            if t != types.SPARSE:
+                raise fail(
+                    where,
+                    f"SparseKNN needs a sparse vector attribute ({types.SPARSE}), "
+                    + (f"{n.attr!r} is {t}" if t else f"the namespace has no attribute {n.attr!r}"),
+                )
         elif isinstance(n, AttrScore):
             t = _attr_type(schema, n.attr)
             if t not in _NUMERIC and t != "datetime":

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from puffer_cli import limits as L
-from puffer_cli.errors import InvalidFilter, show
+from puffer_cli.errors import InvalidFilter, InvalidQuery, SchemaError, show
 from puffer_cli.filters import parse
 from puffer_cli.query.checks import attr_name, fail, is_num, parse_vector
 from puffer_cli.query.model import (
@@ -23,6 +23,7 @@ from puffer_cli.query.model import (
     Dist,
     FilterScore,
     OrderBy,
+    SparseKnn,
     TextMax,
     TextProduct,
     TextRank,
@@ -30,6 +31,7 @@ from puffer_cli.query.model import (
     VectorRank,
 )
 from puffer_cli.query.model import Saturate as SaturateNode
+from puffer_cli.schema import sparse
 from puffer_cli.schema.types import parse_datetime_ms
 
 
@@ -60,7 +62,7 @@ def _check_rank_limits(rb: Any, where: str) -> None:
             not isinstance(e, (list, tuple))
             or not e
             or e[0] not in TEXT_COMBINATORS + RANK_FUNCTIONS
-            or (len(e) >= 2 and e[1] == "BM25")
+            or (len(e) >= 2 and e[1] in ("BM25", "SparseKNN"))
         ):
             continue
         if depth >= L.MAX_FILTER_DEPTH:
@@ -106,7 +108,7 @@ def parse_rank_by(rb: Any, where: str = "rank_by"):
         and isinstance(rb[1], str)
         and rb[0] not in ("Attribute", "Sum", "Max", "Product", "Not", "And", "Or", *RANK_FUNCTIONS)
         and rb[1] not in parse.OPERATORS
-        and rb[1] not in ("ANN", "kNN", "BM25")
+        and rb[1] not in ("ANN", "kNN", "BM25", "SparseKNN")
     ):
         if rb[1] in ("asc", "desc"):
             return OrderBy(((attr_name(rb[0], where + "[0]"), rb[1] == "desc"),))
@@ -155,6 +157,8 @@ def parse_text_expr(e: Any, where: str):
         return AttrScore(attr_name(e[1], where + "[1]"))
     if head in RANK_FUNCTIONS and not (len(e) >= 2 and e[1] == "BM25"):
         return parse_rank_function(e, where)
+    if len(e) >= 2 and e[1] == "SparseKNN":
+        return parse_sparse_knn(e, where)
     if len(e) >= 2 and e[1] == "BM25":
         if len(e) not in (3, 4):
             raise fail(where, 'BM25 is [attr, "BM25", "query text"] (optionally + {"last_as_prefix": bool})')
@@ -204,6 +208,19 @@ def parse_text_expr(e: Any, where: str):
         hint = f' (did you mean "{close[0]}"?)' if close else ""
         raise fail(where, f"cannot parse ranking expression {show(e)}{hint}")
     raise fail(where, f"cannot parse ranking expression {show(e)}")
+
+
+def parse_sparse_knn(e: Any, where: str) -> SparseKnn:
+    """``[attr, "SparseKNN", {dimension: weight}]``: 1..MAX_SPARSE_NONZEROS dimensions (keys:
+    schema.sparse rules), finite weights (kept as float64: only stored weights are float16)."""
+    if len(e) != 3:
+        raise fail(where, 'sparse ranking is [attr, "SparseKNN", {"dimension": weight, ...}]')
+    attr = attr_name(e[0], where + "[0]")
+    try:
+        ent = sparse.check_entries(e[2], where + "[2]", f16=False)
+    except SchemaError as ex:
+        raise InvalidQuery(ex.message, hint=ex.hint) from None
+    return SparseKnn(attr, tuple(k for k, _ in ent), tuple(w for _, w in ent))
 
 
 def _positive(p: Mapping, key: str, where: str, default: float | None = None) -> float:

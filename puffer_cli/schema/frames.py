@@ -34,10 +34,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import orjson
 import polars as pl
 
 from puffer_cli import limits as L
 from puffer_cli.errors import SchemaError, show
+from puffer_cli.schema import sparse
 from puffer_cli.schema.types import (
     DATETIME_MS,
     EPOCH,
@@ -46,6 +48,7 @@ from puffer_cli.schema.types import (
     INT64,
     NONE,
     SCALARS,
+    SPARSE,
     UINT64,
     check_attr_name,
     check_write_names,
@@ -206,6 +209,8 @@ def check_scalar(v, t: str, name: str, row) -> Any:
             bad = "a UUID"
     elif t == "datetime":
         return _parse_datetime(v, name, row)
+    elif t == SPARSE:
+        return sparse.canonical(v, where(row, name))
     if bad:
         raise SchemaError(f"{where(row, name)}: expected {bad} (type {t}), got {show(v, python=True)}")
     return v
@@ -216,6 +221,9 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
     dims = vector_dims(t)
     if dims is not None:
         return _vector_series(name, values, dims, first_row)
+    if t == SPARSE:
+        sv = [None if v is None else sparse.canonical(v, where(first_row + i, name)) for i, v in enumerate(values)]
+        return pl.Series(name, sv, dtype=pl.String)
     if t.startswith("[]"):
         inner = t[2:]
         out: list[list[Any] | None] = []
@@ -538,6 +546,8 @@ def cast_series(s: pl.Series, t: str, *, first_row: int = 0) -> pl.Series:
     target = dtype_of(t)
     if (dims := vector_dims(t)) is not None:
         out = _cast_vectors(s, dims, t, first_row)
+    elif t == SPARSE:
+        out = _cast_sparse(s, first_row)
     elif t.startswith("[]"):
         inner = t[2:]
         if s.dtype == pl.Null:
@@ -584,6 +594,32 @@ def cast_series(s: pl.Series, t: str, *, first_row: int = 0) -> pl.Series:
                 row = first_row + int(too_long[0])
                 raise SchemaError(f"{where(row, 'id')}: id longer than {ID_MAX_BYTES} bytes", hint="MAX_ID_BYTES")
     return out.alias(name)
+
+
+def _cast_sparse(s: pl.Series, first_row: int) -> pl.Series:
+    """A column of sparse vectors (ingest, frames read back): stored forms or JSON object
+    texts (String), objects (Struct: a missing key is null), or nulls -> stored forms."""
+    name = s.name
+    if s.dtype == pl.Null:
+        return pl.Series(name, [None] * len(s), dtype=pl.String)
+    if s.dtype == pl.String:
+        vals: list = []
+        for i, v in enumerate(s.to_list()):
+            if v is None:
+                vals.append(None)
+                continue
+            try:
+                obj = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                at = where(first_row + i, name)
+                got = show(v, python=True)
+                raise SchemaError(f"{at}: expected a sparse vector (a JSON object), got {got}") from None
+            vals.append(sparse.canonical(obj, where(first_row + i, name)))
+        return pl.Series(name, vals, dtype=pl.String)
+    if isinstance(s.dtype, pl.Struct):
+        rows = [None if v is None else {k: w for k, w in v.items() if w is not None} for v in s.to_list()]
+        return column_series(name, rows, SPARSE, first_row=first_row)
+    raise SchemaError(f"field {name!r}: expected sparse vectors ({SPARSE}), got column type {s.dtype}")
 
 
 def column_order(schema: Mapping) -> list[str]:

@@ -22,12 +22,12 @@ from typing import Any
 
 from puffer_cli import limits as L
 from puffer_cli.errors import SchemaError, show
-from puffer_cli.schema.types import ID_TYPES, METRICS, check_attr_name, dtype_of, is_vector
+from puffer_cli.schema.sparse import METRICS as SPARSE_METRICS
+from puffer_cli.schema.types import ID_TYPES, METRICS, SPARSE, check_attr_name, dtype_of, is_vector
 
-SPEC_KEYS = {"type", "filterable", "full_text_search", "regex", "glob", "fuzzy", "ann"}
+SPEC_KEYS = {"type", "filterable", "full_text_search", "regex", "glob", "fuzzy", "ann", "sparse_knn"}
 REFUSED_SPEC_KEYS = {
     "embed": "automatic embedding is not supported",
-    "sparse_knn": "sparse vectors ({}f16) are not supported",
 }
 FLAG_KEYS = ("regex", "glob", "fuzzy")  # filter switches: Regex needs regex, Fuzzy fuzzy; glob: false disables Glob
 ANN_KEYS = (
@@ -91,9 +91,11 @@ def normalize_spec(name: str, spec: Any) -> dict:
         from puffer_cli.text import analyzer as text
 
         out["full_text_search"] = text.normalize_fts_options(fts)
-    filterable = spec.get("filterable", not is_vector(t) and "full_text_search" not in out)
+    filterable = spec.get("filterable", not is_vector(t) and t != SPARSE and "full_text_search" not in out)
     if not isinstance(filterable, bool):
         raise SchemaError(f"attribute {name!r}: filterable must be true or false")
+    if t == SPARSE and filterable:
+        raise SchemaError(f"attribute {name!r}: sparse vectors ({SPARSE}) cannot be filterable")
     out["filterable"] = filterable
     for k in FLAG_KEYS:
         if spec.get(k) is not None:
@@ -106,7 +108,25 @@ def normalize_spec(name: str, spec: Any) -> dict:
         if not is_vector(t):
             raise SchemaError(f"attribute {name!r}: ann options only apply to vector types")
         out["ann"] = check_ann(name, spec["ann"])
+    if spec.get("sparse_knn") not in (None, False):
+        out["sparse_knn"] = check_sparse_knn(name, t, spec["sparse_knn"])
     return out
+
+
+def check_sparse_knn(name: str, t: str, opts: Any) -> dict:
+    """``sparse_knn: {"distance_metric": "dot_product"}`` (turbopuffer's only sparse metric), on a
+    ``{}f16`` attribute: the attribute gets a sparse index (docs/query.md, "Sparse vectors")."""
+    if t != SPARSE:
+        raise SchemaError(f"attribute {name!r}: sparse_knn needs type {SPARSE}, not {t}")
+    if not isinstance(opts, Mapping) or set(opts) - {"distance_metric"}:
+        raise SchemaError(f'attribute {name!r}: sparse_knn is {{"distance_metric": "dot_product"}}, got {show(opts)}')
+    m = opts.get("distance_metric", "dot_product")
+    if m not in SPARSE_METRICS:
+        raise SchemaError(
+            f"attribute {name!r}: sparse_knn distance_metric must be one of {', '.join(SPARSE_METRICS)}, "
+            f"got {show(m, python=True)}"
+        )
+    return {"distance_metric": m}
 
 
 def check_ann(name: str, ann: Any) -> dict:

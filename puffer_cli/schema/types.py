@@ -47,6 +47,7 @@ SCALARS: dict[str, PolarsDataType] = {
 METRICS = ("cosine_distance", "euclidean_squared")
 VEC_RE = re.compile(r"^\[(\d+)\](f32|f16)$")
 ID_TYPES = ("uint", "uuid", "string")
+SPARSE = "{}f16"  # sparse vectors (puffer_cli/schema/sparse.py)
 ID_MAX_BYTES = L.MAX_ID_BYTES
 ATTR_MAX = L.MAX_ATTRIBUTE_NAME_BYTES
 INT64 = (-(2**63), 2**63 - 1)
@@ -73,6 +74,8 @@ def dtype_of(t: str) -> PolarsDataType:
     """polars dtype for a type string; SchemaError if unknown."""
     if t in SCALARS:
         return SCALARS[t]
+    if t == SPARSE:  # stored as its canonical JSON text (puffer_cli/schema/sparse.py)
+        return pl.String
     if t.startswith("[]") and t[2:] in SCALARS:
         return pl.List(SCALARS[t[2:]])
     m = VEC_RE.match(t)
@@ -86,7 +89,7 @@ def dtype_of(t: str) -> PolarsDataType:
         return pl.Array(pl.Float32, n)
     raise SchemaError(
         f"unknown type {t!r}",
-        hint="types: string int uint float bool datetime uuid, []T arrays, [N]f32 / [N]f16 vectors",
+        hint="types: string int uint float bool datetime uuid, []T arrays, [N]f32 / [N]f16 vectors, {}f16 sparse",
     )
 
 
@@ -279,7 +282,8 @@ def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
         if t.startswith("?"):
             raise SchemaError(
                 f"{where(first_row + i, name)}: unsupported value {show(v, python=True)}",
-                hint="values are strings, numbers, booleans, arrays of one of those, or vectors",
+                hint="values are strings, numbers, booleans, arrays of one of those, or vectors; an object "
+                '{"dimension": weight} is a sparse vector in an attribute declared "{}f16" in the schema',
             )
         if seen is None:
             seen = t

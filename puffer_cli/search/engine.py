@@ -32,6 +32,7 @@ import polars as pl
 
 from puffer_cli import limits as L
 from puffer_cli.query import parse as Q
+from puffer_cli.schema.types import SPARSE
 from puffer_cli.search import attributes as C
 from puffer_cli.search import response as R
 from puffer_cli.search.scoring import QueryResult, Source, filter_mask, id_key, rank_vector, text_eval, topk_order
@@ -60,10 +61,12 @@ def load_source(ns, consistency: str, queries=None, multi: bool = False) -> Sour
 def _result(src: Source, i: int, q: Q.Query) -> QueryResult:
     """Query ``i``'s result: prepared by the source (index fast path), else the exact engine over ``docs``."""
     if src.prepared is not None and src.prepared[i] is not None:
-        return src.prepared[i]
-    res = execute(q, src.docs, src.schema, src.metric, bm25_stats=src.bm25_stats)
-    if q.compute:
-        res.computed = C.computed(q, res.rows, src.schema, src.metric)
+        res = src.prepared[i]
+    else:
+        res = execute(q, src.docs, src.schema, src.metric, bm25_stats=src.bm25_stats)
+        if q.compute:
+            res.computed = C.computed(q, res.rows, src.schema, src.metric)
+    res.sparse = tuple(a for a, s in src.schema.items() if s.get("type") == SPARSE)
     return res
 
 

@@ -232,6 +232,14 @@ class IndexedView:
         def seg_order(i: int):
             return self._order_candidates(i, rb, filt, k), 0, 0, need_vecs
 
+        def seg_sparse(i: int):
+            pos = self.sparse_candidates(i, rb.expr, filt, k)
+            ex = 0
+            if pos is None:  # no sparse index in this segment: scan it
+                pos = np.nonzero(self._filter_mask(i, filt))[0]
+                ex = len(pos)
+            return pos, ex, 0, need_vecs
+
         def seg_scan(i: int):  # every filtered row: its columns come with the filter's
             also = list(self.gen.segments[i]._attr_schema()) if cols_needed is None else cols_needed
             pos = np.nonzero(self._filter_mask(i, filt, also))[0]
@@ -244,6 +252,8 @@ class IndexedView:
             leaves = list(self.bm25_leaves(rb.expr))
             bm25_fields = sorted({lf.attr for lf in leaves})
             one = seg_bm25
+        elif simple and isinstance(rb, Q.TextRank) and isinstance(rb.expr, Q.SparseKnn):
+            one = seg_sparse
         elif simple and isinstance(rb, Q.OrderBy):
             one = seg_order
         else:
@@ -674,6 +684,22 @@ class IndexedView:
                 limit *= 4
             out.append(keep)
         return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+    # -- sparse vectors ----------------------------------------------------------------
+    def sparse_candidates(self, i: int, e, filt, k: int) -> np.ndarray | None:
+        """Rows of segment ``i`` that can hold the top ``k`` of SparseKNN ``e`` (index.sparse.prune,
+        exact), or None when the segment has no sparse index of the field."""
+        from puffer_cli.index import sparse as SP
+
+        si = self.gen.segments[i].sparse(e.attr)
+        if si is None:
+            return None
+        sel = self._filter_mask(i, filt)
+        if not sel.any():
+            return np.zeros(0, np.int64)
+        posts = si.postings(list(e.dims))
+        L.check_deadline()
+        return SP.prune(posts, dict(zip(e.dims, e.weights)), sel, k)
 
     # -- order by ----------------------------------------------------------------------
     def _order_candidates(self, i: int, rb, filt, k: int) -> np.ndarray:

@@ -114,6 +114,9 @@ def result_rows(q, res, encoding: str | None = None) -> list[dict]:
     # column by column (the values to_dicts gives, without a frame per query or a dict per row and column)
     names = [c for c in cols if c != "id"]
     values = [frame.get_column(c).to_list() for c in names]
+    for j, c in enumerate(names):
+        if c in res.sparse:  # a sparse vector goes out as its object {dimension: weight}
+            values[j] = [None if v is None else orjson.loads(v) for v in values[j]]
     ids = frame.get_column("id").to_list()
     dist = np.asarray(res.dist, dtype=np.float64).tolist() if res.dist is not None else None
     out = []

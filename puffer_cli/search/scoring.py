@@ -81,6 +81,7 @@ class QueryResult:
     scanned: int = 0  # documents evaluated
     matched: int = 0  # documents passing the filters
     computed: dict | None = None  # compute_attributes: name -> one value per row (None: absent)
+    sparse: tuple[str, ...] = ()  # the {}f16 columns (stored as JSON text, returned as objects)
 
 
 # --------------------------------------------------------------------------- primitives
@@ -290,6 +291,10 @@ def text_eval(
         s, m = text_eval(e.child, docs, schema, stats, postings)
         return rankfuncs.apply(e, s, m), m
     assert docs is not None  # only BM25 is scored from postings alone
+    if isinstance(e, model.SparseKnn):
+        from puffer_cli.search import sparse
+
+        return sparse.scores(docs, e)
     n = docs.height
     if isinstance(e, Q.FilterScore):
         m = filter_mask(docs, e.node, schema).copy() if n else np.zeros(0, dtype=bool)

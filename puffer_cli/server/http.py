@@ -92,6 +92,8 @@ def schema_out(schema: dict) -> dict:
             d["full_text_search"] = spec["full_text_search"]
         if S.is_vector(spec["type"]):
             d["ann"] = spec.get("ann") or True
+        if spec.get("sparse_knn"):
+            d["sparse_knn"] = spec["sparse_knn"]
         d["filterable"] = bool(spec.get("filterable", False))
         if spec.get("regex"):
             d["regex"] = True
