@@ -38,6 +38,7 @@ import polars as pl
 
 from puffer_cli import limits as L
 from puffer_cli.errors import SchemaError, show
+from puffer_cli.schema import multivec as MV
 from puffer_cli.schema.types import (
     DATETIME_MS,
     EPOCH,
@@ -52,6 +53,7 @@ from puffer_cli.schema.types import (
     decode_vector_b64,
     dtype_of,
     infer_column,
+    multi_vector_dims,
     parse_datetime_ms,
     type_of_dtype,
     utf8_len,
@@ -216,6 +218,8 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
     dims = vector_dims(t)
     if dims is not None:
         return _vector_series(name, values, dims, first_row)
+    if (mdims := multi_vector_dims(t)) is not None:
+        return MV.series(name, values, mdims, first_row)
     if t.startswith("[]"):
         inner = t[2:]
         out: list[list[Any] | None] = []
@@ -538,6 +542,8 @@ def cast_series(s: pl.Series, t: str, *, first_row: int = 0) -> pl.Series:
     target = dtype_of(t)
     if (dims := vector_dims(t)) is not None:
         out = _cast_vectors(s, dims, t, first_row)
+    elif (mdims := multi_vector_dims(t)) is not None:
+        out = MV.cast(s, mdims, t, first_row)
     elif t.startswith("[]"):
         inner = t[2:]
         if s.dtype == pl.Null:

@@ -46,6 +46,8 @@ SCALARS: dict[str, PolarsDataType] = {
 #: the distance metrics of a namespace's vectors (turbopuffer's names)
 METRICS = ("cosine_distance", "euclidean_squared")
 VEC_RE = re.compile(r"^\[(\d+)\](f32|f16)$")
+#: multi-vector (late interaction) attributes: a list of N-dimensional f32 vectors per document
+MULTI_VEC_RE = re.compile(r"^\[\]\[(\d+)\]f32$")
 ID_TYPES = ("uint", "uuid", "string")
 ID_MAX_BYTES = L.MAX_ID_BYTES
 ATTR_MAX = L.MAX_ATTRIBUTE_NAME_BYTES
@@ -69,6 +71,16 @@ def is_vector(t: str) -> bool:
     return VEC_RE.match(t) is not None
 
 
+def multi_vector_dims(t: str) -> int | None:
+    """N of a ``[][N]f32`` (multi-vector) type, else None."""
+    m = MULTI_VEC_RE.match(t)
+    return int(m.group(1)) if m else None
+
+
+def is_multi_vector(t: str) -> bool:
+    return MULTI_VEC_RE.match(t) is not None
+
+
 def dtype_of(t: str) -> PolarsDataType:
     """polars dtype for a type string; SchemaError if unknown."""
     if t in SCALARS:
@@ -84,9 +96,19 @@ def dtype_of(t: str) -> PolarsDataType:
                 hint="MAX_VECTOR_DIMS; see docs/http.md, Limits: writes",
             )
         return pl.Array(pl.Float32, n)
+    m = MULTI_VEC_RE.match(t)
+    if m:
+        n = int(m.group(1))
+        if not 1 <= n <= L.MAX_VECTOR_DIMS:
+            raise SchemaError(
+                f"multi-vector type {t!r}: {n} dimensions; vectors have 1 to {L.MAX_VECTOR_DIMS}",
+                hint="MAX_VECTOR_DIMS; see docs/http.md, Limits: writes",
+            )
+        return pl.List(pl.Array(pl.Float32, n))
     raise SchemaError(
         f"unknown type {t!r}",
-        hint="types: string int uint float bool datetime uuid, []T arrays, [N]f32 / [N]f16 vectors",
+        hint="types: string int uint float bool datetime uuid, []T arrays, [N]f32 / [N]f16 vectors, "
+        "[][N]f32 multi-vectors",
     )
 
 
