@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts, ivf, paged, ranged
+from puffer_cli.index import fts, ivf, muvera, paged, ranged
 from puffer_cli.index.hooks import crash
 from puffer_cli.index.manifest import ann_sig, fts_sig
 from puffer_cli.schema import types
@@ -93,6 +93,8 @@ def segment_files(s: dict) -> list[str]:
         out += paged.files(v)
     for v in s.get("ann", {}).values():
         out += [v[k] for k in ("key", "route") if v.get(k)] + (paged.files(v["lists"]) if v.get("lists") else [])
+    for v in s.get("mv", {}).values():
+        out += muvera.files(v)
     for v in s.get("fts", {}).values():
         if v.get("format"):
             out += paged.files(v)
@@ -149,6 +151,8 @@ def write_segment(
         seg["vectors"][f], seg["ann"][f] = _write_vectors(
             w, key, frame, f, schema, metric, fits.get(f), progress, books.get(f)
         )
+    for f in muvera.multi_fields(schema):  # multi-vector: token file + MUVERA FDE IVF (index/muvera.py)
+        seg.setdefault("mv", {})[f] = muvera.write(w, key, frame, f, schema, metric)
     keep = np.asarray(new, bool) if new is not None else None
     seg["_fts_stats"], seg["_fts_new"] = {}, {}
     for f in D.fts_fields(schema):

@@ -171,3 +171,190 @@ def rank_exact(
     exact = exact_distances(t, rows, qm, metric)
     order = np.lexsort((SC.id_key(docs)[rows], exact))[:kk]
     return rows[order], exact[order]
+
+
+# --------------------------------------------------------------------------- the index (MUVERA)
+#: a segment's visible, filtered rows at or below this are ranked exactly (no FDE search)
+EXACT_MAX_ROWS = 2_000
+
+
+def eligible(view, q: Q.Query) -> bool:
+    """A plain multi-vector query (no aggregations, per-attribute limits or computed
+    attributes) on an indexed view: answered by :func:`indexed_topk`."""
+    simple = q.per_attributes is None and not q.aggregate_by and not q.group_by and not q.compute
+    return is_multi(view.schema, q.rank_by) and simple
+
+
+class _SegIndex:
+    """One segment's MUVERA files of one field, opened lazily (index/muvera.py)."""
+
+    def __init__(self, seg, ent: dict):
+        self.seg, self.ent = seg, ent
+        self._offsets: np.ndarray | None = None
+        self._ivf: tuple | None = None
+        self._tok: np.ndarray | None = None
+
+    def offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            self._offsets = np.load(self.seg.cache.file(self.seg.store, self.ent["offsets"]))
+        return self._offsets
+
+    def ivf(self):
+        from puffer_cli.index import ivf, paged, ranged
+
+        if self._ivf is None:
+            seg, ent = self.seg, self.ent
+            route = ivf.Route(
+                seg.cache.file(seg.store, ent["route"]).read_bytes(), int(ent["fde_dims"]), "euclidean_squared"
+            )
+            lent = ent["lists"]
+            if paged.cached(seg.cache, seg.store, lent) or ranged.lists_read_whole(route.rows, route.dims):
+                lists = ivf.Lists(route, local=paged.whole(seg.cache, seg.store, lent))
+            else:
+                lists = ivf.Lists(route, fetch=lambda rs, e=lent: paged.read_ranges(seg.cache, seg.store, e, rs, 0.0))
+            self._ivf = (route, lists)
+        return self._ivf
+
+    def tokens(self, pos: np.ndarray) -> Tokens:
+        """The token vectors of rows ``pos`` (ascending or not), as :class:`Tokens` whose
+        row j is ``pos[j]``: from the whole file when it is cached (or small), else by
+        ranged reads of just those rows' bytes."""
+        from puffer_cli.index import paged
+
+        seg, ent = self.seg, self.ent
+        dims = int(ent["fde"]["dims"])
+        off = self.offsets()
+        a, b = off[pos], off[pos + 1]
+        new_off = np.concatenate([[0], np.cumsum(b - a)]).astype(np.int64)
+        if self._tok is None and (paged.cached(seg.cache, seg.store, ent["tok"]) or int(off[-1]) * dims * 4 <= 1 << 20):
+            path = paged.whole(seg.cache, seg.store, ent["tok"])
+            self._tok = np.asarray(np.memmap(path, dtype="<f4", mode="r")).reshape(-1, dims) if off[-1] else None
+        if self._tok is not None:
+            return tokens_of(self._tok[_spans(a, b)], new_off)
+        got = paged.read_ranges(
+            seg.cache, seg.store, ent["tok"], [(int(x) * 4 * dims, int(y) * 4 * dims) for x, y in zip(a, b)], 0.0
+        )
+        flat = np.frombuffer(b"".join(got), dtype="<f4").reshape(-1, dims)
+        return tokens_of(flat, new_off)
+
+
+_OPEN: dict = {}  # (id(segment), field) -> (segment, _SegIndex): the segment keeps it alive
+
+
+def _seg_index(seg, f: str) -> _SegIndex | None:
+    ent = seg.meta.get("mv", {}).get(f)
+    if ent is None:
+        return None
+    k = (id(seg), f)
+    got = _OPEN.get(k)
+    if got is None or got[0] is not seg:
+        if len(_OPEN) > 4096:
+            _OPEN.clear()
+        got = (seg, _SegIndex(seg, ent))
+        _OPEN[k] = got
+    return got[1]
+
+
+def _column_tokens(seg, f: str, pos: np.ndarray) -> Tokens:
+    """Tokens of rows ``pos`` from the doc store (a segment without MUVERA files)."""
+    s = seg.rows_at(pos, [f]).get_column(f) if len(pos) else None
+    if s is None or s.dtype == pl.Null:
+        return tokens_of(np.zeros((0, 1), np.float32), np.zeros(len(pos) + 1, np.int64))
+    return tokens_of(*MVS.flatten(s, int(s.dtype.inner.size)))
+
+
+def _ranked(t: Tokens, pos: np.ndarray, qm: np.ndarray, metric: str, kk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Of rows ``pos`` (row j of ``t`` is ``pos[j]``) with at least one vector, those that
+    may be among the best ``kk`` (every one within float32 tolerance of the kk-th) and
+    their exact $dist."""
+    j = np.flatnonzero(np.diff(t.offsets) > 0)
+    if len(j) > kk:
+        approx = approx_distances(t, j, qm, metric)
+        j = j[SC.near_smallest(approx, kk, tolerance(metric, qm.shape[1], len(qm), t, qm))]
+    return pos[j], exact_distances(t, j, qm, metric)
+
+
+def _spans(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The concatenation of ``arange(a[i], b[i])`` over i, vectorised."""
+    lens = b - a
+    if not len(lens) or not lens.sum():
+        return np.zeros(0, np.int64)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    return np.repeat(a - starts, lens) + np.arange(int(lens.sum()))
+
+
+def indexed_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
+    """(result, rows scored exactly, candidates) of an :func:`eligible` query on ``view``:
+    per segment, the FDE IVF's candidates (``kk x max(rerank, RERANK_MIN)``; a
+    ``kNN`` query, a small filtered set or a segment without MUVERA files: every
+    visible row) re-ranked by exact MaxSim from their token vectors; the WAL tail by
+    the exact scan; the best ``offset + limit`` over all, ties by id."""
+    from functools import partial
+
+    from puffer_cli.index import ivf, muvera
+    from puffer_cli.index import ranged as RG
+    from puffer_cli.search import topk
+
+    rb = q.rank_by
+    assert isinstance(rb, Q.VectorRank)
+    metric = q.distance_metric or view.metric or "cosine_distance"
+    kk = q.offset + q.limit
+    qm = query_matrix(rb)
+    opts = ivf.options(view.schema.get(rb.attr))
+    want = kk * max(int(opts["rerank"]), muvera.RERANK_MIN)
+    out = topk.Collect(view)
+
+    def one(i: int):
+        L.check_deadline()
+        seg = view.gen.segments[i]
+        sel = view._filter_mask(i, q.filters)
+        n_sel = int(np.count_nonzero(sel))
+        if n_sel == 0 or kk <= 0:
+            return None
+        mi = _seg_index(seg, rb.attr)
+        exact = mi is None or rb.method != "ANN" or n_sel <= EXACT_MAX_ROWS or metric != mi.ent["metric"]
+        if exact:
+            pos = np.flatnonzero(sel)
+            t = _column_tokens(seg, rb.attr, pos) if mi is None else mi.tokens(pos)
+            p, d = _ranked(t, pos, qm, metric, kk)
+            return p, d, n_sel, len(p)
+        assert mi is not None
+        route, lists = mi.ivf()
+        params = muvera.Params.from_json(mi.ent["fde"])
+        qf = muvera.augment_query(muvera.query_fde(qm, params, metric == "cosine_distance"))
+        frac = n_sel / max(1, seg.rows)
+        restrict = q.filters is not None or n_sel < seg.rows
+        cand, _approx, scanned = ivf.search(
+            route,
+            lists,
+            qf,
+            want,
+            min(1.0, opts["probe"] / frac),
+            sel if restrict else None,
+            min_rows=int(opts["probe_min_rows"] / frac),
+            fill=opts["fill"],
+        )
+        cand = np.sort(cand)
+        p, d = _ranked(mi.tokens(cand), cand, qm, metric, len(cand))
+        return p, d, scanned, len(p)
+
+    n = len(view.gen.segments)
+    got = RG.parallel([partial(one, i) for i in range(n)], view.gen.store.is_remote)
+    exhaustive = scored = 0
+    for i, r in enumerate(got):
+        if r is None:
+            continue
+        p, d, ex, sc = r
+        exhaustive += ex
+        scored += sc
+        if len(p):
+            o = np.argsort(p, kind="stable")
+            out.add(i, p[o], d[o], d[o])
+    tail = view.tail.docs if view.tail is not None and view.tail.docs.height else None
+    if tail is not None:
+        L.check_deadline()
+        exhaustive += tail.height
+        cand = np.flatnonzero(SC.filter_mask(tail, q.filters, view.schema)) if q.filters is not None else None
+        pos, d = rank_exact(rb, tail, metric, cand, kk)
+        out.add(-1, pos, d, d)
+    return out.top(q), exhaustive, scored

@@ -694,6 +694,7 @@ class _Answers:
 
 def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
     from puffer_cli.query import parse as Q
+    from puffer_cli.search import multivector as MV
     from puffer_cli.search import topk
 
     out = _Answers()
@@ -709,7 +710,9 @@ def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
 
     def one(q):
         fast = (
-            topk.vector_topk
+            MV.indexed_topk
+            if MV.eligible(view, q)
+            else topk.vector_topk
             if topk.vector_eligible(view, q)
             else topk.text_topk
             if topk.text_eligible(view, q)

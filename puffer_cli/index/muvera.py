@@ -1,0 +1,211 @@
+"""MUVERA: the index of a multi-vector (``[][N]f32``, ``ann.late_interaction``) attribute.
+
+MUVERA (Jayaram et al., "MUVERA: Multi-Vector Retrieval via Fixed Dimensional
+Encodings", NeurIPS 2024) maps a set of token vectors to one fixed-dimensional
+encoding (FDE) whose dot product with a query's FDE approximates the Chamfer /
+MaxSim similarity of the two sets.  puffer computes the FDE of every document at
+index time and feeds it to the dense IVF path (index/ivf.py) as a derived vector;
+a query's FDE finds candidates there, and the candidates are re-ranked by exact
+MaxSim from their token vectors (search/multivector.py), so ``$dist`` is exact.
+
+The encoding, per repetition r (``REPS`` of them, each with its own random draw):
+
+* SimHash partitions: ``K_SIM`` Gaussian hyperplanes put each token in one of
+  ``2**K_SIM`` partitions (the sign bits);
+* a random projection (``D_PROJ`` dims, +-1/sqrt(D_PROJ) entries; none when the
+  vectors have at most ``D_PROJ`` dims) of each token;
+* a document's block of partition p is the *average* of its projected tokens in p;
+  an empty partition takes the document's token whose sign bits are nearest p in
+  Hamming distance (the paper's ``fill_empty_partitions``);
+* a query's block of partition p is the *sum* of its projected tokens in p.
+
+FDE dims = REPS x 2**K_SIM x proj dims.  Under ``cosine_distance`` tokens are
+unit-normalised first (MaxSim of cosines); under ``euclidean_squared`` the raw
+tokens are encoded (candidates by dot product, re-ranked exactly by distance).
+
+The IVF is built on euclidean distances over the FDEs augmented for maximum inner
+product search: a document's FDE x gets one more coordinate sqrt(M^2 - |x|^2) (M:
+the segment's largest FDE norm) and a query's gets 0, so |q - x|^2 = |q|^2 + M^2 -
+2 q.x ranks by the dot product exactly.
+
+Per segment and field, files (docs/format-index.md):
+
+``mv-{tag}.tok.f32``
+    every document's token vectors, row after row (float32 little-endian, rows of
+    ``dims``): the re-rank reads the candidates' byte ranges.
+``mv-{tag}.off.npy``
+    ``rows + 1`` int64 token offsets (row i's tokens are ``off[i]..off[i+1]``).
+``mv-{tag}.route.npz`` / ``mv-{tag}.lists``
+    the IVF-SQ8 over the augmented FDEs (index/ivf.py's format).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from puffer_cli.index import docs as D
+from puffer_cli.index import ivf, paged
+from puffer_cli.schema import multivec as MVS
+from puffer_cli.schema import types
+
+KIND = "muvera-1"
+K_SIM = 3  # SimHash bits per repetition: 8 partitions
+D_PROJ = 16  # projected dimensions per partition block
+REPS = 8  # repetitions
+SEED = 0x6D757665  # the random draws (stored with the segment: queries redraw them)
+#: candidates per requested result re-ranked by exact MaxSim (at least; the ann ``rerank``
+#: option raises it): an FDE is a coarser proxy than a dense vector's int8 code
+RERANK_MIN = 16
+
+
+@dataclass(frozen=True)
+class Params:
+    dims: int
+    k_sim: int = K_SIM
+    d_proj: int = D_PROJ
+    reps: int = REPS
+    seed: int = SEED
+
+    @property
+    def proj_dims(self) -> int:
+        return self.dims if self.dims <= self.d_proj else self.d_proj
+
+    @property
+    def fde_dims(self) -> int:
+        return self.reps * (1 << self.k_sim) * self.proj_dims
+
+    def to_json(self) -> dict:
+        return {"dims": self.dims, "k_sim": self.k_sim, "d_proj": self.d_proj, "reps": self.reps, "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Params:
+        return cls(int(d["dims"]), int(d["k_sim"]), int(d["d_proj"]), int(d["reps"]), int(d["seed"]))
+
+
+def _draws(p: Params) -> tuple[np.ndarray, np.ndarray | None]:
+    """(hyperplanes (reps, dims, k_sim), projections (reps, dims, proj) or None)."""
+    rng = np.random.default_rng(p.seed)
+    planes = rng.standard_normal((p.reps, p.dims, p.k_sim)).astype(np.float32)
+    if p.dims <= p.d_proj:
+        return planes, None
+    signs = rng.integers(0, 2, size=(p.reps, p.dims, p.d_proj)).astype(np.float32) * 2 - 1
+    return planes, signs / np.float32(np.sqrt(p.d_proj))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(n > 0, x / np.where(n > 0, n, 1.0), 0.0).astype(np.float32)
+
+
+def _codes(tok: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    bits = (tok @ planes) > 0  # (T, k_sim)
+    return (bits * (1 << np.arange(planes.shape[1]))).sum(axis=1).astype(np.int64)
+
+
+def doc_fdes(tok: np.ndarray, offsets: np.ndarray, p: Params, cosine: bool) -> np.ndarray:
+    """(rows, fde_dims) float32 FDEs of documents (rows without tokens: zeros)."""
+    rows = len(offsets) - 1
+    b = 1 << p.k_sim
+    out = np.zeros((rows, p.reps, b, p.proj_dims), np.float32)
+    if not rows or not len(tok):
+        return out.reshape(rows, -1)
+    x = _unit(tok) if cosine else np.asarray(tok, np.float32)
+    lens = np.diff(offsets)
+    row_of = np.repeat(np.arange(rows), lens)
+    has = np.flatnonzero(lens > 0)
+    planes, proj = _draws(p)
+    pop = np.array([bin(i).count("1") for i in range(b)], np.int64)
+    for r in range(p.reps):
+        c = _codes(x, planes[r])
+        y = x if proj is None else x @ proj[r]
+        cell = row_of * b + c
+        sums = np.zeros((rows * b, p.proj_dims), np.float32)
+        np.add.at(sums, cell, y)
+        cnt = np.bincount(cell, minlength=rows * b).astype(np.float32)
+        block = sums / np.maximum(cnt, 1)[:, None]
+        # empty partitions: the row's token nearest in Hamming distance (ties: the first)
+        ham = pop[c[:, None] ^ np.arange(b)[None, :]]  # (T, b)
+        key = ham * len(x) + np.arange(len(x))[:, None]
+        best = np.minimum.reduceat(key, offsets[has], axis=0) % len(x)  # (rows with tokens, b)
+        empty = (cnt.reshape(rows, b)[has] == 0).nonzero()
+        block = block.reshape(rows, b, p.proj_dims)
+        block[has[empty[0]], empty[1]] = y[best[empty]]
+        out[:, r] = block
+    out[lens == 0] = 0.0
+    return out.reshape(rows, -1)
+
+
+def query_fde(qm: np.ndarray, p: Params, cosine: bool) -> np.ndarray:
+    """(fde_dims,) float32 FDE of a query's vectors (partition sums, no filling)."""
+    b = 1 << p.k_sim
+    x = _unit(qm) if cosine else np.asarray(qm, np.float32)
+    planes, proj = _draws(p)
+    out = np.zeros((p.reps, b, p.proj_dims), np.float32)
+    for r in range(p.reps):
+        c = _codes(x, planes[r])
+        y = x if proj is None else x @ proj[r]
+        np.add.at(out[r], c, y)
+    return out.reshape(-1)
+
+
+def augment(fde: np.ndarray) -> tuple[np.ndarray, float]:
+    """Document FDEs with the MIPS coordinate sqrt(M^2 - |x|^2); (matrix, M)."""
+    sq = np.einsum("ij,ij->i", fde, fde, dtype=np.float64)
+    m2 = float(sq.max()) if len(sq) else 0.0
+    extra = np.sqrt(np.maximum(m2 - sq, 0.0)).astype(np.float32)[:, None]
+    return np.ascontiguousarray(np.hstack([fde, extra]), np.float32), float(np.sqrt(m2))
+
+
+def augment_query(q: np.ndarray) -> np.ndarray:
+    return np.concatenate([q, np.zeros(1, np.float32)]).astype(np.float32)
+
+
+def multi_fields(schema: dict) -> list[str]:
+    """The multi-vector attributes with a late-interaction index."""
+    return [
+        k
+        for k, v in schema.items()
+        if types.is_multi_vector(v["type"]) and isinstance(v.get("ann"), dict) and v["ann"].get("late_interaction")
+    ]
+
+
+def write(w, key, frame: pl.DataFrame, f: str, schema: dict, metric: str | None) -> dict:
+    """Write field ``f``'s token file, offsets and FDE IVF for the segment ``frame``;
+    the manifest entry (``seg["mv"][f]``)."""
+    dims = types.multi_vector_dims(schema[f]["type"])
+    assert dims is not None  # f is a multi-vector field
+    col = frame.get_column(f) if f in frame.columns else pl.Series(f, [None] * frame.height)
+    if col.dtype == pl.Null:
+        col = col.cast(pl.List(pl.Array(pl.Float32, dims)))
+    tok, offsets = MVS.flatten(col, dims)
+    p = Params(dims)
+    cosine = (metric or "cosine_distance") == "cosine_distance"
+    mat, m = augment(doc_fdes(tok, offsets, p, cosine))
+    opts = ivf.build_options(schema[f])
+    route, lists, info = ivf.build(mat, opts["list_rows"], "euclidean_squared")
+    tag = D.field_tag(f)
+    buf = io.BytesIO()
+    np.save(buf, offsets.astype("<i8"))
+    return {
+        "kind": KIND,
+        "fde": p.to_json(),
+        "fde_dims": p.fde_dims + 1,
+        "max_norm": m,
+        "metric": metric or "cosine_distance",
+        "tokens": int(offsets[-1]),
+        "tok": paged.put(w, key(f"mv-{tag}.tok.f32"), tok.astype("<f4").tobytes()),
+        "offsets": w.put(key(f"mv-{tag}.off.npy"), buf.getvalue()),
+        "route": w.put(key(f"mv-{tag}.route.npz"), route),
+        "lists": paged.put(w, key(f"mv-{tag}.lists"), lists),
+        "list_rows": opts["list_rows"],
+        **{k: v for k, v in info.items() if k in ("lists_n", "vectors")},
+    }
+
+
+def files(entry: dict) -> list[str]:
+    """The store keys of one field's index files."""
+    return paged.files(entry["tok"]) + [entry["offsets"], entry["route"]] + paged.files(entry["lists"])
