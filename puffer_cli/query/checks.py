@@ -132,7 +132,9 @@ def parse_vectors(v: Any, where: str) -> tuple[tuple[float, ...], ...]:
     """Several query vectors (multi-vector late interaction): 1 .. MAX_QUERY_VECTORS
     vectors of one dimension, each as :func:`parse_vector` reads it."""
     if len(v) > L.MAX_QUERY_VECTORS:
-        raise fail(where, f"{len(v)} query vectors; a multi-vector query has at most {L.MAX_QUERY_VECTORS}")
+        raise fail(
+            where, f"{len(v)} query vectors; a multi-vector query has at most MAX_QUERY_VECTORS = {L.MAX_QUERY_VECTORS}"
+        )
     out = tuple(parse_vector(x, f"{where}[{i}]") for i, x in enumerate(v))
     if len({len(x) for x in out}) > 1:
         raise fail(where, "query vectors have different dimensions")

@@ -97,7 +97,42 @@ def cast(s: pl.Series, dims: int, t: str, first_row: int = 0) -> pl.Series:
         return pl.Series(name, [None] * len(s), dtype=pl.List(pl.Array(pl.Float32, dims)))
     if not isinstance(s.dtype, pl.List):
         raise SchemaError(f"field {name!r}: expected lists of vectors ({t}), got column type {s.dtype}")
-    return series(name, s.to_list(), dims, first_row)
+    inner = s.dtype.inner
+    numeric = (isinstance(inner, pl.Array) and inner.size == dims and inner.inner.is_numeric()) or (
+        isinstance(inner, pl.List) and inner.inner.is_numeric()
+    )
+    if not numeric:  # strings (base64), mixed or odd shapes: value by value, with the JSON path's messages
+        return series(name, s.to_list(), dims, first_row)
+    return _cast_numeric(s, dims, first_row)
+
+
+def _cast_numeric(s: pl.Series, dims: int, first_row: int) -> pl.Series:
+    """A ``List(Array(numeric))`` / ``List(List(numeric))`` column, checked and cast in bulk."""
+    name = s.name
+    lens = s.list.len()
+    bad = ((lens == 0) | (lens > L.MAX_MULTI_VECTORS)).fill_null(False).arg_true()
+    if len(bad):
+        row = int(bad[0])
+        series(name, [s[row].to_list()], dims, first_row + row)  # raises the value's error
+    rows = pl.int_range(0, len(s), eager=True).alias("__row")
+    flat = pl.DataFrame({"__row": rows, "v": s}).filter(pl.col("v").is_not_null()).explode("v")
+    v = flat.get_column("v")
+    if isinstance(v.dtype, pl.List):
+        wrong = ((v.list.len() != dims) | v.is_null()).fill_null(True).arg_true()
+        if len(wrong):
+            row = int(flat.get_column("__row")[int(wrong[0])])
+            series(name, [s[row].to_list()], dims, first_row + row)
+        v = v.list.to_array(dims)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mat = v.cast(pl.Array(pl.Float32, dims)).to_numpy() if len(v) else np.zeros((0, dims), np.float32)
+    ok = np.isfinite(np.asarray(mat, dtype=np.float32)).all(axis=1) if len(v) else np.zeros(0, bool)
+    if v.null_count() or not ok.all():
+        at = int(v.is_null().arg_true()[0]) if v.null_count() else int(np.flatnonzero(~ok)[0])
+        row = int(flat.get_column("__row")[at])
+        series(name, [s[row].to_list()], dims, first_row + row)
+        raise SchemaError(f"{where(first_row + row, name)}: a vector is null, NaN or infinite")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return s.cast(pl.List(pl.Array(pl.Float32, dims))).alias(name)
 
 
 def flatten(s: pl.Series, dims: int) -> tuple[np.ndarray, np.ndarray]:

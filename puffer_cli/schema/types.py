@@ -301,7 +301,8 @@ def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
         if t.startswith("?"):
             raise SchemaError(
                 f"{where(first_row + i, name)}: unsupported value {show(v, python=True)}",
-                hint="values are strings, numbers, booleans, arrays of one of those, or vectors",
+                hint="values are strings, numbers, booleans, arrays of one of those, or vectors; "
+                'lists of vectors need a declared multi-vector type (schema {"attr": "[][N]f32"})',
             )
         if seen is None:
             seen = t
