@@ -144,10 +144,10 @@ def doc_fdes(tok: np.ndarray, offsets: np.ndarray, p: Params, cosine: bool) -> n
         cnt = np.bincount(cell, minlength=rows * b)
         order = np.argsort(cell, kind="stable")
         filled = np.flatnonzero(cnt)
-        block = np.zeros((rows * b, p.proj_dims), np.float32)
+        flat = np.zeros((rows * b, p.proj_dims), np.float32)
         starts = np.concatenate([[0], np.cumsum(cnt[filled])[:-1]])
-        block[filled] = np.add.reduceat(y[order], starts, axis=0) / cnt[filled][:, None]
-        block = block.reshape(rows, b, p.proj_dims)
+        flat[filled] = np.add.reduceat(y[order], starts, axis=0) / cnt[filled][:, None]
+        block = flat.reshape(rows, b, p.proj_dims)
         # empty partitions: the row's token nearest in Hamming distance (ties: the first)
         empty = (cnt.reshape(rows, b)[has] == 0).nonzero()
         if len(empty[0]):
