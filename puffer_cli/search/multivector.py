@@ -22,6 +22,8 @@ are then rescored in float64 from the stored vectors, so ids and distances are e
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -110,7 +112,7 @@ def approx_distances(t: Tokens, rows: np.ndarray, qm: np.ndarray, metric: str) -
             sl = slice(int(starts[a]), int(ends[b - 1]))
             x, inv, sqn = t.tok[sl], t.inv[sl], t.sqn[sl]
         else:
-            idx = np.concatenate([np.arange(s, e) for s, e in zip(starts[a:b], ends[a:b])])
+            idx = _spans(starts[a:b], ends[a:b])
             x, inv, sqn = t.tok[idx], t.inv[idx], t.sqn[idx]
         if metric == "cosine_distance":
             d = 1.0 - (x @ qu.T) * inv[:, None]
@@ -176,6 +178,8 @@ def rank_exact(
 # --------------------------------------------------------------------------- the index (MUVERA)
 #: a segment's visible, filtered rows at or below this are ranked exactly (no FDE search)
 EXACT_MAX_ROWS = 2_000
+#: a read of more than this fraction of a segment's documents fetches its whole token file
+WHOLE_FRACTION = 0.25
 
 
 def eligible(view, q: Q.Query) -> bool:
@@ -189,10 +193,17 @@ class _SegIndex:
     """One segment's MUVERA files of one field, opened lazily (index/muvera.py)."""
 
     def __init__(self, seg, ent: dict):
-        self.seg, self.ent = seg, ent
+        self._seg = weakref.ref(seg)  # not a strong reference: _OPEN is keyed weakly by the segment
+        self.ent = ent
         self._offsets: np.ndarray | None = None
         self._ivf: tuple | None = None
         self._tok: np.ndarray | None = None
+
+    @property
+    def seg(self):
+        seg = self._seg()
+        assert seg is not None  # the caller holds the segment
+        return seg
 
     def offsets(self) -> np.ndarray:
         if self._offsets is None:
@@ -226,7 +237,8 @@ class _SegIndex:
         off = self.offsets()
         a, b = off[pos], off[pos + 1]
         new_off = np.concatenate([[0], np.cumsum(b - a)]).astype(np.int64)
-        if self._tok is None and (paged.cached(seg.cache, seg.store, ent["tok"]) or int(off[-1]) * dims * 4 <= 1 << 20):
+        whole = paged.cached(seg.cache, seg.store, ent["tok"]) or int(off[-1]) * dims * 4 <= 1 << 20
+        if self._tok is None and (whole or len(pos) > WHOLE_FRACTION * (len(off) - 1)):
             path = paged.whole(seg.cache, seg.store, ent["tok"])
             self._tok = np.asarray(np.memmap(path, dtype="<f4", mode="r")).reshape(-1, dims) if off[-1] else None
         if self._tok is not None:
@@ -238,21 +250,20 @@ class _SegIndex:
         return tokens_of(flat, new_off)
 
 
-_OPEN: dict = {}  # (id(segment), field) -> (segment, _SegIndex): the segment keeps it alive
+#: segment -> field -> its opened MUVERA files (dropped with the segment's generation)
+_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_OPEN_LOCK = threading.Lock()
 
 
 def _seg_index(seg, f: str) -> _SegIndex | None:
     ent = seg.meta.get("mv", {}).get(f)
     if ent is None:
         return None
-    k = (id(seg), f)
-    got = _OPEN.get(k)
-    if got is None or got[0] is not seg:
-        if len(_OPEN) > 4096:
-            _OPEN.clear()
-        got = (seg, _SegIndex(seg, ent))
-        _OPEN[k] = got
-    return got[1]
+    with _OPEN_LOCK:
+        per = _OPEN.setdefault(seg, {})
+        if f not in per:
+            per[f] = _SegIndex(seg, ent)
+        return per[f]
 
 
 def _column_tokens(seg, f: str, pos: np.ndarray) -> Tokens:
