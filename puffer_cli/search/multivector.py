@@ -198,6 +198,7 @@ class _SegIndex:
         self._offsets: np.ndarray | None = None
         self._ivf: tuple | None = None
         self._tok: np.ndarray | None = None
+        self._all: Tokens | None = None
 
     @property
     def seg(self):
@@ -216,7 +217,7 @@ class _SegIndex:
         if self._ivf is None:
             seg, ent = self.seg, self.ent
             route = ivf.Route(
-                seg.cache.file(seg.store, ent["route"]).read_bytes(), int(ent["fde_dims"]), "euclidean_squared"
+                seg.cache.file(seg.store, ent["route"]).read_bytes(), int(ent["fde_dims"]), ent["ivf_metric"]
             )
             lent = ent["lists"]
             if paged.cached(seg.cache, seg.store, lent) or ranged.lists_read_whole(route.rows, route.dims):
@@ -225,6 +226,22 @@ class _SegIndex:
                 lists = ivf.Lists(route, fetch=lambda rs, e=lent: paged.read_ranges(seg.cache, seg.store, e, rs, 0.0))
             self._ivf = (route, lists)
         return self._ivf
+
+    def all_tokens(self) -> Tokens:
+        """Every document's vectors (row i is segment position i), from the whole token file
+        (memory-mapped from the cache), with their norms: computed once per segment."""
+        from puffer_cli.index import paged
+
+        if self._all is None:
+            seg, ent = self.seg, self.ent
+            dims = int(ent["fde"]["dims"])
+            off = self.offsets()
+            if self._tok is None and off[-1]:
+                path = paged.whole(seg.cache, seg.store, ent["tok"])
+                self._tok = np.asarray(np.memmap(path, dtype="<f4", mode="r")).reshape(-1, dims)
+            tok = self._tok if self._tok is not None else np.zeros((0, dims), np.float32)
+            self._all = tokens_of(tok, off)
+        return self._all
 
     def tokens(self, pos: np.ndarray) -> Tokens:
         """The token vectors of rows ``pos`` (ascending or not), as :class:`Tokens` whose
@@ -274,11 +291,17 @@ def _column_tokens(seg, f: str, pos: np.ndarray) -> Tokens:
     return tokens_of(*MVS.flatten(s, int(s.dtype.inner.size)))
 
 
-def _ranked(t: Tokens, pos: np.ndarray, qm: np.ndarray, metric: str, kk: int) -> tuple[np.ndarray, np.ndarray]:
-    """Of rows ``pos`` (row j of ``t`` is ``pos[j]``) with at least one vector, those that
-    may be among the best ``kk`` (every one within float32 tolerance of the kk-th) and
-    their exact $dist."""
-    j = np.flatnonzero(np.diff(t.offsets) > 0)
+def _ranked(
+    t: Tokens, pos: np.ndarray, qm: np.ndarray, metric: str, kk: int, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Of rows ``pos`` (row j of ``t`` is ``pos[j]``; or, with ``rows``, the rows ``rows``
+    of ``t``, which are the positions) with at least one vector, those that may be among
+    the best ``kk`` (every one within float32 tolerance of the kk-th) and their exact $dist."""
+    if rows is not None:
+        pos = np.arange(len(t.offsets) - 1)
+        j = rows[np.diff(t.offsets)[rows] > 0]
+    else:
+        j = np.flatnonzero(np.diff(t.offsets) > 0)
     if len(j) > kk:
         approx = approx_distances(t, j, qm, metric)
         j = j[SC.near_smallest(approx, kk, tolerance(metric, qm.shape[1], len(qm), t, qm))]
@@ -311,7 +334,8 @@ def indexed_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     metric = q.distance_metric or view.metric or "cosine_distance"
     kk = q.offset + q.limit
     qm = query_matrix(rb)
-    opts = ivf.options(view.schema.get(rb.attr))
+    ann = (view.schema.get(rb.attr) or {}).get("ann")
+    opts = ivf.options({"ann": {"probe": muvera.PROBE, **(ann if isinstance(ann, dict) else {})}})
     want = kk * max(int(opts["rerank"]), muvera.RERANK_MIN)
     out = topk.Collect(view)
 
@@ -326,13 +350,16 @@ def indexed_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         exact = mi is None or rb.method != "ANN" or n_sel <= EXACT_MAX_ROWS or metric != mi.ent["metric"]
         if exact:
             pos = np.flatnonzero(sel)
-            t = _column_tokens(seg, rb.attr, pos) if mi is None else mi.tokens(pos)
-            p, d = _ranked(t, pos, qm, metric, kk)
+            if mi is not None and len(pos) > WHOLE_FRACTION * seg.rows:  # the whole token file, no copy
+                p, d = _ranked(mi.all_tokens(), pos, qm, metric, kk, rows=pos)
+            else:
+                t = _column_tokens(seg, rb.attr, pos) if mi is None else mi.tokens(pos)
+                p, d = _ranked(t, pos, qm, metric, kk)
             return p, d, n_sel, len(p)
         assert mi is not None
         route, lists = mi.ivf()
         params = muvera.Params.from_json(mi.ent["fde"])
-        qf = muvera.augment_query(muvera.query_fde(qm, params, metric == "cosine_distance"))
+        qf = muvera.query_fde(qm, params, metric == "cosine_distance")
         frac = n_sel / max(1, seg.rows)
         restrict = q.filters is not None or n_sel < seg.rows
         cand, _approx, scanned = ivf.search(
