@@ -125,7 +125,9 @@ def check_known_attributes(filters: Any, include: Any, schema: Mapping[str, Any]
 
 def is_multi_query(v: Any) -> bool:
     """Is a vector ranking's operand a list of vectors (lists or base64 strings)?"""
-    return isinstance(v, (list, tuple)) and bool(v) and isinstance(v[0], (list, tuple, str))
+    if not isinstance(v, (list, tuple)) or not v or v[0] == "Embed":  # ["Embed", text]: parse_vector refuses it
+        return False
+    return isinstance(v[0], (list, tuple, str))
 
 
 def parse_vectors(v: Any, where: str) -> tuple[tuple[float, ...], ...]:
