@@ -30,6 +30,7 @@ MAX_ARRAY_ITEMS = 65_536  # elements of one array attribute value
 MAX_VECTOR_DIMS = 10_752  # turbopuffer: 10,752 dense dimensions
 MAX_SPARSE_NONZEROS = 1_024  # turbopuffer: 1,024 dimensions per sparse vector ({}f16 value or SparseKNN query)
 MAX_SPARSE_KEY_BYTES = 64  # one sparse dimension key (a string such as "30521" or "dim0"), UTF-8
+MAX_MULTI_VECTORS = 2_048  # vectors of one [][N]f32 (multi-vector) value (ColPali pages: ~1,030)
 MAX_VALUE_DEPTH = 32  # nesting of JSON values inside a write or query body
 MAX_BODY_BYTES = 256 * 1024 * 1024  # one request body (decompressed)
 MAX_BODY_BYTES_IN_FLIGHT = 512 * 1024 * 1024  # all request bodies being read/parsed at once
@@ -45,6 +46,7 @@ ANN_EXPANSION_SEARCH = (1, 4_096)
 # -- queries ----------------------------------------------------------------------
 MAX_TOP_K = 10_000  # top_k / limit.total
 MAX_MULTI_QUERIES = 16  # turbopuffer: 16 queries per multi-query
+MAX_QUERY_VECTORS = 256  # query vectors of one multi-vector ANN / kNN (ColBERT queries: 32)
 MAX_FILTER_NODES = 1_024  # leaves + And/Or/Not nodes in one filter
 MAX_FILTER_DEPTH = 32  # nesting of And/Or/Not (and of rank_by Sum/Max/Product)
 MAX_FILTER_LIST_ITEMS = 10_000  # values of one In/NotIn/ContainsAny list

@@ -39,7 +39,7 @@ import polars as pl
 
 from puffer_cli import config
 from puffer_cli.errors import Conflict, plural
-from puffer_cli.index import dfblocks, fts, fts_hint, ivf, paged, retention
+from puffer_cli.index import dfblocks, fts, fts_hint, ivf, muvera, paged, retention
 from puffer_cli.index import docs as D
 from puffer_cli.index.base import BaseRows
 from puffer_cli.index.gc import gc
@@ -418,6 +418,7 @@ class _Run:
                 for f in vec_fields
             ) or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
             stale = stale or any(f not in s.get("sparse", {}) for f in sparse_fields(schema))
+            stale = stale or any(f not in s.get("mv", {}) for f in muvera.multi_fields(schema))  # index/muvera.py
             stale = stale or i in self.force
             (rebuild if stale or len(dead) > DEAD_RATIO * s["rows"] else keep).append(i)
         acc = self.pending.height if self.pending is not None else 0

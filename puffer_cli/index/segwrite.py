@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts, ivf, paged, ranged, sparse
+from puffer_cli.index import fts, ivf, muvera, paged, ranged, sparse
 from puffer_cli.index.hooks import crash
 from puffer_cli.index.manifest import ann_sig, fts_sig
 from puffer_cli.schema import types
@@ -81,6 +81,8 @@ def prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
             small = lists and not lists.get("parts") and ranged.lists_read_whole(v.get("vectors", 0), dims)
             if small and not ranged.vectors_read_whole(s["rows"], dims):
                 keys.append(lists["key"])
+        for v in s.get("mv", {}).values():  # multi-vector fields: the routing and the offsets
+            keys += [v["route"], v["offsets"]]
     keys += [b["key"] for b in (books or {}).values()]  # the shared routing (format 3)
     keys.sort()
     return keys + sorted(s["tombstones"] for s in segs if s.get("tombstones"))
@@ -95,6 +97,8 @@ def segment_files(s: dict) -> list[str]:
         out += [v[k] for k in ("key", "route") if v.get(k)] + (paged.files(v["lists"]) if v.get("lists") else [])
     for v in s.get("sparse", {}).values():
         out += paged.files(v)
+    for v in s.get("mv", {}).values():
+        out += muvera.files(v)
     for v in s.get("fts", {}).values():
         if v.get("format"):
             out += paged.files(v)
@@ -151,6 +155,8 @@ def write_segment(
         seg["vectors"][f], seg["ann"][f] = _write_vectors(
             w, key, frame, f, schema, metric, fits.get(f), progress, books.get(f)
         )
+    for f in muvera.multi_fields(schema):  # multi-vector: token file + MUVERA FDE IVF (index/muvera.py)
+        seg.setdefault("mv", {})[f] = muvera.write(w, key, frame, f, schema, metric)
     keep = np.asarray(new, bool) if new is not None else None
     seg["_fts_stats"], seg["_fts_new"] = {}, {}
     for f in D.fts_fields(schema):

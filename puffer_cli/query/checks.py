@@ -94,7 +94,7 @@ def parse_vector(v: Any, where: str) -> tuple[float, ...]:
         except OverflowError:  # an integer beyond float range: reported below
             pass
     if any(isinstance(x, (list, tuple)) for x in v):
-        raise fail(where, "multi-vector queries are not supported; pass one vector")
+        raise fail(where, "a vector's elements are numbers (several query vectors: a list of vectors only)")
     for i, x in enumerate(v):
         if not is_num(x):
             raise fail(where, f"vector element {i} is {show(x)}, not a finite number")
@@ -121,3 +121,23 @@ def check_known_attributes(filters: Any, include: Any, schema: Mapping[str, Any]
             also = f" (did you mean {close[0]!r}?)" if close else ""
             listed = ", ".join(sorted(known))
             raise InvalidQuery(f"unknown attribute {n!r}{also}", hint=f"attributes: {show(listed, 200)[1:-1]}")
+
+
+def is_multi_query(v: Any) -> bool:
+    """Is a vector ranking's operand a list of vectors (lists or base64 strings)?"""
+    if not isinstance(v, (list, tuple)) or not v or v[0] == "Embed":  # ["Embed", text]: parse_vector refuses it
+        return False
+    return isinstance(v[0], (list, tuple, str))
+
+
+def parse_vectors(v: Any, where: str) -> tuple[tuple[float, ...], ...]:
+    """Several query vectors (multi-vector late interaction): 1 .. MAX_QUERY_VECTORS
+    vectors of one dimension, each as :func:`parse_vector` reads it."""
+    if len(v) > L.MAX_QUERY_VECTORS:
+        raise fail(
+            where, f"{len(v)} query vectors; a multi-vector query has at most MAX_QUERY_VECTORS = {L.MAX_QUERY_VECTORS}"
+        )
+    out = tuple(parse_vector(x, f"{where}[{i}]") for i, x in enumerate(v))
+    if len({len(x) for x in out}) > 1:
+        raise fail(where, "query vectors have different dimensions")
+    return out

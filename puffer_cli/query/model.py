@@ -55,6 +55,20 @@ class VectorRank:
 
 
 @dataclass(frozen=True)
+class MultiVectorRank(VectorRank):
+    """``[attr, "ANN"|"kNN", [vector, ...]]`` on a ``[][N]f32`` attribute (late interaction,
+    turbopuffer's RankByAnnMulti / RankByKnnMulti); ``vector`` is the first query vector."""
+
+    vectors: tuple[tuple[float, ...], ...]
+
+    def matrix(self) -> np.ndarray:
+        return np.asarray(self.vectors, dtype=np.float32)
+
+    def to_json(self) -> list:
+        return [self.attr, self.method, [list(v) for v in self.vectors]]
+
+
+@dataclass(frozen=True)
 class OrderBy:
     """``[attr, "asc"|"desc"]`` or a list of them. keys: ((attr, descending), ...)."""
 

@@ -55,6 +55,7 @@ from puffer_cli.query.model import (
     FilterScore,
     GroupKey,
     MultiQuery,
+    MultiVectorRank,
     OrderBy,
     Query,
     SparseKnn,
@@ -433,9 +434,15 @@ def check_query(q: Query, schema: Mapping, metric: str | None, *, where: str = "
                 f"namespace has no vector attribute {rb.attr!r}"
                 + (f" (vector attributes: {', '.join(vecs)})" if vecs else " (it has no vectors)"),
             )
-        dims = types.vector_dims(t)
+        mdims = types.multi_vector_dims(t)
+        dims = types.vector_dims(t) if mdims is None else mdims
         if dims is None:
             raise fail(pre + "rank_by", f"attribute {rb.attr!r} is {t}, not a vector")
+        if isinstance(rb, MultiVectorRank) and mdims is None:
+            raise fail(
+                pre + "rank_by",
+                f"several query vectors need a multi-vector [][N]f32 attribute; {rb.attr!r} is {t}",
+            )
         if len(rb.vector) != dims:
             raise fail(pre + "rank_by", f"query vector has {len(rb.vector)} dimensions; {rb.attr!r} has {dims}")
     elif isinstance(rb, OrderBy):

@@ -13,7 +13,7 @@ from typing import Any
 from puffer_cli import limits as L
 from puffer_cli.errors import InvalidFilter, InvalidQuery, SchemaError, show
 from puffer_cli.filters import parse
-from puffer_cli.query.checks import attr_name, fail, is_num, parse_vector
+from puffer_cli.query.checks import attr_name, fail, is_multi_query, is_num, parse_vector, parse_vectors
 from puffer_cli.query.model import (
     RANK_FUNCTIONS,
     TEXT_COMBINATORS,
@@ -22,6 +22,7 @@ from puffer_cli.query.model import (
     Decay,
     Dist,
     FilterScore,
+    MultiVectorRank,
     OrderBy,
     SparseKnn,
     TextMax,
@@ -121,6 +122,9 @@ def parse_rank_by(rb: Any, where: str = "rank_by"):
         if len(rb) != 3:
             raise fail(where, f'vector ranking is [attr, "{rb[1]}", vector], got {len(rb)} elements')
         attr = attr_name(rb[0], where + "[0]")
+        if is_multi_query(rb[2]):
+            vs = parse_vectors(rb[2], where + "[2]")
+            return MultiVectorRank(attr, rb[1], vs[0], vs)
         return VectorRank(attr, rb[1], parse_vector(rb[2], where + "[2]"))
     if len(rb) >= 2 and isinstance(rb[1], str) and rb[1].lower() in ("ann", "knn") and rb[1] not in ("ANN", "kNN"):
         raise fail(where + "[1]", f'unknown ranking {show(rb[1])} (did you mean "ANN" or "kNN"?)')

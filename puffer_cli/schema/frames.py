@@ -39,6 +39,7 @@ import polars as pl
 
 from puffer_cli import limits as L
 from puffer_cli.errors import SchemaError, show
+from puffer_cli.schema import multivec as MV
 from puffer_cli.schema import sparse
 from puffer_cli.schema.types import (
     DATETIME_MS,
@@ -55,6 +56,7 @@ from puffer_cli.schema.types import (
     decode_vector_b64,
     dtype_of,
     infer_column,
+    multi_vector_dims,
     parse_datetime_ms,
     type_of_dtype,
     utf8_len,
@@ -224,6 +226,8 @@ def column_series(name: str, values: list, t: str, *, first_row: int = 0) -> pl.
     if t == SPARSE:
         sv = [None if v is None else sparse.canonical(v, where(first_row + i, name)) for i, v in enumerate(values)]
         return pl.Series(name, sv, dtype=pl.String)
+    if (mdims := multi_vector_dims(t)) is not None:
+        return MV.series(name, values, mdims, first_row)
     if t.startswith("[]"):
         inner = t[2:]
         out: list[list[Any] | None] = []
@@ -548,6 +552,8 @@ def cast_series(s: pl.Series, t: str, *, first_row: int = 0) -> pl.Series:
         out = _cast_vectors(s, dims, t, first_row)
     elif t == SPARSE:
         out = _cast_sparse(s, first_row)
+    elif (mdims := multi_vector_dims(t)) is not None:
+        out = MV.cast(s, mdims, t, first_row)
     elif t.startswith("[]"):
         inner = t[2:]
         if s.dtype == pl.Null:

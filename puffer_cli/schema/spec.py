@@ -8,6 +8,7 @@ bool, "full_text_search": dict | None}``; ``id`` is always present with type
     string int uint float bool datetime uuid     -> String Int64 UInt64 Float64 Boolean Datetime(ms, UTC) String
     []T (T one of the above)                     -> List(T)
     [N]f32, [N]f16 (vectors)                     -> Array(Float32, N)
+    [][N]f32 (multi-vectors, late interaction)   -> List(Array(Float32, N))
 
 This module is also the public face of the two it builds on (their names are re-exported
 here, so ``schema.frame_from_rows`` etc. keep working): :mod:`puffer_cli.schema.types` (names,
@@ -23,7 +24,15 @@ from typing import Any
 from puffer_cli import limits as L
 from puffer_cli.errors import SchemaError, show
 from puffer_cli.schema.sparse import METRICS as SPARSE_METRICS
-from puffer_cli.schema.types import ID_TYPES, METRICS, SPARSE, check_attr_name, dtype_of, is_vector
+from puffer_cli.schema.types import (
+    ID_TYPES,
+    METRICS,
+    SPARSE,
+    check_attr_name,
+    dtype_of,
+    is_multi_vector,
+    is_vector,
+)
 
 SPEC_KEYS = {"type", "filterable", "full_text_search", "regex", "glob", "fuzzy", "ann", "sparse_knn"}
 REFUSED_SPEC_KEYS = {
@@ -91,11 +100,15 @@ def normalize_spec(name: str, spec: Any) -> dict:
         from puffer_cli.text import analyzer as text
 
         out["full_text_search"] = text.normalize_fts_options(fts)
-    filterable = spec.get("filterable", not is_vector(t) and t != SPARSE and "full_text_search" not in out)
+    filterable = spec.get(
+        "filterable", not is_vector(t) and not is_multi_vector(t) and t != SPARSE and "full_text_search" not in out
+    )
     if not isinstance(filterable, bool):
         raise SchemaError(f"attribute {name!r}: filterable must be true or false")
     if t == SPARSE and filterable:
         raise SchemaError(f"attribute {name!r}: sparse vectors ({SPARSE}) cannot be filterable")
+    if filterable and is_multi_vector(t):
+        raise SchemaError(f"attribute {name!r}: a {t} (multi-vector) attribute cannot be filterable")
     out["filterable"] = filterable
     for k in FLAG_KEYS:
         if spec.get(k) is not None:
@@ -105,9 +118,15 @@ def normalize_spec(name: str, spec: Any) -> dict:
                 raise SchemaError(f"attribute {name!r}: {k} needs type string or []string, not {t}")
             out[k] = spec[k]
     if spec.get("ann") not in (None, False):
-        if not is_vector(t):
+        if not is_vector(t) and not is_multi_vector(t):
             raise SchemaError(f"attribute {name!r}: ann options only apply to vector types")
         out["ann"] = check_ann(name, spec["ann"])
+        if bool(out["ann"].get("late_interaction")) != is_multi_vector(t):
+            raise SchemaError(
+                f"attribute {name!r}: ann late_interaction: true is "
+                + ("required on" if is_multi_vector(t) else "only valid on")
+                + f" multi-vector [][N]f32 attributes ({name!r} is {t})"
+            )
     if spec.get("sparse_knn") not in (None, False):
         out["sparse_knn"] = check_sparse_knn(name, t, spec["sparse_knn"])
     return out
@@ -132,7 +151,8 @@ def check_sparse_knn(name: str, t: str, opts: Any) -> dict:
 def check_ann(name: str, ann: Any) -> dict:
     """Validate an attribute's ``ann`` options: turbopuffer's ``distance_metric`` (one of
     querymodel.METRICS; the namespace's metric, see writes) and ``late_interaction``
-    (refused when true), dtype one of ANN_DTYPES, the HNSW parameters integers (not
+    (multi-vector MUVERA indexing: only on, and required for an index of, ``[][N]f32``;
+    checked by the caller, which knows the type), dtype one of ANN_DTYPES, the HNSW parameters integers (not
     booleans) within limits.ANN_* (outside them a build fails or exhausts memory), and the
     IVF index's ``list_rows`` / ``probe_min_rows`` / ``rerank`` (integers) and ``probe`` (a fraction in (0, 1])
     within index.ivf.BOUNDS (docs/indexer.md, "Vector index")."""
@@ -150,8 +170,6 @@ def check_ann(name: str, ann: Any) -> dict:
         raise SchemaError(
             f"attribute {name!r}: ann late_interaction must be true or false, got {show(li, python=True)}"
         )
-    if li:
-        raise SchemaError(f"attribute {name!r}: ann late_interaction (multi-vector, MUVERA) is not supported")
     for k, (lo, hi) in IVF_BOUNDS.items():
         v = ann.get(k)
         if v is None:

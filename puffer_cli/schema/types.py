@@ -46,6 +46,8 @@ SCALARS: dict[str, PolarsDataType] = {
 #: the distance metrics of a namespace's vectors (turbopuffer's names)
 METRICS = ("cosine_distance", "euclidean_squared")
 VEC_RE = re.compile(r"^\[(\d+)\](f32|f16)$")
+#: multi-vector (late interaction) attributes: a list of N-dimensional f32 vectors per document
+MULTI_VEC_RE = re.compile(r"^\[\]\[(\d+)\]f32$")
 ID_TYPES = ("uint", "uuid", "string")
 SPARSE = "{}f16"  # sparse vectors (puffer_cli/schema/sparse.py)
 ID_MAX_BYTES = L.MAX_ID_BYTES
@@ -70,6 +72,16 @@ def is_vector(t: str) -> bool:
     return VEC_RE.match(t) is not None
 
 
+def multi_vector_dims(t: str) -> int | None:
+    """N of a ``[][N]f32`` (multi-vector) type, else None."""
+    m = MULTI_VEC_RE.match(t)
+    return int(m.group(1)) if m else None
+
+
+def is_multi_vector(t: str) -> bool:
+    return MULTI_VEC_RE.match(t) is not None
+
+
 def dtype_of(t: str) -> PolarsDataType:
     """polars dtype for a type string; SchemaError if unknown."""
     if t in SCALARS:
@@ -87,9 +99,19 @@ def dtype_of(t: str) -> PolarsDataType:
                 hint="MAX_VECTOR_DIMS; see docs/http.md, Limits: writes",
             )
         return pl.Array(pl.Float32, n)
+    m = MULTI_VEC_RE.match(t)
+    if m:
+        n = int(m.group(1))
+        if not 1 <= n <= L.MAX_VECTOR_DIMS:
+            raise SchemaError(
+                f"multi-vector type {t!r}: {n} dimensions; vectors have 1 to {L.MAX_VECTOR_DIMS}",
+                hint="MAX_VECTOR_DIMS; see docs/http.md, Limits: writes",
+            )
+        return pl.List(pl.Array(pl.Float32, n))
     raise SchemaError(
         f"unknown type {t!r}",
-        hint="types: string int uint float bool datetime uuid, []T arrays, [N]f32 / [N]f16 vectors, {}f16 sparse",
+        hint="types: string int uint float bool datetime uuid, []T arrays, [N]f32 / [N]f16 vectors, "
+        "{}f16 sparse, [][N]f32 multi-vectors",
     )
 
 
@@ -283,7 +305,8 @@ def infer_column(name: str, values: Iterable, first_row: int = 0) -> str | None:
             raise SchemaError(
                 f"{where(first_row + i, name)}: unsupported value {show(v, python=True)}",
                 hint="values are strings, numbers, booleans, arrays of one of those, or vectors; an object "
-                '{"dimension": weight} is a sparse vector in an attribute declared "{}f16" in the schema',
+                '{"dimension": weight} is a sparse vector in an attribute declared "{}f16" in the schema, and '
+                'lists of vectors need a declared multi-vector type (schema {"attr": "[][N]f32"})',
             )
         if seen is None:
             seen = t

@@ -34,6 +34,7 @@ from puffer_cli import limits as L
 from puffer_cli.query import parse as Q
 from puffer_cli.schema.types import SPARSE
 from puffer_cli.search import attributes as C
+from puffer_cli.search import multivector as MV
 from puffer_cli.search import response as R
 from puffer_cli.search.scoring import QueryResult, Source, filter_mask, id_key, rank_vector, text_eval, topk_order
 from puffer_cli.store import io_scope
@@ -137,7 +138,9 @@ def execute(
         dist = None
         frame = _gather(docs, pos if per else pos[:kk])
     else:
-        if isinstance(rb, Q.VectorRank):
+        if isinstance(rb, Q.VectorRank) and MV.is_multi(schema, rb):
+            pos, dist = MV.rank_exact(rb, docs, _metric(q, metric), cand, kk) if n else (np.zeros(0, int), np.zeros(0))
+        elif isinstance(rb, Q.VectorRank):
             pos, dist = rank_vector(q, rb, docs, _metric(q, metric), cand, kk) if n else (np.zeros(0, int), np.zeros(0))
         else:
             if n:

@@ -200,6 +200,8 @@ class IndexedView:
         want |= {g.attr for g in q.group_by}
         want |= {a.attr for _n, a in q.aggregate_by if a.attr is not None}
         want |= set(q.per_attributes or ())
+        if isinstance(q.rank_by, Q.VectorRank):
+            want.add(q.rank_by.attr)  # a multi-vector attribute is a column of the doc store (no-op for vectors)
         return [c for c in order if c in want and not S.is_vector(self.schema[c]["type"])]
 
     def candidates(self, q, columns: list[str] | None | bool = True) -> Candidates:
@@ -243,10 +245,11 @@ class IndexedView:
         def seg_scan(i: int):  # every filtered row: its columns come with the filter's
             also = list(self.gen.segments[i]._attr_schema()) if cols_needed is None else cols_needed
             pos = np.nonzero(self._filter_mask(i, filt, also))[0]
-            vf = sorted(set(need_vecs) | ({rb.attr} if isinstance(rb, Q.VectorRank) else set()))
+            dense = isinstance(rb, Q.VectorRank) and S.is_vector(self.schema.get(rb.attr, {}).get("type", ""))
+            vf = sorted(set(need_vecs) | ({rb.attr} if dense else set()))
             return pos, len(pos), 0, vf
 
-        if simple and isinstance(rb, Q.VectorRank) and rb.attr in self.schema:
+        if simple and isinstance(rb, Q.VectorRank) and S.is_vector(self.schema.get(rb.attr, {}).get("type", "")):
             one = seg_vector
         elif simple and isinstance(rb, Q.TextRank) and self.pure_bm25(rb.expr):
             leaves = list(self.bm25_leaves(rb.expr))
@@ -778,6 +781,7 @@ class _Answers:
 
 def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
     from puffer_cli.query import parse as Q
+    from puffer_cli.search import multivector as MV
     from puffer_cli.search import topk
 
     out = _Answers()
@@ -793,7 +797,9 @@ def _answer(view: IndexedView, queries, multi: bool) -> _Answers:
 
     def one(q):
         fast = (
-            topk.vector_topk
+            MV.indexed_topk
+            if MV.eligible(view, q)
+            else topk.vector_topk
             if topk.vector_eligible(view, q)
             else topk.text_topk
             if topk.text_eligible(view, q)

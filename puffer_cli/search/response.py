@@ -74,6 +74,12 @@ def jsonable(frame: pl.DataFrame, encoding: str = "float") -> pl.DataFrame:
             exprs.append(_dt_text(pl.col(c).dt.convert_time_zone("UTC") if d.time_zone else pl.col(c)))
         elif isinstance(d, pl.List) and isinstance(d.inner, pl.Datetime):
             exprs.append(pl.col(c).list.eval(_dt_text(pl.element())))
+        elif isinstance(d, pl.List) and isinstance(d.inner, pl.Array):  # a multi-vector: a list of vectors
+            if encoding == "base64":
+                multi = [None if v is None else [vector_b64(x) for x in v] for v in frame[c].to_list()]
+                exprs.append(pl.Series(c, multi, dtype=pl.List(pl.String)))
+            else:
+                exprs.append(pl.col(c).cast(pl.List(pl.List(pl.Float32))))
         elif isinstance(d, pl.Array):
             if encoding == "base64":
                 s = frame[c]
@@ -169,6 +175,8 @@ def _column_bytes(s: pl.Series, typ: str | None) -> int:
         m = types.VEC_RE.match(typ or "")
         width = 2 if m and m.group(2) == "f16" else 4
         return width * d.size * (s.len() - s.null_count())
+    if isinstance(d, pl.List) and isinstance(d.inner, pl.Array):  # [][N]f32: 4 bytes per element
+        return 4 * d.inner.size * int(s.list.len().sum() or 0)
     if isinstance(d, pl.List):
         if isinstance(d.inner, (pl.String, pl.Categorical)) and base != "uuid":
             return int(s.list.eval(pl.element().str.len_bytes()).list.sum().sum() or 0)
@@ -202,7 +210,7 @@ def returned_bytes(q, res, schema: Mapping) -> int:
     """``billing.billable_logical_bytes_returned``: the logical size of what the response
     returns (docs/http.md "Billing"): per returned row its id (u64: 8, uuid: 16, string: UTF-8
     bytes), ``$dist`` (an f32: 4) and each returned attribute by type (int/uint/float/datetime
-    8, bool 1, uuid 16, string UTF-8 bytes, ``[N]f32`` 4N, ``[N]f16`` 2N, ``[]T`` the sum of
+    8, bool 1, uuid 16, string UTF-8 bytes, ``[N]f32`` 4N, ``[N]f16`` 2N, ``[][N]f32`` 4N per vector, ``[]T`` the sum of
     its elements; a null or missing value 0), computed attributes and aggregations as JSON
     values (numbers 8, strings their UTF-8 bytes)."""
     n = 0
@@ -225,7 +233,7 @@ def returned_bytes(q, res, schema: Mapping) -> int:
 # ------------------------------------------------------------------ body -> wire JSON
 def vector_attrs(schema: Mapping) -> list[str]:
     """The vector attributes of a namespace schema (their values go out as f32)."""
-    return [k for k, v in schema.items() if S.is_vector(v["type"])]
+    return [k for k, v in schema.items() if S.is_vector(v["type"]) or types.is_multi_vector(v["type"])]
 
 
 def _vector_out(v: Any) -> Any:
@@ -236,7 +244,7 @@ def _vector_out(v: Any) -> Any:
         a = np.asarray(v, dtype="<f4")
     except (TypeError, ValueError):
         return v
-    return a if a.ndim == 1 else v
+    return a if a.ndim in (1, 2) else v  # a vector, or a multi-vector's list of vectors
 
 
 def _wire_rows(rows: Iterable[Mapping] | None, vec: set[str]) -> list | None:

@@ -126,6 +126,9 @@ class _Collect:
         return SC.QueryResult(_rows(v, q, src, pos, picked, self.known), val[order], scanned=n, matched=n)
 
 
+Collect = _Collect  # the public name (search/multivector.py collects its candidates the same way)
+
+
 def _tail(view):
     t = view.tail.docs if view.tail is not None else None
     return t if t is not None and t.height else None

@@ -73,7 +73,7 @@ def row_bytes(schema: dict) -> int:
     """Approximate logical bytes of one document (for metadata on indexed namespaces)."""
     n = 0
     for spec in schema.values():
-        d = types.vector_dims(spec["type"])
+        d = types.vector_dims(spec["type"]) or types.multi_vector_dims(spec["type"])
         n += 4 * d if d else (24 if spec["type"] in ("string", "uuid") or spec["type"].startswith("[]") else 8)
     return n
 
@@ -92,6 +92,8 @@ def schema_out(schema: dict) -> dict:
             d["full_text_search"] = spec["full_text_search"]
         if S.is_vector(spec["type"]):
             d["ann"] = spec.get("ann") or True
+        elif spec.get("ann"):  # a multi-vector attribute with its late-interaction index
+            d["ann"] = spec["ann"]
         if spec.get("sparse_knn"):
             d["sparse_knn"] = spec["sparse_knn"]
         d["filterable"] = bool(spec.get("filterable", False))
