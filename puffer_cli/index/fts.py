@@ -448,46 +448,12 @@ def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[byt
     (memory: the postings as int arrays, not token lists).  Returns (file bytes, manifest
     entry fields, BM25 statistics of every row and of the rows ``new`` marks (default all),
     as :func:`stats_of_tokens` gives them)."""
+    from puffer_cli.index.ftsbuild import inverted
+
     n = len(values)
-    vocab: dict[str, int] = {}
-    setdefault = vocab.setdefault
-    lens = np.zeros(n, np.int64)
-    parts_t, parts_d, parts_f = [], [], []
-    for start in range(0, n, CHUNK_ROWS):
-        chunk = values[start : start + CHUNK_ROWS]
-        chunk = chunk.to_list() if hasattr(chunk, "to_list") else list(chunk)
-        toks = text.tokenize_many(chunk, opts)
-        ln = np.fromiter((len(t) for t in toks), np.int64, len(toks))
-        lens[start : start + len(toks)] = ln
-        tot = int(ln.sum())
-        if not tot:
-            continue
-        tid = np.fromiter((setdefault(t, len(vocab)) for tl in toks for t in tl), np.int64, tot)
-        doc = np.repeat(np.arange(len(toks), dtype=np.int64), ln)
-        key = tid * len(toks) + doc
-        uk, cnt = np.unique(key, return_counts=True)  # sorted by (term, row)
-        parts_t.append((uk // len(toks)).astype(np.int32))
-        parts_d.append((uk % len(toks) + start).astype(np.uint32))
-        parts_f.append(cnt.astype(np.uint32))
-        del toks, tid, doc, key
-    terms_first = list(vocab)
-    order = sorted(range(len(terms_first)), key=terms_first.__getitem__)
-    terms = [terms_first[i] for i in order]
-    rank = np.empty(len(terms_first), np.int32)
-    rank[np.asarray(order, np.int64)] = np.arange(len(terms_first), dtype=np.int32)
-    if parts_t:
-        tid = rank[np.concatenate(parts_t)]
-        del parts_t
-        o = np.argsort(tid, kind="stable")  # chunks are in row order: rows stay ascending per term
-        tid = tid[o]
-        docs = np.concatenate(parts_d)[o]
-        del parts_d
-        tfs = np.concatenate(parts_f)[o]
-        del parts_f, o
-    else:
-        tid, docs, tfs = np.zeros(0, np.int32), np.zeros(0, np.uint32), np.zeros(0, np.uint32)
-    tptr = np.zeros(len(terms) + 1, np.int64)
-    np.cumsum(np.bincount(tid, minlength=len(terms)), out=tptr[1:])
+    inv = inverted(values, opts)
+    terms, tptr, docs, tfs, lens = inv.terms, inv.tptr, inv.docs, inv.tfs, inv.lens
+    del inv
     df_all = np.diff(tptr)
     # statistics: of every row, of the new rows
     stats = {
@@ -500,7 +466,8 @@ def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[byt
         stats_new = stats
     else:
         isnew = np.asarray(new, bool)
-        cnt = np.bincount(tid[isnew[docs]], minlength=len(terms)) if len(docs) else np.zeros(len(terms), np.int64)
+        # every term has a posting (df >= 1): reduceat sums each term's run
+        cnt = np.add.reduceat(isnew[docs].astype(np.int64), tptr[:-1]) if len(docs) else np.zeros(len(terms), np.int64)
         stats_new = {
             "n_rows": int(isnew.sum()),
             "n_docs": int(np.count_nonzero(lens[isnew])),
@@ -527,7 +494,7 @@ def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[byt
         pieces.append(data.tobytes())
         pos += len(data)
         i = j
-    del docs, tfs, tid
+    del docs, tfs
     # dictionary blocks
     firsts, doffs = [], [pos]
     for a in range(0, len(terms), DICT_TERMS):
