@@ -249,7 +249,7 @@ class Reader:
 BLK = "blk-1"
 BLOCK = 128  # postings per block
 DICT_TERMS = 1024  # terms per dictionary block
-CHUNK_ROWS = 16384  # rows analysed per build step (bounded memory)
+ENCODE_POSTINGS = 1_000_000  # postings encoded per build step (bounded temporaries)
 _POW = [(1 << np.arange(w, dtype=np.uint64)).astype(np.uint64) for w in range(33)]
 
 
@@ -388,6 +388,13 @@ def _encode_terms(docs: np.ndarray, tfs: np.ndarray, lens: np.ndarray, tptr: np.
     return out, toff[:-1] + base, tlen, nblk
 
 
+def _encode_group(g: tuple[int, int], docs, tfs, lens, tptr):
+    """:func:`_encode_terms` of terms ``g[0] .. g[1] - 1`` (offsets from the group's start)."""
+    i, j = g
+    sl = slice(int(tptr[i]), int(tptr[j]))
+    return _encode_terms(docs[sl], tfs[sl], lens, tptr[i : j + 1] - tptr[i], 0)
+
+
 def _scatter(out: np.ndarray, data: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> None:
     if not len(data):
         return
@@ -444,8 +451,8 @@ def _read_dict_block(data: bytes) -> dict[str, tuple[int, int, int, int]]:
 
 def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[bytes, dict, dict, dict]:
     """The block index of one FTS field of a segment (``values``: one per row: str,
-    list[str] or None; a polars Series or a list).  Analysed in chunks of CHUNK_ROWS rows
-    (memory: the postings as int arrays, not token lists).  Returns (file bytes, manifest
+    list[str] or None; a polars Series or a list).  Analysed in chunks (index/ftsbuild.py;
+    memory: the postings as int arrays, not token lists).  Returns (file bytes, manifest
     entry fields, BM25 statistics of every row and of the rows ``new`` marks (default all),
     as :func:`stats_of_tokens` gives them)."""
     from puffer_cli.index.ftsbuild import inverted
@@ -480,20 +487,27 @@ def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[byt
     lbytes = lens.astype("<" + ldt).tobytes()
     pieces = [lbytes]
     pos = len(lbytes)
-    # postings, a group of terms at a time (bounded temporaries)
+    # postings, a group of terms at a time (bounded temporaries), groups encoded in two
+    # threads (numpy's packing runs without the GIL), placed in term order
     t_off = np.zeros(len(terms), np.int64)
     t_len = np.zeros(len(terms), np.int64)
     t_nb = np.zeros(len(terms), np.int64)
+    groups = []
     i = 0
     while i < len(terms):
-        j = int(np.searchsorted(tptr, tptr[i] + 2_000_000, side="right"))
+        j = int(np.searchsorted(tptr, tptr[i] + ENCODE_POSTINGS, side="right"))
         j = max(i + 1, min(j - 1, len(terms)))
-        sl = slice(int(tptr[i]), int(tptr[j]))
-        data, off, ln, nb = _encode_terms(docs[sl], tfs[sl], lens, tptr[i : j + 1] - tptr[i], pos)
-        t_off[i:j], t_len[i:j], t_nb[i:j] = off, ln, nb
-        pieces.append(data.tobytes())
-        pos += len(data)
+        groups.append((i, j))
         i = j
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2, thread_name_prefix="puffer-fts-encode") as pool:
+        encoded = pool.map(_encode_group, groups, *([a] * len(groups) for a in (docs, tfs, lens, tptr)))
+        for (i, j), (data, off, ln, nb) in zip(groups, encoded):
+            t_off[i:j], t_len[i:j], t_nb[i:j] = off + pos, ln, nb
+            pieces.append(data.tobytes())
+            pos += len(data)
     del docs, tfs
     # dictionary blocks
     firsts, doffs = [], [pos]

@@ -2,8 +2,8 @@
 
 :func:`inverted` analyses the column in chunks of about ``CHUNK_BYTES`` of text
 (:class:`puffer_cli.text.batch.TermIds`: polars splits and numbers the words without the
-GIL, in a helper thread one chunk ahead of the main thread, which maps words to terms and
-sorts the chunk's (term, row) pairs).  Each chunk leaves one sorted run of postings (term
+GIL, in helper threads up to SPLITTERS chunks ahead of the main thread, which maps words to
+terms and sorts the chunk's (term, row) pairs).  Each chunk leaves one sorted run of postings (term
 id, row, tf: 12 bytes a posting, no Python object per token or row); when every chunk is
 done the runs are placed by a counting sort (term order is code point order, rows
 ascending within a term) into the two arrays the block encoder reads.  Peak memory: the
@@ -15,8 +15,10 @@ blk-1 files are byte-identical: tests/test_fts_build.py).
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 import polars as pl
@@ -25,6 +27,7 @@ from puffer_cli.text.batch import TermIds
 
 CHUNK_BYTES = 8 << 20  # text analysed per step
 CHUNK_ROWS_MAX = 262_144  # rows per step at most (short texts)
+SPLITTERS = 2  # chunks split ahead, each in its own thread (polars runs them without the GIL)
 
 
 @dataclass
@@ -83,12 +86,16 @@ def inverted(values, opts: dict) -> Inverted:
     lens = np.zeros(n, np.int64)
     runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     ranges = chunks(values, n)
-    with ThreadPoolExecutor(1, thread_name_prefix="puffer-fts-split") as pool:
-        nxt = pool.submit(ids.split, _slice(values, *ranges[0])) if ranges else None
-        for k, (a, b) in enumerate(ranges):
-            assert nxt is not None
-            part = nxt.result()
-            nxt = pool.submit(ids.split, _slice(values, *ranges[k + 1])) if k + 1 < len(ranges) else None
+    with ThreadPoolExecutor(SPLITTERS, thread_name_prefix="puffer-fts-split") as pool:
+        ahead: deque = deque()
+        todo = iter(ranges)
+        for r in islice(todo, SPLITTERS):
+            ahead.append((r, pool.submit(ids.split, _slice(values, *r))))
+        while ahead:
+            (a, b), fut = ahead.popleft()
+            part = fut.result()
+            for r in islice(todo, 1):
+                ahead.append((r, pool.submit(ids.split, _slice(values, *r))))
             tid, row, ln = ids.finish(part)
             del part
             lens[a:b] = ln
