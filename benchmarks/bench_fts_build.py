@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -137,6 +138,18 @@ def child_index(store: str) -> dict:
     ns = puffer_cli.connect(store).open_namespace("g")
     spent = {"fts": 0.0}
     cur: list = [None, 0.0]
+    peak = {"fts": 0, "other": 0}
+    stop = threading.Event()
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def sample() -> None:  # RSS every 20 ms, by stage (the full-text stage vs the rest)
+        while not stop.wait(0.02):
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * page
+            k = "fts" if str(cur[0]).startswith("fts") else "other"
+            peak[k] = max(peak[k], rss)
+
+    threading.Thread(target=sample, daemon=True).start()
 
     def progress(stage: str, done: int, total: int | None) -> None:
         now = time.perf_counter()
@@ -149,7 +162,15 @@ def child_index(store: str) -> dict:
     t, c = time.perf_counter(), time.process_time()
     rep = builder.index_namespace(ns, gc_grace_s=0, progress=progress)
     progress("done", 0, None)
-    return {"wall": time.perf_counter() - t, "cpu": time.process_time() - c, "fts": spent["fts"], "rep": rep.summary()}
+    stop.set()
+    return {
+        "wall": time.perf_counter() - t,
+        "cpu": time.process_time() - c,
+        "fts": spent["fts"],
+        "rss_fts": peak["fts"],
+        "rss_other": peak["other"],
+        "rep": rep.summary(),
+    }
 
 
 def index_run(work: str, n: int) -> dict:
@@ -236,8 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         r = index_run(work, n)
         log(f"puffer index {s}: {r}")
         irows.append(
-            f"| {s} ({n:,}) | {r['wall']:.1f} s | {n / r['wall']:,.0f} | {r['fts']:.1f} s | {n / r['fts']:,.0f} "
-            f"| {gb(r['rss'])} | {r['cpu']:.1f} s | {r['load']:.1f} |"
+            f"| {s} ({n:,}) | {r['wall']:.1f} s | {n / r['wall']:,.0f} | {r['cpu']:.1f} s | {gb(r['rss'])} "
+            f"| {r['fts']:.1f} s | {n / r['fts']:,.0f} | {gb(r['rss_fts'])} | {gb(r['rss_other'])} | {r['load']:.1f} |"
         )
     if not a.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -117,16 +117,18 @@ def _reference(vals, opts):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(value_st, max_size=60), opts_st, st.sampled_from([1, 40, 200, 1 << 20]), st.data())
-def test_inverted_lists_whatever_the_chunks(vals, opts, chunk, data):
+@given(st.lists(value_st, max_size=60), opts_st, st.sampled_from([1, 40, 200, 1 << 20]), st.booleans(), st.data())
+def test_inverted_lists_whatever_the_chunks(vals, opts, chunk, spill, data):
     new = np.array(data.draw(st.lists(st.booleans(), min_size=len(vals), max_size=len(vals))), bool)
-    old = ftsbuild.CHUNK_BYTES
+    old = ftsbuild.CHUNK_BYTES, ftsbuild.SPILL_BYTES, fts.ENCODE_POSTINGS
     ftsbuild.CHUNK_BYTES = chunk
+    ftsbuild.SPILL_BYTES = 0 if spill else old[1]  # runs through the temporary file
+    fts.ENCODE_POSTINGS = 7  # many encoding groups
     try:
         inv = ftsbuild.inverted(pl.Series(vals, dtype=pl.String), opts)
         _, ent, st_all, st_new = fts.build_blocks(pl.Series(vals, dtype=pl.String), opts, new)
     finally:
-        ftsbuild.CHUNK_BYTES = old
+        ftsbuild.CHUNK_BYTES, ftsbuild.SPILL_BYTES, fts.ENCODE_POSTINGS = old
     toks, post = _reference(vals, opts)
     assert inv.terms == sorted(post)
     assert inv.lens.tolist() == [len(t) for t in toks]
@@ -160,7 +162,9 @@ def _previous_build(vals, opts):
 
 
 @pytest.mark.parametrize("opts", [{}, {"language": "english", "stemming": True, "remove_stopwords": False}])
-def test_same_lists_as_the_previous_build(opts):
+def test_same_lists_as_the_previous_build(opts, monkeypatch):
+    monkeypatch.setattr(ftsbuild, "CHUNK_BYTES", 5000)
+    monkeypatch.setattr(ftsbuild, "SPILL_BYTES", 20000)
     rng = np.random.default_rng(5)
     words = np.array(VOCAB + [f"w{i}" for i in range(300)], dtype=object)
     vals = [" ".join(rng.choice(words, rng.integers(0, 30))) if i % 17 else None for i in range(3000)]

@@ -249,7 +249,7 @@ class Reader:
 BLK = "blk-1"
 BLOCK = 128  # postings per block
 DICT_TERMS = 1024  # terms per dictionary block
-ENCODE_POSTINGS = 1_000_000  # postings encoded per build step (bounded temporaries)
+ENCODE_POSTINGS = 500_000  # postings encoded per build step (bounded temporaries)
 _POW = [(1 << np.arange(w, dtype=np.uint64)).astype(np.uint64) for w in range(33)]
 
 

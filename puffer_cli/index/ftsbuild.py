@@ -4,10 +4,11 @@
 (:class:`puffer_cli.text.batch.TermIds`: polars splits and numbers the words without the
 GIL, in helper threads up to SPLITTERS chunks ahead of the main thread, which maps words to
 terms and sorts the chunk's (term, row) pairs).  Each chunk leaves one sorted run of postings (term
-id, row, tf: 12 bytes a posting, no Python object per token or row); when every chunk is
-done the runs are placed by a counting sort (term order is code point order, rows
-ascending within a term) into the two arrays the block encoder reads.  Peak memory: the
-runs plus the final arrays (~20 bytes a posting) and one chunk's text and words.
+id, row, tf: 12 bytes a posting, no Python object per token or row), spilled to an unlinked
+temporary file past SPILL_BYTES; when every chunk is done the runs are read back one by one
+and placed by a counting sort (term order is code point order, rows ascending within a
+term) into the two arrays the block encoder reads.  Peak memory: those arrays (8 bytes a
+posting), SPILL_BYTES and a few chunks' text and words.
 
 The result is exactly what analysing every row with ``text.tokenize_many`` gives (the
 blk-1 files are byte-identical: tests/test_fts_build.py).
@@ -15,10 +16,13 @@ blk-1 files are byte-identical: tests/test_fts_build.py).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
+from typing import IO
 
 import numpy as np
 import polars as pl
@@ -27,6 +31,7 @@ from puffer_cli.text.batch import TermIds
 
 CHUNK_BYTES = 8 << 20  # text analysed per step
 CHUNK_ROWS_MAX = 262_144  # rows per step at most (short texts)
+SPILL_BYTES = 64 << 20  # runs kept in memory before they go to a temporary file
 SPLITTERS = 2  # chunks split ahead, each in its own thread (polars runs them without the GIL)
 
 
@@ -78,13 +83,61 @@ def _run(tid: np.ndarray, row: np.ndarray, start: int, m: int) -> tuple[np.ndarr
     return (uk // max(m, 1)).astype(np.int32), (uk % max(m, 1) + start).astype(np.uint32), tf.astype(np.uint32)
 
 
+class _Runs:
+    """The chunks' sorted runs: in memory up to SPILL_BYTES, then appended to an unlinked
+    temporary file (gone with the process, SIGKILL included) and read back one at a time."""
+
+    def __init__(self) -> None:
+        self.mem: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.size = 0
+        self.file: IO[bytes] | None = None
+        self.spilled: list[tuple[int, int]] = []  # (offset, postings) of each run in the file
+        self.df = np.zeros(0, np.int64)  # postings per term id
+
+    def add(self, run: tuple[np.ndarray, np.ndarray, np.ndarray], n_terms: int) -> None:
+        tid = run[0]
+        if n_terms > len(self.df):
+            self.df = np.concatenate([self.df, np.zeros(n_terms - len(self.df), np.int64)])
+        self.df += np.bincount(tid, minlength=len(self.df))
+        self.mem.append(run)
+        self.size += 12 * len(tid)
+        if self.size > SPILL_BYTES or self.file is not None:
+            self._spill()
+
+    def _spill(self) -> None:
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(prefix="puffer-fts-runs-")  # noqa: SIM115 (closed by __iter__)
+        for run in self.mem:
+            off = self.file.seek(0, os.SEEK_END)
+            for a in run:
+                self.file.write(np.ascontiguousarray(a).tobytes())
+            self.spilled.append((off, len(run[0])))
+        self.mem, self.size = [], 0
+
+    def __iter__(self):
+        """Every run, in order (memory freed as it goes)."""
+        if self.file is not None:
+            with self.file:
+                for off, k in self.spilled:
+                    self.file.seek(off)
+                    raw = self.file.read(12 * k)
+                    yield (
+                        np.frombuffer(raw, np.int32, k, 0),
+                        np.frombuffer(raw, np.uint32, k, 4 * k),
+                        np.frombuffer(raw, np.uint32, k, 8 * k),
+                    )
+            self.file = None
+        while self.mem:
+            yield self.mem.pop(0)
+
+
 def inverted(values, opts: dict) -> Inverted:
     """The inverted lists of ``values`` (one per row: str, list[str] or None; a polars Series
     or a list) under the analyzer ``opts``."""
     n = len(values)
     ids = TermIds(opts)
     lens = np.zeros(n, np.int64)
-    runs: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    runs = _Runs()
     ranges = chunks(values, n)
     with ThreadPoolExecutor(SPLITTERS, thread_name_prefix="puffer-fts-split") as pool:
         ahead: deque = deque()
@@ -99,29 +152,27 @@ def inverted(values, opts: dict) -> Inverted:
             tid, row, ln = ids.finish(part)
             del part
             lens[a:b] = ln
-            runs.append(_run(tid, row, a, b - a))
+            runs.add(_run(tid, row, a, b - a), ids.n_terms)
             del tid, row
     return _merge(ids.terms, runs, lens)
 
 
-def _merge(terms_first: list[str], runs: list, lens: np.ndarray) -> Inverted:
+def _merge(terms_first: list[str], runs: _Runs, lens: np.ndarray) -> Inverted:
     """Counting sort of the chunks' runs into term order (rows stay ascending: chunks are in
     row order and each run is sorted by row within a term)."""
-    order = sorted(range(len(terms_first)), key=terms_first.__getitem__)
+    order = np.asarray(pl.Series(terms_first, dtype=pl.String).arg_sort().to_numpy(), np.int64)  # UTF-8 byte order
     terms = [terms_first[i] for i in order]
     rank = np.empty(len(terms_first), np.int64)
-    rank[np.asarray(order, np.int64)] = np.arange(len(terms_first), dtype=np.int64)
+    rank[order] = np.arange(len(terms_first), dtype=np.int64)
     df = np.zeros(len(terms), np.int64)
-    for tid, _r, _f in runs:
-        df += np.bincount(rank[tid], minlength=len(terms))
+    df[rank[: len(runs.df)]] = runs.df
     tptr = np.zeros(len(terms) + 1, np.int64)
     np.cumsum(df, out=tptr[1:])
     total = int(tptr[-1])
     docs = np.empty(total, np.uint32)
     tfs = np.empty(total, np.uint32)
     cursor = tptr[:-1].copy()
-    while runs:
-        tid, row, tf = runs.pop(0)
+    for tid, row, tf in runs:
         if not len(tid):
             continue
         edge = np.flatnonzero(np.diff(tid)) + 1

@@ -48,6 +48,11 @@ class TermIds:
         self._n_terms = 0
 
     @property
+    def n_terms(self) -> int:
+        """Terms numbered so far."""
+        return self._n_terms
+
+    @property
     def terms(self) -> list[str]:
         """The term of each id."""
         return pl.concat(self._terms).to_list() if self._terms else []
