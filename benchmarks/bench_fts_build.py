@@ -139,6 +139,7 @@ def child_index(store: str) -> dict:
     spent = {"fts": 0.0}
     cur: list = [None, 0.0]
     peak = {"fts": 0, "other": 0}
+    stages: dict[str, int] = {}  # peak RSS by stage (first word of its progress name)
     stop = threading.Event()
     page = os.sysconf("SC_PAGE_SIZE")
 
@@ -148,6 +149,8 @@ def child_index(store: str) -> dict:
                 rss = int(f.read().split()[1]) * page
             k = "fts" if str(cur[0]).startswith("fts") else "other"
             peak[k] = max(peak[k], rss)
+            st = str(cur[0]).split(" ")[0]
+            stages[st] = max(stages.get(st, 0), rss)
 
     threading.Thread(target=sample, daemon=True).start()
 
@@ -169,6 +172,7 @@ def child_index(store: str) -> dict:
         "fts": spent["fts"],
         "rss_fts": peak["fts"],
         "rss_other": peak["other"],
+        "rss_stages": {k: round(v / 1e9, 2) for k, v in stages.items()},
         "rep": rep.summary(),
     }
 
@@ -248,14 +252,17 @@ def main(argv: list[str] | None = None) -> None:
             f"| {s} ({n:,}) | {res['wall']:.1f} s | {res['cpu']:.1f} s | {gb(rss)} | {mb(res['bytes'])} "
             f"| {mb(mine) if mine else '-'} | {ratio} | {load:.1f} |"
         )
+    notes: list[str] = []
     irows = [
-        "| documents | `puffer index` wall | docs/s | full-text stage | full-text docs/s | peak RSS | CPU | load |"
+        "| documents | `puffer index` wall | docs/s | CPU | peak RSS | full-text stage | full-text docs/s "
+        "| peak RSS in it | elsewhere | load |"
     ]
-    irows.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    irows.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for s in [s for s in a.index_sizes.split(",") if s]:
         n = SIZES.get(s) or int(s)
         r = index_run(work, n)
         log(f"puffer index {s}: {r}")
+        notes.append(f"- `puffer index` {s}: peak RSS (GB) by stage: {r['rss_stages']}")
         irows.append(
             f"| {s} ({n:,}) | {r['wall']:.1f} s | {n / r['wall']:,.0f} | {r['cpu']:.1f} s | {gb(r['rss'])} "
             f"| {r['fts']:.1f} s | {n / r['fts']:,.0f} | {gb(r['rss_fts'])} | {gb(r['rss_other'])} | {r['load']:.1f} |"
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         *trows,
         "",
         *irows,
+        "",
+        *notes,
         "",
     ]
     publish("\n".join(lines), START, END, write=not a.no_write)
