@@ -252,6 +252,8 @@ def _build(key: tuple) -> tantivy.TextAnalyzer:
 
 def _filters(b: tantivy.TextAnalyzerBuilder, key: tuple) -> tantivy.TextAnalyzerBuilder:
     """The token filters of a word tokenizer's pipeline (each maps one token to at most one)."""
+    import tantivy  # local: main imports tantivy lazily (a query without text need not load it)
+
     tok, lang, stem, stop, cs, fold, mtl = key
     b = b.filter(tantivy.Filter.remove_long(mtl + 1))
     if not cs:
@@ -290,6 +292,8 @@ def normalizer(opts: Any) -> tantivy.TextAnalyzer:
         raise ValueError("normalizer: pre_tokenized_array has no word tokenizer")
     a = _NORMALIZERS.get(key)
     if a is None:
+        import tantivy
+
         a = _filters(tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()), key).build()
         _NORMALIZERS.put(key, a)
     return a
