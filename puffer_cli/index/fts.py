@@ -250,7 +250,7 @@ class Reader:
 BLK = "blk-1"
 BLOCK = 128  # postings per block
 DICT_TERMS = 1024  # terms per dictionary block
-CHUNK_ROWS = 16384  # rows analysed per build step (bounded memory)
+ENCODE_POSTINGS = 500_000  # postings encoded per build step (bounded temporaries)
 _POW = [(1 << np.arange(w, dtype=np.uint64)).astype(np.uint64) for w in range(33)]
 
 
@@ -389,6 +389,13 @@ def _encode_terms(docs: np.ndarray, tfs: np.ndarray, lens: np.ndarray, tptr: np.
     return out, toff[:-1] + base, tlen, nblk
 
 
+def _encode_group(g: tuple[int, int], docs, tfs, lens, tptr):
+    """:func:`_encode_terms` of terms ``g[0] .. g[1] - 1`` (offsets from the group's start)."""
+    i, j = g
+    sl = slice(int(tptr[i]), int(tptr[j]))
+    return _encode_terms(docs[sl], tfs[sl], lens, tptr[i : j + 1] - tptr[i], 0)
+
+
 def _scatter(out: np.ndarray, data: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> None:
     if not len(data):
         return
@@ -445,50 +452,16 @@ def _read_dict_block(data: bytes) -> dict[str, tuple[int, int, int, int]]:
 
 def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[bytes, dict, dict, dict]:
     """The block index of one FTS field of a segment (``values``: one per row: str,
-    list[str] or None; a polars Series or a list).  Analysed in chunks of CHUNK_ROWS rows
-    (memory: the postings as int arrays, not token lists).  Returns (file bytes, manifest
+    list[str] or None; a polars Series or a list).  Analysed in chunks (index/ftsbuild.py;
+    memory: the postings as int arrays, not token lists).  Returns (file bytes, manifest
     entry fields, BM25 statistics of every row and of the rows ``new`` marks (default all),
     as :func:`stats_of_tokens` gives them)."""
+    from puffer_cli.index.ftsbuild import inverted
+
     n = len(values)
-    vocab: dict[str, int] = {}
-    setdefault = vocab.setdefault
-    lens = np.zeros(n, np.int64)
-    parts_t, parts_d, parts_f = [], [], []
-    for start in range(0, n, CHUNK_ROWS):
-        chunk = values[start : start + CHUNK_ROWS]
-        chunk = chunk.to_list() if hasattr(chunk, "to_list") else list(chunk)
-        toks = text.tokenize_many(chunk, opts)
-        ln = np.fromiter((len(t) for t in toks), np.int64, len(toks))
-        lens[start : start + len(toks)] = ln
-        tot = int(ln.sum())
-        if not tot:
-            continue
-        tid = np.fromiter((setdefault(t, len(vocab)) for tl in toks for t in tl), np.int64, tot)
-        doc = np.repeat(np.arange(len(toks), dtype=np.int64), ln)
-        key = tid * len(toks) + doc
-        uk, cnt = np.unique(key, return_counts=True)  # sorted by (term, row)
-        parts_t.append((uk // len(toks)).astype(np.int32))
-        parts_d.append((uk % len(toks) + start).astype(np.uint32))
-        parts_f.append(cnt.astype(np.uint32))
-        del toks, tid, doc, key
-    terms_first = list(vocab)
-    order = sorted(range(len(terms_first)), key=terms_first.__getitem__)
-    terms = [terms_first[i] for i in order]
-    rank = np.empty(len(terms_first), np.int32)
-    rank[np.asarray(order, np.int64)] = np.arange(len(terms_first), dtype=np.int32)
-    if parts_t:
-        tid = rank[np.concatenate(parts_t)]
-        del parts_t
-        o = np.argsort(tid, kind="stable")  # chunks are in row order: rows stay ascending per term
-        tid = tid[o]
-        docs = np.concatenate(parts_d)[o]
-        del parts_d
-        tfs = np.concatenate(parts_f)[o]
-        del parts_f, o
-    else:
-        tid, docs, tfs = np.zeros(0, np.int32), np.zeros(0, np.uint32), np.zeros(0, np.uint32)
-    tptr = np.zeros(len(terms) + 1, np.int64)
-    np.cumsum(np.bincount(tid, minlength=len(terms)), out=tptr[1:])
+    inv = inverted(values, opts)
+    terms, tptr, docs, tfs, lens = inv.terms, inv.tptr, inv.docs, inv.tfs, inv.lens
+    del inv
     df_all = np.diff(tptr)
     # statistics: of every row, of the new rows
     stats = {
@@ -501,7 +474,8 @@ def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[byt
         stats_new = stats
     else:
         isnew = np.asarray(new, bool)
-        cnt = np.bincount(tid[isnew[docs]], minlength=len(terms)) if len(docs) else np.zeros(len(terms), np.int64)
+        # every term has a posting (df >= 1): reduceat sums each term's run
+        cnt = np.add.reduceat(isnew[docs].astype(np.int64), tptr[:-1]) if len(docs) else np.zeros(len(terms), np.int64)
         stats_new = {
             "n_rows": int(isnew.sum()),
             "n_docs": int(np.count_nonzero(lens[isnew])),
@@ -514,21 +488,28 @@ def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[byt
     lbytes = lens.astype("<" + ldt).tobytes()
     pieces = [lbytes]
     pos = len(lbytes)
-    # postings, a group of terms at a time (bounded temporaries)
+    # postings, a group of terms at a time (bounded temporaries), groups encoded in two
+    # threads (numpy's packing runs without the GIL), placed in term order
     t_off = np.zeros(len(terms), np.int64)
     t_len = np.zeros(len(terms), np.int64)
     t_nb = np.zeros(len(terms), np.int64)
+    groups = []
     i = 0
     while i < len(terms):
-        j = int(np.searchsorted(tptr, tptr[i] + 2_000_000, side="right"))
+        j = int(np.searchsorted(tptr, tptr[i] + ENCODE_POSTINGS, side="right"))
         j = max(i + 1, min(j - 1, len(terms)))
-        sl = slice(int(tptr[i]), int(tptr[j]))
-        data, off, ln, nb = _encode_terms(docs[sl], tfs[sl], lens, tptr[i : j + 1] - tptr[i], pos)
-        t_off[i:j], t_len[i:j], t_nb[i:j] = off, ln, nb
-        pieces.append(data.tobytes())
-        pos += len(data)
+        groups.append((i, j))
         i = j
-    del docs, tfs, tid
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2, thread_name_prefix="puffer-fts-encode") as pool:
+        encoded = pool.map(_encode_group, groups, *([a] * len(groups) for a in (docs, tfs, lens, tptr)))
+        for (i, j), (data, off, ln, nb) in zip(groups, encoded):
+            t_off[i:j], t_len[i:j], t_nb[i:j] = off + pos, ln, nb
+            pieces.append(data.tobytes())
+            pos += len(data)
+    del docs, tfs
     # dictionary blocks
     firsts, doffs = [], [pos]
     for a in range(0, len(terms), DICT_TERMS):

@@ -73,7 +73,9 @@ __all__ = [
     "TOKENIZERS",
     "analyzer",
     "analyzer_name",
+    "ascii_pattern",
     "normalize_fts_options",
+    "normalizer",
     "register",
     "tokenize",
     "tokenize_many",
@@ -248,7 +250,14 @@ def _build(key: tuple) -> tantivy.TextAnalyzer:
             b = b.filter(tantivy.Filter.lowercase())
         return b.build()
     tokenizer = tantivy.Tokenizer.regex(_PATTERNS[tok]) if tok in _PATTERNS else tantivy.Tokenizer.simple()
-    b = tantivy.TextAnalyzerBuilder(tokenizer)
+    return _filters(tantivy.TextAnalyzerBuilder(tokenizer), key).build()
+
+
+def _filters(b: tantivy.TextAnalyzerBuilder, key: tuple) -> tantivy.TextAnalyzerBuilder:
+    """The token filters of a word tokenizer's pipeline (each maps one token to at most one)."""
+    import tantivy  # local: main imports tantivy lazily (a query without text need not load it)
+
+    tok, lang, stem, stop, cs, fold, mtl = key
     b = b.filter(tantivy.Filter.remove_long(mtl + 1))
     if not cs:
         b = b.filter(tantivy.Filter.lowercase())
@@ -258,7 +267,7 @@ def _build(key: tuple) -> tantivy.TextAnalyzer:
         b = b.filter(tantivy.Filter.stopword(lang))
     if stem:
         b = b.filter(tantivy.Filter.stemmer(lang))
-    return b.build()
+    return b
 
 
 def analyzer(opts: Any) -> tantivy.TextAnalyzer:
@@ -269,6 +278,39 @@ def analyzer(opts: Any) -> tantivy.TextAnalyzer:
         a = _build(key)
         _ANALYZERS.put(key, a)
     return a
+
+
+_NORMALIZERS = caches.lru("text.normalizers", 256)
+
+
+def normalizer(opts: Any) -> tantivy.TextAnalyzer:
+    """The filters of a word tokenizer's analyzer behind a ``whitespace`` tokenizer:
+    ``normalizer(opts).analyze(w)`` is what :func:`analyzer` makes of a word ``w`` (no
+    whitespace) when its tokenizer emits ``w`` as one token (``[]`` when a filter drops
+    it).  Every filter maps one token to at most one, so a text's tokens are its normalised
+    words (:mod:`puffer_cli.text.batch` normalises a column's distinct words this way, many
+    words per call)."""
+    key = _key_of(opts)
+    if key[0] == "pre_tokenized_array":
+        raise ValueError("normalizer: pre_tokenized_array has no word tokenizer")
+    a = _NORMALIZERS.get(key)
+    if a is None:
+        import tantivy
+
+        a = _filters(tantivy.TextAnalyzerBuilder(tantivy.Tokenizer.whitespace()), key).build()
+        _NORMALIZERS.put(key, a)
+    return a
+
+
+def ascii_pattern(opts: Any) -> str | None:
+    """A regex (Rust ``regex`` syntax, as polars runs it) whose matches in an ASCII-only
+    text are the tokens this analyzer's tokenizer emits for it, before filtering; ``None``
+    for ``pre_tokenized_array``.  On ASCII the Unicode classes of the patterns have no
+    version-dependent members, so polars' regex crate and tantivy's agree exactly."""
+    tok = _key_of(opts)[0]
+    if tok == "pre_tokenized_array":
+        return None
+    return _PATTERNS.get(tok, "[0-9A-Za-z]+")  # word_v0: tantivy's simple tokenizer (char::is_alphanumeric)
 
 
 @functools.lru_cache(maxsize=256)
