@@ -121,6 +121,13 @@ BOUNDS = {
     "fill": (0.0, 8.0),
 }
 FILL_GAP_BYTES = 96 * 1024  # lists between probed ones closer than this are always scanned too
+#: format 3 (shared routing): its own ``probe`` / ``fill`` defaults and fill gap (see "Shared routing" above);
+#: an ``ann`` value in the schema applies to both formats
+SHARED_DEFAULTS = {"probe": 0.02, "fill": 0.75}
+SHARED_FILL_GAP_BYTES = 96 * 1024
+#: a cold format-3 query reads up to this many times its lists' bytes in the gaps between them
+#: (read, not scanned: results do not depend on it) to join its ranges into fewer requests
+SHARED_READ_EXTRA = 1.0
 SCORE_PER_RUN_MAX = 64  # up to this many runs are scored one by one (no copy), more in one call
 SAMPLE_PER_LIST = 64  # k-means training rows per list (GloVe-100: 64 gave recall 0.955 where 32 gave 0.947)
 SAMPLE_MAX = 262_144  # ... at most (bounds the training cost of a full segment)
@@ -145,10 +152,13 @@ def override(probe: float | None = None, fill: float | None = None):
         _FORCED.reset(token)
 
 
-def options(spec: dict | None) -> dict:
+def options(spec: dict | None, shared: bool = False) -> dict:
     """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
-    (stored by an older version) are clamped with a warning rather than failing a build."""
+    (stored by an older version) are clamped with a warning rather than failing a build.
+    ``shared``: for a segment following a shared :class:`Book` (format 3, its own defaults)."""
     o: dict[str, float] = dict(DEFAULTS)
+    if shared:
+        o.update(SHARED_DEFAULTS)
     ann = (spec or {}).get("ann")
     if isinstance(ann, dict):
         o.update({k: v for k, v in ann.items() if k in DEFAULTS and v is not None})
@@ -659,7 +669,8 @@ class Route:
         if fill > 0 and len(out) > 1:
             from puffer_cli.index.ranged import coalesce
 
-            out = coalesce(out, gap=FILL_GAP_BYTES // self.row_bytes, extra=fill)
+            gap = SHARED_FILL_GAP_BYTES if self.book is not None else FILL_GAP_BYTES
+            out = coalesce(out, gap=gap // self.row_bytes, extra=fill)
         return out
 
     @property

@@ -371,8 +371,8 @@ class IndexedView:
             return self._exact_top(seg, rb.attr, pos, q, k, metric), n_sel, 0, None
         frac = n_sel / max(1, seg.rows)
         if iv is not None:
-            opts = ivf.options(self.schema.get(rb.attr))
             route, lists = iv
+            opts = ivf.options(self.schema.get(rb.attr), shared=route.book is not None)
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
             restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
@@ -409,22 +409,25 @@ class IndexedView:
         iv = seg.ivf(rb.attr)
         if iv is None or iv[1].fetcher() is None or seg.rows == 0 or seg.docs is None:
             return None
-        if iv[0].book is not None:  # shared routing (format 3) plans its lists per query: no read-ahead yet
-            return None
         est = D.estimate_fraction(seg.docs, seg.rows, bind_filter(filt, self.schema))
         est *= seg.live_count() / seg.rows
         if est <= EXACT_MAX_FRACTION or est * seg.rows <= k:
             return None
         est *= LISTS_AHEAD_MARGIN
-        opts = ivf.options(self.schema.get(rb.attr))
-        ranges = ivf.planned_ranges(
-            iv[0],
-            rb.array(),
-            k * opts["rerank"],
-            min(1.0, opts["probe"] / est),
-            int(opts["probe_min_rows"] / est),
-            opts["fill"],
-        )
+        route = iv[0]
+        opts = ivf.options(self.schema.get(rb.attr), shared=route.book is not None)
+        if route.book is not None:  # shared routing (format 3): the lists the book ranks (it came with the manifest)
+            chosen = self._shared_lists(rb, route, opts, est)
+            ranges = ivf.Lists.ranges(route, route.runs(chosen, opts["fill"]))
+        else:
+            ranges = ivf.planned_ranges(
+                route,
+                rb.array(),
+                k * opts["rerank"],
+                min(1.0, opts["probe"] / est),
+                int(opts["probe_min_rows"] / est),
+                opts["fill"],
+            )
         fetch = iv[1].fetcher()
         return (ranges, fetch(ranges)) if ranges and fetch is not None else None
 
