@@ -69,7 +69,7 @@ is sublinear too.  Measured at 2M (GloVe + noisy copies, warm, one run): 8 x sqr
 0.971 at 70k); 16 x sqrt(rows) with up to 1M training rows (BOOK_SAMPLE_MAX, 64 per
 list) found 0.970 at 49k rows and 0.982 at 71k (fill 0) where format 2 found 0.971 at
 70k.  Training the book on 1M rows takes about a minute of CPU (once per retrain).
-Format 3 has its own ``probe`` / ``fill`` defaults (SHARED_DEFAULTS: probe 0.04, fill 0;
+Format 3 has its own ``probe`` / ``fill`` defaults (SHARED_DEFAULTS: probe 0.05, fill 0;
 an ``ann`` value in the schema applies to both formats).  ``fill`` pays less here than
 under format 2: a segment holds only its share of each list, so the 96 KiB gap rule joins
 many lists (at probe 0.02, fill 0.75 took 28k probed rows to 113k scanned for recall
@@ -77,7 +77,9 @@ many lists (at probe 0.02, fill 0.75 took 28k probed rows to 113k scanned for re
 one run: noisy copies 0.968 at 42k rows with probe 0.03, 0.977 at 56k with 0.04; the
 mixed set 0.949 at 42k, 0.961 at 57k, 0.969 at 71k with 0.05; fill 0.5 on top of probe
 0.03 gave 0.955 at 63k).  Format 2 at its defaults: 0.965 at 109k (noisy), 0.938 at 112k
-(mixed).  A cold query still reads few ranges: a shared segment's lists are fetched
+(mixed).  Probe 0.05 rather than 0.04: at 10M (bench_scale's set) 0.04 found 0.942 at 126k
+rows, 0.05 found 0.950 at 158k (format 2: 0.967 at 558k); at 2M 0.05 finds 0.986 / 0.969
+(noisy / mixed) at 71k rows.  A cold query still reads few ranges: a shared segment's lists are fetched
 with SHARED_READ_EXTRA (gaps read, not scanned, so results do not depend on it).
 
 Growth: new rows are assigned to the existing book (the hierarchical :meth:`Codebook.assign`,
@@ -130,7 +132,7 @@ BOUNDS = {
 FILL_GAP_BYTES = 96 * 1024  # lists between probed ones closer than this are always scanned too
 #: format 3 (shared routing): its own ``probe`` / ``fill`` defaults and fill gap (see "Shared routing" above);
 #: an ``ann`` value in the schema applies to both formats
-SHARED_DEFAULTS = {"probe": 0.04, "fill": 0.0}
+SHARED_DEFAULTS = {"probe": 0.05, "fill": 0.0}
 SHARED_FILL_GAP_BYTES = 96 * 1024
 #: a cold format-3 query reads up to this many times its lists' bytes in the gaps between them
 #: (read, not scanned: results do not depend on it) to join its ranges into fewer requests
