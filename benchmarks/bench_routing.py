@@ -1,6 +1,7 @@
 """Shared routing (format 3) against per-segment IVFs (format 2) in one run (issue 24).
 
     python benchmarks/bench_routing.py [--sizes 331k,2M] [--mixed 1M] [--work DIR] [--queries N]
+                                       [--routings segment,shared] [--sweep 0.02:0.75,0.03:0] [--reuse]
 
 Per size: bench_scale's GloVe-100 + noisy copies (``--mixed``: convex mixes of two GloVe
 rows + N(0, 0.01^2), no near-duplicate clusters) ingested once; indexed with
@@ -9,6 +10,12 @@ re-indexed under shared routing (a format-2 -> 3 migration: every segment rebuil
 both answer the same held-out queries in this process, interleaved: recall@10 against
 exact numpy, warm p50, and rows scanned per query (median, summed over segments).
 Prints one table row per (size, routing) with the 1-minute load average beside it.
+
+``--routings shared``: build only shared routing, straight from the WAL (no format-2 store,
+no migration: the index time and peak RSS are a fresh build's).  Every set is built first,
+then all are measured interleaved in this process (latencies comparable across sizes).
+``--sweep probe:fill,...``: measure at these ``ivf.override`` values too (``d:d`` = the defaults).
+``--reuse``: keep the stores a previous run built (skip ingest and index).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ def make_mixed(base: pl.DataFrame, n: int, out: Path) -> int:
     return n
 
 
-def measure(ns, queries, truth, n_warm=10):
+def measure(ns, queries, truth, n_warm=10, probe=None, fill=None):
     from puffer_cli.index import ivf
     from puffer_cli.search import engine
 
@@ -63,7 +70,9 @@ def measure(ns, queries, truth, n_warm=10):
 
     ivf.search = spy
     lat, hits, per_q = [], 0, []
+    ctx = ivf.override(probe=probe, fill=fill)
     try:
+        ctx.__enter__()
         for j, q in enumerate(np.concatenate([queries[:n_warm], queries])):
             body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
             scanned.clear()
@@ -75,8 +84,42 @@ def measure(ns, queries, truth, n_warm=10):
                 per_q.append(sum(scanned))
                 hits += len({r["id"] for r in rows} & set(truth[j - n_warm].tolist()))
     finally:
+        ctx.__exit__(None, None, None)
         ivf.search = real
     return hits / (10 * len(queries)), pct(lat, 50), float(np.median(per_q))
+
+
+def sweep_points(text: str) -> list[tuple[float | None, float | None]]:
+    """``"d:d,0.03:0"`` -> [(None, None), (0.03, 0.0)] (``d``: the schema's / default value)."""
+    out = []
+    for item in filter(None, text.split(",")):
+        p, f = item.split(":")
+        out.append((None if p == "d" else float(p), None if f == "d" else float(f)))
+    return out
+
+
+def build(name: str, make, work: Path, routings: list[str], reuse: bool) -> tuple[int, list[Path], dict]:
+    """Data, ingest and index of one set under each routing: (rows, parts, {routing: (store, index s, RSS MiB)})."""
+    d = work / f"data-{name}"
+    n = make(d)
+    parts = sorted(d.glob("part-*.parquet"))
+    stores = {r: work / f"store-{name}-{r}" for r in routings}
+    if reuse and all((s / "g").exists() for s in stores.values()):
+        log(f"{name}: {n:,} rows; reusing the stores")
+        return n, parts, {r: (s, float("nan"), float("nan")) for r, s in stores.items()}
+    for s in stores.values():
+        shutil.rmtree(s, ignore_errors=True)
+    log(f"{name}: {n:,} rows; ingest")
+    first = stores[routings[0]]
+    run_cli(["ingest", "g", *map(str, parts), "--vector", "vector", "--store", str(first), "--json"])
+    out = {}
+    for k, r in enumerate(routings):
+        if k:  # the same WAL; the later routing migrates the first's index (format 2 -> 3)
+            shutil.copytree(first, stores[r])
+        secs, rss, _ = run_cli(["index", "g", "--store", str(stores[r]), "--json"], env={"PUFFER_IVF_ROUTING": r})
+        log(f"{name}: index {r}: {secs:.0f}s, peak RSS {rss:.0f} MiB")
+        out[r] = (stores[r], secs, rss)
+    return n, parts, out
 
 
 def main() -> None:
@@ -86,6 +129,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/puffer-routing")
     ap.add_argument("--data", default=default_data())
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--routings", default="segment,shared")
+    ap.add_argument("--sweep", default="d:d", help="probe:fill points (d = default), e.g. d:d,0.03:0")
+    ap.add_argument("--reuse", action="store_true")
     a = ap.parse_args()
     import puffer_cli
 
@@ -97,37 +143,37 @@ def main() -> None:
     if a.mixed:
         n_mixed = int(float(a.mixed.rstrip("Mk")) * (1e6 if a.mixed.endswith("M") else 1e3))
         sets.append((f"mixed-{a.mixed}", lambda d: make_mixed(base, n_mixed, d)))
-    print("| set | rows | routing | index s | recall@10 | p50 ms | rows scanned/query (median) | load |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    routings = a.routings.split(",")
+    built = []
     for name, make in sets:
-        d = work / f"data-{name}"
-        n = make(d)
-        parts = sorted(d.glob("part-*.parquet"))
-        stores = {"segment": work / f"store-{name}-segment", "shared": work / f"store-{name}-shared"}
-        for s in stores.values():
-            shutil.rmtree(s, ignore_errors=True)
-        log(f"{name}: {n:,} rows; ingest")
-        run_cli(["ingest", "g", *map(str, parts), "--vector", "vector", "--store", str(stores["segment"]), "--json"])
-        secs = {}
-        secs["segment"], _, _ = run_cli(
-            ["index", "g", "--store", str(stores["segment"]), "--json"], env={"PUFFER_IVF_ROUTING": "segment"}
-        )
-        shutil.copytree(stores["segment"], stores["shared"])
-        secs["shared"], _, _ = run_cli(
-            ["index", "g", "--store", str(stores["shared"]), "--json"], env={"PUFFER_IVF_ROUTING": "shared"}
-        )
-        log(f"{name}: index segment {secs['segment']:.0f}s, shared (migration) {secs['shared']:.0f}s; truth")
-        truth = ground_truth(parts, queries)
-        nss = {k: puffer_cli.connect(str(v)).open_namespace("g") for k, v in stores.items()}
-        res = {k: [] for k in nss}
+        n, parts, stores = build(name, make, work, routings, a.reuse)
+        log(f"{name}: ground truth")
+        built.append((name, n, stores, ground_truth(parts, queries)))
+    print(f"{time.strftime('%Y-%m-%d %H:%M')} UTC, load {os.getloadavg()}")
+    print(
+        "| set | rows | routing | index s | peak RSS MiB | probe | fill | recall@10 | p50 ms | rows scanned/query (median) | load |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for probe, fill in sweep_points(a.sweep):
+        res: dict = {}
+        nss = {
+            (name, r): puffer_cli.connect(str(st)).open_namespace("g")
+            for name, _n, stores, _t in built
+            for r, (st, _s, _m) in stores.items()
+        }
         for _rep in range(2):  # interleaved
-            for k, ns in nss.items():
-                res[k].append((*measure(ns, queries, truth), os.getloadavg()[0]))
-        for k in nss:
-            r, p50, sc, load = min(res[k], key=lambda t: t[1])
-            print(
-                f"| {name} | {n:,} | {k} | {secs[k]:.0f} | {r:.3f} | {p50:.2f} | {sc:,.0f} | {load:.1f} |", flush=True
-            )
+            for name, _n, stores, truth in built:
+                for r in stores:
+                    out = measure(nss[(name, r)], queries, truth, probe=probe, fill=fill)
+                    res.setdefault((name, r), []).append((*out, os.getloadavg()[0]))
+        for name, n, stores, _t in built:
+            for r, (_st, secs, rss) in stores.items():
+                rec, p50, sc, load = min(res[(name, r)], key=lambda t: t[1])
+                print(
+                    f"| {name} | {n:,} | {r} | {secs:.0f} | {rss:.0f} | {probe or 'd'} | {fill if fill is not None else 'd'} "
+                    f"| {rec:.3f} | {p50:.2f} | {sc:,.0f} | {load:.1f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

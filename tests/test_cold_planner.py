@@ -176,3 +176,31 @@ def test_explain_shows_the_cold_plan(cold_ns):
     got = next(x for x in lines if "admitted" in x)
     kept, total = got.split(": ")[2].split(" row groups")[0].split("/")
     assert int(kept) < int(total), got
+
+
+def test_shared_routing_reads_the_books_lists_with_the_filters_columns(cold_ns, tmp_path, monkeypatch):
+    """Shared routing (format 3, the default): a cold filtered ANN query plans the lists the
+    namespace's book picks for the filter's estimated selectivity and reads them in the batch
+    of the filter's columns (``IndexedView._lists_ahead``), so it takes <= 4 round trips and
+    answers as the exact engine does."""
+    from puffer_cli.search import reader
+
+    db, ns, rng = cold_ns
+    man = builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
+    assert "vector" in man.get("ann_books", {})  # built under shared routing
+    planned: list = []
+    real = reader.IndexedView._lists_ahead
+
+    def spy(self, *a, **kw):
+        out = real(self, *a, **kw)
+        planned.append(out)
+        return out
+
+    monkeypatch.setattr(reader.IndexedView, "_lists_ahead", spy)
+    b = {**_ann(rng, filters=["bucket", "Lt", 12]), "consistency": {"level": "eventual"}}
+    want = exact(ns, b)
+    _cold(tmp_path, "cold-shared")
+    got = engine.run(db.open_namespace("v"), b)
+    assert same(got, want), (strip(got), strip(want))
+    assert planned and all(p is not None and len(p[0]) for p in planned), planned
+    assert got["performance"]["object_store_round_trips"] <= 4, got["performance"]

@@ -470,6 +470,7 @@ def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared)
     monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
     monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 500)
     monkeypatch.setitem(ivf.DEFAULTS, "fill", 0.0)
+    monkeypatch.setitem(ivf.SHARED_DEFAULTS, "fill", 0.0)
     rng = np.random.default_rng(22)
     x = clustered(rng, n=8000, dims=16, k=80)
     seen = []
@@ -490,7 +491,7 @@ def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared)
         seen.clear()
         _ann_query(ns, x[5])
         scanned[mode] = sum(seen)
-    budget = ivf.probe_rows(len(x), ivf.DEFAULTS["probe"], 500)  # ~1,789: 0.02 x sqrt(8,000 x 1M)
+    budget = ivf.probe_rows(len(x), ivf.SHARED_DEFAULTS["probe"], 500)  # ~1,789: 0.02 x sqrt(8,000 x 1M)
     assert scanned["segment"] >= 8 * 500
     assert budget <= scanned["shared"] < budget + 300 < scanned["segment"]  # + the last list's overshoot
 

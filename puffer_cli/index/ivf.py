@@ -55,7 +55,7 @@ rows per list (rows are stored in list order), :meth:`Route.matching_lists` take
 nearest lists holding one until they hold :func:`filtered_need` of them, and :func:`search`
 scores only the passing members; a cold query reads at most RUNS_MAX runs per segment.
 
-Shared routing (format 3, opt-in with ``PUFFER_IVF_ROUTING=shared``; the default builds format 2):
+Shared routing (format 3, the default; ``PUFFER_IVF_ROUTING=segment`` builds format 2):
 one :class:`Book` per vector field of the namespace (``index/{g}/book-{tag}-{run}.npz``,
 named by the manifest's ``ann_books``) holds the two-level centroids and the int8 step;
 every segment's lists follow it (its route file holds only ``offsets`` over the book's
@@ -74,9 +74,18 @@ is sublinear too.  Measured at 2M (GloVe + noisy copies, warm, one run): 8 x sqr
 0.971 at 70k); 16 x sqrt(rows) with up to 1M training rows (BOOK_SAMPLE_MAX, 64 per
 list) found 0.970 at 49k rows and 0.982 at 71k (fill 0) where format 2 found 0.971 at
 70k.  Training the book on 1M rows takes about a minute of CPU (once per retrain).
-``fill`` pays less here than under format 2: at the defaults it takes 28k probed rows
-to 113k scanned (recall 0.944 -> 0.967); its gap rule (FILL_GAP_BYTES) was tuned for
-per-segment lists and is the next thing to re-tune with cold request counts.
+Format 3 has its own ``probe`` / ``fill`` defaults (SHARED_DEFAULTS: probe 0.05, fill 0;
+an ``ann`` value in the schema applies to both formats).  ``fill`` pays less here than
+under format 2: a segment holds only its share of each list, so the 96 KiB gap rule joins
+many lists (at probe 0.02, fill 0.75 took 28k probed rows to 113k scanned for recall
+0.944 -> 0.967) where a larger probe buys more recall per row scanned (2M, 100 queries,
+one run: noisy copies 0.968 at 42k rows with probe 0.03, 0.977 at 56k with 0.04; the
+mixed set 0.949 at 42k, 0.961 at 57k, 0.969 at 71k with 0.05; fill 0.5 on top of probe
+0.03 gave 0.955 at 63k).  Format 2 at its defaults: 0.965 at 109k (noisy), 0.938 at 112k
+(mixed).  Probe 0.05 rather than 0.04: at 10M (bench_scale's set) 0.04 found 0.942 at 126k
+rows, 0.05 found 0.950 at 158k (format 2: 0.967 at 558k); at 2M 0.05 finds 0.986 / 0.969
+(noisy / mixed) at 71k rows.  A cold query still reads few ranges: a shared segment's lists are fetched
+with SHARED_READ_EXTRA (gaps read, not scanned, so results do not depend on it).
 
 Growth: new rows are assigned to the existing book (the hierarchical :meth:`Codebook.assign`,
 no training), so an incremental run costs what its new rows cost.  Lists grow as the
@@ -126,6 +135,13 @@ BOUNDS = {
     "fill": (0.0, 8.0),
 }
 FILL_GAP_BYTES = 96 * 1024  # lists between probed ones closer than this are always scanned too
+#: format 3 (shared routing): its own ``probe`` / ``fill`` defaults and fill gap (see "Shared routing" above);
+#: an ``ann`` value in the schema applies to both formats
+SHARED_DEFAULTS = {"probe": 0.05, "fill": 0.0}
+SHARED_FILL_GAP_BYTES = 96 * 1024
+#: a cold format-3 query reads up to this many times its lists' bytes in the gaps between them
+#: (read, not scanned: results do not depend on it) to join its ranges into fewer requests
+SHARED_READ_EXTRA = 1.0
 SCORE_PER_RUN_MAX = 64  # up to this many runs are scored one by one (no copy), more in one call
 SAMPLE_PER_LIST = 64  # k-means training rows per list (GloVe-100: 64 gave recall 0.955 where 32 gave 0.947)
 SAMPLE_MAX = 262_144  # ... at most (bounds the training cost of a full segment)
@@ -150,10 +166,13 @@ def override(probe: float | None = None, fill: float | None = None):
         _FORCED.reset(token)
 
 
-def options(spec: dict | None) -> dict:
+def options(spec: dict | None, shared: bool = False) -> dict:
     """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
-    (stored by an older version) are clamped with a warning rather than failing a build."""
+    (stored by an older version) are clamped with a warning rather than failing a build.
+    ``shared``: for a segment following a shared :class:`Book` (format 3, its own defaults)."""
     o: dict[str, float] = dict(DEFAULTS)
+    if shared:
+        o.update(SHARED_DEFAULTS)
     ann = (spec or {}).get("ann")
     if isinstance(ann, dict):
         o.update({k: v for k, v in ann.items() if k in DEFAULTS and v is not None})
@@ -180,9 +199,8 @@ def build_options(spec: dict | None) -> dict:
 
 
 def shared_routing() -> bool:
-    """Build format-3 shared routing when ``PUFFER_IVF_ROUTING=shared`` (opt-in until its probe
-    and fill defaults are tuned and its cold requests measured), else per-segment IVFs (format 2,
-    the default: what the cold read planner's round-trip figures were measured with)."""
+    """Build format-3 shared routing (the default), or per-segment IVFs (format 2) when
+    ``PUFFER_IVF_ROUTING=segment``; generations of either format answer queries."""
     from puffer_cli import config
 
     return config.from_env().ivf_routing == "shared"
@@ -689,7 +707,8 @@ class Route:
         if fill > 0 and len(out) > 1:
             from puffer_cli.index.ranged import coalesce
 
-            out = coalesce(out, gap=FILL_GAP_BYTES // self.row_bytes, extra=fill)
+            gap = SHARED_FILL_GAP_BYTES if self.book is not None else FILL_GAP_BYTES
+            out = coalesce(out, gap=gap // self.row_bytes, extra=fill)
         return out
 
     @property

@@ -87,9 +87,15 @@ def plan_lines(view, q) -> list[str]:
                 ivf_segs += 1
                 iv = seg.meta.get("ann", {}).get(rb.attr, {})
                 if iv.get("kind") == ivf.KIND:
-                    opts = ivf.options(view.schema.get(rb.attr))
+                    shared = bool(iv.get("book"))  # format 3: the namespace-wide budget, this segment's share
+                    opts = ivf.options(view.schema.get(rb.attr), shared=shared)
                     e = max(est, 1e-9)
-                    want = max(opts["probe"] / e * seg.rows, opts["probe_min_rows"] / e, k * opts["rerank"])
+                    if shared:
+                        total = max(1, sum(s.rows for s in view.gen.segments))
+                        budget = ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) * seg.rows / total
+                        want = max(budget / e, k * opts["rerank"])
+                    else:
+                        want = max(opts["probe"] / e * seg.rows, opts["probe_min_rows"] / e, k * opts["rerank"])
                     probe_rows += int(min(seg.rows, want))
                     ranged = view.gen.store.is_remote and not RG.lists_read_whole(seg.rows, int(iv.get("dims", 0)))
                     if bound is not None and ranged:

@@ -384,8 +384,8 @@ class IndexedView:
         remote = self.gen.store.is_remote
         plan = None
         if iv is not None:
-            opts = ivf.options(self.schema.get(rb.attr))
             route, lists = iv
+            opts = ivf.options(self.schema.get(rb.attr), shared=route.book is not None)
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
             if filt is not None and route.book is None and rb.method == "ANN":
@@ -445,10 +445,16 @@ class IndexedView:
         if iv is None or iv[1].fetcher() is None or seg.rows == 0 or seg.docs is None:
             return None
         route = iv[0]
-        if route.book is not None:  # shared routing (format 3) plans its lists per query: no read-ahead yet
-            return None
         bound = bind_filter(filt, self.schema)
         est = D.estimate_fraction(seg.docs, seg.rows, bound) * seg.live_count() / seg.rows
+        if route.book is not None:  # shared routing (format 3): the lists the book ranks (it came with the manifest)
+            if est <= EXACT_MAX_FRACTION or est * seg.rows <= k:  # searched exactly (vector_candidates)
+                return None
+            opts = ivf.options(self.schema.get(rb.attr), shared=True)
+            chosen = self._shared_lists(rb, route, opts, est * LISTS_AHEAD_MARGIN)
+            ranges = ivf.Lists.ranges(route, route.runs(chosen, opts["fill"]))
+            fetch = iv[1].fetcher()
+            return (ranges, fetch(ranges)) if ranges and fetch is not None else None
         if est * seg.rows <= max(k, FL.EXACT_RANGES_MAX):  # so few rows: exact, by range
             return None
         groups = D.group_mask(seg.docs, seg.rows, bound)
