@@ -15,7 +15,7 @@ from dataclasses import dataclass
 #: name -> meaning (README "Environment" has the same rows, with who reads them)
 VARIABLES: dict[str, str] = {
     "PUFFER_STORE": "store URL: path, s3://bucket/prefix, memory:// (default ./puffer-data)",
-    "PUFFER_IVF_ROUTING": "shared (default: one vector routing per namespace) or segment (an IVF per segment)",
+    "PUFFER_IVF_ROUTING": "segment (default: an IVF per segment) or shared (opt-in: one routing per namespace)",
     "PUFFER_S3_ENDPOINT": "S3 endpoint URL (MinIO, moto, SeaweedFS, ...)",
     "AWS_ENDPOINT_URL": "S3 endpoint when PUFFER_S3_ENDPOINT is unset",
     "PUFFER_SINGLE_WRITER": "1: this process is the namespace's only writer",
@@ -55,12 +55,6 @@ def _rows(v: str | None) -> int | None:
         return None
 
 
-def _routing(v: str | None) -> str:
-    """PUFFER_IVF_ROUTING: ``segment`` (format 2: an IVF per segment) when asked, else
-    ``shared`` (format 3, the default; a typo keeps the default)."""
-    return "segment" if (v or "").strip().lower() == "segment" else "shared"
-
-
 def _bytes(v: str | None) -> int | None:
     """A byte count (an integer, or a float such as 2e9): not a number -> None; below 0 -> 0."""
     f = _float(v)
@@ -82,7 +76,7 @@ class Settings:
     index_gc_grace_s: float | None = None
     wal_retention_s: float | None = None  # None: index/gc.py's default (7 days)
     index_segment_rows: int | None = None  # a tuning and test knob; below 1 -> 1
-    ivf_routing: str = "shared"  # PUFFER_IVF_ROUTING: shared (format 3, the default) | segment (format 2)
+    ivf_routing: str = "segment"  # PUFFER_IVF_ROUTING: segment (format 2, the default) | shared (format 3, opt-in)
     index_crash_at: str = ""  # test hooks (index/hooks.py)
     index_pause_at: str = ""
     serve_config: str | None = None  # serve's hand-off to its uvicorn workers (server/run.py)
@@ -105,7 +99,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         index_gc_grace_s=_float(e.get("PUFFER_INDEX_GC_GRACE")),
         wal_retention_s=_float(e.get("PUFFER_WAL_RETENTION")),
         index_segment_rows=_rows(e.get("PUFFER_INDEX_SEGMENT_ROWS")),
-        ivf_routing=_routing(e.get("PUFFER_IVF_ROUTING")),
+        ivf_routing=(e.get("PUFFER_IVF_ROUTING") or "segment").strip().lower(),
         index_crash_at=e.get("PUFFER_INDEX_CRASH_AT", ""),
         index_pause_at=e.get("PUFFER_INDEX_PAUSE_AT", ""),
         serve_config=e.get("PUFFER_SERVE_CONFIG") or None,
