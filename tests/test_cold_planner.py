@@ -179,13 +179,15 @@ def test_explain_shows_the_cold_plan(cold_ns):
 
 
 def test_shared_routing_reads_the_books_lists_with_the_filters_columns(cold_ns, tmp_path, monkeypatch):
-    """Shared routing (format 3, the default): a cold filtered ANN query plans the lists the
+    """Shared routing (format 3, opt-in): a cold filtered ANN query plans the lists the
     namespace's book picks for the filter's estimated selectivity and reads them in the batch
     of the filter's columns (``IndexedView._lists_ahead``), so it takes <= 4 round trips and
     answers as the exact engine does."""
     from puffer_cli.search import reader
 
     db, ns, rng = cold_ns
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")
+    builder.index_namespace(ns, gc_grace_s=0)  # the migration run: every segment follows a book
     man = builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
     assert "vector" in man.get("ann_books", {})  # built under shared routing
     planned: list = []
