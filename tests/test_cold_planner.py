@@ -206,3 +206,27 @@ def test_shared_routing_reads_the_books_lists_with_the_filters_columns(cold_ns, 
     assert same(got, want), (strip(got), strip(want))
     assert planned and all(p is not None and len(p[0]) for p in planned), planned
     assert got["performance"]["object_store_round_trips"] <= 4, got["performance"]
+
+
+def test_queries_not_ranked_by_a_vector_skip_the_vector_routing(cold_ns, tmp_path):
+    """The pointer's ``prefetch_vector`` keys (IVF routes, ...) are read with the manifest only
+    by vector-ranked queries: a cold Count or order-by reads none of them, and a vector query
+    after it on the open generation fetches them in its manifest batch (<= 4 round trips)."""
+    db, ns, rng = cold_ns
+    ptr = ns.read_meta()[0]["index"]
+    vec_keys = ptr.get("prefetch_vector")
+    assert vec_keys and set(vec_keys) <= set(ptr["prefetch"])
+    c = _cold(tmp_path, "cold-count")
+    for b in (
+        {"aggregate_by": {"n": ["Count"]}, "group_by": ["bucket"], "top_k": 100},
+        {"rank_by": ["bucket", "desc"], "top_k": 5, "filters": ["tag", "Eq", "red"]},
+    ):
+        b = {**b, "consistency": {"level": "eventual"}}
+        got = engine.run(db.open_namespace("v"), b)
+        assert same(got, exact(ns, b)), strip(got)
+        assert not any(c.has(ns.store, k) for k in vec_keys)
+    b = {**_ann(rng), "consistency": {"level": "eventual"}}
+    got = engine.run(db.open_namespace("v"), b)
+    assert same(got, exact(ns, b)), strip(got)
+    assert all(c.has(ns.store, k) for k in vec_keys)
+    assert got["performance"]["object_store_round_trips"] <= 4, got["performance"]

@@ -47,7 +47,15 @@ from puffer_cli.index.hooks import crash
 from puffer_cli.index.lease import Lease
 from puffer_cli.index.manifest import MANIFESTS as _MANIFESTS  # noqa: F401  (tests and benchmarks clear it)
 from puffer_cli.index.manifest import ann_sig, fts_sig, load_manifest
-from puffer_cli.index.segwrite import Writer, note, prefetch_keys, segment_files, sparse_fields, write_segment
+from puffer_cli.index.segwrite import (
+    Writer,
+    note,
+    prefetch_keys,
+    segment_files,
+    sparse_fields,
+    vector_prefetch_keys,
+    write_segment,
+)
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.store import Store, layout, now_ms
@@ -709,6 +717,8 @@ class _Run:
                 "segments": len(self.all_segs),
                 "rows": live,
                 "prefetch": routing,  # routes, tombstones, small lists: a cold reader fetches them with the manifest
+                # of those, what only a vector-ranked query reads (a Count or BM25 query skips them)
+                "prefetch_vector": vector_prefetch_keys(self.all_segs, self.book_entries),
                 "retained": retained,
             }
             if fts_dir is not None:  # where a BM25 query's dictionary reads are (fts_hint)

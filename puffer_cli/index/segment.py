@@ -895,21 +895,29 @@ def open_generation(store: Store, ptr: dict, cache: Cache | None = None) -> Gene
 
 
 def open_generation_with(
-    store: Store, ptr: dict, also: Sequence[Callable[[], Any]], cache: Cache | None = None
+    store: Store,
+    ptr: dict,
+    also: Sequence[Callable[[], Any]],
+    cache: Cache | None = None,
+    vectors: bool = True,
 ) -> tuple[Generation, list]:
     """The generation ``ptr`` names, and the results of the calls ``also`` (the strong
     query's WAL listing), run in the same batch as the manifest read: one round trip when
     cold for the manifest, the keys the pointer names (IVF routes, tombstones, small lists:
-    they land in the cache for the segments) and ``also``."""
+    they land in the cache for the segments) and ``also``.  ``vectors`` false: the keys only
+    a vector-ranked query reads (the pointer's ``prefetch_vector``) are skipped; a later
+    vector query of the open generation fetches those it misses in this same batch."""
     cache = cache or get_cache()
     key = (store.url, ptr["manifest"].split("/", 1)[0], ptr["manifest"], str(cache.root))
     g = GENS.get(key)
     first: list[Callable[[], Any]] = []
-    rest: list[Callable[[], Any]] = []
+    skip = set() if vectors else {k for k in ptr.get("prefetch_vector", []) if isinstance(k, str)}
+    pre = [k for k in ptr.get("prefetch", []) if isinstance(k, str) and k not in skip]
     if g is None:
-        pre = [k for k in ptr.get("prefetch", []) if isinstance(k, str)]
         first = [lambda: load_manifest(store, ptr["manifest"])]
-        rest = [partial(prefetch, cache, store, k) for k in pre if not cache.has(store, k)]
+    elif not store.is_remote or not ptr.get("prefetch_vector"):
+        pre = []  # local, or an older pointer: everything came with the first open
+    rest: list[Callable[[], Any]] = [partial(prefetch, cache, store, k) for k in pre if not cache.has(store, k)]
     # ``also`` right after the manifest: with more prefetch keys than threads it still starts at once
     got = ranged.parallel(first + list(also) + rest, store.is_remote)
     if g is None:

@@ -88,6 +88,13 @@ def prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
     return keys + sorted(s["tombstones"] for s in segs if s.get("tombstones"))
 
 
+def vector_prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
+    """The :func:`prefetch_keys` only a query ranked by a vector reads (routes, lists, books,
+    multi-vector routing): the pointer's ``prefetch_vector``, which other queries skip."""
+    tombs = {s["tombstones"] for s in segs if s.get("tombstones")}
+    return [k for k in prefetch_keys(segs, books) if k not in tombs]
+
+
 def segment_files(s: dict) -> list[str]:
     out = [s["attrs"]] if s.get("attrs") else paged.files(s["docs"])
     out += paged.files(s["ids"]) if s.get("ids") else []

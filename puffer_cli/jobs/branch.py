@@ -75,7 +75,8 @@ def branch_namespace(store: Store, dest: str, source: str, *, single_writer: boo
     index = None
     if ptr:
         index = {k: ptr[k] for k in ("generation", "covers_through_seq", "manifest") if k in ptr}
-        index.update({k: ptr[k] for k in ("segments", "rows", "prefetch") if k in ptr}, published_at=now, retained=[])
+        kept = ("segments", "rows", "prefetch", "prefetch_vector")
+        index.update({k: ptr[k] for k in kept if k in ptr}, published_at=now, retained=[])
     new = {
         "format": 1,
         "namespace": dest,

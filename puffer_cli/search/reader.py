@@ -759,8 +759,10 @@ def view_for(ns, consistency: str, head=None, fresh_meta: bool = False, queries=
     also = [listing] if fresh is None and head is None else []
     if queries and not generation_open(ns.store, ptr, ns.cache):
         also += fts_hint.hint_calls(ns.store, ns.cache or get_cache(), ptr, (meta or {}).get("schema") or {}, queries)
+    # a query not ranked by a vector skips the vector routing the pointer prefetches
+    vectors = not queries or any(isinstance(getattr(q, "rank_by", None), model.VectorRank) for q in queries)
     try:  # the WAL listing in the same batch as the manifest read (one round trip)
-        gen, more = open_generation_with(ns.store, ptr, also, ns.cache)
+        gen, more = open_generation_with(ns.store, ptr, also, ns.cache, vectors)
     except FileNotFoundError:
         return None  # the generation was collected: no index view (the caller retries once)
     if more and isinstance(more[0], FileNotFoundError):
