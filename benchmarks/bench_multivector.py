@@ -190,6 +190,7 @@ def main() -> None:
             log(f"{i + 1} queries: recall " + ", ".join(f"{m} {np.mean(recalls[m]):.3f}" for m in methods))
     load1 = os.getloadavg()
     cmd = "python benchmarks/bench_multivector.py" + (f" --docs {a.docs}" if a.docs < 1 << 30 else "")
+    cmd += f" --queries {a.queries}" if a.queries != 200 else ""
     lines = section_head(
         "Multi-vector (late interaction): MUVERA + token centroids index vs exact MaxSim", cmd, ("numpy", "polars")
     )
@@ -199,7 +200,7 @@ def main() -> None:
         f"- Data: {len(sets):,} GCIDE entries as sets of GloVe-100 word vectors (<= {a.tokens} distinct words each, "
         f"{n_tok:,} token vectors, mean {n_tok / len(sets):.1f}); {len(queries)} held-out WordNet definitions as "
         "queries (2-8 word vectors); cosine MaxSim",
-        f"- Ingest {t_ingest:.1f} s; index (MUVERA FDEs + IVF) {t_index:.1f} s",
+        f"- Ingest {t_ingest:.1f} s; index (MUVERA FDEs + IVF, token k-means centroids) {t_index:.1f} s",
         f"- kNN checked against a numpy MaxSim over every document for {min(a.check, len(queries))} queries: "
         f"{'all equal' if not check_fail else f'{check_fail} differ'}",
         "",

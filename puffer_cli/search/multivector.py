@@ -340,8 +340,11 @@ def centroid_candidates(
     else:
         sim = 2.0 * (cent @ q.T) - np.einsum("ij,ij->i", cent, cent)[:, None] - np.einsum("ij,ij->i", q, q)[None, :]
         lo, hi = float(sim.min()), float(sim.max())
-    cells = np.clip((sim - lo) * (255.0 / max(hi - lo, 1e-30)), 0, 255).astype(np.uint8)
-    score = np.maximum.reduceat(cells[codes], off[rows], axis=0).sum(axis=1, dtype=np.int32)
+    m8 = -(-len(q) // 8) * 8  # a centroid's cells padded to whole uint64 words: one 8-byte gather per token
+    cells = np.zeros((len(cent), m8), np.uint8)
+    cells[:, : len(q)] = np.clip((sim - lo) * (255.0 / max(hi - lo, 1e-30)), 0, 255)
+    per_tok = cells.view(np.uint64).take(codes, axis=0).view(np.uint8)  # (tokens, m8)
+    score = np.maximum.reduceat(per_tok, off[rows], axis=0).sum(axis=1, dtype=np.int32)
     if sel is not None:
         keep = sel[rows]
         rows, score = rows[keep], score[keep]
@@ -420,8 +423,9 @@ def indexed_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
             more = centroid_candidates(mi.offsets(), *plaid, qm, metric, sel if restrict else None, want)
             cand = np.union1d(cand, more)
         cand = np.sort(cand)
-        p, d = _ranked(mi.tokens(cand), cand, qm, metric, len(cand))
-        return p, d, scanned, len(p)
+        # float32 MaxSim of every candidate, float64 of those near the kk-th (the segment's best kk)
+        p, d = _ranked(mi.tokens(cand), cand, qm, metric, kk)
+        return p, d, scanned, len(cand)
 
     n = len(view.gen.segments)
     got = RG.parallel([partial(one, i) for i in range(n)], view.gen.store.is_remote)
