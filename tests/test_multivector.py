@@ -274,6 +274,34 @@ def test_default_probe_finds_most(local_db):
     assert hit >= 70
 
 
+def test_token_centroids_find_what_the_encoding_misses(local_db, monkeypatch):
+    """The FDE IVF probed at one list finds little; the token-level candidates (PLAID
+    centroid interaction over every token's centroid) find the exact top 10 anyway."""
+    docs, rng, cent = clustered(3000, 8, seed=7)
+    ns = local_db.namespace("plaid")
+    ann = {"late_interaction": True, "probe": 1e-4, "probe_min_rows": 0, "fill": 0.0}
+    write_docs(ns, docs, {"tok": {"type": "[][8]f32", "ann": ann}})
+    ns.index()
+    qs = [(cent[rng.integers(0, 40, size=3)] + 0.1 * rng.normal(size=(3, 8))).astype(np.float32) for _ in range(8)]
+    exact = [top(ns, q, method="kNN") for q in qs]
+    both = sum(len({i for i, _ in top(ns, q)} & {i for i, _ in w}) for q, w in zip(qs, exact))
+    monkeypatch.setattr(MV._SegIndex, "plaid", lambda self: None)  # the encodings alone
+    fde = sum(len({i for i, _ in top(ns, q)} & {i for i, _ in w}) for q, w in zip(qs, exact))
+    assert both >= 76 and fde < both  # of 80
+
+
+def test_centroid_candidates_respect_the_selection():
+    off = np.array([0, 2, 2, 3, 5], np.int64)  # row 1 has no vectors
+    cent = np.eye(3, dtype=np.float32)
+    codes = np.array([0, 1, 2, 0, 2], np.uint16)
+    q = np.array([[1, 0, 0]], np.float32)
+    got = MV.centroid_candidates(off, cent, codes, q, "cosine_distance", None, 2)
+    assert got.tolist() == [0, 3]
+    sel = np.array([False, True, True, True])
+    assert MV.centroid_candidates(off, cent, codes, q, "cosine_distance", sel, 1).tolist() == [3]
+    assert MV.centroid_candidates(off, cent, codes, q, "euclidean_squared", sel, 5).tolist() == [2, 3]
+
+
 def test_query_refusals(mem_db):
     ns = mem_db.namespace("qr")
     ns.write({"upsert_rows": [{"id": 1, "tok": [[1, 0, 0, 0]], "v": [1, 0]}], "schema": {**SCHEMA, "v": "[2]f32"}})

@@ -81,8 +81,8 @@ def prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
             small = lists and not lists.get("parts") and ranged.lists_read_whole(v.get("vectors", 0), dims)
             if small and not ranged.vectors_read_whole(s["rows"], dims):
                 keys.append(lists["key"])
-        for v in s.get("mv", {}).values():  # multi-vector fields: the routing and the offsets
-            keys += [v["route"], v["offsets"]]
+        for v in s.get("mv", {}).values():  # multi-vector fields: the routing, offsets, token centroids
+            keys += [v["route"], v["offsets"]] + ([v["plaid"]["key"]] if v.get("plaid") else [])
     keys += [b["key"] for b in (books or {}).values()]  # the shared routing (format 3)
     keys.sort()
     return keys + sorted(s["tombstones"] for s in segs if s.get("tombstones"))

@@ -199,6 +199,7 @@ class _SegIndex:
         self._ivf: tuple | None = None
         self._tok: np.ndarray | None = None
         self._all: Tokens | None = None
+        self._plaid: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def seg(self):
@@ -226,6 +227,17 @@ class _SegIndex:
                 lists = ivf.Lists(route, fetch=lambda rs, e=lent: paged.read_ranges(seg.cache, seg.store, e, rs, 0.0))
             self._ivf = (route, lists)
         return self._ivf
+
+    def plaid(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(centroids (k, dims) float32, codes (tokens,) uint16) of the token-level
+        candidates, or None for a segment indexed before them (index/muvera.py)."""
+        ent = self.ent.get("plaid")
+        if ent is None:
+            return None
+        if self._plaid is None:
+            z = np.load(self.seg.cache.file(self.seg.store, ent["key"]), allow_pickle=False)
+            self._plaid = (np.ascontiguousarray(z["centroids"], np.float32), np.ascontiguousarray(z["codes"]))
+        return self._plaid
 
     def all_tokens(self) -> Tokens:
         """Every document's vectors (row i is segment position i), from the whole token file
@@ -308,6 +320,39 @@ def _ranked(
     return pos[j], exact_distances(t, j, qm, metric)
 
 
+def centroid_candidates(
+    off: np.ndarray, cent: np.ndarray, codes: np.ndarray, qm: np.ndarray, metric: str, sel: np.ndarray | None, want: int
+) -> np.ndarray:
+    """The ``want`` rows (of those in ``sel``, None: all) with a vector that score best by
+    PLAID's centroid interaction: each token stands for its centroid (``codes``), a query
+    vector's similarity to every centroid is quantised to uint8 (cosine: [-1, 1]; euclidean:
+    the query's range of minus the squared distance), and a row's score is the sum over query
+    vectors of its best cell.  One (tokens x query vectors) uint8 gather and a per-row maximum:
+    GCIDE x GloVe (1.46M tokens, 16,384 centroids) about 30 ms for 5 query vectors."""
+    rows = np.flatnonzero(np.diff(off) > 0)
+    if not len(rows) or want <= 0:
+        return np.zeros(0, np.int64)
+    q = np.asarray(qm, np.float32)
+    if metric == "cosine_distance":
+        qn = np.linalg.norm(q, axis=1, keepdims=True)
+        sim = cent @ (q / np.where(qn > 0, qn, 1.0)).T  # centroids are unit (or zero)
+        lo, hi = -1.0, 1.0
+    else:
+        sim = 2.0 * (cent @ q.T) - np.einsum("ij,ij->i", cent, cent)[:, None] - np.einsum("ij,ij->i", q, q)[None, :]
+        lo, hi = float(sim.min()), float(sim.max())
+    m8 = -(-len(q) // 8) * 8  # a centroid's cells padded to whole uint64 words: one 8-byte gather per token
+    cells = np.zeros((len(cent), m8), np.uint8)
+    cells[:, : len(q)] = np.clip((sim - lo) * (255.0 / max(hi - lo, 1e-30)), 0, 255)
+    per_tok = cells.view(np.uint64).take(codes, axis=0).view(np.uint8)  # (tokens, m8)
+    score = np.maximum.reduceat(per_tok, off[rows], axis=0).sum(axis=1, dtype=np.int32)
+    if sel is not None:
+        keep = sel[rows]
+        rows, score = rows[keep], score[keep]
+    if len(rows) <= want:
+        return rows
+    return np.sort(rows[np.argpartition(-score, want - 1)[:want]])
+
+
 def _spans(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The concatenation of ``arange(a[i], b[i])`` over i, vectorised."""
     lens = b - a
@@ -319,7 +364,8 @@ def _spans(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def indexed_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     """(result, rows scored exactly, candidates) of an :func:`eligible` query on ``view``:
-    per segment, the FDE IVF's candidates (``kk x max(rerank, RERANK_MIN)``; a
+    per segment, the FDE IVF's candidates (``kk x max(rerank, RERANK_MIN)``) and as many
+    by centroid interaction over the token codes (:func:`centroid_candidates`; a
     ``kNN`` query, a small filtered set or a segment without MUVERA files: every
     visible row) re-ranked by exact MaxSim from their token vectors; the WAL tail by
     the exact scan; the best ``offset + limit`` over all, ties by id."""
@@ -372,9 +418,14 @@ def indexed_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
             min_rows=int(opts["probe_min_rows"] / frac),
             fill=opts["fill"],
         )
+        plaid = mi.plaid()
+        if plaid is not None:  # token-level candidates (PLAID centroid interaction), with the FDE ones
+            more = centroid_candidates(mi.offsets(), *plaid, qm, metric, sel if restrict else None, want)
+            cand = np.union1d(cand, more)
         cand = np.sort(cand)
-        p, d = _ranked(mi.tokens(cand), cand, qm, metric, len(cand))
-        return p, d, scanned, len(p)
+        # float32 MaxSim of every candidate, float64 of those near the kk-th (the segment's best kk)
+        p, d = _ranked(mi.tokens(cand), cand, qm, metric, kk)
+        return p, d, scanned, len(cand)
 
     n = len(view.gen.segments)
     got = RG.parallel([partial(one, i) for i in range(n)], view.gen.store.is_remote)
