@@ -426,7 +426,10 @@ class _Run:
                 for f in vec_fields
             ) or any(f not in s.get("fts", {}) or s["fts"][f].get("sig") != fts_sig(schema[f]) for f in fts_fields)
             stale = stale or any(f not in s.get("sparse", {}) for f in sparse_fields(schema))
-            stale = stale or any(f not in s.get("mv", {}) for f in muvera.multi_fields(schema))  # index/muvera.py
+            # a multi-vector field without its files, or without the token centroids (its recall): rebuilt
+            stale = stale or any(
+                f not in s.get("mv", {}) or not s["mv"][f].get("plaid") for f in muvera.multi_fields(schema)
+            )
             stale = stale or i in self.force
             (rebuild if stale or len(dead) > DEAD_RATIO * s["rows"] else keep).append(i)
         acc = self.pending.height if self.pending is not None else 0
