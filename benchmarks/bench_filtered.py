@@ -62,7 +62,7 @@ FILTERS = {  # name -> (turbopuffer filter, polars predicate)
     "3% correlated": (["c", "Lt", 3], pl.col("c") < 3),
 }
 LANCE_SQL = {"none": None, "1%": "u < 10", "3%": "u < 30", "10%": "u < 100", "3% correlated": "c < 3"}
-LANCE_PROBES = ((20, 10), (40, 10), (80, 10))  # (nprobes, refine_factor)
+LANCE_PROBES = ((20, 10), (40, 10), (80, 10), (160, 10), (320, 10))  # (nprobes, refine_factor)
 
 
 # ---------------------------------------------------------------- data
@@ -221,7 +221,7 @@ def lance_table(parts: list[Path], path: Path):
     db = lancedb.connect(str(path))
     if "t" in db.table_names():
         tbl = db.open_table("t")
-        if any(i.index_type == "IVF_PQ" for i in tbl.list_indices()):
+        if any(i.index_type in ("IVF_PQ", "IvfPq") for i in tbl.list_indices()):
             return tbl, None
     t0 = time.perf_counter()
     tbl = None
@@ -286,7 +286,7 @@ def render_lance(a, n: int, results: dict, lres: dict, lbuild, load0, load1) -> 
     L = section_head(
         "Filtered ANN: LanceDB reference (`benchmarks/bench_filtered.py --lancedb`)",
         cmd,
-        ("numpy", "polars", "lancedb", "pylance"),
+        ("numpy", "polars", "lancedb"),
     )
     L += [
         f"- Data and truth as in the filtered ANN section: {n:,} rows, {a.queries} queries, exact numpy filtered "
