@@ -3,6 +3,7 @@ queries with selective filters, against exact filtered top-10.
 
     python benchmarks/bench_filtered.py [--copies 6] [--work DIR] [--queries N]
                                         [--cold-queries N] [--code DIR ...] [--no-cold] [--no-write]
+                                        [--lancedb]
 
 Data: bench_scale's 2M set (GloVe-100 base + 5 noisy copies, sigma 0.05, new ids) with two
 int attributes: ``u`` uniform in 0..999, drawn per row independently of the vector
@@ -22,6 +23,13 @@ gives the "before" column beside the "after":
   indexed there;
   per query a fresh cache directory and cleared in-process caches; ``performance``'s
   requests, round trips and bytes read, % of the namespace's f32 vector bytes, wall ms.
+
+``--lancedb``: for reference, in the same run, a LanceDB table of the same rows (``id``, ``vector``,
+``u``, ``c``; local, ``--work``/lancedb-COPIES, reused when present) with an IVF_PQ index (cosine,
+sqrt(n) partitions, 25 sub-vectors, as bench_scale), queried with
+``.where(SQL, prefilter=True)`` for the same filters, same queries and truth: recall@10, p50 / p99
+ms.  Written to its own section (puffer's warm rows of the same run beside LanceDB's); with
+``--no-cold`` the main section is then left as it is, so the cold figures of the last full run stay.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, default_data, log, pct, publish, section_head, start_moto
 
 START, END = "<!-- bench_filtered:start -->", "<!-- bench_filtered:end -->"
+LSTART, LEND = "<!-- bench_filtered_lancedb:start -->", "<!-- bench_filtered_lancedb:end -->"
 NOISE = 0.05
 PART_ROWS = 500_000
 FILTERS = {  # name -> (turbopuffer filter, polars predicate)
@@ -52,6 +61,8 @@ FILTERS = {  # name -> (turbopuffer filter, polars predicate)
     "10%": (["u", "Lt", 100], pl.col("u") < 100),
     "3% correlated": (["c", "Lt", 3], pl.col("c") < 3),
 }
+LANCE_SQL = {"none": None, "1%": "u < 10", "3%": "u < 30", "10%": "u < 100", "3% correlated": "c < 3"}
+LANCE_PROBES = ((20, 10), (40, 10), (80, 10), (160, 10), (320, 10))  # (nprobes, refine_factor)
 
 
 # ---------------------------------------------------------------- data
@@ -200,6 +211,110 @@ def child(a) -> None:
     print(json.dumps(out))
 
 
+# ---------------------------------------------------------------- LanceDB reference
+def lance_table(parts: list[Path], path: Path):
+    """LanceDB table of the rows in ``parts`` with an IVF_PQ cosine index (as bench_scale's
+    ``lance()``); returns (table, (write s, index s) or None when reused)."""
+    import lancedb
+    import pyarrow as pa
+
+    db = lancedb.connect(str(path))
+    if "t" in db.table_names():
+        tbl = db.open_table("t")
+        if any(i.index_type in ("IVF_PQ", "IvfPq") for i in tbl.list_indices()):
+            return tbl, None
+    t0 = time.perf_counter()
+    tbl = None
+    for p in parts:
+        df = pl.read_parquet(p)
+        x = np.asarray(df["vector"].to_numpy(), dtype=np.float32).reshape(-1)
+        at = pa.table(
+            {
+                "id": df["id"].to_arrow(),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(x), 100),
+                "u": df["u"].to_arrow(),
+                "c": df["c"].to_arrow(),
+            }
+        )
+        if tbl is None:
+            tbl = db.create_table("t", at, mode="overwrite")
+        else:
+            tbl.add(at)
+    write = time.perf_counter() - t0
+    n = tbl.count_rows()
+    t0 = time.perf_counter()
+    tbl.create_index(
+        metric="cosine",
+        index_type="IVF_PQ",
+        num_partitions=int(np.sqrt(n)),
+        num_sub_vectors=25,
+        vector_column_name="vector",
+    )
+    build = time.perf_counter() - t0
+    log(f"lancedb: {n:,} rows written in {write:.0f}s, IVF_PQ built in {build:.0f}s")
+    return tbl, (write, build)
+
+
+def lance_measure(tbl, queries: np.ndarray, truth: dict, n_warm: int) -> dict:
+    """recall@10 and p50 / p99 ms per (nprobes, refine) and filter, prefiltered."""
+    out: dict = {}
+    for nprobes, refine in LANCE_PROBES:
+        for name, sql in LANCE_SQL.items():
+            lat, hits = [], 0
+            for j, q in enumerate(np.concatenate([queries[:n_warm], queries])):
+                t = time.perf_counter()
+                s = tbl.search(q).metric("cosine").nprobes(nprobes).refine_factor(refine)
+                if sql is not None:
+                    s = s.where(sql, prefilter=True)
+                rows = s.limit(10).select(["id"]).to_list()
+                el = (time.perf_counter() - t) * 1000
+                if j >= n_warm:
+                    lat.append(el)
+                    hits += len({int(r["id"]) for r in rows} & set(truth[name][j - n_warm].tolist()))
+            out[(nprobes, refine, name)] = {
+                "recall": hits / (10 * len(queries)),
+                "p50": pct(lat, 50),
+                "p99": pct(lat, 99),
+            }
+            log(f"  lancedb nprobes {nprobes} refine {refine} {name}: {out[(nprobes, refine, name)]}")
+    return out
+
+
+def render_lance(a, n: int, results: dict, lres: dict, lbuild, load0, load1) -> str:
+    cmd = f"python benchmarks/bench_filtered.py --copies {a.copies} --queries {a.queries} --lancedb"
+    cmd += " --no-cold" if a.no_cold else f" --cold-queries {a.cold_queries}"
+    L = section_head(
+        "Filtered ANN: LanceDB reference (`benchmarks/bench_filtered.py --lancedb`)",
+        cmd,
+        ("numpy", "polars", "lancedb"),
+    )
+    L += [
+        f"- Data and truth as in the filtered ANN section: {n:,} rows, {a.queries} queries, exact numpy filtered "
+        "cosine top-10; both systems measured in this run, warm, in-process, one query at a time.",
+        f"- Load average (1/5/15 min) at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; at end: "
+        f"{load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}.",
+        "- LanceDB: local table, IVF_PQ (cosine, sqrt(n) partitions, 25 sub-vectors, 8 bits), query "
+        "`tbl.search(q).metric('cosine').nprobes(n).refine_factor(r).where(SQL, prefilter=True).limit(10)`; "
+        + (
+            f"written in {lbuild[0]:.0f} s, IVF_PQ built in {lbuild[1]:.0f} s in this run."
+            if lbuild
+            else "table and index reused from an earlier run."
+        ),
+        "",
+        "| system | filter | recall@10 | p50 ms | p99 ms |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in results.values():
+        for name, w in r["warm"].items():
+            L.append(f"| puffer {r['rev'][:7]} | {name} | {w['recall']:.3f} | {w['p50']:.2f} | {w['p99']:.2f} |")
+    for (nprobes, refine, name), w in lres.items():
+        L.append(
+            f"| LanceDB IVF_PQ nprobes {nprobes}, refine x{refine} | {name} | {w['recall']:.3f} | "
+            f"{w['p50']:.2f} | {w['p99']:.2f} |"
+        )
+    return "\n".join(L) + "\n\n"
+
+
 # ---------------------------------------------------------------- main
 def copy_to_moto(store: Path, endpoint: str) -> float:
     """The namespace's WAL and meta.json (without its index pointer) into the moto bucket,
@@ -230,6 +345,7 @@ def main() -> None:
     ap.add_argument("--code", action="append", help="checkout(s) to measure (default: this one)")
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--lancedb", action="store_true", help="LanceDB IVF_PQ prefiltered, same data, same run")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--endpoint", help=argparse.SUPPRESS)
@@ -280,8 +396,16 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+    lres, lbuild = {}, None
+    if a.lancedb:
+        tbl, lbuild = lance_table(parts, work / f"lancedb-{a.copies}")
+        truth = {k: np.asarray(v, np.uint64) for k, v in np.load(tfile).items()}
+        lres = lance_measure(tbl, queries, truth, a.warmup)
     load1 = os.getloadavg()
-    publish(render(a, n, build, results, load0, load1), START, END, write=not a.no_write)
+    if not (a.lancedb and a.no_cold):
+        publish(render(a, n, build, results, load0, load1), START, END, write=not a.no_write)
+    if a.lancedb:
+        publish(render_lance(a, n, results, lres, lbuild, load0, load1), LSTART, LEND, write=not a.no_write)
 
 
 def _rev(code: str) -> str:
