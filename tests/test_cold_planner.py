@@ -225,6 +225,15 @@ def test_queries_not_ranked_by_a_vector_skip_the_vector_routing(cold_ns, tmp_pat
         got = engine.run(db.open_namespace("v"), b)
         assert same(got, exact(ns, b)), strip(got)
         assert not any(c.has(ns.store, k) for k in vec_keys)
+    # an aggregation's candidate frame has no id column to read (the tail hides rows by position)
+    from puffer_cli.query.parse import parse_query
+    from puffer_cli.search import reader
+
+    view = reader.view_for(db.open_namespace("v"), "eventual")
+    assert view is not None
+    count = parse_query({"aggregate_by": {"n": ["Count"]}, "group_by": ["bucket"], "top_k": 100})
+    assert view.needed_columns(count) == ["bucket"]
+    assert "id" in view.needed_columns(parse_query({"rank_by": ["bucket", "desc"], "top_k": 5}))
     b = {**_ann(rng), "consistency": {"level": "eventual"}}
     got = engine.run(db.open_namespace("v"), b)
     assert same(got, exact(ns, b)), strip(got)

@@ -192,7 +192,9 @@ class IndexedView:
         if isinstance(q.rank_by, Q.TextRank) or any(not hasattr(e, "vector") for _n, e in q.compute):
             return None
         order = frames_mod.column_order(self.schema)
-        want = {"id", *row_columns(q, order)}
+        # an aggregation returns no rows and the WAL tail hides replaced rows by position
+        # (``_visible``): it reads no id column
+        want = set() if q.aggregate_by else {"id", *row_columns(q, order)}
         if q.filters is not None:
             want |= attributes(q.filters)
         if isinstance(q.rank_by, Q.OrderBy):
