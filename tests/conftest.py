@@ -204,7 +204,15 @@ def seaweedfs_server(tmp_path_factory):
 
 
 #: test modules whose store_url/db tests also run on SeaweedFS
-SEAWEEDFS_SUITES = {"test_store", "test_writes", "test_ingest_export", "test_index", "test_corruption", "test_branch"}
+SEAWEEDFS_SUITES = {
+    "test_store",
+    "test_writes",
+    "test_ingest_export",
+    "test_index",
+    "test_corruption",
+    "test_branch",
+    "test_cold_planner",
+}
 
 #: (test function, backend) pairs that only run in the slow suite (`nox -s slow`): the races and
 #: multi-writer loops take seconds on a real S3 server; the same test stays in the default suite on
