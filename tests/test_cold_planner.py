@@ -61,6 +61,7 @@ def test_every_form_cold_takes_at_most_4_round_trips(db, tmp_path, monkeypatch):
         _ann(rng, include_attributes=["word", "tag"], filters=["tag", "In", ["red", "blue"]]),
         _ann(rng, include_attributes=True, filters=["bucket", "Lt", 12]),
         {"rank_by": ["word", "BM25", "w0042"], "top_k": 5, "include_attributes": ["word"]},
+        {"aggregate_by": {"n": ["Count"]}},  # no column but the ids
     ]
     for body in bodies:
         b = {**body, "consistency": {"level": "eventual"}}
@@ -238,6 +239,7 @@ def test_queries_not_ranked_by_a_vector_skip_the_vector_routing(cold_ns, tmp_pat
     count = parse_query({"aggregate_by": {"n": ["Count"]}, "group_by": ["bucket"], "top_k": 100})
     assert view.needed_columns(count) == ["bucket"]
     assert "id" in view.needed_columns(parse_query({"rank_by": ["bucket", "desc"], "top_k": 5}))
+    assert view.needed_columns(parse_query({"aggregate_by": {"n": ["Count"]}})) == ["id"]
     b = {**_ann(rng), "consistency": {"level": "eventual"}}
     got = engine.run(db.open_namespace("v"), b)
     assert same(got, exact(ns, b)), strip(got)

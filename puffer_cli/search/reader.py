@@ -202,6 +202,8 @@ class IndexedView:
         want |= {g.attr for g in q.group_by}
         want |= {a.attr for _n, a in q.aggregate_by if a.attr is not None}
         want |= set(q.per_attributes or ())
+        if not want:  # a frame of no column has no rows: a plain Count reads the ids
+            want.add("id")
         if isinstance(q.rank_by, Q.VectorRank):
             want.add(q.rank_by.attr)  # a multi-vector attribute is a column of the doc store (no-op for vectors)
         return [c for c in order if c in want and not S.is_vector(self.schema[c]["type"])]
