@@ -79,6 +79,16 @@ def default_grace() -> float:
     return DEFAULT_GRACE_S if g is None else g
 
 
+def _negated(st: dict) -> dict:
+    """Statistics (fts.term_stats) with every count negated: adding them removes those rows."""
+    return {
+        "n_rows": -st["n_rows"],
+        "n_docs": -st["n_docs"],
+        "total_len": -st["total_len"],
+        "df": Counter({t: -c for t, c in st["df"].items()}),
+    }
+
+
 def segment_rows() -> int:
     """SEGMENT_MAX_ROWS, or ``PUFFER_INDEX_SEGMENT_ROWS`` (through config.from_env; a tuning and
     test knob: the SIGKILL tests cut segments of a few rows, in the indexer's own process)."""
@@ -625,13 +635,21 @@ class _Run:
         return n_rows, n_docs, total, df, add
 
     def _bm25_recompute(self, f: str):
-        """From every live row: kept segments from their files, new segments' tokens."""
+        """From every live row: segments written by this run from the statistics their build
+        counted (less the rows that died since), older kept segments from their files."""
         opts = self.schema[f]["full_text_search"]
         sig = fts_sig(self.schema[f])
         add: list = []
         for s in self.kept:
             t = s.get("tombstones")
             alive = D.alive_mask(s["rows"], D.read_tomb(self.store.read(t)) if t else None)
+            own = s.get("_fts_stats", {}).get(f) if s.get("fts", {}).get(f, {}).get("sig") == sig else None
+            if own is not None:  # cut by this run: no second pass over its text (1M docs: 30 s, 1.5 GB)
+                add.append(own)
+                if not alive.all():
+                    a = D.segment_attrs(self.cache, self.store, s).filter(~pl.Series(alive))
+                    add.append(_negated(fts.term_stats(a.get_column(f).to_list(), opts)))
+                continue
             tk = s.get("fts", {}).get(f, {}).get("tokens")
             if tk is not None and s["fts"][f].get("sig") == sig:
                 col = pl.read_ipc(self.cache.file(self.store, tk))["t"].filter(pl.Series(alive))
