@@ -45,7 +45,11 @@ class BaseRows:
     def ids(self, i: int) -> pl.DataFrame:
         a = self._ids[i]
         if a is None:
-            a = self.attrs(i).select("id").with_row_index("__pos")
+            # the id column alone (a first run looks up every new id in the segments it cut:
+            # their whole attributes kept here grew its memory by a segment's text each)
+            whole = self._attrs.get(i)
+            a = whole if whole is not None else D.segment_attrs(self.cache, self.store, self.segs[i], ["id"])
+            a = a.select("id").with_row_index("__pos")
             dead = self.dead[i]
             if len(dead):
                 a = a.filter(pl.Series(D.alive_mask(a.height, dead)))

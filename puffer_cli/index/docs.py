@@ -248,14 +248,24 @@ def decode_chunk(data, what: str) -> pl.Series:
         raise corrupt(what, e) from None
 
 
-def read_docs_whole(path, ent: dict, rows: int) -> pl.DataFrame:
-    """Every column of a ``cols-1`` doc store from its whole local file."""
-    with open(path, "rb") as fh:
-        data = memoryview(fh.read())
+def read_docs_whole(path, ent: dict, rows: int, columns: list[str] | None = None) -> pl.DataFrame:
+    """Every column (or ``columns``) of a ``cols-1`` doc store from its whole local file;
+    of some columns, only their chunks are read."""
+    names = list(ent["columns"]) if columns is None else [c for c in columns if c in ent["columns"]]
     cols = []
-    for c in ent["columns"]:
-        parts = [decode_chunk(data[slice(*chunk_range(ent, c, g))], path) for g in range(groups_of(ent, rows))]
-        cols.append(pl.concat(parts) if len(parts) > 1 else parts[0])
+    with open(path, "rb") as fh:
+        data = memoryview(fh.read()) if columns is None else None
+
+        def chunk(c: str, g: int):
+            a, b = chunk_range(ent, c, g)
+            if data is not None:
+                return data[a:b]
+            fh.seek(a)
+            return memoryview(fh.read(b - a))
+
+        for c in names:
+            parts = [decode_chunk(chunk(c, g), path) for g in range(groups_of(ent, rows))]
+            cols.append(pl.concat(parts) if len(parts) > 1 else parts[0])
     return pl.DataFrame(cols)
 
 
@@ -443,12 +453,13 @@ def _cmp(v, op: str, lit) -> bool:
     return True
 
 
-def segment_attrs(cache, store, seg: dict) -> pl.DataFrame:
-    """Every non-vector column of segment ``seg`` (a manifest entry), whole: from
-    ``attrs.arrow`` (generations before the column store) or the ``cols-1`` doc store."""
+def segment_attrs(cache, store, seg: dict, columns: list[str] | None = None) -> pl.DataFrame:
+    """Every non-vector column (or ``columns``) of segment ``seg`` (a manifest entry), whole:
+    from ``attrs.arrow`` (generations before the column store) or the ``cols-1`` doc store."""
     from puffer_cli.index import paged
 
     ent = seg.get("docs")
     if ent is None:
-        return read_attrs(cache.file(store, seg["attrs"]))
-    return read_docs_whole(paged.whole(cache, store, ent), ent, int(seg["rows"]))
+        a = read_attrs(cache.file(store, seg["attrs"]))
+        return a if columns is None else a.select([c for c in columns if c in a.columns])
+    return read_docs_whole(paged.whole(cache, store, ent), ent, int(seg["rows"]), columns)
