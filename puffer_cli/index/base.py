@@ -48,13 +48,25 @@ class BaseRows:
             # the id column alone (a first run looks up every new id in the segments it cut:
             # their whole attributes kept here grew its memory by a segment's text each)
             whole = self._attrs.get(i)
-            a = whole if whole is not None else D.segment_attrs(self.cache, self.store, self.segs[i], ["id"])
+            a = whole if whole is not None else self._id_column(i)
             a = a.select("id").with_row_index("__pos")
             dead = self.dead[i]
             if len(dead):
                 a = a.filter(pl.Series(D.alive_mask(a.height, dead)))
             self._ids[i] = a
         return a
+
+    def _id_column(self, i: int) -> pl.DataFrame:
+        """Segment ``i``'s ids: its fixed-width ids file (integer ids), else the doc store's column."""
+        seg = self.segs[i]
+        ent = seg.get("ids")
+        if ent is None:
+            return D.segment_attrs(self.cache, self.store, seg, ["id"])
+        dt = {"u64": ("<u8", pl.UInt64), "i64": ("<i8", pl.Int64)}[ent["dtype"]]
+        raw = np.fromfile(paged.whole(self.cache, self.store, ent), dtype=dt[0])
+        if len(raw) != int(seg["rows"]):
+            raise D.corrupt(ent["key"], f"{len(raw)} ids for {seg['rows']} rows")
+        return pl.Series("id", raw, dtype=dt[1]).to_frame()
 
     def rows(self, i: int, pos: np.ndarray, schema: dict) -> pl.DataFrame:
         """Full rows (attributes + vectors) at positions ``pos`` of segment ``i``, aligned to schema."""
