@@ -74,7 +74,16 @@ def test_two_concurrent_index_processes(store_url):
 def test_sigkill_then_next_run_completes(store_url):
     db = fresh(store_url)
     rng = np.random.default_rng(11)
-    points = ["after_fold", "after_cut", "mid_segment", "after_manifest", "after_publish", "mid_gc"]
+    points = [
+        "after_fold",
+        "after_cut",
+        "mid_segment",
+        "mid_fts",
+        "after_bm25",
+        "after_manifest",
+        "after_publish",
+        "mid_gc",
+    ]
     procs = {}
     for k, point in enumerate(points):
         ns = db.open_namespace(f"k{k}")
@@ -82,6 +91,9 @@ def test_sigkill_then_next_run_completes(store_url):
         builder.index_namespace(ns, gc_grace_s=0)
         ns.write({"upsert_rows": make_rows(rng, 60, 20), "deletes": [1, 2, 3], "patch_rows": [{"id": 4, "cat": 77}]})
         ns.write({"deletes": list(range(10, 30))})  # > 20% dead: forces a merge too
+        # a killed run's orphan: GC has a file to delete (the replaced generation stays as the
+        # WAL retention floor), so mid_gc is reached
+        ns.store.write(layout.index_run_file(ns.name, 9, "orphan", "killed", "bin"), b"x")
         procs[point] = run_index(
             [f"k{k}", *store_args(store_url)],
             {"PUFFER_INDEX_CRASH_AT": point, "PUFFER_INDEX_LEASE_TTL": "1", "PUFFER_INDEX_SEGMENT_ROWS": "16"},

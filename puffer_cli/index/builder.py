@@ -618,6 +618,7 @@ class _Run:
                 # the df table in blocks read by range (dfblocks; before it: "terms", Arrow, whole)
                 "df_blocks": {**paged.put(self.w, key, data), "format": dfblocks.FORMAT, "first": first, "off": off},
             }
+        crash("after_bm25")  # the df blocks written, no manifest names them yet
 
     def _bm25_incremental(self, f: str, old: dict):
         """The previous statistics minus the superseded rows; the new rows' tokens to add."""

@@ -253,6 +253,7 @@ def _write_fts(w: Writer, key, frame, f: str, schema: dict, progress, new) -> tu
     col = frame.get_column(f) if f in frame.columns else pl.Series([None] * frame.height, dtype=pl.String)
     data, entry, st_all, st_new = fts.build_blocks(col, opts, new)
     entry.update(paged.put(w, key(f"fts-{D.field_tag(f)}.blk"), data))
+    crash("mid_fts")  # the block index written, the segment not finished
     entry["sig"] = fts_sig(schema[f])
     note(progress, f"fts {f}", frame.height, frame.height)
     return entry, st_all, st_new
