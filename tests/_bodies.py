@@ -4,11 +4,13 @@ from __future__ import annotations
 
 
 def paths(v, path=()):
-    """Every path (a tuple of keys / list indexes) into the JSON value ``v``, ``()`` first."""
-    yield path
-    if isinstance(v, dict):
-        for k, x in v.items():
-            yield from paths(x, path + (k,))
-    elif isinstance(v, list):
-        for i, x in enumerate(v):
-            yield from paths(x, path + (i,))
+    """Every path (a tuple of keys / list indexes) into the JSON value ``v``, ``()`` first,
+    in pre-order; iterative, so a hostile value nested thousands deep is walked too."""
+    stack = [(v, path)]
+    while stack:
+        x, p = stack.pop()
+        yield p
+        if isinstance(x, dict):
+            stack.extend(reversed([(y, p + (k,)) for k, y in x.items()]))
+        elif isinstance(x, list):
+            stack.extend(reversed([(y, p + (i,)) for i, y in enumerate(x)]))

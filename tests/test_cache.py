@@ -408,39 +408,30 @@ def test_unwritable_temp_dir_too_is_a_store_error(mem_db, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_cli_with_unwritable_cache_dir_answers(tmp_path):
-    """`puffer warm` (a process of its own) with a cache dir that cannot be created:
-    it works, with one warning line on stderr and no traceback."""
-    store = str(tmp_path / "s")
-    db = puffer_cli.connect(store)
+def test_cli_with_unwritable_cache_dir_answers(tmp_path, s3_server):
+    """`puffer warm` (a process of its own) of an S3 namespace (a local store is read in place,
+    with no cache) with a cache dir that cannot be created: it works, with one warning line
+    on stderr and no traceback."""
+    store = "s3://puffer-test/unwritable-cache"
+    s3 = ["--store", store, "--s3-endpoint", s3_server]
+    db = puffer_cli.connect(store, s3_endpoint=s3_server)
     db.open_namespace("q").write({"upsert_rows": make_rows(np.random.default_rng(32), 0, 20), "schema": SCHEMA})
     try:
-        assert cli.main(["index", "q", "--store", store, "--cache-dir", str(tmp_path / "ok")]) == 0
+        assert cli.main(["index", "q", *s3, "--cache-dir", str(tmp_path / "ok")]) == 0
     finally:
         cache.configure("", max_bytes=None)
     blocker = tmp_path / "f"
     blocker.write_bytes(b"")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "puffer_cli.cli.main",
-            "warm",
-            "q",
-            "--store",
-            store,
-            "--cache-dir",
-            str(blocker / "c"),
-            "--json",
-        ],
+        [sys.executable, "-m", "puffer_cli.cli.main", "warm", "q", *s3, "--cache-dir", str(blocker / "c"), "--json"],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("not writable") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.count("not writable") == 1 and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     rep = json.loads(r.stdout)
     assert rep["generation"] == 1 and rep["cache_dir"] == ""
