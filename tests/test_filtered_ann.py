@@ -239,3 +239,39 @@ def test_served_reads_only_what_ahead_lacks(ahead, want):
     assert [bytes(x) for x in go(ranges)] == [data[a:b] for a, b in ranges]
     for a, b in asked:
         assert not any(s < b and a < e for s, e in disjoint)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), fill=st.sampled_from([0.0, 0.1, 0.3]), extra=st.integers(0, 3))
+def test_cold_runs_read_nothing_the_read_ahead_holds_again(seed, fill, extra):
+    """The probe's runs after the filter's mask, against the lists read ahead of it (a larger
+    probe, filled with its own budget): they cover every chosen list, do not overlap, and when
+    the probe's lists are among those read ahead nothing is fetched again (a gap the probe's
+    fill would join, but the read-ahead did not read, is not read: it cost a round trip)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ivf, "FILL_GAP_BYTES", 0)  # gaps joined by the fill budget alone (lists far over the gap)
+        _cold_runs_case(seed, fill, extra)
+
+
+def _cold_runs_case(seed: int, fill: float, extra: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = clustered(rng, 3000)
+    route_b, lists_b, _ = ivf.build(x, 16, "euclidean_squared")
+    r = ivf.Route(route_b, 16, "euclidean_squared")
+    order = rng.permutation(r.nlist)
+    ahead_lists = order[: max(1, r.nlist // 2)]
+    chosen = rng.choice(ahead_lists, size=max(1, len(ahead_lists) * 2 // 3), replace=False)
+    chosen = np.concatenate([chosen, order[len(ahead_lists) : len(ahead_lists) + extra]])  # some not read ahead
+    ranges = ivf.Lists.ranges(r, ivf.bounded_runs(r, r.runs(ahead_lists, fill)))
+    ahead = (ranges, [lists_b[a:b] for a, b in ranges])
+    runs = filtered._cold_runs(r, chosen, r.runs(chosen, fill), ahead)
+    assert all(a < b for a, b in runs) and all(runs[i][1] <= runs[i + 1][0] for i in range(len(runs) - 1))
+    for c in chosen:
+        lo, hi = int(r.offsets[c]), int(r.offsets[c + 1])
+        assert lo == hi or any(a <= lo and hi <= b for a, b in runs)
+    fetched: list = []
+    lists = ivf.Lists(r, fetch=ivf.served(ahead, lambda rs: fetched.extend(rs) or [lists_b[a:b] for a, b in rs]))
+    got = lists.blocks(runs)
+    assert sum(len(c) for _p, c in got) == sum(b - a for a, b in runs)
+    if extra == 0:
+        assert fetched == []

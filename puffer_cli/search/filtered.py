@@ -23,6 +23,7 @@ Either way, exact search is considered only for at most ``reader.EXACT_MAX_ROWS`
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +46,19 @@ class Plan:
     matched: int  # members in the runs passing the filter
 
 
-def plan(route: ivf.Route, lists: ivf.Lists, q: np.ndarray, sel: np.ndarray, opts: dict, frac: float, want: int):
+def plan(
+    route: ivf.Route,
+    lists: ivf.Lists,
+    q: np.ndarray,
+    sel: np.ndarray,
+    opts: dict,
+    frac: float,
+    want: int,
+    ahead: tuple | None = None,
+):
     """The filter-aware probe of a segment (:class:`Plan`), or None when the lists'
-    members are not known without reading the lists file."""
+    members are not known without reading the lists file.  ``ahead``: (byte ranges, bytes)
+    of the lists read ahead of the mask; runs they hold are not coalesced with others."""
     matches = ivf.list_matches(route, lists if lists.local else None, sel)
     if matches is None:
         return None
@@ -55,7 +66,7 @@ def plan(route: ivf.Route, lists: ivf.Lists, q: np.ndarray, sel: np.ndarray, opt
     chosen = route.matching_lists(route.prepare_query(q), matches, need)
     runs = route.runs(chosen, min(opts["fill"], ivf.FILTER_FILL_MAX))
     if not lists.local:
-        runs = ivf.bounded_runs(route, runs)
+        runs = _cold_runs(route, chosen, runs, ahead)
     scanned = int(sum(b - a for a, b in runs))
     if route.implicit:
         cs = np.concatenate([[0], np.cumsum(matches)])
@@ -66,6 +77,49 @@ def plan(route: ivf.Route, lists: ivf.Lists, q: np.ndarray, sel: np.ndarray, opt
     else:
         matched = int(matches[chosen].sum())
     return Plan(chosen, runs, scanned, matched)
+
+
+def _holder(route: ivf.Route, ahead: tuple):
+    """``held(run)``: whether the read-ahead's byte ranges hold member run ``run`` whole."""
+    have = sorted(ahead[0])
+    starts = [a for a, _b in have]
+
+    def inside(a: int, b: int) -> bool:
+        i = bisect.bisect_right(starts, a) - 1
+        return b <= a or (i >= 0 and have[i][0] <= a and b <= have[i][1])
+
+    def held(run: tuple[int, int]) -> bool:
+        return all(inside(a, b) for a, b in ivf.Lists.ranges(route, [run]))
+
+    return held
+
+
+def _cold_runs(route: ivf.Route, chosen: np.ndarray, runs: list[tuple[int, int]], ahead: tuple | None):
+    """``runs`` for a cold read.  With lists read ahead of the mask: a run that fills gaps
+    between chosen lists (``Route.runs``' ``fill``) is kept only where the read-ahead holds
+    it (its fill budget, spent on a larger probe, filled other gaps), else it is its chosen
+    lists alone; runs the read-ahead holds are kept as they are, the others coalesced
+    (``ivf.bounded_runs``: reading through gaps the read-ahead skipped would cost those gap
+    bytes a round trip of their own)."""
+    if not ahead or not ahead[0]:
+        return ivf.bounded_runs(route, runs)
+    held = _holder(route, ahead)
+    base = route.runs(chosen, 0.0)
+    split: list[tuple[int, int]] = []
+    for a, b in runs:
+        if held((a, b)):
+            split.append((a, b))
+        else:
+            split.extend((x, y) for x, y in base if a <= x and y <= b)
+    kept = [r for r in split if held(r)]
+    rest = [r for r in split if not held(r)]
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(kept + (ivf.bounded_runs(route, rest) if rest else [])):
+        if out and a < out[-1][1]:  # a coalesced run reads through a held one: one run
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def exact_cheaper(

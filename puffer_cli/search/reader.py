@@ -393,7 +393,7 @@ class IndexedView:
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
             if filt is not None and route.book is None and rb.method == "ANN":
-                plan = FL.plan(route, lists, q, sel, opts, frac, k * opts["rerank"])
+                plan = FL.plan(route, lists, q, sel, opts, frac, k * opts["rerank"], ahead)
         if rb.method != "ANN" or (iv is None and index is None) or metric != self.gen.metric or n_sel <= k:
             exact = True
         elif plan is not None:  # filtered: exact if few enough rows and cheaper than the probe
