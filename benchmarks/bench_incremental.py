@@ -3,7 +3,8 @@
 not in the test suites).
 
     python benchmarks/bench_incremental.py [--copies 6] [--runs 100] [--first 0.01] [--step 0.001]
-                                           [--work DIR] [--queries N] [--rounds R] [--no-doc]
+                                           [--routings segment,shared] [--work DIR] [--queries N]
+                                           [--rounds R] [--no-doc]
 
 Targets: "+1% rows <= 5% of a full build; after 100 incremental runs of +0.1% each, warm p50
 and recall within 10% of a fresh build".
@@ -13,7 +14,9 @@ noisy copies with new ids; ``--copies 6`` = 1,988,874 rows = N0).  The rows adde
 further noisy copies of GloVe rows (seed 7, rows in a random order, id = (50 + k) * 10^7 + i
 for copy k of row i: never an id of the base set or of another increment).
 
-One process, a local store under ``--work``, everything through the library in-process
+Per ``--routings`` value (``PUFFER_IVF_ROUTING``: ``segment``, an IVF per segment, the
+default; ``shared``, format 3's namespace-wide book), in turn, one process, a store of its own
+under ``--work``, everything through the library in-process
 (``puffer_cli.connect(dir)``, ``Namespace.write_frame`` in 50k-row entries,
 ``builder.index_namespace(ns, gc_grace_s=0)``, ``engine.run_query``); a 20k-row namespace is
 indexed first, untimed, so the first build's one-time costs (imports, first calls) stay out of T_full:
@@ -27,13 +30,14 @@ indexed first, untimed, so the first build's one-time costs (imports, first call
 5. warm queries on both, interleaved over ``--rounds`` rounds (each after 20 warm-up
    queries): the held-out GloVe queries, top-10, default options, eventual consistency;
    recall@10 against exact cosine top-10 over the final rows (numpy, bench_scale's
-   ``ground_truth``), p50 over every round's latencies, and rows scanned per query (the
-   members ``ivf.search`` scanned, summed over segments; ``performance`` does not report it).
+   ``ground_truth``), p50 over every round's latencies, and rows scanned per query (rows
+   scored exactly + IVF list members scanned, summed over segments, and per segment; from
+   ``IndexedView.vector_candidates``, as ``performance`` does not report it).
    Target: inc p50 <= 1.1 x fresh p50 and inc recall >= 0.9 x fresh recall.
 
 The 1-minute load average (the machine may be shared) is recorded at each step.  Writes its
 section of docs/benchmarks.md (``--no-doc``: print only); the per-run log goes to
-``<work>/runs-<copies>.json``.
+``<work>/runs-<copies>-<routing>.json``.
 """
 
 from __future__ import annotations
@@ -102,20 +106,23 @@ def index(ns) -> tuple[float, dict]:
 
 
 # ---------------------------------------------------------------- queries
-def measure(ns, queries, truth, n_warm: int = 20) -> tuple[float, list[float], list[int]]:
-    """(recall@10, latencies ms, rows scanned per query) of top-10 ANN queries after ``n_warm`` warm-up ones."""
-    from puffer_cli.index import ivf
+def measure(ns, queries, truth, per_seg: dict, n_warm: int = 20) -> tuple[float, list[float], list[int]]:
+    """(recall@10, latencies ms, rows scanned per query) of top-10 ANN queries after ``n_warm``
+    warm-up ones; ``per_seg``: segment rows -> rows scanned there, per query (appended to).
+    Rows scanned = rows scored exactly (segments of <= 20,000 rows are searched exactly) +
+    IVF list members scanned, as ``IndexedView.vector_candidates`` returns them."""
     from puffer_cli.search import engine
+    from puffer_cli.search.reader import IndexedView
 
-    scanned: list[int] = []
-    real = ivf.search
+    scanned: list[tuple[int, int]] = []
+    real = IndexedView.vector_candidates
 
-    def spy(*a, **kw):
-        out = real(*a, **kw)
-        scanned.append(out[2])
+    def spy(self, i, *a, **kw):
+        out = real(self, i, *a, **kw)
+        scanned.append((int(self.gen.segments[i].rows), int(out[1]) + int(out[2])))
         return out
 
-    ivf.search = spy
+    IndexedView.vector_candidates = spy
     lat, hits, per_q = [], 0, []
     try:
         for j, q in enumerate(np.concatenate([queries[:n_warm], queries])):
@@ -126,10 +133,12 @@ def measure(ns, queries, truth, n_warm: int = 20) -> tuple[float, list[float], l
             el = time.perf_counter() - t
             if j >= n_warm:
                 lat.append(el * 1000)
-                per_q.append(sum(scanned))
+                per_q.append(sum(c for _r, c in scanned))
+                for rows_, c in scanned:
+                    per_seg.setdefault(rows_, []).append(c)
                 hits += len({r["id"] for r in rows} & set(truth[j - n_warm].tolist()))
     finally:
-        ivf.search = real
+        IndexedView.vector_candidates = real
     return hits / (10 * len(queries)), lat, per_q
 
 
@@ -144,11 +153,9 @@ def main() -> None:
     ap.add_argument("--data", default=default_data())
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3, help="interleaved query rounds per namespace")
+    ap.add_argument("--routings", default="segment,shared", help="PUFFER_IVF_ROUTING values to run, in turn")
     ap.add_argument("--no-doc", action="store_true", help="print the section only")
     a = ap.parse_args()
-    import puffer_cli
-
-    loads = {"start": load()}
     work = Path(a.work)
     g = Path(a.data) / "glove-100-angular"
     glove = pl.read_parquet(g / "base.parquet").select("id", "vector")
@@ -168,7 +175,22 @@ def main() -> None:
     extra.write_parquet(inc_file)
     log(f"N0 {n0:,} rows; +{first_n:,} then {a.runs} x +{step_n:,}")
 
-    store = work / f"store-{a.copies}"
+    truth = ground_truth([*parts, inc_file], queries)
+    out = {}
+    for routing in a.routings.split(","):
+        out[routing] = one_routing(a, routing, work, base, extra, first_n, step_n, queries, truth)
+    section = render(a, n0, first_n, step_n, out)
+    publish(section, START, END, write=not a.no_doc)
+
+
+def one_routing(a, routing, work, base, extra, first_n, step_n, queries, truth) -> dict:
+    """Steps 1-5 under ``PUFFER_IVF_ROUTING=routing`` in a store of their own."""
+    import puffer_cli
+
+    os.environ["PUFFER_IVF_ROUTING"] = routing
+    n0 = base.height
+    loads = {"start": load()}
+    store = work / f"store-{a.copies}-{routing}"
     shutil.rmtree(store, ignore_errors=True)
     db = puffer_cli.connect(str(store))
 
@@ -182,13 +204,13 @@ def main() -> None:
     w_full = write(ns, base)
     loads["full build"] = load()
     t_full, rep_full = index(ns)
-    log(f"inc: wrote {n0:,} in {w_full:.1f}s; full build {t_full:.1f}s, {rep_full['segments']} segments")
+    log(f"{routing}: inc: wrote {n0:,} in {w_full:.1f}s; full build {t_full:.1f}s, {rep_full['segments']} segments")
 
     # 2. +1%
     write(ns, extra.slice(0, first_n))
     loads["+1%"] = load()
     t_1, rep_1 = index(ns)
-    log(f"inc: +{first_n:,} indexed in {t_1:.2f}s = {t_1 / t_full * 100:.1f}% of the full build")
+    log(f"{routing}: inc: +{first_n:,} indexed in {t_1:.2f}s = {t_1 / t_full * 100:.1f}% of the full build")
 
     # 3. the small runs
     runs = []
@@ -199,11 +221,12 @@ def main() -> None:
         runs.append({"run": r + 1, "rows": df.height, "write_s": ws, "wall_s": secs, "load": load(), **rep})
         if (r + 1) % 10 == 0:
             log(
-                f"inc: run {r + 1}: {secs:.2f}s, {rep['segments']} segments, merged {rep['segments_merged']} "
-                f"({rep['rows_merged']:,} rows), load {runs[-1]['load']:.2f}"
+                f"{routing}: inc: run {r + 1}: {secs:.2f}s, {rep['segments']} segments, merged "
+                f"{rep['segments_merged']} ({rep['rows_merged']:,} rows), load {runs[-1]['load']:.2f}"
             )
     loads["after runs"] = load()
-    (work / f"runs-{a.copies}.json").write_text(json.dumps({"full": rep_full, "first": rep_1, "runs": runs}, indent=1))
+    log_file = work / f"runs-{a.copies}-{routing}.json"
+    log_file.write_text(json.dumps({"full": rep_full, "first": rep_1, "runs": runs}, indent=1))
 
     # 4. fresh build of the same rows
     fresh = db.open_namespace("fresh")
@@ -211,32 +234,50 @@ def main() -> None:
     write(fresh, extra)
     loads["fresh build"] = load()
     t_fresh, rep_fresh = index(fresh)
-    log(f"fresh: {n0 + extra.height:,} rows indexed in {t_fresh:.1f}s, {rep_fresh['segments']} segments")
+    log(f"{routing}: fresh: {n0 + extra.height:,} rows indexed in {t_fresh:.1f}s, {rep_fresh['segments']} segments")
     inc_live = (runs[-1] if runs else rep_1)["live_rows"]
     assert rep_fresh["live_rows"] == inc_live == n0 + extra.height, (rep_fresh["live_rows"], inc_live)
 
     # 5. warm queries, interleaved
-    truth = ground_truth([*parts, inc_file], queries)
     loads["queries"] = load()
     nss = {k: puffer_cli.connect(str(store)).open_namespace(k) for k in ("inc", "fresh")}
-    res: dict[str, dict] = {k: {"recall": [], "lat": [], "scanned": [], "p50s": []} for k in nss}
+    res: dict[str, dict] = {k: {"recall": [], "lat": [], "scanned": [], "p50s": [], "per_seg": {}} for k in nss}
     for rnd in range(a.rounds):
         for k in nss if rnd % 2 == 0 else reversed(list(nss)):
-            rec, lat, sc = measure(nss[k], queries, truth)
+            rec, lat, sc = measure(nss[k], queries, truth, res[k]["per_seg"])
             res[k]["recall"].append(rec)
             res[k]["lat"] += lat
             res[k]["scanned"] += sc
             res[k]["p50s"].append(pct(lat, 50))
-            log(f"round {rnd + 1} {k}: recall {rec:.3f} p50 {pct(lat, 50):.2f} ms load {load():.2f}")
+            log(f"{routing}: round {rnd + 1} {k}: recall {rec:.3f} p50 {pct(lat, 50):.2f} ms load {load():.2f}")
     loads["end"] = load()
+    return {
+        "t_full": t_full,
+        "rep_full": rep_full,
+        "w_full": w_full,
+        "t_1": t_1,
+        "rep_1": rep_1,
+        "runs": runs,
+        "t_fresh": t_fresh,
+        "rep_fresh": rep_fresh,
+        "res": res,
+        "loads": loads,
+        "log_file": log_file,
+    }
 
-    section = render(a, n0, first_n, step_n, t_full, rep_full, w_full, t_1, rep_1, runs, t_fresh, rep_fresh, res, loads)
-    publish(section, START, END, write=not a.no_doc)
+
+ROUTING_NAMES = {
+    "segment": "`PUFFER_IVF_ROUTING=segment`: an IVF per segment (format 2 lists; the default)",
+    "shared": "`PUFFER_IVF_ROUTING=shared`: shared routing (format 3, opt-in)",
+}
 
 
-def render(a, n0, first_n, step_n, t_full, rep_full, w_full, t_1, rep_1, runs, t_fresh, rep_fresh, res, loads) -> str:
-    cmd = f"python benchmarks/bench_incremental.py --copies {a.copies} --runs {a.runs} --queries {a.queries} --rounds {a.rounds}"
-    n_final = n0 + first_n + len(runs) * step_n
+def render(a, n0, first_n, step_n, out: dict) -> str:
+    cmd = (
+        f"python benchmarks/bench_incremental.py --copies {a.copies} --runs {a.runs} --routings {a.routings} "
+        f"--queries {a.queries} --rounds {a.rounds}"
+    )
+    n_final = n0 + first_n + a.runs * step_n
     L = section_head(
         "Incremental indexing: cost and drift (`benchmarks/bench_incremental.py`)",
         cmd,
@@ -244,12 +285,44 @@ def render(a, n0, first_n, step_n, t_full, rep_full, w_full, t_1, rep_1, runs, t
     )
     L += [
         f"- Data: bench_scale's set of {n0:,} rows (GloVe-100 + {a.copies - 1} noisy copies, sigma {NOISE}); "
-        f"increments: further noisy copies with new ids, +{first_n:,} ({a.first:.1%}) then {len(runs)} runs of "
+        f"increments: further noisy copies with new ids, +{first_n:,} ({a.first:.1%}) then {a.runs} runs of "
         f"+{step_n:,} ({a.step:.1%}) = {n_final:,} rows; {a.queries} held-out queries, exact numpy cosine top-10 "
         "over the final rows.",
         "- One process, local store, in-process `Namespace.write_frame` (50k-row entries), "
-        "`builder.index_namespace(ns, gc_grace_s=0)` (wall time), `engine.run_query` (eventual, top-10, defaults).",
-        "- Load average (1 min): " + ", ".join(f"{k} {v:.2f}" for k, v in loads.items()) + ".",
+        "`builder.index_namespace(ns, gc_grace_s=0)` (wall time; a 20k-row namespace indexed first, untimed), "
+        "`engine.run_query` (eventual, top-10, the routing's default probe and fill). Targets (issue 24): "
+        '"+1% rows <= 5% of a full build; after 100 incremental runs of +0.1% each, warm p50 and recall within '
+        '10% of a fresh build" (read here as inc p50 <= 1.1 x fresh p50, inc recall >= 0.9 x fresh recall).',
+        "",
+    ]
+    for routing, o in out.items():
+        L += render_routing(a, routing, n0, first_n, step_n, n_final, **o)
+    return "\n".join(L) + "\n"
+
+
+def render_routing(
+    a,
+    routing,
+    n0,
+    first_n,
+    step_n,
+    n_final,
+    t_full,
+    rep_full,
+    w_full,
+    t_1,
+    rep_1,
+    runs,
+    t_fresh,
+    rep_fresh,
+    res,
+    loads,
+    log_file,
+) -> list[str]:
+    L = [
+        f"### {ROUTING_NAMES.get(routing, routing)}",
+        "",
+        "Load average (1 min): " + ", ".join(f"{k} {v:.2f}" for k, v in loads.items()) + ".",
         "",
     ]
     ratio1 = t_1 / t_full
@@ -284,7 +357,7 @@ def render(a, n0, first_n, step_n, t_full, rep_full, w_full, t_1, rep_1, runs, t
             f"{sum(r['write_s'] for r in runs):.1f} s more), wrote {sum(r['bytes_written'] for r in runs) / 1e6:,.0f} MB "
             f"(the full build: {rep_full['bytes_written'] / 1e6:,.0f} MB). Wall time of the full build's writes: {w_full:.1f} s.",
             "",
-            "Segments after each run: " + " ".join(str(r["segments"]) for r in runs) + ".",
+            f"Per-run log: `{log_file}`. Segments after each run: " + " ".join(str(r["segments"]) for r in runs) + ".",
             "",
             "Runs that merged (run: segments merged, rows merged, seconds): "
             + (
@@ -313,6 +386,16 @@ def render(a, n0, first_n, step_n, t_full, rep_full, w_full, t_1, rep_1, runs, t
         rounds = ", ".join(f"{x:.2f}" for x in r["p50s"])
         L.append(f"| `{k}` | {seg[k]} | {rec:.3f} | {p50:.2f} ({rounds}) | {sc:,.0f} |")
     (ri, pi, si), (rf, pf, sf) = stat["inc"], stat["fresh"]
+    L += [""]
+    for k, r in res.items():
+        L.append(
+            f"Rows scanned per segment, `{k}` (segment rows: median scanned per query, share): "
+            + "; ".join(
+                f"{n:,}: {np.median(v):,.0f}, {np.median(v) / n:.0%}"
+                for n, v in sorted(r["per_seg"].items(), reverse=True)
+            )
+            + "."
+        )
     L += [
         "",
         f"`inc` / `fresh`: p50 x{pi / pf:.2f}, recall x{ri / rf:.3f} ({ri - rf:+.3f}), rows scanned x{si / sf:.2f}.",
@@ -328,7 +411,7 @@ def render(a, n0, first_n, step_n, t_full, rep_full, w_full, t_1, rep_1, runs, t
         f"- recall within 10% of a fresh build: x{ri / rf:.3f} -> {'met' if ri >= 0.9 * rf else 'missed'}.",
         "",
     ]
-    return "\n".join(L) + "\n"
+    return L
 
 
 if __name__ == "__main__":
