@@ -398,7 +398,9 @@ def render_routing(
         )
     L += [
         "",
-        f"`inc` / `fresh`: p50 x{pi / pf:.2f}, recall x{ri / rf:.3f} ({ri - rf:+.3f}), rows scanned x{si / sf:.2f}.",
+        f"`inc` / `fresh`: p50 x{pi / pf:.2f} (per round: "
+        + ", ".join(f"x{x / y:.2f}" for x, y in zip(res["inc"]["p50s"], res["fresh"]["p50s"], strict=True))
+        + f"), recall x{ri / rf:.3f} ({ri - rf:+.3f}), rows scanned x{si / sf:.2f}.",
         "",
         "Targets (issue 24, computed from the figures above):",
         "",
