@@ -597,3 +597,25 @@ def test_a_lost_book_is_retrained_by_the_next_run(mem_db, monkeypatch, shared):
     want = [r["id"] for r in exact(ns, {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 5})["rows"]]
     with ivf.override(probe=1.0):
         assert _ann_query(ns, q, 5) == want
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), share=st.floats(0.0, 1.0))
+def test_runs_are_the_chosen_lists_merged(seed, share):
+    """``Route.runs`` without fill: the chosen lists' members exactly, as maximal runs
+    (sorted, neither overlapping nor touching), whatever the order or repeats of the lists."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(int(rng.integers(50, 3000)), 8)).astype(np.float32)
+    rb, _lb, _ = ivf.build(x, 8, "euclidean_squared")
+    r = ivf.Route(rb, 8, "euclidean_squared")
+    chosen = rng.choice(r.nlist, size=int(share * r.nlist), replace=True)
+    runs = r.runs(chosen)
+    want = np.zeros(r.rows, bool)
+    for c in chosen:
+        want[int(r.offsets[c]) : int(r.offsets[c + 1])] = True
+    got = np.zeros(r.rows, bool)
+    for a, b in runs:
+        assert a < b and not got[a:b].any()
+        got[a:b] = True
+    assert (got == want).all()
+    assert all(runs[i][1] < runs[i + 1][0] for i in range(len(runs) - 1))

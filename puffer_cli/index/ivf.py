@@ -55,7 +55,8 @@ rows per list (rows are stored in list order), :meth:`Route.matching_lists` take
 nearest lists holding one until they hold :func:`filtered_need` of them, and :func:`search`
 scores only the passing members; a cold query reads at most RUNS_MAX runs per segment.
 
-Shared routing (format 3, the default; ``PUFFER_IVF_ROUTING=segment`` builds format 2):
+Shared routing (opt-in, ``PUFFER_IVF_ROUTING=shared``; the default ``segment`` builds an IVF
+per segment, format 2 in docs/format-index.md, in a manifest of format 3):
 one :class:`Book` per vector field of the namespace (``index/{g}/book-{tag}-{run}.npz``,
 named by the manifest's ``ann_books``) holds the two-level centroids and the int8 step;
 every segment's lists follow it (its route file holds only ``offsets`` over the book's
@@ -694,16 +695,14 @@ class Route:
         while their members stay within ``fill`` x the probed ones): they are near the
         probed lists, so scanning them buys recall that a larger probe would buy with more
         separate ranges, i.e. more requests of a cold query (see :func:`search`)."""
-        s = np.sort(lists)
-        out: list[tuple[int, int]] = []
-        for c in s:
-            a, b = int(self.offsets[c]), int(self.offsets[c + 1])
-            if a == b:
-                continue
-            if out and out[-1][1] == a:
-                out[-1] = (out[-1][0], b)
-            else:
-                out.append((a, b))
+        s = np.unique(np.asarray(lists, np.int64))
+        a, b = self.offsets[s].astype(np.int64), self.offsets[s + 1].astype(np.int64)
+        a, b = a[b > a], b[b > a]  # empty lists hold no run
+        # a run ends where the next list does not start at its end (numpy: a query under shared
+        # routing asks every segment for the book's chosen lists, hundreds of them)
+        cut = np.flatnonzero(a[1:] != b[:-1]) + 1
+        first, last = np.concatenate([[0], cut]), np.concatenate([cut, [len(a)]]) - 1
+        out: list[tuple[int, int]] = list(zip(a[first].tolist(), b[last].tolist())) if len(a) else []
         if fill > 0 and len(out) > 1:
             from puffer_cli.index.ranged import coalesce
 
