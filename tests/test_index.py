@@ -534,6 +534,10 @@ def test_index_edge_cases_match_engine(mem_db, monkeypatch):
         {"rank_by": ["Product", 0, ["text", "BM25", "fox"]], "top_k": 3},
         {"rank_by": ["vector", "ANN", [1.0, 0.0]], "top_k": 2, "offset": 1000, "include_attributes": ["cat"]},
         {"rank_by": ["text", "BM25", "fox"], "top_k": 2, "offset": 1000, "include_attributes": True},
+        # a query vector whose norm passes the f32 range (each element within it): same ranking as
+        # [1, -1], no overflow warning (the suite turns puffer's RuntimeWarnings into errors)
+        {"rank_by": ["vector", "ANN", [3e38, -3e38]], "top_k": 1},  # (ANN among 50 exact ties: not by id)
+        {"rank_by": ["vector", "kNN", [3e38, -3e38]], "top_k": 4, "filters": ["id", "Gte", 100]},
     ]
     for body in bodies:
         for level in ("strong", "eventual"):

@@ -733,8 +733,8 @@ class Route:
     def prepare_query(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=np.float32)
         if self.cosine:
-            n = float(np.linalg.norm(q))
-            return q / n if n > 0 else q
+            n = float(np.linalg.norm(q.astype(np.float64)))  # |q| may pass the f32 range
+            return (q.astype(np.float64) / n).astype(np.float32) if n > 0 else q
         return q
 
 

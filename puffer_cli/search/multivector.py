@@ -334,8 +334,8 @@ def centroid_candidates(
         return np.zeros(0, np.int64)
     q = np.asarray(qm, np.float32)
     if metric == "cosine_distance":
-        qn = np.linalg.norm(q, axis=1, keepdims=True)
-        sim = cent @ (q / np.where(qn > 0, qn, 1.0)).T  # centroids are unit (or zero)
+        qn = np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)  # |q| may pass the f32 range
+        sim = cent @ (q / np.where(qn > 0, qn, 1.0)).astype(np.float32).T  # centroids are unit (or zero)
         lo, hi = -1.0, 1.0
     else:
         sim = 2.0 * (cent @ q.T) - np.einsum("ij,ij->i", cent, cent)[:, None] - np.einsum("ij,ij->i", q, q)[None, :]

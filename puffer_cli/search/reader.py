@@ -564,11 +564,13 @@ class IndexedView:
                 nn = norms[pos] if len(pos) < seg.rows else norms
             else:
                 nn = np.linalg.norm(x, axis=1)
-            den = nn * float(np.linalg.norm(q))
+            qd = np.asarray(q, np.float64)
+            qn = float(np.sqrt(qd @ qd))  # in f64: |q| may pass the f32 range though each element does not
+            qu = (qd / qn if qn > 0 else qd).astype(x.dtype)
             with np.errstate(invalid="ignore", divide="ignore"):
                 # einsum, not BLAS: a threaded sgemv here took 10 ms for 20k rows under load
-                dots = np.einsum("ij,j->i", x, np.asarray(q, dtype=x.dtype))
-                d = np.where(den > 0, 1.0 - dots / den, 1.0)  # a zero vector is at distance 1 (engine)
+                dots = np.einsum("ij,j->i", x, qu)
+                d = np.where((nn > 0) & (qn > 0), 1.0 - dots / nn, 1.0)  # a zero vector is at distance 1 (engine)
         d = np.where(np.isnan(d), np.inf, d)  # rows without this vector
         kk = min(k, len(d))
         if kk == 0:

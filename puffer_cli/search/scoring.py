@@ -231,7 +231,7 @@ def rank_vector(
     dims = mat.shape[1]
     if metric == "cosine_distance":
         qn = float(np.sqrt(np.dot(qv.astype(np.float64), qv.astype(np.float64))))
-        qu = (qv / qn).astype(np.float32) if qn > 0 else np.zeros_like(qv)
+        qu = (qv.astype(np.float64) / qn).astype(np.float32) if qn > 0 else np.zeros_like(qv)  # |q| may pass f32
         approx = -(mat @ qu)  # = cos distance - 1
         tol = f32_tolerance(metric, dims)
     else:
