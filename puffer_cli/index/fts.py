@@ -371,12 +371,7 @@ def _encode_terms(docs: np.ndarray, tfs: np.ndarray, lens: np.ndarray, tptr: np.
         (dw.astype("u1"), 1),
         (tw.astype("u1"), 1),
     ]
-    col_off = 0
-    for arr, size in cols:
-        b = arr.view(np.uint8).reshape(nb, size)
-        dst = toff[term_of] + col_off * nblk[term_of] + k * size
-        out[dst[:, None] + np.arange(size)[None, :]] = b
-        col_off += size
+    put_block_heads(out, toff[term_of], nblk[term_of], k, cols)
     # block data
     ddst_start = toff[term_of] + metab[term_of]
     within = np.zeros(nb, np.int64)  # bytes of earlier blocks of the same term
@@ -384,8 +379,8 @@ def _encode_terms(docs: np.ndarray, tfs: np.ndarray, lens: np.ndarray, tptr: np.
     np.cumsum(blkbytes, out=cum[1:])
     within = cum[:-1] - cum[bptr[term_of]]
     dstart = ddst_start + within
-    _scatter(out, ddata, dbytes, dstart)
-    _scatter(out, tdata, tbytes, dstart + dbytes)
+    scatter(out, ddata, dbytes, dstart)
+    scatter(out, tdata, tbytes, dstart + dbytes)
     return out, toff[:-1] + base, tlen, nblk
 
 
@@ -396,7 +391,21 @@ def _encode_group(g: tuple[int, int], docs, tfs, lens, tptr):
     return _encode_terms(docs[sl], tfs[sl], lens, tptr[i : j + 1] - tptr[i], 0)
 
 
-def _scatter(out: np.ndarray, data: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> None:
+def put_block_heads(out: np.ndarray, head: np.ndarray, nblk: np.ndarray, k: np.ndarray, cols: list) -> None:
+    """Per-block metadata into each entry's head, column by column (``cols``: (values, bytes
+    each) per column): block ``k`` of an entry of ``nblk`` blocks whose head is at ``head``
+    puts a column's value at ``head + (bytes of the columns before) * nblk + k * bytes``
+    (the blk-1 and spk-1 block heads)."""
+    col_off = 0
+    for arr, size in cols:
+        b = arr.view(np.uint8).reshape(len(arr), size)
+        dst = head + col_off * nblk + k * size
+        out[dst[:, None] + np.arange(size)[None, :]] = b
+        col_off += size
+
+
+def scatter(out: np.ndarray, data: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> None:
+    """Copy the consecutive pieces of ``data`` (``sizes`` bytes each) to offsets ``dst`` of ``out``."""
     if not len(data):
         return
     src = np.zeros(len(sizes) + 1, np.int64)

@@ -110,28 +110,14 @@ def _encode(rows: np.ndarray, w16: np.ndarray, tptr: np.ndarray):
         (minw.astype("<f4"), 4),
         (dw.astype("u1"), 1),
     ]
-    col_off = 0
-    for arr, size in cols:
-        b = arr.view(np.uint8).reshape(nb, size)
-        dst = toff[dim_of] + col_off * nblk[dim_of] + k * size
-        out[dst[:, None] + np.arange(size)[None, :]] = b
-        col_off += size
+    F.put_block_heads(out, toff[dim_of], nblk[dim_of], k, cols)
     cum = np.zeros(nb + 1, np.int64)
     np.cumsum(blkbytes, out=cum[1:])
     dstart = toff[dim_of] + META * nblk[dim_of] + (cum[:-1] - cum[bptr[dim_of]])
-    _scatter(out, ddata, dbytes, dstart)
+    F.scatter(out, ddata, dbytes, dstart)
     wbytes = w16.astype("<f2").view(np.uint8)
-    _scatter(out, wbytes, 2 * count, dstart + dbytes)
+    F.scatter(out, wbytes, 2 * count, dstart + dbytes)
     return out, toff[:-1], tlen, nblk
-
-
-def _scatter(out: np.ndarray, data: np.ndarray, sizes: np.ndarray, dst: np.ndarray) -> None:
-    if not len(data):
-        return
-    src = np.zeros(len(sizes) + 1, np.int64)
-    np.cumsum(sizes, out=src[1:])
-    owner = np.repeat(np.arange(len(sizes)), sizes)
-    out[dst[owner] + (np.arange(len(data)) - src[owner])] = data
 
 
 class DimBlocks:
