@@ -622,3 +622,19 @@ def test_runs_are_the_chosen_lists_merged(seed, share):
         got[a:b] = True
     assert (got == want).all()
     assert all(runs[i][1] < runs[i + 1][0] for i in range(len(runs) - 1))
+
+
+def test_format2_floor_scales_with_the_segments_share():
+    """Format 2: a segment's probe floor is probe_min_rows x sqrt(its share of the rows);
+    the whole floor for a namespace of one segment and for a segment of <= EXACT_MAX_ROWS."""
+    from types import SimpleNamespace
+
+    def view(*rows):
+        segs = [SimpleNamespace(rows=r) for r in rows]
+        return reader.IndexedView(SimpleNamespace(segments=segs, schema={}, metric=None, covers=0), None)
+
+    assert view(2_000_000)._floor_scale(0) == 1.0
+    v = view(1_000_000, 900_000, 80_000, 20_000)
+    assert v._floor_scale(0) == pytest.approx(math.sqrt(0.5))
+    assert v._floor_scale(2) == pytest.approx(math.sqrt(0.04))
+    assert v._floor_scale(3) == 1.0  # searched exactly, or all its lists when cold

@@ -442,11 +442,16 @@ class IndexedView:
         :func:`ivf.probe_rows`).  A flat floor per segment scanned the small segments that
         incremental runs leave almost whole (bench_incremental at 2M: rows scanned x1.48 a
         fresh build's; x1.12 with the sqrt, x1.05 with the share itself at -0.010 recall).
-        1 for a namespace of one segment."""
+        1 for a namespace of one segment, and for a segment of at most EXACT_MAX_ROWS rows
+        (searched exactly when its vectors are at hand; through its lists, all of them, when
+        a cold remote query would have to read its whole vector file)."""
+        rows = self.gen.segments[i].rows
+        if rows <= EXACT_MAX_ROWS:
+            return 1.0
         total = self.__dict__.get("_rows_total")
         if total is None:
             total = self.__dict__["_rows_total"] = sum(int(s.rows) for s in self.gen.segments)
-        return math.sqrt(min(1.0, self.gen.segments[i].rows / max(1, total)))
+        return math.sqrt(min(1.0, rows / max(1, total)))
 
     def _lists_ahead(self, seg: Segment, rb, filt, k: int):
         """(byte ranges, bytes) of the IVF lists a filtered ANN query of ``seg`` probably
