@@ -8,6 +8,8 @@ exact engine and like a fresh full build of the same writes."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -464,7 +466,7 @@ def test_shared_routing_recall_against_exact(db, monkeypatch, shared):
 def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared):
     """Rows scanned per query follow ivf.probe_rows of the namespace, not probe x every
     segment: with 8 segments the shared book scans about the budget, a per-segment IVF
-    (format 2) at least the floor in each segment."""
+    (format 2) at least the floor x sqrt(the segment's share of the rows) in each segment."""
     monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "1000")
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
     monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
@@ -492,8 +494,9 @@ def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared)
         _ann_query(ns, x[5])
         scanned[mode] = sum(seen)
     budget = ivf.probe_rows(len(x), ivf.SHARED_DEFAULTS["probe"], 500)  # ~1,789: 0.02 x sqrt(8,000 x 1M)
-    assert scanned["segment"] >= 8 * 500
-    assert budget <= scanned["shared"] < budget + 300 < scanned["segment"]  # + the last list's overshoot
+    # format 2: each of the 8 segments (1/8 of the rows) scans at least the floor x sqrt(1/8)
+    assert 8 * int(500 * math.sqrt(1 / 8)) <= scanned["segment"] < 8 * 500
+    assert budget <= scanned["shared"] < budget + 300  # + the last list's overshoot
 
 
 def test_incremental_runs_keep_the_book_and_equal_a_fresh_build(db, small_segments, shared):
@@ -619,3 +622,19 @@ def test_runs_are_the_chosen_lists_merged(seed, share):
         got[a:b] = True
     assert (got == want).all()
     assert all(runs[i][1] < runs[i + 1][0] for i in range(len(runs) - 1))
+
+
+def test_format2_floor_scales_with_the_segments_share():
+    """Format 2: a segment's probe floor is probe_min_rows x sqrt(its share of the rows);
+    the whole floor for a namespace of one segment and for a segment of <= EXACT_MAX_ROWS."""
+    from types import SimpleNamespace
+
+    def view(*rows):
+        segs = [SimpleNamespace(rows=r) for r in rows]
+        return reader.IndexedView(SimpleNamespace(segments=segs, schema={}, metric=None, covers=0), None)
+
+    assert view(2_000_000)._floor_scale(0) == 1.0
+    v = view(1_000_000, 900_000, 80_000, 20_000)
+    assert v._floor_scale(0) == pytest.approx(math.sqrt(0.5))
+    assert v._floor_scale(2) == pytest.approx(math.sqrt(0.04))
+    assert v._floor_scale(3) == 1.0  # searched exactly, or all its lists when cold

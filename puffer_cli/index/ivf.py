@@ -34,7 +34,9 @@ probe        0.02     fraction of a segment's rows a query scans (nearest lists 
                       latency, cold bytes (``probe / 4`` of the f32 vector bytes: int8
                       codes; implicit row positions) and recall all grow with it.
 probe_min_   16384    ... but at least this many rows (the whole segment when smaller):
-rows                  a small segment needs a larger fraction for the same recall.
+rows                  a small segment needs a larger fraction for the same recall.  In a
+                      namespace of several segments, x sqrt(the segment's share of the
+                      rows), unfiltered, above 20,000 rows (``IndexedView._floor_scale``).
 fill         0.75     the lists lying between probed ones in the file are scanned too
                       where that joins two runs of probed lists (gaps under 96 KiB
                       always, then the smallest while they add at most ``fill`` x the
