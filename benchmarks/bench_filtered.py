@@ -53,7 +53,6 @@ from _common import ROOT, default_data, log, pct, publish, section_head, start_m
 START, END = "<!-- bench_filtered:start -->", "<!-- bench_filtered:end -->"
 LSTART, LEND = "<!-- bench_filtered_lancedb:start -->", "<!-- bench_filtered_lancedb:end -->"
 NOISE = 0.05
-PART_ROWS = 500_000
 FILTERS = {  # name -> (turbopuffer filter, polars predicate)
     "none": (None, None),
     "1%": (["u", "Lt", 10], pl.col("u") < 10),
@@ -67,35 +66,19 @@ LANCE_PROBES = ((20, 10), (40, 10), (80, 10), (160, 10), (320, 10))  # (nprobes,
 
 # ---------------------------------------------------------------- data
 def make_parts(base: pl.DataFrame, copies: int, out: Path) -> int:
-    out.mkdir(parents=True, exist_ok=True)
-    have = sorted(out.glob("part-*.parquet"))
-    if have:
-        return sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in have)
+    """bench_scale's parts with ``u`` (uniform 0..999, drawn per row) and ``c`` (the percentile of
+    the base vector's first component) as the attributes."""
+    from bench_scale import make_parts as scale_parts
+
     x0 = np.asarray(base["vector"].to_numpy(), dtype=np.float32).reshape(base.height, -1)
-    ids0 = base["id"].to_numpy().astype(np.uint64)
     c = np.empty(len(x0), np.int64)
     c[np.argsort(x0[:, 0], kind="stable")] = np.arange(len(x0)) * 100 // len(x0)
-    rng = np.random.default_rng(0)
     urng = np.random.default_rng(1)
-    n, k = 0, 0
-    for j in range(copies):
-        x = x0 if j == 0 else x0 + rng.normal(0, NOISE, x0.shape).astype(np.float32)
-        ids = ids0 + np.uint64(j * 10**7)
-        u = urng.integers(0, 1000, len(x0))
-        for a in range(0, len(x), PART_ROWS):
-            sl = slice(a, a + PART_ROWS)
-            df = pl.DataFrame(
-                {
-                    "id": ids[sl],
-                    "vector": pl.Series("vector", x[sl]).cast(pl.Array(pl.Float32, x.shape[1])),
-                    "u": u[sl],
-                    "c": c[sl],
-                }
-            )
-            df.write_parquet(out / f"part-{k:04d}.parquet")
-            k += 1
-            n += df.height
-    return n
+
+    def columns(ids: np.ndarray, _x0: np.ndarray) -> dict:
+        return {"u": urng.integers(0, 1000, len(ids)), "c": c}
+
+    return scale_parts(base, copies, out, columns)
 
 
 def ground_truth(parts: list[Path], queries: np.ndarray, where, k: int = 10) -> np.ndarray:

@@ -48,8 +48,14 @@ PROBES = (0.02, 0.035, 0.05, 0.08)  # 0.02 is the default; each with the default
 
 
 # ---------------------------------------------------------------- data
-def make_parts(base: pl.DataFrame, copies: int, out: Path) -> int:
-    """Parquet parts of base + (copies - 1) noisy copies; returns rows written."""
+def _buckets(ids: np.ndarray, _x0: np.ndarray) -> dict:
+    return {"bucket10": (ids % np.uint64(10)).astype(np.int64), "bucket100": (ids % np.uint64(100)).astype(np.int64)}
+
+
+def make_parts(base: pl.DataFrame, copies: int, out: Path, columns=None) -> int:
+    """Parquet parts of base + (copies - 1) noisy copies; returns rows written.  ``columns(ids,
+    x0)``: the attribute columns of one copy (default: ``bucket10`` / ``bucket100`` of the id);
+    called once per copy, in order."""
     out.mkdir(parents=True, exist_ok=True)
     if list(out.glob("part-*.parquet")):
         return sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in out.glob("part-*.parquet"))
@@ -60,16 +66,14 @@ def make_parts(base: pl.DataFrame, copies: int, out: Path) -> int:
     for j in range(copies):
         x = x0 if j == 0 else x0 + rng.normal(0, NOISE, x0.shape).astype(np.float32)
         ids = ids0 + np.uint64(j * 10**7)
-        b10 = (ids % np.uint64(10)).astype(np.int64)
-        b100 = (ids % np.uint64(100)).astype(np.int64)
+        cols = (columns or _buckets)(ids, x0)
         for a in range(0, len(x), PART_ROWS):
             sl = slice(a, a + PART_ROWS)
             df = pl.DataFrame(
                 {
                     "id": ids[sl],
                     "vector": pl.Series("vector", x[sl]).cast(pl.Array(pl.Float32, x.shape[1])),
-                    "bucket10": b10[sl],
-                    "bucket100": b100[sl],
+                    **{name: v[sl] for name, v in cols.items()},
                 }
             )
             df.write_parquet(out / f"part-{k:04d}.parquet")
