@@ -52,6 +52,19 @@ rerank       2        candidates per requested result re-ranked with exact f32 v
                       data needs more (int8 codes rank coarsely in few dimensions).
 ===========  =======  ==================================================================
 
+Codes (``ann.codes``): ``int8`` (the default) or ``int4`` (two dimensions a byte, a step
+127/7 times the int8 one, the query quantised the same way; numkong's int4 SIMD dot /
+squared distance; ``rerank`` default 4 instead of 2).  Measured in one run
+(``benchmarks/bench_codes.py``, docs/benchmarks.md "IVF list codes"): int4 halves the lists'
+bytes (GloVe 2M: 199 -> 99 MB) and on Fashion-MNIST (784 dims) keeps recall (0.998 vs 1.000)
+at 24% less warm time, but on GloVe-100 with near-duplicate copies it loses 4-5 points at
+every probe (0.922 vs 0.966 at 0.02, 0.935 vs 0.987 at 0.05; a deeper re-rank does not win
+them back: rerank 16 gave 0.946 at the 2M filtered store) and cold reads shrink by only 9-16%
+(bench_filtered: 1% filter 33.9 -> 29.6 MB, none 13.2 -> 11.6 MB: the lists are not most of
+what a cold query reads).  So int8 stays the default and int4 is for wide vectors whose lists
+dominate memory and cold bytes.  RaBitQ-style 1-bit codes (with their per-vector error
+bound, which plain scalar codes lack) were not built.
+
 Filtered queries (``search/filtered.py``): :func:`list_matches` counts a filter's passing
 rows per list (rows are stored in list order), :meth:`Route.matching_lists` takes the
 nearest lists holding one until they hold :func:`filtered_need` of them, and :func:`search`
@@ -152,6 +165,9 @@ SAMPLE_MIN = 8_192
 ITERATIONS = 8
 CHUNK = 32_768  # rows per assignment matmul (bounds the n x k distance block: 32k x 4k x 4 B = 512 MB max)
 KIND = "ivf-sq8"
+CODES = ("int8", "int4")  # ``ann.codes``: bits per dimension of the list codes (see "Codes" above)
+INT4_LEVELS = 7  # int4 codes and query codes take -7..7 (numkong's signed nibbles, symmetric)
+INT4_RERANK = 4  # the default ``rerank`` over int4 codes (their order is coarser: see "Codes")
 
 
 _FORCED: contextvars.ContextVar[tuple[tuple[str, float], ...]] = contextvars.ContextVar("puffer_ivf_forced", default=())
@@ -169,6 +185,13 @@ def override(probe: float | None = None, fill: float | None = None):
         _FORCED.reset(token)
 
 
+def codes(spec: dict | None) -> str:
+    """The list codes an attribute's ``ann`` entry asks for: ``int8`` (the default) or ``int4``."""
+    ann = (spec or {}).get("ann")
+    c = ann.get("codes") if isinstance(ann, dict) else None
+    return c if c in CODES else "int8"
+
+
 def options(spec: dict | None, shared: bool = False) -> dict:
     """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
     (stored by an older version) are clamped with a warning rather than failing a build.
@@ -176,6 +199,8 @@ def options(spec: dict | None, shared: bool = False) -> dict:
     o: dict[str, float] = dict(DEFAULTS)
     if shared:
         o.update(SHARED_DEFAULTS)
+    if codes(spec) == "int4":
+        o["rerank"] = INT4_RERANK
     ann = (spec or {}).get("ann")
     if isinstance(ann, dict):
         o.update({k: v for k, v in ann.items() if k in DEFAULTS and v is not None})
@@ -198,6 +223,8 @@ def build_options(spec: dict | None) -> dict:
     o: dict = {"kind": KIND, "list_rows": options(spec)["list_rows"]}
     if shared_routing():
         o["routing"] = "shared"
+    if codes(spec) != "int8":  # absent: int8 (the files and signatures of earlier builds)
+        o["codes"] = codes(spec)
     return o
 
 
@@ -400,17 +427,33 @@ def _indexable(mat: np.ndarray, cosine: bool) -> np.ndarray:
     return ok
 
 
-def encode(f: Fit, mat: np.ndarray, book_id: str | None = None) -> tuple[bytes, bytes, dict]:
+def pack4(c: np.ndarray) -> np.ndarray:
+    """Codes in -7..7, (n, dims) int8 -> (n, ceil(dims / 2)) uint8: value 2j in the low
+    nibble of byte j, value 2j + 1 in the high one (numkong's ``int4``; an odd last value
+    pairs with 0)."""
+    c = np.asarray(c, np.int8)
+    if c.shape[1] % 2:
+        c = np.concatenate([c, np.zeros((len(c), 1), np.int8)], axis=1)
+    u = c.view(np.uint8) & np.uint8(15)
+    return np.ascontiguousarray(u[:, 0::2] | (u[:, 1::2] << np.uint8(4)))
+
+
+def encode(f: Fit, mat: np.ndarray, book_id: str | None = None, bits: int = 8) -> tuple[bytes, bytes, dict]:
     """(route file, lists file, info for the manifest) of ``mat`` under ``f`` (rows aligned).
     ``book_id``: ``f`` follows that shared :class:`Book`; the route then holds no centroids
-    (the offsets of the book's lists in this segment, the scale, the book's id)."""
+    (the offsets of the book's lists in this segment, the scale, the book's id).  ``bits``:
+    8 (int8 codes) or 4 (int4, two dimensions a byte, a step 127/7 times the int8 one)."""
     dims = mat.shape[1]
     book = f.book
     nlist = len(book.centroids) if book is not None else 0
     valid = f.labels >= 0
     pos = np.flatnonzero(valid).astype(np.uint32)
     lab = f.labels[valid]
-    codes = np.clip(np.rint(_prepare(mat[valid], f.cosine) / f.scale), -127, 127).astype(np.int8)
+    step = f.scale if bits == 8 else f.scale * 127.0 / INT4_LEVELS
+    lim = 127 if bits == 8 else INT4_LEVELS
+    codes = np.clip(np.rint(_prepare(mat[valid], f.cosine) / step), -lim, lim).astype(np.int8)
+    if bits == 4:
+        codes = pack4(codes)
     counts = np.bincount(lab, minlength=nlist) if nlist else np.zeros(0, np.int64)
     offsets = np.zeros(nlist + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
@@ -428,11 +471,13 @@ def encode(f: Fit, mat: np.ndarray, book_id: str | None = None) -> tuple[bytes, 
         arrays = quantise_centroids(book.centroids if book is not None else empty)
         arrays["coarse"] = (book.coarse if book is not None else empty).astype("<f4")
         arrays["bounds"] = book.bounds if book is not None else np.zeros(1, np.int64)
+    if bits == 4:
+        arrays["bits"] = np.array(4, np.uint8)
     np.savez(
         route,
         **arrays,
         offsets=offsets,
-        scale=np.float32(f.scale),
+        scale=np.float32(step),
         implicit=np.bool_(implicit),
         # rows with a vector left out of the lists (zero vectors under cosine): they rank at
         # distance 1, so readers add them as candidates without reading the vectors file
@@ -453,9 +498,11 @@ def quantise_centroids(c: np.ndarray) -> dict[str, np.ndarray]:
     return {"centroids_i8": q, "centroid_scale": sc}
 
 
-def build(mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0) -> tuple[bytes, bytes, dict]:
+def build(
+    mat: np.ndarray, list_rows: int, metric: str | None, seed: int = 0, bits: int = 8
+) -> tuple[bytes, bytes, dict]:
     """:func:`fit` then :func:`encode`, rows kept in their order."""
-    return encode(fit(mat, list_rows, metric, seed), mat)
+    return encode(fit(mat, list_rows, metric, seed), mat, bits=bits)
 
 
 # ---------------------------------------------------------------- shared routing (format 3)
@@ -615,6 +662,8 @@ class Route:
             c32 = self.centroids.astype(np.float32)
         self.offsets = np.asarray(z["offsets"], dtype=np.int64)
         self.scale = float(z["scale"])
+        #: bits per dimension of the list codes: 8 (int8) or 4 (int4, packed two a byte)
+        self.bits = int(z["bits"]) if "bits" in z.files else 8
         self.implicit = bool(z["implicit"]) if "implicit" in z.files else False
         self.unindexed = np.asarray(z["unindexed"], dtype=np.int64) if "unindexed" in z.files else None
         self.dims = dims
@@ -713,9 +762,24 @@ class Route:
         return out
 
     @property
+    def code_bytes(self) -> int:
+        """Bytes of one member's codes."""
+        return self.dims if self.bits == 8 else (self.dims + 1) // 2
+
+    @property
+    def code_dtype(self) -> type:
+        """The dtype member codes are read as (int8 values; int4: packed bytes)."""
+        return np.int8 if self.bits == 8 else np.uint8
+
+    @property
+    def levels(self) -> int:
+        """The largest code value (query codes take -levels..levels too)."""
+        return 127 if self.bits == 8 else INT4_LEVELS
+
+    @property
     def row_bytes(self) -> int:
         """Bytes a member takes in the lists file (its codes, and its row position unless implicit)."""
-        return self.dims + (0 if self.implicit else 4)
+        return self.code_bytes + (0 if self.implicit else 4)
 
     def positions_range(self, a: int, b: int) -> tuple[int, int]:
         """Byte range of members ``a..b`` 's row positions in the lists file (empty when
@@ -724,13 +788,16 @@ class Route:
 
     def codes_range(self, a: int, b: int) -> tuple[int, int]:
         base = 0 if self.implicit else 4 * self.rows
-        return base + a * self.dims, base + b * self.dims
+        return base + a * self.code_bytes, base + b * self.code_bytes
 
     def query_codes(self, q: np.ndarray) -> np.ndarray:
+        lv = self.levels
         if self.cosine:
             m = float(np.abs(q).max()) or 1.0
-            return np.clip(np.rint(q * (127.0 / m)), -127, 127).astype(np.int8)[None, :]
-        return np.clip(np.rint(q / self.scale), -127, 127).astype(np.int8)[None, :]
+            qc = np.clip(np.rint(q * (lv / m)), -lv, lv).astype(np.int8)[None, :]
+        else:
+            qc = np.clip(np.rint(q / self.scale), -lv, lv).astype(np.int8)[None, :]
+        return qc if self.bits == 8 else pack4(qc)
 
     def prepare_query(self, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=np.float32)
@@ -746,6 +813,10 @@ def score(route: Route, qc: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
     if not len(codes):
         return np.zeros(0, np.float64)
+    if route.bits == 4:  # packed nibbles
+        if route.cosine:
+            return -np.asarray(nk.cdist(qc, codes, metric="dot", dtype="int4"))[0]
+        return np.asarray(nk.cdist(qc, codes, metric="sqeuclidean", dtype="int4"))[0]
     if route.cosine:
         return -np.asarray(nk.cdist(qc, codes, metric="dot"))[0]
     return np.asarray(nk.cdist(qc, codes, metric="sqeuclidean"))[0]
@@ -757,14 +828,15 @@ class Lists:
 
     def __init__(self, route: Route, local=None, fetch=None):
         self.route = route
-        self._pos = self._codes = None
+        self._pos: np.ndarray | None = None
+        self._codes: np.ndarray | None = None
         if local is not None:
             n = route.rows
             # a plain ndarray over the map: slicing a np.memmap costs a subclass round trip each time
             raw = np.asarray(np.memmap(local, dtype=np.uint8, mode="r")) if n else np.zeros(0, np.uint8)
             p = 0 if route.implicit else 4 * n
             self._pos = np.arange(n, dtype=np.uint32) if route.implicit else raw[:p].view("<u4")
-            self._codes = raw[p:].view(np.int8).reshape(n, route.dims)
+            self._codes = raw[p:].view(route.code_dtype).reshape(n, route.code_bytes)
         self._fetch = fetch  # fetch(list of (start, end)) -> list of bytes-like
 
     @property
@@ -792,11 +864,14 @@ class Lists:
         n = len(runs)
         if r.implicit:
             return [
-                (np.arange(a, b, dtype=np.uint32), np.frombuffer(got[i], dtype=np.int8).reshape(-1, r.dims))
+                (np.arange(a, b, dtype=np.uint32), np.frombuffer(got[i], dtype=r.code_dtype).reshape(-1, r.code_bytes))
                 for i, (a, b) in enumerate(runs)
             ]
         return [
-            (np.frombuffer(got[i], dtype="<u4"), np.frombuffer(got[n + i], dtype=np.int8).reshape(-1, r.dims))
+            (
+                np.frombuffer(got[i], dtype="<u4"),
+                np.frombuffer(got[n + i], dtype=r.code_dtype).reshape(-1, r.code_bytes),
+            )
             for i in range(n)
         ]
 
@@ -965,5 +1040,5 @@ def _approx_distance(route: Route, qq: np.ndarray, sc: np.ndarray) -> np.ndarray
     ``cos * 127 / (max|q| * scale)``; under euclidean both are ``/ scale``."""
     if route.cosine:
         m = float(np.abs(qq).max()) or 1.0
-        return 1.0 + sc * (m * route.scale / 127.0)
+        return 1.0 + sc * (m * route.scale / route.levels)
     return sc * route.scale**2

@@ -226,12 +226,13 @@ def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, pro
     vectors = {**paged.put(w, key(f"vec-{D.field_tag(f)}.f32"), mat.astype("<f4").tobytes()), "dims": dims}
     crash("mid_segment")
     opts = ivf.build_options(schema[f])
+    bits = 4 if opts.get("codes") == "int4" else 8
     note(progress, f"ivf {f}", 0, frame.height)
     if book is not None:
-        route, lists, info = ivf.encode(fit or book.fit(mat), mat, book.id)
+        route, lists, info = ivf.encode(fit or book.fit(mat), mat, book.id, bits=bits)
         info["book"] = book.id
     else:
-        route, lists, info = ivf.encode(fit or ivf.fit(mat, opts["list_rows"], metric), mat)
+        route, lists, info = ivf.encode(fit or ivf.fit(mat, opts["list_rows"], metric), mat, bits=bits)
     tag = D.field_tag(f)
     ann = {
         **opts,

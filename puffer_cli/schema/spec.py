@@ -51,7 +51,9 @@ ANN_KEYS = (
     "probe_min_rows",
     "rerank",
     "fill",
+    "codes",
 )
+ANN_CODES = ("int8", "int4")  # the IVF list codes (index.ivf.CODES)
 ANN_BOUNDS = {
     "connectivity": L.ANN_CONNECTIVITY,
     "expansion_add": L.ANN_EXPANSION_ADD,
@@ -188,6 +190,12 @@ def check_ann(name: str, ann: Any) -> dict:
                 f"attribute {name!r}: ann {k} must be {want}, got {show(v, python=True)}",
                 hint="see docs/indexer.md, Vector index",
             )
+    c = ann.get("codes")
+    if c is not None and c not in ANN_CODES:
+        raise SchemaError(
+            f"attribute {name!r}: ann codes must be int8 or int4, got {show(c, python=True)}",
+            hint="see docs/indexer.md, Vector index",
+        )
     dtype = ann.get("dtype")
     if dtype is not None and (not isinstance(dtype, str) or dtype not in ANN_DTYPES):
         raise SchemaError(f"attribute {name!r}: ann dtype must be f32, f16 or i8, got {show(dtype, python=True)}")

@@ -129,7 +129,7 @@ def exact_cheaper(
     dims = route.dims
     if seg.vectors_at_hand(f) or not remote:
         exact = len(pos) * dims * 4
-        probe = p.scanned + p.matched * dims
+        probe = p.scanned + p.matched * route.code_bytes
         return exact <= WARM_EXACT_RATIO * probe
     return exact_cold_cost(pos, dims) <= probe_cold_cost(route, p, ahead)
 
