@@ -60,9 +60,9 @@ bytes (GloVe 2M: 199 -> 99 MB) and on Fashion-MNIST (784 dims) keeps recall (0.9
 at 24% less warm time, but on GloVe-100 with near-duplicate copies it loses 4-5 points at
 every probe (0.922 vs 0.966 at 0.02, 0.935 vs 0.987 at 0.05; a deeper re-rank does not win
 them back: rerank 16 gave 0.946 at the 2M filtered store) and cold reads shrink by only 9-16%
-(bench_filtered: 1% filter 33.9 -> 29.6 MB, none 13.2 -> 11.6 MB: the lists are not most of
-what a cold query reads).  So int8 stays the default and int4 is for wide vectors whose lists
-dominate memory and cold bytes.  RaBitQ-style 1-bit codes (with their per-vector error
+(bench_filtered: 1% filter 33.9 -> 29.6 MB, none 13.2 -> 11.6 MB: the cold planner's gap rules
+are in bytes, so it reads through more of the smaller members).  So int8 stays the default and
+int4 is for wide vectors whose lists dominate memory and cold bytes.  RaBitQ-style 1-bit codes (with their per-vector error
 bound, which plain scalar codes lack) were not built.
 
 Filtered queries (``search/filtered.py``): :func:`list_matches` counts a filter's passing
