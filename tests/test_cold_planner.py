@@ -245,3 +245,28 @@ def test_queries_not_ranked_by_a_vector_skip_the_vector_routing(cold_ns, tmp_pat
     assert same(got, exact(ns, b)), strip(got)
     assert all(c.has(ns.store, k) for k in vec_keys)
     assert got["performance"]["object_store_round_trips"] <= 4, got["performance"]
+
+
+def test_a_request_after_a_nested_batch_is_a_round_trip_of_its_own():
+    """Lanes of a parallel batch (one per segment) that each run a nested batch (a filter's
+    columns) and then one request depending on it (the lists the mask picks): two round trips,
+    though the lanes' requests overlap in time (one lane's second request runs while the other's
+    first is still in flight: the overlap rule alone counted 1, which hid a round trip)."""
+    from puffer_cli.index import ranged
+    from puffer_cli.store import current_io
+
+    def req():
+        s = current_io()
+        assert s is not None
+        a = time.perf_counter()
+        time.sleep(0.02)
+        s.spans.append((a, time.perf_counter()))
+        s.requests += 1
+
+    def lane():
+        ranged.parallel([req, req], remote=True)
+        req()
+
+    with io_scope() as io_:
+        ranged.parallel([lane, lane], remote=True)
+    assert io_.requests == 6 and io_.round_trips == 2, io_.spans

@@ -62,8 +62,9 @@ every probe (0.922 vs 0.966 at 0.02, 0.935 vs 0.987 at 0.05; a deeper re-rank do
 them back: rerank 16 gave 0.946 at the 2M filtered store) and cold reads shrink by only 9-16%
 (bench_filtered: 1% filter 33.9 -> 29.6 MB, none 13.2 -> 11.6 MB: the cold planner's gap rules
 are in bytes, so it reads through more of the smaller members).  So int8 stays the default and
-int4 is for wide vectors whose lists dominate memory and cold bytes.  RaBitQ-style 1-bit codes (with their per-vector error
-bound, which plain scalar codes lack) were not built.
+int4 is for wide vectors whose lists dominate memory and cold bytes.  RaBitQ-style 1-bit codes
+(with their per-vector error bound, which plain scalar codes lack) were not built here;
+LanceDB's IVF_RQ is measured beside them in the same benchmark.
 
 Filtered queries (``search/filtered.py``): :func:`list_matches` counts a filter's passing
 rows per list (rows are stored in list order), :meth:`Route.matching_lists` takes the

@@ -9,16 +9,13 @@ into each worker.
 from __future__ import annotations
 
 import bisect
-import contextvars
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
 
 from puffer_cli import limits
-from puffer_cli.store import Store, issue_batch
+from puffer_cli.store import Store, run_lanes
 
 WHOLE_FILE_MAX = 1 << 20  # vectors and lists files up to this size are fetched whole (one request beats many);
 # larger ones by range (at 8 MiB, a 20k-row segment's 8 MB vector file was read whole for a few re-ranked rows)
@@ -41,18 +38,12 @@ def vectors_read_whole(rows: int, dims: int) -> bool:
 
 
 def parallel(fns: Sequence[Callable[[], T]], remote: bool = True) -> list[T]:
-    """Run ``fns`` at once (remote stores) or one after another (local); results in order."""
+    """Run ``fns`` at once (remote stores: lanes, ``store.run_lanes``, at most RANGE_THREADS at a
+    time; the enclosing io_scope counts the longest lane's round trips) or one after another
+    (local); results in order."""
     if len(fns) <= 1 or not remote:
         return [f() for f in fns]
-    ctx = contextvars.copy_context()
-    at = time.perf_counter()
-
-    def lane(f: Callable[[], T]) -> T:
-        issue_batch(at)  # the lanes' first requests are one round trip, however the threads are scheduled
-        return f()
-
-    with ThreadPoolExecutor(min(RANGE_THREADS, len(fns))) as ex:
-        return list(ex.map(lambda f: ctx.copy().run(lane, f), fns))
+    return run_lanes(fns, concurrent=True, workers=RANGE_THREADS)
 
 
 def coalesce(

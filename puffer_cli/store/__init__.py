@@ -55,28 +55,6 @@ class IOStats:
 _scope: contextvars.ContextVar[IOStats | None] = contextvars.ContextVar("puffer_io", default=None)
 
 
-#: when the batch this thread's next request belongs to was issued (see :func:`issued_with_batch`)
-_issued: contextvars.ContextVar[float | None] = contextvars.ContextVar("puffer_issued", default=None)
-
-
-def issue_batch(at: float) -> None:
-    """Mark this context's next remote request as one of a parallel batch issued at ``at``
-    (``index.ranged.parallel`` calls it in each lane): the round-trip count then sees the batch
-    as one round trip even when a busy machine starts a lane's request after another ended."""
-    _issued.set(at)
-
-
-def request_start() -> float:
-    """The start time to record for a remote request beginning now: the batch's issue time
-    for the first request of a lane of a parallel batch, else now."""
-    now = time.perf_counter()
-    at = _issued.get()
-    if at is None:
-        return now
-    _issued.set(None)  # later requests of the lane depend on the first: they start their own trips
-    return min(now, at)
-
-
 def current_io() -> IOStats | None:
     """The IOStats of the enclosing ``io_scope`` (None outside one)."""
     return _scope.get()
@@ -94,12 +72,15 @@ class io_scope:
         _scope.reset(self._token)
 
 
-def run_lanes(fns: Sequence, concurrent: bool) -> builtins.list:
+def run_lanes(fns: Sequence, concurrent: bool, workers: int | None = None) -> builtins.list:
     """Run the calls ``fns`` (independent chains of reads, e.g. the sub-queries of a
-    multi-query) each in its own lane: at once on threads when ``concurrent``, so their
-    k-th round trips overlap (the query waits for the longest chain, not the sum), else
-    in turn.  The enclosing ``io_scope`` gets every lane's requests and bytes, and as
-    round trips the longest lane's (``IOStats.forks``).  Results in order."""
+    multi-query, or one segment's reads each in ``index.ranged.parallel``) each in its own
+    lane: at once on threads when ``concurrent`` (at most ``workers`` at a time), so their
+    k-th round trips overlap (the query waits for the longest chain, not the sum), else in
+    turn.  The enclosing ``io_scope`` gets every lane's requests and bytes, and as round
+    trips the longest lane's (``IOStats.forks``): a request a lane makes after its own
+    earlier ones is a round trip of its own even when another lane's requests overlap it.
+    Results in order."""
     parent = _scope.get()
     ctxs = []
     lanes = []
@@ -111,7 +92,7 @@ def run_lanes(fns: Sequence, concurrent: bool) -> builtins.list:
         lanes.append(st)
     try:
         if concurrent and len(fns) > 1:
-            with ThreadPoolExecutor(len(fns)) as ex:
+            with ThreadPoolExecutor(min(workers or len(fns), len(fns))) as ex:
                 return builtins.list(ex.map(lambda cf: cf[0].run(cf[1]), zip(ctxs, fns)))
         return [c.run(f) for c, f in zip(ctxs, fns)]
     finally:

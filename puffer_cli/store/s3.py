@@ -20,7 +20,7 @@ from typing import Any
 
 from puffer_cli import limits
 from puffer_cli.errors import InvalidRequest, PufferError, StoreError
-from puffer_cli.store import Store, count_io, current_io, request_start
+from puffer_cli.store import Store, count_io, current_io
 
 log = logging.getLogger("puffer.store")
 
@@ -171,10 +171,8 @@ class S3Store(Store):
         deadline = start + (deadline_s if deadline_s is not None else limits.S3_RETRY_DEADLINE_S)
         attempt = 0
         scope = current_io()
-        first = True
         while True:
-            t0 = request_start() if first else time.perf_counter()  # a retry is a round trip of its own
-            first = False
+            t0 = time.perf_counter()  # a retry is a round trip of its own
             try:
                 left = deadline - time.monotonic()
                 out = sync(self.fs.loop, make, timeout=max(left, 0.01) if hard else None)
