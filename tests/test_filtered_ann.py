@@ -275,3 +275,43 @@ def _cold_runs_case(seed: int, fill: float, extra: int) -> None:
     assert sum(len(c) for _p, c in got) == sum(b - a for a, b in runs)
     if extra == 0:
         assert fetched == []
+
+
+@pytest.mark.parametrize("missing", ["sliver", "much"])
+def test_cold_plan_skips_a_sliver_the_read_ahead_missed(missing):
+    """When the lists read ahead of the mask lack only a sliver of the probe's runs (at most
+    filtered.SMALL_MISS of its members), the probe scans what it holds (no round trip more);
+    a larger miss is fetched."""
+    rng = np.random.default_rng(7)
+    x = clustered(rng, 20_000)
+    f = ivf.fit(x, 16, "euclidean_squared")
+    perm = f.row_order()
+    x = x[perm]
+    route_b, lists_b, _ = ivf.encode(f.permuted(perm), x)  # member i is row i (implicit)
+    r = ivf.Route(route_b, 16, "euclidean_squared")
+    sel = rng.random(len(x)) < 0.2
+    q = x[11]
+    opts = ivf.options({"ann": {"probe_min_rows": 300, "fill": 0.0}})
+    base = filtered.plan(r, ivf.Lists(r, fetch=lambda rs: [lists_b[a:b] for a, b in rs]), q, sel, opts, 0.2, 20)
+    assert base is not None and len(base.runs) > 4
+    total = sum(b - a for a, b in base.runs)
+    by_size = sorted(base.runs, key=lambda ab: ab[1] - ab[0])
+    if missing == "sliver":  # the smallest run, within SMALL_MISS of the probe
+        left = by_size[:1]
+        assert 0 < left[0][1] - left[0][0] <= filtered.SMALL_MISS * total
+    else:  # the largest runs, beyond it
+        left = by_size[-2:]
+        assert sum(b - a for a, b in left) > filtered.SMALL_MISS * total
+    runs_held = [ab for ab in base.runs if ab not in left]
+    ranges = ivf.Lists.ranges(r, runs_held)
+    ahead = (ranges, [lists_b[s:e] for s, e in ranges])
+    fetched: list = []
+    lists = ivf.Lists(r, fetch=ivf.served(ahead, lambda rs: fetched.extend(rs) or [lists_b[s:e] for s, e in rs]))
+    p = filtered.plan(r, lists, q, sel, opts, 0.2, 20, ahead)
+    assert p is not None
+    got = lists.blocks(p.runs)
+    assert sum(len(c) for _p, c in got) == p.scanned
+    if missing == "sliver":
+        assert fetched == [] and p.scanned < total
+    else:
+        assert fetched and p.scanned == total

@@ -34,6 +34,9 @@ from puffer_cli.index.segment import Segment, row_ranges
 
 EXACT_RANGES_MAX = 64  # ranges an exact search reads from one segment's vectors at most
 WARM_EXACT_RATIO = 4.0  # warm: exact when it touches at most this many times the probe's bytes
+#: cold: members of a probe's runs the read-ahead did not fetch, up to this share of the probe's,
+#: are not scanned (another round trip for them is not worth it)
+SMALL_MISS = 0.02
 
 
 @dataclass
@@ -67,6 +70,13 @@ def plan(
     runs = route.runs(chosen, min(opts["fill"], ivf.FILTER_FILL_MAX))
     if not lists.local:
         runs = _cold_runs(route, chosen, runs, ahead)
+        if ahead is not None and ahead[0]:
+            # the read-ahead missed a sliver of the probe (a list at its edge): scanning
+            # without it costs less than a round trip more
+            held = _holder(route, ahead)
+            miss = sum(b - a for a, b in runs if not held((a, b)))
+            if 0 < miss <= SMALL_MISS * sum(b - a for a, b in runs):
+                runs = [r for r in runs if held(r)]
     scanned = int(sum(b - a for a, b in runs))
     if route.implicit:
         cs = np.concatenate([[0], np.cumsum(matches)])
