@@ -103,6 +103,29 @@ def pct(xs, p) -> float:
     return float(np.percentile(np.asarray(xs), p)) if len(xs) else float("nan")
 
 
+def warm_ann(ns, queries, truth, n_warm: int, scanned: list, count) -> tuple[float, list[float], list]:
+    """Top-10 ANN queries of ``queries`` (the first ``n_warm`` also run before, unmeasured) on
+    ``ns``: (recall@10 against ``truth``, latencies ms, ``count(scanned)`` per measured query).
+    ``scanned``: the list a caller's spy appends to during a query (cleared before each)."""
+    import time
+
+    import numpy as np
+    from puffer_cli.search import engine
+
+    lat, hits, per_q = [], 0, []
+    for j, q in enumerate(np.concatenate([queries[:n_warm], queries])):
+        body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
+        scanned.clear()
+        t = time.perf_counter()
+        rows = engine.run_query(ns, body)["rows"]
+        el = time.perf_counter() - t
+        if j >= n_warm:
+            lat.append(el * 1000)
+            per_q.append(count(scanned))
+            hits += len({r["id"] for r in rows} & set(truth[j - n_warm].tolist()))
+    return hits / (10 * len(queries)), lat, per_q
+
+
 def ndcg10(ranked: list, rel: set) -> float:
     """nDCG@10 with binary relevance: ``ranked`` ids against the relevant set ``rel``."""
     dcg = sum(1.0 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in rel)

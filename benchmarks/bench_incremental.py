@@ -54,7 +54,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_data, log, pct, publish, section_head
+from _common import default_data, log, pct, publish, section_head, warm_ann
 from bench_scale import NOISE, ground_truth, make_parts
 
 START, END = "<!-- bench_incremental:start -->", "<!-- bench_incremental:end -->"
@@ -111,7 +111,6 @@ def measure(ns, queries, truth, per_seg: dict, n_warm: int = 20) -> tuple[float,
     warm-up ones; ``per_seg``: segment rows -> rows scanned there, per query (appended to).
     Rows scanned = rows scored exactly (segments of <= 20,000 rows are searched exactly) +
     IVF list members scanned, as ``IndexedView.vector_candidates`` returns them."""
-    from puffer_cli.search import engine
     from puffer_cli.search.reader import IndexedView
 
     scanned: list[tuple[int, int]] = []
@@ -122,24 +121,16 @@ def measure(ns, queries, truth, per_seg: dict, n_warm: int = 20) -> tuple[float,
         scanned.append((int(self.gen.segments[i].rows), int(out[1]) + int(out[2])))
         return out
 
+    def count(got: list) -> int:
+        for rows_, c in got:
+            per_seg.setdefault(rows_, []).append(c)
+        return sum(c for _r, c in got)
+
     IndexedView.vector_candidates = spy
-    lat, hits, per_q = [], 0, []
     try:
-        for j, q in enumerate(np.concatenate([queries[:n_warm], queries])):
-            body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
-            scanned.clear()
-            t = time.perf_counter()
-            rows = engine.run_query(ns, body)["rows"]
-            el = time.perf_counter() - t
-            if j >= n_warm:
-                lat.append(el * 1000)
-                per_q.append(sum(c for _r, c in scanned))
-                for rows_, c in scanned:
-                    per_seg.setdefault(rows_, []).append(c)
-                hits += len({r["id"] for r in rows} & set(truth[j - n_warm].tolist()))
+        return warm_ann(ns, queries, truth, n_warm, scanned, count)
     finally:
         IndexedView.vector_candidates = real
-    return hits / (10 * len(queries)), lat, per_q
 
 
 # ---------------------------------------------------------------- main

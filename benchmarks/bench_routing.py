@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import default_data, log, pct
+from _common import default_data, log, pct, warm_ann
 from bench_scale import SIZES, ground_truth, make_parts, run_cli
 
 
@@ -58,7 +58,6 @@ def make_mixed(base: pl.DataFrame, n: int, out: Path) -> int:
 
 def measure(ns, queries, truth, n_warm=10, probe=None, fill=None):
     from puffer_cli.index import ivf
-    from puffer_cli.search import engine
 
     scanned: list[int] = []
     real = ivf.search
@@ -69,24 +68,12 @@ def measure(ns, queries, truth, n_warm=10, probe=None, fill=None):
         return out
 
     ivf.search = spy
-    lat, hits, per_q = [], 0, []
-    ctx = ivf.override(probe=probe, fill=fill)
     try:
-        ctx.__enter__()
-        for j, q in enumerate(np.concatenate([queries[:n_warm], queries])):
-            body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
-            scanned.clear()
-            t = time.perf_counter()
-            rows = engine.run_query(ns, body)["rows"]
-            el = time.perf_counter() - t
-            if j >= n_warm:
-                lat.append(el * 1000)
-                per_q.append(sum(scanned))
-                hits += len({r["id"] for r in rows} & set(truth[j - n_warm].tolist()))
+        with ivf.override(probe=probe, fill=fill):
+            recall, lat, per_q = warm_ann(ns, queries, truth, n_warm, scanned, sum)
     finally:
-        ctx.__exit__(None, None, None)
         ivf.search = real
-    return hits / (10 * len(queries)), pct(lat, 50), float(np.median(per_q))
+    return recall, pct(lat, 50), float(np.median(per_q))
 
 
 def sweep_points(text: str) -> list[tuple[float | None, float | None]]:
