@@ -610,6 +610,55 @@ def test_a_lost_book_is_retrained_by_the_next_run(mem_db, monkeypatch, shared):
         assert _ann_query(ns, q, 5) == want
 
 
+@pytest.mark.parametrize("metric", ["cosine_distance", "euclidean_squared"])
+def test_a_book_stores_int8_centroids_and_assigns_to_them(metric):
+    """A book's file holds int8 centroids (a cold query reads it whole): rows are assigned
+    to exactly the centroids the file gives back, and books written with float32 centroids
+    (before) still load."""
+    import io
+
+    rng = np.random.default_rng(5)
+    x = clustered(rng, n=3000, dims=12)
+    book = ivf.train_book(x, len(x), 16, metric)
+    assert book is not None
+    data = book.to_bytes()
+    z = np.load(io.BytesIO(data))
+    assert "centroids" not in z.files and z["centroids_i8"].dtype == np.int8
+    back = ivf.Book.from_bytes(data)
+    assert np.array_equal(back.c_i8, book.c_i8) and np.allclose(back.c_scale, book.c_scale)
+    assert np.array_equal(back.codebook.centroids, book.codebook.centroids)
+    assert np.array_equal(back.fit(x).labels, book.fit(x).labels)
+    old = io.BytesIO()
+    np.savez(old, **{k: z[k] for k in z.files if not k.startswith("centroid")}, centroids=book.codebook.centroids)
+    assert np.array_equal(ivf.Book.from_bytes(old.getvalue()).c_i8, book.c_i8)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 10_000), share=st.floats(0.0, 1.0), filtered=st.booleans())
+def test_a_local_search_over_many_runs_equals_the_ranged_one(seed, share, filtered):
+    """Many runs of a memory-mapped lists file are gathered by one index (``_members``):
+    the same candidates, distances and scanned count as the ranged reads run by run."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(int(rng.integers(200, 3000)), 8)).astype(np.float32)
+    rb, lb, _ = ivf.build(x, 8, "euclidean_squared")
+    r = ivf.Route(rb, 8, "euclidean_squared")
+    chosen = rng.choice(r.nlist, size=max(1, int(share * r.nlist)), replace=False)
+    sel = rng.random(len(x)) < 0.5 if filtered else None
+    q = rng.normal(size=8).astype(np.float32)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as fh:
+        fh.write(lb)
+        fh.flush()
+        local = ivf.Lists(r, local=fh.name)
+        remote = ivf.Lists(r, fetch=lambda ranges: [lb[a:b] for a, b in ranges])
+        runs = r.runs(chosen)
+        a = ivf.search(r, local, q, 20, 1.0, sel=sel, runs=runs)
+        b = ivf.search(r, remote, q, 20, 1.0, sel=sel, runs=runs)
+    assert a[2] == b[2]
+    assert sorted(zip(a[1].tolist(), a[0].tolist())) == sorted(zip(b[1].tolist(), b[0].tolist()))
+
+
 @settings(max_examples=50, deadline=None)
 @given(seed=st.integers(0, 10_000), share=st.floats(0.0, 1.0))
 def test_runs_are_the_chosen_lists_merged(seed, share):

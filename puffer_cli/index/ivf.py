@@ -84,12 +84,18 @@ divided by the share of a segment's rows a filter keeps); every segment scans it
 members of exactly those lists (plus ``fill``), so rows scanned per query grow as
 sqrt(rows), not with the number of segments: 331k 16k (the floor), 2M 28k (1.4%), 10M 63k (0.63%),
 30M 110k (0.37%), 100M 200k before ``fill``.  A book has ``book_nlist`` lists:
-rows / list_rows up to ~2.4M rows, then 16 x sqrt(rows) (10M: 51k lists of ~200 rows;
-30M: 88k of ~340), so the routing scan (nlist x dims int8 bytes: 5 MB, ~0.5 ms at 10M)
-is sublinear too.  Measured at 2M (GloVe + noisy copies, warm, one run): 8 x sqrt(rows)
+rows / list_rows up to ~9.4M rows, then 32 x sqrt(rows) (10M: 101k lists of ~99 rows;
+30M: 175k of ~171), so the routing scan (nlist x dims int8 bytes: 10 MB, ~1.2 ms at 10M)
+is sublinear too; the book file stores its centroids as int8 rows with a scale each (a
+cold query reads it whole: 10 MB at 10M) and rows are assigned to exactly those.
+Measured at 2M (GloVe + noisy copies, warm, one run): 8 x sqrt(rows)
 (11k lists of 177 rows, 262k training rows) lost recall at equal rows scanned (0.963 vs
 0.971 at 70k); 16 x sqrt(rows) with up to 1M training rows (BOOK_SAMPLE_MAX, 64 per
 list) found 0.970 at 49k rows and 0.982 at 71k (fill 0) where format 2 found 0.971 at
+70k.  At 10M the lists, not the training rows, set recall (offline, 500 queries, share of
+the true top 10 in the lists probed at 1% of the rows): 16 x sqrt on 1M rows 0.955, on 2M
+rows 0.964, 32 x sqrt on 1M rows 0.973, on 3M rows 0.975; more k-means iterations none;
+int8 ranking, int8 scoring and re-rank 2 lost <= 0.002 on top of the lists' loss.
 70k.  Training the book on 1M rows takes about a minute of CPU (once per retrain).
 Format 3 has its own ``probe`` / ``fill`` defaults (SHARED_DEFAULTS: probe 0.05, fill 0;
 an ``ann`` value in the schema applies to both formats).  ``fill`` pays less here than
@@ -508,7 +514,7 @@ def build(
 
 # ---------------------------------------------------------------- shared routing (format 3)
 GROWTH = 4.0  # a book is retrained when the namespace's vectors grow (or shrink) by this factor since training
-LISTS_PER_SQRT = 16  # a book has min(rows / list_rows, LISTS_PER_SQRT x sqrt(rows)) lists
+LISTS_PER_SQRT = 32  # a book has min(rows / list_rows, LISTS_PER_SQRT x sqrt(rows)) lists
 BOOK_SAMPLE_MAX = 1 << 20  # a book's training rows at most (64 per list): trained once, so more than a segment's
 PROBE_REF_ROWS = 1_000_000  # ``probe`` is the fraction scanned at this many rows; sqrt growth beyond
 
@@ -553,7 +559,8 @@ class Book:
         np.savez(
             buf,
             book=np.str_(self.id),
-            centroids=cb.centroids.astype("<f4"),
+            centroids_i8=self.c_i8,
+            centroid_scale=self.c_scale.astype("<f4"),
             coarse=cb.coarse.astype("<f4"),
             bounds=cb.bounds.astype("<i8"),
             scale=np.float32(self.scale),
@@ -566,9 +573,14 @@ class Book:
     def from_bytes(cls, data: bytes) -> Book:
         z = np.load(io.BytesIO(data), allow_pickle=False)
         cosine = bool(z["cosine"])
-        cb = Codebook(
-            np.asarray(z["coarse"], np.float32), np.asarray(z["centroids"], np.float32), np.asarray(z["bounds"]), cosine
-        )
+        if "centroids_i8" in z.files:  # int8 rows with a scale each (books before: float32)
+            c = (
+                np.asarray(z["centroids_i8"], np.int8).astype(np.float32)
+                * np.asarray(z["centroid_scale"], np.float32)[:, None]
+            )
+        else:
+            c = np.asarray(z["centroids"], np.float32)
+        cb = Codebook(np.asarray(z["coarse"], np.float32), c, np.asarray(z["bounds"]), cosine)
         return cls(str(z["book"]), cb, float(z["scale"]), int(z["trained_rows"]))
 
     def fit(self, mat: np.ndarray, progress: Callable[[str, int, int], None] | None = None) -> Fit:
@@ -636,6 +648,10 @@ def train_book(
     want = min(BOOK_SAMPLE_MAX, max(SAMPLE_MIN, nlist * SAMPLE_PER_LIST))
     sample = x if len(x) <= want else x[np.sort(rng.choice(len(x), want, replace=False))]
     cb = train(sample, nlist, cosine, rng, progress and (lambda d, t: progress("clusters trained", d, t)))
+    # the lists are the int8 centroids the file stores (a quarter of float32's bytes: a cold
+    # query reads the whole book), so rows are assigned to what queries rank
+    q = quantise_centroids(cb.centroids)
+    cb.centroids = q["centroids_i8"].astype(np.float32) * q["centroid_scale"][:, None]
     amax = float(np.quantile(np.abs(sample), 0.9995))
     return Book(uuid.uuid4().hex[:12], cb, (amax if amax > 0 else 1.0) / 127.0, total)
 
@@ -993,12 +1009,17 @@ def search(
         runs = route.runs(chosen, fill)
         if not lists.local:
             runs = bounded_runs(route, runs)
-    if sel is not None and route.implicit and lists.local and runs:
-        # member i is row i: the passing members of every run, gathered once and scored in one call
-        assert lists._codes is not None
-        pos = np.concatenate([np.flatnonzero(sel[a:b]) + a for a, b in runs])
-        sc = score(route, qc, lists._codes[pos])
-        return _best(pos, sc, want, route, qq, int(sum(b - a for a, b in runs)))
+    if lists.local and runs and (sel is not None or len(runs) > SCORE_PER_RUN_MAX):
+        # a memory-mapped file, filtered or many runs (shared routing probes hundreds of small
+        # lists): the members of every run gathered by one index and scored in one call
+        assert lists._pos is not None and lists._codes is not None
+        idx = _members(runs)
+        scanned = len(idx)
+        pos = lists._pos[idx]
+        if sel is not None:
+            keep = sel[pos]
+            idx, pos = idx[keep], pos[keep]
+        return _best(pos, score(route, qc, lists._codes[idx]), want, route, qq, scanned)
     blocks = lists.blocks(runs)
     if sel is not None:  # only the members passing the filter are copied and scored
         blocks = [_passing(route, sel, run, p, c) for run, (p, c) in zip(runs, blocks)]
@@ -1017,6 +1038,17 @@ def search(
         codes = np.concatenate([c for _p, c in blocks])
         sc = score(route, qc, codes)
     return _best(pos, sc, want, route, qq, int(sum(b - a for a, b in runs)))
+
+
+def _members(runs: list[tuple[int, int]]) -> np.ndarray:
+    """The member indexes of ``runs`` (``[a, b)`` ranges), concatenated: one numpy pass, no
+    Python step per run."""
+    r = np.asarray(runs, np.int64).reshape(-1, 2)
+    n = r[:, 1] - r[:, 0]
+    tot = int(n.sum())
+    if not tot:
+        return np.zeros(0, np.int64)
+    return np.arange(tot, dtype=np.int64) + np.repeat(r[:, 0] - (np.cumsum(n) - n), n)
 
 
 def _best(pos: np.ndarray, sc: np.ndarray, want: int, route: Route, qq: np.ndarray, scanned: int):
