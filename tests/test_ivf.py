@@ -636,8 +636,9 @@ def test_a_book_stores_int8_centroids_and_assigns_to_them(metric):
 @settings(max_examples=50, deadline=None)
 @given(seed=st.integers(0, 10_000), share=st.floats(0.0, 1.0), filtered=st.booleans())
 def test_a_local_search_over_many_runs_equals_the_ranged_one(seed, share, filtered):
-    """Many runs of a memory-mapped lists file are gathered by one index (``_members``):
-    the same candidates, distances and scanned count as the ranged reads run by run."""
+    """Many runs of a memory-mapped lists file are gathered by one index (``_gathered``,
+    from planned runs or from the sorted lists of a shared ranking): the same candidates,
+    distances and scanned count as the ranged reads run by run."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(int(rng.integers(200, 3000)), 8)).astype(np.float32)
     rb, lb, _ = ivf.build(x, 8, "euclidean_squared")
@@ -655,8 +656,10 @@ def test_a_local_search_over_many_runs_equals_the_ranged_one(seed, share, filter
         runs = r.runs(chosen)
         a = ivf.search(r, local, q, 20, 1.0, sel=sel, runs=runs)
         b = ivf.search(r, remote, q, 20, 1.0, sel=sel, runs=runs)
-    assert a[2] == b[2]
-    assert sorted(zip(a[1].tolist(), a[0].tolist())) == sorted(zip(b[1].tolist(), b[0].tolist()))
+        c = ivf.search(r, local, q, 20, 1.0, sel=sel, chosen=chosen, sorted_chosen=np.unique(chosen))
+    for got in (a, c):
+        assert got[2] == b[2]
+        assert sorted(zip(got[1].tolist(), got[0].tolist())) == sorted(zip(b[1].tolist(), b[0].tolist()))
 
 
 @settings(max_examples=50, deadline=None)

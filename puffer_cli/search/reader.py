@@ -411,9 +411,9 @@ class IndexedView:
             restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
             # shared routing (format 3): the lists the namespace-wide ranking picks; a filter:
             # the nearest lists holding rows that pass (FL.plan)
-            chosen = self._shared_lists(rb, route, opts, frac) if route.book is not None else None
+            chosen, srt = self._shared_lists(rb, route, opts, frac) if route.book is not None else (None, None)
             if plan is not None:
-                chosen = plan.chosen
+                chosen, srt = plan.chosen, None
             # a filter keeping a fraction of the rows: scan that much more to find as many
             keep, approx, scanned = ivf.search(
                 route,
@@ -426,6 +426,7 @@ class IndexedView:
                 fill=opts["fill"],
                 chosen=chosen,
                 runs=plan.runs if plan is not None else None,
+                sorted_chosen=srt,
             )
             z = seg.unindexed_vectors(rb.attr)
             if len(z):  # zero vectors under cosine: exactly at distance 1
@@ -474,7 +475,7 @@ class IndexedView:
             if est <= EXACT_MAX_FRACTION or est * seg.rows <= k:  # searched exactly (vector_candidates)
                 return None
             opts = ivf.options(self.schema.get(rb.attr), shared=True)
-            chosen = self._shared_lists(rb, route, opts, est * LISTS_AHEAD_MARGIN)
+            chosen = self._shared_lists(rb, route, opts, est * LISTS_AHEAD_MARGIN)[0]
             ranges = ivf.Lists.ranges(route, route.runs(chosen, opts["fill"]))
             fetch = iv[1].fetcher()
             return (ranges, fetch(ranges)) if ranges and fetch is not None else None
@@ -499,23 +500,29 @@ class IndexedView:
         fetch = iv[1].fetcher()
         return (ranges, fetch(ranges)) if ranges and fetch is not None else None
 
-    def _shared_lists(self, rb, route, opts: dict, frac: float) -> np.ndarray:
+    def _shared_lists(self, rb, route, opts: dict, frac: float) -> tuple[np.ndarray, np.ndarray]:
         """The lists a segment following the shared ``ivf.Book`` scans: the namespace's
         lists nearest the query (ranked once per query and field, whichever segment asks
         first) until they hold ``ivf.probe_rows`` of its rows (over every segment; divided
-        by ``frac``, the share of this segment's rows a filter keeps)."""
+        by ``frac``, the share of this segment's rows a filter keeps); nearest first, and
+        sorted (once per query and share)."""
         got = self.gen.book(rb.attr)
         if got is None or got[0].id != route.book:  # not the generation's book: every list
-            return np.arange(route.nlist)
+            every = np.arange(route.nlist)
+            return every, every
         book, sizes = got
         total = int(sizes.sum())
         need = min(total, ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) / max(frac, 1e-9))
         key = (rb.attr, rb.array().tobytes())
         cache = self.__dict__.setdefault("_ranked", {})
-        ranked = cache.get(key)
-        if ranked is None or (len(ranked[1]) and ranked[1][-1] < need and len(ranked[0]) < book.nlist):
-            ranked = cache[key] = book.ranked(rb.array(), sizes, int(math.ceil(need)))
-        return ivf.prefix(ranked, need)
+        ent = cache.get(key)  # (the ranking, {prefix length: its lists sorted})
+        if ent is None or (len(ent[0][1]) and ent[0][1][-1] < need and len(ent[0][0]) < book.nlist):
+            ent = cache[key] = (book.ranked(rb.array(), sizes, int(math.ceil(need))), {})
+        chosen = ivf.prefix(ent[0], need)
+        srt = ent[1].get(len(chosen))
+        if srt is None:
+            srt = ent[1][len(chosen)] = np.sort(chosen)
+        return chosen, srt
 
     def _hnsw_candidates(self, seg, index, rb, sel, q, k, frac, metric, n_sel) -> tuple[np.ndarray, int, int]:
         """HNSW over-fetch + post-filter (format-1 segments, until the next run rebuilds them)."""
