@@ -16,6 +16,8 @@ no migration: the index time and peak RSS are a fresh build's).  Every set is bu
 then all are measured interleaved in this process (latencies comparable across sizes).
 ``--sweep probe:fill,...``: measure at these ``ivf.override`` values too (``d:d`` = the defaults).
 ``--reuse``: keep the stores a previous run built (skip ingest and index).
+``--lancedb``: then LanceDB IVF_PQ (sqrt(rows) partitions, 25 sub-vectors, refine x10) on
+each set's rows, same queries and truth, in this run (``bench_scale.lance``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import default_data, log, pct, warm_ann
-from bench_scale import SIZES, ground_truth, make_parts, run_cli
+from bench_scale import LANCE_PROBES, SIZES, ground_truth, lance, make_parts, run_cli
 
 
 def make_mixed(base: pl.DataFrame, n: int, out: Path) -> int:
@@ -119,6 +121,7 @@ def main() -> None:
     ap.add_argument("--routings", default="segment,shared")
     ap.add_argument("--sweep", default="d:d", help="probe:fill points (d = default), e.g. d:d,0.03:0")
     ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--lancedb", action="store_true")
     a = ap.parse_args()
     import puffer_cli
 
@@ -135,7 +138,7 @@ def main() -> None:
     for name, make in sets:
         n, parts, stores = build(name, make, work, routings, a.reuse)
         log(f"{name}: ground truth")
-        built.append((name, n, stores, ground_truth(parts, queries)))
+        built.append((name, n, stores, ground_truth(parts, queries), parts))
     print(f"{time.strftime('%Y-%m-%d %H:%M')} UTC, load {os.getloadavg()}")
     print(
         "| set | rows | routing | index s | peak RSS MiB | probe | fill | recall@10 | p50 ms | rows scanned/query (median) | load |"
@@ -145,20 +148,31 @@ def main() -> None:
         res: dict = {}
         nss = {
             (name, r): puffer_cli.connect(str(st)).open_namespace("g")
-            for name, _n, stores, _t in built
+            for name, _n, stores, _t, _p in built
             for r, (st, _s, _m) in stores.items()
         }
         for _rep in range(2):  # interleaved
-            for name, _n, stores, truth in built:
+            for name, _n, stores, truth, _p in built:
                 for r in stores:
                     out = measure(nss[(name, r)], queries, truth, probe=probe, fill=fill)
                     res.setdefault((name, r), []).append((*out, os.getloadavg()[0]))
-        for name, n, stores, _t in built:
+        for name, n, stores, _t, _p in built:
             for r, (_st, secs, rss) in stores.items():
                 rec, p50, sc, load = min(res[(name, r)], key=lambda t: t[1])
                 print(
                     f"| {name} | {n:,} | {r} | {secs:.0f} | {rss:.0f} | {probe or 'd'} | {fill if fill is not None else 'd'} "
                     f"| {rec:.3f} | {p50:.2f} | {sc:,.0f} | {load:.1f} |",
+                    flush=True,
+                )
+    if a.lancedb:
+        print("\n| set | rows | LanceDB index | build s | recall@10 | p50 ms | p99 ms | load |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|")
+        for name, n, _stores, truth, parts in built:
+            probes = (*LANCE_PROBES, (160, 10))
+            for label, secs, rec, p50, p99 in lance(parts, queries, truth, work / f"lance-{name}", probes=probes):
+                b = f"{secs:.1f}" if secs is not None else ""
+                print(
+                    f"| {name} | {n:,} | {label} | {b} | {rec:.3f} | {p50:.2f} | {p99:.2f} | {os.getloadavg()[0]:.1f} |",
                     flush=True,
                 )
 

@@ -192,7 +192,10 @@ def cold(store_dir: Path, ns_name: str, queries, n=10, process: bool = True) -> 
 
 
 # ---------------------------------------------------------------- LanceDB
-def lance(parts: list[Path], queries, truth, work: Path, hnsw: bool = False) -> list[tuple]:
+LANCE_PROBES = ((10, 10), (20, 10), (40, 10), (80, 10))  # (nprobes, refine_factor) measured
+
+
+def lance(parts: list[Path], queries, truth, work: Path, hnsw: bool = False, probes=LANCE_PROBES) -> list[tuple]:
     import lancedb
     import pyarrow as pa
 
@@ -220,7 +223,7 @@ def lance(parts: list[Path], queries, truth, work: Path, hnsw: bool = False) -> 
     )
     build = time.perf_counter() - t0
     out = []
-    for nprobes, refine in ((10, 10), (20, 10), (40, 10), (80, 10)):
+    for nprobes, refine in probes:
         log(f"lancedb nprobes {nprobes}")
         lat, hits = [], 0
         for j, q in enumerate(np.concatenate([queries[:10], queries])):
