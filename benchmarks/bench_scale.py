@@ -10,7 +10,7 @@ component) to 1,988,874 (2M) and 9,944,370 (10M) rows, written as parquet parts 
 <= 500k rows, chunk by chunk.  Queries: the held-out GloVe queries; ground truth = exact
 cosine top-10 by numpy over every row of that size (a running top-10 over the parts).
 
-Per size, in subprocesses (peak RSS = the child's ``ru_maxrss`` from ``os.wait4``):
+Per size, in subprocesses (peak RSS = GNU time's ``%M`` of the child, see :func:`run_cli`):
 ``puffer ingest`` and ``puffer index`` on a local store; then warm in-process queries
 (``engine.run_query``, eventual consistency) at several probes.  On the 2M set also:
 filters keeping 10% and 1% of the rows, 1% new rows indexed incrementally, a cold query
@@ -106,23 +106,32 @@ def ground_truth(parts: list[Path], queries: np.ndarray, k: int = 10, where=None
 
 
 # ---------------------------------------------------------------- subprocess runs
+GNU_TIME = Path("/usr/bin/time")
+
+
 def run_cli(args: list[str], env=None) -> tuple[float, float, str]:
-    """(seconds, peak RSS MiB, stdout) of ``python -m puffer_cli.cli.main *args``."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(
-        [sys.executable, "-m", "puffer_cli.cli.main", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-        cwd=str(ROOT),
-    )
-    out_b = p.stdout.read() if p.stdout else b""
-    err_b = p.stderr.read() if p.stderr else b""
-    _pid, status, ru = os.wait4(p.pid, 0)
-    secs = time.perf_counter() - t0
-    if status != 0:
-        raise SystemExit(f"puffer {' '.join(args)} failed: {err_b.decode()[-2000:]}")
-    return secs, ru.ru_maxrss / 1024, out_b.decode()
+    """(seconds, peak RSS MiB, stdout) of ``python -m puffer_cli.cli.main *args``.  The peak
+    RSS is GNU time's (``%M``) when ``/usr/bin/time`` is installed: ``os.wait4``'s ru_maxrss
+    of a child this process starts also counts this process's own RSS at the fork (Linux
+    keeps the high-water mark of the memory the child leaves at exec), so a benchmark holding
+    gigabytes of data would report its own size as the child's: without GNU time, NaN (not
+    measured)."""
+    with tempfile.NamedTemporaryFile(suffix=".rss") as rss_f:
+        cmd = [sys.executable, "-m", "puffer_cli.cli.main", *args]
+        gnu = GNU_TIME.exists()
+        if gnu:
+            cmd = [str(GNU_TIME), "-f", "%M", "-o", rss_f.name, *cmd]
+        t0 = time.perf_counter()
+        p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=str(ROOT)
+        )
+        out_b, err_b = p.communicate()
+        secs = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise SystemExit(f"puffer {' '.join(args)} failed: {err_b.decode()[-2000:]}")
+        text = Path(rss_f.name).read_text().split() if gnu else []
+        rss = int(text[-1]) / 1024 if text else float("nan")
+    return secs, rss, out_b.decode()
 
 
 def warm_queries(ns, queries, truth, probe, filt=None, n_warm=20) -> tuple[float, float, float]:
