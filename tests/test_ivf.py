@@ -633,6 +633,28 @@ def test_a_book_stores_int8_centroids_and_assigns_to_them(metric):
     assert np.array_equal(ivf.Book.from_bytes(old.getvalue()).c_i8, book.c_i8)
 
 
+def test_a_route_following_a_book_stores_narrow_member_counts():
+    """A format-3 route holds the member count of each book list in the narrowest unsigned
+    type, deflated (every segment's route is read by a cold query); its offsets are their
+    cumulative sum, and routes written with int64 offsets (before) read the same."""
+    import io
+
+    rng = np.random.default_rng(9)
+    x = clustered(rng, n=3000, dims=12)
+    book = ivf.train_book(x, len(x), 16, "cosine_distance")
+    assert book is not None
+    rb, lb, info = ivf.encode(book.fit(x[:1000]), x[:1000], book_id=book.id)
+    z = np.load(io.BytesIO(rb))
+    assert "offsets" not in z.files and z["counts"].dtype == np.uint8 and len(z["counts"]) == book.nlist
+    r = ivf.Route(rb, 12, "cosine_distance")
+    assert r.book == book.id and r.offsets[0] == 0 and r.rows == 1000 == info["vectors"]
+    assert np.array_equal(np.diff(r.offsets), z["counts"])
+    old = io.BytesIO()
+    np.savez(old, **{k: z[k] for k in z.files if k != "counts"}, offsets=r.offsets)
+    assert np.array_equal(ivf.Route(old.getvalue(), 12, "cosine_distance").offsets, r.offsets)
+    assert len(rb) < 8 * book.nlist  # smaller than the int64 offsets alone
+
+
 @settings(max_examples=50, deadline=None)
 @given(seed=st.integers(0, 10_000), share=st.floats(0.0, 1.0), filtered=st.booleans())
 def test_a_local_search_over_many_runs_equals_the_ranged_one(seed, share, filtered):
