@@ -471,6 +471,36 @@ def test_shared_routing_recall_against_exact(db, monkeypatch, shared):
     assert np.mean(hits) >= 0.9
 
 
+def test_a_small_segment_follows_the_book_when_the_probe_is_a_part(mem_db, monkeypatch, shared):
+    """Unfiltered, under shared routing: a segment of few rows (an incremental run's) scans
+    its share of the book's chosen lists like the others when the query probes a part of
+    the namespace, and is searched exactly when the probe covers every row."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "1000")
+    monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 400)
+    rng = np.random.default_rng(33)
+    x = clustered(rng, n=2100, dims=16, k=60)
+    ns = mem_db.open_namespace("tail")
+    ns.write({"upsert_columns": {"id": list(range(2000)), "vector": x[:2000].tolist()}})
+    index(ns)
+    ns.write({"upsert_columns": {"id": list(range(2000, 2100)), "vector": x[2000:].tolist()}})
+    index(ns)
+    assert sorted(s["rows"] for s in _man(ns)["segments"]) == [100, 1000, 1000]
+    exact_rows = []
+    real = reader.IndexedView._exact
+
+    def spy(self, seg, f, pos, *a, **kw):
+        exact_rows.append(len(pos))
+        return real(self, seg, f, pos, *a, **kw)
+
+    monkeypatch.setattr(reader.IndexedView, "_exact", spy)
+    q = x[2050] + rng.normal(size=16).astype(np.float32) * 0.1
+    got = _ann_query(ns, q)
+    assert exact_rows == [] and len(got) == 10
+    with ivf.override(probe=1.0):  # every row probed: the small segment exactly
+        assert set(_ann_query(ns, q)) == set(exact_top(x, q, 10, True)[0].tolist())
+    assert sorted(exact_rows) == [100, 1000, 1000]
+
+
 def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared):
     """Rows scanned per query follow ivf.probe_rows of the namespace, not probe x every
     segment: with 8 segments the shared book scans about the budget, a per-segment IVF
