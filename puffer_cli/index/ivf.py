@@ -192,6 +192,12 @@ def override(probe: float | None = None, fill: float | None = None):
         _FORCED.reset(token)
 
 
+def forced() -> tuple[tuple[str, float], ...]:
+    """The values :func:`override` imposes in this context (part of a cache key of
+    :func:`options`)."""
+    return _FORCED.get()
+
+
 def codes(spec: dict | None) -> str:
     """The list codes an attribute's ``ann`` entry asks for: ``int8`` (the default) or ``int4``."""
     ann = (spec or {}).get("ann")

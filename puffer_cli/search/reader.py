@@ -389,7 +389,7 @@ class IndexedView:
         plan = None
         if iv is not None:
             route, lists = iv
-            opts = ivf.options(self.schema.get(rb.attr), shared=route.book is not None)
+            opts = self._ivf_options(rb.attr, route.book is not None)
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
             if filt is not None and route.book is None and rb.method == "ANN":
@@ -505,6 +505,23 @@ class IndexedView:
         fetch = iv[1].fetcher()
         return (ranges, fetch(ranges)) if ranges and fetch is not None else None
 
+    def _ivf_options(self, f: str, shared: bool) -> dict:
+        """``ivf.options`` of field ``f``, once per query (a 30M namespace has 30 segments)."""
+        cache = self.__dict__.setdefault("_opts", {})
+        key = (f, shared, ivf.forced())
+        got = cache.get(key)
+        if got is None:
+            got = cache[key] = ivf.options(self.schema.get(f), shared=shared)
+        return got
+
+    def _book_total(self, f: str, sizes: np.ndarray) -> int:
+        """Members of every list of field ``f``'s book (summed once per query)."""
+        cache = self.__dict__.setdefault("_book_totals", {})
+        got = cache.get(f)
+        if got is None:
+            got = cache[f] = int(sizes.sum())
+        return got
+
     def _book_probes_a_part(self, rb, route, opts: dict) -> bool:
         """Does ``route`` follow the generation's book, and does a query probe fewer than all
         of the namespace's rows (``ivf.probe_rows``)?"""
@@ -513,7 +530,7 @@ class IndexedView:
         got = self.gen.book(rb.attr)
         if got is None or got[0].id != route.book:
             return False
-        total = int(got[1].sum())
+        total = self._book_total(rb.attr, got[1])
         return ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) < total
 
     def _shared_lists(self, rb, route, opts: dict, frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -527,7 +544,7 @@ class IndexedView:
             every = np.arange(route.nlist)
             return every, every
         book, sizes = got
-        total = int(sizes.sum())
+        total = self._book_total(rb.attr, sizes)
         need = min(total, ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) / max(frac, 1e-9))
         key = (rb.attr, rb.array().tobytes())
         cache = self.__dict__.setdefault("_ranked", {})
