@@ -82,8 +82,8 @@ ranks the book's centroids once (int8 SIMD) and takes the nearest lists until th
 sqrt(rows x 1M) beyond: the fraction shrinks as 1/sqrt(rows); at least ``probe_min_rows``;
 divided by the share of a segment's rows a filter keeps); every segment scans its
 members of exactly those lists (plus ``fill``), so rows scanned per query grow as
-sqrt(rows), not with the number of segments: 331k 16k (the floor), 2M 28k (1.4%), 10M 63k (0.63%),
-30M 110k (0.37%), 100M 200k before ``fill``.  A book has ``book_nlist`` lists:
+sqrt(rows), not with the number of segments (at the default probe 0.05): 331k 16k (the
+floor), 2M 71k (3.5%), 10M 158k (1.6%), 30M 274k (0.91%), 100M 500k (0.5%).  A book has ``book_nlist`` lists:
 rows / list_rows up to ~9.4M rows, then 32 x sqrt(rows) (10M: 101k lists of ~99 rows;
 30M: 175k of ~171), so the routing scan (nlist x dims int8 bytes: 10 MB, ~1.2 ms at 10M)
 is sublinear too; the book file stores its centroids as int8 rows with a scale each (a
@@ -96,7 +96,7 @@ list) found 0.970 at 49k rows and 0.982 at 71k (fill 0) where format 2 found 0.9
 the true top 10 in the lists probed at 1% of the rows): 16 x sqrt on 1M rows 0.955, on 2M
 rows 0.964, 32 x sqrt on 1M rows 0.973, on 3M rows 0.975; more k-means iterations none;
 int8 ranking, int8 scoring and re-rank 2 lost <= 0.002 on top of the lists' loss.
-70k.  Training the book on 1M rows takes about a minute of CPU (once per retrain).
+Training the book on 1M rows takes 20-40 s of CPU (once per retrain).
 Format 3 has its own ``probe`` / ``fill`` defaults (SHARED_DEFAULTS: probe 0.05, fill 0;
 an ``ann`` value in the schema applies to both formats).  ``fill`` pays less here than
 under format 2: a segment holds only its share of each list, so the 96 KiB gap rule joins

@@ -479,7 +479,7 @@ class IndexedView:
         if route.book is not None:  # shared routing (format 3): the lists the book ranks (it came with the manifest)
             if est <= EXACT_MAX_FRACTION or est * seg.rows <= k:  # searched exactly (vector_candidates)
                 return None
-            opts = ivf.options(self.schema.get(rb.attr), shared=True)
+            opts = self._ivf_options(rb.attr, True)
             chosen = self._shared_lists(rb, route, opts, est * LISTS_AHEAD_MARGIN)[0]
             ranges = ivf.Lists.ranges(route, route.runs(chosen, opts["fill"]))
             fetch = iv[1].fetcher()
