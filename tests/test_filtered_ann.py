@@ -113,6 +113,39 @@ def test_filtered_indexed_equals_exact(db, full_probe, monkeypatch):
             assert same(got, want), (filt, strip(got), strip(want))
 
 
+@pytest.mark.parametrize("cold", [False, True])
+def test_shared_routing_plans_filtered_lists_with_the_book(s3_db, full_probe, monkeypatch, tmp_path, cold):
+    """Shared routing (format 3): a cold filtered ANN query plans its lists as format 2
+    does (``filtered.plan``: the nearest lists holding a row that passes, ranked by the
+    book's centroids); warm, the book's chosen lists through the mask; both with the exact
+    engine's answers at a full probe."""
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")
+    monkeypatch.setitem(ivf.SHARED_DEFAULTS, "probe", 1.0)
+    monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)
+    planned = []
+    real = filtered.plan
+
+    def spy(route, *a, **kw):
+        planned.append(route.book)
+        return real(route, *a, **kw)
+
+    monkeypatch.setattr(filtered, "plan", spy)
+    rng = np.random.default_rng(5)
+    ns = s3_db.open_namespace("shf")
+    write(ns, clustered(rng, 1500), rng)
+    builder.index_namespace(ns, gc_grace_s=0)
+    for filt in (["u", "Lt", 3], ["u", "Lt", 30]):
+        q = clustered(rng, 1)[0]
+        body = ann(q, filt)
+        want = exact(ns, body)
+        if cold:
+            _cold(tmp_path, f"s{filt[2]}")
+        got = engine.run_query(s3_db.open_namespace("shf"), body)
+        assert same(got, want), (filt, strip(got), strip(want))
+    assert all(b is not None for b in planned)
+    assert bool(planned) == (cold and s3_db.store.is_remote)
+
+
 def test_filtered_indexed_equals_exact_cold(s3_db, full_probe, monkeypatch, tmp_path):
     """Cold (empty cache): the filter's columns and the lists ahead, then the lists
     the mask asks for; the same answers."""

@@ -560,6 +560,7 @@ class Book:
         self.c_i8, self.c_scale = q["centroids_i8"], q["centroid_scale"]
         c32 = self.c_i8.astype(np.float32) * self.c_scale[:, None]
         self.c2 = None if codebook.cosine else np.einsum("ij,ij->i", c32, c32)
+        self._last: tuple[bytes, np.ndarray] | None = None
 
     @property
     def nlist(self) -> int:
@@ -605,18 +606,29 @@ class Book:
             labels[valid] = cb.assign(x, progress and (lambda d, t: progress("rows assigned", d, t)))
         return Fit(labels, cb, self.scale, cb.cosine)
 
-    def ranked(self, q: np.ndarray, sizes: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
-        """(lists nearest ``q`` first, cumulative member counts) until the lists hold
-        ``need`` rows of the namespace (``sizes``: members per list over every segment)."""
+    def distances(self, qq: np.ndarray) -> np.ndarray:
+        """Approximate distance of the prepared query ``qq`` to every list's centroid
+        (int8 SIMD; smaller = nearer).  The last query's are kept: every segment of a
+        filtered query asks for them (:meth:`Route.distances` of a route following this book)."""
         import numkong as nk
 
-        if not self.nlist:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        qq = _prepare(np.asarray(q, np.float32)[None, :], self.codebook.cosine)[0]
+        key = np.asarray(qq, np.float32).tobytes()
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
         m = float(np.abs(qq).max()) or 1.0
         qi = np.clip(np.rint(qq * (127.0 / m)), -127, 127).astype(np.int8)[None, :]
         g = np.asarray(nk.cdist(qi, self.c_i8, metric="dot"))[0] * self.c_scale * (m / 127.0)
         d = -g if self.c2 is None else self.c2 - 2 * g
+        self._last = (key, d)
+        return d
+
+    def ranked(self, q: np.ndarray, sizes: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
+        """(lists nearest ``q`` first, cumulative member counts) until the lists hold
+        ``need`` rows of the namespace (``sizes``: members per list over every segment)."""
+        if not self.nlist:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        d = self.distances(_prepare(np.asarray(q, np.float32)[None, :], self.codebook.cosine)[0])
         total = int(sizes.sum())
         need = min(max(1, need), total)
         guess = min(self.nlist, max(16, int(4 * need * self.nlist / max(1, total))))
@@ -676,6 +688,7 @@ class Route:
         z = np.load(io.BytesIO(data), allow_pickle=False)
         #: the shared :class:`Book` this segment's lists follow (format 3), None: own centroids
         self.book: str | None = str(z["book"]) if "book" in z.files else None
+        self._book: Book | None = None  # the Book itself, once attached (:meth:`attach`)
         self.cscale: np.ndarray | None
         if self.book is not None:  # no centroids of its own: the book's
             self.centroids = np.zeros((0, dims), np.int8)
@@ -728,8 +741,18 @@ class Route:
                 return cand[: int(np.searchsorted(cum, need)) + 1]
             guess = min(self.nlist, guess * 2)
 
+    def attach(self, book: Book) -> bool:
+        """Rank this route's lists with ``book`` if it is the one it follows (format 3), so
+        the filtered planner (:meth:`matching_lists`) works as for a route with centroids;
+        whether the route's lists can be ranked."""
+        if book.id == self.book and book.nlist == self.nlist:
+            self._book = book
+        return self.book is None or self._book is not None
+
     def distances(self, qq: np.ndarray) -> np.ndarray:
         """Approximate distance of the prepared query ``qq`` to every centroid (smaller = nearer)."""
+        if self._book is not None:
+            return self._book.distances(qq)
         g = self.dots(qq)
         return -g if self.cosine else self.c2 - 2 * g
 
