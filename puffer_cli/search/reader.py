@@ -516,8 +516,14 @@ class IndexedView:
         book attached: format 3), as the filtered planner needs?"""
         if route.book is None:
             return True
-        got = self.gen.book(f)
+        got = self._followed_book(f, route)
         return got is not None and route.attach(got[0])
+
+    def _followed_book(self, f: str, route) -> tuple[ivf.Book, np.ndarray] | None:
+        """The generation's book of field ``f`` and its members per list, if ``route``
+        follows it (None: no book, or a segment still following an older one)."""
+        got = self.gen.book(f)
+        return got if got is not None and got[0].id == route.book else None
 
     def _book_total(self, f: str, sizes: np.ndarray) -> int:
         """Members of every list of field ``f``'s book (summed once per query)."""
@@ -530,10 +536,8 @@ class IndexedView:
     def _book_probes_a_part(self, rb, route, opts: dict) -> bool:
         """Does ``route`` follow the generation's book, and does a query probe fewer than all
         of the namespace's rows (``ivf.probe_rows``)?"""
-        if route.book is None:
-            return False
-        got = self.gen.book(rb.attr)
-        if got is None or got[0].id != route.book:
+        got = None if route.book is None else self._followed_book(rb.attr, route)
+        if got is None:
             return False
         total = self._book_total(rb.attr, got[1])
         return ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) < total
@@ -544,8 +548,8 @@ class IndexedView:
         first) until they hold ``ivf.probe_rows`` of its rows (over every segment; divided
         by ``frac``, the share of this segment's rows a filter keeps); nearest first, and
         sorted (once per query and share)."""
-        got = self.gen.book(rb.attr)
-        if got is None or got[0].id != route.book:  # not the generation's book: every list
+        got = self._followed_book(rb.attr, route)
+        if got is None:  # not the generation's book: every list
             every = np.arange(route.nlist)
             return every, every
         book, sizes = got
