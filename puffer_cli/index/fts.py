@@ -431,7 +431,38 @@ def _dict_block(terms: list[str], df, off, ln, nb) -> bytes:
     return zlib.compress(b"".join(parts), 1)
 
 
-def _read_dict_block(data: bytes) -> dict[str, tuple[int, int, int, int]]:
+class DictBlock:
+    """A decoded dictionary block: its terms (sorted, as UTF-8 bytes, whose order is the
+    strings' order) looked up by bisection, and per term (df, offset, length, blocks).
+    Built in one pass of slices (a dict of every term cost ~2.5 ms per 1,024-term block,
+    paid by each segment a query's term is new to)."""
+
+    __slots__ = ("terms", "df", "off", "ln", "nb")
+
+    def __init__(self, terms: list[bytes], df, off, ln, nb):
+        self.terms, self.df, self.off, self.ln, self.nb = terms, df, off, ln, nb
+
+    def _at(self, t: str) -> int:
+        import bisect
+
+        e = t.encode()
+        i = bisect.bisect_left(self.terms, e)
+        return i if i < len(self.terms) and self.terms[i] == e else -1
+
+    def __contains__(self, t: str) -> bool:
+        return self._at(t) >= 0
+
+    def __getitem__(self, t: str) -> tuple[int, int, int, int]:
+        i = self._at(t)
+        if i < 0:
+            raise KeyError(t)
+        return (int(self.df[i]), int(self.off[i]), int(self.ln[i]), int(self.nb[i]))
+
+    def __len__(self) -> int:
+        return len(self.terms)
+
+
+def _read_dict_block(data: bytes) -> DictBlock:
     import zlib
 
     raw = zlib.decompress(data)
@@ -449,14 +480,9 @@ def _read_dict_block(data: bytes) -> dict[str, tuple[int, int, int, int]]:
     ln = np.frombuffer(raw, "<u8", n, p)
     p += 8 * n
     nb = np.frombuffer(raw, "<u4", n, p)
-    ends = np.cumsum(tl)
-    out = {}
-    s = 0
-    for i in range(n):
-        e = int(ends[i])
-        out[blob[s:e].decode()] = (int(df[i]), int(off[i]), int(ln[i]), int(nb[i]))
-        s = e
-    return out
+    ends = np.cumsum(tl).tolist()
+    starts = [0, *ends[:-1]]
+    return DictBlock([blob[s:e] for s, e in zip(starts, ends)], df, off, ln, nb)
 
 
 def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[bytes, dict, dict, dict]:
@@ -611,7 +637,7 @@ class BlockIndex:
         self.entry = entry
         self.read = read_ranges
         self.rows = int(entry["rows"])
-        self._dict: dict[int, dict] = {}
+        self._dict: dict[int, DictBlock] = {}
         self._terms: OrderedDict = OrderedDict()
         self._lens: np.ndarray | None = None
         self._lock = __import__("threading").RLock()

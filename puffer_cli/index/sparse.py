@@ -217,7 +217,7 @@ class SparseIndex:
 
         self.entry, self.read, self.damage = entry, read_ranges, damage
         self.rows = int(entry["rows"])
-        self._dict: dict[int, dict] = {}
+        self._dict: dict[int, F.DictBlock] = {}
         self._dims: OrderedDict = OrderedDict()
         self._lock = RLock()
 
