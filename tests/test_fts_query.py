@@ -1,7 +1,9 @@
 """The query side of the full-text blocks (issue 25): window-bounded top-k pruning keeps the
 exact top k of exhaustive BM25 on larger skewed corpora (many windows, repeated query terms,
 filters, statistics that change between queries); the df table in blocks (``df-1``) round-trips
-and is read by block; the process cache of decoded terms is bounded by bytes."""
+and is read by block; the process cache of decoded terms is bounded by bytes; several segments
+pruned in one pass (``prune_many``) keep the exact top k of their union, ties across segments
+included."""
 
 from __future__ import annotations
 
@@ -71,6 +73,52 @@ def test_window_pruning_keeps_the_exact_top_k(seed, n, skew, qw, k, filt, avg_sh
         want = _top(want, s_all[want], k)
         got = _top(rows, s_all[rows], k)
         assert np.array_equal(want, got), (want, got)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(2, 4000),
+    skew=st.sampled_from([0.0, 1.0, 1.6]),
+    qw=st.lists(st.integers(0, 59), min_size=1, max_size=8),
+    k=st.integers(1, 40),
+    filt=st.integers(0, 20),
+    cuts=st.lists(st.floats(0, 1), max_size=4),
+)
+def test_segments_pruned_in_one_pass_keep_the_exact_top_k(seed, n, skew, qw, k, filt, cuts):
+    vals = _corpus(seed, n, skew)
+    if seed % 3 == 0:  # copies: ties across segments
+        vals = (vals[: n // 3 + 1] * 3)[:n]
+    edges = sorted({0, n, *(int(c * n) for c in cuts)})
+    sel = np.ones(n, bool) if filt == 0 else (np.arange(n) % (filt + 1) == seed % (filt + 1))
+    toks = [WORDS[i] for i in qw]
+    p = B._build_postings(pl.Series(vals, dtype=pl.String), OPTS)
+    stats = p.stats()
+    if stats.avg_len <= 0:
+        return
+    s_all, m_all = B.score(p, toks, OPTS, stats=stats)
+    m_all &= sel
+    want = np.flatnonzero(m_all)
+    want = want[np.lexsort((want, -s_all[want]))][:k]
+    w: dict = {}
+    for t in toks:
+        w[t] = w.get(t, 0.0) + 1.0
+    k1, b = float(OPTS["k1"]), float(OPTS["b"])
+    parts = []
+    for a, z in zip(edges[:-1], edges[1:]):
+        data, ent, _all, _new = fts.build_blocks(vals[a:z], OPTS)
+        bi = fts.BlockIndex(ent, lambda rs, data=data: [data[x:y] for x, y in rs])
+        posts = bi.postings(toks)
+        idf = {t: float(np.log1p((stats.n_docs - stats.doc_freq(t) + 0.5) / (stats.doc_freq(t) + 0.5))) for t in posts}
+        parts.append(fts.PrunePart(posts, bi.lengths(), None if filt == 0 else sel[a:z], w, idf, k1, b, stats.avg_len))
+    got_parts = fts.prune_many(parts, k)
+    assert len(got_parts) == len(parts)
+    for (a, z), rows in zip(zip(edges[:-1], edges[1:]), got_parts):
+        assert np.all(sel[a:z][rows]) and np.all(np.diff(rows) > 0) and np.all(rows < z - a)
+    got = np.concatenate([a + r for a, r in zip(edges[:-1], got_parts)])
+    got = got[m_all[got]]
+    got = got[np.lexsort((got, -s_all[got]))][:k]
+    assert np.array_equal(want, got), (want, got)
 
 
 def test_decode_matches_the_blocks_written():

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
+from typing import NamedTuple
 
 import numpy as np
 
@@ -768,6 +769,35 @@ def prune(
     from puffer_cli.index import fts_topk
 
     return fts_topk.top_rows(posts, weights, idf, lens, sel, k, k1, b, avg)
+
+
+class PrunePart(NamedTuple):
+    """One segment's share of a pruned BM25 clause (:func:`prune_many`): its query terms'
+    postings, document lengths and selected rows; the clause's weights, idf and BM25
+    parameters (namespace-wide: the same in every part)."""
+
+    posts: dict[str, TermBlocks]
+    lens: np.ndarray
+    sel: np.ndarray | None
+    weights: dict[str, float]
+    idf: dict[str, float]
+    k1: float
+    b: float
+    avg: float
+
+
+def prune_many(parts: list[PrunePart], k: int) -> list[np.ndarray]:
+    """:func:`prune` of several segments at once (one pass over their windows): each part's
+    rows holding the clause's exact top ``k`` over all of them, and their near-ties."""
+    from puffer_cli.index import fts_topk
+
+    if not parts:
+        return []
+    p0 = parts[0]
+    idf: dict[str, float] = {}
+    for p in parts:
+        idf.update(p.idf)
+    return fts_topk.top_rows_many([(p.posts, p.lens, p.sel) for p in parts], p0.weights, idf, k, p0.k1, p0.b, p0.avg)
 
 
 def sum_stats(parts) -> dict:

@@ -17,6 +17,11 @@ bounds are exact per window (not per block's max tf and min length), and a rare 
 score only to the windows holding its rows, so a query mixing rare and common terms scores a
 few windows of the common terms' postings.  Rows scored inside the kept windows are exact, the
 candidates returned are the top k and their near-ties (the engine re-scores them).
+
+A query's segments are pruned in one pass (:func:`top_rows_many`): their per-term windows are
+joined in one row space (segment ``s`` from a row offset that is a multiple of WINDOW), so the
+rounds of scoring and their numpy steps are paid once per query, not once per segment, and the
+k-th best score found in one segment bounds the windows of all.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ BLOCK = 128  # postings per block (fts.BLOCK: the format's)
 META = 18  # bytes of block metadata per block: first, last, max_tf, min_len (u32), dw, tw (u8)
 WINDOW_SHIFT = 6
 WINDOW = 1 << WINDOW_SHIFT  # rows per window of the upper bounds
+SPARSE_SLOTS = 8  # postings x this under the windows' slots: tallied by sorting them
 REL = 1e-9  # relative margin of bounds and cuts over float rounding (candidates are re-scored)
 _J = np.arange(BLOCK, dtype=np.int64)
 
@@ -67,33 +73,41 @@ def decode(data: bytes, nb: int, df: int):
 
 
 def _read(u64: np.ndarray, start: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """(blocks, 128) values of ``width`` bits each from byte ``start`` of each block."""
+    """(blocks, 128) values of ``width`` bits each from byte ``start`` of each block (int64;
+    np.take: fancy indexing of the byte-strided view costs ~2.5x as much)."""
     bit = start[:, None] * 8 + _J[None, :] * width[:, None]
-    mask = ((np.uint64(1) << width.astype(np.uint64)) - np.uint64(1))[:, None]
-    v = (u64[bit >> 3] >> (bit & 7).astype(np.uint64)) & mask
-    return v.astype(np.int64)
+    v = np.take(u64, bit >> 3)
+    v >>= (bit & 7).astype(np.uint64)
+    v &= ((np.uint64(1) << width.astype(np.uint64)) - np.uint64(1))[:, None]
+    return v.view(np.int64)  # values under 2^32: the same bits
 
 
 class Scored:
     """A term's postings in windows, under fixed BM25 parameters: base score per posting,
     the windows holding its rows (ascending), their posting ranges and maximum base score."""
 
-    __slots__ = ("key", "s0", "wid", "wptr", "wmax")
+    __slots__ = ("key", "s0", "wid", "wptr", "wmax", "low")
 
     def __init__(self, key: tuple, rows: np.ndarray, tf: np.ndarray, lens: np.ndarray, k1: float, b: float, avg: float):
         self.key = key
         t = tf.astype(np.float64)
-        if avg > 0:
-            norm = k1 * (1.0 - b + b * (lens[rows] / avg))
+        if avg > 0:  # t (k1 + 1) / (t + k1 (1 - b + b len / avg)), in place
+            d = np.take(lens, rows)
+            d *= k1 * b / avg
+            d += k1 * (1.0 - b)
         else:
-            norm = np.full(len(rows), k1 * (1.0 - b))
-        self.s0 = t * (k1 + 1.0) / (t + norm)
+            d = np.full(len(rows), k1 * (1.0 - b))
+        d += t
+        t *= k1 + 1.0
+        t /= d
+        self.s0 = t
         w = rows >> WINDOW_SHIFT
         cut = np.flatnonzero(w[1:] != w[:-1]) + 1
         starts = np.concatenate([[0], cut]).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
         self.wid = w[starts].astype(np.int64)
         self.wptr = np.append(starts, len(rows)).astype(np.int64)
         self.wmax = np.maximum.reduceat(self.s0, starts) if len(rows) else np.zeros(0)
+        self.low = (rows & (WINDOW - 1)).astype(np.uint8)  # each posting's row within its window
 
 
 def scored(tb, lens: np.ndarray, k1: float, b: float, avg: float) -> Scored:
@@ -116,11 +130,32 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.arange(tot, dtype=np.int64) + off
 
 
-def _score_windows(win: np.ndarray, terms: list, coef: list[float], tbs: list) -> tuple[np.ndarray, np.ndarray]:
+class _Joined:
+    """A term's :class:`Scored` of several segments in one row space (segment ``s`` from row
+    ``offset[s]``, a multiple of WINDOW): the same fields, window ids and posting ranges
+    shifted."""
+
+    __slots__ = ("s0", "wid", "wptr", "wmax", "low")
+
+    def __init__(self, parts: list[tuple[Scored, int]]):
+        if len(parts) == 1 and parts[0][1] == 0:
+            s = parts[0][0]
+            self.s0, self.wid, self.wptr, self.wmax, self.low = s.s0, s.wid, s.wptr, s.wmax, s.low
+            return
+        sizes = np.array([len(s.s0) for s, _o in parts], np.int64)
+        base = np.concatenate([[0], np.cumsum(sizes)])
+        self.s0 = np.concatenate([s.s0 for s, _o in parts])
+        self.low = np.concatenate([s.low for s, _o in parts])
+        self.wmax = np.concatenate([s.wmax for s, _o in parts])
+        self.wid = np.concatenate([s.wid + (o >> WINDOW_SHIFT) for s, o in parts])
+        self.wptr = np.concatenate([s.wptr[:-1] + base[i] for i, (s, _o) in enumerate(parts)] + [base[-1:]])
+
+
+def _score_windows(win: np.ndarray, terms: list, coef: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """(rows ascending, exact scores) of every row holding a query term in windows ``win``
     (sorted window ids)."""
     slots, vals = [], []
-    for s, c, tb in zip(terms, coef, tbs):
+    for s, c in zip(terms, coef):
         i = np.searchsorted(s.wid, win)
         ok = i < len(s.wid)
         ok[ok] = s.wid[i[ok]] == win[ok]
@@ -129,29 +164,55 @@ def _score_windows(win: np.ndarray, terms: list, coef: list[float], tbs: list) -
         i = i[ok]
         ix = _ranges(s.wptr[i], s.wptr[i + 1])
         j = np.repeat(np.flatnonzero(ok), s.wptr[i + 1] - s.wptr[i])
-        slots.append(j * WINDOW + (tb.rows[ix] & (WINDOW - 1)))
+        slots.append(j * WINDOW + s.low[ix])
         vals.append(c * s.s0[ix])
     if not slots:
         return np.zeros(0, np.int64), np.zeros(0)
     sl = np.concatenate(slots)
-    acc = np.bincount(sl, weights=np.concatenate(vals), minlength=len(win) * WINDOW)
-    hit = np.bincount(sl, minlength=len(win) * WINDOW) > 0
-    at = np.flatnonzero(hit)
+    v = np.concatenate(vals)
+    if len(sl) * SPARSE_SLOTS < len(win) * WINDOW:  # few postings per window: sort, not a dense tally
+        o = np.argsort(sl, kind="stable")
+        sl = sl[o]
+        cut = np.flatnonzero(np.concatenate([[True], sl[1:] != sl[:-1]]))
+        at = sl[cut]
+        acc_at = np.add.reduceat(v[o], cut)
+    else:
+        acc = np.bincount(sl, weights=v, minlength=len(win) * WINDOW)
+        at = np.flatnonzero(np.bincount(sl, minlength=len(win) * WINDOW))
+        acc_at = acc[at]
     rows = win[at >> WINDOW_SHIFT] * WINDOW + (at & (WINDOW - 1))
-    return rows, acc[at]
+    return rows, acc_at
 
 
 def top_rows(posts, weights, idf, lens, sel, k: int, k1: float, b: float, avg: float) -> np.ndarray:
     """The rows (ascending, passing ``sel``) holding the top ``k`` of the clause
     ``sum_t weights[t] * idf[t] * bm25_t`` over ``posts`` (term -> fts.TermBlocks) and their
     near-ties: exact, whatever the data (see the module docstring)."""
-    ts = [t for t in posts if weights.get(t, 0) > 0 and len(posts[t].rows)]
+    return top_rows_many([(posts, lens, sel)], weights, idf, k, k1, b, avg)[0]
+
+
+def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) -> list[np.ndarray]:
+    """:func:`top_rows` of the union of several segments (``parts``: (posts, lens, sel) each,
+    statistics namespace-wide): one pass over their windows in one row space, so a query's
+    steps are paid once, not once per segment; the rows of each part."""
+    ts = sorted({t for posts, _l, _s in parts for t in posts if weights.get(t, 0) > 0 and len(posts[t].rows)})
+    empty = [np.zeros(0, np.int64) for _ in parts]
     if not ts or k <= 0:
-        return np.zeros(0, np.int64)
-    n = len(lens)
-    nw = (n + WINDOW - 1) >> WINDOW_SHIFT
-    tbs = [posts[t] for t in ts]
-    sc = [scored(tb, lens, k1, b, avg) for tb in tbs]
+        return empty
+    sizes = [len(lens) for _p, lens, _s in parts]
+    padded = [(n + WINDOW - 1) >> WINDOW_SHIFT << WINDOW_SHIFT for n in sizes]
+    off = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
+    nw = int(off[-1]) >> WINDOW_SHIFT
+    sc = [
+        _Joined(
+            [
+                (scored(posts[t], lens, k1, b, avg), int(off[i]))
+                for i, (posts, lens, _s) in enumerate(parts)
+                if t in posts and len(posts[t].rows)
+            ]
+        )
+        for t in ts
+    ]
     coef = [float(weights[t]) * float(idf[t]) for t in ts]
     bound = np.zeros(nw)
     has = np.zeros(nw, bool)
@@ -159,10 +220,12 @@ def top_rows(posts, weights, idf, lens, sel, k: int, k1: float, b: float, avg: f
         bound[s.wid] += max(c, 0.0) * s.wmax
         has[s.wid] = True
     bound *= 1 + REL
-    if sel is not None and not sel.all():  # windows without a selected row hold no result
-        pad = np.zeros(nw * WINDOW, bool)
-        pad[:n] = sel
-        has &= pad.reshape(nw, WINDOW).any(axis=1)
+    sel = None
+    if any(p[2] is not None and not p[2].all() for p in parts):  # windows without a selected row hold no result
+        sel = np.zeros(int(off[-1]), bool)
+        for i, (_p, _l, s_) in enumerate(parts):
+            sel[off[i] : off[i] + sizes[i]] = True if s_ is None else s_
+        has &= sel.reshape(nw, WINDOW).any(axis=1)
     live = np.flatnonzero(has)
     if any(c <= 0 or not np.isfinite(c) for c in coef):
         bound[live] = np.inf  # a term scoring <= 0 (df above N): no bound, score every window
@@ -177,7 +240,7 @@ def top_rows(posts, weights, idf, lens, sel, k: int, k1: float, b: float, avg: f
             pick.sort()
         else:
             pick = todo
-        r, v = _score_windows(pick, sc, coef, tbs)
+        r, v = _score_windows(pick, sc, coef)
         if sel is not None:
             keep = sel[r]
             r, v = r[keep], v[keep]
@@ -192,9 +255,11 @@ def top_rows(posts, weights, idf, lens, sel, k: int, k1: float, b: float, avg: f
         todo = todo[bound[todo] >= theta]
         m *= 4
     if not got_r:  # no window holds a selected row with a query term
-        return np.zeros(0, np.int64)
+        return empty
     rows, vals = np.concatenate(got_r), np.concatenate(got_s)
     if np.isfinite(theta):
         cut = theta - abs(theta) * REL * 10
         rows = rows[vals >= cut]
-    return np.sort(rows).astype(np.int64)
+    rows = np.sort(rows).astype(np.int64)
+    at = np.searchsorted(rows, off)
+    return [rows[at[i] : at[i + 1]] - off[i] for i in range(len(parts))]

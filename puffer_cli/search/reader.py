@@ -699,40 +699,54 @@ class IndexedView:
                 out.append((lf.attr, query_tokens(q, spec["full_text_search"])))
         return out
 
-    def block_candidates(self, i: int, leaves, sel: np.ndarray, k: int, stats) -> np.ndarray:
-        """Rows of segment ``i`` (ascending, in ``sel``) holding the exact top ``k`` of the pure
-        BM25 expression over ``leaves``, from the block indexes: one leaf is pruned block-max
-        (fts.prune, exact on namespace-global statistics); several leaves take every row
-        containing a query term."""
+    def block_part(self, i: int, leaves, sel: np.ndarray, stats):
+        """Segment ``i``'s share of the block-max pruning of a pure BM25 expression of one leaf
+        (fts.PrunePart: its query terms' postings, read here; exact on namespace-global
+        statistics), or None when its candidates are every row holding a query term
+        (several leaves, no statistics or no average length: :meth:`block_candidates`)."""
         from puffer_cli.index import fts as F
         from puffer_cli.text import analyzer as T
 
+        lt = self.bm25_terms(leaves)
+        if len(lt) != 1 or stats is None or stats.get(lt[0][0]) is None:
+            return None
+        f, toks = lt[0]
+        st = stats.get(f)
+        opts = T.normalize_fts_options(self.schema[f]["full_text_search"])
+        k1, b = float(opts["k1"]), float(opts["b"])
+        blk = self.bm25_blocks(i, leaves)
+        assert blk is not None
+        posts = blk[f].postings(toks) if sel.any() and st.n_docs else {}
+        if posts and st.avg_len <= 0:
+            return None
+        pre = getattr(st.df, "prefetch", None)
+        if pre is not None and posts:  # ranged df blocks: the terms' blocks in one batch
+            pre(list(posts))
+        w: dict[str, float] = {}
+        for t in toks:
+            w[t] = w.get(t, 0.0) + 1.0
+        idf = {}
+        for t in posts:
+            df = st.doc_freq(t)
+            idf[t] = float(np.log1p((st.n_docs - df + 0.5) / (df + 0.5)))
+        lens = blk[f].lengths() if posts else np.zeros(0)
+        return F.PrunePart(posts, lens, sel, w, idf, k1, b, st.avg_len)
+
+    def block_candidates(self, i: int, leaves, sel: np.ndarray, k: int, stats) -> np.ndarray:
+        """Rows of segment ``i`` (ascending, in ``sel``) holding the exact top ``k`` of the pure
+        BM25 expression over ``leaves``, from the block indexes: one leaf is pruned block-max
+        (:meth:`block_part`, fts.prune_many); several leaves take every row containing a
+        query term."""
+        from puffer_cli.index import fts as F
+
+        part = self.block_part(i, leaves, sel, stats)
+        if part is not None:
+            return F.prune_many([part], k)[0]
         blk = self.bm25_blocks(i, leaves)
         assert blk is not None
         lt = self.bm25_terms(leaves)
         if not sel.any() or not lt:
             return np.zeros(0, np.int64)
-        if len(lt) == 1 and stats is not None and stats.get(lt[0][0]) is not None:
-            f, toks = lt[0]
-            st = stats.get(f)
-            opts = T.normalize_fts_options(self.schema[f]["full_text_search"])
-            k1, b = float(opts["k1"]), float(opts["b"])
-            bi = blk[f]
-            posts = bi.postings(toks)
-            if st.n_docs == 0 or not posts:
-                return np.zeros(0, np.int64)
-            if st.avg_len > 0:
-                pre = getattr(st.df, "prefetch", None)
-                if pre is not None:  # ranged df blocks: the terms' blocks in one batch
-                    pre(list(posts))
-                w: dict[str, float] = {}
-                for t in toks:
-                    w[t] = w.get(t, 0.0) + 1.0
-                idf = {}
-                for t in posts:
-                    df = st.doc_freq(t)
-                    idf[t] = float(np.log1p((st.n_docs - df + 0.5) / (df + 0.5)))
-                return F.prune(posts, w, idf, bi.lengths(), sel, k, k1, b, st.avg_len)
         rows = [tb.rows for f, toks in lt for tb in blk[f].postings(toks).values()]
         out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
         return out[sel[out]]

@@ -256,13 +256,19 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     stats, sels = got[len(pre)], got[len(pre) + 1 :]
 
     def second(i: int):
-        """Phase 2: the candidates (block segments: their query terms' postings)."""
+        """Phase 2: the candidates (block segments: their query terms' postings, pruned below
+        all together)."""
         L.check_deadline()
         if blocks[i] is not None:
-            return view.block_candidates(i, leaves, sels[i], kk, stats)
+            part = view.block_part(i, leaves, sels[i], stats)
+            return part if part is not None else view.block_candidates(i, leaves, sels[i], kk, stats)
         return view.bm25_candidates(i, leaves, q.filters, kk)  # ascending, filtered, visible
 
     cands = RG.parallel([partial(second, i) for i in range(n)], remote)
+    joint = [i for i, c in enumerate(cands) if isinstance(c, fts.PrunePart)]
+    L.check_deadline()
+    for i, rows in zip(joint, fts.prune_many([cands[i] for i in joint], kk)):  # one pass, every segment
+        cands[i] = rows
 
     def third(i: int):
         """Exact scores of the candidates (from the postings phase 2 read)."""
