@@ -140,9 +140,14 @@ def test_estimate_fraction_from_statistics():
     import polars as pl
     from puffer_cli.filters import bind_filter
 
-    schema = {"id": {"type": "uint"}, "t": {"type": "string"}, "x": {"type": "int"}}
+    schema = {"id": {"type": "uint"}, "t": {"type": "string"}, "x": {"type": "int"}, "u": {"type": "uint"}}
     df = pl.DataFrame(
-        {"id": list(range(1000)), "t": [["a", "b", "c", "d"][i % 4] for i in range(1000)], "x": list(range(1000))}
+        {
+            "id": list(range(1000)),
+            "t": [["a", "b", "c", "d"][i % 4] for i in range(1000)],
+            "x": list(range(1000)),
+            "u": [i * 7919 % 100 for i in range(1000)],  # 100 values in every group: none listed
+        }
     )
     _data, ent = D.docs_bytes(df, schema, 100)
     est = D.estimate_fraction
@@ -155,6 +160,11 @@ def test_estimate_fraction_from_statistics():
     assert f(["x", "Lt", 250]) == pytest.approx(0.25, abs=0.02)
     assert f(["And", [["t", "Eq", "a"], ["x", "Gte", 500]]]) == pytest.approx(0.125, abs=0.02)
     assert f(["t", "Eq", "zz"]) == 0.0
+    # an integer's value: uniform between the group's min and max (it was 1: a 1% filter's
+    # read-ahead sized for every row, so a shared-routing probe missed it and took a 5th round trip)
+    assert f(["u", "Eq", 7]) == pytest.approx(0.01)
+    assert f(["x", "Eq", 5]) == pytest.approx(0.001)
+    assert f(["u", "Eq", 100]) == 0.0
     assert f(["t", "Glob", "a*"]) == 1.0  # no statistics for it: everything may match
 
 

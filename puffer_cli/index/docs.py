@@ -369,8 +369,8 @@ def _test_tv(test, c: dict, g: int, size: int) -> tuple[bool, bool]:
 
 def estimate_fraction(ent: dict, rows: int, bound) -> float:
     """An estimate of the fraction of rows matching the bound filter ``bound`` from the
-    row groups' statistics (distinct values taken as equally frequent, ranges as uniform
-    between min and max; 1 where the statistics say nothing).  For planning only: the cold
+    row groups' statistics (distinct values taken as equally frequent, ranges and an integer's
+    values as uniform between min and max; 1 where the statistics say nothing).  For planning only: the cold
     planner sizes a speculative read with it (an IVF probe that depends on the filter's
     selectivity), and the answer never depends on it."""
     n = groups_of(ent, rows)
@@ -433,6 +433,9 @@ def _est(node, cols: dict, g: int, size: int) -> float:
                 hits = sum(v in set(test.values) for v in vals)
             return present * hits / len(vals)
         num = all(isinstance(x, (int, float)) for x in (mn, mx, getattr(test, "lit", None)))
+        whole = num and all(isinstance(x, int) and not isinstance(x, bool) for x in (mn, mx, test.lit))  # type: ignore[union-attr]
+        if isinstance(test, B.Cmp) and test.op == "Eq" and whole:  # integers uniform between min and max
+            return present / (mx - mn + 1) if mn <= test.lit <= mx else 0.0  # type: ignore[operator]
         if isinstance(test, B.Cmp) and test.op in ("Lt", "Lte", "Gt", "Gte") and num and mx > mn:  # type: ignore[operator]
             below = min(1.0, max(0.0, (test.lit - mn) / (mx - mn)))  # type: ignore[operator]
             return present * (below if test.op in ("Lt", "Lte") else 1.0 - below)
