@@ -99,7 +99,7 @@ def test_segments_pruned_in_one_pass_keep_the_exact_top_k(seed, n, skew, qw, k, 
     s_all, m_all = B.score(p, toks, OPTS, stats=stats)
     m_all &= sel
     want = np.flatnonzero(m_all)
-    want = want[np.lexsort((want, -s_all[want]))][:k]
+    want = _top(want, s_all[want], k)
     w: dict = {}
     for t in toks:
         w[t] = w.get(t, 0.0) + 1.0
@@ -117,8 +117,7 @@ def test_segments_pruned_in_one_pass_keep_the_exact_top_k(seed, n, skew, qw, k, 
         assert np.all(sel[a:z][rows]) and np.all(np.diff(rows) > 0) and np.all(rows < z - a)
     got = np.concatenate([a + r for a, r in zip(edges[:-1], got_parts)])
     got = got[m_all[got]]
-    got = got[np.lexsort((got, -s_all[got]))][:k]
-    assert np.array_equal(want, got), (want, got)
+    assert np.array_equal(want, _top(got, s_all[got], k)), (want, got)
 
 
 def test_decode_matches_the_blocks_written():
