@@ -10,9 +10,10 @@ One run on one namespace (docs/indexer.md has the whole story):
    looked up once in the live rows of the index (its row there becomes a
    tombstone; its current version is the fold base), so ``pending`` holds
    exactly the new versions of touched documents;
-4. pick segments to merge (dead ratio > 20%, an index missing for a field, or
-   more than 8 segments) and write ONE new segment = live rows of merged
-   segments + pending: doc store, usearch per vector field, tantivy per FTS field;
+4. pick segments to merge (dead ratio > 20%, an index missing for a field, small
+   ones size-tiered with the new rows, or more than MAX_SEGMENTS segments) and write
+   new segments = live rows of merged segments + pending: doc store, an IVF per vector
+   field, a block index (blk-1) per FTS field;
 5. write tombstone files for the surviving old segments, the global BM25 term
    tables, and the manifest of generation g = max(existing) + 1;
 6. publish by CAS on meta.json only if its pointer is still g0 and we still hold
