@@ -88,6 +88,7 @@ def test_cold_warm_and_exact_agree(s3_server, tmp_path, monkeypatch, small_group
     import puffer_cli
 
     monkeypatch.setattr(D.docs_bytes, "__defaults__", (128,))
+    monkeypatch.setattr(builder, "TIER_FANIN", 1)  # the second run's rows stay a segment of their own
     rng = np.random.default_rng(25)
     db = puffer_cli.connect("s3://puffer-test/docstore-forms", s3_endpoint=s3_server)
     ns = db.open_namespace("v")
@@ -170,6 +171,7 @@ def test_old_attrs_arrow_segments_still_read(mem_db, monkeypatch):
     builder.index_namespace(ns, gc_grace_s=0)
     monkeypatch.undo()
     monkeypatch.setattr(D, "GROUP_ROWS", 64)
+    monkeypatch.setattr(builder, "TIER_FANIN", 1)  # a later run's segment beside the old one, not merged into it
     checked = 0
     for stage in range(2):
         man = builder.load_manifest(mem_db.store, ns.read_meta()[0]["index"]["manifest"])
