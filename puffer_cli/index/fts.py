@@ -765,10 +765,11 @@ def prune(
 ) -> np.ndarray:
     """The rows (ascending, passing ``sel``) holding the exact top ``k`` of one BM25 clause
     ``sum_t weights[t] * bm25(t, d)`` and their near-ties: windows of rows scored in
-    decreasing upper bound until no other can reach the k-th best (fts_topk.top_rows)."""
+    decreasing upper bound until no other can reach the k-th best (one segment's
+    fts_topk.top_rows_many; a query's segments go through :func:`prune_many`)."""
     from puffer_cli.index import fts_topk
 
-    return fts_topk.top_rows(posts, weights, idf, lens, sel, k, k1, b, avg)
+    return fts_topk.top_rows_many([(posts, lens, sel)], weights, idf, k, k1, b, avg)[0]
 
 
 class PrunePart(NamedTuple):

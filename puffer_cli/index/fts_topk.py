@@ -5,7 +5,7 @@ Decoding (:func:`decode`): every block of a term is read as 128 values at once, 
 unaligned little-endian 64-bit load shifted and masked (no bit-by-bit unpacking), so a term of
 ``df`` postings costs a dozen numpy passes over ``df`` values.
 
-Pruning (:func:`top_rows`): the rows of a segment are cut into windows of ``WINDOW`` rows.  For
+Pruning (:func:`top_rows_many`): the rows of a segment are cut into windows of ``WINDOW`` rows.  For
 a term, its *base score* of a posting is ``tf (k1 + 1) / (tf + k1 (1 - b + b len / avg))``
 (its BM25 score divided by idf), a per-window maximum of it is kept per term (:class:`Scored`,
 computed once per term and statistics, cached on the decoded term).  For a query
@@ -184,17 +184,12 @@ def _score_windows(win: np.ndarray, terms: list, coef: list[float]) -> tuple[np.
     return rows, acc_at
 
 
-def top_rows(posts, weights, idf, lens, sel, k: int, k1: float, b: float, avg: float) -> np.ndarray:
-    """The rows (ascending, passing ``sel``) holding the top ``k`` of the clause
-    ``sum_t weights[t] * idf[t] * bm25_t`` over ``posts`` (term -> fts.TermBlocks) and their
-    near-ties: exact, whatever the data (see the module docstring)."""
-    return top_rows_many([(posts, lens, sel)], weights, idf, k, k1, b, avg)[0]
-
-
 def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) -> list[np.ndarray]:
-    """:func:`top_rows` of the union of several segments (``parts``: (posts, lens, sel) each,
-    statistics namespace-wide): one pass over their windows in one row space, so a query's
-    steps are paid once, not once per segment; the rows of each part."""
+    """The rows of each part (ascending, passing its ``sel``) holding the top ``k`` of the clause
+    ``sum_t weights[t] * idf[t] * bm25_t`` over the union of several segments (``parts``:
+    (posts: term -> fts.TermBlocks, lens, sel) each, statistics namespace-wide) and their
+    near-ties: exact, whatever the data (see the module docstring).  One pass over their
+    windows in one row space, so a query's steps are paid once, not once per segment."""
     ts = sorted({t for posts, _l, _s in parts for t in posts if weights.get(t, 0) > 0 and len(posts[t].rows)})
     empty = [np.zeros(0, np.int64) for _ in parts]
     if not ts or k <= 0:

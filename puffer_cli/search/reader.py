@@ -703,7 +703,7 @@ class IndexedView:
         """Segment ``i``'s share of the block-max pruning of a pure BM25 expression of one leaf
         (fts.PrunePart: its query terms' postings, read here; exact on namespace-global
         statistics), or None when its candidates are every row holding a query term
-        (several leaves, no statistics or no average length: :meth:`block_candidates`)."""
+        (several leaves, no statistics or no average length: :meth:`block_union`)."""
         from puffer_cli.index import fts as F
         from puffer_cli.text import analyzer as T
 
@@ -735,13 +735,15 @@ class IndexedView:
     def block_candidates(self, i: int, leaves, sel: np.ndarray, k: int, stats) -> np.ndarray:
         """Rows of segment ``i`` (ascending, in ``sel``) holding the exact top ``k`` of the pure
         BM25 expression over ``leaves``, from the block indexes: one leaf is pruned block-max
-        (:meth:`block_part`, fts.prune_many); several leaves take every row containing a
-        query term."""
+        (:meth:`block_part`, fts.prune_many); else :meth:`block_union`."""
         from puffer_cli.index import fts as F
 
         part = self.block_part(i, leaves, sel, stats)
-        if part is not None:
-            return F.prune_many([part], k)[0]
+        return F.prune_many([part], k)[0] if part is not None else self.block_union(i, leaves, sel)
+
+    def block_union(self, i: int, leaves, sel: np.ndarray) -> np.ndarray:
+        """Every row of segment ``i`` in ``sel`` holding a query term of ``leaves`` (ascending):
+        the candidates of several BM25 leaves, or of one without statistics."""
         blk = self.bm25_blocks(i, leaves)
         assert blk is not None
         lt = self.bm25_terms(leaves)

@@ -261,7 +261,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         L.check_deadline()
         if blocks[i] is not None:
             part = view.block_part(i, leaves, sels[i], stats)
-            return part if part is not None else view.block_candidates(i, leaves, sels[i], kk, stats)
+            return part if part is not None else view.block_union(i, leaves, sels[i])
         return view.bm25_candidates(i, leaves, q.filters, kk)  # ascending, filtered, visible
 
     cands = RG.parallel([partial(second, i) for i in range(n)], remote)
