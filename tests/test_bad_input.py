@@ -95,6 +95,10 @@ def test_at_least_30_cases():
         (["export", "..", "-o", "x.parquet"], "invalid namespace"),
         (["ingest", "ns", "fixtures/sample.parquet", "--schema", "@tests"], "cannot read"),  # a directory
         (["ingest", "ns", "fixtures/sample.parquet", "--schema", "@fixtures/sample.parquet"], "UTF-8"),
+        # bytes of the command line that are not UTF-8 arrive as lone surrogates
+        (["query", "ns", "--bm25", "text", "quick \udcff"], "not valid UTF-8"),
+        (["query", "ns", "--filter", '["tag", "Eq", "a\udcff"]', "--rank-by", '["n", "asc"]'], "not valid UTF-8"),
+        (["query", "ns", "--where", "tag = 'a\udcff'", "--rank-by", '["n", "asc"]'], "not valid UTF-8"),
     ],
 )
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys, monkeypatch, args, needle):

@@ -226,6 +226,7 @@ def query(
         assert vector is not None and bm25 is not None
         vrank = [vector_attr, "kNN" if exact else "ANN", _cli_vector(vector)]
         q = _hybrid_body(q, vrank, [bm25[0], "BM25", bm25[1]], int(top_k or 10))
+    _require_utf8(q)
     db = open_db(store, s3_endpoint, policy=policy, cache_max_gb=cache_max_gb)
     get_cache().background_fetch = False  # one query, then exit: `puffer warm` fetches whole files
     ns = db.open_namespace(namespace)
@@ -240,6 +241,27 @@ def query(
         if isinstance(sub, dict):
             check_known_attributes(sub.get("filters"), sub.get("include_attributes"), schema)
     _print_query_result(out, fmt, schema, ms)
+
+
+def _require_utf8(v, depth: int = 0) -> None:
+    """Refuse text that is not valid Unicode (bytes of the command line that are not UTF-8
+    arrive as lone surrogates; the analyzer and the filters cannot encode them).  The HTTP
+    API never gets such text: its JSON parser refuses it."""
+    if isinstance(v, str):
+        try:
+            v.encode()
+        except UnicodeEncodeError:
+            raise InvalidRequest(
+                f"the query holds text that is not valid UTF-8: {ascii(v)[:80]}",
+                hint="give the terminal or the file UTF-8 text",
+            ) from None
+    elif isinstance(v, dict) and depth < 64:
+        for k, x in v.items():
+            _require_utf8(k, depth + 1)
+            _require_utf8(x, depth + 1)
+    elif isinstance(v, (list, tuple)) and depth < 64:
+        for x in v:
+            _require_utf8(x, depth + 1)
 
 
 def _add_aggregation(q: dict, aggregate: str | None, group_by: str | None, rank_by: str | None) -> None:
