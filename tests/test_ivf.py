@@ -97,6 +97,22 @@ def test_probe_one_is_exhaustive():
     assert scanned == len(x) and set(got) == set(want)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from([0.0, -0.0, 1.5, -2.0, 1e-45, 3e38, np.nan, np.inf, -np.inf]), min_size=3, max_size=3),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_rows_with_a_vector_are_those_without_nan_and_under_cosine_not_zero(rows, cosine):
+    """ivf._indexable (one pass when every value is finite) against its definition: no NaN,
+    and under cosine some value that is not zero (infinities and sums overflowing included)."""
+    mat = np.asarray(rows, np.float32).reshape(len(rows), 3)
+    want = [not any(math.isnan(v) for v in r) and (not cosine or any(v != 0 for v in r)) for r in mat.tolist()]
+    assert ivf._indexable(mat, cosine).tolist() == want
+
+
 def test_rows_without_a_vector_are_left_out():
     rng = np.random.default_rng(3)
     x = clustered(rng, n=500)

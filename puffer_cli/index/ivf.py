@@ -418,7 +418,7 @@ def fit(
     rng = np.random.default_rng(seed)
     labels = np.full(len(mat), -1, np.int32)
     valid = _indexable(mat, cosine)
-    x = _prepare(mat[valid], cosine)
+    x = _prepare(_rows(mat, valid), cosine)
     n = len(x)
     if not n:
         return Fit(labels, None, 1.0, cosine)
@@ -432,12 +432,21 @@ def fit(
 
 
 def _indexable(mat: np.ndarray, cosine: bool) -> np.ndarray:
+    """Rows that have a vector: no NaN; under cosine also a non-zero value."""
     if not len(mat):
         return np.zeros(0, bool)
-    ok = ~np.isnan(mat).any(axis=1)
-    if cosine:
-        ok &= np.abs(np.nan_to_num(mat)).sum(axis=1) > 0
-    return ok
+    with np.errstate(over="ignore", invalid="ignore"):  # sums may overflow: only their finiteness counts
+        if np.isfinite(mat.sum(axis=1)).all():  # no NaN (nor inf) anywhere: one pass, no copies
+            return (mat != 0).any(axis=1) if cosine else np.ones(len(mat), bool)
+        ok = ~np.isnan(mat).any(axis=1)
+        if cosine:
+            ok &= np.abs(np.nan_to_num(mat)).sum(axis=1) > 0
+        return ok
+
+
+def _rows(mat: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``mat[valid]``, without the copy when every row is valid."""
+    return mat if valid.all() else mat[valid]
 
 
 def pack4(c: np.ndarray) -> np.ndarray:
@@ -464,7 +473,7 @@ def encode(f: Fit, mat: np.ndarray, book_id: str | None = None, bits: int = 8) -
     lab = f.labels[valid]
     step = f.scale if bits == 8 else f.scale * 127.0 / INT4_LEVELS
     lim = 127 if bits == 8 else INT4_LEVELS
-    codes = np.clip(np.rint(_prepare(mat[valid], f.cosine) / step), -lim, lim).astype(np.int8)
+    codes = np.clip(np.rint(_prepare(_rows(mat, valid), f.cosine) / step), -lim, lim).astype(np.int8)
     if bits == 4:
         codes = pack4(codes)
     counts = np.bincount(lab, minlength=nlist) if nlist else np.zeros(0, np.int64)
@@ -500,10 +509,17 @@ def encode(f: Fit, mat: np.ndarray, book_id: str | None = None, bits: int = 8) -
         implicit=np.bool_(implicit),
         # rows with a vector left out of the lists (zero vectors under cosine): they rank at
         # distance 1, so readers add them as candidates without reading the vectors file
-        unindexed=np.flatnonzero(~valid & ~np.isnan(mat).any(axis=1)).astype("<u4") if len(mat) else np.zeros(0, "<u4"),
+        unindexed=_unindexed(mat, valid),
     )
     info = {"vectors": int(len(pos)), "lists_n": int(nlist), "max_list": int(counts.max()) if nlist else 0}
     return route.getvalue(), lists, info
+
+
+def _unindexed(mat: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Rows with a vector that the lists leave out (zero vectors under cosine), uint32."""
+    if valid.all():
+        return np.zeros(0, "<u4")
+    return np.flatnonzero(~valid & ~np.isnan(mat).any(axis=1)).astype("<u4")
 
 
 def quantise_centroids(c: np.ndarray) -> dict[str, np.ndarray]:
@@ -602,7 +618,7 @@ class Book:
         labels = np.full(len(mat), -1, np.int32)
         valid = _indexable(mat, cb.cosine)
         if valid.any():
-            x = _prepare(mat[valid], cb.cosine)
+            x = _prepare(_rows(mat, valid), cb.cosine)
             labels[valid] = cb.assign(x, progress and (lambda d, t: progress("rows assigned", d, t)))
         return Fit(labels, cb, self.scale, cb.cosine)
 
