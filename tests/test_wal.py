@@ -117,3 +117,38 @@ def test_v1_entries_stay_readable():
     bad[-12] ^= 0xFF
     got = wal.salvage(bytes(bad))
     assert [o.kind for o in got.ops] == ["upsert"] and got.lost[0].min_id is None
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["upsert", "delete", "patch"]),
+            st.lists(st.tuples(st.integers(0, 6), st.one_of(st.none(), st.text(max_size=3))), max_size=8),
+        ),
+        max_size=6,
+    )
+)
+def test_fold_keeps_each_ids_last_write(steps):
+    """replay.fold (upserts deduplicated by id, last wins, deletes and patches in order)
+    against a dict replaying the same operations one row at a time."""
+    from puffer_cli.wal import replay
+
+    schema = {"id": {"type": "uint"}, "s": {"type": "string"}}
+    want: dict[int, str | None] = {}
+    operations = []
+    for kind, rows in steps:
+        i = [r[0] for r in rows]
+        table = pl.DataFrame({"id": pl.Series("id", i, dtype=pl.UInt64)})
+        if kind != "delete":
+            table = table.with_columns(pl.Series("s", [r[1] for r in rows], dtype=pl.String))
+        operations.append(wal.Op(kind, table))
+        for k, v in rows:
+            if kind == "upsert":
+                want[k] = v
+            elif kind == "delete":
+                want.pop(k, None)
+            elif k in want:
+                want[k] = v
+    got = replay.fold(None, schema, operations)
+    assert sorted(zip(got["id"].to_list(), got["s"].to_list())) == sorted(want.items())
