@@ -730,7 +730,9 @@ class IndexedView:
             df = st.doc_freq(t)
             idf[t] = float(np.log1p((st.n_docs - df + 0.5) / (df + 0.5)))
         lens = blk[f].lengths() if posts else np.zeros(0)
-        return F.PrunePart(posts, lens, sel, w, idf, k1, b, st.avg_len)
+        seg = self.gen.segments[i]
+        every = sel is seg.alive() and seg.live_count() == seg.rows  # no filter, no deletes
+        return F.PrunePart(posts, lens, None if every else sel, w, idf, k1, b, st.avg_len)
 
     def block_candidates(self, i: int, leaves, sel: np.ndarray, k: int, stats) -> np.ndarray:
         """Rows of segment ``i`` (ascending, in ``sel``) holding the exact top ``k`` of the pure
