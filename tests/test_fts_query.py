@@ -158,7 +158,8 @@ def test_df_blocks_round_trip_and_read_by_block(terms, seed):
     assert len(reads) <= 1
     assert all(m.get(t) == int(d) for t, d in zip(terms[::7][:20], df[::7][:20]))
     assert len(reads) <= 1  # prefetched: no further read
-    assert m.get("\x00") == 0 and m.get("\U0010ffff" * 3) == 0
+    absent = [t for t in ("\x00", "\U0010ffff" * 3) if t not in terms]  # hypothesis may generate "\x00"
+    assert all(m.get(t) == 0 for t in absent)
     assert dict(m.items()) == {t: int(d) for t, d in zip(terms, df)}
     assert len(m) == len(terms)
 
