@@ -64,9 +64,11 @@ def decode(data: bytes, nb: int, df: int):
     u64 = np.ndarray((len(body) - 7,), dtype="<u8", buffer=body, offset=0, strides=(1,))
     delta = _read(u64, start, dw)
     tf1 = _read(u64, start + dbytes, tw)
-    delta[:, 0] = 0
-    rows = (np.cumsum(delta, axis=1) + first[:, None]).reshape(-1)[:df]
-    tf = (tf1.reshape(-1)[:df] + 1).astype(np.float32)
+    delta[:, 0] = first
+    np.cumsum(delta, axis=1, out=delta)  # in place: rows
+    rows = delta.reshape(-1)[:df]
+    tf = tf1.reshape(-1)[:df].astype(np.float32)
+    tf += 1
     bptr = np.zeros(nb + 1, np.int64)
     np.cumsum(count, out=bptr[1:])
     return rows.astype(np.int32), tf, first, last, max_tf, min_len, bptr
@@ -77,7 +79,8 @@ def _read(u64: np.ndarray, start: np.ndarray, width: np.ndarray) -> np.ndarray:
     np.take: fancy indexing of the byte-strided view costs ~2.5x as much)."""
     bit = start[:, None] * 8 + _J[None, :] * width[:, None]
     v = np.take(u64, bit >> 3)
-    v >>= (bit & 7).astype(np.uint64)
+    bit &= 7
+    v >>= bit.view(np.uint64)
     v &= ((np.uint64(1) << width.astype(np.uint64)) - np.uint64(1))[:, None]
     return v.view(np.int64)  # values under 2^32: the same bits
 
@@ -102,11 +105,16 @@ class Scored:
         t /= d
         self.s0 = t
         w = rows >> WINDOW_SHIFT
-        cut = np.flatnonzero(w[1:] != w[:-1]) + 1
-        starts = np.concatenate([[0], cut]).astype(np.int64) if len(rows) else np.zeros(0, np.int64)
+        new = np.ones(len(rows), bool)  # a posting opening a window
+        np.not_equal(w[1:], w[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
         self.wid = w[starts].astype(np.int64)
         self.wptr = np.append(starts, len(rows)).astype(np.int64)
-        self.wmax = np.maximum.reduceat(self.s0, starts) if len(rows) else np.zeros(0)
+        # each window's maximum: ufunc.at over the postings' window ordinals (maximum.reduceat
+        # pays a call per window, ~2.6 postings each here: twice the time)
+        self.wmax = np.full(len(starts), -np.inf)
+        if len(rows):
+            np.maximum.at(self.wmax, np.cumsum(new) - 1, t)
         self.low = (rows & (WINDOW - 1)).astype(np.uint8)  # each posting's row within its window
 
 
