@@ -679,6 +679,26 @@ def test_a_book_stores_int8_centroids_and_assigns_to_them(metric):
     assert np.array_equal(ivf.Book.from_bytes(old.getvalue()).c_i8, book.c_i8)
 
 
+@pytest.mark.parametrize("metric", ["cosine_distance", "euclidean_squared"])
+def test_a_books_centroid_distances_are_its_int8_dots(metric):
+    """Book.distances (numkong's packed int8 dots) against the int8 arithmetic written out in
+    float64: the quantised query's dot with each int8 centroid, scaled back; nearer first."""
+    rng = np.random.default_rng(11)
+    x = clustered(rng, n=3000, dims=12)
+    book = ivf.train_book(x, len(x), 16, metric)
+    assert book is not None
+    for q in rng.normal(size=(5, 12)).astype(np.float32):
+        qq = ivf._prepare(q[None, :], metric == "cosine_distance")[0]
+        m = float(np.abs(qq).max())
+        qi = np.clip(np.rint(qq * (127.0 / m)), -127, 127)
+        g = (book.c_i8.astype(np.float64) @ qi) * book.c_scale * (m / 127.0)
+        c = book.c_i8.astype(np.float64) * book.c_scale[:, None]
+        want = -g if metric == "cosine_distance" else (c * c).sum(axis=1) - 2 * g
+        got = book.distances(qq)
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+        assert book.distances(qq) is got  # the last query's are kept
+
+
 def test_a_route_following_a_book_stores_narrow_member_counts():
     """A format-3 route holds the member count of each book list in the narrowest unsigned
     type, deflated (every segment's route is read by a cold query); its offsets are their

@@ -577,6 +577,7 @@ class Book:
         c32 = self.c_i8.astype(np.float32) * self.c_scale[:, None]
         self.c2 = None if codebook.cosine else np.einsum("ij,ij->i", c32, c32)
         self._last: tuple[bytes, np.ndarray] | None = None
+        self._packed: Any = None  # numkong's packed form of c_i8 (dots_pack), made on first use
 
     @property
     def nlist(self) -> int:
@@ -634,8 +635,12 @@ class Book:
             return last[1]
         m = float(np.abs(qq).max()) or 1.0
         qi = np.clip(np.rint(qq * (127.0 / m)), -127, 127).astype(np.int8)[None, :]
-        g = np.asarray(nk.cdist(qi, self.c_i8, metric="dot"))[0] * self.c_scale * (m / 127.0)
-        d = -g if self.c2 is None else self.c2 - 2 * g
+        if self._packed is None:  # ~15 ms at 175k lists, once: then 1.7 ms a query where cdist took 3.4-3.9
+            self._packed = nk.dots_pack(self.c_i8)
+        g = np.asarray(nk.dots_packed(qi, self._packed)).reshape(-1).astype(np.float32)
+        g *= self.c_scale
+        g *= np.float32(m / 127.0)
+        d = np.negative(g, out=g) if self.c2 is None else self.c2 - 2 * g
         self._last = (key, d)
         return d
 
