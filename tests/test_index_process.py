@@ -191,3 +191,35 @@ def test_lease_expiry_takeover(mem_db):
     assert b.acquire() is None and b.took_over == "a"
     assert not a.renew() and a.lost  # the old holder notices and must not publish
     b.release()
+
+
+@pytest.mark.slow  # SIGKILL (nox -s slow)
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)
+def test_sigkill_under_shared_routing_then_next_run_completes(store_url):
+    """Shared routing writes a book and a list-major stack: a run killed after either (or
+    after its manifest) leaves the published generation answering, and the next run publishes
+    one whose stack covers its big segments, with no orphan after GC."""
+    db = fresh(store_url)
+    rng = np.random.default_rng(13)
+    env = {"PUFFER_INDEX_LEASE_TTL": "1", "PUFFER_INDEX_SEGMENT_ROWS": "16", "PUFFER_IVF_ROUTING": "shared"}
+    points = ["after_book", "after_segment", "after_stack", "after_manifest"]
+    procs = {}
+    for k, point in enumerate(points):
+        ns = db.open_namespace(f"s{k}")
+        ns.write({"upsert_rows": make_rows(rng, 0, 60), "schema": SCHEMA})
+        procs[point] = run_index([f"s{k}", *store_args(store_url)], {**env, "PUFFER_INDEX_CRASH_AT": point})
+    for point, p in procs.items():
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGKILL, point
+    time.sleep(1.1)  # the killed runs' leases expire
+    for k, point in enumerate(points):
+        ns = db.open_namespace(f"s{k}")
+        p = run_index([f"s{k}", *store_args(store_url)], env)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, (point, out, err)
+        meta, _ = ns.read_meta()
+        man = builder.load_manifest(ns.store, meta["index"]["manifest"])
+        assert man["ann_stacks"]["vector"]["segments"], point
+        assert index_keys(ns) == current_files(ns), point  # no orphans left after GC
+        for body in queries(rng)[1:4]:
+            assert same(engine.run_query(ns, body), exact(ns, body)), (point, body)

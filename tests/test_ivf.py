@@ -538,6 +538,16 @@ def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared)
         return out
 
     monkeypatch.setattr(ivf, "search", spy)
+    from puffer_cli.index import stack
+
+    real_stack = stack.Stack.search
+
+    def spy_stack(self, *a, **kw):  # shared routing's big segments: one search of their stack
+        out = real_stack(self, *a, **kw)
+        seen.append(out[2])
+        return out
+
+    monkeypatch.setattr(stack.Stack, "search", spy_stack)
     scanned = {}
     for mode in ("segment", "shared"):
         monkeypatch.setenv("PUFFER_IVF_ROUTING", mode)

@@ -40,7 +40,7 @@ import polars as pl
 
 from puffer_cli import config
 from puffer_cli.errors import Conflict, plural
-from puffer_cli.index import dfblocks, fts, fts_hint, ivf, muvera, paged, retention
+from puffer_cli.index import dfblocks, fts, fts_hint, ivf, muvera, paged, retention, stack
 from puffer_cli.index import docs as D
 from puffer_cli.index.base import BaseRows
 from puffer_cli.index.gc import gc
@@ -213,6 +213,7 @@ def _build(
         return
     run.write_segments(groups)
     run.write_tombstones()
+    run.write_stacks()
     run.write_bm25()
     run.write_manifest()
     run.publish()
@@ -248,6 +249,8 @@ class _Run:
         self.bm25: dict = {}
         self.books: dict[str, ivf.Book] = {}  # vector field -> the shared routing segments follow
         self.book_entries: dict[str, dict] = {}  # ... as the manifest's ``ann_books`` names it
+        self.stack_entries: dict[str, dict] = {}  # the manifest's ``ann_stacks``: list-major lists (index/stack.py)
+        self.lost_stacks: set[str] = set()  # fields whose base stack is damaged (check_damage)
         self.books_decided = False
         self.lost_books: set[str] = set()
 
@@ -289,6 +292,12 @@ class _Run:
         self.lost_books = {f for f, b in self.base_man.get("ann_books", {}).items() if b.get("key") not in present}
         self.rep.repaired += sorted(self.base_man["ann_books"][f]["key"] for f in self.lost_books)
         sizes = self.base_man.get("sizes", {})
+        # a damaged list-major stack: write_stacks writes it again (from the segments)
+        for f, e in self.base_man.get("ann_stacks", {}).items():
+            keys = [*paged.files(e["lists"]), e["route"]]
+            if any(k not in present or (full and k in sizes and self.store.size(k) != sizes[k]) for k in keys):
+                self.lost_stacks.add(f)
+                self.rep.repaired.append(e["route"])
         damaged: dict[int, list[str]] = {}
         for i, s in enumerate(self.base.segs):
             bad = [k for k in segment_files(s) if k not in present]
@@ -464,7 +473,13 @@ class _Run:
         big = [i for i in rebuild if base.segs[i]["rows"] >= self.seg_rows // 2]
         groups = [[i] for i in big] + [[i for i in rebuild if i not in big] + joined]
         new_rows = self.pending.height if self.pending is not None else 0
-        if self.last == self.covers and not rebuild and not joined and len(keep) == len(base.segs):
+        if (
+            self.last == self.covers
+            and not rebuild
+            and not joined
+            and len(keep) == len(base.segs)
+            and not self._stacks_missing()
+        ):
             rep = self.rep
             rep.status = "up-to-date"
             rep.generation = self.base_gen
@@ -590,6 +605,74 @@ class _Run:
                 self.segments.append(seg)
         crash("after_segment")
 
+    def _stack_segments(self, segs: list[dict], f: str, book_id: str) -> list[dict]:
+        """The segments of ``segs`` a stack of field ``f`` covers: those following the book with
+        at least half a full segment's rows (the big ones, which runs rewrite on their own), when
+        there are two or more; an incremental run's small segments are searched on their own."""
+        least = max(1, self.seg_rows // 2)
+        cov = [
+            s
+            for s in segs
+            if s.get("ann", {}).get(f, {}).get("book") == book_id and int(s["ann"][f].get("vectors", 0)) >= least
+        ]
+        return cov if len(cov) >= 2 else []
+
+    def _stacks_missing(self) -> bool:
+        """Does the base generation lack a stack it should have (damaged, or written before
+        stacks were), so a run with nothing else to do writes one?"""
+        if self.lost_stacks:
+            return True
+        have = (self.base_man or {}).get("ann_stacks", {})
+        return any(
+            f not in have and self._stack_segments(self.base.segs, f, b["id"]) for f, b in self.book_entries.items()
+        )
+
+    def write_stacks(self) -> None:
+        """Per vector field under shared routing: the list-major lists (index/stack.py) of the
+        big segments following its book (:meth:`_stack_segments`); kept from the base
+        generation while they are the same segments."""
+        old_stacks = (self.base_man or {}).get("ann_stacks", {})
+        segs = self.kept + self.segments
+        for f, book in self.book_entries.items():
+            cov = self._stack_segments(segs, f, book["id"])
+            if not cov:
+                continue
+            names = [s["name"] for s in cov]
+            old = old_stacks.get(f)
+            if (
+                old is not None
+                and old.get("segments") == names
+                and old.get("book") == book["id"]
+                and f not in self.lost_stacks
+            ):
+                self.stack_entries[f] = old
+                continue
+            self.w.drain()  # this run's segment files, readable
+            dims = int(cov[0]["vectors"][f]["dims"])
+            routes, paths = [], []
+            for s in cov:
+                m = s["ann"][f]
+                routes.append(ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), dims, self.metric))
+                paths.append(str(paged.whole(self.cache, self.store, m["lists"])))
+            members = int(sum(r.rows for r in routes))
+            # one buffer of the file's size, filled a step at a time: the lists are read by
+            # range (not mapped), so the run's peak is this buffer (30M x 100 dims: 3.1 GB)
+            buf = _Filled(members * stack.record_bytes(routes[0].code_bytes))
+            route_file = stack.write_files(routes, paths, buf)
+            tag = D.field_tag(f)
+            key = layout.index_run_file(self.ns.name, self.gen, f"stack-{tag}", self.run_id, "lists")
+            rkey = layout.index_run_file(self.ns.name, self.gen, f"stack-{tag}", self.run_id, "npz")
+            self.stack_entries[f] = {
+                "lists": paged.put(self.w, key, buf.view()),
+                "route": self.w.put(rkey, route_file),
+                "segments": names,
+                "book": book["id"],
+                "members": members,
+                "generation": self.gen,
+            }
+            del buf
+        crash("after_stack")
+
     # -- 5. tombstones, BM25 statistics, manifest ---------------------------------------------
     def write_tombstones(self) -> None:
         base, ns = self.base, self.ns.name
@@ -685,6 +768,7 @@ class _Run:
             "segments": all_segs,
             "bm25": self.bm25,
             "ann_books": self.book_entries,  # the shared routing per vector field (ivf.Book)
+            "ann_stacks": self.stack_entries,  # list-major lists per vector field (index/stack.py)
         }
         self.mkey = layout.index_manifest(self.ns.name, self.gen, self.run_id)
         files = set()
@@ -692,6 +776,8 @@ class _Run:
             files.update(segment_files(s))
         files.update(k for b in self.bm25.values() for k in bm25_files(b))
         files.update(b["key"] for b in self.book_entries.values())
+        for e in self.stack_entries.values():
+            files.update([*paged.files(e["lists"]), e["route"]])
         files.add(self.mkey)
         man["files"] = sorted(files)
         man["sizes"] = {k: n for k, n in {**self.base_sizes(), **self.w.sizes}.items() if k in files}
@@ -763,6 +849,25 @@ class _Run:
         rep.covers_through_seq = last
         rep.segments = len(self.all_segs)
         rep.live_rows = live
+
+
+class _Filled:
+    """A file-like sink that fills a preallocated buffer (no copy of the whole at the end)."""
+
+    def __init__(self, size: int):
+        self.buf = np.empty(size, np.uint8)
+        self.at = 0
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        self.buf[self.at : self.at + n] = np.frombuffer(data, np.uint8)
+        self.at += n
+        return n
+
+    def view(self) -> memoryview:
+        if self.at != len(self.buf):
+            raise ValueError(f"a stack of {len(self.buf)} bytes got {self.at}")
+        return self.buf.data
 
 
 def bm25_files(entry: dict) -> list[str]:

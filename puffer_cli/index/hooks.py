@@ -29,6 +29,7 @@ CRASH_POINTS = (
     "mid_segment",
     "mid_fts",
     "after_segment",
+    "after_stack",
     "after_bm25",
     "after_manifest",
     "after_publish",

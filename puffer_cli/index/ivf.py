@@ -702,6 +702,19 @@ def train_book(
 
 
 # ---------------------------------------------------------------- query
+def list_runs(offsets: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the member runs of lists ``s`` (sorted, unique) in a file whose list
+    ``c`` holds members ``offsets[c] .. offsets[c + 1]``: adjacent lists merged, empty ones
+    dropped (a segment's lists file, or a namespace's stack: index/stack.py)."""
+    a, b = offsets[s].astype(np.int64), offsets[s + 1].astype(np.int64)
+    a, b = a[b > a], b[b > a]  # empty lists hold no run
+    # a run ends where the next list does not start at its end
+    cut = np.flatnonzero(a[1:] != b[:-1]) + 1
+    first = np.concatenate([[0], cut]).astype(np.int64)
+    last = np.concatenate([cut, [len(a)]]).astype(np.int64) - 1
+    return (a[first], b[last]) if len(a) else (a, b)
+
+
 class Route:
     """The routing structure of one field of one segment (see the module docstring)."""
 
@@ -835,13 +848,7 @@ class Route:
         """(starts, ends) of the member runs of the lists ``s`` (sorted, unique), adjacent
         lists merged, no fill: numpy only (a query under shared routing asks every segment
         for the book's chosen lists, a thousand of them at 10M)."""
-        a, b = self.offsets[s].astype(np.int64), self.offsets[s + 1].astype(np.int64)
-        a, b = a[b > a], b[b > a]  # empty lists hold no run
-        # a run ends where the next list does not start at its end
-        cut = np.flatnonzero(a[1:] != b[:-1]) + 1
-        first = np.concatenate([[0], cut]).astype(np.int64)
-        last = np.concatenate([cut, [len(a)]]).astype(np.int64) - 1
-        return (a[first], b[last]) if len(a) else (a, b)
+        return list_runs(self.offsets, s)
 
     @property
     def code_bytes(self) -> int:
@@ -1110,7 +1117,7 @@ def search(
     return _best(pos, sc, want, route, qq, int(sum(b - a for a, b in runs)))
 
 
-def _members(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def member_index(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The member indexes of the runs ``[a[i], b[i])``, concatenated: one numpy pass, no
     Python step per run."""
     n = b - a
@@ -1125,7 +1132,7 @@ def _gathered(route: Route, lists: Lists, qc, qq, a: np.ndarray, b: np.ndarray, 
     members gathered by one index (rows as fixed-size opaque items: one copy each), passing
     ``sel`` if given, and scored in one call."""
     assert lists._pos is not None and lists._items is not None
-    idx = _members(a, b)
+    idx = member_index(a, b)
     scanned = len(idx)
     pos = idx if route.implicit else lists._pos[idx]
     if sel is not None:
@@ -1139,7 +1146,7 @@ def _best(pos: np.ndarray, sc: np.ndarray, want: int, route: Route, qq: np.ndarr
     if len(pos) > want:
         top = np.argpartition(sc, want - 1)[:want]
         pos, sc = pos[top], sc[top]
-    return pos.astype(np.int64), _approx_distance(route, qq, sc), scanned
+    return pos.astype(np.int64), approx_distance(route, qq, sc), scanned
 
 
 def _passing(route: Route, sel: np.ndarray, run: tuple[int, int], p: np.ndarray, c: np.ndarray):
@@ -1151,7 +1158,7 @@ def _passing(route: Route, sel: np.ndarray, run: tuple[int, int], p: np.ndarray,
     return (p, c) if keep.all() else (p[keep], c[keep])
 
 
-def _approx_distance(route: Route, qq: np.ndarray, sc: np.ndarray) -> np.ndarray:
+def approx_distance(route: Route, qq: np.ndarray, sc: np.ndarray) -> np.ndarray:
     """:func:`score` values in the metric's units: under cosine the codes are
     ``x / scale`` and the query codes ``q * 127 / max|q|``, so their dot is
     ``cos * 127 / (max|q| * scale)``; under euclidean both are ``/ scale``."""

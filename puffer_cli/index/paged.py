@@ -23,15 +23,17 @@ from puffer_cli.store.filecache import Cache
 PART_BYTES = 8 << 20
 
 
-def put(w, key: str, data: bytes) -> dict:
+def put(w, key: str, data: bytes | memoryview) -> dict:
     """Write ``data`` under ``key`` (whole, or as parts on a remote store); the manifest entry.
     ``w``: the builder's writer (``put(key, data, cache=) -> key``, ``store``, ``cache``).
     The parts are not cached: the whole file is (readers use it, and a cached part next to it
     would be a second copy on the local disk)."""
-    if not w.store.is_remote or len(data) <= PART_BYTES:
+    if not w.store.is_remote:
         return {"key": w.put(key, data)}
+    if len(data) <= PART_BYTES:
+        return {"key": w.put(key, bytes(data))}  # an S3 client takes bytes, not a view
     parts = [
-        w.put(f"{key}.{i:05d}", data[a : a + PART_BYTES], cache=False)
+        w.put(f"{key}.{i:05d}", bytes(data[a : a + PART_BYTES]), cache=False)
         for i, a in enumerate(range(0, len(data), PART_BYTES))
     ]
     w.cache.put(w.store, key, data)

@@ -23,7 +23,7 @@ import polars as pl
 from puffer_cli import caches
 from puffer_cli import limits as L
 from puffer_cli.errors import CorruptIndex, CorruptNamespace, PufferError
-from puffer_cli.index import ann, dfblocks, fts, fts_hint, ivf, paged, ranged
+from puffer_cli.index import ann, dfblocks, fts, fts_hint, ivf, paged, ranged, stack
 from puffer_cli.index import docs as D
 from puffer_cli.index import sparse as sparse_index
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
@@ -791,6 +791,7 @@ class Generation:
         self.segments = [Segment(self, s) for s in man["segments"]]
         self._terms: dict[str, DfTable | dfblocks.RangedDf] = {}
         self._books: dict[str, tuple[ivf.Book, np.ndarray] | None] = {}
+        self._stacks: dict[str, tuple[stack.Stack, list[int]] | None] = {}
         self._lock = threading.Lock()
 
     def book(self, f: str) -> tuple[ivf.Book, np.ndarray] | None:
@@ -813,6 +814,43 @@ class Generation:
         with self._lock:
             self._books[f] = (book, sizes)
         return self._books[f]
+
+    def stack(self, f: str) -> tuple[stack.Stack, list[int]] | None:
+        """The list-major lists of vector field ``f`` (index/stack.py) and the indexes of the
+        segments it covers, in its order; None without one, or when its lists file is not at
+        hand (a cold query reads every segment's lists instead, for now)."""
+        ent = self.man.get("ann_stacks", {}).get(f)
+        if not ent:
+            return None
+        with self._lock:
+            if f in self._stacks:
+                return self._stacks[f]
+        at = {s.name: i for i, s in enumerate(self.segments)}
+        covered = [at.get(n) for n in ent["segments"]]
+        if any(i is None for i in covered):
+            return None
+        if self.store.is_remote and not paged.cached(self.cache, self.store, ent["lists"]):
+            return None  # not kept: once the file is cached (warm), the next query uses it
+        idx = [int(i) for i in covered if i is not None]
+        iv = self.segments[idx[0]].ivf(f)
+        if iv is None:
+            return None
+        try:
+            route_file = self.cache.file(self.store, ent["route"]).read_bytes()
+            got = (stack.Stack(route_file, paged.whole(self.cache, self.store, ent["lists"]), iv[0]), idx)
+        except (FileNotFoundError, *_DECODE_ERRORS) as e:
+            ns = self.manifest_key.split("/index/", 1)[0]
+            missing = isinstance(e, FileNotFoundError)
+            state = "is missing" if missing else f"is damaged ({type(e).__name__}: {str(e)[:200]})"
+            err = CorruptIndex(
+                f"namespace {ns!r}: index file {ent['lists']['key']} / {ent['route']} (the list-major "
+                f"stack of {f!r}, generation {self.generation}) {state}",
+                hint=repair_hint(ns),
+            )
+            raise (MissingIndexFile(err) if missing else err) from e
+        with self._lock:
+            self._stacks[f] = got
+        return got
 
     @property
     def live_rows(self) -> int:

@@ -533,6 +533,47 @@ class IndexedView:
             got = cache[f] = int(sizes.sum())
         return got
 
+    def stack_candidates(self, rb, filt, k: int, metric) -> dict[int, tuple[np.ndarray, int, int, np.ndarray]]:
+        """Unfiltered ANN under shared routing with a list-major stack at hand (index/stack.py):
+        the candidates of every segment it covers from one search of the stack, as
+        :meth:`vector_candidates` would give each (row positions, 0 rows scored exactly, rows
+        scanned: the stack's on the first, approximate distances); {} otherwise."""
+        if filt is not None or rb.method != "ANN" or metric != self.gen.metric or k <= 0:
+            return {}
+        got = self.gen.stack(rb.attr)
+        if got is None:
+            return {}
+        st, covered = got
+        route = st.route
+        opts = self._ivf_options(rb.attr, True)
+        if opts["fill"] > 0 or not self._book_probes_a_part(rb, route, opts):
+            return {}  # fill: lists between the chosen ones scanned too, each segment's own (ivf.Route.runs)
+        _chosen, srt = self._shared_lists(rb, route, opts, 1.0)
+        segs = self.gen.segments
+        hidden = any(segs[i].live_count() < segs[i].rows for i in covered) or (
+            self.tail is not None and any(i in self.tail.hidden for i in covered)
+        )
+
+        def visible(g: np.ndarray) -> np.ndarray:
+            s, r = st.segment_rows(g)
+            ok = np.ones(len(g), bool)
+            for j in np.unique(s).tolist():
+                m = s == j
+                ok[m] = self._visible(covered[j])[r[m]]
+            return ok
+
+        g, d, scanned = st.search(rb.array(), srt, k * opts["rerank"], visible if hidden else None)
+        s, r = st.segment_rows(g)
+        out = {}
+        for j, i in enumerate(covered):
+            pos, approx = r[s == j], d[s == j]
+            z = segs[i].unindexed_vectors(rb.attr)
+            if len(z):  # zero vectors under cosine: exactly at distance 1
+                z = z[self._visible(i)[z]]
+                pos, approx = np.concatenate([pos, z]), np.concatenate([approx, np.ones(len(z))])
+            out[i] = (pos.astype(np.int64), 0, scanned if j == 0 else 0, approx)
+        return out
+
     def _book_probes_a_part(self, rb, route, opts: dict) -> bool:
         """Does ``route`` follow the generation's book, and does a query probe fewer than all
         of the namespace's rows (``ivf.probe_rows``)?"""

@@ -177,7 +177,8 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     # lists, one for every segment's re-rank rows
     n = len(view.gen.segments)
     remote = view.gen.store.is_remote
-    cands = RG.parallel([partial(candidates, i) for i in range(n)], remote)
+    pre = view.stack_candidates(rb, q.filters, kk, metric)  # the segments a list-major stack covers
+    cands = RG.parallel([partial(pre.__getitem__, i) if i in pre else partial(candidates, i) for i in range(n)], remote)
     keep = _best_overall([(c[0], c[3]) for c in cands], kk * ivf.options(view.schema.get(rb.attr))["rerank"])
     also = _attribute_prefetch(view, q, keep)
     done = RG.parallel([partial(rerank, i, keep[i], also[i]) for i in range(n)], remote)

@@ -1,0 +1,222 @@
+"""The list-major lists of a namespace's segments under shared routing (format 3).
+
+Every segment following a shared :class:`ivf.Book` holds a slice of every book list, so a query's
+probed lists are, in each segment, a few members at a time: at 30M rows (30 segments) ~15k runs of
+~18 members gathered from 30 files, and a cold query reads each segment's slice of ~1.6k lists
+(~1,150 requests). A *stack* keeps, book list after book list, the members of that list from every
+covered segment together, so the same probe is ~500 contiguous runs of one file, each scored where
+it lies (docs/benchmarks.md, "A list-major layout": the same 30M query 26.5 -> 12.0 ms warm in a lab
+prototype, the same members and results; cold requests ~1,150 -> 115-149 counted offline).
+
+`puffer index` writes one per vector field for the big segments following the book
+(index/builder.py ``write_stacks``; the manifest's ``ann_stacks``), and an unfiltered ANN query
+reads it when it is at hand, local or cached (search/reader.py ``stack_candidates``); filtered
+queries, small segments and cold reads use the segments' own lists (docs/indexer.md).
+
+A stack of one vector field is two files:
+
+``lists``
+    records of ``4 + code_bytes`` bytes, list after list (segments in order within a list, each
+    segment's members in its own list order): the member's *global row* (uint32, little-endian:
+    its segment's base + its row in the segment), then its codes as the segment's lists file has
+    them (int8, or int4 packed two a byte). A run of adjacent lists is one byte range, and its
+    codes are scored in place (a strided view: numkong takes the 4-byte gap between rows).
+``route`` (npz)
+    ``counts``: members per book list (the narrowest unsigned type, deflated); ``bases``: each
+    covered segment's first global row (int64, ascending, one more at the end: the total);
+    ``code_bytes``, ``bits``, ``book``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from puffer_cli.index import ivf
+
+
+class Sink(Protocol):
+    """Where :func:`write` puts the lists file: a binary file or a buffer filled in place."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
+LONG_RUN = 256  # runs of at least this many members are scored in place, shorter ones gathered
+CHUNK_MEMBERS = 1 << 20  # members copied per step of :func:`write` (bounded temporaries: ~100 MB at 100 dims)
+
+
+def record_bytes(code_bytes: int) -> int:
+    """Bytes of one member's record: its global row, then its codes."""
+    return 4 + code_bytes
+
+
+def write(parts: Sequence[tuple[ivf.Route, ivf.Lists]], out: Sink) -> bytes:
+    """Write the stack of ``parts`` (each covered segment's route and memory-mapped lists, in
+    order; all following one book) to ``out``; returns its route file. Streams by ranges of
+    lists, so memory stays at about CHUNK_MEMBERS records whatever the namespace's size."""
+    if any(not lists.local for _r, lists in parts):
+        raise ValueError("a stack is written from local (memory-mapped) lists files")
+    return _write([r for r, _l in parts], [_mapped(lists) for _r, lists in parts], out)
+
+
+def write_files(routes: Sequence[ivf.Route], paths: Sequence[str], out: Sink) -> bytes:
+    """:func:`write` from the lists files at ``paths`` read a range at a time (no memory map:
+    the builder's peak memory stays at a step's records, not the files' pages)."""
+    return _write(routes, [_reader(r, p) for r, p in zip(routes, paths)], out)
+
+
+def _mapped(lists: ivf.Lists):
+    """``read(a, b) -> (positions, codes)`` of members ``a .. b - 1`` of memory-mapped lists."""
+    assert lists._pos is not None and lists._codes is not None
+    pos, codes = lists._pos, lists._codes
+    return lambda a, b: (pos[a:b], codes[a:b])
+
+
+def _reader(r: ivf.Route, path: str):
+    """``read(a, b)`` of a lists file by positioned reads (its layout: ivf.Lists)."""
+    cb, n = r.code_bytes, r.rows
+    head = 0 if r.implicit else 4 * n
+
+    def read(a: int, b: int):
+        with open(path, "rb") as fh:
+            if r.implicit:
+                pos = np.arange(a, b, dtype=np.uint32)
+            else:
+                fh.seek(4 * a)
+                pos = np.frombuffer(fh.read(4 * (b - a)), "<u4")
+            fh.seek(head + cb * a)
+            codes: np.ndarray = np.frombuffer(fh.read(cb * (b - a)), r.code_dtype).reshape(b - a, cb)
+        return pos, codes
+
+    return read
+
+
+def _write(routes: Sequence[ivf.Route], reads: Sequence, out: Sink) -> bytes:
+    if not routes:
+        raise ValueError("a stack covers at least one segment")
+    r0 = routes[0]
+    if any(r.book != r0.book or r.bits != r0.bits or r.code_bytes != r0.code_bytes for r in routes):
+        raise ValueError("a stack's segments follow one book with one code width")
+    parts = list(zip(routes, reads))
+    nlist = r0.nlist
+    if any(r.nlist != nlist for r in routes):
+        raise ValueError("a stack's segments hold the same book lists")
+    cb = r0.code_bytes
+    counts = np.sum([np.diff(r.offsets) for r in routes], axis=0).astype(np.int64)
+    bases = np.concatenate([[0], np.cumsum([int(r.rows) for r in routes])]).astype(np.int64)
+    if bases[-1] >= 1 << 32:
+        raise ValueError("a stack's global rows are uint32: at most 2^32 - 1 rows")
+    rec = np.dtype([("row", "<u4"), ("code", r0.code_dtype, (cb,))])
+    per_list = counts.cumsum()
+    start = 0
+    while start < nlist:
+        # the lists [start, stop) hold about CHUNK_MEMBERS members (at least one list)
+        before = int(per_list[start - 1]) if start else 0
+        stop = max(start + 1, int(np.searchsorted(per_list, before + CHUNK_MEMBERS, side="right")))
+        stop = min(stop, nlist)
+        out.write(_chunk(parts, bases, start, stop, rec).tobytes())
+        start = stop
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        counts=counts.astype(np.min_scalar_type(int(counts.max()) if len(counts) else 0)),
+        bases=bases,
+        code_bytes=np.int64(cb),
+        bits=np.int64(r0.bits),
+        book=np.str_(r0.book or ""),
+    )
+    return buf.getvalue()
+
+
+def _chunk(parts: Sequence, bases: np.ndarray, start: int, stop: int, rec: np.dtype) -> np.ndarray:
+    """The records of lists ``start .. stop - 1``: list-major, segments in order within a list
+    (``parts``: (route, read) per segment)."""
+    labels: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+    for base, (r, read) in zip(bases.tolist(), parts):
+        a, b = int(r.offsets[start]), int(r.offsets[stop])
+        pos, c = read(a, b)
+        labels.append(np.repeat(np.arange(start, stop), np.diff(r.offsets[start : stop + 1])))
+        rows.append(pos.astype(np.int64) + base)
+        codes.append(c)
+    lab = np.concatenate(labels)
+    order = np.argsort(lab, kind="stable")  # by list; segments (concatenated in order) stay in order
+    out = np.empty(len(lab), rec)
+    out["row"] = np.concatenate(rows)[order]
+    out["code"] = np.concatenate(codes)[order]
+    return out
+
+
+class Stack:
+    """A stack read back: the members of a book's lists over its covered segments, memory-mapped
+    (``local``: the lists file's path). ``route``: a route of a covered segment, for the codes'
+    scale and metric (every segment following a book has the book's)."""
+
+    def __init__(self, route_file: bytes, local, route: ivf.Route):
+        z = np.load(io.BytesIO(route_file), allow_pickle=False)
+        self.offsets = np.concatenate([[0], np.cumsum(z["counts"], dtype=np.int64)])
+        self.bases = np.asarray(z["bases"], np.int64)
+        self.code_bytes = int(z["code_bytes"])
+        self.book = str(z["book"]) or None
+        if route.code_bytes != self.code_bytes or route.book != self.book:
+            raise ValueError("the route given does not follow the stack's book and codes")
+        self.route = route
+        n = int(self.offsets[-1])
+        raw = np.asarray(np.memmap(local, dtype=np.uint8, mode="r")) if n else np.zeros(0, np.uint8)
+        if len(raw) != n * record_bytes(self.code_bytes):
+            raise ValueError(f"stack lists file holds {len(raw)} bytes, its route says {n} records")
+        recs = raw.reshape(n, record_bytes(self.code_bytes))
+        self.rows: np.ndarray = recs[:, :4].view("<u4").reshape(n)  # strided views over the records
+        self.codes: np.ndarray = recs[:, 4:].view(route.code_dtype)
+
+    @property
+    def members(self) -> int:
+        return int(self.offsets[-1])
+
+    def segment_rows(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(covered segment index, row in it) of global rows ``g``."""
+        s = np.searchsorted(self.bases, np.asarray(g, np.int64), side="right") - 1
+        return s, np.asarray(g, np.int64) - self.bases[s]
+
+    def search(
+        self,
+        q: np.ndarray,
+        lists: np.ndarray,
+        want: int,
+        visible: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(global rows, approximate distances, members scanned) of the ``want`` best members
+        of ``lists`` (the book's chosen lists, sorted and unique) by approximate distance,
+        nearest first; ``visible(global rows) -> mask``: only rows it keeps are returned
+        (deleted or superseded rows), checked on the best candidates, widening as needed."""
+        r = self.route
+        a, b = ivf.list_runs(self.offsets, np.asarray(lists, np.int64))
+        scanned = int((b - a).sum())
+        if want <= 0 or not scanned:
+            return np.zeros(0, np.int64), np.zeros(0), scanned
+        qq = r.prepare_query(q)
+        qc = r.query_codes(qq)
+        # long runs scored where they lie; the short ones gathered and scored in one call
+        # (a call costs ~5-10 us: at 10M rows a probe is ~550 runs of ~290 members on average)
+        long = (b - a) >= LONG_RUN
+        short = ivf.member_index(a[~long], b[~long])
+        ids, scores = [short], [ivf.score(r, qc, self.codes[short])]
+        for x, y in zip(a[long].tolist(), b[long].tolist()):
+            ids.append(np.arange(x, y, dtype=np.int64))
+            scores.append(ivf.score(r, qc, self.codes[x:y]))
+        idx, sc = np.concatenate(ids), np.concatenate(scores)
+        take = want
+        while True:
+            k = min(take, len(sc))
+            top = np.argpartition(sc, k - 1)[:k] if k < len(sc) else np.arange(len(sc))
+            top = top[np.argsort(sc[top], kind="stable")]
+            g = self.rows[idx[top]].astype(np.int64)
+            keep = np.ones(len(g), bool) if visible is None else np.asarray(visible(g), bool)
+            if keep.sum() >= want or k == len(sc):
+                top, g = top[keep][:want], g[keep][:want]
+                return g, ivf.approx_distance(r, qq, sc[top]), scanned
+            take *= 4

@@ -1,0 +1,280 @@
+"""The list-major stack of a namespace's shared-routing lists (puffer_cli/index/stack.py):
+written in bounded steps, read back, and searched: the same members and approximate distances as
+every covered segment searched on its own over the book's chosen lists."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from puffer_cli.index import ivf, stack
+
+from .test_ivf import clustered
+
+DIMS = 12
+
+
+def _segments(tmp_path, metric, sizes=(700, 0, 1300, 500), bits=8, seed=21):
+    """A book trained on all rows and segments of ``sizes`` rows following it (one empty):
+    (book, [(route, lists)] in order, the rows' vectors)."""
+    rng = np.random.default_rng(seed)
+    x = clustered(rng, n=sum(sizes), dims=DIMS)
+    book = ivf.train_book(x, len(x), 16, metric)
+    assert book is not None
+    parts, base = [], 0
+    for i, n in enumerate(sizes):
+        xs = x[base : base + n]
+        rb, lb, _info = ivf.encode(book.fit(xs), xs, book_id=book.id, bits=bits)
+        path = tmp_path / f"seg{seed}-{i}.lists"
+        path.write_bytes(lb)
+        route = ivf.Route(rb, DIMS, metric)
+        parts.append((route, ivf.Lists(route, local=str(path))))
+        base += n
+    return book, parts, x
+
+
+def _stack(tmp_path, parts, **kw) -> stack.Stack:
+    out = io.BytesIO()
+    route_file = stack.write(parts, out, **kw)
+    path = tmp_path / "stack.lists"
+    path.write_bytes(out.getvalue())
+    return stack.Stack(route_file, str(path), parts[0][0])
+
+
+def _per_segment(parts, q, chosen, want):
+    """Every segment searched on its own over ``chosen``: (global rows, distances), best first."""
+    rows, dist, base = [], [], 0
+    for r, lists in parts:
+        if r.rows:
+            pos, d, _n = ivf.search(r, lists, q, r.rows, 0.0, sorted_chosen=chosen)
+            rows.append(pos + base)
+            dist.append(d)
+        base += r.rows
+    g, d = np.concatenate(rows), np.concatenate(dist)
+    o = np.lexsort((g, d))[:want]
+    return g[o], d[o]
+
+
+@pytest.mark.parametrize("metric", ["cosine_distance", "euclidean_squared"])
+def test_a_stack_scans_what_its_segments_scan(tmp_path, metric):
+    book, parts, x = _segments(tmp_path, metric)
+    st = _stack(tmp_path, parts)
+    assert st.members == len(x) == int(st.bases[-1])
+    sizes = np.sum([np.diff(r.offsets) for r, _l in parts], axis=0)
+    rng = np.random.default_rng(2)
+    for q in rng.normal(size=(6, DIMS)).astype(np.float32):
+        chosen = np.sort(ivf.prefix(book.ranked(q, sizes, 600), 600))
+        every, every_d = _per_segment(parts, q, chosen, len(x))
+        g, d, scanned = st.search(q, chosen, len(x))
+        assert scanned == len(every)  # the same members: those of the chosen lists in every segment
+        assert sorted(g.tolist()) == sorted(every.tolist())
+        assert np.allclose(np.sort(d), np.sort(every_d))
+        top, top_d, _n = st.search(q, chosen, 20)
+        assert np.allclose(top_d, every_d[:20]) and np.all(np.diff(top_d) >= 0)
+        assert set(top.tolist()) <= set(every.tolist())
+
+
+def test_a_stack_keeps_each_members_global_row_and_codes(tmp_path):
+    """A record is the member's segment base + row, then the codes its segment's file holds."""
+    _book, parts, _x = _segments(tmp_path, "cosine_distance")
+    st = _stack(tmp_path, parts)
+    s, row = st.segment_rows(st.rows)
+    for i, (r, lists) in enumerate(parts):
+        mine = np.flatnonzero(s == i)
+        assert len(mine) == r.rows
+        if not r.rows:
+            continue
+        assert lists._pos is not None and lists._codes is not None
+        at = {int(p): k for k, p in enumerate(lists._pos)}
+        k = np.array([at[int(p)] for p in row[mine]])
+        assert np.array_equal(st.codes[mine], lists._codes[k])
+        # within a list, a segment's members keep their own order
+        lab = np.searchsorted(st.offsets, mine, side="right") - 1
+        assert np.all(np.diff(lab) >= 0)
+
+
+def test_writing_in_small_steps_gives_the_same_file(tmp_path, monkeypatch):
+    _book, parts, _x = _segments(tmp_path, "cosine_distance")
+    whole = io.BytesIO()
+    route_file = stack.write(parts, whole)
+    for step in (1, 7, 300):
+        monkeypatch.setattr(stack, "CHUNK_MEMBERS", step)
+        out = io.BytesIO()
+        assert stack.write(parts, out) == route_file and out.getvalue() == whole.getvalue()
+
+
+def test_hidden_rows_are_skipped_and_the_search_widens(tmp_path):
+    book, parts, x = _segments(tmp_path, "cosine_distance")
+    st = _stack(tmp_path, parts)
+    sizes = np.sum([np.diff(r.offsets) for r, _l in parts], axis=0)
+    q = np.random.default_rng(4).normal(size=DIMS).astype(np.float32)
+    chosen = np.sort(ivf.prefix(book.ranked(q, sizes, 800), 800))
+    best, _d, _n = st.search(q, chosen, 30)
+    gone = set(best[:25].tolist())  # most of the best deleted: the search looks further
+    g, d, _n = st.search(q, chosen, 10, visible=lambda rows: np.array([r not in gone for r in rows.tolist()]))
+    assert len(g) == 10 and not gone & set(g.tolist())
+    every, every_d = _per_segment(parts, q, chosen, len(x))
+    keep = np.array([r not in gone for r in every.tolist()])
+    assert np.allclose(d, every_d[keep][:10])
+
+
+def test_int4_codes_stack_too(tmp_path):
+    book, parts, x = _segments(tmp_path, "cosine_distance", bits=4)
+    st = _stack(tmp_path, parts)
+    sizes = np.sum([np.diff(r.offsets) for r, _l in parts], axis=0)
+    q = np.random.default_rng(6).normal(size=DIMS).astype(np.float32)
+    chosen = np.sort(ivf.prefix(book.ranked(q, sizes, 500), 500))
+    every, every_d = _per_segment(parts, q, chosen, len(x))
+    g, d, _n = st.search(q, chosen, len(x))
+    assert sorted(g.tolist()) == sorted(every.tolist()) and np.allclose(np.sort(d), np.sort(every_d))
+
+
+def test_a_stack_refuses_what_it_cannot_hold(tmp_path):
+    _book, parts, _x = _segments(tmp_path, "cosine_distance")
+    _other, theirs, _y = _segments(tmp_path, "cosine_distance", seed=22)
+    with pytest.raises(ValueError, match="at least one segment"):
+        stack.write([], io.BytesIO())
+    with pytest.raises(ValueError, match="one book"):
+        stack.write([parts[0], theirs[0]], io.BytesIO())
+    out = io.BytesIO()
+    route_file = stack.write(parts, out)
+    path = tmp_path / "short.lists"
+    path.write_bytes(out.getvalue()[:-1])
+    with pytest.raises(ValueError, match="records"):
+        stack.Stack(route_file, str(path), parts[0][0])
+    with pytest.raises(ValueError, match="does not follow"):
+        stack.Stack(route_file, str(tmp_path / "stack.lists"), theirs[0][0])
+
+
+# ---------------------------------------------------------------- in a namespace
+@pytest.fixture
+def stacked(monkeypatch):
+    """Shared routing, segments of 1,000 rows (those of 500 or more in the stack), every ANN
+    query through the IVF with a probe that takes a part of the namespace."""
+    from puffer_cli.search import reader
+
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "1000")
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 400)
+
+
+def _answers(ns, qs, **kw):
+    from puffer_cli.search import engine
+
+    out = []
+    for q in qs:
+        body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}, **kw}
+        rows = engine.run_query(ns, body)["rows"]
+        out.append([(r["id"], round(r["$dist"], 6)) for r in rows])
+    return out
+
+
+def _without_stack(monkeypatch, ns, qs):
+    from puffer_cli.index import segment
+
+    with monkeypatch.context() as m:
+        m.setattr(segment.Generation, "stack", lambda self, f: None)
+        return _answers(ns, qs)
+
+
+def _manifest(ns):
+    from puffer_cli.index import builder
+
+    return builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
+
+
+def test_a_namespace_answers_the_same_with_its_stack(db, monkeypatch, stacked):
+    """Three 1,000-row segments share one stack (named by the manifest, among its files); ANN
+    answers equal those of the per-segment lists, with deletes and a WAL tail on top; an
+    incremental run of a small segment keeps the stack, a query still equals the per-segment
+    path; GC removes no file of the current generation."""
+    from puffer_cli.index import builder
+
+    rng = np.random.default_rng(31)
+    x = clustered(rng, n=3000, dims=16, k=60)
+    ns = db.open_namespace("stacked")
+    ns.write({"upsert_columns": {"id": list(range(3000)), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    man = _manifest(ns)
+    ent = man["ann_stacks"]["vector"]
+    assert ent["segments"] == [s["name"] for s in man["segments"]] and ent["members"] == 3000
+    assert ent["route"] in man["files"] and set(paged_files(ent["lists"])) <= set(man["files"])
+    qs = x[rng.integers(0, 3000, 8)] + rng.normal(size=(8, 16)).astype(np.float32) * 0.3
+    used = []
+    real = stack.Stack.search
+    monkeypatch.setattr(stack.Stack, "search", lambda self, *a, **kw: used.append(1) or real(self, *a, **kw))
+    assert _answers(ns, qs) == _without_stack(monkeypatch, ns, qs)
+    assert len(used) == len(qs)  # every query through the stack (and none without it)
+    # deletes and an unindexed tail: the stack's rows are checked against both
+    ns.write({"deletes": list(range(0, 3000, 7))})
+    ns.write({"upsert_columns": {"id": list(range(1, 200, 3)), "vector": (x[1:200:3] * -1).tolist()}})
+    assert _answers(ns, qs) == _without_stack(monkeypatch, ns, qs)
+    builder.index_namespace(ns, gc_grace_s=0)
+    ns.write({"upsert_columns": {"id": list(range(3000, 3100)), "vector": x[:100].tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    man2 = _manifest(ns)
+    small = [s for s in man2["segments"] if s["rows"] < 500]
+    assert small and all(s["name"] not in man2["ann_stacks"]["vector"]["segments"] for s in small)
+    used.clear()
+    assert _answers(ns, qs) == _without_stack(monkeypatch, ns, qs)
+    assert len(used) == len(qs)
+    assert all(ns.store.exists(k) for k in man2["files"])
+    with ivf.override(fill=0.5):  # fill scans each segment's lists between the chosen ones: not the stack
+        used.clear()
+        assert _answers(ns, qs[:2]) == _without_stack(monkeypatch, ns, qs[:2]) and not used
+
+
+def paged_files(entry):
+    from puffer_cli.index import paged
+
+    return paged.files(entry)
+
+
+def test_reading_files_by_range_writes_the_same_stack(tmp_path):
+    """stack.write_files (the builder's: positioned reads, no memory map) == stack.write."""
+    _book, parts, _x = _segments(tmp_path, "cosine_distance")
+    a, b = io.BytesIO(), io.BytesIO()
+    ra = stack.write(parts, a)
+    paths = [str(tmp_path / f"seg21-{i}.lists") for i in range(len(parts))]
+    assert stack.write_files([r for r, _l in parts], paths, b) == ra and a.getvalue() == b.getvalue()
+
+
+def test_a_damaged_stack_is_reported_and_the_next_run_writes_it_again(local_db, monkeypatch, stacked):
+    """A truncated stack file: a query fails with the file named and the repair hint (not a
+    wrong answer); `index --repair` finds it by its size and writes the stack again; a deleted
+    one is found by any run (a generation with nothing else new)."""
+    from puffer_cli.errors import CorruptIndex
+    from puffer_cli.index import builder, manifest, segment
+
+    rng = np.random.default_rng(41)
+    x = clustered(rng, n=2500, dims=16, k=50)
+    ns = local_db.open_namespace("dmg")
+    ns.write({"upsert_columns": {"id": list(range(2500)), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    qs = x[:3] + 0.01
+    want = _answers(ns, qs)
+    ent = _manifest(ns)["ann_stacks"]["vector"]
+    key = ent["lists"]["key"]
+    data = ns.store.read(key)
+    ns.store.write(key, data[:-7])
+    segment.GENS.clear()
+    manifest.MANIFESTS.clear()
+    ns.cache.clear() if hasattr(ns.cache, "clear") else None
+    with pytest.raises(CorruptIndex, match="stack") as e:
+        _answers(ns, qs)
+    assert "--repair" in (e.value.hint or "")
+    rep = builder.index_namespace(ns, gc_grace_s=0, repair=True)
+    assert ent["route"] in rep.repaired
+    new = _manifest(ns)["ann_stacks"]["vector"]
+    assert new["lists"]["key"] != key and len(ns.store.read(new["lists"]["key"])) == len(data)
+    segment.GENS.clear()
+    assert _answers(ns, qs) == want
+    for k in [new["lists"]["key"], new["route"]]:
+        ns.store.delete(k)
+    rep = builder.index_namespace(ns, gc_grace_s=0)
+    assert rep.status == "indexed" and "stack" in _manifest(ns)["ann_stacks"]["vector"]["route"]
+    segment.GENS.clear()
+    assert _answers(ns, qs) == want
