@@ -186,7 +186,7 @@ def _manifest(ns):
     return builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
 
 
-def test_a_namespace_answers_the_same_with_its_stack(db, monkeypatch, stacked):
+def test_a_namespace_answers_the_same_with_its_stack(db, monkeypatch, stacked, tmp_path):
     """Three 1,000-row segments share one stack (named by the manifest, among its files); ANN
     answers equal those of the per-segment lists, with deletes and a WAL tail on top; an
     incremental run of a small segment keeps the stack, a query still equals the per-segment
@@ -222,6 +222,26 @@ def test_a_namespace_answers_the_same_with_its_stack(db, monkeypatch, stacked):
     assert _answers(ns, qs) == _without_stack(monkeypatch, ns, qs)
     assert len(used) == len(qs)
     assert all(ns.store.exists(k) for k in man2["files"])
+    if ns.store.is_remote:  # a cold process: the stack is not read; after `puffer warm`, it is
+        from puffer_cli.index import manifest, segment
+        from puffer_cli.index.warm import warm
+        from puffer_cli.store import filecache
+
+        old_cache = filecache.get_cache()
+        try:
+            c = filecache.configure(str(tmp_path / "cold-cache"))
+            c.background_fetch = False
+            segment.GENS.clear()
+            manifest.MANIFESTS.clear()
+            cold_ns = db.open_namespace("stacked")
+            used.clear()
+            assert _answers(cold_ns, qs[:2]) == _without_stack(monkeypatch, cold_ns, qs[:2]) and not used
+            warm(cold_ns)
+            segment.GENS.clear()
+            assert _answers(cold_ns, qs[:2]) == _without_stack(monkeypatch, cold_ns, qs[:2]) and len(used) == 2
+        finally:
+            filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
+            segment.GENS.clear()
     with ivf.override(fill=0.5):  # fill scans each segment's lists between the chosen ones: not the stack
         used.clear()
         assert _answers(ns, qs[:2]) == _without_stack(monkeypatch, ns, qs[:2]) and not used

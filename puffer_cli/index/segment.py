@@ -815,10 +815,11 @@ class Generation:
             self._books[f] = (book, sizes)
         return self._books[f]
 
-    def stack(self, f: str) -> tuple[stack.Stack, list[int]] | None:
+    def stack(self, f: str, fetch: bool = False) -> tuple[stack.Stack, list[int]] | None:
         """The list-major lists of vector field ``f`` (index/stack.py) and the indexes of the
         segments it covers, in its order; None without one, or when its lists file is not at
-        hand (a cold query reads every segment's lists instead, for now)."""
+        hand (a cold query reads every segment's lists instead, for now) unless ``fetch``
+        (``puffer warm``: fetched whole into the cache)."""
         ent = self.man.get("ann_stacks", {}).get(f)
         if not ent:
             return None
@@ -829,7 +830,7 @@ class Generation:
         covered = [at.get(n) for n in ent["segments"]]
         if any(i is None for i in covered):
             return None
-        if self.store.is_remote and not paged.cached(self.cache, self.store, ent["lists"]):
+        if self.store.is_remote and not fetch and not paged.cached(self.cache, self.store, ent["lists"]):
             return None  # not kept: once the file is cached (warm), the next query uses it
         idx = [int(i) for i in covered if i is not None]
         iv = self.segments[idx[0]].ivf(f)

@@ -39,6 +39,8 @@ def warm(ns, cache: Cache | None = None, progress=None) -> dict:
     gen = open_generation(ns.store, ptr, cache)
     for seg in gen.segments:
         seg.warm()
+    for f in man.get("ann_stacks", {}):  # a list-major stack: whole in the cache, so queries read it
+        gen.stack(f, fetch=True)
     return {
         "namespace": ns.name,
         "generation": ptr["generation"],
