@@ -222,7 +222,7 @@ def test_a_namespace_answers_the_same_with_its_stack(db, monkeypatch, stacked, t
     assert _answers(ns, qs) == _without_stack(monkeypatch, ns, qs)
     assert len(used) == len(qs)
     assert all(ns.store.exists(k) for k in man2["files"])
-    if ns.store.is_remote:  # a cold process: the stack is not read; after `puffer warm`, it is
+    if ns.store.is_remote:  # a cold process reads the stack by ranges; after `puffer warm`, memory-mapped
         from puffer_cli.index import manifest, segment
         from puffer_cli.index.warm import warm
         from puffer_cli.store import filecache
@@ -235,10 +235,14 @@ def test_a_namespace_answers_the_same_with_its_stack(db, monkeypatch, stacked, t
             manifest.MANIFESTS.clear()
             cold_ns = db.open_namespace("stacked")
             used.clear()
-            assert _answers(cold_ns, qs[:2]) == _without_stack(monkeypatch, cold_ns, qs[:2]) and not used
+            assert _answers(cold_ns, qs[:2]) == _without_stack(monkeypatch, cold_ns, qs[:2]) and len(used) == 2
+            lists = man2["ann_stacks"]["vector"]["lists"]
+            assert not c.has(cold_ns.store, lists["key"])  # read by ranges, not fetched whole
             warm(cold_ns)
             segment.GENS.clear()
+            used.clear()
             assert _answers(cold_ns, qs[:2]) == _without_stack(monkeypatch, cold_ns, qs[:2]) and len(used) == 2
+            assert c.has(cold_ns.store, lists["key"])
         finally:
             filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
             segment.GENS.clear()
@@ -298,3 +302,86 @@ def test_a_damaged_stack_is_reported_and_the_next_run_writes_it_again(local_db, 
     assert rep.status == "indexed" and "stack" in _manifest(ns)["ann_stacks"]["vector"]["route"]
     segment.GENS.clear()
     assert _answers(ns, qs) == want
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("cap", [3, 96])
+def test_a_stack_read_by_ranges_answers_as_memory_mapped(tmp_path, monkeypatch, bits, cap):
+    """A cold reader's stack (``fetch``: byte ranges of the lists file) scores the same members
+    as the memory-mapped one, whatever the cap on its ranges (gaps read through, not scanned),
+    in one batch of at most ``RUNS_MAX`` ranges inside the file."""
+    monkeypatch.setattr(stack, "RUNS_MAX", cap)
+    book, parts, x = _segments(tmp_path, "cosine_distance", bits=bits)
+    st = _stack(tmp_path, parts)
+    raw = (tmp_path / "stack.lists").read_bytes()
+    calls: list[list[tuple[int, int]]] = []
+
+    def fetch(ranges):
+        calls.append(list(ranges))
+        return [raw[a:b] for a, b in ranges]
+
+    out = io.BytesIO()
+    cold = stack.Stack(stack.write(parts, out), None, parts[0][0], fetch=fetch)
+    assert not cold.local and st.local
+    sizes = np.sum([np.diff(r.offsets) for r, _l in parts], axis=0)
+    rng = np.random.default_rng(5)
+    for q in rng.normal(size=(6, DIMS)).astype(np.float32):
+        for need in (50, 400, len(x)):
+            chosen = np.sort(ivf.prefix(book.ranked(q, sizes, need), need))
+            calls.clear()
+            g, d, n = cold.search(q, chosen, 25)
+            g2, d2, n2 = st.search(q, chosen, 25)
+            assert n == n2 and np.array_equal(g, g2) and np.allclose(d, d2)
+            assert len(calls) == 1 and 1 <= len(calls[0]) <= cap
+            assert all(0 <= a < b <= len(raw) and a % st.record == 0 for a, b in calls[0])
+            hidden = set(g2[:10].tolist())
+
+            def keep(rows, hidden=hidden):
+                return np.array([r not in hidden for r in rows.tolist()])
+
+            assert np.array_equal(cold.search(q, chosen, 10, keep)[0], st.search(q, chosen, 10, keep)[0])
+
+
+def test_a_cold_reader_meeting_a_missing_stack_part_reports_it(s3_server, monkeypatch, stacked, tmp_path):
+    """On S3, a stack stored in parts and read by ranges: a part gone is reported as the
+    stack's damage with the repair hint (not a wrong answer, not a transport error), and
+    `index --repair` writes it again."""
+    import uuid
+
+    import puffer_cli
+    from puffer_cli.errors import CorruptIndex
+    from puffer_cli.index import builder, manifest, paged, segment
+    from puffer_cli.store import filecache
+
+    monkeypatch.setattr(paged, "PART_BYTES", 4096)
+    db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
+    rng = np.random.default_rng(43)
+    x = clustered(rng, n=2500, dims=16, k=50)
+    ns = db.open_namespace("cold-dmg")
+    ns.write({"upsert_columns": {"id": list(range(2500)), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    ent = _manifest(ns)["ann_stacks"]["vector"]
+    assert len(ent["lists"]["parts"]) > 3
+    qs = x[:3] + 0.01
+    old_cache = filecache.get_cache()
+    try:
+
+        def cold():
+            c = filecache.configure(str(tmp_path / f"cache-{uuid.uuid4().hex}"))
+            c.background_fetch = False
+            segment.GENS.clear()
+            manifest.MANIFESTS.clear()
+            return _answers(db.open_namespace("cold-dmg"), qs)
+
+        want = cold()
+        for k in ent["lists"]["parts"]:
+            ns.store.delete(k)
+        with pytest.raises(CorruptIndex, match="stack") as e:
+            cold()
+        assert "--repair" in (e.value.hint or "")
+        rep = builder.index_namespace(ns, gc_grace_s=0, repair=True)
+        assert ent["route"] in rep.repaired
+        assert cold() == want
+    finally:
+        filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
+        segment.GENS.clear()

@@ -797,7 +797,7 @@ class _Run:
             raise Conflict(f"namespace {ns.name!r}: lost the indexer lease before publishing generation {gen}")
         now = now_ms()
         live = int(sum(s["live"] for s in self.all_segs))
-        routing = prefetch_keys(self.all_segs, self.book_entries)
+        routing = prefetch_keys(self.all_segs, self.book_entries, self.stack_entries)
         fts_dir = fts_hint.pointer_hint(self.all_segs, self.bm25)
 
         def swap(cur):
@@ -833,7 +833,7 @@ class _Run:
                 "rows": live,
                 "prefetch": routing,  # routes, tombstones, small lists: a cold reader fetches them with the manifest
                 # of those, what only a vector-ranked query reads (a Count or BM25 query skips them)
-                "prefetch_vector": vector_prefetch_keys(self.all_segs, self.book_entries),
+                "prefetch_vector": vector_prefetch_keys(self.all_segs, self.book_entries, self.stack_entries),
                 "retained": retained,
             }
             if fts_dir is not None:  # where a BM25 query's dictionary reads are (fts_hint)

@@ -242,8 +242,8 @@ def build_options(spec: dict | None) -> dict:
 
 
 def shared_routing() -> bool:
-    """Build format-3 shared routing (the default), or per-segment IVFs (format 2) when
-    ``PUFFER_IVF_ROUTING=segment``; generations of either format answer queries."""
+    """Build format-3 shared routing when ``PUFFER_IVF_ROUTING=shared`` (opt-in), else
+    per-segment IVFs (format 2, the default); generations of either format answer queries."""
     from puffer_cli import config
 
     return config.from_env().ivf_routing == "shared"

@@ -27,6 +27,7 @@ from puffer_cli.index import ann, dfblocks, fts, fts_hint, ivf, paged, ranged, s
 from puffer_cli.index import docs as D
 from puffer_cli.index import sparse as sparse_index
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
+from puffer_cli.index.stack import Stack
 from puffer_cli.schema import frames, types
 from puffer_cli.schema import spec as S
 from puffer_cli.store import Store
@@ -817,41 +818,62 @@ class Generation:
 
     def stack(self, f: str, fetch: bool = False) -> tuple[stack.Stack, list[int]] | None:
         """The list-major lists of vector field ``f`` (index/stack.py) and the indexes of the
-        segments it covers, in its order; None without one, or when its lists file is not at
-        hand (a cold query reads every segment's lists instead, for now) unless ``fetch``
+        segments it covers, in its order; None without one.  Memory-mapped when its lists
+        file is local or cached, else read by ranges (a cold query), unless ``fetch``
         (``puffer warm``: fetched whole into the cache)."""
         ent = self.man.get("ann_stacks", {}).get(f)
         if not ent:
             return None
         with self._lock:
-            if f in self._stacks:
-                return self._stacks[f]
+            known = f in self._stacks
+            have = self._stacks.get(f)
+        if known and (have is None or have[0].local):
+            return have
+        ahead = not self.store.is_remote or paged.cached(self.cache, self.store, ent["lists"])
+        if have is not None and not (fetch or ahead):
+            return have  # read by ranges until the file is cached (warm, or the cache's background fetch)
         at = {s.name: i for i, s in enumerate(self.segments)}
         covered = [at.get(n) for n in ent["segments"]]
-        if any(i is None for i in covered):
-            return None
-        if self.store.is_remote and not fetch and not paged.cached(self.cache, self.store, ent["lists"]):
-            return None  # not kept: once the file is cached (warm), the next query uses it
-        idx = [int(i) for i in covered if i is not None]
-        iv = self.segments[idx[0]].ivf(f)
-        if iv is None:
-            return None
-        try:
-            route_file = self.cache.file(self.store, ent["route"]).read_bytes()
-            got = (stack.Stack(route_file, paged.whole(self.cache, self.store, ent["lists"]), iv[0]), idx)
-        except (FileNotFoundError, *_DECODE_ERRORS) as e:
-            ns = self.manifest_key.split("/index/", 1)[0]
-            missing = isinstance(e, FileNotFoundError)
-            state = "is missing" if missing else f"is damaged ({type(e).__name__}: {str(e)[:200]})"
-            err = CorruptIndex(
-                f"namespace {ns!r}: index file {ent['lists']['key']} / {ent['route']} (the list-major "
-                f"stack of {f!r}, generation {self.generation}) {state}",
-                hint=repair_hint(ns),
-            )
-            raise (MissingIndexFile(err) if missing else err) from e
+        iv = None if any(i is None for i in covered) else self.segments[int(covered[0] or 0)].ivf(f)
+        got = None if iv is None else (self._open_stack(f, ent, iv[0], fetch or ahead), [int(i or 0) for i in covered])
         with self._lock:
             self._stacks[f] = got
         return got
+
+    def _open_stack(self, f: str, ent: dict, route: ivf.Route, whole: bool) -> Stack:
+        """The stack of ``ent``: its lists file memory-mapped (``whole``: fetched into the
+        cache first when remote) or read by ranges; CorruptIndex / MissingIndexFile when a
+        file is damaged or missing (a ranged read: when it is read)."""
+        try:
+            route_file = self.cache.file(self.store, ent["route"]).read_bytes()
+            if whole:
+                return stack.Stack(route_file, paged.whole(self.cache, self.store, ent["lists"]), route)
+            return stack.Stack(route_file, None, route, fetch=partial(self._stack_ranges, f, ent))
+        except (FileNotFoundError, *_DECODE_ERRORS) as e:
+            raise self._stack_damage(f, ent, e) from e
+
+    def _stack_ranges(self, f: str, ent: dict, ranges: list[tuple[int, int]]) -> list[bytes]:
+        """Byte ranges of a stack's lists file (one batch of requests); a short read or a
+        missing part is damage, reported as such."""
+        try:
+            got = paged.read_ranges(self.cache, self.store, ent["lists"], ranges, extra=0.0)
+            for (a, b), g in zip(ranges, got):
+                if len(g) != b - a:
+                    raise ValueError(f"bytes {a}..{b} of the lists file: {len(g)} read")
+            return got
+        except (FileNotFoundError, *_DECODE_ERRORS) as e:
+            raise self._stack_damage(f, ent, e) from e
+
+    def _stack_damage(self, f: str, ent: dict, e: BaseException) -> BaseException:
+        ns = self.manifest_key.split("/index/", 1)[0]
+        missing = isinstance(e, FileNotFoundError)
+        state = "is missing" if missing else f"is damaged ({type(e).__name__}: {str(e)[:200]})"
+        err = CorruptIndex(
+            f"namespace {ns!r}: index file {ent['lists']['key']} / {ent['route']} (the list-major "
+            f"stack of {f!r}, generation {self.generation}) {state}",
+            hint=repair_hint(ns),
+        )
+        return MissingIndexFile(err) if missing else err
 
     @property
     def live_rows(self) -> int:

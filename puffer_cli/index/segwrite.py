@@ -66,7 +66,7 @@ class Writer:
             self._pool.shutdown(wait=True)
 
 
-def prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
+def prefetch_keys(segs: list[dict], books: dict | None = None, stacks: dict | None = None) -> list[str]:
     """What a cold reader fetches with the manifest (the index pointer's ``prefetch``): every
     IVF route, every tombstone file, and the lists files a cold query reads whole
     (``ranged.lists_read_whole``) of segments whose f32 vectors are too big to be read whole
@@ -84,15 +84,17 @@ def prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
         for v in s.get("mv", {}).values():  # multi-vector fields: the routing, offsets, token centroids
             keys += [v["route"], v["offsets"]] + ([v["plaid"]["key"]] if v.get("plaid") else [])
     keys += [b["key"] for b in (books or {}).values()]  # the shared routing (format 3)
+    keys += [e["route"] for e in (stacks or {}).values()]  # list-major stacks' routes (index/stack.py)
     keys.sort()
     return keys + sorted(s["tombstones"] for s in segs if s.get("tombstones"))
 
 
-def vector_prefetch_keys(segs: list[dict], books: dict | None = None) -> list[str]:
+def vector_prefetch_keys(segs: list[dict], books: dict | None = None, stacks: dict | None = None) -> list[str]:
     """The :func:`prefetch_keys` only a query ranked by a vector reads (routes, lists, books,
-    multi-vector routing): the pointer's ``prefetch_vector``, which other queries skip."""
+    stacks' routes, multi-vector routing): the pointer's ``prefetch_vector``, which other
+    queries skip."""
     tombs = {s["tombstones"] for s in segs if s.get("tombstones")}
-    return [k for k in prefetch_keys(segs, books) if k not in tombs]
+    return [k for k in prefetch_keys(segs, books, stacks) if k not in tombs]
 
 
 def segment_files(s: dict) -> list[str]:

@@ -10,8 +10,9 @@ prototype, the same members and results; cold requests ~1,150 -> 115-149 counted
 
 `puffer index` writes one per vector field for the big segments following the book
 (index/builder.py ``write_stacks``; the manifest's ``ann_stacks``), and an unfiltered ANN query
-reads it when it is at hand, local or cached (search/reader.py ``stack_candidates``); filtered
-queries, small segments and cold reads use the segments' own lists (docs/indexer.md).
+reads it (search/reader.py ``stack_plan``): memory-mapped when local or cached, else by ranges,
+its probed runs joined into at most RUNS_MAX requests' ranges (one round trip); filtered queries
+and small segments use the segments' own lists (docs/indexer.md).
 
 A stack of one vector field is two files:
 
@@ -35,7 +36,7 @@ from typing import Protocol
 
 import numpy as np
 
-from puffer_cli.index import ivf
+from puffer_cli.index import ivf, ranged
 
 
 class Sink(Protocol):
@@ -45,6 +46,7 @@ class Sink(Protocol):
 
 
 LONG_RUN = 256  # runs of at least this many members are scored in place, shorter ones gathered
+RUNS_MAX = 96  # byte ranges a ranged read of a stack fetches at most (ranged.bounded)
 CHUNK_MEMBERS = 1 << 20  # members copied per step of :func:`write` (bounded temporaries: ~100 MB at 100 dims)
 
 
@@ -153,10 +155,12 @@ def _chunk(parts: Sequence, bases: np.ndarray, start: int, stop: int, rec: np.dt
 
 class Stack:
     """A stack read back: the members of a book's lists over its covered segments, memory-mapped
-    (``local``: the lists file's path). ``route``: a route of a covered segment, for the codes'
-    scale and metric (every segment following a book has the book's)."""
+    (``local``: the lists file's path), or read by ranges (``fetch(byte ranges) -> bytes of each``:
+    a cold query on an object store reads only its probed lists' runs). ``route``: a route of a
+    covered segment, for the codes' scale and metric (every segment following a book has the
+    book's)."""
 
-    def __init__(self, route_file: bytes, local, route: ivf.Route):
+    def __init__(self, route_file: bytes, local, route: ivf.Route, fetch: Callable[[list], list] | None = None):
         z = np.load(io.BytesIO(route_file), allow_pickle=False)
         self.offsets = np.concatenate([[0], np.cumsum(z["counts"], dtype=np.int64)])
         self.bases = np.asarray(z["bases"], np.int64)
@@ -165,22 +169,43 @@ class Stack:
         if route.code_bytes != self.code_bytes or route.book != self.book:
             raise ValueError("the route given does not follow the stack's book and codes")
         self.route = route
+        self.record = record_bytes(self.code_bytes)
+        self._fetch = fetch
+        self.rows: np.ndarray | None = None
+        self.codes: np.ndarray | None = None
+        if local is None:
+            if fetch is None:
+                raise ValueError("a stack is read from a local file or by ranges")
+            return
         n = int(self.offsets[-1])
         raw = np.asarray(np.memmap(local, dtype=np.uint8, mode="r")) if n else np.zeros(0, np.uint8)
-        if len(raw) != n * record_bytes(self.code_bytes):
+        if len(raw) != n * self.record:
             raise ValueError(f"stack lists file holds {len(raw)} bytes, its route says {n} records")
-        recs = raw.reshape(n, record_bytes(self.code_bytes))
-        self.rows: np.ndarray = recs[:, :4].view("<u4").reshape(n)  # strided views over the records
-        self.codes: np.ndarray = recs[:, 4:].view(route.code_dtype)
+        recs = raw.reshape(n, self.record)
+        self.rows = recs[:, :4].view("<u4").reshape(n)  # strided views over the records
+        self.codes = recs[:, 4:].view(route.code_dtype)
 
     @property
     def members(self) -> int:
         return int(self.offsets[-1])
 
+    @property
+    def local(self) -> bool:
+        return self.codes is not None
+
     def segment_rows(self, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(covered segment index, row in it) of global rows ``g``."""
         s = np.searchsorted(self.bases, np.asarray(g, np.int64), side="right") - 1
         return s, np.asarray(g, np.int64) - self.bases[s]
+
+    def read_plan(self, a: np.ndarray, b: np.ndarray) -> list[tuple[int, int]]:
+        """The byte ranges a ranged read of member runs ``[a[i], b[i])`` fetches: at most
+        RUNS_MAX, the narrowest gaps read through (read, not scanned: the members scored,
+        and so the results, do not depend on them)."""
+        runs = list(zip(a.tolist(), b.tolist()))
+        if len(runs) > RUNS_MAX:
+            runs = ranged.bounded(runs, RUNS_MAX, ranged.REQUEST_BYTES // self.record)
+        return [(x * self.record, y * self.record) for x, y in runs]
 
     def search(
         self,
@@ -200,23 +225,52 @@ class Stack:
             return np.zeros(0, np.int64), np.zeros(0), scanned
         qq = r.prepare_query(q)
         qc = r.query_codes(qq)
-        # long runs scored where they lie; the short ones gathered and scored in one call
-        # (a call costs ~5-10 us: at 10M rows a probe is ~550 runs of ~290 members on average)
-        long = (b - a) >= LONG_RUN
-        short = ivf.member_index(a[~long], b[~long])
-        ids, scores = [short], [ivf.score(r, qc, self.codes[short])]
-        for x, y in zip(a[long].tolist(), b[long].tolist()):
-            ids.append(np.arange(x, y, dtype=np.int64))
-            scores.append(ivf.score(r, qc, self.codes[x:y]))
-        idx, sc = np.concatenate(ids), np.concatenate(scores)
+        sc, rows_of = self._scored(qc, a, b) if self.local else self._fetched(qc, a, b)
         take = want
         while True:
             k = min(take, len(sc))
             top = np.argpartition(sc, k - 1)[:k] if k < len(sc) else np.arange(len(sc))
             top = top[np.argsort(sc[top], kind="stable")]
-            g = self.rows[idx[top]].astype(np.int64)
+            g = rows_of(top)
             keep = np.ones(len(g), bool) if visible is None else np.asarray(visible(g), bool)
             if keep.sum() >= want or k == len(sc):
                 top, g = top[keep][:want], g[keep][:want]
                 return g, ivf.approx_distance(r, qq, sc[top]), scanned
             take *= 4
+
+    def _scored(self, qc, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """(scores, ``rows_of(indexes into them) -> global rows``) of the members of runs
+        ``a..b`` of the memory-mapped file: long runs scored where they lie, the short ones
+        gathered and scored in one call (a call costs ~5-10 us: at 10M rows a probe is ~550
+        runs of ~290 members on average)."""
+        assert self.codes is not None and self.rows is not None
+        codes, rows = self.codes, self.rows
+        long = (b - a) >= LONG_RUN
+        short = ivf.member_index(a[~long], b[~long])
+        ids, scores = [short], [ivf.score(self.route, qc, codes[short])]
+        for x, y in zip(a[long].tolist(), b[long].tolist()):
+            ids.append(np.arange(x, y, dtype=np.int64))
+            scores.append(ivf.score(self.route, qc, codes[x:y]))
+        idx = np.concatenate(ids)
+        return np.concatenate(scores), lambda t: rows[idx[t]].astype(np.int64)
+
+    def _fetched(self, qc, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """:meth:`_scored` by ranged reads (one batch of requests): the members of runs
+        ``a..b`` picked out of the ranges :meth:`read_plan` fetches, scored in one call."""
+        assert self._fetch is not None
+        plan = self.read_plan(a, b)
+        got = self._fetch(plan)
+        m = ivf.member_index(a, b)  # ascending: the runs are sorted and disjoint
+        starts = np.asarray([x // self.record for x, _y in plan], np.int64)
+        cut = np.searchsorted(m, starts[1:]).tolist()
+        bounds = zip([0, *cut], [*cut, len(m)])
+        recs = [
+            np.frombuffer(buf, np.uint8).reshape(-1, self.record)[m[lo:hi] - s0]
+            for buf, s0, (lo, hi) in zip(got, starts.tolist(), bounds)
+        ]
+        rec = np.concatenate(recs) if recs else np.zeros((0, self.record), np.uint8)
+        if len(rec) != len(m):
+            raise ValueError(f"stack ranges returned {len(rec)} of {len(m)} members")
+        rows = rec[:, :4].copy().view("<u4").reshape(-1).astype(np.int64)
+        codes: np.ndarray = rec[:, 4:].view(self.route.code_dtype)
+        return ivf.score(self.route, qc, codes), lambda t: rows[t]

@@ -25,6 +25,7 @@ that frame, so results, distances and scores are the exact engine's:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
@@ -533,22 +534,27 @@ class IndexedView:
             got = cache[f] = int(sizes.sum())
         return got
 
-    def stack_candidates(self, rb, filt, k: int, metric) -> dict[int, tuple[np.ndarray, int, int, np.ndarray]]:
-        """Unfiltered ANN under shared routing with a list-major stack at hand (index/stack.py):
-        the candidates of every segment it covers from one search of the stack, as
-        :meth:`vector_candidates` would give each (row positions, 0 rows scored exactly, rows
-        scanned: the stack's on the first, approximate distances); {} otherwise."""
+    def stack_plan(self, rb, filt, k: int, metric) -> tuple[list[int], Callable[[], dict]] | None:
+        """Unfiltered ANN under shared routing with a list-major stack (index/stack.py): the
+        segments it covers and a call giving their candidates from one search of the stack,
+        as :meth:`vector_candidates` would give each ({segment: (row positions, 0 rows scored
+        exactly, rows scanned: the stack's on the first, approximate distances)}); run in the
+        batch of the other segments' list reads (cold: the stack's ranged reads are that
+        round trip's).  None when the query does not use one."""
         if filt is not None or rb.method != "ANN" or metric != self.gen.metric or k <= 0:
-            return {}
+            return None
         got = self.gen.stack(rb.attr)
         if got is None:
-            return {}
+            return None
         st, covered = got
-        route = st.route
         opts = self._ivf_options(rb.attr, True)
-        if opts["fill"] > 0 or not self._book_probes_a_part(rb, route, opts):
-            return {}  # fill: lists between the chosen ones scanned too, each segment's own (ivf.Route.runs)
-        _chosen, srt = self._shared_lists(rb, route, opts, 1.0)
+        if opts["fill"] > 0 or not self._book_probes_a_part(rb, st.route, opts):
+            return None  # fill: lists between the chosen ones scanned too, each segment's own (ivf.Route.runs)
+        return covered, partial(self._stack_candidates, st, covered, rb, k * opts["rerank"], opts)
+
+    def _stack_candidates(self, st, covered: list[int], rb, want: int, opts: dict) -> dict:
+        L.check_deadline()
+        _chosen, srt = self._shared_lists(rb, st.route, opts, 1.0)
         segs = self.gen.segments
         hidden = any(segs[i].live_count() < segs[i].rows for i in covered) or (
             self.tail is not None and any(i in self.tail.hidden for i in covered)
@@ -562,7 +568,7 @@ class IndexedView:
                 ok[m] = self._visible(covered[j])[r[m]]
             return ok
 
-        g, d, scanned = st.search(rb.array(), srt, k * opts["rerank"], visible if hidden else None)
+        g, d, scanned = st.search(rb.array(), srt, want, visible if hidden else None)
         s, r = st.segment_rows(g)
         out = {}
         for j, i in enumerate(covered):

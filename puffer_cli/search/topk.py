@@ -177,8 +177,14 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     # lists, one for every segment's re-rank rows
     n = len(view.gen.segments)
     remote = view.gen.store.is_remote
-    pre = view.stack_candidates(rb, q.filters, kk, metric)  # the segments a list-major stack covers
-    cands = RG.parallel([partial(pre.__getitem__, i) if i in pre else partial(candidates, i) for i in range(n)], remote)
+    # the segments a list-major stack covers: one search of it, in the batch of the others' lists
+    plan = view.stack_plan(rb, q.filters, kk, metric)
+    covered = set(plan[0]) if plan is not None else set()
+    rest = [i for i in range(n) if i not in covered]
+    got = RG.parallel(([plan[1]] if plan is not None else []) + [partial(candidates, i) for i in rest], remote)
+    by_seg = dict(got[0]) if plan is not None else {}
+    by_seg.update(zip(rest, got[1:] if plan is not None else got))
+    cands = [by_seg[i] for i in range(n)]
     keep = _best_overall([(c[0], c[3]) for c in cands], kk * ivf.options(view.schema.get(rb.attr))["rerank"])
     also = _attribute_prefetch(view, q, keep)
     done = RG.parallel([partial(rerank, i, keep[i], also[i]) for i in range(n)], remote)

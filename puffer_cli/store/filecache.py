@@ -69,6 +69,7 @@ class CacheStats:
     ranged_bytes: int = 0
     evictions: int = 0  # files this process deleted to keep the bound, and their bytes
     evicted_bytes: int = 0
+    background_files: int = 0  # whole files fetched after a ranged read (not any query's misses)
 
 
 @dataclass
@@ -211,10 +212,12 @@ class Cache:
             self.unpin(paths)
 
     # ---------------------------------------------------------------- files
-    def file(self, store: Store, key: str, data: bytes | None = None) -> Path:
+    def file(self, store: Store, key: str, data: bytes | None = None, background: bool = False) -> Path:
         """A local path holding object ``key`` (downloaded on a miss).
 
-        ``data``: the object's bytes when the caller already has them (no fetch)."""
+        ``data``: the object's bytes when the caller already has them (no fetch);
+        ``background``: a fetch no query waits for (counted apart from the misses, which
+        tell a query it was cold)."""
         if self.is_local(store):
             p = store.local_path(key)
             if not p.is_file():
@@ -229,9 +232,12 @@ class Cache:
         if data is None:
             data = store.read(key)
             with self._lock:
-                self.stats.misses += 1
-                self.stats.files_fetched += 1
-                self.stats.bytes_fetched += len(data)
+                if background:
+                    self.stats.background_files += 1
+                else:
+                    self.stats.misses += 1
+                    self.stats.files_fetched += 1
+                    self.stats.bytes_fetched += len(data)
         return self._put(store, key, data)
 
     def open(self, store: Store, key: str):
@@ -258,7 +264,7 @@ class Cache:
 
             def run():
                 try:
-                    self.file(store, key)
+                    self.file(store, key, background=True)
                 except Exception:  # noqa: BLE001 - best effort: queries keep reading by range
                     pass
                 finally:
