@@ -194,15 +194,18 @@ def test_lease_expiry_takeover(mem_db):
 
 
 @pytest.mark.slow  # SIGKILL (nox -s slow)
-@pytest.mark.parametrize("store_url", ["local"], indirect=True)
+@pytest.mark.parametrize("store_url", ["local", "s3"], indirect=True)
 def test_sigkill_under_shared_routing_then_next_run_completes(store_url):
-    """Shared routing writes a book and a list-major stack: a run killed after either (or
-    after its manifest) leaves the published generation answering, and the next run publishes
-    one whose stack covers its big segments, with no orphan after GC."""
+    """Shared routing writes a book and a list-major stack (and on S3 a prefetch pack): a run
+    killed after any of them (or after its manifest) leaves the published generation
+    answering, and the next run publishes one whose stack covers its big segments, with no
+    orphan after GC."""
     db = fresh(store_url)
     rng = np.random.default_rng(13)
     env = {"PUFFER_INDEX_LEASE_TTL": "1", "PUFFER_INDEX_SEGMENT_ROWS": "16", "PUFFER_IVF_ROUTING": "shared"}
     points = ["after_book", "after_segment", "after_stack", "after_manifest"]
+    if db.store.is_remote:
+        points.append("after_pack")
     procs = {}
     for k, point in enumerate(points):
         ns = db.open_namespace(f"s{k}")

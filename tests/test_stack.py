@@ -350,10 +350,10 @@ def test_a_cold_reader_meeting_a_missing_stack_part_reports_it(s3_server, monkey
 
     import puffer_cli
     from puffer_cli.errors import CorruptIndex
-    from puffer_cli.index import builder, manifest, paged, segment
+    from puffer_cli.index import builder, manifest, segment
     from puffer_cli.store import filecache
 
-    monkeypatch.setattr(paged, "PART_BYTES", 4096)
+    monkeypatch.setattr(stack, "PART_BYTES", 4096)
     db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
     rng = np.random.default_rng(43)
     x = clustered(rng, n=2500, dims=16, k=50)

@@ -40,7 +40,7 @@ import polars as pl
 
 from puffer_cli import config
 from puffer_cli.errors import Conflict, plural
-from puffer_cli.index import dfblocks, fts, fts_hint, ivf, muvera, paged, retention, stack
+from puffer_cli.index import dfblocks, fts, fts_hint, ivf, muvera, pack, paged, retention, stack
 from puffer_cli.index import docs as D
 from puffer_cli.index.base import BaseRows
 from puffer_cli.index.gc import gc
@@ -251,6 +251,8 @@ class _Run:
         self.book_entries: dict[str, dict] = {}  # ... as the manifest's ``ann_books`` names it
         self.stack_entries: dict[str, dict] = {}  # the manifest's ``ann_stacks``: list-major lists (index/stack.py)
         self.lost_stacks: set[str] = set()  # fields whose base stack is damaged (check_damage)
+        self.lost_pack = False  # the base's prefetch pack is missing or damaged (check_damage)
+        self.pack_entry: dict | None = None  # the pointer's ``prefetch_pack`` (index/pack.py)
         self.books_decided = False
         self.lost_books: set[str] = set()
 
@@ -298,6 +300,11 @@ class _Run:
             if any(k not in present or (full and k in sizes and self.store.size(k) != sizes[k]) for k in keys):
                 self.lost_stacks.add(f)
                 self.rep.repaired.append(e["route"])
+        # a damaged prefetch pack: any new generation writes another (the up-to-date check below)
+        pk = self.base_man.get("prefetch_pack")
+        if pk and (pk["key"] not in present or (full and not self._pack_intact(pk))):
+            self.lost_pack = True
+            self.rep.repaired.append(pk["key"])
         damaged: dict[int, list[str]] = {}
         for i, s in enumerate(self.base.segs):
             bad = [k for k in segment_files(s) if k not in present]
@@ -479,6 +486,7 @@ class _Run:
             and not joined
             and len(keep) == len(base.segs)
             and not self._stacks_missing()
+            and not self.lost_pack
         ):
             rep = self.rep
             rep.status = "up-to-date"
@@ -617,6 +625,17 @@ class _Run:
         ]
         return cov if len(cov) >= 2 else []
 
+    def _pack_intact(self, pk: dict) -> bool:
+        """Does the base's prefetch pack hold every file it should, each matching its CRC?"""
+        m = self.base_man or {}
+        keys = vector_prefetch_keys(m.get("segments", []), m.get("ann_books"), m.get("ann_stacks"))
+        holds = [k for k in keys if k not in set(pk.get("unpacked", []))]
+        try:
+            pack.unpack(self.store.read(pk["key"]), holds)
+        except (ValueError, FileNotFoundError):
+            return False
+        return True
+
     def _stacks_missing(self) -> bool:
         """Does the base generation lack a stack it should have (damaged, or written before
         stacks were), so a run with nothing else to do writes one?"""
@@ -663,7 +682,7 @@ class _Run:
             key = layout.index_run_file(self.ns.name, self.gen, f"stack-{tag}", self.run_id, "lists")
             rkey = layout.index_run_file(self.ns.name, self.gen, f"stack-{tag}", self.run_id, "npz")
             self.stack_entries[f] = {
-                "lists": paged.put(self.w, key, buf.view()),
+                "lists": paged.put(self.w, key, buf.view(), stack.PART_BYTES),
                 "route": self.w.put(rkey, route_file),
                 "segments": names,
                 "book": book["id"],
@@ -778,6 +797,10 @@ class _Run:
         files.update(b["key"] for b in self.book_entries.values())
         for e in self.stack_entries.values():
             files.update([*paged.files(e["lists"]), e["route"]])
+        self.pack_entry = self._write_pack(all_segs)
+        if self.pack_entry is not None:
+            man["prefetch_pack"] = self.pack_entry
+            files.add(self.pack_entry["key"])
         files.add(self.mkey)
         man["files"] = sorted(files)
         man["sizes"] = {k: n for k, n in {**self.base_sizes(), **self.w.sizes}.items() if k in files}
@@ -786,6 +809,23 @@ class _Run:
         self.w.drain()
         self.w.close()
         crash("after_manifest")
+
+    def _write_pack(self, all_segs: list[dict]) -> dict | None:
+        """On a remote store, the prefetch pack (index/pack.py) of the small files a cold vector
+        query reads with the manifest; its pointer entry (None: fewer than two such files)."""
+        if not self.store.is_remote:
+            return None
+        keys = vector_prefetch_keys(all_segs, self.book_entries, self.stack_entries)
+        sizes = {**self.base_sizes(), **self.w.sizes}
+        small = [k for k in keys if k in sizes and sizes[k] <= pack.ITEM_MAX]
+        if len(small) < 2:
+            return None
+        self.w.drain()  # the files it copies are written
+        data = pack.build(small, lambda k: self.cache.file(self.store, k).read_bytes())
+        key = layout.index_run_file(self.ns.name, self.gen, "prefetch", self.run_id, "zip")
+        self.w.put(key, data, cache=False)
+        crash("after_pack")
+        return {"key": key, "unpacked": [k for k in keys if k not in set(small)]}
 
     def base_sizes(self) -> dict[str, int]:
         return dict((self.base_man or {}).get("sizes", {}))
@@ -834,6 +874,8 @@ class _Run:
                 "prefetch": routing,  # routes, tombstones, small lists: a cold reader fetches them with the manifest
                 # of those, what only a vector-ranked query reads (a Count or BM25 query skips them)
                 "prefetch_vector": vector_prefetch_keys(self.all_segs, self.book_entries, self.stack_entries),
+                # the small ones of those in one object (index/pack.py)
+                **({"prefetch_pack": self.pack_entry} if self.pack_entry is not None else {}),
                 "retained": retained,
             }
             if fts_dir is not None:  # where a BM25 query's dictionary reads are (fts_hint)

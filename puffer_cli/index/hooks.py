@@ -31,6 +31,7 @@ CRASH_POINTS = (
     "after_segment",
     "after_stack",
     "after_bm25",
+    "after_pack",
     "after_manifest",
     "after_publish",
     "mid_gc",

@@ -23,21 +23,22 @@ from puffer_cli.store.filecache import Cache
 PART_BYTES = 8 << 20
 
 
-def put(w, key: str, data: bytes | memoryview) -> dict:
+def put(w, key: str, data: bytes | memoryview, part_bytes: int | None = None) -> dict:
     """Write ``data`` under ``key`` (whole, or as parts on a remote store); the manifest entry.
-    ``w``: the builder's writer (``put(key, data, cache=) -> key``, ``store``, ``cache``).
+    ``w``: the builder's writer (``put(key, data, cache=) -> key``, ``store``, ``cache``);
+    ``part_bytes``: the parts' size (default PART_BYTES; the entry records it for readers).
     The parts are not cached: the whole file is (readers use it, and a cached part next to it
     would be a second copy on the local disk)."""
     if not w.store.is_remote:
         return {"key": w.put(key, data)}
-    if len(data) <= PART_BYTES:
+    pb = part_bytes or PART_BYTES
+    if len(data) <= pb:
         return {"key": w.put(key, bytes(data))}  # an S3 client takes bytes, not a view
     parts = [
-        w.put(f"{key}.{i:05d}", bytes(data[a : a + PART_BYTES]), cache=False)
-        for i, a in enumerate(range(0, len(data), PART_BYTES))
+        w.put(f"{key}.{i:05d}", bytes(data[a : a + pb]), cache=False) for i, a in enumerate(range(0, len(data), pb))
     ]
     w.cache.put(w.store, key, data)
-    return {"key": key, "parts": parts, "part_bytes": PART_BYTES, "size": len(data)}
+    return {"key": key, "parts": parts, "part_bytes": pb, "size": len(data)}
 
 
 def files(entry: dict) -> list[str]:

@@ -10,6 +10,7 @@ cache the first time a query needs it, or read by range (``paged``, ``ranged``).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import zipfile
 from collections import OrderedDict
@@ -23,7 +24,7 @@ import polars as pl
 from puffer_cli import caches
 from puffer_cli import limits as L
 from puffer_cli.errors import CorruptIndex, CorruptNamespace, PufferError
-from puffer_cli.index import ann, dfblocks, fts, fts_hint, ivf, paged, ranged, stack
+from puffer_cli.index import ann, dfblocks, fts, fts_hint, ivf, pack, paged, ranged, stack
 from puffer_cli.index import docs as D
 from puffer_cli.index import sparse as sparse_index
 from puffer_cli.index.manifest import fts_sig_of, load_manifest
@@ -44,6 +45,8 @@ class MissingIndexFile(FileNotFoundError):
         super().__init__(corrupt.message)
         self.corrupt = corrupt
 
+
+log = logging.getLogger("puffer.index.segment")
 
 _DECODE_ERRORS = (OSError, ValueError, EOFError, IndexError, zipfile.BadZipFile, pl.exceptions.PolarsError)
 
@@ -978,13 +981,44 @@ def open_generation_with(
         first = [lambda: load_manifest(store, ptr["manifest"])]
     elif not store.is_remote or not ptr.get("prefetch_vector"):
         pre = []  # local, or an older pointer: everything came with the first open
-    rest: list[Callable[[], Any]] = [partial(prefetch, cache, store, k) for k in pre if not cache.has(store, k)]
+    want = [k for k in pre if not cache.has(store, k)]
+    packed = _packed(ptr, want) if vectors and store.is_remote else []
+    rest: list[Callable[[], Any]] = [partial(prefetch, cache, store, k) for k in want if k not in set(packed)]
+    if packed:  # one request for the small files instead of one each (index/pack.py)
+        rest.append(partial(prefetch_pack, cache, store, ptr["prefetch_pack"]["key"], packed))
     # ``also`` right after the manifest: with more prefetch keys than threads it still starts at once
     got = ranged.parallel(first + list(also) + rest, store.is_remote)
     if g is None:
         g = Generation(store, cache, got[0], ptr["manifest"])
         GENS.put(key, g)
     return g, got[len(first) : len(first) + len(also)]
+
+
+def _packed(ptr: dict, want: list[str]) -> list[str]:
+    """The keys of ``want`` the pointer's prefetch pack holds, when there are two or more
+    (one is cheaper fetched alone)."""
+    pk = ptr.get("prefetch_pack")
+    if not isinstance(pk, dict) or not isinstance(pk.get("key"), str):
+        return []
+    holds = set(ptr.get("prefetch_vector", [])) - set(pk.get("unpacked", []))
+    got = [k for k in want if k in holds]
+    return got if len(got) > 1 else []
+
+
+def prefetch_pack(cache: Cache, store: Store, key: str, keys: list[str]) -> None:
+    """Fetch the prefetch pack ``key`` and put ``keys`` from it in the cache; a pack missing
+    or damaged is logged (its files are then fetched one by one where they are read: one
+    round trip more, the same answer; ``index --repair`` writes it again)."""
+    try:
+        data = store.read(key)
+        files = pack.unpack(data, keys)
+    except FileNotFoundError:
+        log.warning("prefetch pack %s is missing; reading its files one by one (puffer index --repair)", key)
+        return
+    except ValueError as e:
+        log.warning("prefetch pack %s is damaged (%s); reading its files one by one (puffer index --repair)", key, e)
+        return
+    cache.put_fetched(store, files, len(data))
 
 
 def prefetch(cache: Cache, store: Store, key: str) -> None:

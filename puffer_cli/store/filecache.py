@@ -278,6 +278,18 @@ class Cache:
         if not self.is_local(store):
             self._put(store, key, data)
 
+    def put_fetched(self, store: Store, files: dict[str, bytes], nbytes: int) -> None:
+        """Seed the cache with files a query fetched in one object of ``nbytes`` (a prefetch
+        pack, index/pack.py): counted as one miss, as that object's fetch."""
+        with self._lock:
+            self.stats.misses += 1
+            self.stats.files_fetched += 1
+            self.stats.bytes_fetched += nbytes
+        if not self.is_local(store):
+            for k, data in files.items():
+                if not self.has(store, k):
+                    self._put(store, k, data)
+
     def _put(self, store: Store, key: str, data: bytes) -> Path:
         try:
             p = self.path_for(store, key)

@@ -1,0 +1,147 @@
+"""The prefetch pack (puffer_cli/index/pack.py): on S3 a cold vector query fetches the small
+routing files with the manifest as one object; a pack that is damaged or missing costs a
+round trip, never an answer, and is written again by the next run."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from puffer_cli.index import pack
+
+from .test_ivf import clustered
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    files=st.dictionaries(
+        st.text("abcz09-_./", min_size=1, max_size=30), st.binary(max_size=300), min_size=1, max_size=6
+    )
+)
+def test_a_pack_gives_back_what_it_holds(files):
+    data = pack.build(list(files), files.__getitem__)
+    assert pack.unpack(data, list(files)) == files
+
+
+@settings(max_examples=60, deadline=None)
+@given(at=st.integers(0, 10_000), flip=st.integers(1, 255))
+def test_a_damaged_pack_is_refused(at, flip):
+    """Any byte of a file's content changed, or the pack cut short: ValueError, never other bytes."""
+    files = {"a/route.npz": bytes(range(256)) * 3, "b/route.npz": b"x" * 500}
+    data = bytearray(pack.build(list(files), files.__getitem__))
+    i = at % len(data)
+    data[i] ^= flip
+    try:
+        got = pack.unpack(bytes(data), list(files))
+    except ValueError:
+        return
+    assert got == files  # a header byte that does not change any content (e.g. a name's padding)
+    with pytest.raises(ValueError):
+        pack.unpack(bytes(data[: len(data) // 2]), list(files))
+
+
+def _cold(db, name, qs, tmp_path):
+    """Answers and per-key request counts of ``qs`` on a fresh cache (a cold process)."""
+    from puffer_cli.index import manifest, segment
+    from puffer_cli.search import engine
+    from puffer_cli.store import filecache
+
+    c = filecache.configure(str(tmp_path / f"cache-{uuid.uuid4().hex}"))
+    c.background_fetch = False
+    segment.GENS.clear()
+    manifest.MANIFESTS.clear()
+    seen: list[str] = []
+    cls = type(db.store)
+    real_read, real_rr = cls.read, cls.read_ranges
+
+    def read(self, key, *a, **kw):
+        seen.append(key)
+        return real_read(self, key, *a, **kw)
+
+    def read_ranges(self, reqs, *a, **kw):
+        reqs = list(reqs)
+        seen.extend(r[0] for r in reqs)
+        return real_rr(self, reqs, *a, **kw)
+
+    cls.read, cls.read_ranges = read, read_ranges
+    try:
+        ns = db.open_namespace(name)
+        out = []
+        for q in qs:
+            body = {"rank_by": ["vector", "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
+            out.append([(r["id"], round(r["$dist"], 6)) for r in engine.run_query(ns, body)["rows"]])
+        return out, seen
+    finally:
+        cls.read, cls.read_ranges = real_read, real_rr
+
+
+@pytest.fixture
+def shared(monkeypatch):
+    from puffer_cli.index import ivf
+    from puffer_cli.search import reader
+
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "1000")
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 400)
+
+
+def test_a_cold_query_reads_the_routes_as_one_pack(s3_server, shared, tmp_path, caplog):
+    import puffer_cli
+    from puffer_cli.index import builder, segment
+    from puffer_cli.store import filecache
+
+    old_cache = filecache.get_cache()
+    db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
+    rng = np.random.default_rng(51)
+    x = clustered(rng, n=3000, dims=16, k=60)
+    ns = db.open_namespace("packed")
+    ns.write({"upsert_columns": {"id": list(range(3000)), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    ptr = ns.read_meta()[0]["index"]
+    pk = ptr["prefetch_pack"]
+    routes = [k for k in ptr["prefetch_vector"] if k.endswith(".route.npz")]
+    assert len(routes) == 3 and set(routes) <= set(ptr["prefetch_vector"]) - set(pk["unpacked"])
+    man = builder.load_manifest(ns.store, ptr["manifest"])
+    assert pk["key"] in man["files"] and man["prefetch_pack"] == pk
+    qs = x[:3] + 0.01
+    try:
+        want, seen = _cold(db, "packed", qs, tmp_path)
+        assert pk["key"] in seen and not set(routes) & set(seen)  # the routes came in the pack
+        # damaged: the same answers, each route fetched on its own, a warning naming the pack
+        data = ns.store.read(pk["key"])
+        ns.store.write(pk["key"], data[: len(data) // 2])
+        caplog.clear()
+        got, seen = _cold(db, "packed", qs, tmp_path)
+        assert got == want and set(routes) <= set(seen)
+        assert any(pk["key"] in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
+        rep = builder.index_namespace(ns, gc_grace_s=0, repair=True)
+        assert pk["key"] in rep.repaired and rep.status == "indexed"
+        pk2 = ns.read_meta()[0]["index"]["prefetch_pack"]
+        got, seen = _cold(db, "packed", qs, tmp_path)
+        assert got == want and pk2["key"] in seen and not set(routes) & set(seen)
+        # missing: found by any run (no --repair needed)
+        ns.store.delete(pk2["key"])
+        got, _seen = _cold(db, "packed", qs, tmp_path)
+        assert got == want
+        rep = builder.index_namespace(ns, gc_grace_s=0)
+        assert pk2["key"] in rep.repaired and rep.status == "indexed"
+        assert ns.store.exists(ns.read_meta()[0]["index"]["prefetch_pack"]["key"])
+    finally:
+        filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
+        segment.GENS.clear()
+
+
+def test_a_local_store_writes_no_pack(local_db, shared):
+    from puffer_cli.index import builder
+
+    rng = np.random.default_rng(52)
+    x = clustered(rng, n=2500, dims=16, k=50)
+    ns = local_db.open_namespace("plain")
+    ns.write({"upsert_columns": {"id": list(range(2500)), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    assert "prefetch_pack" not in ns.read_meta()[0]["index"]
