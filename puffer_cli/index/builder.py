@@ -816,16 +816,15 @@ class _Run:
         if not self.store.is_remote:
             return None
         keys = vector_prefetch_keys(all_segs, self.book_entries, self.stack_entries)
-        sizes = {**self.base_sizes(), **self.w.sizes}
-        small = [k for k in keys if k in sizes and sizes[k] <= pack.ITEM_MAX]
-        if len(small) < 2:
+        small, unpacked = pack.plan(keys, {**self.base_sizes(), **self.w.sizes})
+        if not small:
             return None
         self.w.drain()  # the files it copies are written
         data = pack.build(small, lambda k: self.cache.file(self.store, k).read_bytes())
         key = layout.index_run_file(self.ns.name, self.gen, "prefetch", self.run_id, "zip")
         self.w.put(key, data, cache=False)
         crash("after_pack")
-        return {"key": key, "unpacked": [k for k in keys if k not in set(small)]}
+        return {"key": key, "unpacked": unpacked}
 
     def base_sizes(self) -> dict[str, int]:
         return dict((self.base_man or {}).get("sizes", {}))

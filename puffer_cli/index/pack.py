@@ -17,9 +17,19 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 ITEM_MAX = 1 << 20  # a file larger than this stays out of the pack (the book: one request of its own)
+
+
+def plan(keys: Sequence[str], sizes: Mapping[str, int]) -> tuple[list[str], list[str]]:
+    """(packed, unpacked) of the pointer's ``prefetch_vector`` ``keys``: the files of at most
+    ITEM_MAX bytes (``sizes``: the manifest's) go in the pack; ([], keys) when fewer than two
+    would (one is cheaper fetched alone)."""
+    small = [k for k in keys if k in sizes and sizes[k] <= ITEM_MAX]
+    if len(small) < 2:
+        return [], list(keys)
+    return small, [k for k in keys if k not in set(small)]
 
 
 def build(keys: Sequence[str], read: Callable[[str], bytes]) -> bytes:
