@@ -836,9 +836,9 @@ class Generation:
         if have is not None and not (fetch or ahead):
             return have  # read by ranges until the file is cached (warm, or the cache's background fetch)
         at = {s.name: i for i, s in enumerate(self.segments)}
-        covered = [at.get(n) for n in ent["segments"]]
-        iv = None if any(i is None for i in covered) else self.segments[int(covered[0] or 0)].ivf(f)
-        got = None if iv is None else (self._open_stack(f, ent, iv[0], fetch or ahead), [int(i or 0) for i in covered])
+        covered = [at[n] for n in ent["segments"] if n in at]
+        iv = self.segments[covered[0]].ivf(f) if covered and len(covered) == len(ent["segments"]) else None
+        got = None if iv is None else (self._open_stack(f, ent, iv[0], fetch or ahead), covered)
         with self._lock:
             self._stacks[f] = got
         return got
@@ -983,7 +983,8 @@ def open_generation_with(
         pre = []  # local, or an older pointer: everything came with the first open
     want = [k for k in pre if not cache.has(store, k)]
     packed = _packed(ptr, want) if vectors and store.is_remote else []
-    rest: list[Callable[[], Any]] = [partial(prefetch, cache, store, k) for k in want if k not in set(packed)]
+    skip = set(packed)
+    rest: list[Callable[[], Any]] = [partial(prefetch, cache, store, k) for k in want if k not in skip]
     if packed:  # one request for the small files instead of one each (index/pack.py)
         rest.append(partial(prefetch_pack, cache, store, ptr["prefetch_pack"]["key"], packed))
     # ``also`` right after the manifest: with more prefetch keys than threads it still starts at once
@@ -998,9 +999,9 @@ def _packed(ptr: dict, want: list[str]) -> list[str]:
     """The keys of ``want`` the pointer's prefetch pack holds, when there are two or more
     (one is cheaper fetched alone)."""
     pk = ptr.get("prefetch_pack")
-    if not isinstance(pk, dict) or not isinstance(pk.get("key"), str):
-        return []
-    holds = set(ptr.get("prefetch_vector", [])) - set(pk.get("unpacked", []))
+    if not isinstance(pk, dict) or not isinstance(pk.get("key"), str) or not isinstance(pk.get("unpacked", []), list):
+        return []  # none, or not one this version wrote: the files one by one
+    holds = {k for k in ptr.get("prefetch_vector", []) if isinstance(k, str)} - set(map(str, pk.get("unpacked", [])))
     got = [k for k in want if k in holds]
     return got if len(got) > 1 else []
 
