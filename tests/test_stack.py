@@ -385,3 +385,51 @@ def test_a_cold_reader_meeting_a_missing_stack_part_reports_it(s3_server, monkey
     finally:
         filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
         segment.GENS.clear()
+
+
+def test_a_stack_whose_parts_the_cache_fetched_is_memory_mapped(s3_server, monkeypatch, stacked, tmp_path):
+    """On S3 a cold query reads the stack by ranges and the cache fetches the parts it touched
+    in the background; once every part is cached, the next query maps one file joined from them
+    (not ~100 ranges copied out of cached parts per query), with the same answers."""
+    import time
+    import uuid
+
+    import puffer_cli
+    from puffer_cli.index import builder, manifest, paged, segment
+    from puffer_cli.store import filecache
+
+    monkeypatch.setattr(stack, "PART_BYTES", 8192)
+    db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
+    rng = np.random.default_rng(47)
+    x = clustered(rng, n=2500, dims=16, k=50)
+    ns = db.open_namespace("parts")
+    ns.write({"upsert_columns": {"id": list(range(2500)), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    ent = _manifest(ns)["ann_stacks"]["vector"]["lists"]
+    assert len(ent["parts"]) > 2
+    qs = x[:2] + 0.01
+    old_cache = filecache.get_cache()
+    try:
+        c = filecache.configure(str(tmp_path / "cache"))
+        segment.GENS.clear()
+        manifest.MANIFESTS.clear()
+        cold_ns = db.open_namespace("parts")
+        mapped = []
+        real = stack.Stack.search
+        monkeypatch.setattr(
+            stack.Stack, "search", lambda self, *a, **kw: mapped.append(self.local) or real(self, *a, **kw)
+        )
+        want = _answers(cold_ns, qs)
+        assert mapped and not any(mapped)  # cold: by ranges
+        for k in ent["parts"]:  # the parts no query touched: fetched as a later query would
+            c.note_ranged(cold_ns.store, k, 0)
+        end = time.monotonic() + 30
+        while not paged.at_hand(c, cold_ns.store, ent) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert paged.at_hand(c, cold_ns.store, ent) and not c.has(cold_ns.store, ent["key"])
+        mapped.clear()
+        assert _answers(cold_ns, qs) == want and mapped and all(mapped)
+        assert c.has(cold_ns.store, ent["key"])  # joined from the cached parts
+    finally:
+        filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
+        segment.GENS.clear()

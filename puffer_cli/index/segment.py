@@ -619,12 +619,12 @@ class Segment:
             return None
         with self._lock:
             got = self._ann.get(f)
-            if got is not None and not got[1].local and paged.cached(self.cache, self.store, m["lists"]):
-                got = None  # fetched whole meanwhile (background fetch, warm): memory-map it
+            if got is not None and not got[1].local and paged.at_hand(self.cache, self.store, m["lists"]):
+                got = None  # fetched meanwhile (background fetch, warm): memory-map it
             if got is None:
                 route = ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), int(m["dims"]), self.gen.metric)
                 ent = m["lists"]
-                if paged.cached(self.cache, self.store, ent) or ranged.lists_read_whole(route.rows, route.dims):
+                if paged.at_hand(self.cache, self.store, ent) or ranged.lists_read_whole(route.rows, route.dims):
                     got = (route, ivf.Lists(route, local=paged.whole(self.cache, self.store, ent)))
                 else:
                     # format 2: planned by Route.runs (its fill), so no further gaps; format 3: a
@@ -832,7 +832,7 @@ class Generation:
             have = self._stacks.get(f)
         if known and (have is None or have[0].local):
             return have
-        ahead = not self.store.is_remote or paged.cached(self.cache, self.store, ent["lists"])
+        ahead = not self.store.is_remote or paged.at_hand(self.cache, self.store, ent["lists"])
         if have is not None and not (fetch or ahead):
             return have  # read by ranges until the file is cached (warm, or the cache's background fetch)
         at = {s.name: i for i, s in enumerate(self.segments)}
