@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from puffer_cli.index import pack
 
 from .test_ivf import clustered
+from .test_stack import cache_restored, cold_cache, indexed_on_s3
 
 
 @settings(max_examples=40, deadline=None)
@@ -45,14 +46,9 @@ def test_a_damaged_pack_is_refused(at, flip):
 
 def _cold(db, name, qs, tmp_path):
     """Answers and per-key request counts of ``qs`` on a fresh cache (a cold process)."""
-    from puffer_cli.index import manifest, segment
     from puffer_cli.search import engine
-    from puffer_cli.store import filecache
 
-    c = filecache.configure(str(tmp_path / f"cache-{uuid.uuid4().hex}"))
-    c.background_fetch = False
-    segment.GENS.clear()
-    manifest.MANIFESTS.clear()
+    cold_cache(tmp_path / f"cache-{uuid.uuid4().hex}")
     seen: list[str] = []
     cls = type(db.store)
     real_read, real_rr = cls.read, cls.read_ranges
@@ -91,17 +87,9 @@ def shared(monkeypatch):
 
 
 def test_a_cold_query_reads_the_routes_as_one_pack(s3_server, shared, tmp_path, caplog):
-    import puffer_cli
-    from puffer_cli.index import builder, segment
-    from puffer_cli.store import filecache
+    from puffer_cli.index import builder
 
-    old_cache = filecache.get_cache()
-    db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
-    rng = np.random.default_rng(51)
-    x = clustered(rng, n=3000, dims=16, k=60)
-    ns = db.open_namespace("packed")
-    ns.write({"upsert_columns": {"id": list(range(3000)), "vector": x.tolist()}})
-    builder.index_namespace(ns, gc_grace_s=0)
+    db, ns, x = indexed_on_s3(s3_server, "packed", 51, n=3000, k=60)
     ptr = ns.read_meta()[0]["index"]
     pk = ptr["prefetch_pack"]
     routes = [k for k in ptr["prefetch_vector"] if k.endswith(".route.npz")]
@@ -109,7 +97,7 @@ def test_a_cold_query_reads_the_routes_as_one_pack(s3_server, shared, tmp_path, 
     man = builder.load_manifest(ns.store, ptr["manifest"])
     assert pk["key"] in man["files"] and man["prefetch_pack"] == pk
     qs = x[:3] + 0.01
-    try:
+    with cache_restored():
         want, seen = _cold(db, "packed", qs, tmp_path)
         assert pk["key"] in seen and not set(routes) & set(seen)  # the routes came in the pack
         # damaged: the same answers, each route fetched on its own, a warning naming the pack
@@ -131,9 +119,6 @@ def test_a_cold_query_reads_the_routes_as_one_pack(s3_server, shared, tmp_path, 
         rep = builder.index_namespace(ns, gc_grace_s=0)
         assert pk2["key"] in rep.repaired and rep.status == "indexed"
         assert ns.store.exists(ns.read_meta()[0]["index"]["prefetch_pack"]["key"])
-    finally:
-        filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
-        segment.GENS.clear()
 
 
 def test_a_local_store_writes_no_pack(local_db, shared):
@@ -150,21 +135,13 @@ def test_a_local_store_writes_no_pack(local_db, shared):
 def test_a_route_lost_behind_an_intact_pack_is_answered_and_repaired(s3_server, shared, tmp_path):
     """The pack is a copy: a route object deleted answers from it (cold), and the next plain
     run finds the missing file by its listing and writes the segment again."""
-    import puffer_cli
-    from puffer_cli.index import builder, segment
-    from puffer_cli.store import filecache
+    from puffer_cli.index import builder
 
-    old_cache = filecache.get_cache()
-    db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
-    rng = np.random.default_rng(53)
-    x = clustered(rng, n=3000, dims=16, k=60)
-    ns = db.open_namespace("lost")
-    ns.write({"upsert_columns": {"id": list(range(3000)), "vector": x.tolist()}})
-    builder.index_namespace(ns, gc_grace_s=0)
+    db, ns, x = indexed_on_s3(s3_server, "lost", 53, n=3000, k=60)
     ptr = ns.read_meta()[0]["index"]
     route = [k for k in ptr["prefetch_vector"] if k.endswith(".route.npz")][0]
     qs = x[:3] + 0.01
-    try:
+    with cache_restored():
         want, _seen = _cold(db, "lost", qs, tmp_path)
         ns.store.delete(route)
         got, seen = _cold(db, "lost", qs, tmp_path)
@@ -175,6 +152,3 @@ def test_a_route_lost_behind_an_intact_pack_is_answered_and_repaired(s3_server, 
         assert all(ns.store.exists(k) for k in man["files"])
         got, _seen = _cold(db, "lost", qs, tmp_path)
         assert got == want
-    finally:
-        filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
-        segment.GENS.clear()

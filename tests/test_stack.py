@@ -4,6 +4,7 @@ every covered segment searched on its own over the book's chosen lists."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import numpy as np
@@ -186,6 +187,50 @@ def _manifest(ns):
     return builder.load_manifest(ns.store, ns.read_meta()[0]["index"]["manifest"])
 
 
+def indexed_on_s3(s3_server, name: str, seed: int, n: int = 2500, k: int = 50):
+    """(db, ns, vectors): ``n`` clustered 16-dim rows written to a fresh S3 prefix and indexed
+    (under the caller's fixtures: ``stacked`` or test_pack's ``shared``)."""
+    import uuid
+
+    import puffer_cli
+    from puffer_cli.index import builder
+
+    db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
+    x = clustered(np.random.default_rng(seed), n=n, dims=16, k=k)
+    ns = db.open_namespace(name)
+    ns.write({"upsert_columns": {"id": list(range(n)), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    return db, ns, x
+
+
+@contextlib.contextmanager
+def cache_restored():
+    """Restores the process's file cache (and forgets open generations) after a test that
+    configures cold caches of its own."""
+    from puffer_cli.index import segment
+    from puffer_cli.store import filecache
+
+    old = filecache.get_cache()
+    try:
+        yield
+    finally:
+        filecache.configure(str(old.root) if old is not None and old.root else "")
+        segment.GENS.clear()
+
+
+def cold_cache(path, background: bool = False):
+    """A fresh, empty file cache at ``path`` for this process (a cold process), open
+    generations and manifests forgotten."""
+    from puffer_cli.index import manifest, segment
+    from puffer_cli.store import filecache
+
+    c = filecache.configure(str(path))
+    c.background_fetch = background
+    segment.GENS.clear()
+    manifest.MANIFESTS.clear()
+    return c
+
+
 def test_a_namespace_answers_the_same_with_its_stack(db, monkeypatch, stacked, tmp_path):
     """Three 1,000-row segments share one stack (named by the manifest, among its files); ANN
     answers equal those of the per-segment lists, with deletes and a WAL tail on top; an
@@ -348,31 +393,20 @@ def test_a_cold_reader_meeting_a_missing_stack_part_reports_it(s3_server, monkey
     `index --repair` writes it again."""
     import uuid
 
-    import puffer_cli
     from puffer_cli.errors import CorruptIndex
-    from puffer_cli.index import builder, manifest, segment
-    from puffer_cli.store import filecache
+    from puffer_cli.index import builder
 
     monkeypatch.setattr(stack, "PART_BYTES", 4096)
-    db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
-    rng = np.random.default_rng(43)
-    x = clustered(rng, n=2500, dims=16, k=50)
-    ns = db.open_namespace("cold-dmg")
-    ns.write({"upsert_columns": {"id": list(range(2500)), "vector": x.tolist()}})
-    builder.index_namespace(ns, gc_grace_s=0)
+    db, ns, x = indexed_on_s3(s3_server, "cold-dmg", 43)
     ent = _manifest(ns)["ann_stacks"]["vector"]
     assert len(ent["lists"]["parts"]) > 3
     qs = x[:3] + 0.01
-    old_cache = filecache.get_cache()
-    try:
 
-        def cold():
-            c = filecache.configure(str(tmp_path / f"cache-{uuid.uuid4().hex}"))
-            c.background_fetch = False
-            segment.GENS.clear()
-            manifest.MANIFESTS.clear()
-            return _answers(db.open_namespace("cold-dmg"), qs)
+    def cold():
+        cold_cache(tmp_path / f"cache-{uuid.uuid4().hex}")
+        return _answers(db.open_namespace("cold-dmg"), qs)
 
+    with cache_restored():
         want = cold()
         for k in ent["lists"]["parts"]:
             ns.store.delete(k)
@@ -382,9 +416,6 @@ def test_a_cold_reader_meeting_a_missing_stack_part_reports_it(s3_server, monkey
         rep = builder.index_namespace(ns, gc_grace_s=0, repair=True)
         assert ent["route"] in rep.repaired
         assert cold() == want
-    finally:
-        filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
-        segment.GENS.clear()
 
 
 def test_a_stack_whose_parts_the_cache_fetched_is_memory_mapped(s3_server, monkeypatch, stacked, tmp_path):
@@ -392,27 +423,16 @@ def test_a_stack_whose_parts_the_cache_fetched_is_memory_mapped(s3_server, monke
     in the background; once every part is cached, the next query maps one file joined from them
     (not ~100 ranges copied out of cached parts per query), with the same answers."""
     import time
-    import uuid
 
-    import puffer_cli
-    from puffer_cli.index import builder, manifest, paged, segment
-    from puffer_cli.store import filecache
+    from puffer_cli.index import paged
 
     monkeypatch.setattr(stack, "PART_BYTES", 8192)
-    db = puffer_cli.connect(f"s3://puffer-test/{uuid.uuid4().hex}", s3_endpoint=s3_server)
-    rng = np.random.default_rng(47)
-    x = clustered(rng, n=2500, dims=16, k=50)
-    ns = db.open_namespace("parts")
-    ns.write({"upsert_columns": {"id": list(range(2500)), "vector": x.tolist()}})
-    builder.index_namespace(ns, gc_grace_s=0)
+    db, ns, x = indexed_on_s3(s3_server, "parts", 47)
     ent = _manifest(ns)["ann_stacks"]["vector"]["lists"]
     assert len(ent["parts"]) > 2
     qs = x[:2] + 0.01
-    old_cache = filecache.get_cache()
-    try:
-        c = filecache.configure(str(tmp_path / "cache"))
-        segment.GENS.clear()
-        manifest.MANIFESTS.clear()
+    with cache_restored():
+        c = cold_cache(tmp_path / "cache", background=True)
         cold_ns = db.open_namespace("parts")
         mapped = []
         real = stack.Stack.search
@@ -430,6 +450,3 @@ def test_a_stack_whose_parts_the_cache_fetched_is_memory_mapped(s3_server, monke
         mapped.clear()
         assert _answers(cold_ns, qs) == want and mapped and all(mapped)
         assert c.has(cold_ns.store, ent["key"])  # joined from the cached parts
-    finally:
-        filecache.configure(str(old_cache.root) if old_cache is not None and old_cache.root else "")
-        segment.GENS.clear()
