@@ -896,19 +896,24 @@ class Route:
         return q
 
 
+def cdist_args(route: Route) -> dict:
+    """numkong.cdist's keyword arguments for ``route``'s codes: the dot product under cosine
+    (negated by the caller: smaller = nearer), else the squared distance; int4 codes packed
+    two a byte."""
+    kw = {"metric": "dot" if route.cosine else "sqeuclidean"}
+    if route.bits == 4:  # packed nibbles
+        kw["dtype"] = "int4"
+    return kw
+
+
 def score(route: Route, qc: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Approximate distances (smaller = nearer) of one list's codes to the query codes."""
     import numkong as nk
 
     if not len(codes):
         return np.zeros(0, np.float64)
-    if route.bits == 4:  # packed nibbles
-        if route.cosine:
-            return -np.asarray(nk.cdist(qc, codes, metric="dot", dtype="int4"))[0]
-        return np.asarray(nk.cdist(qc, codes, metric="sqeuclidean", dtype="int4"))[0]
-    if route.cosine:
-        return -np.asarray(nk.cdist(qc, codes, metric="dot"))[0]
-    return np.asarray(nk.cdist(qc, codes, metric="sqeuclidean"))[0]
+    got = np.asarray(nk.cdist(qc, codes, **cdist_args(route)))[0]
+    return -got if route.cosine else got
 
 
 class Lists:

@@ -247,17 +247,39 @@ class Stack:
         """(scores, ``rows_of(indexes into them) -> global rows``) of the members of runs
         ``a..b`` of the memory-mapped file: long runs scored where they lie, the short ones
         gathered and scored in one call (a call costs ~5-10 us: at 10M rows a probe is ~550
-        runs of ~290 members on average)."""
+        runs of ~290 members on average); every call writes into one array (numkong's
+        ``out``), the sign flipped once, and a position maps back to its member by the runs'
+        offsets (30M, 100 queries: 11.3 -> 9.0 ms a search against per-run arrays joined)."""
+        import numkong as nk
+
         assert self.codes is not None and self.rows is not None
-        codes, rows = self.codes, self.rows
+        codes, rows, kw = self.codes, self.rows, ivf.cdist_args(self.route)
         long = (b - a) >= LONG_RUN
         short = ivf.member_index(a[~long], b[~long])
-        ids, scores = [short], [ivf.score(self.route, qc, codes[short])]
-        for x, y in zip(a[long].tolist(), b[long].tolist()):
-            ids.append(np.arange(x, y, dtype=np.int64))
-            scores.append(ivf.score(self.route, qc, codes[x:y]))
-        idx = np.concatenate(ids)
-        return np.concatenate(scores), lambda t: rows[idx[t]].astype(np.int64)
+        la, lens = a[long], (b - a)[long]
+        ns = len(short)
+        out = np.empty((1, ns + int(lens.sum())), np.float64)
+        if ns:
+            nk.cdist(qc, codes[short], out=out[:, :ns], **kw)
+        at = ns
+        for x, n in zip(la.tolist(), lens.tolist()):
+            nk.cdist(qc, codes[x : x + n], out=out[:, at : at + n], **kw)
+            at += n
+        sc = out[0]
+        if self.route.cosine:
+            np.negative(sc, out=sc)
+        starts = ns + np.cumsum(lens) - lens  # each long run's first position in ``sc``
+
+        def rows_of(t: np.ndarray) -> np.ndarray:
+            t = np.asarray(t, np.int64)
+            m = np.empty(len(t), np.int64)
+            s = t < ns
+            m[s] = short[t[s]]
+            j = np.searchsorted(starts, t[~s], side="right") - 1
+            m[~s] = la[j] + (t[~s] - starts[j])
+            return rows[m].astype(np.int64)
+
+        return sc, rows_of
 
     def _fetched(self, qc, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """:meth:`_scored` by ranged reads (one batch of requests): the members of runs
