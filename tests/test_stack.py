@@ -350,11 +350,12 @@ def test_a_damaged_stack_is_reported_and_the_next_run_writes_it_again(local_db, 
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("cap", [3, 96])
-def test_a_stack_read_by_ranges_answers_as_memory_mapped(tmp_path, monkeypatch, bits, cap):
+@pytest.mark.parametrize("cap,part_bytes", [(3, None), (96, None), (8, 2000), (5, 700)])
+def test_a_stack_read_by_ranges_answers_as_memory_mapped(tmp_path, monkeypatch, bits, cap, part_bytes):
     """A cold reader's stack (``fetch``: byte ranges of the lists file) scores the same members
     as the memory-mapped one, whatever the cap on its ranges (gaps read through, not scanned),
-    in one batch of at most ``RUNS_MAX`` ranges inside the file."""
+    in one batch of at most ``RUNS_MAX`` requests inside the file (a range counted once per
+    part of the stored file it touches)."""
     monkeypatch.setattr(stack, "RUNS_MAX", cap)
     book, parts, x = _segments(tmp_path, "cosine_distance", bits=bits)
     st = _stack(tmp_path, parts)
@@ -366,7 +367,7 @@ def test_a_stack_read_by_ranges_answers_as_memory_mapped(tmp_path, monkeypatch, 
         return [raw[a:b] for a, b in ranges]
 
     out = io.BytesIO()
-    cold = stack.Stack(stack.write(parts, out), None, parts[0][0], fetch=fetch)
+    cold = stack.Stack(stack.write(parts, out), None, parts[0][0], fetch=fetch, part_bytes=part_bytes)
     assert not cold.local and st.local
     sizes = np.sum([np.diff(r.offsets) for r, _l in parts], axis=0)
     rng = np.random.default_rng(5)
@@ -377,8 +378,24 @@ def test_a_stack_read_by_ranges_answers_as_memory_mapped(tmp_path, monkeypatch, 
             g, d, n = cold.search(q, chosen, 25)
             g2, d2, n2 = st.search(q, chosen, 25)
             assert n == n2 and np.array_equal(g, g2) and np.allclose(d, d2)
-            assert len(calls) == 1 and 1 <= len(calls[0]) <= cap
-            assert all(0 <= a < b <= len(raw) and a % st.record == 0 for a, b in calls[0])
+            a, b = ivf.list_runs(cold.offsets, chosen)
+            pb = part_bytes or len(raw) + 1  # stored whole: one part
+            touched = {
+                i
+                for x, y in zip(a.tolist(), b.tolist())
+                for i in range(x * st.record // pb, (y * st.record - 1) // pb + 1)
+            }
+            assert len(calls) == 1 and len(calls[0]) >= 1
+            assert len(calls[0]) == cold.requests(calls[0]) <= max(cap, len(touched))
+            if part_bytes:  # the count: each range cut at the parts' boundaries, a piece a request
+                pieces = 0
+                for a, b in calls[0]:
+                    while a < b:
+                        a = min(b, (a // part_bytes + 1) * part_bytes)
+                        pieces += 1
+                assert cold.requests(calls[0]) == pieces
+            # each range starts at a record, or at a part's first byte (a run cut there)
+            assert all(0 <= a < b <= len(raw) and (a % st.record == 0 or a % pb == 0) for a, b in calls[0])
             hidden = set(g2[:10].tolist())
 
             def keep(rows, hidden=hidden):

@@ -851,7 +851,9 @@ class Generation:
             route_file = self.cache.file(self.store, ent["route"]).read_bytes()
             if whole:
                 return stack.Stack(route_file, paged.whole(self.cache, self.store, ent["lists"]), route)
-            return stack.Stack(route_file, None, route, fetch=partial(self._stack_ranges, f, ent))
+            lists = ent["lists"]
+            pb = int(lists["part_bytes"]) if lists.get("parts") else None
+            return stack.Stack(route_file, None, route, fetch=partial(self._stack_ranges, f, ent), part_bytes=pb)
         except (FileNotFoundError, *_DECODE_ERRORS) as e:
             raise self._stack_damage(f, ent, e) from e
 

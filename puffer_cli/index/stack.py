@@ -161,11 +161,19 @@ def _chunk(parts: Sequence, bases: np.ndarray, start: int, stop: int, rec: np.dt
 class Stack:
     """A stack read back: the members of a book's lists over its covered segments, memory-mapped
     (``local``: the lists file's path), or read by ranges (``fetch(byte ranges) -> bytes of each``:
-    a cold query on an object store reads only its probed lists' runs). ``route``: a route of a
+    a cold query on an object store reads only its probed lists' runs; ``part_bytes``: the size of
+    the parts it is stored in, whose boundaries split a range into requests). ``route``: a route of a
     covered segment, for the codes' scale and metric (every segment following a book has the
     book's)."""
 
-    def __init__(self, route_file: bytes, local, route: ivf.Route, fetch: Callable[[list], list] | None = None):
+    def __init__(
+        self,
+        route_file: bytes,
+        local,
+        route: ivf.Route,
+        fetch: Callable[[list], list] | None = None,
+        part_bytes: int | None = None,
+    ):
         z = np.load(io.BytesIO(route_file), allow_pickle=False)
         self.offsets = np.concatenate([[0], np.cumsum(z["counts"], dtype=np.int64)])
         self.bases = np.asarray(z["bases"], np.int64)
@@ -176,6 +184,7 @@ class Stack:
         self.route = route
         self.record = record_bytes(self.code_bytes)
         self._fetch = fetch
+        self.part_bytes = part_bytes  # the stored file's parts (paged.put), for counting requests
         self.rows: np.ndarray | None = None
         self.codes: np.ndarray | None = None
         if local is None:
@@ -204,13 +213,38 @@ class Stack:
         return s, np.asarray(g, np.int64) - self.bases[s]
 
     def read_plan(self, a: np.ndarray, b: np.ndarray) -> list[tuple[int, int]]:
-        """The byte ranges a ranged read of member runs ``[a[i], b[i])`` fetches: at most
-        RUNS_MAX, the narrowest gaps read through (read, not scanned: the members scored,
-        and so the results, do not depend on them)."""
-        runs = list(zip(a.tolist(), b.tolist()))
-        if len(runs) > RUNS_MAX:
-            runs = ranged.bounded(runs, RUNS_MAX, ranged.REQUEST_BYTES // self.record)
-        return [(x * self.record, y * self.record) for x, y in runs]
+        """The byte ranges a ranged read of member runs ``[a[i], b[i])`` fetches, each inside
+        one part of the stored file (``part_bytes``; a range is a request): one per part the
+        runs touch, plus splits at the widest gaps within a part (those wider than
+        ``ranged.REQUEST_BYTES``) up to RUNS_MAX ranges in all; the other gaps are read
+        through (read, not scanned: the members scored, and so the results, do not depend
+        on them)."""
+        rb, pb = self.record, self.part_bytes
+        pieces: list[tuple[int, int]] = []
+        for x, y in zip((a * rb).tolist(), (b * rb).tolist()):
+            while x < y:  # cut at the parts' boundaries
+                end = min(y, (x // pb + 1) * pb) if pb else y
+                pieces.append((x, end))
+                x = end
+        if not pieces:
+            return []
+        part = np.asarray([x // pb if pb else 0 for x, _y in pieces], np.int64)
+        starts = np.asarray([x for x, _y in pieces], np.int64)
+        ends = np.asarray([y for _x, y in pieces], np.int64)
+        gaps = starts[1:] - ends[:-1]
+        forced = part[1:] != part[:-1]  # a new part: a new request whatever the gap
+        free = max(0, RUNS_MAX - (int(forced.sum()) + 1))
+        cand = np.flatnonzero(~forced & (gaps > ranged.REQUEST_BYTES))
+        chosen = cand[np.argsort(gaps[cand], kind="stable")[::-1][:free]]
+        cuts = np.sort(np.concatenate([np.flatnonzero(forced), chosen]))
+        first = np.concatenate([[0], cuts + 1])
+        last = np.concatenate([cuts, [len(pieces) - 1]])
+        return list(zip(starts[first].tolist(), ends[last].tolist()))
+
+    def requests(self, ranges: Sequence[tuple[int, int]]) -> int:
+        """Requests of reading byte ranges ``ranges``: one per part each touches."""
+        pb = self.part_bytes
+        return sum((y - 1) // pb - x // pb + 1 if pb else 1 for x, y in ranges if y > x)
 
     def search(
         self,
@@ -287,8 +321,17 @@ class Stack:
         assert self._fetch is not None
         plan = self.read_plan(a, b)
         got = self._fetch(plan)
+        # ranges cut at a part boundary inside a run (or a record) joined again: whole records
+        joined: list[list] = []  # [start, end, buffers]
+        for (x, y), buf in zip(plan, got):
+            if joined and joined[-1][1] == x:
+                joined[-1][1] = y
+                joined[-1][2].append(buf)
+            else:
+                joined.append([x, y, [buf]])
+        got = [g[0] if len(g) == 1 else b"".join(g) for _x, _y, g in joined]
         m = ivf.member_index(a, b)  # ascending: the runs are sorted and disjoint
-        starts = np.asarray([x // self.record for x, _y in plan], np.int64)
+        starts = np.asarray([x // self.record for x, _y, _g in joined], np.int64)
         cut = np.searchsorted(m, starts[1:]).tolist()
         bounds = zip([0, *cut], [*cut, len(m)])
         recs = [
