@@ -152,3 +152,32 @@ def test_a_route_lost_behind_an_intact_pack_is_answered_and_repaired(s3_server, 
         assert all(ns.store.exists(k) for k in man["files"])
         got, _seen = _cold(db, "lost", qs, tmp_path)
         assert got == want
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "prefetch.zip",  # not an object
+        {"key": 5},  # a key that is no string
+        {"key": "elsewhere.zip", "unpacked": "book.npz"},  # unpacked not a list
+        {"key": "missing/prefetch-none.zip", "unpacked": []},  # names no object
+        {"key": "x.zip", "unpacked": [1, None, {"a": 1}]},  # junk in the list
+    ],
+)
+def test_a_pointer_with_a_bad_pack_entry_still_answers(s3_server, shared, tmp_path, bad):
+    """A hand-edited (or foreign) pointer's ``prefetch_pack``: the cold query reads the files
+    one by one and answers as before; never a 500-style error."""
+    db, ns, x = indexed_on_s3(s3_server, "badptr", 55, n=2500, k=50)
+    qs = x[:2] + 0.01
+    with cache_restored():
+        want, _seen = _cold(db, "badptr", qs, tmp_path)
+
+        def swap(cur):
+            cur["index"]["prefetch_pack"] = bad
+            return cur
+
+        assert ns.update_meta(swap) is not None
+        got, seen = _cold(db, "badptr", qs, tmp_path)
+        assert got == want
+        routes = [k for k in ns.read_meta()[0]["index"]["prefetch_vector"] if k.endswith(".route.npz")]
+        assert set(routes) <= set(seen)  # fetched one by one
