@@ -184,7 +184,7 @@ class Stack:
         self.route = route
         self.record = record_bytes(self.code_bytes)
         self._fetch = fetch
-        self.part_bytes = part_bytes  # the stored file's parts (paged.put), for counting requests
+        self.part_bytes = part_bytes  # the stored file's parts (paged.put): a range inside one is a request
         self.rows: np.ndarray | None = None
         self.codes: np.ndarray | None = None
         if local is None:
@@ -240,11 +240,6 @@ class Stack:
         first = np.concatenate([[0], cuts + 1])
         last = np.concatenate([cuts, [len(pieces) - 1]])
         return list(zip(starts[first].tolist(), ends[last].tolist()))
-
-    def requests(self, ranges: Sequence[tuple[int, int]]) -> int:
-        """Requests of reading byte ranges ``ranges``: one per part each touches."""
-        pb = self.part_bytes
-        return sum((y - 1) // pb - x // pb + 1 if pb else 1 for x, y in ranges if y > x)
 
     def search(
         self,
