@@ -138,6 +138,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import io
 import logging
 import math
@@ -146,6 +147,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from puffer_cli.index import cores
 
 log = logging.getLogger("puffer.index.ivf")
 
@@ -636,8 +639,16 @@ class Book:
         m = float(np.abs(qq).max()) or 1.0
         qi = np.clip(np.rint(qq * (127.0 / m)), -127, 127).astype(np.int8)[None, :]
         if self._packed is None:  # ~15 ms at 175k lists, once: then 1.7 ms a query where cdist took 3.4-3.9
-            self._packed = nk.dots_pack(self.c_i8)
-        g = np.asarray(nk.dots_packed(qi, self._packed)).reshape(-1).astype(np.float32)
+            parts = cores.shares(self.nlist)
+            at = (self.nlist * np.arange(parts + 1)) // parts
+            self._packed = [(int(x), int(y), nk.dots_pack(self.c_i8[x:y])) for x, y in zip(at[:-1], at[1:])]
+
+        # a share of the centroids a thread, each packed on its own
+        def share(packed: Any) -> np.ndarray:
+            return np.asarray(nk.dots_packed(qi, packed)).reshape(-1)
+
+        got = cores.run([functools.partial(share, p) for _x, _y, p in self._packed])
+        g = (got[0] if len(got) == 1 else np.concatenate(got)).astype(np.float32)
         g *= self.c_scale
         g *= np.float32(m / 127.0)
         d = np.negative(g, out=g) if self.c2 is None else self.c2 - 2 * g
@@ -654,8 +665,8 @@ class Book:
         need = min(max(1, need), total)
         guess = min(self.nlist, max(16, int(4 * need * self.nlist / max(1, total))))
         while True:
-            cand = np.argpartition(d, guess - 1)[:guess] if guess < self.nlist else np.arange(self.nlist)
-            cand = cand[np.argsort(d[cand], kind="stable")]
+            cand = cores.smallest(d, guess)
+            cand = cand[np.argsort(d[cand])]  # (``cand`` is in no order: a stable sort buys nothing, at 4x the cost)
             cum = np.cumsum(sizes[cand])
             if cum[-1] >= need or guess >= self.nlist:
                 return cand, cum

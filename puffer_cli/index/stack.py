@@ -30,13 +30,14 @@ A stack of one vector field is two files:
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
-from puffer_cli.index import ivf, ranged
+from puffer_cli.index import cores, ivf, ranged
 
 
 class Sink(Protocol):
@@ -263,7 +264,7 @@ class Stack:
         take = want
         while True:
             k = min(take, len(sc))
-            top = np.argpartition(sc, k - 1)[:k] if k < len(sc) else np.arange(len(sc))
+            top = cores.smallest(sc, k)
             top = top[np.argsort(sc[top], kind="stable")]
             g = rows_of(top)
             keep = np.ones(len(g), bool) if visible is None else np.asarray(visible(g), bool)
@@ -287,17 +288,24 @@ class Stack:
         short = ivf.member_index(a[~long], b[~long])
         la, lens = a[long], (b - a)[long]
         ns = len(short)
+        starts = ns + np.cumsum(lens) - lens  # each long run's first position in ``sc``
         out = np.empty((1, ns + int(lens.sum())), np.float64)
-        if ns:
-            nk.cdist(qc, codes[short], out=out[:, :ns], **kw)
-        at = ns
-        for x, n in zip(la.tolist(), lens.tolist()):
-            nk.cdist(qc, codes[x : x + n], out=out[:, at : at + n], **kw)
-            at += n
+
+        def share(s0: int, s1: int, r0: int, r1: int) -> None:
+            """Score gathered members ``short[s0:s1]`` and long runs ``r0:r1``."""
+            if s1 > s0:
+                nk.cdist(qc, codes[short[s0:s1]], out=out[:, s0:s1], **kw)
+            for x, n, at in zip(la[r0:r1].tolist(), lens[r0:r1].tolist(), starts[r0:r1].tolist()):
+                nk.cdist(qc, codes[x : x + n], out=out[:, at : at + n], **kw)
+
+        parts = cores.shares(out.shape[1])  # contiguous shares of both kinds, one a thread
+        sc_cut, run_cut = ((ns * np.arange(parts + 1)) // parts).tolist(), cores.cuts(lens, parts).tolist()
+        cores.run(
+            [functools.partial(share, sc_cut[i], sc_cut[i + 1], run_cut[i], run_cut[i + 1]) for i in range(parts)]
+        )
         sc = out[0]
         if self.route.cosine:
             np.negative(sc, out=sc)
-        starts = ns + np.cumsum(lens) - lens  # each long run's first position in ``sc``
 
         def rows_of(t: np.ndarray) -> np.ndarray:
             t = np.asarray(t, np.int64)
