@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def test_run_keeps_order_and_uses_other_threads():
     def job(i):
         def f():
             seen.append(threading.current_thread().name)
+            time.sleep(0.02)  # long enough for the pool's thread to take some
             return i * i
 
         return f
@@ -98,3 +100,31 @@ def test_a_split_scan_scores_as_one_thread(tmp_path, monkeypatch, metric, bits):
         assert n1 == n2 and np.allclose(np.sort(s1), np.sort(s2))
         # the same rows, but for which of those tied at the last score are kept (int4 codes tie often)
         assert set(g1[s1 < s1.max()].tolist()) == set(g2[s2 < s2.max()].tolist())
+
+
+def test_a_share_that_splits_again_runs_on_its_own_thread():
+    """Shares run on the pool calling ``run`` themselves: done inline, not waiting on the pool."""
+
+    def inner(i):
+        return lambda: sum(cores.run([lambda j=j: i * 10 + j for j in range(3)]))
+
+    assert cores.run([inner(i) for i in range(6)]) == [sum(i * 10 + j for j in range(3)) for i in range(6)]
+
+
+def test_many_calls_share_the_threads_and_an_error_waits_for_the_rest():
+    done = []
+
+    def job(i):
+        def f():
+            if i == 3:
+                raise ValueError("three")
+            done.append(i)
+            return i
+
+        return f
+
+    assert cores.run([job(i) for i in range(3)]) == [0, 1, 2]
+    done.clear()
+    with pytest.raises(ValueError, match="three"):
+        cores.run([job(i) for i in range(8)])
+    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7]  # every other call ran before the error was raised

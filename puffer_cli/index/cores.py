@@ -14,6 +14,7 @@ strided sample gives a threshold that keeps a few times k, and only those are pa
 
 from __future__ import annotations
 
+import contextvars
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ SPLIT_MIN = 1 << 15  # items (codes, centroids) below which a scan is not split
 SAMPLE_STEP = 32  # one score in this many samples the threshold of :func:`smallest`
 SAMPLE_SLACK = 2.0  # the threshold keeps about this many times k
 
+_PREFIX = "puffer-scan"
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
@@ -37,7 +39,7 @@ def _executor() -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max(1, WORKERS - 1), thread_name_prefix="puffer-scan")
+            _pool = ThreadPoolExecutor(max(1, WORKERS - 1), thread_name_prefix=_PREFIX)
         return _pool
 
 
@@ -47,12 +49,37 @@ def shares(items: int) -> int:
 
 
 def run(fns: Sequence[Callable[[], T]]) -> list[T]:
-    """Results of ``fns`` in order: the first on this thread, the others on the pool."""
-    if len(fns) <= 1:
+    """Results of ``fns`` in order, run by this thread and the pool's at once, each taking
+    the next call not yet taken (all on this thread when it is one of the pool's: a share
+    waiting on shares could wait forever).  Pool threads run in copies of the caller's
+    context (its deadline, its io_scope).  The first error is raised once all are done."""
+    n = len(fns)
+    if n <= 1 or threading.current_thread().name.startswith(_PREFIX):
         return [f() for f in fns]
-    futs = [_executor().submit(f) for f in fns[1:]]
-    first = fns[0]()
-    return [first, *(f.result() for f in futs)]
+    out: list = [None] * n
+    nxt = iter(range(n))
+    take = threading.Lock()
+
+    def lane() -> None:
+        while True:
+            with take:
+                i = next(nxt, None)
+            if i is None:
+                return
+            out[i] = fns[i]()
+
+    futs = [_executor().submit(contextvars.copy_context().run, lane) for _ in range(min(WORKERS, n) - 1)]
+    err: BaseException | None = None
+    try:
+        lane()
+    except BaseException as e:  # the others finish (or fail) before this is raised
+        err = e
+    for f in futs:
+        e2 = f.exception()
+        err = err or e2
+    if err is not None:
+        raise err
+    return out
 
 
 def cuts(weights: np.ndarray, parts: int) -> np.ndarray:

@@ -29,8 +29,8 @@ import numpy as np
 import polars as pl
 
 from puffer_cli import limits as L
+from puffer_cli.index import cores, fts, ivf
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts, ivf
 from puffer_cli.index import ranged as RG
 from puffer_cli.index.manifest import fts_sig_of
 from puffer_cli.query import parse as Q
@@ -181,7 +181,9 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     plan = view.stack_plan(rb, q.filters, kk, metric)
     covered = set(plan[0]) if plan is not None else set()
     rest = [i for i in range(n) if i not in covered]
-    got = RG.parallel(([plan[1]] if plan is not None else []) + [partial(candidates, i) for i in rest], remote)
+    # local: the segments' searches on the machine's cores at once (their scans release the GIL)
+    lanes = partial(RG.parallel, remote=True) if remote else cores.run
+    got = lanes(([plan[1]] if plan is not None else []) + [partial(candidates, i) for i in rest])
     by_seg = dict(got[0]) if plan is not None else {}
     by_seg.update(zip(rest, got[1:] if plan is not None else got))
     cands = [by_seg[i] for i in range(n)]
