@@ -17,7 +17,7 @@ import hashlib
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -151,6 +151,13 @@ class Store:
     def write(self, key: str, data: bytes) -> None:
         """Write a whole object; readers see the old or the new bytes, never a mix."""
         raise NotImplementedError
+
+    def write_chunks(self, key: str, chunks: Iterable[bytes]) -> int:
+        """:meth:`write` of the bytes ``chunks`` yield, in order (a backend that can, a local
+        directory, never holds them all at once); the bytes written."""
+        data = b"".join(chunks)
+        self.write(key, data)
+        return len(data)
 
     def create(self, key: str, data: bytes) -> bool:
         """Create ``key`` only if absent. True if created, False if it existed."""

@@ -9,6 +9,7 @@ import functools
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 from puffer_cli.errors import InvalidRequest, StoreError
@@ -152,18 +153,27 @@ class LocalStore(Store):
         count_io()
         return n
 
-    def _tmp(self, path: Path, data: bytes) -> Path:
+    def _tmp(self, path: Path, data: bytes | Iterable[bytes]) -> Path:
+        """A new temporary file beside ``path`` holding ``data`` (bytes, or chunks written
+        one at a time), synced."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".tmp-{uuid.uuid4().hex}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            for chunk in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
             os.fsync(fd)
-        finally:
+        except BaseException:
             os.close(fd)
+            fd = -1
+            tmp.unlink(missing_ok=True)  # a chunk's producer failed: no half-written leftover
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
         return tmp
 
     @staticmethod
@@ -181,6 +191,16 @@ class LocalStore(Store):
         os.replace(tmp, path)
         self._fsync_dir(path.parent)
         count_io(written=len(data))
+
+    @_local_op("write")
+    def write_chunks(self, key: str, chunks: Iterable[bytes]) -> int:
+        path = self._p(key)
+        tmp = self._tmp(path, chunks)
+        n = tmp.stat().st_size
+        os.replace(tmp, path)
+        self._fsync_dir(path.parent)
+        count_io(written=n)
+        return n
 
     @_local_op("create")
     def create(self, key: str, data: bytes) -> bool:
