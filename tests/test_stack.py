@@ -303,12 +303,15 @@ def paged_files(entry):
 
 
 def test_reading_files_by_range_writes_the_same_stack(tmp_path):
-    """stack.write_files (the builder's: positioned reads, no memory map) == stack.write."""
+    """stack.files_chunks (the builder's: positioned reads, no memory map) == stack.write."""
     _book, parts, _x = _segments(tmp_path, "cosine_distance")
-    a, b = io.BytesIO(), io.BytesIO()
+    a = io.BytesIO()
     ra = stack.write(parts, a)
     paths = [str(tmp_path / f"seg21-{i}.lists") for i in range(len(parts))]
-    assert stack.write_files([r for r, _l in parts], paths, b) == ra and a.getvalue() == b.getvalue()
+    routes = [r for r, _l in parts]
+    route_file, size = stack.plan(routes)
+    assert route_file == ra and size == len(a.getvalue())
+    assert b"".join(stack.files_chunks(routes, paths)) == a.getvalue()
 
 
 def test_a_damaged_stack_is_reported_and_the_next_run_writes_it_again(local_db, monkeypatch, stacked):

@@ -674,22 +674,22 @@ class _Run:
                 routes.append(ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), dims, self.metric))
                 paths.append(str(paged.whole(self.cache, self.store, m["lists"])))
             members = int(sum(r.rows for r in routes))
-            # one buffer of the file's size, filled a step at a time: the lists are read by
-            # range (not mapped), so the run's peak is this buffer (30M x 100 dims: 3.1 GB)
-            buf = _Filled(members * stack.record_bytes(routes[0].code_bytes))
-            route_file = stack.write_files(routes, paths, buf)
+            route_file, size = stack.plan(routes)
             tag = D.field_tag(f)
             key = layout.index_run_file(self.ns.name, self.gen, f"stack-{tag}", self.run_id, "lists")
             rkey = layout.index_run_file(self.ns.name, self.gen, f"stack-{tag}", self.run_id, "npz")
+            # streamed a step at a time (the segments' lists read by range, not mapped) into
+            # the file or its parts as they fill: the run's memory is a few parts, not the
+            # file's size (30M x 100 dims: 3.1 GB held in one buffer before)
+            lists = paged.put_chunks(self.w, key, stack.files_chunks(routes, paths), size, stack.PART_BYTES)
             self.stack_entries[f] = {
-                "lists": paged.put(self.w, key, buf.view(), stack.PART_BYTES),
+                "lists": lists,
                 "route": self.w.put(rkey, route_file),
                 "segments": names,
                 "book": book["id"],
                 "members": members,
                 "generation": self.gen,
             }
-            del buf
         crash("after_stack")
 
     # -- 5. tombstones, BM25 statistics, manifest ---------------------------------------------
@@ -890,25 +890,6 @@ class _Run:
         rep.covers_through_seq = last
         rep.segments = len(self.all_segs)
         rep.live_rows = live
-
-
-class _Filled:
-    """A file-like sink that fills a preallocated buffer (no copy of the whole at the end)."""
-
-    def __init__(self, size: int):
-        self.buf = np.empty(size, np.uint8)
-        self.at = 0
-
-    def write(self, data: bytes) -> int:
-        n = len(data)
-        self.buf[self.at : self.at + n] = np.frombuffer(data, np.uint8)
-        self.at += n
-        return n
-
-    def view(self) -> memoryview:
-        if self.at != len(self.buf):
-            raise ValueError(f"a stack of {len(self.buf)} bytes got {self.at}")
-        return self.buf.data
 
 
 def bm25_files(entry: dict) -> list[str]:

@@ -13,7 +13,7 @@ A manifest entry is ``{"key": key}`` or ``{"key": key, "parts": [...], "part_byt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from puffer_cli.index import ranged
@@ -21,6 +21,7 @@ from puffer_cli.store import Store
 from puffer_cli.store.filecache import Cache
 
 PART_BYTES = 8 << 20
+PENDING_PARTS = 4  # parts of :func:`put_chunks` uploading at once at most (its memory: a few parts)
 
 
 def put(w, key: str, data: bytes | memoryview, part_bytes: int | None = None) -> dict:
@@ -39,6 +40,42 @@ def put(w, key: str, data: bytes | memoryview, part_bytes: int | None = None) ->
     ]
     w.cache.put(w.store, key, data)
     return {"key": key, "parts": parts, "part_bytes": pb, "size": len(data)}
+
+
+def put_chunks(w, key: str, chunks: Iterable[bytes], size: int, part_bytes: int | None = None) -> dict:
+    """:func:`put` of the ``size`` bytes ``chunks`` yield, never holding them all: on a remote
+    store each part is uploaded once filled (at most PENDING_PARTS uploads in flight, so
+    memory stays at a few parts), on a local one the file is written a chunk at a time.  The
+    whole is not seeded into the cache (a query's ranged reads and the cache's background
+    fetch bring what is used)."""
+    if not w.store.is_remote:
+        return {"key": w.put_chunks(key, chunks, size)}
+    pb = part_bytes or PART_BYTES
+    if size <= pb:
+        data = b"".join(chunks)
+        if len(data) != size:
+            raise ValueError(f"{key}: {len(data)} bytes made, {size} expected")
+        return {"key": w.put(key, data)}
+    parts: list[str] = []
+    buf = bytearray()
+    made = 0
+
+    def flush(upto: int) -> None:
+        nonlocal buf
+        while len(buf) >= upto and buf:
+            part, buf = bytes(buf[:pb]), buf[pb:]
+            parts.append(w.put(f"{key}.{len(parts):05d}", part, cache=False))
+            if len(parts) % PENDING_PARTS == 0:
+                w.drain()
+
+    for chunk in chunks:
+        made += len(chunk)
+        buf += chunk
+        flush(pb)
+    flush(1)
+    if made != size:
+        raise ValueError(f"{key}: {made} bytes made, {size} expected")
+    return {"key": key, "parts": parts, "part_bytes": pb, "size": size}
 
 
 def files(entry: dict) -> list[str]:

@@ -56,6 +56,19 @@ class Writer:
         self.rep.bytes_written += len(data)
         return key
 
+    def put_chunks(self, key: str, chunks, size: int) -> str:
+        """Write the ``size`` bytes ``chunks`` yield as ``key`` without holding them all (the
+        store's ``write_chunks``; a local store only: a remote one takes parts, ``paged``);
+        not cached (the local store is its own copy)."""
+        n = self.store.write_chunks(key, chunks)
+        if n != size:
+            raise ValueError(f"{key}: {n} bytes written, {size} expected")
+        self.keys.append(key)
+        self.sizes[key] = n
+        self.rep.files_written += 1
+        self.rep.bytes_written += n
+        return key
+
     def drain(self) -> None:
         futs, self._futs = self._futs, []
         for f in futs:

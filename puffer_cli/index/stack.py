@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -67,13 +67,18 @@ def write(parts: Sequence[tuple[ivf.Route, ivf.Lists]], out: Sink) -> bytes:
     lists, so memory stays at about CHUNK_MEMBERS records whatever the namespace's size."""
     if any(not lists.local for _r, lists in parts):
         raise ValueError("a stack is written from local (memory-mapped) lists files")
-    return _write([r for r, _l in parts], [_mapped(lists) for _r, lists in parts], out)
+    routes = [r for r, _l in parts]
+    route_file, _size = plan(routes)
+    for chunk in chunks(routes, [_mapped(lists) for _r, lists in parts]):
+        out.write(chunk)
+    return route_file
 
 
-def write_files(routes: Sequence[ivf.Route], paths: Sequence[str], out: Sink) -> bytes:
-    """:func:`write` from the lists files at ``paths`` read a range at a time (no memory map:
-    the builder's peak memory stays at a step's records, not the files' pages)."""
-    return _write(routes, [_reader(r, p) for r, p in zip(routes, paths)], out)
+def files_chunks(routes: Sequence[ivf.Route], paths: Sequence[str]) -> Iterator[bytes]:
+    """The lists file of the stack of the lists files at ``paths`` (their routes ``routes``),
+    a step of about CHUNK_MEMBERS records at a time, read by positioned reads (no memory map:
+    the builder's memory stays at a step's records, not the files' pages)."""
+    return chunks(routes, [_reader(r, p) for r, p in zip(routes, paths)])
 
 
 def _mapped(lists: ivf.Lists):
@@ -102,22 +107,47 @@ def _reader(r: ivf.Route, path: str):
     return read
 
 
-def _write(routes: Sequence[ivf.Route], reads: Sequence, out: Sink) -> bytes:
+def plan(routes: Sequence[ivf.Route]) -> tuple[bytes, int]:
+    """(the route file, the lists file's size) of the stack of segments with ``routes``
+    (checked: one book, one code width, the same lists, global rows within uint32)."""
     if not routes:
         raise ValueError("a stack covers at least one segment")
     r0 = routes[0]
     if any(r.book != r0.book or r.bits != r0.bits or r.code_bytes != r0.code_bytes for r in routes):
         raise ValueError("a stack's segments follow one book with one code width")
-    parts = list(zip(routes, reads))
-    nlist = r0.nlist
-    if any(r.nlist != nlist for r in routes):
+    if any(r.nlist != r0.nlist for r in routes):
         raise ValueError("a stack's segments hold the same book lists")
-    cb = r0.code_bytes
     counts = np.sum([np.diff(r.offsets) for r in routes], axis=0).astype(np.int64)
-    bases = np.concatenate([[0], np.cumsum([int(r.rows) for r in routes])]).astype(np.int64)
+    bases = _bases(routes)
     if bases[-1] >= 1 << 32:
         raise ValueError("a stack's global rows are uint32: at most 2^32 - 1 rows")
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        counts=counts.astype(np.min_scalar_type(int(counts.max()) if len(counts) else 0)),
+        bases=bases,
+        code_bytes=np.int64(r0.code_bytes),
+        bits=np.int64(r0.bits),
+        book=np.str_(r0.book or ""),
+    )
+    return buf.getvalue(), int(bases[-1]) * record_bytes(r0.code_bytes)
+
+
+def _bases(routes: Sequence[ivf.Route]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([int(r.rows) for r in routes])]).astype(np.int64)
+
+
+def chunks(routes: Sequence[ivf.Route], reads: Sequence) -> Iterator[bytes]:
+    """The records of the stack (see the module docstring), list after list, a step of about
+    CHUNK_MEMBERS members at a time (``reads``: ``read(a, b) -> (positions, codes)`` of
+    members ``a .. b - 1`` of each segment's lists file); :func:`plan` checks the routes."""
+    plan(routes)
+    r0 = routes[0]
+    nlist, cb = r0.nlist, r0.code_bytes
+    counts = np.sum([np.diff(r.offsets) for r in routes], axis=0).astype(np.int64)
+    bases = _bases(routes)
     rec = np.dtype([("row", "<u4"), ("code", r0.code_dtype, (cb,))])
+    parts = list(zip(routes, reads))
     per_list = counts.cumsum()
     start = 0
     while start < nlist:
@@ -125,18 +155,8 @@ def _write(routes: Sequence[ivf.Route], reads: Sequence, out: Sink) -> bytes:
         before = int(per_list[start - 1]) if start else 0
         stop = max(start + 1, int(np.searchsorted(per_list, before + CHUNK_MEMBERS, side="right")))
         stop = min(stop, nlist)
-        out.write(_chunk(parts, bases, start, stop, rec).tobytes())
+        yield _chunk(parts, bases, start, stop, rec).tobytes()
         start = stop
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        counts=counts.astype(np.min_scalar_type(int(counts.max()) if len(counts) else 0)),
-        bases=bases,
-        code_bytes=np.int64(cb),
-        bits=np.int64(r0.bits),
-        book=np.str_(r0.book or ""),
-    )
-    return buf.getvalue()
 
 
 def _chunk(parts: Sequence, bases: np.ndarray, start: int, stop: int, rec: np.dtype) -> np.ndarray:
