@@ -110,17 +110,8 @@ def _reader(r: ivf.Route, path: str):
 def plan(routes: Sequence[ivf.Route]) -> tuple[bytes, int]:
     """(the route file, the lists file's size) of the stack of segments with ``routes``
     (checked: one book, one code width, the same lists, global rows within uint32)."""
-    if not routes:
-        raise ValueError("a stack covers at least one segment")
+    counts, bases = _shape(routes)
     r0 = routes[0]
-    if any(r.book != r0.book or r.bits != r0.bits or r.code_bytes != r0.code_bytes for r in routes):
-        raise ValueError("a stack's segments follow one book with one code width")
-    if any(r.nlist != r0.nlist for r in routes):
-        raise ValueError("a stack's segments hold the same book lists")
-    counts = np.sum([np.diff(r.offsets) for r in routes], axis=0).astype(np.int64)
-    bases = _bases(routes)
-    if bases[-1] >= 1 << 32:
-        raise ValueError("a stack's global rows are uint32: at most 2^32 - 1 rows")
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
@@ -133,19 +124,30 @@ def plan(routes: Sequence[ivf.Route]) -> tuple[bytes, int]:
     return buf.getvalue(), int(bases[-1]) * record_bytes(r0.code_bytes)
 
 
-def _bases(routes: Sequence[ivf.Route]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum([int(r.rows) for r in routes])]).astype(np.int64)
+def _shape(routes: Sequence[ivf.Route]) -> tuple[np.ndarray, np.ndarray]:
+    """(members per book list over all segments, each segment's first global row and the
+    total) of a stack of segments with ``routes``, which must fit one."""
+    if not routes:
+        raise ValueError("a stack covers at least one segment")
+    r0 = routes[0]
+    if any(r.book != r0.book or r.bits != r0.bits or r.code_bytes != r0.code_bytes for r in routes):
+        raise ValueError("a stack's segments follow one book with one code width")
+    if any(r.nlist != r0.nlist for r in routes):
+        raise ValueError("a stack's segments hold the same book lists")
+    counts = np.sum([np.diff(r.offsets) for r in routes], axis=0).astype(np.int64)
+    bases = np.concatenate([[0], np.cumsum([int(r.rows) for r in routes])]).astype(np.int64)
+    if bases[-1] >= 1 << 32:
+        raise ValueError("a stack's global rows are uint32: at most 2^32 - 1 rows")
+    return counts, bases
 
 
 def chunks(routes: Sequence[ivf.Route], reads: Sequence) -> Iterator[bytes]:
     """The records of the stack (see the module docstring), list after list, a step of about
     CHUNK_MEMBERS members at a time (``reads``: ``read(a, b) -> (positions, codes)`` of
-    members ``a .. b - 1`` of each segment's lists file); :func:`plan` checks the routes."""
-    plan(routes)
+    members ``a .. b - 1`` of each segment's lists file)."""
+    counts, bases = _shape(routes)
     r0 = routes[0]
     nlist, cb = r0.nlist, r0.code_bytes
-    counts = np.sum([np.diff(r.offsets) for r in routes], axis=0).astype(np.int64)
-    bases = _bases(routes)
     rec = np.dtype([("row", "<u4"), ("code", r0.code_dtype, (cb,))])
     parts = list(zip(routes, reads))
     per_list = counts.cumsum()
