@@ -5,7 +5,7 @@
 ``--store``: a local store whose namespace was indexed with ``PUFFER_IVF_ROUTING=shared`` (so
 its generation has a stack: bench_routing's stores, or the 30M mixed set of docs/benchmarks.md).
 Building 10M-30M rows inside an S3 server would take this machine hours, so the generation is
-copied instead: meta.json and the files its manifest names go into a SeaweedFS server on
+copied instead: meta.json, the WAL's newest entry and the files its manifest names go into a SeaweedFS server on
 loopback (`weed server -s3`, data under ``--work``), laid out as `puffer index` writes them on an
 object store where it matters here: the stack's lists file in ``stack.PART_BYTES`` parts and a
 prefetch pack (``index/pack.py``, the builder's own functions) named by the pointer; the other
@@ -40,6 +40,7 @@ def copy_generation(src, dst, ns: str) -> dict:
     and a prefetch pack as on an object store; returns the manifest as written."""
     from puffer_cli.index import pack, stack
     from puffer_cli.index.segwrite import prefetch_keys, vector_prefetch_keys
+    from puffer_cli.store import layout
 
     meta = json.loads(src.read(f"{ns}/meta.json"))
     ptr = meta["index"]
@@ -76,6 +77,11 @@ def copy_generation(src, dst, ns: str) -> dict:
         key = ptr["manifest"].rsplit("/", 1)[0] + "/prefetch-bench.zip"
         dst.write(key, pack.build(small, src.read))
         ptr["prefetch_pack"] = {"key": key, "unpacked": unpacked}
+    # the WAL's newest entry, which a store keeps whatever its retention (index/retention.py): a
+    # reader lists the WAL from it to find the head; without it, a process's first query lists
+    # twice (from meta.json's hint, then from the start): a round trip a real store does not pay
+    head = layout.wal(ns, int(meta["last_seq"]))
+    dst.write(head, src.read(head))
     dst.write(f"{ns}/meta.json", json.dumps(meta).encode())
     log(f"copied the generation: {total / 1e9:.2f} GB in {time.time() - t0:.0f} s; pack of {len(small)} files")
     return man
