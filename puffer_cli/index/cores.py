@@ -52,7 +52,10 @@ def run(fns: Sequence[Callable[[], T]]) -> list[T]:
     """Results of ``fns`` in order, run by this thread and the pool's at once, each taking
     the next call not yet taken (all on this thread when it is one of the pool's: a share
     waiting on shares could wait forever).  Pool threads run in copies of the caller's
-    context (its deadline, its io_scope).  The first error is raised once all are done."""
+    context (its deadline, its io_scope).  The caller never waits for a pool thread that has
+    not started (under concurrent queries the pool may be busy: this thread then does all).
+    The first error is raised once no call runs any more (the calls not started by then are
+    not run)."""
     n = len(fns)
     if n <= 1 or threading.current_thread().name.startswith(_PREFIX):
         return [f() for f in fns]
@@ -60,23 +63,29 @@ def run(fns: Sequence[Callable[[], T]]) -> list[T]:
     nxt = iter(range(n))
     take = threading.Lock()
 
+    failed = threading.Event()  # a call raised: the lanes take no more
+
     def lane() -> None:
-        while True:
+        while not failed.is_set():
             with take:
                 i = next(nxt, None)
             if i is None:
                 return
-            out[i] = fns[i]()
+            try:
+                out[i] = fns[i]()
+            except BaseException:
+                failed.set()
+                raise
 
     futs = [_executor().submit(contextvars.copy_context().run, lane) for _ in range(min(WORKERS, n) - 1)]
     err: BaseException | None = None
     try:
         lane()
-    except BaseException as e:  # the others finish (or fail) before this is raised
+    except BaseException as e:  # raised once the pool's running lanes are done
         err = e
-    for f in futs:
-        e2 = f.exception()
-        err = err or e2
+    for f in futs:  # a lane still queued (the pool busy with other queries' shares) has nothing left: cancelled
+        if not f.cancel():
+            err = err or f.exception()
     if err is not None:
         raise err
     return out
