@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from puffer_cli.index import cores, ivf, stack
+from puffer_cli import cores
+from puffer_cli.index import ivf, stack
 
 from .test_stack import DIMS, _segments, _stack
 

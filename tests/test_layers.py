@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, str]] = [
     ("puffer_cli.text", "text analysis and exact BM25"),
     ("puffer_cli.store", "object-store backends, key layout, the local file cache"),
     ("puffer_cli.caches", "the registry of in-process caches"),
+    ("puffer_cli.cores", "one query's CPU work over the machine's cores (a process-wide thread pool)"),
     ("puffer_cli.config", "the one reader of the environment"),
     ("puffer_cli.limits", "constants and the request budget"),
     ("puffer_cli.errors", "typed exceptions, each with its HTTP status"),

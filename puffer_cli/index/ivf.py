@@ -148,7 +148,7 @@ from typing import Any
 
 import numpy as np
 
-from puffer_cli.index import cores
+from puffer_cli import cores
 
 log = logging.getLogger("puffer.index.ivf")
 

@@ -37,7 +37,8 @@ from typing import Protocol
 
 import numpy as np
 
-from puffer_cli.index import cores, ivf, ranged
+from puffer_cli import cores
+from puffer_cli.index import ivf, ranged
 
 
 class Sink(Protocol):

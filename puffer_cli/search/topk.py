@@ -28,9 +28,10 @@ from functools import partial
 import numpy as np
 import polars as pl
 
+from puffer_cli import cores
 from puffer_cli import limits as L
-from puffer_cli.index import cores, fts, ivf
 from puffer_cli.index import docs as D
+from puffer_cli.index import fts, ivf
 from puffer_cli.index import ranged as RG
 from puffer_cli.index.manifest import fts_sig_of
 from puffer_cli.query import parse as Q
