@@ -69,6 +69,14 @@ def test_two_concurrent_index_processes(store_url):
     assert same(engine.run_query(ns, body), exact(ns, body))
 
 
+def await_killed(procs: dict) -> None:
+    """Each crash point's ``puffer index`` died by its SIGKILL; then their leases expire."""
+    for point, p in procs.items():
+        p.communicate(timeout=60)
+        assert p.returncode == -signal.SIGKILL, point
+    time.sleep(1.1)
+
+
 @pytest.mark.slow  # SIGKILL (nox -s slow)
 @pytest.mark.parametrize("store_url", ["local"], indirect=True)
 def test_sigkill_then_next_run_completes(store_url):
@@ -98,10 +106,7 @@ def test_sigkill_then_next_run_completes(store_url):
             [f"k{k}", *store_args(store_url)],
             {"PUFFER_INDEX_CRASH_AT": point, "PUFFER_INDEX_LEASE_TTL": "1", "PUFFER_INDEX_SEGMENT_ROWS": "16"},
         )
-    for point, p in procs.items():
-        p.communicate(timeout=60)
-        assert p.returncode == -signal.SIGKILL, point
-    time.sleep(1.1)  # the killed runs' leases expire
+    await_killed(procs)
     for k, point in enumerate(points):
         ns = db.open_namespace(f"k{k}")
         ns.write({"upsert_rows": make_rows(rng, 100, 5)})
@@ -211,10 +216,7 @@ def test_sigkill_under_shared_routing_then_next_run_completes(store_url):
         ns = db.open_namespace(f"s{k}")
         ns.write({"upsert_rows": make_rows(rng, 0, 60), "schema": SCHEMA})
         procs[point] = run_index([f"s{k}", *store_args(store_url)], {**env, "PUFFER_INDEX_CRASH_AT": point})
-    for point, p in procs.items():
-        p.communicate(timeout=60)
-        assert p.returncode == -signal.SIGKILL, point
-    time.sleep(1.1)  # the killed runs' leases expire
+    await_killed(procs)
     for k, point in enumerate(points):
         ns = db.open_namespace(f"s{k}")
         p = run_index([f"s{k}", *store_args(store_url)], env)
