@@ -107,8 +107,10 @@ mixed set 0.949 at 42k, 0.961 at 57k, 0.969 at 71k with 0.05; fill 0.5 on top of
 0.03 gave 0.955 at 63k).  Format 2 at its defaults: 0.965 at 109k (noisy), 0.938 at 112k
 (mixed).  Probe 0.05 rather than 0.04: at 10M (bench_scale's set) 0.04 found 0.942 at 126k
 rows, 0.05 found 0.950 at 158k (format 2: 0.967 at 558k); at 2M 0.05 finds 0.986 / 0.969
-(noisy / mixed) at 71k rows.  A cold query still reads few ranges: a shared segment's lists are fetched
-with SHARED_READ_EXTRA (gaps read, not scanned, so results do not depend on it).
+(noisy / mixed) at 71k rows.  A cold query reads a segment's lists in at most RUNS_MAX ranges
+(:func:`bounded_runs`), as under format 2.  A filtered query plans each segment's probe as
+under format 2 (``search/filtered.py``: the nearest lists, by the book's ranking, holding a
+row that passes), scaled from the segment's share of the namespace's unfiltered probe.
 
 Growth: new rows are assigned to the existing book (the hierarchical :meth:`Codebook.assign`,
 no training), so an incremental run costs what its new rows cost.  Lists grow as the
@@ -165,9 +167,6 @@ FILL_GAP_BYTES = 96 * 1024  # lists between probed ones closer than this are alw
 #: an ``ann`` value in the schema applies to both formats
 SHARED_DEFAULTS = {"probe": 0.05, "fill": 0.0}
 SHARED_FILL_GAP_BYTES = 96 * 1024
-#: a cold format-3 query reads up to this many times its lists' bytes in the gaps between them
-#: (read, not scanned: results do not depend on it) to join its ranges into fewer requests
-SHARED_READ_EXTRA = 1.0
 SCORE_PER_RUN_MAX = 64  # up to this many runs are scored one by one (no copy), more in one call
 SAMPLE_PER_LIST = 64  # k-means training rows per list (GloVe-100: 64 gave recall 0.955 where 32 gave 0.947)
 SAMPLE_MAX = 262_144  # ... at most (bounds the training cost of a full segment)
@@ -1006,16 +1005,22 @@ FILTER_SCAN_EXP = 0.25  # a filter keeping a fraction f of a segment scans probe
 FILTER_FILL_MAX = 0.3  # ... and fills at most this much (``fill``) between its lists
 
 
-def filtered_need(rows: int, probe: float, min_rows: int, frac: float, want: int) -> float:
+def filtered_need(base: float, frac: float, want: int) -> float:
     """Matching members a query whose filter keeps the fraction ``frac`` of a segment's
-    ``rows`` scores (:meth:`Route.matching_lists`): an unfiltered query scans
-    ``probe x rows`` (at least ``min_rows``); a filtered one scans the nearest lists holding
-    a match until they hold ``f**(1 - FILTER_SCAN_EXP)`` of that many matches, i.e. about
-    ``f**-FILTER_SCAN_EXP`` times the unfiltered rows (1%: 3.2x, 10%: 1.8x), not ``1/f``
-    times (see docs/query.md for the measurements); at least ``4 x want``."""
-    base = max(probe * rows, float(min_rows))
+    rows scores (:meth:`Route.matching_lists`): an unfiltered query scans ``base`` rows
+    of the segment (:func:`unfiltered_rows`; under shared routing its share of
+    :func:`probe_rows`); a filtered one scans the nearest lists holding a match until they
+    hold ``f**(1 - FILTER_SCAN_EXP)`` of that many matches, i.e. about ``f**-FILTER_SCAN_EXP``
+    times the unfiltered rows (1%: 3.2x, 10%: 1.8x), not ``1/f`` times (see docs/query.md
+    for the measurements); at least ``4 x want``."""
     f = min(1.0, max(frac, 1e-9))
-    return max(4.0 * want, base * f ** (1.0 - FILTER_SCAN_EXP))
+    return max(4.0 * want, float(base) * f ** (1.0 - FILTER_SCAN_EXP))
+
+
+def unfiltered_rows(rows: int, opts: dict) -> float:
+    """Rows an unfiltered query scans in a segment of ``rows`` rows with its own IVF
+    (format 2): ``probe`` x rows, at least ``probe_min_rows``."""
+    return max(opts["probe"] * rows, float(opts["probe_min_rows"]))
 
 
 RUNS_MAX = 72  # member runs a cold query reads from one segment's lists file at most

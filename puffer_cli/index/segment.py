@@ -627,14 +627,10 @@ class Segment:
                 if paged.at_hand(self.cache, self.store, ent) or ranged.lists_read_whole(route.rows, route.dims):
                     got = (route, ivf.Lists(route, local=paged.whole(self.cache, self.store, ent)))
                 else:
-                    # format 2: planned by Route.runs (its fill), so no further gaps; format 3: a
-                    # segment's share of a list is small, so gaps are read (not scanned) to save requests
-                    x = 0.0 if route.book is None else ivf.SHARED_READ_EXTRA
+                    # the ranges are planned (Route.runs, bounded_runs, filtered.plan): no further gaps
                     got = (
                         route,
-                        ivf.Lists(
-                            route, fetch=lambda rs, e=ent, x=x: paged.read_ranges(self.cache, self.store, e, rs, x)
-                        ),
+                        ivf.Lists(route, fetch=lambda rs, e=ent: paged.read_ranges(self.cache, self.store, e, rs, 0.0)),
                     )
                 self._ann[f] = got
             return got

@@ -8,17 +8,19 @@ lists' bounds among the matching rows).  The probe then takes the lists nearest 
 query *that hold a matching row*, until they hold ``ivf.filtered_need`` matching rows,
 and scores only those rows' codes: lists without a match are neither read nor scanned.
 
-Exact search (every passing row's f32 vector) is chosen instead when it costs less:
+Exact search (every passing row's f32 vector) is chosen instead when few rows pass (tests
+set ``reader.EXACT_MAX_ROWS`` and ``reader.EXACT_MAX_FRACTION`` to 0 to force the index):
 
-* warm (vectors memory-mapped): bytes touched, ``rows x dims x 4`` for exact against
-  the probe's members scanned (one mask byte each) plus ``dims`` bytes per passing member
-  scored, exact when at most ``WARM_EXACT_RATIO`` times the probe's (exact is also exact);
-* cold (vectors by range): the bytes of the passing rows' vectors read in at most
-  ``EXACT_RANGES_MAX`` coalesced ranges (``ranged.bounded``) plus ``ranged.REQUEST_BYTES``
-  per request, against the probed lists' ranges not yet fetched, priced the same way.
-
-Either way, exact search is considered only for at most ``reader.EXACT_MAX_ROWS`` rows or
-``reader.EXACT_MAX_FRACTION`` of the segment (tests set both to 0 to force the index).
+* warm (vectors memory-mapped): at most ``reader.EXACT_MAX_ROWS`` rows, without planning the
+  probe: its fixed costs (the mask counted per list over the whole segment, the lists
+  ranked) exceed exact scoring there.  2M rows, 2 segments, 100 dims, each query both ways
+  in turn in one process (``/work/notes/ab_exact.py``, 2026-12-07, load 1.2): 1% (10k rows a
+  segment) exact 4.1-5.0 ms against the probe's 5.5-5.8; 3% (30k) exact 9.9-10.3 against 6.5-7.5;
+* cold (vectors by range): at most ``reader.EXACT_MAX_ROWS`` rows or
+  ``reader.EXACT_MAX_FRACTION`` of the segment, when the bytes of the passing rows' vectors
+  read in at most ``EXACT_RANGES_MAX`` coalesced ranges (``ranged.bounded``) plus
+  ``ranged.REQUEST_BYTES`` per request cost less than the probed lists' ranges not yet
+  fetched, priced the same way.
 """
 
 from __future__ import annotations
@@ -30,10 +32,9 @@ import numpy as np
 
 from puffer_cli.index import ivf
 from puffer_cli.index import ranged as RG
-from puffer_cli.index.segment import Segment, row_ranges
+from puffer_cli.index.segment import row_ranges
 
 EXACT_RANGES_MAX = 64  # ranges an exact search reads from one segment's vectors at most
-WARM_EXACT_RATIO = 4.0  # warm: exact when it touches at most this many times the probe's bytes
 #: cold: members of a probe's runs the read-ahead did not fetch, up to this share of the probe's,
 #: are not scanned (another round trip for them is not worth it)
 SMALL_MISS = 0.02
@@ -58,14 +59,18 @@ def plan(
     frac: float,
     want: int,
     ahead: tuple | None = None,
+    base: float | None = None,
 ):
     """The filter-aware probe of a segment (:class:`Plan`), or None when the lists'
     members are not known without reading the lists file.  ``ahead``: (byte ranges, bytes)
-    of the lists read ahead of the mask; runs they hold are not coalesced with others."""
+    of the lists read ahead of the mask; runs they hold are not coalesced with others.
+    ``base``: the rows an unfiltered query scans in this segment (default: its own IVF's,
+    ``ivf.unfiltered_rows``; under shared routing its share of the namespace's probe)."""
     matches = ivf.list_matches(route, lists if lists.local else None, sel)
     if matches is None:
         return None
-    need = ivf.filtered_need(route.rows, opts["probe"], opts["probe_min_rows"], frac, want)
+    base = ivf.unfiltered_rows(route.rows, opts) if base is None else base
+    need = ivf.filtered_need(base, frac, want)
     chosen = route.matching_lists(route.prepare_query(q), matches, need)
     runs = route.runs(chosen, min(opts["fill"], ivf.FILTER_FILL_MAX))
     if not lists.local:
@@ -132,16 +137,10 @@ def _cold_runs(route: ivf.Route, chosen: np.ndarray, runs: list[tuple[int, int]]
     return out
 
 
-def exact_cheaper(
-    seg: Segment, f: str, pos: np.ndarray, route: ivf.Route, p: Plan, ahead: tuple | None, remote: bool
-) -> bool:
-    """Whether exact search over the passing rows ``pos`` costs less than the probe ``p``."""
-    dims = route.dims
-    if seg.vectors_at_hand(f) or not remote:
-        exact = len(pos) * dims * 4
-        probe = p.scanned + p.matched * route.code_bytes
-        return exact <= WARM_EXACT_RATIO * probe
-    return exact_cold_cost(pos, dims) <= probe_cold_cost(route, p, ahead)
+def exact_cheaper(pos: np.ndarray, route: ivf.Route, p: Plan, ahead: tuple | None) -> bool:
+    """Whether a cold exact search over the passing rows ``pos`` (their vectors by range)
+    costs less than the probe ``p``."""
+    return exact_cold_cost(pos, route.dims) <= probe_cold_cost(route, p, ahead)
 
 
 def exact_cold_cost(pos: np.ndarray, dims: int) -> float:

@@ -386,23 +386,24 @@ class IndexedView:
         iv = seg.ivf(rb.attr)
         index = seg.ann(rb.attr) if iv is None else None
         frac = n_sel / max(1, seg.rows)
-        remote = self.gen.store.is_remote
+        few = filt is not None and n_sel <= max(EXACT_MAX_ROWS, EXACT_MAX_FRACTION * seg.rows)
+        warm = not self.gen.store.is_remote or seg.vectors_at_hand(rb.attr)
+        warm_exact = filt is not None and warm and n_sel <= EXACT_MAX_ROWS  # unplanned (filtered.py)
         plan = None
         if iv is not None:
             route, lists = iv
             opts = self._ivf_options(rb.attr, route.book is not None)
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
-            # format 3 plans only lists read by range (cold): warm, the book's chosen lists
-            # scanned through the mask cost less (2M, 1% filter: 5.4 ms against 14.3 planned)
-            planned = route.book is None or (not lists.local and self._ranks_lists(rb.attr, route))
-            if filt is not None and rb.method == "ANN" and planned:
-                plan = FL.plan(route, lists, q, sel, opts, frac, k * opts["rerank"], ahead)
+            if filt is not None and rb.method == "ANN" and not warm_exact and self._ranks_lists(rb.attr, route):
+                base = self._unfiltered_rows(rb.attr, seg, route, opts)
+                plan = FL.plan(route, lists, q, sel, opts, frac, k * opts["rerank"], ahead, base)
         if rb.method != "ANN" or (iv is None and index is None) or metric != self.gen.metric or n_sel <= k:
             exact = True
-        elif plan is not None:  # filtered: exact if few enough rows and cheaper than the probe
-            few = n_sel <= max(EXACT_MAX_ROWS, EXACT_MAX_FRACTION * seg.rows)
-            exact = few and FL.exact_cheaper(seg, rb.attr, np.flatnonzero(sel), route, plan, ahead, remote)
+        elif warm_exact:
+            exact = True
+        elif plan is not None:  # filtered, cold: exact if few rows pass and their vectors cost less
+            exact = few and not warm and FL.exact_cheaper(np.flatnonzero(sel), route, plan, ahead)
         else:
             # a few rows: exact, unless a cold remote segment would have to fetch its whole
             # vector file for them (its IVF lists are a quarter of that), or the segment follows
@@ -420,9 +421,12 @@ class IndexedView:
             restrict = filt is not None or n_sel < seg.live_count() or seg.live_count() < seg.rows
             # shared routing (format 3): the lists the namespace-wide ranking picks; a filter:
             # the nearest lists holding rows that pass (FL.plan)
-            chosen, srt = self._shared_lists(rb, route, opts, frac) if route.book is not None else (None, None)
             if plan is not None:
                 chosen, srt = plan.chosen, None
+            elif route.book is not None:
+                chosen, srt = self._shared_lists(rb, route, opts, frac)
+            else:
+                chosen, srt = None, None
             # a filter keeping a fraction of the rows: scan that much more to find as many
             keep, approx, scanned = ivf.search(
                 route,
@@ -496,12 +500,22 @@ class IndexedView:
             return None
         # matching rows per list expected: the admitted rows times the share of them passing
         matches = matches * min(1.0, est / share)
-        need = ivf.filtered_need(seg.rows, opts["probe"], opts["probe_min_rows"], est, k * opts["rerank"])
+        need = ivf.filtered_need(self._unfiltered_rows(rb.attr, seg, route, opts), est, k * opts["rerank"])
         chosen = route.matching_lists(route.prepare_query(rb.array()), matches, need)
         runs = ivf.bounded_runs(route, route.runs(chosen, min(opts["fill"], ivf.FILTER_FILL_MAX)))
         ranges = ivf.Lists.ranges(route, runs)
         fetch = iv[1].fetcher()
         return (ranges, fetch(ranges)) if ranges and fetch is not None else None
+
+    def _unfiltered_rows(self, f: str, seg: Segment, route, opts: dict) -> float:
+        """Rows an unfiltered query scans in ``seg`` (what a filtered probe scales,
+        ``ivf.filtered_need``): its own IVF's ``ivf.unfiltered_rows`` (format 2), or its share
+        of the rows the namespace's book probes (format 3, ``ivf.probe_rows``)."""
+        got = None if route.book is None else self._followed_book(f, route)
+        if got is None:
+            return ivf.unfiltered_rows(seg.rows, opts)
+        total = self._book_total(f, got[1])
+        return ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) * seg.rows / max(1, total)
 
     def _ivf_options(self, f: str, shared: bool) -> dict:
         """``ivf.options`` of field ``f``, once per query (a 30M namespace has 30 segments)."""
