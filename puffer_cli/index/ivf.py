@@ -69,7 +69,9 @@ LanceDB's IVF_RQ is measured beside them in the same benchmark.
 Filtered queries (``search/filtered.py``): :func:`list_matches` counts a filter's passing
 rows per list (rows are stored in list order), :meth:`Route.matching_lists` takes the
 nearest lists holding one until they hold :func:`filtered_need` of them, and :func:`search`
-scores only the passing members; a cold query reads at most RUNS_MAX runs per segment.
+scores only the passing members; a cold query reads at most RUNS_MAX runs per segment.  The
+route of a segment's first vector field also holds each list's min / max of up to 8 numeric
+attributes (``liststats.py``), which place a cold query's read-ahead of the lists.
 
 Shared routing (opt-in, ``PUFFER_IVF_ROUTING=shared``; the default ``segment`` builds an IVF
 per segment, format 2 in docs/format-index.md, in a manifest of format 3):
@@ -151,6 +153,7 @@ from typing import Any
 import numpy as np
 
 from puffer_cli import cores
+from puffer_cli.index import liststats
 
 log = logging.getLogger("puffer.index.ivf")
 
@@ -462,11 +465,14 @@ def pack4(c: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(u[:, 0::2] | (u[:, 1::2] << np.uint8(4)))
 
 
-def encode(f: Fit, mat: np.ndarray, book_id: str | None = None, bits: int = 8) -> tuple[bytes, bytes, dict]:
+def encode(
+    f: Fit, mat: np.ndarray, book_id: str | None = None, bits: int = 8, extra: dict[str, np.ndarray] | None = None
+) -> tuple[bytes, bytes, dict]:
     """(route file, lists file, info for the manifest) of ``mat`` under ``f`` (rows aligned).
     ``book_id``: ``f`` follows that shared :class:`Book`; the route then holds no centroids
     (the offsets of the book's lists in this segment, the scale, the book's id).  ``bits``:
-    8 (int8 codes) or 4 (int4, two dimensions a byte, a step 127/7 times the int8 one)."""
+    8 (int8 codes) or 4 (int4, two dimensions a byte, a step 127/7 times the int8 one).
+    ``extra``: more arrays for the route (``liststats.build``: per-list statistics)."""
     dims = mat.shape[1]
     book = f.book
     nlist = len(book.centroids) if book is not None else 0
@@ -497,6 +503,7 @@ def encode(f: Fit, mat: np.ndarray, book_id: str | None = None, bits: int = 8) -
         arrays["bounds"] = book.bounds if book is not None else np.zeros(1, np.int64)
     if bits == 4:
         arrays["bits"] = np.array(4, np.uint8)
+    arrays.update(extra or {})
     if book_id is not None:
         # members per book list in the narrowest unsigned type, deflated: a route holds a
         # count for every list of the book and a cold query reads every segment's route, so
@@ -755,6 +762,8 @@ class Route:
         self.bits = int(z["bits"]) if "bits" in z.files else 8
         self.implicit = bool(z["implicit"]) if "implicit" in z.files else False
         self.unindexed = np.asarray(z["unindexed"], dtype=np.int64) if "unindexed" in z.files else None
+        #: per-list min / max of numeric attributes (index/liststats.py), None in older routes
+        self.stats = liststats.ListStats.from_npz(z)
         self.dims = dims
         self.cosine = (metric or "cosine_distance") == "cosine_distance"
         self.c2 = None if self.cosine else np.einsum("ij,ij->i", c32, c32)

@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli.index import docs as D
-from puffer_cli.index import fts, ivf, muvera, paged, ranged, sparse
+from puffer_cli.index import fts, ivf, liststats, muvera, paged, ranged, sparse
 from puffer_cli.index.hooks import crash
 from puffer_cli.index.manifest import ann_sig, fts_sig
 from puffer_cli.schema import types
@@ -247,7 +247,11 @@ def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, pro
         route, lists, info = ivf.encode(fit or book.fit(mat), mat, book.id, bits=bits)
         info["book"] = book.id
     else:
-        route, lists, info = ivf.encode(fit or ivf.fit(mat, opts["list_rows"], metric), mat, bits=bits)
+        fit = fit or ivf.fit(mat, opts["list_rows"], metric)
+        nlist = len(fit.book.centroids) if fit.book is not None else 0
+        # the rows are in this field's list order if it is the first vector field: per-list statistics
+        stats = liststats.build(frame, schema, fit.labels, nlist)
+        route, lists, info = ivf.encode(fit, mat, bits=bits, extra=stats)
     tag = D.field_tag(f)
     ann = {
         **opts,

@@ -38,6 +38,9 @@ EXACT_RANGES_MAX = 64  # ranges an exact search reads from one segment's vectors
 #: cold: members of a probe's runs the read-ahead did not fetch, up to this share of the probe's,
 #: are not scanned (another round trip for them is not worth it)
 SMALL_MISS = 0.02
+#: ... or, when per-list statistics placed the read-ahead, holding at most this share of the
+#: passing members the probe wants
+GUIDED_MISS = 0.2
 
 
 @dataclass
@@ -79,19 +82,27 @@ def plan(
             # the read-ahead missed a sliver of the probe (a list at its edge): scanning
             # without it costs less than a round trip more
             held = _holder(route, ahead)
-            miss = sum(b - a for a, b in runs if not held((a, b)))
-            if 0 < miss <= SMALL_MISS * sum(b - a for a, b in runs):
-                runs = [r for r in runs if held(r)]
+            kept = [r for r in runs if held(r)]
+            miss = sum(b - a for a, b in runs) - sum(b - a for a, b in kept)
+            small = miss <= SMALL_MISS * sum(b - a for a, b in runs)
+            if not small and len(ahead) > 2 and ahead[2] and route.implicit:
+                # placed by per-list statistics (index/liststats.py), the read-ahead misses only
+                # the far edge of the probe: scanned without it when it holds few of the matches
+                small = _matched(route, matches, runs) - _matched(route, matches, kept) <= GUIDED_MISS * need
+            if miss > 0 and small:
+                runs = kept
     scanned = int(sum(b - a for a, b in runs))
-    if route.implicit:
-        cs = np.concatenate([[0], np.cumsum(matches)])
-        # members of runs: list bounds are member offsets; runs start and end on list bounds
-        lo = np.searchsorted(route.offsets, [a for a, _b in runs])
-        hi = np.searchsorted(route.offsets, [b for _a, b in runs])
-        matched = int(sum(cs[h] - cs[lo_] for lo_, h in zip(lo, hi)))
-    else:
-        matched = int(matches[chosen].sum())
+    matched = _matched(route, matches, runs) if route.implicit else int(matches[chosen].sum())
     return Plan(chosen, runs, scanned, matched)
+
+
+def _matched(route: ivf.Route, matches: np.ndarray, runs: list[tuple[int, int]]) -> int:
+    """Passing members in member runs ``runs`` of an implicit route (runs start and end on
+    list bounds)."""
+    cs = np.concatenate([[0], np.cumsum(matches)])
+    lo = np.searchsorted(route.offsets, [a for a, _b in runs])
+    hi = np.searchsorted(route.offsets, [b for _a, b in runs])
+    return int(sum(cs[h] - cs[lo_] for lo_, h in zip(lo, hi)))
 
 
 def _holder(route: ivf.Route, ahead: tuple):

@@ -55,6 +55,7 @@ EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old 
 EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
 EXACT_MAX_FRACTION = 0.05  # ... or a filter keeping at most this fraction of a segment
 HNSW_OVERFETCH = 2  # HNSW candidates kept per requested result (exact re-rank)
+LISTS_AHEAD_STATS = 0.8  # ... from per-list statistics (index/liststats.py): this share of their estimate
 LISTS_AHEAD_MARGIN = 0.9  # lists read ahead of a filter's mask: for a fraction this much below the estimate
 BM25_MIN_CANDIDATES = 100  # tantivy candidates per segment at least
 BM25_OVERFETCH = 10  # ... and at least this many per requested result
@@ -398,9 +399,8 @@ class IndexedView:
             if filt is not None and rb.method == "ANN" and not warm_exact and self._ranks_lists(rb.attr, route):
                 base = self._unfiltered_rows(rb.attr, seg, route, opts)
                 plan = FL.plan(route, lists, q, sel, opts, frac, k * opts["rerank"], ahead, base)
-        if rb.method != "ANN" or (iv is None and index is None) or metric != self.gen.metric or n_sel <= k:
-            exact = True
-        elif warm_exact:
+        unindexed = rb.method != "ANN" or (iv is None and index is None) or metric != self.gen.metric
+        if unindexed or n_sel <= k or warm_exact:
             exact = True
         elif plan is not None:  # filtered, cold: exact if few rows pass and their vectors cost less
             exact = few and not warm and FL.exact_cheaper(np.flatnonzero(sel), route, plan, ahead)
@@ -472,9 +472,11 @@ class IndexedView:
         probes (:func:`filtered.plan`), read before the filter's mask is known: the rows
         that can pass are those of the row groups whose statistics admit a match
         (``docs.group_mask``), a fraction ``docs.estimate_fraction`` of them (with
-        ``LISTS_AHEAD_MARGIN`` to spare) is assumed to pass in each list.  None when the
-        segment would likely be searched exactly (few rows pass), or has no ranged lists.
-        Planning only: the search runs as it would without it."""
+        ``LISTS_AHEAD_MARGIN`` to spare) is assumed to pass in each list, or, where the route
+        holds per-list statistics covering the filter (index/liststats.py), each list's own
+        expected share.  None when the segment would likely be searched exactly (few rows
+        pass), or has no ranged lists.  Planning only: the search runs as it would without
+        it.  Returns (byte ranges, bytes, whether per-list statistics placed them)."""
         from puffer_cli.filters import bind_filter
         from puffer_cli.search import filtered as FL
 
@@ -498,14 +500,25 @@ class IndexedView:
         matches = ivf.list_matches(route, None, can)
         if matches is None:
             return None
-        # matching rows per list expected: the admitted rows times the share of them passing
-        matches = matches * min(1.0, est / share)
+        sizes = np.diff(route.offsets)
+        fr = None if route.stats is None else route.stats.estimate(bound, self._types(), sizes)
+        if fr is not None:  # per-list statistics (index/liststats.py): where the passing rows lie
+            matches = sizes * fr * LISTS_AHEAD_STATS
+        else:  # matching rows per list expected: the admitted rows times the share of them passing
+            matches = matches * min(1.0, est / share)
         need = ivf.filtered_need(self._unfiltered_rows(rb.attr, seg, route, opts), est, k * opts["rerank"])
         chosen = route.matching_lists(route.prepare_query(rb.array()), matches, need)
         runs = ivf.bounded_runs(route, route.runs(chosen, min(opts["fill"], ivf.FILTER_FILL_MAX)))
         ranges = ivf.Lists.ranges(route, runs)
         fetch = iv[1].fetcher()
-        return (ranges, fetch(ranges)) if ranges and fetch is not None else None
+        return (ranges, fetch(ranges), fr is not None) if ranges and fetch is not None else None
+
+    def _types(self) -> dict[str, str]:
+        """Attribute -> its type name (scalar types are strings), once per query."""
+        got = self.__dict__.get("_type_names")
+        if got is None:
+            got = self.__dict__["_type_names"] = {a: str(v.get("type")) for a, v in self.schema.items()}
+        return got
 
     def _unfiltered_rows(self, f: str, seg: Segment, route, opts: dict) -> float:
         """Rows an unfiltered query scans in ``seg`` (what a filtered probe scales,
