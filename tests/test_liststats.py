@@ -24,7 +24,7 @@ def stats_of(frame: pl.DataFrame, labels: np.ndarray, nlist: int) -> liststats.L
         return None
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # through the route file's encoding (float32 bounds)
-    return liststats.ListStats.from_npz(np.load(io.BytesIO(buf.getvalue())))
+    return liststats.ListStats.from_npz(np.load(io.BytesIO(buf.getvalue())), nlist)
 
 
 ints = st.one_of(st.none(), st.integers(-50, 50))
@@ -89,3 +89,24 @@ def test_an_estimate_follows_where_the_values_lie():
     est = stats_of(frame, labels, 4).estimate(bind_filter(["u", "Lt", 26], SCHEMA), TYPES, np.full(4, 25))
     assert est[0] == 1.0 and est[2] == 0 and est[3] == 0
     assert est[1] >= 1 / 25
+
+
+def test_statistics_of_the_wrong_shape_or_kind_are_ignored():
+    """A damaged or foreign route: planning goes without its statistics, never an error."""
+    good = {
+        "stat_cols": np.asarray(["u"]),
+        "stat_lo": np.zeros((1, 3), np.float32),
+        "stat_hi": np.ones((1, 3), np.float32),
+    }
+    bad = [
+        {**good, "stat_lo": np.zeros((1, 2), np.float32)},  # another list count
+        {**good, "stat_hi": np.ones((2, 3), np.float32)},  # another column count
+        {**good, "stat_lo": np.asarray([["a", "b", "c"]])},  # not numbers
+        {**good, "stat_cols": np.asarray([["u"]])},  # not a list of names
+        {"stat_cols": good["stat_cols"], "stat_lo": good["stat_lo"]},  # one missing
+    ]
+    for arrays in [good, *bad]:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        got = liststats.ListStats.from_npz(np.load(io.BytesIO(buf.getvalue())), 3)
+        assert (got is not None) == (arrays is good)

@@ -763,7 +763,7 @@ class Route:
         self.implicit = bool(z["implicit"]) if "implicit" in z.files else False
         self.unindexed = np.asarray(z["unindexed"], dtype=np.int64) if "unindexed" in z.files else None
         #: per-list min / max of numeric attributes (index/liststats.py), None in older routes
-        self.stats = liststats.ListStats.from_npz(z)
+        self.stats = liststats.ListStats.from_npz(z, len(self.offsets) - 1)
         self.dims = dims
         self.cosine = (metric or "cosine_distance") == "cosine_distance"
         self.c2 = None if self.cosine else np.einsum("ij,ij->i", c32, c32)

@@ -72,10 +72,16 @@ class ListStats:
         self.lo, self.hi = lo.astype(np.float64), hi.astype(np.float64)
 
     @classmethod
-    def from_npz(cls, z) -> ListStats | None:
-        if "stat_cols" not in z.files:
+    def from_npz(cls, z, nlist: int) -> ListStats | None:
+        """The statistics of a route file of ``nlist`` lists, or None: none stored, or arrays
+        of the wrong shape or kind (a damaged or foreign file: planning goes without them)."""
+        if not {"stat_cols", "stat_lo", "stat_hi"} <= set(z.files):
             return None
-        return cls([str(c) for c in z["stat_cols"]], z["stat_lo"], z["stat_hi"])
+        cols, lo, hi = z["stat_cols"], z["stat_lo"], z["stat_hi"]
+        shape = (len(cols), nlist) if cols.ndim == 1 else None
+        if shape is None or lo.shape != shape or hi.shape != shape or not (lo.dtype.kind == hi.dtype.kind == "f"):
+            return None
+        return cls([str(c) for c in cols], lo, hi)
 
     def estimate(self, bound, types: dict[str, str], sizes: np.ndarray) -> np.ndarray | None:
         """Each list's expected fraction of rows passing the bound filter ``bound`` (0 where
