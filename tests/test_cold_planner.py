@@ -60,6 +60,8 @@ def test_every_form_cold_takes_at_most_4_round_trips(db, tmp_path, monkeypatch):
     bodies = forms(rng) + [
         _ann(rng, include_attributes=["word", "tag"], filters=["tag", "In", ["red", "blue"]]),
         _ann(rng, include_attributes=True, filters=["bucket", "Lt", 12]),
+        _ann(rng, include_attributes=["vector"]),  # ids and vectors the ranking read: no attribute chunk
+        _ann(rng, include_attributes=["id", "vector"], filters=["bucket", "Lt", 40]),
         {"rank_by": ["word", "BM25", "w0042"], "top_k": 5, "include_attributes": ["word"]},
         {"aggregate_by": {"n": ["Count"]}},  # no column but the ids
     ]
