@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from puffer_cli import caches
 from puffer_cli.index import builder, ranged
 from puffer_cli.index import docs as D
 from puffer_cli.search import engine
@@ -63,12 +64,14 @@ def test_every_form_cold_takes_at_most_4_round_trips(db, tmp_path, monkeypatch):
         _ann(rng, include_attributes=["vector"]),  # ids and vectors the ranking read: no attribute chunk
         _ann(rng, include_attributes=["id", "vector"], filters=["bucket", "Lt", 40]),
         {"rank_by": ["word", "BM25", "w0042"], "top_k": 5, "include_attributes": ["word"]},
+        {"rank_by": ["word", "BM25", "w0042"], "top_k": 5, "include_attributes": ["vector"]},  # read ahead
         {"aggregate_by": {"n": ["Count"]}},  # no column but the ids
     ]
-    for body in bodies:
+    for j, body in enumerate(bodies):
         b = {**body, "consistency": {"level": "eventual"}}
         want = exact(ns, b)
-        _cold(tmp_path, "cold")
+        _cold(tmp_path, f"cold-{j}")  # an empty cache for every form ...
+        caches.forget(db.store, "v")  # ... and no decoded terms or chunks of the forms before
         cold = engine.run(db.open_namespace("v"), b)
         assert same(cold, want), (b, strip(cold), strip(want))
         perf = cold["performance"]

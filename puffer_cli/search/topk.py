@@ -208,31 +208,55 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 
 
 def _attribute_prefetch(view, q: Q.Query, keep: list[np.ndarray], segs: list[int] | None = None) -> list[list]:
-    """Per segment, the calls that fetch the returned attributes' column chunks of every
-    re-rank candidate, to run in the re-rank batch (one round trip fewer than fetching the
-    top-k rows' chunks after the re-rank), when those chunks are few enough: at most
+    """Per segment, the calls that fetch the returned attributes of every re-rank candidate
+    (``keep``), to run in the re-rank batch: one round trip fewer than fetching the top-k
+    rows' after the re-rank.  Their column chunks when few enough: at most
     ``ATTR_PREFETCH_BYTES`` in all, or ``ATTR_PREFETCH_RATIO`` x the bytes of the chunks
-    the top-k alone could need (k groups of each column).  Else none (``_rows`` reads
-    the top-k rows' chunks after the re-rank: one more round trip, fewer bytes)."""
-    # not the ids (ranking reads them, :func:`_rows` takes them from there) nor vectors (the re-rank's)
+    the top-k alone could need (k groups of each column); else none (``_rows`` reads the
+    top-k rows' chunks after the re-rank: one more round trip, fewer bytes).  Returned vector
+    fields (:func:`_vector_prefetch`) likewise."""
+    idx = list(range(len(keep)) if segs is None else segs)
+    vecs = _vector_prefetch(view, q, keep, idx)
+    # not the ids (ranking reads them, :func:`_rows` takes them from there) nor vectors
     names = [c for c in _columns(view, q) if c != "id" and not S.is_vector(view.schema.get(c, {}).get("type", ""))]
-    empty: list[list] = [[] for _ in keep]
     if not names:
-        return empty
+        return vecs
     plans = []
     total = 0
-    for i, pos in zip(range(len(keep)) if segs is None else segs, keep):
+    for i, pos in zip(idx, keep):
         seg = view.gen.segments[i]
         want, cost = seg.rows_cost(pos, names) if len(pos) else ([], 0)
         plans.append((seg, want))
         total += cost
-    if not total:
-        return empty
     kk = q.offset + q.limit
     per_group = total / max(1, sum(len({g for _c, g in w}) for _s, w in plans))  # bytes of one group's chunks
-    if total > max(ATTR_PREFETCH_BYTES, ATTR_PREFETCH_RATIO * kk * per_group):
-        return empty
-    return [[partial(seg.prefetch_rows, want)] if want else [] for seg, want in plans]
+    if not total or total > max(ATTR_PREFETCH_BYTES, ATTR_PREFETCH_RATIO * kk * per_group):
+        return vecs
+    return [([partial(seg.prefetch_rows, want)] if want else []) + v for (seg, want), v in zip(plans, vecs)]
+
+
+def _vector_prefetch(view, q: Q.Query, keep: list[np.ndarray], idx: list[int]) -> list[list]:
+    """Per segment, calls reading the returned vector fields' rows of the candidates ``keep``
+    by range and keeping them (``Segment.keep_ahead``), so ``_rows`` reads none: not the
+    ranked field (the re-rank reads it), not where the vectors are at hand, and only when the
+    candidates are at most ``ATTR_PREFETCH_RATIO`` x the rows returned (a request a row)."""
+    ranked = q.rank_by.attr if isinstance(q.rank_by, Q.VectorRank) else None
+    fields = [c for c in _columns(view, q) if c != ranked and S.is_vector(view.schema.get(c, {}).get("type", ""))]
+    out: list[list] = [[] for _ in keep]
+    if not fields or sum(len(p) for p in keep) > ATTR_PREFETCH_RATIO * (q.offset + q.limit):
+        return out
+    for j, (i, pos) in enumerate(zip(idx, keep)):
+        seg = view.gen.segments[i]
+        for f in fields:
+            if len(pos) and not seg.vectors_at_hand(f):
+                out[j].append(partial(_keep_vectors, seg, f, np.unique(np.asarray(pos, np.int64))))
+    return out
+
+
+def _keep_vectors(seg, f: str, pos: np.ndarray) -> None:
+    rows = seg.vector_rows(f, pos)
+    if rows is not None:
+        seg.keep_ahead(f, pos, rows)
 
 
 def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
