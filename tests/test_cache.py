@@ -189,6 +189,15 @@ from puffer_cli.index import warm  # noqa: E402
 K = "ns/index/00000000000000000001/"
 
 
+def _settled(c: Cache) -> None:
+    """Wait until the whole-file fetches a query started in the background are done (each
+    evicts after it adds its file): a usage read in the middle of one sees its file added and
+    the eviction it triggers not yet done."""
+    deadline = time.monotonic() + 30
+    while c._fetching and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def _forget_all():
     GENS.clear()
     TAILS.clear()
@@ -266,6 +275,7 @@ def test_cache_stays_under_its_bound_across_namespaces_and_generations(mem_db, t
                 if rep == 0:
                     answers[n] = got
                 assert got == answers[n]  # evicted files are fetched again
+                _settled(c)
                 in_use = sum(os.path.getsize(p) for p in fileops.open_paths(str(c.root) + os.sep))
                 assert c.usage().bytes <= bound + in_use
                 _forget_all()  # the server's namespace LRU does this
