@@ -65,6 +65,12 @@ def test_every_form_cold_takes_at_most_4_round_trips(db, tmp_path, monkeypatch):
         _ann(rng, include_attributes=["id", "vector"], filters=["bucket", "Lt", 40]),
         {"rank_by": ["word", "BM25", "w0042"], "top_k": 5, "include_attributes": ["word"]},
         {"rank_by": ["word", "BM25", "w0042"], "top_k": 5, "include_attributes": ["vector"]},  # read ahead
+        # several BM25 leaves: their postings in one batch
+        {
+            "rank_by": ["Sum", [["word", "BM25", "w0042"], ["word", "BM25", "w0007"]]],
+            "top_k": 5,
+            "include_attributes": ["tag"],
+        },
         {"aggregate_by": {"n": ["Count"]}},  # no column but the ids
     ]
     for j, body in enumerate(bodies):

@@ -825,7 +825,11 @@ class IndexedView:
         lt = self.bm25_terms(leaves)
         if not sel.any() or not lt:
             return np.zeros(0, np.int64)
-        rows = [tb.rows for f, toks in lt for tb in blk[f].postings(toks).values()]
+        from puffer_cli.index import ranged as RG
+
+        # the fields' postings in one batch of reads (a round trip, not one a field)
+        got = RG.parallel([partial(blk[f].postings, toks) for f, toks in lt], self.gen.store.is_remote)
+        rows = [tb.rows for posts in got for tb in posts.values()]
         out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
         return out[sel[out]]
 

@@ -280,9 +280,8 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         """Phase 1 (with the statistics): the filter, the dictionary blocks and lengths."""
         L.check_deadline()
         sel = view._filter_mask(i, q.filters)
-        if blocks[i] is not None and sel.any():
-            for f, bi in blocks[i].items():
-                bi.prefetch(terms[f])
+        if blocks[i] is not None and sel.any():  # every field's at once
+            RG.parallel([partial(bi.prefetch, terms[f]) for f, bi in blocks[i].items()], remote)
         return sel
 
     # the query terms' document frequencies with the statistics (ranged df blocks)
