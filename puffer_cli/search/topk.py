@@ -46,6 +46,9 @@ from puffer_cli.text import bm25 as B
 ATTR_PREFETCH_BYTES = 4 << 20
 #: ... or at most this many times the chunks the top-k rows alone could touch
 ATTR_PREFETCH_RATIO = 4
+#: a returned vector field (not the ranked one) is read ahead for at most this many candidate
+#: rows in all (and ATTR_PREFETCH_RATIO x the rows returned): a request a row
+VECTOR_PREFETCH_ROWS = 256
 
 
 def _simple(q: Q.Query) -> bool:
@@ -239,11 +242,13 @@ def _vector_prefetch(view, q: Q.Query, keep: list[np.ndarray], idx: list[int]) -
     """Per segment, calls reading the returned vector fields' rows of the candidates ``keep``
     by range and keeping them (``Segment.keep_ahead``), so ``_rows`` reads none: not the
     ranked field (the re-rank reads it), not where the vectors are at hand, and only when the
-    candidates are at most ``ATTR_PREFETCH_RATIO`` x the rows returned (a request a row)."""
+    candidates are at most ``ATTR_PREFETCH_RATIO`` x the rows returned and ``VECTOR_PREFETCH_ROWS``
+    (a request a row: beyond, the top rows' after ranking, one round trip more)."""
     ranked = q.rank_by.attr if isinstance(q.rank_by, Q.VectorRank) else None
     fields = [c for c in _columns(view, q) if c != ranked and S.is_vector(view.schema.get(c, {}).get("type", ""))]
     out: list[list] = [[] for _ in keep]
-    if not fields or sum(len(p) for p in keep) > ATTR_PREFETCH_RATIO * (q.offset + q.limit):
+    n = sum(len(p) for p in keep)
+    if not fields or n > min(VECTOR_PREFETCH_ROWS, ATTR_PREFETCH_RATIO * (q.offset + q.limit)):
         return out
     for j, (i, pos) in enumerate(zip(idx, keep)):
         seg = view.gen.segments[i]
