@@ -220,8 +220,10 @@ def _attribute_prefetch(view, q: Q.Query, keep: list[np.ndarray], segs: list[int
     fields (:func:`_vector_prefetch`) likewise."""
     idx = list(range(len(keep)) if segs is None else segs)
     vecs = _vector_prefetch(view, q, keep, idx)
+    cols = _columns(view, q)
     # not the ids (ranking reads them, :func:`_rows` takes them from there) nor vectors
-    names = [c for c in _columns(view, q) if c != "id" and not S.is_vector(view.schema.get(c, {}).get("type", ""))]
+    skip = {"id", *_vector_columns(view, cols)}
+    names = [c for c in cols if c not in skip]
     if not names:
         return vecs
     plans = []
@@ -245,7 +247,7 @@ def _vector_prefetch(view, q: Q.Query, keep: list[np.ndarray], idx: list[int]) -
     candidates are at most ``ATTR_PREFETCH_RATIO`` x the rows returned and ``VECTOR_PREFETCH_ROWS``
     (a request a row: beyond, the top rows' after ranking, one round trip more)."""
     ranked = q.rank_by.attr if isinstance(q.rank_by, Q.VectorRank) else None
-    fields = [c for c in _columns(view, q) if c != ranked and S.is_vector(view.schema.get(c, {}).get("type", ""))]
+    fields = [c for c in _vector_columns(view, _columns(view, q)) if c != ranked]
     out: list[list] = [[] for _ in keep]
     n = sum(len(p) for p in keep)
     if not fields or n > min(VECTOR_PREFETCH_ROWS, ATTR_PREFETCH_RATIO * (q.offset + q.limit)):
@@ -256,6 +258,11 @@ def _vector_prefetch(view, q: Q.Query, keep: list[np.ndarray], idx: list[int]) -
             if len(pos) and not seg.vectors_at_hand(f):
                 out[j].append(partial(_keep_vectors, seg, f, np.unique(np.asarray(pos, np.int64))))
     return out
+
+
+def _vector_columns(view, cols: list[str]) -> list[str]:
+    """The vector fields among the columns ``cols``."""
+    return [c for c in cols if S.is_vector(view.schema.get(c, {}).get("type", ""))]
 
 
 def _keep_vectors(seg, f: str, pos: np.ndarray) -> None:
@@ -381,7 +388,7 @@ def _rows(view, q: Q.Query, src: np.ndarray, pos: np.ndarray, ids: pl.Series, kn
             f = view.tail.docs.select([c for c in cols if c in view.tail.docs.columns])[pl.Series(p)]
         else:
             seg = view.gen.segments[int(s)]
-            vecs = [c for c in cols if S.is_vector(view.schema.get(c, {}).get("type", ""))]
+            vecs = _vector_columns(view, cols)
             # the returned attributes of these rows only (a column store reads their row groups'
             # chunks); not their ids, which ranking read: a query returning only ids and vectors
             # reads no attribute chunk (a cold ANN + include ["vector"]: 4 round trips, not 5)
