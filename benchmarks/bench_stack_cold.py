@@ -2,8 +2,9 @@
 
     python benchmarks/bench_stack_cold.py --store DIR [--ns g] [--truth NPY] [--queries 20] [--work DIR]
 
-``--store``: a local store whose namespace was indexed with ``PUFFER_IVF_ROUTING=shared`` (so
-its generation has a stack: bench_routing's stores, or the 30M mixed set of docs/benchmarks.md).
+``--store``: a local store whose namespace was indexed under shared routing (so its generation
+has a stack: bench_routing's stores, or the 30M mixed set of docs/benchmarks.md); a store of
+per-segment IVFs (format 2) runs the segments' lists path only, for comparison.
 Building 10M-30M rows inside an S3 server would take this machine hours, so the generation is
 copied instead: meta.json, the WAL's newest entry and the files its manifest names go into a SeaweedFS server on
 loopback (`weed server -s3`, data under ``--work``), laid out as `puffer index` writes them on an
@@ -133,11 +134,13 @@ def main() -> None:
         db = puffer_cli.connect("s3://bench/stack", s3_endpoint=endpoint)
         man = copy_generation(src, db.store, a.ns)
         rows = int(sum(s["rows"] for s in man["segments"]))
-        field = next(iter(man["ann_stacks"]))  # the stacked vector field
+        stacked = list(man.get("ann_stacks") or {})
+        # the stacked vector field; a store without a stack (format 2, or too few rows): its first vector field
+        field = stacked[0] if stacked else next(f for s in man["segments"] for f in s.get("ann", {}))
         vec_bytes = rows * int(types.vector_dims(man["schema"][field]["type"]) or 0) * 4
         kinds = count_requests(db.store)
         real = segment.Generation.stack
-        res: dict[str, list] = {"stack": [], "segments' lists": []}
+        res: dict[str, list] = {"stack": [], "segments' lists": []} if stacked else {"segments' lists": []}
         load0 = os.getloadavg()
         for j, q in enumerate(queries):
             for mode in res:
