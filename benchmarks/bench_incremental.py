@@ -258,8 +258,8 @@ def one_routing(a, routing, work, base, extra, first_n, step_n, queries, truth) 
 
 
 ROUTING_NAMES = {
-    "segment": "`PUFFER_IVF_ROUTING=segment`: an IVF per segment (format 2 lists; the default)",
-    "shared": "`PUFFER_IVF_ROUTING=shared`: shared routing (format 3, opt-in)",
+    "segment": "`PUFFER_IVF_ROUTING=segment`: an IVF per segment (format 2 lists; what auto builds up to 2M rows)",
+    "shared": "`PUFFER_IVF_ROUTING=shared`: shared routing (format 3; what auto builds past 2M rows)",
 }
 
 

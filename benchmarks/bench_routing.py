@@ -5,7 +5,7 @@
 
 Per size: bench_scale's GloVe-100 + noisy copies (``--mixed``: convex mixes of two GloVe
 rows + N(0, 0.01^2), no near-duplicate clusters) ingested once; indexed with
-``PUFFER_IVF_ROUTING=segment`` (format 2, what main builds), the store copied, the copy
+``PUFFER_IVF_ROUTING=segment`` (format 2, what auto builds up to 2M rows), the store copied, the copy
 re-indexed under shared routing (a format-2 -> 3 migration: every segment rebuilt); then
 both answer the same held-out queries in this process, interleaved: recall@10 against
 exact numpy, warm p50, and rows scanned per query (median, summed over segments).

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 #: name -> meaning (README "Environment" has the same rows, with who reads them)
 VARIABLES: dict[str, str] = {
     "PUFFER_STORE": "store URL: path, s3://bucket/prefix, memory:// (default ./puffer-data)",
-    "PUFFER_IVF_ROUTING": "segment (default: an IVF per segment) or shared (opt-in: one routing per namespace)",
+    "PUFFER_IVF_ROUTING": "auto (default: one routing per namespace past 2M rows), segment or shared",
     "PUFFER_S3_ENDPOINT": "S3 endpoint URL (MinIO, moto, SeaweedFS, ...)",
     "AWS_ENDPOINT_URL": "S3 endpoint when PUFFER_S3_ENDPOINT is unset",
     "PUFFER_SINGLE_WRITER": "1: this process is the namespace's only writer",
@@ -55,6 +55,12 @@ def _rows(v: str | None) -> int | None:
         return None
 
 
+def _routing(v: str | None) -> str:
+    """``auto``, ``segment`` or ``shared``; unset or anything else (a typo) -> ``auto``, the default."""
+    w = (v or "").strip().lower()
+    return w if w in ("segment", "shared") else "auto"
+
+
 def _bytes(v: str | None) -> int | None:
     """A byte count (an integer, or a float such as 2e9): not a number -> None; below 0 -> 0."""
     f = _float(v)
@@ -76,7 +82,7 @@ class Settings:
     index_gc_grace_s: float | None = None
     wal_retention_s: float | None = None  # None: index/gc.py's default (7 days)
     index_segment_rows: int | None = None  # a tuning and test knob; below 1 -> 1
-    ivf_routing: str = "segment"  # PUFFER_IVF_ROUTING: segment (format 2, the default) | shared (format 3, opt-in)
+    ivf_routing: str = "auto"  # PUFFER_IVF_ROUTING: auto (the default) | segment (format 2) | shared (format 3)
     index_crash_at: str = ""  # test hooks (index/hooks.py)
     index_pause_at: str = ""
     serve_config: str | None = None  # serve's hand-off to its uvicorn workers (server/run.py)
@@ -99,7 +105,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         index_gc_grace_s=_float(e.get("PUFFER_INDEX_GC_GRACE")),
         wal_retention_s=_float(e.get("PUFFER_WAL_RETENTION")),
         index_segment_rows=_rows(e.get("PUFFER_INDEX_SEGMENT_ROWS")),
-        ivf_routing=(e.get("PUFFER_IVF_ROUTING") or "segment").strip().lower(),
+        ivf_routing=_routing(e.get("PUFFER_IVF_ROUTING")),
         index_crash_at=e.get("PUFFER_INDEX_CRASH_AT", ""),
         index_pause_at=e.get("PUFFER_INDEX_PAUSE_AT", ""),
         serve_config=e.get("PUFFER_SERVE_CONFIG") or None,

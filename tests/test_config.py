@@ -63,11 +63,11 @@ def test_cache_dir_reaches_the_cache_through_set_default_root(tmp_path):
     assert out.stdout.strip() == str(tmp_path / "c")
 
 
-def test_ivf_routing_is_shared_only_when_asked():
-    """PUFFER_IVF_ROUTING: shared turns namespace-wide routing on; unset, segment or any other
-    value (a typo) keeps the default per-segment IVF."""
-    for value, want in (("shared", "shared"), (" Shared ", "shared"), ("segment", "segment"), ("", "segment")):
+def test_ivf_routing_values():
+    """PUFFER_IVF_ROUTING: shared or segment force a routing; unset or any other value (a
+    typo) is the default, auto (shared past ivf.AUTO_SHARED_ROWS rows)."""
+    for value, want in (("shared", "shared"), (" Shared ", "shared"), ("segment", "segment"), ("", "auto")):
         assert config.from_env({"PUFFER_IVF_ROUTING": value}).ivf_routing == want
-    assert config.from_env({}).ivf_routing == "segment"
-    for typo in ("sharde", "1", "none"):
-        assert config.from_env({"PUFFER_IVF_ROUTING": typo}).ivf_routing != "shared"
+    assert config.from_env({}).ivf_routing == "auto"
+    for typo in ("sharde", "1", "none", "AUTO "):
+        assert config.from_env({"PUFFER_IVF_ROUTING": typo}).ivf_routing == "auto"

@@ -445,7 +445,7 @@ def test_scoring_run_by_run_equals_one_call(monkeypatch):
 # ---------------------------------------------------------------- shared routing (format 3)
 @pytest.fixture
 def shared(monkeypatch):
-    """Shared routing on (PUFFER_IVF_ROUTING=shared: opt-in while its defaults are tuned)."""
+    """Shared routing on at any size (PUFFER_IVF_ROUTING=shared; auto builds it past AUTO_SHARED_ROWS)."""
     monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")
 
 
@@ -640,6 +640,67 @@ def test_format2_generation_answers_then_migrates(db, monkeypatch):
     assert rep.status == "indexed" and rep.segments_merged == 3 and man["format"] == 3
     assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {man["ann_books"]["vector"]["id"]}
     assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == want
+
+
+def test_auto_routing_turns_shared_past_its_threshold_and_stays(db, monkeypatch):
+    """PUFFER_IVF_ROUTING unset (auto): a namespace of at most AUTO_SHARED_ROWS rows gets an
+    IVF per segment; the run that takes it past them trains a book and rebuilds every segment
+    to follow it (answers unchanged); it stays shared when it shrinks again; ``segment``
+    still forces format 2 past the threshold."""
+    monkeypatch.delenv("PUFFER_IVF_ROUTING", raising=False)
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "300")
+    monkeypatch.setattr(ivf, "AUTO_SHARED_ROWS", 700)
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    rng = np.random.default_rng(27)
+    x = clustered(rng, n=900, dims=16)
+    ns = db.open_namespace("auto")
+    ns.write({"upsert_columns": {"id": list(range(600)), "vector": x[:600].tolist()}})
+    assert index(ns).status == "indexed"
+    man = _man(ns)
+    assert not man["ann_books"] and all("book" not in s["ann"]["vector"] for s in man["segments"])
+    ns.write({"upsert_columns": {"id": list(range(600, 900)), "vector": x[600:].tolist()}})
+    body = {"rank_by": ["vector", "ANN", x[650].tolist()], "top_k": 8}
+    want = [r["id"] for r in exact(ns, body)["rows"]]
+    rep = index(ns)
+    man = _man(ns)
+    book = man["ann_books"]["vector"]["id"]
+    assert rep.status == "indexed" and rep.segments_merged == 2  # every format-2 segment rebuilt
+    assert {s["ann"]["vector"]["book"] for s in man["segments"]} == {book}
+    with ivf.override(probe=1.0):
+        assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == want
+    ns.write({"deletes": list(range(500))})  # 400 rows left: under the threshold, still shared
+    index(ns)
+    man = _man(ns)
+    assert man["ann_books"]["vector"]["id"] == book
+    assert all(s["ann"]["vector"].get("book") == book for s in man["segments"])
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")  # asked for: format 2 whatever the size
+    ns.write({"upsert_columns": {"id": list(range(500)), "vector": x[:500].tolist()}})
+    index(ns)
+    man = _man(ns)
+    assert not man["ann_books"] and all("book" not in s["ann"]["vector"] for s in man["segments"])
+    body = {"rank_by": ["vector", "ANN", x[3].tolist()], "top_k": 8}
+    with ivf.override(probe=1.0):
+        assert [r["id"] for r in engine.run_query(ns, body)["rows"]] == [r["id"] for r in exact(ns, body)["rows"]]
+
+
+def test_a_run_decides_its_routing_afresh(monkeypatch):
+    """The decision of one run does not leak into the next (or outside a run)."""
+    monkeypatch.delenv("PUFFER_IVF_ROUTING", raising=False)
+    with ivf.routing_run():
+        assert not ivf.shared_routing()  # auto, undecided: format 2
+        assert ivf.decide_routing(ivf.AUTO_SHARED_ROWS + 1, False) and ivf.shared_routing()
+    assert not ivf.shared_routing()
+    with ivf.routing_run():
+        assert not ivf.decide_routing(ivf.AUTO_SHARED_ROWS, False) and not ivf.shared_routing()
+        assert ivf.decide_routing(10, True)  # a namespace that follows a book stays shared
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")
+    assert ivf.shared_routing()
+    with ivf.routing_run():
+        assert ivf.decide_routing(10, False)
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
+    with ivf.routing_run():
+        assert not ivf.decide_routing(10**9, True) and not ivf.shared_routing()
 
 
 def test_a_lost_book_is_retrained_by_the_next_run(mem_db, monkeypatch, shared):

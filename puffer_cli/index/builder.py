@@ -203,7 +203,11 @@ def _build(
     ns: Namespace, lease: Lease, rep: IndexReport, cache: Cache, max_seconds, grace, progress, threads, t0, repair
 ) -> None:
     """One run, as the module docstring's steps 2-6."""
-    run = _Run(ns, lease, rep, cache, grace, progress)
+    with ivf.routing_run():
+        _steps(_Run(ns, lease, rep, cache, grace, progress), max_seconds, t0, repair)
+
+
+def _steps(run: _Run, max_seconds, t0, repair) -> None:
     if not run.start():
         return
     run.check_damage(full=repair)
@@ -519,9 +523,9 @@ class _Run:
         uniform sample of every live row (the base's and the pending ones), and every
         segment that follows the old one is rebuilt by this run (``_other_book``)."""
         self.books_decided = True
-        if not ivf.shared_routing():
-            return
         old_books = (self.base_man or {}).get("ann_books", {})
+        if not ivf.decide_routing(total, bool(old_books)):
+            return
         for f in D.vector_fields(self.schema):
             sig = ann_sig(self.schema[f], self.metric)
             old = old_books.get(f)

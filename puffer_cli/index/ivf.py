@@ -73,7 +73,8 @@ scores only the passing members; a cold query reads at most RUNS_MAX runs per se
 route of a segment's first vector field also holds each list's min / max of up to 8 numeric
 attributes (``liststats.py``), which place a cold query's read-ahead of the lists.
 
-Shared routing (opt-in, ``PUFFER_IVF_ROUTING=shared``; the default ``segment`` builds an IVF
+Shared routing (built by default for a namespace of more than AUTO_SHARED_ROWS rows, see
+:func:`decide_routing`; ``PUFFER_IVF_ROUTING=shared`` at any size, ``segment`` never: an IVF
 per segment, format 2 in docs/format-index.md, in a manifest of format 3):
 one :class:`Book` per vector field of the namespace (``index/{g}/book-{tag}-{run}.npz``,
 named by the manifest's ``ann_books``) holds the two-level centroids and the int8 step;
@@ -246,12 +247,51 @@ def build_options(spec: dict | None) -> dict:
     return o
 
 
-def shared_routing() -> bool:
-    """Build format-3 shared routing when ``PUFFER_IVF_ROUTING=shared`` (opt-in), else
-    per-segment IVFs (format 2, the default); generations of either format answer queries."""
+#: ``PUFFER_IVF_ROUTING`` unset (``auto``): a run builds shared routing (format 3) when the
+#: namespace will hold more than this many rows, or already has a book; else an IVF per
+#: segment (format 2).  Up to two full segments, format 2 reads less cold (2M: 13.8 against
+#: 23.5 MB, ANN + include) at the same warm cost; beyond, its requests and rows scanned grow
+#: with the segments (docs/indexer.md, "Which routing a run builds").
+AUTO_SHARED_ROWS = 2_000_000
+_RUN_SHARED: contextvars.ContextVar[bool | None] = contextvars.ContextVar("puffer_ivf_run_shared", default=None)
+
+
+def routing_mode() -> str:
+    """``PUFFER_IVF_ROUTING``: ``auto`` (the default), ``segment`` or ``shared``."""
     from puffer_cli import config
 
-    return config.from_env().ivf_routing == "shared"
+    return config.from_env().ivf_routing
+
+
+def shared_routing() -> bool:
+    """Does this run build format-3 shared routing?  ``PUFFER_IVF_ROUTING=shared``: always;
+    ``segment``: never (an IVF per segment, format 2); ``auto`` (unset): what the run decided
+    (:func:`decide_routing`; format 2 before it decides).  Generations of either format
+    answer queries."""
+    mode = routing_mode()
+    if mode != "auto":
+        return mode == "shared"
+    return bool(_RUN_SHARED.get())
+
+
+def decide_routing(rows: int, has_book: bool) -> bool:
+    """Fix this run's routing (see :data:`AUTO_SHARED_ROWS`): shared when asked, or under
+    ``auto`` when the namespace will hold more than AUTO_SHARED_ROWS ``rows`` or already
+    follows a book (``has_book``: it stays shared, however it shrinks)."""
+    mode = routing_mode()
+    shared = mode == "shared" or (mode == "auto" and (has_book or rows > AUTO_SHARED_ROWS))
+    _RUN_SHARED.set(shared)
+    return shared
+
+
+@contextlib.contextmanager
+def routing_run():
+    """A run's routing decision lives inside this block (reset after it: the next run decides again)."""
+    token = _RUN_SHARED.set(None)
+    try:
+        yield
+    finally:
+        _RUN_SHARED.reset(token)
 
 
 # ---------------------------------------------------------------- clustering
