@@ -112,18 +112,23 @@ def run_cli(args: list[str]) -> float:
 
 # ---------------------------------------------------------------- measuring (child)
 def _count_scanned():
-    """Wrap ivf.search to add up the members it scans (its third result)."""
-    from puffer_cli.index import ivf
+    """Wrap ivf.search and the stack's searches (shared routing) to add up the members they scan
+    (their third result)."""
+    from puffer_cli.index import ivf, stack
 
     box = [0]
-    orig = ivf.search
 
-    def search(*a, **kw):
-        r = orig(*a, **kw)
-        box[0] += int(r[2])
-        return r
+    def counted(orig):
+        def search(*a, **kw):
+            r = orig(*a, **kw)
+            box[0] += int(r[2])
+            return r
 
-    ivf.search = search
+        return search
+
+    ivf.search = counted(ivf.search)
+    stack.Stack.search = counted(stack.Stack.search)
+    stack.Stack.filtered_search = counted(stack.Stack.filtered_search)
     return box
 
 

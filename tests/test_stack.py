@@ -296,6 +296,53 @@ def test_a_namespace_answers_the_same_with_its_stack(db, monkeypatch, stacked, t
         assert _answers(ns, qs[:2]) == _without_stack(monkeypatch, ns, qs[:2]) and not used
 
 
+def test_a_filtered_query_probes_the_stack_warm(local_db, monkeypatch, stacked):
+    """Warm, a filtered ANN query over stacked segments probes the stack once: the passing
+    members of the lists nearest the query that hold one. Scanning every passing member, it
+    equals the exact engine's answer, with deletes and a WAL tail on top; at the defaults it
+    finds most of it; when few rows pass in every segment, each segment is searched exactly."""
+    from puffer_cli.index import builder
+    from puffer_cli.search import reader
+
+    from .test_index import exact
+
+    rng = np.random.default_rng(43)
+    x = clustered(rng, n=3000, dims=16, k=60)
+    u = rng.integers(0, 100, 3000)
+    ns = local_db.open_namespace("fstack")
+    ns.write({"upsert_columns": {"id": list(range(3000)), "vector": x.tolist(), "u": u.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    assert len(_manifest(ns)["ann_stacks"]["vector"]["segments"]) == 3
+    calls = []
+    real = stack.Stack.filtered_search
+    monkeypatch.setattr(stack.Stack, "filtered_search", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
+    qs = x[rng.integers(0, 3000, 6)] + rng.normal(size=(6, 16)).astype(np.float32) * 0.3
+    filters = (["u", "Lt", 30], ["Or", [["u", "Lt", 5], ["u", "Gte", 90]]])
+
+    def want(filt):
+        body = {"rank_by": ["vector", "ANN", None], "top_k": 10, "filters": filt}
+        return [[r["id"] for r in exact(ns, {**body, "rank_by": ["vector", "ANN", q.tolist()]})["rows"]] for q in qs]
+
+    def ids(filt):
+        return [[i for i, _d in a] for a in _answers(ns, qs, filters=filt, consistency={"level": "strong"})]
+
+    with monkeypatch.context() as m:  # every passing member of the namespace scanned
+        m.setattr(ivf, "filtered_need", lambda base, frac, want: float("inf"))
+        for filt in filters:
+            assert ids(filt) == want(filt)
+        assert len(calls) == len(qs) * len(filters)
+        ns.write({"deletes": list(range(0, 3000, 5))})  # hidden rows and an unindexed tail
+        ns.write({"upsert_columns": {"id": list(range(1, 300, 3)), "vector": x[1:300:3].tolist(), "u": [1] * 100}})
+        for filt in filters:
+            assert ids(filt) == want(filt)
+    calls.clear()
+    hits = sum(len(set(a) & set(b)) for filt in filters for a, b in zip(ids(filt), want(filt)))
+    assert hits >= 0.8 * 10 * len(qs) * len(filters) and len(calls) == len(qs) * len(filters)
+    calls.clear()
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 100)  # u == 7: ~30 rows, ~10 a segment: exact, no stack
+    assert ids(["u", "Eq", 7]) == want(["u", "Eq", 7]) and not calls
+
+
 def paged_files(entry):
     from puffer_cli.index import paged
 

@@ -296,6 +296,71 @@ class Stack:
                 return g, ivf.approx_distance(r, qq, sc[top]), scanned
             take *= 4
 
+    def filtered_search(
+        self,
+        q: np.ndarray,
+        ranked: Callable[[int], np.ndarray],
+        choose: Callable[[np.ndarray], np.ndarray],
+        offsets: Sequence[np.ndarray],
+        hits: Sequence[np.ndarray],
+        need: float,
+        want: int,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """A filtered probe of the memory-mapped stack: (global rows, approximate distances,
+        members scanned) of the ``want`` best passing members of the lists nearest the query
+        that hold one, taken until they hold ``need`` passing members (as a segment's filtered
+        probe plans, ``ivf.Route.matching_lists``, over the covered segments at once).
+        ``offsets[j]``: covered segment j's members per book list (its route's: its rows are
+        stored in list order); ``hits[j]``: its passing rows, ascending. Which members pass
+        comes from those alone (no record is read for it), and only the passing members'
+        codes are read and scored.
+
+        Passing members are counted in the lists ``ranked(m)`` gives (the nearest, holding
+        ``m`` members: twice what the filter's rate says ``need`` takes); when they hold too
+        few (a filter correlated with the vectors), in every list, and ``choose(matches)``
+        picks them (10M rows, 10 segments, warm: 3% / 10% uniform filters 14 / 19 ms, a 3%
+        correlated one 13 ms; counting every list always cost 17 / 30 ms for the uniform ones,
+        counting a growing prefix 34 ms for the correlated one)."""
+        assert self.codes is not None and self.rows is not None
+        r, total = self.route, self.members
+        passing = sum(len(h) for h in hits)
+        if want <= 0 or not passing or not total:
+            return np.zeros(0, np.int64), np.zeros(0), 0
+        order = np.asarray(ranked(int(min(total, 2 * need * total / passing + 1))), np.int64)
+        # each segment's passing rows within each list's bounds: one search of sorted keys (the
+        # lists in file order, both bounds interleaved: ~4x faster than in rank order)
+        srt = np.argsort(order, kind="stable")
+        keys = (order[srt][:, None] + np.array([0, 1])).ravel()
+        bounds = cores.run([functools.partial(_bounds, h, off[keys], srt) for h, off in zip(hits, offsets)])
+        cum = np.cumsum(sum(bd[:, 1] - bd[:, 0] for bd in bounds))
+        if len(cum) and cum[-1] >= need:
+            take = int(np.searchsorted(cum, need)) + 1
+            chosen, bounds = order[:take], [bd[:take] for bd in bounds]
+        else:
+            found = cores.run([functools.partial(_before, h, off) for h, off in zip(hits, offsets)])
+            chosen = np.asarray(choose(np.sum([np.diff(f) for f in found], axis=0)), np.int64)
+            bounds = [np.stack([f[chosen], f[chosen + 1]], axis=1) for f in found]
+        sizes = np.stack([off[chosen + 1] - off[chosen] for off in offsets])  # members per (segment, list)
+        before = np.cumsum(sizes, axis=0) - sizes  # ... of the list in the segments before
+        pos_parts, row_parts = [], []
+        for j, (h, off, bd) in enumerate(zip(hits, offsets, bounds)):
+            rows = h[ivf.member_index(bd[:, 0], bd[:, 1])]
+            which = np.repeat(np.arange(len(chosen)), bd[:, 1] - bd[:, 0])
+            lists = chosen[which]
+            pos_parts.append(self.offsets[lists] + before[j, which] + (rows - off[lists]))
+            row_parts.append(rows + self.bases[j])
+        pos, g = np.concatenate(pos_parts), np.concatenate(row_parts)
+        scanned = int(sizes.sum())
+        if not len(pos):
+            return np.zeros(0, np.int64), np.zeros(0), scanned
+        qq = r.prepare_query(q)
+        sc = ivf.score(r, r.query_codes(qq), self.codes[pos])
+        top = cores.smallest(sc, min(want, len(sc)))
+        top = top[np.argsort(sc[top], kind="stable")]
+        if not np.array_equal(self.rows[pos[top]].astype(np.int64), g[top]):
+            raise ValueError("the stack's members do not match its segments' routes")
+        return g[top], ivf.approx_distance(r, qq, sc[top]), scanned
+
     def _scored(self, qc, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """(scores, ``rows_of(indexes into them) -> global rows``) of the members of runs
         ``a..b`` of the memory-mapped file: long runs scored where they lie, the short ones
@@ -370,3 +435,23 @@ class Stack:
         rows = rec[:, :4].copy().view("<u4").reshape(-1).astype(np.int64)
         codes: np.ndarray = rec[:, 4:].view(self.route.code_dtype)
         return ivf.score(self.route, qc, codes), lambda t: rows[t]
+
+
+def _bounds(hits: np.ndarray, keys: np.ndarray, srt: np.ndarray) -> np.ndarray:
+    """``searchsorted(hits, keys)`` as (lists, 2) bounds, in the lists' rank order (``srt``
+    sorted them into file order for the search)."""
+    got = np.searchsorted(hits, keys).reshape(-1, 2)
+    out = np.empty_like(got)
+    out[srt] = got
+    return out
+
+
+def _before(hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``searchsorted(hits, offsets)``: a segment's passing rows (``hits``, ascending) before each
+    of its lists' starts, by the list of each passing row (its rows are in list order): the
+    rows, not the lists, set the cost (a 3% filter holds ~30k of a 1M-row segment, whose book
+    has ~100k lists at 10M rows)."""
+    n = len(offsets) - 1
+    lab = np.searchsorted(offsets, hits, side="right") - 1
+    per = np.bincount(lab[(lab >= 0) & (lab < n)], minlength=n)
+    return np.concatenate([[0], np.cumsum(per)])

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from puffer_cli import cores
 from puffer_cli import limits as L
 from puffer_cli.index import ann, fts_hint, ivf
 from puffer_cli.index import docs as D
@@ -562,13 +563,15 @@ class IndexedView:
         return got
 
     def stack_plan(self, rb, filt, k: int, metric) -> tuple[list[int], Callable[[], dict]] | None:
-        """Unfiltered ANN under shared routing with a list-major stack (index/stack.py): the
-        segments it covers and a call giving their candidates from one search of the stack,
-        as :meth:`vector_candidates` would give each ({segment: (row positions, 0 rows scored
+        """ANN under shared routing with a list-major stack (index/stack.py): the segments it
+        covers and a call giving their candidates from one search of the stack, as
+        :meth:`vector_candidates` would give each ({segment: (row positions, 0 rows scored
         exactly, rows scanned: the stack's on the first, approximate distances)}); run in the
         batch of the other segments' list reads (cold: the stack's ranged reads are that
-        round trip's).  None when the query does not use one."""
-        if filt is not None or rb.method != "ANN" or metric != self.gen.metric or k <= 0:
+        round trip's).  A filtered query uses it warm (the stack memory-mapped) when more
+        than EXACT_MAX_ROWS rows pass in a covered segment (:meth:`_stack_filtered`); cold,
+        each segment plans its own lists.  None when the query does not use one."""
+        if rb.method != "ANN" or metric != self.gen.metric or k <= 0:
             return None
         got = self.gen.stack(rb.attr)
         if got is None:
@@ -577,7 +580,60 @@ class IndexedView:
         opts = self._ivf_options(rb.attr, True)
         if opts["fill"] > 0 or not self._book_probes_a_part(rb, st.route, opts):
             return None  # fill: lists between the chosen ones scanned too, each segment's own (ivf.Route.runs)
-        return covered, partial(self._stack_candidates, st, covered, rb, k * opts["rerank"], opts)
+        if filt is None:
+            return covered, partial(self._stack_candidates, st, covered, rb, k * opts["rerank"], opts)
+        if not st.local:
+            return None  # cold: each segment's planned lists, read by range (search/filtered.py)
+        routes = [iv[0] if (iv := self.gen.segments[i].ivf(rb.attr)) is not None else None for i in covered]
+        if any(r is None or not r.implicit or r.book != st.book for r in routes):
+            return None  # (a stack's segments store their rows in list order: never, short of damage)
+        hits = cores.run([partial(lambda i: np.flatnonzero(self._filter_mask(i, filt)), i) for i in covered])
+        if all(len(h) <= max(k, EXACT_MAX_ROWS) for h in hits):
+            return None  # few rows pass in every segment: each is searched exactly (vector_candidates)
+        offsets = [r.offsets for r in routes if r is not None]
+        return covered, partial(self._stack_filtered, st, covered, rb, offsets, hits, k * opts["rerank"], opts)
+
+    def _stack_filtered(
+        self, st, covered: list[int], rb, offsets: list[np.ndarray], hits: list[np.ndarray], want: int, opts: dict
+    ) -> dict:
+        """:meth:`_stack_candidates` of a filtered query, warm: one filtered probe of the stack
+        (``stack.Stack.filtered_search``; ``hits``: each covered segment's visible passing
+        rows), sized as ``filtered.plan`` sizes a segment's (``ivf.filtered_need`` of the
+        covered rows' share of the namespace's probe)."""
+        L.check_deadline()
+        got = self._followed_book(rb.attr, st.route)
+        assert got is not None  # stack_plan: the stack follows the generation's book
+        book, sizes = got
+        total = self._book_total(rb.attr, sizes)
+        rows = int(st.bases[-1])
+        frac = sum(len(h) for h in hits) / max(1, rows)
+        base = ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) * rows / total
+        need = ivf.filtered_need(base, frac, want)
+        q = rb.array()
+        route = st.route
+        if not route.attach(book):
+            raise ValueError("the stack's route does not follow the generation's book")
+        qq = route.prepare_query(q)
+        g, d, scanned = st.filtered_search(
+            q,
+            lambda m: ivf.prefix(book.ranked(q, sizes, m), m),
+            lambda matches: route.matching_lists(qq, matches, need),
+            offsets,
+            hits,
+            need,
+            want,
+        )
+        s, r = st.segment_rows(g)
+        segs = self.gen.segments
+        out = {}
+        for j, i in enumerate(covered):
+            pos, approx = r[s == j], d[s == j]
+            z = segs[i].unindexed_vectors(rb.attr)
+            if len(z):  # zero vectors under cosine: exactly at distance 1
+                z = z[np.isin(z, hits[j])]
+                pos, approx = np.concatenate([pos, z]), np.concatenate([approx, np.ones(len(z))])
+            out[i] = (pos.astype(np.int64), 0, scanned if j == 0 else 0, approx)
+        return out
 
     def _stack_candidates(self, st, covered: list[int], rb, want: int, opts: dict) -> dict:
         L.check_deadline()
