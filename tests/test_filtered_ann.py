@@ -166,7 +166,9 @@ def test_cold_read_ahead_follows_per_list_statistics(s3_db, full_probe, monkeypa
     """A filter correlated with the vectors (a percentile of their first component): the
     route holds each list's min / max of it (index/liststats.py), the lists read ahead of
     the mask are placed by them, and a cold query answers as the exact engine does in at
-    most 4 round trips (the read-ahead holds every list the probe wants)."""
+    most 4 round trips (the read-ahead holds every list the probe wants). Per-list statistics are
+    format 2's (an IVF per segment)."""
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
     monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)
     rng = np.random.default_rng(7)
     x = clustered(rng, 3000)

@@ -343,6 +343,33 @@ def test_a_filtered_query_probes_the_stack_warm(local_db, monkeypatch, stacked):
     assert ids(["u", "Eq", 7]) == want(["u", "Eq", 7]) and not calls
 
 
+def test_a_stack_disagreeing_with_its_segments_is_reported(local_db, monkeypatch, stacked):
+    """A stack whose records' global rows do not match the segments' routes (same size, other
+    bytes): a filtered query reports the damage with the repair hint, not wrong rows."""
+    from puffer_cli.errors import CorruptIndex
+    from puffer_cli.index import builder, segment
+
+    rng = np.random.default_rng(44)
+    x = clustered(rng, n=2500, dims=16, k=50)
+    ns = local_db.open_namespace("fbad")
+    ns.write({"upsert_columns": {"id": list(range(2500)), "vector": x.tolist(), "u": (np.arange(2500) % 4).tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    ent = _manifest(ns)["ann_stacks"]["vector"]
+    path = ns.store.local_path(ent["lists"]["key"])
+    rec = 4 + 16
+    raw = np.fromfile(path, np.uint8).reshape(-1, rec)
+    rows = raw[:, :4].copy().view("<u4")
+    raw[:, :4] = ((rows + 1) % 2500).astype("<u4").view(np.uint8).reshape(-1, 4)  # every member's row shifted
+    raw.tofile(path)
+    segment.GENS.clear()
+    body = {"rank_by": ["vector", "ANN", x[5].tolist()], "top_k": 10, "filters": ["u", "Lt", 2]}
+    from puffer_cli.search import engine
+
+    with pytest.raises(CorruptIndex, match="stack") as e:
+        engine.run_query(ns, body)
+    assert "--repair" in (e.value.hint or "")
+
+
 def paged_files(entry):
     from puffer_cli.index import paged
 

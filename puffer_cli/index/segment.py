@@ -865,6 +865,11 @@ class Generation:
         except (FileNotFoundError, *_DECODE_ERRORS) as e:
             raise self._stack_damage(f, ent, e) from e
 
+    def stack_damaged(self, f: str, e: BaseException) -> BaseException:
+        """What a query reports on finding the stack of field ``f`` inconsistent (``e``): CorruptIndex
+        naming its files, with the repair hint."""
+        return self._stack_damage(f, self.man["ann_stacks"][f], e)
+
     def _stack_damage(self, f: str, ent: dict, e: BaseException) -> BaseException:
         ns = self.manifest_key.split("/index/", 1)[0]
         missing = isinstance(e, FileNotFoundError)

@@ -587,11 +587,15 @@ class IndexedView:
         routes = [iv[0] if (iv := self.gen.segments[i].ivf(rb.attr)) is not None else None for i in covered]
         if any(r is None or not r.implicit or r.book != st.book for r in routes):
             return None  # (a stack's segments store their rows in list order: never, short of damage)
-        hits = cores.run([partial(lambda i: np.flatnonzero(self._filter_mask(i, filt)), i) for i in covered])
+        hits = cores.run([partial(self._passing_rows, i, filt) for i in covered])
         if all(len(h) <= max(k, EXACT_MAX_ROWS) for h in hits):
             return None  # few rows pass in every segment: each is searched exactly (vector_candidates)
         offsets = [r.offsets for r in routes if r is not None]
         return covered, partial(self._stack_filtered, st, covered, rb, offsets, hits, k * opts["rerank"], opts)
+
+    def _passing_rows(self, i: int, filt) -> np.ndarray:
+        """The visible rows of segment ``i`` passing ``filt``, ascending."""
+        return np.flatnonzero(self._filter_mask(i, filt))
 
     def _stack_filtered(
         self, st, covered: list[int], rb, offsets: list[np.ndarray], hits: list[np.ndarray], want: int, opts: dict
@@ -614,15 +618,18 @@ class IndexedView:
         if not route.attach(book):
             raise ValueError("the stack's route does not follow the generation's book")
         qq = route.prepare_query(q)
-        g, d, scanned = st.filtered_search(
-            q,
-            lambda m: ivf.prefix(book.ranked(q, sizes, m), m),
-            lambda matches: route.matching_lists(qq, matches, need),
-            offsets,
-            hits,
-            need,
-            want,
-        )
+        try:
+            g, d, scanned = st.filtered_search(
+                q,
+                lambda m: ivf.prefix(book.ranked(q, sizes, m), m),
+                lambda matches: route.matching_lists(qq, matches, need),
+                offsets,
+                hits,
+                need,
+                want,
+            )
+        except ValueError as e:  # its records disagree with the segments' routes: damage
+            raise self.gen.stack_damaged(rb.attr, e) from e
         s, r = st.segment_rows(g)
         segs = self.gen.segments
         out = {}
