@@ -315,12 +315,12 @@ class Stack:
         comes from those alone (no record is read for it), and only the passing members'
         codes are read and scored.
 
-        Passing members are counted in the lists ``ranked(m)`` gives (the nearest, holding
-        ``m`` members: twice what the filter's rate says ``need`` takes); when they hold too
-        few (a filter correlated with the vectors), in every list, and ``choose(matches)``
-        picks them (10M rows, 10 segments, warm: 3% / 10% uniform filters 14 / 19 ms, a 3%
-        correlated one 13 ms; counting every list always cost 17 / 30 ms for the uniform ones,
-        counting a growing prefix 34 ms for the correlated one)."""
+        Passing members are counted first in the lists ``ranked(m)`` gives (the nearest,
+        holding ``m`` members: twice what the filter's rate says ``need`` takes); when they hold
+        too few (a filter correlated with the vectors), in every list, and ``choose(matches)``
+        picks them. 10M rows, 10 segments, warm, p50 of 3% / 10% uniform / 3% correlated
+        filters: this 14.5 / 18.9 / 19-27 ms; counting every list always 17 / 30 / 13; a growing
+        prefix only 14 / 19 / 34 (docs/benchmarks.md, "Auto routing")."""
         assert self.codes is not None and self.rows is not None
         r, total = self.route, self.members
         passing = sum(len(h) for h in hits)
