@@ -114,7 +114,12 @@ def run_cli(args: list[str]) -> float:
 def _count_scanned():
     """Wrap ivf.search and the stack's searches (shared routing) to add up the members they scan
     (their third result)."""
-    from puffer_cli.index import ivf, stack
+    from puffer_cli.index import ivf
+
+    try:
+        from puffer_cli.index import stack
+    except ImportError:  # a checkout before the list-major stack
+        stack = None
 
     box = [0]
 
@@ -127,8 +132,9 @@ def _count_scanned():
         return search
 
     ivf.search = counted(ivf.search)
-    stack.Stack.search = counted(stack.Stack.search)
-    stack.Stack.filtered_search = counted(stack.Stack.filtered_search)
+    for name in ("search", "filtered_search"):  # (a checkout measured may predate either)
+        if stack is not None and hasattr(stack.Stack, name):
+            setattr(stack.Stack, name, counted(getattr(stack.Stack, name)))
     return box
 
 
