@@ -327,19 +327,17 @@ class Stack:
         if want <= 0 or not passing or not total:
             return np.zeros(0, np.int64), np.zeros(0), 0
         order = np.asarray(ranked(int(min(total, 2 * need * total / passing + 1))), np.int64)
-        # each segment's passing rows within each list's bounds: one search of sorted keys (the
-        # lists in file order, both bounds interleaved: ~4x faster than in rank order)
-        srt = np.argsort(order, kind="stable")
-        keys = (order[srt][:, None] + np.array([0, 1])).ravel()
-        bounds = cores.run([functools.partial(_bounds, h, off[keys], srt) for h, off in zip(hits, offsets)])
+        bounds = _list_bounds(hits, offsets, order)
         cum = np.cumsum(sum(bd[:, 1] - bd[:, 0] for bd in bounds))
         if len(cum) and cum[-1] >= need:
             take = int(np.searchsorted(cum, need)) + 1
             chosen, bounds = order[:take], [bd[:take] for bd in bounds]
-        else:
-            found = cores.run([functools.partial(_before, h, off) for h, off in zip(hits, offsets)])
-            chosen = np.asarray(choose(np.sum([np.diff(f) for f in found], axis=0)), np.int64)
-            bounds = [np.stack([f[chosen], f[chosen + 1]], axis=1) for f in found]
+        else:  # every list counted: by the list of each passing row
+            nlist = len(self.offsets) - 1
+            labels = cores.run([functools.partial(np.searchsorted, off, h, "right") for h, off in zip(hits, offsets)])
+            matches = np.bincount(np.concatenate(labels) - 1, minlength=nlist + 1)[:nlist]
+            chosen = np.asarray(choose(matches), np.int64)
+            bounds = _list_bounds(hits, offsets, chosen)
         sizes = np.stack([off[chosen + 1] - off[chosen] for off in offsets])  # members per (segment, list)
         before = np.cumsum(sizes, axis=0) - sizes  # ... of the list in the segments before
         pos_parts, row_parts = [], []
@@ -437,6 +435,15 @@ class Stack:
         return ivf.score(self.route, qc, codes), lambda t: rows[t]
 
 
+def _list_bounds(hits: Sequence[np.ndarray], offsets: Sequence[np.ndarray], lists: np.ndarray) -> list[np.ndarray]:
+    """Per segment, the positions in its passing rows ``hits`` of each of ``lists``' first and
+    last member: one search of sorted keys (the lists in file order, both bounds interleaved:
+    ~4x faster than in rank order), given back in ``lists``' order."""
+    srt = np.argsort(lists, kind="stable")
+    keys = (lists[srt][:, None] + np.array([0, 1])).ravel()
+    return cores.run([functools.partial(_bounds, h, off[keys], srt) for h, off in zip(hits, offsets)])
+
+
 def _bounds(hits: np.ndarray, keys: np.ndarray, srt: np.ndarray) -> np.ndarray:
     """``searchsorted(hits, keys)`` as (lists, 2) bounds, in the lists' rank order (``srt``
     sorted them into file order for the search)."""
@@ -444,14 +451,3 @@ def _bounds(hits: np.ndarray, keys: np.ndarray, srt: np.ndarray) -> np.ndarray:
     out = np.empty_like(got)
     out[srt] = got
     return out
-
-
-def _before(hits: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """``searchsorted(hits, offsets)``: a segment's passing rows (``hits``, ascending) before each
-    of its lists' starts, by the list of each passing row (its rows are in list order): the
-    rows, not the lists, set the cost (a 3% filter holds ~30k of a 1M-row segment, whose book
-    has ~100k lists at 10M rows)."""
-    n = len(offsets) - 1
-    lab = np.searchsorted(offsets, hits, side="right") - 1
-    per = np.bincount(lab[(lab >= 0) & (lab < n)], minlength=n)
-    return np.concatenate([[0], np.cumsum(per)])
