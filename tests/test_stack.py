@@ -16,9 +16,10 @@ from .test_ivf import clustered
 DIMS = 12
 
 
-def _segments(tmp_path, metric, sizes=(700, 0, 1300, 500), bits=8, seed=21):
+def _segments(tmp_path, metric, sizes=(700, 0, 1300, 500), bits=8, seed=21, ordered=False):
     """A book trained on all rows and segments of ``sizes`` rows following it (one empty):
-    (book, [(route, lists)] in order, the rows' vectors)."""
+    (book, [(route, lists)] in order, the rows' vectors).  ``ordered``: each segment's rows
+    put in list order first, as `puffer index` writes them (its route's positions implicit)."""
     rng = np.random.default_rng(seed)
     x = clustered(rng, n=sum(sizes), dims=DIMS)
     book = ivf.train_book(x, len(x), 16, metric)
@@ -26,7 +27,12 @@ def _segments(tmp_path, metric, sizes=(700, 0, 1300, 500), bits=8, seed=21):
     parts, base = [], 0
     for i, n in enumerate(sizes):
         xs = x[base : base + n]
-        rb, lb, _info = ivf.encode(book.fit(xs), xs, book_id=book.id, bits=bits)
+        fit = book.fit(xs)
+        if ordered:
+            perm = fit.row_order()
+            xs, fit = xs[perm], fit.permuted(perm)
+            x[base : base + n] = xs
+        rb, lb, _info = ivf.encode(fit, xs, book_id=book.id, bits=bits)
         path = tmp_path / f"seg{seed}-{i}.lists"
         path.write_bytes(lb)
         route = ivf.Route(rb, DIMS, metric)
@@ -93,6 +99,56 @@ def test_a_stack_keeps_each_members_global_row_and_codes(tmp_path):
         # within a list, a segment's members keep their own order
         lab = np.searchsorted(st.offsets, mine, side="right") - 1
         assert np.all(np.diff(lab) >= 0)
+
+
+@pytest.mark.parametrize("metric", ["cosine_distance", "euclidean_squared"])
+def test_a_filtered_probe_of_the_stack_scores_the_passing_members_of_its_lists(tmp_path, metric):
+    """Stack.filtered_search knows which members pass from the segments' routes alone (rows in
+    list order): asked for every passing member, it returns exactly the best passing members
+    of the whole stack; asked for some, the lists it picks are the nearest holding a passing
+    member (a prefix of the ranking, or ``choose`` when that prefix holds too few), and its
+    results are the best passing members of those lists."""
+    book, parts, x = _segments(tmp_path, metric, ordered=True)
+    st = _stack(tmp_path, parts)
+    routes = [r for r, _l in parts]
+    sizes = np.sum([np.diff(r.offsets) for r in routes], axis=0)
+    rng = np.random.default_rng(8)
+    for trial in range(6):
+        q = rng.normal(size=DIMS).astype(np.float32)
+        rate = (0.02, 0.2, 0.6)[trial % 3]
+        hits = [np.flatnonzero(rng.random(r.rows) < rate) for r in routes]
+        passing = np.zeros(st.members, bool)
+        passing[np.concatenate([h + st.bases[j] for j, h in enumerate(hits)])] = True
+        every = np.arange(st.members)
+        g_all, d_all = _per_segment(parts, q, np.arange(book.nlist), st.members)
+        keep = passing[g_all]
+        want_g, want_d = g_all[keep], d_all[keep]
+        offs = [r.offsets for r in routes]
+
+        def ranked(m, q=q):
+            return ivf.prefix(book.ranked(q, sizes, m), m)
+
+        def choose(matches, q=q):
+            return routes[0].matching_lists(routes[0].prepare_query(q), matches, float("inf"))
+
+        assert routes[0].attach(book)
+        g, d, scanned = st.filtered_search(q, ranked, choose, offs, hits, float("inf"), len(every))
+        assert sorted(g.tolist()) == sorted(want_g.tolist()) and np.allclose(d, np.sort(want_d))
+        need = 40.0  # ivf.filtered_need's floor for 10 results at rerank 2: 4 x 20
+        g, d, scanned = st.filtered_search(q, ranked, choose, offs, hits, need, 10)
+        # the nearest lists holding a passing member until they hold ``need`` of them
+        order = ranked(st.members)
+        per = np.array([passing[st.rows[st.offsets[c] : st.offsets[c + 1]]].sum() for c in order])
+        lists = order[: int(np.searchsorted(np.cumsum(per), need)) + 1]
+        members = np.concatenate([np.arange(st.offsets[c], st.offsets[c + 1]) for c in lists])
+        cand = st.rows[members].astype(np.int64)
+        cand = set(cand[passing[cand]].tolist())
+        best = [(dd, gg) for gg, dd in zip(want_g.tolist(), want_d.tolist()) if gg in cand][:10]
+        assert len(g) == min(10, len(want_g)) and passing[g].all() and np.all(np.diff(d) >= 0)
+        assert np.allclose(d, [dd for dd, _g in best]) and set(g.tolist()) <= cand
+        size = {int(c): int(st.offsets[c + 1] - st.offsets[c]) for c in lists}  # (lists without a match
+        held = sum(size[int(c)] for c, m in zip(lists, per) if m)  # may count: the ranking's prefix holds them)
+        assert held <= scanned <= sum(size.values())
 
 
 def test_writing_in_small_steps_gives_the_same_file(tmp_path, monkeypatch):
