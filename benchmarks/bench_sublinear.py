@@ -146,7 +146,7 @@ def main() -> None:
                 f"| {x} | {y} | {ny / nx:.2f} | {py / px:.2f} | {math.log(py / px) / lr:.2f} | "
                 f"{sy / sx:.2f} | {math.log(sy / sx) / lr:.2f} |"
             )
-    if _plot(res, rows_of):
+    if not a.no_write and _plot(res, rows_of):  # (--no-write leaves the docs, the plot too)
         L += ["", "![p50 and rows scanned against rows, log-log](bench-sublinear.png)"]
     L.append("")
     publish("\n".join(L) + "\n", START, END, write=not a.no_write)
