@@ -587,7 +587,11 @@ class IndexedView:
         routes = [iv[0] if (iv := self.gen.segments[i].ivf(rb.attr)) is not None else None for i in covered]
         if any(r is None or not r.implicit or r.book != st.book for r in routes):
             return None  # (a stack's segments store their rows in list order: never, short of damage)
-        hits = cores.run([partial(self._passing_rows, i, filt) for i in covered])
+        from puffer_cli.index import ranged as RG
+
+        # the masks of the covered segments: a remote store's column reads (not cached yet) at once
+        lanes = partial(RG.parallel, remote=True) if self.gen.store.is_remote else cores.run
+        hits = lanes([partial(self._passing_rows, i, filt) for i in covered])
         if all(len(h) <= max(k, EXACT_MAX_ROWS) for h in hits):
             return None  # few rows pass in every segment: each is searched exactly (vector_candidates)
         offsets = [r.offsets for r in routes if r is not None]
