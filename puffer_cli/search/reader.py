@@ -37,6 +37,7 @@ from puffer_cli import cores
 from puffer_cli import limits as L
 from puffer_cli.index import ann, fts_hint, ivf
 from puffer_cli.index import docs as D
+from puffer_cli.index import ranged as RG
 from puffer_cli.index.manifest import fts_sig_of
 from puffer_cli.index.segment import GENS, DfCombo, Generation, Segment, generation_open, open_generation_with
 from puffer_cli.index.tail import Tail, cached_tail, tail_for
@@ -213,7 +214,6 @@ class IndexedView:
 
     def candidates(self, q, columns: list[str] | None | bool = True) -> Candidates:
         """``columns``: the attribute columns the frame needs (None: all; True: from ``q``)."""
-        from puffer_cli.index import ranged as RG
         from puffer_cli.query import parse as Q
 
         rb = q.rank_by
@@ -368,8 +368,6 @@ class IndexedView:
         if filt is not None and seg.docs is not None and rb.method == "ANN" and not seg.docs_at_hand():
             # cold: the filter's column chunks and the IVF lists its selectivity probably
             # needs in one batch (one round trip); lists it did not foresee come after
-            from puffer_cli.index import ranged as RG
-
             sel, ahead = RG.parallel(
                 [partial(self._filter_mask, i, filt), partial(self._lists_ahead, seg, rb, filt, k)],
                 self.gen.store.is_remote,
@@ -587,8 +585,6 @@ class IndexedView:
         routes = [iv[0] if (iv := self.gen.segments[i].ivf(rb.attr)) is not None else None for i in covered]
         if any(r is None or not r.implicit or r.book != st.book for r in routes):
             return None  # (a stack's segments store their rows in list order: never, short of damage)
-        from puffer_cli.index import ranged as RG
-
         # the masks of the covered segments: a remote store's column reads (not cached yet) at once
         lanes = partial(RG.parallel, remote=True) if self.gen.store.is_remote else cores.run
         hits = lanes([partial(self._passing_rows, i, filt) for i in covered])
@@ -892,8 +888,6 @@ class IndexedView:
         lt = self.bm25_terms(leaves)
         if not sel.any() or not lt:
             return np.zeros(0, np.int64)
-        from puffer_cli.index import ranged as RG
-
         # the fields' postings in one batch of reads (a round trip, not one a field)
         got = RG.parallel([partial(blk[f].postings, toks) for f, toks in lt], self.gen.store.is_remote)
         rows = [tb.rows for posts in got for tb in posts.values()]
