@@ -1,6 +1,6 @@
 """Cold unfiltered ANN under shared routing with and without the list-major stack, on SeaweedFS (issue 24).
 
-    python benchmarks/bench_stack_cold.py --store DIR [--ns g] [--truth NPY] [--queries 20] [--work DIR]
+    python benchmarks/bench_stack_cold.py --store DIR [--ns g] [--truth NPY] [--queries 20] [--work DIR] [--prune d,0]
 
 ``--store``: a local store whose namespace was indexed under shared routing (so its generation
 has a stack: bench_routing's stores, or the 30M mixed set of docs/benchmarks.md); a store of
@@ -14,7 +14,8 @@ files stay whole objects (a re-rank row never spans a part in practice).  Then e
 GloVe query runs twice against an empty cache, with the stack (its runs read by ranges) and
 without it (each segment's lists), interleaved: wall ms, round trips, requests (and per file
 kind), bytes read and their share of the namespace's f32 vector bytes, recall@10 against
-``--truth`` (top-10 ids per query, as bench_routing and bench_scale save them).
+``--truth`` (top-10 ids per query, as bench_routing and bench_scale save them).  ``--prune``: the
+``ann`` prune values each query runs at, in turn (``ivf.override``; d = the default).
 """
 
 from __future__ import annotations
@@ -118,9 +119,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--work", default=None, help="SeaweedFS data dir (default: a temp dir, removed)")
     ap.add_argument("--bench-data", default=default_data())
+    ap.add_argument("--prune", default="d", help="ann prune values to run each query at (d = the default), e.g. d,0")
     a = ap.parse_args()
     import puffer_cli
-    from puffer_cli.index import manifest, segment
+    from puffer_cli.index import ivf, manifest, segment
     from puffer_cli.schema import types
     from puffer_cli.search import engine
     from puffer_cli.store import filecache as cache
@@ -140,10 +142,12 @@ def main() -> None:
         vec_bytes = rows * int(types.vector_dims(man["schema"][field]["type"]) or 0) * 4
         kinds = count_requests(db.store)
         real = segment.Generation.stack
-        res: dict[str, list] = {"stack": [], "segments' lists": []} if stacked else {"segments' lists": []}
+        paths = ["stack", "segments' lists"] if stacked else ["segments' lists"]
+        prunes = [None if v == "d" else float(v) for v in a.prune.split(",")]
+        res: dict[tuple[str, float | None], list] = {(m, v): [] for m in paths for v in prunes}
         load0 = os.getloadavg()
         for j, q in enumerate(queries):
-            for mode in res:
+            for mode, prune in res:
                 segment.Generation.stack = real if mode == "stack" else (lambda self, f, fetch=False: None)
                 c = cache.configure(tempfile.mkdtemp(prefix="puffer-bench-cold-"))
                 c.background_fetch = False
@@ -152,14 +156,17 @@ def main() -> None:
                 kinds.clear()
                 body = {"rank_by": [field, "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
                 t = time.perf_counter()
-                r = engine.run_query(db.open_namespace(a.ns), body)
+                with ivf.override(prune=prune):
+                    r = engine.run_query(db.open_namespace(a.ns), body)
                 ms = (time.perf_counter() - t) * 1000
                 p = r["performance"]
                 hit = len({x["id"] for x in r["rows"]} & set(truth[j].tolist())) if truth is not None else 0
-                res[mode].append(
+                res[(mode, prune)].append(
                     (ms, p["object_store_round_trips"], p["object_store_requests"], p["object_store_bytes_read"], hit)
                 )
-                log(f"q{j} {mode}: {ms:.0f} ms, {p['object_store_round_trips']} RT, {p['object_store_requests']} req, ")
+                log(
+                    f"q{j} {mode} prune={prune}: {ms:.0f} ms, {p['object_store_round_trips']} RT, {p['object_store_requests']} req, "
+                )
                 log(
                     f"    {p['object_store_bytes_read'] / 1e6:.1f} MB, hits {hit}; by file {dict(kinds.most_common(8))}"
                 )
@@ -171,14 +178,14 @@ def main() -> None:
         )
         print(f"- {rows:,} rows, {len(man['segments'])} segments; {a.queries} queries, each with an empty cache\n")
         print(
-            "| path | ms p50 | round trips p50 / max | requests p50 / max | MB p50 | of the vector bytes | recall@10 |"
+            "| path | prune | ms p50 | round trips p50 / max | requests p50 / max | MB p50 | of the vector bytes | recall@10 |"
         )
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for mode, xs in res.items():
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        for (mode, prune), xs in res.items():
             x = np.array(xs, float)
             rec = f"{x[:, 4].sum() / (10 * len(x)):.3f}" if truth is not None else "-"
             print(
-                f"| {mode} | {pct(x[:, 0], 50):,.0f} | {pct(x[:, 1], 50):.0f} / {x[:, 1].max():.0f} | "
+                f"| {mode} | {'default' if prune is None else prune} | {pct(x[:, 0], 50):,.0f} | {pct(x[:, 1], 50):.0f} / {x[:, 1].max():.0f} | "
                 f"{pct(x[:, 2], 50):.0f} / {x[:, 2].max():.0f} | {pct(x[:, 3], 50) / 1e6:.1f} | "
                 f"{pct(x[:, 3], 50) / vec_bytes * 100:.2f}% | {rec} |"
             )

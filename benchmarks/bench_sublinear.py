@@ -12,6 +12,8 @@ across sizes in one run; the median of the rounds' p50s is reported): recall@10,
 and rows scanned per query (IVF members scored, in segments' lists and in a list-major stack;
 median), then the growth exponent between sizes, ``log(cost ratio) / log(rows ratio)`` (1 =
 linear), and a log-log plot ``docs/bench-sublinear.png`` of p50 and rows scanned against rows.
+A label ``NAME@P`` measures its store with the ``ann`` option ``prune`` = P (``ivf.override``;
+e.g. ``10M@0``: the fixed probe), the same store may appear under two labels.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args()
     import puffer_cli
+    from puffer_cli.index import ivf
 
     queries = np.load(Path(a.data) / "glove-100-angular" / "queries.npy")[: a.queries].astype(np.float32)
     sets = []
@@ -88,15 +91,17 @@ def main() -> None:
         label, rest = spec.split("=", 1)
         store, truth = rest.rsplit(":", 1)
         ns = puffer_cli.connect(store).open_namespace("g")
-        sets.append((label, store, ns, np.load(truth)[: a.queries], _rows(ns)))
+        prune = float(label.split("@", 1)[1]) if "@" in label else None
+        sets.append((label, store, ns, np.load(truth)[: a.queries], _rows(ns), prune))
         routing[label] = _routing(ns)
         log(f"{label}: {sets[-1][4]:,} rows in {store} ({routing[label]})")
     scanned = _spied()
     load0 = os.getloadavg()
     got: dict[str, list] = {s[0]: [] for s in sets}
     for rnd in range(a.rounds):
-        for label, _store, ns, truth, _n in sets:
-            recall, lat, per_q = warm_ann(ns, queries, truth, a.warmup, scanned, sum)
+        for label, _store, ns, truth, _n, prune in sets:
+            with ivf.override(prune=prune):
+                recall, lat, per_q = warm_ann(ns, queries, truth, a.warmup, scanned, sum)
             got[label].append((recall, pct(lat, 50), pct(lat, 90), float(np.median(per_q)), os.getloadavg()[0]))
             log(f"round {rnd} {label}: recall {recall:.4f} p50 {pct(lat, 50):.2f} ms rows {np.median(per_q):,.0f}")
     load1 = os.getloadavg()
@@ -118,7 +123,7 @@ def main() -> None:
         "Warm ANN cost against namespace size (`benchmarks/bench_sublinear.py`)", cmd, ("numpy", "numkong")
     )
     L += [
-        f"- Stores: {', '.join(f'{lb} = `{st}`' for lb, st, _ns, _t, _n in sets)}",
+        f"- Stores: {', '.join(f'{lb} = `{st}`' for lb, st, _ns, _t, _n, _p in sets)}",
         f"- {a.queries} held-out GloVe queries after {a.warmup} warm-up, top 10, eventual, the stores' defaults; "
         f"{a.rounds} rounds, every store in turn each round (median of the rounds' p50s; each round's in brackets).",
         f"- Load average (1 min) {load0[0]:.2f} at the start, {load1[0]:.2f} at the end.",
@@ -140,6 +145,8 @@ def main() -> None:
         L += ["|---|---|---:|---:|---:|---:|---:|"]
         for x, y in zip(labels[:-1], labels[1:]):
             nx, ny = rows_of[x], rows_of[y]
+            if nx == ny:  # the same store under two labels (another prune): no growth to show
+                continue
             px, py, sx, sy = res[x]["p50"], res[y]["p50"], res[x]["scanned"], res[y]["scanned"]
             lr = math.log(ny / nx)
             L.append(

@@ -169,6 +169,7 @@ def test_options_clamp_stored_values():
         "probe_min_rows": ivf.DEFAULTS["probe_min_rows"],
         "rerank": ivf.DEFAULTS["rerank"],
         "fill": ivf.DEFAULTS["fill"],
+        "prune": ivf.DEFAULTS["prune"],
     }
 
 
@@ -527,6 +528,7 @@ def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared)
     monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 500)
     monkeypatch.setitem(ivf.DEFAULTS, "fill", 0.0)
     monkeypatch.setitem(ivf.SHARED_DEFAULTS, "fill", 0.0)
+    monkeypatch.setitem(ivf.SHARED_DEFAULTS, "prune", 0.0)  # a fixed probe (the pruned one: below)
     rng = np.random.default_rng(22)
     x = clustered(rng, n=8000, dims=16, k=80)
     seen = []
@@ -561,6 +563,70 @@ def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared)
     # format 2: each of the 8 segments (1/8 of the rows) scans at least the floor x sqrt(1/8)
     assert 8 * int(500 * math.sqrt(1 / 8)) <= scanned["segment"] < 8 * 500
     assert budget <= scanned["shared"] < budget + 300  # + the last list's overshoot
+
+
+def test_pruned_probe_stops_at_the_floor_near_a_cluster_and_scans_more_among_equals():
+    """ivf.pruned: the floor's lists always; past it, the lists within (1 + eps) x the
+    nearest one's distance; never past the cap (cumulative rows: 10 a list)."""
+    cand = np.arange(100)
+    cum = 10 * np.arange(1, 101)
+    near = np.concatenate([[0.1], np.linspace(1.0, 2.0, 99)])  # one list much nearer than the rest
+    flat = np.linspace(1.0, 1.2, 100)  # every list at about the same distance
+    assert len(ivf.pruned((cand, cum), near, 200, 600, 0.4)) == 20  # the floor: 200 rows
+    assert len(ivf.pruned((cand, cum), flat, 200, 600, 0.4)) == 60  # all within 1.4x: up to the cap
+    mid = np.linspace(1.0, 2.0, 100)  # within 1.4x: the first 40 lists
+    assert len(ivf.pruned((cand, cum), mid, 200, 600, 0.4)) == 40
+    assert ivf.probe_span(1000, 10_000, 0) == (400, 1500)
+    assert ivf.probe_span(1000, 10_000, 800) == (800, 1500)  # probe_min_rows holds
+    assert ivf.probe_span(1000, 1200, 0) == (400, 1200)
+
+
+def test_shared_routing_prunes_its_probe_per_query(mem_db, monkeypatch, shared):
+    """Unfiltered, under shared routing, ``prune`` (default 0.5) scans between PRUNE_FLOOR and
+    PRUNE_CAP x the fixed probe: a query on a tight cluster the floor, a query in the open,
+    among lists at similar distances, more; prune 0 the fixed probe."""
+    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "2000")
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 0)
+    rng = np.random.default_rng(23)
+    centers = rng.normal(size=(80, 16)) * 3
+    x = (centers[rng.integers(0, 80, 8000)] + 0.3 * rng.normal(size=(8000, 16))).astype(np.float32)
+    seen: list[int] = []
+    from puffer_cli.index import stack
+
+    real_stack, real = stack.Stack.search, ivf.search
+
+    def spy_stack(self, *a, **kw):
+        out = real_stack(self, *a, **kw)
+        seen.append(out[2])
+        return out
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        seen.append(out[2])
+        return out
+
+    monkeypatch.setattr(stack.Stack, "search", spy_stack)
+    monkeypatch.setattr(ivf, "search", spy)
+    ns = mem_db.open_namespace("p")
+    ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
+    builder.index_namespace(ns, gc_grace_s=0)
+    need = ivf.probe_rows(len(x), ivf.SHARED_DEFAULTS["probe"], 0)
+    lo, hi = ivf.probe_span(need, len(x), 0)
+
+    def scanned(q):
+        seen.clear()
+        got = _ann_query(ns, q)
+        return sum(seen), got
+
+    on_cluster, got = scanned(x[5])
+    assert got[0] == 5 and lo <= on_cluster < lo + 150  # + the last list's overshoot
+    in_open, _ = scanned(np.zeros(16, np.float32) + 0.01 * rng.normal(size=16).astype(np.float32))
+    assert on_cluster < in_open <= hi + 150
+    with ivf.override(prune=0.0):  # what the benchmarks compare
+        fixed, got0 = scanned(x[5])
+    assert need <= fixed < need + 150 and got0[0] == 5
 
 
 def test_incremental_runs_keep_the_book_and_equal_a_fresh_build(db, small_segments, shared):

@@ -51,6 +51,7 @@ ANN_KEYS = (
     "probe_min_rows",
     "rerank",
     "fill",
+    "prune",
     "codes",
 )
 ANN_CODES = ("int8", "int4")  # the IVF list codes (index.ivf.CODES)
@@ -68,6 +69,7 @@ IVF_BOUNDS = {
     "probe_min_rows": (0, 1 << 24),
     "rerank": (1, 1000),
     "fill": (0.0, 8.0),
+    "prune": (0.0, 10.0),
 }
 
 
@@ -156,8 +158,8 @@ def check_ann(name: str, ann: Any) -> dict:
     (multi-vector MUVERA indexing: only on, and required for an index of, ``[][N]f32``;
     checked by the caller, which knows the type), dtype one of ANN_DTYPES, the HNSW parameters integers (not
     booleans) within limits.ANN_* (outside them a build fails or exhausts memory), and the
-    IVF index's ``list_rows`` / ``probe_min_rows`` / ``rerank`` (integers) and ``probe`` (a fraction in (0, 1])
-    within index.ivf.BOUNDS (docs/indexer.md, "Vector index")."""
+    IVF index's ``list_rows`` / ``probe_min_rows`` / ``rerank`` (integers), ``probe`` (a fraction in (0, 1])
+    and ``fill`` / ``prune`` (numbers) within index.ivf.BOUNDS (docs/indexer.md, "Vector index")."""
     if ann is True:
         ann = {}
     if not isinstance(ann, Mapping) or not all(isinstance(k, str) for k in ann) or set(ann) - set(ANN_KEYS):
@@ -179,7 +181,7 @@ def check_ann(name: str, ann: Any) -> dict:
         if k == "probe":
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 and v >= lo
             want = f"a fraction of the lists, from {lo:g} to 1"
-        elif k == "fill":
+        elif k in ("fill", "prune"):
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
             want = f"a number from {lo:g} to {hi:g}"
         else:

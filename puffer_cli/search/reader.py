@@ -423,7 +423,7 @@ class IndexedView:
             if plan is not None:
                 chosen, srt = plan.chosen, None
             elif route.book is not None:
-                chosen, srt = self._shared_lists(rb, route, opts, frac)
+                chosen, srt = self._shared_lists(rb, route, opts, frac, filt is None)
             else:
                 chosen, srt = None, None
             # a filter keeping a fraction of the rows: scan that much more to find as many
@@ -679,12 +679,15 @@ class IndexedView:
         total = self._book_total(rb.attr, got[1])
         return ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) < total
 
-    def _shared_lists(self, rb, route, opts: dict, frac: float) -> tuple[np.ndarray, np.ndarray]:
+    def _shared_lists(
+        self, rb, route, opts: dict, frac: float, unfiltered: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The lists a segment following the shared ``ivf.Book`` scans: the namespace's
         lists nearest the query (ranked once per query and field, whichever segment asks
         first) until they hold ``ivf.probe_rows`` of its rows (over every segment; divided
-        by ``frac``, the share of this segment's rows a filter keeps); nearest first, and
-        sorted (once per query and share)."""
+        by ``frac``, the share of this segment's rows a filter keeps; ``unfiltered``, with
+        ``prune`` > 0: between half and 1.5x that, as far as ``ivf.pruned`` takes them);
+        nearest first, and sorted (once per query and share)."""
         got = self._followed_book(rb.attr, route)
         if got is None:  # not the generation's book: every list
             every = np.arange(route.nlist)
@@ -692,12 +695,18 @@ class IndexedView:
         book, sizes = got
         total = self._book_total(rb.attr, sizes)
         need = min(total, ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) / max(frac, 1e-9))
+        prune = opts["prune"] if unfiltered else 0.0  # a filter's share: a fixed probe (FL.plan's sizing)
+        lo, deep = ivf.probe_span(need, total, opts["probe_min_rows"]) if prune > 0 else (need, need)
         key = (rb.attr, rb.array().tobytes())
         cache = self.__dict__.setdefault("_ranked", {})
         ent = cache.get(key)  # (the ranking, {prefix length: its lists sorted})
-        if ent is None or (len(ent[0][1]) and ent[0][1][-1] < need and len(ent[0][0]) < book.nlist):
-            ent = cache[key] = (book.ranked(rb.array(), sizes, int(math.ceil(need))), {})
-        chosen = ivf.prefix(ent[0], need)
+        if ent is None or (len(ent[0][1]) and ent[0][1][-1] < deep and len(ent[0][0]) < book.nlist):
+            ent = cache[key] = (book.ranked(rb.array(), sizes, int(math.ceil(deep))), {})
+        if prune > 0:
+            cand = ent[0][0][: int(np.searchsorted(ent[0][1], deep)) + 1]
+            chosen = ivf.pruned(ent[0], book.metric_distances(rb.array(), cand), lo, deep, prune)
+        else:
+            chosen = ivf.prefix(ent[0], need)
         srt = ent[1].get(len(chosen))
         if srt is None:
             srt = ent[1][len(chosen)] = np.sort(chosen)
