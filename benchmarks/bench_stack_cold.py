@@ -1,6 +1,6 @@
 """Cold unfiltered ANN under shared routing with and without the list-major stack, on SeaweedFS (issue 24).
 
-    python benchmarks/bench_stack_cold.py --store DIR [--ns g] [--truth NPY] [--queries 20] [--work DIR] [--prune d,0]
+    python benchmarks/bench_stack_cold.py --store DIR [--ns g] [--truth NPY] [--queries 20] [--work DIR] [--prune d,0] [--stack-only]
 
 ``--store``: a local store whose namespace was indexed under shared routing (so its generation
 has a stack: bench_routing's stores, or the 30M mixed set of docs/benchmarks.md); a store of
@@ -37,9 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import default_data, log, machine, pct, start_seaweedfs, utc_now
 
 
-def copy_generation(src, dst, ns: str) -> dict:
+def copy_generation(src, dst, ns: str, stack_only: bool = False) -> dict:
     """meta.json and the current generation's files from ``src`` to ``dst``, the stack in parts
-    and a prefetch pack as on an object store; returns the manifest as written."""
+    and a prefetch pack as on an object store; returns the manifest as written.  ``stack_only``:
+    not the lists files of the segments a stack covers (a query through the stack does not read
+    them; the segments' lists path cannot run then)."""
     from puffer_cli.index import pack, stack
     from puffer_cli.index.segwrite import prefetch_keys, vector_prefetch_keys
     from puffer_cli.store import layout
@@ -49,6 +51,9 @@ def copy_generation(src, dst, ns: str) -> dict:
     man = json.loads(src.read(ptr["manifest"]))
     stacks = man.get("ann_stacks", {})
     whole = {e["lists"]["key"] for e in stacks.values() if not e["lists"].get("parts")}
+    if stack_only:  # (a key's segment directory is the segment's name)
+        covered = {name for e in stacks.values() for name in e["segments"]}
+        whole |= {k for k in man["files"] if k.endswith(".lists") and k.rsplit("/", 2)[-2] in covered}
     t0, total = time.time(), 0
     for i, k in enumerate(man["files"]):
         if k == ptr["manifest"] or k in whole:
@@ -119,6 +124,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--work", default=None, help="SeaweedFS data dir (default: a temp dir, removed)")
     ap.add_argument("--bench-data", default=default_data())
+    ap.add_argument("--stack-only", action="store_true", help="copy and run the stack path only (less disk)")
     ap.add_argument("--prune", default="d", help="ann prune values to run each query at (d = the default), e.g. d,0")
     a = ap.parse_args()
     import puffer_cli
@@ -134,7 +140,7 @@ def main() -> None:
     try:
         src = puffer_cli.connect(a.store).store
         db = puffer_cli.connect("s3://bench/stack", s3_endpoint=endpoint)
-        man = copy_generation(src, db.store, a.ns)
+        man = copy_generation(src, db.store, a.ns, a.stack_only)
         rows = int(sum(s["rows"] for s in man["segments"]))
         stacked = list(man.get("ann_stacks") or {})
         # the stacked vector field; a store without a stack (format 2, or too few rows): its first vector field
@@ -142,7 +148,7 @@ def main() -> None:
         vec_bytes = rows * int(types.vector_dims(man["schema"][field]["type"]) or 0) * 4
         kinds = count_requests(db.store)
         real = segment.Generation.stack
-        paths = ["stack", "segments' lists"] if stacked else ["segments' lists"]
+        paths = ["stack"] if a.stack_only else ["stack", "segments' lists"] if stacked else ["segments' lists"]
         prunes = [None if v == "d" else float(v) for v in a.prune.split(",")]
         res: dict[tuple[str, float | None], list] = {(m, v): [] for m in paths for v in prunes}
         load0 = os.getloadavg()

@@ -528,7 +528,8 @@ def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared)
     monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 500)
     monkeypatch.setitem(ivf.DEFAULTS, "fill", 0.0)
     monkeypatch.setitem(ivf.SHARED_DEFAULTS, "fill", 0.0)
-    monkeypatch.setitem(ivf.SHARED_DEFAULTS, "prune", 0.0)  # a fixed probe (the pruned one: below)
+    monkeypatch.setitem(ivf.DEFAULTS, "prune", 0.0)  # a fixed probe (the pruned one: below)
+    monkeypatch.setitem(ivf.SHARED_DEFAULTS, "prune", 0.0)
     rng = np.random.default_rng(22)
     x = clustered(rng, n=8000, dims=16, k=80)
     seen = []
@@ -565,6 +566,15 @@ def test_shared_routing_scans_the_chosen_lists_only(mem_db, monkeypatch, shared)
     assert budget <= scanned["shared"] < budget + 300  # + the last list's overshoot
 
 
+def test_nested_overrides_keep_the_enclosing_values():
+    with ivf.override(prune=0.0):
+        with ivf.override(probe=0.1):
+            assert dict(ivf.forced()) == {"probe": 0.1, "prune": 0.0}
+            assert ivf.options(None)["prune"] == 0.0 and ivf.options(None)["probe"] == 0.1
+        assert dict(ivf.forced()) == {"prune": 0.0}
+    assert ivf.forced() == ()
+
+
 def test_pruned_probe_stops_at_the_floor_near_a_cluster_and_scans_more_among_equals():
     """ivf.pruned: the floor's lists always; past it, the lists within (1 + eps) x the
     nearest one's distance; never past the cap (cumulative rows: 10 a list)."""
@@ -581,11 +591,19 @@ def test_pruned_probe_stops_at_the_floor_near_a_cluster_and_scans_more_among_equ
     assert ivf.probe_span(1000, 1200, 0) == (400, 1200)
 
 
-def test_shared_routing_prunes_its_probe_per_query(mem_db, monkeypatch, shared):
-    """Unfiltered, under shared routing, ``prune`` (default 0.5) scans between PRUNE_FLOOR and
-    PRUNE_CAP x the fixed probe: a query on a tight cluster the floor, a query in the open,
-    among lists at similar distances, more; prune 0 the fixed probe."""
-    monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "2000")
+@pytest.mark.parametrize("routing", ["shared", "segment"])
+def test_a_pruned_probe_follows_the_query(mem_db, monkeypatch, routing):
+    """Unfiltered, ``prune`` (0.5 by default) scans between PRUNE_FLOOR and PRUNE_CAP
+    (SEGMENT_PRUNE_CAP under format 2) x the fixed probe: a query on a tight cluster the
+    floor, a query in the open, among lists at similar distances, more; prune 0 the fixed
+    probe."""
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", routing)
+    if routing == "segment":
+        monkeypatch.setitem(ivf.DEFAULTS, "fill", 0.0)
+        monkeypatch.setitem(ivf.DEFAULTS, "probe", 0.05)
+        monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "8000")  # one segment: its own probe
+    else:
+        monkeypatch.setenv("PUFFER_INDEX_SEGMENT_ROWS", "2000")
     monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
     monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
     monkeypatch.setitem(ivf.DEFAULTS, "probe_min_rows", 0)
@@ -612,8 +630,8 @@ def test_shared_routing_prunes_its_probe_per_query(mem_db, monkeypatch, shared):
     ns = mem_db.open_namespace("p")
     ns.write({"upsert_columns": {"id": list(range(len(x))), "vector": x.tolist()}})
     builder.index_namespace(ns, gc_grace_s=0)
-    need = ivf.probe_rows(len(x), ivf.SHARED_DEFAULTS["probe"], 0)
-    lo, hi = ivf.probe_span(need, len(x), 0)
+    need = ivf.probe_rows(len(x), ivf.SHARED_DEFAULTS["probe"], 0)  # 0.05 x 8,000 rows, both
+    lo, hi = ivf.probe_span(need, len(x), 0, ivf.SEGMENT_PRUNE_CAP if routing == "segment" else None)
 
     def scanned(q):
         seen.clear()

@@ -115,16 +115,18 @@ rows, 0.05 found 0.950 at 158k (format 2: 0.967 at 558k); at 2M 0.05 finds 0.986
 under format 2 (``search/filtered.py``: the nearest lists, by the book's ranking, holding a
 row that passes), scaled from the segment's share of the namespace's unfiltered probe.
 
-Query-aware probe (``prune``, SHARED_DEFAULTS 0.5; unfiltered queries under shared routing):
-SPANN's pruning (:func:`pruned`): the nearest lists holding PRUNE_FLOOR (0.4) x the fixed
-probe's rows, then the next ones within (1 + ``prune``) x the nearest centroid's distance, up
-to PRUNE_CAP (1.5) x the rows.  Offline (share of the true top 10 in the lists probed, 100
-held-out queries, mean rows scanned), fixed -> pruned: 10M GloVe + noisy copies 0.969 at 1.59%
--> 0.961 at 0.95% (median 0.64%); 10M mixed 0.961 at 1.58% -> 0.964 at 1.12%; 30M mixed 0.955
-at 0.91% -> 0.962 at 0.71% (median 0.37%).  A query near a dense region stops at the floor,
-one among many lists at similar distances scans up to the cap: the same recall at fewer rows
-on average, the median query's rows (warm) and bytes (cold) at about half (docs/benchmarks.md,
-"A query-aware probe"; a distance gap of a fixed size did as well on GloVe but has units).
+Query-aware probe (``prune``, 0.5 by default in both formats; unfiltered queries): SPANN's
+pruning (:func:`pruned`): the nearest lists holding PRUNE_FLOOR (0.4) x the fixed probe's rows
+(but ``probe_min_rows``), then the next ones within (1 + ``prune``) x the nearest centroid's
+distance, up to PRUNE_CAP (1.5; format 2: SEGMENT_PRUNE_CAP, 2.0) x the rows.  A query near a
+dense region stops at the floor, one among many lists at similar distances scans up to the
+cap.  Measured (docs/benchmarks.md, "A query-aware probe"), fixed -> pruned, recall@10 and
+rows scanned a query (median): 10M GloVe + noisy copies 0.968 at 158k -> 0.960 at 63k (cold:
+128.7 -> 57.1 MB); 30M mixed 0.960 at 274k -> 0.961 at 110k (cold: 294.7 -> 113.7 MB, 0.95%
+of the vector bytes); format 2 at 2M, noisy 0.966 -> 0.977, mixed 0.929 -> 0.960, at about the
+same median rows.  Offline first (share of the true top 10 in the lists probed): a distance
+gap of a fixed size did as well on GloVe but has units; a cut relative to the spread between
+the nearest list and the fixed probe's last did worse.
 
 Growth: new rows are assigned to the existing book (the hierarchical :meth:`Codebook.assign`,
 no training), so an incremental run costs what its new rows cost.  Lists grow as the
@@ -169,7 +171,7 @@ from puffer_cli.index import liststats
 
 log = logging.getLogger("puffer.index.ivf")
 
-DEFAULTS = {"list_rows": 96, "probe": 0.02, "probe_min_rows": 16_384, "rerank": 2, "fill": 0.75, "prune": 0.0}
+DEFAULTS = {"list_rows": 96, "probe": 0.02, "probe_min_rows": 16_384, "rerank": 2, "fill": 0.75, "prune": 0.5}
 BOUNDS = {
     "list_rows": (16, 1 << 20),
     "probe": (1e-4, 1.0),
@@ -182,10 +184,13 @@ FILL_GAP_BYTES = 96 * 1024  # lists between probed ones closer than this are alw
 #: format 3 (shared routing): its own ``probe`` / ``fill`` defaults and fill gap (see "Shared routing" above);
 #: an ``ann`` value in the schema applies to both formats
 SHARED_DEFAULTS = {"probe": 0.05, "fill": 0.0, "prune": 0.5}
-#: ``prune`` > 0 (format 3, unfiltered): a query scans between these shares of ``probe_rows``,
-#: as far as its lists' distances say (:func:`pruned`)
+#: ``prune`` > 0 (unfiltered): a query scans between these shares of its fixed probe's rows
+#: (format 3: ``probe_rows``), as far as its lists' distances say (:func:`pruned`)
 PRUNE_FLOOR = 0.4
 PRUNE_CAP = 1.5
+#: ... and under format 2, a segment's own IVF (its fixed probe is smaller: 2% of the segment,
+#: its floor ``probe_min_rows``; 2M mixed: 1.5 0.946, 2.0 0.960, 2.5 0.965, docs/benchmarks.md)
+SEGMENT_PRUNE_CAP = 2.0
 SHARED_FILL_GAP_BYTES = 96 * 1024
 SCORE_PER_RUN_MAX = 64  # up to this many runs are scored one by one (no copy), more in one call
 SAMPLE_PER_LIST = 64  # k-means training rows per list (GloVe-100: 64 gave recall 0.955 where 32 gave 0.947)
@@ -206,9 +211,10 @@ _FORCED: contextvars.ContextVar[tuple[tuple[str, float], ...]] = contextvars.Con
 def override(probe: float | None = None, fill: float | None = None, prune: float | None = None):
     """``with override(probe=0.1, fill=0):`` queries in this context use these values
     instead of the schema's (what ``puffer recall --probe/--fill`` measures; ``prune``: what
-    the benchmarks compare); None keeps the schema's."""
-    pairs = (("probe", probe), ("fill", fill), ("prune", prune))
-    token = _FORCED.set(tuple((k, v) for k, v in pairs if v is not None))
+    the benchmarks compare); None keeps the schema's (or an enclosing override's)."""
+    pairs = dict(_FORCED.get())
+    pairs.update((k, v) for k, v in (("probe", probe), ("fill", fill), ("prune", prune)) if v is not None)
+    token = _FORCED.set(tuple(sorted(pairs.items())))
     try:
         yield
     finally:
@@ -760,11 +766,12 @@ def pruned(ranked: tuple[np.ndarray, np.ndarray], dist: np.ndarray, lo: float, h
     return cand[: max(a, min(near, b))]
 
 
-def probe_span(need: float, total: int, min_rows: int) -> tuple[float, float]:
+def probe_span(need: float, total: int, min_rows: int, cap: float | None = None) -> tuple[float, float]:
     """(lo, hi): the rows a pruned probe (:func:`pruned`) scans at least and at most, for a
     fixed probe of ``need`` rows: PRUNE_FLOOR x ``need`` (but ``min_rows``, when ``need``
-    holds that many) to PRUNE_CAP x ``need`` (at most ``total``)."""
-    return max(PRUNE_FLOOR * need, min(need, float(min_rows))), min(float(total), PRUNE_CAP * need)
+    holds that many) to ``cap`` (PRUNE_CAP) x ``need`` (at most ``total``)."""
+    hi = (PRUNE_CAP if cap is None else cap) * need
+    return max(PRUNE_FLOOR * need, min(need, float(min_rows))), min(float(total), hi)
 
 
 def prefix(ranked: tuple[np.ndarray, np.ndarray], need: float) -> np.ndarray:
@@ -860,25 +867,29 @@ class Route:
     def nlist(self) -> int:
         return len(self.offsets) - 1
 
-    def nearest_lists(self, q: np.ndarray, probe: float, min_rows: int = 0) -> np.ndarray:
+    def nearest_lists(self, q: np.ndarray, probe: float, min_rows: int = 0, prune: float = 0.0) -> np.ndarray:
         """The nearest lists holding together at least ``probe`` x rows members (and at
         least ``min_rows``): the scan cost and cold bytes are a fraction of the rows,
-        whatever the list sizes."""
+        whatever the list sizes.  ``prune`` > 0: as many as :func:`pruned` takes, between
+        :func:`probe_span`'s bounds of that many rows."""
         if self.nlist == 0:
             return np.zeros(0, np.int64)
         g = self.dots(q)
         d = -g if self.cosine else self.c2 - 2 * g
         need = max(1, int(math.ceil(probe * self.rows)), min_rows)
-        if need >= self.rows:
+        lo, deep = probe_span(need, self.rows, min_rows, SEGMENT_PRUNE_CAP) if prune > 0 else (need, need)
+        if lo >= self.rows:
             return np.arange(self.nlist)
         sizes = np.diff(self.offsets)
         # lists are about rows / nlist each: sort a few times the expected count, not all
-        guess = min(self.nlist, max(8, int(4 * need * self.nlist / max(1, self.rows))))
+        guess = min(self.nlist, max(8, int(4 * deep * self.nlist / max(1, self.rows))))
         while True:
             cand = np.argpartition(d, guess - 1)[:guess] if guess < self.nlist else np.arange(self.nlist)
             cand = cand[np.argsort(d[cand], kind="stable")]
             cum = np.cumsum(sizes[cand])
-            if cum[-1] >= need or guess >= self.nlist:
+            if cum[-1] >= deep or guess >= self.nlist:
+                if prune > 0:  # the metric's distances: 1 - cos (q is the unit query), or squared euclidean
+                    return pruned((cand, cum), d[cand] + (1.0 if self.cosine else float(q @ q)), lo, deep, prune)
                 return cand[: int(np.searchsorted(cum, need)) + 1]
             guess = min(self.nlist, guess * 2)
 
@@ -1184,6 +1195,7 @@ def search(
     chosen: np.ndarray | None = None,
     runs: list[tuple[int, int]] | None = None,
     sorted_chosen: np.ndarray | None = None,
+    prune: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Row positions of the ``want`` best candidates by approximate distance among the
     members of the probed lists (``sel``: the rows allowed, a boolean mask over the
@@ -1193,8 +1205,9 @@ def search(
     lists to probe, already picked by the shared :class:`Book` or by a filter's matches
     per list (``probe`` and ``min_rows`` are then unused); ``runs``: their member runs,
     already planned (``chosen`` and ``fill`` are then unused); ``sorted_chosen``: ``chosen``
-    sorted and unique (the shared ranking's, sorted once per query).  Only members whose row
-    passes ``sel`` are copied and scored; a cold query reads at most RUNS_MAX runs."""
+    sorted and unique (the shared ranking's, sorted once per query); ``prune``: the lists a
+    segment's own IVF probes, query-aware (:meth:`Route.nearest_lists`).  Only members whose
+    row passes ``sel`` are copied and scored; a cold query reads at most RUNS_MAX runs."""
     if route.nlist == 0 or want <= 0:
         return np.zeros(0, np.int64), np.zeros(0), 0
     qq = route.prepare_query(q)
@@ -1206,7 +1219,7 @@ def search(
         return _gathered(route, lists, qc, qq, a, b, sel, want)
     if runs is None:
         if chosen is None:
-            chosen = route.nearest_lists(qq, probe, min_rows=max(want, min_rows))
+            chosen = route.nearest_lists(qq, probe, min_rows=max(want, min_rows), prune=prune)
         runs = route.runs(chosen, fill)
         if not lists.local:
             runs = bounded_runs(route, runs)

@@ -439,6 +439,7 @@ class IndexedView:
                 chosen=chosen,
                 runs=plan.runs if plan is not None else None,
                 sorted_chosen=srt,
+                prune=opts["prune"] if filt is None else 0.0,
             )
             z = seg.unindexed_vectors(rb.attr)
             if len(z):  # zero vectors under cosine: exactly at distance 1
