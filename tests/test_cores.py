@@ -25,12 +25,12 @@ scores = arrays(
 @settings(max_examples=200, deadline=None)
 @given(d=scores, k=st.integers(-2, 3100), step=st.sampled_from([1, 3, 32]))
 def test_smallest_is_the_k_smallest(d, k, step):
-    old = cores.SAMPLE_STEP, cores.SPLIT_MIN
-    cores.SAMPLE_STEP, cores.SPLIT_MIN = step, 1  # the sampled threshold on small inputs too
+    old = cores.SAMPLE_STEP, cores.SAMPLE_MIN
+    cores.SAMPLE_STEP, cores.SAMPLE_MIN = step, 1  # the sampled threshold on small inputs too
     try:
         got = cores.smallest(d, k)
     finally:
-        cores.SAMPLE_STEP, cores.SPLIT_MIN = old
+        cores.SAMPLE_STEP, cores.SAMPLE_MIN = old
     want = min(max(k, 0), len(d))
     assert len(got) == want == len(np.unique(got))
     if want:  # the same values as a full sort's first k (which rows tie at the k-th may differ)
