@@ -423,10 +423,11 @@ class NamespaceHandle:
         include_ground_truth: bool = False,
         probe: float | None = None,
         fill: float | None = None,
+        prune: float | None = None,
     ) -> dict:
         """ANN vs exhaustive recall@k on sampled vectors (``puffer recall``; 25 unless ``num``),
         or on the one vector of ``rank_by``; ``include_ground_truth`` adds the exact neighbours;
-        ``probe`` / ``fill`` measure other IVF options than the schema's (docs/indexer.md)."""
+        ``probe`` / ``fill`` / ``prune`` measure other IVF options than the schema's (docs/indexer.md)."""
         from puffer_cli.jobs.recall import recall
 
         return recall(
@@ -439,6 +440,7 @@ class NamespaceHandle:
             include_ground_truth=include_ground_truth,
             probe=probe,
             fill=fill,
+            prune=prune,
         )
 
     def metadata(self) -> dict:

@@ -156,6 +156,11 @@ def test_cli_index_warm_recall(tmp_path, capsys):
     assert cli.main(["recall", "cli", "--store", store, "--fill", "9"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: fill must be a number from 0 to 8") and "Traceback" not in err
+    assert cli.main(["recall", "cli", "--store", store, "--num", "3", "--prune", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prune"] == 0.0
+    assert cli.main(["recall", "cli", "--store", store, "--prune", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: prune must be a number from 0 to 10") and "Traceback" not in err
 
 
 def test_cli_index_busy_and_failure(tmp_path, capsys):

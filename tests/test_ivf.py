@@ -305,6 +305,14 @@ def test_recall_measures_the_probe(mem_db, monkeypatch):
     out = recall(ns, num=3, probe=0.01, fill=0)
     assert out["probe"] == 0.01 and out["fill"] == 0 and seen and set(seen) == {0.0}
     assert ivf.options(None)["fill"] == ivf.DEFAULTS["fill"]  # the override ended with the call
+    for bad in (-0.1, 11, float("nan"), True, "1"):
+        with pytest.raises(InvalidRequest, match="prune"):
+            recall(ns, prune=bad)
+    pruned = []
+    monkeypatch.setattr(ivf, "search", lambda *a, **kw: pruned.append(kw["prune"]) or real(*a, **kw))
+    out = recall(ns, num=3, prune=0)  # the fixed probe, this call only
+    assert out["prune"] == 0 and pruned and set(pruned) == {0.0}
+    assert ivf.options(None)["prune"] == ivf.DEFAULTS["prune"] > 0
 
 
 @pytest.mark.parametrize("value", ["abc", "", "0", "-5", "1e9"])

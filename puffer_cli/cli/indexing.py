@@ -229,7 +229,8 @@ def warm(
 
 
 @app.command(
-    epilog='Example: puffer recall docs --num 25 --top-k 10 --filter \'["lang","Eq","en"]\'  (or --probe 0.05 --fill 0)'
+    epilog='Example: puffer recall docs --num 25 --top-k 10 --filter \'["lang","Eq","en"]\''
+    "  (or --probe 0.05 --fill 0 --prune 0)"
 )
 def recall(
     namespace: Annotated[str, typer.Argument(help="Namespace to measure")],
@@ -243,6 +244,10 @@ def recall(
     fill: Annotated[
         float | None,
         typer.Option("--fill", help="IVF fill to measure (lists between probed ones scanned, 0-8; default: schema's)"),
+    ] = None,
+    prune: Annotated[
+        float | None,
+        typer.Option("--prune", help="IVF query-aware probe to measure (0-10, 0 = a fixed probe; default: schema's)"),
     ] = None,
     cache_dir: CacheDirOpt = None,
     cache_max_gb: CacheMaxOpt = None,
@@ -266,6 +271,7 @@ def recall(
         field=field,
         probe=probe,
         fill=fill,
+        prune=prune,
     )
     if as_json:
         echo_json(rep)

@@ -25,11 +25,13 @@ def recall(
     seed: int | None = 0,
     probe: float | None = None,
     fill: float | None = None,
+    prune: float | None = None,
     rank_by=None,
     include_ground_truth: bool = False,
 ) -> dict:
-    """``probe``, ``fill``: measure with these IVF options (fraction of rows scanned; lists
-    between probed ones scanned too, at most ``fill`` x the probed rows) instead of the schema's.
+    """``probe``, ``fill``, ``prune``: measure with these IVF options (fraction of rows scanned;
+    lists between probed ones scanned too, at most ``fill`` x the probed rows; the query-aware
+    probe's distance factor, 0 = a fixed probe) instead of the schema's.
     ``rank_by`` (turbopuffer's): one vector ranking ``[field, "ANN"|"kNN", vector]`` to measure
     instead of sampled vectors (then ``num`` is 1).  ``include_ground_truth``: add
     ``ground_truth``, per query its vector and the exact top_k rows (id, $dist, the vector)."""
@@ -37,11 +39,12 @@ def recall(
 
     if probe is not None and (isinstance(probe, bool) or not isinstance(probe, (int, float)) or not 0 < probe <= 1):
         raise InvalidRequest(f"probe must be a fraction in (0, 1], got {probe!r}")
-    lo, hi = ivf.BOUNDS["fill"]
-    if fill is not None and (
-        isinstance(fill, bool) or not isinstance(fill, (int, float)) or not lo <= fill <= hi  # NaN fails too
-    ):
-        raise InvalidRequest(f"fill must be a number from {lo:g} to {hi:g}, got {fill!r}")
+    for name, v in (("fill", fill), ("prune", prune)):
+        lo, hi = ivf.BOUNDS[name]
+        if v is not None and (
+            isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi  # NaN fails too
+        ):
+            raise InvalidRequest(f"{name} must be a number from {lo:g} to {hi:g}, got {v!r}")
     if not isinstance(include_ground_truth, bool):
         raise InvalidRequest(f"include_ground_truth must be true or false, got {include_ground_truth!r}")
     given = None
@@ -50,9 +53,10 @@ def recall(
         num = 1
     elif num is None:
         num = 25
-    with ivf.override(probe=probe, fill=fill):
+    with ivf.override(probe=probe, fill=fill, prune=prune):
         out = _recall(ns, num=num, top_k=top_k, filters=filters, field=field, seed=seed, probe=probe, given=given)
     out["fill"] = fill
+    out["prune"] = prune
     if not include_ground_truth:
         out.pop("ground_truth")
     return out
