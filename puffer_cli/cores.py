@@ -117,6 +117,8 @@ def smallest(d: np.ndarray, k: int) -> np.ndarray:
         return np.argpartition(d, k - 1)[:k]
     sample = d[::SAMPLE_STEP]
     ks = int(k * SAMPLE_SLACK) // SAMPLE_STEP + 8
+    if ks >= len(sample):
+        return np.argpartition(d, k - 1)[:k]
     t = np.partition(sample, ks)[ks]
     keep = np.flatnonzero(d <= t)
     if len(keep) < k:  # the sample misjudged the spread: the full partition
