@@ -583,6 +583,34 @@ def test_nested_overrides_keep_the_enclosing_values():
     assert ivf.forced() == ()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 50), min_size=1, max_size=60),
+    gaps=st.lists(st.floats(0.0, 2.0), min_size=60, max_size=60),
+    d0=st.floats(-0.1, 3.0),
+    lo=st.floats(0.0, 2000.0),
+    span=st.floats(0.0, 2000.0),
+    eps=st.floats(0.0, 10.0),
+)
+def test_pruned_takes_a_prefix_between_its_bounds(sizes, gaps, d0, lo, span, eps):
+    """Whatever the distances: a prefix of the ranking, holding ``lo`` rows (or every list),
+    never a list past the first that holds ``hi``, and exactly the lists within (1 + eps) x
+    the nearest distance when that count falls between."""
+    cand = np.arange(len(sizes))[::-1].copy()  # any list ids, nearest first
+    cum = np.cumsum(np.asarray(sizes, np.int64))
+    dist = d0 + np.cumsum(np.asarray(gaps[: len(sizes)]))
+    hi = lo + span
+    got = ivf.pruned((cand, cum), dist, lo, hi, eps)
+    n = len(got)
+    assert 1 <= n <= len(cand) and np.array_equal(got, cand[:n])
+    a = min(len(cand), int(np.searchsorted(cum, lo)) + 1)
+    b = min(len(cand), int(np.searchsorted(cum, hi)) + 1)
+    assert a <= n <= max(a, b)
+    near = int(np.sum(dist <= max(dist[0], 0.0) * (1 + eps)))
+    if a <= near <= b:
+        assert n == near
+
+
 def test_pruned_probe_stops_at_the_floor_near_a_cluster_and_scans_more_among_equals():
     """ivf.pruned: the floor's lists always; past it, the lists within (1 + eps) x the
     nearest one's distance; never past the cap (cumulative rows: 10 a list)."""

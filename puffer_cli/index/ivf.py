@@ -210,8 +210,8 @@ _FORCED: contextvars.ContextVar[tuple[tuple[str, float], ...]] = contextvars.Con
 @contextlib.contextmanager
 def override(probe: float | None = None, fill: float | None = None, prune: float | None = None):
     """``with override(probe=0.1, fill=0):`` queries in this context use these values
-    instead of the schema's (what ``puffer recall --probe/--fill`` measures; ``prune``: what
-    the benchmarks compare); None keeps the schema's (or an enclosing override's)."""
+    instead of the schema's (what ``puffer recall --probe/--fill/--prune`` measures); None
+    keeps the schema's (or an enclosing override's)."""
     pairs = dict(_FORCED.get())
     pairs.update((k, v) for k, v in (("probe", probe), ("fill", fill), ("prune", prune)) if v is not None)
     token = _FORCED.set(tuple(sorted(pairs.items())))
