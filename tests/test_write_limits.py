@@ -340,6 +340,12 @@ def test_nested_frame_columns(wdb):
         {"dtype": ["f16"]},
         {"nope": 1},
         [1],
+        {"prune": -0.1},
+        {"prune": 10.5},
+        {"prune": float("nan")},
+        {"prune": True},
+        {"prune": "0.5"},
+        {"prune": [0.5]},
     ],
 )
 def test_bad_ann_options_refused(wdb, ann):
@@ -361,6 +367,7 @@ def test_ann_options_at_bounds_build(wdb):
                         "connectivity": L.ANN_CONNECTIVITY[0],
                         "expansion_add": L.ANN_EXPANSION_ADD[0],
                         "expansion_search": L.ANN_EXPANSION_SEARCH[1],
+                        "prune": 10,  # the query-aware probe's bounds: 0 .. 10
                     },
                 }
             },
