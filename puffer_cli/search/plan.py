@@ -65,6 +65,7 @@ def plan_lines(view, q) -> list[str]:
     groups = total = fbytes = 0
     lists_ahead = exact = ivf_segs = 0
     probe_rows = 0
+    pruned = False  # an unfiltered probe sized per query (ivf.pruned): the figure is the fixed probe's
     for seg in segs:
         ent = seg.docs
         if ent is None:
@@ -97,6 +98,7 @@ def plan_lines(view, q) -> list[str]:
                     else:
                         want = max(opts["probe"] / e * seg.rows, opts["probe_min_rows"] / e, k * opts["rerank"])
                     probe_rows += int(min(seg.rows, want))
+                    pruned = pruned or (bound is None and opts["prune"] > 0)
                     ranged = view.gen.store.is_remote and not RG.lists_read_whole(seg.rows, int(iv.get("dims", 0)))
                     if bound is not None and ranged:
                         lists_ahead += 1
@@ -107,6 +109,7 @@ def plan_lines(view, q) -> list[str]:
         if ivf_segs:
             mid.append(
                 f"IVF lists of {ivf_segs} segment(s), ~{probe_rows:,} members probed"
+                + (f" (per query {ivf.PRUNE_FLOOR:g}x to {ivf.SEGMENT_PRUNE_CAP:g}x that: ann prune)" if pruned else "")
                 + (f" ({lists_ahead} read ahead of the filter's mask: estimated selectivity)" if lists_ahead else "")
             )
         if exact:
