@@ -115,16 +115,18 @@ rows, 0.05 found 0.950 at 158k (format 2: 0.967 at 558k); at 2M 0.05 finds 0.986
 under format 2 (``search/filtered.py``: the nearest lists, by the book's ranking, holding a
 row that passes), scaled from the segment's share of the namespace's unfiltered probe.
 
-Query-aware probe (``prune``, 0.5 by default in both formats; unfiltered queries): SPANN's
+Query-aware probe (``prune``, 0.5 by default under shared routing, 0.4 under format 2;
+unfiltered queries): SPANN's
 pruning (:func:`pruned`): the nearest lists holding PRUNE_FLOOR (0.4) x the fixed probe's rows
 (but ``probe_min_rows``), then the next ones within (1 + ``prune``) x the nearest centroid's
-distance, up to PRUNE_CAP (1.5; format 2: SEGMENT_PRUNE_CAP, 2.0) x the rows.  A query near a
+distance, up to PRUNE_CAP (1.5; format 2: SEGMENT_PRUNE_CAP, 3.0) x the rows.  A query near a
 dense region stops at the floor, one among many lists at similar distances scans up to the
 cap.  Measured (docs/benchmarks.md, "A query-aware probe"), fixed -> pruned, recall@10 and
 rows scanned a query (median): 10M GloVe + noisy copies 0.968 at 158k -> 0.960 at 63k (cold:
 128.7 -> 57.1 MB); 30M mixed 0.960 at 274k -> 0.961 at 110k (cold: 294.7 -> 113.7 MB, 0.95%
-of the vector bytes); format 2 at 2M, noisy 0.966 -> 0.977, mixed 0.929 -> 0.960, at about the
-same median rows.  Offline first (share of the true top 10 in the lists probed): a distance
+of the vector bytes); format 2 at 2M, noisy 0.965 -> 0.971, mixed 0.929 -> 0.954, at fewer
+median rows (109k / 113k -> 73k / 86k; cold ANN + include_attributes 14.4 -> 17.4 MB, issue 25's
+5 queries).  Offline first (share of the true top 10 in the lists probed): a distance
 gap of a fixed size did as well on GloVe but has units; a cut relative to the spread between
 the nearest list and the fixed probe's last did worse.
 
@@ -171,7 +173,7 @@ from puffer_cli.index import liststats
 
 log = logging.getLogger("puffer.index.ivf")
 
-DEFAULTS = {"list_rows": 96, "probe": 0.02, "probe_min_rows": 16_384, "rerank": 2, "fill": 0.75, "prune": 0.5}
+DEFAULTS = {"list_rows": 96, "probe": 0.02, "probe_min_rows": 16_384, "rerank": 2, "fill": 0.75, "prune": 0.4}
 BOUNDS = {
     "list_rows": (16, 1 << 20),
     "probe": (1e-4, 1.0),
@@ -189,8 +191,10 @@ SHARED_DEFAULTS = {"probe": 0.05, "fill": 0.0, "prune": 0.5}
 PRUNE_FLOOR = 0.4
 PRUNE_CAP = 1.5
 #: ... and under format 2, a segment's own IVF (its fixed probe is smaller: 2% of the segment,
-#: its floor ``probe_min_rows``; 2M mixed: 1.5 0.946, 2.0 0.960, 2.5 0.965, docs/benchmarks.md)
-SEGMENT_PRUNE_CAP = 2.0
+#: its floor ``probe_min_rows``), with ``prune`` 0.4 there: 2M mixed / noisy 0.952 / 0.972 at
+#: 94k / 81k rows, where 0.5 with a cap of 2 found 0.960 / 0.977 at 127k / 104k but read ~22 MB
+#: cold in 3 of issue 25's 5 benchmark queries (docs/benchmarks.md, "A query-aware probe")
+SEGMENT_PRUNE_CAP = 3.0
 SHARED_FILL_GAP_BYTES = 96 * 1024
 SCORE_PER_RUN_MAX = 64  # up to this many runs are scored one by one (no copy), more in one call
 SAMPLE_PER_LIST = 64  # k-means training rows per list (GloVe-100: 64 gave recall 0.955 where 32 gave 0.947)
