@@ -627,6 +627,57 @@ def test_pruned_probe_stops_at_the_floor_near_a_cluster_and_scans_more_among_equ
     assert ivf.probe_span(1000, 1200, 0) == (400, 1200)
 
 
+def test_near_tail_keeps_the_head_and_takes_near_lists_past_it():
+    """ivf.near_tail: the nearest lists holding ``keep`` rows always; past them only lists
+    lying within ``gap`` members of one of those in the file, nearest first, until they hold
+    the rows of the ``k`` nearest; gap < 0: the ``k`` nearest."""
+    sizes = np.full(100, 10)  # list l holds members [10 l, 10 l + 10)
+    ends = np.cumsum(sizes)
+    cand = np.array([50, 51, 90, 10, 49, 52, 53, 70])  # nearest first
+    cum = np.cumsum(sizes[cand])
+    got = ivf.near_tail((cand, cum), 6, ends, 20, 10)  # head: 50, 51; the next 4 lists' rows: 40
+    assert got.tolist() == [50, 51, 49, 52, 53]  # 90 and 10 lie far: lists within 10 members instead
+    assert ivf.near_tail((cand, cum), 6, ends, 20, 400).tolist() == cand[:6].tolist()  # every gap within 400
+    assert ivf.near_tail((cand, cum), 6, ends, 20, -1).tolist() == cand[:6].tolist()
+    assert ivf.near_tail((cand, cum), 2, ends, 20, 0).tolist() == [50, 51]  # no tail past the head
+    # too few near lists: the near ones only (the probe's rows fall short rather than read far);
+    # near the head itself, not near another list of the tail (53 touches 52, not the head)
+    assert ivf.near_tail((cand, cum), 8, ends, 20, 0).tolist() == [50, 51, 49, 52]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=60),
+    seed=st.integers(0, 1000),
+    k=st.integers(1, 60),
+    keep=st.floats(0.0, 1500.0),
+    gap=st.integers(-1, 200),
+)
+def test_near_tail_is_the_head_and_lists_near_it(sizes, seed, k, keep, gap):
+    """Whatever the ranking: the head (the nearest lists holding ``keep`` rows) in rank
+    order, then only lists within ``gap`` members of a head list, in rank order, stopping
+    once they hold the ``k`` nearest lists' rows."""
+    sz = np.asarray(sizes, np.int64)
+    ends = np.cumsum(sz)
+    cand = np.random.default_rng(seed).permutation(len(sz))
+    cum = np.cumsum(sz[cand])
+    k = min(k, len(cand))
+    got = ivf.near_tail((cand, cum), k, ends, keep, gap)
+    a = int(np.searchsorted(cum, keep)) + 1
+    if gap < 0 or k <= a:
+        assert np.array_equal(got, cand[:k])
+        return
+    assert np.array_equal(got[:a], cand[:a])
+    rank = {int(c): i for i, c in enumerate(cand)}
+    assert all(rank[int(x)] < rank[int(y)] for x, y in zip(got, got[1:]))  # rank order
+    head = cand[:a]
+    for t in got[a:]:
+        st_, en_ = ends[t] - sz[t], ends[t]
+        assert any(min(abs(st_ - ends[h]), abs((ends[h] - sz[h]) - en_)) <= gap for h in head)
+    if len(got) > a:  # stops at the first list of the tail reaching the target
+        assert sz[got[:-1]].sum() < cum[k - 1]
+
+
 @pytest.mark.parametrize("routing", ["shared", "segment"])
 def test_a_pruned_probe_follows_the_query(mem_db, monkeypatch, routing):
     """Unfiltered, ``prune`` (0.5 by default) scans between PRUNE_FLOOR and PRUNE_CAP

@@ -128,7 +128,14 @@ of the vector bytes); format 2 at 2M, noisy 0.965 -> 0.971, mixed 0.929 -> 0.954
 median rows (109k / 113k -> 73k / 86k; cold ANN + include_attributes 14.4 -> 17.4 MB, issue 25's
 5 queries).  Offline first (share of the true top 10 in the lists probed): a distance
 gap of a fixed size did as well on GloVe but has units; a cut relative to the spread between
-the nearest list and the fixed probe's last did worse.
+the nearest list and the fixed probe's last did worse.  Under shared routing the probe's tail
+stays near its head in the file (:func:`near_tail`): past TAIL_KEEP (0.7) x the fixed probe's
+rows, a list is taken only within TAIL_GAP_BYTES (2 MiB) of a nearer one, the others skipped
+for the next near ones, to the same rows.  A far list alone costs a cold query a read through
+the gap before it (a stack's reads are bounded to ``stack.RUNS_MAX`` ranges); 30M mixed, 40
+cold queries on SeaweedFS: mean bytes 1.81% -> 1.37% of the vector bytes, max 12.7% -> 9.0%,
+the same median (0.74%), requests and recall (warm, 100 queries: 0.961 -> 0.960; 10M: 0.960
+both, mean 1.67% -> 1.53%).
 
 Growth: new rows are assigned to the existing book (the hierarchical :meth:`Codebook.assign`,
 no training), so an incremental run costs what its new rows cost.  Lists grow as the
@@ -195,6 +202,11 @@ PRUNE_CAP = 1.5
 #: 94k / 81k rows, where 0.5 with a cap of 2 found 0.960 / 0.977 at 127k / 104k but read ~22 MB
 #: cold in 3 of issue 25's 5 benchmark queries (docs/benchmarks.md, "A query-aware probe")
 SEGMENT_PRUNE_CAP = 3.0
+#: ... and under shared routing, past TAIL_KEEP x its fixed rows, only lists within
+#: TAIL_GAP_BYTES of a nearer one in the file (:func:`near_tail`; < 0: off).  1 MiB read a
+#: little less (30M cold mean 1.29%) for 0.005 of warm recall at 30M; 2 MiB kept it
+TAIL_KEEP = 0.7
+TAIL_GAP_BYTES = 2 << 20
 SHARED_FILL_GAP_BYTES = 96 * 1024
 SCORE_PER_RUN_MAX = 64  # up to this many runs are scored one by one (no copy), more in one call
 SAMPLE_PER_LIST = 64  # k-means training rows per list (GloVe-100: 64 gave recall 0.955 where 32 gave 0.947)
@@ -768,6 +780,31 @@ def pruned(ranked: tuple[np.ndarray, np.ndarray], dist: np.ndarray, lo: float, h
     b = int(np.searchsorted(cum, hi)) + 1
     near = int(np.searchsorted(dist, max(float(dist[0]), 0.0) * (1.0 + eps), side="right"))
     return cand[: max(a, min(near, b))]
+
+
+def near_tail(ranked: tuple[np.ndarray, np.ndarray], k: int, ends: np.ndarray, keep: float, gap: int) -> np.ndarray:
+    """The lists a probe of the ``k`` nearest lists of ``ranked`` takes when its tail must lie
+    near its head in the file (shared routing: book lists stored in list order; ``ends``:
+    where each list ends, in members).  The nearest lists holding ``keep`` rows are taken;
+    past them, in rank order, only lists within ``gap`` members of one of those, until they
+    hold as many rows as the ``k`` nearest.  A far list alone in the file would cost a cold
+    query a request or a read through the gap before it (``stack.RUNS_MAX``); a list next to
+    one already read costs its own bytes only, and is about as near (docs/indexer.md,
+    "Query-aware probe")."""
+    cand, cum = ranked
+    a = int(np.searchsorted(cum, keep)) + 1
+    if k <= a or gap < 0:
+        return cand[:k]
+    en = ends[cand]
+    st = en - (np.diff(cum, prepend=0) if len(cum) else cum)
+    hs, he = np.sort(st[:a]), np.sort(en[:a])  # lists do not overlap: starts and ends sort alike
+    j = np.searchsorted(hs, st[a:])
+    far = np.iinfo(np.int64).max // 4
+    before = st[a:] - np.where(j > 0, he[np.maximum(j - 1, 0)], -far)
+    after = np.where(j < a, hs[np.minimum(j, a - 1)], far) - en[a:]
+    idx = np.concatenate([np.arange(a), a + np.flatnonzero(np.minimum(before, after) <= gap)])
+    rows = np.cumsum(np.diff(cum, prepend=0)[idx])
+    return cand[idx[: int(np.searchsorted(rows, cum[k - 1])) + 1]]
 
 
 def probe_span(need: float, total: int, min_rows: int, cap: float | None = None) -> tuple[float, float]:

@@ -791,6 +791,7 @@ class Generation:
         self.segments = [Segment(self, s) for s in man["segments"]]
         self._terms: dict[str, DfTable | dfblocks.RangedDf] = {}
         self._books: dict[str, tuple[ivf.Book, np.ndarray] | None] = {}
+        self._book_ends: dict[str, np.ndarray] = {}
         self._stacks: dict[str, tuple[stack.Stack, list[int]] | None] = {}
         self._lock = threading.Lock()
 
@@ -814,6 +815,18 @@ class Generation:
         with self._lock:
             self._books[f] = (book, sizes)
         return self._books[f]
+
+    def book_ends(self, f: str) -> np.ndarray:
+        """Where each list of field ``f``'s book ends among the members of every list before
+        it (list order: a stack's, or a segment's lists file), computed once."""
+        with self._lock:
+            ends = self._book_ends.get(f)
+        if ends is None:
+            got = self.book(f)
+            ends = np.cumsum(got[1]) if got is not None else np.zeros(0, np.int64)
+            with self._lock:
+                self._book_ends[f] = ends
+        return ends
 
     def stack(self, f: str, fetch: bool = False) -> tuple[stack.Stack, list[int]] | None:
         """The list-major lists of vector field ``f`` (index/stack.py) and the indexes of the

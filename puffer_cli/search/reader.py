@@ -687,8 +687,9 @@ class IndexedView:
         lists nearest the query (ranked once per query and field, whichever segment asks
         first) until they hold ``ivf.probe_rows`` of its rows (over every segment; divided
         by ``frac``, the share of this segment's rows a filter keeps; ``unfiltered``, with
-        ``prune`` > 0: between half and 1.5x that, as far as ``ivf.pruned`` takes them);
-        nearest first, and sorted (once per query and share)."""
+        ``prune`` > 0: between 0.4x and 1.5x that, as far as ``ivf.pruned`` takes them, and
+        past ``ivf.TAIL_KEEP`` x that only lists near the nearer ones in the file,
+        ``ivf.near_tail``); nearest first, and sorted (once per query and share)."""
         got = self._followed_book(rb.attr, route)
         if got is None:  # not the generation's book: every list
             every = np.arange(route.nlist)
@@ -703,14 +704,19 @@ class IndexedView:
         ent = cache.get(key)  # (the ranking, {prefix length: its lists sorted})
         if ent is None or (len(ent[0][1]) and ent[0][1][-1] < deep and len(ent[0][0]) < book.nlist):
             ent = cache[key] = (book.ranked(rb.array(), sizes, int(math.ceil(deep))), {})
+        tail = prune > 0 and ivf.TAIL_GAP_BYTES >= 0
         if prune > 0:
             cand = ent[0][0][: int(np.searchsorted(ent[0][1], deep)) + 1]
             chosen = ivf.pruned(ent[0], book.metric_distances(rb.array(), cand), lo, deep, prune)
+            if tail:  # past the head, only lists near it in the file (a cold read: no far runs)
+                top = (cand, ent[0][1][: len(cand)])
+                gap = ivf.TAIL_GAP_BYTES // max(1, route.row_bytes)
+                chosen = ivf.near_tail(top, len(chosen), self.gen.book_ends(rb.attr), ivf.TAIL_KEEP * need, gap)
         else:
             chosen = ivf.prefix(ent[0], need)
-        srt = ent[1].get(len(chosen))
+        srt = ent[1].get((len(chosen), tail))  # a prefix, or the near tail's lists: not the same set
         if srt is None:
-            srt = ent[1][len(chosen)] = np.sort(chosen)
+            srt = ent[1][(len(chosen), tail)] = np.sort(chosen)
         return chosen, srt
 
     def _hnsw_candidates(self, seg, index, rb, sel, q, k, frac, metric, n_sel) -> tuple[np.ndarray, int, int]:
