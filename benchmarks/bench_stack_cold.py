@@ -1,6 +1,6 @@
 """Cold unfiltered ANN under shared routing with and without the list-major stack, on SeaweedFS (issue 24).
 
-    python benchmarks/bench_stack_cold.py --store DIR [--ns g] [--truth NPY] [--queries 20] [--work DIR] [--prune d,0] [--stack-only]
+    python benchmarks/bench_stack_cold.py --store DIR [--ns g] [--truth NPY] [--queries 20] [--work DIR] [--prune d,0] [--tail d,-1] [--stack-only]
 
 ``--store``: a local store whose namespace was indexed under shared routing (so its generation
 has a stack: bench_routing's stores, or the 30M mixed set of docs/benchmarks.md); a store of
@@ -15,7 +15,8 @@ GloVe query runs twice against an empty cache, with the stack (its runs read by 
 without it (each segment's lists), interleaved: wall ms, round trips, requests (and per file
 kind), bytes read and their share of the namespace's f32 vector bytes, recall@10 against
 ``--truth`` (top-10 ids per query, as bench_routing and bench_scale save them).  ``--prune``: the
-``ann`` prune values each query runs at, in turn (``ivf.override``; d = the default).
+``ann`` prune values each query runs at, in turn (``ivf.override``; d = the default); ``--tail``:
+the values of ``ivf.TAIL_GAP_BYTES`` likewise (-1: a shared probe's tail not held near its head).
 """
 
 from __future__ import annotations
@@ -126,6 +127,9 @@ def main() -> None:
     ap.add_argument("--bench-data", default=default_data())
     ap.add_argument("--stack-only", action="store_true", help="copy and run the stack path only (less disk)")
     ap.add_argument("--prune", default="d", help="ann prune values to run each query at (d = the default), e.g. d,0")
+    ap.add_argument(
+        "--tail", default="d", help="ivf.TAIL_GAP_BYTES values to run each query at (d = the default), e.g. d,-1"
+    )
     a = ap.parse_args()
     import puffer_cli
     from puffer_cli.index import ivf, manifest, segment
@@ -150,10 +154,11 @@ def main() -> None:
         real = segment.Generation.stack
         paths = ["stack"] if a.stack_only else ["stack", "segments' lists"] if stacked else ["segments' lists"]
         prunes = [None if v == "d" else float(v) for v in a.prune.split(",")]
-        res: dict[tuple[str, float | None], list] = {(m, v): [] for m in paths for v in prunes}
+        tails = [ivf.TAIL_GAP_BYTES if v == "d" else int(float(v)) for v in a.tail.split(",")]
+        res: dict[tuple[str, float | None, int], list] = {(m, v, t): [] for m in paths for v in prunes for t in tails}
         load0 = os.getloadavg()
         for j, q in enumerate(queries):
-            for mode, prune in res:
+            for mode, prune, tail in res:
                 segment.Generation.stack = real if mode == "stack" else (lambda self, f, fetch=False: None)
                 c = cache.configure(tempfile.mkdtemp(prefix="puffer-bench-cold-"))
                 c.background_fetch = False
@@ -162,16 +167,20 @@ def main() -> None:
                 kinds.clear()
                 body = {"rank_by": [field, "ANN", q.tolist()], "top_k": 10, "consistency": {"level": "eventual"}}
                 t = time.perf_counter()
-                with ivf.override(prune=prune):
-                    r = engine.run_query(db.open_namespace(a.ns), body)
+                kept, ivf.TAIL_GAP_BYTES = ivf.TAIL_GAP_BYTES, tail
+                try:
+                    with ivf.override(prune=prune):
+                        r = engine.run_query(db.open_namespace(a.ns), body)
+                finally:
+                    ivf.TAIL_GAP_BYTES = kept
                 ms = (time.perf_counter() - t) * 1000
                 p = r["performance"]
                 hit = len({x["id"] for x in r["rows"]} & set(truth[j].tolist())) if truth is not None else 0
-                res[(mode, prune)].append(
+                res[(mode, prune, tail)].append(
                     (ms, p["object_store_round_trips"], p["object_store_requests"], p["object_store_bytes_read"], hit)
                 )
                 log(
-                    f"q{j} {mode} prune={prune}: {ms:.0f} ms, {p['object_store_round_trips']} RT, {p['object_store_requests']} req, "
+                    f"q{j} {mode} prune={prune} tail={tail}: {ms:.0f} ms, {p['object_store_round_trips']} RT, {p['object_store_requests']} req, "
                 )
                 log(
                     f"    {p['object_store_bytes_read'] / 1e6:.1f} MB, hits {hit}; by file {dict(kinds.most_common(8))}"
@@ -184,16 +193,18 @@ def main() -> None:
         )
         print(f"- {rows:,} rows, {len(man['segments'])} segments; {a.queries} queries, each with an empty cache\n")
         print(
-            "| path | prune | ms p50 | round trips p50 / max | requests p50 / max | MB p50 | of the vector bytes | recall@10 |"
+            "| path | prune | tail gap | ms p50 | round trips p50 / max | requests p50 / max | MB p50 | of the vector bytes "
+            "p50 / mean / p90 / max | recall@10 |"
         )
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
-        for (mode, prune), xs in res.items():
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        for (mode, prune, tail), xs in res.items():
             x = np.array(xs, float)
             rec = f"{x[:, 4].sum() / (10 * len(x)):.3f}" if truth is not None else "-"
+            share = (pct(x[:, 3], 50), x[:, 3].mean(), pct(x[:, 3], 90), x[:, 3].max())
             print(
-                f"| {mode} | {'default' if prune is None else prune} | {pct(x[:, 0], 50):,.0f} | {pct(x[:, 1], 50):.0f} / {x[:, 1].max():.0f} | "
+                f"| {mode} | {'default' if prune is None else prune} | {tail} | {pct(x[:, 0], 50):,.0f} | {pct(x[:, 1], 50):.0f} / {x[:, 1].max():.0f} | "
                 f"{pct(x[:, 2], 50):.0f} / {x[:, 2].max():.0f} | {pct(x[:, 3], 50) / 1e6:.1f} | "
-                f"{pct(x[:, 3], 50) / vec_bytes * 100:.2f}% | {rec} |"
+                f"{' / '.join(f'{v / vec_bytes * 100:.2f}%' for v in share)} | {rec} |"
             )
     finally:
         stop()
