@@ -2,7 +2,7 @@
 
     python benchmarks/bench_sublinear.py --store 2M=STORE:TRUTH --store 10M=STORE:TRUTH
                                          [--store 30M=STORE:TRUTH ...] [--queries 200] [--rounds 3]
-                                         [--warmup 40] [--no-write]
+                                         [--warmup 40] [--no-write] [--lancedb 2M,10M [--work DIR]]
 
 Each ``--store`` is an indexed local store (namespace ``g``) and the exact top-10 ids of the
 first ``--queries`` held-out GloVe queries (``queries.npy`` of the benchmark data) over its rows:
@@ -14,6 +14,10 @@ median), then the growth exponent between sizes, ``log(cost ratio) / log(rows ra
 linear), and a log-log plot ``docs/bench-sublinear.png`` of p50 and rows scanned against rows.
 A label ``NAME@P`` measures its store with the ``ann`` option ``prune`` = P (``ivf.override``;
 e.g. ``10M@0``: the fixed probe), the same store may appear under two labels.
+``--lancedb LABELS``: then, in this run, LanceDB IVF_PQ (sqrt(rows) partitions, 25 sub-vectors,
+refine x10, ``bench_scale.lance``) on those stores' rows (``puffer export`` to parquet under
+``--work``; the whole set passes through memory: 10M takes ~12 GB), the same queries and truth.
+IVF_RQ is not measured: LanceDB takes it only for a dimension count divisible by 8 (GloVe: 100).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -80,6 +85,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data", default=default_data())
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--lancedb", default="", help="labels whose rows LanceDB IVF_PQ indexes too, e.g. 2M,10M")
+    ap.add_argument("--work", default="/tmp/puffer-sublinear", help="--lancedb's exported rows and tables")
     a = ap.parse_args()
     import puffer_cli
     from puffer_cli.index import ivf
@@ -155,8 +162,45 @@ def main() -> None:
             )
     if not a.no_write and _plot(res, rows_of):  # (--no-write leaves the docs, the plot too)
         L += ["", "![p50 and rows scanned against rows, log-log](bench-sublinear.png)"]
+    if a.lancedb:
+        L += ["", *_lance_rows([s for s in sets if s[0] in a.lancedb.split(",")], queries, Path(a.work))]
     L.append("")
     publish("\n".join(L) + "\n", START, END, write=not a.no_write)
+
+
+def _lance_rows(sets: list, queries: np.ndarray, work: Path) -> list[str]:
+    """LanceDB IVF_PQ on each distinct store's rows (exported), the same queries and truth."""
+    from puffer_cli.jobs.export import export
+
+    from bench_scale import LANCE_PROBES, lance
+
+    out = [
+        "LanceDB in the same run, on each store's rows (exported by `puffer export`), the same queries and truth",
+        "(IVF_PQ, sqrt(rows) partitions, 25 sub-vectors, `refine_factor` 10; build s on the first row):",
+        "",
+        "| set | rows | LanceDB index | build s | recall@10 | p50 ms | p99 ms | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    done = set()
+    for label, store, ns, truth, n, _prune in sets:
+        if store in done:
+            continue
+        done.add(store)
+        d = work / label.split("@", 1)[0]
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        log(f"{label}: exporting {n:,} rows for LanceDB")
+        export(ns, str(d / "rows.parquet"), "parquet")
+        for name, secs, rec, p50, p99 in lance(
+            [d / "rows.parquet"], queries, truth, d, probes=(*LANCE_PROBES, (160, 10))
+        ):
+            b = f"{secs:.1f}" if secs is not None else ""
+            out.append(
+                f"| {label} | {n:,} | {name} | {b} | {rec:.3f} | {p50:.2f} | {p99:.2f} | {os.getloadavg()[0]:.1f} |"
+            )
+            log(out[-1])
+        shutil.rmtree(d, ignore_errors=True)
+    return out
 
 
 def _plot(res: dict, rows_of: dict) -> bool:
