@@ -795,15 +795,16 @@ def near_tail(ranked: tuple[np.ndarray, np.ndarray], k: int, ends: np.ndarray, k
     a = int(np.searchsorted(cum, keep)) + 1
     if k <= a or gap < 0:
         return cand[:k]
+    sizes = np.diff(cum, prepend=0)
     en = ends[cand]
-    st = en - (np.diff(cum, prepend=0) if len(cum) else cum)
+    st = en - sizes
     hs, he = np.sort(st[:a]), np.sort(en[:a])  # lists do not overlap: starts and ends sort alike
     j = np.searchsorted(hs, st[a:])
     far = np.iinfo(np.int64).max // 4
     before = st[a:] - np.where(j > 0, he[np.maximum(j - 1, 0)], -far)
     after = np.where(j < a, hs[np.minimum(j, a - 1)], far) - en[a:]
     idx = np.concatenate([np.arange(a), a + np.flatnonzero(np.minimum(before, after) <= gap)])
-    rows = np.cumsum(np.diff(cum, prepend=0)[idx])
+    rows = np.cumsum(sizes[idx])
     return cand[idx[: int(np.searchsorted(rows, cum[k - 1])) + 1]]
 
 

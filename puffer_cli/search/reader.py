@@ -701,7 +701,7 @@ class IndexedView:
         lo, deep = ivf.probe_span(need, total, opts["probe_min_rows"]) if prune > 0 else (need, need)
         key = (rb.attr, rb.array().tobytes())
         cache = self.__dict__.setdefault("_ranked", {})
-        ent = cache.get(key)  # (the ranking, {prefix length: its lists sorted})
+        ent = cache.get(key)  # (the ranking, {(lists, near tail): those lists sorted})
         if ent is None or (len(ent[0][1]) and ent[0][1][-1] < deep and len(ent[0][0]) < book.nlist):
             ent = cache[key] = (book.ranked(rb.array(), sizes, int(math.ceil(deep))), {})
         tail = prune > 0 and ivf.TAIL_GAP_BYTES >= 0
@@ -711,7 +711,8 @@ class IndexedView:
             if tail:  # past the head, only lists near it in the file (a cold read: no far runs)
                 top = (cand, ent[0][1][: len(cand)])
                 gap = ivf.TAIL_GAP_BYTES // max(1, route.row_bytes)
-                chosen = ivf.near_tail(top, len(chosen), self.gen.book_ends(rb.attr), ivf.TAIL_KEEP * need, gap)
+                keep = max(ivf.TAIL_KEEP * need, lo)  # never under the pruned probe's floor
+                chosen = ivf.near_tail(top, len(chosen), self.gen.book_ends(rb.attr), keep, gap)
         else:
             chosen = ivf.prefix(ent[0], need)
         srt = ent[1].get((len(chosen), tail))  # a prefix, or the near tail's lists: not the same set
