@@ -314,7 +314,11 @@ def _dead_port() -> int:
     return port
 
 
-def test_dead_endpoint_is_one_store_error_within_the_deadline(capsys):
+def test_dead_endpoint_is_one_store_error_within_the_deadline(capsys, monkeypatch):
+    # credentials of its own: without them the missing credentials are the error, whether or not
+    # this worker started the moto server (which sets them) before
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     endpoint = f"http://127.0.0.1:{_dead_port()}"
     t0 = time.monotonic()
     code = main(["wal-inspect", "n", "--store", f"s3://puffer-test/{uuid.uuid4().hex}", "--s3-endpoint", endpoint])
