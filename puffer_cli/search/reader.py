@@ -527,7 +527,7 @@ class IndexedView:
         got = None if route.book is None else self._followed_book(f, route)
         if got is None:
             return ivf.unfiltered_rows(seg.rows, opts)
-        total = self._book_total(f, got[1])
+        total = self._book_total(f)
         return ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) * seg.rows / max(1, total)
 
     def _ivf_options(self, f: str, shared: bool) -> dict:
@@ -553,13 +553,10 @@ class IndexedView:
         got = self.gen.book(f)
         return got if got is not None and got[0].id == route.book else None
 
-    def _book_total(self, f: str, sizes: np.ndarray) -> int:
-        """Members of every list of field ``f``'s book (summed once per query)."""
-        cache = self.__dict__.setdefault("_book_totals", {})
-        got = cache.get(f)
-        if got is None:
-            got = cache[f] = int(sizes.sum())
-        return got
+    def _book_total(self, f: str) -> int:
+        """Members of every list of field ``f``'s book (where its last list ends)."""
+        ends = self.gen.book_ends(f)
+        return int(ends[-1]) if len(ends) else 0
 
     def stack_plan(self, rb, filt, k: int, metric) -> tuple[list[int], Callable[[], dict]] | None:
         """ANN under shared routing with a list-major stack (index/stack.py): the segments it
@@ -609,7 +606,7 @@ class IndexedView:
         got = self._followed_book(rb.attr, st.route)
         assert got is not None  # stack_plan: the stack follows the generation's book
         book, sizes = got
-        total = self._book_total(rb.attr, sizes)
+        total = self._book_total(rb.attr)
         rows = int(st.bases[-1])
         frac = sum(len(h) for h in hits) / max(1, rows)
         base = ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) * rows / total
@@ -677,7 +674,7 @@ class IndexedView:
         got = None if route.book is None else self._followed_book(rb.attr, route)
         if got is None:
             return False
-        total = self._book_total(rb.attr, got[1])
+        total = self._book_total(rb.attr)
         return ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) < total
 
     def _shared_lists(
@@ -695,7 +692,7 @@ class IndexedView:
             every = np.arange(route.nlist)
             return every, every
         book, sizes = got
-        total = self._book_total(rb.attr, sizes)
+        total = self._book_total(rb.attr)
         need = min(total, ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) / max(frac, 1e-9))
         prune = opts["prune"] if unfiltered else 0.0  # a filter's share: a fixed probe (FL.plan's sizing)
         lo, deep = ivf.probe_span(need, total, opts["probe_min_rows"]) if prune > 0 else (need, need)
