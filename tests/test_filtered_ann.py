@@ -380,3 +380,163 @@ def test_cold_plan_skips_a_sliver_the_read_ahead_missed(missing):
         assert fetched == [] and p.scanned < total
     else:
         assert fetched and p.scanned == total
+
+
+# ---------------------------------------------------------------- filter codes (lists4)
+def _probed_bits(monkeypatch) -> list[int]:
+    """The code width of every list probe (``ivf.search``'s route), in call order."""
+    seen: list[int] = []
+    real = ivf.search
+
+    def spy(route, *a, **kw):
+        seen.append(route.bits)
+        return real(route, *a, **kw)
+
+    monkeypatch.setattr(ivf, "search", spy)
+    return seen
+
+
+@pytest.mark.parametrize("cold", [False, True])
+def test_filtered_probes_read_the_filter_codes(s3_db, full_probe, monkeypatch, tmp_path, cold):
+    """Format 2 with int8 codes also writes an int4 copy of its lists (``lists4``, the same
+    members in the same order): filtered probes score it, warm and cold, unfiltered ones keep
+    the int8 lists, and both answer as the exact engine does at a full probe."""
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
+    monkeypatch.setattr(ivf, "FILTER_CODES_MIN_DIMS", 16)
+    monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)
+    rng = np.random.default_rng(12)
+    ns = s3_db.open_namespace("f4")
+    write(ns, clustered(rng, 2000), rng)
+    builder.index_namespace(ns, gc_grace_s=0)
+    meta, _ = ns.read_meta()
+    from puffer_cli.index.manifest import load_manifest
+
+    segs = load_manifest(s3_db.store, meta["index"]["manifest"])["segments"]
+    ents = [s["ann"]["vector"] for s in segs]
+    assert all(e.get("lists4") for e in ents)
+    for e in ents:  # half the bytes of the int8 codes (implicit positions: codes only)
+        assert s3_db.store.size(e["lists4"]["key"]) * 2 == s3_db.store.size(e["lists"]["key"])
+    text = "\n".join(engine.explain(s3_db.open_namespace("f4"), ann(clustered(rng, 1)[0], ["u", "Lt", 30])))
+    assert f"({len(segs)} through their int4 filter codes)" in text and "re-rank <= 500 candidates" in text, (
+        text
+    )  # 10 x the fixture's rerank 50 (> FILTER_RERANK)
+    bits = _probed_bits(monkeypatch)
+    for j, filt in enumerate((["u", "Lt", 3], ["u", "Lt", 30], None)):
+        q = clustered(rng, 1)[0]
+        body = ann(q, filt)
+        want = exact(ns, body)
+        if cold:
+            _cold(tmp_path, f"b{j}")
+        bits.clear()
+        got = engine.run_query(s3_db.open_namespace("f4"), body)
+        assert same(got, want), (filt, strip(got), strip(want))
+        assert bits and set(bits) == ({4} if filt is not None else {8}), (filt, bits)
+        if cold:  # as test_filtered_indexed_equals_exact_cold: a full probe outruns the read-ahead
+            assert got["performance"]["object_store_round_trips"] <= 5, got["performance"]
+
+
+def test_filter_codes_only_for_wide_int8_segment_lists(mem_db, monkeypatch):
+    """No int4 copy under FILTER_CODES_MIN_DIMS dimensions (int4 ranks too coarsely there),
+    for int4 lists (nothing to copy) or under shared routing (its stack is the one list-major
+    file); a filtered query then probes the int8 lists as before."""
+    from puffer_cli.index.manifest import load_manifest
+
+    rng = np.random.default_rng(13)
+
+    def entries(name, **schema):
+        ns = mem_db.open_namespace(name)
+        x = clustered(rng, 600)
+        cols = {"id": list(range(len(x))), "vector": x.round(3).tolist(), "u": rng.integers(0, 100, len(x)).tolist()}
+        w: dict = {"upsert_columns": cols, "distance_metric": "euclidean_squared"}
+        if schema:
+            w["schema"] = {"vector": {"type": "[16]f32", **schema}}
+        ns.write(w)
+        builder.index_namespace(ns, gc_grace_s=0)
+        man = load_manifest(mem_db.store, ns.read_meta()[0]["index"]["manifest"])
+        return [s.get("ann", {}).get("vector", {}) for s in man["segments"]]
+
+    assert not any(e.get("lists4") for e in entries("narrow"))  # 16 < 64 dimensions
+    monkeypatch.setattr(ivf, "FILTER_CODES_MIN_DIMS", 16)
+    assert all(e.get("lists4") for e in entries("wide"))
+    assert not any(e.get("lists4") for e in entries("int4", ann={"codes": "int4"}))
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "shared")
+    assert not any(e.get("lists4") for e in entries("shared"))
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_damaged_filter_codes_are_named_and_repaired(tmp_path, monkeypatch, damage):
+    """A deleted or truncated ``lists4``: a filtered query names the file and the fix
+    (``puffer index --repair``), which rebuilds the segment; the answers come back."""
+    import puffer_cli
+    from puffer_cli.errors import CorruptIndex
+    from puffer_cli.index.manifest import load_manifest
+    from puffer_cli.index.segment import GENS
+    from puffer_cli.store import filecache
+
+    monkeypatch.setattr(ivf, "FILTER_CODES_MIN_DIMS", 16)
+    filecache.configure("")
+    db = puffer_cli.connect(str(tmp_path / "s"))
+    rng = np.random.default_rng(14)
+    ns = db.open_namespace("d4")
+    x = clustered(rng, 800)
+    write(ns, x, rng)
+    builder.index_namespace(ns, gc_grace_s=0)
+    body = ann(x[5], ["u", "Lt", 30])
+    want = exact(ns, body)
+    seg = load_manifest(db.store, ns.read_meta()[0]["index"]["manifest"])["segments"][0]
+    key = seg["ann"]["vector"]["lists4"]["key"]
+    if damage == "delete":
+        db.store.delete(key)
+    else:
+        data = db.store.read(key)
+        db.store.write(key, data[: len(data) // 2])
+    GENS.clear()
+    with monkeypatch.context() as mp:
+        mp.setattr(reader, "EXACT_MAX_ROWS", 0)
+        mp.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+        with pytest.raises(CorruptIndex) as e:
+            engine.run_query(db.open_namespace("d4"), body)
+    assert key in e.value.message and seg["name"] in e.value.message and "--repair" in (e.value.hint or "")
+    rep = puffer_cli.connect(str(tmp_path / "s")).namespace("d4").index(repair=True)
+    assert rep.status == "indexed" and rep.repaired == [seg["name"]], rep
+    GENS.clear()
+    assert same(engine.run_query(db.open_namespace("d4"), body), want)
+
+
+def test_cold_rerank_stays_within_the_request_budget(s3_db, monkeypatch, tmp_path):
+    """A cold filtered query re-ranks FILTER_RERANK x k candidates, fewer (down to the
+    unfiltered ``rerank`` x k) when their reads would take its requests past
+    ``topk.REQUESTS_MAX``; the requests made are the budget's."""
+    from puffer_cli.index import segment
+    from puffer_cli.search import topk
+
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
+    monkeypatch.setattr(ivf, "FILTER_CODES_MIN_DIMS", 16)
+    monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
+    rng = np.random.default_rng(15)
+    ns = s3_db.open_namespace("budget")
+    x = clustered(rng, 3000)
+    write(ns, x, rng)
+    builder.index_namespace(ns, gc_grace_s=0)
+    seen: list[int] = []
+    real = segment.Segment.rerank_rows
+
+    def spy(self, f, pos, also=()):
+        seen.append(len(pos))
+        return real(self, f, pos, also)
+
+    monkeypatch.setattr(segment.Segment, "rerank_rows", spy)
+    body = ann(x[7], ["u", "Lt", 60])
+    counts = {}
+    for cap in (10**6, 0):
+        monkeypatch.setattr(topk, "REQUESTS_MAX", cap)
+        _cold(tmp_path, f"r{cap}")
+        seen.clear()
+        got = engine.run_query(s3_db.open_namespace("budget"), body)
+        assert all(r["id"] is not None for r in got["rows"]) and len(got["rows"]) == 10
+        counts[cap] = sum(seen)
+    assert counts[10**6] >= 10 * ivf.FILTER_RERANK
+    # down to the unfiltered rerank x k (and the candidates tied with the last one: int4 ties)
+    assert 10 * ivf.DEFAULTS["rerank"] <= counts[0] < min(counts[10**6], 10 * ivf.FILTER_RERANK)

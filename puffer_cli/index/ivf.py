@@ -73,6 +73,17 @@ scores only the passing members; a cold query reads at most RUNS_MAX runs per se
 route of a segment's first vector field also holds each list's min / max of up to 8 numeric
 attributes (``liststats.py``), which place a cold query's read-ahead of the lists.
 
+Filter codes (``ivf-{tag}.lists4``, format 2 with int8 codes and at least
+FILTER_CODES_MIN_DIMS dimensions): the same members in the same order as the lists file,
+in int4 codes (:func:`lists_file` with 4 bits, :meth:`Route.filter_copy`).  Filtered probes
+read and score them instead of the int8 lists, warm and cold, and re-rank at least
+FILTER_RERANK x k candidates exactly; unfiltered probes keep the int8 lists.  Why: a
+filtered probe scans several times the members an unfiltered one does (the nearest lists
+holding passing rows), so its cold bytes are mostly codes; int4 halves them, and among
+sparse passing members int4 keeps recall where unfiltered it loses 4-5 points (near
+duplicates compete less).  Their fill gap is counted in int8 members, so they fill the same
+lists.  +50% of the lists' bytes on the bucket.  Measured: docs/benchmarks.md, "Filter codes".
+
 Shared routing (built by default for a namespace of more than AUTO_SHARED_ROWS rows, see
 :func:`decide_routing`; ``PUFFER_IVF_ROUTING=shared`` at any size, ``segment`` never: an IVF
 per segment, format 2 in docs/format-index.md, in a manifest of format 3):
@@ -218,6 +229,12 @@ KIND = "ivf-sq8"
 CODES = ("int8", "int4")  # ``ann.codes``: bits per dimension of the list codes (see "Codes" above)
 INT4_LEVELS = 7  # int4 codes and query codes take -7..7 (numkong's signed nibbles, symmetric)
 INT4_RERANK = 4  # the default ``rerank`` over int4 codes (their order is coarser: see "Codes")
+#: format 2 with int8 codes also writes the lists' int4 copy (``ivf-{tag}.lists4``), which
+#: filtered probes read instead (see "Filter codes" above); a filtered query re-ranks at
+#: least FILTER_RERANK x k candidates
+FILTER_CODES = True
+FILTER_CODES_MIN_DIMS = 64  # ... for vectors of this many dimensions or more (int4 ranks too coarsely in fewer)
+FILTER_RERANK = 6
 
 
 _FORCED: contextvars.ContextVar[tuple[tuple[str, float], ...]] = contextvars.ContextVar("puffer_ivf_forced", default=())
@@ -250,10 +267,11 @@ def codes(spec: dict | None) -> str:
     return c if c in CODES else "int8"
 
 
-def options(spec: dict | None, shared: bool = False) -> dict:
+def options(spec: dict | None, shared: bool = False, filtered: bool = False) -> dict:
     """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
     (stored by an older version) are clamped with a warning rather than failing a build.
-    ``shared``: for a segment following a shared :class:`Book` (format 3, its own defaults)."""
+    ``shared``: for a segment following a shared :class:`Book` (format 3, its own defaults);
+    ``filtered``: for a filtered query (``rerank`` at least FILTER_RERANK: the filter codes)."""
     o: dict[str, float] = dict(DEFAULTS)
     if shared:
         o.update(SHARED_DEFAULTS)
@@ -270,6 +288,8 @@ def options(spec: dict | None, shared: bool = False) -> dict:
             v = DEFAULTS[k]
         v = min(max(v, lo), hi)
         o[k] = int(v) if isinstance(DEFAULTS[k], int) else float(v)
+    if filtered and FILTER_CODES:
+        o["rerank"] = max(int(o["rerank"]), FILTER_RERANK)
     return o
 
 
@@ -556,21 +576,11 @@ def encode(
     book = f.book
     nlist = len(book.centroids) if book is not None else 0
     valid = f.labels >= 0
-    pos = np.flatnonzero(valid).astype(np.uint32)
     lab = f.labels[valid]
-    step = f.scale if bits == 8 else f.scale * 127.0 / INT4_LEVELS
-    lim = 127 if bits == 8 else INT4_LEVELS
-    codes = np.clip(np.rint(_prepare(_rows(mat, valid), f.cosine) / step), -lim, lim).astype(np.int8)
-    if bits == 4:
-        codes = pack4(codes)
+    lists, implicit, step = lists_file(f, mat, bits)
     counts = np.bincount(lab, minlength=nlist) if nlist else np.zeros(0, np.int64)
     offsets = np.zeros(nlist + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
-    order = np.argsort(lab, kind="stable")
-    # rows written in list order (the segment's first vector field): member i is row i, so
-    # the lists file holds the codes only
-    implicit = bool(np.array_equal(pos[order], np.arange(len(pos))))
-    lists = (b"" if implicit else pos[order].astype("<u4").tobytes()) + codes[order].tobytes()
     empty = np.zeros((0, dims), np.float32)
     route = io.BytesIO()
     arrays: dict[str, Any]
@@ -599,8 +609,28 @@ def encode(
         # distance 1, so readers add them as candidates without reading the vectors file
         unindexed=_unindexed(mat, valid),
     )
-    info = {"vectors": int(len(pos)), "lists_n": int(nlist), "max_list": int(counts.max()) if nlist else 0}
+    info = {"vectors": int(len(lab)), "lists_n": int(nlist), "max_list": int(counts.max()) if nlist else 0}
     return route.getvalue(), lists, info
+
+
+def lists_file(f: Fit, mat: np.ndarray, bits: int = 8) -> tuple[bytes, bool, float]:
+    """(lists file, whether member positions are implicit, the code step) of ``mat`` under
+    ``f`` in ``bits``-bit codes: the members in list order, their row positions unless
+    implicit, then their codes.  The int4 file of an int8 route (``bits`` 4) is its filter
+    codes: the same members in the same order (:meth:`Route.filter_copy`)."""
+    valid = f.labels >= 0
+    pos = np.flatnonzero(valid).astype(np.uint32)
+    lab = f.labels[valid]
+    step = f.scale if bits == 8 else f.scale * 127.0 / INT4_LEVELS
+    lim = 127 if bits == 8 else INT4_LEVELS
+    codes = np.clip(np.rint(_prepare(_rows(mat, valid), f.cosine) / step), -lim, lim).astype(np.int8)
+    if bits == 4:
+        codes = pack4(codes)
+    order = np.argsort(lab, kind="stable")
+    # rows written in list order (the segment's first vector field): member i is row i, so
+    # the lists file holds the codes only
+    implicit = bool(np.array_equal(pos[order], np.arange(len(pos))))
+    return (b"" if implicit else pos[order].astype("<u4").tobytes()) + codes[order].tobytes(), implicit, step
 
 
 def _unindexed(mat: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -904,6 +934,21 @@ class Route:
         self.dims = dims
         self.cosine = (metric or "cosine_distance") == "cosine_distance"
         self.c2 = None if self.cosine else np.einsum("ij,ij->i", c32, c32)
+        #: bytes a member counts for in the fill gap (FILL_GAP_BYTES): its row's, but an int8
+        #: member's for the filter codes, which fill the same members as the int8 lists
+        self.gap_unit = 0
+
+    def filter_copy(self) -> Route:
+        """This (int8, format 2) route for its segment's filter codes (``lists4``: the same
+        members in the same order, int4 codes at the int4 step): their lists are ranked and
+        filled as the int8 ones (the fill gap counted in members)."""
+        import copy
+
+        r = copy.copy(self)
+        r.bits = 4
+        r.scale = self.scale * 127.0 / INT4_LEVELS
+        r.gap_unit = self.row_bytes
+        return r
 
     @property
     def nlist(self) -> int:
@@ -1001,7 +1046,7 @@ class Route:
             from puffer_cli.index.ranged import coalesce
 
             gap = SHARED_FILL_GAP_BYTES if self.book is not None else FILL_GAP_BYTES
-            out = coalesce(out, gap=gap // self.row_bytes, extra=fill)
+            out = coalesce(out, gap=gap // (self.gap_unit or self.row_bytes), extra=fill)
         return out
 
     def run_bounds(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

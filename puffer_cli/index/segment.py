@@ -75,7 +75,9 @@ def _files(seg: Segment, what: str, f: str | None) -> list[str]:
         return paged.files(v) if v else []
     if what == "ann":
         a = m.get("ann", {}).get(f) or {}
-        return [a[k] for k in ("key", "route") if a.get(k)] + (paged.files(a["lists"]) if a.get("lists") else [])
+        return [a[k] for k in ("key", "route") if a.get(k)] + [
+            x for k in ("lists", "lists4") if a.get(k) for x in paged.files(a[k])
+        ]
     if what == "sparse":
         sp = m.get("sparse", {}).get(f)
         return paged.files(sp) if sp else []
@@ -506,6 +508,19 @@ class Segment:
         vec, ids, *_ = ranged.parallel(fns, self.store.is_remote)
         return vec, ids
 
+    def rerank_requests(self, f: str, pos: np.ndarray) -> int:
+        """About how many requests :meth:`rerank_rows` of the sorted positions ``pos`` makes:
+        the coalesced ranges of their f32 rows and of their ids (0 for rows at hand)."""
+        v = self.meta.get("vectors", {}).get(f)
+        if v is None or not len(pos) or self.vectors_at_hand(f):
+            return 0
+        n = len(ranged.coalesce(row_ranges(pos, 4 * int(v["dims"]))))
+        with self._lock:
+            opened = self._attrs is not None or self._idv is not None or "id" in self._col
+        if self.meta.get("ids") is not None and not opened and not (self.docs is not None and self.docs_at_hand()):
+            n += len(ranged.coalesce(row_ranges(pos, 8)))
+        return n
+
     def rows_cost(self, pos: np.ndarray, names: list[str]) -> tuple[list[tuple[str, int]], int]:
         """The column chunks (column, group) that :meth:`rows_at` of ``pos`` and ``names``
         would fetch from the store (none when the doc store is at hand or the columns are
@@ -610,20 +625,30 @@ class Segment:
             return self._norms[("zero", f)]
 
     @reports_damage("ann")
-    def ivf(self, f: str) -> tuple[ivf.Route, ivf.Lists] | None:
+    def ivf(self, f: str, filtered: bool = False) -> tuple[ivf.Route, ivf.Lists] | None:
         """The IVF index of field ``f`` (format 2), or None (format-1 HNSW, or no index).
         The route is fetched whole; the lists are memory-mapped when the file is local or
-        cached (or small), else read by ranges per query."""
+        cached (or small), else read by ranges per query.  ``filtered``: the segment's filter
+        codes (``lists4``, int4: ``Route.filter_copy``) where it has them."""
         m = self.meta.get("ann", {}).get(f)
         if m is None or m.get("kind") != ivf.KIND:
             return None
+        which = "lists4" if filtered and m.get("lists4") else "lists"
         with self._lock:
-            got = self._ann.get(f)
-            if got is not None and not got[1].local and paged.at_hand(self.cache, self.store, m["lists"]):
+            slot = f if which == "lists" else (f, which)
+            got = self._ann.get(slot)
+            if got is not None and not got[1].local and paged.at_hand(self.cache, self.store, m[which]):
                 got = None  # fetched meanwhile (background fetch, warm): memory-map it
             if got is None:
-                route = ivf.Route(self.cache.file(self.store, m["route"]).read_bytes(), int(m["dims"]), self.gen.metric)
-                ent = m["lists"]
+                if which == "lists":
+                    route = ivf.Route(
+                        self.cache.file(self.store, m["route"]).read_bytes(), int(m["dims"]), self.gen.metric
+                    )
+                else:
+                    base = self.ivf(f)
+                    assert base is not None
+                    route = base[0].filter_copy()
+                ent = m[which]
                 if paged.at_hand(self.cache, self.store, ent) or ranged.lists_read_whole(route.rows, route.dims):
                     got = (route, ivf.Lists(route, local=paged.whole(self.cache, self.store, ent)))
                 else:
@@ -632,7 +657,7 @@ class Segment:
                         route,
                         ivf.Lists(route, fetch=lambda rs, e=ent: paged.read_ranges(self.cache, self.store, e, rs, 0.0)),
                     )
-                self._ann[f] = got
+                self._ann[slot] = got
             return got
 
     @reports_damage("ann")
@@ -762,8 +787,11 @@ class Segment:
         for f, m in self.meta.get("ann", {}).items():
             if m.get("kind") == ivf.KIND:
                 paged.whole(self.cache, self.store, m["lists"])
+                if m.get("lists4"):
+                    paged.whole(self.cache, self.store, m["lists4"])
                 with self._lock:
                     self._ann.pop(f, None)  # reopen memory-mapped
+                    self._ann.pop((f, "lists4"), None)
                 self.ivf(f)
             else:
                 self.ann(f)

@@ -116,7 +116,9 @@ def segment_files(s: dict) -> list[str]:
     for v in s.get("vectors", {}).values():
         out += paged.files(v)
     for v in s.get("ann", {}).values():
-        out += [v[k] for k in ("key", "route") if v.get(k)] + (paged.files(v["lists"]) if v.get("lists") else [])
+        out += [v[k] for k in ("key", "route") if v.get(k)] + [
+            x for k in ("lists", "lists4") if v.get(k) for x in paged.files(v[k])
+        ]
     for v in s.get("sparse", {}).values():
         out += paged.files(v)
     for v in s.get("mv", {}).values():
@@ -242,6 +244,8 @@ def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, pro
     crash("mid_segment")
     opts = ivf.build_options(schema[f])
     bits = 4 if opts.get("codes") == "int4" else 8
+    # the int4 copy filtered probes read (ivf "Filter codes"): format 2, int8, wide vectors
+    filter_codes = book is None and bits == 8 and ivf.FILTER_CODES and dims >= ivf.FILTER_CODES_MIN_DIMS
     note(progress, f"ivf {f}", 0, frame.height)
     if book is not None:
         route, lists, info = ivf.encode(fit or book.fit(mat), mat, book.id, bits=bits)
@@ -261,6 +265,9 @@ def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, pro
         "dims": dims,
         "sig": ann_sig(schema[f], metric),
     }
+    if filter_codes:
+        del lists
+        ann["lists4"] = paged.put(w, key(f"ivf-{tag}.lists4"), ivf.lists_file(fit, mat, 4)[0])
     note(progress, f"ivf {f}", frame.height, frame.height)
     return vectors, ann
 

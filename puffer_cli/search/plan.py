@@ -63,7 +63,7 @@ def plan_lines(view, q) -> list[str]:
         + (" + WAL listing" if view.tail is not None else ""),
     ]
     groups = total = fbytes = 0
-    lists_ahead = exact = ivf_segs = 0
+    lists_ahead = exact = ivf_segs = codes4 = 0
     probe_rows = 0
     pruned = False  # an unfiltered probe sized per query (ivf.pruned): the figure is the fixed probe's
     for seg in segs:
@@ -102,6 +102,7 @@ def plan_lines(view, q) -> list[str]:
                     ranged = view.gen.store.is_remote and not RG.lists_read_whole(seg.rows, int(iv.get("dims", 0)))
                     if bound is not None and ranged:
                         lists_ahead += 1
+                    codes4 += int(bound is not None and bool(iv.get("lists4")))
     if kind == "vector":
         mid = []
         if fcols:
@@ -111,11 +112,12 @@ def plan_lines(view, q) -> list[str]:
                 f"IVF lists of {ivf_segs} segment(s), ~{probe_rows:,} members probed"
                 + (f" (per query {ivf.PRUNE_FLOOR:g}x to {ivf.SEGMENT_PRUNE_CAP:g}x that: ann prune)" if pruned else "")
                 + (f" ({lists_ahead} read ahead of the filter's mask: estimated selectivity)" if lists_ahead else "")
+                + (f" ({codes4} through their int4 filter codes)" if codes4 else "")
             )
         if exact:
             mid.append(f"{exact} segment(s) searched exactly: the filtered rows' vectors and ids")
         out.append("  round trip 3: " + "; ".join(mid or ["IVF lists"]))
-        opts = ivf.options(view.schema.get(rb.attr))
+        opts = ivf.options(view.schema.get(rb.attr), filtered=bound is not None)
         ret = f" + returned attributes {returned} of their row groups" if returned != ["id"] and returned else ""
         out.append(
             f"  round trip 4: re-rank <= {k * int(opts['rerank'])} candidates: exact f32 vectors + ids{ret} "

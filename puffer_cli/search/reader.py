@@ -383,7 +383,8 @@ class IndexedView:
         from puffer_cli.search import filtered as FL
 
         q = rb.array()
-        iv = seg.ivf(rb.attr)
+        filtered_ann = filt is not None and rb.method == "ANN"
+        iv = seg.ivf(rb.attr, filtered_ann)  # a filter: the filter codes, where the segment has them
         index = seg.ann(rb.attr) if iv is None else None
         frac = n_sel / max(1, seg.rows)
         few = filt is not None and n_sel <= max(EXACT_MAX_ROWS, EXACT_MAX_FRACTION * seg.rows)
@@ -392,7 +393,7 @@ class IndexedView:
         plan = None
         if iv is not None:
             route, lists = iv
-            opts = self._ivf_options(rb.attr, route.book is not None)
+            opts = self._ivf_options(rb.attr, route.book is not None, filt is not None)
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
             if filt is not None and rb.method == "ANN" and not warm_exact and self._ranks_lists(rb.attr, route):
@@ -480,7 +481,7 @@ class IndexedView:
         from puffer_cli.filters import bind_filter
         from puffer_cli.search import filtered as FL
 
-        iv = seg.ivf(rb.attr)
+        iv = seg.ivf(rb.attr, True)  # the filter codes, where the segment has them
         if iv is None or iv[1].fetcher() is None or seg.rows == 0 or seg.docs is None:
             return None
         route = iv[0]
@@ -496,7 +497,7 @@ class IndexedView:
         if share == 0:
             return None
         est *= LISTS_AHEAD_MARGIN
-        opts = self._ivf_options(rb.attr, route.book is not None)
+        opts = self._ivf_options(rb.attr, route.book is not None, True)
         matches = ivf.list_matches(route, None, can)
         if matches is None:
             return None
@@ -530,13 +531,13 @@ class IndexedView:
         total = self._book_total(f)
         return ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) * seg.rows / max(1, total)
 
-    def _ivf_options(self, f: str, shared: bool) -> dict:
+    def _ivf_options(self, f: str, shared: bool, filtered: bool = False) -> dict:
         """``ivf.options`` of field ``f``, once per query (a 30M namespace has 30 segments)."""
         cache = self.__dict__.setdefault("_opts", {})
-        key = (f, shared, ivf.forced())
+        key = (f, shared, filtered, ivf.forced())
         got = cache.get(key)
         if got is None:
-            got = cache[key] = ivf.options(self.schema.get(f), shared=shared)
+            got = cache[key] = ivf.options(self.schema.get(f), shared=shared, filtered=filtered)
         return got
 
     def _ranks_lists(self, f: str, route) -> bool:

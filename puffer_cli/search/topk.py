@@ -150,6 +150,37 @@ def _best_overall(cands: list[tuple[np.ndarray, np.ndarray | None]], want: int) 
     return [p if d is None else p[d <= cut] for p, d in cands]
 
 
+#: a cold filtered ANN query re-ranks fewer candidates (down to the unfiltered ``rerank``) when
+#: reading theirs would take its requests past this (issue 24: <= 200 a query; its lists took
+#: most), less REQUESTS_SLACK for what the estimate misses (ranges split at file parts: moto,
+#: 2M, 20 queries a filter, budgeted at 200: up to 203)
+REQUESTS_MAX = 200
+REQUESTS_SLACK = 8
+
+
+def _within_requests(view, f: str, pairs, keep: list[np.ndarray], kk: int) -> list[np.ndarray]:
+    """``keep`` (the re-rank candidates per segment), cut by ``kk`` at a time in approximate
+    distance order, down to the unfiltered ``rerank x kk``, while their reads
+    (``Segment.rerank_requests``) and the query's requests so far exceed REQUESTS_MAX."""
+    from puffer_cli.store import current_io
+
+    io = current_io()
+    if io is None:
+        return keep
+    segs = view.gen.segments
+    floor = kk * ivf.options(view.schema.get(f))["rerank"]
+    want = sum(len(p) for p in keep)
+
+    def over(k: list[np.ndarray]) -> bool:
+        left = REQUESTS_MAX - REQUESTS_SLACK - io.requests
+        return sum(segs[i].rerank_requests(f, np.sort(p)) for i, p in enumerate(k)) > left
+
+    while want > floor and over(keep):
+        want = max(floor, want - kk)
+        keep = _best_overall(pairs, want)
+    return keep
+
+
 def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     """(result, rows scored exactly, candidates) of a :func:`vector_eligible` query on ``view``."""
     rb = q.rank_by
@@ -191,7 +222,10 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     by_seg = dict(got[0]) if plan is not None else {}
     by_seg.update(zip(rest, got[1:] if plan is not None else got))
     cands = [by_seg[i] for i in range(n)]
-    keep = _best_overall([(c[0], c[3]) for c in cands], kk * ivf.options(view.schema.get(rb.attr))["rerank"])
+    pairs = [(c[0], c[3]) for c in cands]
+    keep = _best_overall(pairs, kk * ivf.options(view.schema.get(rb.attr), filtered=q.filters is not None)["rerank"])
+    if q.filters is not None and remote:
+        keep = _within_requests(view, rb.attr, pairs, keep, kk)
     also = _attribute_prefetch(view, q, keep)
     done = RG.parallel([partial(rerank, i, keep[i], also[i]) for i in range(n)], remote)
     exhaustive = sum(c[1] for c in cands)
