@@ -22,7 +22,8 @@ gives the "before" column beside the "after":
 * cold: the WAL copied once into a moto bucket (moto in its own process, loopback) and
   indexed there;
   per query a fresh cache directory and cleared in-process caches; ``performance``'s
-  requests, round trips and bytes read, % of the namespace's f32 vector bytes, wall ms.
+  requests, round trips and bytes read (median and max), % of the namespace's f32 vector
+  bytes, wall ms, recall@10 against the same exact filtered top-10.
 
 ``--lancedb``: for reference, in the same run, a LanceDB table of the same rows (``id``, ``vector``,
 ``u``, ``c``; local, ``--work``/lancedb-COPIES, reused when present) with an IVF_PQ index (cosine,
@@ -175,8 +176,8 @@ def child(a) -> None:
     if a.endpoint:
         db = puffer_cli.connect("s3://bench/filtered", s3_endpoint=a.endpoint)
         for name, (filt, _w) in FILTERS.items():
-            rows = []
-            for q in queries[: a.cold_queries]:
+            rows, hits = [], 0
+            for j, q in enumerate(queries[: a.cold_queries]):
                 c = cache.configure(tempfile.mkdtemp(prefix="puffer-cold-"))
                 c.background_fetch = False
                 segment.GENS.clear()
@@ -192,6 +193,7 @@ def child(a) -> None:
                 rows.append(
                     (ms, p["object_store_round_trips"], p["object_store_requests"], p["object_store_bytes_read"])
                 )
+                hits += len({int(x["id"]) for x in r["rows"]} & set(truth[name][j].tolist()))
                 shutil.rmtree(c.root, ignore_errors=True)
             arr = np.asarray(rows, dtype=np.float64)
             out["cold"][name] = {
@@ -200,6 +202,8 @@ def child(a) -> None:
                 "requests": float(np.median(arr[:, 2])),
                 "requests_max": int(arr[:, 2].max()),
                 "bytes": float(np.median(arr[:, 3])),
+                "bytes_max": float(arr[:, 3].max()),
+                "recall": hits / (10 * len(arr)),
             }
             log(f"  cold {name}: {out['cold'][name]}")
     print(json.dumps(out))
@@ -450,14 +454,17 @@ def render(a, n: int, build, results: dict, load0, load1) -> str:
             f"Cold on moto (own process, loopback), empty cache per query, {a.cold_queries} queries per row; "
             f"vector bytes = {vb / 1e6:,.0f} MB (f32):",
             "",
-            "| code | filter | wall ms (median) | round trips (max) | requests (median / max) | MB read (median) | % of vector bytes |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| code | filter | recall@10 | wall ms (median) | round trips (max) | requests (median / max) "
+            "| MB read (median / max) | % of vector bytes (median / max) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for r in results.values():
             for name, c in r["cold"].items():
+                mx = c.get("bytes_max", c["bytes"])
                 L.append(
-                    f"| {r['rev'][:7]} | {name} | {c['ms']:.0f} | {c['round_trips_max']} | "
-                    f"{c['requests']:.0f} / {c['requests_max']} | {c['bytes'] / 1e6:.2f} | {c['bytes'] / vb * 100:.2f}% |"
+                    f"| {r['rev'][:7]} | {name} | {c.get('recall', float('nan')):.3f} | {c['ms']:.0f} | "
+                    f"{c['round_trips_max']} | {c['requests']:.0f} / {c['requests_max']} | "
+                    f"{c['bytes'] / 1e6:.2f} / {mx / 1e6:.2f} | {c['bytes'] / vb * 100:.2f}% / {mx / vb * 100:.2f}% |"
                 )
     return "\n".join(L) + "\n\n"
 
