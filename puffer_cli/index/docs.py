@@ -20,6 +20,7 @@ import re
 import numpy as np
 import polars as pl
 
+from puffer_cli.index import npyfile
 from puffer_cli.schema import spec as S
 
 ATTRS = "attrs.arrow"
@@ -128,7 +129,7 @@ def alive_mask(rows: int, dead: np.ndarray | None) -> np.ndarray:
 
 def read_tomb(data: bytes) -> np.ndarray:
     try:
-        out = np.load(io.BytesIO(data), allow_pickle=False)
+        out = npyfile.load_npy(data)
     except (OSError, ValueError, EOFError) as e:
         raise corrupt("tombstones", e) from None
     if not isinstance(out, np.ndarray) or out.ndim != 1 or out.dtype.kind not in "iu":

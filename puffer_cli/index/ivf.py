@@ -187,7 +187,7 @@ from typing import Any
 import numpy as np
 
 from puffer_cli import cores
-from puffer_cli.index import liststats
+from puffer_cli.index import liststats, npyfile
 
 log = logging.getLogger("puffer.index.ivf")
 
@@ -719,7 +719,7 @@ class Book:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Book:
-        z = np.load(io.BytesIO(data), allow_pickle=False)
+        z = npyfile.load_npz(data)
         cosine = bool(z["cosine"])
         if "centroids_i8" in z.files:  # int8 rows with a scale each (books before: float32)
             c = (
@@ -903,7 +903,7 @@ class Route:
     """The routing structure of one field of one segment (see the module docstring)."""
 
     def __init__(self, data: bytes, dims: int, metric: str | None):
-        z = np.load(io.BytesIO(data), allow_pickle=False)
+        z = npyfile.load_npz(data)
         #: the shared :class:`Book` this segment's lists follow (format 3), None: own centroids
         self.book: str | None = str(z["book"]) if "book" in z.files else None
         self._book: Book | None = None  # the Book itself, once attached (:meth:`attach`)

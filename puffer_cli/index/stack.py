@@ -38,7 +38,7 @@ from typing import Protocol
 import numpy as np
 
 from puffer_cli import cores
-from puffer_cli.index import ivf, ranged
+from puffer_cli.index import ivf, npyfile, ranged
 
 
 class Sink(Protocol):
@@ -198,7 +198,7 @@ class Stack:
         fetch: Callable[[list], list] | None = None,
         part_bytes: int | None = None,
     ):
-        z = np.load(io.BytesIO(route_file), allow_pickle=False)
+        z = npyfile.load_npz(route_file)
         self.offsets = np.concatenate([[0], np.cumsum(z["counts"], dtype=np.int64)])
         self.bases = np.asarray(z["bases"], np.int64)
         self.code_bytes = int(z["code_bytes"])

@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from puffer_cli import limits as L
+from puffer_cli.index import npyfile
 from puffer_cli.query import parse as Q
 from puffer_cli.schema import multivec as MVS
 from puffer_cli.schema import types
@@ -209,7 +210,7 @@ class _SegIndex:
 
     def offsets(self) -> np.ndarray:
         if self._offsets is None:
-            self._offsets = np.load(self.seg.cache.file(self.seg.store, self.ent["offsets"]))
+            self._offsets = npyfile.load_npy(self.seg.cache.file(self.seg.store, self.ent["offsets"]))
         return self._offsets
 
     def ivf(self):
@@ -235,7 +236,7 @@ class _SegIndex:
         if ent is None:
             return None
         if self._plaid is None:
-            z = np.load(self.seg.cache.file(self.seg.store, ent["key"]), allow_pickle=False)
+            z = npyfile.load_npz(self.seg.cache.file(self.seg.store, ent["key"]))
             self._plaid = (np.ascontiguousarray(z["centroids"], np.float32), np.ascontiguousarray(z["codes"]))
         return self._plaid
 
