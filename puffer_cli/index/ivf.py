@@ -77,12 +77,14 @@ Filter codes (``ivf-{tag}.lists4``, format 2 with int8 codes and at least
 FILTER_CODES_MIN_DIMS dimensions): the same members in the same order as the lists file,
 in int4 codes (:func:`lists_file` with 4 bits, :meth:`Route.filter_copy`).  Filtered probes
 read and score them instead of the int8 lists, warm and cold, and re-rank at least
-FILTER_RERANK x k candidates exactly; unfiltered probes keep the int8 lists.  Why: a
+FILTER_RERANK x k candidates exactly (a cold query fewer where their reads would pass its
+request budget, ``search/topk.py``); unfiltered probes keep the int8 lists.  Why: a
 filtered probe scans several times the members an unfiltered one does (the nearest lists
-holding passing rows), so its cold bytes are mostly codes; int4 halves them, and among
-sparse passing members int4 keeps recall where unfiltered it loses 4-5 points (near
-duplicates compete less).  Their fill gap is counted in int8 members, so they fill the same
-lists.  +50% of the lists' bytes on the bucket.  Measured: docs/benchmarks.md, "Filter codes".
+holding passing rows), so its cold bytes are mostly codes; int4 halves them.  Among sparse
+passing members int4 keeps recall with a deeper re-rank (2M, warm, 3% / 10% filters: 0.908 /
+0.893 at re-rank 2, 0.962 / 0.957 at 6, int8 at 2: 0.962 / 0.961).  Their fill gap is
+counted in int8 members, so they fill the same lists.  +50% of the lists' bytes on the
+bucket.  Measured: docs/benchmarks.md, "Filter codes".
 
 Shared routing (built by default for a namespace of more than AUTO_SHARED_ROWS rows, see
 :func:`decide_routing`; ``PUFFER_IVF_ROUTING=shared`` at any size, ``segment`` never: an IVF
