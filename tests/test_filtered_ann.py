@@ -441,6 +441,7 @@ def test_filter_codes_only_for_wide_int8_segment_lists(mem_db, monkeypatch):
     file); a filtered query then probes the int8 lists as before."""
     from puffer_cli.index.manifest import load_manifest
 
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
     rng = np.random.default_rng(13)
 
     def entries(name, **schema):
@@ -473,6 +474,7 @@ def test_damaged_filter_codes_are_named_and_repaired(tmp_path, monkeypatch, dama
     from puffer_cli.index.segment import GENS
     from puffer_cli.store import filecache
 
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
     monkeypatch.setattr(ivf, "FILTER_CODES_MIN_DIMS", 16)
     filecache.configure("")
     db = puffer_cli.connect(str(tmp_path / "s"))

@@ -232,8 +232,8 @@ CODES = ("int8", "int4")  # ``ann.codes``: bits per dimension of the list codes 
 INT4_LEVELS = 7  # int4 codes and query codes take -7..7 (numkong's signed nibbles, symmetric)
 INT4_RERANK = 4  # the default ``rerank`` over int4 codes (their order is coarser: see "Codes")
 #: format 2 with int8 codes also writes the lists' int4 copy (``ivf-{tag}.lists4``), which
-#: filtered probes read instead (see "Filter codes" above); a filtered query re-ranks at
-#: least FILTER_RERANK x k candidates
+#: filtered probes read instead (see "Filter codes" above); a filtered query over them
+#: re-ranks at least FILTER_RERANK x k candidates
 FILTER_CODES = True
 FILTER_CODES_MIN_DIMS = 64  # ... for vectors of this many dimensions or more (int4 ranks too coarsely in fewer)
 FILTER_RERANK = 6
@@ -269,11 +269,11 @@ def codes(spec: dict | None) -> str:
     return c if c in CODES else "int8"
 
 
-def options(spec: dict | None, shared: bool = False, filtered: bool = False) -> dict:
+def options(spec: dict | None, shared: bool = False, filter_codes: bool = False) -> dict:
     """Build/search options from an attribute's ``ann`` entry; values outside BOUNDS
     (stored by an older version) are clamped with a warning rather than failing a build.
     ``shared``: for a segment following a shared :class:`Book` (format 3, its own defaults);
-    ``filtered``: for a filtered query (``rerank`` at least FILTER_RERANK: the filter codes)."""
+    ``filter_codes``: for a filtered probe of filter codes (``rerank`` at least FILTER_RERANK)."""
     o: dict[str, float] = dict(DEFAULTS)
     if shared:
         o.update(SHARED_DEFAULTS)
@@ -290,7 +290,7 @@ def options(spec: dict | None, shared: bool = False, filtered: bool = False) -> 
             v = DEFAULTS[k]
         v = min(max(v, lo), hi)
         o[k] = int(v) if isinstance(DEFAULTS[k], int) else float(v)
-    if filtered and FILTER_CODES:
+    if filter_codes:
         o["rerank"] = max(int(o["rerank"]), FILTER_RERANK)
     return o
 
@@ -939,6 +939,7 @@ class Route:
         #: bytes a member counts for in the fill gap (FILL_GAP_BYTES): its row's, but an int8
         #: member's for the filter codes, which fill the same members as the int8 lists
         self.gap_unit = 0
+        self.filter_codes = False  # this route reads the filter codes (:meth:`filter_copy`)
 
     def filter_copy(self) -> Route:
         """This (int8, format 2) route for its segment's filter codes (``lists4``: the same
@@ -950,6 +951,7 @@ class Route:
         r.bits = 4
         r.scale = self.scale * 127.0 / INT4_LEVELS
         r.gap_unit = self.row_bytes
+        r.filter_codes = True
         return r
 
     @property

@@ -117,7 +117,7 @@ def plan_lines(view, q) -> list[str]:
         if exact:
             mid.append(f"{exact} segment(s) searched exactly: the filtered rows' vectors and ids")
         out.append("  round trip 3: " + "; ".join(mid or ["IVF lists"]))
-        opts = ivf.options(view.schema.get(rb.attr), filtered=bound is not None)
+        opts = ivf.options(view.schema.get(rb.attr), filter_codes=codes4 > 0)
         ret = f" + returned attributes {returned} of their row groups" if returned != ["id"] and returned else ""
         out.append(
             f"  round trip 4: re-rank <= {k * int(opts['rerank'])} candidates: exact f32 vectors + ids{ret} "

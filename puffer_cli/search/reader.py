@@ -393,7 +393,7 @@ class IndexedView:
         plan = None
         if iv is not None:
             route, lists = iv
-            opts = self._ivf_options(rb.attr, route.book is not None, filt is not None)
+            opts = self._ivf_options(rb.attr, route.book is not None, route.filter_codes)
             if ahead is not None and (fetch := lists.fetcher()) is not None:
                 lists = ivf.Lists(route, fetch=ivf.served(ahead, fetch))
             if filt is not None and rb.method == "ANN" and not warm_exact and self._ranks_lists(rb.attr, route):
@@ -497,7 +497,7 @@ class IndexedView:
         if share == 0:
             return None
         est *= LISTS_AHEAD_MARGIN
-        opts = self._ivf_options(rb.attr, route.book is not None, True)
+        opts = self._ivf_options(rb.attr, route.book is not None, route.filter_codes)
         matches = ivf.list_matches(route, None, can)
         if matches is None:
             return None
@@ -531,13 +531,13 @@ class IndexedView:
         total = self._book_total(f)
         return ivf.probe_rows(total, opts["probe"], opts["probe_min_rows"]) * seg.rows / max(1, total)
 
-    def _ivf_options(self, f: str, shared: bool, filtered: bool = False) -> dict:
+    def _ivf_options(self, f: str, shared: bool, filter_codes: bool = False) -> dict:
         """``ivf.options`` of field ``f``, once per query (a 30M namespace has 30 segments)."""
         cache = self.__dict__.setdefault("_opts", {})
-        key = (f, shared, filtered, ivf.forced())
+        key = (f, shared, filter_codes, ivf.forced())
         got = cache.get(key)
         if got is None:
-            got = cache[key] = ivf.options(self.schema.get(f), shared=shared, filtered=filtered)
+            got = cache[key] = ivf.options(self.schema.get(f), shared=shared, filter_codes=filter_codes)
         return got
 
     def _ranks_lists(self, f: str, route) -> bool:

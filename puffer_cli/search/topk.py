@@ -223,8 +223,11 @@ def vector_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     by_seg.update(zip(rest, got[1:] if plan is not None else got))
     cands = [by_seg[i] for i in range(n)]
     pairs = [(c[0], c[3]) for c in cands]
-    keep = _best_overall(pairs, kk * ivf.options(view.schema.get(rb.attr), filtered=q.filters is not None)["rerank"])
-    if q.filters is not None and remote:
+    codes4 = q.filters is not None and any(
+        s.meta.get("ann", {}).get(rb.attr, {}).get("lists4") for s in view.gen.segments
+    )
+    keep = _best_overall(pairs, kk * ivf.options(view.schema.get(rb.attr), filter_codes=codes4)["rerank"])
+    if codes4 and remote:
         keep = _within_requests(view, rb.attr, pairs, keep, kk)
     also = _attribute_prefetch(view, q, keep)
     done = RG.parallel([partial(rerank, i, keep[i], also[i]) for i in range(n)], remote)
