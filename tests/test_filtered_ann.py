@@ -100,8 +100,13 @@ def full_probe(monkeypatch):
     monkeypatch.setitem(ivf.DEFAULTS, "rerank", 50)  # 16-dim int8 codes rank coarsely
 
 
-def test_filtered_indexed_equals_exact(db, full_probe, monkeypatch):
+@pytest.mark.parametrize("codes4", [False, True], ids=["int8", "filter-codes"])
+def test_filtered_indexed_equals_exact(db, full_probe, monkeypatch, codes4):
+    """Every store (local, memory, moto, SeaweedFS), through the int8 lists or the filter codes."""
     monkeypatch.setattr(ranged, "WHOLE_FILE_MAX", 0)  # lists and vectors by range on S3
+    if codes4:
+        monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
+        monkeypatch.setattr(ivf, "FILTER_CODES_MIN_DIMS", 16)
     rng = np.random.default_rng(2)
     ns = db.open_namespace("filt")
     write(ns, clustered(rng, 1500), rng)
