@@ -233,3 +233,33 @@ def test_sigkill_under_shared_routing_then_next_run_completes(store_url):
         assert index_keys(ns) == current_files(ns), point  # no orphans left after GC
         for body in queries(rng)[1:4]:
             assert same(engine.run_query(ns, body), exact(ns, body)), (point, body)
+
+
+@pytest.mark.slow  # SIGKILL (nox -s slow)
+@pytest.mark.parametrize("store_url", ["local"], indirect=True)
+def test_sigkill_after_the_filter_codes(store_url, monkeypatch):
+    """Killed with a segment's filter codes (``lists4``, 64-dim vectors) written and the segment
+    not finished: the next run completes, leaves no orphan, and filtered ANN answers as the
+    exact engine does."""
+    db = fresh(store_url)
+    rng = np.random.default_rng(16)
+    ns = db.open_namespace("fc")
+    x = rng.normal(size=(400, 64)).round(3)
+    cols = {"id": list(range(400)), "vector": x.tolist(), "u": rng.integers(0, 10, 400).tolist()}
+    ns.write({"upsert_columns": cols, "distance_metric": "euclidean_squared"})
+    env = {"PUFFER_INDEX_CRASH_AT": "mid_filter_codes", "PUFFER_INDEX_LEASE_TTL": "1", "PUFFER_IVF_ROUTING": "segment"}
+    await_killed({"mid_filter_codes": run_index(["fc", *store_args(store_url)], env)})
+    assert not ns.read_meta()[0].get("index")  # nothing published
+    ns.write({"upsert_rows": [{"id": 400, "vector": x[0].tolist(), "u": 3}]})
+    monkeypatch.setenv("PUFFER_IVF_ROUTING", "segment")
+    rep = builder.index_namespace(ns, gc_grace_s=0)
+    assert rep.status == "indexed", rep
+    assert index_keys(ns) == current_files(ns)  # the killed run's files collected
+    assert any(k.endswith(".lists4") for k in current_files(ns))
+    body = {
+        "rank_by": ["vector", "ANN", x[5].tolist()],
+        "top_k": 5,
+        "filters": ["u", "Lt", 4],
+        "consistency": {"level": "eventual"},
+    }
+    assert same(engine.run_query(ns, body), exact(ns, body))

@@ -27,6 +27,7 @@ CRASH_POINTS = (
     "after_book",
     "after_cut",
     "mid_segment",
+    "mid_filter_codes",
     "mid_fts",
     "after_segment",
     "after_stack",

@@ -268,6 +268,7 @@ def _write_vectors(w: Writer, key, frame, f: str, schema: dict, metric, fit, pro
     if filter_codes:
         del lists
         ann["lists4"] = paged.put(w, key(f"ivf-{tag}.lists4"), ivf.lists_file(fit, mat, 4)[0])
+        crash("mid_filter_codes")  # the filter codes written, the segment not finished
     note(progress, f"ivf {f}", frame.height, frame.height)
     return vectors, ann
 
