@@ -228,13 +228,21 @@ def test_filtered_recall_is_high_at_any_selectivity(prop_ns, threshold, seed):
     distribution (a row plus noise): a point far from every cluster defeats a probe without
     a floor unfiltered too (recall 0 at seed 18), which is not what this property is about."""
     ns, x, u = prop_ns
+    _recall_holds(ns, x, u, threshold, seed, rerank=10)
+
+
+def _recall_holds(ns, x, u, threshold: int, seed: int, rerank: int | None = None) -> None:
+    """The filtered-recall property: 5 queries near the data, forced through the index
+    (default probe, no floor; ``rerank`` when given): every result passes ``u < threshold``
+    and recall@10 against numpy's exact filtered top-10 is >= 0.9."""
     rng = np.random.default_rng(seed)
     hits, total = 0, 0
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reader, "EXACT_MAX_ROWS", 0)
         mp.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
         mp.setitem(ivf.DEFAULTS, "probe_min_rows", 0)
-        mp.setitem(ivf.DEFAULTS, "rerank", 10)
+        if rerank is not None:
+            mp.setitem(ivf.DEFAULTS, "rerank", rerank)
         for q in x[rng.integers(0, len(x), 5)] + rng.normal(size=(5, x.shape[1])).astype(np.float32):
             got = engine.run_query(ns, ann(q, ["u", "Lt", threshold]))
             ids = [r["id"] for r in got["rows"]]
@@ -277,22 +285,7 @@ def test_filtered_recall_through_filter_codes_is_high_at_any_selectivity(prop_ns
     """The property above through the filter codes (int4, re-rank FILTER_RERANK x k at the
     defaults): every result passes the filter, recall@10 over 5 queries >= 0.9."""
     ns, x, u = prop_ns64
-    rng = np.random.default_rng(seed)
-    hits, total = 0, 0
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reader, "EXACT_MAX_ROWS", 0)
-        mp.setattr(reader, "EXACT_MAX_FRACTION", 0.0)
-        mp.setitem(ivf.DEFAULTS, "probe_min_rows", 0)
-        for q in x[rng.integers(0, len(x), 5)] + rng.normal(size=(5, x.shape[1])).astype(np.float32):
-            got = engine.run_query(ns, ann(q, ["u", "Lt", threshold]))
-            ids = [r["id"] for r in got["rows"]]
-            assert all(u[i] < threshold for i in ids)
-            ok = np.flatnonzero(u < threshold)
-            d = ((x[ok] - q.round(3)) ** 2).sum(1)
-            want = set(ok[np.argsort(d, kind="stable")[:10]].tolist())
-            hits += len(set(ids) & want)
-            total += len(want)
-    assert hits >= 0.9 * total, (threshold, hits, total)
+    _recall_holds(ns, x, u, threshold, seed)
 
 
 def test_cold_exact_fallback_reads_a_bounded_number_of_ranges(s3_db, monkeypatch, tmp_path):
