@@ -3,12 +3,17 @@ exact top k of exhaustive BM25 on larger skewed corpora (many windows, repeated 
 filters, statistics that change between queries); the df table in blocks (``df-1``) round-trips
 and is read by block; the process cache of decoded terms is bounded by bytes; several segments
 pruned in one pass (``prune_many``) keep the exact top k of their union, ties across segments
-included."""
+included, also over many rounds of windows; terms decoded in batches equal their postings, and
+a damaged term is reported through its segment; the terms' window bounds are cached per
+namespace and forgotten with it."""
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from puffer_cli import caches
@@ -44,8 +49,14 @@ def _top(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     k=st.integers(1, 60),
     filt=st.integers(0, 40),
     avg_shift=st.sampled_from([1.0, 0.7]),
+    first=st.sampled_from([64, 1]),
 )
-def test_window_pruning_keeps_the_exact_top_k(seed, n, skew, qw, k, filt, avg_shift):
+def test_window_pruning_keeps_the_exact_top_k(seed, n, skew, qw, k, filt, avg_shift, first):
+    with patch.object(fts_topk, "FIRST_WINDOWS", first):  # 1: many rounds of windows on a small corpus
+        _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift)
+
+
+def _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift):
     vals = _corpus(seed, n, skew)
     data, ent, _all, _new = fts.build_blocks(vals, OPTS)
     bi = fts.BlockIndex(ent, lambda rs: [data[a:b] for a, b in rs])
@@ -84,8 +95,14 @@ def test_window_pruning_keeps_the_exact_top_k(seed, n, skew, qw, k, filt, avg_sh
     k=st.integers(1, 40),
     filt=st.integers(0, 20),
     cuts=st.lists(st.floats(0, 1), max_size=4),
+    first=st.sampled_from([64, 1]),
 )
-def test_segments_pruned_in_one_pass_keep_the_exact_top_k(seed, n, skew, qw, k, filt, cuts):
+def test_segments_pruned_in_one_pass_keep_the_exact_top_k(seed, n, skew, qw, k, filt, cuts, first):
+    with patch.object(fts_topk, "FIRST_WINDOWS", first):
+        _segments_pruned_exact(seed, n, skew, qw, k, filt, cuts)
+
+
+def _segments_pruned_exact(seed, n, skew, qw, k, filt, cuts):
     vals = _corpus(seed, n, skew)
     if seed % 3 == 0:  # copies: ties across segments
         vals = (vals[: n // 3 + 1] * 3)[:n]
@@ -131,8 +148,52 @@ def test_decode_matches_the_blocks_written():
         i = p.vocab[t]
         assert np.array_equal(got[t].rows, p.rows[p.indptr[i] : p.indptr[i + 1]])
         assert np.array_equal(got[t].tf, p.tf[p.indptr[i] : p.indptr[i + 1]])  # tf up to hundreds
-        tb = got[t]
-        assert len(tb.first) == len(tb.bptr) - 1 == (len(tb.rows) + fts_topk.BLOCK - 1) // fts_topk.BLOCK
+
+
+def _blobs(vals):
+    """Every term's encoded postings of a block index of ``vals``: (term, (bytes, blocks, df))."""
+    data, ent, _all, _new = fts.build_blocks(vals, OPTS)
+    bi = fts.BlockIndex(ent, lambda rs: [data[a:b] for a, b in rs])
+    p = B._build_postings(pl.Series(vals, dtype=pl.String), OPTS)
+    ents = bi.entries(p.terms)
+    return p, [(t, (data[ents[t][1] : ents[t][1] + ents[t][2]], ents[t][3], ents[t][0])) for t in p.terms]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 3000), batch=st.sampled_from([1, 300, 1 << 17]))
+def test_terms_decoded_in_batches_equal_their_postings(seed, n, batch):
+    p, blobs = _blobs(_corpus(seed, n, 1.0))
+    with patch.object(fts_topk, "DECODE_POSTINGS", batch):  # 1: a batch a term; 300: a few terms each
+        got = fts_topk.decode_many([b for _t, b in blobs] + [(b"", 0, 0)])
+    assert len(got) == len(blobs) + 1 and len(got[-1][0]) == 0
+    for (t, _b), (rows, tf) in zip(blobs, got):
+        i = p.vocab[t]
+        assert rows.dtype == np.int32 and tf.dtype == np.float32
+        assert np.array_equal(rows, p.rows[p.indptr[i] : p.indptr[i + 1]])
+        assert np.array_equal(tf, p.tf[p.indptr[i] : p.indptr[i + 1]])
+        assert rows.base is None  # its own memory: a cached term does not hold a batch's
+
+
+def test_a_damaged_term_is_named_through_its_segment_and_spares_the_others():
+    vals = [" ".join(["w1"] * (i % 5 + 1) + ["w2"] * (i % 3)) for i in range(1000)]
+    _p, blobs = _blobs(vals)
+    (_t1, (d1, nb1, df1)), (_t2, good) = blobs[0], blobs[1]
+    assert nb1 > 1
+    reported = []
+
+    def damage(e, missing):
+        reported.append((e, missing))
+        return RuntimeError(f"segment damaged: {e}")
+
+    bad_width = bytearray(d1)
+    bad_width[16 * nb1] = 40  # the first block's doc-delta bit width
+    for broken in (d1[:-1], bytes(bad_width), d1 + b"x"):
+        tbs = [fts.TermBlocks(*good, damage), fts.TermBlocks(broken, nb1, df1, damage)]
+        reported.clear()
+        with pytest.raises(RuntimeError, match="segment damaged"):
+            fts.decode_terms(tbs)
+        assert len(reported) == 1 and reported[0][1] is False
+        assert len(tbs[0].rows) == good[2]  # the intact term still decodes (on its own)
 
 
 terms_st = st.lists(st.text(min_size=1, max_size=12), unique=True, max_size=3000)
@@ -229,3 +290,21 @@ def test_cold_bm25_reads_its_dictionary_with_the_manifest(s3_server, tmp_path):
             trips[(hinted, q)] = got["performance"]["object_store_round_trips"]
     assert all(trips[(True, q)] <= 4 for q in ("w1 w7 w30", "w0 w2")), trips
     assert all(trips[(True, q)] < trips[(False, q)] for q in ("w1 w7 w30", "w0 w2")), trips
+
+
+def test_window_bounds_are_kept_per_namespace_and_forgotten_with_it(mem_db):
+    from puffer_cli.index import builder
+    from puffer_cli.search import engine
+
+    ns = mem_db.open_namespace("sc")
+    rows = [{"id": i, "text": f"w{i % 7} w{i % 3} fox"} for i in range(300)]
+    ns.write({"schema": {"text": {"type": "string", "full_text_search": True}}, "upsert_rows": rows})
+    builder.index_namespace(ns, gc_grace_s=0)
+    body = {"rank_by": ["text", "BM25", "w1 fox"], "top_k": 3, "consistency": {"level": "eventual"}}
+    first = engine.run_query(ns, body)["rows"]
+    scope = (mem_db.store.url, "sc")
+    assert [k for k in fts_topk.SCORED if k[:2] == scope]  # the query terms' window bounds
+    hits = fts_topk.SCORED.hits
+    assert engine.run_query(ns, body)["rows"] == first and fts_topk.SCORED.hits > hits  # reused warm
+    caches.forget(mem_db.store, "sc")
+    assert not [k for k in fts_topk.SCORED if k[:2] == scope]

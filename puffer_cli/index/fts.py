@@ -18,6 +18,7 @@ uploaded as its own object under ``{segment}/fts-{tag}/``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -574,23 +575,66 @@ def bm25_bound(max_tf, min_len, idf, k1: float, b: float, avg: float):
 
 
 class TermBlocks:
-    """One term's decoded postings in a segment: rows (ascending, int32), tf (float32), and
-    per block its first and last row, max tf, min document length and index range into rows;
-    ``scored``: its window bounds under the last BM25 parameters used (fts_topk.Scored)."""
+    """One term's postings in a segment: rows (ascending, int32) and tf (float32), decoded on
+    first use, or with other terms in one batch (:func:`decode_terms`); ``serial``: a number
+    no other TermBlocks of this process has, and ``scope``: (store url, namespace) or () (the
+    key of its window bounds, fts_topk.SCORED, which caches.forget drops with the namespace)."""
 
-    __slots__ = ("rows", "tf", "first", "last", "max_tf", "min_len", "bptr", "scored")
+    __slots__ = ("raw", "damage", "df", "serial", "scope", "_rows", "_tf")
 
-    def __init__(self, data: bytes, nblocks: int, df: int):
-        from puffer_cli.index import fts_topk
+    def __init__(self, data: bytes, nblocks: int, df: int, damage=None, scope: tuple = ()):
+        """``damage(error, missing) -> exception``: what a decoding error raises (the segment
+        names the file and the fix)."""
+        self.raw: tuple[bytes, int, int] | None = (data, nblocks, df)
+        self.damage = damage
+        self.df = df
+        self.serial = next(_SERIALS)
+        self.scope = scope
+        self._rows: np.ndarray | None = None
+        self._tf: np.ndarray | None = None
 
-        self.rows, self.tf, self.first, self.last, self.max_tf, self.min_len, self.bptr = fts_topk.decode(
-            data, nblocks, df
-        )
-        self.scored = None
+    @property
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            decode_terms([self])
+        assert self._rows is not None
+        return self._rows
+
+    @property
+    def tf(self) -> np.ndarray:
+        if self._tf is None:
+            decode_terms([self])
+        assert self._tf is not None
+        return self._tf
 
     def nbytes(self) -> int:
-        """Memory held, counting the window bounds it gets when scored (8 bytes a posting)."""
-        return 16 * len(self.rows) + 40 * len(self.first) + 200
+        """Memory held: 8 bytes a posting decoded (its encoded bytes take less)."""
+        return 8 * self.df + 200
+
+
+_SERIALS = itertools.count()
+
+
+def decode_terms(tbs) -> None:
+    """Decode every :class:`TermBlocks` of ``tbs`` not decoded yet, in one batch
+    (fts_topk.decode_many).  Threads may decode the same term twice, never half of it: a term's
+    fields are set together, after its decoding."""
+    from puffer_cli.index import fts_topk
+
+    todo = [tb for tb in tbs if tb.raw is not None]
+    raws = [tb.raw for tb in todo]
+    if any(r is None for r in raws):  # decoded by another thread meanwhile
+        todo, raws = [tb for tb, r in zip(todo, raws) if r is not None], [r for r in raws if r is not None]
+    if not todo:
+        return
+    try:
+        got = fts_topk.decode_many(raws)
+    except fts_topk.Damaged as e:
+        bad = todo[e.at]
+        raise (bad.damage(e, False) if bad.damage is not None else e) from e
+    for tb, (rows, tf) in zip(todo, got):
+        tb._rows, tb._tf = rows, tf
+        tb.raw = tb.damage = None
 
 
 #: decoded terms of every segment, by (store url, namespace, file key, term): warm queries
@@ -724,7 +768,9 @@ class BlockIndex:
             got = self.read([(ent[t][1], ent[t][1] + ent[t][2]) for t in need])
             with self._lock:
                 for t, blob in zip(need, got):
-                    tb = TermBlocks(blob, ent[t][3], ent[t][0])
+                    if len(blob) != ent[t][2]:
+                        raise ValueError(f"{len(blob)} bytes read for term {t!r}, its entry says {ent[t][2]}")
+                    tb = TermBlocks(blob, ent[t][3], ent[t][0], self.damage, tuple(self.cache_key or ())[:2])
                     out[t] = tb
                     self._keep(t, tb)
         return out
@@ -769,6 +815,7 @@ def prune(
     fts_topk.top_rows_many; a query's segments go through :func:`prune_many`)."""
     from puffer_cli.index import fts_topk
 
+    decode_terms(posts.values())
     return fts_topk.top_rows_many([(posts, lens, sel)], weights, idf, k, k1, b, avg)[0]
 
 
@@ -794,6 +841,7 @@ def prune_many(parts: list[PrunePart], k: int) -> list[np.ndarray]:
 
     if not parts:
         return []
+    decode_terms([tb for p in parts for tb in p.posts.values()])  # one batch for every segment
     p0 = parts[0]
     idf: dict[str, float] = {}
     for p in parts:

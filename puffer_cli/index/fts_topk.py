@@ -1,14 +1,17 @@
 """Query side of the full-text block format ``blk-1``: decoding a term's postings, and the exact
 top-k candidates of a BM25 clause by row-window upper bounds.
 
-Decoding (:func:`decode`): every block of a term is read as 128 values at once, each value an
-unaligned little-endian 64-bit load shifted and masked (no bit-by-bit unpacking), so a term of
-``df`` postings costs a dozen numpy passes over ``df`` values.
+Decoding (:func:`decode_many`): every block is read as 128 values at once, each value an
+unaligned little-endian 64-bit load shifted and masked (no bit-by-bit unpacking), and the terms
+a query needs decoded go through those passes together (every segment's, in batches of about
+DECODE_POSTINGS postings): one numpy pass costs ~1-2 us before its data, so decoding ~40 terms
+and segments one by one paid ~70 us each, more than their few thousand postings.
 
 Pruning (:func:`top_rows_many`): the rows of a segment are cut into windows of ``WINDOW`` rows.  For
 a term, its *base score* of a posting is ``tf (k1 + 1) / (tf + k1 (1 - b + b len / avg))``
 (its BM25 score divided by idf), a per-window maximum of it is kept per term (:class:`Scored`,
-computed once per term and statistics, cached on the decoded term).  For a query
+computed over the query's segments in one row space, the query's new terms in one batch, and
+cached by the decoded terms and statistics: :data:`SCORED`).  For a query
 ``sum_t c_t * bm25_t`` (``c_t`` = multiplicity x idf), a window's bound is
 ``S[w] = sum_t c_t * wmax_t[w]``: no row of the window scores more.  Windows are scored exactly
 in decreasing ``S`` (a few first, then every window whose bound reaches the k-th best exact
@@ -18,8 +21,8 @@ score only to the windows holding its rows, so a query mixing rare and common te
 few windows of the common terms' postings.  Rows scored inside the kept windows are exact, the
 candidates returned are the top k and their near-ties (the engine re-scores them).
 
-A query's segments are pruned in one pass (:func:`top_rows_many`): their per-term windows are
-joined in one row space (segment ``s`` from a row offset that is a multiple of WINDOW), so the
+A query's segments are pruned in one pass (:func:`top_rows_many`): a term's windows are
+computed in one row space (segment ``s`` from a row offset that is a multiple of WINDOW), so the
 rounds of scoring and their numpy steps are paid once per query, not once per segment, and the
 k-th best score found in one segment bounds the windows of all.
 """
@@ -28,50 +31,112 @@ from __future__ import annotations
 
 import numpy as np
 
+from puffer_cli import caches, cores
+
 BLOCK = 128  # postings per block (fts.BLOCK: the format's)
 META = 18  # bytes of block metadata per block: first, last, max_tf, min_len (u32), dw, tw (u8)
 WINDOW_SHIFT = 6
 WINDOW = 1 << WINDOW_SHIFT  # rows per window of the upper bounds
+FIRST_WINDOWS = 64  # windows scored in the first round (then 4x more a round)
 SPARSE_SLOTS = 8  # postings x this under the windows' slots: tallied by sorting them
 REL = 1e-9  # relative margin of bounds and cuts over float rounding (candidates are re-scored)
 _J = np.arange(BLOCK, dtype=np.int64)
+DECODE_POSTINGS = 1 << 17  # postings decoded per batch (bounded temporaries)
 
 
 def decode(data: bytes, nb: int, df: int):
-    """(rows int32 ascending, tf float32, first, last, max_tf, min_len int64 per block, bptr)
-    of a term's encoded postings (fts ``_encode_terms``: per-block metadata, then per block
-    its doc deltas and tf - 1, bit-packed value-major, little-endian bit order)."""
-    raw = np.frombuffer(data, np.uint8)
-    if nb == 0 or df == 0:
-        z = np.zeros(0, np.int64)
-        return np.zeros(0, np.int32), np.zeros(0, np.float32), z, z, z, z, np.zeros(1, np.int64)
-    meta = raw[: META * nb]
-    first = meta[: 4 * nb].view("<u4").astype(np.int64)
-    last = meta[4 * nb : 8 * nb].view("<u4").astype(np.int64)
-    max_tf = meta[8 * nb : 12 * nb].view("<u4").astype(np.int64)
-    min_len = meta[12 * nb : 16 * nb].view("<u4").astype(np.int64)
-    dw = meta[16 * nb : 17 * nb].astype(np.int64)
-    tw = meta[17 * nb : 18 * nb].astype(np.int64)
-    count = np.full(nb, BLOCK, np.int64)
-    count[-1] = df - BLOCK * (nb - 1)
+    """(rows int32 ascending, tf float32) of one term's encoded postings (:func:`decode_many`)."""
+    return decode_many([(data, nb, df)])[0]
+
+
+class Damaged(ValueError):
+    """Term ``at`` of a :func:`decode_many` batch does not decode (its bytes disagree with
+    its block metadata)."""
+
+    def __init__(self, at: int, why: str):
+        super().__init__(why)
+        self.at = at
+
+
+def decode_many(items: list[tuple[bytes, int, int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows int32 ascending, tf float32) of each of several terms' encoded postings
+    ((bytes, blocks, df) each; fts ``_encode_terms``: per-block metadata, then per block its
+    doc deltas and tf - 1, bit-packed value-major, little-endian bit order), decoded in one
+    batch: the numpy passes are paid once per query, not once per term and segment (~70 us
+    each, more than a few thousand postings cost).  Raises :class:`Damaged` naming the first
+    term whose bytes disagree with its metadata."""
+    out: list = [(np.zeros(0, np.int32), np.zeros(0, np.float32))] * len(items)
+    live = [i for i, (_d, nb, df) in enumerate(items) if nb and df]
+    # batches of about DECODE_POSTINGS (temporaries stay in cache), on the machine's cores
+    for one in _batches(live, [items[i][2] for i in live]):
+        _decode_batch(items, one, out)
+    return out
+
+
+def _batches(keys: list, sizes: list[int]) -> list[list]:
+    """``keys`` in consecutive runs of about DECODE_POSTINGS (their ``sizes``) each."""
+    out: list[list] = []
+    n = 0
+    for key, size in zip(keys, sizes):
+        if not out or n + size > DECODE_POSTINGS:
+            out.append([])
+            n = 0
+        out[-1].append(key)
+        n += size
+    return out
+
+
+def _decode_batch(items: list[tuple[bytes, int, int]], live: list[int], out: list) -> None:
+    """:func:`decode_many` of the terms ``live`` (indexes into ``items``, each with a block),
+    into ``out``."""
+    nbs = np.array([items[i][1] for i in live], np.int64)
+    dfs = np.array([items[i][2] for i in live], np.int64)
+    sizes = np.array([len(items[i][0]) for i in live], np.int64)
+    if np.any(dfs > nbs * BLOCK) or np.any(dfs <= (nbs - 1) * BLOCK) or np.any(sizes < META * nbs):
+        bad = int(np.flatnonzero((dfs > nbs * BLOCK) | (dfs <= (nbs - 1) * BLOCK) | (sizes < META * nbs))[0])
+        raise Damaged(live[bad], f"{sizes[bad]} bytes for {dfs[bad]} postings in {nbs[bad]} blocks")
+    toff = np.zeros(len(live) + 1, np.int64)
+    np.cumsum(sizes, out=toff[1:])
+    # the bytes, padded so that full-width reads past a short last block stay in the buffer
+    body = np.zeros(int(toff[-1]) + BLOCK * 4 + 16, np.uint8)
+    body[: int(toff[-1])] = np.frombuffer(b"".join(items[i][0] for i in live), np.uint8)
+    term = np.repeat(np.arange(len(live)), nbs)  # each block's term
+    bfirst = np.zeros(len(live) + 1, np.int64)
+    np.cumsum(nbs, out=bfirst[1:])
+    k = np.arange(int(bfirst[-1])) - bfirst[term]  # each block's index within its term
+    base, nbt = toff[term], nbs[term]
+    u32 = np.ndarray((len(body) - 3,), dtype="<u4", buffer=body, offset=0, strides=(1,))
+    first = np.take(u32, base + 4 * k).astype(np.int64)
+    dw = body[base + 16 * nbt + k].astype(np.int64)
+    tw = body[base + 17 * nbt + k].astype(np.int64)
+    if dw.max() > 32 or tw.max() > 32:
+        bad = int(term[np.flatnonzero((dw > 32) | (tw > 32))[0]])
+        raise Damaged(live[bad], "a block's bit width is over 32")
+    count = np.full(len(k), BLOCK, np.int64)
+    count[bfirst[1:] - 1] = dfs - BLOCK * (nbs - 1)
     dbytes = (count * dw + 7) // 8
-    tbytes = (count * tw + 7) // 8
-    start = np.zeros(nb, np.int64)
-    np.cumsum((dbytes + tbytes)[:-1], out=start[1:])
-    # the body, padded so that full-width reads past a short last block stay in the buffer
-    body = np.zeros(len(raw) - META * nb + BLOCK * 4 + 16, np.uint8)
-    body[: len(raw) - META * nb] = raw[META * nb :]
+    blk = dbytes + (count * tw + 7) // 8
+    cum = np.zeros(len(k) + 1, np.int64)
+    np.cumsum(blk, out=cum[1:])
+    used = META * nbs + cum[bfirst[1:]] - cum[bfirst[:-1]]
+    if np.any(used != sizes):
+        bad = int(np.flatnonzero(used != sizes)[0])
+        raise Damaged(live[bad], f"{sizes[bad]} bytes where the blocks' widths give {used[bad]}")
+    start = base + META * nbt + cum[:-1] - cum[bfirst[term]]
     u64 = np.ndarray((len(body) - 7,), dtype="<u8", buffer=body, offset=0, strides=(1,))
-    delta = _read(u64, start, dw)
-    tf1 = _read(u64, start + dbytes, tw)
+    vals = _read(u64, np.concatenate([start, start + dbytes]), np.concatenate([dw, tw]))
+    delta, tf1 = vals[: len(k)], vals[len(k) :]
     delta[:, 0] = first
     np.cumsum(delta, axis=1, out=delta)  # in place: rows
-    rows = delta.reshape(-1)[:df]
-    tf = tf1.reshape(-1)[:df].astype(np.float32)
+    keep = _J[None, :] < count[:, None]  # the last block of a term may be short
+    rows = delta[keep].astype(np.int32)
+    tf = tf1[keep].astype(np.float32)
     tf += 1
-    bptr = np.zeros(nb + 1, np.int64)
-    np.cumsum(count, out=bptr[1:])
-    return rows.astype(np.int32), tf, first, last, max_tf, min_len, bptr
+    pptr = np.zeros(len(live) + 1, np.int64)
+    np.cumsum(dfs, out=pptr[1:])
+    for j, i in enumerate(live):
+        a, z = int(pptr[j]), int(pptr[j + 1])
+        out[i] = (rows[a:z].copy(), tf[a:z].copy())  # copies: a cached term holds only its own
 
 
 def _read(u64: np.ndarray, start: np.ndarray, width: np.ndarray) -> np.ndarray:
@@ -86,46 +151,92 @@ def _read(u64: np.ndarray, start: np.ndarray, width: np.ndarray) -> np.ndarray:
 
 
 class Scored:
-    """A term's postings in windows, under fixed BM25 parameters: base score per posting,
-    the windows holding its rows (ascending), their posting ranges and maximum base score."""
+    """A query term's postings over a query's segments in one row space (segment ``s`` from
+    row ``off[s]``, a multiple of WINDOW), under fixed BM25 parameters: base score per
+    posting, the windows holding its rows (ascending), their posting ranges and maximum base
+    score, each posting's row within its window."""
 
-    __slots__ = ("key", "s0", "wid", "wptr", "wmax", "low")
+    __slots__ = ("s0", "wid", "wptr", "wmax", "low")
 
-    def __init__(self, key: tuple, rows: np.ndarray, tf: np.ndarray, lens: np.ndarray, k1: float, b: float, avg: float):
-        self.key = key
-        t = tf.astype(np.float64)
-        if avg > 0:  # t (k1 + 1) / (t + k1 (1 - b + b len / avg)), in place
-            d = np.take(lens, rows)
-            d *= k1 * b / avg
-            d += k1 * (1.0 - b)
-        else:
-            d = np.full(len(rows), k1 * (1.0 - b))
-        d += t
-        t *= k1 + 1.0
-        t /= d
-        self.s0 = t
-        w = rows >> WINDOW_SHIFT
-        new = np.ones(len(rows), bool)  # a posting opening a window
-        np.not_equal(w[1:], w[:-1], out=new[1:])
-        starts = np.flatnonzero(new)
-        self.wid = w[starts].astype(np.int64)
-        self.wptr = np.append(starts, len(rows)).astype(np.int64)
-        # each window's maximum: ufunc.at over the postings' window ordinals (maximum.reduceat
-        # pays a call per window, ~2.6 postings each here: twice the time)
-        self.wmax = np.full(len(starts), -np.inf)
-        if len(rows):
-            np.maximum.at(self.wmax, np.cumsum(new) - 1, t)
-        self.low = (rows & (WINDOW - 1)).astype(np.uint8)  # each posting's row within its window
+    def __init__(self, s0: np.ndarray, wid: np.ndarray, wptr: np.ndarray, wmax: np.ndarray, low: np.ndarray):
+        self.s0, self.wid, self.wptr, self.wmax, self.low = s0, wid, wptr, wmax, low
+
+    def nbytes(self) -> int:
+        return 9 * len(self.s0) + 24 * len(self.wid) + 200
 
 
-def scored(tb, lens: np.ndarray, k1: float, b: float, avg: float) -> Scored:
-    """The term's :class:`Scored` for these parameters (cached on ``tb``, a fts.TermBlocks)."""
-    key = (k1, b, avg, len(lens))
-    s = tb.scored
-    if s is None or s.key != key:
-        s = Scored(key, tb.rows, tb.tf, lens, k1, b, avg)
-        tb.scored = s
-    return s
+#: window bounds of the terms of recent queries, by (store url, namespace, BM25 parameters, and
+#: per segment the decoded term's serial number, the segment's rows and row offset): a warm
+#: query joins a term's segments once
+SCORED = caches.lru("index.fts_scored", 1 << 16, maxbytes=512 << 20, weigh=Scored.nbytes)
+
+
+def scored_many(terms: list, k1: float, b: float, avg: float) -> list[Scored]:
+    """Each query term's :class:`Scored` (``terms``: per term, its (fts.TermBlocks, the
+    segment's document lengths, the segment's row offset) parts), from :data:`SCORED`; the
+    others are computed in batches of about DECODE_POSTINGS postings (the numpy passes paid
+    once per batch, not once per term and segment)."""
+    keys = [
+        (*parts[0][0].scope, k1, b, avg, tuple((tb.serial, len(lens), off) for tb, lens, off in parts))
+        for parts in terms
+    ]
+    out = [SCORED.get(key) for key in keys]
+    need = [i for i, sc in enumerate(out) if sc is None]
+    for one in _batches(need, [sum(tb.df for tb, _l, _o in terms[i]) for i in need]):
+        for i, sc in zip(one, _score_batch([terms[i] for i in one], k1, b, avg)):
+            SCORED.put(keys[i], sc)
+            out[i] = sc
+    return out
+
+
+def _score_batch(terms: list, k1: float, b: float, avg: float) -> list[Scored]:
+    """:class:`Scored` of each of ``terms`` (as :func:`scored_many` takes them)."""
+    parts = [p for one in terms for p in one]
+    n = np.array([tb.df for tb, _l, _o in parts], np.int64)
+    ptr = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum(n, out=ptr[1:])
+    r = np.empty(int(ptr[-1]), np.int64)  # rows in the joined row space
+    d = np.empty(len(r))
+    for j, (tb, lens, off) in enumerate(parts):
+        np.add(tb.rows, off, out=r[ptr[j] : ptr[j + 1]])
+        if avg > 0:
+            np.take(lens, tb.rows, out=d[ptr[j] : ptr[j + 1]])
+    t = np.concatenate([tb.tf for tb, _l, _o in parts]).astype(np.float64)
+    if avg > 0:  # t (k1 + 1) / (t + k1 (1 - b + b len / avg)), in place
+        d *= k1 * b / avg
+        d += k1 * (1.0 - b)
+    else:
+        d[:] = k1 * (1.0 - b)
+    d += t
+    t *= k1 + 1.0
+    t /= d
+    tptr = np.zeros(len(terms) + 1, np.int64)  # each term's postings
+    np.cumsum([sum(tb.df for tb, _l, _o in one) for one in terms], out=tptr[1:])
+    w = r >> WINDOW_SHIFT
+    new = np.ones(len(r), bool)  # a posting opening a window (or a term)
+    np.not_equal(w[1:], w[:-1], out=new[1:])
+    new[tptr[:-1][np.diff(tptr) > 0]] = True
+    starts = np.flatnonzero(new)
+    # each window's maximum: ufunc.at over the postings' window ordinals (maximum.reduceat
+    # pays a call per window, ~2.6 postings each here: twice the time)
+    wmax = np.full(len(starts), -np.inf)
+    np.maximum.at(wmax, np.cumsum(new) - 1, t)
+    low = (r & (WINDOW - 1)).astype(np.uint8)  # each posting's row within its window
+    wat = np.searchsorted(starts, tptr)  # each term's first window
+    out = []
+    for j in range(len(terms)):
+        a, z, wa, wz = int(tptr[j]), int(tptr[j + 1]), int(wat[j]), int(wat[j + 1])
+        sw = starts[wa:wz]
+        out.append(
+            Scored(
+                t[a:z].copy(),
+                w[sw],
+                np.append(sw - a, z - a),
+                wmax[wa:wz].copy(),
+                low[a:z].copy(),
+            )
+        )
+    return out
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -136,27 +247,6 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     off = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n)
     return np.arange(tot, dtype=np.int64) + off
-
-
-class _Joined:
-    """A term's :class:`Scored` of several segments in one row space (segment ``s`` from row
-    ``offset[s]``, a multiple of WINDOW): the same fields, window ids and posting ranges
-    shifted."""
-
-    __slots__ = ("s0", "wid", "wptr", "wmax", "low")
-
-    def __init__(self, parts: list[tuple[Scored, int]]):
-        if len(parts) == 1 and parts[0][1] == 0:
-            s = parts[0][0]
-            self.s0, self.wid, self.wptr, self.wmax, self.low = s.s0, s.wid, s.wptr, s.wmax, s.low
-            return
-        sizes = np.array([len(s.s0) for s, _o in parts], np.int64)
-        base = np.concatenate([[0], np.cumsum(sizes)])
-        self.s0 = np.concatenate([s.s0 for s, _o in parts])
-        self.low = np.concatenate([s.low for s, _o in parts])
-        self.wmax = np.concatenate([s.wmax for s, _o in parts])
-        self.wid = np.concatenate([s.wid + (o >> WINDOW_SHIFT) for s, o in parts])
-        self.wptr = np.concatenate([s.wptr[:-1] + base[i] for i, (s, _o) in enumerate(parts)] + [base[-1:]])
 
 
 def _score_windows(win: np.ndarray, terms: list, coef: list[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +288,7 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
     (posts: term -> fts.TermBlocks, lens, sel) each, statistics namespace-wide) and their
     near-ties: exact, whatever the data (see the module docstring).  One pass over their
     windows in one row space, so a query's steps are paid once, not once per segment."""
-    ts = sorted({t for posts, _l, _s in parts for t in posts if weights.get(t, 0) > 0 and len(posts[t].rows)})
+    ts = sorted({t for posts, _l, _s in parts for t in posts if weights.get(t, 0) > 0 and posts[t].df})
     empty = [np.zeros(0, np.int64) for _ in parts]
     if not ts or k <= 0:
         return empty
@@ -206,16 +296,15 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
     padded = [(n + WINDOW - 1) >> WINDOW_SHIFT << WINDOW_SHIFT for n in sizes]
     off = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
     nw = int(off[-1]) >> WINDOW_SHIFT
-    sc = [
-        _Joined(
-            [
-                (scored(posts[t], lens, k1, b, avg), int(off[i]))
-                for i, (posts, lens, _s) in enumerate(parts)
-                if t in posts and len(posts[t].rows)
-            ]
-        )
-        for t in ts
-    ]
+    sc = scored_many(
+        [
+            [(posts[t], lens, int(off[i])) for i, (posts, lens, _s) in enumerate(parts) if t in posts and posts[t].df]
+            for t in ts
+        ],
+        k1,
+        b,
+        avg,
+    )
     coef = [float(weights[t]) * float(idf[t]) for t in ts]
     bound = np.zeros(nw)
     has = np.zeros(nw, bool)
@@ -235,11 +324,11 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
     got_r: list[np.ndarray] = []
     got_s: list[np.ndarray] = []
     theta = -np.inf
-    m = max(64, k)
+    m = max(FIRST_WINDOWS, k)
     todo = live
     while len(todo):
         if len(todo) > m:
-            pick = todo[np.argpartition(-bound[todo], m - 1)[:m]]
+            pick = todo[cores.smallest(-bound[todo], m)]
             pick.sort()
         else:
             pick = todo
