@@ -717,9 +717,11 @@ class BlockIndex:
             for i, blob in zip(need, got):
                 self._dict[i] = _read_dict_block(blob)
             if want_len:
-                self._lens = np.frombuffer(got[-1], "<" + le["dtype"]).astype(np.float64)
+                # as stored (u1 / u2 / u4): a fifth of float64's bytes to gather from
+                self._lens = np.frombuffer(got[-1], "<" + le["dtype"]).astype(le["dtype"], copy=False)
 
     def lengths(self) -> np.ndarray:
+        """Every row's document length (tokens), in its stored unsigned dtype."""
         if self._lens is None:
             self.prefetch([], True)
         assert self._lens is not None
@@ -795,7 +797,7 @@ class BlockIndex:
             rows.append(hit.astype(np.int32))
             tfs.append(tb.tf[j[hit]].astype(np.float64))
             sizes.append(len(hit))
-        return _postings(pos, keep, rows, tfs, sizes, self.lengths()[pos])
+        return _postings(pos, keep, rows, tfs, sizes, self.lengths()[pos].astype(np.float64))
 
 
 def prune(

@@ -200,7 +200,7 @@ def _score_batch(terms: list, k1: float, b: float, avg: float) -> list[Scored]:
     for j, (tb, lens, off) in enumerate(parts):
         np.add(tb.rows, off, out=r[ptr[j] : ptr[j + 1]])
         if avg > 0:
-            np.take(lens, tb.rows, out=d[ptr[j] : ptr[j + 1]])
+            d[ptr[j] : ptr[j + 1]] = np.take(lens, tb.rows)  # lengths as stored: u1 / u2 / u4
     t = np.concatenate([tb.tf for tb, _l, _o in parts]).astype(np.float64)
     if avg > 0:  # t (k1 + 1) / (t + k1 (1 - b + b len / avg)), in place
         d *= k1 * b / avg
@@ -276,7 +276,8 @@ def _score_windows(win: np.ndarray, terms: list, coef: list[float]) -> tuple[np.
         acc_at = np.add.reduceat(v[o], cut)
     else:
         acc = np.bincount(sl, weights=v, minlength=len(win) * WINDOW)
-        at = np.flatnonzero(np.bincount(sl, minlength=len(win) * WINDOW))
+        # a row holding a term has a positive sum where every coefficient is (base scores are)
+        at = np.flatnonzero(acc if min(coef) > 0 else np.bincount(sl, minlength=len(win) * WINDOW))
         acc_at = acc[at]
     rows = win[at >> WINDOW_SHIFT] * WINDOW + (at & (WINDOW - 1))
     return rows, acc_at
