@@ -669,6 +669,7 @@ class BlockIndex:
     terms a query asks for by ranged reads (memoized), document lengths read whole."""
 
     MAX_TERMS = 4096  # decoded terms kept
+    MAX_KNOWN = 1 << 16  # terms whose dictionary entry (or absence) is remembered
 
     def __init__(self, entry: dict, read_ranges, damage=_no_report, cache_key: tuple | None = None):
         """``read_ranges([(start, end)]) -> [bytes]``: one batch of ranged reads of the file;
@@ -683,6 +684,7 @@ class BlockIndex:
         self.read = read_ranges
         self.rows = int(entry["rows"])
         self._dict: dict[int, DictBlock] = {}
+        self._known: dict[str, tuple[int, int, int, int] | None] = {}
         self._terms: OrderedDict = OrderedDict()
         self._lens: np.ndarray | None = None
         self._lock = __import__("threading").RLock()
@@ -728,16 +730,22 @@ class BlockIndex:
         return self._lens
 
     def entries(self, terms) -> dict[str, tuple[int, int, int, int]]:
-        """(df, offset, length, blocks) of each of ``terms`` present in the segment."""
+        """(df, offset, length, blocks) of each of ``terms`` present in the segment (a term
+        looked up once is remembered, present or not, up to MAX_KNOWN terms)."""
         terms = list(dict.fromkeys(terms))
-        self.prefetch(terms, lengths=False)
-        out = {}
         with self._lock:
-            for t in terms:
-                ids = self._dict_ids([t])
-                if ids and t in self._dict[ids[0]]:
-                    out[t] = self._dict[ids[0]][t]
-        return out
+            got = {t: self._known[t] for t in terms if t in self._known}
+        new = [t for t in terms if t not in got]
+        if new:
+            self.prefetch(new, lengths=False)
+            with self._lock:
+                for t in new:
+                    ids = self._dict_ids([t])
+                    got[t] = self._dict[ids[0]][t] if ids and t in self._dict[ids[0]] else None
+                if len(self._known) + len(new) > self.MAX_KNOWN:
+                    self._known.clear()
+                self._known.update((t, got[t]) for t in new)
+        return {t: e for t in terms if (e := got[t]) is not None}
 
     def _cached(self, t: str) -> TermBlocks | None:
         if self.cache_key is not None:
