@@ -719,7 +719,7 @@ class BlockIndex:
             for i, blob in zip(need, got):
                 self._dict[i] = _read_dict_block(blob)
             if want_len:
-                # as stored (u1 / u2 / u4): a fifth of float64's bytes to gather from
+                # as stored (u1 / u2 / u4): 1-4 bytes a row to gather from, not float64's 8
                 self._lens = np.frombuffer(got[-1], "<" + le["dtype"]).astype(le["dtype"], copy=False)
 
     def lengths(self) -> np.ndarray:
