@@ -163,7 +163,7 @@ def _blobs(vals):
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 3000), batch=st.sampled_from([1, 300, 1 << 17]))
 def test_terms_decoded_in_batches_equal_their_postings(seed, n, batch):
     p, blobs = _blobs(_corpus(seed, n, 1.0))
-    with patch.object(fts_topk, "DECODE_POSTINGS", batch):  # 1: a batch a term; 300: a few terms each
+    with patch.object(fts_topk, "BATCH_POSTINGS", batch):  # 1: a batch a term; 300: a few terms each
         got = fts_topk.decode_many([b for _t, b in blobs] + [(b"", 0, 0)])
     assert len(got) == len(blobs) + 1 and len(got[-1][0]) == 0
     for (t, _b), (rows, tf) in zip(blobs, got):

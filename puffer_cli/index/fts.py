@@ -580,7 +580,7 @@ class TermBlocks:
     no other TermBlocks of this process has, and ``scope``: (store url, namespace) or () (the
     key of its window bounds, fts_topk.SCORED, which caches.forget drops with the namespace)."""
 
-    __slots__ = ("raw", "damage", "df", "serial", "scope", "_rows", "_tf")
+    __slots__ = ("raw", "damage", "df", "serial", "scope", "_post")
 
     def __init__(self, data: bytes, nblocks: int, df: int, damage=None, scope: tuple = ()):
         """``damage(error, missing) -> exception``: what a decoding error raises (the segment
@@ -590,22 +590,21 @@ class TermBlocks:
         self.df = df
         self.serial = next(_SERIALS)
         self.scope = scope
-        self._rows: np.ndarray | None = None
-        self._tf: np.ndarray | None = None
+        self._post: tuple[np.ndarray, np.ndarray] | None = None  # (rows, tf), set at once
 
     @property
     def rows(self) -> np.ndarray:
-        if self._rows is None:
-            decode_terms([self])
-        assert self._rows is not None
-        return self._rows
+        return self._decoded()[0]
 
     @property
     def tf(self) -> np.ndarray:
-        if self._tf is None:
+        return self._decoded()[1]
+
+    def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._post is None:
             decode_terms([self])
-        assert self._tf is not None
-        return self._tf
+        assert self._post is not None
+        return self._post
 
     def nbytes(self) -> int:
         """Memory held: 8 bytes a posting decoded (its encoded bytes take less)."""
@@ -632,8 +631,8 @@ def decode_terms(tbs) -> None:
     except fts_topk.Damaged as e:
         bad = todo[e.at]
         raise (bad.damage(e, False) if bad.damage is not None else e) from e
-    for tb, (rows, tf) in zip(todo, got):
-        tb._rows, tb._tf = rows, tf
+    for tb, post in zip(todo, got):
+        tb._post = post
         tb.raw = tb.damage = None
 
 

@@ -4,7 +4,7 @@ top-k candidates of a BM25 clause by row-window upper bounds.
 Decoding (:func:`decode_many`): every block is read as 128 values at once, each value an
 unaligned little-endian 64-bit load shifted and masked (no bit-by-bit unpacking), and the terms
 a query needs decoded go through those passes together (every segment's, in batches of about
-DECODE_POSTINGS postings): one numpy pass costs ~1-2 us before its data, so decoding ~40 terms
+BATCH_POSTINGS postings): one numpy pass costs ~1-2 us before its data, so decoding ~40 terms
 and segments one by one paid ~70 us each, more than their few thousand postings.
 
 Pruning (:func:`top_rows_many`): the rows of a segment are cut into windows of ``WINDOW`` rows.  For
@@ -41,12 +41,7 @@ FIRST_WINDOWS = 64  # windows scored in the first round (then 4x more a round)
 SPARSE_SLOTS = 8  # postings x this under the windows' slots: tallied by sorting them
 REL = 1e-9  # relative margin of bounds and cuts over float rounding (candidates are re-scored)
 _J = np.arange(BLOCK, dtype=np.int64)
-DECODE_POSTINGS = 1 << 17  # postings decoded per batch (bounded temporaries)
-
-
-def decode(data: bytes, nb: int, df: int):
-    """(rows int32 ascending, tf float32) of one term's encoded postings (:func:`decode_many`)."""
-    return decode_many([(data, nb, df)])[0]
+BATCH_POSTINGS = 1 << 17  # postings per batch of decoding or scoring (bounded temporaries)
 
 
 class Damaged(ValueError):
@@ -67,18 +62,18 @@ def decode_many(items: list[tuple[bytes, int, int]]) -> list[tuple[np.ndarray, n
     term whose bytes disagree with its metadata."""
     out: list = [(np.zeros(0, np.int32), np.zeros(0, np.float32))] * len(items)
     live = [i for i, (_d, nb, df) in enumerate(items) if nb and df]
-    # batches of about DECODE_POSTINGS (temporaries stay in cache), on the machine's cores
+    # batches of about BATCH_POSTINGS (temporaries stay in cache)
     for one in _batches(live, [items[i][2] for i in live]):
         _decode_batch(items, one, out)
     return out
 
 
 def _batches(keys: list, sizes: list[int]) -> list[list]:
-    """``keys`` in consecutive runs of about DECODE_POSTINGS (their ``sizes``) each."""
+    """``keys`` in consecutive runs of about BATCH_POSTINGS (their ``sizes``) each."""
     out: list[list] = []
     n = 0
     for key, size in zip(keys, sizes):
-        if not out or n + size > DECODE_POSTINGS:
+        if not out or n + size > BATCH_POSTINGS:
             out.append([])
             n = 0
         out[-1].append(key)
@@ -174,7 +169,7 @@ SCORED = caches.lru("index.fts_scored", 1 << 16, maxbytes=512 << 20, weigh=Score
 def scored_many(terms: list, k1: float, b: float, avg: float) -> list[Scored]:
     """Each query term's :class:`Scored` (``terms``: per term, its (fts.TermBlocks, the
     segment's document lengths, the segment's row offset) parts), from :data:`SCORED`; the
-    others are computed in batches of about DECODE_POSTINGS postings (the numpy passes paid
+    others are computed in batches of about BATCH_POSTINGS postings (the numpy passes paid
     once per batch, not once per term and segment)."""
     keys = [
         (*parts[0][0].scope, k1, b, avg, tuple((tb.serial, len(lens), off) for tb, lens, off in parts))
