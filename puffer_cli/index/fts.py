@@ -567,13 +567,6 @@ def build_blocks(values, opts: dict, new: np.ndarray | None = None) -> tuple[byt
     return b"".join(pieces), entry, stats, stats_new
 
 
-def bm25_bound(max_tf, min_len, idf, k1: float, b: float, avg: float):
-    """An upper bound of a block's BM25 term score (increasing in tf, decreasing in length)."""
-    tf = np.asarray(max_tf, np.float64)
-    norm = k1 * (1.0 - b + b * (np.asarray(min_len, np.float64) / avg)) if avg > 0 else k1 * (1.0 - b)
-    return idf * tf * (k1 + 1.0) / (tf + norm)
-
-
 class TermBlocks:
     """One term's postings in a segment: rows (ascending, int32) and tf (float32), decoded on
     first use, or with other terms in one batch (:func:`decode_terms`); ``serial``: a number
