@@ -898,6 +898,8 @@ class IndexedView:
     def block_union(self, i: int, leaves, sel: np.ndarray) -> np.ndarray:
         """Every row of segment ``i`` in ``sel`` holding a query term of ``leaves`` (ascending):
         the candidates of several BM25 leaves, or of one without statistics."""
+        from puffer_cli.index import fts as F
+
         blk = self.bm25_blocks(i, leaves)
         assert blk is not None
         lt = self.bm25_terms(leaves)
@@ -905,6 +907,7 @@ class IndexedView:
             return np.zeros(0, np.int64)
         # the fields' postings in one batch of reads (a round trip, not one a field)
         got = RG.parallel([partial(blk[f].postings, toks) for f, toks in lt], self.gen.store.is_remote)
+        F.decode_terms([tb for posts in got for tb in posts.values()])  # one batch, not a term at a time
         rows = [tb.rows for posts in got for tb in posts.values()]
         out = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
         return out[sel[out]]
