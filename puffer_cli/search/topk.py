@@ -354,17 +354,16 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         cands[i] = rows
 
     def third(i: int):
-        """Exact scores of the candidates (from the postings phase 2 read)."""
+        """The candidates' postings (from those phase 2 read)."""
         pos = cands[i]
         if pos is None or not len(pos):
             return None
         seg = view.gen.segments[i]
-        posts = {f: (seg.blocks(f) or seg.postings(f)).candidates(pos, terms[f]) for f in fields}
-        s, m = SC.text_eval(rb.expr, None, view.schema, stats, posts)
-        keep = np.flatnonzero(m)
-        return pos[keep], s[keep]
+        return {f: (seg.blocks(f) or seg.postings(f)).candidates(pos, terms[f]) for f in fields}
 
-    scored = RG.parallel([partial(third, i) for i in range(n)], remote)
+    scored = _exact_scores(
+        view, rb.expr, stats, fields, cands, RG.parallel([partial(third, i) for i in range(n)], remote)
+    )
     tail = _tail(view)
     tail_scored = None
     if tail is not None:
@@ -390,6 +389,25 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     if tail_scored is not None:
         out.add(-1, tail_scored[0], -tail_scored[1], tail_scored[1])
     return out.top(q), exhaustive, count
+
+
+def _exact_scores(view, expr, stats, fields: list[str], cands: list, posts: list) -> list:
+    """Per segment, (candidates matching ``expr``, their exact scores) or None: every
+    segment's candidates scored in one pass over their joined postings (namespace-wide
+    statistics: a row's score does not depend on the rows beside it), else segment by segment."""
+    live = [i for i, p in enumerate(posts) if p is not None]
+    out: list = [None] * len(posts)
+    joint = stats is not None and all(stats.get(f) is not None for f in fields)
+    groups = [live] if joint and live else [[i] for i in live]
+    for g in groups:
+        s, m = SC.text_eval(expr, None, view.schema, stats, {f: B.join([posts[i][f] for i in g]) for f in fields})
+        at = 0
+        for i in g:
+            pos = cands[i]
+            keep = np.flatnonzero(m[at : at + len(pos)])
+            out[i] = (pos[keep], s[at : at + len(pos)][keep])
+            at += len(pos)
+    return out
 
 
 def _kth_best(scores: list[np.ndarray], k: int) -> float:

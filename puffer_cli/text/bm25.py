@@ -43,6 +43,7 @@ __all__ = [
     "FieldStats",
     "Bm25Stats",
     "Postings",
+    "join",
     "merge",
     "stats_from_frame",
     "postings_for",
@@ -230,6 +231,40 @@ class Postings:
         while hi < len(self.terms) and self.terms[hi].startswith(prefix):
             hi += 1
         return range(lo, hi)
+
+
+def join(parts: list[Postings]) -> Postings:
+    """The postings of several disjoint row sets as one (part ``j``'s rows after those of the
+    parts before it): scoring the join under given statistics gives each row the score its
+    part gives it, bit for bit (every step of :func:`score` is per row, terms in query order)."""
+    if len(parts) == 1:
+        return parts[0]
+    base = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([p.n_docs for p in parts], out=base[1:])
+    terms = sorted({t for p in parts for t in p.terms})
+    rows: list[np.ndarray] = []
+    tfs: list[np.ndarray] = []
+    sizes = np.zeros(len(terms), np.int64)
+    for k, t in enumerate(terms):
+        for j, p in enumerate(parts):
+            i = p.vocab.get(t)
+            if i is not None:
+                a, z = int(p.indptr[i]), int(p.indptr[i + 1])
+                rows.append(p.rows[a:z] + np.int32(base[j]))
+                tfs.append(p.tf[a:z])
+                sizes[k] += z - a
+    indptr = np.zeros(len(terms) + 1, np.int64)
+    np.cumsum(sizes, out=indptr[1:])
+    return Postings(
+        int(base[-1]),
+        terms,
+        {t: k for k, t in enumerate(terms)},
+        indptr,
+        np.concatenate(rows) if rows else np.zeros(0, np.int32),
+        np.concatenate(tfs) if tfs else np.zeros(0, np.float64),
+        np.concatenate([p.doc_len for p in parts]),
+        sum(p.total_tokens for p in parts),
+    )
 
 
 def _build_postings(values: pl.Series, opts: Mapping) -> Postings:
