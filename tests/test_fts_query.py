@@ -50,13 +50,16 @@ def _top(rows: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     filt=st.integers(0, 40),
     avg_shift=st.sampled_from([1.0, 0.7]),
     first=st.sampled_from([64, 1]),
+    docs_scale=st.sampled_from([1.0, 1.0, 0.25]),
 )
-def test_window_pruning_keeps_the_exact_top_k(seed, n, skew, qw, k, filt, avg_shift, first):
+def test_window_pruning_keeps_the_exact_top_k(seed, n, skew, qw, k, filt, avg_shift, first, docs_scale):
     with patch.object(fts_topk, "FIRST_WINDOWS", first):  # 1: many rounds of windows on a small corpus
-        _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift)
+        _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift, docs_scale)
 
 
-def _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift):
+def _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift, docs_scale=1.0):
+    """``docs_scale`` < 1: statistics counting fewer documents than a common term's df (its
+    idf <= 0: no window bound, every window scored)."""
     vals = _corpus(seed, n, skew)
     data, ent, _all, _new = fts.build_blocks(vals, OPTS)
     bi = fts.BlockIndex(ent, lambda rs: [data[a:b] for a, b in rs])
@@ -67,7 +70,7 @@ def _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift):
     k1, b = float(OPTS["k1"]), float(OPTS["b"])
     # twice: the second query over the same decoded terms with other statistics (a WAL tail)
     for shift in (1.0, avg_shift):
-        stats = B.FieldStats(base.n_docs, int(base.total_tokens * shift), base.df)
+        stats = B.FieldStats(max(1, int(base.n_docs * docs_scale)), int(base.total_tokens * shift), base.df)
         if stats.avg_len <= 0:
             return
         s_all, m_all = B.score(p, toks, OPTS, stats=stats)

@@ -302,12 +302,16 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
         avg,
     )
     coef = [float(weights[t]) * float(idf[t]) for t in ts]
+    positive = all(c > 0 and np.isfinite(c) for c in coef)
     bound = np.zeros(nw)
-    has = np.zeros(nw, bool)
+    has = None if positive else np.zeros(nw, bool)  # else a window holds a term where its bound is > 0
     for s, c in zip(sc, coef):
         bound[s.wid] += max(c, 0.0) * s.wmax
-        has[s.wid] = True
+        if has is not None:
+            has[s.wid] = True
     bound *= 1 + REL
+    if has is None:
+        has = bound > 0
     sel = None
     if any(p[2] is not None and not p[2].all() for p in parts):  # windows without a selected row hold no result
         sel = np.zeros(int(off[-1]), bool)
@@ -315,7 +319,7 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
             sel[off[i] : off[i] + sizes[i]] = True if s_ is None else s_
         has &= sel.reshape(nw, WINDOW).any(axis=1)
     live = np.flatnonzero(has)
-    if any(c <= 0 or not np.isfinite(c) for c in coef):
+    if not positive:
         bound[live] = np.inf  # a term scoring <= 0 (df above N): no bound, score every window
     got_r: list[np.ndarray] = []
     got_s: list[np.ndarray] = []
@@ -337,9 +341,7 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
         alls = np.concatenate(got_s)
         if len(alls) >= k:
             theta = float(np.partition(alls, len(alls) - k)[len(alls) - k])
-        done = np.zeros(nw, bool)
-        done[pick] = True
-        todo = todo[~done[todo]]
+        bound[pick] = np.nan  # scored: never >= theta (-inf included)
         todo = todo[bound[todo] >= theta]
         m *= 4
     if not got_r:  # no window holds a selected row with a query term
