@@ -675,16 +675,18 @@ class Segment:
     def blocks(self, f: str) -> fts.BlockIndex | None:
         """The block index (format blk-1) of FTS field ``f`` under the analyzer in force, or
         None (older generations: tantivy + tokens + postings; a changed analyzer)."""
-        m = self.meta.get("fts", {}).get(f)
-        if not m or m.get("format") != fts.BLK or m.get("sig") != fts_sig_of(self.gen.schema.get(f)):
-            return None
         with self._lock:
-            if ("blk", f) not in self._fts:
+            if ("blk", f) in self._fts:  # the answer, None included (the generation's schema is fixed)
+                return self._fts[("blk", f)]
+            m = self.meta.get("fts", {}).get(f)
+            bi = None
+            if m and m.get("format") == fts.BLK and m.get("sig") == fts_sig_of(self.gen.schema.get(f)):
                 ns = self.gen.manifest_key.split("/index/", 1)[0]
-                self._fts[("blk", f)] = fts.BlockIndex(
+                bi = fts.BlockIndex(
                     m, partial(self._blk_ranges, m), partial(self._blk_damage, f), (self.store.url, ns, m["key"])
                 )
-            return self._fts[("blk", f)]
+            self._fts[("blk", f)] = bi
+            return bi
 
     def sparse(self, f: str) -> sparse_index.SparseIndex | None:
         """The sparse index (format spk-1) of ``{}f16`` field ``f``, or None (none built)."""
