@@ -5,7 +5,8 @@ and is read by block; the process cache of decoded terms is bounded by bytes; se
 pruned in one pass (``prune_many``) keep the exact top k of their union, ties across segments
 included, also over many rounds of windows; terms decoded in batches equal their postings, and
 a damaged term is reported through its segment; the terms' window bounds are cached per
-namespace and forgotten with it."""
+namespace and forgotten with it; segments' candidates scored over their joined postings get
+their own scores, bit for bit."""
 
 from __future__ import annotations
 
@@ -311,3 +312,24 @@ def test_window_bounds_are_kept_per_namespace_and_forgotten_with_it(mem_db):
     assert engine.run_query(ns, body)["rows"] == first and fts_topk.SCORED.hits > hits  # reused warm
     caches.forget(mem_db.store, "sc")
     assert not [k for k in fts_topk.SCORED if k[:2] == scope]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 300),
+    cuts=st.lists(st.floats(0, 1), max_size=4),
+    qw=st.lists(st.integers(0, 59), min_size=1, max_size=6),
+)
+def test_joined_postings_score_each_row_as_its_part_does(seed, n, cuts, qw):
+    """Segments' candidates are scored in one pass over their joined postings: under the same
+    statistics every row gets its part's score and match, bit for bit."""
+    vals = _corpus(seed, n, 1.0)
+    edges = sorted({0, n, *(int(c * n) for c in cuts)})
+    parts = [B._build_postings(pl.Series(vals[a:z], dtype=pl.String), OPTS) for a, z in zip(edges[:-1], edges[1:])]
+    stats = B._build_postings(pl.Series(vals, dtype=pl.String), OPTS).stats()
+    toks = [WORDS[i] for i in qw]
+    one = [B.score(p, toks, OPTS, stats=stats) for p in parts]
+    s, m = B.score(B.join(parts), toks, OPTS, stats=stats)
+    assert np.array_equal(s, np.concatenate([x[0] for x in one]))
+    assert np.array_equal(m, np.concatenate([x[1] for x in one]))
