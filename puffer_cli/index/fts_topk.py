@@ -323,6 +323,7 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
         bound[live] = np.inf  # a term scoring <= 0 (df above N): no bound, score every window
     got_r: list[np.ndarray] = []
     got_s: list[np.ndarray] = []
+    best = np.zeros(0)  # the k best exact scores so far (theta: their least, once there are k)
     theta = -np.inf
     m = max(FIRST_WINDOWS, k)
     todo = live
@@ -338,9 +339,10 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
             r, v = r[keep], v[keep]
         got_r.append(r)
         got_s.append(v)
-        alls = np.concatenate(got_s)
-        if len(alls) >= k:
-            theta = float(np.partition(alls, len(alls) - k)[len(alls) - k])
+        best = np.concatenate([best, v])
+        if len(best) >= k:
+            best = np.partition(best, len(best) - k)[len(best) - k :]
+            theta = float(best[0])
         bound[pick] = np.nan  # scored: never >= theta (-inf included)
         todo = todo[bound[todo] >= theta]
         m *= 4
