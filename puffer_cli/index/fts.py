@@ -778,9 +778,11 @@ class BlockIndex:
         return out
 
     @_guarded
-    def candidates(self, pos: np.ndarray, terms):
-        """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms`` (exact lengths)."""
-        posts = self.postings(sorted(set(terms)))
+    def candidates(self, pos: np.ndarray, terms, posts: dict[str, TermBlocks] | None = None):
+        """bm25.Postings of rows ``pos`` (ascending) restricted to ``terms`` (exact lengths);
+        ``posts``: those terms' postings when the caller holds them (else looked up)."""
+        if posts is None:
+            posts = self.postings(sorted(set(terms)))
         keep, rows, tfs, sizes = [], [], [], []
         p32 = np.asarray(pos).astype(np.int32)  # the postings' dtype: no conversion of the list
         for t in sorted(posts):

@@ -349,6 +349,7 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 
     cands = RG.parallel([partial(second, i) for i in range(n)], remote)
     joint = [i for i, c in enumerate(cands) if isinstance(c, fts.PrunePart)]
+    held = {i: cands[i].posts for i in joint}  # one field's query terms (block_part)
     L.check_deadline()
     for i, rows in zip(joint, fts.prune_many([cands[i] for i in joint], kk)):  # one pass, every segment
         cands[i] = rows
@@ -359,7 +360,11 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         if pos is None or not len(pos):
             return None
         seg = view.gen.segments[i]
-        return {f: (seg.blocks(f) or seg.postings(f)).candidates(pos, terms[f]) for f in fields}
+        bi = {f: seg.blocks(f) for f in fields}
+        return {
+            f: b.candidates(pos, terms[f], held.get(i)) if b is not None else seg.postings(f).candidates(pos, terms[f])
+            for f, b in bi.items()
+        }
 
     scored = _exact_scores(
         view, rb.expr, stats, fields, cands, RG.parallel([partial(third, i) for i in range(n)], remote)
