@@ -51,7 +51,7 @@ from puffer_cli.store import run_lanes
 from puffer_cli.store.filecache import get_cache
 
 if TYPE_CHECKING:
-    from puffer_cli.text.bm25 import Bm25Stats
+    from puffer_cli.text.bm25 import Bm25Stats, FieldStats
 
 EVENTUAL_MAX_STALENESS_S = 60.0  # eventual queries see writes at most this old (turbopuffer: 1 minute)
 EXACT_MAX_ROWS = 20_000  # filtered rows at or below this: exact vector search
@@ -75,6 +75,21 @@ class Candidates:
     ann_probed: int = 0
     tokens: dict = field(default_factory=dict)  # FTS field -> analysed tokens per row of docs
     query_terms: dict = field(default_factory=dict)  # FTS field -> terms the query looks up
+
+
+@dataclass
+class Bm25Clause:
+    """A pruned BM25 clause of one leaf, shared by a query's segments (IndexedView.bm25_clause):
+    its field (``attr``), query tokens, weight per token (its multiplicity), namespace-global statistics
+    of the field, BM25 parameters, and the idf of the tokens found so far in a segment."""
+
+    attr: str
+    tokens: list[str]
+    weights: dict[str, float]
+    stats: FieldStats
+    k1: float
+    b: float
+    idf: dict[str, float] = field(default_factory=dict)
 
 
 class IndexedView:
@@ -851,12 +866,11 @@ class IndexedView:
                 out.append((lf.attr, query_tokens(q, spec["full_text_search"])))
         return out
 
-    def block_part(self, i: int, leaves, sel: np.ndarray, stats):
-        """Segment ``i``'s share of the block-max pruning of a pure BM25 expression of one leaf
-        (fts.PrunePart: its query terms' postings, read here; exact on namespace-global
-        statistics), or None when its candidates are every row holding a query term
-        (several leaves, no statistics or no average length: :meth:`block_union`)."""
-        from puffer_cli.index import fts as F
+    def bm25_clause(self, leaves, stats) -> Bm25Clause | None:
+        """What every segment's share of a pruned pure BM25 expression of one leaf has in common
+        (:class:`Bm25Clause`: its field, tokens, weights, idf and parameters, on namespace-global
+        statistics), or None when it is not pruned (several leaves, no statistics or average
+        length: :meth:`block_union`)."""
         from puffer_cli.text import analyzer as T
 
         lt = self.bm25_terms(leaves)
@@ -865,26 +879,40 @@ class IndexedView:
         f, toks = lt[0]
         st = stats.get(f)
         opts = T.normalize_fts_options(self.schema[f]["full_text_search"])
-        k1, b = float(opts["k1"]), float(opts["b"])
-        blk = self.bm25_blocks(i, leaves)
-        assert blk is not None
-        posts = blk[f].postings(toks) if sel.any() and st.n_docs else {}
-        if posts and st.avg_len <= 0:
-            return None
-        pre = getattr(st.df, "prefetch", None)
-        if pre is not None and posts:  # ranged df blocks: the terms' blocks in one batch
-            pre(list(posts))
         w: dict[str, float] = {}
         for t in toks:
             w[t] = w.get(t, 0.0) + 1.0
-        idf = {}
-        for t in posts:
+        return Bm25Clause(f, toks, w, st, float(opts["k1"]), float(opts["b"]))
+
+    def block_part(self, i: int, leaves, sel: np.ndarray, stats, clause: Bm25Clause | None = None):
+        """Segment ``i``'s share of the block-max pruning of a pure BM25 expression of one leaf
+        (fts.PrunePart: its query terms' postings, read here; exact on namespace-global
+        statistics), or None when its candidates are every row holding a query term
+        (:meth:`bm25_clause` is None, or no average length: :meth:`block_union`).  ``clause``:
+        :meth:`bm25_clause` of ``leaves`` and ``stats`` when the caller holds it (a query's
+        segments share it)."""
+        from puffer_cli.index import fts as F
+
+        c = clause if clause is not None else self.bm25_clause(leaves, stats)
+        if c is None:
+            return None
+        st = c.stats
+        blk = self.bm25_blocks(i, leaves)
+        assert blk is not None
+        posts = blk[c.attr].postings(c.tokens) if sel.any() and st.n_docs else {}
+        if posts and st.avg_len <= 0:
+            return None
+        new = [t for t in posts if t not in c.idf]
+        pre = getattr(st.df, "prefetch", None)
+        if pre is not None and new:  # ranged df blocks: the terms' blocks in one batch
+            pre(new)
+        for t in new:
             df = st.doc_freq(t)
-            idf[t] = float(np.log1p((st.n_docs - df + 0.5) / (df + 0.5)))
-        lens = blk[f].lengths() if posts else np.zeros(0)
+            c.idf[t] = float(np.log1p((st.n_docs - df + 0.5) / (df + 0.5)))
+        lens = blk[c.attr].lengths() if posts else np.zeros(0)
         seg = self.gen.segments[i]
         every = sel is seg.alive() and seg.live_count() == seg.rows  # no filter, no deletes
-        return F.PrunePart(posts, lens, None if every else sel, w, idf, k1, b, st.avg_len)
+        return F.PrunePart(posts, lens, None if every else sel, c.weights, c.idf, c.k1, c.b, st.avg_len)
 
     def block_candidates(self, i: int, leaves, sel: np.ndarray, k: int, stats) -> np.ndarray:
         """Rows of segment ``i`` (ascending, in ``sel``) holding the exact top ``k`` of the pure

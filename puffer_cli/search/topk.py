@@ -338,12 +338,14 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
     got = RG.parallel(pre + [partial(view.bm25_stats, fields)] + [partial(first, i) for i in range(n)], remote)
     stats, sels = got[len(pre)], got[len(pre) + 1 :]
 
+    clause = view.bm25_clause(leaves, stats)  # what every segment's share has in common
+
     def second(i: int):
         """Phase 2: the candidates (block segments: their query terms' postings, pruned below
         all together)."""
         L.check_deadline()
         if blocks[i] is not None:
-            part = view.block_part(i, leaves, sels[i], stats)
+            part = view.block_part(i, leaves, sels[i], stats, clause)
             return part if part is not None else view.block_union(i, leaves, sels[i])
         return view.bm25_candidates(i, leaves, q.filters, kk)  # ascending, filtered, visible
 
