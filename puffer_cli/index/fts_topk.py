@@ -302,7 +302,9 @@ def top_rows_many(parts, weights, idf, k: int, k1: float, b: float, avg: float) 
         avg,
     )
     coef = [float(weights[t]) * float(idf[t]) for t in ts]
-    positive = all(c > 0 and np.isfinite(c) for c in coef)
+    # every coefficient > 0, and k1 small enough that no base score overflows or rounds to 0:
+    # a window's bound is then > 0 exactly where it holds a term
+    positive = all(c > 0 and np.isfinite(c) for c in coef) and k1 <= 1e200
     bound = np.zeros(nw)
     has = None if positive else np.zeros(nw, bool)  # else a window holds a term where its bound is > 0
     for s, c in zip(sc, coef):

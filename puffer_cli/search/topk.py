@@ -351,7 +351,8 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
 
     cands = RG.parallel([partial(second, i) for i in range(n)], remote)
     joint = [i for i, c in enumerate(cands) if isinstance(c, fts.PrunePart)]
-    held = {i: cands[i].posts for i in joint}  # one field's query terms (block_part)
+    held = {i: cands[i].posts for i in joint}  # the pruned field's query terms (block_part)
+    pruned = clause.attr if clause is not None else None
     L.check_deadline()
     for i, rows in zip(joint, fts.prune_many([cands[i] for i in joint], kk)):  # one pass, every segment
         cands[i] = rows
@@ -364,7 +365,9 @@ def text_topk(view, q: Q.Query) -> tuple[SC.QueryResult, int, int]:
         seg = view.gen.segments[i]
         bi = {f: seg.blocks(f) for f in fields}
         return {
-            f: b.candidates(pos, terms[f], held.get(i)) if b is not None else seg.postings(f).candidates(pos, terms[f])
+            f: b.candidates(pos, terms[f], held.get(i) if f == pruned else None)
+            if b is not None
+            else seg.postings(f).candidates(pos, terms[f])
             for f, b in bi.items()
         }
 
