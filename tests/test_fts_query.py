@@ -58,7 +58,7 @@ def test_window_pruning_keeps_the_exact_top_k(seed, n, skew, qw, k, filt, avg_sh
         _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift, docs_scale)
 
 
-def _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift, docs_scale=1.0):
+def _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift, docs_scale=1.0, opts=OPTS):
     """``docs_scale`` < 1: statistics counting fewer documents than a common term's df (its
     idf <= 0: no window bound, every window scored)."""
     vals = _corpus(seed, n, skew)
@@ -68,13 +68,13 @@ def _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift, docs_scale=1.0)
     base = p.stats()
     toks = [WORDS[i] for i in qw]
     sel = np.ones(n, bool) if filt == 0 else (np.arange(n) % (filt + 1) == seed % (filt + 1))
-    k1, b = float(OPTS["k1"]), float(OPTS["b"])
+    k1, b = float(opts["k1"]), float(opts["b"])
     # twice: the second query over the same decoded terms with other statistics (a WAL tail)
     for shift in (1.0, avg_shift):
         stats = B.FieldStats(max(1, int(base.n_docs * docs_scale)), int(base.total_tokens * shift), base.df)
         if stats.avg_len <= 0:
             return
-        s_all, m_all = B.score(p, toks, OPTS, stats=stats)
+        s_all, m_all = B.score(p, toks, opts, stats=stats)
         m_all &= sel
         posts = bi.postings(toks)
         w: dict = {}
@@ -104,6 +104,15 @@ def _window_pruning_exact(seed, n, skew, qw, k, filt, avg_shift, docs_scale=1.0)
 def test_segments_pruned_in_one_pass_keep_the_exact_top_k(seed, n, skew, qw, k, filt, cuts, first):
     with patch.object(fts_topk, "FIRST_WINDOWS", first):
         _segments_pruned_exact(seed, n, skew, qw, k, filt, cuts)
+
+
+@pytest.mark.parametrize("k1", [0.0, 1e250])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_window_pruning_keeps_the_exact_top_k_at_extreme_k1(k1, seed):
+    """k1 = 0 (tf ignored) and a k1 past 1e200 (where a base score could overflow, so every
+    window is scored): the pruning still returns exhaustive BM25's top k."""
+    opts = {**OPTS, "k1": k1}
+    _window_pruning_exact(seed, 3000, 1.0, [0, 1, 7, 30], 10, 0, 1.0, 1.0, opts)
 
 
 def _segments_pruned_exact(seed, n, skew, qw, k, filt, cuts):
