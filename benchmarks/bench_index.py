@@ -244,7 +244,7 @@ def case_gcide(args, tmp, res, keep):
     res.append(
         {
             "case": "gcide BM25 top-10",
-            "system": "puffer (tantivy candidates + exact global BM25)",
+            "system": "puffer (blk-1 window pruning, exact global BM25)",
             "build_s": build,
             "quality": f"nDCG@10 {np.mean(nd):.4f}",
             "p50": pct(lat, 50),
