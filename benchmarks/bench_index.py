@@ -107,7 +107,7 @@ def case_glove(args, tmp, res, keep):
     res.append(
         {
             "case": "glove-100 ANN top-10",
-            "system": "puffer (usearch f16 HNSW, ef 256)",
+            "system": "puffer (IVF-SQ8, format 2, default probe)",
             "build_s": build,
             "quality": f"recall@10 {np.mean(rec):.3f}",
             "p50": pct(lat, 50),
@@ -409,14 +409,17 @@ def fmt(x, nd=2):
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:,.{nd}f}"
 
 
-def render(res: list[dict], command: str) -> str:
+def render(res: list[dict], command: str, load: tuple[tuple[float, ...], tuple[float, ...]]) -> str:
     lines = section_head(
-        "Indexed queries (`benchmarks/bench_index.py`)", command, ("usearch", "tantivy", "polars", "lancedb")
+        "Indexed queries (`benchmarks/bench_index.py`)", command, ("numkong", "tantivy", "polars", "lancedb")
     ) + [
         "- In-process latency of `engine.run_query` (query parsing, meta.json read, candidate selection, exact "
         "re-rank, response shaping) on a local-disk store, eventual consistency unless stated; LanceDB "
         "`tbl.search(...).limit(10).to_list()` on a local table. Build = `index_namespace` wall time "
-        "(WAL read + doc store + HNSW/tantivy + upload), LanceDB = `create_index` / `create_fts_index`.",
+        "(WAL read + doc store + IVF-SQ8 / full-text blocks + upload), LanceDB = `create_index` / `create_fts_index`.",
+        "- Load average (1/5/15 min) at the start: {}; at the end: {} (2 cores: latencies stretch with it)".format(
+            " / ".join(f"{x:.2f}" for x in load[0]), " / ".join(f"{x:.2f}" for x in load[1])
+        ),
         "",
         "| case | system | build s | quality | p50 ms | p99 ms | queries | note |",
         "|---|---|---:|---|---:|---:|---:|---|",
@@ -446,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     cache.configure(os.path.join(tmp, "cache"))
     res: list[dict] = []
     keep: dict = {}
+    load0 = os.getloadavg()
     cases = {"glove": case_glove, "tail": case_tail, "fmnist": case_fmnist, "gcide": case_gcide, "cold": case_cold}
     try:
         for name in [c.strip() for c in args.only.split(",") if c.strip()]:
@@ -456,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     command = "python benchmarks/bench_index.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    section = render(res, command.strip())
+    section = render(res, command.strip(), (load0, os.getloadavg()))
     publish(section, START, END, write=not args.no_write)
 
 
