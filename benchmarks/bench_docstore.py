@@ -123,6 +123,8 @@ def main() -> None:
             return {
                 "ANN": {"rank_by": ann, "top_k": 10},
                 "ANN + include_attributes": {"rank_by": ann, "top_k": 10, "include_attributes": True},
+                # the hybrid's vector half alone (its parts: this and "BM25 + include word")
+                "ANN + include word": {"rank_by": ann, "top_k": 10, "include_attributes": ["word"]},
                 "ANN + filter tag Eq + include word": {
                     "rank_by": ann,
                     "top_k": 10,
